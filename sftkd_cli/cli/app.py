@@ -1,0 +1,66 @@
+"""The `sftkd` console command: a thin Typer layer over the library.
+
+Each command lives in its own module under `sftkd_cli.cli` and is registered here.
+Library errors (`SftkdError`) become one red line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from sftkd_cli import __version__
+from sftkd_cli.errors import SftkdError
+
+class _Group(typer.core.TyperGroup):
+    """Turns a library `SftkdError` into one red line on stderr and its exit code."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except SftkdError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    cls=_Group,
+    name="sftkd",
+    help=(
+        "Student-friendly teacher knowledge distillation for MRI reconstruction "
+        "(SFT-KD-Recon, MIDL 2023).\n\n"
+        "Typical flow: prepare-data -> train-teacher / train-sft -> distill -> evaluate -> compare."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sftkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Student-friendly teacher knowledge distillation for MRI reconstruction."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script and of `python -m sftkd_cli`."""
+    app(args=argv)
+
+
+# Command modules register themselves on `app` when imported (keep this list sorted by workflow).
+from sftkd_cli.cli import (  # noqa: E402,F401
+    prepare,
+)
