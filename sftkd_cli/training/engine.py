@@ -1,0 +1,325 @@
+"""The one training engine: teacher training, SFT and distillation differ only in the objective.
+
+What it does for every objective: device and thread set-up, seeding, Adam + StepLR, mixed
+precision, a deterministic per-epoch sample order (so resuming is exact, even mid-epoch),
+atomic `last`/`best` checkpoints, a per-epoch history, rich progress, a NaN/Inf guard, and
+Ctrl-C / SIGTERM handling that saves a checkpoint before leaving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from skimage.metrics import structural_similarity
+from torch.utils.data import Dataset
+
+from sftkd_cli import __version__
+from sftkd_cli.config import Recipe
+from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
+from sftkd_cli.training.objectives import Batch, Objective, model_record
+
+TENSOR_KEYS = ("target", "zf", "kspace", "mask")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; explicit names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SftkdError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SftkdError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The sample order of one epoch: a permutation that depends only on (seed, epoch).
+
+    With several processes each rank takes every `world`-th index (padded by wrapping so
+    that all ranks run the same number of steps), like a DistributedSampler.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    if world > 1:
+        total = math.ceil(n / world) * world
+        order = (order + order[: total - n])[rank::world]
+    return order
+
+
+def collate(items: Sequence[dict[str, Any]]) -> Batch:
+    """Stack dataset items into a batch (tensors only)."""
+    return {key: torch.stack([item[key] for item in items]) for key in TENSOR_KEYS}
+
+
+def batches(dataset: Dataset, order: Sequence[int], batch_size: int) -> Iterator[Batch]:
+    for start in range(0, len(order), batch_size):
+        yield collate([dataset[i] for i in order[start : start + batch_size]])
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision context: bf16/fp16 autocast, or nothing."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise SftkdError("train.amp=fp16: only on CUDA; use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class FitResult:
+    """What `fit` did."""
+
+    epochs: int
+    best_val_l1: float
+    best_epoch: int
+    history: list[dict[str, Any]]
+    resumed_from: int | None = None
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked between steps so the engine can save and leave cleanly."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+
+def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int) -> dict[str, float]:
+    """Validation L1, PSNR (data range 1: volumes are normalised to [0, 1]) and SSIM, slice means."""
+    objective.eval()
+    l1s, psnrs, ssims = [], [], []
+    with torch.inference_mode():
+        for batch in batches(dataset, range(len(dataset)), batch_size):
+            batch = to_device(batch, device)
+            with autocast(device, amp):
+                pred = objective.predict(batch)
+            pred, target = pred.float(), batch["target"]
+            l1s.extend(F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).tolist())
+            mse = ((pred - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-20)
+            psnrs.extend((10 * torch.log10(1.0 / mse)).tolist())
+            for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
+                ssims.append(float(structural_similarity(t[0], p[0], data_range=1.0)))
+    objective.train()
+    return {"val_l1": float(np.mean(l1s)), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+
+
+class Trainer:
+    """Runs an objective over a dataset into a run directory."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        recipe: Recipe,
+        run: RunDir,
+        console: Console | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.objective = objective
+        self.recipe = recipe
+        self.run = run
+        self.console = console or Console()
+        self.rank, self.world = rank, world
+        self.device = select_device(recipe.train.device)
+        self.is_main = rank == 0
+
+    # checkpoint state ---------------------------------------------------------------------
+    def _state(self, optimizer, scheduler, scaler, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        model = self._bare()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "sftkd_version": __version__,
+            "role": self.recipe.run.role,
+            "primary": model.primary,
+            "models": {name: model_record(m) for name, m in model.models().items()},
+            "objective": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step,
+            **extra,
+        }
+
+    def _bare(self) -> Objective:
+        objective = self.objective
+        return objective.module if hasattr(objective, "module") else objective  # type: ignore[return-value]
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        if self.is_main:
+            save_checkpoint(self.run.checkpoint(name), state)
+
+    # the loop -----------------------------------------------------------------------------
+    def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
+        cfg = self.recipe.train
+        if len(train_ds) == 0:
+            raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        objective = self.objective.to(self.device)
+        params = [p for p in objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+
+        start_epoch, start_step, history = 0, 0, []
+        best_val, best_epoch, loss_sum, loss_count, resumed_from = math.inf, 0, 0.0, 0, None
+        if resume and self.run.checkpoint("last").exists():
+            state = load_checkpoint(self.run.checkpoint("last"))
+            self._bare().load_state_dict(state["objective"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+            best_val, best_epoch = state["best_val_l1"], state["best_epoch"]
+            loss_sum, loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+            history = self.run.read_history()[:start_epoch]
+            resumed_from = start_epoch
+        if self.is_main:
+            self.run.write_env(environment(str(self.device), cfg.seed))
+
+        stop = _StopFlag()
+        previous_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+        steps_per_epoch = math.ceil(len(epoch_order(len(train_ds), cfg.seed, 0, self.rank, self.world)) / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        progress = self._progress()
+        task = progress.add_task("train", total=steps_per_epoch * cfg.epochs, epoch="", loss="")
+        progress.update(task, completed=start_epoch * steps_per_epoch + start_step)
+        epoch, done = start_epoch, start_step  # `done`: steps of `epoch` already applied, None while validating
+
+        def checkpoint_state(epoch_done: int, step_done: int) -> dict[str, Any]:
+            return self._state(
+                optimizer, scheduler, scaler, epoch_done, step_done,
+                {"best_val_l1": best_val, "best_epoch": best_epoch,
+                 "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count},
+            )
+
+        objective.train()
+        try:
+            with progress:
+                for epoch in range(start_epoch, cfg.epochs):
+                    self._bare().begin_epoch(epoch)
+                    started = time.perf_counter()
+                    order = epoch_order(len(train_ds), cfg.seed, epoch, self.rank, self.world)
+                    order = order[: steps_per_epoch * cfg.batch_size]
+                    done = start_step if epoch == start_epoch else 0
+                    if not done:
+                        loss_sum, loss_count = 0.0, 0
+                    for batch in batches(train_ds, order[done * cfg.batch_size :], cfg.batch_size):
+                        loss = self._train_step(objective, optimizer, scaler, to_device(batch, self.device), epoch, done)
+                        loss_sum, loss_count, done = loss_sum + loss, loss_count + 1, done + 1
+                        progress.update(task, advance=1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss:.4g}")
+                        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps_per_epoch:
+                            self._save("last", checkpoint_state(epoch, done))
+                        if stop.raised:
+                            self._save("last", checkpoint_state(epoch, done))
+                            raise RunInterrupted(
+                                f"{self.run.path}: stopped by SIGTERM at epoch {epoch + 1}, step {done}; continue with --resume"
+                            )
+                    done = None
+                    scheduler.step()
+                    val = validate(objective, val_ds, self.device, cfg.amp, cfg.batch_size) if len(val_ds) else {"val_l1": math.nan}
+                    row = {
+                        "epoch": epoch + 1,
+                        "train_loss": loss_sum / max(loss_count, 1),
+                        **val,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": round(time.perf_counter() - started, 3),
+                    }
+                    history.append(row)
+                    improved = best_epoch == 0 or val["val_l1"] < best_val
+                    if improved:
+                        best_val, best_epoch = val["val_l1"], epoch + 1
+                    state = checkpoint_state(epoch + 1, 0)
+                    if self.is_main:
+                        if improved:
+                            self._save("best", state)
+                        self._save("last", state)
+                        self.run.write_history(history)
+                        self._report_epoch(progress, row, improved)
+                    start_step = 0
+        except KeyboardInterrupt:
+            if done is not None:  # between steps of an epoch: save exactly where we are
+                self._save("last", checkpoint_state(epoch, done))
+            raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        return FitResult(cfg.epochs, best_val, best_epoch, history, resumed_from)
+
+    def _train_step(self, objective, optimizer, scaler, batch: Batch, epoch: int, step: int) -> float:
+        with autocast(self.device, self.recipe.train.amp):
+            loss, _ = objective(batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise SftkdError(
+                f"{self.run.path}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                "training stopped, the last good checkpoint is kept (try a lower train.lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return value
+
+    def _progress(self) -> Progress:
+        quiet = not self.is_main or not self.console.is_terminal
+        return Progress(
+            TextColumn("[bold]{task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=quiet,
+            transient=False,
+        )
+
+    def _report_epoch(self, progress: Progress, row: dict[str, Any], improved: bool) -> None:
+        line = (
+            f"epoch {row['epoch']}: train {row['train_loss']:.5f}  val L1 {row['val_l1']:.5f}  "
+            f"PSNR {row.get('val_psnr', math.nan):.2f}  SSIM {row.get('val_ssim', math.nan):.4f}  "
+            f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
+        )
+        progress.console.print(line, highlight=False)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

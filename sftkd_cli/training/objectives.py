@@ -1,0 +1,68 @@
+"""Training objectives plugged into the one engine.
+
+An objective is an `nn.Module` whose registered submodules are exactly what training updates
+and checkpoints (model, student blocks, KD adapters). Its `forward(batch)` returns the total
+loss and its named parts; `predict(batch)` returns the image that validation scores.
+A frozen teacher is held outside the module tree, so it is neither optimised nor saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sftkd_cli.models import DCCNN
+
+Batch = dict[str, torch.Tensor]
+
+
+def model_record(model: DCCNN) -> dict[str, Any]:
+    """A self-describing model entry for checkpoints: architecture plus weights."""
+    return {
+        "arch": model.name,
+        "channels": model.channels,
+        "pad": model.blocks[0].pad,
+        "centered": model.dc.centered,
+        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+class Objective(nn.Module):
+    """Base class: what a training mode computes; the engine does the rest."""
+
+    #: the name of the model `evaluate` scores by default
+    primary: str = "model"
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def models(self) -> dict[str, DCCNN]:
+        """The reconstruction networks this run produces, by role."""
+        raise NotImplementedError
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Hook for schedules that change with the epoch (two-stage distillation)."""
+
+
+class Supervised(Objective):
+    """Plain L1 training of one network against the fully sampled target (teacher or student)."""
+
+    def __init__(self, model: DCCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = F.l1_loss(self.predict(batch), batch["target"])
+        return loss, {"l1": loss}
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch["zf"], batch["kspace"], batch["mask"])
+
+    def models(self) -> dict[str, DCCNN]:
+        return {"model": self.model}
