@@ -35,7 +35,7 @@ class DataConfig:
 class ModelConfig:
     """The network trained by `train-teacher` (and the student of `distill`)."""
 
-    name: str = "D5C5"
+    name: str = ""  # empty = per command: train-teacher -> sft.teacher, distill -> sft.student
     channels: int = 32
     pad: int = 5  # zero padding around each block, as the reference code
 
@@ -225,7 +225,8 @@ def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
     from sftkd_cli.models import parse_name
 
-    parse_name(recipe.model.name)
+    if recipe.model.name:
+        parse_name(recipe.model.name)
     t_layers, t_cascades = parse_name(recipe.sft.teacher)
     s_layers, s_cascades = parse_name(recipe.sft.student)
     if t_cascades != s_cascades:
@@ -245,3 +246,10 @@ def validate(recipe: Recipe) -> None:
         if not ok:
             raise SftkdError(f"{key}: expected {expected}")
 
+
+
+def with_model(recipe: Recipe, default: str) -> Recipe:
+    """Fill an empty model.name with the command's default architecture."""
+    if recipe.model.name:
+        return recipe
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=default.upper()))

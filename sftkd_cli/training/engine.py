@@ -171,6 +171,7 @@ class Trainer:
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step,
+            **model.info(),
             **extra,
         }
 

@@ -49,6 +49,10 @@ class Objective(nn.Module):
     def begin_epoch(self, epoch: int) -> None:
         """Hook for schedules that change with the epoch (two-stage distillation)."""
 
+    def info(self) -> dict[str, Any]:
+        """Extra facts stored in every checkpoint (e.g. which teacher a student learnt from)."""
+        return {}
+
 
 class Supervised(Objective):
     """Plain L1 training of one network against the fully sampled target (teacher or student)."""

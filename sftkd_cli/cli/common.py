@@ -1,0 +1,55 @@
+"""Options and helpers shared by the training commands (one definition, many commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sftkd_cli.config import Recipe, dump_recipe
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.training.session import resolve
+
+console = Console()
+
+ARGS_HELP = (
+    "An optional recipe file (.yaml) followed by overrides `section.key=value`, "
+    "e.g. `recipes/demo/teacher.yaml train.epochs=5 data.acceleration=5`."
+)
+
+Args = typer.Argument(None, help=ARGS_HELP, show_default=False)
+DataOpt = typer.Option(None, "--data", "-d", help="Prepared dataset directory (data.path).")
+AccOpt = typer.Option(None, "--acc", help="Acceleration to train on (data.acceleration).")
+NameOpt = typer.Option(None, "--name", help="Run name; the run lives in <runs-dir>/<name> (run.name).")
+RunsDirOpt = typer.Option(None, "--runs-dir", help="Folder holding run directories (run.dir, default runs).")
+EpochsOpt = typer.Option(None, "--epochs", help="Number of epochs (train.epochs).")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (train.device).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch; 0 = torch default (train.threads).")
+AmpOpt = typer.Option(None, "--amp", help="Mixed precision: off, bf16 or fp16 (train.amp).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run exactly where its last checkpoint left off.")
+ForceOpt = typer.Option(False, "--force", help="Overwrite an existing run directory.")
+PrintOpt = typer.Option(False, "--print-recipe", help="Print the resolved recipe and exit.")
+
+
+def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
+    """Separate the optional recipe file from `section.key=value` overrides."""
+    recipe: Path | None = None
+    overrides: list[str] = []
+    for item in args or []:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")) and recipe is None:
+            recipe = Path(item)
+        else:
+            raise SftkdError(f"argument {item!r}: expected a recipe file (.yaml) or an override section.key=value")
+    return recipe, overrides
+
+
+def build_recipe(args: list[str] | None, **flags: object) -> Recipe:
+    recipe_file, overrides = split_args(args)
+    return resolve(recipe_file, overrides, **flags)
+
+
+def print_recipe(recipe: Recipe) -> None:
+    console.print(dump_recipe(recipe), highlight=False, markup=False)

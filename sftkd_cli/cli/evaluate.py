@@ -1,0 +1,32 @@
+"""`sftkd evaluate RUN`: score a trained run on a split (metrics.json, per_slice.csv, recon.h5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.cli.common import console
+from sftkd_cli.evaluate import evaluate_run, print_metrics
+
+
+@app.command("evaluate")
+def evaluate(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories.", show_default=False),
+    data: Path = typer.Option(None, "--data", "-d", help="Dataset directory (default: the run's data.path)."),
+    split: str = typer.Option(None, "--split", help="Split to score (default: the recipe's eval.split, val)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="best, last, or a checkpoint file."),
+    model: str = typer.Option(None, "--model", help="Which model of the run: e.g. teacher or student of an SFT run."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    no_recon: bool = typer.Option(False, "--no-recon", help="Do not write recon.h5."),
+) -> None:
+    """Reconstruct a split with a run's best checkpoint and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF.
+
+    Also scores the zero-filled input (the paper's ZF row). Example: sftkd evaluate runs/*
+    """
+    for run in runs:
+        metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
+                               device=device, write_recon=not no_recon)
+        print_metrics(metrics, console)
+        console.print(f"wrote {run / 'metrics.json'}, {run / 'per_slice.csv'}" + ("" if no_recon else f", {run / 'recon.h5'}"))

@@ -1,0 +1,48 @@
+"""`sftkd train-sft`: train a student-friendly teacher jointly with student branches."""
+
+from __future__ import annotations
+
+import typer
+
+from sftkd_cli.cli import common
+from sftkd_cli.cli.app import app
+from sftkd_cli.training.sft import train_sft
+
+
+@app.command("train-sft")
+def train_sft_command(
+    args: list[str] = common.Args,
+    teacher: str = typer.Option(None, "--teacher", help="Teacher architecture (sft.teacher, default D5C5)."),
+    student: str = typer.Option(None, "--student", help="Student architecture with the same cascades (sft.student, default D3C5)."),
+    data: str = common.DataOpt,
+    acc: float = common.AccOpt,
+    name: str = common.NameOpt,
+    runs_dir: str = common.RunsDirOpt,
+    epochs: int = common.EpochsOpt,
+    device: str = common.DeviceOpt,
+    threads: int = common.ThreadsOpt,
+    amp: str = common.AmpOpt,
+    resume: bool = common.ResumeOpt,
+    force: bool = common.ForceOpt,
+    print_recipe: bool = common.PrintOpt,
+) -> None:
+    """Train a student-friendly teacher (SFT-KD-Recon step 1) with N-1 shared student branches.
+
+    Loss = w_teacher*L1(teacher) + w_student*mean L1(branches) + w_imit*mean L1(branch, teacher)
+    (sft.w_teacher, sft.w_student, sft.w_imit; default 1, 1, 1 as in the paper).
+    The run keeps the teacher (for `distill --teacher RUN`) and the student blocks
+    (for `distill --init-from RUN`). Example: sftkd train-sft --student D3C5 --data data/demo
+    """
+    recipe = common.build_recipe(
+        args,
+        **{"sft.teacher": teacher, "sft.student": student, "data.path": data, "data.acceleration": acc,
+           "run.name": name, "run.dir": runs_dir, "train.epochs": epochs, "train.device": device,
+           "train.threads": threads, "train.amp": amp},
+    )
+    if print_recipe:
+        common.print_recipe(recipe)
+        return
+    run, result = train_sft(recipe, resume=resume, force=force, console=common.console)
+    common.console.print(
+        f"[green]done[/]: {run.path}  best teacher val L1 {result.best_val_l1:.5f} at epoch {result.best_epoch}"
+    )

@@ -1,0 +1,45 @@
+"""`sftkd train-teacher`: train one DnCm with L1 (the teacher, or the plain student baseline)."""
+
+from __future__ import annotations
+
+import typer
+
+from sftkd_cli.cli import common
+from sftkd_cli.cli.app import app
+from sftkd_cli.training.supervised import train_supervised
+
+
+@app.command("train-teacher")
+def train_teacher(
+    args: list[str] = common.Args,
+    model: str = typer.Option(None, "--model", "-m", help="Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline)."),
+    data: str = common.DataOpt,
+    acc: float = common.AccOpt,
+    name: str = common.NameOpt,
+    runs_dir: str = common.RunsDirOpt,
+    epochs: int = common.EpochsOpt,
+    device: str = common.DeviceOpt,
+    threads: int = common.ThreadsOpt,
+    amp: str = common.AmpOpt,
+    init_from: str = typer.Option(None, "--init-from", help="Start from the weights of another run or checkpoint (fine-tuning)."),
+    resume: bool = common.ResumeOpt,
+    force: bool = common.ForceOpt,
+    print_recipe: bool = common.PrintOpt,
+) -> None:
+    """Train one DC-CNN alone with L1 loss: the teacher (D5C5) or the plain student baseline (D3C5).
+
+    Example: sftkd train-teacher --model D5C5 --data data/demo train.epochs=10
+    """
+    recipe = common.build_recipe(
+        args,
+        **{"model.name": model, "data.path": data, "data.acceleration": acc, "run.name": name,
+           "run.dir": runs_dir, "train.epochs": epochs, "train.device": device,
+           "train.threads": threads, "train.amp": amp},
+    )
+    if print_recipe:
+        common.print_recipe(recipe)
+        return
+    run, result = train_supervised(recipe, init_from=init_from, resume=resume, force=force, console=common.console)
+    common.console.print(
+        f"[green]done[/]: {run.path}  best val L1 {result.best_val_l1:.5f} at epoch {result.best_epoch}"
+    )

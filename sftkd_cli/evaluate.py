@@ -1,0 +1,224 @@
+"""`sftkd evaluate`: reconstruct a split with a trained model and score it like the paper.
+
+Writes into the run directory (atomically): `metrics.json` (summary + conventions),
+`per_slice.csv` (every metric for every slice, model and zero-filled input) and
+`recon.h5` (one (S,H,W) reconstruction per volume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from sftkd_cli import __version__
+from sftkd_cli.checkpoints import load_model
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
+from sftkd_cli.models import count_parameters
+from sftkd_cli.runs import atomic_write_text, open_run
+from sftkd_cli.training.engine import collate, select_device
+
+Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
+
+
+def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
+    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays."""
+    slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {k: v.to(device) for k, v in collate(items).items()}
+            pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
+            for item, p in zip(items, pred):
+                slices[item["volume"]].append((int(item["slice"]), item["target"][0].numpy(), item["zf"][0].numpy(), p[0]))
+    volumes = {}
+    for name, rows in slices.items():
+        rows.sort(key=lambda r: r[0])
+        volumes[name] = {
+            "slices": np.array([r[0] for r in rows]),
+            "target": np.stack([r[1] for r in rows]),
+            "zf": np.stack([r[2] for r in rows]),
+            "pred": np.stack([r[3] for r in rows]),
+        }
+    return volumes
+
+
+def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8) -> float:
+    """Median milliseconds to reconstruct one slice (batch 1), after two warm-up runs."""
+    if len(dataset) == 0 or slices <= 0:
+        return float("nan")
+    item = collate([dataset[0]])
+    batch = {k: v.to(device) for k, v in item.items()}
+    times = []
+    with torch.inference_mode():
+        for i in range(slices + 2):
+            started = time.perf_counter()
+            model(batch["zf"], batch["kspace"], batch["mask"])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """mean/std over slices, and the mean over volumes of the per-volume values."""
+    return {
+        name: {
+            "mean": float(np.nanmean(per_slice[name])),
+            "std": float(np.nanstd(per_slice[name])),
+            "volume_mean": float(np.nanmean([v[name] for v in per_volume])),
+        }
+        for name in METRIC_NAMES
+    }
+
+
+def score(volumes: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Score model and zero-filled input; returns (csv rows, model summary, zf summary)."""
+    rows: list[dict[str, Any]] = []
+    model_slices: dict[str, list[np.ndarray]] = defaultdict(list)
+    zf_slices: dict[str, list[np.ndarray]] = defaultdict(list)
+    model_volumes, zf_volumes = [], []
+    for name in sorted(volumes):
+        v = volumes[name]
+        ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
+        model_volumes.append(score_volume(v["target"], v["pred"], ours))
+        zf_volumes.append(score_volume(v["target"], v["zf"], zf))
+        for metric in METRIC_NAMES:
+            model_slices[metric].append(ours[metric])
+            zf_slices[metric].append(zf[metric])
+        for i, index in enumerate(v["slices"]):
+            row: dict[str, Any] = {"volume": name, "slice": int(index)}
+            row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
+            row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
+            rows.append(row)
+    cat = lambda d: {m: np.concatenate(d[m]) for m in METRIC_NAMES}  # noqa: E731
+    return rows, summarise(cat(model_slices), model_volumes), summarise(cat(zf_slices), zf_volumes)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _write_recon(path: Path, volumes: dict[str, dict[str, np.ndarray]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            for name, v in volumes.items():
+                handle.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
+                handle[name].attrs["slices"] = v["slices"]
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str | None = None,
+    checkpoint: str | None = None,
+    model_role: str | None = None,
+    device: str = "auto",
+    write_recon: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5."""
+    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest
+
+    run = open_run(run_dir)
+    recipe = run.load_recipe()
+    data_path = Path(data or recipe.data.path)
+    split = split or recipe.eval.split
+    dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False)
+    if len(dataset) == 0:
+        raise SftkdError(f"{data_path}: split {split!r} has no slices")
+    which = checkpoint or recipe.eval.checkpoint
+    named = which in ("best", "last")
+    model, state = load_model(run.path if named else which, model_role, which if named else "best")
+    entry_role = model_role or state["primary"]
+    torch_device = select_device(device)
+    model = model.to(torch_device).eval()
+
+    volumes = reconstruct_split(model, dataset, torch_device)
+    rows, summary, zf_summary = score(volumes)
+    manifest = load_manifest(data_path)
+    metrics = {
+        "format": 1,
+        "sftkd_version": __version__,
+        "run": run.path.name,
+        "model": model.name,
+        "role": _role(state.get("role") or recipe.run.role, entry_role),
+        "method": recipe.distill.method if state.get("role") == "kd" else None,
+        "teacher_role": state.get("teacher_role"),
+        "init": state.get("init"),
+        "params": count_parameters(model),
+        "checkpoint": which,
+        "epoch": state.get("epoch"),
+        "dataset": {
+            "path": str(data_path),
+            "source": manifest.get("source"),
+            "fingerprint": dataset_fingerprint(data_path),
+            "split": split,
+            "acceleration": float(recipe.data.acceleration),
+            "image_size": list(manifest.get("image_size", [])),
+            "volumes": len(volumes),
+            "slices": len(rows),
+        },
+        "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices),
+        "device": str(torch_device),
+        "threads": torch.get_num_threads(),
+        "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)"},
+        "metrics": summary,
+        "zero_filled": zf_summary,
+    }
+    atomic_write_text(run.path / "per_slice.csv", _csv_text(rows))
+    if write_recon:
+        _write_recon(run.path / "recon.h5", volumes)
+    atomic_write_text(run.path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
+    return metrics
+
+
+def _role(run_role: str, entry: str) -> str:
+    """Role of the evaluated model: an SFT run holds the sft-teacher and the sft-student."""
+    if run_role == "sft":
+        return "sft-student" if entry == "student" else "sft-teacher"
+    return run_role
+
+
+def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
+    """A rich table: the model and the zero-filled input, every metric mean ± std."""
+    table = Table(title=title or f"{metrics['run']} on {metrics['dataset']['split']} ({metrics['dataset']['slices']} slices)")
+    table.add_column("", style="bold")
+    table.add_column("params", justify="right")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    table.add_column("ms/slice", justify="right")
+    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
+    for label, block, params, latency in (
+        ("ZF", metrics["zero_filled"], "-", "-"),
+        (f"{metrics['model']} ({metrics['role']})", metrics["metrics"], f"{metrics['params']:,}", f"{metrics['latency_ms_per_slice']:.1f}"),
+    ):
+        cells = [f"{block[n]['mean']:.{digits[n]}f} ± {block[n]['std']:.{digits[n]}f}" for n in METRIC_NAMES]
+        table.add_row(label, params, *cells, latency)
+    return table
+
+
+def print_metrics(metrics: dict[str, Any], console: Console) -> None:
+    console.print(metrics_table(metrics))

@@ -1,0 +1,192 @@
+"""`distill`: a student learns from a frozen teacher with a feature-KD method (SFT-KD-Recon step 2).
+
+Loss (joint schedule, the paper's wording):
+    w_rec * L1(student, target) + w_kd * L_method(student features, teacher features)
+    + w_imit * L1(student, teacher)
+Two-stage schedule (what the reference code does): the first `stage1_epochs` epochs use the
+feature loss alone, the rest w_rec * L1(student, target) + w_imit * L1(student, teacher).
+
+The teacher is frozen, held outside the module tree (never optimised or saved with the
+student), and runs under `torch.no_grad`: no graph is built and nothing back-propagates
+through it. KD adapters (FitNets regressors, CC embeddings, FT paraphrasers) are part of
+the objective and are trained with the student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+
+from sftkd_cli.checkpoints import init_weights, load_model
+from sftkd_cli.config import Recipe, with_model
+from sftkd_cli.distill.methods import KDMethod, build_method
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.engine import FitResult
+from sftkd_cli.training.objectives import Batch, Objective
+from sftkd_cli.training.session import run_training, with_run
+
+
+def _hidden(model: DCCNN, from_end: int) -> int:
+    """Index (1-based) of the `from_end`-th hidden conv counted from the last hidden one."""
+    return max(1, model.layers - from_end)
+
+
+def default_taps(method: str, student: DCCNN, teacher: DCCNN) -> tuple[list[str], list[str]]:
+    """The feature pairs each method uses by default (see `sftkd_cli.distill.methods.DEFAULT_TAPS`).
+
+    AT: student's last hidden conv vs the teacher's second-to-last hidden conv in every cascade
+    (conv-2 vs conv-3 for D3C5 <- D5C5, the reference's pairing). FitNets: the last conv output
+    (1 channel) of the middle cascade. The others: the last hidden conv of every cascade.
+    """
+    cascades = range(1, min(student.cascades, teacher.cascades) + 1)
+    if method == "none":
+        return [], []
+    if method == "at":
+        return ([f"c{c}.conv{_hidden(student, 1)}" for c in cascades],
+                [f"c{c}.conv{_hidden(teacher, 2)}" for c in cascades])
+    if method == "fitnets":
+        middle = (len(cascades) + 1) // 2
+        return [f"c{middle}.conv{student.layers}"], [f"c{middle}.conv{teacher.layers}"]
+    return ([f"c{c}.conv{_hidden(student, 1)}" for c in cascades],
+            [f"c{c}.conv{_hidden(teacher, 1)}" for c in cascades])
+
+
+class Distillation(Objective):
+    """Student + KD method (with its adapters); the frozen teacher rides along unregistered."""
+
+    primary = "model"
+
+    def __init__(
+        self,
+        student: DCCNN,
+        teacher: DCCNN,
+        method: KDMethod,
+        student_taps: list[str],
+        teacher_taps: list[str],
+        *,
+        w_rec: float = 1.0,
+        w_kd: float = 1.0,
+        w_imit: float = 0.0,
+        schedule: str = "joint",
+        stage1_epochs: int = 0,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(student_taps) != len(teacher_taps):
+            raise SftkdError(f"distill: {len(student_taps)} student taps but {len(teacher_taps)} teacher taps; they are paired")
+        self.model, self.kd = student, method
+        teacher.eval().requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: not optimised, not saved
+        self.student_taps, self.teacher_taps = student_taps, teacher_taps
+        self.w_rec, self.w_kd, self.w_imit = w_rec, w_kd, w_imit
+        self.schedule, self.stage1_epochs = schedule, stage1_epochs
+        self.feature_stage = False
+        self.facts = facts or {}
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "Distillation":  # .to(device) moves the teacher too
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)
+        return self
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.feature_stage = self.schedule == "two-stage" and epoch < self.stage1_epochs
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
+        use_kd = self.schedule == "joint" or self.feature_stage
+        use_imit = self.w_imit > 0 and not self.feature_stage
+        zero = zf.new_zeros(())
+        with torch.no_grad():
+            if use_kd and self.teacher_taps:
+                t_out, t_feats = self.teacher(zf, kspace, mask, taps=self.teacher_taps)
+            else:
+                t_out, t_feats = (self.teacher(zf, kspace, mask) if use_imit else None), {}
+        if use_kd and self.student_taps:
+            s_out, s_feats = self.model(zf, kspace, mask, taps=self.student_taps)
+            kd = self.kd([s_feats[n] for n in self.student_taps], [t_feats[n] for n in self.teacher_taps])
+        else:
+            s_out, kd = self.model(zf, kspace, mask), zero
+        parts = {
+            "rec": F.l1_loss(s_out, target),
+            "kd": kd,
+            "imit": F.l1_loss(s_out, t_out) if use_imit else zero,
+        }
+        if self.feature_stage:
+            return self.w_kd * kd, parts
+        loss = self.w_rec * parts["rec"] + (self.w_kd * kd if use_kd else zero) + self.w_imit * parts["imit"]
+        return loss, parts
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch["zf"], batch["kspace"], batch["mask"])
+
+    def models(self) -> dict[str, DCCNN]:
+        return {"model": self.model}
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.facts)
+
+
+def teacher_role_of(state: dict[str, Any]) -> str:
+    """'sft-teacher' for the teacher of an SFT run, else 'teacher'."""
+    return "sft-teacher" if state.get("role") == "sft" else "teacher"
+
+
+def distill(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+) -> tuple[RunDir, FitResult]:
+    """Distill `recipe.model` from the teacher run `recipe.distill.teacher_run`."""
+    recipe = with_model(recipe, recipe.sft.student)
+    cfg = recipe.distill
+    if cfg.schedule == "two-stage" and cfg.method == "none":
+        raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
+    if not cfg.teacher_run:
+        raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
+    teacher, t_state = load_model(cfg.teacher_run, role="teacher" if _is_sft(cfg.teacher_run) else None)
+    teacher_role = teacher_role_of(t_state)
+    init = cfg.teacher_run if cfg.init == "sft" else cfg.init
+    if cfg.init == "sft" and teacher_role != "sft-teacher":
+        raise SftkdError(f"distill.init=sft: {cfg.teacher_run} is not an SFT run; give a run or checkpoint to start from")
+    kind = "sft" if teacher_role == "sft-teacher" else "std"
+    recipe = with_run(recipe, "kd", f"{cfg.method}-{kind}-{recipe.model.name.upper()}")
+
+    def make() -> Distillation:
+        student = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
+        loaded = "random"
+        if init not in ("", "random") and not resume:
+            loaded = init_weights(student, init)
+        s_taps, t_taps = default_taps(cfg.method, student, teacher)
+        s_taps = cfg.student_taps or s_taps
+        t_taps = cfg.teacher_taps or t_taps
+        method = build_method(
+            cfg.method,
+            [student.tap_channels(t) for t in s_taps],
+            [teacher.tap_channels(t) for t in t_taps],
+            **cfg.options,
+        )
+        facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "init": loaded,
+                 "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
+        return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
+                            w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
+
+    return run_training(recipe, make, resume=resume, force=force, console=console)
+
+
+def _is_sft(path: str | Path) -> bool:
+    """Whether a run directory is an SFT run (its teacher is the one to distill from)."""
+    from sftkd_cli.runs import open_run
+
+    return Path(path).is_dir() and open_run(path).load_recipe().run.role == "sft"
+
+

@@ -1,0 +1,111 @@
+"""Setting up and running a training command: datasets, run directory, objective, engine.
+
+`train_supervised`, `train_sft` and `distill` (in their modules) all end in `run_training`,
+so every command shares the same run-directory, resume and interruption behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from torch.utils.data import Dataset, Subset
+
+from sftkd_cli.config import Recipe, load_recipe, recipe_to_dict, validate
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.engine import FitResult, Trainer
+from sftkd_cli.training.objectives import Objective
+
+#: recipe keys that may change when resuming (where and how fast, or training for longer)
+RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "eval.split", "eval.checkpoint"}
+
+
+def default_run_name(recipe: Recipe, role: str, model: str) -> str:
+    dataset = Path(recipe.data.path).name or "data"
+    return f"{dataset}-{role}-{model}-{recipe.data.acceleration:g}x"
+
+
+def run_path(recipe: Recipe) -> Path:
+    return Path(recipe.run.dir) / recipe.run.name
+
+
+def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
+    """The training and validation splits of the recipe's prepared dataset."""
+    from sftkd_cli.data.dataset import SliceDataset
+
+    data = recipe.data
+    train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache)
+    val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache)
+    if data.max_train_slices:
+        train = Subset(train, range(min(data.max_train_slices, len(train))))
+    if data.max_val_slices:
+        val = Subset(val, range(min(data.max_val_slices, len(val))))
+    return train, val
+
+
+def _flatten(recipe: Recipe) -> dict[str, object]:
+    return {f"{s}.{k}": v for s, values in recipe_to_dict(recipe).items() for k, v in values.items()}
+
+
+def reconcile_resume(run: RunDir, recipe: Recipe) -> Recipe:
+    """On --resume the stored recipe wins; only a few keys (e.g. train.epochs) may change."""
+    stored = run.load_recipe()
+    old, new = _flatten(stored), _flatten(recipe)
+    for key, value in new.items():
+        if old[key] != value and key not in RESUMABLE_CHANGES:
+            raise SftkdError(
+                f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+            )
+    return recipe
+
+
+def run_training(
+    recipe: Recipe,
+    make_objective: Callable[[], Objective],
+    *,
+    resume: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+) -> tuple[RunDir, FitResult]:
+    """Create/reopen the run dir, build the objective, train. The run dir is unlocked at the end."""
+    validate(recipe)
+    run = RunDir(run_path(recipe))
+    if resume and run.recipe_file.exists():
+        recipe = reconcile_resume(run, recipe)
+    train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
+    objective = make_objective()
+    run.prepare(recipe, resume=resume, force=force)
+    if resume:
+        from sftkd_cli.config import dump_recipe
+        from sftkd_cli.runs import atomic_write_text
+
+        atomic_write_text(run.recipe_file, dump_recipe(recipe))
+    try:
+        result = Trainer(objective, recipe, run, console=console).fit(train_ds, val_ds, resume=resume)
+    finally:
+        run.unlock()
+    return run, result
+
+
+def resolve(recipe_file: str | Path | None, overrides: list[str], **flags: object) -> Recipe:
+    """A recipe from file + `section.key=value` overrides + CLI flags (flags win; None = unset)."""
+    flag_overrides = [f"{key}={_yaml_value(v)}" for key, v in flags.items() if v is not None]
+    return load_recipe(recipe_file, list(overrides) + flag_overrides)
+
+
+def _yaml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def with_run(recipe: Recipe, role: str, model: str) -> Recipe:
+    """Fill in the run's role and default name."""
+    name = recipe.run.name or default_run_name(recipe, role, model)
+    return dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, role=recipe.run.role or role, name=name))

@@ -1,0 +1,39 @@
+"""`train-teacher`: one DnCm trained alone with L1 (the teacher, or the plain student baseline)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from sftkd_cli.checkpoints import init_weights
+from sftkd_cli.config import Recipe, with_model
+from sftkd_cli.models import build_model
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.engine import FitResult
+from sftkd_cli.training.objectives import Supervised
+from sftkd_cli.training.session import run_training, with_run
+
+
+def default_role(model_name: str, recipe: Recipe) -> str:
+    """The recipe's SFT teacher architecture is a 'teacher'; any other model is a 'student'."""
+    return "teacher" if model_name.upper() == recipe.sft.teacher.upper() else "student"
+
+
+def train_supervised(
+    recipe: Recipe,
+    *,
+    init_from: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+) -> tuple[RunDir, FitResult]:
+    """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights."""
+    recipe = with_model(recipe, recipe.sft.teacher)
+    recipe = with_run(recipe, default_role(recipe.model.name, recipe), recipe.model.name.upper())
+
+    def make() -> Supervised:
+        model = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
+        if init_from and not resume:
+            init_weights(model, init_from)
+        return Supervised(model)
+
+    return run_training(recipe, make, resume=resume, force=force, console=console)

@@ -1,0 +1,168 @@
+"""The training engine: exact resume, atomic checkpoints, NaN guard, run-dir safety."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sftkd_cli.config import load_recipe
+from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.models import build_model
+from sftkd_cli.mri.fft import fft2
+from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
+from sftkd_cli.training.engine import Trainer, epoch_order
+from sftkd_cli.training.objectives import Supervised
+
+torch.set_num_threads(1)
+
+
+class Phantoms(torch.utils.data.Dataset):
+    """Random smooth images, undersampled by a fixed row mask; items like SliceDataset's."""
+
+    def __init__(self, n: int = 6, size: int = 12, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        base = torch.rand(n, 1, size // 3, size // 3, generator=g)
+        self.target = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear")
+        self.mask = torch.zeros(1, size, size)
+        self.mask[:, ::2, :] = 1
+        self.kspace = fft2(self.target) * self.mask
+        self.zf = torch.fft.ifft2(self.kspace, norm="ortho").abs()
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"target": self.target[i], "zf": self.zf[i], "kspace": self.kspace[i], "mask": self.mask,
+                "volume": "v", "slice": i}
+
+
+def _recipe(tmp_path, *overrides):
+    return load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
+                              f"run.dir={tmp_path}", "run.name=r", "run.role=teacher", *overrides])
+
+
+def _fit(tmp_path, name, resume=False, objective=None, *overrides):
+    recipe = _recipe(tmp_path, f"run.name={name}", *overrides)
+    run = RunDir(tmp_path / name)
+    run.prepare(recipe, resume=resume, force=False)
+    torch.manual_seed(0)
+    objective = objective or Supervised(build_model("D2C2"))
+    try:
+        Trainer(objective, recipe, run).fit(Phantoms(), Phantoms(2, seed=1), resume=resume)
+    finally:
+        run.unlock()
+    return objective, run
+
+
+def _weights(run, which="last"):
+    return load_checkpoint(run.checkpoint(which))["models"]["model"]["state"]
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch_and_shards_evenly():
+    assert epoch_order(10, 1, 3) == epoch_order(10, 1, 3)
+    assert epoch_order(10, 1, 3) != epoch_order(10, 1, 4)
+    shards = [epoch_order(10, 1, 0, rank, 3) for rank in range(3)]
+    assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
+
+
+def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
+    _, straight = _fit(tmp_path, "straight")
+    _, first = _fit(tmp_path, "split", False, None, "train.epochs=1")
+    _, resumed = _fit(tmp_path, "split", True, None, "train.epochs=2")
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["epoch"] for r in resumed.read_history()] == [1, 2]
+
+
+def test_resume_in_the_middle_of_an_epoch_is_exact(tmp_path, monkeypatch):
+    _, straight = _fit(tmp_path, "straight")
+    # stop after 2 of the 3 steps of epoch 2, as SIGTERM does: checkpoint then leave
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def step_then_signal(self, *args):
+        value = original(self, *args)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), __import__("signal").SIGTERM)
+        return value
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    with pytest.raises(RunInterrupted, match="--resume"):
+        _fit(tmp_path, "stopped")
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    _, resumed = _fit(tmp_path, "stopped", True)
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+    class Exploding(Supervised):
+        calls = 0
+
+        def forward(self, batch):
+            Exploding.calls += 1
+            loss, parts = super().forward(batch)
+            return (loss * float("nan") if Exploding.calls > 4 else loss), parts
+
+    torch.manual_seed(0)
+    with pytest.raises(SftkdError, match="loss became nan at epoch 2, step 2"):
+        _fit(tmp_path, "nan", False, Exploding(build_model("D2C2")))
+    state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": 1, "value": 1})
+
+    def disk_full(obj, f, *a, **k):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(SftkdError, match="No space left on device.*previous one is kept"):
+        save_checkpoint(path, {"format": 1, "value": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"format": 1})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(SftkdError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_existing_run_is_never_overwritten_and_is_locked(tmp_path):
+    recipe = _recipe(tmp_path)
+    run = RunDir(tmp_path / "r")
+    run.prepare(recipe, resume=False, force=False)
+    with pytest.raises(SftkdError, match="another sftkd process"):
+        RunDir(tmp_path / "r").lock()
+    run.unlock()
+    with pytest.raises(SftkdError, match="already exists; use --resume"):
+        RunDir(tmp_path / "r").prepare(recipe, resume=False, force=False)
+    with pytest.raises(SftkdError, match="nothing to resume"):
+        RunDir(tmp_path / "other").prepare(recipe, resume=True, force=False)
+
+
+def test_history_and_best_checkpoint_are_written(tmp_path):
+    _, run = _fit(tmp_path, "h", False, None, "train.epochs=3")
+    rows = run.read_history()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert {"train_loss", "val_l1", "val_psnr", "val_ssim", "lr", "seconds"} <= rows[0].keys()
+    best = load_checkpoint(run.checkpoint("best"))
+    assert rows[best["epoch"] - 1]["val_l1"] == min(r["val_l1"] for r in rows)
+    assert np.isfinite(rows[-1]["val_psnr"])

@@ -1,0 +1,89 @@
+"""DC-CNN models: parameter counts from the paper, taps, data consistency inside the network."""
+
+import numpy as np
+import pytest
+import torch
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import DCCNN, build_model, count_parameters, parse_name
+from sftkd_cli.mri.fft import fft2
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("D5C5", 141_765), ("D4C5", 95_525), ("D3C5", 49_285), ("D2C5", 3_045)]
+)
+def test_parameter_counts_match_the_paper(name, expected):
+    assert count_parameters(build_model(name)) == expected
+
+
+def test_parameter_count_formula_for_any_depth():
+    # conv 1->32 (320) + (n-2) conv 32->32 (9248) + conv 32->1 (289), per cascade
+    for n in range(2, 7):
+        for m in range(1, 4):
+            assert count_parameters(DCCNN(n, m)) == m * (320 + (n - 2) * 9248 + 289)
+
+
+@pytest.mark.parametrize("bad", ["D1C5", "D5C0", "C5D5", "resnet", ""])
+def test_bad_names_are_clear_errors(bad):
+    with pytest.raises(SftkdError, match="model"):
+        parse_name(bad)
+
+
+def _inputs(h=12, w=10, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(b, 1, h, w, generator=g)
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., ::3, :] = 1
+    kspace = fft2(target) * mask
+    zf = torch.fft.ifft2(kspace, norm="ortho").abs()
+    return zf, kspace, mask
+
+
+def test_taps_do_not_change_the_output_and_have_the_image_size():
+    torch.manual_seed(0)
+    model = build_model("D3C2")
+    zf, k, m = _inputs()
+    plain = model(zf, k, m)
+    out, feats = model(zf, k, m, taps=["c1.conv2", "c2.conv3", "c2.conv1"])
+    assert torch.equal(plain, out)
+    assert feats["c1.conv2"].shape == (2, 32, 12, 10)
+    assert feats["c2.conv3"].shape == (2, 1, 12, 10)
+    assert (feats["c2.conv1"] >= 0).all()  # hidden taps are after the ReLU
+
+
+def test_tap_equals_manual_computation():
+    torch.manual_seed(1)
+    model = build_model("D2C1", pad=0)
+    zf, k, m = _inputs()
+    _, feats = model(zf, k, m, taps=["c1.conv1"])
+    conv = model.blocks[0].convs[0]
+    expected = torch.relu(torch.nn.functional.conv2d(zf, conv.weight, conv.bias, padding=1))
+    torch.testing.assert_close(feats["c1.conv1"], expected)
+
+
+def test_unknown_tap_names_the_valid_range():
+    with pytest.raises(SftkdError, match="c1.conv1 .. c5.conv3"):
+        build_model("D3C5")(*_inputs(), taps=["c6.conv1"])
+
+
+def test_padding_is_zero_padding_then_crop():
+    torch.manual_seed(2)
+    block = build_model("D2C1", pad=5).blocks[0]
+    x = torch.rand(1, 1, 8, 8)
+    c1, c2 = block.convs
+    padded = torch.nn.functional.pad(x, (5, 5, 5, 5))
+    h = torch.relu(torch.nn.functional.conv2d(padded, c1.weight, c1.bias, padding=1))
+    h = torch.nn.functional.conv2d(h, c2.weight, c2.bias, padding=1)[..., 5:-5, 5:-5]
+    torch.testing.assert_close(block(x), h)
+
+
+def test_network_output_is_data_consistent_against_numpy_oracle():
+    torch.manual_seed(3)
+    model = build_model("D2C1")
+    zf, k, m = _inputs()
+    out = model(zf, k, m).detach().numpy()
+    cnn = model.blocks[0](zf).detach().numpy()
+    kk = np.where(m.numpy().astype(bool), k.numpy(), np.fft.fft2(cnn, norm="ortho"))
+    np.testing.assert_allclose(out, np.fft.ifft2(kk, norm="ortho").real, atol=1e-5)
