@@ -1,0 +1,130 @@
+"""SFT branch structure and the distillation objective (no dataset needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftkd_cli.distill.methods import build_method
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import build_model
+from sftkd_cli.training.kd import Distillation, default_taps
+from sftkd_cli.training.sft import StudentFriendly
+from test_engine import Phantoms
+
+torch.set_num_threads(1)
+
+
+def _batch(n=2):
+    ds = Phantoms(n)
+    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in ("target", "zf", "kspace", "mask")}
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    return build_model("D4C3"), build_model("D2C3")
+
+
+def test_batched_branches_equal_the_naive_branch_loop():
+    teacher, student = _pair()
+    batch = _batch()
+    batched = StudentFriendly(teacher, student, batched=True)
+    naive = StudentFriendly(teacher, student, batched=False)
+    loss_b, parts_b = batched(batch)
+    loss_n, parts_n = naive(batch)
+    torch.testing.assert_close(loss_b, loss_n)
+    for key in parts_b:
+        torch.testing.assert_close(parts_b[key], parts_n[key])
+
+
+def test_sft_loss_is_the_papers_formula_computed_by_hand():
+    teacher, student = _pair(1)
+    batch = _batch()
+    zf, k, m, x = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
+    loss, _ = StudentFriendly(teacher, student, 1.0, 0.5, 2.0)(batch)
+    t1 = teacher.cascade(0, zf, k, m)
+    t2 = teacher.cascade(1, t1, k, m)
+    t3 = teacher.cascade(2, t2, k, m)
+    branch1 = student.cascade(2, student.cascade(1, t1, k, m), k, m)  # T1 -> S2 -> S3
+    branch2 = student.cascade(2, t2, k, m)  # T2 -> S3
+    expected = (
+        F.l1_loss(t3, x)
+        + 0.5 * (F.l1_loss(branch1, x) + F.l1_loss(branch2, x)) / 2
+        + 2.0 * (F.l1_loss(branch1, t3) + F.l1_loss(branch2, t3)) / 2
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sft_gradients_s1_untouched_and_branch_losses_reach_feeding_teacher_blocks():
+    teacher, student = _pair(2)
+    objective = StudentFriendly(teacher, student, w_teacher=0.0, w_student=1.0, w_imit=0.0)
+    loss, _ = objective(_batch())
+    loss.backward()
+    assert all(p.grad is None for p in student.blocks[0].parameters())  # S1 in no branch
+    assert all(not p.requires_grad for p in student.blocks[0].parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.blocks[1].parameters())
+    # with only the student loss, T1 and T2 feed branches and get gradients; T3 feeds none
+    assert teacher.blocks[0].convs[0].weight.grad.abs().sum() > 0
+    assert teacher.blocks[1].convs[0].weight.grad.abs().sum() > 0
+    grad = teacher.blocks[2].convs[0].weight.grad
+    assert grad is None or not grad.any()
+
+
+def test_sft_requires_the_same_number_of_cascades():
+    with pytest.raises(SftkdError, match="same number of cascades"):
+        StudentFriendly(build_model("D5C5"), build_model("D3C4"))
+
+
+def _distillation(method="at", **kw):
+    torch.manual_seed(3)
+    teacher, student = build_model("D4C3"), build_model("D3C3")
+    s_taps, t_taps = default_taps(method, student, teacher)
+    kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+    return Distillation(student, teacher, kd, s_taps, t_taps, **kw), teacher, student
+
+
+def test_default_taps_follow_the_reference_pairing():
+    s, t = default_taps("at", build_model("D3C5"), build_model("D5C5"))
+    assert s == [f"c{i}.conv2" for i in range(1, 6)] and t == [f"c{i}.conv3" for i in range(1, 6)]
+    s, t = default_taps("fitnets", build_model("D3C5"), build_model("D5C5"))
+    assert (s, t) == (["c3.conv3"], ["c3.conv5"])
+
+
+def test_kd_gradients_reach_student_and_adapters_never_the_teacher():
+    objective, teacher, student = _distillation("fitnets", w_imit=1.0)
+    loss, parts = objective(_batch())
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    assert set(parts) == {"rec", "kd", "imit"}
+    assert not any(n.startswith("teacher") for n in objective.state_dict())  # teacher not saved
+
+
+def test_kd_loss_is_weighted_sum_computed_by_hand():
+    objective, teacher, student = _distillation("at", w_rec=0.5, w_kd=3.0, w_imit=2.0)
+    batch = _batch()
+    loss, _ = objective(batch)
+    zf, k, m, x = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
+    t_out, t_feats = teacher(zf, k, m, taps=objective.teacher_taps)
+    s_out, s_feats = student(zf, k, m, taps=objective.student_taps)
+
+    def at(f):
+        q = f.pow(2).mean(1).flatten(1)
+        return q / q.norm(dim=1, keepdim=True)
+
+    kd = sum(((at(s_feats[a]) - at(t_feats[b])) ** 2).mean() for a, b in zip(objective.student_taps, objective.teacher_taps)) / 3
+    expected = 0.5 * F.l1_loss(s_out, x) + 3.0 * kd + 2.0 * F.l1_loss(s_out, t_out)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_two_stage_schedule_uses_feature_loss_then_reconstruction():
+    objective, *_ = _distillation("at", schedule="two-stage", stage1_epochs=1, w_imit=0.0)
+    batch = _batch()
+    objective.begin_epoch(0)
+    loss, parts = objective(batch)
+    torch.testing.assert_close(loss, parts["kd"])
+    objective.begin_epoch(1)
+    loss, parts = objective(batch)
+    torch.testing.assert_close(loss, parts["rec"])
