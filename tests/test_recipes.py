@@ -1,0 +1,64 @@
+"""Every shipped recipe loads and validates; overrides and errors behave."""
+
+from pathlib import Path
+
+import pytest
+
+from sftkd_cli.config import load_recipe, validate
+from sftkd_cli.distill.methods import METHODS
+from sftkd_cli.errors import SftkdError
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+
+
+def test_recipes_are_shipped():
+    assert len(RECIPES) >= 50
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[2])))
+def test_shipped_recipe_is_valid(path):
+    recipe = load_recipe(path)
+    validate(recipe)
+    assert recipe.distill.method in METHODS
+    if "paper" in path.parts:
+        t = recipe.train
+        assert (t.epochs, t.batch_size, t.lr, t.lr_step, t.lr_gamma, t.seed) == (150, 4, 1e-3, 40, 0.1, 42)
+        assert recipe.run.name and recipe.run.role in {"teacher", "student", "sft", "kd"}
+
+
+def test_overrides_win_and_are_typed(tmp_path):
+    recipe = load_recipe(RECIPES[0], ["train.epochs=3", "data.acceleration=5", "distill.options={p: 2}"])
+    assert recipe.train.epochs == 3 and recipe.data.acceleration == 5.0
+    assert recipe.distill.options == {"p": 2}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs?"),
+        ("trian.epochs=3", "unknown section 'trian'; did you mean train?"),
+        ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+        ("train.epochs=2.5", "train.epochs: expected int"),
+        ("epochs=3", "expected section.key=value"),
+        ("train.epochs", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        load_recipe(None, [override])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(SftkdError, match="bad.yaml: not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(SftkdError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_cross_field_validation():
+    with pytest.raises(SftkdError, match="same number of cascades"):
+        validate(load_recipe(None, ["sft.student=D3C4"]))
+    with pytest.raises(SftkdError, match="train.amp"):
+        validate(load_recipe(None, ["train.amp=fp8"]))
