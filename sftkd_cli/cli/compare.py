@@ -1,0 +1,80 @@
+"""`sftkd compare RUN...`: result tables from evaluated run directories."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from sftkd_cli.cli.app import app, err_console
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.compare import DEFAULT_METRICS, PAPER_METRICS, collect_runs, compare_runs, paper_table
+from sftkd_cli.report.formats import check_alpha, render, to_rich, view
+from sftkd_cli.runs import atomic_write_text
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    latex = "latex"
+    json = "json"
+
+
+class GroupMode(str, Enum):
+    paper = "paper"
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write the --out file atomically (nothing half-written), with a clear error for a missing folder."""
+    if not path.parent.is_dir():
+        raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
+    atomic_write_text(path, text)
+
+
+@app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Evaluated run directories; `runs/*` is fine (files are ignored, non-run folders warned about)."
+    ),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; "
+        f"with --group paper {','.join(PAPER_METRICS)})."
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ)."
+    ),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests)."
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level: p-values below it get a '*'."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the output, in the chosen format, to this file."),
+    group: GroupMode | None = typer.Option(
+        None, "--group", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon})."
+    ),
+    zero_filled: bool = typer.Option(True, "--zf/--no-zf", help="Show the zero-filled input (ZF) row."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on runs not evaluated yet instead of skipping them."),
+) -> None:
+    """Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."""
+    check_alpha(alpha)
+    results, warnings = collect_runs(runs, strict=strict)
+    for message in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
+    if group is GroupMode.paper:
+        if reference is not None or baseline is not None:
+            raise SftkdError("--group paper: --reference and --baseline do not apply (the layout fixes the rows)")
+        result = paper_table(results, metrics=PAPER_METRICS if names is None else names, zero_filled=zero_filled)
+    else:
+        result = compare_runs(results, reference, baseline, metrics=DEFAULT_METRICS if names is None else names, zero_filled=zero_filled)
+    text = render(result, fmt.value, alpha)
+    if out is not None:
+        _write_output(out, text)
+    if fmt is OutputFormat.table:
+        Console().print(to_rich(view(result, alpha, stacked=True)))
+    else:
+        typer.echo(text, nl=False)

@@ -1,0 +1,533 @@
+"""Compare evaluated runs: load their results, check they are comparable, and tabulate them.
+
+The means and standard deviations shown are the ones `sftkd evaluate` wrote to metrics.json
+(over slices); per_slice.csv supplies the per-slice values that the paired Wilcoxon
+signed-rank tests need. Slices are paired by (volume, slice), never by row order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from sftkd_cli.errors import SftkdError
+
+DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
+PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
+ZF_NAME = "ZF"
+ZF_ROLE = "zero-filled"
+NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
+
+STD_KD = "Std-KD"
+SFT_KD = "SFT-KD-Recon"
+PAPER_SETTINGS: tuple[str, ...] = (STD_KD, SFT_KD)
+
+# Rows: teachers first, then students, then everything else by name.
+_ROLE_RANK = {"teacher": 0, "sft-teacher": 1, "student": 2, "sft-student": 3}
+# Paper layout: (row label, column) of each non-KD role; KD runs go to their method's row.
+_PAPER_SLOT = {
+    "teacher": ("Teacher", STD_KD),
+    "sft-teacher": ("Teacher", SFT_KD),
+    "student": ("Student", STD_KD),
+    "sft-student": ("SFT-Student", SFT_KD),
+}
+_PAPER_FIXED_ROWS = (ZF_NAME, "Teacher", "Student", "SFT-Student")
+_KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
+METHOD_LABELS = {
+    "at": "AT", "fitnets": "Fitnets", "fitnet": "Fitnets", "cc": "CC", "fsp": "FSP", "sp": "SP",
+    "pkt": "PKT", "nst": "NST", "ft": "FT", "kd": "KD",
+}
+DATASET_LABELS = {"mrbrains": "MRBrainS", "acdc": "Cardiac", "demo": "Demo", "nifti": "NIfTI"}
+_DATASET_ORDER = ("mrbrains", "acdc", "demo", "nifti")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and standard deviation of one metric over slices."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `sftkd evaluate` wrote into one run directory."""
+
+    name: str  # the directory name: how runs are identified
+    label: str  # the path as the user gave it, for messages
+    role: str | None
+    method: str | None
+    teacher_role: str | None
+    params: int | None
+    latency_ms: float | None
+    source: str | None
+    fingerprint: str
+    split: str
+    acceleration: float
+    metrics: dict[str, Stat]
+    zero_filled: dict[str, Stat]
+    slices: tuple[tuple[str, int], ...]  # (volume, slice) of each per_slice.csv row
+    columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
+
+    def column(self, name: str) -> np.ndarray:
+        """Per-slice values of one per_slice.csv column; a clear error if it is missing."""
+        if name not in self.columns:
+            raise SftkdError(f"{self.label}/per_slice.csv: no column '{name}' (re-run `sftkd evaluate {self.label}`)")
+        return self.columns[name]
+
+    @property
+    def dataset_key(self) -> str:
+        """The dataset's source name, or a short fingerprint when metrics.json has no source."""
+        return self.source or f"data-{self.fingerprint[:8]}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a comparison: a run, or the zero-filled input."""
+
+    name: str
+    role: str
+    params: int | None
+    latency_ms: float | None
+    stats: dict[str, Stat]
+    delta: dict[str, float]  # mean minus the reference's mean; empty without a reference
+    pvalue: dict[str, float]  # Wilcoxon p vs the baseline; empty without one and for the baseline
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs evaluated on the same data, split and acceleration, side by side."""
+
+    metrics: tuple[str, ...]
+    rows: tuple[Row, ...]
+    reference: str | None
+    baseline: str | None
+    n_paired: int | None  # slices paired for the Wilcoxon tests
+    dataset: str
+    fingerprint: str
+    split: str
+    acceleration: float
+
+
+@dataclass(frozen=True)
+class PaperCell:
+    """One PSNR/SSIM cell of the paper's Table 1 and the run that fills it."""
+
+    run: str
+    stats: dict[str, Stat]
+
+
+@dataclass(frozen=True)
+class PaperBlock:
+    """The rows of one dataset in the paper's Table 1."""
+
+    dataset: str
+    models: tuple[str, ...]
+    cells: dict[tuple[str, float, str], PaperCell]  # (model row, acceleration, setting) -> cell
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """The paper's Table 1 layout: dataset x model rows, acceleration x setting columns."""
+
+    metrics: tuple[str, ...]
+    split: str
+    accelerations: tuple[float, ...]
+    blocks: tuple[PaperBlock, ...]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_metrics_json(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SftkdError(f"{path}: corrupt metrics file ({exc}); re-run `sftkd evaluate {path.parent}`") from None
+    if not isinstance(info, dict):
+        raise SftkdError(f"{path}: expected a JSON object")
+    if info.get("format") != 1:
+        raise SftkdError(f"{path}: format {info.get('format')!r} is not supported (expected 1)")
+    return info
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SftkdError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _optional_number(value: object, where: str) -> float | None:
+    return None if value is None else _number(value, where)
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _stats_block(block: object, where: str) -> dict[str, Stat]:
+    if not isinstance(block, dict) or not block:
+        raise SftkdError(f"{where}: expected an object of metrics with mean and std")
+    stats = {}
+    for metric, entry in block.items():
+        if not isinstance(entry, dict):
+            raise SftkdError(f"{where}.{metric}: expected {{'mean': ..., 'std': ...}}")
+        stats[metric] = Stat(_number(entry.get("mean"), f"{where}.{metric}.mean"),
+                             _number(entry.get("std"), f"{where}.{metric}.std"))
+    return stats
+
+
+def _read_per_slice(path: Path) -> tuple[tuple[tuple[str, int], ...], dict[str, np.ndarray]]:
+    """(volume, slice) keys and numeric columns of a per_slice.csv."""
+    if not path.is_file():
+        raise SftkdError(f"{path}: missing; re-run `sftkd evaluate {path.parent}`")
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = list(reader.fieldnames or [])
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SftkdError(f"{path}: unreadable ({exc})") from None
+    if "volume" not in fields or "slice" not in fields:
+        raise SftkdError(f"{path}: expected columns volume and slice (then one per metric)")
+    if not records:
+        raise SftkdError(f"{path}: no slices")
+    keys: list[tuple[str, int]] = []
+    values: dict[str, list[float]] = {name: [] for name in fields if name not in ("volume", "slice")}
+    for line, record in enumerate(records, start=2):
+        try:
+            keys.append((record["volume"], int(record["slice"])))
+            for name, column in values.items():
+                column.append(float(record[name]))
+        except (TypeError, ValueError):
+            raise SftkdError(f"{path}: line {line}: expected a volume id, an integer slice and numbers") from None
+    if len(set(keys)) != len(keys):
+        raise SftkdError(f"{path}: a (volume, slice) pair appears twice")
+    return tuple(keys), {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
+
+
+def _check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarray], prefix: str) -> None:
+    """Refuse a per_slice.csv whose means disagree with metrics.json (a stale or foreign file)."""
+    for metric, stat in stats.items():
+        values = columns.get(prefix + metric)
+        if values is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            candidates = (float(np.mean(values)), float(np.nanmean(values)))
+        if not any(np.isclose(c, stat.mean, rtol=1e-3, atol=1e-6, equal_nan=True) for c in candidates):
+            raise SftkdError(
+                f"{label}/per_slice.csv: {prefix}{metric} mean {candidates[0]:.6g} does not match "
+                f"metrics.json ({stat.mean:.6g}); re-run `sftkd evaluate {label}`"
+            )
+
+
+def load_run_result(run_dir: str | Path) -> RunResult:
+    """Read metrics.json and per_slice.csv of an evaluated run directory."""
+    path = Path(run_dir)
+    label = str(path)
+    if not path.is_dir():
+        raise SftkdError(f"{label}: not a run directory")
+    metrics_file = path / "metrics.json"
+    if not metrics_file.is_file():
+        raise SftkdError(f"{label}: not evaluated yet (no metrics.json); run `sftkd evaluate {label}`")
+    info = _read_metrics_json(metrics_file)
+    where = str(metrics_file)
+    dataset = info.get("dataset")
+    if not isinstance(dataset, dict):
+        raise SftkdError(f"{where}: dataset: expected an object with fingerprint, split and acceleration")
+    for key in ("fingerprint", "split"):
+        if not isinstance(dataset.get(key), str):
+            raise SftkdError(f"{where}: dataset.{key}: expected a string")
+    metrics = _stats_block(info.get("metrics"), f"{where}: metrics")
+    zero_filled = _stats_block(info.get("zero_filled"), f"{where}: zero_filled")
+    slices, columns = _read_per_slice(path / "per_slice.csv")
+    _check_means(label, metrics, columns, "")
+    _check_means(label, zero_filled, columns, "ZF_")
+    params = _optional_number(info.get("params"), f"{where}: params")
+    return RunResult(
+        name=path.resolve().name,
+        label=label,
+        role=_optional_str(info.get("role")),
+        method=_optional_str(info.get("method")),
+        teacher_role=_optional_str(info.get("teacher_role")),
+        params=None if params is None else int(params),
+        latency_ms=_optional_number(info.get("latency_ms_per_slice"), f"{where}: latency_ms_per_slice"),
+        source=_optional_str(dataset.get("source")),
+        fingerprint=dataset["fingerprint"],
+        split=dataset["split"],
+        acceleration=_number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
+        metrics=metrics,
+        zero_filled=zero_filled,
+        slices=slices,
+        columns=columns,
+    )
+
+
+def collect_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[RunResult], list[str]]:
+    """Load every evaluated run among `paths` (e.g. a shell glob), returning (runs, warnings).
+
+    Non-directories are skipped silently; directories that are not runs (no recipe.yaml and
+    no metrics.json) are skipped with a warning; runs not yet evaluated are named in one
+    warning and skipped, or refused in one error when `strict`.
+    """
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise SftkdError(f"{path}: no such run directory")
+        if not path.is_dir() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        dirs.append(path)
+    not_runs = [str(p) for p in dirs if not (p / "metrics.json").exists() and not (p / "recipe.yaml").exists()]
+    pending = [str(p) for p in dirs if not (p / "metrics.json").exists() and (p / "recipe.yaml").exists()]
+    messages = []
+    if not_runs:
+        messages.append(f"{', '.join(not_runs)}: not a run directory (no recipe.yaml or metrics.json); skipped")
+    if pending:
+        hint = f"`sftkd evaluate {pending[0]}`" if len(pending) == 1 else "`sftkd evaluate RUN` on each"
+        message = f"{', '.join(pending)}: not evaluated yet (no metrics.json); run {hint}"
+        if strict:
+            raise SftkdError(message)
+        messages.append(message + "; skipped")
+    runs = [load_run_result(p) for p in dirs if (p / "metrics.json").exists()]
+    if not runs:
+        raise SftkdError("compare: no evaluated run among the given paths (expected run directories with metrics.json)")
+    _check_unique_names(runs)
+    return runs, messages
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_unique_names(runs: Sequence[RunResult]) -> None:
+    by_name: dict[str, RunResult] = {}
+    for run in runs:
+        if run.name in by_name:
+            raise SftkdError(f"{by_name[run.name].label} and {run.label}: two runs named '{run.name}' (runs are identified by directory name)")
+        by_name[run.name] = run
+
+
+def _data_differences(a: RunResult, b: RunResult) -> list[str]:
+    diffs = []
+    if a.fingerprint != b.fingerprint:
+        diffs.append(f"data (dataset fingerprint {a.fingerprint[:12]} vs {b.fingerprint[:12]})")
+    if a.split != b.split:
+        diffs.append(f"split ({a.split} vs {b.split})")
+    if a.acceleration != b.acceleration:
+        diffs.append(f"acceleration ({a.acceleration:g}x vs {b.acceleration:g}x)")
+    return diffs
+
+
+def check_same_data(runs: Sequence[RunResult]) -> None:
+    """Refuse runs evaluated on different data, split or acceleration, naming the first pair."""
+    for other in runs[1:]:
+        diffs = _data_differences(runs[0], other)
+        if diffs:
+            raise SftkdError(
+                f"{runs[0].label} vs {other.label}: evaluated on different {' and '.join(diffs)}; "
+                "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
+            )
+
+
+def check_same_slices(a: RunResult, b: RunResult) -> None:
+    """Refuse a pairing when the two runs were evaluated on different (volume, slice) sets."""
+    only_a = sorted(set(a.slices) - set(b.slices))
+    only_b = sorted(set(b.slices) - set(a.slices))
+    if only_a or only_b:
+        volume, index = (only_a or only_b)[0]
+        raise SftkdError(
+            f"{a.label} vs {b.label}: per-slice sets differ ({len(only_a)} slices only in {a.name}, "
+            f"{len(only_b)} only in {b.name}, e.g. {volume}/{index}); evaluate both on the same slices"
+        )
+
+
+def resolve_metrics(names: Sequence[str], runs: Sequence[RunResult]) -> tuple[str, ...]:
+    """Metric names as spelled in metrics.json (matched case-insensitively), present in every run."""
+    if not names:
+        raise SftkdError("--metrics: expected at least one metric name")
+    resolved = []
+    for name in names:
+        key = next((key for key in runs[0].metrics if key.lower() == name.strip().lower()), name.strip())
+        for run in runs:
+            if key not in run.metrics:
+                raise SftkdError(f"--metrics {name}: not in {run.label}/metrics.json (has {', '.join(run.metrics)})")
+        resolved.append(key)
+    return tuple(dict.fromkeys(resolved))
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def order_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+    """Teachers, then students, then the rest; by name within each role."""
+    return sorted(runs, key=lambda r: (_ROLE_RANK.get(r.role or "", len(_ROLE_RANK)), r.name))
+
+
+def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str) -> RunResult | None:
+    """The run named by `wanted` (name or path), else the only run with `role`, else none."""
+    if wanted is None:
+        candidates = [run for run in runs if run.role == role]
+        return candidates[0] if len(candidates) == 1 else None
+    if wanted.lower() == NONE:
+        return None
+    for run in runs:
+        if wanted in (run.name, run.label) or Path(wanted).name == run.name:
+            return run
+    raise SftkdError(f"{option} {wanted}: not among the compared runs ({', '.join(r.name for r in runs)})")
+
+
+def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired samples (nan when undefined)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(wilcoxon(x, y, alternative="two-sided").pvalue)
+        except ValueError:
+            return math.nan
+
+
+def _zero_filled(run: RunResult, names: Sequence[str]) -> dict[str, Stat]:
+    """The zero-filled input's stats for `names`, from the run's zero_filled block."""
+    missing = [m for m in names if m not in run.zero_filled]
+    if missing:
+        raise SftkdError(f"{run.label}/metrics.json: zero_filled has no {', '.join(missing)} (use --no-zf)")
+    return {m: run.zero_filled[m] for m in names}
+
+
+def _deltas(stats: dict[str, Stat], ref: RunResult | None, names: Sequence[str]) -> dict[str, float]:
+    """Mean minus the reference run's mean, per metric (empty without a reference)."""
+    return {m: stats[m].mean - ref.metrics[m].mean for m in names} if ref else {}
+
+
+def _pvalues(run: RunResult, prefix: str, base: RunResult | None, names: Sequence[str]) -> dict[str, float]:
+    """Wilcoxon p of run's `prefix + metric` columns vs the baseline's, paired by (volume, slice)."""
+    if base is None:
+        return {}
+    check_same_slices(run, base)
+    index = {key: i for i, key in enumerate(run.slices)}
+    order = [index[key] for key in base.slices]
+    return {m: wilcoxon_p(run.column(prefix + m)[order], base.column(m)) for m in names}
+
+
+def compare_runs(
+    runs: Sequence[RunResult],
+    reference: str | None = None,
+    baseline: str | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    zero_filled: bool = True,
+) -> Comparison:
+    """Rows of metric mean ± std, delta to the reference and Wilcoxon p vs the baseline.
+
+    `reference`/`baseline` name a run (directory name or path); by default the only run
+    whose role is teacher (reference) or student (baseline), if there is exactly one;
+    "none" switches them off. The zero-filled row comes from the first run's zero_filled block.
+    """
+    if not runs:
+        raise SftkdError("compare: no runs given")
+    _check_unique_names(runs)
+    check_same_data(runs)
+    names = resolve_metrics(metrics, runs)
+    ordered = order_runs(runs)
+    ref = _pick(ordered, reference, "teacher", "--reference")
+    base = _pick(ordered, baseline, "student", "--baseline")
+    first = runs[0]
+    rows = []
+    if zero_filled:
+        zf = _zero_filled(first, names)
+        rows.append(Row(ZF_NAME, ZF_ROLE, None, None, zf, _deltas(zf, ref, names), _pvalues(first, "ZF_", base, names)))
+    for run in ordered:
+        rows.append(Row(run.name, run.role or "-", run.params, run.latency_ms, {m: run.metrics[m] for m in names},
+                        _deltas(run.metrics, ref, names), _pvalues(run, "", None if run is base else base, names)))
+    return Comparison(
+        metrics=names,
+        rows=tuple(rows),
+        reference=ref.name if ref else None,
+        baseline=base.name if base else None,
+        n_paired=len(base.slices) if base else None,
+        dataset=first.dataset_key,
+        fingerprint=first.fingerprint,
+        split=first.split,
+        acceleration=first.acceleration,
+    )
+
+
+# ----------------------------------------------------------------------------- paper layout
+
+
+def _paper_slot(run: RunResult) -> tuple[str, str]:
+    """(row label, setting column) of a run in the paper's Table 1."""
+    where = f"{run.label}/metrics.json"
+    if run.role in _PAPER_SLOT:
+        return _PAPER_SLOT[run.role]
+    if run.role != "kd":
+        raise SftkdError(f"{where}: role {run.role!r} has no place in the paper table (expected teacher, student, sft-teacher, sft-student or kd)")
+    if not run.method:
+        raise SftkdError(f"{where}: method: a kd run needs its KD method (e.g. 'at') for --group paper")
+    if run.teacher_role not in _KD_TEACHER_SETTING:
+        raise SftkdError(f"{where}: teacher_role {run.teacher_role!r}: expected 'teacher' (Std-KD) or 'sft-teacher' (SFT-KD-Recon)")
+    return METHOD_LABELS.get(run.method.lower(), run.method), _KD_TEACHER_SETTING[run.teacher_role]
+
+
+def _dataset_rank(key: str) -> tuple[int, str]:
+    return (_DATASET_ORDER.index(key) if key in _DATASET_ORDER else len(_DATASET_ORDER), key)
+
+
+def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRICS, zero_filled: bool = True) -> PaperTable:
+    """Place runs in the paper's Table 1: one block per dataset, columns per acceleration and setting.
+
+    Runs are grouped by (dataset source, acceleration); within a group they must share the
+    dataset fingerprint, and all runs must share the split. Two runs for one cell are refused.
+    """
+    if not runs:
+        raise SftkdError("compare: no runs given")
+    _check_unique_names(runs)
+    names = resolve_metrics(metrics, runs)
+    for other in runs[1:]:
+        if other.split != runs[0].split:
+            raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different split ({runs[0].split} vs {other.split}); the paper table shows one split")
+    groups: dict[tuple[str, float], list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset_key, run.acceleration), []).append(run)
+    for members in groups.values():
+        check_same_data(members)
+
+    cells: dict[str, dict[tuple[str, float, str], PaperCell]] = {}
+    owners: dict[tuple[str, str, float, str], RunResult] = {}
+    for (dataset, acceleration), members in groups.items():
+        block = cells.setdefault(dataset, {})
+        if zero_filled:
+            block[(ZF_NAME, acceleration, STD_KD)] = PaperCell(ZF_NAME, _zero_filled(members[0], names))
+        for run in members:
+            model, setting = _paper_slot(run)
+            slot = (dataset, model, acceleration, setting)
+            if slot in owners:
+                raise SftkdError(
+                    f"{owners[slot].label} and {run.label}: both fill the paper cell "
+                    f"{dataset} / {model} / {acceleration:g}x / {setting}; pass only one of them"
+                )
+            owners[slot] = run
+            block[(model, acceleration, setting)] = PaperCell(run.name, {m: run.metrics[m] for m in names})
+
+    blocks = []
+    for dataset in sorted(cells, key=_dataset_rank):
+        present = {model for model, _, _ in cells[dataset]}
+        fixed = [model for model in _PAPER_FIXED_ROWS if model in present]
+        methods = sorted(present - set(fixed), key=str.lower)
+        blocks.append(PaperBlock(dataset, tuple(fixed + methods), cells[dataset]))
+    return PaperTable(
+        metrics=names,
+        split=runs[0].split,
+        accelerations=tuple(sorted({acc for _, acc in groups})),
+        blocks=tuple(blocks),
+    )

@@ -1,0 +1,360 @@
+"""Render comparisons as text: a rich table, Markdown, LaTeX (display) or CSV and JSON (data).
+
+Display formats go through one `Table` of strings; CSV and JSON carry the raw numbers so
+that other tools can read them without parsing "mean ± std" cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.compare import (
+    DATASET_LABELS,
+    PAPER_SETTINGS,
+    ZF_ROLE,
+    Comparison,
+    PaperCell,
+    PaperTable,
+    Row,
+    Stat,
+)
+
+FORMATS = ("table", "markdown", "csv", "latex", "json")
+_DECIMALS = {"PSNR": 2, "SSIM": 4, "VIF": 4}  # the paper's precision; other metrics get 4 significant digits
+_MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A display table: (group, label) per column, string rows, the first row index of each section."""
+
+    title: str
+    columns: tuple[tuple[str, str], ...]
+    rows: tuple[tuple[str, ...], ...]
+    sections: tuple[int, ...] = ()
+    caption: str = ""
+    label_columns: int = 2  # leading text columns (left-aligned); the rest are numbers
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def format_value(metric: str, value: float, signed: bool = False, digits: int = 4) -> str:
+    """A metric value at the paper's precision (PSNR 2 decimals, SSIM/VIF 4), else `digits` significant digits."""
+    if not math.isfinite(value):
+        return str(value)
+    sign = "+" if signed else ""
+    if metric in _DECIMALS:
+        return f"{value:{sign}.{_DECIMALS[metric]}f}"
+    return f"{value:{sign}.{digits}g}"
+
+
+def format_stat(metric: str, stat: Stat) -> str:
+    return f"{format_value(metric, stat.mean)} ± {format_value(metric, stat.std, digits=2)}"
+
+
+def format_p(p: float, alpha: float) -> str:
+    """A p-value with '*' when it is below alpha."""
+    if math.isnan(p):
+        return "n/a"
+    text = f"{p:.1e}" if p < 1e-3 else f"{p:.3g}"
+    return text + ("*" if p < alpha else "")
+
+
+def _dataset_label(key: str) -> str:
+    return DATASET_LABELS.get(key, key)
+
+
+def _json_number(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: write null for them."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise SftkdError(f"--alpha {alpha}: expected a number between 0 and 1")
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def comparison_caption(c: Comparison, alpha: float) -> str:
+    parts = [f"{_dataset_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over slices."]
+    if c.reference:
+        parts.append(f"Δ = mean minus the mean of {c.reference}.")
+    if c.baseline:
+        parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired slices; * p < {alpha:g}.")
+    return " ".join(parts)
+
+
+def _delta_text(c: Comparison, row: Row, metric: str) -> str | None:
+    """The Δ cell: None without a reference, 'ref' on the reference's own row."""
+    if not c.reference:
+        return None
+    if row.name == c.reference and row.role != ZF_ROLE:
+        return "ref"
+    return format_value(metric, row.delta[metric], signed=True, digits=3)
+
+
+def _p_text(c: Comparison, row: Row, metric: str, alpha: float) -> str | None:
+    """The p cell: None without a baseline, 'base' on the baseline's own row."""
+    if not c.baseline:
+        return None
+    return format_p(row.pvalue[metric], alpha) if metric in row.pvalue else "base"
+
+
+def comparison_view(c: Comparison, alpha: float, stacked: bool = False) -> Table:
+    """The comparison as display strings: mean ± std, Δ and p columns per metric.
+
+    `stacked` (for terminals) puts the role under the run name and Δ and p on lines under
+    mean ± std, so that five metrics fit beside each other.
+    """
+    columns: list[tuple[str, str]] = [("", "Run")] if stacked else [("", "Run"), ("", "Role")]
+    columns.append(("", "Params"))
+    for m in c.metrics:
+        columns.append(("", m))
+        if c.reference and not stacked:
+            columns.append(("", f"Δ{m}"))
+        if c.baseline and not stacked:
+            columns.append(("", f"p {m}"))
+    columns.append(("", "ms/slice"))
+    rows = []
+    for row in c.rows:
+        cells = [f"{row.name}\n{row.role}"] if stacked else [row.name, row.role]
+        cells.append(_MISSING if row.params is None else f"{row.params:,}")
+        for m in c.metrics:
+            delta, p = _delta_text(c, row, m), _p_text(c, row, m, alpha)
+            if stacked:
+                lines = [format_stat(m, row.stats[m])]
+                if delta is not None:
+                    lines.append(delta if delta == "ref" else f"Δ {delta}")
+                if p is not None:
+                    lines.append(p if p == "base" else f"p {p}")
+                cells.append("\n".join(lines))
+            else:
+                cells += [format_stat(m, row.stats[m])] + [part for part in (delta, p) if part is not None]
+        cells.append(_MISSING if row.latency_ms is None else f"{row.latency_ms:.1f}")
+        rows.append(tuple(cells))
+    caption = comparison_caption(c, alpha)
+    if stacked and (c.reference or c.baseline):
+        caption += " Each cell: mean ± std, then Δ and/or p."
+    return Table("sftkd compare", tuple(columns), tuple(rows), caption=caption, label_columns=1 if stacked else 2)
+
+
+def _metric_numbers(row: Row, metric: str, alpha: float) -> dict[str, object]:
+    """mean, std, delta, p and significance of one row and metric (None where not applicable)."""
+    p = row.pvalue.get(metric)
+    return {"mean": row.stats[metric].mean, "std": row.stats[metric].std, "delta": row.delta.get(metric),
+            "p": p, "significant": None if p is None else bool(p < alpha)}
+
+
+def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
+    """One flat record per row (numbers, empty where not applicable), for CSV."""
+    records = []
+    for row in c.rows:
+        record: dict[str, object] = {"run": row.name, "role": row.role, "params": row.params,
+                                     "latency_ms_per_slice": row.latency_ms}
+        for m in c.metrics:
+            record.update({f"{m}_{key}": value for key, value in _metric_numbers(row, m, alpha).items()})
+        records.append(record)
+    return records
+
+
+def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
+    rows = []
+    for row in c.rows:
+        metrics = {
+            m: {key: _json_number(value) if isinstance(value, float) else value
+                for key, value in _metric_numbers(row, m, alpha).items()}
+            for m in c.metrics
+        }
+        rows.append({"run": row.name, "role": row.role, "params": row.params,
+                     "latency_ms_per_slice": _json_number(row.latency_ms), "metrics": metrics})
+    return {
+        "format": 1, "kind": "compare",
+        "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
+        "metrics": list(c.metrics), "reference": c.reference, "baseline": c.baseline,
+        "test": "wilcoxon signed-rank, two-sided, paired by (volume, slice)", "alpha": alpha,
+        "n_paired": c.n_paired, "rows": rows,
+    }
+
+
+# ----------------------------------------------------------------------------- paper table
+
+
+def _paper_columns(p: PaperTable) -> list[tuple[float, str]]:
+    return [(acc, setting) for acc in p.accelerations for setting in PAPER_SETTINGS]
+
+
+def paper_view(p: PaperTable) -> Table:
+    """The paper's Table 1: Dataset | Model | (acceleration x setting) cells of 'PSNR/SSIM'."""
+    metrics = "/".join(p.metrics)
+    columns = [("", "Dataset"), ("", "Model")]
+    columns += [(f"{acc:g}x", f"{setting} {metrics}") for acc, setting in _paper_columns(p)]
+    rows, sections = [], []
+    for block in p.blocks:
+        sections.append(len(rows))
+        for i, model in enumerate(block.models):
+            cells = [_dataset_label(block.dataset) if i == 0 else "", model]
+            for acc, setting in _paper_columns(p):
+                cell = block.cells.get((model, acc, setting))
+                cells.append(_MISSING if cell is None else "/".join(format_value(m, cell.stats[m].mean) for m in p.metrics))
+            rows.append(tuple(cells))
+    caption = f"{metrics} (mean over slices), split {p.split}, in the layout of the paper's Table 1."
+    return Table("sftkd compare --group paper", tuple(columns), tuple(rows), tuple(sections), caption)
+
+
+def _paper_cells(p: PaperTable) -> Iterator[tuple[str, str, float, str, PaperCell]]:
+    """(dataset, model, acceleration, setting, cell) of every filled cell, in table order."""
+    for block in p.blocks:
+        for model in block.models:
+            for acc, setting in _paper_columns(p):
+                cell = block.cells.get((model, acc, setting))
+                if cell is not None:
+                    yield block.dataset, model, acc, setting, cell
+
+
+def paper_records(p: PaperTable) -> list[dict[str, object]]:
+    """One record per filled cell (long format), for CSV."""
+    records = []
+    for dataset, model, acc, setting, cell in _paper_cells(p):
+        record: dict[str, object] = {"dataset": dataset, "model": model, "acceleration": acc,
+                                     "setting": setting, "run": cell.run}
+        for m in p.metrics:
+            record[f"{m}_mean"] = cell.stats[m].mean
+            record[f"{m}_std"] = cell.stats[m].std
+        records.append(record)
+    return records
+
+
+def paper_json(p: PaperTable) -> dict[str, object]:
+    cells = [
+        {"dataset": dataset, "model": model, "acceleration": acc, "setting": setting, "run": cell.run,
+         "metrics": {m: {"mean": _json_number(cell.stats[m].mean), "std": _json_number(cell.stats[m].std)}
+                     for m in p.metrics}}
+        for dataset, model, acc, setting, cell in _paper_cells(p)
+    ]
+    return {"format": 1, "kind": "paper", "metrics": list(p.metrics), "split": p.split,
+            "accelerations": list(p.accelerations), "cells": cells}
+
+
+# ----------------------------------------------------------------------------- renderers
+
+
+def to_rich(table: Table) -> RichTable:
+    """A rich table; cells are plain text (no markup), numbers right-aligned."""
+    out = RichTable(title=table.title, caption=table.caption, caption_justify="left", box=box.SIMPLE_HEAD,
+                    show_edge=False, pad_edge=False)
+    for i, (group, label) in enumerate(table.columns):
+        out.add_column(f"{group}\n{label}" if group else label,
+                       justify="left" if i < table.label_columns else "right")
+    for i, row in enumerate(table.rows):
+        if i in table.sections and i > 0:
+            out.add_section()
+        out.add_row(*(Text(cell) for cell in row))
+    return out
+
+
+def to_text(table: Table) -> str:
+    """The rich table as plain text (for --out with --format table)."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=1000, color_system=None, force_terminal=False).print(to_rich(table))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table) -> str:
+    header = [" ".join(part for part in column if part) for column in table.columns]
+    align = ["---" if i < table.label_columns else "---:" for i in range(len(header))]
+    lines = [f"**{table.title}**", ""]
+    lines += ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
+    if table.caption:
+        lines += ["", table.caption]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "Δ": r"$\Delta$",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def _latex_spans(table: Table) -> str | None:
+    """The grouped header line (\\multicolumn per group), or None when no column has a group."""
+    if not any(group for group, _ in table.columns):
+        return None
+    spans: list[tuple[str, int]] = []
+    for group, _ in table.columns:
+        if spans and spans[-1][0] == group:
+            spans[-1] = (group, spans[-1][1] + 1)
+        else:
+            spans.append((group, 1))
+    return " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(g)}}}" if g else " & ".join([""] * n) for g, n in spans) + r" \\"
+
+
+def to_latex(table: Table) -> str:
+    """A tabular (no float environment) to \\input into a document; the caption as a comment."""
+    spec = "l" * table.label_columns + "r" * (len(table.columns) - table.label_columns)
+    lines = [f"% {table.title}"] + ([f"% {latex_escape(table.caption)}"] if table.caption else [])
+    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\hline"]
+    spans = _latex_spans(table)
+    if spans:
+        lines.append(spans)
+    lines += [" & ".join(latex_escape(label) for _, label in table.columns) + r" \\", r"\hline"]
+    for i, row in enumerate(table.rows):
+        if i in table.sections and i > 0:
+            lines.append(r"\hline")
+        lines.append(" & ".join(latex_escape(cell) for cell in row) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(records: list[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    fields = list(records[0]) if records else []
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({key: "" if value is None else value for key, value in record.items()})
+    return buffer.getvalue()
+
+
+def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> str:
+    """`result` as text in one of FORMATS ('table' gives the rich table as plain text)."""
+    check_alpha(alpha)
+    if fmt not in FORMATS:
+        raise SftkdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    paper = isinstance(result, PaperTable)
+    if fmt == "json":
+        payload = paper_json(result) if paper else comparison_json(result, alpha)
+        return json.dumps(payload, indent=2) + "\n"
+    if fmt == "csv":
+        return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
+    if fmt == "table":
+        return to_text(view(result, alpha, stacked=True))
+    return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
+
+
+def view(result: Comparison | PaperTable, alpha: float = 0.05, stacked: bool = False) -> Table:
+    """The display table of either kind of result (`stacked`: the compact terminal layout)."""
+    return paper_view(result) if isinstance(result, PaperTable) else comparison_view(result, alpha, stacked)

@@ -1,0 +1,306 @@
+"""`sftkd compare`: loading evaluated runs, checks, statistics (numpy/scipy oracles) and formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+from typer.testing import CliRunner
+
+import sftkd_cli.cli.compare  # noqa: F401  (registers the command on the app)
+from sftkd_cli.cli.app import app
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.compare import compare_runs, load_run_result, paper_table
+from sftkd_cli.report.formats import comparison_view
+
+METRICS = ("PSNR", "SSIM", "NMSE", "MSE", "HFN", "HFEN", "VIF")
+SLICES = [(volume, index) for volume in ("vol01", "vol02", "vol03") for index in range(4)]
+FINGERPRINT = "ab" * 32
+WIDE = {"COLUMNS": "400"}
+
+
+def slice_values(seed: int, shift: float) -> dict[str, np.ndarray]:
+    """Per-slice metrics of a fake model: every metric moves by `shift` (scaled per metric)."""
+    rng = np.random.default_rng(seed)
+    n = len(SLICES)
+    return {
+        "PSNR": 30.0 + 2.0 * shift + rng.normal(0, 0.5, n),
+        "SSIM": 0.90 + 0.01 * shift + rng.normal(0, 0.005, n),
+        "NMSE": 0.02 - 0.002 * shift + rng.normal(0, 0.001, n),
+        "MSE": 0.001 - 0.0001 * shift + rng.normal(0, 0.00005, n),
+        "HFN": 0.30 - 0.02 * shift + rng.normal(0, 0.01, n),
+        "HFEN": 0.40 - 0.02 * shift + rng.normal(0, 0.01, n),
+        "VIF": 0.80 + 0.01 * shift + rng.normal(0, 0.01, n),
+    }
+
+
+ZF_VALUES = slice_values(99, -5.0)
+
+
+def stats(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {m: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "volume_mean": float(np.mean(v))}
+            for m, v in values.items()}
+
+
+def make_run(
+    root: Path, name: str, role: str | None, values: dict[str, np.ndarray], *, method: str | None = None,
+    teacher_role: str | None = None, fingerprint: str = FINGERPRINT, split: str = "val", acceleration: float = 4.0,
+    source: str = "demo", slices: list[tuple[str, int]] = SLICES, shuffle: bool = False, params: int = 49285,
+) -> Path:
+    """An evaluated run directory written as COMMON.md describes (recipe.yaml, metrics.json, per_slice.csv)."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(f"run:\n  name: {name}\n")
+    metrics = {
+        "format": 1, "sftkd_version": "0.1.0", "run": name, "model": "D3C5", "role": role, "method": method,
+        "init": None, "params": params, "checkpoint": "best",
+        "dataset": {"path": "data/demo", "fingerprint": fingerprint, "split": split, "acceleration": acceleration,
+                    "image_size": [32, 32], "source": source},
+        "latency_ms_per_slice": 25.0, "device": "cpu", "conventions": {},
+        "metrics": stats(values), "zero_filled": stats(ZF_VALUES),
+    }
+    if teacher_role is not None:
+        metrics["teacher_role"] = teacher_role
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    order = np.random.default_rng(7).permutation(len(slices)) if shuffle else range(len(slices))
+    with (run / "per_slice.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["volume", "slice", *METRICS, *(f"ZF_{m}" for m in METRICS)])
+        for i in order:
+            volume, index = slices[i]
+            writer.writerow([volume, index, *(repr(float(values[m][i])) for m in METRICS),
+                             *(repr(float(ZF_VALUES[m][i])) for m in METRICS)])
+    return run
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> dict[str, Path]:
+    """Teacher, student and one KD run on the same data; the student's CSV rows are shuffled."""
+    return {
+        "teacher": make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0), params=141765),
+        "student": make_run(tmp_path, "student", "student", slice_values(2, 0.0), shuffle=True),
+        "kd_at": make_run(tmp_path, "kd_at", "kd", slice_values(3, 0.5), method="at", teacher_role="teacher"),
+    }
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["compare", *map(str, args)], env=WIDE)
+
+
+# ----------------------------------------------------------------------------- library
+
+
+def test_load_run_result_reads_metrics_and_per_slice(trio):
+    run = load_run_result(trio["student"])
+    assert (run.name, run.role, run.params, run.acceleration, run.split, run.source) == ("student", "student", 49285, 4.0, "val", "demo")
+    assert set(run.slices) == set(SLICES)
+    by_key = dict(zip(run.slices, run.column("PSNR")))
+    expected = slice_values(2, 0.0)["PSNR"]
+    assert all(by_key[key] == pytest.approx(expected[i]) for i, key in enumerate(SLICES))
+
+
+def test_load_run_result_errors_name_the_file(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SftkdError, match=r"x: not evaluated yet \(no metrics.json\); run `sftkd evaluate .*x`"):
+        load_run_result(tmp_path / "x")
+    run = make_run(tmp_path, "r", "student", slice_values(2, 0.0))
+    (run / "per_slice.csv").unlink()
+    with pytest.raises(SftkdError, match="per_slice.csv: missing"):
+        load_run_result(run)
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(SftkdError, match="metrics.json: corrupt"):
+        load_run_result(run)
+
+
+def test_per_slice_that_disagrees_with_metrics_json_is_refused(tmp_path):
+    run = make_run(tmp_path, "r", "student", slice_values(2, 0.0))
+    other = make_run(tmp_path, "o", "student", slice_values(5, 3.0))
+    (run / "per_slice.csv").write_bytes((other / "per_slice.csv").read_bytes())
+    with pytest.raises(SftkdError, match=r"per_slice.csv: PSNR mean .* does not match metrics.json"):
+        load_run_result(run)
+
+
+def test_means_stds_deltas_match_numpy(trio):
+    comparison = compare_runs([load_run_result(p) for p in trio.values()])
+    assert comparison.reference == "teacher" and comparison.baseline == "student"
+    rows = {row.name: row for row in comparison.rows}
+    teacher = slice_values(1, 1.0)
+    for name, values in (("teacher", teacher), ("student", slice_values(2, 0.0)), ("kd_at", slice_values(3, 0.5)),
+                         ("ZF", ZF_VALUES)):
+        for m in ("PSNR", "SSIM", "HFN", "VIF", "NMSE"):
+            assert rows[name].stats[m].mean == pytest.approx(np.mean(values[m]))
+            assert rows[name].stats[m].std == pytest.approx(np.std(values[m]))
+            assert rows[name].delta[m] == pytest.approx(np.mean(values[m]) - np.mean(teacher[m]))
+
+
+def test_wilcoxon_pairs_slices_by_volume_and_slice(trio):
+    comparison = compare_runs([load_run_result(p) for p in trio.values()])
+    rows = {row.name: row for row in comparison.rows}
+    student = slice_values(2, 0.0)
+    for name, values in (("teacher", slice_values(1, 1.0)), ("kd_at", slice_values(3, 0.5)), ("ZF", ZF_VALUES)):
+        for m in ("PSNR", "SSIM", "HFN", "VIF", "NMSE"):
+            expected = scipy.stats.wilcoxon(values[m], student[m], alternative="two-sided").pvalue
+            assert rows[name].pvalue[m] == pytest.approx(expected)
+    assert rows["student"].pvalue == {}
+    assert comparison.n_paired == len(SLICES)
+
+
+def test_different_slice_sets_are_refused(tmp_path):
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), slices=[(v, i + 1) for v, i in SLICES])
+    with pytest.raises(SftkdError, match="per-slice sets differ"):
+        compare_runs([load_run_result(a), load_run_result(b)])
+
+
+def test_rows_are_ordered_zf_teachers_students_then_by_name(tmp_path):
+    paths = [
+        make_run(tmp_path, "zeta", "kd", slice_values(3, 0.5), method="sp", teacher_role="teacher"),
+        make_run(tmp_path, "alpha", "kd", slice_values(4, 0.5), method="at", teacher_role="sft-teacher"),
+        make_run(tmp_path, "stu", "student", slice_values(2, 0.0)),
+        make_run(tmp_path, "sftt", "sft-teacher", slice_values(5, 1.0)),
+        make_run(tmp_path, "tea", "teacher", slice_values(1, 1.0)),
+    ]
+    comparison = compare_runs([load_run_result(p) for p in paths])
+    assert [row.name for row in comparison.rows] == ["ZF", "tea", "sftt", "stu", "alpha", "zeta"]
+    assert [row.name for row in compare_runs([load_run_result(p) for p in paths], zero_filled=False).rows][0] == "tea"
+
+
+def test_reference_and_baseline_options(trio):
+    runs = [load_run_result(p) for p in trio.values()]
+    comparison = compare_runs(runs, reference="kd_at", baseline="none", metrics=["psnr"])
+    assert comparison.metrics == ("PSNR",) and comparison.reference == "kd_at" and comparison.baseline is None
+    assert all(row.pvalue == {} for row in comparison.rows)
+    with pytest.raises(SftkdError, match="--reference nope: not among the compared runs"):
+        compare_runs(runs, reference="nope")
+    with pytest.raises(SftkdError, match="--metrics LPIPS: not in"):
+        compare_runs(runs, metrics=["LPIPS"])
+    # Two students: no automatic baseline.
+    twice = runs + [load_run_result(make_run(trio["teacher"].parent, "student2", "student", slice_values(6, 0.0)))]
+    assert compare_runs(twice).baseline is None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [({"fingerprint": "cd" * 32}, "data (dataset fingerprint"), ({"split": "test"}, "split (val vs test)"),
+     ({"acceleration": 5.0}, "acceleration (4x vs 5x)")],
+)
+def test_runs_on_different_data_are_refused_in_one_line(tmp_path, change, what):
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), **change)
+    result = invoke(a, b)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and what in lines[0] and str(a) in lines[0] and str(b) in lines[0]
+
+
+def test_not_evaluated_runs_are_named_in_one_line_and_skipped(trio, tmp_path):
+    for name in ("pending1", "pending2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recipe.yaml").write_text("run: {}\n")
+    result = invoke(*trio.values(), tmp_path / "pending1", tmp_path / "pending2", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "not evaluated yet" in line]
+    assert len(warning) == 1 and "pending1" in warning[0] and "pending2" in warning[0]
+    assert [r["run"] for r in csv.DictReader(io.StringIO(result.stdout))] == ["ZF", "teacher", "student", "kd_at"]
+    strict = invoke(*trio.values(), tmp_path / "pending1", tmp_path / "pending2", "--strict")
+    assert strict.exit_code == 2 and "pending1" in strict.stderr and "pending2" in strict.stderr
+
+
+def test_glob_style_arguments_with_junk(trio, tmp_path):
+    (tmp_path / "notes.txt").write_text("junk")
+    (tmp_path / "summary.csv").write_text("a,b\n")
+    (tmp_path / "logs").mkdir()
+    result = invoke(*sorted(tmp_path.iterdir()), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [row["run"] for row in json.loads(result.stdout)["rows"]] == ["ZF", "teacher", "student", "kd_at"]
+    assert "logs" in result.stderr and "not a run directory" in result.stderr
+    assert "notes.txt" not in result.stderr and "summary.csv" not in result.stderr
+
+
+def test_every_format_parses(trio, tmp_path):
+    runs = list(trio.values())
+    rows = list(csv.DictReader(io.StringIO(invoke(*runs, "-f", "csv").stdout)))
+    assert float(rows[2]["PSNR_mean"]) == pytest.approx(np.mean(slice_values(2, 0.0)["PSNR"]))
+    assert rows[1]["PSNR_delta"] == "0.0" and rows[2]["PSNR_p"] == ""
+
+    payload = json.loads(invoke(*runs, "-f", "json", "--alpha", "0.01").stdout)
+    assert payload["reference"] == "teacher" and payload["baseline"] == "student" and payload["alpha"] == 0.01
+    assert payload["rows"][1]["metrics"]["PSNR"]["significant"] is True
+
+    markdown = invoke(*runs, "-f", "markdown").stdout.splitlines()
+    header = next(i for i, line in enumerate(markdown) if line.startswith("| Run"))
+    assert "| PSNR |" in markdown[header] and set(markdown[header + 1]) <= set("|-: ")
+
+    latex = invoke(*runs, "-f", "latex").stdout
+    assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex and "$\\pm$" in latex
+
+    table = invoke(*runs)
+    assert table.exit_code == 0 and "PSNR" in table.stdout and "kd_at" in table.stdout
+
+    out = tmp_path / "table.md"
+    written = invoke(*runs, "-f", "markdown", "--out", out)
+    assert out.read_text() == written.stdout
+    invoke(*runs, "--no-zf", "--out", tmp_path / "table.txt")
+    assert "kd_at" in (tmp_path / "table.txt").read_text() and "zero-filled" not in (tmp_path / "table.txt").read_text()
+
+
+def test_significance_marker_follows_alpha(trio):
+    comparison = compare_runs([load_run_result(p) for p in trio.values()])
+    teacher_p = {row.name: row for row in comparison.rows}["teacher"].pvalue["PSNR"]
+    assert teacher_p < 0.05  # the teacher is 2 dB better on every slice
+    p_column = comparison_view(comparison, 0.05).columns.index(("", "p PSNR"))
+    assert comparison_view(comparison, 0.05).rows[1][p_column].endswith("*")
+    assert not comparison_view(comparison, teacher_p / 2).rows[1][p_column].endswith("*")
+
+
+def test_group_paper_places_runs_in_cells(tmp_path):
+    made = {}
+    for source, fp in (("mrbrains", "11" * 32), ("acdc", "22" * 32)):
+        for acc in (4.0, 5.0):
+            def run(name, role, seed, shift, **kw):
+                made[(source, acc, name)] = make_run(tmp_path, f"{source}{acc:g}_{name}", role, slice_values(seed, shift),
+                                                     fingerprint=fp, acceleration=acc, source=source, **kw)
+            run("teacher", "teacher", 1, 1.0)
+            run("sftteacher", "sft-teacher", 2, 1.2)
+            run("student", "student", 3, 0.0)
+            run("kd_at", "kd", 4, 0.5, method="at", teacher_role="teacher")
+            run("sft_at", "kd", 5, 0.9, method="at", teacher_role="sft-teacher")
+            run("sft_cc", "kd", 6, 0.8, method="cc", teacher_role="sft-teacher")
+    (tmp_path / "README").write_text("junk")
+    result = invoke(*sorted(tmp_path.iterdir()), "--group", "paper", "-f", "json")
+    assert result.exit_code == 0, result.output
+    cells = {(c["dataset"], c["model"], c["acceleration"], c["setting"]): c for c in json.loads(result.stdout)["cells"]}
+    expected = {"teacher": ("Teacher", "Std-KD"), "sftteacher": ("Teacher", "SFT-KD-Recon"),
+                "student": ("Student", "Std-KD"), "kd_at": ("AT", "Std-KD"), "sft_at": ("AT", "SFT-KD-Recon"),
+                "sft_cc": ("CC", "SFT-KD-Recon")}
+    for (source, acc, name), path in made.items():
+        cell = cells[(source, expected[name][0], acc, expected[name][1])]
+        assert cell["run"] == path.name
+        assert cell["metrics"]["PSNR"]["mean"] == pytest.approx(load_run_result(path).metrics["PSNR"].mean)
+    assert cells[("acdc", "ZF", 5.0, "Std-KD")]["metrics"]["SSIM"]["mean"] == pytest.approx(np.mean(ZF_VALUES["SSIM"]))
+    assert ("acdc", "CC", 4.0, "Std-KD") not in cells and len(cells) == 2 * 2 * 7
+
+    table = paper_table([load_run_result(p) for p in made.values()])
+    assert [block.dataset for block in table.blocks] == ["mrbrains", "acdc"]
+    assert table.blocks[0].models == ("ZF", "Teacher", "Student", "AT", "CC")
+    assert table.accelerations == (4.0, 5.0)
+
+    markdown = invoke(*made.values(), "--group", "paper", "-f", "markdown").stdout
+    assert "| Dataset | Model | 4x Std-KD PSNR/SSIM |" in markdown and "| MRBrainS | ZF |" in markdown
+    latex = invoke(*made.values(), "--group", "paper", "-f", "latex").stdout
+    assert "\\multicolumn{2}{c}{4x}" in latex
+
+
+def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
+    a = make_run(tmp_path, "at1", "kd", slice_values(4, 0.5), method="at", teacher_role="sft-teacher")
+    b = make_run(tmp_path, "at2", "kd", slice_values(5, 0.6), method="at", teacher_role="sft-teacher")
+    result = invoke(a, b, "--group", "paper")
+    assert result.exit_code == 2 and "both fill the paper cell" in result.stderr and "at1" in result.stderr
