@@ -1,0 +1,608 @@
+"""Turn raw volumes from a `Source` into a prepared dataset directory (the `prepare-data` library).
+
+Output (see COMMON conventions): one `<volume>.h5` per output volume with `image` (S,H,W) float32
+in [0, 1], `source_slice` (S,) int32 (slice index in the source file) and one group
+`acc{a:g}` per acceleration with `kspace` (masked, complex64), `zf` (float32) and `mask`;
+`masks/acc{a:g}.npy`; and `manifest.json`.
+
+Processing of one source file, in order:
+1. read and validate (3-D, finite, some positive voxel); clip negatives to 0 and divide by the
+   volume maximum (recorded as the `max` attribute), so images are in [0, 1];
+2. slice along the slice axis -> (S, H, W) (the demo reorients to RAS and slices axially);
+3. optional in-plane block-mean downsampling by an integer factor;
+4. drop all-zero slices and, with `min_slice_mean` > 0, slices whose mean is below that fraction
+   of the stack's mean (before cropping);
+5. centre crop / zero-pad to `size` (no resampling); drop slices that became all zero;
+6. for each acceleration: one fixed mask for the whole dataset, k-space = mask * FFT(image),
+   zero-filled = |IFFT(k-space)| (`sftkd_cli.mri.masks.undersample`).
+
+Safety: every input is validated before anything is written; the dataset is written to a
+temporary sibling folder `.<name>.tmp-<pid>` and renamed into place at the end, so a failure
+leaves nothing behind. Re-running with the same options and unchanged inputs (sha256) is a
+no-op; different options on an existing dataset need `force`. Input folders are never written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sftkd_cli import __version__
+from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile, SplitRequest
+from sftkd_cli.data.volumes import (
+    crop_or_pad, display_path, downsample, kept_slices, load_nifti, read_volume, sha256_file,
+    spatial_shape, voxel_size,
+)
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.mri.masks import LAYOUTS, MASK_KINDS, load_mask, make_mask, undersample
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume maximum (attr max)"
+# Prepared stacks are kept in memory between validation and writing up to this many bytes;
+# beyond it they are read again when written.
+KEEP_IN_MEMORY_BYTES = 2 << 30
+
+Progress = Callable[[str, int, int], None]
+
+
+def acceleration_key(acceleration: float) -> str:
+    """Group name of an acceleration in the h5 files and manifest: 4.0 -> 'acc4', 2.5 -> 'acc2.5'."""
+    return f"acc{float(acceleration):g}"
+
+
+@dataclass
+class PrepareOptions:
+    """Everything `prepare_dataset` needs besides the source and output folder.
+
+    size: (H, W) centre crop/pad, or None to keep the native in-plane size (all volumes must agree).
+    mask_files: acceleration -> mask file; other accelerations get a generated `mask_kind` mask.
+    val/test: explicit group ids (patients for ACDC); *_fraction: seeded share of the groups
+    (None: the source's default). force: rebuild an existing dataset made with other options.
+    """
+
+    size: tuple[int, int] | None = None
+    slice_axis: int = 2
+    downsample: int = 1
+    accelerations: tuple[float, ...] = (4.0, 5.0)
+    mask_kind: str = "random"
+    mask_files: dict[float, Path] = field(default_factory=dict)
+    mask_layout: str = "corner"
+    center_fraction: float | None = None
+    seed: int = 42
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    val: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    min_slice_mean: float = 0.0
+    force: bool = False
+
+    def validate(self) -> None:
+        """Raise a one-line SftkdError for any value out of range."""
+        if self.size is not None:
+            if len(self.size) != 2 or any(int(s) != s or s < 4 for s in self.size):
+                raise SftkdError(f"--size {self.size}: expected two integers H W, each >= 4")
+        if self.slice_axis not in (0, 1, 2, -1, -2, -3):
+            raise SftkdError(f"--slice-axis {self.slice_axis}: expected 0, 1 or 2 (or -1 for the last)")
+        if self.downsample < 1:
+            raise SftkdError(f"--downsample {self.downsample}: expected an integer >= 1")
+        if not self.accelerations:
+            raise SftkdError("--acc: expected at least one acceleration")
+        for acc in self.accelerations:
+            if not (math.isfinite(acc) and acc > 1):
+                raise SftkdError(f"--acc {acc:g}: expected a number > 1")
+        keys = [acceleration_key(a) for a in self.accelerations]
+        if len(set(keys)) != len(keys):
+            raise SftkdError(f"--acc {', '.join(f'{a:g}' for a in self.accelerations)}: repeated value")
+        for acc in self.mask_files:
+            if acceleration_key(acc) not in keys:
+                raise SftkdError(
+                    f"--mask-file {acc:g}=...: acceleration {acc:g} is not among --acc "
+                    f"{', '.join(f'{a:g}' for a in self.accelerations)}"
+                )
+        if self.mask_kind not in MASK_KINDS:
+            raise SftkdError(f"--mask-kind {self.mask_kind}: expected one of {', '.join(MASK_KINDS)}")
+        if self.mask_layout not in LAYOUTS:
+            raise SftkdError(f"--mask-layout {self.mask_layout}: expected one of {', '.join(LAYOUTS)}")
+        if self.center_fraction is not None and not 0 <= self.center_fraction <= 1:
+            raise SftkdError(f"--center-fraction {self.center_fraction:g}: expected a number in [0, 1]")
+        if self.seed < 0:
+            raise SftkdError(f"--seed {self.seed}: expected a non-negative integer")
+        if not 0 <= self.min_slice_mean < 1:
+            raise SftkdError(f"--min-slice-mean {self.min_slice_mean:g}: expected a number in [0, 1)")
+
+    def record(self) -> dict[str, Any]:
+        """The options as recorded in the manifest (JSON types, `force` left out)."""
+        out = asdict(self)
+        out.pop("force")
+        out["size"] = None if self.size is None else [int(s) for s in self.size]
+        out["slice_axis"] = self.slice_axis % 3
+        out["accelerations"] = [float(a) for a in self.accelerations]
+        out["mask_files"] = {
+            acceleration_key(a): str(Path(p).resolve()) for a, p in sorted(self.mask_files.items())
+        }
+        out["val"], out["test"] = list(self.val), list(self.test)
+        return out
+
+    def split_request(self) -> SplitRequest:
+        """The split settings handed to the source."""
+        return SplitRequest(
+            self.val_fraction, self.test_fraction, tuple(self.val), tuple(self.test), self.seed
+        )
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare_dataset` did: the dataset folder, its manifest, and whether it was up to date."""
+
+    out: Path
+    manifest: dict[str, Any]
+    unchanged: bool
+    seconds: float
+
+
+@dataclass
+class _Prepared:
+    """One validated source file: its prepared stack (or None when not kept in memory)."""
+
+    file: SourceFile
+    stack: np.ndarray | None
+    kept: np.ndarray
+    max: float
+    voxel_size: tuple[float, float, float]
+    shape: tuple[int, int]
+
+
+# --------------------------------------------------------------------------- option parsing helpers
+
+_MASK_PAIR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*=(.+)$")
+
+
+def parse_accelerations(values: list[str] | None) -> tuple[float, ...]:
+    """'4', '5' or '4,5' (repeatable) -> (4.0, 5.0); empty -> ()."""
+    out: list[float] = []
+    for value in values or []:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise SftkdError(f"--acc {part}: expected a number such as 4 or 2.5") from None
+    return tuple(out)
+
+
+def parse_mask_files(values: list[str] | None, accelerations: tuple[float, ...]) -> dict[float, Path]:
+    """'ACC=PATH' pairs, or one bare PATH when there is exactly one acceleration."""
+    out: dict[float, Path] = {}
+    for value in values or []:
+        match = _MASK_PAIR.match(value)
+        if match:
+            acc, path = float(match.group(1)), Path(match.group(2).strip())
+        elif len(accelerations) == 1:
+            acc, path = accelerations[0], Path(value)
+        else:
+            raise SftkdError(
+                f"--mask-file {value}: expected ACC=PATH (e.g. 4={value}); a bare path needs exactly "
+                "one --acc"
+            )
+        if acc in out:
+            raise SftkdError(f"--mask-file {value}: acceleration {acc:g} already has a mask file")
+        out[acc] = path
+    return out
+
+
+# --------------------------------------------------------------------------- output folder checks
+
+
+def _check_out(out: Path, source: Source) -> None:
+    """The output must not be a file, nor the input folder, nor inside or around it."""
+    if out.exists() and not out.is_dir():
+        raise SftkdError(f"--out {display_path(out)}: is a file; expected a folder (new, empty or a dataset)")
+    inputs = source.input_path()
+    if inputs is None:
+        return
+    o, i = out.resolve(), inputs.resolve()
+    if o == i or i in o.parents:
+        raise SftkdError(
+            f"--out {display_path(out)}: inside the input folder {display_path(inputs)}; "
+            "expected a folder outside it (inputs are never written)"
+        )
+    if o in i.parents:
+        raise SftkdError(
+            f"--out {display_path(out)}: contains the input {display_path(inputs)}; "
+            "expected a separate folder"
+        )
+
+
+def _existing(out: Path) -> dict[str, Any] | None:
+    """The manifest of an existing dataset at `out`, None when `out` is absent or an empty folder."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    path = out / MANIFEST
+    if not path.is_file():
+        raise SftkdError(
+            f"--out {display_path(out)}: exists and is not a sftkd dataset (no {MANIFEST}); "
+            "expected a new or empty folder"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+        return manifest
+    except (ValueError, OSError):
+        return {}  # unreadable manifest: a dataset we cannot compare, so only --force rebuilds it
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """A short description of how the stored inputs differ from the requested ones."""
+    old_opts, new_opts = old.get("options", {}), new["options"]
+    changed = [
+        f"{k} {json.dumps(old_opts.get(k))} -> {json.dumps(new_opts.get(k))}"
+        for k in sorted(set(old_opts) | set(new_opts)) if old_opts.get(k) != new_opts.get(k)
+    ]
+    if changed:
+        return "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+    old_src = old.get("inputs", {}).get("sources", {})
+    new_src = new["inputs"]["sources"]
+    files = sorted(k for k in set(old_src) | set(new_src) if old_src.get(k) != new_src.get(k))
+    if files:
+        return "source files changed: " + ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    return "mask files changed"
+
+
+def _missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files the manifest lists that are not in `out`."""
+    names = [v.get("file", "") for v in manifest.get("volumes", {}).values()]
+    names += list(manifest.get("mask", {}).get("files", {}).values())
+    return [n for n in names if not (out / n).is_file()]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> _Prepared:
+    """Read, validate and slice one source file (steps 1-5 of the module docstring)."""
+    import nibabel as nib
+
+    img = load_nifti(file.path)
+    spatial_shape(img, file.path)  # 4-D and empty images fail here, before reading the data
+    if source.reorient:
+        try:
+            img = nib.as_closest_canonical(img)
+        except Exception as exc:
+            raise SftkdError(f"{display_path(file.path)}: cannot reorient to RAS ({exc})") from exc
+    data = read_volume(img, file.path)
+    vmax = float(data.max())
+    data = np.maximum(data, 0.0) / np.float32(vmax)
+    axis = options.slice_axis % 3
+    zooms = voxel_size(img)
+    order = source.axes(axis)
+    factor = options.downsample
+    vox = (zooms[order[0]], zooms[order[1]] * factor, zooms[order[2]] * factor)
+    stack = downsample(source.slices(data, axis), factor)
+    kept = kept_slices(stack, options.min_slice_mean)
+    stack = stack[kept]
+    if options.size is not None:
+        stack = crop_or_pad(stack, options.size)
+        nonzero = np.flatnonzero(np.any(stack != 0, axis=(1, 2)))
+        stack, kept = stack[nonzero], kept[nonzero]
+    if len(kept) == 0:
+        raise SftkdError(
+            f"{display_path(file.path)}: no slices left after dropping empty slices "
+            f"(--min-slice-mean {options.min_slice_mean:g}); expected some non-empty slices"
+        )
+    stack = np.ascontiguousarray(stack, dtype=np.float32)
+    return _Prepared(file, stack, kept, vmax, vox, (stack.shape[1], stack.shape[2]))
+
+
+def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int, int]:
+    """The dataset's (H, W): `options.size`, or the common native size of all volumes."""
+    if options.size is not None:
+        return int(options.size[0]), int(options.size[1])
+    sizes = {p.shape for p in prepared}
+    if len(sizes) > 1:
+        examples = ", ".join(f"{p.file.rel} {p.shape[0]}x{p.shape[1]}" for p in prepared[:3])
+        raise SftkdError(
+            f"volumes have different in-plane sizes ({examples}, ...); expected one size: pass --size H W"
+        )
+    return prepared[0].shape
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _user_masks(options: PrepareOptions) -> dict[float, tuple[Path, np.ndarray, str]]:
+    """Load the user's mask files (format checks now, shape checks once the size is known)."""
+    return {
+        acc: (Path(path), load_mask(path), sha256_file(Path(path)))
+        for acc, path in options.mask_files.items()
+    }
+
+
+def _check_mask_shapes(user: dict[float, tuple[Path, np.ndarray, str]], size: tuple[int, int]) -> None:
+    for path, mask, _ in user.values():
+        if tuple(mask.shape) != tuple(size):
+            raise SftkdError(
+                f"{display_path(path)}: shape {tuple(mask.shape)}, expected {tuple(size)} to match the images"
+            )
+
+
+def _masks(
+    options: PrepareOptions, size: tuple[int, int], user: dict[float, tuple[Path, np.ndarray, str]]
+) -> dict[float, np.ndarray]:
+    """One fixed mask per acceleration: the user's file, or a generated one."""
+    out = {}
+    for acc in options.accelerations:
+        if acc in user:
+            out[acc] = user[acc][1]
+        else:
+            out[acc] = make_mask(
+                options.mask_kind, size, acc, seed=options.seed,
+                center_fraction=options.center_fraction, layout=options.mask_layout, axis=0,
+            )
+    return out
+
+
+def _mask_record(
+    options: PrepareOptions, masks: dict[float, np.ndarray], user: dict[float, tuple[Path, np.ndarray, str]]
+) -> dict[str, Any]:
+    """The manifest's `mask` section."""
+    per_acc = {}
+    for acc, mask in masks.items():
+        key = acceleration_key(acc)
+        per_acc[key] = {
+            "file": f"masks/{key}.npy",
+            "lines": int(np.count_nonzero(mask.any(axis=1))),
+            "sampled_fraction": round(float(mask.mean()), 6),
+            "origin": "file" if acc in user else options.mask_kind,
+        }
+        if acc in user:
+            per_acc[key]["source_file"] = str(user[acc][0].resolve())
+            per_acc[key]["source_sha256"] = user[acc][2]
+    return {
+        "kind": options.mask_kind,
+        "seed": options.seed,
+        "layout": options.mask_layout,
+        "axis": 0,
+        "center_fraction": options.center_fraction,
+        "files": {k: v["file"] for k, v in per_acc.items()},
+        "per_acceleration": per_acc,
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_volume_h5(
+    path: Path, images: np.ndarray, source_slices: np.ndarray, masks: dict[float, np.ndarray],
+    centered: bool, attrs: dict[str, Any],
+) -> None:
+    """Write one volume's h5 file: image, source_slice, and per acceleration kspace/zf/mask."""
+    s, h, w = images.shape
+    chunks = (1, h, w)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=images.astype(np.float32), chunks=chunks)
+        f.create_dataset("source_slice", data=source_slices.astype(np.int32))
+        for acc, mask in masks.items():
+            kspace, zf = undersample(images, mask, centered=centered)
+            group = f.create_group(acceleration_key(acc))
+            group.create_dataset("kspace", data=kspace, chunks=chunks, compression="lzf")
+            group.create_dataset("zf", data=zf, chunks=chunks)
+            group.create_dataset("mask", data=mask.astype(np.float32))
+            group.attrs["acceleration"] = float(acc)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def _created_parents(out: Path) -> list[Path]:
+    """Ancestors of `out` that do not exist yet (to remove again if writing fails)."""
+    missing = []
+    for parent in out.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder to `out`, replacing an old dataset or empty folder."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _write(
+    tmp: Path, source: Source, options: PrepareOptions, prepared: list[_Prepared],
+    pieces: list[Piece], splits: dict[str, str], masks: dict[float, np.ndarray],
+    progress: Progress | None,
+) -> dict[str, dict[str, Any]]:
+    """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries."""
+    (tmp / "masks").mkdir(parents=True)
+    for acc, mask in masks.items():
+        np.save(tmp / "masks" / f"{acceleration_key(acc)}.npy", mask.astype(np.float32))
+    by_rel = {p.file.rel: p for p in prepared}
+    volumes: dict[str, dict[str, Any]] = {}
+    centered = options.mask_layout == "centered"
+    reread: tuple[str, np.ndarray] | None = None  # last file read again (stack not kept in memory)
+    for n, piece in enumerate(pieces):
+        prep = by_rel[piece.file.rel]
+        stack = prep.stack
+        if stack is None:
+            if reread is None or reread[0] != piece.file.rel:
+                again = _prepare_file(source, piece.file, options).stack
+                assert again is not None
+                reread = (piece.file.rel, again)
+            stack = reread[1]
+        rows = np.asarray(piece.rows, dtype=int)
+        images = stack[rows]  # type: ignore[index]
+        source_slices = prep.kept[rows]
+        split = splits[piece.volume]
+        attrs = {
+            "format": FORMAT,
+            "source": source.label,
+            "volume": piece.volume,
+            "source_file": piece.file.rel,
+            "voxel_size": np.asarray(prep.voxel_size, dtype=np.float64),
+            "normalisation": NORMALISATION,
+            "max": prep.max,
+            "split": split,
+            "slice_axis": options.slice_axis % 3,
+            "sftkd_version": __version__,
+        }
+        write_volume_h5(tmp / f"{piece.volume}.h5", images, source_slices, masks, centered, attrs)
+        volumes[piece.volume] = {
+            "file": f"{piece.volume}.h5",
+            "slices": int(len(rows)),
+            "split": split,
+            "source_file": piece.file.rel,
+            "source_sha256": None,  # filled by the caller
+            "source_slices": [int(source_slices[0]), int(source_slices[-1])],
+            "max": prep.max,
+            "voxel_size": [float(v) for v in prep.voxel_size],
+        }
+        if progress:
+            progress("write", n + 1, len(pieces))
+    return volumes
+
+
+# --------------------------------------------------------------------------- the library entry point
+
+
+def prepare_dataset(
+    source: Source, out: str | Path, options: PrepareOptions | None = None,
+    progress: Progress | None = None,
+) -> PrepareResult:
+    """Prepare `source` into the dataset folder `out` (see the module docstring).
+
+    `progress(stage, done, total)` is called with stage 'hash', 'read' and 'write'.
+    Raises SftkdError for any user error, with nothing written.
+    """
+    start = time.perf_counter()
+    options = options or PrepareOptions()
+    options.validate()
+    out = Path(os.path.abspath(out))
+    _check_out(out, source)
+    existing = _existing(out)
+    user = _user_masks(options)
+    if options.size is not None:
+        _check_mask_shapes(user, options.size)
+    files = source.files()
+    # check the split options now (on whole files) rather than after reading every volume
+    source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
+
+    checksums = {}
+    for n, file in enumerate(files):
+        checksums[file.rel] = sha256_file(file.path)
+        if progress:
+            progress("hash", n + 1, len(files))
+    record = {
+        "options": {"source": source.name, **source.options(), **options.record()},
+        "inputs": {
+            "sources": checksums,
+            "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
+        },
+    }
+    if existing is not None:
+        same = existing.get("options") == record["options"] and existing.get("inputs") == record["inputs"]
+        missing = _missing_files(out, existing) if same else []
+        if same and not missing and not options.force:
+            return PrepareResult(out, existing, True, time.perf_counter() - start)
+        if not options.force:
+            if not existing:
+                why = f"has an unreadable {MANIFEST}"
+            elif same:
+                why = f"incomplete (missing {missing[0]})"
+            else:
+                why = f"prepared differently: {_difference(existing, record)}"
+            raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
+
+    prepared: list[_Prepared] = []
+    in_memory = 0
+    for n, file in enumerate(files):
+        prep = _prepare_file(source, file, options)
+        in_memory += prep.stack.nbytes  # type: ignore[union-attr]
+        if in_memory > KEEP_IN_MEMORY_BYTES:
+            prep.stack = None
+        prepared.append(prep)
+        if progress:
+            progress("read", n + 1, len(files))
+    size = _image_size(prepared, options)
+    _check_mask_shapes(user, size)
+    masks = _masks(options, size, user)
+
+    pieces = [piece for prep in prepared for piece in source.pieces(prep.file, prep.kept)]
+    seen: dict[str, str] = {}
+    for piece in pieces:
+        if piece.volume in seen:
+            raise SftkdError(
+                f"{piece.file.rel}: volume id {piece.volume!r} also used by {seen[piece.volume]}; "
+                "expected unique volume ids"
+            )
+        seen[piece.volume] = piece.file.rel
+    splits = source.split_pieces(pieces, options.split_request())
+
+    created = _created_parents(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        volumes = _write(tmp, source, options, prepared, pieces, splits, masks, progress)
+        for entry in volumes.values():
+            entry["source_sha256"] = checksums[entry["source_file"]]
+        manifest = _manifest(source, options, size, masks, user, splits, volumes, record)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_into_place(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError):
+            raise SftkdError(f"--out {display_path(out)}: cannot write ({exc.strerror or exc})") from exc
+        raise
+    return PrepareResult(out, manifest, False, time.perf_counter() - start)
+
+
+def _manifest(
+    source: Source, options: PrepareOptions, size: tuple[int, int], masks: dict[float, np.ndarray],
+    user: dict[float, tuple[Path, np.ndarray, str]], splits: dict[str, str],
+    volumes: dict[str, dict[str, Any]], record: dict[str, Any],
+) -> dict[str, Any]:
+    """The dataset's manifest.json content (deterministic: no timestamps)."""
+    split_lists = {name: [v for v in volumes if splits[v] == name] for name in SPLITS}
+    return {
+        "format": FORMAT,
+        "sftkd_version": __version__,
+        "source": source.label,
+        "source_root": None if source.root is None else str(source.root.resolve()),
+        "source_details": source.details(),
+        "image_size": [int(size[0]), int(size[1])],
+        "accelerations": [float(a) for a in options.accelerations],
+        "normalisation": NORMALISATION,
+        "mask": _mask_record(options, masks, user),
+        "splits": split_lists,
+        "slices": {name: sum(volumes[v]["slices"] for v in ids) for name, ids in split_lists.items()},
+        "volumes": volumes,
+        "options": record["options"],
+        "inputs": record["inputs"],
+    }

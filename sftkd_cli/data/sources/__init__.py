@@ -1,0 +1,15 @@
+"""Data sources: one module per folder layout (demo, acdc, mrbrains, nifti).
+
+A new dataset is one `Source` subclass listing its files; `sftkd_cli.data.prepare` does the rest.
+"""
+
+from sftkd_cli.data.sources.acdc import AcdcSource
+from sftkd_cli.data.sources.base import Piece, Source, SourceFile, SplitRequest, split_groups
+from sftkd_cli.data.sources.demo import DemoSource
+from sftkd_cli.data.sources.mrbrains import MRBrainsSource
+from sftkd_cli.data.sources.nifti import NiftiSource
+
+__all__ = [
+    "AcdcSource", "DemoSource", "MRBrainsSource", "NiftiSource",
+    "Piece", "Source", "SourceFile", "SplitRequest", "split_groups",
+]

@@ -1,0 +1,190 @@
+"""What a data source is: a list of input files, how each becomes slices, and how volumes are split.
+
+A source module only knows its folder layout. Everything else (validation, cropping, masks,
+h5 writing, atomic output) is shared in `sftkd_cli.data.prepare`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input volume file.
+
+    volume: id of the output volume (also the h5 file name); group: the unit that is split
+    (a patient for ACDC, else the volume); split: a split fixed by the folder layout, or None;
+    folder: the layout folder it came from (e.g. ACDC's training/testing), informative.
+    """
+
+    path: Path
+    rel: str
+    volume: str
+    group: str
+    split: str | None = None
+    folder: str = ""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One output volume cut from a source file: the rows of the prepared stack it holds."""
+
+    volume: str
+    file: SourceFile
+    rows: tuple[int, ...]
+    split: str | None
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """How to split groups that the layout leaves open (see `split_groups`)."""
+
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    val: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    seed: int = 42
+
+
+def check_volume_id(volume: str, where: str) -> str:
+    """Volume ids become file names: letters, digits, '.', '_' and '-' only."""
+    if not _SAFE_ID.match(volume):
+        raise SftkdError(f"{where}: volume id {volume!r} must use only letters, digits, '.', '_', '-'")
+    return volume
+
+
+def check_root(root: Path) -> Path:
+    """The input folder must exist and be a directory."""
+    if not root.exists():
+        raise SftkdError(f"{display_path(root)}: input folder not found")
+    if not root.is_dir():
+        raise SftkdError(f"{display_path(root)}: expected a folder, found a file")
+    return root
+
+
+def round_half_up(x: float) -> int:
+    """Round to the nearest integer, halves up (Python's round() rounds halves to even)."""
+    return int(math.floor(x + 0.5))
+
+
+def split_groups(
+    groups: list[str], fixed: dict[str, str], request: SplitRequest, default_val_fraction: float
+) -> dict[str, str]:
+    """Assign every group to train/val/test.
+
+    Groups in `fixed` keep their split. Of the others: ids named in `request.val`/`request.test`
+    go there; then, in a seeded permutation, round(n * fraction) groups go to val and test
+    (n = number of open groups; val gets at least one when its fraction is > 0 and n >= 2);
+    the rest is train. An explicit list and a fraction for the same split are exclusive.
+    """
+    open_groups = sorted(g for g in set(groups) if g not in fixed)
+    result = {g: s for g, s in fixed.items() if g in set(groups)}
+    for name, ids, fraction in (
+        ("val", request.val, request.val_fraction),
+        ("test", request.test, request.test_fraction),
+    ):
+        if ids and fraction is not None:
+            raise SftkdError(f"--{name} and --{name}-fraction: give one or the other, not both")
+        for gid in ids:
+            if gid not in open_groups:
+                known = ", ".join(open_groups[:8]) + (", ..." if len(open_groups) > 8 else "")
+                raise SftkdError(f"--{name} {gid}: not found; expected one of: {known or 'none'}")
+            if gid in result:
+                raise SftkdError(f"--{name} {gid}: already assigned to {result[gid]}")
+            result[gid] = name
+    rest = [g for g in open_groups if g not in result]
+    order = [rest[i] for i in np.random.default_rng(request.seed).permutation(len(rest))]
+    n = len(open_groups)
+    for name, ids, fraction in (
+        ("val", request.val, request.val_fraction),
+        ("test", request.test, request.test_fraction),
+    ):
+        if ids:
+            continue
+        if fraction is None:
+            fraction = default_val_fraction if name == "val" else 0.0
+        if not 0.0 <= fraction < 1.0:
+            raise SftkdError(f"--{name}-fraction {fraction:g}: expected a number in [0, 1)")
+        count = round_half_up(n * fraction)
+        if name == "val" and fraction > 0 and n >= 2:
+            count = max(count, 1)
+        for gid in order[:count]:
+            result[gid] = name
+        order = order[count:]
+    for gid in order:
+        result[gid] = "train"
+    if open_groups and not any(result[g] == "train" for g in open_groups):
+        raise SftkdError(
+            f"split: no volumes left for training out of {n}; lower --val-fraction/--test-fraction"
+        )
+    return result
+
+
+class Source:
+    """Base class: a named folder layout that lists input files.
+
+    Subclasses set `name` and implement `files()`. They may override `slices()` (orientation),
+    `pieces()` (one output volume per file by default) and `fixed_splits()`.
+    """
+
+    name: str = "source"
+    default_val_fraction: float = 0.25
+    reorient: bool = False  # reorient to RAS (closest canonical) before slicing
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = None if root is None else Path(root)
+
+    @property
+    def label(self) -> str:
+        """Short name recorded as the dataset's `source` (e.g. 'acdc', 'demo/icbm152')."""
+        return self.name
+
+    def options(self) -> dict[str, Any]:
+        """Source-specific options recorded in the manifest (compared on re-runs)."""
+        return {"root": None if self.root is None else str(self.root.resolve())}
+
+    def details(self) -> dict[str, Any]:
+        """Extra facts about the source (recorded, not compared on re-runs)."""
+        return {}
+
+    def input_path(self) -> Path | None:
+        """The folder (or single file) the inputs live in: never written to, never inside --out."""
+        return self.root
+
+    def files(self) -> list[SourceFile]:
+        """The input files, sorted; raises when there are none."""
+        raise NotImplementedError
+
+    def axes(self, axis: int) -> tuple[int, int, int]:
+        """Volume axes that become (slice, row, column) for slicing along `axis`."""
+        rest = [a for a in range(3) if a != axis]
+        return axis, rest[0], rest[1]
+
+    def slices(self, volume: np.ndarray, axis: int) -> np.ndarray:
+        """A 3-D volume as (S, H, W) slices along `axis` (order given by `axes`)."""
+        return np.transpose(volume, self.axes(axis))
+
+    def pieces(self, file: SourceFile, kept: np.ndarray) -> list[Piece]:
+        """Output volumes made from one file, given the indices of its kept slices."""
+        return [Piece(file.volume, file, tuple(range(len(kept))), file.split)]
+
+    def split_pieces(self, pieces: list[Piece], request: SplitRequest) -> dict[str, str]:
+        """Split for every output volume: fixed ones kept, others split by group."""
+        fixed = {p.file.group: p.split for p in pieces if p.split is not None}
+        by_group = split_groups(
+            [p.file.group for p in pieces], fixed, request, self.default_val_fraction
+        )
+        return {p.volume: by_group[p.file.group] for p in pieces}

@@ -1,0 +1,151 @@
+"""Reading NIfTI volumes safely and turning them into stacks of 2-D slices.
+
+Every check here raises `SftkdError` naming the file, so that a bad input ends in one clear
+line. The array helpers are small pure functions (crop/pad, block-mean downsampling,
+near-empty slice selection, normalisation) so that each can be tested against numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sftkd_cli.errors import SftkdError
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+
+
+def display_path(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    path = Path(path)
+    try:
+        absolute = path.resolve()
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (streamed, so large files are fine)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read file ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as a short single line: 'Type: first line of message'."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def load_nifti(path: Path):
+    """Open a NIfTI file (header only) or raise a one-line error naming it."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise SftkdError(f"{display_path(path)}: file not found")
+    try:
+        return nib.load(os.fspath(path))
+    except Exception as exc:  # nibabel raises many different types for bad files
+        raise SftkdError(
+            f"{display_path(path)}: cannot read NIfTI ({_one_line(exc)}); expected a valid .nii/.nii.gz"
+        ) from exc
+
+
+def spatial_shape(img, path: Path) -> tuple[int, int, int]:
+    """The 3-D shape of `img`, allowing trailing singleton dimensions; 4-D data is an error."""
+    shape = tuple(int(s) for s in img.shape)
+    core = list(shape)
+    while len(core) > 3 and core[-1] == 1:
+        core.pop()
+    if len(core) != 3:
+        raise SftkdError(
+            f"{display_path(path)}: {len(shape)}-D image of shape {shape}, expected a 3-D volume"
+        )
+    if min(core) < 1:
+        raise SftkdError(f"{display_path(path)}: empty image of shape {shape}, expected a 3-D volume")
+    return core[0], core[1], core[2]
+
+
+def read_volume(img, path: Path) -> np.ndarray:
+    """Read the voxel data of a NIfTI image as float32 (X, Y, Z), validated.
+
+    Raises when the file is truncated or unreadable, not 3-D, contains NaN/Inf, or has no
+    positive voxel (an all-zero volume cannot be normalised).
+    """
+    shape = spatial_shape(img, path)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    except Exception as exc:  # truncated gzip, short data block, bad scaling...
+        raise SftkdError(
+            f"{display_path(path)}: cannot read voxel data ({_one_line(exc)}); is the file truncated?"
+        ) from exc
+    data = data.reshape(shape)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise SftkdError(f"{display_path(path)}: {bad} NaN/Inf voxel(s), expected finite values")
+    if not np.any(data > 0):
+        raise SftkdError(f"{display_path(path)}: all-zero volume, expected some positive voxels")
+    return data
+
+
+def voxel_size(img) -> tuple[float, float, float]:
+    """The first three voxel sizes (mm) from the header."""
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return zooms + (1.0,) * (3 - len(zooms))  # type: ignore[return-value]
+
+
+def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    """Move the slice axis of a 3-D volume to the front: (S, H, W)."""
+    return np.moveaxis(volume, axis, 0)
+
+
+def downsample(stack: np.ndarray, factor: int) -> np.ndarray:
+    """In-plane block mean by an integer factor over the last two axes (edges that do not fill a
+    whole block are dropped). factor 1 returns the input unchanged."""
+    if factor == 1:
+        return stack
+    s, h, w = stack.shape
+    hh, ww = h // factor, w // factor
+    if hh < 1 or ww < 1:
+        raise SftkdError(f"--downsample {factor}: too large for slices of {h}x{w}")
+    blocks = stack[:, : hh * factor, : ww * factor].reshape(s, hh, factor, ww, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+
+
+def crop_or_pad(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre crop and/or zero-pad the last two axes to `size`.
+
+    Cropping removes (n - target) // 2 rows/columns before the kept block; padding adds
+    (target - n) // 2 zeros before and the rest after.
+    """
+    out = stack
+    for axis, target in zip((-2, -1), size):
+        n = out.shape[axis]
+        if n > target:
+            start = (n - target) // 2
+            out = np.take(out, np.arange(start, start + target), axis=axis)
+        elif n < target:
+            before = (target - n) // 2
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (before, target - n - before)
+            out = np.pad(out, pad)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def kept_slices(stack: np.ndarray, min_slice_mean: float) -> np.ndarray:
+    """Indices of slices to keep: never all-zero slices, and with `min_slice_mean` > 0 only
+    slices whose mean is at least that fraction of the whole stack's mean."""
+    means = stack.mean(axis=(1, 2), dtype=np.float64)
+    keep = np.any(stack != 0, axis=(1, 2))
+    if min_slice_mean > 0:
+        keep &= means >= min_slice_mean * float(stack.mean(dtype=np.float64))
+    return np.flatnonzero(keep)

@@ -1,0 +1,110 @@
+"""Shared test fixtures: tiny NIfTI phantoms written with nibabel, and a tiny prepared dataset.
+
+- `phantom_volume(shape, seed)`: a positive float32 3-D volume (an ellipse whose brightness
+  changes from slice to slice, plus a little noise; zero background).
+- `write_nifti(path, data, zooms)`: write an array as .nii/.nii.gz (parents created).
+- `acdc_tree`, `mrbrains18_tree`, `mrbrains13_tree`: tiny trees in the exact public layouts
+  (images plus the label / 4-D / orig files that must never be used).
+- fixture `nifti_writer`: all of the above, for tests (test modules do not import conftest).
+- fixture `tiny_dataset` (session scope, treat as read-only): a prepared dataset folder from
+  5 phantom volumes (28x24x3 -> 16x16), accelerations 4 and 5, splits train 3 / val 1 / test 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def phantom_volume(shape: tuple[int, int, int] = (20, 18, 4), seed: int = 0) -> np.ndarray:
+    """A positive float32 (X, Y, Z) phantom with zero background, different per seed."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(
+        np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij"
+    )
+    inside = (x / 0.8) ** 2 + (y / 0.7) ** 2 <= 1.0
+    core = (x / 0.3) ** 2 + ((y - 0.1) / 0.25) ** 2 <= 1.0
+    out = np.zeros(shape, dtype=np.float32)
+    for z in range(shape[2]):
+        level = 50.0 + 10.0 * z + 5.0 * seed
+        img = inside * level + core * (30.0 + 3.0 * z)
+        out[:, :, z] = img + inside * rng.uniform(0, 5, size=img.shape)
+    return out
+
+
+def write_nifti(
+    path: str | Path, data: np.ndarray, zooms: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> Path:
+    """Write `data` as a NIfTI-1 file with the given voxel sizes; returns the path."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*zooms[:3], 1.0])
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))  # zooms come from the affine
+    return path
+
+
+def acdc_tree(root: Path, training=(1, 2, 3), testing=(), shape=(20, 18, 4)) -> Path:
+    """ACDC layout: patientNNN_frameXX images (ED, ES), _gt labels, _4d cine and Info.cfg."""
+    for folder, ids in (("training", training), ("testing", testing)):
+        for pid in ids:
+            name = f"patient{pid:03d}"
+            d = root / folder / name
+            ed, es = 1, 10 + pid
+            for frame in (ed, es):
+                write_nifti(d / f"{name}_frame{frame:02d}.nii.gz", phantom_volume(shape, seed=pid + frame))
+                write_nifti(d / f"{name}_frame{frame:02d}_gt.nii.gz", np.ones(shape, dtype=np.uint8))
+            write_nifti(d / f"{name}_4d.nii.gz", np.ones((*shape, 3), dtype=np.float32))
+            (d / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n")
+    return root
+
+
+def mrbrains18_tree(root: Path, ids=("1", "4", "5", "7", "14", "070", "148"), shape=(24, 24, 4)) -> Path:
+    for i, sid in enumerate(ids):
+        d = root / "training" / sid
+        for name in ("pre/T1", "pre/FLAIR", "pre/reg_IR", "orig/T1", "orig/FLAIR"):
+            write_nifti(d / f"{name}.nii.gz", phantom_volume(shape, seed=i))
+        write_nifti(d / "segm.nii.gz", np.ones(shape, dtype=np.uint8))
+    return root
+
+
+def mrbrains13_tree(root: Path, n=5, shape=(24, 24, 4)) -> Path:
+    for i in range(1, n + 1):
+        d = root / "TrainingData" / str(i)
+        for name in ("T1", "T1_IR", "T2_FLAIR", "T1_1mm"):
+            write_nifti(d / f"{name}.nii", phantom_volume(shape, seed=i))
+        write_nifti(d / "LabelsForTraining.nii", np.ones(shape, dtype=np.uint8))
+        write_nifti(d / "LabelsForTesting.nii", np.ones(shape, dtype=np.uint8))
+    return root
+
+
+class _NiftiWriter:
+    phantom = staticmethod(phantom_volume)
+    write = staticmethod(write_nifti)
+    acdc_tree = staticmethod(acdc_tree)
+    mrbrains18_tree = staticmethod(mrbrains18_tree)
+    mrbrains13_tree = staticmethod(mrbrains13_tree)
+
+
+@pytest.fixture
+def nifti_writer() -> _NiftiWriter:
+    """`nifti_writer.phantom(shape, seed)`, `.write(path, data, zooms)`, and the layout builders
+    `.acdc_tree(root, training, testing)`, `.mrbrains18_tree(root, ids)`, `.mrbrains13_tree(root, n)`."""
+    return _NiftiWriter()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small prepared dataset (read-only): volumes vol0..vol4, 16x16, acc 4 and 5."""
+    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    base = tmp_path_factory.mktemp("tiny_dataset")
+    for i in range(5):
+        write_nifti(base / "raw" / f"vol{i}.nii.gz", phantom_volume((28, 24, 3), seed=i))
+    options = PrepareOptions(size=(16, 16), accelerations=(4.0, 5.0), val=("vol1",), test=("vol3",))
+    prepare_dataset(NiftiSource(base / "raw"), base / "data", options)
+    return base / "data"

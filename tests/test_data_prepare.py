@@ -1,0 +1,460 @@
+"""`prepare_dataset` end to end on tiny trees in the exact ACDC / MRBrainS18 / MRBrainS13 layouts,
+the demo templates, the h5 content against numpy oracles, idempotence, atomicity and input safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from sftkd_cli.data import prepare as prep_mod
+from sftkd_cli.data.prepare import (
+    PrepareOptions, acceleration_key, parse_accelerations, parse_mask_files, prepare_dataset,
+)
+from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource
+from sftkd_cli.errors import SftkdError
+
+SMALL = PrepareOptions(size=(16, 16))
+
+
+def tree_state(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime (ns) of every file under root."""
+    return {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Temporary or backup folders left next to an output folder."""
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name] if parent.exists() else []
+
+
+def oracle_kspace(image: np.ndarray, mask: np.ndarray, centered: bool) -> np.ndarray:
+    """Independent k-space: unnormalised numpy FFT / sqrt(H*W), explicit shifts, times the mask."""
+    h, w = image.shape[-2:]
+    x = np.fft.ifftshift(image, axes=(-2, -1)) if centered else image
+    k = np.fft.fft2(x.astype(np.float64), axes=(-2, -1)) / np.sqrt(h * w)
+    k = np.fft.fftshift(k, axes=(-2, -1)) if centered else k
+    return k * mask
+
+
+def oracle_zf(kspace: np.ndarray, centered: bool) -> np.ndarray:
+    h, w = kspace.shape[-2:]
+    k = np.fft.ifftshift(kspace, axes=(-2, -1)) if centered else kspace
+    x = np.fft.ifft2(k, axes=(-2, -1)) * np.sqrt(h * w)
+    x = np.fft.fftshift(x, axes=(-2, -1)) if centered else x
+    return np.abs(x)
+
+
+def centre(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre crop (only) of the last two axes, by hand."""
+    h, w = stack.shape[-2:]
+    r, c = (h - size[0]) // 2, (w - size[1]) // 2
+    return stack[..., r : r + size[0], c : c + size[1]]
+
+
+# ----------------------------------------------------------------- ACDC
+
+
+def test_acdc_layout_h5_and_manifest(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.acdc_tree(tmp_path / "acdc", training=(1, 2, 3), testing=(101,))
+    result = prepare_dataset(AcdcSource(root), tmp_path / "out", SMALL)
+    out = tmp_path / "out"
+    assert not result.unchanged
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    volumes = ["patient001_frame01", "patient001_frame11", "patient002_frame01", "patient002_frame12",
+               "patient003_frame01", "patient003_frame13", "patient101_frame01", "patient101_frame111"]
+    assert names == sorted([f"{v}.h5" for v in volumes] + ["manifest.json", "masks/acc4.npy", "masks/acc5.npy"])
+
+    m = json.loads((out / "manifest.json").read_text())
+    assert m == result.manifest
+    assert m["format"] == 1 and m["source"] == "acdc" and m["image_size"] == [16, 16]
+    assert m["accelerations"] == [4.0, 5.0]
+    assert m["splits"]["val"] == ["patient101_frame01", "patient101_frame111"]  # testing/ -> val
+    assert len(m["splits"]["train"]) == 6 and m["splits"]["test"] == []
+    assert m["slices"] == {"train": 24, "val": 8, "test": 0}
+    assert m["mask"]["files"] == {"acc4": "masks/acc4.npy", "acc5": "masks/acc5.npy"}
+    assert m["mask"]["per_acceleration"]["acc4"]["lines"] == 4  # round(16 / 4)
+    assert m["options"]["size"] == [16, 16] and m["options"]["seed"] == 42
+    for vid, entry in m["volumes"].items():
+        src = root / entry["source_file"]
+        assert "_gt" not in src.name and "_4d" not in src.name
+        assert entry["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+        assert entry["slices"] == 4 and entry["file"] == f"{vid}.h5"
+
+    with h5py.File(out / "patient002_frame12.h5", "r") as f:
+        assert set(f.keys()) == {"image", "source_slice", "acc4", "acc5"}
+        assert set(f["acc4"].keys()) == {"kspace", "zf", "mask"}
+        assert f["image"].shape == (4, 16, 16) and f["image"].dtype == np.float32
+        assert f["acc5/kspace"].dtype == np.complex64 and f["acc5/zf"].dtype == np.float32
+        assert f["acc5/mask"].shape == (16, 16) and f["acc5/mask"].dtype == np.float32
+        assert f.attrs["split"] == "train" and f.attrs["volume"] == "patient002_frame12"
+        assert f.attrs["source"] == "acdc"
+        assert f.attrs["source_file"] == "training/patient002/patient002_frame12.nii.gz"
+        np.testing.assert_allclose(f.attrs["voxel_size"], [1.0, 1.0, 1.0])
+        raw = nifti_writer.phantom((20, 18, 4), seed=2 + 12)
+        assert f.attrs["max"] == pytest.approx(raw.max())
+        expected = centre(np.moveaxis(raw / raw.max(), 2, 0), (16, 16))  # 20x18 -> 16x16
+        np.testing.assert_allclose(f["image"][()], expected, rtol=1e-6)
+        np.testing.assert_array_equal(f["source_slice"][()], [0, 1, 2, 3])
+
+
+def test_acdc_val_fraction_splits_by_patient_and_testing_becomes_test(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.acdc_tree(tmp_path / "acdc", training=(1, 2, 3, 4), testing=(101,))
+    opts = PrepareOptions(size=(16, 16), val_fraction=0.5, accelerations=(4.0,))
+    m = prepare_dataset(AcdcSource(root), tmp_path / "out", opts).manifest
+    patients = {s: {v.split("_")[0] for v in m["splits"][s]} for s in ("train", "val", "test")}
+    assert patients["test"] == {"patient101"}
+    assert len(patients["train"]) == 2 and len(patients["val"]) == 2
+    assert not (patients["train"] & patients["val"])
+    for s, ids in m["splits"].items():  # both frames of a patient in one split
+        assert len(ids) == 2 * len(patients[s])
+
+
+def test_acdc_without_testing_is_split_seeded(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.acdc_tree(tmp_path / "acdc", training=(1, 2, 3, 4))
+    m = prepare_dataset(AcdcSource(root), tmp_path / "out", PrepareOptions(size=(16, 16), accelerations=(4.0,))).manifest
+    assert len(m["splits"]["val"]) == 2 and len(m["splits"]["train"]) == 6  # 1 of 4 patients
+
+
+# ----------------------------------------------------------------- MRBrainS
+
+
+def test_mrbrains18_five_train_two_val(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.mrbrains18_tree(tmp_path / "mrb")
+    m = prepare_dataset(MRBrainsSource(root), tmp_path / "out", SMALL).manifest
+    assert m["source"] == "mrbrains18"
+    assert len(m["splits"]["train"]) == 5 and len(m["splits"]["val"]) == 2
+    assert not set(m["splits"]["train"]) & set(m["splits"]["val"])
+    assert all(v["source_file"].endswith("pre/T1.nii.gz") for v in m["volumes"].values())
+    assert m["slices"]["val"] == 8
+
+
+def test_mrbrains13_explicit_val(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.mrbrains13_tree(tmp_path / "mrb13")
+    opts = PrepareOptions(size=(16, 16), val=("2",), test=("5",), accelerations=(4.0,))
+    m = prepare_dataset(MRBrainsSource(root), tmp_path / "out", opts).manifest
+    assert m["source"] == "mrbrains13"
+    assert m["splits"] == {"train": ["1", "3", "4"], "val": ["2"], "test": ["5"]}
+    assert m["volumes"]["2"]["source_file"] == "TrainingData/2/T1.nii"
+
+
+# ----------------------------------------------------------------- h5 content against oracles
+
+
+@pytest.mark.parametrize("layout, kind", [("corner", "random"), ("centered", "equispaced")])
+def test_kspace_and_zf_match_numpy_oracle(tmp_path: Path, nifti_writer, layout: str, kind: str) -> None:
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    opts = PrepareOptions(size=(15, 16), accelerations=(4.0, 2.5), mask_layout=layout, mask_kind=kind)
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    with h5py.File(tmp_path / "out/a.h5", "r") as f:
+        image = f["image"][()]
+        assert image.shape == (3, 15, 16) and 0 <= image.min() and image.max() <= 1
+        for acc in (4.0, 2.5):
+            g = f[acceleration_key(acc)]
+            mask = g["mask"][()]
+            assert np.all(mask == mask[:, :1])  # whole rows
+            assert int(mask[:, 0].sum()) == round(15 / acc)
+            np.testing.assert_array_equal(mask, np.load(tmp_path / f"out/masks/{acceleration_key(acc)}.npy"))
+            k = oracle_kspace(image, mask, layout == "centered")
+            np.testing.assert_allclose(g["kspace"][()], k, atol=1e-5)
+            np.testing.assert_allclose(g["zf"][()], oracle_zf(g["kspace"][()], layout == "centered"), atol=1e-5)
+    assert set(h5py.File(tmp_path / "out/a.h5", "r").keys()) == {"image", "source_slice", "acc4", "acc2.5"}
+
+
+def test_native_size_downsample_and_slice_skipping(tmp_path: Path, nifti_writer) -> None:
+    data = nifti_writer.phantom((20, 18, 5))
+    data[:, :, 0] = 0.0  # an empty slice is always dropped
+    data[:, :, 4] *= 0.05  # a dark slice is dropped with --min-slice-mean
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", data, zooms=(1.5, 1.25, 4.0))
+    opts = PrepareOptions(downsample=2, min_slice_mean=0.3, accelerations=(4.0,))
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts).manifest
+    assert m["image_size"] == [10, 9]
+    with h5py.File(tmp_path / "out/a.h5", "r") as f:
+        np.testing.assert_array_equal(f["source_slice"][()], [1, 2, 3])
+        np.testing.assert_allclose(f.attrs["voxel_size"], [4.0, 3.0, 2.5])
+        vol = np.moveaxis(data / data.max(), 2, 0)[1:4]
+        blocks = vol.reshape(3, 10, 2, 9, 2).mean(axis=(2, 4))
+        np.testing.assert_allclose(f["image"][()], blocks, rtol=1e-5)
+
+
+def test_slice_axis_and_padding(tmp_path: Path, nifti_writer) -> None:
+    data = nifti_writer.phantom((6, 5, 4))
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", data)
+    opts = PrepareOptions(size=(8, 7), slice_axis=0, accelerations=(2.0,))
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    with h5py.File(tmp_path / "out/a.h5", "r") as f:
+        image = f["image"][()]
+    kept = [i for i in range(6) if data[i].any()]
+    expected = np.pad(data[kept] / data.max(), ((0, 0), (1, 2), (1, 2)))  # 5x4 -> 8x7
+    np.testing.assert_allclose(image, expected, rtol=1e-6)
+
+
+def test_user_mask_file_is_used_and_copied(tmp_path: Path, nifti_writer) -> None:
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", nifti_writer.phantom((16, 16, 2)))
+    mask = np.zeros((16, 16), dtype=np.float32)
+    mask[[0, 1, 5, 9, 15], :] = 1
+    np.save(tmp_path / "m4.npy", mask)
+    opts = PrepareOptions(accelerations=(4.0, 5.0), mask_files={4.0: tmp_path / "m4.npy"})
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts).manifest
+    np.testing.assert_array_equal(np.load(tmp_path / "out/masks/acc4.npy"), mask)
+    info = m["mask"]["per_acceleration"]
+    assert info["acc4"]["origin"] == "file" and info["acc4"]["lines"] == 5
+    assert info["acc4"]["source_sha256"] == hashlib.sha256((tmp_path / "m4.npy").read_bytes()).hexdigest()
+    assert info["acc5"]["origin"] == "random"
+    with h5py.File(tmp_path / "out/a.h5", "r") as f:
+        np.testing.assert_array_equal(f["acc4/mask"][()], mask)
+
+
+def test_parse_accelerations_and_mask_files() -> None:
+    assert parse_accelerations(["4,5", "2.5"]) == (4.0, 5.0, 2.5)
+    assert parse_accelerations(None) == ()
+    with pytest.raises(SftkdError, match="--acc x"):
+        parse_accelerations(["x"])
+    assert parse_mask_files(["4=a.npy", "5 = b.npy"], (4.0, 5.0)) == {4.0: Path("a.npy"), 5.0: Path("b.npy")}
+    assert parse_mask_files(["a.npy"], (4.0,)) == {4.0: Path("a.npy")}
+    with pytest.raises(SftkdError, match="a bare path needs exactly one --acc"):
+        parse_mask_files(["a.npy"], (4.0, 5.0))
+    with pytest.raises(SftkdError, match="acceleration 4 already has a mask file"):
+        parse_mask_files(["4=a.npy", "4=b.npy"], (4.0,))
+
+
+# ----------------------------------------------------------------- demo
+
+
+def test_demo_icbm152_real_template(tmp_path: Path) -> None:
+    opts = PrepareOptions(size=(96, 96), downsample=2, min_slice_mean=0.3)
+    m = prepare_dataset(DemoSource(), tmp_path / "demo", opts).manifest
+    assert m["source"] == "demo/icbm152" and m["image_size"] == [96, 96]
+    assert m["source_details"]["file"].endswith("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    assert all(m["splits"][s] for s in ("train", "val", "test"))
+    assert m["slices"]["train"] > m["slices"]["val"] > 0
+    ranges = {s: [] for s in m["splits"]}
+    for vid, entry in m["volumes"].items():
+        with h5py.File(tmp_path / "demo" / entry["file"], "r") as f:
+            idx = f["source_slice"][()]
+            assert f["image"].shape == (len(idx), 96, 96) and f["image"][()].max() <= 1.0
+            assert f.attrs["max"] == 255.0
+        ranges[entry["split"]].append(idx)
+    # never adjacent slices across splits: every pair from different splits is >= 2 apart
+    for a in ("train", "val", "test"):
+        for b in ("train", "val", "test"):
+            if a < b:
+                sa, sb = np.concatenate(ranges[a]), np.concatenate(ranges[b])
+                assert np.abs(sa[:, None] - sb[None, :]).min() >= 3  # gap of 2 slices
+
+
+def test_demo_colin27_with_explicit_path(tmp_path: Path, nifti_writer) -> None:
+    ch2 = nifti_writer.write(tmp_path / "mricron/templates/ch2.nii.gz", nifti_writer.phantom((30, 36, 40)))
+    src = DemoSource("colin27", ch2, slab=4, gap=1)
+    opts = PrepareOptions(size=(16, 16), downsample=2, accelerations=(4.0,))
+    m = prepare_dataset(src, tmp_path / "demo", opts).manifest
+    assert m["source"] == "demo/colin27" and m["source_details"]["template"] == "colin27"
+    assert m["options"]["template_path"] == str(ch2.resolve())
+    assert list(m["volumes"])[0] == "colin27_z000-003"
+    assert sum(m["slices"].values()) == 32  # 40 slices: 8 slabs of 4 with 1-slice gaps
+    assert m["volumes"]["colin27_z000-003"]["source_sha256"] == hashlib.sha256(ch2.read_bytes()).hexdigest()
+
+
+def test_demo_orientation_anterior_at_top(tmp_path: Path, nifti_writer) -> None:
+    data = np.zeros((8, 10, 6), dtype=np.float32)  # (x R, y A, z S), identity affine = RAS
+    data[:, 7:, :] = 1.0  # anterior half bright
+    data[:, :7, :] = 0.2
+    path = nifti_writer.write(tmp_path / "t.nii.gz", data)
+    opts = PrepareOptions(accelerations=(2.0,))
+    prepare_dataset(DemoSource("colin27", path, slab=2, gap=1), tmp_path / "o", opts)
+    with h5py.File(tmp_path / "o/colin27_z000-001.h5", "r") as f:
+        image = f["image"][0]
+    assert image.shape == (10, 8)  # rows = y, columns = x
+    assert np.all(image[:3] == 1.0) and np.all(image[3:] == pytest.approx(0.2))
+
+
+# ----------------------------------------------------------------- idempotence, force, atomicity, safety
+
+
+def test_rerun_is_noop_force_rebuilds_and_other_args_refused(tmp_path: Path, nifti_writer) -> None:
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out = tmp_path / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    before = tree_state(out)
+    second = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert second.unchanged and second.manifest == first.manifest
+    assert tree_state(out) == before  # same bytes and same mtimes
+
+    with pytest.raises(SftkdError, match=r"out: existing dataset prepared differently: size \[16, 16\] -> \[12, 12\]; pass --force"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12)))
+    assert tree_state(out) == before
+
+    forced = prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), force=True))
+    assert not forced.unchanged and forced.manifest == first.manifest  # deterministic content
+    after = tree_state(out)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert leftovers(tmp_path) == []
+
+    nifti_writer.write(tmp_path / "raw/v1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=9))
+    with pytest.raises(SftkdError, match=r"source files changed: v1.nii.gz"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+
+
+def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
+    nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom())
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
+    (tmp_path / "out/v.h5").unlink()
+    with pytest.raises(SftkdError, match=r"incomplete \(missing v.h5\); pass --force"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
+    (tmp_path / "out/manifest.json").write_text("{broken")
+    with pytest.raises(SftkdError, match=r"has an unreadable manifest.json; pass --force"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
+    assert not prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(16, 16), force=True)).unchanged
+    assert (tmp_path / "out/v.h5").is_file()
+
+
+def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))
+    real = prep_mod.write_volume_h5
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep_mod, "write_volume_h5", failing)
+    out = tmp_path / "new" / "parents" / "out"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert not (tmp_path / "new").exists()  # not even the parents it created
+
+    # a failing --force rebuild keeps the previous dataset intact
+    monkeypatch.setattr(prep_mod, "write_volume_h5", real)
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
+    before = tree_state(tmp_path / "out")
+    calls.clear()
+    monkeypatch.setattr(prep_mod, "write_volume_h5", failing)
+    with pytest.raises(RuntimeError):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(12, 12), force=True))
+    assert tree_state(tmp_path / "out") == before
+    assert leftovers(tmp_path) == []
+
+
+def test_inputs_are_never_modified(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.acdc_tree(tmp_path / "acdc", training=(1, 2), testing=(101,))
+    before = tree_state(root)
+    prepare_dataset(AcdcSource(root), tmp_path / "out", SMALL)
+    prepare_dataset(AcdcSource(root), tmp_path / "out", PrepareOptions(size=(12, 12), force=True))
+    assert tree_state(root) == before
+
+
+# ----------------------------------------------------------------- bad inputs (library): clear error, nothing written
+
+
+def _nothing_written(tmp_path: Path, out: Path) -> None:
+    assert not out.exists()
+    assert leftovers(out.parent) == []
+
+
+def test_bad_inputs_library(tmp_path: Path, nifti_writer) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    with pytest.raises(SftkdError, match="raw: input folder not found"):
+        prepare_dataset(NiftiSource(raw), out, SMALL)
+    nifti_writer.write(raw / "good.nii.gz", nifti_writer.phantom())
+    with pytest.raises(SftkdError, match=r"no files match --pattern '\*.nii'"):
+        prepare_dataset(NiftiSource(raw, "*.nii"), out, SMALL)
+    cases = {
+        "cine.nii.gz": (np.ones((20, 18, 4, 3), dtype=np.float32), r"cine.nii.gz: 4-D image of shape \(20, 18, 4, 3\)"),
+        "zero.nii.gz": (np.zeros((20, 18, 4), dtype=np.float32), r"zero.nii.gz: all-zero volume"),
+        "nan.nii.gz": (np.full((20, 18, 4), np.nan, dtype=np.float32), r"nan.nii.gz: 1440 NaN/Inf voxel"),
+    }
+    for name, (data, message) in cases.items():
+        bad = nifti_writer.write(raw / name, data)
+        with pytest.raises(SftkdError, match=message):
+            prepare_dataset(NiftiSource(raw), out, SMALL)
+        bad.unlink()
+        _nothing_written(tmp_path, out)
+    good = (raw / "good.nii.gz").read_bytes()
+    (raw / "trunc.nii.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(SftkdError, match=r"trunc.nii.gz: cannot read"):
+        prepare_dataset(NiftiSource(raw), out, SMALL)
+    (raw / "trunc.nii.gz").unlink()
+    nifti_writer.write(raw / "other.nii.gz", nifti_writer.phantom((22, 18, 4)))
+    with pytest.raises(SftkdError, match="different in-plane sizes.*pass --size H W"):
+        prepare_dataset(NiftiSource(raw), out, PrepareOptions())
+    _nothing_written(tmp_path, out)
+
+
+def test_mask_shape_mismatch_names_file(tmp_path: Path, nifti_writer) -> None:
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", nifti_writer.phantom())
+    mask = np.zeros((150, 150), dtype=np.float32)
+    mask[::4] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), mask_files={4.0: tmp_path / "mask.npy"})
+    with pytest.raises(SftkdError, match=r"mask.npy: shape \(150, 150\), expected \(16, 16\) to match the images"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    native = PrepareOptions(accelerations=(4.0,), mask_files={4.0: tmp_path / "mask.npy"})
+    with pytest.raises(SftkdError, match=r"expected \(20, 18\) to match the images"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", native)
+    _nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_output_folder_checks(tmp_path: Path, nifti_writer) -> None:
+    raw = tmp_path / "raw"
+    nifti_writer.write(raw / "a.nii.gz", nifti_writer.phantom())
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SftkdError, match="file.txt: is a file; expected a folder"):
+        prepare_dataset(NiftiSource(raw), tmp_path / "file.txt", SMALL)
+    with pytest.raises(SftkdError, match="inside the input folder"):
+        prepare_dataset(NiftiSource(raw), raw / "prepared", SMALL)
+    with pytest.raises(SftkdError, match="inside the input folder"):
+        prepare_dataset(NiftiSource(raw), raw, SMALL)
+    with pytest.raises(SftkdError, match="contains the input"):
+        prepare_dataset(NiftiSource(raw), tmp_path, SMALL)
+    with pytest.raises(SftkdError, match="contains the input .*a.nii.gz"):
+        prepare_dataset(DemoSource("colin27", raw / "a.nii.gz"), raw, SMALL)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy/notes.txt").write_text("mine")
+    with pytest.raises(SftkdError, match=r"busy: exists and is not a sftkd dataset"):
+        prepare_dataset(NiftiSource(raw), tmp_path / "busy", PrepareOptions(size=(16, 16), force=True))
+    assert (tmp_path / "busy/notes.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    prepare_dataset(NiftiSource(raw), tmp_path / "empty", SMALL)  # an empty folder is fine
+    assert (tmp_path / "empty/manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (PrepareOptions(size=(2, 16)), r"--size \(2, 16\)"),
+        (PrepareOptions(accelerations=(1.0,)), "--acc 1: expected a number > 1"),
+        (PrepareOptions(accelerations=(4.0, 4.0)), "repeated value"),
+        (PrepareOptions(mask_kind="spiral"), "--mask-kind spiral"),
+        (PrepareOptions(mask_layout="middle"), "--mask-layout middle"),
+        (PrepareOptions(slice_axis=3), "--slice-axis 3"),
+        (PrepareOptions(min_slice_mean=1.5), "--min-slice-mean 1.5"),
+        (PrepareOptions(accelerations=(4.0,), mask_files={5.0: Path("m.npy")}), "acceleration 5 is not among --acc 4"),
+    ],
+)
+def test_option_validation(tmp_path: Path, options: PrepareOptions, message: str) -> None:
+    with pytest.raises(SftkdError, match=message):
+        prepare_dataset(NiftiSource(tmp_path), tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_in_memory_limit_rereads(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "a", SMALL)
+    monkeypatch.setattr(prep_mod, "KEEP_IN_MEMORY_BYTES", 0)
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "b", SMALL)
+    for name in ("v0.h5", "v1.h5"):
+        with h5py.File(tmp_path / "a" / name) as fa, h5py.File(tmp_path / "b" / name) as fb:
+            np.testing.assert_array_equal(fa["image"][()], fb["image"][()])
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(os.listdir(tmp_path / "b"))

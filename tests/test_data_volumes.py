@@ -1,0 +1,159 @@
+"""NIfTI reading checks and the array helpers (crop/pad, downsampling, slice selection)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sftkd_cli.data.volumes import (
+    crop_or_pad, downsample, kept_slices, load_nifti, read_volume, sha256_file, spatial_shape,
+    to_slices,
+)
+from sftkd_cli.errors import SftkdError
+
+
+def _read(path: Path) -> np.ndarray:
+    img = load_nifti(path)
+    return read_volume(img, path)
+
+
+# ----------------------------------------------------------------- array helpers
+
+
+@pytest.mark.parametrize("n, target", [(7, 4), (8, 4), (5, 5), (4, 7), (3, 8), (6, 9)])
+def test_crop_or_pad_1d_by_hand(n: int, target: int) -> None:
+    rows = np.arange(1, n + 1, dtype=np.float32)
+    stack = np.broadcast_to(rows[None, :, None], (2, n, 3)).copy()
+    out = crop_or_pad(stack, (target, 3))
+    assert out.shape == (2, target, 3) and out.dtype == np.float32
+    if n >= target:
+        start = (n - target) // 2  # e.g. 7 -> 4 keeps rows 2..5 (1-based)
+        expected = rows[start : start + target]
+    else:
+        before = (target - n) // 2
+        expected = np.concatenate([np.zeros(before), rows, np.zeros(target - n - before)])
+    np.testing.assert_array_equal(out[0, :, 0], expected)
+
+
+def test_crop_or_pad_values_by_hand() -> None:
+    stack = np.arange(5 * 6, dtype=np.float32).reshape(1, 5, 6)
+    np.testing.assert_array_equal(crop_or_pad(stack, (3, 2))[0], stack[0, 1:4, 2:4])
+    padded = crop_or_pad(stack, (7, 6))[0]
+    np.testing.assert_array_equal(padded[1:6], stack[0])
+    assert not padded[0].any() and not padded[6].any()
+
+
+def test_downsample_block_mean_against_loops() -> None:
+    rng = np.random.default_rng(0)
+    stack = rng.random((2, 7, 9)).astype(np.float32)
+    out = downsample(stack, 2)
+    assert out.shape == (2, 3, 4)
+    for s in range(2):
+        for i in range(3):
+            for j in range(4):
+                block = stack[s, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+                assert out[s, i, j] == pytest.approx(block.mean(), rel=1e-6)
+    assert downsample(stack, 1) is stack
+    with pytest.raises(SftkdError, match="--downsample 10"):
+        downsample(stack, 10)
+
+
+def test_kept_slices() -> None:
+    stack = np.zeros((5, 4, 4), dtype=np.float32)
+    stack[1] = 1.0
+    stack[2] = 0.1
+    stack[3] = 2.0  # stack mean = 3.1 * 16 / 80 = 0.62
+    np.testing.assert_array_equal(kept_slices(stack, 0.0), [1, 2, 3])  # all-zero slices always go
+    np.testing.assert_array_equal(kept_slices(stack, 0.5), [1, 3])  # 0.1 < 0.5 * 0.62 <= 1.0
+
+
+def test_to_slices_moves_axis() -> None:
+    vol = np.arange(24).reshape(2, 3, 4)
+    assert to_slices(vol, 2).shape == (4, 2, 3)
+    np.testing.assert_array_equal(to_slices(vol, 2)[1], vol[:, :, 1])
+    np.testing.assert_array_equal(to_slices(vol, 0)[1], vol[1])
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+# ----------------------------------------------------------------- reading and validation
+
+
+def test_read_valid_volume(tmp_path: Path, nifti_writer) -> None:
+    data = nifti_writer.phantom((6, 5, 3))
+    path = nifti_writer.write(tmp_path / "v.nii.gz", data.astype(np.int16))
+    out = _read(path)
+    assert out.dtype == np.float32 and out.shape == (6, 5, 3)
+    np.testing.assert_array_equal(out, data.astype(np.int16).astype(np.float32))
+
+
+def test_trailing_singleton_is_3d(tmp_path: Path, nifti_writer) -> None:
+    path = nifti_writer.write(tmp_path / "v.nii", nifti_writer.phantom((6, 5, 3))[..., None])
+    assert spatial_shape(load_nifti(path), path) == (6, 5, 3)
+    assert _read(path).shape == (6, 5, 3)
+
+
+def test_4d_is_an_error_naming_file_and_shape(tmp_path: Path, nifti_writer) -> None:
+    path = nifti_writer.write(tmp_path / "cine.nii.gz", np.ones((6, 5, 3, 2), dtype=np.float32))
+    with pytest.raises(SftkdError, match=r"cine\.nii\.gz: 4-D image of shape \(6, 5, 3, 2\), expected a 3-D"):
+        _read(path)
+
+
+def test_2d_is_an_error(tmp_path: Path, nifti_writer) -> None:
+    path = nifti_writer.write(tmp_path / "flat.nii", np.ones((6, 5), dtype=np.float32))
+    with pytest.raises(SftkdError, match=r"flat\.nii: 2-D image"):
+        _read(path)
+
+
+def test_truncated_gzip_is_an_error(tmp_path: Path, nifti_writer) -> None:
+    good = nifti_writer.write(tmp_path / "good.nii.gz", nifti_writer.phantom((20, 18, 4)))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(SftkdError, match=r"bad\.nii\.gz: cannot read"):
+        _read(bad)
+
+
+def test_truncated_uncompressed_is_an_error(tmp_path: Path, nifti_writer) -> None:
+    good = nifti_writer.write(tmp_path / "good.nii", nifti_writer.phantom((20, 18, 4)))
+    bad = tmp_path / "short.nii"
+    bad.write_bytes(good.read_bytes()[:600])
+    with pytest.raises(SftkdError, match=r"short\.nii: cannot read"):
+        _read(bad)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a nifti file at all" * 20])
+def test_garbage_is_an_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.nii.gz"
+    path.write_bytes(gzip.compress(content) if content else content)
+    with pytest.raises(SftkdError, match=r"junk\.nii\.gz: cannot read NIfTI"):
+        _read(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SftkdError, match=r"nope\.nii\.gz: file not found"):
+        load_nifti(tmp_path / "nope.nii.gz")
+
+
+@pytest.mark.parametrize("value, word", [(np.nan, "NaN/Inf"), (np.inf, "NaN/Inf")])
+def test_non_finite_is_an_error(tmp_path: Path, nifti_writer, value: float, word: str) -> None:
+    data = nifti_writer.phantom((6, 5, 3))
+    data[1, 2, 0] = value
+    data[2, 2, 1] = value
+    path = nifti_writer.write(tmp_path / "nan.nii.gz", data)
+    with pytest.raises(SftkdError, match=rf"nan\.nii\.gz: 2 {word} voxel"):
+        _read(path)
+
+
+def test_all_zero_is_an_error(tmp_path: Path, nifti_writer) -> None:
+    path = nifti_writer.write(tmp_path / "zero.nii.gz", np.zeros((6, 5, 3), dtype=np.float32))
+    with pytest.raises(SftkdError, match=r"zero\.nii\.gz: all-zero volume"):
+        _read(path)
