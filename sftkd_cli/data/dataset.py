@@ -1,0 +1,238 @@
+"""Reading a prepared dataset: the manifest, its fingerprint, and a torch Dataset of slices.
+
+`SliceDataset(root, split, acceleration)` yields one dict per slice:
+    target (1,H,W) float32, zf (1,H,W) float32, kspace (1,H,W) complex64, mask (1,H,W) float32,
+    volume (str), slice (int: index within the stored volume).
+Slices are read lazily from the h5 files (each process opens its own handles on first access,
+since h5py handles cannot be pickled or shared across fork), or all loaded at construction with
+`cache=True`. Problems (missing manifest, unknown split or acceleration, missing or corrupt
+h5 file) raise SftkdError naming the file or value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sftkd_cli.data.prepare import FORMAT, MANIFEST, acceleration_key
+from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    """Read and check `root/manifest.json` (format, required keys)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise SftkdError(f"{display_path(root)}: dataset folder not found; run `sftkd prepare-data` first")
+    if not path.is_file():
+        raise SftkdError(
+            f"{display_path(root)}: not a prepared dataset (no {MANIFEST}); run `sftkd prepare-data`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise SftkdError(
+            f"{display_path(path)}: unreadable ({exc}); expected JSON written by prepare-data"
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise SftkdError(f"{display_path(path)}: format {found!r}, expected {FORMAT}")
+    for key in ("image_size", "accelerations", "splits", "volumes"):
+        if key not in manifest:
+            raise SftkdError(f"{display_path(path)}: missing key {key!r}")
+    return manifest
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 (hex) of the manifest.json bytes: identifies a prepared dataset."""
+    path = Path(root) / MANIFEST
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read ({exc.strerror or exc})") from exc
+
+
+def check_acceleration(manifest: dict[str, Any], root: str | Path, acceleration: float) -> str:
+    """The h5 group name of `acceleration`, or an error listing the dataset's accelerations."""
+    key = acceleration_key(acceleration)
+    have = [acceleration_key(a) for a in manifest["accelerations"]]
+    if key not in have:
+        listed = ", ".join(f"{float(a):g}" for a in manifest["accelerations"])
+        raise SftkdError(
+            f"acceleration {float(acceleration):g} not in dataset {display_path(root)} (has {listed})"
+        )
+    return key
+
+
+def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> list[str]:
+    """Volume ids of a split, or an error when the split is unknown or empty."""
+    splits = manifest["splits"]
+    if split not in splits:
+        raise SftkdError(f"split {split!r} not in dataset {display_path(root)} (has {', '.join(splits)})")
+    if not splits[split]:
+        filled = ", ".join(s for s, v in splits.items() if v)
+        raise SftkdError(f"split {split!r} of dataset {display_path(root)} is empty (non-empty: {filled})")
+    return list(splits[split])
+
+
+def _read(path: Path, what: str, fn):
+    """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError."""
+    try:
+        return fn()
+    except SftkdError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read {what} ({exc}); is the file corrupt?") from exc
+
+
+def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str, np.ndarray]:
+    """All arrays of one volume at one acceleration: image, zf, kspace (S,H,W) and mask (H,W)."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    key = check_acceleration(manifest, root, acceleration)
+    if volume not in manifest["volumes"]:
+        raise SftkdError(f"volume {volume!r} not in dataset {display_path(root)}")
+    path = root / manifest["volumes"][volume]["file"]
+
+    def read() -> dict[str, np.ndarray]:
+        with h5py.File(path, "r") as f:
+            return {"image": f["image"][()], "zf": f[key]["zf"][()],
+                    "kspace": f[key]["kspace"][()], "mask": f[key]["mask"][()]}
+
+    return _read(path, f"volume {volume}", read)
+
+
+class SliceDataset(Dataset):
+    """2-D slices of one split of a prepared dataset at one acceleration (see module docstring)."""
+
+    def __init__(self, root: str | Path, split: str, acceleration: float, cache: bool = False) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.acceleration = float(acceleration)
+        self.manifest = load_manifest(self.root)
+        self.key = check_acceleration(self.manifest, self.root, self.acceleration)
+        self._volumes = split_volumes(self.manifest, self.root, split)
+        self.image_size = tuple(int(s) for s in self.manifest["image_size"])
+        self._paths: dict[str, Path] = {}
+        self._index: list[tuple[str, int]] = []
+        mask = None
+        for volume in self._volumes:
+            entry = self.manifest["volumes"].get(volume)
+            if entry is None:
+                raise SftkdError(
+                    f"{display_path(self.root / MANIFEST)}: split {split} lists unknown volume {volume!r}"
+                )
+            path = self.root / entry["file"]
+            self._paths[volume] = path
+            slices, mask = self._check_file(path, int(entry["slices"]), mask)
+            self._index += [(volume, s) for s in range(slices)]
+        self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        self._handles: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+        self._cache: dict[str, dict[str, np.ndarray]] | None = None
+        if cache:
+            self._cache = {v: self._load_all(v) for v in self._volumes}
+
+    def _check_file(self, path: Path, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
+        """Open one h5 file once: datasets present with the expected shapes and the shared mask."""
+        if not path.is_file():
+            raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
+        expected = (slices, *self.image_size)
+
+        def check() -> np.ndarray:
+            with h5py.File(path, "r") as f:
+                for name in ("image", f"{self.key}/zf", f"{self.key}/kspace"):
+                    if name not in f:
+                        raise SftkdError(f"{display_path(path)}: dataset {name!r} missing")
+                    if tuple(f[name].shape) != expected:
+                        raise SftkdError(
+                            f"{display_path(path)}: {name} has shape {tuple(f[name].shape)}, "
+                            f"expected {expected}"
+                        )
+                return f[f"{self.key}/mask"][()]
+
+        file_mask = _read(path, "dataset", check)
+        if mask is not None and not np.array_equal(file_mask, mask):
+            raise SftkdError(f"{display_path(path)}: {self.key} mask differs from the other volumes'")
+        return slices, file_mask
+
+    def _load_all(self, volume: str) -> dict[str, np.ndarray]:
+        path = self._paths[volume]
+
+        def read() -> dict[str, np.ndarray]:
+            with h5py.File(path, "r") as f:
+                return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
+                        "kspace": f[self.key]["kspace"][()]}
+
+        return _read(path, "volume", read)
+
+    def _handle(self, volume: str) -> h5py.File:
+        """This process's open handle of a volume's file (opened on first use)."""
+        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(volume)
+        if handle is None:
+            path = self._paths[volume]
+            handle = _read(path, "file", lambda: h5py.File(path, "r"))
+            self._handles[volume] = handle
+        return handle
+
+    @property
+    def volumes(self) -> list[str]:
+        """Volume ids of the split, in manifest order (the order of the items)."""
+        return list(self._volumes)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The split's fixed mask, (1, H, W) float32."""
+        return self._mask.clone()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        volume, s = self._index[index]
+        if self._cache is not None:
+            arrays = self._cache[volume]
+            image, zf, kspace = arrays["image"][s], arrays["zf"][s], arrays["kspace"][s]
+        else:
+            f = self._handle(volume)
+            path = self._paths[volume]
+            image, zf, kspace = _read(path, f"slice {s}", lambda: (
+                f["image"][s], f[self.key]["zf"][s], f[self.key]["kspace"][s]))
+        return {
+            "target": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
+            "zf": torch.from_numpy(np.asarray(zf, dtype=np.float32))[None],
+            "kspace": torch.from_numpy(np.asarray(kspace, dtype=np.complex64))[None],
+            "mask": self._mask.clone(),
+            "volume": volume,
+            "slice": s,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without open h5 handles (for spawned DataLoader workers)."""
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def close(self) -> None:
+        """Close this process's open h5 handles."""
+        for handle in getattr(self, "_handles", {}).values():
+            try:
+                handle.close()
+            except Exception:
+                pass
+        self._handles = {}
+
+    def __del__(self) -> None:
+        self.close()

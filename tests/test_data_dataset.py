@@ -1,0 +1,128 @@
+"""SliceDataset over a prepared dataset: items, lazy vs cached reading, workers, and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest, load_volume
+from sftkd_cli.errors import SftkdError
+
+torch.set_num_threads(1)
+
+
+def test_items_shapes_dtypes_and_content(tiny_dataset: Path) -> None:
+    ds = SliceDataset(tiny_dataset, "train", 4)
+    manifest = load_manifest(tiny_dataset)
+    assert ds.volumes == manifest["splits"]["train"] == ["vol0", "vol2", "vol4"]
+    assert len(ds) == 9  # 3 volumes x 3 slices
+    item = ds[4]
+    assert item["volume"] == "vol2" and item["slice"] == 1
+    assert item["target"].shape == item["zf"].shape == item["mask"].shape == (1, 16, 16)
+    assert item["target"].dtype == torch.float32 and item["zf"].dtype == torch.float32
+    assert item["kspace"].dtype == torch.complex64 and item["mask"].dtype == torch.float32
+    with h5py.File(tiny_dataset / "vol2.h5", "r") as f:
+        np.testing.assert_array_equal(item["target"][0].numpy(), f["image"][1])
+        np.testing.assert_array_equal(item["mask"][0].numpy(), f["acc4/mask"][()])
+    # target and zero-filled agree with the k-space (numpy oracle, corner layout)
+    target = item["target"][0].numpy().astype(np.float64)
+    mask = item["mask"][0].numpy()
+    k = np.fft.fft2(target, norm="ortho") * mask
+    np.testing.assert_allclose(item["kspace"][0].numpy(), k, atol=1e-5)
+    np.testing.assert_allclose(item["zf"][0].numpy(), np.abs(np.fft.ifft2(k, norm="ortho")), atol=1e-5)
+
+
+def test_cache_equals_lazy_and_other_split_and_acceleration(tiny_dataset: Path) -> None:
+    lazy, cached = SliceDataset(tiny_dataset, "val", 5), SliceDataset(tiny_dataset, "val", 5.0, cache=True)
+    assert len(lazy) == len(cached) == 3 and lazy.volumes == ["vol1"]
+    for i in range(len(lazy)):
+        a, b = lazy[i], cached[i]
+        for key in ("target", "zf", "kspace", "mask"):
+            assert torch.equal(a[key], b[key])
+        assert (a["volume"], a["slice"]) == (b["volume"], b["slice"])
+    assert int(lazy.mask[0, :, 0].sum()) == round(16 / 5)
+    assert len(SliceDataset(tiny_dataset, "test", 4)) == 3
+
+
+def test_dataloader_batches_and_worker_processes(tiny_dataset: Path) -> None:
+    ds = SliceDataset(tiny_dataset, "train", 4)
+    ds[0]  # opens a handle in this process; the dataset must still pickle and fork cleanly
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[0]["target"], ds[0]["target"])
+    batches = list(DataLoader(ds, batch_size=4, num_workers=1, shuffle=False))
+    assert [b["target"].shape[0] for b in batches] == [4, 4, 1]
+    assert batches[0]["kspace"].dtype == torch.complex64
+    assert list(batches[0]["volume"]) == ["vol0", "vol0", "vol0", "vol2"]
+    ds.close()
+
+
+def test_fingerprint_and_load_volume(tiny_dataset: Path) -> None:
+    raw = (tiny_dataset / "manifest.json").read_bytes()
+    assert dataset_fingerprint(tiny_dataset) == hashlib.sha256(raw).hexdigest()
+    arrays = load_volume(tiny_dataset, "vol3", 5)
+    assert arrays["image"].shape == arrays["zf"].shape == (3, 16, 16) and arrays["mask"].shape == (16, 16)
+    with pytest.raises(SftkdError, match="volume 'nope' not in dataset"):
+        load_volume(tiny_dataset, "nope", 4)
+
+
+def test_errors_in_arguments(tiny_dataset: Path, tmp_path: Path) -> None:
+    name = tiny_dataset.name
+    with pytest.raises(SftkdError, match=rf"acceleration 3 not in dataset .*{name} \(has 4, 5\)"):
+        SliceDataset(tiny_dataset, "train", 3)
+    with pytest.raises(SftkdError, match=r"split 'training' not in dataset .* \(has train, val, test\)"):
+        SliceDataset(tiny_dataset, "training", 4)
+    with pytest.raises(SftkdError, match="no manifest.json"):
+        SliceDataset(tmp_path, "train", 4)
+    with pytest.raises(SftkdError, match="dataset folder not found"):
+        SliceDataset(tmp_path / "missing", "train", 4)
+
+
+def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+
+
+def test_empty_split_and_bad_manifest(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_dataset, tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["splits"]["test"] = []
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SftkdError, match="split 'test' of dataset .* is empty"):
+        SliceDataset(root, "test", 4)
+    (root / "manifest.json").write_text("{not json")
+    with pytest.raises(SftkdError, match=r"manifest.json: unreadable"):
+        SliceDataset(root, "train", 4)
+    (root / "manifest.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(SftkdError, match=r"manifest.json: format 99, expected 1"):
+        load_manifest(root)
+
+
+def test_corrupt_or_missing_h5_names_the_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_dataset, tmp_path)
+    (root / "vol2.h5").write_bytes(b"this is not hdf5")
+    with pytest.raises(SftkdError, match=r"vol2.h5: cannot read dataset"):
+        SliceDataset(root, "train", 4)
+    (root / "vol2.h5").unlink()
+    with pytest.raises(SftkdError, match=r"vol2.h5: file missing from the dataset"):
+        SliceDataset(root, "train", 4)
+    shutil.copy(tiny_dataset / "vol2.h5", root / "vol2.h5")
+    with h5py.File(root / "vol2.h5", "a") as f:
+        del f["acc4/zf"]
+    with pytest.raises(SftkdError, match=r"vol2.h5: dataset 'acc4/zf' missing"):
+        SliceDataset(root, "train", 4)
+
+
+def test_file_corrupted_after_construction(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_dataset, tmp_path)
+    ds = SliceDataset(root, "val", 4)
+    (root / "vol1.h5").write_bytes(b"garbage")
+    with pytest.raises(SftkdError, match=r"vol1.h5: cannot read file"):
+        ds[0]
