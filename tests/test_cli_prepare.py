@@ -1,0 +1,204 @@
+"""`sftkd prepare-data ...` through typer's CliRunner: success paths, the summary, re-runs, and every
+bad input ending in one clear line, exit code 2, no traceback and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.data.sources import demo as demo_mod
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, ["prepare-data", *[str(a) for a in args]])
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def nothing_written(parent: Path, name: str = "out") -> bool:
+    return not (parent / name).exists() and not [p for p in parent.iterdir() if ".tmp-" in p.name]
+
+
+# ----------------------------------------------------------------- success paths
+
+
+def test_demo_summary_rerun_and_force(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    first = run("demo", "--out", out)
+    assert first.exit_code == 0, first.stderr
+    text = first.stdout
+    for needle in ("demo/icbm152", "96 x 96", "4x: 24/96 lines", "5x: 19/96 lines", "train 8", "val 3", "test 2"):
+        assert needle in text, (needle, text)
+    assert first.stderr == ""
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["downsample"] == 2 and manifest["options"]["min_slice_mean"] == 0.3
+
+    again = run("demo", "--out", out)
+    assert again.exit_code == 0 and "is up to date" in again.stdout
+    refused = run("demo", "--out", out, "--acc", "4")
+    assert_one_line_error(refused, "prepared differently", "accelerations [4.0, 5.0] -> [4.0]", "--force")
+    forced = run("demo", "--out", out, "--acc", "4", "--force")
+    assert forced.exit_code == 0 and json.loads((out / "manifest.json").read_text())["accelerations"] == [4.0]
+
+
+def test_demo_colin27_explicit_template(tmp_path: Path, nifti_writer) -> None:
+    ch2 = nifti_writer.write(tmp_path / "ch2.nii.gz", nifti_writer.phantom((30, 36, 24)))
+    result = run("demo", "--source", "colin27", "--template", ch2, "--out", tmp_path / "d",
+                 "--size", "16", "16", "--slab", "4", "--gap", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "demo/colin27" in result.stdout
+    assert json.loads((tmp_path / "d/manifest.json").read_text())["source"] == "demo/colin27"
+
+
+def test_acdc_cli(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.acdc_tree(tmp_path / "ACDC", training=(1, 2, 3), testing=(101,))
+    result = run("acdc", root, "--out", tmp_path / "out", "--size", "16", "16", "--acc", "4,5")
+    assert result.exit_code == 0, result.stderr
+    m = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert m["splits"]["val"] == ["patient101_frame01", "patient101_frame111"]
+    result = run("acdc", root, "--out", tmp_path / "out2", "--size", "16", "16", "--val", "patient002")
+    assert result.exit_code == 0, result.stderr
+    m = json.loads((tmp_path / "out2/manifest.json").read_text())
+    assert m["splits"]["val"] == ["patient002_frame01", "patient002_frame12"]
+    assert m["splits"]["test"] == ["patient101_frame01", "patient101_frame111"]
+
+
+def test_mrbrains_cli(tmp_path: Path, nifti_writer) -> None:
+    root = nifti_writer.mrbrains18_tree(tmp_path / "MRBrainS18")
+    result = run("mrbrains", root, "--out", tmp_path / "out", "--size", "16", "16",
+                 "--modality", "FLAIR", "--val", "070", "--val", "1", "--acc", "4")
+    assert result.exit_code == 0, result.stderr
+    m = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert m["splits"]["val"] == ["070", "1"] and len(m["splits"]["train"]) == 5
+    assert m["volumes"]["1"]["source_file"] == "training/1/pre/FLAIR.nii.gz"
+
+
+def test_nifti_cli_with_mask_files(tmp_path: Path, nifti_writer) -> None:
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/s{i}/t1.nii", nifti_writer.phantom((20, 18, 3), seed=i))
+    mask = np.zeros((20, 18), dtype=np.float32)
+    mask[[0, 1, 7, 19]] = 1
+    np.save(tmp_path / "m.npy", mask)
+    result = run("nifti", tmp_path / "raw", "--pattern", "*.nii", "--out", tmp_path / "out",
+                 "--mask-file", f"4={tmp_path / 'm.npy'}", "--mask-layout", "centered", "--seed", "3")
+    assert result.exit_code == 0, result.stderr
+    m = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert m["accelerations"] == [4.0]  # taken from the mask files when --acc is not given
+    assert m["image_size"] == [20, 18] and m["mask"]["layout"] == "centered"
+    assert m["volumes"]["s0_t1"]["slices"] == 3
+    np.testing.assert_array_equal(np.load(tmp_path / "out/masks/acc4.npy"), mask)
+
+
+# ----------------------------------------------------------------- bad inputs: one line, exit 2, nothing written
+
+
+@pytest.fixture
+def raw(tmp_path: Path, nifti_writer) -> Path:
+    nifti_writer.write(tmp_path / "raw/good.nii.gz", nifti_writer.phantom((20, 18, 4)))
+    return tmp_path / "raw"
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    for source in ("acdc", "mrbrains", "nifti"):
+        result = run(source, tmp_path / "nowhere", "--out", tmp_path / "out")
+        assert_one_line_error(result, "nowhere: input folder not found")
+    assert nothing_written(tmp_path)
+
+
+def test_no_matching_files(tmp_path: Path, raw: Path) -> None:
+    result = run("nifti", raw, "--pattern", "*.mgz", "--out", tmp_path / "out")
+    assert_one_line_error(result, "raw: no files match --pattern '*.mgz'")
+    assert_one_line_error(run("acdc", raw, "--out", tmp_path / "out"), "no ACDC image frames found")
+    assert_one_line_error(run("mrbrains", raw, "--out", tmp_path / "out"), "no MRBrainS subjects found")
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, data, needle",
+    [
+        ("cine.nii.gz", np.ones((20, 18, 4, 5), dtype=np.float32), "cine.nii.gz: 4-D image of shape (20, 18, 4, 5)"),
+        ("zero.nii.gz", np.zeros((20, 18, 4), dtype=np.float32), "zero.nii.gz: all-zero volume"),
+        ("nan.nii.gz", np.where(np.eye(20, 18)[..., None] > 0, np.nan, 1.0).repeat(4, 2).astype(np.float32),
+         "nan.nii.gz: 72 NaN/Inf voxel(s)"),
+        ("inf.nii.gz", np.full((20, 18, 4), np.inf, dtype=np.float32), "inf.nii.gz: 1440 NaN/Inf"),
+    ],
+)
+def test_bad_volume(tmp_path: Path, raw: Path, nifti_writer, name: str, data: np.ndarray, needle: str) -> None:
+    nifti_writer.write(raw / name, data)
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), needle)
+    assert nothing_written(tmp_path)
+
+
+def test_truncated_and_garbage_nifti(tmp_path: Path, raw: Path) -> None:
+    good = (raw / "good.nii.gz").read_bytes()
+    (raw / "trunc.nii.gz").write_bytes(good[: len(good) // 3])
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "trunc.nii.gz: cannot read")
+    (raw / "trunc.nii.gz").write_bytes(b"garbage" * 50)
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "trunc.nii.gz: cannot read NIfTI")
+    assert nothing_written(tmp_path)
+
+
+def test_mask_shape_mismatch(tmp_path: Path, raw: Path) -> None:
+    mask = np.zeros((150, 150), dtype=np.float32)
+    mask[::4] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    result = run("nifti", raw, "--out", tmp_path / "out", "--size", "24", "24", "--acc", "4",
+                 "--mask-file", tmp_path / "mask.npy")
+    assert_one_line_error(result, "mask.npy: shape (150, 150), expected (24, 24) to match the images")
+    result = run("nifti", raw, "--out", tmp_path / "out", "--mask-file", tmp_path / "mask.npy")
+    assert_one_line_error(result, "a bare path needs exactly one --acc")
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-file", "5=m.npy")
+    assert_one_line_error(result, "acceleration 5 is not among --acc 4")
+    (tmp_path / "bad.npy").write_bytes(b"nope")
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-file", tmp_path / "bad.npy")
+    assert_one_line_error(result, "bad.npy")
+    assert nothing_written(tmp_path)
+
+
+def test_out_is_a_file_or_inside_input(tmp_path: Path, raw: Path) -> None:
+    (tmp_path / "out").write_text("I am a file")
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "out: is a file")
+    assert (tmp_path / "out").read_text() == "I am a file"
+    assert_one_line_error(run("nifti", raw, "--out", raw / "prep"), "inside the input folder")
+    assert not (raw / "prep").exists()
+
+
+def test_bad_option_values(tmp_path: Path, raw: Path) -> None:
+    cases = [
+        (["--acc", "four"], "--acc four: expected a number"),
+        (["--acc", "0.5"], "--acc 0.5: expected a number > 1"),
+        (["--mask-kind", "spiral"], "--mask-kind spiral: expected one of random, equispaced, fastmri"),
+        (["--mask-layout", "middle"], "--mask-layout middle"),
+        (["--val", "ghost"], "--val ghost: not found"),
+        (["--val-fraction", "1.2"], "--val-fraction 1.2"),
+        (["--size", "2", "2"], "--size (2, 2)"),
+    ]
+    for extra, needle in cases:
+        assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *extra), needle)
+    assert_one_line_error(run("demo", "--source", "mni", "--out", tmp_path / "out"), "--source mni")
+    assert nothing_written(tmp_path)
+
+
+def test_demo_missing_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo_mod, "COLIN27_DIRS", (tmp_path / "share", tmp_path / "lib"))
+    result = run("demo", "--source", "colin27", "--out", tmp_path / "out")
+    assert_one_line_error(result, "colin27: ch2.nii.gz not found", "mricron-data")
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert_one_line_error(run("demo", "--out", tmp_path / "out"), "nilearn package is not installed")
+    assert nothing_written(tmp_path)
