@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sftkd_cli import __version__
 from sftkd_cli.errors import SftkdError
@@ -19,7 +20,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except SftkdError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -62,5 +63,10 @@ def main(argv: list[str] | None = None) -> None:
 
 # Command modules register themselves on `app` when imported (keep this list sorted by workflow).
 from sftkd_cli.cli import (  # noqa: E402,F401
+    compare,
+    distill,
+    evaluate,
     prepare,
+    sft,
+    train,
 )
