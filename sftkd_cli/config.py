@@ -127,6 +127,11 @@ def _suggest(name: str, options: list[str], prefix: str = "") -> str:
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Check `value` against a dataclass field type; allow int -> float and str -> list for lists."""
     origin = typing.get_origin(kind)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):

@@ -203,20 +203,21 @@ def _role(run_role: str, entry: str) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
-    """A rich table: the model and the zero-filled input, every metric mean ± std."""
-    table = Table(title=title or f"{metrics['run']} on {metrics['dataset']['split']} ({metrics['dataset']['slices']} slices)")
-    table.add_column("", style="bold")
-    table.add_column("params", justify="right")
-    for name in METRIC_NAMES:
-        table.add_column(name, justify="right")
-    table.add_column("ms/slice", justify="right")
+    """A rich table, one row per metric: the zero-filled input and the model, mean ± std over slices."""
+    ds = metrics["dataset"]
+    table = Table(
+        title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
+        f"{ds['slices']} slices, {ds['acceleration']:g}x",
+        caption=f"{metrics['params']:,} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("zero-filled", justify="right")
+    table.add_column(metrics["model"], justify="right")
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
-    for label, block, params, latency in (
-        ("ZF", metrics["zero_filled"], "-", "-"),
-        (f"{metrics['model']} ({metrics['role']})", metrics["metrics"], f"{metrics['params']:,}", f"{metrics['latency_ms_per_slice']:.1f}"),
-    ):
-        cells = [f"{block[n]['mean']:.{digits[n]}f} ± {block[n]['std']:.{digits[n]}f}" for n in METRIC_NAMES]
-        table.add_row(label, params, *cells, latency)
+    for name in METRIC_NAMES:
+        d = digits[name]
+        cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
+        table.add_row(name, *cells)
     return table
 
 

@@ -38,6 +38,7 @@ def test_overrides_win_and_are_typed(tmp_path):
         ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs?"),
         ("trian.epochs=3", "unknown section 'trian'; did you mean train?"),
         ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+        ("train.lr=abc1e-3", "train.lr: expected float"),
         ("train.epochs=2.5", "train.epochs: expected int"),
         ("epochs=3", "expected section.key=value"),
         ("train.epochs", "expected section.key=value"),
@@ -62,3 +63,7 @@ def test_cross_field_validation():
         validate(load_recipe(None, ["sft.student=D3C4"]))
     with pytest.raises(SftkdError, match="train.amp"):
         validate(load_recipe(None, ["train.amp=fp8"]))
+
+
+def test_scientific_notation_without_a_dot_is_a_float():
+    assert load_recipe(None, ["train.lr=1e-4"]).train.lr == 1e-4

@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command modules register themselves on `app` when imported (keep this list sorted by workflow).
-from sftkd_cli.cli import (  # noqa: E402,F401
-    compare,
+from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
+    prepare,
+    train,
+    sft,
     distill,
     evaluate,
-    prepare,
-    sft,
-    train,
+    compare,
 )

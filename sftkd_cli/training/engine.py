@@ -317,7 +317,7 @@ class Trainer:
             f"PSNR {row.get('val_psnr', math.nan):.2f}  SSIM {row.get('val_ssim', math.nan):.4f}  "
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
-        progress.console.print(line, highlight=False)
+        progress.console.print(line, highlight=False, soft_wrap=True)
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,125 @@
+"""The whole workflow through the CLI on tiny data: teacher, student, SFT, every KD method,
+evaluate, compare; plus run-directory safety and user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.distill.methods import METHODS
+from sftkd_cli.runs import load_checkpoint
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+def sftkd(*args: str, ok: bool = True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def flow(tiny_dataset, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    base = [f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=2", "train.batch_size=2",
+            "train.threads=1", "sft.teacher=D3C2", "sft.student=D2C2", "eval.latency_slices=1"]
+    sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base)
+    sftkd("train-teacher", "--model", "D2C2", "--name", "student", *base)
+    sftkd("train-sft", "--name", "sft", *base)
+    return runs, base
+
+
+def test_runs_are_complete_and_roles_derived(flow):
+    runs, _ = flow
+    for name, role in (("teacher", "teacher"), ("student", "student"), ("sft", "sft")):
+        run = runs / name
+        assert {"recipe.yaml", "env.json", "history.jsonl"} <= {p.name for p in run.iterdir()}
+        assert {"last.pt", "best.pt"} <= {p.name for p in (run / "checkpoints").iterdir()}
+        assert load_checkpoint(run / "checkpoints" / "best.pt")["role"] == role
+        env = json.loads((run / "env.json").read_text())
+        assert {"torch", "device", "git_commit", "seed", "sftkd_version"} <= env.keys()
+
+
+def test_sft_run_holds_teacher_and_student(flow):
+    runs, _ = flow
+    state = load_checkpoint(runs / "sft" / "checkpoints" / "best.pt")
+    assert {e["arch"] for e in state["models"].values()} == {"D3C2", "D2C2"}
+    assert state["primary"] == "teacher"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_distills_through_the_cli(flow, method):
+    runs, base = flow
+    sftkd("distill", "--teacher", runs / "teacher", "--student", "D2C2", "--method", method,
+          "--name", f"kd-{method}", *base, "train.epochs=1", "train.max_steps_per_epoch=2")
+    state = load_checkpoint(runs / f"kd-{method}" / "checkpoints" / "last.pt")
+    assert state["method"] == method and state["teacher_role"] == "teacher"
+
+
+def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
+    runs, base = flow
+    sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--method", "at", "--init-from", "sft",
+          "--name", "sftkd-init", *base, "train.epochs=1", "train.max_steps_per_epoch=1", "train.lr=1e-30")
+    student = load_checkpoint(runs / "sft" / "checkpoints" / "best.pt")["models"]["student"]["state"]
+    distilled = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
+    assert distilled["teacher_role"] == "sft-teacher" and "sft" in distilled["init"]
+    for key, value in student.items():  # lr=1e-30: updates vanish below float32 resolution
+        assert torch.equal(distilled["models"]["model"]["state"][key], value), key
+
+
+def test_evaluate_and_compare(flow):
+    runs, base = flow
+    sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--init-from", "sft",
+          "--name", "sft-kd-at", *base, "train.epochs=1")
+    for name in ("teacher", "student", "sft", "sft-kd-at"):
+        sftkd("evaluate", runs / name)
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        assert metrics["dataset"]["split"] == "val" and metrics["params"] > 0
+        assert metrics["metrics"]["PSNR"]["mean"] > 0 and "PSNR" in metrics["conventions"]
+    sftkd("evaluate", runs / "sft", "--model", "student", "--no-recon")
+    result = sftkd("compare", *sorted(runs.iterdir()), "--format", "csv")
+    assert "teacher" in result.output and "sft" in result.output and "ZF" in result.output
+
+
+def test_existing_run_is_refused_and_resume_continues(flow):
+    runs, base = flow
+    refused = sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, ok=False)
+    assert refused.exit_code == 2 and "already exists; use --resume" in refused.output
+    sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, "train.epochs=3", "--resume")
+    assert load_checkpoint(runs / "teacher" / "checkpoints" / "last.pt")["epoch"] == 3
+    changed = sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, "train.lr=0.1", "--resume", ok=False)
+    assert "train.lr was 0.001, now 0.1" in changed.output
+
+
+def test_print_recipe_shows_the_resolved_recipe():
+    result = sftkd("train-teacher", "--print-recipe", "--model", "D2C2", "train.epochs=7")
+    assert "epochs: 7" in result.output and "name: D2C2" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train-teacher", "train.epoch=3"], "unknown key train.epoch; did you mean train.epochs?"),
+        (["train-teacher", "--data", "/nonexistent/data"], "/nonexistent/data"),
+        (["train-teacher", "notes.txt"], "expected a recipe file (.yaml) or an override"),
+        (["distill", "--method", "at"], "distill.teacher_run"),
+        (["evaluate", "/nonexistent/run"], "not an sftkd run directory"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    result = sftkd(*args, ok=False)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_method_suggests_the_nearest(flow):
+    runs, base = flow
+    result = sftkd("distill", "--teacher", runs / "teacher", "--method", "fitnet", *base, ok=False)
+    assert result.exit_code == 2 and "fitnets" in result.output
