@@ -162,7 +162,7 @@ def evaluate_run(
     metrics = {
         "format": 1,
         "sftkd_version": __version__,
-        "run": run.path.name,
+        "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
         "model": model.name,
         "role": _role(state.get("role") or recipe.run.role, entry_role),
         "method": recipe.distill.method if state.get("role") == "kd" else None,
@@ -188,11 +188,19 @@ def evaluate_run(
         "metrics": summary,
         "zero_filled": zf_summary,
     }
-    atomic_write_text(run.path / "per_slice.csv", _csv_text(rows))
+    out = output_dir(run.path, state, entry_role)
+    out.mkdir(exist_ok=True)
+    metrics["output_dir"] = str(out)
+    atomic_write_text(out / "per_slice.csv", _csv_text(rows))
     if write_recon:
-        _write_recon(run.path / "recon.h5", volumes)
-    atomic_write_text(run.path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
+        _write_recon(out / "recon.h5", volumes)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
     return metrics
+
+
+def output_dir(run_path: Path, state: dict[str, Any], entry_role: str) -> Path:
+    """The run dir for its primary model; `RUN/eval-<model>/` for another (e.g. an SFT run's student)."""
+    return run_path if entry_role == state["primary"] else run_path / f"eval-{entry_role}"
 
 
 def _role(run_role: str, entry: str) -> str:

@@ -83,6 +83,8 @@ def test_evaluate_and_compare(flow):
         assert metrics["dataset"]["split"] == "val" and metrics["params"] > 0
         assert metrics["metrics"]["PSNR"]["mean"] > 0 and "PSNR" in metrics["conventions"]
     sftkd("evaluate", runs / "sft", "--model", "student", "--no-recon")
+    assert json.loads((runs / "sft" / "eval-student" / "metrics.json").read_text())["role"] == "sft-student"
+    assert json.loads((runs / "sft" / "metrics.json").read_text())["role"] == "sft-teacher"
     result = sftkd("compare", *sorted(runs.iterdir()), "--format", "csv")
     assert "teacher" in result.output and "sft" in result.output and "ZF" in result.output
 

@@ -17,7 +17,7 @@ def evaluate(
     data: Path = typer.Option(None, "--data", "-d", help="Dataset directory (default: the run's data.path)."),
     split: str = typer.Option(None, "--split", help="Split to score (default: the recipe's eval.split, val)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last, or a checkpoint file."),
-    model: str = typer.Option(None, "--model", help="Which model of the run: e.g. teacher or student of an SFT run."),
+    model: str = typer.Option(None, "--model", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     no_recon: bool = typer.Option(False, "--no-recon", help="Do not write recon.h5."),
 ) -> None:
@@ -29,4 +29,4 @@ def evaluate(
         metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                device=device, write_recon=not no_recon)
         print_metrics(metrics, console)
-        console.print(f"wrote {run / 'metrics.json'}, {run / 'per_slice.csv'}" + ("" if no_recon else f", {run / 'recon.h5'}"))
+        console.print(f"wrote {metrics['output_dir']}/metrics.json, per_slice.csv" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
