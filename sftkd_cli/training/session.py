@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 from sftkd_cli.config import Recipe, load_recipe, recipe_to_dict, validate
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir
-from sftkd_cli.training.engine import FitResult, Trainer
+from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer)
@@ -77,6 +77,7 @@ def run_training(
     if resume and run.recipe_file.exists():
         recipe = reconcile_resume(run, recipe)
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
+    seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective()
     run.prepare(recipe, resume=resume, force=force)
     if resume:
