@@ -48,6 +48,29 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    """Wait for every process (no-op for a single process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
     random.seed(seed)
@@ -154,6 +177,8 @@ class Trainer:
         self.console = console or Console()
         self.rank, self.world = rank, world
         self.device = select_device(recipe.train.device)
+        if world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.is_main = rank == 0
 
     # checkpoint state ---------------------------------------------------------------------
@@ -192,6 +217,11 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         objective = self.objective.to(self.device)
+        if self.world > 1:  # gradients averaged across processes; the frozen teacher stays outside
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = DistributedDataParallel(objective, find_unused_parameters=True)
+            self.objective = objective
         params = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
@@ -230,7 +260,7 @@ class Trainer:
                  "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count},
             )
 
-        objective.train()
+        self._bare().train()
         try:
             with progress:
                 for epoch in range(start_epoch, cfg.epochs):
@@ -254,7 +284,9 @@ class Trainer:
                             )
                     done = None
                     scheduler.step()
-                    val = validate(objective, val_ds, self.device, cfg.amp, cfg.batch_size) if len(val_ds) else {"val_l1": math.nan}
+                    val = {"val_l1": math.nan}
+                    if self.is_main and len(val_ds):
+                        val = validate(self._bare(), val_ds, self.device, cfg.amp, cfg.batch_size)
                     row = {
                         "epoch": epoch + 1,
                         "train_loss": loss_sum / max(loss_count, 1),

@@ -13,10 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
-from sftkd_cli.config import Recipe, load_recipe, recipe_to_dict, validate
+from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, validate
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import RunDir
-from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
+from sftkd_cli.runs import RunDir, atomic_write_text
+from sftkd_cli.training.engine import FitResult, Trainer, barrier, distributed_context, seed_everything
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer)
@@ -79,16 +79,20 @@ def run_training(
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective()
-    run.prepare(recipe, resume=resume, force=force)
-    if resume:
-        from sftkd_cli.config import dump_recipe
-        from sftkd_cli.runs import atomic_write_text
-
-        atomic_write_text(run.recipe_file, dump_recipe(recipe))
+    rank, world = distributed_context()
+    if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
+        run.prepare(recipe, resume=resume, force=force)
+        if resume:
+            atomic_write_text(run.recipe_file, dump_recipe(recipe))
+    barrier(world)
     try:
-        result = Trainer(objective, recipe, run, console=console).fit(train_ds, val_ds, resume=resume)
+        result = Trainer(objective, recipe, run, console=console, rank=rank, world=world).fit(train_ds, val_ds, resume=resume)
     finally:
         run.unlock()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return run, result
 
 
