@@ -138,8 +138,13 @@ def evaluate_run(
     model_role: str | None = None,
     device: str = "auto",
     write_recon: bool = True,
+    exported: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5."""
+    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
+
+    With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
+    on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
+    """
     from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest
 
     run = open_run(run_dir)
@@ -149,12 +154,20 @@ def evaluate_run(
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False)
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
-    which = checkpoint or recipe.eval.checkpoint
-    named = which in ("best", "last")
-    model, state = load_model(run.path if named else which, model_role, which if named else "best")
-    entry_role = model_role or state["primary"]
     torch_device = select_device(device)
-    model = model.to(torch_device).eval()
+    if exported is None:
+        which = checkpoint or recipe.eval.checkpoint
+        named = which in ("best", "last")
+        model, state = load_model(run.path if named else which, model_role, which if named else "best")
+        entry_role = model_role or state["primary"]
+        model = model.to(torch_device).eval()
+        params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
+    else:
+        from sftkd_cli.export import prepare_evaluation
+
+        target = prepare_evaluation(exported, run.path, torch_device, checkpoint, model_role)
+        model, state, entry_role, which = target.model, target.state, target.role, target.checkpoint
+        params, out, extra, torch_device = model.params, target.out_dir, target.fields, model.device
 
     volumes = reconstruct_split(model, dataset, torch_device)
     rows, summary, zf_summary = score(volumes)
@@ -168,7 +181,7 @@ def evaluate_run(
         "method": recipe.distill.method if state.get("role") == "kd" else None,
         "teacher_role": state.get("teacher_role"),
         "init": state.get("init"),
-        "params": count_parameters(model),
+        "params": params,
         "checkpoint": which,
         "epoch": state.get("epoch"),
         "dataset": {
@@ -187,8 +200,8 @@ def evaluate_run(
         "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)"},
         "metrics": summary,
         "zero_filled": zf_summary,
+        **extra,
     }
-    out = output_dir(run.path, state, entry_role)
     out.mkdir(exist_ok=True)
     metrics["output_dir"] = str(out)
     atomic_write_text(out / "per_slice.csv", _csv_text(rows))

@@ -1,0 +1,39 @@
+"""`sftkd export RUN --format torchscript|onnx`: a self-checked deployable model plus a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rich.markup import escape
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.cli.common import console
+from sftkd_cli.export import export_run
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="Run directory to export.", show_default=False),
+    fmt: str = typer.Option(..., "--format", "-f", help="torchscript or onnx.", show_default=False),
+    out: Path = typer.Option(None, "--out", "-o", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx)."),
+    model: str = typer.Option(None, "--model", help="Which model of the run: model, teacher or student (default: the run's primary)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    size: tuple[int, int] = typer.Option(None, "--size", help="Image size H W (default: the dataset's image_size).", show_default=False),
+) -> None:
+    """Export a trained model with its data-consistency layers to TorchScript or ONNX, checked against PyTorch.
+
+    Inputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, corner layout), mask (B,1,H,W); output image (B,1,H,W). Dynamic batch; ONNX has a fixed image size, TorchScript any. A model card <out>.card.json is written beside the file. Example: sftkd export runs/demo-student-D3C5-4x --format onnx
+    """
+    result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None)
+    card = result.card
+    h, w = card["image_size"]
+    size_text = "any size" if card["image_size_dynamic"] else f"{h}x{w} fixed"
+    console.print(f"[green]exported[/] {card['architecture']['name']} ({card['role']}, {card['params']:,} params) "
+                  f"as {card['export_format']}: {escape(str(result.path))}", soft_wrap=True)
+    console.print("inputs zf (B,1,H,W), kspace (B,2,H,W) real/imag, mask (B,1,H,W) -> image (B,1,H,W); "
+                  f"dynamic batch, {size_text}", soft_wrap=True, markup=False)
+    console.print(f"check: max |exported - PyTorch| = {result.max_abs_diff:.2e} on {card['check']['inputs']}",
+                  soft_wrap=True, markup=False)
+    console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)

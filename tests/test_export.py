@@ -1,0 +1,287 @@
+"""`sftkd export`: matmul DFT, the exportable wrapper, TorchScript/ONNX files, model card, evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+import sftkd_cli.cli.export  # noqa: F401  (registers the command until app.py imports it)
+import sftkd_cli.export as export_module
+from sftkd_cli.checkpoints import load_model
+from sftkd_cli.cli.app import app
+from sftkd_cli.config import dump_recipe, load_recipe
+from sftkd_cli.data.dataset import SliceDataset
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.export import (
+    ExportableDCCNN,
+    MatmulDFT,
+    dft_matrix,
+    export_run,
+    load_exported,
+    split_complex,
+)
+from sftkd_cli.models import build_model, count_parameters
+from sftkd_cli.training.engine import collate
+
+torch.set_num_threads(1)
+
+CARD_KEYS = {
+    "format", "sftkd_version", "export_format", "file", "exporter", "run", "role", "checkpoint",
+    "architecture", "params", "acceleration", "mask", "image_size", "image_size_dynamic", "batch_dynamic",
+    "inputs", "outputs", "kspace_layout", "fft_norm", "dataset", "metrics", "check",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A D2C2 (4 channels) run trained for one step on the tiny dataset (read-only)."""
+    from sftkd_cli.training.supervised import train_supervised
+
+    runs = tmp_path_factory.mktemp("runs")
+    recipe = load_recipe(None, [
+        f"data.path={tiny_dataset}", "model.name=D2C2", "model.channels=4", "sft.teacher=D2C2",
+        "sft.student=D2C2", "train.epochs=1", "train.max_steps_per_epoch=1", "train.device=cpu",
+        f"run.dir={runs}", "run.name=tiny",
+    ])
+    run, _ = train_supervised(recipe, console=Console(file=io.StringIO()))
+    return run.path
+
+
+@pytest.fixture
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run, for tests that write into it."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("export", ".lock")))
+
+
+def _val_batch(dataset_path: Path, n: int) -> dict[str, torch.Tensor]:
+    ds = SliceDataset(dataset_path, "val", 4)
+    return collate([ds[i] for i in range(n)])
+
+
+def _undersampled(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(shape, generator=g)
+    mask = torch.zeros(1, 1, *shape[-2:])
+    mask[..., ::3, :] = 1
+    kspace = torch.fft.fft2(image, norm="ortho") * mask
+    return torch.fft.ifft2(kspace, norm="ortho").abs(), kspace, mask
+
+
+# --------------------------------------------------------------------------- matmul DFT
+
+
+@pytest.mark.parametrize("size", [(8, 6), (5, 7), (9, 4)])
+@pytest.mark.parametrize("centered", [False, True])
+def test_matmul_dft_equals_numpy_fft2_and_ifft2(size, centered):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 1, *size)) + 1j * rng.normal(size=(2, 1, *size))
+    dft = MatmulDFT(*size, centered=centered)
+    pre = (lambda a: np.fft.ifftshift(a, axes=(-2, -1))) if centered else (lambda a: a)
+    post = (lambda a: np.fft.fftshift(a, axes=(-2, -1))) if centered else (lambda a: a)
+    expected_fft = post(np.fft.fft2(pre(x), norm="ortho"))
+    expected_ifft = post(np.fft.ifft2(pre(x), norm="ortho"))
+    xr, xi = torch.tensor(x.real, dtype=torch.float32), torch.tensor(x.imag, dtype=torch.float32)
+    kr, ki = dft(xr, xi)
+    np.testing.assert_allclose(kr.numpy() + 1j * ki.numpy(), expected_fft, atol=1e-5)
+    ir, ii = dft.inverse(xr, xi)
+    np.testing.assert_allclose(ir.numpy() + 1j * ii.numpy(), expected_ifft, atol=1e-5)
+    # the real-input / real-output forms used inside the data consistency
+    rr, ri = dft.forward_real(xr)
+    np.testing.assert_allclose(rr.numpy() + 1j * ri.numpy(), post(np.fft.fft2(pre(x.real), norm="ortho")), atol=1e-5)
+    np.testing.assert_allclose(dft.inverse_real(xr, xi).numpy(), expected_ifft.real, atol=1e-5)
+
+
+def test_dft_matrix_by_hand_and_unitary():
+    # n = 2: [[1, 1], [1, -1]] / sqrt 2; n = 4 forward row 1 is [1, -i, -1, i] / 2
+    np.testing.assert_allclose(dft_matrix(2), np.array([[1, 1], [1, -1]]) / np.sqrt(2), atol=1e-12)
+    np.testing.assert_allclose(dft_matrix(4)[1], np.array([1, -1j, -1, 1j]) / 2, atol=1e-12)
+    for n in (5, 6):
+        m = dft_matrix(n)
+        np.testing.assert_allclose(dft_matrix(n, inverse=True), m.conj().T, atol=1e-12)
+        np.testing.assert_allclose(m @ m.conj().T, np.eye(n), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- exportable wrapper
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 13)])
+@pytest.mark.parametrize("centered", [False, True])
+def test_exportable_wrapper_equals_dccnn(size, centered):
+    torch.manual_seed(3)
+    model = build_model("D3C2", channels=4, centered=centered).eval()
+    zf, kspace, mask = _undersampled((2, 1, *size))
+    with torch.no_grad():
+        expected = model(zf, kspace, mask)
+        for dft in ("matmul", "fft"):
+            got = ExportableDCCNN(model, size, dft)(zf, split_complex(kspace), mask)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    wrapper = ExportableDCCNN(model, size)
+    assert wrapper.blocks is model.blocks  # the trained conv blocks themselves, not copies
+
+
+def test_split_complex_layout_and_errors():
+    k = torch.complex(torch.ones(2, 1, 3, 3), -2 * torch.ones(2, 1, 3, 3))
+    parts = split_complex(k)
+    assert parts.shape == (2, 2, 3, 3) and parts.dtype == torch.float32
+    assert torch.all(parts[:, 0] == 1) and torch.all(parts[:, 1] == -2)
+    assert split_complex(parts) is not None
+    with pytest.raises(SftkdError, match="expected"):
+        split_complex(torch.ones(2, 3, 3, 3))
+
+
+# --------------------------------------------------------------------------- export files
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_loads_and_matches_with_dynamic_batch(trained_run, tiny_dataset, tmp_path, fmt):
+    out = tmp_path / f"model.{fmt}"
+    result = export_run(trained_run, fmt, out=out)
+    assert result.path == out and out.is_file() and result.card_path.is_file()
+    assert result.max_abs_diff < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".card.json"])
+    model, _ = load_model(trained_run)
+    exported = load_exported(out)
+    assert exported.format == fmt and exported.name == "D2C2" and exported.params == count_parameters(model)
+    for n in (1, 3):
+        batch = _val_batch(tiny_dataset, n)
+        with torch.no_grad():
+            expected = model(batch["zf"], batch["kspace"], batch["mask"])
+        got = exported(batch["zf"], batch["kspace"], batch["mask"])
+        assert got.shape == (n, 1, 16, 16) and got.dtype == torch.float32
+        assert float((got - expected).abs().max()) < 1e-4
+    if fmt == "torchscript":  # torch.fft inside: any image size
+        zf, kspace, mask = _undersampled((2, 1, 12, 20))
+        with torch.no_grad():
+            assert float((exported(zf, kspace, mask) - model(zf, kspace, mask)).abs().max()) < 1e-5
+    else:  # fixed size, only matrix products for the DFT
+        import onnx
+
+        graph = onnx.load(str(out)).graph
+        ops = {node.op_type for node in graph.node}
+        assert "MatMul" in ops and not ops & {"DFT", "STFT"}
+        assert [i.name for i in graph.input] == ["zf", "kspace", "mask"]
+        assert [d.dim_param or d.dim_value for d in graph.input[1].type.tensor_type.shape.dim] == ["batch", 2, 16, 16]
+        zf, kspace, mask = _undersampled((1, 1, 12, 20))
+        with pytest.raises(SftkdError, match="16x16"):
+            exported(zf, kspace, mask)
+
+
+def test_default_out_and_card_fields(run_copy, tiny_dataset):
+    (run_copy / "metrics.json").write_text(json.dumps(
+        {"format": 1, "model": "D2C2", "role": "teacher", "checkpoint": "best",
+         "dataset": {"split": "val", "acceleration": 4.0}, "metrics": {"PSNR": {"mean": 30.0, "std": 1.0}}}))
+    result = export_run(run_copy, "onnx", checkpoint="last")
+    assert result.path == run_copy / "export" / "D2C2-model.onnx"
+    card = json.loads(result.card_path.read_text())
+    assert CARD_KEYS <= set(card)
+    model, state = load_model(run_copy, which="last")
+    assert card["export_format"] == "onnx" and card["checkpoint"] == "last" and card["epoch"] == state["epoch"]
+    assert card["architecture"]["name"] == "D2C2" and card["architecture"]["channels"] == 4
+    assert card["params"] == count_parameters(model) == 2 * (1 * 4 * 9 + 4 + 4 * 1 * 9 + 1)
+    assert card["image_size"] == [16, 16] and not card["image_size_dynamic"] and card["batch_dynamic"]
+    assert [i["name"] for i in card["inputs"]] == ["zf", "kspace", "mask"] and card["outputs"][0]["name"] == "image"
+    assert card["inputs"][1]["shape"] == ["batch", 2, 16, 16] and card["kspace_layout"] == "corner"
+    mask = np.load(tiny_dataset / "masks" / "acc4.npy")
+    assert card["acceleration"] == 4.0 and card["mask"]["kind"] == "random" and card["mask"]["seed"] == 42
+    assert card["mask"]["sampled_rows"] == [int(r) for r in np.flatnonzero(mask[:, 0])]
+    assert card["mask"]["lines"] == 4 and Path(card["mask"]["file"]).is_file()
+    assert card["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
+    assert card["check"]["max_abs_diff"] < 1e-4 and card["check"]["batches"] == [1, 3]
+    assert "val slices" in card["check"]["inputs"]
+    ts_card = export_run(run_copy, "torchscript").card
+    assert ts_card["image_size_dynamic"] and ts_card["inputs"][0]["shape"] == ["batch", 1, "H", "W"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_failing_check_leaves_nothing_behind(trained_run, tmp_path, monkeypatch, fmt):
+    out = tmp_path / "out" / "model.bin"
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)
+    with pytest.raises(SftkdError, match="differs from the PyTorch model"):
+        export_run(trained_run, fmt, out=out)
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.undo()
+    original = export_module.ExportedModel.__call__
+    monkeypatch.setattr(export_module.ExportedModel, "__call__", lambda self, *a: original(self, *a) + 1e-3)
+    with pytest.raises(SftkdError, match="differs"):
+        export_run(trained_run, fmt, out=out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_missing_dataset_needs_size_then_uses_a_phantom(run_copy, tmp_path):
+    recipe = load_recipe(run_copy / "recipe.yaml")
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(tmp_path / "gone")))
+    (run_copy / "recipe.yaml").write_text(dump_recipe(recipe))
+    with pytest.raises(SftkdError, match="--size"):
+        export_run(run_copy, "onnx")
+    result = export_run(run_copy, "onnx", size=(12, 10))
+    assert result.card["check"]["inputs"].startswith("synthetic phantom 12x10")
+    assert result.card["dataset"] is None and result.card["image_size"] == [12, 10]
+    assert load_exported(result.path).image_size == (12, 10)
+
+
+def test_user_errors(trained_run, tmp_path, monkeypatch):
+    with pytest.raises(SftkdError, match="not an sftkd run"):
+        export_run(tmp_path / "nope", "onnx")
+    with pytest.raises(SftkdError, match="--format 'tflite'"):
+        export_run(trained_run, "tflite")
+    with pytest.raises(SftkdError, match="--checkpoint"):
+        export_run(trained_run, "onnx", checkpoint="first")
+    with pytest.raises(SftkdError, match="has no 'student' model"):
+        export_run(trained_run, "onnx", role="student")
+    with pytest.raises(SftkdError, match="not found"):
+        load_exported(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(SftkdError, match="not an ONNX or TorchScript model"):
+        load_exported(junk)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SftkdError, match=r"pip install 'sftkd\[export\]'"):
+        export_run(trained_run, "onnx", out=tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# --------------------------------------------------------------------------- evaluate and CLI
+
+
+def test_evaluate_scores_an_exported_file_like_the_checkpoint(run_copy):
+    from sftkd_cli.evaluate import evaluate_run
+
+    reference = evaluate_run(run_copy, device="cpu", write_recon=False)
+    own = (run_copy / "metrics.json").read_bytes()
+    onnx_file = export_run(run_copy, "onnx").path
+    scored = evaluate_run(run_copy, device="cpu", write_recon=False, exported=onnx_file)
+    assert (run_copy / "metrics.json").read_bytes() == own  # the run's own evaluation is kept
+    out = run_copy / "eval-D2C2-model-onnx"
+    assert scored["output_dir"] == str(out) and (out / "metrics.json").is_file() and (out / "per_slice.csv").is_file()
+    assert scored["params"] == reference["params"] and scored["model"] == "D2C2" and scored["run"] == "run-onnx"
+    assert scored["exported"]["format"] == "onnx" and scored["checkpoint"] == "best"
+    for name in ("PSNR", "SSIM", "NMSE"):
+        assert scored["metrics"][name]["mean"] == pytest.approx(reference["metrics"][name]["mean"], rel=1e-4)
+    from sftkd_cli.report.compare import load_run_result
+
+    assert load_run_result(out).params == reference["params"]  # `sftkd compare` reads it like a run
+    with pytest.raises(SftkdError, match="do not apply"):
+        evaluate_run(run_copy, device="cpu", exported=onnx_file, checkpoint="last")
+
+
+def test_cli_export(trained_run, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli.onnx"
+    result = runner.invoke(app, ["export", str(trained_run), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (tmp_path / "cli.onnx.card.json").is_file()
+    assert "max |exported - PyTorch|" in result.output and "16x16 fixed" in result.output
+    bad = runner.invoke(app, ["export", str(trained_run), "--format", "tflite"])
+    assert bad.exit_code == 2 and "tflite" in bad.output
+    missing = runner.invoke(app, ["export", str(tmp_path / "none"), "--format", "torchscript"])
+    assert missing.exit_code == 2 and "not an sftkd run" in missing.output
