@@ -33,6 +33,12 @@ def test_two_processes_match_one_process(tiny_dataset, tmp_path):
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
     multi = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert multi["epoch"] == 2
-    for key, value in single["models"]["model"]["state"].items():
-        torch.testing.assert_close(multi["models"]["model"]["state"][key], value, rtol=1e-3, atol=3e-4)  # Adam amplifies reduction-order rounding
+    a = torch.cat([v.flatten() for v in single["models"]["model"]["state"].values()])
+    b = torch.cat([v.flatten() for v in multi["models"]["model"]["state"].values()])
+    diff = (a - b).abs()
+    # Gradients differ only by reduction-order rounding. Adam turns a near-zero gradient's
+    # rounding into a step of up to lr (1e-3), so a few weights may differ by ~2 steps;
+    # almost all must agree to float precision (a wrong shard makes most of them differ).
+    assert diff.max() < 2e-3
+    assert diff.median() < 1e-6 and (diff > 1e-5).float().mean() < 0.05
     assert len((tmp_path / "ddp" / "history.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
