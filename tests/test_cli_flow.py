@@ -125,3 +125,15 @@ def test_unknown_method_suggests_the_nearest(flow):
     runs, base = flow
     result = sftkd("distill", "--teacher", runs / "teacher", "--method", "fitnet", *base, ok=False)
     assert result.exit_code == 2 and "fitnets" in result.output
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "ts")])
+def test_exported_student_scores_like_its_checkpoint(flow, fmt, suffix):
+    runs, _ = flow
+    sftkd("evaluate", runs / "student", "--no-recon")
+    out = runs / "student" / "export" / f"student.{suffix}"
+    sftkd("export", runs / "student", "--format", fmt, "--out", out)
+    sftkd("evaluate", runs / "student", "--exported", out, "--no-recon")
+    ours = json.loads((runs / "student" / "metrics.json").read_text())
+    exported = json.loads((runs / "student" / f"eval-student-{fmt}" / "metrics.json").read_text())
+    assert exported["metrics"]["PSNR"]["mean"] == pytest.approx(ours["metrics"]["PSNR"]["mean"], abs=1e-4)

@@ -69,4 +69,5 @@ from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
     distill,
     evaluate,
     compare,
+    export,
 )
