@@ -1,0 +1,318 @@
+"""Figures of the paper from run directories: box plots, validation curves, a reconstruction grid.
+
+- `box_plots`: PSNR and SSIM (any per_slice.csv columns) per run, one panel per metric
+  (the paper's Figs. 4a and 8).
+- `validation_curves`: validation L1 per epoch from each run's history.jsonl (Figs. 4b and 7).
+- `reconstruction_grid`: one slice as target, zoomed inset, zero-filled input and each model's
+  reconstruction, with the residue |prediction - target| of each model underneath (Fig. 3).
+
+Every figure is written as PNG and PDF with matplotlib's object API (no pyplot, so no global
+backend or state is touched). Each function returns a `FigureOutput` whose `data` is read back
+from the drawn artists (box statistics, line points, image arrays), so tests can check that
+what is plotted is what was read, without comparing pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sftkd_cli.errors import SftkdError
+
+FORMATS: tuple[str, ...] = ("png", "pdf")
+BOX_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
+CURVE_KEY = "val_l1"
+
+
+@dataclass(frozen=True)
+class FigureOutput:
+    """The files written and the data drawn (read back from the figure's artists)."""
+
+    paths: tuple[Path, ...]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def save_figure(figure, stem: Path) -> tuple[Path, ...]:
+    """Write `stem`.png and `stem`.pdf (parent folders created); returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        figure.savefig(path, format=fmt)
+        paths.append(path)
+    return tuple(paths)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_per_slice(path: str | Path, metrics: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named columns of a per_slice.csv as float arrays (a clear error when one is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SftkdError(f"{path}: missing; run `sftkd evaluate` on the run first")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames or []
+        missing = [m for m in metrics if m not in fields]
+        if missing:
+            raise SftkdError(f"{path}: no column {missing[0]!r} (has {', '.join(fields)})")
+        rows = list(reader)
+    try:
+        return {m: np.array([float(row[m]) for row in rows], dtype=np.float64) for m in metrics}
+    except ValueError:
+        raise SftkdError(f"{path}: expected numbers in columns {', '.join(metrics)}") from None
+
+
+def read_history(path: str | Path, key: str = CURVE_KEY) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values of `key`) from a history.jsonl; lines without the key are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise SftkdError(f"{path}: missing; the run has not finished an epoch yet")
+    epochs, values = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a crash ends the usable history
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            epochs.append(int(row["epoch"]))
+            values.append(float(value))
+    return np.asarray(epochs), np.asarray(values, dtype=np.float64)
+
+
+def read_recon_slice(path: str | Path, volume: str, index: int) -> np.ndarray:
+    """One reconstructed slice from a recon.h5: `index` is the slice number stored in the volume."""
+    path = Path(path)
+    if not path.is_file():
+        raise SftkdError(f"{path}: missing; evaluate the run without --no-recon")
+    with h5py.File(path, "r") as handle:
+        if volume not in handle:
+            raise SftkdError(f"{path}: no volume {volume!r} (has {', '.join(handle)})")
+        data = handle[volume]
+        slices = [int(s) for s in data.attrs.get("slices", range(data.shape[0]))]
+        if index not in slices:
+            raise SftkdError(f"{path}: volume {volume} has no slice {index} (has {slices[0]}..{slices[-1]})")
+        return np.asarray(data[slices.index(index)], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- box plots
+
+
+def box_plots(
+    runs: Mapping[str, Mapping[str, np.ndarray]],
+    stem: Path,
+    metrics: Sequence[str] = BOX_METRICS,
+    title: str = "",
+) -> FigureOutput:
+    """One box plot per metric, one box per run (label -> {metric: per-slice values}).
+
+    Boxes are the quartiles, whiskers reach the furthest values within 1.5 IQR (matplotlib's
+    defaults), outliers are drawn as points. `data[metric][label]` holds the drawn median,
+    quartiles and whisker ends.
+    """
+    if not runs:
+        raise SftkdError("box plots: no runs to plot")
+    labels = list(runs)
+    figure = _new_figure(max(4.0, 1.1 * len(labels)) * len(metrics) / 1.4, 3.6)
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    data: dict[str, Any] = {}
+    for ax, metric in zip(axes, metrics):
+        values = [np.asarray(runs[label][metric], dtype=np.float64) for label in labels]
+        values = [v[np.isfinite(v)] for v in values]
+        artists = ax.boxplot(values, showfliers=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        data[metric] = {label: _box_stats(artists, i) for i, label in enumerate(labels)}
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data)
+
+
+def _box_stats(artists: dict[str, list], i: int) -> dict[str, float]:
+    """Median, quartiles and whisker ends of box `i`, read from the drawn lines."""
+    box_y = np.asarray(artists["boxes"][i].get_ydata(), dtype=np.float64)
+    low_whisker = np.asarray(artists["whiskers"][2 * i].get_ydata(), dtype=np.float64)
+    high_whisker = np.asarray(artists["whiskers"][2 * i + 1].get_ydata(), dtype=np.float64)
+    return {
+        "median": float(artists["medians"][i].get_ydata()[0]),
+        "q1": float(box_y.min()),
+        "q3": float(box_y.max()),
+        "whisker_low": float(low_whisker.min()),
+        "whisker_high": float(high_whisker.max()),
+        "outliers": np.asarray(artists["fliers"][i].get_ydata(), dtype=np.float64).tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def validation_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    stem: Path,
+    ylabel: str = "validation L1",
+    title: str = "",
+) -> FigureOutput:
+    """One line per run (label -> (epochs, values)); `data[label]` = the drawn (x, y)."""
+    if not curves:
+        raise SftkdError("validation curves: no runs to plot")
+    figure = _new_figure(5.5, 3.6)
+    ax = figure.subplots()
+    data: dict[str, Any] = {}
+    for label, (epochs, values) in curves.items():
+        (line,) = ax.plot(epochs, values, marker="." if len(epochs) < 40 else None, label=label)
+        data[label] = (np.asarray(line.get_xdata(), dtype=np.float64), np.asarray(line.get_ydata(), dtype=np.float64))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data)
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def default_box(shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A centred square (y0, x0, height, width) of a third of the smaller side (at least 4 pixels)."""
+    h, w = shape
+    side = max(4, min(h, w) // 3)
+    side = min(side, h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def reconstruction_grid(
+    target: np.ndarray,
+    zero_filled: np.ndarray,
+    recons: Mapping[str, np.ndarray],
+    stem: Path,
+    box: tuple[int, int, int, int] | None = None,
+    title: str = "",
+) -> FigureOutput:
+    """Fig. 3 for one slice: target, inset, ZF and each reconstruction; residues underneath.
+
+    Top row: target (inset region outlined), the inset zoomed, the zero-filled input, then each
+    model. Bottom row, under each model: |prediction - target| on one shared colour scale
+    (0 .. the largest 99.5th percentile over the models). `data` maps each panel's title to
+    the array drawn.
+    """
+    from matplotlib.patches import Rectangle
+
+    target = np.asarray(target, dtype=np.float32)
+    if target.ndim != 2 or np.shape(zero_filled) != target.shape:
+        raise SftkdError(f"reconstruction grid: target {target.shape} and zero-filled {np.shape(zero_filled)} must be the same 2-D shape")
+    for label, image in recons.items():
+        if np.shape(image) != target.shape:
+            raise SftkdError(f"reconstruction grid: {label} has shape {np.shape(image)}, expected {target.shape}")
+    y0, x0, bh, bw = box or default_box(target.shape)
+    if y0 < 0 or x0 < 0 or bh < 1 or bw < 1 or y0 + bh > target.shape[0] or x0 + bw > target.shape[1]:
+        raise SftkdError(f"reconstruction grid: inset box {(y0, x0, bh, bw)} is outside the {target.shape} image")
+
+    residues = {label: np.abs(np.asarray(image, dtype=np.float32) - target) for label, image in recons.items()}
+    top = {"target": target, "inset": target[y0 : y0 + bh, x0 : x0 + bw], "ZF": np.asarray(zero_filled, dtype=np.float32)}
+    top.update({label: np.asarray(image, dtype=np.float32) for label, image in recons.items()})
+    columns = len(top)
+    figure = _new_figure(1.6 * columns, 3.5 if residues else 1.9)
+    axes = figure.subplots(2 if residues else 1, columns, squeeze=False)
+    vmax_image = float(max(target.max(), 1e-6))
+    vmax_residue = max([float(np.percentile(r, 99.5)) for r in residues.values()] + [1e-6])
+    data: dict[str, Any] = {}
+    for j, (label, image) in enumerate(top.items()):
+        ax = axes[0][j]
+        drawn = ax.imshow(image, cmap="gray", vmin=0.0, vmax=vmax_image, interpolation="nearest")
+        data[label] = np.asarray(drawn.get_array())
+        ax.set_title(label, fontsize=8)
+        if label == "target":
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), bw, bh, fill=False, edgecolor="yellow", linewidth=1))
+    if residues:
+        for j in range(columns):
+            axes[1][j].set_visible(False)
+        offset = columns - len(residues)
+        for j, (label, residue) in enumerate(residues.items()):
+            ax = axes[1][offset + j]
+            ax.set_visible(True)
+            drawn = ax.imshow(residue, cmap="inferno", vmin=0.0, vmax=vmax_residue, interpolation="nearest")
+            data[f"{label} residue"] = np.asarray(drawn.get_array())
+            ax.set_title(f"|{label} - target|", fontsize=8)
+        figure.colorbar(drawn, ax=[axes[1][offset + j] for j in range(len(residues))], shrink=0.8)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return FigureOutput(save_figure(figure, stem), data)
+
+
+# ----------------------------------------------------------------------------- from runs
+
+
+def box_plots_from_runs(runs: Mapping[str, Path], stem: Path, metrics: Sequence[str] = BOX_METRICS, title: str = "") -> FigureOutput:
+    """Box plots from evaluated output folders (label -> folder holding per_slice.csv)."""
+    values = {label: read_per_slice(Path(folder) / "per_slice.csv", metrics) for label, folder in runs.items()}
+    return box_plots(values, stem, metrics, title)
+
+
+def validation_curves_from_runs(runs: Mapping[str, Path], stem: Path, key: str = CURVE_KEY, title: str = "") -> FigureOutput:
+    """Validation curves from run directories (label -> run dir holding history.jsonl)."""
+    curves = {label: read_history(Path(run) / "history.jsonl", key) for label, run in runs.items()}
+    curves = {label: curve for label, curve in curves.items() if len(curve[0])}
+    ylabel = {"val_l1": "validation L1", "val_psnr": "validation PSNR (dB)", "val_ssim": "validation SSIM"}.get(key, key)
+    return validation_curves(curves, stem, ylabel, title)
+
+
+def reconstruction_grid_from_runs(
+    dataset: str | Path,
+    acceleration: float,
+    runs: Mapping[str, Path],
+    stem: Path,
+    volume: str | None = None,
+    index: int | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    title: str = "",
+) -> FigureOutput:
+    """The grid for one slice: target and ZF from the dataset, reconstructions from each recon.h5.
+
+    Default slice: the middle stored slice of the first volume of the first run's recon.h5.
+    """
+    from sftkd_cli.data.dataset import load_volume
+
+    if not runs:
+        raise SftkdError("reconstruction grid: no runs to show")
+    first = Path(next(iter(runs.values()))) / "recon.h5"
+    if volume is None or index is None:
+        if not first.is_file():
+            raise SftkdError(f"{first}: missing; evaluate the run without --no-recon")
+        with h5py.File(first, "r") as handle:
+            volume = volume if volume is not None else sorted(handle)[0]
+            if volume not in handle:
+                raise SftkdError(f"{first}: no volume {volume!r}")
+            slices = [int(s) for s in handle[volume].attrs.get("slices", range(handle[volume].shape[0]))]
+        index = index if index is not None else slices[len(slices) // 2]
+    arrays = load_volume(dataset, volume, acceleration)
+    if not 0 <= index < arrays["image"].shape[0]:
+        raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
+    recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
+    caption = title or f"{volume}, slice {index}, {acceleration:g}x"
+    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, caption)

@@ -1,0 +1,145 @@
+"""Figures: files are written (PNG and PDF, non-empty) and what is drawn equals the inputs.
+
+Oracles: box statistics computed here with numpy (quartiles, whiskers at the furthest points
+within 1.5 IQR), line points and image arrays compared with the values written to disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.figures import (
+    box_plots_from_runs,
+    default_box,
+    read_history,
+    reconstruction_grid,
+    reconstruction_grid_from_runs,
+    validation_curves_from_runs,
+)
+
+
+def _written(paths):
+    assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+    for path in paths:
+        assert path.is_file() and path.stat().st_size > 1000
+    png, pdf = sorted(paths, key=lambda p: p.suffix, reverse=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def _box_oracle(values: np.ndarray) -> dict[str, float]:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    iqr = q3 - q1
+    inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
+    return {"median": median, "q1": q1, "q3": q3, "whisker_low": inside.min(), "whisker_high": inside.max()}
+
+
+def _write_per_slice(folder, psnr, ssim):
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "per_slice.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["volume", "slice", "PSNR", "SSIM", "NMSE"])
+        for i, (p, s) in enumerate(zip(psnr, ssim)):
+            writer.writerow(["v0", i, repr(float(p)), repr(float(s)), 0.1])
+    return folder
+
+
+def test_box_plots_draw_the_csv_quartiles_and_whiskers(tmp_path):
+    rng = np.random.default_rng(0)
+    columns = {
+        "teacher": (rng.normal(30, 1, 23), rng.uniform(0.8, 0.9, 23)),
+        "student": (np.r_[rng.normal(28, 1, 20), 10.0], rng.uniform(0.7, 0.9, 21)),  # 10.0: an outlier
+    }
+    runs = {name: _write_per_slice(tmp_path / name, p, s) for name, (p, s) in columns.items()}
+    out = box_plots_from_runs(runs, tmp_path / "fig" / "box")
+    _written(out.paths)
+    for name, (psnr, ssim) in columns.items():
+        for metric, values in (("PSNR", psnr), ("SSIM", ssim)):
+            drawn = out.data[metric][name]
+            for key, expected in _box_oracle(values).items():
+                assert drawn[key] == pytest.approx(expected, abs=1e-9), (name, metric, key)
+    assert out.data["PSNR"]["student"]["outliers"] == [10.0]
+
+
+def test_box_plots_name_a_missing_column(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "per_slice.csv").write_text("volume,slice,PSNR\nv,0,30\n")
+    with pytest.raises(SftkdError, match="no column 'SSIM'"):
+        box_plots_from_runs({"run": folder}, tmp_path / "box")
+
+
+def test_validation_curves_draw_each_history(tmp_path):
+    histories = {"teacher": [0.05, 0.04, 0.03], "sft": [0.06, 0.035, 0.031, 0.029]}
+    runs = {}
+    for name, values in histories.items():
+        run = tmp_path / name
+        run.mkdir()
+        lines = [json.dumps({"epoch": i + 1, "train_loss": 1.0, "val_l1": v}) for i, v in enumerate(values)]
+        (run / "history.jsonl").write_text("\n".join(lines) + "\n")
+        runs[name] = run
+    out = validation_curves_from_runs(runs, tmp_path / "curves")
+    _written(out.paths)
+    for name, values in histories.items():
+        x, y = out.data[name]
+        np.testing.assert_array_equal(x, np.arange(1, len(values) + 1))
+        np.testing.assert_array_equal(y, values)
+
+
+def test_history_reader_stops_at_a_cut_line(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1, "val_l1": 0.5}\n{"epoch": 2, "val_l1": NaN}\n{"epoch": 3, "val_l1": 0.25}\n{"epo')
+    epochs, values = read_history(path)
+    assert epochs.tolist() == [1, 3] and values.tolist() == [0.5, 0.25]
+
+
+def test_grid_panels_equal_the_inputs(tmp_path):
+    rng = np.random.default_rng(1)
+    target = rng.uniform(0, 1, (24, 20)).astype(np.float32)
+    zf = rng.uniform(0, 1, (24, 20)).astype(np.float32)
+    recons = {"teacher": target + 0.01, "Std-KD": target * 0.9, "SFT-KD": np.clip(target - 0.02, 0, 1)}
+    out = reconstruction_grid(target, zf, recons, tmp_path / "grid", box=(2, 3, 8, 6))
+    _written(out.paths)
+    np.testing.assert_array_equal(out.data["target"], target)
+    np.testing.assert_array_equal(out.data["inset"], target[2:10, 3:9])
+    np.testing.assert_array_equal(out.data["ZF"], zf)
+    for label, image in recons.items():
+        np.testing.assert_array_equal(out.data[label], image)
+        np.testing.assert_allclose(out.data[f"{label} residue"], np.abs(image - target), atol=1e-7)
+
+
+def test_grid_refuses_a_box_outside_the_image(tmp_path):
+    image = np.zeros((8, 8), np.float32)
+    with pytest.raises(SftkdError, match="inset box"):
+        reconstruction_grid(image, image, {"m": image}, tmp_path / "g", box=(4, 4, 8, 2))
+    assert default_box((30, 24)) == (11, 8, 8, 8)  # side 24 // 3, centred
+
+
+def test_grid_from_runs_reads_recon_and_dataset(tiny_dataset, tmp_path):
+    from sftkd_cli.data.dataset import load_volume
+
+    arrays = load_volume(tiny_dataset, "vol1", 4.0)
+    slices = np.arange(arrays["image"].shape[0])
+    runs = {}
+    for name, scale in (("teacher", 0.9), ("SFT-KD", 0.95)):
+        run = tmp_path / name
+        run.mkdir()
+        with h5py.File(run / "recon.h5", "w") as handle:
+            handle.create_dataset("vol1", data=arrays["image"] * scale)
+            handle["vol1"].attrs["slices"] = slices
+        runs[name] = run
+    out = reconstruction_grid_from_runs(tiny_dataset, 4.0, runs, tmp_path / "grid", volume="vol1", index=1)
+    _written(out.paths)
+    np.testing.assert_array_equal(out.data["target"], arrays["image"][1])
+    np.testing.assert_array_equal(out.data["ZF"], arrays["zf"][1])
+    np.testing.assert_allclose(out.data["teacher"], arrays["image"][1] * 0.9, rtol=1e-6)
+    default = reconstruction_grid_from_runs(tiny_dataset, 4.0, runs, tmp_path / "grid2")
+    middle = len(slices) // 2
+    np.testing.assert_array_equal(default.data["target"], arrays["image"][middle])
+    with pytest.raises(SftkdError, match="no slice 99"):
+        reconstruction_grid_from_runs(tiny_dataset, 4.0, runs, tmp_path / "grid3", volume="vol1", index=99)
