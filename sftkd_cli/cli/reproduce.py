@@ -1,0 +1,62 @@
+"""`sftkd reproduce PLAN.yaml`: data, training, evaluation and report of a whole experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.cli.common import console
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.reproduce import (
+    build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
+)
+
+
+@app.command("reproduce")
+def reproduce(
+    plan_file: Path = typer.Argument(..., help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml.", show_default=False),
+    overrides: list[str] = typer.Argument(
+        None, help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.",
+        show_default=False,
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what each stage would do (run, resume, skip) and exit."),
+    only: list[str] = typer.Option(
+        None, "--only", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind "
+        "(data, teacher, student, sft, std-kd, sft-kd, kd, train, eval, report) or a variant name. "
+        "Stages they need must be complete already.",
+    ),
+    keep_going: bool = typer.Option(
+        True, "--keep-going/--stop-on-error",
+        help="After a failed stage, go on with the stages that do not need it (default), or stop.",
+    ),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of the run directories (the plan's runs_dir)."),
+    data_root: Path = typer.Option(None, "--data-root", help="Raw data folder (the plan's data.root), e.g. /data/ACDC."),
+) -> None:
+    """Run a reproduction plan: prepare data, train teacher, student, SFT teacher and KD students,
+    evaluate every run, compare them and write a report (tables, Wilcoxon p-values, figures).
+
+    Re-running continues where it stopped: finished stages are skipped, interrupted runs resumed.
+
+    Examples:
+
+      sftkd reproduce recipes/demo.yaml
+
+      sftkd reproduce recipes/plans/table1-acdc.yaml --data-root /data/ACDC train.device=cuda
+
+      sftkd reproduce recipes/demo.yaml --dry-run --only kd
+    """
+    plan = load_plan(plan_file, overrides or [], runs_dir=runs_dir, data_root=data_root)
+    stages = build_stages(plan)
+    tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
+    if dry_run:
+        print_plan(plan, stages, select(stages, tokens), console)
+        return
+    outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console)
+    print_status(outcome.results, console)
+    console.print(f"total {format_seconds(total_seconds(outcome.results))}"
+                  + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False)
+    if outcome.failed:
+        raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
+                         "(see the status table); fix and run the same command again")

@@ -1,0 +1,1030 @@
+"""`sftkd reproduce PLAN.yaml`: a whole experiment from one plan file, restartable at any point.
+
+A plan (YAML with a top-level `plan: 1`) says how to prepare the data, which stages to train
+(teacher, student, SFT teacher, and for each KD method a Std-KD student from the teacher and
+an SFT-KD-Recon student from the SFT run), and then evaluates every run, compares them and
+writes a report folder (report.md with tables, Wilcoxon p-values, figures and a status table).
+
+Keys of a plan (paths are relative to the current directory, like recipe paths):
+    plan: 1
+    name, description          for the report (name defaults to the file name)
+    data:     source (demo | acdc | mrbrains | nifti | prepared), root (raw data folder),
+              out (prepared dataset folder; every stage trains on it), options (prepare options)
+    base:     recipe overrides for every stage, e.g. {train.epochs: 10, train.threads: 1}
+    runs_dir: folder of the run directories; report: report folder (default <runs_dir>/report)
+    recipes:  folder with teacher.yaml, student.yaml, sft.yaml, std-kd-<method>.yaml and
+              sft-kd-<method>.yaml (e.g. recipes/paper/mrbrains-4x); stages default to them
+    stages:   teacher, student, sft: {recipe: FILE, overrides: {...}} (or empty);
+              kd: {methods: [at, ...], std: {...}, sft: {...}} ({method} in a recipe path is
+              replaced); evaluate: {split, checkpoint, sft_student}; compare: {metrics, alpha}
+    variants: [{name, recipes, overrides}, ...]: the stages once per variant (e.g. 4x and 5x);
+    shared:   stages built once for all variants (e.g. [teacher] when only the student varies)
+    figures:  {metrics, curve, method, volume, slice, box}
+    paper:    {title, layout: table1 | students, metrics, columns, rows}: the paper's numbers,
+              shown beside ours in report.md
+
+Stage recipes: recipe file (or the defaults) < base < variant overrides < stage overrides <
+command-line overrides. The plan itself sets data.path (data.out), run.dir (runs_dir), run.name
+(the stage id), run.role, model.name (sft.teacher for the teacher, sft.student for the others),
+distill.teacher_run, distill.method and, for SFT-KD, distill.init=sft; setting those elsewhere
+is an error.
+
+Each stage is skipped when complete (last checkpoint at train.epochs; metrics.json newer than
+best.pt), resumed when its run directory exists but is incomplete, and run otherwise. A failing
+stage is reported and the stages that need it are skipped; independent stages go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import math
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sftkd_cli import __version__
+from sftkd_cli.config import Recipe, load_recipe, validate
+from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.runs import RunDir, atomic_write_text, load_checkpoint
+from sftkd_cli.training.kd import distill
+from sftkd_cli.training.session import reconcile_resume
+from sftkd_cli.training.sft import train_sft
+from sftkd_cli.training.supervised import train_supervised
+
+PLAN_FORMAT = 1
+TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
+KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
+SHAREABLE: tuple[str, ...] = ("teacher", "student", "sft")
+SOURCES: tuple[str, ...] = ("demo", "acdc", "mrbrains", "nifti", "prepared")
+ROLE = {"teacher": "teacher", "student": "student", "sft": "sft", "std-kd": "kd", "sft-kd": "kd"}
+RECIPE_FILE = {"teacher": "teacher.yaml", "student": "student.yaml", "sft": "sft.yaml",
+               "std-kd": "std-kd-{method}.yaml", "sft-kd": "sft-kd-{method}.yaml"}
+#: recipe keys the plan sets itself, and where to set them instead
+PLAN_OWNED = {
+    "data.path": "data.out", "run.dir": "runs_dir", "run.name": "the stage id",
+    "run.role": "the stage kind", "model.name": "sft.teacher / sft.student",
+    "distill.teacher_run": "the plan's teacher and sft stages", "distill.method": "stages.kd.methods",
+}
+#: `sftkd prepare-data <source>` defaults, so a plan prepares exactly what the command would
+SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
+    "acdc": {"size": (150, 150), "slice_axis": -1},
+    "mrbrains": {"size": (240, 240), "slice_axis": -1},
+    "nifti": {"size": None, "slice_axis": 2},
+}
+SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
+    "demo": {"template": "icbm152", "template_path": None, "slab": 8, "gap": 2},
+    "acdc": {}, "mrbrains": {"modality": "T1"}, "nifti": {"pattern": "*.nii.gz"}, "prepared": {},
+}
+PREPARE_KEYS: tuple[str, ...] = (
+    "size", "slice_axis", "downsample", "accelerations", "mask_kind", "mask_files", "mask_layout",
+    "center_fraction", "seed", "val_fraction", "test_fraction", "val", "test", "min_slice_mean",
+)
+PAPER_LAYOUTS: tuple[str, ...] = ("table1", "students")
+STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD", "sft-kd": "SFT-KD-Recon"}
+
+# statuses of a stage after a run, and the actions a dry run announces
+DONE, RESUMED, SKIPPED, FAILED, INTERRUPTED = "done", "resumed", "skipped", "failed", "interrupted"
+
+
+# ============================================================================ plan file
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to get the prepared dataset every stage trains on."""
+
+    source: str
+    out: Path
+    root: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's recipe file (None: the recipes folder's, else the defaults) and overrides."""
+
+    recipe: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One copy of the stages: its name prefixes the run names."""
+
+    name: str
+    recipes: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PaperSpec:
+    """The paper's numbers: rows x columns of cells 'a/b' holding `metrics` in order ('-' = none)."""
+
+    title: str
+    layout: str
+    metrics: tuple[str, ...]
+    columns: tuple[str, ...]
+    rows: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated plan file."""
+
+    path: Path
+    name: str
+    description: str
+    data: DataSpec
+    base: dict[str, Any]
+    runs_dir: Path
+    report_dir: Path
+    recipes: str | None
+    variants: tuple[Variant, ...]
+    shared: tuple[str, ...]
+    stages: dict[str, StageSpec]  # teacher / student / sft, those the plan lists
+    methods: tuple[str, ...]
+    kd: dict[str, StageSpec]  # std-kd / sft-kd
+    evaluate: dict[str, Any]
+    compare: dict[str, Any]
+    figures: dict[str, Any]
+    paper: PaperSpec | None
+    overrides: tuple[str, ...] = ()  # from the command line, applied to every stage last
+
+
+TOP_KEYS = ("plan", "name", "description", "data", "base", "runs_dir", "report", "recipes",
+            "variants", "shared", "stages", "figures", "paper")
+STAGE_KEYS = ("teacher", "student", "sft", "kd", "evaluate", "compare")
+EVALUATE_DEFAULTS = {"split": "val", "checkpoint": "best", "sft_student": False}
+COMPARE_DEFAULTS = {"metrics": ["PSNR", "SSIM", "HFN", "VIF", "NMSE"], "alpha": 0.05}
+FIGURE_DEFAULTS = {"metrics": ["PSNR", "SSIM"], "curve": "val_l1", "method": None, "volume": None,
+                   "slice": None, "box": None}
+
+
+def _suggest(key: str, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else f"; expected one of {', '.join(allowed)}"
+
+
+def _mapping(value: Any, where: str, allowed: Sequence[str] | None = None) -> dict[str, Any]:
+    """`value` as a mapping (None = empty); unknown keys are an error naming the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SftkdError(f"{where}: expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise SftkdError(f"{where}: unknown key {key!r}{_suggest(key, allowed)}")
+    return dict(value)
+
+
+def _text(value: Any, where: str, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise SftkdError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _flat_overrides(value: Any, where: str) -> dict[str, Any]:
+    """Overrides as {'section.key': value}; accepts dotted keys or nested {section: {key: value}}."""
+    flat: dict[str, Any] = {}
+    for key, item in _mapping(value, where).items():
+        key = str(key)
+        if "." in key:
+            flat[key] = item
+        elif isinstance(item, dict):
+            flat.update({f"{key}.{sub}": sub_value for sub, sub_value in item.items()})
+        else:
+            raise SftkdError(f"{where}: {key!r}: expected section.key (e.g. train.epochs: 5)")
+    for key in flat:
+        if key in PLAN_OWNED:
+            raise SftkdError(f"{where}: {key} is set by the plan (from {PLAN_OWNED[key]}); remove it")
+    try:
+        load_recipe(None, override_strings(flat))
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {str(exc).removeprefix('defaults: ')}") from None
+    return flat
+
+
+def override_strings(flat: dict[str, Any]) -> list[str]:
+    """{'train.epochs': 5} -> ['train.epochs=5'] (values as JSON, which YAML reads back exactly)."""
+    return [f"{key}={json.dumps(value)}" for key, value in flat.items()]
+
+
+def _stage_spec(value: Any, where: str) -> StageSpec:
+    if isinstance(value, str):
+        return StageSpec(recipe=value)
+    raw = _mapping(value, where, ("recipe", "overrides"))
+    return StageSpec(_text(raw.get("recipe"), f"{where}.recipe"), _flat_overrides(raw.get("overrides"), f"{where}.overrides"))
+
+
+def _name(value: Any, where: str) -> str:
+    name = _text(value, where, optional=False)
+    assert name is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise SftkdError(f"{where}: {name!r}: expected letters, digits, '.', '_', '+' or '-' (it names run directories)")
+    return name
+
+
+def _data_spec(value: Any, where: str) -> DataSpec:
+    raw = _mapping(value, where, ("source", "root", "out", "options"))
+    source = _text(raw.get("source"), f"{where}.source") or "demo"
+    if source not in SOURCES:
+        raise SftkdError(f"{where}.source: {source!r}{_suggest(source, SOURCES)}")
+    out = _text(raw.get("out"), f"{where}.out")
+    if out is None:
+        raise SftkdError(f"{where}.out: expected the prepared dataset folder (e.g. data/demo)")
+    root = _text(raw.get("root"), f"{where}.root")
+    if source in ("acdc", "mrbrains", "nifti") and root is None:
+        raise SftkdError(f"{where}.root: source {source} needs the raw data folder")
+    options = _mapping(raw.get("options"), f"{where}.options", (*PREPARE_KEYS, *SOURCE_OPTIONS[source]))
+    if source == "prepared" and options:
+        raise SftkdError(f"{where}.options: source prepared uses {out} as it is; remove the options")
+    return DataSpec(source, Path(out), None if root is None else Path(root), options)
+
+
+def _paper_spec(value: Any, where: str) -> PaperSpec | None:
+    if value is None:
+        return None
+    raw = _mapping(value, where, ("title", "layout", "metrics", "columns", "rows", "notes"))
+    layout = _text(raw.get("layout"), f"{where}.layout") or "table1"
+    if layout not in PAPER_LAYOUTS:
+        raise SftkdError(f"{where}.layout: {layout!r}{_suggest(layout, PAPER_LAYOUTS)}")
+    metrics = tuple(str(m) for m in (raw.get("metrics") or ["PSNR", "SSIM"]))
+    columns = tuple(str(c) for c in (raw.get("columns") or []))
+    if not columns:
+        raise SftkdError(f"{where}.columns: expected the paper's column names")
+    if layout == "table1":
+        for column in columns:
+            if _table1_column(column) is None:
+                raise SftkdError(f"{where}.columns: {column!r}: expected '<acc>x Std-KD' or '<acc>x SFT-KD-Recon'")
+    rows: dict[str, tuple[str, ...]] = {}
+    for label, cells in _mapping(raw.get("rows"), f"{where}.rows").items():
+        if not isinstance(cells, list) or len(cells) != len(columns):
+            raise SftkdError(f"{where}.rows.{label}: expected a list of {len(columns)} cells (one per column)")
+        for cell in cells:
+            if str(cell).strip() != "-" and _paper_numbers(str(cell), len(metrics)) is None:
+                raise SftkdError(f"{where}.rows.{label}: cell {cell!r}: expected '-' or {'/'.join(metrics)} numbers")
+        rows[str(label)] = tuple(str(c).strip() for c in cells)
+    return PaperSpec(_text(raw.get("title"), f"{where}.title") or "paper", layout, metrics, columns, rows)
+
+
+def _table1_column(column: str) -> tuple[float, str] | None:
+    match = re.fullmatch(r"\s*([0-9.]+)x\s+(Std-KD|SFT-KD-Recon)\s*", column)
+    return (float(match.group(1)), match.group(2)) if match else None
+
+
+def _paper_numbers(cell: str, count: int) -> list[float] | None:
+    parts = [p.strip() for p in cell.split("/")]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def load_plan(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    runs_dir: str | Path | None = None,
+    data_root: str | Path | None = None,
+) -> Plan:
+    """Read and validate a plan file; `overrides` (section.key=value) apply to every stage last."""
+    path = Path(path)
+    if not path.is_file():
+        raise SftkdError(f"{path}: plan file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SftkdError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    raw = _mapping(raw, str(path), TOP_KEYS)
+    if raw.get("plan") != PLAN_FORMAT:
+        raise SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
+    where = f"{path}:"
+    if data_root is not None:
+        raw["data"] = {**_mapping(raw.get("data"), f"{where} data"), "root": str(data_root)}
+    data = _data_spec(raw.get("data"), f"{where} data")
+    base = _flat_overrides(raw.get("base"), f"{where} base")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in PLAN_OWNED:
+            raise SftkdError(f"override {item!r}: {key} is set by the plan (from {PLAN_OWNED[key]})")
+    try:
+        load_recipe(None, list(overrides))
+    except SftkdError as exc:
+        raise SftkdError(str(exc).removeprefix("defaults: ")) from None
+    runs = Path(str(runs_dir) if runs_dir is not None else (_text(raw.get("runs_dir"), f"{where} runs_dir") or "runs"))
+    report = _text(raw.get("report"), f"{where} report")
+    stages_raw = _mapping(raw.get("stages"), f"{where} stages", STAGE_KEYS)
+    stages = {kind: _stage_spec(stages_raw[kind], f"{where} stages.{kind}") for kind in SHAREABLE if kind in stages_raw}
+    kd_raw = _mapping(stages_raw.get("kd"), f"{where} stages.kd", ("methods", "std", "sft"))
+    methods = kd_raw.get("methods") or []
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise SftkdError(f"{where} stages.kd.methods: expected a list of KD methods, e.g. [at, fitnets]")
+    _check_methods(methods, f"{where} stages.kd.methods")
+    kd = {"std-kd": _stage_spec(kd_raw.get("std"), f"{where} stages.kd.std"),
+          "sft-kd": _stage_spec(kd_raw.get("sft"), f"{where} stages.kd.sft")}
+    if methods and ("teacher" not in stages or "sft" not in stages):
+        raise SftkdError(f"{where} stages.kd: needs stages.teacher (Std-KD) and stages.sft (SFT-KD-Recon)")
+    evaluate = {**EVALUATE_DEFAULTS, **_mapping(stages_raw.get("evaluate"), f"{where} stages.evaluate", tuple(EVALUATE_DEFAULTS))}
+    compare = {**COMPARE_DEFAULTS, **_mapping(stages_raw.get("compare"), f"{where} stages.compare", tuple(COMPARE_DEFAULTS))}
+    figures = {**FIGURE_DEFAULTS, **_mapping(raw.get("figures"), f"{where} figures", tuple(FIGURE_DEFAULTS))}
+    if figures["method"] is not None and figures["method"] not in methods:
+        raise SftkdError(f"{where} figures.method: {figures['method']!r} is not among stages.kd.methods {methods}")
+    variants = _variants(raw.get("variants"), f"{where} variants")
+    shared = tuple(raw.get("shared") or ())
+    for kind in shared:
+        if kind not in SHAREABLE:
+            raise SftkdError(f"{where} shared: {kind!r}{_suggest(str(kind), SHAREABLE)}")
+        if kind not in stages:
+            raise SftkdError(f"{where} shared: {kind} is not among the stages")
+    if shared and not variants:
+        raise SftkdError(f"{where} shared: only means something with variants")
+    return Plan(
+        path=path,
+        name=_text(raw.get("name"), f"{where} name") or path.stem,
+        description=_text(raw.get("description"), f"{where} description") or "",
+        data=data, base=base, runs_dir=runs, report_dir=Path(report) if report else runs / "report",
+        recipes=_text(raw.get("recipes"), f"{where} recipes"), variants=variants, shared=shared,
+        stages=stages, methods=tuple(methods), kd=kd, evaluate=evaluate, compare=compare,
+        figures=figures, paper=_paper_spec(raw.get("paper"), f"{where} paper"), overrides=tuple(overrides),
+    )
+
+
+def _check_methods(methods: list[str], where: str) -> None:
+    from sftkd_cli.distill.methods import METHODS
+
+    for method in methods:
+        if method not in METHODS:
+            raise SftkdError(f"{where}: {method!r}{_suggest(method, sorted(METHODS))}")
+    if len(set(methods)) != len(methods):
+        raise SftkdError(f"{where}: a method is listed twice")
+
+
+def _variants(value: Any, where: str) -> tuple[Variant, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise SftkdError(f"{where}: expected a list of {{name, recipes, overrides}}")
+    out = []
+    for i, item in enumerate(value):
+        raw = _mapping(item, f"{where}[{i}]", ("name", "recipes", "overrides"))
+        out.append(Variant(_name(raw.get("name"), f"{where}[{i}].name"), _text(raw.get("recipes"), f"{where}[{i}].recipes"),
+                           _flat_overrides(raw.get("overrides"), f"{where}[{i}].overrides")))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise SftkdError(f"{where}: two variants named {next(n for n in names if names.count(n) > 1)!r}")
+    return tuple(out)
+
+
+# ============================================================================ stages
+
+
+@dataclass
+class Stage:
+    """One step of a plan: prepare data, train one run, evaluate one model, or write the report."""
+
+    id: str
+    kind: str
+    group: str = ""  # variant name ("" without variants and for shared stages)
+    needs: tuple[str, ...] = ()
+    recipe: Recipe | None = None  # training stages
+    recipe_file: str | None = None
+    run: Path | None = None  # training and evaluation stages: the run directory
+    method: str | None = None
+    model_role: str | None = None  # evaluation of an SFT run's student
+    label: str = ""  # short name in figures and tables
+    trained: str = ""  # evaluation stages: the kind of the training stage evaluated
+
+
+@dataclass
+class StageResult:
+    """What happened to a stage in this invocation."""
+
+    id: str
+    kind: str
+    status: str
+    seconds: float = 0.0
+    note: str = ""
+
+
+def _recipe_path(plan: Plan, kind: str, spec: StageSpec, variant: Variant | None, method: str | None) -> str | None:
+    """The stage's recipe file: explicit, else the variant's or the plan's recipes folder, else none."""
+    if spec.recipe is not None:
+        return spec.recipe.format(method=method or "")
+    folder = (variant.recipes if variant and variant.recipes else None) or plan.recipes
+    if folder is None:
+        return None
+    return str(Path(folder) / RECIPE_FILE[kind].format(method=method or ""))
+
+
+def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | None, teacher_run: Path | None) -> Recipe:
+    """Resolve a training stage's recipe (see the module docstring for the precedence)."""
+    fixed = {"data.path": str(plan.data.out), "run.dir": str(plan.runs_dir), "run.name": stage.id,
+             "run.role": ROLE[stage.kind]}
+    if teacher_run is not None:
+        fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
+    if stage.kind == "sft-kd":
+        fixed["distill.init"] = "sft"
+    overrides = override_strings(plan.base) + override_strings(variant.overrides if variant else {})
+    overrides += override_strings(spec.overrides) + list(plan.overrides) + override_strings(fixed)
+    where = f"{plan.path}: stage {stage.id}"
+    if stage.recipe_file is not None and not Path(stage.recipe_file).is_file():
+        raise SftkdError(f"{where}: recipe {stage.recipe_file} not found (paths are relative to the current directory)")
+    try:
+        recipe = load_recipe(stage.recipe_file, overrides)
+        model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
+        validate(recipe)
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}") from None
+    return recipe
+
+
+def build_stages(plan: Plan) -> list[Stage]:
+    """Every stage of the plan, in an order where each stage comes after what it needs."""
+    stages: list[Stage] = [Stage("data", "data", label="data")]
+
+    def add(kind: str, variant: Variant | None, spec: StageSpec, method: str | None = None,
+            teacher: Stage | None = None) -> Stage:
+        short = kind if method is None else f"{kind}-{method}"
+        group = variant.name if variant else ""
+        stage = Stage(f"{group}-{short}" if group else short, kind, group, needs=("data",) + ((teacher.id,) if teacher else ()),
+                      method=method, label=short)
+        stage.recipe_file = _recipe_path(plan, kind, spec, variant, method)
+        stage.run = plan.runs_dir / stage.id
+        stage.recipe = _build_recipe(plan, stage, spec, variant, teacher.run if teacher else None)
+        stages.append(stage)
+        return stage
+
+    shared = {kind: add(kind, None, plan.stages[kind]) for kind in plan.shared}
+    for variant in plan.variants or (None,):
+        own = {kind: shared.get(kind) or add(kind, variant, plan.stages[kind]) for kind in SHAREABLE if kind in plan.stages}
+        for method in plan.methods:
+            add("std-kd", variant, plan.kd["std-kd"], method, own["teacher"])
+            add("sft-kd", variant, plan.kd["sft-kd"], method, own["sft"])
+    _check_same_data(plan, [s for s in stages if s.recipe is not None])
+    for stage in [s for s in stages if s.kind in TRAIN_KINDS]:
+        stages.append(Stage(f"eval-{stage.id}", "evaluate", stage.group, (stage.id,), run=stage.run,
+                            method=stage.method, label=stage.label, recipe=stage.recipe, trained=stage.kind))
+        if stage.kind == "sft" and plan.evaluate["sft_student"]:
+            stages.append(Stage(f"eval-{stage.id}-student", "evaluate", stage.group, (stage.id,), run=stage.run,
+                                model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student"))
+    stages.append(Stage("report", "report", label="report"))
+    return stages
+
+
+def _check_same_data(plan: Plan, stages: list[Stage]) -> None:
+    """Stages that compare with each other must share the acceleration (the dataset is the plan's)."""
+    groups: dict[str, set[float]] = {}
+    for stage in stages:
+        assert stage.recipe is not None
+        groups.setdefault(stage.group, set()).add(stage.recipe.data.acceleration)
+    shared = groups.pop("", set())
+    for group, accs in groups.items():
+        if len(accs | shared) > 1:
+            raise SftkdError(f"{plan.path}: variant {group}: its stages train at different accelerations "
+                             f"{sorted(accs | shared)}; a variant's runs must share data.acceleration")
+    if not groups and len(shared) > 1:
+        raise SftkdError(f"{plan.path}: the stages train at different accelerations {sorted(shared)}; "
+                         "use variants (one per acceleration)")
+
+
+def select(stages: Sequence[Stage], only: Sequence[str]) -> set[str]:
+    """Ids of the stages matching --only tokens (stage id, glob, kind, 'kd', 'train', 'eval', or variant)."""
+    if not only:
+        return {s.id for s in stages}
+    import fnmatch
+
+    aliases = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",), "compare": ("report",)}
+    chosen: set[str] = set()
+    for token in only:
+        kinds = aliases.get(token, (token,))
+        hits = {s.id for s in stages if s.id == token or fnmatch.fnmatchcase(s.id, token) or s.kind in kinds or s.group == token}
+        if not hits:
+            raise SftkdError(f"--only {token}: matches no stage; stages: {', '.join(s.id for s in stages)}")
+        chosen |= hits
+    return chosen
+
+
+# ============================================================================ stage state
+
+
+def training_state(stage: Stage) -> tuple[str, str]:
+    """('complete' | 'partial' | 'new', detail) of a training stage's run directory."""
+    assert stage.run is not None and stage.recipe is not None
+    run = RunDir(stage.run)
+    if not run.recipe_file.is_file():
+        return "new", ""
+    epochs = stage.recipe.train.epochs
+    last = run.checkpoint("last")
+    if not last.is_file():
+        return "partial", "no checkpoint yet"
+    state = load_checkpoint(last)
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
+    where = f"epoch {epoch}/{epochs}" + (f", step {step}" if step else "")
+    if epoch >= epochs and step == 0 and run.checkpoint("best").is_file():
+        return "complete", where
+    return "partial", where
+
+
+def evaluation_dir(stage: Stage) -> Path:
+    """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model)."""
+    assert stage.run is not None
+    return stage.run if stage.model_role is None else stage.run / f"eval-{stage.model_role}"
+
+
+def evaluation_complete(stage: Stage, plan: Plan) -> bool:
+    """metrics.json (with recon.h5) newer than best.pt, for the plan's split and checkpoint."""
+    assert stage.run is not None
+    out, best = evaluation_dir(stage), stage.run / "checkpoints" / "best.pt"
+    metrics = out / "metrics.json"
+    if not (metrics.is_file() and (out / "recon.h5").is_file() and best.is_file()):
+        return False
+    if metrics.stat().st_mtime <= best.stat().st_mtime:
+        return False
+    try:
+        info = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
+
+
+def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
+    """report.md newer than the plan file and than every metrics.json it summarises."""
+    report = plan.report_dir / "report.md"
+    if not report.is_file():
+        return False
+    newest = plan.path.stat().st_mtime
+    for stage in stages:
+        if stage.kind == "evaluate":
+            metrics = evaluation_dir(stage) / "metrics.json"
+            if metrics.is_file():
+                newest = max(newest, metrics.stat().st_mtime)
+    return report.stat().st_mtime > newest
+
+
+# ============================================================================ running
+
+
+@dataclass
+class PlanOutcome:
+    """Results of every stage that was considered, and the report folder (when written)."""
+
+    results: list[StageResult]
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[StageResult]:
+        return [r for r in self.results if r.status in (FAILED, INTERRUPTED)]
+
+
+def prepare_data(plan: Plan, console: Console) -> bool:
+    """Prepare (or check) the plan's dataset; returns True when something was written."""
+    from sftkd_cli.data.dataset import load_manifest
+
+    data = plan.data
+    if data.source == "prepared":
+        load_manifest(data.out)  # a clear error when it is not a prepared dataset
+        return False
+    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+
+    options = {**SOURCE_DEFAULTS[data.source], **{k: v for k, v in data.options.items() if k in PREPARE_KEYS}}
+    extra = {**SOURCE_OPTIONS[data.source], **{k: v for k, v in data.options.items() if k not in PREPARE_KEYS}}
+    try:
+        prepared = PrepareOptions(
+            size=None if options.get("size") is None else (int(options["size"][0]), int(options["size"][1])),
+            slice_axis=int(options.get("slice_axis", 2)),
+            downsample=int(options.get("downsample", 1)),
+            accelerations=tuple(float(a) for a in options.get("accelerations", (4.0, 5.0))),
+            mask_kind=str(options.get("mask_kind", "random")),
+            mask_files={float(a): Path(p) for a, p in (options.get("mask_files") or {}).items()},
+            mask_layout=str(options.get("mask_layout", "corner")),
+            center_fraction=options.get("center_fraction"),
+            seed=int(options.get("seed", 42)),
+            val_fraction=options.get("val_fraction"),
+            test_fraction=options.get("test_fraction"),
+            val=tuple(str(v) for v in options.get("val") or ()),
+            test=tuple(str(v) for v in options.get("test") or ()),
+            min_slice_mean=float(options.get("min_slice_mean", 0.0)),
+        )
+    except (TypeError, ValueError, IndexError) as exc:
+        raise SftkdError(f"{plan.path}: data.options: {exc}") from None
+    result = prepare_dataset(_source(data, extra), data.out, prepared)
+    console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"), highlight=False)
+    return not result.unchanged
+
+
+def _source(data: DataSpec, extra: dict[str, Any]):
+    from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource
+
+    if data.source == "demo":
+        path = extra.get("template_path")
+        return DemoSource(str(extra["template"]), None if path is None else Path(path), slab=int(extra["slab"]), gap=int(extra["gap"]))
+    assert data.root is not None
+    if data.source == "acdc":
+        return AcdcSource(data.root)
+    if data.source == "mrbrains":
+        return MRBrainsSource(data.root, str(extra["modality"]))
+    return NiftiSource(data.root, str(extra["pattern"]))
+
+
+def _train(stage: Stage, resume: bool, console: Console) -> None:
+    """Call the library function of the stage's kind (module names looked up now: tests patch them)."""
+    assert stage.recipe is not None
+    functions: dict[str, Callable[..., Any]] = {"teacher": train_supervised, "student": train_supervised,
+                                                "sft": train_sft, "std-kd": distill, "sft-kd": distill}
+    functions[stage.kind](stage.recipe, resume=resume, console=console)
+
+
+def _evaluate(stage: Stage, plan: Plan) -> None:
+    assert stage.recipe is not None and stage.run is not None
+    if stage.recipe.train.threads:
+        import torch
+
+        torch.set_num_threads(stage.recipe.train.threads)
+    evaluate_run(stage.run, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
+                 model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
+
+
+def planned_action(stage: Stage, plan: Plan, stages: Sequence[Stage]) -> tuple[str, str]:
+    """What running the stage now would do: ('run' | 'resume' | 'skip' | 'check', detail)."""
+    if stage.kind == "data":
+        return ("check", f"use {plan.data.out}") if plan.data.source == "prepared" else ("check", f"prepare {plan.data.out} if needed")
+    if stage.kind in TRAIN_KINDS:
+        state, detail = training_state(stage)
+        return {"complete": "skip", "partial": "resume", "new": "run"}[state], detail
+    if stage.kind == "evaluate":
+        return ("skip", "") if evaluation_complete(stage, plan) else ("run", "")
+    return ("skip", "") if report_complete(plan, stages) else ("run", "")
+
+
+def run_plan(
+    plan: Plan,
+    stages: Sequence[Stage] | None = None,
+    *,
+    only: Sequence[str] = (),
+    keep_going: bool = True,
+    console: Console | None = None,
+) -> PlanOutcome:
+    """Run the plan's stages in order (see the module docstring); the report comes last."""
+    console = console or Console()
+    stages = list(stages) if stages is not None else build_stages(plan)
+    chosen = select(stages, only)
+    results: dict[str, StageResult] = {}
+    broken: dict[str, str] = {}  # stage id -> "failed" or "skipped": stages that need it cannot run
+    outcome = PlanOutcome([])
+    todo = [s for s in stages if s.id in chosen]
+    stopped = ""
+    for number, stage in enumerate(todo, start=1):
+        blocker = stopped or _blocker(stage, chosen, broken, stages, plan)
+        if blocker:
+            broken[stage.id] = SKIPPED
+            results[stage.id] = StageResult(stage.id, stage.kind, SKIPPED, note=blocker)
+            console.print(f"[dim][{number}/{len(todo)}] {escape(stage.id)}: skipped ({escape(blocker)})[/]", highlight=False)
+            continue
+        started = time.perf_counter()
+        try:
+            status, note = _run_stage(stage, plan, stages, results, console, number, len(todo))
+        except (RunInterrupted, KeyboardInterrupt) as exc:
+            results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, str(exc) or "interrupted")
+            print_status([results[s.id] for s in todo if s.id in results], console)
+            raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue") from None
+        except Exception as exc:  # noqa: BLE001 - a failing stage must not stop independent ones
+            note = str(exc) if isinstance(exc, SftkdError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SftkdError):
+                _log_error(plan, stage, exc)
+            results[stage.id] = StageResult(stage.id, stage.kind, FAILED, time.perf_counter() - started, note)
+            broken[stage.id] = FAILED
+            console.print(f"[bold red]failed[/] {escape(stage.id)}: {escape(note)}", highlight=False, soft_wrap=True)
+            if not keep_going:
+                stopped = f"not run: stopped after {stage.id} failed (--stop-on-error)"
+            continue
+        results[stage.id] = StageResult(stage.id, stage.kind, status, time.perf_counter() - started, note)
+        if stage.kind == "report" and status != SKIPPED:
+            outcome.report = plan.report_dir
+    outcome.results = [results[s.id] for s in todo]
+    return outcome
+
+
+def _blocker(stage: Stage, chosen: set[str], broken: dict[str, str], stages: Sequence[Stage], plan: Plan) -> str:
+    """Why `stage` cannot run now ('' when it can): a stage it needs failed or was skipped, or
+    is left out by --only and not complete."""
+    by_id = {s.id: s for s in stages}
+    for need in stage.needs:
+        if need in broken:
+            return f"{need} {broken[need]}"
+        if need not in chosen:
+            dep = by_id[need]
+            if dep.kind in TRAIN_KINDS and training_state(dep)[0] != "complete":
+                return f"{need} not complete (not selected by --only)"
+            if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
+                return f"{need}: {plan.data.out} not prepared (not selected by --only)"
+    return ""
+
+
+def _run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: dict[str, StageResult],
+               console: Console, number: int, total: int) -> tuple[str, str]:
+    """Run one stage; returns (status, note)."""
+    def header(action: str) -> None:
+        console.rule(f"[bold][{number}/{total}] {escape(stage.id)}[/] {escape(action)}", align="left")
+
+    if stage.kind == "data":
+        header(f"data ({plan.data.source} -> {plan.data.out})")
+        return (DONE, "prepared") if prepare_data(plan, console) else (SKIPPED, "up to date")
+    if stage.kind in TRAIN_KINDS:
+        assert stage.recipe is not None
+        state, detail = training_state(stage)
+        if state == "complete":
+            try:
+                reconcile_resume(RunDir(stage.run), stage.recipe)  # type: ignore[arg-type]
+            except SftkdError as exc:
+                raise SftkdError(f"{exc}; the finished run differs from the plan: delete {stage.run} to train it again") from None
+            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
+            return SKIPPED, f"up to date ({detail})"
+        header(f"{'resume' if state == 'partial' else 'train'} {stage.recipe.model.name}"
+               + (f" ({detail})" if detail else "") + f" -> {stage.run}")
+        _train(stage, state == "partial", console)
+        return (RESUMED, f"from {detail}") if state == "partial" else (DONE, "")
+    if stage.kind == "evaluate":
+        if evaluation_complete(stage, plan):
+            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date[/]", highlight=False)
+            return SKIPPED, "up to date"
+        header(f"evaluate {stage.run}" + (f" --model {stage.model_role}" if stage.model_role else ""))
+        _evaluate(stage, plan)
+        return DONE, ""
+    if all(r.note.startswith("up to date") for r in results.values()) and report_complete(plan, stages):
+        console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / 'report.md'})[/]", highlight=False)
+        return SKIPPED, "up to date"
+    header(f"report -> {plan.report_dir}")
+    problems = write_report(plan, stages, list(results.values()), console)
+    if problems:
+        raise SftkdError(f"report written to {plan.report_dir} with problems: {'; '.join(problems)}")
+    return DONE, str(plan.report_dir / "report.md")
+
+
+def _log_error(plan: Plan, stage: Stage, exc: BaseException) -> None:
+    """Append an unexpected error's traceback to <report>/errors.log (the console shows one line)."""
+    try:
+        plan.report_dir.mkdir(parents=True, exist_ok=True)
+        with open(plan.report_dir / "errors.log", "a") as handle:
+            handle.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} stage {stage.id}\n")
+            handle.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass
+
+
+# ============================================================================ display
+
+
+STATUS_STYLE = {DONE: "green", RESUMED: "cyan", SKIPPED: "dim", FAILED: "bold red", INTERRUPTED: "bold yellow"}
+
+
+def print_status(results: Sequence[StageResult], console: Console) -> None:
+    """The plan status table: stage, status, seconds, note."""
+    table = Table(title="plan status", title_justify="left")
+    for column in ("stage", "status", "seconds", "note"):
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
+    for r in results:
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(escape(r.id), f"[{style}]{r.status}[/]" if style else r.status, f"{r.seconds:.1f}", escape(r.note))
+    console.print(table)
+
+
+def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: Console) -> None:
+    """The dry-run table: what each selected stage would do, its run directory and recipe."""
+    table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left")
+    for column in ("stage", "action", "model", "epochs", "run", "recipe"):
+        table.add_column(column, overflow="fold")
+    for stage in stages:
+        if stage.id not in chosen:
+            continue
+        action, detail = planned_action(stage, plan, stages)
+        recipe = stage.recipe if stage.kind in TRAIN_KINDS else None
+        table.add_row(
+            escape(stage.id), escape(action + (f" ({detail})" if detail else "")),
+            recipe.model.name if recipe else (stage.model_role or ""),
+            str(recipe.train.epochs) if recipe else "",
+            escape(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
+            escape(stage.recipe_file or ("defaults" if recipe else "")),
+        )
+    console.print(table)
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def total_seconds(results: Sequence[StageResult]) -> float:
+    return math.fsum(r.seconds for r in results)
+
+
+# ============================================================================ report
+
+
+def _groups(plan: Plan) -> list[str]:
+    return [v.name for v in plan.variants] or [""]
+
+
+def _evaluated(stages: Sequence[Stage]) -> list[Stage]:
+    return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / "metrics.json").is_file()]
+
+
+def _figure_method(plan: Plan) -> str | None:
+    return plan.figures["method"] or (plan.methods[0] if plan.methods else None)
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] | None = None) -> list[str]:
+    """A Markdown table; `numeric` columns are right-aligned (default: all but the first)."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    right = set(range(1, len(header)) if numeric is None else numeric)
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+
+
+def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:
+    """Write <report>/report.md (+ compare CSV/JSON, figures, status.json); returns the problems met.
+
+    Per group (variant): the compare table with Δ to the teacher and Wilcoxon p-values vs the
+    student, box plots, validation curves and the reconstruction grid; then the paper's numbers
+    beside ours (when the plan has `paper:`), and the plan status table.
+    """
+    out = plan.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    evaluated = _evaluated(stages)
+    lines = [f"# sftkd reproduce: {plan.name}", ""]
+    if plan.description:
+        lines += [plan.description.strip(), ""]
+    lines += [
+        f"- plan: `{plan.path}`", f"- dataset: `{plan.data.out}` (source {plan.data.source})",
+        f"- runs: `{plan.runs_dir}`",
+        f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}", "",
+    ]
+    for group in _groups(plan):
+        members = [s for s in evaluated if s.group in (group, "")]
+        lines += _group_section(plan, stages, group, members, console, problems)
+    if plan.paper is not None:
+        lines += _paper_section(plan, stages, evaluated, problems)
+    lines += ["## Plan status", ""]
+    rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in results]
+    rows.append(("report", "done", "", "this file"))
+    lines += _md_table(("stage", "status", "seconds", "note"), rows, numeric=(2,))
+    lines += ["", f"Total time of this invocation before the report: {format_seconds(total_seconds(results))}.", ""]
+    if problems:
+        lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
+    status = [dataclasses.asdict(r) for r in results]
+    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": status}, indent=2))
+    atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+    return problems
+
+
+def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: list[Stage],
+                   console: Console, problems: list[str]) -> list[str]:
+    """Compare table and figures of one variant (with the shared stages)."""
+    from sftkd_cli.report.compare import collect_runs, compare_runs
+    from sftkd_cli.report.formats import render, to_rich, view
+
+    suffix = f"-{group}" if group else ""
+    lines = [f"## Results{': ' + group if group else ''}", ""]
+    if not members:
+        return lines + ["No evaluated runs yet.", ""]
+    alpha = float(plan.compare["alpha"])
+    try:
+        runs, warnings = collect_runs([evaluation_dir(s) for s in members])
+        comparison = compare_runs(runs, metrics=list(plan.compare["metrics"]))
+        atomic_write_text(plan.report_dir / f"compare{suffix}.csv", render(comparison, "csv", alpha))
+        atomic_write_text(plan.report_dir / f"compare{suffix}.json", render(comparison, "json", alpha))
+        console.print(to_rich(view(comparison, alpha, stacked=True)))
+        lines += [render(comparison, "markdown", alpha).rstrip(), ""] + [f"- warning: {w}" for w in warnings]
+        lines += [f"Data: [compare{suffix}.csv](compare{suffix}.csv), [compare{suffix}.json](compare{suffix}.json).", ""]
+    except SftkdError as exc:
+        problems.append(f"compare{' ' + group if group else ''}: {exc}")
+        lines += [f"Comparison not possible: {exc}", ""]
+    for title, make in _figure_makers(plan, group, members):
+        try:
+            output = make(plan.report_dir / f"{title[0]}{suffix}")
+            png = output.paths[0].name
+            lines += [f"### {title[1]}", "", f"![{title[1]}]({png}) ([PDF]({output.paths[1].name}))", ""]
+        except Exception as exc:  # noqa: BLE001 - a figure must not hide the tables
+            problems.append(f"figure {title[0]}{suffix}: {exc}")
+            lines += [f"### {title[1]}", "", f"Not drawn: {exc}", ""]
+    return lines
+
+
+def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[tuple[str, str], Callable[[Path], Any]]]:
+    """(file stem, title) and a function drawing it, for each figure of a group."""
+    from sftkd_cli.report import figures
+
+    label = f" ({group})" if group else ""
+    metrics = list(plan.figures["metrics"])
+    boxes = {s.label: evaluation_dir(s) for s in members}
+    curves = {s.label: s.run for s in members if s.model_role is None}
+    makers: list[tuple[tuple[str, str], Callable[[Path], Any]]] = [
+        (("box", f"{' and '.join(metrics)} per slice{label}"),
+         lambda stem: figures.box_plots_from_runs(boxes, stem, metrics, f"{plan.name}{label}")),
+        (("curves", f"Validation curves{label}"),
+         lambda stem: figures.validation_curves_from_runs(curves, stem, plan.figures["curve"], f"{plan.name}{label}")),
+    ]
+    method = _figure_method(plan)
+    wanted = [("teacher", "teacher"), ("student", "student")]
+    if method:
+        wanted += [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})")]
+    by_label = {s.label: s for s in members if s.model_role is None}
+    grid = {title: evaluation_dir(by_label[key]) for key, title in wanted if key in by_label}
+    if grid:
+        recipe = next(s.recipe for s in members if s.recipe is not None)
+        assert recipe is not None
+        box = plan.figures["box"]
+        makers.append((("grid", f"Reconstructions and residues{label}"), lambda stem: figures.reconstruction_grid_from_runs(
+            plan.data.out, recipe.data.acceleration, grid, stem, plan.figures["volume"], plan.figures["slice"],
+            None if box is None else tuple(int(b) for b in box))))
+    return makers
+
+
+def _paper_section(plan: Plan, stages: Sequence[Stage], evaluated: list[Stage], problems: list[str]) -> list[str]:
+    """The paper's numbers beside ours, cell by cell."""
+    from sftkd_cli.report.formats import format_value
+
+    paper = plan.paper
+    assert paper is not None
+    lines = [f"## Beside the paper: {paper.title}", ""]
+    try:
+        ours = _our_paper_cells(plan, evaluated)
+    except SftkdError as exc:
+        problems.append(f"paper table: {exc}")
+        return lines + [f"Not possible: {exc}", ""]
+    text = {key: "/".join(format_value(m, values[m]) for m in paper.metrics) for key, values in ours.items()}
+    rows = list(paper.rows) + sorted({row for row, _ in ours} - set(paper.rows))
+    header = ["Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
+    body = []
+    for row in rows:
+        cells = [row]
+        for i, column in enumerate(paper.columns):
+            cells += [text.get((row, column), "-"), paper.rows[row][i] if row in paper.rows else "-"]
+        body.append(cells)
+    epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
+    lines += _md_table(header, body)
+    lines += ["", f"Cells are {'/'.join(paper.metrics)} (mean over slices). Ours: {', '.join(map(str, epochs))} epochs on "
+              f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
+    return lines
+
+
+def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], dict[str, float]]:
+    """Our values keyed like the paper block: (row, column) -> {metric: mean}."""
+    from sftkd_cli.report.compare import collect_runs, paper_table
+
+    paper = plan.paper
+    assert paper is not None
+    primary = [s for s in evaluated if s.model_role is None]
+    if not primary:
+        raise SftkdError("no evaluated runs yet")
+    if paper.layout == "table1":
+        runs, _ = collect_runs([evaluation_dir(s) for s in primary])
+        table = paper_table(runs, metrics=list(paper.metrics))
+        cells: dict[tuple[str, str], dict[str, float]] = {}
+        for block in table.blocks[:1]:
+            for (model, acc, setting), cell in block.cells.items():
+                for column in paper.columns:
+                    if _table1_column(column) == (acc, setting):
+                        cells[(model, column)] = {m: cell.stats[m].mean for m in paper.metrics}
+        return cells
+    from sftkd_cli.report.compare import load_run_result
+
+    method = _figure_method(plan)
+    out = {}
+    for stage in primary:
+        if stage.trained not in STUDENT_SETTINGS or (stage.method and stage.method != method):
+            continue
+        assert stage.recipe is not None
+        column = STUDENT_SETTINGS[stage.trained]
+        if column not in paper.columns:
+            continue
+        result = load_run_result(evaluation_dir(stage))
+        missing = [m for m in paper.metrics if m not in result.metrics]
+        if missing:
+            raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {', '.join(missing)}")
+        out[(stage.recipe.model.name, column)] = {m: result.metrics[m].mean for m in paper.metrics}
+    return out

@@ -1,0 +1,278 @@
+"""`sftkd reproduce`: plan validation, the smoke plan end to end, skipping, resuming after an
+interruption, and failures that stop only the stages that need the failed one."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
+from sftkd_cli.cli.app import app
+from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.reproduce import (
+    SOURCE_DEFAULTS, DataSpec, build_stages, load_plan, run_plan, select,
+)
+from sftkd_cli.runs import load_checkpoint
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = [ROOT / "recipes" / "demo.yaml", *sorted((ROOT / "recipes" / "plans").glob("*.yaml"))]
+TINY_BASE = """
+base:
+  train.epochs: 2
+  train.batch_size: 2
+  train.threads: 1
+  sft.teacher: D3C2
+  sft.student: D2C2
+  eval.latency_slices: 1
+"""
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def statuses(outcome) -> dict[str, str]:
+    return {r.id: r.status for r in outcome.results}
+
+
+def write_plan(tmp_path: Path, data: Path, extra: str = "", name: str = "plan.yaml") -> Path:
+    """A tiny plan on the prepared `data`: D3C2 teacher, D2C2 student, AT, 2 epochs."""
+    path = tmp_path / name
+    path.write_text(
+        f"plan: 1\ndata:\n  source: prepared\n  out: {data}\nruns_dir: {tmp_path / 'runs'}\n"
+        + TINY_BASE + "stages:\n  teacher: {}\n  student: {}\n  sft: {}\n  kd:\n    methods: [at]\n" + extra
+    )
+    return path
+
+
+def last_epoch(run: Path) -> int:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("path", PLANS, ids=lambda p: p.name)
+def test_shipped_plans_validate(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # plan paths are relative to the repository root
+    plan = load_plan(path)
+    stages = build_stages(plan)
+    ids = [s.id for s in stages]
+    assert len(ids) == len(set(ids)) and ids[0] == "data" and ids[-1] == "report"
+    for stage in stages:
+        if stage.recipe is not None:
+            assert stage.recipe.run.name == stage.run.name and Path(stage.recipe.run.dir) == plan.runs_dir
+            assert stage.recipe.data.path == str(plan.data.out)
+        position = ids.index(stage.id)
+        assert all(ids.index(need) < position for need in stage.needs)
+
+
+def test_paper_plans_cover_the_paper_tables(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for dataset in ("mrbrains", "acdc"):
+        plan = load_plan(ROOT / "recipes" / "plans" / f"table1-{dataset}.yaml")
+        stages = build_stages(plan)
+        kd = [s for s in stages if s.kind in ("std-kd", "sft-kd")]
+        assert {v.name for v in plan.variants} == {"4x", "5x"} and len(kd) == 2 * 2 * 5
+        for stage in stages:
+            if stage.recipe is not None:
+                assert stage.recipe.train.epochs == 150 and stage.recipe.data.acceleration == float(stage.group[0])
+        assert plan.paper is not None and plan.paper.rows["Teacher"][0] in ("40.05/0.9785", "32.15/0.9108")
+    plan = load_plan(ROOT / "recipes" / "plans" / "table8-students.yaml")
+    stages = {s.id: s for s in build_stages(plan)}
+    assert stages["teacher"].recipe.model.name == "D5C5"
+    for student in ("D4C5", "D3C5", "D2C5"):
+        assert stages[f"{student}-student"].recipe.model.name == student
+        assert stages[f"{student}-sft"].recipe.sft.student == student
+        assert stages[f"{student}-std-kd-at"].needs == ("data", "teacher")
+        assert stages[f"{student}-sft-kd-at"].recipe.distill.teacher_run == str(plan.runs_dir / f"{student}-sft")
+
+
+def test_prepare_defaults_match_the_prepare_data_command():
+    from sftkd_cli.cli import prepare
+
+    for source, defaults in SOURCE_DEFAULTS.items():
+        signature = inspect.signature(getattr(prepare, source)).parameters
+        for key, value in defaults.items():
+            if key in signature:
+                assert signature[key].default == value, (source, key)
+    assert inspect.signature(prepare.demo).parameters["min_slice_mean"].default == SOURCE_DEFAULTS["demo"]["min_slice_mean"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("plan: 1\ndata: {source: prepared, out: d}\nstagse: {}\n", "unknown key 'stagse'; did you mean stages?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nbase: {train.epoch: 3}\n", "base: unknown key train.epoch; did you mean train.epochs?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nbase: {run.name: x}\n", "base: run.name is set by the plan"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {overides: {}}}\n", "stages.teacher: unknown key 'overides'; did you mean overrides?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [atx]}}\n", "stages.kd.methods: 'atx'; did you mean at?"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {sise: [32, 32]}}\n", "data.options: unknown key 'sise'; did you mean size?"),
+        ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: 'mrbrain'; did you mean mrbrains?"),
+        ("plan: 1\ndata: {source: acdc, out: d}\n", "data.root: source acdc needs the raw data folder"),
+        ("data: {path: data/demo}\n", "expected `plan: 1`"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
+        ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
+    ],
+)
+def test_plan_errors_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("[", r"\[")) as info:
+        load_plan(path)
+    assert "\n" not in str(info.value)
+
+
+def test_stage_recipe_errors_name_the_stage(tmp_path, tiny_dataset):
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, "  evaluate: {}\n"), ["sft.student=D2C3"])
+    with pytest.raises(SftkdError, match="plan.yaml: stage teacher: .*must have the same number of cascades"):
+        build_stages(plan)
+    text = write_plan(tmp_path, tiny_dataset).read_text().replace("student: {}", "student: {recipe: nowhere.yaml}")
+    (tmp_path / "plan.yaml").write_text(text)
+    with pytest.raises(SftkdError, match="stage student: recipe nowhere.yaml not found"):
+        build_stages(load_plan(tmp_path / "plan.yaml"))
+
+
+def test_only_selects_by_id_kind_and_glob(tmp_path, tiny_dataset):
+    stages = build_stages(load_plan(write_plan(tmp_path, tiny_dataset)))
+    assert select(stages, ["kd"]) == {"std-kd-at", "sft-kd-at"}
+    assert select(stages, ["eval-*"]) == {s.id for s in stages if s.kind == "evaluate"}
+    assert select(stages, ["teacher", "report"]) == {"teacher", "report"}
+    with pytest.raises(SftkdError, match="--only nope: matches no stage"):
+        select(stages, ["nope"])
+
+
+def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset):
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    outcome = run_plan(plan, only=["std-kd-at"], console=quiet())
+    (result,) = outcome.results
+    assert result.status == "skipped" and "teacher not complete" in result.note
+    assert not (plan.runs_dir / "std-kd-at").exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan = load_plan(ROOT / "recipes" / "plans" / "smoke.yaml")
+    runs = tmp_path / "runs"
+    plan = dataclasses.replace(plan, data=DataSpec("prepared", tiny_dataset), runs_dir=runs, report_dir=runs / "report")
+    first = run_plan(plan, console=quiet())
+    assert set(statuses(first).values()) == {"done", "skipped"} and statuses(first)["data"] == "skipped"
+    assert [r.id for r in first.results if r.status == "skipped"] == ["data"]
+    for name in ("teacher", "student", "sft", "std-kd-at", "sft-kd-at"):
+        assert last_epoch(runs / name) == 2
+        assert (runs / name / "metrics.json").is_file() and (runs / name / "recon.h5").is_file()
+    assert json.loads((runs / "sft" / "eval-student" / "metrics.json").read_text())["role"] == "sft-student"
+    report = runs / "report"
+    text = (report / "report.md").read_text()
+    teacher = json.loads((runs / "teacher" / "metrics.json").read_text())["metrics"]["PSNR"]["mean"]
+    assert f"| teacher | teacher |" in text and f"{teacher:.2f} ±" in text and "Wilcoxon" in text
+    for figure in ("box", "curves", "grid"):
+        assert (report / f"{figure}.png").stat().st_size > 1000 and (report / f"{figure}.pdf").stat().st_size > 1000
+        assert f"]({figure}.png)" in text
+    assert "| sft-kd-at | done |" in text
+
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and p.parent.name != "report"}
+    second = run_plan(plan, console=quiet())
+    assert set(statuses(second).values()) == {"skipped"}
+    assert all(r.note.startswith("up to date") for r in second.results)
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, monkeypatch):
+    from sftkd_cli.training.engine import Trainer
+
+    paper = (
+        "paper:\n  title: Table 1 (test)\n  columns: [4x Std-KD, 4x SFT-KD-Recon]\n"
+        "  rows:\n    Teacher: [40.05/0.9785, 40.23/0.9799]\n    AT: [39.76/0.9769, 40.07/0.9789]\n"
+    )
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, paper))
+    report_epoch = Trainer._report_epoch
+
+    def interrupt_sft(self, progress, row, improved):  # Ctrl-C after the SFT run's first epoch
+        report_epoch(self, progress, row, improved)
+        if self.run.path.name == "sft":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_report_epoch", interrupt_sft)
+    with pytest.raises(RunInterrupted, match="stopped at stage sft"):
+        run_plan(plan, console=quiet())
+    assert last_epoch(plan.runs_dir / "sft") == 1 and last_epoch(plan.runs_dir / "teacher") == 2
+    teacher_stamp = (plan.runs_dir / "teacher" / "checkpoints" / "last.pt").stat().st_mtime_ns
+
+    monkeypatch.setattr(Trainer, "_report_epoch", report_epoch)
+    outcome = run_plan(plan, console=quiet())
+    got = statuses(outcome)
+    assert (got["teacher"], got["student"], got["sft"]) == ("skipped", "skipped", "resumed")
+    assert got["std-kd-at"] == got["sft-kd-at"] == got["eval-sft"] == got["report"] == "done"
+    assert "from epoch 1/2" in next(r.note for r in outcome.results if r.id == "sft")
+    assert last_epoch(plan.runs_dir / "sft") == 2
+    assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
+    assert (plan.runs_dir / "teacher" / "checkpoints" / "last.pt").stat().st_mtime_ns == teacher_stamp
+
+    text = (plan.report_dir / "report.md").read_text()
+    teacher = json.loads((plan.runs_dir / "teacher" / "metrics.json").read_text())["metrics"]
+    ours = f"{teacher['PSNR']['mean']:.2f}/{teacher['SSIM']['mean']:.4f}"
+    assert f"| Teacher | {ours} | 40.05/0.9785 |" in text
+    sft_kd = json.loads((plan.runs_dir / "sft-kd-at" / "metrics.json").read_text())["metrics"]
+    assert f"| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
+
+
+def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset, monkeypatch):
+    def broken(recipe, **kwargs):
+        raise RuntimeError("boom")
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    monkeypatch.setattr("sftkd_cli.reproduce.train_sft", broken)
+    outcome = run_plan(plan, console=quiet())
+    got = statuses(outcome)
+    assert got["sft"] == "failed" and [r.id for r in outcome.failed] == ["sft"]
+    assert got["sft-kd-at"] == got["eval-sft"] == "skipped"
+    assert "sft failed" in next(r.note for r in outcome.results if r.id == "sft-kd-at")
+    assert "eval-sft-kd-at" in got and got["eval-sft-kd-at"] == "skipped"
+    assert got["teacher"] == got["std-kd-at"] == got["eval-std-kd-at"] == got["report"] == "done"
+    assert "RuntimeError: boom" in (plan.report_dir / "errors.log").read_text()
+    assert "| sft | failed |" in (plan.report_dir / "report.md").read_text()
+
+    monkeypatch.undo()
+    again = statuses(run_plan(plan, console=quiet()))
+    assert again["sft"] == again["sft-kd-at"] == "done" and again["std-kd-at"] == "skipped"
+
+
+def test_stop_on_error_stops_after_the_failure(tmp_path, tiny_dataset, monkeypatch):
+    def broken(recipe, **kwargs):
+        raise SftkdError("teacher data is wrong")
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    monkeypatch.setattr("sftkd_cli.reproduce.train_supervised", broken)
+    got = run_plan(plan, keep_going=False, console=quiet())
+    assert statuses(got)["teacher"] == "failed"
+    assert {r.status for r in got.results[2:]} == {"skipped"} and "--stop-on-error" in got.results[2].note
+    assert not (plan.runs_dir / "sft").exists()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_dry_run_and_errors(tmp_path, tiny_dataset):
+    runner = CliRunner()
+    path = write_plan(tmp_path, tiny_dataset)
+    result = runner.invoke(app, ["reproduce", str(path), "--dry-run", "--only", "train,report"])
+    assert result.exit_code == 0, result.output
+    assert "sft-kd-at" in result.output and "run" in result.output and "eval-teacher" not in result.output
+    assert not (tmp_path / "runs").exists()
+    bad = runner.invoke(app, ["reproduce", str(path), "train.epoch=3"])
+    assert bad.exit_code == 2 and "unknown key train.epoch" in bad.output and "Traceback" not in bad.output
+    owned = runner.invoke(app, ["reproduce", str(path), "run.dir=elsewhere"])
+    assert owned.exit_code == 2 and "run.dir is set by the plan" in owned.output
