@@ -1,0 +1,691 @@
+"""`sftkd bench`: how fast are training, SFT, KD and inference on this machine?
+
+Everything runs on synthetic inputs (a random phantom, the paper's 1-D random row mask at
+4x, its k-space and zero-filled image), so no dataset is needed. Each measurement is the
+median wall time of `repeats` calls after `warmup` untimed calls:
+
+- training steps (forward + backward + Adam step, as the engine does them): teacher D5C5 and
+  student D3C5 (Supervised), the SFT joint step with the student branches batched through
+  each shared block and branch by branch, and one KD step per method with the frozen teacher
+  under `no_grad` next to the reference code's way (teacher features built with autograd on,
+  so the backward pass also runs through the teacher);
+- inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`, eager
+  and (optionally) `torch.compile`d.
+
+Throughput is reported in GFLOP/s of convolution work, counted analytically
+(2 * Cin * Cout * 9 * H' * W' per 3x3 conv, H' = size + 2 * pad on the padded maps; a training
+step counts as 3x its forward), against a "roof": the best GFLOP/s of one large 32->32 3x3
+conv measured in the same run, on the same device, threads and precision. FFTs, activations
+and the KD losses' matrix products are not counted, so the fractions are lower bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sftkd_cli import __version__
+from sftkd_cli.distill.methods import METHODS, KDMethod, NoKD, build_method
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.mri.masks import make_mask, undersample
+from sftkd_cli.training.engine import select_device
+from sftkd_cli.training.kd import Distillation, default_taps
+from sftkd_cli.training.objectives import Batch, Objective, Supervised
+from sftkd_cli.training.sft import StudentFriendly
+
+TEACHER = "D5C5"
+STUDENT = "D3C5"
+PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+ACCELERATION = 4.0
+
+#: The settings at which the public reference code was timed (DESIGN.md section 5).
+REFERENCE_SETTINGS: dict[str, Any] = {"device": "cpu", "threads": 1, "batch": 4, "size": 150, "precision": "fp32"}
+#: Reference seconds per training step and per inference slice, at REFERENCE_SETTINGS.
+REFERENCE_STEP_S: dict[str, float] = {"teacher": 1.1, "sft": 1.65, "kd": 1.3}
+REFERENCE_SLICE_S: dict[str, float] = {TEACHER: 0.050, STUDENT: 0.025}
+
+
+# --------------------------------------------------------------------------- FLOP counting
+
+
+def conv_flops(c_in: int, c_out: int, height: int, width: int, batch: int = 1, kernel: int = 3) -> int:
+    """Multiply-adds x 2 of one stride-1 'same' convolution on (batch, c_in, height, width)."""
+    return 2 * c_in * c_out * kernel * kernel * height * width * batch
+
+
+def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1) -> int:
+    """Forward conv FLOPs of one DC-CNN block (1 -> C -> ... -> C -> 1) on padded size x size maps."""
+    widths = [1] + [channels] * (layers - 1) + [1]
+    side = size + 2 * pad
+    return sum(conv_flops(a, b, side, side, batch) for a, b in zip(widths, widths[1:]))
+
+
+def model_flops(model: DCCNN, size: int, batch: int = 1) -> int:
+    """Forward conv FLOPs of a whole DnCm on size x size images."""
+    return model.cascades * block_flops(model.layers, model.channels, model.blocks[0].pad, size, batch)
+
+
+def sft_flops(teacher: DCCNN, student: DCCNN, size: int, batch: int) -> int:
+    """Forward conv FLOPs of an SFT joint step: the teacher, then n(n-1)/2 student-block passes."""
+    n = teacher.cascades
+    passes = n * (n - 1) // 2  # block S(j+1) runs in j branches, j = 1..n-1
+    return model_flops(teacher, size, batch) + passes * block_flops(
+        student.layers, student.channels, student.blocks[0].pad, size, batch
+    )
+
+
+def module_conv_flops(module: nn.Module, run: Callable[[], Any]) -> int:
+    """Conv2d and Linear FLOPs of `module` during one call of `run`, counted from the shapes seen."""
+    total = 0
+
+    def conv_hook(layer: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = layer.kernel_size
+        per_out = 2 * (layer.in_channels // layer.groups) * kh * kw
+        total += per_out * output.numel()
+
+    def linear_hook(layer: nn.Linear, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * layer.in_features * output.numel()
+
+    handles = []
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d):
+            handles.append(sub.register_forward_hook(conv_hook))
+        elif isinstance(sub, nn.Linear):
+            handles.append(sub.register_forward_hook(linear_hook))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BenchRow:
+    """One measurement: median seconds per call of something that processes `slices` slices."""
+
+    key: str
+    what: str
+    group: str  # "train" or "infer"
+    seconds: float
+    samples: list[float]
+    slices: int
+    flops: int
+    roof_gflops: float
+    reference_s: float | None = None  # same unit as `reference_unit`
+    reference_unit: str = "step"  # "step" (seconds per call) or "slice" (seconds per slice)
+    note: str = ""
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1e3
+
+    @property
+    def ms_per_slice(self) -> float:
+        return self.seconds * 1e3 / self.slices
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9 / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def roof_fraction(self) -> float:
+        return self.gflops / self.roof_gflops if self.roof_gflops > 0 else math.nan
+
+    @property
+    def speedup(self) -> float | None:
+        """Reference time / our time (> 1: we are faster); None without a reference."""
+        if self.reference_s is None:
+            return None
+        ours = self.seconds if self.reference_unit == "step" else self.seconds / self.slices
+        return self.reference_s / ours
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "what": self.what,
+            "group": self.group,
+            "seconds": self.seconds,
+            "ms": self.ms,
+            "ms_per_slice": self.ms_per_slice,
+            "slices_per_s": self.slices_per_s,
+            "gflop": self.flops / 1e9,
+            "gflops": self.gflops,
+            "roof_fraction": self.roof_fraction,
+            "reference": None if self.reference_s is None else {"seconds": self.reference_s, "per": self.reference_unit},
+            "speedup": self.speedup,
+            "samples_s": list(self.samples),
+            "note": self.note,
+        }
+
+
+@dataclass
+class BenchResult:
+    """Everything `run_bench` measured, plus the settings and machine it measured on."""
+
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    roof_gflops: float
+    roof: dict[str, Any]  # what was measured: shape, best format, GFLOP/s per memory format
+    reference_applies: bool
+    rows: list[BenchRow] = field(default_factory=list)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, key: str) -> BenchRow:
+        for row in self.rows:
+            if row.key == key:
+                return row
+        raise KeyError(key)
+
+    def has(self, key: str) -> bool:
+        return any(row.key == key for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "sftkd_version": __version__,
+            "settings": dict(self.settings),
+            "machine": dict(self.machine),
+            "roof": {"gflops": self.roof_gflops, **self.roof},
+            "reference": {
+                "applies": self.reference_applies,
+                "settings": dict(REFERENCE_SETTINGS),
+                "step_s": dict(REFERENCE_STEP_S),
+                "slice_s": dict(REFERENCE_SLICE_S),
+            },
+            "rows": [row.to_dict() for row in self.rows],
+            "ratios": dict(self.ratios),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def reference_applies(device: torch.device, threads: int, batch: int, size: int, precision: str) -> bool:
+    """Whether the reference timings were taken at exactly these settings."""
+    here = {"device": device.type, "threads": threads, "batch": batch, "size": size, "precision": precision}
+    return here == REFERENCE_SETTINGS
+
+
+def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0) -> Batch:
+    """A batch of random ellipse phantoms in [0, 1], undersampled at 4x with the paper's row mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    images = np.zeros((batch, size, size), dtype=np.float32)
+    for b in range(batch):
+        for _ in range(6):
+            cx, cy = rng.uniform(-0.4, 0.4, 2)
+            ax, ay = rng.uniform(0.1, 0.6, 2)
+            images[b] += rng.uniform(0.2, 1.0) * (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0)
+        images[b] /= max(float(images[b].max()), 1e-6)
+    mask = make_mask("random", (size, size), ACCELERATION)
+    kspace, zf = undersample(images, mask)
+    as_batch = lambda a: torch.from_numpy(np.ascontiguousarray(a))[:, None].to(device)  # noqa: E731
+    return {
+        "target": as_batch(images),
+        "zf": as_batch(zf),
+        "kspace": as_batch(kspace),
+        "mask": torch.from_numpy(mask)[None, None].expand(batch, 1, size, size).contiguous().to(device),
+    }
+
+
+def slice_batch(batch: Batch, n: int) -> Batch:
+    """The first `n` samples of a batch."""
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """Device name, threads and versions for the report header."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return {
+        "device": str(device),
+        "name": name,
+        "threads": threads,
+        "torch": torch.__version__,
+        "cpu_capability": _cpu_capability(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch or unusual builds
+        return "unknown"
+
+
+def _check(settings: dict[str, Any]) -> None:
+    """One-line SftkdErrors for impossible settings."""
+    for key, low in (("size", 8), ("batch", 1), ("threads", 1), ("repeats", 1), ("warmup", 0)):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SftkdError(f"bench --{key} {value!r}: expected an integer >= {low}")
+    if settings["precision"] not in PRECISIONS:
+        raise SftkdError(f"bench --precision {settings['precision']!r}: expected fp32 or bf16")
+
+
+def check_parts(which: Sequence[str] | None) -> list[str]:
+    """Validate `--only`: a subset of teacher, student, sft, kd, infer (all when empty)."""
+    if not which:
+        return list(PARTS)
+    parts = [w.strip().lower() for w in which if w.strip()]
+    for part in parts:
+        if part not in PARTS:
+            raise SftkdError(f"bench --only {part!r}: expected some of {','.join(PARTS)}")
+    return [p for p in PARTS if p in parts]
+
+
+def check_methods(methods: Sequence[str] | None) -> list[str]:
+    """Validate `--methods`: KD method names (all of them when empty)."""
+    if not methods:
+        return list(METHODS)
+    names = [m.strip().lower() for m in methods if m.strip()]
+    for name in names:
+        if name not in METHODS:
+            raise SftkdError(f"bench --methods {name!r}: expected some of {','.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` after `warmup` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,
+                  also_clear: nn.Module | None = None) -> Callable[[], float]:
+    """One engine-style training step: autocast forward, zero grads, backward, Adam step."""
+    objective.to(device).train()
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def step() -> float:
+        with precision_context(device, precision):
+            loss, _ = objective(batch)
+        optimizer.zero_grad(set_to_none=True)
+        if also_clear is not None:
+            also_clear.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def measure_roof(device: torch.device, precision: str, repeats: int, batch: int = 16,
+                 channels: int = 32, size: int = 256) -> dict[str, tuple[float, float]]:
+    """Best (GFLOP/s, seconds) of one channels->channels 3x3 conv forward on (batch, C, size, size),
+    per memory format ("contiguous" NCHW and "channels_last" NHWC: oneDNN is often much faster
+    with the latter on CPUs). The roof is the better of the two."""
+    flops = conv_flops(channels, channels, size, size, batch)
+    found: dict[str, tuple[float, float]] = {}
+    for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval().to(memory_format=memory_format)
+        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)
+
+        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
+            with torch.inference_mode(), precision_context(device, precision):
+                conv(x)
+
+        best = min(time_calls(run, device, max(repeats, 3), 1))
+        found[fmt] = (flops / 1e9 / best, best)
+        del conv, x
+    return found
+
+
+# --------------------------------------------------------------------------- KD, the reference way
+
+
+class TeacherBackpropKD(Objective):
+    """The reference code's KD step, for comparison: the same loss as `Distillation`
+    (joint schedule), but the teacher keeps requires_grad=True and its features are built
+    with autograd on and not detached, so backward also runs through the teacher."""
+
+    def __init__(self, student: DCCNN, teacher: DCCNN, method: KDMethod, student_taps: list[str],
+                 teacher_taps: list[str], w_imit: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.kd = student, method
+        teacher.train().requires_grad_(True)
+        object.__setattr__(self, "teacher", teacher)  # not optimised, as in the reference
+        self.student_taps, self.teacher_taps, self.w_imit = student_taps, teacher_taps, w_imit
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "TeacherBackpropKD":
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)
+        return self
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
+        t_out, t_feats = self.teacher(zf, kspace, mask, taps=self.teacher_taps)
+        s_out, s_feats = self.model(zf, kspace, mask, taps=self.student_taps)
+        students = [s_feats[n] for n in self.student_taps]
+        teachers = [t_feats[n] for n in self.teacher_taps]
+        if isinstance(self.kd, NoKD) or not students:
+            kd = self.kd(students, teachers)
+        else:  # KDMethod.forward would detach the teacher maps: call the formula directly
+            with torch.autocast(device_type=zf.device.type, enabled=False):
+                kd = self.kd.loss([s.float() for s in students], [t.float() for t in teachers])
+        rec = F.l1_loss(s_out, target)
+        imit = F.l1_loss(s_out, t_out) if self.w_imit > 0 else zf.new_zeros(())
+        return rec + kd + self.w_imit * imit, {"rec": rec, "kd": kd, "imit": imit}
+
+
+def kd_objectives(method: str, batch: Batch, seed: int = 0) -> tuple[Distillation, TeacherBackpropKD, int]:
+    """Both KD variants for `method` (same initial weights) and the adapters' forward conv FLOPs."""
+    torch.manual_seed(seed)
+    teacher, student = build_model(TEACHER), build_model(STUDENT)
+    s_taps, t_taps = default_taps(method, student, teacher)
+    kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+    w_imit = 1.0 if method == "none" else 0.0  # "none" is output imitation only
+    nograd = Distillation(student, teacher, kd, s_taps, t_taps, w_rec=1.0, w_kd=1.0, w_imit=w_imit)
+    twin_teacher, twin_student = build_model(TEACHER), build_model(STUDENT)
+    twin_teacher.load_state_dict(teacher.state_dict())
+    twin_student.load_state_dict(student.state_dict())
+    twin_kd = build_method(method, kd.student_channels, kd.teacher_channels)
+    twin_kd.load_state_dict(kd.state_dict())
+    backprop = TeacherBackpropKD(twin_student, twin_teacher, twin_kd, s_taps, t_taps, w_imit=w_imit)
+    n = next(iter(batch.values())).shape[0]
+    adapter = n * _adapter_flops(nograd, slice_batch(batch, 1)) if any(True for _ in kd.parameters()) else 0
+    return nograd, backprop, adapter
+
+
+def _adapter_flops(objective: Distillation, batch: Batch) -> int:
+    """Forward conv/linear FLOPs of a KD method's adapters on this batch (run on the CPU, untimed)."""
+    cpu = {k: v.cpu() for k, v in batch.items()}
+    with torch.no_grad():
+        _, t_feats = objective.teacher(cpu["zf"], cpu["kspace"], cpu["mask"], taps=objective.teacher_taps)
+        _, s_feats = objective.model(cpu["zf"], cpu["kspace"], cpu["mask"], taps=objective.student_taps)
+        students = [s_feats[n] for n in objective.student_taps]
+        teachers = [t_feats[n] for n in objective.teacher_taps]
+        return module_conv_flops(objective.kd, lambda: objective.kd(students, teachers))
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+Progress = Callable[[str], None]
+
+
+def run_bench(
+    size: int = 150,
+    batch: int = 4,
+    threads: int = 1,
+    precision: str = "fp32",
+    device: str = "auto",
+    repeats: int = 5,
+    warmup: int = 2,
+    which: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    compile: bool = False,
+    roof_size: int = 256,
+    roof_batch: int = 16,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Measure training-step and inference speed on synthetic data (see the module docstring).
+
+    `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
+    methods for the kd part (all by default). Sets torch's thread count to `threads` for the
+    duration and restores it afterwards. Never needs a dataset.
+    """
+    settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
+                "warmup": warmup}
+    _check(settings)
+    parts, kd_methods = check_parts(which), check_methods(methods)
+    dev = select_device(device)
+    say = progress or (lambda message: None)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
+                        compile=compile, acceleration=ACCELERATION)
+        roof_shape = (roof_batch, 32, roof_size, roof_size)
+        say(f"roof: one 32->32 3x3 conv on {roof_shape}")
+        roofs = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+        result = BenchResult(
+            settings=settings,
+            machine=machine_info(dev, threads),
+            roof_gflops=0.0,
+            roof={},
+            reference_applies=reference_applies(dev, threads, batch, size, precision),
+        )
+        data = synthetic_batch(size, batch, dev)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say)
+        if "teacher" in parts or "student" in parts:
+            bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
+        if "sft" in parts:
+            bench.sft()
+        if "kd" in parts:
+            bench.kd(kd_methods)
+        if "infer" in parts:
+            bench.inference(compile)
+        say("roof again (a noisy machine can spoil one measurement)")
+        again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+        _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
+        _add_ratios(result, kd_methods)
+        _add_notes(result)
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]]) -> None:
+    """Record the roof (the best memory format) and give every row its fraction of it."""
+    best = max(roofs, key=lambda fmt: roofs[fmt][0])
+    result.roof_gflops = roofs[best][0]
+    result.roof = {"what": f"Conv2d 32->32 3x3 forward on {shape}, best of start and end of the run",
+                   "format": best, "seconds": roofs[best][1],
+                   "gflops_by_format": {fmt: gf for fmt, (gf, _) in roofs.items()}}
+    for row in result.rows:
+        row.roof_gflops = result.roof_gflops
+
+
+@dataclass
+class _Bench:
+    """The measurements of one `run_bench` call (shared inputs and settings)."""
+
+    result: BenchResult
+    data: Batch
+    device: torch.device
+    size: int
+    batch: int
+    precision: str
+    repeats: int
+    warmup: int
+    say: Progress
+
+    def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
+             reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None) -> BenchRow:
+        self.say(what)
+        samples = time_calls(fn, self.device, self.repeats, self.warmup if warmup is None else warmup)
+        applies = self.result.reference_applies and reference is not None
+        row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0,
+                       reference_s=reference[0] if applies else None,
+                       reference_unit=reference[1] if reference else "step", note=note)
+        self.result.rows.append(row)
+        return row
+
+    def supervised(self, names: list[str]) -> None:
+        for name in names:
+            torch.manual_seed(0)
+            model = build_model(name)
+            role = "teacher" if name == TEACHER else "student"
+            reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
+            step = train_step_fn(Supervised(model), self.data, self.device, self.precision)
+            self._row(f"train.{role}", f"{role} {name} train", "train", step, self.batch,
+                      3 * model_flops(model, self.size, self.batch), reference)
+
+    def sft(self) -> None:
+        for batched in (True, False):
+            torch.manual_seed(0)
+            teacher, student = build_model(TEACHER), build_model(STUDENT)
+            objective = StudentFriendly(teacher, student, batched=batched)
+            step = train_step_fn(objective, self.data, self.device, self.precision)
+            label = "batched" if batched else "per branch"
+            self._row(f"train.sft.{'batched' if batched else 'naive'}", f"SFT step, {label}",
+                      "train", step, self.batch, 3 * sft_flops(teacher, student, self.size, self.batch),
+                      (REFERENCE_STEP_S["sft"], "step"))
+
+    def kd(self, methods: list[str]) -> None:
+        teacher, student = build_model(TEACHER), build_model(STUDENT)
+        t_fwd, s_fwd = model_flops(teacher, self.size, self.batch), model_flops(student, self.size, self.batch)
+        for method in methods:
+            nograd, backprop, adapter = kd_objectives(method, self.data)
+            reference = (REFERENCE_STEP_S["kd"], "step")
+            step = train_step_fn(nograd, self.data, self.device, self.precision)
+            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", step, self.batch,
+                      t_fwd + 3 * (s_fwd + adapter), reference)
+            del nograd, step
+            step = train_step_fn(backprop, self.data, self.device, self.precision, also_clear=backprop.teacher)
+            self._row(f"train.kd_backprop.{method}", f"KD {method} (backprop T)", "train",
+                      step, self.batch, 3 * (t_fwd + s_fwd + adapter), reference)
+            del backprop, step
+
+    def inference(self, compile: bool) -> None:
+        models = {}
+        for name in (TEACHER, STUDENT):
+            torch.manual_seed(0)
+            models[name] = build_model(name).to(self.device).eval()
+        for name, model in models.items():
+            self._infer_rows(name, model, "eager", model)
+        if not compile:
+            return
+        for name, model in models.items():
+            try:
+                compiled = torch.compile(model, dynamic=False)
+            except Exception as exc:  # e.g. no compiler backend on this platform
+                self.result.notes.append(f"torch.compile {name}: skipped ({_one_line(exc)})")
+                continue
+            self._infer_rows(name, model, "compiled", compiled)
+
+    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable) -> None:
+        sizes = [1] if self.batch == 1 else [1, self.batch]
+        for n in sizes:
+            data = slice_batch(self.data, n)
+
+            def run(data: Batch = data) -> None:
+                with torch.inference_mode(), precision_context(self.device, self.precision):
+                    runner(data["zf"], data["kspace"], data["mask"])
+
+            note, warmup = "", None
+            if mode == "compiled":
+                self.say(f"compiling {name} for batch {n}")
+                start = time.perf_counter()
+                try:
+                    with warnings.catch_warnings():  # "no code generation for complex operators": the DC FFTs
+                        warnings.filterwarnings("ignore", message=".*complex operators.*")
+                        run()
+                    _synchronize(self.device)
+                except Exception as exc:  # inductor needs a working C++ compiler on the CPU
+                    self.result.notes.append(f"torch.compile {name} (batch {n}): skipped ({_one_line(exc)})")
+                    return
+                note = f"compiled in {time.perf_counter() - start:.1f} s; the DC layer's complex FFTs stay eager"
+                warmup = max(self.warmup, 1)
+            reference = (REFERENCE_SLICE_S[name], "slice") if n == self.batch else None
+            self._row(f"infer.{name}.{mode}.b{n}", f"{name} infer b{n}" + (" compiled" if mode == "compiled" else ""), "infer", run, n,
+                      model_flops(model, self.size, n), reference, note, warmup)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _ratio(result: BenchResult, top: str, bottom: str) -> float | None:
+    if result.has(top) and result.has(bottom):
+        return result.row(top).seconds / result.row(bottom).seconds
+    return None
+
+
+def _add_ratios(result: BenchResult, methods: list[str]) -> None:
+    """Slower / faster time ratios that answer the design questions."""
+    pairs = {
+        "sft_naive_over_batched": ("train.sft.naive", "train.sft.batched"),
+        "teacher_over_student_train": ("train.teacher", "train.student"),
+        "teacher_over_student_latency_b1": (f"infer.{TEACHER}.eager.b1", f"infer.{STUDENT}.eager.b1"),
+        f"teacher_over_student_latency_b{result.settings['batch']}": (
+            f"infer.{TEACHER}.eager.b{result.settings['batch']}", f"infer.{STUDENT}.eager.b{result.settings['batch']}"),
+    }
+    for method in methods:
+        pairs[f"kd_backprop_over_nograd.{method}"] = (f"train.kd_backprop.{method}", f"train.kd.{method}")
+    for name in (TEACHER, STUDENT):
+        for n in sorted({1, result.settings["batch"]}):
+            pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
+    for key, (top, bottom) in pairs.items():
+        value = _ratio(result, top, bottom)
+        if value is not None:
+            result.ratios[key] = value
+
+
+def _add_notes(result: BenchResult) -> None:
+    result.notes.append(
+        "GFLOP/s counts conv FLOPs only (2*Cin*Cout*9*H'*W' per conv on the padded maps, training = 3x forward, "
+        "teacher forward 1x in KD no_grad); DC FFTs and loss maths are not counted."
+    )
+    if not result.reference_applies:
+        result.notes.append(
+            "reference: n/a (different settings); the reference was timed at "
+            + ", ".join(f"{k} {v}" for k, v in REFERENCE_SETTINGS.items())
+        )

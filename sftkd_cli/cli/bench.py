@@ -1,0 +1,179 @@
+"""`sftkd bench`: time training steps, SFT, KD and inference on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich import box
+from rich.table import Table
+
+from sftkd_cli.bench import PARTS, REFERENCE_SETTINGS, BenchResult, BenchRow, run_bench
+from sftkd_cli.cli.app import app, err_console
+from sftkd_cli.distill.methods import METHODS
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import atomic_write_text
+
+HELP = """Measure how fast sftkd trains and reconstructs on this machine (no dataset needed).
+
+Synthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x.
+Each figure is the median wall time of --repeats calls after --warmup untimed calls.
+
+Rows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the
+SFT joint step with the student branches batched through each shared block vs branch by
+branch; one KD step per method with the frozen teacher under no_grad vs the reference
+code's way (back-propagating through the teacher); inference of D5C5 and D3C5 at batch 1
+and --batch (eager, and torch.compile'd with --compile).
+
+GFLOP/s counts 3x3-conv work only (training = 3x forward) and "% roof" divides it by the
+best GFLOP/s of one large 32->32 conv measured in the same run (NCHW or channels_last). The reference timings of
+the paper's code (DESIGN.md section 5) and our speed-up over them are shown only at their
+settings: --device cpu --threads 1 --batch 4 --size 150 --precision fp32.
+
+Examples:
+
+  sftkd bench                                  # the reference settings (a few minutes)
+
+  sftkd bench --only teacher,infer --repeats 3 # quick look
+
+  sftkd bench --only kd --methods at,fitnets   # KD: no_grad teacher (T) vs backprop through T
+
+  sftkd bench --precision bf16 --compile --json bench.json
+"""
+
+
+def _split(value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _reference_text(row: BenchRow, applies: bool) -> str:
+    if row.reference_s is None:
+        return "n/a" if not applies and _has_reference(row) else ""
+    if row.reference_unit == "slice":
+        return f"{row.reference_s * 1e3:.0f} ms/sl"
+    return f"{row.reference_s:.2f} s"
+
+
+def _has_reference(row: BenchRow) -> bool:
+    """Rows that have a reference figure at the reference settings."""
+    return row.key == "train.teacher" or row.key.startswith(("train.sft.", "train.kd")) or (
+        row.group == "infer" and not row.key.endswith(".b1")
+    )
+
+
+def header(result: BenchResult) -> str:
+    """The machine and settings line printed above the table."""
+    m, s = result.machine, result.settings
+    roofs = ", ".join(f"{fmt} {gf:.0f}" for fmt, gf in result.roof["gflops_by_format"].items())
+    return (
+        f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {m['threads']} thread(s), "
+        f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}, "
+        f"size {s['size']}, batch {s['batch']}, median of {s['repeats']} after {s['warmup']} warm-up\n"
+        f"roof: {result.roof_gflops:.1f} GFLOP/s ({escape(result.roof['what'])}; {roofs})"
+    )
+
+
+def table(result: BenchResult) -> Table:
+    """Rows: what, ms per call, slices/s, GFLOP/s, % of roof, reference, speed-up (reference / ours)."""
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name in ("what", "ms", "slices/s", "GFLOP/s", "% roof", "reference", "speed-up"):
+        out.add_column(name, justify="left" if name in ("what", "reference") else "right", no_wrap=name == "what")
+    for row in result.rows:
+        speedup = row.speedup
+        out.add_row(
+            escape(row.what),
+            _fmt(row.ms, 0 if row.ms >= 100 else 1),
+            _fmt(row.slices_per_s),
+            _fmt(row.gflops),
+            _fmt(100 * row.roof_fraction, 0),
+            _reference_text(row, result.reference_applies),
+            "" if speedup is None else f"{speedup:.2f}x",
+        )
+    return out
+
+
+def ratio_lines(result: BenchResult) -> list[str]:
+    """The ratios in words (x > 1: the first is slower)."""
+    words = {
+        "sft_naive_over_batched": "SFT step, branch by branch / batched",
+        "teacher_over_student_train": f"train step, teacher / student",
+        "teacher_over_student_latency_b1": "inference latency, teacher / student (batch 1)",
+    }
+    lines = []
+    for key, value in result.ratios.items():
+        if key in words:
+            label = words[key]
+        elif key.startswith("kd_backprop_over_nograd."):
+            label = f"KD {key.split('.', 1)[1]} step, backprop through teacher / no_grad teacher"
+        elif key.startswith("teacher_over_student_latency_b"):
+            label = f"inference time, teacher / student (batch {key.rsplit('_b', 1)[1]})"
+        elif key.startswith("compile_speedup."):
+            _, model, batch = key.split(".")
+            label = f"{model} inference, eager / compiled (batch {batch[1:]})"
+        else:
+            label = key
+        lines.append(f"{label}: {value:.2f}x")
+    return lines
+
+
+@app.command("bench", help=HELP)
+def bench(
+    size: int = typer.Option(150, "--size", help="Image height = width in pixels (the cardiac data are 150)."),
+    batch: int = typer.Option(4, "--batch", help="Batch size of training steps and of the throughput rows."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (torch.autocast to bfloat16)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed calls per row; the median is reported."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing each row."),
+    only: str = typer.Option(None, "--only", help=f"Comma-separated parts to run: {','.join(PARTS)} (default all)."),
+    methods: str = typer.Option(None, "--methods", help=f"KD methods for the kd rows: {','.join(METHODS)} (default all)."),
+    compile: bool = typer.Option(False, "--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails)."),
+    roof_size: int = typer.Option(256, "--roof-size", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
+    json_out: str = typer.Option(None, "--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table."),
+) -> None:
+    if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
+        raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
+    to_stdout = json_out == "-"
+    status_console = err_console if to_stdout else Console(stderr=True)
+    with status_console.status("benchmarking") as status:
+        result = run_bench(
+            size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
+            warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
+            roof_size=roof_size,
+            progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
+        )
+    text = json.dumps(result.to_dict(), indent=2)
+    if to_stdout:
+        typer.echo(text)
+        return
+    if json_out is not None:
+        atomic_write_text(Path(json_out), text + "\n")
+    console = Console()
+    if not console.is_terminal:  # files and CI logs: do not squeeze the table to 80 columns
+        console = Console(width=max(console.width, 110))
+    console.print(header(result), highlight=False)
+    console.print(table(result))
+    for line in ratio_lines(result):
+        console.print(f"  {escape(line)}", highlight=False)
+    if not result.reference_applies:
+        settings = " ".join(f"--{k} {v}" for k, v in REFERENCE_SETTINGS.items())
+        console.print(f"[dim]reference: n/a (different settings); the reference code was timed at {settings}[/]",
+                      highlight=False)
+    for row in result.rows:
+        if row.note:
+            console.print(f"[dim]{escape(row.what)}: {escape(row.note)}[/]", highlight=False)
+    for note in result.notes:
+        if not note.startswith("reference:"):
+            console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+    if json_out is not None:
+        console.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)

@@ -1,0 +1,229 @@
+"""`sftkd bench`: result structure, FLOP counting against hand counts and torch's counter,
+the reference column, and the CLI. Tiny settings only; no assertion ever looks at a timing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sftkd_cli.cli.bench  # noqa: F401  (registers `bench` on the app)
+from sftkd_cli.bench import (
+    BenchRow,
+    block_flops,
+    conv_flops,
+    kd_objectives,
+    model_flops,
+    module_conv_flops,
+    reference_applies,
+    run_bench,
+    sft_flops,
+    synthetic_batch,
+    train_step_fn,
+)
+from sftkd_cli.cli.app import app
+from sftkd_cli.distill.methods import METHODS
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import DCCNN
+
+torch.set_num_threads(1)
+
+TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof_batch=2)
+CLI_TINY = ["bench", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0", "--roof-size", "16"]
+WIDE = {"COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_bench(**TINY, methods=["at", "fitnets"])
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def test_conv_flops_by_hand():
+    # 2 * Cin * Cout * 3 * 3 * H * W * B
+    assert conv_flops(1, 32, 10, 10, batch=2) == 2 * 1 * 32 * 9 * 100 * 2
+    assert conv_flops(32, 32, 160, 160) == 2 * 32 * 32 * 9 * 25600
+
+
+def test_model_flops_tiny_by_hand():
+    # D2C2, 4 channels, pad 1, 6x6 images -> 8x8 padded maps; convs 1->4 and 4->1
+    model = DCCNN(layers=2, cascades=2, channels=4, pad=1)
+    per_conv = 2 * 1 * 4 * 9 * 8 * 8  # 4608, the same for 1->4 and 4->1
+    assert block_flops(2, 4, 1, 6) == 2 * per_conv
+    assert model_flops(model, 6, batch=3) == 2 * 2 * per_conv * 3 == 55296
+
+
+def test_d5c5_flops_by_hand():
+    # per padded pixel: 1->32 and 32->1 cost 2*32*9 each, three 32->32 cost 2*32*32*9 each
+    model = DCCNN(layers=5, cascades=5)
+    per_pixel = 2 * (2 * 32 * 9) + 3 * (2 * 32 * 32 * 9)
+    assert model_flops(model, 150, batch=4) == 5 * per_pixel * 160 * 160 * 4
+
+
+def test_sft_flops_by_hand():
+    teacher, student = DCCNN(3, 3, channels=4, pad=1), DCCNN(2, 3, channels=4, pad=1)
+    # branches: after T1 -> S2, S3; after T2 -> S3: three student-block passes
+    expected = model_flops(teacher, 6, 2) + 3 * block_flops(2, 4, 1, 6, 2)
+    assert sft_flops(teacher, student, 6, 2) == expected
+
+
+def test_model_flops_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = DCCNN(layers=3, cascades=2, channels=8, pad=2)
+    data = synthetic_batch(12, 2, torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(data["zf"], data["kspace"], data["mask"])
+    assert counter.get_total_flops() == model_flops(model, 12, batch=2)
+
+
+def test_module_conv_flops_counts_conv_and_linear():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(5 * 4 * 4, 7))
+    x = torch.zeros(2, 3, 4, 4)
+    expected = conv_flops(3, 5, 4, 4, batch=2) + 2 * (5 * 16) * 7 * 2
+    assert module_conv_flops(net, lambda: net(x)) == expected
+
+
+# --------------------------------------------------------------------------- reference column
+
+
+def test_reference_applies_only_at_the_reference_settings():
+    cpu = torch.device("cpu")
+    assert reference_applies(cpu, 1, 4, 150, "fp32")
+    assert not reference_applies(cpu, 2, 4, 150, "fp32")
+    assert not reference_applies(cpu, 1, 4, 150, "bf16")
+    assert not reference_applies(cpu, 1, 2, 150, "fp32")
+    assert not reference_applies(cpu, 1, 4, 16, "fp32")
+    assert not reference_applies(torch.device("cuda"), 1, 4, 150, "fp32")
+
+
+def test_speedup_is_reference_over_ours():
+    step = BenchRow("k", "w", "train", 0.55, [0.55], 4, 10**9, 100.0, reference_s=1.1, reference_unit="step")
+    assert step.speedup == pytest.approx(2.0)
+    infer = BenchRow("k", "w", "infer", 0.1, [0.1], 4, 10**9, 100.0, reference_s=0.05, reference_unit="slice")
+    assert infer.speedup == pytest.approx(2.0)  # 25 ms per slice against 50
+    assert infer.gflops == pytest.approx(10.0) and infer.roof_fraction == pytest.approx(0.1)
+    assert infer.slices_per_s == pytest.approx(40.0) and infer.ms_per_slice == pytest.approx(25.0)
+
+
+# --------------------------------------------------------------------------- run_bench
+
+
+def test_result_structure(result):
+    keys = [row.key for row in result.rows]
+    assert keys == [
+        "train.teacher", "train.student", "train.sft.batched", "train.sft.naive",
+        "train.kd.at", "train.kd_backprop.at", "train.kd.fitnets", "train.kd_backprop.fitnets",
+        "infer.D5C5.eager.b1", "infer.D5C5.eager.b2", "infer.D3C5.eager.b1", "infer.D3C5.eager.b2",
+    ]
+    for row in result.rows:
+        assert len(row.samples) == 1 and row.seconds > 0 and math.isfinite(row.seconds)
+        assert row.flops > 0
+        assert row.reference_s is None and row.speedup is None  # size 16 is not the reference setting
+    assert result.row("infer.D5C5.eager.b1").slices == 1 and result.row("train.teacher").slices == 2
+    assert result.row("train.teacher").flops == 3 * model_flops(DCCNN(5, 5), 16, 2)
+    assert result.row("infer.D3C5.eager.b2").flops == model_flops(DCCNN(3, 5), 16, 2)
+    # the backprop variant also does the teacher's backward: 2 more teacher forwards of work
+    t_fwd = model_flops(DCCNN(5, 5), 16, 2)
+    for method in ("at", "fitnets"):
+        extra = result.row(f"train.kd_backprop.{method}").flops - result.row(f"train.kd.{method}").flops
+        assert extra == 2 * t_fwd
+    assert set(result.ratios) >= {
+        "sft_naive_over_batched", "teacher_over_student_train", "teacher_over_student_latency_b1",
+        "teacher_over_student_latency_b2", "kd_backprop_over_nograd.at", "kd_backprop_over_nograd.fitnets",
+    }
+    assert not result.reference_applies and result.roof_gflops > 0
+    assert set(result.roof["gflops_by_format"]) == {"contiguous", "channels_last"}
+    assert any("different settings" in note for note in result.notes)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["reference"]["applies"] is False and len(data["rows"]) == len(result.rows)
+    assert data["machine"]["threads"] == 1 and data["settings"]["precision"] == "fp32"
+
+
+def test_threads_are_restored_and_parts_selected():
+    before = torch.get_num_threads()
+    res = run_bench(**{**TINY, "threads": 2}, which=["student", "infer"], precision="bf16")
+    assert torch.get_num_threads() == before
+    assert [row.key for row in res.rows][0] == "train.student"
+    assert not any(row.key.startswith(("train.teacher", "train.sft", "train.kd")) for row in res.rows)
+    assert res.machine["threads"] == 2 and res.settings["precision"] == "bf16"
+
+
+def test_kd_variants_differ_only_in_teacher_gradients():
+    data = synthetic_batch(16, 2, torch.device("cpu"))
+    nograd, backprop, adapter_flops = kd_objectives("ft", data)
+    # FT: per tap, paraphraser 32->32->16->16, decoder 16->16->32->32, translator 32->32->16->16 (3x3)
+    per_pixel = sum(2 * a * b * 9 for a, b in [(32, 32), (32, 16), (16, 16)] * 2 + [(16, 16), (16, 32), (32, 32)])
+    assert adapter_flops == 5 * per_pixel * 16 * 16 * 2  # 5 taps (one per cascade), batch 2
+    train_step_fn(nograd, data, torch.device("cpu"), "fp32")()
+    train_step_fn(backprop, data, torch.device("cpu"), "fp32", also_clear=backprop.teacher)()
+    assert all(p.grad is None for p in nograd.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backprop.teacher.parameters())
+    teacher_ids = {id(p) for p in backprop.teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in backprop.parameters()}  # never optimised
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_builds_both_variants(method):
+    data = synthetic_batch(16, 2, torch.device("cpu"))
+    nograd, backprop, adapter_flops = kd_objectives(method, data)
+    assert adapter_flops >= 0
+    for objective in (nograd, backprop):
+        loss, _ = objective(data)
+        assert torch.isfinite(loss)
+
+
+def test_compile_failure_is_a_note(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    res = run_bench(**TINY, which=["infer"], compile=True)
+    assert not any("compiled" in row.key for row in res.rows)
+    assert any("torch.compile" in note and "no compiler here" in note for note in res.notes)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [({"which": ["teachr"]}, "--only"), ({"methods": ["atx"]}, "--methods"),
+     ({"precision": "fp16"}, "--precision"), ({"threads": 0}, "--threads"), ({"size": 4}, "--size")],
+)
+def test_bad_settings_are_one_line_errors(kwargs, word):
+    with pytest.raises(SftkdError, match=word):
+        run_bench(**{**TINY, **kwargs})
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_json_to_stdout():
+    res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,kd,infer", "--methods", "at", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    keys = [row["key"] for row in data["rows"]]
+    assert keys[:3] == ["train.teacher", "train.kd.at", "train.kd_backprop.at"]
+    assert all(row["reference"] is None and row["speedup"] is None for row in data["rows"])
+    assert data["settings"]["size"] == 16 and data["roof"]["gflops"] > 0
+
+
+def test_cli_table_and_json_file(tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,infer", "--json", str(out)], env=WIDE)
+    assert res.exit_code == 0, res.output
+    for word in ("roof", "teacher D5C5 train", "D3C5 infer b1", "GFLOP/s", "n/a (different settings)", "speed-up"):
+        assert word in res.stdout
+    assert json.loads(out.read_text())["rows"][0]["key"] == "train.teacher"
+
+
+def test_cli_errors_exit_2(tmp_path):
+    res = CliRunner().invoke(app, [*CLI_TINY, "--only", "nope"])
+    assert res.exit_code == 2 and "--only" in res.output
+    res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(tmp_path / "missing" / "b.json")])
+    assert res.exit_code == 2 and "does not exist" in res.output
