@@ -56,6 +56,7 @@ class TrainConfig:
     deterministic: bool = False
     checkpoint_every: int = 0  # also save `last` every N steps (0 = only at epoch ends)
     max_steps_per_epoch: int = 0  # 0 = full epochs
+    channels_last: bool = True  # NHWC memory layout: same results, 1.1-2x faster convs (sftkd bench)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class SFTConfig:
     w_teacher: float = 1.0
     w_student: float = 1.0
     w_imit: float = 1.0
+    batched: str = "auto"  # branches through a shared block as one batch: auto (on CUDA) | true | false
 
 
 @dataclass
@@ -138,6 +140,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return value
     if kind in (str, bool) and type(value) is kind:
         return value
+    if kind is str and isinstance(value, bool):  # `sft.batched=true` is read by YAML as a bool
+        return "true" if value else "false"
+    if kind is str and isinstance(value, (int, float)):  # e.g. `run.name=2024`
+        return str(value)
     if origin is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str):
@@ -246,6 +252,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
         (recipe.train.threads >= 0, "train.threads", "0 (default) or more"),
+        (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
     ]
     for ok, key, expected in checks:
         if not ok:

@@ -160,7 +160,7 @@ def evaluate_run(
         named = which in ("best", "last")
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
-        model = model.to(torch_device).eval()
+        model = model.to(torch_device, memory_format=torch.channels_last).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
     else:
         from sftkd_cli.export import prepare_evaluation

@@ -70,4 +70,5 @@ from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
     evaluate,
     compare,
     export,
+    bench,
 )

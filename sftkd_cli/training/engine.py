@@ -217,6 +217,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         objective = self.objective.to(self.device)
+        if cfg.channels_last:
+            objective = objective.to(memory_format=torch.channels_last)
         if self.world > 1:  # gradients averaged across processes; the frozen teacher stays outside
             from torch.nn.parallel import DistributedDataParallel
 
