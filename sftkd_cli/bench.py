@@ -357,8 +357,11 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
 
 def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,
                   also_clear: nn.Module | None = None) -> Callable[[], float]:
-    """One engine-style training step: autocast forward, zero grads, backward, Adam step."""
-    objective.to(device).train()
+    """One engine-style training step: autocast forward, zero grads, backward, Adam step.
+
+    Models run in the channels_last layout, as the engine (train.channels_last) and evaluate do.
+    """
+    objective.to(device, memory_format=torch.channels_last).train()
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
@@ -607,7 +610,7 @@ class _Bench:
         models = {}
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
-            models[name] = build_model(name).to(self.device).eval()
+            models[name] = build_model(name).to(self.device, memory_format=torch.channels_last).eval()
         for name, model in models.items():
             self._infer_rows(name, model, "eager", model)
         if not compile:
