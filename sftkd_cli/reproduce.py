@@ -334,27 +334,19 @@ def load_plan(
     report = _text(raw.get("report"), f"{where} report")
     stages_raw = _mapping(raw.get("stages"), f"{where} stages", STAGE_KEYS)
     stages = {kind: _stage_spec(stages_raw[kind], f"{where} stages.{kind}") for kind in SHAREABLE if kind in stages_raw}
-    kd_raw = _mapping(stages_raw.get("kd"), f"{where} stages.kd", ("methods", "std", "sft"))
-    methods = kd_raw.get("methods") or []
-    if isinstance(methods, str):
-        methods = [methods]
-    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-        raise SftkdError(f"{where} stages.kd.methods: expected a list of KD methods, e.g. [at, fitnets]")
-    _check_methods(methods, f"{where} stages.kd.methods")
-    kd = {"std-kd": _stage_spec(kd_raw.get("std"), f"{where} stages.kd.std"),
-          "sft-kd": _stage_spec(kd_raw.get("sft"), f"{where} stages.kd.sft")}
+    methods, kd = _kd_section(stages_raw.get("kd"), f"{where} stages.kd")
     if methods and ("teacher" not in stages or "sft" not in stages):
         raise SftkdError(f"{where} stages.kd: needs stages.teacher (Std-KD) and stages.sft (SFT-KD-Recon)")
-    evaluate = {**EVALUATE_DEFAULTS, **_mapping(stages_raw.get("evaluate"), f"{where} stages.evaluate", tuple(EVALUATE_DEFAULTS))}
-    compare = {**COMPARE_DEFAULTS, **_mapping(stages_raw.get("compare"), f"{where} stages.compare", tuple(COMPARE_DEFAULTS))}
-    figures = {**FIGURE_DEFAULTS, **_mapping(raw.get("figures"), f"{where} figures", tuple(FIGURE_DEFAULTS))}
+    evaluate = _options(stages_raw.get("evaluate"), f"{where} stages.evaluate", EVALUATE_DEFAULTS)
+    compare = _options(stages_raw.get("compare"), f"{where} stages.compare", COMPARE_DEFAULTS)
+    figures = _options(raw.get("figures"), f"{where} figures", FIGURE_DEFAULTS)
     if figures["method"] is not None and figures["method"] not in methods:
-        raise SftkdError(f"{where} figures.method: {figures['method']!r} is not among stages.kd.methods {methods}")
+        raise SftkdError(f"{where} figures.method: {figures['method']!r} is not among stages.kd.methods {list(methods)}")
     variants = _variants(raw.get("variants"), f"{where} variants")
-    shared = tuple(raw.get("shared") or ())
+    shared = _string_list(raw.get("shared"), f"{where} shared")
     for kind in shared:
         if kind not in SHAREABLE:
-            raise SftkdError(f"{where} shared: {kind!r}{_suggest(str(kind), SHAREABLE)}")
+            raise SftkdError(f"{where} shared: {kind!r}{_suggest(kind, SHAREABLE)}")
         if kind not in stages:
             raise SftkdError(f"{where} shared: {kind} is not among the stages")
     if shared and not variants:
@@ -365,12 +357,67 @@ def load_plan(
         description=_text(raw.get("description"), f"{where} description") or "",
         data=data, base=base, runs_dir=runs, report_dir=Path(report) if report else runs / "report",
         recipes=_text(raw.get("recipes"), f"{where} recipes"), variants=variants, shared=shared,
-        stages=stages, methods=tuple(methods), kd=kd, evaluate=evaluate, compare=compare,
+        stages=stages, methods=methods, kd=kd, evaluate=evaluate, compare=compare,
         figures=figures, paper=_paper_spec(raw.get("paper"), f"{where} paper"), overrides=tuple(overrides),
     )
 
 
-def _check_methods(methods: list[str], where: str) -> None:
+def _string_list(value: Any, where: str) -> tuple[str, ...]:
+    """A list of strings (a single string is a list of one; None is empty)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SftkdError(f"{where}: expected a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _kd_section(value: Any, where: str) -> tuple[tuple[str, ...], dict[str, StageSpec]]:
+    """(methods, {'std-kd': spec, 'sft-kd': spec}) of stages.kd."""
+    raw = _mapping(value, where, ("methods", "std", "sft"))
+    methods = _string_list(raw.get("methods"), f"{where}.methods")
+    _check_methods(methods, f"{where}.methods")
+    return methods, {"std-kd": _stage_spec(raw.get("std"), f"{where}.std"),
+                     "sft-kd": _stage_spec(raw.get("sft"), f"{where}.sft")}
+
+
+def _options(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A small options block: known keys only, each of its default's type (None: any)."""
+    out = {**defaults, **_mapping(value, where, tuple(defaults))}
+    for key, default in defaults.items():
+        item = out[key]
+        if default is None:  # optional figure settings, checked below
+            continue
+        if isinstance(default, bool) or isinstance(default, str):
+            ok = type(item) is type(default)
+        elif isinstance(default, float):
+            ok = isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1
+        else:  # lists of names
+            ok = isinstance(item, list) and bool(item) and all(isinstance(v, str) for v in item)
+        if not ok:
+            raise SftkdError(f"{where}.{key}: expected {_describe(default)}, got {item!r}")
+    box, index, volume = out.get("box"), out.get("slice"), out.get("volume")
+    if box is not None and not (isinstance(box, list) and len(box) == 4 and all(isinstance(b, int) for b in box)):
+        raise SftkdError(f"{where}.box: expected [row, column, height, width] of the inset, got {box!r}")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise SftkdError(f"{where}.slice: expected a slice number (0 or more), got {index!r}")
+    if volume is not None and not isinstance(volume, str):
+        raise SftkdError(f"{where}.volume: expected a volume id (a string), got {volume!r}")
+    return out
+
+
+def _describe(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, float):
+        return "a number between 0 and 1"
+    return "a list of names"
+
+
+def _check_methods(methods: Sequence[str], where: str) -> None:
     from sftkd_cli.distill.methods import METHODS
 
     for method in methods:
@@ -452,8 +499,9 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
         raise SftkdError(f"{where}: recipe {stage.recipe_file} not found (paths are relative to the current directory)")
     try:
         recipe = load_recipe(stage.recipe_file, overrides)
-        model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
-        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
+        if stage.kind != "sft":  # train-sft builds both models from the sft section
+            model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
+            recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
         validate(recipe)
     except SftkdError as exc:
         raise SftkdError(f"{where}: {exc}") from None
@@ -749,7 +797,7 @@ def _run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: dict[
         console.rule(f"[bold][{number}/{total}] {escape(stage.id)}[/] {escape(action)}", align="left")
 
     if stage.kind == "data":
-        header(f"data ({plan.data.source} -> {plan.data.out})")
+        header(f"{plan.data.source} -> {plan.data.out}")
         return (DONE, "prepared") if prepare_data(plan, console) else (SKIPPED, "up to date")
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
@@ -761,7 +809,7 @@ def _run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: dict[
                 raise SftkdError(f"{exc}; the finished run differs from the plan: delete {stage.run} to train it again") from None
             console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
             return SKIPPED, f"up to date ({detail})"
-        header(f"{'resume' if state == 'partial' else 'train'} {stage.recipe.model.name}"
+        header(f"{'resume' if state == 'partial' else 'train'} {_model_text(stage)}"
                + (f" ({detail})" if detail else "") + f" -> {stage.run}")
         _train(stage, state == "partial", console)
         return (RESUMED, f"from {detail}") if state == "partial" else (DONE, "")
@@ -772,7 +820,8 @@ def _run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: dict[
         header(f"evaluate {stage.run}" + (f" --model {stage.model_role}" if stage.model_role else ""))
         _evaluate(stage, plan)
         return DONE, ""
-    if all(r.note.startswith("up to date") for r in results.values()) and report_complete(plan, stages):
+    up_to_date = bool(results) and all(r.note.startswith("up to date") for r in results.values())
+    if up_to_date and report_complete(plan, stages):
         console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / 'report.md'})[/]", highlight=False)
         return SKIPPED, "up to date"
     header(f"report -> {plan.report_dir}")
@@ -822,12 +871,24 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
         recipe = stage.recipe if stage.kind in TRAIN_KINDS else None
         table.add_row(
             escape(stage.id), escape(action + (f" ({detail})" if detail else "")),
-            recipe.model.name if recipe else (stage.model_role or ""),
+            _model_text(stage),
             str(recipe.train.epochs) if recipe else "",
             escape(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
             escape(stage.recipe_file or ("defaults" if recipe else "")),
         )
     console.print(table)
+
+
+def _model_text(stage: Stage) -> str:
+    """The architecture(s) a stage trains or evaluates, for the tables."""
+    recipe = stage.recipe
+    if recipe is None:
+        return ""
+    if stage.kind == "sft" or stage.trained == "sft":
+        return f"{recipe.sft.teacher}+{recipe.sft.student}"
+    if stage.trained == "sft-student":
+        return recipe.sft.student
+    return recipe.model.name
 
 
 def format_seconds(seconds: float) -> str:
@@ -888,17 +949,39 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         lines += _group_section(plan, stages, group, members, console, problems)
     if plan.paper is not None:
         lines += _paper_section(plan, stages, evaluated, problems)
+    status = _merged_status(out / "status.json", stages, results)
     lines += ["## Plan status", ""]
-    rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in results]
+    rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in status]
     rows.append(("report", "done", "", "this file"))
     lines += _md_table(("stage", "status", "seconds", "note"), rows, numeric=(2,))
-    lines += ["", f"Total time of this invocation before the report: {format_seconds(total_seconds(results))}.", ""]
+    lines += ["", f"Time of this invocation before the report: {format_seconds(total_seconds(results))}"
+              + ("; rows marked (earlier) come from a previous invocation." if len(status) > len(results) else "."), ""]
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
-    status = [dataclasses.asdict(r) for r in results]
-    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": status}, indent=2))
+    records = [dataclasses.asdict(r) for r in status]
+    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": records}, indent=2))
     atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
     return problems
+
+
+def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageResult]) -> list[StageResult]:
+    """This invocation's results, plus earlier ones (from status.json) for stages not run now (--only)."""
+    earlier: dict[str, dict[str, Any]] = {}
+    try:
+        earlier = {entry["id"]: entry for entry in json.loads(path.read_text())["stages"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    current = {r.id: r for r in results}
+    merged = []
+    for stage in stages:
+        if stage.id in current:
+            merged.append(current[stage.id])
+        elif stage.id in earlier and stage.kind != "report":
+            entry = earlier[stage.id]
+            note = str(entry.get("note", ""))
+            merged.append(StageResult(stage.id, stage.kind, str(entry.get("status", "")), float(entry.get("seconds", 0.0)),
+                                      note if note.startswith("(earlier)") else f"(earlier) {note}".rstrip()))
+    return merged
 
 
 def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: list[Stage],

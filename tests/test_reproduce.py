@@ -122,6 +122,9 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("data: {path: data/demo}\n", "expected `plan: 1`"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {alpha: 5}}\n", "stages.compare.alpha: expected a number between 0 and 1"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {box: [1, 2]}\n", "figures.box: expected [row, column, height, width]"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {evaluate: {sft_student: yes please}}\n", "stages.evaluate.sft_student: expected true or false"),
     ],
 )
 def test_plan_errors_name_the_key(tmp_path, text, message):
@@ -188,6 +191,10 @@ def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset
     assert set(statuses(second).values()) == {"skipped"}
     assert all(r.note.startswith("up to date") for r in second.results)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+    third = run_plan(plan, only=["report"], console=quiet())  # asked for explicitly: rewritten
+    assert statuses(third) == {"report": "done"}
+    assert "| teacher | done |" in (report / "report.md").read_text()  # earlier statuses are kept
 
 
 def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, monkeypatch):

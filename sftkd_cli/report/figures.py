@@ -182,6 +182,9 @@ def validation_curves(
     for label, (epochs, values) in curves.items():
         (line,) = ax.plot(epochs, values, marker="." if len(epochs) < 40 else None, label=label)
         data[label] = (np.asarray(line.get_xdata(), dtype=np.float64), np.asarray(line.get_ydata(), dtype=np.float64))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -294,7 +297,7 @@ def reconstruction_grid_from_runs(
 ) -> FigureOutput:
     """The grid for one slice: target and ZF from the dataset, reconstructions from each recon.h5.
 
-    Default slice: the middle stored slice of the first volume of the first run's recon.h5.
+    Default slice: the middle stored slice of the middle volume (by name) of the first run's recon.h5.
     """
     from sftkd_cli.data.dataset import load_volume
 
@@ -305,7 +308,8 @@ def reconstruction_grid_from_runs(
         if not first.is_file():
             raise SftkdError(f"{first}: missing; evaluate the run without --no-recon")
         with h5py.File(first, "r") as handle:
-            volume = volume if volume is not None else sorted(handle)[0]
+            names = sorted(handle)
+            volume = volume if volume is not None else names[len(names) // 2]
             if volume not in handle:
                 raise SftkdError(f"{first}: no volume {volume!r}")
             slices = [int(s) for s in handle[volume].attrs.get("slices", range(handle[volume].shape[0]))]
