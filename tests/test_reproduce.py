@@ -283,3 +283,32 @@ def test_cli_dry_run_and_errors(tmp_path, tiny_dataset):
     assert bad.exit_code == 2 and "unknown key train.epoch" in bad.output and "Traceback" not in bad.output
     owned = runner.invoke(app, ["reproduce", str(path), "run.dir=elsewhere"])
     assert owned.exit_code == 2 and "run.dir is set by the plan" in owned.output
+
+
+def test_variants_share_the_teacher_and_fill_the_students_table(tmp_path, tiny_dataset):
+    path = tmp_path / "students.yaml"
+    path.write_text(
+        f"plan: 1\ndata: {{source: prepared, out: {tiny_dataset}}}\nruns_dir: {tmp_path / 'runs'}\n"
+        + TINY_BASE.replace("D3C2", "D4C2")
+        + "shared: [teacher]\nvariants:\n  - {name: D3C2, overrides: {sft.student: D3C2}}\n"
+        "  - {name: D2C2, overrides: {sft.student: D2C2}}\n"
+        "stages: {teacher: {}, student: {}, sft: {}, kd: {methods: [at]}}\n"
+        "paper:\n  layout: students\n  metrics: [PSNR, SSIM, HFN, VIF]\n  columns: [Original, KD, SFT-KD-Recon]\n"
+        "  rows:\n    D4C2: [1/0.5/0.3/0.9, '-', '-']\n    D3C2: [2/0.5/0.3/0.9, 3/0.5/0.3/0.9, 4/0.5/0.3/0.9]\n"
+    )
+    plan = load_plan(path)
+    outcome = run_plan(plan, console=quiet())
+    assert not outcome.failed
+    assert [r.id for r in outcome.results if r.kind == "teacher"] == ["teacher"]
+    assert load_checkpoint(plan.runs_dir / "D2C2-std-kd-at" / "checkpoints" / "best.pt")["teacher_run"] == str(plan.runs_dir / "teacher")
+    for group in ("D3C2", "D2C2"):
+        for figure in ("box", "curves", "grid"):
+            assert (plan.report_dir / f"{figure}-{group}.png").is_file()
+        compared = json.loads((plan.report_dir / f"compare-{group}.json").read_text())
+        assert {row["run"] for row in compared["rows"]} >= {"teacher", f"{group}-student", f"{group}-sft-kd-at"}
+    text = (plan.report_dir / "report.md").read_text()
+    kd = json.loads((plan.runs_dir / "D3C2-std-kd-at" / "metrics.json").read_text())["metrics"]
+    ours = "/".join(f"{kd[m]['mean']:.{d}f}" for m, d in (("PSNR", 2), ("SSIM", 4))) + f"/{kd['HFN']['mean']:.4g}/{kd['VIF']['mean']:.4f}"
+    row = next(line for line in text.splitlines() if line.startswith("| D3C2 |"))
+    assert f"| {ours} | 3/0.5/0.3/0.9 |" in row
+    assert next(line for line in text.splitlines() if line.startswith("| D2C2 |")).endswith("| - |")
