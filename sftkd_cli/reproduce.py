@@ -21,11 +21,19 @@ Keys of a plan (paths are relative to the current directory, like recipe paths):
     shared:   stages built once for all variants (e.g. [teacher] when only the student varies)
     figures:  {metrics, curve, method, volume, slice, box}
     paper:    {title, layout: table1 | students, metrics, columns, rows}: the paper's numbers,
-              shown beside ours in report.md
+              shown beside ours in report.md. Cells are 'a/b' (the metrics in order) or '-'.
+              table1: columns '<acc>x Std-KD' / '<acc>x SFT-KD-Recon', rows named as
+              `compare --group paper` names them (ZF, Teacher, Student, AT, Fitnets, CC, ...);
+              students: columns Original / KD / SFT-KD-Recon, rows named by architecture.
+
+Stage ids (= run directory names): teacher, student, sft, std-kd-<method>, sft-kd-<method>,
+prefixed by '<variant>-' for the stages of a variant; eval-<run> (eval-<run>-student for the
+SFT student), data and report.
 
 Stage recipes: recipe file (or the defaults) < base < variant overrides < stage overrides <
 command-line overrides. The plan itself sets data.path (data.out), run.dir (runs_dir), run.name
-(the stage id), run.role, model.name (sft.teacher for the teacher, sft.student for the others),
+(the stage id), run.role, model.name (sft.teacher for the teacher, sft.student for the student
+and KD stages),
 distill.teacher_run, distill.method and, for SFT-KD, distill.init=sft; setting those elsewhere
 is an error.
 

@@ -312,3 +312,21 @@ def test_variants_share_the_teacher_and_fill_the_students_table(tmp_path, tiny_d
     row = next(line for line in text.splitlines() if line.startswith("| D3C2 |"))
     assert f"| {ours} | 3/0.5/0.3/0.9 |" in row
     assert next(line for line in text.splitlines() if line.startswith("| D2C2 |")).endswith("| - |")
+
+
+def test_acceleration_variants_fill_the_table1_columns(tmp_path, tiny_dataset):
+    extra = (
+        "paper:\n  columns: [4x Std-KD, 4x SFT-KD-Recon, 5x Std-KD, 5x SFT-KD-Recon]\n"
+        "  rows:\n    AT: [1/0.1, 2/0.2, 3/0.3, 4/0.4]\n"
+        "variants:\n  - {name: 4x, overrides: {data.acceleration: 4}}\n  - {name: 5x, overrides: {data.acceleration: 5}}\n"
+    )
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, extra))
+    outcome = run_plan(plan, only=["data", "*teacher", "*sft", "*kd-at", "eval-*kd-at", "report"], console=quiet())
+    assert not outcome.failed
+    cells = []
+    for run in ("4x-std-kd-at", "4x-sft-kd-at", "5x-std-kd-at", "5x-sft-kd-at"):
+        metrics = json.loads((plan.runs_dir / run / "metrics.json").read_text())
+        assert metrics["dataset"]["acceleration"] == float(run[0])
+        cells.append(f"{metrics['metrics']['PSNR']['mean']:.2f}/{metrics['metrics']['SSIM']['mean']:.4f}")
+    row = next(line for line in (plan.report_dir / "report.md").read_text().splitlines() if line.startswith("| AT |"))
+    assert row == f"| AT | {cells[0]} | 1/0.1 | {cells[1]} | 2/0.2 | {cells[2]} | 3/0.3 | {cells[3]} | 4/0.4 |"
