@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from sftkd_cli import __version__
 from sftkd_cli.cli.app import app
 
-COMMANDS = ["prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export", "bench"]
+COMMANDS = ["prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export", "bench", "reproduce"]
 
 
 def test_help_lists_every_command():

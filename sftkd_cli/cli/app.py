@@ -71,4 +71,5 @@ from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
     compare,
     export,
     bench,
+    reproduce,
 )
