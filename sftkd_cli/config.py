@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             mark = getattr(exc, "problem_mark", None)
             at = f" (line {mark.line + 1})" if mark else ""
             raise SftkdError(f"{path}: not valid YAML{at}") from None
+        if not isinstance(raw, dict):
+            raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
     apply_overrides(raw, overrides or [])
     return recipe_from_dict(raw, source)
 
@@ -252,6 +255,17 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
         (recipe.train.threads >= 0, "train.threads", "0 (default) or more"),
+        (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
+        (math.isfinite(recipe.train.lr), "train.lr", "a finite number"),
+        (math.isfinite(recipe.train.lr_gamma) and recipe.train.lr_gamma > 0, "train.lr_gamma", "a positive finite number"),
+        (0 <= recipe.train.seed < 2**63, "train.seed", "between 0 and 2**63-1"),
+        (recipe.model.channels >= 1, "model.channels", "at least 1"),
+        (recipe.model.pad >= 0, "model.pad", "0 or more"),
+        (recipe.train.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "0 (full epochs) or more"),
+        (recipe.train.checkpoint_every >= 0, "train.checkpoint_every", "0 (epoch ends only) or more"),
+        (recipe.data.max_train_slices >= 0, "data.max_train_slices", "0 (all) or more"),
+        (recipe.data.max_val_slices >= 0, "data.max_val_slices", "0 (all) or more"),
+        (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
         (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
     ]
     for ok, key, expected in checks:

@@ -301,11 +301,11 @@ class Trainer:
                     if improved:
                         best_val, best_epoch = val["val_l1"], epoch + 1
                     state = checkpoint_state(epoch + 1, 0)
-                    if self.is_main:
+                    if self.is_main:  # history first: a kill between the two keeps every row
+                        self.run.write_history(history)
                         if improved:
                             self._save("best", state)
                         self._save("last", state)
-                        self.run.write_history(history)
                         self._report_epoch(progress, row, improved)
                     start_step = 0
         except KeyboardInterrupt:
