@@ -360,11 +360,7 @@ def test_bad_overrides_fail_cleanly_and_write_nothing(tiny_dataset, tmp_path, ar
     assert not (tmp_path / "runs").exists()
 
 
-NOT_A_MAPPING_BUG = ("bug: a recipe file holding a list or a scalar plus any override gives an AttributeError "
-                     "traceback (apply_overrides runs before the mapping check); fix: check the type in "
-                     "sftkd_cli/config.py::load_recipe")
-
-
+# Regression: a list or scalar recipe file plus an override used to be an AttributeError traceback.
 @pytest.mark.parametrize(
     "text, named",
     [
@@ -466,16 +462,19 @@ def test_unprintable_key_gives_a_one_line_error():
     fails_cleanly("train-teacher", "--print-recipe", "train.ep\nochs=3", names=("train.",))
 
 
-VALIDATE_BUG = ("bug: config.validate accepts values the trainer cannot use (ZeroDivisionError, "
-                "RuntimeError, ValueError tracebacks or silent NaN training); fix: more checks in "
-                "sftkd_cli/config.py::validate")
+SEED_BUG = ("bug: train.seed up to 2**63 passes validate, but epoch_order seeds torch with seed * 1_000_003 + epoch, "
+            "which must fit in 64 bits, so any seed >= ~1.8e13 is a ValueError traceback at the first epoch; fix: "
+            "`0 <= recipe.train.seed < 2**32` in sftkd_cli/config.py::validate")
 
 
+# Regression (each used to be a ZeroDivisionError/RuntimeError/ValueError traceback or silent NaN training).
 @pytest.mark.parametrize(
     "override",
     ["train.lr_step=0", "model.channels=0", "model.channels=-3", "model.pad=-1", "train.seed=100000000000000000000000",
      "train.lr=.inf", "train.lr_gamma=.nan", "train.max_steps_per_epoch=-1", "train.checkpoint_every=-1",
-     "data.max_train_slices=-1", "data.max_val_slices=-1", "eval.latency_slices=-1"],
+     "data.max_train_slices=-1", "data.max_val_slices=-1", "eval.latency_slices=-1",
+     pytest.param("train.seed=4611686018427387904", marks=pytest.mark.xfail(strict=True, reason=SEED_BUG)),
+     pytest.param("train.seed=100000000000000", marks=pytest.mark.xfail(strict=True, reason=SEED_BUG))],
 )
 def test_validate_refuses_values_training_cannot_use(override):
     with pytest.raises(SftkdError, match=override.split("=")[0].replace(".", r"\.")):
@@ -603,12 +602,8 @@ class _Killed(BaseException):
     """Stands for SIGKILL at one exact point: nothing after it runs (the kernel drops the lock)."""
 
 
-HISTORY_BUG = ("bug: a kill after the epoch-end last.pt is saved but before history.jsonl is written loses that "
-               "epoch's history row for good (resume keeps history[:epoch]); seen by scripts/fault_injection.py; "
-               "fix: write the history before the checkpoints in sftkd_cli/training/engine.py::Trainer.fit")
-
-
 def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_dataset, tmp_path, monkeypatch):
+    """Regression (found by scripts/fault_injection.py): the epoch's history row used to be lost for good."""
     extra = ["train.epochs=2", "train.checkpoint_every=1"]
     assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
 
