@@ -148,7 +148,7 @@ def print_summary(result: PrepareResult, console: Console) -> None:
     where = display_path(result.out)
     if result.unchanged:
         console.print(f"{where} is up to date (same options and source checksums): nothing written. "
-                      "Use --force to rebuild.", highlight=False)
+                      "Use --force to rebuild.", highlight=False, soft_wrap=True)
     table = Table(title=f"prepared dataset {where}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
