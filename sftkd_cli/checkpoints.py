@@ -30,7 +30,9 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
 
 def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arch: str | None = None) -> tuple[str, dict[str, Any]]:
     """Pick a model entry: by role, else by architecture, else the checkpoint's primary."""
-    models: dict[str, Any] = state["models"]
+    models = state.get("models")
+    if not (isinstance(models, dict) and models and all(isinstance(e, dict) for e in models.values())):
+        raise SftkdError(f"{source}: damaged sftkd checkpoint (no model entries)")
     if role is not None:
         if role not in models:
             raise SftkdError(f"{source}: has no {role!r} model (has {', '.join(models)})")
@@ -41,14 +43,20 @@ def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arc
             return matches[0], models[matches[0]]
         found = ", ".join(f"{n} ({e['arch']})" for n, e in models.items())
         raise SftkdError(f"{source}: expected exactly one {arch} model, found {found}")
-    primary = state["primary"]
+    primary = state.get("primary")
+    if primary not in models:
+        raise SftkdError(f"{source}: damaged sftkd checkpoint (primary model {primary!r} not among {', '.join(models)})")
     return primary, models[primary]
 
 
-def build_from_entry(entry: dict[str, Any]) -> DCCNN:
+def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint") -> DCCNN:
     """Rebuild a model from a checkpoint entry (architecture and weights)."""
-    model = build_model(entry["arch"], channels=entry["channels"], pad=entry["pad"], centered=entry["centered"])
-    model.load_state_dict(entry["state"], strict=True)
+    try:
+        model = build_model(entry["arch"], channels=entry["channels"], pad=entry["pad"], centered=entry["centered"])
+        model.load_state_dict(entry["state"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftkdError(f"{source}: model entry does not fit its architecture {entry.get('arch')!r} ({reason})") from None
     return model
 
 
@@ -57,7 +65,7 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best")
     path = resolve_checkpoint(source, which)
     state = load_checkpoint(path)
     _, entry = model_entry(state, role, path)
-    return build_from_entry(entry), state
+    return build_from_entry(entry, path), state
 
 
 def init_weights(model: DCCNN, source: str | Path, role: str | None = None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -152,6 +153,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if isinstance(value, list):
             return [_coerce(v, item, where) for v in value]
     if origin is dict and isinstance(value, dict):
+        try:  # plain JSON data only: no self-references (asdict would recurse forever), no dates/bytes
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise SftkdError(f"{where}: expected plain mapping data (numbers, strings, lists, mappings)") from None
         return dict(value)
     expected = getattr(kind, "__name__", str(kind))
     raise SftkdError(f"{where}: expected {expected}, got {value!r}")
@@ -178,8 +183,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         types_ = _field_types(type(target))
         for key, value in values.items():
             if key not in types_:
+                name = f"{section}.{key}"
                 raise SftkdError(
-                    f"{source}: unknown key {section}.{key}{_suggest(str(key), list(types_), section + '.')}"
+                    f"{source}: unknown key {name if name.isprintable() else repr(name)}"
+                    f"{_suggest(str(key), list(types_), section + '.')}"
                 )
             setattr(target, key, _coerce(value, types_[key], f"{source}: {section}.{key}"))
     return recipe
@@ -258,7 +265,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
         (math.isfinite(recipe.train.lr), "train.lr", "a finite number"),
         (math.isfinite(recipe.train.lr_gamma) and recipe.train.lr_gamma > 0, "train.lr_gamma", "a positive finite number"),
-        (0 <= recipe.train.seed < 2**63, "train.seed", "between 0 and 2**63-1"),
+        (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
         (recipe.model.channels >= 1, "model.channels", "at least 1"),
         (recipe.model.pad >= 0, "model.pad", "0 or more"),
         (recipe.train.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "0 (full epochs) or more"),

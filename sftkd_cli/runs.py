@@ -140,6 +140,8 @@ class RunDir:
             raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to overwrite")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
+        for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
+            stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
         if force and not resume:
             for item in list(self.path.iterdir()):
                 if item.name == ".lock":

@@ -5,8 +5,7 @@ exit code 2, exactly one output line `error: ...` naming the file/key/value, no 
 and that the dataset / run directory / input folder is byte-for-byte unchanged (sha256 of
 every file before and after) and no run directory was half-created.
 
-Tests marked `xfail(strict=True)` document bugs found here; each names the proposed fix.
-When a fix lands, the test XPASSes (a failure under strict): remove its marker then.
+The bugs these tests found are fixed; the *_BUG strings record what each test guards against.
 The long kill -9 trials live in scripts/fault_injection.py (not run by the test suite).
 """
 
@@ -156,7 +155,6 @@ DTYPE_BUG = ("bug: SliceDataset never checks dtypes (int images train silently, 
              "imaginary part); fix: dtype check in sftkd_cli/data/dataset.py::SliceDataset._check_file")
 
 
-@pytest.mark.xfail(strict=True, reason=DTYPE_BUG)
 @pytest.mark.filterwarnings("ignore:Casting complex values")
 @pytest.mark.parametrize("name, convert", WRONG_DTYPES, ids=["image-int16", "image-complex", "kspace-real", "zf-complex"])
 def test_training_refuses_wrong_dtypes(tiny_dataset, tmp_path, name, convert):
@@ -176,7 +174,6 @@ NAN_BUG = ("bug: NaN/Inf in a prepared volume is not detected on reading: traini
            "in sftkd_cli/data/dataset.py (SliceDataset._load_all and __getitem__)")
 
 
-@pytest.mark.xfail(strict=True, reason=NAN_BUG)
 @pytest.mark.parametrize("name, bad", [("image", np.nan), ("acc4/kspace", np.inf), ("acc4/zf", np.nan)])
 def test_training_refuses_non_finite_values(tiny_dataset, tmp_path, name, bad):
     data = copy_dataset(tiny_dataset, tmp_path)
@@ -191,7 +188,6 @@ def test_training_refuses_non_finite_values(tiny_dataset, tmp_path, name, bad):
     assert not (tmp_path / "runs" / "r").exists(), "half-made run dir (recipe.yaml, env.json, no checkpoint)"
 
 
-@pytest.mark.xfail(strict=True, reason=NAN_BUG)
 @pytest.mark.parametrize("name, bad", [("image", np.nan), ("acc4/kspace", np.inf)])
 def test_evaluate_refuses_non_finite_values(tiny_dataset, trained_run, tmp_path, name, bad):
     data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
@@ -249,7 +245,7 @@ MANIFEST_BUGGY = {
     "slices-not-int": lambda m: [e.update(slices="many") for e in m["volumes"].values()],
 }
 MANIFEST_CASES = [pytest.param(k, v, id=k) for k, v in MANIFEST_OK.items()] + [
-    pytest.param(k, v, id=k, marks=pytest.mark.xfail(strict=True, reason=MANIFEST_BUG))
+    pytest.param(k, v, id=k)
     for k, v in MANIFEST_BUGGY.items()
 ]
 
@@ -450,14 +446,11 @@ RECURSION_BUG = ("bug: a self-referencing YAML alias in a dict field recurses fo
                  "(RecursionError traceback); fix: JSON-plain check in sftkd_cli/config.py::_coerce")
 
 
-@pytest.mark.xfail(strict=True, reason=RECURSION_BUG)
 @pytest.mark.parametrize("value", ["&a {x: *a}", "{x: &b [*b]}"])
 def test_self_referencing_yaml_alias_is_refused(value):
     fails_cleanly("train-teacher", "--print-recipe", f"distill.options={value}", names=("distill.options",))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an unknown key is printed raw, so a newline in it splits the "
-                   "error over two lines; fix: repr() unprintable keys in sftkd_cli/config.py::recipe_from_dict")
 def test_unprintable_key_gives_a_one_line_error():
     fails_cleanly("train-teacher", "--print-recipe", "train.ep\nochs=3", names=("train.",))
 
@@ -473,8 +466,8 @@ SEED_BUG = ("bug: train.seed up to 2**63 passes validate, but epoch_order seeds 
     ["train.lr_step=0", "model.channels=0", "model.channels=-3", "model.pad=-1", "train.seed=100000000000000000000000",
      "train.lr=.inf", "train.lr_gamma=.nan", "train.max_steps_per_epoch=-1", "train.checkpoint_every=-1",
      "data.max_train_slices=-1", "data.max_val_slices=-1", "eval.latency_slices=-1",
-     pytest.param("train.seed=4611686018427387904", marks=pytest.mark.xfail(strict=True, reason=SEED_BUG)),
-     pytest.param("train.seed=100000000000000", marks=pytest.mark.xfail(strict=True, reason=SEED_BUG))],
+     "train.seed=4611686018427387904",
+     "train.seed=100000000000000"],
 )
 def test_validate_refuses_values_training_cannot_use(override):
     with pytest.raises(SftkdError, match=override.split("=")[0].replace(".", r"\.")):
@@ -524,7 +517,6 @@ CHECKPOINT_BUG = ("bug: a readable checkpoint with wrong content (no 'models', n
                   "sftkd_cli/runs.py::load_checkpoint and SftkdError in sftkd_cli/checkpoints.py::build_from_entry")
 
 
-@pytest.mark.xfail(strict=True, reason=CHECKPOINT_BUG)
 @pytest.mark.parametrize(
     "edit",
     [lambda s: {"format": 1}, lambda s: {k: v for k, v in s.items() if k != "primary"}, _wrong_shape,
@@ -626,9 +618,6 @@ def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_
     assert [r["val_l1"] for r in rows] == [r["val_l1"] for r in straight]
 
 
-@pytest.mark.xfail(strict=True, reason="minor: a kill inside save_checkpoint leaves .last.pt.tmp-<pid> (a partial "
-                   "checkpoint) that nothing removes; scripts/fault_injection.py counts them; fix: remove .*.tmp-* "
-                   "files under the lock in sftkd_cli/runs.py::RunDir.prepare")
 def test_resume_removes_temp_files_left_by_a_killed_process(tiny_dataset, tmp_path):
     runs = tmp_path / "runs"
     assert invoke(*train_args(tiny_dataset, runs)).exit_code == 0

@@ -49,7 +49,32 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     for key in ("image_size", "accelerations", "splits", "volumes"):
         if key not in manifest:
             raise SftkdError(f"{display_path(path)}: missing key {key!r}")
+    _check_manifest(manifest, display_path(path))
     return manifest
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_manifest(manifest: dict[str, Any], where: str) -> None:
+    """The types the readers rely on, so that a damaged manifest is one clear line, not a KeyError."""
+    size = manifest["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
+        raise SftkdError(f"{where}: image_size {size!r}, expected [H, W] (two positive integers)")
+    accs = manifest["accelerations"]
+    if not (isinstance(accs, list) and accs and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in accs)):
+        raise SftkdError(f"{where}: accelerations {accs!r}, expected a non-empty list of numbers")
+    splits = manifest["splits"]
+    if not (isinstance(splits, dict) and all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in splits.values())):
+        raise SftkdError(f"{where}: splits, expected a mapping of split name -> list of volume ids")
+    volumes = manifest["volumes"]
+    if not isinstance(volumes, dict):
+        raise SftkdError(f"{where}: volumes, expected a mapping of volume id -> entry")
+    for vid, entry in volumes.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and Path(entry["file"]).name == entry["file"]
+        if not (ok and _is_int(entry.get("slices")) and entry["slices"] > 0):
+            raise SftkdError(f"{where}: volumes.{vid}, expected {{\"file\": \"<id>.h5\", \"slices\": n > 0, ...}}")
 
 
 def dataset_fingerprint(root: str | Path) -> str:
@@ -82,6 +107,17 @@ def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> lis
         filled = ", ".join(s for s, v in splits.items() if v)
         raise SftkdError(f"split {split!r} of dataset {display_path(root)} is empty (non-empty: {filled})")
     return list(splits[split])
+
+
+#: dtype kind of each stored array: real float images, complex k-space
+_KINDS = {"image": "f", "zf": "f", "kspace": "c", "mask": "f"}
+
+
+def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") -> None:
+    """Refuse NaN/Inf, which would otherwise surface later as a NaN loss or NaN metrics."""
+    for name, array in arrays.items():
+        if not np.all(np.isfinite(array)):
+            raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
 
 
 def _read(path: Path, what: str, fn):
@@ -158,6 +194,12 @@ class SliceDataset(Dataset):
                             f"{display_path(path)}: {name} has shape {tuple(f[name].shape)}, "
                             f"expected {expected}"
                         )
+                    kind = _KINDS[name.rsplit("/", 1)[-1]]
+                    if f[name].dtype.kind != kind:
+                        raise SftkdError(
+                            f"{display_path(path)}: {name} has dtype {f[name].dtype}, "
+                            f"expected {'complex' if kind == 'c' else 'real float'}"
+                        )
                 return f[f"{self.key}/mask"][()]
 
         file_mask = _read(path, "dataset", check)
@@ -173,7 +215,10 @@ class SliceDataset(Dataset):
                 return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
                         "kspace": f[self.key]["kspace"][()]}
 
-        return _read(path, "volume", read)
+        arrays = _read(path, "volume", read)
+        _check_values(path, {"image": arrays["image"], f"{self.key}/zf": arrays["zf"],
+                             f"{self.key}/kspace": arrays["kspace"]})
+        return arrays
 
     def _handle(self, volume: str) -> h5py.File:
         """This process's open handle of a volume's file (opened on first use)."""
@@ -210,6 +255,7 @@ class SliceDataset(Dataset):
             path = self._paths[volume]
             image, zf, kspace = _read(path, f"slice {s}", lambda: (
                 f["image"][s], f[self.key]["zf"][s], f[self.key]["kspace"][s]))
+            _check_values(path, {"image": image, f"{self.key}/zf": zf, f"{self.key}/kspace": kspace}, f" (slice {s})")
         return {
             "target": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
             "zf": torch.from_numpy(np.asarray(zf, dtype=np.float32))[None],
