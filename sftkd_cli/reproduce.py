@@ -64,6 +64,7 @@ from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, load_recipe, validate
+from sftkd_cli.data.prepare import SOURCE_DEFAULTS  # one home for prepare-data's per-source defaults
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.runs import RunDir, atomic_write_text, load_checkpoint
@@ -87,12 +88,6 @@ PLAN_OWNED = {
     "distill.teacher_run": "the plan's teacher and sft stages", "distill.method": "stages.kd.methods",
 }
 #: `sftkd prepare-data <source>` defaults, so a plan prepares exactly what the command would
-SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
-    "acdc": {"size": (150, 150), "slice_axis": -1},
-    "mrbrains": {"size": (240, 240), "slice_axis": -1},
-    "nifti": {"size": None, "slice_axis": 2},
-}
 SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "demo": {"template": "icbm152", "template_path": None, "slab": 8, "gap": 2},
     "acdc": {}, "mrbrains": {"modality": "T1"}, "nifti": {"pattern": "*.nii.gz"}, "prepared": {},

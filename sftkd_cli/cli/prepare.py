@@ -17,7 +17,7 @@ from rich.table import Table
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.data.prepare import (
-    PrepareOptions, PrepareResult, parse_accelerations, parse_mask_files, prepare_dataset,
+    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, parse_accelerations, parse_mask_files, prepare_dataset,
 )
 from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource, Source
 from sftkd_cli.data.volumes import display_path
@@ -192,11 +192,11 @@ def demo(
     template: Annotated[
         Optional[Path], typer.Option("--template", help="Explicit path of the template NIfTI file.")
     ] = None,
-    size: Size = (96, 96),
-    downsample: Downsample = 2,
+    size: Size = SOURCE_DEFAULTS["demo"]["size"],
+    downsample: Downsample = SOURCE_DEFAULTS["demo"]["downsample"],
     slab: Annotated[int, typer.Option("--slab", help="Slices per split slab.")] = 8,
     gap: Annotated[int, typer.Option("--gap", help="Slices skipped between slabs (>= 1).")] = 2,
-    min_slice_mean: MinSliceMean = 0.3,
+    min_slice_mean: MinSliceMean = SOURCE_DEFAULTS["demo"]["min_slice_mean"],
     acc: Acc = None,
     mask_kind: MaskKind = "random",
     mask_file: MaskFile = None,
@@ -205,7 +205,7 @@ def demo(
     seed: Seed = 42,
     force: Force = False,
 ) -> None:
-    options = _options(size, 2, downsample, acc, mask_kind, mask_file, mask_layout, center_fraction,
+    options = _options(size, SOURCE_DEFAULTS["demo"]["slice_axis"], downsample, acc, mask_kind, mask_file, mask_layout, center_fraction,
                        seed, None, None, None, None, min_slice_mean, force)
     _run(DemoSource(source, template, slab=slab, gap=gap), out, options)
 
@@ -223,8 +223,8 @@ def demo(
 def acdc(
     root: Root,
     out: Out,
-    size: Size = (150, 150),
-    slice_axis: SliceAxis = -1,
+    size: Size = SOURCE_DEFAULTS["acdc"]["size"],
+    slice_axis: SliceAxis = SOURCE_DEFAULTS["acdc"]["slice_axis"],
     downsample: Downsample = 1,
     val_fraction: ValFraction = None,
     test_fraction: TestFraction = None,
@@ -257,8 +257,8 @@ def mrbrains(
     root: Root,
     out: Out,
     modality: Annotated[str, typer.Option("--modality", help="T1 | FLAIR | IR.")] = "T1",
-    size: Size = (240, 240),
-    slice_axis: SliceAxis = -1,
+    size: Size = SOURCE_DEFAULTS["mrbrains"]["size"],
+    slice_axis: SliceAxis = SOURCE_DEFAULTS["mrbrains"]["slice_axis"],
     downsample: Downsample = 1,
     val_fraction: ValFraction = None,
     test_fraction: TestFraction = None,
@@ -291,8 +291,8 @@ def nifti(
     pattern: Annotated[
         str, typer.Option("--pattern", help="Glob of volume files; matched at any depth unless it has '/'.")
     ] = "*.nii.gz",
-    size: Size = None,
-    slice_axis: SliceAxis = 2,
+    size: Size = SOURCE_DEFAULTS["nifti"]["size"],
+    slice_axis: SliceAxis = SOURCE_DEFAULTS["nifti"]["slice_axis"],
     downsample: Downsample = 1,
     val_fraction: ValFraction = None,
     test_fraction: TestFraction = None,

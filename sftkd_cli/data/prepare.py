@@ -62,6 +62,15 @@ def acceleration_key(acceleration: float) -> str:
     return f"acc{float(acceleration):g}"
 
 
+#: per-source defaults of `prepare-data` (the CLI and `reproduce` plans both use these)
+SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
+    "acdc": {"size": (150, 150), "slice_axis": -1},
+    "mrbrains": {"size": (240, 240), "slice_axis": -1},
+    "nifti": {"size": None, "slice_axis": 2},
+}
+
+
 @dataclass
 class PrepareOptions:
     """Everything `prepare_dataset` needs besides the source and output folder.
