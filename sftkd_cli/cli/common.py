@@ -9,6 +9,8 @@ from rich.console import Console
 
 from sftkd_cli.config import Recipe, dump_recipe
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.session import resolve
 
 console = Console()
@@ -46,9 +48,29 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
     return recipe, overrides
 
 
-def build_recipe(args: list[str] | None, **flags: object) -> Recipe:
+def build_recipe(
+    args: list[str] | None,
+    *,
+    data: str | None,
+    acc: float | None,
+    name: str | None,
+    runs_dir: str | None,
+    epochs: int | None,
+    device: str | None,
+    threads: int | None,
+    amp: str | None,
+    **flags: object,
+) -> Recipe:
+    """Recipe file + overrides + the options every training command shares + its own `flags`
+    (recipe key -> value; None = not given)."""
     recipe_file, overrides = split_args(args)
-    return resolve(recipe_file, overrides, **flags)
+    shared = {"data.path": data, "data.acceleration": acc, "run.name": name, "run.dir": runs_dir,
+              "train.epochs": epochs, "train.device": device, "train.threads": threads, "train.amp": amp}
+    return resolve(recipe_file, overrides, **shared, **flags)
+
+
+def report_done(run: RunDir, result: FitResult, what: str = "val L1") -> None:
+    console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
 
 
 def print_recipe(recipe: Recipe) -> None:

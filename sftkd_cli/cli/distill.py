@@ -39,16 +39,13 @@ def distill_command(
     SFT-KD:  sftkd distill --teacher runs/demo-sft-D5C5-D3C5-4x --method at --init-from sft
     """
     recipe = common.build_recipe(
-        args,
+        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        threads=threads, amp=amp,
         **{"distill.teacher_run": teacher, "model.name": student, "distill.method": method,
-           "distill.init": init_from, "distill.schedule": schedule, "data.path": data,
-           "data.acceleration": acc, "run.name": name, "run.dir": runs_dir, "train.epochs": epochs,
-           "train.device": device, "train.threads": threads, "train.amp": amp},
+           "distill.init": init_from, "distill.schedule": schedule},
     )
     if print_recipe:
         common.print_recipe(recipe)
         return
     run, result = distill(recipe, resume=resume, force=force, console=common.console)
-    common.console.print(
-        f"[green]done[/]: {run.path}  best val L1 {result.best_val_l1:.5f} at epoch {result.best_epoch}"
-    )
+    common.report_done(run, result, "val L1")

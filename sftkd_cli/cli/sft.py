@@ -34,15 +34,11 @@ def train_sft_command(
     (for `distill --init-from RUN`). Example: sftkd train-sft --student D3C5 --data data/demo
     """
     recipe = common.build_recipe(
-        args,
-        **{"sft.teacher": teacher, "sft.student": student, "data.path": data, "data.acceleration": acc,
-           "run.name": name, "run.dir": runs_dir, "train.epochs": epochs, "train.device": device,
-           "train.threads": threads, "train.amp": amp},
+        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},
     )
     if print_recipe:
         common.print_recipe(recipe)
         return
     run, result = train_sft(recipe, resume=resume, force=force, console=common.console)
-    common.console.print(
-        f"[green]done[/]: {run.path}  best teacher val L1 {result.best_val_l1:.5f} at epoch {result.best_epoch}"
-    )
+    common.report_done(run, result, "teacher val L1")

@@ -31,15 +31,11 @@ def train_teacher(
     Example: sftkd train-teacher --model D5C5 --data data/demo train.epochs=10
     """
     recipe = common.build_recipe(
-        args,
-        **{"model.name": model, "data.path": data, "data.acceleration": acc, "run.name": name,
-           "run.dir": runs_dir, "train.epochs": epochs, "train.device": device,
-           "train.threads": threads, "train.amp": amp},
+        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        threads=threads, amp=amp, **{"model.name": model},
     )
     if print_recipe:
         common.print_recipe(recipe)
         return
     run, result = train_supervised(recipe, init_from=init_from, resume=resume, force=force, console=common.console)
-    common.console.print(
-        f"[green]done[/]: {run.path}  best val L1 {result.best_val_l1:.5f} at epoch {result.best_epoch}"
-    )
+    common.report_done(run, result, "val L1")
