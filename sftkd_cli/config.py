@@ -162,16 +162,12 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     raise SftkdError(f"{where}: expected {expected}, got {value!r}")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Build a validated `Recipe` from a nested dict (unknown keys are errors)."""
     if not isinstance(raw, dict):
         raise SftkdError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     recipe = Recipe()
-    sections = _field_types(Recipe)
+    sections = typing.get_type_hints(Recipe)
     for section, values in raw.items():
         if section not in sections:
             raise SftkdError(f"{source}: unknown section {section!r}{_suggest(str(section), list(sections))}")
@@ -180,7 +176,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         if not isinstance(values, dict):
             raise SftkdError(f"{source}: section {section!r} must be a mapping")
         target = getattr(recipe, section)
-        types_ = _field_types(type(target))
+        types_ = typing.get_type_hints(type(target))
         for key, value in values.items():
             if key not in types_:
                 name = f"{section}.{key}"

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from skimage.metrics import structural_similarity
 from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.metrics import ssim
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 
@@ -154,7 +155,7 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
             mse = ((pred - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-20)
             psnrs.extend((10 * torch.log10(1.0 / mse)).tolist())
             for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
-                ssims.append(float(structural_similarity(t[0], p[0], data_range=1.0)))
+                ssims.append(ssim(t[0], p[0], data_range=1.0))
     objective.train()
     return {"val_l1": float(np.mean(l1s)), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
 
@@ -246,7 +247,7 @@ class Trainer:
             self.run.write_env(environment(str(self.device), cfg.seed))
 
         stop = _StopFlag()
-        previous_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+        previous_handler = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
         steps_per_epoch = math.ceil(len(epoch_order(len(train_ds), cfg.seed, 0, self.rank, self.world)) / cfg.batch_size)
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -352,9 +353,3 @@ class Trainer:
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
         progress.console.print(line, highlight=False, soft_wrap=True)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

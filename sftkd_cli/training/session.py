@@ -50,8 +50,8 @@ def _flatten(recipe: Recipe) -> dict[str, object]:
     return {f"{s}.{k}": v for s, values in recipe_to_dict(recipe).items() for k, v in values.items()}
 
 
-def reconcile_resume(run: RunDir, recipe: Recipe) -> Recipe:
-    """On --resume the stored recipe wins; only a few keys (e.g. train.epochs) may change."""
+def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
+    """On --resume the recipe must match the stored one, except a few keys (e.g. train.epochs)."""
     stored = run.load_recipe()
     old, new = _flatten(stored), _flatten(recipe)
     for key, value in new.items():
@@ -60,7 +60,6 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> Recipe:
                 f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
                 f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
             )
-    return recipe
 
 
 def run_training(
@@ -75,7 +74,7 @@ def run_training(
     validate(recipe)
     run = RunDir(run_path(recipe))
     if resume and run.recipe_file.exists():
-        recipe = reconcile_resume(run, recipe)
+        reconcile_resume(run, recipe)
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective()
