@@ -180,7 +180,7 @@ def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset
     report = runs / "report"
     text = (report / "report.md").read_text()
     teacher = json.loads((runs / "teacher" / "metrics.json").read_text())["metrics"]["PSNR"]["mean"]
-    assert f"| teacher | teacher |" in text and f"{teacher:.2f} ±" in text and "Wilcoxon" in text
+    assert "| teacher | teacher |" in text and f"{teacher:.2f} ±" in text and "Wilcoxon" in text
     for figure in ("box", "curves", "grid"):
         assert (report / f"{figure}.png").stat().st_size > 1000 and (report / f"{figure}.pdf").stat().st_size > 1000
         assert f"]({figure}.png)" in text
@@ -233,7 +233,7 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     ours = f"{teacher['PSNR']['mean']:.2f}/{teacher['SSIM']['mean']:.4f}"
     assert f"| Teacher | {ours} | 40.05/0.9785 |" in text
     sft_kd = json.loads((plan.runs_dir / "sft-kd-at" / "metrics.json").read_text())["metrics"]
-    assert f"| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
+    assert "| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
 
 
 def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset, monkeypatch):

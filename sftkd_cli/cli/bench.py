@@ -106,7 +106,7 @@ def ratio_lines(result: BenchResult) -> list[str]:
     """The ratios in words (x > 1: the first is slower)."""
     words = {
         "sft_naive_over_batched": "SFT step, branch by branch / batched",
-        "teacher_over_student_train": f"train step, teacher / student",
+        "teacher_over_student_train": "train step, teacher / student",
         "teacher_over_student_latency_b1": "inference latency, teacher / student (batch 1)",
     }
     lines = []
