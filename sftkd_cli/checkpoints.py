@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runs import load_checkpoint
 
 
@@ -49,7 +49,7 @@ def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arc
     return primary, models[primary]
 
 
-def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint") -> DCCNN:
+def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint") -> CascadeNet:
     """Rebuild a model from a checkpoint entry (architecture and weights)."""
     try:
         model = build_model(entry["arch"], channels=entry["channels"], pad=entry["pad"], centered=entry["centered"])
@@ -60,7 +60,7 @@ def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint") -
     return model
 
 
-def load_model(source: str | Path, role: str | None = None, which: str = "best") -> tuple[DCCNN, dict[str, Any]]:
+def load_model(source: str | Path, role: str | None = None, which: str = "best") -> tuple[CascadeNet, dict[str, Any]]:
     """Load a trained model from a run directory or checkpoint file; returns (model, checkpoint)."""
     path = resolve_checkpoint(source, which)
     state = load_checkpoint(path)
@@ -68,7 +68,7 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best")
     return build_from_entry(entry, path), state
 
 
-def init_weights(model: DCCNN, source: str | Path, role: str | None = None) -> str:
+def init_weights(model: CascadeNet, source: str | Path, role: str | None = None) -> str:
     """Copy weights into `model` from a run or checkpoint; architectures must match exactly.
 
     Without a role, the entry with the same architecture is used (e.g. the student blocks of

@@ -240,13 +240,11 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
-    from sftkd_cli.models import parse_name
+    from sftkd_cli.models import cascades_of, family_of
 
     if recipe.model.name:
-        parse_name(recipe.model.name)
-    t_layers, t_cascades = parse_name(recipe.sft.teacher)
-    s_layers, s_cascades = parse_name(recipe.sft.student)
-    if t_cascades != s_cascades:
+        family_of(recipe.model.name)
+    if cascades_of(recipe.sft.teacher) != cascades_of(recipe.sft.student):
         raise SftkdError(
             f"sft: teacher {recipe.sft.teacher} and student {recipe.sft.student} must have the same number of cascades"
         )

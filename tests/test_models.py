@@ -87,3 +87,48 @@ def test_network_output_is_data_consistent_against_numpy_oracle():
     cnn = model.blocks[0](zf).detach().numpy()
     kk = np.where(m.numpy().astype(bool), k.numpy(), np.fft.fft2(cnn, norm="ortho"))
     np.testing.assert_allclose(out, np.fft.ifft2(kk, norm="ortho").real, atol=1e-5)
+
+
+def _reference_block(block, x, pad):
+    """The paper's code: pad by `pad`, every conv with padding 1 on the full map, crop at the end."""
+    h, taps = torch.nn.functional.pad(x, (pad,) * 4), {}
+    for j, conv in enumerate(block.convs, start=1):
+        h = torch.nn.functional.conv2d(h, conv.weight, conv.bias, padding=1)
+        if j < len(block.convs):
+            h = torch.relu(h)
+        taps[f"conv{j}"] = h[..., pad:-pad, pad:-pad]
+    return h[..., pad:-pad, pad:-pad], taps
+
+
+@pytest.mark.parametrize("name, pad", [("D3C1", 5), ("D5C1", 5), ("D4C1", 4), ("D3C1", 7)])
+def test_valid_convolutions_equal_the_reference_padding(name, pad):
+    """pad >= layers runs unpadded convs on a smaller pad: output, taps and gradients are the reference's."""
+    torch.manual_seed(4)
+    block = build_model(name, pad=pad).blocks[0]
+    assert block.valid and all(conv.padding == (0, 0) for conv in block.convs)
+    x = torch.rand(2, 1, 11, 9, requires_grad=True)
+    taps: dict = {}
+    out = block(x, taps)
+    ref, ref_taps = _reference_block(block, x, pad)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    assert taps.keys() == ref_taps.keys()
+    for key in taps:
+        torch.testing.assert_close(taps[key], ref_taps[key], atol=1e-6, rtol=1e-5)
+    weights = [x, *block.parameters()]
+    ours = torch.autograd.grad((out * ref.detach().cos()).sum() + taps["conv1"].sum(), weights)
+    theirs = torch.autograd.grad((ref * ref.detach().cos()).sum() + ref_taps["conv1"].sum(), weights)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_pad_smaller_than_the_depth_keeps_padded_convolutions():
+    torch.manual_seed(5)
+    block = build_model("D5C1", pad=2).blocks[0]
+    assert not block.valid
+    x = torch.rand(1, 1, 8, 8)
+    torch.testing.assert_close(block(x), _reference_block(block, x, 2)[0])
+
+
+def test_unknown_architectures_list_the_known_forms():
+    with pytest.raises(SftkdError, match="unknown architecture.*D5C5"):
+        build_model("resnet50")

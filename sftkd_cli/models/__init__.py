@@ -1,5 +1,53 @@
-"""Reconstruction networks: the DC-CNN family `DnCm`."""
+"""Reconstruction networks, found by architecture name.
 
-from sftkd_cli.models.dccnn import DCCNN, build_model, count_parameters, parse_name
+Each family registers a name pattern, a builder and a short description; `build_model(name)`
+picks the family whose pattern matches. Names are case-insensitive: D5C5, d3c5.
+"""
 
-__all__ = ["DCCNN", "build_model", "count_parameters", "parse_name"]
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models.base import CascadeNet, count_parameters
+from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family: names matching `pattern` are built by `build`."""
+
+    pattern: str
+    example: str
+    description: str
+    build: Callable[..., CascadeNet]
+
+
+FAMILIES: list[Family] = [
+    Family(r"D\d+C\d+", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn),
+]
+
+
+def family_of(name: str) -> Family:
+    """The family whose pattern matches `name`; a clear error listing the known forms otherwise."""
+    for family in FAMILIES:
+        if re.fullmatch(family.pattern, name.strip(), flags=re.IGNORECASE):
+            return family
+    known = "; ".join(f"{f.example} ({f.description})" for f in FAMILIES)
+    raise SftkdError(f"model {name!r}: unknown architecture; expected one of: {known}")
+
+
+def build_model(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> CascadeNet:
+    """Build the network called `name` (e.g. D5C5) with fresh weights."""
+    return family_of(name).build(name.strip().upper(), channels=channels, pad=pad, centered=centered)
+
+
+def cascades_of(name: str) -> int:
+    """Number of blocks of architecture `name`, without building it (for recipe checks)."""
+    return build_model(name).cascades
+
+
+__all__ = ["FAMILIES", "CascadeNet", "DCCNN", "Family", "build_model", "cascades_of", "count_parameters",
+           "family_of", "parse_name"]

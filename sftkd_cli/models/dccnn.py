@@ -4,6 +4,13 @@ Matches the paper's reference network: every block zero-pads its input by `pad` 
 runs n 3x3 convolutions (1 -> C -> ... -> C -> 1, ReLU between, no residual, no batch norm),
 crops the padding away, then a hard data-consistency layer replaces the sampled k-space.
 
+No padding waste: when `pad` >= n (the paper: pad 5), the block pads by n and runs UNPADDED
+("valid") convolutions, each map shrinking by 2 pixels, instead of computing every layer on
+the full padded map and cropping at the end. The output and every tapped feature are exactly
+the same (each output pixel only ever sees input within n pixels, all inside the zero pad);
+the work drops by 5-10 % and no crop copies are made. ReLUs run in place (a conv does not need
+its output for its backward), which halves the memory traffic between layers.
+
 Every conv output can be tapped by name for distillation: `c{cascade}.conv{layer}`
 (both 1-based; hidden layers after their ReLU, the last layer before DC). Taps are cropped
 to the image size. Tapping costs nothing when no tap is asked for.
@@ -12,13 +19,13 @@ to the image size. Tapping costs nothing when no tap is asked for.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.models.base import CascadeNet
 from sftkd_cli.mri.dc import DataConsistency
 
 _NAME = re.compile(r"^D(\d+)C(\d+)$")
@@ -40,27 +47,33 @@ class CNNBlock(nn.Module):
 
     def __init__(self, layers: int, channels: int = 32, pad: int = 5) -> None:
         super().__init__()
+        self.pad = pad
+        self.valid = pad >= layers  # exact shortcut, see the module docstring
         widths = [1] + [channels] * (layers - 1) + [1]
         self.convs = nn.ModuleList(
-            nn.Conv2d(cin, cout, kernel_size=3, padding=1) for cin, cout in zip(widths, widths[1:])
+            nn.Conv2d(cin, cout, kernel_size=3, padding=0 if self.valid else 1)
+            for cin, cout in zip(widths, widths[1:])
         )
-        self.pad = pad
 
-    def forward(self, x: torch.Tensor, taps: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Run the block; when `taps` is a dict, store each conv output (cropped) by 1-based index."""
-        p = self.pad
-        h = F.pad(x, (p, p, p, p)) if p else x
+    def forward(self, x: torch.Tensor, taps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the block; when `taps` is a dict, store each conv output (cropped) as 'conv{j}'."""
         last = len(self.convs)
+        p = last if self.valid else self.pad
+        h = F.pad(x, (p, p, p, p)) if p else x
         for index, conv in enumerate(self.convs, start=1):
             h = conv(h)
             if index < last:
-                h = F.relu(h)
+                h = F.relu(h, inplace=True)
             if taps is not None:
-                taps[index] = h[..., p : h.shape[-2] - p, p : h.shape[-1] - p] if p else h
-        return h[..., p : h.shape[-2] - p, p : h.shape[-1] - p] if p else h
+                taps[f"conv{index}"] = _crop(h, last - index if self.valid else p)
+        return h if self.valid else _crop(h, p)
 
 
-class DCCNN(nn.Module):
+def _crop(x: torch.Tensor, p: int) -> torch.Tensor:
+    return x[..., p : x.shape[-2] - p, p : x.shape[-1] - p] if p else x
+
+
+class DCCNN(CascadeNet):
     """The deep-cascade network DnCm (n conv layers per block, m cascades)."""
 
     def __init__(
@@ -75,24 +88,15 @@ class DCCNN(nn.Module):
     def name(self) -> str:
         return f"D{self.layers}C{self.cascades}"
 
-    def tap_names(self) -> list[str]:
-        """All tappable feature names, in forward order."""
-        return [f"c{c}.conv{j}" for c in range(1, self.cascades + 1) for j in range(1, self.layers + 1)]
+    def record(self) -> dict:
+        return {"arch": self.name, "channels": self.channels, "pad": self.blocks[0].pad, "centered": self.dc.centered}
 
-    def tap_channels(self, name: str) -> int:
-        """Channel count of a tapped feature."""
-        _, layer = self._split_tap(name)
-        return 1 if layer == self.layers else self.channels
+    def block_taps(self, index: int) -> dict[str, int]:
+        return {f"conv{j}": (1 if j == self.layers else self.channels) for j in range(1, self.layers + 1)}
 
-    def _split_tap(self, name: str) -> tuple[int, int]:
-        match = re.match(r"^c(\d+)\.conv(\d+)$", name)
-        if not match or not (1 <= int(match.group(1)) <= self.cascades) or not (
-            1 <= int(match.group(2)) <= self.layers
-        ):
-            raise SftkdError(
-                f"feature tap {name!r}: {self.name} has taps c1.conv1 .. c{self.cascades}.conv{self.layers}"
-            )
-        return int(match.group(1)), int(match.group(2))
+    def default_tap(self, cascade: int, role: str) -> str:
+        hidden = {"last_hidden": 1, "hidden_before_last": 2}
+        return f"conv{self.layers}" if role == "output" else f"conv{max(1, self.layers - hidden[role])}"
 
     def cascade(
         self,
@@ -100,44 +104,13 @@ class DCCNN(nn.Module):
         x: torch.Tensor,
         kspace: torch.Tensor,
         mask: torch.Tensor,
-        taps: dict[int, torch.Tensor] | None = None,
+        taps: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Block `index` (0-based) followed by data consistency."""
         return self.dc(self.blocks[index](x, taps), kspace, mask)
 
-    def forward(
-        self,
-        zf: torch.Tensor,
-        kspace: torch.Tensor,
-        mask: torch.Tensor,
-        taps: Collection[str] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Reconstruct from the zero-filled image. With `taps`, also return those features by name."""
-        if taps is None:
-            x = zf
-            for index in range(self.cascades):
-                x = self.cascade(index, x, kspace, mask)
-            return x
-        wanted = [self._split_tap(name) for name in taps]
-        cascades_needed = {c for c, _ in wanted}
-        features: dict[str, torch.Tensor] = {}
-        x = zf
-        for index in range(self.cascades):
-            store: dict[int, torch.Tensor] | None = {} if index + 1 in cascades_needed else None
-            x = self.cascade(index, x, kspace, mask, store)
-            if store is not None:
-                for c, j in wanted:
-                    if c == index + 1:
-                        features[f"c{c}.conv{j}"] = store[j]
-        return x, features
 
-
-def build_model(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCCNN:
+def build_dccnn(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCCNN:
     """Build `DnCm` from its name."""
     layers, cascades = parse_name(name)
     return DCCNN(layers, cascades, channels=channels, pad=pad, centered=centered)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

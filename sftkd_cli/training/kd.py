@@ -27,36 +27,34 @@ from sftkd_cli.checkpoints import init_weights, load_model
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, Objective
 from sftkd_cli.training.session import run_training, with_run
 
 
-def _hidden(model: DCCNN, from_end: int) -> int:
-    """Index (1-based) of the `from_end`-th hidden conv counted from the last hidden one."""
-    return max(1, model.layers - from_end)
-
-
-def default_taps(method: str, student: DCCNN, teacher: DCCNN) -> tuple[list[str], list[str]]:
+def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple[list[str], list[str]]:
     """The feature pairs each method uses by default (see `sftkd_cli.distill.methods.DEFAULT_TAPS`).
 
     AT: student's last hidden conv vs the teacher's second-to-last hidden conv in every cascade
     (conv-2 vs conv-3 for D3C5 <- D5C5, the reference's pairing). FitNets: the last conv output
     (1 channel) of the middle cascade. The others: the last hidden conv of every cascade.
+    Each network says which of its taps plays which role (`CascadeNet.default_tap`).
     """
     cascades = range(1, min(student.cascades, teacher.cascades) + 1)
+
+    def pairs(s_role: str, t_role: str, among: range | list[int] = cascades) -> tuple[list[str], list[str]]:
+        return ([f"c{c}.{student.default_tap(c, s_role)}" for c in among],
+                [f"c{c}.{teacher.default_tap(c, t_role)}" for c in among])
+
     if method == "none":
         return [], []
     if method == "at":
-        return ([f"c{c}.conv{_hidden(student, 1)}" for c in cascades],
-                [f"c{c}.conv{_hidden(teacher, 2)}" for c in cascades])
+        return pairs("last_hidden", "hidden_before_last")
     if method == "fitnets":
-        middle = (len(cascades) + 1) // 2
-        return [f"c{middle}.conv{student.layers}"], [f"c{middle}.conv{teacher.layers}"]
-    return ([f"c{c}.conv{_hidden(student, 1)}" for c in cascades],
-            [f"c{c}.conv{_hidden(teacher, 1)}" for c in cascades])
+        return pairs("output", "output", [(len(cascades) + 1) // 2])
+    return pairs("last_hidden", "last_hidden")
 
 
 class Distillation(Objective):
@@ -66,8 +64,8 @@ class Distillation(Objective):
 
     def __init__(
         self,
-        student: DCCNN,
-        teacher: DCCNN,
+        student: CascadeNet,
+        teacher: CascadeNet,
         method: KDMethod,
         student_taps: list[str],
         teacher_taps: list[str],
@@ -127,7 +125,7 @@ class Distillation(Objective):
     def predict(self, batch: Batch) -> torch.Tensor:
         return self.model(batch["zf"], batch["kspace"], batch["mask"])
 
-    def models(self) -> dict[str, DCCNN]:
+    def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}
 
     def info(self) -> dict[str, Any]:

@@ -14,20 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftkd_cli.models import DCCNN
+from sftkd_cli.models import CascadeNet
 
 Batch = dict[str, torch.Tensor]
 
 
-def model_record(model: DCCNN) -> dict[str, Any]:
+def model_record(model: CascadeNet) -> dict[str, Any]:
     """A self-describing model entry for checkpoints: architecture plus weights."""
-    return {
-        "arch": model.name,
-        "channels": model.channels,
-        "pad": model.blocks[0].pad,
-        "centered": model.dc.centered,
-        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
+    return {**model.record(), "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
 class Objective(nn.Module):
@@ -42,7 +36,7 @@ class Objective(nn.Module):
     def predict(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def models(self) -> dict[str, DCCNN]:
+    def models(self) -> dict[str, CascadeNet]:
         """The reconstruction networks this run produces, by role."""
         raise NotImplementedError
 
@@ -57,7 +51,7 @@ class Objective(nn.Module):
 class Supervised(Objective):
     """Plain L1 training of one network against the fully sampled target (teacher or student)."""
 
-    def __init__(self, model: DCCNN) -> None:
+    def __init__(self, model: CascadeNet) -> None:
         super().__init__()
         self.model = model
 
@@ -68,5 +62,5 @@ class Supervised(Objective):
     def predict(self, batch: Batch) -> torch.Tensor:
         return self.model(batch["zf"], batch["kspace"], batch["mask"])
 
-    def models(self) -> dict[str, DCCNN]:
+    def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult, select_device
 from sftkd_cli.training.objectives import Batch, Objective
@@ -36,8 +36,8 @@ class StudentFriendly(Objective):
 
     def __init__(
         self,
-        teacher: DCCNN,
-        student: DCCNN,
+        teacher: CascadeNet,
+        student: CascadeNet,
         w_teacher: float = 1.0,
         w_student: float = 1.0,
         w_imit: float = 1.0,
@@ -92,7 +92,7 @@ class StudentFriendly(Objective):
     def predict(self, batch: Batch) -> torch.Tensor:
         return self.teacher(batch["zf"], batch["kspace"], batch["mask"])
 
-    def models(self) -> dict[str, DCCNN]:
+    def models(self) -> dict[str, CascadeNet]:
         return {"teacher": self.teacher, "student": self.student}
 
     def info(self) -> dict[str, Any]:
