@@ -15,27 +15,34 @@ Keys of a plan (paths are relative to the current directory, like recipe paths):
     recipes:  folder with teacher.yaml, student.yaml, sft.yaml, std-kd-<method>.yaml and
               sft-kd-<method>.yaml (e.g. recipes/paper/mrbrains-4x); stages default to them
     stages:   teacher, student, sft: {recipe: FILE, overrides: {...}} (or empty);
-              kd: {methods: [at, ...], std: {...}, sft: {...}} ({method} in a recipe path is
-              replaced); evaluate: {split, checkpoint, sft_student}; compare: {metrics, alpha}
+              kd: {methods: [at, ...], std: {...}, sft: {...}, sft_random_init: false} ({method}
+              in a recipe path is replaced; sft_random_init: true, or a list of some of the methods,
+              adds a stage sft-kd-<method>-random: the SFT-KD-Recon stage with distill.init=random,
+              the paper's Table 5 ablation); evaluate: {split, checkpoint, sft_student};
+              compare: {metrics, alpha}
     variants: [{name, recipes, overrides}, ...]: the stages once per variant (e.g. 4x and 5x);
     shared:   stages built once for all variants (e.g. [teacher] when only the student varies)
-    figures:  {metrics, curve, method, volume, slice, box}
-    paper:    {title, layout: table1 | students, metrics, columns, rows}: the paper's numbers,
+    figures:  {metrics, curve, method, volume, slice, box}; with Std-KD and SFT-KD runs of
+              `method` the report also draws the attention-map residues to the teacher (Fig. 6)
+    paper:    {title, layout: table1 | students | models, metrics, columns, rows}: the paper's numbers,
               shown beside ours in report.md. Cells are 'a/b' (the metrics in order) or '-'.
               table1: columns '<acc>x Std-KD' / '<acc>x SFT-KD-Recon', rows named as
               `compare --group paper` names them (ZF, Teacher, Student, AT, Fitnets, CC, ...);
               students: columns Original / KD / SFT-KD-Recon, rows named by architecture.
+              models: rows are metrics (no `metrics` key), columns among Teacher, Student,
+              SFT Teacher, SFT Student, KD, SFT-KD-Recon (random), SFT-KD-Recon (KD stages of
+              `figures.method`); cells 'mean +/- std', a single number, or '-' (Table 5).
 
 Stage ids (= run directory names): teacher, student, sft, std-kd-<method>, sft-kd-<method>,
-prefixed by '<variant>-' for the stages of a variant; eval-<run> (eval-<run>-student for the
-SFT student), data and report.
+sft-kd-<method>-random, prefixed by '<variant>-' for the stages of a variant; eval-<run>
+(eval-<run>-student for the SFT student), data and report.
 
 Stage recipes: recipe file (or the defaults) < base < variant overrides < stage overrides <
 command-line overrides. The plan itself sets data.path (data.out), run.dir (runs_dir), run.name
 (the stage id), run.role, model.name (sft.teacher for the teacher, sft.student for the student
 and KD stages),
-distill.teacher_run, distill.method and, for SFT-KD, distill.init=sft; setting those elsewhere
-is an error.
+distill.teacher_run, distill.method and, for SFT-KD, distill.init=sft (random for the
+sft-kd-<method>-random stages); setting those elsewhere is an error.
 
 Each stage is skipped when complete (last checkpoint at train.epochs; metrics.json newer than
 best.pt), resumed when its run directory exists but is incomplete, and run otherwise. A failing
@@ -96,8 +103,11 @@ PREPARE_KEYS: tuple[str, ...] = (
     "size", "slice_axis", "downsample", "accelerations", "mask_kind", "mask_files", "mask_layout",
     "center_fraction", "seed", "val_fraction", "test_fraction", "val", "test", "min_slice_mean",
 )
-PAPER_LAYOUTS: tuple[str, ...] = ("table1", "students")
+PAPER_LAYOUTS: tuple[str, ...] = ("table1", "students", "models")
 STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD", "sft-kd": "SFT-KD-Recon"}
+#: columns of the `models` paper layout -> the trained kind they show (Table 5)
+MODEL_COLUMNS = {"Teacher": "teacher", "Student": "student", "SFT Teacher": "sft", "SFT Student": "sft-student",
+                 "KD": "std-kd", "SFT-KD-Recon (random)": "sft-kd-random", "SFT-KD-Recon": "sft-kd"}
 
 # statuses of a stage after a run, and the actions a dry run announces
 DONE, RESUMED, SKIPPED, FAILED, INTERRUPTED = "done", "resumed", "skipped", "failed", "interrupted"
@@ -166,6 +176,7 @@ class Plan:
     figures: dict[str, Any]
     paper: PaperSpec | None
     overrides: tuple[str, ...] = ()  # from the command line, applied to every stage last
+    random_init: tuple[str, ...] = ()  # methods that also get an SFT-KD stage from a random student
 
 
 TOP_KEYS = ("plan", "name", "description", "data", "base", "runs_dir", "report", "recipes",
@@ -277,15 +288,48 @@ def _paper_spec(value: Any, where: str) -> PaperSpec | None:
         for column in columns:
             if _table1_column(column) is None:
                 raise SftkdError(f"{where}.columns: {column!r}: expected '<acc>x Std-KD' or '<acc>x SFT-KD-Recon'")
+    if layout == "models":
+        _check_models_layout(raw, columns, where)
     rows: dict[str, tuple[str, ...]] = {}
     for label, cells in _mapping(raw.get("rows"), f"{where}.rows").items():
         if not isinstance(cells, list) or len(cells) != len(columns):
             raise SftkdError(f"{where}.rows.{label}: expected a list of {len(columns)} cells (one per column)")
         for cell in cells:
-            if str(cell).strip() != "-" and _paper_numbers(str(cell), len(metrics)) is None:
-                raise SftkdError(f"{where}.rows.{label}: cell {cell!r}: expected '-' or {'/'.join(metrics)} numbers")
+            text = str(cell).strip()
+            ok = _paper_stat(text) is not None if layout == "models" else _paper_numbers(text, len(metrics)) is not None
+            if text != "-" and not ok:
+                expected = "a number or 'mean +/- std'" if layout == "models" else f"{'/'.join(metrics)} numbers"
+                raise SftkdError(f"{where}.rows.{label}: cell {cell!r}: expected '-' or {expected}")
         rows[str(label)] = tuple(str(c).strip() for c in cells)
+    if layout == "models":  # rows are the metrics
+        metrics = tuple(rows)
     return PaperSpec(_text(raw.get("title"), f"{where}.title") or "paper", layout, metrics, columns, rows)
+
+
+def _check_models_layout(raw: dict[str, Any], columns: tuple[str, ...], where: str) -> None:
+    """Layout models: columns name models (MODEL_COLUMNS), rows name metrics, no `metrics` key."""
+    from sftkd_cli.metrics import METRIC_NAMES
+
+    if raw.get("metrics") is not None:
+        raise SftkdError(f"{where}.metrics: layout models takes the metrics from the row names; remove it")
+    for column in columns:
+        if column not in MODEL_COLUMNS:
+            raise SftkdError(f"{where}.columns: {column!r}{_suggest(column, MODEL_COLUMNS)}")
+    for label in _mapping(raw.get("rows"), f"{where}.rows"):
+        if label not in METRIC_NAMES:
+            raise SftkdError(f"{where}.rows: {label!r}: layout models names a metric per row{_suggest(label, METRIC_NAMES)}")
+
+
+def _paper_stat(cell: str) -> tuple[float, float | None] | None:
+    """'m' or 'm +/- s' (also 'm ± s') -> (m, s or None); None when it is neither."""
+    parts = re.split(r"\s*(?:\+/-|±)\s*", cell.strip())
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if len(numbers) == 1:
+        return numbers[0], None
+    return (numbers[0], numbers[1]) if len(numbers) == 2 else None
 
 
 def _table1_column(column: str) -> tuple[float, str] | None:
@@ -337,7 +381,7 @@ def load_plan(
     report = _text(raw.get("report"), f"{where} report")
     stages_raw = _mapping(raw.get("stages"), f"{where} stages", STAGE_KEYS)
     stages = {kind: _stage_spec(stages_raw[kind], f"{where} stages.{kind}") for kind in SHAREABLE if kind in stages_raw}
-    methods, kd = _kd_section(stages_raw.get("kd"), f"{where} stages.kd")
+    methods, kd, random_init = _kd_section(stages_raw.get("kd"), f"{where} stages.kd")
     if methods and ("teacher" not in stages or "sft" not in stages):
         raise SftkdError(f"{where} stages.kd: needs stages.teacher (Std-KD) and stages.sft (SFT-KD-Recon)")
     evaluate = _options(stages_raw.get("evaluate"), f"{where} stages.evaluate", EVALUATE_DEFAULTS)
@@ -362,6 +406,7 @@ def load_plan(
         recipes=_text(raw.get("recipes"), f"{where} recipes"), variants=variants, shared=shared,
         stages=stages, methods=methods, kd=kd, evaluate=evaluate, compare=compare,
         figures=figures, paper=_paper_spec(raw.get("paper"), f"{where} paper"), overrides=tuple(overrides),
+        random_init=random_init,
     )
 
 
@@ -376,13 +421,26 @@ def _string_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _kd_section(value: Any, where: str) -> tuple[tuple[str, ...], dict[str, StageSpec]]:
-    """(methods, {'std-kd': spec, 'sft-kd': spec}) of stages.kd."""
-    raw = _mapping(value, where, ("methods", "std", "sft"))
+def _kd_section(value: Any, where: str) -> tuple[tuple[str, ...], dict[str, StageSpec], tuple[str, ...]]:
+    """(methods, {'std-kd': spec, 'sft-kd': spec}, methods with an extra random-init SFT-KD stage)."""
+    raw = _mapping(value, where, ("methods", "std", "sft", "sft_random_init"))
     methods = _string_list(raw.get("methods"), f"{where}.methods")
     _check_methods(methods, f"{where}.methods")
     return methods, {"std-kd": _stage_spec(raw.get("std"), f"{where}.std"),
-                     "sft-kd": _stage_spec(raw.get("sft"), f"{where}.sft")}
+                     "sft-kd": _stage_spec(raw.get("sft"), f"{where}.sft")}, _random_init(raw.get("sft_random_init"), methods, where)
+
+
+def _random_init(value: Any, methods: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """stages.kd.sft_random_init: true (every method), false/absent (none) or a list of the methods."""
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return methods
+    chosen = _string_list(value, f"{where}.sft_random_init")
+    for method in chosen:
+        if method not in methods:
+            raise SftkdError(f"{where}.sft_random_init: {method!r} is not among stages.kd.methods {list(methods)}")
+    return tuple(m for m in methods if m in chosen)
 
 
 def _options(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -464,6 +522,7 @@ class Stage:
     model_role: str | None = None  # evaluation of an SFT run's student
     label: str = ""  # short name in figures and tables
     trained: str = ""  # evaluation stages: the kind of the training stage evaluated
+    random_init: bool = False  # sft-kd stages (and their evaluation): distill.init=random
 
 
 @dataclass
@@ -494,7 +553,7 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
     if teacher_run is not None:
         fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
     if stage.kind == "sft-kd":
-        fixed["distill.init"] = "sft"
+        fixed["distill.init"] = "random" if stage.random_init else "sft"
     overrides = override_strings(plan.base) + override_strings(variant.overrides if variant else {})
     overrides += override_strings(spec.overrides) + list(plan.overrides) + override_strings(fixed)
     where = f"{plan.path}: stage {stage.id}"
@@ -516,11 +575,11 @@ def build_stages(plan: Plan) -> list[Stage]:
     stages: list[Stage] = [Stage("data", "data", label="data")]
 
     def add(kind: str, variant: Variant | None, spec: StageSpec, method: str | None = None,
-            teacher: Stage | None = None) -> Stage:
-        short = kind if method is None else f"{kind}-{method}"
+            teacher: Stage | None = None, random_init: bool = False) -> Stage:
+        short = (kind if method is None else f"{kind}-{method}") + ("-random" if random_init else "")
         group = variant.name if variant else ""
         stage = Stage(f"{group}-{short}" if group else short, kind, group, needs=("data",) + ((teacher.id,) if teacher else ()),
-                      method=method, label=short)
+                      method=method, label=short, random_init=random_init)
         stage.recipe_file = _recipe_path(plan, kind, spec, variant, method)
         stage.run = plan.runs_dir / stage.id
         stage.recipe = _build_recipe(plan, stage, spec, variant, teacher.run if teacher else None)
@@ -533,10 +592,13 @@ def build_stages(plan: Plan) -> list[Stage]:
         for method in plan.methods:
             add("std-kd", variant, plan.kd["std-kd"], method, own["teacher"])
             add("sft-kd", variant, plan.kd["sft-kd"], method, own["sft"])
+            if method in plan.random_init:  # the same recipe from a random student (Table 5)
+                add("sft-kd", variant, plan.kd["sft-kd"], method, own["sft"], random_init=True)
     _check_same_data(plan, [s for s in stages if s.recipe is not None])
     for stage in [s for s in stages if s.kind in TRAIN_KINDS]:
         stages.append(Stage(f"eval-{stage.id}", "evaluate", stage.group, (stage.id,), run=stage.run,
-                            method=stage.method, label=stage.label, recipe=stage.recipe, trained=stage.kind))
+                            method=stage.method, label=stage.label, recipe=stage.recipe, trained=stage.kind,
+                            random_init=stage.random_init))
         if stage.kind == "sft" and plan.evaluate["sft_student"]:
             stages.append(Stage(f"eval-{stage.id}-student", "evaluate", stage.group, (stage.id,), run=stage.run,
                                 model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student"))
@@ -1047,6 +1109,15 @@ def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[t
         makers.append((("grid", f"Reconstructions and residues{label}"), lambda stem: figures.reconstruction_grid_from_runs(
             plan.data.out, recipe.data.acceleration, grid, stem, plan.figures["volume"], plan.figures["slice"],
             None if box is None else tuple(int(b) for b in box))))
+    if method and method != "none" and {f"std-kd-{method}", f"sft-kd-{method}"} <= set(by_label):
+        kd = [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})"),
+              (f"sft-kd-{method}-random", f"SFT-KD random init ({method})")]
+        students = {title: by_label[key].run for key, title in kd if key in by_label}
+        acceleration = by_label[f"sft-kd-{method}"].recipe.data.acceleration  # type: ignore[union-attr]
+        makers.append((("attention", f"Attention-map residues to the teacher (AT taps, Fig. 6){label}"),
+                       lambda stem: figures.attention_residues_from_runs(
+                           students, stem, plan.data.out, acceleration, plan.figures["volume"], plan.figures["slice"],
+                           split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"])))
     return makers
 
 
@@ -1058,13 +1129,16 @@ def _paper_section(plan: Plan, stages: Sequence[Stage], evaluated: list[Stage], 
     assert paper is not None
     lines = [f"## Beside the paper: {paper.title}", ""]
     try:
-        ours = _our_paper_cells(plan, evaluated)
+        if paper.layout == "models":
+            text = _our_model_cells(plan, evaluated)
+        else:
+            ours = _our_paper_cells(plan, evaluated)
+            text = {key: "/".join(format_value(m, values[m]) for m in paper.metrics) for key, values in ours.items()}
     except SftkdError as exc:
         problems.append(f"paper table: {exc}")
         return lines + [f"Not possible: {exc}", ""]
-    text = {key: "/".join(format_value(m, values[m]) for m in paper.metrics) for key, values in ours.items()}
-    rows = list(paper.rows) + sorted({row for row, _ in ours} - set(paper.rows))
-    header = ["Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
+    rows = list(paper.rows) + sorted({row for row, _ in text} - set(paper.rows))
+    header = ["Metric" if paper.layout == "models" else "Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
     body = []
     for row in rows:
         cells = [row]
@@ -1073,7 +1147,8 @@ def _paper_section(plan: Plan, stages: Sequence[Stage], evaluated: list[Stage], 
         body.append(cells)
     epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
     lines += _md_table(header, body)
-    lines += ["", f"Cells are {'/'.join(paper.metrics)} (mean over slices). Ours: {', '.join(map(str, epochs))} epochs on "
+    cells = "mean ± std over slices" if paper.layout == "models" else f"{'/'.join(paper.metrics)} (mean over slices)"
+    lines += ["", f"Cells are {cells}. Ours: {', '.join(map(str, epochs))} epochs on "
               f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
     return lines
 
@@ -1084,7 +1159,7 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
 
     paper = plan.paper
     assert paper is not None
-    primary = [s for s in evaluated if s.model_role is None]
+    primary = [s for s in evaluated if s.model_role is None and not s.random_init]  # random init: Table 5 only
     if not primary:
         raise SftkdError("no evaluated runs yet")
     if paper.layout == "table1":
@@ -1114,3 +1189,33 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
             raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {', '.join(missing)}")
         out[(stage.recipe.model.name, column)] = {m: result.metrics[m].mean for m in paper.metrics}
     return out
+
+
+def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], str]:
+    """Our 'mean ± std' for the `models` layout: (metric, column) -> text; KD columns use figures.method."""
+    from sftkd_cli.report.compare import load_run_result
+    from sftkd_cli.report.formats import format_stat
+
+    paper = plan.paper
+    assert paper is not None
+    method = _figure_method(plan)
+    kinds = {kind: column for column, kind in MODEL_COLUMNS.items() if column in paper.columns}
+    text: dict[tuple[str, str], str] = {}
+    owners: dict[str, Stage] = {}
+    for stage in evaluated:
+        kind = stage.trained + ("-random" if stage.random_init else "")
+        if kind not in kinds or (stage.method and stage.method != method):
+            continue
+        column = kinds[kind]
+        if column in owners:
+            raise SftkdError(f"column {column}: both {owners[column].id} and {stage.id} fill it; "
+                             "layout models shows one variant's runs")
+        owners[column] = stage
+        result = load_run_result(evaluation_dir(stage))
+        for metric in paper.metrics:
+            if metric not in result.metrics:
+                raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {metric}")
+            text[(metric, column)] = format_stat(metric, result.metrics[metric])
+    if not owners:
+        raise SftkdError("no evaluated runs yet")
+    return text

@@ -97,6 +97,30 @@ def test_paper_plans_cover_the_paper_tables(monkeypatch):
         assert stages[f"{student}-sft-kd-at"].recipe.distill.teacher_run == str(plan.runs_dir / f"{student}-sft")
 
 
+def test_table3_and_table5_plans_reuse_the_table1_4x_runs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    table1 = {s.id: s for s in build_stages(load_plan(ROOT / "recipes" / "plans" / "table1-mrbrains.yaml"))}
+    for name, layout, extra in (("table3-mrbrains-hfn-vif", "table1", set()), ("table5-mrbrains-init", "models", {"4x-sft-kd-at-random"})):
+        plan = load_plan(ROOT / "recipes" / "plans" / f"{name}.yaml")
+        stages = {s.id: s for s in build_stages(plan) if s.kind in ("teacher", "student", "sft", "std-kd", "sft-kd")}
+        assert plan.runs_dir == Path("runs/table1-mrbrains") and plan.report_dir != Path("runs/table1-mrbrains/report")
+        assert set(stages) - set(table1) == extra and plan.paper is not None and plan.paper.layout == layout
+        for sid, stage in stages.items():
+            if sid not in extra:  # same run directory, same recipe: finished Table 1 runs are skipped
+                assert stage.recipe == table1[sid].recipe, sid
+    plan = load_plan(ROOT / "recipes" / "plans" / "table3-mrbrains-hfn-vif.yaml")
+    assert plan.paper.metrics == ("HFN", "VIF") and plan.paper.rows["Fitnets"] == ("0.3204/0.9012", "0.2816/0.9166")
+    plan = load_plan(ROOT / "recipes" / "plans" / "table5-mrbrains-init.yaml")
+    assert plan.paper.metrics == ("HFN", "MSE", "PSNR", "SSIM", "VIF")
+    assert plan.paper.rows["PSNR"][3] == "39.99 +/- 1.947"
+    stages = {s.id: s for s in build_stages(plan)}
+    random, sft = stages["4x-sft-kd-at-random"], stages["4x-sft-kd-at"]
+    assert (random.recipe.distill.init, sft.recipe.distill.init) == ("random", "sft")
+    assert random.needs == sft.needs == ("data", "4x-sft") and random.recipe_file == sft.recipe_file
+    assert dataclasses.replace(random.recipe, run=sft.recipe.run, distill=sft.recipe.distill) == sft.recipe
+    assert stages["eval-4x-sft-kd-at-random"].random_init
+
+
 def test_prepare_defaults_match_the_prepare_data_command():
     from sftkd_cli.cli import prepare
 
@@ -125,6 +149,16 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {alpha: 5}}\n", "stages.compare.alpha: expected a number between 0 and 1"),
         ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {box: [1, 2]}\n", "figures.box: expected [row, column, height, width]"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {evaluate: {sft_student: yes please}}\n", "stages.evaluate.sft_student: expected true or false"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at], sft_random_init: [cc]}}\n",
+         "stages.kd.sft_random_init: 'cc' is not among stages.kd.methods"),
+        ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [Teacher, SFT-KD], rows: {PSNR: [1, 2]}}\n",
+         "paper.columns: 'SFT-KD'; did you mean SFT-KD-Recon?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, metrics: [PSNR], columns: [KD], rows: {PSNR: [1]}}\n",
+         "paper.metrics: layout models takes the metrics from the row names"),
+        ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [KD], rows: {PSNR: [1 +/- 2 +/- 3]}}\n",
+         "rows.PSNR: cell '1 \\+/- 2 \\+/- 3': expected '-' or a number or 'mean \\+/- std'"),
+        ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [KD], rows: {PSNRR: [1]}}\n",
+         "paper.rows: 'PSNRR': layout models names a metric per row; did you mean PSNR?"),
     ],
 )
 def test_plan_errors_name_the_key(tmp_path, text, message):
@@ -255,6 +289,30 @@ def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_datas
     monkeypatch.undo()
     again = statuses(run_plan(plan, console=quiet()))
     assert again["sft"] == again["sft-kd-at"] == "done" and again["std-kd-at"] == "skipped"
+
+
+def test_random_init_stage_fills_the_models_table_and_draws_attention(tmp_path, tiny_dataset):
+    extra = (
+        "    sft_random_init: true\n"
+        "paper:\n  layout: models\n  columns: [Teacher, KD, SFT-KD-Recon (random), SFT-KD-Recon]\n"
+        "  rows:\n    PSNR: [40.05 +/- 2.023, 39.76 +/- 1.899, 39.99 +/- 1.947, 40.07 ± 1.983]\n    SSIM: [0.9785, '-', 0.9785, 0.9789]\n"
+    )
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, extra))
+    outcome = run_plan(plan, only=["data", "teacher", "sft", "*kd-at*", "eval-teacher", "report"], console=quiet())
+    assert not outcome.failed and statuses(outcome)["sft-kd-at-random"] == "done"
+    runs = plan.runs_dir
+    assert load_checkpoint(runs / "sft-kd-at-random" / "checkpoints" / "best.pt")["init"] == "random"
+    assert load_checkpoint(runs / "sft-kd-at" / "checkpoints" / "best.pt")["init"].endswith(":student")
+    text = (plan.report_dir / "report.md").read_text()
+    assert "](attention.png)" in text and (plan.report_dir / "attention.pdf").stat().st_size > 1000
+    psnr = {}
+    for run in ("teacher", "std-kd-at", "sft-kd-at-random", "sft-kd-at"):
+        stat = json.loads((runs / run / "metrics.json").read_text())["metrics"]["PSNR"]
+        psnr[run] = f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    row = next(line for line in text.splitlines() if line.startswith("| PSNR |"))
+    assert row == (f"| PSNR | {psnr['teacher']} | 40.05 +/- 2.023 | {psnr['std-kd-at']} | 39.76 +/- 1.899 | "
+                   f"{psnr['sft-kd-at-random']} | 39.99 +/- 1.947 | {psnr['sft-kd-at']} | 40.07 ± 1.983 |")
+    assert next(line for line in text.splitlines() if line.startswith("| SSIM |")).split(" | ")[4] == "-"
 
 
 def test_stop_on_error_stops_after_the_failure(tmp_path, tiny_dataset, monkeypatch):
