@@ -1,7 +1,8 @@
 """Figures: files are written (PNG and PDF, non-empty) and what is drawn equals the inputs.
 
 Oracles: box statistics computed here with numpy (quartiles, whiskers at the furthest points
-within 1.5 IQR), line points and image arrays compared with the values written to disk.
+within 1.5 IQR), line points and image arrays compared with the values written to disk,
+attention maps computed by hand (sum over channels of squares, divided by the L2 norm).
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.figures import (
+    attention_maps,
+    attention_residue_figure,
+    attention_residues,
+    attention_residues_from_runs,
     box_plots_from_runs,
     default_box,
     read_history,
@@ -22,6 +28,8 @@ from sftkd_cli.report.figures import (
     reconstruction_grid_from_runs,
     validation_curves_from_runs,
 )
+
+torch.set_num_threads(1)
 
 
 def _written(paths):
@@ -143,3 +151,111 @@ def test_grid_from_runs_reads_recon_and_dataset(tiny_dataset, tmp_path):
     np.testing.assert_array_equal(default.data["target"], arrays["image"][middle])
     with pytest.raises(SftkdError, match="no slice 99"):
         reconstruction_grid_from_runs(tiny_dataset, 4.0, runs, tmp_path / "grid3", volume="vol1", index=99)
+
+
+# ----------------------------------------------------------------------------- attention residues (Fig. 6)
+
+
+def test_attention_maps_match_a_hand_computed_map():
+    features = torch.tensor([
+        [[[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 1.0]]],  # squares summed: [[2, 4], [4, 2]], norm sqrt(40)
+        [[[3.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, -4.0]]],  # [[9, 0], [0, 16]], norm sqrt(337)
+    ])
+    expected = np.array([[[2, 4], [4, 2]] / np.sqrt(40.0), [[9, 0], [0, 16]] / np.sqrt(337.0)])
+    np.testing.assert_allclose(attention_maps(features), expected, rtol=1e-6)
+    with pytest.raises(SftkdError, match="expected features"):
+        attention_maps(torch.zeros(2, 3, 4))
+
+
+def _pair(seed: int = 0):
+    from sftkd_cli.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("D2C2"), build_model("D3C2")
+
+
+def _numpy_attention(feature: torch.Tensor) -> np.ndarray:
+    squares = (feature[0].double().numpy() ** 2).sum(axis=0)
+    return squares / np.sqrt((squares**2).sum())
+
+
+def test_attention_residues_per_cascade_at_the_default_at_taps():
+    from sftkd_cli.training.kd import default_taps
+
+    student, teacher = _pair()
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 1, (16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16), np.float32)
+    mask[::2] = 1
+    kspace = torch.from_numpy((np.fft.fft2(image, norm="ortho") * mask).astype(np.complex64))[None, None]
+    zf, mask_t = torch.from_numpy(image)[None, None], torch.from_numpy(mask)[None, None]
+    residues = attention_residues(student, teacher, zf, kspace, mask_t)
+    s_taps, t_taps = default_taps("at", student, teacher)
+    with torch.no_grad():
+        _, s_feats = student(zf, kspace, mask_t, taps=s_taps)
+        _, t_feats = teacher(zf, kspace, mask_t, taps=t_taps)
+    assert len(residues) == 2
+    for residue, s, t in zip(residues, s_taps, t_taps):
+        assert residue.shape == (16, 16)
+        np.testing.assert_allclose(residue, np.abs(_numpy_attention(s_feats[s]) - _numpy_attention(t_feats[t])), atol=1e-6)
+    assert all(np.abs(r).sum() > 0 for r in residues)
+
+
+def test_attention_figure_writes_files_and_draws_the_residues(tmp_path):
+    rng = np.random.default_rng(4)
+    residues = {"Std-KD (at)": [rng.uniform(0, 0.02, (12, 10)) for _ in range(3)],
+                "SFT-KD (at)": [rng.uniform(0, 0.01, (12, 10)) for _ in range(3)]}
+    out = attention_residue_figure(residues, tmp_path / "fig" / "attention")
+    _written(out.paths)
+    assert out.data["vmax"] == pytest.approx(max(r.max() for maps in residues.values() for r in maps), rel=1e-6)
+    for label, maps in residues.items():
+        for drawn, mean, residue in zip(out.data[label]["maps"], out.data[label]["means"], maps):
+            np.testing.assert_allclose(drawn, residue, rtol=1e-6)
+            assert mean == pytest.approx(residue.mean(), rel=1e-6)
+    with pytest.raises(SftkdError, match="same number of cascades"):
+        attention_residue_figure({"a": [np.zeros((2, 2))], "b": [np.zeros((2, 2))] * 2}, tmp_path / "bad")
+
+
+def _write_run(folder, dataset, role, models, teacher_run=None):
+    from sftkd_cli.config import dump_recipe, load_recipe
+    from sftkd_cli.runs import CHECKPOINT_FORMAT
+    from sftkd_cli.training.objectives import model_record
+
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(dump_recipe(load_recipe(None, [f"data.path={dataset}", "data.acceleration=4"])))
+    state = {"format": CHECKPOINT_FORMAT, "role": role, "primary": next(iter(models)),
+             "models": {name: model_record(model) for name, model in models.items()}}
+    if teacher_run is not None:
+        state["teacher_run"] = str(teacher_run)
+    torch.save(state, folder / "checkpoints" / "best.pt")
+    return folder
+
+
+def test_attention_residues_from_runs_use_each_students_own_teacher(tiny_dataset, tmp_path):
+    from sftkd_cli.data.dataset import load_volume
+
+    runs = tmp_path / "runs"
+    std_student, teacher = _pair(0)
+    sft_student, sft_teacher = _pair(1)
+    sft_branch, _ = _pair(2)  # the SFT run's own student entry: must not be used as the teacher
+    _write_run(runs / "teacher", tiny_dataset, "teacher", {"model": teacher})
+    _write_run(runs / "sft", tiny_dataset, "sft", {"teacher": sft_teacher, "student": sft_branch})
+    students = {
+        "Std-KD": _write_run(runs / "std-kd-at", tiny_dataset, "kd", {"model": std_student}, runs / "teacher"),
+        # recorded relative to another working directory: found as the run's sibling
+        "SFT-KD": _write_run(runs / "sft-kd-at", tiny_dataset, "kd", {"model": sft_student}, "elsewhere/runs/sft"),
+    }
+    out = attention_residues_from_runs(students, tmp_path / "attention")
+    _written(out.paths)
+    arrays = load_volume(tiny_dataset, "vol1", 4.0)  # the only validation volume; its middle slice
+    index = arrays["image"].shape[0] // 2
+    inputs = (torch.from_numpy(arrays["zf"][index])[None, None], torch.from_numpy(arrays["kspace"][index])[None, None],
+              torch.from_numpy(arrays["mask"])[None, None])
+    for label, (student, its_teacher) in {"Std-KD": (std_student, teacher), "SFT-KD": (sft_student, sft_teacher)}.items():
+        for drawn, expected in zip(out.data[label]["maps"], attention_residues(student, its_teacher, *inputs)):
+            np.testing.assert_allclose(drawn, expected, atol=1e-6)
+    with pytest.raises(SftkdError, match="not a distilled run"):
+        attention_residues_from_runs({"teacher": runs / "teacher"}, tmp_path / "bad")
+    with pytest.raises(SftkdError, match="no slice 99"):
+        attention_residues_from_runs(students, tmp_path / "bad", volume="vol1", index=99)
+
