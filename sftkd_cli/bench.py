@@ -7,13 +7,19 @@ median wall time of `repeats` calls after `warmup` untimed calls:
 - training steps (forward + backward + Adam step, as the engine does them): teacher D5C5 and
   student D3C5 (Supervised), the SFT joint step with the student branches batched through
   each shared block and branch by branch, and one KD step per method with the frozen teacher
-  under `no_grad` next to the reference code's way (teacher features built with autograd on,
-  so the backward pass also runs through the teacher);
-- inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`, eager
-  and (optionally) `torch.compile`d.
+  under `no_grad`;
+- inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`: eager,
+  TorchScript (traced, frozen, optimised for inference, as exported files run) and
+  (optionally) `torch.compile`d with frozen weights.
+
+Each of these has a "reference way" twin measured in the same run: the same work done as the
+paper's code does it (NCHW layout, every conv padded on the full padded map, the KD teacher's
+features built with autograd so the backward runs through the teacher, SFT branch by branch).
+On a noisy shared machine the ratio of the two is the figure to trust; the reference code's
+own timings from DESIGN.md section 5 are shown beside them at the settings they were taken.
 
 Throughput is reported in GFLOP/s of convolution work, counted analytically
-(2 * Cin * Cout * 9 * H' * W' per 3x3 conv, H' = size + 2 * pad on the padded maps; a training
+(2 * Cin * Cout * 9 * H' * W' per 3x3 conv on the maps each way computes; a training
 step counts as 3x its forward), against a "roof": the best GFLOP/s of one large 32->32 3x3
 conv measured in the same run, on the same device, threads and precision. FFTs, activations
 and the KD losses' matrix products are not counted, so the fractions are lower bounds.
@@ -27,7 +33,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +45,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.distill.methods import METHODS, KDMethod, NoKD, build_method
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.models import DCCNN, build_model, parse_name
 from sftkd_cli.mri.masks import make_mask, undersample
 from sftkd_cli.training.engine import select_device
 from sftkd_cli.training.kd import Distillation, default_taps
@@ -67,25 +73,38 @@ def conv_flops(c_in: int, c_out: int, height: int, width: int, batch: int = 1, k
     return 2 * c_in * c_out * kernel * kernel * height * width * batch
 
 
-def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1) -> int:
-    """Forward conv FLOPs of one DC-CNN block (1 -> C -> ... -> C -> 1) on padded size x size maps."""
+def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1, valid: bool = False) -> int:
+    """Forward conv FLOPs of one DC-CNN block (1 -> C -> ... -> C -> 1) on size x size images.
+
+    The reference way computes every conv on the padded (size + 2 pad) map; `valid` blocks
+    (see models/dccnn.py) compute conv j on size + 2 (layers - j) pixels only.
+    """
     widths = [1] + [channels] * (layers - 1) + [1]
-    side = size + 2 * pad
-    return sum(conv_flops(a, b, side, side, batch) for a, b in zip(widths, widths[1:]))
+    sides = [size + 2 * (layers - j) if valid else size + 2 * pad for j in range(1, layers + 1)]
+    return sum(conv_flops(a, b, side, side, batch) for a, b, side in zip(widths, widths[1:], sides))
 
 
 def model_flops(model: DCCNN, size: int, batch: int = 1) -> int:
-    """Forward conv FLOPs of a whole DnCm on size x size images."""
-    return model.cascades * block_flops(model.layers, model.channels, model.blocks[0].pad, size, batch)
+    """Forward conv FLOPs of a whole DnCm on size x size images, as this model computes them."""
+    block = model.blocks[0]
+    return model.cascades * block_flops(model.layers, model.channels, block.pad, size, batch, block.valid)
 
 
 def sft_flops(teacher: DCCNN, student: DCCNN, size: int, batch: int) -> int:
     """Forward conv FLOPs of an SFT joint step: the teacher, then n(n-1)/2 student-block passes."""
     n = teacher.cascades
     passes = n * (n - 1) // 2  # block S(j+1) runs in j branches, j = 1..n-1
-    return model_flops(teacher, size, batch) + passes * block_flops(
-        student.layers, student.channels, student.blocks[0].pad, size, batch
-    )
+    return model_flops(teacher, size, batch) + passes * model_flops(student, size, batch) // student.cascades
+
+
+def reference_way(name: str) -> DCCNN:
+    """The network as the reference code computes it: every conv padded on the full padded map.
+
+    Same weights layout and output as `build_model(name)`; timed in NCHW (the reference does not
+    use channels_last) to measure, in the same run, what sftkd's choices buy.
+    """
+    layers, cascades = parse_name(name)
+    return DCCNN(layers, cascades, valid=False)
 
 
 def module_conv_flops(module: nn.Module, run: Callable[[], Any]) -> int:
@@ -134,6 +153,12 @@ class BenchRow:
     reference_s: float | None = None  # same unit as `reference_unit`
     reference_unit: str = "step"  # "step" (seconds per call) or "slice" (seconds per slice)
     note: str = ""
+    baseline_s: float | None = None  # the same work done the reference way, timed in this run
+
+    @property
+    def in_run_speedup(self) -> float | None:
+        """Reference-way time / our time, both measured in this run (> 1: we are faster)."""
+        return None if self.baseline_s is None else self.baseline_s / self.seconds
 
     @property
     def ms(self) -> float:
@@ -177,6 +202,8 @@ class BenchRow:
             "roof_fraction": self.roof_fraction,
             "reference": None if self.reference_s is None else {"seconds": self.reference_s, "per": self.reference_unit},
             "speedup": self.speedup,
+            "reference_way_s": self.baseline_s,
+            "speedup_in_run": self.in_run_speedup,
             "samples_s": list(self.samples),
             "note": self.note,
         }
@@ -356,12 +383,13 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
 
 
 def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,
-                  also_clear: nn.Module | None = None) -> Callable[[], float]:
+                  also_clear: nn.Module | None = None, channels_last: bool = True) -> Callable[[], float]:
     """One engine-style training step: autocast forward, zero grads, backward, Adam step.
 
-    Models run in the channels_last layout, as the engine (train.channels_last) and evaluate do.
+    Models run in the channels_last layout, as the engine (train.channels_last) and evaluate do;
+    `channels_last=False` keeps NCHW, as the reference code does.
     """
-    objective.to(device, memory_format=torch.channels_last).train()
+    objective.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
@@ -405,7 +433,8 @@ def measure_roof(device: torch.device, precision: str, repeats: int, batch: int 
 class TeacherBackpropKD(Objective):
     """The reference code's KD step, for comparison: the same loss as `Distillation`
     (joint schedule), but the teacher keeps requires_grad=True and its features are built
-    with autograd on and not detached, so backward also runs through the teacher."""
+    with autograd on and not detached, so backward also runs through the teacher.
+    `kd_objectives` gives it reference-way networks (padded convs), timed in NCHW."""
 
     def __init__(self, student: DCCNN, teacher: DCCNN, method: KDMethod, student_taps: list[str],
                  teacher_taps: list[str], w_imit: float = 0.0) -> None:
@@ -444,7 +473,7 @@ def kd_objectives(method: str, batch: Batch, seed: int = 0) -> tuple[Distillatio
     kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
     w_imit = 1.0 if method == "none" else 0.0  # "none" is output imitation only
     nograd = Distillation(student, teacher, kd, s_taps, t_taps, w_rec=1.0, w_kd=1.0, w_imit=w_imit)
-    twin_teacher, twin_student = build_model(TEACHER), build_model(STUDENT)
+    twin_teacher, twin_student = reference_way(TEACHER), reference_way(STUDENT)
     twin_teacher.load_state_dict(teacher.state_dict())
     twin_student.load_state_dict(student.state_dict())
     twin_kd = build_method(method, kd.student_channels, kd.teacher_channels)
@@ -560,95 +589,149 @@ class _Bench:
     say: Progress
 
     def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
-             reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None) -> BenchRow:
+             reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None,
+             baseline: str | None = None) -> BenchRow:
+        """Time `fn`; `baseline` is the key of the reference-way row of the same work (timed before)."""
         self.say(what)
         samples = time_calls(fn, self.device, self.repeats, self.warmup if warmup is None else warmup)
         applies = self.result.reference_applies and reference is not None
         row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0,
                        reference_s=reference[0] if applies else None,
-                       reference_unit=reference[1] if reference else "step", note=note)
+                       reference_unit=reference[1] if reference else "step", note=note,
+                       baseline_s=self.result.row(baseline).seconds if baseline and self.result.has(baseline) else None)
         self.result.rows.append(row)
         return row
 
+    def _step(self, objective: nn.Module, reference_way: bool = False, also_clear: nn.Module | None = None) -> Callable[[], float]:
+        return train_step_fn(objective, self.data, self.device, self.precision, also_clear=also_clear,
+                             channels_last=not reference_way)
+
     def supervised(self, names: list[str]) -> None:
         for name in names:
-            torch.manual_seed(0)
-            model = build_model(name)
             role = "teacher" if name == TEACHER else "student"
             reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
-            step = train_step_fn(Supervised(model), self.data, self.device, self.precision)
-            self._row(f"train.{role}", f"{role} {name} train", "train", step, self.batch,
-                      3 * model_flops(model, self.size, self.batch), reference)
+            baseline = None
+            if role == "teacher":
+                torch.manual_seed(0)
+                model = reference_way(name)
+                baseline = f"train.{role}.reference"
+                self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
+                          self.batch, 3 * model_flops(model, self.size, self.batch), reference)
+            torch.manual_seed(0)
+            model = build_model(name)
+            self._row(f"train.{role}", f"{role} {name} train", "train", self._step(Supervised(model)), self.batch,
+                      3 * model_flops(model, self.size, self.batch), reference, baseline=baseline)
 
     def sft(self) -> None:
-        for batched in (True, False):
+        reference = (REFERENCE_STEP_S["sft"], "step")
+        for key, label, batched, make in (("reference", "reference way", False, reference_way),
+                                          ("batched", "batched", True, build_model),
+                                          ("naive", "per branch", False, build_model)):
             torch.manual_seed(0)
-            teacher, student = build_model(TEACHER), build_model(STUDENT)
+            teacher, student = make(TEACHER), make(STUDENT)
             objective = StudentFriendly(teacher, student, batched=batched)
-            step = train_step_fn(objective, self.data, self.device, self.precision)
-            label = "batched" if batched else "per branch"
-            self._row(f"train.sft.{'batched' if batched else 'naive'}", f"SFT step, {label}",
-                      "train", step, self.batch, 3 * sft_flops(teacher, student, self.size, self.batch),
-                      (REFERENCE_STEP_S["sft"], "step"))
+            self._row(f"train.sft.{key}", f"SFT step, {label}", "train", self._step(objective, key == "reference"),
+                      self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), reference,
+                      baseline=None if key == "reference" else "train.sft.reference")
 
     def kd(self, methods: list[str]) -> None:
-        teacher, student = build_model(TEACHER), build_model(STUDENT)
-        t_fwd, s_fwd = model_flops(teacher, self.size, self.batch), model_flops(student, self.size, self.batch)
+        reference = (REFERENCE_STEP_S["kd"], "step")
         for method in methods:
             nograd, backprop, adapter = kd_objectives(method, self.data)
-            reference = (REFERENCE_STEP_S["kd"], "step")
-            step = train_step_fn(nograd, self.data, self.device, self.precision)
-            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", step, self.batch,
-                      t_fwd + 3 * (s_fwd + adapter), reference)
-            del nograd, step
-            step = train_step_fn(backprop, self.data, self.device, self.precision, also_clear=backprop.teacher)
-            self._row(f"train.kd_backprop.{method}", f"KD {method} (backprop T)", "train",
+            t_fwd = model_flops(backprop.teacher, self.size, self.batch)
+            s_fwd = model_flops(backprop.model, self.size, self.batch)
+            step = self._step(backprop, True, also_clear=backprop.teacher)
+            self._row(f"train.kd_backprop.{method}", f"KD {method}, reference way (backprop T)", "train",
                       step, self.batch, 3 * (t_fwd + s_fwd + adapter), reference)
             del backprop, step
+            t_fwd = model_flops(nograd.teacher, self.size, self.batch)
+            s_fwd = model_flops(nograd.model, self.size, self.batch)
+            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", self._step(nograd), self.batch,
+                      t_fwd + 3 * (s_fwd + adapter), reference, baseline=f"train.kd_backprop.{method}")
+            del nograd
 
     def inference(self, compile: bool) -> None:
-        models = {}
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
-            models[name] = build_model(name).to(self.device, memory_format=torch.channels_last).eval()
-        for name, model in models.items():
+            reference = reference_way(name).to(self.device).eval()
+            self._infer_rows(name, reference, "reference", reference)
+            model = build_model(name).to(self.device, memory_format=torch.channels_last).eval()
+            model.load_state_dict(reference.state_dict())
             self._infer_rows(name, model, "eager", model)
-        if not compile:
-            return
-        for name, model in models.items():
-            try:
-                compiled = torch.compile(model, dynamic=False)
-            except Exception as exc:  # e.g. no compiler backend on this platform
-                self.result.notes.append(f"torch.compile {name}: skipped ({_one_line(exc)})")
-                continue
-            self._infer_rows(name, model, "compiled", compiled)
+            self._infer_rows(name, model, "torchscript", None)
+            if compile:
+                self._infer_rows(name, model, "compiled", None)
 
-    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable) -> None:
+    def _runner(self, name: str, model: DCCNN, mode: str, data: Batch) -> tuple[Callable | None, str]:
+        """The callable that `mode` times (built and warmed up here), and a note; None if unavailable."""
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():  # "no code generation for complex operators": the DC FFTs
+                warnings.filterwarnings("ignore")
+                if mode == "torchscript":
+                    runner = torchscript_runner(model, data)
+                else:
+                    runner = torch.compile(model, dynamic=False)
+                    self.say(f"compiling {name} for batch {data['zf'].shape[0]}")
+                    with torch.inference_mode(), precision_context(self.device, self.precision), _freezing():
+                        runner(data["zf"], data["kspace"], data["mask"])
+                    _synchronize(self.device)
+        except Exception as exc:  # inductor needs a working C++ compiler on the CPU
+            what = "torch.compile" if mode == "compiled" else "TorchScript"
+            self.result.notes.append(f"{what} {name} (batch {data['zf'].shape[0]}): skipped ({_one_line(exc)})")
+            return None, ""
+        took = time.perf_counter() - start
+        if mode == "torchscript":
+            return runner, f"traced, frozen and optimised for inference in {took:.1f} s (as `sftkd export` files run)"
+        return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
+
+    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None) -> None:
         sizes = [1] if self.batch == 1 else [1, self.batch]
         for n in sizes:
             data = slice_batch(self.data, n)
+            note = ""
+            if runner is None or mode in ("torchscript", "compiled"):
+                runner, note = self._runner(name, model, mode, data)
+                if runner is None:
+                    return
 
-            def run(data: Batch = data) -> None:
+            def run(data: Batch = data, runner: Callable = runner) -> None:
                 with torch.inference_mode(), precision_context(self.device, self.precision):
                     runner(data["zf"], data["kspace"], data["mask"])
 
-            note, warmup = "", None
-            if mode == "compiled":
-                self.say(f"compiling {name} for batch {n}")
-                start = time.perf_counter()
-                try:
-                    with warnings.catch_warnings():  # "no code generation for complex operators": the DC FFTs
-                        warnings.filterwarnings("ignore", message=".*complex operators.*")
-                        run()
-                    _synchronize(self.device)
-                except Exception as exc:  # inductor needs a working C++ compiler on the CPU
-                    self.result.notes.append(f"torch.compile {name} (batch {n}): skipped ({_one_line(exc)})")
-                    return
-                note = f"compiled in {time.perf_counter() - start:.1f} s; the DC layer's complex FFTs stay eager"
-                warmup = max(self.warmup, 1)
             reference = (REFERENCE_SLICE_S[name], "slice") if n == self.batch else None
-            self._row(f"infer.{name}.{mode}.b{n}", f"{name} infer b{n}" + (" compiled" if mode == "compiled" else ""), "infer", run, n,
-                      model_flops(model, self.size, n), reference, note, warmup)
+            label = {"eager": "", "reference": ", reference way"}.get(mode, f" {mode}")
+            self._row(f"infer.{name}.{mode}.b{n}", f"{name} infer b{n}{label}", "infer", run, n,
+                      model_flops(model, self.size, n), reference, note,
+                      warmup=max(self.warmup, 1) if mode != "eager" else None,
+                      baseline=None if mode == "reference" else f"infer.{name}.reference.b{n}")
+
+
+@contextlib.contextmanager
+def _freezing() -> Iterator[None]:
+    """Inductor with frozen weights (constant folding, prepacked oneDNN convs, fused ReLU) while compiling."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+def torchscript_runner(model: DCCNN, data: Batch) -> Callable:
+    """The model as `sftkd export --format torchscript` writes it (torch.fft DC), traced, frozen and
+    optimised for inference (oneDNN conv+ReLU fusion, prepacked weights), as `evaluate` loads it."""
+    from sftkd_cli.export import ExportableDCCNN, split_complex
+
+    wrapper = ExportableDCCNN(model, dft="fft").eval()
+    example = (data["zf"], split_complex(data["kspace"]), data["mask"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+    def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return frozen(zf, split_complex(kspace), mask)
+
+    return run
 
 
 def _one_line(exc: BaseException) -> str:
@@ -676,6 +759,7 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
     for name in (TEACHER, STUDENT):
         for n in sorted({1, result.settings["batch"]}):
             pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
+            pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
     for key, (top, bottom) in pairs.items():
         value = _ratio(result, top, bottom)
         if value is not None:
@@ -684,7 +768,8 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
 
 def _add_notes(result: BenchResult) -> None:
     result.notes.append(
-        "GFLOP/s counts conv FLOPs only (2*Cin*Cout*9*H'*W' per conv on the padded maps, training = 3x forward, "
+        "GFLOP/s counts conv FLOPs only (2*Cin*Cout*9*H'*W' per conv on the maps each way computes: padded maps "
+        "for the reference way, shrinking valid maps for ours; training = 3x forward, "
         "teacher forward 1x in KD no_grad); DC FFTs and loss maths are not counted."
     )
     if not result.reference_applies:

@@ -20,8 +20,10 @@ from sftkd_cli.bench import (
     module_conv_flops,
     reference_applies,
     run_bench,
+    reference_way,
     sft_flops,
     synthetic_batch,
+    torchscript_runner,
     train_step_fn,
 )
 from sftkd_cli.cli.app import app
@@ -59,24 +61,28 @@ def test_model_flops_tiny_by_hand():
 
 
 def test_d5c5_flops_by_hand():
-    # per padded pixel: 1->32 and 32->1 cost 2*32*9 each, three 32->32 cost 2*32*32*9 each
-    model = DCCNN(layers=5, cascades=5)
+    # per pixel: 1->32 and 32->1 cost 2*32*9 each, three 32->32 cost 2*32*32*9 each
     per_pixel = 2 * (2 * 32 * 9) + 3 * (2 * 32 * 32 * 9)
-    assert model_flops(model, 150, batch=4) == 5 * per_pixel * 160 * 160 * 4
+    assert model_flops(reference_way("D5C5"), 150, batch=4) == 5 * per_pixel * 160 * 160 * 4  # all on 160x160
+    # valid convs: conv j on 150 + 2 (5 - j) pixels, i.e. 158, 156, 154, 152, 150
+    small, big = 2 * 32 * 9, 2 * 32 * 32 * 9
+    per_image = small * 158**2 + big * (156**2 + 154**2 + 152**2) + small * 150**2
+    assert model_flops(DCCNN(layers=5, cascades=5), 150, batch=4) == 5 * per_image * 4
 
 
 def test_sft_flops_by_hand():
     teacher, student = DCCNN(3, 3, channels=4, pad=1), DCCNN(2, 3, channels=4, pad=1)
     # branches: after T1 -> S2, S3; after T2 -> S3: three student-block passes
-    expected = model_flops(teacher, 6, 2) + 3 * block_flops(2, 4, 1, 6, 2)
+    expected = model_flops(teacher, 6, 2) + 3 * block_flops(2, 4, 1, 6, 2)  # pad 1 < 2 layers: padded maps
     assert sft_flops(teacher, student, 6, 2) == expected
 
 
-def test_model_flops_match_torch_flop_counter():
+@pytest.mark.parametrize("pad, valid", [(2, True), (5, True), (5, False)])
+def test_model_flops_match_torch_flop_counter(pad, valid):
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = DCCNN(layers=3, cascades=2, channels=8, pad=2)
+    model = DCCNN(layers=3, cascades=2, channels=8, pad=pad, valid=valid)
     data = synthetic_batch(12, 2, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -118,10 +124,12 @@ def test_speedup_is_reference_over_ours():
 
 def test_result_structure(result):
     keys = [row.key for row in result.rows]
+    infer = [f"infer.{m}.{mode}.b{n}" for m in ("D5C5", "D3C5") for mode in ("reference", "eager", "torchscript")
+             for n in (1, 2)]
     assert keys == [
-        "train.teacher", "train.student", "train.sft.batched", "train.sft.naive",
-        "train.kd.at", "train.kd_backprop.at", "train.kd.fitnets", "train.kd_backprop.fitnets",
-        "infer.D5C5.eager.b1", "infer.D5C5.eager.b2", "infer.D3C5.eager.b1", "infer.D3C5.eager.b2",
+        "train.teacher.reference", "train.teacher", "train.student",
+        "train.sft.reference", "train.sft.batched", "train.sft.naive",
+        "train.kd_backprop.at", "train.kd.at", "train.kd_backprop.fitnets", "train.kd.fitnets", *infer,
     ]
     for row in result.rows:
         assert len(row.samples) == 1 and row.seconds > 0 and math.isfinite(row.seconds)
@@ -129,12 +137,21 @@ def test_result_structure(result):
         assert row.reference_s is None and row.speedup is None  # size 16 is not the reference setting
     assert result.row("infer.D5C5.eager.b1").slices == 1 and result.row("train.teacher").slices == 2
     assert result.row("train.teacher").flops == 3 * model_flops(DCCNN(5, 5), 16, 2)
+    assert result.row("train.teacher.reference").flops == 3 * model_flops(reference_way("D5C5"), 16, 2)
     assert result.row("infer.D3C5.eager.b2").flops == model_flops(DCCNN(3, 5), 16, 2)
-    # the backprop variant also does the teacher's backward: 2 more teacher forwards of work
-    t_fwd = model_flops(DCCNN(5, 5), 16, 2)
+    # the reference way also does the teacher's backward (2 more teacher forwards), on padded maps
+    t_ref, s_ref = model_flops(reference_way("D5C5"), 16, 2), model_flops(reference_way("D3C5"), 16, 2)
+    t_fwd, s_fwd = model_flops(DCCNN(5, 5), 16, 2), model_flops(DCCNN(3, 5), 16, 2)
     for method in ("at", "fitnets"):
-        extra = result.row(f"train.kd_backprop.{method}").flops - result.row(f"train.kd.{method}").flops
-        assert extra == 2 * t_fwd
+        adapter = result.row(f"train.kd.{method}").flops - t_fwd - 3 * s_fwd
+        assert result.row(f"train.kd_backprop.{method}").flops == 3 * (t_ref + s_ref) + adapter
+    # every row of ours carries the speed-up over its reference-way twin timed in this run
+    for row in result.rows:
+        twin = row.key.endswith(".reference") or ".reference." in row.key or row.key.startswith("train.kd_backprop")
+        assert (row.baseline_s is None) == (twin or row.key == "train.student")
+    assert result.row("train.kd.at").baseline_s == result.row("train.kd_backprop.at").seconds
+    assert result.row("infer.D3C5.torchscript.b2").in_run_speedup == pytest.approx(
+        result.row("infer.D3C5.reference.b2").seconds / result.row("infer.D3C5.torchscript.b2").seconds)
     assert set(result.ratios) >= {
         "sft_naive_over_batched", "teacher_over_student_train", "teacher_over_student_latency_b1",
         "teacher_over_student_latency_b2", "kd_backprop_over_nograd.at", "kd_backprop_over_nograd.fitnets",
@@ -208,7 +225,7 @@ def test_cli_json_to_stdout():
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     keys = [row["key"] for row in data["rows"]]
-    assert keys[:3] == ["train.teacher", "train.kd.at", "train.kd_backprop.at"]
+    assert keys[:4] == ["train.teacher.reference", "train.teacher", "train.kd_backprop.at", "train.kd.at"]
     assert all(row["reference"] is None and row["speedup"] is None for row in data["rows"])
     assert data["settings"]["size"] == 16 and data["roof"]["gflops"] > 0
 
@@ -217,9 +234,10 @@ def test_cli_table_and_json_file(tmp_path):
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,infer", "--json", str(out)], env=WIDE)
     assert res.exit_code == 0, res.output
-    for word in ("roof", "teacher D5C5 train", "D3C5 infer b1", "GFLOP/s", "n/a (different settings)", "speed-up"):
+    for word in ("roof", "teacher D5C5 train", "D3C5 infer b1", "GFLOP/s", "n/a (different settings)", "vs ref",
+                 "reference way", "torchscript"):
         assert word in res.stdout
-    assert json.loads(out.read_text())["rows"][0]["key"] == "train.teacher"
+    assert json.loads(out.read_text())["rows"][1]["key"] == "train.teacher"
 
 
 def test_cli_errors_exit_2(tmp_path):
@@ -227,3 +245,17 @@ def test_cli_errors_exit_2(tmp_path):
     assert res.exit_code == 2 and "--only" in res.output
     res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(tmp_path / "missing" / "b.json")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_reference_way_and_torchscript_compute_the_same_images():
+    """The twins timed against each other do the same work: equal outputs for equal weights."""
+    data = synthetic_batch(16, 2, torch.device("cpu"))
+    torch.manual_seed(0)
+    reference = reference_way("D3C5").eval()
+    ours = DCCNN(3, 5).eval().to(memory_format=torch.channels_last)
+    ours.load_state_dict(reference.state_dict())
+    args = (data["zf"], data["kspace"], data["mask"])
+    with torch.no_grad():
+        expected = reference(*args)
+        torch.testing.assert_close(ours(*args), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(torchscript_runner(ours, data)(*args), expected, atol=1e-5, rtol=1e-4)

@@ -43,12 +43,16 @@ def parse_name(name: str) -> tuple[int, int]:
 
 
 class CNNBlock(nn.Module):
-    """One cascade's CNN: pad, n convs with ReLU between, crop."""
+    """One cascade's CNN: pad, n convs with ReLU between, crop.
 
-    def __init__(self, layers: int, channels: int = 32, pad: int = 5) -> None:
+    `valid=False` forces the reference code's way (every conv padded on the full map, crop at
+    the end); `sftkd bench` times it to measure what the shortcut saves.
+    """
+
+    def __init__(self, layers: int, channels: int = 32, pad: int = 5, valid: bool = True) -> None:
         super().__init__()
         self.pad = pad
-        self.valid = pad >= layers  # exact shortcut, see the module docstring
+        self.valid = valid and pad >= layers  # exact shortcut, see the module docstring
         widths = [1] + [channels] * (layers - 1) + [1]
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, kernel_size=3, padding=0 if self.valid else 1)
@@ -77,11 +81,11 @@ class DCCNN(CascadeNet):
     """The deep-cascade network DnCm (n conv layers per block, m cascades)."""
 
     def __init__(
-        self, layers: int, cascades: int, channels: int = 32, pad: int = 5, centered: bool = False
+        self, layers: int, cascades: int, channels: int = 32, pad: int = 5, centered: bool = False, valid: bool = True
     ) -> None:
         super().__init__()
         self.layers, self.cascades, self.channels = layers, cascades, channels
-        self.blocks = nn.ModuleList(CNNBlock(layers, channels, pad) for _ in range(cascades))
+        self.blocks = nn.ModuleList(CNNBlock(layers, channels, pad, valid) for _ in range(cascades))
         self.dc = DataConsistency(centered=centered)
 
     @property
