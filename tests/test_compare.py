@@ -304,3 +304,32 @@ def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
     b = make_run(tmp_path, "at2", "kd", slice_values(5, 0.6), method="at", teacher_role="sft-teacher")
     result = invoke(a, b, "--group", "paper")
     assert result.exit_code == 2 and "both fill the paper cell" in result.stderr and "at1" in result.stderr
+
+
+def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(students, stem, **kwargs):  # the figure itself is tested in test_figures.py
+        calls.append((dict(students), stem, kwargs))
+        from sftkd_cli.report.figures import FigureOutput
+
+        return FigureOutput((stem.with_suffix(".png"), stem.with_suffix(".pdf")))
+
+    monkeypatch.setattr("sftkd_cli.report.figures.attention_residues_from_runs", fake)
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0))
+    std = make_run(tmp_path, "std-kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
+    sft = make_run(tmp_path, "sft-kd-at", "kd", slice_values(3, 0.5), method="at", teacher_role="sft-teacher")
+    stem = tmp_path / "fig" / "attention"
+    result = invoke(teacher, std, sft, "-f", "csv", "--attention", stem, "--attention-slice", "vol:02:7")
+    assert result.exit_code == 0, result.output
+    ((students, drawn_stem, kwargs),) = calls
+    assert students == {"std-kd-at": std, "sft-kd-at": sft} and drawn_stem == stem
+    assert (kwargs["volume"], kwargs["index"], kwargs["split"]) == ("vol:02", 7, "val")
+    assert "attention-map residues" in result.stderr and result.stdout.startswith("run,")
+
+    bad = invoke(teacher, std, "--attention", stem, "--attention-slice", "vol02")
+    assert bad.exit_code == 2 and "expected VOLUME:SLICE" in bad.stderr and bad.stdout == ""  # before any table
+    none = invoke(teacher, "--attention", stem)
+    assert none.exit_code == 2 and "no distilled run (role kd)" in none.stderr
+    alone = invoke(teacher, "--attention-slice", "vol02:1")
+    assert alone.exit_code == 2 and "only used with --attention" in alone.stderr

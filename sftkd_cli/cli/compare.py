@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from sftkd_cli.cli.app import app, err_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.report.compare import DEFAULT_METRICS, PAPER_METRICS, collect_runs, compare_runs, paper_table
+from sftkd_cli.report.compare import DEFAULT_METRICS, PAPER_METRICS, RunResult, collect_runs, compare_runs, paper_table
 from sftkd_cli.report.formats import check_alpha, render, to_rich, view
 from sftkd_cli.runs import atomic_write_text
 
@@ -58,9 +58,17 @@ def compare(
     ),
     zero_filled: bool = typer.Option(True, "--zf/--no-zf", help="Show the zero-filled input (ZF) row."),
     strict: bool = typer.Option(False, "--strict", help="Fail on runs not evaluated yet instead of skipping them."),
+    attention: Path | None = typer.Option(
+        None, "--attention", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, "
+        "per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.",
+    ),
+    attention_slice: str | None = typer.Option(
+        None, "--attention-slice", help="VOLUME:SLICE for --attention (default: the middle slice of the middle volume)."
+    ),
 ) -> None:
     """Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."""
     check_alpha(alpha)
+    where = _attention_slice(attention_slice, attention)
     results, warnings = collect_runs(runs, strict=strict)
     for message in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -78,3 +86,28 @@ def compare(
         Console().print(to_rich(view(result, alpha, stacked=True)))
     else:
         typer.echo(text, nl=False)
+    if attention is not None:
+        _attention_figure(results, attention, where)
+
+
+def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | None, int | None]:
+    """--attention-slice VOLUME:SLICE as (volume, slice); (None, None) when not given."""
+    if text is None:
+        return None, None
+    if attention is None:
+        raise SftkdError("--attention-slice: only used with --attention STEM")
+    volume, _, number = text.rpartition(":")
+    if not volume or not number.strip().isdigit():
+        raise SftkdError(f"--attention-slice {text}: expected VOLUME:SLICE (e.g. vol1:12)")
+    return volume, int(number)
+
+
+def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | None, int | None]) -> None:
+    """Fig. 6 for the compared KD runs (each against the teacher it was distilled from)."""
+    from sftkd_cli.report.figures import attention_residues_from_runs
+
+    students = {run.name: Path(run.label) for run in results if run.role == "kd"}
+    if not students:
+        raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
+    output = attention_residues_from_runs(students, stem, volume=where[0], index=where[1], split=results[0].split)
+    err_console.print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
