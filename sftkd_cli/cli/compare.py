@@ -11,7 +11,14 @@ from rich.markup import escape
 
 from sftkd_cli.cli.app import app, err_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.report.compare import DEFAULT_METRICS, PAPER_METRICS, RunResult, collect_runs, compare_runs, paper_table
+from sftkd_cli.report.compare import (
+    DEFAULT_METRICS,
+    PAPER_METRICS,
+    RunResult,
+    collect_runs,
+    compare_runs,
+    paper_table,
+)
 from sftkd_cli.report.formats import check_alpha, render, to_rich, view
 from sftkd_cli.runs import atomic_write_text
 

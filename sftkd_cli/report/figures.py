@@ -435,7 +435,12 @@ def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
 
 def _load_pair(run: Path, checkpoint: str = "best"):
     """(student, teacher) models of a distilled run; an SFT run's teacher is its 'teacher' entry."""
-    from sftkd_cli.checkpoints import build_from_entry, load_model, model_entry, resolve_checkpoint
+    from sftkd_cli.checkpoints import (
+        build_from_entry,
+        load_model,
+        model_entry,
+        resolve_checkpoint,
+    )
     from sftkd_cli.runs import load_checkpoint
 
     student, state = load_model(run, which=checkpoint)
