@@ -194,26 +194,27 @@ def test_attention_residues_per_cascade_at_the_default_at_taps():
     with torch.no_grad():
         _, s_feats = student(zf, kspace, mask_t, taps=s_taps)
         _, t_feats = teacher(zf, kspace, mask_t, taps=t_taps)
-    assert len(residues) == 2
-    for residue, s, t in zip(residues, s_taps, t_taps):
+    assert list(residues) == [1, 2] and [int(tap[1]) for tap in s_taps] == [1, 2]
+    for residue, s, t in zip(residues.values(), s_taps, t_taps):
         assert residue.shape == (16, 16)
         np.testing.assert_allclose(residue, np.abs(_numpy_attention(s_feats[s]) - _numpy_attention(t_feats[t])), atol=1e-6)
-    assert all(np.abs(r).sum() > 0 for r in residues)
+    assert all(np.abs(r).sum() > 0 for r in residues.values())
 
 
 def test_attention_figure_writes_files_and_draws_the_residues(tmp_path):
     rng = np.random.default_rng(4)
-    residues = {"Std-KD (at)": [rng.uniform(0, 0.02, (12, 10)) for _ in range(3)],
-                "SFT-KD (at)": [rng.uniform(0, 0.01, (12, 10)) for _ in range(3)]}
+    residues = {"Std-KD (at)": {c: rng.uniform(0, 0.02, (12, 10)) for c in (1, 2, 4)},
+                "SFT-KD (at)": {c: rng.uniform(0, 0.01, (12, 10)) for c in (4, 2, 1)}}
     out = attention_residue_figure(residues, tmp_path / "fig" / "attention")
     _written(out.paths)
-    assert out.data["vmax"] == pytest.approx(max(r.max() for maps in residues.values() for r in maps), rel=1e-6)
+    assert out.data["vmax"] == pytest.approx(max(r.max() for maps in residues.values() for r in maps.values()), rel=1e-6)
     for label, maps in residues.items():
-        for drawn, mean, residue in zip(out.data[label]["maps"], out.data[label]["means"], maps):
-            np.testing.assert_allclose(drawn, residue, rtol=1e-6)
-            assert mean == pytest.approx(residue.mean(), rel=1e-6)
-    with pytest.raises(SftkdError, match="same number of cascades"):
-        attention_residue_figure({"a": [np.zeros((2, 2))], "b": [np.zeros((2, 2))] * 2}, tmp_path / "bad")
+        assert out.data[label]["cascades"] == [1, 2, 4]
+        for drawn, mean, cascade in zip(out.data[label]["maps"], out.data[label]["means"], [1, 2, 4]):
+            np.testing.assert_allclose(drawn, maps[cascade], rtol=1e-6)
+            assert mean == pytest.approx(maps[cascade].mean(), rel=1e-6)
+    with pytest.raises(SftkdError, match="same cascades"):
+        attention_residue_figure({"a": {1: np.zeros((2, 2))}, "b": {1: np.zeros((2, 2)), 2: np.zeros((2, 2))}}, tmp_path / "bad")
 
 
 def _write_run(folder, dataset, role, models, teacher_run=None):
@@ -252,7 +253,9 @@ def test_attention_residues_from_runs_use_each_students_own_teacher(tiny_dataset
     inputs = (torch.from_numpy(arrays["zf"][index])[None, None], torch.from_numpy(arrays["kspace"][index])[None, None],
               torch.from_numpy(arrays["mask"])[None, None])
     for label, (student, its_teacher) in {"Std-KD": (std_student, teacher), "SFT-KD": (sft_student, sft_teacher)}.items():
-        for drawn, expected in zip(out.data[label]["maps"], attention_residues(student, its_teacher, *inputs)):
+        expected_maps = attention_residues(student, its_teacher, *inputs)
+        assert out.data[label]["cascades"] == sorted(expected_maps) == [1, 2]
+        for drawn, expected in zip(out.data[label]["maps"], expected_maps.values()):
             np.testing.assert_allclose(drawn, expected, atol=1e-6)
     with pytest.raises(SftkdError, match="not a distilled run"):
         attention_residues_from_runs({"teacher": runs / "teacher"}, tmp_path / "bad")

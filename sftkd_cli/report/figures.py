@@ -352,49 +352,49 @@ def attention_maps(features) -> np.ndarray:
         return at.attention(features.float()).reshape(b, h, w).cpu().numpy()
 
 
-def attention_residues(student, teacher, zf, kspace, mask) -> list[np.ndarray]:
-    """Per cascade, |A_student - A_teacher| (H, W) on one slice (torch batch of one), at AT's default taps.
+def attention_residues(student, teacher, zf, kspace, mask) -> dict[int, np.ndarray]:
+    """{cascade (1-based): |A_student - A_teacher| (H, W)} on one slice (a torch batch of one).
 
     The taps are `training.kd.default_taps("at", ...)`: the student's last hidden conv against
     the teacher's second-to-last hidden conv of the same cascade (what AT distils), whatever
     method the student was distilled with, so that students of different methods compare alike.
+    Cascades where a network has no such tap are left out, as in distillation.
     """
     import torch
 
     from sftkd_cli.training.kd import default_taps
 
-    if student.cascades != teacher.cascades:
-        raise SftkdError(f"attention residues: {student.name} has {student.cascades} cascades, {teacher.name} {teacher.cascades}; "
-                         "expected the same number")
     s_taps, t_taps = default_taps("at", student, teacher)
+    if not s_taps:
+        raise SftkdError(f"attention residues: {student.name} and {teacher.name} share no AT feature taps")
     with torch.no_grad():
         _, s_feats = student.eval()(zf, kspace, mask, taps=s_taps)
         _, t_feats = teacher.eval()(zf, kspace, mask, taps=t_taps)
-    return [np.abs(attention_maps(s_feats[s])[0] - attention_maps(t_feats[t])[0]) for s, t in zip(s_taps, t_taps)]
+    return {student.split_tap(s)[0]: np.abs(attention_maps(s_feats[s])[0] - attention_maps(t_feats[t])[0])
+            for s, t in zip(s_taps, t_taps)}
 
 
-def attention_residue_figure(residues: Mapping[str, Sequence[np.ndarray]], stem: Path, title: str = "") -> FigureOutput:
-    """Fig. 6: one row per student (label -> one residue map per cascade), one column per cascade.
+def attention_residue_figure(residues: Mapping[str, Mapping[int, np.ndarray]], stem: Path, title: str = "") -> FigureOutput:
+    """Fig. 6: one row per student (label -> {cascade: residue map}), one column per cascade.
 
     One colour scale for every panel (0 .. the largest residue), the panel's mean residue printed
-    in it. `data[label]` holds the drawn arrays ("maps") and the printed means ("means", read back
-    from the drawn arrays); `data["vmax"]` the top of the colour scale.
+    in it. `data[label]` holds the cascades ("cascades"), the drawn arrays ("maps") and the
+    printed means ("means", read back from the drawn arrays); `data["vmax"]` the top of the scale.
     """
     if not residues:
         raise SftkdError("attention residues: no students to show")
-    counts = {len(maps) for maps in residues.values()}
-    if len(counts) != 1 or 0 in counts:
-        raise SftkdError(f"attention residues: every student needs the same number of cascades, got {sorted(counts)}")
-    cascades = counts.pop()
-    vmax = max([float(np.max(m)) for maps in residues.values() for m in maps] + [1e-12])
-    figure = _new_figure(max(4.5, 1.7 * cascades + 1.2), 1.8 * len(residues) + 0.5)
-    axes = figure.subplots(len(residues), cascades, squeeze=False)
+    cascades = sorted(next(iter(residues.values())))
+    if not cascades or any(sorted(maps) != cascades for maps in residues.values()):
+        raise SftkdError(f"attention residues: every student needs the same cascades, got {[sorted(m) for m in residues.values()]}")
+    vmax = max([float(np.max(m)) for maps in residues.values() for m in maps.values()] + [1e-12])
+    figure = _new_figure(max(4.5, 1.7 * len(cascades) + 1.2), 1.8 * len(residues) + 0.5)
+    axes = figure.subplots(len(residues), len(cascades), squeeze=False)
     data: dict[str, Any] = {"vmax": vmax}
     drawn = None
     for i, (label, maps) in enumerate(residues.items()):
-        data[label] = {"maps": [], "means": []}
-        for j, residue in enumerate(maps):
-            ax = axes[i][j]
+        data[label] = {"cascades": cascades, "maps": [], "means": []}
+        for j, cascade in enumerate(cascades):
+            residue, ax = maps[cascade], axes[i][j]
             drawn = ax.imshow(np.asarray(residue, dtype=np.float32), cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest")
             shown = np.asarray(drawn.get_array(), dtype=np.float64)
             mean = float(shown.mean())
@@ -405,7 +405,7 @@ def attention_residue_figure(residues: Mapping[str, Sequence[np.ndarray]], stem:
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"cascade {j + 1}", fontsize=8)
+                ax.set_title(f"cascade {cascade}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
     figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8, label="AT attention |A_student - A_teacher|")
