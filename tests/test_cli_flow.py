@@ -71,6 +71,11 @@ def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
     assert distilled["teacher_role"] == "sft-teacher" and "sft" in distilled["init"]
     for key, value in student.items():  # lr=1e-30: updates vanish below float32 resolution
         assert torch.equal(distilled["models"]["model"]["state"][key], value), key
+    # a resumed run still records where its weights started from
+    sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--method", "at", "--init-from", "sft",
+          "--name", "sftkd-init", *base, "train.epochs=2", "train.max_steps_per_epoch=1", "train.lr=1e-30", "--resume")
+    resumed = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["init"] == distilled["init"]
 
 
 def test_evaluate_and_compare(flow):
