@@ -36,7 +36,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, count_parameters
+from sftkd_cli.models import DCCNN, DCUNet, count_parameters
 from sftkd_cli.mri.dc import data_consistency
 from sftkd_cli.runs import atomic_write_text, open_run
 
@@ -574,7 +574,8 @@ def export_run(
             "checkpoint": checkpoint,
             "epoch": state.get("epoch"),
             "architecture": {
-                "name": model.name, "layers": model.layers, "cascades": model.cascades,
+                "name": model.name, "cascades": model.cascades,
+                **({"levels": model.levels} if isinstance(model, DCUNet) else {"layers": model.layers}),  # U-Net blocks: levels
                 "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3,
                 "data_consistency": "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal",
                 "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet, count_parameters
 from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
+from sftkd_cli.models.dcunet import DCUNet, build_dcunet
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Family:
 
 FAMILIES: list[Family] = [
     Family(r"D\d+C\d+", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn),
+    Family(r"U\d+C\d+", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet),
 ]
 
 
@@ -49,5 +51,5 @@ def cascades_of(name: str) -> int:
     return build_model(name).cascades
 
 
-__all__ = ["FAMILIES", "CascadeNet", "DCCNN", "Family", "build_model", "cascades_of", "count_parameters",
+__all__ = ["FAMILIES", "CascadeNet", "DCCNN", "DCUNet", "Family", "build_model", "cascades_of", "count_parameters",
            "family_of", "parse_name"]
