@@ -22,10 +22,11 @@ from sftkd_cli.errors import SftkdError
 
 @dataclass
 class DataConfig:
-    """Which prepared dataset and acceleration to train and validate on."""
+    """Which prepared dataset and acceleration (or super-resolution scale) to train and validate on."""
 
     path: str = "data/demo"
-    acceleration: float = 4.0
+    acceleration: float = 4.0  # task recon: undersampling factor; task sr: scale factor (the LR image is H/s x W/s)
+    task: str = "recon"  # recon | sr (super-resolution); must be what the dataset was prepared for (prepare-data --task)
     train_split: str = "train"
     val_split: str = "val"
     cache: bool = True  # hold the dataset in memory (small datasets; much faster on CPU)
@@ -268,10 +269,24 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.max_val_slices >= 0, "data.max_val_slices", "0 (all) or more"),
         (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
         (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
+        (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
     ]
     for ok, key, expected in checks:
         if not ok:
             raise SftkdError(f"{key}: expected {expected}")
+    _check_dataset_task(recipe.data)
+
+
+def _check_dataset_task(data: DataConfig) -> None:
+    """When data.path is already a prepared dataset, it must have been prepared for data.task."""
+    from sftkd_cli.data.dataset import check_task
+
+    try:
+        manifest = json.loads((Path(data.path) / "manifest.json").read_text())
+    except (OSError, ValueError):  # no dataset yet (or unreadable: the dataset reader says so later)
+        return
+    if isinstance(manifest, dict):
+        check_task(manifest, data.path, data.task)
 
 
 

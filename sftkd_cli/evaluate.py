@@ -32,6 +32,14 @@ from sftkd_cli.training.engine import collate, select_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 
+#: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
+INPUT_LABELS = {"recon": "zero-filled", "sr": "LR interpolated"}
+INPUT_CONVENTIONS = {
+    "recon": "zero_filled = the network input: |IFFT(masked k-space)|",
+    "sr": "zero_filled = the network input: the low-resolution image (central 1/s x 1/s of k-space) "
+          "interpolated to full size by zero-padding its k-space (sinc interpolation)",
+}
+
 
 def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
     """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays."""
@@ -151,7 +159,7 @@ def evaluate_run(
     recipe = run.load_recipe()
     data_path = Path(data or recipe.data.path)
     split = split or recipe.eval.split
-    dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False)
+    dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
     torch_device = select_device(device)
@@ -190,6 +198,7 @@ def evaluate_run(
             "fingerprint": dataset_fingerprint(data_path),
             "split": split,
             "acceleration": float(recipe.data.acceleration),
+            "task": dataset.task,
             "image_size": list(manifest.get("image_size", [])),
             "volumes": len(volumes),
             "slices": len(rows),
@@ -197,7 +206,8 @@ def evaluate_run(
         "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices),
         "device": str(torch_device),
         "threads": torch.get_num_threads(),
-        "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)"},
+        "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)",
+                        "input": INPUT_CONVENTIONS[dataset.task]},
         "metrics": summary,
         "zero_filled": zf_summary,
         **extra,
@@ -224,15 +234,16 @@ def _role(run_role: str, entry: str) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
-    """A rich table, one row per metric: the zero-filled input and the model, mean ± std over slices."""
+    """A rich table, one row per metric: the input (zero-filled, or LR interpolated for sr) and the model."""
     ds = metrics["dataset"]
+    task = ds.get("task", "recon")
     table = Table(
         title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
-        f"{ds['slices']} slices, {ds['acceleration']:g}x",
+        f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
         caption=f"{metrics['params']:,} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
     )
     table.add_column("metric", style="bold")
-    table.add_column("zero-filled", justify="right")
+    table.add_column(INPUT_LABELS.get(task, "zero-filled"), justify="right")
     table.add_column(metrics["model"], justify="right")
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
     for name in METRIC_NAMES:

@@ -9,6 +9,10 @@ The exported graph contains the data-consistency layers, so it needs only what a
              mask    (B,1,H,W) float32  0/1 sampling mask (batch 1 broadcasts)
     output   image   (B,1,H,W) float32  the reconstruction
 
+A VDSR (super-resolution) model has no data consistency: its graph is the plain CNN, zf is the
+interpolated low-resolution image; kspace and mask are accepted but unused (TorchScript), or
+absent from the graph (ONNX drops unused inputs; `ExportedModel` feeds what the file declares).
+
 The batch is dynamic in both formats. torch.fft does not export to ONNX, so the ONNX graph
 computes the orthonormal DFT as matrix products with fixed DFT matrices (`MatmulDFT`): the
 image size is fixed there. The TorchScript file keeps torch.fft (exact, any image size).
@@ -36,7 +40,8 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, DCUNet, count_parameters
+from sftkd_cli.models import DCCNN, count_parameters
+from sftkd_cli.models.vdsr import VDSR
 from sftkd_cli.mri.dc import data_consistency
 from sftkd_cli.runs import atomic_write_text, open_run
 
@@ -151,6 +156,37 @@ class ExportableDCCNN(nn.Module):
         return x
 
 
+class ExportableVDSR(nn.Module):
+    """A trained VDSR behind the export interface forward(zf, kspace, mask): kspace and mask are unused."""
+
+    def __init__(self, model: VDSR) -> None:
+        super().__init__()
+        self.model = model
+        self.centered = False
+
+    def forward(self, zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(zf, kspace, mask)
+
+
+def exportable(model: nn.Module, image_size: tuple[int, int], fixed: bool) -> nn.Module:
+    """The traceable wrapper of a model: VDSR as it is, DC-CNN with its DFT for the format."""
+    if isinstance(model, VDSR):
+        return ExportableVDSR(model)
+    return ExportableDCCNN(model, image_size, "matmul" if fixed else "fft")  # type: ignore[arg-type]
+
+
+def _architecture(model: nn.Module, fixed: bool) -> dict[str, Any]:
+    """The model card's architecture section."""
+    if isinstance(model, VDSR):
+        return {"name": model.name, "layers": model.layers, "cascades": model.cascades, "channels": model.channels,
+                "kernel": 3, "residual": "output = zf + CNN(zf) (global residual)",
+                "data_consistency": "none (super-resolution): kspace and mask are unused inputs", "dft": "none"}
+    return {"name": model.name, "layers": model.layers, "cascades": model.cascades,
+            "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3,
+            "data_consistency": "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal",
+            "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft"}
+
+
 def split_complex(kspace: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) complex -> (B,2,H,W) float32 [real, imaginary]; a (B,2,H,W) real tensor passes."""
     if torch.is_complex(kspace):
@@ -249,9 +285,10 @@ class ExportedModel:
             with torch.no_grad():
                 out = self._module(zf.float().to(self.device), k2.to(self.device), mask.float().to(self.device))
             return out.to(zf.device)
+        declared = {i.name for i in self._session.get_inputs()}  # a VDSR graph has only zf
         feeds = {
             name: np.ascontiguousarray(t.detach().float().cpu().numpy())
-            for name, t in zip(INPUT_NAMES, (zf, k2, mask))
+            for name, t in zip(INPUT_NAMES, (zf, k2, mask)) if name in declared
         }
         (out,) = self._session.run([OUTPUT_NAME], feeds)
         return torch.from_numpy(out).to(zf.device)
@@ -426,7 +463,9 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
     """The dataset's fixed mask for this acceleration and its file path (None when unavailable)."""
     if manifest is None:
         return None, None
-    key = f"acc{float(acceleration):g}"
+    from sftkd_cli.data.prepare import group_key
+
+    key = group_key(str(manifest.get("task", "recon")), acceleration)
     relative = manifest.get("mask", {}).get("files", {}).get(key)
     if not relative:
         return None, None
@@ -439,12 +478,15 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
 
 def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, Any] | None, mask: np.ndarray | None) -> np.ndarray:
     """A mask for the phantom check: the dataset's when it fits, else a generated one."""
+    from sftkd_cli.data.prepare import sr_box_mask
     from sftkd_cli.mri.masks import make_mask
 
     if mask is not None and tuple(mask.shape) == tuple(size):
         return mask
     info = (manifest or {}).get("mask", {})
     layout = info.get("layout", "corner")
+    if (manifest or {}).get("task") == "sr":
+        return sr_box_mask(size, acceleration, layout)
     return make_mask(info.get("kind", "random"), size, acceleration, seed=int(info.get("seed", 42)), layout=layout)
 
 
@@ -488,8 +530,18 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
     return card
 
 
-def _io_spec(size: tuple[int, int], fixed: bool, centered: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, sr: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     h, w = (size[0], size[1]) if fixed else ("H", "W")
+    if sr:  # ONNX drops the unused inputs; TorchScript keeps the three-input signature
+        unused = "unused by this super-resolution model (any values; kept for one interface)"
+        zf = {"name": "zf", "shape": ["batch", 1, h, w], "dtype": "float32",
+              "description": "low-resolution image interpolated to full size (|IFFT| of the zero-padded central "
+                             "k-space box), as in the training data"}
+        return [zf] + ([] if fixed else [
+            {"name": "kspace", "shape": ["batch", 2, h, w], "dtype": "float32", "description": unused},
+            {"name": "mask", "shape": ["mask_batch", 1, h, w], "dtype": "float32", "description": unused},
+        ]), [{"name": OUTPUT_NAME, "shape": ["batch", 1, h, w], "dtype": "float32",
+             "description": "super-resolved image: zf + the CNN's residual"}]
     layout = "centred (fftshift)" if centered else "corner (no fftshift, low frequencies at the corners)"
     inputs = [
         {"name": "zf", "shape": ["batch", 1, h, w], "dtype": "float32",
@@ -540,7 +592,7 @@ def export_run(
         inputs = phantom_inputs(image_size, _check_mask(image_size, acceleration, manifest, mask))
 
     fixed = fmt == "onnx"
-    wrapper = ExportableDCCNN(model, image_size, "matmul" if fixed else "fft").eval()
+    wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
     target = Path(out) if out is not None else default_out(run.path, model.name, entry_role, fmt)
     if target.is_dir():
@@ -557,7 +609,7 @@ def export_run(
                 f"(tolerance {TOLERANCE:g}); nothing written"
             )
         runtime = "torch.jit.load" if not fixed else f"onnxruntime {_onnxruntime().__version__} (CPUExecutionProvider)"
-        inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered)
+        inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, isinstance(model, VDSR))
         card = {
             "format": CARD_FORMAT,
             "sftkd_version": __version__,
@@ -573,13 +625,7 @@ def export_run(
             "teacher_role": state.get("teacher_role"),
             "checkpoint": checkpoint,
             "epoch": state.get("epoch"),
-            "architecture": {
-                "name": model.name, "cascades": model.cascades,
-                **({"levels": model.levels} if isinstance(model, DCUNet) else {"layers": model.layers}),  # U-Net blocks: levels
-                "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3,
-                "data_consistency": "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal",
-                "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft",
-            },
+            "architecture": _architecture(model, fixed),
             "params": count_parameters(model),
             "acceleration": acceleration,
             "mask": _mask_card(manifest, acceleration, mask, mask_file),
@@ -598,7 +644,7 @@ def export_run(
             "check": {
                 "max_abs_diff": diff, "tolerance": TOLERANCE, "inputs": inputs.source,
                 "batches": sorted({1, len(inputs.zf)}), "runtime": runtime,
-                "reference": "the PyTorch DCCNN (torch.fft data consistency)",
+                "reference": f"the PyTorch {model.name}" + ("" if isinstance(model, VDSR) else " (torch.fft data consistency)"),
             },
         }
         atomic_write_text(card_path(target), json.dumps(card, indent=2, allow_nan=True))

@@ -9,7 +9,8 @@ Keys of a plan (paths are relative to the current directory, like recipe paths):
     plan: 1
     name, description          for the report (name defaults to the file name)
     data:     source (demo | acdc | mrbrains | nifti | prepared), root (raw data folder),
-              out (prepared dataset folder; every stage trains on it), options (prepare options)
+              out (prepared dataset folder; every stage trains on it), options (prepare options;
+              task: sr prepares super-resolution data, and then every stage needs data.task: sr)
     base:     recipe overrides for every stage, e.g. {train.epochs: 10, train.threads: 1}
     runs_dir: folder of the run directories; report: report folder (default <runs_dir>/report)
     recipes:  folder with teacher.yaml, student.yaml, sft.yaml, std-kd-<method>.yaml and
@@ -101,7 +102,7 @@ SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 PREPARE_KEYS: tuple[str, ...] = (
     "size", "slice_axis", "downsample", "accelerations", "mask_kind", "mask_files", "mask_layout",
-    "center_fraction", "seed", "val_fraction", "test_fraction", "val", "test", "min_slice_mean",
+    "center_fraction", "seed", "val_fraction", "test_fraction", "val", "test", "min_slice_mean", "task",
 )
 PAPER_LAYOUTS: tuple[str, ...] = ("table1", "students", "models")
 STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD", "sft-kd": "SFT-KD-Recon"}
@@ -565,6 +566,10 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
             model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
             recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
         validate(recipe)
+        task = str(plan.data.options.get("task", "recon"))
+        if plan.data.source != "prepared" and recipe.data.task != task:
+            raise SftkdError(f"data.task {recipe.data.task}: the plan prepares data for task {task} (data.options.task); "
+                             f"set data.task: {task} (e.g. in base)")
     except SftkdError as exc:
         raise SftkdError(f"{where}: {exc}") from None
     return recipe
@@ -739,6 +744,7 @@ def prepare_data(plan: Plan, console: Console) -> bool:
             val=tuple(str(v) for v in options.get("val") or ()),
             test=tuple(str(v) for v in options.get("test") or ()),
             min_slice_mean=float(options.get("min_slice_mean", 0.0)),
+            task=str(options.get("task", "recon")),
         )
     except (TypeError, ValueError, IndexError) as exc:
         raise SftkdError(f"{plan.path}: data.options: {exc}") from None

@@ -17,17 +17,18 @@ from rich.table import Table
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.data.prepare import (
-    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, parse_accelerations, parse_mask_files, prepare_dataset,
+    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, group_key, parse_accelerations, parse_mask_files, prepare_dataset,
 )
 from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource, Source
 from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError
 
 prepare_app = typer.Typer(
     no_args_is_help=True,
     help=(
         "Turn raw MRI volumes into a training-ready dataset: one .h5 per volume (image, masked "
-        "k-space and zero-filled image per acceleration) plus manifest.json. Re-running with the "
-        "same options is a no-op; the output appears atomically."
+        "k-space and zero-filled image per acceleration; with --task sr, low-resolution input per scale) "
+        "plus manifest.json. Re-running with the same options is a no-op; the output appears atomically."
     ),
 )
 app.add_typer(prepare_app, name="prepare-data", help="Prepare a dataset (demo, acdc, mrbrains, nifti).")
@@ -51,8 +52,16 @@ Downsample = Annotated[
 ]
 Acc = Annotated[
     Optional[list[str]],
-    typer.Option("--acc", "--accelerations",
-                 help="Acceleration(s), repeatable or comma list. Default: 4,5 (or those of --mask-file)."),
+    typer.Option("--acc", "--accelerations", "--scale",
+                 help="Acceleration(s), repeatable or comma list; with --task sr the scale factor(s) (--scale). "
+                      "Default: 4,5 (or those of --mask-file); sr: 4."),
+]
+Task = Annotated[
+    str,
+    typer.Option("--task",
+                 help="recon: undersampled k-space and zero-filled image per acceleration | sr: super-resolution, "
+                      "the central 1/s x 1/s of k-space per scale s, interpolated back to full size (|IFFT| of "
+                      "the zero-padded box: sinc); the group is sr<s> and the mask the box."),
 ]
 MaskKind = Annotated[str, typer.Option("--mask-kind", help="Generated masks: random | equispaced | fastmri.")]
 MaskFile = Annotated[
@@ -98,20 +107,22 @@ def _options(
     size: tuple[int, int] | None, slice_axis: int, downsample: int, acc: list[str] | None,
     mask_kind: str, mask_file: list[str] | None, mask_layout: str, center_fraction: float | None,
     seed: int, val_fraction: float | None, test_fraction: float | None, val: list[str] | None,
-    test: list[str] | None, min_slice_mean: float, force: bool,
+    test: list[str] | None, min_slice_mean: float, force: bool, task: str = "recon",
 ) -> PrepareOptions:
-    """Command-line values -> PrepareOptions (accelerations default to the mask files' or 4, 5)."""
+    """Command-line values -> PrepareOptions (accelerations default to the mask files' or 4, 5; sr: 4)."""
     accelerations = parse_accelerations(acc)
+    if task == "sr" and mask_file:  # before parsing, which would blame a bare path on --acc
+        raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
     mask_files = parse_mask_files(mask_file, accelerations)
     if not accelerations:
-        accelerations = tuple(sorted(mask_files)) if mask_files else (4.0, 5.0)
+        accelerations = tuple(sorted(mask_files)) if mask_files else (4.0,) if task == "sr" else (4.0, 5.0)
     return PrepareOptions(
         size=None if size is None else (int(size[0]), int(size[1])),
         slice_axis=slice_axis, downsample=downsample, accelerations=accelerations,
         mask_kind=mask_kind, mask_files=mask_files, mask_layout=mask_layout,
         center_fraction=center_fraction, seed=seed, val_fraction=val_fraction,
         test_fraction=test_fraction, val=tuple(val or ()), test=tuple(test or ()),
-        min_slice_mean=min_slice_mean, force=force,
+        min_slice_mean=min_slice_mean, force=force, task=task,
     )
 
 
@@ -160,13 +171,22 @@ def print_summary(result: PrepareResult, console: Console) -> None:
     h, w = m["image_size"]
     table.add_row("image size", f"{h} x {w}")
     mask = m["mask"]
-    lines = ", ".join(
-        f"{a:g}x: {mask['per_acceleration'][f'acc{a:g}']['lines']}/{h} lines "
-        f"({mask['per_acceleration'][f'acc{a:g}']['origin']})"
-        for a in m["accelerations"]
-    )
-    table.add_row("accelerations", lines)
-    table.add_row("mask layout", f"{mask['layout']}, rows sampled (axis 0), seed {mask['seed']}")
+    if m.get("task") == "sr":
+        boxes = ", ".join(
+            f"{a:g}x: low resolution {' x '.join(map(str, mask['per_acceleration'][group_key('sr', a)]['box']))}"
+            for a in m["accelerations"]
+        )
+        table.add_row("task", "super-resolution (input: low-resolution image interpolated to full size)")
+        table.add_row("scales", boxes)
+        table.add_row("k-space layout", f"{mask['layout']}, central box kept")
+    else:
+        lines = ", ".join(
+            f"{a:g}x: {mask['per_acceleration'][f'acc{a:g}']['lines']}/{h} lines "
+            f"({mask['per_acceleration'][f'acc{a:g}']['origin']})"
+            for a in m["accelerations"]
+        )
+        table.add_row("accelerations", lines)
+        table.add_row("mask layout", f"{mask['layout']}, rows sampled (axis 0), seed {mask['seed']}")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
 
@@ -204,9 +224,10 @@ def demo(
     center_fraction: CenterFraction = None,
     seed: Seed = 42,
     force: Force = False,
+    task: Task = "recon",
 ) -> None:
     options = _options(size, SOURCE_DEFAULTS["demo"]["slice_axis"], downsample, acc, mask_kind, mask_file, mask_layout, center_fraction,
-                       seed, None, None, None, None, min_slice_mean, force)
+                       seed, None, None, None, None, min_slice_mean, force, task)
     _run(DemoSource(source, template, slab=slab, gap=gap), out, options)
 
 
@@ -238,9 +259,10 @@ def acdc(
     center_fraction: CenterFraction = None,
     seed: Seed = 42,
     force: Force = False,
+    task: Task = "recon",
 ) -> None:
     options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force)
+                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
     _run(AcdcSource(root), out, options)
 
 
@@ -272,9 +294,10 @@ def mrbrains(
     center_fraction: CenterFraction = None,
     seed: Seed = 42,
     force: Force = False,
+    task: Task = "recon",
 ) -> None:
     options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force)
+                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
     _run(MRBrainsSource(root, modality), out, options)
 
 
@@ -306,7 +329,8 @@ def nifti(
     center_fraction: CenterFraction = None,
     seed: Seed = 42,
     force: Force = False,
+    task: Task = "recon",
 ) -> None:
     options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force)
+                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
     _run(NiftiSource(root, pattern), out, options)

@@ -7,6 +7,11 @@ Slices are read lazily from the h5 files (each process opens its own handles on 
 since h5py handles cannot be pickled or shared across fork), or all loaded at construction with
 `cache=True`. Problems (missing manifest, unknown split or acceleration, missing or corrupt
 h5 file) raise SftkdError naming the file or value.
+
+The dataset's task (manifest "task": recon, or sr for super-resolution; recon when absent)
+decides which groups are read: `acc{a:g}` (acceleration a) or `sr{s:g}` (scale s, given in the
+`acceleration` argument). For sr, zf is the interpolated low-resolution image and mask the
+central k-space box. `SliceDataset(..., task=...)` refuses a dataset prepared for another task.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sftkd_cli.data.prepare import FORMAT, MANIFEST, acceleration_key
+from sftkd_cli.data.prepare import FORMAT, MANIFEST, TASKS, group_key
 from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError
 
@@ -59,6 +64,8 @@ def _is_int(value: Any) -> bool:
 
 def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     """The types the readers rely on, so that a damaged manifest is one clear line, not a KeyError."""
+    if manifest.get("task", "recon") not in TASKS:
+        raise SftkdError(f"{where}: task {manifest.get('task')!r}, expected one of {', '.join(TASKS)}")
     size = manifest["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
         raise SftkdError(f"{where}: image_size {size!r}, expected [H, W] (two positive integers)")
@@ -86,14 +93,31 @@ def dataset_fingerprint(root: str | Path) -> str:
         raise SftkdError(f"{display_path(path)}: cannot read ({exc.strerror or exc})") from exc
 
 
+def dataset_task(manifest: dict[str, Any]) -> str:
+    """What the dataset was prepared for: 'recon' (also datasets older than tasks) or 'sr'."""
+    return str(manifest.get("task", "recon"))
+
+
+def check_task(manifest: dict[str, Any], root: str | Path, task: str) -> None:
+    """Refuse a dataset prepared for another task than `task` (the recipe's data.task)."""
+    have = dataset_task(manifest)
+    if task != have:
+        raise SftkdError(
+            f"data.task {task}: dataset {display_path(root)} was prepared for task {have}; "
+            f"set data.task={have} or prepare the data with --task {task}"
+        )
+
+
 def check_acceleration(manifest: dict[str, Any], root: str | Path, acceleration: float) -> str:
-    """The h5 group name of `acceleration`, or an error listing the dataset's accelerations."""
-    key = acceleration_key(acceleration)
-    have = [acceleration_key(a) for a in manifest["accelerations"]]
+    """The h5 group name of `acceleration` (sr: the scale), or an error listing the dataset's."""
+    task = dataset_task(manifest)
+    key = group_key(task, acceleration)
+    have = [group_key(task, a) for a in manifest["accelerations"]]
     if key not in have:
         listed = ", ".join(f"{float(a):g}" for a in manifest["accelerations"])
+        what = "scale" if task == "sr" else "acceleration"
         raise SftkdError(
-            f"acceleration {float(acceleration):g} not in dataset {display_path(root)} (has {listed})"
+            f"{what} {float(acceleration):g} not in dataset {display_path(root)} (has {listed})"
         )
     return key
 
@@ -150,11 +174,16 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
 class SliceDataset(Dataset):
     """2-D slices of one split of a prepared dataset at one acceleration (see module docstring)."""
 
-    def __init__(self, root: str | Path, split: str, acceleration: float, cache: bool = False) -> None:
+    def __init__(
+        self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.acceleration = float(acceleration)
         self.manifest = load_manifest(self.root)
+        if task is not None:
+            check_task(self.manifest, self.root, task)
+        self.task = dataset_task(self.manifest)
         self.key = check_acceleration(self.manifest, self.root, self.acceleration)
         self._volumes = split_volumes(self.manifest, self.root, split)
         self.image_size = tuple(int(s) for s in self.manifest["image_size"])

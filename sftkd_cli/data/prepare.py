@@ -5,6 +5,13 @@ in [0, 1], `source_slice` (S,) int32 (slice index in the source file) and one gr
 `acc{a:g}` per acceleration with `kspace` (masked, complex64), `zf` (float32) and `mask`;
 `masks/acc{a:g}.npy`; and `manifest.json`.
 
+Task `sr` (super-resolution, `--task sr`) writes one group `sr{s:g}` per scale factor s instead,
+with the same three arrays: `mask` is the central round(H/s) x round(W/s) box of k-space (the
+frequencies a low-resolution acquisition measures, `sr_box_mask`), `kspace` the image's k-space
+inside it (zero outside) and `zf` = |IFFT(kspace)|: the low-resolution image interpolated back
+to H x W by zero-padding its k-space (sinc interpolation). The manifest records "task": "sr" and
+"scales"; its "accelerations" list holds the same factors, so every reader keys groups alike.
+
 Processing of one source file, in order:
 1. read and validate (3-D, finite, some positive voxel); clip negatives to 0 and divide by the
    volume maximum (recorded as the `max` attribute), so images are in [0, 1];
@@ -14,7 +21,8 @@ Processing of one source file, in order:
    of the stack's mean (before cropping);
 5. centre crop / zero-pad to `size` (no resampling); drop slices that became all zero;
 6. for each acceleration: one fixed mask for the whole dataset, k-space = mask * FFT(image),
-   zero-filled = |IFFT(k-space)| (`sftkd_cli.mri.masks.undersample`).
+   zero-filled = |IFFT(k-space)| (`sftkd_cli.mri.masks.undersample`); for task sr the mask is the
+   central k-space box of each scale.
 
 Safety: every input is validated before anything is written; the dataset is written to a
 temporary sibling folder `.<name>.tmp-<pid>` and renamed into place at the end, so a failure
@@ -62,6 +70,32 @@ def acceleration_key(acceleration: float) -> str:
     return f"acc{float(acceleration):g}"
 
 
+#: what a dataset is prepared for: reconstruction from undersampled k-space, or super-resolution
+TASKS: tuple[str, ...] = ("recon", "sr")
+
+
+def group_key(task: str, factor: float) -> str:
+    """Group name of a task's factor: ('recon', 4) -> 'acc4' (acceleration), ('sr', 4) -> 'sr4' (scale)."""
+    return f"sr{float(factor):g}" if task == "sr" else acceleration_key(factor)
+
+
+def sr_box_mask(shape: tuple[int, int], scale: float, layout: str = "corner") -> np.ndarray:
+    """The k-space a low-resolution acquisition at `scale` measures: a (H, W) float32 0/1 mask.
+
+    n = round(H / scale) rows and m = round(W / scale) columns of the lowest frequencies, the
+    signed frequencies -(n // 2) .. n - 1 - n // 2 (those of an n-point DFT). `layout` "corner"
+    (unshifted: frequency f at index f mod H) or "centered" (fftshift: f at H // 2 + f).
+    """
+    out = []
+    for size in shape:
+        n = min(size, max(1, math.floor(size / scale + 0.5)))
+        freqs = np.arange(-(n // 2), n - n // 2)
+        keep = np.zeros(size, dtype=bool)
+        keep[freqs % size if layout == "corner" else freqs + size // 2] = True
+        out.append(keep)
+    return np.outer(out[0], out[1]).astype(np.float32)
+
+
 #: per-source defaults of `prepare-data` (the CLI and `reproduce` plans both use these)
 SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
@@ -96,9 +130,16 @@ class PrepareOptions:
     test: tuple[str, ...] = ()
     min_slice_mean: float = 0.0
     force: bool = False
+    task: str = "recon"  # recon: undersampled k-space per acceleration | sr: low-resolution input per scale
 
     def validate(self) -> None:
         """Raise a one-line SftkdError for any value out of range."""
+        if self.task not in TASKS:
+            raise SftkdError(f"--task {self.task}: expected one of {', '.join(TASKS)}")
+        if self.task == "sr" and self.mask_files:
+            raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
+        if self.task == "sr" and self.center_fraction is not None:
+            raise SftkdError("--center-fraction: not used by --task sr (the scale fixes the central k-space box); remove it")
         if self.size is not None:
             if len(self.size) != 2 or any(int(s) != s or s < 4 for s in self.size):
                 raise SftkdError(f"--size {self.size}: expected two integers H W, each >= 4")
@@ -135,6 +176,8 @@ class PrepareOptions:
         """The options as recorded in the manifest (JSON types, `force` left out)."""
         out = asdict(self)
         out.pop("force")
+        if self.task == "recon":  # datasets prepared before tasks existed stay up to date
+            out.pop("task")
         out["size"] = None if self.size is None else [int(s) for s in self.size]
         out["slice_axis"] = self.slice_axis % 3
         out["accelerations"] = [float(a) for a in self.accelerations]
@@ -352,10 +395,12 @@ def _check_mask_shapes(user: dict[float, tuple[Path, np.ndarray, str]], size: tu
 def _masks(
     options: PrepareOptions, size: tuple[int, int], user: dict[float, tuple[Path, np.ndarray, str]]
 ) -> dict[float, np.ndarray]:
-    """One fixed mask per acceleration: the user's file, or a generated one."""
+    """One fixed mask per acceleration: the user's file, or a generated one (sr: the k-space box)."""
     out = {}
     for acc in options.accelerations:
-        if acc in user:
+        if options.task == "sr":
+            out[acc] = sr_box_mask(size, acc, options.mask_layout)
+        elif acc in user:
             out[acc] = user[acc][1]
         else:
             out[acc] = make_mask(
@@ -371,18 +416,20 @@ def _mask_record(
     """The manifest's `mask` section."""
     per_acc = {}
     for acc, mask in masks.items():
-        key = acceleration_key(acc)
+        key = group_key(options.task, acc)
         per_acc[key] = {
             "file": f"masks/{key}.npy",
             "lines": int(np.count_nonzero(mask.any(axis=1))),
             "sampled_fraction": round(float(mask.mean()), 6),
-            "origin": "file" if acc in user else options.mask_kind,
+            "origin": "sr-box" if options.task == "sr" else "file" if acc in user else options.mask_kind,
         }
+        if options.task == "sr":
+            per_acc[key]["box"] = [int(np.count_nonzero(mask.any(axis=1))), int(np.count_nonzero(mask.any(axis=0)))]
         if acc in user:
             per_acc[key]["source_file"] = str(user[acc][0].resolve())
             per_acc[key]["source_sha256"] = user[acc][2]
     return {
-        "kind": options.mask_kind,
+        "kind": "sr-box" if options.task == "sr" else options.mask_kind,
         "seed": options.seed,
         "layout": options.mask_layout,
         "axis": 0,
@@ -397,9 +444,9 @@ def _mask_record(
 
 def write_volume_h5(
     path: Path, images: np.ndarray, source_slices: np.ndarray, masks: dict[float, np.ndarray],
-    centered: bool, attrs: dict[str, Any],
+    centered: bool, attrs: dict[str, Any], task: str = "recon",
 ) -> None:
-    """Write one volume's h5 file: image, source_slice, and per acceleration kspace/zf/mask."""
+    """Write one volume's h5 file: image, source_slice, and per acceleration (sr: scale) kspace/zf/mask."""
     s, h, w = images.shape
     chunks = (1, h, w)
     with h5py.File(path, "w") as f:
@@ -407,11 +454,11 @@ def write_volume_h5(
         f.create_dataset("source_slice", data=source_slices.astype(np.int32))
         for acc, mask in masks.items():
             kspace, zf = undersample(images, mask, centered=centered)
-            group = f.create_group(acceleration_key(acc))
+            group = f.create_group(group_key(task, acc))
             group.create_dataset("kspace", data=kspace, chunks=chunks, compression="lzf")
             group.create_dataset("zf", data=zf, chunks=chunks)
             group.create_dataset("mask", data=mask.astype(np.float32))
-            group.attrs["acceleration"] = float(acc)
+            group.attrs["scale" if task == "sr" else "acceleration"] = float(acc)
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -445,7 +492,7 @@ def _write(
     """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries."""
     (tmp / "masks").mkdir(parents=True)
     for acc, mask in masks.items():
-        np.save(tmp / "masks" / f"{acceleration_key(acc)}.npy", mask.astype(np.float32))
+        np.save(tmp / "masks" / f"{group_key(options.task, acc)}.npy", mask.astype(np.float32))
     by_rel = {p.file.rel: p for p in prepared}
     volumes: dict[str, dict[str, Any]] = {}
     centered = options.mask_layout == "centered"
@@ -475,7 +522,7 @@ def _write(
             "slice_axis": options.slice_axis % 3,
             "sftkd_version": __version__,
         }
-        write_volume_h5(tmp / f"{piece.volume}.h5", images, source_slices, masks, centered, attrs)
+        write_volume_h5(tmp / f"{piece.volume}.h5", images, source_slices, masks, centered, attrs, options.task)
         volumes[piece.volume] = {
             "file": f"{piece.volume}.h5",
             "slices": int(len(rows)),
@@ -606,7 +653,9 @@ def _manifest(
         "source_root": None if source.root is None else str(source.root.resolve()),
         "source_details": source.details(),
         "image_size": [int(size[0]), int(size[1])],
+        "task": options.task,
         "accelerations": [float(a) for a in options.accelerations],
+        **({"scales": [float(a) for a in options.accelerations]} if options.task == "sr" else {}),
         "normalisation": NORMALISATION,
         "mask": _mask_record(options, masks, user),
         "splits": split_lists,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet, count_parameters
 from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
+from sftkd_cli.models.vdsr import build_vdsr
 from sftkd_cli.models.dcunet import DCUNet, build_dcunet
 
 
@@ -28,6 +29,7 @@ class Family:
 
 FAMILIES: list[Family] = [
     Family(r"D\d+C\d+", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn),
+    Family(r"VDSR\d+", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr),
     Family(r"U\d+C\d+", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet),
 ]
 

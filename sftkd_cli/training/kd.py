@@ -40,11 +40,14 @@ def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple
     AT: student's last hidden conv vs the teacher's second-to-last hidden conv in every cascade
     (conv-2 vs conv-3 for D3C5 <- D5C5, the reference's pairing). FitNets: the last conv output
     (1 channel) of the middle cascade. The others: the last hidden conv of every cascade.
-    Each network says which of its taps plays which role (`CascadeNet.default_tap`).
+    Each network says which of its taps plays which role (`CascadeNet.default_tap`); a block
+    where either network has no feature of the role ("", e.g. VDSR4's last block has no hidden
+    conv) is left out.
     """
     cascades = range(1, min(student.cascades, teacher.cascades) + 1)
 
     def pairs(s_role: str, t_role: str, among: range | list[int] = cascades) -> tuple[list[str], list[str]]:
+        among = [c for c in among if student.default_tap(c, s_role) and teacher.default_tap(c, t_role)]
         return ([f"c{c}.{student.default_tap(c, s_role)}" for c in among],
                 [f"c{c}.{teacher.default_tap(c, t_role)}" for c in among])
 
