@@ -40,7 +40,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import DCCNN, count_parameters
+from sftkd_cli.models import DCCNN, DCUNet, count_parameters
 from sftkd_cli.models.vdsr import VDSR
 from sftkd_cli.mri.dc import data_consistency
 from sftkd_cli.runs import atomic_write_text, open_run
@@ -181,7 +181,8 @@ def _architecture(model: nn.Module, fixed: bool) -> dict[str, Any]:
         return {"name": model.name, "layers": model.layers, "cascades": model.cascades, "channels": model.channels,
                 "kernel": 3, "residual": "output = zf + CNN(zf) (global residual)",
                 "data_consistency": "none (super-resolution): kspace and mask are unused inputs", "dft": "none"}
-    return {"name": model.name, "layers": model.layers, "cascades": model.cascades,
+    depth = {"levels": model.levels} if isinstance(model, DCUNet) else {"layers": model.layers}  # U-Net blocks: levels
+    return {"name": model.name, **depth, "cascades": model.cascades,
             "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3,
             "data_consistency": "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal",
             "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft"}
