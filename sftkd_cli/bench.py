@@ -10,7 +10,9 @@ median wall time of `repeats` calls after `warmup` untimed calls:
   under `no_grad`;
 - inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`: eager,
   TorchScript (traced, frozen, optimised for inference, as exported files run) and
-  (optionally) `torch.compile`d with frozen weights.
+  (optionally) `torch.compile`d with frozen weights;
+- bf16: teacher and student training steps and inference in fp32 and under bf16 autocast,
+  side by side (CPUs with AVX512-BF16 and GPUs; with --precision fp32 only).
 
 Each of these has a "reference way" twin measured in the same run: the same work done as the
 paper's code does it (NCHW layout, every conv padded on the full padded map, the KD teacher's
@@ -54,7 +56,7 @@ from sftkd_cli.training.sft import StudentFriendly
 
 TEACHER = "D5C5"
 STUDENT = "D3C5"
-PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer")
+PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 ACCELERATION = 4.0
 
@@ -339,7 +341,7 @@ def _check(settings: dict[str, Any]) -> None:
 
 
 def check_parts(which: Sequence[str] | None) -> list[str]:
-    """Validate `--only`: a subset of teacher, student, sft, kd, infer (all when empty)."""
+    """Validate `--only`: a subset of PARTS (all when empty)."""
     if not which:
         return list(PARTS)
     parts = [w.strip().lower() for w in which if w.strip()]
@@ -553,6 +555,8 @@ def run_bench(
             bench.kd(kd_methods)
         if "infer" in parts:
             bench.inference(compile)
+        if "bf16" in parts:
+            bench.bf16()
         say("roof again (a noisy machine can spoil one measurement)")
         again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
         _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
@@ -662,6 +666,31 @@ class _Bench:
             if compile:
                 self._infer_rows(name, model, "compiled", None)
 
+    def bf16(self) -> None:
+        """bf16 autocast against fp32, both timed here: teacher/student training steps, inference at --batch."""
+        if self.precision != "fp32":
+            return
+        if self.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+            self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
+            return
+        for name in (TEACHER, STUDENT):
+            torch.manual_seed(0)
+            model = build_model(name)
+            flops = 3 * model_flops(model, self.size, self.batch)
+            for precision in ("fp32", "bf16"):
+                step = train_step_fn(Supervised(model), self.data, self.device, precision)
+                self._row(f"bf16.train.{name}.{precision}", f"{name} train, {precision}", "train", step, self.batch,
+                          flops, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
+            model = model.eval()
+            for precision in ("fp32", "bf16"):
+                def run(model: DCCNN = model, precision: str = precision) -> None:
+                    with torch.inference_mode(), precision_context(self.device, precision):
+                        model(self.data["zf"], self.data["kspace"], self.data["mask"])
+
+                self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
+                          self.batch, model_flops(model, self.size, self.batch),
+                          baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
+
     def _runner(self, name: str, model: DCCNN, mode: str, data: Batch) -> tuple[Callable | None, str]:
         """The callable that `mode` times (built and warmed up here), and a note; None if unavailable."""
         start = time.perf_counter()
@@ -760,6 +789,9 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
         for n in sorted({1, result.settings["batch"]}):
             pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
             pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
+    for name in (TEACHER, STUDENT):
+        for group in ("train", "infer"):
+            pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16")
     for key, (top, bottom) in pairs.items():
         value = _ratio(result, top, bottom)
         if value is not None:

@@ -38,6 +38,11 @@ CLI_TINY = ["bench", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup
 WIDE = {"COLUMNS": "200"}
 
 
+#: bf16 autocast rows, each beside its fp32 twin (only where the CPU has AVX512-BF16)
+BF16_ROWS = [f"bf16.{group}.{m}.{p}" for m in ("D5C5", "D3C5") for group in ("train", "infer") for p in ("fp32", "bf16")
+             ] if torch.cpu._is_avx512_bf16_supported() else []
+
+
 @pytest.fixture(scope="module")
 def result():
     return run_bench(**TINY, methods=["at", "fitnets"])
@@ -129,7 +134,7 @@ def test_result_structure(result):
     assert keys == [
         "train.teacher.reference", "train.teacher", "train.student",
         "train.sft.reference", "train.sft.batched", "train.sft.naive",
-        "train.kd_backprop.at", "train.kd.at", "train.kd_backprop.fitnets", "train.kd.fitnets", *infer,
+        "train.kd_backprop.at", "train.kd.at", "train.kd_backprop.fitnets", "train.kd.fitnets", *infer, *BF16_ROWS,
     ]
     for row in result.rows:
         assert len(row.samples) == 1 and row.seconds > 0 and math.isfinite(row.seconds)
@@ -147,7 +152,8 @@ def test_result_structure(result):
         assert result.row(f"train.kd_backprop.{method}").flops == 3 * (t_ref + s_ref) + adapter
     # every row of ours carries the speed-up over its reference-way twin timed in this run
     for row in result.rows:
-        twin = row.key.endswith(".reference") or ".reference." in row.key or row.key.startswith("train.kd_backprop")
+        twin = (row.key.endswith((".reference", ".fp32")) or ".reference." in row.key
+                or row.key.startswith("train.kd_backprop"))
         assert (row.baseline_s is None) == (twin or row.key == "train.student")
     assert result.row("train.kd.at").baseline_s == result.row("train.kd_backprop.at").seconds
     assert result.row("infer.D3C5.torchscript.b2").in_run_speedup == pytest.approx(
@@ -259,3 +265,12 @@ def test_reference_way_and_torchscript_compute_the_same_images():
         expected = reference(*args)
         torch.testing.assert_close(ours(*args), expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torchscript_runner(ours, data)(*args), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not BF16_ROWS, reason="this CPU has no AVX512-BF16")
+def test_bf16_rows_are_timed_against_their_fp32_twins(result):
+    for m in ("D5C5", "D3C5"):
+        for group in ("train", "infer"):
+            fast, slow = result.row(f"bf16.{group}.{m}.bf16"), result.row(f"bf16.{group}.{m}.fp32")
+            assert fast.baseline_s == slow.seconds and fast.flops == slow.flops
+            assert result.ratios[f"bf16_speedup.{group}.{m}"] == pytest.approx(slow.seconds / fast.seconds)

@@ -27,7 +27,8 @@ Rows: training steps (forward + backward + Adam) of the teacher D5C5 and student
 SFT joint step with the student branches batched through each shared block and branch by
 branch; one KD step per method with the frozen teacher under no_grad; inference of D5C5 and
 D3C5 at batch 1 and --batch: eager, TorchScript (as exported files run) and, with --compile,
-torch.compile (inductor, frozen weights).
+torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps and
+inference in fp32 and under bf16 autocast side by side ("vs ref" of a bf16 row = its fp32 twin).
 
 Every row of ours has a "reference way" twin timed in the same run: the same work done as
 the paper's code does it (NCHW, every conv padded on the full map, backprop through the KD
@@ -126,6 +127,9 @@ def ratio_lines(result: BenchResult) -> list[str]:
             label = f"KD {key.split('.', 1)[1]} step, reference way (backprop through the teacher) / ours"
         elif key.startswith("teacher_over_student_latency_b"):
             label = f"inference time, teacher / student (batch {key.rsplit('_b', 1)[1]})"
+        elif key.startswith("bf16_speedup."):
+            _, group, model = key.split(".")
+            label = f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
         elif key.startswith(("compile_speedup.", "torchscript_speedup.")):
             kind = "compiled" if key.startswith("compile") else "TorchScript"
             _, model, batch = key.split(".")
