@@ -28,7 +28,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import atomic_write_text, open_run
-from sftkd_cli.training.engine import collate, select_device
+from sftkd_cli.training.engine import autocast, collate, select_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 
@@ -41,10 +41,11 @@ INPUT_CONVENTIONS = {
 }
 
 
-def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
+def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8,
+                      amp: str = "off") -> dict[str, dict[str, np.ndarray]]:
     """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays."""
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = {k: v.to(device) for k, v in collate(items).items()}
@@ -63,14 +64,14 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
     return volumes
 
 
-def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8) -> float:
+def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8, amp: str = "off") -> float:
     """Median milliseconds to reconstruct one slice (batch 1), after two warm-up runs."""
     if len(dataset) == 0 or slices <= 0:
         return float("nan")
     item = collate([dataset[0]])
     batch = {k: v.to(device) for k, v in item.items()}
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
         for i in range(slices + 2):
             started = time.perf_counter()
             model(batch["zf"], batch["kspace"], batch["mask"])
@@ -147,8 +148,12 @@ def evaluate_run(
     device: str = "auto",
     write_recon: bool = True,
     exported: str | Path | None = None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
+
+    With `amp` bf16 (or fp16 on CUDA) the model runs under autocast and the scores go to
+    `<the usual folder>/eval-amp-<amp>/`, so they sit beside the full-precision ones.
 
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
@@ -163,6 +168,11 @@ def evaluate_run(
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
     torch_device = select_device(device)
+    if amp not in ("off", "bf16", "fp16"):
+        raise SftkdError(f"--amp {amp!r}: expected off, bf16 or fp16")
+    if exported is not None and amp != "off":
+        raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
+    autocast(torch_device, amp)  # fp16 on a CPU: a clear error before any work
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
         named = which in ("best", "last")
@@ -177,7 +187,9 @@ def evaluate_run(
         model, state, entry_role, which = target.model, target.state, target.role, target.checkpoint
         params, out, extra, torch_device = model.params, target.out_dir, target.fields, model.device
 
-    volumes = reconstruct_split(model, dataset, torch_device)
+    if amp != "off":
+        out = out / f"eval-amp-{amp}"
+    volumes = reconstruct_split(model, dataset, torch_device, amp=amp)
     rows, summary, zf_summary = score(volumes)
     manifest = load_manifest(data_path)
     metrics = {
@@ -203,7 +215,8 @@ def evaluate_run(
             "volumes": len(volumes),
             "slices": len(rows),
         },
-        "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices),
+        "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices, amp),
+        "amp": amp,
         "device": str(torch_device),
         "threads": torch.get_num_threads(),
         "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)",
@@ -212,7 +225,7 @@ def evaluate_run(
         "zero_filled": zf_summary,
         **extra,
     }
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     metrics["output_dir"] = str(out)
     atomic_write_text(out / "per_slice.csv", _csv_text(rows))
     if write_recon:

@@ -94,6 +94,7 @@ PLAN_OWNED = {
     "data.path": "data.out", "run.dir": "runs_dir", "run.name": "the stage id",
     "run.role": "the stage kind", "model.name": "sft.teacher / sft.student",
     "distill.teacher_run": "the plan's teacher and sft stages", "distill.method": "stages.kd.methods",
+    "distill.init": "the stage kind: sft for SFT-KD, random for sft_random_init stages",
 }
 #: `sftkd prepare-data <source>` defaults, so a plan prepares exactly what the command would
 SOURCE_OPTIONS: dict[str, dict[str, Any]] = {

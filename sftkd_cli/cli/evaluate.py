@@ -21,6 +21,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     no_recon: bool = typer.Option(False, "--no-recon", help="Do not write recon.h5."),
     exported: Path = typer.Option(None, "--exported", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/)."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/."),
 ) -> None:
     """Reconstruct a split with a run's best checkpoint and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF.
 
@@ -28,6 +29,6 @@ def evaluate(
     """
     for run in runs:
         metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
-                               device=device, write_recon=not no_recon, exported=exported)
+                               device=device, write_recon=not no_recon, exported=exported, amp=amp)
         print_metrics(metrics, console)
         console.print(f"wrote {metrics['output_dir']}/metrics.json, per_slice.csv" + ("" if no_recon else ", recon.h5"), soft_wrap=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet, count_parameters
 from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
-from sftkd_cli.models.vdsr import build_vdsr
 from sftkd_cli.models.dcunet import DCUNet, build_dcunet
+from sftkd_cli.models.vdsr import build_vdsr
 
 
 @dataclass(frozen=True)

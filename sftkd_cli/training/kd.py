@@ -28,10 +28,10 @@ from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet, build_model
-from sftkd_cli.runs import RunDir
+from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, Objective
-from sftkd_cli.training.session import run_training, with_run
+from sftkd_cli.training.session import run_path, run_training, with_run
 
 
 def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple[list[str], list[str]]:
@@ -165,7 +165,9 @@ def distill(
     def make() -> Distillation:
         student = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
         loaded = "random"
-        if init not in ("", "random") and not resume:
+        if resume:  # the weights come from the run's last checkpoint: keep what it started from
+            loaded = _started_from(recipe) or loaded
+        elif init not in ("", "random"):
             loaded = init_weights(student, init)
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps
@@ -182,6 +184,12 @@ def distill(
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
 
     return run_training(recipe, make, resume=resume, force=force, console=console)
+
+
+def _started_from(recipe: Recipe) -> str | None:
+    """The `init` recorded in the last checkpoint of the run being resumed (None if there is none)."""
+    last = RunDir(run_path(recipe)).checkpoint("last")
+    return load_checkpoint(last).get("init") if last.exists() else None
 
 
 def _is_sft(path: str | Path) -> bool:
