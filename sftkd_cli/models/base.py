@@ -105,6 +105,28 @@ class CascadeNet(nn.Module):
         return x, features
 
 
+class DataConsistentCascade(CascadeNet):
+    """A CascadeNet whose block i is a CNN `blocks[i]` (taking the image and a tap dict) followed by
+    the hard data-consistency layer `dc` (DC-CNN, DC-UNet): the state between blocks is an image."""
+
+    blocks: nn.ModuleList
+    dc: nn.Module
+
+    def record(self) -> dict[str, Any]:
+        return {"arch": self.name, "channels": self.channels, "pad": self.blocks[0].pad, "centered": self.dc.centered}
+
+    def cascade(
+        self,
+        index: int,
+        x: torch.Tensor,
+        kspace: torch.Tensor,
+        mask: torch.Tensor,
+        taps: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Block `index` (0-based) followed by data consistency."""
+        return self.dc(self.blocks[index](x, taps), kspace, mask)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

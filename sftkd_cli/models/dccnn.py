@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models.base import CascadeNet
+from sftkd_cli.models.base import DataConsistentCascade
 from sftkd_cli.mri.dc import DataConsistency
 
 _NAME = re.compile(r"^D(\d+)C(\d+)$")
@@ -77,7 +77,7 @@ def _crop(x: torch.Tensor, p: int) -> torch.Tensor:
     return x[..., p : x.shape[-2] - p, p : x.shape[-1] - p] if p else x
 
 
-class DCCNN(CascadeNet):
+class DCCNN(DataConsistentCascade):
     """The deep-cascade network DnCm (n conv layers per block, m cascades)."""
 
     def __init__(
@@ -92,26 +92,12 @@ class DCCNN(CascadeNet):
     def name(self) -> str:
         return f"D{self.layers}C{self.cascades}"
 
-    def record(self) -> dict:
-        return {"arch": self.name, "channels": self.channels, "pad": self.blocks[0].pad, "centered": self.dc.centered}
-
     def block_taps(self, index: int) -> dict[str, int]:
         return {f"conv{j}": (1 if j == self.layers else self.channels) for j in range(1, self.layers + 1)}
 
     def default_tap(self, cascade: int, role: str) -> str:
         hidden = {"last_hidden": 1, "hidden_before_last": 2}
         return f"conv{self.layers}" if role == "output" else f"conv{max(1, self.layers - hidden[role])}"
-
-    def cascade(
-        self,
-        index: int,
-        x: torch.Tensor,
-        kspace: torch.Tensor,
-        mask: torch.Tensor,
-        taps: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Block `index` (0-based) followed by data consistency."""
-        return self.dc(self.blocks[index](x, taps), kspace, mask)
 
 
 def build_dccnn(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCCNN:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models.base import CascadeNet
+from sftkd_cli.models.base import DataConsistentCascade
 from sftkd_cli.mri.dc import DataConsistency
 
 _NAME = re.compile(r"^U(\d+)C(\d+)$")
@@ -133,7 +133,7 @@ class UNetBlock(nn.Module):
         return h[..., p : p + height, p : p + width]
 
 
-class DCUNet(CascadeNet):
+class DCUNet(DataConsistentCascade):
     """The DC-UNet `ULCm` (L U-Net levels per block, m cascades)."""
 
     def __init__(
@@ -148,25 +148,11 @@ class DCUNet(CascadeNet):
     def name(self) -> str:
         return f"U{self.levels}C{self.cascades}"
 
-    def record(self) -> dict:
-        return {"arch": self.name, "channels": self.channels, "pad": self.blocks[0].pad, "centered": self.dc.centered}
-
     def block_taps(self, index: int) -> dict[str, int]:
         return self.blocks[index].tap_channels()
 
     def default_tap(self, cascade: int, role: str) -> str:
         return {"output": "out", "last_hidden": "dec1", "hidden_before_last": "enc2"}[role]
-
-    def cascade(
-        self,
-        index: int,
-        x: torch.Tensor,
-        kspace: torch.Tensor,
-        mask: torch.Tensor,
-        taps: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Block `index` (0-based) followed by data consistency."""
-        return self.dc(self.blocks[index](x, taps), kspace, mask)
 
 
 def build_dcunet(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCUNet:
