@@ -262,8 +262,6 @@ def test_sft_with_vdsr_is_the_papers_formula():
     assert all(p.grad is not None for p in teacher.parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="training/sft.py: batched branches reshape to teacher_states[0].shape, "
-                   "the state after block 1 (C+1 channels for VDSR), instead of the output's (1 channel)")
 def test_sft_batched_branches_equal_the_loop_for_vdsr():
     torch.manual_seed(0)
     teacher, student = build_model("VDSR8", 4), build_model("VDSR4", 4)

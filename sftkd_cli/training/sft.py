@@ -71,7 +71,7 @@ class StudentFriendly(Objective):
             repeats = carry.shape[0] // fresh.shape[0]
             carry = self.student.cascade(j, carry, _tile(kspace, repeats), _tile(mask, repeats))
         assert carry is not None
-        return carry.view(n - 1, *teacher_states[0].shape)
+        return carry.view(n - 1, *teacher_states[-1].shape)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
