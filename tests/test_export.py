@@ -281,6 +281,7 @@ def test_cli_export(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file() and (tmp_path / "cli.onnx.card.json").is_file()
     assert "max |exported - PyTorch|" in result.output and "16x16 fixed" in result.output
+    assert "inputs zf (batch,1,16,16), kspace (batch,2,16,16), mask (mask_batch,1,16,16) -> image" in result.output
     bad = runner.invoke(app, ["export", str(trained_run), "--format", "tflite"])
     assert bad.exit_code == 2 and "tflite" in bad.output
     missing = runner.invoke(app, ["export", str(tmp_path / "none"), "--format", "torchscript"])

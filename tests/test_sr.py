@@ -348,3 +348,8 @@ def test_smoke_sr_plan_end_to_end(tmp_path, monkeypatch):
     text = (runs / "report" / "report.md").read_text()
     assert "Table 9" in text and "| AT |" in text and "| FT |" in text, text
     assert (runs / "report" / "grid.png").is_file() and (runs / "report" / "attention.png").is_file()
+    assert "LR interpolated" in text  # the input row of the compare table is named for the task
+    from sftkd_cli.report.figures import reconstruction_grid_from_runs
+
+    grid = reconstruction_grid_from_runs(tmp_path / "data" / "smoke-sr", 4, {"teacher": runs / "teacher"}, tmp_path / "g")
+    assert "LR interp." in grid.data and "ZF" not in grid.data

@@ -22,7 +22,7 @@ ARGS_HELP = (
 
 Args = typer.Argument(None, help=ARGS_HELP, show_default=False)
 DataOpt = typer.Option(None, "--data", "-d", help="Prepared dataset directory (data.path).")
-AccOpt = typer.Option(None, "--acc", help="Acceleration to train on (data.acceleration).")
+AccOpt = typer.Option(None, "--acc", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")
 NameOpt = typer.Option(None, "--name", help="Run name; the run lives in <runs-dir>/<name> (run.name).")
 RunsDirOpt = typer.Option(None, "--runs-dir", help="Folder holding run directories (run.dir, default runs).")
 EpochsOpt = typer.Option(None, "--epochs", help="Number of epochs (train.epochs).")

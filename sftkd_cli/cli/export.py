@@ -32,8 +32,9 @@ def export(
     size_text = "any size" if card["image_size_dynamic"] else f"{h}x{w} fixed"
     console.print(f"[green]exported[/] {card['architecture']['name']} ({card['role']}, {card['params']:,} params) "
                   f"as {card['export_format']}: {escape(str(result.path))}", soft_wrap=True)
-    console.print("inputs zf (B,1,H,W), kspace (B,2,H,W) real/imag, mask (B,1,H,W) -> image (B,1,H,W); "
-                  f"dynamic batch, {size_text}", soft_wrap=True, markup=False)
+    shapes = lambda specs: ", ".join(f"{s['name']} ({','.join(map(str, s['shape']))})" for s in specs)  # noqa: E731
+    console.print(f"inputs {shapes(card['inputs'])} -> {shapes(card['outputs'])}; dynamic batch, {size_text}",
+                  soft_wrap=True, markup=False)
     console.print(f"check: max |exported - PyTorch| = {result.max_abs_diff:.2e} on {card['check']['inputs']}",
                   soft_wrap=True, markup=False)
     console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)

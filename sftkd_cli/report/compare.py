@@ -24,6 +24,8 @@ DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
+#: the ZF row's role by dataset task: for super-resolution the input is the interpolated LR image
+INPUT_ROLES = {"recon": ZF_ROLE, "sr": "LR interpolated"}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
 
 STD_KD = "Std-KD"
@@ -76,6 +78,7 @@ class RunResult:
     zero_filled: dict[str, Stat]
     slices: tuple[tuple[str, int], ...]  # (volume, slice) of each per_slice.csv row
     columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
+    task: str = "recon"  # recon or sr (super-resolution)
 
     def column(self, name: str) -> np.ndarray:
         """Per-slice values of one per_slice.csv column; a clear error if it is missing."""
@@ -265,6 +268,7 @@ def load_run_result(run_dir: str | Path) -> RunResult:
         fingerprint=dataset["fingerprint"],
         split=dataset["split"],
         acceleration=_number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
+        task=str(dataset.get("task", "recon")),
         metrics=metrics,
         zero_filled=zero_filled,
         slices=slices,
@@ -445,7 +449,8 @@ def compare_runs(
     rows = []
     if zero_filled:
         zf = _zero_filled(first, names)
-        rows.append(Row(ZF_NAME, ZF_ROLE, None, None, zf, _deltas(zf, ref, names), _pvalues(first, "ZF_", base, names)))
+        role = INPUT_ROLES.get(first.task, ZF_ROLE)
+        rows.append(Row(ZF_NAME, role, None, None, zf, _deltas(zf, ref, names), _pvalues(first, "ZF_", base, names)))
     for run in ordered:
         rows.append(Row(run.name, run.role or "-", run.params, run.latency_ms, {m: run.metrics[m] for m in names},
                         _deltas(run.metrics, ref, names), _pvalues(run, "", None if run is base else base, names)))

@@ -214,10 +214,12 @@ def reconstruction_grid(
     stem: Path,
     box: tuple[int, int, int, int] | None = None,
     title: str = "",
+    input_label: str = "ZF",
 ) -> FigureOutput:
     """Fig. 3 for one slice: target, inset, ZF and each reconstruction; residues underneath.
 
-    Top row: target (inset region outlined), the inset zoomed, the zero-filled input, then each
+    Top row: target (inset region outlined), the inset zoomed, the network input (zero-filled
+    "ZF"; "LR interp." for super-resolution, titled by `input_label`), then each
     model. Bottom row, under each model: |prediction - target| on one shared colour scale
     (0 .. the largest 99.5th percentile over the models). `data` maps each panel's title to
     the array drawn.
@@ -235,7 +237,7 @@ def reconstruction_grid(
         raise SftkdError(f"reconstruction grid: inset box {(y0, x0, bh, bw)} is outside the {target.shape} image")
 
     residues = {label: np.abs(np.asarray(image, dtype=np.float32) - target) for label, image in recons.items()}
-    top = {"target": target, "inset": target[y0 : y0 + bh, x0 : x0 + bw], "ZF": np.asarray(zero_filled, dtype=np.float32)}
+    top = {"target": target, "inset": target[y0 : y0 + bh, x0 : x0 + bw], input_label: np.asarray(zero_filled, dtype=np.float32)}
     top.update({label: np.asarray(image, dtype=np.float32) for label, image in recons.items()})
     columns = len(top)
     figure = _new_figure(1.6 * columns, 3.5 if residues else 1.9)
@@ -312,7 +314,7 @@ def reconstruction_grid_from_runs(
 
     Default slice: the middle stored slice of the middle volume (by name) of the first run's recon.h5.
     """
-    from sftkd_cli.data.dataset import load_volume
+    from sftkd_cli.data.dataset import dataset_task, load_manifest, load_volume
 
     if not runs:
         raise SftkdError("reconstruction grid: no runs to show")
@@ -326,7 +328,8 @@ def reconstruction_grid_from_runs(
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
     recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
     caption = title or f"{volume}, slice {index}, {acceleration:g}x"
-    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, caption)
+    label = "LR interp." if dataset_task(load_manifest(dataset)) == "sr" else "ZF"
+    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, caption, label)
 
 
 # ----------------------------------------------------------------------------- attention residues

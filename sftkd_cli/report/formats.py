@@ -22,7 +22,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.compare import (
     DATASET_LABELS,
     PAPER_SETTINGS,
-    ZF_ROLE,
+    INPUT_ROLES,
     Comparison,
     PaperCell,
     PaperTable,
@@ -102,7 +102,7 @@ def _delta_text(c: Comparison, row: Row, metric: str) -> str | None:
     """The Δ cell: None without a reference, 'ref' on the reference's own row."""
     if not c.reference:
         return None
-    if row.name == c.reference and row.role != ZF_ROLE:
+    if row.name == c.reference and row.role not in INPUT_ROLES.values():
         return "ref"
     return format_value(metric, row.delta[metric], signed=True, digits=3)
 
