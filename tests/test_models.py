@@ -132,3 +132,29 @@ def test_a_pad_smaller_than_the_depth_keeps_padded_convolutions():
 def test_unknown_architectures_list_the_known_forms():
     with pytest.raises(SftkdError, match="unknown architecture.*D5C5"):
         build_model("resnet50")
+
+
+def test_conv_to_one_channel_equals_conv2d_with_gradients():
+    from sftkd_cli.models.dccnn import conv_to_one_channel
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(1, 5, 3, 3, dtype=torch.float64, generator=g)
+    b = torch.randn(1, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(conv_to_one_channel(x, w, b), torch.nn.functional.conv2d(x, w, b))
+    inputs = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
+    assert torch.autograd.gradcheck(conv_to_one_channel, inputs)
+
+
+def test_the_last_conv_takes_the_gemm_path_in_channels_last_and_matches_the_reference():
+    """The block output and gradients in channels_last (GEMM last conv) equal the reference's."""
+    torch.manual_seed(7)
+    block = build_model("D3C1").blocks[0].to(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 11, 9).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = block(x)
+    ref, _ = _reference_block(block, x, 5)
+    assert out.grad_fn is not None and "ConvToOneChannel" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    weights = [x, *block.parameters()]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), weights), torch.autograd.grad(ref.square().sum(), weights)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

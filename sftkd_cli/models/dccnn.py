@@ -9,7 +9,9 @@ No padding waste: when `pad` >= n (the paper: pad 5), the block pads by n and ru
 the full padded map and cropping at the end. The output and every tapped feature are exactly
 the same (each output pixel only ever sees input within n pixels, all inside the zero pad);
 the work drops by 5-10 % and no crop copies are made. ReLUs run in place (a conv does not need
-its output for its backward), which halves the memory traffic between layers.
+its output for its backward), which halves the memory traffic between layers. On the CPU the
+last conv (C -> 1 channel) runs as one matrix product plus nine shifted adds
+(`conv_to_one_channel`): oneDNN is slow at one output channel, and a D3C5 step gets ~15 % faster.
 
 Every conv output can be tapped by name for distillation: `c{cascade}.conv{layer}`
 (both 1-based; hidden layers after their ReLU, the last layer before DC). Taps are cropped
@@ -65,12 +67,71 @@ class CNNBlock(nn.Module):
         p = last if self.valid else self.pad
         h = F.pad(x, (p, p, p, p)) if p else x
         for index, conv in enumerate(self.convs, start=1):
-            h = conv(h)
+            h = conv_to_one_channel(h, conv.weight, conv.bias) if index == last and _gemm_applies(h, self.valid) else conv(h)
             if index < last:
                 h = F.relu(h, inplace=True)
             if taps is not None:
                 taps[f"conv{index}"] = _crop(h, last - index if self.valid else p)
         return h if self.valid else _crop(h, p)
+
+
+class _ConvToOneChannel(torch.autograd.Function):
+    """Unpadded 3x3 convolution C -> 1 of a channels_last (B, C, H, W) tensor as one GEMM.
+
+    y = W^T X^T gives, for each of the 9 kernel taps k, the channel-weighted map y_k of the
+    whole input (one pass over it); the output is the sum of the nine maps, each shifted by its
+    tap's offset. The backward is two GEMMs of the same shapes. Exact up to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view for channels_last input
+        taps = weight.reshape(channels, 9)
+        maps = torch.mm(taps.t(), rows.t()).view(9, batch, height, width)
+        out = _shifted(maps, 0) + bias
+        for k in range(1, 9):
+            out.add_(_shifted(maps, k))
+        ctx.save_for_backward(rows, taps)
+        ctx.shape = x.shape
+        return out.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, taps = ctx.saved_tensors
+        batch, channels, height, width = ctx.shape
+        grad = grad[:, 0]
+        grad_maps = grad.new_zeros(9, batch, height, width)
+        for k in range(9):
+            _shifted(grad_maps, k).copy_(grad)
+        grad_maps = grad_maps.view(9, -1)
+        grad_x = torch.mm(grad_maps.t(), taps.t()).view(batch, height, width, channels).permute(0, 3, 1, 2)
+        grad_w = torch.mm(grad_maps, rows).t().reshape(1, channels, 3, 3)
+        return grad_x, grad_w, grad.sum().reshape(1)
+
+
+def _shifted(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """The window of tap k's map that lands on the (H-2, W-2) output."""
+    dy, dx = divmod(k, 3)
+    return maps[k, :, dy : maps.shape[-2] - 2 + dy, dx : maps.shape[-1] - 2 + dx]
+
+
+def conv_to_one_channel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias)` for a (1, C, 3, 3) weight and no padding, as one GEMM."""
+    return _ConvToOneChannel.apply(x, weight, bias)
+
+
+def _gemm_applies(x: torch.Tensor, valid: bool) -> bool:
+    """The GEMM form of the last conv: measured on CPUs, plain fp32/fp64, channels_last, not traced."""
+    return (
+        valid
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                 or torch.onnx.is_in_onnx_export())
+    )
 
 
 def _crop(x: torch.Tensor, p: int) -> torch.Tensor:
