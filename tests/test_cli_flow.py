@@ -7,21 +7,14 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from sftkd_cli.cli.app import app
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.runs import load_checkpoint
+from cli_helpers import sftkd
 
 torch.set_num_threads(1)
-runner = CliRunner()
 
 
-def sftkd(*args: str, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

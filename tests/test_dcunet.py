@@ -14,11 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from typer.testing import CliRunner
 
 import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.checkpoints import build_from_entry, load_model
-from sftkd_cli.cli.app import app
 from sftkd_cli.distill.methods import METHODS, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import DCUNet, build_model, count_parameters, family_of
@@ -28,10 +26,10 @@ from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.training.kd import default_taps
 from sftkd_cli.training.objectives import model_record
 from sftkd_cli.training.sft import StudentFriendly
+from cli_helpers import sftkd
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 
 
 def _inputs(h: int = 12, w: int = 10, b: int = 2, seed: int = 0):
@@ -236,10 +234,6 @@ def test_sft_loss_with_a_dcunet_teacher_is_the_formula():
 # ----------------------------------------------------------------------------- through the CLI
 
 
-def sftkd(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
-from sftkd_cli.cli.app import app
 from sftkd_cli.config import load_recipe, validate
 from sftkd_cli.data.dataset import SliceDataset
 from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset, sr_box_mask
@@ -26,18 +24,13 @@ from sftkd_cli.reproduce import build_stages, load_plan
 from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.training.kd import default_taps
 from sftkd_cli.training.sft import StudentFriendly
+from cli_helpers import sftkd
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 TABLE9_METHODS = ("at", "fitnets", "cc", "pkt", "ft", "nst")
 
 
-def sftkd(*args: object, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
