@@ -241,10 +241,10 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
-    from sftkd_cli.models import cascades_of, family_of
+    from sftkd_cli.models import cascades_of
 
     if recipe.model.name:
-        family_of(recipe.model.name)
+        cascades_of(recipe.model.name)  # a full check of the name (e.g. D1C5 has too few layers)
     if cascades_of(recipe.sft.teacher) != cascades_of(recipe.sft.student):
         raise SftkdError(
             f"sft: teacher {recipe.sft.teacher} and student {recipe.sft.student} must have the same number of cascades"

@@ -172,7 +172,8 @@ def evaluate_run(
         raise SftkdError(f"--amp {amp!r}: expected off, bf16 or fp16")
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
-    autocast(torch_device, amp)  # fp16 on a CPU: a clear error before any work
+    if amp == "fp16" and torch_device.type != "cuda":
+        raise SftkdError("--amp fp16: only on CUDA; use bf16 on the CPU")
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
         named = which in ("best", "last")

@@ -69,6 +69,16 @@ def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
           "--name", "sftkd-init", *base, "train.epochs=2", "train.max_steps_per_epoch=1", "train.lr=1e-30", "--resume")
     resumed = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
     assert resumed["epoch"] == 2 and resumed["init"] == distilled["init"]
+    # killed before its first checkpoint, then resumed: it still starts from the SFT student
+    import shutil
+
+    shutil.rmtree(runs / "sftkd-init" / "checkpoints")
+    sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--method", "at", "--init-from", "sft",
+          "--name", "sftkd-init", *base, "train.epochs=1", "train.max_steps_per_epoch=1", "train.lr=1e-30", "--resume")
+    restarted = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
+    assert restarted["init"] == distilled["init"]
+    for key, value in student.items():
+        assert torch.equal(restarted["models"]["model"]["state"][key], value), key
 
 
 def test_evaluate_and_compare(flow):

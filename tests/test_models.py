@@ -158,3 +158,15 @@ def test_the_last_conv_takes_the_gemm_path_in_channels_last_and_matches_the_refe
     weights = [x, *block.parameters()]
     for a, b in zip(torch.autograd.grad(out.square().sum(), weights), torch.autograd.grad(ref.square().sum(), weights)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cascades_of_checks_the_name_without_touching_the_global_rng():
+    from sftkd_cli.models import cascades_of
+
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    assert cascades_of("D5C5") == 5 and cascades_of("u2c3") == 3 and cascades_of("VDSR12") == 4
+    assert torch.equal(torch.rand(1), expected)
+    with pytest.raises(SftkdError, match="at least 2 conv layers"):
+        cascades_of("D1C5")

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet, count_parameters
 from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
@@ -49,8 +51,10 @@ def build_model(name: str, channels: int = 32, pad: int = 5, centered: bool = Fa
 
 
 def cascades_of(name: str) -> int:
-    """Number of blocks of architecture `name`, without building it (for recipe checks)."""
-    return build_model(name).cascades
+    """Number of blocks of architecture `name` (for recipe checks): built on the meta device, so
+    no memory is allocated and the global RNG is not touched."""
+    with torch.device("meta"):
+        return build_model(name).cascades
 
 
 __all__ = ["FAMILIES", "CascadeNet", "DCCNN", "DCUNet", "Family", "build_model", "cascades_of", "count_parameters",

@@ -59,7 +59,7 @@ class CascadeNet(nn.Module):
 
     def default_tap(self, cascade: int, role: str) -> str:
         """The local tap name of block `cascade` (1-based) that plays `role` (see TAP_ROLES);
-        "" when the block has no such feature (e.g. a one-conv block has no hidden conv)."""
+        "" when the block has no such feature (e.g. VDSR4's last block has no hidden conv)."""
         raise NotImplementedError
 
     def tap_names(self) -> list[str]:

@@ -97,6 +97,7 @@ class _ConvToOneChannel(torch.autograd.Function):
         return out.unsqueeze(1)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, taps = ctx.saved_tensors
         batch, channels, height, width = ctx.shape

@@ -1,8 +1,8 @@
 """VDSR `VDSR{n}`: the super-resolution network of the paper's Appendix B (Kim et al., 2016).
 
-n 3x3 convolutions, 1 -> C -> ... -> C -> 1 (C = model.channels; VDSR's own width is 64, the
-SR recipes use it), zero padding 1 (the size is kept), ReLU after every conv but the last, no
-batch norm, and one global residual: output = input + net(input). No data consistency (the
+n 3x3 convolutions, 1 -> C -> ... -> C -> 1 (C = model.channels, 32 by default as for every
+model; VDSR's own width is 64, which the SR recipes set), zero padding 1 (the size is kept),
+ReLU after every conv but the last, no batch norm, and one global residual: output = input + net(input). No data consistency (the
 k-space and mask arguments are ignored): the input is the low-resolution image interpolated to
 full size. The paper's teacher is VDSR12, its student VDSR4.
 
@@ -100,6 +100,9 @@ class VDSR(CascadeNet):
         return image + h if last_block else torch.cat([h, image], dim=1)
 
 
-def build_vdsr(name: str, channels: int = 64, pad: int = 0, centered: bool = False) -> VDSR:
-    """Build `VDSR{n}` from its name (`pad` and `centered` do not apply: no padding, no k-space)."""
+def build_vdsr(name: str, channels: int = 32, pad: int = 0, centered: bool = False) -> VDSR:
+    """Build `VDSR{n}` from its name (`pad` and `centered` do not apply: no padding, no k-space).
+
+    The width comes from the recipe's model.channels like every model's (default 32); VDSR's own
+    width, 64, is what the super-resolution recipes set."""
     return VDSR(parse_vdsr_name(name), channels=channels)

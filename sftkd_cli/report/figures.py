@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,12 @@ def save_figure(figure, stem: Path) -> tuple[Path, ...]:
     paths = []
     for fmt in FORMATS:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        figure.savefig(path, format=fmt)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:  # a crash never leaves a truncated figure under the final name
+            figure.savefig(tmp, format=fmt)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         paths.append(path)
     return tuple(paths)
 

@@ -39,7 +39,7 @@ def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple
 
     AT: student's last hidden conv vs the teacher's second-to-last hidden conv in every cascade
     (conv-2 vs conv-3 for D3C5 <- D5C5, the reference's pairing). FitNets: the last conv output
-    (1 channel) of the middle cascade. The others: the last hidden conv of every cascade.
+    of the middle cascade (1 channel for DnCm). The others: the last hidden conv of every cascade.
     Each network says which of its taps plays which role (`CascadeNet.default_tap`); a block
     where either network has no feature of the role ("", e.g. VDSR4's last block has no hidden
     conv) is left out.
@@ -165,9 +165,10 @@ def distill(
     def make() -> Distillation:
         student = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
         loaded = "random"
-        if resume:  # the weights come from the run's last checkpoint: keep what it started from
-            loaded = _started_from(recipe) or loaded
-        elif init not in ("", "random"):
+        started = _started_from(recipe) if resume else None
+        if started:  # the weights will come from the run's last checkpoint: keep what it started from
+            loaded = started
+        elif init not in ("", "random"):  # a new run, or a resumed one that never saved a checkpoint
             loaded = init_weights(student, init)
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps

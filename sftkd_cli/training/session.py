@@ -37,8 +37,8 @@ def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
     from sftkd_cli.data.dataset import SliceDataset
 
     data = recipe.data
-    train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache)
-    val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache)
+    train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task)
+    val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task)
     if data.max_train_slices:
         train = Subset(train, range(min(data.max_train_slices, len(train))))
     if data.max_val_slices:
