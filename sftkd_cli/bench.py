@@ -9,7 +9,7 @@ median wall time of `repeats` calls after `warmup` untimed calls:
   each shared block and branch by branch, and one KD step per method with the frozen teacher
   under `no_grad`;
 - inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`: eager,
-  TorchScript (traced, frozen, optimised for inference, as exported files run) and
+  TorchScript (the trace `sftkd export` writes, loaded back as `evaluate --exported` runs it) and
   (optionally) `torch.compile`d with frozen weights;
 - bf16: teacher and student training steps and inference in fp32 and under bf16 autocast,
   side by side (CPUs with AVX512-BF16 and GPUs; with --precision fp32 only).
@@ -30,6 +30,7 @@ and the KD losses' matrix products are not counted, so the fractions are lower b
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import platform
 import statistics
@@ -614,13 +615,11 @@ class _Bench:
         for name in names:
             role = "teacher" if name == TEACHER else "student"
             reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
-            baseline = None
-            if role == "teacher":
-                torch.manual_seed(0)
-                model = reference_way(name)
-                baseline = f"train.{role}.reference"
-                self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
-                          self.batch, 3 * model_flops(model, self.size, self.batch), reference)
+            baseline = f"train.{role}.reference"
+            torch.manual_seed(0)
+            model = reference_way(name)
+            self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
+                      self.batch, 3 * model_flops(model, self.size, self.batch), reference)
             torch.manual_seed(0)
             model = build_model(name)
             self._row(f"train.{role}", f"{role} {name} train", "train", self._step(Supervised(model)), self.batch,
@@ -669,6 +668,7 @@ class _Bench:
     def bf16(self) -> None:
         """bf16 autocast against fp32, both timed here: teacher/student training steps, inference at --batch."""
         if self.precision != "fp32":
+            self.result.notes.append(f"bf16 rows: skipped (they compare against fp32; this run is --precision {self.precision})")
             return
         if self.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
             self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
@@ -711,7 +711,7 @@ class _Bench:
             return None, ""
         took = time.perf_counter() - start
         if mode == "torchscript":
-            return runner, f"traced, frozen and optimised for inference in {took:.1f} s (as `sftkd export` files run)"
+            return runner, f"traced, saved and loaded in {took:.1f} s (as `sftkd export` files run)"
         return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
 
     def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None) -> None:
@@ -719,7 +719,7 @@ class _Bench:
         for n in sizes:
             data = slice_batch(self.data, n)
             note = ""
-            if runner is None or mode in ("torchscript", "compiled"):
+            if mode in ("torchscript", "compiled"):  # built per batch size
                 runner, note = self._runner(name, model, mode, data)
                 if runner is None:
                     return
@@ -746,19 +746,21 @@ def _freezing() -> Iterator[None]:
 
 
 def torchscript_runner(model: DCCNN, data: Batch) -> Callable:
-    """The model as `sftkd export --format torchscript` writes it (torch.fft DC), traced, frozen and
-    optimised for inference (oneDNN conv+ReLU fusion, prepacked weights), as `evaluate` loads it."""
+    """The model as `sftkd export --format torchscript` writes it (a trace with torch.fft DC),
+    saved and loaded back as `sftkd evaluate --exported` loads it."""
     from sftkd_cli.export import ExportableDCCNN, split_complex
 
     wrapper = ExportableDCCNN(model, dft="fft").eval()
     example = (data["zf"], split_complex(data["kspace"]), data["mask"])
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-        traced = torch.jit.trace(wrapper, example, check_trace=False)
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        torch.jit.save(torch.jit.trace(wrapper, example, check_trace=False), buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer, map_location=data["zf"].device).eval()
 
     def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return frozen(zf, split_complex(kspace), mask)
+        return loaded(zf, split_complex(kspace), mask)
 
     return run
 

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
+from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
@@ -33,7 +34,6 @@ from sftkd_cli.training.engine import autocast, collate, select_device
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
-INPUT_LABELS = {"recon": "zero-filled", "sr": "LR interpolated"}
 INPUT_CONVENTIONS = {
     "recon": "zero_filled = the network input: |IFFT(masked k-space)|",
     "sr": "zero_filled = the network input: the low-resolution image (central 1/s x 1/s of k-space) "
@@ -257,7 +257,7 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
         caption=f"{metrics['params']:,} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
     )
     table.add_column("metric", style="bold")
-    table.add_column(INPUT_LABELS.get(task, "zero-filled"), justify="right")
+    table.add_column(INPUT_LABELS[task][0], justify="right")
     table.add_column(metrics["model"], justify="right")
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
     for name in METRIC_NAMES:

@@ -41,9 +41,8 @@ sft-kd-<method>-random, prefixed by '<variant>-' for the stages of a variant; ev
 Stage recipes: recipe file (or the defaults) < base < variant overrides < stage overrides <
 command-line overrides. The plan itself sets data.path (data.out), run.dir (runs_dir), run.name
 (the stage id), run.role, model.name (sft.teacher for the teacher, sft.student for the student
-and KD stages),
-distill.teacher_run, distill.method and, for SFT-KD, distill.init=sft (random for the
-sft-kd-<method>-random stages); setting those elsewhere is an error.
+and KD stages), distill.teacher_run, distill.method and distill.init (sft for SFT-KD; random
+for Std-KD and the sft-kd-<method>-random stages); setting those elsewhere is an error.
 
 Each stage is skipped when complete (last checkpoint at train.epochs; metrics.json newer than
 best.pt), resumed when its run directory exists but is incomplete, and run otherwise. A failing
@@ -94,7 +93,7 @@ PLAN_OWNED = {
     "data.path": "data.out", "run.dir": "runs_dir", "run.name": "the stage id",
     "run.role": "the stage kind", "model.name": "sft.teacher / sft.student",
     "distill.teacher_run": "the plan's teacher and sft stages", "distill.method": "stages.kd.methods",
-    "distill.init": "the stage kind: sft for SFT-KD, random for sft_random_init stages",
+    "distill.init": "the stage kind: sft for SFT-KD, random for Std-KD and sft_random_init stages",
 }
 #: `sftkd prepare-data <source>` defaults, so a plan prepares exactly what the command would
 SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -554,8 +553,8 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
              "run.role": ROLE[stage.kind]}
     if teacher_run is not None:
         fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
-    if stage.kind == "sft-kd":
-        fixed["distill.init"] = "random" if stage.random_init else "sft"
+    if stage.kind in ("std-kd", "sft-kd"):
+        fixed["distill.init"] = "sft" if stage.kind == "sft-kd" and not stage.random_init else "random"
     overrides = override_strings(plan.base) + override_strings(variant.overrides if variant else {})
     overrides += override_strings(spec.overrides) + list(plan.overrides) + override_strings(fixed)
     where = f"{plan.path}: stage {stage.id}"
@@ -725,18 +724,21 @@ def prepare_data(plan: Plan, console: Console) -> bool:
     if data.source == "prepared":
         load_manifest(data.out)  # a clear error when it is not a prepared dataset
         return False
-    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.prepare import PrepareOptions, default_accelerations, prepare_dataset
 
     options = {**SOURCE_DEFAULTS[data.source], **{k: v for k, v in data.options.items() if k in PREPARE_KEYS}}
     extra = {**SOURCE_OPTIONS[data.source], **{k: v for k, v in data.options.items() if k not in PREPARE_KEYS}}
     try:
+        mask_files = {float(a): Path(p) for a, p in (options.get("mask_files") or {}).items()}
+        task = str(options.get("task", "recon"))
+        accelerations = options.get("accelerations") or default_accelerations(task, mask_files)
         prepared = PrepareOptions(
             size=None if options.get("size") is None else (int(options["size"][0]), int(options["size"][1])),
             slice_axis=int(options.get("slice_axis", 2)),
             downsample=int(options.get("downsample", 1)),
-            accelerations=tuple(float(a) for a in options.get("accelerations", (4.0, 5.0))),
+            accelerations=tuple(float(a) for a in accelerations),
             mask_kind=str(options.get("mask_kind", "random")),
-            mask_files={float(a): Path(p) for a, p in (options.get("mask_files") or {}).items()},
+            mask_files=mask_files,
             mask_layout=str(options.get("mask_layout", "corner")),
             center_fraction=options.get("center_fraction"),
             seed=int(options.get("seed", 42)),
@@ -745,7 +747,7 @@ def prepare_data(plan: Plan, console: Console) -> bool:
             val=tuple(str(v) for v in options.get("val") or ()),
             test=tuple(str(v) for v in options.get("test") or ()),
             min_slice_mean=float(options.get("min_slice_mean", 0.0)),
-            task=str(options.get("task", "recon")),
+            task=task,
         )
     except (TypeError, ValueError, IndexError) as exc:
         raise SftkdError(f"{plan.path}: data.options: {exc}") from None

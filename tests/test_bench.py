@@ -132,7 +132,7 @@ def test_result_structure(result):
     infer = [f"infer.{m}.{mode}.b{n}" for m in ("D5C5", "D3C5") for mode in ("reference", "eager", "torchscript")
              for n in (1, 2)]
     assert keys == [
-        "train.teacher.reference", "train.teacher", "train.student",
+        "train.teacher.reference", "train.teacher", "train.student.reference", "train.student",
         "train.sft.reference", "train.sft.batched", "train.sft.naive",
         "train.kd_backprop.at", "train.kd.at", "train.kd_backprop.fitnets", "train.kd.fitnets", *infer, *BF16_ROWS,
     ]
@@ -154,7 +154,7 @@ def test_result_structure(result):
     for row in result.rows:
         twin = (row.key.endswith((".reference", ".fp32")) or ".reference." in row.key
                 or row.key.startswith("train.kd_backprop"))
-        assert (row.baseline_s is None) == (twin or row.key == "train.student")
+        assert (row.baseline_s is None) == twin
     assert result.row("train.kd.at").baseline_s == result.row("train.kd_backprop.at").seconds
     assert result.row("infer.D3C5.torchscript.b2").in_run_speedup == pytest.approx(
         result.row("infer.D3C5.reference.b2").seconds / result.row("infer.D3C5.torchscript.b2").seconds)
@@ -172,9 +172,10 @@ def test_result_structure(result):
 
 def test_threads_are_restored_and_parts_selected():
     before = torch.get_num_threads()
-    res = run_bench(**{**TINY, "threads": 2}, which=["student", "infer"], precision="bf16")
+    res = run_bench(**{**TINY, "threads": 2}, which=["student", "infer", "bf16"], precision="bf16")
     assert torch.get_num_threads() == before
-    assert [row.key for row in res.rows][0] == "train.student"
+    assert [row.key for row in res.rows][:2] == ["train.student.reference", "train.student"]
+    assert any("bf16 rows: skipped" in note for note in res.notes)
     assert not any(row.key.startswith(("train.teacher", "train.sft", "train.kd")) for row in res.rows)
     assert res.machine["threads"] == 2 and res.settings["precision"] == "bf16"
 

@@ -346,3 +346,11 @@ def test_smoke_sr_plan_end_to_end(tmp_path, monkeypatch):
 
     grid = reconstruction_grid_from_runs(tmp_path / "data" / "smoke-sr", 4, {"teacher": runs / "teacher"}, tmp_path / "g")
     assert "LR interp." in grid.data and "ZF" not in grid.data
+
+
+def test_prepare_defaults_are_one_rule_for_the_cli_and_plans():
+    from sftkd_cli.data.prepare import default_accelerations
+
+    assert default_accelerations("sr", {}) == (4.0,)
+    assert default_accelerations("recon", {}) == (4.0, 5.0)
+    assert default_accelerations("recon", {5.0: Path("m5.npy"), 4.0: Path("m4.npy")}) == (4.0, 5.0)

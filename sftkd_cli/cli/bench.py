@@ -26,7 +26,7 @@ Each figure is the median wall time of --repeats calls after --warmup untimed ca
 Rows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the
 SFT joint step with the student branches batched through each shared block and branch by
 branch; one KD step per method with the frozen teacher under no_grad; inference of D5C5 and
-D3C5 at batch 1 and --batch: eager, TorchScript (as exported files run) and, with --compile,
+D3C5 at batch 1 and --batch: eager, TorchScript (the file `sftkd export` writes) and, with --compile,
 torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps and
 inference in fp32 and under bf16 autocast side by side ("vs ref" of a bf16 row = its fp32 twin).
 

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.data.prepare import (
-    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, group_key, parse_accelerations, parse_mask_files, prepare_dataset,
+    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, default_accelerations, group_key, parse_accelerations,
+    parse_mask_files, prepare_dataset,
 )
 from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource, Source
 from sftkd_cli.data.volumes import display_path
@@ -114,8 +115,7 @@ def _options(
     if task == "sr" and mask_file:  # before parsing, which would blame a bare path on --acc
         raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
     mask_files = parse_mask_files(mask_file, accelerations)
-    if not accelerations:
-        accelerations = tuple(sorted(mask_files)) if mask_files else (4.0,) if task == "sr" else (4.0, 5.0)
+    accelerations = accelerations or default_accelerations(task, mask_files)
     return PrepareOptions(
         size=None if size is None else (int(size[0]), int(size[1])),
         slice_axis=slice_axis, downsample=downsample, accelerations=accelerations,

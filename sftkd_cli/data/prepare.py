@@ -72,6 +72,8 @@ def acceleration_key(acceleration: float) -> str:
 
 #: what a dataset is prepared for: reconstruction from undersampled k-space, or super-resolution
 TASKS: tuple[str, ...] = ("recon", "sr")
+#: what the network input is called in tables and figures, per task: (long, short)
+INPUT_LABELS: dict[str, tuple[str, str]] = {"recon": ("zero-filled", "ZF"), "sr": ("LR interpolated", "LR interp.")}
 
 
 def group_key(task: str, factor: float) -> str:
@@ -234,6 +236,11 @@ def parse_accelerations(values: list[str] | None) -> tuple[float, ...]:
             except ValueError:
                 raise SftkdError(f"--acc {part}: expected a number such as 4 or 2.5") from None
     return tuple(out)
+
+
+def default_accelerations(task: str, mask_files: dict[float, Path]) -> tuple[float, ...]:
+    """What prepare-data prepares without --acc: the mask files' accelerations, else 4 (sr) or 4 and 5."""
+    return tuple(sorted(mask_files)) if mask_files else (4.0,) if task == "sr" else (4.0, 5.0)
 
 
 def parse_mask_files(values: list[str] | None, accelerations: tuple[float, ...]) -> dict[float, Path]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
 
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
@@ -25,7 +26,7 @@ PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
 #: the ZF row's role by dataset task: for super-resolution the input is the interpolated LR image
-INPUT_ROLES = {"recon": ZF_ROLE, "sr": "LR interpolated"}
+INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
 
 STD_KD = "Std-KD"

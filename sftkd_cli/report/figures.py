@@ -321,6 +321,7 @@ def reconstruction_grid_from_runs(
     Default slice: the middle stored slice of the middle volume (by name) of the first run's recon.h5.
     """
     from sftkd_cli.data.dataset import dataset_task, load_manifest, load_volume
+    from sftkd_cli.data.prepare import INPUT_LABELS
 
     if not runs:
         raise SftkdError("reconstruction grid: no runs to show")
@@ -334,7 +335,7 @@ def reconstruction_grid_from_runs(
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
     recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
     caption = title or f"{volume}, slice {index}, {acceleration:g}x"
-    label = "LR interp." if dataset_task(load_manifest(dataset)) == "sr" else "ZF"
+    label = INPUT_LABELS[dataset_task(load_manifest(dataset))][1]
     return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, caption, label)
 
 
