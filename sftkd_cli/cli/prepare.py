@@ -7,8 +7,9 @@ options; only their inputs and defaults (image size, slicing) differ.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -105,10 +106,10 @@ Root = Annotated[Path, typer.Argument(help="Folder holding the raw data.", show_
 
 
 def _options(
-    size: tuple[int, int] | None, slice_axis: int, downsample: int, acc: list[str] | None,
+    *, size: tuple[int, int] | None, slice_axis: int, downsample: int, acc: list[str] | None,
     mask_kind: str, mask_file: list[str] | None, mask_layout: str, center_fraction: float | None,
-    seed: int, val_fraction: float | None, test_fraction: float | None, val: list[str] | None,
-    test: list[str] | None, min_slice_mean: float, force: bool, task: str = "recon",
+    seed: int, min_slice_mean: float, force: bool, task: str = "recon", val_fraction: float | None = None,
+    test_fraction: float | None = None, val: list[str] | None = None, test: list[str] | None = None,
 ) -> PrepareOptions:
     """Command-line values -> PrepareOptions (accelerations default to the mask files' or 4, 5; sr: 4)."""
     accelerations = parse_accelerations(acc)
@@ -124,6 +125,12 @@ def _options(
         test_fraction=test_fraction, val=tuple(val or ()), test=tuple(test or ()),
         min_slice_mean=min_slice_mean, force=force, task=task,
     )
+
+
+def _options_from(arguments: dict[str, Any], **fixed: Any) -> PrepareOptions:
+    """`_options` from a command's arguments (its `locals()`), matched by name, plus `fixed` values."""
+    names = inspect.signature(_options).parameters
+    return _options(**{k: v for k, v in arguments.items() if k in names}, **fixed)
 
 
 def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
@@ -181,8 +188,8 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         table.add_row("k-space layout", f"{mask['layout']}, central box kept")
     else:
         lines = ", ".join(
-            f"{a:g}x: {mask['per_acceleration'][f'acc{a:g}']['lines']}/{h} lines "
-            f"({mask['per_acceleration'][f'acc{a:g}']['origin']})"
+            f"{a:g}x: {mask['per_acceleration'][group_key('recon', a)]['lines']}/{h} lines "
+            f"({mask['per_acceleration'][group_key('recon', a)]['origin']})"
             for a in m["accelerations"]
         )
         table.add_row("accelerations", lines)
@@ -226,8 +233,7 @@ def demo(
     force: Force = False,
     task: Task = "recon",
 ) -> None:
-    options = _options(size, SOURCE_DEFAULTS["demo"]["slice_axis"], downsample, acc, mask_kind, mask_file, mask_layout, center_fraction,
-                       seed, None, None, None, None, min_slice_mean, force, task)
+    options = _options_from(locals(), slice_axis=SOURCE_DEFAULTS["demo"]["slice_axis"])
     _run(DemoSource(source, template, slab=slab, gap=gap), out, options)
 
 
@@ -261,8 +267,7 @@ def acdc(
     force: Force = False,
     task: Task = "recon",
 ) -> None:
-    options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
+    options = _options_from(locals())
     _run(AcdcSource(root), out, options)
 
 
@@ -296,8 +301,7 @@ def mrbrains(
     force: Force = False,
     task: Task = "recon",
 ) -> None:
-    options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
+    options = _options_from(locals())
     _run(MRBrainsSource(root, modality), out, options)
 
 
@@ -331,6 +335,5 @@ def nifti(
     force: Force = False,
     task: Task = "recon",
 ) -> None:
-    options = _options(size, slice_axis, downsample, acc, mask_kind, mask_file, mask_layout,
-                       center_fraction, seed, val_fraction, test_fraction, val, test, min_slice_mean, force, task)
+    options = _options_from(locals())
     _run(NiftiSource(root, pattern), out, options)
