@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -69,9 +70,14 @@ def build_recipe(
     return resolve(recipe_file, overrides, **shared, **flags)
 
 
-def report_done(run: RunDir, result: FitResult, what: str = "val L1") -> None:
+def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],
+                   what: str = "val L1", **kwargs: object) -> None:
+    """`--print-recipe`: show the resolved recipe; otherwise train(recipe, console=..., **kwargs) and
+    print the run's "done" line with its best `what`."""
+    if print_only:
+        console.print(dump_recipe(recipe), highlight=False, markup=False)
+        return
+    run, result = train(recipe, console=console, **kwargs)
     console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
 
 
-def print_recipe(recipe: Recipe) -> None:
-    console.print(dump_recipe(recipe), highlight=False, markup=False)

@@ -44,8 +44,4 @@ def distill_command(
         **{"distill.teacher_run": teacher, "model.name": student, "distill.method": method,
            "distill.init": init_from, "distill.schedule": schedule},
     )
-    if print_recipe:
-        common.print_recipe(recipe)
-        return
-    run, result = distill(recipe, resume=resume, force=force, console=common.console)
-    common.report_done(run, result, "val L1")
+    common.print_or_train(recipe, print_recipe, distill, resume=resume, force=force)

@@ -37,8 +37,4 @@ def train_sft_command(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},
     )
-    if print_recipe:
-        common.print_recipe(recipe)
-        return
-    run, result = train_sft(recipe, resume=resume, force=force, console=common.console)
-    common.report_done(run, result, "teacher val L1")
+    common.print_or_train(recipe, print_recipe, train_sft, "teacher val L1", resume=resume, force=force)

@@ -34,8 +34,4 @@ def train_teacher(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"model.name": model},
     )
-    if print_recipe:
-        common.print_recipe(recipe)
-        return
-    run, result = train_supervised(recipe, init_from=init_from, resume=resume, force=force, console=common.console)
-    common.report_done(run, result, "val L1")
+    common.print_or_train(recipe, print_recipe, train_supervised, init_from=init_from, resume=resume, force=force)
