@@ -8,8 +8,9 @@ Nothing is detached: the branch losses reach the teacher blocks that feed them.
 
 Efficiency: with `batched`, the branches that pass through a student block go through it as
 ONE batch (branch states concatenated along the batch axis) instead of one call per branch.
-That pays on a GPU (fewer, larger kernels); on a CPU `sftkd bench` measured it 1.3-1.5x
-SLOWER (activations of 16 samples fall out of cache), so `sft.batched: auto` batches on CUDA only.
+That is meant for a GPU (fewer, larger kernels; not measured here); on a CPU `sftkd bench`
+measured it 1.1-1.3x SLOWER than branch by branch (activations of 16 samples fall out of
+cache), so `sft.batched: auto` batches on CUDA only.
 """
 
 from __future__ import annotations
