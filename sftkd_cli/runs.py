@@ -26,7 +26,7 @@ import torch
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
 
@@ -60,7 +60,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise SftkdError(f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous one is kept") from None
+        raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

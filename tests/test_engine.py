@@ -120,14 +120,16 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
     assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(28)], ids=["with-message", "bare-errno"])
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, error):
+    """Also an OSError raised with only an errno is reported in words (found by scripts/fault_injection.py)."""
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"format": 1, "value": 1})
 
     def disk_full(obj, f, *a, **k):
         with open(f, "wb") as handle:
             handle.write(b"partial")
-        raise OSError(28, "No space left on device")
+        raise error
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(SftkdError, match="No space left on device.*previous one is kept"):

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.data.prepare import FORMAT, MANIFEST, TASKS, group_key
 from sftkd_cli.data.volumes import display_path
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def dataset_fingerprint(root: str | Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
-        raise SftkdError(f"{display_path(path)}: cannot read ({exc.strerror or exc})") from exc
+        raise SftkdError(f"{display_path(path)}: cannot read ({os_error_text(exc)})") from exc
 
 
 def dataset_task(manifest: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ from sftkd_cli.data.volumes import (
     crop_or_pad, display_path, downsample, kept_slices, load_nifti, read_volume, sha256_file,
     spatial_shape, voxel_size,
 )
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.mri.masks import LAYOUTS, MASK_KINDS, load_mask, make_mask, undersample
 
 FORMAT = 1
@@ -641,7 +641,7 @@ def prepare_dataset(
             except OSError:
                 break
         if isinstance(exc, OSError):
-            raise SftkdError(f"--out {display_path(out)}: cannot write ({exc.strerror or exc})") from exc
+            raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})") from exc
         raise
     return PrepareResult(out, manifest, False, time.perf_counter() - start)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 
@@ -36,7 +36,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             while block := handle.read(chunk):
                 digest.update(block)
     except OSError as exc:
-        raise SftkdError(f"{display_path(path)}: cannot read file ({exc.strerror or exc})") from exc
+        raise SftkdError(f"{display_path(path)}: cannot read file ({os_error_text(exc)})") from exc
     return digest.hexdigest()
 
 

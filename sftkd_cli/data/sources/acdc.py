@@ -27,7 +27,7 @@ from sftkd_cli.data.sources.base import (
     Piece, Source, SourceFile, SplitRequest, check_root, split_groups,
 )
 from sftkd_cli.data.volumes import display_path
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 
 FRAME_FILE = re.compile(r"^(patient\d+)_frame(\d+)\.nii(\.gz)?$")
 PATIENT_DIR = re.compile(r"^patient\d+$")
@@ -39,7 +39,7 @@ def read_info_cfg(path: Path) -> dict[str, str]:
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
-        raise SftkdError(f"{display_path(path)}: cannot read ({exc.strerror or exc})") from exc
+        raise SftkdError(f"{display_path(path)}: cannot read ({os_error_text(exc)})") from exc
     info: dict[str, str] = {}
     for line in text.splitlines():
         if ":" in line:
