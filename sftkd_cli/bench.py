@@ -9,8 +9,9 @@ median wall time of `repeats` calls after `warmup` untimed calls:
   each shared block and branch by branch, and one KD step per method with the frozen teacher
   under `no_grad`;
 - inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`: eager,
-  TorchScript (the trace `sftkd export` writes, loaded back as `evaluate --exported` runs it) and
-  (optionally) `torch.compile`d with frozen weights;
+  TorchScript (the trace `sftkd export` writes, loaded back as `evaluate --exported` runs it),
+  ONNX (the file `sftkd export --format onnx` writes, run in onnxruntime; fp32 on the CPU, with
+  the `export` extra installed) and (optionally) `torch.compile`d with frozen weights;
 - bf16: teacher and student training steps and inference in fp32 and under bf16 autocast,
   side by side (CPUs with AVX512-BF16 and GPUs; with --precision fp32 only).
 
@@ -34,10 +35,12 @@ import io
 import math
 import platform
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -662,6 +665,7 @@ class _Bench:
             model.load_state_dict(reference.state_dict())
             self._infer_rows(name, model, "eager", model)
             self._infer_rows(name, model, "torchscript", None)
+            self._infer_rows(name, model, "onnx", None)
             if compile:
                 self._infer_rows(name, model, "compiled", None)
 
@@ -699,6 +703,8 @@ class _Bench:
                 warnings.filterwarnings("ignore")
                 if mode == "torchscript":
                     runner = torchscript_runner(model, data)
+                elif mode == "onnx":
+                    runner = onnx_runner(model, data, self.device, self.precision)
                 else:
                     runner = torch.compile(model, dynamic=False)
                     self.say(f"compiling {name} for batch {data['zf'].shape[0]}")
@@ -706,12 +712,15 @@ class _Bench:
                         runner(data["zf"], data["kspace"], data["mask"])
                     _synchronize(self.device)
         except Exception as exc:  # inductor needs a working C++ compiler on the CPU
-            what = "torch.compile" if mode == "compiled" else "TorchScript"
+            what = {"compiled": "torch.compile", "torchscript": "TorchScript", "onnx": "ONNX"}[mode]
             self.result.notes.append(f"{what} {name} (batch {data['zf'].shape[0]}): skipped ({_one_line(exc)})")
             return None, ""
         took = time.perf_counter() - start
         if mode == "torchscript":
             return runner, f"traced, saved and loaded in {took:.1f} s (as `sftkd export` files run)"
+        if mode == "onnx":
+            return runner, (f"exported and loaded in {took:.1f} s; onnxruntime {torch.get_num_threads()} thread(s), "
+                            "DC as matrix-product DFTs (as `sftkd export --format onnx` files run)")
         return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
 
     def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None) -> None:
@@ -719,7 +728,7 @@ class _Bench:
         for n in sizes:
             data = slice_batch(self.data, n)
             note = ""
-            if mode in ("torchscript", "compiled"):  # built per batch size
+            if mode in ("torchscript", "onnx", "compiled"):  # built per batch size
                 runner, note = self._runner(name, model, mode, data)
                 if runner is None:
                     return
@@ -765,6 +774,21 @@ def torchscript_runner(model: DCCNN, data: Batch) -> Callable:
     return run
 
 
+def onnx_runner(model: DCCNN, data: Batch, device: torch.device, precision: str) -> Callable:
+    """The model as `sftkd export --format onnx` writes it (DC as DFT matrix products for this
+    image size), run in onnxruntime as `sftkd evaluate --exported` runs it (fp32, on the CPU)."""
+    from sftkd_cli.export import exportable, load_exported, split_complex, write_onnx
+
+    if device.type != "cpu" or precision != "fp32":
+        raise SftkdError(f"onnxruntime runs the exported file in fp32 on the CPU, not {precision} on {device.type}")
+    wrapper = exportable(model, tuple(data["zf"].shape[-2:]), fixed=True).eval()
+    example = (data["zf"], split_complex(data["kspace"]), data["mask"])
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        path = Path(folder) / "model.onnx"
+        write_onnx(wrapper, example, path)
+        return load_exported(path, threads=torch.get_num_threads())
+
+
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -791,6 +815,7 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
         for n in sorted({1, result.settings["batch"]}):
             pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
             pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
+            pairs[f"onnx_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.onnx.b{n}")
     for name in (TEACHER, STUDENT):
         for group in ("train", "infer"):
             pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16")

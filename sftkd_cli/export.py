@@ -348,7 +348,8 @@ def _write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ..
     return f"torch.jit.trace (torch {torch.__version__})"
 
 
-def _write_onnx(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
+def write_onnx(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
+    """Write `wrapper` as ONNX (dynamic batch); returns how it was exported, for the model card."""
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
@@ -602,7 +603,7 @@ def export_run(
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with torch.no_grad():
-            exporter = (_write_onnx if fixed else _write_torchscript)(wrapper, example, tmp)
+            exporter = (write_onnx if fixed else _write_torchscript)(wrapper, example, tmp)
         diff = max_difference(load_exported(tmp), model, inputs)
         if not diff <= TOLERANCE:
             raise SftkdError(

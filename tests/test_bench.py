@@ -3,6 +3,7 @@ the reference column, and the CLI. Tiny settings only; no assertion ever looks a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -18,6 +19,7 @@ from sftkd_cli.bench import (
     kd_objectives,
     model_flops,
     module_conv_flops,
+    onnx_runner,
     reference_applies,
     run_bench,
     reference_way,
@@ -37,6 +39,10 @@ TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof
 CLI_TINY = ["bench", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0", "--roof-size", "16"]
 WIDE = {"COLUMNS": "200"}
 
+
+#: ONNX rows need the `export` extra (onnx, onnxruntime), which the README's set-up installs
+HAS_ORT = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+INFER_MODES = ("reference", "eager", "torchscript", "onnx") if HAS_ORT else ("reference", "eager", "torchscript")
 
 #: bf16 autocast rows, each beside its fp32 twin (only where the CPU has AVX512-BF16)
 BF16_ROWS = [f"bf16.{group}.{m}.{p}" for m in ("D5C5", "D3C5") for group in ("train", "infer") for p in ("fp32", "bf16")
@@ -129,8 +135,7 @@ def test_speedup_is_reference_over_ours():
 
 def test_result_structure(result):
     keys = [row.key for row in result.rows]
-    infer = [f"infer.{m}.{mode}.b{n}" for m in ("D5C5", "D3C5") for mode in ("reference", "eager", "torchscript")
-             for n in (1, 2)]
+    infer = [f"infer.{m}.{mode}.b{n}" for m in ("D5C5", "D3C5") for mode in INFER_MODES for n in (1, 2)]
     assert keys == [
         "train.teacher.reference", "train.teacher", "train.student.reference", "train.student",
         "train.sft.reference", "train.sft.batched", "train.sft.naive",
@@ -158,6 +163,13 @@ def test_result_structure(result):
     assert result.row("train.kd.at").baseline_s == result.row("train.kd_backprop.at").seconds
     assert result.row("infer.D3C5.torchscript.b2").in_run_speedup == pytest.approx(
         result.row("infer.D3C5.reference.b2").seconds / result.row("infer.D3C5.torchscript.b2").seconds)
+    if HAS_ORT:
+        assert result.row("infer.D3C5.onnx.b2").in_run_speedup == pytest.approx(
+            result.row("infer.D3C5.reference.b2").seconds / result.row("infer.D3C5.onnx.b2").seconds)
+        assert result.ratios["onnx_speedup.D3C5.b2"] == pytest.approx(
+            result.row("infer.D3C5.eager.b2").seconds / result.row("infer.D3C5.onnx.b2").seconds)
+    else:
+        assert any(note.startswith("ONNX D5C5 (batch 1): skipped") for note in result.notes)
     assert set(result.ratios) >= {
         "sft_naive_over_batched", "teacher_over_student_train", "teacher_over_student_latency_b1",
         "teacher_over_student_latency_b2", "kd_backprop_over_nograd.at", "kd_backprop_over_nograd.fitnets",
@@ -242,7 +254,7 @@ def test_cli_table_and_json_file(tmp_path):
     res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,infer", "--json", str(out)], env=WIDE)
     assert res.exit_code == 0, res.output
     for word in ("roof", "teacher D5C5 train", "D3C5 infer b1", "GFLOP/s", "n/a (different settings)", "vs ref",
-                 "reference way", "torchscript"):
+                 "reference way", "torchscript", *(["onnx", "eager / ONNX (onnxruntime)"] if HAS_ORT else [])):
         assert word in res.stdout
     assert json.loads(out.read_text())["rows"][1]["key"] == "train.teacher"
 
@@ -266,6 +278,16 @@ def test_reference_way_and_torchscript_compute_the_same_images():
         expected = reference(*args)
         torch.testing.assert_close(ours(*args), expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torchscript_runner(ours, data)(*args), expected, atol=1e-5, rtol=1e-4)
+        if HAS_ORT:
+            torch.testing.assert_close(onnx_runner(ours, data, torch.device("cpu"), "fp32")(*args), expected,
+                                       atol=1e-5, rtol=1e-4)
+
+
+def test_onnx_rows_are_fp32_cpu_only():
+    """onnxruntime runs the exported file in fp32 on the CPU: other settings get a note, not a wrong row."""
+    data = synthetic_batch(16, 1, torch.device("cpu"))
+    with pytest.raises(SftkdError, match="fp32 on the CPU, not bf16 on cpu"):
+        onnx_runner(DCCNN(3, 5), data, torch.device("cpu"), "bf16")
 
 
 @pytest.mark.skipif(not BF16_ROWS, reason="this CPU has no AVX512-BF16")

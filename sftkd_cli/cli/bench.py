@@ -26,8 +26,8 @@ Each figure is the median wall time of --repeats calls after --warmup untimed ca
 Rows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the
 SFT joint step with the student branches batched through each shared block and branch by
 branch; one KD step per method with the frozen teacher under no_grad; inference of D5C5 and
-D3C5 at batch 1 and --batch: eager, TorchScript (the file `sftkd export` writes) and, with --compile,
-torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps and
+D3C5 at batch 1 and --batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in
+onnxruntime, fp32 CPU) and, with --compile, torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps and
 inference in fp32 and under bf16 autocast side by side ("vs ref" of a bf16 row = its fp32 twin).
 
 Every row of ours has a "reference way" twin timed in the same run: the same work done as
@@ -130,8 +130,8 @@ def ratio_lines(result: BenchResult) -> list[str]:
         elif key.startswith("bf16_speedup."):
             _, group, model = key.split(".")
             label = f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
-        elif key.startswith(("compile_speedup.", "torchscript_speedup.")):
-            kind = "compiled" if key.startswith("compile") else "TorchScript"
+        elif key.startswith(("compile_speedup.", "torchscript_speedup.", "onnx_speedup.")):
+            kind = {"compile": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)"}[key.split("_")[0]]
             _, model, batch = key.split(".")
             label = f"{model} inference, eager / {kind} (batch {batch[1:]})"
         else:
