@@ -711,7 +711,7 @@ class _Bench:
                     with torch.inference_mode(), precision_context(self.device, self.precision), _freezing():
                         runner(data["zf"], data["kspace"], data["mask"])
                     _synchronize(self.device)
-        except Exception as exc:  # inductor needs a working C++ compiler on the CPU
+        except Exception as exc:  # inductor needs a C++ compiler on the CPU; ONNX the export extra, fp32, CPU
             what = {"compiled": "torch.compile", "torchscript": "TorchScript", "onnx": "ONNX"}[mode]
             self.result.notes.append(f"{what} {name} (batch {data['zf'].shape[0]}): skipped ({_one_line(exc)})")
             return None, ""
