@@ -31,7 +31,6 @@ and the KD losses' matrix products are not counted, so the fractions are lower b
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import platform
 import statistics
@@ -756,37 +755,28 @@ def _freezing() -> Iterator[None]:
 
 def torchscript_runner(model: DCCNN, data: Batch) -> Callable:
     """The model as `sftkd export --format torchscript` writes it (a trace with torch.fft DC),
-    saved and loaded back as `sftkd evaluate --exported` loads it."""
-    from sftkd_cli.export import ExportableDCCNN, split_complex
-
-    wrapper = ExportableDCCNN(model, dft="fft").eval()
-    example = (data["zf"], split_complex(data["kspace"]), data["mask"])
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-        torch.jit.save(torch.jit.trace(wrapper, example, check_trace=False), buffer)
-        buffer.seek(0)
-        loaded = torch.jit.load(buffer, map_location=data["zf"].device).eval()
-
-    def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return loaded(zf, split_complex(kspace), mask)
-
-    return run
+    loaded back as `sftkd evaluate --exported` runs it."""
+    return _exported_runner(model, data, "torchscript")
 
 
 def onnx_runner(model: DCCNN, data: Batch, device: torch.device, precision: str) -> Callable:
     """The model as `sftkd export --format onnx` writes it (DC as DFT matrix products for this
     image size), run in onnxruntime as `sftkd evaluate --exported` runs it (fp32, on the CPU)."""
-    from sftkd_cli.export import exportable, load_exported, split_complex, write_onnx
-
     if device.type != "cpu" or precision != "fp32":
         raise SftkdError(f"onnxruntime runs the exported file in fp32 on the CPU, not {precision} on {device.type}")
-    wrapper = exportable(model, tuple(data["zf"].shape[-2:]), fixed=True).eval()
+    return _exported_runner(model, data, "onnx")
+
+
+def _exported_runner(model: DCCNN, data: Batch, fmt: str) -> Callable:
+    """Write `model` with export's own writer for `fmt` to a temporary file and load it as evaluate does."""
+    from sftkd_cli.export import exportable, load_exported, split_complex, write_onnx, write_torchscript
+
+    wrapper = exportable(model, tuple(data["zf"].shape[-2:]), fixed=fmt == "onnx").eval()
     example = (data["zf"], split_complex(data["kspace"]), data["mask"])
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
-        path = Path(folder) / "model.onnx"
-        write_onnx(wrapper, example, path)
-        return load_exported(path, threads=torch.get_num_threads())
+        path = Path(folder) / f"model.{fmt}"
+        (write_onnx if fmt == "onnx" else write_torchscript)(wrapper, example, path)
+        return load_exported(path, device=data["zf"].device, threads=torch.get_num_threads())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -340,7 +340,8 @@ def prepare_evaluation(
 # --------------------------------------------------------------------------- writing
 
 
-def _write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
+def write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
+    """Write `wrapper` as a TorchScript trace (any batch and size); returns how, for the model card."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -603,7 +604,7 @@ def export_run(
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with torch.no_grad():
-            exporter = (write_onnx if fixed else _write_torchscript)(wrapper, example, tmp)
+            exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
         diff = max_difference(load_exported(tmp), model, inputs)
         if not diff <= TOLERANCE:
             raise SftkdError(
