@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -69,9 +70,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU, with a clear error for missing or corrupt files."""
     if not path.is_file():
-        raise SftkdError(f"{path}: checkpoint not found")
+        raise SftkdError(f"{path}: checkpoint not found (or not a regular file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: the unpickler builds tensors and plain containers only, so a crafted
+        # file cannot run code while it is read (sftkd writes nothing else into a checkpoint)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise SftkdError(f"{path}: unreadable checkpoint (UnpicklingError)") from None
+        raise SftkdError(
+            f"{path}: refused: the file holds Python objects besides tensors and plain values "
+            "(loading it could run code); it is not an sftkd checkpoint"
+        ) from None
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
         raise SftkdError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
