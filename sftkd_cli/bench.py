@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli import __version__
+from sftkd_cli.choices import BENCH_PARTS
 from sftkd_cli.distill.methods import METHODS, KDMethod, NoKD, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import DCCNN, build_model, parse_name
@@ -59,7 +60,7 @@ from sftkd_cli.training.sft import StudentFriendly
 
 TEACHER = "D5C5"
 STUDENT = "D3C5"
-PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
+PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 ACCELERATION = 4.0
 

@@ -73,6 +73,7 @@ from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, load_recipe, validate
 from sftkd_cli.data.prepare import SOURCE_DEFAULTS  # one home for prepare-data's per-source defaults
 from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.runs import RunDir, atomic_write_text, load_checkpoint
 from sftkd_cli.training.kd import distill
@@ -540,11 +541,11 @@ class StageResult:
 def _recipe_path(plan: Plan, kind: str, spec: StageSpec, variant: Variant | None, method: str | None) -> str | None:
     """The stage's recipe file: explicit, else the variant's or the plan's recipes folder, else none."""
     if spec.recipe is not None:
-        return spec.recipe.format(method=method or "")
+        return str(find_file(spec.recipe.format(method=method or "")))
     folder = (variant.recipes if variant and variant.recipes else None) or plan.recipes
     if folder is None:
         return None
-    return str(Path(folder) / RECIPE_FILE[kind].format(method=method or ""))
+    return str(find_file(Path(folder) / RECIPE_FILE[kind].format(method=method or "")))
 
 
 def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | None, teacher_run: Path | None) -> Recipe:

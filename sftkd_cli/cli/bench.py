@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,11 +13,12 @@ from rich.markup import escape
 from rich import box
 from rich.table import Table
 
-from sftkd_cli.bench import PARTS, REFERENCE_SETTINGS, BenchResult, BenchRow, run_bench
+from sftkd_cli.choices import BENCH_PARTS, KD_METHOD_NAMES
 from sftkd_cli.cli.app import app, err_console
-from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import atomic_write_text
+
+if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
+    from sftkd_cli.bench import BenchResult, BenchRow
 
 HELP = """Measure how fast sftkd trains and reconstructs on this machine (no dataset needed).
 
@@ -149,12 +151,15 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, "--repeats", help="Timed calls per row; the median is reported."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing each row."),
-    only: str = typer.Option(None, "--only", help=f"Comma-separated parts to run: {','.join(PARTS)} (default all)."),
-    methods: str = typer.Option(None, "--methods", help=f"KD methods for the kd rows: {','.join(METHODS)} (default all)."),
+    only: str = typer.Option(None, "--only", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all)."),
+    methods: str = typer.Option(None, "--methods", help=f"KD methods for the kd rows: {','.join(KD_METHOD_NAMES)} (default all)."),
     compile: bool = typer.Option(False, "--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails)."),
     roof_size: int = typer.Option(256, "--roof-size", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
     json_out: str = typer.Option(None, "--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table."),
 ) -> None:
+    from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench
+    from sftkd_cli.runs import atomic_write_text
+
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
     to_stdout = json_out == "-"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from sftkd_cli.config import Recipe, dump_recipe
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import RunDir
-from sftkd_cli.training.engine import FitResult
-from sftkd_cli.training.session import resolve
+from sftkd_cli.recipes import find_file
+
+if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never for --help
+    from sftkd_cli.config import Recipe
+    from sftkd_cli.runs import RunDir
+    from sftkd_cli.training.engine import FitResult
 
 console = Console()
 
@@ -43,7 +46,7 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
         if "=" in item:
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")) and recipe is None:
-            recipe = Path(item)
+            recipe = find_file(item)  # the given path, else the recipe shipped with sftkd
         else:
             raise SftkdError(f"argument {item!r}: expected a recipe file (.yaml) or an override section.key=value")
     return recipe, overrides
@@ -64,6 +67,8 @@ def build_recipe(
 ) -> Recipe:
     """Recipe file + overrides + the options every training command shares + its own `flags`
     (recipe key -> value; None = not given)."""
+    from sftkd_cli.training.session import resolve
+
     recipe_file, overrides = split_args(args)
     shared = {"data.path": data, "data.acceleration": acc, "run.name": name, "run.dir": runs_dir,
               "train.epochs": epochs, "train.device": device, "train.threads": threads, "train.amp": amp}
@@ -74,6 +79,8 @@ def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[
                    what: str = "val L1", **kwargs: object) -> None:
     """`--print-recipe`: show the resolved recipe; otherwise train(recipe, console=..., **kwargs) and
     print the run's "done" line with its best `what`."""
+    from sftkd_cli.config import dump_recipe
+
     if print_only:
         console.print(dump_recipe(recipe), highlight=False, markup=False)
         return

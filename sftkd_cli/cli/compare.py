@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.cli.app import app, err_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.report.compare import (
-    DEFAULT_METRICS,
-    PAPER_METRICS,
-    RunResult,
-    collect_runs,
-    compare_runs,
-    paper_table,
-)
-from sftkd_cli.report.formats import check_alpha, render, to_rich, view
-from sftkd_cli.runs import atomic_write_text
+
+if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
+    from sftkd_cli.report.compare import RunResult
 
 
 class OutputFormat(str, Enum):
@@ -37,6 +32,8 @@ class GroupMode(str, Enum):
 
 def _write_output(path: Path, text: str) -> None:
     """Write the --out file atomically (nothing half-written), with a clear error for a missing folder."""
+    from sftkd_cli.runs import atomic_write_text
+
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
     atomic_write_text(path, text)
@@ -74,6 +71,9 @@ def compare(
     ),
 ) -> None:
     """Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."""
+    from sftkd_cli.report.compare import collect_runs, compare_runs, paper_table
+    from sftkd_cli.report.formats import check_alpha, render, to_rich, view
+
     check_alpha(alpha)
     where = _attention_slice(attention_slice, attention)
     results, warnings = collect_runs(runs, strict=strict)

@@ -6,7 +6,6 @@ import typer
 
 from sftkd_cli.cli import common
 from sftkd_cli.cli.app import app
-from sftkd_cli.training.kd import distill
 
 
 @app.command("distill")
@@ -38,6 +37,8 @@ def distill_command(
     Std-KD:  sftkd distill --teacher runs/demo-teacher-D5C5-4x --method at
     SFT-KD:  sftkd distill --teacher runs/demo-sft-D5C5-D3C5-4x --method at --init-from sft
     """
+    from sftkd_cli.training.kd import distill
+
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp,

@@ -8,7 +8,6 @@ import typer
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.cli.common import console
-from sftkd_cli.evaluate import evaluate_run, print_metrics
 
 
 @app.command("evaluate")
@@ -27,6 +26,8 @@ def evaluate(
 
     Also scores the zero-filled input (the paper's ZF row). Example: sftkd evaluate runs/*
     """
+    from sftkd_cli.evaluate import evaluate_run, print_metrics
+
     for run in runs:
         metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                device=device, write_recon=not no_recon, exported=exported, amp=amp)

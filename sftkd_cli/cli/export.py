@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.cli.common import console
-from sftkd_cli.export import export_run
 
 
 @app.command("export")
@@ -26,6 +25,8 @@ def export(
 
     Inputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, corner layout), mask (B,1,H,W); output image (B,1,H,W). Dynamic batch; ONNX has a fixed image size, TorchScript any. A model card <out>.card.json is written beside the file. Example: sftkd export runs/demo-student-D3C5-4x --format onnx
     """
+    from sftkd_cli.export import export_run
+
     result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None)
     card = result.card
     h, w = card["image_size"]

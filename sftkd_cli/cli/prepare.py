@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sftkd_cli.choices import SOURCE_DEFAULTS
 from sftkd_cli.cli.app import app
-from sftkd_cli.data.prepare import (
-    SOURCE_DEFAULTS, PrepareOptions, PrepareResult, default_accelerations, group_key, parse_accelerations,
-    parse_mask_files, prepare_dataset,
-)
-from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource, Source
-from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError
+
+if TYPE_CHECKING:  # the library (NumPy, h5py, torch) is imported when a command runs, never for --help
+    from sftkd_cli.data.prepare import PrepareOptions, PrepareResult
+    from sftkd_cli.data.sources import Source
 
 prepare_app = typer.Typer(
     no_args_is_help=True,
@@ -112,6 +111,8 @@ def _options(
     test_fraction: float | None = None, val: list[str] | None = None, test: list[str] | None = None,
 ) -> PrepareOptions:
     """Command-line values -> PrepareOptions (accelerations default to the mask files' or 4, 5; sr: 4)."""
+    from sftkd_cli.data.prepare import PrepareOptions, default_accelerations, parse_accelerations, parse_mask_files
+
     accelerations = parse_accelerations(acc)
     if task == "sr" and mask_file:  # before parsing, which would blame a bare path on --acc
         raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
@@ -135,6 +136,8 @@ def _options_from(arguments: dict[str, Any], **fixed: Any) -> PrepareOptions:
 
 def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
     """Run the library with a transient progress bar, then print the summary table."""
+    from sftkd_cli.data.prepare import prepare_dataset
+
     err = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -152,6 +155,8 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
 
 def _source_text(manifest: dict) -> str:
     """Source label and where it came from (folder, or package version for the demo)."""
+    from sftkd_cli.data.volumes import display_path
+
     details = manifest.get("source_details", {})
     if manifest.get("source_root"):
         return f"{manifest['source']} ({display_path(manifest['source_root'])})"
@@ -162,6 +167,9 @@ def _source_text(manifest: dict) -> str:
 
 def print_summary(result: PrepareResult, console: Console) -> None:
     """A table: source, folder, volumes and slices per split, size, masks."""
+    from sftkd_cli.data.prepare import group_key
+    from sftkd_cli.data.volumes import display_path
+
     m = result.manifest
     where = display_path(result.out)
     if result.unchanged:
@@ -234,6 +242,8 @@ def demo(
     task: Task = "recon",
 ) -> None:
     options = _options_from(locals(), slice_axis=SOURCE_DEFAULTS["demo"]["slice_axis"])
+    from sftkd_cli.data.sources import DemoSource
+
     _run(DemoSource(source, template, slab=slab, gap=gap), out, options)
 
 
@@ -268,6 +278,8 @@ def acdc(
     task: Task = "recon",
 ) -> None:
     options = _options_from(locals())
+    from sftkd_cli.data.sources import AcdcSource
+
     _run(AcdcSource(root), out, options)
 
 
@@ -302,6 +314,8 @@ def mrbrains(
     task: Task = "recon",
 ) -> None:
     options = _options_from(locals())
+    from sftkd_cli.data.sources import MRBrainsSource
+
     _run(MRBrainsSource(root, modality), out, options)
 
 
@@ -336,4 +350,6 @@ def nifti(
     task: Task = "recon",
 ) -> None:
     options = _options_from(locals())
+    from sftkd_cli.data.sources import NiftiSource
+
     _run(NiftiSource(root, pattern), out, options)

@@ -9,14 +9,11 @@ import typer
 from sftkd_cli.cli.app import app
 from sftkd_cli.cli.common import console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.reproduce import (
-    build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
-)
 
 
 @app.command("reproduce")
 def reproduce(
-    plan_file: Path = typer.Argument(..., help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml.", show_default=False),
+    plan_file: Path = typer.Argument(..., help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False),
     overrides: list[str] = typer.Argument(
         None, help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.",
         show_default=False,
@@ -47,7 +44,12 @@ def reproduce(
 
       sftkd reproduce recipes/demo.yaml --dry-run --only kd
     """
-    plan = load_plan(plan_file, overrides or [], runs_dir=runs_dir, data_root=data_root)
+    from sftkd_cli.reproduce import (
+        build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
+    )
+    from sftkd_cli.recipes import find_plan
+
+    plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
     stages = build_stages(plan)
     tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
     if dry_run:

@@ -6,7 +6,6 @@ import typer
 
 from sftkd_cli.cli import common
 from sftkd_cli.cli.app import app
-from sftkd_cli.training.sft import train_sft
 
 
 @app.command("train-sft")
@@ -33,6 +32,8 @@ def train_sft_command(
     The run keeps the teacher (for `distill --teacher RUN`) and the student blocks
     (for `distill --init-from RUN`). Example: sftkd train-sft --student D3C5 --data data/demo
     """
+    from sftkd_cli.training.sft import train_sft
+
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},

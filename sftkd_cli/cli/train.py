@@ -6,7 +6,6 @@ import typer
 
 from sftkd_cli.cli import common
 from sftkd_cli.cli.app import app
-from sftkd_cli.training.supervised import train_supervised
 
 
 @app.command("train-teacher")
@@ -30,6 +29,8 @@ def train_teacher(
 
     Example: sftkd train-teacher --model D5C5 --data data/demo train.epochs=10
     """
+    from sftkd_cli.training.supervised import train_supervised
+
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"model.name": model},

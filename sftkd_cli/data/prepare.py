@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 
 from sftkd_cli import __version__
+from sftkd_cli.choices import SOURCE_DEFAULTS  # noqa: F401  (per-source defaults of `prepare-data`)
 from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile, SplitRequest
 from sftkd_cli.data.volumes import (
     crop_or_pad, display_path, downsample, kept_slices, load_nifti, read_volume, sha256_file,
@@ -96,15 +97,6 @@ def sr_box_mask(shape: tuple[int, int], scale: float, layout: str = "corner") ->
         keep[freqs % size if layout == "corner" else freqs + size // 2] = True
         out.append(keep)
     return np.outer(out[0], out[1]).astype(np.float32)
-
-
-#: per-source defaults of `prepare-data` (the CLI and `reproduce` plans both use these)
-SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
-    "acdc": {"size": (150, 150), "slice_axis": -1},
-    "mrbrains": {"size": (240, 240), "slice_axis": -1},
-    "nifti": {"size": None, "slice_axis": 2},
-}
 
 
 @dataclass

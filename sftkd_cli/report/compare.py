@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
 
-DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
-PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
 #: the ZF row's role by dataset task: for super-resolution the input is the interpolated LR image

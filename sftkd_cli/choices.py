@@ -1,0 +1,30 @@
+"""Names and defaults that command help shows, in a module that imports nothing heavy.
+
+`sftkd --help`, `sftkd <command> --help`, `--version` and argument errors must not import torch,
+NumPy or SciPy (seconds on a busy machine). The command modules under `sftkd_cli.cli` therefore
+take what their options show from here; the library modules import the same objects from here
+(one definition each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: per-source defaults of `prepare-data` (the CLI and `reproduce` plans both use these)
+SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
+    "acdc": {"size": (150, 150), "slice_axis": -1},
+    "mrbrains": {"size": (240, 240), "slice_axis": -1},
+    "nifti": {"size": None, "slice_axis": 2},
+}
+
+#: `sftkd bench --only`: the benchmark's parts, in the order they run
+BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
+
+#: `--method` / `bench --methods`: the KD methods, in the order of `sftkd_cli.distill.METHODS`
+#: (a test checks that the two agree)
+KD_METHOD_NAMES: tuple[str, ...] = ("at", "fitnets", "cc", "fsp", "sp", "pkt", "nst", "ft", "none")
+
+#: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
+DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
+PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
