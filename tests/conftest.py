@@ -8,14 +8,68 @@
 - fixture `nifti_writer`: all of the above, for tests (test modules do not import conftest).
 - fixture `tiny_dataset` (session scope, treat as read-only): a prepared dataset folder from
   5 phantom volumes (28x24x3 -> 16x16), accelerations 4 and 5, splits train 3 / val 1 / test 1.
+
+Devices: every test runs on the CPU unless it is marked `@pytest.mark.cuda`.
+- Unmarked tests (almost all): for the whole session `torch.cuda.is_available()` reads False
+  and `torch.cuda.device_count()` 0 in the test process, so `auto` (training, evaluate, bench)
+  means the CPU even on a GPU machine. Their exact comparisons (resume == uninterrupted,
+  exported file == checkpoint, one process == two) are CPU guarantees. Tests that start
+  `sftkd` in a subprocess (kill -9, torchrun) do not inherit this and pass `train.device=cpu`;
+  in-process tests whose claim is CPU-only also say `train.device=cpu` / `--device cpu`.
+- `@pytest.mark.cuda` tests see the real CUDA functions and are skipped without a GPU. A
+  module- or session-scoped fixture still runs under the CPU default, so these tests build
+  what they need themselves.
+- `@pytest.mark.nilearn` tests need the optional nilearn package (the demo template) and are
+  skipped without it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+#: the real CUDA probes, kept before the session hides CUDA from unmarked tests
+REAL_CUDA_IS_AVAILABLE = torch.cuda.is_available
+REAL_CUDA_DEVICE_COUNT = torch.cuda.device_count
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU and runs on it (skipped without one)")
+    config.addinivalue_line("markers", "nilearn: needs the optional nilearn package (skipped without it)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `cuda` tests without a GPU and `nilearn` tests without nilearn (probed only if used)."""
+    wants_cuda = any(item.get_closest_marker("cuda") for item in items)
+    has_cuda = wants_cuda and REAL_CUDA_IS_AVAILABLE()
+    has_nilearn = importlib.util.find_spec("nilearn") is not None  # found, never imported
+    for item in items:
+        if item.get_closest_marker("cuda") and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if item.get_closest_marker("nilearn") and not has_nilearn:
+            item.add_marker(pytest.mark.skip(reason="needs nilearn (pip install 'sftkd[demo]')"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_by_default() -> Iterator[None]:
+    """Hide CUDA from the test process for the session (see the module docstring, Devices)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setattr(torch.cuda, "device_count", lambda: 0)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_cuda_if_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `cuda` test sees the real torch.cuda.is_available / device_count."""
+    if request.node.get_closest_marker("cuda"):
+        monkeypatch.setattr(torch.cuda, "is_available", REAL_CUDA_IS_AVAILABLE)
+        monkeypatch.setattr(torch.cuda, "device_count", REAL_CUDA_DEVICE_COUNT)
 
 
 def phantom_volume(shape: tuple[int, int, int] = (20, 18, 4), seed: int = 0) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo) matches one process with the same global batch."""
+"""torchrun: 2 CPU processes (gloo, train.device=cpu, also where CUDA is present) match one process
+with the same global batch; the backend follows train.device; more processes than GPUs is one line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import sftkd
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import load_checkpoint
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -42,3 +45,78 @@ def test_two_processes_match_one_process(tiny_dataset, tmp_path):
     assert diff.max() < 2e-3
     assert diff.median() < 1e-6 and (diff > 1e-5).float().mean() < 0.05
     assert len((tmp_path / "ddp" / "history.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
+
+
+def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:
+    """This process poses as torchrun's rank 1 of 2 on a machine with `gpus` GPUs (CUDA faked).
+
+    The process group never starts: `init_process_group` records its backend and stops the run.
+    Returns the calls made: ("init", backend) and ("set_device", index).
+    """
+    import torch.distributed as dist
+
+    calls: list[tuple[str, object]] = []
+
+    def init_process_group(backend, *args, **kwargs):
+        calls.append(("init", backend))
+        raise SftkdError(f"stopped before starting {backend}")
+
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    return calls
+
+
+def _train(tiny_dataset, runs, *extra):
+    return sftkd("train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={runs}",
+                 "train.epochs=1", "train.threads=1", *extra, ok=False)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_more_processes_than_gpus_is_one_line(tiny_dataset, tmp_path, monkeypatch, device):
+    calls = _as_rank_1_of_2(monkeypatch, gpus=1)
+    result = _train(tiny_dataset, tmp_path, f"train.device={device}")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    for words in (f"train.device={device}", "2 processes", "1 CUDA device", "--nproc_per_node=1", "train.device=cpu"):
+        assert words in lines[0], lines[0]
+    assert calls == []  # refused before any GPU is chosen or any process group starts
+    assert not (tmp_path / "r").exists()
+
+
+def test_cpu_training_uses_gloo_where_cuda_is_present(tiny_dataset, tmp_path, monkeypatch):
+    calls = _as_rank_1_of_2(monkeypatch, gpus=1)
+    result = _train(tiny_dataset, tmp_path, "train.device=cpu")
+    assert result.exit_code == 2 and "stopped before starting gloo" in result.output, result.output
+    assert calls == [("init", "gloo")]
+
+
+def test_one_process_per_gpu_uses_nccl_on_its_local_rank(tiny_dataset, tmp_path, monkeypatch):
+    calls = _as_rank_1_of_2(monkeypatch, gpus=2)
+    result = _train(tiny_dataset, tmp_path, "train.device=cuda")
+    assert "stopped before starting nccl" in result.output, result.output
+    assert calls == [("set_device", 1), ("init", "nccl")]
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_one_line(tiny_dataset, tmp_path, monkeypatch):
+    calls = _as_rank_1_of_2(monkeypatch, gpus=2)
+    result = _train(tiny_dataset, tmp_path, "train.device=cuda:0")
+    assert result.exit_code == 2 and "cuda:LOCAL_RANK" in result.output and calls == [], result.output
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_torchrun_with_more_processes_than_gpus_says_so(tiny_dataset, tmp_path):
+    """On a real GPU machine: one process more than there are GPUs gets the one-line refusal."""
+    processes = torch.cuda.device_count() + 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    ddp = subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "sftkd_cli",
+                          *[a for a in _args(tiny_dataset, tmp_path, "ddp", 1) if a != "train.device=cpu"],
+                          "train.device=cuda"],
+                         env=env, capture_output=True, text=True)
+    assert ddp.returncode != 0
+    assert f"{processes} processes on this machine" in ddp.stdout + ddp.stderr, ddp.stderr[-3000:]
+    assert not (tmp_path / "ddp").exists()

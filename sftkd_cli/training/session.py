@@ -7,7 +7,8 @@ so every command shares the same run-directory, resume and interruption behaviou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, validate
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, atomic_write_text
-from sftkd_cli.training.engine import FitResult, Trainer, barrier, distributed_context, seed_everything
+from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything, select_device
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer)
@@ -50,6 +51,48 @@ def _flatten(recipe: Recipe) -> dict[str, object]:
     return {f"{s}.{k}": v for s, values in recipe_to_dict(recipe).items() for k, v in values.items()}
 
 
+def distributed_context(device: str) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    The backend follows the recipe's device, not the machine: `train.device=cpu` uses gloo
+    even where CUDA is present; CUDA (`cuda`, or `auto` with a GPU) uses nccl with one GPU per
+    process, cuda:LOCAL_RANK. More processes on this machine than GPUs is refused in one line
+    before the group starts (otherwise a rank dies with "invalid device ordinal").
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        on_cuda = select_device(device).type == "cuda"
+        if on_cuda:
+            _check_gpus_per_process(device, world)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if on_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _check_gpus_per_process(device: str, world: int) -> None:
+    """Under torchrun each process takes cuda:LOCAL_RANK: there must be a GPU for each one."""
+    import torch
+
+    if ":" in device:
+        raise SftkdError(
+            f"train.device={device}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
+            "set train.device=cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise SftkdError(
+            f"train.device={device}: torchrun started {processes} processes on this machine but it has "
+            f"{gpus} CUDA device(s); expected at most one process per GPU: use --nproc_per_node={gpus}, "
+            "or train.device=cpu to run every process on the CPU (gloo)"
+        )
+
+
 def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
     """On --resume the recipe must match the stored one, except a few keys (e.g. train.epochs)."""
     stored = run.load_recipe()
@@ -69,8 +112,12 @@ def run_training(
     resume: bool = False,
     force: bool = False,
     console: Console | None = None,
+    sources: Sequence[str | Path] = (),
 ) -> tuple[RunDir, FitResult]:
-    """Create/reopen the run dir, build the objective, train. The run dir is unlocked at the end."""
+    """Create/reopen the run dir, build the objective, train. The run dir is unlocked at the end.
+
+    `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
+    """
     validate(recipe)
     run = RunDir(run_path(recipe))
     if resume and run.recipe_file.exists():
@@ -78,9 +125,9 @@ def run_training(
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective()
-    rank, world = distributed_context()
+    rank, world = distributed_context(recipe.train.device)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
-        run.prepare(recipe, resume=resume, force=force)
+        run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             atomic_write_text(run.recipe_file, dump_recipe(recipe))
     barrier(world)
