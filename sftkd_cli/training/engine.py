@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.metrics import ssim
+from sftkd_cli.metrics import psnr, ssim
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 
@@ -49,21 +49,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size()
-
-
 def barrier(world: int) -> None:
     """Wait for every process (no-op for a single process)."""
     if world > 1:
@@ -73,14 +58,23 @@ def barrier(world: int) -> None:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    """Seed python, numpy and torch; with `deterministic`, deterministic kernels on CUDA too.
+
+    The CPU kernels are deterministic already (for a fixed thread count). On CUDA, cuDNN picks
+    non-deterministic convolution algorithms by default, so a resumed run only matches an
+    uninterrupted one bit for bit with `deterministic`: deterministic cuDNN algorithms, no
+    cuDNN autotuning, deterministic torch ops (an op without one fails instead of drifting)
+    and a fixed cuBLAS workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts, which in
+    a training process is after this call).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -142,21 +136,34 @@ class _StopFlag:
 
 
 def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int) -> dict[str, float]:
-    """Validation L1, PSNR (data range 1: volumes are normalised to [0, 1]) and SSIM, slice means."""
+    """Validation L1, PSNR and SSIM, means over slices; PSNR and SSIM scored as `sftkd evaluate` does.
+
+    PSNR and SSIM use data range = the maximum of the slice's ground-truth volume (over its
+    validated slices: the whole volume unless data.max_val_slices cuts it short), in float64,
+    like `evaluate`'s per-slice means (metrics.score_slices). So the log's val_psnr / val_ssim
+    of an epoch equal metrics.json's PSNR / SSIM "mean" for that epoch's checkpoint on the
+    same split. (Volumes are normalised by their source maximum, and a crop or skipped slices
+    can leave the stored maximum below 1, so a range of 1 would read higher.)
+    """
     objective.eval()
-    l1s, psnrs, ssims = [], [], []
+    l1s: list[float] = []
+    volumes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # volume -> [(target, pred)] per slice
     with torch.inference_mode():
-        for batch in batches(dataset, range(len(dataset)), batch_size):
-            batch = to_device(batch, device)
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = to_device(collate(items), device)
             with autocast(device, amp):
                 pred = objective.predict(batch)
             pred, target = pred.float(), batch["target"]
             l1s.extend(F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).tolist())
-            mse = ((pred - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-20)
-            psnrs.extend((10 * torch.log10(1.0 / mse)).tolist())
-            for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
-                ssims.append(ssim(t[0], p[0], data_range=1.0))
+            for item, t, p in zip(items, target.cpu().numpy(), pred.cpu().numpy()):
+                volumes.setdefault(str(item["volume"]), []).append((t[0], p[0]))
     objective.train()
+    psnrs, ssims = [], []
+    for pairs in volumes.values():
+        data_range = max(float(t.max()) for t, _ in pairs)
+        psnrs.extend(psnr(t, p, data_range) for t, p in pairs)
+        ssims.extend(ssim(t, p, data_range) for t, p in pairs)
     return {"val_l1": float(np.mean(l1s)), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
 
 
