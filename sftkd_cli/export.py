@@ -39,11 +39,11 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.models import DCCNN, DCUNet, count_parameters
 from sftkd_cli.models.vdsr import VDSR
 from sftkd_cli.mri.dc import data_consistency
-from sftkd_cli.runs import atomic_write_text, open_run
+from sftkd_cli.runs import atomic_write_text, is_special_file, make_folder, open_run, output_path, unlink_quietly
 
 #: export format -> default file suffix
 FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -209,13 +209,17 @@ def _onnxruntime():
 
 
 def read_card(model_path: str | Path) -> dict[str, Any] | None:
-    """The model card beside an exported file (`<file>.card.json`), or None."""
+    """The model card beside an exported file (`<file>.card.json`), or None when there is none.
+
+    Only a regular file of bounded size is read (a FIFO or /dev/zero link is refused)."""
+    from sftkd_cli.data.files import read_regular_bytes
+
     path = card_path(Path(model_path))
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError):
+        card = json.loads(read_regular_bytes(path, "model card"))
+    except ValueError:
         raise SftkdError(f"{path}: unreadable model card; expected JSON written by `sftkd export`") from None
     return card if isinstance(card, dict) else None
 
@@ -319,8 +323,13 @@ def prepare_evaluation(
     """Load an exported file for `evaluate_run`; parameter count and provenance come from its card."""
     if checkpoint is not None or model_role is not None:
         raise SftkdError(f"{path}: --checkpoint and --model do not apply to an exported model (its card records them)")
+    if not Path(path).is_file():
+        raise SftkdError(f"{path}: exported model file not found")
+    card = read_card(path)
+    if card is None or not card.get("role"):
+        raise SftkdError(f"{path}: refused: no model card {card_path(Path(path)).name} beside it (or one without "
+                         "a role), so what the file is cannot be told; expected the card `sftkd export` wrote with it")
     model = load_exported(path, device)
-    card = model.card or {}
     role = str(card.get("role") or "model")
     state = {
         "role": card.get("run_role"), "primary": card.get("primary") or role, "epoch": card.get("epoch"),
@@ -600,8 +609,11 @@ def export_run(
     target = Path(out) if out is not None else default_out(run.path, model.name, entry_role, fmt)
     if target.is_dir():
         raise SftkdError(f"--out {target}: is a directory; expected a file name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    make_folder(target.parent)
+    target = output_path(target)  # through a symlink: its target is replaced, the link kept
+    if is_special_file(target) or is_special_file(card_path(target)):
+        raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
+    tmp = target.with_name(f".{target.name[:200]}.tmp-{os.getpid()}")
     try:
         with torch.no_grad():
             exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
@@ -652,8 +664,10 @@ def export_run(
         }
         atomic_write_text(card_path(target), json.dumps(card, indent=2, allow_nan=True))
         os.replace(tmp, target)
+    except OSError as exc:
+        raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        unlink_quietly(tmp)
     return ExportResult(target, card_path(target), diff, card)
 
 

@@ -11,19 +11,21 @@ Layout of `runs/<name>/`:
 
 from __future__ import annotations
 
-import fcntl
 import json
+import errno
 import os
 import pickle
 import platform
-import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
@@ -32,18 +34,87 @@ from sftkd_cli.errors import SftkdError, os_error_text
 CHECKPOINT_FORMAT = 1
 
 
+def output_path(path: Path) -> Path:
+    """Where writing `path` lands: a symlink's final target (the link itself is kept).
+
+    A folder, or a name under something that is not a folder, is refused with one line.
+    """
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise SftkdError(f"{path}: is a directory; expected a file name")
+    if not target.parent.is_dir():
+        raise SftkdError(f"{path}: folder {target.parent} does not exist")
+    return target
+
+
+def is_special_file(path: Path) -> bool:
+    """True for an existing device file, FIFO or socket (something a rename must not replace)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _write_into(path: Path, data: bytes) -> None:
+    """Write into a device file or FIFO in place; a FIFO nobody reads is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise SftkdError(f"{path}: a FIFO that no process is reading") from None
+        raise SftkdError(f"{path}: could not open for writing ({os_error_text(exc)})") from None
+    try:
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write `data` to `path` so that a crash leaves either the old or the new file, never half.
+
+    Through a symlink the target is replaced (not the link); a device file or FIFO is written
+    into in place. An OS error (disk full, read-only folder, name too long) is one line.
+    """
+    target = output_path(path)
+    if is_special_file(target):
+        _write_into(target, data)
+        return
+    tmp = target.with_name(f".{target.name[:200]}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as exc:
+        unlink_quietly(tmp)
+        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        unlink_quietly(tmp)
         raise
+
+
+def unlink_quietly(path: Path) -> None:
+    """Remove a temporary file if possible; a second error (read-only folder) must not hide the first."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def make_folder(path: Path) -> None:
+    """Create a folder and its parents; an OS error (read-only, name too long) is one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SftkdError(f"{path}: exists and is not a folder") from None
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not create the folder ({os_error_text(exc)})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -60,10 +131,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        unlink_quietly(tmp)
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        unlink_quietly(tmp)
         raise
 
 
@@ -138,43 +209,82 @@ class RunDir:
         return self.path / "checkpoints" / f"{name}.pt"
 
     # lifecycle ---------------------------------------------------------------------------
-    def prepare(self, recipe: Recipe, *, resume: bool, force: bool) -> None:
-        """Create (or reopen with `resume`) the run dir and lock it; never clobber silently."""
+    def prepare(self, recipe: Recipe, *, resume: bool, force: bool, sources: Sequence[str | Path] = ()) -> None:
+        """Create (or reopen with `resume`) the run dir and lock it; never clobber silently.
+
+        A non-empty folder that is not a run is refused; `force` removes only what sftkd wrote
+        into the run (`sftkd_files`), never other files kept there. `sources` (a teacher run, a
+        checkpoint to start from) must lie outside the run: it would replace what it reads.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise SftkdError(f"{self.path}: exists and is not a directory")
+        here = self.path.resolve()
+        for source in sources:
+            if source and here in (Path(source).resolve(), *Path(source).resolve().parents):
+                raise SftkdError(
+                    f"{source}: lies inside the run directory {self.path} that this command writes; "
+                    "choose another --name"
+                )
         exists = self.recipe_file.exists()
         if resume:
             if not exists:
                 raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); drop --resume to start")
         elif exists and not force:
             raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to overwrite")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.lock()
-        for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
-            stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
-        if force and not resume:
-            for item in list(self.path.iterdir()):
-                if item.name == ".lock":
-                    continue
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-        (self.path / "checkpoints").mkdir(exist_ok=True)
-        if not resume:
-            atomic_write_text(self.recipe_file, dump_recipe(recipe))
+        elif not exists and self.path.is_dir() and self._foreign_entries():
+            raise SftkdError(
+                f"{self.path}: folder is not empty and is not an sftkd run (no recipe.yaml); "
+                "choose another --name or --runs-dir"
+            )
+        if force and exists and not resume:
+            self.load_recipe()  # a recipe.yaml that is not sftkd's: refuse before removing anything
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock()
+            for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
+                stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
+            if force and not resume:
+                remove_sftkd_files(self.path)
+            (self.path / "checkpoints").mkdir(exist_ok=True)
+            if not resume:
+                atomic_write_text(self.recipe_file, dump_recipe(recipe))
+        except (OSError, SftkdError) as exc:
+            self.unlock()
+            if created:  # leave no half-made run behind (only what this call made)
+                remove_sftkd_files(self.path)
+                for leftover in (self.path / "checkpoints", self.path):
+                    _rmdir_quietly(leftover)
+            if isinstance(exc, SftkdError):
+                raise
+            raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
+
+    def _foreign_entries(self) -> list[str]:
+        """Entries of the folder that sftkd did not write (a killed start leaves only its own)."""
+        own = set(sftkd_files(self.path))
+        foreign = []
+        for entry in self.path.iterdir():
+            ours_folder = entry.name in ("checkpoints", "export") or entry.name.startswith("eval-")
+            if entry in own or (
+                ours_folder and entry.is_dir() and not entry.is_symlink()
+                and all(p in own or (p.is_dir() and not p.is_symlink()) for p in entry.rglob("*"))
+            ):
+                continue
+            foreign.append(entry.name)
+        return foreign
 
     def lock(self) -> None:
         """Take an exclusive lock; a second process on the same run is refused."""
-        handle = open(self.path / ".lock", "a+")
+        lock = FileLock(self.path / ".lock", timeout=0)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+            lock.acquire()
+        except Timeout:
             raise SftkdError(f"{self.path}: another sftkd process is using this run") from None
-        self._lock_handle = handle
+        self._lock_handle = lock
 
     def unlock(self) -> None:
         if self._lock_handle is not None:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
-            self._lock_handle.close()
+            self._lock_handle.release()
             self._lock_handle = None
 
     # records -----------------------------------------------------------------------------
@@ -198,6 +308,53 @@ class RunDir:
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+#: what sftkd writes into a run directory: the only names `--force` removes
+RUN_FILES = ("recipe.yaml", "env.json", "history.jsonl", ".lock", "metrics.json", "per_slice.csv", "recon.h5")
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+#: evaluate writes RUN/eval-<model>/, RUN/eval-<file>-<format>/ and <folder>/eval-amp-<amp>/
+EVAL_FILES = ("metrics.json", "per_slice.csv", "recon.h5")
+EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
+
+
+def sftkd_files(run: Path) -> list[Path]:
+    """The files sftkd wrote into `run` (run records, checkpoints, evaluations, exports)."""
+    found = [run / name for name in RUN_FILES]
+    found += [run / "checkpoints" / name for name in CHECKPOINT_FILES]
+    found += [*run.glob("checkpoints/.*.tmp-*"), *run.glob(".*.tmp-*")]
+    for folder in [*run.glob("eval-*"), *run.glob("eval-*/eval-amp-*")]:
+        found += [folder / name for name in EVAL_FILES]
+    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)]
+    # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
+    return [p for p in found if (p.is_symlink() or p.is_file()) and _real_parent(p, run)]
+
+
+def _real_parent(path: Path, run: Path) -> bool:
+    """True when every folder between `run` and `path` is a real folder, not a symlink."""
+    folder = path.parent
+    while folder != run:
+        if folder.is_symlink():
+            return False
+        folder = folder.parent
+    return True
+
+
+def remove_sftkd_files(run: Path) -> None:
+    """Delete what sftkd wrote into `run`, then its folders left empty; other files stay."""
+    for path in sftkd_files(run):
+        path.unlink(missing_ok=True)
+    for folder in [*run.glob("eval-*/eval-amp-*"), *run.glob("eval-*"), run / "export", run / "checkpoints"]:
+        if folder.is_dir() and not folder.is_symlink():
+            _rmdir_quietly(folder)
+
+
+def _rmdir_quietly(folder: Path) -> None:
+    """Remove a folder if it is empty; a non-empty one (user files) is kept."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def open_run(path: str | Path) -> RunDir:

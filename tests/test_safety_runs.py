@@ -115,3 +115,174 @@ def test_sftkd_checkpoints_still_load(trained):
 
     state = load_checkpoint(trained / "checkpoints" / "last.pt")
     assert state["format"] == 1 and state["models"]
+
+
+# ----------------------------------------------------------------------------- --force and run names
+
+
+def test_force_on_a_user_folder_is_refused_and_deletes_nothing(tiny_dataset, tmp_path):
+    home = tmp_path / "home"
+    (home / "Documents" / "taxes").mkdir(parents=True)
+    (home / "Documents" / "notes.txt").write_text("mine")
+    (home / "Documents" / "taxes" / "2026.pdf").write_bytes(b"%PDF")
+    before = snapshot(home)
+    for extra in ((), ("--force",)):
+        fails_cleanly(*train_args(tiny_dataset, home, "Documents", *extra), names=("Documents", "not an sftkd run"))
+        assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_names_never_wipe_the_runs_folder(name, tiny_dataset, trained, tmp_path):
+    runs = tmp_path / "work" / "runs"
+    shutil.copytree(trained, runs / "teacher")
+    (tmp_path / "work" / "data.txt").write_text("dataset")
+    before = snapshot(tmp_path / "work")
+    result = invoke(*train_args(tiny_dataset, runs, name, "--force"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert snapshot(tmp_path / "work") == before
+
+
+def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained, tmp_path):
+    run = Path(shutil.copytree(trained, tmp_path / "runs" / "teacher"))
+    (run / "NOTES.md").write_text("why this run exists")
+    (run / "analysis").mkdir()
+    (run / "analysis" / "plot.py").write_text("print(1)")
+    (run / "export").mkdir()
+    (run / "export" / "readme.txt").write_text("keep")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "metrics.json").write_text("{}")  # reached through a symlinked eval folder: not the run's
+    (run / "eval-linked").symlink_to(outside, target_is_directory=True)
+    old_history = (run / "history.jsonl").read_text()
+    (run / "history.jsonl").write_text(old_history + old_history)  # a marker the retraining must replace
+    invoke_ok = invoke(*train_args(tiny_dataset, run.parent, "teacher", "--force"))
+    assert invoke_ok.exit_code == 0, invoke_ok.output
+    assert (run / "NOTES.md").read_text() == "why this run exists"
+    assert (run / "analysis" / "plot.py").read_text() == "print(1)"
+    assert (run / "export" / "readme.txt").read_text() == "keep"
+    assert (outside / "metrics.json").read_text() == "{}"
+    assert (run / "history.jsonl").read_text().count("\n") == old_history.count("\n")
+
+
+def test_a_run_never_replaces_the_run_it_reads(tiny_dataset, trained, tmp_path):
+    runs = tmp_path / "runs"
+    teacher = Path(shutil.copytree(trained, runs / "X"))
+    before = snapshot(teacher)
+    kd = ["distill", "--teacher", teacher, "--student", "D2C2", "--method", "at", "--name", "X", "--force",
+          f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=1", "train.threads=1"]
+    fails_cleanly(*kd, names=("lies inside the run directory",))
+    fails_cleanly(*train_args(tiny_dataset, runs, "X", "--force", "--init-from", teacher / "checkpoints" / "best.pt"),
+                  names=("lies inside the run directory",))
+    assert snapshot(teacher) == before
+
+
+def test_a_failed_run_creation_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
+    import errno
+
+    import sftkd_cli.runs as runs_module
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runs_module, "atomic_write_text", read_only)
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r"), names=("Read-only file system",))
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_a_name_too_long_for_the_filesystem_is_one_line(trained, tmp_path):
+    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", tmp_path / ("y" * 260 + ".ts"),
+                  names=("File name too long",))
+    fails_cleanly("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", tmp_path / ("z" * 260 + ".csv"),
+                  names=("File name too long",))
+
+
+# ----------------------------------------------------------------------------- symlinks and device files
+
+
+def evaluated_pair(tmp_path: Path) -> list[Path]:
+    return [make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0)),
+            make_run(tmp_path, "student", "student", slice_values(2, 0.3))]
+
+
+def test_out_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "results" / "table.csv"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    result = invoke("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", link)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_text().startswith("run,")
+
+
+def test_out_into_a_device_file_writes_into_it(tmp_path):
+    import os
+    import stat
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot make a device file here ({exc})")
+    result = invoke("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", device)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat(device).st_mode), "the device file was replaced by a regular file"
+
+
+def test_out_into_a_fifo_is_read_by_its_reader_or_refused(tmp_path):
+    import os
+    import select
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = invoke("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", fifo)
+    assert result.exit_code == 2 and "no process is reading" in result.output, result.output
+    received: list[bytes] = []
+    ready = threading.Event()
+
+    def reader() -> None:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader from now on
+        ready.set()
+        select.select([fd], [], [], 20)  # until the writer's data arrives
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            received.append(handle.read())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    ready.wait(5)
+    result = invoke("compare", *evaluated_pair(tmp_path / "again"), "-f", "csv", "--out", fifo)
+    thread.join(10)
+    assert result.exit_code == 0, result.output
+    assert received and received[0].startswith(b"run,") and fifo.is_fifo()
+
+
+def test_export_refuses_a_device_file(trained, tmp_path):
+    import os
+
+    fifo = tmp_path / "model.ts"
+    os.mkfifo(fifo)
+    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", fifo,
+                  names=("device file or FIFO",))
+    assert fifo.is_fifo()
+
+
+# ----------------------------------------------------------------------------- --resume with a wrong last.pt
+
+
+@pytest.mark.parametrize("damage", ["other architecture", "no objective"])
+def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, trained, tmp_path):
+    from sftkd_cli.runs import load_checkpoint, save_checkpoint
+
+    run = Path(shutil.copytree(trained, tmp_path / trained.name))
+    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained.parent), str(run.parent)))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    if damage == "no objective":
+        del state["objective"]
+    else:
+        state["objective"] = {k.replace("blocks.0", "blocks.7"): v[..., :1] for k, v in state["objective"].items()}
+    save_checkpoint(run / "checkpoints" / "last.pt", state)
+    fails_cleanly(*train_args(tiny_dataset, run.parent, run.name, "--resume", "train.epochs=2"),
+                  names=("last.pt", "does not fit"))

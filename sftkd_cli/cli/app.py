@@ -11,17 +11,25 @@ from rich.console import Console
 from rich.markup import escape
 
 from sftkd_cli import __version__
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 
 class _Group(typer.core.TyperGroup):
-    """Turns a library `SftkdError` into one red line on stderr and its exit code."""
+    """Turns a library `SftkdError`, or an unforeseen OS error, into one red line on stderr and exit 2."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except SftkdError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error_line(f"{where}{os_error_text(exc)}")
+            raise typer.Exit(SftkdError.exit_code) from None
+
+
+def _error_line(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 err_console = Console(stderr=True)

@@ -240,14 +240,19 @@ class Trainer:
         start_epoch, start_step, history = 0, 0, []
         best_val, best_epoch, loss_sum, loss_count, resumed_from = math.inf, 0, 0.0, 0, None
         if resume and self.run.checkpoint("last").exists():
-            state = load_checkpoint(self.run.checkpoint("last"))
-            self._bare().load_state_dict(state["objective"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-            best_val, best_epoch = state["best_val_l1"], state["best_epoch"]
-            loss_sum, loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
+            last = self.run.checkpoint("last")
+            state = load_checkpoint(last)
+            try:
+                self._bare().load_state_dict(state["objective"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
+                best_val, best_epoch = float(state["best_val_l1"]), int(state["best_epoch"])
+                loss_sum, loss_count = float(state["epoch_loss_sum"]), int(state["epoch_loss_count"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                reason = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
+                raise SftkdError(f"{last}: does not fit this run's {self.recipe.model.name} training state ({reason})") from None
             history = self.run.read_history()[:start_epoch]
             resumed_from = start_epoch
         if self.is_main:

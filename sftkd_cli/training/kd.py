@@ -184,7 +184,8 @@ def distill(
         return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
 
-    return run_training(recipe, make, resume=resume, force=force, console=console)
+    sources = [cfg.teacher_run, "" if init in ("", "random") else init]
+    return run_training(recipe, make, resume=resume, force=force, console=console, sources=sources)
 
 
 def _started_from(recipe: Recipe) -> str | None:

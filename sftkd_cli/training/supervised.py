@@ -36,4 +36,4 @@ def train_supervised(
             init_weights(model, init_from)
         return Supervised(model)
 
-    return run_training(recipe, make, resume=resume, force=force, console=console)
+    return run_training(recipe, make, resume=resume, force=force, console=console, sources=[init_from or ""])
