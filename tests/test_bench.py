@@ -35,8 +35,10 @@ from sftkd_cli.models import DCCNN
 
 torch.set_num_threads(1)
 
-TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof_batch=2)
-CLI_TINY = ["bench", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0", "--roof-size", "16"]
+#: every bench here runs on the CPU (the ONNX rows, the threads and the reference column are CPU things)
+TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof_batch=2, device="cpu")
+CLI_TINY = ["bench", "--device", "cpu", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--roof-size", "16"]
 WIDE = {"COLUMNS": "200"}
 
 

@@ -1,5 +1,6 @@
 """The whole workflow through the CLI on tiny data: teacher, student, SFT, every KD method,
-evaluate, compare; plus run-directory safety and user errors."""
+evaluate, compare; plus run-directory safety and user errors. Everything runs on the CPU
+(train.device=cpu, evaluate --device cpu): the exported-file comparison is a CPU guarantee."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ torch.set_num_threads(1)
 def flow(tiny_dataset, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     base = [f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=2", "train.batch_size=2",
-            "train.threads=1", "sft.teacher=D3C2", "sft.student=D2C2", "eval.latency_slices=1"]
+            "train.threads=1", "train.device=cpu", "sft.teacher=D3C2", "sft.student=D2C2", "eval.latency_slices=1"]
     sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base)
     sftkd("train-teacher", "--model", "D2C2", "--name", "student", *base)
     sftkd("train-sft", "--name", "sft", *base)
@@ -86,11 +87,11 @@ def test_evaluate_and_compare(flow):
     sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--init-from", "sft",
           "--name", "sft-kd-at", *base, "train.epochs=1")
     for name in ("teacher", "student", "sft", "sft-kd-at"):
-        sftkd("evaluate", runs / name)
+        sftkd("evaluate", runs / name, "--device", "cpu")
         metrics = json.loads((runs / name / "metrics.json").read_text())
         assert metrics["dataset"]["split"] == "val" and metrics["params"] > 0
         assert metrics["metrics"]["PSNR"]["mean"] > 0 and "PSNR" in metrics["conventions"]
-    sftkd("evaluate", runs / "sft", "--model", "student", "--no-recon")
+    sftkd("evaluate", runs / "sft", "--model", "student", "--device", "cpu", "--no-recon")
     assert json.loads((runs / "sft" / "eval-student" / "metrics.json").read_text())["role"] == "sft-student"
     assert json.loads((runs / "sft" / "metrics.json").read_text())["role"] == "sft-teacher"
     result = sftkd("compare", *sorted(runs.iterdir()), "--format", "csv")
@@ -138,10 +139,10 @@ def test_unknown_method_suggests_the_nearest(flow):
 @pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "ts")])
 def test_exported_student_scores_like_its_checkpoint(flow, fmt, suffix):
     runs, _ = flow
-    sftkd("evaluate", runs / "student", "--no-recon")
+    sftkd("evaluate", runs / "student", "--device", "cpu", "--no-recon")
     out = runs / "student" / "export" / f"student.{suffix}"
     sftkd("export", runs / "student", "--format", fmt, "--out", out)
-    sftkd("evaluate", runs / "student", "--exported", out, "--no-recon")
+    sftkd("evaluate", runs / "student", "--device", "cpu", "--exported", out, "--no-recon")
     ours = json.loads((runs / "student" / "metrics.json").read_text())
     exported = json.loads((runs / "student" / f"eval-student-{fmt}" / "metrics.json").read_text())
     assert exported["metrics"]["PSNR"]["mean"] == pytest.approx(ours["metrics"]["PSNR"]["mean"], abs=1e-4)

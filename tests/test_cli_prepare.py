@@ -36,6 +36,7 @@ def nothing_written(parent: Path, name: str = "out") -> bool:
 # ----------------------------------------------------------------- success paths
 
 
+@pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
 def test_demo_summary_rerun_and_force(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     first = run("demo", "--out", out)

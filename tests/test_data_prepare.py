@@ -228,6 +228,7 @@ def test_parse_accelerations_and_mask_files() -> None:
 # ----------------------------------------------------------------- demo
 
 
+@pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
 def test_demo_icbm152_real_template(tmp_path: Path) -> None:
     opts = PrepareOptions(size=(96, 96), downsample=2, min_slice_mean=0.3)
     m = prepare_dataset(DemoSource(), tmp_path / "demo", opts).manifest

@@ -70,6 +70,7 @@ def test_slab_splits_errors_and_empty() -> None:
     assert slab_splits(np.array([], dtype=int), 4, 1) == []
 
 
+@pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
 def test_find_icbm152_without_importing_nilearn() -> None:
     import sys
 

@@ -72,9 +72,12 @@ def fails_cleanly(*args: object, names: tuple[str, ...] = (), after_epochs: bool
 
 
 def train_args(data: Path, runs: Path, name: str = "r", *extra: str) -> list[str]:
-    """A tiny D2C2 training command (1 epoch, 2 steps, 1 validation slice)."""
+    """A tiny D2C2 training command on the CPU (1 epoch, 2 steps, 1 validation slice).
+
+    On the CPU because the resume tests compare weights bit for bit (see test_kill_resume.py).
+    """
     return ["train-teacher", "--model", "D2C2", "--name", name, f"data.path={data}", f"run.dir={runs}",
-            "train.epochs=1", "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=2",
+            "train.device=cpu", "train.epochs=1", "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=2",
             "data.max_val_slices=1", "eval.latency_slices=1", *extra]
 
 

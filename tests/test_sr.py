@@ -331,6 +331,7 @@ def test_table9_plan_and_recipes(monkeypatch):
     assert plan.paper is not None and plan.paper.rows["FT"] == ("29.99/0.8665", "30.04/0.8677")
 
 
+@pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
 def test_smoke_sr_plan_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the plan's data/ and runs/ folders go here
     sftkd("reproduce", ROOT / "recipes" / "plans" / "smoke-sr.yaml")
