@@ -93,3 +93,35 @@ def init_weights(model: CascadeNet, source: str | Path, role: str | None = None)
         raise SftkdError(f"{path}: weights do not match {model.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(entry["state"], strict=True)
     return f"{path}:{name}"
+
+
+def check_fits_data(state: dict[str, Any], entry: dict[str, Any], data: dict[str, Any], source: str | Path,
+                    *, same_acquisition: bool) -> None:
+    """Refuse a model used on data it cannot fit, in one line.
+
+    Always: the k-space layout of its data consistency (corner or centred) must be the dataset's,
+    or every DC step would scramble k-space. With `same_acquisition` (a KD teacher), the task,
+    acceleration and image size it was trained on (checkpoint `trained_on`, when recorded) too.
+    """
+    if data.get("task", "recon") == "recon" and "centered" in entry:
+        layout = "centered" if entry["centered"] else "corner"
+        if layout != data["kspace_layout"]:
+            raise SftkdError(
+                f"{source}: its data consistency expects {layout} k-space but {data.get('path', 'the dataset')} "
+                f"stores {data['kspace_layout']} k-space; use a model trained on this k-space layout"
+            )
+    trained = state.get("trained_on")
+    if not same_acquisition or not isinstance(trained, dict):
+        return
+    for key, label in (("task", "task"), ("acceleration", "acceleration"), ("image_size", "image size")):
+        if key in trained and trained[key] != data[key]:
+            raise SftkdError(
+                f"{source}: trained with {label} {_shown(trained[key])}, but this run uses {_shown(data[key])}; "
+                f"expected a teacher trained on the same acquisition"
+            )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    return f"{value:g}x" if isinstance(value, float) else str(value)

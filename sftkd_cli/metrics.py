@@ -137,10 +137,14 @@ def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
 # ----------------------------------------------------------------------------- SSIM
 
 
+#: the smallest image side SSIM scores (scikit-image's default 7x7 window)
+SSIM_MIN_SIZE = 7
+
+
 def _ssim_2d(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     """scikit-image SSIM with its defaults on one 2-D slice."""
-    if min(gt.shape) < 7:
-        raise SftkdError(f"metrics: image shape {gt.shape}: SSIM needs at least 7x7 pixels")
+    if min(gt.shape) < SSIM_MIN_SIZE:
+        raise SftkdError(f"metrics: image shape {gt.shape}: SSIM needs at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels")
     return float(structural_similarity(gt, pred, data_range=data_range))
 
 

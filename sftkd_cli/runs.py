@@ -32,6 +32,8 @@ from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
+#: a history.jsonl is one short line per epoch; anything larger is not one
+MAX_HISTORY_BYTES = 64 << 20
 
 
 def output_path(path: Path) -> Path:
@@ -295,16 +297,7 @@ class RunDir:
         atomic_write_text(self.path / "env.json", json.dumps(env, indent=2))
 
     def read_history(self) -> list[dict[str, Any]]:
-        if not self.history_file.exists():
-            return []
-        rows = []
-        for line in self.history_file.read_text().splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut by a crash: ignore it and what follows
-        return rows
+        return read_history_file(self.history_file) if self.history_file.exists() else []
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
@@ -355,6 +348,23 @@ def _rmdir_quietly(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
+
+
+def read_history_file(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a history.jsonl, up to a line cut by a crash.
+
+    A FIFO, device or oversized file is refused rather than read (it could hang or fill memory).
+    """
+    from sftkd_cli.data.files import read_regular_bytes
+
+    rows = []
+    for line in read_regular_bytes(path, "history", limit=MAX_HISTORY_BYTES).decode(errors="replace").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: ignore it and what follows
+    return rows
 
 
 def open_run(path: str | Path) -> RunDir:

@@ -286,3 +286,55 @@ def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, t
     save_checkpoint(run / "checkpoints" / "last.pt", state)
     fails_cleanly(*train_args(tiny_dataset, run.parent, run.name, "--resume", "train.epochs=2"),
                   names=("last.pt", "does not fit"))
+
+
+# ----------------------------------------------------------------------------- what a model was trained on
+
+
+def prepared(tmp_path: Path, name: str, **options) -> Path:
+    from conftest import phantom_volume, write_nifti
+
+    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    raw = tmp_path / f"raw-{name}"
+    for i in range(3):
+        write_nifti(raw / f"vol{i}.nii.gz", phantom_volume((20, 18, 3), seed=i))
+    settings = {"size": (16, 16), "accelerations": (4.0,), "val": ("vol1",), "test": ("vol2",), **options}
+    prepare_dataset(NiftiSource(raw), tmp_path / name, PrepareOptions(**settings))
+    return tmp_path / name
+
+
+def test_a_centred_dataset_trains_a_centred_model_whose_dc_keeps_the_target(tmp_path):
+    from sftkd_cli.checkpoints import load_model
+    from sftkd_cli.data.dataset import SliceDataset
+    from sftkd_cli.mri.dc import data_consistency
+
+    data = prepared(tmp_path, "centred", mask_layout="centered")
+    result = invoke(*train_args(data, tmp_path / "runs", "c"))
+    assert result.exit_code == 0, result.output
+    model, state = load_model(tmp_path / "runs" / "c")
+    assert model.dc.centered and state["trained_on"]["kspace_layout"] == "centered"
+    sample = SliceDataset(data, "val", 4.0)[0]
+    target = sample["target"][None]
+    kept = data_consistency(target, sample["kspace"][None], sample["mask"][None], centered=model.dc.centered)
+    assert torch.allclose(kept, target, atol=1e-5), float((kept - target).abs().max())
+    # the same target through the corner-layout DC (what every model got before) is not kept
+    wrong = data_consistency(target, sample["kspace"][None], sample["mask"][None], centered=False)
+    assert float((wrong - target).abs().max()) > 0.05
+
+    corner = prepared(tmp_path, "corner")
+    fails_cleanly("evaluate", tmp_path / "runs" / "c", "--data", corner, names=("centered k-space", "corner"))
+
+
+def test_images_too_small_for_ssim_are_refused_before_a_run_is_made(tmp_path):
+    data = prepared(tmp_path, "tiny", size=(6, 5))
+    fails_cleanly(*train_args(data, tmp_path / "runs", "r"), names=("6x5", "too small"))
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_distilling_from_a_teacher_of_another_acceleration_is_refused(tiny_dataset, trained, tmp_path):
+    kd = ["distill", "--teacher", trained, "--student", "D2C2", "--method", "at", "--name", "kd",
+          f"data.path={tiny_dataset}", f"run.dir={tmp_path / 'runs'}", "train.epochs=1", "train.threads=1"]
+    fails_cleanly(*kd, "--acc", "5", names=("acceleration 4x", "5x"))
+    assert not (tmp_path / "runs" / "kd").exists()

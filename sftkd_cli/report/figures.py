@@ -17,7 +17,6 @@ what is plotted is what was read, without comparing pixels.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -90,16 +89,12 @@ def read_per_slice(path: str | Path, metrics: Sequence[str]) -> dict[str, np.nda
 def read_history(path: str | Path, key: str = CURVE_KEY) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values of `key`) from a history.jsonl; lines without the key are left out."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SftkdError(f"{path}: missing; the run has not finished an epoch yet")
+    from sftkd_cli.runs import read_history_file
+
     epochs, values = [], []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a crash ends the usable history
+    for row in read_history_file(path):
         value = row.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             epochs.append(int(row["epoch"]))

@@ -178,8 +178,10 @@ class Trainer:
         console: Console | None = None,
         rank: int = 0,
         world: int = 1,
+        trained_on: dict[str, Any] | None = None,
     ) -> None:
         self.objective = objective
+        self.trained_on = trained_on or {}  # the dataset record kept in every checkpoint
         self.recipe = recipe
         self.run = run
         self.console = console or Console()
@@ -204,6 +206,7 @@ class Trainer:
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step,
+            "trained_on": self.trained_on,
             **model.info(),
             **extra,
         }

@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
-from sftkd_cli.checkpoints import init_weights, load_model
+from sftkd_cli.checkpoints import check_fits_data, init_weights, load_model
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import CascadeNet, build_model
+from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, Objective
-from sftkd_cli.training.session import run_path, run_training, with_run
+from sftkd_cli.training.session import model_for, run_path, run_training, with_run
 
 
 def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple[list[str], list[str]]:
@@ -162,8 +162,9 @@ def distill(
     kind = "sft" if teacher_role == "sft-teacher" else "std"
     recipe = with_run(recipe, "kd", f"{cfg.method}-{kind}-{recipe.model.name.upper()}")
 
-    def make() -> Distillation:
-        student = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
+    def make(data: dict[str, object]) -> Distillation:
+        check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)
+        student = model_for(recipe, recipe.model.name, data)
         loaded = "random"
         started = _started_from(recipe) if resume else None
         if started:  # the weights will come from the run's last checkpoint: keep what it started from

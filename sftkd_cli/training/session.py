@@ -15,8 +15,10 @@ from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, validate
+from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, atomic_write_text
+from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything, select_device
 from sftkd_cli.training.objectives import Objective
 
@@ -33,13 +35,25 @@ def run_path(recipe: Recipe) -> Path:
     return Path(recipe.run.dir) / recipe.run.name
 
 
+def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
+    """A new model `name` with the recipe's widths, its data consistency in the dataset's k-space layout."""
+    return build_model(name, recipe.model.channels, recipe.model.pad, centered=data["kspace_layout"] == "centered")
+
+
 def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
-    """The training and validation splits of the recipe's prepared dataset."""
+    """The training and validation splits of the recipe's prepared dataset (checked before a run is made)."""
     from sftkd_cli.data.dataset import SliceDataset
+    from sftkd_cli.metrics import SSIM_MIN_SIZE
 
     data = recipe.data
     train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task)
     val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task)
+    height, width = val.image_size
+    if min(height, width) < SSIM_MIN_SIZE:
+        raise SftkdError(
+            f"{data.path}: images of {height}x{width} pixels are too small to train on; expected at least "
+            f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
+        )
     if data.max_train_slices:
         train = Subset(train, range(min(data.max_train_slices, len(train))))
     if data.max_val_slices:
@@ -107,7 +121,7 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
 
 def run_training(
     recipe: Recipe,
-    make_objective: Callable[[], Objective],
+    make_objective: Callable[[dict[str, object]], Objective],
     *,
     resume: bool = False,
     force: bool = False,
@@ -116,6 +130,7 @@ def run_training(
 ) -> tuple[RunDir, FitResult]:
     """Create/reopen the run dir, build the objective, train. The run dir is unlocked at the end.
 
+    `make_objective` gets the dataset record (`dataset_record`: layout, size, acceleration).
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
     validate(recipe)
@@ -123,8 +138,9 @@ def run_training(
     if resume and run.recipe_file.exists():
         reconcile_resume(run, recipe)
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
+    data = dataset_record(recipe.data.path, recipe.data.acceleration)
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
-    objective = make_objective()
+    objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
         run.prepare(recipe, resume=resume, force=force, sources=sources)
@@ -132,7 +148,7 @@ def run_training(
             atomic_write_text(run.recipe_file, dump_recipe(recipe))
     barrier(world)
     try:
-        result = Trainer(objective, recipe, run, console=console, rank=rank, world=world).fit(train_ds, val_ds, resume=resume)
+        result = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data).fit(train_ds, val_ds, resume=resume)
     finally:
         run.unlock()
         if world > 1:

@@ -23,11 +23,11 @@ from rich.console import Console
 
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import CascadeNet, build_model
+from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult, select_device
 from sftkd_cli.training.objectives import Batch, Objective
-from sftkd_cli.training.session import run_training, with_run
+from sftkd_cli.training.session import model_for, run_training, with_run
 
 
 class StudentFriendly(Objective):
@@ -111,9 +111,8 @@ def train_sft(
     sft = recipe.sft
     recipe = with_run(recipe, "sft", f"{sft.teacher.upper()}-{sft.student.upper()}")
 
-    def make() -> StudentFriendly:
-        teacher = build_model(sft.teacher, recipe.model.channels, recipe.model.pad)
-        student = build_model(sft.student, recipe.model.channels, recipe.model.pad)
+    def make(data: dict[str, object]) -> StudentFriendly:
+        teacher, student = model_for(recipe, sft.teacher, data), model_for(recipe, sft.student, data)
         batched = sft.batched == "true" or (sft.batched == "auto" and select_device(recipe.train.device).type == "cuda")
         return StudentFriendly(teacher, student, sft.w_teacher, sft.w_student, sft.w_imit, batched=batched)
 

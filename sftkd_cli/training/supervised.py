@@ -6,11 +6,10 @@ from rich.console import Console
 
 from sftkd_cli.checkpoints import init_weights
 from sftkd_cli.config import Recipe, with_model
-from sftkd_cli.models import build_model
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Supervised
-from sftkd_cli.training.session import run_training, with_run
+from sftkd_cli.training.session import model_for, run_training, with_run
 
 
 def default_role(model_name: str, recipe: Recipe) -> str:
@@ -30,8 +29,8 @@ def train_supervised(
     recipe = with_model(recipe, recipe.sft.teacher)
     recipe = with_run(recipe, default_role(recipe.model.name, recipe), recipe.model.name.upper())
 
-    def make() -> Supervised:
-        model = build_model(recipe.model.name, recipe.model.channels, recipe.model.pad)
+    def make(data: dict[str, object]) -> Supervised:
+        model = model_for(recipe, recipe.model.name, data)
         if init_from and not resume:
             init_weights(model, init_from)
         return Supervised(model)
