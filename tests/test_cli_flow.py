@@ -146,3 +146,15 @@ def test_exported_student_scores_like_its_checkpoint(flow, fmt, suffix):
     ours = json.loads((runs / "student" / "metrics.json").read_text())
     exported = json.loads((runs / "student" / f"eval-student-{fmt}" / "metrics.json").read_text())
     assert exported["metrics"]["PSNR"]["mean"] == pytest.approx(ours["metrics"]["PSNR"]["mean"], abs=1e-4)
+
+
+def test_training_says_what_it_is_about_to_run_before_the_first_epoch(tiny_dataset, tmp_path):
+    result = sftkd("train-teacher", "--model", "D2C2", "--name", "said", f"data.path={tiny_dataset}",
+                   f"run.dir={tmp_path}", "train.epochs=1", "train.threads=1", "train.device=cpu",
+                   "train.max_steps_per_epoch=1", "eval.latency_slices=1")
+    lines = result.output.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("epoch 1"))
+    said = lines[first]
+    for part in (str(tmp_path / "said"), "D2C2", str(tiny_dataset), "4x", "1 epochs", "cpu"):
+        assert part in said, (part, said)

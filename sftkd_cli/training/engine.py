@@ -267,6 +267,9 @@ class Trainer:
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         progress = self._progress()
+        if self.is_main:
+            self.console.print(self._start_line(len(train_ds), len(val_ds), steps_per_epoch, resumed_from),
+                               highlight=False, markup=False, soft_wrap=True)
         task = progress.add_task("train", total=steps_per_epoch * cfg.epochs, epoch="", loss="")
         progress.update(task, completed=start_epoch * steps_per_epoch + start_step)
         epoch, done = start_epoch, start_step  # `done`: steps of `epoch` already applied, None while validating
@@ -359,6 +362,18 @@ class Trainer:
             console=self.console,
             disable=quiet,
             transient=False,
+        )
+
+    def _start_line(self, train_slices: int, val_slices: int, steps: int, resumed_from: int | None) -> str:
+        """What is about to run, printed before the first step (also when output is not a terminal)."""
+        cfg, data = self.recipe.train, self.recipe.data
+        threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        resumed = f", resuming after epoch {resumed_from}" if resumed_from is not None else ""
+        models = " + ".join(m.name for m in self._bare().models().values())
+        return (
+            f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
+            f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
+            f"{cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size}, {self.device}{threads}{resumed}"
         )
 
     def _report_epoch(self, progress: Progress, row: dict[str, Any], improved: bool) -> None:
