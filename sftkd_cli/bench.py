@@ -19,7 +19,7 @@ Each of these has a "reference way" twin measured in the same run: the same work
 paper's code does it (NCHW layout, every conv padded on the full padded map, the KD teacher's
 features built with autograd so the backward runs through the teacher, SFT branch by branch).
 On a noisy shared machine the ratio of the two is the figure to trust; the reference code's
-own timings from DESIGN.md section 5 are shown beside them at the settings they were taken.
+own timings (measured on this machine class) are shown beside them at the settings they were taken.
 
 Throughput is reported in GFLOP/s of convolution work, counted analytically
 (2 * Cin * Cout * 9 * H' * W' per 3x3 conv on the maps each way computes; a training
@@ -64,7 +64,7 @@ PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 ACCELERATION = 4.0
 
-#: The settings at which the public reference code was timed (DESIGN.md section 5).
+#: The settings at which the public reference code was timed.
 REFERENCE_SETTINGS: dict[str, Any] = {"device": "cpu", "threads": 1, "batch": 4, "size": 150, "precision": "fp32"}
 #: Reference seconds per training step and per inference slice, at REFERENCE_SETTINGS.
 REFERENCE_STEP_S: dict[str, float] = {"teacher": 1.1, "sft": 1.65, "kd": 1.3}

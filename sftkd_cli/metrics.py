@@ -1,6 +1,6 @@
 """Image-quality metrics: PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF (numpy in, floats / arrays out).
 
-Conventions (the paper's reference evaluation, see DESIGN.md section 5):
+Conventions (those of the paper's reference evaluation code):
 - Images are real, ground truth normalised per volume to [0, 1]. Everything is computed in float64.
 - PSNR = 10 log10(data_range^2 / MSE). `score_slices` and `score_volume` use data_range = the
   maximum of the ground-truth VOLUME for every slice; the per-volume PSNR is computed on the
