@@ -367,6 +367,19 @@ def read_history_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def is_run_folder(path: Path) -> bool:
+    """A run directory, or an evaluation folder inside one (recipe.yaml or metrics.json)."""
+    return (path / "recipe.yaml").exists() or (path / "metrics.json").exists()
+
+
+def expand_runs_folder(path: Path) -> list[Path]:
+    """`path` itself, or, for a folder of runs such as a plan's `runs/<plan>/`, the runs in it."""
+    if not path.is_dir() or is_run_folder(path):
+        return [path]
+    runs = sorted(child for child in path.iterdir() if child.is_dir() and is_run_folder(child))
+    return runs or [path]
+
+
 def open_run(path: str | Path) -> RunDir:
     """An existing run directory (for evaluate, distill, export)."""
     run = RunDir(Path(path))

@@ -333,3 +333,14 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
     assert none.exit_code == 2 and "no distilled run (role kd)" in none.stderr
     alone = invoke(teacher, "--attention-slice", "vol02:1")
     assert alone.exit_code == 2 and "only used with --attention" in alone.stderr
+
+
+def test_a_plans_runs_folder_stands_for_the_runs_in_it(tmp_path):
+    plan = tmp_path / "runs" / "demo"
+    make_run(plan, "teacher", "teacher", slice_values(1, 0.0))
+    make_run(plan, "student", "student", slice_values(2, 0.3))
+    (plan / "report").mkdir()  # a plan's report folder is not a run and is passed over silently
+    result = invoke(tmp_path / "runs" / "demo", "-f", "csv")
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[1:]
+    assert sorted(row.split(",")[0] for row in rows) == ["ZF", "student", "teacher"]

@@ -21,6 +21,7 @@ from scipy.stats import wilcoxon
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import expand_runs_folder, is_run_folder
 
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
@@ -279,8 +280,9 @@ def load_run_result(run_dir: str | Path) -> RunResult:
 def collect_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[RunResult], list[str]]:
     """Load every evaluated run among `paths` (e.g. a shell glob), returning (runs, warnings).
 
-    Non-directories are skipped silently; directories that are not runs (no recipe.yaml and
-    no metrics.json) are skipped with a warning; runs not yet evaluated are named in one
+    A folder of runs (a plan's `runs/<plan>/`) stands for the runs in it. Non-directories are
+    skipped silently; directories that are not runs (no recipe.yaml and no metrics.json) are
+    skipped with a warning; runs not yet evaluated are named in one
     warning and skipped, or refused in one error when `strict`.
     """
     dirs: list[Path] = []
@@ -289,11 +291,11 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[lis
         path = Path(raw)
         if not path.exists():
             raise SftkdError(f"{path}: no such run directory")
-        if not path.is_dir() or path.resolve() in seen:
-            continue
-        seen.add(path.resolve())
-        dirs.append(path)
-    not_runs = [str(p) for p in dirs if not (p / "metrics.json").exists() and not (p / "recipe.yaml").exists()]
+        for run in expand_runs_folder(path):
+            if run.is_dir() and run.resolve() not in seen:
+                seen.add(run.resolve())
+                dirs.append(run)
+    not_runs = [str(p) for p in dirs if not is_run_folder(p)]
     pending = [str(p) for p in dirs if not (p / "metrics.json").exists() and (p / "recipe.yaml").exists()]
     messages = []
     if not_runs:
