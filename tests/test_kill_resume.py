@@ -57,3 +57,22 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, tmp_pat
     b = load_checkpoint(last)["models"]["model"]["state"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_deterministic_training_switches_on_what_makes_cuda_resume_exact(tiny_dataset, tmp_path, monkeypatch):
+    """train.deterministic=true (run here on the CPU): deterministic torch ops and cuDNN algorithms,
+    no cuDNN autotuning, and a fixed cuBLAS workspace, as bit-exact resume on CUDA needs."""
+    from cli_helpers import sftkd
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    try:
+        sftkd("train-teacher", "--model", "D2C2", "--name", "d", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+              "train.epochs=1", "train.max_steps_per_epoch=1", "train.threads=1", "train.device=cpu",
+              "train.deterministic=true")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -139,7 +139,8 @@ def run_training(
         reconcile_resume(run, recipe)
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     data = dataset_record(recipe.data.path, recipe.data.acceleration)
-    seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
+    # weight initialisation is part of the recipe; train.deterministic is set before any CUDA work
+    seed_everything(recipe.train.seed, recipe.train.deterministic)
     objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready

@@ -1,0 +1,45 @@
+"""On a GPU: training, evaluation and bench on CUDA (every test here is marked `cuda`, skipped
+without a GPU; all other tests run on the CPU, see conftest.py). Bit-exact resume on CUDA with
+train.deterministic is in test_kill_resume.py, torchrun with more processes than GPUs in
+test_distributed.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import sftkd_cli.cli.bench  # noqa: F401  (registers `bench` on the app)
+from cli_helpers import sftkd
+from sftkd_cli.cli.app import app
+
+pytestmark = pytest.mark.cuda
+
+
+def test_train_and_evaluate_on_cuda_score_like_the_cpu(tiny_dataset, tmp_path):
+    run = tmp_path / "r"
+    sftkd("train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+          "train.epochs=1", "train.max_steps_per_epoch=2", "train.device=cuda", "eval.latency_slices=1")
+    assert json.loads((run / "env.json").read_text())["device"].startswith("cuda")
+    scores = {}
+    for device in ("cpu", "cuda"):
+        sftkd("evaluate", run, "--device", device, "--no-recon")
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["device"].startswith(device)
+        scores[device] = metrics["metrics"]["PSNR"]["mean"]
+    # cuDNN convolutions use TF32 by default (10-bit mantissa): the same checkpoint reads a few
+    # 1e-4 dB differently than on the CPU (22.58026 vs 22.58003 dB measured on an H200)
+    assert scores["cuda"] == pytest.approx(scores["cpu"], abs=0.01)
+
+
+def test_bench_on_cuda_times_eager_and_torchscript_and_says_why_not_onnx():
+    result = CliRunner().invoke(app, ["bench", "--device", "cuda", "--size", "16", "--batch", "2", "--repeats", "1",
+                                      "--warmup", "0", "--roof-size", "16", "--only", "infer", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    keys = [row["key"] for row in data["rows"]]
+    assert data["settings"]["device"].startswith("cuda")
+    assert "infer.D3C5.eager.b2" in keys and "infer.D3C5.torchscript.b2" in keys
+    assert not any(".onnx." in key for key in keys)  # onnxruntime runs the file on the CPU only
+    assert any(note.startswith("ONNX D3C5") and "skipped" in note for note in data["notes"])
