@@ -1,8 +1,10 @@
 """`sftkd evaluate`: reconstruct a split with a trained model and score it like the paper.
 
-Writes into the run directory (atomically): `metrics.json` (summary + conventions),
-`per_slice.csv` (every metric for every slice, model and zero-filled input) and
-`recon.h5` (one (S,H,W) reconstruction per volume).
+Writes into the run directory: `metrics.json` (summary + conventions), `per_slice.csv` (every
+metric for every slice, model and zero-filled input) and `recon.h5` (one (S,H,W) reconstruction
+per volume). The three are written under temporary names and renamed into place together only
+when all were written, so a full disk leaves the previous evaluation's files as they were. The
+output folder is checked for writing before any work starts.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,20 @@ from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
+from sftkd_cli.data.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.prepare import INPUT_LABELS
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import atomic_write_text, open_run
+from sftkd_cli.runs import open_run
 from sftkd_cli.training.engine import autocast, collate, select_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
+SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
+
+#: what one evaluation writes into its output folder
+OUTPUT_FILES: tuple[str, ...] = ("per_slice.csv", "recon.h5", "metrics.json")
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -42,8 +50,10 @@ INPUT_CONVENTIONS = {
 
 
 def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8,
-                      amp: str = "off") -> dict[str, dict[str, np.ndarray]]:
-    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays."""
+                      amp: str = "off", progress: SliceProgress | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays.
+
+    `progress(done, total)` is called after each batch (the CLI shows it as a bar)."""
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     with torch.inference_mode(), autocast(device, amp):
         for start in range(0, len(dataset), batch_size):
@@ -52,6 +62,8 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
             pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
             for item, p in zip(items, pred):
                 slices[item["volume"]].append((int(item["slice"]), item["target"][0].numpy(), item["zf"][0].numpy(), p[0]))
+            if progress:
+                progress(start + len(items), len(dataset))
     volumes = {}
     for name, rows in slices.items():
         rows.sort(key=lambda r: r[0])
@@ -125,17 +137,56 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _write_recon(path: Path, volumes: dict[str, dict[str, np.ndarray]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """recon.h5 as bytes (built in memory: h5py never writes to disk, see `h5_image`)."""
+
+    def build(handle) -> None:
+        for name, v in volumes.items():
+            handle.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
+            handle[name].attrs["slices"] = v["slices"]
+
+    return h5_image(build)
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before any work, an output folder evaluate could not write its files into."""
+    check_writable(out, "evaluate: output folder")
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
+
+
+def write_outputs(out: Path, files: dict[str, bytes]) -> None:
+    """Write one evaluation's files together: all under temporary names first, then renamed.
+
+    On any failure (disk full, file-size limit, read-only) the temporary files are removed, the
+    previous outputs stay as they were, and the error is one line."""
     try:
-        with h5py.File(tmp, "w") as handle:
-            for name, v in volumes.items():
-                handle.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
-                handle[name].attrs["slices"] = v["slices"]
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        out.mkdir(parents=True, exist_ok=True)
+        with StagedFiles() as staged:
+            for name, data in files.items():
+                staged.add(out / name, data)
+            staged.commit()
+    except OSError as exc:
+        raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); "
+                         "the previous results there are unchanged") from None
+
+
+def _checkpoint_of_run(run_path: Path, which: str) -> None:
+    """A checkpoint file scored under a run's name must be one of that run's: another run's
+    checkpoint would overwrite this run's metrics.json with scores labelled as this run."""
+    path = Path(which)
+    try:
+        inside = run_path.resolve() in path.resolve().parents
+    except OSError:
+        inside = False
+    if not inside:
+        owner = path.parent.parent if path.parent.name == "checkpoints" else None
+        hint = (f"evaluate its own run: sftkd evaluate {display_path(owner)} --data <dataset>"
+                if owner is not None and (owner / "recipe.yaml").is_file() else
+                "evaluate the run it belongs to (with --data for this dataset)")
+        raise SftkdError(f"--checkpoint {which}: refused: not a checkpoint of run {display_path(run_path)}, so its "
+                         f"scores would be filed as that run's; {hint}")
 
 
 def evaluate_run(
@@ -149,6 +200,7 @@ def evaluate_run(
     write_recon: bool = True,
     exported: str | Path | None = None,
     amp: str = "off",
+    progress: SliceProgress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
 
@@ -162,6 +214,8 @@ def evaluate_run(
 
     run = open_run(run_dir)
     recipe = run.load_recipe()
+    if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
+        _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
     data_path = Path(data or recipe.data.path)
     split = split or recipe.eval.split
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
@@ -190,7 +244,8 @@ def evaluate_run(
 
     if amp != "off":
         out = out / f"eval-amp-{amp}"
-    volumes = reconstruct_split(model, dataset, torch_device, amp=amp)
+    check_output(out)
+    volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress)
     rows, summary, zf_summary = score(volumes)
     manifest = load_manifest(data_path)
     metrics = {
@@ -226,12 +281,12 @@ def evaluate_run(
         "zero_filled": zf_summary,
         **extra,
     }
-    out.mkdir(parents=True, exist_ok=True)
     metrics["output_dir"] = str(out)
-    atomic_write_text(out / "per_slice.csv", _csv_text(rows))
+    files = {"per_slice.csv": _csv_text(rows).encode()}
     if write_recon:
-        _write_recon(out / "recon.h5", volumes)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
+        files["recon.h5"] = _recon_bytes(volumes)
+    files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
+    write_outputs(out, files)
     return metrics
 
 
@@ -254,7 +309,7 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table = Table(
         title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
         f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
-        caption=f"{metrics['params']:,} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
+        caption=f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
     )
     table.add_column("metric", style="bold")
     table.add_column(INPUT_LABELS[task][0], justify="right")
@@ -265,6 +320,10 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
         cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
         table.add_row(name, *cells)
     return table
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown number of"
 
 
 def print_metrics(metrics: dict[str, Any], console: Console) -> None:

@@ -310,11 +310,15 @@ def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
     (tmp_path / "out/v.h5").unlink()
     with pytest.raises(SftkdError, match=r"incomplete \(missing v.h5\); pass --force"):
         prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
-    (tmp_path / "out/manifest.json").write_text("{broken")
-    with pytest.raises(SftkdError, match=r"has an unreadable manifest.json; pass --force"):
-        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
     assert not prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(16, 16), force=True)).unchanged
     assert (tmp_path / "out/v.h5").is_file()
+    # an unreadable manifest is not recognisably sftkd's: refused even with --force (it used to
+    # make --force delete the whole folder)
+    (tmp_path / "out/manifest.json").write_text("{broken")
+    for force in (False, True):
+        with pytest.raises(SftkdError, match=r"not a sftkd dataset \(not JSON\); nothing there is changed"):
+            prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(16, 16), force=force))
+    assert (tmp_path / "out/manifest.json").read_text() == "{broken"
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sftkd_cli.cli.app import app
 from sftkd_cli.cli.common import console
@@ -28,8 +30,13 @@ def evaluate(
     """
     from sftkd_cli.evaluate import evaluate_run, print_metrics
 
+    err = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     for run in runs:
-        metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
-                               device=device, write_recon=not no_recon, exported=exported, amp=amp)
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task(f"{run.name}: slices", total=None)
+            metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
+                                   device=device, write_recon=not no_recon, exported=exported, amp=amp,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
         console.print(f"wrote {metrics['output_dir']}/metrics.json, per_slice.csv" + ("" if no_recon else ", recon.h5"), soft_wrap=True)

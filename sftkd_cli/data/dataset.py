@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sftkd_cli.data.files import read_regular_bytes
 from sftkd_cli.data.prepare import FORMAT, MANIFEST, TASKS, group_key
 from sftkd_cli.data.volumes import display_path
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.mri.masks import check_mask_acceleration
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -38,13 +40,14 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
         raise SftkdError(f"{display_path(root)}: dataset folder not found; run `sftkd prepare-data` first")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise SftkdError(
             f"{display_path(root)}: not a prepared dataset (no {MANIFEST}); run `sftkd prepare-data`"
         )
+    data = read_regular_bytes(path, MANIFEST)  # a FIFO or /dev/zero is refused, never read
     try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
+        manifest = json.loads(data)
+    except ValueError as exc:
         raise SftkdError(
             f"{display_path(path)}: unreadable ({exc}); expected JSON written by prepare-data"
         ) from exc
@@ -75,6 +78,14 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     splits = manifest["splits"]
     if not (isinstance(splits, dict) and all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in splits.values())):
         raise SftkdError(f"{where}: splits, expected a mapping of split name -> list of volume ids")
+    seen: dict[str, str] = {}
+    for name, ids in splits.items():
+        for vid in ids:
+            if vid in seen:
+                where_else = "twice in split " + name if seen[vid] == name else f"in splits {seen[vid]} and {name}"
+                raise SftkdError(f"{where}: volume {vid!r} is listed {where_else}; expected each volume "
+                                 "in one split, once (a training volume must never be scored)")
+            seen[vid] = name
     volumes = manifest["volumes"]
     if not isinstance(volumes, dict):
         raise SftkdError(f"{where}: volumes, expected a mapping of volume id -> entry")
@@ -87,10 +98,31 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
 def dataset_fingerprint(root: str | Path) -> str:
     """sha256 (hex) of the manifest.json bytes: identifies a prepared dataset."""
     path = Path(root) / MANIFEST
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise SftkdError(f"{display_path(path)}: cannot read ({os_error_text(exc)})") from exc
+    return hashlib.sha256(read_regular_bytes(path, MANIFEST)).hexdigest()
+
+
+def kspace_layout(manifest: dict[str, Any]) -> str:
+    """'corner' or 'centered': how the prepared k-space is stored (datasets without a record: corner)."""
+    mask = manifest.get("mask")
+    return str(mask.get("layout", "corner")) if isinstance(mask, dict) else "corner"
+
+
+def dataset_record(root: str | Path, acceleration: float) -> dict[str, Any]:
+    """What a model is trained or scored on: the dataset's identity and acquisition.
+
+    Kept in checkpoints (`trained_on`): `kspace_layout` decides the model's data consistency
+    (corner or centred k-space); the rest lets distill, evaluate and export refuse or label a
+    model used on other data.
+    """
+    manifest = load_manifest(root)
+    return {
+        "path": str(root),
+        "fingerprint": dataset_fingerprint(root),
+        "task": dataset_task(manifest),
+        "acceleration": float(acceleration),
+        "image_size": [int(s) for s in manifest["image_size"]],
+        "kspace_layout": kspace_layout(manifest),
+    }
 
 
 def dataset_task(manifest: dict[str, Any]) -> str:
@@ -142,6 +174,21 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
     for name, array in arrays.items():
         if not np.all(np.isfinite(array)):
             raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
+
+
+def _check_stored(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse a dataset that declares more data than the file stores (a tiny h5 claiming millions
+    of slices of fill value), before anything is read or allocated. Only uncompressed datasets
+    (image and zf, as prepare-data writes them) can be checked exactly."""
+    if dataset.compression is not None:
+        return
+    declared = int(dataset.size) * int(dataset.dtype.itemsize)
+    stored = int(dataset.id.get_storage_size())
+    if stored < declared:
+        raise SftkdError(
+            f"{display_path(path)}: {name} declares shape {tuple(dataset.shape)} ({declared:,} bytes) but the file "
+            f"stores {stored:,} bytes of it; expected the data prepare-data writes"
+        )
 
 
 def _read(path: Path, what: str, fn):
@@ -223,6 +270,7 @@ class SliceDataset(Dataset):
                             f"{display_path(path)}: {name} has shape {tuple(f[name].shape)}, "
                             f"expected {expected}"
                         )
+                    _check_stored(path, name, f[name])
                     kind = _KINDS[name.rsplit("/", 1)[-1]]
                     if f[name].dtype.kind != kind:
                         raise SftkdError(
@@ -234,6 +282,8 @@ class SliceDataset(Dataset):
         file_mask = _read(path, "dataset", check)
         if mask is not None and not np.array_equal(file_mask, mask):
             raise SftkdError(f"{display_path(path)}: {self.key} mask differs from the other volumes'")
+        if mask is None and self.task == "recon":
+            check_mask_acceleration(file_mask, self.acceleration, f"{display_path(path)}: {self.key}/mask")
         return slices, file_mask
 
     def _load_all(self, volume: str) -> dict[str, np.ndarray]:
@@ -244,7 +294,11 @@ class SliceDataset(Dataset):
                 return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
                         "kspace": f[self.key]["kspace"][()]}
 
-        arrays = _read(path, "volume", read)
+        try:
+            arrays = _read(path, "volume", read)
+        except MemoryError:
+            raise SftkdError(f"{display_path(path)}: too large to hold in memory (data.cache=true); "
+                             "set data.cache=false to read slices from disk") from None
         _check_values(path, {"image": arrays["image"], f"{self.key}/zf": arrays["zf"],
                              f"{self.key}/kspace": arrays["kspace"]})
         return arrays

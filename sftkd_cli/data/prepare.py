@@ -25,18 +25,25 @@ Processing of one source file, in order:
    central k-space box of each scale.
 
 Safety: every input is validated before anything is written; the dataset is written to a
-temporary sibling folder `.<name>.tmp-<pid>` and renamed into place at the end, so a failure
-leaves nothing behind. Re-running with the same options and unchanged inputs (sha256) is a
-no-op; different options on an existing dataset need `force`. Input folders are never written.
+temporary sibling folder `.<name>.tmp-<pid>` (h5 files are built in memory and written with plain
+file writes, so a full disk is one clear error) and moved into place at the end, so a failure,
+Ctrl-C or SIGTERM leaves nothing behind (exit 130 / 143); temporary folders of dead processes are
+removed by the next run. One process at a time prepares a folder (an exclusive lock on the
+sibling file `.<name>.lock`). Re-running with the same options and unchanged inputs (sha256) is a
+no-op; different options on an existing dataset need `force`, which replaces only the files the
+old manifest lists: other files in the folder are kept. A non-empty folder whose manifest is not
+sftkd's is never written. Input folders are never written.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,13 +55,14 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.choices import SOURCE_DEFAULTS  # noqa: F401  (per-source defaults of `prepare-data`)
+from sftkd_cli.data.files import MAX_JSON_BYTES, check_writable, h5_image, read_regular_bytes, write_bytes_synced
 from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile, SplitRequest
 from sftkd_cli.data.volumes import (
     crop_or_pad, display_path, downsample, kept_slices, load_nifti, read_volume, sha256_file,
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.mri.masks import LAYOUTS, MASK_KINDS, load_mask, make_mask, undersample
+from sftkd_cli.mri.masks import LAYOUTS, MASK_KINDS, check_mask_acceleration, load_mask, make_mask, undersample
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -62,6 +70,10 @@ NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume m
 # Prepared stacks are kept in memory between validation and writing up to this many bytes;
 # beyond it they are read again when written.
 KEEP_IN_MEMORY_BYTES = 2 << 30
+#: the largest image side `--size` accepts (a 4096 x 4096 slice is 64 MB as float32)
+MAX_SIZE = 4096
+#: keys every manifest written by prepare-data has; a manifest without them is not sftkd's
+MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "splits", "volumes", "mask", "options", "inputs")
 
 Progress = Callable[[str, int, int], None]
 
@@ -135,8 +147,9 @@ class PrepareOptions:
         if self.task == "sr" and self.center_fraction is not None:
             raise SftkdError("--center-fraction: not used by --task sr (the scale fixes the central k-space box); remove it")
         if self.size is not None:
-            if len(self.size) != 2 or any(int(s) != s or s < 4 for s in self.size):
-                raise SftkdError(f"--size {self.size}: expected two integers H W, each >= 4")
+            if len(self.size) != 2 or any(int(s) != s or s < 4 or s > MAX_SIZE for s in self.size):
+                raise SftkdError(f"--size {self.size}: expected two integers H W, "
+                                 f"each from 4 to {MAX_SIZE}")
         if self.slice_axis not in (0, 1, 2, -1, -2, -3):
             raise SftkdError(f"--slice-axis {self.slice_axis}: expected 0, 1 or 2 (or -1 for the last)")
         if self.downsample < 1:
@@ -279,22 +292,63 @@ def _check_out(out: Path, source: Source) -> None:
 
 
 def _existing(out: Path) -> dict[str, Any] | None:
-    """The manifest of an existing dataset at `out`, None when `out` is absent or an empty folder."""
+    """The manifest of the sftkd dataset at `out`; None when `out` is absent or an empty folder.
+
+    A non-empty folder is only ever written when its manifest is sftkd's (a JSON object with the
+    keys prepare-data writes, format FORMAT, listing plain file names): anything else is the
+    user's folder and is refused, with or without --force.
+    """
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
     path = out / MANIFEST
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise SftkdError(
             f"--out {display_path(out)}: exists and is not a sftkd dataset (no {MANIFEST}); "
             "expected a new or empty folder"
         )
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError("not an object")
-        return manifest
-    except (ValueError, OSError):
-        return {}  # unreadable manifest: a dataset we cannot compare, so only --force rebuilds it
+        manifest = json.loads(read_regular_bytes(path, MANIFEST, MAX_JSON_BYTES))
+    except (SftkdError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, SftkdError) else "not JSON"
+        raise SftkdError(
+            f"--out {display_path(out)}: not a sftkd dataset ({reason}); nothing there is changed, even with "
+            "--force: expected a new or empty folder, or remove the folder yourself"
+        ) from None
+    problem = _foreign(manifest)
+    if problem:
+        raise SftkdError(
+            f"--out {display_path(out)}: its {MANIFEST} is not one written by prepare-data ({problem}); "
+            "nothing there is changed, even with --force: expected a new or empty folder"
+        )
+    return manifest
+
+
+def _foreign(manifest: Any) -> str | None:
+    """Why `manifest` is not one prepare-data wrote, or None when it is."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return f"missing key {missing[0]!r}"
+    if manifest["format"] != FORMAT:
+        return f"format {manifest['format']!r}, expected {FORMAT}"
+    volumes, mask = manifest["volumes"], manifest["mask"]
+    if not (isinstance(volumes, dict) and isinstance(mask, dict) and isinstance(mask.get("files"), dict)):
+        return "volumes or mask.files is not a mapping"
+    for name in _listed_files(manifest):
+        parts = Path(name).parts
+        plain = isinstance(name, str) and ((len(parts) == 1 and name.endswith(".h5"))
+                                           or (len(parts) == 2 and parts[0] == "masks" and name.endswith(".npy")))
+        if not plain or ".." in parts:
+            return f"lists {name!r}, expected <volume>.h5 or masks/<name>.npy"
+    return None
+
+
+def _listed_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a sftkd manifest lists (volume h5 files and mask files), relative to the dataset."""
+    names = [v.get("file", "") if isinstance(v, dict) else "" for v in manifest.get("volumes", {}).values()]
+    names += list(manifest.get("mask", {}).get("files", {}).values())
+    return [str(n) for n in names]
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -316,9 +370,23 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     """Files the manifest lists that are not in `out`."""
-    names = [v.get("file", "") for v in manifest.get("volumes", {}).values()]
-    names += list(manifest.get("mask", {}).get("files", {}).values())
-    return [n for n in names if not (out / n).is_file()]
+    return [n for n in _listed_files(manifest) if not (out / n).is_file()]
+
+
+def _check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str]) -> None:
+    """Refuse to write over a file in `out` that the old manifest does not list (the user's own)."""
+    if not out.is_dir():
+        return
+    if (out / "masks").is_symlink() or ((out / "masks").exists() and not (out / "masks").is_dir()):
+        raise SftkdError(f"--out {display_path(out)}: masks is there and is not a folder of the old dataset; "
+                         "expected to replace only files prepare-data wrote: move it away or choose another --out")
+    ours = set(_listed_files(existing or {})) | {MANIFEST}
+    for name in names:
+        if name not in ours and ((out / name).exists() or (out / name).is_symlink()):
+            raise SftkdError(
+                f"--out {display_path(out)}: {name} is there but not part of the old dataset; "
+                "expected to replace only files prepare-data wrote: move it away or choose another --out"
+            )
 
 
 # --------------------------------------------------------------------------- reading
@@ -376,11 +444,13 @@ def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int
 
 
 def _user_masks(options: PrepareOptions) -> dict[float, tuple[Path, np.ndarray, str]]:
-    """Load the user's mask files (format checks now, shape checks once the size is known)."""
-    return {
-        acc: (Path(path), load_mask(path), sha256_file(Path(path)))
-        for acc, path in options.mask_files.items()
-    }
+    """Load the user's mask files (format and sampling checks now, shape checks once the size is known)."""
+    out = {}
+    for acc, path in options.mask_files.items():
+        mask = load_mask(path)
+        check_mask_acceleration(mask, acc, f"--mask-file {display_path(path)}")
+        out[acc] = (Path(path), mask, sha256_file(Path(path)))
+    return out
 
 
 def _check_mask_shapes(user: dict[float, tuple[Path, np.ndarray, str]], size: tuple[int, int]) -> None:
@@ -445,10 +515,15 @@ def write_volume_h5(
     path: Path, images: np.ndarray, source_slices: np.ndarray, masks: dict[float, np.ndarray],
     centered: bool, attrs: dict[str, Any], task: str = "recon",
 ) -> None:
-    """Write one volume's h5 file: image, source_slice, and per acceleration (sr: scale) kspace/zf/mask."""
+    """Write one volume's h5 file: image, source_slice, and per acceleration (sr: scale) kspace/zf/mask.
+
+    The file is built in memory and written with plain writes (see `h5_image`): a full disk or a
+    file-size limit raises OSError here, never an h5py error.
+    """
     s, h, w = images.shape
     chunks = (1, h, w)
-    with h5py.File(path, "w") as f:
+
+    def build(f: h5py.File) -> None:
         f.create_dataset("image", data=images.astype(np.float32), chunks=chunks)
         f.create_dataset("source_slice", data=source_slices.astype(np.int32))
         for acc, mask in masks.items():
@@ -461,6 +536,8 @@ def write_volume_h5(
         for key, value in attrs.items():
             f.attrs[key] = value
 
+    write_bytes_synced(path, h5_image(build))
+
 
 def _created_parents(out: Path) -> list[Path]:
     """Ancestors of `out` that do not exist yet (to remove again if writing fails)."""
@@ -472,31 +549,119 @@ def _created_parents(out: Path) -> list[Path]:
     return missing
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to `out`, replacing an old dataset or empty folder."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+def _install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
+    """Move the finished dataset in `tmp` to `out`.
+
+    A new `out` is one rename. Into an existing folder (empty, or the old dataset) the files are
+    moved one by one: the old manifest goes first (so a crash midway never leaves a manifest
+    describing other data), then the new files replace the old ones, the old dataset's files that
+    the new one lacks are removed, and the new manifest comes last. Files the old manifest does
+    not list are never touched.
+    """
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    for name in new:
+        os.replace(tmp / name, out / name)
+    for name in set(_listed_files(old or {})) - set(new):
+        (out / name).unlink(missing_ok=True)
+    os.replace(tmp / MANIFEST, out / MANIFEST)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (out / "masks").rmdir()  # only when empty (a recon -> sr change cannot empty it, but be exact)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> list[Path]:
+    """Remove `.<name>.tmp-<pid>` / `.<name>.old-<pid>` folders beside `out` whose process is dead
+    (left by a kill -9 or a power cut); returns what was removed. Called with the lock held."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)$")
+    for item in out.parent.iterdir() if out.parent.is_dir() else ():
+        match = pattern.match(item.name)
+        if match and item.is_dir() and not item.is_symlink() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+    return removed
+
+
+class PrepareInterrupted(SftkdError):
+    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with nothing written."""
+
+
+class _Signals:
+    """While active, SIGINT and SIGTERM only set a flag, which `check()` turns into
+    PrepareInterrupted at safe points (between files), so no write is cut in half and the
+    temporary folder is always cleaned. A second signal interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def error(self, signum: int | None = None) -> PrepareInterrupted:
+        signum = signum or self.received or signal.SIGINT
+        name = signal.Signals(signum).name
+        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written, "
+                                   f"{display_path(self.out)} is as it was")
+        error.exit_code = 128 + int(signum)
+        return error
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise self.error()
 
 
 def _write(
     tmp: Path, source: Source, options: PrepareOptions, prepared: list[_Prepared],
     pieces: list[Piece], splits: dict[str, str], masks: dict[float, np.ndarray],
-    progress: Progress | None,
+    progress: Progress | None, check: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Any]]:
-    """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries."""
+    """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries.
+
+    `check()` runs before each file (it raises when prepare-data was asked to stop)."""
     (tmp / "masks").mkdir(parents=True)
     for acc, mask in masks.items():
-        np.save(tmp / "masks" / f"{group_key(options.task, acc)}.npy", mask.astype(np.float32))
+        buffer = io.BytesIO()
+        np.save(buffer, mask.astype(np.float32))
+        write_bytes_synced(tmp / "masks" / f"{group_key(options.task, acc)}.npy", buffer.getvalue())
     by_rel = {p.file.rel: p for p in prepared}
     volumes: dict[str, dict[str, Any]] = {}
     centered = options.mask_layout == "centered"
     reread: tuple[str, np.ndarray] | None = None  # last file read again (stack not kept in memory)
     for n, piece in enumerate(pieces):
+        check()
         prep = by_rel[piece.file.rel]
         stack = prep.stack
         if stack is None:
@@ -547,13 +712,57 @@ def prepare_dataset(
     """Prepare `source` into the dataset folder `out` (see the module docstring).
 
     `progress(stage, done, total)` is called with stage 'hash', 'read' and 'write'.
-    Raises SftkdError for any user error, with nothing written.
+    Raises SftkdError for any user error, with nothing written; PrepareInterrupted on Ctrl-C or
+    SIGTERM, after removing the temporary folder.
     """
+    from filelock import FileLock, Timeout
+
     start = time.perf_counter()
     options = options or PrepareOptions()
     options.validate()
     out = Path(os.path.abspath(out))
     _check_out(out, source)
+    check_writable(out, "--out")
+    if out.exists():
+        check_writable(out.parent, "--out")  # the temporary folder and the lock go beside it
+    created = _created_parents(out)
+    lock_path = out.parent / f".{out.name}.lock"
+    lock = FileLock(str(lock_path), timeout=0)
+    locked = False
+    try:
+        with _Signals(out) as signals:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    raise SftkdError(f"--out {display_path(out)}: another prepare-data is writing this folder "
+                                     f"(lock {display_path(lock_path)}); wait for it to finish") from None
+                locked = True
+                _remove_stale(out)
+                return _prepare_locked(source, out, options, progress, signals, start)
+            except KeyboardInterrupt:
+                raise signals.error(signal.SIGINT) from None
+    except OSError as exc:
+        raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})") from None
+    finally:
+        if locked:
+            if not out.exists():
+                lock_path.unlink(missing_ok=True)  # a failed first preparation leaves nothing behind
+            lock.release()
+        if not out.exists():
+            for parent in created:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
+
+def _prepare_locked(
+    source: Source, out: Path, options: PrepareOptions, progress: Progress | None, signals: _Signals,
+    start: float,
+) -> PrepareResult:
+    """`prepare_dataset` once the output's lock is held."""
     existing = _existing(out)
     user = _user_masks(options)
     if options.size is not None:
@@ -564,6 +773,7 @@ def prepare_dataset(
 
     checksums = {}
     for n, file in enumerate(files):
+        signals.check()
         checksums[file.rel] = sha256_file(file.path)
         if progress:
             progress("hash", n + 1, len(files))
@@ -580,17 +790,13 @@ def prepare_dataset(
         if same and not missing and not options.force:
             return PrepareResult(out, existing, True, time.perf_counter() - start)
         if not options.force:
-            if not existing:
-                why = f"has an unreadable {MANIFEST}"
-            elif same:
-                why = f"incomplete (missing {missing[0]})"
-            else:
-                why = f"prepared differently: {_difference(existing, record)}"
+            why = f"incomplete (missing {missing[0]})" if same else f"prepared differently: {_difference(existing, record)}"
             raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
 
     prepared: list[_Prepared] = []
     in_memory = 0
     for n, file in enumerate(files):
+        signals.check()
         prep = _prepare_file(source, file, options)
         in_memory += prep.stack.nbytes  # type: ignore[union-attr]
         if in_memory > KEEP_IN_MEMORY_BYTES:
@@ -612,28 +818,22 @@ def prepare_dataset(
             )
         seen[piece.volume] = piece.file.rel
     splits = source.split_pieces(pieces, options.split_request())
+    _check_collisions(out, existing, [f"{v}.h5" for v in seen]
+                      + [f"masks/{group_key(options.task, a)}.npy" for a in masks])
 
-    created = _created_parents(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
-        volumes = _write(tmp, source, options, prepared, pieces, splits, masks, progress)
+        volumes = _write(tmp, source, options, prepared, pieces, splits, masks, progress, signals.check)
         for entry in volumes.values():
             entry["source_sha256"] = checksums[entry["source_file"]]
         manifest = _manifest(source, options, size, masks, user, splits, volumes, record)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException as exc:
+        write_bytes_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        signals.check()  # the last moment to stop: installing is a few renames, never cut short
+        _install(tmp, out, existing)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        if isinstance(exc, OSError):
-            raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})") from exc
         raise
     return PrepareResult(out, manifest, False, time.perf_counter() - start)
 

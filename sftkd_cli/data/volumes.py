@@ -8,6 +8,7 @@ near-empty slice selection, normalisation) so that each can be tested against nu
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import numpy as np
 from sftkd_cli.errors import SftkdError, os_error_text
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+#: the most memory one source volume may take once read (its header's shape x max(dtype, float32)
+#: bytes); a 14 MB .nii.gz can declare gigabytes, so the header is checked before any voxel is read
+MAX_VOLUME_BYTES = 2 << 30
 
 
 def display_path(path: str | Path) -> str:
@@ -72,7 +76,26 @@ def spatial_shape(img, path: Path) -> tuple[int, int, int]:
         )
     if min(core) < 1:
         raise SftkdError(f"{display_path(path)}: empty image of shape {shape}, expected a 3-D volume")
+    check_volume_size(img, path, shape)
     return core[0], core[1], core[2]
+
+
+def check_volume_size(img, path: Path, shape: tuple[int, ...], limit: int | None = None) -> None:
+    """Refuse a volume whose header declares more than `limit` bytes once read (shape x the larger
+    of its stored dtype and float32), or voxel data starting beyond that: a gzip bomb is refused
+    from its header, before decompressing anything."""
+    try:
+        itemsize = int(img.get_data_dtype().itemsize)
+        offset = int(img.header.get("vox_offset", 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        itemsize, offset = 8, 0
+    limit = MAX_VOLUME_BYTES if limit is None else limit
+    need = math.prod(shape) * max(itemsize, 4)
+    if need > limit or offset > limit:
+        raise SftkdError(
+            f"{display_path(path)}: header declares shape {shape} ({need / 1e9:.1f} GB once read), more than the "
+            f"{limit / (1 << 30):g} GiB limit per volume; expected a single 3-D volume"
+        )
 
 
 def read_volume(img, path: Path) -> np.ndarray:

@@ -194,6 +194,27 @@ def acceleration_of(mask: np.ndarray) -> float:
     return float(np.asarray(mask).size) / sampled
 
 
+#: a mask's actual acceleration (entries / sampled entries) may differ from the one it is labelled
+#: with by at most this factor either way (fastMRI-style masks only reach theirs on average)
+ACCELERATION_TOLERANCE = 1.5
+
+
+def check_mask_acceleration(mask: np.ndarray, acceleration: float, where: str) -> None:
+    """Refuse a mask whose sampling disagrees with its label: all zeros (samples nothing), all ones
+    (no undersampling at all), or an actual acceleration more than ACCELERATION_TOLERANCE times
+    off `acceleration`. `where` names the mask (file, or file and dataset) in the error."""
+    mask = np.asarray(mask)
+    sampled = int(np.count_nonzero(mask))
+    if sampled == 0:
+        raise SftkdError(f"{where}: all zeros (samples nothing); expected a mask sampling about "
+                         f"1/{acceleration:g} of k-space for {acceleration:g}x")
+    actual = mask.size / sampled
+    if sampled == mask.size or not 1 / ACCELERATION_TOLERANCE <= actual / acceleration <= ACCELERATION_TOLERANCE:
+        what = "all ones (no undersampling)" if sampled == mask.size else f"samples {sampled} of {mask.size} entries"
+        raise SftkdError(f"{where}: {what}, an acceleration of {actual:.2f}x, labelled {acceleration:g}x; "
+                         f"expected {acceleration / ACCELERATION_TOLERANCE:.3g}x to {acceleration * ACCELERATION_TOLERANCE:.3g}x")
+
+
 def sampled_lines(mask: np.ndarray, axis: int = 0) -> np.ndarray:
     """Indices of the lines along `axis` that are sampled (any non-zero entry on the line)."""
     other = 1 - axis

@@ -1,0 +1,169 @@
+"""Careful file access for datasets and evaluation outputs: read only regular files of bounded
+size, check that an output folder can be written before long work starts, and write several
+files so that they replace the old ones together or not at all.
+
+Why: a `manifest.json` that is a FIFO or a link to /dev/zero must not hang or exhaust memory; a
+read-only or over-long output path must be refused before minutes of work, not after; and a full
+disk must leave the previous outputs as they were, with no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError, os_error_text
+
+#: the largest JSON file (manifest, model card) sftkd reads; real ones are kilobytes
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_regular_bytes(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or a device is refused
+    instead of hanging or streaming forever. `what` names the file in errors (e.g. 'manifest').
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read {what} ({os_error_text(exc)})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SftkdError(f"{display_path(path)}: {what} is not a regular file (a FIFO, device or folder); "
+                             "expected a file")
+        if info.st_size > limit:
+            raise SftkdError(f"{display_path(path)}: {what} of {info.st_size:,} bytes is larger than the "
+                             f"{limit:,}-byte limit; expected a small JSON file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise SftkdError(f"{display_path(path)}: {what} grew past the {limit:,}-byte limit while read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read {what} ({os_error_text(exc)})") from None
+    finally:
+        os.close(fd)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_writable(folder: Path, what: str, extra: int = 24) -> None:
+    """Refuse, in one line, an output folder that cannot be written: below a file, on a read-only
+    or non-writable folder, or with a name component too long (leaving `extra` characters for
+    temporary names such as `.metrics.json.tmp-<pid>`). Nothing is created."""
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not _exists(existing):
+        if _exists(existing, follow=False):  # a dangling link: its target folder is missing
+            raise SftkdError(f"{what} {display_path(folder)}: {display_path(existing)} is a broken link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SftkdError(f"{what} {display_path(folder)}: {display_path(existing)} is a file, not a folder")
+    limit = _name_max(existing)
+    for part in folder.parts:
+        if len(part.encode()) + (extra if part == folder.name else 0) > limit:
+            raise SftkdError(f"{what} {display_path(folder)}: name {part[:40]}... has {len(part)} characters, "
+                             f"more than the file system allows ({limit}); expected a shorter name")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = _read_only(existing)
+        raise SftkdError(f"{what} {display_path(folder)}: folder {display_path(existing)} is "
+                         f"{'on a read-only file system' if read_only else 'not writable'}; "
+                         "expected a folder you can write")
+
+
+def _exists(path: Path, follow: bool = True) -> bool:
+    """Whether `path` exists; False also for names the OS refuses (too long, ...)."""
+    try:
+        os.stat(path, follow_symlinks=follow)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def write_bytes_synced(path: Path, data: bytes) -> None:
+    """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StagedFiles:
+    """Files written under temporary names and renamed into place together by `commit()`.
+
+    If any write fails (disk full, file-size limit), `discard()` removes the temporary files and
+    the previous outputs stay as they were. Use as a context manager: leaving it without
+    `commit()` discards.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def add(self, path: Path, data: bytes) -> None:
+        """Write `data` to a temporary sibling of `path` (`.<name>.tmp-<pid>`)."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self._pending.append((tmp, path))
+        write_bytes_synced(tmp, data)
+
+    def commit(self) -> None:
+        """Rename every temporary file to its final name (renames need no space, so they succeed)."""
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self._pending = []
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def h5_image(build) -> bytes:
+    """The bytes of an HDF5 file that `build(f)` fills, made in memory.
+
+    h5py is never given a file on disk: a full disk or a file-size limit then surfaces as a plain
+    OSError from `write_bytes_synced`, instead of h5py errors that can end in a segfault.
+    """
+    import h5py
+
+    handle = h5py.File(f"sftkd-in-memory-{os.getpid()}-{id(build)}.h5", "w", driver="core", backing_store=False)
+    try:
+        build(handle)
+        handle.flush()
+        return handle.id.get_file_image()
+    finally:
+        handle.close()
