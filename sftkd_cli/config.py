@@ -280,10 +280,14 @@ def validate(recipe: Recipe) -> None:
 def _check_dataset_task(data: DataConfig) -> None:
     """When data.path is already a prepared dataset, it must have been prepared for data.task."""
     from sftkd_cli.data.dataset import check_task
+    from sftkd_cli.data.files import read_regular_bytes
 
+    path = Path(data.path) / "manifest.json"
+    if not path.is_file():  # no dataset yet, or a FIFO/device: the dataset reader says so later
+        return
     try:
-        manifest = json.loads((Path(data.path) / "manifest.json").read_text())
-    except (OSError, ValueError):  # no dataset yet (or unreadable: the dataset reader says so later)
+        manifest = json.loads(read_regular_bytes(path, "manifest.json"))
+    except (SftkdError, ValueError):  # unreadable: the dataset reader says so later
         return
     if isinstance(manifest, dict):
         check_task(manifest, data.path, data.task)

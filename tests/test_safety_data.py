@@ -299,6 +299,7 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused(tiny_dataset, trained,
     else:
         (data / "manifest.json").symlink_to("/dev/zero")
     fails_cleanly("evaluate", run, "--data", data, "--device", "cpu", names=("manifest.json", "not a regular file"))
+    fails_cleanly(*train_args(data, tmp_path / "runs"), names=("manifest.json", "not a regular file"))
     fails_cleanly(*prepare(raw, data, "--force"), names=("manifest.json", "not a regular file"))
 
 
