@@ -22,10 +22,19 @@ What it does, in a temporary folder:
    the checkpoint being replaced must be byte-identical to before, no temporary file may stay,
    and a `--resume` with the disk "freed" must reach the reference weights.
 
+5. prepare-data and evaluate on a full disk, under a file-size limit and on a read-only folder
+   (`python -m sftkd_cli` processes, so that a segfault shows as one): a small tmpfs filled to
+   leave a few kilobytes, RLIMIT_FSIZE with SIGXFSZ ignored (EFBIG), and a tmpfs remounted
+   read-only. Each must end in one `error:` line (exit 2) with the previous dataset / evaluation
+   byte-identical and no temporary file left, or succeed when the space sufficed. The tmpfs
+   scenarios need root (mount); without it they are skipped and said so. `--data-io-only` runs
+   only these (it trains one short run for evaluate).
+
 Training processes are forked from this interpreter, which has already imported sftkd and torch
 (os.fork, then `sftkd_cli.cli.app.main(argv)` in the child), so that a kill lands in training
 rather than in the 3-5 s of importing torch; `--spawn` starts `python -m sftkd_cli` instead.
-Prints a summary; exit status 1 when a checkpoint was corrupt or a final result differed.
+Prints a summary; exit status 1 when a checkpoint was corrupt, a final result differed or a
+data I/O scenario ended other than cleanly.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ import hashlib
 import io
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +371,181 @@ def disk_full_scenario(call: int, data: Path, runs: Path, reference: Path, bare:
     }
 
 
+# ----------------------------------------------------------------------------- prepare-data / evaluate I/O faults
+
+
+def sftkd_process(args: list[object], cwd: Path, fsize: int | None = None) -> subprocess.CompletedProcess:
+    """`python -m sftkd_cli ARGS`, optionally with RLIMIT_FSIZE = `fsize` bytes and SIGXFSZ ignored."""
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run([sys.executable, "-m", "sftkd_cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, preexec_fn=limited if fsize else None,
+                          env={**os.environ, "COLUMNS": "400"})
+
+
+def ending(proc: subprocess.CompletedProcess) -> str:
+    """How a process ended: 'one-line error', 'success', 'traceback', 'signal SIGSEGV', 'exit N'."""
+    if proc.returncode < 0:
+        return f"signal {signal.Signals(-proc.returncode).name}"
+    text = proc.stdout + proc.stderr
+    if "Traceback" in text:
+        return "traceback"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "):
+        return "one-line error"
+    return "success" if proc.returncode == 0 else f"exit {proc.returncode}"
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (hidden ones included)."""
+    if not folder.exists():
+        return {}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def temporaries(folder: Path) -> list[str]:
+    """Temporary files or folders (`*.tmp-PID`, `.*.old-PID`) anywhere under `folder`."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+class Tmpfs:
+    """A small tmpfs mounted at `path` (root only); `read_only()` remounts it read-only."""
+
+    def __init__(self, path: Path, size: str = "2m") -> None:
+        self.path, self.size = path, size
+
+    def __enter__(self) -> Tmpfs:
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)], check=True,
+                       capture_output=True)
+        return self
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True, capture_output=True)
+
+    def fill(self, leave: int) -> None:
+        """Write a filler file so that only about `leave` bytes stay free."""
+        stats = os.statvfs(self.path)
+        free = stats.f_bavail * stats.f_frsize
+        with open(self.path / "filler", "ab") as handle:
+            handle.write(bytes(max(0, free - leave)))
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", str(self.path)], capture_output=True)
+
+
+def can_mount(tmp: Path) -> bool:
+    try:
+        with Tmpfs(tmp / "mount-probe", "64k"):
+            return True
+    except (subprocess.CalledProcessError, OSError):
+        return False
+
+
+def _record(results: list[dict[str, Any]], what: str, proc: subprocess.CompletedProcess, intact: bool,
+            temp: list[str], expect: str = "") -> None:
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    end = ending(proc)
+    results.append({"what": what, "ending": end, "intact": intact, "temporaries": temp,
+                    "message": lines[-1][:200] if lines else "",
+                    "ok": intact and not temp and (end == "success" or (end == "one-line error" and expect in lines[0]))})
+
+
+def data_io_scenarios(tmp: Path, raw: Path, run: Path) -> tuple[list[dict[str, Any]], str]:
+    """prepare-data and evaluate on a full disk, under RLIMIT_FSIZE and on a read-only folder."""
+    results: list[dict[str, Any]] = []
+    prepare = ["prepare-data", "nifti", raw, "--size", "16", "16", "--val", "vol0"]
+    work = tmp / "io"
+    work.mkdir()
+
+    # file-size limit: needs no privileges
+    for fsize in (4_000, 16_000, 64_000):
+        out = work / f"fsize-{fsize}" / "data"
+        out.parent.mkdir()
+        proc = sftkd_process([*prepare, "--out", out], work, fsize)
+        _record(results, f"prepare-data new folder, RLIMIT_FSIZE {fsize} B", proc,
+                proc.returncode == 0 or not out.exists(), temporaries(out.parent), "File too large")
+    evaluated = work / "evaluated"
+    shutil.copytree(run, evaluated)
+    first = sftkd_process(["evaluate", evaluated, "--device", "cpu"], work)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for fsize in (500, 2_000, 6_000):
+        before = digest(evaluated)
+        proc = sftkd_process(["evaluate", evaluated, "--device", "cpu", "--split", "train"], work, fsize)
+        _record(results, f"evaluate over a previous evaluation, RLIMIT_FSIZE {fsize} B", proc,
+                proc.returncode == 0 or digest(evaluated) == before, temporaries(evaluated), "File too large")
+
+    if not can_mount(tmp):
+        return results, "tmpfs scenarios skipped (mount needs root)"
+
+    # full disk: a tmpfs filled to leave a few kilobytes
+    for leave in (0, 8_192, 32_768, 131_072):
+        with Tmpfs(work / f"full-new-{leave}") as fs:
+            fs.fill(leave)
+            proc = sftkd_process([*prepare, "--out", fs.path / "data"], work)
+            _record(results, f"prepare-data new folder, disk full ({leave // 1024} KiB free)", proc,
+                    proc.returncode == 0 or not (fs.path / "data").exists(), temporaries(fs.path), "No space left")
+        with Tmpfs(work / f"full-force-{leave}") as fs:
+            made = sftkd_process([*prepare, "--out", fs.path / "data", "--acc", "4"], work)
+            assert made.returncode == 0, made.stdout + made.stderr
+            (fs.path / "data" / "notes.txt").write_text("the user's notes")
+            fs.fill(leave)
+            before = digest(fs.path / "data")
+            proc = sftkd_process([*prepare, "--out", fs.path / "data", "--acc", "4,5", "--force"], work)
+            after = digest(fs.path / "data")
+            intact = after == before if proc.returncode else after.get("notes.txt") == before["notes.txt"]
+            _record(results, f"prepare-data --force over a dataset, disk full ({leave // 1024} KiB free)", proc,
+                    intact, temporaries(fs.path), "No space left")
+        with Tmpfs(work / f"full-eval-{leave}") as fs:
+            target = fs.path / "run"
+            shutil.copytree(run, target)
+            made = sftkd_process(["evaluate", target, "--device", "cpu"], work)
+            assert made.returncode == 0, made.stdout + made.stderr
+            fs.fill(leave)
+            before = digest(target)
+            proc = sftkd_process(["evaluate", target, "--device", "cpu", "--split", "train"], work)
+            _record(results, f"evaluate over a previous evaluation, disk full ({leave // 1024} KiB free)", proc,
+                    proc.returncode == 0 or digest(target) == before, temporaries(target), "No space left")
+
+    # read-only: the run and a dataset on a tmpfs remounted read-only
+    with Tmpfs(work / "read-only") as fs:
+        target = fs.path / "run"
+        shutil.copytree(run, target)
+        made = sftkd_process([*prepare, "--out", fs.path / "data", "--acc", "4"], work)
+        assert made.returncode == 0, made.stdout + made.stderr
+        fs.read_only()
+        before = digest(fs.path)
+        for what, args in (
+            ("evaluate into a read-only run", ["evaluate", target, "--device", "cpu"]),
+            ("evaluate --amp bf16 (new folder) in a read-only run", ["evaluate", target, "--device", "cpu", "--amp", "bf16"]),
+            ("prepare-data --force over a read-only dataset", [*prepare, "--out", fs.path / "data", "--acc", "4,5", "--force"]),
+            ("prepare-data into a new folder on a read-only file system", [*prepare, "--out", fs.path / "new"]),
+        ):
+            started = time.perf_counter()
+            proc = sftkd_process(args, work)
+            _record(results, f"{what} ({time.perf_counter() - started:.1f} s)", proc, digest(fs.path) == before,
+                    temporaries(fs.path), "read-only")
+    return results, "tmpfs scenarios run"
+
+
+def print_data_io(results: list[dict[str, Any]], note: str) -> None:
+    endings = Counter(r["ending"] for r in results)
+    print(f"  prepare-data / evaluate I/O faults: {len(results)} scenarios ({note}); endings: "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(endings.items())))
+    print(f"    previous outputs intact: {sum(r['intact'] for r in results)}/{len(results)}   "
+          f"temporary files left: {sum(len(r['temporaries']) for r in results)}   "
+          f"as expected: {sum(r['ok'] for r in results)}/{len(results)}")
+    for r in results:
+        print(f"    {'ok ' if r['ok'] else '!! '} {r['what']}: {r['ending']}, intact {r['intact']}"
+              + (f", left {r['temporaries']}" if r["temporaries"] else ""))
+        if r["ending"] != "success":
+            print(f"         {r['message']}")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -370,6 +556,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawn", action="store_true", help="python -m sftkd_cli processes instead of forks")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--data-io-only", action="store_true",
+                        help="only the prepare-data / evaluate disk-full, file-size and read-only scenarios")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -379,6 +567,16 @@ def main() -> int:
     data = make_dataset(tmp)
     runs, logs = tmp / "runs", tmp / "logs"
     logs.mkdir()
+    if args.data_io_only:
+        proc = Proc(command(data, runs, "reference", resume=False), logs / "reference.log", args.spawn)
+        proc.wait(600)
+        results, note = data_io_scenarios(tmp, tmp / "raw", runs / "reference")
+        print("fault injection summary (prepare-data / evaluate I/O only)")
+        print_data_io(results, note)
+        print(f"  wall time: {time.perf_counter() - started:.1f} s   (work folder: {tmp}{'' if args.keep else ', removed'})")
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0 if all(r["ok"] for r in results) else 1
     manifest = json.loads((data / "manifest.json").read_text())
     train_slices = manifest["slices"]["train"]
 
@@ -429,15 +627,16 @@ def main() -> int:
               f"temp files: {len(d['temp_files'])}, resume exit {d['resume_exit']}, "
               f"identical after resume: {d['identical_after_resume']}")
         print(f"       {d['message']}")
+    io_results, io_note = data_io_scenarios(tmp, tmp / "raw", reference)
+    print_data_io(io_results, io_note)
     wall = time.perf_counter() - started
     print(f"  wall time: {wall:.1f} s   (work folder: {tmp}{'' if args.keep else ', removed'})")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     disk_ok = all(d["exit"] == 2 and d["previous_intact"] and not d["temp_files"] and d["identical_after_resume"]
                   and (d["bare"] or (d["one_line"] and d["says_disk_full"])) for d in disk)
-    bad = tally.corrupt or tally.mismatches or tally.failures or control_differs or not disk_ok
+    bad = (tally.corrupt or tally.mismatches or tally.failures or control_differs or not disk_ok
+           or not all(r["ok"] for r in io_results))
     return 1 if bad else 0
 
 
