@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command modules register themselves on `app` when imported (keep this list sorted by workflow).
+# They import only typer, rich and sftkd_cli.choices at module level, and the library (torch, NumPy,
+# SciPy) inside the command functions, so that --help, --version and argument errors take a
+# fraction of a second (tests/test_packaging.py checks that torch is never imported for them).
 from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
     prepare,
     train,
