@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftkd_cli import __version__
-from sftkd_cli.checkpoints import load_model
+from sftkd_cli.checkpoints import check_fits_data, load_model
 from sftkd_cli.data.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.data.volumes import display_path
@@ -210,7 +210,7 @@ def evaluate_run(
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
-    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest
+    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, dataset_record, load_manifest
 
     run = open_run(run_dir)
     recipe = run.load_recipe()
@@ -233,6 +233,8 @@ def evaluate_run(
         named = which in ("best", "last")
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
+        check_fits_data(state, model.record(), dataset_record(data_path, dataset.acceleration), which if not named else run.path,
+                        same_acquisition=False)
         model = model.to(torch_device, memory_format=torch.channels_last).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
     else:
