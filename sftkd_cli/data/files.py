@@ -59,10 +59,10 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def check_writable(folder: Path, what: str, extra: int = 24) -> None:
+def check_writable(folder: Path, what: str, extra: int = 0) -> None:
     """Refuse, in one line, an output folder that cannot be written: below a file, on a read-only
-    or non-writable folder, or with a name component too long (leaving `extra` characters for
-    temporary names such as `.metrics.json.tmp-<pid>`). Nothing is created."""
+    or non-writable folder, or with a name component too long (the folder's own name with `extra`
+    characters more, for temporary siblings such as `.<name>.tmp-<pid>`). Nothing is created."""
     folder = Path(os.path.abspath(folder))
     existing = folder
     while not _exists(existing):
@@ -74,8 +74,9 @@ def check_writable(folder: Path, what: str, extra: int = 24) -> None:
     limit = _name_max(existing)
     for part in folder.parts:
         if len(part.encode()) + (extra if part == folder.name else 0) > limit:
+            room = f"{limit - extra}, leaving room for its temporary twin" if part == folder.name and extra else f"{limit}"
             raise SftkdError(f"{what} {display_path(folder)}: name {part[:40]}... has {len(part)} characters, "
-                             f"more than the file system allows ({limit}); expected a shorter name")
+                             f"more than the file system allows ({room}); expected a shorter name")
     if not os.access(existing, os.W_OK | os.X_OK):
         read_only = _read_only(existing)
         raise SftkdError(f"{what} {display_path(folder)}: folder {display_path(existing)} is "

@@ -722,7 +722,7 @@ def prepare_dataset(
     options.validate()
     out = Path(os.path.abspath(out))
     _check_out(out, source)
-    check_writable(out, "--out")
+    check_writable(out, "--out", extra=16)  # beside it: .<name>.tmp-<pid> and .<name>.lock
     if out.exists():
         check_writable(out.parent, "--out")  # the temporary folder and the lock go beside it
     created = _created_parents(out)
