@@ -504,10 +504,14 @@ def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, 
 
 def _last_metrics(run_path: Path) -> dict[str, Any] | None:
     """The run's last evaluation (metrics.json), summarised for the card; None when absent."""
+    from sftkd_cli.data.files import read_regular_bytes
+
     path = run_path / "metrics.json"
+    if not path.exists():
+        return None
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = json.loads(read_regular_bytes(path, "metrics.json"))  # a FIFO or /dev/zero is never read
+    except (SftkdError, ValueError):
         return None
     if not isinstance(info, dict):
         return None

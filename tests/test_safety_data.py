@@ -303,6 +303,18 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused(tiny_dataset, trained,
     fails_cleanly(*prepare(raw, data, "--force"), names=("manifest.json", "not a regular file"))
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_export_does_not_read_a_metrics_json_that_is_not_a_regular_file(trained, tmp_path, kind):
+    run = copy_run(trained, tmp_path)
+    if kind == "fifo":
+        os.mkfifo(run / "metrics.json")
+    else:
+        (run / "metrics.json").symlink_to("/dev/zero")
+    result = invoke("export", run, "--format", "torchscript", "--out", tmp_path / "m.pt")  # used to hang
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path(f"{tmp_path / 'm.pt'}.card.json").read_text())["metrics"] is None
+
+
 # ----------------------------------------------------------------------------- item 10: wrong results
 
 
