@@ -628,7 +628,7 @@ class _Signals:
 
     def __exit__(self, *exc: object) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
     def error(self, signum: int | None = None) -> PrepareInterrupted:
         signum = signum or self.received or signal.SIGINT
