@@ -1,7 +1,12 @@
 """Recipes: YAML files with sections, `section.key=value` overrides, and validation.
 
 A recipe is a `Recipe` of dataclass sections. Unknown sections or keys are errors that
-name the key and suggest the nearest valid one; values are checked against the field types.
+name the key and where it came from (the recipe file, a command-line override or option) and
+suggest the nearest valid one; values are checked against the field types.
+
+Every YAML text sftkd reads (recipes, plans, `section.key=value` overrides) goes through
+`load_yaml`: anchors and aliases are refused (an alias "bomb" of a few hundred bytes expands
+to gigabytes), and the size, nesting depth and number of values are bounded.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import dataclasses
 import difflib
 import json
 import math
+import os
+import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,109 @@ from typing import Any
 import yaml
 
 from sftkd_cli.errors import SftkdError
+
+#: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
+#: lists and mappings); far above any recipe or plan, far below what could exhaust memory
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000
+#: a run name is one folder name of at most this many bytes (UTF-8)
+MAX_RUN_NAME = 200
+#: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
+MAX_LR = 10.0
+
+
+class _YamlRefused(yaml.YAMLError):
+    """A YAML text that is well formed but not accepted (alias, anchor, too deep, too many values)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses anchors and aliases and bounds nesting depth and node count.
+
+    Composition stops at the first offending node, so an alias bomb is never expanded and deep
+    nesting never reaches Python's recursion limit."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _YamlRefused("anchors and aliases (&name, *name) are not allowed; write the values out", event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _YamlRefused(f"more than {MAX_YAML_NODES} values", event.start_mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document through `_BoundedLoader` (raises yaml's errors, _YamlRefused, ValueError)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _refused(exc: _YamlRefused, source: str) -> SftkdError:
+    mark = exc.problem_mark
+    return SftkdError(f"{source}: YAML {exc.problem}{f' (line {mark.line + 1})' if mark else ''}")
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document safely (see the module docstring); errors are one line naming `source`."""
+    try:
+        return _parse_yaml(text)
+    except _YamlRefused as exc:
+        raise _refused(exc, source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise SftkdError(f"{source}: not valid YAML{at}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date 2024-13-45, an integer of 5000 digits
+        raise SftkdError(f"{source}: not valid YAML ({exc})") from None
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """Read and parse the YAML file `path` (a `what`: recipe, plan) with the limits of `load_yaml`."""
+    p = Path(path)
+    if not p.is_file():
+        raise SftkdError(f"{path}: {what} file not found")
+    try:
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise SftkdError(f"{path}: {size} bytes; expected a {what} file of at most {MAX_YAML_BYTES // 2**20} MiB")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SftkdError(f"{path}: not UTF-8 text; expected a YAML {what} file") from None
+    except OSError as exc:
+        raise SftkdError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return load_yaml(text, str(path))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One recipe value from outside the recipe file, with where it came from (for errors).
+
+    `value` is already typed: a command-line option's value as the option parsed it, a plan
+    value as YAML read it. `source` names its origin, e.g. "override train.epochs=5" or "--name"."""
+
+    key: str  # section.key
+    value: Any
+    source: str
 
 
 @dataclass
@@ -160,7 +271,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise SftkdError(f"{where}: expected plain mapping data (numbers, strings, lists, mappings)") from None
         return dict(value)
     expected = getattr(kind, "__name__", str(kind))
-    raise SftkdError(f"{where}: expected {expected}, got {value!r}")
+    shown = repr(value)
+    raise SftkdError(f"{where}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}")
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -186,32 +298,40 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
                     f"{_suggest(str(key), list(types_), section + '.')}"
                 )
             setattr(target, key, _coerce(value, types_[key], f"{source}: {section}.{key}"))
+    _expand_home(recipe)
     return recipe
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides."""
+def _expand_home(recipe: Recipe) -> None:
+    """A leading `~` in the recipe's paths means the home folder (as in a shell), not a folder named `~`."""
+    recipe.data.path = os.path.expanduser(recipe.data.path)
+    recipe.run.dir = os.path.expanduser(recipe.run.dir)
+    recipe.distill.teacher_run = os.path.expanduser(recipe.distill.teacher_run)
+    recipe.distill.init = os.path.expanduser(recipe.distill.init)
+    recipe.eval.checkpoint = os.path.expanduser(recipe.eval.checkpoint)
+
+
+def load_recipe(
+    path: str | Path | None, overrides: Sequence[str] | None = None, settings: Sequence[Setting] = (),
+) -> Recipe:
+    """Load a YAML recipe (or the defaults when `path` is None), then apply the `section.key=value`
+    `overrides` and then the typed `settings` (later ones win). A bad key or value is reported
+    against its source: the recipe file, the override string, or the setting's source."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise SftkdError(f"{path}: recipe file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" (line {mark.line + 1})" if mark else ""
-            raise SftkdError(f"{path}: not valid YAML{at}") from None
+        raw = read_yaml_file(path, "recipe") or {}
         if not isinstance(raw, dict):
             raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
-    apply_overrides(raw, overrides or [])
+    for setting in [*parse_overrides(overrides or []), *settings]:
+        apply_setting(raw, setting)
     return recipe_from_dict(raw, source)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Apply `section.key=value` overrides in place; values are parsed as YAML scalars/lists."""
+def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
+    """`section.key=value` strings as settings; values are read as YAML (`train.lr=1e-4` is a number)."""
+    out = []
     for item in overrides:
         if "=" not in item:
             raise SftkdError(f"override {item!r}: expected section.key=value")
@@ -219,14 +339,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
         parts = dotted.strip().split(".")
         if len(parts) != 2 or not all(parts):
             raise SftkdError(f"override {item!r}: expected section.key=value (e.g. train.epochs=5)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        section = raw.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise SftkdError(f"override {item!r}: section {parts[0]!r} is not a mapping")
-        section[parts[1]] = value
+        shown = item if len(item) <= 80 else item[:77] + "..."
+        shown = shown if shown.isprintable() else repr(shown)
+        value: Any = ""
+        if text.strip():
+            try:
+                value = _parse_yaml(text)
+            except _YamlRefused as exc:
+                raise _refused(exc, f"override {shown}") from None
+            except (yaml.YAMLError, ValueError, OverflowError):
+                value = text  # not YAML (e.g. `run.name=a: [b`): the text as it is
+        out.append(Setting(".".join(parts), value, f"override {shown}"))
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Apply `section.key=value` overrides to the nested dict `raw` in place."""
+    for setting in parse_overrides(overrides):
+        apply_setting(raw, setting)
+
+
+def apply_setting(raw: dict[str, Any], setting: Setting) -> None:
+    """Check `setting` (section, key, type) against the recipe, naming its source, and put it into `raw`."""
+    section, key = setting.key.split(".", 1)
+    sections = typing.get_type_hints(Recipe)
+    if section not in sections:
+        raise SftkdError(f"{setting.source}: unknown section {section!r}{_suggest(section, list(sections))}")
+    types_ = typing.get_type_hints(sections[section])
+    if key not in types_:
+        name = f"{section}.{key}"
+        raise SftkdError(
+            f"{setting.source}: unknown key {name if name.isprintable() else repr(name)}"
+            f"{_suggest(key, list(types_), section + '.')}"
+        )
+    value = _coerce(setting.value, types_[key], f"{setting.source}: {section}.{key}")
+    values = raw.setdefault(section, {})
+    if values is None:
+        values = raw[section] = {}
+    if not isinstance(values, dict):
+        raise SftkdError(f"{setting.source}: section {section!r} of the recipe is not a mapping")
+    values[key] = value
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -252,14 +404,13 @@ def validate(recipe: Recipe) -> None:
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
-        (recipe.train.lr > 0, "train.lr", "positive"),
+        (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
         (recipe.train.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16"),
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
         (recipe.train.threads >= 0, "train.threads", "0 (default) or more"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
-        (math.isfinite(recipe.train.lr), "train.lr", "a finite number"),
-        (math.isfinite(recipe.train.lr_gamma) and recipe.train.lr_gamma > 0, "train.lr_gamma", "a positive finite number"),
+        (0 < recipe.train.lr_gamma <= MAX_LR, "train.lr_gamma", f"a number > 0 and <= {MAX_LR:g}"),
         (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
         (recipe.model.channels >= 1, "model.channels", "at least 1"),
         (recipe.model.pad >= 0, "model.pad", "0 or more"),
@@ -274,7 +425,47 @@ def validate(recipe: Recipe) -> None:
     for ok, key, expected in checks:
         if not ok:
             raise SftkdError(f"{key}: expected {expected}")
+    check_run_name(recipe.run.name, "run.name", allow_empty=True)
+    check_device(recipe.train.device, "train.device")
     _check_dataset_task(recipe.data)
+
+
+def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
+    """A run name is one plain folder name inside the runs folder: never empty (unless `allow_empty`:
+    the command derives one), `.`, `..`, a path, or longer than MAX_RUN_NAME bytes."""
+    if name == "" and allow_empty:
+        return
+    shown = repr(name) if len(name) <= 60 else repr(name[:57] + "...")
+    if name in ("", ".", ".."):
+        problem = "is not a folder name"
+    elif any(c in name for c in "/\\\0"):
+        problem = "contains '/', '\\' or NUL"
+    elif len(name.encode("utf-8", "surrogateescape")) > MAX_RUN_NAME:
+        problem = f"is longer than {MAX_RUN_NAME} bytes"
+    else:
+        return
+    raise SftkdError(f"{where} {shown}: {problem}; expected one plain folder name (e.g. demo-teacher)")
+
+
+def check_device(name: str, where: str = "train.device") -> None:
+    """The device must be auto, cpu, cuda, cuda:N (N below the number of GPUs when CUDA is present)
+    or mps where torch reports it available; torch is imported only for mps and cuda:N."""
+    expected = "expected auto, cpu, cuda or cuda:N"
+    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(\d{1,4}))?", name)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
+        raise SftkdError(f"{where} {shown}: {expected}")
+    if match.group(1) == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise SftkdError(f"{where} 'mps': not available on this machine; {expected}")
+    if match.group(2) is not None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and int(match.group(2)) >= count:
+            raise SftkdError(f"{where} {name!r}: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
 
 
 def _check_dataset_task(data: DataConfig) -> None:

@@ -56,6 +56,7 @@ import datetime
 import difflib
 import json
 import math
+import os
 import re
 import time
 import traceback
@@ -64,13 +65,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from sftkd_cli import __version__
-from sftkd_cli.config import Recipe, load_recipe, validate
+from sftkd_cli.config import Recipe, Setting, load_recipe, parse_overrides, read_yaml_file, validate
 from sftkd_cli.data.prepare import SOURCE_DEFAULTS  # one home for prepare-data's per-source defaults
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
@@ -231,16 +231,18 @@ def _flat_overrides(value: Any, where: str) -> dict[str, Any]:
     for key in flat:
         if key in PLAN_OWNED:
             raise SftkdError(f"{where}: {key} is set by the plan (from {PLAN_OWNED[key]}); remove it")
-    try:
-        load_recipe(None, override_strings(flat))
-    except SftkdError as exc:
-        raise SftkdError(f"{where}: {str(exc).removeprefix('defaults: ')}") from None
+    load_recipe(None, settings=as_settings(flat, where))  # a bad key or value is an error naming `where`
     return flat
 
 
-def override_strings(flat: dict[str, Any]) -> list[str]:
-    """{'train.epochs': 5} -> ['train.epochs=5'] (values as JSON, which YAML reads back exactly)."""
-    return [f"{key}={json.dumps(value)}" for key, value in flat.items()]
+def as_settings(flat: dict[str, Any], source: str) -> list[Setting]:
+    """{'train.epochs': 5} -> recipe settings with their typed values, from `source` (for errors)."""
+    return [Setting(key, value, source) for key, value in flat.items()]
+
+
+def _path(text: str) -> Path:
+    """A plan's path: a leading `~` is the home folder, as in a shell."""
+    return Path(os.path.expanduser(text))
 
 
 def _stage_spec(value: Any, where: str) -> StageSpec:
@@ -272,7 +274,7 @@ def _data_spec(value: Any, where: str) -> DataSpec:
     options = _mapping(raw.get("options"), f"{where}.options", (*PREPARE_KEYS, *SOURCE_OPTIONS[source]))
     if source == "prepared" and options:
         raise SftkdError(f"{where}.options: source prepared uses {out} as it is; remove the options")
-    return DataSpec(source, Path(out), None if root is None else Path(root), options)
+    return DataSpec(source, _path(out), None if root is None else _path(root), options)
 
 
 def _paper_spec(value: Any, where: str) -> PaperSpec | None:
@@ -356,14 +358,7 @@ def load_plan(
 ) -> Plan:
     """Read and validate a plan file; `overrides` (section.key=value) apply to every stage last."""
     path = Path(path)
-    if not path.is_file():
-        raise SftkdError(f"{path}: plan file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SftkdError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
-    raw = _mapping(raw, str(path), TOP_KEYS)
+    raw = _mapping(read_yaml_file(path, "plan"), str(path), TOP_KEYS)
     if raw.get("plan") != PLAN_FORMAT:
         raise SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
     where = f"{path}:"
@@ -375,12 +370,10 @@ def load_plan(
         key = item.split("=", 1)[0].strip()
         if key in PLAN_OWNED:
             raise SftkdError(f"override {item!r}: {key} is set by the plan (from {PLAN_OWNED[key]})")
-    try:
-        load_recipe(None, list(overrides))
-    except SftkdError as exc:
-        raise SftkdError(str(exc).removeprefix("defaults: ")) from None
-    runs = Path(str(runs_dir) if runs_dir is not None else (_text(raw.get("runs_dir"), f"{where} runs_dir") or "runs"))
+    load_recipe(None, list(overrides))  # errors name the override
+    runs = _path(str(runs_dir) if runs_dir is not None else (_text(raw.get("runs_dir"), f"{where} runs_dir") or "runs"))
     report = _text(raw.get("report"), f"{where} report")
+    _check_apart(runs, data.out, f"{where} runs_dir {runs}" if runs_dir is None else f"--runs-dir {runs}", f"data.out {data.out}")
     stages_raw = _mapping(raw.get("stages"), f"{where} stages", STAGE_KEYS)
     stages = {kind: _stage_spec(stages_raw[kind], f"{where} stages.{kind}") for kind in SHAREABLE if kind in stages_raw}
     methods, kd, random_init = _kd_section(stages_raw.get("kd"), f"{where} stages.kd")
@@ -404,12 +397,21 @@ def load_plan(
         path=path,
         name=_text(raw.get("name"), f"{where} name") or path.stem,
         description=_text(raw.get("description"), f"{where} description") or "",
-        data=data, base=base, runs_dir=runs, report_dir=Path(report) if report else runs / "report",
+        data=data, base=base, runs_dir=runs, report_dir=_path(report) if report else runs / "report",
         recipes=_text(raw.get("recipes"), f"{where} recipes"), variants=variants, shared=shared,
         stages=stages, methods=methods, kd=kd, evaluate=evaluate, compare=compare,
         figures=figures, paper=_paper_spec(raw.get("paper"), f"{where} paper"), overrides=tuple(overrides),
         random_init=random_init,
     )
+
+
+def _check_apart(runs: Path, data: Path, runs_what: str, data_what: str) -> None:
+    """The runs folder and the dataset folder must not be the same or one inside the other:
+    rebuilding the dataset (`prepare-data --force`) would then remove runs, or a run the data."""
+    a, b = runs.resolve(), data.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        relation = "is" if a == b else "is inside" if b in a.parents else "contains"
+        raise SftkdError(f"{runs_what}: {relation} the dataset folder ({data_what}); expected separate folders")
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -540,12 +542,12 @@ class StageResult:
 
 def _recipe_path(plan: Plan, kind: str, spec: StageSpec, variant: Variant | None, method: str | None) -> str | None:
     """The stage's recipe file: explicit, else the variant's or the plan's recipes folder, else none."""
-    if spec.recipe is not None:
-        return str(find_file(spec.recipe.format(method=method or "")))
+    if spec.recipe is not None:  # only {method} is replaced; any other brace is part of the path
+        return str(find_file(os.path.expanduser(spec.recipe.replace("{method}", method or ""))))
     folder = (variant.recipes if variant and variant.recipes else None) or plan.recipes
     if folder is None:
         return None
-    return str(find_file(Path(folder) / RECIPE_FILE[kind].format(method=method or "")))
+    return str(find_file(_path(folder) / RECIPE_FILE[kind].replace("{method}", method or "")))
 
 
 def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | None, teacher_run: Path | None) -> Recipe:
@@ -556,13 +558,13 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
         fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
     if stage.kind in ("std-kd", "sft-kd"):
         fixed["distill.init"] = "sft" if stage.kind == "sft-kd" and not stage.random_init else "random"
-    overrides = override_strings(plan.base) + override_strings(variant.overrides if variant else {})
-    overrides += override_strings(spec.overrides) + list(plan.overrides) + override_strings(fixed)
+    layers = as_settings(plan.base, "base") + as_settings(variant.overrides if variant else {}, "variant overrides")
+    layers += as_settings(spec.overrides, "stage overrides") + parse_overrides(plan.overrides) + as_settings(fixed, "the plan")
     where = f"{plan.path}: stage {stage.id}"
     if stage.recipe_file is not None and not Path(stage.recipe_file).is_file():
         raise SftkdError(f"{where}: recipe {stage.recipe_file} not found (paths are relative to the current directory)")
     try:
-        recipe = load_recipe(stage.recipe_file, overrides)
+        recipe = load_recipe(stage.recipe_file, settings=layers)
         if stage.kind != "sft":  # train-sft builds both models from the sft section
             model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
             recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
@@ -752,9 +754,38 @@ def prepare_data(plan: Plan, console: Console) -> bool:
         )
     except (TypeError, ValueError, IndexError) as exc:
         raise SftkdError(f"{plan.path}: data.options: {exc}") from None
-    result = prepare_dataset(_source(data, extra), data.out, prepared)
+    source = _source(data, extra)
+    try:
+        source.files()
+    except SftkdError as exc:  # e.g. the demo's template package (nilearn) is not installed
+        prepared.validate()
+        if not _prepared_alike(data.out, {"source": source.name, **source.options(), **prepared.record()}):
+            raise
+        console.print(f"dataset {data.out}: up to date (prepared with these options; its source could not be "
+                      f"read to compare checksums: {exc})", highlight=False, markup=False)
+        return False
+    result = prepare_dataset(source, data.out, prepared)
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"), highlight=False)
     return not result.unchanged
+
+
+def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:
+    """Whether `out` holds a complete dataset that prepare-data wrote with exactly `options`: what
+    the data stage can tell without reading the source (whose checksums it then cannot compare)."""
+    from sftkd_cli.data.dataset import load_manifest
+
+    try:
+        manifest = load_manifest(out)
+    except SftkdError:
+        return False
+    if manifest.get("options") != options:
+        return False
+    volumes, mask = manifest.get("volumes"), manifest.get("mask")
+    if not isinstance(volumes, dict) or not isinstance(mask, dict) or not isinstance(mask.get("files", {}), dict):
+        return False
+    files = [v.get("file") if isinstance(v, dict) else None for v in volumes.values()]
+    files += list(mask.get("files", {}).values())
+    return all(isinstance(name, str) and name and (out / name).is_file() for name in files)
 
 
 def _source(data: DataSpec, extra: dict[str, Any]):

@@ -66,13 +66,19 @@ def build_recipe(
     **flags: object,
 ) -> Recipe:
     """Recipe file + overrides + the options every training command shares + its own `flags`
-    (recipe key -> value; None = not given)."""
-    from sftkd_cli.training.session import resolve
+    (recipe key -> value; None = not given). Option values reach the recipe as the typed values
+    they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML."""
+    from sftkd_cli.config import Setting, check_run_name, load_recipe
 
     recipe_file, overrides = split_args(args)
-    shared = {"data.path": data, "data.acceleration": acc, "run.name": name, "run.dir": runs_dir,
-              "train.epochs": epochs, "train.device": device, "train.threads": threads, "train.amp": amp}
-    return resolve(recipe_file, overrides, **shared, **flags)
+    if name is not None:
+        check_run_name(name, "--name")
+    shared = {"--data": ("data.path", data), "--acc": ("data.acceleration", acc), "--name": ("run.name", name),
+              "--runs-dir": ("run.dir", runs_dir), "--epochs": ("train.epochs", epochs),
+              "--device": ("train.device", device), "--threads": ("train.threads", threads), "--amp": ("train.amp", amp)}
+    settings = [Setting(key, value, option) for option, (key, value) in shared.items() if value is not None]
+    settings += [Setting(key, value, f"the option for {key}") for key, value in flags.items() if value is not None]
+    return load_recipe(recipe_file, overrides, settings)
 
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],

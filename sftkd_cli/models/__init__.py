@@ -23,23 +23,38 @@ from sftkd_cli.models.vdsr import build_vdsr
 class Family:
     """One architecture family: names matching `pattern` are built by `build`."""
 
-    pattern: str
+    pattern: str  # one group per number in the name
     example: str
     description: str
     build: Callable[..., CascadeNet]
+    limits: tuple[tuple[str, int], ...]  # (what the number counts, its largest value), per group
 
+
+#: the largest number of cascades, and of convs per cascade, a name may ask for (the paper's
+#: networks have 5); larger names would take minutes just to build, or never finish
+MAX_CASCADES = 64
+MAX_CONVS = 64
 
 FAMILIES: list[Family] = [
-    Family(r"D\d+C\d+", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn),
-    Family(r"VDSR\d+", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr),
-    Family(r"U\d+C\d+", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet),
+    Family(r"D(\d+)C(\d+)", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn,
+           (("conv layers per cascade", MAX_CONVS), ("cascades", MAX_CASCADES))),
+    Family(r"VDSR(\d+)", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr,
+           (("conv layers", 4 * MAX_CONVS),)),
+    Family(r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
+           (("U-Net levels", MAX_CONVS), ("cascades", MAX_CASCADES))),
 ]
 
 
 def family_of(name: str) -> Family:
     """The family whose pattern matches `name`; a clear error listing the known forms otherwise."""
     for family in FAMILIES:
-        if re.fullmatch(family.pattern, name.strip(), flags=re.IGNORECASE):
+        match = re.fullmatch(family.pattern, name.strip(), flags=re.IGNORECASE | re.ASCII)
+        if match:
+            for digits, (what, limit) in zip(match.groups(), family.limits):
+                if len(digits) > 6 or int(digits) > limit:
+                    shown = name.strip() if len(name.strip()) <= 40 else name.strip()[:37] + "..."
+                    raise SftkdError(f"model {shown!r}: {digits if len(digits) <= 12 else digits[:9] + '...'} {what}; "
+                                     f"expected at most {limit}")
             return family
     known = "; ".join(f"{f.example} ({f.description})" for f in FAMILIES)
     raise SftkdError(f"model {name!r}: unknown architecture; expected one of: {known}")

@@ -1,0 +1,270 @@
+"""Hostile or unlucky recipe, plan and option input ends in one `error:` line, quickly: YAML alias
+bombs and deep nesting, bad learning rates and devices, run names that are not one folder name,
+huge model names, braces and `~` in plan paths, overlapping runs and data folders. Typed options
+reach the recipe as typed, a command-line typo is blamed on the command line, and `reproduce`
+accepts an up-to-date prepared dataset when the source package (nilearn) is missing.
+
+Every test goes through the CLI. CPU-only unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
+from cli_helpers import sftkd
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_RECIPE = ROOT / "recipes" / "demo" / "teacher.yaml"
+TINY = ["train.epochs=1", "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=2",
+        "data.max_val_slices=1", "eval.latency_slices=1"]
+
+
+def one_error_line(*args: object, names: tuple[str, ...] = (), seconds: float = 30.0) -> str:
+    """Run the CLI: exit 2 with exactly one line `error: ...` naming each of `names`, within `seconds`."""
+    start = time.perf_counter()
+    result = sftkd(*args, ok=False)
+    elapsed = time.perf_counter() - start
+    output = result.output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Traceback" not in output, output
+    assert result.exit_code == 2, f"exit {result.exit_code}: {output[:2000]}{result.exception!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), output[:2000]
+    for name in names:
+        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
+    assert elapsed < seconds, f"{elapsed:.1f} s: {lines[0]}"
+    return lines[0]
+
+
+def train(data: Path, runs: Path, *extra: object) -> list[object]:
+    """A tiny D2C2 train-teacher command line."""
+    return ["train-teacher", "--model", "D2C2", "--data", data, "--runs-dir", runs, *TINY, *extra]
+
+
+def bomb(levels: int = 6) -> str:
+    """A YAML flow mapping whose aliases expand to 9**levels items (531,441 for 6)."""
+    parts = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        parts.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "{" + ", ".join(parts) + "}"
+
+
+def plan_text(data: Path, runs: Path, extra: str = "", stages: str = "stages:\n  teacher: {}\n") -> str:
+    return (f"plan: 1\ndata:\n  source: prepared\n  out: {data}\nruns_dir: {runs}\n"
+            "base:\n  train.epochs: 1\n  train.batch_size: 2\n  train.threads: 1\n  train.max_steps_per_epoch: 2\n"
+            "  data.max_val_slices: 1\n  eval.latency_slices: 1\n  sft.teacher: D2C2\n  sft.student: D2C2\n"
+            + extra + stages)
+
+
+# ----------------------------------------------------------------------------- YAML bombs and depth
+
+
+def test_alias_bomb_in_a_recipe_is_refused(tmp_path):
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(f"distill:\n  options: {bomb()}\n")
+    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe), "aliases", "line 2"), seconds=5)
+
+
+def test_alias_bomb_in_a_plan_base_is_refused(tmp_path, tiny_dataset):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(tiny_dataset, tmp_path / "runs", stages="").replace(
+        "base:\n", f"base:\n  distill.options: {bomb()}\n"))
+    one_error_line("reproduce", plan, "--dry-run", names=(str(plan), "aliases"), seconds=5)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_alias_bomb_in_an_override_is_refused(tmp_path):
+    one_error_line("train-teacher", f"distill.options={bomb()}", "--print-recipe",
+                   names=("override distill.options=", "aliases"), seconds=5)
+
+
+@pytest.mark.parametrize("where", ["recipe", "plan", "override"])
+def test_deep_nesting_is_one_line(tmp_path, tiny_dataset, where):
+    deep = "[" * 50_000 + "]" * 50_000
+    if where == "recipe":
+        path = tmp_path / "deep.yaml"
+        path.write_text(f"distill:\n  options: {{a: {deep}}}\n")
+        one_error_line("train-teacher", path, "--print-recipe", names=(str(path), "nested deeper than"), seconds=10)
+    elif where == "plan":
+        path = tmp_path / "plan.yaml"
+        path.write_text(plan_text(tiny_dataset, tmp_path / "runs") + f"figures: {{box: {deep}}}\n")
+        one_error_line("reproduce", path, "--dry-run", names=(str(path), "nested deeper than"), seconds=10)
+    else:
+        one_error_line("train-teacher", f"distill.options={{a: {deep}}}", "--print-recipe",
+                       names=("override distill.options=", "nested deeper than"), seconds=10)
+
+
+def test_yaml_values_python_cannot_build_are_one_line(tmp_path):
+    recipe = tmp_path / "date.yaml"
+    recipe.write_text("train:\n  seed: 2024-13-45\n")  # a date YAML reads, with month 13
+    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe), "not valid YAML"))
+    one_error_line("train-teacher", "train.epochs=" + "1" * 5000, "--print-recipe", names=("train.epochs", "expected int"))
+    printed = sftkd("train-teacher", "run.name=2024-13-45", "--print-recipe").output
+    assert yaml.safe_load(printed)["run"]["name"] == "2024-13-45"
+
+
+# ----------------------------------------------------------------------------- lr and device
+
+
+@pytest.mark.parametrize("lr", ["1e300", ".nan", ".inf", "-1", "0"])
+def test_bad_learning_rate_is_one_line(tmp_path, tiny_dataset, lr):
+    one_error_line(*train(tiny_dataset, tmp_path / "runs", f"train.lr={lr}"), names=("train.lr",))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "garbage", "cuda:x", "cpu:0", "mps"])
+def test_bad_device_is_one_line(tmp_path, tiny_dataset, device):
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("mps is available here")
+    one_error_line(*train(tiny_dataset, tmp_path / "runs", "--device", device), names=("train.device", device))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: an ordinal past the machine's GPUs")
+def test_cuda_ordinal_past_the_gpus_is_one_line(tmp_path, tiny_dataset):
+    device = f"cuda:{torch.cuda.device_count()}"
+    one_error_line(*train(tiny_dataset, tmp_path / "runs", "--device", device), names=("train.device", device))
+
+
+# ----------------------------------------------------------------------------- run names and model names
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "a\\b", "x" * 201])
+def test_run_name_must_be_one_folder_name(tmp_path, tiny_dataset, name):
+    runs = tmp_path / "runs"
+    (tmp_path / "keep.txt").write_text("user data")
+    one_error_line(*train(tiny_dataset, runs, "--name", name), names=("--name",))
+    if name:  # `run.name=` (empty) means "derive the name", as when it is not given
+        one_error_line(*train(tiny_dataset, runs, f"run.name={name}"), names=("run.name",))
+    assert not runs.exists() and (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_run_name_with_nul_is_refused(tmp_path, tiny_dataset):
+    one_error_line(*train(tiny_dataset, tmp_path / "runs", "run.name=a\0b"), names=("run.name", "NUL"))
+
+
+def test_a_200_character_run_name_is_fine(tmp_path, tiny_dataset):
+    sftkd(*train(tiny_dataset, tmp_path / "runs", "--name", "x" * 200))
+    assert (tmp_path / "runs" / ("x" * 200) / "checkpoints" / "best.pt").is_file()
+
+
+def test_huge_model_names_are_refused_quickly(tmp_path, tiny_dataset):
+    args = ["train-teacher", "--data", tiny_dataset, "--runs-dir", tmp_path / "runs", *TINY]
+    one_error_line(*args, "--model", "D99999999C99999999", names=("D99999999C99999999", "at most 64"), seconds=10)
+    one_error_line(*args, "--model", "D5C65", names=("65 cascades", "at most 64"))
+    one_error_line(*args, "--model", "D65C5", names=("65 conv layers", "at most 64"))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(tiny_dataset, tmp_path / "runs").replace("sft.teacher: D2C2", "sft.teacher: D3C99999999"))
+    one_error_line("reproduce", plan, "--dry-run", names=("D3C99999999", "at most 64"), seconds=10)
+
+
+# ----------------------------------------------------------------------------- plan paths
+
+
+def test_braces_in_a_plan_recipe_path_are_literal(tmp_path, tiny_dataset):
+    odd = tmp_path / "teacher {x} {0}.yaml"
+    odd.write_text("train:\n  epochs: 1\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(tiny_dataset, tmp_path / "runs", stages=f"stages:\n  teacher: {{recipe: '{odd}'}}\n"))
+    result = sftkd("reproduce", plan, "--dry-run")
+    assert "Traceback" not in result.output
+    missing = tmp_path / "plan2.yaml"
+    missing.write_text(plan_text(tiny_dataset, tmp_path / "runs", stages="stages:\n  teacher: {recipe: 'r{oops}.yaml'}\n"))
+    one_error_line("reproduce", missing, "--dry-run", names=("r{oops}.yaml", "not found"))
+
+
+def test_tilde_means_home_in_plans_and_options(tmp_path, tiny_dataset, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    shutil.copytree(tiny_dataset, home / "data")
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    sftkd(*train(Path("~/data"), Path("~/cli-runs"), "--name", "t"))
+    assert (home / "cli-runs" / "t" / "checkpoints" / "best.pt").is_file()
+    plan = work / "plan.yaml"
+    plan.write_text(plan_text(Path("~/data"), Path("~/runs")))
+    sftkd("reproduce", plan, "--only", "teacher")
+    assert (home / "runs" / "teacher" / "checkpoints" / "best.pt").is_file()
+    assert not (work / "~").exists()
+
+
+@pytest.mark.parametrize("runs", ["data", "data/runs", "."])
+def test_reproduce_refuses_overlapping_runs_and_data(tmp_path, tiny_dataset, monkeypatch, runs):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(Path("data"), Path(runs)))
+    one_error_line("reproduce", plan, "--dry-run", names=("runs_dir", "data.out"))
+    one_error_line("reproduce", plan, names=("runs_dir", "data.out"))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(p.name for p in tiny_dataset.iterdir())
+    other = tmp_path / "other.yaml"
+    other.write_text(plan_text(Path("data"), Path("elsewhere")))
+    one_error_line("reproduce", other, "--runs-dir", "data/x", "--dry-run", names=("--runs-dir", "data.out"))
+
+
+# ----------------------------------------------------------------------------- typed options, blame
+
+
+@pytest.mark.parametrize("name", ["0x10", "010", "yes", "a: b", "1e3", "null", "[x]"])
+def test_option_values_reach_the_recipe_as_typed(tmp_path, name):
+    data = f"d: x #y/{name}"
+    printed = sftkd("train-teacher", "--name", name, "--data", data, "--print-recipe").output
+    recipe = yaml.safe_load(printed)
+    assert recipe["run"]["name"] == name and recipe["data"]["path"] == data
+
+
+def test_plain_overrides_keep_yaml_typing():
+    recipe = yaml.safe_load(sftkd("train-teacher", "train.epochs=0x10", "train.lr=1e-4", "--print-recipe").output)
+    assert recipe["train"]["epochs"] == 16 and recipe["train"]["lr"] == 1e-4
+
+
+def test_a_command_line_typo_is_blamed_on_the_command_line(tmp_path):
+    line = one_error_line("train-teacher", TEACHER_RECIPE, "train.epoch=5", "--print-recipe",
+                          names=("override train.epoch=5", "unknown key train.epoch", "did you mean train.epochs"))
+    assert "teacher.yaml" not in line
+    line = one_error_line("train-teacher", "train.lr=fast", "--print-recipe", names=("override train.lr=fast", "expected float"))
+    assert "defaults" not in line
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("train:\n  epoch: 5\n")
+    one_error_line("train-teacher", recipe, "train.epochs=2", "--print-recipe", names=(str(recipe), "unknown key train.epoch"))
+
+
+# ----------------------------------------------------------------------------- reproduce without nilearn
+
+
+def test_reproduce_accepts_prepared_demo_data_without_nilearn(tmp_path, nifti_writer, monkeypatch):
+    from sftkd_cli.data.sources.demo import ICBM152_FILE
+
+    package = tmp_path / "site" / "nilearn"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    nifti_writer.write(package.joinpath(*ICBM152_FILE), nifti_writer.phantom((28, 24, 20), seed=1))
+    plan = tmp_path / "plan.yaml"
+    options = "{size: [16, 16], downsample: 1, min_slice_mean: 0.0, slab: 2, gap: 1}"
+    plan.write_text(f"plan: 1\ndata:\n  source: demo\n  out: {tmp_path / 'data'}\n  options: {options}\n"
+                    f"runs_dir: {tmp_path / 'runs'}\n")
+    with monkeypatch.context() as patch:  # nilearn installed (a stand-in holding the template)
+        patch.syspath_prepend(str(tmp_path / "site"))
+        importlib.invalidate_caches()
+        first = sftkd("reproduce", plan, "--only", "data")
+    assert "prepared in" in first.output
+    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # nilearn not installed
+    importlib.invalidate_caches()
+    again = sftkd("reproduce", plan, "--only", "data")
+    assert "up to date" in again.output and "failed" not in again.output
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
+
+    changed = tmp_path / "changed.yaml"  # other options: it must be prepared again, which needs nilearn
+    changed.write_text(plan.read_text().replace("gap: 1", "gap: 2"))
+    result = sftkd("reproduce", changed, "--only", "data", ok=False)
+    assert result.exit_code == 2 and "nilearn package is not installed" in result.output
