@@ -161,7 +161,8 @@ class Result:
     rc: int | None
     seconds: float
     stderr_line: str
-    note: str = ""
+    stderr_tail: str = ""
+    stdout_tail: str = ""
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -376,11 +377,18 @@ class Ctx:
         return Path(shutil.copytree(self.fx.raw, self.dir / name))
 
     def run(self, name: str = "teacher", as_name: str | None = None, runs: Path | None = None) -> Path:
-        """A private copy of a shared run; paths in its recipe point at this case's runs folder."""
+        """A private copy of a shared run; paths in its recipe and checkpoints point at this case's runs folder."""
+        import torch
+
         runs = runs or self.runs
         dest = Path(shutil.copytree(self.fx.runs / name, runs / (as_name or name)))
         recipe = dest / "recipe.yaml"
         recipe.write_text(recipe.read_text().replace(str(self.fx.runs), str(runs)))
+        for checkpoint in (dest / "checkpoints").glob("*.pt"):  # a KD run's checkpoint names its teacher
+            state = torch.load(checkpoint, weights_only=True)
+            if str(state.get("teacher_run", "")).startswith(str(self.fx.runs)):
+                state["teacher_run"] = state["teacher_run"].replace(str(self.fx.runs), str(runs))
+                torch.save(state, checkpoint)
         return dest
 
     def payload(self, rel: str = "evil.pt", kind: str = "zip") -> Path:
@@ -549,7 +557,11 @@ def ckpt_case(entry: str, kind: str) -> Callable[[Ctx], Invocation]:
             return Invocation(c.distill(c.poisoned("teacher", kind=kind)))
         if entry == "distill-init-from":
             return Invocation(c.distill(c.run("teacher"), "kd", "--init-from", c.payload(kind=kind)))
-        if entry == "evaluate-checkpoint-file":
+        if entry == "evaluate-checkpoint-file":  # inside the run, so that no path rule refuses it unread
+            run = c.run("teacher")
+            evil = c.payload("runs/teacher/checkpoints/evil.pt", kind=kind)
+            return Invocation(strs("evaluate", run, "--device", "cpu", "--checkpoint", evil))
+        if entry == "evaluate-checkpoint-loose-file":
             return Invocation(strs("evaluate", c.run("teacher"), "--device", "cpu", "--checkpoint", c.payload(kind=kind)))
         if entry == "evaluate-run":
             return Invocation(strs("evaluate", c.poisoned("teacher", kind=kind), "--device", "cpu"))
@@ -582,6 +594,7 @@ def ckpt_case(entry: str, kind: str) -> Callable[[Ctx], Invocation]:
 
 
 CKPT_ENTRIES = ["init-from-file", "init-from-run", "distill-teacher", "distill-init-from", "evaluate-checkpoint-file",
+                "evaluate-checkpoint-loose-file",
                 "evaluate-run", "evaluate-last", "resume", "export-torchscript", "export-onnx", "compare-attention-kd",
                 "compare-attention-teacher", "reproduce-dry-run-last", "reproduce-dry-run-best", "evaluate-exported-pickle"]
 CKPT_VARIANTS = {"legacy": ["init-from-file", "distill-teacher", "evaluate-checkpoint-file", "evaluate-run", "export-torchscript"],
@@ -664,6 +677,15 @@ def user_recipe_case(c: Ctx) -> Invocation:
     c.write("projects/soup/recipe.yaml", "ingredients:\n  - carrots\n  - onions\n")
     c.write("projects/soup/notes.txt", "grandma's")
     return Invocation(c.train("soup", "--force", runs=c.path("projects")), protect=[project])
+
+
+def user_valid_recipe_case(c: Ctx) -> Invocation:
+    """A user's folder holding their own valid sftkd recipe (named recipe.yaml) and notes: not a run."""
+    folder = c.path("experiments", "mine")
+    c.write("experiments/mine/recipe.yaml", "train:\n  epochs: 5\n")
+    c.write("experiments/mine/notes.txt", "ideas")
+    c.write("experiments/mine/checkpoints/README.txt", "my own folder of checkpoints")
+    return Invocation(c.train("mine", "--force", runs=c.path("experiments")), protect=[folder])
 
 
 def ok_name_case(name: str) -> Callable[[Ctx], Invocation]:
@@ -1281,7 +1303,7 @@ def signal_case(sig: signal.Signals) -> Callable[[Ctx], Invocation]:
 
 
 def concurrent_case(c: Ctx) -> Invocation:
-    raw = c.raw()
+    raw = many_phantoms(c)  # slow enough that both are in flight together
     out = c.path("out")
 
     def check() -> str | None:
@@ -1291,7 +1313,8 @@ def concurrent_case(c: Ctx) -> Invocation:
             return f"out/manifest.json unreadable after two prepare-data runs: {exc}"
         return no_leftovers(c.dir, "out")()
 
-    return Invocation(c.prepare(raw, out, "--acc", "4"), runner=concurrent_runner(c.prepare(raw, out, "--acc", "5")),
+    argv = strs("prepare-data", "nifti", raw, "--out", out, "--size", "64", "64", "--val", "vol1")
+    return Invocation([*argv, "--acc", "4"], runner=concurrent_runner([*argv, "--acc", "5"]),
                       protect=[raw], check=check)
 
 
@@ -1299,7 +1322,9 @@ def concurrent_case(c: Ctx) -> Invocation:
 
 CASES: list[Case] = [
     # 1: code execution from a checkpoint (each entry point, several pickle shapes)
-    *[Case(f"ckpt-{entry}", K1, "error", ckpt_case(entry, "zip")) for entry in CKPT_ENTRIES],
+    # (dry-run reads only last.pt, so a poisoned best.pt may pass unread: "either"; the payload must never run)
+    *[Case(f"ckpt-{entry}", K1, "either" if entry == "reproduce-dry-run-best" else "error", ckpt_case(entry, "zip"))
+      for entry in CKPT_ENTRIES],
     *[Case(f"ckpt-{kind}-{entry}", K1, "error", ckpt_case(entry, kind))
       for kind, entries in CKPT_VARIANTS.items() for entry in entries],
     *[Case(f"yaml-python-tag-{where}", K1, "error", yaml_payload(where)) for where in ("recipe", "plan", "override")],
@@ -1309,6 +1334,7 @@ CASES: list[Case] = [
     Case("force-home-documents", K2, "error", documents_case(force=True)),
     Case("home-documents-no-force", K2, "error", documents_case(force=False)),
     Case("force-user-folder-with-own-recipe-yaml", K2, "error", user_recipe_case),
+    Case("force-user-folder-with-a-valid-recipe-yaml", K2, "error", user_valid_recipe_case),
     Case("name-dot-force", K2, "error", name_case(".", True)),
     Case("name-dot", K2, "error", name_case(".", False)),
     Case("name-dotdot-force", K2, "error", name_case("..", True)),
@@ -1508,7 +1534,7 @@ def run_case(case: Case, fx: Fixture, shared_before: dict[str, str], timeout: fl
             changed, _ = compare(before, snapshot(Path(path)))
             if changed:
                 problems.append(f"{DESTROYED}: {Path(path).name}/{', '.join(changed[:3])}")
-        for path, before in strict.items():
+        for path, before in strict.items() if outcome != OK or case.expect == "error" else ():
             _, added = compare(before, snapshot(Path(path)))
             if added:
                 problems.append(f"{WRITTEN}: {Path(path).name}/{', '.join(added[:3])}")
@@ -1523,8 +1549,10 @@ def run_case(case: Case, fx: Fixture, shared_before: dict[str, str], timeout: fl
             problem = inv.check()
             if problem:
                 problems.append(f"{POST}: {problem}")
-    return Result(case.id, case.klass, case.expect, outcome, problems, done.rc, round(done.seconds, 1),
-                  stderr_line(done, outcome))
+    short = lambda text: text.replace(str(fx.root), "$TMP")  # noqa: E731  (readable lines; $TMP = the temp folder)
+    return Result(case.id, case.klass, case.expect, outcome, [short(p).replace("\n", "\\n") for p in problems], done.rc,
+                  round(done.seconds, 1), short(stderr_line(done, outcome)), short(done.stderr[-3000:]),
+                  short(done.stdout[-1500:]))
 
 
 def is_fatal(result: Result) -> bool:
