@@ -4,7 +4,7 @@
 Not run by the test suite (it takes about ten minutes on 2 CPUs). Usage, from the repository root:
 
     .venv/bin/python scripts/hostile_inputs.py [--json REPORT.json] [--jobs 2] [--timeout 60]
-                                               [--only 'ckpt-*'] [--list] [--keep]
+                                               [--memory-gib 4] [--only 'ckpt-*'] [--list] [--keep]
 
 What it does, in a temporary folder it makes (and removes unless --keep):
 1. writes NIfTI phantoms with nibabel and prepares them with `sftkd prepare-data nifti` (16x16,
@@ -33,10 +33,14 @@ What it does, in a temporary folder it makes (and removes unless --keep):
    post-checks (a symlink still a symlink, a FIFO still a FIFO, no temporary folders left) give
    `post-check failed`.
 
-The table shows, per case: id, issue class, outcome, problems and the first line of stderr (for
-a traceback, its last line, the exception). The summary counts outcomes and problems. Exit 1 if
-any case had a traceback, hang, signal, payload executed, data destroyed, written into user
-folder, wrong result accepted or post-check failed.
+The table shows, per case: id, issue class, expectation, outcome, problems and the first line of
+stderr (for a traceback, its last line, the exception; the temporary folder is written $TMP).
+The summary counts outcomes and problems and lists every case that is not a clean error or an
+expected success. --json writes the summary and every case (with the last 3,000 characters of
+its stderr and 1,500 of its stdout). Exit 1 if any case had a traceback, hang, signal, payload
+executed, data destroyed, written into user folder, wrong result accepted or post-check failed.
+A MemoryError traceback happened under the address-space limit: without it the same input
+would have taken that memory (or the machine's).
 
 Simulated and not: a read-only folder is a folder with the immutable attribute (`chattr +i`,
 which stops root too; removed after the case), or a path below a regular file; a full disk is a
@@ -44,7 +48,9 @@ file-size limit (RLIMIT_FSIZE with SIGXFSZ ignored, as EFBIG); nothing is mounte
 are private ones made with os.mknod inside the temporary folder (never the real /dev/null);
 `/dev/zero` is only ever the target of a symlink that sftkd is asked to read. YAML bombs are
 9 levels of 9-fold aliases (they expand only if sftkd expands them; the memory limit and the
-timeout bound the damage); the gzip bomb declares 4 GiB and holds 512 MiB of zeros (~0.5 MB).
+timeout bound the damage); the gzip bomb declares 4 GiB of int16 and holds 512 MiB of zeros
+(about 0.5 MB compressed). Not simulated: a real ENOSPC (only EFBIG), a read-only mount (EROFS),
+signals during training.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MEMORY_LIMIT = 4 << 30
+MEMORY_LIMIT = 4 << 30  # bytes of address space per CLI process (--memory-gib)
 TINY = ["train.epochs=1", "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=2",
         "data.max_val_slices=1", "eval.latency_slices=1", "train.device=cpu"]
 BENCH = ["bench", "--only", "infer", "--repeats", "1", "--warmup", "0", "--size", "16", "--roof-size", "16",
@@ -1594,10 +1600,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--jobs", type=int, default=2, help="cases run at the same time (default 2)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
+    parser.add_argument("--memory-gib", type=float, default=4.0, help="address-space limit per CLI process")
     parser.add_argument("--only", action="append", default=[], help="run only case ids matching this glob (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     args = parser.parse_args(argv)
+    global MEMORY_LIMIT
+    MEMORY_LIMIT = int(args.memory_gib * (1 << 30))
 
     ids = [case.id for case in CASES]
     duplicates = {i for i in ids if ids.count(i) > 1}
