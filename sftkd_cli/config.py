@@ -424,7 +424,8 @@ def validate(recipe: Recipe) -> None:
     ]
     for ok, key, expected in checks:
         if not ok:
-            raise SftkdError(f"{key}: expected {expected}")
+            section, name = key.split(".")
+            raise SftkdError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}")
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
     _check_dataset_task(recipe.data)
@@ -444,7 +445,7 @@ def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
         problem = f"is longer than {MAX_RUN_NAME} bytes"
     else:
         return
-    raise SftkdError(f"{where} {shown}: {problem}; expected one plain folder name (e.g. demo-teacher)")
+    raise SftkdError(f"{where} {shown} {problem}; expected one plain folder name (e.g. demo-teacher)")
 
 
 def check_device(name: str, where: str = "train.device") -> None:

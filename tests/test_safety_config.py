@@ -128,6 +128,13 @@ def test_bad_device_is_one_line(tmp_path, tiny_dataset, device):
     assert not (tmp_path / "runs").exists()
 
 
+def test_evaluate_refuses_a_bad_device_in_one_line(tmp_path, tiny_dataset):
+    sftkd(*train(tiny_dataset, tmp_path / "runs", "--name", "r", "--device", "cpu"))
+    for device in ("meta", "garbage"):
+        one_error_line("evaluate", tmp_path / "runs" / "r", "--device", device, names=("device", device))
+    assert not (tmp_path / "runs" / "r" / "metrics.json").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: an ordinal past the machine's GPUs")
 def test_cuda_ordinal_past_the_gpus_is_one_line(tmp_path, tiny_dataset):
     device = f"cuda:{torch.cuda.device_count()}"

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
-from sftkd_cli.config import Recipe
+from sftkd_cli.config import Recipe, check_device
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.metrics import psnr, ssim
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
@@ -40,6 +40,7 @@ def select_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU; explicit names are checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name, "device")  # meta, mps without support, a GPU number past the GPUs: one line
     try:
         device = torch.device(name)
     except RuntimeError:
