@@ -61,12 +61,12 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _YamlRefused("anchors and aliases (&name, *name) are not allowed; write the values out", event.start_mark)
+            raise _YamlRefused("has an anchor or alias (&name, *name); expected the values written out", event.start_mark)
         self._nodes += 1
         if self._nodes > MAX_YAML_NODES:
-            raise _YamlRefused(f"more than {MAX_YAML_NODES} values", event.start_mark)
+            raise _YamlRefused(f"has more than {MAX_YAML_NODES} values", event.start_mark)
         if self._depth >= MAX_YAML_DEPTH:
-            raise _YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            raise _YamlRefused(f"is nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
         self._depth += 1
         try:
             return super().compose_node(parent, index)

@@ -70,20 +70,20 @@ def plan_text(data: Path, runs: Path, extra: str = "", stages: str = "stages:\n 
 def test_alias_bomb_in_a_recipe_is_refused(tmp_path):
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text(f"distill:\n  options: {bomb()}\n")
-    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe), "aliases", "line 2"), seconds=5)
+    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe), "alias", "line 2"), seconds=5)
 
 
 def test_alias_bomb_in_a_plan_base_is_refused(tmp_path, tiny_dataset):
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text(tiny_dataset, tmp_path / "runs", stages="").replace(
         "base:\n", f"base:\n  distill.options: {bomb()}\n"))
-    one_error_line("reproduce", plan, "--dry-run", names=(str(plan), "aliases"), seconds=5)
+    one_error_line("reproduce", plan, "--dry-run", names=(str(plan), "alias"), seconds=5)
     assert not (tmp_path / "runs").exists()
 
 
 def test_alias_bomb_in_an_override_is_refused(tmp_path):
     one_error_line("train-teacher", f"distill.options={bomb()}", "--print-recipe",
-                   names=("override distill.options=", "aliases"), seconds=5)
+                   names=("override distill.options=", "alias"), seconds=5)
 
 
 @pytest.mark.parametrize("where", ["recipe", "plan", "override"])
