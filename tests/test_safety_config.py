@@ -135,7 +135,7 @@ def test_evaluate_refuses_a_bad_device_in_one_line(tmp_path, tiny_dataset):
     assert not (tmp_path / "runs" / "r" / "metrics.json").exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: an ordinal past the machine's GPUs")
+@pytest.mark.cuda  # an ordinal past the machine's GPUs
 def test_cuda_ordinal_past_the_gpus_is_one_line(tmp_path, tiny_dataset):
     device = f"cuda:{torch.cuda.device_count()}"
     one_error_line(*train(tiny_dataset, tmp_path / "runs", "--device", device), names=("train.device", device))

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
-from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, validate
+from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, atomic_write_text
@@ -157,20 +157,6 @@ def run_training(
 
             dist.destroy_process_group()
     return run, result
-
-
-def resolve(recipe_file: str | Path | None, overrides: list[str], **flags: object) -> Recipe:
-    """A recipe from file + `section.key=value` overrides + CLI flags (flags win; None = unset)."""
-    flag_overrides = [f"{key}={_yaml_value(v)}" for key, v in flags.items() if v is not None]
-    return load_recipe(recipe_file, list(overrides) + flag_overrides)
-
-
-def _yaml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
 
 
 def with_run(recipe: Recipe, role: str, model: str) -> Recipe:
