@@ -288,6 +288,8 @@ def evaluate_run(
         files["recon.h5"] = _recon_bytes(volumes)
     files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
     write_outputs(out, files)
+    if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
+        (out / "recon.h5").unlink(missing_ok=True)
     return metrics
 
 

@@ -71,6 +71,7 @@ from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, Setting, load_recipe, parse_overrides, read_yaml_file, validate
+from sftkd_cli.data.files import read_regular_bytes
 from sftkd_cli.data.prepare import SOURCE_DEFAULTS  # one home for prepare-data's per-source defaults
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
@@ -684,8 +685,8 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
     if metrics.stat().st_mtime <= best.stat().st_mtime:
         return False
     try:
-        info = json.loads(metrics.read_text())
-    except (OSError, json.JSONDecodeError):
+        info = json.loads(read_regular_bytes(metrics, "metrics"))
+    except (SftkdError, ValueError):
         return False
     return info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
 
@@ -1074,8 +1075,8 @@ def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageR
     """This invocation's results, plus earlier ones (from status.json) for stages not run now (--only)."""
     earlier: dict[str, dict[str, Any]] = {}
     try:
-        earlier = {entry["id"]: entry for entry in json.loads(path.read_text())["stages"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        earlier = {entry["id"]: entry for entry in json.loads(read_regular_bytes(path, "status"))["stages"]}
+    except (SftkdError, ValueError, KeyError, TypeError):
         pass
     current = {r.id: r for r in results}
     merged = []

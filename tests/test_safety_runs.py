@@ -338,3 +338,12 @@ def test_distilling_from_a_teacher_of_another_acceleration_is_refused(tiny_datas
           f"data.path={tiny_dataset}", f"run.dir={tmp_path / 'runs'}", "train.epochs=1", "train.threads=1"]
     fails_cleanly(*kd, "--acc", "5", names=("acceleration 4x", "5x"))
     assert not (tmp_path / "runs" / "kd").exists()
+
+
+def test_scores_without_recon_do_not_sit_beside_an_older_recon(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    assert invoke("evaluate", run, "--device", "cpu").exit_code == 0
+    assert (run / "recon.h5").is_file()
+    result = invoke("evaluate", run, "--device", "cpu", "--no-recon")
+    assert result.exit_code == 0, result.output
+    assert (run / "metrics.json").is_file() and not (run / "recon.h5").exists()
