@@ -17,7 +17,7 @@ What it does, in a temporary folder:
    before the run directory existed); that process may be killed again, up to --max-kills
    times per trial; the finished run's last/best weights and its history must equal the
    reference exactly (torch.equal, ==);
-4. disk full: in this process, torch.save writes half a file and raises
+4. disk full: in this process, a checkpoint write stores half its bytes and raises
    OSError(ENOSPC) on its Nth call; the CLI must exit 2 with one line saying what happened,
    the checkpoint being replaced must be byte-identical to before, no temporary file may stay,
    and a `--resume` with the disk "freed" must reach the reference weights.
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
-import io
 import json
 import os
 import resource
@@ -317,35 +316,36 @@ def run_trial(index: int, data: Path, runs: Path, reference: Path, duration: flo
 
 
 def disk_full_scenario(call: int, data: Path, runs: Path, reference: Path, bare: bool = False) -> dict[str, Any]:
-    """torch.save writes half a file and raises ENOSPC on its `call`-th call; then resume."""
+    """A checkpoint write stores half its bytes and raises ENOSPC on its `call`-th call; then resume."""
     from typer.testing import CliRunner
 
+    import sftkd_cli.runs as runs_module
     from sftkd_cli.cli.app import app
 
     name = f"diskfull-{call}{'-bare' if bare else ''}"
     run = runs / name
-    real_save = torch.save
+    real_write = runs_module._write_synced
     calls: list[str] = []
     seen: dict[str, Any] = {}
 
-    def full_disk(obj, f, *args, **kwargs):
-        calls.append(str(f))
+    def full_disk(path: Path, data) -> None:
+        if ".pt.tmp-" not in path.name:  # only checkpoint writes count
+            return real_write(path, data)
+        calls.append(str(path))
         if len(calls) != call:
-            return real_save(obj, f, *args, **kwargs)
-        target = Path(f).with_name(Path(f).name[1:].split(".tmp-")[0])  # .last.pt.tmp-PID -> last.pt
+            return real_write(path, data)
+        target = path.with_name(path.name[1:].split(".tmp-")[0])  # .last.pt.tmp-PID -> last.pt
         seen["target"] = target.name
         seen["before"] = hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
-        buffer = io.BytesIO()
-        real_save(obj, buffer)
-        Path(f).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise OSError(errno.ENOSPC) if bare else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        path.write_bytes(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC) if bare else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     runner = CliRunner()
-    torch.save = full_disk
+    runs_module._write_synced = full_disk
     try:
         failed = runner.invoke(app, command(data, runs, name, resume=False))
     finally:
-        torch.save = real_save
+        runs_module._write_synced = real_write
     target = run / "checkpoints" / seen.get("target", "last.pt")
     after = hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
     lines = [line for line in failed.output.splitlines() if line.strip() and not line.startswith("epoch ")]
@@ -619,7 +619,7 @@ def main() -> int:
     print(f"  stale temp files left in finished runs: {tally.stale_temp_files}")
     for line in tally.corrupt + tally.mismatches + tally.failures:
         print(f"    ! {line}")
-    print(f"  disk full (torch.save -> OSError ENOSPC on call N, half a file written): {len(disk)} scenarios")
+    print(f"  disk full (checkpoint write -> OSError ENOSPC on call N, half a file written): {len(disk)} scenarios")
     for d in disk:
         kind = "bare OSError(28)" if d["bare"] else "OSError(ENOSPC, strerror)"
         print(f"    call {d['call']:>2} ({d['file']}, {kind}): exit {d['exit']}, one line: {d['one_line']}, "

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli import __version__
-from sftkd_cli.choices import BENCH_PARTS
+from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
 from sftkd_cli.distill.methods import METHODS, KDMethod, NoKD, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import DCCNN, build_model, parse_name
@@ -336,10 +336,12 @@ def _cpu_capability() -> str:
 
 def _check(settings: dict[str, Any]) -> None:
     """One-line SftkdErrors for impossible settings."""
-    for key, low in (("size", 8), ("batch", 1), ("threads", 1), ("repeats", 1), ("warmup", 0)):
+    limits = (("size", 8, MAX_SIZE), ("batch", 1, 1024), ("threads", 1, MAX_THREADS), ("repeats", 1, 10_000),
+              ("warmup", 0, 10_000))
+    for key, low, high in limits:
         value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SftkdError(f"bench --{key} {value!r}: expected an integer >= {low}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise SftkdError(f"bench --{key} {value!r}: expected an integer from {low} to {high}")
     if settings["precision"] not in PRECISIONS:
         raise SftkdError(f"bench --precision {settings['precision']!r}: expected fp32 or bf16")
 

@@ -18,6 +18,13 @@ SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "nifti": {"size": None, "slice_axis": 2},
 }
 
+#: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
+#: a 4096 x 4096 slice is 64 MB as float32
+MAX_SIZE = 4096
+#: the most CPU threads sftkd accepts (`--threads`, train.threads): more cannot help and can
+#: exhaust memory when torch starts them
+MAX_THREADS = 1024
+
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
 

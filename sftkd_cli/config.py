@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from sftkd_cli.choices import MAX_THREADS
 from sftkd_cli.errors import SftkdError
 
 #: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
@@ -407,7 +408,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16"),
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
-        (recipe.train.threads >= 0, "train.threads", "0 (default) or more"),
+        (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
         (0 < recipe.train.lr_gamma <= MAX_LR, "train.lr_gamma", f"a number > 0 and <= {MAX_LR:g}"),
         (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
@@ -438,8 +439,8 @@ def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
     shown = repr(name) if len(name) <= 60 else repr(name[:57] + "...")
     if name in ("", ".", ".."):
         problem = "is not a folder name"
-    elif any(c in name for c in "/\\\0"):
-        problem = "contains '/', '\\' or NUL"
+    elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains '/', '\\' or a control character (NUL, newline, ...)"
     elif len(name.encode("utf-8", "surrogateescape")) > MAX_RUN_NAME:
         problem = f"is longer than {MAX_RUN_NAME} bytes"
     else:

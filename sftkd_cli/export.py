@@ -24,6 +24,7 @@ and compared with the PyTorch model. The file appears only when the check passes
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -39,6 +40,8 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
+from sftkd_cli.choices import MAX_SIZE
+from sftkd_cli.data.files import check_writable
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.models import DCCNN, DCUNet, count_parameters
 from sftkd_cli.models.vdsr import VDSR
@@ -349,12 +352,22 @@ def prepare_evaluation(
 # --------------------------------------------------------------------------- writing
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    """Write an exported model with plain writes: a full disk or a file-size limit is an OSError,
+    not an exception thrown inside torch's C++ file writer (which can abort the process)."""
+    from sftkd_cli.data.files import write_bytes_synced
+
+    write_bytes_synced(path, data)
+
+
 def write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
     """Write `wrapper` as a TorchScript trace (any batch and size); returns how, for the model card."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    traced.save(str(path))
+    buffer = io.BytesIO()  # serialised in memory, written with plain writes (see `_write_file`)
+    torch.jit.save(traced, buffer)
+    _write_file(path, buffer.getvalue())
     return f"torch.jit.trace (torch {torch.__version__})"
 
 
@@ -367,11 +380,13 @@ def write_onnx(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path
     _onnxruntime()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notes of the TorchScript-based exporter
+        buffer = io.BytesIO()
         torch.onnx.export(
-            wrapper, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
+            wrapper, example, buffer, dynamo=False, opset_version=ONNX_OPSET,
             input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes={"zf": {0: "batch"}, "kspace": {0: "batch"}, "mask": {0: "mask_batch"}, OUTPUT_NAME: {0: "batch"}},
         )
+    _write_file(path, buffer.getvalue())
     return f"torch.onnx.export (TorchScript-based, dynamo=False, opset {ONNX_OPSET}, torch {torch.__version__})"
 
 
@@ -463,8 +478,8 @@ def _manifest(data_path: str | Path) -> dict[str, Any] | None:
 def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, data_path: str | Path) -> tuple[int, int]:
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
-        if len(size) != 2 or min(size) < 1:
-            raise SftkdError(f"--size {size}: expected two positive integers H W")
+        if len(size) != 2 or min(size) < 1 or max(size) > MAX_SIZE:
+            raise SftkdError(f"--size {size}: expected two integers H W from 1 to {MAX_SIZE}")
         return int(size[0]), int(size[1])
     if manifest is None:
         raise SftkdError(f"{data_path}: dataset not found, so the image size is unknown; pass --size H W")
@@ -614,6 +629,7 @@ def export_run(
     if target.is_dir():
         raise SftkdError(f"--out {target}: is a directory; expected a file name")
     make_folder(target.parent)
+    check_writable(target.parent, "--out")  # before tracing and checking, not after
     target = output_path(target)  # through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):
         raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import errno
+import io
 import os
 import pickle
 import platform
@@ -42,6 +43,8 @@ def output_path(path: Path) -> Path:
     A folder, or a name under something that is not a folder, is refused with one line.
     """
     target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath stops inside a loop of links
+        raise SftkdError(f"{path}: a loop of symbolic links; expected a file name")
     if target.is_dir():
         raise SftkdError(f"{path}: is a directory; expected a file name")
     if not target.parent.is_dir():
@@ -86,19 +89,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     if is_special_file(target):
         _write_into(target, data)
         return
-    tmp = target.with_name(f".{target.name[:200]}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        _replace_atomically(target, data)
     except OSError as exc:
-        unlink_quietly(tmp)
         raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+
+
+def _replace_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write a temporary sibling, fsync it, rename it over `path`; on any failure remove it."""
+    tmp = path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+    try:
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def _write_synced(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def unlink_quietly(path: Path) -> None:
@@ -125,19 +137,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a checkpoint; a failure (disk full, ...) keeps the previous file intact."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Atomically save a checkpoint; a failure (disk full, ...) keeps the previous file intact.
+
+    Serialised in memory, then written with plain writes: a full disk or a file-size limit is an
+    OSError, not an error inside torch's C++ file writer.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _replace_atomically(path, buffer.getbuffer())
     except OSError as exc:
-        unlink_quietly(tmp)
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -228,6 +238,11 @@ class RunDir:
                     "choose another --name"
                 )
         exists = self.recipe_file.exists()
+        if exists and not (self.path / "checkpoints").is_dir():  # sftkd makes it before the recipe
+            raise SftkdError(
+                f"{self.path}: holds a recipe.yaml but is not an sftkd run (no checkpoints/ folder); "
+                "choose another --name or --runs-dir"
+            )
         if resume:
             if not exists:
                 raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); drop --resume to start")

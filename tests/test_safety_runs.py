@@ -347,3 +347,77 @@ def test_scores_without_recon_do_not_sit_beside_an_older_recon(trained, tmp_path
     result = invoke("evaluate", run, "--device", "cpu", "--no-recon")
     assert result.exit_code == 0, result.output
     assert (run / "metrics.json").is_file() and not (run / "recon.h5").exists()
+
+
+def test_a_user_folder_with_its_own_recipe_yaml_is_not_a_run(tiny_dataset, tmp_path):
+    mine = tmp_path / "runs" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "recipe.yaml").write_text("train:\n  epochs: 3\n")  # a valid recipe the user keeps with notes
+    (mine / "notes.md").write_text("mine")
+    before = snapshot(tmp_path / "runs")
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "mine", "--force"), names=("not an sftkd run",))
+    assert snapshot(tmp_path / "runs") == before
+
+
+@pytest.mark.parametrize("command", ["compare", "export"])
+def test_out_as_a_loop_of_links_is_refused_and_kept(command, trained, tmp_path):
+    loop = tmp_path / "loop.out"
+    loop.symlink_to(tmp_path / "loop2.out")
+    (tmp_path / "loop2.out").symlink_to(loop)
+    if command == "compare":
+        fails_cleanly("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", loop, names=("loop",))
+    else:
+        fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", loop, names=("loop",))
+    assert loop.is_symlink() and (tmp_path / "loop2.out").is_symlink()
+
+
+def test_an_unusable_device_leaves_no_run_folder(tiny_dataset, tmp_path, monkeypatch):
+    import sftkd_cli.config as config
+
+    monkeypatch.setattr(config, "check_device", lambda name, where="train.device": None)  # past the recipe check
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "train.device=cuda:7"), names=("cuda",))
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.parametrize("args", [["bench", "--size", "100000"], ["bench", "--batch", "100000000"],
+                                  ["bench", "--threads", "100000"]])
+def test_sizes_beyond_the_limits_are_one_line(args):
+    fails_cleanly(*args, names=("expected an integer from",))
+
+
+def test_export_size_beyond_the_limit_is_one_line(trained, tmp_path):
+    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--size", "100000", "100000",
+                  names=("--size", "4096"))
+
+
+def test_running_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
+    import sftkd_cli.export as export_module
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 37.3 GiB")
+
+    monkeypatch.setattr(export_module, "phantom_inputs", no_memory)
+    monkeypatch.setattr(export_module, "dataset_inputs", no_memory)
+    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", names=("out of memory", "37.3 GiB"))
+
+
+def test_a_file_size_limit_while_exporting_or_checkpointing_is_one_line(tiny_dataset, trained, tmp_path):
+    """A real RLIMIT_FSIZE in a child process: torch's own file writers aborted or raised RuntimeError."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    run = copy_run(trained, tmp_path)
+    export = [sys.executable, "-m", "sftkd_cli", "export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]
+    resume = [sys.executable, "-m", "sftkd_cli", *map(str, train_args(tiny_dataset, tmp_path / "runs", "big", "train.epochs=1"))]
+    for argv in (export, resume):
+        done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=limited, timeout=300)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (argv[3], done.returncode, done.stderr[-2000:])
+        assert lines[-1].startswith("error: ") and "too large" in lines[-1].lower(), lines
+    assert not (tmp_path / "m.ts").exists()

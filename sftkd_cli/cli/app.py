@@ -14,7 +14,8 @@ from sftkd_cli import __version__
 from sftkd_cli.errors import SftkdError, os_error_text
 
 class _Group(typer.core.TyperGroup):
-    """Turns a library `SftkdError`, or an unforeseen OS error, into one red line on stderr and exit 2."""
+    """Turns a library `SftkdError`, an unforeseen OS error or running out of memory into one red
+    line on stderr and exit 2."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -25,6 +26,10 @@ class _Group(typer.core.TyperGroup):
         except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
             where = f"{exc.filename}: " if exc.filename else ""
             _error_line(f"{where}{os_error_text(exc)}")
+            raise typer.Exit(SftkdError.exit_code) from None
+        except MemoryError as exc:  # sizes within the limits that still do not fit this machine
+            detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
+            _error_line(f"out of memory ({detail}); try a smaller size, batch or dataset cache setting")
             raise typer.Exit(SftkdError.exit_code) from None
 
 

@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from sftkd_cli import __version__
-from sftkd_cli.choices import SOURCE_DEFAULTS  # noqa: F401  (per-source defaults of `prepare-data`)
+from sftkd_cli.choices import MAX_SIZE, SOURCE_DEFAULTS  # noqa: F401  (per-source defaults of `prepare-data`)
 from sftkd_cli.data.files import MAX_JSON_BYTES, check_writable, h5_image, read_regular_bytes, write_bytes_synced
 from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile, SplitRequest
 from sftkd_cli.data.volumes import (
@@ -70,8 +70,6 @@ NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume m
 # Prepared stacks are kept in memory between validation and writing up to this many bytes;
 # beyond it they are read again when written.
 KEEP_IN_MEMORY_BYTES = 2 << 30
-#: the largest image side `--size` accepts (a 4096 x 4096 slice is 64 MB as float32)
-MAX_SIZE = 4096
 #: keys every manifest written by prepare-data has; a manifest without them is not sftkd's
 MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "splits", "volumes", "mask", "options", "inputs")
 

@@ -134,6 +134,7 @@ def run_training(
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
     validate(recipe)
+    select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
     run = RunDir(run_path(recipe))
     if resume and run.recipe_file.exists():
         reconcile_resume(run, recipe)
