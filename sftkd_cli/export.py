@@ -365,8 +365,8 @@ def write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    buffer = io.BytesIO()  # serialised in memory, written with plain writes (see `_write_file`)
-    torch.jit.save(traced, buffer)
+        buffer = io.BytesIO()  # serialised in memory, written with plain writes (see `_write_file`)
+        torch.jit.save(traced, buffer)
     _write_file(path, buffer.getvalue())
     return f"torch.jit.trace (torch {torch.__version__})"
 

@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
+from sftkd_cli.data.files import read_regular_bytes, write_bytes_synced
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
@@ -99,18 +100,11 @@ def _replace_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write a temporary sibling, fsync it, rename it over `path`; on any failure remove it."""
     tmp = path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
     try:
-        _write_synced(tmp, data)
+        write_bytes_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
-
-
-def _write_synced(path: Path, data: bytes | memoryview) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def unlink_quietly(path: Path) -> None:
@@ -370,8 +364,6 @@ def read_history_file(path: Path) -> list[dict[str, Any]]:
 
     A FIFO, device or oversized file is refused rather than read (it could hang or fill memory).
     """
-    from sftkd_cli.data.files import read_regular_bytes
-
     rows = []
     for line in read_regular_bytes(path, "history", limit=MAX_HISTORY_BYTES).decode(errors="replace").splitlines():
         if line.strip():

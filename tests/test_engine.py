@@ -12,6 +12,7 @@ from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.mri.fft import fft2
+import sftkd_cli.runs as runs_module
 from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
 from sftkd_cli.training.engine import Trainer, epoch_order
 from sftkd_cli.training.objectives import Supervised
@@ -126,12 +127,12 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, e
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"format": 1, "value": 1})
 
-    def disk_full(obj, f, *a, **k):
-        with open(f, "wb") as handle:
+    def disk_full(tmp, data):
+        with open(tmp, "wb") as handle:
             handle.write(b"partial")
         raise error
 
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(runs_module, "write_bytes_synced", disk_full)
     with pytest.raises(SftkdError, match="No space left on device.*previous one is kept"):
         save_checkpoint(path, {"format": 1, "value": 2})
     monkeypatch.undo()

@@ -100,7 +100,7 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def write_bytes_synced(path: Path, data: bytes) -> None:
+def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
     """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
