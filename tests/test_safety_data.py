@@ -31,24 +31,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_hardening import copy_dataset, copy_run, fails_cleanly, invoke, snapshot, train_args
+from test_hardening import _prepare as prepare
+from test_hardening import (  # noqa: F401  (raw_folder, trained_run: fixtures)
+    copy_dataset, copy_run, fails_cleanly, invoke, raw_folder, snapshot, train_args, trained_run,
+)
 
 import sftkd_cli.data.prepare as prep_mod
 import sftkd_cli.evaluate as eval_mod
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def raw(nifti_writer, tmp_path) -> Path:
-    """Five small NIfTI phantoms (28x24x3)."""
-    for i in range(5):
-        nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((28, 24, 3), seed=i))
-    return tmp_path / "raw"
-
-
-def prepare(raw: Path, out: Path, *extra: object) -> list[object]:
-    return ["prepare-data", "nifti", raw, "--out", out, "--size", "16", "16", "--val", "vol1", *extra]
 
 
 def leftovers(folder: Path, name: str = "out") -> list[str]:
@@ -57,19 +48,10 @@ def leftovers(folder: Path, name: str = "out") -> list[str]:
                   or (p.name.startswith(".") and ".tmp-" in p.name))
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory) -> Path:
-    """A finished tiny run (read-only: tests copy it)."""
-    runs = tmp_path_factory.mktemp("safety-data-runs")
-    result = invoke(*train_args(tiny_dataset, runs, "base"))
-    assert result.exit_code == 0, result.output
-    return runs / "base"
-
-
 @pytest.fixture
-def evaluated(trained, tmp_path) -> Path:
+def evaluated(trained_run, tmp_path) -> Path:
     """A private copy of the run, evaluated once (its metrics.json, per_slice.csv, recon.h5 exist)."""
-    run = copy_run(trained, tmp_path)
+    run = copy_run(trained_run, tmp_path)
     result = invoke("evaluate", run, "--device", "cpu")
     assert result.exit_code == 0, result.output
     return run
@@ -90,24 +72,24 @@ class Counter:
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
-def test_prepare_never_touches_a_folder_whose_manifest_is_not_sftkds(raw, tmp_path, force):
+def test_prepare_never_touches_a_folder_whose_manifest_is_not_sftkds(raw_folder, tmp_path, force):
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text('{"name": "my-web-app", "version": "1.0", "start_url": "/"}')
     (out / "index.html").write_text("<html>my app</html>")
     before = snapshot(out)
-    fails_cleanly(*prepare(raw, out, *force), names=("out", "not one written by prepare-data"))
+    fails_cleanly(*prepare(raw_folder, out, *force), names=("out", "not one written by prepare-data"))
     assert snapshot(out) == before
 
 
-def test_prepare_force_removes_only_the_files_the_old_manifest_lists(raw, tmp_path):
+def test_prepare_force_removes_only_the_files_the_old_manifest_lists(raw_folder, tmp_path):
     out = tmp_path / "out"
-    assert invoke(*prepare(raw, out, "--acc", "4,5")).exit_code == 0
+    assert invoke(*prepare(raw_folder, out, "--acc", "4,5")).exit_code == 0
     (out / "notes.txt").write_text("my notes on this dataset")
     (out / "figures").mkdir()
     (out / "figures" / "fig1.png").write_bytes(b"\x89PNG user figure")
     (out / "masks" / "my-mask.npy").write_bytes(b"user mask")
-    result = invoke(*prepare(raw, out, "--acc", "4", "--force"))
+    result = invoke(*prepare(raw_folder, out, "--acc", "4", "--force"))
     assert result.exit_code == 0, result.output
     assert (out / "notes.txt").read_text() == "my notes on this dataset"
     assert (out / "figures" / "fig1.png").read_bytes() == b"\x89PNG user figure"
@@ -121,14 +103,14 @@ def test_prepare_force_removes_only_the_files_the_old_manifest_lists(raw, tmp_pa
     assert leftovers(tmp_path) == []
 
 
-def test_prepare_force_refuses_to_replace_a_user_file_of_the_same_name(raw, nifti_writer, tmp_path):
+def test_prepare_force_refuses_to_replace_a_user_file_of_the_same_name(raw_folder, nifti_writer, tmp_path):
     out = tmp_path / "out"
-    (raw / "vol4.nii.gz").rename(tmp_path / "vol4.nii.gz")
-    assert invoke(*prepare(raw, out)).exit_code == 0
+    (raw_folder / "vol4.nii.gz").rename(tmp_path / "vol4.nii.gz")
+    assert invoke(*prepare(raw_folder, out)).exit_code == 0
     (out / "vol4.h5").write_bytes(b"the user's own file, not listed by the manifest")
-    (tmp_path / "vol4.nii.gz").rename(raw / "vol4.nii.gz")
+    (tmp_path / "vol4.nii.gz").rename(raw_folder / "vol4.nii.gz")
     before = snapshot(out)
-    fails_cleanly(*prepare(raw, out, "--force"), names=("vol4.h5", "not part of the old dataset"))
+    fails_cleanly(*prepare(raw_folder, out, "--force"), names=("vol4.h5", "not part of the old dataset"))
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
@@ -151,12 +133,12 @@ def _full_disk_on(call: int):
     return write
 
 
-def test_prepare_disk_full_partway_keeps_the_old_dataset(raw, tmp_path, monkeypatch):
+def test_prepare_disk_full_partway_keeps_the_old_dataset(raw_folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert invoke(*prepare(raw, out, "--acc", "4,5")).exit_code == 0
+    assert invoke(*prepare(raw_folder, out, "--acc", "4,5")).exit_code == 0
     before = snapshot(out)
     monkeypatch.setattr(prep_mod, "write_bytes_synced", _full_disk_on(4), raising=False)
-    fails_cleanly(*prepare(raw, out, "--acc", "4", "--force"), names=("out", "No space left on device"))
+    fails_cleanly(*prepare(raw_folder, out, "--acc", "4", "--force"), names=("out", "No space left on device"))
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
@@ -186,9 +168,9 @@ def _one_line(result: subprocess.CompletedProcess, *names: str) -> None:
         assert name in lines[0], lines[0]
 
 
-def test_file_size_limit_during_h5_writes_is_one_line_not_a_segfault(raw, evaluated, tmp_path):
+def test_file_size_limit_during_h5_writes_is_one_line_not_a_segfault(raw_folder, evaluated, tmp_path):
     out = tmp_path / "new-data"
-    result = _under_file_size_limit(prepare(raw, out), 20_000, tmp_path)
+    result = _under_file_size_limit(prepare(raw_folder, out), 20_000, tmp_path)
     _one_line(result, "File too large")
     assert not out.exists() and leftovers(tmp_path, "new-data") == []
 
@@ -243,37 +225,37 @@ def test_evaluate_refuses_an_output_name_too_long_before_any_work(evaluated, tmp
     assert counter.calls == 0
 
 
-def test_prepare_refuses_unwritable_or_too_long_outputs_before_reading(raw, tmp_path, monkeypatch):
+def test_prepare_refuses_unwritable_or_too_long_outputs_before_reading(raw_folder, tmp_path, monkeypatch):
     counter = Counter(prep_mod._prepare_file)
     monkeypatch.setattr(prep_mod, "_prepare_file", counter)
-    fails_cleanly(*prepare(raw, tmp_path / ("d" * 250)), names=("characters",))
+    fails_cleanly(*prepare(raw_folder, tmp_path / ("d" * 250)), names=("characters",))
     parent = tmp_path / "locked"
     parent.mkdir()
     _deny_writes_to(parent, monkeypatch)
-    fails_cleanly(*prepare(raw, parent / "out"), names=("locked", "not writable"))
+    fails_cleanly(*prepare(raw_folder, parent / "out"), names=("locked", "not writable"))
     assert counter.calls == 0 and list(parent.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- item 9: sizes that lie
 
 
-def test_prepare_refuses_a_huge_size_at_once(raw, tmp_path):
-    fails_cleanly("prepare-data", "nifti", raw, "--out", tmp_path / "out", "--size", "100000", "100000",
+def test_prepare_refuses_a_huge_size_at_once(raw_folder, tmp_path):
+    fails_cleanly("prepare-data", "nifti", raw_folder, "--out", tmp_path / "out", "--size", "100000", "100000",
                   names=("--size", "4096"))
     assert not (tmp_path / "out").exists()
 
 
-def test_a_nifti_header_declaring_more_than_the_limit_is_refused_before_reading(raw, tmp_path, monkeypatch):
+def test_a_nifti_header_declaring_more_than_the_limit_is_refused_before_reading(raw_folder, tmp_path, monkeypatch):
     import sftkd_cli.data.volumes as volumes_mod
 
     # a 14 MB gzip bomb declares gigabytes; the same check, with the limit lowered below these phantoms
     monkeypatch.setattr(volumes_mod, "MAX_VOLUME_BYTES", 4096, raising=False)
-    fails_cleanly(*prepare(raw, tmp_path / "out"), names=("vol0.nii.gz", "limit per volume"))
+    fails_cleanly(*prepare(raw_folder, tmp_path / "out"), names=("vol0.nii.gz", "limit per volume"))
     assert not (tmp_path / "out").exists()
 
 
-def test_an_h5_declaring_slices_it_does_not_store_is_refused(tiny_dataset, trained, tmp_path):
-    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained, tmp_path)
+def test_an_h5_declaring_slices_it_does_not_store_is_refused(tiny_dataset, trained_run, tmp_path):
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())
     volume = manifest["splits"]["val"][0]
     slices = 4000  # 2M in the report: a few kB of file, an hour of evaluation of fill values
@@ -291,8 +273,8 @@ def test_an_h5_declaring_slices_it_does_not_store_is_refused(tiny_dataset, train
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
-def test_a_manifest_that_is_not_a_regular_file_is_refused(tiny_dataset, trained, raw, tmp_path, kind):
-    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained, tmp_path)
+def test_a_manifest_that_is_not_a_regular_file_is_refused(tiny_dataset, trained_run, raw_folder, tmp_path, kind):
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
     (data / "manifest.json").unlink()
     if kind == "fifo":
         os.mkfifo(data / "manifest.json")
@@ -300,12 +282,12 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused(tiny_dataset, trained,
         (data / "manifest.json").symlink_to("/dev/zero")
     fails_cleanly("evaluate", run, "--data", data, "--device", "cpu", names=("manifest.json", "not a regular file"))
     fails_cleanly(*train_args(data, tmp_path / "runs"), names=("manifest.json", "not a regular file"))
-    fails_cleanly(*prepare(raw, data, "--force"), names=("manifest.json", "not a regular file"))
+    fails_cleanly(*prepare(raw_folder, data, "--force"), names=("manifest.json", "not a regular file"))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
-def test_export_does_not_read_a_metrics_json_that_is_not_a_regular_file(trained, tmp_path, kind):
-    run = copy_run(trained, tmp_path)
+def test_export_does_not_read_a_metrics_json_that_is_not_a_regular_file(trained_run, tmp_path, kind):
+    run = copy_run(trained_run, tmp_path)
     if kind == "fifo":
         os.mkfifo(run / "metrics.json")
     else:
@@ -318,9 +300,9 @@ def test_export_does_not_read_a_metrics_json_that_is_not_a_regular_file(trained,
 # ----------------------------------------------------------------------------- item 10: wrong results
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_run(trained, tmp_path):
-    a = copy_run(trained, tmp_path)
-    b = Path(shutil.copytree(trained, tmp_path / "other"))
+def test_evaluate_refuses_a_checkpoint_of_another_run(trained_run, tmp_path):
+    a = copy_run(trained_run, tmp_path)
+    b = Path(shutil.copytree(trained_run, tmp_path / "other"))
     before = snapshot(a)
     fails_cleanly("evaluate", a, "--device", "cpu", "--checkpoint", b / "checkpoints" / "best.pt",
                   names=("refused", "best.pt", "sftkd evaluate"))
@@ -339,8 +321,8 @@ def test_evaluate_refuses_an_exported_file_without_its_card(evaluated, tmp_path)
 
 
 @pytest.mark.parametrize("how", ["train-volume-in-val", "listed-twice"])
-def test_a_manifest_with_a_volume_in_two_splits_or_twice_is_refused(tiny_dataset, trained, tmp_path, how):
-    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained, tmp_path)
+def test_a_manifest_with_a_volume_in_two_splits_or_twice_is_refused(tiny_dataset, trained_run, tmp_path, how):
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())
     volume = manifest["splits"]["train"][0]
     if how == "train-volume-in-val":
@@ -353,18 +335,18 @@ def test_a_manifest_with_a_volume_in_two_splits_or_twice_is_refused(tiny_dataset
 
 
 @pytest.mark.parametrize("case", ["all-ones", "all-zeros", "2x-as-4x"])
-def test_a_mask_file_must_sample_as_its_acceleration_says(raw, tmp_path, case):
+def test_a_mask_file_must_sample_as_its_acceleration_says(raw_folder, tmp_path, case):
     mask = {"all-ones": np.ones((16, 16)), "all-zeros": np.zeros((16, 16)), "2x-as-4x": np.zeros((16, 16))}[case]
     if case == "2x-as-4x":
         mask[::2] = 1
     np.save(tmp_path / "mask.npy", mask.astype(np.float32))
-    fails_cleanly(*prepare(raw, tmp_path / "out", "--acc", "4", "--mask-file", tmp_path / "mask.npy"),
+    fails_cleanly(*prepare(raw_folder, tmp_path / "out", "--acc", "4", "--mask-file", tmp_path / "mask.npy"),
                   names=("mask.npy", "4x"))
     assert not (tmp_path / "out").exists()
 
 
-def test_a_dataset_mask_that_disagrees_with_its_acceleration_is_refused(tiny_dataset, trained, tmp_path):
-    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained, tmp_path)
+def test_a_dataset_mask_that_disagrees_with_its_acceleration_is_refused(tiny_dataset, trained_run, tmp_path):
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
     for path in data.glob("*.h5"):
         with h5py.File(path, "a") as f:
             f["acc4/mask"][...] = 1.0  # all ones, still labelled 4x
@@ -375,7 +357,7 @@ def test_a_dataset_mask_that_disagrees_with_its_acceleration_is_refused(tiny_dat
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw, tmp_path, monkeypatch, sig, code):
+def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw_folder, tmp_path, monkeypatch, sig, code):
     real = prep_mod.write_volume_h5
     calls = []
 
@@ -387,7 +369,7 @@ def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw, tmp_path
 
     monkeypatch.setattr(prep_mod, "write_volume_h5", signalled)
     out = tmp_path / "out"
-    result = invoke(*prepare(raw, out))
+    result = invoke(*prepare(raw_folder, out))
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == code, result.output
     assert len(lines) == 1 and signal.Signals(sig).name in lines[0], result.output
@@ -395,7 +377,7 @@ def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw, tmp_path
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
-def test_prepare_removes_temporary_folders_of_dead_processes_only(raw, tmp_path):
+def test_prepare_removes_temporary_folders_of_dead_processes_only(raw_folder, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".out.tmp-{int(dead.stdout)}"
     (stale / "masks").mkdir(parents=True)
@@ -404,22 +386,22 @@ def test_prepare_removes_temporary_folders_of_dead_processes_only(raw, tmp_path)
     live.mkdir()
     other = tmp_path / ".other.tmp-1"  # another folder's: not ours to touch
     other.mkdir()
-    result = invoke(*prepare(raw, tmp_path / "out"))
+    result = invoke(*prepare(raw_folder, tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert not stale.exists() and live.is_dir() and other.is_dir()
 
 
-def test_a_second_prepare_on_the_same_folder_is_refused_while_the_first_writes(raw, tmp_path, monkeypatch):
+def test_a_second_prepare_on_the_same_folder_is_refused_while_the_first_writes(raw_folder, tmp_path, monkeypatch):
     real = prep_mod.write_volume_h5
     second = []
 
     def write_and_start_another(*args, **kwargs):
         if not second:  # while the first run writes its first volume, a second run starts
-            second.append(invoke(*prepare(raw, tmp_path / "out", "--acc", "4")))
+            second.append(invoke(*prepare(raw_folder, tmp_path / "out", "--acc", "4")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(prep_mod, "write_volume_h5", write_and_start_another)
-    first = invoke(*prepare(raw, tmp_path / "out"))
+    first = invoke(*prepare(raw_folder, tmp_path / "out"))
     assert first.exit_code == 0, first.output
     lines = [line for line in second[0].output.splitlines() if line.strip()]
     assert second[0].exit_code == 2 and len(lines) == 1 and "another prepare-data" in lines[0], second[0].output

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_compare import make_run, slice_values
-from test_hardening import copy_run, fails_cleanly, invoke, snapshot, train_args
+from test_hardening import copy_run, fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
 
@@ -39,16 +39,8 @@ def write_payload(path: Path, marker: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("safety-runs")
-    result = invoke(*train_args(tiny_dataset, runs, "teacher"))
-    assert result.exit_code == 0, result.output
-    return runs / "teacher"
-
-
-def poisoned_run(trained: Path, tmp_path: Path, marker: Path, which: str = "best") -> Path:
-    run = Path(shutil.copytree(trained, tmp_path / trained.name))
+def poisoned_run(trained_run: Path, tmp_path: Path, marker: Path, which: str = "best") -> Path:
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     write_payload(run / "checkpoints" / f"{which}.pt", marker)
     return run
 
@@ -63,7 +55,7 @@ ENTRY_POINTS = [
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(entry, tiny_dataset, trained, tmp_path):
+def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(entry, tiny_dataset, trained_run, tmp_path):
     marker = tmp_path / "pwned"
     loose = write_payload(tmp_path / "evil.pt", marker)
     runs = tmp_path / "runs"
@@ -72,20 +64,20 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(entry, tiny_
     if entry == "train --init-from FILE":
         fails_cleanly(*train_args(tiny_dataset, runs, "r", "--init-from", loose), names=("evil.pt", "refused"))
     elif entry == "distill --teacher RUN":
-        fails_cleanly(*distill, "--teacher", poisoned_run(trained, tmp_path, marker), names=("best.pt", "refused"))
+        fails_cleanly(*distill, "--teacher", poisoned_run(trained_run, tmp_path, marker), names=("best.pt", "refused"))
     elif entry == "distill --init-from FILE":
-        fails_cleanly(*distill, "--teacher", trained, "--init-from", loose, names=("evil.pt", "refused"))
+        fails_cleanly(*distill, "--teacher", trained_run, "--init-from", loose, names=("evil.pt", "refused"))
     elif entry == "evaluate --checkpoint FILE":
-        fails_cleanly("evaluate", copy_run(trained, tmp_path), "--checkpoint", loose, names=("evil.pt", "refused"))
+        fails_cleanly("evaluate", copy_run(trained_run, tmp_path), "--checkpoint", loose, names=("evil.pt", "refused"))
     elif entry == "evaluate RUN":
-        fails_cleanly("evaluate", poisoned_run(trained, tmp_path, marker), names=("best.pt", "refused"))
+        fails_cleanly("evaluate", poisoned_run(trained_run, tmp_path, marker), names=("best.pt", "refused"))
     elif entry == "train --resume":
-        run = poisoned_run(trained, tmp_path, marker, "last")
-        recipe = (run / "recipe.yaml").read_text().replace(str(trained.parent), str(run.parent))
+        run = poisoned_run(trained_run, tmp_path, marker, "last")
+        recipe = (run / "recipe.yaml").read_text().replace(str(trained_run.parent), str(run.parent))
         (run / "recipe.yaml").write_text(recipe)
         fails_cleanly(*train_args(tiny_dataset, run.parent, run.name, "--resume"), names=("last.pt", "refused"))
     elif entry == "export RUN":
-        fails_cleanly("export", poisoned_run(trained, tmp_path, marker), "--format", "torchscript",
+        fails_cleanly("export", poisoned_run(trained_run, tmp_path, marker), "--format", "torchscript",
                       names=("best.pt", "refused"))
     elif entry == "compare --attention":
         teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0))
@@ -103,17 +95,17 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(entry, tiny_
         result = invoke("reproduce", plan, "--dry-run")  # learn the teacher stage's run folder name
         names = [line.split()[1] for line in result.output.splitlines() if line.strip().startswith("teacher")]
         stage = runs / (names[0] if names else "teacher")
-        shutil.copytree(trained, stage)
+        shutil.copytree(trained_run, stage)
         write_payload(stage / "checkpoints" / "last.pt", marker)
         result = invoke("reproduce", plan, "--dry-run")
         assert result.exit_code == 2 and "refused" in result.output and "Traceback" not in result.output, result.output
     assert not marker.exists(), f"{entry}: the checkpoint's payload ran"
 
 
-def test_sftkd_checkpoints_still_load(trained):
+def test_sftkd_checkpoints_still_load(trained_run):
     from sftkd_cli.runs import load_checkpoint
 
-    state = load_checkpoint(trained / "checkpoints" / "last.pt")
+    state = load_checkpoint(trained_run / "checkpoints" / "last.pt")
     assert state["format"] == 1 and state["models"]
 
 
@@ -132,9 +124,9 @@ def test_force_on_a_user_folder_is_refused_and_deletes_nothing(tiny_dataset, tmp
 
 
 @pytest.mark.parametrize("name", [".", ".."])
-def test_dot_names_never_wipe_the_runs_folder(name, tiny_dataset, trained, tmp_path):
+def test_dot_names_never_wipe_the_runs_folder(name, tiny_dataset, trained_run, tmp_path):
     runs = tmp_path / "work" / "runs"
-    shutil.copytree(trained, runs / "teacher")
+    shutil.copytree(trained_run, runs / "teacher")
     (tmp_path / "work" / "data.txt").write_text("dataset")
     before = snapshot(tmp_path / "work")
     result = invoke(*train_args(tiny_dataset, runs, name, "--force"))
@@ -142,8 +134,8 @@ def test_dot_names_never_wipe_the_runs_folder(name, tiny_dataset, trained, tmp_p
     assert snapshot(tmp_path / "work") == before
 
 
-def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained, tmp_path):
-    run = Path(shutil.copytree(trained, tmp_path / "runs" / "teacher"))
+def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "runs" / "teacher"))
     (run / "NOTES.md").write_text("why this run exists")
     (run / "analysis").mkdir()
     (run / "analysis" / "plot.py").write_text("print(1)")
@@ -164,9 +156,9 @@ def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained, tmp_path):
     assert (run / "history.jsonl").read_text().count("\n") == old_history.count("\n")
 
 
-def test_a_run_never_replaces_the_run_it_reads(tiny_dataset, trained, tmp_path):
+def test_a_run_never_replaces_the_run_it_reads(tiny_dataset, trained_run, tmp_path):
     runs = tmp_path / "runs"
-    teacher = Path(shutil.copytree(trained, runs / "X"))
+    teacher = Path(shutil.copytree(trained_run, runs / "X"))
     before = snapshot(teacher)
     kd = ["distill", "--teacher", teacher, "--student", "D2C2", "--method", "at", "--name", "X", "--force",
           f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=1", "train.threads=1"]
@@ -189,8 +181,8 @@ def test_a_failed_run_creation_leaves_nothing(tiny_dataset, tmp_path, monkeypatc
     assert not (tmp_path / "runs" / "r").exists()
 
 
-def test_a_name_too_long_for_the_filesystem_is_one_line(trained, tmp_path):
-    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", tmp_path / ("y" * 260 + ".ts"),
+def test_a_name_too_long_for_the_filesystem_is_one_line(trained_run, tmp_path):
+    fails_cleanly("export", copy_run(trained_run, tmp_path), "--format", "torchscript", "--out", tmp_path / ("y" * 260 + ".ts"),
                   names=("File name too long",))
     fails_cleanly("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", tmp_path / ("z" * 260 + ".csv"),
                   names=("File name too long",))
@@ -259,12 +251,12 @@ def test_out_into_a_fifo_is_read_by_its_reader_or_refused(tmp_path):
     assert received and received[0].startswith(b"run,") and fifo.is_fifo()
 
 
-def test_export_refuses_a_device_file(trained, tmp_path):
+def test_export_refuses_a_device_file(trained_run, tmp_path):
     import os
 
     fifo = tmp_path / "model.ts"
     os.mkfifo(fifo)
-    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", fifo,
+    fails_cleanly("export", copy_run(trained_run, tmp_path), "--format", "torchscript", "--out", fifo,
                   names=("device file or FIFO",))
     assert fifo.is_fifo()
 
@@ -273,11 +265,11 @@ def test_export_refuses_a_device_file(trained, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["other architecture", "no objective"])
-def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, trained, tmp_path):
+def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, trained_run, tmp_path):
     from sftkd_cli.runs import load_checkpoint, save_checkpoint
 
-    run = Path(shutil.copytree(trained, tmp_path / trained.name))
-    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained.parent), str(run.parent)))
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained_run.parent), str(run.parent)))
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     if damage == "no objective":
         del state["objective"]
@@ -288,7 +280,7 @@ def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, t
                   names=("last.pt", "does not fit"))
 
 
-# ----------------------------------------------------------------------------- what a model was trained on
+# ----------------------------------------------------------------------------- what a model was trained_run on
 
 
 def prepared(tmp_path: Path, name: str, **options) -> Path:
@@ -333,15 +325,15 @@ def test_images_too_small_for_ssim_are_refused_before_a_run_is_made(tmp_path):
     assert not (tmp_path / "runs" / "r").exists()
 
 
-def test_distilling_from_a_teacher_of_another_acceleration_is_refused(tiny_dataset, trained, tmp_path):
-    kd = ["distill", "--teacher", trained, "--student", "D2C2", "--method", "at", "--name", "kd",
+def test_distilling_from_a_teacher_of_another_acceleration_is_refused(tiny_dataset, trained_run, tmp_path):
+    kd = ["distill", "--teacher", trained_run, "--student", "D2C2", "--method", "at", "--name", "kd",
           f"data.path={tiny_dataset}", f"run.dir={tmp_path / 'runs'}", "train.epochs=1", "train.threads=1"]
     fails_cleanly(*kd, "--acc", "5", names=("acceleration 4x", "5x"))
     assert not (tmp_path / "runs" / "kd").exists()
 
 
-def test_scores_without_recon_do_not_sit_beside_an_older_recon(trained, tmp_path):
-    run = copy_run(trained, tmp_path)
+def test_scores_without_recon_do_not_sit_beside_an_older_recon(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
     assert invoke("evaluate", run, "--device", "cpu").exit_code == 0
     assert (run / "recon.h5").is_file()
     result = invoke("evaluate", run, "--device", "cpu", "--no-recon")
@@ -360,14 +352,14 @@ def test_a_user_folder_with_its_own_recipe_yaml_is_not_a_run(tiny_dataset, tmp_p
 
 
 @pytest.mark.parametrize("command", ["compare", "export"])
-def test_out_as_a_loop_of_links_is_refused_and_kept(command, trained, tmp_path):
+def test_out_as_a_loop_of_links_is_refused_and_kept(command, trained_run, tmp_path):
     loop = tmp_path / "loop.out"
     loop.symlink_to(tmp_path / "loop2.out")
     (tmp_path / "loop2.out").symlink_to(loop)
     if command == "compare":
         fails_cleanly("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", loop, names=("loop",))
     else:
-        fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--out", loop, names=("loop",))
+        fails_cleanly("export", copy_run(trained_run, tmp_path), "--format", "torchscript", "--out", loop, names=("loop",))
     assert loop.is_symlink() and (tmp_path / "loop2.out").is_symlink()
 
 
@@ -385,12 +377,12 @@ def test_sizes_beyond_the_limits_are_one_line(args):
     fails_cleanly(*args, names=("expected an integer from",))
 
 
-def test_export_size_beyond_the_limit_is_one_line(trained, tmp_path):
-    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", "--size", "100000", "100000",
+def test_export_size_beyond_the_limit_is_one_line(trained_run, tmp_path):
+    fails_cleanly("export", copy_run(trained_run, tmp_path), "--format", "torchscript", "--size", "100000", "100000",
                   names=("--size", "4096"))
 
 
-def test_running_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
+def test_running_out_of_memory_is_one_line(trained_run, tmp_path, monkeypatch):
     import sftkd_cli.export as export_module
 
     def no_memory(*args, **kwargs):
@@ -398,10 +390,10 @@ def test_running_out_of_memory_is_one_line(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_module, "phantom_inputs", no_memory)
     monkeypatch.setattr(export_module, "dataset_inputs", no_memory)
-    fails_cleanly("export", copy_run(trained, tmp_path), "--format", "torchscript", names=("out of memory", "37.3 GiB"))
+    fails_cleanly("export", copy_run(trained_run, tmp_path), "--format", "torchscript", names=("out of memory", "37.3 GiB"))
 
 
-def test_a_file_size_limit_while_exporting_or_checkpointing_is_one_line(tiny_dataset, trained, tmp_path):
+def test_a_file_size_limit_while_exporting_or_checkpointing_is_one_line(tiny_dataset, trained_run, tmp_path):
     """A real RLIMIT_FSIZE in a child process: torch's own file writers aborted or raised RuntimeError."""
     import resource
     import signal
@@ -412,7 +404,7 @@ def test_a_file_size_limit_while_exporting_or_checkpointing_is_one_line(tiny_dat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    run = copy_run(trained, tmp_path)
+    run = copy_run(trained_run, tmp_path)
     export = [sys.executable, "-m", "sftkd_cli", "export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]
     resume = [sys.executable, "-m", "sftkd_cli", *map(str, train_args(tiny_dataset, tmp_path / "runs", "big", "train.epochs=1"))]
     for argv in (export, resume):
