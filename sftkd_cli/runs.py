@@ -247,8 +247,12 @@ class RunDir:
                 f"{self.path}: folder is not empty and is not an sftkd run (no recipe.yaml); "
                 "choose another --name or --runs-dir"
             )
-        if force and exists and not resume:
-            self.load_recipe()  # a recipe.yaml that is not sftkd's: refuse before removing anything
+        if force and exists and not resume and self.load_recipe().run.name != self.path.name:
+            # sftkd writes the resolved recipe of the run, which names its folder
+            raise SftkdError(
+                f"{self.path}: its recipe.yaml is not the one sftkd wrote for a run of this name, so --force "
+                "will not empty the folder; choose another --name or --runs-dir"
+            )
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)

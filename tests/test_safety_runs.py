@@ -135,7 +135,7 @@ def test_dot_names_never_wipe_the_runs_folder(name, tiny_dataset, trained_run, t
 
 
 def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained_run, tmp_path):
-    run = Path(shutil.copytree(trained_run, tmp_path / "runs" / "teacher"))
+    run = Path(shutil.copytree(trained_run, tmp_path / "runs" / trained_run.name))
     (run / "NOTES.md").write_text("why this run exists")
     (run / "analysis").mkdir()
     (run / "analysis" / "plot.py").write_text("print(1)")
@@ -147,7 +147,7 @@ def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained_run, tmp_path
     (run / "eval-linked").symlink_to(outside, target_is_directory=True)
     old_history = (run / "history.jsonl").read_text()
     (run / "history.jsonl").write_text(old_history + old_history)  # a marker the retraining must replace
-    invoke_ok = invoke(*train_args(tiny_dataset, run.parent, "teacher", "--force"))
+    invoke_ok = invoke(*train_args(tiny_dataset, run.parent, run.name, "--force"))
     assert invoke_ok.exit_code == 0, invoke_ok.output
     assert (run / "NOTES.md").read_text() == "why this run exists"
     assert (run / "analysis" / "plot.py").read_text() == "print(1)"
@@ -348,6 +348,10 @@ def test_a_user_folder_with_its_own_recipe_yaml_is_not_a_run(tiny_dataset, tmp_p
     (mine / "notes.md").write_text("mine")
     before = snapshot(tmp_path / "runs")
     fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "mine", "--force"), names=("not an sftkd run",))
+    (mine / "checkpoints").mkdir()  # even with a checkpoints/ folder of their own
+    (mine / "checkpoints" / "README.txt").write_text("my checkpoints")
+    before = snapshot(tmp_path / "runs")
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "mine", "--force"), names=("not the one sftkd wrote",))
     assert snapshot(tmp_path / "runs") == before
 
 
