@@ -417,3 +417,12 @@ def test_a_file_size_limit_while_exporting_or_checkpointing_is_one_line(tiny_dat
         assert done.returncode == 2 and "Traceback" not in done.stderr, (argv[3], done.returncode, done.stderr[-2000:])
         assert lines[-1].startswith("error: ") and "too large" in lines[-1].lower(), lines
     assert not (tmp_path / "m.ts").exists()
+
+
+def test_evaluate_takes_a_plans_runs_folder(trained_run, tmp_path):
+    plan = tmp_path / "runs" / "demo"
+    shutil.copytree(trained_run, plan / trained_run.name)
+    (plan / "report").mkdir()
+    result = invoke("evaluate", plan, "--device", "cpu", "--no-recon")
+    assert result.exit_code == 0, result.output
+    assert (plan / trained_run.name / "metrics.json").is_file()

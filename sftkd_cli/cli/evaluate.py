@@ -14,7 +14,7 @@ from sftkd_cli.cli.common import console
 
 @app.command("evaluate")
 def evaluate(
-    runs: list[Path] = typer.Argument(..., help="One or more run directories.", show_default=False),
+    runs: list[Path] = typer.Argument(..., help="One or more run directories, or a plan's runs folder (runs/demo).", show_default=False),
     data: Path = typer.Option(None, "--data", "-d", help="Dataset directory (default: the run's data.path)."),
     split: str = typer.Option(None, "--split", help="Split to score (default: the recipe's eval.split, val)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last, or a checkpoint file."),
@@ -29,8 +29,10 @@ def evaluate(
     Also scores the zero-filled input (the paper's ZF row). Example: sftkd evaluate runs/*
     """
     from sftkd_cli.evaluate import evaluate_run, print_metrics
+    from sftkd_cli.runs import expand_runs_folder
 
     err = Console(stderr=True)
+    runs = [run for given in runs for run in expand_runs_folder(given)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     for run in runs:
         with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
