@@ -222,6 +222,30 @@ class RunDir:
         into the run (`sftkd_files`), never other files kept there. `sources` (a teacher run, a
         checkpoint to start from) must lie outside the run: it would replace what it reads.
         """
+        self._check_can_prepare(resume, force, sources)
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock()
+            for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
+                stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
+            if force and not resume:
+                remove_sftkd_files(self.path)
+            (self.path / "checkpoints").mkdir(exist_ok=True)
+            if not resume:
+                atomic_write_text(self.recipe_file, dump_recipe(recipe))
+        except (OSError, SftkdError) as exc:
+            self.unlock()
+            if created:  # leave no half-made run behind (only what this call made)
+                remove_sftkd_files(self.path)
+                for leftover in (self.path / "checkpoints", self.path):
+                    _rmdir_quietly(leftover)
+            if isinstance(exc, SftkdError):
+                raise
+            raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
+
+    def _check_can_prepare(self, resume: bool, force: bool, sources: Sequence[str | Path]) -> None:
+        """Refuse, before anything is created or removed, what `prepare` must not do."""
         if self.path.exists() and not self.path.is_dir():
             raise SftkdError(f"{self.path}: exists and is not a directory")
         here = self.path.resolve()
@@ -253,26 +277,6 @@ class RunDir:
                 f"{self.path}: its recipe.yaml is not the one sftkd wrote for a run of this name, so --force "
                 "will not empty the folder; choose another --name or --runs-dir"
             )
-        created = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.lock()
-            for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
-                stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
-            if force and not resume:
-                remove_sftkd_files(self.path)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
-            if not resume:
-                atomic_write_text(self.recipe_file, dump_recipe(recipe))
-        except (OSError, SftkdError) as exc:
-            self.unlock()
-            if created:  # leave no half-made run behind (only what this call made)
-                remove_sftkd_files(self.path)
-                for leftover in (self.path / "checkpoints", self.path):
-                    _rmdir_quietly(leftover)
-            if isinstance(exc, SftkdError):
-                raise
-            raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
 
     def _foreign_entries(self) -> list[str]:
         """Entries of the folder that sftkd did not write (a killed start leaves only its own)."""
