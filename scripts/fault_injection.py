@@ -348,7 +348,7 @@ def disk_full_scenario(call: int, data: Path, runs: Path, reference: Path, bare:
         runs_module.write_bytes_synced = real_write
     target = run / "checkpoints" / seen.get("target", "last.pt")
     after = hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
-    lines = [line for line in failed.output.splitlines() if line.strip() and not line.startswith("epoch ")]
+    lines = [line for line in failed.output.splitlines() if line.strip() and not line.startswith(("epoch ", "run "))]
     intact = True
     for pt in (run / "checkpoints").glob("*.pt"):
         try:
