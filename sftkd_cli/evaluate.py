@@ -25,13 +25,15 @@ from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, load_model
+from sftkd_cli.choices import MAX_THREADS
+from sftkd_cli.config import Recipe
 from sftkd_cli.data.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import open_run
+from sftkd_cli.runs import RunDir, open_run
 from sftkd_cli.training.engine import autocast, collate, select_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
@@ -199,9 +201,13 @@ def evaluate_run(
     write_recon: bool = True,
     exported: str | Path | None = None,
     amp: str = "off",
+    threads: int | None = None,
     progress: SliceProgress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
+
+    `threads` sets torch's CPU threads for the scoring and the latency measurement (None: the
+    run's train.threads, as in training; 0: torch's default); the caller's setting is restored.
 
     With `amp` bf16 (or fp16 on CUDA) the model runs under autocast and the scores go to
     `<the usual folder>/eval-amp-<amp>/`, so they sit beside the full-precision ones.
@@ -209,10 +215,44 @@ def evaluate_run(
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
-    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, dataset_record, load_manifest
-
+    if threads is not None:
+        check_threads(threads)
     run = open_run(run_dir)
     recipe = run.load_recipe()
+    count = recipe.train.threads if threads is None else threads
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
+                         device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_threads(threads: int) -> None:
+    """`--threads` follows train.threads' rule: 0 (torch's default) to MAX_THREADS."""
+    if not 0 <= threads <= MAX_THREADS:
+        raise SftkdError(f"--threads {threads}: expected 0 (torch default) to {MAX_THREADS}")
+
+
+def _evaluate(
+    run: RunDir,
+    recipe: Recipe,
+    *,
+    data: str | Path | None,
+    split: str | None,
+    checkpoint: str | None,
+    model_role: str | None,
+    device: str,
+    write_recon: bool,
+    exported: str | Path | None,
+    amp: str,
+    progress: SliceProgress | None,
+) -> dict[str, Any]:
+    """The body of `evaluate_run`, with torch's threads already set."""
+    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, dataset_record, load_manifest
+
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
     data_path = Path(data or recipe.data.path)

@@ -98,6 +98,22 @@ def test_evaluate_and_compare(flow):
     assert "teacher" in result.output and "sft" in result.output and "ZF" in result.output
 
 
+def test_evaluate_threads_sets_torch_threads_for_the_scoring(flow):
+    """--threads N is what metrics.json records (scoring and latency); without it the run's
+    train.threads (1 here) applies, as in training; the caller's setting is restored after."""
+    runs, _ = flow
+    before = torch.get_num_threads()
+    sftkd("evaluate", runs / "student", "--device", "cpu", "--no-recon", "--threads", 2)
+    assert json.loads((runs / "student" / "metrics.json").read_text())["threads"] == 2
+    assert torch.get_num_threads() == before
+    sftkd("evaluate", runs / "student", "--device", "cpu", "--no-recon")
+    assert json.loads((runs / "student" / "metrics.json").read_text())["threads"] == 1
+    for bad in ("-1", "100000"):
+        result = sftkd("evaluate", runs / "student", "--threads", bad, ok=False)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output.strip().splitlines() == [f"error: --threads {bad}: expected 0 (torch default) to 1024"]
+
+
 def test_existing_run_is_refused_and_resume_continues(flow):
     runs, base = flow
     refused = sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, ok=False)

@@ -22,15 +22,21 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     no_recon: bool = typer.Option(False, "--no-recon", help="Do not write recon.h5."),
     exported: Path = typer.Option(None, "--exported", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/)."),
+    threads: int = typer.Option(
+        None, "--threads", metavar="N", show_default=False,
+        help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).",
+    ),
     amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/."),
 ) -> None:
     """Reconstruct a split with a run's best checkpoint and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF.
 
     Also scores the zero-filled input (the paper's ZF row). Example: sftkd evaluate runs/*
     """
-    from sftkd_cli.evaluate import evaluate_run, print_metrics
+    from sftkd_cli.evaluate import check_threads, evaluate_run, print_metrics
     from sftkd_cli.runs import expand_runs_folder
 
+    if threads is not None:
+        check_threads(threads)  # before the first run's work, not after it
     err = Console(stderr=True)
     runs = [run for given in runs for run in expand_runs_folder(given)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
@@ -38,7 +44,7 @@ def evaluate(
         with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task(f"{run.name}: slices", total=None)
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
-                                   device=device, write_recon=not no_recon, exported=exported, amp=amp,
+                                   device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
         console.print(f"wrote {metrics['output_dir']}/metrics.json, per_slice.csv" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
