@@ -3,15 +3,20 @@
 - `box_plots`: PSNR and SSIM (any per_slice.csv columns) per run, one panel per metric
   (the paper's Figs. 4a and 8).
 - `validation_curves`: validation L1 per epoch from each run's history.jsonl (Figs. 4b and 7).
-- `reconstruction_grid`: one slice as target, zoomed inset, zero-filled input and each model's
-  reconstruction, with the residue |prediction - target| of each model underneath (Fig. 3).
+- `reconstruction_grid`: one slice as target, network input and each model's reconstruction,
+  each with a zoomed inset of the same region; the error |prediction - target| of each model
+  underneath on one shared, data-chosen colour scale (Fig. 3).
 - `attention_residue_figure`: per cascade, |A_student - A_teacher| of the AT attention maps of a
   distilled student and its own teacher on one slice, one row per student (Fig. 6).
+
+Every axis says what it shows and in which unit (images are scaled to their volume's maximum,
+so intensities and errors are fractions of it). A figure's heading is `title` when given, else
+a descriptive default followed by `context` (e.g. the plan and group) in parentheses.
 
 Every figure is written as PNG and PDF with matplotlib's object API (no pyplot, so no global
 backend or state is touched). Each function returns a `FigureOutput` whose `data` is read back
 from the drawn artists (box statistics, line points, image arrays), so tests can check that
-what is plotted is what was read, without comparing pixels.
+what is plotted is what was read, without comparing pixels; `figure` is the drawn Figure.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ from sftkd_cli.errors import SftkdError
 FORMATS: tuple[str, ...] = ("png", "pdf")
 BOX_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 CURVE_KEY = "val_l1"
+#: unit of each per_slice.csv metric; intensities are fractions of the volume maximum
+METRIC_UNITS: dict[str, str] = {"PSNR": "dB", "SSIM": "unitless", "NMSE": "unitless", "MSE": "(volume max)²", "HFN": "unitless"}
+#: (axis label, heading) of each history.jsonl key drawn as a validation curve
+CURVE_LABELS: dict[str, tuple[str, str]] = {
+    "val_l1": ("validation L1 [mean |error|, volume max = 1]", "Validation L1 per epoch"),
+    "val_psnr": ("validation PSNR [dB]", "Validation PSNR per epoch"),
+    "val_ssim": ("validation SSIM [unitless]", "Validation SSIM per epoch"),
+}
+#: the percentile of |error| (pooled over every model's map) at which the error colour scale tops out
+ERROR_PERCENTILE = 99.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,26 @@ class FigureOutput:
 
     paths: tuple[Path, ...]
     data: dict[str, Any] = field(default_factory=dict)
+    figure: Any = field(default=None, repr=False, compare=False)
+
+
+def metric_label(metric: str) -> str:
+    """An axis label with the metric's unit, e.g. 'PSNR [dB]' (a metric of unknown unit as is)."""
+    unit = METRIC_UNITS.get(metric)
+    return f"{metric} [{unit}]" if unit else metric
+
+
+def heading(default: str, title: str = "", context: str = "") -> str:
+    """The figure's heading: `title` when given, else `default` with `context` in parentheses."""
+    if title:
+        return title
+    return f"{default} ({context})" if context else default
+
+
+def _count_text(counts: Sequence[int], noun: str) -> str:
+    """'24 slices', or '21-24 slices' when the runs differ."""
+    low, high = min(counts), max(counts)
+    return f"{low} {noun}" if low == high else f"{low}-{high} {noun}"
 
 
 def _new_figure(width: float, height: float):
@@ -125,17 +160,18 @@ def box_plots(
     stem: Path,
     metrics: Sequence[str] = BOX_METRICS,
     title: str = "",
+    context: str = "",
 ) -> FigureOutput:
     """One box plot per metric, one box per run (label -> {metric: per-slice values}).
 
     Boxes are the quartiles, whiskers reach the furthest values within 1.5 IQR (matplotlib's
-    defaults), outliers are drawn as points. `data[metric][label]` holds the drawn median,
-    quartiles and whisker ends.
+    defaults), outliers are drawn as points. Each panel is titled 'Per-slice PSNR [dB] (N slices)'.
+    `data[metric][label]` holds the drawn median, quartiles and whisker ends.
     """
     if not runs:
         raise SftkdError("box plots: no runs to plot")
     labels = list(runs)
-    figure = _new_figure(max(4.0, 1.1 * len(labels)) * len(metrics) / 1.4, 3.6)
+    figure = _new_figure(max(4.0, 1.1 * len(labels)) * len(metrics) / 1.4, 3.8)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     data: dict[str, Any] = {}
     for ax, metric in zip(axes, metrics):
@@ -143,13 +179,13 @@ def box_plots(
         values = [v[np.isfinite(v)] for v in values]
         artists = ax.boxplot(values, showfliers=True)
         ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(metric)
-        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("model", fontsize=8)
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(f"Per-slice {metric_label(metric)} ({_count_text([len(v) for v in values], 'slices')})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         data[metric] = {label: _box_stats(artists, i) for i, label in enumerate(labels)}
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return FigureOutput(save_figure(figure, stem), data)
+    figure.suptitle(heading(f"Per-slice {' and '.join(metrics)} of each model", title, context), fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data, figure)
 
 
 def _box_stats(artists: dict[str, list], i: int) -> dict[str, float]:
@@ -173,10 +209,15 @@ def _box_stats(artists: dict[str, list], i: int) -> dict[str, float]:
 def validation_curves(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     stem: Path,
-    ylabel: str = "validation L1",
+    ylabel: str = CURVE_LABELS[CURVE_KEY][0],
     title: str = "",
+    context: str = "",
+    default_title: str = CURVE_LABELS[CURVE_KEY][1],
 ) -> FigureOutput:
-    """One line per run (label -> (epochs, values)); `data[label]` = the drawn (x, y)."""
+    """One line per run (label -> (epochs, values)); `data[label]` = the drawn (x, y).
+
+    The axes are titled `default_title` (or `title`), with `context` in parentheses.
+    """
     if not curves:
         raise SftkdError("validation curves: no runs to plot")
     figure = _new_figure(5.5, 3.6)
@@ -192,9 +233,8 @@ def validation_curves(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return FigureOutput(save_figure(figure, stem), data)
+    ax.set_title(heading(default_title, title, context), fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data, figure)
 
 
 # ----------------------------------------------------------------------------- grid
@@ -208,6 +248,44 @@ def default_box(shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def error_scale(residues: Sequence[np.ndarray], percentile: float = ERROR_PERCENTILE) -> float:
+    """Top of the shared error colour scale: the `percentile` of |error| pooled over every map.
+
+    Pooling (rather than each map's own maximum) keeps one scale for all models, so a model with
+    larger errors looks brighter; the percentile (rather than the maximum) keeps a few extreme
+    pixels from pushing every map into the dark end, so the differences between models show.
+    """
+    pooled = np.concatenate([np.ravel(r) for r in residues]) if residues else np.zeros(1)
+    return max(float(np.percentile(pooled, percentile)), 1e-6)
+
+
+def _nice_factor(ratio: float) -> float:
+    """The largest of 1, 2, 5, 10, 20, 50, ... not above `ratio` (at least 1): the '×k' of an error map."""
+    factor = 1.0
+    while factor * 10 <= ratio:
+        factor *= 10
+    for step in (5.0, 2.0):
+        if factor * step <= ratio:
+            return factor * step
+    return factor
+
+
+def _add_inset(ax, image: np.ndarray, box: tuple[int, int, int, int], vmax: float, colour: str = "yellow"):
+    """Outline `box` (y0, x0, h, w) on `ax` and show that crop zoomed in the panel's lower-right corner."""
+    from matplotlib.patches import Rectangle
+
+    y0, x0, bh, bw = box
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), bw, bh, fill=False, edgecolor=colour, linewidth=1))
+    inset = ax.inset_axes((0.58, 0.0, 0.42, 0.42))
+    inset.imshow(image[y0 : y0 + bh, x0 : x0 + bw], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(1.2)
+    return inset
+
+
 def reconstruction_grid(
     target: np.ndarray,
     zero_filled: np.ndarray,
@@ -216,17 +294,23 @@ def reconstruction_grid(
     box: tuple[int, int, int, int] | None = None,
     title: str = "",
     input_label: str = "ZF",
+    context: str = "",
+    crop_errors: bool = False,
+    percentile: float = ERROR_PERCENTILE,
 ) -> FigureOutput:
-    """Fig. 3 for one slice: target, inset, ZF and each reconstruction; residues underneath.
+    """Fig. 3 for one slice: target, network input and each reconstruction; errors underneath.
 
-    Top row: target (inset region outlined), the inset zoomed, the network input (zero-filled
-    "ZF"; "LR interp." for super-resolution, titled by `input_label`), then each
-    model. Bottom row, under each model: |prediction - target| on one shared colour scale
-    (0 .. the largest 99.5th percentile over the models). `data` maps each panel's title to
-    the array drawn.
+    Top row: target, the network input (zero-filled "ZF"; "LR interp." for super-resolution,
+    titled by `input_label`) and each model, on one grey scale (0 .. the target's maximum),
+    each with the region `box` outlined and shown zoomed in an inset. Bottom row, under each
+    model: |prediction - target| on one shared colour scale from 0 to the `percentile` of all
+    the models' errors pooled (brighter pixels are clipped), with its colourbar; with
+    `crop_errors` the error maps show only `box`, and the scale is chosen there.
+
+    `data` maps each panel's title to the array drawn, `data["insets"]` each image panel's
+    title to its inset's array (`data["inset"]` the target's), `data["error_vmax"]` the top of
+    the error scale and `data["error_factor"]` the k of its '|error| ×k' label.
     """
-    from matplotlib.patches import Rectangle
-
     target = np.asarray(target, dtype=np.float32)
     if target.ndim != 2 or np.shape(zero_filled) != target.shape:
         raise SftkdError(f"reconstruction grid: target {target.shape} and zero-filled {np.shape(zero_filled)} must be the same 2-D shape")
@@ -236,58 +320,77 @@ def reconstruction_grid(
     y0, x0, bh, bw = box or default_box(target.shape)
     if y0 < 0 or x0 < 0 or bh < 1 or bw < 1 or y0 + bh > target.shape[0] or x0 + bw > target.shape[1]:
         raise SftkdError(f"reconstruction grid: inset box {(y0, x0, bh, bw)} is outside the {target.shape} image")
+    if not 0 < percentile <= 100:
+        raise SftkdError(f"reconstruction grid: error percentile {percentile} must be in (0, 100]")
 
     residues = {label: np.abs(np.asarray(image, dtype=np.float32) - target) for label, image in recons.items()}
-    top = {"target": target, "inset": target[y0 : y0 + bh, x0 : x0 + bw], input_label: np.asarray(zero_filled, dtype=np.float32)}
+    if crop_errors:
+        residues = {label: r[y0 : y0 + bh, x0 : x0 + bw] for label, r in residues.items()}
+    top = {"target": target, input_label: np.asarray(zero_filled, dtype=np.float32)}
     top.update({label: np.asarray(image, dtype=np.float32) for label, image in recons.items()})
     columns = len(top)
-    figure = _new_figure(1.6 * columns, 3.5 if residues else 1.9)
+    figure = _new_figure(2.0 * columns + 0.9, 4.6 if residues else 2.4)
     axes = figure.subplots(2 if residues else 1, columns, squeeze=False)
     vmax_image = float(max(target.max(), 1e-6))
-    vmax_residue = max([float(np.percentile(r, 99.5)) for r in residues.values()] + [1e-6])
-    data: dict[str, Any] = {}
+    vmax_error = error_scale(list(residues.values()), percentile)
+    factor = _nice_factor(vmax_image / vmax_error)
+    data: dict[str, Any] = {"insets": {}, "error_vmax": vmax_error, "error_factor": factor}
+    image_drawn = None
     for j, (label, image) in enumerate(top.items()):
         ax = axes[0][j]
-        drawn = ax.imshow(image, cmap="gray", vmin=0.0, vmax=vmax_image, interpolation="nearest")
-        data[label] = np.asarray(drawn.get_array())
-        ax.set_title(label, fontsize=8)
-        if label == "target":
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), bw, bh, fill=False, edgecolor="yellow", linewidth=1))
+        image_drawn = ax.imshow(image, cmap="gray", vmin=0.0, vmax=vmax_image, interpolation="nearest")
+        data[label] = np.asarray(image_drawn.get_array())
+        ax.set_title(label, fontsize=9)
+        inset = _add_inset(ax, image, (y0, x0, bh, bw), vmax_image)
+        data["insets"][label] = np.asarray(inset.get_images()[0].get_array())
+    data["inset"] = data["insets"]["target"]
+    figure.colorbar(image_drawn, ax=list(axes[0]), shrink=0.85, label="intensity [volume max = 1]")
     if residues:
+        from matplotlib.colors import Normalize
+
+        norm = Normalize(vmin=0.0, vmax=vmax_error)  # one object: every error map on the same scale
         for j in range(columns):
             axes[1][j].set_visible(False)
         offset = columns - len(residues)
+        drawn = None
         for j, (label, residue) in enumerate(residues.items()):
             ax = axes[1][offset + j]
             ax.set_visible(True)
-            drawn = ax.imshow(residue, cmap="inferno", vmin=0.0, vmax=vmax_residue, interpolation="nearest")
+            drawn = ax.imshow(residue, cmap="inferno", norm=norm, interpolation="nearest")
             data[f"{label} residue"] = np.asarray(drawn.get_array())
-            ax.set_title(f"|{label} - target|", fontsize=8)
-        figure.colorbar(drawn, ax=[axes[1][offset + j] for j in range(len(residues))], shrink=0.8)
+            ax.set_title(f"|{label} - target|" + (" (inset)" if crop_errors else ""), fontsize=8)
+            ax.text(0.03, 0.04, f"mean {float(residue.mean()):.2e}", transform=ax.transAxes, color="white", fontsize=7,
+                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+        figure.colorbar(drawn, ax=[axes[1][offset + j] for j in range(len(residues))], shrink=0.85,
+                        label=f"|error| ×{factor:g} vs. image scale\n[0 to P{percentile:g} = {vmax_error:.2g}]")
     for row in axes:
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    if title:
-        figure.suptitle(title, fontsize=9)
-    return FigureOutput(save_figure(figure, stem), data)
+    default = f"Reconstructions, zoomed insets and |error| maps (errors ×{factor:g})" if residues else "Reconstructions and zoomed insets"
+    figure.suptitle(heading(default, title, context), fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data, figure)
 
 
 # ----------------------------------------------------------------------------- from runs
 
 
-def box_plots_from_runs(runs: Mapping[str, Path], stem: Path, metrics: Sequence[str] = BOX_METRICS, title: str = "") -> FigureOutput:
+def box_plots_from_runs(
+    runs: Mapping[str, Path], stem: Path, metrics: Sequence[str] = BOX_METRICS, title: str = "", context: str = ""
+) -> FigureOutput:
     """Box plots from evaluated output folders (label -> folder holding per_slice.csv)."""
     values = {label: read_per_slice(Path(folder) / "per_slice.csv", metrics) for label, folder in runs.items()}
-    return box_plots(values, stem, metrics, title)
+    return box_plots(values, stem, metrics, title, context)
 
 
-def validation_curves_from_runs(runs: Mapping[str, Path], stem: Path, key: str = CURVE_KEY, title: str = "") -> FigureOutput:
+def validation_curves_from_runs(
+    runs: Mapping[str, Path], stem: Path, key: str = CURVE_KEY, title: str = "", context: str = ""
+) -> FigureOutput:
     """Validation curves from run directories (label -> run dir holding history.jsonl)."""
     curves = {label: read_history(Path(run) / "history.jsonl", key) for label, run in runs.items()}
     curves = {label: curve for label, curve in curves.items() if len(curve[0])}
-    ylabel = {"val_l1": "validation L1", "val_psnr": "validation PSNR (dB)", "val_ssim": "validation SSIM"}.get(key, key)
-    return validation_curves(curves, stem, ylabel, title)
+    ylabel, default_title = CURVE_LABELS.get(key, (key, f"{key} per epoch"))
+    return validation_curves(curves, stem, ylabel, title, context, default_title)
 
 
 def default_slice(recon: Path, volume: str | None = None, index: int | None = None) -> tuple[str, int]:
@@ -310,10 +413,13 @@ def reconstruction_grid_from_runs(
     index: int | None = None,
     box: tuple[int, int, int, int] | None = None,
     title: str = "",
+    context: str = "",
+    crop_errors: bool = False,
 ) -> FigureOutput:
     """The grid for one slice: target and ZF from the dataset, reconstructions from each recon.h5.
 
-    Default slice: the middle stored slice of the middle volume (by name) of the first run's recon.h5.
+    Default slice: the middle stored slice of the middle volume (by name) of the first run's
+    recon.h5. The default heading names the slice after `context` (e.g. the plan and group).
     """
     from sftkd_cli.data.dataset import dataset_task, load_manifest, load_volume
     from sftkd_cli.data.prepare import INPUT_LABELS
@@ -329,9 +435,10 @@ def reconstruction_grid_from_runs(
     if not 0 <= index < arrays["image"].shape[0]:
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
     recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
-    caption = title or f"{volume}, slice {index}, {acceleration:g}x"
+    where = ", ".join(part for part in (context, f"{volume}, slice {index}, {acceleration:g}x") if part)
     label = INPUT_LABELS[dataset_task(load_manifest(dataset))][1]
-    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, caption, label)
+    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, title, label,
+                               where, crop_errors)
 
 
 # ----------------------------------------------------------------------------- attention residues
@@ -379,7 +486,9 @@ def attention_residues(student, teacher, zf, kspace, mask) -> dict[int, np.ndarr
             for s, t in zip(s_taps, t_taps)}
 
 
-def attention_residue_figure(residues: Mapping[str, Mapping[int, np.ndarray]], stem: Path, title: str = "") -> FigureOutput:
+def attention_residue_figure(
+    residues: Mapping[str, Mapping[int, np.ndarray]], stem: Path, title: str = "", context: str = ""
+) -> FigureOutput:
     """Fig. 6: one row per student (label -> {cascade: residue map}), one column per cascade.
 
     One colour scale for every panel (0 .. the largest residue), the panel's mean residue printed
@@ -413,10 +522,9 @@ def attention_residue_figure(residues: Mapping[str, Mapping[int, np.ndarray]], s
                 ax.set_title(f"cascade {cascade}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8, label="AT attention |A_student - A_teacher|")
-    if title:
-        figure.suptitle(title, fontsize=9)
-    return FigureOutput(save_figure(figure, stem), data)
+    figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8, label="|A_student - A_teacher|\n[unitless, maps L2-normalised]")
+    figure.suptitle(heading("AT attention-map residues to the teacher per cascade", title, context), fontsize=10)
+    return FigureOutput(save_figure(figure, stem), data, figure)
 
 
 def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
@@ -468,6 +576,7 @@ def attention_residues_from_runs(
     split: str = "val",
     checkpoint: str = "best",
     title: str = "",
+    context: str = "",
 ) -> FigureOutput:
     """Fig. 6 from distilled run directories (label -> run), each student against its own teacher.
 
@@ -507,5 +616,5 @@ def attention_residues_from_runs(
     for label, run in runs.items():
         student, teacher = _load_pair(run, checkpoint)
         residues[label] = attention_residues(student, teacher, zf, kspace, mask)
-    caption = title or f"{volume}, slice {index}, {acceleration:g}x"
-    return attention_residue_figure(residues, stem, caption)
+    where = ", ".join(part for part in (context, f"{volume}, slice {index}, {acceleration:g}x") if part)
+    return attention_residue_figure(residues, stem, title, where)
