@@ -416,14 +416,19 @@ def _deltas(stats: dict[str, Stat], ref: RunResult | None, names: Sequence[str])
     return {m: stats[m].mean - ref.metrics[m].mean for m in names} if ref else {}
 
 
+def paired_values(run: RunResult, base: RunResult, metric: str, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(run's `prefix + metric`, base's `metric`) per slice, aligned by (volume, slice) in base's order."""
+    check_same_slices(run, base)
+    index = {key: i for i, key in enumerate(run.slices)}
+    order = [index[key] for key in base.slices]
+    return run.column(prefix + metric)[order], base.column(metric)
+
+
 def _pvalues(run: RunResult, prefix: str, base: RunResult | None, names: Sequence[str]) -> dict[str, float]:
     """Wilcoxon p of run's `prefix + metric` columns vs the baseline's, paired by (volume, slice)."""
     if base is None:
         return {}
-    check_same_slices(run, base)
-    index = {key: i for i, key in enumerate(run.slices)}
-    order = [index[key] for key in base.slices]
-    return {m: wilcoxon_p(run.column(prefix + m)[order], base.column(m)) for m in names}
+    return {m: wilcoxon_p(*paired_values(run, base, m, prefix)) for m in names}
 
 
 def compare_runs(

@@ -1,0 +1,240 @@
+"""The report's answer to the paper's question: which of its claims held in these runs.
+
+The claims (PSNR, per KD method present): SFT-KD-Recon > Std-KD (the paper's central one),
+Std-KD > student, SFT-KD-Recon within `tolerance` dB of the teacher (the paper: 0.03 dB), and
+SF-teacher > teacher. Each is a two-sided Wilcoxon signed-rank test over the paired slices, per
+seed and pooled over seeds x slices. Wording is honest: a difference with p >= alpha is "not
+shown", never "held".
+
+Runs come as arms: {arm key: {seed: RunResult}}, the arm keys being a plan's stage labels
+(teacher, student, sft, sft-student, std-kd-<method>, sft-kd-<method>, sft-kd-<method>-random).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sftkd_cli.report.compare import METHOD_LABELS, RunResult, paired_values, wilcoxon_p
+
+Arms = Mapping[str, Mapping[int, RunResult]]
+
+HELD, NOT_HELD, NOT_SHOWN = "held", "did not hold", "not shown"
+PAPER_GAP_DB = 0.03  # the paper: SFT-KD-Recon is 0.03 dB below the teacher (Table 1, PSNR)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """'a > b' (kind greater) or 'b within tolerance of a' (kind within: the gap is a - b)."""
+
+    text: str
+    a: str
+    b: str
+    kind: str = "greater"
+    central: bool = False
+
+
+@dataclass(frozen=True)
+class Test:
+    """One paired test: mean of a - b over the pairs, its p-value, the number of pairs, the verdict."""
+
+    diff: float
+    p: float
+    n: int
+    status: str
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim's tests per seed and pooled over seeds x slices, and the paper's difference."""
+
+    claim: Claim
+    seeds: dict[int, Test]
+    pooled: Test
+    paper_a: float | None = None
+    paper_b: float | None = None
+
+    @property
+    def held_seeds(self) -> int:
+        return sum(test.status == HELD for test in self.seeds.values())
+
+
+def arm_label(key: str) -> str:
+    """A display name for an arm: Teacher, Student, SF-teacher, Std-KD (AT), SFT-KD-Recon (AT), ..."""
+    fixed = {"teacher": "Teacher", "student": "Student", "sft": "SF-teacher", "sft-student": "SF-teacher's student branch"}
+    if key in fixed:
+        return fixed[key]
+    for prefix, name in (("std-kd-", "Std-KD"), ("sft-kd-", "SFT-KD-Recon")):
+        if key.startswith(prefix):
+            method = key[len(prefix):]
+            random = method.endswith("-random")
+            method = method.removesuffix("-random")
+            return f"{name}{' random init' if random else ''} ({METHOD_LABELS.get(method, method)})"
+    return key
+
+
+def arm_order(keys: Sequence[str]) -> list[str]:
+    """Teacher, SF-teacher, student, SFT student branch, then per method Std-KD before SFT-KD-Recon."""
+    fixed = ["teacher", "sft", "student", "sft-student"]
+    methods = list(dict.fromkeys(k.removeprefix("std-kd-").removeprefix("sft-kd-").removesuffix("-random")
+                                 for k in keys if k.startswith(("std-kd-", "sft-kd-"))))
+    order = [k for k in fixed if k in keys]
+    for method in methods:
+        order += [k for k in (f"std-kd-{method}", f"sft-kd-{method}", f"sft-kd-{method}-random") if k in keys]
+    return order + sorted(set(keys) - set(order))
+
+
+def claims(keys: Sequence[str], tolerance: float = PAPER_GAP_DB) -> list[Claim]:
+    """The paper's claims that the present arms can test, the central one first per method."""
+    present = set(keys)
+    methods = [k.removeprefix("std-kd-") for k in arm_order(keys) if k.startswith("std-kd-")]
+    out: list[Claim] = []
+    for method in methods:
+        std, sft = f"std-kd-{method}", f"sft-kd-{method}"
+        if sft in present:
+            out.append(Claim(f"{arm_label(sft)} > {arm_label(std)}", sft, std, central=True))
+        if "student" in present:
+            out.append(Claim(f"{arm_label(std)} > Student", std, "student"))
+        if sft in present and "teacher" in present:
+            out.append(Claim(f"{arm_label(sft)} within {tolerance:g} dB of the teacher", "teacher", sft, kind="within"))
+    if {"sft", "teacher"} <= present:
+        out.append(Claim("SF-teacher > Teacher", "sft", "teacher"))
+    return out
+
+
+def judge(kind: str, diff: float, p: float, alpha: float, tolerance: float) -> str:
+    """held / did not hold / not shown for one test (see the module docstring)."""
+    significant = not math.isnan(p) and p < alpha
+    if kind == "within":  # diff is the gap to the teacher
+        if diff <= tolerance:
+            return HELD
+        return NOT_HELD if significant else NOT_SHOWN
+    if not significant:
+        return NOT_SHOWN
+    return HELD if diff > 0 else NOT_HELD
+
+
+def _test(pairs: Sequence[tuple[np.ndarray, np.ndarray]], kind: str, alpha: float, tolerance: float) -> Test:
+    a = np.concatenate([x for x, _ in pairs])
+    b = np.concatenate([y for _, y in pairs])
+    diff, p = float(np.mean(a - b)), wilcoxon_p(a, b)
+    return Test(diff, p, len(a), judge(kind, diff, p, alpha, tolerance))
+
+
+def evaluate_claims(arms: Arms, metric: str = "PSNR", alpha: float = 0.05, tolerance: float = PAPER_GAP_DB,
+                    paper: Mapping[str, float] | None = None) -> list[ClaimResult]:
+    """Test every claim the arms allow, over the seeds both arms have (claims without one are left out)."""
+    results = []
+    for claim in claims(list(arms), tolerance):
+        seeds = sorted(set(arms[claim.a]) & set(arms[claim.b]))
+        if not seeds:
+            continue
+        pairs = {seed: paired_values(arms[claim.a][seed], arms[claim.b][seed], metric) for seed in seeds}
+        per_seed = {seed: _test([pair], claim.kind, alpha, tolerance) for seed, pair in pairs.items()}
+        pooled = _test(list(pairs.values()), claim.kind, alpha, tolerance)
+        paper = paper or {}
+        results.append(ClaimResult(claim, per_seed, pooled, paper.get(claim.a), paper.get(claim.b)))
+    return results
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _paper_cell(result: ClaimResult) -> str:
+    if result.paper_a is None or result.paper_b is None:
+        return "-"
+    diff = result.paper_a - result.paper_b
+    return f"{result.paper_a:.2f} vs {result.paper_b:.2f} ({diff:+.2f})"
+
+
+def verdict_markdown(results: Sequence[ClaimResult], alpha: float, tolerance: float = PAPER_GAP_DB,
+                     metric: str = "PSNR", paper_note: str = "") -> list[str]:
+    """The verdict section's lines: one row per claim, per-seed detail when there are several seeds."""
+    lines = ["### Verdict: the paper's claims in these runs", ""]
+    if not results:
+        return lines + ["No claim can be tested yet (needs evaluated teacher, student, SF-teacher and KD runs).", ""]
+    seeds = sorted({seed for r in results for seed in r.seeds})
+    header = ["Claim", f"Δ{metric} ours", "p", "pairs", "verdict"]
+    header += ["seeds held"] if len(seeds) > 1 else []
+    header += ["paper (a vs b, Δ)"]
+    body = []
+    for r in results:
+        name = f"**{r.claim.text}**" if r.claim.central else r.claim.text
+        diff = f"gap {r.pooled.diff:.2f}" if r.claim.kind == "within" else f"{r.pooled.diff:+.2f}"
+        row = [name, diff, _p(r.pooled.p), str(r.pooled.n), r.pooled.status]
+        row += [f"{r.held_seeds}/{len(r.seeds)}"] if len(seeds) > 1 else []
+        body.append(row + [_paper_cell(r)])
+    lines += _table(header, body)
+    pooled = f" pooled over {len(seeds)} seeds x slices (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    lines += ["", f"{metric} in dB, mean of a - b over paired validation slices{pooled}; p: two-sided Wilcoxon "
+              f"signed-rank test, α = {alpha:g}. held: the claimed sign with p < α; did not hold: the opposite "
+              f"sign with p < α; not shown: p ≥ α, no significant difference either way. The 'within' claim holds "
+              f"when the measured gap to the teacher is at most {tolerance:g} dB (the paper's gap)."
+              + (" Slices are the same in every seed, so the pooled test's pairs are not independent; "
+                 "read it beside the per-seed counts." if len(seeds) > 1 else "")]
+    if paper_note:
+        lines += ["", paper_note]
+    if len(seeds) > 1:
+        lines += ["", "Per seed (Δ, p, verdict):", ""]
+        per_seed = [[r.claim.text] + [f"{r.seeds[s].diff:+.2f}, {_p(r.seeds[s].p)}, {r.seeds[s].status}"
+                                      if s in r.seeds else "-" for s in seeds] for r in results]
+        lines += _table(["Claim"] + [f"seed {s}" for s in seeds], per_seed)
+    lines += [""] + _summary(results) + [""]
+    return lines
+
+
+def _summary(results: Sequence[ClaimResult]) -> list[str]:
+    """One sentence per outcome, the central claim first."""
+    words = {HELD: "held", NOT_HELD: "did not hold", NOT_SHOWN: "was not shown (not significant)"}
+    return [f"- {r.claim.text}: {words[r.pooled.status]}"
+            + (f" (gap {r.pooled.diff:.2f} dB)" if r.claim.kind == "within" else f" ({r.pooled.diff:+.2f} dB)") + "."
+            for r in results]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + [
+        "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def main_table(arms: Arms, metrics: Sequence[str], reference: str = "teacher") -> list[str]:
+    """The compact results table: one row per arm (role/method names), mean ± std over slices
+    (pooled over seeds), Δ of the first metric to the teacher; the zero-filled input first."""
+    order = arm_order(list(arms))
+    if not order:
+        return ["No evaluated runs yet.", ""]
+    first = arms[order[0]][min(arms[order[0]])]
+    seeds = sorted({seed for runs in arms.values() for seed in runs})
+    lead = metrics[0]
+    header = ["Model", "Params", *metrics, f"Δ{lead} vs teacher"] + (["seeds"] if len(seeds) > 1 else [])
+
+    def stat(values: np.ndarray, metric: str) -> str:
+        from sftkd_cli.report.formats import format_stat
+        from sftkd_cli.report.compare import Stat
+
+        return format_stat(metric, Stat(float(np.nanmean(values)), float(np.nanstd(values))))
+
+    ref = None
+    if reference in arms:
+        ref = float(np.nanmean(np.concatenate([run.column(lead) for run in arms[reference].values()])))
+    rows = []
+    zf = [stat(np.asarray(first.column(f"ZF_{m}")), m) if f"ZF_{m}" in first.columns else "-" for m in metrics]
+    zf_mean = float(np.nanmean(first.column(f"ZF_{lead}"))) if f"ZF_{lead}" in first.columns else None
+    rows.append(["ZF (zero-filled input)", "-", *zf, "-" if ref is None or zf_mean is None else f"{zf_mean - ref:+.2f}"]
+                + (["-"] if len(seeds) > 1 else []))
+    for key in order:
+        runs = [arms[key][seed] for seed in sorted(arms[key])]
+        values = {m: np.concatenate([run.column(m) for run in runs]) for m in metrics}
+        mean = float(np.nanmean(values[lead]))
+        delta = "ref" if key == reference else ("-" if ref is None else f"{mean - ref:+.2f}")
+        params = "-" if runs[0].params is None else f"{runs[0].params:,}"
+        rows.append([arm_label(key), params, *(stat(values[m], m) for m in metrics), delta]
+                    + ([str(len(runs))] if len(seeds) > 1 else []))
+    return _table(header, rows)

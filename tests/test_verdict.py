@@ -1,0 +1,100 @@
+"""The report's verdict: the paper's claims tested on tiny synthetic per-slice values."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+
+from sftkd_cli.report.compare import RunResult, Stat
+from sftkd_cli.report.verdict import (
+    HELD, NOT_HELD, NOT_SHOWN, arm_label, arm_order, evaluate_claims, judge, main_table, verdict_markdown,
+)
+
+SLICES = tuple((f"vol{v}", i) for v in range(3) for i in range(8))  # 24 slices, as in the demo
+
+
+def run(name: str, psnr: np.ndarray, role: str = "student") -> RunResult:
+    values = {"PSNR": psnr, "SSIM": 0.9 + psnr / 1000, "ZF_PSNR": np.full(len(psnr), 25.0), "ZF_SSIM": np.full(len(psnr), 0.7)}
+    return RunResult(name, name, role, None, None, 49285, None, "demo", "ab" * 32, "val", 4.0,
+                     {m: Stat(float(v.mean()), float(v.std())) for m, v in values.items() if not m.startswith("ZF_")},
+                     {"PSNR": Stat(25.0, 0.0)}, SLICES, values)
+
+
+def arms_for(seeds=(42,), shifts=None, noise=0.05):
+    """Teacher 30 dB; every other arm shifted by `shifts` dB, slice noise `noise`, per seed."""
+    shifts = shifts or {"teacher": 0.0, "sft": 0.05, "student": -0.6, "std-kd-at": -0.4, "sft-kd-at": -0.02}
+    arms: dict[str, dict[int, RunResult]] = {}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        base = 30 + rng.normal(0, 1.0, len(SLICES))  # slice difficulty, shared by the arms of a seed
+        for key, shift in shifts.items():
+            arms.setdefault(key, {})[seed] = run(f"{key}-s{seed}", base + shift + rng.normal(0, noise, len(SLICES)))
+    return arms
+
+
+def by_text(results):
+    return {r.claim.text: r for r in results}
+
+
+def test_claims_follow_the_numbers_and_wilcoxon():
+    arms = arms_for()
+    results = by_text(evaluate_claims(arms, alpha=0.05))
+    central = results["SFT-KD-Recon (AT) > Std-KD (AT)"]
+    assert central.claim.central and central.pooled.status == HELD
+    a, b = arms["sft-kd-at"][42].column("PSNR"), arms["std-kd-at"][42].column("PSNR")
+    assert central.pooled.p == scipy.stats.wilcoxon(a, b).pvalue and np.isclose(central.pooled.diff, np.mean(a - b))
+    assert results["Std-KD (AT) > Student"].pooled.status == HELD
+    within = results["SFT-KD-Recon (AT) within 0.03 dB of the teacher"]
+    assert within.pooled.diff < 0.1 and within.pooled.status in (HELD, NOT_SHOWN)
+    assert list(results)[0] == "SFT-KD-Recon (AT) > Std-KD (AT)" and "SF-teacher > Teacher" in results
+
+
+def test_a_reversed_or_insignificant_difference_is_not_held():
+    arms = arms_for(shifts={"teacher": 0.0, "sft": -1.0, "student": -0.6, "std-kd-at": -0.6, "sft-kd-at": -0.9})
+    results = by_text(evaluate_claims(arms))
+    assert results["SF-teacher > Teacher"].pooled.status == NOT_HELD
+    assert results["SFT-KD-Recon (AT) > Std-KD (AT)"].pooled.status == NOT_HELD
+    assert results["Std-KD (AT) > Student"].pooled.status == NOT_SHOWN  # same mean: noise only
+    assert results["SFT-KD-Recon (AT) within 0.03 dB of the teacher"].pooled.status == NOT_HELD
+
+
+def test_judge_wording():
+    assert judge("greater", 0.3, 0.2, 0.05, 0.03) == NOT_SHOWN  # a positive difference with p >= alpha is not shown
+    assert judge("greater", 0.3, 0.01, 0.05, 0.03) == HELD
+    assert judge("greater", -0.3, 0.01, 0.05, 0.03) == NOT_HELD
+    assert judge("within", 0.02, 0.9, 0.05, 0.03) == HELD
+    assert judge("within", 0.5, 0.2, 0.05, 0.03) == NOT_SHOWN
+    assert judge("greater", 1.0, float("nan"), 0.05, 0.03) == NOT_SHOWN
+
+
+def test_several_seeds_count_per_seed_and_pool_seeds_by_slices():
+    arms = arms_for(seeds=(42, 43, 44))
+    results = by_text(evaluate_claims(arms))
+    central = results["SFT-KD-Recon (AT) > Std-KD (AT)"]
+    assert sorted(central.seeds) == [42, 43, 44] and central.held_seeds == 3 and central.pooled.n == 3 * len(SLICES)
+    a = np.concatenate([arms["sft-kd-at"][s].column("PSNR") for s in (42, 43, 44)])
+    b = np.concatenate([arms["std-kd-at"][s].column("PSNR") for s in (42, 43, 44)])
+    assert central.pooled.p == scipy.stats.wilcoxon(a, b).pvalue
+    text = "\n".join(verdict_markdown(list(results.values()), 0.05))
+    assert "seeds held" in text and "| 3/3 |" in text and "seed 43" in text and "not independent" in text
+
+
+def test_markdown_shows_the_paper_beside_and_a_missing_counterpart():
+    paper = {"sft-kd-at": 40.07, "std-kd-at": 39.76, "teacher": 40.05, "sft": 40.23, "student": 39.49}
+    results = evaluate_claims(arms_for(), paper=paper)
+    text = "\n".join(verdict_markdown(results, 0.05, paper_note="Paper: Table 1, MRBrainS 4x."))
+    assert "| **SFT-KD-Recon (AT) > Std-KD (AT)** |" in text and "40.07 vs 39.76 (+0.31)" in text
+    assert "Paper: Table 1, MRBrainS 4x." in text and "not shown: p ≥ α" in text
+    assert "| - |" in "\n".join(verdict_markdown(evaluate_claims(arms_for()), 0.05))
+
+
+def test_main_table_rows_are_role_names_std_kd_before_sft_kd():
+    arms = arms_for(shifts={"sft-kd-at": 0.0, "std-kd-at": -0.3, "student": -0.5, "teacher": 0.0, "sft": 0.1,
+                            "std-kd-fitnets": -0.2, "sft-kd-fitnets": 0.0})
+    assert arm_order(list(arms)) == ["teacher", "sft", "student", "std-kd-at", "sft-kd-at", "std-kd-fitnets", "sft-kd-fitnets"]
+    lines = main_table(arms, ["PSNR", "SSIM"])
+    labels = [line.split(" | ")[0].lstrip("| ") for line in lines[2:]]
+    assert labels == ["ZF (zero-filled input)", "Teacher", "SF-teacher", "Student", "Std-KD (AT)", "SFT-KD-Recon (AT)",
+                      "Std-KD (Fitnets)", "SFT-KD-Recon (Fitnets)"]
+    assert "| ref |" in lines[3] and len(lines[0].split("|")) == 7
+    assert arm_label("sft-kd-at-random") == "SFT-KD-Recon random init (AT)"
