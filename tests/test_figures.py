@@ -21,6 +21,7 @@ from sftkd_cli.report.figures import (
     attention_residue_figure,
     attention_residues,
     attention_residues_from_runs,
+    box_plots,
     box_plots_from_runs,
     default_box,
     read_history,
@@ -262,3 +263,109 @@ def test_attention_residues_from_runs_use_each_students_own_teacher(tiny_dataset
     with pytest.raises(SftkdError, match="no slice 99"):
         attention_residues_from_runs(students, tmp_path / "bad", volume="vol1", index=99)
 
+
+
+# ----------------------------------------------------------------------------- labels, insets, error scale
+
+
+def _image_axes(figure):
+    """The figure's top-level panels that show an image, in drawing order (not insets nor colourbars)."""
+    return [ax for ax in figure.axes if ax.get_images() and ax.get_visible() and ax.get_label() != "<colorbar>"
+            and not any(ax in other.child_axes for other in figure.axes)]
+
+
+def test_box_plots_label_units_and_title_each_panel_with_the_slice_count(tmp_path):
+    rng = np.random.default_rng(5)
+    runs = {"teacher": {"PSNR": rng.normal(30, 1, 24), "SSIM": rng.uniform(0.8, 0.9, 24)},
+            "student": {"PSNR": rng.normal(28, 1, 21), "SSIM": rng.uniform(0.7, 0.9, 21)}}
+    out = box_plots(runs, tmp_path / "box", context="demo")
+    _written(out.paths)
+    psnr_ax, ssim_ax = out.figure.axes
+    assert psnr_ax.get_ylabel() == "PSNR [dB]" and ssim_ax.get_ylabel() == "SSIM [unitless]"
+    assert psnr_ax.get_title() == "Per-slice PSNR [dB] (21-24 slices)"
+    assert ssim_ax.get_title() == "Per-slice SSIM [unitless] (21-24 slices)"
+    assert psnr_ax.get_xlabel() == "model"
+    assert out.figure.get_suptitle() == "Per-slice PSNR and SSIM of each model (demo)"
+    same = box_plots({"a": {"NMSE": np.ones(3)}}, tmp_path / "nmse", metrics=("NMSE",), title="My heading")
+    assert same.figure.axes[0].get_title() == "Per-slice NMSE [unitless] (3 slices)"
+    assert same.figure.get_suptitle() == "My heading"
+
+
+def test_validation_curves_label_epochs_and_units(tmp_path):
+    run = tmp_path / "teacher"
+    run.mkdir()
+    rows = [{"epoch": i, "val_l1": 0.1 / i, "val_psnr": 25.0 + i} for i in (1, 2, 3)]
+    (run / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    l1 = validation_curves_from_runs({"teacher": run}, tmp_path / "l1", context="demo")
+    _written(l1.paths)
+    (ax,) = l1.figure.axes
+    assert ax.get_xlabel() == "epoch"
+    assert ax.get_ylabel() == "validation L1 [mean |error|, volume max = 1]"
+    assert ax.get_title() == "Validation L1 per epoch (demo)"
+    (ax,) = validation_curves_from_runs({"teacher": run}, tmp_path / "psnr", key="val_psnr").figure.axes
+    assert (ax.get_ylabel(), ax.get_title()) == ("validation PSNR [dB]", "Validation PSNR per epoch")
+
+
+def _grid_inputs():
+    """A 16x16 target, its ZF and three reconstructions whose errors differ in size (one with a hot pixel)."""
+    rng = np.random.default_rng(6)
+    target = rng.uniform(0.2, 1.0, (16, 16)).astype(np.float32)
+    zf = rng.uniform(0, 1, (16, 16)).astype(np.float32)
+    hot = target + rng.normal(0, 0.02, target.shape).astype(np.float32)
+    hot[0, 0] += 0.8  # one extreme pixel must not set the scale
+    recons = {"teacher": target + rng.normal(0, 0.01, target.shape).astype(np.float32),
+              "Std-KD": hot, "SFT-KD": target + rng.normal(0, 0.015, target.shape).astype(np.float32)}
+    return target, zf, recons
+
+
+def test_grid_has_one_inset_per_image_panel_outlined_where_it_comes_from(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    target, zf, recons = _grid_inputs()
+    box = (3, 5, 6, 4)
+    out = reconstruction_grid(target, zf, recons, tmp_path / "grid", box=box, context="vol1, slice 2, 4x")
+    _written(out.paths)
+    shown = {"target": target, "ZF": zf, **recons}
+    panels = [ax for ax in _image_axes(out.figure) if ax.get_title() in shown]
+    assert [ax.get_title() for ax in panels] == list(shown)
+    for ax in panels:
+        assert len(ax.child_axes) == 1, ax.get_title()
+        np.testing.assert_array_equal(ax.child_axes[0].get_images()[0].get_array(), shown[ax.get_title()][3:9, 5:9])
+        (outline,) = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert (outline.get_xy(), outline.get_width(), outline.get_height()) == ((4.5, 2.5), 4, 6)
+    errors = [ax for ax in _image_axes(out.figure) if ax.get_title().startswith("|")]
+    assert len(errors) == 3 and all(not ax.child_axes for ax in errors)
+    assert set(out.data["insets"]) == set(shown)
+    assert out.figure.get_suptitle().endswith("(vol1, slice 2, 4x)") and "|error|" in out.figure.get_suptitle()
+
+
+def test_grid_error_maps_share_one_scale_at_the_pooled_99th_percentile(tmp_path):
+    target, zf, recons = _grid_inputs()
+    out = reconstruction_grid(target, zf, recons, tmp_path / "grid")
+    residues = [np.abs(image - target) for image in recons.values()]
+    expected = float(np.percentile(np.concatenate([r.ravel() for r in residues]), 99))
+    assert expected < max(float(np.percentile(r, 99.5)) for r in residues)  # not the old per-model maximum
+    drawn = [ax.get_images()[0] for ax in _image_axes(out.figure) if ax.get_title().startswith("|")]
+    assert len(drawn) == 3 and all(image.norm is drawn[0].norm for image in drawn)
+    assert drawn[0].norm.vmin == 0.0 and drawn[0].norm.vmax == pytest.approx(expected, rel=1e-6)
+    assert out.data["error_vmax"] == pytest.approx(expected, rel=1e-6)
+    factor = out.data["error_factor"]
+    assert factor >= 1 and factor <= target.max() / expected < factor * 2.5
+    (colourbar,) = [image.colorbar for image in drawn if image.colorbar is not None]  # one, for all error maps
+    label = colourbar.ax.get_ylabel()
+    assert f"|error| ×{factor:g}" in label and f"{expected:.2g}" in label and "P99" in label
+    cropped = reconstruction_grid(target, zf, recons, tmp_path / "crop", box=(4, 4, 8, 8), crop_errors=True)
+    crops = [r[4:12, 4:12] for r in residues]
+    assert cropped.data["error_vmax"] == pytest.approx(float(np.percentile(np.concatenate([c.ravel() for c in crops]), 99)), rel=1e-6)
+    for label, crop in zip(recons, crops):
+        np.testing.assert_allclose(cropped.data[f"{label} residue"], crop, atol=1e-7)
+
+
+def test_attention_figure_titles_and_colourbar_say_what_is_drawn(tmp_path):
+    rng = np.random.default_rng(7)
+    out = attention_residue_figure({"Std-KD (at)": {1: rng.uniform(0, 0.01, (8, 8))}}, tmp_path / "att", context="vol1, slice 2, 4x")
+    _written(out.paths)
+    assert out.figure.get_suptitle() == "AT attention-map residues to the teacher per cascade (vol1, slice 2, 4x)"
+    (panel,) = _image_axes(out.figure)
+    assert panel.get_title() == "cascade 1" and panel.get_ylabel() == "Std-KD (at)"
+    assert "unitless" in panel.get_images()[0].colorbar.ax.get_ylabel()  # the only panel carries the colourbar
