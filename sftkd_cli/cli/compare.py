@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
-from sftkd_cli.cli.app import app, err_console
+from sftkd_cli.cli.app import HelpCommand, app, err_console, examples
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
@@ -39,38 +39,50 @@ def _write_output(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-@app.command("compare")
+HELP = examples(
+    "Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."
+    "\n\nRUN is an evaluated run directory or a plan's runs folder (runs/demo); folders that are "
+    "not runs are warned about, files ignored. --group paper prints the paper's Table 1 layout.",
+    "sftkd compare runs/demo",
+    "sftkd compare runs/demo-* --format markdown --out results.md",
+    "sftkd compare runs/demo --group paper",
+    "sftkd compare runs/demo --format csv --no-zf",
+)
+
+
+@app.command("compare", cls=HelpCommand, help=HELP)
 def compare(
     runs: list[Path] = typer.Argument(
-        ..., help="Evaluated run directories; `runs/*` is fine (files are ignored, non-run folders warned about)."
+        ..., metavar="RUN", help="Evaluated run directories, or a plan's runs folder; `runs/*` is fine.",
+        show_default=False,
     ),
     metrics: str | None = typer.Option(
-        None, "--metrics", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; "
+        None, "--metrics", metavar="LIST", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; "
         f"with --group paper {','.join(PAPER_METRICS)})."
     ),
     reference: str | None = typer.Option(
-        None, "--reference", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ)."
+        None, "--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ)."
     ),
     baseline: str | None = typer.Option(
-        None, "--baseline", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests)."
+        None, "--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests)."
     ),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level: p-values below it get a '*'."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the output, in the chosen format, to this file."),
+    alpha: float = typer.Option(0.05, "--alpha", metavar="P", help="Significance level: p-values below it get a '*'."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", metavar="FORMAT", help="table, markdown, csv, latex or json."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file."),
     group: GroupMode | None = typer.Option(
-        None, "--group", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon})."
+        None, "--group", metavar="paper", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon})."
     ),
     zero_filled: bool = typer.Option(True, "--zf/--no-zf", help="Show the zero-filled input (ZF) row."),
     strict: bool = typer.Option(False, "--strict", help="Fail on runs not evaluated yet instead of skipping them."),
     attention: Path | None = typer.Option(
-        None, "--attention", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, "
+        None, "--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, "
         "per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.",
     ),
     attention_slice: str | None = typer.Option(
-        None, "--attention-slice", help="VOLUME:SLICE for --attention (default: the middle slice of the middle volume)."
+        None, "--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume)."
     ),
 ) -> None:
-    """Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."""
+    """Tabulate evaluated runs (see HELP)."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, paper_table
     from sftkd_cli.report.formats import check_alpha, render, to_rich, view
 

@@ -8,23 +8,30 @@ import typer
 
 from rich.markup import escape
 
-from sftkd_cli.cli.app import app
+from sftkd_cli.cli.app import HelpCommand, app, examples
 from sftkd_cli.cli.common import console
 
 
-@app.command("export")
-def export(
-    run: Path = typer.Argument(..., help="Run directory to export.", show_default=False),
-    fmt: str = typer.Option(..., "--format", "-f", help="torchscript or onnx.", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx)."),
-    model: str = typer.Option(None, "--model", help="Which model of the run: model, teacher or student (default: the run's primary)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    size: tuple[int, int] = typer.Option(None, "--size", help="Image size H W (default: the dataset's image_size).", show_default=False),
-) -> None:
-    """Export a trained model with its data-consistency layers to TorchScript or ONNX, checked against PyTorch.
+HELP = examples(
+    "Export a trained model with its data-consistency layers to TorchScript or ONNX, checked against PyTorch."
+    "\n\nInputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, corner layout), "
+    "mask (B,1,H,W); output image (B,1,H,W). Dynamic batch; ONNX has a fixed image size, TorchScript any. "
+    "A model card <out>.card.json is written beside the file.",
+    "sftkd export runs/demo-student --format onnx",
+    "sftkd export runs/demo/sft --model student --format torchscript",
+)
 
-    Inputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, corner layout), mask (B,1,H,W); output image (B,1,H,W). Dynamic batch; ONNX has a fixed image size, TorchScript any. A model card <out>.card.json is written beside the file. Example: sftkd export runs/demo-student-D3C5-4x --format onnx
-    """
+
+@app.command("export", cls=HelpCommand, help=HELP)
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory to export.", show_default=False),
+    fmt: str = typer.Option(..., "--format", "-f", metavar="FORMAT", help="torchscript or onnx.", show_default=False),
+    out: Path = typer.Option(None, "--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx)."),
+    model: str = typer.Option(None, "--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", metavar="WHICH", help="best or last."),
+    size: tuple[int, int] = typer.Option(None, "--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False),
+) -> None:
+    """Export a run's model (see HELP)."""
     from sftkd_cli.export import export_run
 
     result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None)
