@@ -214,7 +214,11 @@ def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset
     report = runs / "report"
     text = (report / "report.md").read_text()
     teacher = json.loads((runs / "teacher" / "metrics.json").read_text())["metrics"]["PSNR"]["mean"]
-    assert "| teacher | teacher |" in text and f"{teacher:.2f} ±" in text and "Wilcoxon" in text
+    assert "| Teacher | " in text and f"{teacher:.2f} ±" in text and "Wilcoxon" in text and "eval-student" not in text.split("## Plan status")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")]
+    assert rows.index("Std-KD (AT)") < rows.index("SFT-KD-Recon (AT)")
+    assert "| **SFT-KD-Recon (AT) > Std-KD (AT)** |" in text and "no counterpart in the paper" in text
+    assert "[compare.csv](compare.csv)" in text and (report / "compare.csv").is_file()
     for figure in ("box", "curves", "grid"):
         assert (report / f"{figure}.png").stat().st_size > 1000 and (report / f"{figure}.pdf").stat().st_size > 1000
         assert f"]({figure}.png)" in text
