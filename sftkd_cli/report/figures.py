@@ -367,7 +367,7 @@ def reconstruction_grid(
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    default = f"Reconstructions, zoomed insets and |error| maps (errors ×{factor:g})" if residues else "Reconstructions and zoomed insets"
+    default = f"Reconstructions with zoomed insets; |error| maps ×{factor:g}" if residues else "Reconstructions with zoomed insets"
     figure.suptitle(heading(default, title, context), fontsize=10)
     return FigureOutput(save_figure(figure, stem), data, figure)
 
