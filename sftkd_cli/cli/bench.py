@@ -14,43 +14,34 @@ from rich import box
 from rich.table import Table
 
 from sftkd_cli.choices import BENCH_PARTS, KD_METHOD_NAMES
-from sftkd_cli.cli.app import app, err_console
+from sftkd_cli.cli.app import HelpCommand, app, err_console, examples
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult, BenchRow
 
-HELP = """Measure how fast sftkd trains and reconstructs on this machine (no dataset needed).
-
-Synthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x.
-Each figure is the median wall time of --repeats calls after --warmup untimed calls.
-
-Rows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the
-SFT joint step with the student branches batched through each shared block and branch by
-branch; one KD step per method with the frozen teacher under no_grad; inference of D5C5 and
-D3C5 at batch 1 and --batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in
-onnxruntime, fp32 CPU) and, with --compile, torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps and
-inference in fp32 and under bf16 autocast side by side ("vs ref" of a bf16 row = its fp32 twin).
-
-Every row of ours has a "reference way" twin timed in the same run: the same work done as
-the paper's code does it (NCHW, every conv padded on the full map, backprop through the KD
-teacher, SFT branch by branch). "vs ref" is that twin's time over ours (> 1: we are faster),
-the honest speed-up on a noisy machine. GFLOP/s counts 3x3-conv work only (training = 3x
-forward) and "% roof" divides it by the best GFLOP/s of one large 32->32 conv measured in the
-same run. The paper's code's own timings, measured on this machine class ("ref code"), and our
-speed-up over them ("vs ref code") are shown only at their settings: --device cpu --threads 1
---batch 4 --size 150 --precision fp32.
-
-Examples:
-
-  sftkd bench                                  # the reference settings (a few minutes)
-
-  sftkd bench --only teacher,infer --repeats 3 # quick look
-
-  sftkd bench --only kd --methods at,fitnets   # KD: ours vs the reference way
-
-  sftkd bench --precision bf16 --compile --json bench.json
-"""
+HELP = examples(
+    "Measure how fast sftkd trains and reconstructs on this machine (no dataset needed)."
+    "\n\nSynthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x. "
+    "Each figure is the median wall time of --repeats calls after --warmup untimed calls."
+    "\n\nRows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the SFT "
+    "joint step with the student branches batched through each shared block and branch by branch; one KD "
+    "step per method with the frozen teacher under no_grad; inference of D5C5 and D3C5 at batch 1 and "
+    "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
+    "with --compile, torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps "
+    "and inference in fp32 and under bf16 autocast side by side (\"vs ref\" of a bf16 row = its fp32 twin)."
+    "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
+    "paper's code does it (NCHW, every conv padded on the full map, backprop through the KD teacher, SFT "
+    "branch by branch). \"vs ref\" is that twin's time over ours (> 1: we are faster), the honest speed-up "
+    "on a noisy machine. GFLOP/s counts 3x3-conv work only (training = 3x forward) and \"% roof\" divides "
+    "it by the best GFLOP/s of one large 32->32 conv measured in the same run. The paper's code's own "
+    "timings, measured on this machine class (\"ref code\"), and our speed-up over them (\"vs ref code\") "
+    "are shown only at their settings: --device cpu --threads 1 --batch 4 --size 150 --precision fp32.",
+    "sftkd bench",
+    "sftkd bench --only teacher,infer --repeats 3",
+    "sftkd bench --only kd --methods at,fitnets",
+    "sftkd bench --precision bf16 --compile --json bench.json",
+)
 
 
 def _split(value: str | None) -> list[str]:
@@ -142,19 +133,19 @@ def ratio_lines(result: BenchResult) -> list[str]:
     return lines
 
 
-@app.command("bench", help=HELP)
+@app.command("bench", cls=HelpCommand, help=HELP)
 def bench(
-    size: int = typer.Option(150, "--size", help="Image height = width in pixels (the cardiac data are 150)."),
-    batch: int = typer.Option(4, "--batch", help="Batch size of training steps and of the throughput rows."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (torch.autocast to bfloat16)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed calls per row; the median is reported."),
-    warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing each row."),
-    only: str = typer.Option(None, "--only", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all)."),
-    methods: str = typer.Option(None, "--methods", help=f"KD methods for the kd rows: {','.join(KD_METHOD_NAMES)} (default all)."),
+    size: int = typer.Option(150, "--size", metavar="N", help="Image height = width in pixels (the cardiac data are 150)."),
+    batch: int = typer.Option(4, "--batch", metavar="N", help="Batch size of training steps and of the throughput rows."),
+    threads: int = typer.Option(1, "--threads", metavar="N", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs)."),
+    precision: str = typer.Option("fp32", "--precision", metavar="P", help="fp32, or bf16 (torch.autocast to bfloat16)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    repeats: int = typer.Option(5, "--repeats", metavar="N", help="Timed calls per row; the median is reported."),
+    warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed calls before timing each row."),
+    only: str = typer.Option(None, "--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all)."),
+    methods: str = typer.Option(None, "--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(KD_METHOD_NAMES)} (default all)."),
     compile: bool = typer.Option(False, "--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails)."),
-    roof_size: int = typer.Option(256, "--roof-size", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
+    roof_size: int = typer.Option(256, "--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
     json_out: str = typer.Option(None, "--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table."),
 ) -> None:
     from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sftkd_cli.choices import SOURCE_DEFAULTS
-from sftkd_cli.cli.app import app
+from sftkd_cli.cli.app import HelpCommand, HelpGroup, app, examples
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, h5py, torch) is imported when a command runs, never for --help
@@ -25,46 +25,51 @@ if TYPE_CHECKING:  # the library (NumPy, h5py, torch) is imported when a command
     from sftkd_cli.data.sources import Source
 
 prepare_app = typer.Typer(
+    cls=HelpGroup,
     no_args_is_help=True,
-    help=(
+    help=examples(
+        "Prepare a dataset (demo, acdc, mrbrains, nifti).\n\n"
         "Turn raw MRI volumes into a training-ready dataset: one .h5 per volume (image, masked "
         "k-space and zero-filled image per acceleration; with --task sr, low-resolution input per scale) "
-        "plus manifest.json. Re-running with the same options is a no-op; the output appears atomically."
+        "plus manifest.json. Re-running with the same options is a no-op; the output appears atomically.",
+        "sftkd prepare-data demo",
+        "sftkd prepare-data acdc /data/ACDC --out data/acdc",
+        "sftkd prepare-data nifti /data/scans --out data/scans",
     ),
 )
-app.add_typer(prepare_app, name="prepare-data", help="Prepare a dataset (demo, acdc, mrbrains, nifti).")
+app.add_typer(prepare_app, name="prepare-data")
 
 _STAGES = {"hash": "checksums", "read": "reading volumes", "write": "writing h5 files"}
 
 # ----------------------------------------------------------------- shared options
 
 Out = Annotated[
-    Path, typer.Option("--out", "-o", help="Dataset folder to create (must be outside ROOT).")
+    Path, typer.Option("--out", "-o", metavar="DIR", help="Dataset folder to create (must be outside ROOT).")
 ]
 Size = Annotated[
     Optional[tuple[int, int]],
     typer.Option("--size", metavar="H W", help="Centre crop / zero-pad slices to H x W (no resampling)."),
 ]
 SliceAxis = Annotated[
-    int, typer.Option("--slice-axis", help="Volume axis to slice along (0, 1, 2; -1 = last).")
+    int, typer.Option("--slice-axis", metavar="AXIS", help="Volume axis to slice along (0, 1, 2; -1 = last).")
 ]
 Downsample = Annotated[
-    int, typer.Option("--downsample", min=1, help="In-plane block-mean downsampling factor (1 = none).")
+    int, typer.Option("--downsample", min=1, metavar="N", help="In-plane block-mean downsampling factor (1 = none).")
 ]
 Acc = Annotated[
     Optional[list[str]],
-    typer.Option("--acc", "--accelerations", "--scale",
+    typer.Option("--acc", "--scale", metavar="X",
                  help="Acceleration(s), repeatable or comma list; with --task sr the scale factor(s) (--scale). "
                       "Default: 4,5 (or those of --mask-file); sr: 4."),
 ]
 Task = Annotated[
     str,
-    typer.Option("--task",
-                 help="recon: undersampled k-space and zero-filled image per acceleration | sr: super-resolution, "
-                      "the central 1/s x 1/s of k-space per scale s, interpolated back to full size (|IFFT| of "
-                      "the zero-padded box: sinc); the group is sr<s> and the mask the box."),
+    typer.Option("--task", metavar="TASK",
+                 help="recon (undersampled k-space and zero-filled image per acceleration) or sr "
+                      "(super-resolution: the central 1/s x 1/s of k-space per scale s, zero-padded and "
+                      "interpolated back to full size)."),
 ]
-MaskKind = Annotated[str, typer.Option("--mask-kind", help="Generated masks: random | equispaced | fastmri.")]
+MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri.")]
 MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",
@@ -72,36 +77,36 @@ MaskFile = Annotated[
                       "needs a single --acc."),
 ]
 MaskLayout = Annotated[
-    str, typer.Option("--mask-layout", help="k-space layout: corner (unshifted, the paper's) | centered.")
+    str, typer.Option("--mask-layout", metavar="LAYOUT", help="k-space layout: corner (unshifted, the paper's) | centered.")
 ]
 CenterFraction = Annotated[
-    Optional[float], typer.Option("--center-fraction", help="Fully sampled low-frequency fraction of lines.")
+    Optional[float], typer.Option("--center-fraction", metavar="F", help="Fully sampled low-frequency fraction of lines.")
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the masks and of the split.")]
+Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the masks and of the split.")]
 ValFraction = Annotated[
     Optional[float],
-    typer.Option("--val-fraction", help="Seeded share of volumes (ACDC: patients) for val. Default: 0.25."),
+    typer.Option("--val-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for val. Default: 0.25."),
 ]
 TestFraction = Annotated[
     Optional[float],
-    typer.Option("--test-fraction", help="Seeded share of volumes (ACDC: patients) for test. Default: 0."),
+    typer.Option("--test-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for test. Default: 0."),
 ]
 Val = Annotated[
-    Optional[list[str]], typer.Option("--val", help="Volume (ACDC: patient) id for val; repeatable.")
+    Optional[list[str]], typer.Option("--val", metavar="ID", help="Volume (ACDC: patient) id for val; repeatable.")
 ]
 Test = Annotated[
-    Optional[list[str]], typer.Option("--test", help="Volume (ACDC: patient) id for test; repeatable.")
+    Optional[list[str]], typer.Option("--test", metavar="ID", help="Volume (ACDC: patient) id for test; repeatable.")
 ]
 MinSliceMean = Annotated[
     float,
-    typer.Option("--min-slice-mean",
+    typer.Option("--min-slice-mean", metavar="F",
                  help="Skip slices whose mean is below this fraction of the volume mean (0 = keep all "
                       "non-empty slices)."),
 ]
 Force = Annotated[
     bool, typer.Option("--force", help="Rebuild an existing dataset prepared with other options.")
 ]
-Root = Annotated[Path, typer.Argument(help="Folder holding the raw data.", show_default=False)]
+Root = Annotated[Path, typer.Argument(metavar="ROOT", help="Folder holding the raw data.", show_default=False)]
 
 
 def _options(
@@ -211,26 +216,30 @@ def print_summary(result: PrepareResult, console: Console) -> None:
 
 @prepare_app.command(
     "demo",
-    help=(
+    cls=HelpCommand,
+    help=examples(
         "Built-in demo: a real T1 brain template shipped in an installable package (nilearn's "
         "ICBM152 2009a; pip install 'sftkd\\[demo]'), or Colin27 from Debian's mricron-data.\n\n"
         "Axial slices, 2x in-plane block-mean downsampling (2 mm) and a centre 96 x 96 crop; slices "
         "darker than 0.3 x the volume mean are skipped. Split into slabs of 8 slices separated by 2 "
-        "skipped slices, in the pattern train, val, train, test, train (about 60/20/20)."
+        "skipped slices, in the pattern train, val, train, test, train (about 60/20/20).",
+        "sftkd prepare-data demo",
+        "sftkd prepare-data demo --out data/demo-colin --source colin27",
+        "sftkd prepare-data demo --out data/demo-sr --task sr --scale 4",
     ),
 )
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")] = Path("data/demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Dataset folder to create.")] = Path("data/demo"),
     source: Annotated[
-        str, typer.Option("--source", help="Template: icbm152 (nilearn) | colin27 (mricron-data).")
+        str, typer.Option("--source", metavar="NAME", help="Template: icbm152 (nilearn) | colin27 (mricron-data).")
     ] = "icbm152",
     template: Annotated[
-        Optional[Path], typer.Option("--template", help="Explicit path of the template NIfTI file.")
+        Optional[Path], typer.Option("--template", metavar="FILE", help="Explicit path of the template NIfTI file.")
     ] = None,
     size: Size = SOURCE_DEFAULTS["demo"]["size"],
     downsample: Downsample = SOURCE_DEFAULTS["demo"]["downsample"],
-    slab: Annotated[int, typer.Option("--slab", help="Slices per split slab.")] = 8,
-    gap: Annotated[int, typer.Option("--gap", help="Slices skipped between slabs (>= 1).")] = 2,
+    slab: Annotated[int, typer.Option("--slab", metavar="N", help="Slices per split slab.")] = 8,
+    gap: Annotated[int, typer.Option("--gap", metavar="N", help="Slices skipped between slabs (>= 1).")] = 2,
     min_slice_mean: MinSliceMean = SOURCE_DEFAULTS["demo"]["min_slice_mean"],
     acc: Acc = None,
     mask_kind: MaskKind = "random",
@@ -249,12 +258,16 @@ def demo(
 
 @prepare_app.command(
     "acdc",
-    help=(
+    cls=HelpCommand,
+    help=examples(
         "ACDC cardiac MRI: the ED/ES image frames of training|testing/patientNNN/ (never labels or "
         "4-D cines), slices along the last axis, centre 150 x 150.\n\n"
         "Split by patient: training/ -> train and testing/ -> val (the paper's 150/50). Without "
         "testing/, or with --val/--val-fraction, a seeded 25 % of the training patients is val and "
-        "testing/ becomes test."
+        "testing/ becomes test.",
+        "sftkd prepare-data acdc /data/ACDC --out data/acdc",
+        "sftkd prepare-data acdc /data/ACDC --out data/acdc-5x --acc 5",
+        "sftkd prepare-data acdc /data/ACDC --out data/acdc-f --mask-file 4=mask4.npy",
     ),
 )
 def acdc(
@@ -285,17 +298,20 @@ def acdc(
 
 @prepare_app.command(
     "mrbrains",
-    help=(
+    cls=HelpCommand,
+    help=examples(
         "MRBrainS18 (training/<id>/pre/T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
         "modality, slices along the last axis, 240 x 240.\n\n"
         "Split by volume: a seeded 25 % for val (7 volumes -> 5 train, 2 val, as in the paper), or "
-        "--val IDs."
+        "--val IDs.",
+        "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/mrbrains",
+        "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/sr --task sr --scale 4",
     ),
 )
 def mrbrains(
     root: Root,
     out: Out,
-    modality: Annotated[str, typer.Option("--modality", help="T1 | FLAIR | IR.")] = "T1",
+    modality: Annotated[str, typer.Option("--modality", metavar="NAME", help="T1 | FLAIR | IR.")] = "T1",
     size: Size = SOURCE_DEFAULTS["mrbrains"]["size"],
     slice_axis: SliceAxis = SOURCE_DEFAULTS["mrbrains"]["slice_axis"],
     downsample: Downsample = 1,
@@ -321,16 +337,19 @@ def mrbrains(
 
 @prepare_app.command(
     "nifti",
-    help=(
+    cls=HelpCommand,
+    help=examples(
         "Any folder of 3-D NIfTI volumes matched by --pattern (at any depth). Without --size all "
-        "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs)."
+        "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs).",
+        "sftkd prepare-data nifti /data/scans --out data/scans --size 128 128",
+        "sftkd prepare-data nifti /data/scans --out data/t2 --pattern '*_T2w.nii.gz'",
     ),
 )
 def nifti(
     root: Root,
     out: Out,
     pattern: Annotated[
-        str, typer.Option("--pattern", help="Glob of volume files; matched at any depth unless it has '/'.")
+        str, typer.Option("--pattern", metavar="GLOB", help="Glob of volume files; matched at any depth unless it has '/'.")
     ] = "*.nii.gz",
     size: Size = SOURCE_DEFAULTS["nifti"]["size"],
     slice_axis: SliceAxis = SOURCE_DEFAULTS["nifti"]["slice_axis"],

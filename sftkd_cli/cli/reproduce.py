@@ -6,21 +6,31 @@ from pathlib import Path
 
 import typer
 
-from sftkd_cli.cli.app import app
+from sftkd_cli.cli.app import HelpCommand, app, examples
 from sftkd_cli.cli.common import console
 from sftkd_cli.errors import SftkdError
 
 
-@app.command("reproduce")
+HELP = examples(
+    "Run a reproduction plan: prepare data, train teacher, student, SFT teacher and KD students, evaluate "
+    "every run, compare them and write a report (tables, Wilcoxon p-values, figures)."
+    "\n\nRe-running continues where it stopped: finished stages are skipped, interrupted runs resumed.",
+    "sftkd reproduce demo",
+    "sftkd reproduce recipes/demo.yaml --dry-run --only kd",
+    "sftkd reproduce table1-acdc --data-root /data/ACDC train.device=cuda",
+)
+
+
+@app.command("reproduce", cls=HelpCommand, help=HELP)
 def reproduce(
-    plan_file: Path = typer.Argument(..., help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False),
+    plan_file: Path = typer.Argument(..., metavar="PLAN", help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False),
     overrides: list[str] = typer.Argument(
-        None, help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.",
+        None, metavar="KEY=VALUE", help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.",
         show_default=False,
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what each stage would do (run, resume, skip) and exit."),
     only: list[str] = typer.Option(
-        None, "--only", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind "
+        None, "--only", metavar="STAGES", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind "
         "(data, teacher, student, sft, std-kd, sft-kd, kd, train, eval, report) or a variant name. "
         "Stages they need must be complete already.",
     ),
@@ -28,22 +38,10 @@ def reproduce(
         True, "--keep-going/--stop-on-error",
         help="After a failed stage, go on with the stages that do not need it (default), or stop.",
     ),
-    runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of the run directories (the plan's runs_dir)."),
-    data_root: Path = typer.Option(None, "--data-root", help="Raw data folder (the plan's data.root), e.g. /data/ACDC."),
+    runs_dir: Path = typer.Option(None, "--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir)."),
+    data_root: Path = typer.Option(None, "--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC."),
 ) -> None:
-    """Run a reproduction plan: prepare data, train teacher, student, SFT teacher and KD students,
-    evaluate every run, compare them and write a report (tables, Wilcoxon p-values, figures).
-
-    Re-running continues where it stopped: finished stages are skipped, interrupted runs resumed.
-
-    Examples:
-
-      sftkd reproduce recipes/demo.yaml
-
-      sftkd reproduce recipes/plans/table1-acdc.yaml --data-root /data/ACDC train.device=cuda
-
-      sftkd reproduce recipes/demo.yaml --dry-run --only kd
-    """
+    """Run a reproduction plan (see HELP)."""
     from sftkd_cli.reproduce import (
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )

@@ -1,0 +1,87 @@
+"""Every `--help` reads cleanly at 80 columns: nothing wider, no Python types as option values,
+every example a whole command on one line, prose that rich wraps (no hard-wrapped paragraphs),
+and the commands listed in workflow order."""
+
+from __future__ import annotations
+
+import pytest
+from rich.text import Text
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from sftkd_cli.cli.app import app
+
+WIDTH = 80
+ROOT = get_command(app)
+# the Python types typer prints when an option or argument has no metavar
+TYPE_METAVARS = ("<bool>", "<list[", "<int,", "<str>", "<path>", "<float>", "<int>", "<tuple")
+
+
+def _commands(command=ROOT, prefix=()):
+    """(argv prefix, click command) for the root, every command and every sub-command."""
+    yield list(prefix), command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = list(_commands())
+IDS = [" ".join(argv) or "sftkd" for argv, _ in COMMANDS]
+
+
+def _render(argv: list[str]) -> str:
+    result = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": None},
+                                terminal_width=WIDTH)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _examples(command) -> list[str]:
+    """The example commands of a help text as it renders them (markup removed)."""
+    lines = [Text.from_markup(line).plain.strip() for line in (command.help or "").splitlines()]
+    return [line for line in lines if line.startswith("sftkd ")]
+
+
+def test_the_commands_are_found():
+    names = {" ".join(argv) for argv, _ in COMMANDS}
+    assert {"prepare-data demo", "prepare-data acdc", "compare", "bench", "reproduce"} <= names
+    assert len(COMMANDS) >= 14
+
+
+@pytest.mark.parametrize(("argv", "command"), COMMANDS, ids=IDS)
+def test_help_fits_80_columns_without_python_types(argv, command):
+    text = _render(argv)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) == WIDTH  # rich used the 80 columns, not fewer
+    too_long = [line for line in lines if len(line) > WIDTH]
+    assert not too_long, "\n".join(too_long)
+    shown = [m for m in TYPE_METAVARS if m in text]
+    assert not shown, f"{shown} in\n{text}"
+    assert "…" not in text, text  # nothing cut off with an ellipsis
+
+
+@pytest.mark.parametrize(("argv", "command"), COMMANDS, ids=IDS)
+def test_every_example_is_one_whole_line(argv, command):
+    examples = _examples(command)
+    assert examples, f"sftkd {' '.join(argv)}: no example"
+    lines = [line.strip() for line in _render(argv).splitlines()]
+    broken = [example for example in examples if example not in lines]
+    assert not broken, f"split over lines: {broken}"
+
+
+@pytest.mark.parametrize(("argv", "command"), COMMANDS, ids=IDS)
+def test_prose_is_not_hard_wrapped(argv, command):
+    """Each paragraph of prose is one line in the source, so rich wraps it to the terminal (a
+    paragraph broken by hand at ~95 characters comes out ragged at 80)."""
+    for paragraph in (command.help or "").split("\n\n"):
+        lines = paragraph.strip().splitlines()
+        if lines and not all(line.strip().startswith("sftkd ") for line in lines):
+            assert len(lines) == 1, f"hard-wrapped paragraph:\n{paragraph}"
+
+
+def test_root_help_lists_the_commands_in_workflow_order():
+    text = _render([])
+    order = ["prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export", "bench",
+             "reproduce"]
+    rows = [line.split()[1] for line in text.splitlines() if line.startswith("│ ") and line[2] != " "]
+    rows = [row for row in rows if row in order]
+    assert rows == order
