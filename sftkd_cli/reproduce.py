@@ -1162,7 +1162,8 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
     if not members:
         return lines + ["No evaluated runs yet.", ""]
     alpha = float(plan.compare["alpha"])
-    seeds = sorted({_seed_of(s) for s in members})
+    found = {_seed_of(s) for s in members}
+    seeds = [seed for seed in plan.seeds if seed in found] or sorted(found)  # the plan's order: its first seed first
     first = [s for s in members if _seed_of(s) == seeds[0]]
     try:
         arms: dict[str, dict[int, Any]] = {}

@@ -159,6 +159,12 @@ def test_prepare_defaults_match_the_prepare_data_command():
          "rows.PSNR: cell '1 \\+/- 2 \\+/- 3': expected '-' or a number or 'mean \\+/- std'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [KD], rows: {PSNRR: [1]}}\n",
          "paper.rows: 'PSNRR': layout models names a metric per row; did you mean PSNR?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nseeds: 42\n", "seeds: expected a list of integer seeds"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, x]\n", "seeds: 'x': expected an integer between 0 and 2\\*\\*32-1"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, -1]\n", "seeds: -1: expected an integer"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, 43, 42]\n", "seeds: seed 42 is listed twice"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, 43]\nbase: {train.seed: 1}\n",
+         "base: train.seed is set by the plan's seeds; remove it"),
     ],
 )
 def test_plan_errors_name_the_key(tmp_path, text, message):
@@ -392,3 +398,31 @@ def test_acceleration_variants_fill_the_table1_columns(tmp_path, tiny_dataset):
         cells.append(f"{metrics['metrics']['PSNR']['mean']:.2f}/{metrics['metrics']['SSIM']['mean']:.4f}")
     row = next(line for line in (plan.report_dir / "report.md").read_text().splitlines() if line.startswith("| AT |"))
     assert row == f"| AT | {cells[0]} | 1/0.1 | {cells[1]} | 2/0.2 | {cells[2]} | 3/0.3 | {cells[3]} | 4/0.4 |"
+
+
+def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_path, tiny_dataset):
+    path = write_plan(tmp_path, tiny_dataset, "seeds: [42, 7]\n")
+    runner = CliRunner()
+    dry = runner.invoke(app, ["reproduce", str(path), "--dry-run"], env={"COLUMNS": "200"})
+    assert dry.exit_code == 0, dry.output
+    assert "teacher-s7" in dry.output and "eval-sft-kd-at-s7" in dry.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("seeds: [42, 7]", "seeds: [42, 7, 7]"))
+    refused = runner.invoke(app, ["reproduce", str(bad), "--dry-run"])
+    assert refused.exit_code == 2 and "seeds: seed 7 is listed twice" in refused.output and "Traceback" not in refused.output
+    plan = load_plan(path)
+    stages = {s.id: s for s in build_stages(plan)}
+    assert stages["teacher"].recipe.train.seed == 42 and stages["teacher-s7"].recipe.train.seed == 7
+    assert stages["std-kd-at-s7"].needs == ("data", "teacher-s7") and stages["sft-kd-at"].needs == ("data", "sft")
+    assert stages["std-kd-at-s7"].recipe.distill.teacher_run == str(plan.runs_dir / "teacher-s7")
+    outcome = run_plan(plan, console=quiet())
+    assert not outcome.failed
+    text = (plan.report_dir / "report.md").read_text()
+    assert "seeds held" in text and "seed 7" in text and "(seeds 42, 7)" in text
+    central = next(line for line in text.splitlines() if line.startswith("| **SFT-KD-Recon (AT) > Std-KD (AT)**"))
+    assert central.split(" | ")[3] == str(2 * _slices(plan.runs_dir / "teacher"))  # pooled: seeds x slices
+    assert (plan.report_dir / "compare-s7.csv").is_file() and (plan.report_dir / "compare.csv").is_file()
+
+
+def _slices(run: Path) -> int:
+    return len((run / "per_slice.csv").read_text().splitlines()) - 1

@@ -129,7 +129,7 @@ def evaluate_claims(arms: Arms, metric: str = "PSNR", alpha: float = 0.05, toler
     """Test every claim the arms allow, over the seeds both arms have (claims without one are left out)."""
     results = []
     for claim in claims(list(arms), tolerance):
-        seeds = sorted(set(arms[claim.a]) & set(arms[claim.b]))
+        seeds = [seed for seed in arms[claim.a] if seed in arms[claim.b]]  # the arms' (plan's) seed order
         if not seeds:
             continue
         pairs = {seed: paired_values(arms[claim.a][seed], arms[claim.b][seed], metric) for seed in seeds}
@@ -160,14 +160,14 @@ def verdict_markdown(results: Sequence[ClaimResult], alpha: float, tolerance: fl
     lines = ["### Verdict: the paper's claims in these runs", ""]
     if not results:
         return lines + ["No claim can be tested yet (needs evaluated teacher, student, SF-teacher and KD runs).", ""]
-    seeds = sorted({seed for r in results for seed in r.seeds})
+    seeds = list(dict.fromkeys(seed for r in results for seed in r.seeds))
     header = ["Claim", f"Δ{metric} ours", "p", "pairs", "verdict"]
     header += ["seeds held"] if len(seeds) > 1 else []
     header += ["paper (a vs b, Δ)"]
     body = []
     for r in results:
         name = f"**{r.claim.text}**" if r.claim.central else r.claim.text
-        diff = f"gap {r.pooled.diff:.2f}" if r.claim.kind == "within" else f"{r.pooled.diff:+.2f}"
+        diff = f"gap {r.pooled.diff:.3f}" if r.claim.kind == "within" else f"{r.pooled.diff:+.3f}"
         row = [name, diff, _p(r.pooled.p), str(r.pooled.n), r.pooled.status]
         row += [f"{r.held_seeds}/{len(r.seeds)}"] if len(seeds) > 1 else []
         body.append(row + [_paper_cell(r)])
@@ -183,7 +183,7 @@ def verdict_markdown(results: Sequence[ClaimResult], alpha: float, tolerance: fl
         lines += ["", paper_note]
     if len(seeds) > 1:
         lines += ["", "Per seed (Δ, p, verdict):", ""]
-        per_seed = [[r.claim.text] + [f"{r.seeds[s].diff:+.2f}, {_p(r.seeds[s].p)}, {r.seeds[s].status}"
+        per_seed = [[r.claim.text] + [f"{r.seeds[s].diff:+.3f}, {_p(r.seeds[s].p)}, {r.seeds[s].status}"
                                       if s in r.seeds else "-" for s in seeds] for r in results]
         lines += _table(["Claim"] + [f"seed {s}" for s in seeds], per_seed)
     lines += [""] + _summary(results) + [""]
@@ -194,7 +194,7 @@ def _summary(results: Sequence[ClaimResult]) -> list[str]:
     """One sentence per outcome, the central claim first."""
     words = {HELD: "held", NOT_HELD: "did not hold", NOT_SHOWN: "was not shown (not significant)"}
     return [f"- {r.claim.text}: {words[r.pooled.status]}"
-            + (f" (gap {r.pooled.diff:.2f} dB)" if r.claim.kind == "within" else f" ({r.pooled.diff:+.2f} dB)") + "."
+            + (f" (gap {r.pooled.diff:.3f} dB)" if r.claim.kind == "within" else f" ({r.pooled.diff:+.3f} dB)") + "."
             for r in results]
 
 
