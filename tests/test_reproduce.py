@@ -426,3 +426,15 @@ def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_pa
 
 def _slices(run: Path) -> int:
     return len((run / "per_slice.csv").read_text().splitlines()) - 1
+
+
+def test_paper_plans_use_the_effective_imitation_weight_and_a_plan_keeps_the_formula(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for name in ("table1-mrbrains", "table1-acdc", "table6-dcunet", "table9-sr"):
+        sft = [s for s in build_stages(load_plan(ROOT / "recipes" / "plans" / f"{name}.yaml")) if s.kind == "sft"]
+        assert sft and all(s.recipe.sft.w_imit == 1e-5 for s in sft), name
+    demo = {s.id: s for s in build_stages(load_plan(ROOT / "recipes" / "demo.yaml"))}
+    assert demo["sft"].recipe.sft.w_imit == 1e-5
+    both = {s.id: s for s in build_stages(load_plan(ROOT / "recipes" / "plans" / "sft-imitation-weight.yaml"))}
+    assert both["paper-code-sft"].recipe.sft.w_imit == 1e-5 and both["formula-sft"].recipe.sft.w_imit == 1.0
+    assert both["formula-sft-kd-at"].needs == ("data", "formula-sft") and both["formula-std-kd-at"].needs == ("data", "teacher")
