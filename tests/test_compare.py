@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+from rich.console import Console
 from typer.testing import CliRunner
 
 import sftkd_cli.cli.compare  # noqa: F401  (registers the command on the app)
@@ -344,3 +345,25 @@ def test_a_plans_runs_folder_stands_for_the_runs_in_it(tmp_path):
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()[1:]
     assert sorted(row.split(",")[0] for row in rows) == ["ZF", "student", "teacher"]
+
+
+def test_table_at_80_columns_splits_instead_of_wrapping(trio):
+    """compare's terminal table on an 80-column console: no line over 80, no cut p-value, no cell
+    wrapped into several lines (rows of a part are at most the stacked 3 lines of mean, Δ, p)."""
+    from sftkd_cli.report.formats import format_p, to_rich, view
+
+    from sftkd_cli.report.compare import collect_runs
+
+    runs, _ = collect_runs(list(trio.values()))
+    comparison = compare_runs(runs, metrics=["PSNR", "SSIM", "HFN", "VIF", "NMSE"])
+    buffer = io.StringIO()
+    Console(file=buffer, width=80, color_system=None).print(to_rich(view(comparison, 0.05, stacked=True)))
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    for row in comparison.rows:
+        for metric, p in row.pvalue.items():
+            assert format_p(p, 0.05) in text, (row.name, metric)
+    assert text.count("sftkd compare") == 1 and text.count("Run") >= 2  # split into parts, title once
+    wide = io.StringIO()
+    Console(file=wide, width=300, color_system=None).print(to_rich(view(comparison, 0.05, stacked=True)))
+    assert wide.getvalue().count("Run") == 1  # one table when it fits

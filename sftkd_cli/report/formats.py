@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -252,17 +253,49 @@ def paper_json(p: PaperTable) -> dict[str, object]:
 # ----------------------------------------------------------------------------- renderers
 
 
-def to_rich(table: Table) -> RichTable:
-    """A rich table; cells are plain text (no markup), numbers right-aligned."""
-    out = RichTable(title=table.title, caption=table.caption, caption_justify="left", box=box.SIMPLE_HEAD,
-                    show_edge=False, pad_edge=False)
-    for i, (group, label) in enumerate(table.columns):
-        out.add_column(f"{group}\n{label}" if group else label,
-                       justify="left" if i < table.label_columns else "right")
-    for i, row in enumerate(table.rows):
-        if i in table.sections and i > 0:
+def _rich_part(table: Table, columns: list[int], title: bool, caption: bool, cls: type[RichTable] = RichTable) -> RichTable:
+    """A rich table of some of `table`'s columns (indices), with or without its title and caption."""
+    out = cls(title=table.title if title else None, caption=table.caption if caption else None,
+              caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i in columns:
+        group, label = table.columns[i]
+        out.add_column(f"{group}\n{label}" if group else label, justify="left" if i < table.label_columns else "right")
+    for r, row in enumerate(table.rows):
+        if r in table.sections and r > 0:
             out.add_section()
-        out.add_row(*(Text(cell) for cell in row))
+        out.add_row(*(Text(row[i]) for i in columns))
+    return out
+
+
+class FittedTable(RichTable):
+    """A rich table that, on a console too narrow for it, prints as several narrower tables: the
+    label columns repeated, the number columns split between them, so that no cell wraps or is cut."""
+
+    source: Table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        if Measurement.get(console, options.update_width(10**6), self).maximum <= width:
+            yield from super().__rich_console__(console, options)
+            return
+        table = self.source
+        labels = list(range(table.label_columns))
+        chunks: list[list[int]] = [[]]
+        for i in range(table.label_columns, len(table.columns)):
+            trial = _rich_part(table, labels + chunks[-1] + [i], False, False)
+            if chunks[-1] and Measurement.get(console, options.update_width(10**6), trial).maximum > width:
+                chunks.append([])
+            chunks[-1].append(i)
+        for n, chunk in enumerate(chunks):
+            yield _rich_part(table, labels + chunk, n == 0, n == len(chunks) - 1)
+
+
+def to_rich(table: Table) -> RichTable:
+    """A rich table; cells are plain text (no markup), numbers right-aligned. On a narrow console
+    it prints as several tables of fewer columns (see FittedTable)."""
+    out = _rich_part(table, list(range(len(table.columns))), True, True, FittedTable)
+    assert isinstance(out, FittedTable)
+    out.source = table
     return out
 
 
