@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sftkd_cli.data.prepare import INPUT_LABELS
 from sftkd_cli.report.compare import METHOD_LABELS, RunResult, paired_values, wilcoxon_p
 
 Arms = Mapping[str, Mapping[int, RunResult]]
@@ -227,7 +228,8 @@ def main_table(arms: Arms, metrics: Sequence[str], reference: str = "teacher") -
     rows = []
     zf = [stat(np.asarray(first.column(f"ZF_{m}")), m) if f"ZF_{m}" in first.columns else "-" for m in metrics]
     zf_mean = float(np.nanmean(first.column(f"ZF_{lead}"))) if f"ZF_{lead}" in first.columns else None
-    rows.append(["ZF (zero-filled input)", "-", *zf, "-" if ref is None or zf_mean is None else f"{zf_mean - ref:+.2f}"]
+    short, long = INPUT_LABELS.get(first.task, ("zero-filled", "ZF"))[::-1]
+    rows.append([f"{short} ({long} input)", "-", *zf, "-" if ref is None or zf_mean is None else f"{zf_mean - ref:+.2f}"]
                 + (["-"] if len(seeds) > 1 else []))
     for key in order:
         runs = [arms[key][seed] for seed in sorted(arms[key])]
