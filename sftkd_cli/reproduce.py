@@ -1247,9 +1247,9 @@ def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[t
     curves = {s.label: s.run for s in members if s.model_role is None}
     makers: list[tuple[tuple[str, str], Callable[[Path], Any]]] = [
         (("box", f"{' and '.join(metrics)} per slice{label}"),
-         lambda stem: figures.box_plots_from_runs(boxes, stem, metrics, f"{plan.name}{label}")),
+         lambda stem: figures.box_plots_from_runs(boxes, stem, metrics, context=f"{plan.name}{label}")),
         (("curves", f"Validation curves{label}"),
-         lambda stem: figures.validation_curves_from_runs(curves, stem, plan.figures["curve"], f"{plan.name}{label}")),
+         lambda stem: figures.validation_curves_from_runs(curves, stem, plan.figures["curve"], context=f"{plan.name}{label}")),
     ]
     method = _figure_method(plan)
     wanted = [("teacher", "teacher"), ("student", "student")]
@@ -1263,7 +1263,7 @@ def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[t
         box = plan.figures["box"]
         makers.append((("grid", f"Reconstructions and residues{label}"), lambda stem: figures.reconstruction_grid_from_runs(
             plan.data.out, recipe.data.acceleration, grid, stem, plan.figures["volume"], plan.figures["slice"],
-            None if box is None else tuple(int(b) for b in box))))
+            None if box is None else tuple(int(b) for b in box), context=f"{plan.name}{label}")))
     if method and method != "none" and {f"std-kd-{method}", f"sft-kd-{method}"} <= set(by_label):
         kd = [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})"),
               (f"sft-kd-{method}-random", f"SFT-KD random init ({method})")]
@@ -1272,7 +1272,8 @@ def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[t
         makers.append((("attention", f"Attention-map residues to the teacher (AT taps, Fig. 6){label}"),
                        lambda stem: figures.attention_residues_from_runs(
                            students, stem, plan.data.out, acceleration, plan.figures["volume"], plan.figures["slice"],
-                           split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"])))
+                           split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
+                           context=f"{plan.name}{label}")))
     return makers
 
 
