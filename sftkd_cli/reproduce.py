@@ -75,7 +75,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli import __version__
+from sftkd_cli import __version__, eta
 from sftkd_cli.config import Recipe, Setting, load_recipe, parse_overrides, read_yaml_file, validate
 from sftkd_cli.data.files import read_regular_bytes
 from sftkd_cli.data.prepare import SOURCE_DEFAULTS  # one home for prepare-data's per-source defaults
@@ -899,6 +899,7 @@ def run_plan(
     outcome = PlanOutcome([])
     todo = [s for s in stages if s.id in chosen]
     stopped = ""
+    plan_started, timed = time.perf_counter(), []  # timed: (cost, seconds) of training stages done here
     for number, stage in enumerate(todo, start=1):
         blocker = stopped or _blocker(stage, chosen, broken, stages, plan)
         if blocker:
@@ -926,6 +927,11 @@ def run_plan(
         results[stage.id] = StageResult(stage.id, stage.kind, status, time.perf_counter() - started, note)
         if stage.kind == "report" and status != SKIPPED:
             outcome.report = plan.report_dir
+        if stage.kind in TRAIN_KINDS and status == DONE and number < len(todo):
+            timed.append((eta.training_cost(stage.kind, stage.recipe), results[stage.id].seconds))
+            left = eta.seconds_left(timed, [eta.training_cost(s.kind, s.recipe) for s in todo[number:] if s.kind in TRAIN_KINDS])
+            console.print(eta.progress_line(number, len(todo), time.perf_counter() - plan_started, left),
+                          style="dim", highlight=False)
     outcome.results = [results[s.id] for s in todo]
     return outcome
 

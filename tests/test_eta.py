@@ -1,0 +1,48 @@
+"""The plan's time-left estimate: stage costs from the architectures, calibrated on stages done (CPU)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+from test_reproduce import write_plan
+
+from sftkd_cli import eta
+from sftkd_cli.config import load_recipe
+from sftkd_cli.models import build_model, count_parameters
+from sftkd_cli.reproduce import load_plan, run_plan
+
+TEACHER, STUDENT = count_parameters(build_model("D5C5")), count_parameters(build_model("D3C5"))
+
+
+def recipe(**settings):
+    return load_recipe(None, [f"{k}={v}" for k, v in {"train.epochs": 20, **settings}.items()])
+
+
+def test_costs_follow_what_each_stage_runs():
+    assert (TEACHER, STUDENT) == (141_765, 49_285)  # the paper's D5C5 and D3C5
+    assert eta.training_cost("teacher", recipe(**{"model.name": "D5C5"})) == 20 * TEACHER
+    assert eta.training_cost("student", recipe(**{"model.name": "D3C5"})) == 20 * STUDENT
+    # SFT: the teacher plus branches i = 1..4 running student blocks i+1..5: 10 blocks = 2 students
+    assert eta.training_cost("sft", recipe()) == pytest.approx(20 * (TEACHER + 2 * STUDENT))
+    # KD: the student trained, the frozen teacher only run forward
+    assert eta.training_cost("std-kd", recipe()) == pytest.approx(20 * (STUDENT + TEACHER / 3))
+
+
+def test_the_estimate_scales_the_measured_speed():
+    assert eta.seconds_left([], [5.0]) is None
+    assert eta.seconds_left([(2.0, 10.0), (2.0, 30.0)], [1.0, 3.0]) == pytest.approx(40.0)
+    assert eta.progress_line(3, 13, 252.0, 480.0) == "plan: 3/13 stages, 4.2 min so far, about 8 min left"
+    assert eta.progress_line(12, 13, 700.0, 10.0).endswith("under 2 min left")
+
+
+def test_a_plan_prints_its_progress_after_each_training_stage(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    out = io.StringIO()
+    run_plan(plan, only=["teacher", "student", "eval-teacher"], console=Console(file=out, width=200))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("plan: ")]
+    assert len(lines) == 2, out.getvalue()[-2000:]  # after teacher and student, not after the last stage
+    assert lines[0].startswith("plan: 1/3 stages") and lines[1].startswith("plan: 2/3 stages")
+    assert all("min left" in line for line in lines)
