@@ -280,26 +280,37 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     if not isinstance(raw, dict):
         raise SftkdError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     recipe = Recipe()
-    sections = typing.get_type_hints(Recipe)
     for section, values in raw.items():
-        if section not in sections:
-            raise SftkdError(f"{source}: unknown section {section!r}{_suggest(str(section), list(sections))}")
+        _section_type(section, source)
         if values is None:
             continue
         if not isinstance(values, dict):
             raise SftkdError(f"{source}: section {section!r} must be a mapping")
         target = getattr(recipe, section)
-        types_ = typing.get_type_hints(type(target))
         for key, value in values.items():
-            if key not in types_:
-                name = f"{section}.{key}"
-                raise SftkdError(
-                    f"{source}: unknown key {name if name.isprintable() else repr(name)}"
-                    f"{_suggest(str(key), list(types_), section + '.')}"
-                )
-            setattr(target, key, _coerce(value, types_[key], f"{source}: {section}.{key}"))
+            setattr(target, key, _coerce(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
     _expand_home(recipe)
     return recipe
+
+
+def _section_type(section: Any, source: str) -> type:
+    """The dataclass of recipe section `section`; an unknown one is an error naming `source`."""
+    sections = typing.get_type_hints(Recipe)
+    if section not in sections:
+        raise SftkdError(f"{source}: unknown section {section!r}{_suggest(str(section), list(sections))}")
+    return sections[section]
+
+
+def _key_type(section: str, key: Any, source: str) -> Any:
+    """The type of `section.key`; an unknown key is an error naming `source` and the nearest key."""
+    types_ = typing.get_type_hints(_section_type(section, source))
+    if key not in types_:
+        name = f"{section}.{key}"
+        raise SftkdError(
+            f"{source}: unknown key {name if name.isprintable() else repr(name)}"
+            f"{_suggest(str(key), list(types_), section + '.')}"
+        )
+    return types_[key]
 
 
 def _expand_home(recipe: Recipe) -> None:
@@ -353,26 +364,11 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
     return out
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Apply `section.key=value` overrides to the nested dict `raw` in place."""
-    for setting in parse_overrides(overrides):
-        apply_setting(raw, setting)
-
-
 def apply_setting(raw: dict[str, Any], setting: Setting) -> None:
     """Check `setting` (section, key, type) against the recipe, naming its source, and put it into `raw`."""
     section, key = setting.key.split(".", 1)
-    sections = typing.get_type_hints(Recipe)
-    if section not in sections:
-        raise SftkdError(f"{setting.source}: unknown section {section!r}{_suggest(section, list(sections))}")
-    types_ = typing.get_type_hints(sections[section])
-    if key not in types_:
-        name = f"{section}.{key}"
-        raise SftkdError(
-            f"{setting.source}: unknown key {name if name.isprintable() else repr(name)}"
-            f"{_suggest(key, list(types_), section + '.')}"
-        )
-    value = _coerce(setting.value, types_[key], f"{setting.source}: {section}.{key}")
+    _section_type(section, setting.source)
+    value = _coerce(setting.value, _key_type(section, key, setting.source), f"{setting.source}: {section}.{key}")
     values = raw.setdefault(section, {})
     if values is None:
         values = raw[section] = {}

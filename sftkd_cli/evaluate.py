@@ -33,14 +33,12 @@ from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import RunDir, open_run
+from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
 from sftkd_cli.training.engine import autocast, collate, select_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
-#: what one evaluation writes into its output folder
-OUTPUT_FILES: tuple[str, ...] = ("per_slice.csv", "recon.h5", "metrics.json")
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -152,7 +150,7 @@ def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
 def check_output(out: Path) -> None:
     """Refuse, before any work, an output folder evaluate could not write its files into."""
     check_writable(out, "evaluate: output folder")
-    for name in OUTPUT_FILES:
+    for name in EVAL_FILES:
         if (out / name).is_dir():
             raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
 
@@ -251,7 +249,7 @@ def _evaluate(
     progress: SliceProgress | None,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads already set."""
-    from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, dataset_record, load_manifest
+    from sftkd_cli.data.dataset import SliceDataset, dataset_record
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
@@ -260,6 +258,7 @@ def _evaluate(
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
+    record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it
     torch_device = select_device(device)
     if amp not in ("off", "bf16", "fp16"):
         raise SftkdError(f"--amp {amp!r}: expected off, bf16 or fp16")
@@ -272,8 +271,7 @@ def _evaluate(
         named = which in ("best", "last")
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
-        check_fits_data(state, model.record(), dataset_record(data_path, dataset.acceleration), which if not named else run.path,
-                        same_acquisition=False)
+        check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
         model = model.to(torch_device, memory_format=torch.channels_last).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
     else:
@@ -288,7 +286,6 @@ def _evaluate(
     check_output(out)
     volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress)
     rows, summary, zf_summary = score(volumes)
-    manifest = load_manifest(data_path)
     metrics = {
         "format": 1,
         "sftkd_version": __version__,
@@ -303,12 +300,12 @@ def _evaluate(
         "epoch": state.get("epoch"),
         "dataset": {
             "path": str(data_path),
-            "source": manifest.get("source"),
-            "fingerprint": dataset_fingerprint(data_path),
+            "source": dataset.manifest.get("source"),
+            "fingerprint": record["fingerprint"],
             "split": split,
             "acceleration": float(recipe.data.acceleration),
             "task": dataset.task,
-            "image_size": list(manifest.get("image_size", [])),
+            "image_size": record["image_size"],
             "volumes": len(volumes),
             "slices": len(rows),
         },

@@ -41,12 +41,12 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.choices import MAX_SIZE
-from sftkd_cli.data.files import check_writable
+from sftkd_cli.data.files import check_writable, read_regular_bytes, temporary_sibling, unlink_quietly, write_bytes_synced
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.models import DCCNN, DCUNet, count_parameters
 from sftkd_cli.models.vdsr import VDSR
 from sftkd_cli.mri.dc import data_consistency
-from sftkd_cli.runs import atomic_write_text, is_special_file, make_folder, open_run, output_path, unlink_quietly
+from sftkd_cli.runs import atomic_write_text, is_special_file, make_folder, open_run, output_path
 
 #: export format -> default file suffix
 FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -215,8 +215,6 @@ def read_card(model_path: str | Path) -> dict[str, Any] | None:
     """The model card beside an exported file (`<file>.card.json`), or None when there is none.
 
     Only a regular file of bounded size is read (a FIFO or /dev/zero link is refused)."""
-    from sftkd_cli.data.files import read_regular_bytes
-
     path = card_path(Path(model_path))
     if not path.exists() and not path.is_symlink():
         return None
@@ -352,22 +350,16 @@ def prepare_evaluation(
 # --------------------------------------------------------------------------- writing
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write an exported model with plain writes: a full disk or a file-size limit is an OSError,
-    not an exception thrown inside torch's C++ file writer (which can abort the process)."""
-    from sftkd_cli.data.files import write_bytes_synced
-
-    write_bytes_synced(path, data)
-
-
 def write_torchscript(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path: Path) -> str:
     """Write `wrapper` as a TorchScript trace (any batch and size); returns how, for the model card."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-        buffer = io.BytesIO()  # serialised in memory, written with plain writes (see `_write_file`)
+        # serialised in memory, then plain writes: a full disk or a file-size limit is an OSError,
+        # not an exception inside torch's C++ file writer (which can abort the process)
+        buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
-    _write_file(path, buffer.getvalue())
+    write_bytes_synced(path, buffer.getvalue())
     return f"torch.jit.trace (torch {torch.__version__})"
 
 
@@ -380,13 +372,13 @@ def write_onnx(wrapper: ExportableDCCNN, example: tuple[torch.Tensor, ...], path
     _onnxruntime()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notes of the TorchScript-based exporter
-        buffer = io.BytesIO()
+        buffer = io.BytesIO()  # in memory, as in write_torchscript
         torch.onnx.export(
             wrapper, example, buffer, dynamo=False, opset_version=ONNX_OPSET,
             input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes={"zf": {0: "batch"}, "kspace": {0: "batch"}, "mask": {0: "mask_batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    _write_file(path, buffer.getvalue())
+    write_bytes_synced(path, buffer.getvalue())
     return f"torch.onnx.export (TorchScript-based, dynamo=False, opset {ONNX_OPSET}, torch {torch.__version__})"
 
 
@@ -519,8 +511,6 @@ def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, 
 
 def _last_metrics(run_path: Path) -> dict[str, Any] | None:
     """The run's last evaluation (metrics.json), summarised for the card; None when absent."""
-    from sftkd_cli.data.files import read_regular_bytes
-
     path = run_path / "metrics.json"
     if not path.exists():
         return None
@@ -633,7 +623,7 @@ def export_run(
     target = output_path(target)  # through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):
         raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
-    tmp = target.with_name(f".{target.name[:200]}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(target)
     try:
         with torch.no_grad():
             exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)

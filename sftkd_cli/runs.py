@@ -11,9 +11,9 @@ Layout of `runs/<name>/`:
 
 from __future__ import annotations
 
-import json
 import errno
 import io
+import json
 import os
 import pickle
 import platform
@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.data.files import read_regular_bytes, write_bytes_synced
+from sftkd_cli.data.files import read_regular_bytes, temporary_sibling, unlink_quietly, write_bytes_synced
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
@@ -98,21 +98,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _replace_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write a temporary sibling, fsync it, rename it over `path`; on any failure remove it."""
-    tmp = path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         write_bytes_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
-
-
-def unlink_quietly(path: Path) -> None:
-    """Remove a temporary file if possible; a second error (read-only folder) must not hide the first."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def make_folder(path: Path) -> None:
@@ -238,8 +230,7 @@ class RunDir:
             self.unlock()
             if created:  # leave no half-made run behind (only what this call made)
                 remove_sftkd_files(self.path)
-                for leftover in (self.path / "checkpoints", self.path):
-                    _rmdir_quietly(leftover)
+                _rmdir_quietly(self.path)
             if isinstance(exc, SftkdError):
                 raise
             raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
@@ -320,11 +311,12 @@ class RunDir:
         atomic_write_text(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+#: what one evaluation writes: into the run, RUN/eval-<model>/, RUN/eval-<file>-<format>/ or
+#: <folder>/eval-amp-<amp>/ (metrics.json last: it says the others are complete)
+EVAL_FILES = ("per_slice.csv", "recon.h5", "metrics.json")
 #: what sftkd writes into a run directory: the only names `--force` removes
-RUN_FILES = ("recipe.yaml", "env.json", "history.jsonl", ".lock", "metrics.json", "per_slice.csv", "recon.h5")
+RUN_FILES = ("recipe.yaml", "env.json", "history.jsonl", ".lock", *EVAL_FILES)
 CHECKPOINT_FILES = ("last.pt", "best.pt")
-#: evaluate writes RUN/eval-<model>/, RUN/eval-<file>-<format>/ and <folder>/eval-amp-<amp>/
-EVAL_FILES = ("metrics.json", "per_slice.csv", "recon.h5")
 EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
 
 

@@ -50,34 +50,32 @@ class _Argument(typer.core.TyperArgument):
         return name + ("..." if self.nargs != 1 else "")
 
 
-class HelpCommand(typer.core.TyperCommand):
+class _PlainFlagsHelp:
+    """Mixin for commands and groups: flags, --help included, show no `<bool>` value column."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        _plain_flags(self.params)  # type: ignore[attr-defined]
+
+    def get_help_option(self, ctx: typer.Context):  # type: ignore[no-untyped-def]
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        _plain_flags([option] if option is not None else [])
+        return option
+
+
+class HelpCommand(_PlainFlagsHelp, typer.core.TyperCommand):
     """Every sftkd command: help that shows values by their metavar (RUN, N, FILE), never by a
     Python type, and flags without a value column."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        _plain_flags(self.params)
         for param in self.params:
             if type(param) is typer.core.TyperArgument:
                 param.__class__ = _Argument  # same fields; only how help shows it differs
 
-    def get_help_option(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
-        option = super().get_help_option(ctx)
-        _plain_flags([option] if option is not None else [])
-        return option
 
-
-class HelpGroup(typer.core.TyperGroup):
+class HelpGroup(_PlainFlagsHelp, typer.core.TyperGroup):
     """A command group whose --help flag shows no `<bool>` (see HelpCommand)."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        _plain_flags(self.params)
-
-    def get_help_option(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
-        option = super().get_help_option(ctx)
-        _plain_flags([option] if option is not None else [])
-        return option
 
 
 class _Group(HelpGroup):

@@ -100,6 +100,20 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def temporary_sibling(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it
+    (the name cut so that the temporary name still fits the file system)."""
+    return path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+
+
+def unlink_quietly(path: Path) -> None:
+    """Remove a temporary file if possible; a second error (read-only folder) must not hide the first."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
     """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -128,7 +142,7 @@ class StagedFiles:
 
     def add(self, path: Path, data: bytes) -> None:
         """Write `data` to a temporary sibling of `path` (`.<name>.tmp-<pid>`)."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_sibling(path)
         self._pending.append((tmp, path))
         write_bytes_synced(tmp, data)
 
@@ -140,10 +154,7 @@ class StagedFiles:
 
     def discard(self) -> None:
         for tmp, _ in self._pending:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            unlink_quietly(tmp)
         self._pending = []
 
     def __enter__(self) -> StagedFiles:
