@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 
 
 class SftkdError(Exception):
@@ -24,3 +26,19 @@ def os_error_text(exc: OSError) -> str:
     if exc.args and isinstance(exc.args[0], int):
         return os.strerror(exc.args[0])
     return str(exc)
+
+
+def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quoted: bool = False,
+                 list_otherwise: bool = False) -> str:
+    """'; did you mean X?' for the closest of `choices` to `word` (X written `prefix`X, in quotes
+    when `quoted`), else '; expected one of A, B' with `list_otherwise`, else ''.
+
+    The one suggestion helper behind every "unknown name" error (recipe keys, plan keys, KD
+    methods), so that they all read alike.
+    """
+    options = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
+    if close:
+        shown = f"{prefix}{close[0]}"
+        return f"; did you mean {shown!r}?" if quoted else f"; did you mean {shown}?"
+    return f"; expected one of {', '.join(options)}" if list_otherwise and options else ""
