@@ -55,7 +55,7 @@ from sftkd_cli.models import DCCNN, build_model, parse_name
 from sftkd_cli.mri.masks import make_mask, undersample
 from sftkd_cli.training.engine import select_device
 from sftkd_cli.training.kd import Distillation, default_taps
-from sftkd_cli.training.objectives import Batch, Objective, Supervised
+from sftkd_cli.training.objectives import Batch, Supervised, TeacherObjective
 from sftkd_cli.training.sft import StudentFriendly
 
 TEACHER = "D5C5"
@@ -438,7 +438,7 @@ def measure_roof(device: torch.device, precision: str, repeats: int, batch: int 
 # --------------------------------------------------------------------------- KD, the reference way
 
 
-class TeacherBackpropKD(Objective):
+class TeacherBackpropKD(TeacherObjective):
     """The reference code's KD step, for comparison: the same loss as `Distillation`
     (joint schedule), but the teacher keeps requires_grad=True and its features are built
     with autograd on and not detached, so backward also runs through the teacher.
@@ -449,13 +449,8 @@ class TeacherBackpropKD(Objective):
         super().__init__()
         self.model, self.kd = student, method
         teacher.train().requires_grad_(True)
-        object.__setattr__(self, "teacher", teacher)  # not optimised, as in the reference
+        self.hold_teacher(teacher)  # not optimised, as in the reference
         self.student_taps, self.teacher_taps, self.w_imit = student_taps, teacher_taps, w_imit
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> "TeacherBackpropKD":
-        super()._apply(fn, recurse)
-        self.teacher._apply(fn, recurse)
-        return self
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]

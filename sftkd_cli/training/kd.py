@@ -14,7 +14,6 @@ the objective and are trained with the student.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.engine import FitResult
-from sftkd_cli.training.objectives import Batch, Objective
+from sftkd_cli.training.objectives import Batch, TeacherObjective
 from sftkd_cli.training.session import model_for, run_path, run_training, with_run
 
 
@@ -60,7 +59,7 @@ def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple
     return pairs("last_hidden", "last_hidden")
 
 
-class Distillation(Objective):
+class Distillation(TeacherObjective):
     """Student + KD method (with its adapters); the frozen teacher rides along unregistered."""
 
     primary = "model"
@@ -85,17 +84,12 @@ class Distillation(Objective):
             raise SftkdError(f"distill: {len(student_taps)} student taps but {len(teacher_taps)} teacher taps; they are paired")
         self.model, self.kd = student, method
         teacher.eval().requires_grad_(False)
-        object.__setattr__(self, "teacher", teacher)  # not a submodule: not optimised, not saved
+        self.hold_teacher(teacher)
         self.student_taps, self.teacher_taps = student_taps, teacher_taps
         self.w_rec, self.w_kd, self.w_imit = w_rec, w_kd, w_imit
         self.schedule, self.stage1_epochs = schedule, stage1_epochs
         self.feature_stage = False
         self.facts = facts or {}
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> "Distillation":  # .to(device) moves the teacher too
-        super()._apply(fn, recurse)
-        self.teacher._apply(fn, recurse)
-        return self
 
     def begin_epoch(self, epoch: int) -> None:
         self.feature_stage = self.schedule == "two-stage" and epoch < self.stage1_epochs

@@ -8,6 +8,7 @@ A frozen teacher is held outside the module tree, so it is neither optimised nor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,24 @@ class Objective(nn.Module):
     def info(self) -> dict[str, Any]:
         """Extra facts stored in every checkpoint (e.g. which teacher a student learnt from)."""
         return {}
+
+
+class TeacherObjective(Objective):
+    """An objective that runs a second, fixed network beside the trained one (the KD teacher).
+
+    The teacher is held outside the module tree, so it is neither optimised nor saved, yet
+    `.to(device)` and dtype casts move it with the objective.
+    """
+
+    teacher: CascadeNet
+
+    def hold_teacher(self, teacher: CascadeNet) -> None:
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: not in parameters() or state_dict()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "TeacherObjective":
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)
+        return self
 
 
 class Supervised(Objective):
