@@ -28,10 +28,6 @@ MAX_THREADS = 1024
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
 
-#: `--method` / `bench --methods`: the KD methods, in the order of `sftkd_cli.distill.METHODS`
-#: (a test checks that the two agree)
-KD_METHOD_NAMES: tuple[str, ...] = ("at", "fitnets", "cc", "fsp", "sp", "pkt", "nst", "ft", "none")
-
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")

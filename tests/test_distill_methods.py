@@ -10,6 +10,7 @@ import torch
 from scipy.signal import correlate2d
 
 from sftkd_cli.distill import DEFAULT_TAPS, METHODS, KDMethod, build_method
+from sftkd_cli.distill.catalog import CATALOG, method_label, methods_help
 from sftkd_cli.errors import SftkdError
 
 torch.set_num_threads(1)
@@ -179,6 +180,15 @@ def test_registry_and_default_taps() -> None:
     assert all(METHODS[n].name == n for n in METHODS)
 
 
+def test_catalog_describes_every_method_once() -> None:
+    """Each loss class is its catalog entry's, in catalog order; labels and taps come from there."""
+    assert list(METHODS) == list(CATALOG)
+    assert all(METHODS[n].spec is CATALOG[n] for n in METHODS)
+    assert DEFAULT_TAPS == {n: spec.taps_text for n, spec in CATALOG.items()}
+    assert [method_label(n) for n in ("at", "FITNETS", "fitnet", "sp", "unknown")] == ["AT", "Fitnets", "Fitnets", "SP", "unknown"]
+    assert methods_help() == "at, fitnets, cc, fsp, sp, pkt, nst, ft, or none (output imitation only)."
+
+
 def test_at_hand_value() -> None:
     s = [np.array([[[[1.0, 0.0]]]])]
     t = [np.array([[[[0.0, 1.0]]]])]
@@ -340,7 +350,7 @@ def test_cc_shared_heads_give_zero() -> None:
     assert loss_value(method, s, [a.copy() for a in s]) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["at", "fitnets", "cc", "fsp", "sp", "pkt", "nst", "ft"])
+@pytest.mark.parametrize("name", [n for n in METHODS if METHODS[n].min_pairs > 0])
 def test_gradients_reach_student_and_adapters_not_teacher(name: str) -> None:
     sc, tc = [4, 3, 4], [6, 1, 4]
     s, t = to_torch(feats(sc, 31), grad=True), to_torch(feats(tc, 32), grad=True)

@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich import box
 from rich.table import Table
 
-from sftkd_cli.choices import BENCH_PARTS, KD_METHOD_NAMES
+from sftkd_cli.choices import BENCH_PARTS
+from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.cli.app import HelpCommand, app, err_console, examples
 from sftkd_cli.errors import SftkdError
 
@@ -143,7 +144,7 @@ def bench(
     repeats: int = typer.Option(5, "--repeats", metavar="N", help="Timed calls per row; the median is reported."),
     warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed calls before timing each row."),
     only: str = typer.Option(None, "--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all)."),
-    methods: str = typer.Option(None, "--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(KD_METHOD_NAMES)} (default all)."),
+    methods: str = typer.Option(None, "--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all)."),
     compile: bool = typer.Option(False, "--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails)."),
     roof_size: int = typer.Option(256, "--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
     json_out: str = typer.Option(None, "--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table."),

@@ -6,6 +6,7 @@ import typer
 
 from sftkd_cli.cli import common
 from sftkd_cli.cli.app import HelpCommand, app, examples
+from sftkd_cli.distill.catalog import methods_help
 
 
 HELP = examples(
@@ -26,7 +27,7 @@ def distill_command(
     args: list[str] = common.Args,
     teacher: str = typer.Option(None, "--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD)."),
     student: str = typer.Option(None, "--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5."),
-    method: str = typer.Option(None, "--method", metavar="NAME", help="at, fitnets, cc, fsp, sp, pkt, nst, ft, or none (output imitation only)."),
+    method: str = typer.Option(None, "--method", metavar="NAME", help=methods_help()),
     init_from: str = typer.Option(None, "--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint."),
     schedule: str = typer.Option(None, "--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (feature loss, then L1 fine-tuning: the reference code)."),
     data: str = common.DataOpt,

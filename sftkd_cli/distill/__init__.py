@@ -2,10 +2,25 @@
 
 `build_method(name, student_channels, teacher_channels, **options)` returns a `KDMethod`
 (an nn.Module whose parameters are its adapters); calling it on paired lists of student
-and teacher feature maps returns a scalar loss. Methods: at, fitnets, cc, fsp, sp, pkt,
-nst, ft, none. `DEFAULT_TAPS` describes each method's default feature choice.
+and teacher feature maps returns a scalar loss. `catalog.CATALOG` describes each method
+(label, default taps); it is importable without torch, so the loss classes load lazily.
 """
 
-from sftkd_cli.distill.methods import DEFAULT_TAPS, METHODS, KDMethod, build_method, method_options
+from __future__ import annotations
 
-__all__ = ["DEFAULT_TAPS", "METHODS", "KDMethod", "build_method", "method_options"]
+from typing import Any
+
+from sftkd_cli.distill.catalog import CATALOG, MethodSpec
+
+_FROM_METHODS = ("DEFAULT_TAPS", "METHODS", "KDMethod", "build_method", "method_options")
+
+__all__ = ["CATALOG", "MethodSpec", *_FROM_METHODS]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-backed names, imported on first use (command help never pays for torch)."""
+    if name in _FROM_METHODS:
+        from sftkd_cli.distill import methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ trainer multiplies the returned loss by the recipe's weight.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Sequence
@@ -29,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.distill.catalog import CATALOG, MethodSpec
+from sftkd_cli.errors import SftkdError, did_you_mean
 
 # --------------------------------------------------------------------------- helpers
 
@@ -76,12 +76,14 @@ def _mean(terms: list[Tensor]) -> Tensor:
 class KDMethod(nn.Module):
     """Base class: validates and detaches the features, then calls `loss` in float32.
 
-    Subclasses set `name`, optionally `min_pairs` and `same_size` (student and teacher
-    maps of a pair must share H and W), declare their options as keyword-only arguments
-    of `__init__` and implement `loss(students, teachers)`.
+    Subclasses set `spec` (their `catalog.CATALOG` entry: name, label, default taps),
+    optionally `min_pairs` and `same_size` (student and teacher maps of a pair must share H
+    and W), declare their options as keyword-only arguments of `__init__` and implement
+    `loss(students, teachers)`.
     """
 
-    name: ClassVar[str] = ""
+    spec: ClassVar[MethodSpec]
+    name: ClassVar[str] = ""  # spec.name, set for each subclass
     min_pairs: ClassVar[int] = 1
     same_size: ClassVar[bool] = True
 
@@ -102,6 +104,10 @@ class KDMethod(nn.Module):
             raise SftkdError(f"distill {self.name}: channels {s} / {t}: expected positive counts")
         self.student_channels = s
         self.teacher_channels = t
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.spec.name
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
         """Scalar loss between the paired student and (detached) teacher feature maps."""
@@ -149,7 +155,7 @@ class NoKD(KDMethod):
     Accepts any taps, including none, and returns a constant float32 zero (no graph).
     """
 
-    name = "none"
+    spec = CATALOG["none"]
     min_pairs = 0
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
@@ -174,7 +180,7 @@ class AttentionTransfer(KDMethod):
       The reference sums instead of averaging over channels, which the normalisation cancels.
     """
 
-    name = "at"
+    spec = CATALOG["at"]
 
     def __init__(
         self,
@@ -216,7 +222,7 @@ class FitNets(KDMethod):
     two-stage hint/guided schedule belongs to the trainer, not to this loss.
     """
 
-    name = "fitnets"
+    spec = CATALOG["fitnets"]
 
     def __init__(
         self,
@@ -268,7 +274,7 @@ class CorrelationCongruence(KDMethod):
     (both heads collapsing); train it with a reconstruction term or equal widths.
     """
 
-    name = "cc"
+    spec = CATALOG["cc"]
     same_size = False
 
     def __init__(
@@ -331,7 +337,7 @@ class FSP(KDMethod):
     tap to the teacher's width before G is formed.
     """
 
-    name = "fsp"
+    spec = CATALOG["fsp"]
     min_pairs = 2
     same_size = False
 
@@ -371,7 +377,7 @@ class SimilarityPreserving(KDMethod):
     weight). Channel counts and sizes may differ: G is B x B.
     """
 
-    name = "sp"
+    spec = CATALOG["sp"]
     same_size = False
 
     @staticmethod
@@ -401,7 +407,7 @@ class PKT(KDMethod):
     averages over all B^2 entries, ours over the B rows (a factor B, the trainer's weight).
     """
 
-    name = "pkt"
+    spec = CATALOG["pkt"]
     same_size = False
 
     def __init__(
@@ -443,7 +449,7 @@ class NST(KDMethod):
     Gram matrices, never from (H*W)-sized kernels. Deviation: beta/2 is the trainer's weight.
     """
 
-    name = "nst"
+    spec = CATALOG["nst"]
 
     @staticmethod
     def _kernel_mean(a: Tensor, b: Tensor) -> Tensor:
@@ -482,7 +488,7 @@ class FactorTransfer(KDMethod):
     authors' code), not the p-norm of the paper; beta is the trainer's weight.
     """
 
-    name = "ft"
+    spec = CATALOG["ft"]
 
     def __init__(
         self,
@@ -528,48 +534,19 @@ class FactorTransfer(KDMethod):
 # --------------------------------------------------------------------------- registry
 
 METHODS: dict[str, type[KDMethod]] = {
-    cls.name: cls
-    for cls in (
-        AttentionTransfer,
-        FitNets,
-        CorrelationCongruence,
-        FSP,
-        SimilarityPreserving,
-        PKT,
-        NST,
-        FactorTransfer,
-        NoKD,
-    )
+    cls.spec.name: cls
+    for cls in (AttentionTransfer, FitNets, CorrelationCongruence, FSP, SimilarityPreserving, PKT, NST,
+                FactorTransfer, NoKD)
 }
 
-_EVERY_CASCADE = "last hidden conv (32 ch, after ReLU) of every cascade"
-
-DEFAULT_TAPS: dict[str, str] = {
-    "at": "student conv-2 vs teacher conv-3 (32 ch, after ReLU) of every cascade "
-    "(the reference's pairing for D3C5 <- D5C5)",
-    "fitnets": "last conv output (1 ch, before DC) of the middle cascade (cascade 3 of 5), "
-    "as the reference",
-    "cc": _EVERY_CASCADE + " (the reference used each cascade's 1-channel last conv output)",
-    "fsp": _EVERY_CASCADE + "; FSP matrices between consecutive cascades' taps "
-    "(the reference used the 1-channel last conv outputs of cascades 1-4)",
-    "sp": _EVERY_CASCADE + " (the reference used each cascade's 1-channel last conv output)",
-    "pkt": _EVERY_CASCADE,
-    "nst": _EVERY_CASCADE,
-    "ft": _EVERY_CASCADE + " (one paraphraser/translator per tap)",
-    "none": "no feature taps (output imitation only)",
-}
+#: each method's default feature choice, in words
+DEFAULT_TAPS: dict[str, str] = {name: spec.taps_text for name, spec in CATALOG.items()}
 
 
 def method_options(name: str) -> dict[str, Any]:
     """The options a method accepts, with their defaults (keyword-only `__init__` arguments)."""
     params = inspect.signature(METHODS[name].__init__).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def _nearest(word: str, choices: Sequence[str]) -> str:
-    """', did you mean X?' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def build_method(
@@ -582,13 +559,13 @@ def build_method(
     key = str(name).lower()
     if key not in METHODS:
         raise SftkdError(
-            f"distill method '{name}': expected one of {', '.join(METHODS)}{_nearest(key, list(METHODS))}"
+            f"distill method '{name}': expected one of {', '.join(METHODS)}{did_you_mean(key, METHODS, quoted=True)}"
         )
     allowed = method_options(key)
     for option in options:
         if option not in allowed:
             expected = ", ".join(allowed) if allowed else "no options"
             raise SftkdError(
-                f"distill option '{option}' ({key}): expected {expected}{_nearest(option, list(allowed))}"
+                f"distill option '{option}' ({key}): expected {expected}{did_you_mean(option, allowed, quoted=True)}"
             )
     return METHODS[key](student_channels, teacher_channels, **options)

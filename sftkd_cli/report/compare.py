@@ -20,6 +20,7 @@ from scipy.stats import wilcoxon
 
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.data.prepare import INPUT_LABELS
+from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import expand_runs_folder, is_run_folder
 
@@ -44,10 +45,6 @@ _PAPER_SLOT = {
 }
 _PAPER_FIXED_ROWS = (ZF_NAME, "Teacher", "Student", "SFT-Student")
 _KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
-METHOD_LABELS = {
-    "at": "AT", "fitnets": "Fitnets", "fitnet": "Fitnets", "cc": "CC", "fsp": "FSP", "sp": "SP",
-    "pkt": "PKT", "nst": "NST", "ft": "FT", "kd": "KD",
-}
 DATASET_LABELS = {"mrbrains": "MRBrainS", "acdc": "Cardiac", "demo": "Demo", "nifti": "NIfTI"}
 _DATASET_ORDER = ("mrbrains", "acdc", "demo", "nifti")
 
@@ -488,7 +485,7 @@ def _paper_slot(run: RunResult) -> tuple[str, str]:
         raise SftkdError(f"{where}: method: a kd run needs its KD method (e.g. 'at') for --group paper")
     if run.teacher_role not in _KD_TEACHER_SETTING:
         raise SftkdError(f"{where}: teacher_role {run.teacher_role!r}: expected 'teacher' (Std-KD) or 'sft-teacher' (SFT-KD-Recon)")
-    return METHOD_LABELS.get(run.method.lower(), run.method), _KD_TEACHER_SETTING[run.teacher_role]
+    return method_label(run.method), _KD_TEACHER_SETTING[run.teacher_role]
 
 
 def _dataset_rank(key: str) -> tuple[int, str]:

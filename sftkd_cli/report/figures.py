@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.errors import SftkdError
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
@@ -467,14 +468,12 @@ def attention_maps(features) -> np.ndarray:
 def attention_residues(student, teacher, zf, kspace, mask) -> dict[int, np.ndarray]:
     """{cascade (1-based): |A_student - A_teacher| (H, W)} on one slice (a torch batch of one).
 
-    The taps are `training.kd.default_taps("at", ...)`: the student's last hidden conv against
+    The taps are `distill.catalog.default_taps("at", ...)`: the student's last hidden conv against
     the teacher's second-to-last hidden conv of the same cascade (what AT distils), whatever
     method the student was distilled with, so that students of different methods compare alike.
     Cascades where a network has no such tap are left out, as in distillation.
     """
     import torch
-
-    from sftkd_cli.training.kd import default_taps
 
     s_taps, t_taps = default_taps("at", student, teacher)
     if not s_taps:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftkd_cli.data.prepare import INPUT_LABELS
-from sftkd_cli.report.compare import METHOD_LABELS, RunResult, paired_values, wilcoxon_p
+from sftkd_cli.distill.catalog import method_label
+from sftkd_cli.report.compare import RunResult, paired_values, wilcoxon_p
 
 Arms = Mapping[str, Mapping[int, RunResult]]
 
@@ -73,7 +74,7 @@ def arm_label(key: str) -> str:
             method = key[len(prefix):]
             random = method.endswith("-random")
             method = method.removesuffix("-random")
-            return f"{name}{' random init' if random else ''} ({METHOD_LABELS.get(method, method)})"
+            return f"{name}{' random init' if random else ''} ({method_label(method)})"
     return key
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from sftkd_cli.checkpoints import check_fits_data, init_weights, load_model
 from sftkd_cli.config import Recipe, with_model
+from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet
@@ -31,32 +32,6 @@ from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, TeacherObjective
 from sftkd_cli.training.session import model_for, run_path, run_training, with_run
-
-
-def default_taps(method: str, student: CascadeNet, teacher: CascadeNet) -> tuple[list[str], list[str]]:
-    """The feature pairs each method uses by default (see `sftkd_cli.distill.methods.DEFAULT_TAPS`).
-
-    AT: student's last hidden conv vs the teacher's second-to-last hidden conv in every cascade
-    (conv-2 vs conv-3 for D3C5 <- D5C5, the reference's pairing). FitNets: the last conv output
-    of the middle cascade (1 channel for DnCm). The others: the last hidden conv of every cascade.
-    Each network says which of its taps plays which role (`CascadeNet.default_tap`); a block
-    where either network has no feature of the role ("", e.g. VDSR4's last block has no hidden
-    conv) is left out.
-    """
-    cascades = range(1, min(student.cascades, teacher.cascades) + 1)
-
-    def pairs(s_role: str, t_role: str, among: range | list[int] = cascades) -> tuple[list[str], list[str]]:
-        among = [c for c in among if student.default_tap(c, s_role) and teacher.default_tap(c, t_role)]
-        return ([f"c{c}.{student.default_tap(c, s_role)}" for c in among],
-                [f"c{c}.{teacher.default_tap(c, t_role)}" for c in among])
-
-    if method == "none":
-        return [], []
-    if method == "at":
-        return pairs("last_hidden", "hidden_before_last")
-    if method == "fitnets":
-        return pairs("output", "output", [(len(cascades) + 1) // 2])
-    return pairs("last_hidden", "last_hidden")
 
 
 class Distillation(TeacherObjective):

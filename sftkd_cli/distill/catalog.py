@@ -1,0 +1,105 @@
+"""What sftkd knows about each KD method besides its formula: label, default taps, help line.
+
+The one place a KD method is described. The loss classes (`sftkd_cli.distill.methods`) take
+their spec from here; command help, the default feature taps of `distill`, compare's and the
+report's labels, figures and tests all read `CATALOG`. Light on purpose (no torch): command
+help imports it. Adding a method: its class in `methods.py` and its `MethodSpec` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Tappable(Protocol):
+    """What default taps need to know about a network (`models.CascadeNet` has it)."""
+
+    cascades: int
+
+    def default_tap(self, cascade: int, role: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class TapRule:
+    """Which features a method pairs by default: the student's `student` role against the
+    teacher's `teacher` role (roles: `models.base.TAP_ROLES`), in every shared cascade or only
+    the middle one."""
+
+    student: str
+    teacher: str
+    middle_only: bool = False
+
+    def pairs(self, student: Tappable, teacher: Tappable) -> tuple[list[str], list[str]]:
+        """(student taps, teacher taps), e.g. (['c1.conv2', ...], ['c1.conv3', ...]). A cascade where
+        either network has no feature of the role (VDSR4's last block has no hidden conv) is left out."""
+        shared = min(student.cascades, teacher.cascades)
+        cascades = [(shared + 1) // 2] if self.middle_only else range(1, shared + 1)
+        kept = [c for c in cascades if student.default_tap(c, self.student) and teacher.default_tap(c, self.teacher)]
+        return ([f"c{c}.{student.default_tap(c, self.student)}" for c in kept],
+                [f"c{c}.{teacher.default_tap(c, self.teacher)}" for c in kept])
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One KD method: its name (`--method`), display label (tables, figures), one-line summary
+    (help), default taps (None: no feature taps) and those taps in words, with how they differ
+    from the public reference code."""
+
+    name: str
+    label: str
+    summary: str
+    taps: TapRule | None
+    taps_text: str
+    aliases: tuple[str, ...] = ()  # other spellings found in older runs' recipes
+
+
+_EVERY_CASCADE = TapRule("last_hidden", "last_hidden")
+_EVERY_CASCADE_TEXT = "last hidden conv (32 ch, after ReLU) of every cascade"
+
+#: every KD method, in the order help and tables list them
+CATALOG: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("at", "AT", "attention transfer (Zagoruyko & Komodakis)",
+               TapRule("last_hidden", "hidden_before_last"),
+               "student conv-2 vs teacher conv-3 (32 ch, after ReLU) of every cascade "
+               "(the reference's pairing for D3C5 <- D5C5)"),
+    MethodSpec("fitnets", "Fitnets", "FitNets hint regression (Romero et al.)",
+               TapRule("output", "output", middle_only=True),
+               "last conv output (1 ch, before DC) of the middle cascade (cascade 3 of 5), as the reference",
+               aliases=("fitnet",)),
+    MethodSpec("cc", "CC", "correlation congruence (Peng et al.)", _EVERY_CASCADE,
+               _EVERY_CASCADE_TEXT + " (the reference used each cascade's 1-channel last conv output)"),
+    MethodSpec("fsp", "FSP", "flow of solution procedure (Yim et al.)", _EVERY_CASCADE,
+               _EVERY_CASCADE_TEXT + "; FSP matrices between consecutive cascades' taps "
+               "(the reference used the 1-channel last conv outputs of cascades 1-4)"),
+    MethodSpec("sp", "SP", "similarity preserving (Tung & Mori)", _EVERY_CASCADE,
+               _EVERY_CASCADE_TEXT + " (the reference used each cascade's 1-channel last conv output)"),
+    MethodSpec("pkt", "PKT", "probabilistic knowledge transfer (Passalis & Tefas)", _EVERY_CASCADE,
+               _EVERY_CASCADE_TEXT),
+    MethodSpec("nst", "NST", "neuron selectivity transfer (Huang & Wang)", _EVERY_CASCADE, _EVERY_CASCADE_TEXT),
+    MethodSpec("ft", "FT", "factor transfer (Kim et al.)", _EVERY_CASCADE,
+               _EVERY_CASCADE_TEXT + " (one paraphraser/translator per tap)"),
+    MethodSpec("none", "none", "output imitation only", None,
+               "no feature taps (output imitation only)"),
+)}
+
+
+def method_label(name: str) -> str:
+    """The display label of method `name` (or one of its aliases); unknown names as given."""
+    key = name.lower()
+    for spec in CATALOG.values():
+        if key == spec.name or key in spec.aliases:
+            return spec.label
+    return name
+
+
+def default_taps(method: str, student: Tappable, teacher: Tappable) -> tuple[list[str], list[str]]:
+    """The feature pairs method `method` distils by default between these two networks."""
+    rule = CATALOG[method].taps
+    return ([], []) if rule is None else rule.pairs(student, teacher)
+
+
+def methods_help() -> str:
+    """The `--method` choices for command help: 'at, fitnets, ..., or none (output imitation only).'"""
+    *first, last = CATALOG.values()
+    return f"{', '.join(spec.name for spec in first)}, or {last.name} ({last.summary})."
