@@ -12,7 +12,6 @@ to gigabytes), and the size, nesting depth and number of values are bounded.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 
 from sftkd_cli.choices import MAX_THREADS
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, did_you_mean
 
 #: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
 #: lists and mappings); far above any recipe or plan, far below what could exhaust memory
@@ -233,13 +232,6 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _suggest(name: str, options: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    if close:
-        return f"; did you mean {prefix}{close[0]}?"
-    return f"; valid: {', '.join(prefix + o for o in options)}"
-
-
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Check `value` against a dataclass field type; allow int -> float and str -> list for lists."""
     origin = typing.get_origin(kind)
@@ -297,7 +289,7 @@ def _section_type(section: Any, source: str) -> type:
     """The dataclass of recipe section `section`; an unknown one is an error naming `source`."""
     sections = typing.get_type_hints(Recipe)
     if section not in sections:
-        raise SftkdError(f"{source}: unknown section {section!r}{_suggest(str(section), list(sections))}")
+        raise SftkdError(f"{source}: unknown section {section!r}{did_you_mean(section, sections, list_otherwise=True)}")
     return sections[section]
 
 
@@ -308,7 +300,7 @@ def _key_type(section: str, key: Any, source: str) -> Any:
         name = f"{section}.{key}"
         raise SftkdError(
             f"{source}: unknown key {name if name.isprintable() else repr(name)}"
-            f"{_suggest(str(key), list(types_), section + '.')}"
+            f"{did_you_mean(key, types_, prefix=section + '.', list_otherwise=True)}"
         )
     return types_[key]
 

@@ -31,7 +31,7 @@ def os_error_text(exc: OSError) -> str:
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quoted: bool = False,
                  list_otherwise: bool = False) -> str:
     """'; did you mean X?' for the closest of `choices` to `word` (X written `prefix`X, in quotes
-    when `quoted`), else '; expected one of A, B' with `list_otherwise`, else ''.
+    when `quoted`), else '; expected one of A, B' (also prefixed) with `list_otherwise`, else ''.
 
     The one suggestion helper behind every "unknown name" error (recipe keys, plan keys, KD
     methods), so that they all read alike.
@@ -41,4 +41,4 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quot
     if close:
         shown = f"{prefix}{close[0]}"
         return f"; did you mean {shown!r}?" if quoted else f"; did you mean {shown}?"
-    return f"; expected one of {', '.join(options)}" if list_otherwise and options else ""
+    return f"; expected one of {', '.join(prefix + o for o in options)}" if list_otherwise and options else ""

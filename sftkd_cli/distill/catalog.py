@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from sftkd_cli.errors import SftkdError, did_you_mean
+
 
 class Tappable(Protocol):
     """What default taps need to know about a network (`models.CascadeNet` has it)."""
@@ -84,6 +86,14 @@ CATALOG: dict[str, MethodSpec] = {spec.name: spec for spec in (
 )}
 
 
+def method_spec(name: str) -> MethodSpec:
+    """The spec of method `name` (case-insensitive); one line naming the nearest otherwise."""
+    key = str(name).lower()
+    if key not in CATALOG:
+        raise SftkdError(f"distill method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
+    return CATALOG[key]
+
+
 def method_label(name: str) -> str:
     """The display label of method `name` (or one of its aliases); unknown names as given."""
     key = name.lower()
@@ -95,7 +105,7 @@ def method_label(name: str) -> str:
 
 def default_taps(method: str, student: Tappable, teacher: Tappable) -> tuple[list[str], list[str]]:
     """The feature pairs method `method` distils by default between these two networks."""
-    rule = CATALOG[method].taps
+    rule = method_spec(method).taps
     return ([], []) if rule is None else rule.pairs(student, teacher)
 
 

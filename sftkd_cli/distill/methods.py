@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sftkd_cli.distill.catalog import CATALOG, MethodSpec
+from sftkd_cli.distill.catalog import CATALOG, MethodSpec, method_spec
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 # --------------------------------------------------------------------------- helpers
@@ -556,11 +556,7 @@ def build_method(
 
     Raises SftkdError for an unknown method or option, naming the nearest valid one.
     """
-    key = str(name).lower()
-    if key not in METHODS:
-        raise SftkdError(
-            f"distill method '{name}': expected one of {', '.join(METHODS)}{did_you_mean(key, METHODS, quoted=True)}"
-        )
+    key = method_spec(name).name
     allowed = method_options(key)
     for option in options:
         if option not in allowed:
