@@ -1,81 +1,25 @@
 """The `sftkd` console command: a thin Typer layer over the library.
 
-Each command lives in its own module under `sftkd_cli.cli` and is registered here.
+Each command lives in its own module under `sftkd_cli.cli`, which exposes `register(app)`;
+this module registers them all (the command modules never import it: no import cycle).
 Library errors (`SftkdError`) become one red line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from sftkd_cli import __version__
+from sftkd_cli.cli import compare, distill, export, sft, train
+from sftkd_cli.cli.base import HelpCommand, HelpGroup, err_console, examples
 from sftkd_cli.errors import SftkdError, os_error_text
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
 COMMAND_ORDER = ("prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export",
                  "bench", "reproduce")
-
-
-def examples(text: str, *commands: str) -> str:
-    """Command help: `text` (paragraphs separated by a blank line, each written as one line so
-    that rich wraps it to the terminal) and an Examples block with one whole command per line.
-
-    Keep each example within 78 characters: rich would wrap a longer one mid-command at 80
-    columns (tests/test_help.py checks every command's help at COLUMNS=80)."""
-    block = "\n".join(escape(command) for command in commands)  # not indented: typer dedents them anyway
-    return f"{text}\n\n[bold]Examples[/]\n\n{block}"
-
-
-def _plain_flags(params: list) -> None:
-    """Flags (--force, --zf/--no-zf, --help) show no value column: typer would print `<bool>`."""
-    for param in params:
-        if isinstance(param, typer.core.TyperOption) and param.is_flag and param.metavar is None:
-            param.metavar = ""
-
-
-class _Argument(typer.core.TyperArgument):
-    """A positional argument shown by its metavar alone (`RUN...`), not with a Python type
-    (`<list[Path]>`) beside it."""
-
-    def display_type_rich(self, ctx: typer.Context) -> str | None:  # type: ignore[override]
-        return None if self.metavar else super().display_type_rich(ctx)
-
-    def _rich_display_name(self) -> str:
-        return self.display_name_raw + ("..." if self.nargs != 1 else "")
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
-        return name + ("..." if self.nargs != 1 else "")
-
-
-class _PlainFlagsHelp:
-    """Mixin for commands and groups: flags, --help included, show no `<bool>` value column."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        _plain_flags(self.params)  # type: ignore[attr-defined]
-
-    def get_help_option(self, ctx: typer.Context):  # type: ignore[no-untyped-def]
-        option = super().get_help_option(ctx)  # type: ignore[misc]
-        _plain_flags([option] if option is not None else [])
-        return option
-
-
-class HelpCommand(_PlainFlagsHelp, typer.core.TyperCommand):
-    """Every sftkd command: help that shows values by their metavar (RUN, N, FILE), never by a
-    Python type, and flags without a value column."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if type(param) is typer.core.TyperArgument:
-                param.__class__ = _Argument  # same fields; only how help shows it differs
-
-
-class HelpGroup(_PlainFlagsHelp, typer.core.TyperGroup):
-    """A command group whose --help flag shows no `<bool>` (see HelpCommand)."""
 
 
 class _Group(HelpGroup):
@@ -107,8 +51,6 @@ def _error_line(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-err_console = Console(stderr=True)
-
 app = typer.Typer(
     cls=_Group,
     name="sftkd",
@@ -134,9 +76,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Student-friendly teacher knowledge distillation for MRI reconstruction."""
 
@@ -146,18 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 
 
-# Command modules register themselves on `app` when imported (keep this list sorted by workflow).
-# They import only typer, rich and sftkd_cli.choices at module level, and the library (torch, NumPy,
-# SciPy) inside the command functions, so that --help, --version and argument errors take a
-# fraction of a second (tests/test_packaging.py checks that torch is never imported for them).
-from sftkd_cli.cli import (  # noqa: E402,F401  (import order = order in --help)
-    prepare,
-    train,
-    sft,
-    distill,
-    evaluate,
-    compare,
-    export,
-    bench,
-    reproduce,
-)
+# The command modules import only typer, rich and light sftkd_cli modules at module level, and the
+# library (torch, NumPy, SciPy) inside the command functions, so that --help, --version and argument
+# errors take a fraction of a second (tests/test_packaging.py checks that torch is never imported).
+for _module in (train, sft, distill, compare, export):
+    _module.register(app)
+
+# not yet converted to register(app): they still register themselves when imported
+from sftkd_cli.cli import bench, evaluate, prepare, reproduce  # noqa: E402,F401

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from sftkd_cli.cli.base import console
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file
 
@@ -17,25 +17,23 @@ if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never 
     from sftkd_cli.runs import RunDir
     from sftkd_cli.training.engine import FitResult
 
-console = Console()
-
 ARGS_HELP = (
     "An optional recipe file (.yaml) followed by overrides `section.key=value`, "
     "e.g. `recipes/demo/teacher.yaml train.epochs=5 data.acceleration=5`."
 )
 
-Args = typer.Argument(None, metavar="ARGS", help=ARGS_HELP, show_default=False)
-DataOpt = typer.Option(None, "--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path).")
-AccOpt = typer.Option(None, "--acc", metavar="X", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")
-NameOpt = typer.Option(None, "--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name).")
-RunsDirOpt = typer.Option(None, "--runs-dir", metavar="DIR", help="Folder holding run directories (run.dir, default runs).")
-EpochsOpt = typer.Option(None, "--epochs", metavar="N", help="Number of epochs (train.epochs).")
-DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (train.device).")
-ThreadsOpt = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch; 0 = torch default (train.threads).")
-AmpOpt = typer.Option(None, "--amp", metavar="MODE", help="Mixed precision: off, bf16 or fp16 (train.amp).")
-ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run exactly where its last checkpoint left off.")
-ForceOpt = typer.Option(False, "--force", help="Overwrite an existing run directory.")
-PrintOpt = typer.Option(False, "--print-recipe", help="Print the resolved recipe and exit.")
+Args = Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=ARGS_HELP, show_default=False)]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path).")]
+AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name).")]
+RunsDirOpt = Annotated[Optional[str], typer.Option("--runs-dir", metavar="DIR", help="Folder holding run directories (run.dir, default runs).")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", metavar="N", help="Number of epochs (train.epochs).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (train.device).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="CPU threads for torch; 0 = torch default (train.threads).")]
+AmpOpt = Annotated[Optional[str], typer.Option("--amp", metavar="MODE", help="Mixed precision: off, bf16 or fp16 (train.amp).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run exactly where its last checkpoint left off.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory.")]
+PrintOpt = Annotated[bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")]
 
 
 def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
-from sftkd_cli.cli.app import HelpCommand, app, err_console, examples
+from sftkd_cli.cli.base import HelpCommand, console, err_console, examples
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
@@ -50,37 +49,19 @@ HELP = examples(
 )
 
 
-@app.command("compare", cls=HelpCommand, help=HELP)
 def compare(
-    runs: list[Path] = typer.Argument(
-        ..., metavar="RUN", help="Evaluated run directories, or a plan's runs folder; `runs/*` is fine.",
-        show_default=False,
-    ),
-    metrics: str | None = typer.Option(
-        None, "--metrics", metavar="LIST", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; "
-        f"with --group paper {','.join(PAPER_METRICS)})."
-    ),
-    reference: str | None = typer.Option(
-        None, "--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ)."
-    ),
-    baseline: str | None = typer.Option(
-        None, "--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests)."
-    ),
-    alpha: float = typer.Option(0.05, "--alpha", metavar="P", help="Significance level: p-values below it get a '*'."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", metavar="FORMAT", help="table, markdown, csv, latex or json."),
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file."),
-    group: GroupMode | None = typer.Option(
-        None, "--group", metavar="paper", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon})."
-    ),
-    zero_filled: bool = typer.Option(True, "--zf/--no-zf", help="Show the zero-filled input (ZF) row."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on runs not evaluated yet instead of skipping them."),
-    attention: Path | None = typer.Option(
-        None, "--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, "
-        "per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.",
-    ),
-    attention_slice: str | None = typer.Option(
-        None, "--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume)."
-    ),
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Evaluated run directories, or a plan's runs folder; `runs/*` is fine.", show_default=False)],
+    metrics: Annotated[str | None, typer.Option("--metrics", metavar="LIST", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; with --group paper {','.join(PAPER_METRICS)}).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ).")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = 0.05,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", help="table, markdown, csv, latex or json.")] = OutputFormat.table,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file.")] = None,
+    group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
+    zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
+    attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.")] = None,
+    attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, paper_table
@@ -102,7 +83,7 @@ def compare(
     if out is not None:
         _write_output(out, text)
     if fmt is OutputFormat.table:
-        Console().print(to_rich(view(result, alpha, stacked=True)))
+        console.print(to_rich(view(result, alpha, stacked=True)))
     else:
         typer.echo(text, nl=False)
     if attention is not None:
@@ -130,3 +111,7 @@ def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | N
         raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
     output = attention_residues_from_runs(students, stem, volume=where[0], index=where[1], split=results[0].split)
     err_console.print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare", cls=HelpCommand, help=HELP)(compare)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.cli.app import HelpCommand, app, examples
+from sftkd_cli.cli.base import HelpCommand, examples
 from sftkd_cli.distill.catalog import methods_help
 
 
@@ -22,25 +24,24 @@ HELP = examples(
 )
 
 
-@app.command("distill", cls=HelpCommand, help=HELP)
 def distill_command(
-    args: list[str] = common.Args,
-    teacher: str = typer.Option(None, "--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD)."),
-    student: str = typer.Option(None, "--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5."),
-    method: str = typer.Option(None, "--method", metavar="NAME", help=methods_help()),
-    init_from: str = typer.Option(None, "--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint."),
-    schedule: str = typer.Option(None, "--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (feature loss, then L1 fine-tuning: the reference code)."),
-    data: str = common.DataOpt,
-    acc: float = common.AccOpt,
-    name: str = common.NameOpt,
-    runs_dir: str = common.RunsDirOpt,
-    epochs: int = common.EpochsOpt,
-    device: str = common.DeviceOpt,
-    threads: int = common.ThreadsOpt,
-    amp: str = common.AmpOpt,
-    resume: bool = common.ResumeOpt,
-    force: bool = common.ForceOpt,
-    print_recipe: bool = common.PrintOpt,
+    args: common.Args = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD).")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=methods_help())] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint.")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (feature loss, then L1 fine-tuning: the reference code).")] = None,
+    data: common.DataOpt = None,
+    acc: common.AccOpt = None,
+    name: common.NameOpt = None,
+    runs_dir: common.RunsDirOpt = None,
+    epochs: common.EpochsOpt = None,
+    device: common.DeviceOpt = None,
+    threads: common.ThreadsOpt = None,
+    amp: common.AmpOpt = None,
+    resume: common.ResumeOpt = False,
+    force: common.ForceOpt = False,
+    print_recipe: common.PrintOpt = False,
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
     from sftkd_cli.training.kd import distill
@@ -52,3 +53,7 @@ def distill_command(
            "distill.init": init_from, "distill.schedule": schedule},
     )
     common.print_or_train(recipe, print_recipe, distill, resume=resume, force=force)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill", cls=HelpCommand, help=HELP)(distill_command)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
-
 from rich.markup import escape
 
-from sftkd_cli.cli.app import HelpCommand, app, examples
-from sftkd_cli.cli.common import console
+from sftkd_cli.cli.base import HelpCommand, console, examples
 
 
 HELP = examples(
@@ -22,14 +21,13 @@ HELP = examples(
 )
 
 
-@app.command("export", cls=HelpCommand, help=HELP)
 def export(
-    run: Path = typer.Argument(..., metavar="RUN", help="Run directory to export.", show_default=False),
-    fmt: str = typer.Option(..., "--format", "-f", metavar="FORMAT", help="torchscript or onnx.", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx)."),
-    model: str = typer.Option(None, "--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", metavar="WHICH", help="best or last."),
-    size: tuple[int, int] = typer.Option(None, "--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False),
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory to export.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="torchscript or onnx.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary).")] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", help="best or last.")] = "best",
+    size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
 ) -> None:
     """Export a run's model (see HELP)."""
     from sftkd_cli.export import export_run
@@ -46,3 +44,7 @@ def export(
     console.print(f"check: max |exported - PyTorch| = {result.max_abs_diff:.2e} on {card['check']['inputs']}",
                   soft_wrap=True, markup=False)
     console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", cls=HelpCommand, help=HELP)(export)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.cli.app import HelpCommand, app, examples
+from sftkd_cli.cli.base import HelpCommand, examples
 
 
 HELP = examples(
@@ -19,22 +21,21 @@ HELP = examples(
 )
 
 
-@app.command("train-sft", cls=HelpCommand, help=HELP)
 def train_sft_command(
-    args: list[str] = common.Args,
-    teacher: str = typer.Option(None, "--teacher", metavar="DnCm", help="Teacher architecture (sft.teacher, default D5C5)."),
-    student: str = typer.Option(None, "--student", metavar="DnCm", help="Student architecture with the same cascades (sft.student, default D3C5)."),
-    data: str = common.DataOpt,
-    acc: float = common.AccOpt,
-    name: str = common.NameOpt,
-    runs_dir: str = common.RunsDirOpt,
-    epochs: int = common.EpochsOpt,
-    device: str = common.DeviceOpt,
-    threads: int = common.ThreadsOpt,
-    amp: str = common.AmpOpt,
-    resume: bool = common.ResumeOpt,
-    force: bool = common.ForceOpt,
-    print_recipe: bool = common.PrintOpt,
+    args: common.Args = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="DnCm", help="Teacher architecture (sft.teacher, default D5C5).")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture with the same cascades (sft.student, default D3C5).")] = None,
+    data: common.DataOpt = None,
+    acc: common.AccOpt = None,
+    name: common.NameOpt = None,
+    runs_dir: common.RunsDirOpt = None,
+    epochs: common.EpochsOpt = None,
+    device: common.DeviceOpt = None,
+    threads: common.ThreadsOpt = None,
+    amp: common.AmpOpt = None,
+    resume: common.ResumeOpt = False,
+    force: common.ForceOpt = False,
+    print_recipe: common.PrintOpt = False,
 ) -> None:
     """Train a student-friendly teacher (see HELP)."""
     from sftkd_cli.training.sft import train_sft
@@ -44,3 +45,7 @@ def train_sft_command(
         threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},
     )
     common.print_or_train(recipe, print_recipe, train_sft, "teacher val L1", resume=resume, force=force)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-sft", cls=HelpCommand, help=HELP)(train_sft_command)

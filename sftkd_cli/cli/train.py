@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.cli.app import HelpCommand, app, examples
+from sftkd_cli.cli.base import HelpCommand, examples
 
 
 HELP = examples(
@@ -16,22 +18,21 @@ HELP = examples(
 )
 
 
-@app.command("train-teacher", cls=HelpCommand, help=HELP)
 def train_teacher(
-    args: list[str] = common.Args,
-    model: str = typer.Option(None, "--model", "-m", metavar="DnCm", help="Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline)."),
-    data: str = common.DataOpt,
-    acc: float = common.AccOpt,
-    name: str = common.NameOpt,
-    runs_dir: str = common.RunsDirOpt,
-    epochs: int = common.EpochsOpt,
-    device: str = common.DeviceOpt,
-    threads: int = common.ThreadsOpt,
-    amp: str = common.AmpOpt,
-    init_from: str = typer.Option(None, "--init-from", metavar="RUN", help="Start from the weights of another run or checkpoint (fine-tuning)."),
-    resume: bool = common.ResumeOpt,
-    force: bool = common.ForceOpt,
-    print_recipe: bool = common.PrintOpt,
+    args: common.Args = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="DnCm", help="Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline).")] = None,
+    data: common.DataOpt = None,
+    acc: common.AccOpt = None,
+    name: common.NameOpt = None,
+    runs_dir: common.RunsDirOpt = None,
+    epochs: common.EpochsOpt = None,
+    device: common.DeviceOpt = None,
+    threads: common.ThreadsOpt = None,
+    amp: common.AmpOpt = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="RUN", help="Start from the weights of another run or checkpoint (fine-tuning).")] = None,
+    resume: common.ResumeOpt = False,
+    force: common.ForceOpt = False,
+    print_recipe: common.PrintOpt = False,
 ) -> None:
     """Train one DC-CNN with L1 loss (see HELP)."""
     from sftkd_cli.training.supervised import train_supervised
@@ -41,3 +42,7 @@ def train_teacher(
         threads=threads, amp=amp, **{"model.name": model},
     )
     common.print_or_train(recipe, print_recipe, train_supervised, init_from=init_from, resume=resume, force=force)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-teacher", cls=HelpCommand, help=HELP)(train_teacher)

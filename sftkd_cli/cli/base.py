@@ -1,0 +1,75 @@
+"""What every sftkd command shares: help rendering, the Examples block and the consoles.
+
+Command modules import from here, and `sftkd_cli.cli.app` registers them (so no command
+module imports the app: no import cycle). Imports only typer and rich: command help stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+#: results (tables, "done" lines) go to stdout; progress, warnings and errors to stderr
+console = Console()
+err_console = Console(stderr=True)
+
+
+def examples(text: str, *commands: str) -> str:
+    """Command help: `text` (paragraphs separated by a blank line, each written as one line so
+    that rich wraps it to the terminal) and an Examples block with one whole command per line.
+
+    Keep each example within 78 characters: rich would wrap a longer one mid-command at 80
+    columns (tests/test_help.py checks every command's help at COLUMNS=80)."""
+    block = "\n".join(escape(command) for command in commands)  # not indented: typer dedents them anyway
+    return f"{text}\n\n[bold]Examples[/]\n\n{block}"
+
+
+def _plain_flags(params: list) -> None:
+    """Flags (--force, --zf/--no-zf, --help) show no value column: typer would print `<bool>`."""
+    for param in params:
+        if isinstance(param, typer.core.TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+
+
+class _Argument(typer.core.TyperArgument):
+    """A positional argument shown by its metavar alone (`RUN...`), not with a Python type
+    (`<list[Path]>`) beside it."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str | None:  # type: ignore[override]
+        return None if self.metavar else super().display_type_rich(ctx)
+
+    def _rich_display_name(self) -> str:
+        return self.display_name_raw + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+
+class _PlainFlagsHelp:
+    """Mixin for commands and groups: flags, --help included, show no `<bool>` value column."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        _plain_flags(self.params)  # type: ignore[attr-defined]
+
+    def get_help_option(self, ctx: typer.Context):  # type: ignore[no-untyped-def]
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        _plain_flags([option] if option is not None else [])
+        return option
+
+
+class HelpCommand(_PlainFlagsHelp, typer.core.TyperCommand):
+    """Every sftkd command: help that shows values by their metavar (RUN, N, FILE), never by a
+    Python type, and flags without a value column."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is typer.core.TyperArgument:
+                param.__class__ = _Argument  # same fields; only how help shows it differs
+
+
+class HelpGroup(_PlainFlagsHelp, typer.core.TyperGroup):
+    """A command group whose --help flag shows no `<bool>` (see HelpCommand)."""
