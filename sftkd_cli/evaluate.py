@@ -28,13 +28,13 @@ from sftkd_cli.checkpoints import check_fits_data, load_model
 from sftkd_cli.choices import MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.data.files import StagedFiles, check_writable, h5_image
-from sftkd_cli.data.prepare import INPUT_LABELS
+from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
-from sftkd_cli.training.engine import autocast, collate, select_device
+from sftkd_cli.runtime import autocast, check_amp, collate, cpu_threads, select_device, synchronize, to_device
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -54,10 +54,10 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
 
     `progress(done, total)` is called after each batch (the CLI shows it as a bar)."""
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp, "--amp"):
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = {k: v.to(device) for k, v in collate(items).items()}
+            batch = to_device(collate(items), device)
             pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
             for item, p in zip(items, pred):
                 slices[item["volume"]].append((int(item["slice"]), item["target"][0].numpy(), item["zf"][0].numpy(), p[0]))
@@ -79,15 +79,13 @@ def measure_latency(model: Reconstructor, dataset, device: torch.device, slices:
     """Median milliseconds to reconstruct one slice (batch 1), after two warm-up runs."""
     if len(dataset) == 0 or slices <= 0:
         return float("nan")
-    item = collate([dataset[0]])
-    batch = {k: v.to(device) for k, v in item.items()}
+    batch = to_device(collate([dataset[0]]), device)
     times = []
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp, "--amp"):
         for i in range(slices + 2):
             started = time.perf_counter()
             model(batch["zf"], batch["kspace"], batch["mask"])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             if i >= 2:
                 times.append((time.perf_counter() - started) * 1000)
     return float(np.median(times))
@@ -217,15 +215,9 @@ def evaluate_run(
         check_threads(threads)
     run = open_run(run_dir)
     recipe = run.load_recipe()
-    count = recipe.train.threads if threads is None else threads
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
+    with cpu_threads(recipe.train.threads if threads is None else threads):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def check_threads(threads: int) -> None:
@@ -260,12 +252,9 @@ def _evaluate(
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
     record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it
     torch_device = select_device(device)
-    if amp not in ("off", "bf16", "fp16"):
-        raise SftkdError(f"--amp {amp!r}: expected off, bf16 or fp16")
+    check_amp(amp, torch_device, "--amp")
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
-    if amp == "fp16" and torch_device.type != "cuda":
-        raise SftkdError("--amp fp16: only on CUDA; use bf16 on the CPU")
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
         named = which in ("best", "last")

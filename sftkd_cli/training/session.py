@@ -15,11 +15,12 @@ from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
-from sftkd_cli.data.dataset import dataset_record
+from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, atomic_write_text
 from sftkd_cli.models import CascadeNet, build_model
-from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything, select_device
+from sftkd_cli.runtime import select_device
+from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer)
@@ -36,8 +37,8 @@ def run_path(recipe: Recipe) -> Path:
 
 
 def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
-    """A new model `name` with the recipe's widths, its data consistency in the dataset's k-space layout."""
-    return build_model(name, recipe.model.channels, recipe.model.pad, centered=data["kspace_layout"] == "centered")
+    """A new model `name` with the recipe's widths, built for the dataset's acquisition (`dataset_record`)."""
+    return build_model(name, recipe.model.channels, recipe.model.pad, acquisition=record_acquisition(data))
 
 
 def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:

@@ -1,0 +1,87 @@
+"""Where and how models run: the device, mixed precision, batches on the device, CPU threads.
+
+Shared by training, `evaluate` and `bench`, and below all three: this module imports none of
+them (nor the CLI), so each can use the same device choice, autocast policy and collate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from sftkd_cli.config import check_device
+from sftkd_cli.errors import SftkdError
+
+Batch = dict[str, torch.Tensor]
+
+#: the tensors of a dataset item that a batch holds (the other keys, volume and slice, stay behind)
+TENSOR_KEYS = ("target", "zf", "kspace", "mask")
+
+#: the mixed-precision modes: none, bfloat16 autocast (CPUs and GPUs), float16 autocast (CUDA only)
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; explicit names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name, "device")  # meta, mps without support, a GPU number past the GPUs: one line
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SftkdError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SftkdError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def check_amp(amp: str, device: torch.device, option: str = "train.amp") -> None:
+    """`amp` must be a known mode, and fp16 needs CUDA; `option` names the setting in the error."""
+    if amp not in AMP_MODES:
+        raise SftkdError(f"{option} {amp!r}: expected off, bf16 or fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise SftkdError(f"{option} fp16: only on CUDA; use bf16 on the CPU")
+
+
+def autocast(device: torch.device, amp: str, option: str = "train.amp") -> contextlib.AbstractContextManager:
+    """Mixed precision context: bf16/fp16 autocast, or nothing (checked with `check_amp`)."""
+    check_amp(amp, device, option)
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def collate(items: Sequence[dict[str, Any]]) -> Batch:
+    """Stack dataset items into a batch (tensors only)."""
+    return {key: torch.stack([item[key] for item in items]) for key in TENSOR_KEYS}
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch's tensors on `device` (copied without blocking where the device allows it)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so wall times are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_threads(count: int | None) -> None:
+    """torch's CPU threads set to `count`; None or 0 leaves torch's setting as it is."""
+    if count:
+        torch.set_num_threads(count)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """`set_threads(count)` for the block; the caller's thread count is restored afterwards."""
+    previous = torch.get_num_threads()
+    set_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
