@@ -1,9 +1,10 @@
 """The one training engine: teacher training, SFT and distillation differ only in the objective.
 
-What it does for every objective: device and thread set-up, seeding, Adam + StepLR, mixed
-precision, a deterministic per-epoch sample order (so resuming is exact, even mid-epoch),
-atomic `last`/`best` checkpoints, a per-epoch history, rich progress, a NaN/Inf guard, and
-Ctrl-C / SIGTERM handling that saves a checkpoint before leaving.
+What it does for every objective: thread set-up, seeding, Adam + StepLR, mixed precision, a
+deterministic per-epoch sample order (so resuming is exact, even mid-epoch), atomic
+`last`/`best` checkpoints, a per-epoch history, rich progress, a NaN/Inf guard, and
+Ctrl-C / SIGTERM handling that saves a checkpoint before leaving. Device, autocast and
+collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
 """
 
 from __future__ import annotations
@@ -16,39 +17,24 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from torch import nn
 from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
-from sftkd_cli.config import Recipe, check_device
+from sftkd_cli.config import Recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.metrics import psnr, ssim
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
+from sftkd_cli.runtime import autocast, collate, select_device, set_threads, to_device
 from sftkd_cli.training.objectives import Batch, Objective, model_record
-
-TENSOR_KEYS = ("target", "zf", "kspace", "mask")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; explicit names are checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name, "device")  # meta, mps without support, a GPU number past the GPUs: one line
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SftkdError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SftkdError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
-    return device
-
 
 def barrier(world: int) -> None:
     """Wait for every process (no-op for a single process)."""
@@ -92,27 +78,9 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return order
 
 
-def collate(items: Sequence[dict[str, Any]]) -> Batch:
-    """Stack dataset items into a batch (tensors only)."""
-    return {key: torch.stack([item[key] for item in items]) for key in TENSOR_KEYS}
-
-
 def batches(dataset: Dataset, order: Sequence[int], batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(order), batch_size):
         yield collate([dataset[i] for i in order[start : start + batch_size]])
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision context: bf16/fp16 autocast, or nothing."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise SftkdError("train.amp=fp16: only on CUDA; use bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @dataclass
@@ -126,6 +94,31 @@ class FitResult:
     resumed_from: int | None = None
 
 
+@dataclass
+class FitState:
+    """Where a fit stands: what `last` saves to resume exactly, the history and the epoch's timer.
+
+    `epoch` is the epoch being trained (or next to train); `step` the steps of it applied so
+    far, or None from the end of its steps until the next epoch starts (validation and the
+    epoch's checkpoints: Ctrl-C then has nothing newer to save).
+    """
+
+    epoch: int = 0
+    step: int | None = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    loss_sum: float = 0.0  # the training loss of `epoch` so far (kept in mid-epoch checkpoints)
+    loss_count: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+    started: float = 0.0  # time.perf_counter() when the epoch started
+
+    def entries(self) -> dict[str, Any]:
+        """The checkpoint entries besides the weights, optimiser, epoch and step."""
+        return {"best_val_l1": self.best_val, "best_epoch": self.best_epoch,
+                "epoch_loss_sum": self.loss_sum, "epoch_loss_count": self.loss_count}
+
+
 class _StopFlag:
     """Set by SIGTERM; checked between steps so the engine can save and leave cleanly."""
 
@@ -134,6 +127,32 @@ class _StopFlag:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.raised = True
+
+
+@dataclass
+class _Loop:
+    """What one fit trains with: the objective as stepped (DDP-wrapped with several processes),
+    Adam, StepLR, the fp16 grad scaler, the steps per epoch, the progress bar and the SIGTERM flag."""
+
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    progress: Progress
+    task: TaskID
+    stop: _StopFlag
+
+
+@contextlib.contextmanager
+def _catching_sigterm(stop: _StopFlag) -> Iterator[None]:
+    """SIGTERM sets `stop` for the block (only the main thread can install handlers), then the old handler returns."""
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int) -> dict[str, float]:
@@ -193,7 +212,8 @@ class Trainer:
         self.is_main = rank == 0
 
     # checkpoint state ---------------------------------------------------------------------
-    def _state(self, optimizer, scheduler, scaler, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+    def _checkpoint(self, state: FitState, loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
+        """Everything `last`/`best` hold: the models, the objective, the optimiser and `state` at (epoch, step)."""
         model = self._bare()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -202,14 +222,14 @@ class Trainer:
             "primary": model.primary,
             "models": {name: model_record(m) for name, m in model.models().items()},
             "objective": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict(),
+            "scaler": loop.scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step,
             "trained_on": self.trained_on,
             **model.info(),
-            **extra,
+            **state.entries(),
         }
 
     def _bare(self) -> Objective:
@@ -222,12 +242,33 @@ class Trainer:
 
     # the loop -----------------------------------------------------------------------------
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
+        """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`)."""
         cfg = self.recipe.train
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
+        loop = self._loop(len(train_ds))
+        state = self._restore(loop, resume)
+        if self.is_main:
+            self.run.write_env(environment(str(self.device), cfg.seed))
+            self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
+                               highlight=False, markup=False, soft_wrap=True)
+        loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
+        self._bare().train()
+        with _catching_sigterm(loop.stop):
+            try:
+                with loop.progress:
+                    while state.epoch < cfg.epochs:
+                        self._run_epoch(state, loop, train_ds)
+                        self._finish_epoch(state, loop, val_ds)
+            except KeyboardInterrupt:
+                self._interrupt(state, loop)
+        return FitResult(cfg.epochs, state.best_val, state.best_epoch, state.history, state.resumed_from)
+
+    def _loop(self, train_slices: int) -> _Loop:
+        """The objective on the device (DDP-wrapped with several processes), its optimiser and the progress bar."""
+        cfg = self.recipe.train
         objective = self.objective.to(self.device)
         if cfg.channels_last:
             objective = objective.to(memory_format=torch.channels_last)
@@ -236,120 +277,110 @@ class Trainer:
 
             objective = DistributedDataParallel(objective, find_unused_parameters=True)
             self.objective = objective
-        params = [p for p in objective.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-
-        start_epoch, start_step, history = 0, 0, []
-        best_val, best_epoch, loss_sum, loss_count, resumed_from = math.inf, 0, 0.0, 0, None
-        if resume and self.run.checkpoint("last").exists():
-            last = self.run.checkpoint("last")
-            state = load_checkpoint(last)
-            try:
-                self._bare().load_state_dict(state["objective"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state["scaler"])
-                start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
-                best_val, best_epoch = float(state["best_val_l1"]), int(state["best_epoch"])
-                loss_sum, loss_count = float(state["epoch_loss_sum"]), int(state["epoch_loss_count"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                reason = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
-                raise SftkdError(f"{last}: does not fit this run's {self.recipe.model.name} training state ({reason})") from None
-            history = self.run.read_history()[:start_epoch]
-            resumed_from = start_epoch
-        if self.is_main:
-            self.run.write_env(environment(str(self.device), cfg.seed))
-
-        stop = _StopFlag()
-        previous_handler = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
-        steps_per_epoch = math.ceil(len(epoch_order(len(train_ds), cfg.seed, 0, self.rank, self.world)) / cfg.batch_size)
+        steps = math.ceil(len(epoch_order(train_slices, cfg.seed, 0, self.rank, self.world)) / cfg.batch_size)
         if cfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+            steps = min(steps, cfg.max_steps_per_epoch)
         progress = self._progress()
-        if self.is_main:
-            self.console.print(self._start_line(len(train_ds), len(val_ds), steps_per_epoch, resumed_from),
-                               highlight=False, markup=False, soft_wrap=True)
-        task = progress.add_task("train", total=steps_per_epoch * cfg.epochs, epoch="", loss="")
-        progress.update(task, completed=start_epoch * steps_per_epoch + start_step)
-        epoch, done = start_epoch, start_step  # `done`: steps of `epoch` already applied, None while validating
+        task = progress.add_task("train", total=steps * cfg.epochs, epoch="", loss="")
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag())
 
-        def checkpoint_state(epoch_done: int, step_done: int) -> dict[str, Any]:
-            return self._state(
-                optimizer, scheduler, scaler, epoch_done, step_done,
-                {"best_val_l1": best_val, "best_epoch": best_epoch,
-                 "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count},
-            )
-
-        self._bare().train()
+    def _restore(self, loop: _Loop, resume: bool) -> FitState:
+        """A fresh state, or with `resume` the one in the `last` checkpoint (weights and optimiser loaded)."""
+        last = self.run.checkpoint("last")
+        if not (resume and last.exists()):
+            return FitState()
+        saved = load_checkpoint(last)
         try:
-            with progress:
-                for epoch in range(start_epoch, cfg.epochs):
-                    self._bare().begin_epoch(epoch)
-                    started = time.perf_counter()
-                    order = epoch_order(len(train_ds), cfg.seed, epoch, self.rank, self.world)
-                    order = order[: steps_per_epoch * cfg.batch_size]
-                    done = start_step if epoch == start_epoch else 0
-                    if not done:
-                        loss_sum, loss_count = 0.0, 0
-                    for batch in batches(train_ds, order[done * cfg.batch_size :], cfg.batch_size):
-                        loss = self._train_step(objective, optimizer, scaler, to_device(batch, self.device), epoch, done)
-                        loss_sum, loss_count, done = loss_sum + loss, loss_count + 1, done + 1
-                        progress.update(task, advance=1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss:.4g}")
-                        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps_per_epoch:
-                            self._save("last", checkpoint_state(epoch, done))
-                        if stop.raised:
-                            self._save("last", checkpoint_state(epoch, done))
-                            raise RunInterrupted(
-                                f"{self.run.path}: stopped by SIGTERM at epoch {epoch + 1}, step {done}; continue with --resume"
-                            )
-                    done = None
-                    scheduler.step()
-                    val = {"val_l1": math.nan}
-                    if self.is_main and len(val_ds):
-                        val = validate(self._bare(), val_ds, self.device, cfg.amp, cfg.batch_size)
-                    row = {
-                        "epoch": epoch + 1,
-                        "train_loss": loss_sum / max(loss_count, 1),
-                        **val,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": round(time.perf_counter() - started, 3),
-                    }
-                    history.append(row)
-                    improved = best_epoch == 0 or val["val_l1"] < best_val
-                    if improved:
-                        best_val, best_epoch = val["val_l1"], epoch + 1
-                    state = checkpoint_state(epoch + 1, 0)
-                    if self.is_main:  # history first: a kill between the two keeps every row
-                        self.run.write_history(history)
-                        if improved:
-                            self._save("best", state)
-                        self._save("last", state)
-                        self._report_epoch(progress, row, improved)
-                    start_step = 0
-        except KeyboardInterrupt:
-            if done is not None:  # between steps of an epoch: save exactly where we are
-                self._save("last", checkpoint_state(epoch, done))
-            raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
-        return FitResult(cfg.epochs, best_val, best_epoch, history, resumed_from)
+            self._bare().load_state_dict(saved["objective"])
+            loop.optimizer.load_state_dict(saved["optimizer"])
+            loop.scheduler.load_state_dict(saved["scheduler"])
+            loop.scaler.load_state_dict(saved["scaler"])
+            state = FitState(
+                epoch=int(saved["epoch"]), step=int(saved["step_in_epoch"]),
+                best_val=float(saved["best_val_l1"]), best_epoch=int(saved["best_epoch"]),
+                loss_sum=float(saved["epoch_loss_sum"]), loss_count=int(saved["epoch_loss_count"]),
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
+            raise SftkdError(f"{last}: does not fit this run's {self.recipe.model.name} training state ({reason})") from None
+        state.history = self.run.read_history()[: state.epoch]
+        state.resumed_from = state.epoch
+        return state
 
-    def _train_step(self, objective, optimizer, scaler, batch: Batch, epoch: int, step: int) -> float:
+    def _run_epoch(self, state: FitState, loop: _Loop, train_ds: Dataset) -> None:
+        """The training steps of `state.epoch`, from `state.step` (a resumed epoch) or its start.
+
+        Saves `last` every train.checkpoint_every steps, and on SIGTERM before leaving."""
+        cfg = self.recipe.train
+        self._bare().begin_epoch(state.epoch)
+        state.started = time.perf_counter()
+        order = epoch_order(len(train_ds), cfg.seed, state.epoch, self.rank, self.world)
+        order = order[: loop.steps_per_epoch * cfg.batch_size]
+        state.step = state.step or 0  # None after the previous epoch
+        if not state.step:
+            state.loss_sum, state.loss_count = 0.0, 0
+        for batch in batches(train_ds, order[state.step * cfg.batch_size :], cfg.batch_size):
+            loss = self._train_step(loop, to_device(batch, self.device), state.epoch, state.step)
+            state.loss_sum, state.loss_count, state.step = state.loss_sum + loss, state.loss_count + 1, state.step + 1
+            loop.progress.update(loop.task, advance=1, epoch=f"{state.epoch + 1}/{cfg.epochs}", loss=f"{loss:.4g}")
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
+                self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+            if loop.stop.raised:
+                self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+                raise RunInterrupted(
+                    f"{self.run.path}: stopped by SIGTERM at epoch {state.epoch + 1}, step {state.step}; continue with --resume"
+                )
+        state.step = None
+
+    def _finish_epoch(self, state: FitState, loop: _Loop, val_ds: Dataset) -> None:
+        """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch."""
+        cfg = self.recipe.train
+        loop.scheduler.step()
+        val = {"val_l1": math.nan}
+        if self.is_main and len(val_ds):
+            val = validate(self._bare(), val_ds, self.device, cfg.amp, cfg.batch_size)
+        row = {
+            "epoch": state.epoch + 1,
+            "train_loss": state.loss_sum / max(state.loss_count, 1),
+            **val,
+            "lr": loop.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - state.started, 3),
+        }
+        state.history.append(row)
+        improved = state.best_epoch == 0 or val["val_l1"] < state.best_val
+        if improved:
+            state.best_val, state.best_epoch = val["val_l1"], state.epoch + 1
+        checkpoint = self._checkpoint(state, loop, state.epoch + 1, 0)
+        if self.is_main:  # history first: a kill between the two keeps every row
+            self.run.write_history(state.history)
+            if improved:
+                self._save("best", checkpoint)
+            self._save("last", checkpoint)
+            self._report_epoch(loop.progress, row, improved)
+        state.epoch += 1
+
+    def _interrupt(self, state: FitState, loop: _Loop) -> NoReturn:
+        """Ctrl-C: between steps of an epoch, save exactly where training is; then leave with one line."""
+        if state.step is not None:
+            self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+        raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
+
+    def _train_step(self, loop: _Loop, batch: Batch, epoch: int, step: int) -> float:
         with autocast(self.device, self.recipe.train.amp):
-            loss, _ = objective(batch)
+            loss, _ = loop.objective(batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise SftkdError(
                 f"{self.run.path}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                 "training stopped, the last good checkpoint is kept (try a lower train.lr)"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
         return value
 
     def _progress(self) -> Progress:
