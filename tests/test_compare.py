@@ -316,7 +316,7 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
 
         return FigureOutput((stem.with_suffix(".png"), stem.with_suffix(".pdf")))
 
-    monkeypatch.setattr("sftkd_cli.report.figures.attention_residues_from_runs", fake)
+    monkeypatch.setattr("sftkd_cli.report.attention.attention_residues_from_runs", fake)
     teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0))
     std = make_run(tmp_path, "std-kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
     sft = make_run(tmp_path, "sft-kd-at", "kd", slice_values(3, 0.5), method="at", teacher_role="sft-teacher")

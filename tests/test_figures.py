@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.report.figures import (
+from sftkd_cli.report.attention import (
     attention_maps,
     attention_residue_figure,
     attention_residues,
     attention_residues_from_runs,
+)
+from sftkd_cli.report.figures import (
     box_plots,
     box_plots_from_runs,
     default_box,

@@ -104,7 +104,7 @@ def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | No
 
 def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | None, int | None]) -> None:
     """Fig. 6 for the compared KD runs (each against the teacher it was distilled from)."""
-    from sftkd_cli.report.figures import attention_residues_from_runs
+    from sftkd_cli.report.attention import attention_residues_from_runs
 
     students = {run.name: Path(run.label) for run in results if run.role == "kd"}
     if not students:

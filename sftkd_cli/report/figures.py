@@ -6,8 +6,8 @@
 - `reconstruction_grid`: one slice as target, network input and each model's reconstruction,
   each with a zoomed inset of the same region; the error |prediction - target| of each model
   underneath on one shared, data-chosen colour scale (Fig. 3).
-- `attention_residue_figure`: per cascade, |A_student - A_teacher| of the AT attention maps of a
-  distilled student and its own teacher on one slice, one row per student (Fig. 6).
+
+The attention-map residues of distilled students (Fig. 6) are in `sftkd_cli.report.attention`.
 
 Every axis says what it shows and in which unit (images are scaled to their volume's maximum,
 so intensities and errors are fractions of it). A figure's heading is `title` when given, else
@@ -32,7 +32,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.errors import SftkdError
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
@@ -78,7 +77,7 @@ def _count_text(counts: Sequence[int], noun: str) -> str:
     return f"{low} {noun}" if low == high else f"{low}-{high} {noun}"
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
@@ -172,7 +171,7 @@ def box_plots(
     if not runs:
         raise SftkdError("box plots: no runs to plot")
     labels = list(runs)
-    figure = _new_figure(max(4.0, 1.1 * len(labels)) * len(metrics) / 1.4, 3.8)
+    figure = new_figure(max(4.0, 1.1 * len(labels)) * len(metrics) / 1.4, 3.8)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     data: dict[str, Any] = {}
     for ax, metric in zip(axes, metrics):
@@ -221,7 +220,7 @@ def validation_curves(
     """
     if not curves:
         raise SftkdError("validation curves: no runs to plot")
-    figure = _new_figure(5.5, 3.6)
+    figure = new_figure(5.5, 3.6)
     ax = figure.subplots()
     data: dict[str, Any] = {}
     for label, (epochs, values) in curves.items():
@@ -330,7 +329,7 @@ def reconstruction_grid(
     top = {"target": target, input_label: np.asarray(zero_filled, dtype=np.float32)}
     top.update({label: np.asarray(image, dtype=np.float32) for label, image in recons.items()})
     columns = len(top)
-    figure = _new_figure(2.0 * columns + 0.9, 4.6 if residues else 2.4)
+    figure = new_figure(2.0 * columns + 0.9, 4.6 if residues else 2.4)
     axes = figure.subplots(2 if residues else 1, columns, squeeze=False)
     vmax_image = float(max(target.max(), 1e-6))
     vmax_error = error_scale(list(residues.values()), percentile)
@@ -423,7 +422,7 @@ def reconstruction_grid_from_runs(
     recon.h5. The default heading names the slice after `context` (e.g. the plan and group).
     """
     from sftkd_cli.data.dataset import dataset_task, load_manifest, load_volume
-    from sftkd_cli.data.prepare import INPUT_LABELS
+    from sftkd_cli.data.format import INPUT_LABELS
 
     if not runs:
         raise SftkdError("reconstruction grid: no runs to show")
@@ -440,180 +439,3 @@ def reconstruction_grid_from_runs(
     label = INPUT_LABELS[dataset_task(load_manifest(dataset))][1]
     return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, title, label,
                                where, crop_errors)
-
-
-# ----------------------------------------------------------------------------- attention residues
-
-
-def attention_maps(features) -> np.ndarray:
-    """AT attention maps (B, H, W) of feature maps (B, C, H, W), as the AT loss compares them.
-
-    `AttentionTransfer.attention` with p=2 and per-sample normalisation: the channel mean of the
-    squared activations, L2-normalised over the H*W pixels of each sample (a channel sum gives
-    the same map: the normalisation cancels the factor C). The "batch" normalisation of the
-    reference is not used here: over a batch of one slice it would make every pixel 1.
-    """
-    import torch
-
-    from sftkd_cli.distill.methods import AttentionTransfer
-
-    if features.ndim != 4:
-        raise SftkdError(f"attention maps: expected features (B, C, H, W), got shape {tuple(features.shape)}")
-    b, c, h, w = features.shape
-    at = AttentionTransfer((c,), (c,), p=2.0, normalize="sample")
-    with torch.no_grad():
-        return at.attention(features.float()).reshape(b, h, w).cpu().numpy()
-
-
-def attention_residues(student, teacher, zf, kspace, mask) -> dict[int, np.ndarray]:
-    """{cascade (1-based): |A_student - A_teacher| (H, W)} on one slice (a torch batch of one).
-
-    The taps are `distill.catalog.default_taps("at", ...)`: the student's last hidden conv against
-    the teacher's second-to-last hidden conv of the same cascade (what AT distils), whatever
-    method the student was distilled with, so that students of different methods compare alike.
-    Cascades where a network has no such tap are left out, as in distillation.
-    """
-    import torch
-
-    s_taps, t_taps = default_taps("at", student, teacher)
-    if not s_taps:
-        raise SftkdError(f"attention residues: {student.name} and {teacher.name} share no AT feature taps")
-    with torch.no_grad():
-        _, s_feats = student.eval()(zf, kspace, mask, taps=s_taps)
-        _, t_feats = teacher.eval()(zf, kspace, mask, taps=t_taps)
-    return {student.split_tap(s)[0]: np.abs(attention_maps(s_feats[s])[0] - attention_maps(t_feats[t])[0])
-            for s, t in zip(s_taps, t_taps)}
-
-
-def attention_residue_figure(
-    residues: Mapping[str, Mapping[int, np.ndarray]], stem: Path, title: str = "", context: str = ""
-) -> FigureOutput:
-    """Fig. 6: one row per student (label -> {cascade: residue map}), one column per cascade.
-
-    One colour scale for every panel (0 .. the largest residue), the panel's mean residue printed
-    in it. `data[label]` holds the cascades ("cascades"), the drawn arrays ("maps") and the
-    printed means ("means", read back from the drawn arrays); `data["vmax"]` the top of the scale.
-    """
-    if not residues:
-        raise SftkdError("attention residues: no students to show")
-    cascades = sorted(next(iter(residues.values())))
-    if not cascades or any(sorted(maps) != cascades for maps in residues.values()):
-        raise SftkdError(f"attention residues: every student needs the same cascades, got {[sorted(m) for m in residues.values()]}")
-    vmax = max([float(np.max(m)) for maps in residues.values() for m in maps.values()] + [1e-12])
-    figure = _new_figure(max(4.5, 1.7 * len(cascades) + 1.2), 1.8 * len(residues) + 0.5)
-    axes = figure.subplots(len(residues), len(cascades), squeeze=False)
-    data: dict[str, Any] = {"vmax": vmax}
-    drawn = None
-    for i, (label, maps) in enumerate(residues.items()):
-        data[label] = {"cascades": cascades, "maps": [], "means": []}
-        for j, cascade in enumerate(cascades):
-            residue, ax = maps[cascade], axes[i][j]
-            drawn = ax.imshow(np.asarray(residue, dtype=np.float32), cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest")
-            shown = np.asarray(drawn.get_array(), dtype=np.float64)
-            mean = float(shown.mean())
-            data[label]["maps"].append(shown)
-            data[label]["means"].append(mean)
-            ax.text(0.03, 0.04, f"mean {mean:.2e}", transform=ax.transAxes, color="white", fontsize=7,
-                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"cascade {cascade}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(label, fontsize=8)
-    figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8, label="|A_student - A_teacher|\n[unitless, maps L2-normalised]")
-    figure.suptitle(heading("AT attention-map residues to the teacher per cascade", title, context), fontsize=10)
-    return FigureOutput(save_figure(figure, stem), data, figure)
-
-
-def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
-    """The teacher a distilled run learnt from: its checkpoint's teacher_run (else its recipe's).
-
-    The path was written relative to the directory training ran in; when it does not exist
-    from here, the run's sibling of the same name is tried (the plan layout runs/<plan>/*).
-    """
-    from sftkd_cli.runs import open_run
-
-    recorded = state.get("teacher_run") or open_run(run).load_recipe().distill.teacher_run
-    if not recorded:
-        raise SftkdError(f"{run}: not a distilled run (no teacher_run); the attention residues compare a KD student with its teacher")
-    path = Path(str(recorded))
-    if not path.exists() and (run.parent / path.name).exists():
-        path = run.parent / path.name
-    if not path.exists():
-        raise SftkdError(f"{run}: its teacher run {recorded} is not found (from {Path.cwd()})")
-    return path
-
-
-def _load_pair(run: Path, checkpoint: str = "best"):
-    """(student, teacher) models of a distilled run; an SFT run's teacher is its 'teacher' entry."""
-    from sftkd_cli.checkpoints import (
-        build_from_entry,
-        load_model,
-        model_entry,
-        resolve_checkpoint,
-    )
-    from sftkd_cli.runs import load_checkpoint
-
-    student, state = load_model(run, which=checkpoint)
-    if state.get("role") != "kd":
-        raise SftkdError(f"{run}: role {state.get('role')!r} is not a distilled run (kd); expected a Std-KD or SFT-KD run")
-    teacher_run = _teacher_run(run, state)
-    path = resolve_checkpoint(teacher_run, "best")
-    t_state = load_checkpoint(path)
-    _, entry = model_entry(t_state, "teacher" if t_state.get("role") == "sft" else None, path)
-    return student, build_from_entry(entry, path)
-
-
-def attention_residues_from_runs(
-    runs: Mapping[str, Path],
-    stem: Path,
-    dataset: str | Path | None = None,
-    acceleration: float | None = None,
-    volume: str | None = None,
-    index: int | None = None,
-    split: str = "val",
-    checkpoint: str = "best",
-    title: str = "",
-    context: str = "",
-) -> FigureOutput:
-    """Fig. 6 from distilled run directories (label -> run), each student against its own teacher.
-
-    Dataset and acceleration default to the first run's recipe; the slice to the grid's
-    (middle slice of the middle volume of the first run's recon.h5), else the middle slice of
-    the middle volume of `split`. Runs on the CPU: one slice through two models per student.
-    """
-    import torch
-
-    from sftkd_cli.data.dataset import load_manifest, load_volume, split_volumes
-    from sftkd_cli.runs import open_run
-
-    if not runs:
-        raise SftkdError("attention residues: no distilled runs to show")
-    runs = {label: Path(run) for label, run in runs.items()}
-    first = next(iter(runs.values()))
-    recipe = open_run(first).load_recipe()
-    dataset = Path(dataset if dataset is not None else recipe.data.path)
-    acceleration = float(acceleration if acceleration is not None else recipe.data.acceleration)
-    if volume is None or index is None:
-        if (first / "recon.h5").is_file():
-            volume, index = default_slice(first / "recon.h5", volume, index)
-        else:
-            manifest = load_manifest(dataset)
-            names = split_volumes(manifest, dataset, split)
-            volume = volume if volume is not None else names[len(names) // 2]
-            if volume not in manifest["volumes"]:
-                raise SftkdError(f"{dataset}: no volume {volume!r}")
-            index = index if index is not None else int(manifest["volumes"][volume]["slices"]) // 2
-    arrays = load_volume(dataset, volume, acceleration)
-    if not 0 <= index < arrays["image"].shape[0]:
-        raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
-    zf = torch.from_numpy(np.asarray(arrays["zf"][index], dtype=np.float32))[None, None]
-    kspace = torch.from_numpy(np.asarray(arrays["kspace"][index], dtype=np.complex64))[None, None]
-    mask = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.float32))[None, None]
-    residues = {}
-    for label, run in runs.items():
-        student, teacher = _load_pair(run, checkpoint)
-        residues[label] = attention_residues(student, teacher, zf, kspace, mask)
-    where = ", ".join(part for part in (context, f"{volume}, slice {index}, {acceleration:g}x") if part)
-    return attention_residue_figure(residues, stem, title, where)
