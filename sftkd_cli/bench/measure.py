@@ -1,0 +1,150 @@
+"""How `sftkd bench` measures: synthetic inputs, precision, timed calls, an engine-style
+training step, the conv roof, and the machine it measured on."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sftkd_cli.bench.flops import conv_flops
+from sftkd_cli.mri.masks import make_mask, undersample
+from sftkd_cli.runtime import autocast, synchronize
+from sftkd_cli.training.objectives import Batch
+
+#: the undersampling factor of the synthetic inputs (the paper's 4x random row mask)
+ACCELERATION = 4.0
+
+
+def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0) -> Batch:
+    """A batch of random ellipse phantoms in [0, 1], undersampled at 4x with the paper's row mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    images = np.zeros((batch, size, size), dtype=np.float32)
+    for b in range(batch):
+        for _ in range(6):
+            cx, cy = rng.uniform(-0.4, 0.4, 2)
+            ax, ay = rng.uniform(0.1, 0.6, 2)
+            images[b] += rng.uniform(0.2, 1.0) * (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0)
+        images[b] /= max(float(images[b].max()), 1e-6)
+    mask = make_mask("random", (size, size), ACCELERATION)
+    kspace, zf = undersample(images, mask)
+    as_batch = lambda a: torch.from_numpy(np.ascontiguousarray(a))[:, None].to(device)  # noqa: E731
+    return {
+        "target": as_batch(images),
+        "zf": as_batch(zf),
+        "kspace": as_batch(kspace),
+        "mask": torch.from_numpy(mask)[None, None].expand(batch, 1, size, size).contiguous().to(device),
+    }
+
+
+def slice_batch(batch: Batch, n: int) -> Batch:
+    """The first `n` samples of a batch."""
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device, or nothing for fp32 (runtime's autocast policy)."""
+    return autocast(device, "bf16" if precision == "bf16" else "off", "bench --precision")
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """Device name, threads and versions for the report header."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return {
+        "device": str(device),
+        "name": name,
+        "threads": threads,
+        "torch": torch.__version__,
+        "cpu_capability": _cpu_capability(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch or unusual builds
+        return "unknown"
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` after `warmup` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,
+                  also_clear: nn.Module | None = None, channels_last: bool = True) -> Callable[[], float]:
+    """One engine-style training step: autocast forward, zero grads, backward, Adam step.
+
+    Models run in the channels_last layout, as the engine (train.channels_last) and evaluate do;
+    `channels_last=False` keeps NCHW, as the reference code does.
+    """
+    objective.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def step() -> float:
+        with precision_context(device, precision):
+            loss, _ = objective(batch)
+        optimizer.zero_grad(set_to_none=True)
+        if also_clear is not None:
+            also_clear.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def measure_roof(device: torch.device, precision: str, repeats: int, batch: int = 16,
+                 channels: int = 32, size: int = 256) -> dict[str, tuple[float, float]]:
+    """Best (GFLOP/s, seconds) of one channels->channels 3x3 conv forward on (batch, C, size, size),
+    per memory format ("contiguous" NCHW and "channels_last" NHWC: oneDNN is often much faster
+    with the latter on CPUs). The roof is the better of the two."""
+    flops = conv_flops(channels, channels, size, size, batch)
+    found: dict[str, tuple[float, float]] = {}
+    for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval().to(memory_format=memory_format)
+        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)
+
+        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
+            with torch.inference_mode(), precision_context(device, precision):
+                conv(x)
+
+        best = min(time_calls(run, device, max(repeats, 3), 1))
+        found[fmt] = (flops / 1e9 / best, best)
+        del conv, x
+    return found
+
+

@@ -1,0 +1,123 @@
+"""What `sftkd bench` measured: one row per timed thing, and the whole result (JSON-ready)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftkd_cli.bench.reference import REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S
+from sftkd_cli import __version__
+
+
+@dataclass
+class BenchRow:
+    """One measurement: median seconds per call of something that processes `slices` slices."""
+
+    key: str
+    what: str
+    group: str  # "train" or "infer"
+    seconds: float
+    samples: list[float]
+    slices: int
+    flops: int
+    roof_gflops: float
+    reference_s: float | None = None  # same unit as `reference_unit`
+    reference_unit: str = "step"  # "step" (seconds per call) or "slice" (seconds per slice)
+    note: str = ""
+    baseline_s: float | None = None  # the same work done the reference way, timed in this run
+
+    @property
+    def in_run_speedup(self) -> float | None:
+        """Reference-way time / our time, both measured in this run (> 1: we are faster)."""
+        return None if self.baseline_s is None else self.baseline_s / self.seconds
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1e3
+
+    @property
+    def ms_per_slice(self) -> float:
+        return self.seconds * 1e3 / self.slices
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9 / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def roof_fraction(self) -> float:
+        return self.gflops / self.roof_gflops if self.roof_gflops > 0 else math.nan
+
+    @property
+    def speedup(self) -> float | None:
+        """Reference time / our time (> 1: we are faster); None without a reference."""
+        if self.reference_s is None:
+            return None
+        ours = self.seconds if self.reference_unit == "step" else self.seconds / self.slices
+        return self.reference_s / ours
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "what": self.what,
+            "group": self.group,
+            "seconds": self.seconds,
+            "ms": self.ms,
+            "ms_per_slice": self.ms_per_slice,
+            "slices_per_s": self.slices_per_s,
+            "gflop": self.flops / 1e9,
+            "gflops": self.gflops,
+            "roof_fraction": self.roof_fraction,
+            "reference": None if self.reference_s is None else {"seconds": self.reference_s, "per": self.reference_unit},
+            "speedup": self.speedup,
+            "reference_way_s": self.baseline_s,
+            "speedup_in_run": self.in_run_speedup,
+            "samples_s": list(self.samples),
+            "note": self.note,
+        }
+
+
+@dataclass
+class BenchResult:
+    """Everything `run_bench` measured, plus the settings and machine it measured on."""
+
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    roof_gflops: float
+    roof: dict[str, Any]  # what was measured: shape, best format, GFLOP/s per memory format
+    reference_applies: bool
+    rows: list[BenchRow] = field(default_factory=list)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, key: str) -> BenchRow:
+        for row in self.rows:
+            if row.key == key:
+                return row
+        raise KeyError(key)
+
+    def has(self, key: str) -> bool:
+        return any(row.key == key for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "sftkd_version": __version__,
+            "settings": dict(self.settings),
+            "machine": dict(self.machine),
+            "roof": {"gflops": self.roof_gflops, **self.roof},
+            "reference": {
+                "applies": self.reference_applies,
+                "settings": dict(REFERENCE_SETTINGS),
+                "step_s": dict(REFERENCE_STEP_S),
+                "slice_s": dict(REFERENCE_SLICE_S),
+            },
+            "rows": [row.to_dict() for row in self.rows],
+            "ratios": dict(self.ratios),
+            "notes": list(self.notes),
+        }
+

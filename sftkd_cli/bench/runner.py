@@ -1,0 +1,390 @@
+"""The benchmark run of `sftkd bench`: the settings' checks, the rows in order (each with its
+reference-way twin), the exported-file and compiled inference runners, ratios and notes."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sftkd_cli.bench.flops import model_flops, sft_flops
+from sftkd_cli.bench.measure import (ACCELERATION, machine_info, measure_roof, precision_context, slice_batch,
+                                     synthetic_batch, time_calls, train_step_fn)
+from sftkd_cli.bench.reference import (REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S, STUDENT, TEACHER,
+                                       kd_objectives, reference_applies, reference_way)
+from sftkd_cli.bench.results import BenchResult, BenchRow
+from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
+from sftkd_cli.distill.methods import METHODS
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import DCCNN, build_model
+from sftkd_cli.runtime import cpu_threads, select_device, synchronize
+from sftkd_cli.training.objectives import Batch, Supervised
+from sftkd_cli.training.sft import StudentFriendly
+
+PARTS: tuple[str, ...] = BENCH_PARTS
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+def _check(settings: dict[str, Any]) -> None:
+    """One-line SftkdErrors for impossible settings."""
+    limits = (("size", 8, MAX_SIZE), ("batch", 1, 1024), ("threads", 1, MAX_THREADS), ("repeats", 1, 10_000),
+              ("warmup", 0, 10_000))
+    for key, low, high in limits:
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise SftkdError(f"bench --{key} {value!r}: expected an integer from {low} to {high}")
+    if settings["precision"] not in PRECISIONS:
+        raise SftkdError(f"bench --precision {settings['precision']!r}: expected fp32 or bf16")
+
+
+def check_parts(which: Sequence[str] | None) -> list[str]:
+    """Validate `--only`: a subset of PARTS (all when empty)."""
+    if not which:
+        return list(PARTS)
+    parts = [w.strip().lower() for w in which if w.strip()]
+    for part in parts:
+        if part not in PARTS:
+            raise SftkdError(f"bench --only {part!r}: expected some of {','.join(PARTS)}")
+    return [p for p in PARTS if p in parts]
+
+
+def check_methods(methods: Sequence[str] | None) -> list[str]:
+    """Validate `--methods`: KD method names (all of them when empty)."""
+    if not methods:
+        return list(METHODS)
+    names = [m.strip().lower() for m in methods if m.strip()]
+    for name in names:
+        if name not in METHODS:
+            raise SftkdError(f"bench --methods {name!r}: expected some of {','.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+#: called with a short line before each measurement (the CLI shows it in its status line)
+Progress = Callable[[str], None]
+
+
+def run_bench(
+    size: int = 150,
+    batch: int = 4,
+    threads: int = 1,
+    precision: str = "fp32",
+    device: str = "auto",
+    repeats: int = 5,
+    warmup: int = 2,
+    which: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    compile: bool = False,
+    roof_size: int = 256,
+    roof_batch: int = 16,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Measure training-step and inference speed on synthetic data (see the `sftkd_cli.bench` docstring).
+
+    `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
+    methods for the kd part (all by default). Sets torch's thread count to `threads` for the
+    duration and restores it afterwards. Never needs a dataset.
+    """
+    settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
+                "warmup": warmup}
+    _check(settings)
+    parts, kd_methods = check_parts(which), check_methods(methods)
+    dev = select_device(device)
+    say = progress or (lambda message: None)
+    with cpu_threads(threads):
+        settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
+                        compile=compile, acceleration=ACCELERATION)
+        roof_shape = (roof_batch, 32, roof_size, roof_size)
+        say(f"roof: one 32->32 3x3 conv on {roof_shape}")
+        roofs = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+        result = BenchResult(
+            settings=settings,
+            machine=machine_info(dev, threads),
+            roof_gflops=0.0,
+            roof={},
+            reference_applies=reference_applies(dev, threads, batch, size, precision),
+        )
+        data = synthetic_batch(size, batch, dev)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say)
+        if "teacher" in parts or "student" in parts:
+            bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
+        if "sft" in parts:
+            bench.sft()
+        if "kd" in parts:
+            bench.kd(kd_methods)
+        if "infer" in parts:
+            bench.inference(compile)
+        if "bf16" in parts:
+            bench.bf16()
+        say("roof again (a noisy machine can spoil one measurement)")
+        again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+        _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
+        _add_ratios(result, kd_methods)
+        _add_notes(result)
+        return result
+
+
+def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]]) -> None:
+    """Record the roof (the best memory format) and give every row its fraction of it."""
+    best = max(roofs, key=lambda fmt: roofs[fmt][0])
+    result.roof_gflops = roofs[best][0]
+    result.roof = {"what": f"Conv2d 32->32 3x3 forward on {shape}, best of start and end of the run",
+                   "format": best, "seconds": roofs[best][1],
+                   "gflops_by_format": {fmt: gf for fmt, (gf, _) in roofs.items()}}
+    for row in result.rows:
+        row.roof_gflops = result.roof_gflops
+
+
+@dataclass
+class _Bench:
+    """The measurements of one `run_bench` call (shared inputs and settings)."""
+
+    result: BenchResult
+    data: Batch
+    device: torch.device
+    size: int
+    batch: int
+    precision: str
+    repeats: int
+    warmup: int
+    say: Progress
+
+    def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
+             reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None,
+             baseline: str | None = None) -> BenchRow:
+        """Time `fn`; `baseline` is the key of the reference-way row of the same work (timed before)."""
+        self.say(what)
+        samples = time_calls(fn, self.device, self.repeats, self.warmup if warmup is None else warmup)
+        applies = self.result.reference_applies and reference is not None
+        row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0,
+                       reference_s=reference[0] if applies else None,
+                       reference_unit=reference[1] if reference else "step", note=note,
+                       baseline_s=self.result.row(baseline).seconds if baseline and self.result.has(baseline) else None)
+        self.result.rows.append(row)
+        return row
+
+    def _step(self, objective: nn.Module, reference_way: bool = False, also_clear: nn.Module | None = None) -> Callable[[], float]:
+        return train_step_fn(objective, self.data, self.device, self.precision, also_clear=also_clear,
+                             channels_last=not reference_way)
+
+    def supervised(self, names: list[str]) -> None:
+        for name in names:
+            role = "teacher" if name == TEACHER else "student"
+            reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
+            baseline = f"train.{role}.reference"
+            torch.manual_seed(0)
+            model = reference_way(name)
+            self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
+                      self.batch, 3 * model_flops(model, self.size, self.batch), reference)
+            torch.manual_seed(0)
+            model = build_model(name)
+            self._row(f"train.{role}", f"{role} {name} train", "train", self._step(Supervised(model)), self.batch,
+                      3 * model_flops(model, self.size, self.batch), reference, baseline=baseline)
+
+    def sft(self) -> None:
+        reference = (REFERENCE_STEP_S["sft"], "step")
+        for key, label, batched, make in (("reference", "reference way", False, reference_way),
+                                          ("batched", "batched", True, build_model),
+                                          ("naive", "per branch", False, build_model)):
+            torch.manual_seed(0)
+            teacher, student = make(TEACHER), make(STUDENT)
+            objective = StudentFriendly(teacher, student, batched=batched)
+            self._row(f"train.sft.{key}", f"SFT step, {label}", "train", self._step(objective, key == "reference"),
+                      self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), reference,
+                      baseline=None if key == "reference" else "train.sft.reference")
+
+    def kd(self, methods: list[str]) -> None:
+        reference = (REFERENCE_STEP_S["kd"], "step")
+        for method in methods:
+            nograd, backprop, adapter = kd_objectives(method, self.data)
+            t_fwd = model_flops(backprop.teacher, self.size, self.batch)
+            s_fwd = model_flops(backprop.model, self.size, self.batch)
+            step = self._step(backprop, True, also_clear=backprop.teacher)
+            self._row(f"train.kd_backprop.{method}", f"KD {method}, reference way (backprop T)", "train",
+                      step, self.batch, 3 * (t_fwd + s_fwd + adapter), reference)
+            del backprop, step
+            t_fwd = model_flops(nograd.teacher, self.size, self.batch)
+            s_fwd = model_flops(nograd.model, self.size, self.batch)
+            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", self._step(nograd), self.batch,
+                      t_fwd + 3 * (s_fwd + adapter), reference, baseline=f"train.kd_backprop.{method}")
+            del nograd
+
+    def inference(self, compile: bool) -> None:
+        for name in (TEACHER, STUDENT):
+            torch.manual_seed(0)
+            reference = reference_way(name).to(self.device).eval()
+            self._infer_rows(name, reference, "reference", reference)
+            model = build_model(name).to(self.device, memory_format=torch.channels_last).eval()
+            model.load_state_dict(reference.state_dict())
+            self._infer_rows(name, model, "eager", model)
+            self._infer_rows(name, model, "torchscript", None)
+            self._infer_rows(name, model, "onnx", None)
+            if compile:
+                self._infer_rows(name, model, "compiled", None)
+
+    def bf16(self) -> None:
+        """bf16 autocast against fp32, both timed here: teacher/student training steps, inference at --batch."""
+        if self.precision != "fp32":
+            self.result.notes.append(f"bf16 rows: skipped (they compare against fp32; this run is --precision {self.precision})")
+            return
+        if self.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+            self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
+            return
+        for name in (TEACHER, STUDENT):
+            torch.manual_seed(0)
+            model = build_model(name)
+            flops = 3 * model_flops(model, self.size, self.batch)
+            for precision in ("fp32", "bf16"):
+                step = train_step_fn(Supervised(model), self.data, self.device, precision)
+                self._row(f"bf16.train.{name}.{precision}", f"{name} train, {precision}", "train", step, self.batch,
+                          flops, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
+            model = model.eval()
+            for precision in ("fp32", "bf16"):
+                def run(model: DCCNN = model, precision: str = precision) -> None:
+                    with torch.inference_mode(), precision_context(self.device, precision):
+                        model(self.data["zf"], self.data["kspace"], self.data["mask"])
+
+                self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
+                          self.batch, model_flops(model, self.size, self.batch),
+                          baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
+
+    def _runner(self, name: str, model: DCCNN, mode: str, data: Batch) -> tuple[Callable | None, str]:
+        """The callable that `mode` times (built and warmed up here), and a note; None if unavailable."""
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():  # "no code generation for complex operators": the DC FFTs
+                warnings.filterwarnings("ignore")
+                if mode == "torchscript":
+                    runner = torchscript_runner(model, data)
+                elif mode == "onnx":
+                    runner = onnx_runner(model, data, self.device, self.precision)
+                else:
+                    runner = torch.compile(model, dynamic=False)
+                    self.say(f"compiling {name} for batch {data['zf'].shape[0]}")
+                    with torch.inference_mode(), precision_context(self.device, self.precision), _freezing():
+                        runner(data["zf"], data["kspace"], data["mask"])
+                    synchronize(self.device)
+        except Exception as exc:  # inductor needs a C++ compiler on the CPU; ONNX the export extra, fp32, CPU
+            what = {"compiled": "torch.compile", "torchscript": "TorchScript", "onnx": "ONNX"}[mode]
+            self.result.notes.append(f"{what} {name} (batch {data['zf'].shape[0]}): skipped ({_one_line(exc)})")
+            return None, ""
+        took = time.perf_counter() - start
+        if mode == "torchscript":
+            return runner, f"traced, saved and loaded in {took:.1f} s (as `sftkd export` files run)"
+        if mode == "onnx":
+            return runner, (f"exported and loaded in {took:.1f} s; onnxruntime {torch.get_num_threads()} thread(s), "
+                            "DC as matrix-product DFTs (as `sftkd export --format onnx` files run)")
+        return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
+
+    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None) -> None:
+        sizes = [1] if self.batch == 1 else [1, self.batch]
+        for n in sizes:
+            data = slice_batch(self.data, n)
+            note = ""
+            if mode in ("torchscript", "onnx", "compiled"):  # built per batch size
+                runner, note = self._runner(name, model, mode, data)
+                if runner is None:
+                    return
+
+            def run(data: Batch = data, runner: Callable = runner) -> None:
+                with torch.inference_mode(), precision_context(self.device, self.precision):
+                    runner(data["zf"], data["kspace"], data["mask"])
+
+            reference = (REFERENCE_SLICE_S[name], "slice") if n == self.batch else None
+            label = {"eager": "", "reference": ", reference way"}.get(mode, f" {mode}")
+            self._row(f"infer.{name}.{mode}.b{n}", f"{name} infer b{n}{label}", "infer", run, n,
+                      model_flops(model, self.size, n), reference, note,
+                      warmup=max(self.warmup, 1) if mode != "eager" else None,
+                      baseline=None if mode == "reference" else f"infer.{name}.reference.b{n}")
+
+
+@contextlib.contextmanager
+def _freezing() -> Iterator[None]:
+    """Inductor with frozen weights (constant folding, prepacked oneDNN convs, fused ReLU) while compiling."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+def torchscript_runner(model: DCCNN, data: Batch) -> Callable:
+    """The model as `sftkd export --format torchscript` writes it (a trace with torch.fft DC),
+    loaded back as `sftkd evaluate --exported` runs it."""
+    return _exported_runner(model, data, "torchscript")
+
+
+def onnx_runner(model: DCCNN, data: Batch, device: torch.device, precision: str) -> Callable:
+    """The model as `sftkd export --format onnx` writes it (DC as DFT matrix products for this
+    image size), run in onnxruntime as `sftkd evaluate --exported` runs it (fp32, on the CPU)."""
+    if device.type != "cpu" or precision != "fp32":
+        raise SftkdError(f"onnxruntime runs the exported file in fp32 on the CPU, not {precision} on {device.type}")
+    return _exported_runner(model, data, "onnx")
+
+
+def _exported_runner(model: DCCNN, data: Batch, fmt: str) -> Callable:
+    """Write `model` with export's own writer for `fmt` to a temporary file and load it as evaluate does."""
+    from sftkd_cli.export import exportable, load_exported, split_complex, write_onnx, write_torchscript
+
+    wrapper = exportable(model, tuple(data["zf"].shape[-2:]), fixed=fmt == "onnx").eval()
+    example = (data["zf"], split_complex(data["kspace"]), data["mask"])
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        path = Path(folder) / f"model.{fmt}"
+        (write_onnx if fmt == "onnx" else write_torchscript)(wrapper, example, path)
+        return load_exported(path, device=data["zf"].device, threads=torch.get_num_threads())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _ratio(result: BenchResult, top: str, bottom: str) -> float | None:
+    if result.has(top) and result.has(bottom):
+        return result.row(top).seconds / result.row(bottom).seconds
+    return None
+
+
+def _add_ratios(result: BenchResult, methods: list[str]) -> None:
+    """Slower / faster time ratios that answer the design questions."""
+    pairs = {
+        "sft_naive_over_batched": ("train.sft.naive", "train.sft.batched"),
+        "teacher_over_student_train": ("train.teacher", "train.student"),
+        "teacher_over_student_latency_b1": (f"infer.{TEACHER}.eager.b1", f"infer.{STUDENT}.eager.b1"),
+        f"teacher_over_student_latency_b{result.settings['batch']}": (
+            f"infer.{TEACHER}.eager.b{result.settings['batch']}", f"infer.{STUDENT}.eager.b{result.settings['batch']}"),
+    }
+    for method in methods:
+        pairs[f"kd_backprop_over_nograd.{method}"] = (f"train.kd_backprop.{method}", f"train.kd.{method}")
+    for name in (TEACHER, STUDENT):
+        for n in sorted({1, result.settings["batch"]}):
+            pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
+            pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
+            pairs[f"onnx_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.onnx.b{n}")
+    for name in (TEACHER, STUDENT):
+        for group in ("train", "infer"):
+            pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16")
+    for key, (top, bottom) in pairs.items():
+        value = _ratio(result, top, bottom)
+        if value is not None:
+            result.ratios[key] = value
+
+
+def _add_notes(result: BenchResult) -> None:
+    result.notes.append(
+        "GFLOP/s counts conv FLOPs only (2*Cin*Cout*9*H'*W' per conv on the maps each way computes: padded maps "
+        "for the reference way, shrinking valid maps for ours; training = 3x forward, "
+        "teacher forward 1x in KD no_grad); DC FFTs and loss maths are not counted."
+    )
+    if not result.reference_applies:
+        result.notes.append(
+            "reference: n/a (different settings); the reference was timed at "
+            + ", ".join(f"{k} {v}" for k, v in REFERENCE_SETTINGS.items())
+        )
