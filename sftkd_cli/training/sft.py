@@ -25,7 +25,8 @@ from sftkd_cli.config import Recipe
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
-from sftkd_cli.training.engine import FitResult, select_device
+from sftkd_cli.runtime import select_device
+from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, Objective
 from sftkd_cli.training.session import model_for, run_training, with_run
 
