@@ -463,3 +463,33 @@ def test_keep_in_memory_limit_rereads(tmp_path: Path, nifti_writer, monkeypatch:
         with h5py.File(tmp_path / "a" / name) as fa, h5py.File(tmp_path / "b" / name) as fb:
             np.testing.assert_array_equal(fa["image"][()], fb["image"][()])
     assert sorted(os.listdir(tmp_path / "a")) == sorted(os.listdir(tmp_path / "b"))
+
+
+# ----------------------------------------------------------------- the source catalog and the acquisition record
+
+
+def test_manifest_records_the_acquisition(tmp_path: Path, nifti_writer) -> None:
+    from sftkd_cli.acquisition import Acquisition
+
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    opts = PrepareOptions(size=(16, 12), accelerations=(4.0,), mask_layout="centered")
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts).manifest
+    assert m["acquisition"] == {"task": "recon", "kspace_layout": "centered", "values": "magnitude",
+                                "channels": 1, "image_size": [16, 12]}
+    written = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert Acquisition.from_record(written["acquisition"]) == Acquisition("recon", "centered", image_size=(16, 12))
+
+
+def test_catalog_builds_each_source_with_its_options(tmp_path: Path) -> None:
+    from sftkd_cli.data.catalog import SOURCES
+
+    for name, spec in SOURCES.items():
+        source = spec.make_source(None if not spec.needs_root else tmp_path, {})
+        assert source.name == name
+        assert {o.key for o in spec.options} <= set(source.options())
+        options = spec.prepare_options({"seed": 7, "modality": "FLAIR"})  # a source option is ignored here
+        assert options.seed == 7 and options.size == spec.defaults["size"]
+        assert options.slice_axis == spec.option_default("slice_axis")
+    demo = SOURCES["demo"].make_source(None, {"template": "colin27", "slab": "4"})
+    assert (demo.template, demo.slab, demo.gap) == ("colin27", 4, 2)
+    assert SOURCES["mrbrains"].make_source(tmp_path, {"modality": "FLAIR"}).options()["modality"] == "FLAIR"

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
-from sftkd_cli.data.prepare import INPUT_LABELS
+from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import expand_runs_folder, is_run_folder

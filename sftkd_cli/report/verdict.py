@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sftkd_cli.data.prepare import INPUT_LABELS
+from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.report.compare import RunResult, paired_values, wilcoxon_p
 

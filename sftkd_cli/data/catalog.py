@@ -1,0 +1,146 @@
+"""What sftkd knows about each data source besides its folder layout: the one home of a source.
+
+A `SourceSpec` names the `Source` class (imported only when a dataset is prepared), the source's
+defaults for the shared prepare options (image size, slicing, ...), its own options (flag, type,
+default, help), whether it reads a ROOT folder, and its command help. `sftkd prepare-data
+<source>` is generated from it and `sftkd reproduce` plans are checked and prepared with it, so
+both prepare alike. Light on purpose (no NumPy, no h5py): command help imports it.
+
+Adding a data source: its `Source` subclass in `sftkd_cli/data/sources/<name>.py` and its
+`SourceSpec` in `SOURCES` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkd_cli.data.options import PrepareOptions, prepare_default
+
+if TYPE_CHECKING:
+    from sftkd_cli.data.sources.base import Source
+
+
+@dataclass(frozen=True)
+class SourceOption:
+    """An option of one source only: `key` is the `Source` keyword, the plan's `data.options` key
+    and the manifest's `options` key; `flag` is how the command spells it. In help it follows the
+    shared option `after`."""
+
+    key: str
+    flag: str
+    type: type
+    default: Any
+    metavar: str
+    help: str
+    after: str = "out"
+
+    def value(self, raw: Any) -> Any:
+        """`raw` as the option's type (None stays None)."""
+        return None if raw is None else self.type(raw)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One data source: its name (`prepare-data <name>`, a plan's `data.source`), its `Source`
+    class as 'module:Class', its help paragraphs and example commands, its defaults for the shared
+    prepare options, its own options, whether it reads a ROOT folder (else `default_out` is the
+    --out default), and the shared options it decides itself (its command does not offer them)."""
+
+    name: str
+    source_class: str
+    help: str
+    examples: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    options: tuple[SourceOption, ...] = ()
+    needs_root: bool = True
+    default_out: str | None = None
+    decides: tuple[str, ...] = ()
+
+    def option_default(self, key: str) -> Any:
+        """The default of a shared prepare option for this source (e.g. acdc 'size' -> (150, 150))."""
+        return self.defaults[key] if key in self.defaults else prepare_default(key)
+
+    def prepare_options(self, values: Mapping[str, Any]) -> PrepareOptions:
+        """`PrepareOptions` from option values keyed by field name (a plan's `data.options`, the
+        command's parsed options); this source's defaults fill the missing ones, its own options
+        are ignored. Raises TypeError/ValueError/IndexError for a value of the wrong type."""
+        known = {f.name for f in fields(PrepareOptions)}
+        return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in known}})
+
+    def make_source(self, root: Path | None, values: Mapping[str, Any]) -> Source:
+        """The `Source`, built from its own options in `values` (missing ones: their defaults;
+        other keys ignored). Raises TypeError/ValueError for a value of the wrong type."""
+        module, name = self.source_class.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = {o.key: o.value(values.get(o.key, o.default)) for o in self.options}
+        if not self.needs_root:
+            return cls(**kwargs)
+        assert root is not None, f"source {self.name} needs a root folder"
+        return cls(Path(root), **kwargs)
+
+
+#: every data source, in the order help lists them
+SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
+    SourceSpec(
+        "demo", "sftkd_cli.data.sources.demo:DemoSource",
+        help="Built-in demo: a real T1 brain template shipped in an installable package (nilearn's "
+             "ICBM152 2009a; pip install 'sftkd\\[demo]'), or Colin27 from Debian's mricron-data.\n\n"
+             "Axial slices, 2x in-plane block-mean downsampling (2 mm) and a centre 96 x 96 crop; slices "
+             "darker than 0.3 x the volume mean are skipped. Split into slabs of 8 slices separated by 2 "
+             "skipped slices, in the pattern train, val, train, test, train (about 60/20/20).",
+        examples=("sftkd prepare-data demo",
+                  "sftkd prepare-data demo --out data/demo-colin --source colin27",
+                  "sftkd prepare-data demo --out data/demo-sr --task sr --scale 4"),
+        defaults={"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
+        options=(
+            SourceOption("template", "--source", str, "icbm152", "NAME",
+                         "Template: icbm152 (nilearn) | colin27 (mricron-data)."),
+            SourceOption("template_path", "--template", Path, None, "FILE", "Explicit path of the template NIfTI file."),
+            SourceOption("slab", "--slab", int, 8, "N", "Slices per split slab.", after="downsample"),
+            SourceOption("gap", "--gap", int, 2, "N", "Slices skipped between slabs (>= 1).", after="downsample"),
+        ),
+        needs_root=False, default_out="data/demo",
+        # axial slices of the RAS template, split by slabs
+        decides=("slice_axis", "val_fraction", "test_fraction", "val", "test"),
+    ),
+    SourceSpec(
+        "acdc", "sftkd_cli.data.sources.acdc:AcdcSource",
+        help="ACDC cardiac MRI: the ED/ES image frames of training|testing/patientNNN/ (never labels or "
+             "4-D cines), slices along the last axis, centre 150 x 150.\n\n"
+             "Split by patient: training/ -> train and testing/ -> val (the paper's 150/50). Without "
+             "testing/, or with --val/--val-fraction, a seeded 25 % of the training patients is val and "
+             "testing/ becomes test.",
+        examples=("sftkd prepare-data acdc /data/ACDC --out data/acdc",
+                  "sftkd prepare-data acdc /data/ACDC --out data/acdc-5x --acc 5",
+                  "sftkd prepare-data acdc /data/ACDC --out data/acdc-f --mask-file 4=mask4.npy"),
+        defaults={"size": (150, 150), "slice_axis": -1},
+    ),
+    SourceSpec(
+        "mrbrains", "sftkd_cli.data.sources.mrbrains:MRBrainsSource",
+        help="MRBrainS18 (training/<id>/pre/T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
+             "modality, slices along the last axis, 240 x 240.\n\n"
+             "Split by volume: a seeded 25 % for val (7 volumes -> 5 train, 2 val, as in the paper), or "
+             "--val IDs.",
+        examples=("sftkd prepare-data mrbrains /data/MRBrainS18 --out data/mrbrains",
+                  "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/sr --task sr --scale 4"),
+        defaults={"size": (240, 240), "slice_axis": -1},
+        options=(SourceOption("modality", "--modality", str, "T1", "NAME", "T1 | FLAIR | IR."),),
+    ),
+    SourceSpec(
+        "nifti", "sftkd_cli.data.sources.nifti:NiftiSource",
+        help="Any folder of 3-D NIfTI volumes matched by --pattern (at any depth). Without --size all "
+             "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs).",
+        examples=("sftkd prepare-data nifti /data/scans --out data/scans --size 128 128",
+                  "sftkd prepare-data nifti /data/scans --out data/t2 --pattern '*_T2w.nii.gz'"),
+        defaults={"size": None, "slice_axis": 2},
+        options=(SourceOption("pattern", "--pattern", str, "*.nii.gz", "GLOB",
+                              "Glob of volume files; matched at any depth unless it has '/'."),),
+    ),
+)}
+
+#: each source's defaults for the shared prepare options (a view of `SOURCES`)
+SOURCE_DEFAULTS: dict[str, Mapping[str, Any]] = {name: spec.defaults for name, spec in SOURCES.items()}

@@ -1,0 +1,38 @@
+"""The prepared dataset's format: the names and keys `prepare-data` writes and every reader expects.
+
+One home for what the writer (`sftkd_cli.data.prepare`) and the readers (`data.dataset`,
+evaluate, export, report) must agree on: the format number, the manifest's file name and keys,
+the h5 group names per task, and what the network input is called. Light on purpose (no NumPy,
+no h5py): command help and the report import it.
+"""
+
+from __future__ import annotations
+
+from sftkd_cli.acquisition import TASKS
+
+__all__ = [
+    "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "TASKS",
+    "acceleration_key", "group_key",
+]
+
+#: version of the dataset layout (h5 attribute and manifest "format")
+FORMAT = 1
+#: the dataset's description, beside its h5 files
+MANIFEST = "manifest.json"
+#: keys every manifest written by prepare-data has; a manifest without them is not sftkd's
+#: ("acquisition" is newer and optional: older datasets lack it)
+MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "splits", "volumes", "mask", "options", "inputs")
+#: how the images were scaled to [0, 1] (h5 attribute and manifest "normalisation")
+NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume maximum (attr max)"
+#: what the network input is called in tables and figures, per task: (long, short)
+INPUT_LABELS: dict[str, tuple[str, str]] = {"recon": ("zero-filled", "ZF"), "sr": ("LR interpolated", "LR interp.")}
+
+
+def acceleration_key(acceleration: float) -> str:
+    """Group name of an acceleration in the h5 files and manifest: 4.0 -> 'acc4', 2.5 -> 'acc2.5'."""
+    return f"acc{float(acceleration):g}"
+
+
+def group_key(task: str, factor: float) -> str:
+    """Group name of a task's factor: ('recon', 4) -> 'acc4' (acceleration), ('sr', 4) -> 'sr4' (scale)."""
+    return f"sr{float(factor):g}" if task == "sr" else acceleration_key(factor)

@@ -1,0 +1,252 @@
+"""The output folder of `prepare-data`: what may be written there, and putting a finished dataset in place.
+
+`prepare_dataset` (`sftkd_cli.data.prepare`) builds a dataset in a temporary sibling folder
+`.<name>.tmp-<pid>`; this module decides beforehand whether the folder may be written (never a
+file, the input folder, or a folder whose manifest is not sftkd's), moves the finished dataset in
+(`install`: the old manifest first, the new one last, files the old manifest does not list never
+touched), removes temporary folders of dead processes (`remove_stale`), and turns Ctrl-C and
+SIGTERM into a clean stop between files (`Signals`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from sftkd_cli.data.files import MAX_JSON_BYTES, read_regular_bytes
+from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
+from sftkd_cli.data.sources.base import Source
+from sftkd_cli.data.volumes import display_path
+from sftkd_cli.errors import SftkdError
+
+# --------------------------------------------------------------------------- may the folder be written
+
+
+def check_out(out: Path, source: Source) -> None:
+    """The output must not be a file, nor the input folder, nor inside or around it."""
+    if out.exists() and not out.is_dir():
+        raise SftkdError(f"--out {display_path(out)}: is a file; expected a folder (new, empty or a dataset)")
+    inputs = source.input_path()
+    if inputs is None:
+        return
+    o, i = out.resolve(), inputs.resolve()
+    if o == i or i in o.parents:
+        raise SftkdError(
+            f"--out {display_path(out)}: inside the input folder {display_path(inputs)}; "
+            "expected a folder outside it (inputs are never written)"
+        )
+    if o in i.parents:
+        raise SftkdError(
+            f"--out {display_path(out)}: contains the input {display_path(inputs)}; "
+            "expected a separate folder"
+        )
+
+
+def existing_dataset(out: Path) -> dict[str, Any] | None:
+    """The manifest of the sftkd dataset at `out`; None when `out` is absent or an empty folder.
+
+    A non-empty folder is only ever written when its manifest is sftkd's (a JSON object with the
+    keys prepare-data writes, format FORMAT, listing plain file names): anything else is the
+    user's folder and is refused, with or without --force.
+    """
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    path = out / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        raise SftkdError(
+            f"--out {display_path(out)}: exists and is not a sftkd dataset (no {MANIFEST}); "
+            "expected a new or empty folder"
+        )
+    try:
+        manifest = json.loads(read_regular_bytes(path, MANIFEST, MAX_JSON_BYTES))
+    except (SftkdError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, SftkdError) else "not JSON"
+        raise SftkdError(
+            f"--out {display_path(out)}: not a sftkd dataset ({reason}); nothing there is changed, even with "
+            "--force: expected a new or empty folder, or remove the folder yourself"
+        ) from None
+    problem = _foreign(manifest)
+    if problem:
+        raise SftkdError(
+            f"--out {display_path(out)}: its {MANIFEST} is not one written by prepare-data ({problem}); "
+            "nothing there is changed, even with --force: expected a new or empty folder"
+        )
+    return manifest
+
+
+def _foreign(manifest: Any) -> str | None:
+    """Why `manifest` is not one prepare-data wrote, or None when it is."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return f"missing key {missing[0]!r}"
+    if manifest["format"] != FORMAT:
+        return f"format {manifest['format']!r}, expected {FORMAT}"
+    volumes, mask = manifest["volumes"], manifest["mask"]
+    if not (isinstance(volumes, dict) and isinstance(mask, dict) and isinstance(mask.get("files"), dict)):
+        return "volumes or mask.files is not a mapping"
+    for name in listed_files(manifest):
+        parts = Path(name).parts
+        plain = isinstance(name, str) and ((len(parts) == 1 and name.endswith(".h5"))
+                                           or (len(parts) == 2 and parts[0] == "masks" and name.endswith(".npy")))
+        if not plain or ".." in parts:
+            return f"lists {name!r}, expected <volume>.h5 or masks/<name>.npy"
+    return None
+
+
+def listed_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a sftkd manifest lists (volume h5 files and mask files), relative to the dataset."""
+    names = [v.get("file", "") if isinstance(v, dict) else "" for v in manifest.get("volumes", {}).values()]
+    names += list(manifest.get("mask", {}).get("files", {}).values())
+    return [str(n) for n in names]
+
+
+def difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """A short description of how the stored inputs differ from the requested ones."""
+    old_opts, new_opts = old.get("options", {}), new["options"]
+    changed = [
+        f"{k} {json.dumps(old_opts.get(k))} -> {json.dumps(new_opts.get(k))}"
+        for k in sorted(set(old_opts) | set(new_opts)) if old_opts.get(k) != new_opts.get(k)
+    ]
+    if changed:
+        return "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+    old_src = old.get("inputs", {}).get("sources", {})
+    new_src = new["inputs"]["sources"]
+    files = sorted(k for k in set(old_src) | set(new_src) if old_src.get(k) != new_src.get(k))
+    if files:
+        return "source files changed: " + ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    return "mask files changed"
+
+
+def missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files the manifest lists that are not in `out`."""
+    return [n for n in listed_files(manifest) if not (out / n).is_file()]
+
+
+def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str]) -> None:
+    """Refuse to write over a file in `out` that the old manifest does not list (the user's own)."""
+    if not out.is_dir():
+        return
+    if (out / "masks").is_symlink() or ((out / "masks").exists() and not (out / "masks").is_dir()):
+        raise SftkdError(f"--out {display_path(out)}: masks is there and is not a folder of the old dataset; "
+                         "expected to replace only files prepare-data wrote: move it away or choose another --out")
+    ours = set(listed_files(existing or {})) | {MANIFEST}
+    for name in names:
+        if name not in ours and ((out / name).exists() or (out / name).is_symlink()):
+            raise SftkdError(
+                f"--out {display_path(out)}: {name} is there but not part of the old dataset; "
+                "expected to replace only files prepare-data wrote: move it away or choose another --out"
+            )
+
+
+# --------------------------------------------------------------------------- putting the dataset in place
+
+
+def created_parents(out: Path) -> list[Path]:
+    """Ancestors of `out` that do not exist yet (to remove again if writing fails)."""
+    missing = []
+    for parent in out.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
+    """Move the finished dataset in `tmp` to `out`.
+
+    A new `out` is one rename. Into an existing folder (empty, or the old dataset) the files are
+    moved one by one: the old manifest goes first (so a crash midway never leaves a manifest
+    describing other data), then the new files replace the old ones, the old dataset's files that
+    the new one lacks are removed, and the new manifest comes last. Files the old manifest does
+    not list are never touched.
+    """
+    if not out.exists():
+        tmp.rename(out)
+        return
+    new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    for name in new:
+        os.replace(tmp / name, out / name)
+    for name in set(listed_files(old or {})) - set(new):
+        (out / name).unlink(missing_ok=True)
+    os.replace(tmp / MANIFEST, out / MANIFEST)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (out / "masks").rmdir()  # only when empty (a recon -> sr change cannot empty it, but be exact)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove `.<name>.tmp-<pid>` / `.<name>.old-<pid>` folders beside `out` whose process is dead
+    (left by a kill -9 or a power cut); returns what was removed. Called with the lock held."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)$")
+    for item in out.parent.iterdir() if out.parent.is_dir() else ():
+        match = pattern.match(item.name)
+        if match and item.is_dir() and not item.is_symlink() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+    return removed
+
+
+class PrepareInterrupted(SftkdError):
+    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with nothing written."""
+
+
+class Signals:
+    """While active, SIGINT and SIGTERM only set a flag, which `check()` turns into
+    PrepareInterrupted at safe points (between files), so no write is cut in half and the
+    temporary folder is always cleaned. A second signal interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+    def error(self, signum: int | None = None) -> PrepareInterrupted:
+        signum = signum or self.received or signal.SIGINT
+        name = signal.Signals(signum).name
+        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written, "
+                                   f"{display_path(self.out)} is as it was")
+        error.exit_code = 128 + int(signum)
+        return error
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise self.error()
