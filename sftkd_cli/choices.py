@@ -8,15 +8,7 @@ take what their options show from here; the library modules import the same obje
 
 from __future__ import annotations
 
-from typing import Any
-
-#: per-source defaults of `prepare-data` (the CLI and `reproduce` plans both use these)
-SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "demo": {"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
-    "acdc": {"size": (150, 150), "slice_axis": -1},
-    "mrbrains": {"size": (240, 240), "slice_axis": -1},
-    "nifti": {"size": None, "slice_axis": 2},
-}
+# (each data source's prepare-data defaults live with the source: `sftkd_cli.data.catalog`)
 
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
 #: a 4096 x 4096 slice is 64 MB as float32

@@ -1,13 +1,15 @@
 """`sftkd prepare-data SOURCE ...`: raw volumes -> training-ready dataset (thin layer over
 `sftkd_cli.data.prepare.prepare_dataset`).
 
-One sub-command per source: demo, acdc, mrbrains, nifti. They share the mask, split and output
-options; only their inputs and defaults (image size, slicing) differ.
+One sub-command per source of `sftkd_cli.data.catalog.SOURCES` (demo, acdc, mrbrains, nifti),
+generated from its spec: the shared mask, split and output options are declared once below; each
+source adds its own options and defaults (image size, slicing) and its help.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -16,19 +18,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sftkd_cli.choices import SOURCE_DEFAULTS
-from sftkd_cli.cli.app import HelpCommand, HelpGroup, app, examples
+from sftkd_cli.cli.app import app
+from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples
+from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
+from sftkd_cli.data.format import group_key
+from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, h5py, torch) is imported when a command runs, never for --help
-    from sftkd_cli.data.prepare import PrepareOptions, PrepareResult
+    from sftkd_cli.data.prepare import PrepareResult
     from sftkd_cli.data.sources import Source
 
 prepare_app = typer.Typer(
     cls=HelpGroup,
     no_args_is_help=True,
     help=examples(
-        "Prepare a dataset (demo, acdc, mrbrains, nifti).\n\n"
+        f"Prepare a dataset ({', '.join(SOURCES)}).\n\n"
         "Turn raw MRI volumes into a training-ready dataset: one .h5 per volume (image, masked "
         "k-space and zero-filled image per acceleration; with --task sr, low-resolution input per scale) "
         "plus manifest.json. Re-running with the same options is a no-op; the output appears atomically.",
@@ -109,36 +114,6 @@ Force = Annotated[
 Root = Annotated[Path, typer.Argument(metavar="ROOT", help="Folder holding the raw data.", show_default=False)]
 
 
-def _options(
-    *, size: tuple[int, int] | None, slice_axis: int, downsample: int, acc: list[str] | None,
-    mask_kind: str, mask_file: list[str] | None, mask_layout: str, center_fraction: float | None,
-    seed: int, min_slice_mean: float, force: bool, task: str = "recon", val_fraction: float | None = None,
-    test_fraction: float | None = None, val: list[str] | None = None, test: list[str] | None = None,
-) -> PrepareOptions:
-    """Command-line values -> PrepareOptions (accelerations default to the mask files' or 4, 5; sr: 4)."""
-    from sftkd_cli.data.prepare import PrepareOptions, default_accelerations, parse_accelerations, parse_mask_files
-
-    accelerations = parse_accelerations(acc)
-    if task == "sr" and mask_file:  # before parsing, which would blame a bare path on --acc
-        raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
-    mask_files = parse_mask_files(mask_file, accelerations)
-    accelerations = accelerations or default_accelerations(task, mask_files)
-    return PrepareOptions(
-        size=None if size is None else (int(size[0]), int(size[1])),
-        slice_axis=slice_axis, downsample=downsample, accelerations=accelerations,
-        mask_kind=mask_kind, mask_files=mask_files, mask_layout=mask_layout,
-        center_fraction=center_fraction, seed=seed, val_fraction=val_fraction,
-        test_fraction=test_fraction, val=tuple(val or ()), test=tuple(test or ()),
-        min_slice_mean=min_slice_mean, force=force, task=task,
-    )
-
-
-def _options_from(arguments: dict[str, Any], **fixed: Any) -> PrepareOptions:
-    """`_options` from a command's arguments (its `locals()`), matched by name, plus `fixed` values."""
-    names = inspect.signature(_options).parameters
-    return _options(**{k: v for k, v in arguments.items() if k in names}, **fixed)
-
-
 def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
     """Run the library with a transient progress bar, then print the summary table."""
     from sftkd_cli.data.prepare import prepare_dataset
@@ -172,7 +147,6 @@ def _source_text(manifest: dict) -> str:
 
 def print_summary(result: PrepareResult, console: Console) -> None:
     """A table: source, folder, volumes and slices per split, size, masks."""
-    from sftkd_cli.data.prepare import group_key
     from sftkd_cli.data.volumes import display_path
 
     m = result.manifest
@@ -213,162 +187,81 @@ def print_summary(result: PrepareResult, console: Console) -> None:
 
 # ----------------------------------------------------------------- commands
 
-
-@prepare_app.command(
-    "demo",
-    cls=HelpCommand,
-    help=examples(
-        "Built-in demo: a real T1 brain template shipped in an installable package (nilearn's "
-        "ICBM152 2009a; pip install 'sftkd\\[demo]'), or Colin27 from Debian's mricron-data.\n\n"
-        "Axial slices, 2x in-plane block-mean downsampling (2 mm) and a centre 96 x 96 crop; slices "
-        "darker than 0.3 x the volume mean are skipped. Split into slabs of 8 slices separated by 2 "
-        "skipped slices, in the pattern train, val, train, test, train (about 60/20/20).",
-        "sftkd prepare-data demo",
-        "sftkd prepare-data demo --out data/demo-colin --source colin27",
-        "sftkd prepare-data demo --out data/demo-sr --task sr --scale 4",
-    ),
+#: the options every source's command has, in help order (a source's own options go after
+#: the one they name in `SourceOption.after`; options the source decides itself are left out)
+SHARED: tuple[tuple[str, Any], ...] = (
+    ("size", Size), ("slice_axis", SliceAxis), ("downsample", Downsample),
+    ("val_fraction", ValFraction), ("test_fraction", TestFraction), ("val", Val), ("test", Test),
+    ("min_slice_mean", MinSliceMean), ("acc", Acc), ("mask_kind", MaskKind), ("mask_file", MaskFile),
+    ("mask_layout", MaskLayout), ("center_fraction", CenterFraction), ("seed", Seed), ("force", Force),
+    ("task", Task),
 )
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Dataset folder to create.")] = Path("data/demo"),
-    source: Annotated[
-        str, typer.Option("--source", metavar="NAME", help="Template: icbm152 (nilearn) | colin27 (mricron-data).")
-    ] = "icbm152",
-    template: Annotated[
-        Optional[Path], typer.Option("--template", metavar="FILE", help="Explicit path of the template NIfTI file.")
-    ] = None,
-    size: Size = SOURCE_DEFAULTS["demo"]["size"],
-    downsample: Downsample = SOURCE_DEFAULTS["demo"]["downsample"],
-    slab: Annotated[int, typer.Option("--slab", metavar="N", help="Slices per split slab.")] = 8,
-    gap: Annotated[int, typer.Option("--gap", metavar="N", help="Slices skipped between slabs (>= 1).")] = 2,
-    min_slice_mean: MinSliceMean = SOURCE_DEFAULTS["demo"]["min_slice_mean"],
-    acc: Acc = None,
-    mask_kind: MaskKind = "random",
-    mask_file: MaskFile = None,
-    mask_layout: MaskLayout = "corner",
-    center_fraction: CenterFraction = None,
-    seed: Seed = 42,
-    force: Force = False,
-    task: Task = "recon",
-) -> None:
-    options = _options_from(locals(), slice_axis=SOURCE_DEFAULTS["demo"]["slice_axis"])
-    from sftkd_cli.data.sources import DemoSource
-
-    _run(DemoSource(source, template, slab=slab, gap=gap), out, options)
+#: repeatable options: None when not given
+_REPEATABLE = ("val", "test", "acc", "mask_file")
 
 
-@prepare_app.command(
-    "acdc",
-    cls=HelpCommand,
-    help=examples(
-        "ACDC cardiac MRI: the ED/ES image frames of training|testing/patientNNN/ (never labels or "
-        "4-D cines), slices along the last axis, centre 150 x 150.\n\n"
-        "Split by patient: training/ -> train and testing/ -> val (the paper's 150/50). Without "
-        "testing/, or with --val/--val-fraction, a seeded 25 % of the training patients is val and "
-        "testing/ becomes test.",
-        "sftkd prepare-data acdc /data/ACDC --out data/acdc",
-        "sftkd prepare-data acdc /data/ACDC --out data/acdc-5x --acc 5",
-        "sftkd prepare-data acdc /data/ACDC --out data/acdc-f --mask-file 4=mask4.npy",
-    ),
-)
-def acdc(
-    root: Root,
-    out: Out,
-    size: Size = SOURCE_DEFAULTS["acdc"]["size"],
-    slice_axis: SliceAxis = SOURCE_DEFAULTS["acdc"]["slice_axis"],
-    downsample: Downsample = 1,
-    val_fraction: ValFraction = None,
-    test_fraction: TestFraction = None,
-    val: Val = None,
-    test: Test = None,
-    min_slice_mean: MinSliceMean = 0.0,
-    acc: Acc = None,
-    mask_kind: MaskKind = "random",
-    mask_file: MaskFile = None,
-    mask_layout: MaskLayout = "corner",
-    center_fraction: CenterFraction = None,
-    seed: Seed = 42,
-    force: Force = False,
-    task: Task = "recon",
-) -> None:
-    options = _options_from(locals())
-    from sftkd_cli.data.sources import AcdcSource
-
-    _run(AcdcSource(root), out, options)
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
-@prepare_app.command(
-    "mrbrains",
-    cls=HelpCommand,
-    help=examples(
-        "MRBrainS18 (training/<id>/pre/T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
-        "modality, slices along the last axis, 240 x 240.\n\n"
-        "Split by volume: a seeded 25 % for val (7 volumes -> 5 train, 2 val, as in the paper), or "
-        "--val IDs.",
-        "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/mrbrains",
-        "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/sr --task sr --scale 4",
-    ),
-)
-def mrbrains(
-    root: Root,
-    out: Out,
-    modality: Annotated[str, typer.Option("--modality", metavar="NAME", help="T1 | FLAIR | IR.")] = "T1",
-    size: Size = SOURCE_DEFAULTS["mrbrains"]["size"],
-    slice_axis: SliceAxis = SOURCE_DEFAULTS["mrbrains"]["slice_axis"],
-    downsample: Downsample = 1,
-    val_fraction: ValFraction = None,
-    test_fraction: TestFraction = None,
-    val: Val = None,
-    test: Test = None,
-    min_slice_mean: MinSliceMean = 0.0,
-    acc: Acc = None,
-    mask_kind: MaskKind = "random",
-    mask_file: MaskFile = None,
-    mask_layout: MaskLayout = "corner",
-    center_fraction: CenterFraction = None,
-    seed: Seed = 42,
-    force: Force = False,
-    task: Task = "recon",
-) -> None:
-    options = _options_from(locals())
-    from sftkd_cli.data.sources import MRBrainsSource
-
-    _run(MRBrainsSource(root, modality), out, options)
+def _own(option: SourceOption) -> inspect.Parameter:
+    """A source's own option as a command parameter."""
+    kind = option.type if option.default is not None else Optional[option.type]
+    info = typer.Option(option.flag, metavar=option.metavar, help=option.help)
+    return _option(option.key, Annotated[kind, info], option.default)
 
 
-@prepare_app.command(
-    "nifti",
-    cls=HelpCommand,
-    help=examples(
-        "Any folder of 3-D NIfTI volumes matched by --pattern (at any depth). Without --size all "
-        "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs).",
-        "sftkd prepare-data nifti /data/scans --out data/scans --size 128 128",
-        "sftkd prepare-data nifti /data/scans --out data/t2 --pattern '*_T2w.nii.gz'",
-    ),
-)
-def nifti(
-    root: Root,
-    out: Out,
-    pattern: Annotated[
-        str, typer.Option("--pattern", metavar="GLOB", help="Glob of volume files; matched at any depth unless it has '/'.")
-    ] = "*.nii.gz",
-    size: Size = SOURCE_DEFAULTS["nifti"]["size"],
-    slice_axis: SliceAxis = SOURCE_DEFAULTS["nifti"]["slice_axis"],
-    downsample: Downsample = 1,
-    val_fraction: ValFraction = None,
-    test_fraction: TestFraction = None,
-    val: Val = None,
-    test: Test = None,
-    min_slice_mean: MinSliceMean = 0.0,
-    acc: Acc = None,
-    mask_kind: MaskKind = "random",
-    mask_file: MaskFile = None,
-    mask_layout: MaskLayout = "corner",
-    center_fraction: CenterFraction = None,
-    seed: Seed = 42,
-    force: Force = False,
-    task: Task = "recon",
-) -> None:
-    options = _options_from(locals())
-    from sftkd_cli.data.sources import NiftiSource
+def parameters(spec: SourceSpec) -> list[inspect.Parameter]:
+    """The command's parameters, in help order: ROOT, --out, then the shared options with the
+    source's own options placed after the ones they follow."""
+    out: list[inspect.Parameter] = []
+    if spec.needs_root:
+        out += [_option("root", Root, inspect.Parameter.empty), _option("out", Out, inspect.Parameter.empty)]
+    else:
+        info = typer.Option("--out", "-o", metavar="DIR", help="Dataset folder to create.")
+        out.append(_option("out", Annotated[Path, info], Path(spec.default_out or f"data/{spec.name}")))
+    out += [_own(o) for o in spec.options if o.after == "out"]
+    for name, annotation in SHARED:
+        if name in spec.decides:
+            continue
+        out.append(_option(name, annotation, None if name in _REPEATABLE else spec.option_default(name)))
+        out += [_own(o) for o in spec.options if o.after == name]
+    return out
 
-    _run(NiftiSource(root, pattern), out, options)
+
+def _prepare_options(spec: SourceSpec, values: dict[str, Any]) -> PrepareOptions:
+    """The command's values -> PrepareOptions: --acc and --mask-file parsed, the rest as given
+    (accelerations default to the mask files' or 4, 5; sr: 4)."""
+    accelerations = parse_accelerations(values.get("acc"))
+    if values.get("task") == "sr" and values.get("mask_file"):  # before parsing, which would blame a bare path on --acc
+        raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
+    mask_files = parse_mask_files(values.get("mask_file"), accelerations)
+    return spec.prepare_options({**values, "accelerations": accelerations, "mask_files": mask_files})
+
+
+def _command(spec: SourceSpec) -> Callable[..., None]:
+    """The `prepare-data <source>` function: typer reads its parameters from `__signature__`."""
+
+    def command(**values: Any) -> None:
+        root, out = values.pop("root", None), values.pop("out")
+        options = _prepare_options(spec, values)
+        _run(spec.make_source(root, values), out, options)
+
+    command.__name__ = command.__qualname__ = spec.name
+    command.__signature__ = inspect.Signature(parameters(spec))  # type: ignore[attr-defined]
+    return command
+
+
+#: each source's command function, by source name (also `prepare.<name>`)
+COMMANDS: dict[str, Callable[..., None]] = {}
+for _spec in SOURCES.values():
+    COMMANDS[_spec.name] = prepare_app.command(
+        _spec.name, cls=HelpCommand, help=examples(_spec.help, *_spec.examples)
+    )(_command(_spec))
+
+
+def __getattr__(name: str) -> Callable[..., None]:
+    """`prepare.demo`, `prepare.acdc`, ...: the command of that source."""
+    if name in COMMANDS:
+        return COMMANDS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

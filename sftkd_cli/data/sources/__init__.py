@@ -1,6 +1,8 @@
 """Data sources: one module per folder layout (demo, acdc, mrbrains, nifti).
 
-A new dataset is one `Source` subclass listing its files; `sftkd_cli.data.prepare` does the rest.
+A new dataset is one `Source` subclass listing its files, and its `SourceSpec` (defaults, own
+options, help) in `sftkd_cli.data.catalog`; the `prepare-data` command and `reproduce` plans
+follow from the spec, and `sftkd_cli.data.prepare` does the rest.
 """
 
 from sftkd_cli.data.sources.acdc import AcdcSource

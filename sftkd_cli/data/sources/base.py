@@ -1,7 +1,9 @@
 """What a data source is: a list of input files, how each becomes slices, and how volumes are split.
 
 A source module only knows its folder layout. Everything else (validation, cropping, masks,
-h5 writing, atomic output) is shared in `sftkd_cli.data.prepare`.
+h5 writing, atomic output) is shared in `sftkd_cli.data.prepare`; the source's command options
+and defaults are its `SourceSpec` in `sftkd_cli.data.catalog` (the spec's name is the class's
+`name`, and its options are the constructor's keywords).
 """
 
 from __future__ import annotations
