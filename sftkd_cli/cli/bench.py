@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich import box
 from rich.table import Table
 
 from sftkd_cli.choices import BENCH_PARTS
+from sftkd_cli.cli.base import HelpCommand, console, err_console, examples
 from sftkd_cli.distill.catalog import CATALOG
-from sftkd_cli.cli.app import HelpCommand, app, err_console, examples
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
@@ -134,20 +134,19 @@ def ratio_lines(result: BenchResult) -> list[str]:
     return lines
 
 
-@app.command("bench", cls=HelpCommand, help=HELP)
 def bench(
-    size: int = typer.Option(150, "--size", metavar="N", help="Image height = width in pixels (the cardiac data are 150)."),
-    batch: int = typer.Option(4, "--batch", metavar="N", help="Batch size of training steps and of the throughput rows."),
-    threads: int = typer.Option(1, "--threads", metavar="N", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs)."),
-    precision: str = typer.Option("fp32", "--precision", metavar="P", help="fp32, or bf16 (torch.autocast to bfloat16)."),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    repeats: int = typer.Option(5, "--repeats", metavar="N", help="Timed calls per row; the median is reported."),
-    warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed calls before timing each row."),
-    only: str = typer.Option(None, "--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all)."),
-    methods: str = typer.Option(None, "--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all)."),
-    compile: bool = typer.Option(False, "--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails)."),
-    roof_size: int = typer.Option(256, "--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative."),
-    json_out: str = typer.Option(None, "--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table."),
+    size: Annotated[int, typer.Option("--size", metavar="N", help="Image height = width in pixels (the cardiac data are 150).")] = 150,
+    batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size of training steps and of the throughput rows.")] = 4,
+    threads: Annotated[int, typer.Option("--threads", metavar="N", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs).")] = 1,
+    precision: Annotated[str, typer.Option("--precision", metavar="P", help="fp32, or bf16 (torch.autocast to bfloat16).")] = "fp32",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    repeats: Annotated[int, typer.Option("--repeats", metavar="N", help="Timed calls per row; the median is reported.")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", help="Untimed calls before timing each row.")] = 2,
+    only: Annotated[Optional[str], typer.Option("--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails).")] = False,
+    roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative.")] = 256,
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
     from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench
     from sftkd_cli.runs import atomic_write_text
@@ -155,8 +154,7 @@ def bench(
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
     to_stdout = json_out == "-"
-    status_console = err_console if to_stdout else Console(stderr=True)
-    with status_console.status("benchmarking") as status:
+    with err_console.status("benchmarking") as status:
         result = run_bench(
             size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
             warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
@@ -169,22 +167,24 @@ def bench(
         return
     if json_out is not None:
         atomic_write_text(Path(json_out), text + "\n")
-    console = Console()
-    if not console.is_terminal:  # files and CI logs: do not squeeze the table to 80 columns
-        console = Console(width=max(console.width, 110))
-    console.print(header(result), highlight=False)
-    console.print(table(result))
+    out = console if console.is_terminal else Console(width=max(console.width, 110))  # files, CI logs: not 80 columns
+    out.print(header(result), highlight=False)
+    out.print(table(result))
     for line in ratio_lines(result):
-        console.print(f"  {escape(line)}", highlight=False)
+        out.print(f"  {escape(line)}", highlight=False)
     if not result.reference_applies:
         settings = " ".join(f"--{k} {v}" for k, v in REFERENCE_SETTINGS.items())
-        console.print(f"[dim]reference: n/a (different settings); the reference code was timed at {settings}[/]",
+        out.print(f"[dim]reference: n/a (different settings); the reference code was timed at {settings}[/]",
                       highlight=False)
     for row in result.rows:
         if row.note:
-            console.print(f"[dim]{escape(row.what)}: {escape(row.note)}[/]", highlight=False)
+            out.print(f"[dim]{escape(row.what)}: {escape(row.note)}[/]", highlight=False)
     for note in result.notes:
         if not note.startswith("reference:"):
-            console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+            out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     if json_out is not None:
-        console.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
+        out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench", cls=HelpCommand, help=HELP)(bench)
