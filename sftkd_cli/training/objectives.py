@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.models import CascadeNet
-
-Batch = dict[str, torch.Tensor]
+from sftkd_cli.runtime import Batch
 
 
 def model_record(model: CascadeNet) -> dict[str, Any]:
