@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 
 import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.cli.app import app
+from sftkd_cli.data.prepare import SOURCE_DEFAULTS
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.reproduce import (
-    SOURCE_DEFAULTS, DataSpec, build_stages, load_plan, run_plan, select,
-)
+from sftkd_cli.reproduce import DataSpec, build_stages, default_trainers, load_plan, run_plan, select
 from sftkd_cli.runs import load_checkpoint
 
 torch.set_num_threads(1)
@@ -280,13 +279,12 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     assert "| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
 
 
-def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset, monkeypatch):
+def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset):
     def broken(recipe, **kwargs):
         raise RuntimeError("boom")
 
     plan = load_plan(write_plan(tmp_path, tiny_dataset))
-    monkeypatch.setattr("sftkd_cli.reproduce.train_sft", broken)
-    outcome = run_plan(plan, console=quiet())
+    outcome = run_plan(plan, console=quiet(), trainers={**default_trainers(), "sft": broken})
     got = statuses(outcome)
     assert got["sft"] == "failed" and [r.id for r in outcome.failed] == ["sft"]
     assert got["sft-kd-at"] == got["eval-sft"] == "skipped"
@@ -296,7 +294,6 @@ def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_datas
     assert "RuntimeError: boom" in (plan.report_dir / "errors.log").read_text()
     assert "| sft | failed |" in (plan.report_dir / "report.md").read_text()
 
-    monkeypatch.undo()
     again = statuses(run_plan(plan, console=quiet()))
     assert again["sft"] == again["sft-kd-at"] == "done" and again["std-kd-at"] == "skipped"
 
@@ -325,13 +322,12 @@ def test_random_init_stage_fills_the_models_table_and_draws_attention(tmp_path, 
     assert next(line for line in text.splitlines() if line.startswith("| SSIM |")).split(" | ")[4] == "-"
 
 
-def test_stop_on_error_stops_after_the_failure(tmp_path, tiny_dataset, monkeypatch):
+def test_stop_on_error_stops_after_the_failure(tmp_path, tiny_dataset):
     def broken(recipe, **kwargs):
         raise SftkdError("teacher data is wrong")
 
     plan = load_plan(write_plan(tmp_path, tiny_dataset))
-    monkeypatch.setattr("sftkd_cli.reproduce.train_supervised", broken)
-    got = run_plan(plan, keep_going=False, console=quiet())
+    got = run_plan(plan, keep_going=False, console=quiet(), trainers={**default_trainers(), "teacher": broken, "student": broken})
     assert statuses(got)["teacher"] == "failed"
     assert {r.status for r in got.results[2:]} == {"skipped"} and "--stop-on-error" in got.results[2].note
     assert not (plan.runs_dir / "sft").exists()

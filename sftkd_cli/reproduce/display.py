@@ -1,0 +1,68 @@
+"""What `sftkd reproduce` prints: the dry-run table, the status table and durations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.reproduce.spec import Plan
+from sftkd_cli.reproduce.stages import Stage, StageResult, planned_action
+
+
+STATUS_STYLE = {DONE: "green", RESUMED: "cyan", SKIPPED: "dim", FAILED: "bold red", INTERRUPTED: "bold yellow"}
+
+
+def print_status(results: Sequence[StageResult], console: Console) -> None:
+    """The plan status table: stage, status, seconds, note."""
+    table = Table(title="plan status", title_justify="left")
+    for column in ("stage", "status", "seconds", "note"):
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
+    for r in results:
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(escape(r.id), f"[{style}]{r.status}[/]" if style else r.status, f"{r.seconds:.1f}", escape(r.note))
+    console.print(table)
+
+
+def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: Console) -> None:
+    """The dry-run table: what each selected stage would do, its run directory and recipe."""
+    table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left")
+    for column in ("stage", "action", "model", "epochs", "run", "recipe"):
+        table.add_column(column, overflow="fold")
+    for stage in stages:
+        if stage.id not in chosen:
+            continue
+        action, detail = planned_action(stage, plan, stages)
+        recipe = stage.recipe if stage.kind in TRAIN_KINDS else None
+        table.add_row(
+            escape(stage.id), escape(action + (f" ({detail})" if detail else "")),
+            model_text(stage),
+            str(recipe.train.epochs) if recipe else "",
+            escape(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
+            escape(stage.recipe_file or ("defaults" if recipe else "")),
+        )
+    console.print(table)
+
+
+def model_text(stage: Stage) -> str:
+    """The architecture(s) a stage trains or evaluates, for the tables."""
+    recipe = stage.recipe
+    if recipe is None:
+        return ""
+    if stage.kind == "sft" or stage.trained == "sft":
+        return f"{recipe.sft.teacher}+{recipe.sft.student}"
+    if stage.trained == "sft-student":
+        return recipe.sft.student
+    return recipe.model.name
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def total_seconds(results: Sequence[StageResult]) -> float:
+    return math.fsum(r.seconds for r in results)

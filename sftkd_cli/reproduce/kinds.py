@@ -1,0 +1,24 @@
+"""The words of a reproduction plan: stage kinds, their run roles and recipe files, the report's
+column names, and the statuses a stage ends with.
+
+A leaf module (it imports nothing of the package), so that the plan reader, the stages, the
+runner and the report can all share these names without importing each other.
+"""
+
+from __future__ import annotations
+
+
+PLAN_FORMAT = 1
+TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
+KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
+SHAREABLE: tuple[str, ...] = ("teacher", "student", "sft")
+ROLE = {"teacher": "teacher", "student": "student", "sft": "sft", "std-kd": "kd", "sft-kd": "kd"}
+RECIPE_FILE = {"teacher": "teacher.yaml", "student": "student.yaml", "sft": "sft.yaml",
+               "std-kd": "std-kd-{method}.yaml", "sft-kd": "sft-kd-{method}.yaml"}
+STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD", "sft-kd": "SFT-KD-Recon"}
+#: columns of the `models` paper layout -> the trained kind they show (Table 5)
+MODEL_COLUMNS = {"Teacher": "teacher", "Student": "student", "SFT Teacher": "sft", "SFT Student": "sft-student",
+                 "KD": "std-kd", "SFT-KD-Recon (random)": "sft-kd-random", "SFT-KD-Recon": "sft-kd"}
+
+# statuses of a stage after a run, and the actions a dry run announces
+DONE, RESUMED, SKIPPED, FAILED, INTERRUPTED = "done", "resumed", "skipped", "failed", "interrupted"

@@ -1,0 +1,343 @@
+"""The plan's report folder: report.md (results tables, the verdict on the paper's claims, the
+paper's numbers beside ours, the status table), the compare CSV/JSON files and the figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sftkd_cli import __version__
+from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.reproduce.display import format_seconds, total_seconds
+from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS, TRAIN_KINDS
+from sftkd_cli.reproduce.paper import paper_numbers, table1_column
+from sftkd_cli.reproduce.spec import Plan
+from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir
+from sftkd_cli.runs import atomic_write_text
+
+
+def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:
+    """Write <report>/report.md (+ compare CSV/JSON, figures, status.json); returns the problems met.
+
+    Per group (variant): the compact results table (role names), the verdict on the paper's
+    claims (paired Wilcoxon tests, per seed and pooled), links to the full comparison files, box
+    plots, validation curves and the reconstruction grid; then the paper's numbers beside ours
+    (the first seed's runs, when the plan has `paper:`), and the plan status table.
+    """
+    out = plan.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    evaluated = _evaluated(stages)
+    lines = [f"# sftkd reproduce: {plan.name}", ""]
+    if plan.description:
+        lines += [plan.description.strip(), ""]
+    lines += [
+        f"- plan: `{plan.path}`", f"- dataset: `{plan.data.out}` (source {plan.data.source})",
+        f"- runs: `{plan.runs_dir}`",
+        f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}", "",
+    ]
+    for group in _groups(plan):
+        members = [s for s in evaluated if s.group in (group, "")]
+        lines += _group_section(plan, stages, group, members, console, problems)
+    if plan.paper is not None:  # one run per cell: the first seed's
+        lines += _paper_section(plan, stages, [s for s in evaluated if s.seed in (None, *plan.seeds[:1])], problems)
+    status = _merged_status(out / "status.json", stages, results)
+    lines += ["## Plan status", ""]
+    rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in status]
+    rows.append(("report", "done", "", "this file"))
+    lines += _md_table(("stage", "status", "seconds", "note"), rows, numeric=(2,))
+    lines += ["", f"Time of this invocation before the report: {format_seconds(total_seconds(results))}"
+              + ("; rows marked (earlier) come from a previous invocation." if len(status) > len(results) else "."), ""]
+    if problems:
+        lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
+    records = [dataclasses.asdict(r) for r in status]
+    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": records}, indent=2))
+    atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+    return problems
+
+
+def _groups(plan: Plan) -> list[str]:
+    return [v.name for v in plan.variants] or [""]
+
+
+def _evaluated(stages: Sequence[Stage]) -> list[Stage]:
+    return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / "metrics.json").is_file()]
+
+
+def _figure_method(plan: Plan) -> str | None:
+    return plan.figures["method"] or (plan.methods[0] if plan.methods else None)
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] | None = None) -> list[str]:
+    """A Markdown table; `numeric` columns are right-aligned (default: all but the first)."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    right = set(range(1, len(header)) if numeric is None else numeric)
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+
+
+def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageResult]) -> list[StageResult]:
+    """This invocation's results, plus earlier ones (from status.json) for stages not run now (--only)."""
+    earlier: dict[str, dict[str, Any]] = {}
+    try:
+        earlier = {entry["id"]: entry for entry in json.loads(read_regular_bytes(path, "status"))["stages"]}
+    except (SftkdError, ValueError, KeyError, TypeError):
+        pass
+    current = {r.id: r for r in results}
+    merged = []
+    for stage in stages:
+        if stage.id in current:
+            merged.append(current[stage.id])
+        elif stage.id in earlier and stage.kind != "report":
+            entry = earlier[stage.id]
+            note = str(entry.get("note", ""))
+            merged.append(StageResult(stage.id, stage.kind, str(entry.get("status", "")), float(entry.get("seconds", 0.0)),
+                                      note if note.startswith("(earlier)") else f"(earlier) {note}".rstrip()))
+    return merged
+
+
+def _seed_of(stage: Stage) -> int:
+    """The seed a stage's run was trained with: the plan's, else its recipe's train.seed."""
+    if stage.seed is not None:
+        return stage.seed
+    assert stage.recipe is not None
+    return stage.recipe.train.seed
+
+
+def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: list[Stage],
+                   console: Console, problems: list[str]) -> list[str]:
+    """One variant (with the shared stages): the compact results table, the verdict on the paper's
+    claims, the full comparison per seed (CSV/JSON files) and the figures (first seed's runs)."""
+    from sftkd_cli.report.compare import collect_runs, compare_runs, load_run_result
+    from sftkd_cli.report.formats import render, to_rich, view
+    from sftkd_cli.report.verdict import evaluate_claims, main_table, verdict_markdown
+
+    suffix = f"-{group}" if group else ""
+    lines = [f"## Results{': ' + group if group else ''}", ""]
+    if not members:
+        return lines + ["No evaluated runs yet.", ""]
+    alpha = float(plan.compare["alpha"])
+    found = {_seed_of(s) for s in members}
+    seeds = [seed for seed in plan.seeds if seed in found] or sorted(found)  # the plan's order: its first seed first
+    first = [s for s in members if _seed_of(s) == seeds[0]]
+    try:
+        arms: dict[str, dict[int, Any]] = {}
+        for stage in members:
+            arms.setdefault(stage.label, {})[_seed_of(stage)] = load_run_result(evaluation_dir(stage))
+        metrics = [m for m in plan.compare["metrics"] if m in ("PSNR", "SSIM")] or list(plan.compare["metrics"])[:2]
+        lines += main_table(arms, metrics)
+        lines += ["", f"Mean ± std over {'seeds x ' if len(seeds) > 1 else ''}validation slices"
+                  + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else f" (seed {seeds[0]})")
+                  + "; Δ to the teacher in dB.", ""]
+        if "PSNR" in next(iter(next(iter(arms.values())).values())).metrics:
+            paper, note = _paper_psnr(plan, members)
+            lines += verdict_markdown(evaluate_claims(arms, "PSNR", alpha, paper=paper), alpha, paper_note=note)
+    except SftkdError as exc:
+        problems.append(f"results{' ' + group if group else ''}: {exc}")
+        lines += [f"Results table not possible: {exc}", ""]
+    links = []
+    for seed in seeds:
+        tail = suffix + ("" if seed == seeds[0] else f"-s{seed}")
+        try:
+            runs, warnings = collect_runs([evaluation_dir(s) for s in members if _seed_of(s) == seed])
+            comparison = compare_runs(runs, metrics=list(plan.compare["metrics"]))
+            atomic_write_text(plan.report_dir / f"compare{tail}.csv", render(comparison, "csv", alpha))
+            atomic_write_text(plan.report_dir / f"compare{tail}.json", render(comparison, "json", alpha))
+            if seed == seeds[0]:
+                console.print(to_rich(view(comparison, alpha, stacked=True)))
+            lines += [f"- warning: {w}" for w in warnings]
+            links.append(f"[compare{tail}.csv](compare{tail}.csv) / [.json](compare{tail}.json)"
+                         + (f" (seed {seed})" if len(seeds) > 1 else ""))
+        except SftkdError as exc:
+            problems.append(f"compare{' ' + group if group else ''} seed {seed}: {exc}")
+            lines += [f"Comparison not possible (seed {seed}): {exc}", ""]
+    if links:
+        lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values against the student: "
+                  + ", ".join(links) + ".", ""]
+    for title, make in _figure_makers(plan, group, first):
+        try:
+            output = make(plan.report_dir / f"{title[0]}{suffix}")
+            png = output.paths[0].name
+            lines += [f"### {title[1]}", "", f"![{title[1]}]({png}) ([PDF]({output.paths[1].name}))", ""]
+        except Exception as exc:  # noqa: BLE001 - a figure must not hide the tables
+            problems.append(f"figure {title[0]}{suffix}: {exc}")
+            lines += [f"### {title[1]}", "", f"Not drawn: {exc}", ""]
+    return lines
+
+
+def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float], str]:
+    """The paper's PSNR per arm key for a group (Table 1 layout), and a note saying where it comes from."""
+    from sftkd_cli.report.compare import METHOD_LABELS, SFT_KD, STD_KD
+
+    paper = plan.paper
+    if paper is None:
+        return {}, ("This plan has no counterpart in the paper (the paper's numbers are for MRBrainS and ACDC "
+                    "at 150 epochs): read the ordering and the tests, not the values.")
+    if paper.layout != "table1" or "PSNR" not in paper.metrics:
+        return {}, "The paper's numbers for this plan are in the section beside the paper below."
+    acceleration = next(s.recipe.data.acceleration for s in members if s.recipe is not None)
+    index = paper.metrics.index("PSNR")
+    out: dict[str, float] = {}
+    slots = {"teacher": ("Teacher", STD_KD), "sft": ("Teacher", SFT_KD), "student": ("Student", STD_KD)}
+    for method in plan.methods:
+        label = METHOD_LABELS.get(method, method)
+        slots.update({f"std-kd-{method}": (label, STD_KD), f"sft-kd-{method}": (label, SFT_KD)})
+    for key, (row, setting) in slots.items():
+        for i, column in enumerate(paper.columns):
+            if table1_column(column) == (acceleration, setting) and row in paper.rows:
+                numbers = paper_numbers(paper.rows[row][i], len(paper.metrics))
+                if numbers is not None:
+                    out[key] = numbers[index]
+    note = f"Paper: {paper.title}, {acceleration:g}x, PSNR of its Table 1 rows (150 epochs on the full data)."
+    return out, note
+
+
+def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[tuple[str, str], Callable[[Path], Any]]]:
+    """(file stem, title) and a function drawing it, for each figure of a group."""
+    from sftkd_cli.report import figures
+    from sftkd_cli.report.attention import attention_residues_from_runs
+
+    label = f" ({group})" if group else ""
+    metrics = list(plan.figures["metrics"])
+    boxes = {s.label: evaluation_dir(s) for s in members}
+    curves = {s.label: s.run for s in members if s.model_role is None}
+    makers: list[tuple[tuple[str, str], Callable[[Path], Any]]] = [
+        (("box", f"{' and '.join(metrics)} per slice{label}"),
+         lambda stem: figures.box_plots_from_runs(boxes, stem, metrics, context=f"{plan.name}{label}")),
+        (("curves", f"Validation curves{label}"),
+         lambda stem: figures.validation_curves_from_runs(curves, stem, plan.figures["curve"], context=f"{plan.name}{label}")),
+    ]
+    method = _figure_method(plan)
+    wanted = [("teacher", "teacher"), ("student", "student")]
+    if method:
+        wanted += [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})")]
+    by_label = {s.label: s for s in members if s.model_role is None}
+    grid = {title: evaluation_dir(by_label[key]) for key, title in wanted if key in by_label}
+    if grid:
+        recipe = next(s.recipe for s in members if s.recipe is not None)
+        assert recipe is not None
+        box = plan.figures["box"]
+        makers.append((("grid", f"Reconstructions and residues{label}"), lambda stem: figures.reconstruction_grid_from_runs(
+            plan.data.out, recipe.data.acceleration, grid, stem, plan.figures["volume"], plan.figures["slice"],
+            None if box is None else tuple(int(b) for b in box), context=f"{plan.name}{label}")))
+    if method and method != "none" and {f"std-kd-{method}", f"sft-kd-{method}"} <= set(by_label):
+        kd = [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})"),
+              (f"sft-kd-{method}-random", f"SFT-KD random init ({method})")]
+        students = {title: by_label[key].run for key, title in kd if key in by_label}
+        acceleration = by_label[f"sft-kd-{method}"].recipe.data.acceleration  # type: ignore[union-attr]
+        makers.append((("attention", f"Attention-map residues to the teacher (AT taps, Fig. 6){label}"),
+                       lambda stem: attention_residues_from_runs(
+                           students, stem, plan.data.out, acceleration, plan.figures["volume"], plan.figures["slice"],
+                           split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
+                           context=f"{plan.name}{label}")))
+    return makers
+
+
+def _paper_section(plan: Plan, stages: Sequence[Stage], evaluated: list[Stage], problems: list[str]) -> list[str]:
+    """The paper's numbers beside ours, cell by cell."""
+    from sftkd_cli.report.formats import format_value
+
+    paper = plan.paper
+    assert paper is not None
+    lines = [f"## Beside the paper: {paper.title}", ""]
+    try:
+        if paper.layout == "models":
+            text = _our_model_cells(plan, evaluated)
+        else:
+            ours = _our_paper_cells(plan, evaluated)
+            text = {key: "/".join(format_value(m, values[m]) for m in paper.metrics) for key, values in ours.items()}
+    except SftkdError as exc:
+        problems.append(f"paper table: {exc}")
+        return lines + [f"Not possible: {exc}", ""]
+    rows = list(paper.rows) + sorted({row for row, _ in text} - set(paper.rows))
+    header = ["Metric" if paper.layout == "models" else "Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
+    body = []
+    for row in rows:
+        cells = [row]
+        for i, column in enumerate(paper.columns):
+            cells += [text.get((row, column), "-"), paper.rows[row][i] if row in paper.rows else "-"]
+        body.append(cells)
+    epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
+    lines += _md_table(header, body)
+    cells = "mean ± std over slices" if paper.layout == "models" else f"{'/'.join(paper.metrics)} (mean over slices)"
+    lines += ["", f"Cells are {cells}. Ours: {', '.join(map(str, epochs))} epochs on "
+              f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
+    return lines
+
+
+def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], dict[str, float]]:
+    """Our values keyed like the paper block: (row, column) -> {metric: mean}."""
+    from sftkd_cli.report.compare import collect_runs, paper_table
+
+    paper = plan.paper
+    assert paper is not None
+    primary = [s for s in evaluated if s.model_role is None and not s.random_init]  # random init: Table 5 only
+    if not primary:
+        raise SftkdError("no evaluated runs yet")
+    if paper.layout == "table1":
+        runs, _ = collect_runs([evaluation_dir(s) for s in primary])
+        table = paper_table(runs, metrics=list(paper.metrics))
+        cells: dict[tuple[str, str], dict[str, float]] = {}
+        for block in table.blocks[:1]:
+            for (model, acc, setting), cell in block.cells.items():
+                for column in paper.columns:
+                    if table1_column(column) == (acc, setting):
+                        cells[(model, column)] = {m: cell.stats[m].mean for m in paper.metrics}
+        return cells
+    from sftkd_cli.report.compare import load_run_result
+
+    method = _figure_method(plan)
+    out = {}
+    for stage in primary:
+        if stage.trained not in STUDENT_SETTINGS or (stage.method and stage.method != method):
+            continue
+        assert stage.recipe is not None
+        column = STUDENT_SETTINGS[stage.trained]
+        if column not in paper.columns:
+            continue
+        result = load_run_result(evaluation_dir(stage))
+        missing = [m for m in paper.metrics if m not in result.metrics]
+        if missing:
+            raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {', '.join(missing)}")
+        out[(stage.recipe.model.name, column)] = {m: result.metrics[m].mean for m in paper.metrics}
+    return out
+
+
+def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], str]:
+    """Our 'mean ± std' for the `models` layout: (metric, column) -> text; KD columns use figures.method."""
+    from sftkd_cli.report.compare import load_run_result
+    from sftkd_cli.report.formats import format_stat
+
+    paper = plan.paper
+    assert paper is not None
+    method = _figure_method(plan)
+    kinds = {kind: column for column, kind in MODEL_COLUMNS.items() if column in paper.columns}
+    text: dict[tuple[str, str], str] = {}
+    owners: dict[str, Stage] = {}
+    for stage in evaluated:
+        kind = stage.trained + ("-random" if stage.random_init else "")
+        if kind not in kinds or (stage.method and stage.method != method):
+            continue
+        column = kinds[kind]
+        if column in owners:
+            raise SftkdError(f"column {column}: both {owners[column].id} and {stage.id} fill it; "
+                             "layout models shows one variant's runs")
+        owners[column] = stage
+        result = load_run_result(evaluation_dir(stage))
+        for metric in paper.metrics:
+            if metric not in result.metrics:
+                raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {metric}")
+            text[(metric, column)] = format_stat(metric, result.metrics[metric])
+    if not owners:
+        raise SftkdError("no evaluated runs yet")
+    return text

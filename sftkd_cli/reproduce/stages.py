@@ -1,0 +1,230 @@
+"""A plan's stages: building them from a `Plan` (ids, what each needs, resolved recipes),
+choosing them (`--only`), and reading their state on disk (complete, partial, new), which is what
+lets a plan be run again and continue where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftkd_cli.config import Recipe, load_recipe, parse_overrides, validate
+from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
+from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS
+from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
+from sftkd_cli.reproduce.values import as_path
+from sftkd_cli.runs import RunDir, load_checkpoint
+
+
+@dataclass
+class Stage:
+    """One step of a plan: prepare data, train one run, evaluate one model, or write the report."""
+
+    id: str
+    kind: str
+    group: str = ""  # variant name ("" without variants and for shared stages)
+    needs: tuple[str, ...] = ()
+    recipe: Recipe | None = None  # training stages
+    recipe_file: str | None = None
+    run: Path | None = None  # training and evaluation stages: the run directory
+    method: str | None = None
+    model_role: str | None = None  # evaluation of an SFT run's student
+    label: str = ""  # short name in figures and tables
+    trained: str = ""  # evaluation stages: the kind of the training stage evaluated
+    random_init: bool = False  # sft-kd stages (and their evaluation): distill.init=random
+    seed: int | None = None  # the plan's seed of this run (None: the recipe's train.seed)
+
+
+@dataclass
+class StageResult:
+    """What happened to a stage in this invocation."""
+
+    id: str
+    kind: str
+    status: str
+    seconds: float = 0.0
+    note: str = ""
+
+
+def _recipe_path(plan: Plan, kind: str, spec: StageSpec, variant: Variant | None, method: str | None) -> str | None:
+    """The stage's recipe file: explicit, else the variant's or the plan's recipes folder, else none."""
+    if spec.recipe is not None:  # only {method} is replaced; any other brace is part of the path
+        return str(find_file(os.path.expanduser(spec.recipe.replace("{method}", method or ""))))
+    folder = (variant.recipes if variant and variant.recipes else None) or plan.recipes
+    if folder is None:
+        return None
+    return str(find_file(as_path(folder) / RECIPE_FILE[kind].replace("{method}", method or "")))
+
+
+def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | None, teacher_run: Path | None) -> Recipe:
+    """Resolve a training stage's recipe (see the package docstring for the precedence)."""
+    fixed = {"data.path": str(plan.data.out), "run.dir": str(plan.runs_dir), "run.name": stage.id,
+             "run.role": ROLE[stage.kind]}
+    if teacher_run is not None:
+        fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
+    if stage.seed is not None:
+        fixed["train.seed"] = stage.seed
+    if stage.kind in ("std-kd", "sft-kd"):
+        fixed["distill.init"] = "sft" if stage.kind == "sft-kd" and not stage.random_init else "random"
+    layers = as_settings(plan.base, "base") + as_settings(variant.overrides if variant else {}, "variant overrides")
+    layers += as_settings(spec.overrides, "stage overrides") + parse_overrides(plan.overrides) + as_settings(fixed, "the plan")
+    where = f"{plan.path}: stage {stage.id}"
+    if stage.recipe_file is not None and not Path(stage.recipe_file).is_file():
+        raise SftkdError(f"{where}: recipe {stage.recipe_file} not found (paths are relative to the current directory)")
+    try:
+        recipe = load_recipe(stage.recipe_file, settings=layers)
+        if stage.kind != "sft":  # train-sft builds both models from the sft section
+            model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
+            recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
+        validate(recipe)
+        task = str(plan.data.options.get("task", "recon"))
+        if plan.data.source != "prepared" and recipe.data.task != task:
+            raise SftkdError(f"data.task {recipe.data.task}: the plan prepares data for task {task} (data.options.task); "
+                             f"set data.task: {task} (e.g. in base)")
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}") from None
+    return recipe
+
+
+def build_stages(plan: Plan) -> list[Stage]:
+    """Every stage of the plan, in an order where each stage comes after what it needs."""
+    stages: list[Stage] = [Stage("data", "data", label="data")]
+
+    def add(kind: str, variant: Variant | None, spec: StageSpec, method: str | None = None,
+            teacher: Stage | None = None, random_init: bool = False) -> Stage:
+        short = (kind if method is None else f"{kind}-{method}") + ("-random" if random_init else "")
+        group = variant.name if variant else ""
+        ident = (f"{group}-{short}" if group else short) + (f"-s{seed}" if seed is not None and seed != first_seed else "")
+        stage = Stage(ident, kind, group, needs=("data",) + ((teacher.id,) if teacher else ()),
+                      method=method, label=short, random_init=random_init, seed=seed)
+        stage.recipe_file = _recipe_path(plan, kind, spec, variant, method)
+        stage.run = plan.runs_dir / stage.id
+        stage.recipe = _build_recipe(plan, stage, spec, variant, teacher.run if teacher else None)
+        stages.append(stage)
+        return stage
+
+    first_seed = plan.seeds[0] if plan.seeds else None
+    for seed in plan.seeds or (None,):
+        shared = {kind: add(kind, None, plan.stages[kind]) for kind in plan.shared}
+        for variant in plan.variants or (None,):
+            own = {kind: shared.get(kind) or add(kind, variant, plan.stages[kind]) for kind in SHAREABLE if kind in plan.stages}
+            for method in plan.methods:
+                add("std-kd", variant, plan.kd["std-kd"], method, own["teacher"])
+                add("sft-kd", variant, plan.kd["sft-kd"], method, own["sft"])
+                if method in plan.random_init:  # the same recipe from a random student (Table 5)
+                    add("sft-kd", variant, plan.kd["sft-kd"], method, own["sft"], random_init=True)
+    _check_same_data(plan, [s for s in stages if s.recipe is not None])
+    for stage in [s for s in stages if s.kind in TRAIN_KINDS]:
+        stages.append(Stage(f"eval-{stage.id}", "evaluate", stage.group, (stage.id,), run=stage.run,
+                            method=stage.method, label=stage.label, recipe=stage.recipe, trained=stage.kind,
+                            random_init=stage.random_init, seed=stage.seed))
+        if stage.kind == "sft" and plan.evaluate["sft_student"]:
+            stages.append(Stage(f"eval-{stage.id}-student", "evaluate", stage.group, (stage.id,), run=stage.run,
+                                model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student",
+                                seed=stage.seed))
+    stages.append(Stage("report", "report", label="report"))
+    return stages
+
+
+def _check_same_data(plan: Plan, stages: list[Stage]) -> None:
+    """Stages that compare with each other must share the acceleration (the dataset is the plan's)."""
+    groups: dict[str, set[float]] = {}
+    for stage in stages:
+        assert stage.recipe is not None
+        groups.setdefault(stage.group, set()).add(stage.recipe.data.acceleration)
+    shared = groups.pop("", set())
+    for group, accs in groups.items():
+        if len(accs | shared) > 1:
+            raise SftkdError(f"{plan.path}: variant {group}: its stages train at different accelerations "
+                             f"{sorted(accs | shared)}; a variant's runs must share data.acceleration")
+    if not groups and len(shared) > 1:
+        raise SftkdError(f"{plan.path}: the stages train at different accelerations {sorted(shared)}; "
+                         "use variants (one per acceleration)")
+
+
+def select(stages: Sequence[Stage], only: Sequence[str]) -> set[str]:
+    """Ids of the stages matching --only tokens (stage id, glob, kind, 'kd', 'train', 'eval', or variant)."""
+    if not only:
+        return {s.id for s in stages}
+    import fnmatch
+
+    aliases = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",), "compare": ("report",)}
+    chosen: set[str] = set()
+    for token in only:
+        kinds = aliases.get(token, (token,))
+        hits = {s.id for s in stages if s.id == token or fnmatch.fnmatchcase(s.id, token) or s.kind in kinds or s.group == token}
+        if not hits:
+            raise SftkdError(f"--only {token}: matches no stage; stages: {', '.join(s.id for s in stages)}")
+        chosen |= hits
+    return chosen
+
+
+def training_state(stage: Stage) -> tuple[str, str]:
+    """('complete' | 'partial' | 'new', detail) of a training stage's run directory."""
+    assert stage.run is not None and stage.recipe is not None
+    run = RunDir(stage.run)
+    if not run.recipe_file.is_file():
+        return "new", ""
+    epochs = stage.recipe.train.epochs
+    last = run.checkpoint("last")
+    if not last.is_file():
+        return "partial", "no checkpoint yet"
+    state = load_checkpoint(last)
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
+    where = f"epoch {epoch}/{epochs}" + (f", step {step}" if step else "")
+    if epoch >= epochs and step == 0 and run.checkpoint("best").is_file():
+        return "complete", where
+    return "partial", where
+
+
+def evaluation_dir(stage: Stage) -> Path:
+    """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model)."""
+    assert stage.run is not None
+    return stage.run if stage.model_role is None else stage.run / f"eval-{stage.model_role}"
+
+
+def evaluation_complete(stage: Stage, plan: Plan) -> bool:
+    """metrics.json (with recon.h5) newer than best.pt, for the plan's split and checkpoint."""
+    assert stage.run is not None
+    out, best = evaluation_dir(stage), stage.run / "checkpoints" / "best.pt"
+    metrics = out / "metrics.json"
+    if not (metrics.is_file() and (out / "recon.h5").is_file() and best.is_file()):
+        return False
+    if metrics.stat().st_mtime <= best.stat().st_mtime:
+        return False
+    try:
+        info = json.loads(read_regular_bytes(metrics, "metrics"))
+    except (SftkdError, ValueError):
+        return False
+    return info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
+
+
+def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
+    """report.md newer than the plan file and than every metrics.json it summarises."""
+    report = plan.report_dir / "report.md"
+    if not report.is_file():
+        return False
+    newest = plan.path.stat().st_mtime
+    for stage in stages:
+        if stage.kind == "evaluate":
+            metrics = evaluation_dir(stage) / "metrics.json"
+            if metrics.is_file():
+                newest = max(newest, metrics.stat().st_mtime)
+    return report.stat().st_mtime > newest
+
+
+def planned_action(stage: Stage, plan: Plan, stages: Sequence[Stage]) -> tuple[str, str]:
+    """What running the stage now would do: ('run' | 'resume' | 'skip' | 'check', detail)."""
+    if stage.kind == "data":
+        return ("check", f"use {plan.data.out}") if plan.data.source == "prepared" else ("check", f"prepare {plan.data.out} if needed")
+    if stage.kind in TRAIN_KINDS:
+        state, detail = training_state(stage)
+        return {"complete": "skip", "partial": "resume", "new": "run"}[state], detail
+    if stage.kind == "evaluate":
+        return ("skip", "") if evaluation_complete(stage, plan) else ("run", "")
+    return ("skip", "") if report_complete(plan, stages) else ("run", "")
