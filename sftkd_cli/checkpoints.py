@@ -1,17 +1,22 @@
 """Finding and loading trained models from run directories or checkpoint files.
 
 A checkpoint holds one or more self-describing model entries (`arch`, `channels`, `pad`,
-`state`) by role: `model` for train-teacher and distill runs, `teacher` and `student` for
-SFT runs. Loading is by name and strict: a mismatch is an error, never a partial load.
+`acquisition`, `state`) by role: `model` for train-teacher and distill runs, `teacher` and
+`student` for SFT runs. Loading is by name and strict: a mismatch is an error, never a partial
+load. Entries written before the acquisition record have `centered` (the k-space layout of
+their data consistency) instead; the run's `trained_on` supplies the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import CascadeNet, build_model
+from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.runs import load_checkpoint
 
 
@@ -49,10 +54,24 @@ def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arc
     return primary, models[primary]
 
 
-def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint") -> CascadeNet:
-    """Rebuild a model from a checkpoint entry (architecture and weights)."""
+def entry_acquisition(entry: dict[str, Any], trained_on: Any = None, source: str | Path = "checkpoint") -> Acquisition:
+    """The acquisition a checkpoint entry's model was built for: its own record, or for entries
+    older than it, the k-space layout of its data consistency (`centered`) on the run's
+    `trained_on` dataset (the paper's data when the checkpoint has no such record)."""
+    if "acquisition" in entry:
+        return Acquisition.from_record(entry["acquisition"], f"{source}: model entry acquisition")
+    data = record_acquisition(trained_on, f"{source}: trained_on") if isinstance(trained_on, dict) else Acquisition()
+    if not family_of(entry["arch"]).data_consistency:  # its `centered` was always False and says nothing
+        return data
+    return dataclasses.replace(data, kspace_layout="centered" if entry["centered"] else "corner")
+
+
+def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint", trained_on: Any = None) -> CascadeNet:
+    """Rebuild a model from a checkpoint entry (architecture, acquisition and weights); `trained_on`
+    is the checkpoint's dataset record, read for entries older than the acquisition record."""
     try:
-        model = build_model(entry["arch"], channels=entry["channels"], pad=entry["pad"], centered=entry["centered"])
+        acquisition = entry_acquisition(entry, trained_on, source)
+        model = build_model(entry["arch"], entry["channels"], entry["pad"], acquisition=acquisition)
         model.load_state_dict(entry["state"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -65,7 +84,7 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best")
     path = resolve_checkpoint(source, which)
     state = load_checkpoint(path)
     _, entry = model_entry(state, role, path)
-    return build_from_entry(entry, path), state
+    return build_from_entry(entry, path, state.get("trained_on")), state
 
 
 def init_weights(model: CascadeNet, source: str | Path, role: str | None = None) -> str:
@@ -79,6 +98,8 @@ def init_weights(model: CascadeNet, source: str | Path, role: str | None = None)
     name, entry = model_entry(state, role, path, arch=None if role else model.name)
     if entry["arch"] != model.name or entry["channels"] != model.channels:
         raise SftkdError(f"{path}: {name} is {entry['arch']} with {entry['channels']} channels, expected {model.name} with {model.channels}")
+    refuse_other_data(model.name, entry_acquisition(entry, state.get("trained_on"), path), model.acquisition, path,
+                      "the data of this run")
     missing, unexpected = [], []
     own = model.state_dict()
     for key in own:
@@ -97,28 +118,43 @@ def init_weights(model: CascadeNet, source: str | Path, role: str | None = None)
 
 def check_fits_data(state: dict[str, Any], entry: dict[str, Any], data: dict[str, Any], source: str | Path,
                     *, same_acquisition: bool) -> None:
-    """Refuse a model used on data it cannot fit, in one line.
+    """Refuse a model used on data it cannot fit, in one line naming `source` and what differs.
 
-    Always: the k-space layout of its data consistency (corner or centred) must be the dataset's,
-    or every DC step would scramble k-space. With `same_acquisition` (a KD teacher), the task,
-    acceleration and image size it was trained on (checkpoint `trained_on`, when recorded) too.
+    `entry` is the model's checkpoint entry (or `model.record()`), `data` the dataset's record
+    (`dataset_record`). Always: what `refuse_other_data` checks. With `same_acquisition` (a KD
+    teacher), also the image size and the acceleration it was trained on (when recorded).
     """
-    if data.get("task", "recon") == "recon" and "centered" in entry:
-        layout = "centered" if entry["centered"] else "corner"
-        if layout != data["kspace_layout"]:
-            raise SftkdError(
-                f"{source}: its data consistency expects {layout} k-space but {data.get('path', 'the dataset')} "
-                f"stores {data['kspace_layout']} k-space; use a model trained on this k-space layout"
-            )
     trained = state.get("trained_on")
-    if not same_acquisition or not isinstance(trained, dict):
+    model = entry_acquisition(entry, trained, source)
+    have = record_acquisition(data)
+    refuse_other_data(entry["arch"], model, have, source, data.get("path", "the dataset"))
+    if not same_acquisition:
         return
-    for key, label in (("task", "task"), ("acceleration", "acceleration"), ("image_size", "image size")):
-        if key in trained and trained[key] != data[key]:
+    checks = [("acceleration", trained.get("acceleration") if isinstance(trained, dict) else None, data.get("acceleration"))]
+    if model.image_size is not None and have.image_size is not None:
+        checks.append(("image size", list(model.image_size), list(have.image_size)))
+    for label, mine, theirs in checks:
+        if mine is not None and theirs is not None and mine != theirs:
             raise SftkdError(
-                f"{source}: trained with {label} {_shown(trained[key])}, but this run uses {_shown(data[key])}; "
+                f"{source}: trained with {label} {_shown(mine)}, but this run uses {_shown(theirs)}; "
                 f"expected a teacher trained on the same acquisition"
             )
+
+
+def refuse_other_data(arch: str, model: Acquisition, have: Acquisition, source: str | Path, where: str | Path) -> None:
+    """Refuse a model `arch` built for acquisition `model` used on data of acquisition `have`: the
+    task, the images' value kind and channels must match, and for a network with data consistency
+    the k-space layout (corner or centred; a wrong one would scramble k-space at every DC step)."""
+    if family_of(arch).data_consistency and model.kspace_layout != have.kspace_layout:
+        raise SftkdError(
+            f"{source}: its data consistency expects {model.kspace_layout} k-space but {where} "
+            f"stores {have.kspace_layout} k-space; use a model trained on this k-space layout"
+        )
+    for label, mine, theirs in (("task", model.task, have.task), ("image values", model.values, have.values),
+                                ("image channels", model.channels, have.channels)):
+        if mine != theirs:
+            raise SftkdError(f"{source}: its model was built for {label} {mine}, but {where} holds {label} {theirs}; "
+                             "use a model trained on this kind of data")
 
 
 def _shown(value: Any) -> str:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import build_from_entry, load_model
 from sftkd_cli.distill.methods import METHODS, build_method
 from sftkd_cli.errors import SftkdError
@@ -200,7 +201,7 @@ def test_at_loss_between_d3c5_and_dcunet_by_hand():
 
 def test_checkpoint_entry_round_trip():
     torch.manual_seed(9)
-    model = build_model("U3C2", channels=4, pad=3, centered=True)
+    model = build_model("U3C2", channels=4, pad=3, acquisition=Acquisition(kspace_layout="centered"))
     entry = model_record(model)
     assert {k: entry[k] for k in ("arch", "channels", "pad", "centered")} == {
         "arch": "U3C2", "channels": 4, "pad": 3, "centered": True}

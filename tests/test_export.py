@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import sftkd_cli.cli.export  # noqa: F401  (registers the command until app.py imports it)
 import sftkd_cli.export as export_module
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
@@ -31,7 +32,7 @@ from sftkd_cli.export import (
     split_complex,
 )
 from sftkd_cli.models import build_model, count_parameters
-from sftkd_cli.training.engine import collate
+from sftkd_cli.runtime import collate
 
 torch.set_num_threads(1)
 
@@ -118,7 +119,8 @@ def test_dft_matrix_by_hand_and_unitary():
 @pytest.mark.parametrize("centered", [False, True])
 def test_exportable_wrapper_equals_dccnn(size, centered):
     torch.manual_seed(3)
-    model = build_model("D3C2", channels=4, centered=centered).eval()
+    layout = Acquisition(kspace_layout="centered" if centered else "corner")
+    model = build_model("D3C2", channels=4, acquisition=layout).eval()
     zf, kspace, mask = _undersampled((2, 1, *size))
     with torch.no_grad():
         expected = model(zf, kspace, mask)

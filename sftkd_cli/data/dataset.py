@@ -16,6 +16,7 @@ central k-space box. `SliceDataset(..., task=...)` refuses a dataset prepared fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.files import read_regular_bytes
-from sftkd_cli.data.prepare import FORMAT, MANIFEST, TASKS, group_key
+from sftkd_cli.data.format import FORMAT, MANIFEST, TASKS, group_key
 from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.masks import check_mask_acceleration
@@ -107,21 +109,44 @@ def kspace_layout(manifest: dict[str, Any]) -> str:
     return str(mask.get("layout", "corner")) if isinstance(mask, dict) else "corner"
 
 
+def dataset_acquisition(manifest: dict[str, Any], root: str | Path | None = None) -> Acquisition:
+    """What the dataset holds, the record a model is built for: the manifest's "acquisition", or
+    for datasets prepared before it, its task, mask layout and image size (magnitude, one channel)."""
+    size = (int(manifest["image_size"][0]), int(manifest["image_size"][1]))
+    if "acquisition" in manifest:
+        where = f"{display_path(Path(root) / MANIFEST)}: acquisition" if root is not None else "manifest acquisition"
+        recorded = Acquisition.from_record(manifest["acquisition"], where)
+        return recorded if recorded.image_size is not None else dataclasses.replace(recorded, image_size=size)
+    return Acquisition(task=dataset_task(manifest), kspace_layout=kspace_layout(manifest), image_size=size)
+
+
+def record_acquisition(record: dict[str, Any], where: str = "dataset record") -> Acquisition:
+    """The acquisition of a `dataset_record` (a checkpoint's `trained_on`); records older than the
+    acquisition entry are read from their task, k-space layout and image size."""
+    if isinstance(record.get("acquisition"), dict):
+        return Acquisition.from_record(record["acquisition"], f"{where} acquisition")
+    return Acquisition.from_record({"task": record.get("task", "recon"), "kspace_layout": record.get("kspace_layout", "corner"),
+                                    "image_size": record.get("image_size")}, where)
+
+
 def dataset_record(root: str | Path, acceleration: float) -> dict[str, Any]:
     """What a model is trained or scored on: the dataset's identity and acquisition.
 
-    Kept in checkpoints (`trained_on`): `kspace_layout` decides the model's data consistency
-    (corner or centred k-space); the rest lets distill, evaluate and export refuse or label a
-    model used on other data.
+    Kept in checkpoints (`trained_on`): `acquisition` is what the model is built for (its data
+    consistency takes the k-space layout); the rest lets distill, evaluate and export refuse or
+    label a model used on other data. task, image_size and kspace_layout repeat the acquisition's
+    for readers of older checkpoints.
     """
     manifest = load_manifest(root)
+    acquisition = dataset_acquisition(manifest, root)
     return {
         "path": str(root),
         "fingerprint": dataset_fingerprint(root),
-        "task": dataset_task(manifest),
+        "task": acquisition.task,
         "acceleration": float(acceleration),
         "image_size": [int(s) for s in manifest["image_size"]],
-        "kspace_layout": kspace_layout(manifest),
+        "kspace_layout": acquisition.kspace_layout,
+        "acquisition": acquisition.record(),
     }
 
 

@@ -1,48 +1,26 @@
 """Reconstruction networks, found by architecture name.
 
-Each family registers a name pattern, a builder and a short description; `build_model(name)`
-picks the family whose pattern matches. Names are case-insensitive: D5C5, d3c5.
+Each family module defines its `Family` (name pattern, builder, limits and export hooks, see
+models/family.py); `FAMILIES` lists them and `build_model(name, acquisition=...)` picks the family
+whose pattern matches. Names are case-insensitive: D5C5, d3c5. A new family is its module plus
+one line in `FAMILIES`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.models import dccnn, dcunet, vdsr
 from sftkd_cli.models.base import CascadeNet, count_parameters
-from sftkd_cli.models.dccnn import DCCNN, build_dccnn, parse_name
-from sftkd_cli.models.dcunet import DCUNet, build_dcunet
-from sftkd_cli.models.vdsr import build_vdsr
+from sftkd_cli.models.dccnn import DCCNN, parse_name
+from sftkd_cli.models.dcunet import DCUNet
+from sftkd_cli.models.family import MAX_CASCADES, MAX_CONVS, Family
 
-
-@dataclass(frozen=True)
-class Family:
-    """One architecture family: names matching `pattern` are built by `build`."""
-
-    pattern: str  # one group per number in the name
-    example: str
-    description: str
-    build: Callable[..., CascadeNet]
-    limits: tuple[tuple[str, int], ...]  # (what the number counts, its largest value), per group
-
-
-#: the largest number of cascades, and of convs per cascade, a name may ask for (the paper's
-#: networks have 5); larger names would take minutes just to build, or never finish
-MAX_CASCADES = 64
-MAX_CONVS = 64
-
-FAMILIES: list[Family] = [
-    Family(r"D(\d+)C(\d+)", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn,
-           (("conv layers per cascade", MAX_CONVS), ("cascades", MAX_CASCADES))),
-    Family(r"VDSR(\d+)", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr,
-           (("conv layers", 4 * MAX_CONVS),)),
-    Family(r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
-           (("U-Net levels", MAX_CONVS), ("cascades", MAX_CASCADES))),
-]
+FAMILIES: list[Family] = [dccnn.FAMILY, vdsr.FAMILY, dcunet.FAMILY]
 
 
 def family_of(name: str) -> Family:
@@ -60,9 +38,13 @@ def family_of(name: str) -> Family:
     raise SftkdError(f"model {name!r}: unknown architecture; expected one of: {known}")
 
 
-def build_model(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> CascadeNet:
-    """Build the network called `name` (e.g. D5C5) with fresh weights."""
-    return family_of(name).build(name.strip().upper(), channels=channels, pad=pad, centered=centered)
+def build_model(name: str, channels: int = 32, pad: int = 5, *, acquisition: Acquisition | None = None) -> CascadeNet:
+    """Build the network called `name` (e.g. D5C5) with fresh weights, for data of `acquisition`
+    (None: the paper's, corner-layout magnitude images): its data consistency takes the layout."""
+    acquisition = acquisition or Acquisition()
+    family = family_of(name)
+    family.check_fits(name.strip().upper(), acquisition)
+    return family.build(name.strip().upper(), acquisition, channels, pad)
 
 
 def cascades_of(name: str) -> int:
@@ -72,5 +54,5 @@ def cascades_of(name: str) -> int:
         return build_model(name).cascades
 
 
-__all__ = ["FAMILIES", "CascadeNet", "DCCNN", "DCUNet", "Family", "build_model", "cascades_of", "count_parameters",
-           "family_of", "parse_name"]
+__all__ = ["FAMILIES", "MAX_CASCADES", "MAX_CONVS", "Acquisition", "CascadeNet", "DCCNN", "DCUNet", "Family",
+           "build_model", "cascades_of", "count_parameters", "family_of", "parse_name"]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 
 _TAP = re.compile(r"^c(\d+)\.(\w+)$")
@@ -32,6 +33,8 @@ class CascadeNet(nn.Module):
 
     cascades: int
     channels: int
+    #: the data the network was built for (its builder's `acquisition`); kept in its checkpoint entry
+    acquisition: Acquisition = Acquisition()
 
     @property
     def name(self) -> str:
@@ -39,8 +42,10 @@ class CascadeNet(nn.Module):
         raise NotImplementedError
 
     def record(self) -> dict[str, Any]:
-        """Constructor arguments stored beside the weights in a checkpoint entry."""
-        return {"arch": self.name, "channels": self.channels, "pad": 0, "centered": False}
+        """Constructor arguments stored beside the weights in a checkpoint entry ("centered" is
+        kept for readers of checkpoints older than the acquisition record)."""
+        return {"arch": self.name, "channels": self.channels, "pad": 0, "centered": False,
+                "acquisition": self.acquisition.record()}
 
     def cascade(
         self,
@@ -114,7 +119,7 @@ class DataConsistentCascade(CascadeNet):
     dc: nn.Module
 
     def record(self) -> dict[str, Any]:
-        return {"arch": self.name, "channels": self.channels, "pad": self.blocks[0].pad, "centered": self.dc.centered}
+        return {**super().record(), "pad": self.blocks[0].pad, "centered": self.dc.centered}
 
     def cascade(
         self,

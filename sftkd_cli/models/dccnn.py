@@ -21,13 +21,17 @@ to the image size. Tapping costs nothing when no tap is asked for.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
+from sftkd_cli.models.family import MAX_CASCADES, MAX_CONVS, Family
+from sftkd_cli.models.traceable import dc_architecture, exportable_dc
 from sftkd_cli.mri.dc import DataConsistency
 
 _NAME = re.compile(r"^D(\d+)C(\d+)$")
@@ -143,12 +147,14 @@ class DCCNN(DataConsistentCascade):
     """The deep-cascade network DnCm (n conv layers per block, m cascades)."""
 
     def __init__(
-        self, layers: int, cascades: int, channels: int = 32, pad: int = 5, centered: bool = False, valid: bool = True
+        self, layers: int, cascades: int, channels: int = 32, pad: int = 5,
+        acquisition: Acquisition | None = None, valid: bool = True,
     ) -> None:
         super().__init__()
         self.layers, self.cascades, self.channels = layers, cascades, channels
+        self.acquisition = acquisition or Acquisition()
         self.blocks = nn.ModuleList(CNNBlock(layers, channels, pad, valid) for _ in range(cascades))
-        self.dc = DataConsistency(centered=centered)
+        self.dc = DataConsistency(centered=self.acquisition.centered)
 
     @property
     def name(self) -> str:
@@ -162,7 +168,18 @@ class DCCNN(DataConsistentCascade):
         return f"conv{self.layers}" if role == "output" else f"conv{max(1, self.layers - hidden[role])}"
 
 
-def build_dccnn(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCCNN:
-    """Build `DnCm` from its name."""
+def build_dccnn(name: str, acquisition: Acquisition, channels: int = 32, pad: int = 5) -> DCCNN:
+    """Build `DnCm` from its name, its data consistency in the acquisition's k-space layout."""
     layers, cascades = parse_name(name)
-    return DCCNN(layers, cascades, channels=channels, pad=pad, centered=centered)
+    return DCCNN(layers, cascades, channels=channels, pad=pad, acquisition=acquisition)
+
+
+def _architecture(model: DCCNN, fixed: bool) -> dict[str, Any]:
+    return dc_architecture(model, {"layers": model.layers}, fixed)
+
+
+FAMILY = Family(
+    r"D(\d+)C(\d+)", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn,
+    (("conv layers per cascade", MAX_CONVS), ("cascades", MAX_CASCADES)),
+    exportable=exportable_dc, architecture=_architecture,
+)

@@ -36,13 +36,17 @@ that a plain-conv student cannot mimic), so AT pairs a DnCm student's conv{n-1} 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
+from sftkd_cli.models.family import MAX_CASCADES, MAX_CONVS, Family
+from sftkd_cli.models.traceable import dc_architecture, exportable_dc
 from sftkd_cli.mri.dc import DataConsistency
 
 _NAME = re.compile(r"^U(\d+)C(\d+)$")
@@ -137,12 +141,13 @@ class DCUNet(DataConsistentCascade):
     """The DC-UNet `ULCm` (L U-Net levels per block, m cascades)."""
 
     def __init__(
-        self, levels: int, cascades: int, channels: int = 32, pad: int = 5, centered: bool = False
+        self, levels: int, cascades: int, channels: int = 32, pad: int = 5, acquisition: Acquisition | None = None
     ) -> None:
         super().__init__()
         self.levels, self.cascades, self.channels = levels, cascades, channels
+        self.acquisition = acquisition or Acquisition()
         self.blocks = nn.ModuleList(UNetBlock(levels, channels, pad) for _ in range(cascades))
-        self.dc = DataConsistency(centered=centered)
+        self.dc = DataConsistency(centered=self.acquisition.centered)
 
     @property
     def name(self) -> str:
@@ -155,7 +160,18 @@ class DCUNet(DataConsistentCascade):
         return {"output": "out", "last_hidden": "dec1", "hidden_before_last": "enc2"}[role]
 
 
-def build_dcunet(name: str, channels: int = 32, pad: int = 5, centered: bool = False) -> DCUNet:
-    """Build `ULCm` from its name."""
+def build_dcunet(name: str, acquisition: Acquisition, channels: int = 32, pad: int = 5) -> DCUNet:
+    """Build `ULCm` from its name, its data consistency in the acquisition's k-space layout."""
     levels, cascades = parse_unet_name(name)
-    return DCUNet(levels, cascades, channels=channels, pad=pad, centered=centered)
+    return DCUNet(levels, cascades, channels=channels, pad=pad, acquisition=acquisition)
+
+
+def _architecture(model: DCUNet, fixed: bool) -> dict[str, Any]:
+    return dc_architecture(model, {"levels": model.levels}, fixed)  # a U-Net block's depth is its levels
+
+
+FAMILY = Family(
+    r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
+    (("U-Net levels", MAX_CONVS), ("cascades", MAX_CASCADES)),
+    exportable=exportable_dc, architecture=_architecture,
+)

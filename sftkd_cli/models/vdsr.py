@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import re
 from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet
+from sftkd_cli.models.family import MAX_CONVS, Family
+from sftkd_cli.models.traceable import exportable_direct
 
 _NAME = re.compile(r"^VDSR(\d+)$")
 BLOCKS = 4
@@ -49,9 +53,10 @@ def parse_vdsr_name(name: str) -> int:
 class VDSR(CascadeNet):
     """VDSR with n conv layers in 4 blocks of n/4 (see the module docstring)."""
 
-    def __init__(self, layers: int, channels: int = 64) -> None:
+    def __init__(self, layers: int, channels: int = 64, acquisition: Acquisition | None = None) -> None:
         super().__init__()
         self.layers, self.cascades, self.channels = layers, BLOCKS, channels
+        self.acquisition = acquisition or Acquisition()
         per_block = layers // BLOCKS
         widths = [1] + [channels] * (layers - 1) + [1]
         convs = [nn.Conv2d(cin, cout, kernel_size=3, padding=1) for cin, cout in pairwise(widths)]
@@ -100,9 +105,24 @@ class VDSR(CascadeNet):
         return image + h if last_block else torch.cat([h, image], dim=1)
 
 
-def build_vdsr(name: str, channels: int = 32, pad: int = 0, centered: bool = False) -> VDSR:
-    """Build `VDSR{n}` from its name (`pad` and `centered` do not apply: no padding, no k-space).
+def build_vdsr(name: str, acquisition: Acquisition, channels: int = 32, pad: int = 0) -> VDSR:
+    """Build `VDSR{n}` from its name (`pad` and the k-space layout do not apply: no padding, no DC).
 
     The width comes from the recipe's model.channels like every model's (default 32); VDSR's own
     width, 64, is what the super-resolution recipes set."""
-    return VDSR(parse_vdsr_name(name), channels=channels)
+    return VDSR(parse_vdsr_name(name), channels=channels, acquisition=acquisition)
+
+
+def _architecture(model: VDSR, fixed: bool) -> dict[str, Any]:
+    return {"name": model.name, "layers": model.layers, "cascades": model.cascades, "channels": model.channels,
+            "kernel": 3, "residual": "output = zf + CNN(zf) (global residual)",
+            "data_consistency": "none (super-resolution): kspace and mask are unused inputs", "dft": "none"}
+
+
+FAMILY = Family(
+    r"VDSR(\d+)", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr,
+    (("conv layers", 4 * MAX_CONVS),),
+    exportable=exportable_direct, architecture=_architecture, data_consistency=False,
+    io_text=("low-resolution image interpolated to full size (|IFFT| of the zero-padded central k-space box), "
+             "as in the training data", "super-resolved image: zf + the CNN's residual"),
+)

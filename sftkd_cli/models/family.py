@@ -1,0 +1,61 @@
+"""What sftkd knows of one architecture family, in one record: `Family`.
+
+Each family module (dccnn.py, vdsr.py, dcunet.py) defines its `FAMILY`: the name pattern and its
+limits, the builder, and the hooks `sftkd export` needs (the traceable wrapper, the model card's
+architecture record, whether the network has data consistency, what its input and output are).
+`models/__init__.py` lists them; nothing outside `models/` asks which class a model is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.models.base import CascadeNet
+
+#: the largest number of cascades, and of convs per cascade, a name may ask for (the paper's
+#: networks have 5); larger names would take minutes just to build, or never finish
+MAX_CASCADES = 64
+MAX_CONVS = 64
+
+#: builder(name, acquisition, channels, pad) -> a network with fresh weights, fitted to `acquisition`
+Builder = Callable[[str, Acquisition, int, int], CascadeNet]
+#: exportable(model, image_size, fixed) -> a traceable module forward(zf, kspace (B,2,H,W), mask)
+Exportable = Callable[[CascadeNet, tuple[int, int], bool], nn.Module]
+#: architecture(model, fixed) -> the model card's "architecture" record
+CardRecord = Callable[[CascadeNet, bool], dict[str, Any]]
+
+#: what the model card says of the zf input and the output of a data-consistent network
+DC_IO_TEXT = ("zero-filled image |IFFT(kspace)| (orthonormal), as in the training data",
+              "reconstructed image (real), after the last data-consistency layer")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family: names matching `pattern` are built by `build`, exported by `exportable`."""
+
+    pattern: str  # one group per number in the name
+    example: str
+    description: str
+    build: Builder
+    limits: tuple[tuple[str, int], ...]  # (what the number counts, its largest value), per group
+    exportable: Exportable
+    architecture: CardRecord
+    #: hard data consistency after its blocks: it reads kspace and mask, and its FFT layout must be the data's
+    data_consistency: bool = True
+    #: (zf input, output) as the model card describes them
+    io_text: tuple[str, str] = DC_IO_TEXT
+    #: the (values, channels) of the images it reconstructs, see `Acquisition`
+    accepts: tuple[tuple[str, int], ...] = (("magnitude", 1),)
+
+    def check_fits(self, name: str, acquisition: Acquisition) -> None:
+        """Refuse data whose images this family does not reconstruct (e.g. complex two-channel ones)."""
+        if (acquisition.values, acquisition.channels) not in self.accepts:
+            can = " or ".join(f"{c}-channel {v}" for v, c in self.accepts)
+            raise SftkdError(f"model {name}: reconstructs {can} images; the data holds "
+                             f"{acquisition.channels}-channel {acquisition.values} images")
