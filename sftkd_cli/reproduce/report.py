@@ -14,6 +14,7 @@ from rich.console import Console
 
 from sftkd_cli import __version__
 from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS, TRAIN_KINDS
@@ -177,7 +178,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
 
 def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float], str]:
     """The paper's PSNR per arm key for a group (Table 1 layout), and a note saying where it comes from."""
-    from sftkd_cli.report.compare import METHOD_LABELS, SFT_KD, STD_KD
+    from sftkd_cli.report.compare import SFT_KD, STD_KD
 
     paper = plan.paper
     if paper is None:
@@ -190,7 +191,7 @@ def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float],
     out: dict[str, float] = {}
     slots = {"teacher": ("Teacher", STD_KD), "sft": ("Teacher", SFT_KD), "student": ("Student", STD_KD)}
     for method in plan.methods:
-        label = METHOD_LABELS.get(method, method)
+        label = method_label(method)
         slots.update({f"std-kd-{method}": (label, STD_KD), f"sft-kd-{method}": (label, SFT_KD)})
     for key, (row, setting) in slots.items():
         for i, column in enumerate(paper.columns):
