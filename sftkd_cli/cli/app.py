@@ -13,8 +13,8 @@ import typer
 from rich.markup import escape
 
 from sftkd_cli import __version__
-from sftkd_cli.cli import bench, compare, distill, evaluate, export, sft, train
-from sftkd_cli.cli.base import HelpCommand, HelpGroup, err_console, examples
+from sftkd_cli.cli import bench, compare, distill, evaluate, export, reproduce, sft, train
+from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console
 from sftkd_cli.errors import SftkdError, os_error_text
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
@@ -48,7 +48,7 @@ class _Group(HelpGroup):
 
 
 def _error_line(text: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    stderr_console().print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
 # The command modules import only typer, rich and light sftkd_cli modules at module level, and the
 # library (torch, NumPy, SciPy) inside the command functions, so that --help, --version and argument
 # errors take a fraction of a second (tests/test_packaging.py checks that torch is never imported).
-for _module in (train, sft, distill, evaluate, compare, export, bench):
+for _module in (train, sft, distill, evaluate, compare, export, bench, reproduce):
     _module.register(app)
 
 # not yet converted to register(app): they still register themselves when imported
-from sftkd_cli.cli import prepare, reproduce  # noqa: E402,F401
+from sftkd_cli.cli import prepare  # noqa: E402,F401

@@ -10,9 +10,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-#: results (tables, "done" lines) go to stdout; progress, warnings and errors to stderr
-console = Console()
-err_console = Console(stderr=True)
+
+def stdout_console() -> Console:
+    """Where results go (tables, "done" lines). Made for each use: rich reads COLUMNS when a console
+    is created, so one made at import would keep the width of whoever imported sftkd first."""
+    return Console()
+
+
+def stderr_console() -> Console:
+    """Where progress, warnings and errors go (see `stdout_console`)."""
+    return Console(stderr=True)
 
 
 def examples(text: str, *commands: str) -> str:

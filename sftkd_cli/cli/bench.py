@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sftkd_cli.choices import BENCH_PARTS
-from sftkd_cli.cli.base import HelpCommand, console, err_console, examples
+from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import SftkdError
 
@@ -154,7 +154,7 @@ def bench(
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
     to_stdout = json_out == "-"
-    with err_console.status("benchmarking") as status:
+    with stderr_console().status("benchmarking") as status:
         result = run_bench(
             size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
             warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
@@ -167,7 +167,9 @@ def bench(
         return
     if json_out is not None:
         atomic_write_text(Path(json_out), text + "\n")
-    out = console if console.is_terminal else Console(width=max(console.width, 110))  # files, CI logs: not 80 columns
+    out = stdout_console()
+    if not out.is_terminal:
+        out = Console(width=max(out.width, 110))  # files, CI logs: not 80 columns
     out.print(header(result), highlight=False)
     out.print(table(result))
     for line in ratio_lines(result):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from sftkd_cli.cli.base import console
+from sftkd_cli.cli.base import stdout_console
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file
 
@@ -85,6 +85,7 @@ def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[
     print the run's "done" line with its best `what`."""
     from sftkd_cli.config import dump_recipe
 
+    console = stdout_console()
     if print_only:
         console.print(dump_recipe(recipe), highlight=False, markup=False)
         return

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
-from sftkd_cli.cli.base import HelpCommand, console, err_console, examples
+from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
@@ -71,7 +71,7 @@ def compare(
     where = _attention_slice(attention_slice, attention)
     results, warnings = collect_runs(runs, strict=strict)
     for message in warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
     if group is GroupMode.paper:
         if reference is not None or baseline is not None:
@@ -83,7 +83,7 @@ def compare(
     if out is not None:
         _write_output(out, text)
     if fmt is OutputFormat.table:
-        console.print(to_rich(view(result, alpha, stacked=True)))
+        stdout_console().print(to_rich(view(result, alpha, stacked=True)))
     else:
         typer.echo(text, nl=False)
     if attention is not None:
@@ -110,7 +110,7 @@ def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | N
     if not students:
         raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
     output = attention_residues_from_runs(students, stem, volume=where[0], index=where[1], split=results[0].split)
-    err_console.print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
+    stderr_console().print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sftkd_cli.cli.base import HelpCommand, console, err_console, examples
+from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 
 
 HELP = examples(
@@ -39,6 +39,7 @@ def evaluate(
 
     if threads is not None:
         check_threads(threads)  # before the first run's work, not after it
+    console, err_console = stdout_console(), stderr_console()
     runs = [run for given in runs for run in expand_runs_folder(given)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     for run in runs:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from sftkd_cli.cli.base import HelpCommand, console, examples
+from sftkd_cli.cli.base import HelpCommand, examples, stdout_console
 
 
 HELP = examples(
@@ -34,6 +34,7 @@ def export(
 
     result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None)
     card = result.card
+    console = stdout_console()
     h, w = card["image_size"]
     size_text = "any size" if card["image_size_dynamic"] else f"{h}x{w} fixed"
     console.print(f"[green]exported[/] {card['architecture']['name']} ({card['role']}, {card['params']:,} params) "

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from sftkd_cli.cli.app import HelpCommand, app, examples
-from sftkd_cli.cli.common import console
+from sftkd_cli.cli.base import HelpCommand, examples, stdout_console
 from sftkd_cli.errors import SftkdError
 
 
@@ -21,25 +21,14 @@ HELP = examples(
 )
 
 
-@app.command("reproduce", cls=HelpCommand, help=HELP)
 def reproduce(
-    plan_file: Path = typer.Argument(..., metavar="PLAN", help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False),
-    overrides: list[str] = typer.Argument(
-        None, metavar="KEY=VALUE", help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.",
-        show_default=False,
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what each stage would do (run, resume, skip) and exit."),
-    only: list[str] = typer.Option(
-        None, "--only", metavar="STAGES", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind "
-        "(data, teacher, student, sft, std-kd, sft-kd, kd, train, eval, report) or a variant name. "
-        "Stages they need must be complete already.",
-    ),
-    keep_going: bool = typer.Option(
-        True, "--keep-going/--stop-on-error",
-        help="After a failed stage, go on with the stages that do not need it (default), or stop.",
-    ),
-    runs_dir: Path = typer.Option(None, "--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir)."),
-    data_root: Path = typer.Option(None, "--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC."),
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False)],
+    overrides: Annotated[Optional[list[str]], typer.Argument(metavar="KEY=VALUE", help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what each stage would do (run, resume, skip) and exit.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", metavar="STAGES", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind (data, teacher, student, sft, std-kd, sft-kd, kd, train, eval, report) or a variant name. Stages they need must be complete already.")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error", help="After a failed stage, go on with the stages that do not need it (default), or stop.")] = True,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
 ) -> None:
     """Run a reproduction plan (see HELP)."""
     from sftkd_cli.reproduce import (
@@ -50,6 +39,7 @@ def reproduce(
     plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
     stages = build_stages(plan)
     tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
+    console = stdout_console()
     if dry_run:
         print_plan(plan, stages, select(stages, tokens), console)
         return
@@ -60,3 +50,7 @@ def reproduce(
     if outcome.failed:
         raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
                          "(see the status table); fix and run the same command again")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reproduce", cls=HelpCommand, help=HELP)(reproduce)
