@@ -13,8 +13,8 @@ import typer
 from rich.markup import escape
 
 from sftkd_cli import __version__
-from sftkd_cli.cli import bench, compare, distill, evaluate, export, reproduce, sft, train
-from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console
+from sftkd_cli.cli import bench, compare, distill, evaluate, export, prepare, reproduce, sft, train
+from sftkd_cli.cli.base import HelpGroup, examples, stderr_console
 from sftkd_cli.errors import SftkdError, os_error_text
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
@@ -91,8 +91,5 @@ def main(argv: list[str] | None = None) -> None:
 # The command modules import only typer, rich and light sftkd_cli modules at module level, and the
 # library (torch, NumPy, SciPy) inside the command functions, so that --help, --version and argument
 # errors take a fraction of a second (tests/test_packaging.py checks that torch is never imported).
-for _module in (train, sft, distill, evaluate, compare, export, bench, reproduce):
+for _module in (prepare, train, sft, distill, evaluate, compare, export, bench, reproduce):
     _module.register(app)
-
-# not yet converted to register(app): they still register themselves when imported
-from sftkd_cli.cli import prepare  # noqa: E402,F401

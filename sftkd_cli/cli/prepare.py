@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sftkd_cli.cli.app import app
-from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples
+from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
 from sftkd_cli.data.format import group_key
 from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
@@ -42,7 +41,6 @@ prepare_app = typer.Typer(
         "sftkd prepare-data nifti /data/scans --out data/scans",
     ),
 )
-app.add_typer(prepare_app, name="prepare-data")
 
 _STAGES = {"hash": "checksums", "read": "reading volumes", "write": "writing h5 files"}
 
@@ -118,7 +116,7 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
     """Run the library with a transient progress bar, then print the summary table."""
     from sftkd_cli.data.prepare import prepare_dataset
 
-    err = Console(stderr=True)
+    err = stderr_console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         tasks: dict[str, int] = {}
@@ -129,7 +127,7 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
             bar.update(tasks[stage], completed=done)
 
         result = prepare_dataset(source, out, options, progress=progress)
-    print_summary(result, Console())
+    print_summary(result, stdout_console())
     return result
 
 
@@ -265,3 +263,7 @@ def __getattr__(name: str) -> Callable[..., None]:
     if name in COMMANDS:
         return COMMANDS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(prepare_app, name="prepare-data")
