@@ -319,12 +319,12 @@ def disk_full_scenario(call: int, data: Path, runs: Path, reference: Path, bare:
     """A checkpoint write stores half its bytes and raises ENOSPC on its `call`-th call; then resume."""
     from typer.testing import CliRunner
 
-    import sftkd_cli.runs as runs_module
+    import sftkd_cli.files as files_module
     from sftkd_cli.cli.app import app
 
     name = f"diskfull-{call}{'-bare' if bare else ''}"
     run = runs / name
-    real_write = runs_module.write_bytes_synced
+    real_write = files_module.write_bytes_synced
     calls: list[str] = []
     seen: dict[str, Any] = {}
 
@@ -341,11 +341,11 @@ def disk_full_scenario(call: int, data: Path, runs: Path, reference: Path, bare:
         raise OSError(errno.ENOSPC) if bare else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     runner = CliRunner()
-    runs_module.write_bytes_synced = full_disk
+    files_module.write_bytes_synced = full_disk
     try:
         failed = runner.invoke(app, command(data, runs, name, resume=False))
     finally:
-        runs_module.write_bytes_synced = real_write
+        files_module.write_bytes_synced = real_write
     target = run / "checkpoints" / seen.get("target", "last.pt")
     after = hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
     lines = [line for line in failed.output.splitlines() if line.strip() and not line.startswith(("epoch ", "run "))]

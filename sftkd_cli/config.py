@@ -460,7 +460,7 @@ def check_device(name: str, where: str = "train.device") -> None:
 def _check_dataset_task(data: DataConfig) -> None:
     """When data.path is already a prepared dataset, it must have been prepared for data.task."""
     from sftkd_cli.data.dataset import check_task
-    from sftkd_cli.data.files import read_regular_bytes
+    from sftkd_cli.files import read_regular_bytes
 
     path = Path(data.path) / "manifest.json"
     if not path.is_file():  # no dataset yet, or a FIFO/device: the dataset reader says so later

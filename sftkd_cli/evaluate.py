@@ -27,9 +27,9 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, load_model
 from sftkd_cli.choices import MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.data.files import StagedFiles, check_writable, h5_image
+from sftkd_cli.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.format import INPUT_LABELS
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
 from sftkd_cli.models import count_parameters

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 
 INPUT_NAMES = ("zf", "kspace", "mask")

@@ -11,13 +11,10 @@ Layout of `runs/<name>/`:
 
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
 import pickle
 import platform
-import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -30,96 +27,12 @@ from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.data.files import read_regular_bytes, temporary_sibling, unlink_quietly, write_bytes_synced
+from sftkd_cli.files import atomic_write_text, read_regular_bytes, replace_atomically
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
 #: a history.jsonl is one short line per epoch; anything larger is not one
 MAX_HISTORY_BYTES = 64 << 20
-
-
-def output_path(path: Path) -> Path:
-    """Where writing `path` lands: a symlink's final target (the link itself is kept).
-
-    A folder, or a name under something that is not a folder, is refused with one line.
-    """
-    target = Path(os.path.realpath(path))
-    if target.is_symlink():  # realpath stops inside a loop of links
-        raise SftkdError(f"{path}: a loop of symbolic links; expected a file name")
-    if target.is_dir():
-        raise SftkdError(f"{path}: is a directory; expected a file name")
-    if not target.parent.is_dir():
-        raise SftkdError(f"{path}: folder {target.parent} does not exist")
-    return target
-
-
-def is_special_file(path: Path) -> bool:
-    """True for an existing device file, FIFO or socket (something a rename must not replace)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def _write_into(path: Path, data: bytes) -> None:
-    """Write into a device file or FIFO in place; a FIFO nobody reads is refused, not waited on."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise SftkdError(f"{path}: a FIFO that no process is reading") from None
-        raise SftkdError(f"{path}: could not open for writing ({os_error_text(exc)})") from None
-    try:
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            handle.write(data)
-    except OSError as exc:
-        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new file, never half.
-
-    Through a symlink the target is replaced (not the link); a device file or FIFO is written
-    into in place. An OS error (disk full, read-only folder, name too long) is one line.
-    """
-    target = output_path(path)
-    if is_special_file(target):
-        _write_into(target, data)
-        return
-    try:
-        _replace_atomically(target, data)
-    except OSError as exc:
-        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
-
-
-def _replace_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Write a temporary sibling, fsync it, rename it over `path`; on any failure remove it."""
-    tmp = temporary_sibling(path)
-    try:
-        write_bytes_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-
-
-def make_folder(path: Path) -> None:
-    """Create a folder and its parents; an OS error (read-only, name too long) is one line."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise SftkdError(f"{path}: exists and is not a folder") from None
-    except OSError as exc:
-        raise SftkdError(f"{path}: could not create the folder ({os_error_text(exc)})") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text twin of `atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -131,7 +44,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     try:
-        _replace_atomically(path, buffer.getbuffer())
+        replace_atomically(path, buffer.getbuffer())
     except OSError as exc:
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
 

@@ -12,7 +12,7 @@ from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.mri.fft import fft2
-import sftkd_cli.runs as runs_module
+import sftkd_cli.files as files_module
 from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
 from sftkd_cli.training.engine import Trainer, epoch_order
 from sftkd_cli.training.objectives import Supervised
@@ -132,7 +132,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, e
             handle.write(b"partial")
         raise error
 
-    monkeypatch.setattr(runs_module, "write_bytes_synced", disk_full)
+    monkeypatch.setattr(files_module, "write_bytes_synced", disk_full)
     with pytest.raises(SftkdError, match="No space left on device.*previous one is kept"):
         save_checkpoint(path, {"format": 1, "value": 2})
     monkeypatch.undo()

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, validate
 from sftkd_cli.errors import SftkdError
-import sftkd_cli.runs as runs_module
+import sftkd_cli.files as files_module
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training import engine
 
@@ -567,7 +567,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_datase
     runs, extra = tmp_path / "runs", ["train.epochs=2", "train.max_steps_per_epoch=3", "train.checkpoint_every=1"]
     args = [*train_args(tiny_dataset, runs), *extra]
     assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
-    real_write, calls, kept = runs_module.write_bytes_synced, [], {}
+    real_write, calls, kept = files_module.write_bytes_synced, [], {}
     last = runs / "r" / "checkpoints" / "last.pt"
 
     def full_disk(path, data):  # checkpoints: e1 steps 1-2, best, last, e2 step 1 <- half written, disk full
@@ -579,10 +579,10 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_datase
         path.write_bytes(bytes(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(runs_module, "write_bytes_synced", full_disk)
+    monkeypatch.setattr(files_module, "write_bytes_synced", full_disk)
     fails_cleanly(*args, names=("last.pt", os.strerror(errno.ENOSPC), "previous one is kept"),
                   after_epochs=True)
-    monkeypatch.setattr(runs_module, "write_bytes_synced", real_write)
+    monkeypatch.setattr(files_module, "write_bytes_synced", real_write)
     assert last.read_bytes() == kept["bytes"], "the previous checkpoint was touched"
     assert load_checkpoint(last)["epoch"] == 1
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"], "temporary file left behind"

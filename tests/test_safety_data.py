@@ -119,7 +119,7 @@ def test_prepare_force_refuses_to_replace_a_user_file_of_the_same_name(raw_folde
 
 def _full_disk_on(call: int):
     """A write_bytes_synced that writes half the bytes and raises ENOSPC on its `call`-th call."""
-    from sftkd_cli.data.files import write_bytes_synced as real
+    from sftkd_cli.files import write_bytes_synced as real
 
     calls = []
 
@@ -144,7 +144,7 @@ def test_prepare_disk_full_partway_keeps_the_old_dataset(raw_folder, tmp_path, m
 
 def test_evaluate_disk_full_partway_keeps_the_previous_results(evaluated, monkeypatch):
     before = snapshot(evaluated)
-    monkeypatch.setattr("sftkd_cli.data.files.write_bytes_synced", _full_disk_on(2))  # recon.h5
+    monkeypatch.setattr("sftkd_cli.files.write_bytes_synced", _full_disk_on(2))  # recon.h5
     fails_cleanly("evaluate", evaluated, "--device", "cpu", "--split", "test", names=("No space left on device",))
     assert snapshot(evaluated) == before  # no new per_slice.csv beside the old metrics.json, no temp file
 

@@ -149,7 +149,7 @@ def bench(
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
     from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench
-    from sftkd_cli.runs import atomic_write_text
+    from sftkd_cli.files import atomic_write_text
 
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")

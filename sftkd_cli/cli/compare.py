@@ -31,7 +31,7 @@ class GroupMode(str, Enum):
 
 def _write_output(path: Path, text: str) -> None:
     """Write the --out file atomically (nothing half-written), with a clear error for a missing folder."""
-    from sftkd_cli.runs import atomic_write_text
+    from sftkd_cli.files import atomic_write_text
 
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")

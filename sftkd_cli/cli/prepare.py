@@ -133,7 +133,7 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
 
 def _source_text(manifest: dict) -> str:
     """Source label and where it came from (folder, or package version for the demo)."""
-    from sftkd_cli.data.volumes import display_path
+    from sftkd_cli.files import display_path
 
     details = manifest.get("source_details", {})
     if manifest.get("source_root"):
@@ -145,7 +145,7 @@ def _source_text(manifest: dict) -> str:
 
 def print_summary(result: PrepareResult, console: Console) -> None:
     """A table: source, folder, volumes and slices per split, size, masks."""
-    from sftkd_cli.data.volumes import display_path
+    from sftkd_cli.files import display_path
 
     m = result.manifest
     where = display_path(result.out)

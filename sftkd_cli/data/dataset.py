@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, TASKS, group_key
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.masks import check_mask_acceleration
 

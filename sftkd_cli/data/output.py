@@ -18,10 +18,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.files import MAX_JSON_BYTES, read_regular_bytes
+from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
 # --------------------------------------------------------------------------- may the folder be written

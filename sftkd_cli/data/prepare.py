@@ -60,7 +60,7 @@ import numpy as np
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.catalog import SOURCE_DEFAULTS
-from sftkd_cli.data.files import check_writable, h5_image, write_bytes_synced
+from sftkd_cli.files import check_writable, h5_image, write_bytes_synced
 from sftkd_cli.data.format import FORMAT, INPUT_LABELS, MANIFEST, NORMALISATION, TASKS, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions, default_accelerations, parse_accelerations, parse_mask_files
 from sftkd_cli.data.output import (

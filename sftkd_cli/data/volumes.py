@@ -15,21 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.files import display_path
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 #: the most memory one source volume may take once read (its header's shape x max(dtype, float32)
 #: bytes); a 14 MB .nii.gz can declare gigabytes, so the header is checked before any voxel is read
 MAX_VOLUME_BYTES = 2 << 30
-
-
-def display_path(path: str | Path) -> str:
-    """`path` relative to the working directory when it lies below it, else absolute."""
-    path = Path(path)
-    try:
-        absolute = path.resolve()
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

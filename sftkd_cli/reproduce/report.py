@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli import __version__
-from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
@@ -21,7 +21,7 @@ from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS, TRAIN_KIN
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir
-from sftkd_cli.runs import atomic_write_text
+from sftkd_cli.files import atomic_write_text
 
 
 def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:

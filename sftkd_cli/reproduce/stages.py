@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftkd_cli.config import Recipe, load_recipe, parse_overrides, validate
-from sftkd_cli.data.files import read_regular_bytes
+from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS

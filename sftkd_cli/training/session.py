@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, Subset
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import RunDir, atomic_write_text
+from sftkd_cli.files import atomic_write_text
+from sftkd_cli.runs import RunDir
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything

@@ -26,7 +26,7 @@ from typing import Any
 from sftkd_cli.data.sources.base import (
     Piece, Source, SourceFile, SplitRequest, check_root, split_groups,
 )
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 
 FRAME_FILE = re.compile(r"^(patient\d+)_frame(\d+)\.nii(\.gz)?$")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile, SplitRequest
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
 TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
-from sftkd_cli.data.volumes import display_path
+from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
 # modality -> file name without suffix, per layout

@@ -1,6 +1,9 @@
-"""Careful file access for datasets and evaluation outputs: read only regular files of bounded
-size, check that an output folder can be written before long work starts, and write several
-files so that they replace the old ones together or not at all.
+"""Careful file access: bounded reads of regular files, atomic writes, checks before long work.
+
+Every sftkd output is written so that a crash leaves the old file or the new one, never half
+(`atomic_write_bytes`, `StagedFiles` for several files that must change together); every input
+that is read whole is a regular file of bounded size (`read_regular_bytes`); an output folder is
+checked for writability before minutes of work (`check_writable`).
 
 Why: a `manifest.json` that is a FIFO or a link to /dev/zero must not hang or exhaust memory; a
 read-only or over-long output path must be refused before minutes of work, not after; and a full
@@ -14,8 +17,18 @@ import os
 import stat
 from pathlib import Path
 
-from sftkd_cli.data.volumes import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
+
+
+def display_path(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    path = Path(path)
+    try:
+        absolute = path.resolve()
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
 
 #: the largest JSON file (manifest, model card) sftkd reads; real ones are kilobytes
 MAX_JSON_BYTES = 64 << 20
@@ -179,3 +192,87 @@ def h5_image(build) -> bytes:
         return handle.id.get_file_image()
     finally:
         handle.close()
+
+
+def output_path(path: Path) -> Path:
+    """Where writing `path` lands: a symlink's final target (the link itself is kept).
+
+    A folder, or a name under something that is not a folder, is refused with one line.
+    """
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath stops inside a loop of links
+        raise SftkdError(f"{path}: a loop of symbolic links; expected a file name")
+    if target.is_dir():
+        raise SftkdError(f"{path}: is a directory; expected a file name")
+    if not target.parent.is_dir():
+        raise SftkdError(f"{path}: folder {target.parent} does not exist")
+    return target
+
+
+def is_special_file(path: Path) -> bool:
+    """True for an existing device file, FIFO or socket (something a rename must not replace)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _write_into(path: Path, data: bytes) -> None:
+    """Write into a device file or FIFO in place; a FIFO nobody reads is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise SftkdError(f"{path}: a FIFO that no process is reading") from None
+        raise SftkdError(f"{path}: could not open for writing ({os_error_text(exc)})") from None
+    try:
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old or the new file, never half.
+
+    Through a symlink the target is replaced (not the link); a device file or FIFO is written
+    into in place. An OS error (disk full, read-only folder, name too long) is one line.
+    """
+    target = output_path(path)
+    if is_special_file(target):
+        _write_into(target, data)
+        return
+    try:
+        replace_atomically(target, data)
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+
+
+def replace_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write a temporary sibling, fsync it, rename it over `path`; on any failure remove it."""
+    tmp = temporary_sibling(path)
+    try:
+        write_bytes_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+
+
+def make_folder(path: Path) -> None:
+    """Create a folder and its parents; an OS error (read-only, name too long) is one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SftkdError(f"{path}: exists and is not a folder") from None
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not create the folder ({os_error_text(exc)})") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text twin of `atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode())
