@@ -7,33 +7,21 @@ run a plan with other ones without patching module names.
 
 from __future__ import annotations
 
-import datetime
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from sftkd_cli import eta
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.evaluate import evaluate_run
-from sftkd_cli.reproduce.data import prepare_data
-from sftkd_cli.reproduce.display import model_text, print_status
-from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
-from sftkd_cli.reproduce.report import write_report
+from sftkd_cli.reproduce.display import print_status
+from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import (
-    Stage, StageResult, build_stages, evaluation_complete, report_complete, select, training_state,
-)
-from sftkd_cli.runs import RunDir
-from sftkd_cli.training.kd import distill
-from sftkd_cli.training.session import reconcile_resume
-from sftkd_cli.training.sft import train_sft
-from sftkd_cli.training.supervised import train_supervised
+from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select, training_state
+from sftkd_cli.reproduce.stagework import Trainers, default_trainers, failure_note, log_error, run_stage
 
 
 @dataclass
@@ -46,16 +34,6 @@ class PlanOutcome:
     @property
     def failed(self) -> list[StageResult]:
         return [r for r in self.results if r.status in (FAILED, INTERRUPTED)]
-
-
-#: a training stage's kind -> the function that trains it: f(recipe, *, resume, console)
-Trainers = Mapping[str, Callable[..., Any]]
-
-
-def default_trainers() -> dict[str, Callable[..., Any]]:
-    """The library's training function for each training kind: what `run_plan` uses by default."""
-    return {"teacher": train_supervised, "student": train_supervised, "sft": train_sft,
-            "std-kd": distill, "sft-kd": distill}
 
 
 def run_plan(
@@ -89,15 +67,15 @@ def run_plan(
             continue
         started = time.perf_counter()
         try:
-            status, note = _run_stage(stage, plan, stages, results, trainers, console, number, len(todo))
+            status, note = run_stage(stage, plan, stages, results, trainers, console, number, len(todo))
         except (RunInterrupted, KeyboardInterrupt) as exc:
             results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, str(exc) or "interrupted")
             print_status([results[s.id] for s in todo if s.id in results], console)
             raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue") from None
         except Exception as exc:  # noqa: BLE001 - a failing stage must not stop independent ones
-            note = str(exc) if isinstance(exc, SftkdError) else f"{type(exc).__name__}: {exc}"
+            note = failure_note(exc)
             if not isinstance(exc, SftkdError):
-                _log_error(plan, stage, exc)
+                log_error(plan, stage, exc)
             results[stage.id] = StageResult(stage.id, stage.kind, FAILED, time.perf_counter() - started, note)
             broken[stage.id] = FAILED
             console.print(f"[bold red]failed[/] {escape(stage.id)}: {escape(note)}", highlight=False, soft_wrap=True)
@@ -130,66 +108,3 @@ def _blocker(stage: Stage, chosen: set[str], broken: dict[str, str], stages: Seq
             if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
                 return f"{need}: {plan.data.out} not prepared (not selected by --only)"
     return ""
-
-
-def _run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: dict[str, StageResult],
-               trainers: Trainers, console: Console, number: int, total: int) -> tuple[str, str]:
-    """Run one stage; returns (status, note)."""
-    def header(action: str) -> None:
-        console.rule(f"[bold][{number}/{total}] {escape(stage.id)}[/] {escape(action)}", align="left")
-
-    if stage.kind == "data":
-        header(f"{plan.data.source} -> {plan.data.out}")
-        return (DONE, "prepared") if prepare_data(plan.data, plan.path, console) else (SKIPPED, "up to date")
-    if stage.kind in TRAIN_KINDS:
-        assert stage.recipe is not None
-        state, detail = training_state(stage)
-        if state == "complete":
-            try:
-                reconcile_resume(RunDir(stage.run), stage.recipe)  # type: ignore[arg-type]
-            except SftkdError as exc:
-                raise SftkdError(f"{exc}; the finished run differs from the plan: delete {stage.run} to train it again") from None
-            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
-            return SKIPPED, f"up to date ({detail})"
-        header(f"{'resume' if state == 'partial' else 'train'} {model_text(stage)}"
-               + (f" ({detail})" if detail else "") + f" -> {stage.run}")
-        trainers[stage.kind](stage.recipe, resume=state == "partial", console=console)
-        return (RESUMED, f"from {detail}") if state == "partial" else (DONE, "")
-    if stage.kind == "evaluate":
-        if evaluation_complete(stage, plan):
-            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date[/]", highlight=False)
-            return SKIPPED, "up to date"
-        header(f"evaluate {stage.run}" + (f" --model {stage.model_role}" if stage.model_role else ""))
-        _evaluate(stage, plan)
-        return DONE, ""
-    up_to_date = bool(results) and all(r.note.startswith("up to date") for r in results.values())
-    if up_to_date and report_complete(plan, stages):
-        console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / 'report.md'})[/]", highlight=False)
-        return SKIPPED, "up to date"
-    header(f"report -> {plan.report_dir}")
-    problems = write_report(plan, stages, list(results.values()), console)
-    if problems:
-        raise SftkdError(f"report written to {plan.report_dir} with problems: {'; '.join(problems)}")
-    return DONE, str(plan.report_dir / "report.md")
-
-
-def _evaluate(stage: Stage, plan: Plan) -> None:
-    """Evaluate the stage's model on the plan's split and checkpoint (recon.h5 too, for the figures)."""
-    assert stage.recipe is not None and stage.run is not None
-    if stage.recipe.train.threads:
-        import torch
-
-        torch.set_num_threads(stage.recipe.train.threads)
-    evaluate_run(stage.run, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
-                 model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
-
-
-def _log_error(plan: Plan, stage: Stage, exc: BaseException) -> None:
-    """Append an unexpected error's traceback to <report>/errors.log (the console shows one line)."""
-    try:
-        plan.report_dir.mkdir(parents=True, exist_ok=True)
-        with open(plan.report_dir / "errors.log", "a") as handle:
-            handle.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} stage {stage.id}\n")
-            handle.write("".join(traceback.format_exception(exc)))
-    except OSError:
-        pass

@@ -1,0 +1,216 @@
+"""Where the stages of `sftkd reproduce --jobs N` run: the executor interface, and the local one.
+
+The scheduler (`reproduce.schedule`) walks the plan's dependency graph and decides what runs when
+(what is ready, what is skipped, what failed, the live table); an executor only runs the
+`StageJob`s it is given and hands back their `StageResult`s. Any executor can serve:
+
+- `submit(job)`: start the job (the scheduler never has more than `slots` jobs unfinished);
+- `wait(timeout)`: the results of jobs finished since the last call; blocks until at least one
+  is finished or `timeout` seconds have passed (then it may return none);
+- `cancel()`: stop every unfinished job the way Ctrl-C stops one stage (training saves its
+  checkpoint, so the stage resumes next time), wait until they have stopped and return their
+  results (interrupted, or whatever they finished with meanwhile);
+- `close()`: release what the executor holds (processes, connections).
+
+A job runs with `jobs.run_stage_job(job)`, a top-level function, in the process the executor
+chooses; the job and its result pickle. The executor may set the job's placement (its `threads`
+and `device`, see `StageJob`) before running it.
+
+`LocalExecutor` runs each job in its own spawned process on this machine (torch training is
+Python-heavy: threads would queue on the GIL): each job gets max(1, cpus // jobs) torch threads
+unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at most
+`per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or cuda).
+The CUDA placement is simple and unmeasured: no GPU was at hand when it was written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import get_context
+from multiprocessing.connection import Connection, wait as wait_any
+from typing import Any, Protocol
+
+from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
+from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
+from sftkd_cli.reproduce.stages import StageResult
+
+#: stages that share one GPU at once by default (`--per-gpu`)
+PER_GPU = 4
+
+
+class Executor(Protocol):
+    """Runs `StageJob`s, up to `slots` at once (see the module docstring)."""
+
+    @property
+    def slots(self) -> int:
+        """How many jobs may run at once."""
+        ...
+
+    def submit(self, job: StageJob) -> None:
+        """Start `job`."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> list[StageResult]:
+        """Results of the jobs finished since the last call (none after `timeout` seconds)."""
+        ...
+
+    def cancel(self) -> list[StageResult]:
+        """Stop the unfinished jobs (each left resumable), wait for them, return their results."""
+        ...
+
+    def close(self) -> None:
+        """Release the executor's resources."""
+        ...
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    """The visible CUDA GPUs (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclasses.dataclass
+class _Worker:
+    """A job running in its own process: the job, the process and the end of its result pipe."""
+
+    job: StageJob
+    process: Any
+    conn: Connection
+    gpu: int | None
+
+
+class LocalExecutor:
+    """Each job in a spawned process of this machine, `jobs` at once (see the module docstring)."""
+
+    def __init__(self, jobs: int, *, per_gpu: int = PER_GPU, cpus: int | None = None, gpus: int | None = None) -> None:
+        if jobs < 1 or per_gpu < 1:
+            raise ValueError("jobs and per_gpu must be at least 1")
+        self.jobs, self.per_gpu = jobs, per_gpu
+        self.cpus = cpu_count() if cpus is None else cpus
+        self.gpus = gpu_count() if gpus is None else gpus
+        self.threads = max(1, self.cpus // jobs)
+        self._context = get_context("spawn")
+        self._running: list[_Worker] = []
+
+    @property
+    def slots(self) -> int:
+        return min(self.jobs, self.per_gpu * self.gpus) if self.gpus else self.jobs
+
+    def submit(self, job: StageJob) -> None:
+        gpu = self._free_gpu(job)
+        job = dataclasses.replace(job, threads=self.threads, device=f"cuda:{gpu}" if gpu is not None else job.device)
+        receive, send = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=_work, args=(job, send), name=f"sftkd-{job.stage.id}", daemon=False)
+        with _sigint_ignored():  # the child inherits it: Ctrl-C reaches the parent, which stops the jobs
+            process.start()
+        send.close()
+        self._running.append(_Worker(job, process, receive, gpu))
+
+    def _free_gpu(self, job: StageJob) -> int | None:
+        """The least busy GPU for a job whose recipe runs on CUDA (auto or cuda); None otherwise."""
+        recipe = job.stage.recipe
+        if not self.gpus or recipe is None or job.device is not None or recipe.train.device not in ("auto", "cuda"):
+            return None
+        load = [sum(1 for w in self._running if w.gpu == gpu) for gpu in range(self.gpus)]
+        return min(range(self.gpus), key=lambda gpu: (load[gpu], gpu))
+
+    def wait(self, timeout: float | None = None) -> list[StageResult]:
+        if not self._running:
+            return []
+        waitables = [w.conn for w in self._running] + [w.process.sentinel for w in self._running]
+        ready = set(wait_any(waitables, timeout))
+        finished = [w for w in self._running if w.conn in ready or w.process.sentinel in ready]
+        return [self._collect(w) for w in finished]
+
+    def _collect(self, worker: _Worker, stopping: bool = False) -> StageResult:
+        """The worker's result (or a failure when its process died without one); the process is joined."""
+        result: StageResult | None = None
+        try:
+            if worker.conn.poll(0 if not worker.process.is_alive() else None):
+                result = worker.conn.recv()
+        except (EOFError, OSError):
+            result = None
+        worker.process.join()
+        worker.conn.close()
+        self._running.remove(worker)
+        if isinstance(result, StageResult):
+            return result
+        stage = worker.job.stage
+        code = worker.process.exitcode
+        if stopping:
+            return StageResult(stage.id, stage.kind, INTERRUPTED, note=f"stopped (worker exit code {code})")
+        return StageResult(stage.id, stage.kind, FAILED, note=f"worker process ended without a result (exit code {code})")
+
+    def cancel(self) -> list[StageResult]:
+        """SIGTERM to every job (training saves and stops between steps); wait for all of them.
+        A second Ctrl-C while waiting kills them at once (what a kill -9 leaves also resumes)."""
+        for worker in self._running:
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGTERM)
+        results: list[StageResult] = []
+        try:
+            while self._running:
+                ready = set(wait_any([w.conn for w in self._running] + [w.process.sentinel for w in self._running]))
+                results += [self._collect(w, stopping=True) for w in list(self._running)
+                            if w.conn in ready or w.process.sentinel in ready]
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        return results
+
+    def close(self) -> None:
+        for worker in list(self._running):
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join()
+            worker.conn.close()
+            self._running.remove(worker)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (a Ctrl-C in it is delayed, not lost: the signal is blocked meanwhile)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _work(job: StageJob, conn: Connection) -> None:
+    """A worker process: output into the stage's log, SIGTERM as Ctrl-C, run the job, send the result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, _stop)  # training installs its own (save, then stop) while it runs
+    if job.log is not None:  # everything the process writes (warnings, C libraries) goes to the log
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    try:
+        result = run_stage_job(job)
+    except KeyboardInterrupt:  # SIGTERM outside the stage's own handling
+        result = StageResult(job.stage.id, job.stage.kind, INTERRUPTED, note="stopped")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the result must get through
+    conn.send(result)
+    conn.close()

@@ -1,0 +1,112 @@
+"""Doing one stage of a plan: prepare the data, train (or resume, or skip) a run, evaluate a
+model, or write the report. Shared by the one-after-another runner (`running`) and the jobs that
+run stages in worker processes (`jobs`), so that both do exactly the same work.
+
+The training functions come in as `trainers` (kind -> function), so that callers and tests can
+run a plan with other ones without patching module names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.reproduce.data import prepare_data
+from sftkd_cli.reproduce.display import model_text
+from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.reproduce.report import write_report
+from sftkd_cli.reproduce.spec import Plan
+from sftkd_cli.reproduce.stages import (
+    Stage, StageResult, evaluation_complete, report_complete, training_state,
+)
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.kd import distill
+from sftkd_cli.training.session import reconcile_resume
+from sftkd_cli.training.sft import train_sft
+from sftkd_cli.training.supervised import train_supervised
+
+
+#: a training stage's kind -> the function that trains it: f(recipe, *, resume, console)
+Trainers = Mapping[str, Callable[..., Any]]
+
+
+def default_trainers() -> dict[str, Callable[..., Any]]:
+    """The library's training function for each training kind: what `run_plan` uses by default."""
+    return {"teacher": train_supervised, "student": train_supervised, "sft": train_sft,
+            "std-kd": distill, "sft-kd": distill}
+
+
+def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mapping[str, StageResult],
+              trainers: Trainers, console: Console, number: int, total: int) -> tuple[str, str]:
+    """Run one stage, printing to `console`; returns (status, note). `results` are the stages
+    done before (the report's status table, and whether the report is up to date)."""
+    def header(action: str) -> None:
+        console.rule(f"[bold][{number}/{total}] {escape(stage.id)}[/] {escape(action)}", align="left")
+
+    if stage.kind == "data":
+        header(f"{plan.data.source} -> {plan.data.out}")
+        return (DONE, "prepared") if prepare_data(plan.data, plan.path, console) else (SKIPPED, "up to date")
+    if stage.kind in TRAIN_KINDS:
+        assert stage.recipe is not None
+        state, detail = training_state(stage)
+        if state == "complete":
+            try:
+                reconcile_resume(RunDir(stage.run), stage.recipe)  # type: ignore[arg-type]
+            except SftkdError as exc:
+                raise SftkdError(f"{exc}; the finished run differs from the plan: delete {stage.run} to train it again") from None
+            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
+            return SKIPPED, f"up to date ({detail})"
+        header(f"{'resume' if state == 'partial' else 'train'} {model_text(stage)}"
+               + (f" ({detail})" if detail else "") + f" -> {stage.run}")
+        trainers[stage.kind](stage.recipe, resume=state == "partial", console=console)
+        return (RESUMED, f"from {detail}") if state == "partial" else (DONE, "")
+    if stage.kind == "evaluate":
+        if evaluation_complete(stage, plan):
+            console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date[/]", highlight=False)
+            return SKIPPED, "up to date"
+        header(f"evaluate {stage.run}" + (f" --model {stage.model_role}" if stage.model_role else ""))
+        evaluate_stage(stage, plan)
+        return DONE, ""
+    up_to_date = bool(results) and all(r.note.startswith("up to date") for r in results.values())
+    if up_to_date and report_complete(plan, stages):
+        console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / 'report.md'})[/]", highlight=False)
+        return SKIPPED, "up to date"
+    header(f"report -> {plan.report_dir}")
+    problems = write_report(plan, stages, list(results.values()), console)
+    if problems:
+        raise SftkdError(f"report written to {plan.report_dir} with problems: {'; '.join(problems)}")
+    return DONE, str(plan.report_dir / "report.md")
+
+
+def evaluate_stage(stage: Stage, plan: Plan) -> None:
+    """Evaluate the stage's model on the plan's split and checkpoint (recon.h5 too, for the figures)."""
+    assert stage.recipe is not None and stage.run is not None
+    if stage.recipe.train.threads:
+        import torch
+
+        torch.set_num_threads(stage.recipe.train.threads)
+    evaluate_run(stage.run, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
+                 model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
+
+
+def failure_note(exc: BaseException) -> str:
+    """The one line a failed stage shows: an SftkdError's message, else the exception's type and text."""
+    return str(exc) if isinstance(exc, SftkdError) else f"{type(exc).__name__}: {exc}"
+
+
+def log_error(plan: Plan, stage: Stage, exc: BaseException) -> None:
+    """Append an unexpected error's traceback to <report>/errors.log (the console shows one line)."""
+    try:
+        plan.report_dir.mkdir(parents=True, exist_ok=True)
+        with open(plan.report_dir / "errors.log", "a") as handle:
+            handle.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} stage {stage.id}\n")
+            handle.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass
