@@ -77,7 +77,7 @@ class PrepareOptions:
 
     def validate(self) -> None:
         """Raise a one-line SftkdError for any value out of range."""
-        from sftkd_cli.mri.masks import LAYOUTS, MASK_KINDS
+        from sftkd_cli.mri.masks import ALL_KINDS, LAYOUTS
 
         if self.task not in TASKS:
             raise SftkdError(f"--task {self.task}: expected one of {', '.join(TASKS)}")
@@ -107,8 +107,8 @@ class PrepareOptions:
                     f"--mask-file {acc:g}=...: acceleration {acc:g} is not among --acc "
                     f"{', '.join(f'{a:g}' for a in self.accelerations)}"
                 )
-        if self.mask_kind not in MASK_KINDS:
-            raise SftkdError(f"--mask-kind {self.mask_kind}: expected one of {', '.join(MASK_KINDS)}")
+        if self.mask_kind not in ALL_KINDS:
+            raise SftkdError(f"--mask-kind {self.mask_kind}: expected one of {', '.join(ALL_KINDS)}")
         if self.mask_layout not in LAYOUTS:
             raise SftkdError(f"--mask-layout {self.mask_layout}: expected one of {', '.join(LAYOUTS)}")
         if self.center_fraction is not None and not 0 <= self.center_fraction <= 1:

@@ -22,6 +22,19 @@ Kinds:
   remaining ones, again exactly round(N / acceleration) lines.
 - "fastmri": fastMRI-style. A centre band (default 8 %) plus every other line independently with
   the probability that makes the *expected* acceleration equal to `acceleration`.
+
+fastMRI's own masks (`FASTMRI_KINDS`), equal bit for bit to those of the `fastmri` package for
+the same seed (`fastmri.data.subsample`, drawn with its legacy `np.random.RandomState`; a seed
+may be an int or a tuple of ints, as fastMRI's own per-file tuple seeds):
+
+- "fastmri-random": `RandomMaskFunc([cf], [acc])(shape, seed=seed)`: round(cf * N) centre lines
+  (at (N - n + 1) // 2), every other line with probability (N / acc - n) / (N - n).
+- "fastmri-equispaced": `EquispacedMaskFractionFunc([cf], [acc])(shape, seed=seed)`: the same centre
+  plus lines every (acc (n - N)) / (n acc - N) lines (rounded), from a seeded offset.
+
+Their centre fraction defaults to 0.32 / acc (fastMRI's pairs: 0.08 at 4x, 0.04 at 8x). fastMRI
+masks select k-space columns (the width, `axis=1`) of centred k-space; `make_mask` builds the
+same 1-D vector along either axis and in either layout (corner = ifftshift of centred).
 """
 
 from __future__ import annotations
@@ -36,11 +49,18 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 
 MASK_KINDS: tuple[str, ...] = ("random", "equispaced", "fastmri")
+#: fastMRI's own masks, drawn as the fastmri package draws them (see the module docstring)
+FASTMRI_KINDS: tuple[str, ...] = ("fastmri-random", "fastmri-equispaced")
+#: every kind `make_mask` builds
+ALL_KINDS: tuple[str, ...] = MASK_KINDS + FASTMRI_KINDS
 LAYOUTS: tuple[str, ...] = ("corner", "centered")
 MASK_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 
 # Fraction of lines in the fully sampled low-frequency band, per kind, when not given.
 DEFAULT_CENTER_FRACTION: dict[str, float] = {"random": 0.04, "equispaced": 0.04, "fastmri": 0.08}
+
+#: fastMRI kinds: centre fraction = FASTMRI_CENTER_PRODUCT / acceleration when not given
+FASTMRI_CENTER_PRODUCT = 0.32
 
 # Variable density of the "random" kind: weight = (1 - d / (N/2)) ** POWER + FLOOR.
 DENSITY_POWER = 2.0
@@ -147,6 +167,58 @@ def _fastmri_lines(
     return band | (rng.uniform(size=n) < prob)
 
 
+def fastmri_center_fraction(acceleration: float) -> float:
+    """fastMRI's usual centre fraction for an acceleration: 0.32 / acc (0.08 at 4x, 0.04 at 8x)."""
+    return FASTMRI_CENTER_PRODUCT / float(acceleration)
+
+
+def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: float | None,
+                    seed: int | tuple[int, ...]) -> np.ndarray:
+    """The centred (n,) float32 line vector of fastMRI's RandomMaskFunc / EquispacedMaskFractionFunc
+    with one (center fraction, acceleration) pair, drawn exactly as `fastmri.data.subsample` draws it
+    (same RandomState calls in the same order), so that the same seed gives the same mask."""
+    fraction = fastmri_center_fraction(acceleration) if center_fraction is None else center_fraction
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0.0 <= fraction <= 1.0:
+        raise SftkdError(f"center_fraction {center_fraction!r}: expected a number in [0, 1]")
+    low = round(n * fraction)
+    if (low * acceleration >= n and acceleration > 1) or low * acceleration == n:
+        raise SftkdError(
+            f"center_fraction {fraction:g}: its {low} centre lines reach the {n / acceleration:.4g} lines of "
+            f"{acceleration:g}x over {n}; expected fewer than 1 / {acceleration:g} of the lines"
+        )
+    rng = np.random.RandomState()
+    rng.seed(seed)
+    rng.randint(1)  # MaskFunc.choose_acceleration among one pair: fastMRI draws it, so must we
+    center = np.zeros(n, dtype=np.float32)
+    pad = (n - low + 1) // 2
+    center[pad : pad + low] = 1
+    if kind == "fastmri-random":
+        prob = (n / acceleration - low) / (n - low) if n > low else 0.0
+        accel = (rng.uniform(size=n) < prob).astype(np.float32)
+    else:
+        adjusted = (acceleration * (low - n)) / (low * acceleration - n)
+        offset = rng.randint(0, high=round(adjusted))
+        accel = np.zeros(n)
+        accel[np.around(np.arange(offset, n - 1, adjusted)).astype(np.uint)] = 1.0
+        accel = accel.astype(np.float32)
+    return np.maximum(center, accel)
+
+
+def _check_seed(seed: Any) -> int | tuple[int, ...]:
+    """A seed is a non-negative integer, or a tuple of them below 2**32 (e.g. seed, epoch, volume, slice)."""
+    def ok(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and 0 <= value
+    if ok(seed):
+        return int(seed)
+    if isinstance(seed, tuple) and seed and all(ok(v) and v < 2**32 for v in seed):
+        return tuple(int(v) for v in seed)
+    raise SftkdError(f"mask seed {seed!r}: expected a non-negative integer")
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -154,31 +226,34 @@ def make_mask(
     kind: str,
     shape: tuple[int, int],
     acceleration: float,
-    seed: int = 42,
+    seed: int | tuple[int, ...] = 42,
     center_fraction: float | None = None,
     layout: str = "corner",
     axis: int = 0,
 ) -> np.ndarray:
-    """Build a float32 (H, W) 0/1 line mask; see the module docstring for the kinds."""
-    if kind not in MASK_KINDS:
-        raise SftkdError(f"mask kind {kind!r}: expected one of {', '.join(MASK_KINDS)}")
+    """Build a float32 (H, W) 0/1 line mask; see the module docstring for the kinds. `seed` may be
+    a tuple of non-negative integers (a mask per sample: seed, epoch, volume, slice)."""
+    if kind not in ALL_KINDS:
+        raise SftkdError(f"mask kind {kind!r}: expected one of {', '.join(ALL_KINDS)}")
     if layout not in LAYOUTS:
         raise SftkdError(f"mask layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if isinstance(axis, bool) or axis not in (0, 1):
         raise SftkdError(f"mask axis {axis!r}: expected 0 (rows) or 1 (columns)")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SftkdError(f"mask seed {seed!r}: expected a non-negative integer")
+    seed = _check_seed(seed)
     dims = _check_shape(shape)
     n = dims[axis]
     lines = _check_acceleration(acceleration, n)
-    band = _center_band(n, _center_lines(kind, center_fraction, n, lines))
-    rng = np.random.default_rng(int(seed))
-    if kind == "random":
-        chosen = _random_lines(n, lines, band, rng)
-    elif kind == "equispaced":
-        chosen = _equispaced_lines(n, lines, band, rng)
+    if kind in FASTMRI_KINDS:
+        chosen = _fastmri_vector(kind, n, float(acceleration), center_fraction, seed)
     else:
-        chosen = _fastmri_lines(n, float(acceleration), band, rng)
+        band = _center_band(n, _center_lines(kind, center_fraction, n, lines))
+        rng = np.random.default_rng(seed)
+        if kind == "random":
+            chosen = _random_lines(n, lines, band, rng)
+        elif kind == "equispaced":
+            chosen = _equispaced_lines(n, lines, band, rng)
+        else:
+            chosen = _fastmri_lines(n, float(acceleration), band, rng)
     if layout == "corner":
         chosen = np.fft.ifftshift(chosen)
     line = chosen.astype(np.float32)
@@ -286,11 +361,13 @@ def _read_mask_file(path: Path) -> np.ndarray:
     return _read_h5(path)
 
 
-def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask(path: str | Path, shape: tuple[int, int] | None = None, line: bool = False) -> np.ndarray:
     """Load a 2-D 0/1 mask from .npy, .npz, .mat or .h5 and return it as float32.
 
     Checks: the file exists and is readable, the array is 2-D, real, finite, all values are 0 or 1,
     and its shape equals `shape` when given. The mask is returned as stored (no layout change).
+    With `line`, a fastMRI 1-D mask vector is accepted too: (W,), (1, W) or (W, 1), returned as a
+    (1, W) vector of sampled k-space columns (`expand_line_mask` broadcasts it over the rows).
     """
     path = Path(path)
     if path.suffix.lower() not in MASK_SUFFIXES:
@@ -304,8 +381,11 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     except Exception as exc:  # corrupt or unreadable file: report it in one line
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SftkdError(f"{path}: cannot read mask file ({reason})") from exc
+    if line and (array.ndim == 1 or (array.ndim == 2 and 1 in array.shape)):
+        array = array.reshape(1, -1)
     if array.ndim != 2:
-        raise SftkdError(f"{path}: expected a 2-D mask, found shape {tuple(array.shape)}")
+        expected = "a 2-D mask or a 1-D vector of columns" if line else "a 2-D mask"
+        raise SftkdError(f"{path}: expected {expected}, found shape {tuple(array.shape)}")
     if array.dtype.kind not in "biuf":
         raise SftkdError(f"{path}: expected a real numeric mask, found dtype {array.dtype}")
     if not np.all(np.isfinite(array)):
@@ -321,6 +401,19 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
                 f"{path}: expected mask shape {expected}, found {tuple(array.shape)}"
             )
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def expand_line_mask(mask: np.ndarray, size: tuple[int, int], where: str) -> np.ndarray:
+    """A (1, W) column vector (fastMRI's 1-D masks, see `load_mask(line=True)`) broadcast to the
+    (H, W) image size; a full (H, W) mask as it is. Any other shape is an error naming `where`."""
+    mask = np.asarray(mask)
+    h, w = int(size[0]), int(size[1])
+    if mask.shape == (1, w) and h != 1:
+        return np.ascontiguousarray(np.broadcast_to(mask, (h, w)), dtype=np.float32)
+    if mask.shape != (h, w):
+        raise SftkdError(f"{where}: shape {tuple(mask.shape)}, expected {(h, w)} to match the k-space "
+                         f"or a vector of its {w} columns")
+    return mask
 
 
 def undersample(
