@@ -140,6 +140,30 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         options=(SourceOption("pattern", "--pattern", str, "*.nii.gz", "GLOB",
                               "Glob of volume files; matched at any depth unless it has '/'."),),
     ),
+    SourceSpec(
+        "fastmri", "sftkd_cli.data.sources.fastmri:FastMRISource",
+        help="fastMRI single-coil raw k-space (ROOT/**/*.h5: kspace, reconstruction_esc), kept complex: "
+             "the full centred k-space and fastMRI's magnitude target per volume, divided by the file's max; "
+             "masks sample k-space columns and are applied when slices are read. Multi-coil files are not "
+             "supported yet.\n\n"
+             "Split by file: singlecoil_train/ -> train and singlecoil_val/ -> val; otherwise, or with "
+             "--val/--val-fraction (the val folder then becomes test), a seeded 25 % for val. --mask-kind "
+             "fastmri-random | fastmri-equispaced give the fastmri package's masks for --seed.",
+        examples=("sftkd prepare-data fastmri /data/knee --out data/knee",
+                  "sftkd prepare-data fastmri /data/knee -o data/pd --acquisition CORPD_FBK",
+                  "sftkd prepare-data fastmri /data/knee -o data/k10 --volume-sample-rate 0.1"),
+        defaults={"size": None, "mask_kind": "fastmri-random", "mask_layout": "centered"},
+        options=(
+            SourceOption("acquisition", "--acquisition", str, None, "NAME",
+                         "Keep only files of this fastMRI acquisition (e.g. CORPD_FBK; comma list)."),
+            SourceOption("sample_rate", "--sample-rate", float, 1.0, "F",
+                         "Seeded fraction of all slices to keep (as fastMRI's SliceDataset).", after="test"),
+            SourceOption("volume_sample_rate", "--volume-sample-rate", float, 1.0, "F",
+                         "Seeded fraction of the volumes (files) to keep.", after="test"),
+        ),
+        # raw k-space: no slicing, downsampling or slice filter; centred k-space; reconstruction only
+        decides=("slice_axis", "downsample", "min_slice_mean", "mask_layout", "task"),
+    ),
 )}
 
 #: each source's defaults for the shared prepare options (a view of `SOURCES`)

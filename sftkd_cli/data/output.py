@@ -129,6 +129,21 @@ def missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     return [n for n in listed_files(manifest) if not (out / n).is_file()]
 
 
+def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any], force: bool) -> bool:
+    """Whether the dataset at `out` was prepared with `record` (options and input checksums) and is
+    complete, so that nothing is to be done; a different or incomplete one needs `force`."""
+    if existing is None:
+        return False
+    same = existing.get("options") == record["options"] and existing.get("inputs") == record["inputs"]
+    missing = missing_files(out, existing) if same else []
+    if same and not missing and not force:
+        return True
+    if not force:
+        why = f"incomplete (missing {missing[0]})" if same else f"prepared differently: {difference(existing, record)}"
+        raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
+    return False
+
+
 def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str]) -> None:
     """Refuse to write over a file in `out` that the old manifest does not list (the user's own)."""
     if not out.is_dir():

@@ -64,8 +64,8 @@ from sftkd_cli.files import check_writable, h5_image, write_bytes_synced
 from sftkd_cli.data.format import FORMAT, INPUT_LABELS, MANIFEST, NORMALISATION, TASKS, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions, default_accelerations, parse_accelerations, parse_mask_files
 from sftkd_cli.data.output import (
-    PrepareInterrupted, Signals, check_collisions, check_out, created_parents, difference, existing_dataset,
-    install, missing_files, remove_stale,
+    PrepareInterrupted, Signals, check_collisions, check_out, created_parents, existing_dataset, install,
+    remove_stale, up_to_date,
 )
 from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
@@ -399,8 +399,13 @@ def _prepare_locked(
     source: Source, out: Path, options: PrepareOptions, progress: Progress | None, signals: Signals,
     start: float,
 ) -> PrepareResult:
-    """`prepare_dataset` once the output's lock is held."""
+    """`prepare_dataset` once the output's lock is held (complex sources: `data.complex_prepare`)."""
     existing = existing_dataset(out)
+    if getattr(source, "values", "magnitude") == "complex":
+        from sftkd_cli.data.complex_prepare import prepare_complex
+
+        manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check)
+        return PrepareResult(out, manifest, unchanged, time.perf_counter() - start)
     user = _user_masks(options)
     if options.size is not None:
         _check_mask_shapes(user, options.size)
@@ -421,14 +426,8 @@ def _prepare_locked(
             "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
         },
     }
-    if existing is not None:
-        same = existing.get("options") == record["options"] and existing.get("inputs") == record["inputs"]
-        missing = missing_files(out, existing) if same else []
-        if same and not missing and not options.force:
-            return PrepareResult(out, existing, True, time.perf_counter() - start)
-        if not options.force:
-            why = f"incomplete (missing {missing[0]})" if same else f"prepared differently: {difference(existing, record)}"
-            raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
+    if up_to_date(out, existing, record, options.force):
+        return PrepareResult(out, existing, True, time.perf_counter() - start)  # type: ignore[arg-type]
 
     prepared: list[_Prepared] = []
     in_memory = 0
