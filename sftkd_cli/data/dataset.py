@@ -12,6 +12,17 @@ The dataset's task (manifest "task": recon, or sr for super-resolution; recon wh
 decides which groups are read: `acc{a:g}` (acceleration a) or `sr{s:g}` (scale s, given in the
 `acceleration` argument). For sr, zf is the interpolated low-resolution image and mask the
 central k-space box. `SliceDataset(..., task=...)` refuses a dataset prepared for another task.
+
+Complex datasets (manifest acquisition values "complex", e.g. fastMRI raw k-space) store the full
+k-space; their items are made when read (`sftkd_cli.data.complex_slices`): target (2,H,W) and zf
+(2,H,W) real/imaginary, kspace (1,H,W) complex64 undersampled, mask (1,H,W), target_mag (1,h,w)
+(fastMRI's magnitude target), volume, slice. `cache=True` holds such a split in memory only up to
+`COMPLEX_CACHE_BYTES`; larger ones are read from disk a slice at a time.
+
+`mask_per_sample=True` (recipe data.mask_per_sample, for the training split) draws a new mask for
+every slice and epoch from the dataset's mask recipe, seeded (seed, epoch, volume, slice): call
+`set_epoch(epoch)` (or `set_dataset_epoch`) before each epoch. The stored images (magnitude) or the
+full k-space (complex) are undersampled on the fly, so resuming draws the same masks.
 """
 
 from __future__ import annotations
@@ -29,11 +40,16 @@ import torch
 from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.data.complex_slices import (
+    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, is_complex, per_sample_spec, read_complex, sample_mask,
+    target_size,
+)
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, TASKS, group_key
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.mri.masks import check_mask_acceleration
+from sftkd_cli.mri.fft import ifft2_np
+from sftkd_cli.mri.masks import check_mask_acceleration, undersample
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -237,17 +253,31 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
 
     def read() -> dict[str, np.ndarray]:
         with h5py.File(path, "r") as f:
+            if is_complex(manifest):
+                return _complex_volume(f, key)
             return {"image": f["image"][()], "zf": f[key]["zf"][()],
                     "kspace": f[key]["kspace"][()], "mask": f[key]["mask"][()]}
 
     return _read(path, f"volume {volume}", read)
 
 
+def _complex_volume(f: h5py.File, key: str) -> dict[str, np.ndarray]:
+    """A complex volume's arrays: image and zf complex64 (S,H,W) (ifft2c of the full and of the
+    masked k-space), kspace (masked) complex64, mask (H,W) and target_mag (S,h,w)."""
+    full, target_mag = read_complex(f, slice(None))
+    mask = f[key]["mask"][()]
+    masked = full * mask
+    return {"image": ifft2_np(full.astype(np.complex128), centered=True).astype(np.complex64),
+            "zf": ifft2_np(masked.astype(np.complex128), centered=True).astype(np.complex64),
+            "kspace": masked.astype(np.complex64), "mask": mask, "target_mag": target_mag}
+
+
 class SliceDataset(Dataset):
     """2-D slices of one split of a prepared dataset at one acceleration (see module docstring)."""
 
     def __init__(
-        self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None
+        self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None,
+        mask_per_sample: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -259,6 +289,8 @@ class SliceDataset(Dataset):
         self.key = check_acceleration(self.manifest, self.root, self.acceleration)
         self._volumes = split_volumes(self.manifest, self.root, split)
         self.image_size = tuple(int(s) for s in self.manifest["image_size"])
+        self.complex = is_complex(self.manifest)
+        self.target_size = target_size(self.manifest, self.root) if self.complex else None
         self._paths: dict[str, Path] = {}
         self._index: list[tuple[str, int]] = []
         mask = None
@@ -273,9 +305,16 @@ class SliceDataset(Dataset):
             slices, mask = self._check_file(path, int(entry["slices"]), mask)
             self._index += [(volume, s) for s in range(slices)]
         self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        self._mask_array = np.ascontiguousarray(mask, dtype=np.float32)
+        self._mask_spec = per_sample_spec(self.manifest, self.root) if mask_per_sample else None
+        self.epoch = 0
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
         self._cache: dict[str, dict[str, np.ndarray]] | None = None
+        if cache and self.complex:  # bounded: a large complex split is read from disk
+            h, w = self.image_size
+            th, tw = self.target_size  # type: ignore[misc]
+            cache = len(self._index) * (h * w * 8 + th * tw * 4) <= COMPLEX_CACHE_BYTES
         if cache:
             self._cache = {v: self._load_all(v) for v in self._volumes}
 
@@ -284,6 +323,9 @@ class SliceDataset(Dataset):
         if not path.is_file():
             raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
         expected = (slices, *self.image_size)
+        if self.complex:
+            return self._check_mask(path, _read(path, "dataset", lambda: check_complex_file(
+                path, self.key, slices, self.image_size, self.target_size)), slices, mask)
 
         def check() -> np.ndarray:
             with h5py.File(path, "r") as f:
@@ -304,7 +346,10 @@ class SliceDataset(Dataset):
                         )
                 return f[f"{self.key}/mask"][()]
 
-        file_mask = _read(path, "dataset", check)
+        return self._check_mask(path, _read(path, "dataset", check), slices, mask)
+
+    def _check_mask(self, path: Path, file_mask: np.ndarray, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
+        """The volume's mask must be the split's (the first volume's), sampling as its acceleration says."""
         if mask is not None and not np.array_equal(file_mask, mask):
             raise SftkdError(f"{display_path(path)}: {self.key} mask differs from the other volumes'")
         if mask is None and self.task == "recon":
@@ -316,6 +361,9 @@ class SliceDataset(Dataset):
 
         def read() -> dict[str, np.ndarray]:
             with h5py.File(path, "r") as f:
+                if self.complex:
+                    kspace, target_mag = read_complex(f, slice(None))
+                    return {"kspace": kspace, "target_mag": target_mag}
                 return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
                         "kspace": f[self.key]["kspace"][()]}
 
@@ -324,6 +372,9 @@ class SliceDataset(Dataset):
         except MemoryError:
             raise SftkdError(f"{display_path(path)}: too large to hold in memory (data.cache=true); "
                              "set data.cache=false to read slices from disk") from None
+        if self.complex:
+            _check_values(path, arrays)
+            return arrays
         _check_values(path, {"image": arrays["image"], f"{self.key}/zf": arrays["zf"],
                              f"{self.key}/kspace": arrays["kspace"]})
         return arrays
@@ -353,8 +404,30 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose per-sample masks items get (data.mask_per_sample; no effect otherwise)."""
+        self.epoch = int(epoch)
+
+    def _sample_mask(self, volume: str, s: int) -> np.ndarray:
+        """This item's mask: a new one per sample and epoch, or the split's fixed mask."""
+        if self._mask_spec is None:
+            return self._mask_array
+        return sample_mask(self._mask_spec, self.image_size, self.acceleration, self.epoch, volume, s)  # type: ignore[arg-type]
+
+    def _complex_item(self, volume: str, s: int) -> dict[str, Any]:
+        if self._cache is not None:
+            kspace, target_mag = self._cache[volume]["kspace"][s], self._cache[volume]["target_mag"][s]
+        else:
+            f = self._handle(volume)
+            path = self._paths[volume]
+            kspace, target_mag = _read(path, f"slice {s}", lambda: read_complex(f, s))
+            _check_values(path, {"kspace": kspace, "target_mag": target_mag}, f" (slice {s})")
+        return {**complex_item(kspace, self._sample_mask(volume, s), target_mag), "volume": volume, "slice": s}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         volume, s = self._index[index]
+        if self.complex:
+            return self._complex_item(volume, s)
         if self._cache is not None:
             arrays = self._cache[volume]
             image, zf, kspace = arrays["image"][s], arrays["zf"][s], arrays["kspace"][s]
@@ -364,6 +437,12 @@ class SliceDataset(Dataset):
             image, zf, kspace = _read(path, f"slice {s}", lambda: (
                 f["image"][s], f[self.key]["zf"][s], f[self.key]["kspace"][s]))
             _check_values(path, {"image": image, f"{self.key}/zf": zf, f"{self.key}/kspace": kspace}, f" (slice {s})")
+        if self._mask_spec is not None:  # undersample the stored image with this sample's mask
+            mask = self._sample_mask(volume, s)
+            kspace, zf = undersample(image, mask, centered=self._mask_spec["layout"] == "centered")
+            return {"target": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
+                    "zf": torch.from_numpy(zf)[None], "kspace": torch.from_numpy(kspace)[None],
+                    "mask": torch.from_numpy(mask)[None], "volume": volume, "slice": s}
         return {
             "target": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
             "zf": torch.from_numpy(np.asarray(zf, dtype=np.float32))[None],
@@ -390,3 +469,12 @@ class SliceDataset(Dataset):
 
     def __del__(self) -> None:
         self.close()
+
+
+def set_dataset_epoch(dataset: Any, epoch: int) -> None:
+    """Tell a dataset (a `SliceDataset`, or a `Subset` of one) which epoch is starting, so that
+    per-sample masks (data.mask_per_sample) are those of that epoch; other datasets are left alone."""
+    while dataset is not None and not hasattr(dataset, "set_epoch"):
+        dataset = getattr(dataset, "dataset", None)
+    if dataset is not None:
+        dataset.set_epoch(epoch)

@@ -1,0 +1,116 @@
+"""Reading slices of a complex dataset (`data.complex_prepare`), and masks drawn per slice.
+
+A complex volume file stores the full centred k-space (S, H, W) and fastMRI's magnitude target
+`target_mag` (S, h, w), both divided by the volume's max; the mask is applied here, when a slice
+is read (`complex_item`):
+    kspace = mask * full k-space              complex64 (1, H, W)
+    zf     = ifft2c(kspace) as real, imag     float32 (2, H, W)
+    target = ifft2c(full k-space) as re, im   float32 (2, H, W)
+    target_mag                                float32 (1, h, w)
+with ifft2c fastMRI's (ifftshift -> orthonormal ifft2 -> fftshift), computed in float64.
+
+A mask per sample (`sample_mask`): the dataset's generated mask kind, drawn with the seed
+(seed, epoch, crc32(volume id), slice), so an epoch's masks do not depend on the order slices are
+read in, and a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from sftkd_cli.data.format import MANIFEST
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import display_path
+from sftkd_cli.mri.fft import ifft2_np
+from sftkd_cli.mri.masks import make_mask
+
+#: a complex dataset's split is held in memory (data.cache) only up to this many bytes of k-space
+#: and targets; beyond it slices are read from disk, so a large folder never fills the memory
+COMPLEX_CACHE_BYTES = 1 << 30
+
+
+def is_complex(manifest: dict[str, Any]) -> bool:
+    """Whether a prepared dataset holds complex data (raw k-space, e.g. fastMRI)."""
+    acquisition = manifest.get("acquisition")
+    return isinstance(acquisition, dict) and acquisition.get("values") == "complex"
+
+
+def target_size(manifest: dict[str, Any], root: str | Path) -> tuple[int, int]:
+    """The (h, w) of a complex dataset's magnitude targets (manifest "target_size")."""
+    size = manifest.get("target_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise SftkdError(f"{display_path(Path(root) / MANIFEST)}: target_size {size!r}, expected [h, w] "
+                         "(a complex dataset written by prepare-data)")
+    return int(size[0]), int(size[1])
+
+
+def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int, int],
+                       target: tuple[int, int]) -> np.ndarray:
+    """Check one complex volume file (datasets, shapes, dtypes, stored bytes) and return its `key` mask."""
+    where = display_path(path)
+    with h5py.File(path, "r") as f:
+        for name, shape, kind in (("kspace", (slices, *image_size), "c"), ("target_mag", (slices, *target), "f"),
+                                  (f"{key}/mask", tuple(image_size), "f")):
+            if name not in f:
+                raise SftkdError(f"{where}: dataset {name!r} missing")
+            if tuple(f[name].shape) != shape:
+                raise SftkdError(f"{where}: {name} has shape {tuple(f[name].shape)}, expected {shape}")
+            if f[name].dtype.kind != kind:
+                raise SftkdError(f"{where}: {name} has dtype {f[name].dtype}, expected {'complex' if kind == 'c' else 'real float'}")
+            if f[name].compression is None:
+                declared = int(f[name].size) * int(f[name].dtype.itemsize)
+                stored = int(f[name].id.get_storage_size())
+                if stored < declared:
+                    raise SftkdError(f"{where}: {name} declares shape {shape} ({declared:,} bytes) but the file stores "
+                                     f"{stored:,} bytes of it; expected the data prepare-data writes")
+        return f[f"{key}/mask"][()]
+
+
+def read_complex(f: h5py.File, s: int | slice) -> tuple[np.ndarray, np.ndarray]:
+    """The full k-space and magnitude target of slice(s) `s` of an open complex volume file."""
+    return f["kspace"][s], f["target_mag"][s]
+
+
+def complex_item(kspace: np.ndarray, mask: np.ndarray, target_mag: np.ndarray) -> dict[str, torch.Tensor]:
+    """One slice's tensors from its full centred k-space (H, W), mask (H, W) and target (h, w)."""
+    full = np.asarray(kspace, dtype=np.complex128)
+    masked = full * np.asarray(mask, dtype=np.float64)
+    image, zf = ifft2_np(full, centered=True), ifft2_np(masked, centered=True)
+    return {
+        "target": torch.from_numpy(np.stack([image.real, image.imag]).astype(np.float32)),
+        "zf": torch.from_numpy(np.stack([zf.real, zf.imag]).astype(np.float32)),
+        "kspace": torch.from_numpy(masked.astype(np.complex64))[None],
+        "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+        "target_mag": torch.from_numpy(np.asarray(target_mag, dtype=np.float32))[None],
+    }
+
+
+def volume_seed(volume: str) -> int:
+    """A stable 32-bit number for a volume id (crc32 of its UTF-8 bytes), for per-sample mask seeds."""
+    return zlib.crc32(volume.encode("utf-8"))
+
+
+def per_sample_spec(manifest: dict[str, Any], root: str | Path) -> dict[str, Any]:
+    """How the dataset's masks were generated (kind, seed, centre fraction, layout, axis), to draw a
+    new one per sample; a dataset whose masks came from files has no such recipe."""
+    mask = manifest.get("mask") if isinstance(manifest.get("mask"), dict) else {}
+    origins = {v.get("origin") for v in mask.get("per_acceleration", {}).values() if isinstance(v, dict)}
+    if "file" in origins or mask.get("kind") in (None, "sr-box") or manifest.get("task", "recon") != "recon":
+        raise SftkdError(f"data.mask_per_sample: dataset {display_path(root)} has masks from files "
+                         f"(or no generated masks); expected a dataset prepared with --mask-kind")
+    return {"kind": str(mask["kind"]), "seed": int(mask.get("seed", 42)), "center_fraction": mask.get("center_fraction"),
+            "layout": str(mask.get("layout", "corner")), "axis": int(mask.get("axis", 0))}
+
+
+def sample_mask(spec: dict[str, Any], size: tuple[int, int], acceleration: float, epoch: int, volume: str,
+                slice_index: int) -> np.ndarray:
+    """The (H, W) mask of one sample in one epoch: seed (seed, epoch, crc32(volume), slice)."""
+    seed = (spec["seed"], int(epoch), volume_seed(volume), int(slice_index))
+    return make_mask(spec["kind"], size, acceleration, seed=seed, center_fraction=spec["center_fraction"],
+                     layout=spec["layout"], axis=spec["axis"])
