@@ -142,6 +142,9 @@ class DataConfig:
     cache: bool = True  # hold the dataset in memory (small datasets; much faster on CPU)
     max_train_slices: int = 0  # 0 = all; >0 keeps the first N training slices (smoke runs)
     max_val_slices: int = 0
+    # a new mask per training slice and epoch, seeded (mask seed, epoch, volume, slice), from the
+    # dataset's generated mask kind (fastMRI-style training); validation keeps the fixed mask
+    mask_per_sample: bool = False
 
 
 @dataclass
