@@ -382,3 +382,90 @@ def test_undersample_errors():
         undersample(np.zeros(8), np.ones((8, 6)))
     with pytest.raises(SftkdError, match="image"):
         undersample(image.astype(np.complex64), np.ones((8, 6)))
+
+
+# --------------------------------------------------------------------------- fastMRI's own masks
+
+
+def _fastmri_subsample():
+    """fastmri.data.subsample, loaded from its file: importing the package itself pulls in
+    torchvision, pandas and tqdm, which subsample.py does not need (it needs numpy and torch)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fastmri")
+    if spec is None or spec.origin is None:
+        pytest.skip("needs the fastmri package (pip install --no-deps fastmri==0.3.0)")
+    path = Path(spec.origin).parent / "data" / "subsample.py"
+    module_spec = importlib.util.spec_from_file_location("fastmri_subsample_oracle", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind, oracle", [("fastmri-random", "RandomMaskFunc"), ("fastmri-equispaced", "EquispacedMaskFractionFunc")])
+def test_fastmri_kinds_equal_the_fastmri_package_bit_for_bit(kind, oracle):
+    subsample = _fastmri_subsample()
+    cls = getattr(subsample, oracle)
+    compared = 0
+    for width in (368, 372, 367, 320, 33):
+        for acc, fraction in ((4, 0.08), (8, 0.04), (4, None), (5, None), (6, 0.06), (2, 0.1)):
+            for seed in (0, 42, 12345, (1, 2, 3, 4), (42, 3, 4000000000, 17)):
+                ours = make_mask(kind, (6, width), acc, seed=seed, center_fraction=fraction, layout="centered", axis=1)
+                theirs, low = cls([0.32 / acc if fraction is None else fraction], [acc])((6, width, 2), seed=seed)
+                line = theirs.numpy().reshape(-1)
+                assert line.dtype == np.float32 and np.array_equal(_line_vector(ours, 1), line), (width, acc, fraction, seed)
+                compared += 1
+    assert compared == 150
+
+
+def test_fastmri_kinds_layout_axis_and_defaults():
+    for kind in ("fastmri-random", "fastmri-equispaced"):
+        centered = make_mask(kind, (20, 368), 4, seed=3, layout="centered", axis=1)
+        assert np.array_equal(make_mask(kind, (20, 368), 4, seed=3, layout="corner", axis=1), np.fft.ifftshift(centered))
+        rows = make_mask(kind, (368, 20), 4, seed=3, layout="centered", axis=0)
+        assert np.array_equal(_line_vector(rows, 0), _line_vector(centered, 1))
+        line = _line_vector(centered, 1)
+        assert line[(368 - 29 + 1) // 2 : (368 - 29 + 1) // 2 + 29].all()  # round(0.08 * 368) = 29 centre columns
+        explicit = make_mask(kind, (20, 368), 4, seed=3, center_fraction=0.08, layout="centered", axis=1)
+        assert np.array_equal(centered, explicit)  # default centre fraction at 4x: 0.32 / 4
+        assert not np.array_equal(centered, make_mask(kind, (20, 368), 4, seed=(3, 1), layout="centered", axis=1))
+    equi = _line_vector(make_mask("fastmri-equispaced", (4, 368), 4, seed=1, layout="centered", axis=1), 1)
+    assert abs(equi.sum() - 368 / 4) <= 2  # fraction-matched spacing: close to N / acc lines
+
+
+def test_fastmri_kinds_refuse_a_centre_that_fills_the_lines():
+    # fastMRI's random mask would silently be the centre band alone here; equispaced would crash
+    for kind in ("fastmri-random", "fastmri-equispaced"):
+        with pytest.raises(SftkdError, match="center_fraction 0.1: its 37 centre lines"):
+            make_mask(kind, (8, 368), 10, center_fraction=0.1, layout="centered", axis=1)
+        with pytest.raises(SftkdError, match="center_fraction"):
+            make_mask(kind, (8, 368), 4, center_fraction=1.5)
+
+
+def test_tuple_seeds():
+    a = make_mask("random", (64, 8), 4, seed=(1, 2, 3))
+    assert np.array_equal(a, make_mask("random", (64, 8), 4, seed=(1, 2, 3)))
+    assert not np.array_equal(a, make_mask("random", (64, 8), 4, seed=(1, 2, 4)))
+    for bad in ((1, -2), (), (1, 2**32), (1.5,), (True,)):
+        with pytest.raises(SftkdError, match="seed"):
+            make_mask("random", (64, 8), 4, seed=bad)
+
+
+@pytest.mark.parametrize("shape", [(16,), (1, 16), (16, 1)])
+def test_fastmri_line_vectors_load_and_expand(tmp_path, shape):
+    from sftkd_cli.mri.masks import expand_line_mask
+
+    line = _line_vector(make_mask("fastmri-random", (2, 16), 4, seed=0, layout="centered", axis=1), 1)
+    np.save(tmp_path / "line.npy", line.reshape(shape))
+    if len(shape) == 1:  # without line=True a mask file holds a 2-D mask, as before
+        with pytest.raises(SftkdError, match="expected a 2-D mask, found shape"):
+            load_mask(tmp_path / "line.npy")
+    else:
+        assert load_mask(tmp_path / "line.npy").shape == shape
+    vector = load_mask(tmp_path / "line.npy", line=True)
+    assert vector.shape == (1, 16) and vector.dtype == np.float32
+    full = expand_line_mask(vector, (10, 16), "m")
+    assert full.shape == (10, 16) and np.array_equal(_line_vector(full, 1), line)
+    with pytest.raises(SftkdError, match=r"m: shape \(1, 16\), expected \(10, 12\).*12 columns"):
+        expand_line_mask(vector, (10, 12), "m")
