@@ -8,6 +8,10 @@ sample (the data are the same for every stage of a plan, so they cancel out):
 - KD: the student's, plus the frozen teacher's forward pass (about a third of forward+backward).
 The seconds per unit measured on the stages finished in this invocation give the estimate.
 On the demo plan these costs matched the measured stage times to within about 10 %.
+
+An evaluation runs the trained model forward over one split: about a forward pass of one epoch
+(`stage_cost`); `sftkd reproduce --jobs N` orders ready stages by these costs, and
+`--dry-run --estimate` scales them by measured seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +34,27 @@ def _size(name: str, channels: int, pad: int) -> tuple[int, int]:
 
 def training_cost(kind: str, recipe) -> float:
     """Relative cost of a training stage of `kind` (teacher, student, sft, std-kd, sft-kd)."""
+    return recipe.train.epochs * epoch_cost(kind, recipe)
+
+
+def stage_cost(kind: str, recipe, trained: str = "") -> float:
+    """Relative cost of any stage: training as `training_cost`; an evaluation of a run trained as
+    `trained` (its model_role 'student' for an SFT run's student: 'sft-student') a forward pass of
+    one epoch of the model evaluated; the data and report stages 0 (not modelled)."""
+    if recipe is None or kind in ("data", "report"):
+        return 0.0
+    if kind == "evaluate":
+        channels, pad = recipe.model.channels, recipe.model.pad
+        if trained == "sft-student":
+            return FORWARD_SHARE * _size(recipe.sft.student, channels, pad)[0]
+        if trained == "sft":
+            return FORWARD_SHARE * _size(recipe.sft.teacher, channels, pad)[0]
+        return FORWARD_SHARE * _size(recipe.model.name, channels, pad)[0]
+    return training_cost(kind, recipe)
+
+
+def epoch_cost(kind: str, recipe) -> float:
+    """Relative cost of one training epoch of a stage of `kind` (see the module docstring)."""
     channels, pad = recipe.model.channels, recipe.model.pad
     if kind == "sft":
         teacher, blocks = _size(recipe.sft.teacher, channels, pad)
@@ -39,7 +64,7 @@ def training_cost(kind: str, recipe) -> float:
         per_epoch = _size(recipe.sft.student, channels, pad)[0] + FORWARD_SHARE * _size(recipe.sft.teacher, channels, pad)[0]
     else:
         per_epoch = _size(recipe.model.name, channels, pad)[0]
-    return recipe.train.epochs * per_epoch
+    return per_epoch
 
 
 def seconds_left(done: Sequence[tuple[float, float]], remaining: Sequence[float]) -> float | None:

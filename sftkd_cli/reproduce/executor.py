@@ -16,8 +16,9 @@ A job runs with `jobs.run_stage_job(job)`, a top-level function, in the process 
 chooses; the job and its result pickle. The executor may set the job's placement (its `threads`
 and `device`, see `StageJob`) before running it.
 
-`LocalExecutor` runs each job in its own spawned process on this machine (torch training is
-Python-heavy: threads would queue on the GIL): each job gets max(1, cpus // jobs) torch threads
+`LocalExecutor` runs the jobs in up to `jobs` spawned worker processes on this machine (torch
+training is Python-heavy: threads would queue on the GIL; a worker serves one job at a time and
+then the next, so torch is imported once per worker): each job gets max(1, cpus // jobs) torch threads
 unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at most
 `per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or cuda).
 The CUDA placement is simple and unmeasured: no GPU was at hand when it was written.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -84,16 +86,18 @@ def gpu_count() -> int:
 
 @dataclasses.dataclass
 class _Worker:
-    """A job running in its own process: the job, the process and the end of its result pipe."""
+    """A worker process, the parent's end of its pipe, and the job it runs (None: idle)."""
 
-    job: StageJob
     process: Any
     conn: Connection
-    gpu: int | None
+    job: StageJob | None = None
+    gpu: int | None = None
 
 
 class LocalExecutor:
-    """Each job in a spawned process of this machine, `jobs` at once (see the module docstring)."""
+    """Up to `jobs` worker processes of this machine, each running one job at a time (see the
+    module docstring). A worker is spawned when a job finds none idle and serves the jobs that
+    follow (one import of torch per worker, not per stage); `close` ends them."""
 
     def __init__(self, jobs: int, *, per_gpu: int = PER_GPU, cpus: int | None = None, gpus: int | None = None) -> None:
         if jobs < 1 or per_gpu < 1:
@@ -103,7 +107,7 @@ class LocalExecutor:
         self.gpus = gpu_count() if gpus is None else gpus
         self.threads = max(1, self.cpus // jobs)
         self._context = get_context("spawn")
-        self._running: list[_Worker] = []
+        self._workers: list[_Worker] = []
 
     @property
     def slots(self) -> int:
@@ -112,72 +116,94 @@ class LocalExecutor:
     def submit(self, job: StageJob) -> None:
         gpu = self._free_gpu(job)
         job = dataclasses.replace(job, threads=self.threads, device=f"cuda:{gpu}" if gpu is not None else job.device)
-        receive, send = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=_work, args=(job, send), name=f"sftkd-{job.stage.id}", daemon=False)
+        worker = next((w for w in self._workers if w.job is None and w.process.is_alive()), None) or self._spawn()
+        worker.job, worker.gpu = job, gpu
+        worker.conn.send(job)
+
+    def _spawn(self) -> _Worker:
+        for dead in [w for w in self._workers if w.job is None and not w.process.is_alive()]:
+            self._end(dead)
+        here, there = self._context.Pipe()
+        process = self._context.Process(target=_serve, args=(there,), name=f"sftkd-worker-{len(self._workers) + 1}")
         with _sigint_ignored():  # the child inherits it: Ctrl-C reaches the parent, which stops the jobs
             process.start()
-        send.close()
-        self._running.append(_Worker(job, process, receive, gpu))
+        there.close()
+        worker = _Worker(process, here)
+        self._workers.append(worker)
+        return worker
 
     def _free_gpu(self, job: StageJob) -> int | None:
         """The least busy GPU for a job whose recipe runs on CUDA (auto or cuda); None otherwise."""
         recipe = job.stage.recipe
         if not self.gpus or recipe is None or job.device is not None or recipe.train.device not in ("auto", "cuda"):
             return None
-        load = [sum(1 for w in self._running if w.gpu == gpu) for gpu in range(self.gpus)]
+        load = [sum(1 for w in self._workers if w.job is not None and w.gpu == gpu) for gpu in range(self.gpus)]
         return min(range(self.gpus), key=lambda gpu: (load[gpu], gpu))
 
+    def _busy(self) -> list[_Worker]:
+        return [w for w in self._workers if w.job is not None]
+
     def wait(self, timeout: float | None = None) -> list[StageResult]:
-        if not self._running:
+        busy = self._busy()
+        if not busy:
             return []
-        waitables = [w.conn for w in self._running] + [w.process.sentinel for w in self._running]
-        ready = set(wait_any(waitables, timeout))
-        finished = [w for w in self._running if w.conn in ready or w.process.sentinel in ready]
-        return [self._collect(w) for w in finished]
+        ready = set(wait_any([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout))
+        return [self._collect(w) for w in busy if w.conn in ready or w.process.sentinel in ready]
 
     def _collect(self, worker: _Worker, stopping: bool = False) -> StageResult:
-        """The worker's result (or a failure when its process died without one); the process is joined."""
-        result: StageResult | None = None
+        """The busy worker's result; a failure (interrupted when `stopping`) when it died without one."""
+        job = worker.job
+        assert job is not None
+        result: Any = None
         try:
-            if worker.conn.poll(0 if not worker.process.is_alive() else None):
+            if worker.conn.poll(None if worker.process.is_alive() else 0):
                 result = worker.conn.recv()
         except (EOFError, OSError):
             result = None
-        worker.process.join()
-        worker.conn.close()
-        self._running.remove(worker)
+        worker.job = worker.gpu = None
         if isinstance(result, StageResult):
             return result
-        stage = worker.job.stage
+        self._end(worker)
         code = worker.process.exitcode
+        stage = job.stage
         if stopping:
             return StageResult(stage.id, stage.kind, INTERRUPTED, note=f"stopped (worker exit code {code})")
         return StageResult(stage.id, stage.kind, FAILED, note=f"worker process ended without a result (exit code {code})")
 
     def cancel(self) -> list[StageResult]:
-        """SIGTERM to every job (training saves and stops between steps); wait for all of them.
-        A second Ctrl-C while waiting kills them at once (what a kill -9 leaves also resumes)."""
-        for worker in self._running:
+        """SIGTERM to every busy worker (training saves and stops between steps); wait for all of
+        them. A second Ctrl-C while waiting kills them at once (what kill -9 leaves also resumes)."""
+        for worker in self._busy():
             if worker.process.is_alive():
                 os.kill(worker.process.pid, signal.SIGTERM)
         results: list[StageResult] = []
         try:
-            while self._running:
-                ready = set(wait_any([w.conn for w in self._running] + [w.process.sentinel for w in self._running]))
-                results += [self._collect(w, stopping=True) for w in list(self._running)
-                            if w.conn in ready or w.process.sentinel in ready]
+            while busy := self._busy():
+                ready = set(wait_any([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                results += [self._collect(w, stopping=True) for w in busy if w.conn in ready or w.process.sentinel in ready]
         except KeyboardInterrupt:
             self.close()
             raise
         return results
 
     def close(self) -> None:
-        for worker in list(self._running):
-            if worker.process.is_alive():
-                worker.process.kill()
-            worker.process.join()
-            worker.conn.close()
-            self._running.remove(worker)
+        """Idle workers are told to end; busy ones (none after `cancel`) are killed."""
+        for worker in list(self._workers):
+            if worker.job is None and worker.process.is_alive():
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        for worker in list(self._workers):
+            worker.process.join(timeout=None if worker.job is None else 0)
+            self._end(worker)
+
+    def _end(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        self._workers.remove(worker)
 
 
 @contextmanager
@@ -196,21 +222,48 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _work(job: StageJob, conn: Connection) -> None:
-    """A worker process: output into the stage's log, SIGTERM as Ctrl-C, run the job, send the result."""
+def _serve(conn: Connection) -> None:
+    """A worker process: jobs from `conn` until None (or SIGTERM while idle); each job's output
+    goes into its log, SIGTERM stops it as Ctrl-C would, and its result goes back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, _stop)  # training installs its own (save, then stop) while it runs
-    if job.log is not None:  # everything the process writes (warnings, C libraries) goes to the log
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+    streams = os.dup(1), os.dup(2)
     try:
+        while (job := conn.recv()) is not None:
+            conn.send(_run(job, streams))
+            signal.signal(signal.SIGTERM, _stop)
+    except (KeyboardInterrupt, EOFError, OSError):
+        pass  # stopped while idle, or the parent is gone
+
+
+def _run(job: StageJob, streams: tuple[int, int]) -> StageResult:
+    """Run one job with this process's output in its log; SIGTERM ignored once it is done, so the result gets through."""
+    try:
+        if job.log is not None:  # everything the process writes (warnings, C libraries) goes to the log
+            _flush()
+            job.log.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
         result = run_stage_job(job)
     except KeyboardInterrupt:  # SIGTERM outside the stage's own handling
         result = StageResult(job.stage.id, job.stage.kind, INTERRUPTED, note="stopped")
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the result must get through
-    conn.send(result)
-    conn.close()
+    except Exception as exc:  # noqa: BLE001 - e.g. the log cannot be opened: the stage fails, the worker goes on
+        result = StageResult(job.stage.id, job.stage.kind, FAILED, note=f"{type(exc).__name__}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _flush()
+        os.dup2(streams[0], 1)
+        os.dup2(streams[1], 2)
+    return result
+
+
+def _flush() -> None:
+    """Python's buffered output written out, before the file behind it changes."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass

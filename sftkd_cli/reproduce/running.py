@@ -1,8 +1,13 @@
 """Running a plan: each chosen stage in order, skipping what is complete, resuming what is
 partial, and going on past a failure with the stages that do not need the failed one.
 
+With `jobs` > 1 (or an `executor`) the stages run as a dependency graph, several at once, each in
+a worker process with its output in its log (`schedule.run_graph`); with one job (the default)
+they run here, one after another, printing to the console as they always did. Both do the same
+work per stage (`stagework.run_stage`) and give the same results.
+
 The training functions come in as `trainers` (kind -> function), so that callers and tests can
-run a plan with other ones without patching module names.
+run a plan with other ones without patching module names (with jobs, importable functions).
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from rich.markup import escape
 from sftkd_cli import eta
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.reproduce.display import print_status
+from sftkd_cli.reproduce.executor import Executor, LocalExecutor
+from sftkd_cli.reproduce.graph import blocker
 from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.reproduce.schedule import run_graph
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select, training_state
+from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select
 from sftkd_cli.reproduce.stagework import Trainers, default_trainers, failure_note, log_error, run_stage
 
 
@@ -44,14 +52,22 @@ def run_plan(
     keep_going: bool = True,
     console: Console | None = None,
     trainers: Trainers | None = None,
+    jobs: int = 1,
+    executor: Executor | None = None,
+    progress: Console | None = None,
 ) -> PlanOutcome:
     """Run the plan's stages in order (see the package docstring); the report comes last.
 
-    `trainers` trains each kind of training stage (None: `default_trainers()`)."""
+    `trainers` trains each kind of training stage (None: `default_trainers()`). With `jobs` > 1
+    or an `executor` (None: a `LocalExecutor(jobs)`), independent stages run at once and
+    `progress` (None: `console`) shows them; the stages' own output goes to their logs."""
     console = console or Console()
-    trainers = default_trainers() if trainers is None else trainers
     stages = list(stages) if stages is not None else build_stages(plan)
     chosen = select(stages, only)
+    if jobs > 1 or executor is not None:
+        return _run_parallel(plan, stages, chosen, executor or LocalExecutor(jobs), keep_going=keep_going,
+                             trainers=trainers, console=console, progress=progress or console)
+    trainers = default_trainers() if trainers is None else trainers
     results: dict[str, StageResult] = {}
     broken: dict[str, str] = {}  # stage id -> "failed" or "skipped": stages that need it cannot run
     outcome = PlanOutcome([])
@@ -59,11 +75,11 @@ def run_plan(
     stopped = ""
     plan_started, timed = time.perf_counter(), []  # timed: (cost, seconds) of training stages done here
     for number, stage in enumerate(todo, start=1):
-        blocker = stopped or _blocker(stage, chosen, broken, stages, plan)
-        if blocker:
+        why = stopped or blocker(stage, chosen, broken, stages, plan)
+        if why:
             broken[stage.id] = SKIPPED
-            results[stage.id] = StageResult(stage.id, stage.kind, SKIPPED, note=blocker)
-            console.print(f"[dim][{number}/{len(todo)}] {escape(stage.id)}: skipped ({escape(blocker)})[/]", highlight=False)
+            results[stage.id] = StageResult(stage.id, stage.kind, SKIPPED, note=why)
+            console.print(f"[dim][{number}/{len(todo)}] {escape(stage.id)}: skipped ({escape(why)})[/]", highlight=False)
             continue
         started = time.perf_counter()
         try:
@@ -94,17 +110,17 @@ def run_plan(
     return outcome
 
 
-def _blocker(stage: Stage, chosen: set[str], broken: dict[str, str], stages: Sequence[Stage], plan: Plan) -> str:
-    """Why `stage` cannot run now ('' when it can): a stage it needs failed or was skipped, or
-    is left out by --only and not complete."""
-    by_id = {s.id: s for s in stages}
-    for need in stage.needs:
-        if need in broken:
-            return f"{need} {broken[need]}"
-        if need not in chosen:
-            dep = by_id[need]
-            if dep.kind in TRAIN_KINDS and training_state(dep)[0] != "complete":
-                return f"{need} not complete (not selected by --only)"
-            if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
-                return f"{need}: {plan.data.out} not prepared (not selected by --only)"
-    return ""
+def _run_parallel(plan: Plan, stages: Sequence[Stage], chosen: set[str], executor: Executor, *, keep_going: bool,
+                  trainers: Trainers | None, console: Console, progress: Console) -> PlanOutcome:
+    """The chosen stages as a dependency graph through `executor`; Ctrl-C: the status so far, then RunInterrupted."""
+    todo = [s for s in stages if s.id in chosen]
+    run = run_graph(plan, stages, todo, chosen, executor, keep_going=keep_going, trainers=trainers, console=progress)
+    outcome = PlanOutcome(run.results)
+    if any(r.kind == "report" and r.status == DONE for r in run.results):
+        outcome.report = plan.report_dir
+    if run.interrupted:
+        print_status(run.results, console)
+        stopped = [r.id for r in run.results if r.status == INTERRUPTED]
+        raise RunInterrupted(f"{plan.path}: stopped" + (f" at stage(s) {', '.join(stopped)}" if stopped else "")
+                             + "; run the same command again to continue")
+    return outcome

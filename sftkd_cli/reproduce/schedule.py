@@ -1,0 +1,139 @@
+"""Running a plan's stages as a dependency graph, several at once (`sftkd reproduce --jobs N`).
+
+The scheduler decides; an executor (`reproduce.executor`) runs. Whenever the executor has a free
+slot, the ready stage of highest rank starts (`graph`: a stage is ready when every stage it waits
+for has ended; the report waits for all). The rules are those of the one-after-another runner:
+- a stage whose need failed or was skipped is skipped (and so are the stages that need it); a
+  need left out by --only must be complete on disk;
+- a failing stage stops only what needs it; with --stop-on-error (keep_going=False) no stage
+  starts after a failure (those running finish);
+- Ctrl-C (or SIGTERM to this process) stops every running stage through the executor (training
+  saves its checkpoint: each stage resumes next time) and waits for them.
+Each stage's output goes to its log (`jobs.stage_log`); the board (`live`) shows the progress.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from sftkd_cli import eta
+from sftkd_cli.reproduce.executor import Executor
+from sftkd_cli.reproduce.graph import blocker, by_priority, ranks, waits_for
+from sftkd_cli.reproduce.jobs import StageJob, stage_log
+from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
+from sftkd_cli.reproduce.live import Board
+from sftkd_cli.reproduce.spec import Plan
+from sftkd_cli.reproduce.stages import Stage, StageResult
+
+#: seconds between two looks at the running stages (the board's clock and epochs)
+TICK = 0.5
+
+
+@dataclass
+class GraphRun:
+    """The results of the stages considered (plan order), and whether Ctrl-C stopped the run."""
+
+    results: list[StageResult] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def stage_cost(stage: Stage) -> float:
+    """The stage's relative cost (`eta.stage_cost`): what orders the ready stages."""
+    return eta.stage_cost(stage.kind, stage.recipe, stage.trained)
+
+
+def run_graph(
+    plan: Plan,
+    stages: Sequence[Stage],
+    todo: Sequence[Stage],
+    chosen: set[str],
+    executor: Executor,
+    *,
+    keep_going: bool = True,
+    trainers: Mapping[str, Callable[..., Any]] | None = None,
+    console: Console,
+) -> GraphRun:
+    """Run `todo` (the chosen stages, plan order) through `executor`; see the module docstring.
+    `console` shows the board; `trainers` (None: the library's) go to every job."""
+    order = [s.id for s in todo]
+    by_id = {s.id: s for s in todo}
+    waits = waits_for(todo)
+    rank = ranks(order, waits, lambda sid: stage_cost(by_id[sid]))
+    number = {sid: n for n, sid in enumerate(order, start=1)}
+    results: dict[str, StageResult] = {}
+    broken: dict[str, str] = {}  # stage id -> failed, skipped or interrupted: stages that need it cannot run
+    left, running = list(order), set()
+    stopped = ""
+    outcome = GraphRun()
+
+    def record(result: StageResult, board: Board) -> None:
+        nonlocal stopped
+        results[result.id] = result
+        running.discard(result.id)
+        board.finish(result)
+        if result.status in (FAILED, INTERRUPTED):
+            broken[result.id] = result.status
+            if not keep_going and not stopped:
+                stopped = f"not run: stopped after {result.id} failed (--stop-on-error)"
+
+    with Board(console, todo, executor.slots) as board, _sigterm_as_ctrl_c():
+        try:
+            while left or running:
+                changed = True
+                while changed:  # a skipped stage can make others ready (and skipped) at once
+                    changed = False
+                    ready = [sid for sid in left if all(n in results for n in waits[sid])]
+                    for sid in by_priority(ready, rank, order):
+                        stage = by_id[sid]
+                        why = stopped or blocker(stage, chosen, broken, stages, plan)
+                        if why:
+                            left.remove(sid)
+                            record(StageResult(sid, stage.kind, SKIPPED, note=why), board)
+                            broken[sid] = SKIPPED
+                            changed = True
+                        elif len(running) < executor.slots:
+                            left.remove(sid)
+                            running.add(sid)
+                            done_before = tuple(results[i] for i in order if i in results)
+                            executor.submit(StageJob(plan, stage, tuple(stages), done_before, number[sid], len(order),
+                                                     stage_log(plan, stage), trainers))
+                            board.start(stage)
+                if not running:
+                    for sid in list(left):  # cannot happen (every wait is among the stages run); never loop forever
+                        left.remove(sid)
+                        record(StageResult(sid, by_id[sid].kind, SKIPPED, note="not run: waits for a stage that never ran"), board)
+                    break
+                for result in executor.wait(TICK):
+                    record(result, board)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            for result in executor.cancel():
+                record(result, board)
+        finally:
+            executor.close()
+    outcome.results = [results[sid] for sid in order if sid in results]
+    return outcome
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM to this process stops the plan as Ctrl-C does (main thread only); then the old handler returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
