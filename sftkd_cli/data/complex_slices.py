@@ -31,8 +31,12 @@ from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.mri.masks import make_mask
 
 #: a complex dataset's split is held in memory (data.cache) only up to this many bytes of k-space
-#: and targets; beyond it slices are read from disk, so a large folder never fills the memory
-COMPLEX_CACHE_BYTES = 1 << 30
+#: and targets (a smoke-sized set); beyond it slices are read from disk a slice at a time, so a
+#: real folder is never cached whole (reading a stored slice costs little beside its two FFTs)
+COMPLEX_CACHE_BYTES = 256 << 20
+#: at most this many volume files are kept open per process (the oldest is closed first): a
+#: fastMRI training set has ~1,000 files, near the usual limit of 1,024 open files
+MAX_OPEN_FILES = 64
 
 
 def is_complex(manifest: dict[str, Any]) -> bool:

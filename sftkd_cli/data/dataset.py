@@ -17,7 +17,8 @@ Complex datasets (manifest acquisition values "complex", e.g. fastMRI raw k-spac
 k-space; their items are made when read (`sftkd_cli.data.complex_slices`): target (2,H,W) and zf
 (2,H,W) real/imaginary, kspace (1,H,W) complex64 undersampled, mask (1,H,W), target_mag (1,h,w)
 (fastMRI's magnitude target), volume, slice. `cache=True` holds such a split in memory only up to
-`COMPLEX_CACHE_BYTES`; larger ones are read from disk a slice at a time.
+`COMPLEX_CACHE_BYTES` (256 MiB); larger ones are read from disk a slice at a time, with at most
+`MAX_OPEN_FILES` files open.
 
 `mask_per_sample=True` (recipe data.mask_per_sample, for the training split) draws a new mask for
 every slice and epoch from the dataset's mask recipe, seeded (seed, epoch, volume, slice): call
@@ -41,8 +42,8 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, is_complex, per_sample_spec, read_complex, sample_mask,
-    target_size,
+    COMPLEX_CACHE_BYTES, MAX_OPEN_FILES, check_complex_file, complex_item, is_complex, per_sample_spec,
+    read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, TASKS, group_key
@@ -386,6 +387,8 @@ class SliceDataset(Dataset):
             self._pid = os.getpid()
         handle = self._handles.get(volume)
         if handle is None:
+            if self.complex and len(self._handles) >= MAX_OPEN_FILES:  # many files: close the oldest
+                self._handles.pop(next(iter(self._handles))).close()
             path = self._paths[volume]
             handle = _read(path, "file", lambda: h5py.File(path, "r"))
             self._handles[volume] = handle
