@@ -3,6 +3,9 @@
 Matches the paper's reference network: every block zero-pads its input by `pad` pixels,
 runs n 3x3 convolutions (1 -> C -> ... -> C -> 1, ReLU between, no residual, no batch norm),
 crops the padding away, then a hard data-consistency layer replaces the sampled k-space.
+Built for complex data (`Acquisition(values="complex", channels=2)`), the block maps 2 -> C
+-> ... -> C -> 2 channels (real, imaginary) and the data consistency keeps the complex result
+(mri/dc.py): only the first and the last conv change.
 
 No padding waste: when `pad` >= n (the paper: pad 5), the block pads by n and runs UNPADDED
 ("valid") convolutions, each map shrinking by 2 pixels, instead of computing every layer on
@@ -30,7 +33,7 @@ from torch import nn
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
-from sftkd_cli.models.family import MAX_CASCADES, MAX_CONVS, Family
+from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, MAX_CONVS, Family
 from sftkd_cli.models.traceable import dc_architecture, exportable_dc
 from sftkd_cli.mri.dc import DataConsistency
 
@@ -55,11 +58,11 @@ class CNNBlock(nn.Module):
     the end); `sftkd bench` times it to measure what the shortcut saves.
     """
 
-    def __init__(self, layers: int, channels: int = 32, pad: int = 5, valid: bool = True) -> None:
+    def __init__(self, layers: int, channels: int = 32, pad: int = 5, valid: bool = True, image_channels: int = 1) -> None:
         super().__init__()
         self.pad = pad
         self.valid = valid and pad >= layers  # exact shortcut, see the module docstring
-        widths = [1] + [channels] * (layers - 1) + [1]
+        widths = [image_channels] + [channels] * (layers - 1) + [image_channels]
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, kernel_size=3, padding=0 if self.valid else 1)
             for cin, cout in zip(widths, widths[1:])
@@ -71,7 +74,8 @@ class CNNBlock(nn.Module):
         p = last if self.valid else self.pad
         h = F.pad(x, (p, p, p, p)) if p else x
         for index, conv in enumerate(self.convs, start=1):
-            h = conv_to_one_channel(h, conv.weight, conv.bias) if index == last and _gemm_applies(h, self.valid) else conv(h)
+            one = index == last and conv.out_channels == 1
+            h = conv_to_one_channel(h, conv.weight, conv.bias) if one and _gemm_applies(h, self.valid) else conv(h)
             if index < last:
                 h = F.relu(h, inplace=True)
             if taps is not None:
@@ -153,15 +157,19 @@ class DCCNN(DataConsistentCascade):
         super().__init__()
         self.layers, self.cascades, self.channels = layers, cascades, channels
         self.acquisition = acquisition or Acquisition()
-        self.blocks = nn.ModuleList(CNNBlock(layers, channels, pad, valid) for _ in range(cascades))
-        self.dc = DataConsistency(centered=self.acquisition.centered)
+        self.image_channels = self.acquisition.channels  # 1 (magnitude) or 2 (complex: real, imaginary)
+        self.blocks = nn.ModuleList(
+            CNNBlock(layers, channels, pad, valid, self.image_channels) for _ in range(cascades)
+        )
+        self.dc = DataConsistency(centered=self.acquisition.centered,
+                                  complex_values=self.acquisition.values == "complex")
 
     @property
     def name(self) -> str:
         return f"D{self.layers}C{self.cascades}"
 
     def block_taps(self, index: int) -> dict[str, int]:
-        return {f"conv{j}": (1 if j == self.layers else self.channels) for j in range(1, self.layers + 1)}
+        return {f"conv{j}": (self.image_channels if j == self.layers else self.channels) for j in range(1, self.layers + 1)}
 
     def default_tap(self, cascade: int, role: str) -> str:
         hidden = {"last_hidden": 1, "hidden_before_last": 2}
@@ -169,7 +177,8 @@ class DCCNN(DataConsistentCascade):
 
 
 def build_dccnn(name: str, acquisition: Acquisition, channels: int = 32, pad: int = 5) -> DCCNN:
-    """Build `DnCm` from its name, its data consistency in the acquisition's k-space layout."""
+    """Build `DnCm` from its name for the acquisition's images (1 channel, or 2 for complex data),
+    its data consistency in the acquisition's k-space layout."""
     layers, cascades = parse_name(name)
     return DCCNN(layers, cascades, channels=channels, pad=pad, acquisition=acquisition)
 
@@ -181,5 +190,5 @@ def _architecture(model: DCCNN, fixed: bool) -> dict[str, Any]:
 FAMILY = Family(
     r"D(\d+)C(\d+)", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn,
     (("conv layers per cascade", MAX_CONVS), ("cascades", MAX_CASCADES)),
-    exportable=exportable_dc, architecture=_architecture,
+    exportable=exportable_dc, architecture=_architecture, accepts=MAGNITUDE_OR_COMPLEX,
 )

@@ -20,6 +20,9 @@ L = 2: 53 C^2 + 24 C + 1 per cascade. dec_l runs as two convs on the halves of i
 summed (the same products as one conv on the concatenation, without the concatenated copy,
 whose backward hands strided gradient views to slow CPU paths: 10 % faster).
 
+Complex data (`Acquisition(values="complex", channels=2)`): enc1 reads 2 channels and out
+writes 2 (real, imaginary), the data consistency keeps the complex result (mri/dc.py).
+
 Sizes: the block zero-pads its input by `pad` pixels on every side (as the DnCm blocks, the
 reference's pad of 5), then on the bottom and right up to a multiple of 2^(L-1) so that every
 pooling is exact (odd sizes such as 11x9 work), runs same-size convs, and crops back.
@@ -45,7 +48,7 @@ from torch import nn
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
-from sftkd_cli.models.family import MAX_CASCADES, MAX_CONVS, Family
+from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, MAX_CONVS, Family
 from sftkd_cli.models.traceable import dc_architecture, exportable_dc
 from sftkd_cli.mri.dc import DataConsistency
 
@@ -81,19 +84,20 @@ def _conv_on_concat(conv: nn.Conv2d, skip: torch.Tensor, up: torch.Tensor) -> to
 class UNetBlock(nn.Module):
     """One cascade's U-Net: pad, encoder, decoder with skip concatenation, output conv, crop."""
 
-    def __init__(self, levels: int, channels: int = 32, pad: int = 5) -> None:
+    def __init__(self, levels: int, channels: int = 32, pad: int = 5, image_channels: int = 1) -> None:
         super().__init__()
+        self.image_channels = image_channels
         self.levels, self.pad = levels, pad
         widths = [channels * 2**level for level in range(levels)]  # widths[l - 1] = w_l
         self.widths = widths
-        self.enc1 = _conv(1, channels)
+        self.enc1 = _conv(image_channels, channels)
         self.enc2 = _conv(channels, channels)
         self.down = nn.ModuleList(_conv(widths[i - 1], widths[i]) for i in range(1, levels))  # down2..downL
         self.up = nn.ModuleList(  # up1..up(L-1)
             nn.ConvTranspose2d(widths[i + 1], widths[i], kernel_size=2, stride=2) for i in range(levels - 1)
         )
         self.dec = nn.ModuleList(_conv(2 * widths[i], widths[i]) for i in range(levels - 1))  # dec1..dec(L-1)
-        self.out = _conv(channels, 1)
+        self.out = _conv(channels, image_channels)
 
     def tap_channels(self) -> dict[str, int]:
         """Local tap names in forward order with their channel counts."""
@@ -101,7 +105,7 @@ class UNetBlock(nn.Module):
         taps.update({f"down{level}": self.widths[level - 1] for level in range(2, self.levels + 1)})
         for level in range(self.levels - 1, 0, -1):
             taps[f"up{level}"] = taps[f"dec{level}"] = self.widths[level - 1]
-        taps["out"] = 1
+        taps["out"] = self.image_channels
         return taps
 
     def forward(self, x: torch.Tensor, taps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -146,8 +150,9 @@ class DCUNet(DataConsistentCascade):
         super().__init__()
         self.levels, self.cascades, self.channels = levels, cascades, channels
         self.acquisition = acquisition or Acquisition()
-        self.blocks = nn.ModuleList(UNetBlock(levels, channels, pad) for _ in range(cascades))
-        self.dc = DataConsistency(centered=self.acquisition.centered)
+        self.blocks = nn.ModuleList(UNetBlock(levels, channels, pad, self.acquisition.channels) for _ in range(cascades))
+        self.dc = DataConsistency(centered=self.acquisition.centered,
+                                  complex_values=self.acquisition.values == "complex")
 
     @property
     def name(self) -> str:
@@ -173,5 +178,5 @@ def _architecture(model: DCUNet, fixed: bool) -> dict[str, Any]:
 FAMILY = Family(
     r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
     (("U-Net levels", MAX_CONVS), ("cascades", MAX_CASCADES)),
-    exportable=exportable_dc, architecture=_architecture,
+    exportable=exportable_dc, architecture=_architecture, accepts=MAGNITUDE_OR_COMPLEX,
 )

@@ -33,6 +33,12 @@ CardRecord = Callable[[CascadeNet, bool], dict[str, Any]]
 #: what the model card says of the zf input and the output of a data-consistent network
 DC_IO_TEXT = ("zero-filled image |IFFT(kspace)| (orthonormal), as in the training data",
               "reconstructed image (real), after the last data-consistency layer")
+#: the same for a network built for complex images (two channels: real, imaginary)
+COMPLEX_IO_TEXT = ("zero-filled complex image IFFT(kspace) (orthonormal), channel 0 real, channel 1 imaginary",
+                   "reconstructed complex image, channel 0 real, channel 1 imaginary, after the last "
+                   "data-consistency layer (its magnitude is the image to score)")
+#: the images a data-consistent family reconstructs: magnitude (the paper's) or complex two-channel ones
+MAGNITUDE_OR_COMPLEX: tuple[tuple[str, int], ...] = (("magnitude", 1), ("complex", 2))
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class Family:
     io_text: tuple[str, str] = DC_IO_TEXT
     #: the (values, channels) of the images it reconstructs, see `Acquisition`
     accepts: tuple[tuple[str, int], ...] = (("magnitude", 1),)
+
+    def io_for(self, acquisition: Acquisition) -> tuple[str, str]:
+        """(zf input, output) as the model card describes them for a network built for `acquisition`."""
+        return COMPLEX_IO_TEXT if acquisition.values == "complex" else self.io_text
 
     def check_fits(self, name: str, acquisition: Acquisition) -> None:
         """Refuse data whose images this family does not reconstruct (e.g. complex two-channel ones)."""

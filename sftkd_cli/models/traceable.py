@@ -1,6 +1,7 @@
 """Traceable forms of the trained networks, for `sftkd export` (TorchScript and ONNX).
 
-The export interface is forward(zf (B,1,H,W), kspace (B,2,H,W) real/imaginary, mask (B,1,H,W)).
+The export interface is forward(zf (B,C,H,W), kspace (B,2,H,W) real/imaginary, mask (B,1,H,W)),
+output (B,C,H,W): C = 1 for magnitude images, 2 (real, imaginary) for a model built for complex data.
 A data-consistent cascade (DC-CNN, DC-UNet) keeps its trained blocks and swaps only its data
 consistency: torch.fft for TorchScript (any size), or `MatmulDFT`, the orthonormal DFT as
 matrix products with fixed DFT matrices, for ONNX (torch.fft does not export to ONNX). A network
@@ -18,7 +19,7 @@ from torch import nn
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet, DataConsistentCascade
-from sftkd_cli.mri.dc import data_consistency
+from sftkd_cli.mri.dc import complex_data_consistency, data_consistency
 
 
 def dft_matrix(n: int, inverse: bool = False, centered: bool = False) -> np.ndarray:
@@ -81,7 +82,8 @@ class MatmulDFT(nn.Module):
 
 class ExportableDCCNN(nn.Module):
     """A trained data-consistent cascade (DC-CNN, DC-UNet) with a traceable interface:
-    forward(zf, kspace (B,2,H,W) real, mask).
+    forward(zf, kspace (B,2,H,W) real, mask); zf and the output have the model's image channels
+    (2, real and imaginary, for complex data, whose data consistency keeps the complex result).
 
     It reuses the model's blocks (same weights, same modules) and replaces only the data
     consistency: `dft="matmul"` uses `MatmulDFT` for a fixed `image_size` (ONNX), `dft="fft"`
@@ -96,17 +98,24 @@ class ExportableDCCNN(nn.Module):
             raise SftkdError("image size: the matmul DFT needs a fixed image size (H, W)")
         self.blocks = model.blocks
         self.centered = bool(model.dc.centered)
+        self.complex_values = bool(getattr(model.dc, "complex_values", False))
         self.dft_kind = dft
         self.image_size = tuple(image_size) if image_size is not None else None
         self.dft = MatmulDFT(*image_size, centered=self.centered) if dft == "matmul" else None
 
     def data_consistency(self, x: torch.Tensor, kspace: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-        """real(IFFT(where(mask, kspace, FFT(x)))), with k-space as (B,2,H,W) real/imaginary."""
+        """real(IFFT(where(mask, kspace, FFT(x)))), with k-space as (B,2,H,W) real/imaginary;
+        for complex data IFFT(where(mask, kspace, FFT(x_re + i x_im))) as (real, imaginary)."""
         kr, ki = kspace[:, 0:1], kspace[:, 1:2]
         if self.dft is None:
-            return data_consistency(x, torch.complex(kr, ki), sampled, self.centered)
-        xr, xi = self.dft.forward_real(x)
-        return self.dft.inverse_real(torch.where(sampled, kr, xr), torch.where(sampled, ki, xi))
+            dc = complex_data_consistency if self.complex_values else data_consistency
+            return dc(x, torch.complex(kr, ki), sampled, self.centered)
+        if not self.complex_values:
+            xr, xi = self.dft.forward_real(x)
+            return self.dft.inverse_real(torch.where(sampled, kr, xr), torch.where(sampled, ki, xi))
+        xr, xi = self.dft(x[:, 0:1], x[:, 1:2])
+        ur, ui = self.dft.inverse(torch.where(sampled, kr, xr), torch.where(sampled, ki, xi))
+        return torch.cat([ur, ui], dim=1)
 
     def forward(self, zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         sampled = mask != 0
@@ -144,7 +153,15 @@ def exportable_direct(model: CascadeNet, image_size: tuple[int, int], fixed: boo
 def dc_architecture(model: DataConsistentCascade, depth: dict[str, int], fixed: bool) -> dict[str, Any]:
     """The model card's architecture record of a data-consistent cascade; `depth` says what a block
     holds (DC-CNN: {"layers": n}, DC-UNet: {"levels": L})."""
-    return {"name": model.name, **depth, "cascades": model.cascades,
-            "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3,
-            "data_consistency": "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal",
-            "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft"}
+    if model.acquisition.values == "complex":
+        dc = ("hard, after every block, complex: IFFT(where(mask, kspace, FFT(x_re + i x_im))) kept as "
+              "(real, imaginary), orthonormal")
+    else:
+        dc = "hard, after every block: real(IFFT(where(mask, kspace, FFT(x)))), orthonormal"
+    record = {"name": model.name, **depth, "cascades": model.cascades,
+              "channels": model.channels, "pad": model.blocks[0].pad, "kernel": 3, "data_consistency": dc,
+              "dft": "matrix products with fixed DFT matrices" if fixed else "torch.fft"}
+    if model.acquisition.values == "complex":  # magnitude cards keep their keys as they were
+        record["image_channels"] = model.acquisition.channels
+        record["values"] = "complex"
+    return record

@@ -1,7 +1,10 @@
 """Data-consistency (DF) layer: hard replacement of the sampled k-space lines.
 
-k = mask * y + (1 - mask) * FFT(x); the layer returns the real part of IFFT(k),
-exactly as the paper's reference code (no learnable weight, lambda -> infinity).
+k = mask * y + (1 - mask) * FFT(x). For magnitude images (the paper's setting) the layer
+returns the real part of IFFT(k), exactly as the paper's reference code (no learnable weight,
+lambda -> infinity). For complex images, carried as two channels (real, imaginary), it keeps
+the complex result: x = IFFT(k) as two channels, so every sampled k-space value is the
+measured one (up to float rounding) and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sftkd_cli.mri.fft import fft2, ifft2
+from sftkd_cli.mri.fft import fft2, ifft2, to_channels, to_complex
 
 
 def data_consistency(
@@ -24,12 +27,29 @@ def data_consistency(
     return ifft2(k, centered=centered).real
 
 
-class DataConsistency(nn.Module):
-    """Module form of `data_consistency` so it shows up in model summaries and exports."""
+def complex_data_consistency(
+    x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, centered: bool = False
+) -> torch.Tensor:
+    """Replace the sampled k-space of complex image `x` (B,2,H,W: real, imaginary) by `kspace`
+    (B,1,H,W complex); returns the complex result as (B,2,H,W) float32 (real, imaginary).
 
-    def __init__(self, centered: bool = False) -> None:
+    k = fft2c(x), k_dc = (1 - m) k + m k0, x = ifft2c(k_dc): `centered` is fastMRI's layout.
+    """
+    k = fft2(to_complex(x), centered=centered)
+    k = torch.where(mask.bool(), kspace, k)
+    return to_channels(ifft2(k, centered=centered))
+
+
+class DataConsistency(nn.Module):
+    """Module form of the data consistency (so it shows up in model summaries and exports):
+    `complex_values` picks `complex_data_consistency` (two-channel images), else `data_consistency`."""
+
+    def __init__(self, centered: bool = False, complex_values: bool = False) -> None:
         super().__init__()
         self.centered = centered
+        self.complex_values = complex_values
 
     def forward(self, x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.complex_values:
+            return complex_data_consistency(x, kspace, mask, self.centered)
         return data_consistency(x, kspace, mask, self.centered)
