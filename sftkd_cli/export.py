@@ -9,6 +9,10 @@ The exported graph contains the data-consistency layers, so it needs only what a
              mask    (B,1,H,W) float32  0/1 sampling mask (batch 1 broadcasts)
     output   image   (B,1,H,W) float32  the reconstruction
 
+A model trained on complex data (fastMRI k-space) takes and returns complex images as two
+channels: zf (B,2,H,W) and image (B,2,H,W), channel 0 real, channel 1 imaginary; its data
+consistency keeps the complex result (the card says so, and names the centred k-space layout).
+
 A model without data consistency (VDSR, super-resolution) exports as the plain CNN, zf is the
 interpolated low-resolution image; kspace and mask are accepted but unused (TorchScript), or
 absent from the graph (ONNX drops unused inputs; `ExportedModel` feeds what the file declares).
@@ -41,6 +45,7 @@ import torch
 from torch import nn
 
 from sftkd_cli import __version__
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model
 from sftkd_cli.choices import MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
@@ -129,8 +134,9 @@ class CheckInputs:
     source: str
 
 
-def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3) -> CheckInputs:
-    """Synthetic smooth phantoms (ellipses with a gradient) undersampled by `mask`."""
+def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3, complex_centered: bool | None = None) -> CheckInputs:
+    """Synthetic smooth phantoms (ellipses with a gradient) undersampled by `mask`; with
+    `complex_centered` set, complex ones (a smooth phase) in that k-space layout, zf as two channels."""
     h, w = size
     y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     images = []
@@ -141,9 +147,15 @@ def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3) -> C
         images.append(image / image.max())
     target = torch.tensor(np.stack(images)[:, None], dtype=torch.float32)
     m = torch.tensor(mask, dtype=torch.float32).expand(batch, 1, h, w).contiguous()
+    source = f"synthetic phantom {h}x{w} (batch {batch}; no val slices of this size in the dataset)"
+    if complex_centered is not None:
+        from sftkd_cli.mri.fft import fft2, ifft2, to_channels
+
+        phase = torch.tensor(np.pi * (0.5 * x + 0.3 * y), dtype=torch.float32)
+        kspace = (fft2(target * torch.exp(1j * phase), centered=complex_centered) * m).to(torch.complex64)
+        return CheckInputs(to_channels(ifft2(kspace, centered=complex_centered)).float(), kspace, m, "complex " + source)
     kspace = torch.fft.fft2(target, norm="ortho") * m
     zf = torch.fft.ifft2(kspace, norm="ortho").abs().float()
-    source = f"synthetic phantom {h}x{w} (batch {batch}; no val slices of this size in the dataset)"
     return CheckInputs(zf, kspace.to(torch.complex64), m, source)
 
 
@@ -285,12 +297,16 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
     return card
 
 
-def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The card's inputs and outputs; a model without data consistency reads zf alone."""
+def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
+             acquisition: Acquisition | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The card's inputs and outputs; a model without data consistency reads zf alone; zf and the
+    output have the model's image channels (2, real and imaginary, for complex data)."""
+    acquisition = acquisition or Acquisition()
     h, w = (size[0], size[1]) if fixed else ("H", "W")
-    zf_text, output_text = family.io_text
-    zf = {"name": "zf", "shape": ["batch", 1, h, w], "dtype": "float32", "description": zf_text}
-    outputs = [{"name": OUTPUT_NAME, "shape": ["batch", 1, h, w], "dtype": "float32", "description": output_text}]
+    zf_text, output_text = family.io_for(acquisition)
+    c = acquisition.channels
+    zf = {"name": "zf", "shape": ["batch", c, h, w], "dtype": "float32", "description": zf_text}
+    outputs = [{"name": OUTPUT_NAME, "shape": ["batch", c, h, w], "dtype": "float32", "description": output_text}]
     if not family.data_consistency:  # ONNX drops the unused inputs; TorchScript keeps the three-input signature
         unused = "unused by this super-resolution model (any values; kept for one interface)"
         return [zf] + ([] if fixed else [
@@ -344,7 +360,8 @@ def export_run(
     mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
     inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
     if inputs is None:
-        inputs = phantom_inputs(image_size, _check_mask(image_size, acceleration, manifest, mask))
+        complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
+        inputs = phantom_inputs(image_size, _check_mask(image_size, acceleration, manifest, mask), complex_centered=complex_centered)
 
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
@@ -368,7 +385,7 @@ def export_run(
                 f"(tolerance {TOLERANCE:g}); nothing written"
             )
         runtime = "torch.jit.load" if not fixed else f"onnxruntime {require_onnxruntime().__version__} (CPUExecutionProvider)"
-        inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, family)
+        inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, family, model.acquisition)
         card = {
             "format": CARD_FORMAT,
             "sftkd_version": __version__,

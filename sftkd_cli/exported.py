@@ -7,6 +7,7 @@ An exported file takes what a scanner gives and returns the reconstruction:
              mask    (B,1,H,W) float32  0/1 sampling mask (batch 1 broadcasts)
     output   image   (B,1,H,W) float32  the reconstruction
 
+(a model trained on complex data: zf and image (B,2,H,W), channel 0 real, channel 1 imaginary).
 ONNX files run in onnxruntime on the CPU and feed only the inputs the graph declares (a graph
 without data consistency drops the unused kspace and mask); TorchScript files run in torch.
 The model card beside the file (`<file>.card.json`) says what it is; `sftkd evaluate
@@ -71,7 +72,7 @@ def card_path(model_path: Path) -> Path:
 
 
 class ExportedModel:
-    """An exported file as a callable `model(zf, kspace, mask) -> (B,1,H,W) tensor`, like the PyTorch model.
+    """An exported file as a callable `model(zf, kspace, mask) -> (B,C,H,W) tensor`, like the PyTorch model.
 
     `kspace` may be complex (B,1,H,W) (as SliceDataset gives it) or (B,2,H,W) real/imaginary.
     ONNX files run in onnxruntime on the CPU (`threads` intra-op threads); TorchScript files run
