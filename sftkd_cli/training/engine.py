@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.metrics import psnr, ssim
+from sftkd_cli.metrics import magnitude, psnr, ssim
+from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
 from sftkd_cli.runtime import autocast, collate, select_device, set_threads, to_device
 from sftkd_cli.training.objectives import Batch, Objective, model_record
@@ -163,7 +164,9 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     like `evaluate`'s per-slice means (metrics.score_slices). So the log's val_psnr / val_ssim
     of an epoch equal metrics.json's PSNR / SSIM "mean" for that epoch's checkpoint on the
     same split. (Volumes are normalised by their source maximum, and a crop or skipped slices
-    can leave the stored maximum below 1, so a range of 1 would read higher.)
+    can leave the stored maximum below 1, so a range of 1 would read higher.) Complex data (two
+    channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
+    its L1 is the training loss's, over both channels.
     """
     objective.eval()
     l1s: list[float] = []
@@ -177,7 +180,7 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
             pred, target = pred.float(), batch["target"]
             l1s.extend(F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).tolist())
             for item, t, p in zip(items, target.cpu().numpy(), pred.cpu().numpy()):
-                volumes.setdefault(str(item["volume"]), []).append((t[0], p[0]))
+                volumes.setdefault(str(item["volume"]), []).append((magnitude(t), magnitude(p)))
     objective.train()
     psnrs, ssims = [], []
     for pairs in volumes.values():
@@ -401,7 +404,7 @@ class Trainer:
         cfg, data = self.recipe.train, self.recipe.data
         threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
         resumed = f", resuming after epoch {resumed_from}" if resumed_from is not None else ""
-        models = " + ".join(m.name for m in self._bare().models().values())
+        models = " + ".join(_model_text(m) for m in self._bare().models().values())
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
@@ -415,3 +418,10 @@ class Trainer:
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
         progress.console.print(line, highlight=False, soft_wrap=True)
+
+
+def _model_text(model: CascadeNet) -> str:
+    """A model in the start line: its name, parameter count (all of them, as evaluate and export
+    count them, also blocks a run freezes) and, for complex data, its images."""
+    kind = ", complex two-channel" if model.acquisition.values == "complex" else ""
+    return f"{model.name} ({sum(p.numel() for p in model.parameters()):,} params{kind})"
