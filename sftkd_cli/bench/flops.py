@@ -17,13 +17,15 @@ def conv_flops(c_in: int, c_out: int, height: int, width: int, batch: int = 1, k
     return 2 * c_in * c_out * kernel * kernel * height * width * batch
 
 
-def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1, valid: bool = False) -> int:
-    """Forward conv FLOPs of one DC-CNN block (1 -> C -> ... -> C -> 1) on size x size images.
+def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1, valid: bool = False,
+                image_channels: int = 1) -> int:
+    """Forward conv FLOPs of one DC-CNN block (1 -> C -> ... -> C -> 1; 2 -> ... -> 2 for complex
+    images, `image_channels` 2) on size x size images.
 
     The reference way computes every conv on the padded (size + 2 pad) map; `valid` blocks
     (see models/dccnn.py) compute conv j on size + 2 (layers - j) pixels only.
     """
-    widths = [1] + [channels] * (layers - 1) + [1]
+    widths = [image_channels] + [channels] * (layers - 1) + [image_channels]
     sides = [size + 2 * (layers - j) if valid else size + 2 * pad for j in range(1, layers + 1)]
     return sum(conv_flops(a, b, side, side, batch) for a, b, side in zip(widths, widths[1:], sides))
 
@@ -31,7 +33,8 @@ def block_flops(layers: int, channels: int, pad: int, size: int, batch: int = 1,
 def model_flops(model: DCCNN, size: int, batch: int = 1) -> int:
     """Forward conv FLOPs of a whole DnCm on size x size images, as this model computes them."""
     block = model.blocks[0]
-    return model.cascades * block_flops(model.layers, model.channels, block.pad, size, batch, block.valid)
+    return model.cascades * block_flops(model.layers, model.channels, block.pad, size, batch, block.valid,
+                                        model.image_channels)
 
 
 def sft_flops(teacher: DCCNN, student: DCCNN, size: int, batch: int) -> int:

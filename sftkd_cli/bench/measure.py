@@ -13,17 +13,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.bench.flops import conv_flops
+from sftkd_cli.mri.fft import fft2, ifft2, to_channels
 from sftkd_cli.mri.masks import make_mask, undersample
 from sftkd_cli.runtime import autocast, synchronize
 from sftkd_cli.training.objectives import Batch
 
 #: the undersampling factor of the synthetic inputs (the paper's 4x random row mask)
 ACCELERATION = 4.0
+#: what `bench --complex` builds its networks for: complex images in fastMRI's centred k-space
+COMPLEX = Acquisition(kspace_layout="centered", values="complex", channels=2)
 
 
-def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0) -> Batch:
-    """A batch of random ellipse phantoms in [0, 1], undersampled at 4x with the paper's row mask."""
+def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0, complex_data: bool = False) -> Batch:
+    """A batch of random ellipse phantoms in [0, 1], undersampled at 4x with the paper's row mask;
+    `complex_data`: the phantoms times a smooth random phase, in centred k-space (zf and target
+    as two channels, real and imaginary, as a complex dataset's batches)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     images = np.zeros((batch, size, size), dtype=np.float32)
@@ -33,6 +39,8 @@ def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0) 
             ax, ay = rng.uniform(0.1, 0.6, 2)
             images[b] += rng.uniform(0.2, 1.0) * (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0)
         images[b] /= max(float(images[b].max()), 1e-6)
+    if complex_data:
+        return _complex_batch(images, rng, device)
     mask = make_mask("random", (size, size), ACCELERATION)
     kspace, zf = undersample(images, mask)
     as_batch = lambda a: torch.from_numpy(np.ascontiguousarray(a))[:, None].to(device)  # noqa: E731
@@ -41,6 +49,22 @@ def synthetic_batch(size: int, batch: int, device: torch.device, seed: int = 0) 
         "zf": as_batch(zf),
         "kspace": as_batch(kspace),
         "mask": torch.from_numpy(mask)[None, None].expand(batch, 1, size, size).contiguous().to(device),
+    }
+
+
+def _complex_batch(images: np.ndarray, rng: np.random.Generator, device: torch.device) -> Batch:
+    """`synthetic_batch` of complex images: magnitude `images` with a smooth phase per image."""
+    batch, size = images.shape[0], images.shape[-1]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    phases = np.stack([np.pi * (rng.uniform(-0.5, 0.5) * x + rng.uniform(-0.5, 0.5) * y) for _ in range(batch)])
+    target = torch.from_numpy((images * np.exp(1j * phases)).astype(np.complex64))[:, None]
+    mask = torch.from_numpy(make_mask("random", (size, size), ACCELERATION, layout="centered"))[None, None]
+    kspace = fft2(target, centered=True) * mask
+    return {
+        "target": to_channels(target).float().contiguous().to(device),
+        "zf": to_channels(ifft2(kspace, centered=True)).float().contiguous().to(device),
+        "kspace": kspace.to(torch.complex64).to(device),
+        "mask": mask.expand(batch, 1, size, size).contiguous().to(device),
     }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.bench.flops import module_conv_flops
 from sftkd_cli.bench.measure import slice_batch
 from sftkd_cli.distill.methods import KDMethod, NoKD, build_method
@@ -33,14 +34,15 @@ def reference_applies(device: torch.device, threads: int, batch: int, size: int,
     return here == REFERENCE_SETTINGS
 
 
-def reference_way(name: str) -> DCCNN:
+def reference_way(name: str, acquisition: Acquisition | None = None) -> DCCNN:
     """The network as the reference code computes it: every conv padded on the full padded map.
 
     Same weights layout and output as `build_model(name)`; timed in NCHW (the reference does not
-    use channels_last) to measure, in the same run, what sftkd's choices buy.
+    use channels_last) to measure, in the same run, what sftkd's choices buy. `acquisition`: the
+    data it is built for (`bench --complex`: complex two-channel images), the paper's by default.
     """
     layers, cascades = parse_name(name)
-    return DCCNN(layers, cascades, valid=False)
+    return DCCNN(layers, cascades, valid=False, acquisition=acquisition)
 
 
 class TeacherBackpropKD(TeacherObjective):
@@ -73,15 +75,16 @@ class TeacherBackpropKD(TeacherObjective):
         return rec + kd + self.w_imit * imit, {"rec": rec, "kd": kd, "imit": imit}
 
 
-def kd_objectives(method: str, batch: Batch, seed: int = 0) -> tuple[Distillation, TeacherBackpropKD, int]:
+def kd_objectives(method: str, batch: Batch, seed: int = 0,
+                  acquisition: Acquisition | None = None) -> tuple[Distillation, TeacherBackpropKD, int]:
     """Both KD variants for `method` (same initial weights) and the adapters' forward conv FLOPs."""
     torch.manual_seed(seed)
-    teacher, student = build_model(TEACHER), build_model(STUDENT)
+    teacher, student = build_model(TEACHER, acquisition=acquisition), build_model(STUDENT, acquisition=acquisition)
     s_taps, t_taps = default_taps(method, student, teacher)
     kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
     w_imit = 1.0 if method == "none" else 0.0  # "none" is output imitation only
     nograd = Distillation(student, teacher, kd, s_taps, t_taps, w_rec=1.0, w_kd=1.0, w_imit=w_imit)
-    twin_teacher, twin_student = reference_way(TEACHER), reference_way(STUDENT)
+    twin_teacher, twin_student = reference_way(TEACHER, acquisition), reference_way(STUDENT, acquisition)
     twin_teacher.load_state_dict(teacher.state_dict())
     twin_student.load_state_dict(student.state_dict())
     twin_kd = build_method(method, kd.student_channels, kd.teacher_channels)

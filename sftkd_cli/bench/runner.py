@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sftkd_cli.bench.flops import model_flops, sft_flops
-from sftkd_cli.bench.measure import (ACCELERATION, machine_info, measure_roof, precision_context, slice_batch,
+from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, machine_info, measure_roof, precision_context, slice_batch,
                                      synthetic_batch, time_calls, train_step_fn)
 from sftkd_cli.bench.reference import (REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S, STUDENT, TEACHER,
                                        kd_objectives, reference_applies, reference_way)
@@ -25,6 +25,7 @@ from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.models import DCCNN, build_model
 from sftkd_cli.runtime import cpu_threads, select_device, synchronize
 from sftkd_cli.training.objectives import Batch, Supervised
@@ -86,12 +87,15 @@ def run_bench(
     roof_size: int = 256,
     roof_batch: int = 16,
     progress: Progress | None = None,
+    complex_data: bool = False,
 ) -> BenchResult:
     """Measure training-step and inference speed on synthetic data (see the `sftkd_cli.bench` docstring).
 
     `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
-    duration and restores it afterwards. Never needs a dataset.
+    duration and restores it afterwards. Never needs a dataset. `complex_data`: every row on
+    complex images (two channels, centred k-space, complex data consistency) with the networks
+    built for them; the reference code's own timings (magnitude images) do not apply then.
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
@@ -102,6 +106,8 @@ def run_bench(
     with cpu_threads(threads):
         settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
                         compile=compile, acceleration=ACCELERATION)
+        if complex_data:  # magnitude results keep their settings as they were
+            settings["complex"] = True
         roof_shape = (roof_batch, 32, roof_size, roof_size)
         say(f"roof: one 32->32 3x3 conv on {roof_shape}")
         roofs = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
@@ -110,10 +116,10 @@ def run_bench(
             machine=machine_info(dev, threads),
             roof_gflops=0.0,
             roof={},
-            reference_applies=reference_applies(dev, threads, batch, size, precision),
+            reference_applies=reference_applies(dev, threads, batch, size, precision) and not complex_data,
         )
-        data = synthetic_batch(size, batch, dev)
-        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say)
+        data = synthetic_batch(size, batch, dev, complex_data=complex_data)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
         if "teacher" in parts or "student" in parts:
             bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
         if "sft" in parts:
@@ -129,6 +135,10 @@ def run_bench(
         _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
         _add_ratios(result, kd_methods)
         _add_notes(result)
+        if complex_data:
+            result.notes.append("complex data: every network takes and returns complex images as two channels "
+                                "(real, imaginary) with complex data consistency in centred k-space; the reference "
+                                "code's own timings are for magnitude images and do not apply")
         return result
 
 
@@ -156,6 +166,11 @@ class _Bench:
     repeats: int
     warmup: int
     say: Progress
+    acquisition: Acquisition | None = None  # what the networks are built for (None: the paper's magnitude data)
+
+    def _model(self, name: str, reference_way_: bool = False) -> DCCNN:
+        """Network `name` for this run's data, sftkd's way or the reference code's way."""
+        return reference_way(name, self.acquisition) if reference_way_ else build_model(name, acquisition=self.acquisition)
 
     def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
              reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None,
@@ -181,21 +196,20 @@ class _Bench:
             reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
             baseline = f"train.{role}.reference"
             torch.manual_seed(0)
-            model = reference_way(name)
+            model = self._model(name, True)
             self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
                       self.batch, 3 * model_flops(model, self.size, self.batch), reference)
             torch.manual_seed(0)
-            model = build_model(name)
+            model = self._model(name)
             self._row(f"train.{role}", f"{role} {name} train", "train", self._step(Supervised(model)), self.batch,
                       3 * model_flops(model, self.size, self.batch), reference, baseline=baseline)
 
     def sft(self) -> None:
         reference = (REFERENCE_STEP_S["sft"], "step")
-        for key, label, batched, make in (("reference", "reference way", False, reference_way),
-                                          ("batched", "batched", True, build_model),
-                                          ("naive", "per branch", False, build_model)):
+        for key, label, batched in (("reference", "reference way", False), ("batched", "batched", True),
+                                    ("naive", "per branch", False)):
             torch.manual_seed(0)
-            teacher, student = make(TEACHER), make(STUDENT)
+            teacher, student = self._model(TEACHER, key == "reference"), self._model(STUDENT, key == "reference")
             objective = StudentFriendly(teacher, student, batched=batched)
             self._row(f"train.sft.{key}", f"SFT step, {label}", "train", self._step(objective, key == "reference"),
                       self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), reference,
@@ -204,7 +218,7 @@ class _Bench:
     def kd(self, methods: list[str]) -> None:
         reference = (REFERENCE_STEP_S["kd"], "step")
         for method in methods:
-            nograd, backprop, adapter = kd_objectives(method, self.data)
+            nograd, backprop, adapter = kd_objectives(method, self.data, acquisition=self.acquisition)
             t_fwd = model_flops(backprop.teacher, self.size, self.batch)
             s_fwd = model_flops(backprop.model, self.size, self.batch)
             step = self._step(backprop, True, also_clear=backprop.teacher)
@@ -220,9 +234,9 @@ class _Bench:
     def inference(self, compile: bool) -> None:
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
-            reference = reference_way(name).to(self.device).eval()
+            reference = self._model(name, True).to(self.device).eval()
             self._infer_rows(name, reference, "reference", reference)
-            model = build_model(name).to(self.device, memory_format=torch.channels_last).eval()
+            model = self._model(name).to(self.device, memory_format=torch.channels_last).eval()
             model.load_state_dict(reference.state_dict())
             self._infer_rows(name, model, "eager", model)
             self._infer_rows(name, model, "torchscript", None)
@@ -240,7 +254,7 @@ class _Bench:
             return
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
-            model = build_model(name)
+            model = self._model(name)
             flops = 3 * model_flops(model, self.size, self.batch)
             for precision in ("fp32", "bf16"):
                 step = train_step_fn(Supervised(model), self.data, self.device, precision)

@@ -21,6 +21,12 @@ from sftkd_cli.errors import SftkdError
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult, BenchRow
 
+#: parameter counts of the paper's networks (32 channels), checked against the built models by the
+#: tests: magnitude images (the paper's) and complex two-channel ones (only the first and last convs grow)
+PARAMS = {"D5C5": {"magnitude": 141_765, "complex": 144_650}, "D3C5": {"magnitude": 49_285, "complex": 52_170}}
+COMPLEX_PARAMS_TEXT = "; ".join(f"{name} on complex data: {p['complex']:,} params (magnitude: {p['magnitude']:,})"
+                                for name, p in PARAMS.items())
+
 HELP = examples(
     "Measure how fast sftkd trains and reconstructs on this machine (no dataset needed)."
     "\n\nSynthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x. "
@@ -37,11 +43,14 @@ HELP = examples(
     "on a noisy machine. GFLOP/s counts 3x3-conv work only (training = 3x forward) and \"% roof\" divides "
     "it by the best GFLOP/s of one large 32->32 conv measured in the same run. The paper's code's own "
     "timings, measured on this machine class (\"ref code\"), and our speed-up over them (\"vs ref code\") "
-    "are shown only at their settings: --device cpu --threads 1 --batch 4 --size 150 --precision fp32.",
+    "are shown only at their settings: --device cpu --threads 1 --batch 4 --size 150 --precision fp32."
+    f"\n\n--complex times every row on complex data instead (fastMRI-like: two channels, real and imaginary, "
+    f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}.",
     "sftkd bench",
     "sftkd bench --only teacher,infer --repeats 3",
     "sftkd bench --only kd --methods at,fitnets",
     "sftkd bench --precision bf16 --compile --json bench.json",
+    "sftkd bench --complex --only teacher,student,infer",
 )
 
 
@@ -77,7 +86,8 @@ def header(result: BenchResult) -> str:
     return (
         f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {m['threads']} thread(s), "
         f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}, "
-        f"size {s['size']}, batch {s['batch']}, median of {s['repeats']} after {s['warmup']} warm-up\n"
+        f"size {s['size']}, batch {s['batch']}, {'complex data, ' if s.get('complex') else ''}"
+        f"median of {s['repeats']} after {s['warmup']} warm-up\n"
         f"roof: {result.roof_gflops:.1f} GFLOP/s ({escape(result.roof['what'])}; {roofs})"
     )
 
@@ -146,6 +156,7 @@ def bench(
     methods: Annotated[Optional[str], typer.Option("--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails).")] = False,
     roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative.")] = 256,
+    complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
     from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench
@@ -158,7 +169,7 @@ def bench(
         result = run_bench(
             size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
             warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
-            roof_size=roof_size,
+            roof_size=roof_size, complex_data=complex_data,
             progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
         )
     text = json.dumps(result.to_dict(), indent=2)
