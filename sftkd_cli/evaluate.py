@@ -2,7 +2,10 @@
 
 Writes into the run directory: `metrics.json` (summary + conventions), `per_slice.csv` (every
 metric for every slice, model and zero-filled input) and `recon.h5` (one (S,H,W) reconstruction
-per volume). The three are written under temporary names and renamed into place together only
+per volume). Complex data (two channels, real and imaginary) is scored as the magnitude images.
+With `convention="fastmri"` the scores follow the `fastmri` package's evaluate.py instead (the
+magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see metrics.py) and go
+to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5. The three are written under temporary names and renamed into place together only
 when all were written, so a full disk leaves the previous evaluation's files as they were. The
 output folder is checked for writing before any work starts.
 """
@@ -31,7 +34,8 @@ from sftkd_cli.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.metrics import CONVENTIONS, METRIC_NAMES, score_slices, score_volume
+from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
+                               score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
 from sftkd_cli.runtime import autocast, check_amp, collate, cpu_threads, select_device, synchronize, to_device
@@ -39,6 +43,11 @@ from sftkd_cli.runtime import autocast, check_amp, collate, cpu_threads, select_
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
+
+#: how scores are computed: the paper's reference evaluation, or the fastmri package's evaluate.py
+SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
+#: the folder (inside the usual output folder) that fastMRI-convention scores go to
+FASTMRI_DIR = "eval-fastmri"
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -48,9 +57,33 @@ INPUT_CONVENTIONS = {
 }
 
 
+def check_convention(convention: str) -> None:
+    """`--convention` must be paper or fastmri."""
+    if convention not in SCORE_CONVENTIONS:
+        raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(SCORE_CONVENTIONS)}")
+
+
+def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target, zf, pred) of one slice as the convention scores them, (h,w) real images.
+
+    paper: the magnitudes at the stored size. fastmri: the target is the dataset's magnitude
+    target (`target_mag`, fastMRI's reconstruction_esc) when it has one, else |target|; zf and
+    pred are centre-cropped to its size."""
+    target, zf = magnitude(item["target"].numpy()), magnitude(item["zf"].numpy())
+    pred = magnitude(pred)
+    if convention == "paper":
+        return target, zf, pred
+    if item.get("target_mag") is not None:
+        target = np.asarray(item["target_mag"], dtype=np.float32)
+        target = target[0] if target.ndim == 3 else target
+    return target, center_crop(zf, target.shape), center_crop(pred, target.shape)
+
+
 def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8,
-                      amp: str = "off", progress: SliceProgress | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays.
+                      amp: str = "off", progress: SliceProgress | None = None,
+                      convention: str = "paper") -> dict[str, dict[str, np.ndarray]]:
+    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays,
+    the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
 
     `progress(done, total)` is called after each batch (the CLI shows it as a bar)."""
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
@@ -60,7 +93,7 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
             batch = to_device(collate(items), device)
             pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
             for item, p in zip(items, pred):
-                slices[item["volume"]].append((int(item["slice"]), item["target"][0].numpy(), item["zf"][0].numpy(), p[0]))
+                slices[item["volume"]].append((int(item["slice"]), *scored_images(item, p, convention)))
             if progress:
                 progress(start + len(items), len(dataset))
     volumes = {}
@@ -126,6 +159,20 @@ def score(volumes: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any
     return rows, summarise(cat(model_slices), model_volumes), summarise(cat(zf_slices), zf_volumes)
 
 
+def score_volumes(volumes: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Score model and zero-filled input in the fastMRI convention: (per-volume csv rows, model
+    summary, zf summary), mean and sample std over volumes (metrics.score_fastmri)."""
+    rows: list[dict[str, Any]] = []
+    model_volumes, zf_volumes = [], []
+    for name in sorted(volumes):
+        v = volumes[name]
+        ours, zf = score_fastmri(v["target"], v["pred"]), score_fastmri(v["target"], v["zf"])
+        model_volumes.append(ours)
+        zf_volumes.append(zf)
+        rows.append({"volume": name, "slices": len(v["slices"]), **ours, **{f"ZF_{m}": zf[m] for m in FASTMRI_METRIC_NAMES}})
+    return rows, summarise_volumes(model_volumes), summarise_volumes(zf_volumes)
+
+
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
@@ -148,7 +195,7 @@ def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
 def check_output(out: Path) -> None:
     """Refuse, before any work, an output folder evaluate could not write its files into."""
     check_writable(out, "evaluate: output folder")
-    for name in EVAL_FILES:
+    for name in (*EVAL_FILES, "per_volume.csv"):
         if (out / name).is_dir():
             raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
 
@@ -199,8 +246,12 @@ def evaluate_run(
     amp: str = "off",
     threads: int | None = None,
     progress: SliceProgress | None = None,
+    convention: str = "paper",
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
+
+    `convention` "fastmri" scores as the fastmri package does (module docstring) into
+    `<the usual folder>/eval-fastmri/`, with per_volume.csv instead of per_slice.csv.
 
     `threads` sets torch's CPU threads for the scoring and the latency measurement (None: the
     run's train.threads, as in training; 0: torch's default); the caller's setting is restored.
@@ -213,11 +264,13 @@ def evaluate_run(
     """
     if threads is not None:
         check_threads(threads)
+    check_convention(convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
     with cpu_threads(recipe.train.threads if threads is None else threads):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
-                         device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress)
+                         device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
+                         convention=convention)
 
 
 def check_threads(threads: int) -> None:
@@ -239,6 +292,7 @@ def _evaluate(
     exported: str | Path | None,
     amp: str,
     progress: SliceProgress | None,
+    convention: str = "paper",
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
@@ -272,9 +326,11 @@ def _evaluate(
 
     if amp != "off":
         out = out / f"eval-amp-{amp}"
+    if convention == "fastmri":
+        out = out / FASTMRI_DIR
     check_output(out)
-    volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress)
-    rows, summary, zf_summary = score(volumes)
+    volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress, convention=convention)
+    rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)
     metrics = {
         "format": 1,
         "sftkd_version": __version__,
@@ -296,20 +352,21 @@ def _evaluate(
             "task": dataset.task,
             "image_size": record["image_size"],
             "volumes": len(volumes),
-            "slices": len(rows),
+            "slices": sum(len(v["slices"]) for v in volumes.values()),
         },
         "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices, amp),
         "amp": amp,
         "device": str(torch_device),
         "threads": torch.get_num_threads(),
-        "conventions": {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)",
-                        "input": INPUT_CONVENTIONS[dataset.task]},
+        "conventions": _conventions(convention, dataset.task, record),
         "metrics": summary,
         "zero_filled": zf_summary,
         **extra,
     }
+    if convention != "paper":  # paper files keep their keys as they were
+        metrics["convention"] = convention
     metrics["output_dir"] = str(out)
-    files = {"per_slice.csv": _csv_text(rows).encode()}
+    files = {("per_slice.csv" if convention == "paper" else "per_volume.csv"): _csv_text(rows).encode()}
     if write_recon:
         files["recon.h5"] = _recon_bytes(volumes)
     files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
@@ -317,6 +374,21 @@ def _evaluate(
     if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
         (out / "recon.h5").unlink(missing_ok=True)
     return metrics
+
+
+def _conventions(convention: str, task: str, record: dict[str, Any]) -> dict[str, str]:
+    """metrics.json's "conventions": how each metric, the aggregation and the input were scored."""
+    complex_values = record.get("acquisition", {}).get("values") == "complex"
+    if convention == "fastmri":
+        found = {**FASTMRI_CONVENTIONS, "input": INPUT_CONVENTIONS[task]}
+    else:
+        found = {**CONVENTIONS, "aggregation": "mean/std over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)",
+                 "input": INPUT_CONVENTIONS[task]}
+    if complex_values:
+        found["input"] = "zero_filled = the magnitude of the network input IFFT(masked k-space) (complex)"
+        if convention == "paper":
+            found["images"] = "magnitudes of the complex reconstruction and target, at the stored size"
+    return found
 
 
 def output_dir(run_path: Path, state: dict[str, Any], entry_role: str) -> Path:
@@ -335,16 +407,18 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     """A rich table, one row per metric: the input (zero-filled, or LR interpolated for sr) and the model."""
     ds = metrics["dataset"]
     task = ds.get("task", "recon")
+    fastmri = metrics.get("convention") == "fastmri"
+    caption = f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
     table = Table(
         title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
         f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
-        caption=f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}",
+        caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
     )
     table.add_column("metric", style="bold")
     table.add_column(INPUT_LABELS[task][0], justify="right")
     table.add_column(metrics["model"], justify="right")
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
-    for name in METRIC_NAMES:
+    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:
         d = digits[name]
         cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
         table.add_row(name, *cells)

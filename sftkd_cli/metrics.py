@@ -28,6 +28,15 @@ Conventions (those of the paper's reference evaluation code):
   than 17x17 gets one scale with the largest odd window n <= min(H, W) and sigma n/5.
 - Ratio metrics (NMSE, HFN, HFEN, VIF) are NaN where their denominator is zero (a ground truth
   with no energy / no edges / no variance); `score_volume` averages slices with `nanmean`.
+
+The fastMRI convention (`score_fastmri`, `sftkd evaluate --convention fastmri`) is the one of
+the `fastmri` package's evaluate.py, whose functions the tests use as oracles: per VOLUME,
+MSE = mean((gt - pred)^2), NMSE = ||gt - pred||^2 / ||gt||^2 as ONE ratio over the whole volume
+(the paper convention averages the slice ratios), PSNR = skimage peak_signal_noise_ratio over
+the whole volume with data_range = gt.max(), SSIM = mean over slices of skimage
+structural_similarity (defaults) with data_range = gt.max() of the volume. Summaries are mean and
+sample std (ddof 1, runstats' stddev) over volumes. Complex reconstructions are scored as their
+magnitude, centre-cropped to the target's size (`center_crop`, fastMRI's formula).
 """
 
 from __future__ import annotations
@@ -363,4 +372,58 @@ def score_volume(
             )
     out = {name: _nanmean(np.asarray(slices[name], dtype=np.float64)) for name in METRIC_NAMES}
     out["PSNR"] = psnr(g, p, r)
+    return out
+
+
+# ------------------------------------------------------------------------ fastMRI convention
+
+#: the metrics of fastMRI's evaluate.py (METRIC_FUNCS), in its order
+FASTMRI_METRIC_NAMES: tuple[str, ...] = ("MSE", "NMSE", "PSNR", "SSIM")
+
+FASTMRI_CONVENTIONS: dict[str, str] = {
+    "MSE": "mean((gt-pred)^2) over the whole volume (fastmri.evaluate.mse)",
+    "NMSE": "||gt-pred||^2/||gt||^2, one ratio over the whole volume (fastmri.evaluate.nmse)",
+    "PSNR": "10*log10(R^2/MSE) over the whole volume, R = gt.max() of the volume (fastmri.evaluate.psnr)",
+    "SSIM": "mean over slices of skimage structural_similarity (defaults), data_range = gt.max() of the "
+    "volume (fastmri.evaluate.ssim)",
+    "images": "magnitude of the reconstruction, centre-cropped to the target's size (fastMRI's "
+    "reconstruction_esc when the dataset has it); prediction not clipped",
+    "aggregation": "per volume; mean and sample std (ddof 1, as fastMRI's runstats) over volumes; NaN std for one volume",
+}
+
+
+def magnitude(image: np.ndarray) -> np.ndarray:
+    """(C,H,W) -> (H,W): a one-channel image as it is, a two-channel complex one (real,
+    imaginary) as its magnitude |x| (float32, as a complex64 reconstruction's)."""
+    if image.shape[0] == 1:
+        return image[0]
+    if image.shape[0] != 2:
+        raise SftkdError(f"metrics: image of {image.shape[0]} channels: expected 1 (magnitude) or 2 (real, imaginary)")
+    return np.abs(image[0].astype(np.float32) + 1j * image[1].astype(np.float32)).astype(np.float32)
+
+
+def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The central `shape` of the last two axes, as fastmri.data.transforms.center_crop cuts it."""
+    height, width = int(shape[0]), int(shape[1])
+    if not (0 < height <= image.shape[-2] and 0 < width <= image.shape[-1]):
+        raise SftkdError(f"metrics: cannot centre-crop an image of {image.shape[-2]}x{image.shape[-1]} "
+                         f"to {height}x{width}; expected a crop inside the image")
+    top, left = (image.shape[-2] - height) // 2, (image.shape[-1] - width) // 2
+    return image[..., top : top + height, left : left + width]
+
+
+def score_fastmri(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, float]:
+    """fastMRI's per-volume metrics {MSE, NMSE, PSNR, SSIM} of a (S,H,W) volume (float64; see the module docstring)."""
+    g, p, r = _volume_pair(gt_volume, pred_volume)
+    return {"MSE": mse(g, p), "NMSE": nmse(g, p), "PSNR": psnr(g, p, r), "SSIM": ssim(g, p, r)}
+
+
+def summarise_volumes(per_volume: list[dict[str, float]], names: tuple[str, ...] = FASTMRI_METRIC_NAMES) -> dict[str, dict[str, float]]:
+    """mean and sample std (ddof 1; NaN for one volume) over volumes of each metric; volume_mean = mean."""
+    out = {}
+    for name in names:
+        values = np.asarray([v[name] for v in per_volume], dtype=np.float64)
+        mean = float(np.mean(values)) if len(values) else float("nan")
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        out[name] = {"mean": mean, "std": std, "volume_mean": mean}
     return out

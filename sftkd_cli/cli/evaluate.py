@@ -14,10 +14,15 @@ from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_con
 HELP = examples(
     "Reconstruct a split with a run's best checkpoint and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF."
     "\n\nAlso scores the zero-filled input (the paper's ZF row). Writes metrics.json, per_slice.csv "
-    "and recon.h5 into the run directory; `sftkd compare` tabulates them.",
+    "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
+    "(fastMRI k-space: two channels, real and imaginary) are scored on the magnitude of their output. "
+    "--convention fastmri scores as the fastmri package's evaluate.py does (magnitude centre-cropped to "
+    "the target, NMSE, PSNR and SSIM per volume with the volume's maximum, mean ± std over volumes) "
+    "into RUN/eval-fastmri/ (metrics.json, per_volume.csv, recon.h5).",
     "sftkd evaluate runs/demo",
     "sftkd evaluate runs/demo-teacher runs/demo-student --threads 1",
     "sftkd evaluate runs/demo/sft --model student --no-recon",
+    "sftkd evaluate runs/knee-teacher --convention fastmri",
 )
 
 
@@ -32,13 +37,15 @@ def evaluate(
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
     amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off, bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
+    convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
-    from sftkd_cli.evaluate import check_threads, evaluate_run, print_metrics
+    from sftkd_cli.evaluate import check_convention, check_threads, evaluate_run, print_metrics
     from sftkd_cli.runs import expand_runs_folder
 
     if threads is not None:
         check_threads(threads)  # before the first run's work, not after it
+    check_convention(convention)
     console, err_console = stdout_console(), stderr_console()
     runs = [run for given in runs for run in expand_runs_folder(given)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
@@ -47,9 +54,11 @@ def evaluate(
             task = bar.add_task(f"{run.name}: slices", total=None)
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
+                                   convention=convention,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
-        console.print(f"wrote {metrics['output_dir']}/metrics.json, per_slice.csv" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
+        scores = "per_volume.csv" if convention == "fastmri" else "per_slice.csv"
+        console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
