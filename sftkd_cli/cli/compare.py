@@ -29,6 +29,15 @@ class GroupMode(str, Enum):
     paper = "paper"
 
 
+class Convention(str, Enum):
+    paper = "paper"
+    fastmri = "fastmri"
+
+
+#: the default metrics of --convention fastmri (fastMRI's leaderboard; its MSE is there too)
+FASTMRI_METRICS: tuple[str, ...] = ("NMSE", "PSNR", "SSIM")
+
+
 def _write_output(path: Path, text: str) -> None:
     """Write the --out file atomically (nothing half-written), with a clear error for a missing folder."""
     from sftkd_cli.files import atomic_write_text
@@ -41,11 +50,14 @@ def _write_output(path: Path, text: str) -> None:
 HELP = examples(
     "Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."
     "\n\nRUN is an evaluated run directory or a plan's runs folder (runs/demo); folders that are "
-    "not runs are warned about, files ignored. --group paper prints the paper's Table 1 layout.",
+    "not runs are warned about, files ignored. --group paper prints the paper's Table 1 layout. "
+    "--convention fastmri tabulates the scores of `sftkd evaluate --convention fastmri` (RUN/eval-fastmri/: "
+    "mean ± std over volumes, Wilcoxon tests paired by volume).",
     "sftkd compare runs/demo",
     "sftkd compare runs/demo-* --format markdown --out results.md",
     "sftkd compare runs/demo --group paper",
     "sftkd compare runs/demo --format csv --no-zf",
+    "sftkd compare runs/knee-* --convention fastmri",
 )
 
 
@@ -60,6 +72,7 @@ def compare(
     group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
     zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
+    convention: Annotated[Convention, typer.Option("--convention", metavar="NAME", help=f"paper (per slice, as `sftkd evaluate` scores by default) or fastmri (per volume, from RUN/eval-fastmri/; default metrics {','.join(FASTMRI_METRICS)}).")] = Convention.paper,
     attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.")] = None,
     attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
 ) -> None:
@@ -69,7 +82,7 @@ def compare(
 
     check_alpha(alpha)
     where = _attention_slice(attention_slice, attention)
-    results, warnings = collect_runs(runs, strict=strict)
+    results, warnings = collect_runs(runs, strict=strict, convention=convention.value)
     for message in warnings:
         stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
@@ -78,7 +91,8 @@ def compare(
             raise SftkdError("--group paper: --reference and --baseline do not apply (the layout fixes the rows)")
         result = paper_table(results, metrics=PAPER_METRICS if names is None else names, zero_filled=zero_filled)
     else:
-        result = compare_runs(results, reference, baseline, metrics=DEFAULT_METRICS if names is None else names, zero_filled=zero_filled)
+        default = DEFAULT_METRICS if convention is Convention.paper else FASTMRI_METRICS
+        result = compare_runs(results, reference, baseline, metrics=default if names is None else names, zero_filled=zero_filled)
     text = render(result, fmt.value, alpha)
     if out is not None:
         _write_output(out, text)

@@ -3,6 +3,8 @@
 The means and standard deviations shown are the ones `sftkd evaluate` wrote to metrics.json
 (over slices); per_slice.csv supplies the per-slice values that the paired Wilcoxon
 signed-rank tests need. Slices are paired by (volume, slice), never by row order.
+With `convention="fastmri"` the results are those of `sftkd evaluate --convention fastmri`
+(RUN/eval-fastmri/: mean ± std over volumes, per_volume.csv), paired by volume.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ ZF_ROLE = "zero-filled"
 #: the ZF row's role by dataset task: for super-resolution the input is the interpolated LR image
 INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
+#: score convention -> (folder inside a run holding its results, per-unit file, the unit scores pair by)
+CONVENTIONS: dict[str, tuple[str, str, str]] = {"paper": ("", "per_slice.csv", "slice"),
+                                                "fastmri": ("eval-fastmri", "per_volume.csv", "volume")}
 
 STD_KD = "Std-KD"
 SFT_KD = "SFT-KD-Recon"
@@ -77,6 +82,7 @@ class RunResult:
     slices: tuple[tuple[str, int], ...]  # (volume, slice) of each per_slice.csv row
     columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
     task: str = "recon"  # recon or sr (super-resolution)
+    unit: str = "slice"  # what a per-unit row is: a slice (paper convention) or a volume (fastmri; slice -1)
 
     def column(self, name: str) -> np.ndarray:
         """Per-slice values of one per_slice.csv column; a clear error if it is missing."""
@@ -116,6 +122,7 @@ class Comparison:
     fingerprint: str
     split: str
     acceleration: float
+    unit: str = "slice"  # means, stds and pairs over slices, or over volumes (fastmri convention)
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class PaperTable:
     split: str
     accelerations: tuple[float, ...]
     blocks: tuple[PaperBlock, ...]
+    unit: str = "slice"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -186,8 +194,9 @@ def _stats_block(block: object, where: str) -> dict[str, Stat]:
     return stats
 
 
-def _read_per_slice(path: Path) -> tuple[tuple[tuple[str, int], ...], dict[str, np.ndarray]]:
-    """(volume, slice) keys and numeric columns of a per_slice.csv."""
+def _read_per_slice(path: Path, unit: str = "slice") -> tuple[tuple[tuple[str, int], ...], dict[str, np.ndarray]]:
+    """(volume, slice) keys and numeric columns of a per_slice.csv; of a per_volume.csv (`unit`
+    "volume"), (volume, -1) keys and its columns except the slice count."""
     if not path.is_file():
         raise SftkdError(f"{path}: missing; re-run `sftkd evaluate {path.parent}`")
     try:
@@ -197,21 +206,22 @@ def _read_per_slice(path: Path) -> tuple[tuple[tuple[str, int], ...], dict[str, 
             records = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SftkdError(f"{path}: unreadable ({exc})") from None
-    if "volume" not in fields or "slice" not in fields:
-        raise SftkdError(f"{path}: expected columns volume and slice (then one per metric)")
+    keyed = ("volume", "slice") if unit == "slice" else ("volume", "slices")
+    if any(name not in fields for name in keyed):
+        raise SftkdError(f"{path}: expected columns {' and '.join(keyed)} (then one per metric)")
     if not records:
-        raise SftkdError(f"{path}: no slices")
+        raise SftkdError(f"{path}: no {unit}s")
     keys: list[tuple[str, int]] = []
-    values: dict[str, list[float]] = {name: [] for name in fields if name not in ("volume", "slice")}
+    values: dict[str, list[float]] = {name: [] for name in fields if name not in keyed}
     for line, record in enumerate(records, start=2):
         try:
-            keys.append((record["volume"], int(record["slice"])))
+            keys.append((record["volume"], int(record["slice"]) if unit == "slice" else -1))
             for name, column in values.items():
                 column.append(float(record[name]))
         except (TypeError, ValueError):
             raise SftkdError(f"{path}: line {line}: expected a volume id, an integer slice and numbers") from None
     if len(set(keys)) != len(keys):
-        raise SftkdError(f"{path}: a (volume, slice) pair appears twice")
+        raise SftkdError(f"{path}: a (volume, slice) pair appears twice" if unit == "slice" else f"{path}: a volume appears twice")
     return tuple(keys), {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
 
 
@@ -231,17 +241,34 @@ def _check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarr
             )
 
 
-def load_run_result(run_dir: str | Path) -> RunResult:
-    """Read metrics.json and per_slice.csv of an evaluated run directory."""
+def check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
+
+
+def results_folder(run_dir: Path, convention: str = "paper") -> Path:
+    """Where a run's results of `convention` lie: the run itself (paper) or RUN/eval-fastmri/."""
+    return run_dir / CONVENTIONS[convention][0] if CONVENTIONS[convention][0] else run_dir
+
+
+def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult:
+    """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
+    RUN/eval-fastmri/metrics.json and per_volume.csv)."""
+    check_convention(convention)
     path = Path(run_dir)
     label = str(path)
     if not path.is_dir():
         raise SftkdError(f"{label}: not a run directory")
-    metrics_file = path / "metrics.json"
+    _, per_unit, unit = CONVENTIONS[convention]
+    metrics_file = results_folder(path, convention) / "metrics.json"
     if not metrics_file.is_file():
-        raise SftkdError(f"{label}: not evaluated yet (no metrics.json); run `sftkd evaluate {label}`")
+        hint = "" if convention == "paper" else f" --convention {convention}"
+        raise SftkdError(f"{label}: not evaluated yet (no {metrics_file.relative_to(path)}); run `sftkd evaluate {label}{hint}`")
     info = _read_metrics_json(metrics_file)
     where = str(metrics_file)
+    if info.get("convention", "paper") != convention:
+        raise SftkdError(f"{where}: scored in the {info.get('convention')} convention, expected {convention}; "
+                         f"pass --convention {info.get('convention')} or the run folder itself")
     dataset = info.get("dataset")
     if not isinstance(dataset, dict):
         raise SftkdError(f"{where}: dataset: expected an object with fingerprint, split and acceleration")
@@ -250,7 +277,7 @@ def load_run_result(run_dir: str | Path) -> RunResult:
             raise SftkdError(f"{where}: dataset.{key}: expected a string")
     metrics = _stats_block(info.get("metrics"), f"{where}: metrics")
     zero_filled = _stats_block(info.get("zero_filled"), f"{where}: zero_filled")
-    slices, columns = _read_per_slice(path / "per_slice.csv")
+    slices, columns = _read_per_slice(metrics_file.parent / per_unit, unit)
     _check_means(label, metrics, columns, "")
     _check_means(label, zero_filled, columns, "ZF_")
     params = _optional_number(info.get("params"), f"{where}: params")
@@ -271,17 +298,20 @@ def load_run_result(run_dir: str | Path) -> RunResult:
         zero_filled=zero_filled,
         slices=slices,
         columns=columns,
+        unit=unit,
     )
 
 
-def collect_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[list[RunResult], list[str]]:
+def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: str = "paper") -> tuple[list[RunResult], list[str]]:
     """Load every evaluated run among `paths` (e.g. a shell glob), returning (runs, warnings).
 
     A folder of runs (a plan's `runs/<plan>/`) stands for the runs in it. Non-directories are
     skipped silently; directories that are not runs (no recipe.yaml and no metrics.json) are
     skipped with a warning; runs not yet evaluated are named in one
-    warning and skipped, or refused in one error when `strict`.
+    warning and skipped, or refused in one error when `strict`. `convention` picks which of a
+    run's results are read (fastmri: those of `sftkd evaluate --convention fastmri`).
     """
+    check_convention(convention)
     dirs: list[Path] = []
     seen: set[Path] = set()
     for raw in paths:
@@ -293,17 +323,22 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False) -> tuple[lis
                 seen.add(run.resolve())
                 dirs.append(run)
     not_runs = [str(p) for p in dirs if not is_run_folder(p)]
-    pending = [str(p) for p in dirs if not (p / "metrics.json").exists() and (p / "recipe.yaml").exists()]
+    scored = lambda p: (results_folder(p, convention) / "metrics.json").exists()  # noqa: E731
+    # paper: a run folder without metrics.json; fastmri: any run or evaluation folder without eval-fastmri/
+    evaluable = (lambda p: (p / "recipe.yaml").exists()) if convention == "paper" else is_run_folder
+    pending = [str(p) for p in dirs if not scored(p) and evaluable(p)]
     messages = []
     if not_runs:
         messages.append(f"{', '.join(not_runs)}: not a run directory (no recipe.yaml or metrics.json); skipped")
     if pending:
-        hint = f"`sftkd evaluate {pending[0]}`" if len(pending) == 1 else "`sftkd evaluate RUN` on each"
-        message = f"{', '.join(pending)}: not evaluated yet (no metrics.json); run {hint}"
+        flag = "" if convention == "paper" else f" --convention {convention}"
+        hint = f"`sftkd evaluate {pending[0]}{flag}`" if len(pending) == 1 else f"`sftkd evaluate RUN{flag}` on each"
+        missing = "metrics.json" if convention == "paper" else f"{CONVENTIONS[convention][0]}/metrics.json"
+        message = f"{', '.join(pending)}: not evaluated yet (no {missing}); run {hint}"
         if strict:
             raise SftkdError(message)
         messages.append(message + "; skipped")
-    runs = [load_run_result(p) for p in dirs if (p / "metrics.json").exists()]
+    runs = [load_run_result(p, convention) for p in dirs if scored(p)]
     if not runs:
         raise SftkdError("compare: no evaluated run among the given paths (expected run directories with metrics.json)")
     _check_unique_names(runs)
@@ -349,9 +384,11 @@ def check_same_slices(a: RunResult, b: RunResult) -> None:
     only_b = sorted(set(b.slices) - set(a.slices))
     if only_a or only_b:
         volume, index = (only_a or only_b)[0]
+        unit = a.unit
         raise SftkdError(
-            f"{a.label} vs {b.label}: per-slice sets differ ({len(only_a)} slices only in {a.name}, "
-            f"{len(only_b)} only in {b.name}, e.g. {volume}/{index}); evaluate both on the same slices"
+            f"{a.label} vs {b.label}: per-{unit} sets differ ({len(only_a)} {unit}s only in {a.name}, "
+            f"{len(only_b)} only in {b.name}, e.g. {volume if index < 0 else f'{volume}/{index}'}); "
+            f"evaluate both on the same {unit}s"
         )
 
 
@@ -468,6 +505,7 @@ def compare_runs(
         fingerprint=first.fingerprint,
         split=first.split,
         acceleration=first.acceleration,
+        unit=first.unit,
     )
 
 
@@ -539,4 +577,5 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRIC
         split=runs[0].split,
         accelerations=tuple(sorted({acc for _, acc in groups})),
         blocks=tuple(blocks),
+        unit=runs[0].unit,
     )

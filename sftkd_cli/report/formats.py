@@ -82,6 +82,11 @@ def _json_number(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _units(unit: str) -> str:
+    """'slices' (the paper convention), or 'volumes (fastMRI convention)'."""
+    return "slices" if unit == "slice" else "volumes (fastMRI convention)"
+
+
 def check_alpha(alpha: float) -> None:
     if not 0.0 < alpha < 1.0:
         raise SftkdError(f"--alpha {alpha}: expected a number between 0 and 1")
@@ -91,11 +96,11 @@ def check_alpha(alpha: float) -> None:
 
 
 def comparison_caption(c: Comparison, alpha: float) -> str:
-    parts = [f"{_dataset_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over slices."]
+    parts = [f"{_dataset_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over {_units(c.unit)}."]
     if c.reference:
         parts.append(f"Δ = mean minus the mean of {c.reference}.")
     if c.baseline:
-        parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired slices; * p < {alpha:g}.")
+        parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired {c.unit}s; * p < {alpha:g}.")
     return " ".join(parts)
 
 
@@ -186,8 +191,10 @@ def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
         "format": 1, "kind": "compare",
         "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
         "metrics": list(c.metrics), "reference": c.reference, "baseline": c.baseline,
-        "test": "wilcoxon signed-rank, two-sided, paired by (volume, slice)", "alpha": alpha,
+        "test": "wilcoxon signed-rank, two-sided, paired by " + ("(volume, slice)" if c.unit == "slice" else "volume"),
+        "alpha": alpha,
         "n_paired": c.n_paired, "rows": rows,
+        **({"convention": "fastmri"} if c.unit == "volume" else {}),  # paper output keeps its keys
     }
 
 
@@ -212,7 +219,7 @@ def paper_view(p: PaperTable) -> Table:
                 cell = block.cells.get((model, acc, setting))
                 cells.append(_MISSING if cell is None else "/".join(format_value(m, cell.stats[m].mean) for m in p.metrics))
             rows.append(tuple(cells))
-    caption = f"{metrics} (mean over slices), split {p.split}, in the layout of the paper's Table 1."
+    caption = f"{metrics} (mean over {_units(p.unit)}), split {p.split}, in the layout of the paper's Table 1."
     return Table("sftkd compare --group paper", tuple(columns), tuple(rows), tuple(sections), caption)
 
 
