@@ -24,8 +24,8 @@ from rich.console import Console
 from test_reproduce import quiet, statuses, write_plan
 
 from sftkd_cli.errors import RunInterrupted
-from sftkd_cli.reproduce import build_stages, load_plan, run_plan
-from sftkd_cli.reproduce.executor import LocalExecutor
+from sftkd_cli.reproduce import build_stages, default_trainers, load_plan, run_plan
+from sftkd_cli.reproduce.estimate import estimate_plan
 from sftkd_cli.reproduce.graph import makespan, ranks, simulate, waits_for
 from sftkd_cli.reproduce.jobs import stage_log
 from sftkd_cli.reproduce.live import Board
@@ -84,3 +84,126 @@ def test_jobs_3_gives_the_weights_and_tables_of_jobs_1(tmp_path, tiny_dataset):
     lines = board.getvalue().splitlines()  # not a terminal: one line per event, no table
     assert any(line.startswith("[2/") and "teacher: started" in line for line in lines)
     assert any("sft-kd-at: done in" in line for line in lines) and "running" not in board.getvalue()
+    assert all(t.how in ("complete", "log") for t in estimate_plan(three, build_stages(three), {s.id for s in build_stages(three)}, 3).times
+               if t.id != "data")  # nothing left to run: the estimate reads the finished runs
+
+
+# ----------------------------------------------------------------------------- failures and Ctrl-C
+
+
+def test_a_failing_stage_skips_only_what_needs_it(tmp_path, tiny_dataset):
+    plan = plan_in(tmp_path, tiny_dataset)
+    outcome = run_plan(plan, console=quiet(), jobs=2, trainers={**default_trainers(), "sft": broken_sft},
+                       only=["data", "teacher", "sft", "kd", "eval-*kd-at", "eval-sft", "report"])
+    got = statuses(outcome)
+    assert got["sft"] == "failed" and [r.id for r in outcome.failed] == ["sft"]
+    assert got["sft-kd-at"] == got["eval-sft-kd-at"] == got["eval-sft"] == "skipped"
+    assert "sft failed" in next(r.note for r in outcome.results if r.id == "sft-kd-at")
+    assert got["teacher"] == got["std-kd-at"] == got["eval-std-kd-at"] == got["report"] == "done"
+    assert "RuntimeError: boom" in (plan.report_dir / "errors.log").read_text()
+    assert "| sft | failed |" in (plan.report_dir / "report.md").read_text()
+    assert "RuntimeError: boom" in stage_log(plan, next(s for s in build_stages(plan) if s.id == "sft")).read_text()
+
+
+def pausing_sft(recipe, **kwargs):
+    """train_sft, but after the SFT run's first epoch it says so (a file `paused` beside the runs)
+    and waits for SIGTERM (what the scheduler sends on Ctrl-C); then training goes on and stops."""
+    from sftkd_cli.training.engine import Trainer
+    from sftkd_cli.training.sft import train_sft
+
+    report_epoch = Trainer._report_epoch
+
+    def pause(self, progress, row, improved):
+        report_epoch(self, progress, row, improved)
+        if row["epoch"] == 1:
+            stop = signal.getsignal(signal.SIGTERM)  # the trainer's flag while it fits
+            (Path(recipe.run.dir) / "paused").touch()
+            deadline = time.monotonic() + 60
+            while not getattr(stop, "raised", True) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    Trainer._report_epoch = pause
+    try:
+        return train_sft(recipe, **kwargs)
+    finally:
+        Trainer._report_epoch = report_epoch
+
+
+def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
+    plan = plan_in(tmp_path, tiny_dataset)
+    only = ["data", "teacher", "sft", "kd", "eval-sft-kd-at"]
+    paused = plan.runs_dir / "paused"
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 120
+        while not paused.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=press_ctrl_c, daemon=True)
+    thread.start()
+    with pytest.raises(RunInterrupted, match="stopped at stage\\(s\\) .*sft"):
+        run_plan(plan, console=quiet(), jobs=2, only=only, trainers={**default_trainers(), "sft": pausing_sft})
+    thread.join()
+    saved = load_checkpoint(plan.runs_dir / "sft" / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)  # saved one step into epoch 2, on SIGTERM
+    assert not (plan.runs_dir / "sft-kd-at").exists()
+
+    outcome = run_plan(plan, console=quiet(), jobs=2, only=only)
+    got = statuses(outcome)
+    assert got["sft"] == "resumed" and "from epoch 1/2, step 1" in next(r.note for r in outcome.results if r.id == "sft")
+    assert got["sft-kd-at"] == got["eval-sft-kd-at"] == "done" and not outcome.failed
+    assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- the board and the estimate
+
+
+def test_the_board_is_a_table_on_a_terminal_and_lines_elsewhere():
+    todo = [Stage("data", "data"), Stage("teacher", "teacher", needs=("data",)), Stage("report", "report")]
+    lines = io.StringIO()
+    with Board(Console(file=lines, width=100), todo, 2) as board:
+        board.finish(StageResult("data", "data", "skipped", note="up to date"))
+        board.start(todo[1])
+        board.finish(StageResult("teacher", "teacher", "failed", 1.5, "boom"))
+    assert lines.getvalue().splitlines() == ["[1/3] data: skipped (up to date)", "[2/3] teacher: started",
+                                             "[2/3] teacher: failed in 2 s (boom)"]
+    screen, table = io.StringIO(), io.StringIO()
+    with Board(Console(file=screen, width=100, force_terminal=True), todo, 2) as board:
+        board.start(todo[1])
+        Console(file=table, width=100).print(board.__rich__())
+    assert "teacher" in table.getvalue() and "running" in table.getvalue() and "2 waiting" in table.getvalue()
+    assert "started" not in screen.getvalue()  # the table shows it; no line
+
+
+def test_the_schedule_simulation_on_a_hand_made_graph():
+    # data (1 s) -> a (4 s) -> c (3 s); data -> b (2 s) -> e (1 s); report (1 s) waits for all
+    order = ["data", "a", "b", "c", "e", "report"]
+    waits = {"data": (), "a": ("data",), "b": ("data",), "c": ("a",), "e": ("b",), "report": ("data", "a", "b", "c", "e")}
+    seconds = {"data": 1, "a": 4, "b": 2, "c": 3, "e": 1, "report": 1}
+    rank = ranks(order, waits, seconds.__getitem__)
+    assert rank == {"report": 1, "e": 2, "c": 4, "b": 4, "a": 8, "data": 9}
+    assert makespan(simulate(order, waits, seconds, 1, rank)) == 12  # everything in a row
+    two = simulate(order, waits, seconds, 2, rank)
+    assert makespan(two) == 9  # data; a | b, e; c after a; report
+    assert (two["a"].start, two["b"].start, two["e"].start, two["c"].start, two["report"].start) == (1, 1, 3, 5, 8)
+    assert makespan(simulate(order, waits, seconds, 3, rank)) == 9  # the chain data-a-c-report bounds it
+    # the longest chain first: with one slot free, c (rank 4, 3 s) before b's chain would wait
+    waits_for_plan = waits_for([Stage("data", "data"), Stage("t", "teacher", needs=("data",)), Stage("report", "report")])
+    assert waits_for_plan == {"data": (), "t": ("data",), "report": ("data", "t")}
+
+
+def test_cli_estimate_needs_dry_run_and_prints_the_wall_time(tmp_path, tiny_dataset):
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    path = write_plan(tmp_path, tiny_dataset)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["reproduce", str(path), "--estimate"])
+    assert refused.exit_code == 2 and "--estimate: add --dry-run" in refused.output
+    shown = runner.invoke(app, ["reproduce", str(path), "--dry-run", "--estimate", "--jobs", "2", "train.device=cpu"],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "probe: 3 steps of teacher" in shown.output and "expected wall time with --jobs 2:" in shown.output
+    assert not (tmp_path / "runs").exists()  # the probe trains in a temporary folder

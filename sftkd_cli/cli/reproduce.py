@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from sftkd_cli.cli.base import HelpCommand, examples, stdout_console
+from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 
 
 HELP = examples(
     "Run a reproduction plan: prepare data, train teacher, student, SFT teacher and KD students, evaluate "
     "every run, compare them and write a report (tables, Wilcoxon p-values, figures)."
-    "\n\nRe-running continues where it stopped: finished stages are skipped, interrupted runs resumed.",
+    "\n\nRe-running continues where it stopped: finished stages are skipped, interrupted runs resumed."
+    "\n\nWith --jobs N, up to N stages that do not need each other run at once, each in a worker process "
+    "(its output in <report>/logs/<stage>.log); the results are those of one stage after another.",
     "sftkd reproduce demo",
+    "sftkd reproduce demo --jobs 3",
+    "sftkd reproduce demo --dry-run --estimate --jobs 3",
     "sftkd reproduce recipes/demo.yaml --dry-run --only kd",
     "sftkd reproduce table1-acdc --data-root /data/ACDC train.device=cuda",
 )
@@ -29,6 +34,9 @@ def reproduce(
     keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error", help="After a failed stage, go on with the stages that do not need it (default), or stop.")] = True,
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir).")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, metavar="N", help="Run up to N stages that do not need each other at once, each in a worker process (its output in the log files of the report folder); on the CPU each gets cpus/N torch threads unless the recipe sets train.threads. 1: one after another, output here.")] = 1,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, max=64, metavar="K", help="With --jobs on CUDA: at most K stages share one GPU; the visible GPUs take the stages in turn.")] = 4,
+    estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: the expected wall time of the plan on this machine with --jobs N, from the epoch times of its runs (or a short training probe).")] = False,
 ) -> None:
     """Run a reproduction plan (see HELP)."""
     from sftkd_cli.reproduce import (
@@ -40,13 +48,29 @@ def reproduce(
     stages = build_stages(plan)
     tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
     console = stdout_console()
+    if estimate and not dry_run:
+        raise SftkdError("--estimate: add --dry-run (the estimate runs no stage)")
     if dry_run:
-        print_plan(plan, stages, select(stages, tokens), console)
+        chosen = select(stages, tokens)
+        print_plan(plan, stages, chosen, console)
+        if estimate:
+            from sftkd_cli.reproduce.estimate import estimate_plan, print_estimate
+
+            print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
-    outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console)
+    executor = None
+    if jobs > 1:
+        from sftkd_cli.reproduce.executor import LocalExecutor
+
+        executor = LocalExecutor(jobs, per_gpu=per_gpu)
+    started = time.perf_counter()
+    outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
+                       progress=stderr_console())
     print_status(outcome.results, console)
-    console.print(f"total {format_seconds(total_seconds(outcome.results))}"
-                  + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False)
+    total = f"total {format_seconds(total_seconds(outcome.results))}"
+    if executor is not None:  # stages overlap: the wall time is what was waited
+        total = f"wall time {format_seconds(time.perf_counter() - started)} ({total} of stage time, up to {executor.slots} at once)"
+    console.print(total + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False)
     if outcome.failed:
         raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
                          "(see the status table); fix and run the same command again")

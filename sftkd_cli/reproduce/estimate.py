@@ -1,0 +1,256 @@
+"""`sftkd reproduce PLAN --dry-run --estimate [--jobs N]`: the expected wall time of a plan on
+this machine, with N stages at once.
+
+First the seconds each chosen stage takes alone (as with --jobs 1):
+- a training stage: its epochs left (none when complete) times the seconds of one epoch, which
+  is measured (the mean per-epoch `seconds` of its run's history.jsonl), else its cost
+  (`eta.epoch_cost`) times the seconds per cost unit measured on the plan's other runs, else on
+  a short probe (PROBE_STEPS training steps of the plan's first teacher or student stage on the
+  plan's data, in a temporary folder);
+- an evaluation: what its last log says (<report>/logs/<stage>.log), else its cost
+  (`eta.stage_cost`) at the same seconds per unit, plus EVAL_OVERHEAD;
+- the data and report stages: what their last log says, else not counted.
+Without any measured epoch and without prepared data (no probe), the stage costs stand in for
+seconds, and only the ratio of the two wall times is known.
+
+Then `graph.simulate` schedules the stages on the executor's slots exactly as `--jobs N` starts
+them (highest rank first). Stages at once slow each other down; a simple model stretches every
+stage by one factor (`stretch`): on the CPU, the threads each stage loses (cpus // N instead of
+all of them, unless the recipe sets train.threads; scaling taken as linear) times the
+oversubscription (N x threads over the CPUs); on CUDA, the stages sharing one GPU (each assumed
+to fill it; unmeasured: no GPU was at hand). The measured epochs are taken as they ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sftkd_cli import eta
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.reproduce.display import format_seconds
+from sftkd_cli.reproduce.executor import PER_GPU, cpu_count, gpu_count
+from sftkd_cli.reproduce.graph import Slot, makespan, ranks, simulate, waits_for
+from sftkd_cli.reproduce.jobs import stage_log
+from sftkd_cli.reproduce.kinds import TRAIN_KINDS
+from sftkd_cli.reproduce.spec import Plan
+from sftkd_cli.reproduce.stages import Stage, evaluation_complete, training_state
+from sftkd_cli.runs import read_history_file
+
+#: training steps of the probe (its first step includes the warm-up: the estimate errs long)
+PROBE_STEPS = 3
+#: seconds an evaluation takes besides its forward passes (loading, latency timing, files)
+EVAL_OVERHEAD = 2.0
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """A stage's seconds alone, and how they were found."""
+
+    id: str
+    seconds: float
+    how: str  # complete, measured, scaled, probe, log, cost, not counted
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    """The stages' times and the simulated schedule with `jobs` (`slots` at once)."""
+
+    jobs: int
+    slots: int
+    stretch: float
+    times: tuple[StageTime, ...]
+    placed: dict[str, Slot]
+    alone: float  # one stage after another (--jobs 1)
+    wall: float  # with `jobs`, stretched, plus the workers' start
+    in_seconds: bool  # False: stage costs stood in for seconds (only wall / alone means something)
+    note: str = ""
+
+
+def estimate_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], jobs: int, *, per_gpu: int = PER_GPU,
+                  cpus: int | None = None, gpus: int | None = None, probe: bool = True) -> PlanEstimate:
+    """The estimate for the chosen stages with `jobs` at once on `cpus` CPUs and `gpus` GPUs (None: this machine's)."""
+    cpus = cpu_count() if cpus is None else cpus
+    gpus = gpu_count() if gpus is None else gpus
+    todo = [s for s in stages if s.id in chosen]
+    rate, how, note = seconds_per_unit(plan, stages, probe)
+    times = tuple(stage_time(plan, stage, rate, how) for stage in todo)
+    seconds = {t.id: t.seconds for t in times}
+    order = [s.id for s in todo]
+    waits = waits_for(todo)
+    by_id = {s.id: s for s in todo}
+    rank = ranks(order, waits, lambda sid: eta.stage_cost(by_id[sid].kind, by_id[sid].recipe, by_id[sid].trained))
+    slots = min(jobs, per_gpu * gpus) if gpus else jobs
+    factor = stretch(todo, jobs, slots, cpus, gpus)
+    placed = simulate(order, waits, {sid: s * factor for sid, s in seconds.items()}, slots, rank)
+    alone = math.fsum(seconds.values())
+    wall = makespan(placed) if jobs > 1 else alone
+    if jobs > 1 and rate is not None:
+        wall += worker_start_seconds()
+    return PlanEstimate(jobs, slots, factor, times, placed, alone, wall, rate is not None, note)
+
+
+def seconds_per_unit(plan: Plan, stages: Sequence[Stage], probe: bool = True) -> tuple[float | None, str, str]:
+    """(seconds per cost unit of a training epoch, how found, note): from the plan's runs with
+    timed epochs, else a probe on the plan's data, else (None, 'cost', why)."""
+    seconds = units = 0.0
+    for stage in stages:
+        epoch = measured_epoch(stage)
+        if epoch is not None:
+            seconds += epoch
+            units += eta.epoch_cost(stage.kind, stage.recipe)
+    if units > 0 and seconds > 0:
+        return seconds / units, "scaled", ""
+    supervised = next((s for s in stages if s.kind in ("teacher", "student")), None)
+    prepared = plan.data.source == "prepared" or (plan.data.out / "manifest.json").is_file()
+    if not (probe and supervised is not None and prepared):
+        why = "no run of the plan has a timed epoch" + ("" if prepared else f" and {plan.data.out} is not prepared (no probe)")
+        return None, "cost", why
+    epoch = probe_epoch(supervised)
+    return epoch / eta.epoch_cost(supervised.kind, supervised.recipe), "probe", f"probe: {PROBE_STEPS} steps of {supervised.id}"
+
+
+def measured_epoch(stage: Stage) -> float | None:
+    """The mean seconds of the epochs in the stage's history.jsonl (None: a training stage without any)."""
+    if stage.kind not in TRAIN_KINDS or stage.run is None:
+        return None
+    history = stage.run / "history.jsonl"
+    try:
+        rows = read_history_file(history) if history.is_file() else []
+    except SftkdError:
+        return None
+    times = [float(r["seconds"]) for r in rows if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]
+    return math.fsum(times) / len(times) if times else None
+
+
+def stage_time(plan: Plan, stage: Stage, rate: float | None, how: str) -> StageTime:
+    """The seconds `stage` takes alone (see the module docstring); `rate`: seconds per cost unit."""
+    scale = 1.0 if rate is None else rate  # without a rate the costs stand in for seconds
+    if stage.kind in TRAIN_KINDS:
+        assert stage.recipe is not None
+        state, _ = training_state(stage)
+        if state == "complete":
+            return StageTime(stage.id, 0.0, "complete")
+        done = len(_history(stage)) if state == "partial" else 0
+        left = max(0, stage.recipe.train.epochs - done)
+        epoch = measured_epoch(stage)
+        if epoch is not None and rate is not None:
+            return StageTime(stage.id, left * epoch, "measured")
+        return StageTime(stage.id, left * scale * eta.epoch_cost(stage.kind, stage.recipe), how)
+    if stage.kind == "evaluate" and evaluation_complete(stage, plan):
+        return StageTime(stage.id, 0.0, "complete")
+    logged = logged_seconds(plan, stage)
+    if logged is not None and rate is not None:
+        return StageTime(stage.id, logged, "log")
+    if stage.kind == "evaluate":
+        overhead = EVAL_OVERHEAD if rate is not None else 0.0
+        return StageTime(stage.id, scale * eta.stage_cost(stage.kind, stage.recipe, stage.trained) + overhead, how)
+    return StageTime(stage.id, 0.0, "not counted")
+
+
+def _history(stage: Stage) -> list[dict]:
+    assert stage.run is not None
+    try:
+        return read_history_file(stage.run / "history.jsonl") if (stage.run / "history.jsonl").is_file() else []
+    except SftkdError:
+        return []
+
+
+def logged_seconds(plan: Plan, stage: Stage) -> float | None:
+    """The seconds of the stage's last 'done' or 'resumed' in its log (written with --jobs), if any."""
+    log = stage_log(plan, stage)
+    if not log.is_file():
+        return None
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")[-200_000:]
+    except OSError:
+        return None
+    found = re.findall(rf"^{re.escape(stage.id)}: (?:done|resumed) in ([0-9.]+) s", text, flags=re.MULTILINE)
+    return float(found[-1]) if found else None
+
+
+def stretch(todo: Sequence[Stage], jobs: int, slots: int, cpus: int, gpus: int) -> float:
+    """How much slower each stage runs with `slots` at once (see the module docstring)."""
+    if jobs <= 1:
+        return 1.0
+    if gpus:
+        return float(math.ceil(slots / gpus))
+    fixed = [s.recipe.train.threads for s in todo if s.recipe is not None and s.recipe.train.threads]
+    alone = max(fixed) if fixed else cpus  # threads of a stage alone (torch's default: the CPUs)
+    shared = max(fixed) if fixed else max(1, cpus // jobs)
+    return alone / shared * max(1.0, slots * shared / cpus)
+
+
+def probe_epoch(stage: Stage) -> float:
+    """Seconds of one training epoch of `stage` (teacher or student), from PROBE_STEPS steps and
+    a short validation trained in a temporary folder on the plan's data."""
+    from sftkd_cli.training.session import open_datasets
+    from sftkd_cli.training.supervised import train_supervised
+
+    recipe = stage.recipe
+    assert recipe is not None
+    batch = recipe.train.batch_size
+    train, val = open_datasets(recipe)
+    steps = math.ceil(len(train) / batch)
+    if recipe.train.max_steps_per_epoch:
+        steps = min(steps, recipe.train.max_steps_per_epoch)
+    probe_val = min(len(val), batch)
+    with tempfile.TemporaryDirectory(prefix="sftkd-probe-") as folder:
+        probe = dataclasses.replace(
+            recipe,
+            run=dataclasses.replace(recipe.run, dir=folder, name="probe"),
+            train=dataclasses.replace(recipe.train, epochs=1, max_steps_per_epoch=min(PROBE_STEPS, steps)),
+            data=dataclasses.replace(recipe.data, max_val_slices=max(1, probe_val)),
+        )
+        train_supervised(probe, console=Console(file=io.StringIO()))
+        row = read_history_file(Path(folder) / "probe" / "history.jsonl")[0]
+    probe_units = min(PROBE_STEPS, steps) + eta.FORWARD_SHARE * max(1, probe_val) / batch
+    full_units = steps + eta.FORWARD_SHARE * len(val) / batch
+    return float(row["seconds"]) / probe_units * full_units
+
+
+def worker_start_seconds() -> float:
+    """Seconds a fresh worker process takes to import what a stage needs (measured once here)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sftkd_cli.reproduce.jobs"], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def print_estimate(estimate: PlanEstimate, console: Console) -> None:
+    """The stages' times and simulated schedule, then the expected wall time."""
+    total = estimate.alone or 1.0
+    unit = format_seconds if estimate.in_seconds else (lambda v: f"{100 * v / total:.1f}%")  # of one after another
+    table = Table(title=f"estimate with --jobs {estimate.jobs}", title_justify="left")
+    for column in ("stage", "alone", "from", "start", "end"):
+        table.add_column(column, justify="left" if column in ("stage", "from") else "right")
+    for time_ in estimate.times:
+        slot = estimate.placed.get(time_.id)
+        table.add_row(escape(time_.id), unit(time_.seconds) if time_.seconds else "-", time_.how,
+                      unit(slot.start) if slot else "", unit(slot.end) if slot else "")
+    console.print(table)
+    if estimate.note:
+        console.print(estimate.note, style="dim", highlight=False)
+    if estimate.jobs > 1:
+        console.print(f"{estimate.slots} stage(s) at once, each about {estimate.stretch:.2g}x slower than alone "
+                      "(threads and GPUs shared)", style="dim", highlight=False)
+    ratio = estimate.wall / estimate.alone if estimate.alone else 1.0
+    if estimate.in_seconds:
+        console.print(f"expected wall time with --jobs {estimate.jobs}: {format_seconds(estimate.wall)} "
+                      f"(one stage after another: {format_seconds(estimate.alone)})", highlight=False)
+    else:
+        console.print(f"expected wall time with --jobs {estimate.jobs}: {ratio:.2f} of one stage after another "
+                      "(no time measured: stage costs stand in for seconds)", highlight=False)
