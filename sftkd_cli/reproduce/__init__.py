@@ -54,20 +54,34 @@ Each stage is skipped when complete (last checkpoint at train.epochs; metrics.js
 best.pt), resumed when its run directory exists but is incomplete, and run otherwise. A failing
 stage is reported and the stages that need it are skipped; independent stages go on.
 
+With `--jobs N` the stages run as a dependency graph, up to N at once, each in a worker process
+whose output goes to <report>/logs/<stage>.log; the results are those of one stage after
+another (the same work per stage; the CPU conv kernels gave the same weights with any thread
+count here, and the shipped plans set train.threads). An executor runs the stages: the local one
+(worker processes of this machine) or any other with the same small interface (`executor`).
+`--dry-run --estimate` simulates that schedule with the stages' measured (or probed) times.
+
 Modules: `kinds` (the shared names), `values` (plan value readers), `data` (the data: block and
 the data stage), `paper` (the paper: block), `spec` (load_plan), `stages` (stages and their
-state on disk), `running` (run_plan), `display` (tables printed) and `report` (report folder).
+state on disk), `stagework` (one stage's work), `running` (run_plan), `graph` (the dependency
+graph, priorities, list scheduling), `jobs` (a stage as a picklable job), `executor` (the executor
+interface, LocalExecutor), `schedule` (the parallel scheduler), `live` (its board), `estimate`
+(--estimate), `display` (tables printed) and `report` (report folder).
 """
 
 from __future__ import annotations
 
 from sftkd_cli.reproduce.data import DataSpec
 from sftkd_cli.reproduce.display import format_seconds, print_plan, print_status, total_seconds
-from sftkd_cli.reproduce.running import PlanOutcome, Trainers, default_trainers, run_plan
+from sftkd_cli.reproduce.executor import Executor, LocalExecutor
+from sftkd_cli.reproduce.jobs import StageJob, run_stage_job, stage_log
+from sftkd_cli.reproduce.running import PlanOutcome, run_plan
 from sftkd_cli.reproduce.spec import Plan, load_plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select
+from sftkd_cli.reproduce.stagework import Trainers, default_trainers
 
 __all__ = [
-    "DataSpec", "Plan", "PlanOutcome", "Stage", "StageResult", "Trainers", "build_stages", "default_trainers",
-    "format_seconds", "load_plan", "print_plan", "print_status", "run_plan", "select", "total_seconds",
+    "DataSpec", "Executor", "LocalExecutor", "Plan", "PlanOutcome", "Stage", "StageJob", "StageResult", "Trainers",
+    "build_stages", "default_trainers", "format_seconds", "load_plan", "print_plan", "print_status", "run_plan",
+    "run_stage_job", "select", "stage_log", "total_seconds",
 ]

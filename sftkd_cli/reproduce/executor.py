@@ -96,8 +96,8 @@ class _Worker:
 
 class LocalExecutor:
     """Up to `jobs` worker processes of this machine, each running one job at a time (see the
-    module docstring). A worker is spawned when a job finds none idle and serves the jobs that
-    follow (one import of torch per worker, not per stage); `close` ends them."""
+    module docstring). They start with the first job and serve the jobs that follow (one import
+    of torch per worker, not per stage; a worker that died is replaced); `close` ends them."""
 
     def __init__(self, jobs: int, *, per_gpu: int = PER_GPU, cpus: int | None = None, gpus: int | None = None) -> None:
         if jobs < 1 or per_gpu < 1:
@@ -116,9 +116,13 @@ class LocalExecutor:
     def submit(self, job: StageJob) -> None:
         gpu = self._free_gpu(job)
         job = dataclasses.replace(job, threads=self.threads, device=f"cuda:{gpu}" if gpu is not None else job.device)
+        first = not self._workers
         worker = next((w for w in self._workers if w.job is None and w.process.is_alive()), None) or self._spawn()
         worker.job, worker.gpu = job, gpu
         worker.conn.send(job)
+        if first:  # the other workers start now: their imports overlap the first stage (often the data)
+            for _ in range(self.slots - 1):
+                self._spawn()
 
     def _spawn(self) -> _Worker:
         for dead in [w for w in self._workers if w.job is None and not w.process.is_alive()]:
