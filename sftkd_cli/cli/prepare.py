@@ -72,7 +72,7 @@ Task = Annotated[
                       "(super-resolution: the central 1/s x 1/s of k-space per scale s, zero-padded and "
                       "interpolated back to full size)."),
 ]
-MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri.")]
+MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri | fastmri-random | fastmri-equispaced (the last two: the fastmri package's masks, bit for bit).")]
 MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",
@@ -172,13 +172,15 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         table.add_row("scales", boxes)
         table.add_row("k-space layout", f"{mask['layout']}, central box kept")
     else:
+        axis = int(mask.get("axis", 0))  # 0: rows sampled (the paper's), 1: columns (fastMRI)
         lines = ", ".join(
-            f"{a:g}x: {mask['per_acceleration'][group_key('recon', a)]['lines']}/{h} lines "
+            f"{a:g}x: {mask['per_acceleration'][group_key('recon', a)]['lines']}/{(h, w)[axis]} lines "
             f"({mask['per_acceleration'][group_key('recon', a)]['origin']})"
             for a in m["accelerations"]
         )
         table.add_row("accelerations", lines)
-        table.add_row("mask layout", f"{mask['layout']}, rows sampled (axis 0), seed {mask['seed']}")
+        table.add_row("mask layout", f"{mask['layout']}, {('rows', 'columns')[axis]} sampled (axis {axis}), "
+                                     f"seed {mask['seed']}")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
 
