@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,15 +13,24 @@ from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_con
 from sftkd_cli.errors import SftkdError
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 HELP = examples(
     "Run a reproduction plan: prepare data, train teacher, student, SFT teacher and KD students, evaluate "
     "every run, compare them and write a report (tables, Wilcoxon p-values, figures)."
     "\n\nRe-running continues where it stopped: finished stages are skipped, interrupted runs resumed."
     "\n\nWith --jobs N, up to N stages that do not need each other run at once, each in a worker process "
-    "(its output in <report>/logs/<stage>.log); the results are those of one stage after another.",
+    "(its output in <report>/logs/<stage>.log); the results are those of one stage after another."
+    "\n\nWith --executor ray the stages run as Ray tasks on a Ray cluster (pip install 'sftkd[cluster]'), each "
+    "holding a share of a GPU or CPUs; a stage whose worker dies is retried and resumes from its last checkpoint. "
+    "Every node needs sftkd, and the data and the runs folder at the same paths on shared storage.",
     "sftkd reproduce demo",
     "sftkd reproduce demo --jobs 3",
     "sftkd reproduce demo --dry-run --estimate --jobs 3",
+    "sftkd reproduce table1-acdc --executor ray --address HEAD:6379 --jobs 8",
     "sftkd reproduce recipes/demo.yaml --dry-run --only kd",
     "sftkd reproduce table1-acdc --data-root /data/ACDC train.device=cuda",
 )
@@ -36,6 +46,8 @@ def reproduce(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, metavar="N", help="Run up to N stages that do not need each other at once, each in a worker process (its output in the log files of the report folder); on the CPU each gets cpus/N torch threads unless the recipe sets train.threads. 1: one after another, output here.")] = 1,
     per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, max=64, metavar="K", help="With --jobs on CUDA: at most K stages share one GPU; the visible GPUs take the stages in turn.")] = 4,
+    executor_name: Annotated[ExecutorName, typer.Option("--executor", metavar="local|ray", help="Where the stages run: local (this machine) or ray (tasks on a Ray cluster, up to --jobs at once; a stage on CUDA holds 1/K of a GPU, K from --per-gpu).")] = ExecutorName.local,
+    address: Annotated[Optional[str], typer.Option("--address", metavar="ADDR", help="With --executor ray: the Ray cluster, e.g. HEAD:6379 (default: RAY_ADDRESS, else a cluster started here with `ray start`, else a new Ray on this machine).")] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: the expected wall time of the plan on this machine with --jobs N, from the epoch times of its runs (or a short training probe).")] = False,
 ) -> None:
     """Run a reproduction plan (see HELP)."""
@@ -50,6 +62,8 @@ def reproduce(
     console = stdout_console()
     if estimate and not dry_run:
         raise SftkdError("--estimate: add --dry-run (the estimate runs no stage)")
+    if address is not None and executor_name is not ExecutorName.ray:
+        raise SftkdError("--address: add --executor ray (the address is that of a Ray cluster)")
     if dry_run:
         chosen = select(stages, tokens)
         print_plan(plan, stages, chosen, console)
@@ -59,7 +73,11 @@ def reproduce(
             print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
     executor = None
-    if jobs > 1:
+    if executor_name is ExecutorName.ray:
+        from sftkd_cli.reproduce.ray_executor import RayExecutor
+
+        executor = RayExecutor(jobs, address=address, per_gpu=per_gpu)
+    elif jobs > 1:
         from sftkd_cli.reproduce.executor import LocalExecutor
 
         executor = LocalExecutor(jobs, per_gpu=per_gpu)
