@@ -180,7 +180,9 @@ def attention_residues_from_runs(
     arrays = load_volume(dataset, volume, acceleration)
     if not 0 <= index < arrays["image"].shape[0]:
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
-    zf = torch.from_numpy(np.asarray(arrays["zf"][index], dtype=np.float32))[None, None]
+    zf = np.asarray(arrays["zf"][index])
+    zf = np.stack([zf.real, zf.imag]) if np.iscomplexobj(zf) else zf[None]  # complex data: real, imaginary channels
+    zf = torch.from_numpy(zf.astype(np.float32))[None]
     kspace = torch.from_numpy(np.asarray(arrays["kspace"][index], dtype=np.complex64))[None, None]
     mask = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.float32))[None, None]
     residues = {}

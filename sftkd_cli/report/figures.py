@@ -437,5 +437,5 @@ def reconstruction_grid_from_runs(
     recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
     where = ", ".join(part for part in (context, f"{volume}, slice {index}, {acceleration:g}x") if part)
     label = INPUT_LABELS[dataset_task(load_manifest(dataset))][1]
-    return reconstruction_grid(arrays["image"][index], arrays["zf"][index], recons, stem, box, title, label,
-                               where, crop_errors)
+    target, zf = (np.abs(arrays[key][index]).astype(np.float32) for key in ("image", "zf"))  # complex data: magnitudes, as recon.h5
+    return reconstruction_grid(target, zf, recons, stem, box, title, label, where, crop_errors)
