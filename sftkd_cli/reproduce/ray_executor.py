@@ -147,9 +147,12 @@ class RayExecutor:
             if stopping:
                 return StageResult(stage.id, stage.kind, INTERRUPTED, note=f"stopped ({type(exc).__name__})")
             lines = str(exc).strip().splitlines()
+            crashed = self.ray.exceptions.WorkerCrashedError
+            died = isinstance(exc, (crashed, getattr(self.ray.exceptions, "NodeDiedError", crashed)))
             return StageResult(stage.id, stage.kind, FAILED,
-                               note=f"Ray: {type(exc).__name__}: {lines[0] if lines else ''} "
-                                    f"(after {self.max_retries} retries); run the same command again to resume")
+                               note=f"Ray: {type(exc).__name__}: {lines[0] if lines else ''}"
+                                    + (f" (its worker died {self.max_retries + 1} times)" if died else "")
+                                    + "; run the same command again to resume")
         return result if isinstance(result, StageResult) else StageResult(
             stage.id, stage.kind, FAILED, note=f"Ray task returned {type(result).__name__}, not a stage result")
 
