@@ -56,7 +56,7 @@ class StudentFriendly(Objective):
         student.blocks[0].requires_grad_(False)  # S1 is in no branch
 
     def branches(self, teacher_states: list[torch.Tensor], kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """All N-1 branch outputs stacked along a new first axis: (N-1, B, 1, H, W)."""
+        """All N-1 branch outputs stacked along a new first axis: (N-1, B, C, H, W), C the image channels."""
         n = self.teacher.cascades
         if not self.batched:
             outputs = []
