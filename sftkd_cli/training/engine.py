@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
+from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.metrics import magnitude, psnr, ssim
 from sftkd_cli.models import CascadeNet
@@ -319,6 +320,7 @@ class Trainer:
         Saves `last` every train.checkpoint_every steps, and on SIGTERM before leaving."""
         cfg = self.recipe.train
         self._bare().begin_epoch(state.epoch)
+        set_dataset_epoch(train_ds, state.epoch)  # per-sample masks of this epoch (data.mask_per_sample)
         state.started = time.perf_counter()
         order = epoch_order(len(train_ds), cfg.seed, state.epoch, self.rank, self.world)
         order = order[: loop.steps_per_epoch * cfg.batch_size]

@@ -48,7 +48,8 @@ def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
     from sftkd_cli.metrics import SSIM_MIN_SIZE
 
     data = recipe.data
-    train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task)
+    train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task,
+                         mask_per_sample=data.mask_per_sample)  # validation keeps the split's fixed mask
     val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task)
     height, width = val.image_size
     if min(height, width) < SSIM_MIN_SIZE:
