@@ -13,8 +13,10 @@ from sftkd_cli.cli.base import HelpCommand, examples, stdout_console
 
 HELP = examples(
     "Export a trained model with its data-consistency layers to TorchScript or ONNX, checked against PyTorch."
-    "\n\nInputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, corner layout), "
-    "mask (B,1,H,W); output image (B,1,H,W). Dynamic batch; ONNX has a fixed image size, TorchScript any. "
+    "\n\nInputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, the training data's "
+    "layout: corner for the paper's data), mask (B,1,H,W); output image (B,1,H,W). A model trained on "
+    "complex data (prepare-data fastmri) takes and returns two-channel images, zf and output (B,2,H,W) "
+    "real/imaginary, with centred k-space. Dynamic batch; ONNX has a fixed image size, TorchScript any. "
     "A model card <out>.card.json is written beside the file.",
     "sftkd export runs/demo-student --format onnx",
     "sftkd export runs/demo/sft --model student --format torchscript",
