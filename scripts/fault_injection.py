@@ -88,7 +88,8 @@ def make_dataset(root: Path, volumes: int = 8) -> Path:
     """NIfTI phantoms -> a prepared 16x16 dataset (vol0 is the validation volume)."""
     import nibabel as nib
 
-    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
     from sftkd_cli.data.sources import NiftiSource
 
     raw = root / "raw"

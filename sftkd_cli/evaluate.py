@@ -318,7 +318,7 @@ def _evaluate(
         model = model.to(torch_device, memory_format=torch.channels_last).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
     else:
-        from sftkd_cli.export import prepare_evaluation
+        from sftkd_cli.exported import prepare_evaluation
 
         target = prepare_evaluation(exported, run.path, torch_device, checkpoint, model_role)
         model, state, entry_role, which = target.model, target.state, target.role, target.checkpoint

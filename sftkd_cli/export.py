@@ -49,7 +49,6 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model
 from sftkd_cli.choices import MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
-from sftkd_cli.files import check_writable, read_regular_bytes, temporary_sibling, unlink_quietly, write_bytes_synced
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.exported import (
     INPUT_NAMES,
@@ -58,19 +57,16 @@ from sftkd_cli.exported import (
     ExportedModel,
     card_path,
     load_exported,
-    prepare_evaluation,
     require_onnxruntime,
     split_complex,
 )
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
-from sftkd_cli.models.traceable import ExportableDCCNN, MatmulDFT, dft_matrix
-from sftkd_cli.files import atomic_write_text, is_special_file, make_folder, output_path
+from sftkd_cli.files import (
+    atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
+    temporary_sibling, unlink_quietly, write_bytes_synced,
+)
 from sftkd_cli.runs import open_run
 
-#: what callers import from here: the writer, and (re-exported) the loader and the traceable forms
-__all__ = ["FORMATS", "TOLERANCE", "ExportResult", "ExportableDCCNN", "ExportedModel", "MatmulDFT", "dft_matrix",
-           "export_run", "exportable", "load_exported", "prepare_evaluation", "split_complex", "write_onnx",
-           "write_torchscript"]
 
 #: export format -> default file suffix
 FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}

@@ -153,7 +153,8 @@ def nifti_writer() -> _NiftiWriter:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small prepared dataset (read-only): volumes vol0..vol4, 16x16, acc 4 and 5."""
-    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
     from sftkd_cli.data.sources import NiftiSource
 
     base = tmp_path_factory.mktemp("tiny_dataset")

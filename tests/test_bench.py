@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.bench  # noqa: F401  (registers `bench` on the app)
 from sftkd_cli.bench import (
     BenchRow,
     block_flops,

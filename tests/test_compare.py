@@ -13,7 +13,6 @@ import scipy.stats
 from rich.console import Console
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.compare  # noqa: F401  (registers the command on the app)
 from sftkd_cli.cli.app import app
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.compare import compare_runs, load_run_result, paper_table

@@ -14,7 +14,8 @@ from sftkd_cli.bench.measure import synthetic_batch
 from sftkd_cli.checkpoints import build_from_entry
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import METHODS, build_method
-from sftkd_cli.export import exportable, load_exported, max_difference, phantom_inputs, split_complex, write_onnx, write_torchscript
+from sftkd_cli.export import exportable, max_difference, phantom_inputs, write_onnx, write_torchscript
+from sftkd_cli.exported import load_exported, split_complex
 from sftkd_cli.models import build_model, count_parameters
 from sftkd_cli.mri.dc import DataConsistency, complex_data_consistency, data_consistency
 from sftkd_cli.mri.masks import make_mask

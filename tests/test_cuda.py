@@ -10,7 +10,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.bench  # noqa: F401  (registers `bench` on the app)
 from cli_helpers import sftkd
 from sftkd_cli.cli.app import app
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from sftkd_cli.data import prepare as prep_mod
-from sftkd_cli.data.prepare import (
-    PrepareOptions, acceleration_key, parse_accelerations, parse_mask_files, prepare_dataset,
-)
+from sftkd_cli.data.format import acceleration_key
+from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
+from sftkd_cli.data.prepare import prepare_dataset
 from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource
 from sftkd_cli.errors import SftkdError
 

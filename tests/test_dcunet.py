@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import build_from_entry, load_model
 from sftkd_cli.distill.methods import METHODS, build_method
@@ -288,7 +287,8 @@ def test_cli_distills_a_d3c5_from_a_dcunet_run_with_at(runs, teacher, init):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_of_a_dcunet_run_matches_pytorch(runs, fmt, tmp_path):
-    from sftkd_cli.export import export_run, load_exported
+    from sftkd_cli.export import export_run
+    from sftkd_cli.exported import load_exported
 
     path, _ = runs
     result = export_run(path / "teacher", fmt, out=tmp_path / f"teacher.{fmt}")

@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.export  # noqa: F401  (registers the command until app.py imports it)
 import sftkd_cli.export as export_module
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import load_model
@@ -23,14 +22,9 @@ from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.data.dataset import SliceDataset
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.export import (
-    ExportableDCCNN,
-    MatmulDFT,
-    dft_matrix,
-    export_run,
-    load_exported,
-    split_complex,
-)
+from sftkd_cli.export import export_run
+from sftkd_cli.exported import load_exported, split_complex
+from sftkd_cli.models.traceable import ExportableDCCNN, MatmulDFT, dft_matrix
 from sftkd_cli.models import build_model, count_parameters
 from sftkd_cli.runtime import collate
 

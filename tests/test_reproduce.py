@@ -14,9 +14,8 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.cli.app import app
-from sftkd_cli.data.prepare import SOURCE_DEFAULTS
+from sftkd_cli.data.catalog import SOURCE_DEFAULTS
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.reproduce import DataSpec, build_stages, default_trainers, load_plan, run_plan, select
 from sftkd_cli.runs import load_checkpoint

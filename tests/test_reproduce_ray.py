@@ -30,7 +30,6 @@ import torch
 from test_reproduce import quiet, statuses, write_plan
 from typer.testing import CliRunner
 
-import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.cli.app import app
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce import default_trainers, load_plan, run_plan

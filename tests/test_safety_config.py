@@ -19,7 +19,6 @@ import pytest
 import torch
 import yaml
 
-import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from cli_helpers import sftkd
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -286,7 +286,8 @@ def test_resume_with_a_wrong_last_checkpoint_is_one_line(damage, tiny_dataset, t
 def prepared(tmp_path: Path, name: str, **options) -> Path:
     from conftest import phantom_volume, write_nifti
 
-    from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
     from sftkd_cli.data.sources import NiftiSource
 
     raw = tmp_path / f"raw-{name}"

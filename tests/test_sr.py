@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sftkd_cli.cli.reproduce  # noqa: F401  (registers the command on the app)
 from sftkd_cli.config import load_recipe, validate
 from sftkd_cli.data.dataset import SliceDataset
-from sftkd_cli.data.prepare import PrepareOptions, prepare_dataset, sr_box_mask
+from sftkd_cli.data.options import PrepareOptions
+from sftkd_cli.data.prepare import prepare_dataset, sr_box_mask
 from sftkd_cli.data.sources import NiftiSource
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import build_model, count_parameters
@@ -350,7 +350,7 @@ def test_smoke_sr_plan_end_to_end(tmp_path, monkeypatch):
 
 
 def test_prepare_defaults_are_one_rule_for_the_cli_and_plans():
-    from sftkd_cli.data.prepare import default_accelerations
+    from sftkd_cli.data.options import default_accelerations
 
     assert default_accelerations("sr", {}) == (4.0,)
     assert default_accelerations("recon", {}) == (4.0, 5.0)

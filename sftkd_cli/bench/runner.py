@@ -345,7 +345,8 @@ def onnx_runner(model: DCCNN, data: Batch, device: torch.device, precision: str)
 
 def _exported_runner(model: DCCNN, data: Batch, fmt: str) -> Callable:
     """Write `model` with export's own writer for `fmt` to a temporary file and load it as evaluate does."""
-    from sftkd_cli.export import exportable, load_exported, split_complex, write_onnx, write_torchscript
+    from sftkd_cli.export import exportable, write_onnx, write_torchscript
+    from sftkd_cli.exported import load_exported, split_complex
 
     wrapper = exportable(model, tuple(data["zf"].shape[-2:]), fixed=fmt == "onnx").eval()
     example = (data["zf"], split_complex(data["kspace"]), data["mask"])

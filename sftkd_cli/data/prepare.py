@@ -59,27 +59,21 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.catalog import SOURCE_DEFAULTS
-from sftkd_cli.files import check_writable, h5_image, write_bytes_synced
-from sftkd_cli.data.format import FORMAT, INPUT_LABELS, MANIFEST, NORMALISATION, TASKS, acceleration_key, group_key
-from sftkd_cli.data.options import PrepareOptions, default_accelerations, parse_accelerations, parse_mask_files
+from sftkd_cli.data.format import FORMAT, MANIFEST, NORMALISATION, acceleration_key, group_key
+from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import (
-    PrepareInterrupted, Signals, check_collisions, check_out, created_parents, existing_dataset, install,
+    Signals, check_collisions, check_out, created_parents, existing_dataset, install,
     remove_stale, up_to_date,
 )
 from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
-    crop_or_pad, display_path, downsample, kept_slices, load_nifti, read_volume, sha256_file,
+    crop_or_pad, downsample, kept_slices, load_nifti, read_volume, sha256_file,
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.masks import check_mask_acceleration, load_mask, make_mask, undersample
 
-__all__ = [  # the library entry point, and names kept importable from here for older callers
-    "FORMAT", "INPUT_LABELS", "MANIFEST", "SOURCE_DEFAULTS", "TASKS", "PrepareInterrupted", "PrepareOptions", "PrepareResult",
-    "acceleration_key", "default_accelerations", "group_key", "parse_accelerations", "parse_mask_files",
-    "prepare_dataset", "sr_box_mask", "write_volume_h5",
-]
 
 # Prepared stacks are kept in memory between validation and writing up to this many bytes;
 # beyond it they are read again when written.

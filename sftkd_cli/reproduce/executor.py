@@ -118,8 +118,12 @@ class LocalExecutor:
         job = dataclasses.replace(job, threads=self.threads, device=f"cuda:{gpu}" if gpu is not None else job.device)
         first = not self._workers
         worker = next((w for w in self._workers if w.job is None and w.process.is_alive()), None) or self._spawn()
+        try:
+            worker.conn.send(job)  # pickled first: a job that does not pickle raises here, the worker stays idle
+        except OSError:
+            self._end(worker)
+            raise
         worker.job, worker.gpu = job, gpu
-        worker.conn.send(job)
         if first:  # the other workers start now: their imports overlap the first stage (often the data)
             for _ in range(self.slots - 1):
                 self._spawn()

@@ -31,6 +31,7 @@ from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.live import Board
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
+from sftkd_cli.reproduce.stagework import failure_note
 
 #: seconds between two looks at the running stages (the board's clock and epochs)
 TICK = 0.5
@@ -61,7 +62,8 @@ def run_graph(
     console: Console,
 ) -> GraphRun:
     """Run `todo` (the chosen stages, plan order) through `executor`; see the module docstring.
-    `console` shows the board; `trainers` (None: the library's) go to every job."""
+    `console` shows the board; each training job gets its kind's function of `trainers` (None:
+    the library's), which must pickle (an importable function)."""
     order = [s.id for s in todo]
     by_id = {s.id: s for s in todo}
     waits = waits_for(todo)
@@ -100,10 +102,16 @@ def run_graph(
                             changed = True
                         elif len(running) < executor.slots:
                             left.remove(sid)
-                            running.add(sid)
                             done_before = tuple(results[i] for i in order if i in results)
-                            executor.submit(StageJob(plan, stage, tuple(stages), done_before, number[sid], len(order),
-                                                     stage_log(plan, stage), trainers))
+                            own = None if trainers is None else {k: f for k, f in trainers.items() if k == stage.kind}
+                            try:
+                                executor.submit(StageJob(plan, stage, tuple(stages), done_before, number[sid], len(order),
+                                                         stage_log(plan, stage), own))
+                            except Exception as exc:  # noqa: BLE001 - e.g. a trainer that does not pickle
+                                record(StageResult(sid, stage.kind, FAILED, note=f"not started: {failure_note(exc)}"), board)
+                                changed = True
+                                continue
+                            running.add(sid)
                             board.start(stage)
                 if not running:
                     for sid in list(left):  # cannot happen (every wait is among the stages run); never loop forever
