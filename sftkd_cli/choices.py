@@ -23,3 +23,13 @@ BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf1
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
+
+#: parameter counts of the paper's networks (32 channels), for command help; the tests check them
+#: against the built models: magnitude images (the paper's) and complex two-channel ones (only
+#: the first and last convs grow)
+PARAMS: dict[str, dict[str, int]] = {
+    "D5C5": {"magnitude": 141_765, "complex": 144_650},
+    "D3C5": {"magnitude": 49_285, "complex": 52_170},
+}
+COMPLEX_PARAMS_TEXT = "; ".join(f"{name} on complex data: {p['complex']:,} params (magnitude: {p['magnitude']:,})"
+                                for name, p in PARAMS.items())

@@ -104,7 +104,8 @@ def test_complex_models_have_two_channels_in_and_out_and_only_the_end_convs_chan
 
 
 def test_parameter_counts_named_in_bench_help():
-    from sftkd_cli.cli.bench import COMPLEX_PARAMS_TEXT, HELP, PARAMS
+    from sftkd_cli.choices import COMPLEX_PARAMS_TEXT, PARAMS
+    from sftkd_cli.cli.bench import HELP
 
     for name, counts in PARAMS.items():
         assert count_parameters(build_model(name)) == counts["magnitude"]

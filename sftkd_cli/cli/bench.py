@@ -13,19 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import BENCH_PARTS
+from sftkd_cli.choices import BENCH_PARTS, COMPLEX_PARAMS_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult, BenchRow
-
-#: parameter counts of the paper's networks (32 channels), checked against the built models by the
-#: tests: magnitude images (the paper's) and complex two-channel ones (only the first and last convs grow)
-PARAMS = {"D5C5": {"magnitude": 141_765, "complex": 144_650}, "D3C5": {"magnitude": 49_285, "complex": 52_170}}
-COMPLEX_PARAMS_TEXT = "; ".join(f"{name} on complex data: {p['complex']:,} params (magnitude: {p['magnitude']:,})"
-                                for name, p in PARAMS.items())
 
 HELP = examples(
     "Measure how fast sftkd trains and reconstructs on this machine (no dataset needed)."

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
+from sftkd_cli.choices import COMPLEX_PARAMS_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
 
 
@@ -20,7 +21,7 @@ HELP = examples(
 
 def train_teacher(
     args: common.Args = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="DnCm", help="Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="DnCm", help=f"Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline); {COMPLEX_PARAMS_TEXT}.")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
