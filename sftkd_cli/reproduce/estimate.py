@@ -53,7 +53,7 @@ from sftkd_cli.runs import read_history_file
 #: training steps of the probe (its first step includes the warm-up: the estimate errs long)
 PROBE_STEPS = 3
 #: seconds an evaluation takes besides its forward passes (loading, latency timing, files)
-EVAL_OVERHEAD = 2.0
+EVAL_OVERHEAD = 1.0
 
 
 @dataclass(frozen=True)
