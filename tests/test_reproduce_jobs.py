@@ -190,6 +190,11 @@ def test_the_schedule_simulation_on_a_hand_made_graph():
     assert makespan(two) == 9  # data; a | b, e; c after a; report
     assert (two["a"].start, two["b"].start, two["e"].start, two["c"].start, two["report"].start) == (1, 1, 3, 5, 8)
     assert makespan(simulate(order, waits, seconds, 3, rank)) == 9  # the chain data-a-c-report bounds it
+    assert makespan(simulate(order, waits, seconds, 2, rank, lambda k: 1 / k)) == 12  # two sharing one CPU: no gain
+    shared = simulate(order, waits, seconds, 2, rank, lambda k: min(1.0, 1.5 / k))  # 1.5 CPUs for two
+    # a and b at 0.75 until b ends (1 + 2/0.75); a and e at 0.75 until e ends (+1/0.75 = 5); a's last second alone; c; report
+    assert (shared["b"].end, shared["e"].end, shared["a"].end) == pytest.approx((1 + 2 / 0.75, 5, 6))
+    assert makespan(shared) == pytest.approx(10)
     # the longest chain first: with one slot free, c (rank 4, 3 s) before b's chain would wait
     waits_for_plan = waits_for([Stage("data", "data"), Stage("t", "teacher", needs=("data",)), Stage("report", "report")])
     assert waits_for_plan == {"data": (), "t": ("data",), "report": ("data", "t")}

@@ -14,11 +14,11 @@ Without any measured epoch and without prepared data (no probe), the stage costs
 seconds, and only the ratio of the two wall times is known.
 
 Then `graph.simulate` schedules the stages on the executor's slots exactly as `--jobs N` starts
-them (highest rank first). Stages at once slow each other down; a simple model stretches every
-stage by one factor (`stretch`): on the CPU, the threads each stage loses (cpus // N instead of
-all of them, unless the recipe sets train.threads; scaling taken as linear) times the
-oversubscription (N x threads over the CPUs); on CUDA, the stages sharing one GPU (each assumed
-to fill it; unmeasured: no GPU was at hand). The measured epochs are taken as they ran.
+them (highest rank first), with stages at once slowing each other down (`Sharing`): on the CPU,
+a stage runs with cpus // N threads instead of all of them unless the recipe sets train.threads
+(scaling taken as linear), and k stages at once share the CPUs when they want more threads than
+there are; on CUDA, the stages on one GPU share it (each assumed to fill it; unmeasured: no GPU
+was at hand). The measured epochs are taken as they ran (on a busy machine, slower).
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ class PlanEstimate:
 
     jobs: int
     slots: int
-    stretch: float
+    sharing: Sharing
     times: tuple[StageTime, ...]
     placed: dict[str, Slot]
     alone: float  # one stage after another (--jobs 1)
-    wall: float  # with `jobs`, stretched, plus the workers' start
+    wall: float  # with `jobs`, stages sharing the machine, plus the workers' start
     in_seconds: bool  # False: stage costs stood in for seconds (only wall / alone means something)
     note: str = ""
 
@@ -94,13 +94,13 @@ def estimate_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], jobs: i
     by_id = {s.id: s for s in todo}
     rank = ranks(order, waits, lambda sid: eta.stage_cost(by_id[sid].kind, by_id[sid].recipe, by_id[sid].trained))
     slots = min(jobs, per_gpu * gpus) if gpus else jobs
-    factor = stretch(todo, jobs, slots, cpus, gpus)
-    placed = simulate(order, waits, {sid: s * factor for sid, s in seconds.items()}, slots, rank)
+    sharing = Sharing.of(todo, jobs, cpus, gpus)
+    placed = simulate(order, waits, seconds, slots, rank, sharing.speed)
     alone = math.fsum(seconds.values())
     wall = makespan(placed) if jobs > 1 else alone
     if jobs > 1 and rate is not None:
         wall += worker_start_seconds()
-    return PlanEstimate(jobs, slots, factor, times, placed, alone, wall, rate is not None, note)
+    return PlanEstimate(jobs, slots, sharing, times, placed, alone, wall, rate is not None, note)
 
 
 def seconds_per_unit(plan: Plan, stages: Sequence[Stage], probe: bool = True) -> tuple[float | None, str, str]:
@@ -182,16 +182,36 @@ def logged_seconds(plan: Plan, stage: Stage) -> float | None:
     return float(found[-1]) if found else None
 
 
-def stretch(todo: Sequence[Stage], jobs: int, slots: int, cpus: int, gpus: int) -> float:
-    """How much slower each stage runs with `slots` at once (see the module docstring)."""
-    if jobs <= 1:
-        return 1.0
-    if gpus:
-        return float(math.ceil(slots / gpus))
-    fixed = [s.recipe.train.threads for s in todo if s.recipe is not None and s.recipe.train.threads]
-    alone = max(fixed) if fixed else cpus  # threads of a stage alone (torch's default: the CPUs)
-    shared = max(fixed) if fixed else max(1, cpus // jobs)
-    return alone / shared * max(1.0, slots * shared / cpus)
+@dataclass(frozen=True)
+class Sharing:
+    """How stages at once slow each other: each runs with `threads` of the `alone` threads it
+    would have by itself, on `cpus` CPUs; or (gpus > 0) the stages on one GPU share it."""
+
+    cpus: int
+    threads: int = 1
+    alone: int = 1
+    gpus: int = 0
+
+    @classmethod
+    def of(cls, todo: Sequence[Stage], jobs: int, cpus: int, gpus: int) -> Sharing:
+        if gpus:
+            return cls(cpus, gpus=gpus)
+        fixed = [s.recipe.train.threads for s in todo if s.recipe is not None and s.recipe.train.threads]
+        if fixed:  # the recipes' threads, alone or not
+            return cls(cpus, max(fixed), max(fixed))
+        return cls(cpus, max(1, cpus // jobs) if jobs > 1 else cpus, cpus)  # torch's default alone: the CPUs
+
+    def speed(self, running: int) -> float:
+        """Each stage's speed (1: as alone) while `running` stages run at once."""
+        if self.gpus:
+            return 1.0 / math.ceil(running / self.gpus)
+        return self.threads / self.alone * min(1.0, self.cpus / (running * self.threads))
+
+    def text(self, slots: int) -> str:
+        if self.gpus:
+            return f"up to {slots} stage(s) at once on {self.gpus} GPU(s), sharing each GPU (assumed full)"
+        return (f"up to {slots} stage(s) at once on {self.cpus} CPU(s), {self.threads} thread(s) each; "
+                f"with {slots} at once each runs at {self.speed(slots):.2g} of its speed alone")
 
 
 def probe_epoch(stage: Stage) -> float:
@@ -245,8 +265,7 @@ def print_estimate(estimate: PlanEstimate, console: Console) -> None:
     if estimate.note:
         console.print(estimate.note, style="dim", highlight=False)
     if estimate.jobs > 1:
-        console.print(f"{estimate.slots} stage(s) at once, each about {estimate.stretch:.2g}x slower than alone "
-                      "(threads and GPUs shared)", style="dim", highlight=False)
+        console.print(estimate.sharing.text(estimate.slots), style="dim", highlight=False)
     ratio = estimate.wall / estimate.alone if estimate.alone else 1.0
     if estimate.in_seconds:
         console.print(f"expected wall time with --jobs {estimate.jobs}: {format_seconds(estimate.wall)} "

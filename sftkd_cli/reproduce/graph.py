@@ -71,30 +71,43 @@ class Slot:
 
 
 def simulate(order: Sequence[str], waits: Mapping[str, Sequence[str]], seconds: Mapping[str, float],
-             slots: int, rank: Mapping[str, float]) -> dict[str, Slot]:
-    """List scheduling: whenever a slot is free, the ready stage of highest rank starts there and
-    runs `seconds[stage]`; returns each stage's placement (the makespan is the largest end)."""
+             slots: int, rank: Mapping[str, float], speed: Callable[[int], float] | None = None) -> dict[str, Slot]:
+    """List scheduling: whenever a slot is free, the ready stage of highest rank starts there;
+    a stage needs `seconds[stage]` alone, and while k stages run each advances at `speed(k)`
+    (None: 1, stages do not slow each other). Returns each stage's placement (the makespan is
+    the largest end)."""
     if slots < 1:
         raise ValueError("slots must be at least 1")
     placed: dict[str, Slot] = {}
-    free_at = [0.0] * slots  # when each slot is next free
+    running: dict[str, float] = {}  # stage -> seconds of work left (at speed 1)
+    where: dict[str, tuple[float, int]] = {}  # stage -> (start, slot)
+    done: set[str] = set()
     left = list(order)
     now = 0.0
-    while left:
-        placed_now = True
-        while placed_now:  # stages of no duration end at once and may free others at the same time
-            done = {s for s, p in placed.items() if p.end <= now}
+    while left or running:
+        started = True
+        while started:  # a stage of no duration ends at once and may let others start at the same time
+            for stage in [s for s, work in running.items() if work <= 1e-6]:
+                del running[stage]
+                start, slot = where[stage]
+                placed[stage] = Slot(start, now, slot)
+                done.add(stage)
             ready = by_priority([s for s in left if all(n in done for n in waits[s])], rank, order)
-            idle = [k for k in range(slots) if free_at[k] <= now]
-            placed_now = bool(ready and idle)
+            idle = [k for k in range(slots) if k not in {where[s][1] for s in running}]
+            started = bool(ready and idle)
             for stage, slot in zip(ready, idle):
-                placed[stage] = Slot(now, now + max(0.0, seconds[stage]), slot)
-                free_at[slot] = placed[stage].end
+                running[stage] = max(0.0, seconds[stage])
+                where[stage] = (now, slot)
                 left.remove(stage)
-        later = [p.end for p in placed.values() if p.end > now]
-        if left and not later:
-            raise ValueError(f"stages wait for stages that never run: {', '.join(left)}")
-        now = min(later, default=now)
+        if not running:
+            if left:
+                raise ValueError(f"stages wait for stages that never run: {', '.join(left)}")
+            break
+        rate = 1.0 if speed is None else speed(len(running))
+        step = min(running.values()) / rate
+        now += step
+        for stage in running:
+            running[stage] -= step * rate
     return placed
 
 
