@@ -21,7 +21,6 @@ training is Python-heavy: threads would queue on the GIL; a worker serves one jo
 then the next, so torch is imported once per worker): each job gets max(1, cpus // jobs) torch threads
 unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at most
 `per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or cuda).
-The CUDA placement is simple and unmeasured: no GPU was at hand when it was written.
 """
 
 from __future__ import annotations
