@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastmri_files import fft2c, ifft2c
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.bench.measure import synthetic_batch
 from sftkd_cli.checkpoints import build_from_entry
@@ -25,15 +26,6 @@ from sftkd_cli.training.sft import StudentFriendly
 
 COMPLEX = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2, image_size=(12, 10))
 
-
-def fft2c(x: np.ndarray) -> np.ndarray:
-    axes = (-2, -1)
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=axes), axes=axes, norm="ortho"), axes=axes)
-
-
-def ifft2c(k: np.ndarray) -> np.ndarray:
-    axes = (-2, -1)
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=axes), axes=axes, norm="ortho"), axes=axes)
 
 
 def _problem(seed: int = 0, shape: tuple[int, int] = (12, 10)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
