@@ -109,6 +109,7 @@ def ray_cluster() -> Iterator[str]:
     common = ["--block", "--disable-usage-stats", "--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1",
               f"--object-store-memory={80 << 20}"]
     nodes: list[subprocess.Popen] = []
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # ray.init replaces them
     driver = pytest.MonkeyPatch()
     for key, value in AUTH.items():
         driver.setenv(key, value)  # this process connects as the driver
@@ -130,6 +131,8 @@ def ray_cluster() -> Iterator[str]:
         yield address
     finally:
         ray.shutdown()
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         for node in nodes:
             if node.poll() is None:
                 node.send_signal(signal.SIGTERM)  # ray start --block stops its node's processes
@@ -187,7 +190,9 @@ def test_ray_plan_survives_a_killed_worker_and_matches_a_local_run(tmp_path, tin
     assert (on_ray.report_dir / "logs" / "sft.log").is_file()
 
     stamps = {p: p.stat().st_mtime_ns for p in on_ray.runs_dir.rglob("*") if p.is_file() and "report" not in p.parts}
+    handler = signal.getsignal(signal.SIGTERM)
     again = run_plan(on_ray, console=quiet(), executor=RayExecutor(2, address=ray_cluster))
+    assert signal.getsignal(signal.SIGTERM) is handler, "ray.init's SIGTERM handler outlived the executor"
     assert set(statuses(again).values()) == {"skipped"}
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import sys
 import time
@@ -94,6 +95,8 @@ class RayExecutor:
             raise ValueError("jobs and per_gpu must be at least 1, max_retries at least 0")
         self.ray = import_ray()
         self.jobs, self.per_gpu, self.max_retries = jobs, per_gpu, max_retries
+        # ray.init installs its own SIGINT/SIGTERM handlers in this process: put ours back on close
+        self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         self._owns_connection = _connect(self.ray, address)
         nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
         self.largest_cpus = max([int(n.get("CPU", 0)) for n in nodes] + [1])
@@ -183,6 +186,8 @@ class RayExecutor:
             self._running.pop(ref)
         if self._owns_connection and self.ray.is_initialized():
             self.ray.shutdown()
+            for number, handler in self._handlers.items():
+                signal.signal(number, handler)
 
 
 def _connect(ray: Any, address: str | None) -> bool:
