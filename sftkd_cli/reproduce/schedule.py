@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,8 @@ def run_graph(
             if not keep_going and not stopped:
                 stopped = f"not run: stopped after {result.id} failed (--stop-on-error)"
 
-    with Board(console, todo, executor.slots) as board, _sigterm_as_ctrl_c():
+    # closing() first: the executor closes after the old SIGTERM handler is back (Ray's close restores its own)
+    with closing(executor), Board(console, todo, executor.slots) as board, _sigterm_as_ctrl_c():
         try:
             while left or running:
                 changed = True
@@ -124,8 +125,6 @@ def run_graph(
             outcome.interrupted = True
             for result in executor.cancel():
                 record(result, board)
-        finally:
-            executor.close()
     outcome.results = [results[sid] for sid in order if sid in results]
     return outcome
 
