@@ -17,8 +17,7 @@ Then `graph.simulate` schedules the stages on the executor's slots exactly as `-
 them (highest rank first), with stages at once slowing each other down (`Sharing`): on the CPU,
 a stage runs with cpus // N threads instead of all of them unless the recipe sets train.threads
 (scaling taken as linear), and k stages at once share the CPUs when they want more threads than
-there are; on CUDA, the stages on one GPU share it (each assumed to fill it; unmeasured: no GPU
-was at hand). The measured epochs are taken as they ran (on a busy machine, slower).
+there are; on CUDA, the stages on one GPU share it (each assumed to fill it). The measured epochs are taken as they ran (on a busy machine, slower).
 """
 
 from __future__ import annotations
