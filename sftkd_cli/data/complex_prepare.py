@@ -28,8 +28,6 @@ time, and one output volume is built in memory (~2x its size) and written; nothi
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -41,15 +39,17 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key
+from sftkd_cli.data.format import FORMAT, acceleration_key
+from sftkd_cli.data.manifest import (
+    UserMasks, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest, write_masks,
+)
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, install, up_to_date
-from sftkd_cli.data.sources.base import SPLITS, Piece, SourceFile
-from sftkd_cli.data.volumes import sha256_file
+from sftkd_cli.data.sources.base import Piece, SourceFile
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
-from sftkd_cli.mri.masks import check_mask_acceleration, expand_line_mask, load_mask, make_mask
+from sftkd_cli.mri.masks import expand_line_mask, make_mask
 
 #: how complex data is scaled (h5 attribute and manifest "normalisation")
 COMPLEX_NORMALISATION = ("k-space and images / max (one factor per volume: the file's attr max, the max of "
@@ -76,17 +76,7 @@ def _window(x: np.ndarray, size: tuple[int, int], anchor: tuple[int, int]) -> np
     return out
 
 
-def _user_masks(options: PrepareOptions) -> dict[float, tuple[Path, np.ndarray, str]]:
-    """The --mask-file masks: full (H, W) masks or fastMRI's 1-D column vectors."""
-    out = {}
-    for acc, path in options.mask_files.items():
-        mask = load_mask(path, line=True)
-        check_mask_acceleration(mask, acc, f"--mask-file {display_path(path)}")
-        out[acc] = (Path(path), mask, sha256_file(Path(path)))
-    return out
-
-
-def _masks(options: PrepareOptions, size: tuple[int, int], user: dict[float, tuple[Path, np.ndarray, str]]) -> dict[float, np.ndarray]:
+def _masks(options: PrepareOptions, size: tuple[int, int], user: UserMasks) -> dict[float, np.ndarray]:
     """One fixed (H, W) mask per acceleration: the user's (a vector broadcast over the rows) or a
     generated column mask (fastMRI's own kinds give fastMRI's mask for --seed)."""
     out = {}
@@ -97,22 +87,6 @@ def _masks(options: PrepareOptions, size: tuple[int, int], user: dict[float, tup
             out[acc] = make_mask(options.mask_kind, size, acc, seed=options.seed, center_fraction=options.center_fraction,
                                  layout="centered", axis=MASK_AXIS)
     return out
-
-
-def _mask_record(options: PrepareOptions, masks: dict[float, np.ndarray],
-                 user: dict[float, tuple[Path, np.ndarray, str]]) -> dict[str, Any]:
-    per_acc = {}
-    for acc, mask in masks.items():
-        key = acceleration_key(acc)
-        per_acc[key] = {"file": f"masks/{key}.npy", "lines": int(np.count_nonzero(mask.any(axis=0))),
-                        "sampled_fraction": round(float(mask.mean()), 6),
-                        "origin": "file" if acc in user else options.mask_kind}
-        if acc in user:
-            per_acc[key]["source_file"] = str(user[acc][0].resolve())
-            per_acc[key]["source_sha256"] = user[acc][2]
-    return {"kind": options.mask_kind, "seed": options.seed, "layout": "centered", "axis": MASK_AXIS,
-            "center_fraction": options.center_fraction, "files": {k: v["file"] for k, v in per_acc.items()},
-            "per_acceleration": per_acc}
 
 
 def _image_size(source: Any, files: list[SourceFile], options: PrepareOptions) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -192,17 +166,10 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop."""
     if options.task != "recon":
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
-    user = _user_masks(options)
+    user = user_masks(options, line=True)
     files = source.sample_volumes(source.files(), options.seed)
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
-    checksums = {}
-    for n, file in enumerate(files):
-        check()
-        checksums[file.rel] = sha256_file(file.path)
-        if progress:
-            progress("hash", n + 1, len(files))
-    record = {"options": {"source": source.name, **source.options(), **options.record()},
-              "inputs": {"sources": checksums, "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())}}}
+    record = inputs_record(source, options, files, user, check, progress)
     if up_to_date(out, existing, record, options.force):
         return existing, True  # type: ignore[return-value]
     size, target_shape = _image_size(source, files, options)
@@ -216,11 +183,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / "masks").mkdir(parents=True)
-        for acc, mask in masks.items():
-            buffer = io.BytesIO()
-            np.save(buffer, mask.astype(np.float32))
-            write_bytes_synced(tmp / "masks" / f"{acceleration_key(acc)}.npy", buffer.getvalue())
+        write_masks(tmp, masks, options.task)
         volumes: dict[str, dict[str, Any]] = {}
         for n, file in enumerate(files):
             check()
@@ -233,47 +196,25 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
             vmax, resized = _write_volume(tmp / f"{file.volume}.h5", file, kept, size, target_shape, info.max, masks, attrs)
             volumes[file.volume] = {
                 "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": file.rel,
-                "source_sha256": checksums[file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
+                "source_sha256": record["inputs"]["sources"][file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
                 "max": vmax, "scale": 1.0 / vmax, "acquisition": info.acquisition, "kspace": "resized" if resized else "raw",
             }
             if progress:
                 progress("write", n + 1, len(files))
-        manifest = _manifest(source, options, size, target_shape, masks, user, splits, volumes, record)
-        write_bytes_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        acquisitions: dict[str, int] = {}
+        for entry in volumes.values():
+            acquisitions[entry["acquisition"]] = acquisitions.get(entry["acquisition"], 0) + 1
+        acquisition = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2,
+                                  image_size=(int(size[0]), int(size[1])))
+        manifest = dataset_manifest(
+            source, options, acquisition, COMPLEX_NORMALISATION, mask_record(options, masks, user, "centered", MASK_AXIS),
+            splits, volumes, record, details={"acquisitions": acquisitions},
+            after_size={"target_size": [int(target_shape[0]), int(target_shape[1])]}, after_task={"values": "complex"},
+        )
+        write_manifest(tmp, manifest)
         check()  # the last moment to stop: installing is a few renames, never cut short
         install(tmp, out, existing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest, False
-
-
-def _manifest(source: Any, options: PrepareOptions, size: tuple[int, int], target_shape: tuple[int, int],
-              masks: dict[float, np.ndarray], user: dict[float, tuple[Path, np.ndarray, str]], splits: dict[str, str],
-              volumes: dict[str, dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a complex dataset (the magnitude manifest's keys, plus values and target_size)."""
-    split_lists = {name: [v for v in volumes if splits[v] == name] for name in SPLITS}
-    acquisitions: dict[str, int] = {}
-    for entry in volumes.values():
-        acquisitions[entry["acquisition"]] = acquisitions.get(entry["acquisition"], 0) + 1
-    return {
-        "format": FORMAT,
-        "sftkd_version": __version__,
-        "source": source.label,
-        "source_root": None if source.root is None else str(source.root.resolve()),
-        "source_details": {**source.details(), "acquisitions": acquisitions},
-        "image_size": [int(size[0]), int(size[1])],
-        "target_size": [int(target_shape[0]), int(target_shape[1])],
-        "task": "recon",
-        "values": "complex",
-        "accelerations": [float(a) for a in options.accelerations],
-        "normalisation": COMPLEX_NORMALISATION,
-        "acquisition": Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2,
-                                   image_size=(int(size[0]), int(size[1]))).record(),
-        "mask": _mask_record(options, masks, user),
-        "splits": split_lists,
-        "slices": {name: sum(volumes[v]["slices"] for v in ids) for name, ids in split_lists.items()},
-        "volumes": volumes,
-        "options": record["options"],
-        "inputs": record["inputs"],
-    }

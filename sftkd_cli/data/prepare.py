@@ -42,8 +42,6 @@ k-space layout, magnitude values, one channel, image size) that models trained o
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import shutil
@@ -59,20 +57,23 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, MANIFEST, NORMALISATION, acceleration_key, group_key
+from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
+from sftkd_cli.data.manifest import (
+    UserMasks, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest, write_masks,
+)
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import (
     Signals, check_collisions, check_out, created_parents, existing_dataset, install,
     remove_stale, up_to_date,
 )
-from sftkd_cli.data.sources.base import SPLITS, Piece, Source, SourceFile
+from sftkd_cli.data.sources.base import Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
-    crop_or_pad, downsample, kept_slices, load_nifti, read_volume, sha256_file,
+    crop_or_pad, downsample, kept_slices, load_nifti, read_volume,
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
-from sftkd_cli.mri.masks import check_mask_acceleration, load_mask, make_mask, undersample
+from sftkd_cli.mri.masks import make_mask, undersample
 
 
 # Prepared stacks are kept in memory between validation and writing up to this many bytes;
@@ -175,17 +176,7 @@ def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int
 # --------------------------------------------------------------------------- masks
 
 
-def _user_masks(options: PrepareOptions) -> dict[float, tuple[Path, np.ndarray, str]]:
-    """Load the user's mask files (format and sampling checks now, shape checks once the size is known)."""
-    out = {}
-    for acc, path in options.mask_files.items():
-        mask = load_mask(path)
-        check_mask_acceleration(mask, acc, f"--mask-file {display_path(path)}")
-        out[acc] = (Path(path), mask, sha256_file(Path(path)))
-    return out
-
-
-def _check_mask_shapes(user: dict[float, tuple[Path, np.ndarray, str]], size: tuple[int, int]) -> None:
+def _check_mask_shapes(user: UserMasks, size: tuple[int, int]) -> None:
     for path, mask, _ in user.values():
         if tuple(mask.shape) != tuple(size):
             raise SftkdError(
@@ -194,7 +185,7 @@ def _check_mask_shapes(user: dict[float, tuple[Path, np.ndarray, str]], size: tu
 
 
 def _masks(
-    options: PrepareOptions, size: tuple[int, int], user: dict[float, tuple[Path, np.ndarray, str]]
+    options: PrepareOptions, size: tuple[int, int], user: UserMasks
 ) -> dict[float, np.ndarray]:
     """One fixed mask per acceleration: the user's file, or a generated one (sr: the k-space box)."""
     out = {}
@@ -209,35 +200,6 @@ def _masks(
                 center_fraction=options.center_fraction, layout=options.mask_layout, axis=0,
             )
     return out
-
-
-def _mask_record(
-    options: PrepareOptions, masks: dict[float, np.ndarray], user: dict[float, tuple[Path, np.ndarray, str]]
-) -> dict[str, Any]:
-    """The manifest's `mask` section."""
-    per_acc = {}
-    for acc, mask in masks.items():
-        key = group_key(options.task, acc)
-        per_acc[key] = {
-            "file": f"masks/{key}.npy",
-            "lines": int(np.count_nonzero(mask.any(axis=1))),
-            "sampled_fraction": round(float(mask.mean()), 6),
-            "origin": "sr-box" if options.task == "sr" else "file" if acc in user else options.mask_kind,
-        }
-        if options.task == "sr":
-            per_acc[key]["box"] = [int(np.count_nonzero(mask.any(axis=1))), int(np.count_nonzero(mask.any(axis=0)))]
-        if acc in user:
-            per_acc[key]["source_file"] = str(user[acc][0].resolve())
-            per_acc[key]["source_sha256"] = user[acc][2]
-    return {
-        "kind": "sr-box" if options.task == "sr" else options.mask_kind,
-        "seed": options.seed,
-        "layout": options.mask_layout,
-        "axis": 0,
-        "center_fraction": options.center_fraction,
-        "files": {k: v["file"] for k, v in per_acc.items()},
-        "per_acceleration": per_acc,
-    }
 
 
 # --------------------------------------------------------------------------- writing
@@ -279,11 +241,7 @@ def _write(
     """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries.
 
     `check()` runs before each file (it raises when prepare-data was asked to stop)."""
-    (tmp / "masks").mkdir(parents=True)
-    for acc, mask in masks.items():
-        buffer = io.BytesIO()
-        np.save(buffer, mask.astype(np.float32))
-        write_bytes_synced(tmp / "masks" / f"{group_key(options.task, acc)}.npy", buffer.getvalue())
+    write_masks(tmp, masks, options.task)
     by_rel = {p.file.rel: p for p in prepared}
     volumes: dict[str, dict[str, Any]] = {}
     centered = options.mask_layout == "centered"
@@ -397,26 +355,14 @@ def _prepare_locked(
 
         manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check)
         return PrepareResult(out, manifest, unchanged, time.perf_counter() - start)
-    user = _user_masks(options)
+    user = user_masks(options)
     if options.size is not None:
         _check_mask_shapes(user, options.size)
     files = source.files()
     # check the split options now (on whole files) rather than after reading every volume
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
 
-    checksums = {}
-    for n, file in enumerate(files):
-        signals.check()
-        checksums[file.rel] = sha256_file(file.path)
-        if progress:
-            progress("hash", n + 1, len(files))
-    record = {
-        "options": {"source": source.name, **source.options(), **options.record()},
-        "inputs": {
-            "sources": checksums,
-            "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
-        },
-    }
+    record = inputs_record(source, options, files, user, signals.check, progress)
     if up_to_date(out, existing, record, options.force):
         return PrepareResult(out, existing, True, time.perf_counter() - start)  # type: ignore[arg-type]
 
@@ -454,41 +400,16 @@ def _prepare_locked(
             shutil.rmtree(tmp)
         volumes = _write(tmp, source, options, prepared, pieces, splits, masks, progress, signals.check)
         for entry in volumes.values():
-            entry["source_sha256"] = checksums[entry["source_file"]]
-        manifest = _manifest(source, options, size, masks, user, splits, volumes, record)
-        write_bytes_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+            entry["source_sha256"] = record["inputs"]["sources"][entry["source_file"]]
+        acquisition = Acquisition(task=options.task, kspace_layout=options.mask_layout, values="magnitude",
+                                  channels=1, image_size=(int(size[0]), int(size[1])))
+        manifest = dataset_manifest(source, options, acquisition, NORMALISATION,
+                                    mask_record(options, masks, user, options.mask_layout, axis=0),
+                                    splits, volumes, record)
+        write_manifest(tmp, manifest)
         signals.check()  # the last moment to stop: installing is a few renames, never cut short
         install(tmp, out, existing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareResult(out, manifest, False, time.perf_counter() - start)
-
-
-def _manifest(
-    source: Source, options: PrepareOptions, size: tuple[int, int], masks: dict[float, np.ndarray],
-    user: dict[float, tuple[Path, np.ndarray, str]], splits: dict[str, str],
-    volumes: dict[str, dict[str, Any]], record: dict[str, Any],
-) -> dict[str, Any]:
-    """The dataset's manifest.json content (deterministic: no timestamps)."""
-    split_lists = {name: [v for v in volumes if splits[v] == name] for name in SPLITS}
-    return {
-        "format": FORMAT,
-        "sftkd_version": __version__,
-        "source": source.label,
-        "source_root": None if source.root is None else str(source.root.resolve()),
-        "source_details": source.details(),
-        "image_size": [int(size[0]), int(size[1])],
-        "task": options.task,
-        "accelerations": [float(a) for a in options.accelerations],
-        **({"scales": [float(a) for a in options.accelerations]} if options.task == "sr" else {}),
-        "normalisation": NORMALISATION,
-        "acquisition": Acquisition(task=options.task, kspace_layout=options.mask_layout, values="magnitude",
-                                   channels=1, image_size=(int(size[0]), int(size[1]))).record(),
-        "mask": _mask_record(options, masks, user),
-        "splits": split_lists,
-        "slices": {name: sum(volumes[v]["slices"] for v in ids) for name, ids in split_lists.items()},
-        "volumes": volumes,
-        "options": record["options"],
-        "inputs": record["inputs"],
-    }

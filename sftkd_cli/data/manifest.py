@@ -1,0 +1,135 @@
+"""What `prepare-data` records about a dataset, shared by the magnitude and the complex writers.
+
+The inputs record (options and source checksums, which decide whether a re-run is a no-op), the
+user's mask files, the fixed masks written as `masks/<group>.npy`, the manifest's `mask` section
+and the manifest itself. One writer per kind of data (`data.prepare`, `data.complex_prepare`)
+decides what goes into the volume files; both describe the dataset through these functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftkd_cli import __version__
+from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
+from sftkd_cli.data.options import PrepareOptions
+from sftkd_cli.data.sources.base import SPLITS, SourceFile
+from sftkd_cli.data.volumes import sha256_file
+from sftkd_cli.files import display_path, write_bytes_synced
+from sftkd_cli.mri.masks import check_mask_acceleration, load_mask
+
+#: acceleration -> (mask file, its mask, the file's sha256)
+UserMasks = dict[float, tuple[Path, np.ndarray, str]]
+Progress = Callable[[str, int, int], None]
+
+
+def user_masks(options: PrepareOptions, line: bool = False) -> UserMasks:
+    """Load the --mask-file masks (format and sampling checked now, shapes once the size is known);
+    `line`: fastMRI's 1-D column vectors are accepted too."""
+    out = {}
+    for acc, path in options.mask_files.items():
+        mask = load_mask(path, line=True) if line else load_mask(path)
+        check_mask_acceleration(mask, acc, f"--mask-file {display_path(path)}")
+        out[acc] = (Path(path), mask, sha256_file(Path(path)))
+    return out
+
+
+def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile], user: UserMasks,
+                  check: Callable[[], None], progress: Progress | None) -> dict[str, Any]:
+    """The options and input checksums a dataset was made from (equal record: nothing to redo).
+    `check()` runs before each file is hashed (it raises when prepare-data was asked to stop)."""
+    checksums = {}
+    for n, file in enumerate(files):
+        check()
+        checksums[file.rel] = sha256_file(file.path)
+        if progress:
+            progress("hash", n + 1, len(files))
+    return {
+        "options": {"source": source.name, **source.options(), **options.record()},
+        "inputs": {
+            "sources": checksums,
+            "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
+        },
+    }
+
+
+def write_masks(folder: Path, masks: Mapping[float, np.ndarray], task: str) -> None:
+    """Each fixed mask as `folder/masks/<group>.npy` (float32)."""
+    (folder / "masks").mkdir(parents=True)
+    for acc, mask in masks.items():
+        buffer = io.BytesIO()
+        np.save(buffer, mask.astype(np.float32))
+        write_bytes_synced(folder / "masks" / f"{group_key(task, acc)}.npy", buffer.getvalue())
+
+
+def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user: UserMasks,
+                layout: str, axis: int) -> dict[str, Any]:
+    """The manifest's `mask` section: masks sample whole lines along `axis` (0: rows, the paper's;
+    1: columns, fastMRI's), in k-space `layout`."""
+    sr = options.task == "sr"
+    per_acc = {}
+    for acc, mask in masks.items():
+        key = group_key(options.task, acc)
+        per_acc[key] = {
+            "file": f"masks/{key}.npy",
+            "lines": int(np.count_nonzero(mask.any(axis=1 - axis))),
+            "sampled_fraction": round(float(mask.mean()), 6),
+            "origin": "sr-box" if sr else "file" if acc in user else options.mask_kind,
+        }
+        if sr:
+            per_acc[key]["box"] = [int(np.count_nonzero(mask.any(axis=1))), int(np.count_nonzero(mask.any(axis=0)))]
+        if acc in user:
+            per_acc[key]["source_file"] = str(user[acc][0].resolve())
+            per_acc[key]["source_sha256"] = user[acc][2]
+    return {
+        "kind": "sr-box" if sr else options.mask_kind,
+        "seed": options.seed,
+        "layout": layout,
+        "axis": axis,
+        "center_fraction": options.center_fraction,
+        "files": {k: v["file"] for k, v in per_acc.items()},
+        "per_acceleration": per_acc,
+    }
+
+
+def dataset_manifest(source: Any, options: PrepareOptions, acquisition: Acquisition, normalisation: str,
+                     mask: dict[str, Any], splits: Mapping[str, str], volumes: dict[str, dict[str, Any]],
+                     record: dict[str, Any], details: Mapping[str, Any] | None = None,
+                     after_size: Mapping[str, Any] | None = None, after_task: Mapping[str, Any] | None = None,
+                     ) -> dict[str, Any]:
+    """The dataset's manifest.json content (deterministic: no timestamps). `details` extend the
+    source's own; `after_size` / `after_task` are a kind of data's extra keys (complex: target size, values)."""
+    assert acquisition.image_size is not None
+    split_lists = {name: [v for v in volumes if splits[v] == name] for name in SPLITS}
+    return {
+        "format": FORMAT,
+        "sftkd_version": __version__,
+        "source": source.label,
+        "source_root": None if source.root is None else str(source.root.resolve()),
+        "source_details": {**source.details(), **(details or {})},
+        "image_size": list(acquisition.image_size),
+        **(after_size or {}),
+        "task": options.task,
+        **(after_task or {}),
+        "accelerations": [float(a) for a in options.accelerations],
+        **({"scales": [float(a) for a in options.accelerations]} if options.task == "sr" else {}),
+        "normalisation": normalisation,
+        "acquisition": acquisition.record(),
+        "mask": mask,
+        "splits": split_lists,
+        "slices": {name: sum(volumes[v]["slices"] for v in ids) for name, ids in split_lists.items()},
+        "volumes": volumes,
+        "options": record["options"],
+        "inputs": record["inputs"],
+    }
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    write_bytes_synced(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
