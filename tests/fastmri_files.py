@@ -79,14 +79,7 @@ def write_singlecoil(path: Path | str, slices: int = 3, shape: tuple[int, int] =
     images = _slices(shape, slices, seed)
     kspace = fft2c(images).astype(np.complex64)
     target = center_crop(np.abs(ifft2c(kspace.astype(np.complex128))), crop).astype(np.float32)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=kspace)
-        f.create_dataset("reconstruction_esc", data=target)
-        f.attrs["max"] = float(target.max())
-        f.attrs["norm"] = float(np.linalg.norm(target))
-        f.attrs["acquisition"] = acquisition
-        f.attrs["patient_id"] = patient_id or f"synthetic{seed:04d}"
-    return path
+    return _write(path, kspace, "reconstruction_esc", target, acquisition, patient_id or f"synthetic{seed:04d}")
 
 
 def write_multicoil(path: Path | str, slices: int = 2, coils: int = 4, shape: tuple[int, int] = (40, 32),
@@ -103,13 +96,19 @@ def write_multicoil(path: Path | str, slices: int = 2, coils: int = 4, shape: tu
     kspace = fft2c(coil_images).astype(np.complex64)
     rss = np.sqrt((np.abs(ifft2c(kspace.astype(np.complex128))) ** 2).sum(axis=1))
     target = center_crop(rss, crop).astype(np.float32)
+    return _write(path, kspace, "reconstruction_rss", target, acquisition, f"synthetic-mc{seed:04d}")
+
+
+def _write(path: Path, kspace: np.ndarray, target_name: str, target: np.ndarray, acquisition: str,
+           patient_id: str) -> Path:
+    """The file as fastMRI writes it: k-space, the target image, attrs max, norm, acquisition, patient_id."""
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=kspace)
-        f.create_dataset("reconstruction_rss", data=target)
+        f.create_dataset(target_name, data=target)
         f.attrs["max"] = float(target.max())
         f.attrs["norm"] = float(np.linalg.norm(target))
         f.attrs["acquisition"] = acquisition
-        f.attrs["patient_id"] = f"synthetic-mc{seed:04d}"
+        f.attrs["patient_id"] = patient_id
     return path
 
 
