@@ -30,6 +30,7 @@ from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import default_trainers, failure_note, log_error, run_stage
+from sftkd_cli.runtime import set_threads
 
 #: width of the stage logs (they are files: no terminal to measure)
 LOG_WIDTH = 120
@@ -74,10 +75,8 @@ def run_stage_job(job: StageJob) -> StageResult:
     or interrupted (Ctrl-C or SIGTERM: a training stage saved its checkpoint and resumes)."""
     started = time.perf_counter()
     stage = placed(job.stage, job.device)
-    if job.threads and not (stage.recipe is not None and stage.recipe.train.threads):
-        import torch
-
-        torch.set_num_threads(job.threads)
+    if not (stage.recipe is not None and stage.recipe.train.threads):
+        set_threads(job.threads)  # the executor's share of the CPUs
     trainers = default_trainers() if job.trainers is None else job.trainers
     handle = None
     try:

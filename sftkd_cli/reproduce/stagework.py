@@ -88,11 +88,8 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
 def evaluate_stage(stage: Stage, plan: Plan) -> None:
     """Evaluate the stage's model on the plan's split and checkpoint (recon.h5 too, for the figures)."""
     assert stage.recipe is not None and stage.run is not None
-    if stage.recipe.train.threads:
-        import torch
-
-        torch.set_num_threads(stage.recipe.train.threads)
-    evaluate_run(stage.run, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
+    evaluate_run(  # with the run's train.threads, as it trained
+stage.run, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
                  model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
 
 
