@@ -18,6 +18,9 @@ MAX_SIZE = 4096
 MAX_THREADS = 1024
 
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
+#: the values of `train.channels_last`: measured per machine (auto), or forced
+LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
+
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
 
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import MAX_THREADS
+from sftkd_cli.choices import LAYOUT_SETTINGS, MAX_THREADS
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 #: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
@@ -172,7 +172,7 @@ class TrainConfig:
     deterministic: bool = False
     checkpoint_every: int = 0  # also save `last` every N steps (0 = only at epoch ends)
     max_steps_per_epoch: int = 0  # 0 = full epochs
-    channels_last: bool = True  # NHWC memory layout: same results, 1.1-2x faster convs (sftkd bench)
+    channels_last: str = "auto"  # NHWC memory layout: auto (measured per machine, cached) | true | false
 
 
 @dataclass
@@ -411,6 +411,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.max_val_slices >= 0, "data.max_val_slices", "0 (all) or more"),
         (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
         (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
+        (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
         (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
     ]
     for ok, key, expected in checks:

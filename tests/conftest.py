@@ -21,11 +21,18 @@ Devices: every test runs on the CPU unless it is marked `@pytest.mark.cuda`.
   what they need themselves.
 - `@pytest.mark.nilearn` tests need the optional nilearn package (the demo template) and are
   skipped without it.
+
+Layout cache: the session measures its memory layouts (train.channels_last auto) into its own
+temporary cache folder ($SFTKD_CACHE_DIR, shared by xdist workers and subprocesses, removed at
+the end), never into the user's cache, so every run in the session makes the same choice.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +48,15 @@ REAL_CUDA_DEVICE_COUNT = torch.cuda.device_count
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and runs on it (skipped without one)")
     config.addinivalue_line("markers", "nilearn: needs the optional nilearn package (skipped without it)")
+    if not hasattr(config, "workerinput"):  # the main process: xdist workers and `sftkd` subprocesses inherit it
+        config._sftkd_cache = tempfile.mkdtemp(prefix="sftkd-cache-")
+        os.environ["SFTKD_CACHE_DIR"] = config._sftkd_cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's layout cache (see the module docstring) goes with the session."""
+    if hasattr(config, "_sftkd_cache"):
+        shutil.rmtree(config._sftkd_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -32,6 +32,7 @@ from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.layout import LayoutChoice, training_layout
 from sftkd_cli.metrics import magnitude, psnr, ssim
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
@@ -252,6 +253,7 @@ class Trainer:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
+        self.layout = self._choose_layout(train_ds)
         loop = self._loop(len(train_ds))
         state = self._restore(loop, resume)
         if self.is_main:
@@ -273,9 +275,7 @@ class Trainer:
     def _loop(self, train_slices: int) -> _Loop:
         """The objective on the device (DDP-wrapped with several processes), its optimiser and the progress bar."""
         cfg = self.recipe.train
-        objective = self.objective.to(self.device)
-        if cfg.channels_last:
-            objective = objective.to(memory_format=torch.channels_last)
+        objective = self.objective.to(self.device, memory_format=self.layout.memory_format)
         if self.world > 1:  # gradients averaged across processes; the frozen teacher stays outside
             from torch.nn.parallel import DistributedDataParallel
 
@@ -373,6 +373,13 @@ class Trainer:
             self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
         raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
 
+    def _choose_layout(self, train_ds: Dataset) -> LayoutChoice:
+        """NCHW or channels_last for this run: forced by train.channels_last, or measured on a
+        first batch (a few steps on copies of the objective) and cached per machine."""
+        cfg = self.recipe.train
+        batch = to_device(collate([train_ds[i] for i in range(min(cfg.batch_size, len(train_ds)))]), self.device)
+        return training_layout(cfg.channels_last, self._bare().to(self.device), batch, self.device, cfg.amp)
+
     def _train_step(self, loop: _Loop, batch: Batch, epoch: int, step: int) -> float:
         with autocast(self.device, self.recipe.train.amp):
             loss, _ = loop.objective(batch)
@@ -410,7 +417,8 @@ class Trainer:
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
-            f"{cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size}, {self.device}{threads}{resumed}"
+            f"{cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
+            f"layout {self.layout.describe()}"
         )
 
     def _report_epoch(self, progress: Progress, row: dict[str, Any], improved: bool) -> None:
