@@ -5,9 +5,10 @@ Everything runs on synthetic inputs (a random phantom, the paper's 1-D random ro
 median wall time of `repeats` calls after `warmup` untimed calls:
 
 - training steps (forward + backward + Adam step, as the engine does them): teacher D5C5 and
-  student D3C5 (Supervised), the SFT joint step with the student branches batched through
-  each shared block and branch by branch, and one KD step per method with the frozen teacher
-  under `no_grad`;
+  student D3C5 (Supervised), the SFT joint step (branches batched on CUDA, one by one on the
+  CPU, as `sft.batched: auto` runs it), and one KD step per method with the frozen teacher
+  under `no_grad`; each in the memory layout the engine chooses on this machine (measured,
+  cached per machine: see `sftkd_cli.layout`);
 - inference of D5C5 and D3C5 under `torch.inference_mode`, at batch 1 and at `batch`: eager,
   TorchScript (the trace `sftkd export` writes, loaded back as `evaluate --exported` runs it),
   ONNX (the file `sftkd export --format onnx` writes, run in onnxruntime; fp32 on the CPU, with
@@ -18,8 +19,7 @@ median wall time of `repeats` calls after `warmup` untimed calls:
 Each of these has a "reference way" twin measured in the same run: the same work done as the
 paper's code does it (NCHW layout, every conv padded on the full padded map, the KD teacher's
 features built with autograd so the backward runs through the teacher, SFT branch by branch).
-On a noisy shared machine the ratio of the two is the figure to trust; the reference code's
-own timings (measured on this machine class) are shown beside them at the settings they were taken.
+Their ratio, measured in the same run, is the comparison: both see the same machine and load.
 
 Throughput is reported in GFLOP/s of convolution work, counted analytically
 (2 * Cin * Cout * 9 * H' * W' per 3x3 conv on the maps each way computes; a training
@@ -33,16 +33,15 @@ from __future__ import annotations
 from sftkd_cli.bench.flops import block_flops, conv_flops, model_flops, module_conv_flops, sft_flops
 from sftkd_cli.bench.measure import (ACCELERATION, machine_info, measure_roof, precision_context, slice_batch,
                                      synthetic_batch, time_calls, train_step_fn)
-from sftkd_cli.bench.reference import (REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S, STUDENT, TEACHER,
-                                       TeacherBackpropKD, kd_objectives, reference_applies, reference_way)
+from sftkd_cli.bench.reference import STUDENT, TEACHER, TeacherBackpropKD, kd_objectives, reference_way
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.bench.runner import (PARTS, PRECISIONS, Progress, check_methods, check_parts, onnx_runner, run_bench,
                                     torchscript_runner)
 
 __all__ = [
-    "ACCELERATION", "PARTS", "PRECISIONS", "REFERENCE_SETTINGS", "REFERENCE_SLICE_S", "REFERENCE_STEP_S", "STUDENT",
+    "ACCELERATION", "PARTS", "PRECISIONS", "STUDENT",
     "TEACHER", "BenchResult", "BenchRow", "Progress", "TeacherBackpropKD", "block_flops", "check_methods",
     "check_parts", "conv_flops", "kd_objectives", "machine_info", "measure_roof", "model_flops", "module_conv_flops",
-    "onnx_runner", "precision_context", "reference_applies", "reference_way", "run_bench", "sft_flops",
+    "onnx_runner", "precision_context", "reference_way", "run_bench", "sft_flops",
     "slice_batch", "synthetic_batch", "time_calls", "torchscript_runner", "train_step_fn",
 ]

@@ -1,10 +1,8 @@
-"""The "reference way" of `sftkd bench`: the reference code's own timings and the settings they
-were taken at, the networks as it computes them, and its KD step (backprop through the teacher),
-each timed beside sftkd's way in the same run."""
+"""The "reference way" of `sftkd bench`: the networks as the paper's code computes them (NCHW,
+every conv padded on the full map) and its KD step (backprop through the teacher), each timed
+beside sftkd's way in the same run."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +18,6 @@ from sftkd_cli.training.objectives import Batch, TeacherObjective
 #: the paper's teacher and student: the pair every row times
 TEACHER = "D5C5"
 STUDENT = "D3C5"
-
-#: The settings at which the public reference code was timed.
-REFERENCE_SETTINGS: dict[str, Any] = {"device": "cpu", "threads": 1, "batch": 4, "size": 150, "precision": "fp32"}
-#: Reference seconds per training step and per inference slice, at REFERENCE_SETTINGS.
-REFERENCE_STEP_S: dict[str, float] = {"teacher": 1.1, "sft": 1.65, "kd": 1.3}
-REFERENCE_SLICE_S: dict[str, float] = {TEACHER: 0.050, STUDENT: 0.025}
-
-
-def reference_applies(device: torch.device, threads: int, batch: int, size: int, precision: str) -> bool:
-    """Whether the reference timings were taken at exactly these settings."""
-    here = {"device": device.type, "threads": threads, "batch": batch, "size": size, "precision": precision}
-    return here == REFERENCE_SETTINGS
-
 
 def reference_way(name: str, acquisition: Acquisition | None = None) -> DCCNN:
     """The network as the reference code computes it: every conv padded on the full padded map.

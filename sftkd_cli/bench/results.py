@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftkd_cli.bench.reference import REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S
 from sftkd_cli import __version__
 
 
@@ -22,8 +21,6 @@ class BenchRow:
     slices: int
     flops: int
     roof_gflops: float
-    reference_s: float | None = None  # same unit as `reference_unit`
-    reference_unit: str = "step"  # "step" (seconds per call) or "slice" (seconds per slice)
     note: str = ""
     baseline_s: float | None = None  # the same work done the reference way, timed in this run
 
@@ -52,14 +49,6 @@ class BenchRow:
     def roof_fraction(self) -> float:
         return self.gflops / self.roof_gflops if self.roof_gflops > 0 else math.nan
 
-    @property
-    def speedup(self) -> float | None:
-        """Reference time / our time (> 1: we are faster); None without a reference."""
-        if self.reference_s is None:
-            return None
-        ours = self.seconds if self.reference_unit == "step" else self.seconds / self.slices
-        return self.reference_s / ours
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,
@@ -72,8 +61,6 @@ class BenchRow:
             "gflop": self.flops / 1e9,
             "gflops": self.gflops,
             "roof_fraction": self.roof_fraction,
-            "reference": None if self.reference_s is None else {"seconds": self.reference_s, "per": self.reference_unit},
-            "speedup": self.speedup,
             "reference_way_s": self.baseline_s,
             "speedup_in_run": self.in_run_speedup,
             "samples_s": list(self.samples),
@@ -89,7 +76,6 @@ class BenchResult:
     machine: dict[str, Any]
     roof_gflops: float
     roof: dict[str, Any]  # what was measured: shape, best format, GFLOP/s per memory format
-    reference_applies: bool
     rows: list[BenchRow] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -105,17 +91,11 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,
             "sftkd_version": __version__,
             "settings": dict(self.settings),
             "machine": dict(self.machine),
             "roof": {"gflops": self.roof_gflops, **self.roof},
-            "reference": {
-                "applies": self.reference_applies,
-                "settings": dict(REFERENCE_SETTINGS),
-                "step_s": dict(REFERENCE_STEP_S),
-                "slice_s": dict(REFERENCE_SLICE_S),
-            },
             "rows": [row.to_dict() for row in self.rows],
             "ratios": dict(self.ratios),
             "notes": list(self.notes),

@@ -19,17 +19,17 @@ from torch import nn
 from sftkd_cli.bench.flops import model_flops, sft_flops
 from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, machine_info, measure_roof, precision_context, slice_batch,
                                      synthetic_batch, time_calls, train_step_fn)
-from sftkd_cli.bench.reference import (REFERENCE_SETTINGS, REFERENCE_SLICE_S, REFERENCE_STEP_S, STUDENT, TEACHER,
-                                       kd_objectives, reference_applies, reference_way)
+from sftkd_cli.bench.reference import STUDENT, TEACHER, kd_objectives, reference_way
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
 from sftkd_cli.runtime import cpu_threads, select_device, synchronize
 from sftkd_cli.training.objectives import Batch, Supervised
-from sftkd_cli.training.sft import StudentFriendly
+from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
 PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -116,7 +116,6 @@ def run_bench(
             machine=machine_info(dev, threads),
             roof_gflops=0.0,
             roof={},
-            reference_applies=reference_applies(dev, threads, batch, size, precision) and not complex_data,
         )
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
         bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
@@ -137,8 +136,7 @@ def run_bench(
         _add_notes(result)
         if complex_data:
             result.notes.append("complex data: every network takes and returns complex images as two channels "
-                                "(real, imaginary) with complex data consistency in centred k-space; the reference "
-                                "code's own timings are for magnitude images and do not apply")
+                                "(real, imaginary) with complex data consistency in centred k-space")
         return result
 
 
@@ -173,72 +171,88 @@ class _Bench:
         return reference_way(name, self.acquisition) if reference_way_ else build_model(name, acquisition=self.acquisition)
 
     def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
-             reference: tuple[float, str] | None = None, note: str = "", warmup: int | None = None,
-             baseline: str | None = None) -> BenchRow:
+             note: str = "", warmup: int | None = None, baseline: str | None = None) -> BenchRow:
         """Time `fn`; `baseline` is the key of the reference-way row of the same work (timed before)."""
         self.say(what)
         samples = time_calls(fn, self.device, self.repeats, self.warmup if warmup is None else warmup)
-        applies = self.result.reference_applies and reference is not None
-        row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0,
-                       reference_s=reference[0] if applies else None,
-                       reference_unit=reference[1] if reference else "step", note=note,
+        row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0, note=note,
                        baseline_s=self.result.row(baseline).seconds if baseline and self.result.has(baseline) else None)
         self.result.rows.append(row)
         return row
 
-    def _step(self, objective: nn.Module, reference_way: bool = False, also_clear: nn.Module | None = None) -> Callable[[], float]:
-        return train_step_fn(objective, self.data, self.device, self.precision, also_clear=also_clear,
-                             channels_last=not reference_way)
+    @property
+    def _amp(self) -> str:
+        return "bf16" if self.precision == "bf16" else "off"
+
+    def _layout(self, objective: nn.Module) -> LayoutChoice:
+        """The layout training `objective` runs in, chosen as the engine chooses it (measured, cached per machine)."""
+        self.say(f"layout for {type(objective).__name__} training")
+        return training_layout("auto", objective.to(self.device), self.data, self.device, self._amp)
+
+    def _step(self, objective: nn.Module, reference_way: bool = False, also_clear: nn.Module | None = None,
+              precision: str | None = None) -> tuple[Callable[[], float], str]:
+        """A training step of `objective` and the row's note: NCHW the reference way, else the chosen layout."""
+        layout = None if reference_way else self._layout(objective)
+        step = train_step_fn(objective, self.data, self.device, precision or self.precision, also_clear=also_clear,
+                             channels_last=layout is not None and layout.channels_last)
+        return step, "" if layout is None else f"layout {layout.describe()}"
 
     def supervised(self, names: list[str]) -> None:
         for name in names:
             role = "teacher" if name == TEACHER else "student"
-            reference = (REFERENCE_STEP_S["teacher"], "step") if role == "teacher" else None
             baseline = f"train.{role}.reference"
             torch.manual_seed(0)
             model = self._model(name, True)
-            self._row(baseline, f"{role} {name} train, reference way", "train", self._step(Supervised(model), True),
-                      self.batch, 3 * model_flops(model, self.size, self.batch), reference)
+            step, _ = self._step(Supervised(model), True)
+            self._row(baseline, f"{role} {name} train, reference way", "train", step,
+                      self.batch, 3 * model_flops(model, self.size, self.batch))
             torch.manual_seed(0)
             model = self._model(name)
-            self._row(f"train.{role}", f"{role} {name} train", "train", self._step(Supervised(model)), self.batch,
-                      3 * model_flops(model, self.size, self.batch), reference, baseline=baseline)
+            step, note = self._step(Supervised(model))
+            self._row(f"train.{role}", f"{role} {name} train", "train", step, self.batch,
+                      3 * model_flops(model, self.size, self.batch), note, baseline=baseline)
 
     def sft(self) -> None:
-        reference = (REFERENCE_STEP_S["sft"], "step")
-        for key, label, batched in (("reference", "reference way", False), ("batched", "batched", True),
-                                    ("naive", "per branch", False)):
+        """The reference way (branch by branch, NCHW, padded convs) and sftkd's SFT step as
+        `sft.batched: auto` runs it here (branches batched on CUDA, one by one on the CPU)."""
+        batched = batched_branches("auto", self.device)
+        for key, label in (("reference", "reference way"), ("ours", "batched" if batched else "per branch")):
             torch.manual_seed(0)
-            teacher, student = self._model(TEACHER, key == "reference"), self._model(STUDENT, key == "reference")
-            objective = StudentFriendly(teacher, student, batched=batched)
-            self._row(f"train.sft.{key}", f"SFT step, {label}", "train", self._step(objective, key == "reference"),
-                      self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), reference,
-                      baseline=None if key == "reference" else "train.sft.reference")
+            reference_way_ = key == "reference"
+            teacher, student = self._model(TEACHER, reference_way_), self._model(STUDENT, reference_way_)
+            step, note = self._step(StudentFriendly(teacher, student, batched=batched and not reference_way_),
+                                    reference_way_)
+            self._row("train.sft" + (".reference" if reference_way_ else ""), f"SFT step, {label}", "train", step,
+                      self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), note,
+                      baseline=None if reference_way_ else "train.sft.reference")
 
     def kd(self, methods: list[str]) -> None:
-        reference = (REFERENCE_STEP_S["kd"], "step")
         for method in methods:
             nograd, backprop, adapter = kd_objectives(method, self.data, acquisition=self.acquisition)
             t_fwd = model_flops(backprop.teacher, self.size, self.batch)
             s_fwd = model_flops(backprop.model, self.size, self.batch)
-            step = self._step(backprop, True, also_clear=backprop.teacher)
+            step, _ = self._step(backprop, True, also_clear=backprop.teacher)
             self._row(f"train.kd_backprop.{method}", f"KD {method}, reference way (backprop T)", "train",
-                      step, self.batch, 3 * (t_fwd + s_fwd + adapter), reference)
+                      step, self.batch, 3 * (t_fwd + s_fwd + adapter))
             del backprop, step
             t_fwd = model_flops(nograd.teacher, self.size, self.batch)
             s_fwd = model_flops(nograd.model, self.size, self.batch)
-            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", self._step(nograd), self.batch,
-                      t_fwd + 3 * (s_fwd + adapter), reference, baseline=f"train.kd_backprop.{method}")
-            del nograd
+            step, note = self._step(nograd)
+            self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", step, self.batch,
+                      t_fwd + 3 * (s_fwd + adapter), note, baseline=f"train.kd_backprop.{method}")
+            del nograd, step
 
     def inference(self, compile: bool) -> None:
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
             reference = self._model(name, True).to(self.device).eval()
             self._infer_rows(name, reference, "reference", reference)
-            model = self._model(name).to(self.device, memory_format=torch.channels_last).eval()
+            model = self._model(name).to(self.device).eval()
             model.load_state_dict(reference.state_dict())
-            self._infer_rows(name, model, "eager", model)
+            self.say(f"layout for {name} inference")
+            layout = inference_layout("auto", model, self.data, self.device, self._amp)
+            model = model.to(memory_format=layout.memory_format)
+            self._infer_rows(name, model, "eager", model, f"layout {layout.describe()}")
             self._infer_rows(name, model, "torchscript", None)
             self._infer_rows(name, model, "onnx", None)
             if compile:
@@ -257,9 +271,9 @@ class _Bench:
             model = self._model(name)
             flops = 3 * model_flops(model, self.size, self.batch)
             for precision in ("fp32", "bf16"):
-                step = train_step_fn(Supervised(model), self.data, self.device, precision)
+                step, note = self._step(Supervised(model), precision=precision)
                 self._row(f"bf16.train.{name}.{precision}", f"{name} train, {precision}", "train", step, self.batch,
-                          flops, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
+                          flops, note, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
             model = model.eval()
             for precision in ("fp32", "bf16"):
                 def run(model: DCCNN = model, precision: str = precision) -> None:
@@ -298,11 +312,10 @@ class _Bench:
                             "DC as matrix-product DFTs (as `sftkd export --format onnx` files run)")
         return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
 
-    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None) -> None:
+    def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None, note: str = "") -> None:
         sizes = [1] if self.batch == 1 else [1, self.batch]
         for n in sizes:
             data = slice_batch(self.data, n)
-            note = ""
             if mode in ("torchscript", "onnx", "compiled"):  # built per batch size
                 runner, note = self._runner(name, model, mode, data)
                 if runner is None:
@@ -312,10 +325,9 @@ class _Bench:
                 with torch.inference_mode(), precision_context(self.device, self.precision):
                     runner(data["zf"], data["kspace"], data["mask"])
 
-            reference = (REFERENCE_SLICE_S[name], "slice") if n == self.batch else None
             label = {"eager": "", "reference": ", reference way"}.get(mode, f" {mode}")
             self._row(f"infer.{name}.{mode}.b{n}", f"{name} infer b{n}{label}", "infer", run, n,
-                      model_flops(model, self.size, n), reference, note,
+                      model_flops(model, self.size, n), note,
                       warmup=max(self.warmup, 1) if mode != "eager" else None,
                       baseline=None if mode == "reference" else f"infer.{name}.reference.b{n}")
 
@@ -370,7 +382,6 @@ def _ratio(result: BenchResult, top: str, bottom: str) -> float | None:
 def _add_ratios(result: BenchResult, methods: list[str]) -> None:
     """Slower / faster time ratios that answer the design questions."""
     pairs = {
-        "sft_naive_over_batched": ("train.sft.naive", "train.sft.batched"),
         "teacher_over_student_train": ("train.teacher", "train.student"),
         "teacher_over_student_latency_b1": (f"infer.{TEACHER}.eager.b1", f"infer.{STUDENT}.eager.b1"),
         f"teacher_over_student_latency_b{result.settings['batch']}": (
@@ -398,8 +409,3 @@ def _add_notes(result: BenchResult) -> None:
         "for the reference way, shrinking valid maps for ours; training = 3x forward, "
         "teacher forward 1x in KD no_grad); DC FFTs and loss maths are not counted."
     )
-    if not result.reference_applies:
-        result.notes.append(
-            "reference: n/a (different settings); the reference was timed at "
-            + ", ".join(f"{k} {v}" for k, v in REFERENCE_SETTINGS.items())
-        )

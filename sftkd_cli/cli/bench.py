@@ -26,7 +26,7 @@ HELP = examples(
     "\n\nSynthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x. "
     "Each figure is the median wall time of --repeats calls after --warmup untimed calls."
     "\n\nRows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the SFT "
-    "joint step with the student branches batched through each shared block and branch by branch; one KD "
+    "joint step (branches batched through each shared block on CUDA, one by one on the CPU); one KD "
     "step per method with the frozen teacher under no_grad; inference of D5C5 and D3C5 at batch 1 and "
     "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
     "with --compile, torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps "
@@ -34,10 +34,10 @@ HELP = examples(
     "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
     "paper's code does it (NCHW, every conv padded on the full map, backprop through the KD teacher, SFT "
     "branch by branch). \"vs ref\" is that twin's time over ours (> 1: we are faster), the honest speed-up "
-    "on a noisy machine. GFLOP/s counts 3x3-conv work only (training = 3x forward) and \"% roof\" divides "
-    "it by the best GFLOP/s of one large 32->32 conv measured in the same run. The paper's code's own "
-    "timings, measured on this machine class (\"ref code\"), and our speed-up over them (\"vs ref code\") "
-    "are shown only at their settings: --device cpu --threads 1 --batch 4 --size 150 --precision fp32."
+    "on a noisy machine. Ours run in the memory layout training chooses on this machine (NCHW or "
+    "channels_last, measured once and cached; each row's note says which). GFLOP/s counts 3x3-conv work "
+    "only (training = 3x forward) and \"% roof\" divides it by the best GFLOP/s of one large 32->32 conv "
+    "measured in the same run."
     f"\n\n--complex times every row on complex data instead (fastMRI-like: two channels, real and imaginary, "
     f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}.",
     "sftkd bench",
@@ -58,21 +58,6 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _reference_text(row: BenchRow, applies: bool) -> str:
-    if row.reference_s is None:
-        return "n/a" if not applies and _has_reference(row) else ""
-    if row.reference_unit == "slice":
-        return f"{row.reference_s * 1e3:.0f} ms/sl"
-    return f"{row.reference_s:.2f} s"
-
-
-def _has_reference(row: BenchRow) -> bool:
-    """Rows that have a reference figure at the reference settings."""
-    return row.key.startswith(("train.teacher", "train.sft.", "train.kd")) or (
-        row.group == "infer" and not row.key.endswith(".b1")
-    )
-
-
 def header(result: BenchResult) -> str:
     """The machine and settings line printed above the table."""
     m, s = result.machine, result.settings
@@ -87,11 +72,10 @@ def header(result: BenchResult) -> str:
 
 
 def table(result: BenchResult) -> Table:
-    """Rows: what, ms per call, slices/s, GFLOP/s, % of roof, speed-up over the reference way
-    timed in this run, the paper's code's own timing ("ref code") and the speed-up over it."""
+    """Rows: what, ms per call, slices/s, GFLOP/s, % of roof, speed-up over the reference way timed in this run."""
     out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name in ("what", "ms", "slices/s", "GFLOP/s", "% roof", "vs ref", "ref code", "vs ref code"):
-        out.add_column(name, justify="left" if name in ("what", "ref code") else "right", no_wrap=name == "what")
+    for name in ("what", "ms", "slices/s", "GFLOP/s", "% roof", "vs ref"):
+        out.add_column(name, justify="left" if name == "what" else "right", no_wrap=name == "what")
     for row in result.rows:
         out.add_row(
             escape(row.what),
@@ -100,8 +84,6 @@ def table(result: BenchResult) -> Table:
             _fmt(row.gflops),
             _fmt(100 * row.roof_fraction, 0),
             _times(row.in_run_speedup),
-            _reference_text(row, result.reference_applies),
-            _times(row.speedup),
         )
     return out
 
@@ -113,7 +95,6 @@ def _times(value: float | None) -> str:
 def ratio_lines(result: BenchResult) -> list[str]:
     """The ratios in words (x > 1: the first is slower)."""
     words = {
-        "sft_naive_over_batched": "SFT step, branch by branch / batched",
         "teacher_over_student_train": "train step, teacher / student",
         "teacher_over_student_latency_b1": "inference latency, teacher / student (batch 1)",
     }
@@ -153,7 +134,7 @@ def bench(
     complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
-    from sftkd_cli.bench import REFERENCE_SETTINGS, run_bench
+    from sftkd_cli.bench import run_bench
     from sftkd_cli.files import atomic_write_text
 
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
@@ -179,16 +160,11 @@ def bench(
     out.print(table(result))
     for line in ratio_lines(result):
         out.print(f"  {escape(line)}", highlight=False)
-    if not result.reference_applies:
-        settings = " ".join(f"--{k} {v}" for k, v in REFERENCE_SETTINGS.items())
-        out.print(f"[dim]reference: n/a (different settings); the reference code was timed at {settings}[/]",
-                      highlight=False)
     for row in result.rows:
         if row.note:
             out.print(f"[dim]{escape(row.what)}: {escape(row.note)}[/]", highlight=False)
     for note in result.notes:
-        if not note.startswith("reference:"):
-            out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+        out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     if json_out is not None:
         out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
 

@@ -9,8 +9,9 @@ Nothing is detached: the branch losses reach the teacher blocks that feed them.
 Efficiency: with `batched`, the branches that pass through a student block go through it as
 ONE batch (branch states concatenated along the batch axis) instead of one call per branch.
 That is meant for a GPU (fewer, larger kernels; not measured here); on a CPU `sftkd bench`
-measured it 1.1-1.3x SLOWER than branch by branch (activations of 16 samples fall out of
-cache), so `sft.batched: auto` batches on CUDA only.
+measured it slower than branch by branch on both CPU kinds it ran on (1.1-1.3x on an AVX-512
+EPYC, 1.3x on an AVX2 one: activations of 16 samples fall out of cache), so `sft.batched: auto`
+batches on CUDA only (`batched_branches`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,12 @@ def train_sft(
 
     def make(data: dict[str, object]) -> StudentFriendly:
         teacher, student = model_for(recipe, sft.teacher, data), model_for(recipe, sft.student, data)
-        batched = sft.batched == "true" or (sft.batched == "auto" and select_device(recipe.train.device).type == "cuda")
+        batched = batched_branches(sft.batched, select_device(recipe.train.device))
         return StudentFriendly(teacher, student, sft.w_teacher, sft.w_student, sft.w_imit, batched=batched)
 
     return run_training(recipe, make, resume=resume, force=force, console=console)
+
+
+def batched_branches(setting: str, device: torch.device) -> bool:
+    """`sft.batched`: true, false, or auto = batched on CUDA only (slower on CPUs, see the module docstring)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
