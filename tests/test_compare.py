@@ -306,6 +306,29 @@ def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
     assert result.exit_code == 2 and "both fill the paper cell" in result.stderr and "at1" in result.stderr
 
 
+def test_group_paper_at_80_columns_splits_instead_of_wrapping(tmp_path):
+    """--group paper with two accelerations on an 80-column terminal: parts of whole columns, every
+    cell whole (numbers from metrics.json as the oracle), no line over 80, no cut cell."""
+    runs = {}
+    for acc in (4.0, 5.0):
+        for name, role, seed, shift, kw in (("teacher", "teacher", 1, 1.0, {}), ("sft", "sft-teacher", 2, 1.2, {}),
+                                            ("student", "student", 3, 0.0, {}),
+                                            ("std_at", "kd", 4, 0.5, {"method": "at", "teacher_role": "teacher"}),
+                                            ("sft_at", "kd", 5, 0.9, {"method": "at", "teacher_role": "sft-teacher"})):
+            runs[f"{acc:g}_{name}"] = make_run(tmp_path, f"{acc:g}_{name}", role, slice_values(seed, shift), acceleration=acc, **kw)
+    narrow = CliRunner().invoke(app, ["compare", "--group", "paper", *map(str, runs.values())], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    text = narrow.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    for run in runs.values():
+        stats = json.loads((run / "metrics.json").read_text())["metrics"]
+        assert f"{stats['PSNR']['mean']:.2f}/{stats['SSIM']['mean']:.4f}" in text, run.name
+    assert text.count("sftkd compare --group paper") == 1 and text.count("Model") == 2  # two parts, title once
+    assert " ".join(text.split()).endswith("in the layout of the paper's Table 1.")  # the caption, whole
+    wide = invoke(*runs.values(), "--group", "paper").stdout
+    assert wide.count("Model") == 1 and "5x" in wide  # one table when it fits
+
+
 def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, monkeypatch):
     calls = []
 

@@ -56,6 +56,32 @@ def last_epoch(run: Path) -> int:
     return load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
 
 
+def paper_tables(text: str) -> list[tuple[list[str], dict[str, list[str]]]]:
+    """Each paper-layout table of a report.md: (header, model row -> its value cells)."""
+    tables = []
+    for chunk in text.split("**sftkd compare --group paper**\n\n")[1:]:
+        lines = []
+        for line in chunk.splitlines():
+            if not line.startswith("|"):
+                break
+            lines.append([cell.strip() for cell in line.split("|")[1:-1]])
+        tables.append((lines[0], {row[1]: row[2:] for row in lines[2:]}))
+    return tables
+
+
+def psnr_ssim(run: Path, block: str = "metrics") -> str:
+    """A run's 'PSNR/SSIM' means from its metrics.json, at the paper's precision (the oracle)."""
+    stats = json.loads((run / "metrics.json").read_text())[block]
+    return f"{stats['PSNR']['mean']:.2f}/{stats['SSIM']['mean']:.4f}"
+
+
+def paper_markdown(*runs: Path) -> str:
+    """What `sftkd compare --group paper --format markdown RUN...` prints."""
+    result = CliRunner().invoke(app, ["compare", "--group", "paper", "--format", "markdown", *map(str, runs)])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -227,6 +253,15 @@ def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset
         assert (report / f"{figure}.png").stat().st_size > 1000 and (report / f"{figure}.pdf").stat().st_size > 1000
         assert f"]({figure}.png)" in text
     assert "| sft-kd-at | done |" in text
+    # the paper's Table 1 layout: what `compare --group paper runs/<plan>` prints, after the verdict
+    assert paper_markdown(runs) in text and f"`sftkd compare --group paper {runs} --format markdown`" in text
+    assert text.index("### Verdict") < text.index("### In the paper's Table 1 layout") < text.index("Every run with all")
+    ((header, rows),) = paper_tables(text)
+    assert header == ["Dataset", "Model", "4x Std-KD PSNR/SSIM", "4x SFT-KD-Recon PSNR/SSIM"]
+    assert rows == {"ZF": [psnr_ssim(runs / "teacher", "zero_filled"), "-"],  # no SFT-Student: inside the sft run
+                    "Teacher": [psnr_ssim(runs / "teacher"), psnr_ssim(runs / "sft")],
+                    "Student": [psnr_ssim(runs / "student"), "-"],
+                    "AT": [psnr_ssim(runs / "std-kd-at"), psnr_ssim(runs / "sft-kd-at")]}
 
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and p.parent.name != "report"}
     second = run_plan(plan, console=quiet())
@@ -319,6 +354,10 @@ def test_random_init_stage_fills_the_models_table_and_draws_attention(tmp_path, 
     assert row == (f"| PSNR | {psnr['teacher']} | 40.05 +/- 2.023 | {psnr['std-kd-at']} | 39.76 +/- 1.899 | "
                    f"{psnr['sft-kd-at-random']} | 39.99 +/- 1.947 | {psnr['sft-kd-at']} | 40.07 ± 1.983 |")
     assert next(line for line in text.splitlines() if line.startswith("| SSIM |")).split(" | ")[4] == "-"
+    ((_, rows),) = paper_tables(text)  # the random-init student would fill SFT-KD-Recon's AT cell twice
+    assert rows["AT"] == [psnr_ssim(runs / "std-kd-at"), psnr_ssim(runs / "sft-kd-at")]
+    assert "Left out: sft-kd-at-random (random-init students" in text and "## Problems" not in text
+    assert paper_markdown(*(runs / run for run in ("teacher", "std-kd-at", "sft-kd-at"))) in text
 
 
 def test_stop_on_error_stops_after_the_failure(tmp_path, tiny_dataset):
@@ -393,6 +432,9 @@ def test_acceleration_variants_fill_the_table1_columns(tmp_path, tiny_dataset):
         cells.append(f"{metrics['metrics']['PSNR']['mean']:.2f}/{metrics['metrics']['SSIM']['mean']:.4f}")
     row = next(line for line in (plan.report_dir / "report.md").read_text().splitlines() if line.startswith("| AT |"))
     assert row == f"| AT | {cells[0]} | 1/0.1 | {cells[1]} | 2/0.2 | {cells[2]} | 3/0.3 | {cells[3]} | 4/0.4 |"
+    (header4, rows4), (header5, rows5) = paper_tables((plan.report_dir / "report.md").read_text())  # one per variant
+    assert header4[2:] == ["4x Std-KD PSNR/SSIM", "4x SFT-KD-Recon PSNR/SSIM"] and rows4["AT"] == cells[:2]
+    assert header5[2:] == ["5x Std-KD PSNR/SSIM", "5x SFT-KD-Recon PSNR/SSIM"] and rows5["AT"] == cells[2:]
 
 
 def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_path, tiny_dataset):
@@ -417,6 +459,20 @@ def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_pa
     central = next(line for line in text.splitlines() if line.startswith("| **SFT-KD-Recon (AT) > Std-KD (AT)**"))
     assert central.split(" | ")[3] == str(2 * _slices(plan.runs_dir / "teacher"))  # pooled: seeds x slices
     assert (plan.report_dir / "compare-s7.csv").is_file() and (plan.report_dir / "compare.csv").is_file()
+    # the paper's layout holds one run per cell: compare refuses the plan's two seeds, the report has a table per seed
+    pooled = CliRunner().invoke(app, ["compare", "--group", "paper", str(plan.runs_dir)])
+    assert pooled.exit_code == 2 and "both fill the paper cell" in pooled.stderr
+    assert "One table per seed" in text and "Seed 42: " in text and "Seed 7: " in text
+    tables = paper_tables(text)
+    assert len(tables) == 2
+    for (header, rows), suffix in zip(tables, ("", "-s7")):  # the plan's seed order
+        run = {name: plan.runs_dir / f"{name}{suffix}" for name in ("teacher", "student", "sft", "std-kd-at", "sft-kd-at")}
+        assert header == ["Dataset", "Model", "4x Std-KD PSNR/SSIM", "4x SFT-KD-Recon PSNR/SSIM"]
+        assert rows == {"ZF": [psnr_ssim(run["teacher"], "zero_filled"), "-"],
+                        "Teacher": [psnr_ssim(run["teacher"]), psnr_ssim(run["sft"])],
+                        "Student": [psnr_ssim(run["student"]), "-"],
+                        "AT": [psnr_ssim(run["std-kd-at"]), psnr_ssim(run["sft-kd-at"])]}
+        assert paper_markdown(*run.values()) in text
 
 
 def _slices(run: Path) -> int:

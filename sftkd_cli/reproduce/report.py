@@ -28,9 +28,10 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     """Write <report>/report.md (+ compare CSV/JSON, figures, status.json); returns the problems met.
 
     Per group (variant): the compact results table (role names), the verdict on the paper's
-    claims (paired Wilcoxon tests, per seed and pooled), links to the full comparison files, box
-    plots, validation curves and the reconstruction grid; then the paper's numbers beside ours
-    (the first seed's runs, when the plan has `paper:`), and the plan status table.
+    claims (paired Wilcoxon tests, per seed and pooled), the runs in the paper's Table 1 layout
+    (as `sftkd compare --group paper` gives them, one table per seed), links to the full
+    comparison files, box plots, validation curves and the reconstruction grid; then the paper's
+    numbers beside ours (the first seed's runs, when the plan has `paper:`), and the plan status table.
     """
     out = plan.report_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,8 @@ def _seed_of(stage: Stage) -> int:
 def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: list[Stage],
                    console: Console, problems: list[str]) -> list[str]:
     """One variant (with the shared stages): the compact results table, the verdict on the paper's
-    claims, the full comparison per seed (CSV/JSON files) and the figures (first seed's runs)."""
+    claims, the paper's Table 1 layout per seed, the full comparison per seed (CSV/JSON files) and
+    the figures (first seed's runs)."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, load_run_result
     from sftkd_cli.report.formats import render, to_rich, view
     from sftkd_cli.report.verdict import evaluate_claims, main_table, verdict_markdown
@@ -146,6 +148,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
     except SftkdError as exc:
         problems.append(f"results{' ' + group if group else ''}: {exc}")
         lines += [f"Results table not possible: {exc}", ""]
+    lines += _paper_layout(plan, members, seeds, group, problems)
     links = []
     for seed in seeds:
         tail = suffix + ("" if seed == seeds[0] else f"-s{seed}")
@@ -174,6 +177,57 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
             problems.append(f"figure {title[0]}{suffix}: {exc}")
             lines += [f"### {title[1]}", "", f"Not drawn: {exc}", ""]
     return lines
+
+
+def _paper_layout(plan: Plan, members: Sequence[Stage], seeds: Sequence[int], group: str,
+                  problems: list[str]) -> list[str]:
+    """The group's runs in the paper's Table 1 layout, one Markdown table per seed, made by the
+    function and renderer of `sftkd compare --group paper --format markdown` (so the two agree).
+
+    That layout holds one run per cell and refuses two, so seeds are never averaged here: each
+    seed gets its own table (the results table pools them). Left out, as compare on the plan's
+    runs folder leaves them out or cannot place them: the SF-teacher's student branch (an
+    evaluation inside the SFT run) and random-init students (a second SFT-KD-Recon cell).
+    """
+    from sftkd_cli.report.compare import collect_runs, paper_table
+    from sftkd_cli.report.formats import render
+    from sftkd_cli.runs import expand_runs_folder
+
+    lines = ["### In the paper's Table 1 layout", ""]
+    if len(seeds) > 1:
+        lines += ["One table per seed: `sftkd compare --group paper` puts one run in each cell and refuses two, "
+                  "so it does not average seeds (the results table above pools them).", ""]
+    random = [_run_name(plan, evaluation_dir(s)) for s in members if s.random_init]
+    if random:
+        lines += [f"Left out: {', '.join(random)} (random-init students would fill their method's SFT-KD-Recon "
+                  "cell twice; they are in the comparison files).", ""]
+    whole = {p.resolve() for p in expand_runs_folder(plan.runs_dir) if (p / "metrics.json").is_file()}
+    for seed in seeds:
+        dirs = [evaluation_dir(s) for s in members if _seed_of(s) == seed and s.model_role is None and not s.random_init]
+        if not dirs:
+            continue
+        if {d.resolve() for d in dirs} == whole:
+            source = f"`sftkd compare --group paper {plan.runs_dir} --format markdown` gives this table"
+        else:
+            names = ", ".join(_run_name(plan, d) for d in dirs)
+            source = (f"`sftkd compare --group paper --format markdown` on the runs {names} "
+                      f"(in `{plan.runs_dir}`) gives this table")
+        lines += [(f"Seed {seed}: " if len(seeds) > 1 else "") + source + ".", ""]
+        try:
+            runs, _ = collect_runs(dirs)
+            lines += render(paper_table(runs), "markdown").rstrip("\n").split("\n") + [""]
+        except SftkdError as exc:
+            problems.append(f"paper layout{' ' + group if group else ''} seed {seed}: {exc}")
+            lines += [f"Not possible: {exc}", ""]
+    return lines
+
+
+def _run_name(plan: Plan, path: Path) -> str:
+    """A run folder as named in the plan's runs folder (its path when it lies elsewhere)."""
+    try:
+        return str(path.relative_to(plan.runs_dir))
+    except ValueError:
+        return str(path)
 
 
 def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float], str]:
