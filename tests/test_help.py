@@ -85,3 +85,13 @@ def test_root_help_lists_the_commands_in_workflow_order():
     rows = [line.split()[1] for line in text.splitlines() if line.startswith("│ ") and line[2] != " "]
     rows = [row for row in rows if row in order]
     assert rows == order
+
+
+@pytest.mark.parametrize(("argv", "command"), COMMANDS, ids=IDS)
+def test_package_extras_survive_the_markup(argv, command):
+    """`pip install 'sftkd[cluster]'` in help text: rich would read an unescaped [cluster] as a style and drop it."""
+    import re
+
+    extras = re.findall(r"sftkd\\?\[(\w+)\]", command.help or "")
+    text = " ".join(_render(argv).split())
+    assert all(f"sftkd[{extra}]" in text for extra in extras), (extras, text)

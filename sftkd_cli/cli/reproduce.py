@@ -24,7 +24,7 @@ HELP = examples(
     "\n\nRe-running continues where it stopped: finished stages are skipped, interrupted runs resumed."
     "\n\nWith --jobs N, up to N stages that do not need each other run at once, each in a worker process "
     "(its output in <report>/logs/<stage>.log); the results are those of one stage after another."
-    "\n\nWith --executor ray the stages run as Ray tasks on a Ray cluster (pip install 'sftkd[cluster]'), each "
+    "\n\nWith --executor ray the stages run as Ray tasks on a Ray cluster (pip install 'sftkd\\[cluster]'), each "
     "holding a share of a GPU or CPUs; a stage whose worker dies is retried and resumes from its last checkpoint. "
     "Every node needs sftkd, and the data and the runs folder at the same paths on shared storage.",
     "sftkd reproduce demo",
