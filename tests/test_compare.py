@@ -389,3 +389,12 @@ def test_table_at_80_columns_splits_instead_of_wrapping(trio):
     wide = io.StringIO()
     Console(file=wide, width=300, color_system=None).print(to_rich(view(comparison, 0.05, stacked=True)))
     assert wide.getvalue().count("Run") == 1  # one table when it fits
+
+
+def test_dataset_labels_come_from_the_source_catalog():
+    from sftkd_cli.data.catalog import SOURCES, source_label
+
+    assert source_label("demo/icbm152") == "Demo" and source_label("demo/colin27") == "Demo"
+    assert source_label("acdc") == "Cardiac" and source_label("mrbrains") == "MRBrainS"
+    assert source_label("fastmri") == "fastMRI" and source_label("elsewhere") == "elsewhere"
+    assert all(source_label(name) for name in SOURCES)

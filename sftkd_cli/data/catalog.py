@@ -59,6 +59,7 @@ class SourceSpec:
     needs_root: bool = True
     default_out: str | None = None
     decides: tuple[str, ...] = ()
+    label: str = ""  # the dataset's name in tables (compare's Dataset column); the name when empty
 
     def option_default(self, key: str) -> Any:
         """The default of a shared prepare option for this source (e.g. acdc 'size' -> (150, 150))."""
@@ -106,6 +107,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         needs_root=False, default_out="data/demo",
         # axial slices of the RAS template, split by slabs
         decides=("slice_axis", "val_fraction", "test_fraction", "val", "test"),
+        label="Demo",
     ),
     SourceSpec(
         "acdc", "sftkd_cli.data.sources.acdc:AcdcSource",
@@ -118,6 +120,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
                   "sftkd prepare-data acdc /data/ACDC --out data/acdc-5x --acc 5",
                   "sftkd prepare-data acdc /data/ACDC --out data/acdc-f --mask-file 4=mask4.npy"),
         defaults={"size": (150, 150), "slice_axis": -1},
+        label="Cardiac",
     ),
     SourceSpec(
         "mrbrains", "sftkd_cli.data.sources.mrbrains:MRBrainsSource",
@@ -129,6 +132,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
                   "sftkd prepare-data mrbrains /data/MRBrainS18 --out data/sr --task sr --scale 4"),
         defaults={"size": (240, 240), "slice_axis": -1},
         options=(SourceOption("modality", "--modality", str, "T1", "NAME", "T1 | FLAIR | IR."),),
+        label="MRBrainS",
     ),
     SourceSpec(
         "nifti", "sftkd_cli.data.sources.nifti:NiftiSource",
@@ -139,6 +143,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         defaults={"size": None, "slice_axis": 2},
         options=(SourceOption("pattern", "--pattern", str, "*.nii.gz", "GLOB",
                               "Glob of volume files; matched at any depth unless it has '/'."),),
+        label="NIfTI",
     ),
     SourceSpec(
         "fastmri", "sftkd_cli.data.sources.fastmri:FastMRISource",
@@ -163,8 +168,16 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         ),
         # raw k-space: no slicing, downsampling or slice filter; centred k-space; reconstruction only
         decides=("slice_axis", "downsample", "min_slice_mean", "mask_layout", "task"),
+        label="fastMRI",
     ),
 )}
 
 #: each source's defaults for the shared prepare options (a view of `SOURCES`)
 SOURCE_DEFAULTS: dict[str, Mapping[str, Any]] = {name: spec.defaults for name, spec in SOURCES.items()}
+
+
+def source_label(source: str) -> str:
+    """A dataset's name in tables from the source its manifest records ('demo/icbm152' -> 'Demo');
+    an unknown source reads as recorded."""
+    spec = SOURCES.get(source.split("/", 1)[0])
+    return (spec.label or spec.name) if spec else source

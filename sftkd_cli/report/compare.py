@@ -50,8 +50,7 @@ _PAPER_SLOT = {
 }
 _PAPER_FIXED_ROWS = (ZF_NAME, "Teacher", "Student", "SFT-Student")
 _KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
-DATASET_LABELS = {"mrbrains": "MRBrainS", "acdc": "Cardiac", "demo": "Demo", "nifti": "NIfTI"}
-_DATASET_ORDER = ("mrbrains", "acdc", "demo", "nifti")
+_DATASET_ORDER = ("mrbrains", "acdc")  # the paper's Table 1 order; other sources follow by name
 
 
 @dataclass(frozen=True)
@@ -527,7 +526,8 @@ def _paper_slot(run: RunResult) -> tuple[str, str]:
 
 
 def _dataset_rank(key: str) -> tuple[int, str]:
-    return (_DATASET_ORDER.index(key) if key in _DATASET_ORDER else len(_DATASET_ORDER), key)
+    source = key.split("/", 1)[0]  # e.g. demo/icbm152
+    return (_DATASET_ORDER.index(source) if source in _DATASET_ORDER else len(_DATASET_ORDER), key)
 
 
 def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRICS, zero_filled: bool = True) -> PaperTable:

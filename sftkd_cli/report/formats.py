@@ -19,9 +19,9 @@ from rich.measure import Measurement
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from sftkd_cli.data.catalog import source_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.compare import (
-    DATASET_LABELS,
     PAPER_SETTINGS,
     INPUT_ROLES,
     Comparison,
@@ -73,10 +73,6 @@ def format_p(p: float, alpha: float) -> str:
     return text + ("*" if p < alpha else "")
 
 
-def _dataset_label(key: str) -> str:
-    return DATASET_LABELS.get(key, key)
-
-
 def _json_number(value: float | None) -> float | None:
     """JSON has no NaN or infinity: write null for them."""
     return value if value is not None and math.isfinite(value) else None
@@ -96,7 +92,7 @@ def check_alpha(alpha: float) -> None:
 
 
 def comparison_caption(c: Comparison, alpha: float) -> str:
-    parts = [f"{_dataset_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over {_units(c.unit)}."]
+    parts = [f"{source_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over {_units(c.unit)}."]
     if c.reference:
         parts.append(f"Δ = mean minus the mean of {c.reference}.")
     if c.baseline:
@@ -214,7 +210,7 @@ def paper_view(p: PaperTable) -> Table:
     for block in p.blocks:
         sections.append(len(rows))
         for i, model in enumerate(block.models):
-            cells = [_dataset_label(block.dataset) if i == 0 else "", model]
+            cells = [source_label(block.dataset) if i == 0 else "", model]
             for acc, setting in _paper_columns(p):
                 cell = block.cells.get((model, acc, setting))
                 cells.append(_MISSING if cell is None else "/".join(format_value(m, cell.stats[m].mean) for m in p.metrics))
