@@ -38,7 +38,8 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
-from sftkd_cli.runtime import autocast, check_amp, collate, cpu_threads, select_device, synchronize, to_device
+from sftkd_cli.runtime import (autocast, check_amp, collate, cpu_threads, precision_policy, select_device, synchronize,
+                               to_device)
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -256,8 +257,10 @@ def evaluate_run(
     `threads` sets torch's CPU threads for the scoring and the latency measurement (None: the
     run's train.threads, as in training; 0: torch's default); the caller's setting is restored.
 
-    With `amp` bf16 (or fp16 on CUDA) the model runs under autocast and the scores go to
-    `<the usual folder>/eval-amp-<amp>/`, so they sit beside the full-precision ones.
+    The model runs in full fp32 (TF32 off, whatever the run trained with: `precision_policy`),
+    so that scores agree across machines. With `amp` bf16 (or fp16 on CUDA) it runs under
+    autocast instead and the scores go to `<the usual folder>/eval-amp-<amp>/`, so they sit
+    beside the full-precision ones.
 
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
@@ -267,7 +270,7 @@ def evaluate_run(
     check_convention(convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
-    with cpu_threads(recipe.train.threads if threads is None else threads):
+    with cpu_threads(recipe.train.threads if threads is None else threads), precision_policy(tf32=False):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
                          convention=convention)
@@ -294,7 +297,7 @@ def _evaluate(
     progress: SliceProgress | None,
     convention: str = "paper",
 ) -> dict[str, Any]:
-    """The body of `evaluate_run`, with torch's threads already set."""
+    """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):

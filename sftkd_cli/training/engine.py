@@ -34,7 +34,7 @@ from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
-from sftkd_cli.runtime import autocast, collate, select_device, set_threads, to_device
+from sftkd_cli.runtime import autocast, collate, precision_policy, select_device, set_threads, to_device
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 
@@ -257,7 +257,7 @@ class Trainer:
                                highlight=False, markup=False, soft_wrap=True)
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
-        with _catching_sigterm(loop.stop):
+        with precision_policy(cfg.tf32), _catching_sigterm(loop.stop):  # TF32 as train.tf32, for the fit
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
