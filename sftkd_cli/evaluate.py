@@ -49,6 +49,8 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = "eval-fastmri"
+#: the smallest default batch of slices per forward pass (`eval_batch_size`)
+MIN_DEFAULT_BATCH = 8
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -80,13 +82,15 @@ def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tu
     return target, center_crop(zf, target.shape), center_crop(pred, target.shape)
 
 
-def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8,
+def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = MIN_DEFAULT_BATCH,
                       amp: str = "off", progress: SliceProgress | None = None,
                       convention: str = "paper") -> dict[str, dict[str, np.ndarray]]:
     """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays,
     the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
 
-    `progress(done, total)` is called after each batch (the CLI shows it as a bar)."""
+    `progress(done, total)` is called after each batch (the CLI shows it as a bar). The batch
+    size changes nothing but speed and memory (up to float rounding of the device's kernels)."""
+    check_batch_size(batch_size)
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     with torch.inference_mode(), autocast(device, amp, "--amp"):
         for start in range(0, len(dataset), batch_size):
@@ -248,6 +252,7 @@ def evaluate_run(
     threads: int | None = None,
     progress: SliceProgress | None = None,
     convention: str = "paper",
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
 
@@ -262,18 +267,37 @@ def evaluate_run(
     autocast instead and the scores go to `<the usual folder>/eval-amp-<amp>/`, so they sit
     beside the full-precision ones.
 
+    `batch_size` slices go through the model at once (None: `eval_batch_size`'s default).
+
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
     if threads is not None:
         check_threads(threads)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     check_convention(convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
     with cpu_threads(recipe.train.threads if threads is None else threads), precision_policy(tf32=False):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
-                         convention=convention)
+                         convention=convention, batch_size=eval_batch_size(recipe, batch_size))
+
+
+def check_batch_size(batch_size: int) -> None:
+    """`--batch-size` must be a whole number of slices, at least 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SftkdError(f"--batch-size {batch_size!r}: expected a number of slices, 1 or more")
+
+
+def eval_batch_size(recipe: Recipe, batch_size: int | None = None) -> int:
+    """The slices per forward pass: `batch_size`, or the run's train.batch_size but at least
+    MIN_DEFAULT_BATCH (inference keeps no activations for gradients, so what trained fits)."""
+    if batch_size is not None:
+        check_batch_size(batch_size)
+        return batch_size
+    return max(recipe.train.batch_size, MIN_DEFAULT_BATCH)
 
 
 def check_threads(threads: int) -> None:
@@ -296,6 +320,7 @@ def _evaluate(
     amp: str,
     progress: SliceProgress | None,
     convention: str = "paper",
+    batch_size: int = MIN_DEFAULT_BATCH,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
@@ -332,7 +357,8 @@ def _evaluate(
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out)
-    volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress, convention=convention)
+    volumes = reconstruct_split(model, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
+                                convention=convention)
     rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)
     metrics = {
         "format": 1,
@@ -359,6 +385,7 @@ def _evaluate(
         },
         "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices, amp),
         "amp": amp,
+        "batch_size": batch_size,
         "device": str(torch_device),
         "threads": torch.get_num_threads(),
         "conventions": _conventions(convention, dataset.task, record),
