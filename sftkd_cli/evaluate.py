@@ -39,7 +39,8 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
-from sftkd_cli.runtime import autocast, check_amp, collate, cpu_threads, select_device, synchronize, to_device
+from sftkd_cli.runtime import (autocast, check_amp, collate, cpu_threads, precision_policy, select_device, synchronize,
+                               to_device)
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -49,6 +50,8 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = "eval-fastmri"
+#: the smallest default batch of slices per forward pass (`eval_batch_size`)
+MIN_DEFAULT_BATCH = 8
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -80,13 +83,15 @@ def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tu
     return target, center_crop(zf, target.shape), center_crop(pred, target.shape)
 
 
-def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = 8,
+def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = MIN_DEFAULT_BATCH,
                       amp: str = "off", progress: SliceProgress | None = None,
                       convention: str = "paper") -> dict[str, dict[str, np.ndarray]]:
     """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays,
     the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
 
-    `progress(done, total)` is called after each batch (the CLI shows it as a bar)."""
+    `progress(done, total)` is called after each batch (the CLI shows it as a bar). The batch
+    size changes nothing but speed and memory (up to float rounding of the device's kernels)."""
+    check_batch_size(batch_size)
     slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     with torch.inference_mode(), autocast(device, amp, "--amp"):
         for start in range(0, len(dataset), batch_size):
@@ -248,6 +253,7 @@ def evaluate_run(
     threads: int | None = None,
     progress: SliceProgress | None = None,
     convention: str = "paper",
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
 
@@ -257,21 +263,42 @@ def evaluate_run(
     `threads` sets torch's CPU threads for the scoring and the latency measurement (None: the
     run's train.threads, as in training; 0: torch's default); the caller's setting is restored.
 
-    With `amp` bf16 (or fp16 on CUDA) the model runs under autocast and the scores go to
-    `<the usual folder>/eval-amp-<amp>/`, so they sit beside the full-precision ones.
+    The model runs in full fp32 (TF32 off, whatever the run trained with: `precision_policy`),
+    so that scores agree across machines. With `amp` bf16 (or fp16 on CUDA) it runs under
+    autocast instead and the scores go to `<the usual folder>/eval-amp-<amp>/`, so they sit
+    beside the full-precision ones.
+
+    `batch_size` slices go through the model at once (None: `eval_batch_size`'s default).
 
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
     if threads is not None:
         check_threads(threads)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     check_convention(convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
-    with cpu_threads(recipe.train.threads if threads is None else threads):
+    with cpu_threads(recipe.train.threads if threads is None else threads), precision_policy(tf32=False):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
-                         convention=convention)
+                         convention=convention, batch_size=eval_batch_size(recipe, batch_size))
+
+
+def check_batch_size(batch_size: int) -> None:
+    """`--batch-size` must be a whole number of slices, at least 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SftkdError(f"--batch-size {batch_size!r}: expected a number of slices, 1 or more")
+
+
+def eval_batch_size(recipe: Recipe, batch_size: int | None = None) -> int:
+    """The slices per forward pass: `batch_size`, or the run's train.batch_size but at least
+    MIN_DEFAULT_BATCH (inference keeps no activations for gradients, so what trained fits)."""
+    if batch_size is not None:
+        check_batch_size(batch_size)
+        return batch_size
+    return max(recipe.train.batch_size, MIN_DEFAULT_BATCH)
 
 
 def check_threads(threads: int) -> None:
@@ -294,8 +321,9 @@ def _evaluate(
     amp: str,
     progress: SliceProgress | None,
     convention: str = "paper",
+    batch_size: int = MIN_DEFAULT_BATCH,
 ) -> dict[str, Any]:
-    """The body of `evaluate_run`, with torch's threads already set."""
+    """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
@@ -316,7 +344,7 @@ def _evaluate(
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
         check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
-        first = to_device(collate([dataset[i] for i in range(min(8, len(dataset)))]), torch_device)
+        first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), torch_device)
         layout = inference_layout(recipe.train.channels_last, model.to(torch_device).eval(), first, torch_device, amp)
         model = model.to(torch_device, memory_format=layout.memory_format).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
@@ -332,7 +360,8 @@ def _evaluate(
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out)
-    volumes = reconstruct_split(model, dataset, torch_device, amp=amp, progress=progress, convention=convention)
+    volumes = reconstruct_split(model, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
+                                convention=convention)
     rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)
     metrics = {
         "format": 1,
@@ -359,6 +388,7 @@ def _evaluate(
         },
         "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices, amp),
         "amp": amp,
+        "batch_size": batch_size,
         "device": str(torch_device),
         "threads": torch.get_num_threads(),
         "conventions": _conventions(convention, dataset.task, record),

@@ -1,4 +1,4 @@
-"""Where and how models run: the device, mixed precision, batches on the device, CPU threads.
+"""Where and how models run: the device, mixed precision, TF32, batches on the device, CPU threads.
 
 Shared by training, `evaluate` and `bench`, and below all three: this module imports none of
 them (nor the CLI), so each can use the same device choice, autocast policy and collate.
@@ -52,6 +52,26 @@ def autocast(device: torch.device, amp: str, option: str = "train.amp") -> conte
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def precision_policy(tf32: bool) -> Iterator[None]:
+    """float32 matrix products and cuDNN convolutions in TF32 (`tf32`) or in full fp32 for the block.
+
+    TF32 (Ampere and later NVIDIA GPUs) keeps float32's range but rounds the inputs of a product
+    to a 10-bit mantissa (relative error ~5e-4): faster, less exact. Training uses it only with
+    train.tf32; evaluation always runs with it off, so that metrics agree across machines. Sets
+    torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 (torch's own
+    defaults: off and on) and restores the caller's values afterwards. CPUs never use TF32;
+    the flags exist on every build, so this is safe (and a no-op for the arithmetic) there.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    previous = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32, cudnn.allow_tf32 = bool(tf32), bool(tf32)
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = previous
 
 
 def collate(items: Sequence[dict[str, Any]]) -> Batch:

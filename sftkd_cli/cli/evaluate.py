@@ -21,6 +21,7 @@ HELP = examples(
     "into RUN/eval-fastmri/ (metrics.json, per_volume.csv, recon.h5).",
     "sftkd evaluate runs/demo",
     "sftkd evaluate runs/demo-teacher runs/demo-student --threads 1",
+    "sftkd evaluate runs/knee-teacher --device cuda --batch-size 32",
     "sftkd evaluate runs/demo/sft --model student --no-recon",
     "sftkd evaluate runs/knee-teacher --convention fastmri",
 )
@@ -35,16 +36,19 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5.")] = False,
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
-    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off, bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
+    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
-    from sftkd_cli.evaluate import check_convention, check_threads, evaluate_run, print_metrics
+    from sftkd_cli.evaluate import check_batch_size, check_convention, check_threads, evaluate_run, print_metrics
     from sftkd_cli.runs import expand_runs_folder
 
     if threads is not None:
         check_threads(threads)  # before the first run's work, not after it
+    if batch_size is not None:
+        check_batch_size(batch_size)
     check_convention(convention)
     console, err_console = stdout_console(), stderr_console()
     runs = [run for given in runs for run in expand_runs_folder(given)]
@@ -54,7 +58,7 @@ def evaluate(
             task = bar.add_task(f"{run.name}: slices", total=None)
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
-                                   convention=convention,
+                                   convention=convention, batch_size=batch_size,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
         scores = "per_volume.csv" if convention == "fastmri" else "per_slice.csv"

@@ -5,9 +5,16 @@ returns the real part of IFFT(k), exactly as the paper's reference code (no lear
 lambda -> infinity). For complex images, carried as two channels (real, imaginary), it keeps
 the complex result: x = IFFT(k) as two channels, so every sampled k-space value is the
 measured one (up to float rounding) and nothing is dropped.
+
+The FFTs always run in float32 / complex64, also inside a mixed-precision (autocast) block:
+the image is cast to float32 and autocast is switched off around the transforms, so the
+layer returns float32 whatever precision the convolutions before it ran in. (A bf16 or fp16
+FFT would lose the measured k-space values the layer exists to keep.)
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -15,16 +22,26 @@ from torch import nn
 from sftkd_cli.mri.fft import fft2, ifft2, to_channels, to_complex
 
 
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A block where autocast is off for `x`'s device (nothing to switch off when it is not on)."""
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 def data_consistency(
     x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor, centered: bool = False
 ) -> torch.Tensor:
     """Replace the sampled k-space of real image `x` (B,1,H,W) by the measured `kspace`.
 
-    `mask` is 0/1, broadcastable to `x` (e.g. (B,1,H,W) or (1,1,H,W)). Returns a real image.
+    `mask` is 0/1, broadcastable to `x` (e.g. (B,1,H,W) or (1,1,H,W)). Returns a real float32
+    image (any input precision, autocast or not: see the module docstring).
     """
-    k = fft2(x.float(), centered=centered)
-    k = torch.where(mask.bool(), kspace, k)
-    return ifft2(k, centered=centered).real
+    with full_precision(x):
+        k = fft2(x.float(), centered=centered)
+        k = torch.where(mask.bool(), kspace, k)
+        return ifft2(k, centered=centered).real
 
 
 def complex_data_consistency(
@@ -35,9 +52,10 @@ def complex_data_consistency(
 
     k = fft2c(x), k_dc = (1 - m) k + m k0, x = ifft2c(k_dc): `centered` is fastMRI's layout.
     """
-    k = fft2(to_complex(x), centered=centered)
-    k = torch.where(mask.bool(), kspace, k)
-    return to_channels(ifft2(k, centered=centered))
+    with full_precision(x):
+        k = fft2(to_complex(x), centered=centered)  # to_complex computes in float32
+        k = torch.where(mask.bool(), kspace, k)
+        return to_channels(ifft2(k, centered=centered))
 
 
 class DataConsistency(nn.Module):

@@ -33,10 +33,10 @@ from sftkd_cli.config import Recipe
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.layout import LayoutChoice, training_layout
-from sftkd_cli.metrics import magnitude, psnr, ssim
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
-from sftkd_cli.runtime import autocast, collate, select_device, set_threads, to_device
+from sftkd_cli.runtime import autocast, collate, precision_policy, select_device, set_threads, to_device
+from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 
 def barrier(world: int) -> None:
@@ -168,11 +168,12 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     same split. (Volumes are normalised by their source maximum, and a crop or skipped slices
     can leave the stored maximum below 1, so a range of 1 would read higher.) Complex data (two
     channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
-    its L1 is the training loss's, over both channels.
+    its L1 is the training loss's, over both channels. Everything is scored on `device`
+    (torch_metrics): only the three means come back to the host, at the end.
     """
     objective.eval()
-    l1s: list[float] = []
-    volumes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # volume -> [(target, pred)] per slice
+    l1_sum = torch.zeros((), dtype=torch.float64, device=device)
+    scores = SliceScores()
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -180,16 +181,12 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
             with autocast(device, amp):
                 pred = objective.predict(batch)
             pred, target = pred.float(), batch["target"]
-            l1s.extend(F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).tolist())
-            for item, t, p in zip(items, target.cpu().numpy(), pred.cpu().numpy()):
-                volumes.setdefault(str(item["volume"]), []).append((magnitude(t), magnitude(p)))
+            l1_sum += F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).sum(dtype=torch.float64)
+            for item, t, p in zip(items, magnitude(target), magnitude(pred)):
+                scores.add(str(item["volume"]), t, p)
     objective.train()
-    psnrs, ssims = [], []
-    for pairs in volumes.values():
-        data_range = max(float(t.max()) for t, _ in pairs)
-        psnrs.extend(psnr(t, p, data_range) for t, p in pairs)
-        ssims.extend(ssim(t, p, data_range) for t, p in pairs)
-    return {"val_l1": float(np.mean(l1s)), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+    means = scores.means()
+    return {"val_l1": l1_sum.item() / len(dataset), "val_psnr": means["PSNR"], "val_ssim": means["SSIM"]}
 
 
 class Trainer:
@@ -262,7 +259,7 @@ class Trainer:
                                highlight=False, markup=False, soft_wrap=True)
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
-        with _catching_sigterm(loop.stop):
+        with precision_policy(cfg.tf32), _catching_sigterm(loop.stop):  # TF32 as train.tf32, for the fit
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:

@@ -1,0 +1,71 @@
+"""`sftkd evaluate --batch-size N`: the slices per forward pass change speed, not the scores (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cli_helpers import sftkd
+from sftkd_cli.config import load_recipe
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.evaluate import MIN_DEFAULT_BATCH, eval_batch_size, evaluate_run
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dataset, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    sftkd("train-teacher", "--model", "D2C2", "--name", "t", f"data.path={tiny_dataset}", f"run.dir={runs}",
+          "train.epochs=1", "train.batch_size=3", "train.threads=1", "train.device=cpu", "eval.latency_slices=0",
+          "train.channels_last=false")  # one layout for every batch size (auto may pick per batch shape)
+    return runs / "t"
+
+
+def _scores(run, batch_size: int) -> tuple[dict, list[dict[str, str]]]:
+    """metrics.json and the per_slice.csv rows of the train split (9 slices in 3 volumes)."""
+    done: list[int] = []  # slices done after each batch
+    metrics = evaluate_run(run, split="train", device="cpu", write_recon=False, batch_size=batch_size,
+                           progress=lambda count, total: done.append(count))
+    assert metrics["batch_size"] == batch_size and done == [*range(batch_size, 9, batch_size), 9]
+    with open(run / "per_slice.csv", newline="") as handle:
+        return metrics, list(csv.DictReader(handle))
+
+
+def test_batch_1_and_batch_5_score_the_same(run):
+    """Equal up to float32 rounding: oneDNN's convolutions block a batch of 1 and of 5 differently
+    (measured on the CPU: reconstructions within 2e-7, PSNR within 2e-8 dB)."""
+    (one, one_rows), (five, five_rows) = _scores(run, 1), _scores(run, 5)  # 5: crosses volumes, short last batch
+    assert one["dataset"] == five["dataset"] and one["dataset"]["slices"] == 9
+    assert one["zero_filled"] == five["zero_filled"]  # the input: no model, nothing to round
+    for name, stats in one["metrics"].items():
+        for key, value in stats.items():
+            assert value == pytest.approx(five["metrics"][name][key], rel=1e-6, abs=1e-9), (name, key)
+    assert [(r["volume"], r["slice"]) for r in one_rows] == [(r["volume"], r["slice"]) for r in five_rows]
+    for a, b in zip(one_rows, five_rows):
+        for column in a.keys() - {"volume", "slice"}:
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-6, abs=1e-9), column
+
+
+def test_the_default_is_the_runs_batch_size_but_at_least_8(run):
+    assert MIN_DEFAULT_BATCH == 8
+    assert eval_batch_size(load_recipe(None, ["train.batch_size=3"])) == 8
+    assert eval_batch_size(load_recipe(None, ["train.batch_size=32"])) == 32
+    assert eval_batch_size(load_recipe(None, ["train.batch_size=32"]), 2) == 2
+    sftkd("evaluate", run, "--device", "cpu", "--no-recon")
+    assert json.loads((run / "metrics.json").read_text())["batch_size"] == 8  # the run trained with batch 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_bad_batch_size_is_one_line(run, value):
+    before = (run / "metrics.json").read_bytes() if (run / "metrics.json").exists() else None
+    result = sftkd("evaluate", run, "--device", "cpu", "--batch-size", value, ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--batch-size {value}: expected a number of slices, 1 or more" in " ".join(result.output.split())
+    after = (run / "metrics.json").read_bytes() if (run / "metrics.json").exists() else None
+    assert before == after  # refused before any work
+    with pytest.raises(SftkdError, match="--batch-size 0"):
+        evaluate_run(run, device="cpu", batch_size=0)
