@@ -37,13 +37,14 @@ def _scores(run, batch_size: int) -> tuple[dict, list[dict[str, str]]]:
 
 def test_batch_1_and_batch_5_score_the_same(run):
     """Equal up to float32 rounding: oneDNN's convolutions block a batch of 1 and of 5 differently
-    (measured on the CPU: reconstructions within 2e-7, PSNR within 2e-8 dB)."""
+    (measured on the CPU: reconstructions within 2e-7, PSNR within 2e-8 dB; a std over slices of
+    nearly equal values, such as SSIM's, moves by up to ~2e-8 absolute, a few 1e-6 relative)."""
     (one, one_rows), (five, five_rows) = _scores(run, 1), _scores(run, 5)  # 5: crosses volumes, short last batch
     assert one["dataset"] == five["dataset"] and one["dataset"]["slices"] == 9
     assert one["zero_filled"] == five["zero_filled"]  # the input: no model, nothing to round
     for name, stats in one["metrics"].items():
         for key, value in stats.items():
-            assert value == pytest.approx(five["metrics"][name][key], rel=1e-6, abs=1e-9), (name, key)
+            assert value == pytest.approx(five["metrics"][name][key], rel=1e-6, abs=1e-7), (name, key)
     assert [(r["volume"], r["slice"]) for r in one_rows] == [(r["volume"], r["slice"]) for r in five_rows]
     for a, b in zip(one_rows, five_rows):
         for column in a.keys() - {"volume", "slice"}:
