@@ -60,14 +60,10 @@ class LayoutChoice:
 
     @property
     def name(self) -> str:
-        return layout_name(self.channels_last)
+        return "channels_last" if self.channels_last else "NCHW"
 
     def describe(self) -> str:
         return f"{self.name} ({self.how})"
-
-
-def layout_name(channels_last: bool) -> str:
-    return "channels_last" if channels_last else "NCHW"
 
 
 def check_setting(value: object, option: str = "train.channels_last") -> str:
@@ -79,28 +75,25 @@ def check_setting(value: object, option: str = "train.channels_last") -> str:
     return str(value)
 
 
-def choose_layout(setting: object, device: torch.device, work: str, factory: WorkFactory,
-                  cache: bool = True) -> LayoutChoice:
+def choose_layout(setting: object, device: torch.device, work: str, factory: WorkFactory) -> LayoutChoice:
     """The layout for `work` (a key naming the networks, input shape and precision) on `device`.
 
     `setting` true/false forces it; `auto` is channels_last on CUDA and measured on the CPU with
-    `factory` (its callables must leave the caller's models alone: build them on copies). With
-    `cache`, the machine's earlier answer for `work` is reused and a new one stored.
+    `factory` (its callables must leave the caller's models alone: build them on copies); the
+    machine's earlier answer for `work` is reused, a new one stored.
     """
     setting = check_setting(setting)
     if setting != "auto":
         return LayoutChoice(setting == "true", "set by train.channels_last")
     if device.type != "cpu":
         return LayoutChoice(True, f"auto on {device.type}")
-    if not cache:
-        return _measure(factory, device)
     key = f"{machine_key()} | {work}"
     path = cache_dir() / CACHE_FILE
     with _locked(path):
         known = _read_cache(path)
         if key in known:
             return LayoutChoice(bool(known[key]["channels_last"]), f"measured before on this machine: {known[key]['how']}")
-        choice = _measure(factory, device)
+        choice = _measure(factory)
         known[key] = {"channels_last": choice.channels_last, "how": choice.how}
         with contextlib.suppress(OSError, SftkdError):  # an unwritable cache only costs a measurement next time
             atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
@@ -117,8 +110,8 @@ def on_copies(module: nn.Module, work: Callable[[nn.Module], None]) -> WorkFacto
     return make
 
 
-def training_layout(setting: object, objective: nn.Module, batch: Batch, device: torch.device, amp: str = "off",
-                    cache: bool = True) -> LayoutChoice:
+def training_layout(setting: object, objective: nn.Module, batch: Batch, device: torch.device,
+                    amp: str = "off") -> LayoutChoice:
     """The layout for training `objective` (forward, loss, backward) on batches like `batch`."""
     def step(twin: nn.Module) -> None:
         with autocast(device, amp):
@@ -129,21 +122,21 @@ def training_layout(setting: object, objective: nn.Module, batch: Batch, device:
     models = getattr(objective, "models", dict)()
     names = ",".join(f"{role}={model.name}" for role, model in models.items())
     work = f"train {type(objective).__name__}[{names}] on {tuple(batch['zf'].shape)}, amp {amp}"
-    return choose_layout(setting, device, work, on_copies(objective, step), cache)
+    return choose_layout(setting, device, work, on_copies(objective, step))
 
 
-def inference_layout(setting: object, model: nn.Module, batch: Batch, device: torch.device, amp: str = "off",
-                     cache: bool = True) -> LayoutChoice:
+def inference_layout(setting: object, model: nn.Module, batch: Batch, device: torch.device,
+                     amp: str = "off") -> LayoutChoice:
     """The layout for reconstructing with `model` (forward passes) batches like `batch`."""
     def forward(twin: nn.Module) -> None:
         with torch.inference_mode(), autocast(device, amp):
             twin(batch["zf"], batch["kspace"], batch["mask"])
 
     work = f"infer {getattr(model, 'name', type(model).__name__)} on {tuple(batch['zf'].shape)}, amp {amp}"
-    return choose_layout(setting, device, work, on_copies(model, forward), cache)
+    return choose_layout(setting, device, work, on_copies(model, forward))
 
 
-def _measure(factory: WorkFactory, device: torch.device) -> LayoutChoice:
+def _measure(factory: WorkFactory) -> LayoutChoice:
     """Time the work in both layouts, interleaved (so a busy machine slows both alike); the faster wins."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
         runs = {fmt: factory(fmt) for fmt in (torch.contiguous_format, torch.channels_last)}

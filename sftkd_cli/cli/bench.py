@@ -19,7 +19,7 @@ from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
-    from sftkd_cli.bench import BenchResult, BenchRow
+    from sftkd_cli.bench import BenchResult
 
 HELP = examples(
     "Measure how fast sftkd trains and reconstructs on this machine (no dataset needed)."
