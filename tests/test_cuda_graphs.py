@@ -16,7 +16,10 @@ it after each epoch here) or a skipped or repeated step differs by far more than
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
+import sys
 
 import pytest
 import torch
@@ -29,7 +32,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.runtime import collate, to_device
-from sftkd_cli.training import engine
+from sftkd_cli.training import engine, graphs
 from sftkd_cli.training.engine import Trainer
 from sftkd_cli.training.graphs import GraphedStep, _Kept, graphed_inference, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.kd import Distillation
@@ -260,6 +263,137 @@ def test_two_stage_distillation_keys_its_graphs_by_stage(tmp_path, monkeypatch):
     assert replays.keys == [True] * 3 + [False] * 3  # the feature stage, then the second stage
 
 
+# ----------------------------------------------------------------------------- GraphedStep with a stand-in for the GPU (CPU)
+
+
+class _FakeStream:
+    def wait_stream(self, other: object) -> None:
+        pass
+
+
+class _FakeGraph:
+    """torch.cuda.CUDAGraph on the CPU. Capture runs the step but `fake_capturing` undoes it (a
+    capture runs nothing); replay runs the captured step again as the graph would: on the static
+    inputs, with the lr tensors the graph reads (refreshed by GraphedStep before each replay),
+    writing the static loss in place."""
+
+    owner: GraphedStep | None = None
+
+    def replay(self) -> None:
+        step = _FakeGraph.owner
+        captured = next(g for g in step._graphs.values() if g.graph is self)
+        groups = step.optimizer.param_groups
+        floats = [group["lr"] for group in groups]
+        for group, tensor in zip(groups, step._lrs):  # the value the lr tensor holds at replay (as a
+            group["lr"] = tensor.item()  # float: Adam divides by a float scalar and a tensor differently)
+        try:
+            step.optimizer.zero_grad(set_to_none=True)  # a replay writes the grads afresh
+            captured.loss.copy_(step._body(captured.inputs))
+        finally:
+            for group, lr in zip(groups, floats):
+                group["lr"] = lr
+
+
+@contextlib.contextmanager
+def _fake_capturing(graph, device):
+    kept = _Kept(_FakeGraph.owner.objective, _FakeGraph.owner.optimizer)
+    try:
+        yield
+    finally:
+        kept.restore()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """GraphedStep runs on the CPU: torch.cuda's streams and graphs stood in for, capturable Adam
+    allowed on the CPU, and the device checks passed."""
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(graphs, "_capturing", _fake_capturing)
+    monkeypatch.setattr(graphs, "graphs_unsupported", lambda device, amp, world=1: None)
+    monkeypatch.setattr(engine, "use_cuda_graphs", lambda setting, device, amp, world=1: setting != "off")
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
+                        lambda supports_xla=True: ["cpu"])
+    real_capture = GraphedStep._capture
+
+    def capture(self, batch):
+        _FakeGraph.owner = self
+        return real_capture(self, batch)
+
+    monkeypatch.setattr(GraphedStep, "_capture", capture)
+    yield
+
+
+def test_graphed_steps_replay_the_eager_updates_with_the_lr_schedule(tmp_path, fake_gpu):
+    """The engine with GraphedStep (on the stand-in) trains to the same weights, bit for bit, as
+    eager steps with the same capturable Adam (a capture that fails: every step eager). Checks
+    the warm-up leaving no trace, the static inputs refilled, a graph per batch size and the lr
+    tensor following StepLR (halved after each epoch here)."""
+    graphed, steps = _fit_cpu_graphs(tmp_path, "graphed")
+    assert steps.captured == 2 and not steps.failed  # batch sizes 2 and 1
+    eager, failed = _fit_cpu_graphs(tmp_path, "eager", fail=True)
+    assert failed.failed and failed.captured == 0
+    assert [r["lr"] for r in graphed.read_history()] == [5e-4, 2.5e-4]
+    assert [r["train_loss"] for r in graphed.read_history()] == [r["train_loss"] for r in eager.read_history()]
+    a, b = (load_checkpoint(run.checkpoint("last")) for run in (graphed, eager))
+    assert all(torch.equal(a["objective"][k], v) for k, v in b["objective"].items())
+    assert a["optimizer"]["param_groups"][0]["capturable"] is True
+    assert isinstance(a["optimizer"]["param_groups"][0]["lr"], float)
+
+
+def _fit_cpu_graphs(tmp_path, name, fail=False):
+    recipe = load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
+                                "train.lr_step=1", "train.lr_gamma=0.5", "train.cuda_graphs=on",
+                                f"run.dir={tmp_path}", f"run.name={name}", "run.role=teacher"])
+    run = RunDir(tmp_path / name)
+    run.prepare(recipe, resume=False, force=False)
+    torch.manual_seed(0)
+    model = build_model("D2C2")
+    objective = _CaptureFails(model) if fail else Supervised(model)
+    seen = {}
+    real = Trainer._loop
+
+    def recording(self, train_slices):
+        seen["loop"] = real(self, train_slices)
+        return seen["loop"]
+
+    Trainer._loop = recording
+    try:
+        Trainer(objective, recipe, run).fit(Phantoms(5), Phantoms(2, seed=1))
+    finally:
+        Trainer._loop = real
+        run.unlock()
+    return run, seen["loop"].graphs
+
+
+class _CaptureFails(Supervised):
+    """Raises while its step is being captured (as an op that syncs would), never eagerly."""
+
+    def forward(self, batch):
+        if _capturing_now():
+            raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
+        return super().forward(batch)
+
+
+def _capturing_now() -> bool:
+    """Whether GraphedStep is capturing (its `_record` is on the call stack)."""
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_record":
+        frame = frame.f_back
+    return frame is not None
+
+
+def test_a_failed_capture_is_one_line_and_the_step_runs_eagerly(tmp_path, fake_gpu, capsys):
+    run, steps = _fit_cpu_graphs(tmp_path, "failed", fail=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing); "
+                   "training eagerly"]
+    assert steps.failed and [r["epoch"] for r in run.read_history()] == [1, 2]
+    assert all(isinstance(g["lr"], float) for g in steps.optimizer.param_groups)  # the floats are back
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 
@@ -281,6 +415,7 @@ def _objective(kind: str) -> torch.nn.Module:
 @pytest.fixture
 def exact_fp32(monkeypatch):
     """fp32 convolutions and matmuls (no TF32), deterministic kernels; restored afterwards."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
@@ -399,4 +534,3 @@ def test_a_cuda_run_says_it_captures_its_step(tiny_dataset, tmp_path):
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert state["optimizer"]["param_groups"][0]["capturable"] is True
     assert isinstance(state["optimizer"]["param_groups"][0]["lr"], float)
-    assert engine.LOSS_READ_EVERY > 1
