@@ -99,6 +99,15 @@ def test_on_with_a_cpu_run_is_refused_before_anything_is_written(tiny_dataset, t
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_may_resume_with_another_setting(tiny_dataset, tmp_path):
+    """Like train.device, the key says how a run trains, not what: --resume may change it."""
+    args = ["train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+            "train.device=cpu", "train.threads=1", "train.max_steps_per_epoch=1"]
+    sftkd(*args, "train.epochs=1")
+    sftkd(*args, "train.epochs=2", "train.cuda_graphs=off", "--resume")
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
 def test_a_trainer_built_directly_checks_the_setting_too(tmp_path):
     recipe = load_recipe(None, ["train.device=cpu", "train.cuda_graphs=on", f"run.dir={tmp_path}", "run.name=r"])
     with pytest.raises(SftkdError, match="needs a CUDA device; this run trains on cpu"):
