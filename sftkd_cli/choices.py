@@ -17,6 +17,9 @@ MAX_SIZE = 4096
 #: exhaust memory when torch starts them
 MAX_THREADS = 1024
 
+#: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
+CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
+
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import LAYOUT_SETTINGS, MAX_THREADS
+from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 #: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
@@ -177,6 +177,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save `last` every N steps (0 = only at epoch ends)
     max_steps_per_epoch: int = 0  # 0 = full epochs
     channels_last: str = "auto"  # NHWC memory layout: auto (measured per machine, cached) | true | false
+    # the whole training step as one CUDA graph: auto (on CUDA, amp off or bf16, one process) | on | off
+    cuda_graphs: str = "auto"
 
 
 @dataclass
@@ -289,6 +291,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         for key, value in values.items():
             setattr(target, key, _coerce(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
     _expand_home(recipe)
+    _on_off_words(recipe)
     return recipe
 
 
@@ -319,6 +322,15 @@ def _expand_home(recipe: Recipe) -> None:
     recipe.distill.teacher_run = os.path.expanduser(recipe.distill.teacher_run)
     recipe.distill.init = os.path.expanduser(recipe.distill.init)
     recipe.eval.checkpoint = os.path.expanduser(recipe.eval.checkpoint)
+
+
+def _on_off_words(recipe: Recipe) -> None:
+    """`off` (and `on`) written without quotes are YAML booleans, which a text key reads as
+    "false" ("true"): the keys whose values are words take them back as the words."""
+    words = {"false": "off", "true": "on"}
+    recipe.train.cuda_graphs = words.get(recipe.train.cuda_graphs, recipe.train.cuda_graphs)
+    if recipe.train.amp == "false":
+        recipe.train.amp = "off"
 
 
 def load_recipe(
@@ -401,6 +413,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
         (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
         (recipe.train.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16"),
+        (recipe.train.cuda_graphs in CUDA_GRAPHS_MODES, "train.cuda_graphs", "auto, on or off"),
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
         (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),

@@ -52,7 +52,7 @@ class LayoutChoice:
     """The layout a run uses and how it was chosen (said in the run's start line)."""
 
     channels_last: bool
-    how: str  # e.g. "measured here: 0.45 s against 0.52 s in NCHW"
+    how: str  # e.g. "measured here: 0.45 s against 0.52 s in NCHW", "set by train.channels_last"
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -92,12 +92,12 @@ def choose_layout(setting: object, device: torch.device, work: str, factory: Wor
     with _locked(path):
         known = _read_cache(path)
         if key in known:
-            return LayoutChoice(bool(known[key]["channels_last"]), f"measured before on this machine: {known[key]['how']}")
-        choice = _measure(factory)
-        known[key] = {"channels_last": choice.channels_last, "how": choice.how}
+            return LayoutChoice(known[key]["channels_last"], f"measured earlier on this machine: {known[key]['times']}")
+        channels_last, times = _measure(factory)
+        known[key] = {"channels_last": channels_last, "times": times}
         with contextlib.suppress(OSError, SftkdError):  # an unwritable cache only costs a measurement next time
             atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
-    return choice
+    return LayoutChoice(channels_last, f"measured here: {times}")
 
 
 def on_copies(module: nn.Module, work: Callable[[nn.Module], None]) -> WorkFactory:
@@ -136,8 +136,9 @@ def inference_layout(setting: object, model: nn.Module, batch: Batch, device: to
     return choose_layout(setting, device, work, on_copies(model, forward))
 
 
-def _measure(factory: WorkFactory) -> LayoutChoice:
-    """Time the work in both layouts, interleaved (so a busy machine slows both alike); the faster wins."""
+def _measure(factory: WorkFactory) -> tuple[bool, str]:
+    """Time the work in both layouts, interleaved (so a busy machine slows both alike); whether
+    channels_last won, and the times in words."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
         runs = {fmt: factory(fmt) for fmt in (torch.contiguous_format, torch.channels_last)}
         best = dict.fromkeys(runs, float("inf"))
@@ -151,8 +152,7 @@ def _measure(factory: WorkFactory) -> LayoutChoice:
     last, nchw = best[torch.channels_last], best[torch.contiguous_format]
     channels_last = last < nchw
     loser = "NCHW" if channels_last else "channels_last"
-    return LayoutChoice(channels_last, f"measured here: {_seconds(min(last, nchw))} against "
-                                       f"{_seconds(max(last, nchw))} in {loser}")
+    return channels_last, f"{_seconds(min(last, nchw))} against {_seconds(max(last, nchw))} in {loser}"
 
 
 def _seconds(value: float) -> str:
@@ -191,7 +191,7 @@ def _read_cache(path: Path) -> dict[str, dict]:
     if not isinstance(known, dict):
         return {}
     return {k: v for k, v in known.items() if isinstance(v, dict) and isinstance(v.get("channels_last"), bool)
-            and isinstance(v.get("how"), str)}
+            and isinstance(v.get("times"), str)}
 
 
 @contextlib.contextmanager

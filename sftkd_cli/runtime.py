@@ -46,12 +46,17 @@ def check_amp(amp: str, device: torch.device, option: str = "train.amp") -> None
         raise SftkdError(f"{option} fp16: only on CUDA; use bf16 on the CPU")
 
 
-def autocast(device: torch.device, amp: str, option: str = "train.amp") -> contextlib.AbstractContextManager:
-    """Mixed precision context: bf16/fp16 autocast, or nothing (checked with `check_amp`)."""
+def autocast(
+    device: torch.device, amp: str, option: str = "train.amp", *, cache: bool = True
+) -> contextlib.AbstractContextManager:
+    """Mixed precision context: bf16/fp16 autocast, or nothing (checked with `check_amp`).
+
+    `cache=False` turns off autocast's cache of low-precision weight copies, as CUDA graph
+    capture needs (a copy cached before the capture would be replayed stale)."""
     check_amp(amp, device, option)
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, cache_enabled=cache)
 
 
 @contextlib.contextmanager

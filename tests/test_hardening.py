@@ -32,7 +32,7 @@ from sftkd_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, v
 from sftkd_cli.errors import SftkdError
 import sftkd_cli.files as files_module
 from sftkd_cli.runs import RunDir, load_checkpoint
-from sftkd_cli.training import engine
+from sftkd_cli.training import checkpoint_writer
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -602,14 +602,15 @@ def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_
     extra = ["train.epochs=2", "train.checkpoint_every=1"]
     assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
 
-    real_save = engine.save_checkpoint
+    real_save = checkpoint_writer.save_checkpoint
 
     def save_then_die(path, state):  # SIGKILL right after the end-of-epoch-1 `last` checkpoint is committed
         real_save(path, state)
         if path.name == "last.pt" and state["epoch"] == 1 and state["step_in_epoch"] == 0:
             raise _Killed
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    # raised in the writer's thread, then in the training thread by its next save: nothing is written after it
+    monkeypatch.setattr(checkpoint_writer, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
         invoke(*train_args(tiny_dataset, tmp_path / "runs"), *extra)
     monkeypatch.undo()

@@ -66,7 +66,7 @@ def test_the_answer_is_cached_per_machine_and_work(cache: Path):
     first = dict(calls)
     slower_now, _ = slow_in(torch.channels_last)  # would say NCHW if it were measured again
     again = choose_layout("auto", CPU, "work A", slower_now)
-    assert again.channels_last and again.how.startswith("measured before on this machine")
+    assert again.channels_last and again.how.startswith("measured earlier on this machine: ")
     assert calls == first
     assert choose_layout("auto", CPU, "work B", slower_now).channels_last is False  # another work: measured
     saved = json.loads(cache.read_text())

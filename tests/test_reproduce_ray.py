@@ -61,6 +61,7 @@ def sft_killed_after_first_epoch(recipe, **kwargs):
 
         def then_die(self, progress, row, improved):
             report_epoch(self, progress, row, improved)
+            self.writer.wait()  # the epoch's checkpoint is on disk (written in the background)
             os.kill(os.getpid(), signal.SIGKILL)
 
         Trainer._report_epoch = then_die

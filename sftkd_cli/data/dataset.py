@@ -411,6 +411,11 @@ class SliceDataset(Dataset):
         """The epoch whose per-sample masks items get (data.mask_per_sample; no effect otherwise)."""
         self.epoch = int(epoch)
 
+    @property
+    def varies_by_epoch(self) -> bool:
+        """Whether items change with `set_epoch` (per-sample masks)."""
+        return self._mask_spec is not None
+
     def _sample_mask(self, volume: str, s: int) -> np.ndarray:
         """This item's mask: a new one per sample and epoch, or the split's fixed mask."""
         if self._mask_spec is None:
@@ -474,10 +479,21 @@ class SliceDataset(Dataset):
         self.close()
 
 
+def _with_epochs(dataset: Any) -> Any:
+    """The dataset itself or the one it wraps (`Subset.dataset`, ...) that has `set_epoch`, or None."""
+    while dataset is not None and not hasattr(dataset, "set_epoch"):
+        dataset = getattr(dataset, "dataset", None)
+    return dataset
+
+
 def set_dataset_epoch(dataset: Any, epoch: int) -> None:
     """Tell a dataset (a `SliceDataset`, or a `Subset` of one) which epoch is starting, so that
     per-sample masks (data.mask_per_sample) are those of that epoch; other datasets are left alone."""
-    while dataset is not None and not hasattr(dataset, "set_epoch"):
-        dataset = getattr(dataset, "dataset", None)
+    dataset = _with_epochs(dataset)
     if dataset is not None:
         dataset.set_epoch(epoch)
+
+
+def dataset_varies_by_epoch(dataset: Any) -> bool:
+    """Whether a dataset's items (or those of the dataset a `Subset` wraps) change with the epoch."""
+    return bool(getattr(_with_epochs(dataset), "varies_by_epoch", False))

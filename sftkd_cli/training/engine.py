@@ -2,9 +2,12 @@
 
 What it does for every objective: thread set-up, seeding, Adam + StepLR, mixed precision, a
 deterministic per-epoch sample order (so resuming is exact, even mid-epoch), atomic
-`last`/`best` checkpoints, a per-epoch history, rich progress, a NaN/Inf guard, and
-Ctrl-C / SIGTERM handling that saves a checkpoint before leaving. Device, autocast and
-collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
+`last`/`best` checkpoints (written by a background thread: `checkpoint_writer`), a per-epoch
+history, rich progress, a NaN/Inf guard, and Ctrl-C / SIGTERM handling that saves a checkpoint
+before leaving. On CUDA the datasets are held on the GPU (`device_data`) and the whole step is
+replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs); its losses are then read
+from the GPU every LOSS_READ_EVERY steps and before each checkpoint, not every step. Device,
+autocast and collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
 """
 
 from __future__ import annotations
@@ -34,10 +37,16 @@ from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.layout import LayoutChoice, training_layout
 from sftkd_cli.models import CascadeNet
-from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint, save_checkpoint
+from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
 from sftkd_cli.runtime import autocast, collate, precision_policy, select_device, set_threads, to_device
 from sftkd_cli.torch_metrics import SliceScores, magnitude
+from sftkd_cli.training.checkpoint_writer import CheckpointWriter
+from sftkd_cli.training.device_data import DeviceDataset, on_device
+from sftkd_cli.training.graphs import GraphedStep, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
+
+#: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
+LOSS_READ_EVERY = 32
 
 def barrier(world: int) -> None:
     """Wait for every process (no-op for a single process)."""
@@ -82,6 +91,10 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
 
 
 def batches(dataset: Dataset, order: Sequence[int], batch_size: int) -> Iterator[Batch]:
+    """The batches of `order`: gathered on the device from a `DeviceDataset`, else items collated."""
+    if isinstance(dataset, DeviceDataset):
+        yield from dataset.batches(order, batch_size)
+        return
     for start in range(0, len(order), batch_size):
         yield collate([dataset[i] for i in order[start : start + batch_size]])
 
@@ -112,6 +125,7 @@ class FitState:
     best_epoch: int = 0
     loss_sum: float = 0.0  # the training loss of `epoch` so far (kept in mid-epoch checkpoints)
     loss_count: int = 0
+    unread: list[float | torch.Tensor] = field(default_factory=list)  # losses of the last steps, not yet counted
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
     started: float = 0.0  # time.perf_counter() when the epoch started
@@ -135,7 +149,8 @@ class _StopFlag:
 @dataclass
 class _Loop:
     """What one fit trains with: the objective as stepped (DDP-wrapped with several processes),
-    Adam, StepLR, the fp16 grad scaler, the steps per epoch, the progress bar and the SIGTERM flag."""
+    Adam, StepLR, the fp16 grad scaler, the steps per epoch, the progress bar, the SIGTERM flag
+    and the CUDA-graphed step (None without train.cuda_graphs)."""
 
     objective: nn.Module
     optimizer: torch.optim.Optimizer
@@ -145,6 +160,7 @@ class _Loop:
     progress: Progress
     task: TaskID
     stop: _StopFlag
+    graphs: GraphedStep | None = None
 
 
 @contextlib.contextmanager
@@ -201,7 +217,9 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         trained_on: dict[str, Any] | None = None,
+        data_on_device: bool | None = None,
     ) -> None:
+        """`data_on_device`: hold the datasets on the device (`device_data.on_device`; None: on CUDA)."""
         self.objective = objective
         self.trained_on = trained_on or {}  # the dataset record kept in every checkpoint
         self.recipe = recipe
@@ -212,10 +230,16 @@ class Trainer:
         if world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.is_main = rank == 0
+        self.cuda_graphs = use_cuda_graphs(recipe.train.cuda_graphs, self.device, recipe.train.amp, world)
+        self.data_on_device = data_on_device
+        self.writer = CheckpointWriter()  # checkpoints are written in the background, one at a time
 
     # checkpoint state ---------------------------------------------------------------------
     def _checkpoint(self, state: FitState, loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
-        """Everything `last`/`best` hold: the models, the objective, the optimiser and `state` at (epoch, step)."""
+        """Everything `last`/`best` hold: the models, the objective, the optimiser and `state` at (epoch, step).
+
+        Live tensors: `_save` copies them. The losses not yet read are counted first."""
+        self._read_losses(state, loop)
         model = self._bare()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -223,7 +247,7 @@ class Trainer:
             "role": self.recipe.run.role,
             "primary": model.primary,
             "models": {name: model_record(m) for name, m in model.models().items()},
-            "objective": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "objective": model.state_dict(),
             "optimizer": loop.optimizer.state_dict(),
             "scheduler": loop.scheduler.state_dict(),
             "scaler": loop.scaler.state_dict(),
@@ -238,9 +262,10 @@ class Trainer:
         objective = self.objective
         return objective.module if hasattr(objective, "module") else objective  # type: ignore[return-value]
 
-    def _save(self, name: str, state: dict[str, Any]) -> None:
+    def _save(self, state: dict[str, Any], *names: str) -> None:
+        """Write `state` as the checkpoints `names` (in order), in the background (main process only)."""
         if self.is_main:
-            save_checkpoint(self.run.checkpoint(name), state)
+            self.writer.submit([self.run.checkpoint(name) for name in names], state)
 
     # the loop -----------------------------------------------------------------------------
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
@@ -252,6 +277,7 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         self.layout = self._choose_layout(train_ds)
         loop = self._loop(len(train_ds))
+        train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))
         state = self._restore(loop, resume)
         if self.is_main:
             self.run.write_env(environment(str(self.device), cfg.seed))
@@ -259,7 +285,8 @@ class Trainer:
                                highlight=False, markup=False, soft_wrap=True)
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
-        with precision_policy(cfg.tf32), _catching_sigterm(loop.stop):  # TF32 as train.tf32, for the fit
+        # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
+        with precision_policy(cfg.tf32), _catching_sigterm(loop.stop), self.writer:
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
@@ -278,7 +305,8 @@ class Trainer:
 
             objective = DistributedDataParallel(objective, find_unused_parameters=True)
             self.objective = objective
-        optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr)
+        trained = [p for p in objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trained, lr=cfg.lr, capturable=self.cuda_graphs)  # step counters on the GPU for graphs
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         steps = math.ceil(len(epoch_order(train_slices, cfg.seed, 0, self.rank, self.world)) / cfg.batch_size)
@@ -286,7 +314,8 @@ class Trainer:
             steps = min(steps, cfg.max_steps_per_epoch)
         progress = self._progress()
         task = progress.add_task("train", total=steps * cfg.epochs, epoch="", loss="")
-        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag())
+        graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs)
 
     def _restore(self, loop: _Loop, resume: bool) -> FitState:
         """A fresh state, or with `resume` the one in the `last` checkpoint (weights and optimiser loaded)."""
@@ -296,7 +325,7 @@ class Trainer:
         saved = load_checkpoint(last)
         try:
             self._bare().load_state_dict(saved["objective"])
-            loop.optimizer.load_state_dict(saved["optimizer"])
+            loop.optimizer.load_state_dict(optimizer_state_for(saved["optimizer"], capturable=self.cuda_graphs))
             loop.scheduler.load_state_dict(saved["scheduler"])
             loop.scaler.load_state_dict(saved["scaler"])
             state = FitState(
@@ -326,16 +355,41 @@ class Trainer:
             state.loss_sum, state.loss_count = 0.0, 0
         for batch in batches(train_ds, order[state.step * cfg.batch_size :], cfg.batch_size):
             loss = self._train_step(loop, to_device(batch, self.device), state.epoch, state.step)
-            state.loss_sum, state.loss_count, state.step = state.loss_sum + loss, state.loss_count + 1, state.step + 1
-            loop.progress.update(loop.task, advance=1, epoch=f"{state.epoch + 1}/{cfg.epochs}", loss=f"{loss:.4g}")
+            state.unread, state.step = [*state.unread, loss], state.step + 1
+            loop.progress.update(loop.task, advance=1, epoch=f"{state.epoch + 1}/{cfg.epochs}")
+            if loop.graphs is None or state.step % LOSS_READ_EVERY == 0:
+                self._read_losses(state, loop)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
-                self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+                self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
             if loop.stop.raised:
-                self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+                self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise RunInterrupted(
                     f"{self.run.path}: stopped by SIGTERM at epoch {state.epoch + 1}, step {state.step}; continue with --resume"
                 )
+        self._read_losses(state, loop)
         state.step = None
+
+    def _read_losses(self, state: FitState, loop: _Loop) -> None:
+        """Count the losses of the steps not yet counted (graphed steps' losses are read from the
+        device together, one sync); a NaN/Inf among them stops training, naming its step."""
+        if not state.unread:
+            return
+        tensors = [v for v in state.unread if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack(tensors).float().tolist() if tensors else [])
+        values = [next(read) if isinstance(v, torch.Tensor) else float(v) for v in state.unread]
+        first = (state.step or 0) - len(values)
+        for i, value in enumerate(values):
+            self._check_finite(value, state.epoch, first + i)
+            state.loss_sum, state.loss_count = state.loss_sum + value, state.loss_count + 1
+        state.unread = []
+        loop.progress.update(loop.task, loss=f"{values[-1]:.4g}")
+
+    def _check_finite(self, value: float, epoch: int, step: int) -> None:
+        if not math.isfinite(value):
+            raise SftkdError(
+                f"{self.run.path}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                "training stopped, the last good checkpoint is kept (try a lower train.lr)"
+            )
 
     def _finish_epoch(self, state: FitState, loop: _Loop, val_ds: Dataset) -> None:
         """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch."""
@@ -358,16 +412,14 @@ class Trainer:
         checkpoint = self._checkpoint(state, loop, state.epoch + 1, 0)
         if self.is_main:  # history first: a kill between the two keeps every row
             self.run.write_history(state.history)
-            if improved:
-                self._save("best", checkpoint)
-            self._save("last", checkpoint)
+            self._save(checkpoint, *(["best"] if improved else []), "last")
             self._report_epoch(loop.progress, row, improved)
         state.epoch += 1
 
     def _interrupt(self, state: FitState, loop: _Loop) -> NoReturn:
         """Ctrl-C: between steps of an epoch, save exactly where training is; then leave with one line."""
         if state.step is not None:
-            self._save("last", self._checkpoint(state, loop, state.epoch, state.step))
+            self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
         raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
 
     def _choose_layout(self, train_ds: Dataset) -> LayoutChoice:
@@ -377,15 +429,17 @@ class Trainer:
         batch = to_device(collate([train_ds[i] for i in range(min(cfg.batch_size, len(train_ds)))]), self.device)
         return training_layout(cfg.channels_last, self._bare().to(self.device), batch, self.device, cfg.amp)
 
-    def _train_step(self, loop: _Loop, batch: Batch, epoch: int, step: int) -> float:
+    def _train_step(self, loop: _Loop, batch: Batch, epoch: int, step: int) -> float | torch.Tensor:
+        """One optimisation step; its loss: a number (eager: checked before the update is applied),
+        or with CUDA graphs a device tensor read later (`_read_losses`)."""
+        if loop.graphs is not None:
+            loss_on_device = loop.graphs.step(batch, self._bare().graph_key())
+            if loss_on_device is not None:
+                return loss_on_device
         with autocast(self.device, self.recipe.train.amp):
             loss, _ = loop.objective(batch)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise SftkdError(
-                f"{self.run.path}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                "training stopped, the last good checkpoint is kept (try a lower train.lr)"
-            )
+        self._check_finite(value, epoch, step)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         loop.scaler.step(loop.optimizer)
@@ -409,6 +463,7 @@ class Trainer:
         """What is about to run, printed before the first step (also when output is not a terminal)."""
         cfg, data = self.recipe.train, self.recipe.data
         threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        threads += ", CUDA graphs" if self.cuda_graphs else ""
         resumed = f", resuming after epoch {resumed_from}" if resumed_from is not None else ""
         models = " + ".join(_model_text(m) for m in self._bare().models().values())
         return (

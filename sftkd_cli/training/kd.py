@@ -69,6 +69,9 @@ class Distillation(TeacherObjective):
     def begin_epoch(self, epoch: int) -> None:
         self.feature_stage = self.schedule == "two-stage" and epoch < self.stage1_epochs
 
+    def graph_key(self) -> bool:
+        return self.feature_stage  # stage 1 computes the feature loss alone
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
         use_kd = self.schedule == "joint" or self.feature_stage

@@ -8,7 +8,7 @@ A frozen teacher is held outside the module tree, so it is neither optimised nor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -20,8 +20,9 @@ from sftkd_cli.runtime import Batch
 
 
 def model_record(model: CascadeNet) -> dict[str, Any]:
-    """A self-describing model entry for checkpoints: architecture plus weights."""
-    return {**model.record(), "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    """A self-describing model entry for checkpoints: architecture plus weights (the live tensors,
+    which the checkpoint writer copies before training changes them)."""
+    return {**model.record(), "state": model.state_dict()}
 
 
 class Objective(nn.Module):
@@ -42,6 +43,12 @@ class Objective(nn.Module):
 
     def begin_epoch(self, epoch: int) -> None:
         """Hook for schedules that change with the epoch (two-stage distillation)."""
+
+    def graph_key(self) -> Hashable:
+        """What the training step's code depends on besides the batch's shapes (a CUDA graph is
+        captured per key): nothing by default; an objective whose `forward` takes other branches
+        after `begin_epoch` returns what decides them."""
+        return ()
 
     def info(self) -> dict[str, Any]:
         """Extra facts stored in every checkpoint (e.g. which teacher a student learnt from)."""

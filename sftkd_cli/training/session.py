@@ -22,10 +22,11 @@ from sftkd_cli.runs import RunDir
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
+from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer)
-RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "eval.split", "eval.checkpoint"}
+RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint"}
 
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
@@ -137,7 +138,8 @@ def run_training(
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
     validate(recipe)
-    select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
+    device = select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
+    use_cuda_graphs(recipe.train.cuda_graphs, device, recipe.train.amp)  # so is train.cuda_graphs=on on a CPU
     run = RunDir(run_path(recipe))
     if resume and run.recipe_file.exists():
         reconcile_resume(run, recipe)
@@ -147,13 +149,15 @@ def run_training(
     seed_everything(recipe.train.seed, recipe.train.deterministic)
     objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
+    # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
+    trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             atomic_write_text(run.recipe_file, dump_recipe(recipe))
     barrier(world)
     try:
-        result = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data).fit(train_ds, val_ds, resume=resume)
+        result = trainer.fit(train_ds, val_ds, resume=resume)
     finally:
         run.unlock()
         if world > 1:
