@@ -4,6 +4,7 @@ reference-way twin), the exported-file and compiled inference runners, ratios an
 from __future__ import annotations
 
 import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -33,6 +34,8 @@ from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
 PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: the largest batch of the CUDA inference sweep (batch 1, --batch and this)
+CUDA_SWEEP_BATCH = 32
 
 
 def _check(settings: dict[str, Any]) -> None:
@@ -118,7 +121,8 @@ def run_bench(
             roof={},
         )
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
-        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None,
+                       complex_data)
         if "teacher" in parts or "student" in parts:
             bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
         if "sft" in parts:
@@ -165,6 +169,32 @@ class _Bench:
     warmup: int
     say: Progress
     acquisition: Acquisition | None = None  # what the networks are built for (None: the paper's magnitude data)
+    complex_data: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _batch_of(self, n: int) -> Batch:
+        """`n` synthetic samples: the first of the run's batch, or a larger batch made for the sweep."""
+        if n <= self.batch:
+            return slice_batch(self.data, n)
+        return synthetic_batch(self.size, n, self.device, complex_data=self.complex_data)
+
+    def _graph_row(self, key: str, what: str, objective: nn.Module, flops: int, baseline: str) -> None:
+        """On CUDA: `objective`'s training step replayed from a CUDA graph, as train.cuda_graphs
+        auto trains (capturable Adam, channels_last); a failed capture is a note, not a row."""
+        from sftkd_cli.training.graphs import GraphedStep
+
+        objective.to(self.device, memory_format=torch.channels_last).train()
+        optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
+        said = io.StringIO()
+        graphed = GraphedStep(objective, optimizer, self.device, self._amp, stderr=said)
+        if graphed.step(self.data) is None:
+            self.result.notes.append(f"{what}: skipped ({said.getvalue().strip()})")
+            return
+        self._row(key, what, "train", lambda: graphed.step(self.data), self.batch, flops, "replayed from a CUDA graph",
+                  baseline=baseline)
 
     def _model(self, name: str, reference_way_: bool = False) -> DCCNN:
         """Network `name` for this run's data, sftkd's way or the reference code's way."""
@@ -211,6 +241,9 @@ class _Bench:
             step, note = self._step(Supervised(model))
             self._row(f"train.{role}", f"{role} {name} train", "train", step, self.batch,
                       3 * model_flops(model, self.size, self.batch), note, baseline=baseline)
+            if self.cuda:
+                self._graph_row(f"train.{role}.graph", f"{role} {name} train, CUDA graph", Supervised(model),
+                                3 * model_flops(model, self.size, self.batch), baseline)
 
     def sft(self) -> None:
         """The reference way (branch by branch, NCHW, padded convs) and sftkd's SFT step as
@@ -220,11 +253,14 @@ class _Bench:
             torch.manual_seed(0)
             reference_way_ = key == "reference"
             teacher, student = self._model(TEACHER, reference_way_), self._model(STUDENT, reference_way_)
-            step, note = self._step(StudentFriendly(teacher, student, batched=batched and not reference_way_),
-                                    reference_way_)
+            objective = StudentFriendly(teacher, student, batched=batched and not reference_way_)
+            step, note = self._step(objective, reference_way_)
+            flops = 3 * sft_flops(teacher, student, self.size, self.batch)
             self._row("train.sft" + (".reference" if reference_way_ else ""), f"SFT step, {label}", "train", step,
-                      self.batch, 3 * sft_flops(teacher, student, self.size, self.batch), note,
-                      baseline=None if reference_way_ else "train.sft.reference")
+                      self.batch, flops, note, baseline=None if reference_way_ else "train.sft.reference")
+            if self.cuda and not reference_way_:
+                self._graph_row("train.sft.graph", f"SFT step, {label}, CUDA graph", objective, flops,
+                                "train.sft.reference")
 
     def kd(self, methods: list[str]) -> None:
         for method in methods:
@@ -240,6 +276,9 @@ class _Bench:
             step, note = self._step(nograd)
             self._row(f"train.kd.{method}", f"KD {method} (no_grad T)", "train", step, self.batch,
                       t_fwd + 3 * (s_fwd + adapter), note, baseline=f"train.kd_backprop.{method}")
+            if self.cuda:
+                self._graph_row(f"train.kd.{method}.graph", f"KD {method} (no_grad T), CUDA graph", nograd,
+                                t_fwd + 3 * (s_fwd + adapter), f"train.kd_backprop.{method}")
             del nograd, step
 
     def inference(self, compile: bool) -> None:
@@ -255,6 +294,8 @@ class _Bench:
             self._infer_rows(name, model, "eager", model, f"layout {layout.describe()}")
             self._infer_rows(name, model, "torchscript", None)
             self._infer_rows(name, model, "onnx", None)
+            if self.cuda:
+                self._infer_rows(name, model, "graph", None)
             if compile:
                 self._infer_rows(name, model, "compiled", None)
 
@@ -294,6 +335,10 @@ class _Bench:
                     runner = torchscript_runner(model, data)
                 elif mode == "onnx":
                     runner = onnx_runner(model, data, self.device, self.precision)
+                elif mode == "graph":
+                    from sftkd_cli.training.graphs import graphed_inference
+
+                    runner = graphed_inference(model, (data["zf"], data["kspace"], data["mask"]), amp=self._amp)
                 else:
                     runner = torch.compile(model, dynamic=False)
                     self.say(f"compiling {name} for batch {data['zf'].shape[0]}")
@@ -301,22 +346,24 @@ class _Bench:
                         runner(data["zf"], data["kspace"], data["mask"])
                     synchronize(self.device)
         except Exception as exc:  # inductor needs a C++ compiler on the CPU; ONNX the export extra, fp32, CPU
-            what = {"compiled": "torch.compile", "torchscript": "TorchScript", "onnx": "ONNX"}[mode]
+            what = {"compiled": "torch.compile", "torchscript": "TorchScript", "onnx": "ONNX", "graph": "CUDA graph"}[mode]
             self.result.notes.append(f"{what} {name} (batch {data['zf'].shape[0]}): skipped ({_one_line(exc)})")
             return None, ""
         took = time.perf_counter() - start
         if mode == "torchscript":
             return runner, f"traced, saved and loaded in {took:.1f} s (as `sftkd export` files run)"
+        if mode == "graph":
+            return runner, f"captured in {took:.1f} s; replayed with one launch"
         if mode == "onnx":
             return runner, (f"exported and loaded in {took:.1f} s; onnxruntime {torch.get_num_threads()} thread(s), "
                             "DC as matrix-product DFTs (as `sftkd export --format onnx` files run)")
         return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
 
     def _infer_rows(self, name: str, model: DCCNN, mode: str, runner: Callable | None, note: str = "") -> None:
-        sizes = [1] if self.batch == 1 else [1, self.batch]
+        sizes = sorted({1, self.batch} | ({CUDA_SWEEP_BATCH} if self.cuda else set()))  # a sweep on CUDA
         for n in sizes:
-            data = slice_batch(self.data, n)
-            if mode in ("torchscript", "onnx", "compiled"):  # built per batch size
+            data = self._batch_of(n)
+            if mode in ("torchscript", "onnx", "compiled", "graph"):  # built per batch size
                 runner, note = self._runner(name, model, mode, data)
                 if runner is None:
                     return
@@ -389,8 +436,11 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
     }
     for method in methods:
         pairs[f"kd_backprop_over_nograd.{method}"] = (f"train.kd_backprop.{method}", f"train.kd.{method}")
+    for step in ("teacher", "student", "sft", *(f"kd.{method}" for method in methods)):
+        pairs[f"graph_speedup.train.{step}"] = (f"train.{step}", f"train.{step}.graph")
     for name in (TEACHER, STUDENT):
-        for n in sorted({1, result.settings["batch"]}):
+        for n in sorted({1, result.settings["batch"], CUDA_SWEEP_BATCH}):
+            pairs[f"graph_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.graph.b{n}")
             pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
             pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
             pairs[f"onnx_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.onnx.b{n}")

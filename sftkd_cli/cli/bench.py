@@ -29,7 +29,8 @@ HELP = examples(
     "joint step (branches batched through each shared block on CUDA, one by one on the CPU); one KD "
     "step per method with the frozen teacher under no_grad; inference of D5C5 and D3C5 at batch 1 and "
     "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
-    "with --compile, torch.compile (inductor, frozen weights); and the bf16 part: teacher and student steps "
+    "with --compile, torch.compile (inductor, frozen weights); on CUDA also every training step and the "
+    "inference replayed from a CUDA graph, and inference at batch 1, --batch and 32; and the bf16 part: teacher and student steps "
     "and inference in fp32 and under bf16 autocast side by side (\"vs ref\" of a bf16 row = its fp32 twin)."
     "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
     "paper's code does it (NCHW, every conv padded on the full map, backprop through the KD teacher, SFT "
@@ -109,8 +110,11 @@ def ratio_lines(result: BenchResult) -> list[str]:
         elif key.startswith("bf16_speedup."):
             _, group, model = key.split(".")
             label = f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
-        elif key.startswith(("compile_speedup.", "torchscript_speedup.", "onnx_speedup.")):
-            kind = {"compile": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)"}[key.split("_")[0]]
+        elif key.startswith("graph_speedup.train."):
+            label = f"{key.split('.', 2)[2]} training step, eager / CUDA graph"
+        elif key.startswith(("compile_speedup.", "torchscript_speedup.", "onnx_speedup.", "graph_speedup.")):
+            kind = {"compile": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)",
+                    "graph": "CUDA graph"}[key.split("_")[0]]
             _, model, batch = key.split(".")
             label = f"{model} inference, eager / {kind} (batch {batch[1:]})"
         else:
