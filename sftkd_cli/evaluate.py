@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -112,6 +113,30 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
             "pred": np.stack([r[3] for r in rows]),
         }
     return volumes
+
+
+def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, setting: str) -> tuple[Reconstructor, bool]:
+    """`model` as evaluate runs it, and whether from CUDA graphs: unless `setting` (the run's
+    train.cuda_graphs) is off, on CUDA each batch shape's forward pass is captured once and
+    replayed (a batch then costs one launch); elsewhere, or with fp16, eagerly. A capture that
+    fails says so in one line and that shape runs eagerly."""
+    from sftkd_cli.training.graphs import graphed_inference, graphs_unsupported
+
+    if setting == "off" or graphs_unsupported(device, amp) is not None:
+        return model, False
+    runners: dict[tuple, Reconstructor] = {}
+
+    def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shapes = (tuple(zf.shape), tuple(kspace.shape), tuple(mask.shape))
+        if shapes not in runners:
+            try:
+                runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
+            except SftkdError as exc:
+                print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
+                runners[shapes] = model
+        return runners[shapes](zf, kspace, mask)
+
+    return run, True
 
 
 def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8, amp: str = "off") -> float:
@@ -348,19 +373,21 @@ def _evaluate(
         layout = inference_layout(recipe.train.channels_last, model.to(torch_device).eval(), first, torch_device, amp)
         model = model.to(torch_device, memory_format=layout.memory_format).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
+        runner, graphed = graphed_reconstructor(model, torch_device, amp, recipe.train.cuda_graphs)
     else:
         from sftkd_cli.exported import prepare_evaluation
 
         target = prepare_evaluation(exported, run.path, torch_device, checkpoint, model_role)
         model, state, entry_role, which = target.model, target.state, target.role, target.checkpoint
         params, out, extra, torch_device = model.params, target.out_dir, target.fields, model.device
+        runner, graphed = model, False
 
     if amp != "off":
         out = out / f"eval-amp-{amp}"
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out)
-    volumes = reconstruct_split(model, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
+    volumes = reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
                                 convention=convention)
     rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)
     metrics = {
@@ -386,8 +413,9 @@ def _evaluate(
             "volumes": len(volumes),
             "slices": sum(len(v["slices"]) for v in volumes.values()),
         },
-        "latency_ms_per_slice": measure_latency(model, dataset, torch_device, recipe.eval.latency_slices, amp),
+        "latency_ms_per_slice": measure_latency(runner, dataset, torch_device, recipe.eval.latency_slices, amp),
         "amp": amp,
+        "cuda_graphs": graphed,
         "batch_size": batch_size,
         "device": str(torch_device),
         "threads": torch.get_num_threads(),

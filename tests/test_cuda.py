@@ -55,3 +55,25 @@ def test_bench_on_cuda_adds_graph_rows_and_a_batch_sweep():
     assert result.row("train.teacher.graph").baseline_s == result.row("train.teacher.reference").seconds
     assert result.row("train.sft").what == "SFT step, batched"  # sft.batched auto on CUDA
     assert result.ratios["graph_speedup.D3C5.b32"] > 0 and result.ratios["graph_speedup.train.teacher"] > 0
+
+
+def test_evaluate_replays_cuda_graphs_and_reconstructs_like_eager(tiny_dataset, tmp_path):
+    import torch
+
+    from sftkd_cli.data.dataset import SliceDataset
+    from sftkd_cli.evaluate import graphed_reconstructor, reconstruct_split
+    from sftkd_cli.models import build_model
+
+    device = torch.device("cuda")
+    model = build_model("D2C2").to(device).eval()
+    dataset = SliceDataset(tiny_dataset, "train", 4, cache=False)
+    runner, graphed = graphed_reconstructor(model, device, "off", "auto")
+    assert graphed and graphed_reconstructor(model, device, "off", "off") == (model, False)
+    replayed = reconstruct_split(runner, dataset, device, batch_size=4)  # full batches and a last, partial one
+    eager = reconstruct_split(model, dataset, device, batch_size=4)
+    for volume, images in eager.items():
+        assert replayed[volume]["pred"] == pytest.approx(images["pred"], abs=1e-6)
+    sftkd("train-teacher", "--model", "D2C2", "--name", "g", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+          "train.epochs=1", "train.max_steps_per_epoch=2", "train.device=cuda", "eval.latency_slices=1")
+    sftkd("evaluate", tmp_path / "g", "--device", "cuda", "--no-recon")
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text())["cuda_graphs"] is True

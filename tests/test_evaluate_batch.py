@@ -70,3 +70,13 @@ def test_a_bad_batch_size_is_one_line(run, value):
     assert before == after  # refused before any work
     with pytest.raises(SftkdError, match="--batch-size 0"):
         evaluate_run(run, device="cpu", batch_size=0)
+
+
+def test_cuda_graphs_stay_off_on_the_cpu(run):
+    from sftkd_cli.evaluate import graphed_reconstructor
+
+    model = torch.nn.Identity()
+    for setting in ("auto", "on", "off"):  # a run trained with graphs on a GPU still evaluates on the CPU
+        assert graphed_reconstructor(model, torch.device("cpu"), "off", setting) == (model, False)
+    sftkd("evaluate", run, "--device", "cpu", "--no-recon")
+    assert json.loads((run / "metrics.json").read_text())["cuda_graphs"] is False
