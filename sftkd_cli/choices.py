@@ -20,10 +20,10 @@ MAX_THREADS = 1024
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 
-#: `sftkd bench --only`: the benchmark's parts, in the order they run
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 
+#: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
 
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
