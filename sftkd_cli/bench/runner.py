@@ -98,7 +98,7 @@ def run_bench(
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
     duration and restores it afterwards. Never needs a dataset. `complex_data`: every row on
     complex images (two channels, centred k-space, complex data consistency) with the networks
-    built for them; the reference code's own timings (magnitude images) do not apply then.
+    built for them, the reference-way twins too.
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
