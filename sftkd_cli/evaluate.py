@@ -320,10 +320,7 @@ def check_batch_size(batch_size: int) -> None:
 def eval_batch_size(recipe: Recipe, batch_size: int | None = None) -> int:
     """The slices per forward pass: `batch_size`, or the run's train.batch_size but at least
     MIN_DEFAULT_BATCH (inference keeps no activations for gradients, so what trained fits)."""
-    if batch_size is not None:
-        check_batch_size(batch_size)
-        return batch_size
-    return max(recipe.train.batch_size, MIN_DEFAULT_BATCH)
+    return batch_size if batch_size is not None else max(recipe.train.batch_size, MIN_DEFAULT_BATCH)
 
 
 def check_threads(threads: int) -> None:

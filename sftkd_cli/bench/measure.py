@@ -17,6 +17,7 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.bench.flops import conv_flops
 from sftkd_cli.mri.fft import fft2, ifft2, to_channels
 from sftkd_cli.mri.masks import make_mask, undersample
+from sftkd_cli.layout import cpu_name
 from sftkd_cli.runtime import autocast, synchronize
 from sftkd_cli.training.objectives import Batch
 
@@ -83,7 +84,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = _cpu_name()
+        name = cpu_name()
     return {
         "device": str(device),
         "name": name,
@@ -93,17 +94,6 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu_capability() -> str:
