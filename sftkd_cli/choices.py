@@ -24,7 +24,7 @@ CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
-BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16")
+BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16", "epoch")
 
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")

@@ -40,8 +40,8 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
-from sftkd_cli.runtime import (autocast, check_amp, collate, cpu_threads, precision_policy, select_device, synchronize,
-                               to_device)
+from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
+                               precision_policy, select_device, synchronize, to_device)
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -51,8 +51,6 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = "eval-fastmri"
-#: the smallest default batch of slices per forward pass (`eval_batch_size`)
-MIN_DEFAULT_BATCH = 8
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -84,7 +82,7 @@ def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tu
     return target, center_crop(zf, target.shape), center_crop(pred, target.shape)
 
 
-def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = MIN_DEFAULT_BATCH,
+def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = MIN_INFERENCE_BATCH,
                       amp: str = "off", progress: SliceProgress | None = None,
                       convention: str = "paper") -> dict[str, dict[str, np.ndarray]]:
     """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays,
@@ -319,8 +317,8 @@ def check_batch_size(batch_size: int) -> None:
 
 def eval_batch_size(recipe: Recipe, batch_size: int | None = None) -> int:
     """The slices per forward pass: `batch_size`, or the run's train.batch_size but at least
-    MIN_DEFAULT_BATCH (inference keeps no activations for gradients, so what trained fits)."""
-    return batch_size if batch_size is not None else max(recipe.train.batch_size, MIN_DEFAULT_BATCH)
+    MIN_INFERENCE_BATCH (`runtime.inference_batch_size`, as validation while training)."""
+    return batch_size if batch_size is not None else inference_batch_size(recipe.train.batch_size)
 
 
 def check_threads(threads: int) -> None:
@@ -343,7 +341,7 @@ def _evaluate(
     amp: str,
     progress: SliceProgress | None,
     convention: str = "paper",
-    batch_size: int = MIN_DEFAULT_BATCH,
+    batch_size: int = MIN_INFERENCE_BATCH,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record

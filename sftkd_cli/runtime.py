@@ -95,6 +95,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: the smallest default batch of slices per forward pass when scoring (`inference_batch_size`)
+MIN_INFERENCE_BATCH = 8
+
+
+def inference_batch_size(train_batch_size: int) -> int:
+    """Slices per forward pass when scoring (validation, and `evaluate` by default): the training
+    batch, but at least MIN_INFERENCE_BATCH. Inference keeps no activations for gradients, so what
+    trained fits, and fewer, larger passes launch fewer kernels (what sets a GPU's pace here)."""
+    return max(train_batch_size, MIN_INFERENCE_BATCH)
+
+
 def set_threads(count: int | None) -> None:
     """torch's CPU threads set to `count`; None or 0 leaves torch's setting as it is."""
     if count:

@@ -7,6 +7,9 @@ import importlib.util
 import json
 import math
 import re
+import statistics
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,9 +132,11 @@ def test_result_structure(result):
         "train.teacher.reference", "train.teacher", "train.student.reference", "train.student",
         "train.sft.reference", "train.sft",
         "train.kd_backprop.at", "train.kd.at", "train.kd_backprop.fitnets", "train.kd.fitnets", *infer, *BF16_ROWS,
+        "epoch.teacher",
     ]
     for row in result.rows:
-        assert len(row.samples) == 1 and row.seconds > 0 and math.isfinite(row.seconds)
+        assert len(row.samples) == (2 if row.key == "epoch.teacher" else 1)
+        assert row.seconds > 0 and math.isfinite(row.seconds)
         assert row.flops > 0
     assert result.row("infer.D5C5.eager.b1").slices == 1 and result.row("train.teacher").slices == 2
     assert result.row("train.teacher").flops == 3 * model_flops(DCCNN(5, 5), 16, 2)
@@ -146,7 +151,7 @@ def test_result_structure(result):
     # every row of ours carries the speed-up over its reference-way twin timed in this run
     for row in result.rows:
         twin = (row.key.endswith((".reference", ".fp32")) or ".reference." in row.key
-                or row.key.startswith("train.kd_backprop"))
+                or row.key.startswith(("train.kd_backprop", "epoch.")))  # an epoch is set against its steps
         assert (row.baseline_s is None) == twin
     assert result.row("train.kd.at").baseline_s == result.row("train.kd_backprop.at").seconds
     assert result.row("infer.D3C5.torchscript.b2").in_run_speedup == pytest.approx(
@@ -171,6 +176,41 @@ def test_result_structure(result):
     data = json.loads(json.dumps(result.to_dict()))
     assert "reference" not in data and len(data["rows"]) == len(result.rows)
     assert data["machine"]["threads"] == 1 and data["settings"]["precision"] == "fp32"
+
+
+def test_the_epoch_part_sets_a_real_training_runs_epochs_against_their_steps(result):
+    """The engine trains 3 epochs of 16 steps (batch 2) with 24 validation slices; epochs 2 and 3
+    are timed, from the end of one to the end of the next, against 16 x the teacher's step row."""
+    row, step = result.row("epoch.teacher"), result.row("train.teacher")
+    assert row.what == "teacher D5C5 epoch (16 steps, 24 val)" and row.group == "train"
+    assert row.slices == 32 and row.seconds == statistics.median(row.samples)
+    assert row.flops == 16 * step.flops + model_flops(DCCNN(5, 5), 16, 24)
+    assert result.ratios["epoch_over_steps.teacher"] == pytest.approx(row.seconds / (16 * step.seconds))
+    assert row.note.startswith(f"16 steps x {step.ms:.1f} ms (teacher D5C5 train) = ")
+
+
+def test_the_epoch_part_trains_with_the_engine(monkeypatch):
+    """Alone, it times the teacher's step first (its twin too); the fit is the engine's, in a
+    temporary run directory that is gone afterwards."""
+    from sftkd_cli.bench import epoch as epoch_module
+
+    seen = {}
+    real = epoch_module.epoch_seconds
+
+    def spy(objective, train, val, **kwargs):
+        seen.update(kwargs, train=len(train), val=len(val), item=train[0])
+        return real(objective, train, val, **kwargs)
+
+    monkeypatch.setattr(epoch_module, "epoch_seconds", spy)
+    before = set(Path(tempfile.gettempdir()).glob("sftkd-bench-*"))
+    res = run_bench(**TINY, which=["epoch"])
+    assert [row.key for row in res.rows] == ["train.teacher.reference", "train.teacher", "epoch.teacher"]
+    assert (seen["train"], seen["val"], seen["epochs"], seen["batch"], seen["amp"]) == (32, 24, 3, 2, "off")
+    assert set(seen["item"]) == {"target", "zf", "kspace", "mask", "volume", "slice"}
+    assert seen["item"]["zf"].shape == (1, 16, 16)
+    assert set(Path(tempfile.gettempdir()).glob("sftkd-bench-*")) == before
+    res = CliRunner().invoke(app, ["bench", "--help"], env=WIDE)
+    assert "epoch" in res.output
 
 
 def test_threads_are_restored_and_parts_selected():

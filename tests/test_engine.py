@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from sftkd_cli.config import load_recipe
+from sftkd_cli.evaluate import eval_batch_size
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.mri.fft import fft2
 import sftkd_cli.files as files_module
 from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
+from sftkd_cli.training import engine
 from sftkd_cli.training.engine import Trainer, epoch_order
 from sftkd_cli.training.objectives import Supervised
 
@@ -159,6 +161,17 @@ def test_existing_run_is_never_overwritten_and_is_locked(tmp_path):
         RunDir(tmp_path / "r").prepare(recipe, resume=False, force=False)
     with pytest.raises(SftkdError, match="nothing to resume"):
         RunDir(tmp_path / "other").prepare(recipe, resume=True, force=False)
+
+
+@pytest.mark.parametrize("train_batch, scored_in", [(2, 8), (12, 12)])
+def test_validation_scores_in_evaluates_default_batches(tmp_path, monkeypatch, train_batch, scored_in):
+    """Fewer, larger forward passes (launches set a GPU's pace): the training batch, at least 8."""
+    seen = []
+    real = engine.validate
+    monkeypatch.setattr(engine, "validate", lambda *args: seen.append(args[-1]) or real(*args))
+    _fit(tmp_path, "v", False, None, f"train.batch_size={train_batch}", "train.max_steps_per_epoch=1")
+    assert seen == [scored_in, scored_in]
+    assert eval_batch_size(_recipe(tmp_path, f"train.batch_size={train_batch}")) == scored_in
 
 
 def test_history_and_best_checkpoint_are_written(tmp_path):

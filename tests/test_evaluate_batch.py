@@ -11,7 +11,8 @@ import torch
 from cli_helpers import sftkd
 from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.evaluate import MIN_DEFAULT_BATCH, eval_batch_size, evaluate_run
+from sftkd_cli.evaluate import eval_batch_size, evaluate_run
+from sftkd_cli.runtime import MIN_INFERENCE_BATCH
 
 torch.set_num_threads(1)
 
@@ -52,7 +53,7 @@ def test_batch_1_and_batch_5_score_the_same(run):
 
 
 def test_the_default_is_the_runs_batch_size_but_at_least_8(run):
-    assert MIN_DEFAULT_BATCH == 8
+    assert MIN_INFERENCE_BATCH == 8
     assert eval_batch_size(load_recipe(None, ["train.batch_size=3"])) == 8
     assert eval_batch_size(load_recipe(None, ["train.batch_size=32"])) == 32
     assert eval_batch_size(load_recipe(None, ["train.batch_size=32"]), 2) == 2

@@ -14,7 +14,10 @@ median wall time of `repeats` calls after `warmup` untimed calls:
   ONNX (the file `sftkd export --format onnx` writes, run in onnxruntime; fp32 on the CPU, with
   the `export` extra installed) and (optionally) `torch.compile`d with frozen weights;
 - bf16: teacher and student training steps and inference in fp32 and under bf16 autocast,
-  side by side (CPUs with AVX512-BF16 and GPUs; with --precision fp32 only).
+  side by side (CPUs with AVX512-BF16 and GPUs; with --precision fp32 only);
+- epoch: the teacher trained by the engine (`Trainer.fit`) on synthetic slices at the demo's
+  scale, an epoch's wall time (steps, batches, validation, history, checkpoints) against the
+  sum of its steps timed alone (`sftkd_cli.bench.epoch`).
 
 Each of these has a "reference way" twin measured in the same run: the same work done as the
 paper's code does it (NCHW layout, every conv padded on the full padded map, the KD teacher's

@@ -36,6 +36,9 @@ PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: the largest batch of the CUDA inference sweep (batch 1, --batch and this)
 CUDA_SWEEP_BATCH = 32
+#: the epoch part at the demo's scale: steps of --batch slices per epoch, validation slices, and
+#: epochs trained (the first, which measures the layout and captures graphs, is not counted)
+EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
 
 
 def _check(settings: dict[str, Any]) -> None:
@@ -133,6 +136,8 @@ def run_bench(
             bench.inference(compile)
         if "bf16" in parts:
             bench.bf16()
+        if "epoch" in parts:
+            bench.epoch()
         say("roof again (a noisy machine can spoil one measurement)")
         again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
         _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
@@ -324,6 +329,32 @@ class _Bench:
                 self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
                           self.batch, model_flops(model, self.size, self.batch),
                           baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
+
+    def epoch(self) -> None:
+        """The teacher trained by the engine at the demo's scale (`bench.epoch`): an epoch's wall
+        time against the sum of its steps, each step timed as training runs it (the teacher
+        row, or its CUDA-graph row; timed first if the teacher part did not run)."""
+        from sftkd_cli.bench.epoch import SyntheticSlices, epoch_seconds
+
+        if not self.result.has("train.teacher"):
+            self.supervised([TEACHER])
+        step = self.result.row("train.teacher.graph" if self.result.has("train.teacher.graph") else "train.teacher")
+        self.say(f"teacher {TEACHER}: {EPOCH_COUNT} epochs of a real training run")
+        torch.manual_seed(0)
+        model = self._model(TEACHER)
+        train = SyntheticSlices(self.size, EPOCH_STEPS * self.batch, seed=1, complex_data=self.complex_data)
+        val = SyntheticSlices(self.size, EPOCH_VAL_SLICES, seed=2, complex_data=self.complex_data)
+        samples = epoch_seconds(Supervised(model), train, val, epochs=EPOCH_COUNT, batch=self.batch,
+                                device=self.device, amp=self._amp)
+        steps_s = EPOCH_STEPS * step.seconds
+        row = BenchRow("epoch.teacher", f"teacher {TEACHER} epoch ({EPOCH_STEPS} steps, {EPOCH_VAL_SLICES} val)",
+                       "train", statistics.median(samples), samples, EPOCH_STEPS * self.batch,
+                       EPOCH_STEPS * step.flops + model_flops(model, self.size, EPOCH_VAL_SLICES), 0.0,
+                       note=(f"{EPOCH_STEPS} steps x {step.ms:.1f} ms ({step.what}) = {steps_s * 1e3:,.0f} ms; the rest "
+                             "is batches, validation, history and checkpoints; epochs after the first of a real "
+                             "training run (train-teacher's engine)"))
+        self.result.rows.append(row)
+        self.result.ratios["epoch_over_steps.teacher"] = row.seconds / steps_s
 
     def _runner(self, name: str, model: DCCNN, mode: str, data: Batch) -> tuple[Callable | None, str]:
         """The callable that `mode` times (built and warmed up here), and a note; None if unavailable."""

@@ -31,7 +31,9 @@ HELP = examples(
     "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
     "with --compile, torch.compile (inductor, frozen weights); on CUDA also every training step and the "
     "inference replayed from a CUDA graph, and inference at batch 1, --batch and 32; and the bf16 part: teacher and student steps "
-    "and inference in fp32 and under bf16 autocast side by side (\"vs ref\" of a bf16 row = its fp32 twin)."
+    "and inference in fp32 and under bf16 autocast side by side (\"vs ref\" of a bf16 row = its fp32 twin); "
+    "and the epoch part: the teacher trained by the engine itself at the demo's scale (16 steps and 24 "
+    "validation slices per epoch), an epoch's wall time against the sum of its steps' times."
     "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
     "paper's code does it (NCHW, every conv padded on the full map, backprop through the KD teacher, SFT "
     "branch by branch). \"vs ref\" is that twin's time over ours (> 1: we are faster), the honest speed-up "
@@ -98,6 +100,7 @@ def ratio_lines(result: BenchResult) -> list[str]:
     words = {
         "teacher_over_student_train": "train step, teacher / student",
         "teacher_over_student_latency_b1": "inference latency, teacher / student (batch 1)",
+        "epoch_over_steps.teacher": "teacher epoch / the sum of its steps (what an epoch spends around them)",
     }
     lines = []
     for key, value in result.ratios.items():

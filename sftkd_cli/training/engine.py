@@ -38,7 +38,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.layout import LayoutChoice, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
-from sftkd_cli.runtime import autocast, collate, precision_policy, select_device, set_threads, to_device
+from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precision_policy, select_device, set_threads,
+                               to_device)
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
@@ -397,7 +398,7 @@ class Trainer:
         loop.scheduler.step()
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
-            val = validate(self._bare(), val_ds, self.device, cfg.amp, cfg.batch_size)
+            val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size))
         row = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / max(state.loss_count, 1),
