@@ -1,0 +1,167 @@
+"""sftkd's GPU measurements in one run, on a machine with a CUDA GPU (a few minutes on an H200).
+
+    python3 scripts/gpu_check.py OUT_DIR [--device cuda] [--quick]
+
+Run it from the repository root, installed or not (it calls `python -m sftkd_cli`). It needs the
+demo data prepared in data/demo (`sftkd prepare-data demo` reads nilearn's template: prepare the
+folder elsewhere and copy it where the GPU machine has no nilearn), and nibabel for the tests.
+Each step writes its files into OUT_DIR as it goes, so a run cut short keeps what finished:
+
+    env.txt         the GPU, torch and CUDA versions
+    cuda-tests.txt  the tests marked `cuda` (graphed against eager training, data and metrics on
+                    the device, kill and resume, ...)
+    bench.json      `sftkd bench` on the device (fp32, batch 4, 150x150, median of 20), and
+    bench.txt       its table
+    teacher.txt     the demo teacher trained 10 epochs: wall time with process start, its history
+    demo.txt        the demo plan end to end (`sftkd reproduce recipes/demo.yaml --jobs 2`)
+    summary.txt     each figure against its target, also printed at the end
+
+The runs go to a temporary folder (removed afterwards), never to runs/. `--quick` (tiny bench
+settings, 2 epochs) checks the script itself in minutes, also with `--device cpu`: its figures
+mean nothing. The exit status is 0 when every step ran, whether or not a target was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: the targets: (bench key of ours, key of the twin or None, what, "speedup" >= or "ms_per_slice" <=, value)
+BENCH_TARGETS = (
+    ("train.teacher.graph", "train.teacher.reference", "teacher D5C5 training step, graph vs reference way", 2.5),
+    ("train.sft.graph", "train.sft.reference", "SFT step, graph vs reference way", 3.0),
+    ("train.kd.at.graph", "train.kd_backprop.at", "KD-AT step, graph vs reference way", 3.0),
+)
+LATENCY_TARGETS = (("infer.D3C5.graph.b1", "D3C5 inference, batch 1, graph", 0.6),
+                   ("infer.D5C5.graph.b1", "D5C5 inference, batch 1, graph", 0.9))
+EPOCH_TARGET = 1.25  # an epoch's wall time over the sum of its steps
+TEACHER_TARGET_S = 8.0  # 10 demo epochs of the teacher, process start included
+DEMO_TARGET_S = 60.0  # the demo plan end to end
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for the results (created)")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (with --quick: a dry run)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script, measures nothing")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (Path("data/demo/manifest.json").is_file() and Path("sftkd_cli").is_dir()):
+        print("run from the repository root, with the demo data prepared in data/demo", file=sys.stderr)
+        return 2
+    quick = args.quick
+    python = [sys.executable]
+    sftkd = [*python, "-m", "sftkd_cli"]
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="sftkd-gpu-check-") as folder:
+        runs = Path(folder)
+        ok &= step(args.out, "env", [*python, "-c", ENV_PROBE], 120)[0] == 0
+        tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
+        if not quick and _has("xdist"):
+            tests[3:3] = ["-n", "4"]
+        if args.device != "cpu":
+            ok &= step(args.out, "cuda-tests", tests, 240)[0] == 0
+        bench = [*sftkd, "bench", "--device", args.device, "--json", str(args.out / "bench.json")]
+        bench += (["--size", "32", "--repeats", "2", "--warmup", "1", "--roof-size", "32", "--methods", "at"] if quick
+                  else ["--repeats", "20", "--warmup", "5"])
+        ok &= step(args.out, "bench", bench, 300)[0] == 0
+        epochs = 2 if quick else 10
+        teacher = [*sftkd, "train-teacher", "recipes/demo/teacher.yaml", f"run.dir={runs}", "run.name=teacher",
+                   f"train.epochs={epochs}", f"train.device={args.device}"]
+        code, teacher_s = step(args.out, "teacher", teacher, 120, history=runs / "teacher" / "history.csv")
+        ok &= code == 0
+        demo = [*sftkd, "reproduce", "recipes/demo.yaml", "--jobs", "2", "--runs-dir", str(runs / "demo"),
+                f"train.device={args.device}", *(["train.epochs=2"] if quick else [])]
+        code, demo_s = step(args.out, "demo", demo, 240)
+        ok &= code == 0
+    lines = summary(args.out / "bench.json", teacher_s, epochs, demo_s)
+    (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+ENV_PROBE = """
+import platform, subprocess, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "cudnn", torch.backends.cudnn.version())
+if torch.cuda.is_available():
+    print(torch.cuda.get_device_name(), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+    print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip())
+else:
+    print("no CUDA device")
+"""
+
+
+def _has(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def step(out: Path, name: str, command: list[str], timeout: float, history: Path | None = None) -> tuple[int, float]:
+    """Run `command` into OUT/name.txt (stdout and stderr); its exit code (124: timed out) and wall seconds."""
+    shown = " ".join(command[:2] + ["..."] if command[1] == "-c" else command)
+    print(f"{name}: {shown}", flush=True)
+    start = time.perf_counter()
+    with (out / f"{name}.txt").open("w") as log:
+        log.write(f"$ {shown}\n")
+        log.flush()
+        try:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "140"}).returncode
+        except subprocess.TimeoutExpired:
+            code = 124
+        seconds = time.perf_counter() - start
+        log.write(f"\nexit {code} after {seconds:.1f} s wall\n")
+        if history is not None and history.is_file():
+            log.write(f"\n{history.name}:\n{history.read_text()}")
+    print(f"{name}: exit {code}, {seconds:.1f} s", flush=True)
+    return code, seconds
+
+
+def summary(bench_json: Path, teacher_s: float, epochs: int, demo_s: float) -> list[str]:
+    """Each measured figure against its target, one line each."""
+    lines: list[str] = []
+    if bench_json.is_file():
+        result = json.loads(bench_json.read_text())
+        rows = {row["key"]: row for row in result["rows"]}
+        lines.append(f"{result['machine']['name']}, torch {result['machine']['torch']}, "
+                     f"size {result['settings']['size']}, batch {result['settings']['batch']}")
+        for ours, twin, what, target in BENCH_TARGETS:
+            if ours in rows and twin in rows:
+                ratio = rows[twin]["seconds"] / rows[ours]["seconds"]
+                lines.append(_verdict(f"{what}: {ratio:.2f}x", ratio >= target, f">= {target}x"))
+            else:
+                lines.append(f"{what}: not measured (no {ours if ours not in rows else twin} row)")
+        for key, what, target in LATENCY_TARGETS:
+            if key in rows:
+                ms = rows[key]["ms_per_slice"]
+                lines.append(_verdict(f"{what}: {ms:.3f} ms/slice", ms <= target, f"<= {target} ms"))
+            else:
+                lines.append(f"{what}: not measured (no {key} row)")
+        ratio = result["ratios"].get("epoch_over_steps.teacher")
+        if ratio is not None:
+            lines.append(_verdict(f"teacher epoch / sum of its steps: {ratio:.2f}x", ratio <= EPOCH_TARGET,
+                                  f"<= {EPOCH_TARGET}x"))
+        for key, value in sorted(result["ratios"].items()):
+            if key.startswith(("bf16_speedup.", "graph_speedup.")):
+                lines.append(f"{key}: {value:.2f}x")
+        lines.extend(f"note: {note}" for note in result["notes"] if "skipped" in note)
+    else:
+        lines.append("bench: no result")
+    lines.append(_verdict(f"demo teacher, {epochs} epochs, with process start: {teacher_s:.1f} s",
+                          teacher_s < TEACHER_TARGET_S, f"< {TEACHER_TARGET_S:.0f} s at 10 epochs"))
+    lines.append(_verdict(f"demo plan end to end: {demo_s:.1f} s", demo_s < DEMO_TARGET_S, f"< {DEMO_TARGET_S:.0f} s"))
+    return lines
+
+
+def _verdict(text: str, met: bool, target: str) -> str:
+    return f"{text}  [{'met' if met else 'NOT met'}: {target}]"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
