@@ -293,11 +293,7 @@ def graphed_inference(
     cannot be captured is an SftkdError naming the reason.
     """
     inputs = [x.detach().clone() for x in example_inputs]
-    devices = {x.device for x in inputs}
-    if len(devices) != 1 or next(iter(devices)).type != "cuda":
-        found = ", ".join(sorted(str(d) for d in devices)) or "no inputs"
-        raise SftkdError(f"graphed inference: needs inputs on one CUDA device; got {found}")
-    device = next(iter(devices))
+    device = _one_cuda_device(inputs)
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(current)
@@ -325,6 +321,15 @@ def graphed_inference(
         return output
 
     return replay
+
+
+def _one_cuda_device(inputs: Sequence[torch.Tensor]) -> torch.device:
+    """The one CUDA device all `inputs` are on; an SftkdError naming what was found otherwise."""
+    devices = {x.device for x in inputs}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        found = ", ".join(sorted(str(d) for d in devices)) or "no inputs"
+        raise SftkdError(f"graphed inference: needs inputs on one CUDA device; got {found}")
+    return next(iter(devices))
 
 
 def _shapes(items: list[tuple[tuple[int, ...], torch.dtype]]) -> str:
