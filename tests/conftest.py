@@ -6,6 +6,8 @@
 - `acdc_tree`, `mrbrains18_tree`, `mrbrains13_tree`: tiny trees in the exact public layouts
   (images plus the label / 4-D / orig files that must never be used).
 - fixture `nifti_writer`: all of the above, for tests (test modules do not import conftest).
+- fixture `fake_gpu`: torch.cuda's streams and graphs stood in for on the CPU, so the CUDA-graph
+  code paths run here (tests/fake_cuda.py; yields its `FakeCuda`).
 - fixture `tiny_dataset` (session scope, treat as read-only): a prepared dataset folder from
   5 phantom volumes (28x24x3 -> 16x16), accelerations 4 and 5, splits train 3 / val 1 / test 1.
 
@@ -35,10 +37,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:  # imported by the fixture that uses it (it imports the training code)
+    from fake_cuda import FakeCuda
 
 #: the real CUDA probes, kept before the session hides CUDA from unmarked tests
 REAL_CUDA_IS_AVAILABLE = torch.cuda.is_available
@@ -164,6 +170,14 @@ def nifti_writer() -> _NiftiWriter:
     """`nifti_writer.phantom(shape, seed)`, `.write(path, data, zooms)`, and the layout builders
     `.acdc_tree(root, training, testing)`, `.mrbrains18_tree(root, ids)`, `.mrbrains13_tree(root, n)`."""
     return _NiftiWriter()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    """GraphedStep and graphed_inference run on the CPU (see tests/fake_cuda.py); returns the FakeCuda."""
+    from fake_cuda import install
+
+    return install(monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,6 @@ it after each epoch here) or a skipped or repeated step differs by far more than
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import re
 import sys
 
@@ -32,7 +30,6 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.runtime import collate, to_device
-from sftkd_cli.training import engine, graphs
 from sftkd_cli.training.engine import Trainer
 from sftkd_cli.training.graphs import GraphedStep, _Kept, graphed_inference, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.kd import Distillation
@@ -274,66 +271,7 @@ def test_two_stage_distillation_keys_its_graphs_by_stage(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- GraphedStep with a stand-in for the GPU (CPU)
-
-
-class _FakeStream:
-    def wait_stream(self, other: object) -> None:
-        pass
-
-
-class _FakeGraph:
-    """torch.cuda.CUDAGraph on the CPU. Capture runs the step but `fake_capturing` undoes it (a
-    capture runs nothing); replay runs the captured step again as the graph would: on the static
-    inputs, with the lr tensors the graph reads (refreshed by GraphedStep before each replay),
-    writing the static loss in place."""
-
-    owner: GraphedStep | None = None
-
-    def replay(self) -> None:
-        step = _FakeGraph.owner
-        captured = next(g for g in step._graphs.values() if g.graph is self)
-        groups = step.optimizer.param_groups
-        floats = [group["lr"] for group in groups]
-        for group, tensor in zip(groups, step._lrs):  # the value the lr tensor holds at replay (as a
-            group["lr"] = tensor.item()  # float: Adam divides by a float scalar and a tensor differently)
-        try:
-            step.optimizer.zero_grad(set_to_none=True)  # a replay writes the grads afresh
-            captured.loss.copy_(step._body(captured.inputs))
-        finally:
-            for group, lr in zip(groups, floats):
-                group["lr"] = lr
-
-
-@contextlib.contextmanager
-def _fake_capturing(graph, device):
-    kept = _Kept(_FakeGraph.owner.objective, _FakeGraph.owner.optimizer)
-    try:
-        yield
-    finally:
-        kept.restore()
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """GraphedStep runs on the CPU: torch.cuda's streams and graphs stood in for, capturable Adam
-    allowed on the CPU, and the device checks passed."""
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
-    monkeypatch.setattr(graphs, "_capturing", _fake_capturing)
-    monkeypatch.setattr(graphs, "graphs_unsupported", lambda device, amp, world=1: None)
-    monkeypatch.setattr(engine, "use_cuda_graphs", lambda setting, device, amp, world=1: setting != "off")
-    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
-                        lambda supports_xla=True: ["cpu"])
-    real_capture = GraphedStep._capture
-
-    def capture(self, batch):
-        _FakeGraph.owner = self
-        return real_capture(self, batch)
-
-    monkeypatch.setattr(GraphedStep, "_capture", capture)
-    yield
+# (fixture fake_gpu: tests/fake_cuda.py)
 
 
 def test_graphed_steps_replay_the_eager_updates_with_the_lr_schedule(tmp_path, fake_gpu):
@@ -403,6 +341,39 @@ def test_a_failed_capture_is_one_line_and_the_step_runs_eagerly(tmp_path, fake_g
                    "training eagerly"]
     assert steps.failed and [r["epoch"] for r in run.read_history()] == [1, 2]
     assert all(isinstance(g["lr"], float) for g in steps.optimizer.param_groups)  # the floats are back
+
+
+def test_graphed_inference_on_the_stand_in_recomputes_into_one_output(fake_gpu):
+    """graphed_inference on the stand-in (CPU): each call copies its inputs in and replays, the
+    result written into the one static output (a stale output would still hold the first batch's
+    image, or the NaN the capture leaves); other shapes are refused, a failed capture is one line."""
+    torch.manual_seed(0)
+    model = build_model("D2C2").eval()
+    data = Phantoms(4)
+    first, second = (collate([data[i] for i in pair]) for pair in ((0, 1), (2, 3)))
+    run = graphed_inference(model, [first["zf"], first["kspace"], first["mask"]], warmup=1)
+    assert fake_gpu.captured == [model] and fake_gpu.replays == 0
+    with torch.no_grad():
+        expected = [model(b["zf"], b["kspace"], b["mask"]) for b in (first, second)]
+    out = run(first["zf"], first["kspace"], first["mask"])
+    torch.testing.assert_close(out, expected[0], rtol=0, atol=0)
+    with torch.inference_mode():  # as the bench calls it
+        again = run(second["zf"], second["kspace"], second["mask"])
+    assert again is out and fake_gpu.replays == 2
+    torch.testing.assert_close(out, expected[1], rtol=0, atol=0)
+    assert not torch.equal(expected[0], expected[1])
+    with pytest.raises(SftkdError, match="captured for 2x1x12x12 float32"):
+        run(first["zf"][:1], first["kspace"][:1], first["mask"][:1])
+    inputs = [second["zf"], second["kspace"], second["mask"]]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the replay keeps the capture's autocast
+        expected_bf16 = model(*inputs)
+    assert not torch.equal(expected_bf16, expected[1])
+    torch.testing.assert_close(graphed_inference(model, inputs, amp="bf16", warmup=0)(*inputs), expected_bf16,
+                               rtol=0, atol=0)
+    fake_gpu.fail_capture_of = lambda module: module is model
+    with pytest.raises(SftkdError, match=r"^CUDA graph capture failed \(RuntimeError: operation not permitted when "
+                                         r"stream is capturing\)$"):
+        graphed_inference(model, [first["zf"], first["kspace"], first["mask"]], warmup=0)
 
 
 # ----------------------------------------------------------------------------- on a GPU

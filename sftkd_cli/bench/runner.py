@@ -193,10 +193,9 @@ class _Bench:
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        said = io.StringIO()
-        graphed = GraphedStep(objective, optimizer, self.device, self._amp, stderr=said)
-        if graphed.step(self.data) is None:
-            self.result.notes.append(f"{what}: skipped ({said.getvalue().strip()})")
+        graphed = GraphedStep(objective, optimizer, self.device, self._amp, stderr=io.StringIO())  # its line: a note
+        if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
+            self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return
         self._row(key, what, "train", lambda: graphed.step(self.data), self.batch, flops, "replayed from a CUDA graph",
                   baseline=baseline)
@@ -447,7 +446,8 @@ def _exported_runner(model: DCCNN, data: Batch, fmt: str) -> Callable:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    """An exception in one line: an SftkdError's own message (written for users), else type: message."""
+    text = (str(exc) if isinstance(exc, SftkdError) else f"{type(exc).__name__}: {exc}").strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
 

@@ -114,7 +114,9 @@ def ratio_lines(result: BenchResult) -> list[str]:
             _, group, model = key.split(".")
             label = f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
         elif key.startswith("graph_speedup.train."):
-            label = f"{key.split('.', 2)[2]} training step, eager / CUDA graph"
+            step = key.split(".", 2)[2]  # teacher, student, sft or kd.<method>
+            name = "SFT" if step == "sft" else f"KD {step[3:]}" if step.startswith("kd.") else step
+            label = f"{name} training step, eager / CUDA graph"
         elif key.startswith(("compile_speedup.", "torchscript_speedup.", "onnx_speedup.", "graph_speedup.")):
             kind = {"compile": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)",
                     "graph": "CUDA graph"}[key.split("_")[0]]

@@ -159,6 +159,11 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _capture_failed(reason: str) -> str:
+    """The one line that says a capture failed and why."""
+    return f"CUDA graph capture failed ({reason})"
+
+
 class GraphedStep:
     """The training step of `objective` (its loss, backward and `optimizer.step()`), replayed
     from CUDA graphs captured per (batch shapes, key); see the module docstring."""
@@ -182,6 +187,7 @@ class GraphedStep:
         self.warmup = warmup
         self.stderr = stderr
         self.failed = False  # set by a failed capture: every later step runs eagerly
+        self.failure = ""  # then why, in one line: "CUDA graph capture failed (<reason>)"
         self._graphs: dict[Hashable, _Graph] = {}
         self._lrs = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=device) for g in optimizer.param_groups]
         self._lr_values: list[float | None] = [None] * len(self._lrs)
@@ -231,9 +237,9 @@ class GraphedStep:
             loss = self._record(graph, inputs)
         except _CaptureFailed as failure:
             self.optimizer.zero_grad(set_to_none=True)
-            self.failed = True
+            self.failed, self.failure = True, _capture_failed(str(failure))
             self._graphs.clear()
-            print(f"CUDA graph capture failed ({failure}); training eagerly", file=self.stderr or sys.stderr, flush=True)
+            print(f"{self.failure}; training eagerly", file=self.stderr or sys.stderr, flush=True)
             return None
         return _Graph(graph, inputs, loss)
 
@@ -293,11 +299,7 @@ def graphed_inference(
     cannot be captured is an SftkdError naming the reason.
     """
     inputs = [x.detach().clone() for x in example_inputs]
-    devices = {x.device for x in inputs}
-    if len(devices) != 1 or next(iter(devices)).type != "cuda":
-        found = ", ".join(sorted(str(d) for d in devices)) or "no inputs"
-        raise SftkdError(f"graphed inference: needs inputs on one CUDA device; got {found}")
-    device = next(iter(devices))
+    device = _one_cuda_device(inputs)
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(current)
@@ -310,7 +312,7 @@ def graphed_inference(
         with _capturing(graph, device), torch.no_grad(), autocast(device, amp, "amp", cache=False):
             output = model(*inputs)
     except Exception as exc:  # noqa: BLE001 - any capture failure, in one line
-        raise SftkdError(f"CUDA graph capture failed ({_reason(exc)})") from exc
+        raise SftkdError(_capture_failed(_reason(exc))) from exc
     if not isinstance(output, torch.Tensor):
         raise SftkdError(f"graphed inference: the model returned {type(output).__name__}; expected one tensor")
     expected = [(tuple(x.shape), x.dtype) for x in inputs]
@@ -325,6 +327,15 @@ def graphed_inference(
         return output
 
     return replay
+
+
+def _one_cuda_device(inputs: Sequence[torch.Tensor]) -> torch.device:
+    """The one CUDA device all `inputs` are on; an SftkdError naming what was found otherwise."""
+    devices = {x.device for x in inputs}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        found = ", ".join(sorted(str(d) for d in devices)) or "no inputs"
+        raise SftkdError(f"graphed inference: needs inputs on one CUDA device; got {found}")
+    return next(iter(devices))
 
 
 def _shapes(items: list[tuple[tuple[int, ...], torch.dtype]]) -> str:

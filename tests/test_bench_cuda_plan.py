@@ -1,0 +1,122 @@
+"""`sftkd bench`'s CUDA plan, dry-run on the CPU: the rows, baselines, ratios, notes, JSON and
+table that a GPU run adds (training steps and inference replayed from CUDA graphs, the batch
+sweep 1 / --batch / CUDA_SWEEP_BATCH).
+
+Device: CPU. The stand-in for torch.cuda's streams and graphs (tests/fake_cuda.py, fixture
+`fake_gpu`) runs GraphedStep and graphed_inference here, and `_Bench.cuda` is made true; the
+device itself stays the CPU (so the ONNX rows run, and the machine line names the CPU). The
+sweep's largest batch is 3 instead of 32, to stay small. No assertion looks at a timing. Real
+CUDA graphs are checked on a GPU in tests/test_cuda_graphs.py (marked cuda).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+from cli_helpers import sftkd
+from fake_cuda import CAPTURE_ERROR
+from sftkd_cli.bench import run_bench, runner
+from sftkd_cli.cli.bench import ratio_lines, table
+
+#: the sweep's largest batch here (CUDA_SWEEP_BATCH on a GPU)
+SWEEP = 3
+TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof_batch=2, device="cpu")
+BATCHES = (1, 2, SWEEP)
+HAS_ORT = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+INFER_MODES = ("reference", "eager", "torchscript", *(("onnx",) if HAS_ORT else ()), "graph")
+#: the training rows replayed from a CUDA graph and the reference-way row each is timed against
+GRAPH_TRAIN = {"train.teacher.graph": "train.teacher.reference", "train.student.graph": "train.student.reference",
+               "train.sft.graph": "train.sft.reference", "train.kd.at.graph": "train.kd_backprop.at"}
+
+
+@pytest.fixture
+def as_on_cuda(fake_gpu, monkeypatch):
+    """run_bench plans as on CUDA (graph rows, the sweep) and runs on the CPU; yields the FakeCuda."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(runner._Bench, "cuda", property(lambda self: True))
+    monkeypatch.setattr(runner, "CUDA_SWEEP_BATCH", SWEEP)
+    return fake_gpu
+
+
+def test_the_cuda_plan_has_its_graph_rows_sweep_and_ratios(as_on_cuda):
+    result = run_bench(**TINY, which=["teacher", "student", "sft", "kd", "infer"], methods=["at"])
+    infer = [f"infer.{m}.{mode}.b{n}" for m in ("D5C5", "D3C5") for mode in INFER_MODES for n in BATCHES]
+    assert [row.key for row in result.rows] == [
+        "train.teacher.reference", "train.teacher", "train.teacher.graph",
+        "train.student.reference", "train.student", "train.student.graph",
+        "train.sft.reference", "train.sft", "train.sft.graph",
+        "train.kd_backprop.at", "train.kd.at", "train.kd.at.graph", *infer,
+    ]
+    # every graph row was captured once and timed by replays: a training row replays in the
+    # capturing call and once per timed call, an inference row once per warm-up and timed call
+    assert len(as_on_cuda.captured) == len(GRAPH_TRAIN) + 2 * len(BATCHES)
+    assert as_on_cuda.replays == 2 * len(GRAPH_TRAIN) + 2 * 2 * len(BATCHES)
+    for key, baseline in GRAPH_TRAIN.items():
+        row, eager = result.row(key), result.row(key.removesuffix(".graph"))
+        assert row.baseline_s == result.row(baseline).seconds == eager.baseline_s
+        assert (row.group, row.slices, row.flops) == ("train", 2, eager.flops)
+        assert row.what == f"{eager.what}, CUDA graph" and row.note == "replayed from a CUDA graph"
+        step = key.removeprefix("train.").removesuffix(".graph")
+        assert result.ratios[f"graph_speedup.train.{step}"] == pytest.approx(eager.seconds / row.seconds)
+    for name in ("D5C5", "D3C5"):
+        for n in BATCHES:
+            reference, eager = result.row(f"infer.{name}.reference.b{n}"), result.row(f"infer.{name}.eager.b{n}")
+            assert reference.baseline_s is None and reference.slices == n
+            for mode in INFER_MODES[1:]:
+                row = result.row(f"infer.{name}.{mode}.b{n}")
+                assert row.baseline_s == reference.seconds and (row.slices, row.flops) == (n, eager.flops)
+            graph = result.row(f"infer.{name}.graph.b{n}")
+            assert graph.what == f"{name} infer b{n} graph" and graph.note.endswith("; replayed with one launch")
+            assert result.ratios[f"graph_speedup.{name}.b{n}"] == pytest.approx(eager.seconds / graph.seconds)
+    assert not any("CUDA graph" in note for note in result.notes), result.notes
+
+    data = json.loads(json.dumps(result.to_dict()))
+    rows = {row["key"]: row for row in data["rows"]}
+    assert len(rows) == len(result.rows)
+    for key in [*GRAPH_TRAIN, *(f"infer.{m}.graph.b{n}" for m in ("D5C5", "D3C5") for n in BATCHES)]:
+        assert rows[key]["reference_way_s"] > 0 and rows[key]["speedup_in_run"] > 0
+    assert {k for k in data["ratios"] if k.startswith("graph_speedup.")} == {
+        *(f"graph_speedup.train.{s}" for s in ("teacher", "student", "sft", "kd.at")),
+        *(f"graph_speedup.{m}.b{n}" for m in ("D5C5", "D3C5") for n in BATCHES)}
+
+    console = Console(width=200, record=True)
+    console.print(table(result))
+    text = console.export_text()
+    for row in result.rows:
+        assert row.what in text
+    assert "SFT step, per branch, CUDA graph" in text
+    lines = ratio_lines(result)
+    assert len(lines) == len(result.ratios)
+    for label in ("teacher training step, eager / CUDA graph: ", "KD at training step, eager / CUDA graph: ",
+                  "SFT training step, eager / CUDA graph: ", "D3C5 inference, eager / CUDA graph (batch 3): "):
+        assert sum(line.startswith(label) for line in lines) == 1, (label, lines)
+
+
+def test_a_failed_capture_is_a_note_instead_of_a_row(as_on_cuda, tmp_path):
+    """The student's captures fail (training and inference): notes instead of its graph rows,
+    the teacher's graph rows as before; the CLI prints the table, the notes and the JSON."""
+    as_on_cuda.fail_capture_of = lambda module: getattr(getattr(module, "model", module), "name", "") == "D3C5"
+    out = tmp_path / "bench.json"
+    result = sftkd("bench", "--device", "cpu", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                   "--roof-size", "16", "--only", "teacher,student,infer", "--json", out)
+    data = json.loads(out.read_text())
+    keys = [row["key"] for row in data["rows"]]
+    assert "train.teacher.graph" in keys and [f"infer.D5C5.graph.b{n}" for n in BATCHES] == [
+        k for k in keys if k.startswith("infer.D5C5.graph")]
+    assert "train.student.graph" not in keys and not any(k.startswith("infer.D3C5.graph") for k in keys)
+    assert [f"infer.D3C5.eager.b{n}" for n in BATCHES] == [k for k in keys if k.startswith("infer.D3C5.eager")]
+    reason = f"CUDA graph capture failed (RuntimeError: {CAPTURE_ERROR})"
+    graph_notes = [note for note in data["notes"] if "CUDA graph" in note]
+    assert graph_notes == [f"student D3C5 train, CUDA graph: skipped ({reason})",
+                           f"CUDA graph D3C5 (batch 1): skipped ({reason})"]
+    assert "graph_speedup.train.student" not in data["ratios"] and "graph_speedup.D3C5.b1" not in data["ratios"]
+    assert {"graph_speedup.train.teacher", "graph_speedup.D5C5.b3"} <= set(data["ratios"])
+    text = " ".join(result.output.split())  # the table wraps to the terminal's width
+    shown = ("teacher D5C5 train, CUDA graph", "D5C5 infer b3 graph", "D5C5 inference, eager / CUDA graph (batch 3)")
+    for words in (*shown, *(f"note: {note}" for note in graph_notes)):
+        assert words in text, words
