@@ -120,3 +120,24 @@ def test_a_failed_capture_is_a_note_instead_of_a_row(as_on_cuda, tmp_path):
     shown = ("teacher D5C5 train, CUDA graph", "D5C5 infer b3 graph", "D5C5 inference, eager / CUDA graph (batch 3)")
     for words in (*shown, *(f"note: {note}" for note in graph_notes)):
         assert words in text, words
+
+
+def test_bf16_is_timed_against_fp32_inside_graphs_too(as_on_cuda, monkeypatch):
+    """On CUDA training runs inside graphs, so the bf16 part also sets bf16 against fp32 there:
+    training steps and inference at --batch, each bf16 graph row against its fp32 graph twin."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # else skipped on the CPU
+    result = run_bench(**TINY, which=["bf16"])
+    per_model = [f"bf16.{group}.{{m}}.{p}{graph}" for group in ("train", "infer") for graph in ("", ".graph")
+                 for p in ("fp32", "bf16")]
+    assert [row.key for row in result.rows] == [key.format(m=m) for m in ("D5C5", "D3C5") for key in per_model]
+    for m in ("D5C5", "D3C5"):
+        for group in ("train", "infer"):
+            fp32, bf16 = result.row(f"bf16.{group}.{m}.fp32.graph"), result.row(f"bf16.{group}.{m}.bf16.graph")
+            assert fp32.baseline_s is None and bf16.baseline_s == fp32.seconds
+            assert fp32.flops == bf16.flops == result.row(f"bf16.{group}.{m}.fp32").flops
+            assert result.ratios[f"bf16_speedup.{group}.{m}.graph"] == pytest.approx(fp32.seconds / bf16.seconds)
+    assert len(as_on_cuda.captured) == 8  # 2 models x (train, infer) x (fp32, bf16)
+    lines = ratio_lines(result)
+    assert sum(line.startswith("D5C5 training step, fp32 / bf16 autocast (CUDA graphs): ") for line in lines) == 1
+    assert sum(line.startswith("D3C5 inference, fp32 / bf16 autocast: ") for line in lines) == 1
+    assert not any("skipped" in note for note in result.notes), result.notes

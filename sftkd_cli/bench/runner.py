@@ -186,14 +186,16 @@ class _Bench:
             return slice_batch(self.data, n)
         return synthetic_batch(self.size, n, self.device, complex_data=self.complex_data)
 
-    def _graph_row(self, key: str, what: str, objective: nn.Module, flops: int, baseline: str) -> None:
+    def _graph_row(self, key: str, what: str, objective: nn.Module, flops: int, baseline: str,
+                   amp: str | None = None) -> None:
         """On CUDA: `objective`'s training step replayed from a CUDA graph, as train.cuda_graphs
-        auto trains (capturable Adam, channels_last); a failed capture is a note, not a row."""
+        auto trains (capturable Adam, channels_last; `amp`: this run's precision unless given); a
+        failed capture is a note, not a row."""
         from sftkd_cli.training.graphs import GraphedStep
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        graphed = GraphedStep(objective, optimizer, self.device, self._amp, stderr=io.StringIO())  # its line: a note
+        graphed = GraphedStep(objective, optimizer, self.device, amp or self._amp, stderr=io.StringIO())  # its line: a note
         if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
             self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return
@@ -319,15 +321,38 @@ class _Bench:
                 step, note = self._step(Supervised(model), precision=precision)
                 self._row(f"bf16.train.{name}.{precision}", f"{name} train, {precision}", "train", step, self.batch,
                           flops, note, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
+            if self.cuda:  # where training runs on CUDA: inside a graph
+                for precision in ("fp32", "bf16"):
+                    self._graph_row(f"bf16.train.{name}.{precision}.graph", f"{name} train, {precision}, CUDA graph",
+                                    Supervised(model), flops, f"bf16.train.{name}.fp32.graph",
+                                    amp="bf16" if precision == "bf16" else "off")
             model = model.eval()
+            inputs = (self.data["zf"], self.data["kspace"], self.data["mask"])
             for precision in ("fp32", "bf16"):
                 def run(model: DCCNN = model, precision: str = precision) -> None:
                     with torch.inference_mode(), precision_context(self.device, precision):
-                        model(self.data["zf"], self.data["kspace"], self.data["mask"])
+                        model(*inputs)
 
                 self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
                           self.batch, model_flops(model, self.size, self.batch),
                           baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
+            if self.cuda:
+                for precision in ("fp32", "bf16"):
+                    self._bf16_graph_inference(name, model, precision)
+
+    def _bf16_graph_inference(self, name: str, model: DCCNN, precision: str) -> None:
+        """On CUDA: inference at --batch replayed from a graph captured in `precision` (a failed capture: a note)."""
+        from sftkd_cli.training.graphs import graphed_inference
+
+        inputs = (self.data["zf"], self.data["kspace"], self.data["mask"])
+        try:
+            replay = graphed_inference(model, inputs, amp="bf16" if precision == "bf16" else "off")
+        except SftkdError as exc:
+            self.result.notes.append(f"{name} infer b{self.batch}, {precision}, CUDA graph: skipped ({exc})")
+            return
+        self._row(f"bf16.infer.{name}.{precision}.graph", f"{name} infer b{self.batch}, {precision}, CUDA graph",
+                  "infer", lambda: replay(*inputs), self.batch, model_flops(model, self.size, self.batch),
+                  baseline=f"bf16.infer.{name}.fp32.graph" if precision == "bf16" else None)
 
     def epoch(self) -> None:
         """The teacher trained by the engine at the demo's scale (`bench.epoch`): an epoch's wall
@@ -478,6 +503,8 @@ def _add_ratios(result: BenchResult, methods: list[str]) -> None:
     for name in (TEACHER, STUDENT):
         for group in ("train", "infer"):
             pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16")
+            pairs[f"bf16_speedup.{group}.{name}.graph"] = (f"bf16.{group}.{name}.fp32.graph",
+                                                          f"bf16.{group}.{name}.bf16.graph")
     for key, (top, bottom) in pairs.items():
         value = _ratio(result, top, bottom)
         if value is not None:

@@ -31,7 +31,8 @@ HELP = examples(
     "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
     "with --compile, torch.compile (inductor, frozen weights); on CUDA also every training step and the "
     "inference replayed from a CUDA graph, and inference at batch 1, --batch and 32; and the bf16 part: teacher and student steps "
-    "and inference in fp32 and under bf16 autocast side by side (\"vs ref\" of a bf16 row = its fp32 twin); "
+    "and inference in fp32 and under bf16 autocast side by side, on CUDA also inside CUDA graphs (\"vs ref\" "
+    "of a bf16 row = its fp32 twin); "
     "and the epoch part: the teacher trained by the engine itself at the demo's scale (16 steps and 24 "
     "validation slices per epoch), an epoch's wall time against the sum of its steps' times."
     "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
@@ -111,8 +112,9 @@ def ratio_lines(result: BenchResult) -> list[str]:
         elif key.startswith("teacher_over_student_latency_b"):
             label = f"inference time, teacher / student (batch {key.rsplit('_b', 1)[1]})"
         elif key.startswith("bf16_speedup."):
-            _, group, model = key.split(".")
-            label = f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
+            _, group, model, *graph = key.split(".")
+            label = (f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
+                     + (" (CUDA graphs)" if graph else ""))
         elif key.startswith("graph_speedup.train."):
             step = key.split(".", 2)[2]  # teacher, student, sft or kd.<method>
             name = "SFT" if step == "sft" else f"KD {step[3:]}" if step.startswith("kd.") else step
