@@ -205,12 +205,32 @@ def test_the_epoch_part_trains_with_the_engine(monkeypatch):
     before = set(Path(tempfile.gettempdir()).glob("sftkd-bench-*"))
     res = run_bench(**TINY, which=["epoch"])
     assert [row.key for row in res.rows] == ["train.teacher.reference", "train.teacher", "epoch.teacher"]
-    assert (seen["train"], seen["val"], seen["epochs"], seen["batch"], seen["amp"]) == (32, 24, 3, 2, "off")
+    assert (seen["train"], seen["val"], seen["epochs"], seen["batch"], seen["amp"], seen["tf32"]) == (
+        32, 24, 3, 2, "off", False)
     assert set(seen["item"]) == {"target", "zf", "kspace", "mask", "volume", "slice"}
     assert seen["item"]["zf"].shape == (1, 16, 16)
     assert set(Path(tempfile.gettempdir()).glob("sftkd-bench-*")) == before
     res = CliRunner().invoke(app, ["bench", "--help"], env=WIDE)
     assert "epoch" in res.output
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_set_for_the_run_as_training_sets_it_and_restored(monkeypatch, tf32):
+    """Training runs with TF32 off unless train.tf32: so does bench unless --tf32 (flags only on the CPU)."""
+    from sftkd_cli.bench import runner
+
+    seen = []
+    real = runner.measure_roof
+
+    def spy(*args):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(*args)
+
+    monkeypatch.setattr(runner, "measure_roof", spy)
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    res = run_bench(**TINY, which=["student"], tf32=tf32)
+    assert seen == [(tf32, tf32)] * 2 and res.settings["tf32"] is tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_threads_are_restored_and_parts_selected():

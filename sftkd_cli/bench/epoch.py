@@ -51,12 +51,12 @@ class _EpochClock(Trainer):
 
 
 def epoch_seconds(objective: Objective, train: Dataset, val: Dataset, *, epochs: int, batch: int, device: torch.device,
-                  amp: str) -> list[float]:
+                  amp: str, tf32: bool = False) -> list[float]:
     """Train `objective` for `epochs` epochs with the engine (recipe defaults otherwise, the
     caller's thread count) in a temporary run directory; the wall seconds of epochs 2..`epochs`."""
     with tempfile.TemporaryDirectory(prefix="sftkd-bench-") as folder:
         recipe = load_recipe(None, [f"train.epochs={epochs}", f"train.batch_size={batch}", f"train.device={device}",
-                                    f"train.threads={torch.get_num_threads()}", f"train.amp={amp}",
+                                    f"train.threads={torch.get_num_threads()}", f"train.amp={amp}", f"train.tf32={tf32}",
                                     f"run.dir={folder}", "run.name=epochs", "run.role=teacher"])
         validate(recipe)
         run = RunDir(Path(folder) / "epochs")

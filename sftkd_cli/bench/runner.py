@@ -28,7 +28,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
-from sftkd_cli.runtime import cpu_threads, select_device, synchronize
+from sftkd_cli.runtime import cpu_threads, precision_policy, select_device, synchronize
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
@@ -94,6 +94,7 @@ def run_bench(
     roof_batch: int = 16,
     progress: Progress | None = None,
     complex_data: bool = False,
+    tf32: bool = False,
 ) -> BenchResult:
     """Measure training-step and inference speed on synthetic data (see the `sftkd_cli.bench` docstring).
 
@@ -101,7 +102,8 @@ def run_bench(
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
     duration and restores it afterwards. Never needs a dataset. `complex_data`: every row on
     complex images (two channels, centred k-space, complex data consistency) with the networks
-    built for them, the reference-way twins too.
+    built for them, the reference-way twins too. `tf32`: float32 convolutions and matrix
+    products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
@@ -109,9 +111,9 @@ def run_bench(
     parts, kd_methods = check_parts(which), check_methods(methods)
     dev = select_device(device)
     say = progress or (lambda message: None)
-    with cpu_threads(threads):
+    with cpu_threads(threads), precision_policy(tf32):
         settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
-                        compile=compile, acceleration=ACCELERATION)
+                        compile=compile, acceleration=ACCELERATION, tf32=tf32)
         if complex_data:  # magnitude results keep their settings as they were
             settings["complex"] = True
         roof_shape = (roof_batch, 32, roof_size, roof_size)
@@ -369,7 +371,7 @@ class _Bench:
         train = SyntheticSlices(self.size, EPOCH_STEPS * self.batch, seed=1, complex_data=self.complex_data)
         val = SyntheticSlices(self.size, EPOCH_VAL_SLICES, seed=2, complex_data=self.complex_data)
         samples = epoch_seconds(Supervised(model), train, val, epochs=EPOCH_COUNT, batch=self.batch,
-                                device=self.device, amp=self._amp)
+                                device=self.device, amp=self._amp, tf32=self.result.settings["tf32"])
         steps_s = EPOCH_STEPS * step.seconds
         row = BenchRow("epoch.teacher", f"teacher {TEACHER} epoch ({EPOCH_STEPS} steps, {EPOCH_VAL_SLICES} val)",
                        "train", statistics.median(samples), samples, EPOCH_STEPS * self.batch,

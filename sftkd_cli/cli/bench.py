@@ -68,7 +68,7 @@ def header(result: BenchResult) -> str:
     roofs = ", ".join(f"{fmt} {gf:.0f}" for fmt, gf in result.roof["gflops_by_format"].items())
     return (
         f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {m['threads']} thread(s), "
-        f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}, "
+        f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}{' (TF32)' if s.get('tf32') else ''}, "
         f"size {s['size']}, batch {s['batch']}, {'complex data, ' if s.get('complex') else ''}"
         f"median of {s['repeats']} after {s['warmup']} warm-up\n"
         f"roof: {result.roof_gflops:.1f} GFLOP/s ({escape(result.roof['what'])}; {roofs})"
@@ -142,6 +142,7 @@ def bench(
     methods: Annotated[Optional[str], typer.Option("--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails).")] = False,
     roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative.")] = 256,
+    tf32: Annotated[bool, typer.Option("--tf32", help="TF32 convolutions and matrix products on NVIDIA GPUs, as train.tf32 trains (default off, as training).")] = False,
     complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
@@ -155,7 +156,7 @@ def bench(
         result = run_bench(
             size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
             warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
-            roof_size=roof_size, complex_data=complex_data,
+            roof_size=roof_size, complex_data=complex_data, tf32=tf32,
             progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
         )
     text = json.dumps(result.to_dict(), indent=2)
