@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,21 @@ def test_bf16_is_timed_against_fp32_inside_graphs_too(as_on_cuda, monkeypatch):
     assert sum(line.startswith("D5C5 training step, fp32 / bf16 autocast (CUDA graphs): ") for line in lines) == 1
     assert sum(line.startswith("D3C5 inference, fp32 / bf16 autocast: ") for line in lines) == 1
     assert not any("skipped" in note for note in result.notes), result.notes
+
+
+def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_cuda, tmp_path):
+    """scripts/gpu_check.py reads the bench JSON by key: every target it checks is in a CUDA run's rows."""
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    result = run_bench(**TINY, which=["teacher", "sft", "kd", "infer", "epoch"], methods=["at"])
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result.to_dict()))
+    lines = gpu_check.summary(path, 7.5, 10, 75.0)
+    assert not any("not measured" in line for line in lines), lines
+    for what in ("teacher D5C5 training step, graph vs reference way: ", "SFT step, graph vs reference way: ",
+                 "KD-AT step, graph vs reference way: ", "D3C5 inference, batch 1, graph: ",
+                 "D5C5 inference, batch 1, graph: ", "teacher epoch / sum of its steps: "):
+        assert sum(line.startswith(what) and line.endswith("]") for line in lines) == 1, (what, lines)
+    assert lines[-2:] == ["demo teacher, 10 epochs, with process start: 7.5 s  [met: < 8 s at 10 epochs]",
+                          "demo plan end to end: 75.0 s  [NOT met: < 60 s]"]
