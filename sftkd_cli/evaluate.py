@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
+from sftkd_cli.training.graphs import graphed_reconstructor
 
 Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -111,30 +111,6 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
             "pred": np.stack([r[3] for r in rows]),
         }
     return volumes
-
-
-def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, setting: str) -> tuple[Reconstructor, bool]:
-    """`model` as evaluate runs it, and whether from CUDA graphs: unless `setting` (the run's
-    train.cuda_graphs) is off, on CUDA each batch shape's forward pass is captured once and
-    replayed (a batch then costs one launch); elsewhere, or with fp16, eagerly. A capture that
-    fails says so in one line and that shape runs eagerly."""
-    from sftkd_cli.training.graphs import graphed_inference, graphs_unsupported
-
-    if setting == "off" or graphs_unsupported(device, amp) is not None:
-        return model, False
-    runners: dict[tuple, Reconstructor] = {}
-
-    def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        shapes = (tuple(zf.shape), tuple(kspace.shape), tuple(mask.shape))
-        if shapes not in runners:
-            try:
-                runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
-            except SftkdError as exc:
-                print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
-                runners[shapes] = model
-        return runners[shapes](zf, kspace, mask)
-
-    return run, True
 
 
 def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8, amp: str = "off") -> float:

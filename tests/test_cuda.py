@@ -61,7 +61,8 @@ def test_evaluate_replays_cuda_graphs_and_reconstructs_like_eager(tiny_dataset, 
     import torch
 
     from sftkd_cli.data.dataset import SliceDataset
-    from sftkd_cli.evaluate import graphed_reconstructor, reconstruct_split
+    from sftkd_cli.evaluate import reconstruct_split
+    from sftkd_cli.training.graphs import graphed_reconstructor
     from sftkd_cli.models import build_model
 
     device = torch.device("cuda")

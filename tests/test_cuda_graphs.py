@@ -16,6 +16,7 @@ it after each epoch here) or a skipped or repeated step differs by far more than
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 
@@ -30,8 +31,10 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import build_model
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.runtime import collate, to_device
+from sftkd_cli.training import engine
 from sftkd_cli.training.engine import Trainer
-from sftkd_cli.training.graphs import GraphedStep, _Kept, graphed_inference, optimizer_state_for, use_cuda_graphs
+from sftkd_cli.training.graphs import (GraphedStep, _Kept, graphed_inference, graphed_reconstructor, optimizer_state_for,
+                                      use_cuda_graphs)
 from sftkd_cli.training.kd import Distillation
 from sftkd_cli.training.objectives import Supervised
 from sftkd_cli.training.sft import StudentFriendly
@@ -376,6 +379,27 @@ def test_graphed_inference_on_the_stand_in_recomputes_into_one_output(fake_gpu):
         graphed_inference(model, [first["zf"], first["kspace"], first["mask"]], warmup=0)
 
 
+def test_validation_replays_the_predictor_from_graphs_and_scores_as_eagerly(tmp_path, fake_gpu):
+    """With train.cuda_graphs, validation replays the predictor from one graph per batch shape
+    (8 and 3 here: 19 slices in batches of 8, 8 and 3) and scores exactly as eager validation
+    does; each batch's output is kept before the next replay overwrites it (one volume spans
+    all three batches, and the graph for 8 replays twice)."""
+    torch.manual_seed(0)
+    objective = Supervised(build_model("D2C2"))
+    slices = Phantoms(19, seed=1)
+    forward, graphed = graphed_reconstructor(objective.predictor(), CPU, "off", "auto")
+    assert graphed
+    replayed = engine.validate(objective, slices, CPU, "off", 8, forward)
+    assert replayed == engine.validate(objective, slices, CPU, "off", 8)
+    assert fake_gpu.captured == [objective.model, objective.model]
+    assert engine.validate(objective, slices, CPU, "off", 8, forward) == replayed  # replays, no new capture
+    assert len(fake_gpu.captured) == 2
+
+    run, steps = _fit_cpu_graphs(tmp_path, "trained")  # the engine validates through its graphed predictor
+    assert steps.captured == 2 and len(fake_gpu.captured) == 2 + 2 + 1  # 2 steps, 1 validation shape
+    assert all(math.isfinite(row["val_psnr"]) for row in run.read_history())
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 
@@ -516,3 +540,16 @@ def test_a_cuda_run_says_it_captures_its_step(tiny_dataset, tmp_path):
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert state["optimizer"]["param_groups"][0]["capturable"] is True
     assert isinstance(state["optimizer"]["param_groups"][0]["lr"], float)
+
+
+@pytest.mark.cuda
+def test_graphed_validation_scores_as_eager_validation_on_cuda(exact_fp32):
+    """Device: CUDA. Same kernels replayed: the same scores to float rounding; batches 8, 8, 3 of one volume."""
+    torch.manual_seed(0)
+    objective = Supervised(build_model("D2C2")).to(CUDA)
+    slices = Phantoms(19, seed=1)
+    forward, graphed = graphed_reconstructor(objective.predictor(), CUDA, "off", "auto")
+    assert graphed
+    replayed = engine.validate(objective, slices, CUDA, "off", 8, forward)
+    eager = engine.validate(objective, slices, CUDA, "off", 8)
+    assert replayed == pytest.approx(eager, rel=1e-6, abs=1e-9)

@@ -168,7 +168,7 @@ def test_validation_scores_in_evaluates_default_batches(tmp_path, monkeypatch, t
     """Fewer, larger forward passes (launches set a GPU's pace): the training batch, at least 8."""
     seen = []
     real = engine.validate
-    monkeypatch.setattr(engine, "validate", lambda *args: seen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(engine, "validate", lambda *args: seen.append(args[4]) or real(*args))
     _fit(tmp_path, "v", False, None, f"train.batch_size={train_batch}", "train.max_steps_per_epoch=1")
     assert seen == [scored_in, scored_in]
     assert eval_batch_size(_recipe(tmp_path, f"train.batch_size={train_batch}")) == scored_in

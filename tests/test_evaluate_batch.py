@@ -74,7 +74,7 @@ def test_a_bad_batch_size_is_one_line(run, value):
 
 
 def test_cuda_graphs_stay_off_on_the_cpu(run):
-    from sftkd_cli.evaluate import graphed_reconstructor
+    from sftkd_cli.training.graphs import graphed_reconstructor
 
     model = torch.nn.Identity()
     for setting in ("auto", "on", "off"):  # a run trained with graphs on a GPU still evaluates on the CPU

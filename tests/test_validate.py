@@ -43,14 +43,20 @@ class Volumes(torch.utils.data.Dataset):
 
 
 class Shrink(nn.Module):
-    """An objective whose prediction is a learned scale of the input (all validate needs)."""
+    """An objective whose predictor is a learned scale of the input (all validate needs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(0.9))
 
+    def forward(self, zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.scale * zf
+
+    def predictor(self) -> nn.Module:
+        return self
+
     def predict(self, batch: dict) -> torch.Tensor:
-        return self.scale * batch["zf"]
+        return self(batch["zf"], batch["kspace"], batch["mask"])
 
 
 def _numpy_validate(objective: Shrink, dataset: Volumes, batch_size: int) -> dict[str, float]:

@@ -43,7 +43,7 @@ from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precisio
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
-from sftkd_cli.training.graphs import GraphedStep, optimizer_state_for, use_cuda_graphs
+from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
@@ -150,8 +150,9 @@ class _StopFlag:
 @dataclass
 class _Loop:
     """What one fit trains with: the objective as stepped (DDP-wrapped with several processes),
-    Adam, StepLR, the fp16 grad scaler, the steps per epoch, the progress bar, the SIGTERM flag
-    and the CUDA-graphed step (None without train.cuda_graphs)."""
+    Adam, StepLR, the fp16 grad scaler, the steps per epoch, the progress bar, the SIGTERM flag,
+    the CUDA-graphed step (None without train.cuda_graphs) and the predictor as validation runs
+    it (with train.cuda_graphs, replayed from a graph per batch shape)."""
 
     objective: nn.Module
     optimizer: torch.optim.Optimizer
@@ -162,6 +163,7 @@ class _Loop:
     task: TaskID
     stop: _StopFlag
     graphs: GraphedStep | None = None
+    predict: Reconstructor | None = None
 
 
 @contextlib.contextmanager
@@ -175,7 +177,8 @@ def _catching_sigterm(stop: _StopFlag) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int) -> dict[str, float]:
+def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int,
+             forward: Reconstructor | None = None) -> dict[str, float]:
     """Validation L1, PSNR and SSIM, means over slices; PSNR and SSIM scored as `sftkd evaluate` does.
 
     PSNR and SSIM use data range = the maximum of the slice's ground-truth volume (over its
@@ -186,8 +189,10 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     can leave the stored maximum below 1, so a range of 1 would read higher.) Complex data (two
     channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
     its L1 is the training loss's, over both channels. Everything is scored on `device`
-    (torch_metrics): only the three means come back to the host, at the end.
+    (torch_metrics): only the three means come back to the host, at the end. `forward`: the
+    objective's predictor as run (e.g. replayed from CUDA graphs: `graphed_reconstructor`).
     """
+    forward = forward or objective.predictor()
     objective.eval()
     l1_sum = torch.zeros((), dtype=torch.float64, device=device)
     scores = SliceScores()
@@ -196,8 +201,8 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = to_device(collate(items), device)
             with autocast(device, amp):
-                pred = objective.predict(batch)
-            pred, target = pred.float(), batch["target"]
+                pred = forward(batch["zf"], batch["kspace"], batch["mask"])
+            pred, target = pred.to(torch.float32, copy=True), batch["target"]  # a graph's next replay overwrites its output
             l1_sum += F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).sum(dtype=torch.float64)
             for item, t, p in zip(items, magnitude(target), magnitude(pred)):
                 scores.add(str(item["volume"]), t, p)
@@ -316,7 +321,10 @@ class Trainer:
         progress = self._progress()
         task = progress.add_task("train", total=steps * cfg.epochs, epoch="", loss="")
         graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
-        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs)
+        predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
+                                           "auto" if self.cuda_graphs else "off")
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs,
+                     predict=predict)
 
     def _restore(self, loop: _Loop, resume: bool) -> FitState:
         """A fresh state, or with `resume` the one in the `last` checkpoint (weights and optimiser loaded)."""
@@ -398,7 +406,7 @@ class Trainer:
         loop.scheduler.step()
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
-            val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size))
+            val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size), loop.predict)
         row = {
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / max(state.loss_count, 1),

@@ -59,6 +59,8 @@ from sftkd_cli.runtime import Batch, autocast
 #: eager steps before a capture (the CUDA graphs notes' example uses 3)
 WARMUP_STEPS = 3
 
+Reconstructor = Callable[..., torch.Tensor]  # (zf, kspace, mask) -> image: a network, or its graphed replays
+
 
 def graphs_unsupported(device: torch.device, amp: str, world: int = 1) -> str | None:
     """Why the training step cannot be captured in this setting (None when it can)."""
@@ -327,6 +329,29 @@ def graphed_inference(
         return output
 
     return replay
+
+
+def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, setting: str) -> tuple[Reconstructor, bool]:
+    """`model` (called with zf, kspace, mask) as evaluate and validation run it, and whether from
+    CUDA graphs: unless `setting` (the run's train.cuda_graphs) is off, on CUDA each batch shape's
+    forward pass is captured once and replayed (a batch then costs one launch); elsewhere, or
+    with fp16, eagerly. A capture that fails says so in one line and that shape runs eagerly.
+    A replayed output is overwritten by the next replay: copy what is kept."""
+    if setting == "off" or graphs_unsupported(device, amp) is not None:
+        return model, False
+    runners: dict[tuple, Reconstructor] = {}
+
+    def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shapes = (tuple(zf.shape), tuple(kspace.shape), tuple(mask.shape))
+        if shapes not in runners:
+            try:
+                runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
+            except SftkdError as exc:
+                print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
+                runners[shapes] = model
+        return runners[shapes](zf, kspace, mask)
+
+    return run, True
 
 
 def _one_cuda_device(inputs: Sequence[torch.Tensor]) -> torch.device:

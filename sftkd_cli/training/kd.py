@@ -97,9 +97,6 @@ class Distillation(TeacherObjective):
         loss = self.w_rec * parts["rec"] + (self.w_kd * kd if use_kd else zero) + self.w_imit * parts["imit"]
         return loss, parts
 
-    def predict(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch["zf"], batch["kspace"], batch["mask"])
-
     def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}
 

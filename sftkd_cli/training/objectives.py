@@ -2,7 +2,8 @@
 
 An objective is an `nn.Module` whose registered submodules are exactly what training updates
 and checkpoints (model, student blocks, KD adapters). Its `forward(batch)` returns the total
-loss and its named parts; `predict(batch)` returns the image that validation scores.
+loss and its named parts; `predict(batch)` returns the image that validation scores: the
+`primary` network's reconstruction (`predictor()`).
 A frozen teacher is held outside the module tree, so it is neither optimised nor saved.
 """
 
@@ -35,7 +36,12 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def predict(self, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
+        """The image validation scores: the primary network's reconstruction of the batch."""
+        return self.predictor()(batch["zf"], batch["kspace"], batch["mask"])
+
+    def predictor(self) -> CascadeNet:
+        """The network `predict` runs (`primary`; validation may replay it from CUDA graphs)."""
+        return self.models()[self.primary]
 
     def models(self) -> dict[str, CascadeNet]:
         """The reconstruction networks this run produces, by role."""
@@ -83,9 +89,6 @@ class Supervised(Objective):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = F.l1_loss(self.predict(batch), batch["target"])
         return loss, {"l1": loss}
-
-    def predict(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch["zf"], batch["kspace"], batch["mask"])
 
     def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}

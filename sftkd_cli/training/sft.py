@@ -92,9 +92,6 @@ class StudentFriendly(Objective):
         loss = self.w_teacher * parts["teacher"] + self.w_student * parts["student"] + self.w_imit * parts["imit"]
         return loss, parts
 
-    def predict(self, batch: Batch) -> torch.Tensor:
-        return self.teacher(batch["zf"], batch["kspace"], batch["mask"])
-
     def models(self) -> dict[str, CascadeNet]:
         return {"teacher": self.teacher, "student": self.student}
 
