@@ -8,13 +8,13 @@ folder elsewhere and copy it where the GPU machine has no nilearn), and nibabel 
 Each step writes its files into OUT_DIR as it goes, so a run cut short keeps what finished:
 
     env.txt         the GPU, torch and CUDA versions
-    cuda-tests.txt  the tests marked `cuda` (graphed against eager training, data and metrics on
-                    the device, kill and resume, ...)
     bench.json      `sftkd bench` on the device (fp32, batch 4, 150x150, median of 20), and
     bench.txt       its table
     teacher.txt     the demo teacher trained 10 epochs: wall time with process start, its history
     demo.txt        the demo plan end to end (`sftkd reproduce recipes/demo.yaml --jobs 2`)
-    summary.txt     each figure against its target, also printed at the end
+    cuda-tests.txt  the tests marked `cuda` (graphed against eager training, data and metrics on
+                    the device, kill and resume, ...)
+    summary.txt     each figure against its target, and the tests' outcome; also printed
 
 The runs go to a temporary folder (removed afterwards), never to runs/. `--quick` (tiny bench
 settings, 2 epochs) checks the script itself in minutes, also with `--device cpu`: its figures
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,28 +60,29 @@ def main() -> int:
     python = [sys.executable]
     sftkd = [*python, "-m", "sftkd_cli"]
     ok = True
+    # the most wanted first; the steps' time limits add up to 560 s, inside a 10-minute call
     with tempfile.TemporaryDirectory(prefix="sftkd-gpu-check-") as folder:
         runs = Path(folder)
-        ok &= step(args.out, "env", [*python, "-c", ENV_PROBE], 120)[0] == 0
-        tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
-        if not quick and _has("xdist"):
-            tests[3:3] = ["-n", "4"]
-        if args.device != "cpu":
-            ok &= step(args.out, "cuda-tests", tests, 240)[0] == 0
+        ok &= step(args.out, "env", [*python, "-c", ENV_PROBE], 20)[0] == 0
         bench = [*sftkd, "bench", "--device", args.device, "--json", str(args.out / "bench.json")]
         bench += (["--size", "32", "--repeats", "2", "--warmup", "1", "--roof-size", "32", "--methods", "at"] if quick
                   else ["--repeats", "20", "--warmup", "5"])
-        ok &= step(args.out, "bench", bench, 300)[0] == 0
+        ok &= step(args.out, "bench", bench, 180)[0] == 0
         epochs = 2 if quick else 10
         teacher = [*sftkd, "train-teacher", "recipes/demo/teacher.yaml", f"run.dir={runs}", "run.name=teacher",
                    f"train.epochs={epochs}", f"train.device={args.device}"]
-        code, teacher_s = step(args.out, "teacher", teacher, 120, history=runs / "teacher" / "history.csv")
+        code, teacher_s = step(args.out, "teacher", teacher, 60, history=runs / "teacher" / "history.jsonl")
         ok &= code == 0
         demo = [*sftkd, "reproduce", "recipes/demo.yaml", "--jobs", "2", "--runs-dir", str(runs / "demo"),
                 f"train.device={args.device}", *(["train.epochs=2"] if quick else [])]
-        code, demo_s = step(args.out, "demo", demo, 240)
+        code, demo_s = step(args.out, "demo", demo, 120)
         ok &= code == 0
-    lines = summary(args.out / "bench.json", teacher_s, epochs, demo_s)
+        tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
+        if _has("xdist"):
+            tests[3:3] = ["-n", "4"]
+        if args.device != "cpu":
+            ok &= step(args.out, "cuda-tests", tests, 180)[0] == 0
+    lines = summary(args.out / "bench.json", teacher_s, epochs, demo_s) + _last_line(args.out / "cuda-tests.txt")
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1
@@ -157,6 +159,13 @@ def summary(bench_json: Path, teacher_s: float, epochs: int, demo_s: float) -> l
                           teacher_s < TEACHER_TARGET_S, f"< {TEACHER_TARGET_S:.0f} s at 10 epochs"))
     lines.append(_verdict(f"demo plan end to end: {demo_s:.1f} s", demo_s < DEMO_TARGET_S, f"< {DEMO_TARGET_S:.0f} s"))
     return lines
+
+
+def _last_line(log: Path) -> list[str]:
+    """The tests' outcome: the last line pytest printed (none when they did not run)."""
+    lines = log.read_text().splitlines() if log.is_file() else []
+    outcome = [line for line in lines if re.search(r"\d+ (passed|failed|skipped|errors?)\b", line)]
+    return [f"cuda tests: {outcome[-1].strip('= ')}"] if outcome else []
 
 
 def _verdict(text: str, met: bool, target: str) -> str:

@@ -160,3 +160,7 @@ def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_
         assert sum(line.startswith(what) and line.endswith("]") for line in lines) == 1, (what, lines)
     assert lines[-2:] == ["demo teacher, 10 epochs, with process start: 7.5 s  [met: < 8 s at 10 epochs]",
                           "demo plan end to end: 75.0 s  [NOT met: < 60 s]"]
+    log = tmp_path / "cuda-tests.txt"
+    log.write_text("$ python -m pytest -m cuda\n..F.s  [100%]\n= 1 failed, 3 passed, 1 skipped in 9.1s =\n\nexit 1 after 9.5 s wall\n")
+    assert gpu_check._last_line(log) == ["cuda tests: 1 failed, 3 passed, 1 skipped in 9.1s"]
+    assert gpu_check._last_line(tmp_path / "missing.txt") == []
