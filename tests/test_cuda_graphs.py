@@ -396,7 +396,7 @@ def test_validation_replays_the_predictor_from_graphs_and_scores_as_eagerly(tmp_
     assert len(fake_gpu.captured) == 2
 
     run, steps = _fit_cpu_graphs(tmp_path, "trained")  # the engine validates through its graphed predictor
-    assert steps.captured == 2 and len(fake_gpu.captured) == 2 + 2 + 1  # 2 steps, 1 validation shape
+    assert steps.captured == 2 and len(fake_gpu.captured) == 2 + 2 + 1  # 2 step graphs, 1 validation shape
     assert all(math.isfinite(row["val_psnr"]) for row in run.read_history())
 
 
