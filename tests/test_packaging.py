@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -65,6 +67,22 @@ def test_help_version_and_argument_errors_import_no_torch():
     assert len(codes) > 15, codes  # the root, every command, the prepare-data sources, the errors
     assert all(code == 0 for argv, code in codes.items() if argv.endswith("--help") or argv == "--version"), codes
     assert codes["train-teacher --epochs x"] == 2 and codes["no-such-command"] == 2, codes
+
+
+def test_the_entry_point_spares_the_ending_process_a_last_garbage_collection(monkeypatch):
+    """main() freezes the collector once the command is done, also after an error: the process ends next."""
+    import gc
+
+    from sftkd_cli.cli.app import main
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    for argv, code in ((["--version"], 0), (["no-such-command"], 2)):
+        with pytest.raises(SystemExit) as ended, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            main(argv)
+        assert ended.value.code == code
+    assert frozen == [True, True]
 
 
 def test_python_m_sftkd_cli_version_imports_no_torch():
