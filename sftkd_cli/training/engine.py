@@ -5,8 +5,9 @@ deterministic per-epoch sample order (so resuming is exact, even mid-epoch), ato
 `last`/`best` checkpoints (written by a background thread: `checkpoint_writer`), a per-epoch
 history, rich progress, a NaN/Inf guard, and Ctrl-C / SIGTERM handling that saves a checkpoint
 before leaving. On CUDA the datasets are held on the GPU (`device_data`) and the whole step is
-replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs); its losses are then read
-from the GPU every LOSS_READ_EVERY steps and before each checkpoint, not every step. Device,
+replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs), as are validation's forward
+passes; the step's losses are then read from the GPU every LOSS_READ_EVERY steps and before
+each checkpoint, not every step. Device,
 autocast and collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
 """
 

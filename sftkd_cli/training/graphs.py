@@ -36,8 +36,9 @@ A capture that fails (an op that syncs, a kernel that cannot be captured, ...) p
 to stderr, "CUDA graph capture failed (<reason>); training eagerly", and every later step runs
 eagerly (the same updates).
 
-`graphed_inference(model, example_inputs)` captures a forward pass at a fixed batch shape, for
-timing inference (`sftkd bench`).
+`graphed_inference(model, example_inputs)` captures a forward pass at a fixed batch shape (the
+bench's inference rows); `graphed_reconstructor(model, ...)` keeps one such graph per batch shape
+met, for validation while training and for `evaluate`.
 """
 
 from __future__ import annotations
