@@ -36,15 +36,22 @@ MAX_HISTORY_BYTES = 64 << 20
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a checkpoint; a failure (disk full, ...) keeps the previous file intact.
+    """Atomically save a checkpoint; a failure (disk full, ...) keeps the previous file intact."""
+    write_checkpoint(path, checkpoint_bytes(state))
 
-    Serialised in memory, then written with plain writes: a full disk or a file-size limit is an
-    OSError, not an error inside torch's C++ file writer.
-    """
+
+def checkpoint_bytes(state: dict[str, Any]) -> memoryview:
+    """A checkpoint serialised in memory (once, for as many files as hold it)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    return buffer.getbuffer()
+
+
+def write_checkpoint(path: Path, data: memoryview | bytes) -> None:
+    """Atomically write serialised checkpoint `data` to `path` with plain writes: a full disk or a
+    file-size limit is an SftkdError naming the file, and the previous file is kept intact."""
     try:
-        replace_atomically(path, buffer.getbuffer())
+        replace_atomically(path, data)
     except OSError as exc:
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
 

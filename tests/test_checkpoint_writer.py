@@ -70,12 +70,12 @@ def test_snapshot_copies_every_tensor_and_container():
 def test_writes_happen_one_at_a_time_in_order(tmp_path, monkeypatch):
     log: list[str] = []
 
-    def slow_save(path, state):
+    def slow_write(path, data):
         log.append(f"start {path.name}")
         time.sleep(0.05)  # long enough that a second write started meanwhile would show in the log
         log.append(f"end {path.name}")
 
-    monkeypatch.setattr(checkpoint_writer, "save_checkpoint", slow_save)
+    monkeypatch.setattr(checkpoint_writer, "write_checkpoint", slow_write)
     writer = CheckpointWriter()
     writer.submit([tmp_path / "a.pt", tmp_path / "b.pt"], _state())
     writer.submit([tmp_path / "c.pt"], _state())
@@ -83,11 +83,23 @@ def test_writes_happen_one_at_a_time_in_order(tmp_path, monkeypatch):
     assert log == ["start a.pt", "end a.pt", "start b.pt", "end b.pt", "start c.pt", "end c.pt"]
 
 
+def test_a_checkpoint_for_several_files_is_serialised_once(tmp_path, monkeypatch):
+    """best and last of one epoch: one serialisation, the same bytes in both files."""
+    calls = []
+    real = checkpoint_writer.checkpoint_bytes
+    monkeypatch.setattr(checkpoint_writer, "checkpoint_bytes", lambda state: calls.append(1) or real(state))
+    with CheckpointWriter() as writer:
+        writer.submit([tmp_path / "best.pt", tmp_path / "last.pt"], _state())
+    assert calls == [1]
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert _equal(load_checkpoint(tmp_path / "last.pt"), _state())
+
+
 def test_an_error_in_the_writer_is_raised_by_the_next_save_or_wait(tmp_path, monkeypatch):
-    def disk_full(path, state):
+    def disk_full(path, data):
         raise SftkdError(f"{path}: could not write checkpoint (No space left on device); the previous one is kept")
 
-    monkeypatch.setattr(checkpoint_writer, "save_checkpoint", disk_full)
+    monkeypatch.setattr(checkpoint_writer, "write_checkpoint", disk_full)
     writer = CheckpointWriter()
     writer.submit([tmp_path / "a.pt"], _state())  # returns: the write fails in the background
     with pytest.raises(SftkdError, match="a.pt: could not write checkpoint"):

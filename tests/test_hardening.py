@@ -602,15 +602,16 @@ def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_
     extra = ["train.epochs=2", "train.checkpoint_every=1"]
     assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
 
-    real_save = checkpoint_writer.save_checkpoint
+    real_write = checkpoint_writer.write_checkpoint
 
-    def save_then_die(path, state):  # SIGKILL right after the end-of-epoch-1 `last` checkpoint is committed
-        real_save(path, state)
+    def write_then_die(path, data):  # SIGKILL right after the end-of-epoch-1 `last` checkpoint is committed
+        real_write(path, data)
+        state = torch.load(io.BytesIO(data), weights_only=True)
         if path.name == "last.pt" and state["epoch"] == 1 and state["step_in_epoch"] == 0:
             raise _Killed
 
     # raised in the writer's thread, then in the training thread by its next save: nothing is written after it
-    monkeypatch.setattr(checkpoint_writer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_writer, "write_checkpoint", write_then_die)
     with pytest.raises(_Killed):
         invoke(*train_args(tiny_dataset, tmp_path / "runs"), *extra)
     monkeypatch.undo()

@@ -3,9 +3,9 @@
 `CheckpointWriter.submit(paths, state)` takes a CPU copy of `state` (`snapshot`) right away:
 the training step after it may change every weight in place. CUDA tensors are copied into
 pinned memory without blocking (queued behind the work that produced them; the thread waits
-for those copies before it serialises), CPU tensors are cloned. A thread then writes the copy
-to each path in turn with `runs.save_checkpoint` (serialised in memory, written atomically: an
-interrupted or failed write keeps the previous file).
+for those copies before it serialises), CPU tensors are cloned. A thread then serialises the
+copy once (`runs.checkpoint_bytes`) and writes it to each path in turn (`runs.write_checkpoint`,
+atomically: an interrupted or failed write keeps the previous file).
 
 One write at a time: `submit` first waits for the previous one, as does `wait` (at the end of a
 fit). An exception in the thread is raised in the caller's thread by the next `submit` or
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sftkd_cli.runs import save_checkpoint
+from sftkd_cli.runs import checkpoint_bytes, write_checkpoint
 
 
 def snapshot(state: Any) -> tuple[Any, list[torch.cuda.Event]]:
@@ -83,8 +83,9 @@ class CheckpointWriter:
         try:
             for event in events:
                 event.synchronize()
+            data = checkpoint_bytes(state)  # once for best and last
             for path in paths:
-                save_checkpoint(path, state)
+                write_checkpoint(path, data)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by wait()
             self._error = exc
 
