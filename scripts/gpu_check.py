@@ -24,6 +24,7 @@ mean nothing. The exit status is 0 when every step ran, whether or not a target 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -78,7 +79,7 @@ def main() -> int:
         code, demo_s = step(args.out, "demo", demo, 120)
         ok &= code == 0
         tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
-        if _has("xdist"):
+        if importlib.util.find_spec("xdist") is not None:
             tests[3:3] = ["-n", "4"]
         if args.device != "cpu":
             ok &= step(args.out, "cuda-tests", tests, 180)[0] == 0
@@ -98,10 +99,6 @@ if torch.cuda.is_available():
 else:
     print("no CUDA device")
 """
-
-
-def _has(module: str) -> bool:
-    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
 def step(out: Path, name: str, command: list[str], timeout: float, history: Path | None = None) -> tuple[int, float]:

@@ -41,9 +41,8 @@ from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
-from sftkd_cli.training.graphs import graphed_reconstructor
+from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
 
-Reconstructor = Any  # callable (zf, kspace, mask) -> image, e.g. a DCCNN or an exported model
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
 

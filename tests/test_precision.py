@@ -65,15 +65,21 @@ def test_precision_policy_sets_both_flags_and_restores_them(flags, tf32):
     assert _flags() == (False, True)  # also after an error in the block
 
 
-def test_training_runs_under_train_tf32_and_restores_the_flags(flags, tiny_dataset, tmp_path, monkeypatch):
+def _flags_seen_by(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[tuple[bool, bool]]:
+    """The TF32 flags at each call of `module.name` (wrapped for the test), in a list that fills as it is called."""
     seen: list[tuple[bool, bool]] = []
-    real_validate = engine.validate
+    real = getattr(module, name)
 
     def recording(*args, **kwargs):
         seen.append(_flags())
-        return real_validate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "validate", recording)
+    monkeypatch.setattr(module, name, recording)
+    return seen
+
+
+def test_training_runs_under_train_tf32_and_restores_the_flags(flags, tiny_dataset, tmp_path, monkeypatch):
+    seen = _flags_seen_by(monkeypatch, engine, "validate")
     for tf32 in ("true", "false"):
         sftkd("train-teacher", "--model", "D2C2", "--name", f"tf32-{tf32}", f"data.path={tiny_dataset}",
               f"run.dir={tmp_path}", "train.epochs=1", "train.max_steps_per_epoch=1", "data.max_val_slices=1",
@@ -87,14 +93,7 @@ def test_evaluate_runs_without_tf32_whatever_the_caller_set(flags, tiny_dataset,
           "train.epochs=1", "train.max_steps_per_epoch=1", "train.threads=1", "train.device=cpu",
           "train.tf32=true", "eval.latency_slices=0")
     _set_flags(True, True)
-    seen: list[tuple[bool, bool]] = []
-    real = evaluate_module.reconstruct_split
-
-    def recording(*args, **kwargs):
-        seen.append(_flags())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "reconstruct_split", recording)
+    seen = _flags_seen_by(monkeypatch, evaluate_module, "reconstruct_split")
     evaluate_module.evaluate_run(tmp_path / "r", device="cpu", write_recon=False)
     assert seen == [(False, False)] and _flags() == (True, True)
 

@@ -193,7 +193,8 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     (torch_metrics): only the three means come back to the host, at the end. `forward`: the
     objective's predictor as run (e.g. replayed from CUDA graphs: `graphed_reconstructor`).
     """
-    forward = forward or objective.predictor()
+    if forward is None:
+        forward = objective.predictor()
     objective.eval()
     l1_sum = torch.zeros((), dtype=torch.float64, device=device)
     scores = SliceScores()

@@ -60,7 +60,8 @@ from sftkd_cli.runtime import Batch, autocast
 #: eager steps before a capture (the CUDA graphs notes' example uses 3)
 WARMUP_STEPS = 3
 
-Reconstructor = Callable[..., torch.Tensor]  # (zf, kspace, mask) -> image: a network, or its graphed replays
+#: (zf, kspace, mask) -> image: a network, its graphed replays, or an exported model
+Reconstructor = Callable[..., torch.Tensor]
 
 
 def graphs_unsupported(device: torch.device, amp: str, world: int = 1) -> str | None:
