@@ -1,4 +1,5 @@
-"""Where and how models run: the device, mixed precision, TF32, batches on the device, CPU threads.
+"""Where and how models run: the device, mixed precision, TF32, batches on the device, CPU threads,
+SIGTERM.
 
 Shared by training, `evaluate` and `bench`, and below all three: this module imports none of
 them (nor the CLI), so each can use the same device choice, autocast policy and collate.
@@ -7,7 +8,9 @@ them (nor the CLI), so each can use the same device choice, autocast policy and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -121,3 +124,15 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def on_sigterm(handler: Callable[[int, Any], Any]) -> Iterator[None]:
+    """SIGTERM calls `handler` for the block, then the previous handler is back. Only the main
+    thread can install handlers: elsewhere the block runs with SIGTERM as it was."""
+    previous = signal.signal(signal.SIGTERM, handler) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

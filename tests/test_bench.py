@@ -32,7 +32,7 @@ from sftkd_cli.bench import (
 )
 from sftkd_cli.cli.app import app
 from sftkd_cli.distill.methods import METHODS
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import DCCNN
 
 torch.set_num_threads(1)
@@ -287,6 +287,42 @@ def test_bad_settings_are_one_line_errors(kwargs, word):
         run_bench(**{**TINY, **kwargs})
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), RunInterrupted("stopped by SIGTERM")], ids=["ctrl-c", "engine"])
+def test_an_interrupted_run_keeps_the_rows_measured_so_far(monkeypatch, stop):
+    """Ctrl-C (or the engine's RunInterrupted from the epoch part) between rows: the result holds
+    the rows before it, says where it stopped, and the roof is the start's (measured once)."""
+    from sftkd_cli.bench import runner
+
+    roofs = []
+    real_roof = runner.measure_roof
+    monkeypatch.setattr(runner, "measure_roof", lambda *args: roofs.append(args) or real_roof(*args))
+
+    def progress(message):
+        if message == "student D3C5 train, reference way":
+            raise stop
+
+    res = run_bench(**TINY, which=["teacher", "student"], progress=progress)
+    assert [row.key for row in res.rows] == ["train.teacher.reference", "train.teacher"]
+    assert res.complete is False and res.to_dict()["complete"] is False
+    assert "interrupted while timing 'student D3C5 train, reference way': the 2 rows before it are kept" in res.notes[0]
+    assert len(roofs) == 1 and res.roof_gflops > 0 and all(row.roof_gflops == res.roof_gflops for row in res.rows)
+    assert "teacher_over_student_train" not in res.ratios
+
+
+def test_a_run_interrupted_before_its_first_row_has_nothing_to_keep():
+    def progress(message):
+        if message.startswith("roof"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(**TINY, which=["student"], progress=progress)
+
+
+def test_a_complete_run_says_so(result):
+    assert result.complete is True and result.to_dict()["complete"] is True
+    assert not any("interrupted" in note for note in result.notes)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -315,6 +351,60 @@ def test_cli_errors_exit_2(tmp_path):
     assert res.exit_code == 2 and "--only" in res.output
     res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(tmp_path / "missing" / "b.json")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("to", ["file", "stdout"])
+def test_cli_sigterm_keeps_the_rows_measured_so_far(monkeypatch, tmp_path, to):
+    """SIGTERM during the third timed row (as a job scheduler or a time limit sends it): the two rows
+    before it are shown and written with "complete": false, exit 130, SIGTERM's handler put back."""
+    import os
+    import signal
+
+    from sftkd_cli.bench import runner
+
+    calls = []
+    real = runner.time_calls
+
+    def time_calls(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(runner, "time_calls", time_calls)
+    outside = []  # SIGTERM's handler around the command (not the default one, which would end pytest)
+
+    def before(signum, frame):
+        outside.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        out = tmp_path / "bench.json"
+        res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,student",
+                                       "--json", str(out) if to == "file" else "-"], env=WIDE)
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert res.exit_code == 130 and outside == [], res.output
+    data = json.loads(out.read_text() if to == "file" else res.stdout)
+    assert data["complete"] is False and [row["key"] for row in data["rows"]] == ["train.teacher.reference", "train.teacher"]
+    assert "interrupted while timing 'student D3C5 train, reference way'" in data["notes"][0]
+    if to == "file":
+        assert re.search(r"^\s*teacher D5C5 train ", res.stdout, re.M) and not re.search(r"^\s*student ", res.stdout, re.M)
+        assert f'bench interrupted: kept the 2 rows measured, in {out} with "complete": false' in " ".join(res.stderr.split())
+
+
+def test_cli_interrupted_before_the_first_row(monkeypatch, tmp_path):
+    from sftkd_cli.bench import runner
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "measure_roof", interrupted)
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(out)])
+    assert res.exit_code == 130 and "bench interrupted before its first row: nothing was measured" in res.stderr
+    assert not out.exists()
 
 
 def test_reference_way_and_torchscript_compute_the_same_images():

@@ -144,11 +144,17 @@ def test_bf16_is_timed_against_fp32_inside_graphs_too(as_on_cuda, monkeypatch):
     assert not any("skipped" in note for note in result.notes), result.notes
 
 
-def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_cuda, tmp_path):
-    """scripts/gpu_check.py reads the bench JSON by key: every target it checks is in a CUDA run's rows."""
+@pytest.fixture(scope="module")
+def gpu_check():
+    """scripts/gpu_check.py as a module."""
     spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_cuda, gpu_check, tmp_path):
+    """scripts/gpu_check.py reads the bench JSON by key: every target it checks is in a CUDA run's rows."""
     result = run_bench(**TINY, which=["teacher", "sft", "kd", "infer", "epoch"], methods=["at"])
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(result.to_dict()))
@@ -164,3 +170,37 @@ def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_
     log.write_text("$ python -m pytest -m cuda\n..F.s  [100%]\n= 1 failed, 3 passed, 1 skipped in 9.1s =\n\nexit 1 after 9.5 s wall\n")
     assert gpu_check._last_line(log) == ["cuda tests: 1 failed, 3 passed, 1 skipped in 9.1s"]
     assert gpu_check._last_line(tmp_path / "missing.txt") == []
+    assert not any("interrupted" in line for line in lines)
+
+
+def test_the_gpu_check_summary_says_when_the_bench_was_cut_short(as_on_cuda, gpu_check, tmp_path):
+    """A bench stopped at its time limit (SIGTERM) wrote the rows it had: the summary reads those and says so."""
+    def progress(message):
+        if message.startswith("SFT step"):
+            raise KeyboardInterrupt
+
+    result = run_bench(**TINY, which=["teacher", "sft"], progress=progress)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result.to_dict()))
+    lines = gpu_check.summary(path, 7.5, 10, 55.0)
+    assert lines[1] == "bench: interrupted after 3 rows (its time limit); what follows is from those"
+    assert any(line.startswith("teacher D5C5 training step, graph vs reference way: ") for line in lines)
+    assert "SFT step, graph vs reference way: not measured (no train.sft.graph row)" in lines
+
+
+@pytest.mark.parametrize("on_sigterm", ["exit", "ignore"])
+def test_a_gpu_check_step_at_its_time_limit_gets_sigterm_then_is_killed(gpu_check, tmp_path, on_sigterm):
+    """Device: CPU (a child process). At the limit the step sends SIGTERM, so that the bench can write
+    what it measured; one that does not end within the grace is killed. Either way: 124, logged."""
+    import sys
+
+    terminated, finished = tmp_path / "terminated", tmp_path / "finished"
+    handler = ("lambda *a: (open(sys.argv[1], 'w').write('x'), sys.exit(3))" if on_sigterm == "exit"
+               else "signal.SIG_IGN")
+    child = (f"import signal, sys, time; signal.signal(signal.SIGTERM, {handler}); time.sleep(60); "
+             "open(sys.argv[2], 'w').write('x')")
+    code, _ = gpu_check.step(tmp_path, "child", [sys.executable, "-c", child, str(terminated), str(finished)], 2,
+                             grace=0.5)
+    assert code == 124 and not finished.exists()  # ended by SIGTERM, or killed: never slept to the end
+    assert terminated.exists() is (on_sigterm == "exit")
+    assert (tmp_path / "child.txt").read_text().splitlines()[-1].startswith("exit 124 after ")

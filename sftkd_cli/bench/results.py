@@ -79,6 +79,7 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    complete: bool = True  # False: interrupted (Ctrl-C, SIGTERM), the rows measured until then
 
     def row(self, key: str) -> BenchRow:
         for row in self.rows:
@@ -93,6 +94,7 @@ class BenchResult:
         return {
             "format": 2,
             "sftkd_version": __version__,
+            "complete": self.complete,
             "settings": dict(self.settings),
             "machine": dict(self.machine),
             "roof": {"gflops": self.roof_gflops, **self.roof},

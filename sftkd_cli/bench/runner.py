@@ -24,7 +24,7 @@ from sftkd_cli.bench.reference import STUDENT, TEACHER, kd_objectives, reference
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
 from sftkd_cli.distill.methods import METHODS
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
@@ -104,6 +104,11 @@ def run_bench(
     complex images (two channels, centred k-space, complex data consistency) with the networks
     built for them, the reference-way twins too. `tf32`: float32 convolutions and matrix
     products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
+
+    A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) while the rows are measured ends
+    the run early: the result then holds the rows measured so far, `complete` False and a note
+    naming where it stopped (the roof from the start of the run only). One before the first row
+    propagates: there is nothing to keep.
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
@@ -128,27 +133,39 @@ def run_bench(
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
         bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None,
                        complex_data)
-        if "teacher" in parts or "student" in parts:
-            bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
-        if "sft" in parts:
-            bench.sft()
-        if "kd" in parts:
-            bench.kd(kd_methods)
-        if "infer" in parts:
-            bench.inference(compile)
-        if "bf16" in parts:
-            bench.bf16()
-        if "epoch" in parts:
-            bench.epoch()
-        say("roof again (a noisy machine can spoil one measurement)")
-        again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
-        _set_roof(result, roof_shape, {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs})
+        try:
+            _run_parts(bench, parts, kd_methods, compile)
+        except (KeyboardInterrupt, RunInterrupted):  # keep the rows measured so far
+            result.complete = False
+            result.notes.append(f"interrupted while timing {bench.current!r}: the {len(result.rows)} rows before it "
+                                "are kept, the rest of the run was not measured")
+        if result.complete:
+            say("roof again (a noisy machine can spoil one measurement)")
+            again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+            roofs = {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs}
+        _set_roof(result, roof_shape, roofs)
         _add_ratios(result, kd_methods)
         _add_notes(result)
         if complex_data:
             result.notes.append("complex data: every network takes and returns complex images as two channels "
                                 "(real, imaginary) with complex data consistency in centred k-space")
         return result
+
+
+def _run_parts(bench: _Bench, parts: list[str], methods: list[str], compile: bool) -> None:
+    """The rows of `parts`, in the bench's fixed order."""
+    if "teacher" in parts or "student" in parts:
+        bench.supervised([name for part, name in (("teacher", TEACHER), ("student", STUDENT)) if part in parts])
+    if "sft" in parts:
+        bench.sft()
+    if "kd" in parts:
+        bench.kd(methods)
+    if "infer" in parts:
+        bench.inference(compile)
+    if "bf16" in parts:
+        bench.bf16()
+    if "epoch" in parts:
+        bench.epoch()
 
 
 def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]]) -> None:
@@ -174,9 +191,15 @@ class _Bench:
     precision: str
     repeats: int
     warmup: int
-    say: Progress
+    progress: Progress
     acquisition: Acquisition | None = None  # what the networks are built for (None: the paper's magnitude data)
     complex_data: bool = False
+    current: str = "the first row"  # what is being measured (an interruption's note names it)
+
+    def say(self, message: str) -> None:
+        """Report `message` (what is measured next) and remember it."""
+        self.current = message
+        self.progress(message)
 
     @property
     def cuda(self) -> bool:

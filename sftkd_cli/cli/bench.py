@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -16,7 +17,7 @@ from rich.table import Table
 from sftkd_cli.choices import BENCH_PARTS, COMPLEX_PARAMS_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult
@@ -43,13 +44,19 @@ HELP = examples(
     "only (training = 3x forward) and \"% roof\" divides it by the best GFLOP/s of one large 32->32 conv "
     "measured in the same run."
     f"\n\n--complex times every row on complex data instead (fastMRI-like: two channels, real and imaginary, "
-    f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}.",
+    f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}."
+    "\n\nCtrl-C or SIGTERM stops a run early and keeps what it measured: the rows so far are shown and "
+    "written to --json with \"complete\": false, and the exit status is 130.",
     "sftkd bench",
     "sftkd bench --only teacher,infer --repeats 3",
     "sftkd bench --only kd --methods at,fitnets",
     "sftkd bench --precision bf16 --compile --json bench.json",
     "sftkd bench --complex --only teacher,student,infer",
 )
+
+
+#: the exit status of an interrupted bench (as of a training command stopped by a signal)
+INTERRUPTED = RunInterrupted.exit_code
 
 
 def _split(value: str | None) -> list[str]:
@@ -148,20 +155,26 @@ def bench(
 ) -> None:
     from sftkd_cli.bench import run_bench
     from sftkd_cli.files import atomic_write_text
+    from sftkd_cli.runtime import on_sigterm
 
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
     to_stdout = json_out == "-"
-    with stderr_console().status("benchmarking") as status:
-        result = run_bench(
-            size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
-            warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
-            roof_size=roof_size, complex_data=complex_data, tf32=tf32,
-            progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
-        )
+    try:  # SIGTERM stops it as Ctrl-C does: the rows measured so far are kept
+        with on_sigterm(signal.default_int_handler), stderr_console().status("benchmarking") as status:
+            result = run_bench(
+                size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
+                warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
+                roof_size=roof_size, complex_data=complex_data, tf32=tf32,
+                progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
+            )
+    except KeyboardInterrupt:
+        stderr_console().print("[red]bench interrupted before its first row: nothing was measured[/]", highlight=False)
+        raise typer.Exit(INTERRUPTED) from None
     text = json.dumps(result.to_dict(), indent=2)
     if to_stdout:
         typer.echo(text)
+        _exit_if_interrupted(result, json_out)
         return
     if json_out is not None:
         atomic_write_text(Path(json_out), text + "\n")
@@ -179,6 +192,17 @@ def bench(
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     if json_out is not None:
         out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
+    _exit_if_interrupted(result, json_out)
+
+
+def _exit_if_interrupted(result: BenchResult, json_out: str | None) -> None:
+    """An interrupted run (its rows already shown and written) ends with one line and exit 130."""
+    if result.complete:
+        return
+    kept = f", in {escape(json_out)} with \"complete\": false" if json_out not in (None, "-") else ""
+    stderr_console().print(f"[yellow]bench interrupted: kept the {len(result.rows)} rows measured{kept}[/]",
+                           highlight=False)
+    raise typer.Exit(INTERRUPTED)
 
 
 def register(app: typer.Typer) -> None:

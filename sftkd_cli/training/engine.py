@@ -13,12 +13,9 @@ autocast and collate come from `sftkd_cli.runtime`, shared with evaluate and ben
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +36,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.layout import LayoutChoice, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
-from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precision_policy, select_device, set_threads,
-                               to_device)
+from sftkd_cli.runtime import (autocast, collate, inference_batch_size, on_sigterm, precision_policy, select_device,
+                               set_threads, to_device)
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
@@ -167,17 +164,6 @@ class _Loop:
     predict: Reconstructor | None = None
 
 
-@contextlib.contextmanager
-def _catching_sigterm(stop: _StopFlag) -> Iterator[None]:
-    """SIGTERM sets `stop` for the block (only the main thread can install handlers), then the old handler returns."""
-    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int,
              forward: Reconstructor | None = None) -> dict[str, float]:
     """Validation L1, PSNR and SSIM, means over slices; PSNR and SSIM scored as `sftkd evaluate` does.
@@ -294,7 +280,7 @@ class Trainer:
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
-        with precision_policy(cfg.tf32), _catching_sigterm(loop.stop), self.writer:
+        with precision_policy(cfg.tf32), on_sigterm(loop.stop), self.writer:
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
