@@ -40,14 +40,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_checkpoint(path, checkpoint_bytes(state))
 
 
-def checkpoint_bytes(state: dict[str, Any]) -> memoryview:
-    """A checkpoint serialised in memory (once, for as many files as hold it)."""
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """A checkpoint serialised in memory (once, for as many files as hold it).
+
+    Bytes, not a view of the BytesIO (`getbuffer`): a failed write's traceback can put that view
+    in a reference cycle, and collecting one crashes CPython 3.12.0 and 3.12.1 (gh-111049)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return buffer.getbuffer()
+    return buffer.getvalue()
 
 
-def write_checkpoint(path: Path, data: memoryview | bytes) -> None:
+def write_checkpoint(path: Path, data: bytes) -> None:
     """Atomically write serialised checkpoint `data` to `path` with plain writes: a full disk or a
     file-size limit is an SftkdError naming the file, and the previous file is kept intact."""
     try:

@@ -9,6 +9,7 @@ test_hardening.py) run through the writer too.
 from __future__ import annotations
 
 import copy
+import io
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ import sftkd_cli.files as files_module
 from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import build_model
-from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
+from sftkd_cli.runs import RunDir, checkpoint_bytes, load_checkpoint, save_checkpoint
 from sftkd_cli.training import checkpoint_writer
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter, snapshot
 from sftkd_cli.training.engine import Trainer
@@ -93,6 +94,14 @@ def test_a_checkpoint_for_several_files_is_serialised_once(tmp_path, monkeypatch
     assert calls == [1]
     assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
     assert _equal(load_checkpoint(tmp_path / "last.pt"), _state())
+
+
+def test_a_serialised_checkpoint_is_bytes_not_a_view_of_its_buffer():
+    """A view of the BytesIO (`getbuffer`) caught in a failed write's traceback cycle crashed
+    CPython 3.12.0-3.12.1's garbage collector (gh-111049): seen as a segfault in the next test."""
+    data = checkpoint_bytes(_state())
+    assert type(data) is bytes
+    assert _equal(torch.load(io.BytesIO(data), weights_only=True), _state())
 
 
 def test_an_error_in_the_writer_is_raised_by_the_next_save_or_wait(tmp_path, monkeypatch):
