@@ -136,16 +136,27 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
     only = ["data", "teacher", "sft", "kd", "eval-sft-kd-at"]
     paused = plan.runs_dir / "paused"
 
+    sent: list[float] = []  # when Ctrl-C was pressed (for the message of a failure)
+
     def press_ctrl_c() -> None:
         deadline = time.monotonic() + 120
         while not paused.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        sent.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=press_ctrl_c, daemon=True)
+    started = time.monotonic()
     thread.start()
-    with pytest.raises(RunInterrupted, match="stopped at stage\\(s\\) .*sft"):
-        run_plan(plan, console=quiet(), jobs=2, only=only, trainers={**default_trainers(), "sft": pausing_sft})
+    try:
+        outcome = run_plan(plan, console=quiet(), jobs=2, only=only, trainers={**default_trainers(), "sft": pausing_sft})
+    except RunInterrupted as exc:
+        assert re.search(r"stopped at stage\(s\) .*sft", str(exc)), str(exc)
+    else:
+        sft_log = (plan.report_dir / "logs" / "sft.log").read_text()[-2000:]
+        pytest.fail(f"not interrupted: the plan ended after {time.monotonic() - started:.1f} s, Ctrl-C "
+                    f"{f'pressed at {sent[0] - started:.1f} s' if sent else 'not yet pressed'} (paused: "
+                    f"{paused.exists()}); statuses {statuses(outcome)}; sft's log ends:\n{sft_log}")
     thread.join()
     saved = load_checkpoint(plan.runs_dir / "sft" / "checkpoints" / "last.pt")
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)  # saved one step into epoch 2, on SIGTERM
