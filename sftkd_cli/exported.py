@@ -91,7 +91,9 @@ class ExportedModel:
         if self.format == "torchscript":
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+                    # torch.jit is deprecated (a DeprecationWarning, from torch 2.14 a FutureWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
                     self._module = torch.jit.load(str(self.path), map_location=self.device).eval()
             except Exception as exc:  # torch raises many kinds for foreign zip files
                 raise SftkdError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
