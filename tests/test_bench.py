@@ -304,15 +304,17 @@ def test_an_interrupted_run_keeps_the_rows_measured_so_far(monkeypatch, stop):
     res = run_bench(**TINY, which=["teacher", "student"], progress=progress)
     assert [row.key for row in res.rows] == ["train.teacher.reference", "train.teacher"]
     assert res.complete is False and res.to_dict()["complete"] is False
-    assert "interrupted while timing 'student D3C5 train, reference way': the 2 rows before it are kept" in res.notes[0]
+    assert "interrupted while timing 'student D3C5 train, reference way': the 2 rows measured before it kept" in res.notes[0]
     assert len(roofs) == 1 and res.roof_gflops > 0 and all(row.roof_gflops == res.roof_gflops for row in res.rows)
     assert "teacher_over_student_train" not in res.ratios
 
 
-def test_a_run_interrupted_before_its_first_row_has_nothing_to_keep():
+@pytest.mark.parametrize("at", ["roof", "student D3C5 train, reference way"])
+def test_a_run_interrupted_before_its_first_row_has_nothing_to_keep(at):
+    """During the first roof or the first row: a KeyboardInterrupt (the engine's RunInterrupted too)."""
     def progress(message):
-        if message.startswith("roof"):
-            raise KeyboardInterrupt
+        if message.startswith(at):
+            raise RunInterrupted("stopped by SIGTERM") if at != "roof" else KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_bench(**TINY, which=["student"], progress=progress)
@@ -391,7 +393,7 @@ def test_cli_sigterm_keeps_the_rows_measured_so_far(monkeypatch, tmp_path, to):
     assert "interrupted while timing 'student D3C5 train, reference way'" in data["notes"][0]
     if to == "file":
         assert re.search(r"^\s*teacher D5C5 train ", res.stdout, re.M) and not re.search(r"^\s*student ", res.stdout, re.M)
-        assert f'bench interrupted: kept the 2 rows measured, in {out} with "complete": false' in " ".join(res.stderr.split())
+        assert f'bench interrupted: kept 2 rows, in {out} with "complete": false' in " ".join(res.stderr.split())
 
 
 def test_cli_interrupted_before_the_first_row(monkeypatch, tmp_path):
@@ -403,7 +405,7 @@ def test_cli_interrupted_before_the_first_row(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "measure_roof", interrupted)
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(out)])
-    assert res.exit_code == 130 and "bench interrupted before its first row: nothing was measured" in res.stderr
+    assert res.exit_code == 130 and "bench interrupted before its first row was measured: nothing to keep" in res.stderr
     assert not out.exists()
 
 

@@ -107,8 +107,8 @@ def run_bench(
 
     A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) while the rows are measured ends
     the run early: the result then holds the rows measured so far, `complete` False and a note
-    naming where it stopped (the roof from the start of the run only). One before the first row
-    propagates: there is nothing to keep.
+    naming where it stopped (the roof from the start of the run only). Before the first row is
+    measured it propagates as a KeyboardInterrupt: there is nothing to keep.
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
@@ -136,9 +136,12 @@ def run_bench(
         try:
             _run_parts(bench, parts, kd_methods, compile)
         except (KeyboardInterrupt, RunInterrupted):  # keep the rows measured so far
+            if not result.rows:
+                raise KeyboardInterrupt from None  # nothing to keep
             result.complete = False
-            result.notes.append(f"interrupted while timing {bench.current!r}: the {len(result.rows)} rows before it "
-                                "are kept, the rest of the run was not measured")
+            rows = len(result.rows)
+            result.notes.append(f"interrupted while timing {bench.current!r}: the {rows} row{'s' if rows != 1 else ''} "
+                                "measured before it kept, the rest of the run not measured")
         if result.complete:
             say("roof again (a noisy machine can spoil one measurement)")
             again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)

@@ -169,7 +169,7 @@ def bench(
                 progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
             )
     except KeyboardInterrupt:
-        stderr_console().print("[red]bench interrupted before its first row: nothing was measured[/]", highlight=False)
+        stderr_console().print("[red]bench interrupted before its first row was measured: nothing to keep[/]", highlight=False)
         raise typer.Exit(INTERRUPTED) from None
     text = json.dumps(result.to_dict(), indent=2)
     if to_stdout:
@@ -200,7 +200,8 @@ def _exit_if_interrupted(result: BenchResult, json_out: str | None) -> None:
     if result.complete:
         return
     kept = f", in {escape(json_out)} with \"complete\": false" if json_out not in (None, "-") else ""
-    stderr_console().print(f"[yellow]bench interrupted: kept the {len(result.rows)} rows measured{kept}[/]",
+    rows = len(result.rows)
+    stderr_console().print(f"[yellow]bench interrupted: kept {rows} row{'s' if rows != 1 else ''}{kept}[/]",
                            highlight=False)
     raise typer.Exit(INTERRUPTED)
 
