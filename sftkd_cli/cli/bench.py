@@ -55,7 +55,7 @@ HELP = examples(
 )
 
 
-#: the exit status of an interrupted bench (as of a training command stopped by a signal)
+#: the exit status of an interrupted bench (as for a training command stopped by a signal)
 INTERRUPTED = RunInterrupted.exit_code
 
 
