@@ -169,6 +169,42 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
     assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
 
 
+def _report_sigint(queue) -> None:
+    """A spawned child's SIGINT state as its code starts: (blocked?, handler is Python's default?)."""
+    queue.put((signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
+               signal.getsignal(signal.SIGINT) is signal.default_int_handler))
+
+
+def test_a_ctrl_c_while_a_worker_starts_is_held_then_raised_not_lost():
+    """While a worker process starts, Ctrl-C is held (another thread running, as the live board's
+    is: with SIGINT ignored instead, the kernel gave it to that thread and it was dropped), and the
+    child starts with SIGINT blocked, so that only this process gets it and stops the jobs."""
+    import multiprocessing
+
+    from sftkd_cli.reproduce.executor import _sigint_held
+
+    other = threading.Event()
+    thread = threading.Thread(target=other.wait, daemon=True)
+    thread.start()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    reached = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_held():
+                child = context.Process(target=_report_sigint, args=(queue,))
+                child.start()
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the other thread takes it meanwhile
+                reached = True  # held: not raised inside the block
+    finally:
+        other.set()
+    assert reached and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert queue.get(timeout=60) == (True, True)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+
+
 # ----------------------------------------------------------------------------- the board and the estimate
 
 

@@ -132,7 +132,7 @@ class LocalExecutor:
             self._end(dead)
         here, there = self._context.Pipe()
         process = self._context.Process(target=_serve, args=(there,), name=f"sftkd-worker-{len(self._workers) + 1}")
-        with _sigint_ignored():  # the child inherits it: Ctrl-C reaches the parent, which stops the jobs
+        with _sigint_held():  # the child starts with SIGINT blocked: Ctrl-C reaches the parent, which stops the jobs
             process.start()
         there.close()
         worker = _Worker(process, here)
@@ -214,15 +214,23 @@ class LocalExecutor:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored for the block (a Ctrl-C in it is delayed, not lost: the signal is blocked meanwhile)."""
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block, and a Ctrl-C in it held and raised after it.
+
+    A process started in the block inherits SIGINT blocked (through exec), and `_serve` ignores it
+    before unblocking it: so a Ctrl-C reaches only this process, which stops the jobs. Not
+    SIG_IGN here: with another thread running (the live board's), the kernel hands the signal to
+    that thread, and an ignored signal is then dropped, not delayed."""
+    pressed: list[int] = []
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if pressed and callable(previous):
+        previous(signal.SIGINT, None)
 
 
 def _stop(signum: int, frame: Any) -> None:
