@@ -35,12 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-#: the targets: (bench key of ours, key of the twin or None, what, "speedup" >= or "ms_per_slice" <=, value)
+#: speed-up targets: (bench key of ours, key of its reference-way twin, what, the least twin / ours)
 BENCH_TARGETS = (
     ("train.teacher.graph", "train.teacher.reference", "teacher D5C5 training step, graph vs reference way", 2.5),
     ("train.sft.graph", "train.sft.reference", "SFT step, graph vs reference way", 3.0),
     ("train.kd.at.graph", "train.kd_backprop.at", "KD-AT step, graph vs reference way", 3.0),
 )
+#: latency targets: (bench key, what, the most ms per slice)
 LATENCY_TARGETS = (("infer.D3C5.graph.b1", "D3C5 inference, batch 1, graph", 0.6),
                    ("infer.D5C5.graph.b1", "D5C5 inference, batch 1, graph", 0.9))
 EPOCH_TARGET = 1.25  # an epoch's wall time over the sum of its steps

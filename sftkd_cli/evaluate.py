@@ -34,7 +34,7 @@ from sftkd_cli.files import StagedFiles, check_writable, h5_image
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.layout import inference_layout
+from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
@@ -339,8 +339,10 @@ def _evaluate(
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
         check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
-        first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), torch_device)
-        layout = inference_layout(recipe.train.channels_last, model.to(torch_device).eval(), first, torch_device, amp)
+        layout = forced_layout(recipe.train.channels_last, torch_device)
+        if layout is None:  # measured on a first batch
+            first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), torch_device)
+            layout = inference_layout(recipe.train.channels_last, model.to(torch_device).eval(), first, torch_device, amp)
         model = model.to(torch_device, memory_format=layout.memory_format).eval()
         params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
         runner, graphed = graphed_reconstructor(model, torch_device, amp, recipe.train.cuda_graphs)

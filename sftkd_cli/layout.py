@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from sftkd_cli.choices import LAYOUT_SETTINGS
@@ -75,6 +76,18 @@ def check_setting(value: object, option: str = "train.channels_last") -> str:
     return str(value)
 
 
+def forced_layout(setting: object, device: torch.device) -> LayoutChoice | None:
+    """The layout when nothing needs measuring: `setting` true/false, or `auto` off the CPU
+    (channels_last); None when `auto` measures (on the CPU). Callers check it before building
+    the work to measure."""
+    setting = check_setting(setting)
+    if setting != "auto":
+        return LayoutChoice(setting == "true", "set by train.channels_last")
+    if device.type != "cpu":
+        return LayoutChoice(True, f"auto on {device.type}")
+    return None
+
+
 def choose_layout(setting: object, device: torch.device, work: str, factory: WorkFactory) -> LayoutChoice:
     """The layout for `work` (a key naming the networks, input shape and precision) on `device`.
 
@@ -82,11 +95,9 @@ def choose_layout(setting: object, device: torch.device, work: str, factory: Wor
     `factory` (its callables must leave the caller's models alone: build them on copies); the
     machine's earlier answer for `work` is reused, a new one stored.
     """
-    setting = check_setting(setting)
-    if setting != "auto":
-        return LayoutChoice(setting == "true", "set by train.channels_last")
-    if device.type != "cpu":
-        return LayoutChoice(True, f"auto on {device.type}")
+    forced = forced_layout(setting, device)
+    if forced is not None:
+        return forced
     key = f"{machine_key()} | {work}"
     path = cache_dir() / CACHE_FILE
     with _locked(path):
@@ -196,18 +207,16 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path`.lock for the block (POSIX); without one (no folder, no fcntl) none."""
+    """An exclusive lock on `path`.lock for the block (filelock, as run directories are locked);
+    none when it cannot be taken (no folder, not writable)."""
+    lock = FileLock(str(path) + ".lock")
     try:
-        import fcntl
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_name(path.name + ".lock"), "a")
-    except (ImportError, OSError):
+        lock.acquire()
+    except OSError:
         yield
         return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()

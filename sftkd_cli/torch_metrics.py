@@ -173,8 +173,9 @@ class SliceScores:
         """Score the current volume's slices (queued on the device) and let its images go."""
         if self._volume is None:
             return
-        target, pred = torch.stack(self._targets), torch.stack(self._preds)
-        data_range = target.amax().to(metric_dtype(target.device))
+        dtype = metric_dtype(self._targets[0].device)  # once here, not in psnr and again in ssim
+        target, pred = torch.stack(self._targets).to(dtype), torch.stack(self._preds).to(dtype)
+        data_range = target.amax()
         self._psnr.append(psnr(target, pred, data_range))
         self._ssim.append(ssim(target, pred, data_range))
         self._ranges.append(data_range.reshape(1))

@@ -34,6 +34,7 @@ from sftkd_cli.cli.app import app
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import DCCNN
+from test_precision import _flags_seen_by
 
 torch.set_num_threads(1)
 
@@ -202,14 +203,22 @@ def test_the_epoch_part_trains_with_the_engine(monkeypatch):
         return real(objective, train, val, **kwargs)
 
     monkeypatch.setattr(epoch_module, "epoch_seconds", spy)
-    before = set(Path(tempfile.gettempdir()).glob("sftkd-bench-*"))
+    folders = []  # the run's own temporary folder (others' may come and go meanwhile: xdist)
+    real_folder = tempfile.TemporaryDirectory
+
+    def folder(**kwargs):
+        made = real_folder(**kwargs)
+        folders.append(Path(made.name))
+        return made
+
+    monkeypatch.setattr(epoch_module.tempfile, "TemporaryDirectory", folder)
     res = run_bench(**TINY, which=["epoch"])
     assert [row.key for row in res.rows] == ["train.teacher.reference", "train.teacher", "epoch.teacher"]
     assert (seen["train"], seen["val"], seen["epochs"], seen["batch"], seen["amp"], seen["tf32"]) == (
         32, 24, 3, 2, "off", False)
     assert set(seen["item"]) == {"target", "zf", "kspace", "mask", "volume", "slice"}
     assert seen["item"]["zf"].shape == (1, 16, 16)
-    assert set(Path(tempfile.gettempdir()).glob("sftkd-bench-*")) == before
+    assert len(folders) == 1 and folders[0].name.startswith("sftkd-bench-") and not folders[0].exists()
     res = CliRunner().invoke(app, ["bench", "--help"], env=WIDE)
     assert "epoch" in res.output
 
@@ -219,14 +228,7 @@ def test_tf32_is_set_for_the_run_as_training_sets_it_and_restored(monkeypatch, t
     """Training runs with TF32 off unless train.tf32: so does bench unless --tf32 (flags only on the CPU)."""
     from sftkd_cli.bench import runner
 
-    seen = []
-    real = runner.measure_roof
-
-    def spy(*args):
-        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
-        return real(*args)
-
-    monkeypatch.setattr(runner, "measure_roof", spy)
+    seen = _flags_seen_by(monkeypatch, runner, "measure_roof")
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     res = run_bench(**TINY, which=["student"], tf32=tf32)
     assert seen == [(tf32, tf32)] * 2 and res.settings["tf32"] is tf32

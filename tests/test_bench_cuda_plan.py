@@ -23,13 +23,12 @@ from cli_helpers import sftkd
 from fake_cuda import CAPTURE_ERROR
 from sftkd_cli.bench import run_bench, runner
 from sftkd_cli.cli.bench import ratio_lines, table
+from test_bench import INFER_MODES as CPU_INFER_MODES, TINY
 
 #: the sweep's largest batch here (CUDA_SWEEP_BATCH on a GPU)
 SWEEP = 3
-TINY = dict(size=16, batch=2, threads=1, repeats=1, warmup=0, roof_size=16, roof_batch=2, device="cpu")
 BATCHES = (1, 2, SWEEP)
-HAS_ORT = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
-INFER_MODES = ("reference", "eager", "torchscript", *(("onnx",) if HAS_ORT else ()), "graph")
+INFER_MODES = (*CPU_INFER_MODES, "graph")
 #: the training rows replayed from a CUDA graph and the reference-way row each is timed against
 GRAPH_TRAIN = {"train.teacher.graph": "train.teacher.reference", "train.student.graph": "train.student.reference",
                "train.sft.graph": "train.sft.reference", "train.kd.at.graph": "train.kd_backprop.at"}

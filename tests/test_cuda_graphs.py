@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from cli_helpers import sftkd
+from fake_cuda import CAPTURE_ERROR
 from sftkd_cli.config import load_recipe, validate
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import METHODS, build_method
@@ -325,7 +326,7 @@ class _CaptureFails(Supervised):
 
     def forward(self, batch):
         if _capturing_now():
-            raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
+            raise RuntimeError(f"{CAPTURE_ERROR}\nCUDA kernel errors ...")
         return super().forward(batch)
 
 

@@ -17,6 +17,7 @@ from sftkd_cli import layout
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.layout import CACHE_FILE, choose_layout, on_copies
 from sftkd_cli.models import build_model
+from test_engine import Phantoms
 
 CPU = torch.device("cpu")
 
@@ -76,7 +77,7 @@ def test_the_answer_is_cached_per_machine_and_work(cache: Path):
 def test_a_damaged_or_unwritable_cache_only_costs_a_measurement(cache: Path, tmp_path: Path, monkeypatch):
     cache.parent.mkdir(parents=True)
     cache.write_text("{not json")
-    factory, calls = slow_in(torch.channels_last)
+    factory, _ = slow_in(torch.channels_last)
     assert choose_layout("auto", CPU, "work", factory).channels_last is False
     assert json.loads(cache.read_text())  # replaced by a good one
     blocker = tmp_path / "a-file"
@@ -134,7 +135,6 @@ def test_the_engine_trains_in_the_forced_layout_and_says_which(tmp_path: Path, s
     from sftkd_cli.runs import RunDir
     from sftkd_cli.training.engine import Trainer
     from sftkd_cli.training.objectives import Supervised
-    from tests.test_engine import Phantoms
 
     recipe = load_recipe(None, ["train.epochs=1", "train.batch_size=2", "train.device=cpu", f"run.dir={tmp_path}",
                                 "run.name=r", "run.role=teacher", f"train.channels_last={setting}"])

@@ -131,8 +131,7 @@ def run_bench(
             roof={},
         )
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
-        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None,
-                       complex_data)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
         try:
             _run_parts(bench, parts, kd_methods, compile)
         except (KeyboardInterrupt, RunInterrupted):  # keep the rows measured so far
@@ -196,7 +195,6 @@ class _Bench:
     warmup: int
     progress: Progress
     acquisition: Acquisition | None = None  # what the networks are built for (None: the paper's magnitude data)
-    complex_data: bool = False
     current: str = "the first row"  # what is being measured (an interruption's note names it)
 
     def say(self, message: str) -> None:
@@ -207,6 +205,11 @@ class _Bench:
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def complex_data(self) -> bool:
+        """Complex images (two channels): the networks are built for an acquisition."""
+        return self.acquisition is not None
 
     def _batch_of(self, n: int) -> Batch:
         """`n` synthetic samples: the first of the run's batch, or a larger batch made for the sweep."""

@@ -15,9 +15,8 @@ Each stage's output goes to its log (`jobs.stage_log`); the board (`live`) shows
 from __future__ import annotations
 
 import signal
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from sftkd_cli.reproduce.graph import blocker, by_priority, ranks, waits_for
 from sftkd_cli.reproduce.jobs import StageJob, stage_log
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.live import Board
+from sftkd_cli.runtime import on_sigterm
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import failure_note
@@ -86,7 +86,8 @@ def run_graph(
                 stopped = f"not run: stopped after {result.id} failed (--stop-on-error)"
 
     # closing() first: the executor closes after the old SIGTERM handler is back (Ray's close restores its own)
-    with closing(executor), Board(console, todo, executor.slots) as board, _sigterm_as_ctrl_c():
+    with closing(executor), Board(console, todo, executor.slots) as board, \
+            on_sigterm(signal.default_int_handler):  # SIGTERM stops the plan as Ctrl-C does
         try:
             while left or running:
                 changed = True
@@ -127,20 +128,3 @@ def run_graph(
                 record(result, board)
     outcome.results = [results[sid] for sid in order if sid in results]
     return outcome
-
-
-@contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM to this process stops the plan as Ctrl-C does (main thread only); then the old handler returns."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

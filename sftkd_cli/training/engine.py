@@ -33,7 +33,7 @@ from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.layout import LayoutChoice, training_layout
+from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
 from sftkd_cli.runtime import (autocast, collate, inference_batch_size, on_sigterm, precision_policy, select_device,
@@ -423,6 +423,9 @@ class Trainer:
         """NCHW or channels_last for this run: forced by train.channels_last, or measured on a
         first batch (a few steps on copies of the objective) and cached per machine."""
         cfg = self.recipe.train
+        forced = forced_layout(cfg.channels_last, self.device)
+        if forced is not None:  # nothing to measure: no batch to build
+            return forced
         batch = to_device(collate([train_ds[i] for i in range(min(cfg.batch_size, len(train_ds)))]), self.device)
         return training_layout(cfg.channels_last, self._bare().to(self.device), batch, self.device, cfg.amp)
 

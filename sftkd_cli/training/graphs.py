@@ -143,6 +143,18 @@ class _CaptureFailed(Exception):
 
 
 @contextlib.contextmanager
+def _side_stream(device: torch.device) -> Iterator[None]:
+    """The block on a new side stream that starts after the current stream's work, which in turn
+    waits for the block's (the warm-up before a capture, as the CUDA graphs notes do it)."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        yield
+    current.wait_stream(side)
+
+
+@contextlib.contextmanager
 def _capturing(graph: torch.cuda.CUDAGraph, device: torch.device) -> Iterator[None]:
     """`torch.cuda.graph(graph)` (on its own side stream), thread_local: the checkpoint writer's
     thread may use CUDA (waiting for its copies) meanwhile. When the capture fails, ending it
@@ -250,15 +262,11 @@ class GraphedStep:
     def _warm_up(self, inputs: Batch) -> None:
         """`warmup` eager steps on a side stream, then the weights and state put back."""
         kept = _Kept(self.objective, self.optimizer)
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side), warnings.catch_warnings():
+        with _side_stream(self.device), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
             for _ in range(self.warmup):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._body(inputs)
-        current.wait_stream(side)
         self.optimizer.zero_grad(set_to_none=True)
         kept.restore()
 
@@ -304,13 +312,9 @@ def graphed_inference(
     """
     inputs = [x.detach().clone() for x in example_inputs]
     device = _one_cuda_device(inputs)
-    current = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side), torch.no_grad(), autocast(device, amp, "amp", cache=False):
+    with _side_stream(device), torch.no_grad(), autocast(device, amp, "amp", cache=False):
         for _ in range(warmup):
             model(*inputs)
-    current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with _capturing(graph, device), torch.no_grad(), autocast(device, amp, "amp", cache=False):
