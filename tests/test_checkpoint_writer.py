@@ -25,7 +25,7 @@ from sftkd_cli.training import checkpoint_writer
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter, snapshot
 from sftkd_cli.training.engine import Trainer
 from sftkd_cli.training.objectives import Supervised
-from test_engine import Phantoms
+from test_engine import Phantoms, _fit as train_phantoms
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -146,16 +146,7 @@ def test_a_failed_write_during_training_stops_fit_with_one_line(tmp_path, monkey
 def test_a_run_checkpointed_in_the_background_equals_one_checkpointed_synchronously(tmp_path, monkeypatch):
     """The engine hands the writer live tensors: the files equal those of saving on the spot."""
     def fit(name: str) -> dict[str, Any]:
-        recipe = load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
-                                    "train.checkpoint_every=1", f"run.dir={tmp_path}", f"run.name={name}",
-                                    "run.role=teacher"])
-        run = RunDir(tmp_path / name)
-        run.prepare(recipe, resume=False, force=False)
-        torch.manual_seed(0)
-        try:
-            Trainer(Supervised(build_model("D2C2")), recipe, run).fit(Phantoms(5), Phantoms(2, seed=1))
-        finally:
-            run.unlock()
+        _, run = train_phantoms(tmp_path, name, False, None, "train.checkpoint_every=1", train=Phantoms(5))
         return load_checkpoint(run.checkpoint("last"))
 
     background = fit("background")

@@ -14,15 +14,12 @@ from torch.utils.data import Dataset, Subset
 
 import complex_data
 from cli_helpers import sftkd
-from sftkd_cli.config import load_recipe
-from sftkd_cli.models import build_model
-from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.runtime import collate, to_device
 from sftkd_cli.training import device_data, engine
 from sftkd_cli.training.device_data import DeviceDataset, on_device
-from sftkd_cli.training.engine import Trainer, batches
-from sftkd_cli.training.objectives import Supervised
-from test_engine import Phantoms
+from sftkd_cli.training.engine import batches
+from test_engine import Phantoms, _fit as train_phantoms
 
 complex_dataset = complex_data.complex_dataset
 CPU = torch.device("cpu")
@@ -93,17 +90,7 @@ def test_on_device_is_auto_on_cuda_only_and_leaves_empty_splits_alone():
 
 
 def _fit(tmp_path, name, data_on_device):
-    recipe = load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
-                                f"run.dir={tmp_path}", f"run.name={name}", "run.role=teacher"])
-    run = RunDir(tmp_path / name)
-    run.prepare(recipe, resume=False, force=False)
-    torch.manual_seed(0)
-    try:
-        Trainer(Supervised(build_model("D2C2")), recipe, run, data_on_device=data_on_device).fit(
-            Phantoms(5), Phantoms(3, seed=1))
-    finally:
-        run.unlock()
-    return run
+    return train_phantoms(tmp_path, name, train=Phantoms(5), val=Phantoms(3, seed=1), data_on_device=data_on_device)[1]
 
 
 def test_training_on_the_device_path_gives_the_host_paths_weights_and_scores(tmp_path):

@@ -47,14 +47,17 @@ def _recipe(tmp_path, *overrides):
                               f"run.dir={tmp_path}", "run.name=r", "run.role=teacher", *overrides])
 
 
-def _fit(tmp_path, name, resume=False, objective=None, *overrides):
+def _fit(tmp_path, name, resume=False, objective=None, *overrides, train=None, val=None, **trainer_options):
+    """Train `objective` (a D2C2 by default) in run `name` on phantoms (`train`, `val`: 4 and 2
+    by default); `trainer_options` go to the Trainer. Returns the objective and the run."""
     recipe = _recipe(tmp_path, f"run.name={name}", *overrides)
     run = RunDir(tmp_path / name)
     run.prepare(recipe, resume=resume, force=False)
     torch.manual_seed(0)
     objective = objective or Supervised(build_model("D2C2"))
     try:
-        Trainer(objective, recipe, run).fit(Phantoms(), Phantoms(2, seed=1), resume=resume)
+        Trainer(objective, recipe, run, **trainer_options).fit(Phantoms() if train is None else train,
+                                                              Phantoms(2, seed=1) if val is None else val, resume=resume)
     finally:
         run.unlock()
     return objective, run
