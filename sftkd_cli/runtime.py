@@ -127,12 +127,13 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def on_sigterm(handler: Callable[[int, Any], Any]) -> Iterator[None]:
-    """SIGTERM calls `handler` for the block, then the previous handler is back. Only the main
-    thread can install handlers: elsewhere the block runs with SIGTERM as it was."""
-    previous = signal.signal(signal.SIGTERM, handler) if threading.current_thread() is threading.main_thread() else None
+def on_signals(handler: Callable[[int, Any], Any], *signums: int) -> Iterator[None]:
+    """`handler` called by the signals `signums` for the block, then the previous handlers are
+    back. Only the main thread can install handlers: elsewhere the block runs with them as they were."""
+    previous = ({signum: signal.signal(signum, handler) for signum in signums}
+                if threading.current_thread() is threading.main_thread() else {})
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)

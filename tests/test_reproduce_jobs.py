@@ -29,6 +29,7 @@ from sftkd_cli.reproduce.estimate import estimate_plan
 from sftkd_cli.reproduce.graph import makespan, ranks, simulate, waits_for
 from sftkd_cli.reproduce.jobs import stage_log
 from sftkd_cli.reproduce.live import Board
+from sftkd_cli.reproduce.schedule import run_graph
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.runs import load_checkpoint
 
@@ -167,6 +168,58 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
     assert got["sft"] == "resumed" and "from epoch 1/2, step 1" in next(r.note for r in outcome.results if r.id == "sft")
     assert got["sft-kd-at"] == got["eval-sft-kd-at"] == "done" and not outcome.failed
     assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
+
+
+class _CtrlCInAFinalizer:
+    """Ctrl-C pressed while this object's finalizer runs: Python drops the KeyboardInterrupt
+    raised there ("Exception ignored in ...")."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:  # the handler runs here, inside the finalizer
+            pass
+
+
+class _InlineExecutor:
+    """Finishes each job at its first wait; the first wait also drops a finalizer that gets Ctrl-C."""
+
+    slots = 1
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+        self.waits = 0
+        self.cancelled = False
+
+    def submit(self, job) -> None:
+        self.jobs.append(job)
+
+    def wait(self, timeout=None):
+        self.waits += 1
+        if self.waits == 1:
+            _CtrlCInAFinalizer()
+            return []
+        done, self.jobs = self.jobs, []
+        return [StageResult(job.stage.id, job.stage.kind, "done") for job in done]
+
+    def cancel(self):
+        self.cancelled = True
+        stopped, self.jobs = self.jobs, []
+        return [StageResult(job.stage.id, job.stage.kind, "interrupted") for job in stopped]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
+def test_a_ctrl_c_dropped_inside_a_finalizer_still_stops_the_plan(tmp_path, tiny_dataset):
+    plan = plan_in(tmp_path, tiny_dataset)
+    todo = [Stage("data", "data"), Stage("report", "report", needs=("data",))]
+    executor = _InlineExecutor()
+    run = run_graph(plan, todo, todo, {s.id for s in todo}, executor, console=quiet())
+    assert run.interrupted and executor.cancelled, [(r.id, r.status) for r in run.results]
+    assert [(r.id, r.status) for r in run.results] == [("data", "interrupted")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _report_sigint(queue) -> None:

@@ -155,13 +155,13 @@ def bench(
 ) -> None:
     from sftkd_cli.bench import run_bench
     from sftkd_cli.files import atomic_write_text
-    from sftkd_cli.runtime import on_sigterm
+    from sftkd_cli.runtime import on_signals
 
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
     to_stdout = json_out == "-"
     try:  # SIGTERM stops it as Ctrl-C does: the rows measured so far are kept
-        with on_sigterm(signal.default_int_handler), stderr_console().status("benchmarking") as status:
+        with on_signals(signal.default_int_handler, signal.SIGTERM), stderr_console().status("benchmarking") as status:
             result = run_bench(
                 size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
                 warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,

@@ -28,7 +28,7 @@ from sftkd_cli.reproduce.graph import blocker, by_priority, ranks, waits_for
 from sftkd_cli.reproduce.jobs import StageJob, stage_log
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.live import Board
-from sftkd_cli.runtime import on_sigterm
+from sftkd_cli.runtime import on_signals
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import failure_note
@@ -43,6 +43,19 @@ class GraphRun:
 
     results: list[StageResult] = field(default_factory=list)
     interrupted: bool = False
+
+
+class _CtrlC:
+    """The plan's handler of Ctrl-C (and SIGTERM): raises KeyboardInterrupt and remembers that it
+    did, because Python drops an exception raised inside a finalizer (a `__del__` running when
+    the signal arrives); the scheduler looks again between two waits and stops the plan then."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
 
 
 def stage_cost(stage: Stage) -> float:
@@ -85,11 +98,14 @@ def run_graph(
             if not keep_going and not stopped:
                 stopped = f"not run: stopped after {result.id} failed (--stop-on-error)"
 
-    # closing() first: the executor closes after the old SIGTERM handler is back (Ray's close restores its own)
+    ctrl_c = _CtrlC()
+    # closing() first: the executor closes after the old handlers are back (Ray's close restores its own)
     with closing(executor), Board(console, todo, executor.slots) as board, \
-            on_sigterm(signal.default_int_handler):  # SIGTERM stops the plan as Ctrl-C does
+            on_signals(ctrl_c, signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the plan as Ctrl-C does
         try:
             while left or running:
+                if ctrl_c.pressed:  # raised where Python dropped it
+                    raise KeyboardInterrupt
                 changed = True
                 while changed:  # a skipped stage can make others ready (and skipped) at once
                     changed = False

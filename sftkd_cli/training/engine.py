@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
-from sftkd_cli.runtime import (autocast, collate, inference_batch_size, on_sigterm, precision_policy, select_device,
+from sftkd_cli.runtime import (autocast, collate, inference_batch_size, on_signals, precision_policy, select_device,
                                set_threads, to_device)
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
@@ -280,7 +281,7 @@ class Trainer:
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
-        with precision_policy(cfg.tf32), on_sigterm(loop.stop), self.writer:
+        with precision_policy(cfg.tf32), on_signals(loop.stop, signal.SIGTERM), self.writer:
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
