@@ -25,13 +25,20 @@ def _args(tiny_dataset, runs, name, batch):
             "train.max_steps_per_epoch=4"]  # equal shards: no wrapped padding sample
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _torchrun(processes: int, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`sftkd ARGS` in `processes` processes under torchrun, its logs in `tmp_path` (not a /tmp folder left behind)."""
+    return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={processes}", f"--log-dir={tmp_path / 'torchrun'}",
+                           "-m", "sftkd_cli", *args], env=ENV, capture_output=True, text=True)
+
+
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
 def test_two_processes_match_one_process(tiny_dataset, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, "-m", "sftkd_cli", *_args(tiny_dataset, tmp_path, "single", 2)],
-                   check=True, env=env, capture_output=True)
-    ddp = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "sftkd_cli",
-                          *_args(tiny_dataset, tmp_path, "ddp", 1)], env=env, capture_output=True, text=True)
+                   check=True, env=ENV, capture_output=True)
+    ddp = _torchrun(2, _args(tiny_dataset, tmp_path, "ddp", 1), tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
     multi = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
@@ -112,11 +119,8 @@ def test_an_explicit_gpu_index_under_torchrun_is_one_line(tiny_dataset, tmp_path
 def test_torchrun_with_more_processes_than_gpus_says_so(tiny_dataset, tmp_path):
     """On a real GPU machine: one process more than there are GPUs gets the one-line refusal."""
     processes = torch.cuda.device_count() + 1
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    ddp = subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "sftkd_cli",
-                          *[a for a in _args(tiny_dataset, tmp_path, "ddp", 1) if a != "train.device=cpu"],
-                          "train.device=cuda"],
-                         env=env, capture_output=True, text=True)
+    ddp = _torchrun(processes, [*(a for a in _args(tiny_dataset, tmp_path, "ddp", 1) if a != "train.device=cpu"),
+                                "train.device=cuda"], tmp_path)
     assert ddp.returncode != 0
     assert f"{processes} processes on this machine" in ddp.stdout + ddp.stderr, ddp.stderr[-3000:]
     assert not (tmp_path / "ddp").exists()
