@@ -5,8 +5,10 @@ metric for every slice, model and zero-filled input) and `recon.h5` (one (S,H,W)
 per volume). Complex data (two channels, real and imaginary) is scored as the magnitude images.
 With `convention="fastmri"` the scores follow the `fastmri` package's evaluate.py instead (the
 magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see metrics.py) and go
-to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5. The three are written under temporary names and renamed into place together only
-when all were written, so a full disk leaves the previous evaluation's files as they were. The
+to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5.
+Scores on another dataset than the model was trained on (another manifest fingerprint) go to
+`<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay. The three
+files are written under temporary names and renamed into place together only when all were written, so a full disk leaves the previous evaluation's files as they were. The
 output folder is checked for writing before any work starts.
 """
 
@@ -199,7 +201,7 @@ def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
 def check_output(out: Path) -> None:
     """Refuse, before any work, an output folder evaluate could not write its files into."""
     check_writable(out, "evaluate: output folder")
-    for name in (*EVAL_FILES, "per_volume.csv"):
+    for name in EVAL_FILES:
         if (out / name).is_dir():
             raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
 
@@ -267,6 +269,9 @@ def evaluate_run(
     beside the full-precision ones.
 
     `batch_size` slices go through the model at once (None: `eval_batch_size`'s default).
+
+    On another dataset than the model was trained on (`data`, or a re-prepared data.path), the
+    scores go to `<the usual folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`.
 
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
@@ -354,6 +359,9 @@ def _evaluate(
         params, out, extra, torch_device = model.params, target.out_dir, target.fields, model.device
         runner, graphed = model, False
 
+    trained_on = (state.get("trained_on") or {}).get("fingerprint")
+    if trained_on not in (None, record["fingerprint"]):  # other data: the scores on the run's own stay
+        out = out / f"eval-data-{data_path.resolve().name}-{record['fingerprint'][:8]}"
     if amp != "off":
         out = out / f"eval-amp-{amp}"
     if convention == "fastmri":

@@ -179,6 +179,7 @@ def prepare_evaluation(
     state = {
         "role": card.get("run_role"), "primary": card.get("primary") or role, "epoch": card.get("epoch"),
         "init": card.get("init"), "teacher_role": card.get("teacher_role"),
+        "trained_on": {"fingerprint": (card.get("dataset") or {}).get("fingerprint")},
     }
     label = run_path.name if role == state["primary"] else f"{run_path.name}-{role}"
     runtime = "torch.jit" if model.format == "torchscript" else "onnxruntime (CPUExecutionProvider)"

@@ -220,6 +220,16 @@ class RunDir:
             self._lock_handle.release()
             self._lock_handle = None
 
+    def discard_untrained(self) -> None:
+        """Unlock, and remove what sftkd wrote here when no checkpoint was saved: a new run whose
+        start failed (a setting the device refuses, a NaN loss in its first epoch) leaves nothing
+        that would block the corrected retry. A folder that holds other files keeps them."""
+        self.unlock()
+        if any((self.path / "checkpoints" / name).exists() for name in CHECKPOINT_FILES):
+            return
+        remove_sftkd_files(self.path)
+        _rmdir_quietly(self.path)
+
     # records -----------------------------------------------------------------------------
     def load_recipe(self) -> Recipe:
         return load_recipe(self.recipe_file)
@@ -234,13 +244,25 @@ class RunDir:
         atomic_write_text(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-#: what one evaluation writes: into the run, RUN/eval-<model>/, RUN/eval-<file>-<format>/ or
-#: <folder>/eval-amp-<amp>/ (metrics.json last: it says the others are complete)
-EVAL_FILES = ("per_slice.csv", "recon.h5", "metrics.json")
+#: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
+#: RUN/eval-<file>-<format>/, then .../eval-data-<dataset>/, .../eval-amp-<amp>/, .../eval-fastmri/;
+#: metrics.json last: it says the others are complete)
+EVAL_FILES = ("per_slice.csv", "per_volume.csv", "recon.h5", "metrics.json")
 #: what sftkd writes into a run directory: the only names `--force` removes
 RUN_FILES = ("recipe.yaml", "env.json", "history.jsonl", ".lock", *EVAL_FILES)
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
+
+
+def eval_folders(run: Path) -> list[Path]:
+    """The evaluation folders in `run`: eval-* folders nested in eval-* folders from the run down,
+    deepest first (so that each can be removed once emptied); links are not followed."""
+    found: list[Path] = []
+    level = [run]
+    while level:
+        level = sorted(p for folder in level for p in folder.glob("eval-*") if p.is_dir() and not p.is_symlink())
+        found[:0] = level
+    return found
 
 
 def sftkd_files(run: Path) -> list[Path]:
@@ -248,7 +270,7 @@ def sftkd_files(run: Path) -> list[Path]:
     found = [run / name for name in RUN_FILES]
     found += [run / "checkpoints" / name for name in CHECKPOINT_FILES]
     found += [*run.glob("checkpoints/.*.tmp-*"), *run.glob(".*.tmp-*")]
-    for folder in [*run.glob("eval-*"), *run.glob("eval-*/eval-amp-*")]:
+    for folder in eval_folders(run):
         found += [folder / name for name in EVAL_FILES]
     found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)]
     # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
@@ -269,7 +291,7 @@ def remove_sftkd_files(run: Path) -> None:
     """Delete what sftkd wrote into `run`, then its folders left empty; other files stay."""
     for path in sftkd_files(run):
         path.unlink(missing_ok=True)
-    for folder in [*run.glob("eval-*/eval-amp-*"), *run.glob("eval-*"), run / "export", run / "checkpoints"]:
+    for folder in [*eval_folders(run), run / "export", run / "checkpoints"]:
         if folder.is_dir() and not folder.is_symlink():
             _rmdir_quietly(folder)
 

@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from test_compare import make_run, slice_values
-from test_hardening import copy_run, fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
+from test_hardening import copy_dataset, copy_run, fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
 
@@ -145,6 +148,12 @@ def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained_run, tmp_path
     outside.mkdir()
     (outside / "metrics.json").write_text("{}")  # reached through a symlinked eval folder: not the run's
     (run / "eval-linked").symlink_to(outside, target_is_directory=True)
+    nested = [run / "eval-fastmri", run / "eval-amp-bf16" / "eval-fastmri", run / "eval-student" / "eval-data-x-1" / "eval-amp-bf16"]
+    for folder in nested:  # the old model's scores, at every depth evaluate writes to
+        folder.mkdir(parents=True)
+        for name in ("metrics.json", "per_volume.csv", "per_slice.csv", "recon.h5"):
+            (folder / name).write_text("old")
+    (run / "eval-student" / "mine.txt").write_text("keep")
     old_history = (run / "history.jsonl").read_text()
     (run / "history.jsonl").write_text(old_history + old_history)  # a marker the retraining must replace
     invoke_ok = invoke(*train_args(tiny_dataset, run.parent, run.name, "--force"))
@@ -154,6 +163,8 @@ def test_force_removes_only_what_sftkd_wrote(tiny_dataset, trained_run, tmp_path
     assert (run / "export" / "readme.txt").read_text() == "keep"
     assert (outside / "metrics.json").read_text() == "{}"
     assert (run / "history.jsonl").read_text().count("\n") == old_history.count("\n")
+    assert not any(folder.exists() for folder in nested[:2]) and not (run / "eval-student" / "eval-data-x-1").exists()
+    assert [p.name for p in (run / "eval-student").iterdir()] == ["mine.txt"]
 
 
 def test_a_run_never_replaces_the_run_it_reads(tiny_dataset, trained_run, tmp_path):
@@ -342,6 +353,22 @@ def test_scores_without_recon_do_not_sit_beside_an_older_recon(trained_run, tmp_
     assert (run / "metrics.json").is_file() and not (run / "recon.h5").exists()
 
 
+def test_scores_on_another_dataset_are_filed_apart_and_keep_the_runs_own(tiny_dataset, trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    assert invoke("evaluate", run, "--device", "cpu").exit_code == 0
+    own = snapshot(run)
+    other = copy_dataset(tiny_dataset, tmp_path)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "note": "re-prepared"}))  # another fingerprint
+    result = invoke("evaluate", run, "--device", "cpu", "--data", other)
+    assert result.exit_code == 0, result.output
+    scored = list(run.glob("eval-data-data-*/metrics.json"))
+    assert len(scored) == 1 and json.loads(scored[0].read_text())["dataset"]["path"] == str(other)
+    assert {k: v for k, v in snapshot(run).items() if not k.startswith("eval-data-")} == own
+    assert invoke("evaluate", run, "--device", "cpu", "--data", tiny_dataset).exit_code == 0  # its own data: the run's files
+    assert json.loads((run / "metrics.json").read_text())["dataset"]["path"] == str(tiny_dataset)
+
+
 def test_a_user_folder_with_its_own_recipe_yaml_is_not_a_run(tiny_dataset, tmp_path):
     mine = tmp_path / "runs" / "mine"
     mine.mkdir(parents=True)
@@ -374,6 +401,51 @@ def test_an_unusable_device_leaves_no_run_folder(tiny_dataset, tmp_path, monkeyp
     monkeypatch.setattr(config, "check_device", lambda name, where="train.device": None)  # past the recipe check
     fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "train.device=cuda:7"), names=("cuda",))
     assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_fp16_on_the_cpu_leaves_no_run_folder(tiny_dataset, tmp_path):
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "train.amp=fp16"), names=("fp16", "only on CUDA"))
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def _failing_step(at_call: int, error: Exception):
+    """Trainer._train_step that raises `error` at its `at_call`-th call."""
+    from sftkd_cli.training.engine import Trainer
+
+    original, calls = Trainer._train_step, []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise error
+        return original(self, *args)
+
+    return step
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_block_the_retry(tiny_dataset, tmp_path, monkeypatch):
+    from sftkd_cli.training.engine import Trainer
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(Trainer, "_train_step", _failing_step(1, SftkdError("loss became nan at epoch 1, step 1")))
+    fails_cleanly(*train_args(tiny_dataset, runs, "r"), names=("loss became nan",), after_epochs=True)
+    assert not (runs / "r").exists()
+    monkeypatch.undo()
+    assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0  # no --force needed
+
+
+@pytest.mark.parametrize("stop", ["failed in epoch 2", "interrupted"])
+def test_a_run_with_a_checkpoint_or_interrupted_is_kept_for_resume(stop, tiny_dataset, tmp_path, monkeypatch):
+    from sftkd_cli.training.engine import Trainer
+
+    runs = tmp_path / "runs"
+    error = SftkdError("boom") if stop == "failed in epoch 2" else RunInterrupted("stopped")
+    monkeypatch.setattr(Trainer, "_train_step", _failing_step(3 if stop == "failed in epoch 2" else 1, error))
+    invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2"))
+    assert (runs / "r" / "recipe.yaml").is_file()
+    assert (runs / "r" / "checkpoints" / "last.pt").is_file() is (stop == "failed in epoch 2")
+    monkeypatch.undo()
+    assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume")).exit_code == 0
 
 
 @pytest.mark.parametrize("args", [["bench", "--size", "100000"], ["bench", "--batch", "100000000"],

@@ -29,12 +29,12 @@ HELP = examples(
 
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories, or a plan's runs folder (runs/demo).", show_default=False)],
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); scores on another dataset than the model was trained on go to <folder>/eval-data-<dataset>-<fingerprint>/.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", help="best, last, or a checkpoint file.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5.")] = False,
+    no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5; one left in the same folder by an earlier evaluation is removed (it would not match the new scores).")] = False,
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,

@@ -16,11 +16,11 @@ from torch.utils.data import Dataset, Subset
 
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.files import atomic_write_text
 from sftkd_cli.runs import RunDir
 from sftkd_cli.models import CascadeNet, build_model
-from sftkd_cli.runtime import select_device
+from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
@@ -139,6 +139,7 @@ def run_training(
     """
     validate(recipe)
     device = select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
+    check_amp(recipe.train.amp, device)  # and so is fp16 on a CPU
     use_cuda_graphs(recipe.train.cuda_graphs, device, recipe.train.amp)  # so is train.cuda_graphs=on on a CPU
     run = RunDir(run_path(recipe))
     if resume and run.recipe_file.exists():
@@ -158,6 +159,12 @@ def run_training(
     barrier(world)
     try:
         result = trainer.fit(train_ds, val_ds, resume=resume)
+    except RunInterrupted:
+        raise  # kept as it is: --resume continues it
+    except Exception:
+        if rank == 0 and not resume:
+            run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
+        raise
     finally:
         run.unlock()
         if world > 1:
