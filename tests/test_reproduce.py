@@ -226,6 +226,23 @@ def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset)
     assert not (plan.runs_dir / "std-kd-at").exists()
 
 
+def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tiny_dataset):
+    """--only kd with no teacher trained: the dry run says which stages are blocked and why, and
+    the run (which runs what it can: nothing here) exits 2 naming them."""
+    runner = CliRunner()
+    path = write_plan(tmp_path, tiny_dataset)
+    dry = runner.invoke(app, ["reproduce", str(path), "--dry-run", "--only", "kd,eval-*kd*"], env={"COLUMNS": "250"})
+    assert dry.exit_code == 0, dry.output
+    rows = {line.split("│")[1].strip(): line for line in dry.output.splitlines() if line.count("│") > 3}
+    assert "blocked (teacher not complete" in rows["std-kd-at"] and "blocked (sft not complete" in rows["sft-kd-at"]
+    assert "blocked (std-kd-at cannot run)" in rows["eval-std-kd-at"]
+    result = runner.invoke(app, ["reproduce", str(path), "--only", "kd,eval-*kd*", "train.device=cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: 4 stage(s) not run: std-kd-at, sft-kd-at, eval-std-kd-at, eval-sft-kd-at") and "--only" in last
+    assert not (tmp_path / "runs" / "std-kd-at").exists()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

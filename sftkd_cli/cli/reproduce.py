@@ -54,6 +54,7 @@ def reproduce(
     from sftkd_cli.reproduce import (
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
+    from sftkd_cli.reproduce.graph import blocked_stages
     from sftkd_cli.recipes import find_plan
 
     plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
@@ -81,6 +82,7 @@ def reproduce(
         from sftkd_cli.reproduce.executor import LocalExecutor
 
         executor = LocalExecutor(jobs, per_gpu=per_gpu)
+    blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
     started = time.perf_counter()
     outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
                        progress=stderr_console())
@@ -92,6 +94,10 @@ def reproduce(
     if outcome.failed:
         raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
                          "(see the status table); fix and run the same command again")
+    if blocked:
+        first, why = next(iter(blocked.items()))
+        raise SftkdError(f"{len(blocked)} stage(s) not run: {', '.join(blocked)} ({first}: {why}); "
+                         "add what they need to --only, or run it first")
 
 
 def register(app: typer.Typer) -> None:

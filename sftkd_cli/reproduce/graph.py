@@ -28,18 +28,39 @@ def waits_for(todo: Sequence[Stage]) -> dict[str, tuple[str, ...]]:
 
 def blocker(stage: Stage, chosen: set[str], broken: Mapping[str, str], stages: Sequence[Stage], plan: Plan) -> str:
     """Why `stage` cannot run now ('' when it can): a stage it needs failed or was skipped, or
-    is left out by --only and not complete."""
-    by_id = {s.id: s for s in stages}
+    is left out by --only and not complete (`missing_need`)."""
     for need in stage.needs:
         if need in broken:
             return f"{need} {broken[need]}"
-        if need not in chosen:
-            dep = by_id[need]
-            if dep.kind in TRAIN_KINDS and training_state(dep)[0] != "complete":
-                return f"{need} not complete (not selected by --only)"
-            if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
-                return f"{need}: {plan.data.out} not prepared (not selected by --only)"
+    return missing_need(stage, chosen, stages, plan)
+
+
+def missing_need(stage: Stage, chosen: set[str], stages: Sequence[Stage], plan: Plan) -> str:
+    """Why `stage` can never run in this invocation ('' when it can): a stage it needs is left
+    out by --only and not complete (a training run not finished, the data not prepared)."""
+    by_id = {s.id: s for s in stages}
+    for need in stage.needs:
+        if need in chosen:
+            continue
+        dep = by_id[need]
+        if dep.kind in TRAIN_KINDS and training_state(dep)[0] != "complete":
+            return f"{need} not complete (not selected by --only)"
+        if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
+            return f"{need}: {plan.data.out} not prepared (not selected by --only)"
     return ""
+
+
+def blocked_stages(stages: Sequence[Stage], chosen: set[str], plan: Plan) -> dict[str, str]:
+    """The chosen stages that cannot run in this invocation, and why: a need left out by --only
+    and not complete (`missing_need`), or a need that is itself blocked. `stages` in plan order."""
+    blocked: dict[str, str] = {}
+    for stage in stages:
+        if stage.id not in chosen:
+            continue
+        why = next((f"{need} cannot run" for need in stage.needs if need in blocked), "") or missing_need(stage, chosen, stages, plan)
+        if why:
+            blocked[stage.id] = why
+    return blocked
 
 
 def ranks(order: Sequence[str], waits: Mapping[str, Sequence[str]], cost: Callable[[str], float]) -> dict[str, float]:
