@@ -5,6 +5,7 @@ evaluate, compare; plus run-directory safety and user errors. Everything runs on
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,25 @@ def test_existing_run_is_refused_and_resume_continues(flow):
 def test_print_recipe_shows_the_resolved_recipe():
     result = sftkd("train-teacher", "--print-recipe", "--model", "D2C2", "train.epochs=7")
     assert "epochs: 7" in result.output and "name: D2C2" in result.output
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
+    """Under torchrun only rank 0 validates: another rank's "best val L1 nan" line would mislead."""
+    from types import SimpleNamespace
+
+    from sftkd_cli.cli.common import print_or_train
+    from sftkd_cli.config import load_recipe
+
+    monkeypatch.setenv("RANK", rank)
+    trained = (SimpleNamespace(path=Path("runs/r")), SimpleNamespace(best_val_l1=0.5, best_epoch=2))
+    print_or_train(load_recipe(None, []), False, lambda recipe, console: trained)
+    assert ("done: runs/r  best val L1 0.50000 at epoch 2" in capsys.readouterr().out) is (rank == "0")
+
+
+def test_print_recipe_refuses_what_training_would_refuse():
+    result = sftkd("train-teacher", "--print-recipe", "train.epochs=-1", ok=False)
+    assert result.output.strip() == "error: train.epochs: expected at least 1, got -1"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -81,15 +83,17 @@ def build_recipe(
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],
                    what: str = "val L1", **kwargs: object) -> None:
-    """`--print-recipe`: show the resolved recipe; otherwise train(recipe, console=..., **kwargs) and
-    print the run's "done" line with its best `what`."""
-    from sftkd_cli.config import dump_recipe
+    """`--print-recipe`: check and show the resolved recipe; otherwise train(recipe, console=...,
+    **kwargs) and print the run's "done" line with its best `what` (under torchrun: rank 0's only)."""
+    from sftkd_cli.config import dump_recipe, validate
 
     console = stdout_console()
     if print_only:
+        validate(recipe)  # what training would refuse in its first line
         console.print(dump_recipe(recipe), highlight=False, markup=False)
         return
     run, result = train(recipe, console=console, **kwargs)
-    console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
+    if os.environ.get("RANK", "0") == "0":  # the other processes of a torchrun do not validate: no best value
+        console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
 
 
