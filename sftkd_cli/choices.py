@@ -20,6 +20,9 @@ MAX_THREADS = 1024
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 
+#: recipe key run.role: what a run is for `compare` and the report (empty: the command decides)
+RUN_ROLES: tuple[str, ...] = ("teacher", "student", "sft", "kd")
+
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS
+from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 #: limits on any YAML text: bytes of a file, nesting depth, and number of values (scalars,
@@ -430,6 +430,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
         (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
         (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
+        (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),
     ]
     for ok, key, expected in checks:
         if not ok:

@@ -147,6 +147,8 @@ def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
 def test_print_recipe_refuses_what_training_would_refuse():
     result = sftkd("train-teacher", "--print-recipe", "train.epochs=-1", ok=False)
     assert result.output.strip() == "error: train.epochs: expected at least 1, got -1"
+    result = sftkd("train-teacher", "--print-recipe", "run.role=boss", ok=False)
+    assert result.output.strip() == "error: run.role: expected teacher, student, sft, kd (or empty: the command's), got 'boss'"
 
 
 @pytest.mark.parametrize(
