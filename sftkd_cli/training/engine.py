@@ -470,7 +470,7 @@ class Trainer:
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
-            f"{cfg.epochs} epochs of {steps} steps, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
+            f"{_count(cfg.epochs, 'epoch')} of {_count(steps, 'step')}, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
             f"layout {self.layout.describe()}"
         )
 
@@ -481,6 +481,11 @@ class Trainer:
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
         progress.console.print(line, highlight=False, soft_wrap=True)
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _model_text(model: CascadeNet) -> str:
