@@ -122,7 +122,9 @@ def test_existing_run_is_refused_and_resume_continues(flow):
     sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, "train.epochs=3", "--resume")
     assert load_checkpoint(runs / "teacher" / "checkpoints" / "last.pt")["epoch"] == 3
     changed = sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, "train.lr=0.1", "--resume", ok=False)
-    assert "train.lr was 0.001, now 0.1" in changed.output
+    assert "train.lr was 0.001, now 0.1" in changed.output and "give that file as the recipe with --resume" in changed.output
+    sftkd("train-teacher", runs / "teacher" / "recipe.yaml", "train.epochs=4", "--resume")  # the run's own recipe: no overrides to repeat
+    assert load_checkpoint(runs / "teacher" / "checkpoints" / "last.pt")["epoch"] == 4
 
 
 def test_print_recipe_shows_the_resolved_recipe():

@@ -119,7 +119,8 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         if old[key] != value and key not in RESUMABLE_CHANGES:
             raise SftkdError(
                 f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change): give that file as the recipe "
+                "with --resume"
             )
 
 
