@@ -196,5 +196,5 @@ def test_training_says_what_it_is_about_to_run_before_the_first_epoch(tiny_datas
     first = next(i for i, line in enumerate(lines) if line.startswith("run "))
     assert first < next(i for i, line in enumerate(lines) if line.startswith("epoch 1"))
     said = lines[first]
-    for part in (str(tmp_path / "said"), "D2C2", str(tiny_dataset), "4x", "1 epochs", "cpu"):
+    for part in (str(tmp_path / "said"), "D2C2", str(tiny_dataset), "4x", "1 epoch of 1 step,", "cpu"):
         assert part in said, (part, said)

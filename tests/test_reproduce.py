@@ -243,6 +243,23 @@ def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tin
     assert not (tmp_path / "runs" / "std-kd-at").exists()
 
 
+def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(tmp_path, tiny_dataset):
+    """A run begun with an override the plan does not have (a quick trial) cannot be resumed by
+    the plan: the dry run says so, and the stage fails saying what differs and what to do."""
+    runner = CliRunner()
+    path = write_plan(tmp_path, tiny_dataset)
+    trial = runner.invoke(app, ["reproduce", str(path), "--only", "teacher", "train.device=cpu", "train.epochs=1",
+                                "train.max_steps_per_epoch=1"])
+    assert trial.exit_code == 0, trial.output
+    dry = runner.invoke(app, ["reproduce", str(path), "--dry-run", "--only", "teacher", "train.device=cpu"],
+                        env={"COLUMNS": "400"})
+    assert "refused (" in dry.output and "train.max_steps_per_epoch was 1, now 0" in dry.output, dry.output
+    result = runner.invoke(app, ["reproduce", str(path), "--only", "teacher", "train.device=cpu"])
+    assert result.exit_code == 2, result.output
+    assert "the run differs from the plan: delete" in result.output and "give that file" not in result.output
+    assert load_checkpoint(tmp_path / "runs" / "teacher" / "checkpoints" / "last.pt")["epoch"] == 1  # untouched
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -182,6 +182,16 @@ def training_state(stage: Stage) -> tuple[str, str]:
     return "partial", where
 
 
+def plan_conflict(stage: Stage) -> str:
+    """'' when the training stage's run (begun or finished) was trained with the plan's recipe for
+    it (as far as resuming allows: `resume_conflict`); else what differs, and what to do."""
+    from sftkd_cli.training.session import resume_conflict
+
+    assert stage.run is not None and stage.recipe is not None
+    conflict = resume_conflict(RunDir(stage.run), stage.recipe)
+    return conflict and f"{conflict}; the run differs from the plan: delete {stage.run} to train it anew, or use another --runs-dir"
+
+
 def evaluation_dir(stage: Stage) -> Path:
     """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model)."""
     assert stage.run is not None
@@ -219,11 +229,13 @@ def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
 
 
 def planned_action(stage: Stage, plan: Plan, stages: Sequence[Stage]) -> tuple[str, str]:
-    """What running the stage now would do: ('run' | 'resume' | 'skip' | 'check', detail)."""
+    """What running the stage now would do: ('run' | 'resume' | 'skip' | 'check' | 'refused', detail)."""
     if stage.kind == "data":
         return ("check", f"use {plan.data.out}") if plan.data.source == "prepared" else ("check", f"prepare {plan.data.out} if needed")
     if stage.kind in TRAIN_KINDS:
         state, detail = training_state(stage)
+        if state != "new" and (conflict := plan_conflict(stage)):
+            return "refused", conflict
         return {"complete": "skip", "partial": "resume", "new": "run"}[state], detail
     if stage.kind == "evaluate":
         return ("skip", "") if evaluation_complete(stage, plan) else ("run", "")

@@ -24,11 +24,9 @@ from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
-    Stage, StageResult, evaluation_complete, report_complete, training_state,
+    Stage, StageResult, evaluation_complete, plan_conflict, report_complete, training_state,
 )
-from sftkd_cli.runs import RunDir
 from sftkd_cli.training.kd import distill
-from sftkd_cli.training.session import reconcile_resume
 from sftkd_cli.training.sft import train_sft
 from sftkd_cli.training.supervised import train_supervised
 
@@ -56,11 +54,9 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
         state, detail = training_state(stage)
+        if state != "new" and (conflict := plan_conflict(stage)):
+            raise SftkdError(conflict)
         if state == "complete":
-            try:
-                reconcile_resume(RunDir(stage.run), stage.recipe)  # type: ignore[arg-type]
-            except SftkdError as exc:
-                raise SftkdError(f"{exc}; the finished run differs from the plan: delete {stage.run} to train it again") from None
             console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
             return SKIPPED, f"up to date ({detail})"
         header(f"{'resume' if state == 'partial' else 'train'} {model_text(stage)}"

@@ -111,17 +111,22 @@ def _check_gpus_per_process(device: str, world: int) -> None:
         )
 
 
-def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
-    """On --resume the recipe must match the stored one, except a few keys (e.g. train.epochs)."""
-    stored = run.load_recipe()
-    old, new = _flatten(stored), _flatten(recipe)
+def resume_conflict(run: RunDir, recipe: Recipe) -> str:
+    """'' when `recipe` may continue the run stored in `run`; else which key differs from the stored
+    recipe, in words (only RESUMABLE_CHANGES, e.g. train.epochs, may change)."""
+    old, new = _flatten(run.load_recipe()), _flatten(recipe)
     for key, value in new.items():
         if old[key] != value and key not in RESUMABLE_CHANGES:
-            raise SftkdError(
-                f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change): give that file as the recipe "
-                "with --resume"
-            )
+            return (f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
+                    f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+    return ""
+
+
+def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
+    """On --resume the recipe must match the stored one (`resume_conflict`)."""
+    conflict = resume_conflict(run, recipe)
+    if conflict:
+        raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
 def run_training(
