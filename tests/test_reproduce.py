@@ -258,6 +258,13 @@ def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(t
     assert result.exit_code == 2, result.output
     assert "the run differs from the plan: delete" in result.output and "give that file" not in result.output
     assert load_checkpoint(tmp_path / "runs" / "teacher" / "checkpoints" / "last.pt")["epoch"] == 1  # untouched
+    from sftkd_cli.reproduce.estimate import measured_epoch
+
+    def teacher(*overrides):
+        return next(s for s in build_stages(load_plan(path, ["train.device=cpu", *overrides])) if s.id == "teacher")
+
+    assert measured_epoch(teacher()) is None  # the trial's short epochs do not time the plan's
+    assert measured_epoch(teacher("train.max_steps_per_epoch=1")) > 0
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -46,7 +46,7 @@ from sftkd_cli.reproduce.graph import Slot, makespan, ranks, simulate, waits_for
 from sftkd_cli.reproduce.jobs import stage_log
 from sftkd_cli.reproduce.kinds import TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, evaluation_complete, training_state
+from sftkd_cli.reproduce.stages import Stage, evaluation_complete, plan_conflict, training_state
 from sftkd_cli.runs import read_history_file
 
 #: training steps of the probe (its first step includes the warm-up: the estimate errs long)
@@ -123,10 +123,13 @@ def seconds_per_unit(plan: Plan, stages: Sequence[Stage], probe: bool = True) ->
 
 
 def measured_epoch(stage: Stage) -> float | None:
-    """The mean seconds of the epochs in the stage's history.jsonl (None: a training stage without any)."""
+    """The mean seconds of the epochs in the stage's history.jsonl (None: a training stage without
+    any, or whose run was trained with another recipe than the plan's, e.g. shorter epochs)."""
     if stage.kind not in TRAIN_KINDS or stage.run is None:
         return None
     history = stage.run / "history.jsonl"
+    if not (stage.run / "recipe.yaml").is_file() or plan_conflict(stage):
+        return None
     try:
         rows = read_history_file(history) if history.is_file() else []
     except SftkdError:
