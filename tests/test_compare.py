@@ -182,6 +182,10 @@ def test_reference_and_baseline_options(trio):
     # Two students: no automatic baseline.
     twice = runs + [load_run_result(make_run(trio["teacher"].parent, "student2", "student", slice_values(6, 0.0)))]
     assert compare_runs(twice).baseline is None
+    assert compare_runs(twice).notes == ("No p: 2 runs are students (student, student2); choose one with --baseline.",)
+    assert compare_runs(twice, baseline="student").notes == () and compare_runs(runs).notes == ()
+    shown = invoke(*trio.values(), trio["teacher"].parent / "student2", "--format", "markdown")
+    assert "choose one with --baseline" in shown.output and "p PSNR" not in shown.output
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -122,6 +122,7 @@ class Comparison:
     split: str
     acceleration: float
     unit: str = "slice"  # means, stds and pairs over slices, or over volumes (fastmri convention)
+    notes: tuple[str, ...] = ()  # why there is no Δ or p column, when it could not be chosen
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,14 @@ def order_runs(runs: Sequence[RunResult]) -> list[RunResult]:
     return sorted(runs, key=lambda r: (_ROLE_RANK.get(r.role or "", len(_ROLE_RANK)), r.name))
 
 
+def _unpicked(runs: Sequence[RunResult], wanted: str | None, role: str, option: str, column: str) -> str:
+    """Why no run was chosen by default for `option` ('' when one was, or none could be): several with `role`."""
+    candidates = [run.name for run in runs if run.role == role]
+    if wanted is not None or len(candidates) < 2:
+        return ""
+    return f"No {column}: {len(candidates)} runs are {role}s ({', '.join(candidates)}); choose one with {option}."
+
+
 def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str) -> RunResult | None:
     """The run named by `wanted` (name or path), else the only run with `role`, else none."""
     if wanted is None:
@@ -505,6 +514,8 @@ def compare_runs(
         split=first.split,
         acceleration=first.acceleration,
         unit=first.unit,
+        notes=tuple(note for note in (_unpicked(ordered, reference, "teacher", "--reference", "Δ"),
+                                      _unpicked(ordered, baseline, "student", "--baseline", "p")) if note),
     )
 
 

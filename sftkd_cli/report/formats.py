@@ -97,7 +97,7 @@ def comparison_caption(c: Comparison, alpha: float) -> str:
         parts.append(f"Δ = mean minus the mean of {c.reference}.")
     if c.baseline:
         parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired {c.unit}s; * p < {alpha:g}.")
-    return " ".join(parts)
+    return " ".join([*parts, *c.notes])
 
 
 def _delta_text(c: Comparison, row: Row, metric: str) -> str | None:
