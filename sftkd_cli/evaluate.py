@@ -226,6 +226,9 @@ def _checkpoint_of_run(run_path: Path, which: str) -> None:
     """A checkpoint file scored under a run's name must be one of that run's: another run's
     checkpoint would overwrite this run's metrics.json with scores labelled as this run."""
     path = Path(which)
+    if not path.is_file():
+        raise SftkdError(f"--checkpoint {which}: expected best, last or a checkpoint file of run {display_path(run_path)}; "
+                         "no such file")
     try:
         inside = run_path.resolve() in path.resolve().parents
     except OSError:

@@ -335,6 +335,8 @@ def expand_runs_folder(path: Path) -> list[Path]:
 def open_run(path: str | Path) -> RunDir:
     """An existing run directory (for evaluate, distill, export)."""
     run = RunDir(Path(path))
+    if not run.path.exists():
+        raise SftkdError(f"{path}: no such run directory")
     if not run.recipe_file.is_file():
         raise SftkdError(f"{path}: not an sftkd run directory (no recipe.yaml)")
     return run

@@ -160,13 +160,16 @@ def test_print_recipe_refuses_what_training_would_refuse():
         (["train-teacher", "--data", "/nonexistent/data"], "/nonexistent/data"),
         (["train-teacher", "notes.txt"], "expected a recipe file (.yaml) or an override"),
         (["distill", "--method", "at"], "distill.teacher_run"),
-        (["evaluate", "/nonexistent/run"], "not an sftkd run directory"),
+        (["evaluate", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+        (["evaluate", "."], ".: not an sftkd run directory (no recipe.yaml)"),
+        (["train-teacher", "recipes/demo/teacher.yaml", "recipes/demo/student.yaml"],
+         "one recipe file per command"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(args, message):
     result = sftkd(*args, ok=False)
     assert result.exit_code == 2
-    assert message in result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert "Traceback" not in result.output
 
 

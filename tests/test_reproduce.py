@@ -426,6 +426,8 @@ def test_cli_dry_run_and_errors(tmp_path, tiny_dataset):
     assert bad.exit_code == 2 and "unknown key train.epoch" in bad.output and "Traceback" not in bad.output
     owned = runner.invoke(app, ["reproduce", str(path), "run.dir=elsewhere"])
     assert owned.exit_code == 2 and "run.dir is set by the plan" in owned.output
+    recipe = runner.invoke(app, ["reproduce", str(ROOT / "recipes" / "demo" / "teacher.yaml")])
+    assert recipe.exit_code == 2 and "is this a recipe? use train-teacher" in recipe.output
 
 
 def test_variants_share_the_teacher_and_fill_the_students_table(tmp_path, tiny_dataset):

@@ -307,6 +307,8 @@ def test_evaluate_refuses_a_checkpoint_of_another_run(trained_run, tmp_path):
     fails_cleanly("evaluate", a, "--device", "cpu", "--checkpoint", b / "checkpoints" / "best.pt",
                   names=("refused", "best.pt", "sftkd evaluate"))
     assert snapshot(a) == before
+    fails_cleanly("evaluate", a, "--device", "cpu", "--checkpoint", "lats",
+                  names=("--checkpoint lats: expected best, last or a checkpoint file", "no such file"))
     result = invoke("evaluate", a, "--device", "cpu", "--checkpoint", a / "checkpoints" / "last.pt")
     assert result.exit_code == 0, result.output
 

@@ -47,6 +47,9 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")) and recipe is None:
             recipe = find_file(item)  # the given path, else the recipe shipped with sftkd
+        elif item.endswith((".yaml", ".yml")):
+            raise SftkdError(f"argument {item!r}: one recipe file per command ({recipe} came first); "
+                             "give other settings as section.key=value overrides")
         else:
             raise SftkdError(f"argument {item!r}: expected a recipe file (.yaml) or an override section.key=value")
     return recipe, overrides

@@ -249,7 +249,9 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
     manifest = load_manifest(root)
     key = check_acceleration(manifest, root, acceleration)
     if volume not in manifest["volumes"]:
-        raise SftkdError(f"volume {volume!r} not in dataset {display_path(root)}")
+        names = sorted(manifest["volumes"])
+        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise SftkdError(f"volume {volume!r} not in dataset {display_path(root)} (has {listed})")
     path = root / manifest["volumes"][volume]["file"]
 
     def read() -> dict[str, np.ndarray]:

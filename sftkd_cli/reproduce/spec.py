@@ -124,9 +124,13 @@ def load_plan(
 ) -> Plan:
     """Read and validate a plan file; `overrides` (section.key=value) apply to every stage last."""
     path = Path(path)
-    raw = as_mapping(read_yaml_file(path, "plan"), str(path), TOP_KEYS)
+    text = read_yaml_file(path, "plan")
+    not_a_plan = SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
+    if isinstance(text, dict) and "plan" not in text:  # before the keys are checked: a recipe has other keys
+        raise not_a_plan
+    raw = as_mapping(text, str(path), TOP_KEYS)
     if raw.get("plan") != PLAN_FORMAT:
-        raise SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
+        raise not_a_plan
     where = f"{path}:"
     if data_root is not None:
         raw["data"] = {**as_mapping(raw.get("data"), f"{where} data"), "root": str(data_root)}
