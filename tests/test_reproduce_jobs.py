@@ -78,6 +78,7 @@ def test_jobs_3_gives_the_weights_and_tables_of_jobs_1(tmp_path, tiny_dataset):
         assert json.loads((one.runs_dir / name / "metrics.json").read_text())["metrics"] == \
             json.loads((three.runs_dir / name / "metrics.json").read_text())["metrics"]
     assert tables(one.report_dir) == tables(three.report_dir)
+    assert "- overrides from the command line (every stage): `train.device=cpu`" in (one.report_dir / "report.md").read_text()
     assert compared(one.report_dir) == compared(three.report_dir)
     assert second.report == three.report_dir
     log = stage_log(three, next(s for s in build_stages(three) if s.id == "teacher"))

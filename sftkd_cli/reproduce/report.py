@@ -43,6 +43,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     lines += [
         f"- plan: `{plan.path}`", f"- dataset: `{plan.data.out}` (source {plan.data.source})",
         f"- runs: `{plan.runs_dir}`",
+        *([f"- overrides from the command line (every stage): `{' '.join(plan.overrides)}`"] if plan.overrides else []),
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}", "",
     ]
     for group in _groups(plan):
