@@ -145,15 +145,14 @@ class RunDir:
             for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
                 stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
             if force and not resume:
-                remove_sftkd_files(self.path)
+                remove_sftkd_files(self.path, keep_lock=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
             if not resume:
                 atomic_write_text(self.recipe_file, dump_recipe(recipe))
         except (OSError, SftkdError) as exc:
-            self.unlock()
-            if created:  # leave no half-made run behind (only what this call made)
-                remove_sftkd_files(self.path)
-                _rmdir_quietly(self.path)
+            if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
+                self._remove_own()
+            self.unlock()  # a process that did not get the lock removes nothing: the run is another's
             if isinstance(exc, SftkdError):
                 raise
             raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
@@ -221,12 +220,16 @@ class RunDir:
             self._lock_handle = None
 
     def discard_untrained(self) -> None:
-        """Unlock, and remove what sftkd wrote here when no checkpoint was saved: a new run whose
+        """Remove what sftkd wrote here when no checkpoint was saved, then unlock: a new run whose
         start failed (a setting the device refuses, a NaN loss in its first epoch) leaves nothing
         that would block the corrected retry. A folder that holds other files keeps them."""
+        if not any((self.path / "checkpoints" / name).exists() for name in CHECKPOINT_FILES):
+            self._remove_own()
         self.unlock()
-        if any((self.path / "checkpoints" / name).exists() for name in CHECKPOINT_FILES):
-            return
+
+    def _remove_own(self) -> None:
+        """What sftkd wrote here, .lock included, and the folder if that empties it: done while
+        holding the lock, so that no other process can have taken it (it is never waited for)."""
         remove_sftkd_files(self.path)
         _rmdir_quietly(self.path)
 
@@ -287,10 +290,13 @@ def _real_parent(path: Path, run: Path) -> bool:
     return True
 
 
-def remove_sftkd_files(run: Path) -> None:
-    """Delete what sftkd wrote into `run`, then its folders left empty; other files stay."""
+def remove_sftkd_files(run: Path, *, keep_lock: bool = False) -> None:
+    """Delete what sftkd wrote into `run`, then its folders left empty; other files stay.
+    `keep_lock`: the run's .lock stays (held by this process, which goes on using the run: a
+    new .lock would let a second process in)."""
     for path in sftkd_files(run):
-        path.unlink(missing_ok=True)
+        if not (keep_lock and path.name == ".lock" and path.parent == run):
+            path.unlink(missing_ok=True)
     for folder in [*eval_folders(run), run / "export", run / "checkpoints"]:
         if folder.is_dir() and not folder.is_symlink():
             _rmdir_quietly(folder)

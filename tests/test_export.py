@@ -229,7 +229,7 @@ def test_missing_dataset_needs_size_then_uses_a_phantom(run_copy, tmp_path):
 
 
 def test_user_errors(trained_run, tmp_path, monkeypatch):
-    with pytest.raises(SftkdError, match="not an sftkd run"):
+    with pytest.raises(SftkdError, match="nope: no such run directory"):
         export_run(tmp_path / "nope", "onnx")
     with pytest.raises(SftkdError, match="--format 'tflite'"):
         export_run(trained_run, "tflite")
@@ -284,4 +284,4 @@ def test_cli_export(trained_run, tmp_path):
     bad = runner.invoke(app, ["export", str(trained_run), "--format", "tflite"])
     assert bad.exit_code == 2 and "tflite" in bad.output
     missing = runner.invoke(app, ["export", str(tmp_path / "none"), "--format", "torchscript"])
-    assert missing.exit_code == 2 and "not an sftkd run" in missing.output
+    assert missing.exit_code == 2 and "none: no such run directory" in missing.output

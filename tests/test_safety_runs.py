@@ -403,6 +403,53 @@ def test_an_unusable_device_leaves_no_run_folder(tiny_dataset, tmp_path, monkeyp
     assert not (tmp_path / "runs" / "r").exists()
 
 
+def _tiny_recipe(tmp_path: Path):
+    from sftkd_cli.config import load_recipe
+
+    return load_recipe(None, ["train.device=cpu", f"run.dir={tmp_path / 'runs'}", "run.name=r", "run.role=teacher"])
+
+
+def test_force_keeps_the_run_locked(tmp_path):
+    """--force removes the old run's files but not the lock it holds: a second process is refused
+    (a new .lock would have let it train in the same folder at once)."""
+    from sftkd_cli.runs import RunDir
+
+    recipe = _tiny_recipe(tmp_path)
+    first = RunDir(tmp_path / "runs" / "r")
+    first.prepare(recipe, resume=False, force=False)
+    first.unlock()
+    forced = RunDir(first.path)
+    forced.prepare(recipe, resume=False, force=True)
+    try:
+        with pytest.raises(SftkdError, match="another sftkd process is using this run"):
+            RunDir(first.path).prepare(recipe, resume=True, force=False)
+    finally:
+        forced.unlock()
+
+
+def test_a_start_that_loses_the_lock_race_leaves_the_winners_run(tmp_path, monkeypatch):
+    """Two new starts of one run: the one refused by the lock removes nothing (the folder it saw
+    missing is now the other's run)."""
+    from sftkd_cli.runs import RunDir
+
+    recipe = _tiny_recipe(tmp_path)
+    winner, loser = RunDir(tmp_path / "runs" / "r"), RunDir(tmp_path / "runs" / "r")
+    lock = RunDir.lock
+
+    def winner_first(self):
+        if self is loser:  # the winner starts between the loser's look and its lock
+            winner.prepare(recipe, resume=False, force=False)
+        lock(self)
+
+    monkeypatch.setattr(RunDir, "lock", winner_first)
+    try:
+        with pytest.raises(SftkdError, match="another sftkd process is using this run"):
+            loser.prepare(recipe, resume=False, force=False)
+        assert winner.recipe_file.is_file() and (winner.path / ".lock").is_file()
+    finally:
+        winner.unlock()
+
+
 def test_fp16_on_the_cpu_leaves_no_run_folder(tiny_dataset, tmp_path):
     fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "train.amp=fp16"), names=("fp16", "only on CUDA"))
     assert not (tmp_path / "runs" / "r").exists()

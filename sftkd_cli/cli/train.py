@@ -14,7 +14,7 @@ from sftkd_cli.cli.base import HelpCommand, examples
 HELP = examples(
     "Train one DC-CNN alone with L1 loss: the teacher (D5C5) or the plain student baseline (D3C5).",
     "sftkd train-teacher recipes/demo/teacher.yaml",
-    "sftkd train-teacher --model D5C5 --data data/demo --name demo-teacher train.epochs=10",
+    "sftkd train-teacher --data data/demo --name demo-teacher train.epochs=10",
     "sftkd train-teacher --model D3C5 --data data/demo --name demo-student",
 )
 
