@@ -24,6 +24,10 @@ Devices: every test runs on the CPU unless it is marked `@pytest.mark.cuda`.
 - `@pytest.mark.nilearn` tests need the optional nilearn package (the demo template) and are
   skipped without it.
 
+Ctrl-C: tests press it (SIGINT) in this process and in `sftkd` subprocesses. A pytest started
+in the background (`cmd &` in a script) inherits SIGINT ignored, which sftkd keeps (a background
+job is not stopped by the terminal's Ctrl-C): the session sets Python's default handler again.
+
 Layout cache: the session measures its memory layouts (train.channels_last auto) into its own
 temporary cache folder ($SFTKD_CACHE_DIR, shared by xdist workers and subprocesses, removed at
 the end), never into the user's cache, so every run in the session makes the same choice.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +57,8 @@ REAL_CUDA_DEVICE_COUNT = torch.cuda.device_count
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background (see the module docstring)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and runs on it (skipped without one)")
     config.addinivalue_line("markers", "nilearn: needs the optional nilearn package (skipped without it)")
     if not hasattr(config, "workerinput"):  # the main process: xdist workers and `sftkd` subprocesses inherit it

@@ -146,6 +146,17 @@ def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
     assert ("done: runs/r  best val L1 0.50000 at epoch 2" in capsys.readouterr().out) is (rank == "0")
 
 
+def test_a_stray_ctrl_c_is_one_line_and_exit_130(monkeypatch):
+    import sftkd_cli.evaluate as evaluate_module
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "open_run", pressed)
+    result = sftkd("evaluate", "runs/x", ok=False)
+    assert result.exit_code == 130 and result.output == "error: interrupted (Ctrl-C); what was already saved is kept\n"
+
+
 def test_print_recipe_refuses_what_training_would_refuse():
     result = sftkd("train-teacher", "--print-recipe", "train.epochs=-1", ok=False)
     assert result.output.strip() == "error: train.epochs: expected at least 1, got -1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -107,6 +108,96 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(tmp_path, monkeypatch):
     _, resumed = _fit(tmp_path, "stopped", True)
     for key, value in _weights(straight).items():
         assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def _signal_inside_adam(monkeypatch, signum: int, at_steps: tuple[int, ...]) -> None:
+    """Send `signum` to this process from inside Adam's update of the given steps (1-based):
+    on the CPU Adam updates the tensors one by one, so a stop there would leave it half done."""
+    adam_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) in at_steps:
+            os.kill(os.getpid(), signum)
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(tmp_path, monkeypatch, signum, by):
+    _, straight = _fit(tmp_path, "straight")
+    _signal_inside_adam(monkeypatch, signum, (5,))
+    with pytest.raises(RunInterrupted, match=f"stopped by {by} at epoch 2, step 2; continue with --resume"):
+        _fit(tmp_path, "stopped")
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    _, resumed = _fit(tmp_path, "stopped", True)
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_train_step", _twice_in_step(Trainer._train_step))
+    with pytest.raises(RunInterrupted, match="stopped at once; --resume continues from the last checkpoint"):
+        _fit(tmp_path, "stopped")
+    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # epoch 1's, not the half-done step's
+
+
+def _twice_in_step(train_step):
+    """Trainer._train_step that presses Ctrl-C twice in its 5th call (the second press stops at once)."""
+    calls = []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(self, *args)
+
+    return step
+
+
+def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, monkeypatch):
+    _, straight = _fit(tmp_path, "straight")
+    validate = engine.validate
+
+    def pressed_during(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "validate", pressed_during)
+    with pytest.raises(RunInterrupted, match="stopped by Ctrl-C after epoch 1; continue with --resume"):
+        _fit(tmp_path, "stopped")
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    _, resumed = _fit(tmp_path, "stopped", True)
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_on_signals_keeps_an_ignored_signal_ignored_and_restores_the_others():
+    """A background job (`sftkd ... &`) inherits SIGINT ignored: training must not take Ctrl-C
+    from the terminal then; a signal not ignored gets the handler for the block only."""
+    import time
+
+    from sftkd_cli.runtime import on_signals
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGUSR1, signal.SIG_IGN), signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    try:
+        with on_signals(lambda signum, frame: seen.append(signum), signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)
+        assert seen == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN and signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGUSR2, before[1])
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):

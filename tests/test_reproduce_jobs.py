@@ -111,7 +111,7 @@ def test_a_failing_stage_skips_only_what_needs_it(tmp_path, tiny_dataset):
 
 def pausing_sft(recipe, **kwargs):
     """train_sft, but after the SFT run's first epoch it says so (a file `paused` beside the runs)
-    and waits for SIGTERM (what the scheduler sends on Ctrl-C); then training goes on and stops."""
+    and waits for SIGTERM (what the scheduler sends on Ctrl-C); the engine then stops after that epoch."""
     from sftkd_cli.training.engine import Trainer
     from sftkd_cli.training.sft import train_sft
 
@@ -161,12 +161,12 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
                     f"{paused.exists()}); statuses {statuses(outcome)}; sft's log ends:\n{sft_log}")
     thread.join()
     saved = load_checkpoint(plan.runs_dir / "sft" / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)  # saved one step into epoch 2, on SIGTERM
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0)  # SIGTERM during epoch 1's report: stopped after it
     assert not (plan.runs_dir / "sft-kd-at").exists()
 
     outcome = run_plan(plan, console=quiet(), jobs=2, only=only)
     got = statuses(outcome)
-    assert got["sft"] == "resumed" and "from epoch 1/2, step 1" in next(r.note for r in outcome.results if r.id == "sft")
+    assert got["sft"] == "resumed" and next(r.note for r in outcome.results if r.id == "sft") == "from epoch 1/2"
     assert got["sft-kd-at"] == got["eval-sft-kd-at"] == "done" and not outcome.failed
     assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from sftkd_cli import __version__
 from sftkd_cli.cli import bench, compare, distill, evaluate, export, prepare, reproduce, sft, train
 from sftkd_cli.cli.base import HelpGroup, examples, stderr_console
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
 COMMAND_ORDER = ("prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export",
@@ -25,7 +25,7 @@ COMMAND_ORDER = ("prepare-data", "train-teacher", "train-sft", "distill", "evalu
 
 class _Group(HelpGroup):
     """Turns a library `SftkdError`, an unforeseen OS error or running out of memory into one red
-    line on stderr and exit 2."""
+    line on stderr and exit 2 (a stray Ctrl-C: one line and exit 130)."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -37,6 +37,9 @@ class _Group(HelpGroup):
             where = f"{exc.filename}: " if exc.filename else ""
             _error_line(f"{where}{os_error_text(exc)}")
             raise typer.Exit(SftkdError.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while it starts)
+            _error_line("interrupted (Ctrl-C); what was already saved is kept")
+            raise typer.Exit(RunInterrupted.exit_code) from None
         except MemoryError as exc:  # sizes within the limits that still do not fit this machine
             detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
             _error_line(f"out of memory ({detail}); try a smaller size, batch or dataset cache setting")

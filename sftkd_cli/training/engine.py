@@ -137,13 +137,19 @@ class FitState:
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked between steps so the engine can save and leave cleanly."""
+    """Set by SIGTERM or Ctrl-C (SIGINT) while training; checked between steps and after each
+    epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
+    arbitrary moment could save an optimiser step half applied (CPU Adam updates the tensors
+    one by one). A second signal stops at once (KeyboardInterrupt): the last checkpoint stays."""
 
     def __init__(self) -> None:
         self.raised = False
+        self.by = ""  # what set it, for the message
 
     def __call__(self, signum: int, frame: Any) -> None:
-        self.raised = True
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 @dataclass
@@ -281,14 +287,17 @@ class Trainer:
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
-        with precision_policy(cfg.tf32), on_signals(loop.stop, signal.SIGTERM), self.writer:
+        with precision_policy(cfg.tf32), on_signals(loop.stop, signal.SIGTERM, signal.SIGINT), self.writer:
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
                         self._run_epoch(state, loop, train_ds)
                         self._finish_epoch(state, loop, val_ds)
+                        if loop.stop.raised:  # during validation: the epoch's checkpoint is written
+                            done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
+                            raise RunInterrupted(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
-                self._interrupt(state, loop)
+                self._interrupt()
         return FitResult(cfg.epochs, state.best_val, state.best_epoch, state.history, state.resumed_from)
 
     def _loop(self, train_slices: int) -> _Loop:
@@ -362,7 +371,8 @@ class Trainer:
             if loop.stop.raised:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise RunInterrupted(
-                    f"{self.run.path}: stopped by SIGTERM at epoch {state.epoch + 1}, step {state.step}; continue with --resume"
+                    f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
+                    "continue with --resume"
                 )
         self._read_losses(state, loop)
         state.step = None
@@ -414,11 +424,10 @@ class Trainer:
             self._report_epoch(loop.progress, row, improved)
         state.epoch += 1
 
-    def _interrupt(self, state: FitState, loop: _Loop) -> NoReturn:
-        """Ctrl-C: between steps of an epoch, save exactly where training is; then leave with one line."""
-        if state.step is not None:
-            self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
-        raise RunInterrupted(f"{self.run.path}: interrupted; continue from the last checkpoint with --resume") from None
+    def _interrupt(self) -> NoReturn:
+        """A second Ctrl-C (or SIGTERM): stopped at once, maybe inside a step, so nothing more is
+        saved; the last checkpoint written stays, and --resume continues from it."""
+        raise RunInterrupted(f"{self.run.path}: stopped at once; --resume continues from the last checkpoint") from None
 
     def _choose_layout(self, train_ds: Dataset) -> LayoutChoice:
         """NCHW or channels_last for this run: forced by train.channels_last, or measured on a
