@@ -72,6 +72,18 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A mapping whose keys are all different: a repeated key (or section) is refused, not
+        silently replaced by its last value."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _YamlRefused(f"repeats the key {key!r}; expected each key once", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _parse_yaml(text: str) -> Any:
     """One YAML document through `_BoundedLoader` (raises yaml's errors, _YamlRefused, ValueError)."""
@@ -364,7 +376,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
         shown = item if len(item) <= 80 else item[:77] + "..."
         shown = shown if shown.isprintable() else repr(shown)
         value: Any = ""
-        if text.strip():
+        if _is_text(parts):  # a name or path as typed: YAML would read run.name=010 as 8, yes as true
+            value = _as_text(text.strip())
+        elif text.strip():
             try:
                 value = _parse_yaml(text)
             except _YamlRefused as exc:
@@ -373,6 +387,22 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
                 value = text  # not YAML (e.g. `run.name=a: [b`): the text as it is
         out.append(Setting(".".join(parts), value, f"override {shown}"))
     return out
+
+
+def _is_text(parts: list[str]) -> bool:
+    """Whether section.key (as `parts`) is a text key of the recipe (False for an unknown one)."""
+    try:
+        return _key_type(parts[0], parts[1], "") is str
+    except SftkdError:
+        return False
+
+
+def _as_text(text: str) -> str:
+    """An override's value for a text key: as typed, without one pair of enclosing quotes
+    ('010' -> 010); True/FALSE as the words true/false that the choice keys take."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text.lower() if text.lower() in ("true", "false") else text
 
 
 def apply_setting(raw: dict[str, Any], setting: Setting) -> None:

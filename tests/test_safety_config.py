@@ -232,6 +232,24 @@ def test_plain_overrides_keep_yaml_typing():
     assert recipe["train"]["epochs"] == 16 and recipe["train"]["lr"] == 1e-4
 
 
+@pytest.mark.parametrize("name", ["0x10", "010", "yes", "12:30", "1_000", "2024-01-01", "null"])
+def test_text_overrides_keep_the_text_as_typed(name):
+    """YAML would read run.name=010 as 8 and yes as true: names and paths are taken as typed."""
+    printed = sftkd("train-teacher", f"run.name={name}", f"data.path={name}", f"distill.teacher_run='{name}'",
+                    "train.channels_last=True", "--print-recipe").output
+    recipe = yaml.safe_load(printed)
+    assert recipe["run"]["name"] == recipe["data"]["path"] == recipe["distill"]["teacher_run"] == name
+    assert recipe["train"]["channels_last"] == "true"
+
+
+@pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
+                                       ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(text)
+    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe), f"repeats the key '{key}'", "line 3"))
+
+
 def test_a_command_line_typo_is_blamed_on_the_command_line(tmp_path):
     line = one_error_line("train-teacher", TEACHER_RECIPE, "train.epoch=5", "--print-recipe",
                           names=("override train.epoch=5", "unknown key train.epoch", "did you mean train.epochs"))
