@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.runs import load_checkpoint
 from test_compare import make_run, slice_values
 from test_hardening import copy_dataset, copy_run, fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
 
@@ -493,6 +494,32 @@ def test_a_run_with_a_checkpoint_or_interrupted_is_kept_for_resume(stop, tiny_da
     assert (runs / "r" / "checkpoints" / "last.pt").is_file() is (stop == "failed in epoch 2")
     monkeypatch.undo()
     assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume")).exit_code == 0
+
+
+def test_resume_without_the_last_checkpoint_of_a_trained_run_is_refused(tiny_dataset, tmp_path):
+    """It would start over silently, replacing best.pt and the history."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0
+    (runs / "r" / "checkpoints" / "last.pt").unlink()
+    before = snapshot(runs / "r")
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"), names=("last.pt: missing", "--force"))
+    assert snapshot(runs / "r") == before
+
+
+def test_resume_on_changed_data_is_refused_and_on_moved_data_or_a_moved_run_continues(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path)
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(data, runs, "r")).exit_code == 0
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "note": "re-prepared"}))  # other data at the same path
+    before = snapshot(runs / "r")
+    fails_cleanly(*train_args(data, runs, "r", "train.epochs=2", "--resume"), names=("trained on another dataset",))
+    assert snapshot(runs / "r") == before
+    moved = Path(shutil.move(runs, tmp_path / "moved"))  # the run moved, its data too (the original bytes)
+    shutil.copytree(tiny_dataset, tmp_path / "data2")
+    result = invoke(*train_args(tmp_path / "data2", moved, "r", "train.epochs=2", "--resume"))
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(moved / "r" / "checkpoints" / "last.pt")["epoch"] == 2
 
 
 @pytest.mark.parametrize("args", [["bench", "--size", "100000"], ["bench", "--batch", "100000000"],

@@ -18,15 +18,17 @@ from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.files import atomic_write_text
-from sftkd_cli.runs import RunDir
+from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
 
-#: recipe keys that may change when resuming (where and how fast, or training for longer)
-RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint"}
+#: recipe keys that may change when resuming (where and how fast, or training for longer; a
+#: moved run or dataset: the checkpoint's dataset fingerprint must still match, see `Trainer`)
+RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint",
+                     "run.dir", "data.path"}
 
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
@@ -129,6 +131,23 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
+def check_resumable(run: RunDir, data: dict[str, object]) -> None:
+    """On --resume, before anything is written: a run that has trained needs its `last`
+    checkpoint (else it would silently start over, replacing best.pt and the history), and that
+    checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
+    data may have moved, not changed)."""
+    last = run.checkpoint("last")
+    if not last.exists():
+        if run.read_history() or run.checkpoint("best").exists():
+            raise SftkdError(f"{last}: missing, but the run has trained (history.jsonl, best.pt): it cannot continue "
+                             "where it stopped; put the file back, or start over with --force")
+        return
+    trained_on = (load_checkpoint(last).get("trained_on") or {}).get("fingerprint")
+    if trained_on and trained_on != data["fingerprint"]:
+        raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
+                         f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
+
+
 def run_training(
     recipe: Recipe,
     make_objective: Callable[[dict[str, object]], Objective],
@@ -152,6 +171,8 @@ def run_training(
         reconcile_resume(run, recipe)
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     data = dataset_record(recipe.data.path, recipe.data.acceleration)
+    if resume and run.recipe_file.exists():
+        check_resumable(run, data)
     # weight initialisation is part of the recipe; train.deterministic is set before any CUDA work
     seed_everything(recipe.train.seed, recipe.train.deterministic)
     objective = make_objective(data)
