@@ -155,7 +155,7 @@ class RunDir:
             self.unlock()  # a process that did not get the lock removes nothing: the run is another's
             if isinstance(exc, SftkdError):
                 raise
-            raise SftkdError(f"{self.path}: could not create the run ({os_error_text(exc)})") from None
+            raise SftkdError(f"{self.path}: could not {'open' if resume else 'create'} the run ({os_error_text(exc)})") from None
 
     def _check_can_prepare(self, resume: bool, force: bool, sources: Sequence[str | Path]) -> None:
         """Refuse, before anything is created or removed, what `prepare` must not do."""

@@ -200,6 +200,19 @@ def test_on_signals_keeps_an_ignored_signal_ignored_and_restores_the_others():
         signal.signal(signal.SIGUSR2, before[1])
 
 
+def test_a_resumed_run_keeps_the_layout_it_measured(tmp_path, monkeypatch):
+    """train.channels_last auto: a resume on a machine whose measurement says otherwise (another
+    layout cache) keeps the layout the run trained in, so that it continues exactly."""
+    from sftkd_cli.layout import LayoutChoice
+
+    monkeypatch.setattr(engine, "training_layout", lambda *args: LayoutChoice(True, "measured (test)"))
+    _fit(tmp_path, "r", False, None, "train.epochs=1", "train.channels_last=auto")
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["channels_last"] is True
+    monkeypatch.setattr(engine, "training_layout", lambda *args: LayoutChoice(False, "measured (test)"))
+    _fit(tmp_path, "r", True, None, "train.epochs=2", "train.channels_last=auto")
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["channels_last"] is True
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
     class Exploding(Supervised):
         calls = 0

@@ -520,6 +520,10 @@ def test_resume_on_changed_data_is_refused_and_on_moved_data_or_a_moved_run_cont
     result = invoke(*train_args(tmp_path / "data2", moved, "r", "train.epochs=2", "--resume"))
     assert result.exit_code == 0, result.output
     assert load_checkpoint(moved / "r" / "checkpoints" / "last.pt")["epoch"] == 2
+    before = snapshot(moved / "r")
+    fails_cleanly(*train_args(tmp_path / "data2", moved, "r", "train.epochs=1", "--resume"),
+                  names=("train.epochs 1: the run has trained 2 epochs", "expected 2 or more"))
+    assert snapshot(moved / "r") == before  # its recipe still says 2 epochs
 
 
 @pytest.mark.parametrize("args", [["bench", "--size", "100000"], ["bench", "--batch", "100000000"],

@@ -255,6 +255,7 @@ class Trainer:
             "epoch": epoch,
             "step_in_epoch": step,
             "trained_on": self.trained_on,
+            "channels_last": self.layout.channels_last,  # the layout a resumed run keeps (`_choose_layout`)
             **model.info(),
             **state.entries(),
         }
@@ -276,10 +277,12 @@ class Trainer:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
-        self.layout = self._choose_layout(train_ds)
+        last = self.run.checkpoint("last")
+        saved = load_checkpoint(last) if resume and last.exists() else None
+        self.layout = self._choose_layout(train_ds, saved)
         loop = self._loop(len(train_ds))
         train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))
-        state = self._restore(loop, resume)
+        state = self._restore(loop, saved)
         if self.is_main:
             self.run.write_env(environment(str(self.device), cfg.seed))
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
@@ -324,12 +327,11 @@ class Trainer:
         return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs,
                      predict=predict)
 
-    def _restore(self, loop: _Loop, resume: bool) -> FitState:
-        """A fresh state, or with `resume` the one in the `last` checkpoint (weights and optimiser loaded)."""
-        last = self.run.checkpoint("last")
-        if not (resume and last.exists()):
+    def _restore(self, loop: _Loop, saved: dict[str, Any] | None) -> FitState:
+        """A fresh state, or the one in `saved`, the `last` checkpoint to resume from (weights and optimiser loaded)."""
+        if saved is None:
             return FitState()
-        saved = load_checkpoint(last)
+        last = self.run.checkpoint("last")
         try:
             self._bare().load_state_dict(saved["objective"])
             loop.optimizer.load_state_dict(optimizer_state_for(saved["optimizer"], capturable=self.cuda_graphs))
@@ -429,13 +431,17 @@ class Trainer:
         saved; the last checkpoint written stays, and --resume continues from it."""
         raise RunInterrupted(f"{self.run.path}: stopped at once; --resume continues from the last checkpoint") from None
 
-    def _choose_layout(self, train_ds: Dataset) -> LayoutChoice:
+    def _choose_layout(self, train_ds: Dataset, saved: dict[str, Any] | None) -> LayoutChoice:
         """NCHW or channels_last for this run: forced by train.channels_last, or measured on a
-        first batch (a few steps on copies of the objective) and cached per machine."""
+        first batch (a few steps on copies of the objective) and cached per machine. A resumed
+        run measured before keeps the layout it trained in (`saved`: its last checkpoint), so
+        that it continues exactly, whatever this machine's cache says now."""
         cfg = self.recipe.train
         forced = forced_layout(cfg.channels_last, self.device)
         if forced is not None:  # nothing to measure: no batch to build
             return forced
+        if saved is not None and isinstance(saved.get("channels_last"), bool):
+            return LayoutChoice(saved["channels_last"], "as the run trained before it was resumed")
         batch = to_device(collate([train_ds[i] for i in range(min(cfg.batch_size, len(train_ds)))]), self.device)
         return training_layout(cfg.channels_last, self._bare().to(self.device), batch, self.device, cfg.amp)
 

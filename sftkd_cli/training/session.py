@@ -131,18 +131,22 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
-def check_resumable(run: RunDir, data: dict[str, object]) -> None:
+def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
     """On --resume, before anything is written: a run that has trained needs its `last`
-    checkpoint (else it would silently start over, replacing best.pt and the history), and that
+    checkpoint (else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
-    data may have moved, not changed)."""
+    data may have moved, not changed), and train.epochs cannot be fewer than it has trained."""
     last = run.checkpoint("last")
     if not last.exists():
         if run.read_history() or run.checkpoint("best").exists():
             raise SftkdError(f"{last}: missing, but the run has trained (history.jsonl, best.pt): it cannot continue "
                              "where it stopped; put the file back, or start over with --force")
         return
-    trained_on = (load_checkpoint(last).get("trained_on") or {}).get("fingerprint")
+    saved = load_checkpoint(last)
+    if isinstance(saved.get("epoch"), int) and recipe.train.epochs < saved["epoch"]:
+        raise SftkdError(f"train.epochs {recipe.train.epochs}: the run has trained {saved['epoch']} epochs ({last}); "
+                         f"expected {saved['epoch']} or more")
+    trained_on = (saved.get("trained_on") or {}).get("fingerprint")
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
@@ -172,7 +176,7 @@ def run_training(
     train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
     data = dataset_record(recipe.data.path, recipe.data.acceleration)
     if resume and run.recipe_file.exists():
-        check_resumable(run, data)
+        check_resumable(run, recipe, data)
     # weight initialisation is part of the recipe; train.deterministic is set before any CUDA work
     seed_everything(recipe.train.seed, recipe.train.deterministic)
     objective = make_objective(data)
