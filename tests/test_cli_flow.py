@@ -71,10 +71,11 @@ def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
           "--name", "sftkd-init", *base, "train.epochs=2", "train.max_steps_per_epoch=1", "train.lr=1e-30", "--resume")
     resumed = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
     assert resumed["epoch"] == 2 and resumed["init"] == distilled["init"]
-    # killed before its first checkpoint (the run folder has its empty checkpoints/), then resumed:
-    # it still starts from the SFT student
+    # killed before its first checkpoint (the run folder has its empty checkpoints/ and no
+    # history), then resumed: it still starts from the SFT student
     for saved in (runs / "sftkd-init" / "checkpoints").iterdir():
         saved.unlink()
+    (runs / "sftkd-init" / "history.jsonl").unlink()
     sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--method", "at", "--init-from", "sft",
           "--name", "sftkd-init", *base, "train.epochs=1", "train.max_steps_per_epoch=1", "train.lr=1e-30", "--resume")
     restarted = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
