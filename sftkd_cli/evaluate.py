@@ -8,8 +8,9 @@ magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see me
 to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5.
 Scores on another dataset than the model was trained on (another manifest fingerprint) go to
 `<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay. The three
-files are written under temporary names and renamed into place together only when all were written, so a full disk leaves the previous evaluation's files as they were. The
-output folder is checked for writing before any work starts.
+files are written under temporary names and renamed into place together only when all were
+written, so a full disk leaves the previous evaluation's files as they were. The output folder
+is checked for writing before any work starts.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.graph import blocked_stages
+from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, planned_action
 
