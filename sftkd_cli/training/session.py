@@ -26,7 +26,7 @@ from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
-#: moved run or dataset: the checkpoint's dataset fingerprint must still match, see `Trainer`)
+#: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
 RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint",
                      "run.dir", "data.path"}
 
