@@ -86,30 +86,6 @@ def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
     assert [r["epoch"] for r in resumed.read_history()] == [1, 2]
 
 
-def test_resume_in_the_middle_of_an_epoch_is_exact(tmp_path, monkeypatch):
-    _, straight = _fit(tmp_path, "straight")
-    # stop after 2 of the 3 steps of epoch 2, as SIGTERM does: checkpoint then leave
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def step_then_signal(self, *args):
-        value = original(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), __import__("signal").SIGTERM)
-        return value
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
-    with pytest.raises(RunInterrupted, match="--resume"):
-        _fit(tmp_path, "stopped")
-    monkeypatch.setattr(Trainer, "_train_step", original)
-    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
-    _, resumed = _fit(tmp_path, "stopped", True)
-    for key, value in _weights(straight).items():
-        assert torch.equal(value, _weights(resumed)[key]), key
-
-
 def _signal_inside_adam(monkeypatch, signum: int, at_steps: tuple[int, ...]) -> None:
     """Send `signum` to this process from inside Adam's update of the given steps (1-based):
     on the CPU Adam updates the tensors one by one, so a stop there would leave it half done."""
@@ -124,18 +100,24 @@ def _signal_inside_adam(monkeypatch, signum: int, at_steps: tuple[int, ...]) -> 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
 
 
-@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
-def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(tmp_path, monkeypatch, signum, by):
-    _, straight = _fit(tmp_path, "straight")
-    _signal_inside_adam(monkeypatch, signum, (5,))
-    with pytest.raises(RunInterrupted, match=f"stopped by {by} at epoch 2, step 2; continue with --resume"):
+def _stopped_then_resumed(tmp_path, monkeypatch, message: str, saved_at: tuple[int, int]) -> None:
+    """With the signal patched in: the run stops with `message`, its last checkpoint is at
+    `saved_at` (epoch, step), and resumed it ends with the weights of an uninterrupted run."""
+    with pytest.raises(RunInterrupted, match=message):
         _fit(tmp_path, "stopped")
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    assert (state["epoch"], state["step_in_epoch"]) == saved_at
+    _, straight = _fit(tmp_path, "straight")
     _, resumed = _fit(tmp_path, "stopped", True)
     for key, value in _weights(straight).items():
         assert torch.equal(value, _weights(resumed)[key]), key
+
+
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(tmp_path, monkeypatch, signum, by):
+    _signal_inside_adam(monkeypatch, signum, (5,))  # epoch 2, step 2 (3 steps an epoch)
+    _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} at epoch 2, step 2; continue with --resume", (1, 2))
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -161,7 +143,6 @@ def _twice_in_step(train_step):
 
 
 def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, monkeypatch):
-    _, straight = _fit(tmp_path, "straight")
     validate = engine.validate
 
     def pressed_during(*args, **kwargs):
@@ -169,14 +150,7 @@ def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, mo
         return validate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "validate", pressed_during)
-    with pytest.raises(RunInterrupted, match="stopped by Ctrl-C after epoch 1; continue with --resume"):
-        _fit(tmp_path, "stopped")
-    monkeypatch.undo()
-    state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
-    _, resumed = _fit(tmp_path, "stopped", True)
-    for key, value in _weights(straight).items():
-        assert torch.equal(value, _weights(resumed)[key]), key
+    _stopped_then_resumed(tmp_path, monkeypatch, "stopped by Ctrl-C after epoch 1; continue with --resume", (1, 0))
 
 
 def test_on_signals_keeps_an_ignored_signal_ignored_and_restores_the_others():
