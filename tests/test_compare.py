@@ -157,6 +157,15 @@ def test_different_slice_sets_are_refused(tmp_path):
         compare_runs([load_run_result(a), load_run_result(b)])
 
 
+def test_evaluation_folders_of_two_runs_are_told_apart(tmp_path):
+    """RUN/eval-student of two SFT runs (or two runs' exported evaluations) share a folder name:
+    they are named with their run."""
+    paths = [make_run(tmp_path / run, "eval-student", "sft-student", slice_values(i, 0.0)) for i, run in enumerate(("a", "b"))]
+    paths.append(make_run(tmp_path / "a" / "eval-student", "eval-amp-bf16", "sft-student", slice_values(3, 0.0)))
+    comparison = compare_runs([load_run_result(p) for p in paths], zero_filled=False)
+    assert [row.name for row in comparison.rows] == ["a/eval-student", "a/eval-student/eval-amp-bf16", "b/eval-student"]
+
+
 def test_rows_are_ordered_zf_teachers_students_then_by_name(tmp_path):
     paths = [
         make_run(tmp_path, "zeta", "kd", slice_values(3, 0.5), method="sp", teacher_role="teacher"),

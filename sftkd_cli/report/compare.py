@@ -251,6 +251,16 @@ def results_folder(run_dir: Path, convention: str = "paper") -> Path:
     return run_dir / CONVENTIONS[convention][0] if CONVENTIONS[convention][0] else run_dir
 
 
+def _run_name(folder: Path) -> str:
+    """A run's name in the tables: its folder's; an evaluation folder inside a run is named with
+    the run's (sft/eval-student, X/eval-amp-bf16), so that two runs' are told apart."""
+    parts = [folder.name]
+    while parts[0].startswith("eval-") and folder.parent != folder:
+        folder = folder.parent
+        parts.insert(0, folder.name)
+    return "/".join(parts)
+
+
 def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult:
     """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
     RUN/eval-fastmri/metrics.json and per_volume.csv)."""
@@ -282,7 +292,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     _check_means(label, zero_filled, columns, "ZF_")
     params = _optional_number(info.get("params"), f"{where}: params")
     return RunResult(
-        name=path.resolve().name,
+        name=_run_name(path.resolve()),
         label=label,
         role=_optional_str(info.get("role")),
         method=_optional_str(info.get("method")),
