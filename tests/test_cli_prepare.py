@@ -132,7 +132,7 @@ def test_no_matching_files(tmp_path: Path, raw: Path) -> None:
     "name, data, needle",
     [
         ("cine.nii.gz", np.ones((20, 18, 4, 5), dtype=np.float32), "cine.nii.gz: 4-D image of shape (20, 18, 4, 5)"),
-        ("zero.nii.gz", np.zeros((20, 18, 4), dtype=np.float32), "zero.nii.gz: all-zero volume"),
+        ("zero.nii.gz", np.zeros((20, 18, 4), dtype=np.float32), "zero.nii.gz: no positive voxel"),
         ("nan.nii.gz", np.where(np.eye(20, 18)[..., None] > 0, np.nan, 1.0).repeat(4, 2).astype(np.float32),
          "nan.nii.gz: 72 NaN/Inf voxel(s)"),
         ("inf.nii.gz", np.full((20, 18, 4), np.inf, dtype=np.float32), "inf.nii.gz: 1440 NaN/Inf"),
@@ -147,7 +147,7 @@ def test_bad_volume(tmp_path: Path, raw: Path, nifti_writer, name: str, data: np
 def test_truncated_and_garbage_nifti(tmp_path: Path, raw: Path) -> None:
     good = (raw / "good.nii.gz").read_bytes()
     (raw / "trunc.nii.gz").write_bytes(good[: len(good) // 3])
-    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "trunc.nii.gz: cannot read")
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "trunc.nii.gz: damaged gzip data")
     (raw / "trunc.nii.gz").write_bytes(b"garbage" * 50)
     assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "trunc.nii.gz: cannot read NIfTI")
     assert nothing_written(tmp_path)

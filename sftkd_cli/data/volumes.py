@@ -7,9 +7,11 @@ near-empty slice selection, normalisation) so that each can be tested against nu
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +91,30 @@ def check_volume_size(img, path: Path, shape: tuple[int, ...], limit: int | None
         )
 
 
+def check_gzip(path: Path, chunk: int = 1 << 20) -> None:
+    """A gzip-compressed file read to its end, so that its CRC and length are checked: nibabel
+    stops after the bytes its header asks for, so a damaged .nii.gz would otherwise give wrong
+    voxels without a word."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(chunk):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise SftkdError(f"{display_path(path)}: damaged gzip data ({_one_line(exc)}); is the file truncated or corrupt?") from exc
+
+
 def read_volume(img, path: Path) -> np.ndarray:
     """Read the voxel data of a NIfTI image as float32 (X, Y, Z), validated.
 
-    Raises when the file is truncated or unreadable, not 3-D, contains NaN/Inf, or has no
-    positive voxel (an all-zero volume cannot be normalised).
+    Raises when the file is truncated, corrupt (a .gz is checked whole) or unreadable, not 3-D,
+    complex, contains NaN/Inf, or has no positive voxel (such a volume cannot be normalised).
     """
     shape = spatial_shape(img, path)
+    if img.get_data_dtype().kind == "c":
+        raise SftkdError(f"{display_path(path)}: complex voxels ({img.get_data_dtype()}); expected magnitude images "
+                         "(store their magnitude; complex k-space goes through `prepare-data fastmri`)")
+    if path.name.lower().endswith(".gz"):
+        check_gzip(path)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
     except Exception as exc:  # truncated gzip, short data block, bad scaling...
@@ -105,15 +124,17 @@ def read_volume(img, path: Path) -> np.ndarray:
     data = data.reshape(shape)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
-        raise SftkdError(f"{display_path(path)}: {bad} NaN/Inf voxel(s), expected finite values")
+        raise SftkdError(f"{display_path(path)}: {bad} NaN/Inf voxel(s) (or values beyond float32's range), "
+                         "expected finite values")
     if not np.any(data > 0):
-        raise SftkdError(f"{display_path(path)}: all-zero volume, expected some positive voxels")
+        raise SftkdError(f"{display_path(path)}: no positive voxel (all zero or negative), expected magnitude images")
     return data
 
 
 def voxel_size(img) -> tuple[float, float, float]:
-    """The first three voxel sizes (mm) from the header."""
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    """The first three voxel sizes (mm) from the header; a size that is not a finite number (a
+    sloppy header's NaN) reads as 1 mm, as a missing one does (the manifest must stay JSON)."""
+    zooms = tuple(float(z) if math.isfinite(float(z)) else 1.0 for z in img.header.get_zooms()[:3])
     return zooms + (1.0,) * (3 - len(zooms))  # type: ignore[return-value]
 
 
