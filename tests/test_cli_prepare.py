@@ -144,6 +144,16 @@ def test_bad_volume(tmp_path: Path, raw: Path, nifti_writer, name: str, data: np
     assert nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--acc", "35"], ["--acc 35 on 20x18 images", "an acceleration of 20.00x, labelled 35x"]),
+    (["--acc", "1.01"], ["--acc 1.01 on 20x18 images", "all ones (no undersampling)"]),
+    (["--seed", str(2**32), "--mask-kind", "fastmri-random"], ["--seed 4294967296: expected an integer from 0 to 4294967295"]),
+])
+def test_a_mask_training_would_refuse_is_refused_before_anything_is_written(tmp_path: Path, raw: Path, args, needles) -> None:
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *args), *needles)
+    assert nothing_written(tmp_path)
+
+
 def test_truncated_and_garbage_nifti(tmp_path: Path, raw: Path) -> None:
     good = (raw / "good.nii.gz").read_bytes()
     (raw / "trunc.nii.gz").write_bytes(good[: len(good) // 3])

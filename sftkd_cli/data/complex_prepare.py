@@ -41,7 +41,8 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, acceleration_key
 from sftkd_cli.data.manifest import (
-    UserMasks, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest, write_masks,
+    UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest,
+    write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, install, up_to_date
@@ -86,6 +87,7 @@ def _masks(options: PrepareOptions, size: tuple[int, int], user: UserMasks) -> d
         else:
             out[acc] = make_mask(options.mask_kind, size, acc, seed=options.seed, center_fraction=options.center_fraction,
                                  layout="centered", axis=MASK_AXIS)
+            check_generated_mask(out[acc], acc, options, size)
     return out
 
 

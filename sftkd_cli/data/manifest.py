@@ -41,6 +41,13 @@ def user_masks(options: PrepareOptions, line: bool = False) -> UserMasks:
     return out
 
 
+def check_generated_mask(mask: np.ndarray, acceleration: float, options: PrepareOptions, size: tuple[int, int]) -> None:
+    """A generated mask must sample what its acceleration says, as training reads it back
+    (`check_mask_acceleration`): refused now, not when the dataset is first used."""
+    check_mask_acceleration(mask, acceleration, f"--acc {acceleration:g} on {size[0]}x{size[1]} images "
+                                                f"(--mask-kind {options.mask_kind}, --seed {options.seed})")
+
+
 def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile], user: UserMasks,
                   check: Callable[[], None], progress: Progress | None) -> dict[str, Any]:
     """The options and input checksums a dataset was made from (equal record: nothing to redo).

@@ -113,8 +113,8 @@ class PrepareOptions:
             raise SftkdError(f"--mask-layout {self.mask_layout}: expected one of {', '.join(LAYOUTS)}")
         if self.center_fraction is not None and not 0 <= self.center_fraction <= 1:
             raise SftkdError(f"--center-fraction {self.center_fraction:g}: expected a number in [0, 1]")
-        if self.seed < 0:
-            raise SftkdError(f"--seed {self.seed}: expected a non-negative integer")
+        if not 0 <= self.seed < 2**32:  # numpy's and the fastMRI masks' seeds are 32-bit
+            raise SftkdError(f"--seed {self.seed}: expected an integer from 0 to {2**32 - 1}")
         if not 0 <= self.min_slice_mean < 1:
             raise SftkdError(f"--min-slice-mean {self.min_slice_mean:g}: expected a number in [0, 1)")
 

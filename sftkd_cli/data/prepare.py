@@ -59,7 +59,8 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
 from sftkd_cli.data.manifest import (
-    UserMasks, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest, write_masks,
+    UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest,
+    write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import (
@@ -199,6 +200,7 @@ def _masks(
                 options.mask_kind, size, acc, seed=options.seed,
                 center_fraction=options.center_fraction, layout=options.mask_layout, axis=0,
             )
+            check_generated_mask(out[acc], acc, options, size)
     return out
 
 
