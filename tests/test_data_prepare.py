@@ -304,6 +304,39 @@ def test_rerun_is_noop_force_rebuilds_and_other_args_refused(tmp_path: Path, nif
         prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
 
 
+def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, nifti_writer, monkeypatch) -> None:
+    """--force replaces the files of an existing dataset one by one, with no manifest meanwhile:
+    killed there (kill -9, power cut), the folder held old and new files mixed, which no later
+    run would touch ("not a sftkd dataset"). The next run clears sftkd's files and prepares it."""
+    from sftkd_cli.data import output
+
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out = tmp_path / "out"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+
+    class KilledMidway:  # the process dies at the second file it moves in
+        moved = 0
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def replace(self, source, target):
+            KilledMidway.moved += 1
+            if KilledMidway.moved == 2:
+                raise SystemExit("killed")
+            os.replace(source, target)
+
+    monkeypatch.setattr(output, "os", KilledMidway())
+    with pytest.raises(SystemExit):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12), force=True))
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists() and (out / output.INSTALL_MARKER).is_file()
+    again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12)))
+    assert again.manifest["image_size"] == [12, 12] and not (out / output.INSTALL_MARKER).exists()
+    assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
+
+
 def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
     nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom())
     prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)

@@ -4,7 +4,8 @@
 `.<name>.tmp-<pid>`; this module decides beforehand whether the folder may be written (never a
 file, the input folder, or a folder whose manifest is not sftkd's), moves the finished dataset in
 (`install`: the old manifest first, the new one last, files the old manifest does not list never
-touched), removes temporary folders of dead processes (`remove_stale`), and turns Ctrl-C and
+touched; `finish_interrupted_install` clears what a killed one left), removes temporary folders
+of dead processes (`remove_stale`), and turns Ctrl-C and
 SIGTERM into a clean stop between files (`Signals`).
 """
 
@@ -18,11 +19,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes
+from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, write_bytes_synced
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
+
+#: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
+INSTALL_MARKER = ".prepare-data-install.json"
 
 # --------------------------------------------------------------------------- may the folder be written
 
@@ -186,6 +190,8 @@ def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
         tmp.rename(out)
         return
     new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
+    marker = out / INSTALL_MARKER  # says which files are ours while the folder has no manifest
+    write_bytes_synced(marker, json.dumps(sorted({*new, *listed_files(old or {})})).encode())
     (out / MANIFEST).unlink(missing_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     for name in new:
@@ -193,11 +199,36 @@ def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
     for name in set(listed_files(old or {})) - set(new):
         (out / name).unlink(missing_ok=True)
     os.replace(tmp / MANIFEST, out / MANIFEST)
+    marker.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (out / "masks").rmdir()  # only when empty (a recon -> sr change cannot empty it, but be exact)
     except OSError:
         pass
+
+
+def finish_interrupted_install(out: Path) -> None:
+    """An `install` killed midway (kill -9, power cut) left the old dataset's files and the new
+    one's mixed, and no manifest: remove the files its marker lists (sftkd's own; other files
+    stay), so that this run prepares the folder afresh. Killed after its manifest was in place,
+    it had finished: only the marker goes. Called with the lock held."""
+    marker = out / INSTALL_MARKER
+    if not marker.is_file():
+        return
+    if not (out / MANIFEST).exists():
+        try:
+            names = json.loads(read_regular_bytes(marker, INSTALL_MARKER, MAX_JSON_BYTES))
+        except (SftkdError, ValueError):
+            names = []
+        for name in names if isinstance(names, list) else []:
+            path = Path(str(name))
+            if not path.is_absolute() and ".." not in path.parts:
+                (out / path).unlink(missing_ok=True)
+        try:
+            (out / "masks").rmdir()
+        except OSError:
+            pass
+    marker.unlink()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -64,7 +64,7 @@ from sftkd_cli.data.manifest import (
 )
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import (
-    Signals, check_collisions, check_out, created_parents, existing_dataset, install,
+    Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install, install,
     remove_stale, up_to_date,
 )
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile
@@ -328,6 +328,7 @@ def prepare_dataset(
                                      f"(lock {display_path(lock_path)}); wait for it to finish") from None
                 locked = True
                 remove_stale(out)
+                finish_interrupted_install(out)
                 return _prepare_locked(source, out, options, progress, signals, start)
             except KeyboardInterrupt:
                 raise signals.error(signal.SIGINT) from None
