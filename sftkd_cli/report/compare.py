@@ -426,10 +426,8 @@ def order_runs(runs: Sequence[RunResult]) -> list[RunResult]:
 
 def _unpicked(runs: Sequence[RunResult], wanted: str | None, role: str, option: str, column: str) -> str:
     """Why no run was chosen by default for `option` ('' when one was, or none could be): several with `role`."""
-    candidates = [run.name for run in runs if run.role == role]
-    if wanted is not None or len(candidates) < 2:
-        return ""
-    return f"No {column}: {len(candidates)} runs are {role}s ({', '.join(candidates)}); choose one with {option}."
+    names = [run.name for run in runs if run.role == role]
+    return "" if wanted is not None or len(names) < 2 else f"No {column}: {len(names)} runs are {role}s ({', '.join(names)}); choose one with {option}."
 
 
 def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str) -> RunResult | None:
