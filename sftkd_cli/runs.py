@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.files import atomic_write_text, read_regular_bytes, replace_atomically
+from sftkd_cli.files import MAX_JSON_BYTES, atomic_write_text, read_regular_bytes, replace_atomically
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
@@ -237,8 +237,19 @@ class RunDir:
     def load_recipe(self) -> Recipe:
         return load_recipe(self.recipe_file)
 
-    def write_env(self, env: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "env.json", json.dumps(env, indent=2))
+    def write_env(self, env: dict[str, Any], resumed: bool = False) -> None:
+        """env.json: what this invocation runs with; a resumed run keeps the earlier ones (its
+        first command line among them) under "previous", oldest first."""
+        previous: list[Any] = []
+        if resumed:
+            try:
+                old = json.loads(read_regular_bytes(self.path / "env.json", "env.json", MAX_JSON_BYTES))
+            except (SftkdError, OSError, ValueError):  # none, or unreadable: nothing earlier to keep
+                old = None
+            if isinstance(old, dict):
+                earlier = old.pop("previous", [])
+                previous = [*(earlier if isinstance(earlier, list) else []), old]
+        atomic_write_text(self.path / "env.json", json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []

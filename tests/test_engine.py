@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -84,6 +85,8 @@ def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [r["epoch"] for r in resumed.read_history()] == [1, 2]
+    env = json.loads((resumed.path / "env.json").read_text())  # the first invocation's is kept
+    assert [set(e) for e in env["previous"]] == [set(env) - {"previous"}] and "previous" not in env["previous"][0]
 
 
 def _signal_inside_adam(monkeypatch, signum: int, at_steps: tuple[int, ...]) -> None:

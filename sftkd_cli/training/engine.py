@@ -284,7 +284,7 @@ class Trainer:
         train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))
         state = self._restore(loop, saved)
         if self.is_main:
-            self.run.write_env(environment(str(self.device), cfg.seed))
+            self.run.write_env(environment(str(self.device), cfg.seed), resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
