@@ -74,9 +74,11 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         """A mapping whose keys are all different: a repeated key (or section) is refused, not
-        silently replaced by its last value."""
+        silently replaced by its last value (a merge key, `<<: {...}`, merges as YAML says)."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
@@ -389,8 +391,16 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
     return out
 
 
+#: text keys whose values are words (auto/on/off/true/false): read as YAML, as in a recipe file,
+#: so that on, off, yes, no and True keep meaning what they do there
+WORD_KEYS = frozenset({"train.amp", "train.cuda_graphs", "train.channels_last", "sft.batched"})
+
+
 def _is_text(parts: list[str]) -> bool:
-    """Whether section.key (as `parts`) is a text key of the recipe (False for an unknown one)."""
+    """Whether section.key (as `parts`) is a free-text key of the recipe (a name or path; False
+    for the word keys and an unknown key)."""
+    if ".".join(parts) in WORD_KEYS:
+        return False
     try:
         return _key_type(parts[0], parts[1], "") is str
     except SftkdError:
@@ -398,11 +408,8 @@ def _is_text(parts: list[str]) -> bool:
 
 
 def _as_text(text: str) -> str:
-    """An override's value for a text key: as typed, without one pair of enclosing quotes
-    ('010' -> 010); True/FALSE as the words true/false that the choice keys take."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text.lower() if text.lower() in ("true", "false") else text
+    """An override's value for a text key: as typed, without one pair of enclosing quotes ('010' -> 010)."""
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
 
 
 def apply_setting(raw: dict[str, Any], setting: Setting) -> None:

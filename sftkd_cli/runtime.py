@@ -130,8 +130,8 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 def on_signals(handler: Callable[[int, Any], Any], *signums: int) -> Iterator[None]:
     """`handler` called by the signals `signums` for the block, then the previous handlers are
     back. Only the main thread can install handlers: elsewhere the block runs with them as they
-    were. A signal this process ignores stays ignored: whoever started it so (a background job,
-    `nohup`, a plan's worker) asked for that."""
+    were. A signal this process ignores stays ignored: whoever started it so (SIGINT in a
+    background job, `cmd &` in a script; a plan's worker) asked for that."""
     main = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, handler) for signum in signums
                 if main and signal.getsignal(signum) is not signal.SIG_IGN}

@@ -162,8 +162,13 @@ def test_evaluation_folders_of_two_runs_are_told_apart(tmp_path):
     they are named with their run."""
     paths = [make_run(tmp_path / run, "eval-student", "sft-student", slice_values(i, 0.0)) for i, run in enumerate(("a", "b"))]
     paths.append(make_run(tmp_path / "a" / "eval-student", "eval-amp-bf16", "sft-student", slice_values(3, 0.0)))
+    for path in paths:  # an evaluation folder has no recipe.yaml (its run has one)
+        (path / "recipe.yaml").unlink()
+    paths.append(make_run(tmp_path, "eval-x", "student", slice_values(4, 0.0)))  # a run that is named so
     comparison = compare_runs([load_run_result(p) for p in paths], zero_filled=False)
-    assert [row.name for row in comparison.rows] == ["a/eval-student", "a/eval-student/eval-amp-bf16", "b/eval-student"]
+    assert [row.name for row in comparison.rows] == ["eval-x", "a/eval-student", "a/eval-student/eval-amp-bf16", "b/eval-student"]
+    by_path = compare_runs([load_run_result(p) for p in paths], baseline=str(paths[2].resolve()))  # not as typed
+    assert by_path.baseline == "a/eval-student/eval-amp-bf16"
 
 
 def test_rows_are_ordered_zf_teachers_students_then_by_name(tmp_path):

@@ -307,13 +307,15 @@ def test_rerun_is_noop_force_rebuilds_and_other_args_refused(tmp_path: Path, nif
 def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, nifti_writer, monkeypatch) -> None:
     """--force replaces the files of an existing dataset one by one, with no manifest meanwhile:
     killed there (kill -9, power cut), the folder held old and new files mixed, which no later
-    run would touch ("not a sftkd dataset"). The next run clears sftkd's files and prepares it."""
+    run would touch ("not a sftkd dataset"). The next run clears sftkd's files and prepares it;
+    a file of the user's in the folder stays."""
     from sftkd_cli.data import output
 
     for i in range(3):
         nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
     out = tmp_path / "out"
     prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    (out / "notes.txt").write_text("mine")
 
     class KilledMidway:  # the process dies at the second file it moves in
         moved = 0
@@ -334,6 +336,7 @@ def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, 
     assert not (out / "manifest.json").exists() and (out / output.INSTALL_MARKER).is_file()
     again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12)))
     assert again.manifest["image_size"] == [12, 12] and not (out / output.INSTALL_MARKER).exists()
+    assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
 
 

@@ -123,23 +123,27 @@ def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(t
     _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} at epoch 2, step 2; continue with --resume", (1, 2))
 
 
-def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_train_step", _twice_in_step(Trainer._train_step))
-    with pytest.raises(RunInterrupted, match="stopped at once; --resume continues from the last checkpoint"):
+@pytest.mark.parametrize("signum, stopped, saved_at", [
+    (signal.SIGINT, "stopped at once; --resume continues from the last checkpoint", (1, 0)),  # epoch 1's, not the half-done step's
+    (signal.SIGTERM, "stopped by SIGTERM at epoch 2, step 2", (1, 2)),  # a repeated SIGTERM only asks again
+])
+def test_a_second_ctrl_c_stops_at_once_a_second_sigterm_does_not(tmp_path, monkeypatch, signum, stopped, saved_at):
+    monkeypatch.setattr(Trainer, "_train_step", _twice_in_step(Trainer._train_step, signum))
+    with pytest.raises(RunInterrupted, match=stopped):
         _fit(tmp_path, "stopped")
     state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # epoch 1's, not the half-done step's
+    assert (state["epoch"], state["step_in_epoch"]) == saved_at
 
 
-def _twice_in_step(train_step):
-    """Trainer._train_step that presses Ctrl-C twice in its 5th call (the second press stops at once)."""
+def _twice_in_step(train_step, signum: int):
+    """Trainer._train_step that sends `signum` twice in its 5th call."""
     calls = []
 
     def step(self, *args):
         calls.append(1)
         if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
+            os.kill(os.getpid(), signum)
         return train_step(self, *args)
 
     return step

@@ -267,6 +267,28 @@ def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(t
     assert measured_epoch(teacher("train.max_steps_per_epoch=1")) > 0
 
 
+def test_finished_runs_are_not_reused_on_other_data(tmp_path, tiny_dataset):
+    """The same plan and runs folder pointed at other data (e.g. another --data-root): the runs
+    trained on the first data are refused, not skipped as up to date; a moved copy of the same
+    data (same manifest fingerprint) reuses them."""
+    import shutil
+
+    from sftkd_cli.reproduce.stages import plan_conflict
+
+    first = load_plan(write_plan(tmp_path, tiny_dataset), ["train.device=cpu"])
+    assert not run_plan(first, only=["teacher"], console=quiet()).failed
+    moved = Path(shutil.copytree(tiny_dataset, tmp_path / "moved"))
+    other = Path(shutil.copytree(tiny_dataset, tmp_path / "other"))
+    (other / "manifest.json").write_text((other / "manifest.json").read_text().replace("{", '{"note": "other", ', 1))
+
+    def teacher(data: Path):
+        plan = load_plan(write_plan(tmp_path, data, name=f"{data.name}.yaml"), ["train.device=cpu"])
+        return next(s for s in build_stages(plan) if s.id == "teacher")
+
+    assert plan_conflict(teacher(moved)) == ""
+    assert "data.path was" in plan_conflict(teacher(other)) and "(other data)" in plan_conflict(teacher(other))
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

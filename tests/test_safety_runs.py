@@ -522,7 +522,7 @@ def test_resume_on_changed_data_is_refused_and_on_moved_data_or_a_moved_run_cont
     assert load_checkpoint(moved / "r" / "checkpoints" / "last.pt")["epoch"] == 2
     before = snapshot(moved / "r")
     fails_cleanly(*train_args(tmp_path / "data2", moved, "r", "train.epochs=1", "--resume"),
-                  names=("train.epochs 1: the run has trained 2 epochs", "expected 2 or more"))
+                  names=("train.epochs 1: the run has trained into epoch 2", "expected 2 or more"))
     assert snapshot(moved / "r") == before  # its recipe still says 2 epochs
 
 

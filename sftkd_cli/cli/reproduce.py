@@ -73,6 +73,7 @@ def reproduce(
 
             print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
+    blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
     executor = None
     if executor_name is ExecutorName.ray:
         from sftkd_cli.reproduce.ray_executor import RayExecutor
@@ -82,7 +83,6 @@ def reproduce(
         from sftkd_cli.reproduce.executor import LocalExecutor
 
         executor = LocalExecutor(jobs, per_gpu=per_gpu)
-    blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
     started = time.perf_counter()
     outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
                        progress=stderr_console())

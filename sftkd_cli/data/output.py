@@ -62,6 +62,8 @@ def existing_dataset(out: Path) -> dict[str, Any] | None:
         return None
     path = out / MANIFEST
     if not path.exists() and not path.is_symlink():
+        if (out / INSTALL_MARKER).is_file():  # sftkd's folder, cleared after an interrupted install
+            return None
         raise SftkdError(
             f"--out {display_path(out)}: exists and is not a sftkd dataset (no {MANIFEST}); "
             "expected a new or empty folder"
@@ -210,25 +212,28 @@ def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
 def finish_interrupted_install(out: Path) -> None:
     """An `install` killed midway (kill -9, power cut) left the old dataset's files and the new
     one's mixed, and no manifest: remove the files its marker lists (sftkd's own; other files
-    stay), so that this run prepares the folder afresh. Killed after its manifest was in place,
-    it had finished: only the marker goes. Called with the lock held."""
+    stay) and keep an empty marker, which tells `existing_dataset` that the folder is sftkd's
+    (to prepare afresh) though it has no manifest. Killed after its manifest was in place, it
+    had finished: only the marker goes. Called with the lock held."""
     marker = out / INSTALL_MARKER
     if not marker.is_file():
         return
-    if not (out / MANIFEST).exists():
-        try:
-            names = json.loads(read_regular_bytes(marker, INSTALL_MARKER, MAX_JSON_BYTES))
-        except (SftkdError, ValueError):
-            names = []
-        for name in names if isinstance(names, list) else []:
-            path = Path(str(name))
-            if not path.is_absolute() and ".." not in path.parts:
-                (out / path).unlink(missing_ok=True)
-        try:
-            (out / "masks").rmdir()
-        except OSError:
-            pass
-    marker.unlink()
+    if (out / MANIFEST).exists():
+        marker.unlink()
+        return
+    try:
+        names = json.loads(read_regular_bytes(marker, INSTALL_MARKER, MAX_JSON_BYTES))
+    except (SftkdError, ValueError):
+        names = []
+    for name in names if isinstance(names, list) else []:
+        path = Path(str(name))
+        if not path.is_absolute() and ".." not in path.parts:
+            (out / path).unlink(missing_ok=True)
+    try:
+        (out / "masks").rmdir()
+    except OSError:
+        pass
+    write_bytes_synced(marker, b"[]")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -275,6 +280,8 @@ class Signals:
 
     def __enter__(self) -> Signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is signal.SIG_IGN:  # ignored by whoever started this process: stays so
+                continue
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals stay as they are

@@ -255,7 +255,7 @@ def _run_name(folder: Path) -> str:
     """A run's name in the tables: its folder's; an evaluation folder inside a run is named with
     the run's (sft/eval-student, X/eval-amp-bf16), so that two runs' are told apart."""
     parts = [folder.name]
-    while parts[0].startswith("eval-") and folder.parent != folder:
+    while parts[0].startswith("eval-") and not (folder / "recipe.yaml").is_file() and folder.parent != folder:
         folder = folder.parent
         parts.insert(0, folder.name)
     return "/".join(parts)
@@ -438,7 +438,7 @@ def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str)
     if wanted.lower() == NONE:
         return None
     for run in runs:
-        if wanted in (run.name, run.label) or Path(wanted).name == run.name:
+        if wanted in (run.name, run.label) or Path(wanted).name == run.name or _run_name(Path(wanted).resolve()) == run.name:
             return run
     raise SftkdError(f"{option} {wanted}: not among the compared runs ({', '.join(r.name for r in runs)})")
 

@@ -128,11 +128,11 @@ def measured_epoch(stage: Stage) -> float | None:
     if stage.kind not in TRAIN_KINDS or stage.run is None:
         return None
     history = stage.run / "history.jsonl"
-    if not (stage.run / "recipe.yaml").is_file() or plan_conflict(stage):
-        return None
     try:
+        if not (stage.run / "recipe.yaml").is_file() or plan_conflict(stage):
+            return None
         rows = read_history_file(history) if history.is_file() else []
-    except SftkdError:
+    except SftkdError:  # a damaged recipe.yaml or history: no measurement
         return None
     times = [float(r["seconds"]) for r in rows if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]
     return math.fsum(times) / len(times) if times else None

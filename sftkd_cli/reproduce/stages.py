@@ -184,11 +184,25 @@ def training_state(stage: Stage) -> tuple[str, str]:
 
 def plan_conflict(stage: Stage) -> str:
     """'' when the training stage's run (begun or finished) was trained with the plan's recipe for
-    it (as far as resuming allows: `resume_conflict`); else what differs, and what to do."""
+    it (as far as resuming allows: `resume_conflict`) and on its data; else what differs, and
+    what to do. Data at another path counts as the same when the run's checkpoint was trained on
+    a dataset of the same manifest fingerprint (moved, not changed)."""
+    from sftkd_cli.data.dataset import dataset_fingerprint
     from sftkd_cli.training.session import resume_conflict
 
     assert stage.run is not None and stage.recipe is not None
-    conflict = resume_conflict(RunDir(stage.run), stage.recipe)
+    run = RunDir(stage.run)
+    conflict = resume_conflict(run, stage.recipe)
+    was, now = run.load_recipe().data.path, stage.recipe.data.path
+    if not conflict and was != now:
+        saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
+        trained_on = (load_checkpoint(saved).get("trained_on") or {}).get("fingerprint") if saved else None
+        try:
+            same = trained_on is not None and trained_on == dataset_fingerprint(now)
+        except SftkdError:  # not prepared (yet): cannot tell
+            same = False
+        if not same:
+            conflict = f"{run.recipe_file}: data.path was {was!r}, now {now!r} (other data)"
     return conflict and f"{conflict}; the run differs from the plan: delete {stage.run} to train it anew, or use another --runs-dir"
 
 

@@ -140,7 +140,8 @@ class _StopFlag:
     """Set by SIGTERM or Ctrl-C (SIGINT) while training; checked between steps and after each
     epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
     arbitrary moment could save an optimiser step half applied (CPU Adam updates the tensors
-    one by one). A second signal stops at once (KeyboardInterrupt): the last checkpoint stays."""
+    one by one). A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint stays;
+    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again."""
 
     def __init__(self) -> None:
         self.raised = False
@@ -148,8 +149,12 @@ class _StopFlag:
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        # os.write, not print: a handler can run in the middle of the progress bar's own writes
+        os.write(2, f"\n{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
 
 
 @dataclass
@@ -296,7 +301,8 @@ class Trainer:
                     while state.epoch < cfg.epochs:
                         self._run_epoch(state, loop, train_ds)
                         self._finish_epoch(state, loop, val_ds)
-                        if loop.stop.raised:  # during validation: the epoch's checkpoint is written
+                        if loop.stop.raised and self.world == 1:  # during validation: the epoch's checkpoint is written
+                            # (several processes stop together at a step: only rank 0 validates)
                             done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
                             raise RunInterrupted(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:

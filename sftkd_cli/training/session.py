@@ -143,9 +143,10 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
                              "where it stopped; put the file back, or start over with --force")
         return
     saved = load_checkpoint(last)
-    if isinstance(saved.get("epoch"), int) and recipe.train.epochs < saved["epoch"]:
-        raise SftkdError(f"train.epochs {recipe.train.epochs}: the run has trained {saved['epoch']} epochs ({last}); "
-                         f"expected {saved['epoch']} or more")
+    begun = int(saved.get("epoch", 0)) + (1 if saved.get("step_in_epoch") else 0)  # an epoch stopped midway counts
+    if recipe.train.epochs < begun:
+        raise SftkdError(f"train.epochs {recipe.train.epochs}: the run has trained into epoch {begun} ({last}); "
+                         f"expected {begun} or more")
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
