@@ -340,6 +340,15 @@ def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, 
     assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
 
 
+def test_a_rerun_with_the_accelerations_in_another_order_is_a_no_op(tmp_path: Path, nifti_writer) -> None:
+    nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    out = tmp_path / "out"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), accelerations=(4.0, 5.0)))
+    before = tree_state(out)
+    again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), accelerations=(5.0, 4.0)))
+    assert again.unchanged and tree_state(out) == before
+
+
 def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
     nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom())
     prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)

@@ -135,12 +135,20 @@ def missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     return [n for n in listed_files(manifest) if not (out / n).is_file()]
 
 
+def _in_any_order(options: Any) -> Any:
+    """Recorded options with the accelerations sorted: `--acc 5,4` prepares what `--acc 4,5` did
+    (one mask per acceleration, each from the same seed)."""
+    if isinstance(options, dict) and isinstance(options.get("accelerations"), list):
+        return {**options, "accelerations": sorted(options["accelerations"], key=repr)}
+    return options
+
+
 def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any], force: bool) -> bool:
     """Whether the dataset at `out` was prepared with `record` (options and input checksums) and is
     complete, so that nothing is to be done; a different or incomplete one needs `force`."""
     if existing is None:
         return False
-    same = existing.get("options") == record["options"] and existing.get("inputs") == record["inputs"]
+    same = _in_any_order(existing.get("options")) == _in_any_order(record["options"]) and existing.get("inputs") == record["inputs"]
     missing = missing_files(out, existing) if same else []
     if same and not missing and not force:
         return True
