@@ -28,6 +28,11 @@ def os_error_text(exc: OSError) -> str:
     return str(exc)
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 row', '2 rows': a count in a message."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quoted: bool = False,
                  list_otherwise: bool = False) -> str:
     """'; did you mean X?' for the closest of `choices` to `word` (X written `prefix`X, in quotes

@@ -1,5 +1,4 @@
-"""Where and how models run: the device, mixed precision, TF32, batches on the device, CPU threads,
-SIGTERM.
+"""Where and how models run: the device, mixed precision, TF32, batches on the device, CPU threads.
 
 Shared by training, `evaluate` and `bench`, and below all three: this module imports none of
 them (nor the CLI), so each can use the same device choice, autocast policy and collate.
@@ -8,9 +7,7 @@ them (nor the CLI), so each can use the same device choice, autocast policy and 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -124,19 +121,3 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def on_signals(handler: Callable[[int, Any], Any], *signums: int) -> Iterator[None]:
-    """`handler` called by the signals `signums` for the block, then the previous handlers are
-    back. Only the main thread can install handlers: elsewhere the block runs with them as they
-    were. A signal this process ignores stays ignored: whoever started it so (SIGINT in a
-    background job, `cmd &` in a script; a plan's worker) asked for that."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, handler) for signum in signums
-                if main and signal.getsignal(signum) is not signal.SIG_IGN}
-    try:
-        yield
-    finally:
-        for signum, handler_before in previous.items():
-            signal.signal(signum, handler_before)

@@ -165,7 +165,7 @@ def test_on_signals_keeps_an_ignored_signal_ignored_and_restores_the_others():
     from the terminal then; a signal not ignored gets the handler for the block only."""
     import time
 
-    from sftkd_cli.runtime import on_signals
+    from sftkd_cli.signals import on_signals
 
     seen: list[int] = []
     before = signal.signal(signal.SIGUSR1, signal.SIG_IGN), signal.signal(signal.SIGUSR2, signal.SIG_DFL)

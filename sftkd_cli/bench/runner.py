@@ -24,7 +24,7 @@ from sftkd_cli.bench.reference import STUDENT, TEACHER, kd_objectives, reference
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
 from sftkd_cli.distill.methods import METHODS
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
@@ -138,8 +138,7 @@ def run_bench(
             if not result.rows:
                 raise KeyboardInterrupt from None  # nothing to keep
             result.complete = False
-            rows = len(result.rows)
-            result.notes.append(f"interrupted while timing {bench.current!r}: the {rows} row{'s' if rows != 1 else ''} "
+            result.notes.append(f"interrupted while timing {bench.current!r}: the {counted(len(result.rows), 'row')} "
                                 "measured before it kept, the rest of the run not measured")
         if result.complete:
             say("roof again (a noisy machine can spoil one measurement)")

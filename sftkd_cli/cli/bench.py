@@ -17,7 +17,7 @@ from rich.table import Table
 from sftkd_cli.choices import BENCH_PARTS, COMPLEX_PARAMS_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult
@@ -155,7 +155,7 @@ def bench(
 ) -> None:
     from sftkd_cli.bench import run_bench
     from sftkd_cli.files import atomic_write_text
-    from sftkd_cli.runtime import on_signals
+    from sftkd_cli.signals import on_signals
 
     if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
         raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
@@ -200,9 +200,7 @@ def _exit_if_interrupted(result: BenchResult, json_out: str | None) -> None:
     if result.complete:
         return
     kept = f", in {escape(json_out)} with \"complete\": false" if json_out not in (None, "-") else ""
-    rows = len(result.rows)
-    stderr_console().print(f"[yellow]bench interrupted: kept {rows} row{'s' if rows != 1 else ''}{kept}[/]",
-                           highlight=False)
+    stderr_console().print(f"[yellow]bench interrupted: kept {counted(len(result.rows), 'row')}{kept}[/]", highlight=False)
     raise typer.Exit(INTERRUPTED)
 
 

@@ -24,6 +24,7 @@ from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.signals import on_signals
 
 #: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
 INSTALL_MARKER = ".prepare-data-install.json"
@@ -279,7 +280,7 @@ class Signals:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._handling = on_signals(self._handle, signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
@@ -287,18 +288,11 @@ class Signals:
         self.received = signum
 
     def __enter__(self) -> Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is signal.SIG_IGN:  # ignored by whoever started this process: stays so
-                continue
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
+        self._handling.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        self._handling.__exit__(*exc)
 
     def error(self, signum: int | None = None) -> PrepareInterrupted:
         signum = signum or self.received or signal.SIGINT

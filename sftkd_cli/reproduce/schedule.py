@@ -28,7 +28,7 @@ from sftkd_cli.reproduce.graph import blocker, by_priority, ranks, waits_for
 from sftkd_cli.reproduce.jobs import StageJob, stage_log
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.live import Board
-from sftkd_cli.runtime import on_signals
+from sftkd_cli.signals import on_signals
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import failure_note

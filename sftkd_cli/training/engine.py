@@ -33,12 +33,13 @@ from torch.utils.data import Dataset
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe
 from sftkd_cli.data.dataset import set_dataset_epoch
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
-from sftkd_cli.runtime import (autocast, collate, inference_batch_size, on_signals, precision_policy, select_device,
-                               set_threads, to_device)
+from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precision_policy, select_device, set_threads,
+                               to_device)
+from sftkd_cli.signals import on_signals
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
@@ -491,7 +492,7 @@ class Trainer:
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
-            f"{_count(cfg.epochs, 'epoch')} of {_count(steps, 'step')}, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
+            f"{counted(cfg.epochs, 'epoch')} of {counted(steps, 'step')}, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
             f"layout {self.layout.describe()}"
         )
 
@@ -502,11 +503,6 @@ class Trainer:
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
         progress.console.print(line, highlight=False, soft_wrap=True)
-
-
-def _count(number: int, noun: str) -> str:
-    """'1 epoch', '2 epochs'."""
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _model_text(model: CascadeNet) -> str:
