@@ -34,3 +34,26 @@ def test_every_command_has_help_with_an_example_or_description():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
         assert len(result.output.strip().splitlines()) > 5, command
+
+
+def test_usage_errors_are_one_line_naming_the_option_and_the_help():
+    """A mistyped option, a bad value, a missing argument or an unknown command: one line on
+    stderr (not click's usage block), exit 2; a bare `sftkd` still shows the help."""
+    runner = CliRunner()
+    cases = {
+        ("compare", "--format", "xml", "runs"): ["'--format'", "'xml' is not one of", "'sftkd compare -h'"],
+        ("distill", "--forc"): ["--forc", "--force", "'sftkd distill -h'"],
+        ("bench", "--repeats", "abc"): ["'--repeats'", "integer"],
+        ("compare",): ["Missing argument 'RUN'"],
+        ("trainteacher",): ["'trainteacher'", "train-teacher", "'sftkd -h'"],
+        ("--bogus",): ["--bogus", "'sftkd -h'"],
+    }
+    for args, words in cases.items():
+        result = runner.invoke(app, list(args))
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and result.stdout == "" and len(lines) == 1, (args, result.output)
+        assert lines[0].startswith("error: ") and "Value error" not in lines[0], lines[0]
+        for word in words:
+            assert word in lines[0], (args, lines[0])
+    bare = runner.invoke(app, [])
+    assert "Usage: sftkd" in bare.output and "prepare-data" in bare.output

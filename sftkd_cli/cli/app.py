@@ -8,7 +8,8 @@ Library errors (`SftkdError`) become one red line on stderr and a non-zero exit 
 from __future__ import annotations
 
 import gc
-from typing import Annotated
+import sys
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -24,12 +25,21 @@ COMMAND_ORDER = ("prepare-data", "train-teacher", "train-sft", "distill", "evalu
 
 
 class _Group(HelpGroup):
-    """Turns a library `SftkdError`, an unforeseen OS error or running out of memory into one red
-    line on stderr and exit 2 (a stray Ctrl-C: one line and exit 130)."""
+    """Turns a usage error (unknown option, bad value), a library `SftkdError`, an unforeseen OS
+    error or running out of memory into one red line on stderr and exit 2 (a stray Ctrl-C: one
+    line and exit 130)."""
+
+    def make_context(self, *args, **kwargs) -> typer.Context:  # type: ignore[no-untyped-def]
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as exc:  # `sftkd --bogus`
+            _usage_error(exc)
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
+        except _UsageError as exc:  # the command's own options and arguments
+            _usage_error(exc)
         except SftkdError as exc:
             _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
@@ -49,6 +59,24 @@ class _Group(HelpGroup):
         """Workflow order (prepare-data first), whatever the order the modules registered in."""
         names = super().list_commands(ctx)
         return [n for n in COMMAND_ORDER if n in names] + [n for n in names if n not in COMMAND_ORDER]
+
+
+#: click's UsageError, from the click that typer runs on (its own copy since typer 0.2x, the click
+#: package before): the base class of the public `typer.BadParameter`
+_UsageError: type[Exception] = typer.BadParameter.__base__
+#: what a bare `sftkd` raises to show its help (click >= 8.2)
+_NoArgsIsHelp = getattr(sys.modules[_UsageError.__module__], "NoArgsIsHelpError", ())
+
+
+def _usage_error(exc) -> NoReturn:  # type: ignore[no-untyped-def]
+    """One line instead of click's usage block: what was wrong, and where the help is. A bare
+    command (`sftkd`) still shows its help."""
+    if isinstance(exc, _NoArgsIsHelp):
+        raise exc
+    message = " ".join(exc.format_message().split()).replace("Value error, ", "")  # pydantic's prefix
+    command = exc.ctx.command_path if exc.ctx is not None else "sftkd"
+    _error_line(f"{message} (see '{command} -h')")
+    raise typer.Exit(exc.exit_code)
 
 
 def _error_line(text: str) -> None:
