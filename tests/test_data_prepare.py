@@ -94,6 +94,9 @@ def test_acdc_layout_h5_and_manifest(tmp_path: Path, nifti_writer) -> None:
         assert f["image"].shape == (4, 16, 16) and f["image"].dtype == np.float32
         assert f["acc5/kspace"].dtype == np.complex64 and f["acc5/zf"].dtype == np.float32
         assert f["acc5/mask"].shape == (16, 16) and f["acc5/mask"].dtype == np.float32
+        # only filters every HDF5 build has (deflate), so MATLAB, h5dump and C readers decode it
+        f.visititems(lambda name, obj: isinstance(obj, h5py.Dataset) and obj.compression not in (None, "gzip")
+                     and pytest.fail(f"{name}: {obj.compression} compression"))
         assert f.attrs["split"] == "train" and f.attrs["volume"] == "patient002_frame12"
         assert f.attrs["source"] == "acdc"
         assert f.attrs["source_file"] == "training/patient002/patient002_frame12.nii.gz"

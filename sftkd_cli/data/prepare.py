@@ -225,7 +225,8 @@ def write_volume_h5(
         for acc, mask in masks.items():
             kspace, zf = undersample(images, mask, centered=centered)
             group = f.create_group(group_key(task, acc))
-            group.create_dataset("kspace", data=kspace, chunks=chunks, compression="lzf")
+            # deflate, built into every HDF5 (MATLAB, h5dump, C readers): h5py's own LZF is not
+            group.create_dataset("kspace", data=kspace, chunks=chunks, compression="gzip", compression_opts=1)
             group.create_dataset("zf", data=zf, chunks=chunks)
             group.create_dataset("mask", data=mask.astype(np.float32))
             group.attrs["scale" if task == "sr" else "acceleration"] = float(acc)
