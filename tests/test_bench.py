@@ -311,6 +311,32 @@ def test_an_interrupted_run_keeps_the_rows_measured_so_far(monkeypatch, stop):
     assert "teacher_over_student_train" not in res.ratios
 
 
+@pytest.mark.parametrize("where", ["message", "measurement"])
+def test_a_run_interrupted_while_the_roof_is_measured_again_keeps_every_row(monkeypatch, where):
+    """Ctrl-C in the last stretch of a run, the roof measured again: every row is kept, the roof
+    is the start's, and the result says it was interrupted."""
+    from sftkd_cli.bench import runner
+
+    real_roof = runner.measure_roof
+    calls = []
+
+    def roof(*args):
+        calls.append(args)
+        if len(calls) == 2 and where == "measurement":
+            raise KeyboardInterrupt
+        return real_roof(*args)
+
+    def progress(message):
+        if message.startswith("roof again") and where == "message":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "measure_roof", roof)
+    res = run_bench(**TINY, which=["student"], progress=progress)
+    assert [row.key for row in res.rows] == ["train.student.reference", "train.student"]
+    assert res.complete is False and "interrupted while measuring the roof again: every row kept" in res.notes[0]
+    assert res.roof["what"].endswith("start of the run") and res.roof_gflops > 0
+
+
 @pytest.mark.parametrize("at", ["roof", "student D3C5 train, reference way"])
 def test_a_run_interrupted_before_its_first_row_has_nothing_to_keep(at):
     """During the first roof or the first row: a KeyboardInterrupt (the engine's RunInterrupted too)."""

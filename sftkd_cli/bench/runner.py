@@ -107,8 +107,9 @@ def run_bench(
 
     A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) while the rows are measured ends
     the run early: the result then holds the rows measured so far, `complete` False and a note
-    naming where it stopped (the roof from the start of the run only). Before the first row is
-    measured it propagates as a KeyboardInterrupt: there is nothing to keep.
+    naming where it stopped (the roof from the start of the run only; also when it comes while the
+    roof is measured again at the end). Before the first row is measured it propagates as a
+    KeyboardInterrupt: there is nothing to keep.
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
@@ -140,11 +141,18 @@ def run_bench(
             result.complete = False
             result.notes.append(f"interrupted while timing {bench.current!r}: the {counted(len(result.rows), 'row')} "
                                 "measured before it kept, the rest of the run not measured")
+        twice = False
         if result.complete:
-            say("roof again (a noisy machine can spoil one measurement)")
-            again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
-            roofs = {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs}
-        _set_roof(result, roof_shape, roofs)
+            try:
+                say("roof again (a noisy machine can spoil one measurement)")
+                again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+            except (KeyboardInterrupt, RunInterrupted):  # every row is measured: keep them all
+                result.complete = False
+                result.notes.append("interrupted while measuring the roof again: every row kept, "
+                                    "the roof from the start of the run only")
+            else:
+                roofs, twice = {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs}, True
+        _set_roof(result, roof_shape, roofs, twice)
         _add_ratios(result, kd_methods)
         _add_notes(result)
         if complex_data:
@@ -169,11 +177,13 @@ def _run_parts(bench: _Bench, parts: list[str], methods: list[str], compile: boo
         bench.epoch()
 
 
-def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]]) -> None:
-    """Record the roof (the best memory format) and give every row its fraction of it."""
+def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]], twice: bool) -> None:
+    """Record the roof (the best memory format; `twice`: measured at the start and at the end of
+    the run, else at the start only) and give every row its fraction of it."""
     best = max(roofs, key=lambda fmt: roofs[fmt][0])
     result.roof_gflops = roofs[best][0]
-    result.roof = {"what": f"Conv2d 32->32 3x3 forward on {shape}, best of start and end of the run",
+    when = "best of start and end of the run" if twice else "start of the run"
+    result.roof = {"what": f"Conv2d 32->32 3x3 forward on {shape}, {when}",
                    "format": best, "seconds": roofs[best][1],
                    "gflops_by_format": {fmt: gf for fmt, (gf, _) in roofs.items()}}
     for row in result.rows:
