@@ -128,3 +128,35 @@ def test_two_stage_schedule_uses_feature_loss_then_reconstruction():
     objective.begin_epoch(1)
     loss, parts = objective(batch)
     torch.testing.assert_close(loss, parts["rec"])
+
+
+def test_two_stage_second_stage_starts_a_fresh_adam_and_lr_schedule(tmp_path):
+    """Stage 2 (L1 fine-tuning) trains as the reference's new run does: Adam as new and the LR
+    back to train.lr, from stage 1's last weights; a resume across the switch is exact."""
+    from test_engine import _fit, _weights
+
+    from sftkd_cli.training.engine import batches, epoch_order
+
+    two_stage = dict(schedule="two-stage", stage1_epochs=1, w_imit=0.0)
+    options = ("train.lr_step=1", "train.lr_gamma=0.1", "train.max_steps_per_epoch=2", "train.channels_last=false")
+    _, straight = _fit(tmp_path, "straight", False, _distillation("at", **two_stage)[0], *options)
+    assert [row["lr"] for row in straight.read_history()] == pytest.approx([1e-4, 1e-4])  # 1e-5 without the restart
+
+    objective, _, student = _distillation("at", **two_stage)
+    _, first = _fit(tmp_path, "split", False, objective, *options, "train.epochs=1")
+    stage1 = _weights(first)
+    _, resumed = _fit(tmp_path, "split", True, _distillation("at", **two_stage)[0], *options)
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+    # oracle: stage 1's weights, then a new Adam over epoch 2's two batches of L1 to the target
+    student.load_state_dict(stage1)
+    objective.begin_epoch(1)
+    adam = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
+    order = epoch_order(len(Phantoms()), 7, 1)[:4]
+    for batch in batches(Phantoms(), order, 2):
+        adam.zero_grad()
+        objective(batch)[0].backward()
+        adam.step()
+    for key, value in _weights(straight).items():
+        torch.testing.assert_close(value, student.state_dict()[key], rtol=1e-5, atol=1e-7)

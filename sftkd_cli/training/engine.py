@@ -177,6 +177,20 @@ class _Loop:
     predict: Reconstructor | None = None
 
 
+@torch.no_grad()
+def restart_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.StepLR) -> None:
+    """Adam as if new (moments and step counts zeroed) and the LR back to its initial value, with
+    StepLR counting from here. In place: CUDA graphs captured with these tensors stay valid, and
+    the next step equals a fresh Adam's first."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+    for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = lr
+    scheduler.last_epoch = 0
+
+
 def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int,
              forward: Reconstructor | None = None) -> dict[str, float]:
     """Validation L1, PSNR and SSIM, means over slices; PSNR and SSIM scored as `sftkd evaluate` does.
@@ -362,6 +376,8 @@ class Trainer:
         Saves `last` every train.checkpoint_every steps, and on SIGTERM before leaving."""
         cfg = self.recipe.train
         self._bare().begin_epoch(state.epoch)
+        if not state.step and state.epoch in self._bare().restarts():  # (a resumed epoch restarted already)
+            restart_optimizer(loop.optimizer, loop.scheduler)
         set_dataset_epoch(train_ds, state.epoch)  # per-sample masks of this epoch (data.mask_per_sample)
         state.started = time.perf_counter()
         order = epoch_order(len(train_ds), cfg.seed, state.epoch, self.rank, self.world)

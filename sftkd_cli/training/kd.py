@@ -4,7 +4,11 @@ Loss (joint schedule, the paper's wording):
     w_rec * L1(student, target) + w_kd * L_method(student features, teacher features)
     + w_imit * L1(student, teacher)
 Two-stage schedule (what the reference code does): the first `stage1_epochs` epochs use the
-feature loss alone, the rest w_rec * L1(student, target) + w_imit * L1(student, teacher).
+feature loss alone, the rest w_rec * L1(student, target) + w_imit * L1(student, teacher). The
+second stage starts with a fresh Adam and LR schedule (train.lr, StepLR counted from its first
+epoch), as the reference trains it as a new run; it goes on from the first stage's last weights,
+where the reference loads the first stage's best by validation feature loss, which sftkd does not
+compute.
 
 The teacher is frozen, held outside the module tree (never optimised or saved with the
 student), and runs under `torch.no_grad`: no graph is built and nothing back-propagates
@@ -68,6 +72,9 @@ class Distillation(TeacherObjective):
 
     def begin_epoch(self, epoch: int) -> None:
         self.feature_stage = self.schedule == "two-stage" and epoch < self.stage1_epochs
+
+    def restarts(self) -> tuple[int, ...]:
+        return (self.stage1_epochs,) if self.schedule == "two-stage" and self.stage1_epochs > 0 else ()
 
     def graph_key(self) -> bool:
         return self.feature_stage  # stage 1 computes the feature loss alone

@@ -50,6 +50,12 @@ class Objective(nn.Module):
     def begin_epoch(self, epoch: int) -> None:
         """Hook for schedules that change with the epoch (two-stage distillation)."""
 
+    def restarts(self) -> tuple[int, ...]:
+        """Epochs at whose start the optimiser starts afresh: Adam's moments cleared and the LR
+        back to train.lr, its StepLR counted from there (two-stage distillation's second stage,
+        which the reference code trains as a new run). None by default."""
+        return ()
+
     def graph_key(self) -> Hashable:
         """What the training step's code depends on besides the batch's shapes (a CUDA graph is
         captured per key): nothing by default; an objective whose `forward` takes other branches
