@@ -13,11 +13,24 @@ disk must leave the previous outputs as they were, with no temporary file behind
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
 
 from sftkd_cli.errors import SftkdError, os_error_text
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (streamed, so large files are fine)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read file ({os_error_text(exc)})") from exc
+    return digest.hexdigest()
 
 
 def display_path(path: str | Path) -> str:

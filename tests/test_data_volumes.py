@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from sftkd_cli.data.volumes import (
-    crop_or_pad, downsample, kept_slices, load_nifti, read_volume, sha256_file, spatial_shape,
+    crop_or_pad, downsample, kept_slices, load_nifti, read_volume, spatial_shape,
     to_slices,
 )
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import sha256_file
 
 
 def _read(path: Path) -> np.ndarray:

@@ -21,8 +21,7 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
-from sftkd_cli.data.volumes import sha256_file
-from sftkd_cli.files import display_path, write_bytes_synced
+from sftkd_cli.files import display_path, sha256_file, write_bytes_synced
 from sftkd_cli.mri.masks import check_mask_acceleration, load_mask
 
 #: acceleration -> (mask file, its mask, the file's sha256)

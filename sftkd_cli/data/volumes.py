@@ -8,7 +8,6 @@ near-empty slice selection, normalisation) so that each can be tested against nu
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import zlib
@@ -16,25 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 #: the most memory one source volume may take once read (its header's shape x max(dtype, float32)
 #: bytes); a 14 MB .nii.gz can declare gigabytes, so the header is checked before any voxel is read
 MAX_VOLUME_BYTES = 2 << 30
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed, so large files are fine)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    except OSError as exc:
-        raise SftkdError(f"{display_path(path)}: cannot read file ({os_error_text(exc)})") from exc
-    return digest.hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
