@@ -63,7 +63,7 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
-    temporary_sibling, unlink_quietly, write_bytes_synced,
+    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
 )
 from sftkd_cli.runs import open_run
 
@@ -333,8 +333,12 @@ def export_run(
     role: str | None = None,
     checkpoint: str = "best",
     size: tuple[int, int] | None = None,
+    force: bool = False,
 ) -> ExportResult:
-    """Export a run's model as TorchScript or ONNX with a model card; verified before it is kept."""
+    """Export a run's model as TorchScript or ONNX with a model card; verified before it is kept.
+
+    An existing file at the target is replaced only with `force`, and only when it is an earlier
+    export (its card beside it)."""
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if checkpoint not in ("best", "last"):
@@ -370,6 +374,7 @@ def export_run(
     target = output_path(target)  # through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):
         raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
+    _check_replaceable(target, force)
     tmp = temporary_sibling(target)
     try:
         with torch.no_grad():
@@ -387,6 +392,7 @@ def export_run(
             "sftkd_version": __version__,
             "export_format": fmt,
             "file": target.name,
+            "sha256": sha256_file(tmp),  # ties the card to this file (`read_card` checks it)
             "exporter": exporter,
             "run": run.path.name,
             "run_path": str(run.path),
@@ -406,6 +412,7 @@ def export_run(
             "batch_dynamic": True,
             "inputs": inputs_spec,
             "outputs": outputs_spec,
+            "normalisation": _normalisation(manifest),
             "kspace_layout": "centered" if wrapper.centered else "corner",
             "fft_norm": "ortho",
             "dataset": None if manifest is None else {
@@ -426,6 +433,25 @@ def export_run(
     finally:
         unlink_quietly(tmp)
     return ExportResult(target, card_path(target), diff, card)
+
+
+def _check_replaceable(target: Path, force: bool) -> None:
+    """Refuse to replace anything but an earlier export (a file with its card beside it: never a
+    checkpoint, a manifest or another file of the user's), and that only with `force`."""
+    if not target.exists():
+        return
+    if not card_path(target).is_file():
+        raise SftkdError(f"--out {target}: exists and is not an sftkd export (no {card_path(target).name} "
+                         "beside it); expected a new file name")
+    if not force:
+        raise SftkdError(f"--out {target}: an earlier export is there; pass --force to replace it")
+
+
+def _normalisation(manifest: dict[str, Any] | None) -> str:
+    """How the inputs must be scaled (the training data's normalisation), for the card."""
+    how = (manifest or {}).get("normalisation") or "unknown (no dataset manifest)"
+    return (f"as the training data: {how}. Scale zf and kspace of a new volume by the same factor and "
+            "divide the output by it to get back the original scale")
 
 
 def _fingerprint(data_path: str | Path) -> str | None:

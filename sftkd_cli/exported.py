@@ -17,6 +17,7 @@ The model card beside the file (`<file>.card.json`) says what it is; `sftkd eval
 from __future__ import annotations
 
 import json
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftkd_cli.files import read_regular_bytes
+from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.errors import SftkdError
 
 INPUT_NAMES = ("zf", "kspace", "mask")
@@ -53,17 +54,26 @@ def require_onnxruntime() -> Any:
 
 
 def read_card(model_path: str | Path) -> dict[str, Any] | None:
-    """The model card beside an exported file (`<file>.card.json`), or None when there is none.
+    """The model card of an exported file (`<file>.card.json` beside it, or beside the file a
+    symlink points to, where `sftkd export` writes it), or None when there is none.
 
-    Only a regular file of bounded size is read (a FIFO or /dev/zero link is refused)."""
-    path = card_path(Path(model_path))
+    Only a regular file of bounded size is read (a FIFO or /dev/zero link is refused). A card that
+    records its file's sha256 and does not match it (a card left beside another file, say by an
+    export stopped between writing the two) is refused."""
+    model = Path(os.path.realpath(model_path))
+    path = card_path(model)
     if not path.exists() and not path.is_symlink():
         return None
     try:
         card = json.loads(read_regular_bytes(path, "model card"))
     except ValueError:
         raise SftkdError(f"{path}: unreadable model card; expected JSON written by `sftkd export`") from None
-    return card if isinstance(card, dict) else None
+    if not isinstance(card, dict):
+        return None
+    if card.get("sha256") and model.is_file() and sha256_file(model) != card["sha256"]:
+        raise SftkdError(f"{path}: this card describes another file than {model_path} (sha256 differs); "
+                         "export the model again")
+    return card
 
 
 def card_path(model_path: Path) -> Path:

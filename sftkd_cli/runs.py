@@ -286,7 +286,7 @@ def sftkd_files(run: Path) -> list[Path]:
     found += [*run.glob("checkpoints/.*.tmp-*"), *run.glob(".*.tmp-*")]
     for folder in eval_folders(run):
         found += [folder / name for name in EVAL_FILES]
-    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)]
+    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)] + [*run.glob("export/.*.tmp-*")]
     # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
     return [p for p in found if (p.is_symlink() or p.is_file()) and _real_parent(p, run)]
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import os
+import signal
+import time
 import json
 import shutil
 import sys
@@ -24,7 +28,7 @@ from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.data.dataset import SliceDataset
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.export import export_run
-from sftkd_cli.exported import load_exported, split_complex
+from sftkd_cli.exported import load_exported, read_card, split_complex
 from sftkd_cli.models.traceable import ExportableDCCNN, MatmulDFT, dft_matrix
 from sftkd_cli.models import build_model, count_parameters
 from sftkd_cli.runtime import collate
@@ -34,7 +38,7 @@ torch.set_num_threads(1)
 CARD_KEYS = {
     "format", "sftkd_version", "export_format", "file", "exporter", "run", "role", "checkpoint",
     "architecture", "params", "acceleration", "mask", "image_size", "image_size_dynamic", "batch_dynamic",
-    "inputs", "outputs", "kspace_layout", "fft_norm", "dataset", "metrics", "check",
+    "inputs", "outputs", "kspace_layout", "fft_norm", "dataset", "metrics", "check", "sha256", "normalisation",
 }
 
 
@@ -196,6 +200,8 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert card["mask"]["lines"] == 4 and Path(card["mask"]["file"]).is_file()
     assert card["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
     assert card["check"]["max_abs_diff"] < 1e-4 and card["check"]["batches"] == [1, 3]
+    assert card["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest()
+    assert "divided by the source volume maximum" in card["normalisation"]  # the manifest's words
     assert "val slices" in card["check"]["inputs"]
     ts_card = export_run(run_copy, "torchscript").card
     assert ts_card["image_size_dynamic"] and ts_card["inputs"][0]["shape"] == ["batch", 1, "H", "W"]
@@ -249,6 +255,55 @@ def test_user_errors(trained_run, tmp_path, monkeypatch):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_existing_file_is_replaced_only_if_it_is_an_earlier_export_and_with_force(run_copy, tmp_path):
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    best = run_copy / "checkpoints" / "best.pt"
+    kept = best.read_bytes()
+    for target in (notes, best):
+        with pytest.raises(SftkdError, match="exists and is not an sftkd export"):
+            export_run(run_copy, "torchscript", out=target, force=True)
+    assert notes.read_text() == "mine" and best.read_bytes() == kept and not list(best.parent.glob("*.card.json"))
+    first = export_run(run_copy, "onnx").path
+    with pytest.raises(SftkdError, match="an earlier export is there; pass --force"):
+        export_run(run_copy, "onnx", checkpoint="last")
+    assert export_run(run_copy, "onnx", checkpoint="last", force=True).card["checkpoint"] == "last"
+    assert read_card(first)["checkpoint"] == "last"
+
+
+def test_a_card_that_does_not_match_its_file_is_refused(run_copy, monkeypatch):
+    """An export stopped between writing the card and renaming the model leaves the old model
+    with the new card: the card's sha256 tells, and the pair is refused."""
+    path = export_run(run_copy, "torchscript").path
+    replace, calls = os.replace, []
+
+    def stopped_before_the_model(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the card went in first; the model's rename never happens
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", stopped_before_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run_copy, "torchscript", checkpoint="last", force=True)
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir() if ".tmp-" in p.name] == []
+    with pytest.raises(SftkdError, match=r"describes another file .*\(sha256 differs\)"):
+        load_exported(path)
+
+
+def test_a_symlinked_out_keeps_the_card_beside_the_file_and_it_is_found(run_copy, tmp_path):
+    from sftkd_cli.evaluate import evaluate_run
+
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link.ts"
+    link.symlink_to(tmp_path / "real" / "m.ts")
+    export_run(run_copy, "torchscript", out=link)
+    assert link.is_symlink() and (tmp_path / "real" / "m.ts.card.json").is_file()
+    assert read_card(link)["role"] == "model"
+    assert evaluate_run(run_copy, device="cpu", write_recon=False, exported=link)["exported"]["format"] == "torchscript"
+
+
 # --------------------------------------------------------------------------- evaluate and CLI
 
 
@@ -285,3 +340,23 @@ def test_cli_export(trained_run, tmp_path):
     assert bad.exit_code == 2 and "tflite" in bad.output
     missing = runner.invoke(app, ["export", str(tmp_path / "none"), "--format", "torchscript"])
     assert missing.exit_code == 2 and "none: no such run directory" in missing.output
+    again = runner.invoke(app, ["export", str(trained_run), "--format", "onnx", "--out", str(out)])
+    assert again.exit_code == 2 and "pass --force" in again.stderr
+    assert runner.invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out), "--force"]).exit_code == 0
+
+
+def test_cli_export_stopped_by_sigterm_writes_nothing(trained_run, tmp_path, monkeypatch):
+    """SIGTERM is taken as Ctrl-C: the temporary file goes, one line, exit 130."""
+    write = export_module.write_torchscript
+
+    def terminated(wrapper, example, tmp):
+        write(wrapper, example, tmp)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(export_module, "write_torchscript", terminated)
+    out = tmp_path / "stopped" / "m.ts"
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(out)])
+    assert result.exit_code == 130 and "export interrupted: nothing written" in result.stderr, result.output
+    assert list(out.parent.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # put back

@@ -17,7 +17,8 @@ HELP = examples(
     "layout: corner for the paper's data), mask (B,1,H,W); output image (B,1,H,W). A model trained on "
     "complex data (prepare-data fastmri) takes and returns two-channel images, zf and output (B,2,H,W) "
     "real/imaginary, with centred k-space. Dynamic batch; ONNX has a fixed image size, TorchScript any. "
-    "A model card <out>.card.json is written beside the file.",
+    "A model card <out>.card.json is written beside the file: where the model comes from, how inputs must "
+    "be scaled, the file's sha256. An earlier export at the output path is replaced only with --force.",
     "sftkd export runs/demo-student --format onnx",
     "sftkd export runs/demo/sft --model student --format torchscript",
 )
@@ -30,11 +31,20 @@ def export(
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", help="best or last.")] = "best",
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
 ) -> None:
     """Export a run's model (see HELP)."""
-    from sftkd_cli.export import export_run
+    import signal
 
-    result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None)
+    from sftkd_cli.errors import RunInterrupted
+    from sftkd_cli.export import export_run
+    from sftkd_cli.signals import on_signals
+
+    try:  # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written
+        with on_signals(signal.default_int_handler, signal.SIGTERM):
+            result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
+    except KeyboardInterrupt:
+        raise RunInterrupted("export interrupted: nothing written") from None
     card = result.card
     console = stdout_console()
     h, w = card["image_size"]
