@@ -9,8 +9,6 @@ With `convention="fastmri"` the results are those of `sftkd evaluate --conventio
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -24,6 +22,16 @@ from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.result_files import (
+    Stat,
+    check_means,
+    number,
+    optional_number,
+    optional_str,
+    read_metrics_json,
+    read_per_unit,
+    stats_block,
+)
 from sftkd_cli.runs import expand_runs_folder, is_run_folder
 
 ZF_NAME = "ZF"
@@ -51,14 +59,6 @@ _PAPER_SLOT = {
 _PAPER_FIXED_ROWS = (ZF_NAME, "Teacher", "Student", "SFT-Student")
 _KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
 _DATASET_ORDER = ("mrbrains", "acdc")  # the paper's Table 1 order; other sources follow by name
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and standard deviation of one metric over slices."""
-
-    mean: float
-    std: float
 
 
 @dataclass(frozen=True)
@@ -156,91 +156,6 @@ class PaperTable:
 # ----------------------------------------------------------------------------- loading
 
 
-def _read_metrics_json(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SftkdError(f"{path}: corrupt metrics file ({exc}); re-run `sftkd evaluate {path.parent}`") from None
-    if not isinstance(info, dict):
-        raise SftkdError(f"{path}: expected a JSON object")
-    if info.get("format") != 1:
-        raise SftkdError(f"{path}: format {info.get('format')!r} is not supported (expected 1)")
-    return info
-
-
-def _number(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SftkdError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
-def _optional_number(value: object, where: str) -> float | None:
-    return None if value is None else _number(value, where)
-
-
-def _optional_str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _stats_block(block: object, where: str) -> dict[str, Stat]:
-    if not isinstance(block, dict) or not block:
-        raise SftkdError(f"{where}: expected an object of metrics with mean and std")
-    stats = {}
-    for metric, entry in block.items():
-        if not isinstance(entry, dict):
-            raise SftkdError(f"{where}.{metric}: expected {{'mean': ..., 'std': ...}}")
-        stats[metric] = Stat(_number(entry.get("mean"), f"{where}.{metric}.mean"),
-                             _number(entry.get("std"), f"{where}.{metric}.std"))
-    return stats
-
-
-def _read_per_slice(path: Path, unit: str = "slice") -> tuple[tuple[tuple[str, int], ...], dict[str, np.ndarray]]:
-    """(volume, slice) keys and numeric columns of a per_slice.csv; of a per_volume.csv (`unit`
-    "volume"), (volume, -1) keys and its columns except the slice count."""
-    if not path.is_file():
-        raise SftkdError(f"{path}: missing; re-run `sftkd evaluate {path.parent}`")
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = list(reader.fieldnames or [])
-            records = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SftkdError(f"{path}: unreadable ({exc})") from None
-    keyed = ("volume", "slice") if unit == "slice" else ("volume", "slices")
-    if any(name not in fields for name in keyed):
-        raise SftkdError(f"{path}: expected columns {' and '.join(keyed)} (then one per metric)")
-    if not records:
-        raise SftkdError(f"{path}: no {unit}s")
-    keys: list[tuple[str, int]] = []
-    values: dict[str, list[float]] = {name: [] for name in fields if name not in keyed}
-    for line, record in enumerate(records, start=2):
-        try:
-            keys.append((record["volume"], int(record["slice"]) if unit == "slice" else -1))
-            for name, column in values.items():
-                column.append(float(record[name]))
-        except (TypeError, ValueError):
-            raise SftkdError(f"{path}: line {line}: expected a volume id, an integer slice and numbers") from None
-    if len(set(keys)) != len(keys):
-        raise SftkdError(f"{path}: a (volume, slice) pair appears twice" if unit == "slice" else f"{path}: a volume appears twice")
-    return tuple(keys), {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
-
-
-def _check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarray], prefix: str) -> None:
-    """Refuse a per_slice.csv whose means disagree with metrics.json (a stale or foreign file)."""
-    for metric, stat in stats.items():
-        values = columns.get(prefix + metric)
-        if values is None:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            candidates = (float(np.mean(values)), float(np.nanmean(values)))
-        if not any(np.isclose(c, stat.mean, rtol=1e-3, atol=1e-6, equal_nan=True) for c in candidates):
-            raise SftkdError(
-                f"{label}/per_slice.csv: {prefix}{metric} mean {candidates[0]:.6g} does not match "
-                f"metrics.json ({stat.mean:.6g}); re-run `sftkd evaluate {label}`"
-            )
-
-
 def check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
         raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
@@ -274,7 +189,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     if not metrics_file.is_file():
         hint = "" if convention == "paper" else f" --convention {convention}"
         raise SftkdError(f"{label}: not evaluated yet (no {metrics_file.relative_to(path)}); run `sftkd evaluate {label}{hint}`")
-    info = _read_metrics_json(metrics_file)
+    info = read_metrics_json(metrics_file)
     where = str(metrics_file)
     if info.get("convention", "paper") != convention:
         raise SftkdError(f"{where}: scored in the {info.get('convention')} convention, expected {convention}; "
@@ -285,24 +200,24 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     for key in ("fingerprint", "split"):
         if not isinstance(dataset.get(key), str):
             raise SftkdError(f"{where}: dataset.{key}: expected a string")
-    metrics = _stats_block(info.get("metrics"), f"{where}: metrics")
-    zero_filled = _stats_block(info.get("zero_filled"), f"{where}: zero_filled")
-    slices, columns = _read_per_slice(metrics_file.parent / per_unit, unit)
-    _check_means(label, metrics, columns, "")
-    _check_means(label, zero_filled, columns, "ZF_")
-    params = _optional_number(info.get("params"), f"{where}: params")
+    metrics = stats_block(info.get("metrics"), f"{where}: metrics")
+    zero_filled = stats_block(info.get("zero_filled"), f"{where}: zero_filled")
+    slices, columns = read_per_unit(metrics_file.parent / per_unit, unit)
+    check_means(label, metrics, columns, "")
+    check_means(label, zero_filled, columns, "ZF_")
+    params = optional_number(info.get("params"), f"{where}: params")
     return RunResult(
         name=_run_name(path.resolve()),
         label=label,
-        role=_optional_str(info.get("role")),
-        method=_optional_str(info.get("method")),
-        teacher_role=_optional_str(info.get("teacher_role")),
+        role=optional_str(info.get("role")),
+        method=optional_str(info.get("method")),
+        teacher_role=optional_str(info.get("teacher_role")),
         params=None if params is None else int(params),
-        latency_ms=_optional_number(info.get("latency_ms_per_slice"), f"{where}: latency_ms_per_slice"),
-        source=_optional_str(dataset.get("source")),
+        latency_ms=optional_number(info.get("latency_ms_per_slice"), f"{where}: latency_ms_per_slice"),
+        source=optional_str(dataset.get("source")),
         fingerprint=dataset["fingerprint"],
         split=dataset["split"],
-        acceleration=_number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
+        acceleration=number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
         task=str(dataset.get("task", "recon")),
         metrics=metrics,
         zero_filled=zero_filled,

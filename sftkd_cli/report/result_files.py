@@ -1,0 +1,107 @@
+"""Readers of the files `sftkd evaluate` writes into a results folder: metrics.json and
+per_slice.csv (paper convention) or per_volume.csv (fastmri), with one-line errors naming the file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sftkd_cli.errors import SftkdError
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and standard deviation of one metric over slices."""
+
+    mean: float
+    std: float
+
+
+def read_metrics_json(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SftkdError(f"{path}: corrupt metrics file ({exc}); re-run `sftkd evaluate {path.parent}`") from None
+    if not isinstance(info, dict):
+        raise SftkdError(f"{path}: expected a JSON object")
+    if info.get("format") != 1:
+        raise SftkdError(f"{path}: format {info.get('format')!r} is not supported (expected 1)")
+    return info
+
+
+def number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SftkdError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def optional_number(value: object, where: str) -> float | None:
+    return None if value is None else number(value, where)
+
+
+def optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def stats_block(block: object, where: str) -> dict[str, Stat]:
+    if not isinstance(block, dict) or not block:
+        raise SftkdError(f"{where}: expected an object of metrics with mean and std")
+    stats = {}
+    for metric, entry in block.items():
+        if not isinstance(entry, dict):
+            raise SftkdError(f"{where}.{metric}: expected {{'mean': ..., 'std': ...}}")
+        stats[metric] = Stat(number(entry.get("mean"), f"{where}.{metric}.mean"),
+                             number(entry.get("std"), f"{where}.{metric}.std"))
+    return stats
+
+
+def read_per_unit(path: Path, unit: str = "slice") -> tuple[tuple[tuple[str, int], ...], dict[str, np.ndarray]]:
+    """(volume, slice) keys and numeric columns of a per_slice.csv; of a per_volume.csv (`unit`
+    "volume"), (volume, -1) keys and its columns except the slice count."""
+    if not path.is_file():
+        raise SftkdError(f"{path}: missing; re-run `sftkd evaluate {path.parent}`")
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = list(reader.fieldnames or [])
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SftkdError(f"{path}: unreadable ({exc})") from None
+    keyed = ("volume", "slice") if unit == "slice" else ("volume", "slices")
+    if any(name not in fields for name in keyed):
+        raise SftkdError(f"{path}: expected columns {' and '.join(keyed)} (then one per metric)")
+    if not records:
+        raise SftkdError(f"{path}: no {unit}s")
+    keys: list[tuple[str, int]] = []
+    values: dict[str, list[float]] = {name: [] for name in fields if name not in keyed}
+    for line, record in enumerate(records, start=2):
+        try:
+            keys.append((record["volume"], int(record["slice"]) if unit == "slice" else -1))
+            for name, column in values.items():
+                column.append(float(record[name]))
+        except (TypeError, ValueError):
+            raise SftkdError(f"{path}: line {line}: expected a volume id, an integer slice and numbers") from None
+    if len(set(keys)) != len(keys):
+        raise SftkdError(f"{path}: a (volume, slice) pair appears twice" if unit == "slice" else f"{path}: a volume appears twice")
+    return tuple(keys), {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
+
+
+def check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarray], prefix: str) -> None:
+    """Refuse a per_slice.csv whose means disagree with metrics.json (a stale or foreign file)."""
+    for metric, stat in stats.items():
+        values = columns.get(prefix + metric)
+        if values is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            candidates = (float(np.mean(values)), float(np.nanmean(values)))
+        if not any(np.isclose(c, stat.mean, rtol=1e-3, atol=1e-6, equal_nan=True) for c in candidates):
+            raise SftkdError(
+                f"{label}/per_slice.csv: {prefix}{metric} mean {candidates[0]:.6g} does not match "
+                f"metrics.json ({stat.mean:.6g}); re-run `sftkd evaluate {label}`"
+            )
