@@ -78,6 +78,29 @@ def make_run(
     return run
 
 
+FASTMRI_METRICS = ("NMSE", "PSNR", "SSIM")
+
+
+def add_fastmri_scores(run: Path, seed: int, shift: float) -> Path:
+    """RUN/eval-fastmri/ as `sftkd evaluate --convention fastmri` writes it: metrics.json
+    (convention fastmri, stats over volumes) and per_volume.csv (one row per volume)."""
+    volumes = sorted({volume for volume, _ in SLICES})
+    values = {m: v[:len(volumes)] for m, v in slice_values(seed, shift).items() if m in FASTMRI_METRICS}
+    zf = {m: v[:len(volumes)] for m, v in ZF_VALUES.items() if m in FASTMRI_METRICS}
+    out = run / "eval-fastmri"
+    out.mkdir()
+    info = json.loads((run / "metrics.json").read_text())
+    info.update(convention="fastmri", metrics=stats(values), zero_filled=stats(zf))
+    (out / "metrics.json").write_text(json.dumps(info))
+    with (out / "per_volume.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["volume", "slices", *FASTMRI_METRICS, *(f"ZF_{m}" for m in FASTMRI_METRICS)])
+        for i, volume in enumerate(volumes):
+            writer.writerow([volume, 4, *(repr(float(values[m][i])) for m in FASTMRI_METRICS),
+                             *(repr(float(zf[m][i])) for m in FASTMRI_METRICS)])
+    return out
+
+
 @pytest.fixture
 def trio(tmp_path: Path) -> dict[str, Path]:
     """Teacher, student and one KD run on the same data; the student's CSV rows are shuffled."""
@@ -230,6 +253,26 @@ def test_not_evaluated_runs_are_named_in_one_line_and_skipped(trio, tmp_path):
     assert [r["run"] for r in csv.DictReader(io.StringIO(result.stdout))] == ["ZF", "teacher", "student", "kd_at"]
     strict = invoke(*trio.values(), tmp_path / "pending1", tmp_path / "pending2", "--strict")
     assert strict.exit_code == 2 and "pending1" in strict.stderr and "pending2" in strict.stderr
+
+
+def test_an_eval_fastmri_folder_stands_for_its_run_in_the_fastmri_convention(trio):
+    """RUN/eval-fastmri given with --convention fastmri is read as RUN (not RUN/eval-fastmri/eval-fastmri),
+    as the paper convention's error advises."""
+    for seed, path in enumerate(trio.values()):
+        add_fastmri_scores(path, seed, 0.5 * seed)
+    folders = [path / "eval-fastmri" for path in trio.values()]
+    advice = invoke(folders[0])
+    assert advice.exit_code == 2 and "pass --convention fastmri" in advice.stderr
+    by_folder = invoke(*folders, "--convention", "fastmri", "-f", "json")
+    assert by_folder.exit_code == 0 and by_folder.stderr == "", by_folder.output
+    by_run = invoke(*trio.values(), "--convention", "fastmri", "-f", "json")
+    assert json.loads(by_folder.stdout) == json.loads(by_run.stdout)  # the same rows, named by their runs
+    both = invoke(trio["teacher"], folders[0], "--convention", "fastmri", "-f", "csv")
+    assert [row["run"] for row in csv.DictReader(io.StringIO(both.stdout))] == ["ZF", "teacher"]  # one run, once
+    (folders[1] / "metrics.json").unlink()
+    pending = invoke(folders[0], folders[1], "--convention", "fastmri", "-f", "csv")
+    hint = f"run `sftkd evaluate {trio['student']} --convention fastmri`"
+    assert pending.exit_code == 0 and hint in pending.stderr, pending.output
 
 
 def test_glob_style_arguments_with_junk(trio, tmp_path):

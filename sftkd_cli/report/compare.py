@@ -66,7 +66,7 @@ class RunResult:
     """What `sftkd evaluate` wrote into one run directory."""
 
     name: str  # the directory name: how runs are identified
-    label: str  # the path as the user gave it, for messages
+    label: str  # the run's path as the user gave it (RUN for RUN/eval-fastmri), for messages
     role: str | None
     method: str | None
     teacher_role: str | None
@@ -166,6 +166,14 @@ def results_folder(run_dir: Path, convention: str = "paper") -> Path:
     return run_dir / CONVENTIONS[convention][0] if CONVENTIONS[convention][0] else run_dir
 
 
+def run_of(path: Path, convention: str = "paper") -> Path:
+    """The run (or evaluation folder) that `path` stands for: RUN for RUN/eval-fastmri given in the
+    fastmri convention, so that both read (and name) the same results; else `path` itself."""
+    folder = CONVENTIONS[convention][0]
+    own = bool(folder) and path.name == folder and path.is_dir() and not (path / "recipe.yaml").is_file()
+    return path.parent if own else path
+
+
 def _run_name(folder: Path) -> str:
     """A run's name in the tables: its folder's; an evaluation folder inside a run is named with
     the run's (sft/eval-student, X/eval-amp-bf16), so that two runs' are told apart."""
@@ -178,12 +186,12 @@ def _run_name(folder: Path) -> str:
 
 def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult:
     """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
-    RUN/eval-fastmri/metrics.json and per_volume.csv)."""
+    RUN/eval-fastmri/metrics.json and per_volume.csv; `run_dir` may be RUN/eval-fastmri itself)."""
     check_convention(convention)
-    path = Path(run_dir)
+    if not Path(run_dir).is_dir():
+        raise SftkdError(f"{run_dir}: not a run directory")
+    path = run_of(Path(run_dir), convention)
     label = str(path)
-    if not path.is_dir():
-        raise SftkdError(f"{label}: not a run directory")
     _, per_unit, unit = CONVENTIONS[convention]
     metrics_file = results_folder(path, convention) / "metrics.json"
     if not metrics_file.is_file():
@@ -243,7 +251,7 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
         path = Path(raw)
         if not path.exists():
             raise SftkdError(f"{path}: no such run directory")
-        for run in expand_runs_folder(path):
+        for run in (run_of(found, convention) for found in expand_runs_folder(path)):
             if run.is_dir() and run.resolve() not in seen:
                 seen.add(run.resolve())
                 dirs.append(run)
