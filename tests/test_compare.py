@@ -275,6 +275,28 @@ def test_an_eval_fastmri_folder_stands_for_its_run_in_the_fastmri_convention(tri
     assert pending.exit_code == 0 and hint in pending.stderr, pending.output
 
 
+def test_with_no_evaluated_run_the_error_line_keeps_why(tmp_path):
+    """Nothing left to tabulate: the one error line says why the paths were skipped (the first named,
+    the others counted) and how to evaluate them, instead of dropping those warnings."""
+    pending = []
+    for name in ("pending1", "pending2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recipe.yaml").write_text("run: {}\n")
+        pending.append(tmp_path / name)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "notes.txt").write_text("junk")
+    for args, expected in (
+        ([pending[0]], f"{pending[0]}: not evaluated yet (no metrics.json); run `sftkd evaluate {pending[0]}`"),
+        ([pending[0], "--convention", "fastmri"], f"run `sftkd evaluate {pending[0]} --convention fastmri`"),
+        (pending, f"{pending[0]} (and 1 more): not evaluated yet (no metrics.json); run `sftkd evaluate RUN` on each"),
+        ([tmp_path / "junk", tmp_path / "notes.txt"], f"{tmp_path / 'junk'}: not a run directory"),
+    ):
+        result = invoke(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "no evaluated run among the given paths" in lines[0] and expected in lines[0], lines[0]
+
+
 def test_glob_style_arguments_with_junk(trio, tmp_path):
     (tmp_path / "notes.txt").write_text("junk")
     (tmp_path / "summary.csv").write_text("a,b\n")

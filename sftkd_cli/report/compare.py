@@ -241,8 +241,9 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
     A folder of runs (a plan's `runs/<plan>/`) stands for the runs in it. Non-directories are
     skipped silently; directories that are not runs (no recipe.yaml and no metrics.json) are
     skipped with a warning; runs not yet evaluated are named in one
-    warning and skipped, or refused in one error when `strict`. `convention` picks which of a
-    run's results are read (fastmri: those of `sftkd evaluate --convention fastmri`).
+    warning and skipped, or refused in one error when `strict`. With no evaluated run left, the
+    error says why the first skipped path was skipped. `convention` picks which of a run's
+    results are read (fastmri: those of `sftkd evaluate --convention fastmri`).
     """
     check_convention(convention)
     dirs: list[Path] = []
@@ -260,22 +261,36 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
     # paper: a run folder without metrics.json; fastmri: any run or evaluation folder without eval-fastmri/
     evaluable = (lambda p: (p / "recipe.yaml").exists()) if convention == "paper" else is_run_folder
     pending = [str(p) for p in dirs if not scored(p) and evaluable(p)]
+    not_run = "not a run directory (no recipe.yaml or metrics.json)"
+    unevaluated = _not_evaluated(pending, convention) if pending else ""
     messages = []
     if not_runs:
-        messages.append(f"{', '.join(not_runs)}: not a run directory (no recipe.yaml or metrics.json); skipped")
+        messages.append(f"{', '.join(not_runs)}: {not_run}; skipped")
     if pending:
-        flag = "" if convention == "paper" else f" --convention {convention}"
-        hint = f"`sftkd evaluate {pending[0]}{flag}`" if len(pending) == 1 else f"`sftkd evaluate RUN{flag}` on each"
-        missing = "metrics.json" if convention == "paper" else f"{CONVENTIONS[convention][0]}/metrics.json"
-        message = f"{', '.join(pending)}: not evaluated yet (no {missing}); run {hint}"
         if strict:
-            raise SftkdError(message)
-        messages.append(message + "; skipped")
+            raise SftkdError(f"{', '.join(pending)}: {unevaluated}")
+        messages.append(f"{', '.join(pending)}: {unevaluated}; skipped")
     runs = [load_run_result(p, convention) for p in dirs if scored(p)]
     if not runs:
-        raise SftkdError("compare: no evaluated run among the given paths (expected run directories with metrics.json)")
+        # one line that keeps the most useful warning: the first path named, the others counted
+        skipped, why = (pending, unevaluated) if pending else (not_runs, not_run)
+        detail = f"; {_first_of(skipped)}: {why}" if skipped else " (expected run directories with metrics.json)"
+        raise SftkdError(f"compare: no evaluated run among the given paths{detail}")
     _check_unique_names(runs)
     return runs, messages
+
+
+def _not_evaluated(pending: Sequence[str], convention: str) -> str:
+    """Why `pending` runs are skipped and the command that evaluates them (one run: its own)."""
+    flag = "" if convention == "paper" else f" --convention {convention}"
+    hint = f"`sftkd evaluate {pending[0]}{flag}`" if len(pending) == 1 else f"`sftkd evaluate RUN{flag}` on each"
+    missing = "metrics.json" if convention == "paper" else f"{CONVENTIONS[convention][0]}/metrics.json"
+    return f"not evaluated yet (no {missing}); run {hint}"
+
+
+def _first_of(paths: Sequence[str]) -> str:
+    """'A' for one path, 'A (and 2 more)' for several: one line however many were given."""
+    return paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
 
 
 # ----------------------------------------------------------------------------- checks
