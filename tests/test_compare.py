@@ -382,6 +382,17 @@ def test_group_paper_places_runs_in_cells(tmp_path):
     assert "\\multicolumn{2}{c}{4x}" in latex
 
 
+def test_group_paper_refuses_two_datasets_under_one_source_name_with_fitting_advice(tmp_path):
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), fingerprint="cd" * 32)
+    result = invoke(a, b, "--group", "paper")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "dataset fingerprint" in lines[0] and "two datasets share the source name 'demo'" in lines[0]
+    assert "--group paper)" not in lines[0]  # not the advice to use the option just given
+    assert "(or use --group paper)" in invoke(a, b).stderr  # which stays the advice without it
+
+
 def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
     a = make_run(tmp_path, "at1", "kd", slice_values(4, 0.5), method="at", teacher_role="sft-teacher")
     b = make_run(tmp_path, "at2", "kd", slice_values(5, 0.6), method="at", teacher_role="sft-teacher")

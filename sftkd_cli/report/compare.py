@@ -304,6 +304,9 @@ def _check_unique_names(runs: Sequence[RunResult]) -> None:
         by_name[run.name] = run
 
 
+_SAME_DATA = "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
+
+
 def _data_differences(a: RunResult, b: RunResult) -> list[str]:
     diffs = []
     if a.fingerprint != b.fingerprint:
@@ -315,15 +318,13 @@ def _data_differences(a: RunResult, b: RunResult) -> list[str]:
     return diffs
 
 
-def check_same_data(runs: Sequence[RunResult]) -> None:
-    """Refuse runs evaluated on different data, split or acceleration, naming the first pair."""
+def check_same_data(runs: Sequence[RunResult], advice: str = _SAME_DATA) -> None:
+    """Refuse runs evaluated on different data, split or acceleration, naming the first pair;
+    `advice` says what to do instead (it depends on the layout)."""
     for other in runs[1:]:
         diffs = _data_differences(runs[0], other)
         if diffs:
-            raise SftkdError(
-                f"{runs[0].label} vs {other.label}: evaluated on different {' and '.join(diffs)}; "
-                "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
-            )
+            raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different {' and '.join(diffs)}; {advice}")
 
 
 def check_same_slices(a: RunResult, b: RunResult) -> None:
@@ -503,8 +504,9 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRIC
     groups: dict[tuple[str, float], list[RunResult]] = {}
     for run in runs:
         groups.setdefault((run.dataset_key, run.acceleration), []).append(run)
-    for members in groups.values():
-        check_same_data(members)
+    for (dataset, _), members in groups.items():  # same source and acceleration: only the data itself can differ
+        check_same_data(members, f"two datasets share the source name '{dataset}' and the paper table has one block "
+                                 "per source: pass runs evaluated on one of them")
 
     cells: dict[str, dict[tuple[str, float, str], PaperCell]] = {}
     owners: dict[tuple[str, str, float, str], RunResult] = {}
