@@ -66,7 +66,7 @@ class ClaimResult:
 
 def arm_label(key: str) -> str:
     """A display name for an arm: Teacher, Student, SF-teacher, Std-KD (AT), SFT-KD-Recon (AT), ..."""
-    fixed = {"teacher": "Teacher", "student": "Student", "sft": "SF-teacher", "sft-student": "SF-teacher's student branch"}
+    fixed = {"teacher": "Teacher", "student": "Student", "sft": "SF-teacher", "sft-student": "SFT student blocks (S1 untrained)"}
     if key in fixed:
         return fixed[key]
     for prefix, name in (("std-kd-", "Std-KD"), ("sft-kd-", "SFT-KD-Recon")):
@@ -79,7 +79,7 @@ def arm_label(key: str) -> str:
 
 
 def arm_order(keys: Sequence[str]) -> list[str]:
-    """Teacher, SF-teacher, student, SFT student branch, then per method Std-KD before SFT-KD-Recon."""
+    """Teacher, SF-teacher, student, SFT student blocks, then per method Std-KD before SFT-KD-Recon."""
     fixed = ["teacher", "sft", "student", "sft-student"]
     methods = list(dict.fromkeys(k.removeprefix("std-kd-").removeprefix("sft-kd-").removesuffix("-random")
                                  for k in keys if k.startswith(("std-kd-", "sft-kd-"))))

@@ -187,7 +187,7 @@ def _paper_layout(plan: Plan, members: Sequence[Stage], seeds: Sequence[int], gr
 
     That layout holds one run per cell and refuses two, so seeds are never averaged here: each
     seed gets its own table (the results table pools them). Left out, as compare on the plan's
-    runs folder leaves them out or cannot place them: the SF-teacher's student branch (an
+    runs folder leaves them out or cannot place them: the SFT run's student blocks (an
     evaluation inside the SFT run) and random-init students (a second SFT-KD-Recon cell).
     """
     from sftkd_cli.report.compare import collect_runs, paper_table
