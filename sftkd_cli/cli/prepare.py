@@ -72,7 +72,7 @@ Task = Annotated[
                       "(super-resolution: the central 1/s x 1/s of k-space per scale s, zero-padded and "
                       "interpolated back to full size)."),
 ]
-MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri | fastmri-random | fastmri-equispaced (the last two: the fastmri package's masks, bit for bit).")]
+MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri | fastmri-random | fastmri-equispaced (the last two: the fastmri package's RandomMaskFunc and EquispacedMaskFractionFunc ('equispaced_fraction'), bit for bit).")]
 MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",

@@ -153,7 +153,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
              "supported yet.\n\n"
              "Split by file: singlecoil_train/ -> train and singlecoil_val/ -> val; otherwise, or with "
              "--val/--val-fraction (the val folder then becomes test), a seeded 25 % for val. --mask-kind "
-             "fastmri-random | fastmri-equispaced give the fastmri package's masks for --seed.",
+             "fastmri-random | fastmri-equispaced give the fastmri package's masks for --seed (RandomMaskFunc, EquispacedMaskFractionFunc).",
         examples=("sftkd prepare-data fastmri /data/knee --out data/knee",
                   "sftkd prepare-data fastmri /data/knee -o data/pd --acquisition CORPD_FBK",
                   "sftkd prepare-data fastmri /data/knee -o data/k10 --volume-sample-rate 0.1"),
