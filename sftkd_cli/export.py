@@ -73,7 +73,7 @@ FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
-CARD_FORMAT = 1
+CARD_FORMAT = 2  # 2: the mask's sampled_lines along its axis (was sampled_rows, always rows)
 
 
 # --------------------------------------------------------------------------- writing
@@ -237,13 +237,11 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
         return None, str(path.resolve())
 
 
-def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, Any] | None, mask: np.ndarray | None) -> np.ndarray:
-    """A mask for the phantom check: the dataset's when it fits, else a generated one."""
+def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, Any] | None) -> np.ndarray:
+    """A mask of `size` made as the dataset's was (for a size other than the dataset's)."""
     from sftkd_cli.data.prepare import sr_box_mask
     from sftkd_cli.mri.masks import make_mask
 
-    if mask is not None and tuple(mask.shape) == tuple(size):
-        return mask
     info = (manifest or {}).get("mask", {})
     layout = info.get("layout", "corner")
     if (manifest or {}).get("task") == "sr":
@@ -276,20 +274,25 @@ def _last_metrics(run_path: Path) -> dict[str, Any] | None:
 
 
 def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.ndarray | None, mask_file: str | None) -> dict[str, Any]:
+    """The card's record of the mask the export was checked with: how it was made, and the lines it
+    samples, read off the mask itself: whole rows (axis 0), whole columns (axis 1, fastMRI), or
+    neither (axis None, a 2-D mask)."""
     info = dict((manifest or {}).get("mask", {}))
     card: dict[str, Any] = {
         "kind": info.get("kind"), "seed": info.get("seed"), "layout": info.get("layout"),
-        "axis": info.get("axis"), "center_fraction": info.get("center_fraction"), "file": mask_file,
+        "center_fraction": info.get("center_fraction"), "file": mask_file,
     }
     if mask is not None:
-        rows = np.flatnonzero(mask.any(axis=1))
+        sampled = mask != 0
+        rows, columns = np.flatnonzero(sampled.any(axis=1)), np.flatnonzero(sampled.any(axis=0))
+        axis = 0 if sampled[rows].all() else 1 if sampled[:, columns].all() else None
         card.update({
             "shape": list(mask.shape),
-            "sampled_rows": [int(r) for r in rows],
-            "lines": int(len(rows)),
-            "sampled_fraction": round(float(mask.mean()), 6),
-            "whole_rows": bool(np.all(mask[rows] == 1)) if len(rows) else True,
+            "axis": axis,
+            "sampled_lines": None if axis is None else [int(i) for i in (rows if axis == 0 else columns)],
+            "sampled_fraction": round(float(sampled.mean()), 6),
         })
+        card["lines"] = None if axis is None else len(card["sampled_lines"])
     return card
 
 
@@ -359,9 +362,12 @@ def export_run(
     image_size = resolve_size(size, manifest, data_path)
     mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
     inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
+    fits = mask is not None and tuple(mask.shape) == tuple(image_size)
+    # the mask the check runs with, for the card: the dataset's, or one made for another --size
+    checked_mask = (mask, mask_file) if fits or inputs is not None else (_check_mask(image_size, acceleration, manifest), None)
     if inputs is None:
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
-        inputs = phantom_inputs(image_size, _check_mask(image_size, acceleration, manifest, mask), complex_centered=complex_centered)
+        inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered)
 
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
@@ -406,7 +412,7 @@ def export_run(
             "architecture": family.architecture(model, fixed),
             "params": count_parameters(model),
             "acceleration": acceleration,
-            "mask": _mask_card(manifest, acceleration, mask, mask_file),
+            "mask": _mask_card(manifest, acceleration, *checked_mask),
             "image_size": list(image_size),
             "image_size_dynamic": not fixed,
             "batch_dynamic": True,

@@ -196,7 +196,7 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert card["inputs"][1]["shape"] == ["batch", 2, 16, 16] and card["kspace_layout"] == "corner"
     mask = np.load(tiny_dataset / "masks" / "acc4.npy")
     assert card["acceleration"] == 4.0 and card["mask"]["kind"] == "random" and card["mask"]["seed"] == 42
-    assert card["mask"]["sampled_rows"] == [int(r) for r in np.flatnonzero(mask[:, 0])]
+    assert card["mask"]["axis"] == 0 and card["mask"]["sampled_lines"] == [int(r) for r in np.flatnonzero(mask[:, 0])]
     assert card["mask"]["lines"] == 4 and Path(card["mask"]["file"]).is_file()
     assert card["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
     assert card["check"]["max_abs_diff"] < 1e-4 and card["check"]["batches"] == [1, 3]
@@ -220,6 +220,24 @@ def test_failing_check_leaves_nothing_behind(trained_run, tmp_path, monkeypatch,
     with pytest.raises(SftkdError, match="differs"):
         export_run(trained_run, fmt, out=out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_card_records_the_mask_the_check_used_read_off_the_mask():
+    rows = np.zeros((8, 6), np.float32)
+    rows[[0, 1, 5]] = 1
+    card = export_module._mask_card(None, 4.0, rows, None)
+    assert (card["axis"], card["sampled_lines"], card["lines"]) == (0, [0, 1, 5], 3)
+    card = export_module._mask_card(None, 4.0, rows.T.copy(), "m.npy")  # fastMRI: whole columns
+    assert (card["axis"], card["sampled_lines"], card["lines"], card["file"]) == (1, [0, 1, 5], 3, "m.npy")
+    points = np.eye(6, dtype=np.float32)  # neither whole rows nor whole columns
+    card = export_module._mask_card(None, 4.0, points, None)
+    assert card["axis"] is None and card["lines"] is None and card["sampled_fraction"] == round(1 / 6, 6)
+
+
+def test_another_size_records_the_mask_made_for_it_not_the_datasets(run_copy):
+    card = export_run(run_copy, "onnx", size=(12, 10)).card
+    assert card["mask"]["shape"] == [12, 10] and card["mask"]["file"] is None
+    assert card["mask"]["axis"] == 0 and card["mask"]["lines"] == 3 and card["mask"]["kind"] == "random"
 
 
 def test_missing_dataset_needs_size_then_uses_a_phantom(run_copy, tmp_path):
