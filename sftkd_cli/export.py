@@ -61,6 +61,7 @@ from sftkd_cli.exported import (
     split_complex,
 )
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
+from sftkd_cli.mri.masks import describe_mask, sampled_lines
 from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
@@ -274,25 +275,21 @@ def _last_metrics(run_path: Path) -> dict[str, Any] | None:
 
 
 def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.ndarray | None, mask_file: str | None) -> dict[str, Any]:
-    """The card's record of the mask the export was checked with: how it was made, and the lines it
-    samples, read off the mask itself: whole rows (axis 0), whole columns (axis 1, fastMRI), or
-    neither (axis None, a 2-D mask)."""
+    """The card's record of the mask the export was checked with: how it was made (the manifest's
+    recipe) and what it samples, read off the mask itself (`describe_mask`: the axis of its whole
+    lines, None for a 2-D pattern, and the lines sampled along it)."""
     info = dict((manifest or {}).get("mask", {}))
     card: dict[str, Any] = {
         "kind": info.get("kind"), "seed": info.get("seed"), "layout": info.get("layout"),
         "center_fraction": info.get("center_fraction"), "file": mask_file,
     }
     if mask is not None:
-        sampled = mask != 0
-        rows, columns = np.flatnonzero(sampled.any(axis=1)), np.flatnonzero(sampled.any(axis=0))
-        axis = 0 if sampled[rows].all() else 1 if sampled[:, columns].all() else None
+        described = describe_mask(mask, info["axis"] if info.get("axis") in (0, 1) else 0)
+        axis = described["axis"]
         card.update({
-            "shape": list(mask.shape),
-            "axis": axis,
-            "sampled_lines": None if axis is None else [int(i) for i in (rows if axis == 0 else columns)],
-            "sampled_fraction": round(float(sampled.mean()), 6),
+            "shape": list(mask.shape), **described,
+            "sampled_lines": None if axis is None else [int(i) for i in sampled_lines(mask, axis)],
         })
-        card["lines"] = None if axis is None else len(card["sampled_lines"])
     return card
 
 

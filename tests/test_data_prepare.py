@@ -215,6 +215,37 @@ def test_user_mask_file_is_used_and_copied(tmp_path: Path, nifti_writer) -> None
         np.testing.assert_array_equal(f["acc4/mask"][()], mask)
 
 
+def test_user_mask_axis_is_read_from_the_mask(tmp_path: Path, nifti_writer) -> None:
+    """A user's mask of whole columns is recorded as axis 1 with its column count (not as rows, all
+    16 of them); a 2-D pattern as no axis; a mix with generated row masks per acceleration."""
+    from scipy.io import savemat
+
+    from cli_helpers import sftkd
+
+    nifti_writer.write(tmp_path / "raw/a.nii.gz", nifti_writer.phantom((16, 16, 2)))
+    columns = np.zeros((16, 16), dtype=np.float32)
+    columns[:, [0, 7, 8, 12]] = 1
+    np.save(tmp_path / "cols.npy", columns)
+    pattern = (np.random.default_rng(0).random((16, 16)) < 0.25).astype(np.float64)
+    savemat(tmp_path / "pattern.mat", {"mask": pattern})
+    result = sftkd("prepare-data", "nifti", tmp_path / "raw", "--out", tmp_path / "c", "--acc", "4",
+                   "--mask-file", f"4={tmp_path / 'cols.npy'}")
+    m = json.loads((tmp_path / "c/manifest.json").read_text())["mask"]
+    assert m["axis"] == 1 and m["per_acceleration"]["acc4"]["axis"] == 1 and m["per_acceleration"]["acc4"]["lines"] == 4
+    assert "4x: 4/16 lines (file)" in result.stdout and "columns sampled (axis 1)" in result.stdout
+    opts = PrepareOptions(accelerations=(4.0,), mask_files={4.0: tmp_path / "pattern.mat"})
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "p", opts).manifest["mask"]
+    entry = m["per_acceleration"]["acc4"]
+    assert m["axis"] is None and entry["axis"] is None and entry["lines"] is None
+    assert entry["sampled_fraction"] == round(float(pattern.mean()), 6)
+    result = sftkd("prepare-data", "nifti", tmp_path / "raw", "--out", tmp_path / "mix", "--acc", "4,5",
+                   "--mask-file", f"4={tmp_path / 'cols.npy'}")
+    m = json.loads((tmp_path / "mix/manifest.json").read_text())["mask"]
+    assert m["axis"] is None and m["per_acceleration"]["acc4"]["axis"] == 1 and m["per_acceleration"]["acc5"]["axis"] == 0
+    text = " ".join(result.stdout.split())
+    assert "4x: 4/16 columns (file)" in text and "5x: 3/16 rows (random)" in text
+
+
 def test_parse_accelerations_and_mask_files() -> None:
     assert parse_accelerations(["4,5", "2.5"]) == (4.0, 5.0, 2.5)
     assert parse_accelerations(None) == ()

@@ -227,7 +227,8 @@ def test_the_card_records_the_mask_the_check_used_read_off_the_mask():
     rows[[0, 1, 5]] = 1
     card = export_module._mask_card(None, 4.0, rows, None)
     assert (card["axis"], card["sampled_lines"], card["lines"]) == (0, [0, 1, 5], 3)
-    card = export_module._mask_card(None, 4.0, rows.T.copy(), "m.npy")  # fastMRI: whole columns
+    recipe = {"mask": {"kind": "random", "axis": 0}}  # whatever the manifest says, the mask tells
+    card = export_module._mask_card(recipe, 4.0, rows.T.copy(), "m.npy")  # fastMRI: whole columns
     assert (card["axis"], card["sampled_lines"], card["lines"], card["file"]) == (1, [0, 1, 5], 3, "m.npy")
     points = np.eye(6, dtype=np.float32)  # neither whole rows nor whole columns
     card = export_module._mask_card(None, 4.0, points, None)

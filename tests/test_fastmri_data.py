@@ -188,6 +188,12 @@ def test_mask_file_as_a_fastmri_vector(knee, tmp_path):
     np.save(tmp_path / "line.npy", line)
     manifest = prepare(raw, tmp_path / "d", accelerations=(4.0,), mask_files={4.0: tmp_path / "line.npy"}).manifest
     assert manifest["mask"]["per_acceleration"]["acc4"]["origin"] == "file"
+    assert manifest["mask"]["axis"] == manifest["mask"]["per_acceleration"]["acc4"]["axis"] == 1
+    assert manifest["mask"]["per_acceleration"]["acc4"]["lines"] == int(line.sum())
+    rows = make_mask("equispaced", (40, 32), 4, seed=7, layout="centered", axis=0)  # whole k-space rows
+    np.save(tmp_path / "rows.npy", rows)
+    mask = prepare(raw, tmp_path / "r", accelerations=(4.0,), mask_files={4.0: tmp_path / "rows.npy"}).manifest["mask"]
+    assert mask["axis"] == mask["per_acceleration"]["acc4"]["axis"] == 0 and mask["per_acceleration"]["acc4"]["lines"] == 10
     assert np.array_equal(SliceDataset(tmp_path / "d", "val", 4)[0]["mask"][0, 5].numpy(), line)
     with pytest.raises(SftkdError, match="data.mask_per_sample: dataset .* has masks from files"):
         SliceDataset(tmp_path / "d", "train", 4, mask_per_sample=True)

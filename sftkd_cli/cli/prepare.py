@@ -20,7 +20,7 @@ from rich.table import Table
 
 from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
-from sftkd_cli.data.format import group_key
+from sftkd_cli.data.format import group_key, mask_axis
 from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.errors import SftkdError
 
@@ -172,15 +172,20 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         table.add_row("scales", boxes)
         table.add_row("k-space layout", f"{mask['layout']}, central box kept")
     else:
-        axis = int(mask.get("axis", 0))  # 0: rows sampled (the paper's), 1: columns (fastMRI)
-        lines = ", ".join(
-            f"{a:g}x: {mask['per_acceleration'][group_key('recon', a)]['lines']}/{(h, w)[axis]} lines "
-            f"({mask['per_acceleration'][group_key('recon', a)]['origin']})"
-            for a in m["accelerations"]
-        )
-        table.add_row("accelerations", lines)
-        table.add_row("mask layout", f"{mask['layout']}, {('rows', 'columns')[axis]} sampled (axis {axis}), "
-                                     f"seed {mask['seed']}")
+        common = mask.get("axis")  # 0: rows sampled (the paper's), 1: columns (fastMRI), None: per acceleration
+        lines = []
+        for a in m["accelerations"]:
+            entry, axis = mask["per_acceleration"][group_key("recon", a)], mask_axis(mask, group_key("recon", a))
+            if axis is None:
+                lines.append(f"{a:g}x: {100 * entry['sampled_fraction']:.3g}% of k-space, no whole lines "
+                             f"({entry['origin']})")
+            else:
+                word = "lines" if common is not None else ("rows", "columns")[axis]
+                lines.append(f"{a:g}x: {entry['lines']}/{(h, w)[axis]} {word} ({entry['origin']})")
+        table.add_row("accelerations", ", ".join(lines))
+        sampled = (f"{('rows', 'columns')[common]} sampled (axis {common})" if common is not None
+                   else "sampling per acceleration")
+        table.add_row("mask layout", f"{mask['layout']}, {sampled}, seed {mask['seed']}")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
 

@@ -8,11 +8,14 @@ no h5py): command help and the report import it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sftkd_cli.acquisition import TASKS
 
 __all__ = [
     "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "TASKS",
-    "acceleration_key", "group_key",
+    "acceleration_key", "group_key", "mask_axis",
 ]
 
 #: version of the dataset layout (h5 attribute and manifest "format")
@@ -36,3 +39,11 @@ def acceleration_key(acceleration: float) -> str:
 def group_key(task: str, factor: float) -> str:
     """Group name of a task's factor: ('recon', 4) -> 'acc4' (acceleration), ('sr', 4) -> 'sr4' (scale)."""
     return f"sr{float(factor):g}" if task == "sr" else acceleration_key(factor)
+
+
+def mask_axis(mask: Mapping[str, Any], group: str) -> int | None:
+    """The axis of one acceleration's whole sampled lines in a manifest's `mask` section (a user's
+    mask records its own; generated ones share the section's), None for a mask of no whole lines."""
+    entry = mask.get("per_acceleration", {}).get(group, {})
+    axis = entry["axis"] if isinstance(entry, dict) and "axis" in entry else mask.get("axis", 0)
+    return None if axis is None else int(axis)

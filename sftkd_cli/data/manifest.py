@@ -22,7 +22,7 @@ from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
 from sftkd_cli.files import display_path, sha256_file, write_bytes_synced
-from sftkd_cli.mri.masks import check_mask_acceleration, load_mask
+from sftkd_cli.mri.masks import check_mask_acceleration, describe_mask, load_mask
 
 #: acceleration -> (mask file, its mask, the file's sha256)
 UserMasks = dict[float, tuple[Path, np.ndarray, str]]
@@ -76,29 +76,44 @@ def write_masks(folder: Path, masks: Mapping[float, np.ndarray], task: str) -> N
 
 
 def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user: UserMasks,
-                layout: str, axis: int) -> dict[str, Any]:
-    """The manifest's `mask` section: masks sample whole lines along `axis` (0: rows, the paper's;
-    1: columns, fastMRI's), in k-space `layout`."""
+                layout: str, generated_axis: int) -> dict[str, Any]:
+    """The manifest's `mask` section, in k-space `layout`. Generated masks sample whole lines along
+    `generated_axis` (0: rows, the paper's; 1: columns, fastMRI's); a user's mask is described from
+    its content (`describe_mask`: the axis of its whole lines, or None for a 2-D pattern). "axis" is
+    the masks' common axis, None when they differ or sample no whole lines; an acceleration records
+    its own "axis" when its mask is a user's or the masks differ."""
     sr = options.task == "sr"
     per_acc = {}
+    axes: dict[str, int | None] = {}
     for acc, mask in masks.items():
         key = group_key(options.task, acc)
+        if sr:  # the central k-space box: no whole lines; its rows and columns are recorded as "box"
+            described = {"axis": generated_axis, "lines": int(np.count_nonzero(mask.any(axis=1 - generated_axis))),
+                         "sampled_fraction": round(float(mask.mean()), 6)}
+        else:
+            described = describe_mask(mask, generated_axis)
+        axes[key] = described["axis"]
         per_acc[key] = {
             "file": f"masks/{key}.npy",
-            "lines": int(np.count_nonzero(mask.any(axis=1 - axis))),
-            "sampled_fraction": round(float(mask.mean()), 6),
+            "lines": described["lines"],
+            "sampled_fraction": described["sampled_fraction"],
             "origin": "sr-box" if sr else "file" if acc in user else options.mask_kind,
         }
         if sr:
             per_acc[key]["box"] = [int(np.count_nonzero(mask.any(axis=1))), int(np.count_nonzero(mask.any(axis=0)))]
         if acc in user:
+            per_acc[key]["axis"] = described["axis"]
             per_acc[key]["source_file"] = str(user[acc][0].resolve())
             per_acc[key]["source_sha256"] = user[acc][2]
+    common = set(axes.values()).pop() if len(set(axes.values())) == 1 else None
+    if common is None:  # every mask's own axis (`data.format.mask_axis` reads it)
+        for key, axis in axes.items():
+            per_acc[key]["axis"] = axis
     return {
         "kind": "sr-box" if sr else options.mask_kind,
         "seed": options.seed,
         "layout": layout,
-        "axis": axis,
+        "axis": common,
         "center_fraction": options.center_fraction,
         "files": {k: v["file"] for k, v in per_acc.items()},
         "per_acceleration": per_acc,

@@ -408,7 +408,7 @@ def _prepare_locked(
         acquisition = Acquisition(task=options.task, kspace_layout=options.mask_layout, values="magnitude",
                                   channels=1, image_size=(int(size[0]), int(size[1])))
         manifest = dataset_manifest(source, options, acquisition, NORMALISATION,
-                                    mask_record(options, masks, user, options.mask_layout, axis=0),
+                                    mask_record(options, masks, user, options.mask_layout, generated_axis=0),
                                     splits, volumes, record)
         write_manifest(tmp, manifest)
         signals.check()  # the last moment to stop: installing is a few renames, never cut short

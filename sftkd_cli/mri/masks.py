@@ -296,6 +296,30 @@ def sampled_lines(mask: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.flatnonzero(np.asarray(mask).any(axis=other))
 
 
+def line_axis(mask: np.ndarray, default: int) -> int | None:
+    """The axis whose whole lines a 2-D mask samples: 0 when every row is all 0 or all 1 (rows
+    sampled, the paper's), 1 when every column is (fastMRI's); `default` when both hold (all ones
+    or all zeros); None when neither (a 2-D pattern, e.g. a user's variable-density mask)."""
+    sampled = np.asarray(mask) != 0
+    whole_rows = bool(np.all(sampled == sampled[:, :1]))
+    whole_columns = bool(np.all(sampled == sampled[:1, :]))
+    if whole_rows and whole_columns:
+        return default
+    return 0 if whole_rows else 1 if whole_columns else None
+
+
+def describe_mask(mask: np.ndarray, default_axis: int) -> dict[str, Any]:
+    """What a dataset's manifest and a model card record about a 2-D mask, worked out from the mask
+    itself: "axis" of its whole lines (`line_axis`; None when it samples no whole lines), "lines"
+    sampled along that axis (None likewise) and the "sampled_fraction" of k-space."""
+    axis = line_axis(mask, default_axis)
+    return {
+        "axis": axis,
+        "lines": None if axis is None else int(sampled_lines(mask, axis).size),
+        "sampled_fraction": round(float(np.asarray(mask).mean()), 6),
+    }
+
+
 def _read_npz(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         keys = list(data.keys())
