@@ -17,7 +17,9 @@ Helpers:
 - `write_singlecoil(path, slices, shape, crop, acquisition, seed)` -> path
 - `write_multicoil(path, slices, coils, shape, crop, seed)` -> path
 - `write_folder(root, files, ...)` -> the paths of `files` single-coil files (acquisitions alternate)
-- `complex_image(shape, seed, slice_index)`, `center_crop(x, crop)`, `fft2c(x)`, `ifft2c(k)`
+- `complex_image(shape, seed, slice_index)`, `center_crop(x, crop)`, `pad_to(x, crop)`, `fft2c(x)`, `ifft2c(k)`
+A `crop` wider or taller than `shape` gives fastMRI's target of a narrow image: the magnitude
+zero-padded to the crop, then centre-cropped.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def center_crop(x: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     return x[..., top:top + crop[0], left:left + crop[1]]
 
 
+def pad_to(x: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """Zero-pad the last two axes to at least `crop`, the centre pixel (n // 2, where ifft2c puts the
+    image centre) moved to crop // 2: a narrow image padded before fastMRI's centre crop."""
+    pads = [(0, 0)] * (x.ndim - 2) + [(c // 2 - n // 2, c - n - (c // 2 - n // 2)) if n < c else (0, 0)
+                                      for n, c in zip(x.shape[-2:], crop)]
+    return np.pad(x, pads)
+
+
 def complex_image(shape: tuple[int, int], seed: int = 0, slice_index: int = 0) -> np.ndarray:
     """A complex128 (H, W) image: an ellipse phantom (brightness varying with seed and slice, small
     inner ellipse, a little noise) times exp(i * phase), phase a smooth ramp in x and y."""
@@ -78,7 +88,7 @@ def write_singlecoil(path: Path | str, slices: int = 3, shape: tuple[int, int] =
     path.parent.mkdir(parents=True, exist_ok=True)
     images = _slices(shape, slices, seed)
     kspace = fft2c(images).astype(np.complex64)
-    target = center_crop(np.abs(ifft2c(kspace.astype(np.complex128))), crop).astype(np.float32)
+    target = center_crop(pad_to(np.abs(ifft2c(kspace.astype(np.complex128))), crop), crop).astype(np.float32)
     return _write(path, kspace, "reconstruction_esc", target, acquisition, patient_id or f"synthetic{seed:04d}")
 
 

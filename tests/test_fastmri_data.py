@@ -182,6 +182,22 @@ def test_sizes_one_size_or_size_option_keeps_the_target_aligned(tmp_path):
         prepare(tmp_path / "raw", tmp_path / "e", size=(40, 20))
 
 
+def test_kspace_narrower_than_the_target_needs_size(tmp_path):
+    """fastMRI's target of a narrow image is wider than its k-space: refused in one line without
+    --size (evaluate could not centre-crop the reconstructions); --size zero-pads, target aligned."""
+    path = write_singlecoil(tmp_path / "raw" / "n.h5", shape=(40, 21), crop=(24, 24), seed=3)
+    result = sftkd("prepare-data", "fastmri", tmp_path / "raw", "--out", tmp_path / "d", ok=False)
+    assert result.exit_code == 2 and not (tmp_path / "d").exists()
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: kspace 40x21 is smaller than its 24x24 reconstruction_esc; expected k-space at least "
+        "the target size: pass --size 40 24 (images are zero-padded to it)"]
+    manifest = prepare(tmp_path / "raw", tmp_path / "d", size=(40, 24), val_fraction=0.0).manifest
+    assert manifest["image_size"] == [40, 24] and manifest["volumes"]["n"]["kspace"] == "resized"
+    item = SliceDataset(tmp_path / "d", "train", 4)[1]
+    magnitude = np.hypot(item["target"][0].numpy(), item["target"][1].numpy())
+    np.testing.assert_allclose(center_crop(magnitude, (24, 24)), item["target_mag"][0].numpy(), atol=1e-6)
+
+
 def test_mask_file_as_a_fastmri_vector(knee, tmp_path):
     raw, _ = knee
     line = make_mask("fastmri-equispaced", (1, 32), 4, seed=7, layout="centered", axis=1)[0]

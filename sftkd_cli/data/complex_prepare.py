@@ -17,10 +17,11 @@ metrics (NMSE, PSNR and SSIM with the volume's max) are unchanged by the factor.
 kspace x max.
 
 Images are fastMRI's `ifft2c` (ifftshift -> orthonormal ifft2 -> fftshift). Without `--size` every
-file must share one k-space size. With `--size H W` each complex image is centre-cropped / zero-
-padded to H x W in the image domain (anchored so that the (h, w) target crop stays aligned) and its
-k-space recomputed with fft2c: the k-space of such files is then no longer the raw one (the
-manifest's volumes[...]["kspace"] says "raw" or "resized").
+file must share one k-space size, at least the target size (fastMRI's target of a narrow image is
+wider than its k-space: such files need `--size`, which zero-pads them). With `--size H W` each
+complex image is centre-cropped / zero-padded to H x W in the image domain (anchored so that the
+(h, w) target crop stays aligned) and its k-space recomputed with fft2c: the k-space of such files
+is then no longer the raw one (the manifest's volumes[...]["kspace"] says "raw" or "resized").
 
 Memory: the header of every file is checked first; then one file at a time is read, a slice at a
 time, and one output volume is built in memory (~2x its size) and written; nothing else is held.
@@ -92,7 +93,9 @@ def _masks(options: PrepareOptions, size: tuple[int, int], user: UserMasks) -> d
 
 
 def _image_size(source: Any, files: list[SourceFile], options: PrepareOptions) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The dataset's k-space size (H, W) and target size (h, w); one of each, or --size."""
+    """The dataset's k-space size (H, W) and target size (h, w); one of each, or --size. Without
+    --size, k-space smaller than the target is refused (its reconstructions could not be centre-
+    cropped to the target when evaluated); --size zero-pads such images in the image domain."""
     targets = {source.info[f.rel].target_shape for f in files}
     if len(targets) > 1:
         raise SftkdError(f"{TARGET_NAME} sizes differ ({', '.join(f'{h}x{w}' for h, w in sorted(targets))}); "
@@ -106,7 +109,12 @@ def _image_size(source: Any, files: list[SourceFile], options: PrepareOptions) -
         return size, target
     sizes: dict[tuple[int, int], int] = {}
     for f in files:
-        sizes[source.info[f.rel].shape] = sizes.get(source.info[f.rel].shape, 0) + 1
+        h, w = source.info[f.rel].shape
+        if h < target[0] or w < target[1]:  # fastMRI zero-pads such narrow images before its centre crop
+            raise SftkdError(f"{display_path(f.path)}: kspace {h}x{w} is smaller than its {target[0]}x{target[1]} "
+                             f"{TARGET_NAME}; expected k-space at least the target size: pass --size "
+                             f"{max(h, target[0])} {max(w, target[1])} (images are zero-padded to it)")
+        sizes[(h, w)] = sizes.get((h, w), 0) + 1
     if len(sizes) > 1:
         listed = ", ".join(f"{h}x{w} ({n} files)" for (h, w), n in sorted(sizes.items(), key=lambda kv: -kv[1]))
         common = max(sizes, key=lambda k: sizes[k])
