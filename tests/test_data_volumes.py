@@ -151,6 +151,23 @@ def test_complex_voxels_are_an_error_and_a_nan_voxel_size_reads_as_1(tmp_path: P
     assert voxel_size(img) == (1.5, 1.0, 2.0)
 
 
+def rgb_nifti(path: Path) -> Path:
+    """An RGB24 NIfTI (a structured dtype: three uint8 values per voxel)."""
+    import nibabel as nib
+
+    volume = np.zeros((8, 8, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    volume["R"], volume["G"] = 200, 40
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    return path
+
+
+def test_rgb_voxels_are_an_error(tmp_path: Path) -> None:
+    path = rgb_nifti(tmp_path / "rgb.nii.gz")
+    with pytest.raises(SftkdError, match=r"rgb\.nii\.gz: RGB/structured voxels \(dtype \[\('R', 'u1'\).*\); "
+                                         r"expected scalar magnitude images"):
+        _read(path)
+
+
 def test_truncated_uncompressed_is_an_error(tmp_path: Path, nifti_writer) -> None:
     good = nifti_writer.write(tmp_path / "good.nii", nifti_writer.phantom((20, 18, 4)))
     bad = tmp_path / "short.nii"

@@ -94,12 +94,16 @@ def read_volume(img, path: Path) -> np.ndarray:
     """Read the voxel data of a NIfTI image as float32 (X, Y, Z), validated.
 
     Raises when the file is truncated, corrupt (a .gz is checked whole) or unreadable, not 3-D,
-    complex, contains NaN/Inf, or has no positive voxel (such a volume cannot be normalised).
+    complex or RGB, contains NaN/Inf, or has no positive voxel (such a volume cannot be normalised).
     """
     shape = spatial_shape(img, path)
-    if img.get_data_dtype().kind == "c":
-        raise SftkdError(f"{display_path(path)}: complex voxels ({img.get_data_dtype()}); expected magnitude images "
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise SftkdError(f"{display_path(path)}: complex voxels ({dtype}); expected magnitude images "
                          "(store their magnitude; complex k-space goes through `prepare-data fastmri`)")
+    if dtype.kind not in "biuf":  # RGB24 / RGBA32 are structured: three or four values per voxel
+        raise SftkdError(f"{display_path(path)}: RGB/structured voxels (dtype {dtype}); expected scalar "
+                         "magnitude images (one number per voxel)")
     if path.name.lower().endswith(".gz"):
         check_gzip(path)
     try:
