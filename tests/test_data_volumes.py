@@ -161,11 +161,58 @@ def rgb_nifti(path: Path) -> Path:
     return path
 
 
+def slope_overflow_nifti(path: Path) -> Path:
+    """int16 voxels with scl_slope 1e38: scaled, they are beyond float32's range."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.full((8, 8, 3), 1000, dtype=np.int16), np.eye(4))
+    img.header.set_slope_inter(1e38, 0)
+    nib.save(img, path)
+    return path
+
+
+def zero_pixdim_nifti(path: Path, nifti_writer) -> Path:
+    """A valid volume whose header's pixdim[1:4] are 0 (nibabel fixes them to 1 when loading)."""
+    nifti_writer.write(path, nifti_writer.phantom((8, 8, 3)))
+    raw = bytearray(path.read_bytes())
+    raw[80:92] = np.zeros(3, dtype=np.float32).tobytes()  # pixdim[1:4], after dim (40) and pixdim[0] (76)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def test_rgb_voxels_are_an_error(tmp_path: Path) -> None:
     path = rgb_nifti(tmp_path / "rgb.nii.gz")
     with pytest.raises(SftkdError, match=r"rgb\.nii\.gz: RGB/structured voxels \(dtype \[\('R', 'u1'\).*\); "
                                          r"expected scalar magnitude images"):
         _read(path)
+
+
+def test_scale_overflow_and_fixed_header_problems_print_nothing(tmp_path: Path, nifti_writer) -> None:
+    """The overflow is the NaN/Inf error alone (no numpy warning); a zero pixdim nibabel fixes is not
+    logged (sftkd reads it as 1 mm); nibabel's logger is as it was afterwards."""
+    import logging
+    import warnings
+
+    from nibabel import imageglobals
+
+    from sftkd_cli.data.volumes import voxel_size
+
+    path = slope_overflow_nifti(tmp_path / "slope.nii")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SftkdError, match=r"slope\.nii: 192 NaN/Inf voxel"):
+        warnings.simplefilter("always")
+        _read(path)
+    assert not caught, [str(w.message) for w in caught]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    imageglobals.logger.addHandler(handler)
+    level = imageglobals.logger.level
+    try:
+        img = load_nifti(zero_pixdim_nifti(tmp_path / "pixdim.nii", nifti_writer))
+    finally:
+        imageglobals.logger.removeHandler(handler)
+    assert records == [] and imageglobals.logger.level == level
+    assert voxel_size(img) == (1.0, 1.0, 1.0) and read_volume(img, tmp_path / "pixdim.nii").shape == (8, 8, 3)
 
 
 def test_truncated_uncompressed_is_an_error(tmp_path: Path, nifti_writer) -> None:

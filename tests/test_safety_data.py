@@ -254,6 +254,24 @@ def test_a_nifti_header_declaring_more_than_the_limit_is_refused_before_reading(
     assert not (tmp_path / "out").exists()
 
 
+def test_odd_nifti_headers_add_no_line_to_stderr(nifti_writer, tmp_path):
+    """In a real process (nibabel's log handler and numpy's warnings write to the real stderr): an
+    overflowing scl_slope is the one error line; a zero pixdim nibabel fixes prints nothing."""
+    from test_data_volumes import slope_overflow_nifti, zero_pixdim_nifti
+
+    def prepare_data(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sftkd_cli", "prepare-data", "nifti", tmp_path / name,
+                               "--pattern", "*.nii", "--out", tmp_path / f"{name}-out", "--size", "8", "8"],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+
+    (tmp_path / "slope").mkdir()
+    slope_overflow_nifti(tmp_path / "slope" / "a.nii")
+    _one_line(prepare_data("slope"), "a.nii", "NaN/Inf voxel")
+    zero_pixdim_nifti(tmp_path / "pixdim" / "a.nii", nifti_writer)
+    result = prepare_data("pixdim")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
 def test_an_h5_declaring_slices_it_does_not_store_is_refused(tiny_dataset, trained_run, tmp_path):
     data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())

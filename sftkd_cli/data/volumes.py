@@ -8,9 +8,12 @@ near-empty slice selection, normalisation) so that each can be tested against nu
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+@contextmanager
+def _quiet_header_fixes() -> Iterator[None]:
+    """While loading, nibabel logs to stderr the header problems it fixes itself (pixdim 0 set to 1,
+    negative pixdim to its absolute value): voxel sizes only go into the manifest, and a size sftkd
+    cannot use reads as 1 mm anyway (`voxel_size`), so those lines are silenced, by raising the
+    level of nibabel's logger for the load only. Problems nibabel raises for still raise."""
+    from nibabel import imageglobals
+
+    logger = imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_nifti(path: Path):
     """Open a NIfTI file (header only) or raise a one-line error naming it."""
     import nibabel as nib
@@ -37,7 +57,8 @@ def load_nifti(path: Path):
     if not path.is_file():
         raise SftkdError(f"{display_path(path)}: file not found")
     try:
-        return nib.load(os.fspath(path))
+        with _quiet_header_fixes():
+            return nib.load(os.fspath(path))
     except Exception as exc:  # nibabel raises many different types for bad files
         raise SftkdError(
             f"{display_path(path)}: cannot read NIfTI ({_one_line(exc)}); expected a valid .nii/.nii.gz"
@@ -107,7 +128,10 @@ def read_volume(img, path: Path) -> np.ndarray:
     if path.name.lower().endswith(".gz"):
         check_gzip(path)
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+        # a scale factor beyond float32 (scl_slope 1e38 on int16) overflows to Inf, refused below in
+        # one line: numpy's overflow warning would only add lines before it
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
     except Exception as exc:  # truncated gzip, short data block, bad scaling...
         raise SftkdError(
             f"{display_path(path)}: cannot read voxel data ({_one_line(exc)}); is the file truncated?"
