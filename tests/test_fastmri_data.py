@@ -162,6 +162,16 @@ def test_acquisition_filter_sample_rates_and_rerun(tmp_path):
         prepare(tmp_path / "raw", tmp_path / "x", sample_rate=0)
 
 
+def test_volume_sample_rate_samples_each_split_folder(tmp_path):
+    """As fastMRI samples each split's dataset: the one val file stays val (pooled with the train
+    files, it could be dropped and a train file silently become val); 4 of the 8 train files."""
+    write_folder(tmp_path / "raw" / "singlecoil_train", 8, slices=1)
+    write_folder(tmp_path / "raw" / "singlecoil_val", 1, slices=1, prefix="val")
+    splits = prepare(tmp_path / "raw", tmp_path / "d", volume_sample_rate=0.5).manifest["splits"]
+    assert splits["val"] == ["val0000"] and len(splits["train"]) == 4 and splits["test"] == []
+    assert all(v.startswith("file") for v in splits["train"])
+
+
 def test_val_folder_becomes_test_with_an_explicit_val(knee, tmp_path):
     raw, _ = knee
     manifest = prepare(raw, tmp_path / "d", val_fraction=0.25).manifest

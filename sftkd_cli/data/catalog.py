@@ -164,7 +164,8 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
             SourceOption("sample_rate", "--sample-rate", float, 1.0, "F",
                          "Seeded fraction of all slices to keep (as fastMRI's SliceDataset).", after="test"),
             SourceOption("volume_sample_rate", "--volume-sample-rate", float, 1.0, "F",
-                         "Seeded fraction of the volumes (files) to keep.", after="test"),
+                         "Seeded fraction of the volumes (files) of each split folder to keep (at least one).",
+                         after="test"),
         ),
         # raw k-space: no slicing, downsampling or slice filter; centred k-space; reconstruction only
         decides=("slice_axis", "downsample", "min_slice_mean", "mask_layout", "task"),

@@ -16,7 +16,8 @@ training files and the `_val` folder becomes test (fastMRI's own test set has no
 k-space), as ACDC's testing/ folder.
 
 Sampling as fastMRI's SliceDataset, seeded by --seed: `volume_sample_rate` keeps round(n x rate)
-files of a seeded permutation of the sorted volume ids (before splitting); `sample_rate` keeps
+files (at least one) of a seeded permutation of the sorted volume ids of each split folder (train,
+val and unsorted files each on their own, as fastMRI samples each split); `sample_rate` keeps
 round(N x rate) of all N slices in a seeded permutation (volumes left without slices are dropped).
 Only one of the two may be below 1, as in fastMRI.
 """
@@ -165,14 +166,16 @@ class FastMRISource(Source):
         return out
 
     def sample_volumes(self, files: list[SourceFile], seed: int = 42) -> list[SourceFile]:
-        """The files kept by the seeded `volume_sample_rate` (all of them at 1)."""
+        """The files kept by the seeded `volume_sample_rate` (all of them at 1), drawn in each split
+        folder (`_train`, `_val`, the others) on its own, as fastMRI samples each split's dataset, and
+        at least one file of each: a val folder never vanishes (a train file would become val)."""
         if self.volume_sample_rate >= 1:
             return files
-        ids = sorted(f.volume for f in files)
-        count = round(len(ids) * self.volume_sample_rate)
-        keep = {ids[i] for i in np.random.default_rng([seed, 1]).permutation(len(ids))[:count]}
-        if not keep:
-            raise SftkdError(f"--volume-sample-rate {self.volume_sample_rate:g}: keeps none of the {len(ids)} volumes")
+        keep: set[str] = set()
+        for folder in sorted({f.folder for f in files}):
+            ids = sorted(f.volume for f in files if f.folder == folder)
+            count = max(1, round(len(ids) * self.volume_sample_rate))
+            keep |= {ids[i] for i in np.random.default_rng([seed, 1]).permutation(len(ids))[:count]}
         self._listed["sampled_files"] = len(keep)
         return [f for f in files if f.volume in keep]
 
