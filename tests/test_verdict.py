@@ -58,11 +58,26 @@ def test_a_reversed_or_insignificant_difference_is_not_held():
     assert results["SFT-KD-Recon (AT) within 0.03 dB of the teacher"].pooled.status == NOT_HELD
 
 
+def test_within_tests_the_gap_against_the_tolerance_not_against_zero():
+    """Gaps spread around 0.035 dB: far from 0 (p ~ 1e-6), but not told apart from 0.03 dB."""
+    from sftkd_cli.report.verdict import _test
+
+    student = np.random.default_rng(0).uniform(28, 30, 24)
+    teacher = student + np.linspace(-0.005, 0.075, 24)
+    test = _test([(teacher, student)], "within", 0.05, 0.03)
+    assert test.p == scipy.stats.wilcoxon(teacher - student - 0.03).pvalue and test.p > 0.3
+    assert test.status == NOT_SHOWN and np.isclose(test.diff, 0.035)
+    assert _test([(student + 0.001, student)], "within", 0.05, 0.03).status == HELD
+    assert _test([(student + np.linspace(0.05, 0.2, 24), student)], "within", 0.05, 0.03).status == NOT_HELD
+
+
 def test_judge_wording():
     assert judge("greater", 0.3, 0.2, 0.05, 0.03) == NOT_SHOWN  # a positive difference with p >= alpha is not shown
     assert judge("greater", 0.3, 0.01, 0.05, 0.03) == HELD
     assert judge("greater", -0.3, 0.01, 0.05, 0.03) == NOT_HELD
-    assert judge("within", 0.02, 0.9, 0.05, 0.03) == HELD
+    assert judge("within", 0.02, 0.01, 0.05, 0.03) == HELD
+    assert judge("within", 0.02, 0.9, 0.05, 0.03) == NOT_SHOWN  # below the tolerance, but not shown to be
+    assert judge("within", 0.5, 0.01, 0.05, 0.03) == NOT_HELD
     assert judge("within", 0.5, 0.2, 0.05, 0.03) == NOT_SHOWN
     assert judge("greater", 1.0, float("nan"), 0.05, 0.03) == NOT_SHOWN
 
