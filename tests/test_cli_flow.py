@@ -4,6 +4,7 @@ evaluate, compare; plus run-directory safety and user errors. Everything runs on
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
     student = load_checkpoint(runs / "sft" / "checkpoints" / "best.pt")["models"]["student"]["state"]
     distilled = load_checkpoint(runs / "sftkd-init" / "checkpoints" / "last.pt")
     assert distilled["teacher_role"] == "sft-teacher" and "sft" in distilled["init"]
+    assert distilled["teacher_sha256"] == hashlib.sha256((runs / "sft" / "checkpoints" / "best.pt").read_bytes()).hexdigest()
     for key, value in student.items():  # lr=1e-30: updates vanish below float32 resolution
         assert torch.equal(distilled["models"]["model"]["state"][key], value), key
     # a resumed run still records where its weights started from

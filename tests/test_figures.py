@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import h5py
+
 import numpy as np
 import pytest
 import torch
@@ -235,6 +237,39 @@ def _write_run(folder, dataset, role, models, teacher_run=None):
     return folder
 
 
+def test_attention_takes_the_teacher_the_student_learnt_from(tiny_dataset, tmp_path, monkeypatch):
+    """A relative teacher_run is the run's sibling before a same-named folder here; with the
+    teacher checkpoint's sha256 recorded, a retrained (replaced) teacher is refused."""
+    import hashlib
+
+    from sftkd_cli.data.dataset import load_volume
+
+    student, teacher = _pair(0)
+    _, other = _pair(1)
+    runs = tmp_path / "plan" / "runs"
+    _write_run(runs / "teacher", tiny_dataset, "teacher", {"model": teacher})
+    _write_run(tmp_path / "here" / "runs" / "teacher", tiny_dataset, "teacher", {"model": other})
+    kd = _write_run(runs / "kd", tiny_dataset, "kd", {"model": student}, "runs/teacher")
+    monkeypatch.chdir(tmp_path / "here")
+    out = attention_residues_from_runs({"KD": kd}, tmp_path / "a")
+    arrays = load_volume(tiny_dataset, "vol1", 4.0)
+    index = arrays["image"].shape[0] // 2
+    inputs = (torch.from_numpy(arrays["zf"][index])[None, None], torch.from_numpy(arrays["kspace"][index])[None, None],
+              torch.from_numpy(arrays["mask"])[None, None])
+    for drawn, expected in zip(out.data["KD"]["maps"], attention_residues(student, teacher, *inputs).values()):
+        np.testing.assert_allclose(drawn, expected, atol=1e-6)
+
+    best = kd / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=False)
+    state["teacher_sha256"] = hashlib.sha256((runs / "teacher" / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    torch.save(state, best)
+    assert attention_residues_from_runs({"KD": kd}, tmp_path / "b").data["KD"]["means"] == out.data["KD"]["means"]
+    shutil.rmtree(runs / "teacher")
+    _write_run(runs / "teacher", tiny_dataset, "teacher", {"model": other})  # retrained since
+    with pytest.raises(SftkdError, match="not found with the checkpoint it learnt from"):
+        attention_residues_from_runs({"KD": kd}, tmp_path / "c")
+
+
 def test_attention_residues_from_runs_use_each_students_own_teacher(tiny_dataset, tmp_path):
     from sftkd_cli.data.dataset import load_volume
 
@@ -371,3 +406,19 @@ def test_attention_figure_titles_and_colourbar_say_what_is_drawn(tmp_path):
     (panel,) = _image_axes(out.figure)
     assert panel.get_title() == "cascade 1" and panel.get_ylabel() == "Std-KD (at)"
     assert "unitless" in panel.get_images()[0].colorbar.ax.get_ylabel()  # the only panel carries the colourbar
+
+
+def test_attention_figure_keeps_its_title_and_colourbar_label_inside_with_few_cascades(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(3)
+    maps = {1: rng.uniform(0, 0.01, (8, 8)), 2: rng.uniform(0, 0.01, (8, 8))}
+    out = attention_residue_figure({"Std-KD (AT)": maps}, tmp_path / "att",
+                                   context="icbm152_z077-084, slice 4, 4x, the same slice for every student")
+    canvas = FigureCanvasAgg(out.figure)
+    canvas.draw()
+    inside = out.figure.bbox
+    label = _image_axes(out.figure)[-1].get_images()[0].colorbar.ax.yaxis.label  # the last image carries the bar
+    for text in (out.figure._suptitle, label):
+        box = text.get_window_extent(canvas.get_renderer())
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()

@@ -72,7 +72,7 @@ def attention_residue_figure(
     if not cascades or any(sorted(maps) != cascades for maps in residues.values()):
         raise SftkdError(f"attention residues: every student needs the same cascades, got {[sorted(m) for m in residues.values()]}")
     vmax = max([float(np.max(m)) for maps in residues.values() for m in maps.values()] + [1e-12])
-    figure = new_figure(max(4.5, 1.7 * len(cascades) + 1.2), 1.8 * len(residues) + 0.5)
+    figure = new_figure(max(4.5, 1.7 * len(cascades) + 1.2), max(3.0, 1.8 * len(residues) + 0.9))  # room for labels
     axes = figure.subplots(len(residues), len(cascades), squeeze=False)
     data: dict[str, Any] = {"vmax": vmax}
     drawn = None
@@ -93,28 +93,50 @@ def attention_residue_figure(
                 ax.set_title(f"cascade {cascade}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8, label="|A_student - A_teacher|\n[unitless, maps L2-normalised]")
-    figure.suptitle(heading("AT attention-map residues to the teacher per cascade", title, context), fontsize=10)
+    bar = figure.colorbar(drawn, ax=list(axes.flat), shrink=0.8)
+    bar.set_label("|A_student - A_teacher|\n[unitless, maps L2-normalised]", fontsize=8)
+    # wrapped to the figure's width: with few cascades the figure is narrower than the heading
+    figure.suptitle(heading("AT attention-map residues to the teacher per cascade", title, context), fontsize=10, wrap=True)
     return FigureOutput(save_figure(figure, stem), data, figure)
 
 
 def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
     """The teacher a distilled run learnt from: its checkpoint's teacher_run (else its recipe's).
 
-    The path was written relative to the directory training ran in; when it does not exist
-    from here, the run's sibling of the same name is tried (the plan layout runs/<plan>/*).
+    That path was written relative to the directory training ran in, so a relative one is looked
+    for as the run's sibling of the same name first (the plan layout runs/<plan>/*), then from
+    here. When the checkpoint records the teacher checkpoint's sha256 (`teacher_sha256`), only a
+    run whose best checkpoint has it is taken: another teacher of the same name (a copied or
+    retrained one) would give residues to the wrong maps.
     """
+    from sftkd_cli.files import sha256_file
     from sftkd_cli.runs import open_run
 
     recorded = state.get("teacher_run") or open_run(run).load_recipe().distill.teacher_run
     if not recorded:
         raise SftkdError(f"{run}: not a distilled run (no teacher_run); the attention residues compare a KD student with its teacher")
     path = Path(str(recorded))
-    if not path.exists() and (run.parent / path.name).exists():
-        path = run.parent / path.name
-    if not path.exists():
-        raise SftkdError(f"{run}: its teacher run {recorded} is not found (from {Path.cwd()})")
-    return path
+    candidates = [path] if path.is_absolute() else [run.parent / path.name, path]
+    candidates = list(dict.fromkeys(candidates))
+    found = {c: checkpoint for c in candidates if (checkpoint := _best_checkpoint(c)) is not None}
+    digest = state.get("teacher_sha256")
+    if digest:
+        found = {c: checkpoint for c, checkpoint in found.items() if sha256_file(checkpoint) == digest}
+    if not found:
+        what = "found with the checkpoint it learnt from (retrained or replaced?)" if digest else "found"
+        raise SftkdError(f"{run}: its teacher run {recorded} is not {what} (looked in "
+                         f"{', '.join(map(str, candidates))})")
+    return next(iter(found))
+
+
+def _best_checkpoint(source: Path) -> Path | None:
+    """The best checkpoint of a run (or a checkpoint file itself), None when there is none."""
+    from sftkd_cli.checkpoints import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(source, "best")
+    except SftkdError:
+        return None
 
 
 def _load_pair(run: Path, checkpoint: str = "best"):
