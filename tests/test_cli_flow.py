@@ -86,6 +86,31 @@ def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
         assert torch.equal(restarted["models"]["model"]["state"][key], value), key
 
 
+def test_a_distilled_run_resumes_with_its_teacher_moved_but_not_with_another(flow):
+    """The teacher folder named another way or moved (its best checkpoint's sha256 as recorded) is
+    the same teacher; a retrained one, or another run, is refused."""
+    import shutil
+
+    runs, base = flow
+    shutil.copytree(runs / "teacher", runs / "t-copy", ignore=shutil.ignore_patterns(".lock"))
+    kd = ["distill", "--student", "D2C2", "--method", "at", "--name", "kd-moved", *base, "train.max_steps_per_epoch=1"]
+    sftkd(*kd, "--teacher", runs / "t-copy", "train.epochs=1")
+    shutil.move(runs / "t-copy", runs / "t-moved")
+    sftkd(*kd, "--teacher", runs / "t-moved", "train.epochs=2", "--resume")
+    spelled = runs / "t-moved" / ".." / "t-moved"
+    sftkd(*kd, "--teacher", spelled, "train.epochs=3", "--resume")
+    assert load_checkpoint(runs / "kd-moved" / "checkpoints" / "last.pt")["epoch"] == 3
+
+    best = runs / "t-moved" / "checkpoints" / "best.pt"
+    state = load_checkpoint(best)
+    weights = state["models"]["model"]["state"]
+    next(iter(weights.values())).add_(1.0)  # retrained since
+    torch.save(state, best)
+    for teacher, message in ((runs / "t-moved", "is not the one"), (runs / "student", "distill.teacher_run was")):
+        refused = sftkd(*kd, "--teacher", teacher, "train.epochs=4", "--resume", ok=False)
+        assert refused.exit_code == 2 and message in refused.stderr, refused.output
+
+
 def test_evaluate_and_compare(flow):
     runs, base = flow
     sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--init-from", "sft",

@@ -118,10 +118,43 @@ def resume_conflict(run: RunDir, recipe: Recipe) -> str:
     recipe, in words (only RESUMABLE_CHANGES, e.g. train.epochs, may change)."""
     old, new = _flatten(run.load_recipe()), _flatten(recipe)
     for key, value in new.items():
-        if old[key] != value and key not in RESUMABLE_CHANGES:
-            return (f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
-                    f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+        if old[key] == value or key in RESUMABLE_CHANGES:
+            continue
+        if key == "distill.teacher_run" and _same_teacher(run, str(old[key]), str(value)):
+            continue
+        return (f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change, and distill.teacher_run may name "
+                "the same teacher another way)")
     return ""
+
+
+def _same_teacher(run: RunDir, old: str, new: str) -> bool:
+    """Whether teacher run `new` is the one the run learnt from (`old`, as first written): the same
+    folder named another way, or one (moved) whose best checkpoint has the sha256 the run recorded."""
+    if old and new and Path(old).resolve() == Path(new).resolve():
+        return True
+    recorded = _recorded_teacher(run)
+    return bool(recorded) and _teacher_digest(new) == recorded
+
+
+def _recorded_teacher(run: RunDir) -> str | None:
+    """The teacher checkpoint's sha256 a distilled run recorded (None before any checkpoint, or
+    from a version of sftkd that did not record it)."""
+    for which in ("last", "best"):
+        if run.checkpoint(which).is_file():
+            return load_checkpoint(run.checkpoint(which)).get("teacher_sha256")
+    return None
+
+
+def _teacher_digest(teacher_run: str) -> str | None:
+    """sha256 of a teacher run's best checkpoint (None when there is none)."""
+    from sftkd_cli.checkpoints import resolve_checkpoint
+    from sftkd_cli.files import sha256_file
+
+    try:
+        return sha256_file(resolve_checkpoint(teacher_run, "best"))
+    except SftkdError:
+        return None
 
 
 def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
@@ -135,7 +168,8 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     """On --resume, before anything is written: a run that has trained needs its `last`
     checkpoint (else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
-    data may have moved, not changed), and train.epochs cannot be fewer than it has trained."""
+    data may have moved, not changed) and, for distillation, from the same teacher checkpoint
+    (its recorded sha256), and train.epochs cannot be fewer than it has trained."""
     last = run.checkpoint("last")
     if not last.exists():
         if run.read_history() or run.checkpoint("best").exists():
@@ -151,6 +185,10 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
+    teacher = saved.get("teacher_sha256")
+    if teacher and _teacher_digest(recipe.distill.teacher_run) != teacher:
+        raise SftkdError(f"distill.teacher_run {recipe.distill.teacher_run}: its best checkpoint is not the one {last} "
+                         f"learnt from (sha256 {teacher[:12]}; retrained or replaced?); resume with that teacher")
 
 
 def run_training(
