@@ -528,6 +528,13 @@ def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_pa
     pooled = CliRunner().invoke(app, ["compare", "--group", "paper", str(plan.runs_dir)])
     assert pooled.exit_code == 2 and "both fill the paper cell" in pooled.stderr
     assert "One table per seed" in text and "Seed 42: " in text and "Seed 7: " in text
+    # the figures show the first seed's runs only, and each heading and caption says so
+    figures = [line for line in text.splitlines() if line.startswith("![")]
+    headings = [line for line in text.splitlines()
+                if line.startswith("### ") and line[4:].startswith(("PSNR", "Validation", "Reconstructions", "Attention"))]
+    assert len(figures) == len(headings) == 4
+    assert all("(seed 42)" in line and "seed 7" not in line for line in figures + headings), figures + headings
+    assert "The figures below show seed 42's runs only" in text
     tables = paper_tables(text)
     assert len(tables) == 2
     for (header, rows), suffix in zip(tables, ("", "-s7")):  # the plan's seed order

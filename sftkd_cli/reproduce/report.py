@@ -30,7 +30,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     Per group (variant): the compact results table (role names), the verdict on the paper's
     claims (paired Wilcoxon tests, per seed and pooled), the runs in the paper's Table 1 layout
     (as `sftkd compare --group paper` gives them, one table per seed), links to the full
-    comparison files, box plots, validation curves and the reconstruction grid; then the paper's
+    comparison files, box plots, validation curves and the reconstruction grid (the first seed's
+    runs, the seed named in each heading when the plan has several); then the paper's
     numbers beside ours (the first seed's runs, when the plan has `paper:`), and the plan status table.
     """
     out = plan.report_dir
@@ -121,7 +122,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
                    console: Console, problems: list[str]) -> list[str]:
     """One variant (with the shared stages): the compact results table, the verdict on the paper's
     claims, the paper's Table 1 layout per seed, the full comparison per seed (CSV/JSON files) and
-    the figures (first seed's runs)."""
+    the figures (the first seed's runs: with several seeds, each heading names it)."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, load_run_result
     from sftkd_cli.report.formats import render, to_rich, view
     from sftkd_cli.report.verdict import evaluate_claims, main_table, verdict_markdown
@@ -169,7 +170,10 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
     if links:
         lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values against the student: "
                   + ", ".join(links) + ".", ""]
-    for title, make in _figure_makers(plan, group, first):
+    tag = ", ".join(part for part in (group, f"seed {seeds[0]}" if len(plan.seeds) > 1 else "") if part)
+    if len(plan.seeds) > 1:
+        lines += [f"The figures below show seed {seeds[0]}'s runs only (the tables above pool the seeds).", ""]
+    for title, make in _figure_makers(plan, tag, first):
         try:
             output = make(plan.report_dir / f"{title[0]}{suffix}")
             png = output.paths[0].name
@@ -258,12 +262,13 @@ def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float],
     return out, note
 
 
-def _figure_makers(plan: Plan, group: str, members: list[Stage]) -> list[tuple[tuple[str, str], Callable[[Path], Any]]]:
-    """(file stem, title) and a function drawing it, for each figure of a group."""
+def _figure_makers(plan: Plan, tag: str, members: list[Stage]) -> list[tuple[tuple[str, str], Callable[[Path], Any]]]:
+    """(file stem, title) and a function drawing it, for each figure of a group; `tag` (the group,
+    and the seed when the plan has several) ends every title and figure heading."""
     from sftkd_cli.report import figures
     from sftkd_cli.report.attention import attention_residues_from_runs
 
-    label = f" ({group})" if group else ""
+    label = f" ({tag})" if tag else ""
     metrics = list(plan.figures["metrics"])
     boxes = {s.label: evaluation_dir(s) for s in members}
     curves = {s.label: s.run for s in members if s.model_role is None}
