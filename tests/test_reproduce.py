@@ -502,6 +502,23 @@ def test_acceleration_variants_fill_the_table1_columns(tmp_path, tiny_dataset):
     assert header5[2:] == ["5x Std-KD PSNR/SSIM", "5x SFT-KD-Recon PSNR/SSIM"] and rows5["AT"] == cells[2:]
 
 
+def test_variants_filling_the_same_paper_cells_get_a_paper_table_each(tmp_path, tiny_dataset):
+    extra = (
+        "shared: [teacher]\npaper:\n  columns: [4x Std-KD, 4x SFT-KD-Recon]\n  rows:\n    AT: [1/0.1, 2/0.2]\n"
+        "variants:\n  - {name: a, overrides: {sft.w_imit: 1.0e-5}}\n  - {name: b, overrides: {sft.w_imit: 1.0}}\n"
+    )
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, extra))
+    outcome = run_plan(plan, only=["data", "teacher", "*-sft", "*-sft-kd-at", "eval-*-sft-kd-at", "report"], console=quiet())
+    assert statuses(outcome)["report"] == "done" and not outcome.failed
+    text = (plan.report_dir / "report.md").read_text()
+    beside = text.split("## Beside the paper")[1].split("## Plan status")[0]
+    assert "Not possible" not in beside and "one table per variant" in beside
+    for group, chunk in zip("ab", beside.split("### Variant ")[1:], strict=True):
+        assert chunk.startswith(f"{group}\n")
+        cell = psnr_ssim(plan.runs_dir / f"{group}-sft-kd-at")
+        assert next(line for line in chunk.splitlines() if line.startswith("| AT |")) == f"| AT | - | 1/0.1 | {cell} | 2/0.2 |"
+
+
 def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_path, tiny_dataset):
     path = write_plan(tmp_path, tiny_dataset, "seeds: [42, 7]\n")
     runner = CliRunner()

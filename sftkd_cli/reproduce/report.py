@@ -32,7 +32,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     (as `sftkd compare --group paper` gives them, one table per seed), links to the full
     comparison files, box plots, validation curves and the reconstruction grid (the first seed's
     runs, the seed named in each heading when the plan has several); then the paper's
-    numbers beside ours (the first seed's runs, when the plan has `paper:`), and the plan status table.
+    numbers beside ours (the first seed's runs, when the plan has `paper:`; a table per variant when
+    variants fill the same cells), and the plan status table.
     """
     out = plan.report_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -304,56 +305,90 @@ def _figure_makers(plan: Plan, tag: str, members: list[Stage]) -> list[tuple[tup
     return makers
 
 
+#: our cells of the plan's `paper:` block: (row, column) -> (the run filling it, the cell's text)
+Cells = dict[tuple[str, str], tuple[str, str]]
+
+
 def _paper_section(plan: Plan, stages: Sequence[Stage], evaluated: list[Stage], problems: list[str]) -> list[str]:
-    """The paper's numbers beside ours, cell by cell."""
+    """The paper's numbers beside ours, cell by cell.
+
+    One table when the variants fill different cells (variants per acceleration or per student,
+    as the paper's tables are laid out), else one table per variant: variants of one setting
+    (e.g. a loss weight) fill the same cells, and a cell shows one run.
+    """
+    paper = plan.paper
+    assert paper is not None
+    lines = [f"## Beside the paper: {paper.title}", ""]
+    groups = _groups(plan)
+    try:
+        filled = {group: _our_cells(plan, [s for s in evaluated if s.group in (group, "")]) for group in groups}
+    except SftkdError as exc:
+        problems.append(f"paper table: {exc}")
+        return lines + [f"Not possible: {exc}", ""]
+    merged: Cells = {key: cell for cells in filled.values() for key, cell in cells.items()}
+    if not merged:
+        problems.append("paper table: no evaluated runs yet")
+        return lines + ["Not possible: no evaluated runs yet", ""]
+    if all(merged[key] == cell for cells in filled.values() for key, cell in cells.items()):  # no cell filled twice
+        return lines + _paper_table(plan, stages, merged)
+    lines += [f"The variants {', '.join(groups)} fill the same cells of the paper's table: one table per variant.", ""]
+    for group in groups:
+        own = [s for s in stages if s.group in (group, "")]
+        lines += [f"### Variant {group}", ""] + (_paper_table(plan, own, filled[group]) if filled[group]
+                                                 else ["No evaluated runs yet.", ""])
+    return lines
+
+
+def _paper_table(plan: Plan, stages: Sequence[Stage], cells: Cells) -> list[str]:
+    """Our cells beside the paper's, a column pair per paper column, and what the cells are."""
+    paper = plan.paper
+    assert paper is not None
+    rows = list(paper.rows) + sorted({row for row, _ in cells} - set(paper.rows))
+    header = ["Metric" if paper.layout == "models" else "Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
+    body = []
+    for row in rows:
+        line = [row]
+        for i, column in enumerate(paper.columns):
+            line += [cells[(row, column)][1] if (row, column) in cells else "-", paper.rows[row][i] if row in paper.rows else "-"]
+        body.append(line)
+    epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
+    what = "mean ± std over slices" if paper.layout == "models" else f"{'/'.join(paper.metrics)} (mean over slices)"
+    seed = f"seed {plan.seeds[0]}'s runs, " if len(plan.seeds) > 1 else ""  # a cell shows one run
+    return _md_table(header, body) + [
+        "", f"Cells are {what}. Ours: {seed}{', '.join(map(str, epochs))} epochs on "
+        f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
+
+
+def _our_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
+    """Our cells of the paper block from one group's evaluated runs (empty when there are none)."""
     from sftkd_cli.report.formats import format_value
 
     paper = plan.paper
     assert paper is not None
-    lines = [f"## Beside the paper: {paper.title}", ""]
-    try:
-        if paper.layout == "models":
-            text = _our_model_cells(plan, evaluated)
-        else:
-            ours = _our_paper_cells(plan, evaluated)
-            text = {key: "/".join(format_value(m, values[m]) for m in paper.metrics) for key, values in ours.items()}
-    except SftkdError as exc:
-        problems.append(f"paper table: {exc}")
-        return lines + [f"Not possible: {exc}", ""]
-    rows = list(paper.rows) + sorted({row for row, _ in text} - set(paper.rows))
-    header = ["Metric" if paper.layout == "models" else "Model"] + [f"{c} {who}" for c in paper.columns for who in ("ours", "paper")]
-    body = []
-    for row in rows:
-        cells = [row]
-        for i, column in enumerate(paper.columns):
-            cells += [text.get((row, column), "-"), paper.rows[row][i] if row in paper.rows else "-"]
-        body.append(cells)
-    epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
-    lines += _md_table(header, body)
-    cells = "mean ± std over slices" if paper.layout == "models" else f"{'/'.join(paper.metrics)} (mean over slices)"
-    lines += ["", f"Cells are {cells}. Ours: {', '.join(map(str, epochs))} epochs on "
-              f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
-    return lines
+    if paper.layout == "models":
+        return _our_model_cells(plan, evaluated)
+    return {key: (owner, "/".join(format_value(m, values[m]) for m in paper.metrics))
+            for key, (owner, values) in _our_paper_cells(plan, evaluated).items()}
 
 
-def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], dict[str, float]]:
-    """Our values keyed like the paper block: (row, column) -> {metric: mean}."""
+def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], tuple[str, dict[str, float]]]:
+    """Our values keyed like the paper block: (row, column) -> (the run, {metric: mean})."""
     from sftkd_cli.report.compare import collect_runs, paper_table
 
     paper = plan.paper
     assert paper is not None
     primary = [s for s in evaluated if s.model_role is None and not s.random_init]  # random init: Table 5 only
     if not primary:
-        raise SftkdError("no evaluated runs yet")
+        return {}
     if paper.layout == "table1":
         runs, _ = collect_runs([evaluation_dir(s) for s in primary])
         table = paper_table(runs, metrics=list(paper.metrics))
-        cells: dict[tuple[str, str], dict[str, float]] = {}
+        cells: dict[tuple[str, str], tuple[str, dict[str, float]]] = {}
         for block in table.blocks[:1]:
             for (model, acc, setting), cell in block.cells.items():
                 for column in paper.columns:
                     if table1_column(column) == (acc, setting):
-                        cells[(model, column)] = {m: cell.stats[m].mean for m in paper.metrics}
+                        cells[(model, column)] = (cell.run, {m: cell.stats[m].mean for m in paper.metrics})
         return cells
     from sftkd_cli.report.compare import load_run_result
 
@@ -370,12 +405,12 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
         missing = [m for m in paper.metrics if m not in result.metrics]
         if missing:
             raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {', '.join(missing)}")
-        out[(stage.recipe.model.name, column)] = {m: result.metrics[m].mean for m in paper.metrics}
+        out[(stage.recipe.model.name, column)] = (stage.id, {m: result.metrics[m].mean for m in paper.metrics})
     return out
 
 
-def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str], str]:
-    """Our 'mean ± std' for the `models` layout: (metric, column) -> text; KD columns use figures.method."""
+def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
+    """Our 'mean ± std' for the `models` layout: (metric, column) -> (the run, text); KD columns use figures.method."""
     from sftkd_cli.report.compare import load_run_result
     from sftkd_cli.report.formats import format_stat
 
@@ -383,7 +418,7 @@ def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
     assert paper is not None
     method = _figure_method(plan)
     kinds = {kind: column for column, kind in MODEL_COLUMNS.items() if column in paper.columns}
-    text: dict[tuple[str, str], str] = {}
+    cells: Cells = {}
     owners: dict[str, Stage] = {}
     for stage in evaluated:
         kind = stage.trained + ("-random" if stage.random_init else "")
@@ -391,14 +426,11 @@ def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
             continue
         column = kinds[kind]
         if column in owners:
-            raise SftkdError(f"column {column}: both {owners[column].id} and {stage.id} fill it; "
-                             "layout models shows one variant's runs")
+            raise SftkdError(f"column {column}: both {owners[column].id} and {stage.id} fill it")
         owners[column] = stage
         result = load_run_result(evaluation_dir(stage))
         for metric in paper.metrics:
             if metric not in result.metrics:
                 raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {metric}")
-            text[(metric, column)] = format_stat(metric, result.metrics[metric])
-    if not owners:
-        raise SftkdError("no evaluated runs yet")
-    return text
+            cells[(metric, column)] = (stage.id, format_stat(metric, result.metrics[metric]))
+    return cells
