@@ -376,7 +376,7 @@ def test_grid_has_one_inset_per_image_panel_outlined_where_it_comes_from(tmp_pat
     assert out.figure.get_suptitle().endswith("(vol1, slice 2, 4x)") and "|error|" in out.figure.get_suptitle()
 
 
-def test_grid_error_maps_share_one_scale_at_the_pooled_99th_percentile(tmp_path):
+def test_grid_error_maps_share_one_scale_covering_the_pooled_99th_percentile(tmp_path):
     target, zf, recons = _grid_inputs()
     out = reconstruction_grid(target, zf, recons, tmp_path / "grid")
     residues = [np.abs(image - target) for image in recons.values()]
@@ -384,18 +384,36 @@ def test_grid_error_maps_share_one_scale_at_the_pooled_99th_percentile(tmp_path)
     assert expected < max(float(np.percentile(r, 99.5)) for r in residues)  # not the old per-model maximum
     drawn = [ax.get_images()[0] for ax in _image_axes(out.figure) if ax.get_title().startswith("|")]
     assert len(drawn) == 3 and all(image.norm is drawn[0].norm for image in drawn)
-    assert drawn[0].norm.vmin == 0.0 and drawn[0].norm.vmax == pytest.approx(expected, rel=1e-6)
-    assert out.data["error_vmax"] == pytest.approx(expected, rel=1e-6)
+    assert out.data["error_percentile"] == pytest.approx(expected, rel=1e-6)
     factor = out.data["error_factor"]
+    assert drawn[0].norm.vmin == 0.0 and drawn[0].norm.vmax == pytest.approx(target.max() / factor, rel=1e-6)
+    assert drawn[0].norm.vmax >= expected  # the scale covers the 99th percentile
+    assert out.data["error_vmax"] == drawn[0].norm.vmax
     assert factor >= 1 and factor <= target.max() / expected < factor * 2.5
     (colourbar,) = [image.colorbar for image in drawn if image.colorbar is not None]  # one, for all error maps
     label = colourbar.ax.get_ylabel()
-    assert f"|error| ×{factor:g}" in label and f"{expected:.2g}" in label and "P99" in label
+    assert f"|error| ×{factor:g}" in label and f"{target.max() / factor:.2g}" in label and f"P99 = {expected:.2g}" in label
     cropped = reconstruction_grid(target, zf, recons, tmp_path / "crop", box=(4, 4, 8, 8), crop_errors=True)
     crops = [r[4:12, 4:12] for r in residues]
-    assert cropped.data["error_vmax"] == pytest.approx(float(np.percentile(np.concatenate([c.ravel() for c in crops]), 99)), rel=1e-6)
+    assert cropped.data["error_percentile"] == pytest.approx(float(np.percentile(np.concatenate([c.ravel() for c in crops]), 99)), rel=1e-6)
     for label, crop in zip(recons, crops):
         np.testing.assert_allclose(cropped.data[f"{label} residue"], crop, atol=1e-7)
+
+
+@pytest.mark.parametrize("error", [0.35, 0.05, 0.6, 2.0])  # the reviewer's case: image scale 0.92, P99 0.35 -> x2, not 2.63
+def test_grid_error_label_states_the_amplification_drawn(tmp_path, error):
+    """The error scale times the labelled k is the image scale, so '|error| ×k' is exact."""
+    target = np.full((16, 16), 0.92, dtype=np.float32)
+    recon = target - np.float32(error)  # |error| = `error` everywhere: its 99th percentile too
+    out = reconstruction_grid(target, target * 0.5, {"model": recon}, tmp_path / "grid")
+    (drawn,) = [ax.get_images()[0] for ax in _image_axes(out.figure) if ax.get_title().startswith("|")]
+    factor = out.data["error_factor"]
+    assert drawn.norm.vmax * factor == pytest.approx(0.92, rel=1e-6)  # error scale x k = the grey scale's top
+    assert drawn.norm.vmax >= error * (1 - 1e-6)  # the scale still covers the 99th percentile of the errors
+    assert factor == {0.35: 2, 0.05: 10, 0.6: 1, 2.0: 0.2}[error]
+    assert f"×{factor:g}" in drawn.colorbar.ax.get_ylabel() and f"×{factor:g}" in out.figure.get_suptitle()
+    ticks = [t for t in drawn.colorbar.get_ticks() if 0 <= t <= drawn.norm.vmax * (1 + 1e-9)]
+    assert ticks and max(ticks) <= drawn.norm.vmax  # ticks in error units, on the drawn scale
 
 
 def test_attention_figure_titles_and_colourbar_say_what_is_drawn(tmp_path):

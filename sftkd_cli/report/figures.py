@@ -260,14 +260,16 @@ def error_scale(residues: Sequence[np.ndarray], percentile: float = ERROR_PERCEN
 
 
 def _nice_factor(ratio: float) -> float:
-    """The largest of 1, 2, 5, 10, 20, 50, ... not above `ratio` (at least 1): the '×k' of an error map."""
-    factor = 1.0
-    while factor * 10 <= ratio:
-        factor *= 10
-    for step in (5.0, 2.0):
-        if factor * step <= ratio:
-            return factor * step
-    return factor
+    """The largest of ..., 0.5, 1, 2, 5, 10, 20, 50, ... not above `ratio` (> 0): the k of an error map's '×k'.
+
+    The error scale is then the image scale / k, at or above the error percentile `ratio` was taken at.
+    """
+    decade = 10.0 ** math.floor(math.log10(ratio))
+    if decade > ratio:  # log10 rounded up
+        decade /= 10
+    if decade * 10 <= ratio:  # log10 rounded down
+        decade *= 10
+    return next(decade * step for step in (5.0, 2.0, 1.0) if decade * step <= ratio)
 
 
 def _add_inset(ax, image: np.ndarray, box: tuple[int, int, int, int], vmax: float, colour: str = "yellow"):
@@ -303,13 +305,16 @@ def reconstruction_grid(
     Top row: target, the network input (zero-filled "ZF"; "LR interp." for super-resolution,
     titled by `input_label`) and each model, on one grey scale (0 .. the target's maximum),
     each with the region `box` outlined and shown zoomed in an inset. Bottom row, under each
-    model: |prediction - target| on one shared colour scale from 0 to the `percentile` of all
-    the models' errors pooled (brighter pixels are clipped), with its colourbar; with
-    `crop_errors` the error maps show only `box`, and the scale is chosen there.
+    model: |prediction - target| on one shared colour scale from 0 to the grey scale's top / k,
+    so the maps are exactly the '|error| ×k' of their label: k is the largest of 1, 2, 5 x 10^n
+    keeping that top at or above the `percentile` of all the models' errors pooled (brighter
+    pixels are clipped), with its colourbar; with `crop_errors` the error maps show only
+    `box`, and the percentile is taken there.
 
     `data` maps each panel's title to the array drawn, `data["insets"]` each image panel's
     title to its inset's array (`data["inset"]` the target's), `data["error_vmax"]` the top of
-    the error scale and `data["error_factor"]` the k of its '|error| ×k' label.
+    the error scale, `data["error_factor"]` the k of its '|error| ×k' label and
+    `data["error_percentile"]` the errors' percentile the scale covers.
     """
     target = np.asarray(target, dtype=np.float32)
     if target.ndim != 2 or np.shape(zero_filled) != target.shape:
@@ -332,9 +337,10 @@ def reconstruction_grid(
     figure = new_figure(2.0 * columns + 0.9, 4.6 if residues else 2.4)
     axes = figure.subplots(2 if residues else 1, columns, squeeze=False)
     vmax_image = float(max(target.max(), 1e-6))
-    vmax_error = error_scale(list(residues.values()), percentile)
-    factor = _nice_factor(vmax_image / vmax_error)
-    data: dict[str, Any] = {"insets": {}, "error_vmax": vmax_error, "error_factor": factor}
+    covered = error_scale(list(residues.values()), percentile)
+    factor = _nice_factor(vmax_image / covered)
+    vmax_error = vmax_image / factor  # exactly the image scale / k: the label's '×k' is the amplification drawn
+    data: dict[str, Any] = {"insets": {}, "error_vmax": vmax_error, "error_factor": factor, "error_percentile": covered}
     image_drawn = None
     for j, (label, image) in enumerate(top.items()):
         ax = axes[0][j]
@@ -362,7 +368,7 @@ def reconstruction_grid(
             ax.text(0.03, 0.04, f"mean {float(residue.mean()):.2e}", transform=ax.transAxes, color="white", fontsize=7,
                     bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
         figure.colorbar(drawn, ax=[axes[1][offset + j] for j in range(len(residues))], shrink=0.85,
-                        label=f"|error| ×{factor:g} vs. image scale\n[0 to P{percentile:g} = {vmax_error:.2g}]")
+                        label=f"|error| ×{factor:g} vs. image scale\n[0 to {vmax_error:.2g}; P{percentile:g} = {covered:.2g}]")
     for row in axes:
         for ax in row:
             ax.set_xticks([])
