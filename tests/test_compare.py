@@ -51,6 +51,7 @@ def make_run(
     root: Path, name: str, role: str | None, values: dict[str, np.ndarray], *, method: str | None = None,
     teacher_role: str | None = None, fingerprint: str = FINGERPRINT, split: str = "val", acceleration: float = 4.0,
     source: str = "demo", slices: list[tuple[str, int]] = SLICES, shuffle: bool = False, params: int = 49285,
+    task: str = "recon",
 ) -> Path:
     """An evaluated run directory written as COMMON.md describes (recipe.yaml, metrics.json, per_slice.csv)."""
     run = root / name
@@ -60,7 +61,7 @@ def make_run(
         "format": 1, "sftkd_version": "0.1.0", "run": name, "model": "D3C5", "role": role, "method": method,
         "init": None, "params": params, "checkpoint": "best",
         "dataset": {"path": "data/demo", "fingerprint": fingerprint, "split": split, "acceleration": acceleration,
-                    "image_size": [32, 32], "source": source},
+                    "image_size": [32, 32], "source": source, "task": task},
         "latency_ms_per_slice": 25.0, "device": "cpu", "conventions": {},
         "metrics": stats(values), "zero_filled": stats(ZF_VALUES),
     }
@@ -380,6 +381,15 @@ def test_group_paper_places_runs_in_cells(tmp_path):
     assert "| Dataset | Model | 4x Std-KD PSNR/SSIM |" in markdown and "| MRBrainS | ZF |" in markdown
     latex = invoke(*made.values(), "--group", "paper", "-f", "latex").stdout
     assert "\\multicolumn{2}{c}{4x}" in latex
+
+
+def test_group_paper_names_the_input_row_for_the_task(tmp_path):
+    runs = [make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0), task="sr"),
+            make_run(tmp_path, "student", "student", slice_values(2, 0.0), task="sr")]
+    table = paper_table([load_run_result(p) for p in runs])
+    assert table.blocks[0].models == ("LR interp.", "Teacher", "Student")  # super-resolution: Table 9's input row
+    markdown = invoke(*runs, "--group", "paper", "-f", "markdown").stdout
+    assert "| Demo | LR interp. |" in markdown and "| ZF |" not in markdown
 
 
 def test_group_paper_refuses_two_datasets_under_one_source_name_with_fitting_advice(tmp_path):

@@ -343,6 +343,9 @@ def test_smoke_sr_plan_end_to_end(tmp_path, monkeypatch):
     assert "Table 9" in text and "| AT |" in text and "| FT |" in text, text
     assert (runs / "report" / "grid.png").is_file() and (runs / "report" / "attention.png").is_file()
     assert "LR interpolated" in text  # the input row of the compare table is named for the task
+    assert "| Demo | LR interp. |" in text and "| ZF |" not in text  # and the paper layout's (Table 9's) input row
+    note = next(line for line in text.splitlines() if line.startswith("Paper: "))
+    assert note.startswith("Paper: SFT-KD-Recon (MIDL 2023), Table 9,") and "Table 1" not in note, note
     from sftkd_cli.report.figures import reconstruction_grid_from_runs
 
     grid = reconstruction_grid_from_runs(tmp_path / "data" / "smoke-sr", 4, {"teacher": runs / "teacher"}, tmp_path / "g")

@@ -38,6 +38,8 @@ ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
 #: the ZF row's role by dataset task: for super-resolution the input is the interpolated LR image
 INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
+#: the ZF row's label in the paper layout by dataset task ("LR interp." for super-resolution, as Table 9)
+INPUT_ROWS = {task: short for task, (_, short) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
 #: score convention -> (folder inside a run holding its results, per-unit file, the unit scores pair by)
 CONVENTIONS: dict[str, tuple[str, str, str]] = {"paper": ("", "per_slice.csv", "slice"),
@@ -56,7 +58,7 @@ _PAPER_SLOT = {
     "student": ("Student", STD_KD),
     "sft-student": ("SFT-Student", SFT_KD),
 }
-_PAPER_FIXED_ROWS = (ZF_NAME, "Teacher", "Student", "SFT-Student")
+_PAPER_FIXED_ROWS = (*INPUT_ROWS.values(), "Teacher", "Student", "SFT-Student")
 _KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
 _DATASET_ORDER = ("mrbrains", "acdc")  # the paper's Table 1 order; other sources follow by name
 
@@ -513,7 +515,8 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRIC
     for (dataset, acceleration), members in groups.items():
         block = cells.setdefault(dataset, {})
         if zero_filled:
-            block[(ZF_NAME, acceleration, STD_KD)] = PaperCell(ZF_NAME, _zero_filled(members[0], names))
+            row = INPUT_ROWS.get(members[0].task, ZF_NAME)
+            block[(row, acceleration, STD_KD)] = PaperCell(row, _zero_filled(members[0], names))
         for run in members:
             model, setting = _paper_slot(run)
             slot = (dataset, model, acceleration, setting)

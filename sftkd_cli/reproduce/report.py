@@ -259,7 +259,7 @@ def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float],
                 numbers = paper_numbers(paper.rows[row][i], len(paper.metrics))
                 if numbers is not None:
                     out[key] = numbers[index]
-    note = f"Paper: {paper.title}, {acceleration:g}x, PSNR of its Table 1 rows (150 epochs on the full data)."
+    note = f"Paper: {paper.title}, {acceleration:g}x: PSNR of the plan's `paper:` rows (150 epochs on the full data)."
     return out, note
 
 
