@@ -416,6 +416,16 @@ def test_grid_error_label_states_the_amplification_drawn(tmp_path, error):
     assert ticks and max(ticks) <= drawn.norm.vmax  # ticks in error units, on the drawn scale
 
 
+def test_a_stem_ending_in_a_figure_format_names_the_figure(tmp_path):
+    """`--attention out/att.png` writes out/att.png and out/att.pdf, not att.png.png; other dots stay."""
+    residues = {"Std-KD (at)": {1: np.full((4, 4), 0.01)}}
+    for given, stem in (("att.png", "att"), ("att.PDF", "att"), ("fig.v2", "fig.v2")):
+        out = attention_residue_figure(residues, tmp_path / "out" / given)
+        assert [p.name for p in out.paths] == [f"{stem}.png", f"{stem}.pdf"]
+    _written(out.paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["att.pdf", "att.png", "fig.v2.pdf", "fig.v2.png"]
+
+
 def test_attention_figure_titles_and_colourbar_say_what_is_drawn(tmp_path):
     rng = np.random.default_rng(7)
     out = attention_residue_figure({"Std-KD (at)": {1: rng.uniform(0, 0.01, (8, 8))}}, tmp_path / "att", context="vol1, slice 2, 4x")

@@ -73,7 +73,7 @@ def compare(
     zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
     convention: Annotated[Convention, typer.Option("--convention", metavar="NAME", help=f"paper (per slice, as `sftkd evaluate` scores by default) or fastmri (per volume, from RUN/eval-fastmri/; default metrics {','.join(FASTMRI_METRICS)}).")] = Convention.paper,
-    attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to ATTENTION.png and ATTENTION.pdf.")] = None,
+    attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to STEM.png and STEM.pdf (a .png or .pdf ending is dropped: out/att.png writes out/att.png and out/att.pdf).")] = None,
     attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""

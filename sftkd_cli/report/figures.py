@@ -84,8 +84,14 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(figure, stem: Path) -> tuple[Path, ...]:
-    """Write `stem`.png and `stem`.pdf (parent folders created); returns the paths."""
+    """Write `stem`.png and `stem`.pdf (parent folders created); returns the paths.
+
+    A stem ending in one of those formats names the figure itself: 'out/att.png' writes
+    out/att.png and out/att.pdf (not att.png.png).
+    """
     stem = Path(stem)
+    if stem.suffix.lower().lstrip(".") in FORMATS:
+        stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FORMATS:
