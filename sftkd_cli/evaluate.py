@@ -333,6 +333,10 @@ def _evaluate(
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
     data_path = Path(data or recipe.data.path)
+    if data is None and not data_path.is_dir():  # a relative path, or a dataset moved since training
+        raise SftkdError(f"{run.recipe_file}: data.path {str(data_path)!r} is not a folder"
+                         + ("" if data_path.is_absolute() else f" (read from here, {Path.cwd()})")
+                         + "; pass --data DIR to evaluate on the dataset where it is now")
     split = split or recipe.eval.split
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
     if len(dataset) == 0:

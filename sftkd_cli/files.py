@@ -33,6 +33,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def text_name(name: str) -> str:
+    """A file name as valid UTF-8 text (an HDF5 attribute, which must be): bytes of a name that is
+    not UTF-8 (Python keeps them as surrogates) written as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def display_path(path: str | Path) -> str:
     """`path` relative to the working directory when it lies below it, else absolute."""
     path = Path(path)

@@ -36,7 +36,7 @@ from torch import nn
 
 from sftkd_cli.choices import LAYOUT_SETTINGS
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.files import atomic_write_text
+from sftkd_cli.files import atomic_write_text, read_regular_bytes
 from sftkd_cli.runtime import Batch, autocast
 
 #: the cache file's name in the cache folder
@@ -99,15 +99,17 @@ def choose_layout(setting: object, device: torch.device, work: str, factory: Wor
     if forced is not None:
         return forced
     key = f"{machine_key()} | {work}"
-    path = cache_dir() / CACHE_FILE
-    with _locked(path):
-        known = _read_cache(path)
+    folder = cache_dir()
+    path = folder / CACHE_FILE if folder is not None else None
+    with _locked(path) if path is not None else contextlib.nullcontext():
+        known = _read_cache(path) if path is not None else {}
         if key in known:
             return LayoutChoice(known[key]["channels_last"], f"measured earlier on this machine: {known[key]['times']}")
         channels_last, times = _measure(factory)
         known[key] = {"channels_last": channels_last, "times": times}
         with contextlib.suppress(OSError, SftkdError):  # an unwritable cache only costs a measurement next time
-            atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+            if path is not None:
+                atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
     return LayoutChoice(channels_last, f"measured here: {times}")
 
 
@@ -185,19 +187,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cache_dir() -> Path:
-    """$SFTKD_CACHE_DIR, else $XDG_CACHE_HOME/sftkd, else ~/.cache/sftkd."""
+def cache_dir() -> Path | None:
+    """$SFTKD_CACHE_DIR, else $XDG_CACHE_HOME/sftkd, else ~/.cache/sftkd; None when there is no
+    home directory to put it in (a user without one): layouts are then measured each time."""
     if os.environ.get("SFTKD_CACHE_DIR"):
         return Path(os.environ["SFTKD_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sftkd"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "sftkd"
+    try:
+        return Path.home() / ".cache" / "sftkd"
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry
+        return None
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
-    """The cached answers; a missing, unreadable or malformed cache reads as empty (it is only a cache)."""
+    """The cached answers; a missing, unreadable or malformed cache (or a FIFO in its place) reads
+    as empty: it is only a cache."""
     try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        known = json.loads(read_regular_bytes(path, "layout cache"))
+    except (SftkdError, ValueError):
         return {}
     if not isinstance(known, dict):
         return {}

@@ -81,16 +81,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def git_commit() -> str | None:
-    """The sftkd source tree's git commit, when it is a checkout."""
-    here = Path(__file__).resolve().parent
+def git_commit(package: Path | None = None) -> str | None:
+    """The sftkd source tree's git commit, when it is a checkout of sftkd: its top level holds the
+    package (`package`: this one). An installed copy inside another repository (a venv in a
+    user's project) is not."""
+    here = (package or Path(__file__).parent).resolve()
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != here.parent:
+        return None
+    return lines[1]
 
 
 def environment(device: str, seed: int) -> dict[str, Any]:

@@ -298,6 +298,20 @@ def test_with_no_evaluated_run_the_error_line_keeps_why(tmp_path):
         assert "no evaluated run among the given paths" in lines[0] and expected in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_without_the_tables_characters_gets_question_marks_not_a_traceback(trio, tmp_path, encoding):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "sftkd_cli", "compare", *map(str, trio.values())],
+                         capture_output=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr.decode(encoding, "replace")
+    table = out.stdout.decode(encoding)
+    assert "teacher" in table and "?" in table and "Traceback" not in out.stderr.decode(encoding, "replace")
+
+
 def test_glob_style_arguments_with_junk(trio, tmp_path):
     (tmp_path / "notes.txt").write_text("junk")
     (tmp_path / "summary.csv").write_text("a,b\n")

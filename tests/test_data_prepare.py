@@ -430,6 +430,18 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch
     assert leftovers(tmp_path) == []
 
 
+def test_a_file_name_that_is_not_utf8_is_kept_as_readable_text(tmp_path: Path, nifti_writer) -> None:
+    """HDF5 attributes must be UTF-8: a name's undecodable bytes are written as \\xNN."""
+    root = tmp_path / "raw"
+    nifti_writer.write(root / "a.nii.gz", nifti_writer.phantom((20, 18, 4), seed=1))
+    odd = os.fsdecode(b"p\xe9.nii.gz")  # Latin-1 bytes, as an old scanner export may name files
+    nifti_writer.write(root / odd, nifti_writer.phantom((20, 18, 4), seed=2))
+    result = prepare_dataset(NiftiSource(root), tmp_path / "out", PrepareOptions(size=(16, 16), val=("a",)))
+    (entry,) = [e for e in result.manifest["volumes"].values() if e["source_file"] != "a.nii.gz"]
+    with h5py.File(tmp_path / "out" / entry["file"], "r") as f:
+        assert f.attrs["source_file"] == "p\\xe9.nii.gz"
+
+
 def test_inputs_are_never_modified(tmp_path: Path, nifti_writer) -> None:
     root = nifti_writer.acdc_tree(tmp_path / "acdc", training=(1, 2), testing=(101,))
     before = tree_state(root)

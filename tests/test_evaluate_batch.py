@@ -81,3 +81,21 @@ def test_cuda_graphs_stay_off_on_the_cpu(run):
         assert graphed_reconstructor(model, torch.device("cpu"), "off", setting) == (model, False)
     sftkd("evaluate", run, "--device", "cpu", "--no-recon")
     assert json.loads((run / "metrics.json").read_text())["cuda_graphs"] is False
+
+
+def test_a_dataset_not_where_the_recipe_says_names_the_recipe_and_data(run, tiny_dataset, tmp_path, monkeypatch):
+    """data.path as written when training (relative to that folder, or moved since): one line
+    naming the run's recipe and --data, which evaluates on the dataset where it is now."""
+    import dataclasses
+    import shutil
+
+    from sftkd_cli.config import dump_recipe
+
+    copy = shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns(".lock", "eval-*"))
+    recipe = load_recipe(copy / "recipe.yaml")
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path="data/tiny"))
+    (copy / "recipe.yaml").write_text(dump_recipe(recipe))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SftkdError, match=r"moved/recipe.yaml: data.path 'data/tiny' is not a folder \(read from here, .*\); pass --data DIR"):
+        evaluate_run(copy, device="cpu", write_recon=False)
+    assert evaluate_run(copy, data=tiny_dataset, device="cpu", write_recon=False)["metrics"]["PSNR"]["mean"] > 0

@@ -7,6 +7,7 @@ Device: CPU.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -125,6 +126,37 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path):
     assert layout.cache_dir() == tmp_path / "xdg" / "sftkd"
     monkeypatch.setenv("SFTKD_CACHE_DIR", str(tmp_path / "own"))
     assert layout.cache_dir() == tmp_path / "own"
+
+
+def test_without_a_home_directory_the_layout_is_measured_each_time(monkeypatch):
+    """No $HOME and no passwd entry (Path.home() raises): no cache, no traceback."""
+    for name in ("SFTKD_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(layout.Path, "home", staticmethod(no_home))
+    assert layout.cache_dir() is None
+    factory, calls = slow_in(torch.channels_last)
+    for _ in range(2):
+        choice = choose_layout("auto", CPU, "no-home", factory)
+        assert choice.channels_last is False and choice.how.startswith("measured here")
+    assert calls[torch.contiguous_format] >= 2
+
+
+def test_a_fifo_in_place_of_the_cache_reads_as_empty(cache: Path):
+    """A FIFO must not hang the run (nothing writes to it): the layout is measured."""
+    import threading
+
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)
+    chosen = []
+    worker = threading.Thread(target=lambda: chosen.append(choose_layout("auto", CPU, "fifo", slow_in(torch.channels_last)[0])),
+                              daemon=True)  # a hang fails the test instead of blocking the suite
+    worker.start()
+    worker.join(timeout=30)
+    assert chosen and chosen[0].channels_last is False and chosen[0].how.startswith("measured here")
 
 
 @pytest.mark.parametrize("setting, channels_last", [("true", True), ("false", False)])

@@ -577,3 +577,24 @@ def test_evaluate_takes_a_plans_runs_folder(trained_run, tmp_path):
     result = invoke("evaluate", plan, "--device", "cpu", "--no-recon")
     assert result.exit_code == 0, result.output
     assert (plan / trained_run.name / "metrics.json").is_file()
+
+
+def test_git_commit_only_for_a_checkout_of_sftkd(tmp_path):
+    """An installed copy inside a user's own repository (a venv in their project) records no
+    commit rather than theirs."""
+    import subprocess
+
+    from sftkd_cli.runs import git_commit
+
+    repo = tmp_path / "project"
+    (repo / "sftkd_cli").mkdir(parents=True)
+    (repo / "venv" / "site-packages" / "sftkd_cli").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "sftkd_cli" / "x.py").write_text("")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo / "sftkd_cli") == head
+    assert git_commit(repo / "venv" / "site-packages" / "sftkd_cli") is None
+    assert git_commit(tmp_path / "nowhere") is None

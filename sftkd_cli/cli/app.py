@@ -7,6 +7,7 @@ Library errors (`SftkdError`) become one red line on stderr and a non-zero exit 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 from typing import Annotated, NoReturn
@@ -117,6 +118,7 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m sftkd_cli`."""
+    _replace_what_the_terminal_cannot_show()
     try:
         app(args=argv)
     finally:
@@ -124,6 +126,17 @@ def main(argv: list[str] | None = None) -> None:
         # torch and its compiler modules leave (0.7-0.9 s of a 5 s one-step training command on a
         # 2-vCPU VM); objects are still freed and finalised as their references go
         gc.freeze()
+
+
+def _replace_what_the_terminal_cannot_show() -> None:
+    """Output whose encoding lacks the tables' ± and Δ (Latin-1, ASCII, Windows cp1252 pipes) shows
+    '?' for them instead of ending in a traceback after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "±Δα×".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(AttributeError, ValueError):  # not a text stream that can change
+                stream.reconfigure(errors="replace")
 
 
 # The command modules import only typer, rich and light sftkd_cli modules at module level, and the

@@ -90,7 +90,8 @@ def reproduce(
     total = f"total {format_seconds(total_seconds(outcome.results))}"
     if executor is not None:  # stages overlap: the wall time is what was waited
         total = f"wall time {format_seconds(time.perf_counter() - started)} ({total} of stage time, up to {executor.slots} at once)"
-    console.print(total + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False)
+    console.print(total + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False,
+                  soft_wrap=True)  # a path split over two lines cannot be copied
     if outcome.failed:
         raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
                          "(see the status table); fix and run the same command again")
