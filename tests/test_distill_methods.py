@@ -186,7 +186,8 @@ def test_catalog_describes_every_method_once() -> None:
     assert all(METHODS[n].spec is CATALOG[n] for n in METHODS)
     assert DEFAULT_TAPS == {n: spec.taps_text for n, spec in CATALOG.items()}
     assert [method_label(n) for n in ("at", "FITNETS", "fitnet", "sp", "unknown")] == ["AT", "Fitnets", "Fitnets", "SP", "unknown"]
-    assert methods_help() == "at, fitnets, cc, fsp, sp, pkt, nst, ft, or none (output imitation only)."
+    assert methods_help() == ("at, fitnets, cc, fsp, sp, pkt, nst, ft, or none (no feature loss: output imitation with "
+                              "distill.w_imit > 0, else plain L1).")
 
 
 def test_at_hand_value() -> None:

@@ -18,12 +18,18 @@ if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never 
     from sftkd_cli.runs import RunDir
     from sftkd_cli.training.engine import FitResult
 
-ARGS_HELP = (
-    "An optional recipe file (.yaml) followed by overrides `section.key=value`, "
-    "e.g. `recipes/demo/teacher.yaml train.epochs=5 data.acceleration=5`."
-)
+def args_help(recipe: str) -> str:
+    """The ARGS help of a training command, with one of its own recipes as the example."""
+    return ("An optional recipe file (.yaml) followed by overrides `section.key=value`, "
+            f"e.g. `{recipe} train.epochs=5 data.acceleration=5`.")
 
-Args = Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=ARGS_HELP, show_default=False)]
+
+def args_argument(recipe: str):  # type: ignore[no-untyped-def]
+    """The ARGS argument (recipe file and overrides) of a training command."""
+    return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=args_help(recipe), show_default=False)]
+
+
+
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path).")]
 AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name).")]
@@ -33,7 +39,7 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", 
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="CPU threads for torch; 0 = torch default (train.threads).")]
 AmpOpt = Annotated[Optional[str], typer.Option("--amp", metavar="MODE", help="Mixed precision: off, bf16 or fp16 (train.amp).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run exactly where its last checkpoint left off.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Start the run over: remove the files sftkd wrote into it (your other files there stay).")]
 PrintOpt = Annotated[bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")]
 
 

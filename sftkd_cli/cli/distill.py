@@ -25,7 +25,7 @@ HELP = examples(
 
 
 def distill_command(
-    args: common.Args = None,
+    args: common.args_argument("recipes/demo/std-kd-at.yaml") = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD).")] = None,
     student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=methods_help())] = None,

@@ -38,7 +38,7 @@ def evaluate(
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
-    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (CPUs with AVX512-BF16, GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
+    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""

@@ -83,7 +83,7 @@ MaskLayout = Annotated[
     str, typer.Option("--mask-layout", metavar="LAYOUT", help="k-space layout: corner (unshifted, the paper's) | centered.")
 ]
 CenterFraction = Annotated[
-    Optional[float], typer.Option("--center-fraction", metavar="F", help="Fully sampled low-frequency fraction of lines.")
+    Optional[float], typer.Option("--center-fraction", metavar="F", help="Fully sampled low-frequency fraction of lines (default: 0.04 random and equispaced, 0.08 fastmri, 0.32/acc fastmri-*).")
 ]
 Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the masks and of the split.")]
 ValFraction = Annotated[

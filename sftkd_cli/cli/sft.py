@@ -22,7 +22,7 @@ HELP = examples(
 
 
 def train_sft_command(
-    args: common.Args = None,
+    args: common.args_argument("recipes/demo/sft.yaml") = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="DnCm", help="Teacher architecture (sft.teacher, default D5C5).")] = None,
     student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture with the same cascades (sft.student, default D3C5).")] = None,
     data: common.DataOpt = None,

@@ -20,7 +20,7 @@ HELP = examples(
 
 
 def train_teacher(
-    args: common.Args = None,
+    args: common.args_argument("recipes/demo/teacher.yaml") = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="DnCm", help=f"Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline); {COMPLEX_PARAMS_TEXT}.")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,

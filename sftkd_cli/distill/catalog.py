@@ -81,8 +81,8 @@ CATALOG: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("nst", "NST", "neuron selectivity transfer (Huang & Wang)", _EVERY_CASCADE, _EVERY_CASCADE_TEXT),
     MethodSpec("ft", "FT", "factor transfer (Kim et al.)", _EVERY_CASCADE,
                _EVERY_CASCADE_TEXT + " (one paraphraser/translator per tap)"),
-    MethodSpec("none", "none", "output imitation only", None,
-               "no feature taps (output imitation only)"),
+    MethodSpec("none", "none", "no feature loss: output imitation with distill.w_imit > 0, else plain L1", None,
+               "no feature taps"),
 )}
 
 
@@ -110,6 +110,6 @@ def default_taps(method: str, student: Tappable, teacher: Tappable) -> tuple[lis
 
 
 def methods_help() -> str:
-    """The `--method` choices for command help: 'at, fitnets, ..., or none (output imitation only).'"""
+    """The `--method` choices for command help: 'at, fitnets, ..., or none (what none does).'"""
     *first, last = CATALOG.values()
     return f"{', '.join(spec.name for spec in first)}, or {last.name} ({last.summary})."

@@ -150,7 +150,8 @@ class KDMethod(nn.Module):
 
 
 class NoKD(KDMethod):
-    """No feature loss (output imitation only; the trainer adds its L1 imitation term).
+    """No feature loss: the student learns from the target and, with distill.w_imit > 0, the
+    teacher's output (the trainer adds those L1 terms).
 
     Accepts any taps, including none, and returns a constant float32 zero (no graph).
     """
