@@ -106,9 +106,15 @@ def test_a_distilled_run_resumes_with_its_teacher_moved_but_not_with_another(flo
     weights = state["models"]["model"]["state"]
     next(iter(weights.values())).add_(1.0)  # retrained since
     torch.save(state, best)
-    for teacher, message in ((runs / "t-moved", "is not the one"), (runs / "student", "distill.teacher_run was")):
+    from sftkd_cli.runs import RunDir
+    from sftkd_cli.training.session import teacher_changed
+
+    run = RunDir(runs / "kd-moved")  # what `reproduce` asks before it skips a finished stage
+    assert "is not the one" in teacher_changed(run, run.load_recipe())
+    for teacher in (runs / "t-moved", runs / "student"):
         refused = sftkd(*kd, "--teacher", teacher, "train.epochs=4", "--resume", ok=False)
-        assert refused.exit_code == 2 and message in refused.stderr, refused.output
+        assert refused.exit_code == 2 and "is not the one" in refused.stderr, refused.output
+        assert "resume with the teacher it learnt from" in refused.stderr, refused.output
 
 
 def test_evaluate_and_compare(flow):

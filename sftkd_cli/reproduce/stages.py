@@ -184,15 +184,16 @@ def training_state(stage: Stage) -> tuple[str, str]:
 
 def plan_conflict(stage: Stage) -> str:
     """'' when the training stage's run (begun or finished) was trained with the plan's recipe for
-    it (as far as resuming allows: `resume_conflict`) and on its data; else what differs, and
+    it (as far as resuming allows: `resume_conflict`), from the same teacher checkpoint
+    (`teacher_changed`) and on its data; else what differs, and
     what to do. Data at another path counts as the same when the run's checkpoint was trained on
     a dataset of the same manifest fingerprint (moved, not changed)."""
     from sftkd_cli.data.dataset import dataset_fingerprint
-    from sftkd_cli.training.session import resume_conflict
+    from sftkd_cli.training.session import resume_conflict, teacher_changed
 
     assert stage.run is not None and stage.recipe is not None
     run = RunDir(stage.run)
-    conflict = resume_conflict(run, stage.recipe)
+    conflict = resume_conflict(run, stage.recipe) or teacher_changed(run, stage.recipe)
     was, now = run.load_recipe().data.path, stage.recipe.data.path
     if not conflict and was != now:
         saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)

@@ -120,21 +120,28 @@ def resume_conflict(run: RunDir, recipe: Recipe) -> str:
     for key, value in new.items():
         if old[key] == value or key in RESUMABLE_CHANGES:
             continue
-        if key == "distill.teacher_run" and _same_teacher(run, str(old[key]), str(value)):
-            continue
+        if key == "distill.teacher_run":  # named another way or moved: the same teacher may continue
+            if _recorded_teacher(run):
+                changed = teacher_changed(run, recipe)
+                if changed:
+                    return changed
+                continue
+            if old[key] and value and Path(old[key]).resolve() == Path(value).resolve():
+                continue
         return (f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
                 f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change, and distill.teacher_run may name "
                 "the same teacher another way)")
     return ""
 
 
-def _same_teacher(run: RunDir, old: str, new: str) -> bool:
-    """Whether teacher run `new` is the one the run learnt from (`old`, as first written): the same
-    folder named another way, or one (moved) whose best checkpoint has the sha256 the run recorded."""
-    if old and new and Path(old).resolve() == Path(new).resolve():
-        return True
-    recorded = _recorded_teacher(run)
-    return bool(recorded) and _teacher_digest(new) == recorded
+def teacher_changed(run: RunDir, recipe: Recipe) -> str:
+    """'' unless the distilled run recorded its teacher checkpoint's sha256 and the teacher that
+    `recipe` names now has another (retrained or replaced since, even at the same path): what differs."""
+    recorded = _recorded_teacher(run) if recipe.distill.teacher_run else None
+    if not recorded or _teacher_digest(recipe.distill.teacher_run) == recorded:
+        return ""
+    return (f"distill.teacher_run {recipe.distill.teacher_run}: its best checkpoint is not the one {run.path} learnt "
+            f"from (sha256 {recorded[:12]}; retrained or replaced since?)")
 
 
 def _recorded_teacher(run: RunDir) -> str | None:
@@ -161,7 +168,8 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
     """On --resume the recipe must match the stored one (`resume_conflict`)."""
     conflict = resume_conflict(run, recipe)
     if conflict:
-        raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
+        teacher = conflict.startswith("distill.teacher_run")  # another teacher: no recipe brings it back
+        raise SftkdError(f"{conflict}: {'resume with the teacher it learnt from' if teacher else 'give that file as the recipe with --resume'}")
 
 
 def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
@@ -185,10 +193,9 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
-    teacher = saved.get("teacher_sha256")
-    if teacher and _teacher_digest(recipe.distill.teacher_run) != teacher:
-        raise SftkdError(f"distill.teacher_run {recipe.distill.teacher_run}: its best checkpoint is not the one {last} "
-                         f"learnt from (sha256 {teacher[:12]}; retrained or replaced?); resume with that teacher")
+    changed = teacher_changed(run, recipe)
+    if changed:
+        raise SftkdError(f"{changed}: resume with the teacher it learnt from")
 
 
 def run_training(
