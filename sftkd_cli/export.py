@@ -61,7 +61,7 @@ from sftkd_cli.exported import (
     split_complex,
 )
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
-from sftkd_cli.mri.masks import describe_mask, sampled_lines
+from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
@@ -240,14 +240,18 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
 
 def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, Any] | None) -> np.ndarray:
     """A mask of `size` made as the dataset's was (for a size other than the dataset's)."""
+    from sftkd_cli.data.format import group_key, mask_axis
     from sftkd_cli.data.prepare import sr_box_mask
     from sftkd_cli.mri.masks import make_mask
 
     info = (manifest or {}).get("mask", {})
     layout = info.get("layout", "corner")
-    if (manifest or {}).get("task") == "sr":
+    task = str((manifest or {}).get("task", "recon"))
+    if task == "sr":
         return sr_box_mask(size, acceleration, layout)
-    return make_mask(info.get("kind", "random"), size, acceleration, seed=int(info.get("seed", 42)), layout=layout)
+    axis = mask_axis(info, group_key(task, acceleration)) if info else 0
+    return make_mask(info.get("kind", "random"), size, acceleration, seed=int(info.get("seed", 42)),
+                     center_fraction=info.get("center_fraction"), layout=layout, axis=0 if axis is None else axis)
 
 
 def _last_metrics(run_path: Path) -> dict[str, Any] | None:
@@ -284,7 +288,8 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
         "center_fraction": info.get("center_fraction"), "file": mask_file,
     }
     if mask is not None:
-        described = describe_mask(mask, info["axis"] if info.get("axis") in (0, 1) else 0)
+        axis = info["axis"] if info.get("axis") in (0, 1) else 0
+        described = describe_box(mask, axis) if info.get("kind") == "sr-box" else describe_mask(mask, axis)
         axis = described["axis"]
         card.update({
             "shape": list(mask.shape), **described,
@@ -443,11 +448,21 @@ def _check_replaceable(target: Path, force: bool) -> None:
     checkpoint, a manifest or another file of the user's), and that only with `force`."""
     if not target.exists():
         return
-    if not card_path(target).is_file():
-        raise SftkdError(f"--out {target}: exists and is not an sftkd export (no {card_path(target).name} "
-                         "beside it); expected a new file name")
+    if not _is_export_card(card_path(target), target.name):
+        raise SftkdError(f"--out {target}: exists and is not an sftkd export (no model card {card_path(target).name} "
+                         "for it beside it); expected a new file name")
     if not force:
         raise SftkdError(f"--out {target}: an earlier export is there; pass --force to replace it")
+
+
+def _is_export_card(path: Path, name: str) -> bool:
+    """Whether `path` is a model card `sftkd export` wrote for a file called `name` (any JSON
+    beside a file is not: a checkpoint with a stray card must stay)."""
+    try:
+        card = json.loads(read_regular_bytes(path, "model card"))
+    except (SftkdError, ValueError):
+        return False
+    return isinstance(card, dict) and card.get("file") == name and card.get("export_format") in FORMATS
 
 
 def _normalisation(manifest: dict[str, Any] | None) -> str:

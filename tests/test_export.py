@@ -379,3 +379,33 @@ def test_cli_export_stopped_by_sigterm_writes_nothing(trained_run, tmp_path, mon
     assert result.exit_code == 130 and "export interrupted: nothing written" in result.stderr, result.output
     assert list(out.parent.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # put back
+
+
+def test_a_mask_for_another_size_is_made_as_the_datasets_was():
+    """fastMRI data: columns (axis 1), its centre fraction, centred layout."""
+    from sftkd_cli.mri.masks import make_mask
+
+    manifest = {"task": "recon", "mask": {"kind": "fastmri-random", "seed": 7, "layout": "centered", "axis": 1,
+                                          "center_fraction": 0.08, "per_acceleration": {"acc4": {"file": "masks/acc4.npy"}}}}
+    mask = export_module._check_mask((48, 40), 4.0, manifest)
+    expected = make_mask("fastmri-random", (48, 40), 4.0, seed=7, center_fraction=0.08, layout="centered", axis=1)
+    np.testing.assert_array_equal(mask, expected)
+    assert export_module._mask_card(manifest, 4.0, mask, None)["axis"] == 1
+
+
+def test_force_never_replaces_a_file_beside_a_card_that_is_not_its_export_card(run_copy):
+    best = run_copy / "checkpoints" / "best.pt"
+    kept = best.read_bytes()
+    for stray in ("{}", json.dumps({"file": "other.ts", "export_format": "torchscript"}), "not json"):
+        (run_copy / "checkpoints" / "best.pt.card.json").write_text(stray)
+        with pytest.raises(SftkdError, match="is not an sftkd export"):
+            export_run(run_copy, "torchscript", out=best, force=True)
+    assert best.read_bytes() == kept
+
+
+def test_a_super_resolution_card_records_the_box_as_the_manifest_does():
+    from sftkd_cli.data.prepare import sr_box_mask
+
+    box = sr_box_mask((16, 12), 4.0, "corner")
+    card = export_module._mask_card({"task": "sr", "mask": {"kind": "sr-box", "axis": 0}}, 4.0, box, None)
+    assert card["box"] == [4, 3] and (card["axis"], card["lines"]) == (0, 4) and len(card["sampled_lines"]) == 4

@@ -22,7 +22,7 @@ from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
 from sftkd_cli.files import display_path, sha256_file, write_bytes_synced
-from sftkd_cli.mri.masks import check_mask_acceleration, describe_mask, load_mask
+from sftkd_cli.mri.masks import check_mask_acceleration, describe_box, describe_mask, load_mask
 
 #: acceleration -> (mask file, its mask, the file's sha256)
 UserMasks = dict[float, tuple[Path, np.ndarray, str]]
@@ -87,11 +87,8 @@ def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user
     axes: dict[str, int | None] = {}
     for acc, mask in masks.items():
         key = group_key(options.task, acc)
-        if sr:  # the central k-space box: no whole lines; its rows and columns are recorded as "box"
-            described = {"axis": generated_axis, "lines": int(np.count_nonzero(mask.any(axis=1 - generated_axis))),
-                         "sampled_fraction": round(float(mask.mean()), 6)}
-        else:
-            described = describe_mask(mask, generated_axis)
+        # the central k-space box (sr) has no whole lines: its rows and columns are recorded as "box"
+        described = describe_box(mask, generated_axis) if sr else describe_mask(mask, generated_axis)
         axes[key] = described["axis"]
         per_acc[key] = {
             "file": f"masks/{key}.npy",
@@ -100,7 +97,7 @@ def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user
             "origin": "sr-box" if sr else "file" if acc in user else options.mask_kind,
         }
         if sr:
-            per_acc[key]["box"] = [int(np.count_nonzero(mask.any(axis=1))), int(np.count_nonzero(mask.any(axis=0)))]
+            per_acc[key]["box"] = described["box"]
         if acc in user:
             per_acc[key]["axis"] = described["axis"]
             per_acc[key]["source_file"] = str(user[acc][0].resolve())

@@ -320,6 +320,14 @@ def describe_mask(mask: np.ndarray, default_axis: int) -> dict[str, Any]:
     }
 
 
+def describe_box(mask: np.ndarray, axis: int) -> dict[str, Any]:
+    """`describe_mask` for a super-resolution box mask (the central k-space box: no whole lines):
+    its rows and columns as "box", the lines along `axis` and the "sampled_fraction"."""
+    sampled = np.asarray(mask) != 0
+    box = [int(np.count_nonzero(sampled.any(axis=1))), int(np.count_nonzero(sampled.any(axis=0)))]
+    return {"axis": axis, "lines": box[axis], "sampled_fraction": round(float(np.asarray(mask).mean()), 6), "box": box}
+
+
 def _read_npz(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         keys = list(data.keys())
