@@ -126,6 +126,16 @@ def test_grid_panels_equal_the_inputs(tmp_path):
         np.testing.assert_allclose(out.data[f"{label} residue"], np.abs(image - target), atol=1e-7)
 
 
+def test_grid_draws_a_diverged_model_with_nan_pixels(tmp_path):
+    """A NaN reconstruction (a diverged run) still gets its figure, at the image scale."""
+    target = np.random.default_rng(2).uniform(0, 1, (16, 16)).astype(np.float32)
+    diverged = target.copy()
+    diverged[3, 4] = np.nan
+    out = reconstruction_grid(target, target, {"teacher": target + 0.01, "diverged": diverged}, tmp_path / "grid")
+    _written(out.paths)
+    assert out.data["error_factor"] == 1.0 and out.data["error_vmax"] == pytest.approx(float(target.max()))
+
+
 def test_grid_refuses_a_box_outside_the_image(tmp_path):
     image = np.zeros((8, 8), np.float32)
     with pytest.raises(SftkdError, match="inset box"):

@@ -71,15 +71,28 @@ def test_within_tests_the_gap_against_the_tolerance_not_against_zero():
     assert _test([(student + np.linspace(0.05, 0.2, 24), student)], "within", 0.05, 0.03).status == NOT_HELD
 
 
+def test_the_direction_is_the_tests_own_and_rounding_is_no_effect():
+    """Outliers can turn the mean against the ranks: the verdict follows the signed-rank test that
+    gives its p. Gaps of exactly the tolerance (as stored, 4 decimals) are no evidence either way."""
+    from sftkd_cli.report.verdict import _test
+
+    student = np.round(np.random.default_rng(1).uniform(28, 30, 200), 4)
+    teacher = student + np.r_[np.full(180, 0.05), np.full(20, -0.97)]  # mean gap -0.052, most gaps +0.05
+    test = _test([(teacher, student)], "within", 0.05, 0.03)
+    assert test.diff < 0.03 and test.p < 1e-10 and test.status == NOT_HELD
+    exact = np.round(student + 0.03, 4)
+    assert _test([(exact, student)], "within", 0.05, 0.03).status == NOT_SHOWN
+
+
 def test_judge_wording():
-    assert judge("greater", 0.3, 0.2, 0.05, 0.03) == NOT_SHOWN  # a positive difference with p >= alpha is not shown
-    assert judge("greater", 0.3, 0.01, 0.05, 0.03) == HELD
-    assert judge("greater", -0.3, 0.01, 0.05, 0.03) == NOT_HELD
-    assert judge("within", 0.02, 0.01, 0.05, 0.03) == HELD
-    assert judge("within", 0.02, 0.9, 0.05, 0.03) == NOT_SHOWN  # below the tolerance, but not shown to be
-    assert judge("within", 0.5, 0.01, 0.05, 0.03) == NOT_HELD
-    assert judge("within", 0.5, 0.2, 0.05, 0.03) == NOT_SHOWN
-    assert judge("greater", 1.0, float("nan"), 0.05, 0.03) == NOT_SHOWN
+    assert judge("greater", True, 0.2, 0.05) == NOT_SHOWN  # a positive difference with p >= alpha is not shown
+    assert judge("greater", True, 0.01, 0.05) == HELD
+    assert judge("greater", False, 0.01, 0.05) == NOT_HELD
+    assert judge("within", False, 0.01, 0.05) == HELD  # significantly below the tolerance
+    assert judge("within", False, 0.9, 0.05) == NOT_SHOWN  # below it, but not shown to be
+    assert judge("within", True, 0.01, 0.05) == NOT_HELD
+    assert judge("within", True, 0.2, 0.05) == NOT_SHOWN
+    assert judge("greater", True, float("nan"), 0.05) == NOT_SHOWN
 
 
 def test_several_seeds_count_per_seed_and_pool_seeds_by_slices():

@@ -384,12 +384,13 @@ def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str)
     raise SftkdError(f"{option} {wanted}: not among the compared runs ({', '.join(r.name for r in runs)})")
 
 
-def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired samples (nan when undefined)."""
+def wilcoxon_p(x: np.ndarray, y: np.ndarray, alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p-value of paired samples (two-sided, or "greater"/"less": x above or
+    below y); nan when undefined."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return float(wilcoxon(x, y, alternative="two-sided").pvalue)
+            return float(wilcoxon(x, y, alternative=alternative).pvalue)
         except ValueError:
             return math.nan
 

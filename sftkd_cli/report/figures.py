@@ -269,7 +269,10 @@ def _nice_factor(ratio: float) -> float:
     """The largest of ..., 0.5, 1, 2, 5, 10, 20, 50, ... not above `ratio` (> 0): the k of an error map's '×k'.
 
     The error scale is then the image scale / k, at or above the error percentile `ratio` was taken at.
+    A ratio that is not a positive number (NaN errors of a diverged model) gives 1: drawn, not a crash.
     """
+    if not (math.isfinite(ratio) and ratio > 0):
+        return 1.0
     decade = 10.0 ** math.floor(math.log10(ratio))
     if decade > ratio:  # log10 rounded up
         decade /= 10
