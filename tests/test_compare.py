@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -256,7 +257,7 @@ def test_not_evaluated_runs_are_named_in_one_line_and_skipped(trio, tmp_path):
     assert strict.exit_code == 2 and "pending1" in strict.stderr and "pending2" in strict.stderr
 
 
-def test_an_eval_fastmri_folder_stands_for_its_run_in_the_fastmri_convention(trio):
+def test_an_eval_fastmri_folder_stands_for_its_run_in_the_fastmri_convention(trio, monkeypatch):
     """RUN/eval-fastmri given with --convention fastmri is read as RUN (not RUN/eval-fastmri/eval-fastmri),
     as the paper convention's error advises."""
     for seed, path in enumerate(trio.values()):
@@ -270,6 +271,15 @@ def test_an_eval_fastmri_folder_stands_for_its_run_in_the_fastmri_convention(tri
     assert json.loads(by_folder.stdout) == json.loads(by_run.stdout)  # the same rows, named by their runs
     both = invoke(trio["teacher"], folders[0], "--convention", "fastmri", "-f", "csv")
     assert [row["run"] for row in csv.DictReader(io.StringIO(both.stdout))] == ["ZF", "teacher"]  # one run, once
+    monkeypatch.chdir(folders[0])  # `.` inside the folder is the folder
+    here = invoke(".", "--convention", "fastmri", "-f", "csv")
+    assert here.exit_code == 0 and [row["run"] for row in csv.DictReader(io.StringIO(here.stdout))] == ["ZF", "teacher"]
+    # a model's evaluation folder scored only in the fastmri convention: shown, and not called "not a run"
+    nested = trio["teacher"] / "eval-student"
+    nested.mkdir()
+    shutil.copytree(folders[0], nested / "eval-fastmri")
+    alone = invoke(nested / "eval-fastmri", "--convention", "fastmri", "-f", "csv")
+    assert alone.exit_code == 0 and "not a run directory" not in alone.stderr, alone.output
     (folders[1] / "metrics.json").unlink()
     pending = invoke(folders[0], folders[1], "--convention", "fastmri", "-f", "csv")
     hint = f"run `sftkd evaluate {trio['student']} --convention fastmri`"

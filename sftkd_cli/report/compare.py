@@ -172,6 +172,7 @@ def run_of(path: Path, convention: str = "paper") -> Path:
     """The run (or evaluation folder) that `path` stands for: RUN for RUN/eval-fastmri given in the
     fastmri convention, so that both read (and name) the same results; else `path` itself."""
     folder = CONVENTIONS[convention][0]
+    path = path.absolute() if path.name in ("", ".", "..") else path  # `.` inside the folder has no name
     own = bool(folder) and path.name == folder and path.is_dir() and not (path / "recipe.yaml").is_file()
     return path.parent if own else path
 
@@ -258,8 +259,8 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
             if run.is_dir() and run.resolve() not in seen:
                 seen.add(run.resolve())
                 dirs.append(run)
-    not_runs = [str(p) for p in dirs if not is_run_folder(p)]
     scored = lambda p: (results_folder(p, convention) / "metrics.json").exists()  # noqa: E731
+    not_runs = [str(p) for p in dirs if not is_run_folder(p) and not scored(p)]
     # paper: a run folder without metrics.json; fastmri: any run or evaluation folder without eval-fastmri/
     evaluable = (lambda p: (p / "recipe.yaml").exists()) if convention == "paper" else is_run_folder
     pending = [str(p) for p in dirs if not scored(p) and evaluable(p)]
