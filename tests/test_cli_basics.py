@@ -47,6 +47,8 @@ def test_usage_errors_are_one_line_naming_the_option_and_the_help():
         ("compare",): ["Missing argument 'RUN'"],
         ("trainteacher",): ["'trainteacher'", "train-teacher", "'sftkd -h'"],
         ("--bogus",): ["--bogus", "'sftkd -h'"],
+        ("export", "r", "--out"): ["'--out' requires an argument", "'sftkd export -h'"],
+        ("prepare-data", "acdc", "x", "--out"): ["'--out' requires an argument", "'sftkd prepare-data acdc -h'"],
     }
     for args, words in cases.items():
         result = runner.invoke(app, list(args))

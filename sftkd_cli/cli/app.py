@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from sftkd_cli import __version__
 from sftkd_cli.cli import bench, compare, distill, evaluate, export, prepare, reproduce, sft, train
-from sftkd_cli.cli.base import HelpGroup, examples, stderr_console
+from sftkd_cli.cli.base import USAGE_ERROR, HelpGroup, examples, stderr_console
 from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
@@ -33,13 +33,13 @@ class _Group(HelpGroup):
     def make_context(self, *args, **kwargs) -> typer.Context:  # type: ignore[no-untyped-def]
         try:
             return super().make_context(*args, **kwargs)
-        except _UsageError as exc:  # `sftkd --bogus`
+        except USAGE_ERROR as exc:  # `sftkd --bogus`
             _usage_error(exc)
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except _UsageError as exc:  # the command's own options and arguments
+        except USAGE_ERROR as exc:  # the command's own options and arguments
             _usage_error(exc)
         except SftkdError as exc:
             _error_line(str(exc))
@@ -62,11 +62,8 @@ class _Group(HelpGroup):
         return [n for n in COMMAND_ORDER if n in names] + [n for n in names if n not in COMMAND_ORDER]
 
 
-#: click's UsageError, from the click that typer runs on (its own copy since typer 0.2x, the click
-#: package before): the base class of the public `typer.BadParameter`
-_UsageError: type[Exception] = typer.BadParameter.__base__
 #: what a bare `sftkd` raises to show its help (click >= 8.2)
-_NoArgsIsHelp = getattr(sys.modules[_UsageError.__module__], "NoArgsIsHelpError", ())
+_NoArgsIsHelp = getattr(sys.modules[USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
 
 
 def _usage_error(exc) -> NoReturn:  # type: ignore[no-untyped-def]

@@ -54,8 +54,23 @@ class _Argument(typer.core.TyperArgument):
         return name + ("..." if self.nargs != 1 else "")
 
 
+#: click's UsageError, from the click that typer runs on (its own copy since typer 0.2x, the click
+#: package before): the base class of the public `typer.BadParameter`
+USAGE_ERROR: type[Exception] = typer.BadParameter.__base__
+
+
 class _PlainFlagsHelp:
-    """Mixin for commands and groups: flags, --help included, show no `<bool>` value column."""
+    """Mixin for commands and groups: flags, --help included, show no `<bool>` value column; a
+    usage error the option parser raises without a context gets the command's (its message then
+    points to this command's help, not the root's)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except USAGE_ERROR as exc:
+            if getattr(exc, "ctx", None) is None:
+                exc.ctx = ctx  # type: ignore[attr-defined]
+            raise
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
