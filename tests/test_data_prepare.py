@@ -440,6 +440,10 @@ def test_a_file_name_that_is_not_utf8_is_kept_as_readable_text(tmp_path: Path, n
     (entry,) = [e for e in result.manifest["volumes"].values() if e["source_file"] != "a.nii.gz"]
     with h5py.File(tmp_path / "out" / entry["file"], "r") as f:
         assert f.attrs["source_file"] == "p\\xe9.nii.gz"
+    manifest = (tmp_path / "out" / "manifest.json").read_bytes()
+    manifest.decode("utf-8")  # strictly: no lone surrogates (jq, JavaScript, ...)
+    assert "\\ud" not in manifest.decode() and entry["source_file"] == "p\\xe9.nii.gz"
+    assert prepare_dataset(NiftiSource(root), tmp_path / "out", PrepareOptions(size=(16, 16), val=("a",))).unchanged
 
 
 def test_inputs_are_never_modified(tmp_path: Path, nifti_writer) -> None:

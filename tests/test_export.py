@@ -373,12 +373,19 @@ def test_cli_export_stopped_by_sigterm_writes_nothing(trained_run, tmp_path, mon
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
 
+    def not_taken(signum, frame):  # the test's own: were export not to take SIGTERM, this fails the test
+        raise AssertionError("SIGTERM not handled by export")  # (instead of killing the test process)
+
     monkeypatch.setattr(export_module, "write_torchscript", terminated)
-    out = tmp_path / "stopped" / "m.ts"
-    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(out)])
+    previous = signal.signal(signal.SIGTERM, not_taken)
+    try:
+        out = tmp_path / "stopped" / "m.ts"
+        result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(out)])
+        assert signal.getsignal(signal.SIGTERM) is not_taken  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert result.exit_code == 130 and "export interrupted: nothing written" in result.stderr, result.output
     assert list(out.parent.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # put back
 
 
 def test_a_mask_for_another_size_is_made_as_the_datasets_was():

@@ -205,8 +205,8 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
                      "acquisition": info.acquisition, "sftkd_version": __version__}
             vmax, resized = _write_volume(tmp / f"{file.volume}.h5", file, kept, size, target_shape, info.max, masks, attrs)
             volumes[file.volume] = {
-                "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": file.rel,
-                "source_sha256": record["inputs"]["sources"][file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
+                "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": text_name(file.rel),
+                "source_sha256": record["inputs"]["sources"][text_name(file.rel)], "source_slices": [int(kept[0]), int(kept[-1])],
                 "max": vmax, "scale": 1.0 / vmax, "acquisition": info.acquisition, "kspace": "resized" if resized else "raw",
             }
             if progress:

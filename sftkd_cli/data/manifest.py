@@ -21,7 +21,7 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
-from sftkd_cli.files import display_path, sha256_file, write_bytes_synced
+from sftkd_cli.files import display_path, sha256_file, text_name, write_bytes_synced
 from sftkd_cli.mri.masks import check_mask_acceleration, describe_box, describe_mask, load_mask
 
 #: acceleration -> (mask file, its mask, the file's sha256)
@@ -54,7 +54,7 @@ def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile],
     checksums = {}
     for n, file in enumerate(files):
         check()
-        checksums[file.rel] = sha256_file(file.path)
+        checksums[text_name(file.rel)] = sha256_file(file.path)  # JSON that any reader decodes
         if progress:
             progress("hash", n + 1, len(files))
     return {
@@ -100,7 +100,7 @@ def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user
             per_acc[key]["box"] = described["box"]
         if acc in user:
             per_acc[key]["axis"] = described["axis"]
-            per_acc[key]["source_file"] = str(user[acc][0].resolve())
+            per_acc[key]["source_file"] = text_name(str(user[acc][0].resolve()))
             per_acc[key]["source_sha256"] = user[acc][2]
     common = set(axes.values()).pop() if len(set(axes.values())) == 1 else None
     if common is None:  # every mask's own axis (`data.format.mask_axis` reads it)

@@ -280,7 +280,7 @@ def _write(
             "file": f"{piece.volume}.h5",
             "slices": int(len(rows)),
             "split": split,
-            "source_file": piece.file.rel,
+            "source_file": text_name(piece.file.rel),
             "source_sha256": None,  # filled by the caller
             "source_slices": [int(source_slices[0]), int(source_slices[-1])],
             "max": prep.max,
