@@ -471,19 +471,22 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
     std = make_run(tmp_path, "std-kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
     sft = make_run(tmp_path, "sft-kd-at", "kd", slice_values(3, 0.5), method="at", teacher_role="sft-teacher")
     stem = tmp_path / "fig" / "attention"
-    result = invoke(teacher, std, sft, "-f", "csv", "--attention", stem, "--attention-slice", "vol:02:7")
+    result = invoke(teacher, std, sft, "-f", "csv", "--attention", stem, "--attention-slice", "vol:02:7",
+                    "--attention-data", tmp_path / "data")
     assert result.exit_code == 0, result.output
     ((students, drawn_stem, kwargs),) = calls
     assert students == {"std-kd-at": std, "sft-kd-at": sft} and drawn_stem == stem
     assert (kwargs["volume"], kwargs["index"], kwargs["split"]) == ("vol:02", 7, "val")
+    assert kwargs["dataset"] == tmp_path / "data"
     assert "attention-map residues" in result.stderr and result.stdout.startswith("run,")
 
     bad = invoke(teacher, std, "--attention", stem, "--attention-slice", "vol02")
     assert bad.exit_code == 2 and "expected VOLUME:SLICE" in bad.stderr and bad.stdout == ""  # before any table
     none = invoke(teacher, "--attention", stem)
     assert none.exit_code == 2 and "no distilled run (role kd)" in none.stderr
-    alone = invoke(teacher, "--attention-slice", "vol02:1")
-    assert alone.exit_code == 2 and "only used with --attention" in alone.stderr
+    for option, value in (("--attention-slice", "vol02:1"), ("--attention-data", "data")):
+        alone = invoke(teacher, option, value)
+        assert alone.exit_code == 2 and f"{option}: only used with --attention" in alone.stderr
 
 
 def test_a_plans_runs_folder_stands_for_the_runs_in_it(tmp_path):

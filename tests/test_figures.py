@@ -460,3 +460,17 @@ def test_attention_figure_keeps_its_title_and_colourbar_label_inside_with_few_ca
     for text in (out.figure._suptitle, label):
         box = text.get_window_extent(canvas.get_renderer())
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()
+
+
+def test_attention_names_the_recipe_when_its_dataset_is_not_there(tiny_dataset, tmp_path, monkeypatch):
+    from sftkd_cli.config import dump_recipe, load_recipe
+
+    student, teacher = _pair(0)
+    runs = tmp_path / "runs"
+    _write_run(runs / "teacher", tiny_dataset, "teacher", {"model": teacher})
+    kd = _write_run(runs / "kd", tiny_dataset, "kd", {"model": student}, runs / "teacher")
+    (kd / "recipe.yaml").write_text(dump_recipe(load_recipe(None, ["data.path=data/tiny", "data.acceleration=4"])))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SftkdError, match=r"kd/recipe.yaml: data.path 'data/tiny' is not a folder .*--attention-data DIR"):
+        attention_residues_from_runs({"KD": kd}, tmp_path / "a")
+    assert attention_residues_from_runs({"KD": kd}, tmp_path / "a", dataset=tiny_dataset).data["KD"]["cascades"] == [1, 2]

@@ -75,6 +75,7 @@ def compare(
     convention: Annotated[Convention, typer.Option("--convention", metavar="NAME", help=f"paper (per slice, as `sftkd evaluate` scores by default) or fastmri (per volume, from RUN/eval-fastmri/; default metrics {','.join(FASTMRI_METRICS)}).")] = Convention.paper,
     attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to STEM.png and STEM.pdf (a .png or .pdf ending is dropped: out/att.png writes out/att.png and out/att.pdf).")] = None,
     attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
+    attention_data: Annotated[Path | None, typer.Option("--attention-data", metavar="DIR", help="The prepared dataset for --attention (default: the first KD run's data.path, as its recipe names it).")] = None,
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, paper_table
@@ -82,6 +83,8 @@ def compare(
 
     check_alpha(alpha)
     where = _attention_slice(attention_slice, attention)
+    if attention_data is not None and attention is None:
+        raise SftkdError("--attention-data: only used with --attention STEM")
     results, warnings = collect_runs(runs, strict=strict, convention=convention.value)
     for message in warnings:
         stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -101,7 +104,7 @@ def compare(
     else:
         typer.echo(text, nl=False)
     if attention is not None:
-        _attention_figure(results, attention, where)
+        _attention_figure(results, attention, where, attention_data)
 
 
 def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | None, int | None]:
@@ -116,14 +119,16 @@ def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | No
     return volume, int(number)
 
 
-def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | None, int | None]) -> None:
+def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | None, int | None],
+                      dataset: Path | None) -> None:
     """Fig. 6 for the compared KD runs (each against the teacher it was distilled from)."""
     from sftkd_cli.report.attention import attention_residues_from_runs
 
     students = {run.name: Path(run.label) for run in results if run.role == "kd"}
     if not students:
         raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
-    output = attention_residues_from_runs(students, stem, volume=where[0], index=where[1], split=results[0].split)
+    output = attention_residues_from_runs(students, stem, dataset=dataset, volume=where[0], index=where[1],
+                                          split=results[0].split)
     stderr_console().print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
 
 

@@ -187,6 +187,10 @@ def attention_residues_from_runs(
     runs = {label: Path(run) for label, run in runs.items()}
     first = next(iter(runs.values()))
     recipe = open_run(first).load_recipe()
+    if dataset is None and not Path(recipe.data.path).is_dir():  # relative to another folder, or moved since
+        where = "" if Path(recipe.data.path).is_absolute() else f" (read from here, {Path.cwd()})"
+        raise SftkdError(f"{first / 'recipe.yaml'}: data.path {recipe.data.path!r} is not a folder{where}; "
+                         "pass the dataset where it is now (compare --attention-data DIR)")
     dataset = Path(dataset if dataset is not None else recipe.data.path)
     acceleration = float(acceleration if acceleration is not None else recipe.data.acceleration)
     if volume is None or index is None:
