@@ -16,6 +16,7 @@ from typing import Any
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.runs import load_checkpoint
 
@@ -31,6 +32,15 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
     if not path.exists():
         raise SftkdError(f"{source}: no such run directory or checkpoint file")
     return path
+
+
+def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
+    """sha256 of a run's `which` checkpoint (or of a checkpoint file): which teacher a distilled
+    run learnt from, whatever its folder is called now. None when there is none."""
+    try:
+        return sha256_file(resolve_checkpoint(source, which))
+    except SftkdError:
+        return None
 
 
 def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arch: str | None = None) -> tuple[str, dict[str, Any]]:

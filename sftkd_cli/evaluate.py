@@ -41,7 +41,7 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import EVAL_FILES, RunDir, open_run
+from sftkd_cli.runs import EVAL_FILES, RunDir, check_recipe_data, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
@@ -333,10 +333,8 @@ def _evaluate(
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
     data_path = Path(data or recipe.data.path)
-    if data is None and not data_path.is_dir():  # a relative path, or a dataset moved since training
-        raise SftkdError(f"{run.recipe_file}: data.path {str(data_path)!r} is not a folder"
-                         + ("" if data_path.is_absolute() else f" (read from here, {Path.cwd()})")
-                         + "; pass --data DIR to evaluate on the dataset where it is now")
+    if data is None:
+        check_recipe_data(run.recipe_file, recipe.data.path, "pass --data DIR to evaluate on the dataset where it is now")
     split = split or recipe.eval.split
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
     if len(dataset) == 0:

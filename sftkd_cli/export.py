@@ -56,6 +56,7 @@ from sftkd_cli.exported import (
     OUTPUT_NAME,
     ExportedModel,
     card_path,
+    load_card,
     load_exported,
     require_onnxruntime,
     split_complex,
@@ -459,10 +460,10 @@ def _is_export_card(path: Path, name: str) -> bool:
     """Whether `path` is a model card `sftkd export` wrote for a file called `name` (any JSON
     beside a file is not: a checkpoint with a stray card must stay)."""
     try:
-        card = json.loads(read_regular_bytes(path, "model card"))
-    except (SftkdError, ValueError):
+        card = load_card(path)
+    except SftkdError:  # missing, not a regular file, not JSON
         return False
-    return isinstance(card, dict) and card.get("file") == name and card.get("export_format") in FORMATS
+    return card is not None and card.get("file") == name and card.get("export_format") in FORMATS
 
 
 def _normalisation(manifest: dict[str, Any] | None) -> str:

@@ -64,16 +64,23 @@ def read_card(model_path: str | Path) -> dict[str, Any] | None:
     path = card_path(model)
     if not path.exists() and not path.is_symlink():
         return None
-    try:
-        card = json.loads(read_regular_bytes(path, "model card"))
-    except ValueError:
-        raise SftkdError(f"{path}: unreadable model card; expected JSON written by `sftkd export`") from None
-    if not isinstance(card, dict):
+    card = load_card(path)
+    if card is None:
         return None
     if card.get("sha256") and model.is_file() and sha256_file(model) != card["sha256"]:
         raise SftkdError(f"{path}: this card describes another file than {model_path} (sha256 differs); "
                          "export the model again")
     return card
+
+
+def load_card(path: Path) -> dict[str, Any] | None:
+    """The JSON object in a model card file, None when it holds another JSON value; one-line
+    errors for a file that is not a bounded regular file of JSON."""
+    try:
+        card = json.loads(read_regular_bytes(path, "model card"))
+    except ValueError:
+        raise SftkdError(f"{path}: unreadable model card; expected JSON written by `sftkd export`") from None
+    return card if isinstance(card, dict) else None
 
 
 def card_path(model_path: Path) -> Path:

@@ -100,9 +100,9 @@ def choose_layout(setting: object, device: torch.device, work: str, factory: Wor
         return forced
     key = f"{machine_key()} | {work}"
     folder = cache_dir()
-    path = folder / CACHE_FILE if folder is not None else None
-    with _locked(path) if path is not None else contextlib.nullcontext():
-        known = _read_cache(path) if path is not None else {}
+    path = folder / CACHE_FILE if folder is not None else None  # None: no cache, measured each time
+    with _locked(path):
+        known = _read_cache(path)
         if key in known:
             return LayoutChoice(known[key]["channels_last"], f"measured earlier on this machine: {known[key]['times']}")
         channels_last, times = _measure(factory)
@@ -200,9 +200,11 @@ def cache_dir() -> Path | None:
         return None
 
 
-def _read_cache(path: Path) -> dict[str, dict]:
-    """The cached answers; a missing, unreadable or malformed cache (or a FIFO in its place) reads
-    as empty: it is only a cache."""
+def _read_cache(path: Path | None) -> dict[str, dict]:
+    """The cached answers; no cache, a missing, unreadable or malformed one (or a FIFO in its place)
+    reads as empty: it is only a cache."""
+    if path is None:
+        return {}
     try:
         known = json.loads(read_regular_bytes(path, "layout cache"))
     except (SftkdError, ValueError):
@@ -214,9 +216,12 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path | None) -> Iterator[None]:
     """An exclusive lock on `path`.lock for the block (filelock, as run directories are locked);
-    none when it cannot be taken (no folder, not writable)."""
+    none when there is no cache or it cannot be taken (no folder, not writable)."""
+    if path is None:
+        yield
+        return
     lock = FileLock(str(path) + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -354,6 +354,15 @@ def expand_runs_folder(path: Path) -> list[Path]:
     return runs or [path]
 
 
+def check_recipe_data(recipe_file: Path, data_path: str, option: str) -> None:
+    """Refuse in one line a run recipe's data.path that is not a folder from here (relative to the
+    folder training ran in, or moved since), naming the recipe and `option` that gives it instead."""
+    if Path(data_path).is_dir():
+        return
+    where = "" if Path(data_path).is_absolute() else f" (read from here, {Path.cwd()})"
+    raise SftkdError(f"{recipe_file}: data.path {data_path!r} is not a folder{where}; {option}")
+
+
 def open_run(path: str | Path) -> RunDir:
     """An existing run directory (for evaluate, distill, export)."""
     run = RunDir(Path(path))

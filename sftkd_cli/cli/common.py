@@ -18,16 +18,12 @@ if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never 
     from sftkd_cli.runs import RunDir
     from sftkd_cli.training.engine import FitResult
 
-def args_help(recipe: str) -> str:
-    """The ARGS help of a training command, with one of its own recipes as the example."""
-    return ("An optional recipe file (.yaml) followed by overrides `section.key=value`, "
-            f"e.g. `{recipe} train.epochs=5 data.acceleration=5`.")
-
-
 def args_argument(recipe: str):  # type: ignore[no-untyped-def]
-    """The ARGS argument (recipe file and overrides) of a training command."""
-    return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=args_help(recipe), show_default=False)]
-
+    """The ARGS argument (recipe file and overrides) of a training command, with one of its own
+    recipes as the help's example."""
+    text = ("An optional recipe file (.yaml) followed by overrides `section.key=value`, "
+            f"e.g. `{recipe} train.epochs=5 data.acceleration=5`.")
+    return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=text, show_default=False)]
 
 
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path).")]

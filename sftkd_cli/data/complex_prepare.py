@@ -49,7 +49,7 @@ from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, install, up_to_date
 from sftkd_cli.data.sources.base import Piece, SourceFile
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.files import display_path, h5_image, text_name, write_bytes_synced
+from sftkd_cli.files import display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 from sftkd_cli.mri.masks import expand_line_mask, make_mask
 
@@ -200,13 +200,13 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
             info = source.info[file.rel]
             kept = rows[file.rel]
             split = splits[file.volume]
-            attrs = {"format": FORMAT, "source": source.label, "volume": file.volume, "source_file": text_name(file.rel),
+            attrs = {"format": FORMAT, "source": source.label, "volume": file.volume, "source_file": file.rel,
                      "values": "complex", "normalisation": COMPLEX_NORMALISATION, "split": split,
                      "acquisition": info.acquisition, "sftkd_version": __version__}
             vmax, resized = _write_volume(tmp / f"{file.volume}.h5", file, kept, size, target_shape, info.max, masks, attrs)
             volumes[file.volume] = {
-                "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": text_name(file.rel),
-                "source_sha256": record["inputs"]["sources"][text_name(file.rel)], "source_slices": [int(kept[0]), int(kept[-1])],
+                "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": file.rel,
+                "source_sha256": record["inputs"]["sources"][file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
                 "max": vmax, "scale": 1.0 / vmax, "acquisition": info.acquisition, "kspace": "resized" if resized else "raw",
             }
             if progress:

@@ -54,7 +54,7 @@ def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile],
     checksums = {}
     for n, file in enumerate(files):
         check()
-        checksums[text_name(file.rel)] = sha256_file(file.path)  # JSON that any reader decodes
+        checksums[file.rel] = sha256_file(file.path)
         if progress:
             progress("hash", n + 1, len(files))
     return {

@@ -19,10 +19,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, write_bytes_synced
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
-from sftkd_cli.files import display_path
+from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, write_bytes_synced
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.signals import on_signals
 

@@ -73,7 +73,7 @@ from sftkd_cli.data.volumes import (
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.files import check_writable, display_path, h5_image, text_name, write_bytes_synced
+from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.masks import make_mask, undersample
 
 
@@ -267,7 +267,7 @@ def _write(
             "format": FORMAT,
             "source": source.label,
             "volume": piece.volume,
-            "source_file": text_name(piece.file.rel),
+            "source_file": piece.file.rel,
             "voxel_size": np.asarray(prep.voxel_size, dtype=np.float64),
             "normalisation": NORMALISATION,
             "max": prep.max,
@@ -280,7 +280,7 @@ def _write(
             "file": f"{piece.volume}.h5",
             "slices": int(len(rows)),
             "split": split,
-            "source_file": text_name(piece.file.rel),
+            "source_file": piece.file.rel,
             "source_sha256": None,  # filled by the caller
             "source_slices": [int(source_slices[0]), int(source_slices[-1])],
             "max": prep.max,

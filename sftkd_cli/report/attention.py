@@ -109,7 +109,7 @@ def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
     run whose best checkpoint has it is taken: another teacher of the same name (a copied or
     retrained one) would give residues to the wrong maps.
     """
-    from sftkd_cli.files import sha256_file
+    from sftkd_cli.checkpoints import checkpoint_digest
     from sftkd_cli.runs import open_run
 
     recorded = state.get("teacher_run") or open_run(run).load_recipe().distill.teacher_run
@@ -118,25 +118,13 @@ def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
     path = Path(str(recorded))
     candidates = [path] if path.is_absolute() else [run.parent / path.name, path]
     candidates = list(dict.fromkeys(candidates))
-    found = {c: checkpoint for c in candidates if (checkpoint := _best_checkpoint(c)) is not None}
     digest = state.get("teacher_sha256")
-    if digest:
-        found = {c: checkpoint for c, checkpoint in found.items() if sha256_file(checkpoint) == digest}
+    found = [c for c in candidates if (has := checkpoint_digest(c)) is not None and has == (digest or has)]
     if not found:
         what = "found with the checkpoint it learnt from (retrained or replaced?)" if digest else "found"
         raise SftkdError(f"{run}: its teacher run {recorded} is not {what} (looked in "
                          f"{', '.join(map(str, candidates))})")
-    return next(iter(found))
-
-
-def _best_checkpoint(source: Path) -> Path | None:
-    """The best checkpoint of a run (or a checkpoint file itself), None when there is none."""
-    from sftkd_cli.checkpoints import resolve_checkpoint
-
-    try:
-        return resolve_checkpoint(source, "best")
-    except SftkdError:
-        return None
+    return found[0]
 
 
 def _load_pair(run: Path, checkpoint: str = "best"):
@@ -180,17 +168,15 @@ def attention_residues_from_runs(
     import torch
 
     from sftkd_cli.data.dataset import load_manifest, load_volume, split_volumes
-    from sftkd_cli.runs import open_run
+    from sftkd_cli.runs import check_recipe_data, open_run
 
     if not runs:
         raise SftkdError("attention residues: no distilled runs to show")
     runs = {label: Path(run) for label, run in runs.items()}
     first = next(iter(runs.values()))
     recipe = open_run(first).load_recipe()
-    if dataset is None and not Path(recipe.data.path).is_dir():  # relative to another folder, or moved since
-        where = "" if Path(recipe.data.path).is_absolute() else f" (read from here, {Path.cwd()})"
-        raise SftkdError(f"{first / 'recipe.yaml'}: data.path {recipe.data.path!r} is not a folder{where}; "
-                         "pass the dataset where it is now (compare --attention-data DIR)")
+    if dataset is None:
+        check_recipe_data(first / "recipe.yaml", recipe.data.path, "pass the dataset where it is now (compare --attention-data DIR)")
     dataset = Path(dataset if dataset is not None else recipe.data.path)
     acceleration = float(acceleration if acceleration is not None else recipe.data.acceleration)
     if volume is None or index is None:

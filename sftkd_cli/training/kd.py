@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
-from sftkd_cli.checkpoints import check_fits_data, init_weights, load_model, resolve_checkpoint
-from sftkd_cli.files import sha256_file
+from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, init_weights, load_model
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
@@ -132,7 +131,7 @@ def distill(
     if not cfg.teacher_run:
         raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
     teacher, t_state = load_model(cfg.teacher_run, role="teacher" if _is_sft(cfg.teacher_run) else None)
-    teacher_digest = sha256_file(resolve_checkpoint(cfg.teacher_run, "best"))  # which teacher, for later readers
+    teacher_digest = checkpoint_digest(cfg.teacher_run)  # which teacher, for later readers
     teacher_role = teacher_role_of(t_state)
     init = cfg.teacher_run if cfg.init == "sft" else cfg.init
     if cfg.init == "sft" and teacher_role != "sft-teacher":
@@ -159,8 +158,7 @@ def distill(
             **cfg.options,
         )
         facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "teacher_sha256": teacher_digest,
-                 "init": loaded,
-                 "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
+                 "init": loaded, "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
         return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
+from sftkd_cli.checkpoints import checkpoint_digest
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError
@@ -115,32 +116,39 @@ def _check_gpus_per_process(device: str, world: int) -> None:
 
 def resume_conflict(run: RunDir, recipe: Recipe) -> str:
     """'' when `recipe` may continue the run stored in `run`; else which key differs from the stored
-    recipe, in words (only RESUMABLE_CHANGES, e.g. train.epochs, may change)."""
+    recipe, in words (only RESUMABLE_CHANGES, e.g. train.epochs, may change). distill.teacher_run
+    may name the teacher another way: for a run that recorded its teacher's sha256, whether it is
+    still that teacher is `teacher_changed`'s question (callers ask both); else the folder must
+    be the same."""
     old, new = _flatten(run.load_recipe()), _flatten(recipe)
     for key, value in new.items():
         if old[key] == value or key in RESUMABLE_CHANGES:
             continue
-        if key == "distill.teacher_run":  # named another way or moved: the same teacher may continue
-            if _recorded_teacher(run):
-                changed = teacher_changed(run, recipe)
-                if changed:
-                    return changed
-                continue
-            if old[key] and value and Path(old[key]).resolve() == Path(value).resolve():
-                continue
+        if key == "distill.teacher_run" and (_recorded_teacher(run) or _same_folder(old[key], value)):
+            continue
         return (f"{run.recipe_file}: {key} was {old[key]!r}, now {value!r}; a resumed run keeps its recipe "
                 f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change, and distill.teacher_run may name "
                 "the same teacher another way)")
     return ""
 
 
+def _same_folder(old: object, new: object) -> bool:
+    return bool(old and new) and Path(str(old)).resolve() == Path(str(new)).resolve()
+
+
 def teacher_changed(run: RunDir, recipe: Recipe) -> str:
-    """'' unless the distilled run recorded its teacher checkpoint's sha256 and the teacher that
-    `recipe` names now has another (retrained or replaced since, even at the same path): what differs."""
-    recorded = _recorded_teacher(run) if recipe.distill.teacher_run else None
-    if not recorded or _teacher_digest(recipe.distill.teacher_run) == recorded:
+    """'' unless the distilled run recorded its teacher checkpoint's sha256 and the teacher `recipe`
+    names now has another (another run, or retrained or replaced since, even at the same path):
+    what differs."""
+    teacher = recipe.distill.teacher_run
+    return _teacher_mismatch(run, teacher, _recorded_teacher(run) if teacher else None)
+
+
+def _teacher_mismatch(run: RunDir, teacher: str, recorded: str | None) -> str:
+    """`teacher_changed` with the run's recorded sha256 already read (None: nothing to check)."""
+    if not recorded or checkpoint_digest(teacher) == recorded:
         return ""
-    return (f"distill.teacher_run {recipe.distill.teacher_run}: its best checkpoint is not the one {run.path} learnt "
+    return (f"distill.teacher_run {teacher}: its best checkpoint is not the one {run.path} learnt "
             f"from (sha256 {recorded[:12]}; retrained or replaced since?)")
 
 
@@ -153,23 +161,11 @@ def _recorded_teacher(run: RunDir) -> str | None:
     return None
 
 
-def _teacher_digest(teacher_run: str) -> str | None:
-    """sha256 of a teacher run's best checkpoint (None when there is none)."""
-    from sftkd_cli.checkpoints import resolve_checkpoint
-    from sftkd_cli.files import sha256_file
-
-    try:
-        return sha256_file(resolve_checkpoint(teacher_run, "best"))
-    except SftkdError:
-        return None
-
-
 def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
     """On --resume the recipe must match the stored one (`resume_conflict`)."""
     conflict = resume_conflict(run, recipe)
     if conflict:
-        teacher = conflict.startswith("distill.teacher_run")  # another teacher: no recipe brings it back
-        raise SftkdError(f"{conflict}: {'resume with the teacher it learnt from' if teacher else 'give that file as the recipe with --resume'}")
+        raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
 def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
@@ -193,7 +189,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
-    changed = teacher_changed(run, recipe)
+    changed = _teacher_mismatch(run, recipe.distill.teacher_run, saved.get("teacher_sha256"))
     if changed:
         raise SftkdError(f"{changed}: resume with the teacher it learnt from")
 

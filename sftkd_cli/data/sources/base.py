@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.files import display_path
+from sftkd_cli.files import display_path, text_name
 from sftkd_cli.errors import SftkdError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -27,6 +27,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class SourceFile:
     """One input volume file.
 
+    rel: its path relative to the source root, as text (`text_name`: a name that is not UTF-8
+    keeps its bytes as \\xNN, so the h5 attributes and manifest.json that record it are valid);
     volume: id of the output volume (also the h5 file name); group: the unit that is split
     (a patient for ACDC, else the volume); split: a split fixed by the folder layout, or None;
     folder: the layout folder it came from (e.g. ACDC's training/testing), informative.
@@ -38,6 +40,9 @@ class SourceFile:
     group: str
     split: str | None = None
     folder: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rel", text_name(self.rel))
 
 
 @dataclass(frozen=True)

@@ -154,10 +154,9 @@ class FastMRISource(Source):
                 raise SftkdError(f"{display_path(path)}: volume id {volume!r} also used by {display_path(seen[volume])}; "
                                  "expected unique file names")
             seen[volume] = path
-            rel = path.relative_to(root).as_posix()
-            self.info[rel] = info
-            split = _split_folder(path, root)
-            out.append(SourceFile(path, rel, volume, volume, None, split or ""))
+            file = SourceFile(path, path.relative_to(root).as_posix(), volume, volume, None, _split_folder(path, root) or "")
+            self.info[file.rel] = info
+            out.append(file)
         if not out:
             found = ", ".join(f"{k} ({n})" for k, n in sorted(skipped.items()))
             raise SftkdError(f"{display_path(root)}: no file of acquisition {', '.join(self.acquisitions)}; "
