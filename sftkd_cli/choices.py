@@ -17,6 +17,17 @@ MAX_SIZE = 4096
 #: exhaust memory when torch starts them
 MAX_THREADS = 1024
 
+#: generated mask kinds (`prepare-data --mask-kind`; how each is drawn: `sftkd_cli.mri.masks`)
+MASK_KINDS: tuple[str, ...] = ("random", "equispaced", "fastmri")
+#: fastMRI's own masks, drawn as the fastmri package draws them
+FASTMRI_KINDS: tuple[str, ...] = ("fastmri-random", "fastmri-equispaced")
+#: every kind `make_mask` builds
+ALL_KINDS: tuple[str, ...] = MASK_KINDS + FASTMRI_KINDS
+#: fraction of lines in the fully sampled low-frequency band, per kind, when not given
+DEFAULT_CENTER_FRACTION: dict[str, float] = {"random": 0.04, "equispaced": 0.04, "fastmri": 0.08}
+#: fastMRI kinds default to this product / acceleration (fastMRI's pairs: 0.08 at 4x, 0.04 at 8x)
+FASTMRI_CENTER_PRODUCT = 0.32
+
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 

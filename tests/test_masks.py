@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sftkd_cli.choices import MASK_KINDS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.masks import (
-    MASK_KINDS,
     acceleration_of,
     load_mask,
     make_mask,

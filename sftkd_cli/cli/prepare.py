@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT
 from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
 from sftkd_cli.data.format import group_key, mask_axis
@@ -46,6 +47,11 @@ _STAGES = {"hash": "checksums", "read": "reading volumes", "write": "writing h5 
 
 # ----------------------------------------------------------------- shared options
 
+#: "0.04 random and equispaced, 0.08 fastmri": kinds that share a default are named together
+_CENTER_DEFAULTS = ", ".join(
+    f"{fraction:g} {' and '.join(k for k, f in DEFAULT_CENTER_FRACTION.items() if f == fraction)}"
+    for fraction in dict.fromkeys(DEFAULT_CENTER_FRACTION.values()))
+
 Out = Annotated[
     Path, typer.Option("--out", "-o", metavar="DIR", help="Dataset folder to create (must be outside ROOT).")
 ]
@@ -72,7 +78,7 @@ Task = Annotated[
                       "(super-resolution: the central 1/s x 1/s of k-space per scale s, zero-padded and "
                       "interpolated back to full size)."),
 ]
-MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help="Generated masks: random | equispaced | fastmri | fastmri-random | fastmri-equispaced (the last two: the fastmri package's RandomMaskFunc and EquispacedMaskFractionFunc ('equispaced_fraction'), bit for bit).")]
+MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help=f"Generated masks: {' | '.join(ALL_KINDS)} (the last two: the fastmri package's RandomMaskFunc and EquispacedMaskFractionFunc ('equispaced_fraction'), bit for bit).")]
 MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",
@@ -83,7 +89,7 @@ MaskLayout = Annotated[
     str, typer.Option("--mask-layout", metavar="LAYOUT", help="k-space layout: corner (unshifted, the paper's) | centered.")
 ]
 CenterFraction = Annotated[
-    Optional[float], typer.Option("--center-fraction", metavar="F", help="Fully sampled low-frequency fraction of lines (default: 0.04 random and equispaced, 0.08 fastmri, 0.32/acc fastmri-*).")
+    Optional[float], typer.Option("--center-fraction", metavar="F", help=f"Fully sampled low-frequency fraction of lines (default: {_CENTER_DEFAULTS}, {FASTMRI_CENTER_PRODUCT:g}/acc fastmri-*).")
 ]
 Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the masks and of the split.")]
 ValFraction = Annotated[

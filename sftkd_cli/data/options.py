@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkd_cli.choices import MAX_SIZE
+from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
 from sftkd_cli.errors import SftkdError
 
@@ -77,7 +77,7 @@ class PrepareOptions:
 
     def validate(self) -> None:
         """Raise a one-line SftkdError for any value out of range."""
-        from sftkd_cli.mri.masks import ALL_KINDS, LAYOUTS
+        from sftkd_cli.mri.masks import LAYOUTS
 
         if self.task not in TASKS:
             raise SftkdError(f"--task {self.task}: expected one of {', '.join(TASKS)}")

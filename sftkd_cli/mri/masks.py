@@ -45,22 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT, FASTMRI_KINDS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 
-MASK_KINDS: tuple[str, ...] = ("random", "equispaced", "fastmri")
-#: fastMRI's own masks, drawn as the fastmri package draws them (see the module docstring)
-FASTMRI_KINDS: tuple[str, ...] = ("fastmri-random", "fastmri-equispaced")
-#: every kind `make_mask` builds
-ALL_KINDS: tuple[str, ...] = MASK_KINDS + FASTMRI_KINDS
 LAYOUTS: tuple[str, ...] = ("corner", "centered")
 MASK_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".mat", ".h5", ".hdf5")
-
-# Fraction of lines in the fully sampled low-frequency band, per kind, when not given.
-DEFAULT_CENTER_FRACTION: dict[str, float] = {"random": 0.04, "equispaced": 0.04, "fastmri": 0.08}
-
-#: fastMRI kinds: centre fraction = FASTMRI_CENTER_PRODUCT / acceleration when not given
-FASTMRI_CENTER_PRODUCT = 0.32
 
 # Variable density of the "random" kind: weight = (1 - d / (N/2)) ** POWER + FLOOR.
 DENSITY_POWER = 2.0
