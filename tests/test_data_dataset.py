@@ -126,3 +126,27 @@ def test_file_corrupted_after_construction(tiny_dataset: Path, tmp_path: Path) -
     (root / "vol1.h5").write_bytes(b"garbage")
     with pytest.raises(SftkdError, match=r"vol1.h5: cannot read file"):
         ds[0]
+
+
+def test_a_split_read_from_disk_keeps_few_files_open_and_a_file_limit_is_not_called_corruption(
+        tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Magnitude data read lazily (evaluate, data.cache=false) closes the oldest file past the cap,
+    as complex data does: a split of more volumes than the process may open is read in full."""
+    import errno
+
+    import sftkd_cli.data.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "MAX_OPEN_FILES", 2)
+    lazy, cached = SliceDataset(tiny_dataset, "train", 4), SliceDataset(tiny_dataset, "train", 4, cache=True)
+    assert len(lazy.volumes) == 3
+    for i in range(len(lazy)):
+        assert torch.equal(lazy[i]["zf"], cached[i]["zf"])
+        assert len(lazy._handles) <= 2
+
+    def no_more_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(dataset_module.h5py, "File", no_more_files)
+    with pytest.raises(SftkdError, match="too many open files in this process") as info:
+        SliceDataset(tiny_dataset, "val", 4)[0]
+    assert "corrupt" not in str(info.value)

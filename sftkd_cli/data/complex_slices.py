@@ -34,9 +34,6 @@ from sftkd_cli.mri.masks import make_mask
 #: and targets (a smoke-sized set); beyond it slices are read from disk a slice at a time, so a
 #: real folder is never cached whole (reading a stored slice costs little beside its two FFTs)
 COMPLEX_CACHE_BYTES = 256 << 20
-#: at most this many volume files are kept open per process (the oldest is closed first): a
-#: fastMRI training set has ~1,000 files, near the usual limit of 1,024 open files
-MAX_OPEN_FILES = 64
 
 
 def is_complex(manifest: dict[str, Any]) -> bool:

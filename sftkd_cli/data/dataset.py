@@ -17,8 +17,8 @@ Complex datasets (manifest acquisition values "complex", e.g. fastMRI raw k-spac
 k-space; their items are made when read (`sftkd_cli.data.complex_slices`): target (2,H,W) and zf
 (2,H,W) real/imaginary, kspace (1,H,W) complex64 undersampled, mask (1,H,W), target_mag (1,h,w)
 (fastMRI's magnitude target), volume, slice. `cache=True` holds such a split in memory only up to
-`COMPLEX_CACHE_BYTES` (256 MiB); larger ones are read from disk a slice at a time, with at most
-`MAX_OPEN_FILES` files open.
+`COMPLEX_CACHE_BYTES` (256 MiB); larger ones are read from disk a slice at a time. A split read
+from disk keeps at most `MAX_OPEN_FILES` volume files open, whatever its kind.
 
 `mask_per_sample=True` (recipe data.mask_per_sample, for the training split) draws a new mask for
 every slice and epoch from the dataset's mask recipe, seeded (seed, epoch, volume, slice): call
@@ -29,6 +29,7 @@ full k-space (complex) are undersampled on the fly, so resuming draws the same m
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, MAX_OPEN_FILES, check_complex_file, complex_item, is_complex, per_sample_spec,
+    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, is_complex, per_sample_spec,
     read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
@@ -208,6 +209,10 @@ def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> lis
 
 
 #: dtype kind of each stored array: real float images, complex k-space
+#: at most this many volume files are kept open per process (the oldest is closed first): a
+#: fastMRI or NIfTI training set can have ~1,000 files, near the usual limit of 1,024 open files
+MAX_OPEN_FILES = 64
+
 _KINDS = {"image": "f", "zf": "f", "kspace": "c", "mask": "f"}
 
 
@@ -240,6 +245,9 @@ def _read(path: Path, what: str, fn):
     except SftkdError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EMFILE:  # a limit of this process, not the file
+            raise SftkdError(f"{display_path(path)}: cannot open: too many open files in this process "
+                             f"(raise the limit, e.g. `ulimit -n 4096`)") from exc
         raise SftkdError(f"{display_path(path)}: cannot read {what} ({exc}); is the file corrupt?") from exc
 
 
@@ -389,7 +397,7 @@ class SliceDataset(Dataset):
             self._pid = os.getpid()
         handle = self._handles.get(volume)
         if handle is None:
-            if self.complex and len(self._handles) >= MAX_OPEN_FILES:  # many files: close the oldest
+            if len(self._handles) >= MAX_OPEN_FILES:  # many files: close the oldest
                 self._handles.pop(next(iter(self._handles))).close()
             path = self._paths[volume]
             handle = _read(path, "file", lambda: h5py.File(path, "r"))
