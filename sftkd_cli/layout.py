@@ -133,8 +133,16 @@ def training_layout(setting: object, objective: nn.Module, batch: Batch, device:
         twin.zero_grad(set_to_none=True)
 
     models = getattr(objective, "models", dict)()
-    names = ",".join(f"{role}={model.name}" for role, model in models.items())
-    work = f"train {type(objective).__name__}[{names}] on {tuple(batch['zf'].shape)}, amp {amp}"
+    names = [f"{role}={model.name}" for role, model in models.items()]
+    params = _count(objective)
+    teacher, method = getattr(objective, "teacher", None), getattr(objective, "kd", None)  # distillation's
+    if teacher is not None:
+        names.append(f"teacher={teacher.name}")
+        params += _count(teacher)
+    if method is not None:
+        names.append(f"kd={type(method).__name__}")
+    work = (f"train {type(objective).__name__}[{','.join(names)}] of {params} params on "
+            f"{tuple(batch['zf'].shape)}, amp {amp}")
     return choose_layout(setting, device, work, on_copies(objective, step))
 
 
@@ -145,8 +153,15 @@ def inference_layout(setting: object, model: nn.Module, batch: Batch, device: to
         with torch.inference_mode(), autocast(device, amp):
             twin(batch["zf"], batch["kspace"], batch["mask"])
 
-    work = f"infer {getattr(model, 'name', type(model).__name__)} on {tuple(batch['zf'].shape)}, amp {amp}"
+    work = (f"infer {getattr(model, 'name', type(model).__name__)} of {_count(model)} params on "
+            f"{tuple(batch['zf'].shape)}, amp {amp}")
     return choose_layout(setting, device, work, on_copies(model, forward))
+
+
+def _count(module: nn.Module) -> int:
+    """Parameters of `module`: part of a cache key, so that a model's width (model.channels) and a
+    KD method's adapters make other work than the same names at another size."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def _measure(factory: WorkFactory) -> tuple[bool, str]:

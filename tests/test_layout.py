@@ -192,3 +192,23 @@ def test_the_recipe_key_is_checked():
     assert load_recipe(None, []).train.channels_last == "auto"
     with pytest.raises(SftkdError, match="train.channels_last: expected auto, true or false, got 'fast'"):
         validate(load_recipe(None, ["train.channels_last=fast"]))
+
+
+def test_the_cached_work_names_the_width_the_teacher_and_the_kd_method(monkeypatch):
+    """Another model.channels, teacher or KD method (FitNets adds adapters) is other work: it is
+    measured, not served a timing taken for the first."""
+    from sftkd_cli.training.objectives import Supervised
+    from test_sft_kd import _distillation
+
+    works: list[str] = []
+    monkeypatch.setattr(layout, "choose_layout", lambda setting, device, work, factory: works.append(work))
+    batch = Phantoms(2, size=12)[0]
+    batch = {k: v.unsqueeze(0) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    layout.training_layout("auto", Supervised(build_model("D2C2")), batch, CPU)
+    layout.training_layout("auto", Supervised(build_model("D2C2", channels=48)), batch, CPU)
+    layout.training_layout("auto", _distillation("at")[0], batch, CPU)
+    layout.training_layout("auto", _distillation("fitnets")[0], batch, CPU)
+    layout.inference_layout("auto", build_model("D2C2"), batch, CPU)
+    layout.inference_layout("auto", build_model("D2C2", channels=48), batch, CPU)
+    assert len(set(works)) == len(works) == 6
+    assert "teacher=D4C3" in works[2] and "kd=AttentionTransfer" in works[2]
