@@ -78,6 +78,8 @@ def test_names_are_canonical_and_bad_names_are_clear():
             parse_unet_name(bad)
     with pytest.raises(SftkdError, match="U2C5"):
         build_model("X2C5")  # the registry lists the DC-UNet form among the known ones
+    with pytest.raises(SftkdError, match="65 U-Net levels; expected at most 4"):
+        build_model("U65C5")  # the family's limit is the U-Net's, not the DC-CNN's 64 convs
 
 
 def _manual_block(block, x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ from torch import nn
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
-from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, MAX_CONVS, Family
+from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, Family
 from sftkd_cli.models.traceable import dc_architecture, exportable_dc
 from sftkd_cli.mri.dc import DataConsistency
 
@@ -177,6 +177,6 @@ def _architecture(model: DCUNet, fixed: bool) -> dict[str, Any]:
 
 FAMILY = Family(
     r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
-    (("U-Net levels", MAX_CONVS), ("cascades", MAX_CASCADES)),
+    (("U-Net levels", MAX_LEVELS), ("cascades", MAX_CASCADES)),
     exportable=exportable_dc, architecture=_architecture, accepts=MAGNITUDE_OR_COMPLEX,
 )
