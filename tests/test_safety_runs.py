@@ -537,11 +537,16 @@ def test_export_size_beyond_the_limit_is_one_line(trained_run, tmp_path):
                   names=("--size", "4096"))
 
 
-def test_running_out_of_memory_is_one_line(trained_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 37.3 GiB"),  # NumPy
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                "allocate 40000000000 bytes (37.3 GiB)"),  # torch on the CPU
+                                   torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 37.3 GiB")],
+                         ids=["numpy", "torch-cpu", "torch-cuda"])
+def test_running_out_of_memory_is_one_line(trained_run, tmp_path, monkeypatch, error):
     import sftkd_cli.export as export_module
 
     def no_memory(*args, **kwargs):
-        raise MemoryError("Unable to allocate 37.3 GiB")
+        raise error
 
     monkeypatch.setattr(export_module, "phantom_inputs", no_memory)
     monkeypatch.setattr(export_module, "dataset_inputs", no_memory)

@@ -51,7 +51,9 @@ class _Group(HelpGroup):
         except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while it starts)
             _error_line("interrupted (Ctrl-C); what was already saved is kept")
             raise typer.Exit(RunInterrupted.exit_code) from None
-        except MemoryError as exc:  # sizes within the limits that still do not fit this machine
+        except (MemoryError, RuntimeError) as exc:  # sizes within the limits that still do not fit this machine
+            if isinstance(exc, RuntimeError) and not _is_torch_out_of_memory(exc):
+                raise
             detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
             _error_line(f"out of memory ({detail}); try a smaller size, batch or dataset cache setting")
             raise typer.Exit(SftkdError.exit_code) from None
@@ -60,6 +62,12 @@ class _Group(HelpGroup):
         """Workflow order (prepare-data first), whatever the order the modules registered in."""
         names = super().list_commands(ctx)
         return [n for n in COMMAND_ORDER if n in names] + [n for n in names if n not in COMMAND_ORDER]
+
+
+def _is_torch_out_of_memory(exc: RuntimeError) -> bool:
+    """torch reports a failed allocation as a RuntimeError (CPU) or its OutOfMemoryError (GPU),
+    not as Python's MemoryError; torch is not imported here (help and usage errors stay quick)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 #: what a bare `sftkd` raises to show its help (click >= 8.2)
