@@ -282,7 +282,8 @@ def test_compile_failure_is_a_note(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, word",
     [({"which": ["teachr"]}, "--only"), ({"methods": ["atx"]}, "--methods"),
-     ({"precision": "fp16"}, "--precision"), ({"threads": 0}, "--threads"), ({"size": 4}, "--size")],
+     ({"precision": "fp16"}, "--precision"), ({"threads": 0}, "--threads"), ({"size": 4}, "--size"),
+     ({"roof_size": 0}, "--roof-size 0"), ({"roof_size": 30_000}, "--roof-size 30000")],
 )
 def test_bad_settings_are_one_line_errors(kwargs, word):
     with pytest.raises(SftkdError, match=word):
@@ -381,6 +382,39 @@ def test_cli_errors_exit_2(tmp_path):
     assert res.exit_code == 2 and "--only" in res.output
     res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(tmp_path / "missing" / "b.json")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_json_target_that_cannot_be_written_is_refused_before_anything_is_measured(monkeypatch, tmp_path):
+    import sftkd_cli.bench as bench_package
+
+    monkeypatch.setattr(bench_package, "run_bench", lambda **kw: pytest.fail("measured before --json was checked"))
+    (tmp_path / "a_file").write_text("x")
+    for target, why in ((tmp_path, "is a directory"), ("", "is a directory"),
+                        (tmp_path / "a_file" / "b.json", "is a file, not a folder")):
+        res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(target)])
+        assert res.exit_code == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
+def test_the_bf16_rows_run_in_the_layout_chosen_for_bf16(monkeypatch):
+    """As `train.amp=bf16` and evaluate in bf16 choose it (cached apart from fp32's), for training
+    and for inference alike."""
+    import sftkd_cli.bench.runner as runner
+    from sftkd_cli.layout import LayoutChoice
+
+    asked: list[tuple[str, str]] = []
+
+    def chooser(kind):
+        def choose(setting, module, batch, device, amp="off"):
+            asked.append((kind, amp))
+            return LayoutChoice(False, "measured (test)")
+        return choose
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(runner, "training_layout", chooser("train"))
+    monkeypatch.setattr(runner, "inference_layout", chooser("infer"))
+    result = run_bench(**{**TINY, "size": 8, "roof_size": 8}, which=["bf16"])
+    assert {("train", "off"), ("train", "bf16"), ("infer", "off"), ("infer", "bf16")} <= set(asked)
+    assert "layout" in result.row("bf16.infer.D3C5.bf16").note
 
 
 @pytest.mark.parametrize("to", ["file", "stdout"])

@@ -44,11 +44,11 @@ EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
 def _check(settings: dict[str, Any]) -> None:
     """One-line SftkdErrors for impossible settings."""
     limits = (("size", 8, MAX_SIZE), ("batch", 1, 1024), ("threads", 1, MAX_THREADS), ("repeats", 1, 10_000),
-              ("warmup", 0, 10_000))
+              ("warmup", 0, 10_000), ("roof_size", 8, MAX_SIZE))
     for key, low, high in limits:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise SftkdError(f"bench --{key} {value!r}: expected an integer from {low} to {high}")
+            raise SftkdError(f"bench --{key.replace('_', '-')} {value!r}: expected an integer from {low} to {high}")
     if settings["precision"] not in PRECISIONS:
         raise SftkdError(f"bench --precision {settings['precision']!r}: expected fp32 or bf16")
 
@@ -113,7 +113,7 @@ def run_bench(
     """
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
-    _check(settings)
+    _check({**settings, "roof_size": roof_size})  # the roof's shape is recorded with the roof
     parts, kd_methods = check_parts(which), check_methods(methods)
     dev = select_device(device)
     say = progress or (lambda message: None)
@@ -235,7 +235,7 @@ class _Bench:
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        graphed = GraphedStep(objective, optimizer, self.device, amp or self._amp, stderr=io.StringIO())  # its line: a note
+        graphed = GraphedStep(objective, optimizer, self.device, amp or self._amp(), stderr=io.StringIO())  # its line: a note
         if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
             self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return
@@ -256,19 +256,20 @@ class _Bench:
         self.result.rows.append(row)
         return row
 
-    @property
-    def _amp(self) -> str:
-        return "bf16" if self.precision == "bf16" else "off"
+    def _amp(self, precision: str | None = None) -> str:
+        """The autocast setting of `precision` (default: the run's --precision)."""
+        return "bf16" if (precision or self.precision) == "bf16" else "off"
 
-    def _layout(self, objective: nn.Module) -> LayoutChoice:
-        """The layout training `objective` runs in, chosen as the engine chooses it (measured, cached per machine)."""
+    def _layout(self, objective: nn.Module, precision: str | None = None) -> LayoutChoice:
+        """The layout training `objective` in `precision` runs in, chosen as the engine chooses it
+        (measured, cached per machine and precision)."""
         self.say(f"layout for {type(objective).__name__} training")
-        return training_layout("auto", objective.to(self.device), self.data, self.device, self._amp)
+        return training_layout("auto", objective.to(self.device), self.data, self.device, self._amp(precision))
 
     def _step(self, objective: nn.Module, reference_way: bool = False, also_clear: nn.Module | None = None,
               precision: str | None = None) -> tuple[Callable[[], float], str]:
         """A training step of `objective` and the row's note: NCHW the reference way, else the chosen layout."""
-        layout = None if reference_way else self._layout(objective)
+        layout = None if reference_way else self._layout(objective, precision)
         step = train_step_fn(objective, self.data, self.device, precision or self.precision, also_clear=also_clear,
                              channels_last=layout is not None and layout.channels_last)
         return step, "" if layout is None else f"layout {layout.describe()}"
@@ -335,7 +336,7 @@ class _Bench:
             model = self._model(name).to(self.device).eval()
             model.load_state_dict(reference.state_dict())
             self.say(f"layout for {name} inference")
-            layout = inference_layout("auto", model, self.data, self.device, self._amp)
+            layout = inference_layout("auto", model, self.data, self.device, self._amp())
             model = model.to(memory_format=layout.memory_format)
             self._infer_rows(name, model, "eager", model, f"layout {layout.describe()}")
             self._infer_rows(name, model, "torchscript", None)
@@ -369,12 +370,15 @@ class _Bench:
             model = model.eval()
             inputs = (self.data["zf"], self.data["kspace"], self.data["mask"])
             for precision in ("fp32", "bf16"):
+                layout = inference_layout("auto", model, self.data, self.device, self._amp(precision))
+                model = model.to(memory_format=layout.memory_format)
+
                 def run(model: DCCNN = model, precision: str = precision) -> None:
                     with torch.inference_mode(), precision_context(self.device, precision):
                         model(*inputs)
 
                 self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
-                          self.batch, model_flops(model, self.size, self.batch),
+                          self.batch, model_flops(model, self.size, self.batch), f"layout {layout.describe()}",
                           baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
             if self.cuda:
                 for precision in ("fp32", "bf16"):
@@ -409,7 +413,7 @@ class _Bench:
         train = SyntheticSlices(self.size, EPOCH_STEPS * self.batch, seed=1, complex_data=self.complex_data)
         val = SyntheticSlices(self.size, EPOCH_VAL_SLICES, seed=2, complex_data=self.complex_data)
         samples = epoch_seconds(Supervised(model), train, val, epochs=EPOCH_COUNT, batch=self.batch,
-                                device=self.device, amp=self._amp, tf32=self.result.settings["tf32"])
+                                device=self.device, amp=self._amp(), tf32=self.result.settings["tf32"])
         steps_s = EPOCH_STEPS * step.seconds
         row = BenchRow("epoch.teacher", f"teacher {TEACHER} epoch ({EPOCH_STEPS} steps, {EPOCH_VAL_SLICES} val)",
                        "train", statistics.median(samples), samples, EPOCH_STEPS * self.batch,
@@ -433,7 +437,7 @@ class _Bench:
                 elif mode == "graph":
                     from sftkd_cli.training.graphs import graphed_inference
 
-                    runner = graphed_inference(model, (data["zf"], data["kspace"], data["mask"]), amp=self._amp)
+                    runner = graphed_inference(model, (data["zf"], data["kspace"], data["mask"]), amp=self._amp())
                 else:
                     runner = torch.compile(model, dynamic=False)
                     self.say(f"compiling {name} for batch {data['zf'].shape[0]}")

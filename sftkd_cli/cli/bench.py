@@ -157,8 +157,8 @@ def bench(
     from sftkd_cli.files import atomic_write_text
     from sftkd_cli.signals import on_signals
 
-    if json_out is not None and json_out != "-" and not Path(json_out).parent.is_dir():
-        raise SftkdError(f"--json {json_out}: directory {Path(json_out).parent} does not exist")
+    if json_out not in (None, "-"):
+        _check_json_target(Path(json_out))
     to_stdout = json_out == "-"
     try:  # SIGTERM stops it as Ctrl-C does: the rows measured so far are kept
         with on_signals(signal.default_int_handler, signal.SIGTERM), stderr_console().status("benchmarking") as status:
@@ -176,8 +176,6 @@ def bench(
         typer.echo(text)
         _exit_if_interrupted(result, json_out)
         return
-    if json_out is not None:
-        atomic_write_text(Path(json_out), text + "\n")
     out = stdout_console()
     if not out.is_terminal:
         out = Console(width=max(out.width, 110))  # files, CI logs: not 80 columns
@@ -190,9 +188,21 @@ def bench(
             out.print(f"[dim]{escape(row.what)}: {escape(row.note)}[/]", highlight=False)
     for note in result.notes:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
-    if json_out is not None:
+    if json_out is not None:  # after the table: a write that fails still leaves the figures on screen
+        atomic_write_text(Path(json_out), text + "\n")
         out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
     _exit_if_interrupted(result, json_out)
+
+
+def _check_json_target(path: Path) -> None:
+    """Refuse a --json FILE that cannot be written before anything is measured (one line)."""
+    from sftkd_cli.files import check_writable, output_path
+
+    check_writable(path.parent, "--json")
+    try:
+        output_path(path)
+    except SftkdError as exc:
+        raise SftkdError(f"--json {exc}") from None
 
 
 def _exit_if_interrupted(result: BenchResult, json_out: str | None) -> None:
