@@ -147,8 +147,18 @@ def unlink_quietly(path: Path) -> None:
 
 
 def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up).
+
+    Every caller writes a name of its own (a temporary sibling, a file in a fresh temporary
+    folder, the install marker): whatever is already there (a stale temporary file, or a planted
+    symbolic link) is removed first, and the file is created exclusively without following a
+    link, so nothing outside `path` is ever truncated or written.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         view = memoryview(data)
         while view:
