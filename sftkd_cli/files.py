@@ -53,14 +53,15 @@ def display_path(path: str | Path) -> str:
 MAX_JSON_BYTES = 64 << 20
 
 
-def read_regular_bytes(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
+def read_regular_bytes(path: Path, what: str, limit: int = MAX_JSON_BYTES, follow_links: bool = True) -> bytes:
     """The bytes of `path`, which must be a regular file of at most `limit` bytes.
 
     Opened without blocking and checked on the open descriptor, so a FIFO or a device is refused
     instead of hanging or streaming forever. `what` names the file in errors (e.g. 'manifest').
+    Without `follow_links`, a symbolic link at `path` is refused (a file only sftkd writes).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
     except OSError as exc:
         raise SftkdError(f"{display_path(path)}: cannot read {what} ({os_error_text(exc)})") from None
     try:

@@ -16,17 +16,20 @@ import os
 import re
 import shutil
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
-from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, write_bytes_synced
+from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically, write_bytes_synced
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.signals import on_signals
 
 #: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
 INSTALL_MARKER = ".prepare-data-install.json"
+#: the shapes of the file names prepare-data writes in a dataset folder (besides manifest.json)
+WRITTEN_NAMES = "<volume>.h5 or masks/<name>.npy"
 
 # --------------------------------------------------------------------------- may the folder be written
 
@@ -62,7 +65,8 @@ def existing_dataset(out: Path) -> dict[str, Any] | None:
         return None
     path = out / MANIFEST
     if not path.exists() and not path.is_symlink():
-        if (out / INSTALL_MARKER).is_file():  # sftkd's folder, cleared after an interrupted install
+        marker = out / INSTALL_MARKER
+        if marker.is_file() and not marker.is_symlink():  # sftkd's folder, cleared after an interrupted install
             return None
         raise SftkdError(
             f"--out {display_path(out)}: exists and is not a sftkd dataset (no {MANIFEST}); "
@@ -98,12 +102,20 @@ def _foreign(manifest: Any) -> str | None:
     if not (isinstance(volumes, dict) and isinstance(mask, dict) and isinstance(mask.get("files"), dict)):
         return "volumes or mask.files is not a mapping"
     for name in listed_files(manifest):
-        parts = Path(name).parts
-        plain = isinstance(name, str) and ((len(parts) == 1 and name.endswith(".h5"))
-                                           or (len(parts) == 2 and parts[0] == "masks" and name.endswith(".npy")))
-        if not plain or ".." in parts:
-            return f"lists {name!r}, expected <volume>.h5 or masks/<name>.npy"
+        if not written_name(name):
+            return f"lists {name!r}, expected {WRITTEN_NAMES}"
     return None
+
+
+def written_name(name: object) -> bool:
+    """Whether `name` has a shape prepare-data writes (`WRITTEN_NAMES`): a plain `<volume>.h5`,
+    or `masks/<name>.npy`; never a path through another folder (a link), absolute, or with '..'."""
+    if not isinstance(name, str) or "\0" in name:
+        return False
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return False
+    return (len(parts) == 1 and name.endswith(".h5")) or (len(parts) == 2 and parts[0] == "masks" and name.endswith(".npy"))
 
 
 def listed_files(manifest: dict[str, Any]) -> list[str]:
@@ -162,9 +174,7 @@ def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str
     """Refuse to write over a file in `out` that the old manifest does not list (the user's own)."""
     if not out.is_dir():
         return
-    if (out / "masks").is_symlink() or ((out / "masks").exists() and not (out / "masks").is_dir()):
-        raise SftkdError(f"--out {display_path(out)}: masks is there and is not a folder of the old dataset; "
-                         "expected to replace only files prepare-data wrote: move it away or choose another --out")
+    check_masks_folder(out)
     ours = set(listed_files(existing or {})) | {MANIFEST}
     for name in names:
         if name not in ours and ((out / name).exists() or (out / name).is_symlink()):
@@ -172,6 +182,15 @@ def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str
                 f"--out {display_path(out)}: {name} is there but not part of the old dataset; "
                 "expected to replace only files prepare-data wrote: move it away or choose another --out"
             )
+
+
+def check_masks_folder(out: Path) -> None:
+    """Refuse a `masks` in `out` that is a symbolic link or not a folder: prepare-data writes and
+    removes mask files only in a real `masks` folder of its own, never through a link."""
+    masks = out / "masks"
+    if masks.is_symlink() or (masks.exists() and not masks.is_dir()):
+        raise SftkdError(f"--out {display_path(out)}: masks is there and is not a folder of the old dataset; "
+                         "expected to replace only files prepare-data wrote: move it away or choose another --out")
 
 
 # --------------------------------------------------------------------------- putting the dataset in place
@@ -222,26 +241,68 @@ def finish_interrupted_install(out: Path) -> None:
     one's mixed, and no manifest: remove the files its marker lists (sftkd's own; other files
     stay) and keep an empty marker, which tells `existing_dataset` that the folder is sftkd's
     (to prepare afresh) though it has no manifest. Killed after its manifest was in place, it
-    had finished: only the marker goes. Called with the lock held."""
+    had finished: only the marker goes. Called with the lock held.
+
+    The marker is trusted only as far as `install` writes it: a marker that is a symbolic link,
+    or lists a name of another shape (`written_name`), or a `masks` that is a link, is refused
+    with nothing removed; only regular files are removed, never through a link.
+    """
     marker = out / INSTALL_MARKER
+    if marker.is_symlink():
+        raise _not_our_marker(out, "is a symbolic link")
     if not marker.is_file():
         return
     if (out / MANIFEST).exists():
         marker.unlink()
         return
-    try:
-        names = json.loads(read_regular_bytes(marker, INSTALL_MARKER, MAX_JSON_BYTES))
-    except (SftkdError, ValueError):
-        names = []
-    for name in names if isinstance(names, list) else []:
-        path = Path(str(name))
-        if not path.is_absolute() and ".." not in path.parts:
-            (out / path).unlink(missing_ok=True)
+    names = _marker_names(out, marker)
+    check_masks_folder(out)
+    for name in names:
+        _remove_regular_file(out, name)
     try:
         (out / "masks").rmdir()
     except OSError:
         pass
-    write_bytes_synced(marker, b"[]")
+    replace_atomically(marker, b"[]")  # a new file: the marker is never written through a link
+
+
+def _marker_names(out: Path, marker: Path) -> list[str]:
+    """The files the marker lists, each of a shape `install` writes (else refused in one line).
+    A marker that is not JSON (cut short by a power cut) lists nothing."""
+    try:
+        names = json.loads(read_regular_bytes(marker, INSTALL_MARKER, MAX_JSON_BYTES, follow_links=False))
+    except (SftkdError, ValueError):
+        return []
+    if not isinstance(names, list):
+        raise _not_our_marker(out, "is not a JSON list")
+    for name in names:
+        if not written_name(name):
+            raise _not_our_marker(out, f"lists {name!r}")
+    return names
+
+
+def _not_our_marker(out: Path, why: str) -> SftkdError:
+    """The one-line refusal of an install marker that `install` did not write."""
+    return SftkdError(f"--out {display_path(out)}: {INSTALL_MARKER} {why}, expected a file listing only "
+                      f"{WRITTEN_NAMES}; not the marker prepare-data writes, nothing there is changed: "
+                      "remove it yourself")
+
+
+def _remove_regular_file(out: Path, name: str) -> None:
+    """Remove `out/name` (a `written_name`) if it is a regular file; a link or anything else stays,
+    and a `masks` that has become a link is not entered (its folder is opened with O_NOFOLLOW)."""
+    folder, _, base = name.rpartition("/")
+    try:
+        fd = os.open(out / folder, os.O_RDONLY | os.O_DIRECTORY | (os.O_NOFOLLOW if folder else 0))
+    except OSError:
+        return  # no masks folder: nothing of ours in it
+    try:
+        if stat.S_ISREG(os.stat(base, dir_fd=fd, follow_symlinks=False).st_mode):
+            os.unlink(base, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
