@@ -67,7 +67,7 @@ from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
 )
-from sftkd_cli.runs import open_run
+from sftkd_cli.runs import is_role_name, open_run
 
 
 #: export format -> default file suffix
@@ -327,7 +327,11 @@ def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
 
 
 def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
-    """RUN/export/<arch>-<role>.<ext>, e.g. runs/x/export/D3C5-student.onnx."""
+    """RUN/export/<arch>-<role>.<ext>, e.g. runs/x/export/D3C5-student.onnx: always a file directly
+    in RUN/export (a role that is not a plain name is refused, see `runs.ROLE_NAME`)."""
+    if not (is_role_name(arch) and is_role_name(role)):
+        raise SftkdError(f"{run_path}: model {arch!r} role {role!r} is not a plain name (letters, digits, _ or -), "
+                         f"so the default export file would not lie in {run_path / 'export'}; expected an sftkd run")
     return run_path / "export" / f"{arch}-{role}{FORMATS[fmt]}"
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import pickle
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ from sftkd_cli.files import MAX_JSON_BYTES, atomic_write_text, read_regular_byte
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
+#: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
+#: RUN/export/<arch>-<role>.ts), so it is one plain name, never a path
+ROLE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 #: a history.jsonl is one short line per epoch; anything larger is not one
 MAX_HISTORY_BYTES = 64 << 20
 
@@ -78,7 +82,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise SftkdError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SftkdError(f"{path}: not an sftkd checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    _check_roles(state, path)
     return state
+
+
+def is_role_name(name: object) -> bool:
+    """Whether `name` is a plain model role name (`ROLE_NAME`): safe in a file or folder name."""
+    return isinstance(name, str) and ROLE_NAME.fullmatch(name) is not None
+
+
+def _check_roles(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose model roles (the keys of `models`, and `primary`) are not plain
+    names: a role names outputs in the run, so one such as '/../../x' would send them out of it."""
+    models = state.get("models")
+    roles = [("models", name) for name in models] if isinstance(models, dict) else []
+    if state.get("primary") is not None:
+        roles.append(("primary", state["primary"]))
+    for key, name in roles:
+        if not is_role_name(name):
+            shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+            raise SftkdError(f"{path}: model role {shown} in {key!r} is not a plain name (letters, digits, _ or -, "
+                             "such as model, teacher, student); not an sftkd checkpoint")
 
 
 def git_commit(package: Path | None = None) -> str | None:

@@ -1,0 +1,73 @@
+"""A crafted run folder never sends sftkd's writes outside the run (CPU).
+
+- A model role stored in a checkpoint is a plain name: one that is a path is refused in one line
+  (it names RUN/eval-<role>/ and RUN/export/<arch>-<role>.ts).
+- A non-empty folder without recipe.yaml is a run only when it holds nothing but what a killed
+  start leaves (.lock, temporary files, an empty checkpoints/); files of the user's that happen to
+  have sftkd's names make it foreign.
+- The files sftkd names inside a run (env.json, history.jsonl, recipe.yaml, the default export and
+  its card) replace a symlink found there instead of writing through it; a symlinked eval-* or
+  export folder inside a run is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import load_checkpoint, save_checkpoint
+from test_hardening import fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
+
+torch.set_num_threads(1)
+
+
+def own_run(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run whose recipe names its new folder (so it can be resumed)."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "runs" / trained_run.name))
+    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained_run.parent), str(run.parent)))
+    return run
+
+
+# ----------------------------------------------------------------------------- model roles
+
+
+def plant_role(run: Path, role: str) -> None:
+    """Rename the run's model entry to `role` and make it the primary, in best.pt and last.pt."""
+    for which in ("best", "last"):
+        path = run / "checkpoints" / f"{which}.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["models"] = {role: state["models"]["model"]}
+        state["primary"] = role
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate"])
+def test_a_role_that_is_a_path_is_refused_and_nothing_lands_outside(command, trained_run, tmp_path):
+    run = own_run(trained_run, tmp_path)
+    plant_role(run, "/../../../outside/planted")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ("--format", "torchscript") if command == "export" else ("--device", "cpu")
+    fails_cleanly(command, run, *args, names=("best.pt", "/../../../outside/planted", "not a plain name"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path / "outside").exists() and not (run / "export").exists()
+
+
+def test_load_checkpoint_refuses_a_primary_that_is_a_path(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    state["primary"] = "../x"
+    save_checkpoint(tmp_path / "best.pt", state)
+    with pytest.raises(SftkdError, match=r"best.pt: model role '\.\./x' in 'primary' is not a plain name"):
+        load_checkpoint(tmp_path / "best.pt")
+
+
+def test_the_default_export_file_stays_in_the_runs_export_folder(tmp_path):
+    from sftkd_cli.export import default_out
+
+    assert default_out(tmp_path, "D3C5", "student", "onnx") == tmp_path / "export" / "D3C5-student.onnx"
+    for role in ("/../../x", "..", "a/b", ""):
+        with pytest.raises(SftkdError, match="not a plain name"):
+            default_out(tmp_path, "D3C5", role, "torchscript")
