@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ CHECKPOINT_FORMAT = 1
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
 #: RUN/export/<arch>-<role>.ts), so it is one plain name, never a path
 ROLE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: the names of temporary files (`files.temporary_sibling`) a killed process may leave
+TEMPORARY_FILES = ".*.tmp-*"
 #: a history.jsonl is one short line per epoch; anything larger is not one
 MAX_HISTORY_BYTES = 64 << 20
 
@@ -171,7 +174,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.lock()
-            for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob("checkpoints/.*.tmp-*")]:
+            for stale in [*self.path.glob(TEMPORARY_FILES), *self.path.glob(f"checkpoints/{TEMPORARY_FILES}")]:
                 stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
             if force and not resume:
                 remove_sftkd_files(self.path, keep_lock=True)
@@ -221,17 +224,21 @@ class RunDir:
             )
 
     def _foreign_entries(self) -> list[str]:
-        """Entries of the folder that sftkd did not write (a killed start leaves only its own)."""
-        own = set(sftkd_files(self.path))
+        """Entries of a folder without recipe.yaml that sftkd did not leave there. A start writes
+        only .lock, temporary files (`TEMPORARY_FILES`) and an empty checkpoints/ before the recipe,
+        and a removal takes the recipe last (`remove_sftkd_files`), leaving at most empty folders:
+        anything else, even a metrics.json or checkpoints/best.pt, is the user's."""
         foreign = []
         for entry in self.path.iterdir():
-            ours_folder = entry.name in ("checkpoints", "export") or entry.name.startswith("eval-")
-            if entry in own or (
-                ours_folder and entry.is_dir() and not entry.is_symlink()
-                and all(p in own or (p.is_dir() and not p.is_symlink()) for p in entry.rglob("*"))
-            ):
+            if entry.is_symlink():
+                foreign.append(entry.name)
+            elif entry.is_file() and (entry.name == ".lock" or fnmatch(entry.name, TEMPORARY_FILES)):
                 continue
-            foreign.append(entry.name)
+            elif (entry.name in ("checkpoints", "export") or entry.name.startswith("eval-")) and entry.is_dir():
+                if any(entry.iterdir()):
+                    foreign.append(entry.name)
+            else:
+                foreign.append(entry.name)
         return foreign
 
     def lock(self) -> None:
@@ -312,10 +319,10 @@ def sftkd_files(run: Path) -> list[Path]:
     """The files sftkd wrote into `run` (run records, checkpoints, evaluations, exports)."""
     found = [run / name for name in RUN_FILES]
     found += [run / "checkpoints" / name for name in CHECKPOINT_FILES]
-    found += [*run.glob("checkpoints/.*.tmp-*"), *run.glob(".*.tmp-*")]
+    found += [*run.glob(f"checkpoints/{TEMPORARY_FILES}"), *run.glob(TEMPORARY_FILES)]
     for folder in eval_folders(run):
         found += [folder / name for name in EVAL_FILES]
-    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)] + [*run.glob("export/.*.tmp-*")]
+    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)] + [*run.glob(f"export/{TEMPORARY_FILES}")]
     # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
     return [p for p in found if (p.is_symlink() or p.is_file()) and _real_parent(p, run)]
 
@@ -333,8 +340,10 @@ def _real_parent(path: Path, run: Path) -> bool:
 def remove_sftkd_files(run: Path, *, keep_lock: bool = False) -> None:
     """Delete what sftkd wrote into `run`, then its folders left empty; other files stay.
     `keep_lock`: the run's .lock stays (held by this process, which goes on using the run: a
-    new .lock would let a second process in)."""
-    for path in sftkd_files(run):
+    new .lock would let a second process in). recipe.yaml goes last: while other files of the run
+    are left (a removal killed midway), the folder is still a run, not the user's (`_foreign_entries`)."""
+    recipe = run / "recipe.yaml"
+    for path in sorted(sftkd_files(run), key=lambda p: p == recipe):
         if not (keep_lock and path.name == ".lock" and path.parent == run):
             path.unlink(missing_ok=True)
     for folder in [*eval_folders(run), run / "export", run / "checkpoints"]:

@@ -71,3 +71,46 @@ def test_the_default_export_file_stays_in_the_runs_export_folder(tmp_path):
     for role in ("/../../x", "..", "a/b", ""):
         with pytest.raises(SftkdError, match="not a plain name"):
             default_out(tmp_path, "D3C5", role, "torchscript")
+
+
+# ----------------------------------------------------------------------------- folders that are not runs
+
+
+def test_a_folder_of_the_users_files_with_sftkd_names_is_not_a_run(tiny_dataset, tmp_path):
+    mine = tmp_path / "runs" / "exp"
+    (mine / "checkpoints").mkdir(parents=True)
+    for name in ("metrics.json", "history.jsonl", "env.json", "recon.h5", "checkpoints/best.pt"):
+        (mine / name).write_text(f"the user's own {name}")
+    before = snapshot(tmp_path / "runs")
+    for extra in ((), ("--force",)):
+        fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "exp", *extra), names=("exp", "not an sftkd run"))
+        assert snapshot(tmp_path / "runs") == before
+
+
+def test_what_a_killed_start_leaves_is_taken_over(tiny_dataset, tmp_path):
+    run = tmp_path / "runs" / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".lock").write_text("")
+    (run / ".recipe.yaml.tmp-999999").write_text("half a recipe")
+    result = invoke(*train_args(tiny_dataset, tmp_path / "runs", "r"))
+    assert result.exit_code == 0, result.output
+    assert (run / "recipe.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert not (run / ".recipe.yaml.tmp-999999").exists()
+
+
+def test_a_removal_takes_the_recipe_last(trained_run, tmp_path, monkeypatch):
+    """--force (and a failed start) remove recipe.yaml last: a removal killed midway leaves a
+    folder that is still a run, not one refused as the user's."""
+    from sftkd_cli.runs import remove_sftkd_files
+
+    run = own_run(trained_run, tmp_path)
+    removed: list[str] = []
+    unlink = Path.unlink
+
+    def recorded(self, missing_ok=False):
+        removed.append(self.name)
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", recorded)
+    remove_sftkd_files(run)
+    assert len(removed) > 3 and removed[-1] == "recipe.yaml", removed
