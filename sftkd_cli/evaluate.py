@@ -41,7 +41,7 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import EVAL_FILES, RunDir, check_recipe_data, open_run
+from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
@@ -199,9 +199,11 @@ def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
     return h5_image(build)
 
 
-def check_output(out: Path) -> None:
-    """Refuse, before any work, an output folder evaluate could not write its files into."""
+def check_output(out: Path, run: Path) -> None:
+    """Refuse, before any work, an output folder evaluate could not write its files into, or one
+    inside `run` reached through a symbolic link (its files would be replaced outside the run)."""
     check_writable(out, "evaluate: output folder")
+    check_real_folder(out, run)
     for name in EVAL_FILES:
         if (out / name).is_dir():
             raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
@@ -372,7 +374,7 @@ def _evaluate(
         out = out / f"eval-amp-{amp}"
     if convention == "fastmri":
         out = out / FASTMRI_DIR
-    check_output(out)
+    check_output(out, run.path)
     volumes = reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
                                 convention=convention)
     rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)

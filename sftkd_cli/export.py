@@ -65,9 +65,9 @@ from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
-    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
+    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
-from sftkd_cli.runs import is_role_name, open_run
+from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 
 
 #: export format -> default file suffix
@@ -382,9 +382,12 @@ def export_run(
     target = Path(out) if out is not None else default_out(run.path, model.name, entry_role, fmt)
     if target.is_dir():
         raise SftkdError(f"--out {target}: is a directory; expected a file name")
+    if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
+        check_real_folder(target.parent, run.path)
     make_folder(target.parent)
     check_writable(target.parent, "--out")  # before tracing and checking, not after
-    target = output_path(target)  # through a symlink: its target is replaced, the link kept
+    if out is not None:
+        target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):
         raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
     _check_replaceable(target, force)
@@ -439,7 +442,11 @@ def export_run(
                 "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
             },
         }
-        atomic_write_text(card_path(target), json.dumps(card, indent=2, allow_nan=True))
+        card_text = json.dumps(card, indent=2, allow_nan=True)
+        if out is None:
+            write_run_file(card_path(target), card_text)  # a link planted in RUN/export is replaced
+        else:
+            atomic_write_text(card_path(target), card_text)
         os.replace(tmp, target)
     except OSError as exc:
         raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None

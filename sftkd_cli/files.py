@@ -306,3 +306,14 @@ def make_folder(path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text twin of `atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode())
+
+
+def write_run_file(path: Path, text: str) -> None:
+    """Atomically write a file sftkd itself names inside a run (recipe.yaml, env.json, history.jsonl,
+    an export's default card): whatever has that name, a symlink too, is replaced, never written
+    through. Why: a link planted in a run folder must not send sftkd's writes outside the run; only
+    a path the user gives (--out, --json) reaches a link's target (`atomic_write_bytes`)."""
+    try:
+        replace_atomically(path, text.encode())
+    except OSError as exc:
+        raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None

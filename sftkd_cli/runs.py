@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.files import MAX_JSON_BYTES, atomic_write_text, read_regular_bytes, replace_atomically
+from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, replace_atomically, write_run_file
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
@@ -180,7 +180,7 @@ class RunDir:
                 remove_sftkd_files(self.path, keep_lock=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
             if not resume:
-                atomic_write_text(self.recipe_file, dump_recipe(recipe))
+                write_run_file(self.recipe_file, dump_recipe(recipe))
         except (OSError, SftkdError) as exc:
             if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
                 self._remove_own()
@@ -285,13 +285,13 @@ class RunDir:
             if isinstance(old, dict):
                 earlier = old.pop("previous", [])
                 previous = [*(earlier if isinstance(earlier, list) else []), old]
-        atomic_write_text(self.path / "env.json", json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
+        write_run_file(self.path / "env.json", json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
+        write_run_file(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 #: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
@@ -329,12 +329,26 @@ def sftkd_files(run: Path) -> list[Path]:
 
 def _real_parent(path: Path, run: Path) -> bool:
     """True when every folder between `run` and `path` is a real folder, not a symlink."""
-    folder = path.parent
-    while folder != run:
-        if folder.is_symlink():
-            return False
-        folder = folder.parent
-    return True
+    return linked_folder(path.parent, run) is None
+
+
+def linked_folder(folder: Path, run: Path) -> Path | None:
+    """The first of `folder` and the folders between it and `run` (which holds it) that is a
+    symbolic link, from the run down; None when all are real folders (or missing)."""
+    parts = folder.relative_to(run).parts
+    for depth in range(1, len(parts) + 1):
+        if run.joinpath(*parts[:depth]).is_symlink():
+            return run.joinpath(*parts[:depth])
+    return None
+
+
+def check_real_folder(folder: Path, run: Path) -> None:
+    """Refuse in one line an output folder of sftkd's inside `run` (RUN/export, RUN/eval-*/...)
+    that is, or lies below, a symbolic link: what sftkd writes or removes there would be outside."""
+    link = linked_folder(folder, run)
+    if link is not None:
+        raise SftkdError(f"{link}: is a symbolic link inside run {run}; sftkd writes its own outputs only into the "
+                         "run's real folders; remove the link")
 
 
 def remove_sftkd_files(run: Path, *, keep_lock: bool = False) -> None:

@@ -114,3 +114,75 @@ def test_a_removal_takes_the_recipe_last(trained_run, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "unlink", recorded)
     remove_sftkd_files(run)
     assert len(removed) > 3 and removed[-1] == "recipe.yaml", removed
+
+
+# ----------------------------------------------------------------------------- symlinks planted in a run
+
+
+def elsewhere(tmp_path: Path) -> Path:
+    """A file outside the run that planted links point at."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir(exist_ok=True)
+    (folder / "precious.txt").write_text("the user's")
+    return folder / "precious.txt"
+
+
+def test_resume_replaces_links_to_outside_files_instead_of_writing_through_them(tiny_dataset, trained_run, tmp_path):
+    run = own_run(trained_run, tmp_path)
+    outside = elsewhere(tmp_path).parent
+    for name in ("env.json", "history.jsonl"):  # what the resume reads through the links is the run's own
+        (run / name).rename(outside / name)
+        (run / name).symlink_to(outside / name)
+    before = snapshot(outside)
+    result = invoke(*train_args(tiny_dataset, run.parent, run.name, "--resume", "train.epochs=2"))
+    assert result.exit_code == 0, result.output
+    assert snapshot(outside) == before
+    for name in ("env.json", "history.jsonl"):
+        assert (run / name).is_file() and not (run / name).is_symlink(), name
+    assert len((run / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_export_replaces_a_dangling_link_at_its_default_file(trained_run, tmp_path):
+    run = own_run(trained_run, tmp_path)
+    (run / "export").mkdir()
+    planted = tmp_path / "elsewhere" / "planted.ts"
+    for name in ("D2C2-model.ts", "D2C2-model.ts.card.json"):
+        (run / "export" / name).symlink_to(planted.with_name(name))  # dangling: the target does not exist yet
+    result = invoke("export", run, "--format", "torchscript")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "elsewhere").exists()
+    for name in ("D2C2-model.ts", "D2C2-model.ts.card.json"):
+        assert (run / "export" / name).is_file() and not (run / "export" / name).is_symlink(), name
+
+
+def test_export_refuses_a_symlinked_export_folder(trained_run, tmp_path):
+    run = own_run(trained_run, tmp_path)
+    outside = elsewhere(tmp_path).parent
+    (run / "export").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    fails_cleanly("export", run, "--format", "torchscript", names=("export", "symbolic link inside run"))
+    assert snapshot(outside) == before
+
+
+@pytest.mark.parametrize("folder", ["eval-fastmri", "eval-amp-bf16"])
+def test_evaluate_refuses_a_symlinked_eval_folder(folder, trained_run, tmp_path):
+    run = own_run(trained_run, tmp_path)
+    outside = elsewhere(tmp_path).parent
+    for name in ("metrics.json", "per_slice.csv", "per_volume.csv", "recon.h5"):
+        (outside / name).write_text("the user's")
+    (run / folder).symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    args = ("--convention", "fastmri") if folder == "eval-fastmri" else ("--amp", "bf16", "--no-recon")
+    fails_cleanly("evaluate", run, "--device", "cpu", *args, names=(folder, "symbolic link inside run"))
+    assert snapshot(outside) == before
+
+
+def test_user_paths_still_write_through_links(trained_run, tmp_path):
+    """--out is the user's path: a link there keeps sending the file to its target (as documented)."""
+    run = own_run(trained_run, tmp_path)
+    target = tmp_path / "elsewhere" / "model.ts"
+    target.parent.mkdir()
+    (tmp_path / "latest.ts").symlink_to(target)
+    result = invoke("export", run, "--format", "torchscript", "--out", tmp_path / "latest.ts")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "latest.ts").is_symlink() and target.is_file()

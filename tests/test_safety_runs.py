@@ -188,7 +188,7 @@ def test_a_failed_run_creation_leaves_nothing(tiny_dataset, tmp_path, monkeypatc
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(runs_module, "atomic_write_text", read_only)
+    monkeypatch.setattr(runs_module, "write_run_file", read_only)
     fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r"), names=("Read-only file system",))
     assert not (tmp_path / "runs" / "r").exists()
 

@@ -18,7 +18,7 @@ from sftkd_cli.checkpoints import checkpoint_digest
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.files import atomic_write_text
+from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
@@ -228,7 +228,7 @@ def run_training(
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
-            atomic_write_text(run.recipe_file, dump_recipe(recipe))
+            write_run_file(run.recipe_file, dump_recipe(recipe))
     barrier(world)
     try:
         result = trainer.fit(train_ds, val_ds, resume=resume)
