@@ -23,7 +23,8 @@ The batch is dynamic in both formats. torch.fft does not export to ONNX, so the 
 computes the orthonormal DFT as matrix products with fixed DFT matrices (`MatmulDFT`): the
 image size is fixed there. The TorchScript file keeps torch.fft (exact, any image size).
 
-Every export checks itself: the written file is loaded back (torch.jit.load / onnxruntime),
+Every export checks itself: the written file is loaded back (torch.jit.load / onnxruntime;
+a TorchScript file passes the op check every loaded file gets, `exported.EXPORT_OPS`),
 run on real slices of the run's dataset (or a synthetic phantom when the dataset is missing)
 and compared with the PyTorch model. The file appears only when the check passes. A run
 whose dataset holds data the model was not built for (`checkpoints.check_fits_data`) is refused.
@@ -395,7 +396,12 @@ def export_run(
     try:
         with torch.no_grad():
             exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
-        diff = max_difference(load_exported(tmp), model, inputs)
+        try:
+            exported = load_exported(tmp)
+        except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
+            raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
+                             f"nothing written ({exc})") from None
+        diff = max_difference(exported, model, inputs)
         if not diff <= TOLERANCE:
             raise SftkdError(
                 f"{target}: exported model differs from the PyTorch model by {diff:.3g} "

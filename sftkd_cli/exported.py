@@ -12,6 +12,13 @@ ONNX files run in onnxruntime on the CPU and feed only the inputs the graph decl
 without data consistency drops the unused kspace and mask); TorchScript files run in torch.
 The model card beside the file (`<file>.card.json`) says what it is; `sftkd evaluate
 --exported` scores a file through `prepare_evaluation`.
+
+A TorchScript file is code, not only weights: a crafted one can call any torch op, e.g.
+aten::from_file, which creates and writes files. So before it runs, a TorchScript file is
+checked: code that would run while loading (a `__setstate__`) is refused before torch.jit.load,
+and after loading every node of every method and hook (inlined, nested blocks included) must be
+one of `EXPORT_OPS`, the ops `sftkd export` itself writes. ONNX files run in onnxruntime, whose
+operators do not touch files.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,27 @@ from sftkd_cli.errors import SftkdError
 INPUT_NAMES = ("zf", "kspace", "mask")
 OUTPUT_NAME = "image"
 INSTALL_HINT = "pip install 'sftkd[export]'"
+
+#: Every TorchScript node kind a file written by `sftkd export --format torchscript` holds (what
+#: `check_export_ops` lets run). Derived (torch 2.13) by exporting each family with its own
+#: wrapper and writer (`Family.exportable`, `export.write_torchscript`): DnCm and ULCm of several
+#: sizes with pad 5, 1 and 0 for magnitude and complex images, corner and centred k-space, and
+#: VDSRn; even and odd image sizes, batch 1 and 2, mask batch 1 and B; then listing the node
+#: kinds of every method and hook of the loaded file. tests/test_exported_ops.py exports every
+#: variant again and fails when one holds a kind missing here: a model change that adds an op
+#: must add it here (after checking that the op reads and writes no files), so that the test
+#: fails loudly instead of users' own exports being refused.
+EXPORT_OPS: frozenset[str] = frozenset({
+    "aten::Int", "aten::_convolution", "aten::add", "aten::cat", "aten::complex", "aten::fft_fft2",
+    "aten::fft_fftshift", "aten::fft_ifft2", "aten::fft_ifftshift", "aten::imag", "aten::max_pool2d",
+    "aten::ne", "aten::neg", "aten::pad", "aten::real", "aten::relu", "aten::relu_", "aten::remainder",
+    "aten::size", "aten::slice", "aten::sub", "aten::to", "aten::where",
+    "prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::NumToTensor",
+})
+#: the end of every refusal of a TorchScript file
+UNTRUSTED = "only load exported models you trust"
+#: the method TorchScript runs while loading a file (on unpickling a module or object that has it)
+LOAD_TIME_METHOD = b"__setstate__"
 
 
 def split_complex(kspace: torch.Tensor) -> torch.Tensor:
@@ -106,6 +136,7 @@ class ExportedModel:
         self._module: Any = None
         self._session: Any = None
         if self.format == "torchscript":
+            check_no_load_time_code(self.path)
             try:
                 with warnings.catch_warnings():
                     # torch.jit is deprecated (a DeprecationWarning, from torch 2.14 a FutureWarning)
@@ -114,6 +145,7 @@ class ExportedModel:
                     self._module = torch.jit.load(str(self.path), map_location=self.device).eval()
             except Exception as exc:  # torch raises many kinds for foreign zip files
                 raise SftkdError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
+            check_export_ops(self._module, self.path)
         else:
             ort = require_onnxruntime()
             options = ort.SessionOptions()
@@ -159,6 +191,60 @@ class ExportedModel:
         }
         (out,) = self._session.run([OUTPUT_NAME], feeds)
         return torch.from_numpy(out).to(zf.device)
+
+
+def check_no_load_time_code(path: Path) -> None:
+    """Refuse a TorchScript archive with a `__setstate__` anywhere in it, before it is loaded:
+    torch.jit.load runs that method, so no check after loading could stop it. Every entry is
+    read decompressed, and the raw file too (an entry only another zip reader would see)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()  # duplicate names included
+            found = any(_mentions(archive.open(entry), LOAD_TIME_METHOD) for entry in entries)
+        with open(path, "rb") as raw:
+            found = found or _mentions(raw, LOAD_TIME_METHOD)
+    except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, RuntimeError) as exc:
+        # a foreign or encrypted zip file (RuntimeError: a password is needed)
+        raise SftkdError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
+    if found:
+        raise SftkdError(f"{path}: refused: TorchScript code that runs while loading (__setstate__) is not "
+                         f"something sftkd export writes; {UNTRUSTED}")
+
+
+def _mentions(stream: Any, marker: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether `marker` occurs in a binary stream, read in bounded chunks (a zip bomb never fills memory)."""
+    tail = b""
+    with stream:
+        while block := stream.read(chunk):
+            if marker in tail + block:
+                return True
+            tail = block[-(len(marker) - 1):]
+    return False
+
+
+def check_export_ops(module: Any, path: Path) -> None:
+    """Refuse a loaded TorchScript module that could do more than an `sftkd export` file, before
+    it runs: one line naming the first node kind outside `EXPORT_OPS` (e.g. aten::from_file),
+    found in any method or forward (pre-)hook of the module or its submodules."""
+    for sub in module.modules():
+        functions = [(name, sub._c._get_method(name)) for name in sub._c._method_names()]
+        functions += [(hook.name, hook) for hook in [*sub._c._get_forward_pre_hooks(), *sub._c._get_forward_hooks()]]
+        for name, function in functions:
+            for kind in node_kinds(function.inlined_graph):
+                if kind not in EXPORT_OPS:
+                    raise SftkdError(f"{path}: refused: TorchScript op {kind} (in {name}) is not one sftkd export "
+                                     f"writes; {UNTRUSTED}")
+
+
+def node_kinds(graph: torch.Graph) -> Iterator[str]:
+    """The kind of every node of a TorchScript graph in order, the nodes inside prim::If and
+    prim::Loop blocks included (no recursion: a crafted deep nesting cannot overflow the stack)."""
+    pending = list(reversed(list(graph.nodes())))
+    while pending:
+        node = pending.pop()
+        yield node.kind()
+        for block in reversed(list(node.blocks())):
+            pending.extend(reversed(list(block.nodes())))
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> ExportedModel:
