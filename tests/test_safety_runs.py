@@ -497,10 +497,12 @@ def test_a_run_with_a_checkpoint_or_interrupted_is_kept_for_resume(stop, tiny_da
 
 
 def test_resume_without_the_last_checkpoint_of_a_trained_run_is_refused(tiny_dataset, tmp_path):
-    """It would start over silently, replacing best.pt and the history."""
+    """It would start over silently, replacing the history (a best.pt that agrees with the
+    history is resumed from instead: test_resume_from_best.py)."""
     runs = tmp_path / "runs"
     assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0
     (runs / "r" / "checkpoints" / "last.pt").unlink()
+    (runs / "r" / "checkpoints" / "best.pt").unlink()
     before = snapshot(runs / "r")
     fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"), names=("last.pt: missing", "--force"))
     assert snapshot(runs / "r") == before

@@ -36,7 +36,7 @@ from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
-from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment, load_checkpoint
+from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precision_policy, select_device, set_threads,
                                to_device)
 from sftkd_cli.signals import on_signals
@@ -45,6 +45,7 @@ from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
+from sftkd_cli.training.resume import ResumePoint, resume_point
 
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
 LOSS_READ_EVERY = 32
@@ -297,13 +298,14 @@ class Trainer:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
         set_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
-        last = self.run.checkpoint("last")
-        saved = load_checkpoint(last) if resume and last.exists() else None
-        self.layout = self._choose_layout(train_ds, saved)
+        point = resume_point(self.run) if resume else None
+        self.layout = self._choose_layout(train_ds, point.state if point else None)
         loop = self._loop(len(train_ds))
         train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))
-        state = self._restore(loop, saved)
+        state = self._restore(loop, point)
         if self.is_main:
+            if point is not None and point.note:  # resuming from best.pt (`resume_point`): says why
+                self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
             self.run.write_env(environment(str(self.device), cfg.seed), resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
@@ -311,6 +313,8 @@ class Trainer:
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
         with precision_policy(cfg.tf32), on_signals(loop.stop, signal.SIGTERM, signal.SIGINT), self.writer:
+            if point is not None and point.path != self.run.checkpoint("last"):
+                self._save(point.state, "last")  # last.pt brought up to best.pt's state, before anything else
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
@@ -348,11 +352,11 @@ class Trainer:
         return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs,
                      predict=predict)
 
-    def _restore(self, loop: _Loop, saved: dict[str, Any] | None) -> FitState:
-        """A fresh state, or the one in `saved`, the `last` checkpoint to resume from (weights and optimiser loaded)."""
-        if saved is None:
+    def _restore(self, loop: _Loop, point: ResumePoint | None) -> FitState:
+        """A fresh state, or the one in `point`, the checkpoint to resume from (weights and optimiser loaded)."""
+        if point is None:
             return FitState()
-        last = self.run.checkpoint("last")
+        saved = point.state
         try:
             self._bare().load_state_dict(saved["objective"])
             loop.optimizer.load_state_dict(optimizer_state_for(saved["optimizer"], capturable=self.cuda_graphs))
@@ -365,7 +369,7 @@ class Trainer:
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             reason = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
-            raise SftkdError(f"{last}: does not fit this run's {self.recipe.model.name} training state ({reason})") from None
+            raise SftkdError(f"{point.path}: does not fit this run's {self.recipe.model.name} training state ({reason})") from None
         state.history = self.run.read_history()[: state.epoch]
         state.resumed_from = state.epoch
         return state

@@ -167,9 +167,11 @@ def distill(
 
 
 def _started_from(recipe: Recipe) -> str | None:
-    """The `init` recorded in the last checkpoint of the run being resumed (None if there is none)."""
-    last = RunDir(run_path(recipe)).checkpoint("last")
-    return load_checkpoint(last).get("init") if last.exists() else None
+    """The `init` recorded in the checkpoints of the run being resumed (None if it has none): last.pt's,
+    or best.pt's where a stop cut its epoch's writes short (`resume.resume_point`; the same run's)."""
+    run = RunDir(run_path(recipe))
+    saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
+    return load_checkpoint(saved).get("init") if saved else None
 
 
 def _is_sft(path: str | Path) -> bool:

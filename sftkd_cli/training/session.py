@@ -25,6 +25,7 @@ from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
+from sftkd_cli.training.resume import position, resume_point
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
 #: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
@@ -169,19 +170,22 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
 
 
 def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
-    """On --resume, before anything is written: a run that has trained needs its `last`
-    checkpoint (else it would silently start over, replacing best.pt and the history), that
+    """On --resume, before anything is written: a run that has trained needs a state to continue
+    from (`resume.resume_point`: its `last` checkpoint, or `best` where a stop cut the epoch's
+    writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
     (its recorded sha256), and train.epochs cannot be fewer than it has trained."""
-    last = run.checkpoint("last")
-    if not last.exists():
+    point = resume_point(run)
+    if point is None:
         if run.read_history() or run.checkpoint("best").exists():
-            raise SftkdError(f"{last}: missing, but the run has trained (history.jsonl, best.pt): it cannot continue "
-                             "where it stopped; put the file back, or start over with --force")
+            raise SftkdError(f"{run.checkpoint('last')}: missing, but the run has trained (history.jsonl, best.pt), and "
+                             "best.pt does not hold the state history.jsonl ends at: it cannot continue where it "
+                             "stopped; put the file back, or start over with --force")
         return
-    saved = load_checkpoint(last)
-    begun = int(saved.get("epoch", 0)) + (1 if saved.get("step_in_epoch") else 0)  # an epoch stopped midway counts
+    last, saved = point.path, point.state
+    epoch, step = position(last, saved)
+    begun = epoch + (1 if step else 0)  # an epoch stopped midway counts
     if recipe.train.epochs < begun:
         raise SftkdError(f"train.epochs {recipe.train.epochs}: the run has trained into epoch {begun} ({last}); "
                          f"expected {begun} or more")

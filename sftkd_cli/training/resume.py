@@ -1,0 +1,86 @@
+"""Which checkpoint `--resume` continues from: `last`, or `best` where a stop cut an epoch's writes short.
+
+At the end of an epoch that improved, the engine writes history.jsonl, then best.pt, then
+last.pt, both holding the same complete training state (weights, optimiser, scheduler, scaler,
+position). A kill or a failed write between the two leaves last.pt missing (after the first
+epoch) or one epoch behind best.pt (its previous epoch end or a mid-epoch save). best.pt is then
+the newest state, and resuming from it continues exactly. It is taken only where it is newer
+than last.pt and agrees with history.jsonl (the row of its epoch is there, with its validation
+L1): best.pt never lies ahead of a completed last.pt otherwise, so no stale state is picked.
+(Writing last first would leave a stale best.pt after such a kill instead.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import RunDir, load_checkpoint
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint to resume from: its path, its contents and, for best.pt, one line saying why."""
+
+    path: Path
+    state: dict[str, Any]
+    note: str = ""
+
+
+def position(path: Path, state: dict[str, Any]) -> tuple[int, int]:
+    """Where the checkpoint `state` (read from `path`) stands: (epochs finished, steps of the next applied)."""
+    epoch, step = state.get("epoch", 0), state.get("step_in_epoch") or 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)):
+        raise SftkdError(f"{path}: epoch {epoch!r}, step_in_epoch {step!r}; expected whole numbers >= 0 "
+                         "(a checkpoint sftkd wrote)")
+    return epoch, step
+
+
+def resume_point(run: RunDir) -> ResumePoint | None:
+    """The newest consistent training state of `run` (see the module docstring); None if there is none."""
+    last_path, best_path = run.checkpoint("last"), run.checkpoint("best")
+    last = load_checkpoint(last_path) if last_path.exists() else None
+    history = run.read_history()
+    at = position(last_path, last) if last is not None else None
+    if at is not None and at >= (len(history), 0):
+        return ResumePoint(last_path, last)  # as new as the history: best.pt cannot be newer
+    best = _best(best_path, fallback=last is not None)
+    if best is not None and _agrees(best_path, best, history) and (at is None or position(best_path, best) > at):
+        epoch = position(best_path, best)[0]
+        what = "missing" if at is None else (f"saved after epoch {at[0]}" if not at[1] else
+                                             f"saved at epoch {at[0] + 1}, step {at[1]}")
+        note = (f"{last_path}: {what}; resuming from {best_path}, which holds the complete state after epoch "
+                f"{epoch} (as a stop between that epoch's best.pt and last.pt writes leaves them)")
+        return ResumePoint(best_path, best, note)
+    return None if last is None else ResumePoint(last_path, last)
+
+
+def _best(path: Path, fallback: bool) -> dict[str, Any] | None:
+    """best.pt's contents, None if absent; unreadable: None where last.pt can serve (`fallback`), else its error."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except SftkdError:
+        if fallback:
+            return None
+        raise
+
+
+def _agrees(path: Path, best: dict[str, Any], history: list[dict[str, Any]]) -> bool:
+    """Whether `best` (read from `path`) is the state saved at the end of an epoch whose history
+    row is there, with the validation L1 that row records."""
+    epoch, step = position(path, best)
+    if step or epoch < 1 or epoch > len(history) or best.get("best_epoch") != epoch:
+        return False
+    row = history[epoch - 1]
+    if row.get("epoch") != epoch:
+        return False
+    try:
+        logged, saved = float(row.get("val_l1", math.nan)), float(best.get("best_val_l1", math.nan))
+    except (TypeError, ValueError):
+        return False
+    return logged == saved or (math.isnan(logged) and math.isnan(saved))
