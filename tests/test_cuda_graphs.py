@@ -287,7 +287,7 @@ def test_graphed_steps_replay_the_eager_updates_with_the_lr_schedule(tmp_path, f
     assert steps.captured == 2 and not steps.failed  # batch sizes 2 and 1
     eager, failed = _fit_cpu_graphs(tmp_path, "eager", fail=True)
     assert failed.failed and failed.captured == 0
-    assert [r["lr"] for r in graphed.read_history()] == [5e-4, 2.5e-4]
+    assert [r["lr"] for r in graphed.read_history()] == [1e-3, 5e-4]  # the LR each epoch trained with
     assert [r["train_loss"] for r in graphed.read_history()] == [r["train_loss"] for r in eager.read_history()]
     a, b = (load_checkpoint(run.checkpoint("last")) for run in (graphed, eager))
     assert all(torch.equal(a["objective"][k], v) for k, v in b["objective"].items())
@@ -453,7 +453,7 @@ def _fit_cuda(tmp_path, name, objective, graphs, monkeypatch, *overrides):
     finally:
         run.unlock()
         monkeypatch.setattr(Trainer, "_loop", real)
-    assert [row["lr"] for row in run.read_history()] == [5e-4, 2.5e-4]
+    assert [row["lr"] for row in run.read_history()] == [1e-3, 5e-4]  # the LR each epoch trained with
     return {k: v.detach().clone() for k, v in objective.state_dict().items()}, seen["loop"].graphs
 
 

@@ -76,6 +76,29 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_shards_evenly():
     assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
 
 
+def lrs_trained_and_recorded(monkeypatch, tmp_path, objective, *overrides) -> tuple[list[float], list[float]]:
+    """The LR each epoch's steps trained with (seen by the optimiser) and the history's `lr`
+    column, for a fit of `objective` over `overrides`."""
+    trained: dict[int, float] = {}
+    real = Trainer._train_step
+
+    def step(self, loop, batch, epoch, index):
+        trained.setdefault(epoch, loop.optimizer.param_groups[0]["lr"])
+        return real(self, loop, batch, epoch, index)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    _, run = _fit(tmp_path, "lrs", False, objective, *overrides)
+    return [trained[e] for e in sorted(trained)], [row["lr"] for row in run.read_history()]
+
+
+def test_the_history_records_the_lr_each_epoch_trained_with(tmp_path, monkeypatch):
+    """StepLR(1, 0.5): epochs train with 1e-3, 5e-4, 2.5e-4, and that is what history.jsonl says
+    (not the next epoch's LR, which the scheduler steps to at the epoch's end)."""
+    trained, recorded = lrs_trained_and_recorded(monkeypatch, tmp_path, None, "train.epochs=3", "train.lr_step=1",
+                                                 "train.lr_gamma=0.5", "train.max_steps_per_epoch=1")
+    assert trained == recorded == [1e-3, 5e-4, 2.5e-4]
+
+
 def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
     _, straight = _fit(tmp_path, "straight")
     _, first = _fit(tmp_path, "split", False, None, "train.epochs=1")

@@ -130,6 +130,17 @@ def test_two_stage_schedule_uses_feature_loss_then_reconstruction():
     torch.testing.assert_close(loss, parts["rec"])
 
 
+def test_two_stage_history_records_the_lr_each_epoch_trained_with(tmp_path, monkeypatch):
+    """Stage 2 restarts the LR at train.lr: its first epoch's row says so (as the steps used it)."""
+    from test_engine import lrs_trained_and_recorded
+
+    objective = _distillation("at", schedule="two-stage", stage1_epochs=2, w_imit=0.0)[0]
+    trained, recorded = lrs_trained_and_recorded(monkeypatch, tmp_path, objective, "train.epochs=4", "train.lr_step=1",
+                                                 "train.lr_gamma=0.5", "train.max_steps_per_epoch=1",
+                                                 "train.channels_last=false")
+    assert trained == recorded == [1e-3, 5e-4, 1e-3, 5e-4]
+
+
 def test_two_stage_second_stage_starts_a_fresh_adam_and_lr_schedule(tmp_path):
     """Stage 2 (L1 fine-tuning) trains as the reference's new run does: Adam as new and the LR
     back to train.lr, from stage 1's last weights; a resume across the switch is exact."""
@@ -140,7 +151,8 @@ def test_two_stage_second_stage_starts_a_fresh_adam_and_lr_schedule(tmp_path):
     two_stage = dict(schedule="two-stage", stage1_epochs=1, w_imit=0.0)
     options = ("train.lr_step=1", "train.lr_gamma=0.1", "train.max_steps_per_epoch=2", "train.channels_last=false")
     _, straight = _fit(tmp_path, "straight", False, _distillation("at", **two_stage)[0], *options)
-    assert [row["lr"] for row in straight.read_history()] == pytest.approx([1e-4, 1e-4])  # 1e-5 without the restart
+    # the LR each epoch trained with: back to train.lr for stage 2 ([1e-3, 1e-4] without the restart)
+    assert [row["lr"] for row in straight.read_history()] == pytest.approx([1e-3, 1e-3])
 
     objective, _, student = _distillation("at", **two_stage)
     _, first = _fit(tmp_path, "split", False, objective, *options, "train.epochs=1")

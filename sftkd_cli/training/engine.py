@@ -429,8 +429,11 @@ class Trainer:
             )
 
     def _finish_epoch(self, state: FitState, loop: _Loop, val_ds: Dataset) -> None:
-        """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch."""
+        """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch.
+
+        The row's `lr` is the one the epoch trained with, read before the scheduler steps to the next epoch's."""
         cfg = self.recipe.train
+        lr = loop.optimizer.param_groups[0]["lr"]
         loop.scheduler.step()
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
@@ -439,7 +442,7 @@ class Trainer:
             "epoch": state.epoch + 1,
             "train_loss": state.loss_sum / max(state.loss_count, 1),
             **val,
-            "lr": loop.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "seconds": round(time.perf_counter() - state.started, 3),
         }
         state.history.append(row)
