@@ -3,6 +3,7 @@ with the same global batch; the backend follows train.device; more processes tha
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,13 @@ def test_two_processes_match_one_process(tiny_dataset, tmp_path):
     assert diff.max() < 2e-3
     assert diff.median() < 1e-6 and (diff > 1e-5).float().mean() < 0.05
     assert len((tmp_path / "ddp" / "history.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
+    # the train loss is over both processes' samples, as the single process's batches of 2 (not rank 0's alone)
+    single_rows, ddp_rows = (_history(tmp_path / name) for name in ("single", "ddp"))
+    assert [r["train_loss"] for r in ddp_rows] == pytest.approx([r["train_loss"] for r in single_rows], rel=1e-5)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
 def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:

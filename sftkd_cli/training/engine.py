@@ -435,12 +435,13 @@ class Trainer:
         cfg = self.recipe.train
         lr = loop.optimizer.param_groups[0]["lr"]
         loop.scheduler.step()
+        train_loss = self._epoch_loss(state)
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
             val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size), loop.predict)
         row = {
             "epoch": state.epoch + 1,
-            "train_loss": state.loss_sum / max(state.loss_count, 1),
+            "train_loss": train_loss,
             **val,
             "lr": lr,
             "seconds": round(time.perf_counter() - state.started, 3),
@@ -455,6 +456,20 @@ class Trainer:
             self._save(checkpoint, *(["best"] if improved else []), "last")
             self._report_epoch(loop.progress, row, improved)
         state.epoch += 1
+
+    def _epoch_loss(self, state: FitState) -> float:
+        """The epoch's mean training loss over the steps of every process: with several, their sums
+        and counts are all-reduced here, once per epoch (no sync per step). After a resume in the
+        middle of an epoch, each process restarts from rank 0's sum and count so far (the only ones
+        the checkpoint holds), so those steps count with rank 0's losses."""
+        if self.world == 1:
+            return state.loss_sum / max(state.loss_count, 1)
+        import torch.distributed as dist
+
+        totals = torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(totals)
+        loss_sum, loss_count = totals.tolist()
+        return loss_sum / max(loss_count, 1.0)
 
     def _interrupt(self) -> NoReturn:
         """A second Ctrl-C (or SIGTERM): stopped at once, maybe inside a step, so nothing more is
