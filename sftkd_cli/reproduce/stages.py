@@ -213,14 +213,23 @@ def evaluation_dir(stage: Stage) -> Path:
     return stage.run if stage.model_role is None else stage.run / f"eval-{stage.model_role}"
 
 
-def evaluation_complete(stage: Stage, plan: Plan) -> bool:
-    """metrics.json (with recon.h5) newer than best.pt, for the plan's split and checkpoint."""
+def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
+    """The checkpoint file an evaluation stage scores: the plan's evaluate.checkpoint (best, last
+    or a file) of the stage's run."""
     assert stage.run is not None
-    out, best = evaluation_dir(stage), stage.run / "checkpoints" / "best.pt"
+    which = str(plan.evaluate["checkpoint"])
+    return RunDir(stage.run).checkpoint(which) if which in ("best", "last") else Path(which)
+
+
+def evaluation_complete(stage: Stage, plan: Plan) -> bool:
+    """metrics.json (with recon.h5) newer than the checkpoint it scores (`evaluated_checkpoint`:
+    last.pt moves on when a run is resumed, best.pt only when validation improves), for the
+    plan's split and checkpoint."""
+    out, checkpoint = evaluation_dir(stage), evaluated_checkpoint(stage, plan)
     metrics = out / "metrics.json"
-    if not (metrics.is_file() and (out / "recon.h5").is_file() and best.is_file()):
+    if not (metrics.is_file() and (out / "recon.h5").is_file() and checkpoint.is_file()):
         return False
-    if metrics.stat().st_mtime <= best.stat().st_mtime:
+    if metrics.stat().st_mtime <= checkpoint.stat().st_mtime:
         return False
     try:
         info = json.loads(read_regular_bytes(metrics, "metrics"))
