@@ -8,10 +8,39 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
-from test_reproduce import write_plan
+from test_reproduce import quiet, write_plan
+from typer.testing import CliRunner
 
-from sftkd_cli.reproduce import build_stages, load_plan
+from sftkd_cli.cli.app import app
+from sftkd_cli.reproduce import build_stages, load_plan, run_plan
+from sftkd_cli.runs import load_checkpoint
+
+QUICK = ["train.device=cpu", "train.max_steps_per_epoch=1"]
+
+
+def dry_actions(path: Path, *args: str) -> dict[str, str]:
+    """The action column of `sftkd reproduce PATH --dry-run ARGS`, by stage id."""
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run", *args], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│") for line in result.output.splitlines() if line.count("│") > 3]
+    return {cells[1].strip(): cells[2].strip() for cells in rows}
+
+
+def test_a_run_trained_beyond_the_plans_epochs_is_refused(tmp_path, tiny_dataset):
+    """A finished 2-epoch run is not the 1-epoch plan's: the dry run and the run refuse it (as a
+    shorter --resume is refused) and nothing is evaluated or reported as the 1-epoch plan's."""
+    path = write_plan(tmp_path, tiny_dataset)
+    assert not run_plan(load_plan(path, QUICK), only=["teacher"], console=quiet()).failed
+    shorter = [*QUICK, "train.epochs=1"]
+    actions = dry_actions(path, "--only", "teacher,eval-teacher", *shorter)
+    assert actions["teacher"].startswith("refused (train.epochs 1: the run has trained into epoch 2 (")
+    assert "expected 2 or more; the run differs from the plan: delete" in actions["teacher"]
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--only", "teacher,eval-teacher", *shorter])
+    assert result.exit_code == 2 and "train.epochs 1: the run has trained into epoch 2" in result.output, result.output
+    assert not (tmp_path / "runs" / "teacher" / "metrics.json").exists()
+    assert load_checkpoint(tmp_path / "runs" / "teacher" / "checkpoints" / "last.pt")["epoch"] == 2  # untouched
 
 
 def test_an_evaluation_of_the_last_checkpoint_is_redone_after_the_run_resumed(tmp_path, tiny_dataset):

@@ -177,7 +177,7 @@ def training_state(stage: Stage) -> tuple[str, str]:
     state = load_checkpoint(last)
     epoch, step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
     where = f"epoch {epoch}/{epochs}" + (f", step {step}" if step else "")
-    if epoch >= epochs and step == 0 and run.checkpoint("best").is_file():
+    if epoch == epochs and step == 0 and run.checkpoint("best").is_file():  # beyond: not the plan's (`plan_conflict`)
         return "complete", where
     return "partial", where
 
@@ -185,15 +185,16 @@ def training_state(stage: Stage) -> tuple[str, str]:
 def plan_conflict(stage: Stage) -> str:
     """'' when the training stage's run (begun or finished) was trained with the plan's recipe for
     it (as far as resuming allows: `resume_conflict`), from the same teacher checkpoint
-    (`teacher_changed`) and on its data; else what differs, and
-    what to do. Data at another path counts as the same when the run's checkpoint was trained on
+    (`teacher_changed`), for no more epochs than the plan's train.epochs (`trained_beyond`) and on
+    its data; else what differs, and what to do. Data at another path counts as the same when the run's checkpoint was trained on
     a dataset of the same manifest fingerprint (moved, not changed)."""
     from sftkd_cli.data.dataset import dataset_fingerprint
     from sftkd_cli.training.session import resume_conflict, teacher_changed
 
     assert stage.run is not None and stage.recipe is not None
     run = RunDir(stage.run)
-    conflict = resume_conflict(run, stage.recipe) or teacher_changed(run, stage.recipe)
+    conflict = (resume_conflict(run, stage.recipe) or teacher_changed(run, stage.recipe)
+                or trained_beyond(run, stage.recipe))
     was, now = run.load_recipe().data.path, stage.recipe.data.path
     if not conflict and was != now:
         saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
@@ -205,6 +206,19 @@ def plan_conflict(stage: Stage) -> str:
         if not same:
             conflict = f"{run.recipe_file}: data.path was {was!r}, now {now!r} (other data)"
     return conflict and f"{conflict}; the run differs from the plan: delete {stage.run} to train it anew, or use another --runs-dir"
+
+
+def trained_beyond(run: RunDir, recipe: Recipe) -> str:
+    """'' unless the run has trained into more epochs than the recipe's train.epochs (a finished
+    longer run is not the plan's shorter one, as `sftkd train --resume` refuses fewer epochs)."""
+    last = run.checkpoint("last")
+    if not last.is_file():
+        return ""
+    saved = load_checkpoint(last)
+    begun = int(saved.get("epoch", 0)) + (1 if saved.get("step_in_epoch") else 0)  # an epoch stopped midway counts
+    if recipe.train.epochs >= begun:
+        return ""
+    return f"train.epochs {recipe.train.epochs}: the run has trained into epoch {begun} ({last}); expected {begun} or more"
 
 
 def evaluation_dir(stage: Stage) -> Path:
