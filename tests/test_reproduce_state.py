@@ -10,10 +10,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from test_reproduce import quiet, write_plan
 from typer.testing import CliRunner
 
 from sftkd_cli.cli.app import app
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce import build_stages, load_plan, run_plan
 from sftkd_cli.runs import load_checkpoint
 
@@ -69,3 +71,19 @@ def test_an_evaluation_of_the_last_checkpoint_is_redone_after_the_run_resumed(tm
     os.utime(run / "metrics.json", (200, 200))
     plan, stage = evaluation("best")  # the best checkpoint's scores still hold
     assert evaluation_complete(stage, plan)
+
+
+def test_stage_ids_that_collide_are_refused_at_plan_load(tmp_path, tiny_dataset):
+    """A variant named sft beside the shared sft: both evaluations would be eval-sft-student (the
+    shared student never evaluated, reported done twice)."""
+    extra = "  evaluate: {sft_student: true}\nshared: [sft]\nvariants:\n  - {name: sft}\n"
+    path = write_plan(tmp_path, tiny_dataset, extra)
+    with pytest.raises(SftkdError, match=r"two stages get the id 'eval-sft-student' .*; rename variant 'sft'$") as info:
+        build_stages(load_plan(path))
+    assert "\n" not in str(info.value)
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run"])
+    assert result.exit_code == 2 and "rename variant 'sft'" in result.output and "Traceback" not in result.output
+    renamed = path.read_text().replace("{name: sft}", "{name: mine}")
+    path.write_text(renamed)
+    ids = [s.id for s in build_stages(load_plan(path))]
+    assert len(ids) == len(set(ids)) and "eval-sft-student" in ids and "eval-mine-student" in ids

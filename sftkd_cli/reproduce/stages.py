@@ -128,7 +128,29 @@ def build_stages(plan: Plan) -> list[Stage]:
                                 model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student",
                                 seed=stage.seed))
     stages.append(Stage("report", "report", label="report"))
+    _check_unique_ids(plan, stages)
     return stages
+
+
+def _check_unique_ids(plan: Plan, stages: Sequence[Stage]) -> None:
+    """Two stages with one id would share a run folder and a status row (one of them never runs):
+    a variant's name followed by a stage name can spell a shared stage's id (variant `sft`'s
+    student and the shared sft's student evaluation: eval-sft-student)."""
+    seen: dict[str, Stage] = {}
+    for stage in stages:
+        first = seen.setdefault(stage.id, stage)
+        if first is stage:
+            continue
+        variants = sorted({s.group for s in (first, stage) if s.group})
+        rename = f"rename variant {variants[0]!r}" if variants else "rename one of them"
+        raise SftkdError(f"{plan.path}: variants: two stages get the id {stage.id!r} ({_made_by(first)} and "
+                         f"{_made_by(stage)}); {rename}")
+
+
+def _made_by(stage: Stage) -> str:
+    """'the teacher of variant a', 'the evaluation of the shared sft-student': who made a stage, for errors."""
+    what = f"the evaluation of {stage.trained}" if stage.kind == "evaluate" else f"the {stage.kind}"
+    return f"{what} of variant {stage.group!r}" if stage.group else f"{what} shared by the variants"
 
 
 def _check_same_data(plan: Plan, stages: list[Stage]) -> None:
