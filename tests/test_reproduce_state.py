@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_reproduce import quiet, write_plan
+from test_reproduce import quiet, statuses, write_plan
 from typer.testing import CliRunner
 
 from sftkd_cli.cli.app import app
@@ -87,3 +87,19 @@ def test_stage_ids_that_collide_are_refused_at_plan_load(tmp_path, tiny_dataset)
     path.write_text(renamed)
     ids = [s.id for s in build_stages(load_plan(path))]
     assert len(ids) == len(set(ids)) and "eval-sft-student" in ids and "eval-mine-student" in ids
+
+
+def test_a_report_written_with_problems_is_written_again(tmp_path, tiny_dataset):
+    """The report failed with problems: running the plan again rewrites it (and fails again),
+    instead of calling the report with its Problems section up to date."""
+    extra = "paper:\n  columns: [4x Std-KD]\n  rows:\n    Teacher: [1/0.1]\n"  # nothing evaluated: a problem
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, extra))
+    for _ in range(2):
+        outcome = run_plan(plan, only=["data", "report"], console=quiet())
+        assert statuses(outcome) == {"data": "skipped", "report": "failed"}
+        assert "with problems: paper table" in outcome.failed[0].note
+        assert "## Problems" in (plan.report_dir / "report.md").read_text()
+    assert json.loads((plan.report_dir / "status.json").read_text())["problems"]
+    fine = load_plan(write_plan(tmp_path, tiny_dataset))
+    assert statuses(run_plan(fine, only=["data", "report"], console=quiet()))["report"] == "done"
+    assert statuses(run_plan(fine, only=["data", "report"], console=quiet()))["report"] == "skipped"

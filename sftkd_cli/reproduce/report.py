@@ -25,7 +25,8 @@ from sftkd_cli.files import atomic_write_text
 
 
 def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:
-    """Write <report>/report.md (+ compare CSV/JSON, figures, status.json); returns the problems met.
+    """Write <report>/report.md (+ compare CSV/JSON, figures, status.json); returns the problems met
+    (status.json keeps them too: a report with problems is written again next time).
 
     Per group (variant): the compact results table (role names), the verdict on the paper's
     claims (paired Wilcoxon tests, per seed and pooled), the runs in the paper's Table 1 layout
@@ -63,7 +64,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
     records = [dataclasses.asdict(r) for r in status]
-    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": records}, indent=2))
+    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": records,
+                                                       "problems": problems}, indent=2))  # `report_complete` reads them
     atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
     return problems
 

@@ -275,9 +275,16 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
 
 
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
-    """report.md newer than the plan file and than every metrics.json it summarises."""
+    """report.md newer than the plan file and than every metrics.json it summarises, and written
+    without problems (status.json's `problems`: a report written with problems is done again)."""
     report = plan.report_dir / "report.md"
     if not report.is_file():
+        return False
+    try:
+        problems = json.loads(read_regular_bytes(plan.report_dir / "status.json", "status")).get("problems")
+    except (SftkdError, ValueError, AttributeError):  # missing or damaged: written again
+        return False
+    if problems != []:  # some, or a status.json that does not say (an older sftkd's)
         return False
     newest = plan.path.stat().st_mtime
     for stage in stages:
