@@ -1,5 +1,7 @@
-"""`sftkd reproduce`: how a plan reads its stages' state on disk (complete, partial, refused, up
-to date), and what the dry run and the estimate predict from it.
+"""`sftkd reproduce`: how a plan reads its stages' state on disk, and what the dry run and the
+estimate predict from it: a run trained beyond the plan's epochs, evaluations of the last
+checkpoint after a resume, stage ids that would collide, a report written with problems, and
+what comes after a stage that will train.
 
 Device: CPU.
 """
@@ -39,6 +41,7 @@ def test_a_run_trained_beyond_the_plans_epochs_is_refused(tmp_path, tiny_dataset
     actions = dry_actions(path, "--only", "teacher,eval-teacher", *shorter)
     assert actions["teacher"].startswith("refused (train.epochs 1: the run has trained into epoch 2 (")
     assert "expected 2 or more; the run differs from the plan: delete" in actions["teacher"]
+    assert actions["eval-teacher"] == "blocked (teacher refused)"
     result = CliRunner().invoke(app, ["reproduce", str(path), "--only", "teacher,eval-teacher", *shorter])
     assert result.exit_code == 2 and "train.epochs 1: the run has trained into epoch 2" in result.output, result.output
     assert not (tmp_path / "runs" / "teacher" / "metrics.json").exists()
@@ -103,3 +106,30 @@ def test_a_report_written_with_problems_is_written_again(tmp_path, tiny_dataset)
     fine = load_plan(write_plan(tmp_path, tiny_dataset))
     assert statuses(run_plan(fine, only=["data", "report"], console=quiet()))["report"] == "done"
     assert statuses(run_plan(fine, only=["data", "report"], console=quiet()))["report"] == "skipped"
+
+
+def test_the_dry_run_and_the_estimate_see_what_comes_after_a_stage_that_will_train(tmp_path, tiny_dataset):
+    """With finished 1-epoch runs and train.epochs=2, the teacher resumes: its evaluation and the
+    report run (not skip), a distillation from it is refused (its teacher changes), the estimate
+    times what runs, and the real run does what the dry run said."""
+    from sftkd_cli.reproduce.estimate import estimate_plan
+
+    path = write_plan(tmp_path, tiny_dataset)
+    only = ["data", "teacher", "std-kd-at", "eval-teacher", "eval-std-kd-at", "report"]
+    first = run_plan(load_plan(path, [*QUICK, "train.epochs=1"]), only=only, console=quiet())
+    assert not first.failed, first.results
+    longer = [*QUICK, "train.epochs=2"]
+    actions = dry_actions(path, "--only", ",".join(only), *longer)
+    assert actions["teacher"] == "resume (epoch 1/2)"
+    assert actions["std-kd-at"].startswith("refused (teacher will train first")
+    assert actions["eval-teacher"] == "run (after teacher)" and actions["eval-std-kd-at"] == "blocked (std-kd-at refused)"
+    assert actions["report"] == "run"
+    plan = load_plan(path, longer)
+    stages = build_stages(plan)
+    times = {t.id: t for t in estimate_plan(plan, stages, set(only), 1, probe=False).times}
+    assert times["eval-teacher"].seconds > 0 and times["eval-teacher"].how != "complete"
+    assert (times["std-kd-at"].how, times["std-kd-at"].seconds) == ("refused", 0.0)
+    assert (times["eval-std-kd-at"].how, times["eval-std-kd-at"].seconds) == ("blocked", 0.0)
+    again = statuses(run_plan(plan, only=only, console=quiet()))
+    assert again == {"data": "skipped", "teacher": "resumed", "std-kd-at": "failed", "eval-teacher": "done",
+                     "eval-std-kd-at": "skipped", "report": "done"}

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.reproduce.graph import blocked_stages
+from sftkd_cli.reproduce.graph import planned_actions
 from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, StageResult, planned_action
+from sftkd_cli.reproduce.stages import Stage, StageResult
 
 
 STATUS_STYLE = {DONE: "green", RESUMED: "cyan", SKIPPED: "dim", FAILED: "bold red", INTERRUPTED: "bold yellow"}
@@ -34,11 +34,11 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
     table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left")
     for column in ("stage", "action", "model", "epochs", "run", "recipe"):
         table.add_column(column, overflow="fold")
-    blocked = blocked_stages(stages, chosen, plan)
+    actions = planned_actions(plan, stages, chosen)
     for stage in stages:
         if stage.id not in chosen:
             continue
-        action, detail = ("blocked", blocked[stage.id]) if stage.id in blocked else planned_action(stage, plan, stages)
+        action, detail = actions[stage.id]
         recipe = stage.recipe if stage.kind in TRAIN_KINDS else None
         table.add_row(
             escape(stage.id), escape(action + (f" ({detail})" if detail else "")),

@@ -1,8 +1,9 @@
 """`sftkd reproduce PLAN --dry-run --estimate [--jobs N]`: the expected wall time of a plan on
 this machine, with N stages at once.
 
-First the seconds each chosen stage takes alone (as with --jobs 1):
-- a training stage: its epochs left (none when complete) times the seconds of one epoch, which
+First the seconds each chosen stage takes alone (as with --jobs 1), none for a stage that the dry
+run shows skipped, refused or blocked (`graph.planned_actions`: a stage after one that trains runs):
+- a training stage: its epochs left times the seconds of one epoch, which
   is measured (the mean per-epoch `seconds` of its run's history.jsonl), else its cost
   (`eta.epoch_cost`) times the seconds per cost unit measured on the plan's other runs, else on
   a short probe (PROBE_STEPS training steps of the plan's first teacher or student stage on the
@@ -42,11 +43,11 @@ from sftkd_cli import eta
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds
 from sftkd_cli.reproduce.executor import PER_GPU, cpu_count, gpu_count
-from sftkd_cli.reproduce.graph import Slot, makespan, ranks, simulate, waits_for
+from sftkd_cli.reproduce.graph import Slot, makespan, planned_actions, ranks, simulate, waits_for
 from sftkd_cli.reproduce.jobs import stage_log
 from sftkd_cli.reproduce.kinds import TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, evaluation_complete, plan_conflict, training_state
+from sftkd_cli.reproduce.stages import Stage, plan_conflict
 from sftkd_cli.runs import read_history_file
 
 #: training steps of the probe (its first step includes the warm-up: the estimate errs long)
@@ -61,7 +62,7 @@ class StageTime:
 
     id: str
     seconds: float
-    how: str  # complete, measured, scaled, probe, log, cost, not counted
+    how: str  # complete, refused, blocked, measured, scaled, probe, log, cost, not counted
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def estimate_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], jobs: i
     gpus = gpu_count() if gpus is None else gpus
     todo = [s for s in stages if s.id in chosen]
     rate, how, note = seconds_per_unit(plan, stages, probe)
-    times = tuple(stage_time(plan, stage, rate, how) for stage in todo)
+    actions = planned_actions(plan, stages, chosen)
+    times = tuple(stage_time(plan, stage, rate, how, actions[stage.id][0]) for stage in todo)
     seconds = {t.id: t.seconds for t in times}
     order = [s.id for s in todo]
     waits = waits_for(todo)
@@ -138,22 +140,20 @@ def measured_epoch(stage: Stage) -> float | None:
     return math.fsum(times) / len(times) if times else None
 
 
-def stage_time(plan: Plan, stage: Stage, rate: float | None, how: str) -> StageTime:
-    """The seconds `stage` takes alone (see the module docstring); `rate`: seconds per cost unit."""
+def stage_time(plan: Plan, stage: Stage, rate: float | None, how: str, action: str) -> StageTime:
+    """The seconds `stage` takes alone (see the module docstring); `rate`: seconds per cost unit;
+    `action`: what the dry run shows it doing (`graph.planned_actions`)."""
     scale = 1.0 if rate is None else rate  # without a rate the costs stand in for seconds
+    if action in ("skip", "refused", "blocked"):
+        return StageTime(stage.id, 0.0, "complete" if action == "skip" else action)
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
-        state, _ = training_state(stage)
-        if state == "complete":
-            return StageTime(stage.id, 0.0, "complete")
-        done = len(_history(stage)) if state == "partial" else 0
+        done = len(_history(stage)) if action == "resume" else 0
         left = max(0, stage.recipe.train.epochs - done)
         epoch = measured_epoch(stage)
         if epoch is not None and rate is not None:
             return StageTime(stage.id, left * epoch, "measured")
         return StageTime(stage.id, left * scale * eta.epoch_cost(stage.kind, stage.recipe), how)
-    if stage.kind == "evaluate" and evaluation_complete(stage, plan):
-        return StageTime(stage.id, 0.0, "complete")
     logged = logged_seconds(plan, stage)
     if logged is not None and rate is not None:
         return StageTime(stage.id, logged, "log")

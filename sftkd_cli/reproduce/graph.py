@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sftkd_cli.reproduce.kinds import TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, training_state
+from sftkd_cli.reproduce.stages import Stage, planned_action, training_state
 
 
 def waits_for(todo: Sequence[Stage]) -> dict[str, tuple[str, ...]]:
@@ -61,6 +61,51 @@ def blocked_stages(stages: Sequence[Stage], chosen: set[str], plan: Plan) -> dic
         if why:
             blocked[stage.id] = why
     return blocked
+
+
+#: what a dry run predicts for a stage that will train (so that what comes after it changes)
+TRAINS = ("run", "resume")
+
+
+def planned_actions(plan: Plan, stages: Sequence[Stage], chosen: set[str]) -> dict[str, tuple[str, str]]:
+    """What running the chosen stages now would do, each as (action, detail), in plan order:
+    'blocked' where `blocked_stages` says so or a need is refused or blocked (the run skips it),
+    else the stage's state on disk (`planned_action`), except after a chosen stage that will
+    train, which changes what comes after it, as the run then finds it:
+    - an evaluation of it runs (its checkpoint will be newer than its metrics);
+    - a distillation from it that has begun is refused (`plan_conflict`: its teacher is no
+      longer the one it learnt from once that teacher's best checkpoint changes);
+    - the report runs unless every other chosen stage is skipped (`stagework.run_stage`)."""
+    blocked = blocked_stages(stages, chosen, plan)
+    actions: dict[str, tuple[str, str]] = {}
+    for stage in stages:
+        if stage.id not in chosen:
+            continue
+        failing = next((n for n in stage.needs if actions.get(n, ("",))[0] in ("refused", "blocked")), None)
+        training = next((n for n in stage.needs if actions.get(n, ("",))[0] in TRAINS), None)
+        if stage.id in blocked:
+            actions[stage.id] = ("blocked", blocked[stage.id])
+        elif failing is not None:
+            actions[stage.id] = ("blocked", f"{failing} {actions[failing][0]}")
+        elif stage.kind == "report":
+            others = [action for sid, (action, _) in actions.items() if sid != stage.id]
+            up_to_date = bool(others) and all(action in ("skip", "check") for action in others)
+            actions[stage.id] = planned_action(stage, plan, stages) if up_to_date else ("run", "")
+        else:
+            actions[stage.id] = planned_action(stage, plan, stages)
+            if training is not None:
+                actions[stage.id] = _after_training(stage, actions[stage.id], training)
+    return actions
+
+
+def _after_training(stage: Stage, action: tuple[str, str], need: str) -> tuple[str, str]:
+    """The action of `stage` (on its own: `action`) when its need `need` will train first."""
+    if action[0] == "refused":
+        return action
+    if stage.kind != "evaluate" and action[0] != "run":  # a begun distillation from a teacher that will change
+        return "refused", (f"{need} will train first, and {stage.run} was distilled from its best checkpoint before; "
+                           f"delete {stage.run} to train it anew after {need}, or use another --runs-dir")
+    return "run", f"after {need}"
 
 
 def ranks(order: Sequence[str], waits: Mapping[str, Sequence[str]], cost: Callable[[str], float]) -> dict[str, float]:
