@@ -289,6 +289,30 @@ def test_finished_runs_are_not_reused_on_other_data(tmp_path, tiny_dataset):
     assert "data.path was" in plan_conflict(teacher(other)) and "(other data)" in plan_conflict(teacher(other))
 
 
+def test_a_moved_dataset_is_evaluated_where_it_is_now(tmp_path, tiny_dataset):
+    """The dataset moved to another folder (same fingerprint) and the plan's data.out changed with
+    it: the trained runs are up to date, and an evaluation that has to run reads the data where
+    the plan says it is now, not where the run's recipe.yaml saw it."""
+    import shutil
+
+    before = Path(shutil.copytree(tiny_dataset, tmp_path / "dataA"))
+    first = load_plan(write_plan(tmp_path, before), ["train.device=cpu"])
+    assert not run_plan(first, only=["teacher"], console=quiet()).failed
+    after = before.rename(tmp_path / "dataB")
+    plan = load_plan(write_plan(tmp_path, after), ["train.device=cpu"])
+    outcome = run_plan(plan, only=["teacher", "eval-teacher"], console=quiet())
+    assert statuses(outcome) == {"teacher": "skipped", "eval-teacher": "done"}, outcome.results
+    metrics = json.loads((plan.runs_dir / "teacher" / "metrics.json").read_text())
+    assert metrics["dataset"]["path"] == str(after)
+
+    other = Path(shutil.copytree(after, tmp_path / "other"))  # other data: --only eval-* refuses it too
+    (other / "manifest.json").write_text((other / "manifest.json").read_text().replace("{", '{"note": "other", ', 1))
+    (plan.runs_dir / "teacher" / "metrics.json").unlink()
+    outcome = run_plan(load_plan(write_plan(tmp_path, other), ["train.device=cpu"]), only=["eval-teacher"], console=quiet())
+    assert outcome.results[0].status == "failed" and "(other data)" in outcome.results[0].note, outcome.results
+    assert not (plan.runs_dir / "teacher" / "metrics.json").exists()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
