@@ -14,7 +14,9 @@ class SftkdError(Exception):
 
 
 class RunInterrupted(SftkdError):
-    """Training stopped on a signal after saving a checkpoint; `--resume` continues it."""
+    """Work stopped on a signal (Ctrl-C, SIGTERM) with what was saved kept: training after saving
+    a checkpoint (`--resume` continues it), prepare-data with nothing written (`PrepareInterrupted`),
+    export with nothing written. Whoever runs several steps (a plan) stops on it, not goes on."""
 
     exit_code = 130
 

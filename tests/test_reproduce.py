@@ -7,6 +7,8 @@ import dataclasses
 import inspect
 import io
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -398,6 +400,32 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     assert f"| Teacher | {ours} | 40.05/0.9785 |" in text
     sft_kd = json.loads((plan.runs_dir / "sft-kd-at" / "metrics.json").read_text())["metrics"]
     assert "| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_data_is_prepared_stops_the_plan(tmp_path, nifti_writer, monkeypatch, sig):
+    """Ctrl-C or SIGTERM during the data stage (one stage at a time) stops the plan as it stops
+    during training: the status so far, 'run the same command again', exit 130, no report."""
+    import sftkd_cli.data.prepare as prep_mod
+
+    for i in range(5):
+        nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((28, 24, 3), seed=i))
+    path = write_plan(tmp_path, tmp_path / "data")
+    path.write_text(path.read_text().replace(
+        "source: prepared", f"source: nifti\n  root: {tmp_path / 'raw'}\n  options: {{size: [16, 16], val: [vol1]}}"))
+    real = prep_mod.write_volume_h5
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)  # arrives while the first volume is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep_mod, "write_volume_h5", signalled)
+    result = CliRunner().invoke(app, ["reproduce", str(path), "train.device=cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 130, result.output
+    assert "stopped at stage data; run the same command again" in result.output
+    assert "interrupted" in result.output and "failed" not in result.output  # the status table
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs" / "teacher").exists()
+    assert not (tmp_path / "runs" / "report" / "report.md").exists()
 
 
 def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset):

@@ -23,7 +23,7 @@ from typing import Any
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
 from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically, write_bytes_synced
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.signals import on_signals
 
 #: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
@@ -328,8 +328,9 @@ def remove_stale(out: Path) -> list[Path]:
     return removed
 
 
-class PrepareInterrupted(SftkdError):
-    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with nothing written."""
+class PrepareInterrupted(RunInterrupted):
+    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with nothing written: an
+    interruption like training's, so that a plan stops on it (running it again prepares anew)."""
 
 
 class Signals:

@@ -24,12 +24,11 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkd_cli.data.output import PrepareInterrupted
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
-from sftkd_cli.reproduce.stagework import default_trainers, failure_note, log_error, run_stage
+from sftkd_cli.reproduce.stagework import INTERRUPTS, default_trainers, failure_note, log_error, run_stage
 from sftkd_cli.runtime import set_threads
 
 #: width of the stage logs (they are files: no terminal to measure)
@@ -88,7 +87,7 @@ def run_stage_job(job: StageJob) -> StageResult:
         try:
             status, note = run_stage(stage, job.plan, job.stages, {r.id: r for r in job.results},
                                      trainers, console, job.number, job.total)
-        except (RunInterrupted, PrepareInterrupted, KeyboardInterrupt) as exc:
+        except INTERRUPTS as exc:
             status, note = INTERRUPTED, str(exc) or "interrupted"
         except Exception as exc:  # noqa: BLE001 - the result says it failed; the scheduler goes on
             status, note = FAILED, failure_note(exc)

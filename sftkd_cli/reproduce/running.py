@@ -29,7 +29,7 @@ from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED, TRAIN_
 from sftkd_cli.reproduce.schedule import run_graph
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select
-from sftkd_cli.reproduce.stagework import Trainers, default_trainers, failure_note, log_error, run_stage
+from sftkd_cli.reproduce.stagework import INTERRUPTS, Trainers, default_trainers, failure_note, log_error, run_stage
 
 
 @dataclass
@@ -84,7 +84,7 @@ def run_plan(
         started = time.perf_counter()
         try:
             status, note = run_stage(stage, plan, stages, results, trainers, console, number, len(todo))
-        except (RunInterrupted, KeyboardInterrupt) as exc:
+        except INTERRUPTS as exc:
             results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, str(exc) or "interrupted")
             print_status([results[s.id] for s in todo if s.id in results], console)
             raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue") from None

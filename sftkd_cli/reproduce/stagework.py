@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.reproduce.data import prepare_data
 from sftkd_cli.reproduce.display import model_text
@@ -93,6 +93,11 @@ def evaluate_stage(stage: Stage, plan: Plan) -> None:
     evaluate_run(  # with the run's train.threads, as it trained
         stage.run, data=plan.data.out, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
         model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
+
+
+#: what stops a stage, and with it the plan, rather than failing it: a signal (RunInterrupted,
+#: which prepare-data's PrepareInterrupted is too) or a second Ctrl-C (KeyboardInterrupt)
+INTERRUPTS: tuple[type[BaseException], ...] = (RunInterrupted, KeyboardInterrupt)
 
 
 def failure_note(exc: BaseException) -> str:
