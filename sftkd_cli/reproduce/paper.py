@@ -9,7 +9,7 @@ from typing import Any
 
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.kinds import MODEL_COLUMNS
-from sftkd_cli.reproduce.values import as_mapping, as_text
+from sftkd_cli.reproduce.values import as_mapping, as_metric_names, as_names, as_text, check_choice
 
 
 PAPER_LAYOUTS: tuple[str, ...] = ("table1", "students", "models")
@@ -32,10 +32,9 @@ def paper_spec(value: Any, where: str) -> PaperSpec | None:
         return None
     raw = as_mapping(value, where, ("title", "layout", "metrics", "columns", "rows", "notes"))
     layout = as_text(raw.get("layout"), f"{where}.layout") or "table1"
-    if layout not in PAPER_LAYOUTS:
-        raise SftkdError(f"{where}.layout: {layout!r}{did_you_mean(layout, PAPER_LAYOUTS, list_otherwise=True)}")
-    metrics = tuple(str(m) for m in (raw.get("metrics") or ["PSNR", "SSIM"]))
-    columns = tuple(str(c) for c in (raw.get("columns") or []))
+    check_choice(layout, PAPER_LAYOUTS, f"{where}.layout")
+    metrics = as_metric_names(raw.get("metrics"), f"{where}.metrics") or ("PSNR", "SSIM")
+    columns = as_names(raw.get("columns"), f"{where}.columns")
     if not columns:
         raise SftkdError(f"{where}.columns: expected the paper's column names")
     if layout == "table1":
@@ -89,7 +88,7 @@ def _paper_stat(cell: str) -> tuple[float, float | None] | None:
 
 def table1_column(column: str) -> tuple[float, str] | None:
     """'4x Std-KD' -> (4.0, 'Std-KD'); None when the column is not '<acc>x Std-KD' / '<acc>x SFT-KD-Recon'."""
-    match = re.fullmatch(r"\s*([0-9.]+)x\s+(Std-KD|SFT-KD-Recon)\s*", column)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)x\s+(Std-KD|SFT-KD-Recon)\s*", column)
     return (float(match.group(1)), match.group(2)) if match else None
 
 

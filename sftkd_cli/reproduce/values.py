@@ -38,6 +38,22 @@ def as_path(text: str) -> Path:
     return Path(os.path.expanduser(text))
 
 
+def check_choice(value: str, choices: Sequence[str], where: str) -> None:
+    """`value` must be one of `choices`; else an error naming `where`, with the closest choice."""
+    if value not in choices:
+        raise SftkdError(f"{where}: {value!r}{did_you_mean(value, choices, list_otherwise=True)}")
+
+
+def as_metric_names(value: Any, where: str) -> tuple[str, ...]:
+    """A list of metric names, each one evaluate scores (`sftkd_cli.metrics.METRIC_NAMES`)."""
+    from sftkd_cli.metrics import METRIC_NAMES
+
+    names = as_names(value, where)
+    for name in names:
+        check_choice(name, METRIC_NAMES, where)
+    return names
+
+
 def as_names(value: Any, where: str) -> tuple[str, ...]:
     """A list of strings (a single string is a list of one; None is empty)."""
     if value is None:
