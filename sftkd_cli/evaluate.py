@@ -41,7 +41,7 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
+from sftkd_cli.runs import CHECKPOINT_NAMES, EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
@@ -332,7 +332,7 @@ def _evaluate(
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
 
-    if exported is None and (checkpoint or recipe.eval.checkpoint) not in ("best", "last"):
+    if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
     data_path = Path(data or recipe.data.path)
     if data is None:
@@ -348,7 +348,7 @@ def _evaluate(
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
-        named = which in ("best", "last")
+        named = which in CHECKPOINT_NAMES
         model, state = load_model(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
         check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)

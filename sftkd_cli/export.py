@@ -68,7 +68,7 @@ from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
-from sftkd_cli.runs import check_real_folder, is_role_name, open_run
+from sftkd_cli.runs import CHECKPOINT_NAMES, check_real_folder, is_role_name, open_run
 
 
 #: export format -> default file suffix
@@ -352,7 +352,7 @@ def export_run(
     export (its card beside it)."""
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if checkpoint not in ("best", "last"):
+    if checkpoint not in CHECKPOINT_NAMES:
         raise SftkdError(f"--checkpoint {checkpoint!r}: expected best or last")
     if fmt == "onnx":
         require_onnxruntime()

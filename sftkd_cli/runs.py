@@ -33,6 +33,8 @@ from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, replace_atomical
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
+#: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
+CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
 #: RUN/export/<arch>-<role>.ts), so it is one plain name, never a path
 ROLE_NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -194,6 +194,13 @@ def test_prepare_defaults_match_the_prepare_data_command():
          "bad.yaml: paper.columns: '1.2.3x Std-KD': expected '<acc>x Std-KD'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {metrics: PSNR, columns: [4x Std-KD], rows: {Teacher: [40.05/0.9785]}}\n",
          "rows.Teacher: cell '40.05/0.9785': expected '-' or PSNR numbers"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {evaluate: {checkpoint: bst}}\n",
+         "bad.yaml: stages.evaluate.checkpoint: 'bst'; did you mean best?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {metrics: [PSNR, PSNRR]}}\n",
+         "bad.yaml: stages.compare.metrics: 'PSNRR'; did you mean PSNR?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {metrics: [PSNRR]}\n", "bad.yaml: figures.metrics: 'PSNRR'; did you mean PSNR?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: val_psrn}\n", "bad.yaml: figures.curve: 'val_psrn'; did you mean val_psnr?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: nope}\n", "bad.yaml: figures.curve: 'nope'; expected one of val_l1"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: 42\n", "seeds: expected a list of integer seeds"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, x]\n", "seeds: 'x': expected an integer between 0 and 2\\*\\*32-1"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, -1]\n", "seeds: -1: expected an integer"),
@@ -409,6 +416,17 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     assert f"| Teacher | {ours} | 40.05/0.9785 |" in text
     sft_kd = json.loads((plan.runs_dir / "sft-kd-at" / "metrics.json").read_text())["metrics"]
     assert "| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
+
+
+def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_training(tmp_path, tiny_dataset):
+    """stages.evaluate.split names a split of the dataset, which the plan file alone cannot know:
+    the data stage checks it, so a typo fails before any training, not after all of it."""
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, "  evaluate: {split: tset}\n"), ["train.device=cpu"])
+    outcome = run_plan(plan, only=["data", "teacher", "eval-teacher"], console=quiet())
+    data, teacher, evaluation = outcome.results
+    assert data.status == "failed" and data.note == (f"{plan.path}: stages.evaluate.split: split 'tset' not in dataset "
+                                                     f"{tiny_dataset} (has train, val, test)"), data.note
+    assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

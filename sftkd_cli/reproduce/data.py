@@ -82,6 +82,18 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
     return not result.unchanged
 
 
+def check_split(out: Path, split: str, where: str) -> None:
+    """`split` (the plan's stages.evaluate.split) must be a non-empty split of the dataset at
+    `out`: the data stage checks it once the dataset exists, before any training, since the plan
+    file alone cannot know the dataset's split names. `where` names the plan and key."""
+    from sftkd_cli.data.dataset import load_manifest, split_volumes
+
+    try:
+        split_volumes(load_manifest(out), out, split)
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}") from None
+
+
 def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:
     """Whether `out` holds a complete dataset that prepare-data wrote with exactly `options`: what
     the data stage can tell without reading the source (whose checksums it then cannot compare)."""

@@ -14,7 +14,7 @@ from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
 from sftkd_cli.reproduce.paper import PaperSpec, paper_spec
-from sftkd_cli.reproduce.values import as_mapping, as_names, as_path, as_text
+from sftkd_cli.reproduce.values import as_mapping, as_metric_names, as_names, as_path, as_text, check_choice
 
 
 #: recipe keys the plan sets itself, and where to set them instead
@@ -152,6 +152,7 @@ def load_plan(
     evaluate = _options(stages_raw.get("evaluate"), f"{where} stages.evaluate", EVALUATE_DEFAULTS)
     compare = _options(stages_raw.get("compare"), f"{where} stages.compare", COMPARE_DEFAULTS)
     figures = _options(raw.get("figures"), f"{where} figures", FIGURE_DEFAULTS)
+    _check_option_names(evaluate, compare, figures, where)
     if figures["method"] is not None and figures["method"] not in methods:
         raise SftkdError(f"{where} figures.method: {figures['method']!r} is not among stages.kd.methods {list(methods)}")
     variants = _variants(raw.get("variants"), f"{where} variants")
@@ -264,6 +265,19 @@ def _options(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any]
     if volume is not None and not isinstance(volume, str):
         raise SftkdError(f"{where}.volume: expected a volume id (a string), got {volume!r}")
     return out
+
+
+def _check_option_names(evaluate: dict[str, Any], compare: dict[str, Any], figures: dict[str, Any], where: str) -> None:
+    """The names in the options blocks that the plan file alone can check: a typo fails at load
+    (and --dry-run), not after all the training. stages.evaluate.split names a split of the
+    dataset, which may not exist yet: the data stage checks it (`data.check_split`)."""
+    from sftkd_cli.report.figures import CURVE_LABELS
+    from sftkd_cli.runs import CHECKPOINT_NAMES
+
+    check_choice(evaluate["checkpoint"], CHECKPOINT_NAMES, f"{where} stages.evaluate.checkpoint")
+    as_metric_names(compare["metrics"], f"{where} stages.compare.metrics")
+    as_metric_names(figures["metrics"], f"{where} figures.metrics")
+    check_choice(figures["curve"], tuple(CURVE_LABELS), f"{where} figures.curve")
 
 
 def _describe(default: Any) -> str:

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
-from sftkd_cli.reproduce.data import prepare_data
+from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
 from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.report import write_report
@@ -50,7 +50,9 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
 
     if stage.kind == "data":
         header(f"{plan.data.source} -> {plan.data.out}")
-        return (DONE, "prepared") if prepare_data(plan.data, plan.path, console) else (SKIPPED, "up to date")
+        wrote = prepare_data(plan.data, plan.path, console)
+        check_split(plan.data.out, plan.evaluate["split"], f"{plan.path}: stages.evaluate.split")
+        return (DONE, "prepared") if wrote else (SKIPPED, "up to date")
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
         state, detail = training_state(stage)
