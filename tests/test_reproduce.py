@@ -201,6 +201,18 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {metrics: [PSNRR]}\n", "bad.yaml: figures.metrics: 'PSNRR'; did you mean PSNR?"),
         ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: val_psrn}\n", "bad.yaml: figures.curve: 'val_psrn'; did you mean val_psnr?"),
         ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: nope}\n", "bad.yaml: figures.curve: 'nope'; expected one of val_l1"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {size: abc}}\n", "bad.yaml: data.options.size: 'abc': expected two integers H W"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {size: [32]}}\n", "bad.yaml: data.options.size: [32]: expected two integers H W"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {size: [32, 32, 32]}}\n", "data.options.size: [32, 32, 32]: expected two integers"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {size: [2, 32]}}\n", "data.options.size: [2, 32]: expected two integers H W, each from 4"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [4, x]}}\n", "data.options.accelerations: [4, 'x']: expected a list of numbers"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [1]}}\n", "bad.yaml: data.options.accelerations: 1: expected a number > 1"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {downsample: -3}}\n", "bad.yaml: data.options.downsample: -3: expected an integer >= 1"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {downsample: 2.5}}\n", "data.options.downsample: 2.5: expected an integer >= 1"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {slab: abc}}\n", "bad.yaml: data.options.slab: 'abc': expected an integer"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {mask_files: m.npy}}\n", "data.options.mask_files: 'm.npy': expected a mapping"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [4], mask_files: {5: m.npy}}}\n",
+         "data.options.mask_files: 5=...: acceleration 5 is not among accelerations 4"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: 42\n", "seeds: expected a list of integer seeds"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, x]\n", "seeds: 'x': expected an integer between 0 and 2\\*\\*32-1"),
         ("plan: 1\ndata: {source: prepared, out: d}\nseeds: [42, -1]\n", "seeds: -1: expected an integer"),
@@ -215,6 +227,18 @@ def test_plan_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("[", r"\[")) as info:
         load_plan(path)
     assert "\n" not in str(info.value)
+
+
+def test_data_options_take_one_value_as_a_list_of_one(tmp_path):
+    """data.options as prepare-data takes them: `accelerations: 4` is [4] (as --acc 4) and
+    `val: vol1` one volume id, not its letters."""
+    from sftkd_cli.reproduce.data import checked_options
+
+    path = tmp_path / "plan.yaml"
+    path.write_text("plan: 1\ndata: {source: nifti, root: raw, out: d, options: {accelerations: 4, val: vol1, size: [16, 16]}}\n")
+    plan = load_plan(path)
+    options = checked_options(plan.data.source, plan.data.options, "plan.yaml: data")
+    assert (options.accelerations, options.val, options.size) == ((4.0,), ("vol1",), (16, 16))
 
 
 def test_stage_recipe_errors_name_the_stage(tmp_path, tiny_dataset):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkd_cli.data.options import PrepareOptions, prepare_default
+from sftkd_cli.data.options import OptionNames, PrepareOptions, prepare_default
+from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:
     from sftkd_cli.data.sources.base import Source
@@ -65,19 +66,33 @@ class SourceSpec:
         """The default of a shared prepare option for this source (e.g. acdc 'size' -> (150, 150))."""
         return self.defaults[key] if key in self.defaults else prepare_default(key)
 
-    def prepare_options(self, values: Mapping[str, Any]) -> PrepareOptions:
+    def prepare_options(self, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> PrepareOptions:
         """`PrepareOptions` from option values keyed by field name (a plan's `data.options`, the
         command's parsed options); this source's defaults fill the missing ones, its own options
-        are ignored. Raises TypeError/ValueError/IndexError for a value of the wrong type."""
+        are ignored. A value of the wrong type is an SftkdError naming the option as `name` does."""
         known = {f.name for f in fields(PrepareOptions)}
-        return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in known}})
+        return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in known}}, name)
+
+    def own_values(self, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> dict[str, Any]:
+        """This source's own options from `values` as their types (missing ones: their defaults;
+        other keys ignored); a value of the wrong type is an SftkdError naming the option as
+        `name` does (the command's flag is the option's own, not derived from its key)."""
+        out = {}
+        for option in self.options:
+            raw = values.get(option.key, option.default)
+            try:
+                out[option.key] = option.value(raw)
+            except (TypeError, ValueError):
+                shown = f"{option.flag} {raw}" if not name.prefix else name(option.key, repr(raw))
+                expected = {int: "an integer", float: "a number"}.get(option.type, "a string")
+                raise SftkdError(f"{shown}: expected {expected}") from None
+        return out
 
     def make_source(self, root: Path | None, values: Mapping[str, Any]) -> Source:
-        """The `Source`, built from its own options in `values` (missing ones: their defaults;
-        other keys ignored). Raises TypeError/ValueError for a value of the wrong type."""
-        module, name = self.source_class.split(":")
-        cls = getattr(importlib.import_module(module), name)
-        kwargs = {o.key: o.value(values.get(o.key, o.default)) for o in self.options}
+        """The `Source`, built from its own options in `values` (`own_values`)."""
+        module, class_name = self.source_class.split(":")
+        cls = getattr(importlib.import_module(module), class_name)
+        kwargs = self.own_values(values)
         if not self.needs_root:
             return cls(**kwargs)
         assert root is not None, f"source {self.name} needs a root folder"

@@ -2,15 +2,17 @@
 
 `PrepareOptions.from_values` turns option values keyed by field name (a plan's `data.options`,
 or the command's options once `--acc` / `--mask-file` are parsed here) into checked types, so the
-command and `sftkd reproduce` prepare alike. Light on purpose (no NumPy): command help and plan
-checks import it; the mask and split modules are imported when options are validated or used.
+command and `sftkd reproduce` prepare alike. Its errors, and `validate`'s, name an option as the
+command spells it (`--size 32 32`) or, given `OptionNames("plan.yaml: data.options.")`, as a
+plan does (`plan.yaml: data.options.size: [32]`). Light on purpose (no NumPy): command help and plan checks import it;
+the mask and split modules are imported when options are validated or used.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,25 @@ if TYPE_CHECKING:
     from sftkd_cli.data.sources.base import SplitRequest
 
 _MASK_PAIR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*=(.+)$")
+#: the command's flags that are not --<the key, '_' as '-'>
+_FLAGS = {"accelerations": "--acc", "mask_files": "--mask-file"}
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How an error names an option and its value: as the prepare-data command spells it
+    ('--size 32 32'; the default) or, with a `prefix`, as a plan's key ('plan.yaml:
+    data.options.size: [32]'; `ref`, for another option within the message: 'task sr')."""
+
+    prefix: str = ""
+
+    def __call__(self, key: str, shown: str = "") -> str:
+        if not self.prefix:
+            return f"{_FLAGS.get(key, '--' + key.replace('_', '-'))} {shown}".rstrip()
+        return f"{self.prefix}{key}" + (f": {shown}" if shown else "")
+
+    def ref(self, key: str, shown: str = "") -> str:
+        return self(key, shown) if not self.prefix else f"{key} {shown}".rstrip()
 
 
 @dataclass
@@ -53,70 +74,78 @@ class PrepareOptions:
     task: str = "recon"  # recon: undersampled k-space per acceleration | sr: low-resolution input per scale
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> PrepareOptions:
+    def from_values(cls, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> PrepareOptions:
         """Options from values keyed by field name (missing ones: the field defaults; no
-        accelerations: those of the mask files, else 4 and 5, sr: 4). Raises TypeError,
-        ValueError or IndexError for a value of the wrong type (callers say where it came from)."""
-        def get(key: str) -> Any:
-            return values.get(key, _DEFAULTS[key])
+        accelerations: those of the mask files, else 4 and 5, sr: 4). A value of the wrong type
+        (a word for a number, one number for a size) is a one-line SftkdError naming the option
+        as `name` does; a single value where a list goes is a list of one."""
+        def get(key: str, convert: Callable[[Any], Any], expected: str) -> Any:
+            value = values.get(key, _DEFAULTS[key])
+            try:
+                return convert(value)
+            except (TypeError, ValueError):
+                shown = repr(value) if name.prefix else str(value)
+                raise SftkdError(f"{name(key, shown)}: expected {expected}") from None
 
-        size = get("size")
-        mask_files = {float(a): Path(p) for a, p in (get("mask_files") or {}).items()}
-        task = str(get("task"))
-        accelerations = get("accelerations") or default_accelerations(task, mask_files)
+        size = get("size", _optional(_size), f"two integers H W, each from 4 to {MAX_SIZE}")
+        mask_files = get("mask_files", _mask_files, "a mapping of acceleration -> mask file")
+        task = get("task", str, "a task name")
+        accelerations = get("accelerations", lambda v: tuple(_number(a) for a in _listed(v)), "a list of numbers > 1")
         return cls(
-            size=None if size is None else (int(size[0]), int(size[1])),
-            slice_axis=int(get("slice_axis")), downsample=int(get("downsample")),
-            accelerations=tuple(float(a) for a in accelerations),
-            mask_kind=str(get("mask_kind")), mask_files=mask_files, mask_layout=str(get("mask_layout")),
-            center_fraction=get("center_fraction"), seed=int(get("seed")),
-            val_fraction=get("val_fraction"), test_fraction=get("test_fraction"),
-            val=tuple(str(v) for v in get("val") or ()), test=tuple(str(v) for v in get("test") or ()),
-            min_slice_mean=float(get("min_slice_mean")), force=bool(get("force")), task=task,
+            size=size,
+            slice_axis=get("slice_axis", _integer, "an integer"), downsample=get("downsample", _integer, "an integer >= 1"),
+            accelerations=accelerations or default_accelerations(task, mask_files),
+            mask_kind=get("mask_kind", str, "a mask kind"), mask_files=mask_files,
+            mask_layout=get("mask_layout", str, "a k-space layout"),
+            center_fraction=get("center_fraction", _optional(_number), "a number in [0, 1]"),
+            seed=get("seed", _integer, "an integer"),
+            val_fraction=get("val_fraction", _optional(_number), "a number in [0, 1)"),
+            test_fraction=get("test_fraction", _optional(_number), "a number in [0, 1)"),
+            val=get("val", _ids, "a list of volume ids"), test=get("test", _ids, "a list of volume ids"),
+            min_slice_mean=get("min_slice_mean", _number, "a number in [0, 1)"), force=bool(values.get("force", False)),
+            task=task,
         )
 
-    def validate(self) -> None:
-        """Raise a one-line SftkdError for any value out of range."""
+    def validate(self, name: OptionNames = OptionNames()) -> None:
+        """Raise a one-line SftkdError for any value out of range, naming the option as `name` does."""
         from sftkd_cli.mri.masks import LAYOUTS
 
         if self.task not in TASKS:
-            raise SftkdError(f"--task {self.task}: expected one of {', '.join(TASKS)}")
-        if self.task == "sr" and self.mask_files:
-            raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
-        if self.task == "sr" and self.center_fraction is not None:
-            raise SftkdError("--center-fraction: not used by --task sr (the scale fixes the central k-space box); remove it")
+            raise SftkdError(f"{name('task', self.task)}: expected one of {', '.join(TASKS)}")
+        for key, unused in (("mask_files", bool(self.mask_files)), ("center_fraction", self.center_fraction is not None)):
+            if self.task == "sr" and unused:
+                raise SftkdError(f"{name(key)}: not used by {name.ref('task', 'sr')} (the scale fixes the central "
+                                 "k-space box); remove it")
         if self.size is not None:
             if len(self.size) != 2 or any(int(s) != s or s < 4 or s > MAX_SIZE for s in self.size):
-                raise SftkdError(f"--size {self.size}: expected two integers H W, "
-                                 f"each from 4 to {MAX_SIZE}")
+                raise SftkdError(f"{name('size', str(list(self.size) if name.prefix else self.size))}: expected two integers H W, each from 4 to {MAX_SIZE}")
         if self.slice_axis not in (0, 1, 2, -1, -2, -3):
-            raise SftkdError(f"--slice-axis {self.slice_axis}: expected 0, 1 or 2 (or -1 for the last)")
+            raise SftkdError(f"{name('slice_axis', str(self.slice_axis))}: expected 0, 1 or 2 (or -1 for the last)")
         if self.downsample < 1:
-            raise SftkdError(f"--downsample {self.downsample}: expected an integer >= 1")
+            raise SftkdError(f"{name('downsample', str(self.downsample))}: expected an integer >= 1")
         if not self.accelerations:
-            raise SftkdError("--acc: expected at least one acceleration")
+            raise SftkdError(f"{name('accelerations')}: expected at least one acceleration")
         for acc in self.accelerations:
             if not (math.isfinite(acc) and acc > 1):
-                raise SftkdError(f"--acc {acc:g}: expected a number > 1")
+                raise SftkdError(f"{name('accelerations', f'{acc:g}')}: expected a number > 1")
         keys = [acceleration_key(a) for a in self.accelerations]
+        listed = ", ".join(f"{a:g}" for a in self.accelerations)
         if len(set(keys)) != len(keys):
-            raise SftkdError(f"--acc {', '.join(f'{a:g}' for a in self.accelerations)}: repeated value")
+            raise SftkdError(f"{name('accelerations', listed)}: repeated value")
         for acc in self.mask_files:
             if acceleration_key(acc) not in keys:
-                raise SftkdError(
-                    f"--mask-file {acc:g}=...: acceleration {acc:g} is not among --acc "
-                    f"{', '.join(f'{a:g}' for a in self.accelerations)}"
-                )
+                raise SftkdError(f"{name('mask_files', f'{acc:g}=...')}: acceleration {acc:g} is not among "
+                                 f"{name.ref('accelerations', listed)}")
         if self.mask_kind not in ALL_KINDS:
-            raise SftkdError(f"--mask-kind {self.mask_kind}: expected one of {', '.join(ALL_KINDS)}")
+            raise SftkdError(f"{name('mask_kind', self.mask_kind)}: expected one of {', '.join(ALL_KINDS)}")
         if self.mask_layout not in LAYOUTS:
-            raise SftkdError(f"--mask-layout {self.mask_layout}: expected one of {', '.join(LAYOUTS)}")
+            raise SftkdError(f"{name('mask_layout', self.mask_layout)}: expected one of {', '.join(LAYOUTS)}")
         if self.center_fraction is not None and not 0 <= self.center_fraction <= 1:
-            raise SftkdError(f"--center-fraction {self.center_fraction:g}: expected a number in [0, 1]")
+            raise SftkdError(f"{name('center_fraction', f'{self.center_fraction:g}')}: expected a number in [0, 1]")
         if not 0 <= self.seed < 2**32:  # numpy's and the fastMRI masks' seeds are 32-bit
-            raise SftkdError(f"--seed {self.seed}: expected an integer from 0 to {2**32 - 1}")
+            raise SftkdError(f"{name('seed', str(self.seed))}: expected an integer from 0 to {2**32 - 1}")
         if not 0 <= self.min_slice_mean < 1:
-            raise SftkdError(f"--min-slice-mean {self.min_slice_mean:g}: expected a number in [0, 1)")
+            raise SftkdError(f"{name('min_slice_mean', f'{self.min_slice_mean:g}')}: expected a number in [0, 1)")
 
     def record(self) -> dict[str, Any]:
         """The options as recorded in the manifest (JSON types, `force` left out)."""
@@ -150,6 +179,63 @@ PREPARE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PrepareOptions) if 
 def prepare_default(key: str) -> Any:
     """The default of option `key` when the source sets none (e.g. 'seed' -> 42)."""
     return _DEFAULTS[key]
+
+
+# --------------------------------------------------------------------------- value conversions (from_values)
+
+
+def _integer(value: Any) -> int:
+    """An integer (or its text, or a whole float); TypeError/ValueError otherwise (a bool too)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _number(value: Any) -> float:
+    """A number (or its text); TypeError/ValueError otherwise (a bool too)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert`, with None kept as None."""
+    return lambda value: None if value is None else convert(value)
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list or tuple as a list, one plain value as a list of one, None as []; TypeError otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]
+    raise TypeError(value)
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """Exactly two integers (H, W); TypeError/ValueError otherwise."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(value)
+    return _integer(value[0]), _integer(value[1])
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    """Volume ids: a list of names (numbers are taken as their text), or one."""
+    items = _listed(value)
+    if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items):
+        raise TypeError(value)
+    return tuple(str(v) for v in items)
+
+
+def _mask_files(value: Any) -> dict[float, Path]:
+    """{acceleration: mask file} (None: none); TypeError/ValueError otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(p, (str, Path)) for p in value.values()):
+        raise TypeError(value)
+    return {_number(a): Path(p) for a, p in value.items()}
 
 
 # --------------------------------------------------------------------------- command-line values

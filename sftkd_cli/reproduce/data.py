@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
-from sftkd_cli.data.options import PREPARE_KEYS
+from sftkd_cli.data.options import PREPARE_KEYS, OptionNames, PrepareOptions
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text
 
@@ -49,7 +49,19 @@ def data_spec(value: Any, where: str) -> DataSpec:
     options = as_mapping(raw.get("options"), f"{where}.options", (*PREPARE_KEYS, *own))
     if source == "prepared" and options:
         raise SftkdError(f"{where}.options: source prepared uses {out} as it is; remove the options")
+    if source in CATALOG:
+        checked_options(source, options, where)  # a wrong value fails when the plan is read
     return DataSpec(source, as_path(out), None if root is None else as_path(root), options)
+
+
+def checked_options(source: str, options: dict[str, Any], where: str) -> PrepareOptions:
+    """The plan's data.options as `prepare-data <source>` takes them, every value checked (its
+    type, then its range, the source's own options too); errors name `where`.options.<key>."""
+    spec, name = CATALOG[source], OptionNames(f"{where}.options.")
+    prepared = spec.prepare_options(options, name)
+    prepared.validate(name)
+    spec.own_values(options, name)
+    return prepared
 
 
 def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
@@ -62,16 +74,11 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         return False
     from sftkd_cli.data.prepare import prepare_dataset
 
-    spec = CATALOG[data.source]
-    try:  # the plan's values as `prepare-data <source>` would take them
-        prepared = spec.prepare_options(data.options)
-        source = spec.make_source(data.root, data.options)
-    except (TypeError, ValueError, IndexError) as exc:
-        raise SftkdError(f"{plan_path}: data.options: {exc}") from None
+    prepared = checked_options(data.source, data.options, f"{plan_path}: data")
+    source = CATALOG[data.source].make_source(data.root, data.options)
     try:
         source.files()
     except SftkdError as exc:  # e.g. the demo's template package (nilearn) is not installed
-        prepared.validate()
         if not _prepared_alike(data.out, {"source": source.name, **source.options(), **prepared.record()}):
             raise
         console.print(f"dataset {data.out}: up to date (prepared with these options; its source could not be "
