@@ -468,14 +468,25 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
         (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
         (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),
+        (recipe.distill.stage1_epochs >= 0, "distill.stage1_epochs", "0 or more"),
     ]
     for ok, key, expected in checks:
         if not ok:
             section, name = key.split(".")
             raise SftkdError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}")
+    _check_schedule(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
     _check_dataset_task(recipe.data)
+
+
+def _check_schedule(recipe: Recipe) -> None:
+    """Two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1
+    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all."""
+    stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
+    if recipe.distill.schedule == "two-stage" and not 1 <= stage1 < epochs:
+        raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
+                         f"with distill.schedule two-stage, got {stage1}")
 
 
 def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:

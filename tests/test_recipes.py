@@ -70,3 +70,21 @@ def test_cross_field_validation():
 
 def test_scientific_notation_without_a_dot_is_a_float():
     assert load_recipe(None, ["train.lr=1e-4"]).train.lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["distill.schedule=two-stage"],  # stage1_epochs 0: a plain L1 student recorded as a KD run
+        ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=10"],  # no L1 stage
+        ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=-1"],
+        ["distill.stage1_epochs=-1"],
+    ],
+)
+def test_two_stage_needs_both_stages(overrides):
+    with pytest.raises(SftkdError, match=r"^distill\.stage1_epochs: expected"):
+        validate(load_recipe(None, overrides))
+
+
+def test_two_stage_with_both_stages_is_valid():
+    validate(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))

@@ -30,7 +30,7 @@ def distill_command(
     student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=methods_help())] = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint.")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (feature loss for distill.stage1_epochs, then L1 fine-tuning with a fresh Adam and LR schedule: the reference code).")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (the feature loss alone for distill.stage1_epochs epochs, which two-stage needs set: at least 1, fewer than train.epochs; then L1 fine-tuning with a fresh Adam and LR schedule: the reference code).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
