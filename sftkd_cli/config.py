@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import typing
@@ -475,6 +476,7 @@ def validate(recipe: Recipe) -> None:
             section, name = key.split(".")
             raise SftkdError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}")
     _check_schedule(recipe)
+    _check_loss_weights(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
     _check_dataset_task(recipe.data)
@@ -487,6 +489,17 @@ def _check_schedule(recipe: Recipe) -> None:
     if recipe.distill.schedule == "two-stage" and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
                          f"with distill.schedule two-stage, got {stage1}")
+
+
+def _check_loss_weights(recipe: Recipe) -> None:
+    """Every loss weight (sft.w_*, distill.w_*) is a finite number >= 0: a negative one would be
+    ignored (distill.w_imit) or turn descent into ascent, and nan/inf only fail later as a bad loss."""
+    for section in ("sft", "distill"):
+        config = getattr(recipe, section)
+        for item in dataclasses.fields(config):
+            value = getattr(config, item.name)
+            if item.name.startswith("w_") and not (math.isfinite(value) and value >= 0):
+                raise SftkdError(f"{section}.{item.name}: expected a finite number >= 0, got {value!r}")
 
 
 def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:

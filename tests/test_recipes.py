@@ -88,3 +88,15 @@ def test_two_stage_needs_both_stages(overrides):
 
 def test_two_stage_with_both_stages_is_valid():
     validate(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
+
+
+@pytest.mark.parametrize("key", ["sft.w_teacher", "sft.w_student", "sft.w_imit", "distill.w_rec", "distill.w_kd",
+                                 "distill.w_imit"])
+@pytest.mark.parametrize("value", ["-1", ".nan", ".inf", "-.inf"])
+def test_loss_weights_are_finite_and_not_negative(key, value):
+    with pytest.raises(SftkdError, match=rf"^{key.replace('.', '[.]')}: expected a finite number >= 0, got"):
+        validate(load_recipe(None, [f"{key}={value}"]))
+
+
+def test_zero_loss_weights_are_valid():
+    validate(load_recipe(None, ["sft.w_imit=0", "distill.w_kd=0", "distill.w_imit=0.5"]))
