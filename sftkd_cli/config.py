@@ -24,7 +24,7 @@ import yaml
 
 from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
-from sftkd_cli.safe_yaml import YamlRefused, load_yaml, parse_yaml, refused_error
+from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, refused_error
 from sftkd_cli.safe_yaml import read_yaml_file  # noqa: F401 - plans read through this module
 
 #: a run name is one folder name of at most this many bytes (UTF-8)
@@ -188,7 +188,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return dict(value)
     expected = getattr(kind, "__name__", str(kind))
     shown = repr(value)
-    raise SftkdError(f"{where}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}")
+    hint = " (numbers are decimal, without a leading 0)" if isinstance(value, str) and NOT_DECIMAL.fullmatch(value) else ""
+    raise SftkdError(f"{where}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}{hint}")
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:

@@ -1,11 +1,13 @@
 """YAML text read safely: every YAML text sftkd reads (recipes, plans, `section.key=value`
 overrides) goes through `load_yaml` (or `parse_yaml`): anchors and aliases are refused (an alias
 "bomb" of a few hundred bytes expands to gigabytes), a repeated key is refused, and the size,
-nesting depth and number of values are bounded.
+nesting depth and number of values are bounded. Numbers are decimal, as in YAML 1.2 (YAML 1.1
+would read 042 as 34): see `_DECIMAL_INT`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,51 @@ class _BoundedLoader(yaml.SafeLoader):
                     raise YamlRefused(f"repeats the key {key!r}; expected each key once", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+#: a plain integer is decimal (YAML 1.2): YAML 1.1 reads 042 as 34 (octal), 0x10 as 16 and 1:30 as
+#: 90 (base 60), values a recipe would take silently; those stay text, which a number key refuses
+_DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+#: YAML 1.1's floats (1.5, 1.0e-3, .inf, .nan) without its base-60 form (1:30.5 is 90.5)
+_FLOAT = re.compile(r"""[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                       |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                       |[-+]?\.(?:inf|Inf|INF)
+                       |\.(?:nan|NaN|NAN)""", re.X)
+#: what YAML 1.1 would have read as a number in another base (octal, hex, binary, base 60)
+NOT_DECIMAL = re.compile(r"[-+]?(?:0[0-9_]+|0[xob][0-9a-fA-F_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?)")
+
+
+def _decimal_resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    """SafeLoader's implicit resolvers with its int and float ones replaced by `_DECIMAL_INT` and `_FLOAT`."""
+    resolvers = {first: [(tag, regexp) for tag, regexp in pairs if tag not in (_INT_TAG, _FLOAT_TAG)]
+                 for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for tag, regexp, firsts in ((_INT_TAG, _DECIMAL_INT, "-+0123456789"), (_FLOAT_TAG, _FLOAT, "-+0123456789.")):
+        for first in firsts:
+            resolvers.setdefault(first, []).append((tag, re.compile(rf"^(?:{regexp.pattern})$", re.X)))
+    return resolvers
+
+
+_BoundedLoader.yaml_implicit_resolvers = _decimal_resolvers()
+
+
+def _construct_int(loader: _BoundedLoader, node: yaml.ScalarNode) -> int:
+    """An explicit `!!int` is decimal too (see `_DECIMAL_INT`)."""
+    text = loader.construct_scalar(node)
+    if not _DECIMAL_INT.fullmatch(text):
+        raise yaml.constructor.ConstructorError(None, None, f"expected a decimal integer, got {text!r}", node.start_mark)
+    return int(text.replace("_", ""))
+
+
+def _construct_float(loader: _BoundedLoader, node: yaml.ScalarNode) -> float:
+    """An explicit `!!float` has no base-60 form (see `_FLOAT`)."""
+    if ":" in loader.construct_scalar(node):
+        raise yaml.constructor.ConstructorError(None, None, "expected a decimal number", node.start_mark)
+    return loader.construct_yaml_float(node)
+
+
+_BoundedLoader.add_constructor(_INT_TAG, _construct_int)
+_BoundedLoader.add_constructor(_FLOAT_TAG, _construct_float)
 
 
 def parse_yaml(text: str) -> Any:

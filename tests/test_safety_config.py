@@ -228,8 +228,25 @@ def test_option_values_reach_the_recipe_as_typed(tmp_path, name):
 
 
 def test_plain_overrides_keep_yaml_typing():
-    recipe = yaml.safe_load(sftkd("train-teacher", "train.epochs=0x10", "train.lr=1e-4", "--print-recipe").output)
-    assert recipe["train"]["epochs"] == 16 and recipe["train"]["lr"] == 1e-4
+    recipe = yaml.safe_load(sftkd("train-teacher", "train.epochs=1_6", "train.lr=1e-4", "train.lr_gamma=.5",
+                                  "train.deterministic=yes", "--print-recipe").output)
+    assert recipe["train"]["epochs"] == 16 and recipe["train"]["lr"] == 1e-4 and recipe["train"]["lr_gamma"] == 0.5
+    assert recipe["train"]["deterministic"] is True
+
+
+@pytest.mark.parametrize("text", ["042", "010", "0x10", "0o17", "0b101", "1:30", "!!int 010"])
+def test_numbers_are_decimal_in_overrides_and_recipe_files(tmp_path, text):
+    """YAML 1.1 reads train.seed=042 as 34, 0x10 as 16, 1:30 as 90: refused, never another value."""
+    hint = () if text.startswith("!!") else ("numbers are decimal",)
+    one_error_line("train-teacher", f"train.seed={text}", "--print-recipe", names=("train.seed", "expected int", *hint))
+    recipe = tmp_path / "seed.yaml"
+    recipe.write_text(f"train:\n  seed: {text}\n")
+    one_error_line("train-teacher", recipe, "--print-recipe", names=(str(recipe),))
+
+
+@pytest.mark.parametrize("text", ["1:30.5", "0x1", "!!float 1:30.5"])
+def test_base_60_and_hex_floats_are_refused(text):
+    one_error_line("train-teacher", f"train.lr_gamma={text}", "--print-recipe", names=("train.lr_gamma", "expected float"))
 
 
 @pytest.mark.parametrize("name", ["0x10", "010", "yes", "12:30", "1_000", "2024-01-01", "null"])
