@@ -24,7 +24,7 @@ import yaml
 
 from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
-from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, refused_error
+from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 from sftkd_cli.safe_yaml import read_yaml_file  # noqa: F401 - plans read through this module
 
 #: a run name is one folder name of at most this many bytes (UTF-8)
@@ -259,12 +259,27 @@ def load_recipe(
     source = "defaults"
     if path is not None:
         source = str(path)
-        raw = read_yaml_file(path, "recipe") or {}
+        text = read_yaml_text(path, "recipe")
+        raw = load_yaml(text, source) or {}
         if not isinstance(raw, dict):
             raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
+        _keep_written_text(raw, text)
     for setting in [*parse_overrides(overrides or []), *settings]:
         apply_setting(raw, setting)
     return recipe_from_dict(raw, source)
+
+
+def _keep_written_text(raw: dict[str, Any], text: str) -> None:
+    """The text keys of a recipe file (see `_is_text`) take their values as written, as overrides
+    do: YAML would read `run.name: 1.50` as 1.5 and `data.val_split: no` as false."""
+    written = parse_yaml(text, as_text=True)  # the same document as `raw`, every plain scalar as text
+    for section, values in raw.items():
+        texts = written.get(section) if isinstance(section, str) else None
+        if not (isinstance(values, dict) and isinstance(texts, dict)):
+            continue
+        for key in values:
+            if isinstance(key, str) and _is_text([section, key]) and isinstance(texts.get(key), str):
+                values[key] = texts[key]
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[Setting]:

@@ -117,9 +117,17 @@ _BoundedLoader.add_constructor(_INT_TAG, _construct_int)
 _BoundedLoader.add_constructor(_FLOAT_TAG, _construct_float)
 
 
-def parse_yaml(text: str) -> Any:
-    """One YAML document through `_BoundedLoader` (raises yaml's errors, YamlRefused, ValueError)."""
-    loader = _BoundedLoader(text)
+class _TextLoader(_BoundedLoader):
+    """`_BoundedLoader` that reads every plain scalar as the text written (a merge key still merges)."""
+
+
+_TextLoader.yaml_implicit_resolvers = {"<": list(yaml.SafeLoader.yaml_implicit_resolvers["<"])}
+
+
+def parse_yaml(text: str, as_text: bool = False) -> Any:
+    """One YAML document through `_BoundedLoader` (raises yaml's errors, YamlRefused, ValueError);
+    with `as_text`, every plain scalar is the text written (`1.50` stays "1.50", `no` stays "no")."""
+    loader = (_TextLoader if as_text else _BoundedLoader)(text)
     try:
         return loader.get_single_data()
     finally:
@@ -148,6 +156,11 @@ def load_yaml(text: str, source: str) -> Any:
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """Read and parse the YAML file `path` (a `what`: recipe, plan) with the limits of `load_yaml`."""
+    return load_yaml(read_yaml_text(path, what), str(path))
+
+
+def read_yaml_text(path: str | Path, what: str) -> str:
+    """The text of the YAML file `path` (a `what`), refused in one line when it cannot be one."""
     p = Path(path)
     if not p.is_file():
         raise SftkdError(f"{path}: {what} file not found")
@@ -160,4 +173,4 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         raise SftkdError(f"{path}: not UTF-8 text; expected a YAML {what} file") from None
     except OSError as exc:
         raise SftkdError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return load_yaml(text, str(path))
+    return text

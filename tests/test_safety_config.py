@@ -259,6 +259,17 @@ def test_text_overrides_keep_the_text_as_typed(name):
     assert recipe["train"]["channels_last"] == "true"
 
 
+@pytest.mark.parametrize("name", ["010", "1.50", "no", "On", "0x10", "12:30", "1_000", "1.0e+3", "2024-01-01", "null"])
+def test_text_keys_in_a_recipe_file_keep_the_text_as_written(tmp_path, name):
+    """As the same overrides: YAML would read run.name: 1.50 as 1.5 and data.val_split: no as false."""
+    recipe = tmp_path / "text.yaml"
+    recipe.write_text(f"run:\n  name: {name}\ndata:\n  val_split: {name}\n  path: {name}\n")
+    from_file = yaml.safe_load(sftkd("train-teacher", recipe, "--print-recipe").output)
+    assert from_file["run"]["name"] == from_file["data"]["val_split"] == from_file["data"]["path"] == name
+    overrides = [f"run.name={name}", f"data.val_split={name}", f"data.path={name}"]
+    assert from_file == yaml.safe_load(sftkd("train-teacher", *overrides, "--print-recipe").output)
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):
