@@ -240,13 +240,24 @@ def _expand_home(recipe: Recipe) -> None:
     recipe.eval.checkpoint = os.path.expanduser(recipe.eval.checkpoint)
 
 
+#: text keys whose values are words, with the words they take for YAML's true and false words
+#: (yes, on, true / no, off, false, as written or read by YAML from a plan); train.amp has no
+#: true word: `train.amp=on` stays "on", which validate refuses as typed
+WORD_KEYS: dict[str, tuple[str | None, str]] = {
+    "train.amp": (None, "off"), "train.cuda_graphs": ("on", "off"),
+    "train.channels_last": ("true", "false"), "sft.batched": ("true", "false"),
+}
+_YAML_TRUE = {spelling for word in ("yes", "on", "true") for spelling in (word, word.capitalize(), word.upper())}
+_YAML_FALSE = {spelling for word in ("no", "off", "false") for spelling in (word, word.capitalize(), word.upper())}
+
+
 def _on_off_words(recipe: Recipe) -> None:
-    """`off` (and `on`) written without quotes are YAML booleans, which a text key reads as
-    "false" ("true"): the keys whose values are words take them back as the words."""
-    words = {"false": "off", "true": "on"}
-    recipe.train.cuda_graphs = words.get(recipe.train.cuda_graphs, recipe.train.cuda_graphs)
-    if recipe.train.amp == "false":
-        recipe.train.amp = "off"
+    """The word keys (`WORD_KEYS`) take YAML's true and false words as their own words."""
+    for dotted, (true_word, false_word) in WORD_KEYS.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        word = true_word if value in _YAML_TRUE else false_word if value in _YAML_FALSE else None
+        setattr(getattr(recipe, section), key, word or value)
 
 
 def load_recipe(
@@ -295,7 +306,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
         shown = item if len(item) <= 80 else item[:77] + "..."
         shown = shown if shown.isprintable() else repr(shown)
         value: Any = ""
-        if _is_text(parts):  # a name or path as typed: YAML would read run.name=010 as 8, yes as true
+        if _is_text(parts):  # a name, path or word as typed: YAML would read run.name=1.50 as 1.5, yes as true
             value = _as_text(text.strip())
         elif text.strip():
             try:
@@ -308,16 +319,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[Setting]:
     return out
 
 
-#: text keys whose values are words (auto/on/off/true/false): read as YAML, as in a recipe file,
-#: so that on, off, yes, no and True keep meaning what they do there
-WORD_KEYS = frozenset({"train.amp", "train.cuda_graphs", "train.channels_last", "sft.batched"})
-
-
 def _is_text(parts: list[str]) -> bool:
-    """Whether section.key (as `parts`) is a free-text key of the recipe (a name or path; False
-    for the word keys and an unknown key)."""
-    if ".".join(parts) in WORD_KEYS:
-        return False
+    """Whether section.key (as `parts`) is a text key of the recipe (a name, path or word; False
+    for an unknown key)."""
     try:
         return _key_type(parts[0], parts[1], "") is str
     except SftkdError:

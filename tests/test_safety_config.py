@@ -270,6 +270,23 @@ def test_text_keys_in_a_recipe_file_keep_the_text_as_written(tmp_path, name):
     assert from_file == yaml.safe_load(sftkd("train-teacher", *overrides, "--print-recipe").output)
 
 
+@pytest.mark.parametrize("word", ["on", "yes", "True"])
+def test_a_refused_word_is_shown_as_typed(tmp_path, word):
+    """train.amp=on used to be refused as "got 'true'", a value nobody typed."""
+    recipe = tmp_path / "amp.yaml"
+    recipe.write_text(f"train:\n  amp: {word}\n")
+    for args in ([f"train.amp={word}"], [recipe], ["--amp", word]):
+        one_error_line("train-teacher", *args, "--print-recipe", names=("train.amp", f"got '{word}'"))
+
+
+def test_word_keys_take_yaml_words_as_their_own(tmp_path):
+    recipe = tmp_path / "words.yaml"
+    recipe.write_text("train:\n  amp: off\n  cuda_graphs: on\n  channels_last: yes\nsft:\n  batched: No\n")
+    printed = yaml.safe_load(sftkd("train-teacher", recipe, "--print-recipe").output)
+    assert (printed["train"]["amp"], printed["train"]["cuda_graphs"]) == ("off", "on")
+    assert (printed["train"]["channels_last"], printed["sft"]["batched"]) == ("true", "false")
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):
