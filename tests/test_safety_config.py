@@ -287,6 +287,19 @@ def test_word_keys_take_yaml_words_as_their_own(tmp_path):
     assert (printed["train"]["channels_last"], printed["sft"]["batched"]) == ("true", "false")
 
 
+def test_a_recipe_path_holding_an_equals_sign_is_the_recipe(tmp_path, monkeypatch):
+    """Run names may hold `=` (runs/lr=1e-3/recipe.yaml): such a path is the recipe, not an override."""
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs", "lr=1e-3")
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("train:\n  epochs: 3\n")
+    Path("lr=1e-4.yaml").write_text("train:\n  epochs: 4\n")
+    for path, epochs in ((f"{run}/recipe.yaml", 3), ("lr=1e-4.yaml", 4), (f"{tmp_path}/{run}/recipe.yaml", 3)):
+        printed = yaml.safe_load(sftkd("train-teacher", path, "run.name=x.yaml", "--print-recipe").output)
+        assert printed["train"]["epochs"] == epochs and printed["run"]["name"] == "x.yaml"
+    one_error_line("train-teacher", "runs/lr=9/recipe.yaml", "--print-recipe", names=("runs/lr=9/recipe.yaml", "not found"))
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):

@@ -44,7 +44,7 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
     recipe: Path | None = None
     overrides: list[str] = []
     for item in args or []:
-        if "=" in item:
+        if "=" in item and not _is_recipe_path(item):
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")) and recipe is None:
             recipe = find_file(item)  # the given path, else the recipe shipped with sftkd
@@ -54,6 +54,13 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
         else:
             raise SftkdError(f"argument {item!r}: expected a recipe file (.yaml) or an override section.key=value")
     return recipe, overrides
+
+
+def _is_recipe_path(item: str) -> bool:
+    """Whether `item`, which holds a `=`, is a recipe file's path rather than an override: a
+    .yaml/.yml name that is a file, or has a `/` before its `=` (run names may hold `=`:
+    runs/lr=1e-3/recipe.yaml). An override's key (section.key) never holds a `/`."""
+    return item.endswith((".yaml", ".yml")) and ("/" in item.split("=", 1)[0] or Path(item).is_file())
 
 
 def build_recipe(
