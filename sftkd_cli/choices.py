@@ -31,6 +31,9 @@ FASTMRI_CENTER_PRODUCT = 0.32
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 
+#: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
+CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
+
 #: recipe key run.role: what a run is for `compare` and the report (empty: the command decides)
 RUN_ROLES: tuple[str, ...] = ("teacher", "student", "sft", "kd")
 

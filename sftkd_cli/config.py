@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
+from sftkd_cli.choices import CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 from sftkd_cli.safe_yaml import read_yaml_file  # noqa: F401 - plans read through this module
@@ -390,6 +390,8 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
         (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),
         (recipe.distill.stage1_epochs >= 0, "distill.stage1_epochs", "0 or more"),
+        (recipe.eval.checkpoint in CHECKPOINT_NAMES or recipe.eval.checkpoint.endswith(".pt"), "eval.checkpoint",
+         "best, last or a checkpoint file (.pt)"),
     ]
     for ok, key, expected in checks:
         if not ok:
@@ -399,7 +401,7 @@ def validate(recipe: Recipe) -> None:
     _check_loss_weights(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
-    _check_dataset_task(recipe.data)
+    _check_dataset(recipe)
 
 
 def _check_schedule(recipe: Recipe) -> None:
@@ -460,11 +462,13 @@ def check_device(name: str, where: str = "train.device") -> None:
             raise SftkdError(f"{where} {name!r}: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
 
 
-def _check_dataset_task(data: DataConfig) -> None:
-    """When data.path is already a prepared dataset, it must have been prepared for data.task."""
+def _check_dataset(recipe: Recipe) -> None:
+    """When data.path is already a prepared dataset, it must have been prepared for data.task and
+    have the split eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
     from sftkd_cli.files import read_regular_bytes
 
+    data = recipe.data
     path = Path(data.path) / "manifest.json"
     if not path.is_file():  # no dataset yet, or a FIFO/device: the dataset reader says so later
         return
@@ -472,8 +476,13 @@ def _check_dataset_task(data: DataConfig) -> None:
         manifest = json.loads(read_regular_bytes(path, "manifest.json"))
     except (SftkdError, ValueError):  # unreadable: the dataset reader says so later
         return
-    if isinstance(manifest, dict):
-        check_task(manifest, data.path, data.task)
+    if not isinstance(manifest, dict):
+        return
+    check_task(manifest, data.path, data.task)
+    splits = manifest.get("splits")
+    if isinstance(splits, dict) and recipe.eval.split not in splits:
+        raise SftkdError(f"eval.split: split {recipe.eval.split!r} not in dataset {data.path} "
+                         f"(has {', '.join(map(str, splits))}); evaluate would refuse it after training")
 
 
 

@@ -225,13 +225,14 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
                          "the previous results there are unchanged") from None
 
 
-def _checkpoint_of_run(run_path: Path, which: str) -> None:
+def _checkpoint_of_run(run_path: Path, which: str, given_as: str) -> None:
     """A checkpoint file scored under a run's name must be one of that run's: another run's
-    checkpoint would overwrite this run's metrics.json with scores labelled as this run."""
+    checkpoint would overwrite this run's metrics.json with scores labelled as this run.
+    `given_as` names where `which` came from (--checkpoint, or the run's eval.checkpoint)."""
     path = Path(which)
     if not path.is_file():
-        raise SftkdError(f"--checkpoint {which}: expected best, last or a checkpoint file of run {display_path(run_path)}; "
-                         "no such file")
+        raise SftkdError(f"{given_as} {which or repr(which)}: expected best, last or a checkpoint file of run "
+                         f"{display_path(run_path)}; no such file")
     try:
         inside = run_path.resolve() in path.resolve().parents
     except OSError:
@@ -241,7 +242,7 @@ def _checkpoint_of_run(run_path: Path, which: str) -> None:
         hint = (f"evaluate its own run: sftkd evaluate {display_path(owner)} --data <dataset>"
                 if owner is not None and (owner / "recipe.yaml").is_file() else
                 "evaluate the run it belongs to (with --data for this dataset)")
-        raise SftkdError(f"--checkpoint {which}: refused: not a checkpoint of run {display_path(run_path)}, so its "
+        raise SftkdError(f"{given_as} {which}: refused: not a checkpoint of run {display_path(run_path)}, so its "
                          f"scores would be filed as that run's; {hint}")
 
 
@@ -333,7 +334,8 @@ def _evaluate(
     from sftkd_cli.data.dataset import SliceDataset, dataset_record
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
-        _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint))
+        given_as = "--checkpoint" if checkpoint else f"eval.checkpoint ({display_path(run.recipe_file)})"
+        _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint), given_as)
     data_path = Path(data or recipe.data.path)
     if data is None:
         check_recipe_data(run.recipe_file, recipe.data.path, "pass --data DIR to evaluate on the dataset where it is now")

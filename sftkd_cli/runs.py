@@ -28,13 +28,12 @@ import torch
 from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
+from sftkd_cli.choices import CHECKPOINT_NAMES  # noqa: F401 - re-exported (evaluate, export, plans)
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, replace_atomically, write_run_file
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
-#: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
-CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
 #: RUN/export/<arch>-<role>.ts), so it is one plain name, never a path
 ROLE_NAME = re.compile(r"[A-Za-z0-9_-]+")

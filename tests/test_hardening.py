@@ -492,6 +492,15 @@ def test_evaluate_with_a_damaged_checkpoint_fails_cleanly(trained_run, tmp_path,
     assert snapshot(run) == before
 
 
+def test_a_bad_recorded_eval_checkpoint_is_named_as_the_recipe_key(trained_run, tmp_path):
+    """eval.checkpoint from the run's recipe.yaml is named so, not as a --checkpoint never given."""
+    run = copy_run(trained_run, tmp_path)
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("checkpoint: best", "checkpoint: bset.pt"))
+    line = fails_cleanly("evaluate", run, "--device", "cpu", names=("eval.checkpoint (", "recipe.yaml) bset.pt", "no such file"))
+    assert "--checkpoint" not in line
+
+
 @pytest.mark.parametrize("how", ["random-bytes", "truncated"])
 def test_distill_from_a_damaged_teacher_checkpoint_fails_cleanly(tiny_dataset, trained_run, tmp_path, how):
     teacher = copy_run(trained_run, tmp_path)

@@ -100,3 +100,20 @@ def test_loss_weights_are_finite_and_not_negative(key, value):
 
 def test_zero_loss_weights_are_valid():
     validate(load_recipe(None, ["sft.w_imit=0", "distill.w_kd=0", "distill.w_imit=0.5"]))
+
+
+@pytest.mark.parametrize("value", ["bset", "", "runs/x/checkpoints/best", "best.pth"])
+def test_eval_checkpoint_is_checked_before_training(value):
+    with pytest.raises(SftkdError, match=r"^eval\.checkpoint: expected best, last or a checkpoint file \(\.pt\)"):
+        validate(load_recipe(None, [f"eval.checkpoint={value}"]))
+
+
+@pytest.mark.parametrize("value", ["best", "last", "runs/x/checkpoints/best.pt"])
+def test_eval_checkpoint_values_that_are_valid(value):
+    validate(load_recipe(None, [f"eval.checkpoint={value}"]))
+
+
+def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
+    with pytest.raises(SftkdError, match=r"^eval\.split: split 'tset' not in dataset .* \(has train, val, test\)"):
+        validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=tset"]))
+    validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=test"]))
