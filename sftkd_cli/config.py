@@ -177,7 +177,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = [v.strip() for v in value.split(",") if v.strip()]  # `a, b` is [a, b]
         if isinstance(value, list):
             return [_coerce(v, item, where) for v in value]
     if origin is dict and isinstance(value, dict):

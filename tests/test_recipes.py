@@ -117,3 +117,9 @@ def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
     with pytest.raises(SftkdError, match=r"^eval\.split: split 'tset' not in dataset .* \(has train, val, test\)"):
         validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=tset"]))
     validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=test"]))
+
+
+def test_comma_lists_are_stripped():
+    recipe = load_recipe(None, ["distill.student_taps=c1.conv2, c3.conv2,", "distill.teacher_taps= c1.conv2 ,,c5.conv2"])
+    assert recipe.distill.student_taps == ["c1.conv2", "c3.conv2"]
+    assert recipe.distill.teacher_taps == ["c1.conv2", "c5.conv2"]
