@@ -346,6 +346,12 @@ def apply_setting(raw: dict[str, Any], setting: Setting) -> None:
     values[key] = value
 
 
+def setting_value(setting: Setting) -> Any:
+    """The value `setting` gives its key in a recipe (typed, words and `~` resolved), for comparing two settings."""
+    section, key = setting.key.split(".", 1)
+    return getattr(getattr(load_recipe(None, settings=[setting]), section), key)
+
+
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """Plain nested dict (for YAML/JSON)."""
     return dataclasses.asdict(recipe)

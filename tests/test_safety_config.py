@@ -300,6 +300,17 @@ def test_a_recipe_path_holding_an_equals_sign_is_the_recipe(tmp_path, monkeypatc
     one_error_line("train-teacher", "runs/lr=9/recipe.yaml", "--print-recipe", names=("runs/lr=9/recipe.yaml", "not found"))
 
 
+def test_an_option_and_an_override_that_disagree_are_refused():
+    """--epochs 3 train.epochs=5 trained 3 epochs without a word; now one of them must go."""
+    one_error_line("train-teacher", "--epochs", "3", "train.epochs=5", "--print-recipe",
+                   names=("--epochs (3)", "override train.epochs=5", "give train.epochs once"))
+    one_error_line("distill", "--teacher", "runs/a", "distill.teacher_run=runs/b", "--print-recipe",
+                   names=("runs/a", "override distill.teacher_run=runs/b"))
+    agreeing = ["--epochs", "3", "train.epochs=3", "--acc", "4", "data.acceleration=4.0", "--amp", "off", "train.amp=no"]
+    printed = yaml.safe_load(sftkd("train-teacher", *agreeing, "--print-recipe").output)
+    assert (printed["train"]["epochs"], printed["data"]["acceleration"], printed["train"]["amp"]) == (3, 4.0, "off")
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):

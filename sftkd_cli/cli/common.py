@@ -14,7 +14,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file
 
 if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never for --help
-    from sftkd_cli.config import Recipe
+    from sftkd_cli.config import Recipe, Setting
     from sftkd_cli.runs import RunDir
     from sftkd_cli.training.engine import FitResult
 
@@ -22,7 +22,8 @@ def args_argument(recipe: str):  # type: ignore[no-untyped-def]
     """The ARGS argument (recipe file and overrides) of a training command, with one of its own
     recipes as the help's example."""
     text = ("An optional recipe file (.yaml) followed by overrides `section.key=value`, "
-            f"e.g. `{recipe} train.epochs=5 data.acceleration=5`.")
+            f"e.g. `{recipe} train.epochs=5 data.acceleration=5`. Overrides win over the recipe file, "
+            "and options (--epochs ...) over both; an option and an override may not set one key to different values.")
     return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=text, show_default=False)]
 
 
@@ -79,7 +80,7 @@ def build_recipe(
     """Recipe file + overrides + the options every training command shares + its own `flags`
     (recipe key -> value; None = not given). Option values reach the recipe as the typed values
     they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML."""
-    from sftkd_cli.config import Setting, check_run_name, load_recipe
+    from sftkd_cli.config import Setting, check_run_name, load_recipe, parse_overrides
 
     recipe_file, overrides = split_args(args)
     if name is not None:
@@ -89,7 +90,21 @@ def build_recipe(
               "--device": ("train.device", device), "--threads": ("train.threads", threads), "--amp": ("train.amp", amp)}
     settings = [Setting(key, value, option) for option, (key, value) in shared.items() if value is not None]
     settings += [Setting(key, value, f"the option for {key}") for key, value in flags.items() if value is not None]
-    return load_recipe(recipe_file, overrides, settings)
+    parsed = parse_overrides(overrides)
+    _refuse_disagreements(parsed, settings)
+    return load_recipe(recipe_file, settings=[*parsed, *settings])
+
+
+def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:
+    """An option and an override that set one key must agree: the option would win silently,
+    hiding which of the two the user meant."""
+    from sftkd_cli.config import setting_value
+
+    for option in options:
+        for override in overrides:
+            if override.key == option.key and setting_value(override) != setting_value(option):
+                raise SftkdError(f"{option.source} ({option.value}) and {override.source} disagree; "
+                                 f"give {option.key} once")
 
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],
