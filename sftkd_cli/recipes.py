@@ -65,6 +65,8 @@ def find_plan(name: str | Path) -> Path:
         for candidate in (shipped / f"{stem}.yaml", shipped / "plans" / f"{stem}.yaml"):
             if candidate.is_file():
                 return candidate
+    if path.is_dir():
+        raise SftkdError(f"{name}: is a folder; expected a plan file")
     names = shipped_plans()
     known = f" (give a path, or a shipped plan: {', '.join(names)})" if names else ""
     raise SftkdError(f"{name}: plan file not found{known}")

@@ -162,6 +162,8 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
 def read_yaml_text(path: str | Path, what: str) -> str:
     """The text of the YAML file `path` (a `what`), refused in one line when it cannot be one."""
     p = Path(path)
+    if p.is_dir():
+        raise SftkdError(f"{path}: is a folder; expected a {what} file")
     if not p.is_file():
         raise SftkdError(f"{path}: {what} file not found")
     try:

@@ -7,6 +7,7 @@ import pytest
 from sftkd_cli.config import load_recipe, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.recipes import find_plan
 
 import yaml
 
@@ -59,6 +60,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_recipe(bad)
     with pytest.raises(SftkdError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(SftkdError, match="dir.yaml: is a folder; expected a recipe file"):
+        load_recipe(tmp_path / "dir.yaml")
+    with pytest.raises(SftkdError, match="dir.yaml: is a folder; expected a plan file"):
+        find_plan(tmp_path / "dir.yaml")
+    assert find_plan("demo").name == "demo.yaml"  # the shipped plan, not the shipped folder demo/
 
 
 def test_cross_field_validation():
