@@ -25,6 +25,7 @@ from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.training.kd import default_taps
 from sftkd_cli.training.sft import StudentFriendly
 from cli_helpers import sftkd
+from test_hardening import fails_cleanly
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,6 +263,22 @@ def test_sft_batched_branches_equal_the_loop_for_vdsr():
     loss_b, _ = StudentFriendly(teacher, student, batched=True)(batch)
     loss_n, _ = StudentFriendly(teacher, student, batched=False)(batch)
     torch.testing.assert_close(loss_b, loss_n)
+
+
+@pytest.mark.parametrize("teacher, student", [("D3C4", "VDSR4"), ("VDSR4", "D3C4"), ("VDSR4", "U2C4")])
+def test_sft_refuses_a_pair_whose_blocks_pass_different_states(teacher, student):
+    # VDSR passes features + image between its blocks, the DC families the image: equal block
+    # counts are not enough (this crashed with a conv channel error inside the first step)
+    with pytest.raises(SftkdError, match=rf"^sft: {teacher} passes .* between its blocks, {student} passes "):
+        StudentFriendly(build_model(teacher, 4), build_model(student, 4))
+    StudentFriendly(build_model("D3C4", 4), build_model("U2C4", 4))  # both pass the image: a valid pair
+
+
+def test_train_sft_refuses_a_vdsr_and_dc_pair_in_one_line(sr_data, tmp_path):
+    fails_cleanly("train-sft", "--name", "mixed", f"data.path={sr_data}", "data.task=sr", "data.acceleration=4",
+                  f"run.dir={tmp_path}", "train.epochs=1", "train.threads=1", "model.channels=4",
+                  "sft.teacher=D3C4", "sft.student=VDSR4", names=("sft: D3C4 passes the image between its blocks, VDSR4",))
+    assert not (tmp_path / "mixed").exists()
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -37,6 +37,8 @@ DC_IO_TEXT = ("zero-filled image |IFFT(kspace)| (orthonormal), as in the trainin
 COMPLEX_IO_TEXT = ("zero-filled complex image IFFT(kspace) (orthonormal), channel 0 real, channel 1 imaginary",
                    "reconstructed complex image, channel 0 real, channel 1 imaginary, after the last "
                    "data-consistency layer (its magnitude is the image to score)")
+#: the state a data-consistent family passes between its blocks: the image after data consistency
+IMAGE_STATE = "the image"
 #: the images a data-consistent family reconstructs: magnitude (the paper's) or complex two-channel ones
 MAGNITUDE_OR_COMPLEX: tuple[tuple[str, int], ...] = (("magnitude", 1), ("complex", 2))
 
@@ -58,6 +60,9 @@ class Family:
     io_text: tuple[str, str] = DC_IO_TEXT
     #: the (values, channels) of the images it reconstructs, see `Acquisition`
     accepts: tuple[tuple[str, int], ...] = (("magnitude", 1),)
+    #: what one block hands the next (`CascadeNet.cascade`'s state): SFT feeds a teacher's state to
+    #: the student's next block, so both must pass the same kind of state
+    between_blocks: str = IMAGE_STATE
 
     def io_for(self, acquisition: Acquisition) -> tuple[str, str]:
         """(zf input, output) as the model card describes them for a network built for `acquisition`."""

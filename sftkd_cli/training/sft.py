@@ -24,7 +24,7 @@ from rich.console import Console
 
 from sftkd_cli.config import Recipe
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.models import CascadeNet
+from sftkd_cli.models import CascadeNet, family_of
 from sftkd_cli.runs import RunDir
 from sftkd_cli.runtime import select_device
 from sftkd_cli.training.engine import FitResult
@@ -47,6 +47,10 @@ class StudentFriendly(Objective):
         batched: bool = True,
     ) -> None:
         super().__init__()
+        t_passes, s_passes = family_of(teacher.name).between_blocks, family_of(student.name).between_blocks
+        if t_passes != s_passes:  # a student branch starts from the teacher's state after a block
+            raise SftkdError(f"sft: {teacher.name} passes {t_passes} between its blocks, {student.name} passes "
+                             f"{s_passes}; expected sft.teacher and sft.student whose blocks pass the same")
         if teacher.cascades != student.cascades:
             raise SftkdError(f"sft: {teacher.name} and {student.name} need the same number of cascades")
         if teacher.cascades < 2:
