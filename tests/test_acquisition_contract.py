@@ -65,6 +65,18 @@ def test_a_family_refuses_images_it_does_not_reconstruct(values, channels):
             build_model(family.example, acquisition=Acquisition(values=values, channels=channels))
 
 
+def test_vdsr_is_built_for_super_resolution_only(tiny_dataset, tmp_path):
+    # VDSR was trained on recon data, and its model card then called the zero-filled input a
+    # low-resolution image: the family declares its task, the builder refuses other data
+    assert [f.tasks for f in FAMILIES] == [("recon", "sr"), ("sr",), ("recon", "sr")]  # D, VDSR, U
+    assert build_model("VDSR4", 4).acquisition.task == "sr" and build_model("D2C2").acquisition.task == "recon"
+    with pytest.raises(SftkdError, match=r"^model VDSR4: built for task sr only, but the data is prepared for task recon"):
+        build_model("VDSR4", 4, acquisition=Acquisition(task="recon"))
+    fails_cleanly("train-teacher", "--model", "VDSR4", "--data", tiny_dataset, "--runs-dir", tmp_path, "--name", "v",
+                  "--epochs", "1", "--threads", "1", "model.channels=4", names=("VDSR4", "task sr only", "task recon"))
+    assert not (tmp_path / "v").exists()
+
+
 def test_every_family_has_its_export_hooks():
     for family in FAMILIES:
         model = build_model(family.example, 4)

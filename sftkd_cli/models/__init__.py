@@ -40,9 +40,10 @@ def family_of(name: str) -> Family:
 
 def build_model(name: str, channels: int = 32, pad: int = 5, *, acquisition: Acquisition | None = None) -> CascadeNet:
     """Build the network called `name` (e.g. D5C5) with fresh weights, for data of `acquisition`
-    (None: the paper's, corner-layout magnitude images): its data consistency takes the layout."""
-    acquisition = acquisition or Acquisition()
+    (None: the family's default, `Family.default_acquisition`: for the DC families the paper's
+    corner-layout magnitude images): its data consistency takes the layout."""
     family = family_of(name)
+    acquisition = acquisition or family.default_acquisition()
     family.check_fits(name.strip().upper(), acquisition)
     return family.build(name.strip().upper(), acquisition, channels, pad)
 

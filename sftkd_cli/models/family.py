@@ -2,7 +2,8 @@
 
 Each family module (dccnn.py, vdsr.py, dcunet.py) defines its `FAMILY`: the name pattern and its
 limits, the builder, and the hooks `sftkd export` needs (the traceable wrapper, the model card's
-architecture record, whether the network has data consistency, what its input and output are).
+architecture record, whether the network has data consistency, what its input and output are),
+the dataset tasks it is built for, and what its blocks pass on (which SFT pairs fit together).
 `models/__init__.py` lists them; nothing outside `models/` asks which class a model is.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.acquisition import TASKS, Acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet
 
@@ -63,14 +64,24 @@ class Family:
     #: what one block hands the next (`CascadeNet.cascade`'s state): SFT feeds a teacher's state to
     #: the student's next block, so both must pass the same kind of state
     between_blocks: str = IMAGE_STATE
+    #: the dataset tasks (`Acquisition.task`) it is built for: the first is its default
+    tasks: tuple[str, ...] = TASKS
+
+    def default_acquisition(self) -> Acquisition:
+        """The data a network of this family is built for when no dataset is given (a parameter count)."""
+        return Acquisition(task=self.tasks[0])
 
     def io_for(self, acquisition: Acquisition) -> tuple[str, str]:
         """(zf input, output) as the model card describes them for a network built for `acquisition`."""
         return COMPLEX_IO_TEXT if acquisition.values == "complex" else self.io_text
 
     def check_fits(self, name: str, acquisition: Acquisition) -> None:
-        """Refuse data whose images this family does not reconstruct (e.g. complex two-channel ones)."""
+        """Refuse data of a task, or images, this family does not reconstruct (e.g. VDSR on recon data)."""
         if (acquisition.values, acquisition.channels) not in self.accepts:
             can = " or ".join(f"{c}-channel {v}" for v, c in self.accepts)
             raise SftkdError(f"model {name}: reconstructs {can} images; the data holds "
                              f"{acquisition.channels}-channel {acquisition.values} images")
+        if acquisition.task not in self.tasks:
+            raise SftkdError(f"model {name}: built for task {' or '.join(self.tasks)} only, but the data is prepared "
+                             f"for task {acquisition.task}; expected a dataset prepared with --task {self.tasks[0]} "
+                             f"(and data.task={self.tasks[0]})")

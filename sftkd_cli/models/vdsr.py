@@ -123,7 +123,7 @@ FAMILY = Family(
     r"VDSR(\d+)", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr,
     (("conv layers", 4 * MAX_CONVS),),
     exportable=exportable_direct, architecture=_architecture, data_consistency=False,
-    between_blocks="its hidden features with the image appended",
+    between_blocks="its hidden features with the image appended", tasks=("sr",),
     io_text=("low-resolution image interpolated to full size (|IFFT| of the zero-padded central k-space box), "
              "as in the training data", "super-resolved image: zf + the CNN's residual"),
 )
