@@ -8,6 +8,10 @@ take what their options show from here; the library modules import the same obje
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from sftkd_cli.acquisition import TASKS
+
 # (each data source's prepare-data defaults live with the source: `sftkd_cli.data.catalog`)
 
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
@@ -56,3 +60,54 @@ PARAMS: dict[str, dict[str, int]] = {
 }
 COMPLEX_PARAMS_TEXT = "; ".join(f"{name} on complex data: {p['complex']:,} params (magnitude: {p['magnitude']:,})"
                                 for name, p in PARAMS.items())
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What command help says of one architecture family; `sftkd_cli.models` builds each (its
+    `Family` reads these fields from here, so help and the builders share one definition)."""
+
+    form: str  # how its names are written, e.g. DnCm
+    example: str  # a name it builds, e.g. D5C5
+    label: str  # its short name, e.g. DC-CNN
+    detail: str  # one line on what it is
+    #: the dataset tasks (`Acquisition.task`) it is built for; the first is its default
+    tasks: tuple[str, ...] = TASKS
+    #: hard data consistency after its blocks (it reads kspace and mask)
+    data_consistency: bool = True
+
+    @property
+    def description(self) -> str:
+        """'<label>: <detail>', as error messages list the known architectures."""
+        return f"{self.label}: {self.detail}"
+
+    @property
+    def named(self) -> str:
+        """How help names it: form, label and example, and the task when it is built for one only."""
+        only = f"; data.task={self.tasks[0]} only" if len(self.tasks) == 1 else ""
+        return f"{self.form} ({self.label}, e.g. {self.example}{only})"
+
+
+#: the architecture families, in the order `sftkd_cli.models.FAMILIES` lists them
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("DnCm", "D5C5", "DC-CNN", "m cascades of n 3x3 convs, data consistency after each"),
+    Architecture("VDSRn", "VDSR12", "VDSR", "super-resolution, n 3x3 convs in 4 blocks, input + residual, no DC",
+                 tasks=("sr",), data_consistency=False),
+    Architecture("ULCm", "U2C5", "DC-UNet", "m cascades of an L-level U-Net, data consistency after each"),
+)
+
+
+def architecture_named(example: str) -> Architecture:
+    """The `ARCHITECTURES` entry whose example is `example` (each family module picks its own)."""
+    return next(a for a in ARCHITECTURES if a.example == example)
+
+
+#: command help on an architecture option (metavar ARCH): every family by form and example
+ARCH_TEXT = ", ".join(a.named for a in ARCHITECTURES[:-1]) + f" or {ARCHITECTURES[-1].named}"
+#: the families' short names, e.g. "DC-CNN, VDSR or DC-UNet"
+ARCH_LABELS = ", ".join(a.label for a in ARCHITECTURES[:-1]) + f" or {ARCHITECTURES[-1].label}"
+#: the families without data consistency (they ignore kspace and mask), e.g. "VDSR"
+NO_DC_LABELS = " and ".join(a.label for a in ARCHITECTURES if not a.data_consistency)
+#: command help of the training commands on super-resolution data
+SR_TASK_TEXT = ("Super-resolution data (prepare-data --task sr) needs data.task=sr, the task the dataset was "
+                "prepared for; --acc is then the scale factor.")

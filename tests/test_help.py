@@ -95,3 +95,19 @@ def test_package_extras_survive_the_markup(argv, command):
     extras = re.findall(r"sftkd\\?\[(\w+)\]", command.help or "")
     text = " ".join(_render(argv).split())
     assert all(f"sftkd[{extra}]" in text for extra in extras), (extras, text)
+
+
+@pytest.mark.parametrize("argv", [["train-teacher"], ["train-sft"], ["distill"], ["export"], ["evaluate"]])
+def test_model_commands_name_every_architecture_family(argv):
+    """The help of every command that takes or reads a model names each family (DC-UNet and VDSR
+    were missing: train-teacher said "Train one DC-CNN"); the training commands show each family's
+    name form and example under an ARCH metavar and say that super-resolution needs data.task=sr."""
+    from sftkd_cli.choices import ARCHITECTURES
+
+    text = " ".join(_render(argv).replace("│", " ").split())
+    assert all(a.label in text for a in ARCHITECTURES), text
+    if argv[0].startswith(("train", "distill")):
+        options = [p for p in ROOT.commands[argv[0]].params if "architecture" in (getattr(p, "help", "") or "").lower()]
+        assert options and all(p.metavar == "ARCH" for p in options)
+        assert all(f"{a.form} ({a.label}, e.g. {a.example}" in text for a in ARCHITECTURES), text
+        assert "VDSR12; data.task=sr only" in text and "needs data.task=sr" in text, text

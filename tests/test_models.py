@@ -170,3 +170,12 @@ def test_cascades_of_checks_the_name_without_touching_the_global_rng():
     assert torch.equal(torch.rand(1), expected)
     with pytest.raises(SftkdError, match="at least 2 conv layers"):
         cascades_of("D1C5")
+
+
+def test_the_families_take_their_names_from_the_light_help_record():
+    # command help (no torch) lists choices.ARCHITECTURES; each family is built from its entry
+    from sftkd_cli.choices import ARCHITECTURES
+    from sftkd_cli.models import FAMILIES, family_of
+
+    assert tuple(f.about for f in FAMILIES) == ARCHITECTURES
+    assert [family_of(a.example).about for a in ARCHITECTURES] == list(ARCHITECTURES)

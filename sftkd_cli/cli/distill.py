@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
+from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
 from sftkd_cli.distill.catalog import methods_help
 
@@ -17,7 +18,8 @@ HELP = examples(
     "(distill.w_rec, distill.w_kd, distill.w_imit). Feature taps: distill.student_taps and "
     "distill.teacher_taps (names like c3.conv2), defaults per method."
     "\n\nStd-KD distills from a train-teacher run; SFT-KD-Recon from a train-sft run, "
-    "starting from its student blocks (--init-from sft).",
+    "starting from its student blocks (--init-from sft)."
+    f"\n\n{SR_TASK_TEXT}",
     "sftkd distill --teacher runs/demo-teacher --method at",
     "sftkd distill --teacher runs/demo-sft --method at --init-from sft",
     "sftkd distill recipes/demo/sft-kd-at.yaml",
@@ -27,7 +29,7 @@ HELP = examples(
 def distill_command(
     args: common.args_argument("recipes/demo/std-kd-at.yaml") = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD).")] = None,
-    student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture (model.name), e.g. D3C5.")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", metavar="ARCH", help=f"Student architecture (model.name), e.g. D3C5: {ARCH_TEXT}.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=methods_help())] = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint.")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (the feature loss alone for distill.stage1_epochs epochs, which two-stage needs set: at least 1, fewer than train.epochs; then L1 fine-tuning with a fresh Adam and LR schedule: the reference code).")] = None,

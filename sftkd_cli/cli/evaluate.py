@@ -8,12 +8,15 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sftkd_cli.choices import ARCH_LABELS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 
 
 HELP = examples(
-    "Reconstruct a split with a run's best checkpoint and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF."
-    "\n\nAlso scores the zero-filled input (the paper's ZF row). Writes metrics.json, per_slice.csv "
+    f"Reconstruct a split with a run's best checkpoint ({ARCH_LABELS}) and score PSNR, SSIM, NMSE, MSE, "
+    "HFN, HFEN, VIF."
+    "\n\nAlso scores the network's input: the zero-filled image (the paper's ZF row), or for a "
+    "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv "
     "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
     "(fastMRI k-space: two channels, real and imaginary) are scored on the magnitude of their output. "
     "--convention fastmri scores as the fastmri package's evaluate.py does (magnitude centre-cropped to "

@@ -8,15 +8,19 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from sftkd_cli.choices import ARCH_LABELS, NO_DC_LABELS
 from sftkd_cli.cli.base import HelpCommand, examples, stdout_console
 
 
 HELP = examples(
-    "Export a trained model with its data-consistency layers to TorchScript or ONNX, checked against PyTorch."
+    f"Export a trained model ({ARCH_LABELS}) with its data-consistency layers to TorchScript or ONNX, "
+    "checked against PyTorch."
     "\n\nInputs zf (B,1,H,W), kspace (B,2,H,W) real/imaginary (orthonormal FFT, the training data's "
     "layout: corner for the paper's data), mask (B,1,H,W); output image (B,1,H,W). A model trained on "
     "complex data (prepare-data fastmri) takes and returns two-channel images, zf and output (B,2,H,W) "
-    "real/imaginary, with centred k-space. Dynamic batch; ONNX has a fixed image size, TorchScript any. "
+    "real/imaginary, with centred k-space. "
+    f"A {NO_DC_LABELS} model (super-resolution, no data consistency) ignores kspace and mask; its ONNX file "
+    "takes zf alone, the interpolated low-resolution image. Dynamic batch; ONNX has a fixed image size, TorchScript any. "
     "A model card <out>.card.json is written beside the file: where the model comes from, how inputs must "
     "be scaled, the file's sha256. An earlier export at the output path is replaced only with --force.",
     "sftkd export runs/demo-student --format onnx",

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
+from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
 
 
@@ -15,16 +16,18 @@ HELP = examples(
     "\n\nLoss = w_teacher*L1(teacher) + w_student*mean L1(branches) + w_imit*mean L1(branch, teacher) "
     "(sft.w_teacher, sft.w_student, sft.w_imit; default 1, 1, 1 as in the paper)."
     "\n\nThe run keeps the teacher (for `distill --teacher RUN`) and the student blocks "
-    "(for `distill --init-from sft`).",
+    "(for `distill --init-from sft`)."
+    f"\n\n{SR_TASK_TEXT}",
     "sftkd train-sft recipes/demo/sft.yaml",
     "sftkd train-sft --student D3C5 --data data/demo train.epochs=10",
+    "sftkd train-sft --teacher VDSR12 --student VDSR4 --data data/sr data.task=sr",
 )
 
 
 def train_sft_command(
     args: common.args_argument("recipes/demo/sft.yaml") = None,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="DnCm", help="Teacher architecture (sft.teacher, default D5C5).")] = None,
-    student: Annotated[Optional[str], typer.Option("--student", metavar="DnCm", help="Student architecture with the same cascades (sft.student, default D3C5).")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="ARCH", help=f"Teacher architecture (sft.teacher, default D5C5): {ARCH_TEXT}.")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", metavar="ARCH", help="Student architecture with as many blocks, of a family that passes the same state between blocks (sft.student, default D3C5).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,

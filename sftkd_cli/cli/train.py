@@ -1,4 +1,4 @@
-"""`sftkd train-teacher`: train one DnCm with L1 (the teacher, or the plain student baseline)."""
+"""`sftkd train-teacher`: train one network with L1 (the teacher, or the plain student baseline)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,23 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.choices import COMPLEX_PARAMS_TEXT
+from sftkd_cli.choices import ARCH_LABELS, ARCH_TEXT, COMPLEX_PARAMS_TEXT, SR_TASK_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
 
 
 HELP = examples(
-    "Train one DC-CNN alone with L1 loss: the teacher (D5C5) or the plain student baseline (D3C5).",
+    f"Train one network ({ARCH_LABELS}) alone with L1 loss: the teacher (D5C5) or the plain student "
+    f"baseline (D3C5).\n\n{SR_TASK_TEXT}",
     "sftkd train-teacher recipes/demo/teacher.yaml",
     "sftkd train-teacher --data data/demo --name demo-teacher train.epochs=10",
     "sftkd train-teacher --model D3C5 --data data/demo --name demo-student",
+    "sftkd train-teacher --model VDSR12 --data data/demo-sr data.task=sr",
 )
 
 
 def train_teacher(
     args: common.args_argument("recipes/demo/teacher.yaml") = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="DnCm", help=f"Architecture DnCm, e.g. D5C5 (teacher) or D3C5 (student baseline); {COMPLEX_PARAMS_TEXT}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="ARCH", help=f"Architecture (model.name, default D5C5): {ARCH_TEXT}; {COMPLEX_PARAMS_TEXT}.")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
@@ -35,7 +37,7 @@ def train_teacher(
     force: common.ForceOpt = False,
     print_recipe: common.PrintOpt = False,
 ) -> None:
-    """Train one DC-CNN with L1 loss (see HELP)."""
+    """Train one network with L1 loss (see HELP)."""
     from sftkd_cli.training.supervised import train_supervised
 
     recipe = common.build_recipe(

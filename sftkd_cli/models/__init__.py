@@ -2,8 +2,9 @@
 
 Each family module defines its `Family` (name pattern, builder, limits and export hooks, see
 models/family.py); `FAMILIES` lists them and `build_model(name, acquisition=...)` picks the family
-whose pattern matches. Names are case-insensitive: D5C5, d3c5. A new family is its module plus
-one line in `FAMILIES`.
+whose pattern matches. Names are case-insensitive: D5C5, d3c5. A new family is its module, one
+line in `FAMILIES` and its entry in `choices.ARCHITECTURES` (what command help says of it, read
+without importing torch).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.choices import architecture_named
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
 from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, MAX_CONVS, Family
@@ -188,7 +189,7 @@ def _architecture(model: DCCNN, fixed: bool) -> dict[str, Any]:
 
 
 FAMILY = Family(
-    r"D(\d+)C(\d+)", "D5C5", "DC-CNN: m cascades of n 3x3 convs, data consistency after each", build_dccnn,
+    r"D(\d+)C(\d+)", architecture_named("D5C5"), build_dccnn,
     (("conv layers per cascade", MAX_CONVS), ("cascades", MAX_CASCADES)),
     exportable=exportable_dc, architecture=_architecture, accepts=MAGNITUDE_OR_COMPLEX,
 )

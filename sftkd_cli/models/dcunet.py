@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.choices import architecture_named
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import DataConsistentCascade
 from sftkd_cli.models.family import MAGNITUDE_OR_COMPLEX, MAX_CASCADES, Family
@@ -176,7 +177,7 @@ def _architecture(model: DCUNet, fixed: bool) -> dict[str, Any]:
 
 
 FAMILY = Family(
-    r"U(\d+)C(\d+)", "U2C5", "DC-UNet: m cascades of an L-level U-Net, data consistency after each", build_dcunet,
+    r"U(\d+)C(\d+)", architecture_named("U2C5"), build_dcunet,
     (("U-Net levels", MAX_LEVELS), ("cascades", MAX_CASCADES)),
     exportable=exportable_dc, architecture=_architecture, accepts=MAGNITUDE_OR_COMPLEX,
 )

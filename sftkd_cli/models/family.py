@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from sftkd_cli.acquisition import TASKS, Acquisition
+from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.choices import Architecture
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet
 
@@ -49,14 +50,12 @@ class Family:
     """One architecture family: names matching `pattern` are built by `build`, exported by `exportable`."""
 
     pattern: str  # one group per number in the name
-    example: str
-    description: str
+    #: its form, example, label, tasks and data consistency, from `choices.ARCHITECTURES` (command help reads them)
+    about: Architecture
     build: Builder
     limits: tuple[tuple[str, int], ...]  # (what the number counts, its largest value), per group
     exportable: Exportable
     architecture: CardRecord
-    #: hard data consistency after its blocks: it reads kspace and mask, and its FFT layout must be the data's
-    data_consistency: bool = True
     #: (zf input, output) as the model card describes them
     io_text: tuple[str, str] = DC_IO_TEXT
     #: the (values, channels) of the images it reconstructs, see `Acquisition`
@@ -64,8 +63,26 @@ class Family:
     #: what one block hands the next (`CascadeNet.cascade`'s state): SFT feeds a teacher's state to
     #: the student's next block, so both must pass the same kind of state
     between_blocks: str = IMAGE_STATE
-    #: the dataset tasks (`Acquisition.task`) it is built for: the first is its default
-    tasks: tuple[str, ...] = TASKS
+
+    @property
+    def example(self) -> str:
+        """A name it builds, e.g. D5C5."""
+        return self.about.example
+
+    @property
+    def description(self) -> str:
+        """One line on what it is, e.g. 'DC-CNN: m cascades of ...'."""
+        return self.about.description
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The dataset tasks it is built for; the first is its default."""
+        return self.about.tasks
+
+    @property
+    def data_consistency(self) -> bool:
+        """Hard data consistency after its blocks: it reads kspace and mask, and its FFT layout must be the data's."""
+        return self.about.data_consistency
 
     def default_acquisition(self) -> Acquisition:
         """The data a network of this family is built for when no dataset is given (a parameter count)."""

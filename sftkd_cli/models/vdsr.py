@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.choices import architecture_named
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models.base import CascadeNet
 from sftkd_cli.models.family import MAX_CONVS, Family
@@ -120,10 +121,10 @@ def _architecture(model: VDSR, fixed: bool) -> dict[str, Any]:
 
 
 FAMILY = Family(
-    r"VDSR(\d+)", "VDSR12", "VDSR (super-resolution): n 3x3 convs in 4 blocks, input + residual, no DC", build_vdsr,
+    r"VDSR(\d+)", architecture_named("VDSR12"), build_vdsr,
     (("conv layers", 4 * MAX_CONVS),),
-    exportable=exportable_direct, architecture=_architecture, data_consistency=False,
-    between_blocks="its hidden features with the image appended", tasks=("sr",),
+    exportable=exportable_direct, architecture=_architecture,
+    between_blocks="its hidden features with the image appended",
     io_text=("low-resolution image interpolated to full size (|IFFT| of the zero-padded central k-space box), "
              "as in the training data", "super-resolved image: zf + the CNN's residual"),
 )
