@@ -221,7 +221,7 @@ def test_mask_file_as_a_fastmri_vector(knee, tmp_path):
     mask = prepare(raw, tmp_path / "r", accelerations=(4.0,), mask_files={4.0: tmp_path / "rows.npy"}).manifest["mask"]
     assert mask["axis"] == mask["per_acceleration"]["acc4"]["axis"] == 0 and mask["per_acceleration"]["acc4"]["lines"] == 10
     assert np.array_equal(SliceDataset(tmp_path / "d", "val", 4)[0]["mask"][0, 5].numpy(), line)
-    with pytest.raises(SftkdError, match="data.mask_per_sample: dataset .* has masks from files"):
+    with pytest.raises(SftkdError, match="data.mask_per_sample: the 4x mask of dataset .* comes from a file"):
         SliceDataset(tmp_path / "d", "train", 4, mask_per_sample=True)
 
 

@@ -5,6 +5,8 @@ Device: CPU (tiny complex fastMRI-format data from tests/complex_data.py, one th
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 import complex_data
@@ -46,3 +48,28 @@ def test_the_engine_tells_the_training_split_each_epoch(complex_dataset, tmp_pat
     sftkd("train-teacher", "--name", "r", *base, "train.epochs=1")
     sftkd("train-teacher", "--name", "r", *base, "train.epochs=3", "--resume")
     assert seen == [("train", 0), ("train", 1), ("train", 2)]
+
+
+def test_per_sample_masks_need_the_recon_task_and_a_generated_mask_at_that_acceleration(tiny_dataset, tmp_path):
+    """Only the requested acceleration's mask must have been generated (another may come from a
+    file); super-resolution data is refused for what it is, not for "masks from files"."""
+    from sftkd_cli.data.dataset import SliceDataset
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.mri.masks import make_mask
+
+    raw = NiftiSource(tiny_dataset.parent / "raw")
+    np.save(tmp_path / "m5.npy", make_mask("equispaced", (16, 16), 5, seed=3))
+    mixed = tmp_path / "mixed"
+    prepare_dataset(raw, mixed, PrepareOptions(size=(16, 16), accelerations=(4.0, 5.0), val=("vol1",), test=("vol3",),
+                                               mask_files={5.0: tmp_path / "m5.npy"}))
+    drawn = SliceDataset(mixed, "train", 4, mask_per_sample=True)  # acc 4's mask was generated: drawn per sample
+    assert not np.array_equal(drawn[0]["mask"].numpy(), SliceDataset(mixed, "train", 4)[0]["mask"].numpy())
+    with pytest.raises(SftkdError, match=r"^data.mask_per_sample: the 5x mask of dataset .* comes from a file"):
+        SliceDataset(mixed, "train", 5, mask_per_sample=True)
+    sr = tmp_path / "sr"
+    prepare_dataset(raw, sr, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), task="sr"))
+    with pytest.raises(SftkdError, match=r"is prepared for task sr; per-sample masks exist for the recon task only"):
+        SliceDataset(sr, "train", 4, task="sr", mask_per_sample=True)

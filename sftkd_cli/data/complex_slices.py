@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from sftkd_cli.data.format import MANIFEST
+from sftkd_cli.data.format import MANIFEST, acceleration_key, mask_axis
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
 from sftkd_cli.mri.fft import ifft2_np
@@ -97,16 +97,27 @@ def volume_seed(volume: str) -> int:
     return zlib.crc32(volume.encode("utf-8"))
 
 
-def per_sample_spec(manifest: dict[str, Any], root: str | Path) -> dict[str, Any]:
-    """How the dataset's masks were generated (kind, seed, centre fraction, layout, axis), to draw a
-    new one per sample; a dataset whose masks came from files has no such recipe."""
+def per_sample_spec(manifest: dict[str, Any], root: str | Path, acceleration: float) -> dict[str, Any]:
+    """How the mask of `acceleration` was generated (kind, seed, centre fraction, layout, axis), to
+    draw a new one per sample. Only that acceleration's mask matters: another one of the dataset
+    may come from a file. Super-resolution data has a fixed k-space box, never a mask to draw."""
+    task = str(manifest.get("task", "recon"))
+    if task != "recon":
+        raise SftkdError(f"data.mask_per_sample: dataset {display_path(root)} is prepared for task {task}; "
+                         "per-sample masks exist for the recon task only (set data.mask_per_sample=false)")
+    key = acceleration_key(acceleration)
     mask = manifest.get("mask") if isinstance(manifest.get("mask"), dict) else {}
-    origins = {v.get("origin") for v in mask.get("per_acceleration", {}).values() if isinstance(v, dict)}
-    if "file" in origins or mask.get("kind") in (None, "sr-box") or manifest.get("task", "recon") != "recon":
-        raise SftkdError(f"data.mask_per_sample: dataset {display_path(root)} has masks from files "
-                         f"(or no generated masks); expected a dataset prepared with --mask-kind")
+    entry = mask.get("per_acceleration", {}).get(key)
+    origin = entry.get("origin") if isinstance(entry, dict) else None
+    if origin == "file":
+        raise SftkdError(f"data.mask_per_sample: the {float(acceleration):g}x mask of dataset {display_path(root)} "
+                         "comes from a file (--mask-file); expected an acceleration whose mask was generated")
+    if mask.get("kind") is None:
+        raise SftkdError(f"data.mask_per_sample: dataset {display_path(root)} records no generated mask kind; "
+                         "expected a dataset prepared with --mask-kind")
+    axis = mask_axis(mask, key)
     return {"kind": str(mask["kind"]), "seed": int(mask.get("seed", 42)), "center_fraction": mask.get("center_fraction"),
-            "layout": str(mask.get("layout", "corner")), "axis": int(mask.get("axis", 0))}
+            "layout": str(mask.get("layout", "corner")), "axis": 0 if axis is None else axis}
 
 
 def sample_mask(spec: dict[str, Any], size: tuple[int, int], acceleration: float, epoch: int, volume: str,

@@ -317,7 +317,7 @@ class SliceDataset(Dataset):
             self._index += [(volume, s) for s in range(slices)]
         self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         self._mask_array = np.ascontiguousarray(mask, dtype=np.float32)
-        self._mask_spec = per_sample_spec(self.manifest, self.root) if mask_per_sample else None
+        self._mask_spec = per_sample_spec(self.manifest, self.root, self.acceleration) if mask_per_sample else None
         self.epoch = 0
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
