@@ -340,7 +340,7 @@ def _evaluate(
     if data is None:
         check_recipe_data(run.recipe_file, recipe.data.path, "pass --data DIR to evaluate on the dataset where it is now")
     split = split or recipe.eval.split
-    dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task)
+    dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task, trained=run.path)
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
     record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it

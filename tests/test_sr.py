@@ -324,6 +324,14 @@ def test_evaluate_labels_the_sr_input_and_export_works(sr_runs):
     assert "LR interpolated" in scored.output
 
 
+def test_evaluate_of_an_sr_run_on_recon_data_names_the_runs_task(sr_runs, tiny_dataset):
+    # evaluate takes no overrides: "set data.task=recon" was advice it could not follow
+    runs, _ = sr_runs
+    line = fails_cleanly("evaluate", runs / "teacher", "--data", tiny_dataset, "--device", "cpu", "--no-recon",
+                         names=("its model was trained for task sr", "prepared for task recon", "--task sr"))
+    assert "set data.task" not in line
+
+
 # ----------------------------------------------------------------------------- plans
 
 

@@ -173,9 +173,15 @@ def dataset_task(manifest: dict[str, Any]) -> str:
     return str(manifest.get("task", "recon"))
 
 
-def check_task(manifest: dict[str, Any], root: str | Path, task: str) -> None:
-    """Refuse a dataset prepared for another task than `task` (the recipe's data.task)."""
+def check_task(manifest: dict[str, Any], root: str | Path, task: str, trained: str | Path | None = None) -> None:
+    """Refuse a dataset prepared for another task than `task`: the recipe's data.task, or with
+    `trained` the task the model of that run was trained for (a command taking no overrides)."""
     have = dataset_task(manifest)
+    if task != have and trained is not None:
+        raise SftkdError(
+            f"{display_path(trained)}: its model was trained for task {task}, but dataset {display_path(root)} "
+            f"was prepared for task {have}; expected a dataset prepared with --task {task}"
+        )
     if task != have:
         raise SftkdError(
             f"data.task {task}: dataset {display_path(root)} was prepared for task {have}; "
@@ -288,14 +294,14 @@ class SliceDataset(Dataset):
 
     def __init__(
         self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None,
-        mask_per_sample: bool = False,
+        mask_per_sample: bool = False, trained: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.acceleration = float(acceleration)
         self.manifest = load_manifest(self.root)
         if task is not None:
-            check_task(self.manifest, self.root, task)
+            check_task(self.manifest, self.root, task, trained)
         self.task = dataset_task(self.manifest)
         self.key = check_acceleration(self.manifest, self.root, self.acceleration)
         self._volumes = split_volumes(self.manifest, self.root, split)
