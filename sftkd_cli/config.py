@@ -368,10 +368,6 @@ def validate(recipe: Recipe) -> None:
 
     if recipe.model.name:
         cascades_of(recipe.model.name)  # a full check of the name (e.g. D1C5 has too few layers)
-    if cascades_of(recipe.sft.teacher) != cascades_of(recipe.sft.student):
-        raise SftkdError(
-            f"sft: teacher {recipe.sft.teacher} and student {recipe.sft.student} must have the same number of cascades"
-        )
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
@@ -408,6 +404,17 @@ def validate(recipe: Recipe) -> None:
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
     _check_dataset(recipe)
+
+
+def check_sft_pair(recipe: Recipe) -> None:
+    """SFT pairs teacher and student block by block: both need the same number of cascades. Only
+    for SFT training: the sft section is also where a teacher or student run names its model."""
+    from sftkd_cli.models import cascades_of
+
+    if cascades_of(recipe.sft.teacher) != cascades_of(recipe.sft.student):
+        raise SftkdError(
+            f"sft: teacher {recipe.sft.teacher} and student {recipe.sft.student} must have the same number of cascades"
+        )
 
 
 def _check_schedule(recipe: Recipe) -> None:

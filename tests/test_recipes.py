@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkd_cli.config import load_recipe, validate
+from sftkd_cli.config import check_sft_pair, load_recipe, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_plan
@@ -70,7 +70,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_cross_field_validation():
     with pytest.raises(SftkdError, match="same number of cascades"):
-        validate(load_recipe(None, ["sft.student=D3C4"]))
+        check_sft_pair(load_recipe(None, ["sft.student=D3C4"]))
     with pytest.raises(SftkdError, match="train.amp"):
         validate(load_recipe(None, ["train.amp=fp8"]))
 
@@ -130,3 +130,16 @@ def test_comma_lists_are_stripped():
     recipe = load_recipe(None, ["distill.student_taps=c1.conv2, c3.conv2,", "distill.teacher_taps= c1.conv2 ,,c5.conv2"])
     assert recipe.distill.student_taps == ["c1.conv2", "c3.conv2"]
     assert recipe.distill.teacher_taps == ["c1.conv2", "c5.conv2"]
+
+
+def test_the_sft_pair_is_checked_only_where_sft_trains():
+    """`sft.teacher` marks a teacher run (README): a D3C2 teacher with the default D3C5 student
+    trains and prints; train-sft refuses the pair in one line, --print-recipe too."""
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    teacher = CliRunner().invoke(app, ["train-teacher", "--model", "D3C2", "sft.teacher=D3C2", "--print-recipe"])
+    assert teacher.exit_code == 0, teacher.output
+    sft = CliRunner().invoke(app, ["train-sft", "sft.teacher=D3C2", "--print-recipe"])
+    assert sft.exit_code == 2 and "same number of cascades" in sft.stderr

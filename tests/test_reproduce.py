@@ -243,7 +243,7 @@ def test_data_options_take_one_value_as_a_list_of_one(tmp_path):
 
 def test_stage_recipe_errors_name_the_stage(tmp_path, tiny_dataset):
     plan = load_plan(write_plan(tmp_path, tiny_dataset, "  evaluate: {}\n"), ["sft.student=D2C3"])
-    with pytest.raises(SftkdError, match="plan.yaml: stage teacher: .*must have the same number of cascades"):
+    with pytest.raises(SftkdError, match="plan.yaml: stage sft: .*must have the same number of cascades"):
         build_stages(plan)
     text = write_plan(tmp_path, tiny_dataset).read_text().replace("student: {}", "student: {recipe: nowhere.yaml}")
     (tmp_path / "plan.yaml").write_text(text)
