@@ -171,3 +171,22 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "x".join(str(v) for v in value)
     return f"{value:g}x" if isinstance(value, float) else str(value)
+
+
+def load_model_digest(source: str | Path, role: str | None = None,
+                      which: str = "best") -> tuple[CascadeNet, dict[str, Any], str]:
+    """`load_model`, with the sha256 of the checkpoint bytes the model was built from.
+
+    The file is read once, hashed and loaded from those bytes, so the digest names exactly what
+    was loaded even when training replaces the file meanwhile: metrics.json and the export card
+    record it, and a later reader compares it with `checkpoint_digest` of the file as it is then."""
+    import hashlib
+    import sys
+
+    from sftkd_cli.files import read_regular_bytes
+
+    path = resolve_checkpoint(source, which)
+    data = read_regular_bytes(path, "checkpoint", limit=sys.maxsize)
+    state = load_checkpoint(path, data)
+    _, entry = model_entry(state, role, path)
+    return build_from_entry(entry, path, state.get("trained_on")), state, hashlib.sha256(data).hexdigest()

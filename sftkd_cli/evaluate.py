@@ -11,6 +11,12 @@ Scores on another dataset than the model was trained on (another manifest finger
 files are written under temporary names and renamed into place together only when all were
 written, so a full disk leaves the previous evaluation's files as they were. The output folder
 is checked for writing before any work starts.
+
+metrics.json records which checkpoint it scored: `checkpoint_sha256`, the sha256 of the bytes
+loaded. Nothing locks the run while it is scored, so before writing, evaluate checks that the
+run still holds that checkpoint; when another process resumed or replaced the run meanwhile,
+it refuses and writes nothing. `scores_checkpoint` lets readers (compare, reproduce) tell
+stale scores.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftkd_cli import __version__
-from sftkd_cli.checkpoints import check_fits_data, load_model
+from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, h5_image
@@ -53,6 +59,8 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = "eval-fastmri"
+#: metrics.json's key for the sha256 of the checkpoint bytes scored (null for an exported model's)
+CHECKPOINT_DIGEST = "checkpoint_sha256"
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -348,10 +356,12 @@ def _evaluate(
     check_amp(amp, torch_device, "--amp")
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
+    run_folder, digest = _folder_identity(run.path), None
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
         named = which in CHECKPOINT_NAMES
-        model, state = load_model(run.path if named else which, model_role, which if named else "best")
+        scored_file = run.checkpoint(which) if named else Path(which)
+        model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best")
         entry_role = model_role or state["primary"]
         check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
         layout = forced_layout(recipe.train.channels_last, torch_device)
@@ -391,6 +401,7 @@ def _evaluate(
         "init": state.get("init"),
         "params": params,
         "checkpoint": which,
+        CHECKPOINT_DIGEST: digest,
         "epoch": state.get("epoch"),
         "dataset": {
             "path": str(data_path),
@@ -421,10 +432,60 @@ def _evaluate(
     if write_recon:
         files["recon.h5"] = _recon_bytes(volumes)
     files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
+    if digest is not None:  # the last moment before writing: scores of what is there now, or none
+        check_still_scored(run.path, run_folder, scored_file, digest)
     write_outputs(out, files)
     if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
         (out / "recon.h5").unlink(missing_ok=True)
     return metrics
+
+
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder: tells the run folder from another put in its place."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def check_still_scored(run_path: Path, folder: tuple[int, int] | None, checkpoint: Path, digest: str) -> None:
+    """Refuse, in one line, to file scores under a run that changed while they were computed:
+    its folder replaced, or the scored checkpoint (sha256 `digest`) resumed past or trained anew
+    (`train --resume`, `--force`) by another process; evaluate takes no lock on the run."""
+    if _folder_identity(run_path) != folder:
+        raise SftkdError(f"{display_path(run_path)}: the run folder was replaced while evaluate scored it; "
+                         f"nothing written: run sftkd evaluate {display_path(run_path)} again")
+    now = checkpoint_digest(checkpoint)
+    if now != digest:
+        how = "removed" if now is None else "replaced (the run was resumed or trained anew)"
+        raise SftkdError(f"{display_path(checkpoint)}: {how} while evaluate scored it; nothing written: "
+                         f"run sftkd evaluate {display_path(run_path)} again to score the checkpoint it holds now")
+
+
+def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:
+    """The checkpoint file that the metrics.json `info` in results folder `folder` (RUN or an
+    eval-* folder within it) scored: best or last of that run, or the file it names; None for
+    an exported model's scores or a folder in no run."""
+    which = info.get("checkpoint")
+    if info.get("exported") is not None or not isinstance(which, str):
+        return None
+    if which not in CHECKPOINT_NAMES:
+        return Path(which)
+    while not (folder / "recipe.yaml").is_file():
+        if not folder.name.startswith("eval-") or folder.parent == folder:
+            return None
+        folder = folder.parent
+    return RunDir(folder).checkpoint(which)
+
+
+def scores_checkpoint(info: dict[str, Any], checkpoint: Path) -> bool | None:
+    """Whether the metrics.json `info` holds the scores of `checkpoint` as the file is now (its
+    recorded sha256 against the file's); None when that cannot be told: no digest recorded (a
+    metrics.json of an sftkd before it, or an exported model's) or no such file now."""
+    digest = info.get(CHECKPOINT_DIGEST)
+    now = checkpoint_digest(checkpoint) if isinstance(digest, str) and checkpoint.is_file() else None
+    return None if now is None else now == digest
 
 
 def _conventions(convention: str, task: str, record: dict[str, Any]) -> dict[str, str]:

@@ -67,14 +67,15 @@ def write_checkpoint(path: Path, data: bytes) -> None:
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, with a clear error for missing or corrupt files."""
-    if not path.is_file():
+def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU, with a clear error for missing or corrupt files; from
+    `data`, the file's bytes when the caller has read them already (to hash what it loads)."""
+    if data is None and not path.is_file():
         raise SftkdError(f"{path}: checkpoint not found (or not a regular file)")
     try:
         # weights_only: the unpickler builds tensors and plain containers only, so a crafted
         # file cannot run code while it is read (sftkd writes nothing else into a checkpoint)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise SftkdError(f"{path}: unreadable checkpoint (UnpicklingError)") from None

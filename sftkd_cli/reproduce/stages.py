@@ -260,20 +260,27 @@ def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
 
 
 def evaluation_complete(stage: Stage, plan: Plan) -> bool:
-    """metrics.json (with recon.h5) newer than the checkpoint it scores (`evaluated_checkpoint`:
-    last.pt moves on when a run is resumed, best.pt only when validation improves), for the
-    plan's split and checkpoint."""
+    """metrics.json (with recon.h5) of the checkpoint the stage scores (`evaluated_checkpoint`:
+    last.pt moves on when a run is resumed, best.pt only when validation improves) as it is now,
+    for the plan's split and checkpoint. Which checkpoint the scores are of is told by the sha256
+    that metrics.json records (`evaluate.scores_checkpoint`); for a metrics.json of an earlier
+    sftkd without it, by metrics.json being newer than the checkpoint."""
+    from sftkd_cli.evaluate import scores_checkpoint
+
     out, checkpoint = evaluation_dir(stage), evaluated_checkpoint(stage, plan)
     metrics = out / "metrics.json"
     if not (metrics.is_file() and (out / "recon.h5").is_file() and checkpoint.is_file()):
-        return False
-    if metrics.stat().st_mtime <= checkpoint.stat().st_mtime:
         return False
     try:
         info = json.loads(read_regular_bytes(metrics, "metrics"))
     except (SftkdError, ValueError):
         return False
-    return info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
+    if not isinstance(info, dict):
+        return False
+    current = scores_checkpoint(info, checkpoint)
+    if current is None:  # no digest recorded: its mtime says whether it came after the checkpoint
+        current = metrics.stat().st_mtime > checkpoint.stat().st_mtime
+    return current and info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
 
 
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:

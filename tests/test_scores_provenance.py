@@ -1,0 +1,161 @@
+"""Scores are filed under the model they score: metrics.json records the sha256 of the checkpoint
+bytes evaluate loaded; evaluate refuses to write when the run's checkpoint changed while it
+scored (no lock is held: `train --resume` or `--force` in another terminal); reproduce and
+compare tell scores of an earlier checkpoint. Races are simulated deterministically: the change
+is made from evaluate's progress callback, after the first batch.
+
+Device: CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_helpers import sftkd
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.report.compare import collect_runs
+from sftkd_cli.runs import save_checkpoint
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SFT run (teacher and student, D2C2 with 4 channels) trained for one step (read-only)."""
+    runs = tmp_path_factory.mktemp("runs")
+    sftkd("train-sft", "--name", "sft", f"data.path={tiny_dataset}", f"run.dir={runs}", "sft.teacher=D2C2",
+          "sft.student=D2C2", "model.channels=4", "train.epochs=1", "train.max_steps_per_epoch=1", "train.threads=1",
+          "train.device=cpu", "eval.latency_slices=0", "train.channels_last=false")
+    return runs / "sft"
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run, for tests that write into it."""
+    return Path(shutil.copytree(trained, tmp_path / "sft", ignore=shutil.ignore_patterns(".lock")))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def retrain(checkpoint: Path) -> None:
+    """Replace `checkpoint` by another one, as a resumed (or a new) training run would."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["epoch"] = int(state["epoch"]) + 5
+    for entry in state["models"].values():
+        for value in entry["state"].values():
+            if value.is_floating_point():
+                value.add_(0.01)
+    save_checkpoint(checkpoint, state)
+
+
+def meanwhile(action):
+    """A progress callback that runs `action` once, after evaluate's first batch."""
+    done: list[int] = []
+
+    def progress(count: int, total: int) -> None:
+        if not done:
+            done.append(count)
+            action()
+
+    return progress
+
+
+def evaluate(run: Path, **options):
+    return evaluate_run(run, device="cpu", threads=1, batch_size=1, **options)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_metrics_json_records_the_sha256_of_the_checkpoint_it_scored(run):
+    metrics = evaluate(run)
+    assert metrics["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
+    student = evaluate(run, model_role="student", checkpoint="last")
+    assert student["checkpoint_sha256"] == sha256(run / "checkpoints" / "last.pt")
+    assert json.loads((run / "eval-student" / "metrics.json").read_text())["checkpoint_sha256"] == student["checkpoint_sha256"]
+
+
+def test_evaluate_refuses_scores_of_a_checkpoint_replaced_while_it_scored(run):
+    """`train --resume` saved a new best.pt meanwhile: the old model's scores are not filed beside it."""
+    best = run / "checkpoints" / "best.pt"
+    with pytest.raises(SftkdError, match=r"best.pt: replaced \(the run was resumed or trained anew\) while evaluate "
+                                         r"scored it; nothing written") as info:
+        evaluate(run, progress=meanwhile(lambda: retrain(best)))
+    assert "\n" not in str(info.value)
+    assert not any((run / name).exists() for name in ("metrics.json", "per_slice.csv", "recon.h5"))
+
+
+def test_evaluate_refuses_when_the_run_is_trained_anew_meanwhile(run):
+    """`train --force` removed the run's files (its new checkpoints not saved yet): nothing written."""
+    def force() -> None:
+        for name in ("best.pt", "last.pt"):
+            (run / "checkpoints" / name).unlink()
+
+    with pytest.raises(SftkdError, match=r"best.pt: removed while evaluate scored it; nothing written"):
+        evaluate(run, progress=meanwhile(force))
+    assert not (run / "metrics.json").exists()
+
+
+def test_evaluate_refuses_when_the_run_folder_is_replaced_meanwhile(run, tmp_path):
+    """Another run of the same name put in the folder's place (removed and trained again)."""
+    def replace() -> None:
+        os.rename(run, tmp_path / "old")
+        shutil.copytree(tmp_path / "old", run)
+
+    with pytest.raises(SftkdError, match="the run folder was replaced while evaluate scored it; nothing written"):
+        evaluate(run, progress=meanwhile(replace))
+    assert not (run / "metrics.json").exists() and not (tmp_path / "old" / "metrics.json").exists()
+
+
+def test_a_checkpoint_it_did_not_score_may_change_meanwhile(run):
+    """Resumed without a better validation: last.pt moves on, best.pt (scored) stays: the scores hold."""
+    metrics = evaluate(run, progress=meanwhile(lambda: retrain(run / "checkpoints" / "last.pt")))
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_compare_warns_about_scores_of_an_earlier_checkpoint(run):
+    evaluate(run)
+    runs, warnings = collect_runs([run])
+    assert len(runs) == 1 and warnings == []
+    retrain(run / "checkpoints" / "best.pt")  # resumed after the evaluation
+    runs, warnings = collect_runs([run])
+    assert len(runs) == 1
+    assert warnings == [f"{run}: scores are of an earlier checkpoint; re-run `sftkd evaluate {run}`"]
+
+
+def test_reproduce_redoes_an_evaluation_of_an_earlier_checkpoint_whatever_the_times(run, tmp_path, tiny_dataset):
+    """metrics.json newer than best.pt, but of the best.pt before it: not complete. The digest
+    decides, not the times: a metrics.json older than an unchanged (copied) best.pt is complete."""
+    from test_reproduce import write_plan
+
+    from sftkd_cli.reproduce import build_stages, load_plan
+    from sftkd_cli.reproduce.stages import evaluation_complete
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    stage = next(s for s in build_stages(plan) if s.id == "eval-teacher")
+    shutil.copytree(run, stage.run)
+    evaluate(stage.run)
+    best, metrics = stage.run / "checkpoints" / "best.pt", stage.run / "metrics.json"
+    os.utime(metrics, (200, 200))
+    os.utime(best, (100, 100))
+    assert evaluation_complete(stage, plan)
+    retrain(best)
+    os.utime(best, (100, 100))
+    assert not evaluation_complete(stage, plan)
+    evaluate(stage.run)
+    os.utime(metrics, (100, 100))
+    os.utime(best, (200, 200))
+    assert evaluation_complete(stage, plan)
