@@ -395,7 +395,7 @@ def _evaluate(
         "sftkd_version": __version__,
         "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
         "model": model.name,
-        "role": _role(state.get("role") or recipe.run.role, entry_role),
+        "role": scored_role(state.get("role") or recipe.run.role, entry_role),
         "method": recipe.distill.method if state.get("role") == "kd" else None,
         "teacher_role": state.get("teacher_role"),
         "init": state.get("init"),
@@ -508,7 +508,7 @@ def output_dir(run_path: Path, state: dict[str, Any], entry_role: str) -> Path:
     return run_path if entry_role == state["primary"] else run_path / f"eval-{entry_role}"
 
 
-def _role(run_role: str, entry: str) -> str:
+def scored_role(run_role: str, entry: str) -> str:
     """Role of the evaluated model: an SFT run holds the sft-teacher and the sft-student."""
     if run_role == "sft":
         return "sft-student" if entry == "student" else "sft-teacher"

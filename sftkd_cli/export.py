@@ -47,10 +47,11 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.checkpoints import check_fits_data, load_model
+from sftkd_cli.checkpoints import check_fits_data, load_model_digest
 from sftkd_cli.choices import MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
 from sftkd_cli.exported import (
     INPUT_NAMES,
     INSTALL_HINT,
@@ -256,16 +257,21 @@ def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, 
                      center_fraction=info.get("center_fraction"), layout=layout, axis=0 if axis is None else axis)
 
 
-def _last_metrics(run_path: Path) -> dict[str, Any] | None:
-    """The run's last evaluation (metrics.json), summarised for the card; None when absent."""
-    path = run_path / "metrics.json"
+def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> dict[str, Any] | None:
+    """The evaluation of the exported model, summarised for the card: metrics.json in its
+    evaluation folder (`evaluate.output_dir`), when it scored this role (`role`, as metrics.json
+    names it) and this checkpoint, byte for byte (sha256 `digest`). None otherwise: no scores,
+    another model's, those of the other checkpoint, or of an earlier one (a resumed run's), or
+    a metrics.json of an sftkd that did not record the checkpoint's sha256."""
+    path = folder / "metrics.json"
     if not path.exists():
         return None
     try:
         info = json.loads(read_regular_bytes(path, "metrics.json"))  # a FIFO or /dev/zero is never read
     except (SftkdError, ValueError):
         return None
-    if not isinstance(info, dict):
+    scored = (info.get("role"), info.get("checkpoint"), info.get(CHECKPOINT_DIGEST)) if isinstance(info, dict) else None
+    if scored != (role, checkpoint, digest):
         return None
     return {
         "file": str(path),
@@ -358,7 +364,7 @@ def export_run(
         require_onnxruntime()
     run = open_run(run_dir)
     recipe = run.load_recipe()
-    model, state = load_model(run.path, role, checkpoint)
+    model, state, digest = load_model_digest(run.path, role, checkpoint)
     model = model.eval()
     entry_role = role or state["primary"]
     data_path = recipe.data.path
@@ -424,6 +430,7 @@ def export_run(
             "init": state.get("init"),
             "teacher_role": state.get("teacher_role"),
             "checkpoint": checkpoint,
+            CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
             "epoch": state.get("epoch"),
             "architecture": family.architecture(model, fixed),
             "params": count_parameters(model),
@@ -441,7 +448,8 @@ def export_run(
                 "path": str(data_path), "source": manifest.get("source"),
                 "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
             },
-            "metrics": _last_metrics(run.path),
+            "metrics": _exported_scores(output_dir(run.path, state, entry_role),
+                                        scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),
             "check": {
                 "max_abs_diff": diff, "tolerance": TOLERANCE, "inputs": inputs.source,
                 "batches": sorted({1, len(inputs.zf)}), "runtime": runtime,

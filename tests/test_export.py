@@ -180,8 +180,9 @@ def test_export_loads_and_matches_with_dynamic_batch(trained_run, tiny_dataset, 
 
 
 def test_default_out_and_card_fields(run_copy, tiny_dataset):
-    (run_copy / "metrics.json").write_text(json.dumps(
-        {"format": 1, "model": "D2C2", "role": "teacher", "checkpoint": "best",
+    last = hashlib.sha256((run_copy / "checkpoints" / "last.pt").read_bytes()).hexdigest()
+    (run_copy / "metrics.json").write_text(json.dumps(  # scores of the exported model: its role, checkpoint and bytes
+        {"format": 1, "model": "D2C2", "role": "teacher", "checkpoint": "last", "checkpoint_sha256": last,
          "dataset": {"split": "val", "acceleration": 4.0}, "metrics": {"PSNR": {"mean": 30.0, "std": 1.0}}}))
     result = export_run(run_copy, "onnx", checkpoint="last")
     assert result.path == run_copy / "export" / "D2C2-model.onnx"
@@ -198,7 +199,7 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert card["acceleration"] == 4.0 and card["mask"]["kind"] == "random" and card["mask"]["seed"] == 42
     assert card["mask"]["axis"] == 0 and card["mask"]["sampled_lines"] == [int(r) for r in np.flatnonzero(mask[:, 0])]
     assert card["mask"]["lines"] == 4 and Path(card["mask"]["file"]).is_file()
-    assert card["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
+    assert card["metrics"]["metrics"]["PSNR"]["mean"] == 30.0 and card["checkpoint_sha256"] == last
     assert card["check"]["max_abs_diff"] < 1e-4 and card["check"]["batches"] == [1, 3]
     assert card["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest()
     assert "divided by the source volume maximum" in card["normalisation"]  # the manifest's words

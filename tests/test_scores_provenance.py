@@ -1,8 +1,9 @@
 """Scores are filed under the model they score: metrics.json records the sha256 of the checkpoint
 bytes evaluate loaded; evaluate refuses to write when the run's checkpoint changed while it
-scored (no lock is held: `train --resume` or `--force` in another terminal); reproduce and
-compare tell scores of an earlier checkpoint. Races are simulated deterministically: the change
-is made from evaluate's progress callback, after the first batch.
+scored (no lock is held: `train --resume` or `--force` in another terminal); reproduce, compare
+and export's model card tell scores of an earlier checkpoint, or of another model, from the
+exported model's. Races are simulated deterministically: the change is made from evaluate's
+progress callback, after the first batch.
 
 Device: CPU.
 """
@@ -21,6 +22,7 @@ import torch
 from cli_helpers import sftkd
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.export import export_run
 from sftkd_cli.report.compare import collect_runs
 from sftkd_cli.runs import save_checkpoint
 
@@ -159,3 +161,37 @@ def test_reproduce_redoes_an_evaluation_of_an_earlier_checkpoint_whatever_the_ti
     os.utime(metrics, (100, 100))
     os.utime(best, (200, 200))
     assert evaluation_complete(stage, plan)
+
+
+# --------------------------------------------------------------------------- export card
+
+
+def card_metrics(run: Path, **options) -> dict | None:
+    return export_run(run, "torchscript", force=True, **options).card["metrics"]
+
+
+def test_the_card_shows_the_scores_of_the_exported_model_only(run):
+    """The SFT teacher's scores (RUN/metrics.json) are not the student's, best's are not last's,
+    and scores of an earlier best.pt (the run resumed since) are no one's: null."""
+    evaluate(run)
+    teacher = card_metrics(run)
+    assert teacher is not None and teacher["role"] == "sft-teacher" and teacher["checkpoint"] == "best"
+    assert teacher["metrics"] == json.loads((run / "metrics.json").read_text())["metrics"]
+    assert card_metrics(run, role="student") is None  # not evaluated: not the teacher's D2C2 scores
+    evaluate(run, model_role="student")
+    student = card_metrics(run, role="student")
+    assert student is not None and student["role"] == "sft-student" and student["file"] == str(run / "eval-student" / "metrics.json")
+    assert card_metrics(run, checkpoint="last") is None  # best's scores
+    card = export_run(run, "torchscript", force=True, checkpoint="last").card
+    assert card["checkpoint_sha256"] == sha256(run / "checkpoints" / "last.pt")
+    retrain(run / "checkpoints" / "best.pt")
+    assert card_metrics(run) is None  # scores of the best.pt before the resume
+
+
+def test_the_card_ignores_scores_without_the_checkpoints_sha256(run):
+    """A metrics.json of an earlier sftkd cannot tell which checkpoint it scored: not shown."""
+    evaluate(run)
+    info = json.loads((run / "metrics.json").read_text())
+    del info["checkpoint_sha256"]
+    (run / "metrics.json").write_text(json.dumps(info))
+    assert card_metrics(run) is None
