@@ -14,9 +14,9 @@ is checked for writing before any work starts.
 
 metrics.json records which checkpoint it scored: `checkpoint_sha256`, the sha256 of the bytes
 loaded. Nothing locks the run while it is scored, so before writing, evaluate checks that the
-run still holds that checkpoint; when another process resumed or replaced the run meanwhile,
-it refuses and writes nothing. `scores_checkpoint` lets readers (compare, reproduce) tell
-stale scores.
+run still holds that checkpoint and that the dataset's manifest is the one it read; when another
+process resumed or replaced the run, or re-prepared the data, meanwhile, it refuses and writes
+nothing. `scores_checkpoint` lets readers (compare, reproduce) tell stale scores.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model
 from sftkd_cli.choices import MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, h5_image
-from sftkd_cli.data.format import INPUT_LABELS
+from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
@@ -434,6 +434,7 @@ def _evaluate(
     files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
     if digest is not None:  # the last moment before writing: scores of what is there now, or none
         check_still_scored(run.path, run_folder, scored_file, digest)
+    check_same_dataset(data_path, record["fingerprint"])
     write_outputs(out, files)
     if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
         (out / "recon.h5").unlink(missing_ok=True)
@@ -461,6 +462,22 @@ def check_still_scored(run_path: Path, folder: tuple[int, int] | None, checkpoin
         how = "removed" if now is None else "replaced (the run was resumed or trained anew)"
         raise SftkdError(f"{display_path(checkpoint)}: {how} while evaluate scored it; nothing written: "
                          f"run sftkd evaluate {display_path(run_path)} again to score the checkpoint it holds now")
+
+
+def check_same_dataset(data_path: Path, fingerprint: str) -> None:
+    """Refuse, in one line, scores of a dataset re-prepared (`prepare-data --force`) while evaluate
+    read it: its volumes are opened one by one, so the slices may mix the old and the new data."""
+    from sftkd_cli.data.dataset import dataset_fingerprint
+
+    try:
+        now = dataset_fingerprint(data_path)
+    except SftkdError:  # prepare-data removes the manifest while it installs the new files
+        now = None
+    if now != fingerprint:
+        shown = "unreadable" if now is None else now[:12]
+        raise SftkdError(f"{display_path(data_path / MANIFEST)}: the dataset changed while evaluate read it "
+                         f"(fingerprint {fingerprint[:12]}, now {shown}: prepared again meanwhile); nothing written: "
+                         "run sftkd evaluate again")
 
 
 def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:

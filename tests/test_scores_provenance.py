@@ -1,9 +1,9 @@
 """Scores are filed under the model they score: metrics.json records the sha256 of the checkpoint
-bytes evaluate loaded; evaluate refuses to write when the run's checkpoint changed while it
-scored (no lock is held: `train --resume` or `--force` in another terminal); reproduce, compare
-and export's model card tell scores of an earlier checkpoint, or of another model, from the
-exported model's. Races are simulated deterministically: the change is made from evaluate's
-progress callback, after the first batch.
+bytes evaluate loaded; evaluate refuses to write when the run's checkpoint or the dataset changed
+while it scored (no lock is held: `train --resume`, `--force` or `prepare-data --force` in another
+terminal); reproduce, compare and export's model card tell scores of an earlier checkpoint, or of
+another model, from the exported model's. Races are simulated deterministically: the change is
+made from evaluate's progress callback, after the first batch.
 
 Device: CPU.
 """
@@ -123,6 +123,24 @@ def test_a_checkpoint_it_did_not_score_may_change_meanwhile(run):
     """Resumed without a better validation: last.pt moves on, best.pt (scored) stays: the scores hold."""
     metrics = evaluate(run, progress=meanwhile(lambda: retrain(run / "checkpoints" / "last.pt")))
     assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+
+
+def test_evaluate_refuses_scores_of_a_dataset_prepared_again_while_it_read_it(run, tiny_dataset, tmp_path):
+    """`prepare-data --force` on the dataset meanwhile: the slices may mix old and new volumes."""
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    manifest = data / "manifest.json"
+
+    def prepare_again() -> None:
+        manifest.write_text(manifest.read_text() + "\n")  # any other manifest: another fingerprint
+
+    with pytest.raises(SftkdError, match=r"manifest.json: the dataset changed while evaluate read it \(fingerprint "
+                                         r"\w{12}, now \w{12}: prepared again meanwhile\); nothing written") as info:
+        evaluate(run, data=data, progress=meanwhile(prepare_again))
+    assert "\n" not in str(info.value)
+    assert not (run / "metrics.json").exists()
+    with pytest.raises(SftkdError, match=r"now unreadable"):  # the manifest is away while prepare-data installs
+        evaluate(run, data=data, progress=meanwhile(manifest.unlink))
+    assert not (run / "metrics.json").exists()
 
 
 # --------------------------------------------------------------------------- readers
