@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -137,6 +138,31 @@ def temporary_sibling(path: Path) -> Path:
     """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it
     (the name cut so that the temporary name still fits the file system)."""
     return path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+
+
+#: the end of a temporary name and the process that writes it: `.tmp-<pid>` (`temporary_sibling`,
+#: prepare-data's folder), `.old-<pid>` (prepare-data's folder being replaced)
+_TEMPORARY_OWNER = re.compile(r"\.(?:tmp|old)-(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` is running on this machine (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def left_by_dead_process(path: Path) -> bool:
+    """Whether `path`, a temporary name ending in `.tmp-<pid>` or `.old-<pid>`, was left by a process
+    that is no longer running (a kill -9, a power cut): only such a file or folder may be removed by
+    another process. One whose process runs is being written (evaluate and export write into a run
+    without its lock, prepare-data beside its output): removing it would make that process fail."""
+    match = _TEMPORARY_OWNER.search(path.name)
+    return match is not None and not pid_alive(int(match.group(1)))
 
 
 def unlink_quietly(path: Path) -> None:

@@ -30,7 +30,9 @@ from filelock import FileLock, Timeout
 from sftkd_cli import __version__
 from sftkd_cli.choices import CHECKPOINT_NAMES  # noqa: F401 - re-exported (evaluate, export, plans)
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
-from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes, replace_atomically, write_run_file
+from sftkd_cli.files import (
+    MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
+)
 from sftkd_cli.errors import SftkdError, os_error_text
 
 CHECKPOINT_FORMAT = 1
@@ -176,8 +178,8 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.lock()
-            for stale in [*self.path.glob(TEMPORARY_FILES), *self.path.glob(f"checkpoints/{TEMPORARY_FILES}")]:
-                stale.unlink(missing_ok=True)  # left by a killed process; the lock says none is running
+            for stale in stale_temporary_files(self.path):
+                stale.unlink(missing_ok=True)
             if force and not resume:
                 remove_sftkd_files(self.path, keep_lock=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
@@ -321,12 +323,20 @@ def sftkd_files(run: Path) -> list[Path]:
     """The files sftkd wrote into `run` (run records, checkpoints, evaluations, exports)."""
     found = [run / name for name in RUN_FILES]
     found += [run / "checkpoints" / name for name in CHECKPOINT_FILES]
-    found += [*run.glob(f"checkpoints/{TEMPORARY_FILES}"), *run.glob(TEMPORARY_FILES)]
     for folder in eval_folders(run):
         found += [folder / name for name in EVAL_FILES]
-    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)] + [*run.glob(f"export/{TEMPORARY_FILES}")]
+    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)]
+    found += stale_temporary_files(run)
     # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
     return [p for p in found if (p.is_symlink() or p.is_file()) and _real_parent(p, run)]
+
+
+def stale_temporary_files(run: Path) -> list[Path]:
+    """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/ and export/ folders that a
+    process no longer running left (`files.left_by_dead_process`). The run's lock does not cover
+    the others: evaluate and export write into a run without it, so a live one's are kept."""
+    found = [p for folder in ("", "checkpoints/", "export/") for p in run.glob(f"{folder}{TEMPORARY_FILES}")]
+    return [p for p in found if left_by_dead_process(p)]
 
 
 def _real_parent(path: Path, run: Path) -> bool:

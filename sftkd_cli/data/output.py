@@ -22,7 +22,9 @@ from typing import Any
 
 from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
 from sftkd_cli.data.sources.base import Source
-from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically, write_bytes_synced
+from sftkd_cli.files import (
+    MAX_JSON_BYTES, display_path, left_by_dead_process, read_regular_bytes, replace_atomically, write_bytes_synced,
+)
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.signals import on_signals
 
@@ -305,16 +307,6 @@ def _remove_regular_file(out: Path, name: str) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: someone else's live process
-        return True
-    return True
-
-
 def remove_stale(out: Path) -> list[Path]:
     """Remove `.<name>.tmp-<pid>` / `.<name>.old-<pid>` folders beside `out` whose process is dead
     (left by a kill -9 or a power cut); returns what was removed. Called with the lock held."""
@@ -322,7 +314,7 @@ def remove_stale(out: Path) -> list[Path]:
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)$")
     for item in out.parent.iterdir() if out.parent.is_dir() else ():
         match = pattern.match(item.name)
-        if match and item.is_dir() and not item.is_symlink() and not _pid_alive(int(match.group(1))):
+        if match and item.is_dir() and not item.is_symlink() and left_by_dead_process(item):
             shutil.rmtree(item, ignore_errors=True)
             removed.append(item)
     return removed

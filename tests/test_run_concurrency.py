@@ -1,0 +1,99 @@
+"""Runs used by several sftkd processes at once (CPU, tiny data; the other process is this test
+process holding a lock, or a file swapped in at a chosen moment: no timings).
+
+- Starting or resuming a run removes only the temporary files of processes no longer running
+  (evaluate and export write into a run without its lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftkd_cli.checkpoints import load_model, resolve_checkpoint
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
+from test_hardening import fails_cleanly, invoke
+
+torch.set_num_threads(1)
+
+
+def _base(data: Path, runs: Path) -> list[str]:
+    return [f"data.path={data}", f"run.dir={runs}", "train.epochs=1", "train.batch_size=2", "train.threads=1",
+            "train.device=cpu", "train.max_steps_per_epoch=1", "data.max_val_slices=1", "eval.latency_slices=1",
+            "sft.teacher=D3C2", "sft.student=D2C2"]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished tiny SFT run (read-only: tests copy it)."""
+    runs = tmp_path_factory.mktemp("concurrency-runs")
+    result = invoke("train-sft", "--name", "sft", *_base(tiny_dataset, runs))
+    assert result.exit_code == 0, result.output
+    return runs / "sft"
+
+
+def _copy(run: Path, runs: Path) -> Path:
+    return Path(shutil.copytree(run, runs / run.name))
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (the one just run)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def _distill(teacher: Path, data: Path, runs: Path, name: str = "kd", *extra: str):
+    return ["distill", "--teacher", teacher, "--student", "D2C2", "--method", "at", "--name", name,
+            *_base(data, runs), *extra]
+
+
+# ------------------------------------------------------------------ temporary files of live processes
+
+
+def _tiny_recipe(tmp_path: Path):
+    from sftkd_cli.config import load_recipe
+
+    return load_recipe(None, ["train.device=cpu", f"run.dir={tmp_path / 'runs'}", "run.name=r", "run.role=teacher"])
+
+
+@pytest.mark.parametrize("resume, force", [(True, False), (False, True)])
+def test_a_start_keeps_the_temporary_files_of_live_processes(tmp_path, resume, force):
+    """An evaluate or export writing into the run (this process: alive) keeps its temporary files
+    when a `train --resume` or `--force` starts; a killed process's are removed."""
+    recipe = _tiny_recipe(tmp_path)
+    first = RunDir(tmp_path / "runs" / "r")
+    first.prepare(recipe, resume=False, force=False)
+    first.unlock()
+    live = [first.path / f".metrics.json.tmp-{os.getpid()}",
+            first.path / "export" / f".D2C2-model.ts.tmp-{os.getpid()}"]
+    dead_pid = _dead_pid()
+    dead = [first.path / f".per_slice.csv.tmp-{dead_pid}", first.path / "checkpoints" / f".last.pt.tmp-{dead_pid}"]
+    (first.path / "export").mkdir()
+    for path in live + dead:
+        path.write_text("being written")
+    again = RunDir(first.path)
+    again.prepare(recipe, resume=resume, force=force)
+    again.unlock()
+    assert all(path.exists() for path in live)
+    assert not any(path.exists() for path in dead)
+
+
+def test_prepare_data_and_runs_share_one_rule_for_stale_files(tmp_path):
+    """prepare-data's `remove_stale` and a run start ask the same helper (knowledge in one place)."""
+    from sftkd_cli.data.output import remove_stale
+    from sftkd_cli.files import left_by_dead_process
+
+    dead_pid, own = _dead_pid(), os.getpid()
+    assert left_by_dead_process(Path(f".x.tmp-{dead_pid}")) and left_by_dead_process(Path(f".x.old-{dead_pid}"))
+    assert not left_by_dead_process(Path(f".x.tmp-{own}")) and not left_by_dead_process(Path("x.pt"))
+    (tmp_path / f".out.tmp-{dead_pid}").mkdir()
+    (tmp_path / f".out.tmp-{own}").mkdir()
+    assert remove_stale(tmp_path / "out") == [tmp_path / f".out.tmp-{dead_pid}"]
