@@ -172,12 +172,21 @@ class RunDir:
         A non-empty folder that is not a run is refused; `force` removes only what sftkd wrote
         into the run (`sftkd_files`), never other files kept there. `sources` (a teacher run, a
         checkpoint to start from) must lie outside the run: it would replace what it reads.
+        A run another process holds is refused as such first: what it has written so far (the
+        recipe of a run it has just begun) says nothing about whether this start may go on.
         """
-        self._check_can_prepare(resume, force, sources)
+        if self.path.is_dir() and (self.path / ".lock").is_file():
+            self.lock()
+        try:
+            self._check_can_prepare(resume, force, sources)
+        except SftkdError:
+            self.unlock()
+            raise
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.lock()
+            if self._lock_handle is None:
+                self.lock()
             for stale in stale_temporary_files(self.path):
                 stale.unlink(missing_ok=True)
             if force and not resume:
@@ -252,6 +261,8 @@ class RunDir:
             lock.acquire()
         except Timeout:
             raise SftkdError(f"{self.path}: another sftkd process is using this run") from None
+        except OSError as exc:
+            raise SftkdError(f"{self.path}: could not lock the run ({os_error_text(exc)})") from None
         self._lock_handle = lock
 
     def unlock(self) -> None:

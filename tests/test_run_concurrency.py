@@ -3,6 +3,7 @@ process holding a lock, or a file swapped in at a chosen moment: no timings).
 
 - Starting or resuming a run removes only the temporary files of processes no longer running
   (evaluate and export write into a run without its lock).
+- A second start of a run that another process holds is told so, not "run already exists".
 """
 
 from __future__ import annotations
@@ -97,3 +98,23 @@ def test_prepare_data_and_runs_share_one_rule_for_stale_files(tmp_path):
     (tmp_path / f".out.tmp-{dead_pid}").mkdir()
     (tmp_path / f".out.tmp-{own}").mkdir()
     assert remove_stale(tmp_path / "out") == [tmp_path / f".out.tmp-{dead_pid}"]
+
+
+# ------------------------------------------------------------------ a run another process holds
+
+
+@pytest.mark.parametrize("resume, force", [(False, False), (True, False), (False, True)])
+def test_a_second_start_of_a_held_run_is_told_another_process_uses_it(tmp_path, resume, force):
+    """The first start has written its recipe and holds the run: the second is refused for that,
+    not with "run already exists" (whose --resume/--force would not help, and `reproduce` has neither)."""
+    recipe = _tiny_recipe(tmp_path)
+    first = RunDir(tmp_path / "runs" / "r")
+    first.prepare(recipe, resume=False, force=False)
+    try:
+        with pytest.raises(SftkdError, match="another sftkd process is using this run"):
+            RunDir(first.path).prepare(recipe, resume=resume, force=force)
+        assert first.recipe_file.is_file()
+    finally:
+        first.unlock()
+    with pytest.raises(SftkdError, match="run already exists; use --resume"):  # once it is free
+        RunDir(first.path).prepare(recipe, resume=False, force=False)
