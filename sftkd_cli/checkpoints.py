@@ -18,20 +18,31 @@ from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
-from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.runs import CHECKPOINT_NAMES, load_checkpoint
 
 
-def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
-    """A run directory -> its `checkpoints/<which>.pt`; a file -> itself."""
+def resolve_checkpoint(source: str | Path, which: str = "best", option: str = "") -> Path:
+    """A run directory -> its `checkpoints/<which>.pt`; a file -> itself. `option`: the caller's
+    option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
     path = Path(source)
     if path.is_dir():
         candidate = path / "checkpoints" / f"{which}.pt"
         if not candidate.is_file():
-            raise SftkdError(f"{path}: no {which} checkpoint (is training finished? try `--checkpoint last`)")
+            raise SftkdError(_no_checkpoint(path, which, option))
         return candidate
     if not path.exists():
         raise SftkdError(f"{source}: no such run directory or checkpoint file")
     return path
+
+
+def _no_checkpoint(run: Path, which: str, option: str) -> str:
+    """Why run `run` has no `which` checkpoint, in one line; `option` is suggested only with a
+    checkpoint the run has (a caller without such an option gets no suggestion)."""
+    others = [name for name in CHECKPOINT_NAMES if name != which and (run / "checkpoints" / f"{name}.pt").is_file()]
+    if not others:
+        return f"{run}: has no checkpoint yet (stopped before its first epoch ended, or still training)"
+    hint = f"; try `{option} {others[0]}`" if option else ""
+    return f"{run}: has no {which} checkpoint, only {others[0]}{hint}"
 
 
 def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
@@ -89,9 +100,11 @@ def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint", t
     return model
 
 
-def load_model(source: str | Path, role: str | None = None, which: str = "best") -> tuple[CascadeNet, dict[str, Any]]:
-    """Load a trained model from a run directory or checkpoint file; returns (model, checkpoint)."""
-    path = resolve_checkpoint(source, which)
+def load_model(source: str | Path, role: str | None = None, which: str = "best",
+               option: str = "") -> tuple[CascadeNet, dict[str, Any]]:
+    """Load a trained model from a run directory or checkpoint file; returns (model, checkpoint).
+    `option`: the caller's option that picks `which` (`resolve_checkpoint`)."""
+    path = resolve_checkpoint(source, which, option)
     state = load_checkpoint(path)
     _, entry = model_entry(state, role, path)
     return build_from_entry(entry, path, state.get("trained_on")), state
@@ -173,8 +186,8 @@ def _shown(value: Any) -> str:
     return f"{value:g}x" if isinstance(value, float) else str(value)
 
 
-def load_model_digest(source: str | Path, role: str | None = None,
-                      which: str = "best") -> tuple[CascadeNet, dict[str, Any], str]:
+def load_model_digest(source: str | Path, role: str | None = None, which: str = "best",
+                      option: str = "") -> tuple[CascadeNet, dict[str, Any], str]:
     """`load_model`, with the sha256 of the checkpoint bytes the model was built from.
 
     The file is read once, hashed and loaded from those bytes, so the digest names exactly what
@@ -185,7 +198,7 @@ def load_model_digest(source: str | Path, role: str | None = None,
 
     from sftkd_cli.files import read_regular_bytes
 
-    path = resolve_checkpoint(source, which)
+    path = resolve_checkpoint(source, which, option)
     data = read_regular_bytes(path, "checkpoint", limit=sys.maxsize)
     state = load_checkpoint(path, data)
     _, entry = model_entry(state, role, path)

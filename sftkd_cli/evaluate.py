@@ -361,7 +361,8 @@ def _evaluate(
         which = checkpoint or recipe.eval.checkpoint
         named = which in CHECKPOINT_NAMES
         scored_file = run.checkpoint(which) if named else Path(which)
-        model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best")
+        model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best",
+                                                 "--checkpoint")
         entry_role = model_role or state["primary"]
         check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
         layout = forced_layout(recipe.train.channels_last, torch_device)

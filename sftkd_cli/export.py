@@ -364,7 +364,7 @@ def export_run(
         require_onnxruntime()
     run = open_run(run_dir)
     recipe = run.load_recipe()
-    model, state, digest = load_model_digest(run.path, role, checkpoint)
+    model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
     entry_role = role or state["primary"]
     data_path = recipe.data.path

@@ -4,6 +4,8 @@ process holding a lock, or a file swapped in at a chosen moment: no timings).
 - Starting or resuming a run removes only the temporary files of processes no longer running
   (evaluate and export write into a run without its lock).
 - A second start of a run that another process holds is told so, not "run already exists".
+- A run with no checkpoint yet is said to have none, and `--checkpoint` is suggested only to a
+  command that has it, naming a checkpoint the run has.
 """
 
 from __future__ import annotations
@@ -118,3 +120,43 @@ def test_a_second_start_of_a_held_run_is_told_another_process_uses_it(tmp_path, 
         first.unlock()
     with pytest.raises(SftkdError, match="run already exists; use --resume"):  # once it is free
         RunDir(first.path).prepare(recipe, resume=False, force=False)
+
+
+# ------------------------------------------------------------------ runs with no checkpoint yet
+
+
+def test_a_run_without_checkpoints_is_said_to_have_none(tmp_path):
+    recipe = _tiny_recipe(tmp_path)
+    run = RunDir(tmp_path / "runs" / "r")
+    run.prepare(recipe, resume=False, force=False)
+    run.unlock()
+    for which in ("best", "last"):
+        with pytest.raises(SftkdError) as refused:
+            load_model(run.path, which=which, option="--checkpoint")
+        assert "has no checkpoint yet (stopped before its first epoch ended, or still training)" in str(refused.value)
+        assert "--checkpoint" not in str(refused.value)
+
+
+def test_checkpoint_is_suggested_only_where_the_run_has_it_and_the_caller_has_the_option(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.pt").write_bytes(b"a checkpoint")
+    with pytest.raises(SftkdError, match=r"has no best checkpoint, only last; try `--checkpoint last`$"):
+        resolve_checkpoint(tmp_path / "run", "best", "--checkpoint")
+    with pytest.raises(SftkdError) as refused:  # distill, --init-from: no such option to suggest
+        resolve_checkpoint(tmp_path / "run", "best")
+    assert str(refused.value).endswith("has no best checkpoint, only last")
+
+
+def test_evaluate_and_distill_of_a_run_killed_before_its_first_checkpoint(tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    run = RunDir(runs / "t")
+    from sftkd_cli.config import load_recipe
+
+    run.prepare(load_recipe(None, ["train.device=cpu", f"data.path={tiny_dataset}", f"run.dir={runs}", "run.name=t",
+                                   "run.role=teacher"]), resume=False, force=False)
+    run.unlock()
+    line = fails_cleanly("evaluate", run.path, "--checkpoint", "last", "--device", "cpu", names=("has no checkpoint yet",))
+    assert "try" not in line
+    line = fails_cleanly(*_distill(run.path, tiny_dataset, runs), names=("has no checkpoint yet",))
+    assert "--checkpoint" not in line
