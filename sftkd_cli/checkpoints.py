@@ -10,12 +10,13 @@ their data consistency) instead; the run's `trained_on` supplies the rest.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.dataset import record_acquisition
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.files import sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.runs import CHECKPOINT_NAMES, load_checkpoint
@@ -43,6 +44,27 @@ def _no_checkpoint(run: Path, which: str, option: str) -> str:
         return f"{run}: has no checkpoint yet (stopped before its first epoch ended, or still training)"
     hint = f"; try `{option} {others[0]}`" if option else ""
     return f"{run}: has no {which} checkpoint, only {others[0]}{hint}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once: its path, what it holds, and the sha256 of the very bytes that was
+    loaded from, so that what a run records about its source is what it used, even if the file
+    is replaced meanwhile (a teacher run still saving a new best.pt)."""
+
+    path: Path
+    state: dict[str, Any]
+    sha256: str
+
+
+def read_checkpoint(source: str | Path, which: str = "best") -> CheckpointFile:
+    """A run's `which` checkpoint (or a checkpoint file), read once (`CheckpointFile`)."""
+    path = resolve_checkpoint(source, which)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SftkdError(f"{path}: cannot read checkpoint ({os_error_text(exc)})") from None
+    return CheckpointFile(path, load_checkpoint(path, data), hashlib.sha256(data).hexdigest())
 
 
 def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
@@ -106,18 +128,27 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best",
     `option`: the caller's option that picks `which` (`resolve_checkpoint`)."""
     path = resolve_checkpoint(source, which, option)
     state = load_checkpoint(path)
+    return model_of(state, role, path), state
+
+
+def model_of(state: dict[str, Any], role: str | None, path: str | Path) -> CascadeNet:
+    """The model `role` (else the primary) of checkpoint `state`, read from `path`."""
     _, entry = model_entry(state, role, path)
-    return build_from_entry(entry, path, state.get("trained_on")), state
+    return build_from_entry(entry, path, state.get("trained_on"))
 
 
 def init_weights(model: CascadeNet, source: str | Path, role: str | None = None) -> str:
-    """Copy weights into `model` from a run or checkpoint; architectures must match exactly.
+    """Copy weights into `model` from a run's best checkpoint or a checkpoint file (`copy_weights`)."""
+    path = resolve_checkpoint(source, "best")
+    return copy_weights(model, load_checkpoint(path), path, role)
+
+
+def copy_weights(model: CascadeNet, state: dict[str, Any], path: str | Path, role: str | None = None) -> str:
+    """Copy weights into `model` from checkpoint `state` (read from `path`); architectures must match exactly.
 
     Without a role, the entry with the same architecture is used (e.g. the student blocks of
     an SFT run for a D3C5 student). Returns a description of what was loaded.
     """
-    path = resolve_checkpoint(source, "best")
-    state = load_checkpoint(path)
     name, entry = model_entry(state, role, path, arch=None if role else model.name)
     if entry["arch"] != model.name or entry["channels"] != model.channels:
         raise SftkdError(f"{path}: {name} is {entry['arch']} with {entry['channels']} channels, expected {model.name} with {model.channels}")

@@ -1,6 +1,8 @@
 """Runs used by several sftkd processes at once (CPU, tiny data; the other process is this test
 process holding a lock, or a file swapped in at a chosen moment: no timings).
 
+- distill reads the teacher's checkpoint once: the teacher, its recorded sha256 and the SFT
+  student blocks it starts from are the same file, even if the teacher run saves a new one meanwhile.
 - Starting or resuming a run removes only the temporary files of processes no longer running
   (evaluate and export write into a run without its lock).
 - A second start of a run that another process holds is told so, not "run already exists".
@@ -56,6 +58,58 @@ def _dead_pid() -> int:
 def _distill(teacher: Path, data: Path, runs: Path, name: str = "kd", *extra: str):
     return ["distill", "--teacher", teacher, "--student", "D2C2", "--method", "at", "--name", name,
             *_base(data, runs), *extra]
+
+
+# ------------------------------------------------------------------ distill reads its teacher once
+
+
+def test_distill_uses_and_records_the_teacher_file_it_read(sft_run, tiny_dataset, tmp_path, monkeypatch):
+    """The teacher run saves a new best.pt just after distill has read it: the recorded sha256 and
+    the student blocks it starts from are still those of the file it read."""
+    teacher = _copy(sft_run, tmp_path / "runs")
+    best = teacher / "checkpoints" / "best.pt"
+    read = hashlib.sha256(best.read_bytes()).hexdigest()
+    original = load_checkpoint(best)
+    newer = load_checkpoint(best)
+    newer["epoch"] += 1
+    for value in newer["models"]["student"]["state"].values():
+        value.add_(1.0)
+    real_load = torch.load
+    swapped = []
+
+    def load_then_replace(*args, **kwargs):
+        state = real_load(*args, **kwargs)
+        if not swapped:  # the teacher run saves a better epoch right after distill's first read
+            swapped.append(True)
+            save_checkpoint(best, newer)
+        return state
+
+    monkeypatch.setattr(torch, "load", load_then_replace)
+    result = invoke(*_distill(teacher, tiny_dataset, tmp_path / "runs", "kd", "--init-from", "sft", "train.lr=1e-30"))
+    monkeypatch.undo()
+    assert result.exit_code == 0, result.output
+    assert swapped and hashlib.sha256(best.read_bytes()).hexdigest() != read
+    distilled = load_checkpoint(tmp_path / "runs" / "kd" / "checkpoints" / "last.pt")
+    assert distilled["teacher_sha256"] == distilled["init_sha256"] == read
+    for key, value in original["models"]["student"]["state"].items():  # lr=1e-30: updates vanish
+        assert torch.equal(distilled["models"]["model"]["state"][key], value), key
+
+
+def test_distill_records_the_sha256_of_the_checkpoint_it_starts_from(sft_run, tiny_dataset, tmp_path):
+    """A student started from another checkpoint (--init-from FILE) records that file's sha256;
+    a random start records none."""
+    teacher = _copy(sft_run, tmp_path / "runs")
+    start = tmp_path / "start.pt"
+    state = load_checkpoint(teacher / "checkpoints" / "best.pt")
+    state["primary"], state["models"] = "student", {"student": state["models"]["student"]}
+    save_checkpoint(start, state)
+    runs = tmp_path / "runs"
+    assert invoke(*_distill(teacher, tiny_dataset, runs, "kd-file", "--init-from", start)).exit_code == 0
+    assert invoke(*_distill(teacher, tiny_dataset, runs, "kd-random")).exit_code == 0
+    from_file = load_checkpoint(runs / "kd-file" / "checkpoints" / "last.pt")
+    assert from_file["init"].startswith(str(start)) and from_file["init_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    random = load_checkpoint(runs / "kd-random" / "checkpoints" / "last.pt")
+    assert random["init"] == "random" and random["init_sha256"] is None
 
 
 # ------------------------------------------------------------------ temporary files of live processes

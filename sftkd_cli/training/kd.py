@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
-from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, init_weights, load_model
+from sftkd_cli.checkpoints import CheckpointFile, check_fits_data, copy_weights, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
@@ -130,8 +130,10 @@ def distill(
         raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
     if not cfg.teacher_run:
         raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
-    teacher, t_state = load_model(cfg.teacher_run, role="teacher" if _is_sft(cfg.teacher_run) else None)
-    teacher_digest = checkpoint_digest(cfg.teacher_run)  # which teacher, for later readers
+    # read once: the teacher, the sha256 recorded for it and an SFT run's student blocks come from the same bytes
+    teacher_file = read_checkpoint(cfg.teacher_run)
+    t_state = teacher_file.state
+    teacher = model_of(t_state, "teacher" if _is_sft(cfg.teacher_run) else None, teacher_file.path)
     teacher_role = teacher_role_of(t_state)
     init = cfg.teacher_run if cfg.init == "sft" else cfg.init
     if cfg.init == "sft" and teacher_role != "sft-teacher":
@@ -142,12 +144,13 @@ def distill(
     def make(data: dict[str, object]) -> Distillation:
         check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)
         student = model_for(recipe, recipe.model.name, data)
-        loaded = "random"
+        loaded, loaded_sha256 = "random", None
         started = _started_from(recipe) if resume else None
         if started:  # the weights will come from the run's last checkpoint: keep what it started from
-            loaded = started
+            loaded, loaded_sha256 = started
         elif init not in ("", "random"):  # a new run, or a resumed one that never saved a checkpoint
-            loaded = init_weights(student, init)
+            start: CheckpointFile = teacher_file if cfg.init == "sft" else read_checkpoint(init)
+            loaded, loaded_sha256 = copy_weights(student, start.state, start.path), start.sha256
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps
         t_taps = cfg.teacher_taps or t_taps
@@ -157,8 +160,9 @@ def distill(
             [teacher.tap_channels(t) for t in t_taps],
             **cfg.options,
         )
-        facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "teacher_sha256": teacher_digest,
-                 "init": loaded, "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
+        facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "teacher_sha256": teacher_file.sha256,
+                 "init": loaded, "init_sha256": loaded_sha256,
+                 "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
         return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
 
@@ -166,12 +170,14 @@ def distill(
     return run_training(recipe, make, resume=resume, force=force, console=console, sources=sources)
 
 
-def _started_from(recipe: Recipe) -> str | None:
-    """The `init` recorded in the checkpoints of the run being resumed (None if it has none): last.pt's,
-    or best.pt's where a stop cut its epoch's writes short (`resume.resume_point`; the same run's)."""
+def _started_from(recipe: Recipe) -> tuple[str, str | None] | None:
+    """The `init` and `init_sha256` recorded in the checkpoints of the run being resumed (None if it
+    has none or no init): last.pt's, or best.pt's where a stop cut its epoch's writes short
+    (`resume.resume_point`; the same run's)."""
     run = RunDir(run_path(recipe))
     saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
-    return load_checkpoint(saved).get("init") if saved else None
+    state = load_checkpoint(saved) if saved else {}
+    return (state["init"], state.get("init_sha256")) if state.get("init") else None
 
 
 def _is_sft(path: str | Path) -> bool:
