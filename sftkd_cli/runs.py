@@ -265,6 +265,22 @@ class RunDir:
             raise SftkdError(f"{self.path}: could not lock the run ({os_error_text(exc)})") from None
         self._lock_handle = lock
 
+    def busy(self) -> bool:
+        """Whether another process holds this run's lock (one trains in it): tried without waiting,
+        and let go at once. A run with no .lock has never been locked; one whose lock cannot be
+        opened (a read-only copy) cannot be told, and counts as not busy."""
+        if not (self.path / ".lock").is_file():
+            return False
+        lock = FileLock(self.path / ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        except OSError:
+            return False
+        lock.release()
+        return False
+
     def unlock(self) -> None:
         if self._lock_handle is not None:
             self._lock_handle.release()

@@ -3,6 +3,7 @@ process holding a lock, or a file swapped in at a chosen moment: no timings).
 
 - distill reads the teacher's checkpoint once: the teacher, its recorded sha256 and the SFT
   student blocks it starts from are the same file, even if the teacher run saves a new one meanwhile.
+- distill refuses a teacher run that another process is still training.
 - Starting or resuming a run removes only the temporary files of processes no longer running
   (evaluate and export write into a run without its lock).
 - A second start of a run that another process holds is told so, not "run already exists".
@@ -110,6 +111,26 @@ def test_distill_records_the_sha256_of_the_checkpoint_it_starts_from(sft_run, ti
     assert from_file["init"].startswith(str(start)) and from_file["init_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
     random = load_checkpoint(runs / "kd-random" / "checkpoints" / "last.pt")
     assert random["init"] == "random" and random["init_sha256"] is None
+
+
+# ------------------------------------------------------------------ a teacher still training
+
+
+def test_distill_refuses_a_teacher_run_still_training(sft_run, tiny_dataset, tmp_path):
+    teacher = _copy(sft_run, tmp_path / "runs")
+    training = RunDir(teacher)
+    training.lock()  # another process trains the teacher run
+    try:
+        line = fails_cleanly(*_distill(teacher, tiny_dataset, tmp_path / "runs"),
+                             names=(f"teacher run {teacher} is still training", "wait for it to finish"))
+        assert "another sftkd process holds it" in line
+    finally:
+        training.unlock()
+    assert not (tmp_path / "runs" / "kd").exists()
+    result = invoke(*_distill(teacher, tiny_dataset, tmp_path / "runs"))  # finished: distill goes on
+    assert result.exit_code == 0, result.output
+    distilled = load_checkpoint(tmp_path / "runs" / "kd" / "checkpoints" / "last.pt")
+    assert distilled["teacher_epoch"] == load_checkpoint(teacher / "checkpoints" / "best.pt")["epoch"] == 1
 
 
 # ------------------------------------------------------------------ temporary files of live processes

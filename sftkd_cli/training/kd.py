@@ -130,6 +130,7 @@ def distill(
         raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
     if not cfg.teacher_run:
         raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
+    check_teacher_idle(cfg.teacher_run)
     # read once: the teacher, the sha256 recorded for it and an SFT run's student blocks come from the same bytes
     teacher_file = read_checkpoint(cfg.teacher_run)
     t_state = teacher_file.state
@@ -161,7 +162,7 @@ def distill(
             **cfg.options,
         )
         facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "teacher_sha256": teacher_file.sha256,
-                 "init": loaded, "init_sha256": loaded_sha256,
+                 "teacher_epoch": t_state.get("epoch"), "init": loaded, "init_sha256": loaded_sha256,
                  "method": cfg.method, "student_taps": s_taps, "teacher_taps": t_taps}
         return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
@@ -178,6 +179,15 @@ def _started_from(recipe: Recipe) -> tuple[str, str | None] | None:
     saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
     state = load_checkpoint(saved) if saved else {}
     return (state["init"], state.get("init_sha256")) if state.get("init") else None
+
+
+def check_teacher_idle(teacher_run: str | Path) -> None:
+    """Refuse, in one line, a teacher run that another process is still training (it holds the
+    run's lock): its best.pt changes with every better epoch, so the student would learn from
+    whichever teacher was best at the moment it was read."""
+    if Path(teacher_run).is_dir() and RunDir(Path(teacher_run)).busy():
+        raise SftkdError(f"teacher run {teacher_run} is still training (another sftkd process holds it); "
+                         "wait for it to finish")
 
 
 def _is_sft(path: str | Path) -> bool:
