@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.dataset import record_acquisition
-from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.files import sha256_file
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.runs import CHECKPOINT_NAMES, load_checkpoint
 
@@ -57,13 +58,11 @@ class CheckpointFile:
     sha256: str
 
 
-def read_checkpoint(source: str | Path, which: str = "best") -> CheckpointFile:
-    """A run's `which` checkpoint (or a checkpoint file), read once (`CheckpointFile`)."""
-    path = resolve_checkpoint(source, which)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SftkdError(f"{path}: cannot read checkpoint ({os_error_text(exc)})") from None
+def read_checkpoint(source: str | Path, which: str = "best", option: str = "") -> CheckpointFile:
+    """A run's `which` checkpoint (or a checkpoint file), read once (`CheckpointFile`); `option`
+    as for `resolve_checkpoint`."""
+    path = resolve_checkpoint(source, which, option)
+    data = read_regular_bytes(path, "checkpoint", limit=sys.maxsize)
     return CheckpointFile(path, load_checkpoint(path, data), hashlib.sha256(data).hexdigest())
 
 
@@ -129,6 +128,15 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best",
     path = resolve_checkpoint(source, which, option)
     state = load_checkpoint(path)
     return model_of(state, role, path), state
+
+
+def load_model_digest(source: str | Path, role: str | None = None, which: str = "best",
+                      option: str = "") -> tuple[CascadeNet, dict[str, Any], str]:
+    """`load_model`, with the sha256 of the checkpoint bytes the model was built from (one read:
+    the digest names what was loaded even if training replaces the file meanwhile; metrics.json
+    and the export card record it, a later reader compares it with `checkpoint_digest`)."""
+    read = read_checkpoint(source, which, option)
+    return model_of(read.state, role, read.path), read.state, read.sha256
 
 
 def model_of(state: dict[str, Any], role: str | None, path: str | Path) -> CascadeNet:
@@ -215,22 +223,3 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "x".join(str(v) for v in value)
     return f"{value:g}x" if isinstance(value, float) else str(value)
-
-
-def load_model_digest(source: str | Path, role: str | None = None, which: str = "best",
-                      option: str = "") -> tuple[CascadeNet, dict[str, Any], str]:
-    """`load_model`, with the sha256 of the checkpoint bytes the model was built from.
-
-    The file is read once, hashed and loaded from those bytes, so the digest names exactly what
-    was loaded even when training replaces the file meanwhile: metrics.json and the export card
-    record it, and a later reader compares it with `checkpoint_digest` of the file as it is then."""
-    import hashlib
-    import sys
-
-    from sftkd_cli.files import read_regular_bytes
-
-    path = resolve_checkpoint(source, which, option)
-    data = read_regular_bytes(path, "checkpoint", limit=sys.maxsize)
-    state = load_checkpoint(path, data)
-    _, entry = model_entry(state, role, path)
-    return build_from_entry(entry, path, state.get("trained_on")), state, hashlib.sha256(data).hexdigest()
