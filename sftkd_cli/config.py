@@ -366,8 +366,9 @@ def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
     from sftkd_cli.models import cascades_of
 
-    if recipe.model.name:
-        cascades_of(recipe.model.name)  # a full check of the name (e.g. D1C5 has too few layers)
+    for name in (recipe.model.name, recipe.sft.teacher, recipe.sft.student):
+        if name:
+            cascades_of(name)  # a full check of the name (e.g. D1C5 has too few layers); pairing: check_sft_pair
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
