@@ -203,7 +203,7 @@ def check_no_load_time_code(path: Path) -> None:
             found = any(_mentions(archive.open(entry), LOAD_TIME_METHOD) for entry in entries)
         with open(path, "rb") as raw:
             found = found or _mentions(raw, LOAD_TIME_METHOD)
-    except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, RuntimeError) as exc:
+    except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, RuntimeError, ValueError) as exc:
         # a foreign or encrypted zip file (RuntimeError: a password is needed)
         raise SftkdError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
     if found:

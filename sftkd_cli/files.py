@@ -149,7 +149,7 @@ def pid_alive(pid: int) -> bool:
     """Whether a process `pid` is running on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; a number no pid can be
         return False
     except OSError:  # EPERM: someone else's live process
         return True

@@ -146,6 +146,11 @@ def environment(device: str, seed: int) -> dict[str, Any]:
     }
 
 
+#: seconds a run's lock is tried before it counts as another process's: a process that trains
+#: holds it throughout, a `RunDir.busy` probe for an instant
+LOCK_PATIENCE_S = 0.5
+
+
 class RunDir:
     """A run directory; holds an exclusive lock while training in it."""
 
@@ -255,8 +260,9 @@ class RunDir:
         return foreign
 
     def lock(self) -> None:
-        """Take an exclusive lock; a second process on the same run is refused."""
-        lock = FileLock(self.path / ".lock", timeout=0)
+        """Take an exclusive lock; a second process on the same run is refused (after
+        `LOCK_PATIENCE_S`: another's `busy` probe holds it for an instant)."""
+        lock = FileLock(self.path / ".lock", timeout=LOCK_PATIENCE_S)
         try:
             lock.acquire()
         except Timeout:
@@ -266,12 +272,13 @@ class RunDir:
         self._lock_handle = lock
 
     def busy(self) -> bool:
-        """Whether another process holds this run's lock (one trains in it): tried without waiting,
-        and let go at once. A run with no .lock has never been locked; one whose lock cannot be
-        opened (a read-only copy) cannot be told, and counts as not busy."""
+        """Whether another process holds this run's lock (one trains in it): tried for
+        `LOCK_PATIENCE_S` (several distillations probing one teacher at once each hold it for an
+        instant) and let go at once. A run with no .lock has never been locked; one whose lock
+        cannot be opened (a read-only copy) cannot be told, and counts as not busy."""
         if not (self.path / ".lock").is_file():
             return False
-        lock = FileLock(self.path / ".lock", timeout=0)
+        lock = FileLock(self.path / ".lock", timeout=LOCK_PATIENCE_S)
         try:
             lock.acquire()
         except Timeout:

@@ -213,3 +213,21 @@ def test_an_export_holding_an_op_the_check_does_not_know_is_not_written(trained_
                                          r"loading, nothing written \(.*TorchScript op aten::fft_fft2 \(in forward\)"):
         export_run(trained_run, "torchscript", out=out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_zip_entry_name_that_is_not_utf8_is_not_a_torchscript_model(tmp_path):
+    """A damaged or crafted archive whose entry claims UTF-8 but is not: one line, not a traceback."""
+    import zipfile
+
+    path = tmp_path / "bad.ts"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a", b"data")
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 0x08  # general purpose flags, low byte: bit 11 (UTF-8 names) is 0x0800
+    data[central + 9] |= 0x08
+    name_at = central + 46
+    data[name_at] = 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(SftkdError, match="bad.ts: not a TorchScript model"):
+        exported_module.check_no_load_time_code(path)

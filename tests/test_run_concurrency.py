@@ -175,6 +175,33 @@ def test_prepare_data_and_runs_share_one_rule_for_stale_files(tmp_path):
     (tmp_path / f".out.tmp-{dead_pid}").mkdir()
     (tmp_path / f".out.tmp-{own}").mkdir()
     assert remove_stale(tmp_path / "out") == [tmp_path / f".out.tmp-{dead_pid}"]
+    assert left_by_dead_process(Path(".x.tmp-99999999999999999999"))  # no pid is that large: no OverflowError
+
+
+def test_a_lock_held_for_an_instant_is_not_a_training_run(tmp_path):
+    """Several distillations probing one teacher at once each hold its lock for an instant: a probe
+    meeting another's is not "still training", and a trainer starting then is not refused."""
+    import threading
+
+    from filelock import FileLock
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / ".lock").touch()
+
+    def hold_briefly() -> None:
+        with FileLock(run.path / ".lock", timeout=5):
+            held.set()
+            threading.Event().wait(0.1)
+
+    for check in (lambda: run.busy() is False, lambda: run.lock() is None):
+        held = threading.Event()
+        probe = threading.Thread(target=hold_briefly)
+        probe.start()
+        held.wait(5)
+        assert check()
+        probe.join()
+    run.unlock()
 
 
 # ------------------------------------------------------------------ a run another process holds
