@@ -497,6 +497,28 @@ def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:
     return RunDir(folder).checkpoint(which)
 
 
+def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
+    """The `sftkd evaluate` command that writes results folder `folder` (RUN, or an eval-* folder
+    in it) again: the run, then the option each eval-* level below it stands for (`--model`,
+    `--data`, `--amp`, `--convention`; see `_evaluate`), and a checkpoint other than best."""
+    options: list[str] = []
+    while folder.name.startswith("eval-") and not (folder / "recipe.yaml").is_file():
+        level = folder.name[len("eval-"):]
+        if folder.name == FASTMRI_DIR:
+            options.insert(0, "--convention fastmri")
+        elif level.startswith("amp-"):
+            options.insert(0, f"--amp {level[len('amp-'):]}")
+        elif level.startswith("data-"):
+            options.insert(0, f"--data {(info.get('dataset') or {}).get('path', 'DIR')}")
+        else:
+            options.insert(0, f"--model {level}")
+        folder = folder.parent
+    which = info.get("checkpoint")
+    if isinstance(which, str) and which != "best":
+        options.append(f"--checkpoint {which}")
+    return " ".join(["sftkd evaluate", str(folder), *options])
+
+
 def scores_checkpoint(info: dict[str, Any], checkpoint: Path) -> bool | None:
     """Whether the metrics.json `info` holds the scores of `checkpoint` as the file is now (its
     recorded sha256 against the file's); None when that cannot be told: no digest recorded (a

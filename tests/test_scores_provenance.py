@@ -213,3 +213,17 @@ def test_the_card_ignores_scores_without_the_checkpoints_sha256(run):
     del info["checkpoint_sha256"]
     (run / "metrics.json").write_text(json.dumps(info))
     assert card_metrics(run) is None
+
+
+def test_the_rerun_advice_names_the_run_and_the_options_of_its_results_folder(tmp_path):
+    """`RUN/eval-amp-bf16` is written by `sftkd evaluate RUN --amp bf16`, not by evaluating the folder."""
+    from sftkd_cli.evaluate import evaluate_command
+
+    run = tmp_path / "run"
+    folder = run / "eval-student" / "eval-data-other-abcd1234" / "eval-amp-bf16" / "eval-fastmri"
+    folder.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("run: {}\n")
+    info = {"checkpoint": "last", "dataset": {"path": "data/other"}}
+    assert evaluate_command(folder, info) == (f"sftkd evaluate {run} --model student --data data/other --amp bf16 "
+                                              "--convention fastmri --checkpoint last")
+    assert evaluate_command(run, {"checkpoint": "best"}) == f"sftkd evaluate {run}"

@@ -84,7 +84,9 @@ class RunResult:
     columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
     task: str = "recon"  # recon or sr (super-resolution)
     unit: str = "slice"  # what a per-unit row is: a slice (paper convention) or a volume (fastmri; slice -1)
-    stale: bool = False  # scores of another checkpoint than the run holds now (`evaluate.scores_checkpoint`)
+    #: when the scores are of another checkpoint than the run holds now (`evaluate.scores_checkpoint`):
+    #: the `sftkd evaluate` command that scores it again; empty otherwise
+    rerun: str = ""
 
     def column(self, name: str) -> np.ndarray:
         """Per-slice values of one per_slice.csv column; a clear error if it is missing."""
@@ -191,8 +193,8 @@ def _run_name(folder: Path) -> str:
 def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult:
     """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
     RUN/eval-fastmri/metrics.json and per_volume.csv; `run_dir` may be RUN/eval-fastmri itself).
-    `stale` says whether the scores are of another checkpoint than the run holds now."""
-    from sftkd_cli.evaluate import scored_checkpoint, scores_checkpoint  # torch: only when runs are read
+    `rerun` is set when the scores are of another checkpoint than the run holds now."""
+    from sftkd_cli.evaluate import evaluate_command, scored_checkpoint, scores_checkpoint  # torch: only when runs are read
 
     check_convention(convention)
     if not Path(run_dir).is_dir():
@@ -240,7 +242,8 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         slices=slices,
         columns=columns,
         unit=unit,
-        stale=scored is not None and scores_checkpoint(info, scored) is False,
+        rerun=evaluate_command(metrics_file.parent, info)
+        if scored is not None and scores_checkpoint(info, scored) is False else "",
     )
 
 
@@ -280,9 +283,7 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
             raise SftkdError(f"{', '.join(pending)}: {unevaluated}")
         messages.append(f"{', '.join(pending)}: {unevaluated}; skipped")
     runs = [load_run_result(p, convention) for p in dirs if scored(p)]
-    flag = "" if convention == "paper" else f" --convention {convention}"
-    messages += [f"{run.label}: scores are of an earlier checkpoint; re-run `sftkd evaluate {run.label}{flag}`"
-                 for run in runs if run.stale]
+    messages += [f"{run.label}: scores are of an earlier checkpoint; re-run `{run.rerun}`" for run in runs if run.rerun]
     if not runs:
         # one line that keeps the most useful warning: the first path named, the others counted
         skipped, why = (pending, unevaluated) if pending else (not_runs, not_run)
