@@ -53,7 +53,7 @@ def resume_point(run: RunDir) -> ResumePoint | None:
         what = "missing" if at is None else (f"saved after epoch {at[0]}" if not at[1] else
                                              f"saved at epoch {at[0] + 1}, step {at[1]}")
         note = (f"{last_path}: {what}; resuming from {best_path}, which holds the complete state after epoch "
-                f"{epoch} (as a stop between that epoch's best.pt and last.pt writes leaves them)")
+                f"{epoch}, the newer")
         return ResumePoint(best_path, best, note)
     return None if last is None else ResumePoint(last_path, last)
 
