@@ -400,7 +400,6 @@ def validate(recipe: Recipe) -> None:
         if not ok:
             section, name = key.split(".")
             raise SftkdError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}")
-    _check_schedule(recipe)
     _check_loss_weights(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
@@ -418,9 +417,10 @@ def check_sft_pair(recipe: Recipe) -> None:
         )
 
 
-def _check_schedule(recipe: Recipe) -> None:
+def check_distill_schedule(recipe: Recipe) -> None:
     """Two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1
-    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all."""
+    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all. Only
+    where distillation trains: a plan may set the schedule in `base` for every stage."""
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule == "two-stage" and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "

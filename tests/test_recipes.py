@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkd_cli.config import check_sft_pair, load_recipe, validate
+from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_plan
@@ -84,17 +84,34 @@ def test_scientific_notation_without_a_dot_is_a_float():
     [
         ["distill.schedule=two-stage"],  # stage1_epochs 0: a plain L1 student recorded as a KD run
         ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=10"],  # no L1 stage
-        ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=-1"],
-        ["distill.stage1_epochs=-1"],
     ],
 )
 def test_two_stage_needs_both_stages(overrides):
     with pytest.raises(SftkdError, match=r"^distill\.stage1_epochs: expected"):
+        check_distill_schedule(load_recipe(None, overrides))
+    validate(load_recipe(None, overrides))  # a teacher run under a plan's base schedule: no distillation
+
+
+@pytest.mark.parametrize("overrides", [["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=-1"],
+                                       ["distill.stage1_epochs=-1"]])
+def test_a_negative_stage1_epochs_is_refused_everywhere(overrides):
+    with pytest.raises(SftkdError, match=r"^distill\.stage1_epochs: expected 0 or more"):
         validate(load_recipe(None, overrides))
 
 
 def test_two_stage_with_both_stages_is_valid():
-    validate(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
+    check_distill_schedule(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
+
+
+def test_the_schedule_is_checked_where_distillation_trains():
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    two_stage = ["distill.schedule=two-stage", "distill.stage1_epochs=5", "--epochs", "5", "--print-recipe"]
+    assert CliRunner().invoke(app, ["train-teacher", *two_stage]).exit_code == 0
+    refused = CliRunner().invoke(app, ["distill", *two_stage])
+    assert refused.exit_code == 2 and "distill.stage1_epochs" in refused.stderr
 
 
 @pytest.mark.parametrize("key", ["sft.w_teacher", "sft.w_student", "sft.w_imit", "distill.w_rec", "distill.w_kd",

@@ -46,6 +46,7 @@ def distill_command(
     print_recipe: common.PrintOpt = False,
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
+    from sftkd_cli.config import check_distill_schedule
     from sftkd_cli.training.kd import distill
 
     recipe = common.build_recipe(
@@ -54,6 +55,7 @@ def distill_command(
         **{"distill.teacher_run": teacher, "model.name": student, "distill.method": method,
            "distill.init": init_from, "distill.schedule": schedule},
     )
+    check_distill_schedule(recipe)  # --print-recipe too
     common.print_or_train(recipe, print_recipe, distill, resume=resume, force=force)
 
 

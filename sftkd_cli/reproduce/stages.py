@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftkd_cli.config import Recipe, check_sft_pair, load_recipe, parse_overrides, validate
+from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
@@ -84,6 +84,8 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
         validate(recipe)
         if stage.kind == "sft":
             check_sft_pair(recipe)
+        if stage.kind in ("std-kd", "sft-kd"):
+            check_distill_schedule(recipe)
         task = str(plan.data.options.get("task", "recon"))
         if plan.data.source != "prepared" and recipe.data.task != task:
             raise SftkdError(f"data.task {recipe.data.task}: the plan prepares data for task {task} (data.options.task); "
