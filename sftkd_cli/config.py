@@ -282,14 +282,16 @@ def load_recipe(
 
 def _keep_written_text(raw: dict[str, Any], text: str) -> None:
     """The text keys of a recipe file (see `_is_text`) take their values as written, as overrides
-    do: YAML would read `run.name: 1.50` as 1.5 and `data.val_split: no` as false."""
+    do: YAML would read `run.name: 1.50` as 1.5 and `data.val_split: no` as false. A null (`~`,
+    `null`, nothing) stays null: the key's type refuses it, rather than a folder named "null"."""
     written = parse_yaml(text, as_text=True)  # the same document as `raw`, every plain scalar as text
     for section, values in raw.items():
         texts = written.get(section) if isinstance(section, str) else None
         if not (isinstance(values, dict) and isinstance(texts, dict)):
             continue
         for key in values:
-            if isinstance(key, str) and _is_text([section, key]) and isinstance(texts.get(key), str):
+            if (isinstance(key, str) and _is_text([section, key]) and values[key] is not None
+                    and isinstance(texts.get(key), str)):
                 values[key] = texts[key]
 
 

@@ -259,7 +259,7 @@ def test_text_overrides_keep_the_text_as_typed(name):
     assert recipe["train"]["channels_last"] == "true"
 
 
-@pytest.mark.parametrize("name", ["010", "1.50", "no", "On", "0x10", "12:30", "1_000", "1.0e+3", "2024-01-01", "null"])
+@pytest.mark.parametrize("name", ["010", "1.50", "no", "On", "0x10", "12:30", "1_000", "1.0e+3", "2024-01-01"])
 def test_text_keys_in_a_recipe_file_keep_the_text_as_written(tmp_path, name):
     """As the same overrides: YAML would read run.name: 1.50 as 1.5 and data.val_split: no as false."""
     recipe = tmp_path / "text.yaml"
@@ -361,3 +361,12 @@ def test_reproduce_accepts_prepared_demo_data_without_nilearn(tmp_path, nifti_wr
     changed.write_text(plan.read_text().replace("gap: 1", "gap: 2"))
     result = sftkd("reproduce", changed, "--only", "data", ok=False)
     assert result.exit_code == 2 and "nilearn package is not installed" in result.output
+
+
+@pytest.mark.parametrize("null", ["null", "~", "Null"])
+def test_a_null_text_key_in_a_recipe_file_is_refused_not_read_as_a_name(tmp_path, null):
+    """`data.path: ~` must not become the home folder, nor `run.name: null` a run called "null"."""
+    recipe = tmp_path / "null.yaml"
+    for section, key in (("run", "name"), ("data", "path")):
+        recipe.write_text(f"{section}:\n  {key}: {null}\n")
+        one_error_line("train-teacher", recipe, "--print-recipe", names=(f"{section}.{key}", "None"))
