@@ -10,6 +10,7 @@ Every test goes through the CLI. CPU-only unless a test says otherwise.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 import time
@@ -309,6 +310,12 @@ def test_an_option_and_an_override_that_disagree_are_refused():
     agreeing = ["--epochs", "3", "train.epochs=3", "--acc", "4", "data.acceleration=4.0", "--amp", "off", "train.amp=no"]
     printed = yaml.safe_load(sftkd("train-teacher", *agreeing, "--print-recipe").output)
     assert (printed["train"]["epochs"], printed["data"]["acceleration"], printed["train"]["amp"]) == (3, 4.0, "off")
+    same_meaning = [("train-teacher", "--data", "data/demo", "data.path=./data/demo/"),
+                    ("train-teacher", "--runs-dir", os.path.abspath("runs"), "run.dir=runs"),
+                    ("train-teacher", "--model", "d3c5", "model.name=D3C5"),
+                    ("distill", "--method", "AT", "distill.method=at")]
+    for args in same_meaning:  # one value spelt two ways is not a disagreement
+        assert sftkd(*args, "--print-recipe").exit_code == 0, args
 
 
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),

@@ -95,6 +95,22 @@ def build_recipe(
     return load_recipe(recipe_file, settings=[*parsed, *settings])
 
 
+#: keys whose values are names read in any case (architectures, KD methods: `D3C5` is `d3c5`)
+_ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
+
+
+def _same_value(key: str, a: object, b: object) -> bool:
+    """Whether two values of `key` mean the same: equal, a name in another case, or one path
+    spelt two ways (`data/demo/` and `./data/demo`, relative and absolute)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    if key in _ANY_CASE_KEYS:
+        return a.lower() == b.lower()
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+
+
 def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:
     """An option and an override that set one key must agree: the option would win silently,
     hiding which of the two the user meant."""
@@ -102,7 +118,7 @@ def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> N
 
     for option in options:
         for override in overrides:
-            if override.key == option.key and setting_value(override) != setting_value(option):
+            if override.key == option.key and not _same_value(option.key, setting_value(override), setting_value(option)):
                 raise SftkdError(f"{option.source} ({option.value}) and {override.source} disagree; "
                                  f"give {option.key} once")
 
