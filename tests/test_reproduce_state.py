@@ -121,7 +121,7 @@ def test_the_dry_run_and_the_estimate_see_what_comes_after_a_stage_that_will_tra
     longer = [*QUICK, "train.epochs=2"]
     actions = dry_actions(path, "--only", ",".join(only), *longer)
     assert actions["teacher"] == "resume (epoch 1/2)"
-    assert actions["std-kd-at"].startswith("refused (teacher will train first")
+    assert actions["std-kd-at"].startswith("refused (if teacher, which will train first, changes its best checkpoint")
     assert actions["eval-teacher"] == "run (after teacher)" and actions["eval-std-kd-at"] == "blocked (std-kd-at refused)"
     assert actions["report"] == "run"
     plan = load_plan(path, longer)

@@ -103,8 +103,9 @@ def _after_training(stage: Stage, action: tuple[str, str], need: str) -> tuple[s
     if action[0] == "refused":
         return action
     if stage.kind != "evaluate" and action[0] != "run":  # a begun distillation from a teacher that will change
-        return "refused", (f"{need} will train first, and {stage.run} was distilled from its best checkpoint before; "
-                           f"delete {stage.run} to train it anew after {need}, or use another --runs-dir")
+        return "refused", (f"if {need}, which will train first, changes its best checkpoint: {stage.run} was distilled "
+                           f"from the one before (delete {stage.run} to train it anew after {need}, or use another "
+                           f"--runs-dir); a teacher retrained to the same weights is reused")
     return "run", f"after {need}"
 
 
