@@ -281,18 +281,33 @@ def load_recipe(
 
 
 def _keep_written_text(raw: dict[str, Any], text: str) -> None:
-    """The text keys of a recipe file (see `_is_text`) take their values as written, as overrides
-    do: YAML would read `run.name: 1.50` as 1.5 and `data.val_split: no` as false. A null (`~`,
-    `null`, nothing) stays null: the key's type refuses it, rather than a folder named "null"."""
-    written = parse_yaml(text, as_text=True)  # the same document as `raw`, every plain scalar as text
-    for section, values in raw.items():
-        texts = written.get(section) if isinstance(section, str) else None
-        if not (isinstance(values, dict) and isinstance(texts, dict)):
+    """The text keys of a recipe file take their values as written (`keep_written_text`)."""
+    keep_written_text(raw, parse_yaml(text, as_text=True))  # the same document, every plain scalar as text
+
+
+def keep_written_text(values: Any, written: Any) -> None:
+    """Give the text keys (see `_is_text`) of recipe values read from YAML their text as written,
+    as overrides do: YAML would read `run.name: 1.50` as 1.5 and `data.val_split: no` as false.
+    `values` holds sections ({train: {amp: ...}}) or dotted keys ({train.amp: ...}, a plan's);
+    `written` is the same YAML read with every plain scalar as text. A null (`~`, `null`,
+    nothing) stays null: the key's type refuses it, rather than a folder named "null"."""
+    if not (isinstance(values, dict) and isinstance(written, dict)):
+        return
+    for key, value in values.items():
+        if not isinstance(key, str):
             continue
-        for key in values:
-            if (isinstance(key, str) and _is_text([section, key]) and values[key] is not None
-                    and isinstance(texts.get(key), str)):
-                values[key] = texts[key]
+        texts = written.get(key)
+        if isinstance(value, dict) and isinstance(texts, dict):  # a section
+            for sub, sub_value in value.items():
+                if isinstance(sub, str) and _takes_text([key, sub], sub_value, texts.get(sub)):
+                    value[sub] = texts[sub]
+        elif _takes_text(key.split(".", 1), value, texts):  # a dotted key
+            values[key] = texts
+
+
+def _takes_text(parts: list[str], value: Any, text: Any) -> bool:
+    """Whether a text key's YAML `value` gives way to its written `text` (never a null)."""
+    return len(parts) == 2 and _is_text(parts) and value is not None and isinstance(text, str)
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[Setting]:

@@ -681,3 +681,14 @@ def test_paper_plans_use_the_effective_imitation_weight_and_a_plan_keeps_the_for
     both = {s.id: s for s in build_stages(load_plan(ROOT / "recipes" / "plans" / "sft-imitation-weight.yaml"))}
     assert both["paper-code-sft"].recipe.sft.w_imit == 1e-5 and both["formula-sft"].recipe.sft.w_imit == 1.0
     assert both["formula-sft-kd-at"].needs == ("data", "formula-sft") and both["formula-std-kd-at"].needs == ("data", "teacher")
+
+
+def test_text_keys_in_a_plan_keep_their_text_as_in_a_recipe_file(tmp_path, tiny_dataset):
+    """`data.val_split: no` is the split named "no", not false; `train.amp: On` is refused as typed."""
+    text = write_plan(tmp_path, tiny_dataset).read_text()
+    (tmp_path / "plan.yaml").write_text(text.replace("base:\n", "base:\n  data.val_split: no\n  eval:\n    split: 1.50\n"))
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert (plan.base["data.val_split"], plan.base["eval.split"]) == ("no", "1.50")
+    (tmp_path / "plan.yaml").write_text(text.replace("  teacher: {}\n", "  teacher: {overrides: {train.amp: On}}\n"))
+    with pytest.raises(SftkdError, match="train.amp: expected one of off, bf16, fp16, got 'On'"):
+        build_stages(load_plan(tmp_path / "plan.yaml"))

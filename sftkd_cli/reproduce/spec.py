@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.config import Setting, load_recipe, read_yaml_file
+from sftkd_cli.config import Setting, keep_written_text, load_recipe, read_yaml_file
+from sftkd_cli.safe_yaml import parse_yaml, read_yaml_text
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
@@ -96,6 +97,20 @@ def _flat_overrides(value: Any, where: str) -> dict[str, Any]:
     return flat
 
 
+def _keep_override_text(raw: Any, written: Any) -> None:
+    """Recipe values in a plan (`base`, each `overrides`) keep the text of their text keys as
+    written, as in a recipe file (`config.keep_written_text`); `written`: the plan read as text."""
+    if isinstance(raw, dict) and isinstance(written, dict):
+        for key, value in raw.items():
+            if key in ("base", "overrides"):
+                keep_written_text(value, written.get(key))
+            else:
+                _keep_override_text(value, written.get(key))
+    elif isinstance(raw, list) and isinstance(written, list):
+        for item, text in zip(raw, written):
+            _keep_override_text(item, text)
+
+
 def as_settings(flat: dict[str, Any], source: str) -> list[Setting]:
     """{'train.epochs': 5} -> recipe settings with their typed values, from `source` (for errors)."""
     return [Setting(key, value, source) for key, value in flat.items()]
@@ -125,6 +140,7 @@ def load_plan(
     """Read and validate a plan file; `overrides` (section.key=value) apply to every stage last."""
     path = Path(path)
     text = read_yaml_file(path, "plan")
+    _keep_override_text(text, parse_yaml(read_yaml_text(path, "plan"), as_text=True))
     not_a_plan = SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
     if isinstance(text, dict) and "plan" not in text:  # before the keys are checked: a recipe has other keys
         raise not_a_plan
