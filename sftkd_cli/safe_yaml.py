@@ -76,10 +76,9 @@ _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 #: a plain integer is decimal (YAML 1.2): YAML 1.1 reads 042 as 34 (octal), 0x10 as 16 and 1:30 as
 #: 90 (base 60), values a recipe would take silently; those stay text, which a number key refuses
 _DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
-#: floats with a point or an exponent (1.5, 1.0e-3, 1e-2, -.5; YAML 1.1 needed both the point and
-#: the exponent's sign), .inf and .nan; without YAML 1.1's base-60 form (1:30.5 is 90.5)
-_FLOAT = re.compile(r"""[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
-                       |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+#: YAML 1.1's floats (1.5, 1.0e-3, .inf, .nan) without its base-60 form (1:30.5 is 90.5)
+_FLOAT = re.compile(r"""[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                       |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
                        |[-+]?\.(?:inf|Inf|INF)
                        |\.(?:nan|NaN|NAN)""", re.X)
 #: what YAML 1.1 would have read as a number in another base (octal, hex, binary, base 60)

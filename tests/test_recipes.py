@@ -160,12 +160,3 @@ def test_the_sft_pair_is_checked_only_where_sft_trains():
     assert teacher.exit_code == 0, teacher.output
     sft = CliRunner().invoke(app, ["train-sft", "sft.teacher=D3C2", "--print-recipe"])
     assert sft.exit_code == 2 and "same number of cascades" in sft.stderr
-
-
-def test_yaml_floats_need_no_point_but_other_bases_stay_text():
-    """Plans read numbers as YAML gives them (no key type turns text into a float there):
-    `stages.compare.alpha: 1e-2` is 0.01; 007 and 1:30 are not numbers at all."""
-    from sftkd_cli.safe_yaml import parse_yaml
-
-    assert parse_yaml("a: 1e-2\nb: -.5\nc: 5E+3\nd: 007\ne: 1:30") == {"a": 0.01, "b": -0.5, "c": 5000.0,
-                                                                       "d": "007", "e": "1:30"}

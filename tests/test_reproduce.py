@@ -692,3 +692,14 @@ def test_text_keys_in_a_plan_keep_their_text_as_in_a_recipe_file(tmp_path, tiny_
     (tmp_path / "plan.yaml").write_text(text.replace("  teacher: {}\n", "  teacher: {overrides: {train.amp: On}}\n"))
     with pytest.raises(SftkdError, match="train.amp: expected one of off, bf16, fp16, got 'On'"):
         build_stages(load_plan(tmp_path / "plan.yaml"))
+
+
+def test_a_number_without_a_point_is_a_number_where_one_is_expected_and_a_name_keeps_its_spelling(tmp_path, tiny_dataset):
+    """YAML reads 1e-2 and 1e3 as text: `stages.compare.alpha: 1e-2` is 0.01, while a runs folder
+    or variant named 1e3 stays 1e3 (not 1000.0, where earlier runs would not be found)."""
+    text = write_plan(tmp_path, tiny_dataset, "  compare: {alpha: 1e-2}\n").read_text()
+    text = text.replace(f"runs_dir: {tmp_path / 'runs'}", "runs_dir: 1e3\nvariants:\n  - name: 2e1\n    overrides: {}")
+    (tmp_path / "plan.yaml").write_text(text)
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert plan.compare["alpha"] == 0.01
+    assert (str(plan.runs_dir), [v.name for v in plan.variants]) == ("1e3", ["2e1"])

@@ -268,6 +268,7 @@ def _options(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any]
         if isinstance(default, bool) or isinstance(default, str):
             ok = type(item) is type(default)
         elif isinstance(default, float):
+            item = out[key] = _number(item)
             ok = isinstance(item, (int, float)) and not isinstance(item, bool) and 0 < item < 1
         else:  # lists of names
             ok = isinstance(item, list) and bool(item) and all(isinstance(v, str) for v in item)
@@ -294,6 +295,17 @@ def _check_option_names(evaluate: dict[str, Any], compare: dict[str, Any], figur
     as_metric_names(compare["metrics"], f"{where} stages.compare.metrics")
     as_metric_names(figures["metrics"], f"{where} figures.metrics")
     check_choice(figures["curve"], tuple(CURVE_LABELS), f"{where} figures.curve")
+
+
+def _number(item: Any) -> Any:
+    """A number written as text reads as that number (YAML reads 1e-2, without a point, as text;
+    it stays text elsewhere, where a name such as 1e3 must keep its spelling); other values as they are."""
+    if isinstance(item, str):
+        try:
+            return float(item)
+        except ValueError:
+            return item
+    return item
 
 
 def _describe(default: Any) -> str:
