@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -505,18 +506,18 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
     while folder.name.startswith("eval-") and not (folder / "recipe.yaml").is_file():
         level = folder.name[len("eval-"):]
         if folder.name == FASTMRI_DIR:
-            options.insert(0, "--convention fastmri")
+            options[:0] = ["--convention", "fastmri"]
         elif level.startswith("amp-"):
-            options.insert(0, f"--amp {level[len('amp-'):]}")
+            options[:0] = ["--amp", level[len("amp-"):]]
         elif level.startswith("data-"):
-            options.insert(0, f"--data {(info.get('dataset') or {}).get('path', 'DIR')}")
+            options[:0] = ["--data", str((info.get("dataset") or {}).get("path", "DIR"))]
         else:
-            options.insert(0, f"--model {level}")
+            options[:0] = ["--model", level]
         folder = folder.parent
     which = info.get("checkpoint")
     if isinstance(which, str) and which != "best":
-        options.append(f"--checkpoint {which}")
-    return " ".join(["sftkd evaluate", str(folder), *options])
+        options += ["--checkpoint", which]
+    return shlex.join(["sftkd", "evaluate", str(folder), *options])
 
 
 def scores_checkpoint(info: dict[str, Any], checkpoint: Path) -> bool | None:

@@ -316,6 +316,9 @@ def test_an_option_and_an_override_that_disagree_are_refused():
                     ("distill", "--method", "AT", "distill.method=at")]
     for args in same_meaning:  # one value spelt two ways is not a disagreement
         assert sftkd(*args, "--print-recipe").exit_code == 0, args
+    for args, key in ((("distill", "--init-from", "random", "distill.init=./random"), "distill.init"),
+                      (("train-teacher", "--device", "cpu", "train.device=./cpu"), "train.device")):
+        one_error_line(*args, "--print-recipe", names=(f"give {key} once",))  # a word is not a folder
 
 
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -227,3 +228,8 @@ def test_the_rerun_advice_names_the_run_and_the_options_of_its_results_folder(tm
     assert evaluate_command(folder, info) == (f"sftkd evaluate {run} --model student --data data/other --amp bf16 "
                                               "--convention fastmri --checkpoint last")
     assert evaluate_command(run, {"checkpoint": "best"}) == f"sftkd evaluate {run}"
+    spaced = tmp_path / "my run"
+    (spaced / "eval-data-x-1234abcd").mkdir(parents=True)
+    (spaced / "recipe.yaml").write_text("run: {}\n")
+    command = evaluate_command(spaced / "eval-data-x-1234abcd", {"checkpoint": "best", "dataset": {"path": "my data"}})
+    assert shlex.split(command) == ["sftkd", "evaluate", str(spaced), "--data", "my data"]  # pasted, it runs as printed

@@ -97,6 +97,10 @@ def build_recipe(
 
 #: keys whose values are names read in any case (architectures, KD methods: `D3C5` is `d3c5`)
 _ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
+#: keys whose values are paths; distill.init is one unless it is a word (random, sft: `./random`
+#: is a folder, another start than `random`)
+_PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.init"})
+_INIT_WORDS = frozenset({"", "random", "sft"})
 
 
 def _same_value(key: str, a: object, b: object) -> bool:
@@ -108,7 +112,9 @@ def _same_value(key: str, a: object, b: object) -> bool:
         return False
     if key in _ANY_CASE_KEYS:
         return a.lower() == b.lower()
-    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+    if key in _PATH_KEYS and not (key == "distill.init" and {a, b} & _INIT_WORDS):
+        return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+    return False
 
 
 def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:
