@@ -20,7 +20,8 @@ from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
-from sftkd_cli.runs import CHECKPOINT_NAMES, load_checkpoint
+from sftkd_cli.choices import CHECKPOINT_NAMES
+from sftkd_cli.runs import load_checkpoint
 
 
 def resolve_checkpoint(source: str | Path, which: str = "best", option: str = "") -> Path:

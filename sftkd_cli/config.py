@@ -25,7 +25,6 @@ import yaml
 from sftkd_cli.choices import CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
-from sftkd_cli.safe_yaml import read_yaml_file  # noqa: F401 - plans read through this module
 
 #: a run name is one folder name of at most this many bytes (UTF-8)
 MAX_RUN_NAME = 200

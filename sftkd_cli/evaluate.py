@@ -48,7 +48,8 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import CHECKPOINT_NAMES, EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
+from sftkd_cli.choices import CHECKPOINT_NAMES
+from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
                                precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor

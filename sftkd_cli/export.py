@@ -69,7 +69,8 @@ from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
-from sftkd_cli.runs import CHECKPOINT_NAMES, check_real_folder, is_role_name, open_run
+from sftkd_cli.choices import CHECKPOINT_NAMES
+from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 
 
 #: export format -> default file suffix

@@ -28,7 +28,6 @@ import torch
 from filelock import FileLock, Timeout
 
 from sftkd_cli import __version__
-from sftkd_cli.choices import CHECKPOINT_NAMES  # noqa: F401 - re-exported (evaluate, export, plans)
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import (
     MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,

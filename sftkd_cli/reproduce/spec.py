@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.config import Setting, keep_written_text, load_recipe, read_yaml_file
-from sftkd_cli.safe_yaml import parse_yaml, read_yaml_text
+from sftkd_cli.config import Setting, keep_written_text, load_recipe
+from sftkd_cli.safe_yaml import parse_yaml, read_yaml_file, read_yaml_text
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
@@ -289,7 +289,7 @@ def _check_option_names(evaluate: dict[str, Any], compare: dict[str, Any], figur
     (and --dry-run), not after all the training. stages.evaluate.split names a split of the
     dataset, which may not exist yet: the data stage checks it (`data.check_split`)."""
     from sftkd_cli.report.figures import CURVE_LABELS
-    from sftkd_cli.runs import CHECKPOINT_NAMES
+    from sftkd_cli.choices import CHECKPOINT_NAMES
 
     check_choice(evaluate["checkpoint"], CHECKPOINT_NAMES, f"{where} stages.evaluate.checkpoint")
     as_metric_names(compare["metrics"], f"{where} stages.compare.metrics")
