@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.choices import CHECKPOINT_NAMES
 from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
-from sftkd_cli.choices import CHECKPOINT_NAMES
 from sftkd_cli.runs import load_checkpoint
 
 
@@ -126,9 +126,8 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best",
                option: str = "") -> tuple[CascadeNet, dict[str, Any]]:
     """Load a trained model from a run directory or checkpoint file; returns (model, checkpoint).
     `option`: the caller's option that picks `which` (`resolve_checkpoint`)."""
-    path = resolve_checkpoint(source, which, option)
-    state = load_checkpoint(path)
-    return model_of(state, role, path), state
+    model, state, _ = load_model_digest(source, role, which, option)
+    return model, state
 
 
 def load_model_digest(source: str | Path, role: str | None = None, which: str = "best",
@@ -148,8 +147,8 @@ def model_of(state: dict[str, Any], role: str | None, path: str | Path) -> Casca
 
 def init_weights(model: CascadeNet, source: str | Path, role: str | None = None) -> str:
     """Copy weights into `model` from a run's best checkpoint or a checkpoint file (`copy_weights`)."""
-    path = resolve_checkpoint(source, "best")
-    return copy_weights(model, load_checkpoint(path), path, role)
+    read = read_checkpoint(source)
+    return copy_weights(model, read.state, read.path, role)
 
 
 def copy_weights(model: CascadeNet, state: dict[str, Any], path: str | Path, role: str | None = None) -> str:

@@ -48,7 +48,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest
-from sftkd_cli.choices import MAX_SIZE
+from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
@@ -69,7 +69,6 @@ from sftkd_cli.files import (
     atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
-from sftkd_cli.choices import CHECKPOINT_NAMES
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 
 

@@ -19,6 +19,7 @@ from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.training.resume import position, resume_point, too_few_epochs
 
 
 @dataclass
@@ -197,11 +198,10 @@ def training_state(stage: Stage) -> tuple[str, str]:
     if not run.recipe_file.is_file():
         return "new", ""
     epochs = stage.recipe.train.epochs
-    last = run.checkpoint("last")
-    if not last.is_file():
+    point = resume_point(run)  # the state --resume would continue from
+    if point is None:
         return "partial", "no checkpoint yet"
-    state = load_checkpoint(last)
-    epoch, step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
+    epoch, step = position(point.path, point.state)
     where = f"epoch {epoch}/{epochs}" + (f", step {step}" if step else "")
     if epoch == epochs and step == 0 and run.checkpoint("best").is_file():  # beyond: not the plan's (`plan_conflict`)
         return "complete", where
@@ -237,14 +237,8 @@ def plan_conflict(stage: Stage) -> str:
 def trained_beyond(run: RunDir, recipe: Recipe) -> str:
     """'' unless the run has trained into more epochs than the recipe's train.epochs (a finished
     longer run is not the plan's shorter one, as `sftkd train --resume` refuses fewer epochs)."""
-    last = run.checkpoint("last")
-    if not last.is_file():
-        return ""
-    saved = load_checkpoint(last)
-    begun = int(saved.get("epoch", 0)) + (1 if saved.get("step_in_epoch") else 0)  # an epoch stopped midway counts
-    if recipe.train.epochs >= begun:
-        return ""
-    return f"train.epochs {recipe.train.epochs}: the run has trained into epoch {begun} ({last}); expected {begun} or more"
+    point = resume_point(run)  # the state --resume would continue from
+    return "" if point is None else too_few_epochs(recipe.train.epochs, point)
 
 
 def evaluation_dir(stage: Stage) -> Path:

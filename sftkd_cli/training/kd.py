@@ -32,9 +32,10 @@ from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet
-from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, TeacherObjective
+from sftkd_cli.training.resume import resume_point
 from sftkd_cli.training.session import model_for, run_path, run_training, with_run
 
 
@@ -175,9 +176,8 @@ def _started_from(recipe: Recipe) -> tuple[str, str | None] | None:
     """The `init` and `init_sha256` recorded in the checkpoints of the run being resumed (None if it
     has none or no init): last.pt's, or best.pt's where a stop cut its epoch's writes short
     (`resume.resume_point`; the same run's)."""
-    run = RunDir(run_path(recipe))
-    saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
-    state = load_checkpoint(saved) if saved else {}
+    point = resume_point(RunDir(run_path(recipe)))
+    state = point.state if point else {}
     return (state["init"], state.get("init_sha256")) if state.get("init") else None
 
 

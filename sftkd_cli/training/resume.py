@@ -39,6 +39,16 @@ def position(path: Path, state: dict[str, Any]) -> tuple[int, int]:
     return epoch, step
 
 
+def too_few_epochs(epochs: int, point: ResumePoint) -> str:
+    """Why train.epochs `epochs` cannot continue the state at `point`, in one line ('' when it
+    can): the run has begun more epochs (an epoch stopped midway counts as begun)."""
+    epoch, step = position(point.path, point.state)
+    begun = epoch + (1 if step else 0)
+    if epochs >= begun:
+        return ""
+    return f"train.epochs {epochs}: the run has trained into epoch {begun} ({point.path}); expected {begun} or more"
+
+
 def resume_point(run: RunDir) -> ResumePoint | None:
     """The newest consistent training state of `run` (see the module docstring); None if there is none."""
     last_path, best_path = run.checkpoint("last"), run.checkpoint("best")

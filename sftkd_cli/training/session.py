@@ -25,7 +25,7 @@ from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import position, resume_point
+from sftkd_cli.training.resume import resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
 #: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
@@ -184,11 +184,9 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
                              "stopped; put the file back, or start over with --force")
         return
     last, saved = point.path, point.state
-    epoch, step = position(last, saved)
-    begun = epoch + (1 if step else 0)  # an epoch stopped midway counts
-    if recipe.train.epochs < begun:
-        raise SftkdError(f"train.epochs {recipe.train.epochs}: the run has trained into epoch {begun} ({last}); "
-                         f"expected {begun} or more")
+    fewer = too_few_epochs(recipe.train.epochs, point)
+    if fewer:
+        raise SftkdError(fewer)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
