@@ -9,16 +9,33 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from sftkd_cli.runs import load_checkpoint
 
+# The victim kills itself with SIGKILL when training hands over the checkpoint after step 3 of
+# the second epoch, once the one after step 2 is on disk: steps are lost, and the point is the
+# same on any machine (polling for it from outside raced the training on fast ones).
+KILLED_AT = (1, 3)
+_SELF_KILLING = f"""
+import os, signal
+from sftkd_cli.training.checkpoint_writer import CheckpointWriter
+submit = CheckpointWriter.submit
+def killing_submit(self, paths, state):
+    if (state["epoch"], state["step_in_epoch"]) == {KILLED_AT}:
+        self.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+    submit(self, paths, state)
+CheckpointWriter.submit = killing_submit
+from sftkd_cli.cli.app import main
+main()
+"""
 
-def _command(tiny_dataset, runs, name, *extra):
-    return [sys.executable, "-m", "sftkd_cli", "train-teacher", "--model", "D2C2", "--name", name,
+
+def _command(tiny_dataset, runs, name, *extra, launcher=("-m", "sftkd_cli")):
+    return [sys.executable, *launcher, "train-teacher", "--model", "D2C2", "--name", name,
             f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=3", "train.batch_size=1",
             "train.threads=1", "train.checkpoint_every=1", *extra]
 
@@ -34,23 +51,12 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, tmp_pat
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run(_command(tiny_dataset, tmp_path, "straight", *device), check=True, env=env, capture_output=True)
 
-    victim = subprocess.Popen(_command(tiny_dataset, tmp_path, "killed", *device), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.run(_command(tiny_dataset, tmp_path, "killed", *device, launcher=("-c", _SELF_KILLING)),
+                            env=env, capture_output=True, timeout=300)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.decode()[-2000:]
     last = tmp_path / "killed" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and victim.poll() is None:
-        if last.exists():
-            try:
-                state = load_checkpoint(last)
-            except Exception:  # noqa: BLE001 - only a committed file counts; keep polling
-                state = {}
-            if state.get("epoch") == 1 and state.get("step_in_epoch", 0) > 0:
-                break
-        time.sleep(0.02)
-    assert victim.poll() is None, "training finished before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert load_checkpoint(last)  # never a corrupt checkpoint
+    saved = load_checkpoint(last)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (KILLED_AT[0], KILLED_AT[1] - 1)
 
     subprocess.run(_command(tiny_dataset, tmp_path, "killed", *device, "--resume"), check=True, env=env, capture_output=True)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["models"]["model"]["state"]
@@ -64,7 +70,8 @@ def test_deterministic_training_switches_on_what_makes_cuda_resume_exact(tiny_da
     no cuDNN autotuning, and a fixed cuBLAS workspace, as bit-exact resume on CUDA needs."""
     from cli_helpers import sftkd
 
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that undo restores it, absent or not
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     try:

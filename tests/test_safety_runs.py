@@ -227,8 +227,8 @@ def test_out_into_a_device_file_writes_into_it(tmp_path):
     device = tmp_path / "null"
     try:
         os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
-    except (PermissionError, OSError) as exc:
-        pytest.skip(f"cannot make a device file here ({exc})")
+    except OSError:  # not root: the real one (a user who cannot replace it still sees a refusal fail)
+        device = Path(os.devnull)
     result = invoke("compare", *evaluated_pair(tmp_path), "-f", "csv", "--out", device)
     assert result.exit_code == 0, result.output
     assert stat.S_ISCHR(os.stat(device).st_mode), "the device file was replaced by a regular file"

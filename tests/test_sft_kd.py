@@ -71,6 +71,16 @@ def test_sft_gradients_s1_untouched_and_branch_losses_reach_feeding_teacher_bloc
     assert grad is None or not grad.any()
 
 
+def test_sft_imitation_term_trains_the_teacher_too():
+    """Nothing is detached: with only the imitation loss, the last teacher block (which feeds no
+    branch, only the imitation target) still gets a gradient."""
+    teacher, student = _pair(2)
+    objective = StudentFriendly(teacher, student, w_teacher=0.0, w_student=0.0, w_imit=1.0)
+    loss, _ = objective(_batch())
+    loss.backward()
+    assert teacher.blocks[2].convs[0].weight.grad.abs().sum() > 0
+
+
 def test_sft_requires_the_same_number_of_cascades():
     with pytest.raises(SftkdError, match="same number of cascades"):
         StudentFriendly(build_model("D5C5"), build_model("D3C4"))

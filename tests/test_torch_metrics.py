@@ -179,7 +179,7 @@ def test_on_cuda_the_scores_are_the_cpus():
     gt, pred = _random((4, 33, 20), 11)
     g, p = torch.from_numpy(gt), torch.from_numpy(pred)
     for fn in (torch_metrics.psnr, torch_metrics.ssim):
-        on_gpu = fn(g.cuda(), p.cuda(), torch.tensor(1.3).cuda())
+        on_gpu = fn(g.cuda(), p.cuda(), torch.tensor(1.3, dtype=torch.float64, device="cuda"))
         assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float64
         torch.testing.assert_close(on_gpu.cpu(), fn(g, p, 1.3), rtol=0, atol=1e-12)
     slices = _slices(12)

@@ -79,9 +79,9 @@ def _numpy_validate(objective: Shrink, dataset: Volumes, batch_size: int) -> dic
     return {"val_l1": float(np.mean(l1s)), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
 
 
-def _close(ours: dict[str, float], oracle: dict[str, float], complex_values: bool) -> None:
+def _close(ours: dict[str, float], oracle: dict[str, float], complex_values: bool, l1_rel: float = 1e-12) -> None:
     assert ours.keys() == oracle.keys()
-    assert ours["val_l1"] == pytest.approx(oracle["val_l1"], rel=1e-12)
+    assert ours["val_l1"] == pytest.approx(oracle["val_l1"], rel=l1_rel)
     # complex: numpy's complex64 |x| is within 1 ulp of torch's correctly rounded one
     assert ours["val_psnr"] == pytest.approx(oracle["val_psnr"], abs=1e-5 if complex_values else 1e-9)
     assert ours["val_ssim"] == pytest.approx(oracle["val_ssim"], abs=1e-7 if complex_values else 1e-12)
@@ -106,8 +106,9 @@ def test_validate_refuses_a_prediction_with_nan():
 
 @pytest.mark.cuda
 def test_validate_on_cuda_equals_the_numpy_scores():
-    """Device: a CUDA GPU; the objective is elementwise, so no TF32 or cuDNN rounding enters."""
+    """Device: a CUDA GPU; the objective is elementwise, so no TF32 or cuDNN rounding enters, but
+    each slice's float32 L1 mean is summed in the GPU's order (about 2e-7 relative apart)."""
     for channels in (1, 2):
         objective, dataset = Shrink(), Volumes(channels)
         ours = validate(objective.cuda(), dataset, torch.device("cuda"), "off", 4)
-        _close(ours, _numpy_validate(objective.cpu(), dataset, 4), channels == 2)
+        _close(ours, _numpy_validate(objective.cpu(), dataset, 4), channels == 2, l1_rel=1e-6)
