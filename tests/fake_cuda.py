@@ -161,6 +161,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(graphs, "_capturing", fake.capturing)
+    monkeypatch.setattr(graphs, "_earlier_failure", None)  # a failed capture marks the process: this test's only
     monkeypatch.setattr(graphs, "_one_cuda_device", _one_device)
     monkeypatch.setattr(graphs, "graphs_unsupported", lambda device, amp, world=1: None)
     monkeypatch.setattr(engine, "use_cuda_graphs", lambda setting, device, amp, world=1: setting != "off")

@@ -34,7 +34,11 @@ capture"). What capture needs, and how it is met here:
 
 A capture that fails (an op that syncs, a kernel that cannot be captured, ...) prints one line
 to stderr, "CUDA graph capture failed (<reason>); training eagerly", and every later step runs
-eagerly (the same updates).
+eagerly (the same updates). Nothing is captured again in that process: torch ends a failed
+capture without telling its memory allocator, which then fails every later capture (and
+`torch.cuda.empty_cache`) with an internal assert. A later run in the same process (a
+`reproduce` worker) says so in its one line and trains eagerly; validation and `evaluate`
+reconstruct eagerly.
 
 `graphed_inference(model, example_inputs)` captures a forward pass at a fixed batch shape (the
 bench's inference rows); `graphed_reconstructor(model, ...)` keeps one such graph per batch shape
@@ -62,6 +66,10 @@ WARMUP_STEPS = 3
 
 #: (zf, kspace, mask) -> image: a network, its graphed replays, or an exported model
 Reconstructor = Callable[..., torch.Tensor]
+
+#: why the first capture that failed in this process failed (None while none has): no capture
+#: is tried after it (see the module docstring)
+_earlier_failure: str | None = None
 
 
 def graphs_unsupported(device: torch.device, amp: str, world: int = 1) -> str | None:
@@ -156,16 +164,21 @@ def _side_stream(device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _capturing(graph: torch.cuda.CUDAGraph, device: torch.device) -> Iterator[None]:
-    """`torch.cuda.graph(graph)` (on its own side stream), thread_local: the checkpoint writer's
-    thread may use CUDA (waiting for its copies) meanwhile. When the capture fails, ending it
-    raises before torch.cuda.graph gives the stream back: the caller's stream is set again."""
-    stream = torch.cuda.current_stream(device)
-    try:
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            yield
-    except BaseException:
-        torch.cuda.set_stream(stream)
-        raise
+    """`torch.cuda.graph(graph)` on a new stream of `device`, with `device` current (a capture
+    records the current device's work only: on cuda:1 without this, the graph came out empty
+    and replays did nothing), thread_local (the checkpoint writer's thread may use CUDA
+    meanwhile). A graph that recorded nothing fails, rather than be replayed as a no-op. When
+    the capture fails, ending it raises before torch.cuda.graph gives the stream back: the
+    caller's stream is set again."""
+    with torch.cuda.device(device), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The CUDA Graph is empty")
+        stream = torch.cuda.current_stream(device)
+        try:
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
+                yield
+        except BaseException:
+            torch.cuda.set_stream(stream)
+            raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -176,8 +189,20 @@ def _reason(exc: BaseException) -> str:
 
 
 def _capture_failed(reason: str) -> str:
-    """The one line that says a capture failed and why."""
+    """The one line that says a capture failed and why; the first such reason is kept for the
+    process (`_earlier_failure`)."""
+    global _earlier_failure
+    _earlier_failure = _earlier_failure or reason
     return f"CUDA graph capture failed ({reason})"
+
+
+def _capture_refused() -> str | None:
+    """The one line saying why no capture is tried (a capture failed earlier in this process),
+    or None when captures may go ahead."""
+    if _earlier_failure is None:
+        return None
+    return (f"CUDA graph capture failed (not tried: one failed earlier in this process ({_earlier_failure}), "
+            "after which torch cannot capture again)")
 
 
 class GraphedStep:
@@ -245,6 +270,9 @@ class GraphedStep:
         return loss.detach()
 
     def _capture(self, batch: Batch) -> _Graph | None:
+        refused = _capture_refused()
+        if refused is not None:
+            return self._fail(refused)
         inputs = {name: value.clone() for name, value in batch.items()}
         self._warm_up(inputs)
         self.optimizer.zero_grad(set_to_none=True)  # backward makes .grad in the graph's own memory
@@ -253,11 +281,14 @@ class GraphedStep:
             loss = self._record(graph, inputs)
         except _CaptureFailed as failure:
             self.optimizer.zero_grad(set_to_none=True)
-            self.failed, self.failure = True, _capture_failed(str(failure))
-            self._graphs.clear()
-            print(f"{self.failure}; training eagerly", file=self.stderr or sys.stderr, flush=True)
-            return None
+            return self._fail(_capture_failed(str(failure)))
         return _Graph(graph, inputs, loss)
+
+    def _fail(self, line: str) -> None:
+        """Every step from now on eager, said in one line."""
+        self.failed, self.failure = True, line
+        self._graphs.clear()
+        print(f"{line}; training eagerly", file=self.stderr or sys.stderr, flush=True)
 
     def _warm_up(self, inputs: Batch) -> None:
         """`warmup` eager steps on a side stream, then the weights and state put back."""
@@ -310,6 +341,9 @@ def graphed_inference(
     (off, bf16 or fp16); the model's train/eval mode is the caller's. A model whose forward
     cannot be captured is an SftkdError naming the reason.
     """
+    refused = _capture_refused()
+    if refused is not None:
+        raise SftkdError(refused)
     inputs = [x.detach().clone() for x in example_inputs]
     device = _one_cuda_device(inputs)
     with _side_stream(device), torch.no_grad(), autocast(device, amp, "amp", cache=False):
@@ -341,20 +375,24 @@ def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, 
     """`model` (called with zf, kspace, mask) as evaluate and validation run it, and whether from
     CUDA graphs: unless `setting` (the run's train.cuda_graphs) is off, on CUDA each batch shape's
     forward pass is captured once and replayed (a batch then costs one launch); elsewhere, or
-    with fp16, eagerly. A capture that fails says so in one line and that shape runs eagerly.
-    A replayed output is overwritten by the next replay: copy what is kept."""
-    if setting == "off" or graphs_unsupported(device, amp) is not None:
+    with fp16, or after a failed capture in this process (said then), eagerly. A capture that
+    fails says so in one line and that shape runs eagerly. A replayed output is overwritten by
+    the next replay: copy what is kept."""
+    if setting == "off" or graphs_unsupported(device, amp) is not None or _capture_refused() is not None:
         return model, False
     runners: dict[tuple, Reconstructor] = {}
 
     def run(zf: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         shapes = (tuple(zf.shape), tuple(kspace.shape), tuple(mask.shape))
         if shapes not in runners:
-            try:
-                runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
-            except SftkdError as exc:
-                print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
+            if _capture_refused() is not None:  # a capture failed since: said once, where it failed
                 runners[shapes] = model
+            else:
+                try:
+                    runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
+                except SftkdError as exc:
+                    print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
+                    runners[shapes] = model
         return runners[shapes](zf, kspace, mask)
 
     return run, True
