@@ -200,7 +200,8 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     validated slices: the whole volume unless data.max_val_slices cuts it short), in float64,
     like `evaluate`'s per-slice means (metrics.score_slices). So the log's val_psnr / val_ssim
     of an epoch equal metrics.json's PSNR / SSIM "mean" for that epoch's checkpoint on the
-    same split. (Volumes are normalised by their source maximum, and a crop or skipped slices
+    same split, when training ran in evaluate's precision (train.amp off, train.tf32 false;
+    otherwise validation runs the forward pass in training's). (Volumes are normalised by their source maximum, and a crop or skipped slices
     can leave the stored maximum below 1, so a range of 1 would read higher.) Complex data (two
     channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
     its L1 is the training loss's, over both channels. Everything is scored on `device`
