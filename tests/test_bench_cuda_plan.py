@@ -98,27 +98,30 @@ def test_the_cuda_plan_has_its_graph_rows_sweep_and_ratios(as_on_cuda):
 
 
 def test_a_failed_capture_is_a_note_instead_of_a_row(as_on_cuda, tmp_path):
-    """The student's captures fail (training and inference): notes instead of its graph rows,
-    the teacher's graph rows as before; the CLI prints the table, the notes and the JSON."""
+    """The student's training capture fails: a note instead of its graph row, the teacher's graph
+    row (captured before) as it was; torch captures nothing after a failed capture in a process,
+    so the inference graphs are notes too ("not tried"); the CLI prints the table, the notes and
+    the JSON."""
     as_on_cuda.fail_capture_of = lambda module: getattr(getattr(module, "model", module), "name", "") == "D3C5"
     out = tmp_path / "bench.json"
     result = sftkd("bench", "--device", "cpu", "--size", "16", "--batch", "2", "--repeats", "1", "--warmup", "0",
                    "--roof-size", "16", "--only", "teacher,student,infer", "--json", out)
     data = json.loads(out.read_text())
     keys = [row["key"] for row in data["rows"]]
-    assert "train.teacher.graph" in keys and [f"infer.D5C5.graph.b{n}" for n in BATCHES] == [
-        k for k in keys if k.startswith("infer.D5C5.graph")]
-    assert "train.student.graph" not in keys and not any(k.startswith("infer.D3C5.graph") for k in keys)
+    assert "train.teacher.graph" in keys and "train.student.graph" not in keys
+    assert not any(".graph." in k for k in keys)
     assert [f"infer.D3C5.eager.b{n}" for n in BATCHES] == [k for k in keys if k.startswith("infer.D3C5.eager")]
-    reason = f"CUDA graph capture failed (RuntimeError: {CAPTURE_ERROR})"
+    reason = f"RuntimeError: {CAPTURE_ERROR}"
+    not_tried = (f"CUDA graph capture failed (not tried: one failed earlier in this process ({reason}), after which "
+                 "torch cannot capture again)")
     graph_notes = [note for note in data["notes"] if "CUDA graph" in note]
-    assert graph_notes == [f"student D3C5 train, CUDA graph: skipped ({reason})",
-                           f"CUDA graph D3C5 (batch 1): skipped ({reason})"]
-    assert "graph_speedup.train.student" not in data["ratios"] and "graph_speedup.D3C5.b1" not in data["ratios"]
-    assert {"graph_speedup.train.teacher", "graph_speedup.D5C5.b3"} <= set(data["ratios"])
+    assert graph_notes == [f"student D3C5 train, CUDA graph: skipped (CUDA graph capture failed ({reason}))",
+                           f"CUDA graph D5C5 (batch 1): skipped ({not_tried})",
+                           f"CUDA graph D3C5 (batch 1): skipped ({not_tried})"]
+    assert not any(k.startswith("graph_speedup.") and k != "graph_speedup.train.teacher" for k in data["ratios"])
+    assert "graph_speedup.train.teacher" in data["ratios"]
     text = " ".join(result.output.split())  # the table wraps to the terminal's width
-    shown = ("teacher D5C5 train, CUDA graph", "D5C5 infer b3 graph", "D5C5 inference, eager / CUDA graph (batch 3)")
-    for words in (*shown, *(f"note: {note}" for note in graph_notes)):
+    for words in ("teacher D5C5 train, CUDA graph", *(f"note: {note}" for note in graph_notes)):
         assert words in text, words
 
 
