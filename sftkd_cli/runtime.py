@@ -7,6 +7,7 @@ them (nor the CLI), so each can use the same device choice, autocast policy and 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -79,6 +80,43 @@ def precision_policy(tf32: bool) -> Iterator[None]:
         matmul.allow_tf32, cudnn.allow_tf32 = previous
 
 
+#: the environment variable that fixes cuBLAS's workspace (deterministic matrix products)
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With `enabled` (train.deterministic), deterministic kernels for the block; without, the
+    caller's settings as they are.
+
+    The CPU kernels are deterministic already (for a fixed thread count). On CUDA, cuDNN picks
+    non-deterministic convolution algorithms by default, so a resumed run only matches an
+    uninterrupted one bit for bit with this: deterministic cuDNN algorithms, no cuDNN
+    autotuning, deterministic torch ops (an op without one fails instead of drifting) and a
+    fixed cuBLAS workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts: in a process that
+    used cuBLAS before, e.g. an earlier `reproduce` stage, it comes too late). The caller's
+    settings are put back afterwards, so that one stage's setting does not carry over to the
+    next stage trained in the same process.
+    """
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                cudnn.deterministic, cudnn.benchmark, os.environ.get(CUBLAS_WORKSPACE))
+    os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")
+    cudnn.deterministic, cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        algorithms, warn_only, cudnn.deterministic, cudnn.benchmark, workspace = previous
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+
+
+
 def collate(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack dataset items into a batch (tensors only)."""
     return {key: torch.stack([item[key] for item in items]) for key in TENSOR_KEYS}
@@ -106,17 +144,13 @@ def inference_batch_size(train_batch_size: int) -> int:
     return max(train_batch_size, MIN_INFERENCE_BATCH)
 
 
-def set_threads(count: int | None) -> None:
-    """torch's CPU threads set to `count`; None or 0 leaves torch's setting as it is."""
-    if count:
-        torch.set_num_threads(count)
-
-
 @contextlib.contextmanager
 def cpu_threads(count: int | None) -> Iterator[None]:
-    """`set_threads(count)` for the block; the caller's thread count is restored afterwards."""
+    """torch's CPU threads set to `count` for the block (None or 0: as they are); the caller's
+    thread count is restored afterwards."""
     previous = torch.get_num_threads()
-    set_threads(count)
+    if count:
+        torch.set_num_threads(count)
     try:
         yield
     finally:

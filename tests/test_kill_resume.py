@@ -66,20 +66,37 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, tmp_pat
 
 
 def test_deterministic_training_switches_on_what_makes_cuda_resume_exact(tiny_dataset, tmp_path, monkeypatch):
-    """train.deterministic=true (run here on the CPU): deterministic torch ops and cuDNN algorithms,
-    no cuDNN autotuning, and a fixed cuBLAS workspace, as bit-exact resume on CUDA needs."""
+    """train.deterministic=true (run here on the CPU): during the fit, deterministic torch ops and
+    cuDNN algorithms, no cuDNN autotuning, a fixed cuBLAS workspace, as bit-exact resume on CUDA
+    needs, and train.threads; afterwards the caller's settings again, so that a later stage
+    trained in the same process (a `reproduce` worker) does not inherit them."""
     from cli_helpers import sftkd
+
+    from sftkd_cli.training.engine import Trainer
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that undo restores it, absent or not
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    threads = torch.get_num_threads()
+    seen = []
+    real = Trainer._loop
+
+    def recording(self, train_slices):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.get_num_threads()))
+        return real(self, train_slices)
+
+    monkeypatch.setattr(Trainer, "_loop", recording)
+    before = (torch.are_deterministic_algorithms_enabled(), False, True, None, threads)
     try:
-        sftkd("train-teacher", "--model", "D2C2", "--name", "d", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
-              "train.epochs=1", "train.max_steps_per_epoch=1", "train.threads=1", "train.device=cpu",
-              "train.deterministic=true")
-        assert torch.are_deterministic_algorithms_enabled()
-        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        for name, deterministic in (("d", "true"), ("later", "false")):
+            sftkd("train-teacher", "--model", "D2C2", "--name", name, f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+                  "train.epochs=1", "train.max_steps_per_epoch=1", f"train.threads={threads + 1}", "train.device=cpu",
+                  f"train.deterministic={deterministic}")
+            assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                    torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                    torch.get_num_threads()) == before
+        assert seen == [(True, True, False, ":4096:8", threads + 1), (*before[:4], threads + 1)]
     finally:
         torch.use_deterministic_algorithms(False)

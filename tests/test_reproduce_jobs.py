@@ -315,3 +315,21 @@ def test_cli_estimate_needs_dry_run_and_prints_the_wall_time(tmp_path, tiny_data
     assert shown.exit_code == 0, shown.output
     assert "probe: 3 steps of teacher" in shown.output and "expected wall time with --jobs 2:" in shown.output
     assert not (tmp_path / "runs").exists()  # the probe trains in a temporary folder
+
+
+def test_a_stage_gets_the_executors_threads_for_itself_only(tmp_path, tiny_dataset):
+    """A job's share of the CPUs is torch's thread count while its stage runs (the recipe sets no
+    train.threads) and the worker's own count again afterwards: the next stage in that process
+    starts from it, not from this one's."""
+    from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    plan = load_plan(write_plan(tmp_path, tiny_dataset), [*CPU, "train.threads=0"])
+    stages = build_stages(plan)
+    teacher = next(s for s in stages if s.id == "teacher")
+    seen = []
+    before = torch.get_num_threads()
+    job = StageJob(plan, teacher, tuple(stages), threads=before + 1, log=tmp_path / "teacher.log",
+                   trainers={"teacher": lambda recipe, **kwargs: seen.append(torch.get_num_threads())})
+    assert run_stage_job(job).status == "done"
+    assert seen == [before + 1] and torch.get_num_threads() == before

@@ -29,7 +29,7 @@ from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import INTERRUPTS, default_trainers, failure_note, log_error, run_stage
-from sftkd_cli.runtime import set_threads
+from sftkd_cli.runtime import cpu_threads
 
 #: width of the stage logs (they are files: no terminal to measure)
 LOG_WIDTH = 120
@@ -74,8 +74,8 @@ def run_stage_job(job: StageJob) -> StageResult:
     or interrupted (Ctrl-C or SIGTERM: a training stage saved its checkpoint and resumes)."""
     started = time.perf_counter()
     stage = placed(job.stage, job.device)
-    if not (stage.recipe is not None and stage.recipe.train.threads):
-        set_threads(job.threads)  # the executor's share of the CPUs
+    # the executor's share of the CPUs, for this stage only, unless its recipe sets train.threads
+    threads = None if stage.recipe is not None and stage.recipe.train.threads else job.threads
     trainers = default_trainers() if job.trainers is None else job.trainers
     handle = None
     try:
@@ -85,8 +85,9 @@ def run_stage_job(job: StageJob) -> StageResult:
         console = Console(file=handle, width=LOG_WIDTH, force_terminal=False, no_color=True) if handle else Console()
         console.print(_log_header(job, stage), highlight=False, markup=False)
         try:
-            status, note = run_stage(stage, job.plan, job.stages, {r.id: r for r in job.results},
-                                     trainers, console, job.number, job.total)
+            with cpu_threads(threads):
+                status, note = run_stage(stage, job.plan, job.stages, {r.id: r for r in job.results},
+                                         trainers, console, job.number, job.total)
         except INTERRUPTS as exc:
             status, note = INTERRUPTED, str(exc) or "interrupted"
         except Exception as exc:  # noqa: BLE001 - the result says it failed; the scheduler goes on

@@ -37,8 +37,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
-from sftkd_cli.runtime import (autocast, collate, inference_batch_size, precision_policy, select_device, set_threads,
-                               to_device)
+from sftkd_cli.runtime import (autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
+                               precision_policy, select_device, to_device)
 from sftkd_cli.signals import on_signals
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
@@ -58,24 +58,11 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; with `deterministic`, deterministic kernels on CUDA too.
-
-    The CPU kernels are deterministic already (for a fixed thread count). On CUDA, cuDNN picks
-    non-deterministic convolution algorithms by default, so a resumed run only matches an
-    uninterrupted one bit for bit with `deterministic`: deterministic cuDNN algorithms, no
-    cuDNN autotuning, deterministic torch ops (an op without one fails instead of drifting)
-    and a fixed cuBLAS workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts, which in
-    a training process is after this call).
-    """
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (deterministic kernels: `runtime.deterministic_kernels`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -293,12 +280,18 @@ class Trainer:
 
     # the loop -----------------------------------------------------------------------------
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
-        """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`)."""
+        """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`), with
+        train.threads and train.deterministic for the fit only (the caller's put back: a
+        `reproduce` process trains several stages)."""
         cfg = self.recipe.train
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
-        set_threads(cfg.threads)
-        seed_everything(cfg.seed, cfg.deterministic)
+        with cpu_threads(cfg.threads), deterministic_kernels(cfg.deterministic):
+            return self._fit(train_ds, val_ds, resume)
+
+    def _fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool) -> FitResult:
+        cfg = self.recipe.train
+        seed_everything(cfg.seed)
         point = resume_point(self.run) if resume else None
         self.layout = self._choose_layout(train_ds, point.state if point else None)
         loop = self._loop(len(train_ds))

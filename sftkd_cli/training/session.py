@@ -221,8 +221,7 @@ def run_training(
     data = dataset_record(recipe.data.path, recipe.data.acceleration)
     if resume and run.recipe_file.exists():
         check_resumable(run, recipe, data)
-    # weight initialisation is part of the recipe; train.deterministic is set before any CUDA work
-    seed_everything(recipe.train.seed, recipe.train.deterministic)
+    seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
