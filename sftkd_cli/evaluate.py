@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import shlex
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -49,8 +50,8 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                score_fastmri, score_slices, score_volume, summarise_volumes)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
-from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, autocast, check_amp, collate, cpu_threads, inference_batch_size,
-                               precision_policy, select_device, synchronize, to_device)
+from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
+                               inference_batch_size, precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -355,6 +356,8 @@ def _evaluate(
     record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it
     torch_device = select_device(device)
     check_amp(amp, torch_device, "--amp")
+    if warning := amp_warning(amp, torch_device, "--amp"):
+        print(warning, file=sys.stderr, flush=True)
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
     run_folder, digest = _folder_identity(run.path), None

@@ -47,6 +47,19 @@ def check_amp(amp: str, device: torch.device, option: str = "train.amp") -> None
         raise SftkdError(f"{option} fp16: only on CUDA; use bf16 on the CPU")
 
 
+def bf16_emulated(device: torch.device) -> bool:
+    """Whether bf16 on `device` is emulated: a CPU without AVX512-BF16 (nor AMX, which comes with it)."""
+    return device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported()
+
+
+def amp_warning(amp: str, device: torch.device, option: str = "train.amp") -> str | None:
+    """The line that says `amp` runs but slowly on `device` (None when it does not)."""
+    if amp == "bf16" and bf16_emulated(device):
+        return (f"warning: {option} bf16: this CPU has no AVX512-BF16, so bf16 is emulated, several times "
+                "slower than fp32 (about 7x on a D5C5 training step); off is faster here")
+    return None
+
+
 def autocast(
     device: torch.device, amp: str, option: str = "train.amp", *, cache: bool = True
 ) -> contextlib.AbstractContextManager:

@@ -502,3 +502,13 @@ def test_bf16_rows_are_timed_against_their_fp32_twins(result):
             fast, slow = result.row(f"bf16.{group}.{m}.bf16"), result.row(f"bf16.{group}.{m}.fp32")
             assert fast.baseline_s == slow.seconds and fast.flops == slow.flops
             assert result.ratios[f"bf16_speedup.{group}.{m}"] == pytest.approx(slow.seconds / fast.seconds)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["avx512-bf16", "emulated"])
+def test_bf16_on_a_cpu_that_emulates_it_is_a_note(monkeypatch, native):
+    """Device: CPU (its bf16 support stood in for): --precision bf16 there says it is emulated."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    res = run_bench(**TINY, which=["student"], precision="bf16")
+    emulated = [note for note in res.notes if "emulated" in note]
+    assert emulated == ([] if native else ["--precision bf16: this CPU has no AVX512-BF16, so bf16 is emulated "
+                                           "(slower than fp32)"])

@@ -28,7 +28,7 @@ from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
-from sftkd_cli.runtime import cpu_threads, precision_policy, select_device, synchronize
+from sftkd_cli.runtime import bf16_emulated, cpu_threads, precision_policy, select_device, synchronize
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
@@ -131,6 +131,8 @@ def run_bench(
             roof_gflops=0.0,
             roof={},
         )
+        if precision == "bf16" and bf16_emulated(dev):
+            result.notes.append("--precision bf16: this CPU has no AVX512-BF16, so bf16 is emulated (slower than fp32)")
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
         bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
         try:
@@ -351,7 +353,7 @@ class _Bench:
         if self.precision != "fp32":
             self.result.notes.append(f"bf16 rows: skipped (they compare against fp32; this run is --precision {self.precision})")
             return
-        if self.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        if bf16_emulated(self.device):
             self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
             return
         for name in (TEACHER, STUDENT):

@@ -37,7 +37,7 @@ from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
-from sftkd_cli.runtime import (autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
+from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
                                precision_policy, select_device, to_device)
 from sftkd_cli.signals import on_signals
 from sftkd_cli.torch_metrics import SliceScores, magnitude
@@ -303,6 +303,8 @@ class Trainer:
             self.run.write_env(environment(str(self.device), cfg.seed), resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
+            if warning := amp_warning(cfg.amp, self.device):
+                self.console.print(warning, highlight=False, markup=False, soft_wrap=True)
         loop.progress.update(loop.task, completed=state.epoch * loop.steps_per_epoch + (state.step or 0))
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
