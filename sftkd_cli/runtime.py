@@ -56,7 +56,7 @@ def amp_warning(amp: str, device: torch.device, option: str = "train.amp") -> st
     """The line that says `amp` runs but slowly on `device` (None when it does not)."""
     if amp == "bf16" and bf16_emulated(device):
         return (f"warning: {option} bf16: this CPU has no AVX512-BF16, so bf16 is emulated, several times "
-                "slower than fp32 (about 7x on a D5C5 training step); off is faster here")
+                "slower than fp32 (7-10x on a D5C5 training step); off is faster here")
     return None
 
 
