@@ -18,9 +18,13 @@ and `device`, see `StageJob`) before running it.
 
 `LocalExecutor` runs the jobs in up to `jobs` spawned worker processes on this machine (torch
 training is Python-heavy: threads would queue on the GIL; a worker serves one job at a time and
-then the next, so torch is imported once per worker): each job gets max(1, cpus // jobs) torch threads
-unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at most
-`per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or cuda).
+then the next, so torch is imported once per worker): each job gets max(1, cpus // slots) torch
+threads unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at
+most `per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or
+cuda; a recipe's own cuda:i counts on GPU i). A worker process works on one GPU only: torch
+keeps a context and cached memory on every GPU a process has used, so a job for another GPU
+goes to a fresh worker (the idle one that served the other GPU ends), and `per_gpu` bounds what
+each GPU holds.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ class _Worker:
     process: Any
     conn: Connection
     job: StageJob | None = None
-    gpu: int | None = None
+    gpu: int | None = None  # the GPU of the job it runs
+    home: int | None = None  # the GPU it has worked on (it works on no other)
 
 
 class LocalExecutor:
@@ -104,7 +109,7 @@ class LocalExecutor:
         self.jobs, self.per_gpu = jobs, per_gpu
         self.cpus = cpu_count() if cpus is None else cpus
         self.gpus = gpu_count() if gpus is None else gpus
-        self.threads = max(1, self.cpus // jobs)
+        self.threads = max(1, self.cpus // self.slots)
         self._context = get_context("spawn")
         self._workers: list[_Worker] = []
 
@@ -113,16 +118,18 @@ class LocalExecutor:
         return min(self.jobs, self.per_gpu * self.gpus) if self.gpus else self.jobs
 
     def submit(self, job: StageJob) -> None:
-        gpu = self._free_gpu(job)
+        gpu = self._gpu_for(job)
         job = dataclasses.replace(job, threads=self.threads, device=f"cuda:{gpu}" if gpu is not None else job.device)
         first = not self._workers
-        worker = next((w for w in self._workers if w.job is None and w.process.is_alive()), None) or self._spawn()
+        worker = self._idle_worker(gpu) or self._spawn()
         try:
             worker.conn.send(job)  # pickled first: a job that does not pickle raises here, the worker stays idle
         except OSError:
             self._end(worker)
             raise
         worker.job, worker.gpu = job, gpu
+        if gpu is not None:
+            worker.home = gpu
         if first:  # the other workers start now: their imports overlap the first stage (often the data)
             for _ in range(self.slots - 1):
                 self._spawn()
@@ -139,10 +146,38 @@ class LocalExecutor:
         self._workers.append(worker)
         return worker
 
-    def _free_gpu(self, job: StageJob) -> int | None:
-        """The least busy GPU for a job whose recipe runs on CUDA (auto or cuda); None otherwise."""
+    def _idle_worker(self, gpu: int | None) -> _Worker | None:
+        """An idle worker for a job on `gpu` (None: no GPU): one that has worked on that GPU, or on
+        none, first; one that has worked on another GPU ends instead (None: spawn a fresh one)."""
+        idle = [w for w in self._workers if w.job is None and w.process.is_alive()]
+        if gpu is None:
+            return idle[0] if idle else None
+        fitting = sorted((w for w in idle if w.home in (gpu, None)), key=lambda w: w.home is None)
+        if fitting:
+            return fitting[0]
+        if idle:  # make room: the slots bound the workers
+            self._retire(idle[0])
+        return None
+
+    def _retire(self, worker: _Worker) -> None:
+        """An idle worker told to end, and waited for."""
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.process.join(timeout=10)
+        self._end(worker)
+
+    def _gpu_for(self, job: StageJob) -> int | None:
+        """The GPU a job runs on: the least busy one for a recipe on CUDA (auto or cuda), the
+        recipe's own for cuda:i; None for a CPU job or without GPUs."""
         recipe = job.stage.recipe
-        if not self.gpus or recipe is None or job.device is not None or recipe.train.device not in ("auto", "cuda"):
+        if not self.gpus or recipe is None or job.device is not None:
+            return None
+        device = recipe.train.device
+        if device.startswith("cuda:"):
+            return int(device.removeprefix("cuda:"))
+        if device not in ("auto", "cuda"):
             return None
         load = [sum(1 for w in self._workers if w.job is not None and w.gpu == gpu) for gpu in range(self.gpus)]
         return min(range(self.gpus), key=lambda gpu: (load[gpu], gpu))
