@@ -475,7 +475,7 @@ def check_device(name: str, where: str = "train.device") -> None:
     """The device must be auto, cpu, cuda, cuda:N (N below the number of GPUs when CUDA is present)
     or mps where torch reports it available; torch is imported only for mps and cuda:N."""
     expected = "expected auto, cpu, cuda or cuda:N"
-    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(\d{1,4}))?", name)
+    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(0|[1-9]\d{0,3}))?", name)
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
         raise SftkdError(f"{where} {shown}: {expected}")

@@ -354,7 +354,7 @@ def _evaluate(
     if len(dataset) == 0:
         raise SftkdError(f"{data_path}: split {split!r} has no slices")
     record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it
-    torch_device = select_device(device)
+    torch_device = select_device(device, "--device")
     check_amp(amp, torch_device, "--amp")
     if warning := amp_warning(amp, torch_device, "--amp"):
         print(warning, file=sys.stderr, flush=True)

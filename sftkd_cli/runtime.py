@@ -25,17 +25,18 @@ TENSOR_KEYS = ("target", "zf", "kspace", "mask")
 AMP_MODES = ("off", "bf16", "fp16")
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; explicit names are checked."""
+def select_device(name: str = "auto", where: str = "train.device") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; explicit names are checked (`where` names
+    the setting in the error: train.device, or an option such as --device)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name, "device")  # meta, mps without support, a GPU number past the GPUs: one line
+    check_device(name, where)  # meta, mps without support, a GPU number past the GPUs: one line
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SftkdError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise SftkdError(f"{where} {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SftkdError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+        raise SftkdError(f"{where} {name!r}: CUDA is not available on this machine; use cpu (or auto)")
     return device
 
 

@@ -120,7 +120,7 @@ def test_bad_learning_rate_is_one_line(tmp_path, tiny_dataset, lr):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("device", ["meta", "garbage", "cuda:x", "cpu:0", "mps"])
+@pytest.mark.parametrize("device", ["meta", "garbage", "cuda:x", "cuda:01", "cpu:0", "mps"])
 def test_bad_device_is_one_line(tmp_path, tiny_dataset, device):
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("mps is available here")
@@ -130,9 +130,19 @@ def test_bad_device_is_one_line(tmp_path, tiny_dataset, device):
 
 def test_evaluate_refuses_a_bad_device_in_one_line(tmp_path, tiny_dataset):
     sftkd(*train(tiny_dataset, tmp_path / "runs", "--name", "r", "--device", "cpu"))
-    for device in ("meta", "garbage"):
-        one_error_line("evaluate", tmp_path / "runs" / "r", "--device", device, names=("device", device))
+    for device in ("meta", "garbage", "cuda:01"):
+        one_error_line("evaluate", tmp_path / "runs" / "r", "--device", device, names=("--device", device))
     assert not (tmp_path / "runs" / "r" / "metrics.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_names_the_setting(tmp_path, tiny_dataset):
+    """Device: a CPU-only machine. The recipe's train.device or the option, whichever said cuda."""
+    one_error_line(*train(tiny_dataset, tmp_path / "runs", "train.device=cuda"),
+                   names=("train.device 'cuda'", "CUDA is not available"))
+    assert not (tmp_path / "runs").exists()
+    sftkd(*train(tiny_dataset, tmp_path / "runs", "--name", "r", "--device", "cpu"))
+    one_error_line("evaluate", tmp_path / "runs" / "r", "--device", "cuda", names=("--device 'cuda'", "CUDA is not available"))
 
 
 @pytest.mark.cuda  # an ordinal past the machine's GPUs

@@ -115,7 +115,7 @@ def run_bench(
                 "warmup": warmup}
     _check({**settings, "roof_size": roof_size})  # the roof's shape is recorded with the roof
     parts, kd_methods = check_parts(which), check_methods(methods)
-    dev = select_device(device)
+    dev = select_device(device, "--device")
     say = progress or (lambda message: None)
     with cpu_threads(threads), precision_policy(tf32):
         settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
