@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -331,7 +332,11 @@ class Trainer:
         if self.world > 1:  # gradients averaged across processes; the frozen teacher stays outside
             from torch.nn.parallel import DistributedDataParallel
 
-            objective = DistributedDataParallel(objective, find_unused_parameters=True)
+            # In channels_last the 32 -> 1 conv's weight (1x32x3x3) has a size-1 dim whose stride
+            # autograd's gradient and DDP's bucket disagree on (32 vs 288): the same memory, a
+            # 288-float copy per step, but a warning on every rank. Only that one is silenced.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            objective = DistributedDataParallel(objective, find_unused_parameters=not objective.uses_every_parameter)
             self.objective = objective
         trained = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trained, lr=cfg.lr, capturable=self.cuda_graphs)  # step counters on the GPU for graphs

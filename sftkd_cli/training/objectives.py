@@ -32,6 +32,10 @@ class Objective(nn.Module):
     #: the name of the model `evaluate` scores by default
     primary: str = "model"
 
+    #: whether every trained parameter gets a gradient in every step (then DistributedDataParallel
+    #: skips its search for unused ones, a walk of the autograd graph per step); False unless known
+    uses_every_parameter: bool = False
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
@@ -87,6 +91,8 @@ class TeacherObjective(Objective):
 
 class Supervised(Objective):
     """Plain L1 training of one network against the fully sampled target (teacher or student)."""
+
+    uses_every_parameter = True
 
     def __init__(self, model: CascadeNet) -> None:
         super().__init__()
