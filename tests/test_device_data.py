@@ -89,6 +89,16 @@ def test_on_device_is_auto_on_cuda_only_and_leaves_empty_splits_alone():
     assert device_data.device_bytes(data) == 3 * sum(data[0][k].nbytes for k in ("target", "zf", "kspace", "mask"))
 
 
+def test_a_split_goes_on_the_gpu_when_it_fits_in_a_quarter_of_the_free_memory(monkeypatch):
+    """Device: CPU (the GPU's memory stood in for): free memory counts, not the total, since
+    other stages may share the GPU."""
+    data = Phantoms(3)
+    size = device_data.device_bytes(data)
+    for free, fits in ((4 * size, True), (4 * size - 1, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 100 * size))
+        assert device_data.fits_on_device(data, torch.device("cuda")) is fits
+
+
 def _fit(tmp_path, name, data_on_device):
     return train_phantoms(tmp_path, name, train=Phantoms(5), val=Phantoms(3, seed=1), data_on_device=data_on_device)[1]
 

@@ -9,7 +9,8 @@ identical (checked on the CPU in the tests).
 
 `data.mask_per_sample` draws new masks every epoch: such a split is stacked again when
 `set_epoch` moves to another epoch (once per epoch, one copy), so its items stay those of
-the epoch. A split larger than `MAX_DEVICE_FRACTION` of the GPU's memory stays on the host path.
+the epoch. A split larger than `MAX_DEVICE_FRACTION` of the GPU memory free when training starts
+stays on the host path (free, not total: stages of `reproduce --jobs` may share the GPU).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 from sftkd_cli.data.dataset import dataset_varies_by_epoch, set_dataset_epoch
 from sftkd_cli.runtime import TENSOR_KEYS, Batch, collate
 
-#: the largest share of the GPU's memory a split may take on the device (else the host path)
+#: the largest share of the GPU's free memory a split may take on the device (else the host path)
 MAX_DEVICE_FRACTION = 0.25
 
 
@@ -86,13 +87,19 @@ def device_bytes(dataset: Dataset) -> int:
 def on_device(dataset: Dataset, device: torch.device, wanted: bool | None = None) -> Dataset:
     """`dataset` as a `DeviceDataset` on `device`, or as it is.
 
-    `wanted` None (auto): on CUDA when the split takes at most MAX_DEVICE_FRACTION of the GPU's
-    memory; True: always (also on the CPU, where it is a stacked copy in memory: the tests
-    compare it with the host path there); False: never.
+    `wanted` None (auto): on CUDA when the split `fits_on_device`; True: always (also on the
+    CPU, where it is a stacked copy in memory: the tests compare it with the host path there);
+    False: never.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         return dataset
     if wanted is None:
-        wanted = device.type == "cuda" and device_bytes(dataset) <= (
-            MAX_DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory)
+        wanted = device.type == "cuda" and fits_on_device(dataset, device)
     return DeviceDataset(dataset, device) if wanted else dataset
+
+
+def fits_on_device(dataset: Dataset, device: torch.device) -> bool:
+    """Whether the split takes at most MAX_DEVICE_FRACTION of the memory free on the GPU now
+    (what other processes and the splits already there leave)."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return device_bytes(dataset) <= MAX_DEVICE_FRACTION * free
