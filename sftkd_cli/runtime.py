@@ -130,7 +130,6 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
             os.environ.pop(CUBLAS_WORKSPACE, None)
 
 
-
 def collate(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack dataset items into a batch (tensors only)."""
     return {key: torch.stack([item[key] for item in items]) for key in TENSOR_KEYS}

@@ -189,8 +189,9 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     like `evaluate`'s per-slice means (metrics.score_slices). So the log's val_psnr / val_ssim
     of an epoch equal metrics.json's PSNR / SSIM "mean" for that epoch's checkpoint on the
     same split, when training ran in evaluate's precision (train.amp off, train.tf32 false;
-    otherwise validation runs the forward pass in training's). (Volumes are normalised by their source maximum, and a crop or skipped slices
-    can leave the stored maximum below 1, so a range of 1 would read higher.) Complex data (two
+    otherwise validation runs the forward pass in training's). (Volumes are normalised by their
+    source maximum, and a crop or skipped slices can leave the stored maximum below 1, so a
+    range of 1 would read higher.) Complex data (two
     channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
     its L1 is the training loss's, over both channels. Everything is scored on `device`
     (torch_metrics): only the three means come back to the host, at the end. `forward`: the

@@ -29,8 +29,8 @@ capture"). What capture needs, and how it is met here:
   copy cached before the capture would be replayed stale); the data consistency casts its input
   to float32, so its FFTs run in float32. fp16 is refused: its GradScaler reads the GPU every
   step to skip steps with inf/NaN gradients, which a graph cannot do.
-- One process: DistributedDataParallel does part of its work on
-  the CPU side of autograd, which a replay skips.
+- One process: DistributedDataParallel does part of its work on the CPU side of autograd,
+  which a replay skips.
 
 A capture that fails (an op that syncs, a kernel that cannot be captured, ...) prints one line
 to stderr, "CUDA graph capture failed (<reason>); training eagerly", and every later step runs
