@@ -5,8 +5,10 @@
 Run it from the repository root, installed or not (it calls `python -m sftkd_cli`). It needs the
 demo data prepared in data/demo (`sftkd prepare-data demo` reads nilearn's template: prepare the
 folder elsewhere and copy it where the GPU machine has no nilearn), and nibabel for the tests.
-Each step writes its files into OUT_DIR as it goes, so a run cut short keeps what finished (a step
-still running at its time limit gets SIGTERM: the bench then writes the rows it measured):
+Each step writes its files into OUT_DIR as it goes, and summary.txt is rewritten after each, so a
+run cut short keeps what finished (a step still running at its time limit gets SIGTERM, the tests
+SIGINT, so that the bench writes the rows it measured and pytest its report; then its whole
+process group is killed):
 
     env.txt         the GPU, torch and CUDA versions
     bench.json      `sftkd bench` on the device (fp32, batch 4, 150x150, median of 20), and
@@ -25,10 +27,12 @@ mean nothing. The exit status is 0 when every step ran, whether or not a target 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,33 +67,47 @@ def main() -> int:
     quick = args.quick
     python = [sys.executable]
     sftkd = [*python, "-m", "sftkd_cli"]
-    ok = True
+    short = ["train.max_steps_per_epoch=4"] if quick else []  # --quick: the script checked, not the speed
+    epochs = 2 if quick else 10
+    codes: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+
+    def run(name: str, command: list[str], timeout: float, **kwargs: object) -> None:
+        codes[name], seconds[name] = step(args.out, name, command, timeout, **kwargs)  # type: ignore[arg-type]
+        write_summary(args.out, epochs, codes, seconds)
+
     # the most wanted first; the steps' time limits (530 s) and their grace (5 x 10 s) fit a 10-minute call
-    with tempfile.TemporaryDirectory(prefix="sftkd-gpu-check-") as folder:
+    with tempfile.TemporaryDirectory(prefix="sftkd-gpu-check-", ignore_cleanup_errors=True) as folder:
         runs = Path(folder)
-        ok &= step(args.out, "env", [*python, "-c", ENV_PROBE], 20)[0] == 0
+        run("env", [*python, "-c", ENV_PROBE], 20)
         bench = [*sftkd, "bench", "--device", args.device, "--json", str(args.out / "bench.json")]
         bench += (["--size", "32", "--repeats", "2", "--warmup", "1", "--roof-size", "32", "--methods", "at"] if quick
                   else ["--repeats", "20", "--warmup", "5"])
-        ok &= step(args.out, "bench", bench, 170)[0] == 0
-        epochs = 2 if quick else 10
+        run("bench", bench, 170)
         teacher = [*sftkd, "train-teacher", "recipes/demo/teacher.yaml", f"run.dir={runs}", "run.name=teacher",
-                   f"train.epochs={epochs}", f"train.device={args.device}"]
-        code, teacher_s = step(args.out, "teacher", teacher, 60, history=runs / "teacher" / "history.jsonl")
-        ok &= code == 0
+                   f"train.epochs={epochs}", f"train.device={args.device}", *short]
+        run("teacher", teacher, 60, history=runs / "teacher" / "history.jsonl")
         demo = [*sftkd, "reproduce", "recipes/demo.yaml", "--jobs", "2", "--runs-dir", str(runs / "demo"),
-                f"train.device={args.device}", *(["train.epochs=2"] if quick else [])]
-        code, demo_s = step(args.out, "demo", demo, 110)
-        ok &= code == 0
-        tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
+                f"train.device={args.device}", *(["train.epochs=2", *short] if quick else [])]
+        run("demo", demo, 110)
+        tests = [*python, "-m", "pytest", "-o", "addopts=", "-q", "-rfEs", "-p", "no:cacheprovider", "-m", "cuda",
+                 "tests"]
         if importlib.util.find_spec("xdist") is not None:
             tests[3:3] = ["-n", "4"]
+        if importlib.util.find_spec("pytest_timeout") is not None:
+            tests[3:3] = ["--timeout=90"]  # one hung test does not take the step's whole limit
         if args.device != "cpu":
-            ok &= step(args.out, "cuda-tests", tests, 170)[0] == 0
-    lines = summary(args.out / "bench.json", teacher_s, epochs, demo_s) + _last_line(args.out / "cuda-tests.txt")
-    (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0 if ok else 1
+            run("cuda-tests", tests, 170, stop=signal.SIGINT)  # SIGINT: pytest still prints its report
+    print((args.out / "summary.txt").read_text(), end="")
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def write_summary(out: Path, epochs: int, codes: dict[str, int], seconds: dict[str, float]) -> None:
+    """OUT/summary.txt from the steps run so far (rewritten after each)."""
+    lines = summary(out / "bench.json", epochs, {name: (codes[name], seconds[name]) for name in codes})
+    if "cuda-tests" in codes:
+        lines += _last_line(out / "cuda-tests.txt", codes["cuda-tests"])
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
 
 
 ENV_PROBE = """
@@ -101,32 +119,38 @@ if torch.cuda.is_available():
     print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip())
 else:
     print("no CUDA device")
+import importlib.util, shutil
+print("present:", {name: importlib.util.find_spec(name) is not None for name in ("nibabel", "xdist", "pytest_timeout")},
+      "torchrun:", shutil.which("torchrun"))
 """
 
 
 def step(out: Path, name: str, command: list[str], timeout: float, history: Path | None = None,
-         grace: float = GRACE_S) -> tuple[int, float]:
+         grace: float = GRACE_S, stop: int = signal.SIGTERM) -> tuple[int, float]:
     """Run `command` into OUT/name.txt (stdout and stderr); its exit code (124: timed out) and wall
-    seconds. At `timeout` it gets SIGTERM (the bench then writes the rows it measured) and `grace`
-    seconds to end before it is killed."""
+    seconds. At `timeout` it gets `stop` (SIGTERM: the bench then writes the rows it measured;
+    SIGINT: pytest prints its report) and `grace` seconds to end; then its process group (the
+    reproduce workers, pytest's) is killed."""
     shown = " ".join(command[:2] + ["..."] if command[1] == "-c" else command)
     print(f"{name}: {shown}", flush=True)
     start = time.perf_counter()
     with (out / f"{name}.txt").open("w") as log:
         log.write(f"$ {shown}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "140"})
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
-            process.terminate()
+            process.send_signal(stop)
             try:
                 process.wait(grace)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                pass
             code = 124
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what it left behind (spawned workers) ends with it
+        process.wait()
         seconds = time.perf_counter() - start
         log.write(f"\nexit {code} after {seconds:.1f} s wall\n")
         if history is not None and history.is_file():
@@ -135,8 +159,9 @@ def step(out: Path, name: str, command: list[str], timeout: float, history: Path
     return code, seconds
 
 
-def summary(bench_json: Path, teacher_s: float, epochs: int, demo_s: float) -> list[str]:
-    """Each measured figure against its target, one line each."""
+def summary(bench_json: Path, epochs: int, steps: dict[str, tuple[int, float]]) -> list[str]:
+    """Each measured figure against its target, one line each; `steps`: the exit code and wall
+    seconds of each step run so far (a timing counts only from a step that ended well)."""
     lines: list[str] = []
     if bench_json.is_file():
         result = json.loads(bench_json.read_text())
@@ -165,19 +190,28 @@ def summary(bench_json: Path, teacher_s: float, epochs: int, demo_s: float) -> l
             if key.startswith(("bf16_speedup.", "graph_speedup.")):
                 lines.append(f"{key}: {value:.2f}x")
         lines.extend(f"note: {note}" for note in result["notes"] if "skipped" in note)
-    else:
+    elif "bench" in steps:
         lines.append("bench: no result")
-    lines.append(_verdict(f"demo teacher, {epochs} epochs, with process start: {teacher_s:.1f} s",
-                          teacher_s < TEACHER_TARGET_S, f"< {TEACHER_TARGET_S:.0f} s at 10 epochs"))
-    lines.append(_verdict(f"demo plan end to end: {demo_s:.1f} s", demo_s < DEMO_TARGET_S, f"< {DEMO_TARGET_S:.0f} s"))
+    timed = (("teacher", f"demo teacher, {epochs} epochs, with process start", TEACHER_TARGET_S, " at 10 epochs"),
+             ("demo", "demo plan end to end", DEMO_TARGET_S, ""))
+    for name, what, target, note in timed:
+        if name not in steps:
+            continue
+        code, wall = steps[name]
+        if code == 0:
+            lines.append(_verdict(f"{what}: {wall:.1f} s", wall < target, f"< {target:.0f} s{note}"))
+        elif code == 124:
+            lines.append(f"{what}: cut at its time limit ({wall:.1f} s; see {name}.txt)")
+        else:
+            lines.append(f"{what}: FAILED (exit {code} after {wall:.1f} s; see {name}.txt)")
     return lines
 
 
-def _last_line(log: Path) -> list[str]:
-    """The tests' outcome: the last line pytest printed (none when they did not run)."""
+def _last_line(log: Path, code: int) -> list[str]:
+    """The tests' outcome: the last line pytest printed, or that it printed none."""
     lines = log.read_text().splitlines() if log.is_file() else []
     outcome = [line for line in lines if re.search(r"\d+ (passed|failed|skipped|errors?)\b", line)]
-    return [f"cuda tests: {outcome[-1].strip('= ')}"] if outcome else []
+    return [f"cuda tests: {outcome[-1].strip('= ')}" if outcome else f"cuda tests: no outcome (exit {code})"]
 
 
 def _verdict(text: str, met: bool, target: str) -> str:

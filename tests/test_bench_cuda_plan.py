@@ -160,7 +160,7 @@ def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_
     result = run_bench(**TINY, which=["teacher", "sft", "kd", "infer", "epoch"], methods=["at"])
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(result.to_dict()))
-    lines = gpu_check.summary(path, 7.5, 10, 75.0)
+    lines = gpu_check.summary(path, 10, {"bench": (0, 100.0), "teacher": (0, 7.5), "demo": (0, 75.0)})
     assert not any("not measured" in line for line in lines), lines
     for what in ("teacher D5C5 training step, graph vs reference way: ", "SFT step, graph vs reference way: ",
                  "KD-AT step, graph vs reference way: ", "D3C5 inference, batch 1, graph: ",
@@ -170,9 +170,20 @@ def test_the_gpu_check_scripts_summary_finds_every_target_in_a_cuda_bench(as_on_
                           "demo plan end to end: 75.0 s  [NOT met: < 60 s]"]
     log = tmp_path / "cuda-tests.txt"
     log.write_text("$ python -m pytest -m cuda\n..F.s  [100%]\n= 1 failed, 3 passed, 1 skipped in 9.1s =\n\nexit 1 after 9.5 s wall\n")
-    assert gpu_check._last_line(log) == ["cuda tests: 1 failed, 3 passed, 1 skipped in 9.1s"]
-    assert gpu_check._last_line(tmp_path / "missing.txt") == []
+    assert gpu_check._last_line(log, 1) == ["cuda tests: 1 failed, 3 passed, 1 skipped in 9.1s"]
+    assert gpu_check._last_line(tmp_path / "missing.txt", 124) == ["cuda tests: no outcome (exit 124)"]
     assert not any("interrupted" in line for line in lines)
+
+
+def test_the_gpu_check_summary_never_scores_a_step_that_failed_or_was_cut(gpu_check, tmp_path):
+    """A step's wall time is a figure only when the step ended well; the summary is written for the
+    steps run so far (rewritten after each)."""
+    lines = gpu_check.summary(tmp_path / "missing.json", 10, {"teacher": (2, 2.2), "demo": (124, 120.4)})
+    assert lines == ["demo teacher, 10 epochs, with process start: FAILED (exit 2 after 2.2 s; see teacher.txt)",
+                     "demo plan end to end: cut at its time limit (120.4 s; see demo.txt)"]
+    assert gpu_check.summary(tmp_path / "missing.json", 10, {}) == []
+    gpu_check.write_summary(tmp_path, 10, {"env": 0, "cuda-tests": 124}, {"env": 1.0, "cuda-tests": 180.0})
+    assert (tmp_path / "summary.txt").read_text() == "cuda tests: no outcome (exit 124)\n"
 
 
 def test_the_gpu_check_summary_says_when_the_bench_was_cut_short(as_on_cuda, gpu_check, tmp_path):
@@ -184,7 +195,7 @@ def test_the_gpu_check_summary_says_when_the_bench_was_cut_short(as_on_cuda, gpu
     result = run_bench(**TINY, which=["teacher", "sft"], progress=progress)
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(result.to_dict()))
-    lines = gpu_check.summary(path, 7.5, 10, 55.0)
+    lines = gpu_check.summary(path, 10, {"bench": (124, 180.0), "teacher": (0, 7.5), "demo": (0, 55.0)})
     assert lines[1] == "bench: interrupted after 3 rows (its time limit); what follows is from those"
     assert any(line.startswith("teacher D5C5 training step, graph vs reference way: ") for line in lines)
     assert "SFT step, graph vs reference way: not measured (no train.sft.graph row)" in lines
@@ -206,3 +217,18 @@ def test_a_gpu_check_step_at_its_time_limit_gets_sigterm_then_is_killed(gpu_chec
     assert code == 124 and not finished.exists()  # ended by SIGTERM, or killed: never slept to the end
     assert terminated.exists() is (on_sigterm == "exit")
     assert (tmp_path / "child.txt").read_text().splitlines()[-1].startswith("exit 124 after ")
+
+
+def test_a_gpu_check_step_ends_what_its_command_left_running(gpu_check, tmp_path):
+    """Device: CPU (child processes). A command that started a process of its own (reproduce's
+    workers, pytest's) and ended, or was stopped: that process does not outlive the step."""
+    import sys
+    import time
+
+    done = tmp_path / "grandchild-finished"
+    grandchild = f"import time; time.sleep(3); open({str(done)!r}, 'w').write('x')"
+    child = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {grandchild!r}])"
+    code, _ = gpu_check.step(tmp_path, "child", [sys.executable, "-c", child], 30)
+    assert code == 0
+    time.sleep(4)
+    assert not done.exists()
