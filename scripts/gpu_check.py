@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (with --quick: a dry run)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script, measures nothing")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # the steps' cleanup runs
     args.out.mkdir(parents=True, exist_ok=True)
     if not (Path("data/demo/manifest.json").is_file() and Path("sftkd_cli").is_dir()):
         print("run from the repository root, with the demo data prepared in data/demo", file=sys.stderr)
@@ -142,15 +143,15 @@ def step(out: Path, name: str, command: list[str], timeout: float, history: Path
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
-            process.send_signal(stop)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
             code = 124
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # what it left behind (spawned workers) ends with it
-        process.wait()
+        finally:  # also when this script is stopped: the step (a session of its own) must not outlive it
+            if process.poll() is None:
+                process.send_signal(stop)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what it left behind (spawned workers) ends with it
+            process.wait()
         seconds = time.perf_counter() - start
         log.write(f"\nexit {code} after {seconds:.1f} s wall\n")
         if history is not None and history.is_file():

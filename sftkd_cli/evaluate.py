@@ -356,10 +356,10 @@ def _evaluate(
     record = dataset_record(data_path, dataset.acceleration)  # read once: the checks and metrics.json use it
     torch_device = select_device(device, "--device")
     check_amp(amp, torch_device, "--amp")
-    if warning := amp_warning(amp, torch_device, "--amp"):
-        print(warning, file=sys.stderr, flush=True)
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
+    if warning := amp_warning(amp, torch_device, "--amp"):
+        print(warning, file=sys.stderr, flush=True)
     run_folder, digest = _folder_identity(run.path), None
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint

@@ -94,8 +94,9 @@ def precision_policy(tf32: bool) -> Iterator[None]:
         matmul.allow_tf32, cudnn.allow_tf32 = previous
 
 
-#: the environment variable that fixes cuBLAS's workspace (deterministic matrix products)
-CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+#: the environment variable that fixes cuBLAS's workspace, and the value that makes its matrix
+#: products deterministic; read once per process, when cuBLAS starts
+CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
 
 
 @contextlib.contextmanager
@@ -108,9 +109,10 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
     uninterrupted one bit for bit with this: deterministic cuDNN algorithms, no cuDNN
     autotuning, deterministic torch ops (an op without one fails instead of drifting) and a
     fixed cuBLAS workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts: in a process that
-    used cuBLAS before, e.g. an earlier `reproduce` stage, it comes too late). The caller's
-    settings are put back afterwards, so that one stage's setting does not carry over to the
-    next stage trained in the same process.
+    used cuBLAS before without it, torch refuses the deterministic fit's matrix products, so a
+    `reproduce` stage sets it before its process's first CUDA work: `reproduce.jobs`). The
+    caller's settings are put back afterwards, so that one stage's setting does not carry over
+    to the next stage trained in the same process.
     """
     if not enabled:
         yield
@@ -118,7 +120,7 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
     cudnn = torch.backends.cudnn
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                 cudnn.deterministic, cudnn.benchmark, os.environ.get(CUBLAS_WORKSPACE))
-    os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")
+    os.environ.setdefault(CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACE)
     cudnn.deterministic, cudnn.benchmark = True, False
     torch.use_deterministic_algorithms(True)
     try:

@@ -112,8 +112,8 @@ def test_a_failed_capture_is_a_note_instead_of_a_row(as_on_cuda, tmp_path):
     assert not any(".graph." in k for k in keys)
     assert [f"infer.D3C5.eager.b{n}" for n in BATCHES] == [k for k in keys if k.startswith("infer.D3C5.eager")]
     reason = f"RuntimeError: {CAPTURE_ERROR}"
-    not_tried = (f"CUDA graph capture failed (not tried: one failed earlier in this process ({reason}), after which "
-                 "torch cannot capture again)")
+    not_tried = (f"CUDA graph capture failed (not tried: one failed earlier in this process ({reason}), which leaves "
+                 "torch's memory allocator mid-capture)")
     graph_notes = [note for note in data["notes"] if "CUDA graph" in note]
     assert graph_notes == [f"student D3C5 train, CUDA graph: skipped (CUDA graph capture failed ({reason}))",
                            f"CUDA graph D5C5 (batch 1): skipped ({not_tried})",
@@ -230,5 +230,31 @@ def test_a_gpu_check_step_ends_what_its_command_left_running(gpu_check, tmp_path
     child = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {grandchild!r}])"
     code, _ = gpu_check.step(tmp_path, "child", [sys.executable, "-c", child], 30)
     assert code == 0
+    time.sleep(4)
+    assert not done.exists()
+
+
+def test_a_gpu_check_step_ends_when_the_script_is_stopped(tmp_path):
+    """Device: CPU (child processes). The script stopped by SIGTERM (its caller's time limit) while a
+    step runs: the step, in a session of its own, does not outlive it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = Path(__file__).parents[1] / "scripts" / "gpu_check.py"
+    done = tmp_path / "child-finished"
+    driver = (f"import importlib.util, signal, sys; spec = importlib.util.spec_from_file_location('g', {str(script)!r}); "
+              "g = importlib.util.module_from_spec(spec); spec.loader.exec_module(g); "
+              "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143)); "
+              f"g.step(g.Path({str(tmp_path)!r}), 'child', [sys.executable, '-c', "
+              f"\"import time; time.sleep(4); open({str(done)!r}, 'w').write('x')\"], 60, grace=1)")
+    parent = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "child.txt").exists() and time.monotonic() < deadline:  # the step has started
+        time.sleep(0.05)
+    time.sleep(0.5)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 143
     time.sleep(4)
     assert not done.exists()

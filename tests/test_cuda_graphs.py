@@ -401,7 +401,7 @@ def test_after_a_failed_capture_the_process_captures_nothing_more(tmp_path, fake
     assert steps.failed and steps.captured == 0 and len(fake_gpu.captured) == captured
     assert capsys.readouterr().err.splitlines() == [
         "CUDA graph capture failed (not tried: one failed earlier in this process (RuntimeError: operation not "
-        "permitted when stream is capturing), after which torch cannot capture again); training eagerly"]
+        "permitted when stream is capturing), which leaves torch's memory allocator mid-capture); training eagerly"]
     assert [r["epoch"] for r in run.read_history()] == [1, 2]
     model = build_model("D2C2").eval()
     assert graphed_reconstructor(model, CPU, "off", "auto") == (model, False)
@@ -409,6 +409,29 @@ def test_after_a_failed_capture_the_process_captures_nothing_more(tmp_path, fake
     with pytest.raises(SftkdError, match=r"^CUDA graph capture failed \(not tried: "):
         graphed_inference(model, [batch["zf"], batch["kspace"], batch["mask"]], warmup=0)
     assert len(fake_gpu.captured) == captured
+
+
+def test_an_empty_graph_fails_that_capture_only(fake_gpu, monkeypatch):
+    """A graph that recorded nothing (torch's warning, an error in `_capturing`) is a failed
+    capture, but one that ended cleanly: the next capture in the process goes ahead."""
+    from sftkd_cli.training import graphs
+
+    model = build_model("D2C2").eval()
+    batch = collate([Phantoms(1)[0]])
+    inputs = [batch["zf"], batch["kspace"], batch["mask"]]
+    end = fake_gpu._end_capture
+
+    def empty(module):
+        raise UserWarning("The CUDA Graph is empty. This usually means that the graph was attempted to be "
+                          "captured on wrong device or stream.")
+
+    monkeypatch.setattr(fake_gpu, "_end_capture", empty)
+    with pytest.raises(SftkdError, match=r"^CUDA graph capture failed \(UserWarning: The CUDA Graph is empty"):
+        graphed_inference(model, inputs, warmup=0)
+    assert graphs._earlier_failure is None
+    monkeypatch.setattr(fake_gpu, "_end_capture", end)
+    graphed_inference(model, inputs, warmup=0)
+    assert fake_gpu.captured == [model]
 
 
 def test_graphed_inference_on_the_stand_in_recomputes_into_one_output(fake_gpu):
@@ -630,3 +653,6 @@ def test_graphed_validation_scores_as_eager_validation_on_cuda(exact_fp32):
     replayed = engine.validate(objective, slices, CUDA, "off", 8, forward)
     eager = engine.validate(objective, slices, CUDA, "off", 8)
     assert replayed == pytest.approx(eager, rel=1e-6, abs=1e-9)
+    from sftkd_cli.training import graphs
+
+    assert graphs._earlier_failure is None  # replayed from graphs, not eagerly after a failed capture

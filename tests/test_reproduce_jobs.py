@@ -333,3 +333,29 @@ def test_a_stage_gets_the_executors_threads_for_itself_only(tmp_path, tiny_datas
                    trainers={"teacher": lambda recipe, **kwargs: seen.append(torch.get_num_threads())})
     assert run_stage_job(job).status == "done"
     assert seen == [before + 1] and torch.get_num_threads() == before
+
+
+def test_a_plan_with_a_deterministic_stage_fixes_cublas_before_any_stage(tmp_path, tiny_dataset, monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, at a process's first matrix product, and torch
+    refuses deterministic matrix products without it: in a plan where some stage sets
+    train.deterministic, every stage's process has it from the first stage on (also one that is
+    not deterministic itself); in a plan without one it is left alone."""
+    import dataclasses
+
+    from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    plan = load_plan(write_plan(tmp_path, tiny_dataset), CPU)
+    stages = build_stages(plan)
+    teacher = next(s for s in stages if s.id == "teacher")
+    seen = []
+    trainers = {"teacher": lambda recipe, **kwargs: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))}
+    sft = next(s for s in stages if s.id == "sft")
+    deterministic = dataclasses.replace(sft, recipe=dataclasses.replace(
+        sft.recipe, train=dataclasses.replace(sft.recipe.train, deterministic=True)))
+    for others, expected in ((stages, None), ([deterministic if s.id == "sft" else s for s in stages], ":4096:8")):
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that undo restores it, absent or not
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+        job = StageJob(plan, teacher, tuple(others), log=tmp_path / "teacher.log", trainers=trainers)
+        assert run_stage_job(job).status == "done"
+        assert seen[-1] == expected

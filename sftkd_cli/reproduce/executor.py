@@ -21,10 +21,10 @@ training is Python-heavy: threads would queue on the GIL; a worker serves one jo
 then the next, so torch is imported once per worker): each job gets max(1, cpus // slots) torch
 threads unless its recipe sets train.threads; on CUDA, the visible GPUs take the jobs in turn, at
 most `per_gpu` on one GPU (the job's train.device becomes cuda:i when the recipe says auto or
-cuda; a recipe's own cuda:i counts on GPU i). A worker process works on one GPU only: torch
-keeps a context and cached memory on every GPU a process has used, so a job for another GPU
-goes to a fresh worker (the idle one that served the other GPU ends), and `per_gpu` bounds what
-each GPU holds.
+cuda; a recipe's own cuda:i runs there, whatever `per_gpu` says, and counts when the others are
+placed). A worker process works on one GPU only: torch keeps a context and cached memory on
+every GPU a process has used, so a job for another GPU goes to a fresh worker (the idle one that
+served the other GPU ends).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import INTERRUPTS, default_trainers, failure_note, log_error, run_stage
-from sftkd_cli.runtime import cpu_threads
+from sftkd_cli.runtime import CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACE, cpu_threads
 
 #: width of the stage logs (they are files: no terminal to measure)
 LOG_WIDTH = 120
@@ -73,6 +74,10 @@ def run_stage_job(job: StageJob) -> StageResult:
     failed (with the error's line; an unexpected error's traceback goes to <report>/errors.log)
     or interrupted (Ctrl-C or SIGTERM: a training stage saved its checkpoint and resumes)."""
     started = time.perf_counter()
+    if any(s.recipe is not None and s.recipe.train.deterministic for s in job.stages):
+        # cuBLAS reads it once, at the process's first matrix product: a deterministic stage after
+        # another stage in the same process needs it set before that stage's CUDA work
+        os.environ.setdefault(CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACE)
     stage = placed(job.stage, job.device)
     # the executor's share of the CPUs, for this stage only, unless its recipe sets train.threads
     threads = None if stage.recipe is not None and stage.recipe.train.threads else job.threads

@@ -100,6 +100,8 @@ def on_device(dataset: Dataset, device: torch.device, wanted: bool | None = None
 
 def fits_on_device(dataset: Dataset, device: torch.device) -> bool:
     """Whether the split takes at most MAX_DEVICE_FRACTION of the memory free on the GPU now
-    (what other processes and the splits already there leave)."""
+    (what other processes and the splits already there leave; this process's cached but unused
+    memory counts as free)."""
     free, _total = torch.cuda.mem_get_info(device)
-    return device_bytes(dataset) <= MAX_DEVICE_FRACTION * free
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return device_bytes(dataset) <= MAX_DEVICE_FRACTION * (free + cached)

@@ -35,8 +35,9 @@ capture"). What capture needs, and how it is met here:
 A capture that fails (an op that syncs, a kernel that cannot be captured, ...) prints one line
 to stderr, "CUDA graph capture failed (<reason>); training eagerly", and every later step runs
 eagerly (the same updates). Nothing is captured again in that process: torch ends a failed
-capture without telling its memory allocator, which then fails every later capture (and
-`torch.cuda.empty_cache`) with an internal assert. A later run in the same process (a
+capture without telling its memory allocator, which then fails later captures (and
+`torch.cuda.empty_cache`) with an internal assert (an empty graph, which ends cleanly, is the
+exception). A later run in the same process (a
 `reproduce` worker) says so in its one line and trains eagerly; validation and `evaluate`
 reconstruct eagerly.
 
@@ -147,7 +148,11 @@ class _Graph:
 
 
 class _CaptureFailed(Exception):
-    pass
+    """A training step's capture failed: `reason` in a few words; `poisons` as `_poisons`."""
+
+    def __init__(self, reason: str, poisons: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.poisons = reason, poisons
 
 
 @contextlib.contextmanager
@@ -188,12 +193,19 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _capture_failed(reason: str) -> str:
-    """The one line that says a capture failed and why; the first such reason is kept for the
-    process (`_earlier_failure`)."""
+def _capture_failed(reason: str, poisons: bool = True) -> str:
+    """The one line that says a capture failed and why; the first reason of a capture that
+    `poisons` the process (all but an empty graph, which ends cleanly) is kept (`_earlier_failure`)."""
     global _earlier_failure
-    _earlier_failure = _earlier_failure or reason
+    if poisons:
+        _earlier_failure = _earlier_failure or reason
     return f"CUDA graph capture failed ({reason})"
+
+
+def _poisons(exc: BaseException) -> bool:
+    """Whether a capture that ended with `exc` leaves torch's allocator mid-capture: every failure
+    but the empty graph (torch's warning, raised as an error in `_capturing` after a clean end)."""
+    return not isinstance(exc, UserWarning)
 
 
 def _capture_refused() -> str | None:
@@ -202,7 +214,7 @@ def _capture_refused() -> str | None:
     if _earlier_failure is None:
         return None
     return (f"CUDA graph capture failed (not tried: one failed earlier in this process ({_earlier_failure}), "
-            "after which torch cannot capture again)")
+            "which leaves torch's memory allocator mid-capture)")
 
 
 class GraphedStep:
@@ -281,7 +293,7 @@ class GraphedStep:
             loss = self._record(graph, inputs)
         except _CaptureFailed as failure:
             self.optimizer.zero_grad(set_to_none=True)
-            return self._fail(_capture_failed(str(failure)))
+            return self._fail(_capture_failed(failure.reason, failure.poisons))
         return _Graph(graph, inputs, loss)
 
     def _fail(self, line: str) -> None:
@@ -316,7 +328,7 @@ class GraphedStep:
                     failure.append(exc)
                     raise
         except Exception as exc:  # the body's error, or the capture's own (ending an invalid capture)
-            raise _CaptureFailed(_reason(failure[0] if failure else exc)) from exc
+            raise _CaptureFailed(_reason(failure[0] if failure else exc), _poisons(exc)) from exc
         finally:
             for group, lr in zip(groups, floats):
                 group["lr"] = lr
@@ -354,7 +366,7 @@ def graphed_inference(
         with _capturing(graph, device), torch.no_grad(), autocast(device, amp, "amp", cache=False):
             output = model(*inputs)
     except Exception as exc:  # noqa: BLE001 - any capture failure, in one line
-        raise SftkdError(_capture_failed(_reason(exc))) from exc
+        raise SftkdError(_capture_failed(_reason(exc), _poisons(exc))) from exc
     if not isinstance(output, torch.Tensor):
         raise SftkdError(f"graphed inference: the model returned {type(output).__name__}; expected one tensor")
     expected = [(tuple(x.shape), x.dtype) for x in inputs]
