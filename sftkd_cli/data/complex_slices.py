@@ -7,7 +7,9 @@ is read (`complex_item`):
     zf     = ifft2c(kspace) as real, imag     float32 (2, H, W)
     target = ifft2c(full k-space) as re, im   float32 (2, H, W)
     target_mag                                float32 (1, h, w)
-with ifft2c fastMRI's (ifftshift -> orthonormal ifft2 -> fftshift), computed in float64.
+with ifft2c fastMRI's (ifftshift -> orthonormal ifft2 -> fftshift), computed in complex64: the
+precision the network sees (the results are float32), and 2-3x faster than complex128 per item
+(24 -> 8-10 ms at fastMRI's 640x368), which every training step pays on the host.
 
 A mask per sample (`sample_mask`): the dataset's generated mask kind, drawn with the seed
 (seed, epoch, crc32(volume id), slice), so an epoch's masks do not depend on the order slices are
@@ -80,8 +82,8 @@ def read_complex(f: h5py.File, s: int | slice) -> tuple[np.ndarray, np.ndarray]:
 
 def complex_item(kspace: np.ndarray, mask: np.ndarray, target_mag: np.ndarray) -> dict[str, torch.Tensor]:
     """One slice's tensors from its full centred k-space (H, W), mask (H, W) and target (h, w)."""
-    full = np.asarray(kspace, dtype=np.complex128)
-    masked = full * np.asarray(mask, dtype=np.float64)
+    full = np.asarray(kspace, dtype=np.complex64)
+    masked = full * np.asarray(mask, dtype=np.float32)
     image, zf = ifft2_np(full, centered=True), ifft2_np(masked, centered=True)
     return {
         "target": torch.from_numpy(np.stack([image.real, image.imag]).astype(np.float32)),
