@@ -20,7 +20,7 @@ from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS, TRAIN_KINDS
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir
+from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
 from sftkd_cli.files import atomic_write_text
 
 
@@ -76,10 +76,6 @@ def _groups(plan: Plan) -> list[str]:
 
 def _evaluated(stages: Sequence[Stage]) -> list[Stage]:
     return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / "metrics.json").is_file()]
-
-
-def _figure_method(plan: Plan) -> str | None:
-    return plan.figures["method"] or (plan.methods[0] if plan.methods else None)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] | None = None) -> list[str]:
@@ -281,12 +277,9 @@ def _figure_makers(plan: Plan, tag: str, members: list[Stage]) -> list[tuple[tup
         (("curves", f"Validation curves{label}"),
          lambda stem: figures.validation_curves_from_runs(curves, stem, plan.figures["curve"], context=f"{plan.name}{label}")),
     ]
-    method = _figure_method(plan)
-    wanted = [("teacher", "teacher"), ("student", "student")]
-    if method:
-        wanted += [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})")]
+    method = figure_method(plan)
     by_label = {s.label: s for s in members if s.model_role is None}
-    grid = {title: evaluation_dir(by_label[key]) for key, title in wanted if key in by_label}
+    grid = {title: evaluation_dir(by_label[key]) for key, title in grid_members(plan) if key in by_label}
     if grid:
         recipe = next(s.recipe for s in members if s.recipe is not None)
         assert recipe is not None
@@ -394,7 +387,7 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
         return cells
     from sftkd_cli.report.compare import load_run_result
 
-    method = _figure_method(plan)
+    method = figure_method(plan)
     out = {}
     for stage in primary:
         if stage.trained not in STUDENT_SETTINGS or (stage.method and stage.method != method):
@@ -418,7 +411,7 @@ def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
 
     paper = plan.paper
     assert paper is not None
-    method = _figure_method(plan)
+    method = figure_method(plan)
     kinds = {kind: column for column, kind in MODEL_COLUMNS.items() if column in paper.columns}
     cells: Cells = {}
     owners: dict[str, Stage] = {}

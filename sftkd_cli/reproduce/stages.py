@@ -247,6 +247,26 @@ def evaluation_dir(stage: Stage) -> Path:
     return stage.run if stage.model_role is None else stage.run / f"eval-{stage.model_role}"
 
 
+def figure_method(plan: Plan) -> str | None:
+    """The KD method the report's figures show: the plan's figures.method, else its first method."""
+    return plan.figures["method"] or (plan.methods[0] if plan.methods else None)
+
+
+def grid_members(plan: Plan) -> list[tuple[str, str]]:
+    """(stage label, title) of the runs the report's reconstruction grid shows, in its order."""
+    method = figure_method(plan)
+    wanted = [("teacher", "teacher"), ("student", "student")]
+    if method:
+        wanted += [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})")]
+    return wanted
+
+
+def writes_reconstructions(stage: Stage, plan: Plan) -> bool:
+    """Whether an evaluation stage writes recon.h5: only for the runs the report's figures read it
+    from (`grid_members`); at fastMRI's size each is gigabytes."""
+    return stage.model_role is None and stage.label in {label for label, _ in grid_members(plan)}
+
+
 def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
     """The checkpoint file an evaluation stage scores: the plan's evaluate.checkpoint (best, last
     or a file) of the stage's run."""
@@ -256,7 +276,7 @@ def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
 
 
 def evaluation_complete(stage: Stage, plan: Plan) -> bool:
-    """metrics.json (with recon.h5) of the checkpoint the stage scores (`evaluated_checkpoint`:
+    """metrics.json (with recon.h5 where `writes_reconstructions`) of the checkpoint the stage scores (`evaluated_checkpoint`:
     last.pt moves on when a run is resumed, best.pt only when validation improves) as it is now,
     for the plan's split and checkpoint. Which checkpoint the scores are of is told by the sha256
     that metrics.json records (`evaluate.scores_checkpoint`); for a metrics.json of an earlier
@@ -265,7 +285,9 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
 
     out, checkpoint = evaluation_dir(stage), evaluated_checkpoint(stage, plan)
     metrics = out / "metrics.json"
-    if not (metrics.is_file() and (out / "recon.h5").is_file() and checkpoint.is_file()):
+    if not (metrics.is_file() and checkpoint.is_file()):
+        return False
+    if writes_reconstructions(stage, plan) and not (out / "recon.h5").is_file():
         return False
     try:
         info = json.loads(read_regular_bytes(metrics, "metrics"))

@@ -24,7 +24,7 @@ from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED, TRAIN_KINDS
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
-    Stage, StageResult, evaluation_complete, plan_conflict, report_complete, training_state,
+    Stage, StageResult, evaluation_complete, plan_conflict, report_complete, training_state, writes_reconstructions,
 )
 from sftkd_cli.training.kd import distill
 from sftkd_cli.training.sft import train_sft
@@ -84,8 +84,8 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
 
 
 def evaluate_stage(stage: Stage, plan: Plan) -> None:
-    """Evaluate the stage's model on the plan's dataset, split and checkpoint (recon.h5 too, for
-    the figures). The plan's dataset, not the one the run's recipe.yaml names: a dataset moved to
+    """Evaluate the stage's model on the plan's dataset, split and checkpoint (recon.h5 too for
+    the runs the figures show: `writes_reconstructions`). The plan's dataset, not the one the run's recipe.yaml names: a dataset moved to
     another folder (same fingerprint) is accepted for the run, so it is where the data is now;
     a run trained on other data is refused here too (as the training stage refuses it), for a
     plan run with --only eval-*."""
@@ -94,7 +94,8 @@ def evaluate_stage(stage: Stage, plan: Plan) -> None:
         raise SftkdError(conflict)
     evaluate_run(  # with the run's train.threads, as it trained
         stage.run, data=plan.data.out, split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
-        model_role=stage.model_role, device=stage.recipe.train.device, write_recon=True)
+        model_role=stage.model_role, device=stage.recipe.train.device,
+        write_recon=writes_reconstructions(stage, plan))
 
 
 #: what stops a stage, and with it the plan, rather than failing it: a signal (RunInterrupted,
