@@ -2,8 +2,9 @@
 
 Device: the comparisons with the host path run on the CPU, where the path is forced (a stacked
 copy in memory, the same code as on CUDA); training on it gives the same weights bit for bit,
-also with per-sample masks that change every epoch. The test marked `cuda` checks that CUDA
-picks it by itself and gathers the same batches on the GPU.
+also with per-sample masks that change every epoch. A split is stacked a chunk at a time, and
+a mask the same for every item is held once. The test marked `cuda` checks that CUDA picks it by
+itself and gathers the same batches on the GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 
 import complex_data
 from cli_helpers import sftkd
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.runtime import collate, to_device
 from sftkd_cli.training import device_data, engine
@@ -79,6 +81,75 @@ def test_items_that_change_with_the_epoch_are_stacked_once_per_epoch():
         assert source.reads - before == reads, epoch
         assert _same_batches(got, _host_batches(source, order, 2)), epoch
         assert torch.equal(got[0]["zf"], source.base.zf[[3, 1]] + epoch)
+
+
+class Varied(Dataset):
+    """Phantoms whose items from `changed` on get a `key` of another value (or shape, `shape`)."""
+
+    def __init__(self, changed: int, key: str = "mask", shape: bool = False) -> None:
+        self.base, self.changed, self.key, self.shape = Phantoms(5), changed, key, shape
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        if i >= self.changed:
+            item[self.key] = item[self.key][..., :-1] if self.shape else 1 - item[self.key]
+        return item
+
+
+def _chunks_of(monkeypatch, items: int) -> list[int]:
+    """Chunks of `items` phantoms while stacking; the sizes collated are recorded in the list returned."""
+    sizes: list[int] = []
+    monkeypatch.setattr(device_data, "STACK_CHUNK_BYTES", items * device_data.device_bytes(Phantoms(1)), raising=False)
+    monkeypatch.setattr(device_data, "collate", lambda chunk: sizes.append(len(chunk)) or collate(chunk))
+    return sizes
+
+
+def test_a_split_is_stacked_a_chunk_at_a_time(monkeypatch):
+    """The host holds one chunk of items while stacking, not the whole split (nor a second copy)."""
+    sizes = _chunks_of(monkeypatch, 2)
+    source = Phantoms(5)
+    stacked = DeviceDataset(source, CPU)
+    order = [4, 1, 0, 3, 2]
+    got = list(batches(stacked, order, 3))
+    assert sizes == [2, 2, 1]
+    assert _same_batches(got, _host_batches(source, order, 3))
+
+
+def test_a_mask_the_same_for_every_item_is_held_once(monkeypatch):
+    """One mask expanded to all the items, not a copy each; the batches gathered are the
+    collated ones (values, shapes, contiguous: CUDA graphs copy from them)."""
+    _chunks_of(monkeypatch, 2)
+    source = Phantoms(5)
+    stacked = DeviceDataset(source, CPU)
+    mask = stacked.tensors()["mask"]
+    assert mask.shape == (5, 1, 12, 12) and mask.stride(0) == 0
+    assert mask.untyped_storage().nbytes() == source.mask.nbytes
+    assert all(stacked.tensors()[k].stride(0) > 0 for k in ("target", "zf", "kspace"))
+    order = [4, 1, 0, 3, 2]
+    got = list(batches(stacked, order, 2))
+    assert _same_batches(got, _host_batches(source, order, 2))
+    assert all(batch["mask"].is_contiguous() for batch in got)
+    assert torch.equal(stacked[3]["mask"], source.mask)
+
+
+@pytest.mark.parametrize("changed", [1, 3])  # within the first chunk, in a later one
+def test_masks_that_differ_are_held_per_item(monkeypatch, changed):
+    _chunks_of(monkeypatch, 2)
+    source = Varied(changed)
+    stacked = DeviceDataset(source, CPU)
+    assert stacked.tensors()["mask"].stride(0) > 0
+    order = [4, 1, 0, 3, 2]
+    assert _same_batches(list(batches(stacked, order, 2)), _host_batches(source, order, 2))
+
+
+def test_an_item_shaped_unlike_the_first_is_one_error(monkeypatch):
+    _chunks_of(monkeypatch, 2)
+    expected = r"dataset item 2: 'zf' is \(1, 12, 11\) torch.float32, item 0's \(1, 12, 12\) torch.float32"
+    with pytest.raises(SftkdError, match=expected):
+        DeviceDataset(Varied(2, "zf", shape=True), CPU).tensors()
 
 
 def test_on_device_is_auto_on_cuda_only_and_leaves_empty_splits_alone():
