@@ -6,18 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from sftkd_cli.data import manifest as manifest_mod
 from sftkd_cli.data import prepare as prep_mod
 from sftkd_cli.data.format import acceleration_key
 from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.data.prepare import prepare_dataset
 from sftkd_cli.data.sources import AcdcSource, DemoSource, MRBrainsSource, NiftiSource
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import sha256_file
 
 SMALL = PrepareOptions(size=(16, 16))
 
@@ -336,6 +339,89 @@ def test_rerun_is_noop_force_rebuilds_and_other_args_refused(tmp_path: Path, nif
     nifti_writer.write(tmp_path / "raw/v1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=9))
     with pytest.raises(SftkdError, match=r"source files changed: v1.nii.gz"):
         prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+
+
+def backdate(root: Path) -> None:
+    """Set every file under `root` an hour back (files changed seconds ago are never recorded)."""
+    then = time.time_ns() - 3600 * 10**9
+    for path in root.rglob("*"):
+        os.utime(path, ns=(then, then))
+
+
+def count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files prepare-data hashes (reads whole) from now on."""
+    hashed: list[str] = []
+
+    def counting(path: Path, *args: object) -> str:
+        hashed.append(Path(path).name)
+        return sha256_file(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifest_mod, "sha256_file", counting)
+    return hashed
+
+
+def test_an_up_to_date_rerun_reads_no_input(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each input's sha256 is recorded with its size and mtime beside the dataset: a re-run hashes
+    only the files whose size or mtime changed; the manifest (the fingerprint) is as before."""
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    backdate(tmp_path / "raw")
+    out = tmp_path / "out"
+    hashed = count_hashing(monkeypatch)
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert sorted(hashed) == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    before = tree_state(out)
+
+    hashed.clear()
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+    assert hashed == [] and tree_state(out) == before
+    record = json.loads((tmp_path / ".out.hashes.json").read_text())
+    v1 = tmp_path / "raw/v1.nii.gz"
+    assert record[str(v1.absolute())] == {"size": v1.stat().st_size, "mtime_ns": v1.stat().st_mtime_ns,
+                                          "sha256": hashlib.sha256(v1.read_bytes()).hexdigest()}
+    assert "mtime_ns" not in (out / "manifest.json").read_text()
+
+    os.utime(v1, ns=(v1.stat().st_atime_ns, v1.stat().st_mtime_ns + 10**9))  # touched: same size and bytes
+    again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert again.unchanged and again.manifest == first.manifest and hashed == ["v1.nii.gz"]
+    hashed.clear()
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged and hashed == []  # recorded anew
+
+    data = bytearray(v1.read_bytes())  # one byte changed, same size, a new mtime: seen
+    data[-1] ^= 0xFF
+    v1.write_bytes(bytes(data))
+    os.utime(v1, ns=(v1.stat().st_atime_ns, v1.stat().st_mtime_ns - 60 * 10**9))
+    with pytest.raises(SftkdError, match=r"source files changed: v1.nii.gz"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+
+
+def test_hashes_are_taken_afresh_without_a_record_with_force_or_for_recent_files(
+        tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset prepared before the record (or with an unreadable one) is hashed as before, and
+    recorded then; --force hashes every input; a file changed seconds ago is not recorded (a later
+    change within its time stamp's resolution would go unseen)."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out, record = tmp_path / "out", tmp_path / ".out.hashes.json"
+    hashed = count_hashing(monkeypatch)
+    prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert not record.exists()  # just written: not recorded
+    hashed.clear()
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged and len(hashed) == 2
+
+    backdate(tmp_path / "raw")
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged and record.exists()
+    for old in (None, "{broken"):  # an older dataset: no record, or one that cannot be read
+        record.unlink()
+        if old is not None:
+            record.write_text(old)
+        hashed.clear()
+        assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged and len(hashed) == 2
+        hashed.clear()
+        assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged and hashed == []
+
+    assert not prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), force=True)).unchanged
+    assert len(hashed) == 2
 
 
 def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, nifti_writer, monkeypatch) -> None:

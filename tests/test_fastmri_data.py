@@ -7,6 +7,7 @@ Device: none (CPU, tiny synthetic files from tests/fastmri_files.py: 40 x 32 k-s
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -160,6 +161,24 @@ def test_acquisition_filter_sample_rates_and_rerun(tmp_path):
         prepare(tmp_path / "raw", tmp_path / "x", sample_rate=0.5, volume_sample_rate=0.5)
     with pytest.raises(SftkdError, match="--sample-rate 0: expected a number in \\(0, 1\\]"):
         prepare(tmp_path / "raw", tmp_path / "x", sample_rate=0)
+
+
+def test_an_up_to_date_rerun_hashes_only_changed_files(tmp_path, monkeypatch):
+    """Complex sources too: an up-to-date re-run takes the recorded sha256 of files whose size and
+    mtime are unchanged (no file read whole), and hashes a touched one again."""
+    from test_data_prepare import backdate, count_hashing
+
+    files = write_folder(tmp_path / "raw", 3)
+    backdate(tmp_path / "raw")
+    hashed = count_hashing(monkeypatch)
+    first = prepare(tmp_path / "raw", tmp_path / "out")
+    assert len(hashed) == 3
+    hashed.clear()
+    again = prepare(tmp_path / "raw", tmp_path / "out")
+    assert again.unchanged and again.manifest == first.manifest and hashed == []
+    info = files[1].stat()
+    os.utime(files[1], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    assert prepare(tmp_path / "raw", tmp_path / "out").unchanged and hashed == [files[1].name]
 
 
 def test_volume_sample_rate_samples_each_split_folder(tmp_path):

@@ -36,7 +36,8 @@ prepare_app = typer.Typer(
         f"Prepare a dataset ({', '.join(SOURCES)}).\n\n"
         "Turn raw MRI volumes into a training-ready dataset: one .h5 per volume (image, masked "
         "k-space and zero-filled image per acceleration; with --task sr, low-resolution input per scale) "
-        "plus manifest.json. Re-running with the same options is a no-op; the output appears atomically.",
+        "plus manifest.json. Re-running with the same options is a no-op (inputs whose size and modification "
+        "time are unchanged are not read again; --force reads all); the output appears atomically.",
         "sftkd prepare-data demo",
         "sftkd prepare-data acdc /data/ACDC --out data/acdc",
         "sftkd prepare-data nifti /data/scans --out data/scans",

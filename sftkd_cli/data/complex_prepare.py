@@ -42,8 +42,8 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, acceleration_key
 from sftkd_cli.data.manifest import (
-    UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest,
-    write_masks,
+    InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
+    write_manifest, write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, install, up_to_date
@@ -179,8 +179,10 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     user = user_masks(options, line=True)
     files = source.sample_volumes(source.files(), options.seed)
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
-    record = inputs_record(source, options, files, user, check, progress)
+    hashes = InputHashes(out, trust=not options.force)
+    record = inputs_record(source, options, files, user, hashes, check, progress)
     if up_to_date(out, existing, record, options.force):
+        hashes.save()
         return existing, True  # type: ignore[return-value]
     size, target_shape = _image_size(source, files, options)
     masks = _masks(options, size, user)
@@ -227,4 +229,5 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    hashes.save()
     return manifest, False

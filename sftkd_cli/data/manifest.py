@@ -1,8 +1,9 @@
 """What `prepare-data` records about a dataset, shared by the magnitude and the complex writers.
 
-The inputs record (options and source checksums, which decide whether a re-run is a no-op), the
-user's mask files, the fixed masks written as `masks/<group>.npy`, the manifest's `mask` section
-and the manifest itself. One writer per kind of data (`data.prepare`, `data.complex_prepare`)
+The inputs record (options and source checksums, which decide whether a re-run is a no-op; the
+checksums of unchanged inputs come from `InputHashes`' record beside the dataset), the user's mask
+files, the fixed masks written as `masks/<group>.npy`, the manifest's `mask` section and the
+manifest itself. One writer per kind of data (`data.prepare`, `data.complex_prepare`)
 decides what goes into the volume files; both describe the dataset through these functions.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,10 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
-from sftkd_cli.files import display_path, sha256_file, text_name, write_bytes_synced
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import (
+    MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically, sha256_file, text_name, write_bytes_synced,
+)
 from sftkd_cli.mri.masks import check_mask_acceleration, describe_box, describe_mask, load_mask
 
 #: acceleration -> (mask file, its mask, the file's sha256)
@@ -47,14 +53,75 @@ def check_generated_mask(mask: np.ndarray, acceleration: float, options: Prepare
                                                 f"(--mask-kind {options.mask_kind}, --seed {options.seed})")
 
 
+class InputHashes:
+    """The sha256 of input files, re-using the one recorded for a file whose size and modification
+    time (st_size, st_mtime_ns) are those it had when it was hashed, as make and rsync do: an
+    up-to-date re-run then reads no input. Only a change that keeps both goes unseen (a same-size
+    edit that sets the time back, a same-size file copied over with its time kept); `--force`
+    hashes every file again.
+
+    The record is `.<name>.hashes.json` beside the dataset folder `<name>` (as its lock is), not
+    the manifest: the manifest's bytes are the dataset's fingerprint, which must not depend on
+    when the inputs were copied. It maps each input's absolute path to {"size", "mtime_ns",
+    "sha256"}; a record that is missing or unreadable (datasets prepared before it) only means
+    hashing every file once more. A file changed less than `RECENT_NS` before it was looked at
+    is not recorded (a later change could keep its coarse time stamp): it is hashed next time.
+    """
+
+    #: files modified this recently (ns) are not recorded: above the coarsest time stamps (FAT's 2 s)
+    RECENT_NS = 3_000_000_000
+
+    def __init__(self, out: Path, trust: bool) -> None:
+        self.path = out.parent / f".{out.name}.hashes.json"
+        self.known = self._read() if trust else {}
+        self.seen: dict[str, dict[str, Any]] = {}
+
+    def _read(self) -> dict[str, Any]:
+        """The recorded entries; {} when there is no readable record (a cache, never an error)."""
+        try:
+            known = json.loads(read_regular_bytes(self.path, "hashes", MAX_JSON_BYTES, follow_links=False))
+        except (SftkdError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256: the recorded one when its size and mtime are unchanged, else read."""
+        key = os.path.abspath(path)
+        now = time.time_ns()
+        try:
+            info = os.stat(path)
+        except OSError:
+            return sha256_file(path)  # its one-line error
+        entry = self.known.get(key)
+        if (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and entry.get("size") == info.st_size and entry.get("mtime_ns") == info.st_mtime_ns):
+            self.seen[key] = entry
+            return str(entry["sha256"])
+        digest = sha256_file(path)
+        if info.st_mtime_ns < now - self.RECENT_NS:
+            self.seen[key] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": digest}
+        return digest
+
+    def save(self) -> None:
+        """Record the files hashed in this run (only when that changes the record). Best effort:
+        a record that cannot be written means hashing again next time, the dataset is complete."""
+        if self.seen == self.known:
+            return
+        try:
+            replace_atomically(self.path, (json.dumps(self.seen, indent=1, sort_keys=True) + "\n").encode())
+        except OSError:
+            pass
+
+
 def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile], user: UserMasks,
-                  check: Callable[[], None], progress: Progress | None) -> dict[str, Any]:
-    """The options and input checksums a dataset was made from (equal record: nothing to redo).
-    `check()` runs before each file is hashed (it raises when prepare-data was asked to stop)."""
+                  hashes: InputHashes, check: Callable[[], None], progress: Progress | None) -> dict[str, Any]:
+    """The options and input checksums a dataset was made from (equal record: nothing to redo);
+    `hashes` gives each file's sha256. `check()` runs before each file (it raises when
+    prepare-data was asked to stop)."""
     checksums = {}
     for n, file in enumerate(files):
         check()
-        checksums[file.rel] = sha256_file(file.path)
+        checksums[file.rel] = hashes.sha256(file.path)
         if progress:
             progress("hash", n + 1, len(files))
     return {

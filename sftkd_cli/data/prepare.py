@@ -30,8 +30,10 @@ file writes, so a full disk is one clear error) and moved into place at the end,
 Ctrl-C or SIGTERM leaves nothing behind (exit 130 / 143); temporary folders of dead processes are
 removed by the next run. One process at a time prepares a folder (an exclusive lock on the
 sibling file `.<name>.lock`). Re-running with the same options and unchanged inputs (sha256) is a
-no-op; different options on an existing dataset need `force`, which replaces only the files the
-old manifest lists: other files in the folder are kept. A non-empty folder whose manifest is not
+no-op, which reads no input whose size and modification time are those recorded in the sibling
+file `.<name>.hashes.json` (`data.manifest.InputHashes`); different options on an existing
+dataset need `force`, which replaces only the files the old manifest lists: other files in the
+folder are kept. A non-empty folder whose manifest is not
 sftkd's is never written. Input folders are never written. (The output folder's checks, the
 install and the signal handling live in `sftkd_cli.data.output`; the options in
 `sftkd_cli.data.options`; the format's names and keys in `sftkd_cli.data.format`.)
@@ -59,8 +61,8 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
 from sftkd_cli.data.manifest import (
-    UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks, write_manifest,
-    write_masks,
+    InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
+    write_manifest, write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import (
@@ -366,8 +368,10 @@ def _prepare_locked(
     # check the split options now (on whole files) rather than after reading every volume
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
 
-    record = inputs_record(source, options, files, user, signals.check, progress)
+    hashes = InputHashes(out, trust=not options.force)
+    record = inputs_record(source, options, files, user, hashes, signals.check, progress)
     if up_to_date(out, existing, record, options.force):
+        hashes.save()
         return PrepareResult(out, existing, True, time.perf_counter() - start)  # type: ignore[arg-type]
 
     prepared: list[_Prepared] = []
@@ -416,4 +420,5 @@ def _prepare_locked(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    hashes.save()
     return PrepareResult(out, manifest, False, time.perf_counter() - start)
