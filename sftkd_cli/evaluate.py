@@ -9,8 +9,10 @@ to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume)
 Scores on another dataset than the model was trained on (another manifest fingerprint) go to
 `<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay. The three
 files are written under temporary names and renamed into place together only when all were
-written, so a full disk leaves the previous evaluation's files as they were. The output folder
-is checked for writing before any work starts.
+written, so a full disk or an error midway leaves the previous evaluation's files as they were.
+Memory holds one volume at a time: each is scored and written into the temporary recon.h5 as
+soon as its last slice is reconstructed. The output folder is checked for writing before any
+work starts.
 
 metrics.json records which checkpoint it scored: `checkpoint_sha256`, the sha256 of the bytes
 loaded. Nothing locks the run while it is scored, so before writing, evaluate checks that the
@@ -27,10 +29,10 @@ import json
 import shlex
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import StagedFiles, check_writable, h5_image
+from sftkd_cli.files import H5Writer, StagedFiles, check_writable
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
@@ -91,38 +93,62 @@ def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tu
     if item.get("target_mag") is not None:
         target = np.asarray(item["target_mag"], dtype=np.float32)
         target = target[0] if target.ndim == 3 else target
-    return target, center_crop(zf, target.shape), center_crop(pred, target.shape)
+    # copies: a view would keep the whole uncropped magnitude alive
+    return target, center_crop(zf, target.shape).copy(), center_crop(pred, target.shape).copy()
+
+
+Volume = dict[str, np.ndarray]  # {slices, target, zf, pred}: slice indices (S,) and (S,H,W) images
+VolumeSink = Callable[[str, Volume], None]  # (volume name, volume)
+
+
+def _stack(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> Volume:
+    """One volume's (slice, target, zf, pred) rows as (S,H,W) arrays, in slice order."""
+    rows.sort(key=lambda r: r[0])
+    return {
+        "slices": np.array([r[0] for r in rows]),
+        "target": np.stack([r[1] for r in rows]),
+        "zf": np.stack([r[2] for r in rows]),
+        "pred": np.stack([r[3] for r in rows]),
+    }
 
 
 def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch_size: int = MIN_INFERENCE_BATCH,
                       amp: str = "off", progress: SliceProgress | None = None,
-                      convention: str = "paper") -> dict[str, dict[str, np.ndarray]]:
-    """Run the model over every slice; returns {volume: {target, zf, pred}} as (S,H,W) arrays,
-    the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
+                      convention: str = "paper", each_volume: VolumeSink | None = None) -> dict[str, Volume]:
+    """Run the model over every slice; returns {volume: {slices, target, zf, pred}} as (S,H,W)
+    arrays, the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
 
-    `progress(done, total)` is called after each batch (the CLI shows it as a bar). The batch
-    size changes nothing but speed and memory (up to float rounding of the device's kernels)."""
+    With `each_volume`, each volume is handed to it as soon as its last slice is reconstructed
+    and not kept (the result is then empty): memory holds one volume, not the split. This relies
+    on the dataset's order, volume after volume (SliceDataset's); a volume whose slices come
+    back after another volume's is refused. `progress(done, total)` is called after each batch
+    (the CLI shows it as a bar). The batch size changes nothing but speed and memory (up to
+    float rounding of the device's kernels)."""
     check_batch_size(batch_size)
-    slices: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+    kept: dict[str, Volume] = {}
+    sink: VolumeSink = each_volume or kept.__setitem__
+    finished: set[str] = set()
+    current, rows = None, []
     with torch.inference_mode(), autocast(device, amp, "--amp"):
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = to_device(collate(items), device)
             pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
             for item, p in zip(items, pred):
-                slices[item["volume"]].append((int(item["slice"]), *scored_images(item, p, convention)))
+                if item["volume"] != current:
+                    if current is not None:
+                        sink(current, _stack(rows))
+                        finished.add(current)
+                    current, rows = item["volume"], []
+                    if current in finished:
+                        raise SftkdError(f"evaluate: the slices of volume {current!r} come back after another "
+                                         "volume's; expected the dataset's slices volume by volume")
+                rows.append((int(item["slice"]), *scored_images(item, p, convention)))
             if progress:
                 progress(start + len(items), len(dataset))
-    volumes = {}
-    for name, rows in slices.items():
-        rows.sort(key=lambda r: r[0])
-        volumes[name] = {
-            "slices": np.array([r[0] for r in rows]),
-            "target": np.stack([r[1] for r in rows]),
-            "zf": np.stack([r[2] for r in rows]),
-            "pred": np.stack([r[3] for r in rows]),
-        }
-    return volumes
+        if current is not None:
+            sink(current, _stack(rows))
+    return kept
 
 
 def measure_latency(model: Reconstructor, dataset, device: torch.device, slices: int = 8, amp: str = "off") -> float:
@@ -153,41 +179,72 @@ def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float
     }
 
 
-def score(volumes: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+class VolumeScores(NamedTuple):
+    """The scores of one volume, all that is kept of it once scored (its images are dropped)."""
+
+    name: str
+    slices: int
+    rows: list[dict[str, Any]]  # its csv rows: one per slice (paper), one (fastmri)
+    model: dict[str, float]  # per-volume scores of the model
+    zf: dict[str, float]  # and of the zero-filled input
+    model_slices: dict[str, np.ndarray] | None = None  # per-slice scores (paper convention)
+    zf_slices: dict[str, np.ndarray] | None = None
+
+
+Scores = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]  # (csv rows, model summary, zf summary)
+
+
+def score_paper_volume(name: str, v: Volume) -> VolumeScores:
+    """Per-slice and per-volume scores of model and zero-filled input (the paper convention)."""
+    ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
+    rows = []
+    for i, index in enumerate(v["slices"]):
+        row: dict[str, Any] = {"volume": name, "slice": int(index)}
+        row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
+        row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
+        rows.append(row)
+    return VolumeScores(name, len(v["slices"]), rows, score_volume(v["target"], v["pred"], ours),
+                        score_volume(v["target"], v["zf"], zf), ours, zf)
+
+
+def summarise_paper(scored: list[VolumeScores]) -> Scores:
+    """(csv rows, model summary, zf summary) over volumes in name order: mean/std over slices."""
+    scored = sorted(scored, key=lambda s: s.name)
+    cat = lambda field: {m: np.concatenate([getattr(s, field)[m] for s in scored]) for m in METRIC_NAMES}  # noqa: E731
+    return ([row for s in scored for row in s.rows], summarise(cat("model_slices"), [s.model for s in scored]),
+            summarise(cat("zf_slices"), [s.zf for s in scored]))
+
+
+def score_fastmri_volume(name: str, v: Volume) -> VolumeScores:
+    """fastMRI per-volume scores of model and zero-filled input (metrics.score_fastmri)."""
+    ours, zf = score_fastmri(v["target"], v["pred"]), score_fastmri(v["target"], v["zf"])
+    row = {"volume": name, "slices": len(v["slices"]), **ours, **{f"ZF_{m}": zf[m] for m in FASTMRI_METRIC_NAMES}}
+    return VolumeScores(name, len(v["slices"]), [row], ours, zf)
+
+
+def summarise_fastmri(scored: list[VolumeScores]) -> Scores:
+    """(per-volume csv rows, model summary, zf summary) in name order: mean and sample std over volumes."""
+    scored = sorted(scored, key=lambda s: s.name)
+    return ([s.rows[0] for s in scored], summarise_volumes([s.model for s in scored]),
+            summarise_volumes([s.zf for s in scored]))
+
+
+#: per convention: how one volume is scored, and how the volumes' scores are summarised
+SCORERS: dict[str, tuple[Callable[[str, Volume], VolumeScores], Callable[[list[VolumeScores]], Scores]]] = {
+    "paper": (score_paper_volume, summarise_paper),
+    "fastmri": (score_fastmri_volume, summarise_fastmri),
+}
+
+
+def score(volumes: dict[str, Volume]) -> Scores:
     """Score model and zero-filled input; returns (csv rows, model summary, zf summary)."""
-    rows: list[dict[str, Any]] = []
-    model_slices: dict[str, list[np.ndarray]] = defaultdict(list)
-    zf_slices: dict[str, list[np.ndarray]] = defaultdict(list)
-    model_volumes, zf_volumes = [], []
-    for name in sorted(volumes):
-        v = volumes[name]
-        ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
-        model_volumes.append(score_volume(v["target"], v["pred"], ours))
-        zf_volumes.append(score_volume(v["target"], v["zf"], zf))
-        for metric in METRIC_NAMES:
-            model_slices[metric].append(ours[metric])
-            zf_slices[metric].append(zf[metric])
-        for i, index in enumerate(v["slices"]):
-            row: dict[str, Any] = {"volume": name, "slice": int(index)}
-            row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
-            row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
-            rows.append(row)
-    cat = lambda d: {m: np.concatenate(d[m]) for m in METRIC_NAMES}  # noqa: E731
-    return rows, summarise(cat(model_slices), model_volumes), summarise(cat(zf_slices), zf_volumes)
+    return summarise_paper([score_paper_volume(name, v) for name, v in volumes.items()])
 
 
-def score_volumes(volumes: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def score_volumes(volumes: dict[str, Volume]) -> Scores:
     """Score model and zero-filled input in the fastMRI convention: (per-volume csv rows, model
     summary, zf summary), mean and sample std over volumes (metrics.score_fastmri)."""
-    rows: list[dict[str, Any]] = []
-    model_volumes, zf_volumes = [], []
-    for name in sorted(volumes):
-        v = volumes[name]
-        ours, zf = score_fastmri(v["target"], v["pred"]), score_fastmri(v["target"], v["zf"])
-        model_volumes.append(ours)
-        zf_volumes.append(zf)
-        rows.append({"volume": name, "slices": len(v["slices"]), **ours, **{f"ZF_{m}": zf[m] for m in FASTMRI_METRIC_NAMES}})
-    return rows, summarise_volumes(model_volumes), summarise_volumes(zf_volumes)
+    return summarise_fastmri([score_fastmri_volume(name, v) for name, v in volumes.items()])
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -198,15 +255,12 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _recon_bytes(volumes: dict[str, dict[str, np.ndarray]]) -> bytes:
-    """recon.h5 as bytes (built in memory: h5py never writes to disk, see `h5_image`)."""
-
-    def build(handle) -> None:
-        for name, v in volumes.items():
-            handle.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
-            handle[name].attrs["slices"] = v["slices"]
-
-    return h5_image(build)
+def write_recon_volume(recon: H5Writer, name: str, v: Volume) -> None:
+    """Add one volume's reconstruction to recon.h5: dataset `name`, (S,H,W) float32, gzip 1, with
+    its slice indices as attribute `slices`; raises the OSError of a failed write."""
+    recon.file.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
+    recon.file[name].attrs["slices"] = v["slices"]
+    recon.check()
 
 
 def check_output(out: Path, run: Path) -> None:
@@ -219,17 +273,34 @@ def check_output(out: Path, run: Path) -> None:
             raise SftkdError(f"{display_path(out / name)}: is a folder; expected the file evaluate writes there")
 
 
-def write_outputs(out: Path, files: dict[str, bytes]) -> None:
-    """Write one evaluation's files together: all under temporary names first, then renamed.
+@contextmanager
+def staged_outputs(out: Path) -> Iterator[StagedFiles]:
+    """One evaluation's files, written together: under temporary names in `out` while the work
+    goes on, renamed by the caller's `commit()` at the end (metrics.json last).
 
-    On any failure (disk full, file-size limit, read-only) the temporary files are removed, the
-    previous outputs stay as they were, and the error is one line."""
+    On any failure (disk full, file-size limit, read-only, an error in the model, Ctrl-C) the
+    temporary files are removed, and so are the folders made for them: the previous outputs
+    stay as they were."""
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with StagedFiles() as staged:
-            for name, data in files.items():
-                staged.add(out / name, data)
-            staged.commit()
+            with writing(out):
+                out.mkdir(parents=True, exist_ok=True)
+            yield staged
+    except BaseException:
+        for folder in made:  # innermost first; one that is not empty stays, and so do those above it
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Turn an OSError of writing the evaluation into `out` (disk full, file-size limit) into one line."""
+    try:
+        yield
     except OSError as exc:
         raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); "
                          "the previous results there are unchanged") from None
@@ -392,55 +463,68 @@ def _evaluate(
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out, run.path)
-    volumes = reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
-                                convention=convention)
-    rows, summary, zf_summary = score(volumes) if convention == "paper" else score_volumes(volumes)
-    metrics = {
-        "format": 1,
-        "sftkd_version": __version__,
-        "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
-        "model": model.name,
-        "role": scored_role(state.get("role") or recipe.run.role, entry_role),
-        "method": recipe.distill.method if state.get("role") == "kd" else None,
-        "teacher_role": state.get("teacher_role"),
-        "init": state.get("init"),
-        "params": params,
-        "checkpoint": which,
-        CHECKPOINT_DIGEST: digest,
-        "epoch": state.get("epoch"),
-        "dataset": {
-            "path": str(data_path),
-            "source": dataset.manifest.get("source"),
-            "fingerprint": record["fingerprint"],
-            "split": split,
-            "acceleration": float(recipe.data.acceleration),
-            "task": dataset.task,
-            "image_size": record["image_size"],
-            "volumes": len(volumes),
-            "slices": sum(len(v["slices"]) for v in volumes.values()),
-        },
-        "latency_ms_per_slice": measure_latency(runner, dataset, torch_device, recipe.eval.latency_slices, amp),
-        "amp": amp,
-        "cuda_graphs": graphed,
-        "batch_size": batch_size,
-        "device": str(torch_device),
-        "threads": torch.get_num_threads(),
-        "conventions": _conventions(convention, dataset.task, record),
-        "metrics": summary,
-        "zero_filled": zf_summary,
-        **extra,
-    }
-    if convention != "paper":  # paper files keep their keys as they were
-        metrics["convention"] = convention
-    metrics["output_dir"] = str(out)
-    files = {("per_slice.csv" if convention == "paper" else "per_volume.csv"): _csv_text(rows).encode()}
-    if write_recon:
-        files["recon.h5"] = _recon_bytes(volumes)
-    files["metrics.json"] = json.dumps(metrics, indent=2, allow_nan=True).encode()  # renamed last
-    if digest is not None:  # the last moment before writing: scores of what is there now, or none
-        check_still_scored(run.path, run_folder, scored_file, digest)
-    check_same_dataset(data_path, record["fingerprint"])
-    write_outputs(out, files)
+    score_one, summarise_all = SCORERS[convention]
+    with staged_outputs(out) as staged:
+        with writing(out):
+            recon = staged.add_h5(out / "recon.h5") if write_recon else None
+        scored: list[VolumeScores] = []
+
+        def take(name: str, volume: Volume) -> None:
+            """Score a finished volume and write its reconstruction; then it is let go."""
+            scored.append(score_one(name, volume))
+            if recon is not None:
+                with writing(out):
+                    write_recon_volume(recon, name, volume)
+
+        reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
+                          convention=convention, each_volume=take)
+        rows, summary, zf_summary = summarise_all(scored)
+        metrics = {
+            "format": 1,
+            "sftkd_version": __version__,
+            "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
+            "model": model.name,
+            "role": scored_role(state.get("role") or recipe.run.role, entry_role),
+            "method": recipe.distill.method if state.get("role") == "kd" else None,
+            "teacher_role": state.get("teacher_role"),
+            "init": state.get("init"),
+            "params": params,
+            "checkpoint": which,
+            CHECKPOINT_DIGEST: digest,
+            "epoch": state.get("epoch"),
+            "dataset": {
+                "path": str(data_path),
+                "source": dataset.manifest.get("source"),
+                "fingerprint": record["fingerprint"],
+                "split": split,
+                "acceleration": float(recipe.data.acceleration),
+                "task": dataset.task,
+                "image_size": record["image_size"],
+                "volumes": len(scored),
+                "slices": sum(v.slices for v in scored),
+            },
+            "latency_ms_per_slice": measure_latency(runner, dataset, torch_device, recipe.eval.latency_slices, amp),
+            "amp": amp,
+            "cuda_graphs": graphed,
+            "batch_size": batch_size,
+            "device": str(torch_device),
+            "threads": torch.get_num_threads(),
+            "conventions": _conventions(convention, dataset.task, record),
+            "metrics": summary,
+            "zero_filled": zf_summary,
+            **extra,
+        }
+        if convention != "paper":  # paper files keep their keys as they were
+            metrics["convention"] = convention
+        metrics["output_dir"] = str(out)
+        with writing(out):
+            staged.add(out / ("per_slice.csv" if convention == "paper" else "per_volume.csv"), _csv_text(rows).encode())
+            staged.add(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True).encode())  # renamed last
+        if digest is not None:  # the last moment before the renames: scores of what is there now, or none
+            check_still_scored(run.path, run_folder, scored_file, digest)
+        check_same_dataset(data_path, record["fingerprint"])
+        with writing(out):
+            staged.commit()
     if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
         (out / "recon.h5").unlink(missing_ok=True)
     return metrics

@@ -173,6 +173,16 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
+def _create_new(path: Path, mode: int) -> int:
+    """A descriptor of a new, empty file `path` (`mode`: os.O_WRONLY or os.O_RDWR): whatever is
+    there is removed first and the file is created exclusively without following a link."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
 def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
     """Write `data` to a new file `path` and fsync it (raises OSError; the caller cleans up).
 
@@ -181,11 +191,7 @@ def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
     symbolic link) is removed first, and the file is created exclusively without following a
     link, so nothing outside `path` is ever truncated or written.
     """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = _create_new(path, os.O_WRONLY)
     try:
         view = memoryview(data)
         while view:
@@ -208,6 +214,7 @@ class StagedFiles:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []  # (temporary, final)
+        self._writers: list[H5Writer] = []  # the HDF5 files among them, still open
 
     def add(self, path: Path, data: bytes) -> None:
         """Write `data` to a temporary sibling of `path` (`.<name>.tmp-<pid>`)."""
@@ -215,13 +222,27 @@ class StagedFiles:
         self._pending.append((tmp, path))
         write_bytes_synced(tmp, data)
 
+    def add_h5(self, path: Path) -> H5Writer:
+        """An HDF5 file for `path`, written piece by piece into its temporary sibling; `commit()`
+        closes it (raising the first write error) before renaming, `discard()` closes and removes it."""
+        tmp = temporary_sibling(path)
+        self._pending.append((tmp, path))
+        writer = H5Writer(tmp)
+        self._writers.append(writer)
+        return writer
+
     def commit(self) -> None:
-        """Rename every temporary file to its final name (renames need no space, so they succeed)."""
+        """Close the HDF5 files, then rename every temporary file to its final name (renames need
+        no space, so they succeed)."""
+        while self._writers:
+            self._writers.pop().close()
         for tmp, final in self._pending:
             os.replace(tmp, final)
         self._pending = []
 
     def discard(self) -> None:
+        while self._writers:
+            self._writers.pop().abandon()
         for tmp, _ in self._pending:
             unlink_quietly(tmp)
         self._pending = []
@@ -231,6 +252,93 @@ class StagedFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+class _QuietFile:
+    """A file that h5py writes through (its 'fileobj' driver) and that never raises: the first
+    OSError (disk full, file-size limit) is kept in `error` and every later write is dropped.
+
+    Why: an HDF5 write that fails inside h5py can end in a flood of 'Exception ignored' lines or
+    a segfault when the file is closed (measured with h5py 3.16 under RLIMIT_FSIZE, on disk and
+    through a raising file object alike); this way HDF5 never sees a failure, and the caller
+    raises the kept error as one line and discards the file."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "w+b")
+        self.error: OSError | None = None
+
+    def _quietly(self, action, fallback):
+        if self.error is None:
+            try:
+                return action()
+            except OSError as exc:
+                self.error = exc
+        return fallback
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._quietly(lambda: self._file.seek(offset, whence), 0)
+
+    def tell(self) -> int:
+        return self._quietly(self._file.tell, 0)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._quietly(lambda: self._file.read(size), b"")
+
+    def write(self, data: bytes) -> int:
+        self._quietly(lambda: self._file.write(data), 0)
+        return len(data)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._quietly(lambda: self._file.truncate(size), 0)
+
+    def flush(self) -> None:
+        self._quietly(self._file.flush, None)
+
+    def sync(self) -> None:
+        """Flush and fsync what was written (a failure is kept in `error` like any other)."""
+        self.flush()
+        self._quietly(lambda: os.fsync(self._file.fileno()), None)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:  # the last buffered bytes could not be written
+            self.error = self.error or exc
+
+
+class H5Writer:
+    """A new HDF5 file on disk that h5py fills piece by piece (`file`, an open h5py.File), so that
+    a large file never sits in memory (`h5_image` builds one in memory). A failed write never
+    reaches h5py (`_QuietFile`): `check()` raises it as an OSError, and so does `close()`."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self._raw = _QuietFile(_create_new(path, os.O_RDWR))
+        self.file = h5py.File(self._raw, "w")
+
+    def check(self) -> None:
+        """Raise the first write error so far (OSError), if any: the caller stops writing."""
+        if self._raw.error is not None:
+            raise self._raw.error
+
+    def close(self) -> None:
+        """Close the HDF5 file and fsync it; raise the first write error (OSError), if any (it
+        takes the place of an error h5py may raise for a file whose writes were dropped)."""
+        try:
+            self.file.close()
+        finally:
+            self._raw.sync()
+            self._raw.close()
+            self.check()
+
+    def abandon(self) -> None:
+        """Close without raising: the file is about to be removed."""
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001  (already failing: the first error is the one reported)
+            pass
+        self._raw.close()
 
 
 def h5_image(build) -> bytes:

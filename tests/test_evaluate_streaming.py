@@ -1,0 +1,147 @@
+"""`sftkd evaluate` holds one volume at a time: each volume is scored and written into recon.h5
+as soon as its last slice is reconstructed, then let go; an evaluation that fails midway leaves
+the previous results as they were (CPU)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import weakref
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import sftkd
+import sftkd_cli.evaluate as evaluate_mod
+from sftkd_cli.evaluate import evaluate_run
+
+torch.set_num_threads(1)
+
+SLICES_PER_VOLUME = 3  # tiny_dataset's train split: 9 slices in 3 volumes
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dataset, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    sftkd("train-teacher", "--model", "D2C2", "--name", "t", f"data.path={tiny_dataset}", f"run.dir={runs}",
+          "train.epochs=1", "train.batch_size=3", "train.threads=1", "train.device=cpu", "eval.latency_slices=0")
+    return runs / "t"
+
+
+class SpiedModel:
+    """The evaluated model, recording at each call how many slice images evaluate holds (of those
+    `scored_images` made, weak references) and how many volumes were scored; raises at call `fail_at`."""
+
+    def __init__(self, model, spies: Spies, fail_at: int | None = None) -> None:
+        self.model, self.spies, self.fail_at = model, spies, fail_at
+        self.calls: list[tuple[int, int]] = []  # (slice images alive, score_slices calls) at each call
+
+    def __call__(self, zf, kspace, mask):
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("the model failed")
+        self.calls.append((sum(ref() is not None for ref in self.spies.images), self.spies.scored))
+        return self.model(zf, kspace, mask)
+
+
+class Spies:
+    """What `_spy` records: the model (once evaluate made it), the reconstructed slice images, the scoring."""
+
+    def __init__(self) -> None:
+        self.model: SpiedModel | None = None
+        self.images: list[weakref.ref] = []
+        self.scored = 0
+
+
+def _spy(monkeypatch, fail_at: int | None = None) -> Spies:
+    """Wrap the model evaluate runs in a SpiedModel, and spy on scored_images and score_slices."""
+    spies = Spies()
+    real_graphed, real_score, real_images = (evaluate_mod.graphed_reconstructor, evaluate_mod.score_slices,
+                                             evaluate_mod.scored_images)
+
+    def graphed(model, *args, **kwargs):
+        runner, flag = real_graphed(model, *args, **kwargs)
+        spies.model = SpiedModel(runner, spies, fail_at)
+        return spies.model, flag
+
+    def score_slices(target, pred):
+        spies.scored += 1
+        return real_score(target, pred)
+
+    def scored_images(item, pred, convention):
+        images = real_images(item, pred, convention)
+        spies.images.append(weakref.ref(images[2]))
+        return images
+
+    monkeypatch.setattr(evaluate_mod, "graphed_reconstructor", graphed)
+    monkeypatch.setattr(evaluate_mod, "score_slices", score_slices)
+    monkeypatch.setattr(evaluate_mod, "scored_images", scored_images)
+    return spies
+
+
+def test_evaluate_holds_one_volume_at_a_time(run, monkeypatch):
+    spies = _spy(monkeypatch)
+    evaluate_run(run, split="train", device="cpu", batch_size=1)
+    calls = spies.model.calls
+    assert len(calls) == 3 * SLICES_PER_VOLUME
+    # the slices of the volume being reconstructed are held, never those of the volumes before
+    assert [live for live, _ in calls] == [0, 1, 2, 3, 1, 2, 3, 1, 2]
+    # a volume is scored (score_slices: model and zf) once the next volume's first slice shows it complete
+    assert [scored for _, scored in calls] == [0, 0, 0, 0, 2, 2, 2, 4, 4]
+    with h5py.File(run / "recon.h5", "r") as recon:
+        assert list(recon) == ["vol0", "vol2", "vol4"]
+        assert all(recon[name].shape == (SLICES_PER_VOLUME, 16, 16) for name in recon)
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (hidden ones too), 'dir' for folders."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("convention", ["paper", "fastmri"])
+def test_an_evaluation_failing_on_the_last_volume_leaves_the_previous_results(run, tmp_path, monkeypatch, convention):
+    import shutil
+
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    evaluate_run(copy, split="train", device="cpu")  # the previous results (paper convention)
+    before = _files(copy)
+    assert "metrics.json" in before and "recon.h5" in before
+    _spy(monkeypatch, fail_at=2 * SLICES_PER_VOLUME)  # the first slice of the last volume
+    with pytest.raises(RuntimeError, match="the model failed"):
+        evaluate_run(copy, split="train", device="cpu", batch_size=1, convention=convention)
+    assert _files(copy) == before  # no temporary recon.h5, no new eval-fastmri/ folder
+
+
+def test_h5_writer_keeps_a_failed_write_from_h5py(tmp_path):
+    """A full disk in the middle of an HDF5 file: h5py never sees the error (it could crash);
+    check() and close() raise it as an OSError, and the writes after it are dropped."""
+    from sftkd_cli.files import H5Writer
+
+    writer = H5Writer(tmp_path / "f.h5")
+    raw = writer._raw
+
+    class FullDisk:
+        def __init__(self, file) -> None:
+            self.file, self.budget = file, 200_000
+
+        def write(self, data):
+            if self.budget < len(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.budget -= len(data)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    raw._file = FullDisk(raw._file)
+    rng = np.random.default_rng(0)
+    with pytest.raises(OSError, match="No space left on device"):
+        for i in range(10):
+            writer.file.create_dataset(f"v{i}", data=rng.random((4, 64, 64), dtype=np.float32), compression="gzip")
+            writer.check()
+    assert 0 < i < 9
+    with pytest.raises(OSError, match="No space left on device"):
+        writer.close()
