@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,15 +43,14 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import H5Writer, StagedFiles, check_writable
+from sftkd_cli.files import H5Writer, StagedFiles, check_writable, display_path
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
-from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
-from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude,
-                               score_fastmri, score_slices, score_volume, summarise_volumes)
+from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
+from sftkd_cli.scoring import SCORERS, Volume, VolumeScores
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
@@ -97,7 +96,6 @@ def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tu
     return target, center_crop(zf, target.shape).copy(), center_crop(pred, target.shape).copy()
 
 
-Volume = dict[str, np.ndarray]  # {slices, target, zf, pred}: slice indices (S,) and (S,H,W) images
 VolumeSink = Callable[[str, Volume], None]  # (volume name, volume)
 
 
@@ -165,86 +163,6 @@ def measure_latency(model: Reconstructor, dataset, device: torch.device, slices:
             if i >= 2:
                 times.append((time.perf_counter() - started) * 1000)
     return float(np.median(times))
-
-
-def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """mean/std over slices, and the mean over volumes of the per-volume values."""
-    return {
-        name: {
-            "mean": float(np.nanmean(per_slice[name])),
-            "std": float(np.nanstd(per_slice[name])),
-            "volume_mean": float(np.nanmean([v[name] for v in per_volume])),
-        }
-        for name in METRIC_NAMES
-    }
-
-
-class VolumeScores(NamedTuple):
-    """The scores of one volume, all that is kept of it once scored (its images are dropped)."""
-
-    name: str
-    slices: int
-    rows: list[dict[str, Any]]  # its csv rows: one per slice (paper), one (fastmri)
-    model: dict[str, float]  # per-volume scores of the model
-    zf: dict[str, float]  # and of the zero-filled input
-    model_slices: dict[str, np.ndarray] | None = None  # per-slice scores (paper convention)
-    zf_slices: dict[str, np.ndarray] | None = None
-
-
-Scores = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]  # (csv rows, model summary, zf summary)
-
-
-def score_paper_volume(name: str, v: Volume) -> VolumeScores:
-    """Per-slice and per-volume scores of model and zero-filled input (the paper convention)."""
-    ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
-    rows = []
-    for i, index in enumerate(v["slices"]):
-        row: dict[str, Any] = {"volume": name, "slice": int(index)}
-        row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
-        row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
-        rows.append(row)
-    return VolumeScores(name, len(v["slices"]), rows, score_volume(v["target"], v["pred"], ours),
-                        score_volume(v["target"], v["zf"], zf), ours, zf)
-
-
-def summarise_paper(scored: list[VolumeScores]) -> Scores:
-    """(csv rows, model summary, zf summary) over volumes in name order: mean/std over slices."""
-    scored = sorted(scored, key=lambda s: s.name)
-    cat = lambda field: {m: np.concatenate([getattr(s, field)[m] for s in scored]) for m in METRIC_NAMES}  # noqa: E731
-    return ([row for s in scored for row in s.rows], summarise(cat("model_slices"), [s.model for s in scored]),
-            summarise(cat("zf_slices"), [s.zf for s in scored]))
-
-
-def score_fastmri_volume(name: str, v: Volume) -> VolumeScores:
-    """fastMRI per-volume scores of model and zero-filled input (metrics.score_fastmri)."""
-    ours, zf = score_fastmri(v["target"], v["pred"]), score_fastmri(v["target"], v["zf"])
-    row = {"volume": name, "slices": len(v["slices"]), **ours, **{f"ZF_{m}": zf[m] for m in FASTMRI_METRIC_NAMES}}
-    return VolumeScores(name, len(v["slices"]), [row], ours, zf)
-
-
-def summarise_fastmri(scored: list[VolumeScores]) -> Scores:
-    """(per-volume csv rows, model summary, zf summary) in name order: mean and sample std over volumes."""
-    scored = sorted(scored, key=lambda s: s.name)
-    return ([s.rows[0] for s in scored], summarise_volumes([s.model for s in scored]),
-            summarise_volumes([s.zf for s in scored]))
-
-
-#: per convention: how one volume is scored, and how the volumes' scores are summarised
-SCORERS: dict[str, tuple[Callable[[str, Volume], VolumeScores], Callable[[list[VolumeScores]], Scores]]] = {
-    "paper": (score_paper_volume, summarise_paper),
-    "fastmri": (score_fastmri_volume, summarise_fastmri),
-}
-
-
-def score(volumes: dict[str, Volume]) -> Scores:
-    """Score model and zero-filled input; returns (csv rows, model summary, zf summary)."""
-    return summarise_paper([score_paper_volume(name, v) for name, v in volumes.items()])
-
-
-def score_volumes(volumes: dict[str, Volume]) -> Scores:
-    """Score model and zero-filled input in the fastMRI convention: (per-volume csv rows, model
-    summary, zf summary), mean and sample std over volumes (metrics.score_fastmri)."""
-    return summarise_fastmri([score_fastmri_volume(name, v) for name, v in volumes.items()])
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:

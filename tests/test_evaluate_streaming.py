@@ -16,6 +16,7 @@ import torch
 
 from cli_helpers import sftkd
 import sftkd_cli.evaluate as evaluate_mod
+import sftkd_cli.scoring as scoring
 from sftkd_cli.evaluate import evaluate_run
 
 torch.set_num_threads(1)
@@ -58,7 +59,7 @@ class Spies:
 def _spy(monkeypatch, fail_at: int | None = None) -> Spies:
     """Wrap the model evaluate runs in a SpiedModel, and spy on scored_images and score_slices."""
     spies = Spies()
-    real_graphed, real_score, real_images = (evaluate_mod.graphed_reconstructor, evaluate_mod.score_slices,
+    real_graphed, real_score, real_images = (evaluate_mod.graphed_reconstructor, scoring.score_slices,
                                              evaluate_mod.scored_images)
 
     def graphed(model, *args, **kwargs):
@@ -76,7 +77,7 @@ def _spy(monkeypatch, fail_at: int | None = None) -> Spies:
         return images
 
     monkeypatch.setattr(evaluate_mod, "graphed_reconstructor", graphed)
-    monkeypatch.setattr(evaluate_mod, "score_slices", score_slices)
+    monkeypatch.setattr(scoring, "score_slices", score_slices)
     monkeypatch.setattr(evaluate_mod, "scored_images", scored_images)
     return spies
 

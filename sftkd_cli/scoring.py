@@ -1,0 +1,87 @@
+"""Scores of one evaluated volume, and their summary over a split, in each scoring convention.
+
+`evaluate` reconstructs a split volume by volume and hands each finished volume to its
+convention's scorer (`SCORERS`); only the scores are kept, so memory holds one volume. The
+summaries order volumes by name, so sums run in the same order whatever order volumes came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from sftkd_cli.metrics import (FASTMRI_METRIC_NAMES, METRIC_NAMES, score_fastmri, score_slices, score_volume,
+                               summarise_volumes)
+
+Volume = dict[str, np.ndarray]  # {slices, target, zf, pred}: slice indices (S,) and (S,H,W) images
+
+
+def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """mean/std over slices, and the mean over volumes of the per-volume values."""
+    return {
+        name: {
+            "mean": float(np.nanmean(per_slice[name])),
+            "std": float(np.nanstd(per_slice[name])),
+            "volume_mean": float(np.nanmean([v[name] for v in per_volume])),
+        }
+        for name in METRIC_NAMES
+    }
+
+
+class VolumeScores(NamedTuple):
+    """The scores of one volume, all that is kept of it once scored (its images are dropped)."""
+
+    name: str
+    slices: int
+    rows: list[dict[str, Any]]  # its csv rows: one per slice (paper), one (fastmri)
+    model: dict[str, float]  # per-volume scores of the model
+    zf: dict[str, float]  # and of the zero-filled input
+    model_slices: dict[str, np.ndarray] | None = None  # per-slice scores (paper convention)
+    zf_slices: dict[str, np.ndarray] | None = None
+
+
+Scores = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]  # (csv rows, model summary, zf summary)
+
+
+def score_paper_volume(name: str, v: Volume) -> VolumeScores:
+    """Per-slice and per-volume scores of model and zero-filled input (the paper convention)."""
+    ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
+    rows = []
+    for i, index in enumerate(v["slices"]):
+        row: dict[str, Any] = {"volume": name, "slice": int(index)}
+        row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
+        row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
+        rows.append(row)
+    return VolumeScores(name, len(v["slices"]), rows, score_volume(v["target"], v["pred"], ours),
+                        score_volume(v["target"], v["zf"], zf), ours, zf)
+
+
+def summarise_paper(scored: list[VolumeScores]) -> Scores:
+    """(csv rows, model summary, zf summary) over volumes in name order: mean/std over slices."""
+    scored = sorted(scored, key=lambda s: s.name)
+    cat = lambda field: {m: np.concatenate([getattr(s, field)[m] for s in scored]) for m in METRIC_NAMES}  # noqa: E731
+    return ([row for s in scored for row in s.rows], summarise(cat("model_slices"), [s.model for s in scored]),
+            summarise(cat("zf_slices"), [s.zf for s in scored]))
+
+
+def score_fastmri_volume(name: str, v: Volume) -> VolumeScores:
+    """fastMRI per-volume scores of model and zero-filled input (metrics.score_fastmri)."""
+    ours, zf = score_fastmri(v["target"], v["pred"]), score_fastmri(v["target"], v["zf"])
+    row = {"volume": name, "slices": len(v["slices"]), **ours, **{f"ZF_{m}": zf[m] for m in FASTMRI_METRIC_NAMES}}
+    return VolumeScores(name, len(v["slices"]), [row], ours, zf)
+
+
+def summarise_fastmri(scored: list[VolumeScores]) -> Scores:
+    """(per-volume csv rows, model summary, zf summary) in name order: mean and sample std over volumes."""
+    scored = sorted(scored, key=lambda s: s.name)
+    return ([s.rows[0] for s in scored], summarise_volumes([s.model for s in scored]),
+            summarise_volumes([s.zf for s in scored]))
+
+
+#: per convention: how one volume is scored, and how the volumes' scores are summarised
+SCORERS: dict[str, tuple[Callable[[str, Volume], VolumeScores], Callable[[list[VolumeScores]], Scores]]] = {
+    "paper": (score_paper_volume, summarise_paper),
+    "fastmri": (score_fastmri_volume, summarise_fastmri),
+}
