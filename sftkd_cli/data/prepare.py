@@ -33,10 +33,10 @@ sibling file `.<name>.lock`). Re-running with the same options and unchanged inp
 no-op, which reads no input whose size and modification time are those recorded in the sibling
 file `.<name>.hashes.json` (`data.manifest.InputHashes`); different options on an existing
 dataset need `force`, which replaces only the files the old manifest lists: other files in the
-folder are kept. A non-empty folder whose manifest is not
-sftkd's is never written. Input folders are never written. (The output folder's checks, the
-install and the signal handling live in `sftkd_cli.data.output`; the options in
-`sftkd_cli.data.options`; the format's names and keys in `sftkd_cli.data.format`.)
+folder are kept. A non-empty folder whose manifest is not sftkd's is never written. Input folders
+are never written. (The output folder's checks, the install and the signal handling live in
+`sftkd_cli.data.output`; the options in `sftkd_cli.data.options`; the format's names and keys in
+`sftkd_cli.data.format`.)
 
 The manifest also records the acquisition (`sftkd_cli.acquisition.Acquisition.record()`: task,
 k-space layout, magnitude values, one channel, image size) that models trained on it must fit.
