@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 #: speed-up targets: (bench key of ours, key of its reference-way twin, what, the least twin / ours)
 BENCH_TARGETS = (
@@ -73,8 +74,8 @@ def main() -> int:
     codes: dict[str, int] = {}
     seconds: dict[str, float] = {}
 
-    def run(name: str, command: list[str], timeout: float, **kwargs: object) -> None:
-        codes[name], seconds[name] = step(args.out, name, command, timeout, **kwargs)  # type: ignore[arg-type]
+    def run(name: str, command: list[str], timeout: float, **kwargs: Any) -> None:
+        codes[name], seconds[name] = step(args.out, name, command, timeout, **kwargs)
         write_summary(args.out, epochs, codes, seconds)
 
     # the most wanted first; the steps' time limits (530 s) and their grace (5 x 10 s) fit a 10-minute call

@@ -47,7 +47,8 @@ from sftkd_cli.files import H5Writer, StagedFiles, check_writable, display_path
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
-from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop, magnitude
+from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
+                               magnitude)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores

@@ -161,10 +161,7 @@ class LocalExecutor:
 
     def _retire(self, worker: _Worker) -> None:
         """An idle worker told to end, and waited for."""
-        try:
-            worker.conn.send(None)
-        except OSError:
-            pass
+        _tell_to_end(worker)
         worker.process.join(timeout=10)
         self._end(worker)
 
@@ -232,10 +229,7 @@ class LocalExecutor:
         """Idle workers are told to end; busy ones (none after `cancel`) are killed."""
         for worker in list(self._workers):
             if worker.job is None and worker.process.is_alive():
-                try:
-                    worker.conn.send(None)
-                except OSError:
-                    pass
+                _tell_to_end(worker)
         for worker in list(self._workers):
             worker.process.join(timeout=None if worker.job is None else 0)
             self._end(worker)
@@ -246,6 +240,14 @@ class LocalExecutor:
         worker.process.join()
         worker.conn.close()
         self._workers.remove(worker)
+
+
+def _tell_to_end(worker: _Worker) -> None:
+    """Ask an idle worker to end (None instead of a job); a worker already gone needs nothing."""
+    try:
+        worker.conn.send(None)
+    except OSError:
+        pass
 
 
 @contextmanager

@@ -276,11 +276,12 @@ def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
 
 
 def evaluation_complete(stage: Stage, plan: Plan) -> bool:
-    """metrics.json (with recon.h5 where `writes_reconstructions`) of the checkpoint the stage scores (`evaluated_checkpoint`:
-    last.pt moves on when a run is resumed, best.pt only when validation improves) as it is now,
-    for the plan's split and checkpoint. Which checkpoint the scores are of is told by the sha256
-    that metrics.json records (`evaluate.scores_checkpoint`); for a metrics.json of an earlier
-    sftkd without it, by metrics.json being newer than the checkpoint."""
+    """metrics.json (with recon.h5 where `writes_reconstructions`) of the checkpoint the stage
+    scores (`evaluated_checkpoint`: last.pt moves on when a run is resumed, best.pt only when
+    validation improves) as it is now, for the plan's split and checkpoint. Which checkpoint
+    the scores are of is told by the sha256 that metrics.json records
+    (`evaluate.scores_checkpoint`); for a metrics.json of an earlier sftkd without it, by
+    metrics.json being newer than the checkpoint."""
     from sftkd_cli.evaluate import scores_checkpoint
 
     out, checkpoint = evaluation_dir(stage), evaluated_checkpoint(stage, plan)

@@ -85,10 +85,10 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
 
 def evaluate_stage(stage: Stage, plan: Plan) -> None:
     """Evaluate the stage's model on the plan's dataset, split and checkpoint (recon.h5 too for
-    the runs the figures show: `writes_reconstructions`). The plan's dataset, not the one the run's recipe.yaml names: a dataset moved to
-    another folder (same fingerprint) is accepted for the run, so it is where the data is now;
-    a run trained on other data is refused here too (as the training stage refuses it), for a
-    plan run with --only eval-*."""
+    the runs the figures show: `writes_reconstructions`). The plan's dataset, not the one the
+    run's recipe.yaml names: a dataset moved to another folder (same fingerprint) is accepted
+    for the run, so it is where the data is now; a run trained on other data is refused here
+    too (as the training stage refuses it), for a plan run with --only eval-*."""
     assert stage.recipe is not None and stage.run is not None
     if conflict := plan_conflict(stage):
         raise SftkdError(conflict)
