@@ -348,8 +348,6 @@ def _evaluate(
     check_amp(amp, torch_device, "--amp")
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
-    if warning := amp_warning(amp, torch_device, "--amp"):
-        print(warning, file=sys.stderr, flush=True)
     run_folder, digest = _folder_identity(run.path), None
     if exported is None:
         which = checkpoint or recipe.eval.checkpoint
@@ -382,6 +380,8 @@ def _evaluate(
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out, run.path)
+    if warning := amp_warning(amp, torch_device, "--amp"):  # once the work is sure to start
+        print(warning, file=sys.stderr, flush=True)
     score_one, summarise_all = SCORERS[convention]
     with staged_outputs(out) as staged:
         with writing(out):

@@ -207,6 +207,7 @@ def test_evaluate_refuses_a_read_only_output_before_any_work(evaluated, monkeypa
 def test_evaluate_refuses_an_output_below_a_file_before_any_work(evaluated, monkeypatch):
     counter = Counter(eval_mod.reconstruct_split)
     monkeypatch.setattr(eval_mod, "reconstruct_split", counter)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # emulated: no warning before refusing
     (evaluated / "eval-amp-bf16").write_text("a file where evaluate --amp bf16 puts its folder")
     fails_cleanly("evaluate", evaluated, "--device", "cpu", "--amp", "bf16", names=("eval-amp-bf16", "is a file"))
     assert counter.calls == 0
