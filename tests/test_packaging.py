@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import io
 import json
 import os
@@ -67,6 +68,40 @@ def test_help_version_and_argument_errors_import_no_torch():
     assert len(codes) > 15, codes  # the root, every command, the prepare-data sources, the errors
     assert all(code == 0 for argv, code in codes.items() if argv.endswith("--help") or argv == "--version"), codes
     assert codes["train-teacher --epochs x"] == 2 and codes["no-such-command"] == 2, codes
+
+
+class _PipeClosedAfter(io.StringIO):
+    """stdout whose reader leaves after `lines` writes (`| head`): later writes raise
+    BrokenPipeError; its file descriptor is a temporary file's."""
+
+    def __init__(self, lines: int, fd: int) -> None:
+        super().__init__()
+        self.lines, self.fd = lines, fd
+
+    def write(self, text: str) -> int:
+        self.lines -= 1
+        if self.lines < 0:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return super().write(text)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path, monkeypatch):
+    """`sftkd bench --help | head`: once the reader has left, no 'error: Broken pipe' and no
+    traceback on stderr, exit 1 (as click ends on a broken pipe), and stdout's descriptor points
+    at /dev/null, so that the flush at exit does not fail again. Device: none (help only)."""
+    from sftkd_cli.cli.app import main
+
+    with open(tmp_path / "stdout", "w") as file:
+        stdout, stderr = _PipeClosedAfter(5, file.fileno()), io.StringIO()
+        monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with pytest.raises(SystemExit) as ended:
+            main(["bench", "--help"])
+        assert (ended.value.code, stderr.getvalue()) == (1, "")
+        assert os.path.samestat(os.fstat(file.fileno()), os.stat(os.devnull))
 
 
 def test_the_entry_point_spares_the_ending_process_a_last_garbage_collection(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 from typing import Annotated, NoReturn
 
@@ -44,6 +45,9 @@ class _Group(HelpGroup):
         except SftkdError as exc:
             _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # stdout's reader left (`sftkd bench --help | head`): stop quietly, as click does
+            _silence_stdout()
+            raise typer.Exit(1) from None
         except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
             where = f"{exc.filename}: " if exc.filename else ""
             _error_line(f"{where}{os_error_text(exc)}")
@@ -83,6 +87,13 @@ def _usage_error(exc) -> NoReturn:  # type: ignore[no-untyped-def]
     command = exc.ctx.command_path if exc.ctx is not None else "sftkd"
     _error_line(f"{message} (see '{command} -h')")
     raise typer.Exit(exc.exit_code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _error_line(text: str) -> None:
