@@ -72,7 +72,7 @@ def test_help_version_and_argument_errors_import_no_torch():
 
 class _PipeClosedAfter(io.StringIO):
     """stdout whose reader leaves after `lines` writes (`| head`): later writes raise
-    BrokenPipeError; its file descriptor is a temporary file's."""
+    BrokenPipeError. `fd`: its file descriptor."""
 
     def __init__(self, lines: int, fd: int) -> None:
         super().__init__()
@@ -88,20 +88,32 @@ class _PipeClosedAfter(io.StringIO):
         return self.fd
 
 
-def test_a_closed_stdout_pipe_ends_quietly(tmp_path, monkeypatch):
-    """`sftkd bench --help | head`: once the reader has left, no 'error: Broken pipe' and no
-    traceback on stderr, exit 1 (as click ends on a broken pipe), and stdout's descriptor points
-    at /dev/null, so that the flush at exit does not fail again. Device: none (help only)."""
+@pytest.mark.parametrize("reader_left", [True, False], ids=["stdout", "another-pipe"])
+def test_a_closed_stdout_pipe_ends_quietly(reader_left, monkeypatch):
+    """`sftkd bench --help | head`: once stdout's reader has left, no 'error: Broken pipe' and no
+    traceback on stderr, exit 1 (as click ends on a broken pipe), and stdout's descriptor points at
+    /dev/null, so that the flush at exit does not fail again. A broken pipe while stdout's reader
+    is still there (another pipe) stays an error line. Device: none (help only)."""
     from sftkd_cli.cli.app import main
 
-    with open(tmp_path / "stdout", "w") as file:
-        stdout, stderr = _PipeClosedAfter(5, file.fileno()), io.StringIO()
+    read_end, write_end = os.pipe()
+    try:
+        if reader_left:
+            os.close(read_end)
+        stdout, stderr = _PipeClosedAfter(5, write_end), io.StringIO()
         monkeypatch.setattr(sys, "stdout", stdout)
         monkeypatch.setattr(sys, "stderr", stderr)
         with pytest.raises(SystemExit) as ended:
             main(["bench", "--help"])
-        assert (ended.value.code, stderr.getvalue()) == (1, "")
-        assert os.path.samestat(os.fstat(file.fileno()), os.stat(os.devnull))
+        if reader_left:
+            assert (ended.value.code, stderr.getvalue()) == (1, "")
+            assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+        else:
+            assert (ended.value.code, stderr.getvalue()) == (2, "error: Broken pipe\n")
+    finally:
+        os.close(write_end)
+        if not reader_left:
+            os.close(read_end)
 
 
 def test_the_entry_point_spares_the_ending_process_a_last_garbage_collection(monkeypatch):

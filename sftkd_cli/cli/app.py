@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import sys
 from typing import Annotated, NoReturn
 
@@ -45,10 +46,10 @@ class _Group(HelpGroup):
         except SftkdError as exc:
             _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:  # stdout's reader left (`sftkd bench --help | head`): stop quietly, as click does
-            _silence_stdout()
-            raise typer.Exit(1) from None
         except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
+            if isinstance(exc, BrokenPipeError) and _stdout_reader_left():
+                _silence_stdout()  # `sftkd bench --help | head`: stop quietly, as click does
+                raise typer.Exit(1) from None
             where = f"{exc.filename}: " if exc.filename else ""
             _error_line(f"{where}{os_error_text(exc)}")
             raise typer.Exit(SftkdError.exit_code) from None
@@ -87,6 +88,19 @@ def _usage_error(exc) -> NoReturn:  # type: ignore[no-untyped-def]
     command = exc.ctx.command_path if exc.ctx is not None else "sftkd"
     _error_line(f"{message} (see '{command} -h')")
     raise typer.Exit(exc.exit_code)
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its end), rather
+    than some other pipe having broken; without poll (Windows), assume it is stdout."""
+    if not hasattr(select, "poll"):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # not a stream with a file descriptor
+        return False
 
 
 def _silence_stdout() -> None:
