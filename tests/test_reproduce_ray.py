@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,9 +41,11 @@ CPU = ["train.device=cpu"]
 TRAINED = ("teacher", "student", "sft", "std-kd-at", "sft-kd-at")
 #: seconds the cluster may take to start (a few on an idle machine)
 START_TIMEOUT = 120
-#: the test cluster listens on 127.0.0.1 only and runs without Ray's token authentication, so that
-#: a token in ~/.ray (which `ray start` would otherwise switch on) does not matter here
-AUTH = {"RAY_AUTH_MODE": "disabled"}
+#: Ray's token authentication with a token of this session only: `--node-ip-address=127.0.0.1`
+#: does not stop Ray from listening on every interface, so the test cluster must not be open to
+#: anyone who reaches this machine; a token in ~/.ray does not matter here (Ray before 2.5x has
+#: no authentication and ignores both variables)
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def sft_killed_after_first_epoch(recipe, **kwargs):
@@ -98,6 +101,9 @@ def ray_cluster() -> Iterator[str]:
     """A local Ray cluster, head and one worker node with one CPU each, started as on a real
     cluster (`ray start`); yields its address. Both `ray start --block` processes lead their own
     process group, which is ended at the end (also after a failure)."""
+    driver = pytest.MonkeyPatch()
+    for key, value in AUTH.items():
+        driver.setenv(key, value)  # this process connects as the driver; Ray reads them on import
     ray = pytest.importorskip("ray")
     folder = Path(tempfile.mkdtemp(prefix="sftkd-ray-"))  # short: Ray's socket paths have a length limit
     port = _free_port()
@@ -111,9 +117,6 @@ def ray_cluster() -> Iterator[str]:
               f"--object-store-memory={80 << 20}"]
     nodes: list[subprocess.Popen] = []
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # ray.init replaces them
-    driver = pytest.MonkeyPatch()
-    for key, value in AUTH.items():
-        driver.setenv(key, value)  # this process connects as the driver
 
     def start(name: str, *args: str) -> None:
         with open(folder / f"{name}.log", "w") as log:
@@ -223,8 +226,9 @@ def test_executor_ray_without_ray_says_how_to_install_it(tmp_path, tiny_dataset,
 
     result = CliRunner().invoke(app, ["reproduce", str(plan), "--address", "HEAD:6379"])
     assert result.exit_code == 2 and "--address: add --executor ray" in result.output, result.output
-    with pytest.raises(SftkdError, match="no Ray cluster answers there"):  # Ray would retry for minutes
-        check_reachable(f"127.0.0.1:{_free_port()}")
+    with socket.socket() as held, pytest.raises(SftkdError, match="no Ray cluster answers there"):
+        held.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other process can take it
+        check_reachable(f"127.0.0.1:{held.getsockname()[1]}")  # (Ray would retry for minutes)
 
 
 def test_stages_hold_a_share_of_a_gpu_and_fit_on_the_largest_node(tmp_path, tiny_dataset, monkeypatch):
