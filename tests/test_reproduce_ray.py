@@ -12,6 +12,7 @@ stopped, also when a test fails.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import secrets
@@ -101,10 +102,12 @@ def ray_cluster() -> Iterator[str]:
     """A local Ray cluster, head and one worker node with one CPU each, started as on a real
     cluster (`ray start`); yields its address. Both `ray start --block` processes lead their own
     process group, which is ended at the end (also after a failure)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'sftkd[cluster]')")
     driver = pytest.MonkeyPatch()
     for key, value in AUTH.items():
         driver.setenv(key, value)  # this process connects as the driver; Ray reads them on import
-    ray = pytest.importorskip("ray")
+    import ray
     folder = Path(tempfile.mkdtemp(prefix="sftkd-ray-"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     address = f"127.0.0.1:{port}"
