@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait as wait_any
 from typing import Any, Protocol
@@ -244,10 +244,8 @@ class LocalExecutor:
 
 def _tell_to_end(worker: _Worker) -> None:
     """Ask an idle worker to end (None instead of a job); a worker already gone needs nothing."""
-    try:
+    with suppress(OSError):
         worker.conn.send(None)
-    except OSError:
-        pass
 
 
 @contextmanager
