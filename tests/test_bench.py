@@ -31,6 +31,7 @@ from sftkd_cli.bench import (
     train_step_fn,
 )
 from sftkd_cli.cli.app import app
+from sftkd_cli.cli.bench import header
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import DCCNN
@@ -504,6 +505,45 @@ def test_bf16_rows_are_timed_against_their_fp32_twins(monkeypatch):
             fast, slow = result.row(f"bf16.{group}.{m}.bf16"), result.row(f"bf16.{group}.{m}.fp32")
             assert fast.baseline_s == slow.seconds and fast.flops == slow.flops
             assert result.ratios[f"bf16_speedup.{group}.{m}"] == pytest.approx(slow.seconds / fast.seconds)
+
+
+def test_the_roof_is_the_best_of_a_large_map_and_the_runs_own_in_each_rows_precision(monkeypatch):
+    """Device: CPU (AVX512-BF16 stood in for). On a CPU the run's own small maps can beat a large
+    map (cache), so the roof is measured on all of them; bf16 rows are held against a roof measured
+    under bf16 autocast, fp32 rows against the fp32 one. measure_roof is stood in for by fixed
+    figures, so that which roof each row gets is known."""
+    from sftkd_cli.bench import runner
+
+    calls = []
+
+    def roof(device, precision, repeats, shapes):
+        calls.append((precision, list(shapes)))
+        best = 400.0 if precision == "bf16" else 100.0
+        return {"contiguous": (best / 2, 1.0, shapes[0]), "channels_last": (best, 0.5, shapes[-1])}
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(runner, "measure_roof", roof)
+    result = run_bench(**{**TINY, "size": 8, "batch": 3, "roof_size": 12}, which=["student", "bf16"])
+    shapes = [(2, 32, 12, 12), (3, 32, 8, 8), (1, 32, 8, 8)]
+    assert calls == [("fp32", shapes), ("bf16", shapes), ("fp32", shapes)]  # bf16 before its rows; fp32 again at the end
+    assert result.roof_gflops == 100.0 and result.roof["shape"] == [1, 32, 8, 8]
+    assert result.roof["format"] == "channels_last" and result.roof["bf16"]["gflops"] == 400.0
+    for row in result.rows:
+        assert row.roof_gflops == (400.0 if row.key.endswith(".bf16") else 100.0), row.key
+        assert row.precision == ("bf16" if row.key.endswith(".bf16") else "fp32")
+    assert result.to_dict()["rows"][-1]["precision"] == "bf16"
+    assert "bf16 roof: 400.0 GFLOP/s on (1, 32, 8, 8) in channels_last" in header(result)
+
+
+def test_measure_roof_keeps_each_formats_best_shape():
+    """Device: CPU. Every shape is measured in both layouts; the record is each one's best."""
+    from sftkd_cli.bench import measure_roof
+
+    shapes = [(1, 32, 8, 8), (2, 32, 12, 12)]
+    found = measure_roof(torch.device("cpu"), "fp32", 1, shapes)
+    assert set(found) == {"contiguous", "channels_last"}
+    for gflops, seconds, shape in found.values():
+        assert shape in shapes and gflops == pytest.approx(conv_flops(32, 32, shape[2], shape[3], shape[0]) / 1e9 / seconds)
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["avx512-bf16", "emulated"])

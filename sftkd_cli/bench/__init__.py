@@ -26,9 +26,11 @@ Their ratio, measured in the same run, is the comparison: both see the same mach
 
 Throughput is reported in GFLOP/s of convolution work, counted analytically
 (2 * Cin * Cout * 9 * H' * W' per 3x3 conv on the maps each way computes; a training
-step counts as 3x its forward), against a "roof": the best GFLOP/s of one large 32->32 3x3
-conv measured in the same run, on the same device, threads and precision. FFTs, activations
-and the KD losses' matrix products are not counted, so the fractions are lower bounds.
+step counts as 3x its forward), against a "roof": the best GFLOP/s of one 32->32 3x3 conv
+measured in the same run, on the same device, threads and precision (bf16 rows: under bf16
+autocast), on a large map and on the run's own maps (batch 1 and --batch): on a CPU the small
+maps, which stay in cache, can run far faster than a large one. FFTs, activations and the KD
+losses' matrix products are not counted, so the fractions are lower bounds.
 """
 
 from __future__ import annotations

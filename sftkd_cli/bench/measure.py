@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,24 +141,32 @@ def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, prec
     return step
 
 
-def measure_roof(device: torch.device, precision: str, repeats: int, batch: int = 16,
-                 channels: int = 32, size: int = 256) -> dict[str, tuple[float, float]]:
-    """Best (GFLOP/s, seconds) of one channels->channels 3x3 conv forward on (batch, C, size, size),
-    per memory format ("contiguous" NCHW and "channels_last" NHWC: oneDNN is often much faster
-    with the latter on CPUs). The roof is the better of the two."""
-    flops = conv_flops(channels, channels, size, size, batch)
-    found: dict[str, tuple[float, float]] = {}
+#: a measured conv roof per memory format: (GFLOP/s, seconds, shape) of the best shape
+Roofs = dict[str, tuple[float, float, tuple[int, ...]]]
+
+
+def measure_roof(device: torch.device, precision: str, repeats: int, shapes: Sequence[tuple[int, int, int, int]]) -> Roofs:
+    """Best (GFLOP/s, seconds, shape) of one C->C 3x3 conv forward over `shapes` (N, C, H, W), per
+    memory format ("contiguous" NCHW and "channels_last" NHWC: oneDNN is often much faster with
+    the latter on CPUs). The roof is the best of them all: a large map is the best on a GPU, while
+    on a CPU the workload's own small maps can run faster than a large one (they stay in cache),
+    so a roof from the large map alone would be exceeded."""
+    found: Roofs = {}
     for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval().to(memory_format=memory_format)
-        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)
+        for shape in shapes:
+            batch, channels, height, width = shape
+            conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval().to(memory_format=memory_format)
+            x = torch.randn(*shape, device=device).contiguous(memory_format=memory_format)
 
-        def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
-            with torch.inference_mode(), precision_context(device, precision):
-                conv(x)
+            def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
+                with torch.inference_mode(), precision_context(device, precision):
+                    conv(x)
 
-        best = min(time_calls(run, device, max(repeats, 3), 1))
-        found[fmt] = (flops / 1e9 / best, best)
-        del conv, x
+            best = min(time_calls(run, device, max(repeats, 3), 1))
+            gflops = conv_flops(channels, channels, height, width, batch) / 1e9 / best
+            if fmt not in found or gflops > found[fmt][0]:
+                found[fmt] = (gflops, best, tuple(shape))
+            del conv, x
     return found
 
 

@@ -23,6 +23,7 @@ class BenchRow:
     roof_gflops: float
     note: str = ""
     baseline_s: float | None = None  # the same work done the reference way, timed in this run
+    precision: str = "fp32"  # what it ran in: its roof is the conv roof measured in the same precision
 
     @property
     def in_run_speedup(self) -> float | None:
@@ -61,6 +62,7 @@ class BenchRow:
             "gflop": self.flops / 1e9,
             "gflops": self.gflops,
             "roof_fraction": self.roof_fraction,
+            "precision": self.precision,
             "reference_way_s": self.baseline_s,
             "speedup_in_run": self.in_run_speedup,
             "samples_s": list(self.samples),
@@ -75,7 +77,8 @@ class BenchResult:
     settings: dict[str, Any]
     machine: dict[str, Any]
     roof_gflops: float
-    roof: dict[str, Any]  # what was measured: shape, best format, GFLOP/s per memory format
+    roof: dict[str, Any]  # what was measured: shapes, the best's format and shape, GFLOP/s per memory format;
+    # under "bf16" the same for the bf16 rows of a fp32 run
     rows: list[BenchRow] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import statistics
 import tempfile
 import time
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 
 from sftkd_cli.bench.flops import model_flops, sft_flops
-from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, machine_info, measure_roof, precision_context, slice_batch,
-                                     synthetic_batch, time_calls, train_step_fn)
+from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, Roofs, machine_info, measure_roof, precision_context,
+                                     slice_batch, synthetic_batch, time_calls, train_step_fn)
 from sftkd_cli.bench.reference import STUDENT, TEACHER, kd_objectives, reference_way
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
@@ -122,9 +123,10 @@ def run_bench(
                         compile=compile, acceleration=ACCELERATION, tf32=tf32)
         if complex_data:  # magnitude results keep their settings as they were
             settings["complex"] = True
-        roof_shape = (roof_batch, 32, roof_size, roof_size)
-        say(f"roof: one 32->32 3x3 conv on {roof_shape}")
-        roofs = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+        roof_shapes = list(dict.fromkeys([(roof_batch, 32, roof_size, roof_size), (batch, 32, size, size),
+                                          (1, 32, size, size)]))
+        say(f"roof: one 32->32 3x3 conv on {', '.join(map(str, roof_shapes))}")
+        roofs = measure_roof(dev, precision, repeats, roof_shapes)
         result = BenchResult(
             settings=settings,
             machine=machine_info(dev, threads),
@@ -134,7 +136,8 @@ def run_bench(
         if precision == "bf16" and bf16_emulated(dev):
             result.notes.append("--precision bf16: this CPU has no AVX512-BF16, so bf16 is emulated (slower than fp32)")
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
-        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, COMPLEX if complex_data else None)
+        bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, roof_shapes,
+                       COMPLEX if complex_data else None)
         try:
             _run_parts(bench, parts, kd_methods, compile)
         except (KeyboardInterrupt, RunInterrupted):  # keep the rows measured so far
@@ -147,14 +150,14 @@ def run_bench(
         if result.complete:
             try:
                 say("roof again (a noisy machine can spoil one measurement)")
-                again = measure_roof(dev, precision, repeats, roof_batch, 32, roof_size)
+                again = measure_roof(dev, precision, repeats, roof_shapes)
             except (KeyboardInterrupt, RunInterrupted):  # every row is measured: keep them all
                 result.complete = False
                 result.notes.append("interrupted while measuring the roof again: every row kept, "
                                     "the roof from the start of the run only")
             else:
                 roofs, twice = {fmt: max(roofs[fmt], again[fmt]) for fmt in roofs}, True
-        _set_roof(result, roof_shape, roofs, twice)
+        _set_roof(result, roof_shapes, roofs, twice, bench.bf16_roofs)
         _add_ratios(result, kd_methods)
         _add_notes(result)
         if complex_data:
@@ -179,17 +182,29 @@ def _run_parts(bench: _Bench, parts: list[str], methods: list[str], compile: boo
         bench.epoch()
 
 
-def _set_roof(result: BenchResult, shape: tuple[int, ...], roofs: dict[str, tuple[float, float]], twice: bool) -> None:
-    """Record the roof (the best memory format; `twice`: measured at the start and at the end of
-    the run, else at the start only) and give every row its fraction of it."""
-    best = max(roofs, key=lambda fmt: roofs[fmt][0])
-    result.roof_gflops = roofs[best][0]
+def _set_roof(result: BenchResult, shapes: list[tuple[int, ...]], roofs: Roofs, twice: bool,
+              bf16_roofs: Roofs | None) -> None:
+    """Record the roof (the best memory format and shape; `twice`: measured at the start and at the
+    end of the run, else at the start only) and give every row its fraction of it; the bf16 rows of
+    a fp32 run get the roof measured under bf16 autocast (`bf16_roofs`, at the start of their part)."""
+    shown = ", ".join(map(str, shapes))
     when = "best of start and end of the run" if twice else "start of the run"
-    result.roof = {"what": f"Conv2d 32->32 3x3 forward on {shape}, {when}",
-                   "format": best, "seconds": roofs[best][1],
-                   "gflops_by_format": {fmt: gf for fmt, (gf, _) in roofs.items()}}
+    result.roof_gflops, result.roof = _roof_entry(roofs, f"Conv2d 32->32 3x3 forward, the best on {shown}, {when}")
+    by_precision = {result.settings["precision"]: result.roof_gflops}
+    if bf16_roofs is not None:
+        gflops, entry = _roof_entry(bf16_roofs, "the same under bf16 autocast, measured before the bf16 rows")
+        result.roof["bf16"] = {"gflops": gflops, **entry}
+        by_precision["bf16"] = gflops
     for row in result.rows:
-        row.roof_gflops = result.roof_gflops
+        row.roof_gflops = by_precision.get(row.precision, math.nan)
+
+
+def _roof_entry(roofs: Roofs, what: str) -> tuple[float, dict[str, Any]]:
+    """The roof's GFLOP/s (the best format and shape) and its record."""
+    best = max(roofs, key=lambda fmt: roofs[fmt][0])
+    gflops, seconds, shape = roofs[best]
+    return gflops, {"what": what, "format": best, "shape": list(shape), "seconds": seconds,
+                    "gflops_by_format": {fmt: gf for fmt, (gf, _, _) in roofs.items()}}
 
 
 @dataclass
@@ -205,7 +220,9 @@ class _Bench:
     repeats: int
     warmup: int
     progress: Progress
+    roof_shapes: list[tuple[int, int, int, int]]
     acquisition: Acquisition | None = None  # what the networks are built for (None: the paper's magnitude data)
+    bf16_roofs: Roofs | None = None  # the conv roof under bf16 autocast, measured for the bf16 part
     current: str = "the first row"  # what is being measured (an interruption's note names it)
 
     def say(self, message: str) -> None:
@@ -229,32 +246,35 @@ class _Bench:
         return synthetic_batch(self.size, n, self.device, complex_data=self.complex_data)
 
     def _graph_row(self, key: str, what: str, objective: nn.Module, flops: int, baseline: str,
-                   amp: str | None = None) -> None:
+                   precision: str | None = None) -> None:
         """On CUDA: `objective`'s training step replayed from a CUDA graph, as train.cuda_graphs
-        auto trains (capturable Adam, channels_last; `amp`: this run's precision unless given); a
+        auto trains (capturable Adam, channels_last; in `precision`, this run's unless given); a
         failed capture is a note, not a row."""
         from sftkd_cli.training.graphs import GraphedStep
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        graphed = GraphedStep(objective, optimizer, self.device, amp or self._amp(), stderr=io.StringIO())  # its line: a note
+        graphed = GraphedStep(objective, optimizer, self.device, self._amp(precision), stderr=io.StringIO())  # its line: a note
         if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
             self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return
         self._row(key, what, "train", lambda: graphed.step(self.data), self.batch, flops, "replayed from a CUDA graph",
-                  baseline=baseline)
+                  baseline=baseline, precision=precision)
 
     def _model(self, name: str, reference_way_: bool = False) -> DCCNN:
         """Network `name` for this run's data, sftkd's way or the reference code's way."""
         return reference_way(name, self.acquisition) if reference_way_ else build_model(name, acquisition=self.acquisition)
 
     def _row(self, key: str, what: str, group: str, fn: Callable[[], Any], slices: int, flops: int,
-             note: str = "", warmup: int | None = None, baseline: str | None = None) -> BenchRow:
-        """Time `fn`; `baseline` is the key of the reference-way row of the same work (timed before)."""
+             note: str = "", warmup: int | None = None, baseline: str | None = None,
+             precision: str | None = None) -> BenchRow:
+        """Time `fn`; `baseline` is the key of the reference-way row of the same work (timed before);
+        `precision`: what `fn` runs in (default: the run's --precision)."""
         self.say(what)
         samples = time_calls(fn, self.device, self.repeats, self.warmup if warmup is None else warmup)
         row = BenchRow(key, what, group, statistics.median(samples), samples, slices, flops, 0.0, note=note,
-                       baseline_s=self.result.row(baseline).seconds if baseline and self.result.has(baseline) else None)
+                       baseline_s=self.result.row(baseline).seconds if baseline and self.result.has(baseline) else None,
+                       precision=precision or self.precision)
         self.result.rows.append(row)
         return row
 
@@ -356,6 +376,8 @@ class _Bench:
         if bf16_emulated(self.device):
             self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
             return
+        self.say("bf16 roof: the same convs under bf16 autocast")
+        self.bf16_roofs = measure_roof(self.device, "bf16", self.repeats, self.roof_shapes)
         for name in (TEACHER, STUDENT):
             torch.manual_seed(0)
             model = self._model(name)
@@ -363,12 +385,12 @@ class _Bench:
             for precision in ("fp32", "bf16"):
                 step, note = self._step(Supervised(model), precision=precision)
                 self._row(f"bf16.train.{name}.{precision}", f"{name} train, {precision}", "train", step, self.batch,
-                          flops, note, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None)
+                          flops, note, baseline=f"bf16.train.{name}.fp32" if precision == "bf16" else None,
+                          precision=precision)
             if self.cuda:  # where training runs on CUDA: inside a graph
                 for precision in ("fp32", "bf16"):
                     self._graph_row(f"bf16.train.{name}.{precision}.graph", f"{name} train, {precision}, CUDA graph",
-                                    Supervised(model), flops, f"bf16.train.{name}.fp32.graph",
-                                    amp="bf16" if precision == "bf16" else "off")
+                                    Supervised(model), flops, f"bf16.train.{name}.fp32.graph", precision)
             model = model.eval()
             inputs = (self.data["zf"], self.data["kspace"], self.data["mask"])
             for precision in ("fp32", "bf16"):
@@ -381,7 +403,7 @@ class _Bench:
 
                 self._row(f"bf16.infer.{name}.{precision}", f"{name} infer b{self.batch}, {precision}", "infer", run,
                           self.batch, model_flops(model, self.size, self.batch), f"layout {layout.describe()}",
-                          baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None)
+                          baseline=f"bf16.infer.{name}.fp32" if precision == "bf16" else None, precision=precision)
             if self.cuda:
                 for precision in ("fp32", "bf16"):
                     self._bf16_graph_inference(name, model, precision)
@@ -392,13 +414,13 @@ class _Bench:
 
         inputs = (self.data["zf"], self.data["kspace"], self.data["mask"])
         try:
-            replay = graphed_inference(model, inputs, amp="bf16" if precision == "bf16" else "off")
+            replay = graphed_inference(model, inputs, amp=self._amp(precision))
         except SftkdError as exc:
             self.result.notes.append(f"{name} infer b{self.batch}, {precision}, CUDA graph: skipped ({exc})")
             return
         self._row(f"bf16.infer.{name}.{precision}.graph", f"{name} infer b{self.batch}, {precision}, CUDA graph",
                   "infer", lambda: replay(*inputs), self.batch, model_flops(model, self.size, self.batch),
-                  baseline=f"bf16.infer.{name}.fp32.graph" if precision == "bf16" else None)
+                  baseline=f"bf16.infer.{name}.fp32.graph" if precision == "bf16" else None, precision=precision)
 
     def epoch(self) -> None:
         """The teacher trained by the engine at the demo's scale (`bench.epoch`): an epoch's wall

@@ -6,7 +6,7 @@ import json
 import math
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -41,8 +41,9 @@ HELP = examples(
     "branch by branch). \"vs ref\" is that twin's time over ours (> 1: we are faster), the honest speed-up "
     "on a noisy machine. Ours run in the memory layout training chooses on this machine (NCHW or "
     "channels_last, measured once and cached; each row's note says which). GFLOP/s counts 3x3-conv work "
-    "only (training = 3x forward) and \"% roof\" divides it by the best GFLOP/s of one large 32->32 conv "
-    "measured in the same run."
+    "only (training = 3x forward) and \"% roof\" divides it by the best GFLOP/s of one 32->32 conv "
+    "measured in the same run, in the row's precision, on a large map and on the run's own (on a CPU "
+    "small maps that stay in cache are often the faster)."
     f"\n\n--complex times every row on complex data instead (fastMRI-like: two channels, real and imaginary, "
     f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}."
     "\n\nCtrl-C or SIGTERM stops a run early and keeps what it measured: the rows so far are shown and "
@@ -72,14 +73,23 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def header(result: BenchResult) -> str:
     """The machine and settings line printed above the table."""
     m, s = result.machine, result.settings
-    roofs = ", ".join(f"{fmt} {gf:.0f}" for fmt, gf in result.roof["gflops_by_format"].items())
+    lines = [_roof_line("roof", result.roof_gflops, result.roof)]
+    if "bf16" in result.roof:
+        lines.append(_roof_line("bf16 roof", result.roof["bf16"]["gflops"], result.roof["bf16"]))
     return (
         f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {m['threads']} thread(s), "
         f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}{' (TF32)' if s.get('tf32') else ''}, "
         f"size {s['size']}, batch {s['batch']}, {'complex data, ' if s.get('complex') else ''}"
         f"median of {s['repeats']} after {s['warmup']} warm-up\n"
-        f"roof: {result.roof_gflops:.1f} GFLOP/s ({escape(result.roof['what'])}; {roofs})"
+        + "\n".join(lines)
     )
+
+
+def _roof_line(name: str, gflops: float, roof: dict[str, Any]) -> str:
+    """One roof: GFLOP/s, how it was measured, the best shape and each memory format's best."""
+    formats = ", ".join(f"{fmt} {gf:.0f}" for fmt, gf in roof["gflops_by_format"].items())
+    return (f"{name}: {gflops:.1f} GFLOP/s on {tuple(roof['shape'])} in {roof['format']} "
+            f"({escape(roof['what'])}; {formats})")
 
 
 def table(result: BenchResult) -> Table:
@@ -148,7 +158,7 @@ def bench(
     only: Annotated[Optional[str], typer.Option("--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all).")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", metavar="LIST", help=f"KD methods for the kd rows: {','.join(CATALOG)} (default all).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Also time torch.compile'd inference (compiling takes a while; skipped with a note if it fails).")] = False,
-    roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's (16, 32, N, N) input; smaller is quicker, less representative.")] = 256,
+    roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's large (16, 32, N, N) input (it is also measured on the run's own shapes); smaller is quicker.")] = 256,
     tf32: Annotated[bool, typer.Option("--tf32", help="TF32 convolutions and matrix products on NVIDIA GPUs, as train.tf32 trains (default off, as training).")] = False,
     complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
