@@ -111,3 +111,24 @@ def test_model_commands_name_every_architecture_family(argv):
         assert options and all(p.metavar == "ARCH" for p in options)
         assert all(f"{a.form} ({a.label}, e.g. {a.example}" in text for a in ARCHITECTURES), text
         assert "VDSR12; data.task=sr only" in text and "needs data.task=sr" in text, text
+
+
+def test_train_teacher_examples_train_their_model_in_the_role_it_has():
+    """The super-resolution example trained VDSR12 as a 'student' run (sft.teacher stayed D5C5):
+    each example's recipe (as --print-recipe shows it) gives a teacher-sized model the teacher
+    role and the D3C5 baseline the student role."""
+    import shlex
+
+    import yaml
+
+    from sftkd_cli.config import recipe_from_dict, with_model
+    from sftkd_cli.training.supervised import default_role
+
+    examples = _examples(ROOT.commands["train-teacher"])
+    assert any("data.task=sr" in example for example in examples)
+    for example in examples:
+        res = CliRunner().invoke(app, [*shlex.split(example)[1:], "--print-recipe"])
+        assert res.exit_code == 0, res.output
+        recipe = recipe_from_dict(yaml.safe_load(res.stdout))
+        model = with_model(recipe, recipe.sft.teacher).model.name
+        assert default_role(model, recipe) == ("student" if model == "D3C5" else "teacher"), example

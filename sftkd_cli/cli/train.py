@@ -17,7 +17,7 @@ HELP = examples(
     "sftkd train-teacher recipes/demo/teacher.yaml",
     "sftkd train-teacher --data data/demo --name demo-teacher train.epochs=10",
     "sftkd train-teacher --model D3C5 --data data/demo --name demo-student",
-    "sftkd train-teacher --model VDSR12 --data data/demo-sr data.task=sr",
+    "sftkd train-teacher --data data/demo-sr data.task=sr sft.teacher=VDSR12",
 )
 
 
