@@ -27,7 +27,7 @@ from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.data.dataset import SliceDataset
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.export import export_run
+from sftkd_cli.export import export_run, exportable
 from sftkd_cli.exported import load_exported, read_card, split_complex
 from sftkd_cli.models.traceable import ExportableDCCNN, MatmulDFT, dft_matrix
 from sftkd_cli.models import build_model, count_parameters
@@ -177,6 +177,22 @@ def test_export_loads_and_matches_with_dynamic_batch(trained_run, tiny_dataset, 
         zf, kspace, mask = _undersampled((1, 1, 12, 20))
         with pytest.raises(SftkdError, match="16x16"):
             exported(zf, kspace, mask)
+
+
+def test_torchscript_files_keep_channels_last_weights_and_the_model_is_left_as_it_was(trained_run, tmp_path):
+    """Device: CPU. A TorchScript file keeps its weights' memory layout and runs in it wherever it
+    is loaded: channels_last, the faster for inference on every CPU measured (it was NCHW, as
+    checkpoints load). The model handed to `exportable` keeps its own layout."""
+    out = tmp_path / "model.torchscript"
+    export_run(trained_run, "torchscript", out=out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation
+        loaded = torch.jit.load(str(out))
+    weights = [p for p in loaded.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    model, _ = load_model(trained_run)
+    exportable(model, (16, 16), fixed=False)
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_default_out_and_card_fields(run_copy, tiny_dataset):
