@@ -90,10 +90,11 @@ def exportable(model: CascadeNet, image_size: tuple[int, int], fixed: bool) -> n
 
     The TorchScript wrapper is a channels_last copy (`model` is left as it is): the file keeps
     its weights' layout, and its convolutions then run channels_last wherever it is loaded,
-    1.2-1.6x faster than NCHW on every CPU measured (AVX2 and AVX-512 kernels). ONNX files hold
-    no layout (onnxruntime chooses its own)."""
+    1.2-1.6x faster than NCHW on every CPU measured (AVX2 and AVX-512 kernels). Its weights are
+    saved without requires_grad, so that a plain call returns a tensor numpy can take. ONNX
+    files hold no layout (onnxruntime chooses its own)."""
     wrapper = family_of(model.name).exportable(model, image_size, fixed)
-    return wrapper if fixed else copy.deepcopy(wrapper).to(memory_format=torch.channels_last)
+    return wrapper if fixed else copy.deepcopy(wrapper).to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def write_torchscript(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> str:
@@ -335,7 +336,9 @@ def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
         {"name": "kspace", "shape": ["batch", 2, h, w], "dtype": "float32",
          "description": f"undersampled k-space, channel 0 real, channel 1 imaginary; orthonormal 2-D FFT of the image, {layout}; unsampled entries 0"},
         {"name": "mask", "shape": ["mask_batch", 1, h, w], "dtype": "float32",
-         "description": "sampling mask, 1 = sampled (any non-zero counts as sampled); mask_batch is the batch or 1"},
+         "description": "sampling mask, 1 = sampled (any non-zero counts as sampled); mask_batch is the batch or 1; "
+                        "the card's mask.sampled_lines are lines along mask.axis of the (H, W) image "
+                        "(0: rows, mask[..., i, :] = 1; 1: columns, mask[..., :, i] = 1)"},
     ]
     return inputs, outputs
 
@@ -502,7 +505,9 @@ def _normalisation(manifest: dict[str, Any] | None) -> str:
     """How the inputs must be scaled (the training data's normalisation), for the card."""
     how = (manifest or {}).get("normalisation") or "unknown (no dataset manifest)"
     return (f"as the training data: {how}. Scale zf and kspace of a new volume by the same factor and "
-            "divide the output by it to get back the original scale")
+            "divide the output by it to get back the original scale. A scan without its fully sampled "
+            "image lacks that factor: the maximum of its zero-filled image is the nearest stand-in, not "
+            "what training used")
 
 
 def _fingerprint(data_path: str | Path) -> str | None:

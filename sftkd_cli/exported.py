@@ -53,10 +53,10 @@ INSTALL_HINT = "pip install 'sftkd[export]'"
 #: must add it here (after checking that the op reads and writes no files), so that the test
 #: fails loudly instead of users' own exports being refused.
 EXPORT_OPS: frozenset[str] = frozenset({
-    "aten::Int", "aten::_convolution", "aten::add", "aten::cat", "aten::complex", "aten::fft_fft2",
-    "aten::fft_fftshift", "aten::fft_ifft2", "aten::fft_ifftshift", "aten::imag", "aten::max_pool2d",
-    "aten::ne", "aten::neg", "aten::pad", "aten::real", "aten::relu", "aten::relu_", "aten::remainder",
-    "aten::size", "aten::slice", "aten::sub", "aten::to", "aten::where",
+    "aten::Int", "aten::_convolution", "aten::add", "aten::cat", "aten::complex", "aten::contiguous",
+    "aten::fft_fft2", "aten::fft_fftshift", "aten::fft_ifft2", "aten::fft_ifftshift", "aten::imag",
+    "aten::max_pool2d", "aten::ne", "aten::neg", "aten::pad", "aten::real", "aten::relu", "aten::relu_",
+    "aten::remainder", "aten::size", "aten::slice", "aten::sub", "aten::to", "aten::where",
     "prim::Constant", "prim::GetAttr", "prim::ListConstruct", "prim::NumToTensor",
 })
 #: the end of every refusal of a TorchScript file

@@ -179,7 +179,7 @@ def test_export_loads_and_matches_with_dynamic_batch(trained_run, tiny_dataset, 
             exported(zf, kspace, mask)
 
 
-def test_torchscript_files_keep_channels_last_weights_and_the_model_is_left_as_it_was(trained_run, tmp_path):
+def test_torchscript_files_keep_channels_last_weights_run_without_grad_and_leave_the_model_as_it_was(trained_run, tmp_path):
     """Device: CPU. A TorchScript file keeps its weights' memory layout and runs in it wherever it
     is loaded: channels_last, the faster for inference on every CPU measured (it was NCHW, as
     checkpoints load). The model handed to `exportable` keeps its own layout."""
@@ -190,6 +190,10 @@ def test_torchscript_files_keep_channels_last_weights_and_the_model_is_left_as_i
         loaded = torch.jit.load(str(out))
     weights = [p for p in loaded.parameters() if p.dim() == 4 and p.shape[1] > 1]
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    # called plainly, as a deployment script would: a contiguous tensor without grad, ready for numpy
+    zf, kspace, mask = _undersampled((2, 1, 16, 16))
+    got = loaded(zf, split_complex(kspace), mask)
+    assert got.is_contiguous() and not got.requires_grad and got.numpy().shape == (2, 1, 16, 16)
     model, _ = load_model(trained_run)
     exportable(model, (16, 16), fixed=False)
     assert all(p.is_contiguous() for p in model.parameters())

@@ -34,7 +34,8 @@ CardRecord = Callable[[CascadeNet, bool], dict[str, Any]]
 
 #: what the model card says of the zf input and the output of a data-consistent network
 DC_IO_TEXT = ("zero-filled image |IFFT(kspace)| (orthonormal), as in the training data",
-              "reconstructed image (real), after the last data-consistency layer")
+              "reconstructed image (real), after the last data-consistency layer; not clipped (values can "
+              "fall below 0 or above the inputs' range)")
 #: the same for a network built for complex images (two channels: real, imaginary)
 COMPLEX_IO_TEXT = ("zero-filled complex image IFFT(kspace) (orthonormal), channel 0 real, channel 1 imaginary",
                    "reconstructed complex image, channel 0 real, channel 1 imaginary, after the last "

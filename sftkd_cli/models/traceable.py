@@ -122,7 +122,7 @@ class ExportableDCCNN(nn.Module):
         x = zf
         for block in self.blocks:
             x = self.data_consistency(block(x), kspace, sampled)
-        return x
+        return x.contiguous()  # the real part of a complex tensor is a strided view: hand back a plain array
 
 
 class ExportableDirect(nn.Module):
