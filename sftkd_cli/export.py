@@ -78,7 +78,9 @@ FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
-CARD_FORMAT = 2  # 2: the mask's sampled_lines along its axis (was sampled_rows, always rows)
+#: 2: the mask's sampled_lines along its axis (was sampled_rows, always rows); 3: a super-resolution
+#: box as box_rows x box_columns (its sampled_lines were the box's rows only)
+CARD_FORMAT = 3
 
 
 # --------------------------------------------------------------------------- writing
@@ -305,13 +307,24 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
     }
     if mask is not None:
         axis = info["axis"] if info.get("axis") in (0, 1) else 0
-        described = describe_box(mask, axis) if info.get("kind") == "sr-box" else describe_mask(mask, axis)
+        if info.get("kind") == "sr-box":  # no whole lines: the box's rows and columns
+            sampled = np.asarray(mask) != 0
+            card.update({"shape": list(mask.shape), **describe_box(mask, axis), "sampled_lines": None,
+                         "box_rows": np.flatnonzero(sampled.any(axis=1)).tolist(),
+                         "box_columns": np.flatnonzero(sampled.any(axis=0)).tolist()})
+            return card
+        described = describe_mask(mask, axis)
         axis = described["axis"]
         card.update({
             "shape": list(mask.shape), **described,
             "sampled_lines": None if axis is None else [int(i) for i in sampled_lines(mask, axis)],
         })
     return card
+
+
+#: the card's words for centred k-space (mri.fft's convention, fastMRI's)
+CENTRED_TEXT = ("centred as fastMRI's fft2c/ifft2c: ifftshift before the FFT and fftshift after it (low "
+                "frequencies at the centre; for odd sizes the two shifts differ)")
 
 
 def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
@@ -330,7 +343,7 @@ def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
             {"name": "kspace", "shape": ["batch", 2, h, w], "dtype": "float32", "description": unused},
             {"name": "mask", "shape": ["mask_batch", 1, h, w], "dtype": "float32", "description": unused},
         ]), outputs
-    layout = "centred (fftshift)" if centered else "corner (no fftshift, low frequencies at the corners)"
+    layout = CENTRED_TEXT if centered else "corner (no fftshift, low frequencies at the corners)"
     inputs = [
         zf,
         {"name": "kspace", "shape": ["batch", 2, h, w], "dtype": "float32",
@@ -338,7 +351,8 @@ def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
         {"name": "mask", "shape": ["mask_batch", 1, h, w], "dtype": "float32",
          "description": "sampling mask, 1 = sampled (any non-zero counts as sampled); mask_batch is the batch or 1; "
                         "the card's mask.sampled_lines are lines along mask.axis of the (H, W) image "
-                        "(0: rows, mask[..., i, :] = 1; 1: columns, mask[..., :, i] = 1)"},
+                        "(0: rows, mask[..., i, :] = 1; 1: columns, mask[..., :, i] = 1); a super-resolution "
+                        "box is mask.box_rows x mask.box_columns"},
     ]
     return inputs, outputs
 
@@ -504,10 +518,10 @@ def _is_export_card(path: Path, name: str) -> bool:
 def _normalisation(manifest: dict[str, Any] | None) -> str:
     """How the inputs must be scaled (the training data's normalisation), for the card."""
     how = (manifest or {}).get("normalisation") or "unknown (no dataset manifest)"
-    return (f"as the training data: {how}. Scale zf and kspace of a new volume by the same factor and "
-            "divide the output by it to get back the original scale. A scan without its fully sampled "
-            "image lacks that factor: the maximum of its zero-filled image is the nearest stand-in, not "
-            "what training used")
+    return (f"as the training data: {how}. Divide zf and kspace of a new volume by that volume's "
+            "factor, and multiply the output by it to get back the original scale. A scan without its "
+            "fully sampled image lacks that factor: the maximum over the volume of its zero-filled images "
+            "is the nearest stand-in, not what training used")
 
 
 def _fingerprint(data_path: str | Path) -> str | None:

@@ -223,6 +223,7 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert card["check"]["max_abs_diff"] < 1e-4 and card["check"]["batches"] == [1, 3]
     assert card["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest()
     assert "divided by the source volume maximum" in card["normalisation"]  # the manifest's words
+    assert "multiply the output by it" in card["normalisation"]  # it said "divide", the wrong way back
     assert "val slices" in card["check"]["inputs"]
     ts_card = export_run(run_copy, "torchscript").card
     assert ts_card["image_size_dynamic"] and ts_card["inputs"][0]["shape"] == ["batch", 1, "H", "W"]
@@ -436,4 +437,8 @@ def test_a_super_resolution_card_records_the_box_as_the_manifest_does():
 
     box = sr_box_mask((16, 12), 4.0, "corner")
     card = export_module._mask_card({"task": "sr", "mask": {"kind": "sr-box", "axis": 0}}, 4.0, box, None)
-    assert card["box"] == [4, 3] and (card["axis"], card["lines"]) == (0, 4) and len(card["sampled_lines"]) == 4
+    assert card["box"] == [4, 3] and (card["axis"], card["lines"]) == (0, 4) and card["sampled_lines"] is None
+    # the box's rows and columns give the mask back (whole rows would sample far more: the card said rows only)
+    rebuilt = np.zeros(box.shape)
+    rebuilt[np.ix_(card["box_rows"], card["box_columns"])] = 1
+    assert np.array_equal(rebuilt != 0, box != 0)

@@ -37,7 +37,8 @@ DC_IO_TEXT = ("zero-filled image |IFFT(kspace)| (orthonormal), as in the trainin
               "reconstructed image (real), after the last data-consistency layer; not clipped (values can "
               "fall below 0 or above the inputs' range)")
 #: the same for a network built for complex images (two channels: real, imaginary)
-COMPLEX_IO_TEXT = ("zero-filled complex image IFFT(kspace) (orthonormal), channel 0 real, channel 1 imaginary",
+COMPLEX_IO_TEXT = ("zero-filled complex image IFFT(kspace) (orthonormal, with the shifts of the kspace input's "
+                   "layout), channel 0 real, channel 1 imaginary",
                    "reconstructed complex image, channel 0 real, channel 1 imaginary, after the last "
                    "data-consistency layer (its magnitude is the image to score)")
 #: the state a data-consistent family passes between its blocks: the image after data consistency
