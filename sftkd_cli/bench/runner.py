@@ -444,7 +444,7 @@ class _Bench:
                        EPOCH_STEPS * step.flops + model_flops(model, self.size, EPOCH_VAL_SLICES), 0.0,
                        note=(f"{EPOCH_STEPS} steps x {step.ms:.1f} ms ({step.what}) = {steps_s * 1e3:,.0f} ms; the rest "
                              "is batches, validation, history and checkpoints; epochs after the first of a real "
-                             "training run (train-teacher's engine)"))
+                             "training run (train-teacher's engine)"), precision=self.precision)
         self.result.rows.append(row)
         self.result.ratios["epoch_over_steps.teacher"] = row.seconds / steps_s
 
