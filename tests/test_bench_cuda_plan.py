@@ -139,6 +139,9 @@ def test_bf16_is_timed_against_fp32_inside_graphs_too(as_on_cuda, monkeypatch):
             assert fp32.baseline_s is None and bf16.baseline_s == fp32.seconds
             assert fp32.flops == bf16.flops == result.row(f"bf16.{group}.{m}.fp32").flops
             assert result.ratios[f"bf16_speedup.{group}.{m}.graph"] == pytest.approx(fp32.seconds / bf16.seconds)
+            # each against the roof of its own precision (the bf16 one measured under autocast)
+            assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+            assert (fp32.roof_gflops, bf16.roof_gflops) == (result.roof_gflops, result.roof["bf16"]["gflops"])
     assert len(as_on_cuda.captured) == 8  # 2 models x (train, infer) x (fp32, bf16)
     lines = ratio_lines(result)
     assert sum(line.startswith("D5C5 training step, fp32 / bf16 autocast (CUDA graphs): ") for line in lines) == 1
