@@ -380,6 +380,7 @@ def test_smoke_plan_end_to_end_then_everything_is_skipped(tmp_path, tiny_dataset
     rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")]
     assert rows.index("Std-KD (AT)") < rows.index("SFT-KD-Recon (AT)")
     assert "| **SFT-KD-Recon (AT) > Std-KD (AT)** |" in text and "no counterpart in the paper" in text
+    assert "Stage time of this invocation before the report (summed over stages" in text  # not wall time
     assert "[compare.csv](compare.csv)" in text and (report / "compare.csv").is_file()
     for figure in ("box", "curves", "grid"):
         assert (report / f"{figure}.png").stat().st_size > 1000 and (report / f"{figure}.pdf").stat().st_size > 1000

@@ -359,3 +359,14 @@ def test_a_plan_with_a_deterministic_stage_fixes_cublas_before_any_stage(tmp_pat
         job = StageJob(plan, teacher, tuple(others), log=tmp_path / "teacher.log", trainers=trainers)
         assert run_stage_job(job).status == "done"
         assert seen[-1] == expected
+
+
+def test_the_estimates_sharing_line_gives_each_stages_speed_as_a_percentage():
+    """Device: CPU. "each runs at 1 of its speed alone" read oddly: a share is a percentage. Two
+    stages of one thread on two CPUs each run at full speed; four at once share them (half each)."""
+    from sftkd_cli.reproduce.estimate import Sharing
+
+    sharing = Sharing(cpus=2, threads=1, alone=2)
+    assert sharing.text(2).endswith("with 2 at once each runs at 50% of its speed alone")  # 1 of the 2 threads alone
+    assert Sharing(cpus=2).text(4).endswith("with 4 at once each runs at 50% of its speed alone")
+    assert Sharing(cpus=2).text(2).endswith("each runs at 100% of its speed alone")

@@ -213,7 +213,7 @@ class Sharing:
         if self.gpus:
             return f"up to {slots} stage(s) at once on {self.gpus} GPU(s), sharing each GPU (assumed full)"
         return (f"up to {slots} stage(s) at once on {self.cpus} CPU(s), {self.threads} thread(s) each; "
-                f"with {slots} at once each runs at {self.speed(slots):.2g} of its speed alone")
+                f"with {slots} at once each runs at {self.speed(slots):.0%} of its speed alone")
 
 
 def probe_epoch(stage: Stage) -> float:

@@ -59,7 +59,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in status]
     rows.append(("report", "done", "", "this file"))
     lines += _md_table(("stage", "status", "seconds", "note"), rows, numeric=(2,))
-    lines += ["", f"Time of this invocation before the report: {format_seconds(total_seconds(results))}"
+    lines += ["", f"Stage time of this invocation before the report (summed over stages, some of which may "
+              f"have run side by side): {format_seconds(total_seconds(results))}"
               + ("; rows marked (earlier) come from a previous invocation." if len(status) > len(results) else "."), ""]
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
