@@ -307,6 +307,12 @@ def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(t
 
     assert measured_epoch(teacher()) is None  # the trial's short epochs do not time the plan's
     assert measured_epoch(teacher("train.max_steps_per_epoch=1")) > 0
+    # an epoch resumed in its middle records only the part after the resume: the median ignores it
+    history = tmp_path / "runs" / "teacher" / "history.jsonl"
+    row = json.loads(history.read_text().splitlines()[0])
+    rows = [{**row, "epoch": e, "seconds": s} for e, s in ((1, 2.0), (2, 2.2), (3, 0.01))]
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert measured_epoch(teacher("train.max_steps_per_epoch=1")) == 2.0
 
 
 def test_finished_runs_are_not_reused_on_other_data(tmp_path, tiny_dataset):

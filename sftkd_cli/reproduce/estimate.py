@@ -4,7 +4,7 @@ this machine, with N stages at once.
 First the seconds each chosen stage takes alone (as with --jobs 1), none for a stage that the dry
 run shows skipped, refused or blocked (`graph.planned_actions`: a stage after one that trains runs):
 - a training stage: its epochs left times the seconds of one epoch, which
-  is measured (the mean per-epoch `seconds` of its run's history.jsonl), else its cost
+  is measured (the median per-epoch `seconds` of its run's history.jsonl), else its cost
   (`eta.epoch_cost`) times the seconds per cost unit measured on the plan's other runs, else on
   a short probe (PROBE_STEPS training steps of the plan's first teacher or student stage on the
   plan's data, in a temporary folder);
@@ -27,6 +27,7 @@ import dataclasses
 import io
 import math
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,10 @@ def seconds_per_unit(plan: Plan, stages: Sequence[Stage], probe: bool = True) ->
 
 
 def measured_epoch(stage: Stage) -> float | None:
-    """The mean seconds of the epochs in the stage's history.jsonl (None: a training stage without
-    any, or whose run was trained with another recipe than the plan's, e.g. shorter epochs)."""
+    """The median seconds of the epochs in the stage's history.jsonl (None: a training stage without
+    any, or whose run was trained with another recipe than the plan's, e.g. shorter epochs). The
+    median, as one epoch can be far off: the first measures memory layouts, and an epoch resumed
+    in its middle records only the part after the resume."""
     if stage.kind not in TRAIN_KINDS or stage.run is None:
         return None
     history = stage.run / "history.jsonl"
@@ -137,7 +140,7 @@ def measured_epoch(stage: Stage) -> float | None:
     except SftkdError:  # a damaged recipe.yaml or history: no measurement
         return None
     times = [float(r["seconds"]) for r in rows if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]
-    return math.fsum(times) / len(times) if times else None
+    return statistics.median(times) if times else None
 
 
 def stage_time(plan: Plan, stage: Stage, rate: float | None, how: str, action: str) -> StageTime:
