@@ -471,6 +471,8 @@ def export_run(
             "dataset": None if manifest is None else {
                 "path": str(data_path), "source": manifest.get("source"),
                 "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
+                # complex data: the magnitude target's size, the centre crop fastMRI's scores use
+                **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
             },
             "metrics": _exported_scores(output_dir(run.path, state, entry_role),
                                         scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),

@@ -89,13 +89,14 @@ def test_compare_in_the_fastmri_convention(complex_runs):
 def test_export_and_evaluate_a_complex_model(complex_teacher, fmt, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
-    _, runs = complex_teacher
+    data, runs = complex_teacher
     out = tmp_path / f"teacher.{fmt}"
     sftkd("export", runs / "teacher", "--format", fmt, "--out", out)
     card = json.loads((tmp_path / f"teacher.{fmt}.card.json").read_text())
     assert card["inputs"][0]["shape"][1] == 2 and card["outputs"][0]["shape"][1] == 2
     assert card["kspace_layout"] == "centered" and card["architecture"]["values"] == "complex"
     assert card["check"]["max_abs_diff"] <= 1e-4 and "dataset" in card["check"]["inputs"]
+    assert card["dataset"]["target_size"] == json.loads((data / "manifest.json").read_text())["target_size"]
     sftkd("evaluate", runs / "teacher", "--exported", out, "--device", "cpu", "--no-recon", "--convention", "fastmri")
     scored = json.loads((runs / "teacher" / f"eval-teacher-{fmt}" / "eval-fastmri" / "metrics.json").read_text())
     reference = json.loads((runs / "teacher" / "eval-fastmri" / "metrics.json").read_text())
