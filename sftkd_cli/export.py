@@ -473,6 +473,7 @@ def export_run(
                 "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
                 # complex data: the magnitude target's size, the centre crop fastMRI's scores use
                 **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
+                "slicing": _slicing(manifest),
             },
             "metrics": _exported_scores(output_dir(run.path, state, entry_role),
                                         scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),
@@ -515,6 +516,16 @@ def _is_export_card(path: Path, name: str) -> bool:
     except SftkdError:  # missing, not a regular file, not JSON
         return False
     return card is not None and card.get("file") == name and card.get("export_format") in FORMATS
+
+
+def _slicing(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How prepare-data cut and shaped the training slices (its options), which new scans must repeat."""
+    options = manifest.get("options") or {}
+    return {"slice_axis": options.get("slice_axis"), "downsample": options.get("downsample"),
+            "size": options.get("size"),
+            "meaning": "slices cut along slice_axis of each volume, each downsample x downsample pixel block "
+                       "averaged, then centre-cropped / zero-padded to size in the image domain (no resampling; "
+                       "null: kept as they were)"}
 
 
 def _normalisation(manifest: dict[str, Any] | None) -> str:

@@ -224,6 +224,9 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert card["sha256"] == hashlib.sha256(result.path.read_bytes()).hexdigest()
     assert "divided by the source volume maximum" in card["normalisation"]  # the manifest's words
     assert "multiply the output by it" in card["normalisation"]  # it said "divide", the wrong way back
+    options = json.loads((tiny_dataset / "manifest.json").read_text())["options"]  # what new scans must repeat
+    assert {k: card["dataset"]["slicing"][k] for k in ("slice_axis", "downsample", "size")} == {
+        k: options[k] for k in ("slice_axis", "downsample", "size")}
     assert "val slices" in card["check"]["inputs"]
     ts_card = export_run(run_copy, "torchscript").card
     assert ts_card["image_size_dynamic"] and ts_card["inputs"][0]["shape"] == ["batch", 1, "H", "W"]
