@@ -48,17 +48,27 @@ def check_amp(amp: str, device: torch.device, option: str = "train.amp") -> None
         raise SftkdError(f"{option} fp16: only on CUDA; use bf16 on the CPU")
 
 
-def bf16_emulated(device: torch.device) -> bool:
-    """Whether bf16 on `device` is emulated: a CPU without AVX512-BF16 (nor AMX, which comes with it)."""
-    return device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported()
+def bf16_lacking(device: torch.device) -> str | None:
+    """What `device` lacks for bf16 in hardware, so that torch emulates it (None: it has it): a CPU
+    without AVX512-BF16 (nor AMX, which comes with it), or an NVIDIA GPU before Ampere (compute
+    capability 8.0), which has no bf16 tensor cores (a T4 or V100, say)."""
+    if device.type == "cpu":
+        return None if torch.cpu._is_avx512_bf16_supported() else "this CPU has no AVX512-BF16"
+    if device.type == "cuda" and not torch.version.hip:
+        major, minor = torch.cuda.get_device_capability(device)
+        return None if major >= 8 else f"this GPU (compute capability {major}.{minor}) has no bf16 tensor cores"
+    return None
 
 
 def amp_warning(amp: str, device: torch.device, option: str = "train.amp") -> str | None:
     """The line that says `amp` runs but slowly on `device` (None when it does not)."""
-    if amp == "bf16" and bf16_emulated(device):
-        return (f"warning: {option} bf16: this CPU has no AVX512-BF16, so bf16 is emulated, several times "
-                "slower than fp32 (7-10x on a D5C5 training step); off is faster here")
-    return None
+    lacking = bf16_lacking(device) if amp == "bf16" else None
+    if lacking is None:
+        return None
+    if device.type == "cpu":
+        return (f"warning: {option} bf16: {lacking}, so bf16 is emulated, several times slower than fp32 "
+                "(7-10x on a D5C5 training step); off is faster here")
+    return f"warning: {option} bf16: {lacking}, so bf16 is emulated; fp16 or off is likely faster here (not measured)"
 
 
 def autocast(

@@ -60,3 +60,19 @@ def test_bf16_on_a_cpu_that_emulates_it_says_so(run, tiny_dataset, tmp_path, mon
         assert warned == ([] if native else [f"warning: {option} bf16: this CPU has no AVX512-BF16, so bf16 is "
                                              "emulated, several times slower than fp32 (7-10x on a D5C5 training "
                                              "step); off is faster here"])
+
+
+@pytest.mark.parametrize("capability, warned", [((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_on_a_gpu_before_ampere_says_it_is_emulated(monkeypatch, capability, warned):
+    """Device: none needed (the GPU's compute capability stood in for). A T4 (7.5) or V100 (7.0)
+    has no bf16 tensor cores, so torch emulates bf16 there: training and evaluate say so, as on a
+    CPU without AVX512-BF16; Ampere (8.0) and later have them."""
+    from sftkd_cli.runtime import amp_warning
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    line = amp_warning("bf16", torch.device("cuda"), "--amp")
+    assert line == (f"warning: --amp bf16: this GPU (compute capability {capability[0]}.{capability[1]}) has no bf16 "
+                    "tensor cores, so bf16 is emulated; fp16 or off is likely faster here (not measured)"
+                    if warned else None)
+    assert amp_warning("fp16", torch.device("cuda")) is None and amp_warning("off", torch.device("cuda")) is None

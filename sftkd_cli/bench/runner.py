@@ -29,7 +29,7 @@ from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
-from sftkd_cli.runtime import bf16_emulated, cpu_threads, precision_policy, select_device, synchronize
+from sftkd_cli.runtime import bf16_lacking, cpu_threads, precision_policy, select_device, synchronize
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
@@ -133,8 +133,8 @@ def run_bench(
             roof_gflops=0.0,
             roof={},
         )
-        if precision == "bf16" and bf16_emulated(dev):
-            result.notes.append("--precision bf16: this CPU has no AVX512-BF16, so bf16 is emulated (slower than fp32)")
+        if precision == "bf16" and (lacking := bf16_lacking(dev)):
+            result.notes.append(f"--precision bf16: {lacking}, so bf16 is emulated (slower than fp32)")
         data = synthetic_batch(size, batch, dev, complex_data=complex_data)
         bench = _Bench(result, data, dev, size, batch, precision, repeats, warmup, say, roof_shapes,
                        COMPLEX if complex_data else None)
@@ -373,8 +373,8 @@ class _Bench:
         if self.precision != "fp32":
             self.result.notes.append(f"bf16 rows: skipped (they compare against fp32; this run is --precision {self.precision})")
             return
-        if bf16_emulated(self.device):
-            self.result.notes.append("bf16 rows: skipped (this CPU has no AVX512-BF16; bf16 would be emulated)")
+        if lacking := bf16_lacking(self.device):
+            self.result.notes.append(f"bf16 rows: skipped ({lacking}; bf16 would be emulated)")
             return
         self.say("bf16 roof: the same convs under bf16 autocast")
         self.bf16_roofs = measure_roof(self.device, "bf16", self.repeats, self.roof_shapes)
