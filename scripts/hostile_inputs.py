@@ -396,8 +396,9 @@ class Ctx:
                 old = entry_digest(checkpoint)  # its sha256, as metrics.json records it
                 state["teacher_run"] = state["teacher_run"].replace(str(self.fx.runs), str(runs))
                 torch.save(state, checkpoint)
+                new = entry_digest(checkpoint)
                 for metrics in dest.rglob("metrics.json"):  # the copy's scores are of the rewritten file
-                    metrics.write_text(metrics.read_text().replace(old, entry_digest(checkpoint)))
+                    metrics.write_text(metrics.read_text().replace(old, new))
         return dest
 
     def payload(self, rel: str = "evil.pt", kind: str = "zip") -> Path:

@@ -308,17 +308,15 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
     if mask is not None:
         axis = info["axis"] if info.get("axis") in (0, 1) else 0
         if info.get("kind") == "sr-box":  # no whole lines: the box's rows and columns
-            sampled = np.asarray(mask) != 0
             card.update({"shape": list(mask.shape), **describe_box(mask, axis), "sampled_lines": None,
-                         "box_rows": np.flatnonzero(sampled.any(axis=1)).tolist(),
-                         "box_columns": np.flatnonzero(sampled.any(axis=0)).tolist()})
-            return card
-        described = describe_mask(mask, axis)
-        axis = described["axis"]
-        card.update({
-            "shape": list(mask.shape), **described,
-            "sampled_lines": None if axis is None else [int(i) for i in sampled_lines(mask, axis)],
-        })
+                         "box_rows": sampled_lines(mask, 0).tolist(), "box_columns": sampled_lines(mask, 1).tolist()})
+        else:
+            described = describe_mask(mask, axis)
+            axis = described["axis"]
+            card.update({
+                "shape": list(mask.shape), **described,
+                "sampled_lines": None if axis is None else [int(i) for i in sampled_lines(mask, axis)],
+            })
     return card
 
 
