@@ -12,6 +12,13 @@ from dataclasses import dataclass
 
 from sftkd_cli.acquisition import TASKS
 
+#: the stage kinds of a reproduction plan (`sftkd_cli.reproduce.kinds` holds the plan's other words)
+TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
+KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
+#: words `reproduce --only` accepts for groups of kinds
+KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
+                                            "compare": ("report",)}
+
 # (each data source's prepare-data defaults live with the source: `sftkd_cli.data.catalog`)
 
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):

@@ -154,12 +154,11 @@ def test_python_m_sftkd_cli_version_imports_no_torch():
 
 
 def test_help_choices_agree_with_the_library():
-    from sftkd_cli import bench, choices
+    from sftkd_cli import choices
     from sftkd_cli.distill import CATALOG, METHODS
     from sftkd_cli.report import compare
 
     assert tuple(CATALOG) == tuple(METHODS)
-    assert bench.PARTS == choices.BENCH_PARTS
     assert (compare.DEFAULT_METRICS, compare.PAPER_METRICS) == (choices.DEFAULT_METRICS, choices.PAPER_METRICS)
 
 

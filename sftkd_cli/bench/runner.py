@@ -33,7 +33,6 @@ from sftkd_cli.runtime import bf16_lacking, cpu_threads, precision_policy, selec
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
-PARTS: tuple[str, ...] = BENCH_PARTS
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: the largest batch of the CUDA inference sweep (batch 1, --batch and this)
 CUDA_SWEEP_BATCH = 32
@@ -55,14 +54,14 @@ def _check(settings: dict[str, Any]) -> None:
 
 
 def check_parts(which: Sequence[str] | None) -> list[str]:
-    """Validate `--only`: a subset of PARTS (all when empty)."""
+    """Validate `--only`: a subset of BENCH_PARTS (all when empty)."""
     if not which:
-        return list(PARTS)
+        return list(BENCH_PARTS)
     parts = [w.strip().lower() for w in which if w.strip()]
     for part in parts:
-        if part not in PARTS:
-            raise SftkdError(f"bench --only {part!r}: expected some of {','.join(PARTS)}")
-    return [p for p in PARTS if p in parts]
+        if part not in BENCH_PARTS:
+            raise SftkdError(f"bench --only {part!r}: expected some of {','.join(BENCH_PARTS)}")
+    return [p for p in BENCH_PARTS if p in parts]
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:

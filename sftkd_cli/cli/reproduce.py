@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sftkd_cli.choices import KIND_ALIASES, KINDS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 
@@ -40,7 +41,7 @@ def reproduce(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (YAML with `plan: 1`), e.g. recipes/demo.yaml, or the name of a plan shipped with sftkd, e.g. demo or table1-acdc.", show_default=False)],
     overrides: Annotated[Optional[list[str]], typer.Argument(metavar="KEY=VALUE", help="Recipe overrides `section.key=value` for every stage (applied last), e.g. train.device=cuda.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what each stage would do (run, resume, skip) and exit.")] = False,
-    only: Annotated[Optional[list[str]], typer.Option("--only", metavar="STAGES", help="Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind (data, teacher, student, sft, std-kd, sft-kd, kd, train, eval, report) or a variant name. Stages they need must be complete already.")] = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", metavar="STAGES", help=f"Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind ({', '.join((*KINDS, *KIND_ALIASES))}) or a variant name. Stages they need must be complete already.")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error", help="After a failed stage, go on with the stages that do not need it (default), or stop.")] = True,
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir).")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,

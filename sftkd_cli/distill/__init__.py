@@ -12,7 +12,7 @@ from typing import Any
 
 from sftkd_cli.distill.catalog import CATALOG, MethodSpec
 
-_FROM_METHODS = ("DEFAULT_TAPS", "METHODS", "KDMethod", "build_method", "method_options")
+_FROM_METHODS = ("METHODS", "KDMethod", "build_method", "method_options")
 
 __all__ = ["CATALOG", "MethodSpec", *_FROM_METHODS]
 

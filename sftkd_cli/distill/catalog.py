@@ -22,15 +22,22 @@ class Tappable(Protocol):
     def default_tap(self, cascade: int, role: str) -> str: ...
 
 
+#: the roles a default KD tap can play, see `CascadeNet.default_tap`
+TAP_ROLES: tuple[str, ...] = ("last_hidden", "hidden_before_last", "output")
+
+
 @dataclass(frozen=True)
 class TapRule:
     """Which features a method pairs by default: the student's `student` role against the
-    teacher's `teacher` role (roles: `models.base.TAP_ROLES`), in every shared cascade or only
+    teacher's `teacher` role (roles: TAP_ROLES), in every shared cascade or only
     the middle one."""
 
     student: str
     teacher: str
     middle_only: bool = False
+
+    def __post_init__(self) -> None:
+        assert {self.student, self.teacher} <= set(TAP_ROLES), (self.student, self.teacher)
 
     def pairs(self, student: Tappable, teacher: Tappable) -> tuple[list[str], list[str]]:
         """(student taps, teacher taps), e.g. (['c1.conv2', ...], ['c1.conv3', ...]). A cascade where

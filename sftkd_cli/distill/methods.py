@@ -541,7 +541,6 @@ METHODS: dict[str, type[KDMethod]] = {
 }
 
 #: each method's default feature choice, in words
-DEFAULT_TAPS: dict[str, str] = {name: spec.taps_text for name, spec in CATALOG.items()}
 
 
 def method_options(name: str) -> dict[str, Any]:

@@ -24,10 +24,6 @@ from sftkd_cli.errors import SftkdError
 
 _TAP = re.compile(r"^c(\d+)\.(\w+)$")
 
-#: the roles a default KD tap can play, see `CascadeNet.default_tap`
-TAP_ROLES = ("last_hidden", "hidden_before_last", "output")
-
-
 class CascadeNet(nn.Module):
     """Base class: subclasses set `cascades`, `channels` and implement the abstract methods."""
 
@@ -63,7 +59,7 @@ class CascadeNet(nn.Module):
         raise NotImplementedError
 
     def default_tap(self, cascade: int, role: str) -> str:
-        """The local tap name of block `cascade` (1-based) that plays `role` (see TAP_ROLES);
+        """The local tap name of block `cascade` (1-based) that plays `role` (see `distill.catalog.TAP_ROLES`);
         "" when the block has no such feature (e.g. VDSR4's last block has no hidden conv)."""
         raise NotImplementedError
 

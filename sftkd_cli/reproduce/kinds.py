@@ -1,16 +1,16 @@
 """The words of a reproduction plan: stage kinds, their run roles and recipe files, the report's
 column names, and the statuses a stage ends with.
 
-A leaf module (it imports nothing of the package), so that the plan reader, the stages, the
+A leaf module (it imports only `sftkd_cli.choices`), so that the plan reader, the stages, the
 runner and the report can all share these names without importing each other.
 """
 
 from __future__ import annotations
 
+# the stage kinds and `--only`'s words for them live in choices, which the command's help reads
+from sftkd_cli.choices import KIND_ALIASES, KINDS, TRAIN_KINDS  # noqa: F401  (re-exported)
 
 PLAN_FORMAT = 1
-TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
-KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
 SHAREABLE: tuple[str, ...] = ("teacher", "student", "sft")
 ROLE = {"teacher": "teacher", "student": "student", "sft": "sft", "std-kd": "kd", "sft-kd": "kd"}
 RECIPE_FILE = {"teacher": "teacher.yaml", "student": "student.yaml", "sft": "sft.yaml",

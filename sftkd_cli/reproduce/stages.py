@@ -15,7 +15,7 @@ from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, loa
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
-from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import KIND_ALIASES, RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -180,10 +180,9 @@ def select(stages: Sequence[Stage], only: Sequence[str]) -> set[str]:
         return {s.id for s in stages}
     import fnmatch
 
-    aliases = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",), "compare": ("report",)}
     chosen: set[str] = set()
     for token in only:
-        kinds = aliases.get(token, (token,))
+        kinds = KIND_ALIASES.get(token, (token,))
         hits = {s.id for s in stages if s.id == token or fnmatch.fnmatchcase(s.id, token) or s.kind in kinds or s.group == token}
         if not hits:
             raise SftkdError(f"--only {token}: matches no stage; stages: {', '.join(s.id for s in stages)}")

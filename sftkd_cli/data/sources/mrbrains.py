@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
@@ -26,12 +27,11 @@ MODALITIES: dict[str, dict[str, str]] = {
     "IR": {"mrbrains18": "pre/reg_IR", "mrbrains13": "T1_IR"},
 }
 _SUBFOLDER = {"mrbrains18": "training", "mrbrains13": "TrainingData"}
-_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _find(folder: Path, stem: str) -> Path | None:
     """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists."""
-    for suffix in _SUFFIXES:
+    for suffix in NIFTI_SUFFIXES:
         path = folder / f"{stem}{suffix}"
         if path.is_file():
             return path
