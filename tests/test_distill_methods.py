@@ -322,6 +322,16 @@ def test_ft_matches_oracle(sc: list[int], tc: list[int]) -> None:
     assert loss_value(method, s, t) == pytest.approx(expected, rel=1e-4)
 
 
+def test_ft_teacher_factor_is_detached_in_the_ft_term() -> None:
+    """The paraphraser learns only from its reconstruction: without it, no gradient reaches the
+    encoders (the FT term sees the teacher factor detached), while the translators get one."""
+    s, t = to_torch(feats([4, 4], 29), grad=True), to_torch(feats([4, 4], 30))
+    method = build_method("ft", [4, 4], [4, 4], reconstruction_weight=0.0)
+    method(s, t).backward()
+    assert all(p.grad is None or not p.grad.any() for p in method.encoders.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.translators.parameters())
+
+
 def test_none_is_zero() -> None:
     s, t = to_torch(feats([4], 27)), to_torch(feats([1], 28))
     assert float(build_method("none", [4], [1])(s, t)) == 0.0

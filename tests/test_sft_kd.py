@@ -112,6 +112,18 @@ def test_kd_gradients_reach_student_and_adapters_never_the_teacher():
     assert not any(n.startswith("teacher") for n in objective.state_dict())  # teacher not saved
 
 
+def test_kd_adapters_are_trained_and_saved_with_the_student():
+    """CPU: a method's own layers (FT's paraphrasers and translators) are parameters of the
+    objective, which the engine hands to Adam and saves as the checkpoint's "objective"."""
+    objective, teacher, student = _distillation("ft")
+    adapters = list(objective.kd.parameters())
+    trained = {id(p) for p in objective.parameters() if p.requires_grad}
+    assert adapters and {id(p) for p in adapters} <= trained
+    assert trained == {id(p) for p in [*student.parameters(), *adapters]}
+    saved = objective.state_dict()
+    assert {k for k in saved if k.startswith("kd.")} == {f"kd.{k}" for k in objective.kd.state_dict()}
+
+
 def test_kd_loss_is_weighted_sum_computed_by_hand():
     objective, teacher, student = _distillation("at", w_rec=0.5, w_kd=3.0, w_imit=2.0)
     batch = _batch()

@@ -9,14 +9,15 @@ import typer
 from sftkd_cli.cli import common
 from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
-from sftkd_cli.distill.catalog import methods_help
+from sftkd_cli.distill.catalog import methods_help, taps_help
 
 
 HELP = examples(
     "Distill a student from a frozen teacher (SFT-KD-Recon step 2)."
     "\n\nLoss = w_rec*L1(student, target) + w_kd*L_method + w_imit*L1(student, teacher) "
     "(distill.w_rec, distill.w_kd, distill.w_imit). Feature taps: distill.student_taps and "
-    "distill.teacher_taps (names like c3.conv2), defaults per method."
+    "distill.teacher_taps (names like c3.conv2; they cover the image, not the reference code's padded border)."
+    f"\n\nDefault taps: {taps_help()}."
     "\n\nStd-KD distills from a train-teacher run; SFT-KD-Recon from a train-sft run, "
     "starting from its student blocks (--init-from sft)."
     f"\n\n{SR_TASK_TEXT}",

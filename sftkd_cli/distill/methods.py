@@ -220,7 +220,9 @@ class FitNets(KDMethod):
 
     Deviations: the regressor is linear (Romero et al. give it the hint layer's
     non-linearity) and is the identity by default when widths already match; the
-    two-stage hint/guided schedule belongs to the trainer, not to this loss.
+    two-stage hint/guided schedule belongs to the trainer, not to this loss. The SFT-KD-Recon
+    reference's "FitNets" is not this loss: on the same taps it compares AT's batch-normalised
+    maps with L1 (`--method at` with {normalize: batch, distance: l1} and these taps gives it).
     """
 
     spec = CATALOG["fitnets"]
@@ -272,7 +274,9 @@ class CorrelationCongruence(KDMethod):
     Deviations: only the correlation-congruence term; CC's instance-congruence term is
     the logit KD of classification, whose role the trainer's imitation L1 plays here.
     Note that with learned heads on both sides this loss alone has a degenerate minimum
-    (both heads collapsing); train it with a reconstruction term or equal widths.
+    (both heads collapsing); train it with a reconstruction term or equal widths. The
+    SFT-KD-Recon reference uses RepDistiller's variant instead, mean over the batch of
+    sum over channels of |F_s - F_t|[i] * |F_s - F_t|[i+1] on the raw maps (no kernel).
     """
 
     spec = CATALOG["cc"]
@@ -335,7 +339,8 @@ class FSP(KDMethod):
     averages over samples; we also divide by C_k*C_{k+1} and the number of pairs (constant
     factors for the trainer's weight). FSP needs equal student/teacher channel counts:
     where they differ, a 1x1 conv adapter (trained with the student) maps the student's
-    tap to the teacher's width before G is formed.
+    tap to the teacher's width before G is formed. The SFT-KD-Recon reference forms G from
+    the squared 1-channel last conv outputs of cascades 1-4.
     """
 
     spec = CATALOG["fsp"]
@@ -485,7 +490,8 @@ class FactorTransfer(KDMethod):
     paraphraser learns only to reconstruct (as in pre-training) and the teacher maps
     (already detached) never receive gradient. No batch norm in the adapters (the DC-CNN
     has none; batches of 4 make it noisy); stride-1 convs instead of transposed convs in
-    the decoder (equivalent at stride 1). The FT term is a mean over entries (as the
+    the decoder (equivalent at stride 1), whose last conv is linear (the authors' paraphraser
+    ends with LeakyReLU). The FT term is a mean over entries (as the
     authors' code), not the p-norm of the paper; beta is the trainer's weight.
     """
 
