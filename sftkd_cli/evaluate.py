@@ -174,11 +174,26 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def write_recon_volume(recon: H5Writer, name: str, v: Volume) -> None:
+def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration: float, task: str,
+                convention: str) -> dict[str, Any]:
+    """recon.h5's own attributes: what produced it and what its numbers are."""
+    return {
+        "run": run, "checkpoint": str(checkpoint), "dataset": str(data), "split": split,
+        "acceleration": float(acceleration), "task": task, "convention": convention,
+        "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32, "
+                    "in the prepared dataset's scale (x / max: multiply by the attribute max for input units); "
+                    "attributes slices (position in the prepared volume), source_slice (slice index in the "
+                    "input) and, as prepare-data recorded them, source_file, max, normalisation, voxel_size "
+                    "(slice, row, column; mm) and affine ((source slice, row, column, 1) -> scanner mm)",
+    }
+
+
+def write_recon_volume(recon: H5Writer, name: str, v: Volume, origin: dict[str, Any]) -> None:
     """Add one volume's reconstruction to recon.h5: dataset `name`, (S,H,W) float32, gzip 1, with
-    its slice indices as attribute `slices`; raises the OSError of a failed write."""
+    its slice positions (`slices`), their indices in the input (`source_slice`) and `origin`, the
+    prepared file's provenance attributes; raises the OSError of a failed write."""
     recon.file.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
-    recon.file[name].attrs["slices"] = v["slices"]
+    recon.file[name].attrs.update({"slices": v["slices"], "source_slice": v["source_slice"], **origin})
     recon.check()
 
 
@@ -386,14 +401,19 @@ def _evaluate(
     with staged_outputs(out) as staged:
         with writing(out):
             recon = staged.add_h5(out / "recon.h5") if write_recon else None
+            if recon is not None:
+                recon.file.attrs.update(recon_attrs(run.path.name, which, data_path, split, recipe.data.acceleration,
+                                                    dataset.task, convention))
         scored: list[VolumeScores] = []
 
         def take(name: str, volume: Volume) -> None:
             """Score a finished volume and write its reconstruction; then it is let go."""
+            origin = dataset.provenance(name)
+            volume["source_slice"] = origin.pop("source_slice")[volume["slices"]]
             scored.append(score_one(name, volume))
             if recon is not None:
                 with writing(out):
-                    write_recon_volume(recon, name, volume)
+                    write_recon_volume(recon, name, volume, origin)
 
         reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
                           convention=convention, each_volume=take)

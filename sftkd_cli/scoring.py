@@ -15,7 +15,7 @@ import numpy as np
 from sftkd_cli.metrics import (FASTMRI_METRIC_NAMES, METRIC_NAMES, score_fastmri, score_slices, score_volume,
                                summarise_volumes)
 
-Volume = dict[str, np.ndarray]  # {slices, target, zf, pred}: slice indices (S,) and (S,H,W) images
+Volume = dict[str, np.ndarray]  # {slices, source_slice, target, zf, pred}: slice positions and indices in the input (S,), (S,H,W) images
 
 
 def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -50,7 +50,7 @@ def score_paper_volume(name: str, v: Volume) -> VolumeScores:
     ours, zf = score_slices(v["target"], v["pred"]), score_slices(v["target"], v["zf"])
     rows = []
     for i, index in enumerate(v["slices"]):
-        row: dict[str, Any] = {"volume": name, "slice": int(index)}
+        row: dict[str, Any] = {"volume": name, "slice": int(index), "source_slice": int(v["source_slice"][i])}
         row.update({m: float(ours[m][i]) for m in METRIC_NAMES})
         row.update({f"ZF_{m}": float(zf[m][i]) for m in METRIC_NAMES})
         rows.append(row)

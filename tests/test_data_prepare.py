@@ -674,3 +674,61 @@ def test_catalog_builds_each_source_with_its_options(tmp_path: Path) -> None:
     demo = SOURCES["demo"].make_source(None, {"template": "colin27", "slab": "4"})
     assert (demo.template, demo.slab, demo.gap) == ("colin27", 4, 2)
     assert SOURCES["mrbrains"].make_source(tmp_path, {"modality": "FLAIR"}).options()["modality"] == "FLAIR"
+
+
+def _oblique_affine() -> np.ndarray:
+    """An oblique, anisotropic, off-centre input affine with a flipped axis (CPU-only helper)."""
+    a, b = np.deg2rad(20.0), np.deg2rad(-15.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag([-1.4, 1.4, 10.0])
+    affine[:3, 3] = (-50.3, 30.2, 20.7)
+    return affine
+
+
+@pytest.mark.parametrize("factor,size,axis", [(1, (6, 9), 0), (2, (5, 4), 2), (1, (12, 5), 1)])
+def test_affine_maps_prepared_pixels_to_their_input_voxels(tmp_path: Path, nifti_writer, factor, size, axis) -> None:
+    """CPU: each stored pixel, taken through the file's affine to scanner mm and back through the
+    input's own affine, lands on the voxel (or the centre of the downsampled block) it came from."""
+    import nibabel as nib
+
+    data = nifti_writer.phantom((8, 10, 7), seed=3).astype(np.float32)
+    data[(slice(None),) * axis + (0,)] = 0.0  # a dropped slice: source_slice must still say where the rest are
+    source = _oblique_affine()
+    (tmp_path / "raw").mkdir()
+    nib.save(nib.Nifti1Image(data, source), str(tmp_path / "raw/a.nii.gz"))
+    source = nib.load(tmp_path / "raw/a.nii.gz").affine  # as stored (float32 in the header)
+    opts = PrepareOptions(size=size, slice_axis=axis, downsample=factor, accelerations=(2.0,))
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    with h5py.File(tmp_path / "out/a.h5", "r") as f:
+        image, slices, affine, vmax = f["image"][()], f["source_slice"][()], f.attrs["affine"], f.attrs["max"]
+    assert 0 not in slices
+    to_voxel = np.linalg.inv(source) @ affine
+    checked = 0
+    for i, s in enumerate(slices):
+        for r in range(size[0]):
+            for c in range(size[1]):
+                ijk = (to_voxel @ [s, r, c, 1.0])[:3]
+                lo, hi = np.floor(ijk + 1e-4).astype(int), np.ceil(ijk - 1e-4).astype(int)
+                if (lo < 0).any() or (hi >= data.shape).any():
+                    assert image[i, r, c] == 0.0  # zero padding lies outside the input
+                    continue
+                block = data[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+                assert block.size == factor * factor
+                assert image[i, r, c] == pytest.approx(float(block.mean()) / vmax, rel=1e-5, abs=1e-7)
+                checked += 1
+    assert checked > len(slices) * size[0] * size[1] // 3
+
+
+def test_slice_index_map_follows_each_sources_slicing() -> None:
+    """CPU: (slice, row, column) of every source's `slices()` -> the volume index its map names,
+    the demo's reversed rows included."""
+    volume = np.random.default_rng(0).random((5, 6, 7))
+    for cls in (NiftiSource, AcdcSource, MRBrainsSource, DemoSource):
+        source = object.__new__(cls)  # slicing reads no instance state
+        for axis in range(3):
+            stack, index = source.slices(volume, axis), source.slice_index_map(axis, volume.shape)
+            for s, r, c in np.ndindex(*stack.shape):
+                i, j, k = (index @ [s, r, c, 1])[:3].astype(int)
+                assert stack[s, r, c] == volume[i, j, k], (cls.__name__, axis)

@@ -146,3 +146,69 @@ def test_h5_writer_keeps_a_failed_write_from_h5py(tmp_path):
     assert 0 < i < 9
     with pytest.raises(OSError, match="No space left on device"):
         writer.close()
+
+
+def test_recon_h5_and_per_slice_csv_say_where_each_slice_comes_from(run, tmp_path):
+    """CPU: each reconstruction carries its slices' indices in the input (not their positions:
+    the inputs' empty first slices are dropped) and the prepared file's provenance (source file,
+    max, voxel size, affine); recon.h5 says what produced it."""
+    import csv
+
+    from conftest import phantom_volume, write_nifti
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    for i in range(3):
+        volume = phantom_volume((20, 18, 4), seed=i)
+        volume[:, :, 0] = 0.0
+        write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=(1.5, 1.5, 8.0))
+    data = tmp_path / "data"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
+    out = Path(evaluate_run(run, data=data, split="train", device="cpu")["output_dir"])
+    with (out / "per_slice.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with h5py.File(out / "recon.h5", "r") as recon:
+        assert {recon.attrs[k] for k in ("run", "split", "convention", "checkpoint")} == {"t", "train", "paper", "best"}
+        assert list(recon) == ["v0", "v2"]
+        for name in recon:
+            with h5py.File(data / f"{name}.h5", "r") as prepared:
+                attrs, stored = recon[name].attrs, prepared["source_slice"][()]
+                np.testing.assert_array_equal(attrs["source_slice"], stored[attrs["slices"]])
+                for key in ("source_file", "max", "voxel_size", "affine"):
+                    np.testing.assert_array_equal(attrs[key], prepared.attrs[key])
+            listed = [(int(r["slice"]), int(r["source_slice"])) for r in rows if r["volume"] == name]
+            assert listed == [(int(s), int(stored[s])) for s in attrs["slices"]]
+
+
+def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, monkeypatch):
+    """CPU: the README's recon.h5 -> NIfTI lines, run on a volume whose first input slice was
+    dropped: each voxel of the NIfTI lies where the prepared affine puts that pixel, in input units."""
+    import nibabel as nib
+
+    from conftest import phantom_volume, write_nifti
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    for i in range(2):
+        volume = phantom_volume((20, 18, 4), seed=5 + i)
+        volume[:, :, 0] = 0.0
+        write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=(1.5, 1.25, 8.0))
+    data = tmp_path / "data"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
+    out = Path(evaluate_run(run, data=data, split="train", device="cpu")["output_dir"])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("reconstruction can be laid over its input:\n\n```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("runs/demo-teacher/recon.h5", str(out / "recon.h5")).replace("icbm152_z027-034", "v0")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    written = nib.load(tmp_path / "recon.nii.gz")
+    with h5py.File(out / "recon.h5", "r") as recon:
+        v = recon["v0"]
+        pred, first, affine, vmax = v[()], int(v.attrs["source_slice"][0]), v.attrs["affine"], v.attrs["max"]
+    assert first == 1
+    image = np.asarray(written.dataobj)
+    for r, c, k in [(0, 0, 0), (3, 7, 1), (15, 2, 2), (9, 15, 0)]:
+        np.testing.assert_allclose(written.affine @ [r, c, k, 1], affine @ [first + k, r, c, 1], atol=1e-4)
+        assert image[r, c, k] == pytest.approx(pred[k, r, c] * vmax, rel=1e-6)

@@ -47,7 +47,7 @@ from sftkd_cli.data.complex_slices import (
     read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
-from sftkd_cli.data.format import FORMAT, MANIFEST, TASKS, group_key
+from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, group_key
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import ifft2_np
@@ -409,6 +409,16 @@ class SliceDataset(Dataset):
             handle = _read(path, "file", lambda: h5py.File(path, "r"))
             self._handles[volume] = handle
         return handle
+
+    def provenance(self, volume: str) -> dict[str, Any]:
+        """Where a volume's slices come from, as prepare-data recorded it: `source_slice` (the
+        index in the input of each stored slice) and the `PROVENANCE_ATTRS` its file has."""
+        def read() -> dict[str, Any]:
+            handle = self._handle(volume)
+            found = {key: handle.attrs[key] for key in PROVENANCE_ATTRS if key in handle.attrs}
+            return {"source_slice": np.asarray(handle["source_slice"][()]), **found}
+
+        return _read(self._paths[volume], "source_slice and attributes", read)
 
     @property
     def volumes(self) -> list[str]:

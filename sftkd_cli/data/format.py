@@ -14,7 +14,7 @@ from typing import Any
 from sftkd_cli.acquisition import TASKS
 
 __all__ = [
-    "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "TASKS",
+    "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "PROVENANCE_ATTRS", "TASKS",
     "acceleration_key", "group_key", "mask_axis",
 ]
 
@@ -27,6 +27,9 @@ MANIFEST = "manifest.json"
 MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "splits", "volumes", "mask", "options", "inputs")
 #: how the images were scaled to [0, 1] (h5 attribute and manifest "normalisation")
 NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume maximum (attr max)"
+#: attributes of a volume's h5 file saying where its pixels come from (`affine`: NIfTI inputs,
+#: in datasets prepared since sftkd wrote it); evaluate copies them into recon.h5
+PROVENANCE_ATTRS: tuple[str, ...] = ("source", "source_file", "max", "normalisation", "voxel_size", "affine")
 #: what the network input is called in tables and figures, per task: (long, short)
 INPUT_LABELS: dict[str, tuple[str, str]] = {"recon": ("zero-filled", "ZF"), "sr": ("LR interpolated", "LR interp.")}
 

@@ -1,9 +1,13 @@
 """Turn raw volumes from a `Source` into a prepared dataset directory (the `prepare-data` library).
 
 Output (see COMMON conventions): one `<volume>.h5` per output volume with `image` (S,H,W) float32
-in [0, 1], `source_slice` (S,) int32 (slice index in the source file) and one group
-`acc{a:g}` per acceleration with `kspace` (masked, complex64), `zf` (float32) and `mask`;
-`masks/acc{a:g}.npy`; and `manifest.json`.
+in [0, 1], `source_slice` (S,) int32 (slice index in the source file, after the demo's
+reorientation to RAS) and one group `acc{a:g}` per acceleration with `kspace` (masked,
+complex64), `zf` (float32) and `mask`; `masks/acc{a:g}.npy`; and `manifest.json`. Attributes of
+each file say where its pixels come from: `source_file`, `max` (the divisor), `voxel_size`
+(mm, in the order slice, row, column) and `affine`, the 4x4 matrix taking (source slice, row,
+column, 1) to the input's scanner coordinates in mm (`prepared_affine`: slicing, downsampling and
+crop/pad folded in), so a reconstruction can be laid over its input.
 
 Task `sr` (super-resolution, `--task sr`) writes one group `sr{s:g}` per scale factor s instead,
 with the same three arrays: `mask` is the central round(H/s) x round(W/s) box of k-space (the
@@ -71,7 +75,7 @@ from sftkd_cli.data.output import (
 )
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
-    crop_or_pad, downsample, kept_slices, load_nifti, read_volume,
+    crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
@@ -123,9 +127,26 @@ class _Prepared:
     max: float
     voxel_size: tuple[float, float, float]
     shape: tuple[int, int]
+    affine: np.ndarray  # (source slice, row, column, 1) -> scanner mm, see `prepared_affine`
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def prepared_affine(affine: np.ndarray, index_map: np.ndarray, factor: int, plane: tuple[int, int],
+                    size: tuple[int, int] | None) -> np.ndarray:
+    """4x4 matrix taking (source slice, row, column, 1) of a prepared image to the scanner
+    coordinates (mm, RAS+ as nibabel reads them) of the input voxel centre it shows.
+
+    `affine`: the input's (after any reorientation); `index_map`: `Source.slice_index_map`;
+    `factor`: the block-mean downsampling (block b's centre is input index factor*b + (factor-1)/2);
+    `plane`: the downsampled (H, W) before `size`'s centre crop / zero-pad (`crop_pad_offset`)."""
+    grid = np.eye(4)
+    for axis, n in enumerate(plane, start=1):
+        offset = crop_pad_offset(n, size[axis - 1]) if size is not None else 0
+        grid[axis, axis] = factor
+        grid[axis, 3] = factor * offset + (factor - 1) / 2
+    return np.asarray(affine, dtype=np.float64) @ index_map @ grid
 
 
 def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> _Prepared:
@@ -148,6 +169,8 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
     factor = options.downsample
     vox = (zooms[order[0]], zooms[order[1]] * factor, zooms[order[2]] * factor)
     stack = downsample(source.slices(data, axis), factor)
+    affine = prepared_affine(img.affine, source.slice_index_map(axis, data.shape), factor,
+                             (stack.shape[1], stack.shape[2]), options.size)
     kept = kept_slices(stack, options.min_slice_mean)
     stack = stack[kept]
     if options.size is not None:
@@ -160,7 +183,7 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
             f"(--min-slice-mean {options.min_slice_mean:g}); expected some non-empty slices"
         )
     stack = np.ascontiguousarray(stack, dtype=np.float32)
-    return _Prepared(file, stack, kept, vmax, vox, (stack.shape[1], stack.shape[2]))
+    return _Prepared(file, stack, kept, vmax, vox, (stack.shape[1], stack.shape[2]), affine)
 
 
 def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int, int]:
@@ -271,6 +294,7 @@ def _write(
             "volume": piece.volume,
             "source_file": piece.file.rel,
             "voxel_size": np.asarray(prep.voxel_size, dtype=np.float64),
+            "affine": prep.affine,
             "normalisation": NORMALISATION,
             "max": prep.max,
             "split": split,

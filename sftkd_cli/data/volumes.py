@@ -171,22 +171,27 @@ def downsample(stack: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
 
+def crop_pad_offset(n: int, target: int) -> int:
+    """Index in the uncropped axis of length `n` of index 0 after `crop_or_pad` to `target`:
+    (n - target) // 2 when cropping, minus the (target - n) // 2 zeros padded before."""
+    return (n - target) // 2 if n >= target else -((target - n) // 2)
+
+
 def crop_or_pad(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre crop and/or zero-pad the last two axes to `size`.
 
     Cropping removes (n - target) // 2 rows/columns before the kept block; padding adds
-    (target - n) // 2 zeros before and the rest after.
+    (target - n) // 2 zeros before and the rest after (`crop_pad_offset`).
     """
     out = stack
     for axis, target in zip((-2, -1), size):
         n = out.shape[axis]
+        offset = crop_pad_offset(n, target)
         if n > target:
-            start = (n - target) // 2
-            out = np.take(out, np.arange(start, start + target), axis=axis)
+            out = np.take(out, np.arange(offset, offset + target), axis=axis)
         elif n < target:
-            before = (target - n) // 2
             pad = [(0, 0)] * out.ndim
-            pad[axis] = (before, target - n - before)
+            pad[axis] = (-offset, target - n + offset)
             out = np.pad(out, pad)
     return np.ascontiguousarray(out, dtype=np.float32)
 

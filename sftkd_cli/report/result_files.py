@@ -78,7 +78,7 @@ def read_per_unit(path: Path, unit: str = "slice") -> tuple[tuple[tuple[str, int
     if not records:
         raise SftkdError(f"{path}: no {unit}s")
     keys: list[tuple[str, int]] = []
-    values: dict[str, list[float]] = {name: [] for name in fields if name not in keyed}
+    values: dict[str, list[float]] = {name: [] for name in fields if name not in (*keyed, "source_slice")}
     for line, record in enumerate(records, start=2):
         try:
             keys.append((record["volume"], int(record["slice"]) if unit == "slice" else -1))

@@ -143,13 +143,15 @@ def split_groups(
 class Source:
     """Base class: a named folder layout that lists input files.
 
-    Subclasses set `name` and implement `files()`. They may override `slices()` (orientation),
-    `pieces()` (one output volume per file by default) and `fixed_splits()`.
+    Subclasses set `name` and implement `files()`. They may override `axes()` and set
+    `flip_rows` (orientation), override `pieces()` (one output volume per file by default) and
+    `fixed_splits()`.
     """
 
     name: str = "source"
     default_val_fraction: float = 0.25
     reorient: bool = False  # reorient to RAS (closest canonical) before slicing
+    flip_rows: bool = False  # image rows run against their volume axis (e.g. anterior at the top)
 
     def __init__(self, root: Path | None) -> None:
         self.root = None if root is None else Path(root)
@@ -181,8 +183,22 @@ class Source:
         return axis, rest[0], rest[1]
 
     def slices(self, volume: np.ndarray, axis: int) -> np.ndarray:
-        """A 3-D volume as (S, H, W) slices along `axis` (order given by `axes`)."""
-        return np.transpose(volume, self.axes(axis))
+        """A 3-D volume as (S, H, W) slices along `axis` (order given by `axes`, rows reversed
+        with `flip_rows`)."""
+        stack = np.transpose(volume, self.axes(axis))
+        return stack[:, ::-1, :] if self.flip_rows else stack
+
+    def slice_index_map(self, axis: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """4x4 matrix taking (slice, row, column, 1) of `slices(volume, axis)` to the voxel index
+        (i, j, k, 1) of a volume of `shape`: the link from prepared pixels back to the input."""
+        order = self.axes(axis)
+        index = np.zeros((4, 4))
+        index[3, 3] = 1.0
+        for stacked, voxel in enumerate(order):
+            index[voxel, stacked] = 1.0
+        if self.flip_rows:
+            index[order[1], 1], index[order[1], 3] = -1.0, shape[order[1]] - 1.0
+        return index
 
     def pieces(self, file: SourceFile, kept: np.ndarray) -> list[Piece]:
         """Output volumes made from one file, given the indices of its kept slices."""

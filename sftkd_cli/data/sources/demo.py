@@ -99,6 +99,7 @@ class DemoSource(Source):
 
     name = "demo"
     reorient = True  # templates are reoriented to RAS before slicing
+    flip_rows = True  # axial slices (z, y, x) with y reversed: anterior at the top
 
     def __init__(
         self, template: str = "icbm152", template_path: Path | None = None,
@@ -160,11 +161,6 @@ class DemoSource(Source):
     def axes(self, axis: int) -> tuple[int, int, int]:
         """Always axial: (z, y, x) of the RAS volume."""
         return 2, 1, 0
-
-    def slices(self, volume: np.ndarray, axis: int) -> np.ndarray:
-        """Axial slices (volume is RAS): (z, y, x) with y flipped so anterior is at the top."""
-        stack = np.transpose(volume, self.axes(axis))
-        return np.ascontiguousarray(stack[:, ::-1, :])
 
     def pieces(self, file: SourceFile, kept: np.ndarray) -> list[Piece]:
         out = []
