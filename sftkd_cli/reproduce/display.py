@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from sftkd_cli.reproduce.graph import planned_actions
-from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sftkd_cli.reproduce.kinds import TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, planned_action, training_state
 

@@ -1,14 +1,12 @@
-"""The words of a reproduction plan: stage kinds, their run roles and recipe files, the report's
+"""The words of a reproduction plan (the stage kinds themselves are in `sftkd_cli.choices`, which
+command help reads): their run roles and recipe files, the report's
 column names, and the statuses a stage ends with.
 
-A leaf module (it imports only `sftkd_cli.choices`), so that the plan reader, the stages, the
+A leaf module (it imports nothing of the package), so that the plan reader, the stages, the
 runner and the report can all share these names without importing each other.
 """
 
 from __future__ import annotations
-
-# the stage kinds and `--only`'s words for them live in choices, which the command's help reads
-from sftkd_cli.choices import KIND_ALIASES, KINDS, TRAIN_KINDS  # noqa: F401  (re-exported)
 
 PLAN_FORMAT = 1
 SHAREABLE: tuple[str, ...] = ("teacher", "student", "sft")

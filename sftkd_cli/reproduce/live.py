@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import STATUS_STYLE, format_seconds
-from sftkd_cli.reproduce.kinds import TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.runs import read_history_file
 

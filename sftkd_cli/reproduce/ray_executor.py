@@ -56,7 +56,8 @@ from typing import Any
 
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
-from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.stages import StageResult
 
 #: how Ray is installed with sftkd (the `cluster` extra)

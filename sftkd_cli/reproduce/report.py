@@ -17,7 +17,8 @@ from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
-from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS, TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members

@@ -25,7 +25,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.reproduce.display import print_status
 from sftkd_cli.reproduce.executor import Executor, LocalExecutor
 from sftkd_cli.reproduce.graph import blocker
-from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.schedule import run_graph
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select

@@ -15,7 +15,8 @@ from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, loa
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
-from sftkd_cli.reproduce.kinds import KIND_ALIASES, RECIPE_FILE, ROLE, SHAREABLE, TRAIN_KINDS
+from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint

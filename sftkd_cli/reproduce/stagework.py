@@ -20,7 +20,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
-from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED, TRAIN_KINDS
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
