@@ -43,18 +43,20 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import H5Writer, StagedFiles, check_writable, display_path
+from sftkd_cli.files import StagedFiles, check_writable, display_path
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
                                magnitude)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import EVAL_FILES, RunDir, check_real_folder, check_recipe_data, open_run
+from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
+from sftkd_cli.recon_file import recon_attrs, write_recon_volume
+from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, PER_SLICE_CSV, PER_VOLUME_CSV, RECIPE_YAML, RECON_H5
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
@@ -174,29 +176,6 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration: float, task: str,
-                convention: str) -> dict[str, Any]:
-    """recon.h5's own attributes: what produced it and what its numbers are."""
-    return {
-        "run": run, "checkpoint": str(checkpoint), "dataset": str(data), "split": split,
-        "acceleration": float(acceleration), "task": task, "convention": convention,
-        "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32, "
-                    "in the prepared dataset's scale (x / max: multiply by the attribute max for input units); "
-                    "attributes slices (position in the prepared volume), source_slice (slice index in the "
-                    "input) and, as prepare-data recorded them, source_file, max, normalisation, voxel_size "
-                    "(slice, row, column; mm) and affine ((source slice, row, column, 1) -> scanner mm)",
-    }
-
-
-def write_recon_volume(recon: H5Writer, name: str, v: Volume, origin: dict[str, Any]) -> None:
-    """Add one volume's reconstruction to recon.h5: dataset `name`, (S,H,W) float32, gzip 1, with
-    its slice positions (`slices`), their indices in the input (`source_slice`) and `origin`, the
-    prepared file's provenance attributes; raises the OSError of a failed write."""
-    recon.file.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
-    recon.file[name].attrs.update({"slices": v["slices"], "source_slice": v["source_slice"], **origin})
-    recon.check()
-
-
 def check_output(out: Path, run: Path) -> None:
     """Refuse, before any work, an output folder evaluate could not write its files into, or one
     inside `run` reached through a symbolic link (its files would be replaced outside the run)."""
@@ -255,7 +234,7 @@ def _checkpoint_of_run(run_path: Path, which: str, given_as: str) -> None:
     if not inside:
         owner = path.parent.parent if path.parent.name == "checkpoints" else None
         hint = (f"evaluate its own run: sftkd evaluate {display_path(owner)} --data <dataset>"
-                if owner is not None and (owner / "recipe.yaml").is_file() else
+                if owner is not None and (owner / RECIPE_YAML).is_file() else
                 "evaluate the run it belongs to (with --data for this dataset)")
         raise SftkdError(f"{given_as} {which}: refused: not a checkpoint of run {display_path(run_path)}, so its "
                          f"scores would be filed as that run's; {hint}")
@@ -400,7 +379,7 @@ def _evaluate(
     score_one, summarise_all = SCORERS[convention]
     with staged_outputs(out) as staged:
         with writing(out):
-            recon = staged.add_h5(out / "recon.h5") if write_recon else None
+            recon = staged.add_h5(out / RECON_H5) if write_recon else None
             if recon is not None:
                 recon.file.attrs.update(recon_attrs(run.path.name, which, data_path, split, recipe.data.acceleration,
                                                     dataset.task, convention))
@@ -457,15 +436,15 @@ def _evaluate(
             metrics["convention"] = convention
         metrics["output_dir"] = str(out)
         with writing(out):
-            staged.add(out / ("per_slice.csv" if convention == "paper" else "per_volume.csv"), _csv_text(rows).encode())
-            staged.add(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True).encode())  # renamed last
+            staged.add(out / (PER_SLICE_CSV if convention == "paper" else PER_VOLUME_CSV), _csv_text(rows).encode())
+            staged.add(out / METRICS_JSON, json.dumps(metrics, indent=2, allow_nan=True).encode())  # renamed last
         if digest is not None:  # the last moment before the renames: scores of what is there now, or none
             check_still_scored(run.path, run_folder, scored_file, digest)
         check_same_dataset(data_path, record["fingerprint"])
         with writing(out):
             staged.commit()
     if not write_recon:  # a recon.h5 of an earlier evaluation would sit beside these scores as theirs
-        (out / "recon.h5").unlink(missing_ok=True)
+        (out / RECON_H5).unlink(missing_ok=True)
     return metrics
 
 
@@ -517,7 +496,7 @@ def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:
         return None
     if which not in CHECKPOINT_NAMES:
         return Path(which)
-    while not (folder / "recipe.yaml").is_file():
+    while not (folder / RECIPE_YAML).is_file():
         if not folder.name.startswith("eval-") or folder.parent == folder:
             return None
         folder = folder.parent
@@ -529,7 +508,7 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
     in it) again: the run, then the option each eval-* level below it stands for (`--model`,
     `--data`, `--amp`, `--convention`; see `_evaluate`), and a checkpoint other than best."""
     options: list[str] = []
-    while folder.name.startswith("eval-") and not (folder / "recipe.yaml").is_file():
+    while folder.name.startswith("eval-") and not (folder / RECIPE_YAML).is_file():
         level = folder.name[len("eval-"):]
         if folder.name == FASTMRI_DIR:
             options[:0] = ["--convention", "fastmri"]

@@ -71,6 +71,7 @@ from sftkd_cli.files import (
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
+from sftkd_cli.run_files import METRICS_JSON
 
 
 #: export format -> default file suffix
@@ -273,11 +274,11 @@ def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> d
     names it) and this checkpoint, byte for byte (sha256 `digest`). None otherwise: no scores,
     another model's, those of the other checkpoint, or of an earlier one (a resumed run's), or
     a metrics.json of an sftkd that did not record the checkpoint's sha256."""
-    path = folder / "metrics.json"
+    path = folder / METRICS_JSON
     if not path.exists():
         return None
     try:
-        info = json.loads(read_regular_bytes(path, "metrics.json"))  # a FIFO or /dev/zero is never read
+        info = json.loads(read_regular_bytes(path, METRICS_JSON))  # a FIFO or /dev/zero is never read
     except (SftkdError, ValueError):
         return None
     scored = (info.get("role"), info.get("checkpoint"), info.get(CHECKPOINT_DIGEST)) if isinstance(info, dict) else None

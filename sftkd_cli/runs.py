@@ -33,6 +33,8 @@ from sftkd_cli.files import (
     MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.choices import CHECKPOINT_NAMES
+from sftkd_cli.run_files import ENV_JSON, EVAL_FILES, HISTORY_JSONL, LOCK, METRICS_JSON, RECIPE_YAML, RUN_FILES
 
 CHECKPOINT_FORMAT = 1
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
@@ -160,11 +162,11 @@ class RunDir:
     # paths -------------------------------------------------------------------------------
     @property
     def recipe_file(self) -> Path:
-        return self.path / "recipe.yaml"
+        return self.path / RECIPE_YAML
 
     @property
     def history_file(self) -> Path:
-        return self.path / "history.jsonl"
+        return self.path / HISTORY_JSONL
 
     def checkpoint(self, name: str = "last") -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
@@ -179,7 +181,7 @@ class RunDir:
         A run another process holds is refused as such first: what it has written so far (the
         recipe of a run it has just begun) says nothing about whether this start may go on.
         """
-        if self.path.is_dir() and (self.path / ".lock").is_file():
+        if self.path.is_dir() and (self.path / LOCK).is_file():
             self.lock()
         try:
             self._check_can_prepare(resume, force, sources)
@@ -249,7 +251,7 @@ class RunDir:
         for entry in self.path.iterdir():
             if entry.is_symlink():
                 foreign.append(entry.name)
-            elif entry.is_file() and (entry.name == ".lock" or fnmatch(entry.name, TEMPORARY_FILES)):
+            elif entry.is_file() and (entry.name == LOCK or fnmatch(entry.name, TEMPORARY_FILES)):
                 continue
             elif (entry.name in ("checkpoints", "export") or entry.name.startswith("eval-")) and entry.is_dir():
                 if any(entry.iterdir()):
@@ -275,7 +277,7 @@ class RunDir:
         `LOCK_PATIENCE_S` (several distillations probing one teacher at once each hold it for an
         instant) and let go at once. A run with no .lock has never been locked; one whose lock
         cannot be opened (a read-only copy) cannot be told, and counts as not busy."""
-        if not (self.path / ".lock").is_file():
+        if not (self.path / LOCK).is_file():
             return False
         lock = FileLock(self.path / ".lock", timeout=LOCK_PATIENCE_S)
         try:
@@ -316,13 +318,13 @@ class RunDir:
         previous: list[Any] = []
         if resumed:
             try:
-                old = json.loads(read_regular_bytes(self.path / "env.json", "env.json", MAX_JSON_BYTES))
+                old = json.loads(read_regular_bytes(self.path / ENV_JSON, ENV_JSON, MAX_JSON_BYTES))
             except (SftkdError, OSError, ValueError):  # none, or unreadable: nothing earlier to keep
                 old = None
             if isinstance(old, dict):
                 earlier = old.pop("previous", [])
                 previous = [*(earlier if isinstance(earlier, list) else []), old]
-        write_run_file(self.path / "env.json", json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
+        write_run_file(self.path / ENV_JSON, json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []
@@ -331,13 +333,7 @@ class RunDir:
         write_run_file(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-#: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
-#: RUN/eval-<file>-<format>/, then .../eval-data-<dataset>/, .../eval-amp-<amp>/, .../eval-fastmri/;
-#: metrics.json last: it says the others are complete)
-EVAL_FILES = ("per_slice.csv", "per_volume.csv", "recon.h5", "metrics.json")
-#: what sftkd writes into a run directory: the only names `--force` removes
-RUN_FILES = ("recipe.yaml", "env.json", "history.jsonl", ".lock", *EVAL_FILES)
-CHECKPOINT_FILES = ("last.pt", "best.pt")
+CHECKPOINT_FILES = tuple(f"{name}.pt" for name in CHECKPOINT_NAMES)
 EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
 
 
@@ -401,9 +397,9 @@ def remove_sftkd_files(run: Path, *, keep_lock: bool = False) -> None:
     `keep_lock`: the run's .lock stays (held by this process, which goes on using the run: a
     new .lock would let a second process in). recipe.yaml goes last: while other files of the run
     are left (a removal killed midway), the folder is still a run, not the user's (`_foreign_entries`)."""
-    recipe = run / "recipe.yaml"
+    recipe = run / RECIPE_YAML
     for path in sorted(sftkd_files(run), key=lambda p: p == recipe):
-        if not (keep_lock and path.name == ".lock" and path.parent == run):
+        if not (keep_lock and path.name == LOCK and path.parent == run):
             path.unlink(missing_ok=True)
     for folder in [*eval_folders(run), run / "export", run / "checkpoints"]:
         if folder.is_dir() and not folder.is_symlink():
@@ -435,7 +431,7 @@ def read_history_file(path: Path) -> list[dict[str, Any]]:
 
 def is_run_folder(path: Path) -> bool:
     """A run directory, or an evaluation folder inside one (recipe.yaml or metrics.json)."""
-    return (path / "recipe.yaml").exists() or (path / "metrics.json").exists()
+    return (path / RECIPE_YAML).exists() or (path / METRICS_JSON).exists()
 
 
 def expand_runs_folder(path: Path) -> list[Path]:

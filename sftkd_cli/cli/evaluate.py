@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sftkd_cli.choices import ARCH_LABELS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
+from sftkd_cli.run_files import PER_SLICE_CSV, PER_VOLUME_CSV
 
 
 HELP = examples(
@@ -64,7 +65,7 @@ def evaluate(
                                    convention=convention, batch_size=batch_size,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
-        scores = "per_volume.csv" if convention == "fastmri" else "per_slice.csv"
+        scores = PER_VOLUME_CSV if convention == "fastmri" else PER_SLICE_CSV
         console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.figures import FigureOutput, new_figure, default_slice, heading, save_figure
+from sftkd_cli.run_files import RECIPE_YAML, RECON_H5
 
 def attention_maps(features) -> np.ndarray:
     """AT attention maps (B, H, W) of feature maps (B, C, H, W), as the AT loss compares them.
@@ -176,12 +177,12 @@ def attention_residues_from_runs(
     first = next(iter(runs.values()))
     recipe = open_run(first).load_recipe()
     if dataset is None:
-        check_recipe_data(first / "recipe.yaml", recipe.data.path, "pass the dataset where it is now (compare --attention-data DIR)")
+        check_recipe_data(first / RECIPE_YAML, recipe.data.path, "pass the dataset where it is now (compare --attention-data DIR)")
     dataset = Path(dataset if dataset is not None else recipe.data.path)
     acceleration = float(acceleration if acceleration is not None else recipe.data.acceleration)
     if volume is None or index is None:
-        if (first / "recon.h5").is_file():
-            volume, index = default_slice(first / "recon.h5", volume, index)
+        if (first / RECON_H5).is_file():
+            volume, index = default_slice(first / RECON_H5, volume, index)
         else:
             manifest = load_manifest(dataset)
             names = split_volumes(manifest, dataset, split)

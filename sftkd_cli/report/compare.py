@@ -33,6 +33,7 @@ from sftkd_cli.report.result_files import (
     stats_block,
 )
 from sftkd_cli.runs import expand_runs_folder, is_run_folder
+from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, PER_VOLUME_CSV, RECIPE_YAML
 
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
@@ -42,8 +43,8 @@ INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 INPUT_ROWS = {task: short for task, (_, short) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
 #: score convention -> (folder inside a run holding its results, per-unit file, the unit scores pair by)
-CONVENTIONS: dict[str, tuple[str, str, str]] = {"paper": ("", "per_slice.csv", "slice"),
-                                                "fastmri": ("eval-fastmri", "per_volume.csv", "volume")}
+CONVENTIONS: dict[str, tuple[str, str, str]] = {"paper": ("", PER_SLICE_CSV, "slice"),
+                                                "fastmri": ("eval-fastmri", PER_VOLUME_CSV, "volume")}
 
 STD_KD = "Std-KD"
 SFT_KD = "SFT-KD-Recon"
@@ -176,7 +177,7 @@ def run_of(path: Path, convention: str = "paper") -> Path:
     fastmri convention, so that both read (and name) the same results; else `path` itself."""
     folder = CONVENTIONS[convention][0]
     path = path.absolute() if path.name in ("", ".", "..") else path  # `.` inside the folder has no name
-    own = bool(folder) and path.name == folder and path.is_dir() and not (path / "recipe.yaml").is_file()
+    own = bool(folder) and path.name == folder and path.is_dir() and not (path / RECIPE_YAML).is_file()
     return path.parent if own else path
 
 
@@ -184,7 +185,7 @@ def _run_name(folder: Path) -> str:
     """A run's name in the tables: its folder's; an evaluation folder inside a run is named with
     the run's (sft/eval-student, X/eval-amp-bf16), so that two runs' are told apart."""
     parts = [folder.name]
-    while parts[0].startswith("eval-") and not (folder / "recipe.yaml").is_file() and folder.parent != folder:
+    while parts[0].startswith("eval-") and not (folder / RECIPE_YAML).is_file() and folder.parent != folder:
         folder = folder.parent
         parts.insert(0, folder.name)
     return "/".join(parts)
@@ -202,7 +203,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     path = run_of(Path(run_dir), convention)
     label = str(path)
     _, per_unit, unit = CONVENTIONS[convention]
-    metrics_file = results_folder(path, convention) / "metrics.json"
+    metrics_file = results_folder(path, convention) / METRICS_JSON
     if not metrics_file.is_file():
         hint = "" if convention == "paper" else f" --convention {convention}"
         raise SftkdError(f"{label}: not evaluated yet (no {metrics_file.relative_to(path)}); run `sftkd evaluate {label}{hint}`")
@@ -268,10 +269,10 @@ def collect_runs(paths: Iterable[str | Path], strict: bool = False, convention: 
             if run.is_dir() and run.resolve() not in seen:
                 seen.add(run.resolve())
                 dirs.append(run)
-    scored = lambda p: (results_folder(p, convention) / "metrics.json").exists()  # noqa: E731
+    scored = lambda p: (results_folder(p, convention) / METRICS_JSON).exists()  # noqa: E731
     not_runs = [str(p) for p in dirs if not is_run_folder(p) and not scored(p)]
     # paper: a run folder without metrics.json; fastmri: any run or evaluation folder without eval-fastmri/
-    evaluable = (lambda p: (p / "recipe.yaml").exists()) if convention == "paper" else is_run_folder
+    evaluable = (lambda p: (p / RECIPE_YAML).exists()) if convention == "paper" else is_run_folder
     pending = [str(p) for p in dirs if not scored(p) and evaluable(p)]
     not_run = "not a run directory (no recipe.yaml or metrics.json)"
     unevaluated = _not_evaluated(pending, convention) if pending else ""
@@ -297,7 +298,7 @@ def _not_evaluated(pending: Sequence[str], convention: str) -> str:
     """Why `pending` runs are skipped and the command that evaluates them (one run: its own)."""
     flag = "" if convention == "paper" else f" --convention {convention}"
     hint = f"`sftkd evaluate {pending[0]}{flag}`" if len(pending) == 1 else f"`sftkd evaluate RUN{flag}` on each"
-    missing = "metrics.json" if convention == "paper" else f"{CONVENTIONS[convention][0]}/metrics.json"
+    missing = METRICS_JSON if convention == "paper" else f"{CONVENTIONS[convention][0]}/{METRICS_JSON}"
     return f"not evaluated yet (no {missing}); run {hint}"
 
 

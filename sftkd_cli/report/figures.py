@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.run_files import HISTORY_JSONL, PER_SLICE_CSV, RECON_H5
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
 BOX_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
@@ -394,7 +395,7 @@ def box_plots_from_runs(
     runs: Mapping[str, Path], stem: Path, metrics: Sequence[str] = BOX_METRICS, title: str = "", context: str = ""
 ) -> FigureOutput:
     """Box plots from evaluated output folders (label -> folder holding per_slice.csv)."""
-    values = {label: read_per_slice(Path(folder) / "per_slice.csv", metrics) for label, folder in runs.items()}
+    values = {label: read_per_slice(Path(folder) / PER_SLICE_CSV, metrics) for label, folder in runs.items()}
     return box_plots(values, stem, metrics, title, context)
 
 
@@ -402,7 +403,7 @@ def validation_curves_from_runs(
     runs: Mapping[str, Path], stem: Path, key: str = CURVE_KEY, title: str = "", context: str = ""
 ) -> FigureOutput:
     """Validation curves from run directories (label -> run dir holding history.jsonl)."""
-    curves = {label: read_history(Path(run) / "history.jsonl", key) for label, run in runs.items()}
+    curves = {label: read_history(Path(run) / HISTORY_JSONL, key) for label, run in runs.items()}
     curves = {label: curve for label, curve in curves.items() if len(curve[0])}
     ylabel, default_title = CURVE_LABELS.get(key, (key, f"{key} per epoch"))
     return validation_curves(curves, stem, ylabel, title, context, default_title)
@@ -441,7 +442,7 @@ def reconstruction_grid_from_runs(
 
     if not runs:
         raise SftkdError("reconstruction grid: no runs to show")
-    first = Path(next(iter(runs.values()))) / "recon.h5"
+    first = Path(next(iter(runs.values()))) / RECON_H5
     if volume is None or index is None:
         if not first.is_file():
             raise SftkdError(f"{first}: missing; evaluate the run without --no-recon")
@@ -449,7 +450,7 @@ def reconstruction_grid_from_runs(
     arrays = load_volume(dataset, volume, acceleration)
     if not 0 <= index < arrays["image"].shape[0]:
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
-    recons = {label: read_recon_slice(Path(folder) / "recon.h5", volume, index) for label, folder in runs.items()}
+    recons = {label: read_recon_slice(Path(folder) / RECON_H5, volume, index) for label, folder in runs.items()}
     where = ", ".join(part for part in (context, f"{volume}, slice {index}, {acceleration:g}x") if part)
     label = INPUT_LABELS[dataset_task(load_manifest(dataset))][1]
     target, zf = (np.abs(arrays[key][index]).astype(np.float32) for key in ("image", "zf"))  # complex data: magnitudes, as recon.h5

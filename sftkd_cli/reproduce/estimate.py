@@ -50,6 +50,7 @@ from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, plan_conflict
 from sftkd_cli.runs import read_history_file
+from sftkd_cli.run_files import HISTORY_JSONL, RECIPE_YAML
 
 #: training steps of the probe (its first step includes the warm-up: the estimate errs long)
 PROBE_STEPS = 3
@@ -132,9 +133,9 @@ def measured_epoch(stage: Stage) -> float | None:
     in its middle records only the part after the resume."""
     if stage.kind not in TRAIN_KINDS or stage.run is None:
         return None
-    history = stage.run / "history.jsonl"
+    history = stage.run / HISTORY_JSONL
     try:
-        if not (stage.run / "recipe.yaml").is_file() or plan_conflict(stage):
+        if not (stage.run / RECIPE_YAML).is_file() or plan_conflict(stage):
             return None
         rows = read_history_file(history) if history.is_file() else []
     except SftkdError:  # a damaged recipe.yaml or history: no measurement
@@ -169,7 +170,7 @@ def stage_time(plan: Plan, stage: Stage, rate: float | None, how: str, action: s
 def _history(stage: Stage) -> list[dict]:
     assert stage.run is not None
     try:
-        return read_history_file(stage.run / "history.jsonl") if (stage.run / "history.jsonl").is_file() else []
+        return read_history_file(stage.run / HISTORY_JSONL) if (stage.run / HISTORY_JSONL).is_file() else []
     except SftkdError:
         return []
 
@@ -241,7 +242,7 @@ def probe_epoch(stage: Stage) -> float:
             data=dataclasses.replace(recipe.data, max_val_slices=max(1, probe_val)),
         )
         train_supervised(probe, console=Console(file=io.StringIO()))
-        row = read_history_file(Path(folder) / "probe" / "history.jsonl")[0]
+        row = read_history_file(Path(folder) / "probe" / HISTORY_JSONL)[0]
     probe_units = min(PROBE_STEPS, steps) + eta.FORWARD_SHARE * max(1, probe_val) / batch
     full_units = steps + eta.FORWARD_SHARE * len(val) / batch
     return float(row["seconds"]) / probe_units * full_units

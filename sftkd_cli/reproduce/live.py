@@ -22,6 +22,7 @@ from sftkd_cli.reproduce.display import STATUS_STYLE, format_seconds
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.runs import read_history_file
+from sftkd_cli.run_files import HISTORY_JSONL
 
 #: finished stages listed under the running ones (the status table lists them all at the end)
 RECENT = 6
@@ -103,7 +104,7 @@ def _progress(stage: Stage) -> str:
     if stage.kind not in TRAIN_KINDS or stage.run is None or stage.recipe is None:
         return ""
     try:
-        rows = read_history_file(stage.run / "history.jsonl") if (stage.run / "history.jsonl").is_file() else []
+        rows = read_history_file(stage.run / HISTORY_JSONL) if (stage.run / HISTORY_JSONL).is_file() else []
     except SftkdError:
         return ""
     return f"epoch {len(rows)}/{stage.recipe.train.epochs} done"

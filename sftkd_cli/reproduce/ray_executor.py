@@ -59,6 +59,7 @@ from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.stages import StageResult
+from sftkd_cli.run_files import LOCK
 
 #: how Ray is installed with sftkd (the `cluster` extra)
 INSTALL = "pip install 'sftkd[cluster]'"
@@ -225,7 +226,7 @@ def run_on_worker(job: StageJob, cwd: str) -> StageResult:
         os.chdir(cwd)
     with _output_to(job.log):
         if job.stage.kind in TRAIN_KINDS and job.stage.run is not None:
-            wait_for_lock(job.stage.run / ".lock", LOCK_WAIT)
+            wait_for_lock(job.stage.run / LOCK, LOCK_WAIT)
         return run_stage_job(job)
 
 

@@ -23,6 +23,7 @@ from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
 from sftkd_cli.files import atomic_write_text
+from sftkd_cli.run_files import METRICS_JSON
 
 
 def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:
@@ -77,7 +78,7 @@ def _groups(plan: Plan) -> list[str]:
 
 
 def _evaluated(stages: Sequence[Stage]) -> list[Stage]:
-    return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / "metrics.json").is_file()]
+    return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / METRICS_JSON).is_file()]
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] | None = None) -> list[str]:
@@ -207,7 +208,7 @@ def _paper_layout(plan: Plan, members: Sequence[Stage], seeds: Sequence[int], gr
     if random:
         lines += [f"Left out: {', '.join(random)} (random-init students would fill their method's SFT-KD-Recon "
                   "cell twice; they are in the comparison files).", ""]
-    whole = {p.resolve() for p in expand_runs_folder(plan.runs_dir) if (p / "metrics.json").is_file()}
+    whole = {p.resolve() for p in expand_runs_folder(plan.runs_dir) if (p / METRICS_JSON).is_file()}
     for seed in seeds:
         dirs = [evaluation_dir(s) for s in members if _seed_of(s) == seed and s.model_role is None and not s.random_init]
         if not dirs:

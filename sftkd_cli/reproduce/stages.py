@@ -21,6 +21,7 @@ from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.resume import position, resume_point, too_few_epochs
+from sftkd_cli.run_files import METRICS_JSON, RECON_H5
 
 
 @dataclass
@@ -285,10 +286,10 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
     from sftkd_cli.evaluate import scores_checkpoint
 
     out, checkpoint = evaluation_dir(stage), evaluated_checkpoint(stage, plan)
-    metrics = out / "metrics.json"
+    metrics = out / METRICS_JSON
     if not (metrics.is_file() and checkpoint.is_file()):
         return False
-    if writes_reconstructions(stage, plan) and not (out / "recon.h5").is_file():
+    if writes_reconstructions(stage, plan) and not (out / RECON_H5).is_file():
         return False
     try:
         info = json.loads(read_regular_bytes(metrics, "metrics"))
@@ -317,7 +318,7 @@ def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
     newest = plan.path.stat().st_mtime
     for stage in stages:
         if stage.kind == "evaluate":
-            metrics = evaluation_dir(stage) / "metrics.json"
+            metrics = evaluation_dir(stage) / METRICS_JSON
             if metrics.is_file():
                 newest = max(newest, metrics.stat().st_mtime)
     return report.stat().st_mtime > newest

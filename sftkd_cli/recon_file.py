@@ -1,0 +1,35 @@
+"""recon.h5, the reconstructions an evaluation scored: one dataset per volume, with where its
+slices come from (the prepared file's provenance) and, on the file, what produced it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftkd_cli.files import H5Writer
+from sftkd_cli.scoring import Volume
+
+
+def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration: float, task: str,
+                convention: str) -> dict[str, Any]:
+    """recon.h5's own attributes: what produced it and what its numbers are."""
+    return {
+        "run": run, "checkpoint": str(checkpoint), "dataset": str(data), "split": split,
+        "acceleration": float(acceleration), "task": task, "convention": convention,
+        "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32, "
+                    "in the prepared dataset's scale (x / max: multiply by the attribute max for input units); "
+                    "attributes slices (position in the prepared volume), source_slice (slice index in the "
+                    "input) and, as prepare-data recorded them, source_file, max, normalisation, voxel_size "
+                    "(slice, row, column; mm) and affine ((source slice, row, column, 1) -> scanner mm)",
+    }
+
+
+def write_recon_volume(recon: H5Writer, name: str, v: Volume, origin: dict[str, Any]) -> None:
+    """Add one volume's reconstruction to recon.h5: dataset `name`, (S,H,W) float32, gzip 1, with
+    its slice positions (`slices`), their indices in the input (`source_slice`) and `origin`, the
+    prepared file's provenance attributes; raises the OSError of a failed write."""
+    recon.file.create_dataset(name, data=v["pred"].astype(np.float32), compression="gzip", compression_opts=1)
+    recon.file[name].attrs.update({"slices": v["slices"], "source_slice": v["source_slice"], **origin})
+    recon.check()

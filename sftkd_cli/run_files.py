@@ -1,0 +1,23 @@
+"""The names of the files sftkd writes into a run directory and its evaluation folders.
+
+A leaf module (no imports), so that the run folder (`sftkd_cli.runs`), evaluate, export, compare,
+the figures and reproduce all read one spelling of each name.
+"""
+
+from __future__ import annotations
+
+RECIPE_YAML = "recipe.yaml"  # the resolved recipe the run trained with
+ENV_JSON = "env.json"  # versions, device, git commit, seed, command line
+HISTORY_JSONL = "history.jsonl"  # one line per epoch
+LOCK = ".lock"  # held while a process trains in the run
+METRICS_JSON = "metrics.json"  # an evaluation's summary, written last: it says the others are complete
+PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
+PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
+RECON_H5 = "recon.h5"  # the reconstructions scored
+
+#: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
+#: RUN/eval-<file>-<format>/, then .../eval-data-<dataset>/, .../eval-amp-<amp>/, .../eval-fastmri/;
+#: metrics.json last: it says the others are complete)
+EVAL_FILES = (PER_SLICE_CSV, PER_VOLUME_CSV, RECON_H5, METRICS_JSON)
+#: what sftkd writes into a run directory: the only names `--force` removes (with the checkpoints)
+RUN_FILES = (RECIPE_YAML, ENV_JSON, HISTORY_JSONL, LOCK, *EVAL_FILES)
