@@ -119,24 +119,24 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
 
 def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,
                   also_clear: nn.Module | None = None, channels_last: bool = True) -> Callable[[], float]:
-    """One engine-style training step: autocast forward, zero grads, backward, Adam step.
+    """The engine's eager training step (`training.engine.eager_step`) on `batch`, with Adam.
 
     Models run in the channels_last layout, as the engine (train.channels_last) and evaluate do;
-    `channels_last=False` keeps NCHW, as the reference code does.
+    `channels_last=False` keeps NCHW, as the reference code does. `also_clear`: a module outside
+    the optimiser whose gradients are dropped before each step (they would pile up otherwise).
     """
+    from sftkd_cli.training.engine import eager_step
+
     objective.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    amp = "bf16" if precision == "bf16" else "off"
 
     def step() -> float:
-        with precision_context(device, precision):
-            loss, _ = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
         if also_clear is not None:
             also_clear.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        return eager_step(objective, batch, optimizer, scaler, device, amp)
 
     return step
 

@@ -19,7 +19,7 @@ import random
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -87,6 +87,22 @@ def batches(dataset: Dataset, order: Sequence[int], batch_size: int) -> Iterator
         return
     for start in range(0, len(order), batch_size):
         yield collate([dataset[i] for i in order[start : start + batch_size]])
+
+
+def eager_step(objective: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               device: torch.device, amp: str, check: Callable[[float], None] = lambda value: None) -> float:
+    """One training step without CUDA graphs, as training runs it (and `sftkd bench` times it):
+    autocast forward, the loss read and `check`ed before the update is applied, backward through
+    the gradient scaler (a no-op unless fp16), Adam step. Returns the loss."""
+    with autocast(device, amp):
+        loss, _ = objective(batch)
+    value = float(loss.detach())
+    check(value)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return value
 
 
 @dataclass
@@ -499,15 +515,8 @@ class Trainer:
             loss_on_device = loop.graphs.step(batch, self._bare().graph_key())
             if loss_on_device is not None:
                 return loss_on_device
-        with autocast(self.device, self.recipe.train.amp):
-            loss, _ = loop.objective(batch)
-        value = float(loss.detach())
-        self._check_finite(value, epoch, step)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loop.scaler.scale(loss).backward()
-        loop.scaler.step(loop.optimizer)
-        loop.scaler.update()
-        return value
+        return eager_step(loop.objective, batch, loop.optimizer, loop.scaler, self.device, self.recipe.train.amp,
+                          lambda value: self._check_finite(value, epoch, step))
 
     def _progress(self) -> Progress:
         quiet = not self.is_main or not self.console.is_terminal
