@@ -39,6 +39,9 @@ DEFAULT_CENTER_FRACTION: dict[str, float] = {"random": 0.04, "equispaced": 0.04,
 #: fastMRI kinds default to this product / acceleration (fastMRI's pairs: 0.08 at 4x, 0.04 at 8x)
 FASTMRI_CENTER_PRODUCT = 0.32
 
+#: the mixed-precision modes (train.amp, --amp): none, bfloat16 autocast (CPUs and GPUs), float16
+#: autocast (CUDA only)
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
+from sftkd_cli.choices import AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -389,7 +389,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
         (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
-        (recipe.train.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16"),
+        (recipe.train.amp in AMP_MODES, "train.amp", f"one of {', '.join(AMP_MODES)}"),
         (recipe.train.cuda_graphs in CUDA_GRAPHS_MODES, "train.cuda_graphs", "auto, on or off"),
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
@@ -496,14 +496,15 @@ def _check_dataset(recipe: Recipe) -> None:
     """When data.path is already a prepared dataset, it must have been prepared for data.task and
     have the split eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
+    from sftkd_cli.data.format import MANIFEST
     from sftkd_cli.files import read_regular_bytes
 
     data = recipe.data
-    path = Path(data.path) / "manifest.json"
+    path = Path(data.path) / MANIFEST
     if not path.is_file():  # no dataset yet, or a FIFO/device: the dataset reader says so later
         return
     try:
-        manifest = json.loads(read_regular_bytes(path, "manifest.json"))
+        manifest = json.loads(read_regular_bytes(path, MANIFEST))
     except (SftkdError, ValueError):  # unreadable: the dataset reader says so later
         return
     if not isinstance(manifest, dict):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sftkd_cli.choices import AMP_MODES
 from sftkd_cli.config import check_device
 from sftkd_cli.errors import SftkdError
 
@@ -21,8 +22,6 @@ Batch = dict[str, torch.Tensor]
 #: the tensors of a dataset item that a batch holds (the other keys, volume and slice, stay behind)
 TENSOR_KEYS = ("target", "zf", "kspace", "mask")
 
-#: the mixed-precision modes: none, bfloat16 autocast (CPUs and GPUs), float16 autocast (CUDA only)
-AMP_MODES = ("off", "bf16", "fp16")
 
 
 def select_device(name: str = "auto", where: str = "train.device") -> torch.device:

@@ -41,6 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sftkd_cli import eta
+from sftkd_cli.data.format import MANIFEST
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds
 from sftkd_cli.reproduce.executor import PER_GPU, cpu_count, gpu_count
@@ -118,7 +119,7 @@ def seconds_per_unit(plan: Plan, stages: Sequence[Stage], probe: bool = True) ->
     if units > 0 and seconds > 0:
         return seconds / units, "scaled", ""
     supervised = next((s for s in stages if s.kind in ("teacher", "student")), None)
-    prepared = plan.data.source == "prepared" or (plan.data.out / "manifest.json").is_file()
+    prepared = plan.data.source == "prepared" or (plan.data.out / MANIFEST).is_file()
     if not (probe and supervised is not None and prepared):
         why = "no run of the plan has a timed epoch" + ("" if prepared else f" and {plan.data.out} is not prepared (no probe)")
         return None, "cost", why

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.data.format import MANIFEST
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, planned_action, training_state
 
@@ -45,7 +46,7 @@ def missing_need(stage: Stage, chosen: set[str], stages: Sequence[Stage], plan: 
         dep = by_id[need]
         if dep.kind in TRAIN_KINDS and training_state(dep)[0] != "complete":
             return f"{need} not complete (not selected by --only)"
-        if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / "manifest.json").is_file():
+        if dep.kind == "data" and plan.data.source != "prepared" and not (plan.data.out / MANIFEST).is_file():
             return f"{need}: {plan.data.out} not prepared (not selected by --only)"
     return ""
 
