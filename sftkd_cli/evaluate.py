@@ -546,6 +546,8 @@ def _conventions(convention: str, task: str, record: dict[str, Any]) -> dict[str
         found["input"] = "zero_filled = the magnitude of the network input IFFT(masked k-space) (complex)"
         if convention == "paper":
             found["images"] = "magnitudes of the complex reconstruction and target, at the stored size"
+    elif convention == "paper":
+        found["images"] = "the whole stored (H, W) image, including any zero padding prepare-data --size added"
     return found
 
 

@@ -126,6 +126,7 @@ def test_evaluate_and_compare(flow):
         metrics = json.loads((runs / name / "metrics.json").read_text())
         assert metrics["dataset"]["split"] == "val" and metrics["params"] > 0
         assert metrics["metrics"]["PSNR"]["mean"] > 0 and "PSNR" in metrics["conventions"]
+        assert "zero padding" in metrics["conventions"]["images"]  # the stored image is scored whole
     sftkd("evaluate", runs / "sft", "--model", "student", "--device", "cpu", "--no-recon")
     assert json.loads((runs / "sft" / "eval-student" / "metrics.json").read_text())["role"] == "sft-student"
     assert json.loads((runs / "sft" / "metrics.json").read_text())["role"] == "sft-teacher"
