@@ -146,6 +146,22 @@ def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(t
     _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} at epoch 2, step 2; continue with --resume", (1, 2))
 
 
+def test_a_resumed_epochs_seconds_include_the_time_before_the_stop(tmp_path, monkeypatch):
+    """CPU: a mid-epoch checkpoint keeps the seconds the epoch ran so far; resumed, the epoch's
+    history row counts them (set to 1000 here: the stop-to-resume gap itself is not counted)."""
+    _signal_inside_adam(monkeypatch, signal.SIGTERM, (5,))  # epoch 2, step 2 (3 steps an epoch)
+    with pytest.raises(RunInterrupted):
+        _fit(tmp_path, "stopped")
+    monkeypatch.undo()
+    last = tmp_path / "stopped" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2) and 0 < state["epoch_seconds"] < 1000
+    save_checkpoint(last, {**state, "epoch_seconds": 1000.0})
+    _, resumed = _fit(tmp_path, "stopped", True)
+    seconds = [row["seconds"] for row in resumed.read_history()]
+    assert seconds[0] < 1000 <= seconds[1]
+
+
 @pytest.mark.parametrize("signum, stopped, saved_at", [
     (signal.SIGINT, "stopped at once; --resume continues from the last checkpoint", (1, 0)),  # epoch 1's, not the half-done step's
     (signal.SIGTERM, "stopped by SIGTERM at epoch 2, step 2", (1, 2)),  # a repeated SIGTERM only asks again

@@ -134,12 +134,14 @@ class FitState:
     unread: list[float | torch.Tensor] = field(default_factory=list)  # losses of the last steps, not yet counted
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
-    started: float = 0.0  # time.perf_counter() when the epoch started
+    started: float = 0.0  # time.perf_counter() when the epoch started (less what it ran before a resume)
+    carried: float = 0.0  # seconds a resumed epoch ran before it was stopped (its checkpoint's)
 
     def entries(self) -> dict[str, Any]:
         """The checkpoint entries besides the weights, optimiser, epoch and step."""
         return {"best_val_l1": self.best_val, "best_epoch": self.best_epoch,
-                "epoch_loss_sum": self.loss_sum, "epoch_loss_count": self.loss_count}
+                "epoch_loss_sum": self.loss_sum, "epoch_loss_count": self.loss_count,
+                "epoch_seconds": time.perf_counter() - self.started}
 
 
 class _StopFlag:
@@ -384,6 +386,7 @@ class Trainer:
                 epoch=int(saved["epoch"]), step=int(saved["step_in_epoch"]),
                 best_val=float(saved["best_val_l1"]), best_epoch=int(saved["best_epoch"]),
                 loss_sum=float(saved["epoch_loss_sum"]), loss_count=int(saved["epoch_loss_count"]),
+                carried=float(saved.get("epoch_seconds", 0.0)),  # absent before sftkd kept it
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             reason = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
@@ -401,7 +404,8 @@ class Trainer:
         if not state.step and state.epoch in self._bare().restarts():  # (a resumed epoch restarted already)
             restart_optimizer(loop.optimizer, loop.scheduler)
         set_dataset_epoch(train_ds, state.epoch)  # per-sample masks of this epoch (data.mask_per_sample)
-        state.started = time.perf_counter()
+        state.started = time.perf_counter() - (state.carried if state.step else 0.0)  # a history row's seconds
+        state.carried = 0.0
         order = epoch_order(len(train_ds), cfg.seed, state.epoch, self.rank, self.world)
         order = order[: loop.steps_per_epoch * cfg.batch_size]
         state.step = state.step or 0  # None after the previous epoch
