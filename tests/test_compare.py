@@ -52,7 +52,7 @@ def make_run(
     root: Path, name: str, role: str | None, values: dict[str, np.ndarray], *, method: str | None = None,
     teacher_role: str | None = None, fingerprint: str = FINGERPRINT, split: str = "val", acceleration: float = 4.0,
     source: str = "demo", slices: list[tuple[str, int]] = SLICES, shuffle: bool = False, params: int = 49285,
-    task: str = "recon",
+    task: str = "recon", checkpoint: str = "best",
 ) -> Path:
     """An evaluated run directory written as COMMON.md describes (recipe.yaml, metrics.json, per_slice.csv)."""
     run = root / name
@@ -60,7 +60,7 @@ def make_run(
     (run / "recipe.yaml").write_text(f"run:\n  name: {name}\n")
     metrics = {
         "format": 1, "sftkd_version": "0.1.0", "run": name, "model": "D3C5", "role": role, "method": method,
-        "init": None, "params": params, "checkpoint": "best",
+        "init": None, "params": params, "checkpoint": checkpoint,
         "dataset": {"path": "data/demo", "fingerprint": fingerprint, "split": split, "acceleration": acceleration,
                     "image_size": [32, 32], "source": source, "task": task},
         "latency_ms_per_slice": 25.0, "device": "cpu", "conventions": {},
@@ -233,7 +233,8 @@ def test_reference_and_baseline_options(trio):
 @pytest.mark.parametrize(
     ("change", "what"),
     [({"fingerprint": "cd" * 32}, "data (dataset fingerprint"), ({"split": "test"}, "split (val vs test)"),
-     ({"acceleration": 5.0}, "acceleration (4x vs 5x)")],
+     ({"acceleration": 5.0}, "acceleration (4x vs 5x)"), ({"checkpoint": "last"}, "checkpoint (best vs last)"),
+     ({"checkpoint": "/elsewhere/epoch3.pt"}, "checkpoint (best vs a checkpoint file)")],
 )
 def test_runs_on_different_data_are_refused_in_one_line(tmp_path, change, what):
     a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
@@ -529,3 +530,11 @@ def test_dataset_labels_come_from_the_source_catalog():
     assert source_label("acdc") == "Cardiac" and source_label("mrbrains") == "MRBrainS"
     assert source_label("fastmri") == "fastMRI" and source_label("elsewhere") == "elsewhere"
     assert all(source_label(name) for name in SOURCES)
+
+
+def test_paper_table_refuses_scores_of_different_checkpoints(tmp_path):
+    """CPU: the best checkpoint of one run beside the last of another is not one table."""
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), checkpoint="last")
+    with pytest.raises(SftkdError, match=r"different checkpoint \(best vs last\)"):
+        paper_table([load_run_result(a), load_run_result(b)])

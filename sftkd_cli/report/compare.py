@@ -14,11 +14,12 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import wilcoxon
 
-from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
+from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
@@ -84,6 +85,7 @@ class RunResult:
     slices: tuple[tuple[str, int], ...]  # (volume, slice) of each per_slice.csv row
     columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
     task: str = "recon"  # recon or sr (super-resolution)
+    checkpoint: str = "best"  # which checkpoint was scored: best, last, or "a checkpoint file"
     unit: str = "slice"  # what a per-unit row is: a slice (paper convention) or a volume (fastmri; slice -1)
     #: when the scores are of another checkpoint than the run holds now (`evaluate.scores_checkpoint`):
     #: the `sftkd evaluate` command that scores it again; empty otherwise
@@ -238,6 +240,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         split=dataset["split"],
         acceleration=number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
         task=str(dataset.get("task", "recon")),
+        checkpoint=_checkpoint_kind(info.get("checkpoint")),
         metrics=metrics,
         zero_filled=zero_filled,
         slices=slices,
@@ -318,7 +321,14 @@ def _check_unique_names(runs: Sequence[RunResult]) -> None:
         by_name[run.name] = run
 
 
-_SAME_DATA = "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
+_SAME_DATA = "compare runs evaluated on the same data, split, acceleration and checkpoint (or use --group paper)"
+
+
+def _checkpoint_kind(which: Any) -> str:
+    """metrics.json's checkpoint as compare matches it: best, last, or any other file alike."""
+    if which is None:  # written before metrics.json named it: evaluate's default
+        return "best"
+    return str(which) if which in CHECKPOINT_NAMES else "a checkpoint file"
 
 
 def _data_differences(a: RunResult, b: RunResult) -> list[str]:
@@ -329,11 +339,13 @@ def _data_differences(a: RunResult, b: RunResult) -> list[str]:
         diffs.append(f"split ({a.split} vs {b.split})")
     if a.acceleration != b.acceleration:
         diffs.append(f"acceleration ({a.acceleration:g}x vs {b.acceleration:g}x)")
+    if a.checkpoint != b.checkpoint:
+        diffs.append(f"checkpoint ({a.checkpoint} vs {b.checkpoint})")
     return diffs
 
 
 def check_same_data(runs: Sequence[RunResult], advice: str = _SAME_DATA) -> None:
-    """Refuse runs evaluated on different data, split or acceleration, naming the first pair;
+    """Refuse runs evaluated on different data, split, acceleration or checkpoint, naming the first pair;
     `advice` says what to do instead (it depends on the layout)."""
     for other in runs[1:]:
         diffs = _data_differences(runs[0], other)
@@ -516,6 +528,9 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRIC
     for other in runs[1:]:
         if other.split != runs[0].split:
             raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different split ({runs[0].split} vs {other.split}); the paper table shows one split")
+        if other.checkpoint != runs[0].checkpoint:
+            raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different checkpoint ({runs[0].checkpoint} vs "
+                             f"{other.checkpoint}); the paper table shows one (evaluate --checkpoint)")
     groups: dict[tuple[str, float], list[RunResult]] = {}
     for run in runs:
         groups.setdefault((run.dataset_key, run.acceleration), []).append(run)
