@@ -58,6 +58,14 @@ def test_every_method_distills_through_the_cli(flow, method):
     assert state["method"] == method and state["teacher_role"] == "teacher"
 
 
+def test_distill_print_recipe_names_the_run_as_training_would(flow):
+    """CPU: the KD run's default name says whether its teacher is an SFT run (read from the run)."""
+    runs, base = flow
+    for teacher, kind in (("teacher", "std"), ("sft", "sft")):
+        result = sftkd("distill", "--teacher", runs / teacher, "--method", "fsp", *base, "--print-recipe")
+        assert "role: kd" in result.output and f"-kd-fsp-{kind}-D2C2-4x" in result.output, result.output
+
+
 def test_sft_kd_starts_from_exactly_the_sft_student_blocks(flow):
     runs, base = flow
     sftkd("distill", "--teacher", runs / "sft", "--student", "D2C2", "--method", "at", "--init-from", "sft",
@@ -165,6 +173,8 @@ def test_existing_run_is_refused_and_resume_continues(flow):
 def test_print_recipe_shows_the_resolved_recipe():
     result = sftkd("train-teacher", "--print-recipe", "--model", "D2C2", "train.epochs=7")
     assert "epochs: 7" in result.output and "name: D2C2" in result.output
+    # what training fills in: the run's role and default name (D2C2 is not sft.teacher: a student)
+    assert "role: student" in result.output and "name: demo-student-D2C2-4x" in result.output
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
@@ -177,7 +187,7 @@ def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
 
     monkeypatch.setenv("RANK", rank)
     trained = (SimpleNamespace(path=Path("runs/r")), SimpleNamespace(best_val_l1=0.5, best_epoch=2))
-    print_or_train(load_recipe(None, []), False, lambda recipe, console: trained)
+    print_or_train(load_recipe(None, []), False, lambda recipe, console: trained, lambda recipe: recipe)
     assert ("done: runs/r  best val L1 0.50000 at epoch 2" in capsys.readouterr().out) is (rank == "0")
 
 

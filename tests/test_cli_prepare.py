@@ -104,6 +104,18 @@ def test_nifti_cli_with_mask_files(tmp_path: Path, nifti_writer) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "out/masks/acc4.npy"), mask)
 
 
+def test_a_dataset_without_val_volumes_is_written_with_a_warning(tmp_path: Path, nifti_writer) -> None:
+    """CPU: one volume leaves val empty (training would refuse it); prepare-data says so at once."""
+    nifti_writer.write(tmp_path / "raw/only.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    result = run("nifti", tmp_path / "raw", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["splits"].get("val", []) == []
+    assert "warning:" in result.stderr and "no val volume" in result.stderr and "--val" in result.stderr
+    nifti_writer.write(tmp_path / "raw/other.nii.gz", nifti_writer.phantom((20, 18, 3), seed=1))
+    result = run("nifti", tmp_path / "raw", "--out", tmp_path / "out2")
+    assert result.exit_code == 0 and "warning" not in result.stderr  # two volumes: one is val
+
+
 # ----------------------------------------------------------------- bad inputs: one line, exit 2, nothing written
 
 

@@ -27,7 +27,7 @@ def args_argument(recipe: str):  # type: ignore[no-untyped-def]
     return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=text, show_default=False)]
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path, default data/demo).")]
 AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name).")]
 RunsDirOpt = Annotated[Optional[str], typer.Option("--runs-dir", metavar="DIR", help="Folder holding run directories (run.dir, default runs).")]
@@ -130,15 +130,16 @@ def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> N
 
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],
-                   what: str = "val L1", **kwargs: object) -> None:
-    """`--print-recipe`: check and show the resolved recipe; otherwise train(recipe, console=...,
-    **kwargs) and print the run's "done" line with its best `what` (under torchrun: rank 0's only)."""
+                   resolve: Callable[[Recipe], Recipe], what: str = "val L1", **kwargs: object) -> None:
+    """`--print-recipe`: check and show the recipe as `resolve` completes it for training (model,
+    run role and name); otherwise train(recipe, console=..., **kwargs) and print the run's "done"
+    line with its best `what` (under torchrun: rank 0's only)."""
     from sftkd_cli.config import dump_recipe, validate
 
     console = stdout_console()
     if print_only:
         validate(recipe)  # what training would refuse in its first line
-        console.print(dump_recipe(recipe), highlight=False, markup=False)
+        console.print(dump_recipe(resolve(recipe)), highlight=False, markup=False)
         return
     run, result = train(recipe, console=console, **kwargs)
     if os.environ.get("RANK", "0") == "0":  # the other processes of a torchrun do not validate: no best value

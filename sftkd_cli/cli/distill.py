@@ -48,7 +48,7 @@ def distill_command(
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
     from sftkd_cli.config import check_distill_schedule
-    from sftkd_cli.training.kd import distill
+    from sftkd_cli.training.kd import distill, resolved_distill
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
@@ -57,7 +57,7 @@ def distill_command(
            "distill.init": init_from, "distill.schedule": schedule},
     )
     check_distill_schedule(recipe)  # --print-recipe too
-    common.print_or_train(recipe, print_recipe, distill, resume=resume, force=force)
+    common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)
 
 
 def register(app: typer.Typer) -> None:

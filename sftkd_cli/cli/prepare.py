@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -95,7 +96,7 @@ CenterFraction = Annotated[
 Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the masks and of the split.")]
 ValFraction = Annotated[
     Optional[float],
-    typer.Option("--val-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for val. Default: 0.25."),
+    typer.Option("--val-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for val. Default: 0.25, or none where the data bring their val set (ACDC testing/, fastMRI singlecoil_val/)."),
 ]
 TestFraction = Annotated[
     Optional[float],
@@ -195,6 +196,10 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         table.add_row("mask layout", f"{mask['layout']}, {sampled}, seed {mask['seed']}")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
+    if not m["splits"].get("val"):
+        stderr_console().print(f"[yellow]warning:[/] {escape(where)} has no val volume: training validates every epoch "
+                               "and refuses it (evaluate and export work); give --val ID or a larger share of "
+                               "volumes", highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------- commands

@@ -42,14 +42,14 @@ def train_sft_command(
 ) -> None:
     """Train a student-friendly teacher (see HELP)."""
     from sftkd_cli.config import check_sft_pair
-    from sftkd_cli.training.sft import train_sft
+    from sftkd_cli.training.sft import resolved_sft, train_sft
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},
     )
     check_sft_pair(recipe)  # --print-recipe too
-    common.print_or_train(recipe, print_recipe, train_sft, "teacher val L1", resume=resume, force=force)
+    common.print_or_train(recipe, print_recipe, train_sft, resolved_sft, "teacher val L1", resume=resume, force=force)
 
 
 def register(app: typer.Typer) -> None:

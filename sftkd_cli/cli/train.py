@@ -23,7 +23,7 @@ HELP = examples(
 
 def train_teacher(
     args: common.args_argument("recipes/demo/teacher.yaml") = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="ARCH", help=f"Architecture (model.name, default D5C5): {ARCH_TEXT}; {COMPLEX_PARAMS_TEXT}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="ARCH", help=f"Architecture (model.name; default sft.teacher, D5C5): {ARCH_TEXT}; {COMPLEX_PARAMS_TEXT}. The run is the teacher when this is sft.teacher, else a student (run.role=teacher says otherwise).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
@@ -38,13 +38,13 @@ def train_teacher(
     print_recipe: common.PrintOpt = False,
 ) -> None:
     """Train one network with L1 loss (see HELP)."""
-    from sftkd_cli.training.supervised import train_supervised
+    from sftkd_cli.training.supervised import resolved_supervised, train_supervised
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"model.name": model},
     )
-    common.print_or_train(recipe, print_recipe, train_supervised, init_from=init_from, resume=resume, force=force)
+    common.print_or_train(recipe, print_recipe, train_supervised, resolved_supervised, init_from=init_from, resume=resume, force=force)
 
 
 def register(app: typer.Typer) -> None:

@@ -117,6 +117,21 @@ def teacher_role_of(state: dict[str, Any]) -> str:
     return "sft-teacher" if state.get("role") == "sft" else "teacher"
 
 
+def _with_kd_run(recipe: Recipe, teacher_role: str | None) -> Recipe:
+    """Fill in the KD run's role and default name (`<method>-<std|sft>-<student>`)."""
+    kind = "sft" if teacher_role == "sft-teacher" else "std"
+    return with_run(recipe, "kd", f"{recipe.distill.method}-{kind}-{recipe.model.name.upper()}")
+
+
+def resolved_distill(recipe: Recipe) -> Recipe:
+    """The recipe `distill` trains: model.name (default sft.student), run role and name (read
+    from the teacher run whether it is an SFT run)."""
+    recipe = with_model(recipe, recipe.sft.student)
+    if not recipe.distill.teacher_run:
+        raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
+    return _with_kd_run(recipe, teacher_role_of(read_checkpoint(recipe.distill.teacher_run).state))
+
+
 def distill(
     recipe: Recipe,
     *,
@@ -140,8 +155,7 @@ def distill(
     init = cfg.teacher_run if cfg.init == "sft" else cfg.init
     if cfg.init == "sft" and teacher_role != "sft-teacher":
         raise SftkdError(f"distill.init=sft: {cfg.teacher_run} is not an SFT run; give a run or checkpoint to start from")
-    kind = "sft" if teacher_role == "sft-teacher" else "std"
-    recipe = with_run(recipe, "kd", f"{cfg.method}-{kind}-{recipe.model.name.upper()}")
+    recipe = _with_kd_run(recipe, teacher_role)
 
     def make(data: dict[str, object]) -> Distillation:
         check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)

@@ -107,12 +107,17 @@ def _tile(x: torch.Tensor, repeats: int) -> torch.Tensor:
     return x if repeats == 1 or x.shape[0] == 1 else x.repeat(repeats, *([1] * (x.dim() - 1)))
 
 
+def resolved_sft(recipe: Recipe) -> Recipe:
+    """The recipe `train_sft` trains: run role and name filled in."""
+    return with_run(recipe, "sft", f"{recipe.sft.teacher.upper()}-{recipe.sft.student.upper()}")
+
+
 def train_sft(
     recipe: Recipe, *, resume: bool = False, force: bool = False, console: Console | None = None
 ) -> tuple[RunDir, FitResult]:
     """Train a student-friendly teacher into `runs/<name>` (teacher and student blocks saved)."""
     sft = recipe.sft
-    recipe = with_run(recipe, "sft", f"{sft.teacher.upper()}-{sft.student.upper()}")
+    recipe = resolved_sft(recipe)
 
     def make(data: dict[str, object]) -> StudentFriendly:
         teacher, student = model_for(recipe, sft.teacher, data), model_for(recipe, sft.student, data)

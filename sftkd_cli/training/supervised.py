@@ -17,6 +17,12 @@ def default_role(model_name: str, recipe: Recipe) -> str:
     return "teacher" if model_name.upper() == recipe.sft.teacher.upper() else "student"
 
 
+def resolved_supervised(recipe: Recipe) -> Recipe:
+    """The recipe `train_supervised` trains: model.name (default sft.teacher), run role and name."""
+    recipe = with_model(recipe, recipe.sft.teacher)
+    return with_run(recipe, default_role(recipe.model.name, recipe), recipe.model.name.upper())
+
+
 def train_supervised(
     recipe: Recipe,
     *,
@@ -26,8 +32,7 @@ def train_supervised(
     console: Console | None = None,
 ) -> tuple[RunDir, FitResult]:
     """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights."""
-    recipe = with_model(recipe, recipe.sft.teacher)
-    recipe = with_run(recipe, default_role(recipe.model.name, recipe), recipe.model.name.upper())
+    recipe = resolved_supervised(recipe)
 
     def make(data: dict[str, object]) -> Supervised:
         model = model_for(recipe, recipe.model.name, data)
