@@ -50,7 +50,7 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
                                magnitude)
 from sftkd_cli.models import count_parameters
-from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, open_run
+from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, synchronize, to_device)
@@ -496,11 +496,8 @@ def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:
         return None
     if which not in CHECKPOINT_NAMES:
         return Path(which)
-    while not (folder / RECIPE_YAML).is_file():
-        if not folder.name.startswith("eval-") or folder.parent == folder:
-            return None
-        folder = folder.parent
-    return RunDir(folder).checkpoint(which)
+    run, _ = eval_chain(folder)
+    return RunDir(run).checkpoint(which) if (run / RECIPE_YAML).is_file() else None
 
 
 def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
@@ -508,21 +505,21 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
     in it) again: the run, then the option each eval-* level below it stands for (`--model`,
     `--data`, `--amp`, `--convention`; see `_evaluate`), and a checkpoint other than best."""
     options: list[str] = []
-    while folder.name.startswith("eval-") and not (folder / RECIPE_YAML).is_file():
-        level = folder.name[len("eval-"):]
-        if folder.name == FASTMRI_DIR:
-            options[:0] = ["--convention", "fastmri"]
+    run, levels = eval_chain(folder)
+    for name in levels:
+        level = name[len("eval-"):]
+        if name == FASTMRI_DIR:
+            options += ["--convention", "fastmri"]
         elif level.startswith("amp-"):
-            options[:0] = ["--amp", level[len("amp-"):]]
+            options += ["--amp", level[len("amp-"):]]
         elif level.startswith("data-"):
-            options[:0] = ["--data", str((info.get("dataset") or {}).get("path", "DIR"))]
+            options += ["--data", str((info.get("dataset") or {}).get("path", "DIR"))]
         else:
-            options[:0] = ["--model", level]
-        folder = folder.parent
+            options += ["--model", level]
     which = info.get("checkpoint")
     if isinstance(which, str) and which != "best":
         options += ["--checkpoint", which]
-    return shlex.join(["sftkd", "evaluate", str(folder), *options])
+    return shlex.join(["sftkd", "evaluate", str(run), *options])
 
 
 def scores_checkpoint(info: dict[str, Any], checkpoint: Path) -> bool | None:

@@ -337,6 +337,17 @@ CHECKPOINT_FILES = tuple(f"{name}.pt" for name in CHECKPOINT_NAMES)
 EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
 
 
+def eval_chain(folder: Path) -> tuple[Path, list[str]]:
+    """Walk up from a results folder through the eval-* folders that are not runs themselves:
+    (where the walk stops: the run when it holds a recipe.yaml, the eval-* names from there down
+    to `folder`), e.g. RUN/eval-student/eval-fastmri -> (RUN, ['eval-student', 'eval-fastmri'])."""
+    levels: list[str] = []
+    while folder.name.startswith("eval-") and not (folder / RECIPE_YAML).is_file() and folder.parent != folder:
+        levels.insert(0, folder.name)
+        folder = folder.parent
+    return folder, levels
+
+
 def eval_folders(run: Path) -> list[Path]:
     """The evaluation folders in `run`: eval-* folders nested in eval-* folders from the run down,
     deepest first (so that each can be removed once emptied); links are not followed."""

@@ -33,7 +33,7 @@ from sftkd_cli.report.result_files import (
     read_per_unit,
     stats_block,
 )
-from sftkd_cli.runs import expand_runs_folder, is_run_folder
+from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
 from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, PER_VOLUME_CSV, RECIPE_YAML
 
 ZF_NAME = "ZF"
@@ -186,11 +186,8 @@ def run_of(path: Path, convention: str = "paper") -> Path:
 def _run_name(folder: Path) -> str:
     """A run's name in the tables: its folder's; an evaluation folder inside a run is named with
     the run's (sft/eval-student, X/eval-amp-bf16), so that two runs' are told apart."""
-    parts = [folder.name]
-    while parts[0].startswith("eval-") and not (folder / RECIPE_YAML).is_file() and folder.parent != folder:
-        folder = folder.parent
-        parts.insert(0, folder.name)
-    return "/".join(parts)
+    run, levels = eval_chain(folder)
+    return "/".join([run.name, *levels])
 
 
 def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult:
