@@ -185,8 +185,7 @@ def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
     from sftkd_cli.cli.common import print_or_train
     from sftkd_cli.config import load_recipe
 
-    monkeypatch.setenv("RANK", rank)
-    trained = (SimpleNamespace(path=Path("runs/r")), SimpleNamespace(best_val_l1=0.5, best_epoch=2))
+    trained = (SimpleNamespace(path=Path("runs/r")), SimpleNamespace(best_val_l1=0.5, best_epoch=2, is_main=rank == "0"))
     print_or_train(load_recipe(None, []), False, lambda recipe, console: trained, lambda recipe: recipe)
     assert ("done: runs/r  best val L1 0.50000 at epoch 2" in capsys.readouterr().out) is (rank == "0")
 

@@ -142,7 +142,7 @@ def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[
         console.print(dump_recipe(resolve(recipe)), highlight=False, markup=False)
         return
     run, result = train(recipe, console=console, **kwargs)
-    if os.environ.get("RANK", "0") == "0":  # the other processes of a torchrun do not validate: no best value
+    if result.is_main:  # the other processes of a torchrun do not validate: no best value
         console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
 
 

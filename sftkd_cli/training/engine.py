@@ -114,6 +114,7 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, Any]]
     resumed_from: int | None = None
+    is_main: bool = True  # the process that validates (rank 0 under torchrun): the others' best is nan
 
 
 @dataclass
@@ -342,7 +343,7 @@ class Trainer:
                             raise RunInterrupted(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
                 self._interrupt()
-        return FitResult(cfg.epochs, state.best_val, state.best_epoch, state.history, state.resumed_from)
+        return FitResult(cfg.epochs, state.best_val, state.best_epoch, state.history, state.resumed_from, self.is_main)
 
     def _loop(self, train_slices: int) -> _Loop:
         """The objective on the device (DDP-wrapped with several processes), its optimiser and the progress bar."""
