@@ -51,20 +51,18 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                magnitude)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
-from sftkd_cli.scoring import SCORERS, Volume, VolumeScores
+from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, PER_SLICE_CSV, PER_VOLUME_CSV, RECIPE_YAML, RECON_H5
+from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
 
-#: how scores are computed: the paper's reference evaluation, or the fastmri package's evaluate.py
-SCORE_CONVENTIONS: tuple[str, ...] = ("paper", "fastmri")
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
-FASTMRI_DIR = "eval-fastmri"
+FASTMRI_DIR = SCORE_FILES["fastmri"][0]
 #: metrics.json's key for the sha256 of the checkpoint bytes scored (null for an exported model's)
 CHECKPOINT_DIGEST = "checkpoint_sha256"
 
@@ -74,12 +72,6 @@ INPUT_CONVENTIONS = {
     "sr": "zero_filled = the network input: the low-resolution image (central 1/s x 1/s of k-space) "
           "interpolated to full size by zero-padding its k-space (sinc interpolation)",
 }
-
-
-def check_convention(convention: str) -> None:
-    """`--convention` must be paper or fastmri."""
-    if convention not in SCORE_CONVENTIONS:
-        raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(SCORE_CONVENTIONS)}")
 
 
 def scored_images(item: dict[str, Any], pred: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,7 +428,7 @@ def _evaluate(
             metrics["convention"] = convention
         metrics["output_dir"] = str(out)
         with writing(out):
-            staged.add(out / (PER_SLICE_CSV if convention == "paper" else PER_VOLUME_CSV), _csv_text(rows).encode())
+            staged.add(out / SCORE_FILES[convention][1], _csv_text(rows).encode())
             staged.add(out / METRICS_JSON, json.dumps(metrics, indent=2, allow_nan=True).encode())  # renamed last
         if digest is not None:  # the last moment before the renames: scores of what is there now, or none
             check_still_scored(run.path, run_folder, scored_file, digest)

@@ -21,3 +21,9 @@ RECON_H5 = "recon.h5"  # the reconstructions scored
 EVAL_FILES = (PER_SLICE_CSV, PER_VOLUME_CSV, RECON_H5, METRICS_JSON)
 #: what sftkd writes into a run directory: the only names `--force` removes (with the checkpoints)
 RUN_FILES = (RECIPE_YAML, ENV_JSON, HISTORY_JSONL, LOCK, *EVAL_FILES)
+#: per score convention (`evaluate --convention`): the folder its scores go to within the results
+#: folder ("" = that folder itself), its per-unit CSV, and what one CSV row scores
+SCORE_FILES: dict[str, tuple[str, str, str]] = {
+    "paper": ("", PER_SLICE_CSV, "slice"),  # the paper's reference evaluation
+    "fastmri": ("eval-fastmri", PER_VOLUME_CSV, "volume"),  # the fastmri package's evaluate.py
+}

@@ -12,8 +12,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics import (FASTMRI_METRIC_NAMES, METRIC_NAMES, score_fastmri, score_slices, score_volume,
                                summarise_volumes)
+from sftkd_cli.run_files import SCORE_FILES
 
 Volume = dict[str, np.ndarray]  # {slices, source_slice, target, zf, pred}: slice positions and indices in the input (S,), (S,H,W) images
 
@@ -85,3 +87,10 @@ SCORERS: dict[str, tuple[Callable[[str, Volume], VolumeScores], Callable[[list[V
     "paper": (score_paper_volume, summarise_paper),
     "fastmri": (score_fastmri_volume, summarise_fastmri),
 }
+assert SCORERS.keys() == SCORE_FILES.keys()
+
+
+def check_convention(convention: str) -> None:
+    """`--convention` must name a score convention (`run_files.SCORE_FILES`)."""
+    if convention not in SCORE_FILES:
+        raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(SCORE_FILES)}")

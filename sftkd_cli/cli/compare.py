@@ -12,6 +12,7 @@ from rich.markup import escape
 from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.run_files import SCORE_FILES
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
     from sftkd_cli.report.compare import RunResult
@@ -29,9 +30,8 @@ class GroupMode(str, Enum):
     paper = "paper"
 
 
-class Convention(str, Enum):
-    paper = "paper"
-    fastmri = "fastmri"
+#: --convention's choices: the score conventions evaluate writes (paper, fastmri)
+Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str)  # type: ignore[misc]
 
 
 #: the default metrics of --convention fastmri (fastMRI's leaderboard; its MSE is there too)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sftkd_cli.choices import ARCH_LABELS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
-from sftkd_cli.run_files import PER_SLICE_CSV, PER_VOLUME_CSV
+from sftkd_cli.run_files import SCORE_FILES
 
 
 HELP = examples(
@@ -46,7 +46,8 @@ def evaluate(
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
-    from sftkd_cli.evaluate import check_batch_size, check_convention, check_threads, evaluate_run, print_metrics
+    from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run, print_metrics
+    from sftkd_cli.scoring import check_convention
     from sftkd_cli.runs import expand_runs_folder
 
     if threads is not None:
@@ -65,7 +66,7 @@ def evaluate(
                                    convention=convention, batch_size=batch_size,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         print_metrics(metrics, console)
-        scores = PER_VOLUME_CSV if convention == "fastmri" else PER_SLICE_CSV
+        scores = SCORE_FILES[convention][1]
         console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
 
 

@@ -34,7 +34,8 @@ from sftkd_cli.report.result_files import (
     stats_block,
 )
 from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
-from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, PER_VOLUME_CSV, RECIPE_YAML
+from sftkd_cli.scoring import check_convention
+from sftkd_cli.run_files import METRICS_JSON, RECIPE_YAML, SCORE_FILES
 
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
@@ -44,8 +45,6 @@ INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 INPUT_ROWS = {task: short for task, (_, short) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
 #: score convention -> (folder inside a run holding its results, per-unit file, the unit scores pair by)
-CONVENTIONS: dict[str, tuple[str, str, str]] = {"paper": ("", PER_SLICE_CSV, "slice"),
-                                                "fastmri": ("eval-fastmri", PER_VOLUME_CSV, "volume")}
 
 STD_KD = "Std-KD"
 SFT_KD = "SFT-KD-Recon"
@@ -164,20 +163,15 @@ class PaperTable:
 # ----------------------------------------------------------------------------- loading
 
 
-def check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise SftkdError(f"--convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
-
-
 def results_folder(run_dir: Path, convention: str = "paper") -> Path:
     """Where a run's results of `convention` lie: the run itself (paper) or RUN/eval-fastmri/."""
-    return run_dir / CONVENTIONS[convention][0] if CONVENTIONS[convention][0] else run_dir
+    return run_dir / SCORE_FILES[convention][0] if SCORE_FILES[convention][0] else run_dir
 
 
 def run_of(path: Path, convention: str = "paper") -> Path:
     """The run (or evaluation folder) that `path` stands for: RUN for RUN/eval-fastmri given in the
     fastmri convention, so that both read (and name) the same results; else `path` itself."""
-    folder = CONVENTIONS[convention][0]
+    folder = SCORE_FILES[convention][0]
     path = path.absolute() if path.name in ("", ".", "..") else path  # `.` inside the folder has no name
     own = bool(folder) and path.name == folder and path.is_dir() and not (path / RECIPE_YAML).is_file()
     return path.parent if own else path
@@ -201,7 +195,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         raise SftkdError(f"{run_dir}: not a run directory")
     path = run_of(Path(run_dir), convention)
     label = str(path)
-    _, per_unit, unit = CONVENTIONS[convention]
+    _, per_unit, unit = SCORE_FILES[convention]
     metrics_file = results_folder(path, convention) / METRICS_JSON
     if not metrics_file.is_file():
         hint = "" if convention == "paper" else f" --convention {convention}"
@@ -298,7 +292,7 @@ def _not_evaluated(pending: Sequence[str], convention: str) -> str:
     """Why `pending` runs are skipped and the command that evaluates them (one run: its own)."""
     flag = "" if convention == "paper" else f" --convention {convention}"
     hint = f"`sftkd evaluate {pending[0]}{flag}`" if len(pending) == 1 else f"`sftkd evaluate RUN{flag}` on each"
-    missing = METRICS_JSON if convention == "paper" else f"{CONVENTIONS[convention][0]}/{METRICS_JSON}"
+    missing = METRICS_JSON if convention == "paper" else f"{SCORE_FILES[convention][0]}/{METRICS_JSON}"
     return f"not evaluated yet (no {missing}); run {hint}"
 
 
