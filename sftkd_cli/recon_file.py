@@ -18,11 +18,13 @@ def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration:
     return {
         "run": run, "checkpoint": str(checkpoint), "dataset": str(data), "split": split,
         "acceleration": float(acceleration), "task": task, "convention": convention,
-        "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32, "
-                    "in the prepared dataset's scale (x / max: multiply by the attribute max for input units); "
-                    "attributes slices (position in the prepared volume), source_slice (slice index in the "
-                    "input) and, as prepare-data recorded them, source_file, max, normalisation, voxel_size "
-                    "(slice, row, column; mm) and affine ((source slice, row, column, 1) -> scanner mm)",
+        "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32 "
+                    + ("magnitudes centre-cropped to the target's size" if convention == "fastmri" else
+                       "at the stored size") + ", in the prepared dataset's scale (x / max: multiply by the "
+                    "attribute max for input units); attributes slices (position in the prepared volume), "
+                    "source_slice (slice index in the input) and what prepare-data recorded of the volume "
+                    "(source_file, max, normalisation; voxel_size (slice, row, column; mm) and affine "
+                    "((source slice, row, column, 1) -> scanner mm) for NIfTI inputs)",
     }
 
 

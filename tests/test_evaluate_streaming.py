@@ -182,8 +182,9 @@ def test_recon_h5_and_per_slice_csv_say_where_each_slice_comes_from(run, tmp_pat
 
 
 def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, monkeypatch):
-    """CPU: the README's recon.h5 -> NIfTI lines, run on a volume whose first input slice was
-    dropped: each voxel of the NIfTI lies where the prepared affine puts that pixel, in input units."""
+    """CPU: the README's recon.h5 -> NIfTI lines, run on a volume whose first and third input
+    slices were dropped: each voxel of the NIfTI lies where the prepared affine puts that pixel, in
+    input units, and the dropped slice between stays empty."""
     import nibabel as nib
 
     from conftest import phantom_volume, write_nifti
@@ -192,8 +193,8 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
     from sftkd_cli.data.sources import NiftiSource
 
     for i in range(2):
-        volume = phantom_volume((20, 18, 4), seed=5 + i)
-        volume[:, :, 0] = 0.0
+        volume = phantom_volume((20, 18, 5), seed=5 + i)
+        volume[:, :, [0, 2]] = 0.0
         write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=(1.5, 1.25, 8.0))
     data = tmp_path / "data"
     prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
@@ -206,9 +207,11 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
     written = nib.load(tmp_path / "recon.nii.gz")
     with h5py.File(out / "recon.h5", "r") as recon:
         v = recon["v0"]
-        pred, first, affine, vmax = v[()], int(v.attrs["source_slice"][0]), v.attrs["affine"], v.attrs["max"]
-    assert first == 1
+        pred, stored, affine, vmax = v[()], list(v.attrs["source_slice"]), v.attrs["affine"], v.attrs["max"]
+    assert stored == [1, 3, 4]
     image = np.asarray(written.dataobj)
-    for r, c, k in [(0, 0, 0), (3, 7, 1), (15, 2, 2), (9, 15, 0)]:
-        np.testing.assert_allclose(written.affine @ [r, c, k, 1], affine @ [first + k, r, c, 1], atol=1e-4)
-        assert image[r, c, k] == pytest.approx(pred[k, r, c] * vmax, rel=1e-6)
+    assert image.shape == (16, 16, 4) and not image[:, :, 1].any()  # input slices 1..4; 2 was dropped
+    for r, c, s in [(0, 0, 0), (3, 7, 1), (15, 2, 2), (9, 15, 0)]:
+        k = stored[s] - 1
+        np.testing.assert_allclose(written.affine @ [r, c, k, 1], affine @ [stored[s], r, c, 1], atol=1e-4)
+        assert image[r, c, k] == pytest.approx(pred[s, r, c] * vmax, rel=1e-6)

@@ -29,7 +29,7 @@ MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "spli
 NORMALISATION = "x / max: negatives clipped to 0, divided by the source volume maximum (attr max)"
 #: attributes of a volume's h5 file saying where its pixels come from (`affine`: NIfTI inputs,
 #: in datasets prepared since sftkd wrote it); evaluate copies them into recon.h5
-PROVENANCE_ATTRS: tuple[str, ...] = ("source", "source_file", "max", "normalisation", "voxel_size", "affine")
+PROVENANCE_ATTRS: tuple[str, ...] = ("source", "source_file", "max", "normalisation", "voxel_size", "affine", "acquisition")
 #: what the network input is called in tables and figures, per task: (long, short)
 INPUT_LABELS: dict[str, tuple[str, str]] = {"recon": ("zero-filled", "ZF"), "sr": ("LR interpolated", "LR interp.")}
 
