@@ -233,8 +233,9 @@ def test_reference_and_baseline_options(trio):
 @pytest.mark.parametrize(
     ("change", "what"),
     [({"fingerprint": "cd" * 32}, "data (dataset fingerprint"), ({"split": "test"}, "split (val vs test)"),
-     ({"acceleration": 5.0}, "acceleration (4x vs 5x)"), ({"checkpoint": "last"}, "checkpoint (best vs last)"),
-     ({"checkpoint": "/elsewhere/epoch3.pt"}, "checkpoint (best vs a checkpoint file)")],
+     ({"acceleration": 5.0}, "acceleration (4x vs 5x)"),
+     ({"checkpoint": "last"}, "different checkpoints (best vs last); evaluate them with the same --checkpoint"),
+     ({"checkpoint": "/elsewhere/epoch3.pt"}, "different checkpoints (best vs a checkpoint file)")],
 )
 def test_runs_on_different_data_are_refused_in_one_line(tmp_path, change, what):
     a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
@@ -536,5 +537,5 @@ def test_paper_table_refuses_scores_of_different_checkpoints(tmp_path):
     """CPU: the best checkpoint of one run beside the last of another is not one table."""
     a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
     b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), checkpoint="last")
-    with pytest.raises(SftkdError, match=r"different checkpoint \(best vs last\)"):
+    with pytest.raises(SftkdError, match=r"different checkpoints \(best vs last\)"):
         paper_table([load_run_result(a), load_run_result(b)])

@@ -546,8 +546,6 @@ METHODS: dict[str, type[KDMethod]] = {
                 FactorTransfer, NoKD)
 }
 
-#: each method's default feature choice, in words
-
 
 def method_options(name: str) -> dict[str, Any]:
     """The options a method accepts, with their defaults (keyword-only `__init__` arguments)."""

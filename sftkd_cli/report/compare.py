@@ -312,7 +312,7 @@ def _check_unique_names(runs: Sequence[RunResult]) -> None:
         by_name[run.name] = run
 
 
-_SAME_DATA = "compare runs evaluated on the same data, split, acceleration and checkpoint (or use --group paper)"
+_SAME_DATA = "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
 
 
 def _checkpoint_kind(which: Any) -> str:
@@ -330,13 +330,19 @@ def _data_differences(a: RunResult, b: RunResult) -> list[str]:
         diffs.append(f"split ({a.split} vs {b.split})")
     if a.acceleration != b.acceleration:
         diffs.append(f"acceleration ({a.acceleration:g}x vs {b.acceleration:g}x)")
-    if a.checkpoint != b.checkpoint:
-        diffs.append(f"checkpoint ({a.checkpoint} vs {b.checkpoint})")
     return diffs
 
 
+def check_same_checkpoint(runs: Sequence[RunResult]) -> None:
+    """Refuse scores of different checkpoints (a run's best beside another's last), naming the first pair."""
+    for other in runs[1:]:
+        if other.checkpoint != runs[0].checkpoint:
+            raise SftkdError(f"{runs[0].label} vs {other.label}: scores of different checkpoints ({runs[0].checkpoint} "
+                             f"vs {other.checkpoint}); evaluate them with the same --checkpoint")
+
+
 def check_same_data(runs: Sequence[RunResult], advice: str = _SAME_DATA) -> None:
-    """Refuse runs evaluated on different data, split, acceleration or checkpoint, naming the first pair;
+    """Refuse runs evaluated on different data, split or acceleration, naming the first pair;
     `advice` says what to do instead (it depends on the layout)."""
     for other in runs[1:]:
         diffs = _data_differences(runs[0], other)
@@ -455,6 +461,7 @@ def compare_runs(
         raise SftkdError("compare: no runs given")
     _check_unique_names(runs)
     check_same_data(runs)
+    check_same_checkpoint(runs)
     names = resolve_metrics(metrics, runs)
     ordered = order_runs(runs)
     ref = _pick(ordered, reference, "teacher", "--reference")
@@ -519,9 +526,7 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRIC
     for other in runs[1:]:
         if other.split != runs[0].split:
             raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different split ({runs[0].split} vs {other.split}); the paper table shows one split")
-        if other.checkpoint != runs[0].checkpoint:
-            raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different checkpoint ({runs[0].checkpoint} vs "
-                             f"{other.checkpoint}); the paper table shows one (evaluate --checkpoint)")
+    check_same_checkpoint(runs)
     groups: dict[tuple[str, float], list[RunResult]] = {}
     for run in runs:
         groups.setdefault((run.dataset_key, run.acceleration), []).append(run)

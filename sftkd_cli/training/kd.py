@@ -123,12 +123,20 @@ def _with_kd_run(recipe: Recipe, teacher_role: str | None) -> Recipe:
     return with_run(recipe, "kd", f"{recipe.distill.method}-{kind}-{recipe.model.name.upper()}")
 
 
+def _with_student(recipe: Recipe) -> Recipe:
+    """model.name defaulting to sft.student, once the distill section is known to be usable."""
+    cfg = recipe.distill
+    if cfg.schedule == "two-stage" and cfg.method == "none":
+        raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
+    if not cfg.teacher_run:
+        raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
+    return with_model(recipe, recipe.sft.student)
+
+
 def resolved_distill(recipe: Recipe) -> Recipe:
     """The recipe `distill` trains: model.name (default sft.student), run role and name (read
     from the teacher run whether it is an SFT run)."""
-    recipe = with_model(recipe, recipe.sft.student)
-    if not recipe.distill.teacher_run:
-        raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
+    recipe = _with_student(recipe)
     return _with_kd_run(recipe, teacher_role_of(read_checkpoint(recipe.distill.teacher_run).state))
 
 
@@ -140,12 +148,8 @@ def distill(
     console: Console | None = None,
 ) -> tuple[RunDir, FitResult]:
     """Distill `recipe.model` from the teacher run `recipe.distill.teacher_run`."""
-    recipe = with_model(recipe, recipe.sft.student)
+    recipe = _with_student(recipe)
     cfg = recipe.distill
-    if cfg.schedule == "two-stage" and cfg.method == "none":
-        raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
-    if not cfg.teacher_run:
-        raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
     check_teacher_idle(cfg.teacher_run)
     # read once: the teacher, the sha256 recorded for it and an SFT run's student blocks come from the same bytes
     teacher_file = read_checkpoint(cfg.teacher_run)
