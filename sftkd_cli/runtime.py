@@ -90,17 +90,48 @@ def precision_policy(tf32: bool) -> Iterator[None]:
     TF32 (Ampere and later NVIDIA GPUs) keeps float32's range but rounds the inputs of a product
     to a 10-bit mantissa (relative error ~5e-4): faster, less exact. Training uses it only with
     train.tf32; evaluation always runs with it off, so that metrics agree across machines. Sets
-    torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 (torch's own
-    defaults: off and on) and restores the caller's values afterwards. CPUs never use TF32;
-    the flags exist on every build, so this is safe (and a no-op for the arithmetic) there.
+    cuBLAS's and cuDNN's settings in the API this torch has (`tf32_settings`) and restores the
+    caller's afterwards. CPUs never use TF32; the settings exist on every build, so this is safe
+    (and a no-op for the arithmetic) there.
     """
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    previous = (matmul.allow_tf32, cudnn.allow_tf32)
-    matmul.allow_tf32, cudnn.allow_tf32 = bool(tf32), bool(tf32)
+    previous = tf32_settings()
+    set_tf32_settings(tf32_settings_for(tf32, tf32))
     try:
         yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = previous
+        set_tf32_settings(previous)
+
+
+def _fp32_precision_api() -> bool:
+    """Whether torch has the per-backend fp32_precision settings (2.9+). Reading the older
+    allow_tf32 flags warns there, and raises once anything set the new ones."""
+    return hasattr(torch.backends, "fp32_precision")
+
+
+def tf32_settings() -> tuple[Any, Any]:
+    """cuBLAS matmuls' and cuDNN convolutions' TF32 settings as this torch holds them:
+    fp32_precision strings ('tf32', 'ieee', 'none' = inherited) on torch 2.9+, else the
+    allow_tf32 flags; `set_tf32_settings` puts them back."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if _fp32_precision_api():
+        return matmul.fp32_precision, cudnn.conv.fp32_precision
+    return matmul.allow_tf32, cudnn.allow_tf32
+
+
+def set_tf32_settings(settings: tuple[Any, Any]) -> None:
+    """Set what `tf32_settings` returns (or `tf32_settings_for` makes)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if _fp32_precision_api():
+        matmul.fp32_precision, cudnn.conv.fp32_precision = settings
+    else:
+        matmul.allow_tf32, cudnn.allow_tf32 = settings
+
+
+def tf32_settings_for(matmul: bool, conv: bool) -> tuple[Any, Any]:
+    """The settings that turn TF32 on or off for matmuls and convolutions, in this torch's API."""
+    if _fp32_precision_api():
+        return ("tf32" if matmul else "ieee"), ("tf32" if conv else "ieee")
+    return bool(matmul), bool(conv)
 
 
 #: the environment variable that fixes cuBLAS's workspace, and the value that makes its matrix

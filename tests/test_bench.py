@@ -35,7 +35,7 @@ from sftkd_cli.cli.bench import header
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import DCCNN
-from test_precision import _flags_seen_by
+from test_precision import _flags, _flags_seen_by, _on
 
 torch.set_num_threads(1)
 
@@ -243,10 +243,10 @@ def test_tf32_is_set_for_the_run_as_training_sets_it_and_restored(monkeypatch, t
     from sftkd_cli.bench import runner
 
     seen = _flags_seen_by(monkeypatch, runner, "measure_roof")
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    before = _flags()
     res = run_bench(**TINY, which=["student"], tf32=tf32)
-    assert seen == [(tf32, tf32)] * 2 and res.settings["tf32"] is tf32
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    assert seen == [_on(tf32, tf32)] * 2 and res.settings["tf32"] is tf32
+    assert _flags() == before
 
 
 def test_threads_are_restored_and_parts_selected():

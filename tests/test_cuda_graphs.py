@@ -509,13 +509,16 @@ def _objective(kind: str) -> torch.nn.Module:
 @pytest.fixture
 def exact_fp32(monkeypatch):
     """fp32 convolutions and matmuls (no TF32), deterministic kernels; restored afterwards."""
+    from sftkd_cli.runtime import set_tf32_settings, tf32_settings, tf32_settings_for
+
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    before = tf32_settings()
+    set_tf32_settings(tf32_settings_for(False, False))
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     yield
     torch.use_deterministic_algorithms(False)
+    set_tf32_settings(before)
 
 
 def _fit_cuda(tmp_path, name, objective, graphs, monkeypatch, *overrides):

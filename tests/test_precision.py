@@ -17,18 +17,24 @@ from sftkd_cli.models import build_model
 from sftkd_cli.mri import dc as dc_module
 from sftkd_cli.mri.dc import complex_data_consistency, data_consistency
 from sftkd_cli.mri.fft import fft2
-from sftkd_cli.runtime import precision_policy
+from sftkd_cli.runtime import precision_policy, set_tf32_settings, tf32_settings, tf32_settings_for
 from sftkd_cli.training import engine
 
 torch.set_num_threads(1)
 
 
-def _flags() -> tuple[bool, bool]:
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+def _flags() -> tuple[object, object]:
+    """cuBLAS's and cuDNN's TF32 settings, in this torch's API (compare with `_on`)."""
+    return tf32_settings()
+
+
+def _on(matmul: bool, cudnn: bool) -> tuple[object, object]:
+    """The settings that mean TF32 on (True) or off for matmuls and convolutions."""
+    return tf32_settings_for(matmul, cudnn)
 
 
 def _set_flags(matmul: bool, cudnn: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    set_tf32_settings(_on(matmul, cudnn))
 
 
 @pytest.fixture
@@ -38,7 +44,7 @@ def flags():
     before = _flags()
     _set_flags(False, True)
     yield
-    _set_flags(*before)
+    set_tf32_settings(before)
 
 
 # ---------------------------------------------------------------------------- train.tf32
@@ -58,11 +64,21 @@ def test_train_tf32_refuses_what_is_not_a_bool(value):
 @pytest.mark.parametrize("tf32", [True, False])
 def test_precision_policy_sets_both_flags_and_restores_them(flags, tf32):
     with precision_policy(tf32):
-        assert _flags() == (tf32, tf32)
-    assert _flags() == (False, True)
+        assert _flags() == _on(tf32, tf32)
+    assert _flags() == _on(False, True)
     with pytest.raises(RuntimeError, match="boom"), precision_policy(tf32):
         raise RuntimeError("boom")
-    assert _flags() == (False, True)  # also after an error in the block
+    assert _flags() == _on(False, True)  # also after an error in the block
+
+
+@pytest.mark.skipif(not hasattr(torch.backends, "fp32_precision"), reason="torch < 2.9 has only allow_tf32")
+def test_precision_policy_keeps_to_the_fp32_precision_api_a_caller_used(flags):
+    """CPU, torch 2.9+: reading the legacy allow_tf32 flags after anything set the newer
+    fp32_precision settings raises in torch; the policy reads and restores the newer ones."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    with precision_policy(False):
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee" == torch.backends.cudnn.conv.fp32_precision
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
 def _flags_seen_by(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[tuple[bool, bool]]:
@@ -84,8 +100,8 @@ def test_training_runs_under_train_tf32_and_restores_the_flags(flags, tiny_datas
         sftkd("train-teacher", "--model", "D2C2", "--name", f"tf32-{tf32}", f"data.path={tiny_dataset}",
               f"run.dir={tmp_path}", "train.epochs=1", "train.max_steps_per_epoch=1", "data.max_val_slices=1",
               "train.threads=1", "train.device=cpu", f"train.tf32={tf32}")
-        assert _flags() == (False, True)
-    assert seen == [(True, True), (False, False)]
+        assert _flags() == _on(False, True)
+    assert seen == [_on(True, True), _on(False, False)]
 
 
 def test_evaluate_runs_without_tf32_whatever_the_caller_set(flags, tiny_dataset, tmp_path, monkeypatch):
@@ -95,7 +111,7 @@ def test_evaluate_runs_without_tf32_whatever_the_caller_set(flags, tiny_dataset,
     _set_flags(True, True)
     seen = _flags_seen_by(monkeypatch, evaluate_module, "reconstruct_split")
     evaluate_module.evaluate_run(tmp_path / "r", device="cpu", write_recon=False)
-    assert seen == [(False, False)] and _flags() == (True, True)
+    assert seen == [_on(False, False)] and _flags() == _on(True, True)
 
 
 @pytest.mark.cuda
