@@ -50,13 +50,13 @@ from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
                                magnitude)
 from sftkd_cli.models import count_parameters
+from sftkd_cli.recon_file import recon_attrs, write_recon_volume
+from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, synchronize, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
-from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 

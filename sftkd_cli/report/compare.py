@@ -33,9 +33,9 @@ from sftkd_cli.report.result_files import (
     read_per_unit,
     stats_block,
 )
+from sftkd_cli.run_files import METRICS_JSON, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
 from sftkd_cli.scoring import check_convention
-from sftkd_cli.run_files import METRICS_JSON, RECIPE_YAML, SCORE_FILES
 
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
