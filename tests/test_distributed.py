@@ -135,3 +135,21 @@ def test_torchrun_with_more_processes_than_gpus_says_so(tiny_dataset, tmp_path):
     assert ddp.returncode != 0
     assert f"{processes} processes on this machine" in ddp.stdout + ddp.stderr, ddp.stderr[-3000:]
     assert not (tmp_path / "ddp").exists()
+
+
+@pytest.mark.parametrize("backend, expected", [("nccl", {"device_ids": [3]}), ("gloo", {})])
+def test_an_nccl_barrier_names_this_process_gpu(monkeypatch, backend, expected):
+    """CPU (torch.distributed stood in for): an NCCL barrier without device_ids warns on every
+    torch version; a gloo one takes none."""
+    import torch.distributed as dist
+
+    from sftkd_cli.training.engine import barrier
+
+    calls = []
+    monkeypatch.setattr(dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(dist, "barrier", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    barrier(1)
+    assert calls == []  # one process: nothing to wait for
+    barrier(2)
+    assert calls == [expected]

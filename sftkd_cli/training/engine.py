@@ -52,11 +52,15 @@ from sftkd_cli.training.resume import ResumePoint, resume_point
 LOSS_READ_EVERY = 32
 
 def barrier(world: int) -> None:
-    """Wait for every process (no-op for a single process)."""
+    """Wait for every process (no-op for a single process). With NCCL, on this process's GPU
+    (torch warns on every version when a barrier does not name it)."""
     if world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def seed_everything(seed: int) -> None:
