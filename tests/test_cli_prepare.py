@@ -114,6 +114,8 @@ def test_a_dataset_without_val_volumes_is_written_with_a_warning(tmp_path: Path,
     nifti_writer.write(tmp_path / "raw/other.nii.gz", nifti_writer.phantom((20, 18, 3), seed=1))
     result = run("nifti", tmp_path / "raw", "--out", tmp_path / "out2")
     assert result.exit_code == 0 and "warning" not in result.stderr  # two volumes: one is val
+    result = run("nifti", tmp_path / "raw", "--out", tmp_path / "out3", "--val-fraction", "0")
+    assert result.exit_code == 0 and "warning" not in result.stderr  # no val asked for
 
 
 # ----------------------------------------------------------------- bad inputs: one line, exit 2, nothing written

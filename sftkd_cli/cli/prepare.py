@@ -135,7 +135,7 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
             bar.update(tasks[stage], completed=done)
 
         result = prepare_dataset(source, out, options, progress=progress)
-    print_summary(result, stdout_console())
+    print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
     return result
 
 
@@ -151,8 +151,9 @@ def _source_text(manifest: dict) -> str:
     return f"{manifest['source']} ({display_path(details.get('file', ''))})"
 
 
-def print_summary(result: PrepareResult, console: Console) -> None:
-    """A table: source, folder, volumes and slices per split, size, masks."""
+def print_summary(result: PrepareResult, console: Console, warn_no_val: bool = True) -> None:
+    """A table: source, folder, volumes and slices per split, size, masks; with `warn_no_val`
+    (not asked for none: --val-fraction 0), a warning when the val split is empty."""
     from sftkd_cli.files import display_path
 
     m = result.manifest
@@ -196,7 +197,7 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         table.add_row("mask layout", f"{mask['layout']}, {sampled}, seed {mask['seed']}")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
-    if not m["splits"].get("val"):
+    if warn_no_val and not m["splits"].get("val"):
         stderr_console().print(f"[yellow]warning:[/] {escape(where)} has no val volume: training validates every epoch "
                                "and refuses it (evaluate and export work); give --val ID or a larger share of "
                                "volumes", highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ the objective and are trained with the student.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,10 @@ def _with_student(recipe: Recipe) -> Recipe:
 
 def resolved_distill(recipe: Recipe) -> Recipe:
     """The recipe `distill` trains: model.name (default sft.student), run role and name (read
-    from the teacher run whether it is an SFT run)."""
+    from the teacher run whether it is an SFT run; a recipe without its teacher yet keeps its name)."""
+    if not recipe.distill.teacher_run:
+        recipe = with_model(recipe, recipe.sft.student)
+        return replace(recipe, run=replace(recipe.run, role=recipe.run.role or "kd"))
     recipe = _with_student(recipe)
     return _with_kd_run(recipe, teacher_role_of(read_checkpoint(recipe.distill.teacher_run).state))
 
