@@ -105,7 +105,9 @@ def precision_policy(tf32: bool) -> Iterator[None]:
 def _fp32_precision_api() -> bool:
     """Whether torch has the per-backend fp32_precision settings (2.9+). Reading the older
     allow_tf32 flags warns there, and raises once anything set the new ones."""
-    return hasattr(torch.backends, "fp32_precision")
+    cudnn = torch.backends.cudnn
+    return (hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(cudnn, "conv")
+            and hasattr(cudnn.conv, "fp32_precision"))
 
 
 def tf32_settings() -> tuple[Any, Any]:
