@@ -148,24 +148,31 @@ def test_h5_writer_keeps_a_failed_write_from_h5py(tmp_path):
         writer.close()
 
 
+def _scored_with_dropped_slices(run: Path, tmp_path: Path, count: int, depth: int, dropped: list[int], seed: int,
+                                zooms: tuple[float, float, float]) -> tuple[Path, Path]:
+    """`count` phantom volumes v0, v1, ... of `depth` slices whose input slices `dropped` are empty,
+    prepared (16x16, v1 for val) and `run` evaluated on their train split: (dataset, results folder)."""
+    from conftest import phantom_volume, write_nifti
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    for i in range(count):
+        volume = phantom_volume((20, 18, depth), seed=seed + i)
+        volume[:, :, dropped] = 0.0
+        write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=zooms)
+    data = tmp_path / "data"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
+    return data, Path(evaluate_run(run, data=data, split="train", device="cpu")["output_dir"])
+
+
 def test_recon_h5_and_per_slice_csv_say_where_each_slice_comes_from(run, tmp_path):
     """CPU: each reconstruction carries its slices' indices in the input (not their positions:
     the inputs' empty first slices are dropped) and the prepared file's provenance (source file,
     max, voxel size, affine); recon.h5 says what produced it."""
     import csv
 
-    from conftest import phantom_volume, write_nifti
-    from sftkd_cli.data.options import PrepareOptions
-    from sftkd_cli.data.prepare import prepare_dataset
-    from sftkd_cli.data.sources import NiftiSource
-
-    for i in range(3):
-        volume = phantom_volume((20, 18, 4), seed=i)
-        volume[:, :, 0] = 0.0
-        write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=(1.5, 1.5, 8.0))
-    data = tmp_path / "data"
-    prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
-    out = Path(evaluate_run(run, data=data, split="train", device="cpu")["output_dir"])
+    data, out = _scored_with_dropped_slices(run, tmp_path, 3, 4, [0], seed=0, zooms=(1.5, 1.5, 8.0))
     with (out / "per_slice.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     with h5py.File(out / "recon.h5", "r") as recon:
@@ -187,18 +194,7 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
     input units, and the dropped slice between stays empty."""
     import nibabel as nib
 
-    from conftest import phantom_volume, write_nifti
-    from sftkd_cli.data.options import PrepareOptions
-    from sftkd_cli.data.prepare import prepare_dataset
-    from sftkd_cli.data.sources import NiftiSource
-
-    for i in range(2):
-        volume = phantom_volume((20, 18, 5), seed=5 + i)
-        volume[:, :, [0, 2]] = 0.0
-        write_nifti(tmp_path / "raw" / f"v{i}.nii.gz", volume, zooms=(1.5, 1.25, 8.0))
-    data = tmp_path / "data"
-    prepare_dataset(NiftiSource(tmp_path / "raw"), data, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("v1",)))
-    out = Path(evaluate_run(run, data=data, split="train", device="cpu")["output_dir"])
+    _, out = _scored_with_dropped_slices(run, tmp_path, 2, 5, [0, 2], seed=5, zooms=(1.5, 1.25, 8.0))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = readme.split("reconstruction can be laid over its input:\n\n```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("runs/demo-teacher/recon.h5", str(out / "recon.h5")).replace("icbm152_z027-034", "v0")
