@@ -539,3 +539,16 @@ def test_paper_table_refuses_scores_of_different_checkpoints(tmp_path):
     b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), checkpoint="last")
     with pytest.raises(SftkdError, match=r"different checkpoints \(best vs last\)"):
         paper_table([load_run_result(a), load_run_result(b)])
+
+
+def test_a_missing_score_column_names_the_file_it_was_read_from(trio):
+    """The fastMRI convention's scores are RUN/eval-fastmri/per_volume.csv, not RUN/per_slice.csv."""
+    run = trio["teacher"]
+    add_fastmri_scores(run, 0, 0.0)
+    for convention, scores, hint in (("paper", run / "per_slice.csv", f"`sftkd evaluate {run}`"),
+                                     ("fastmri", run / "eval-fastmri" / "per_volume.csv",
+                                      f"`sftkd evaluate {run} --convention fastmri`")):
+        result = load_run_result(run, convention)
+        with pytest.raises(SftkdError) as error:
+            result.column("NRMSE")
+        assert str(error.value) == f"{scores}: no column 'NRMSE' (re-run {hint})"

@@ -214,12 +214,12 @@ def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> lis
     return list(splits[split])
 
 
-#: dtype kind of each stored array: real float images, complex k-space
 #: at most this many volume files are kept open per process (the oldest is closed first): a
 #: fastMRI or NIfTI training set can have ~1,000 files, near the usual limit of 1,024 open files
 MAX_OPEN_FILES = 64
 
-_KINDS = {"image": "f", "zf": "f", "kspace": "c", "mask": "f"}
+#: dtype kind of each array a slice is read from: real float images, complex k-space
+_KINDS = {"image": "f", "zf": "f", "kspace": "c"}
 
 
 def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") -> None:

@@ -33,7 +33,7 @@ from sftkd_cli.report.result_files import (
     read_per_unit,
     stats_block,
 )
-from sftkd_cli.run_files import METRICS_JSON, RECIPE_YAML, SCORE_FILES
+from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
 from sftkd_cli.scoring import check_convention
 
@@ -44,7 +44,6 @@ INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 #: the ZF row's label in the paper layout by dataset task ("LR interp." for super-resolution, as Table 9)
 INPUT_ROWS = {task: short for task, (_, short) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
-#: score convention -> (folder inside a run holding its results, per-unit file, the unit scores pair by)
 
 STD_KD = "Std-KD"
 SFT_KD = "SFT-KD-Recon"
@@ -89,11 +88,14 @@ class RunResult:
     #: when the scores are of another checkpoint than the run holds now (`evaluate.scores_checkpoint`):
     #: the `sftkd evaluate` command that scores it again; empty otherwise
     rerun: str = ""
+    scores_file: str = PER_SLICE_CSV  # the per-unit CSV the columns were read from, for messages
 
     def column(self, name: str) -> np.ndarray:
-        """Per-slice values of one per_slice.csv column; a clear error if it is missing."""
+        """Per-unit values of one column of the scores CSV; a clear error if it is missing."""
         if name not in self.columns:
-            raise SftkdError(f"{self.label}/per_slice.csv: no column '{name}' (re-run `sftkd evaluate {self.label}`)")
+            convention = next(c for c, (_, _, unit) in SCORE_FILES.items() if unit == self.unit)
+            hint = "" if convention == "paper" else f" --convention {convention}"
+            raise SftkdError(f"{self.scores_file}: no column '{name}' (re-run `sftkd evaluate {self.label}{hint}`)")
         return self.columns[name]
 
     @property
@@ -237,6 +239,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         slices=slices,
         columns=columns,
         unit=unit,
+        scores_file=str(metrics_file.parent / per_unit),
         rerun=evaluate_command(metrics_file.parent, info)
         if scored is not None and scores_checkpoint(info, scored) is False else "",
     )
