@@ -18,6 +18,13 @@ def test_parameter_counts_match_the_paper(name, expected):
     assert count_parameters(build_model(name)) == expected
 
 
+def test_parameter_counts_include_frozen_blocks():
+    """A model's size does not depend on what a run trains of it (SFT freezes the student's S1)."""
+    model = build_model("D3C5")
+    model.blocks[0].requires_grad_(False)
+    assert count_parameters(model) == 49_285
+
+
 def test_parameter_count_formula_for_any_depth():
     # conv 1->32 (320) + (n-2) conv 32->32 (9248) + conv 32->1 (289), per cascade
     for n in range(2, 7):

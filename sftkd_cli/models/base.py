@@ -130,5 +130,5 @@ class DataConsistentCascade(CascadeNet):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters, frozen ones included (a model's size, whatever a run trains of it)."""
+    return sum(p.numel() for p in model.parameters())

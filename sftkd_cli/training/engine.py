@@ -36,7 +36,7 @@ from sftkd_cli.config import Recipe
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
-from sftkd_cli.models import CascadeNet
+from sftkd_cli.models import CascadeNet, count_parameters
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
                                precision_policy, select_device, to_device)
@@ -564,7 +564,7 @@ class Trainer:
 
 
 def _model_text(model: CascadeNet) -> str:
-    """A model in the start line: its name, parameter count (all of them, as evaluate and export
-    count them, also blocks a run freezes) and, for complex data, its images."""
+    """A model in the start line: its name, parameter count (as evaluate and export count them) and,
+    for complex data, its images."""
     kind = ", complex two-channel" if model.acquisition.values == "complex" else ""
-    return f"{model.name} ({sum(p.numel() for p in model.parameters()):,} params{kind})"
+    return f"{model.name} ({count_parameters(model):,} params{kind})"
