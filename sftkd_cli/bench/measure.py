@@ -155,8 +155,8 @@ def measure_roof(device: torch.device, precision: str, repeats: int, shapes: Seq
     for fmt, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         for shape in shapes:
             batch, channels, height, width = shape
-            conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).eval().to(memory_format=memory_format)
-            x = torch.randn(*shape, device=device).contiguous(memory_format=memory_format)
+            conv = nn.Conv2d(channels, channels, 3, padding=1).to(device, torch.float32).eval().to(memory_format=memory_format)
+            x = torch.randn(*shape, device=device, dtype=torch.float32).contiguous(memory_format=memory_format)
 
             def run(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
                 with torch.inference_mode(), precision_context(device, precision):

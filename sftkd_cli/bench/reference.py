@@ -27,7 +27,7 @@ def reference_way(name: str, acquisition: Acquisition | None = None) -> DCCNN:
     data it is built for (`bench --complex`: complex two-channel images), the paper's by default.
     """
     layers, cascades = parse_name(name)
-    return DCCNN(layers, cascades, valid=False, acquisition=acquisition)
+    return DCCNN(layers, cascades, valid=False, acquisition=acquisition).float()
 
 
 class TeacherBackpropKD(TeacherObjective):

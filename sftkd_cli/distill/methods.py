@@ -568,4 +568,4 @@ def build_method(
             raise SftkdError(
                 f"distill option '{option}' ({key}): expected {expected}{did_you_mean(option, allowed, quoted=True)}"
             )
-    return METHODS[key](student_channels, teacher_channels, **options)
+    return METHODS[key](student_channels, teacher_channels, **options).float()

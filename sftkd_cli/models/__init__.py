@@ -46,7 +46,7 @@ def build_model(name: str, channels: int = 32, pad: int = 5, *, acquisition: Acq
     family = family_of(name)
     acquisition = acquisition or family.default_acquisition()
     family.check_fits(name.strip().upper(), acquisition)
-    return family.build(name.strip().upper(), acquisition, channels, pad)
+    return family.build(name.strip().upper(), acquisition, channels, pad).float()
 
 
 def cascades_of(name: str) -> int:
