@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.choices import CHECKPOINT_NAMES
 from sftkd_cli.data.dataset import record_acquisition
@@ -111,10 +113,12 @@ def entry_acquisition(entry: dict[str, Any], trained_on: Any = None, source: str
 
 def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint", trained_on: Any = None) -> CascadeNet:
     """Rebuild a model from a checkpoint entry (architecture, acquisition and weights); `trained_on`
-    is the checkpoint's dataset record, read for entries older than the acquisition record."""
+    is the checkpoint's dataset record, read for entries older than the acquisition record. The
+    caller's random stream is left as it was (the fresh weights drawn before loading are discarded)."""
     try:
         acquisition = entry_acquisition(entry, trained_on, source)
-        model = build_model(entry["arch"], entry["channels"], entry["pad"], acquisition=acquisition)
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(entry["arch"], entry["channels"], entry["pad"], acquisition=acquisition)
         model.load_state_dict(entry["state"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -173,6 +173,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return "true" if value else "false"
     if kind is str and isinstance(value, (int, float)):  # e.g. `run.name=2024`
         return str(value)
+    if kind is str and isinstance(value, os.PathLike):  # a Path from Python: `Setting("data.path", Path(...))`
+        return os.fspath(value)
     if origin is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str):

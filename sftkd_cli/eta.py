@@ -25,10 +25,13 @@ FORWARD_SHARE = 1 / 3
 
 @lru_cache(maxsize=None)
 def _size(name: str, channels: int, pad: int) -> tuple[int, int]:
-    """(trainable parameters, blocks) of an architecture."""
+    """(parameters, blocks) of an architecture: built on the meta device (no memory, no RNG draws)."""
+    import torch
+
     from sftkd_cli.models import build_model, count_parameters
 
-    model = build_model(name, channels, pad)
+    with torch.device("meta"):
+        model = build_model(name, channels, pad)
     return count_parameters(model), len(getattr(model, "blocks", ())) or 1
 
 

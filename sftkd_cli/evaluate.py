@@ -248,7 +248,8 @@ def evaluate_run(
     convention: str = "paper",
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5.
+    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5 and
+    returns what metrics.json holds.
 
     `convention` "fastmri" scores as the fastmri package does (module docstring) into
     `<the usual folder>/eval-fastmri/`, with per_volume.csv instead of per_slice.csv.

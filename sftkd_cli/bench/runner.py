@@ -100,7 +100,7 @@ def run_bench(
 
     `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
-    duration and restores it afterwards. Never needs a dataset. `complex_data`: every row on
+    duration and restores it afterwards, as torch's random state. Never needs a dataset. `complex_data`: every row on
     complex images (two channels, centred k-space, complex data consistency) with the networks
     built for them, the reference-way twins too. `tf32`: float32 convolutions and matrix
     products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
@@ -117,7 +117,9 @@ def run_bench(
     parts, kd_methods = check_parts(which), check_methods(methods)
     dev = select_device(device, "--device")
     say = progress or (lambda message: None)
-    with cpu_threads(threads), precision_policy(tf32):
+    rng_devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
+    # every model is built from seed 0 (rows reproducible); the caller's random stream is left as it was
+    with cpu_threads(threads), precision_policy(tf32), torch.random.fork_rng(devices=rng_devices):
         settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
                         compile=compile, acceleration=ACCELERATION, tf32=tf32)
         if complex_data:  # magnitude results keep their settings as they were

@@ -306,12 +306,13 @@ class Trainer:
     # the loop -----------------------------------------------------------------------------
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
         """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`), with
-        train.threads and train.deterministic for the fit only (the caller's put back: a
-        `reproduce` process trains several stages)."""
+        train.threads, train.deterministic and warning filters for the fit only (the caller's put
+        back: a `reproduce` process trains several stages). Seeds the random generators from
+        train.seed (`seed_everything`), which the caller's streams then continue from."""
         cfg = self.recipe.train
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
-        with cpu_threads(cfg.threads), deterministic_kernels(cfg.deterministic):
+        with cpu_threads(cfg.threads), deterministic_kernels(cfg.deterministic), warnings.catch_warnings():
             return self._fit(train_ds, val_ds, resume)
 
     def _fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool) -> FitResult:

@@ -151,7 +151,10 @@ def distill(
     force: bool = False,
     console: Console | None = None,
 ) -> tuple[RunDir, FitResult]:
-    """Distill `recipe.model` from the teacher run `recipe.distill.teacher_run`."""
+    """Distill `recipe.model` from the teacher run `recipe.distill.teacher_run`.
+
+    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
+    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     recipe = _with_student(recipe)
     cfg = recipe.distill
     check_teacher_idle(cfg.teacher_run)

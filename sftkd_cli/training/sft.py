@@ -115,7 +115,10 @@ def resolved_sft(recipe: Recipe) -> Recipe:
 def train_sft(
     recipe: Recipe, *, resume: bool = False, force: bool = False, console: Console | None = None
 ) -> tuple[RunDir, FitResult]:
-    """Train a student-friendly teacher into `runs/<name>` (teacher and student blocks saved)."""
+    """Train a student-friendly teacher into `runs/<name>` (teacher and student blocks saved).
+
+    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
+    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     sft = recipe.sft
     recipe = resolved_sft(recipe)
 

@@ -31,7 +31,11 @@ def train_supervised(
     force: bool = False,
     console: Console | None = None,
 ) -> tuple[RunDir, FitResult]:
-    """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights."""
+    """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights
+    (`init_from`: a run directory or checkpoint file).
+
+    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
+    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     recipe = resolved_supervised(recipe)
 
     def make(data: dict[str, object]) -> Supervised:

@@ -1,0 +1,73 @@
+"""sftkd used as a library from Python (a notebook): the caller's process state is respected.
+
+CPU only (the tiny dataset, one step per run).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from sftkd_cli.bench.runner import run_bench
+from sftkd_cli.checkpoints import load_model
+from sftkd_cli.config import Setting, load_recipe
+from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.export import export_run
+from sftkd_cli.training.kd import distill
+from sftkd_cli.training.supervised import train_supervised
+
+QUIET = Console(file=io.StringIO())
+
+
+def _recipe(data: Path, runs: Path, name: str, *overrides: str, settings: tuple[Setting, ...] = ()):
+    return load_recipe(None, [f"data.path={data}", "model.channels=4", "sft.teacher=D2C2", "sft.student=D2C2",
+                              "train.epochs=1", "train.max_steps_per_epoch=1", "train.device=cpu",
+                              f"run.dir={runs}", f"run.name={name}", *overrides], settings)
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype set to float64, as many scientific notebooks do; put back afterwards."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def test_every_entry_point_computes_in_float32_under_a_float64_default_dtype(tiny_dataset, tmp_path, float64_default):
+    """Models and KD adapters are float32 whatever torch's default dtype (the data are float32):
+    before, a float64 default failed with "Input type (float) and bias type (double)"."""
+    runs = tmp_path / "runs"
+    teacher, _ = train_supervised(_recipe(tiny_dataset, runs, "t", "model.name=D2C2"), console=QUIET)
+    student, _ = distill(_recipe(tiny_dataset, runs, "kd", "model.name=D2C2", f"distill.teacher_run={teacher.path}",
+                                 "distill.method=fitnets"), console=QUIET)
+    model, _ = load_model(student.path)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert np.isfinite(evaluate_run(student.path, device="cpu", write_recon=False)["metrics"]["PSNR"]["mean"])
+    assert export_run(teacher.path, "torchscript").max_abs_diff < 1e-4
+    result = run_bench(size=16, batch=1, repeats=1, warmup=0, which=["kd"], methods=["fitnets"],
+                       roof_size=16, roof_batch=1)
+    assert result.rows and result.complete
+
+
+def test_loading_a_model_and_benching_leave_the_callers_random_stream_alone(tiny_dataset, tmp_path):
+    """A model rebuilt from a checkpoint draws fresh weights before loading them; the bench seeds its
+    models: neither may move the caller's torch generator."""
+    run, _ = train_supervised(_recipe(tiny_dataset, tmp_path / "runs", "t", "model.name=D2C2"), console=QUIET)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    load_model(run.path)
+    run_bench(size=16, batch=1, repeats=1, warmup=0, which=["infer"], roof_size=16, roof_batch=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_recipe_setting_takes_a_path(tiny_dataset, tmp_path):
+    """`Setting("data.path", Path(...))` from Python is the path's text, as on the command line."""
+    recipe = _recipe(tiny_dataset, tmp_path, "t", settings=(Setting("data.path", tiny_dataset, "python"),))
+    assert recipe.data.path == str(tiny_dataset)
