@@ -71,3 +71,24 @@ def test_a_recipe_setting_takes_a_path(tiny_dataset, tmp_path):
     """`Setting("data.path", Path(...))` from Python is the path's text, as on the command line."""
     recipe = _recipe(tiny_dataset, tmp_path, "t", settings=(Setting("data.path", tiny_dataset, "python"),))
     assert recipe.data.path == str(tiny_dataset)
+
+
+@pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
+def test_readme_python_snippet_runs(tmp_path, monkeypatch):
+    """CPU: the README's "From Python" lines (one training step instead of two epochs): the
+    reconstruction of a numpy slice is the one evaluate scored."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    code = readme.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count('"train.epochs=2"') == 1 and code.count('"recipes/demo/student.yaml"') == 1
+    code = code.replace('"train.epochs=2"', '"train.epochs=1", "train.max_steps_per_epoch=1"')
+    code = code.replace('"recipes/demo/student.yaml"', repr(str(root / "recipes" / "demo" / "student.yaml")))
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(code, "README.md", "exec"), names)
+    assert names["fit"].best_epoch == 1 and np.isfinite(names["scores"]["metrics"]["PSNR"]["mean"])
+    import h5py
+
+    with h5py.File(tmp_path / "runs" / "py-student" / "recon.h5") as f:
+        scored = f["icbm152_z027-034"][3]
+    np.testing.assert_allclose(names["recon"], scored, atol=1e-5)
