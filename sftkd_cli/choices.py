@@ -56,17 +56,25 @@ LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16", "epoch")
+#: the bench's epoch part at the demo's scale: steps of --batch slices per epoch, validation slices,
+#: and epochs trained (the first, which measures the layout and captures graphs, is not counted)
+EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
+#: the largest batch of the bench's CUDA inference sweep (batch 1, --batch and this)
+CUDA_SWEEP_BATCH = 32
 
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 
+#: the paper's teacher and student: the defaults of sft.teacher and sft.student, and the networks
+#: `sftkd bench` times
+TEACHER, STUDENT = "D5C5", "D3C5"
 #: parameter counts of the paper's networks (32 channels), for command help; the tests check them
 #: against the built models: magnitude images (the paper's) and complex two-channel ones (only
 #: the first and last convs grow)
 PARAMS: dict[str, dict[str, int]] = {
-    "D5C5": {"magnitude": 141_765, "complex": 144_650},
-    "D3C5": {"magnitude": 49_285, "complex": 52_170},
+    TEACHER: {"magnitude": 141_765, "complex": 144_650},
+    STUDENT: {"magnitude": 49_285, "complex": 52_170},
 }
 COMPLEX_PARAMS_TEXT = "; ".join(f"{name} on complex data: {p['complex']:,} params (magnitude: {p['magnitude']:,})"
                                 for name, p in PARAMS.items())

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES
+from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES,
+                               STUDENT, TEACHER)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -99,8 +100,8 @@ class TrainConfig:
 class SFTConfig:
     """Student-friendly teacher training: teacher + shared student branches."""
 
-    teacher: str = "D5C5"
-    student: str = "D3C5"
+    teacher: str = TEACHER
+    student: str = STUDENT
     w_teacher: float = 1.0
     w_student: float = 1.0
     w_imit: float = 1.0

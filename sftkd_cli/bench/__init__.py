@@ -38,14 +38,13 @@ from __future__ import annotations
 from sftkd_cli.bench.flops import block_flops, conv_flops, model_flops, module_conv_flops, sft_flops
 from sftkd_cli.bench.measure import (ACCELERATION, machine_info, measure_roof, precision_context, slice_batch,
                                      synthetic_batch, time_calls, train_step_fn)
-from sftkd_cli.bench.reference import STUDENT, TEACHER, TeacherBackpropKD, kd_objectives, reference_way
+from sftkd_cli.bench.reference import TeacherBackpropKD, kd_objectives, reference_way
 from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.bench.runner import (PRECISIONS, Progress, check_methods, check_parts, onnx_runner, run_bench,
                                     torchscript_runner)
 
 __all__ = [
-    "ACCELERATION", "PRECISIONS", "STUDENT",
-    "TEACHER", "BenchResult", "BenchRow", "Progress", "TeacherBackpropKD", "block_flops", "check_methods",
+    "ACCELERATION", "PRECISIONS", "BenchResult", "BenchRow", "Progress", "TeacherBackpropKD", "block_flops", "check_methods",
     "check_parts", "conv_flops", "kd_objectives", "machine_info", "measure_roof", "model_flops", "module_conv_flops",
     "onnx_runner", "precision_context", "reference_way", "run_bench", "sft_flops",
     "slice_batch", "synthetic_batch", "time_calls", "torchscript_runner", "train_step_fn",

@@ -10,14 +10,12 @@ import torch.nn.functional as F
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.bench.flops import module_conv_flops
 from sftkd_cli.bench.measure import slice_batch
+from sftkd_cli.choices import STUDENT, TEACHER
 from sftkd_cli.distill.methods import KDMethod, NoKD, build_method
 from sftkd_cli.models import DCCNN, build_model, parse_name
 from sftkd_cli.training.kd import Distillation, default_taps
 from sftkd_cli.training.objectives import Batch, TeacherObjective
 
-#: the paper's teacher and student: the pair every row times
-TEACHER = "D5C5"
-STUDENT = "D3C5"
 
 def reference_way(name: str, acquisition: Acquisition | None = None) -> DCCNN:
     """The network as the reference code computes it: every conv padded on the full padded map.

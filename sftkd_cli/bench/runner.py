@@ -21,9 +21,10 @@ from torch import nn
 from sftkd_cli.bench.flops import model_flops, sft_flops
 from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, Roofs, machine_info, measure_roof, precision_context,
                                      slice_batch, synthetic_batch, time_calls, train_step_fn)
-from sftkd_cli.bench.reference import STUDENT, TEACHER, kd_objectives, reference_way
+from sftkd_cli.bench.reference import kd_objectives, reference_way
 from sftkd_cli.bench.results import BenchResult, BenchRow
-from sftkd_cli.choices import BENCH_PARTS, MAX_SIZE, MAX_THREADS
+from sftkd_cli.choices import (BENCH_PARTS, CUDA_SWEEP_BATCH, EPOCH_COUNT, EPOCH_STEPS, EPOCH_VAL_SLICES, MAX_SIZE,
+                               MAX_THREADS, STUDENT, TEACHER)
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
@@ -34,11 +35,6 @@ from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-#: the largest batch of the CUDA inference sweep (batch 1, --batch and this)
-CUDA_SWEEP_BATCH = 32
-#: the epoch part at the demo's scale: steps of --batch slices per epoch, validation slices, and
-#: epochs trained (the first, which measures the layout and captures graphs, is not counted)
-EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
 
 
 def _check(settings: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import BENCH_PARTS, COMPLEX_PARAMS_TEXT
+from sftkd_cli.choices import (BENCH_PARTS, COMPLEX_PARAMS_TEXT, CUDA_SWEEP_BATCH, EPOCH_STEPS, EPOCH_VAL_SLICES, STUDENT,
+                               TEACHER)
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
@@ -26,16 +27,16 @@ HELP = examples(
     "Measure how fast sftkd trains and reconstructs on this machine (no dataset needed)."
     "\n\nSynthetic inputs: random phantoms of --size x --size, the paper's random row mask at 4x. "
     "Each figure is the median wall time of --repeats calls after --warmup untimed calls."
-    "\n\nRows: training steps (forward + backward + Adam) of the teacher D5C5 and student D3C5; the SFT "
+    f"\n\nRows: training steps (forward + backward + Adam) of the teacher {TEACHER} and student {STUDENT}; the SFT "
     "joint step (branches batched through each shared block on CUDA, one by one on the CPU); one KD "
-    "step per method with the frozen teacher under no_grad; inference of D5C5 and D3C5 at batch 1 and "
+    f"step per method with the frozen teacher under no_grad; inference of {TEACHER} and {STUDENT} at batch 1 and "
     "--batch: eager, the files `sftkd export` writes (TorchScript, and ONNX in onnxruntime, fp32 CPU) and, "
     "with --compile, torch.compile (inductor, frozen weights); on CUDA also every training step and the "
-    "inference replayed from a CUDA graph, and inference at batch 1, --batch and 32; and the bf16 part: teacher and student steps "
+    f"inference replayed from a CUDA graph, and inference at batch 1, --batch and {CUDA_SWEEP_BATCH}; and the bf16 part: teacher and student steps "
     "and inference in fp32 and under bf16 autocast side by side, on CUDA also inside CUDA graphs (\"vs ref\" "
     "of a bf16 row = its fp32 twin); "
-    "and the epoch part: the teacher trained by the engine itself at the demo's scale (16 steps and 24 "
-    "validation slices per epoch), an epoch's wall time against the sum of its steps' times."
+    f"and the epoch part: the teacher trained by the engine itself at the demo's scale ({EPOCH_STEPS} steps and "
+    f"{EPOCH_VAL_SLICES} validation slices per epoch), an epoch's wall time against the sum of its steps' times."
     "\n\nEvery row of ours has a \"reference way\" twin timed in the same run: the same work done as the "
     "paper's code does it (NCHW, every conv padded on the full map, backprop through the KD teacher, SFT "
     "branch by branch). \"vs ref\" is that twin's time over ours (> 1: we are faster), the honest speed-up "

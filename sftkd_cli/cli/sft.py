@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT
+from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT, STUDENT, TEACHER
 from sftkd_cli.cli.base import HelpCommand, examples
 
 
@@ -26,8 +26,8 @@ HELP = examples(
 
 def train_sft_command(
     args: common.args_argument("recipes/demo/sft.yaml") = None,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="ARCH", help=f"Teacher architecture (sft.teacher, default D5C5): {ARCH_TEXT}.")] = None,
-    student: Annotated[Optional[str], typer.Option("--student", metavar="ARCH", help="Student architecture with as many blocks, of a family that passes the same state between blocks (sft.student, default D3C5).")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", metavar="ARCH", help=f"Teacher architecture (sft.teacher, default {TEACHER}): {ARCH_TEXT}.")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", metavar="ARCH", help=f"Student architecture with as many blocks, of a family that passes the same state between blocks (sft.student, default {STUDENT}).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,

@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.choices import ARCH_LABELS, ARCH_TEXT, COMPLEX_PARAMS_TEXT, SR_TASK_TEXT
+from sftkd_cli.choices import ARCH_LABELS, ARCH_TEXT, COMPLEX_PARAMS_TEXT, SR_TASK_TEXT, STUDENT, TEACHER
 from sftkd_cli.cli.base import HelpCommand, examples
 
 
 HELP = examples(
-    f"Train one network ({ARCH_LABELS}) alone with L1 loss: the teacher (D5C5) or the plain student "
-    f"baseline (D3C5).\n\n{SR_TASK_TEXT}",
+    f"Train one network ({ARCH_LABELS}) alone with L1 loss: the teacher ({TEACHER}) or the plain student "
+    f"baseline ({STUDENT}).\n\n{SR_TASK_TEXT}",
     "sftkd train-teacher recipes/demo/teacher.yaml",
     "sftkd train-teacher --data data/demo --name demo-teacher train.epochs=10",
     "sftkd train-teacher --model D3C5 --data data/demo --name demo-student",
@@ -23,7 +23,7 @@ HELP = examples(
 
 def train_teacher(
     args: common.args_argument("recipes/demo/teacher.yaml") = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="ARCH", help=f"Architecture (model.name; default sft.teacher, D5C5): {ARCH_TEXT}; {COMPLEX_PARAMS_TEXT}. The run is the teacher when this is sft.teacher, else a student (run.role=teacher says otherwise).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="ARCH", help=f"Architecture (model.name; default sft.teacher, {TEACHER}): {ARCH_TEXT}; {COMPLEX_PARAMS_TEXT}. The run is the teacher when this is sft.teacher, else a student (run.role=teacher says otherwise).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
