@@ -23,6 +23,7 @@ from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
+from sftkd_cli.run_files import checkpoint_file
 from sftkd_cli.runs import load_checkpoint
 
 
@@ -31,7 +32,7 @@ def resolve_checkpoint(source: str | Path, which: str = "best", option: str = ""
     option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
     path = Path(source)
     if path.is_dir():
-        candidate = path / "checkpoints" / f"{which}.pt"
+        candidate = path / checkpoint_file(which)
         if not candidate.is_file():
             raise SftkdError(_no_checkpoint(path, which, option))
         return candidate
@@ -43,7 +44,7 @@ def resolve_checkpoint(source: str | Path, which: str = "best", option: str = ""
 def _no_checkpoint(run: Path, which: str, option: str) -> str:
     """Why run `run` has no `which` checkpoint, in one line; `option` is suggested only with a
     checkpoint the run has (a caller without such an option gets no suggestion)."""
-    others = [name for name in CHECKPOINT_NAMES if name != which and (run / "checkpoints" / f"{name}.pt").is_file()]
+    others = [name for name in CHECKPOINT_NAMES if name != which and (run / checkpoint_file(name)).is_file()]
     if not others:
         return f"{run}: has no checkpoint yet (stopped before its first epoch ended, or still training)"
     hint = f"; try `{option} {others[0]}`" if option else ""

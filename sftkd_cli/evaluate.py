@@ -51,7 +51,7 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                magnitude)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
+from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
@@ -224,7 +224,7 @@ def _checkpoint_of_run(run_path: Path, which: str, given_as: str) -> None:
     except OSError:
         inside = False
     if not inside:
-        owner = path.parent.parent if path.parent.name == "checkpoints" else None
+        owner = path.parent.parent if path.parent.name == CHECKPOINTS else None
         hint = (f"evaluate its own run: sftkd evaluate {display_path(owner)} --data <dataset>"
                 if owner is not None and (owner / RECIPE_YAML).is_file() else
                 "evaluate the run it belongs to (with --data for this dataset)")

@@ -71,11 +71,11 @@ from sftkd_cli.files import (
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
-from sftkd_cli.run_files import METRICS_JSON
+from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
 
 
 #: export format -> default file suffix
-FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
+FORMATS = EXPORT_SUFFIX
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
@@ -362,7 +362,7 @@ def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
     if not (is_role_name(arch) and is_role_name(role)):
         raise SftkdError(f"{run_path}: model {arch!r} role {role!r} is not a plain name (letters, digits, _ or -), "
                          f"so the default export file would not lie in {run_path / 'export'}; expected an sftkd run")
-    return run_path / "export" / f"{arch}-{role}{FORMATS[fmt]}"
+    return run_path / EXPORTS / f"{arch}-{role}{FORMATS[fmt]}"
 
 
 def export_run(

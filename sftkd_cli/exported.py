@@ -38,6 +38,7 @@ import torch
 
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.run_files import CARD_SUFFIX
 
 INPUT_NAMES = ("zf", "kspace", "mask")
 OUTPUT_NAME = "image"
@@ -115,7 +116,7 @@ def load_card(path: Path) -> dict[str, Any] | None:
 
 def card_path(model_path: Path) -> Path:
     """Where the model card of an exported file lies: `<file>.card.json` beside it."""
-    return model_path.with_name(model_path.name + ".card.json")
+    return model_path.with_name(model_path.name + CARD_SUFFIX)
 
 
 class ExportedModel:

@@ -14,6 +14,11 @@ METRICS_JSON = "metrics.json"  # an evaluation's summary, written last: it says 
 PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
 PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
 RECON_H5 = "recon.h5"  # the reconstructions scored
+CHECKPOINTS = "checkpoints"  # RUN/checkpoints/<best|last>.pt
+EXPORTS = "export"  # RUN/export/: where `sftkd export` writes by default
+#: export format -> the exported file's suffix; its model card lies beside it as <file>CARD_SUFFIX
+EXPORT_SUFFIX: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
+CARD_SUFFIX = ".card.json"
 
 #: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
 #: RUN/eval-<file>-<format>/, then .../eval-data-<dataset>/, .../eval-amp-<amp>/, .../eval-fastmri/;
@@ -21,6 +26,13 @@ RECON_H5 = "recon.h5"  # the reconstructions scored
 EVAL_FILES = (PER_SLICE_CSV, PER_VOLUME_CSV, RECON_H5, METRICS_JSON)
 #: what sftkd writes into a run directory: the only names `--force` removes (with the checkpoints)
 RUN_FILES = (RECIPE_YAML, ENV_JSON, HISTORY_JSONL, LOCK, *EVAL_FILES)
+
+
+def checkpoint_file(name: str) -> str:
+    """Where checkpoint `name` (best, last) lies within its run: checkpoints/<name>.pt."""
+    return f"{CHECKPOINTS}/{name}.pt"
+
+
 #: per score convention (`evaluate --convention`): the folder its scores go to within the results
 #: folder ("" = that folder itself), its per-unit CSV, and what one CSV row scores
 SCORE_FILES: dict[str, tuple[str, str, str]] = {

@@ -34,7 +34,8 @@ from sftkd_cli.files import (
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
-from sftkd_cli.run_files import ENV_JSON, EVAL_FILES, HISTORY_JSONL, LOCK, METRICS_JSON, RECIPE_YAML, RUN_FILES
+from sftkd_cli.run_files import (CARD_SUFFIX, CHECKPOINTS, ENV_JSON, EVAL_FILES, EXPORT_SUFFIX, EXPORTS, HISTORY_JSONL, LOCK,
+                                 METRICS_JSON, RECIPE_YAML, RUN_FILES, checkpoint_file)
 
 CHECKPOINT_FORMAT = 1
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,
@@ -169,7 +170,7 @@ class RunDir:
         return self.path / HISTORY_JSONL
 
     def checkpoint(self, name: str = "last") -> Path:
-        return self.path / "checkpoints" / f"{name}.pt"
+        return self.path / checkpoint_file(name)
 
     # lifecycle ---------------------------------------------------------------------------
     def prepare(self, recipe: Recipe, *, resume: bool, force: bool, sources: Sequence[str | Path] = ()) -> None:
@@ -197,7 +198,7 @@ class RunDir:
                 stale.unlink(missing_ok=True)
             if force and not resume:
                 remove_sftkd_files(self.path, keep_lock=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
+            (self.path / CHECKPOINTS).mkdir(exist_ok=True)
             if not resume:
                 write_run_file(self.recipe_file, dump_recipe(recipe))
         except (OSError, SftkdError) as exc:
@@ -220,7 +221,7 @@ class RunDir:
                     "choose another --name"
                 )
         exists = self.recipe_file.exists()
-        if exists and not (self.path / "checkpoints").is_dir():  # sftkd makes it before the recipe
+        if exists and not (self.path / CHECKPOINTS).is_dir():  # sftkd makes it before the recipe
             raise SftkdError(
                 f"{self.path}: holds a recipe.yaml but is not an sftkd run (no checkpoints/ folder); "
                 "choose another --name or --runs-dir"
@@ -253,7 +254,7 @@ class RunDir:
                 foreign.append(entry.name)
             elif entry.is_file() and (entry.name == LOCK or fnmatch(entry.name, TEMPORARY_FILES)):
                 continue
-            elif (entry.name in ("checkpoints", "export") or entry.name.startswith("eval-")) and entry.is_dir():
+            elif (entry.name in (CHECKPOINTS, EXPORTS) or entry.name.startswith("eval-")) and entry.is_dir():
                 if any(entry.iterdir()):
                     foreign.append(entry.name)
             else:
@@ -263,7 +264,7 @@ class RunDir:
     def lock(self) -> None:
         """Take an exclusive lock; a second process on the same run is refused (after
         `LOCK_PATIENCE_S`: another's `busy` probe holds it for an instant)."""
-        lock = FileLock(self.path / ".lock", timeout=LOCK_PATIENCE_S)
+        lock = FileLock(self.path / LOCK, timeout=LOCK_PATIENCE_S)
         try:
             lock.acquire()
         except Timeout:
@@ -279,7 +280,7 @@ class RunDir:
         cannot be opened (a read-only copy) cannot be told, and counts as not busy."""
         if not (self.path / LOCK).is_file():
             return False
-        lock = FileLock(self.path / ".lock", timeout=LOCK_PATIENCE_S)
+        lock = FileLock(self.path / LOCK, timeout=LOCK_PATIENCE_S)
         try:
             lock.acquire()
         except Timeout:
@@ -298,7 +299,7 @@ class RunDir:
         """Remove what sftkd wrote here when no checkpoint was saved, then unlock: a new run whose
         start failed (a setting the device refuses, a NaN loss in its first epoch) leaves nothing
         that would block the corrected retry. A folder that holds other files keeps them."""
-        if not any((self.path / "checkpoints" / name).exists() for name in CHECKPOINT_FILES):
+        if not any(self.checkpoint(name).exists() for name in CHECKPOINT_NAMES):
             self._remove_own()
         self.unlock()
 
@@ -333,8 +334,7 @@ class RunDir:
         write_run_file(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-CHECKPOINT_FILES = tuple(f"{name}.pt" for name in CHECKPOINT_NAMES)
-EXPORT_SUFFIXES = (".ts", ".onnx", ".ts.card.json", ".onnx.card.json")
+EXPORT_SUFFIXES = tuple(s + card for s in EXPORT_SUFFIX.values() for card in ("", CARD_SUFFIX))
 
 
 def eval_chain(folder: Path) -> tuple[Path, list[str]]:
@@ -362,10 +362,10 @@ def eval_folders(run: Path) -> list[Path]:
 def sftkd_files(run: Path) -> list[Path]:
     """The files sftkd wrote into `run` (run records, checkpoints, evaluations, exports)."""
     found = [run / name for name in RUN_FILES]
-    found += [run / "checkpoints" / name for name in CHECKPOINT_FILES]
+    found += [run / checkpoint_file(name) for name in CHECKPOINT_NAMES]
     for folder in eval_folders(run):
         found += [folder / name for name in EVAL_FILES]
-    found += [p for p in run.glob("export/*") if p.name.endswith(EXPORT_SUFFIXES)]
+    found += [p for p in run.glob(f"{EXPORTS}/*") if p.name.endswith(EXPORT_SUFFIXES)]
     found += stale_temporary_files(run)
     # a symlink is removed as a link; nothing is followed out of the run (a linked folder is not ours)
     return [p for p in found if (p.is_symlink() or p.is_file()) and _real_parent(p, run)]
@@ -375,7 +375,7 @@ def stale_temporary_files(run: Path) -> list[Path]:
     """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/ and export/ folders that a
     process no longer running left (`files.left_by_dead_process`). The run's lock does not cover
     the others: evaluate and export write into a run without it, so a live one's are kept."""
-    found = [p for folder in ("", "checkpoints/", "export/") for p in run.glob(f"{folder}{TEMPORARY_FILES}")]
+    found = [p for folder in ("", f"{CHECKPOINTS}/", f"{EXPORTS}/") for p in run.glob(f"{folder}{TEMPORARY_FILES}")]
     return [p for p in found if left_by_dead_process(p)]
 
 
@@ -412,7 +412,7 @@ def remove_sftkd_files(run: Path, *, keep_lock: bool = False) -> None:
     for path in sorted(sftkd_files(run), key=lambda p: p == recipe):
         if not (keep_lock and path.name == LOCK and path.parent == run):
             path.unlink(missing_ok=True)
-    for folder in [*eval_folders(run), run / "export", run / "checkpoints"]:
+    for folder in [*eval_folders(run), run / EXPORTS, run / CHECKPOINTS]:
         if folder.is_dir() and not folder.is_symlink():
             _rmdir_quietly(folder)
 

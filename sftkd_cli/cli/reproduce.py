@@ -56,6 +56,7 @@ def reproduce(
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
     from sftkd_cli.reproduce.graph import blocked_stages
+    from sftkd_cli.reproduce.kinds import REPORT_MD
     from sftkd_cli.recipes import find_plan
 
     plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
@@ -91,7 +92,7 @@ def reproduce(
     total = f"total {format_seconds(total_seconds(outcome.results))}"
     if executor is not None:  # stages overlap: the wall time is what was waited
         total = f"wall time {format_seconds(time.perf_counter() - started)} ({total} of stage time, up to {executor.slots} at once)"
-    console.print(total + (f"; report: {outcome.report / 'report.md'}" if outcome.report else ""), highlight=False,
+    console.print(total + (f"; report: {outcome.report / REPORT_MD}" if outcome.report else ""), highlight=False,
                   soft_wrap=True)  # a path split over two lines cannot be copied
     if outcome.failed:
         raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "

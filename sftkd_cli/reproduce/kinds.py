@@ -18,5 +18,8 @@ STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD"
 MODEL_COLUMNS = {"Teacher": "teacher", "Student": "student", "SFT Teacher": "sft", "SFT Student": "sft-student",
                  "KD": "std-kd", "SFT-KD-Recon (random)": "sft-kd-random", "SFT-KD-Recon": "sft-kd"}
 
+#: the report folder's summary, and the stages' statuses and the problems met (read back on the next run)
+REPORT_MD, STATUS_JSON = "report.md", "status.json"
+
 # statuses of a stage after a run, and the actions a dry run announces
 DONE, RESUMED, SKIPPED, FAILED, INTERRUPTED = "done", "resumed", "skipped", "failed", "interrupted"

@@ -18,7 +18,7 @@ from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, STUDENT_SETTINGS
+from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
@@ -56,7 +56,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         lines += _group_section(plan, stages, group, members, console, problems)
     if plan.paper is not None:  # one run per cell: the first seed's
         lines += _paper_section(plan, stages, [s for s in evaluated if s.seed in (None, *plan.seeds[:1])], problems)
-    status = _merged_status(out / "status.json", stages, results)
+    status = _merged_status(out / STATUS_JSON, stages, results)
     lines += ["## Plan status", ""]
     rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in status]
     rows.append(("report", "done", "", "this file"))
@@ -67,9 +67,9 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
     records = [dataclasses.asdict(r) for r in status]
-    atomic_write_text(out / "status.json", json.dumps({"format": 1, "plan": str(plan.path), "stages": records,
+    atomic_write_text(out / STATUS_JSON, json.dumps({"format": 1, "plan": str(plan.path), "stages": records,
                                                        "problems": problems}, indent=2))  # `report_complete` reads them
-    atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+    atomic_write_text(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
     return problems
 
 

@@ -16,7 +16,7 @@ from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import RECIPE_FILE, ROLE, SHAREABLE
+from sftkd_cli.reproduce.kinds import RECIPE_FILE, REPORT_MD, ROLE, SHAREABLE, STATUS_JSON
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -306,11 +306,11 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
     """report.md newer than the plan file and than every metrics.json it summarises, and written
     without problems (status.json's `problems`: a report written with problems is done again)."""
-    report = plan.report_dir / "report.md"
+    report = plan.report_dir / REPORT_MD
     if not report.is_file():
         return False
     try:
-        problems = json.loads(read_regular_bytes(plan.report_dir / "status.json", "status")).get("problems")
+        problems = json.loads(read_regular_bytes(plan.report_dir / STATUS_JSON, "status")).get("problems")
     except (SftkdError, ValueError, AttributeError):  # missing or damaged: written again
         return False
     if problems != []:  # some, or a status.json that does not say (an older sftkd's)

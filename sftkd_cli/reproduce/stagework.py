@@ -21,7 +21,7 @@ from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
 from sftkd_cli.choices import TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import DONE, RESUMED, SKIPPED
+from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, SKIPPED
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
@@ -75,13 +75,13 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
         return DONE, ""
     up_to_date = bool(results) and all(r.note.startswith("up to date") for r in results.values())
     if up_to_date and report_complete(plan, stages):
-        console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / 'report.md'})[/]", highlight=False)
+        console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / REPORT_MD})[/]", highlight=False)
         return SKIPPED, "up to date"
     header(f"report -> {plan.report_dir}")
     problems = write_report(plan, stages, list(results.values()), console)
     if problems:
         raise SftkdError(f"report written to {plan.report_dir} with problems: {'; '.join(problems)}")
-    return DONE, str(plan.report_dir / "report.md")
+    return DONE, str(plan.report_dir / REPORT_MD)
 
 
 def evaluate_stage(stage: Stage, plan: Plan) -> None:
