@@ -51,7 +51,7 @@ from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_
                                magnitude)
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
+from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
@@ -63,6 +63,8 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = SCORE_FILES["fastmri"][0]
+#: the levels below a results folder for other data and for autocast: eval-data-<dataset>-<fingerprint>/, eval-amp-<amp>/
+DATA_LEVEL, AMP_LEVEL = "data-", "amp-"
 #: metrics.json's key for the sha256 of the checkpoint bytes scored (null for an exported model's)
 CHECKPOINT_DIGEST = "checkpoint_sha256"
 
@@ -361,9 +363,9 @@ def _evaluate(
 
     trained_on = (state.get("trained_on") or {}).get("fingerprint")
     if trained_on not in (None, record["fingerprint"]):  # other data: the scores on the run's own stay
-        out = out / f"eval-data-{data_path.resolve().name}-{record['fingerprint'][:8]}"
+        out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
     if amp != "off":
-        out = out / f"eval-amp-{amp}"
+        out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"
     if convention == "fastmri":
         out = out / FASTMRI_DIR
     check_output(out, run.path)
@@ -500,12 +502,12 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
     options: list[str] = []
     run, levels = eval_chain(folder)
     for name in levels:
-        level = name[len("eval-"):]
+        level = name[len(EVAL_PREFIX):]
         if name == FASTMRI_DIR:
             options += ["--convention", "fastmri"]
-        elif level.startswith("amp-"):
-            options += ["--amp", level[len("amp-"):]]
-        elif level.startswith("data-"):
+        elif level.startswith(AMP_LEVEL):
+            options += ["--amp", level[len(AMP_LEVEL):]]
+        elif level.startswith(DATA_LEVEL):
             options += ["--data", str((info.get("dataset") or {}).get("path", "DIR"))]
         else:
             options += ["--model", level]
@@ -543,7 +545,7 @@ def _conventions(convention: str, task: str, record: dict[str, Any]) -> dict[str
 
 def output_dir(run_path: Path, state: dict[str, Any], entry_role: str) -> Path:
     """The run dir for its primary model; `RUN/eval-<model>/` for another (e.g. an SFT run's student)."""
-    return run_path if entry_role == state["primary"] else run_path / f"eval-{entry_role}"
+    return run_path if entry_role == state["primary"] else run_path / f"{EVAL_PREFIX}{entry_role}"
 
 
 def scored_role(run_role: str, entry: str) -> str:

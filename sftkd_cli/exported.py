@@ -38,7 +38,7 @@ import torch
 
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.run_files import CARD_SUFFIX
+from sftkd_cli.run_files import CARD_SUFFIX, EVAL_PREFIX
 
 INPUT_NAMES = ("zf", "kspace", "mask")
 OUTPUT_NAME = "image"
@@ -292,5 +292,5 @@ def prepare_evaluation(
         "exported": {"file": str(model.path), "format": model.format, "runtime": runtime,
                      "card": str(card_path(model.path)) if model.card is not None else None},
     }
-    out_dir = run_path / f"eval-{model.path.stem}-{model.format}"
+    out_dir = run_path / f"{EVAL_PREFIX}{model.path.stem}-{model.format}"
     return ExportedEvaluation(model, state, role, str(card.get("checkpoint") or "exported"), out_dir, fields)

@@ -14,15 +14,17 @@ METRICS_JSON = "metrics.json"  # an evaluation's summary, written last: it says 
 PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
 PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
 RECON_H5 = "recon.h5"  # the reconstructions scored
+#: evaluation folders within a run start with this: RUN/eval-<model>/, RUN/eval-<file>-<format>/,
+#: then .../eval-data-<dataset>-<fingerprint>/, .../eval-amp-<amp>/, .../eval-fastmri/
+EVAL_PREFIX = "eval-"
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/<best|last>.pt
 EXPORTS = "export"  # RUN/export/: where `sftkd export` writes by default
 #: export format -> the exported file's suffix; its model card lies beside it as <file>CARD_SUFFIX
 EXPORT_SUFFIX: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 CARD_SUFFIX = ".card.json"
 
-#: what one evaluation writes: into the run or an evaluation folder within it (RUN/eval-<model>/,
-#: RUN/eval-<file>-<format>/, then .../eval-data-<dataset>/, .../eval-amp-<amp>/, .../eval-fastmri/;
-#: metrics.json last: it says the others are complete)
+#: what one evaluation writes into the run or an evaluation folder within it (EVAL_PREFIX);
+#: metrics.json last: it says the others are complete
 EVAL_FILES = (PER_SLICE_CSV, PER_VOLUME_CSV, RECON_H5, METRICS_JSON)
 #: what sftkd writes into a run directory: the only names `--force` removes (with the checkpoints)
 RUN_FILES = (RECIPE_YAML, ENV_JSON, HISTORY_JSONL, LOCK, *EVAL_FILES)
@@ -37,5 +39,5 @@ def checkpoint_file(name: str) -> str:
 #: folder ("" = that folder itself), its per-unit CSV, and what one CSV row scores
 SCORE_FILES: dict[str, tuple[str, str, str]] = {
     "paper": ("", PER_SLICE_CSV, "slice"),  # the paper's reference evaluation
-    "fastmri": ("eval-fastmri", PER_VOLUME_CSV, "volume"),  # the fastmri package's evaluate.py
+    "fastmri": (f"{EVAL_PREFIX}fastmri", PER_VOLUME_CSV, "volume"),  # the fastmri package's evaluate.py
 }

@@ -34,7 +34,7 @@ from sftkd_cli.files import (
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
-from sftkd_cli.run_files import (CARD_SUFFIX, CHECKPOINTS, ENV_JSON, EVAL_FILES, EXPORT_SUFFIX, EXPORTS, HISTORY_JSONL, LOCK,
+from sftkd_cli.run_files import (CARD_SUFFIX, CHECKPOINTS, ENV_JSON, EVAL_FILES, EVAL_PREFIX, EXPORT_SUFFIX, EXPORTS, HISTORY_JSONL, LOCK,
                                  METRICS_JSON, RECIPE_YAML, RUN_FILES, checkpoint_file)
 
 CHECKPOINT_FORMAT = 1
@@ -254,7 +254,7 @@ class RunDir:
                 foreign.append(entry.name)
             elif entry.is_file() and (entry.name == LOCK or fnmatch(entry.name, TEMPORARY_FILES)):
                 continue
-            elif (entry.name in (CHECKPOINTS, EXPORTS) or entry.name.startswith("eval-")) and entry.is_dir():
+            elif (entry.name in (CHECKPOINTS, EXPORTS) or entry.name.startswith(EVAL_PREFIX)) and entry.is_dir():
                 if any(entry.iterdir()):
                     foreign.append(entry.name)
             else:
@@ -342,7 +342,7 @@ def eval_chain(folder: Path) -> tuple[Path, list[str]]:
     (where the walk stops: the run when it holds a recipe.yaml, the eval-* names from there down
     to `folder`), e.g. RUN/eval-student/eval-fastmri -> (RUN, ['eval-student', 'eval-fastmri'])."""
     levels: list[str] = []
-    while folder.name.startswith("eval-") and not (folder / RECIPE_YAML).is_file() and folder.parent != folder:
+    while folder.name.startswith(EVAL_PREFIX) and not (folder / RECIPE_YAML).is_file() and folder.parent != folder:
         levels.insert(0, folder.name)
         folder = folder.parent
     return folder, levels
@@ -354,7 +354,7 @@ def eval_folders(run: Path) -> list[Path]:
     found: list[Path] = []
     level = [run]
     while level:
-        level = sorted(p for folder in level for p in folder.glob("eval-*") if p.is_dir() and not p.is_symlink())
+        level = sorted(p for folder in level for p in folder.glob(f"{EVAL_PREFIX}*") if p.is_dir() and not p.is_symlink())
         found[:0] = level
     return found
 

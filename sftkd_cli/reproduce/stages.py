@@ -21,7 +21,7 @@ from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.resume import position, resume_point, too_few_epochs
-from sftkd_cli.run_files import METRICS_JSON, RECON_H5
+from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECON_H5
 
 
 @dataclass
@@ -245,7 +245,7 @@ def trained_beyond(run: RunDir, recipe: Recipe) -> str:
 def evaluation_dir(stage: Stage) -> Path:
     """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model)."""
     assert stage.run is not None
-    return stage.run if stage.model_role is None else stage.run / f"eval-{stage.model_role}"
+    return stage.run if stage.model_role is None else stage.run / f"{EVAL_PREFIX}{stage.model_role}"
 
 
 def figure_method(plan: Plan) -> str | None:
