@@ -28,7 +28,6 @@ import io
 import json
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +54,8 @@ from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JS
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
-                               inference_batch_size, precision_policy, select_device, synchronize, to_device)
+                               inference_batch_size, precision_policy, select_device, slice_batches,
+                               time_calls, to_device)
 from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -125,8 +125,8 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
     finished: set[str] = set()
     current, rows = None, []
     with torch.inference_mode(), autocast(device, amp, "--amp"):
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        done = 0
+        for items in slice_batches(dataset, batch_size):
             batch = to_device(collate(items), device)
             pred = model(batch["zf"], batch["kspace"], batch["mask"]).float().cpu().numpy()
             for item, p in zip(items, pred):
@@ -139,8 +139,9 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
                         raise SftkdError(f"evaluate: the slices of volume {current!r} come back after another "
                                          "volume's; expected the dataset's slices volume by volume")
                 rows.append((int(item["slice"]), *scored_images(item, p, convention)))
+            done += len(items)
             if progress:
-                progress(start + len(items), len(dataset))
+                progress(done, len(dataset))
         if current is not None:
             sink(current, _stack(rows))
     return kept
@@ -151,15 +152,9 @@ def measure_latency(model: Reconstructor, dataset, device: torch.device, slices:
     if len(dataset) == 0 or slices <= 0:
         return float("nan")
     batch = to_device(collate([dataset[0]]), device)
-    times = []
     with torch.inference_mode(), autocast(device, amp, "--amp"):
-        for i in range(slices + 2):
-            started = time.perf_counter()
-            model(batch["zf"], batch["kspace"], batch["mask"])
-            synchronize(device)
-            if i >= 2:
-                times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+        seconds = time_calls(lambda: model(batch["zf"], batch["kspace"], batch["mask"]), device, slices, 2)
+    return float(np.median(seconds)) * 1000
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:

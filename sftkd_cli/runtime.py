@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -188,6 +189,26 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously), so wall times are honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` after `warmup` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def slice_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The dataset's items in order, `batch_size` at a time (the last batch may be smaller)."""
+    for start in range(0, len(dataset), batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
 
 
 #: the smallest default batch of slices per forward pass when scoring (`inference_batch_size`)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ from sftkd_cli.bench.flops import conv_flops
 from sftkd_cli.mri.fft import fft2, ifft2, to_channels
 from sftkd_cli.mri.masks import make_mask, undersample
 from sftkd_cli.layout import cpu_name
-from sftkd_cli.runtime import autocast, synchronize
+from sftkd_cli.runtime import autocast, time_calls
 from sftkd_cli.training.objectives import Batch
 
 #: the undersampling factor of the synthetic inputs (the paper's 4x random row mask)
@@ -101,20 +100,6 @@ def _cpu_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # older torch or unusual builds
         return "unknown"
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Wall seconds of `repeats` calls of `fn` after `warmup` untimed ones (device synchronised)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def train_step_fn(objective: nn.Module, batch: Batch, device: torch.device, precision: str,

@@ -39,7 +39,7 @@ from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet, count_parameters
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
-                               precision_policy, select_device, to_device)
+                               precision_policy, select_device, slice_batches, to_device)
 from sftkd_cli.signals import on_signals
 from sftkd_cli.torch_metrics import SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
@@ -226,8 +226,7 @@ def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: 
     l1_sum = torch.zeros((), dtype=torch.float64, device=device)
     scores = SliceScores()
     with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for items in slice_batches(dataset, batch_size):
             batch = to_device(collate(items), device)
             with autocast(device, amp):
                 pred = forward(batch["zf"], batch["kspace"], batch["mask"])
