@@ -65,6 +65,8 @@ CUDA_SWEEP_BATCH = 32
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
+#: the default metrics of `--convention fastmri` (fastMRI's leaderboard; its MSE is there too)
+FASTMRI_METRICS: tuple[str, ...] = ("NMSE", "PSNR", "SSIM")
 
 #: the paper's teacher and student: the defaults of sft.teacher and sft.student, and the networks
 #: `sftkd bench` times

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from sftkd_cli.choices import DEFAULT_METRICS, PAPER_METRICS
+from sftkd_cli.choices import DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.run_files import SCORE_FILES
@@ -33,9 +33,6 @@ class GroupMode(str, Enum):
 #: --convention's choices: the score conventions evaluate writes (paper, fastmri)
 Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str)  # type: ignore[misc]
 
-
-#: the default metrics of --convention fastmri (fastMRI's leaderboard; its MSE is there too)
-FASTMRI_METRICS: tuple[str, ...] = ("NMSE", "PSNR", "SSIM")
 
 
 def _write_output(path: Path, text: str) -> None:
@@ -92,10 +89,9 @@ def compare(
     if group is GroupMode.paper:
         if reference is not None or baseline is not None:
             raise SftkdError("--group paper: --reference and --baseline do not apply (the layout fixes the rows)")
-        result = paper_table(results, metrics=PAPER_METRICS if names is None else names, zero_filled=zero_filled)
+        result = paper_table(results, metrics=names, zero_filled=zero_filled)
     else:
-        default = DEFAULT_METRICS if convention is Convention.paper else FASTMRI_METRICS
-        result = compare_runs(results, reference, baseline, metrics=default if names is None else names, zero_filled=zero_filled)
+        result = compare_runs(results, reference, baseline, metrics=names, zero_filled=zero_filled)
     text = render(result, fmt.value, alpha)
     if out is not None:
         _write_output(out, text)

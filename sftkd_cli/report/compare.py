@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, PAPER_METRICS
+from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
@@ -44,6 +44,8 @@ INPUT_ROLES = {task: long for task, (long, _) in INPUT_LABELS.items()}
 #: the ZF row's label in the paper layout by dataset task ("LR interp." for super-resolution, as Table 9)
 INPUT_ROWS = {task: short for task, (_, short) in INPUT_LABELS.items()}
 NONE = "none"  # `reference="none"` / `baseline="none"` switch the automatic choice off
+#: compare's default metrics per score convention
+CONVENTION_METRICS: dict[str, tuple[str, ...]] = {"paper": DEFAULT_METRICS, "fastmri": FASTMRI_METRICS}
 
 STD_KD = "Std-KD"
 SFT_KD = "SFT-KD-Recon"
@@ -90,11 +92,15 @@ class RunResult:
     rerun: str = ""
     scores_file: str = PER_SLICE_CSV  # the per-unit CSV the columns were read from, for messages
 
+    @property
+    def convention(self) -> str:
+        """The score convention of these scores (`SCORE_FILES`), told by what a row scores."""
+        return next(c for c, (_, _, unit) in SCORE_FILES.items() if unit == self.unit)
+
     def column(self, name: str) -> np.ndarray:
         """Per-unit values of one column of the scores CSV; a clear error if it is missing."""
         if name not in self.columns:
-            convention = next(c for c, (_, _, unit) in SCORE_FILES.items() if unit == self.unit)
-            hint = "" if convention == "paper" else f" --convention {convention}"
+            hint = "" if self.convention == "paper" else f" --convention {self.convention}"
             raise SftkdError(f"{self.scores_file}: no column '{name}' (re-run `sftkd evaluate {self.label}{hint}`)")
         return self.columns[name]
 
@@ -451,10 +457,11 @@ def compare_runs(
     runs: Sequence[RunResult],
     reference: str | None = None,
     baseline: str | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     zero_filled: bool = True,
 ) -> Comparison:
-    """Rows of metric mean ± std, delta to the reference and Wilcoxon p vs the baseline.
+    """Rows of metric mean ± std, delta to the reference and Wilcoxon p vs the baseline; `metrics`
+    None: the runs' convention's defaults (`CONVENTION_METRICS`).
 
     `reference`/`baseline` name a run (directory name or path); by default the only run
     whose role is teacher (reference) or student (baseline), if there is exactly one;
@@ -465,7 +472,7 @@ def compare_runs(
     _check_unique_names(runs)
     check_same_data(runs)
     check_same_checkpoint(runs)
-    names = resolve_metrics(metrics, runs)
+    names = resolve_metrics(CONVENTION_METRICS[runs[0].convention] if metrics is None else metrics, runs)
     ordered = order_runs(runs)
     ref = _pick(ordered, reference, "teacher", "--reference")
     base = _pick(ordered, baseline, "student", "--baseline")
@@ -516,16 +523,17 @@ def _dataset_rank(key: str) -> tuple[int, str]:
     return (_DATASET_ORDER.index(source) if source in _DATASET_ORDER else len(_DATASET_ORDER), key)
 
 
-def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] = PAPER_METRICS, zero_filled: bool = True) -> PaperTable:
+def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] | None = None, zero_filled: bool = True) -> PaperTable:
     """Place runs in the paper's Table 1: one block per dataset, columns per acceleration and setting.
 
     Runs are grouped by (dataset source, acceleration); within a group they must share the
     dataset fingerprint, and all runs must share the split. Two runs for one cell are refused.
+    `metrics` None: the paper's (PSNR, SSIM).
     """
     if not runs:
         raise SftkdError("compare: no runs given")
     _check_unique_names(runs)
-    names = resolve_metrics(metrics, runs)
+    names = resolve_metrics(PAPER_METRICS if metrics is None else metrics, runs)
     for other in runs[1:]:
         if other.split != runs[0].split:
             raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different split ({runs[0].split} vs {other.split}); the paper table shows one split")
