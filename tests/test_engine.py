@@ -250,6 +250,43 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
     assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
 
 
+def _poison_adam(monkeypatch, at_step: int, signum: int | None = None) -> None:
+    """Adam's `at_step`-th update (1-based) leaves inf in a weight, as an inf gradient does while
+    the loss read before the update is finite; with `signum`, that signal arrives during it too."""
+    adam_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        result = adam_step(self, *args, **kwargs)
+        if len(calls) == at_step:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+            if signum is not None:
+                os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("signum", [None, signal.SIGINT], ids=["checkpoint_every", "ctrl-c"])
+def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_path, monkeypatch, signum):
+    """A step whose loss is finite but whose update leaves inf in the weights (epoch 2, step 2):
+    the save after it (train.checkpoint_every, or Ctrl-C's) is refused with one line, last.pt
+    stays the one of epoch 2, step 1, finite, and --resume continues from it exactly."""
+    _poison_adam(monkeypatch, 5, signum)  # 3 steps an epoch
+    with pytest.raises(SftkdError, match=r"/poisoned: the weights became inf by epoch 2, step 2 \(first in model\.\S+\) "
+                                         "although the loss was finite; training stopped"):
+        _fit(tmp_path, "poisoned", False, None, "train.checkpoint_every=1", "train.channels_last=false")
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "poisoned" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 1)
+    assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
+    _, straight = _fit(tmp_path, "straight", False, None, "train.channels_last=false")
+    _, resumed = _fit(tmp_path, "poisoned", True, None, "train.checkpoint_every=1", "train.channels_last=false")
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(28)], ids=["with-message", "bare-errno"])
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, error):
     """Also an OSError raised with only an errno is reported in words (found by scripts/fault_injection.py)."""

@@ -273,8 +273,11 @@ class Trainer:
     def _checkpoint(self, state: FitState, loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
         """Everything `last`/`best` hold: the models, the objective, the optimiser and `state` at (epoch, step).
 
-        Live tensors: `_save` copies them. The losses not yet read are counted first."""
+        Live tensors: `_save` copies them. The losses not yet read are counted first, then the
+        weights and Adam's moments are checked finite (`_check_state`): a checkpoint is never built
+        from a state that --resume could not continue."""
         self._read_losses(state, loop)
+        self._check_state(loop, epoch, step)
         model = self._bare()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -447,6 +450,24 @@ class Trainer:
             state.loss_sum, state.loss_count = state.loss_sum + value, state.loss_count + 1
         state.unread = []
         loop.progress.update(loop.task, loss=f"{values[-1]:.4g}")
+
+    def _check_state(self, loop: _Loop, epoch: int, step: int) -> None:
+        """Stop if a trained weight or an Adam moment is nan/inf at checkpoint (epoch, step): an update
+        whose loss was finite (an inf gradient) can still break them, and a checkpoint of them would
+        replace the last good one. One device sync, at checkpoints only (not every step)."""
+        tensors = dict(self._bare().state_dict())
+        for moments in loop.optimizer.state.values():  # exp_avg, exp_avg_sq (not the 0-dim step counts)
+            tensors.update({f"Adam's {key}": v for key, v in moments.items() if isinstance(v, torch.Tensor) and v.dim()})
+        tensors = {name: v for name, v in tensors.items() if v.is_floating_point()}
+        if not tensors or torch.stack([torch.isfinite(v).all() for v in tensors.values()]).all().item():
+            return
+        name, bad = next((name, v) for name, v in tensors.items() if not torch.isfinite(v).all())
+        kind = "nan" if bad.isnan().any() else "inf"
+        at = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        raise SftkdError(
+            f"{self.run.path}: the weights became {kind} by {at} (first in {name}) although the loss was finite; "
+            "training stopped, the last good checkpoint is kept (try a lower train.lr)"
+        )
 
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if not math.isfinite(value):
