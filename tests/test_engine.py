@@ -274,7 +274,7 @@ def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_pa
     the save after it (train.checkpoint_every, or Ctrl-C's) is refused with one line, last.pt
     stays the one of epoch 2, step 1, finite, and --resume continues from it exactly."""
     _poison_adam(monkeypatch, 5, signum)  # 3 steps an epoch
-    with pytest.raises(SftkdError, match=r"/poisoned: the weights became inf by epoch 2, step 2 \(first in model\.\S+\) "
+    with pytest.raises(SftkdError, match=r"/poisoned: the weights became inf \(first in model\.\S+\) by epoch 2, step 2 "
                                          "although the loss was finite; training stopped"):
         _fit(tmp_path, "poisoned", False, None, "train.checkpoint_every=1", "train.channels_last=false")
     monkeypatch.undo()
@@ -285,6 +285,17 @@ def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_pa
     _, resumed = _fit(tmp_path, "poisoned", True, None, "train.checkpoint_every=1", "train.channels_last=false")
     for key, value in _weights(straight).items():
         assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_weights_broken_at_an_epochs_last_step_stop_validation_with_one_line(tmp_path, monkeypatch):
+    """inf written into a weight by epoch 1's last update: validation names the run and epoch and
+    why (not only "metrics: pred contains NaN"), and the epoch's checkpoints are not written."""
+    _poison_adam(monkeypatch, 3)  # 3 steps an epoch
+    with pytest.raises(SftkdError, match=r"/broken: the model's output became nan or inf in the validation of epoch 1 "
+                                         r"\(its weights are inf \(first in model\.\S+\), although the loss was "
+                                         r"finite\); training stopped"):
+        _fit(tmp_path, "broken", False, None, "train.channels_last=false")
+    assert not (tmp_path / "broken" / "checkpoints" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(28)], ids=["with-message", "bare-errno"])

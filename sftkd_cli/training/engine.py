@@ -41,7 +41,7 @@ from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
                                precision_policy, select_device, to_device)
 from sftkd_cli.signals import on_signals
-from sftkd_cli.torch_metrics import SliceScores, magnitude
+from sftkd_cli.torch_metrics import NonFinitePrediction, SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
@@ -455,19 +455,24 @@ class Trainer:
         """Stop if a trained weight or an Adam moment is nan/inf at checkpoint (epoch, step): an update
         whose loss was finite (an inf gradient) can still break them, and a checkpoint of them would
         replace the last good one. One device sync, at checkpoints only (not every step)."""
+        if broken := self._broken(loop):
+            at = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+            raise SftkdError(
+                f"{self.run.path}: the weights became {broken} by {at} although the loss was finite; "
+                "training stopped, the last good checkpoint is kept (try a lower train.lr)"
+            )
+
+    def _broken(self, loop: _Loop) -> str:
+        """'' when the trained weights and Adam's moments are finite (one device sync), else what is
+        not, e.g. 'nan (first in model.blocks.0.convs.0.weight)'."""
         tensors = dict(self._bare().state_dict())
         for moments in loop.optimizer.state.values():  # exp_avg, exp_avg_sq (not the 0-dim step counts)
             tensors.update({f"Adam's {key}": v for key, v in moments.items() if isinstance(v, torch.Tensor) and v.dim()})
         tensors = {name: v for name, v in tensors.items() if v.is_floating_point()}
         if not tensors or torch.stack([torch.isfinite(v).all() for v in tensors.values()]).all().item():
-            return
+            return ""
         name, bad = next((name, v) for name, v in tensors.items() if not torch.isfinite(v).all())
-        kind = "nan" if bad.isnan().any() else "inf"
-        at = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        raise SftkdError(
-            f"{self.run.path}: the weights became {kind} by {at} (first in {name}) although the loss was finite; "
-            "training stopped, the last good checkpoint is kept (try a lower train.lr)"
-        )
+        return f"{'nan' if bad.isnan().any() else 'inf'} (first in {name})"
 
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if not math.isfinite(value):
@@ -486,7 +491,16 @@ class Trainer:
         train_loss = self._epoch_loss(state)
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
-            val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size), loop.predict)
+            try:
+                val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size),
+                               loop.predict)
+            except NonFinitePrediction:
+                broken = self._broken(loop)
+                why = f" (its weights are {broken}, although the loss was finite)" if broken else ""
+                raise SftkdError(
+                    f"{self.run.path}: the model's output became nan or inf in the validation of epoch {state.epoch + 1}"
+                    f"{why}; training stopped, the last good checkpoint is kept (try a lower train.lr)"
+                ) from None
         row = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,
