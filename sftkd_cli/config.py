@@ -443,15 +443,25 @@ def check_distill_schedule(recipe: Recipe) -> None:
                          f"with distill.schedule two-stage, got {stage1}")
 
 
+#: the recipe sections whose `w_*` keys weigh loss terms (train-sft's and distill's losses)
+LOSS_WEIGHT_SECTIONS = ("sft", "distill")
+
+
+def loss_weights(recipe: Recipe, section: str) -> dict[str, float]:
+    """The loss weights of `section` ("sft" or "distill") by key, e.g. {"sft.w_teacher": 1.0, ...}:
+    its `w_*` keys, read from the section's dataclass, so that no list of them is kept elsewhere."""
+    config = getattr(recipe, section)
+    return {f"{section}.{item.name}": getattr(config, item.name)
+            for item in dataclasses.fields(config) if item.name.startswith("w_")}
+
+
 def _check_loss_weights(recipe: Recipe) -> None:
     """Every loss weight (sft.w_*, distill.w_*) is a finite number >= 0: a negative one would be
     ignored (distill.w_imit) or turn descent into ascent, and nan/inf only fail later as a bad loss."""
-    for section in ("sft", "distill"):
-        config = getattr(recipe, section)
-        for item in dataclasses.fields(config):
-            value = getattr(config, item.name)
-            if item.name.startswith("w_") and not (math.isfinite(value) and value >= 0):
-                raise SftkdError(f"{section}.{item.name}: expected a finite number >= 0, got {value!r}")
+    for section in LOSS_WEIGHT_SECTIONS:
+        for key, value in loss_weights(recipe, section).items():
+            if not (math.isfinite(value) and value >= 0):
+                raise SftkdError(f"{key}: expected a finite number >= 0, got {value!r}")
 
 
 def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:

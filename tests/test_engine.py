@@ -243,11 +243,26 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
             return (loss * float("nan") if Exploding.calls > 4 else loss), parts
 
     torch.manual_seed(0)
-    with pytest.raises(SftkdError, match="loss became nan at epoch 2, step 2"):
+    with pytest.raises(SftkdError, match=r"loss became nan at epoch 2, step 2; training stopped, the last good "
+                                         r"checkpoint \(the end of epoch 1\) is kept \(try lowering train\.lr=0\.001\)$"):
         _fit(tmp_path, "nan", False, Exploding(build_model("D2C2")), "train.channels_last=false")  # no probe calls
     state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
+
+
+def test_a_nan_loss_before_the_first_checkpoint_says_so_and_names_the_loss_weights(tmp_path):
+    """No checkpoint saved yet: the message does not claim one is kept. An SFT loss weight too
+    large for float32 makes the first loss inf: the hint names the sft weights with their values."""
+    from sftkd_cli.training.sft import StudentFriendly
+
+    objective = StudentFriendly(build_model("D2C2"), build_model("D2C2"), w_imit=1e39, batched=False)
+    with pytest.raises(SftkdError, match=r"/huge: loss became inf at epoch 1, step 1; training stopped before its "
+                                         r"first checkpoint, so there is nothing to resume \(try lowering train\.lr="
+                                         r"0\.001 or the loss weights sft\.w_teacher=1, sft\.w_student=1, "
+                                         r"sft\.w_imit=1e\+39\)$"):
+        _fit(tmp_path, "huge", False, objective, "sft.w_imit=1e39", "run.role=sft", "train.channels_last=false")
+    assert not (tmp_path / "huge" / "checkpoints" / "last.pt").exists()
 
 
 def _poison_adam(monkeypatch, at_step: int, signum: int | None = None) -> None:
@@ -275,7 +290,8 @@ def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_pa
     stays the one of epoch 2, step 1, finite, and --resume continues from it exactly."""
     _poison_adam(monkeypatch, 5, signum)  # 3 steps an epoch
     with pytest.raises(SftkdError, match=r"/poisoned: the weights became inf \(first in model\.\S+\) by epoch 2, step 2 "
-                                         "although the loss was finite; training stopped"):
+                                         r"although the loss was finite; training stopped, the last good checkpoint "
+                                         r"\(epoch 2, step 1\) is kept"):
         _fit(tmp_path, "poisoned", False, None, "train.checkpoint_every=1", "train.channels_last=false")
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "poisoned" / "checkpoints" / "last.pt")
