@@ -398,7 +398,8 @@ def validate(recipe: Recipe) -> None:
         (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
         (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
-        (0 < recipe.train.lr_gamma <= MAX_LR, "train.lr_gamma", f"a number > 0 and <= {MAX_LR:g}"),
+        (0 < recipe.train.lr_gamma <= 1, "train.lr_gamma",  # > 1 would grow the LR past MAX_LR, epoch by epoch
+         "a number > 0 and <= 1 (a decay: StepLR multiplies train.lr by it every train.lr_step epochs)"),
         (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
         (recipe.model.channels >= 1, "model.channels", "at least 1"),
         (recipe.model.pad >= 0, "model.pad", "0 or more"),
@@ -426,35 +427,73 @@ def validate(recipe: Recipe) -> None:
 
 
 def check_sft_pair(recipe: Recipe) -> None:
-    """SFT pairs teacher and student block by block: both need the same number of cascades. Only
-    for SFT training: the sft section is also where a teacher or student run names its model."""
+    """SFT pairs teacher and student block by block: both need the same number of cascades; and
+    its loss needs a weight > 0 (`_check_some_weight`). Only for SFT training: the sft section is
+    also where a teacher or student run names its model."""
     from sftkd_cli.models import cascades_of
 
     if cascades_of(recipe.sft.teacher) != cascades_of(recipe.sft.student):
         raise SftkdError(
             f"sft: teacher {recipe.sft.teacher} and student {recipe.sft.student} must have the same number of cascades"
         )
+    _check_some_weight(recipe, list(loss_weights(recipe, "sft")))
 
 
 def check_distill_schedule(recipe: Recipe) -> None:
     """Two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1
-    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all. Only
-    where distillation trains: a plan may set the schedule in `base` for every stage."""
+    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all; and each
+    loss it trains with needs a weight > 0 (`_check_distill_weights`). Only where distillation
+    trains: a plan may set the schedule and weights in `base` for every stage."""
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule == "two-stage" and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
                          f"with distill.schedule two-stage, got {stage1}")
+    _check_distill_weights(recipe)
+
+
+def _check_distill_weights(recipe: Recipe) -> None:
+    """Each loss distillation trains with has a weight > 0 (the terms as `training.kd` adds them):
+    joint, w_rec, w_kd or w_imit (w_kd weighs nothing with method none); two-stage, w_kd for the
+    first stage (the feature loss alone) and w_rec or w_imit for the second."""
+    rec, kd, imit = "distill.w_rec", "distill.w_kd", "distill.w_imit"
+    if recipe.distill.schedule == "two-stage":
+        _check_some_weight(recipe, [kd], " with distill.schedule two-stage (its first stage trains the feature loss alone)")
+        _check_some_weight(recipe, [rec, imit], " with distill.schedule two-stage (its second stage's loss)")
+    elif recipe.distill.method == "none":
+        _check_some_weight(recipe, [rec, imit], " with distill.method none (no feature loss)")
+    else:
+        _check_some_weight(recipe, [rec, kd, imit])
+
+
+def _check_some_weight(recipe: Recipe, keys: list[str], when: str = "") -> None:
+    """Refuse a loss whose weights `keys` are all 0: the loss is then 0, so nothing would train.
+    Each weight is first checked finite and >= 0 (this can run before `validate`)."""
+    _check_loss_weights(recipe)
+    weights = {key: value for section in LOSS_WEIGHT_SECTIONS for key, value in loss_weights(recipe, section).items()}
+    if not any(weights[key] > 0 for key in keys):
+        expected, got = ("> 0", "0") if len(keys) == 1 else ("at least one > 0", "all 0")
+        raise SftkdError(f"{', '.join(keys)}: expected {expected}{when}, got {got} (a loss weighted 0 trains nothing)")
+
+
+#: the recipe sections whose `w_*` keys weigh loss terms (train-sft's and distill's losses)
+LOSS_WEIGHT_SECTIONS = ("sft", "distill")
+
+
+def loss_weights(recipe: Recipe, section: str) -> dict[str, float]:
+    """The loss weights of `section` ("sft" or "distill") by key, e.g. {"sft.w_teacher": 1.0, ...}:
+    its `w_*` keys, read from the section's dataclass, so that no list of them is kept elsewhere."""
+    config = getattr(recipe, section)
+    return {f"{section}.{item.name}": getattr(config, item.name)
+            for item in dataclasses.fields(config) if item.name.startswith("w_")}
 
 
 def _check_loss_weights(recipe: Recipe) -> None:
     """Every loss weight (sft.w_*, distill.w_*) is a finite number >= 0: a negative one would be
     ignored (distill.w_imit) or turn descent into ascent, and nan/inf only fail later as a bad loss."""
-    for section in ("sft", "distill"):
-        config = getattr(recipe, section)
-        for item in dataclasses.fields(config):
-            value = getattr(config, item.name)
-            if item.name.startswith("w_") and not (math.isfinite(value) and value >= 0):
-                raise SftkdError(f"{section}.{item.name}: expected a finite number >= 0, got {value!r}")
+    for section in LOSS_WEIGHT_SECTIONS:
+        for key, value in loss_weights(recipe, section).items():
+            if not (math.isfinite(value) and value >= 0):
+                raise SftkdError(f"{key}: expected a finite number >= 0, got {value!r}")
 
 
 def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:

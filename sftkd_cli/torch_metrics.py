@@ -138,6 +138,10 @@ def magnitude(images: torch.Tensor) -> torch.Tensor:
     return torch.hypot(images[:, 0].to(dtype), images[:, 1].to(dtype)).float()
 
 
+class NonFinitePrediction(SftkdError):
+    """A scored prediction holds nan or inf (training's validation names the run and epoch)."""
+
+
 class SliceScores:
     """PSNR and SSIM of slices with data range = the maximum of their volume's ground truth
     (over the slices added), as `score_slices` and training's validation score them.
@@ -195,5 +199,5 @@ class SliceScores:
         if not (smallest > 0 and smallest != float("inf")):
             raise SftkdError(f"metrics: ground-truth volume maximum {smallest:g}: expected > 0 (PSNR/SSIM data range)")
         if not finite:
-            raise SftkdError("metrics: pred contains NaN or inf: expected finite values")
+            raise NonFinitePrediction("metrics: pred contains NaN or inf: expected finite values")
         return {"PSNR": psnr_mean, "SSIM": ssim_mean}

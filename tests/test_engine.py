@@ -243,11 +243,75 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
             return (loss * float("nan") if Exploding.calls > 4 else loss), parts
 
     torch.manual_seed(0)
-    with pytest.raises(SftkdError, match="loss became nan at epoch 2, step 2"):
+    with pytest.raises(SftkdError, match=r"loss became nan at epoch 2, step 2; training stopped, the last good "
+                                         r"checkpoint \(the end of epoch 1\) is kept \(try lowering train\.lr=0\.001\)$"):
         _fit(tmp_path, "nan", False, Exploding(build_model("D2C2")), "train.channels_last=false")  # no probe calls
     state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
+
+
+def test_a_nan_loss_before_the_first_checkpoint_says_so_and_names_the_loss_weights(tmp_path):
+    """No checkpoint saved yet: the message does not claim one is kept. An SFT loss weight too
+    large for float32 makes the first loss inf: the hint names the sft weights with their values."""
+    from sftkd_cli.training.sft import StudentFriendly
+
+    objective = StudentFriendly(build_model("D2C2"), build_model("D2C2"), w_imit=1e39, batched=False)
+    with pytest.raises(SftkdError, match=r"/huge: loss became inf at epoch 1, step 1; training stopped before its "
+                                         r"first checkpoint, so there is nothing to resume \(try lowering train\.lr="
+                                         r"0\.001 or the loss weights sft\.w_teacher=1, sft\.w_student=1, "
+                                         r"sft\.w_imit=1e\+39\)$"):
+        _fit(tmp_path, "huge", False, objective, "sft.w_imit=1e39", "run.role=sft", "train.channels_last=false")
+    assert not (tmp_path / "huge" / "checkpoints" / "last.pt").exists()
+
+
+def _poison_adam(monkeypatch, at_step: int, signum: int | None = None) -> None:
+    """Adam's `at_step`-th update (1-based) leaves inf in a weight, as an inf gradient does while
+    the loss read before the update is finite; with `signum`, that signal arrives during it too."""
+    adam_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        result = adam_step(self, *args, **kwargs)
+        if len(calls) == at_step:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+            if signum is not None:
+                os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("signum", [None, signal.SIGINT], ids=["checkpoint_every", "ctrl-c"])
+def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_path, monkeypatch, signum):
+    """A step whose loss is finite but whose update leaves inf in the weights (epoch 2, step 2):
+    the save after it (train.checkpoint_every, or Ctrl-C's) is refused with one line, last.pt
+    stays the one of epoch 2, step 1, finite, and --resume continues from it exactly."""
+    _poison_adam(monkeypatch, 5, signum)  # 3 steps an epoch
+    with pytest.raises(SftkdError, match=r"/poisoned: the weights became inf \(first in model\.\S+\) by epoch 2, step 2 "
+                                         r"although the loss was finite; training stopped, the last good checkpoint "
+                                         r"\(epoch 2, step 1\) is kept"):
+        _fit(tmp_path, "poisoned", False, None, "train.checkpoint_every=1", "train.channels_last=false")
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "poisoned" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 1)
+    assert all(torch.isfinite(v).all() for v in state["models"]["model"]["state"].values())
+    _, straight = _fit(tmp_path, "straight", False, None, "train.channels_last=false")
+    _, resumed = _fit(tmp_path, "poisoned", True, None, "train.checkpoint_every=1", "train.channels_last=false")
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_weights_broken_at_an_epochs_last_step_stop_validation_with_one_line(tmp_path, monkeypatch):
+    """inf written into a weight by epoch 1's last update: validation names the run and epoch and
+    why (not only "metrics: pred contains NaN"), and the epoch's checkpoints are not written."""
+    _poison_adam(monkeypatch, 3)  # 3 steps an epoch
+    with pytest.raises(SftkdError, match=r"/broken: the model's output became nan or inf in the validation of epoch 1 "
+                                         r"\(its weights are inf \(first in model\.\S+\), although the loss was "
+                                         r"finite\); training stopped"):
+        _fit(tmp_path, "broken", False, None, "train.channels_last=false")
+    assert not (tmp_path / "broken" / "checkpoints" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(28)], ids=["with-message", "bare-errno"])

@@ -126,6 +126,49 @@ def test_zero_loss_weights_are_valid():
     validate(load_recipe(None, ["sft.w_imit=0", "distill.w_kd=0", "distill.w_imit=0.5"]))
 
 
+SFT_ZERO = ["sft.w_teacher=0", "sft.w_student=0", "sft.w_imit=0"]
+TWO_STAGE = ["distill.schedule=two-stage", "train.epochs=3", "distill.stage1_epochs=1"]
+
+
+@pytest.mark.parametrize("check, overrides, message", [
+    (check_sft_pair, SFT_ZERO, "sft.w_teacher, sft.w_student, sft.w_imit: expected at least one > 0, got all 0"),
+    (check_distill_schedule, ["distill.w_rec=0", "distill.w_kd=0"],
+     "distill.w_rec, distill.w_kd, distill.w_imit: expected at least one > 0, got all 0"),
+    (check_distill_schedule, ["distill.method=none", "distill.w_rec=0"],
+     "distill.w_rec, distill.w_imit: expected at least one > 0 with distill.method none (no feature loss), got all 0"),
+    (check_distill_schedule, [*TWO_STAGE, "distill.w_kd=0"],
+     "distill.w_kd: expected > 0 with distill.schedule two-stage (its first stage trains the feature loss alone), got 0"),
+    (check_distill_schedule, [*TWO_STAGE, "distill.w_rec=0"],
+     "distill.w_rec, distill.w_imit: expected at least one > 0 with distill.schedule two-stage (its second stage's loss)"),
+], ids=["sft", "joint", "none", "two-stage-first", "two-stage-second"])
+def test_a_loss_whose_weights_are_all_zero_is_refused_where_it_trains(check, overrides, message):
+    """A loss weighted all 0 is 0: nothing would train. Refused by the checks train-sft / distill
+    (and plan stages of those kinds) run; another command's recipe may hold such weights."""
+    with pytest.raises(SftkdError) as refused:
+        check(load_recipe(None, overrides))
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    validate(load_recipe(None, overrides))
+
+
+def test_all_zero_sft_weights_are_one_line_from_train_sft():
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    refused = CliRunner().invoke(app, ["train-sft", *SFT_ZERO, "--print-recipe"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and "sft.w_teacher, sft.w_student" in refused.stderr
+    assert CliRunner().invoke(app, ["train-teacher", *SFT_ZERO, "--print-recipe"]).exit_code == 0
+
+
+@pytest.mark.parametrize("gamma", ["10", "1.5"])
+def test_an_lr_gamma_above_one_is_refused(gamma):
+    """StepLR multiplies train.lr by train.lr_gamma every train.lr_step epochs: above 1 the LR grows
+    without bound (train.lr=1, lr_step=1, lr_gamma=10 would pass MAX_LR after one epoch)."""
+    with pytest.raises(SftkdError, match=r"^train\.lr_gamma: expected a number > 0 and <= 1 \(a decay"):
+        validate(load_recipe(None, ["train.lr=1", "train.lr_step=1", f"train.lr_gamma={gamma}"]))
+    validate(load_recipe(None, ["train.lr_gamma=1"]))  # a constant LR
+
+
 @pytest.mark.parametrize("value", ["bset", "", "runs/x/checkpoints/best", "best.pth"])
 def test_eval_checkpoint_is_checked_before_training(value):
     with pytest.raises(SftkdError, match=r"^eval\.checkpoint: expected best, last or a checkpoint file \(\.pt\)"):

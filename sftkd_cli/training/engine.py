@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
-from sftkd_cli.config import Recipe
+from sftkd_cli.config import Recipe, loss_weights
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
@@ -41,7 +41,7 @@ from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
                                precision_policy, select_device, slice_batches, to_device)
 from sftkd_cli.signals import on_signals
-from sftkd_cli.torch_metrics import SliceScores, magnitude
+from sftkd_cli.torch_metrics import NonFinitePrediction, SliceScores, magnitude
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
@@ -267,13 +267,17 @@ class Trainer:
         self.cuda_graphs = use_cuda_graphs(recipe.train.cuda_graphs, self.device, recipe.train.amp, world)
         self.data_on_device = data_on_device
         self.writer = CheckpointWriter()  # checkpoints are written in the background, one at a time
+        self.kept: tuple[int, int] | None = None  # (epoch, step) of the newest `last` saved or resumed from
 
     # checkpoint state ---------------------------------------------------------------------
     def _checkpoint(self, state: FitState, loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
         """Everything `last`/`best` hold: the models, the objective, the optimiser and `state` at (epoch, step).
 
-        Live tensors: `_save` copies them. The losses not yet read are counted first."""
+        Live tensors: `_save` copies them. The losses not yet read are counted first, then the
+        weights and Adam's moments are checked finite (`_check_state`): a checkpoint is never built
+        from a state that --resume could not continue."""
         self._read_losses(state, loop)
+        self._check_state(loop, epoch, step)
         model = self._bare()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -299,6 +303,8 @@ class Trainer:
 
     def _save(self, state: dict[str, Any], *names: str) -> None:
         """Write `state` as the checkpoints `names` (in order), in the background (main process only)."""
+        if "last" in names:
+            self.kept = (int(state["epoch"]), int(state["step_in_epoch"]))
         if self.is_main:
             self.writer.submit([self.run.checkpoint(name) for name in names], state)
 
@@ -322,6 +328,7 @@ class Trainer:
         loop = self._loop(len(train_ds))
         train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))
         state = self._restore(loop, point)
+        self.kept = (state.epoch, state.step or 0) if point is not None else None
         if self.is_main:
             if point is not None and point.note:  # resuming from best.pt (`resume_point`): says why
                 self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
@@ -448,12 +455,43 @@ class Trainer:
         state.unread = []
         loop.progress.update(loop.task, loss=f"{values[-1]:.4g}")
 
+    def _check_state(self, loop: _Loop, epoch: int, step: int) -> None:
+        """Stop if a trained weight or an Adam moment is nan/inf at checkpoint (epoch, step): an update
+        whose loss was finite (an inf gradient) can still break them, and a checkpoint of them would
+        replace the last good one. One device sync, at checkpoints only (not every step)."""
+        if broken := self._broken(loop):
+            raise self._stopped(f"the weights became {broken} by {_checkpoint_at(epoch, step)} "
+                                "although the loss was finite")
+
+    def _broken(self, loop: _Loop) -> str:
+        """'' when the trained weights and Adam's moments are finite (one device sync), else what is
+        not, e.g. 'nan (first in model.blocks.0.convs.0.weight)'."""
+        tensors = dict(self._bare().state_dict())
+        for moments in loop.optimizer.state.values():  # exp_avg, exp_avg_sq (not the 0-dim step counts)
+            tensors.update({f"Adam's {key}": v for key, v in moments.items() if isinstance(v, torch.Tensor) and v.dim()})
+        tensors = {name: v for name, v in tensors.items() if v.is_floating_point()}
+        if not tensors or torch.stack([torch.isfinite(v).all() for v in tensors.values()]).all().item():
+            return ""
+        name, bad = next((name, v) for name, v in tensors.items() if not torch.isfinite(v).all())
+        return f"{'nan' if bad.isnan().any() else 'inf'} (first in {name})"
+
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if not math.isfinite(value):
-            raise SftkdError(
-                f"{self.run.path}: loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                "training stopped, the last good checkpoint is kept (try a lower train.lr)"
-            )
+            raise self._stopped(f"loss became {value} at epoch {epoch + 1}, step {step + 1}")
+
+    def _stopped(self, what: str) -> SftkdError:
+        """The one line for training stopped by nan/inf: `what` happened, which checkpoint --resume
+        would continue from (or that none was saved yet), and the settings that can cause it: the
+        LR and, for an objective with loss weights, those weights with their values."""
+        if self.kept is None:
+            kept = "training stopped before its first checkpoint, so there is nothing to resume"
+        else:
+            kept = f"training stopped, the last good checkpoint ({_checkpoint_at(*self.kept)}) is kept"
+        hint = f"try lowering train.lr={self.recipe.train.lr:g}"
+        if section := self._bare().weights_section:
+            weights = ", ".join(f"{key}={value:g}" for key, value in loss_weights(self.recipe, section).items())
+            hint += f" or the loss weights {weights}"
+        return SftkdError(f"{self.run.path}: {what}; {kept} ({hint})")
 
     def _finish_epoch(self, state: FitState, loop: _Loop, val_ds: Dataset) -> None:
         """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch.
@@ -465,7 +503,15 @@ class Trainer:
         train_loss = self._epoch_loss(state)
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
-            val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size), loop.predict)
+            try:
+                val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size),
+                               loop.predict)
+            except NonFinitePrediction:
+                broken = self._broken(loop)
+                why = f" (its weights are {broken}, although the loss was finite)" if broken else ""
+                raise self._stopped(
+                    f"the model's output became nan or inf in the validation of epoch {state.epoch + 1}{why}"
+                ) from None
         row = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,
@@ -561,6 +607,12 @@ class Trainer:
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
         progress.console.print(line, highlight=False, soft_wrap=True)
+
+
+def _checkpoint_at(epoch: int, step: int) -> str:
+    """Where a checkpoint's (epoch, step_in_epoch) stands, in words: 'epoch 2, step 1' (1-based, after
+    that step) or 'the end of epoch 1'."""
+    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
 
 
 def _model_text(model: CascadeNet) -> str:

@@ -44,6 +44,7 @@ class Distillation(TeacherObjective):
     """Student + KD method (with its adapters); the frozen teacher rides along unregistered."""
 
     primary = "model"
+    weights_section = "distill"
 
     def __init__(
         self,

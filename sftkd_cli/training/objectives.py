@@ -36,6 +36,10 @@ class Objective(nn.Module):
     #: skips its search for unused ones, a walk of the autograd graph per step); False unless known
     uses_every_parameter: bool = False
 
+    #: the recipe section whose `w_*` keys weigh this objective's loss terms ("" for a plain L1
+    #: loss): the hint of a nan/inf loss names them
+    weights_section: str = ""
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 

@@ -36,6 +36,7 @@ class StudentFriendly(Objective):
     """Teacher + shared student branches, trained together."""
 
     primary = "teacher"
+    weights_section = "sft"
 
     def __init__(
         self,
