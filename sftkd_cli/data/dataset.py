@@ -229,6 +229,28 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
             raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
 
 
+def _holds_signal(array: np.ndarray) -> bool:
+    """Whether an array holds a value > 0 (real) or != 0 (complex k-space)."""
+    return bool(np.any(array != 0)) if np.iscomplexobj(array) else bool(np.any(array > 0))
+
+
+def _check_signal(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse an (S, H, W) dataset with no value > 0 (an all-zero volume): PSNR and SSIM take the
+    volume maximum as their data range, so validation and evaluate could not score it. The middle
+    slice's centre row is read first (nearly always enough), then slice by slice up to the first
+    with signal: only an empty volume is read in full."""
+    slices = int(dataset.shape[0])
+    if slices == 0 or _holds_signal(dataset[slices // 2, dataset.shape[1] // 2]):
+        return
+    if any(_holds_signal(dataset[s]) for s in range(slices)):
+        return
+    values = dataset[()]
+    peak = float(np.max(np.abs(values) if np.iscomplexobj(values) else values))
+    raise SftkdError(f"{display_path(path)}: {name} maximum {peak:g} over its {slices} slices; expected > 0 "
+                     "(the volume maximum is the PSNR/SSIM data range): drop this volume from the "
+                     "manifest's splits or prepare the data again")
+
+
 def _check_stored(path: Path, name: str, dataset: h5py.Dataset) -> None:
     """Refuse a dataset that declares more data than the file stores (a tiny h5 claiming millions
     of slices of fill value), before anything is read or allocated. Only uncompressed datasets
@@ -341,8 +363,14 @@ class SliceDataset(Dataset):
             raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
         expected = (slices, *self.image_size)
         if self.complex:
-            return self._check_mask(path, _read(path, "dataset", lambda: check_complex_file(
-                path, self.key, slices, self.image_size, self.target_size)), slices, mask)
+            def check_complex() -> np.ndarray:
+                file_mask = check_complex_file(path, self.key, slices, self.image_size, self.target_size)
+                with h5py.File(path, "r") as f:
+                    _check_signal(path, "target_mag", f["target_mag"])
+                    _check_signal(path, "kspace", f["kspace"])
+                return file_mask
+
+            return self._check_mask(path, _read(path, "dataset", check_complex), slices, mask)
 
         def check() -> np.ndarray:
             with h5py.File(path, "r") as f:
@@ -361,6 +389,7 @@ class SliceDataset(Dataset):
                             f"{display_path(path)}: {name} has dtype {f[name].dtype}, "
                             f"expected {'complex' if kind == 'c' else 'real float'}"
                         )
+                _check_signal(path, "image", f["image"])
                 return f[f"{self.key}/mask"][()]
 
         return self._check_mask(path, _read(path, "dataset", check), slices, mask)
