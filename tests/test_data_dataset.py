@@ -175,3 +175,21 @@ def test_an_all_zero_complex_volume_is_refused_naming_its_file(complex_dataset: 
         f[name][...] = 0
     with pytest.raises(SftkdError, match=rf"{path.name}: {name} maximum 0 over its 4 slices; expected > 0"):
         SliceDataset(root, "val", 4)
+
+
+@pytest.mark.parametrize("bad, expected", [(np.nan, "expected finite mask values"),
+                                           (0.5, r"expected mask values in \{0, 1\}, found 0, 0.5, 1")])
+def test_a_bad_stored_mask_is_refused_naming_its_own_file(tiny_dataset: Path, tmp_path: Path, bad: float,
+                                                          expected: str) -> None:
+    """A NaN would count as sampled; in the split's first volume it was blamed on the next file
+    ("differs from the other volumes'"), so each file's mask is checked on its own."""
+    root = _copy(tiny_dataset, tmp_path)
+    with h5py.File(root / "vol0.h5", "a") as f:  # the train split's first volume
+        f["acc4/mask"][0, :4] = bad
+    with pytest.raises(SftkdError, match=rf"vol0\.h5: acc4/mask: {expected}"):
+        SliceDataset(root, "train", 4)
+    with h5py.File(root / "vol0.h5", "a") as f:
+        del f["acc4/mask"]
+        f["acc4/mask"] = np.zeros((16, 8), dtype=np.float32)
+    with pytest.raises(SftkdError, match=r"vol0\.h5: acc4/mask has shape \(16, 8\), expected \(16, 16\)"):
+        SliceDataset(root, "train", 4)

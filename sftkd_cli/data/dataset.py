@@ -51,7 +51,7 @@ from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, gro
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import ifft2_np
-from sftkd_cli.mri.masks import check_mask_acceleration, undersample
+from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -395,11 +395,16 @@ class SliceDataset(Dataset):
         return self._check_mask(path, _read(path, "dataset", check), slices, mask)
 
     def _check_mask(self, path: Path, file_mask: np.ndarray, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
-        """The volume's mask must be the split's (the first volume's), sampling as its acceleration says."""
+        """The volume's mask must be a finite 0/1 (H, W) mask (checked per file, so a bad one is
+        blamed on its own file), the split's (the first volume's), sampling as its acceleration says."""
+        where = f"{display_path(path)}: {self.key}/mask"
+        if tuple(file_mask.shape) != self.image_size:
+            raise SftkdError(f"{where} has shape {tuple(file_mask.shape)}, expected {self.image_size}")
+        check_mask_values(file_mask, where)
         if mask is not None and not np.array_equal(file_mask, mask):
             raise SftkdError(f"{display_path(path)}: {self.key} mask differs from the other volumes'")
         if mask is None and self.task == "recon":
-            check_mask_acceleration(file_mask, self.acceleration, f"{display_path(path)}: {self.key}/mask")
+            check_mask_acceleration(file_mask, self.acceleration, where)
         return slices, file_mask
 
     def _load_all(self, volume: str) -> dict[str, np.ndarray]:
