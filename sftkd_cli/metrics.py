@@ -396,7 +396,8 @@ FASTMRI_CONVENTIONS: dict[str, str] = {
     "volume (fastmri.evaluate.ssim)",
     "images": "magnitude of the reconstruction, centre-cropped to the target's size (fastMRI's "
     "reconstruction_esc when the dataset has it); prediction not clipped",
-    "aggregation": "per volume; mean and sample std (ddof 1, as fastMRI's runstats) over volumes; NaN std for one volume",
+    "aggregation": "per volume; mean and sample std (ddof 1, as fastMRI's runstats) over volumes; "
+    "std NaN (null in metrics.json) for one volume",
 }
 
 
