@@ -433,6 +433,7 @@ def summarise_volumes(per_volume: list[dict[str, float]], names: tuple[str, ...]
     for name in names:
         values = np.asarray([v[name] for v in per_volume], dtype=np.float64)
         mean = float(np.mean(values)) if len(values) else float("nan")
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        with np.errstate(invalid="ignore"):  # an infinite PSNR (an exact volume): std NaN, no warning line
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         out[name] = {"mean": mean, "std": std, "volume_mean": mean}
     return out
