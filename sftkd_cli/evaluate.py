@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import StagedFiles, check_writable, display_path
+from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
@@ -427,7 +426,7 @@ def _evaluate(
         metrics["output_dir"] = str(out)
         with writing(out):
             staged.add(out / SCORE_FILES[convention][1], _csv_text(rows).encode())
-            staged.add(out / METRICS_JSON, json.dumps(metrics, indent=2, allow_nan=True).encode())  # renamed last
+            staged.add(out / METRICS_JSON, json_text(metrics).encode())  # renamed last
         if digest is not None:  # the last moment before the renames: scores of what is there now, or none
             check_still_scored(run.path, run_folder, scored_file, digest)
         check_same_dataset(data_path, record["fingerprint"])

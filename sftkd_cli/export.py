@@ -67,7 +67,7 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
-    atomic_write_text, check_writable, is_special_file, make_folder, output_path, read_regular_bytes,
+    atomic_write_text, check_writable, is_special_file, json_text, make_folder, output_path, read_regular_bytes,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
@@ -482,7 +482,7 @@ def export_run(
                 "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
             },
         }
-        card_text = json.dumps(card, indent=2, allow_nan=True)
+        card_text = json_text(card)
         if out is None:
             write_run_file(card_path(target), card_text)  # a link planted in RUN/export is replaced
         else:

@@ -14,12 +14,33 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 from sftkd_cli.errors import SftkdError, os_error_text
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` (nested dicts, lists and tuples) with every NaN or infinite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """JSON that every parser reads: NaN and infinities (std of one volume, PSNR of an exact
+    prediction) are written as null, since JSON has no NaN or Infinity tokens (Python writes them,
+    but JavaScript's JSON.parse and other strict parsers refuse them)."""
+    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

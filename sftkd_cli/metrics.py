@@ -396,7 +396,8 @@ FASTMRI_CONVENTIONS: dict[str, str] = {
     "volume (fastmri.evaluate.ssim)",
     "images": "magnitude of the reconstruction, centre-cropped to the target's size (fastMRI's "
     "reconstruction_esc when the dataset has it); prediction not clipped",
-    "aggregation": "per volume; mean and sample std (ddof 1, as fastMRI's runstats) over volumes; NaN std for one volume",
+    "aggregation": "per volume; mean and sample std (ddof 1, as fastMRI's runstats) over volumes; "
+    "std NaN (null in metrics.json) for one volume",
 }
 
 
@@ -432,6 +433,7 @@ def summarise_volumes(per_volume: list[dict[str, float]], names: tuple[str, ...]
     for name in names:
         values = np.asarray([v[name] for v in per_volume], dtype=np.float64)
         mean = float(np.mean(values)) if len(values) else float("nan")
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        with np.errstate(invalid="ignore"):  # an infinite PSNR (an exact volume): std NaN, no warning line
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         out[name] = {"mean": mean, "std": std, "volume_mean": mean}
     return out

@@ -20,16 +20,23 @@ from sftkd_cli.run_files import SCORE_FILES
 Volume = dict[str, np.ndarray]  # {slices, source_slice, target, zf, pred}: slice positions and indices in the input (S,), (S,H,W) images
 
 
+def _nan_mean_std(values: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and std ignoring NaN, without numpy's RuntimeWarning lines on stderr: NaN for both when
+    every value is NaN, and std NaN when an infinity (PSNR of an exact slice) leaves it undefined."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or np.all(np.isnan(values)):
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore"):  # inf - inf inside nanstd
+        return float(np.nanmean(values)), float(np.nanstd(values))
+
+
 def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """mean/std over slices, and the mean over volumes of the per-volume values."""
-    return {
-        name: {
-            "mean": float(np.nanmean(per_slice[name])),
-            "std": float(np.nanstd(per_slice[name])),
-            "volume_mean": float(np.nanmean([v[name] for v in per_volume])),
-        }
-        for name in METRIC_NAMES
-    }
+    out = {}
+    for name in METRIC_NAMES:
+        mean, std = _nan_mean_std(per_slice[name])
+        out[name] = {"mean": mean, "std": std, "volume_mean": _nan_mean_std([v[name] for v in per_volume])[0]}
+    return out
 
 
 class VolumeScores(NamedTuple):

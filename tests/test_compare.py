@@ -552,3 +552,30 @@ def test_a_missing_score_column_names_the_file_it_was_read_from(trio):
         with pytest.raises(SftkdError) as error:
             result.column("NRMSE")
         assert str(error.value) == f"{scores}: no column 'NRMSE' (re-run {hint})"
+
+
+def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
+    """evaluate writes NaN and infinities as null (JSON has neither): compare reads null as NaN,
+    also a null mean whose per-slice values hold inf (PSNR of an exact slice); files of earlier
+    sftkd versions, with NaN/Infinity tokens, read as before."""
+    values = slice_values(2, 0.0)
+    values["PSNR"][0] = np.inf
+    with np.errstate(invalid="ignore"):  # this helper's nanstd of an inf
+        run = make_run(tmp_path, "r", "student", values)
+    info = json.loads((run / "metrics.json").read_text())
+    info["metrics"]["PSNR"] = {"mean": None, "std": None, "volume_mean": None}
+    info["metrics"]["SSIM"]["std"] = None
+    (run / "metrics.json").write_text(json.dumps(info, allow_nan=False))
+    result = load_run_result(run)
+    assert np.isnan(result.metrics["PSNR"].mean) and np.isnan(result.metrics["PSNR"].std)
+    assert np.isnan(result.metrics["SSIM"].std)
+    assert result.metrics["SSIM"].mean == pytest.approx(np.mean(values["SSIM"]))
+    assert invoke(run).exit_code == 0
+    info["metrics"]["PSNR"] = {"mean": float("inf"), "std": float("nan")}
+    (run / "metrics.json").write_text(json.dumps(info))  # Infinity and NaN tokens
+    result = load_run_result(run)
+    assert result.metrics["PSNR"].mean == np.inf and np.isnan(result.metrics["PSNR"].std)
+    del info["metrics"]["PSNR"]["std"]
+    (run / "metrics.json").write_text(json.dumps(info))
+    with pytest.raises(SftkdError, match=r"metrics.PSNR: no std"):
+        load_run_result(run)

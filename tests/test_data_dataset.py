@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from complex_data import complex_dataset  # noqa: F401  (a fixture)
 from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest, load_volume
 from sftkd_cli.errors import SftkdError
 
@@ -150,3 +151,45 @@ def test_a_split_read_from_disk_keeps_few_files_open_and_a_file_limit_is_not_cal
     with pytest.raises(SftkdError, match="too many open files in this process") as info:
         SliceDataset(tiny_dataset, "val", 4)[0]
     assert "corrupt" not in str(info.value)
+
+
+def test_an_all_zero_volume_is_refused_naming_its_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Its maximum, the PSNR/SSIM data range, is 0: refused when the split is opened, not at the
+    first validation; a volume with signal in its last slice only is read through and accepted."""
+    root = _copy(tiny_dataset, tmp_path)
+    with h5py.File(root / "vol1.h5", "a") as f:
+        f["image"][...] = 0.0
+    with pytest.raises(SftkdError, match=r"vol1\.h5: image maximum 0 over its 3 slices; expected > 0"):
+        SliceDataset(root, "val", 4)
+    with h5py.File(root / "vol1.h5", "a") as f:
+        f["image"][2, 0, 0] = 0.5  # the middle slice and its centre row stay empty
+    assert len(SliceDataset(root, "val", 4)) == 3
+
+
+@pytest.mark.parametrize("name", ["target_mag", "kspace"])
+def test_an_all_zero_complex_volume_is_refused_naming_its_file(complex_dataset: Path, tmp_path: Path, name: str) -> None:
+    root = Path(shutil.copytree(complex_dataset, tmp_path / "copy"))
+    volume = load_manifest(root)["splits"]["val"][0]
+    path = root / load_manifest(root)["volumes"][volume]["file"]
+    with h5py.File(path, "a") as f:
+        f[name][...] = 0
+    with pytest.raises(SftkdError, match=rf"{path.name}: {name} maximum 0 over its 4 slices; expected > 0"):
+        SliceDataset(root, "val", 4)
+
+
+@pytest.mark.parametrize("bad, expected", [(np.nan, "expected finite mask values"),
+                                           (0.5, r"expected mask values in \{0, 1\}, found 0, 0.5, 1")])
+def test_a_bad_stored_mask_is_refused_naming_its_own_file(tiny_dataset: Path, tmp_path: Path, bad: float,
+                                                          expected: str) -> None:
+    """A NaN would count as sampled; in the split's first volume it was blamed on the next file
+    ("differs from the other volumes'"), so each file's mask is checked on its own."""
+    root = _copy(tiny_dataset, tmp_path)
+    with h5py.File(root / "vol0.h5", "a") as f:  # the train split's first volume
+        f["acc4/mask"][0, :4] = bad
+    with pytest.raises(SftkdError, match=rf"vol0\.h5: acc4/mask: {expected}"):
+        SliceDataset(root, "train", 4)
+    with h5py.File(root / "vol0.h5", "a") as f:
+        del f["acc4/mask"]
+        f["acc4/mask"] = np.zeros((16, 8), dtype=np.float32)
+    with pytest.raises(SftkdError, match=r"vol0\.h5: acc4/mask has shape \(16, 8\), expected \(16, 16\)"):
+        SliceDataset(root, "train", 4)

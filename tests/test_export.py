@@ -232,6 +232,24 @@ def test_default_out_and_card_fields(run_copy, tiny_dataset):
     assert ts_card["image_size_dynamic"] and ts_card["inputs"][0]["shape"] == ["batch", 1, "H", "W"]
 
 
+def _refuse(token: str) -> None:
+    raise ValueError(f"{token} is not JSON")
+
+
+def test_the_card_writes_nan_and_infinite_scores_as_null(run_copy):
+    """A metrics.json of an earlier sftkd holds NaN/Infinity tokens (std of one volume, PSNR of an
+    exact prediction): the card copies its scores as null, JSON that any parser reads."""
+    last = hashlib.sha256((run_copy / "checkpoints" / "last.pt").read_bytes()).hexdigest()
+    (run_copy / "metrics.json").write_text(json.dumps(
+        {"format": 1, "model": "D2C2", "role": "teacher", "checkpoint": "last", "checkpoint_sha256": last,
+         "dataset": {"split": "val", "acceleration": 4.0},
+         "metrics": {"PSNR": {"mean": float("inf"), "std": float("nan")}, "SSIM": {"mean": 0.9, "std": 0.01}}}))
+    result = export_run(run_copy, "torchscript", checkpoint="last")
+    card = json.loads(result.card_path.read_text(), parse_constant=_refuse)
+    assert card["metrics"]["metrics"] == {"PSNR": {"mean": None, "std": None}, "SSIM": {"mean": 0.9, "std": 0.01}}
+    assert read_card(result.path)["metrics"]["metrics"]["PSNR"]["std"] is None  # sftkd reads its own card
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_failing_check_leaves_nothing_behind(trained_run, tmp_path, monkeypatch, fmt):
     out = tmp_path / "out" / "model.bin"

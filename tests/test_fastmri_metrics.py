@@ -184,3 +184,24 @@ def test_evaluate_fastmri_convention_on_magnitude_data_scores_whole_volumes(tiny
             assert np.array_equal(recon[row["volume"]][()], cropped[row["volume"]][()])  # no crop: target size
     bad = sftkd("evaluate", runs / "mag", "--device", "cpu", "--convention", "nyu", ok=False)
     assert "--convention 'nyu'" in bad.output
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(f"{token} is not JSON")
+
+
+def test_a_one_volume_evaluation_writes_json_any_parser_reads_and_compare_reads_it(tiny_dataset, tmp_path):
+    """The std over one volume is NaN: metrics.json holds null there, not Python's NaN token."""
+    from cli_helpers import sftkd
+
+    runs = tmp_path / "runs"
+    sftkd("train-teacher", "--model", "D2C2", "--name", "one", f"data.path={tiny_dataset}", f"run.dir={runs}",
+          "train.device=cpu", "train.epochs=1", "train.batch_size=3", "train.threads=1", "eval.latency_slices=0")
+    sftkd("evaluate", runs / "one", "--device", "cpu", "--convention", "fastmri", "--no-recon")
+    info = json.loads((runs / "one" / "eval-fastmri" / "metrics.json").read_text(), parse_constant=_refuse)
+    assert info["dataset"]["volumes"] == 1 and info["metrics"]["PSNR"]["std"] is None
+    assert isinstance(info["metrics"]["PSNR"]["mean"], float)
+    table = sftkd("compare", runs / "one", "--convention", "fastmri", "--format", "csv").stdout
+    rows = list(csv.DictReader(table.splitlines()))
+    assert rows[-1]["run"] == "one" and rows[-1]["PSNR_std"] == "nan"
+    assert float(rows[-1]["PSNR_mean"]) == pytest.approx(info["metrics"]["PSNR"]["mean"])

@@ -365,3 +365,24 @@ def test_user_errors() -> None:
         M.ssim(np.ones((5, 9)), np.ones((5, 9)), 1.0)
     with pytest.raises(SftkdError, match="per_slice"):
         M.score_volume(np.ones((2, 8, 8)), np.ones((2, 8, 8)), per_slice={"PSNR": np.zeros(2)})
+
+
+def test_summaries_of_infinite_or_all_nan_scores_warn_nothing():
+    """An exact slice's PSNR is inf, and HFN is NaN for every slice without energy: the summaries
+    say inf / NaN without numpy's RuntimeWarning lines on evaluate's stderr."""
+    import warnings
+
+    from sftkd_cli.scoring import summarise
+
+    per_slice = {m: np.array([0.5, 0.7]) for m in M.METRIC_NAMES}
+    per_slice["PSNR"], per_slice["HFN"] = np.array([30.0, np.inf]), np.array([np.nan, np.nan])
+    per_volume = [{m: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for m, v in per_slice.items()}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = summarise(per_slice, per_volume)
+        volumes = M.summarise_volumes([{"MSE": 0.0, "NMSE": 0.0, "PSNR": math.inf, "SSIM": 1.0},
+                                       {"MSE": 0.1, "NMSE": 0.1, "PSNR": 30.0, "SSIM": 0.9}])
+    assert summary["PSNR"]["mean"] == math.inf and math.isnan(summary["PSNR"]["std"])
+    assert all(math.isnan(summary["HFN"][key]) for key in ("mean", "std", "volume_mean"))
+    assert summary["SSIM"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "volume_mean": pytest.approx(0.6)}
+    assert volumes["PSNR"]["mean"] == math.inf and math.isnan(volumes["PSNR"]["std"])

@@ -51,7 +51,7 @@ from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, gro
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import ifft2_np
-from sftkd_cli.mri.masks import check_mask_acceleration, undersample
+from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -229,6 +229,28 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
             raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
 
 
+def _holds_signal(array: np.ndarray) -> bool:
+    """Whether an array holds a value > 0 (real) or != 0 (complex k-space)."""
+    return bool(np.any(array != 0)) if np.iscomplexobj(array) else bool(np.any(array > 0))
+
+
+def _check_signal(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse an (S, H, W) dataset with no value > 0 (an all-zero volume): PSNR and SSIM take the
+    volume maximum as their data range, so validation and evaluate could not score it. The middle
+    slice's centre row is read first (nearly always enough), then slice by slice up to the first
+    with signal: only an empty volume is read in full."""
+    slices = int(dataset.shape[0])
+    if slices == 0 or _holds_signal(dataset[slices // 2, dataset.shape[1] // 2]):
+        return
+    if any(_holds_signal(dataset[s]) for s in range(slices)):
+        return
+    values = dataset[()]
+    peak = float(np.max(np.abs(values) if np.iscomplexobj(values) else values))
+    raise SftkdError(f"{display_path(path)}: {name} maximum {peak:g} over its {slices} slices; expected > 0 "
+                     "(the volume maximum is the PSNR/SSIM data range): drop this volume from the "
+                     "manifest's splits or prepare the data again")
+
+
 def _check_stored(path: Path, name: str, dataset: h5py.Dataset) -> None:
     """Refuse a dataset that declares more data than the file stores (a tiny h5 claiming millions
     of slices of fill value), before anything is read or allocated. Only uncompressed datasets
@@ -341,8 +363,14 @@ class SliceDataset(Dataset):
             raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
         expected = (slices, *self.image_size)
         if self.complex:
-            return self._check_mask(path, _read(path, "dataset", lambda: check_complex_file(
-                path, self.key, slices, self.image_size, self.target_size)), slices, mask)
+            def check_complex() -> np.ndarray:
+                file_mask = check_complex_file(path, self.key, slices, self.image_size, self.target_size)
+                with h5py.File(path, "r") as f:
+                    _check_signal(path, "target_mag", f["target_mag"])
+                    _check_signal(path, "kspace", f["kspace"])
+                return file_mask
+
+            return self._check_mask(path, _read(path, "dataset", check_complex), slices, mask)
 
         def check() -> np.ndarray:
             with h5py.File(path, "r") as f:
@@ -361,16 +389,22 @@ class SliceDataset(Dataset):
                             f"{display_path(path)}: {name} has dtype {f[name].dtype}, "
                             f"expected {'complex' if kind == 'c' else 'real float'}"
                         )
+                _check_signal(path, "image", f["image"])
                 return f[f"{self.key}/mask"][()]
 
         return self._check_mask(path, _read(path, "dataset", check), slices, mask)
 
     def _check_mask(self, path: Path, file_mask: np.ndarray, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
-        """The volume's mask must be the split's (the first volume's), sampling as its acceleration says."""
+        """The volume's mask must be a finite 0/1 (H, W) mask (checked per file, so a bad one is
+        blamed on its own file), the split's (the first volume's), sampling as its acceleration says."""
+        where = f"{display_path(path)}: {self.key}/mask"
+        if tuple(file_mask.shape) != self.image_size:
+            raise SftkdError(f"{where} has shape {tuple(file_mask.shape)}, expected {self.image_size}")
+        check_mask_values(file_mask, where)
         if mask is not None and not np.array_equal(file_mask, mask):
             raise SftkdError(f"{display_path(path)}: {self.key} mask differs from the other volumes'")
         if mask is None and self.task == "recon":
-            check_mask_acceleration(file_mask, self.acceleration, f"{display_path(path)}: {self.key}/mask")
+            check_mask_acceleration(file_mask, self.acceleration, where)
         return slices, file_mask
 
     def _load_all(self, volume: str) -> dict[str, np.ndarray]:

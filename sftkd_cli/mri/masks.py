@@ -383,6 +383,20 @@ def _read_mask_file(path: Path) -> np.ndarray:
     return _read_h5(path)
 
 
+def check_mask_values(array: np.ndarray, where: str) -> None:
+    """Refuse a mask that is not real, finite and 0/1 (NaN would count as sampled), naming `where`
+    (a mask file, or a prepared file and its dataset)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise SftkdError(f"{where}: expected a real numeric mask, found dtype {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        raise SftkdError(f"{where}: expected finite mask values, found NaN or inf")
+    values = np.unique(array)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:6].astype(float))
+        raise SftkdError(f"{where}: expected mask values in {{0, 1}}, found {shown}")
+
+
 def load_mask(path: str | Path, shape: tuple[int, int] | None = None, line: bool = False) -> np.ndarray:
     """Load a 2-D 0/1 mask from .npy, .npz, .mat or .h5 and return it as float32.
 
@@ -408,14 +422,7 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None, line: bool
     if array.ndim != 2:
         expected = "a 2-D mask or a 1-D vector of columns" if line else "a 2-D mask"
         raise SftkdError(f"{path}: expected {expected}, found shape {tuple(array.shape)}")
-    if array.dtype.kind not in "biuf":
-        raise SftkdError(f"{path}: expected a real numeric mask, found dtype {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise SftkdError(f"{path}: expected finite mask values, found NaN or inf")
-    values = np.unique(array)
-    if not np.all(np.isin(values, (0, 1))):
-        shown = ", ".join(f"{v:g}" for v in values[:6].astype(float))
-        raise SftkdError(f"{path}: expected mask values in {{0, 1}}, found {shown}")
+    check_mask_values(array, str(path))
     if shape is not None:
         expected = _check_shape(shape)
         if tuple(array.shape) != expected:
