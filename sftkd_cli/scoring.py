@@ -20,7 +20,7 @@ from sftkd_cli.run_files import SCORE_FILES
 Volume = dict[str, np.ndarray]  # {slices, source_slice, target, zf, pred}: slice positions and indices in the input (S,), (S,H,W) images
 
 
-def _nan_mean_std(values: np.ndarray | list[float]) -> tuple[float, float]:
+def nan_mean_std(values: np.ndarray | list[float]) -> tuple[float, float]:
     """Mean and std ignoring NaN, without numpy's RuntimeWarning lines on stderr: NaN for both when
     every value is NaN, and std NaN when an infinity (PSNR of an exact slice) leaves it undefined."""
     values = np.asarray(values, dtype=np.float64)
@@ -34,8 +34,8 @@ def summarise(per_slice: dict[str, np.ndarray], per_volume: list[dict[str, float
     """mean/std over slices, and the mean over volumes of the per-volume values."""
     out = {}
     for name in METRIC_NAMES:
-        mean, std = _nan_mean_std(per_slice[name])
-        out[name] = {"mean": mean, "std": std, "volume_mean": _nan_mean_std([v[name] for v in per_volume])[0]}
+        mean, std = nan_mean_std(per_slice[name])
+        out[name] = {"mean": mean, "std": std, "volume_mean": nan_mean_std([v[name] for v in per_volume])[0]}
     return out
 
 

@@ -126,3 +126,19 @@ def test_main_table_rows_are_role_names_std_kd_before_sft_kd():
                       "Std-KD (Fitnets)", "SFT-KD-Recon (Fitnets)"]
     assert "| ref |" in lines[3] and len(lines[0].split("|")) == 7
     assert arm_label("sft-kd-at-random") == "SFT-KD-Recon random init (AT)"
+
+
+def test_main_table_of_an_exact_slice_warns_nothing():
+    """A slice reconstructed exactly has PSNR inf: its arm's std is undefined (nan), with no numpy
+    RuntimeWarning line in a reproduce report's output."""
+    import warnings
+
+    arms = arms_for(shifts={"teacher": 0.0, "student": -0.5})
+    psnr = arms["teacher"][42].column("PSNR").copy()
+    psnr[0] = np.inf
+    with np.errstate(invalid="ignore"):  # the helper's own std of the inf
+        arms["teacher"][42] = run("teacher-s42", psnr, role="teacher")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lines = main_table(arms, ["PSNR"])
+    assert "inf" in lines[3] and "nan" in lines[3]

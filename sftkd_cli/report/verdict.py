@@ -22,6 +22,7 @@ import numpy as np
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.report.compare import RunResult, paired_values, wilcoxon_p
+from sftkd_cli.scoring import nan_mean_std
 
 Arms = Mapping[str, Mapping[int, RunResult]]
 
@@ -231,7 +232,7 @@ def main_table(arms: Arms, metrics: Sequence[str], reference: str = "teacher") -
         from sftkd_cli.report.formats import format_stat
         from sftkd_cli.report.compare import Stat
 
-        return format_stat(metric, Stat(float(np.nanmean(values)), float(np.nanstd(values))))
+        return format_stat(metric, Stat(*nan_mean_std(values)))
 
     ref = None
     if reference in arms:
