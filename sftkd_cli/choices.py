@@ -45,6 +45,11 @@ AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 #: recipe key train.cuda_graphs: capture the training step in a CUDA graph (auto = when training on CUDA)
 CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 
+#: distill.schedule: the KD loss beside L1 in one stage (the paper), or the feature loss alone for
+#: distill.stage1_epochs epochs, then L1 fine-tuning (the reference code)
+JOINT, TWO_STAGE = "joint", "two-stage"
+SCHEDULES: tuple[str, ...] = (JOINT, TWO_STAGE)
+
 #: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
 CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
 

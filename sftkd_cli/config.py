@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES,
-                               STUDENT, TEACHER)
+from sftkd_cli.acquisition import TASKS
+from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, JOINT, LAYOUT_SETTINGS, MAX_THREADS,
+                               RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -115,7 +116,7 @@ class DistillConfig:
     teacher_run: str = ""
     method: str = "at"
     init: str = "random"  # random | a run directory | a checkpoint file
-    schedule: str = "joint"  # joint | two-stage
+    schedule: str = JOINT  # SCHEDULES
     stage1_epochs: int = 0  # two-stage: epochs of feature loss alone before fine-tuning
     w_rec: float = 1.0
     w_kd: float = 1.0
@@ -395,7 +396,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.train.amp in AMP_MODES, "train.amp", f"one of {', '.join(AMP_MODES)}"),
         (recipe.train.cuda_graphs in CUDA_GRAPHS_MODES, "train.cuda_graphs", "auto, on or off"),
         (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
-        (recipe.distill.schedule in ("joint", "two-stage"), "distill.schedule", "joint or two-stage"),
+        (recipe.distill.schedule in SCHEDULES, "distill.schedule", " or ".join(SCHEDULES)),
         (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
         (0 < recipe.train.lr_gamma <= 1, "train.lr_gamma",  # > 1 would grow the LR past MAX_LR, epoch by epoch
@@ -410,7 +411,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
         (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
         (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
-        (recipe.data.task in ("recon", "sr"), "data.task", "recon or sr (super-resolution)"),
+        (recipe.data.task in TASKS, "data.task", f"{' or '.join(TASKS)} (super-resolution)"),
         (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),
         (recipe.distill.stage1_epochs >= 0, "distill.stage1_epochs", "0 or more"),
         (recipe.eval.checkpoint in CHECKPOINT_NAMES or recipe.eval.checkpoint.endswith(".pt"), "eval.checkpoint",
@@ -445,7 +446,7 @@ def check_distill_schedule(recipe: Recipe) -> None:
     loss it trains with needs a weight > 0 (`_check_distill_weights`). Only where distillation
     trains: a plan may set the schedule and weights in `base` for every stage."""
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
-    if recipe.distill.schedule == "two-stage" and not 1 <= stage1 < epochs:
+    if recipe.distill.schedule == TWO_STAGE and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
                          f"with distill.schedule two-stage, got {stage1}")
     _check_distill_weights(recipe)
@@ -456,7 +457,7 @@ def _check_distill_weights(recipe: Recipe) -> None:
     joint, w_rec, w_kd or w_imit (w_kd weighs nothing with method none); two-stage, w_kd for the
     first stage (the feature loss alone) and w_rec or w_imit for the second."""
     rec, kd, imit = "distill.w_rec", "distill.w_kd", "distill.w_imit"
-    if recipe.distill.schedule == "two-stage":
+    if recipe.distill.schedule == TWO_STAGE:
         _check_some_weight(recipe, [kd], " with distill.schedule two-stage (its first stage trains the feature loss alone)")
         _check_some_weight(recipe, [rec, imit], " with distill.schedule two-stage (its second stage's loss)")
     elif recipe.distill.method == "none":

@@ -51,6 +51,7 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
+from sftkd_cli.data.format import dataset_task
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
 from sftkd_cli.exported import (
@@ -241,7 +242,7 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
         return None, None
     from sftkd_cli.data.format import group_key
 
-    key = group_key(str(manifest.get("task", "recon")), acceleration)
+    key = group_key(dataset_task(manifest), acceleration)
     relative = manifest.get("mask", {}).get("files", {}).get(key)
     if not relative:
         return None, None
@@ -260,7 +261,7 @@ def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, 
 
     info = (manifest or {}).get("mask", {})
     layout = info.get("layout", "corner")
-    task = str((manifest or {}).get("task", "recon"))
+    task = dataset_task(manifest or {})
     if task == "sr":
         return sr_box_mask(size, acceleration, layout)
     axis = mask_axis(info, group_key(task, acceleration)) if info else 0

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import torch
 
-from sftkd_cli.data.format import MANIFEST, acceleration_key, mask_axis
+from sftkd_cli.data.format import MANIFEST, acceleration_key, dataset_task, mask_axis
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
 from sftkd_cli.mri.fft import ifft2_np
@@ -103,7 +103,7 @@ def per_sample_spec(manifest: dict[str, Any], root: str | Path, acceleration: fl
     """How the mask of `acceleration` was generated (kind, seed, centre fraction, layout, axis), to
     draw a new one per sample. Only that acceleration's mask matters: another one of the dataset
     may come from a file. Super-resolution data has a fixed k-space box, never a mask to draw."""
-    task = str(manifest.get("task", "recon"))
+    task = dataset_task(manifest)
     if task != "recon":
         raise SftkdError(f"data.mask_per_sample: dataset {display_path(root)} is prepared for task {task}; "
                          "per-sample masks exist for the recon task only (set data.mask_per_sample=false)")

@@ -47,7 +47,7 @@ from sftkd_cli.data.complex_slices import (
     read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
-from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, group_key
+from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import ifft2_np
@@ -87,7 +87,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     """The types the readers rely on, so that a damaged manifest is one clear line, not a KeyError."""
-    if manifest.get("task", "recon") not in TASKS:
+    if dataset_task(manifest) not in TASKS:
         raise SftkdError(f"{where}: task {manifest.get('task')!r}, expected one of {', '.join(TASKS)}")
     size = manifest["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
@@ -143,7 +143,7 @@ def record_acquisition(record: dict[str, Any], where: str = "dataset record") ->
     acquisition entry are read from their task, k-space layout and image size."""
     if isinstance(record.get("acquisition"), dict):
         return Acquisition.from_record(record["acquisition"], f"{where} acquisition")
-    return Acquisition.from_record({"task": record.get("task", "recon"), "kspace_layout": record.get("kspace_layout", "corner"),
+    return Acquisition.from_record({"task": dataset_task(record), "kspace_layout": record.get("kspace_layout", "corner"),
                                     "image_size": record.get("image_size")}, where)
 
 
@@ -166,11 +166,6 @@ def dataset_record(root: str | Path, acceleration: float) -> dict[str, Any]:
         "kspace_layout": acquisition.kspace_layout,
         "acquisition": acquisition.record(),
     }
-
-
-def dataset_task(manifest: dict[str, Any]) -> str:
-    """What the dataset was prepared for: 'recon' (also datasets older than tasks) or 'sr'."""
-    return str(manifest.get("task", "recon"))
 
 
 def check_task(manifest: dict[str, Any], root: str | Path, task: str, trained: str | Path | None = None) -> None:

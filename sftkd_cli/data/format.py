@@ -34,6 +34,12 @@ PROVENANCE_ATTRS: tuple[str, ...] = ("source", "source_file", "max", "normalisat
 INPUT_LABELS: dict[str, tuple[str, str]] = {"recon": ("zero-filled", "ZF"), "sr": ("LR interpolated", "LR interp.")}
 
 
+def dataset_task(manifest: Mapping[str, Any]) -> str:
+    """What a dataset was prepared for, from its manifest or a record of it: 'recon' (also datasets
+    older than tasks) or 'sr'."""
+    return str(manifest.get("task", "recon"))
+
+
 def acceleration_key(acceleration: float) -> str:
     """Group name of an acceleration in the h5 files and manifest: 4.0 -> 'acc4', 2.5 -> 'acc2.5'."""
     return f"acc{float(acceleration):g}"

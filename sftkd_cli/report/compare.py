@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
-from sftkd_cli.data.format import INPUT_LABELS
+from sftkd_cli.data.format import INPUT_LABELS, dataset_task
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.result_files import (
@@ -238,7 +238,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         fingerprint=dataset["fingerprint"],
         split=dataset["split"],
         acceleration=number(dataset.get("acceleration"), f"{where}: dataset.acceleration"),
-        task=str(dataset.get("task", "recon")),
+        task=dataset_task(dataset),
         checkpoint=_checkpoint_kind(info.get("checkpoint")),
         metrics=metrics,
         zero_filled=zero_filled,

@@ -437,7 +437,8 @@ def reconstruction_grid_from_runs(
     Default slice: the middle stored slice of the middle volume (by name) of the first run's
     recon.h5. The default heading names the slice after `context` (e.g. the plan and group).
     """
-    from sftkd_cli.data.dataset import dataset_task, load_manifest, load_volume
+    from sftkd_cli.data.dataset import load_manifest, load_volume
+    from sftkd_cli.data.format import dataset_task
     from sftkd_cli.data.format import INPUT_LABELS
 
     if not runs:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
+from sftkd_cli.choices import JOINT, TWO_STAGE
 from sftkd_cli.checkpoints import CheckpointFile, check_fits_data, copy_weights, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.distill.catalog import default_taps
@@ -57,7 +58,7 @@ class Distillation(TeacherObjective):
         w_rec: float = 1.0,
         w_kd: float = 1.0,
         w_imit: float = 0.0,
-        schedule: str = "joint",
+        schedule: str = JOINT,
         stage1_epochs: int = 0,
         facts: dict[str, Any] | None = None,
     ) -> None:
@@ -74,17 +75,17 @@ class Distillation(TeacherObjective):
         self.facts = facts or {}
 
     def begin_epoch(self, epoch: int) -> None:
-        self.feature_stage = self.schedule == "two-stage" and epoch < self.stage1_epochs
+        self.feature_stage = self.schedule == TWO_STAGE and epoch < self.stage1_epochs
 
     def restarts(self) -> tuple[int, ...]:
-        return (self.stage1_epochs,) if self.schedule == "two-stage" and self.stage1_epochs > 0 else ()
+        return (self.stage1_epochs,) if self.schedule == TWO_STAGE and self.stage1_epochs > 0 else ()
 
     def graph_key(self) -> bool:
         return self.feature_stage  # stage 1 computes the feature loss alone
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         zf, kspace, mask, target = batch["zf"], batch["kspace"], batch["mask"], batch["target"]
-        use_kd = self.schedule == "joint" or self.feature_stage
+        use_kd = self.schedule == JOINT or self.feature_stage
         use_imit = self.w_imit > 0 and not self.feature_stage
         zero = zf.new_zeros(())
         with torch.no_grad():
@@ -128,7 +129,7 @@ def _with_kd_run(recipe: Recipe, teacher_role: str | None) -> Recipe:
 def _with_student(recipe: Recipe) -> Recipe:
     """model.name defaulting to sft.student, once the distill section is known to be usable."""
     cfg = recipe.distill
-    if cfg.schedule == "two-stage" and cfg.method == "none":
+    if cfg.schedule == TWO_STAGE and cfg.method == "none":
         raise SftkdError("distill.schedule=two-stage: needs a feature method (stage 1 is the feature loss alone), not none")
     if not cfg.teacher_run:
         raise SftkdError("distill.teacher_run: expected the teacher's run directory (--teacher RUN)")
