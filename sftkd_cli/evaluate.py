@@ -44,6 +44,7 @@ from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
 from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
                                magnitude)
@@ -387,7 +388,7 @@ def _evaluate(
                           convention=convention, each_volume=take)
         rows, summary, zf_summary = summarise_all(scored)
         metrics = {
-            "format": 1,
+            "format": METRICS_FORMAT,
             "sftkd_version": __version__,
             "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
             "model": model.name,

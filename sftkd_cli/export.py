@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import importlib
 import io
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from sftkd_cli.checkpoints import check_fits_data, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
+from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
 from sftkd_cli.exported import (
@@ -68,7 +68,7 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
-    atomic_write_text, check_writable, is_special_file, json_text, make_folder, output_path, read_regular_bytes,
+    atomic_write_text, check_writable, is_special_file, json_text, make_folder, output_path,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
@@ -279,10 +279,10 @@ def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> d
     if not path.exists():
         return None
     try:
-        info = json.loads(read_regular_bytes(path, METRICS_JSON))  # a FIFO or /dev/zero is never read
-    except (SftkdError, ValueError):
+        info = read_metrics(path)
+    except SftkdError:
         return None
-    scored = (info.get("role"), info.get("checkpoint"), info.get(CHECKPOINT_DIGEST)) if isinstance(info, dict) else None
+    scored = (info.get("role"), info.get("checkpoint"), info.get(CHECKPOINT_DIGEST))
     if scored != (role, checkpoint, digest):
         return None
     return {

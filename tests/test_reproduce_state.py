@@ -61,7 +61,7 @@ def test_an_evaluation_of_the_last_checkpoint_is_redone_after_the_run_resumed(tm
     run = stage.run
     (run / "checkpoints").mkdir(parents=True)
     (run / "recon.h5").write_bytes(b"")
-    metrics = {"dataset": {"split": "val"}, "checkpoint": "last"}
+    metrics = {"format": 1, "dataset": {"split": "val"}, "checkpoint": "last"}
     (run / "metrics.json").write_text(json.dumps(metrics))
     stamps = {"checkpoints/best.pt": 100, "metrics.json": 200, "checkpoints/last.pt": 150}
     for name, stamp in stamps.items():

@@ -1,4 +1,4 @@
-"""Training's validation (engine.validate) scores on the device what the numpy metrics score.
+"""Training's validation (training.validation.validate) scores on the device what the numpy metrics score.
 
 The oracle is validate as it was before it moved to the device: every prediction copied to the
 host and scored with metrics.psnr / metrics.ssim (float64, data range = the maximum of the slice's
@@ -17,7 +17,7 @@ from torch import nn
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics import magnitude, psnr, ssim
 from sftkd_cli.runtime import collate
-from sftkd_cli.training.engine import validate
+from sftkd_cli.training.validation import validate
 
 torch.set_num_threads(1)
 

@@ -23,13 +23,13 @@ from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS
 from sftkd_cli.data.format import INPUT_LABELS, dataset_task
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.report.result_files import (
     Stat,
     check_means,
     number,
     optional_number,
     optional_str,
-    read_metrics_json,
     read_per_unit,
     stats_block,
 )
@@ -208,7 +208,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     if not metrics_file.is_file():
         hint = "" if convention == "paper" else f" --convention {convention}"
         raise SftkdError(f"{label}: not evaluated yet (no {metrics_file.relative_to(path)}); run `sftkd evaluate {label}{hint}`")
-    info = read_metrics_json(metrics_file)
+    info = read_metrics(metrics_file)
     where = str(metrics_file)
     if info.get("convention", "paper") != convention:
         raise SftkdError(f"{where}: scored in the {info.get('convention')} convention, expected {convention}; "

@@ -4,7 +4,6 @@ per_slice.csv (paper convention) or per_volume.csv (fastmri), with one-line erro
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,6 @@ class Stat:
 
     mean: float
     std: float
-
-
-def read_metrics_json(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SftkdError(f"{path}: corrupt metrics file ({exc}); re-run `sftkd evaluate {path.parent}`") from None
-    if not isinstance(info, dict):
-        raise SftkdError(f"{path}: expected a JSON object")
-    if info.get("format") != 1:
-        raise SftkdError(f"{path}: format {info.get('format')!r} is not supported (expected 1)")
-    return info
 
 
 def number(value: object, where: str) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import RECIPE_FILE, REPORT_MD, ROLE, SHAREABLE, STATUS_JSON
@@ -292,10 +293,8 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
     if writes_reconstructions(stage, plan) and not (out / RECON_H5).is_file():
         return False
     try:
-        info = json.loads(read_regular_bytes(metrics, "metrics"))
-    except (SftkdError, ValueError):
-        return False
-    if not isinstance(info, dict):
+        info = read_metrics(metrics)
+    except SftkdError:
         return False
     current = scores_checkpoint(info, checkpoint)
     if current is None:  # no digest recorded: its mtime says whether it came after the checkpoint

@@ -5,8 +5,8 @@ deterministic per-epoch sample order (so resuming is exact, even mid-epoch), ato
 `last`/`best` checkpoints (written by a background thread: `checkpoint_writer`), a per-epoch
 history, rich progress, a NaN/Inf guard, and Ctrl-C / SIGTERM handling that saves a checkpoint
 before leaving. On CUDA the datasets are held on the GPU (`device_data`) and the whole step is
-replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs), as are validation's forward
-passes; the step's losses are then read from the GPU every LOSS_READ_EVERY steps and before
+replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs), as are validation's
+(`validation`) forward passes; the step's losses are then read from the GPU every LOSS_READ_EVERY steps and before
 each checkpoint, not every step. Device,
 autocast and collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
 """
@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -39,14 +38,15 @@ from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
 from sftkd_cli.models import CascadeNet, count_parameters
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
-                               precision_policy, select_device, slice_batches, to_device)
+                               precision_policy, select_device, to_device)
 from sftkd_cli.signals import on_signals
-from sftkd_cli.torch_metrics import NonFinitePrediction, SliceScores, magnitude
+from sftkd_cli.torch_metrics import NonFinitePrediction
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 from sftkd_cli.training.resume import ResumePoint, resume_point
+from sftkd_cli.training.validation import validate
 
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
 LOSS_READ_EVERY = 32
@@ -201,42 +201,6 @@ def restart_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.l
     for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = lr
     scheduler.last_epoch = 0
-
-
-def validate(objective: Objective, dataset: Dataset, device: torch.device, amp: str, batch_size: int,
-             forward: Reconstructor | None = None) -> dict[str, float]:
-    """Validation L1, PSNR and SSIM, means over slices; PSNR and SSIM scored as `sftkd evaluate` does.
-
-    PSNR and SSIM use data range = the maximum of the slice's ground-truth volume (over its
-    validated slices: the whole volume unless data.max_val_slices cuts it short), in float64,
-    like `evaluate`'s per-slice means (metrics.score_slices). So the log's val_psnr / val_ssim
-    of an epoch equal metrics.json's PSNR / SSIM "mean" for that epoch's checkpoint on the
-    same split, when training ran in evaluate's precision (train.amp off, train.tf32 false;
-    otherwise validation runs the forward pass in training's). (Volumes are normalised by their
-    source maximum, and a crop or skipped slices can leave the stored maximum below 1, so a
-    range of 1 would read higher.) Complex data (two
-    channels) is scored on the magnitudes, as evaluate's default (paper) convention scores it;
-    its L1 is the training loss's, over both channels. Everything is scored on `device`
-    (torch_metrics): only the three means come back to the host, at the end. `forward`: the
-    objective's predictor as run (e.g. replayed from CUDA graphs: `graphed_reconstructor`).
-    """
-    if forward is None:
-        forward = objective.predictor()
-    objective.eval()
-    l1_sum = torch.zeros((), dtype=torch.float64, device=device)
-    scores = SliceScores()
-    with torch.inference_mode():
-        for items in slice_batches(dataset, batch_size):
-            batch = to_device(collate(items), device)
-            with autocast(device, amp):
-                pred = forward(batch["zf"], batch["kspace"], batch["mask"])
-            pred, target = pred.to(torch.float32, copy=True), batch["target"]  # a graph's next replay overwrites its output
-            l1_sum += F.l1_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).sum(dtype=torch.float64)
-            for item, t, p in zip(items, magnitude(target), magnitude(pred)):
-                scores.add(str(item["volume"]), t, p)
-    objective.train()
-    means = scores.means()
-    return {"val_l1": l1_sum.item() / len(dataset), "val_psnr": means["PSNR"], "val_ssim": means["SSIM"]}
 
 
 class Trainer:
