@@ -169,6 +169,8 @@ def test_result_structure(result):
         "teacher_over_student_train", "teacher_over_student_latency_b1",
         "teacher_over_student_latency_b2", "kd_backprop_over_nograd.at", "kd_backprop_over_nograd.fitnets",
     }
+    assert result.ratio_labels.keys() == result.ratios.keys()  # each ratio says in words what it compares
+    assert result.ratio_labels["kd_backprop_over_nograd.at"] == "KD at step, reference way (backprop through the teacher) / ours"
     assert result.roof_gflops > 0
     assert set(result.roof["gflops_by_format"]) == {"contiguous", "channels_last"}
     # ours run in the layout the engine chooses here, and say which; the twins run in NCHW

@@ -80,7 +80,8 @@ class BenchResult:
     roof: dict[str, Any]  # what was measured: shapes, the best's format and shape, GFLOP/s per memory format;
     # under "bf16" the same for the bf16 rows of a fp32 run
     rows: list[BenchRow] = field(default_factory=list)
-    ratios: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)  # key -> slower time / faster time
+    ratio_labels: dict[str, str] = field(default_factory=dict)  # key -> the ratio in words
     notes: list[str] = field(default_factory=list)
     complete: bool = True  # False: interrupted (Ctrl-C, SIGTERM), the rows measured until then
 
@@ -93,6 +94,11 @@ class BenchResult:
     def has(self, key: str) -> bool:
         return any(row.key == key for row in self.rows)
 
+    def add_ratio(self, key: str, value: float, label: str) -> None:
+        """Record a time ratio under `key`, with what it compares in words (x > 1: the first is slower)."""
+        self.ratios[key] = value
+        self.ratio_labels[key] = label
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": 2,
@@ -103,6 +109,7 @@ class BenchResult:
             "roof": {"gflops": self.roof_gflops, **self.roof},
             "rows": [row.to_dict() for row in self.rows],
             "ratios": dict(self.ratios),
+            "ratio_labels": dict(self.ratio_labels),
             "notes": list(self.notes),
         }
 

@@ -443,7 +443,8 @@ class _Bench:
                              "is batches, validation, history and checkpoints; epochs after the first of a real "
                              "training run (train-teacher's engine)"), precision=self.precision)
         self.result.rows.append(row)
-        self.result.ratios["epoch_over_steps.teacher"] = row.seconds / steps_s
+        self.result.add_ratio("epoch_over_steps.teacher", row.seconds / steps_s,
+                              "teacher epoch / the sum of its steps (what an epoch spends around them)")
 
     def _runner(self, name: str, model: DCCNN, mode: str, data: Batch) -> tuple[Callable | None, str]:
         """The callable that `mode` times (built and warmed up here), and a note; None if unavailable."""
@@ -548,32 +549,39 @@ def _ratio(result: BenchResult, top: str, bottom: str) -> float | None:
 
 
 def _add_ratios(result: BenchResult, methods: list[str]) -> None:
-    """Slower / faster time ratios that answer the design questions."""
-    pairs = {
-        "teacher_over_student_train": ("train.teacher", "train.student"),
-        "teacher_over_student_latency_b1": (f"infer.{TEACHER}.eager.b1", f"infer.{STUDENT}.eager.b1"),
-        f"teacher_over_student_latency_b{result.settings['batch']}": (
-            f"infer.{TEACHER}.eager.b{result.settings['batch']}", f"infer.{STUDENT}.eager.b{result.settings['batch']}"),
+    """Slower / faster time ratios that answer the design questions, each with its words."""
+    batch = result.settings["batch"]
+    pairs = {  # key -> (slower row, faster row, the ratio in words)
+        "teacher_over_student_train": ("train.teacher", "train.student", "train step, teacher / student"),
     }
+    for n in sorted({1, batch}):
+        pairs[f"teacher_over_student_latency_b{n}"] = (f"infer.{TEACHER}.eager.b{n}", f"infer.{STUDENT}.eager.b{n}",
+                                                      f"inference time, teacher / student (batch {n})")
     for method in methods:
-        pairs[f"kd_backprop_over_nograd.{method}"] = (f"train.kd_backprop.{method}", f"train.kd.{method}")
+        pairs[f"kd_backprop_over_nograd.{method}"] = (
+            f"train.kd_backprop.{method}", f"train.kd.{method}",
+            f"KD {method} step, reference way (backprop through the teacher) / ours")
     for step in ("teacher", "student", "sft", *(f"kd.{method}" for method in methods)):
-        pairs[f"graph_speedup.train.{step}"] = (f"train.{step}", f"train.{step}.graph")
+        name = "SFT" if step == "sft" else f"KD {step[3:]}" if step.startswith("kd.") else step
+        pairs[f"graph_speedup.train.{step}"] = (f"train.{step}", f"train.{step}.graph",
+                                                f"{name} training step, eager / CUDA graph")
+    modes = {"graph": "CUDA graph", "compiled": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)"}
     for name in (TEACHER, STUDENT):
-        for n in sorted({1, result.settings["batch"], CUDA_SWEEP_BATCH}):
-            pairs[f"graph_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.graph.b{n}")
-            pairs[f"compile_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.compiled.b{n}")
-            pairs[f"torchscript_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.torchscript.b{n}")
-            pairs[f"onnx_speedup.{name}.b{n}"] = (f"infer.{name}.eager.b{n}", f"infer.{name}.onnx.b{n}")
+        for n in sorted({1, batch, CUDA_SWEEP_BATCH}):
+            for mode, words in modes.items():
+                key = f"{'compile' if mode == 'compiled' else mode}_speedup.{name}.b{n}"
+                pairs[key] = (f"infer.{name}.eager.b{n}", f"infer.{name}.{mode}.b{n}",
+                              f"{name} inference, eager / {words} (batch {n})")
     for name in (TEACHER, STUDENT):
         for group in ("train", "infer"):
-            pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16")
+            what = f"{name} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
+            pairs[f"bf16_speedup.{group}.{name}"] = (f"bf16.{group}.{name}.fp32", f"bf16.{group}.{name}.bf16", what)
             pairs[f"bf16_speedup.{group}.{name}.graph"] = (f"bf16.{group}.{name}.fp32.graph",
-                                                          f"bf16.{group}.{name}.bf16.graph")
-    for key, (top, bottom) in pairs.items():
+                                                          f"bf16.{group}.{name}.bf16.graph", f"{what} (CUDA graphs)")
+    for key, (top, bottom, label) in pairs.items():
         value = _ratio(result, top, bottom)
         if value is not None:
-            result.ratios[key] = value
+            result.add_ratio(key, value, label)
 
 
 def _add_notes(result: BenchResult) -> None:

@@ -116,36 +116,7 @@ def _times(value: float | None) -> str:
 
 def ratio_lines(result: BenchResult) -> list[str]:
     """The ratios in words (x > 1: the first is slower)."""
-    words = {
-        "teacher_over_student_train": "train step, teacher / student",
-        "teacher_over_student_latency_b1": "inference latency, teacher / student (batch 1)",
-        "epoch_over_steps.teacher": "teacher epoch / the sum of its steps (what an epoch spends around them)",
-    }
-    lines = []
-    for key, value in result.ratios.items():
-        if key in words:
-            label = words[key]
-        elif key.startswith("kd_backprop_over_nograd."):
-            label = f"KD {key.split('.', 1)[1]} step, reference way (backprop through the teacher) / ours"
-        elif key.startswith("teacher_over_student_latency_b"):
-            label = f"inference time, teacher / student (batch {key.rsplit('_b', 1)[1]})"
-        elif key.startswith("bf16_speedup."):
-            _, group, model, *graph = key.split(".")
-            label = (f"{model} {'training step' if group == 'train' else 'inference'}, fp32 / bf16 autocast"
-                     + (" (CUDA graphs)" if graph else ""))
-        elif key.startswith("graph_speedup.train."):
-            step = key.split(".", 2)[2]  # teacher, student, sft or kd.<method>
-            name = "SFT" if step == "sft" else f"KD {step[3:]}" if step.startswith("kd.") else step
-            label = f"{name} training step, eager / CUDA graph"
-        elif key.startswith(("compile_speedup.", "torchscript_speedup.", "onnx_speedup.", "graph_speedup.")):
-            kind = {"compile": "compiled", "torchscript": "TorchScript", "onnx": "ONNX (onnxruntime)",
-                    "graph": "CUDA graph"}[key.split("_")[0]]
-            _, model, batch = key.split(".")
-            label = f"{model} inference, eager / {kind} (batch {batch[1:]})"
-        else:
-            label = key
-        lines.append(f"{label}: {value:.2f}x")
-    return lines
+    return [f"{result.ratio_labels.get(key, key)}: {value:.2f}x" for key, value in result.ratios.items()]
 
 
 def bench(
