@@ -22,7 +22,6 @@ from rich.table import Table
 from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT
 from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
-from sftkd_cli.data.format import group_key, mask_axis
 from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.errors import SftkdError
 
@@ -139,21 +138,10 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
     return result
 
 
-def _source_text(manifest: dict) -> str:
-    """Source label and where it came from (folder, or package version for the demo)."""
-    from sftkd_cli.files import display_path
-
-    details = manifest.get("source_details", {})
-    if manifest.get("source_root"):
-        return f"{manifest['source']} ({display_path(manifest['source_root'])})"
-    if details.get("nilearn_version"):
-        return f"{manifest['source']} (nilearn {details['nilearn_version']})"
-    return f"{manifest['source']} ({display_path(details.get('file', ''))})"
-
-
 def print_summary(result: PrepareResult, console: Console, warn_no_val: bool = True) -> None:
     """A table: source, folder, volumes and slices per split, size, masks; with `warn_no_val`
     (not asked for none: --val-fraction 0), a warning when the val split is empty."""
+    from sftkd_cli.data.manifest import describe_manifest
     from sftkd_cli.files import display_path
 
     m = result.manifest
@@ -164,37 +152,11 @@ def print_summary(result: PrepareResult, console: Console, warn_no_val: bool = T
     table = Table(title=f"prepared dataset {where}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    splits = [s for s in ("train", "val", "test") if m["splits"].get(s)]
-    table.add_row("source", _source_text(m))
+    rows = describe_manifest(m)
+    table.add_row(*rows[0])  # the source, then where it went
     table.add_row("written to", where)
-    table.add_row("volumes", ", ".join(f"{s} {len(m['splits'][s])}" for s in splits))
-    table.add_row("slices", ", ".join(f"{s} {m['slices'][s]}" for s in splits))
-    h, w = m["image_size"]
-    table.add_row("image size", f"{h} x {w}")
-    mask = m["mask"]
-    if m.get("task") == "sr":
-        boxes = ", ".join(
-            f"{a:g}x: low resolution {' x '.join(map(str, mask['per_acceleration'][group_key('sr', a)]['box']))}"
-            for a in m["accelerations"]
-        )
-        table.add_row("task", "super-resolution (input: low-resolution image interpolated to full size)")
-        table.add_row("scales", boxes)
-        table.add_row("k-space layout", f"{mask['layout']}, central box kept")
-    else:
-        common = mask.get("axis")  # 0: rows sampled (the paper's), 1: columns (fastMRI), None: per acceleration
-        lines = []
-        for a in m["accelerations"]:
-            entry, axis = mask["per_acceleration"][group_key("recon", a)], mask_axis(mask, group_key("recon", a))
-            if axis is None:
-                lines.append(f"{a:g}x: {100 * entry['sampled_fraction']:.3g}% of k-space, no whole lines "
-                             f"({entry['origin']})")
-            else:
-                word = "lines" if common is not None else ("rows", "columns")[axis]
-                lines.append(f"{a:g}x: {entry['lines']}/{(h, w)[axis]} {word} ({entry['origin']})")
-        table.add_row("accelerations", ", ".join(lines))
-        sampled = (f"{('rows', 'columns')[common]} sampled (axis {common})" if common is not None
-                   else "sampling per acceleration")
-        table.add_row("mask layout", f"{mask['layout']}, {sampled}, seed {mask['seed']}")
+    for row in rows[1:]:
+        table.add_row(*row)
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
     if warn_no_val and not m["splits"].get("val"):

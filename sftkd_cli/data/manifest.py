@@ -21,7 +21,7 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, group_key
+from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, dataset_task, group_key, mask_axis
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
 from sftkd_cli.errors import SftkdError
@@ -218,3 +218,44 @@ def dataset_manifest(source: Any, options: PrepareOptions, acquisition: Acquisit
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     write_bytes_synced(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _source_text(manifest: Mapping[str, Any]) -> str:
+    """Source label and where it came from (folder, or package version for the demo)."""
+    details = manifest.get("source_details", {})
+    if manifest.get("source_root"):
+        return f"{manifest['source']} ({display_path(manifest['source_root'])})"
+    if details.get("nilearn_version"):
+        return f"{manifest['source']} (nilearn {details['nilearn_version']})"
+    return f"{manifest['source']} ({display_path(details.get('file', ''))})"
+
+
+def describe_manifest(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A dataset in words, as (what, value) rows: its source, volumes and slices per split, image
+    size, and its masks (lines per acceleration and layout) or super-resolution scales."""
+    m = manifest
+    splits = [s for s in SPLITS if m["splits"].get(s)]
+    h, w = m["image_size"]
+    rows = [("source", _source_text(m)),
+            ("volumes", ", ".join(f"{s} {len(m['splits'][s])}" for s in splits)),
+            ("slices", ", ".join(f"{s} {m['slices'][s]}" for s in splits)),
+            ("image size", f"{h} x {w}")]
+    mask = m["mask"]
+    if dataset_task(m) == "sr":
+        boxes = ", ".join(
+            f"{a:g}x: low resolution {' x '.join(map(str, mask['per_acceleration'][group_key('sr', a)]['box']))}"
+            for a in m["accelerations"]
+        )
+        return rows + [("task", "super-resolution (input: low-resolution image interpolated to full size)"),
+                       ("scales", boxes), ("k-space layout", f"{mask['layout']}, central box kept")]
+    common = mask.get("axis")  # 0: rows sampled (the paper's), 1: columns (fastMRI), None: per acceleration
+    lines = []
+    for a in m["accelerations"]:
+        entry, axis = mask["per_acceleration"][group_key("recon", a)], mask_axis(mask, group_key("recon", a))
+        if axis is None:
+            lines.append(f"{a:g}x: {100 * entry['sampled_fraction']:.3g}% of k-space, no whole lines ({entry['origin']})")
+        else:
+            word = "lines" if common is not None else ("rows", "columns")[axis]
+            lines.append(f"{a:g}x: {entry['lines']}/{(h, w)[axis]} {word} ({entry['origin']})")
+    sampled = f"{('rows', 'columns')[common]} sampled (axis {common})" if common is not None else "sampling per acceleration"
+    return rows + [("accelerations", ", ".join(lines)), ("mask layout", f"{mask['layout']}, {sampled}, seed {mask['seed']}")]
