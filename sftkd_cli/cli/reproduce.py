@@ -55,6 +55,7 @@ def reproduce(
     from sftkd_cli.reproduce import (
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
+    from sftkd_cli.reproduce.executor import make_executor
     from sftkd_cli.reproduce.graph import blocked_stages
     from sftkd_cli.reproduce.kinds import REPORT_MD
     from sftkd_cli.recipes import find_plan
@@ -76,15 +77,7 @@ def reproduce(
             print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
     blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
-    executor = None
-    if executor_name is ExecutorName.ray:
-        from sftkd_cli.reproduce.ray_executor import RayExecutor
-
-        executor = RayExecutor(jobs, address=address, per_gpu=per_gpu)
-    elif jobs > 1:
-        from sftkd_cli.reproduce.executor import LocalExecutor
-
-        executor = LocalExecutor(jobs, per_gpu=per_gpu)
+    executor = make_executor(executor_name.value, jobs, per_gpu, address)
     started = time.perf_counter()
     outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
                        progress=stderr_console())

@@ -317,3 +317,14 @@ def _flush() -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def make_executor(name: str, jobs: int, per_gpu: int, address: str | None = None) -> Executor | None:
+    """The executor `reproduce --executor NAME --jobs N` runs stages with: "ray" (a Ray cluster at
+    `address`, or a local one), or "local" worker processes when `jobs` > 1; None runs the stages
+    one after the other in this process."""
+    if name == "ray":
+        from sftkd_cli.reproduce.ray_executor import RayExecutor  # Ray only when asked for
+
+        return RayExecutor(jobs, address=address, per_gpu=per_gpu)
+    return LocalExecutor(jobs, per_gpu=per_gpu) if jobs > 1 else None
