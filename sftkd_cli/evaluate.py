@@ -29,25 +29,23 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
-from sftkd_cli.data.format import INPUT_LABELS, MANIFEST
+from sftkd_cli.data.format import MANIFEST
 from sftkd_cli.errors import SftkdError, os_error_text
-from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.layout import forced_layout, inference_layout
-from sftkd_cli.metrics import (CONVENTIONS, FASTMRI_CONVENTIONS, FASTMRI_METRIC_NAMES, METRIC_NAMES, center_crop,
-                               magnitude)
+from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, magnitude
+from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
 from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
@@ -298,6 +296,68 @@ def check_threads(threads: int) -> None:
         raise SftkdError(f"--threads {threads}: expected 0 (torch default) to {MAX_THREADS}")
 
 
+@dataclass
+class _ScoredModel:
+    """The model an evaluation scores, given as a checkpoint or as an exported file."""
+
+    runner: Reconstructor  # what reconstructs the slices: the model, its CUDA graphs, or the exported file
+    name: str  # the architecture, e.g. D3C5
+    state: dict[str, Any]  # the checkpoint (or the exported file's card, checkpoint-like)
+    role: str  # the model's entry in its run (model, teacher, student)
+    checkpoint: str  # best, last or a checkpoint file
+    params: int
+    out: Path  # the results folder before the data/amp/convention levels
+    device: torch.device
+    graphed: bool = False  # replayed from CUDA graphs
+    extra: dict[str, Any] = field(default_factory=dict)  # more metrics.json fields
+    digest: str | None = None  # the checkpoint file's sha256, checked again before the scores are kept
+    file: Path | None = None  # that checkpoint file
+
+
+def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[str, Any], checkpoint: str | None,
+                      model_role: str | None, device: torch.device, amp: str, batch_size: int) -> _ScoredModel:
+    """A checkpoint's model on `device`, in the memory layout inference runs fastest in here (measured
+    on a first batch unless train.channels_last forces it), replayed from CUDA graphs where they apply."""
+    which = checkpoint or recipe.eval.checkpoint
+    named = which in CHECKPOINT_NAMES
+    model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best",
+                                             "--checkpoint")
+    entry_role = model_role or state["primary"]
+    check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
+    layout = forced_layout(recipe.train.channels_last, device)
+    if layout is None:  # measured on a first batch
+        first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), device)
+        layout = inference_layout(recipe.train.channels_last, model.to(device).eval(), first, device, amp)
+    model = model.to(device, memory_format=layout.memory_format).eval()
+    runner, graphed = graphed_reconstructor(model, device, amp, recipe.train.cuda_graphs)
+    return _ScoredModel(runner, model.name, state, entry_role, which, count_parameters(model),
+                        output_dir(run.path, state, entry_role), device, graphed, digest=digest,
+                        file=run.checkpoint(which) if named else Path(which))
+
+
+def _exported_model(exported: str | Path, run: RunDir, device: torch.device, checkpoint: str | None,
+                    model_role: str | None) -> _ScoredModel:
+    """An exported file of the run (TorchScript or ONNX), with what its model card says."""
+    from sftkd_cli.exported import prepare_evaluation
+
+    target = prepare_evaluation(exported, run.path, device, checkpoint, model_role)
+    model = target.model
+    return _ScoredModel(model, model.name, target.state, target.role, target.checkpoint, model.params,
+                        target.out_dir, model.device, extra=target.fields)
+
+
+def _results_folder(out: Path, state: dict[str, Any], record: dict[str, Any], data_path: Path, amp: str,
+                    convention: str) -> Path:
+    """Where the scores go below the model's folder `out`: a level for data other than the model was
+    trained on (the scores on its own stay), one for autocast, one for the fastMRI convention."""
+    trained_on = (state.get("trained_on") or {}).get("fingerprint")
+    if trained_on not in (None, record["fingerprint"]):
+        out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
+    if amp != "off":
+        out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"
+    return out / FASTMRI_DIR if convention == "fastmri" else out
+
+
 def _evaluate(
     run: RunDir,
     recipe: Recipe,
@@ -332,37 +392,15 @@ def _evaluate(
     check_amp(amp, torch_device, "--amp")
     if exported is not None and amp != "off":
         raise SftkdError(f"{exported}: --amp applies to checkpoints, not to exported models")
-    run_folder, digest = _folder_identity(run.path), None
+    run_folder = _folder_identity(run.path)
     if exported is None:
-        which = checkpoint or recipe.eval.checkpoint
-        named = which in CHECKPOINT_NAMES
-        scored_file = run.checkpoint(which) if named else Path(which)
-        model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best",
-                                                 "--checkpoint")
-        entry_role = model_role or state["primary"]
-        check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
-        layout = forced_layout(recipe.train.channels_last, torch_device)
-        if layout is None:  # measured on a first batch
-            first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), torch_device)
-            layout = inference_layout(recipe.train.channels_last, model.to(torch_device).eval(), first, torch_device, amp)
-        model = model.to(torch_device, memory_format=layout.memory_format).eval()
-        params, out, extra = count_parameters(model), output_dir(run.path, state, entry_role), {}
-        runner, graphed = graphed_reconstructor(model, torch_device, amp, recipe.train.cuda_graphs)
+        scored_model = _checkpoint_model(run, recipe, dataset, record, checkpoint, model_role, torch_device, amp,
+                                         batch_size)
     else:
-        from sftkd_cli.exported import prepare_evaluation
-
-        target = prepare_evaluation(exported, run.path, torch_device, checkpoint, model_role)
-        model, state, entry_role, which = target.model, target.state, target.role, target.checkpoint
-        params, out, extra, torch_device = model.params, target.out_dir, target.fields, model.device
-        runner, graphed = model, False
-
-    trained_on = (state.get("trained_on") or {}).get("fingerprint")
-    if trained_on not in (None, record["fingerprint"]):  # other data: the scores on the run's own stay
-        out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
-    if amp != "off":
-        out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"
-    if convention == "fastmri":
-        out = out / FASTMRI_DIR
+        scored_model = _exported_model(exported, run, torch_device, checkpoint, model_role)
+    state, entry_role, which = scored_model.state, scored_model.role, scored_model.checkpoint
+    torch_device, runner = scored_model.device, scored_model.runner
+    out = _results_folder(scored_model.out, state, record, data_path, amp, convention)
     check_output(out, run.path)
     if warning := amp_warning(amp, torch_device, "--amp"):  # once the work is sure to start
         print(warning, file=sys.stderr, flush=True)
@@ -391,14 +429,14 @@ def _evaluate(
             "format": METRICS_FORMAT,
             "sftkd_version": __version__,
             "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
-            "model": model.name,
+            "model": scored_model.name,
             "role": scored_role(state.get("role") or recipe.run.role, entry_role),
             "method": recipe.distill.method if state.get("role") == "kd" else None,
             "teacher_role": state.get("teacher_role"),
             "init": state.get("init"),
-            "params": params,
+            "params": scored_model.params,
             "checkpoint": which,
-            CHECKPOINT_DIGEST: digest,
+            CHECKPOINT_DIGEST: scored_model.digest,
             "epoch": state.get("epoch"),
             "dataset": {
                 "path": str(data_path),
@@ -413,14 +451,14 @@ def _evaluate(
             },
             "latency_ms_per_slice": measure_latency(runner, dataset, torch_device, recipe.eval.latency_slices, amp),
             "amp": amp,
-            "cuda_graphs": graphed,
+            "cuda_graphs": scored_model.graphed,
             "batch_size": batch_size,
             "device": str(torch_device),
             "threads": torch.get_num_threads(),
             "conventions": _conventions(convention, dataset.task, record),
             "metrics": summary,
             "zero_filled": zf_summary,
-            **extra,
+            **scored_model.extra,
         }
         if convention != "paper":  # paper files keep their keys as they were
             metrics["convention"] = convention
@@ -428,8 +466,8 @@ def _evaluate(
         with writing(out):
             staged.add(out / SCORE_FILES[convention][1], _csv_text(rows).encode())
             staged.add(out / METRICS_JSON, json_text(metrics).encode())  # renamed last
-        if digest is not None:  # the last moment before the renames: scores of what is there now, or none
-            check_still_scored(run.path, run_folder, scored_file, digest)
+        if scored_model.digest is not None:  # the last moment before the renames: scores of what is there now, or none
+            check_still_scored(run.path, run_folder, scored_model.file, scored_model.digest)
         check_same_dataset(data_path, record["fingerprint"])
         with writing(out):
             staged.commit()
@@ -548,33 +586,3 @@ def scored_role(run_role: str, entry: str) -> str:
     if run_role == "sft":
         return "sft-student" if entry == "student" else "sft-teacher"
     return run_role
-
-
-def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
-    """A rich table, one row per metric: the input (zero-filled, or LR interpolated for sr) and the model."""
-    ds = metrics["dataset"]
-    task = ds.get("task", "recon")
-    fastmri = metrics.get("convention") == "fastmri"
-    caption = f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
-    table = Table(
-        title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
-        f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
-        caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
-    )
-    table.add_column("metric", style="bold")
-    table.add_column(INPUT_LABELS[task][0], justify="right")
-    table.add_column(metrics["model"], justify="right")
-    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
-    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:
-        d = digits[name]
-        cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
-        table.add_row(name, *cells)
-    return table
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "unknown number of"
-
-
-def print_metrics(metrics: dict[str, Any], console: Console) -> None:
-    console.print(metrics_table(metrics))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from sftkd_cli.choices import ARCH_LABELS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
@@ -46,7 +47,7 @@ def evaluate(
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
-    from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run, print_metrics
+    from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
     from sftkd_cli.scoring import check_convention
     from sftkd_cli.runs import expand_runs_folder
 
@@ -65,9 +66,39 @@ def evaluate(
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
                                    convention=convention, batch_size=batch_size,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
-        print_metrics(metrics, console)
+        console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
         console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
+
+
+def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
+    """A rich table of a metrics.json, one row per metric: the input (zero-filled, or LR interpolated
+    for sr) and the model."""
+    from sftkd_cli.data.format import INPUT_LABELS
+    from sftkd_cli.metrics import FASTMRI_METRIC_NAMES, METRIC_NAMES
+
+    ds = metrics["dataset"]
+    task = ds.get("task", "recon")
+    fastmri = metrics.get("convention") == "fastmri"
+    caption = f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
+    table = Table(
+        title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
+        f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
+        caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
+    )
+    table.add_column("metric", style="bold")
+    table.add_column(INPUT_LABELS[task][0], justify="right")
+    table.add_column(metrics["model"], justify="right")
+    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
+    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:
+        d = digits[name]
+        cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
+        table.add_row(name, *cells)
+    return table
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown number of"
 
 
 def register(app: typer.Typer) -> None:
