@@ -398,30 +398,11 @@ def export_run(
         check_fits_data(state, model.record(), dataset_record(data_path, acceleration), run.path, same_acquisition=False)
     family = family_of(model.name)
     image_size = resolve_size(size, manifest, data_path)
-    mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
-    inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
-    fits = mask is not None and tuple(mask.shape) == tuple(image_size)
-    # the mask the check runs with, for the card: the dataset's, or one made for another --size
-    checked_mask = (mask, mask_file) if fits or inputs is not None else (_check_mask(image_size, acceleration, manifest), None)
-    if inputs is None:
-        complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
-        inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered)
-
+    inputs, checked_mask = _check_inputs(model, data_path, acceleration, manifest, image_size)
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
-    target = Path(out) if out is not None else default_out(run.path, model.name, entry_role, fmt)
-    if target.is_dir():
-        raise SftkdError(f"--out {target}: is a directory; expected a file name")
-    if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
-        check_real_folder(target.parent, run.path)
-    make_folder(target.parent)
-    check_writable(target.parent, "--out")  # before tracing and checking, not after
-    if out is not None:
-        target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
-    if is_special_file(target) or is_special_file(card_path(target)):
-        raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
-    _check_replaceable(target, force)
+    target = _export_target(out, run.path, model.name, entry_role, fmt, force)
     tmp = temporary_sibling(target)
     try:
         with torch.no_grad():
@@ -494,6 +475,39 @@ def export_run(
     finally:
         unlink_quietly(tmp)
     return ExportResult(target, card_path(target), diff, card)
+
+
+def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manifest: dict[str, Any] | None,
+                  image_size: tuple[int, int]) -> tuple[CheckInputs, tuple[np.ndarray, str | None]]:
+    """The slices the exported file is checked on (the dataset's, or phantoms where it is not at
+    hand) and the mask they use with its file, for the card: the dataset's, or one made as the
+    dataset's was for another --size."""
+    mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
+    inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
+    fits = mask is not None and tuple(mask.shape) == tuple(image_size)
+    checked_mask = (mask, mask_file) if fits or inputs is not None else (_check_mask(image_size, acceleration, manifest), None)
+    if inputs is None:
+        complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
+        inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered)
+    return inputs, checked_mask
+
+
+def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str, force: bool) -> Path:
+    """The file to write: --out, or RUN/export/<arch>-<role><suffix>; checked writable, not a device
+    or FIFO, and replaceable (`_check_replaceable`) before anything is traced."""
+    target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
+    if target.is_dir():
+        raise SftkdError(f"--out {target}: is a directory; expected a file name")
+    if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
+        check_real_folder(target.parent, run_path)
+    make_folder(target.parent)
+    check_writable(target.parent, "--out")  # before tracing and checking, not after
+    if out is not None:
+        target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
+    if is_special_file(target) or is_special_file(card_path(target)):
+        raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
+    _check_replaceable(target, force)
+    return target
 
 
 def _check_replaceable(target: Path, force: bool) -> None:
