@@ -197,7 +197,8 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
     _, out = _scored_with_dropped_slices(run, tmp_path, 2, 5, [0, 2], seed=5, zooms=(1.5, 1.25, 8.0))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = readme.split("reconstruction can be laid over its input:\n\n```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace("runs/demo-teacher/recon.h5", str(out / "recon.h5")).replace("icbm152_z027-034", "v0")
+    code = code.replace("runs/demo/teacher/recon.h5", str(out / "recon.h5")).replace("icbm152_z027-034", "v0")
+    code = code.replace("runs/demo/teacher/recon.nii.gz", "recon.nii.gz")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     written = nib.load(tmp_path / "recon.nii.gz")
