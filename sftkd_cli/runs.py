@@ -76,23 +76,37 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     `data`, the file's bytes when the caller has read them already (to hash what it loads)."""
     if data is None and not path.is_file():
         raise SftkdError(f"{path}: checkpoint not found (or not a regular file)")
+    head = data[:4] if data is not None else _file_start(path)
+    if len(head) < 4:
+        raise SftkdError(f"{path}: empty or truncated ({len(head)} bytes); expected a whole checkpoint sftkd wrote")
     try:
         # weights_only: the unpickler builds tensors and plain containers only, so a crafted
         # file cannot run code while it is read (sftkd writes nothing else into a checkpoint)
         state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
-            raise SftkdError(f"{path}: unreadable checkpoint (UnpicklingError)") from None
+            raise SftkdError(f"{path}: truncated or damaged checkpoint (UnpicklingError); "
+                             "expected a whole checkpoint sftkd wrote") from None
         raise SftkdError(
             f"{path}: refused: the file holds Python objects besides tensors and plain values "
             "(loading it could run code); it is not an sftkd checkpoint"
         ) from None
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
-        raise SftkdError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        raise SftkdError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); "
+                         "expected a whole checkpoint sftkd wrote") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SftkdError(f"{path}: not an sftkd checkpoint (format {CHECKPOINT_FORMAT} expected)")
     _check_roles(state, path)
     return state
+
+
+def _file_start(path: Path) -> bytes:
+    """The first 4 bytes of `path` (fewer for a shorter file)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4)
+    except OSError as exc:
+        raise SftkdError(f"{path}: cannot read checkpoint ({os_error_text(exc)})") from None
 
 
 def is_role_name(name: object) -> bool:

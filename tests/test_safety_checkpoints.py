@@ -1,0 +1,55 @@
+"""Files given as checkpoints that sftkd cannot use, through the CLI (CPU): each ends in one line
+(exit 2) that says what the file is, naming it (and the key at fault), and what was expected.
+
+- Not a PyTorch file at all (a text file, a download's error page), empty or cut short: said so,
+  not "refused ... could run code"; an empty last.pt on --resume says what --resume can do.
+- A PyTorch file sftkd did not write (a plain state_dict), or another checkpoint format.
+- An sftkd-shaped checkpoint whose model entries or trained_on record have wrong types.
+- A folder that is not a run given where a run is expected; --model on a run of one model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_hardening import fails_cleanly, train_args, trained_run  # noqa: F401  (trained_run: fixture)
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.runs import RunDir
+from sftkd_cli.training.resume import resume_point
+
+torch.set_num_threads(1)
+
+
+def damaged_run(trained_run: Path, tmp_path: Path, which: str, data: bytes) -> Path:
+    """A copy of the trained run whose `which` checkpoint holds `data`, its recipe pointing at the copy."""
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained_run.parent), str(run.parent)))
+    (run / "checkpoints" / f"{which}.pt").write_bytes(data)
+    return run
+
+
+# ----------------------------------------------------------------------------- files that are not sftkd checkpoints
+
+
+def test_an_empty_or_truncated_checkpoint_is_said_to_be_one(trained_run, tmp_path):
+    whole = (trained_run / "checkpoints" / "best.pt").read_bytes()
+    for data, said in ((b"", "empty or truncated (0 bytes)"), (whole[:3000], "truncated or damaged checkpoint")):
+        run = damaged_run(trained_run, tmp_path / str(len(data)), "best", data)
+        fails_cleanly("evaluate", run, "--device", "cpu", names=("best.pt", said))
+
+
+def test_resume_from_an_empty_last_checkpoint_says_what_it_can_do(trained_run, tiny_dataset, tmp_path):
+    run = damaged_run(trained_run, tmp_path, "last", b"")
+    resume = train_args(tiny_dataset, run.parent, run.name, "--resume", "train.epochs=2")
+    fails_cleanly(*resume, names=("last.pt: empty or truncated (0 bytes)",
+                                  "restore it, remove it to resume from best.pt (the state after epoch 1), "
+                                  "or start over with --force"))
+    (run / "checkpoints" / "best.pt").write_bytes(b"")  # best.pt cannot serve either
+    line = fails_cleanly(*resume, names=("last.pt: empty or truncated", "restore it, or start over with --force"))
+    assert "remove it" not in line
+    with pytest.raises(SftkdError, match=r"restore it, or delete \S+ to train it anew$"):  # a plan: no --force
+        resume_point(RunDir(run), "delete runs/x to train it anew")
