@@ -71,6 +71,11 @@ def write_checkpoint(path: Path, data: bytes) -> None:
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
 
 
+#: how a file torch.save wrote begins: a zip archive (torch >= 1.6), or a pickle (protocol 2 and
+#: later start with the PROTO opcode 0x80), the legacy format
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
 def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     """Load a checkpoint onto the CPU, with a clear error for missing or corrupt files; from
     `data`, the file's bytes when the caller has read them already (to hash what it loads)."""
@@ -79,6 +84,8 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     head = data[:4] if data is not None else _file_start(path)
     if len(head) < 4:
         raise SftkdError(f"{path}: empty or truncated ({len(head)} bytes); expected a whole checkpoint sftkd wrote")
+    if not head.startswith(TORCH_FILE_STARTS):
+        raise SftkdError(f"{path}: not a PyTorch checkpoint file; expected a .pt that sftkd wrote")
     try:
         # weights_only: the unpickler builds tensors and plain containers only, so a crafted
         # file cannot run code while it is read (sftkd writes nothing else into a checkpoint)

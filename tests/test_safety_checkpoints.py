@@ -35,6 +35,16 @@ def damaged_run(trained_run: Path, tmp_path: Path, which: str, data: bytes) -> P
 # ----------------------------------------------------------------------------- files that are not sftkd checkpoints
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"<html><body>404 Not Found</body></html>"],
+                         ids=["text", "html"])
+def test_a_file_that_is_not_a_pytorch_file_is_said_to_be_one(content, trained_run, tiny_dataset, tmp_path):
+    loose = tmp_path / "download.pt"
+    loose.write_bytes(content)
+    line = fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose),
+                         names=("download.pt: not a PyTorch checkpoint file; expected a .pt that sftkd wrote",))
+    assert "code" not in line
+
+
 def test_an_empty_or_truncated_checkpoint_is_said_to_be_one(trained_run, tmp_path):
     whole = (trained_run / "checkpoints" / "best.pt").read_bytes()
     for data, said in ((b"", "empty or truncated (0 bytes)"), (whole[:3000], "truncated or damaged checkpoint")):
