@@ -101,8 +101,12 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
         raise SftkdError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); "
                          "expected a whole checkpoint sftkd wrote") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SftkdError(f"{path}: not an sftkd checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if not isinstance(state, dict) or "format" not in state:
+        raise SftkdError(f"{path}: a PyTorch file that sftkd did not write (such as a plain state_dict); "
+                         "expected a run folder or its checkpoints/best.pt or last.pt")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise SftkdError(f"{path}: checkpoint format {state['format']!r}; this sftkd reads format {CHECKPOINT_FORMAT} "
+                         "(a checkpoint of another sftkd version, or not sftkd's)")
     _check_roles(state, path)
     return state
 

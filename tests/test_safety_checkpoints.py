@@ -18,7 +18,7 @@ import torch
 from test_hardening import fails_cleanly, train_args, trained_run  # noqa: F401  (trained_run: fixture)
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import RunDir
+from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.resume import resume_point
 
 torch.set_num_threads(1)
@@ -63,3 +63,16 @@ def test_resume_from_an_empty_last_checkpoint_says_what_it_can_do(trained_run, t
     assert "remove it" not in line
     with pytest.raises(SftkdError, match=r"restore it, or delete \S+ to train it anew$"):  # a plan: no --force
         resume_point(RunDir(run), "delete runs/x to train it anew")
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "format 2"])
+def test_a_pytorch_file_sftkd_did_not_write_is_said_to_be_one(kind, trained_run, tiny_dataset, tmp_path):
+    loose = tmp_path / "foreign.pt"
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    if kind == "state_dict":  # what torch.save(model.state_dict(), path) writes
+        torch.save(state["models"]["model"]["state"], loose)
+        said = ("foreign.pt: a PyTorch file that sftkd did not write", "a run folder or its checkpoints/best.pt or last.pt")
+    else:
+        torch.save({**state, "format": 2}, loose)
+        said = ("foreign.pt: checkpoint format 2; this sftkd reads format 1",)
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=said)
