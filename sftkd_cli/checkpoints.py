@@ -80,9 +80,10 @@ def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
 
 
 def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arch: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Pick a model entry: by role, else by architecture, else the checkpoint's primary."""
+    """Pick a model entry: by role, else by architecture, else the checkpoint's primary. `state`
+    comes from `load_checkpoint`, which has checked the entries' types."""
     models = state.get("models")
-    if not (isinstance(models, dict) and models and all(isinstance(e, dict) for e in models.values())):
+    if not models:
         raise SftkdError(f"{source}: damaged sftkd checkpoint (no model entries)")
     if role is not None:
         if role not in models:

@@ -18,7 +18,7 @@ import torch
 from test_hardening import fails_cleanly, train_args, trained_run  # noqa: F401  (trained_run: fixture)
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
 from sftkd_cli.training.resume import resume_point
 
 torch.set_num_threads(1)
@@ -30,6 +30,35 @@ def damaged_run(trained_run: Path, tmp_path: Path, which: str, data: bytes) -> P
     (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace(str(trained_run.parent), str(run.parent)))
     (run / "checkpoints" / f"{which}.pt").write_bytes(data)
     return run
+
+
+def changed(trained_run: Path, change) -> dict:
+    state = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    change(state)
+    return state
+
+
+# ----------------------------------------------------------------------------- model entries of wrong types
+
+ENTRY_DAMAGE = {
+    "arch-int": (lambda s: s["models"]["model"].update(arch=5), "model 'model': arch is 5; expected an architecture name"),
+    "channels-text": (lambda s: s["models"]["model"].update(channels="x"), "model 'model': channels is 'x'; expected a whole number"),
+    "pad-missing": (lambda s: s["models"]["model"].pop("pad"), "model 'model' has no 'pad'"),
+    "state-list": (lambda s: s["models"]["model"].update(state=[1, 2]), "model 'model': state is a list; expected a mapping"),
+    "entry-number": (lambda s: s["models"].update(model=5), "model 'model' is 5; expected a model entry"),
+    "trained-on-text": (lambda s: s.update(trained_on="x"), "trained_on is 'x'; expected a mapping"),
+}
+
+
+@pytest.mark.parametrize("damage", list(ENTRY_DAMAGE))
+def test_a_checkpoint_whose_entries_have_wrong_types_is_one_line(damage, trained_run, tiny_dataset, tmp_path):
+    change, said = ENTRY_DAMAGE[damage]
+    loose = tmp_path / "bad.pt"
+    save_checkpoint(loose, changed(trained_run, change))
+    fails_cleanly("evaluate", damaged_run(trained_run, tmp_path, "best", loose.read_bytes()), "--device", "cpu",
+                  names=("best.pt", said))
+    if damage in ("pad-missing", "state-list", "trained-on-text"):  # KeyError, AttributeError, accepted: before
+        fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=("bad.pt", said))
 
 
 # ----------------------------------------------------------------------------- files that are not sftkd checkpoints
