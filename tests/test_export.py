@@ -303,7 +303,7 @@ def test_user_errors(trained_run, tmp_path, monkeypatch):
         export_run(trained_run, "tflite")
     with pytest.raises(SftkdError, match="--checkpoint"):
         export_run(trained_run, "onnx", checkpoint="first")
-    with pytest.raises(SftkdError, match="has no 'student' model"):
+    with pytest.raises(SftkdError, match=r"holds one model \(model, D2C2\), not 'student'"):
         export_run(trained_run, "onnx", role="student")
     with pytest.raises(SftkdError, match="not found"):
         load_exported(tmp_path / "missing.onnx")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hardening import fails_cleanly, train_args, trained_run  # noqa: F401  (trained_run: fixture)
+from test_hardening import copy_run, fails_cleanly, train_args, trained_run  # noqa: F401  (trained_run: fixture)
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, load_checkpoint, save_checkpoint
@@ -105,3 +105,24 @@ def test_a_pytorch_file_sftkd_did_not_write_is_said_to_be_one(kind, trained_run,
         torch.save({**state, "format": 2}, loose)
         said = ("foreign.pt: checkpoint format 2; this sftkd reads format 1",)
     fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=said)
+
+
+# ----------------------------------------------------------------------------- folders and models that are not there
+
+
+def test_a_folder_that_is_not_a_run_is_said_to_be_one(trained_run, tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    fails_cleanly("distill", "--teacher", tiny_dataset, "--student", "D2C2", "--method", "at", "--name", "kd",
+                  f"data.path={tiny_dataset}", f"run.dir={runs}", names=(f"{tiny_dataset}: not an sftkd run directory (no recipe.yaml)",))
+    (tmp_path / "empty").mkdir()
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "--init-from", tmp_path / "empty"),
+                  names=("empty: not an sftkd run directory (no recipe.yaml)",))
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_model_on_a_run_of_one_model_says_what_model_picks(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    for command in (["evaluate", run, "--device", "cpu"], ["export", run, "--format", "torchscript"]):
+        fails_cleanly(*command, "--model", "student",
+                      names=("best.pt: holds one model (model, D2C2), not 'student': --model picks the teacher or "
+                             "student of an SFT run; leave it out for this run",))
