@@ -24,7 +24,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.run_files import checkpoint_file
-from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.runs import load_checkpoint, open_run
 
 
 def resolve_checkpoint(source: str | Path, which: str = "best", option: str = "") -> Path:
@@ -32,6 +32,7 @@ def resolve_checkpoint(source: str | Path, which: str = "best", option: str = ""
     option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
     path = Path(source)
     if path.is_dir():
+        open_run(path)  # a folder that is not a run (a dataset given as --teacher) is said to be one
         candidate = path / checkpoint_file(which)
         if not candidate.is_file():
             raise SftkdError(_no_checkpoint(path, which, option))
@@ -80,14 +81,19 @@ def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
 
 
 def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arch: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Pick a model entry: by role, else by architecture, else the checkpoint's primary."""
+    """Pick a model entry: by role, else by architecture, else the checkpoint's primary. `state`
+    comes from `load_checkpoint`, which has checked the entries' types."""
     models = state.get("models")
-    if not (isinstance(models, dict) and models and all(isinstance(e, dict) for e in models.values())):
+    if not models:
         raise SftkdError(f"{source}: damaged sftkd checkpoint (no model entries)")
     if role is not None:
-        if role not in models:
-            raise SftkdError(f"{source}: has no {role!r} model (has {', '.join(models)})")
-        return role, models[role]
+        if role in models:
+            return role, models[role]
+        if len(models) == 1:
+            (name, entry), = models.items()
+            raise SftkdError(f"{source}: holds one model ({name}, {entry['arch']}), not {role!r}: --model picks "
+                             "the teacher or student of an SFT run; leave it out for this run")
+        raise SftkdError(f"{source}: has no {role!r} model (has {', '.join(models)})")
     if arch is not None:
         matches = [name for name, entry in models.items() if entry["arch"] == arch.upper()]
         if len(matches) == 1:

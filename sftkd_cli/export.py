@@ -68,7 +68,7 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
-    atomic_write_text, check_writable, is_special_file, json_text, make_folder, output_path,
+    atomic_write_text, check_writable, is_special_file, json_text, made_folder, output_path,
     sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
@@ -402,78 +402,80 @@ def export_run(
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
-    target = _export_target(out, run.path, model.name, entry_role, fmt, force)
-    tmp = temporary_sibling(target)
-    try:
-        with torch.no_grad():
-            exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
+    target = _export_target(out, run.path, model.name, entry_role, fmt)
+    with made_folder(target.parent):  # a failed export leaves no folder it made behind
+        target = _replaceable(target, out, force)
+        tmp = temporary_sibling(target)
         try:
-            exported = load_exported(tmp)
-        except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
-            raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
-                             f"nothing written ({exc})") from None
-        diff = max_difference(exported, model, inputs)
-        if not diff <= TOLERANCE:
-            raise SftkdError(
-                f"{target}: exported model differs from the PyTorch model by {diff:.3g} "
-                f"(tolerance {TOLERANCE:g}); nothing written"
-            )
-        runtime = "torch.jit.load" if not fixed else f"onnxruntime {require_onnxruntime().__version__} (CPUExecutionProvider)"
-        inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, family, model.acquisition)
-        card = {
-            "format": CARD_FORMAT,
-            "sftkd_version": __version__,
-            "export_format": fmt,
-            "file": target.name,
-            "sha256": sha256_file(tmp),  # ties the card to this file (`read_card` checks it)
-            "exporter": exporter,
-            "run": run.path.name,
-            "run_path": str(run.path),
-            "role": entry_role,
-            "run_role": state.get("role"),
-            "primary": state.get("primary"),
-            "init": state.get("init"),
-            "teacher_role": state.get("teacher_role"),
-            "checkpoint": checkpoint,
-            CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
-            "epoch": state.get("epoch"),
-            "architecture": family.architecture(model, fixed),
-            "params": count_parameters(model),
-            "acceleration": acceleration,
-            "mask": _mask_card(manifest, acceleration, *checked_mask),
-            "image_size": list(image_size),
-            "image_size_dynamic": not fixed,
-            "batch_dynamic": True,
-            "inputs": inputs_spec,
-            "outputs": outputs_spec,
-            "normalisation": _normalisation(manifest),
-            "kspace_layout": "centered" if wrapper.centered else "corner",
-            "fft_norm": "ortho",
-            "dataset": None if manifest is None else {
-                "path": str(data_path), "source": manifest.get("source"),
-                "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
-                # complex data: the magnitude target's size, the centre crop fastMRI's scores use
-                **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
-                "slicing": _slicing(manifest),
-            },
-            "metrics": _exported_scores(output_dir(run.path, state, entry_role),
-                                        scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),
-            "check": {
-                "max_abs_diff": diff, "tolerance": TOLERANCE, "inputs": inputs.source,
-                "batches": sorted({1, len(inputs.zf)}), "runtime": runtime,
-                "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
-            },
-        }
-        card_text = json_text(card)
-        if out is None:
-            write_run_file(card_path(target), card_text)  # a link planted in RUN/export is replaced
-        else:
-            atomic_write_text(card_path(target), card_text)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
-    finally:
-        unlink_quietly(tmp)
+            with torch.no_grad():
+                exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
+            try:
+                exported = load_exported(tmp)
+            except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
+                raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
+                                 f"nothing written ({exc})") from None
+            diff = max_difference(exported, model, inputs)
+            if not diff <= TOLERANCE:
+                raise SftkdError(
+                    f"{target}: exported model differs from the PyTorch model by {diff:.3g} "
+                    f"(tolerance {TOLERANCE:g}); nothing written"
+                )
+            runtime = "torch.jit.load" if not fixed else f"onnxruntime {require_onnxruntime().__version__} (CPUExecutionProvider)"
+            inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, family, model.acquisition)
+            card = {
+                "format": CARD_FORMAT,
+                "sftkd_version": __version__,
+                "export_format": fmt,
+                "file": target.name,
+                "sha256": sha256_file(tmp),  # ties the card to this file (`read_card` checks it)
+                "exporter": exporter,
+                "run": run.path.name,
+                "run_path": str(run.path),
+                "role": entry_role,
+                "run_role": state.get("role"),
+                "primary": state.get("primary"),
+                "init": state.get("init"),
+                "teacher_role": state.get("teacher_role"),
+                "checkpoint": checkpoint,
+                CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
+                "epoch": state.get("epoch"),
+                "architecture": family.architecture(model, fixed),
+                "params": count_parameters(model),
+                "acceleration": acceleration,
+                "mask": _mask_card(manifest, acceleration, *checked_mask),
+                "image_size": list(image_size),
+                "image_size_dynamic": not fixed,
+                "batch_dynamic": True,
+                "inputs": inputs_spec,
+                "outputs": outputs_spec,
+                "normalisation": _normalisation(manifest),
+                "kspace_layout": "centered" if wrapper.centered else "corner",
+                "fft_norm": "ortho",
+                "dataset": None if manifest is None else {
+                    "path": str(data_path), "source": manifest.get("source"),
+                    "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
+                    # complex data: the magnitude target's size, the centre crop fastMRI's scores use
+                    **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
+                    "slicing": _slicing(manifest),
+                },
+                "metrics": _exported_scores(output_dir(run.path, state, entry_role),
+                                            scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),
+                "check": {
+                    "max_abs_diff": diff, "tolerance": TOLERANCE, "inputs": inputs.source,
+                    "batches": sorted({1, len(inputs.zf)}), "runtime": runtime,
+                    "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
+                },
+            }
+            card_text = json_text(card)
+            if out is None:
+                write_run_file(card_path(target), card_text)  # a link planted in RUN/export is replaced
+            else:
+                atomic_write_text(card_path(target), card_text)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
+        finally:
+            unlink_quietly(tmp)
     return ExportResult(target, card_path(target), diff, card)
 
 
@@ -492,16 +494,21 @@ def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manife
     return inputs, checked_mask
 
 
-def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str, force: bool) -> Path:
-    """The file to write: --out, or RUN/export/<arch>-<role><suffix>; checked writable, not a device
-    or FIFO, and replaceable (`_check_replaceable`) before anything is traced."""
+def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
+    """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
+    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`)."""
     target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
     if target.is_dir():
         raise SftkdError(f"--out {target}: is a directory; expected a file name")
     if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
         check_real_folder(target.parent, run_path)
-    make_folder(target.parent)
     check_writable(target.parent, "--out")  # before tracing and checking, not after
+    return target
+
+
+def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
+    """`target` once its folder exists: through a link of --out, its target; refused when a device
+    or FIFO, or when not replaceable (`_check_replaceable`)."""
     if out is not None:
         target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):

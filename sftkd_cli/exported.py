@@ -143,7 +143,10 @@ class ExportedModel:
                     # torch.jit is deprecated (a DeprecationWarning, from torch 2.14 a FutureWarning)
                     warnings.simplefilter("ignore", DeprecationWarning)
                     warnings.simplefilter("ignore", FutureWarning)
-                    self._module = torch.jit.load(str(self.path), map_location=self.device).eval()
+                    # read through Python's file object: torch's own path handling refuses a name
+                    # that is not UTF-8 (TypeError), which Linux allows
+                    with open(self.path, "rb") as handle:
+                        self._module = torch.jit.load(handle, map_location=self.device).eval()
             except Exception as exc:  # torch raises many kinds for foreign zip files
                 raise SftkdError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
             check_export_ops(self._module, self.path)
@@ -152,7 +155,8 @@ class ExportedModel:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads or torch.get_num_threads()
             try:
-                self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+                # the file's bytes, not its name: onnxruntime, like torch, refuses a name that is not UTF-8
+                self._session = ort.InferenceSession(self.path.read_bytes(), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise SftkdError(f"{path}: not an ONNX or TorchScript model ({type(exc).__name__})") from None
         self.image_size = self._fixed_size()

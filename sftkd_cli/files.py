@@ -19,6 +19,8 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +130,7 @@ def check_writable(folder: Path, what: str, extra: int = 0) -> None:
         raise SftkdError(f"{what} {display_path(folder)}: {display_path(existing)} is a file, not a folder")
     limit = _name_max(existing)
     for part in folder.parts:
-        if len(part.encode()) + (extra if part == folder.name else 0) > limit:
+        if len(os.fsencode(part)) + (extra if part == folder.name else 0) > limit:
             room = f"{limit - extra}, leaving room for its temporary twin" if part == folder.name and extra else f"{limit}"
             raise SftkdError(f"{what} {display_path(folder)}: name {part[:40]}... has {len(part)} characters, "
                              f"more than the file system allows ({room}); expected a shorter name")
@@ -456,6 +458,24 @@ def make_folder(path: Path) -> None:
         raise SftkdError(f"{path}: exists and is not a folder") from None
     except OSError as exc:
         raise SftkdError(f"{path}: could not create the folder ({os_error_text(exc)})") from None
+
+
+@contextmanager
+def made_folder(path: Path) -> Iterator[None]:
+    """Create `path` and its parents (`make_folder`) for what the body writes there; if the body
+    fails (an error, Ctrl-C), remove again the folders this made that are still empty, innermost
+    first. Why: a command that fails writes nothing, not even an empty output folder."""
+    made = [folder for folder in (path, *path.parents) if not _exists(folder, follow=False)]
+    make_folder(path)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another's files), or cannot be removed: it stays, and so do those above
+                break
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

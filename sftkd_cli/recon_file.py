@@ -8,15 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.files import H5Writer
+from sftkd_cli.files import H5Writer, text_name
 from sftkd_cli.scoring import Volume
 
 
 def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration: float, task: str,
                 convention: str) -> dict[str, Any]:
-    """recon.h5's own attributes: what produced it and what its numbers are."""
+    """recon.h5's own attributes: what produced it and what its numbers are. Names are `text_name`d:
+    an HDF5 text attribute must be UTF-8, while a run folder or data.path on Linux need not be
+    (metrics.json keeps them exactly)."""
     return {
-        "run": run, "checkpoint": str(checkpoint), "dataset": str(data), "split": split,
+        "run": text_name(run), "checkpoint": text_name(str(checkpoint)), "dataset": text_name(str(data)), "split": split,
         "acceleration": float(acceleration), "task": task, "convention": convention,
         "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32 "
                     + ("magnitudes centre-cropped to the target's size" if convention == "fastmri" else

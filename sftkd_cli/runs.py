@@ -71,28 +71,111 @@ def write_checkpoint(path: Path, data: bytes) -> None:
         raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
 
 
+#: how a file torch.save wrote begins: a zip archive (torch >= 1.6), or a pickle (protocol 2 and
+#: later start with the PROTO opcode 0x80), the legacy format
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
 def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     """Load a checkpoint onto the CPU, with a clear error for missing or corrupt files; from
-    `data`, the file's bytes when the caller has read them already (to hash what it loads)."""
+    `data`, the file's bytes when the caller has read them already (to hash what it loads).
+
+    Checked in this order, so that each file gets the one line that says what it is: empty or
+    cut short, not a PyTorch file at all (a text file, a download's error page), damaged, holding
+    code, a PyTorch file sftkd did not write (a plain state_dict), and then its entries
+    (`_check_models`)."""
     if data is None and not path.is_file():
         raise SftkdError(f"{path}: checkpoint not found (or not a regular file)")
+    head = data[:4] if data is not None else _file_start(path)
+    if len(head) < 4:
+        raise SftkdError(f"{path}: empty or truncated ({len(head)} bytes); expected a whole checkpoint sftkd wrote")
+    if not head.startswith(TORCH_FILE_STARTS):
+        raise SftkdError(f"{path}: not a PyTorch checkpoint file; expected a .pt that sftkd wrote")
     try:
         # weights_only: the unpickler builds tensors and plain containers only, so a crafted
         # file cannot run code while it is read (sftkd writes nothing else into a checkpoint)
         state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
-            raise SftkdError(f"{path}: unreadable checkpoint (UnpicklingError)") from None
+            raise SftkdError(f"{path}: truncated or damaged checkpoint (UnpicklingError); "
+                             "expected a whole checkpoint sftkd wrote") from None
         raise SftkdError(
             f"{path}: refused: the file holds Python objects besides tensors and plain values "
             "(loading it could run code); it is not an sftkd checkpoint"
         ) from None
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
-        raise SftkdError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SftkdError(f"{path}: not an sftkd checkpoint (format {CHECKPOINT_FORMAT} expected)")
+        raise SftkdError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); "
+                         "expected a whole checkpoint sftkd wrote") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise SftkdError(f"{path}: a PyTorch file that sftkd did not write (such as a plain state_dict); "
+                         "expected a run folder or its checkpoints/best.pt or last.pt")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise SftkdError(f"{path}: checkpoint format {state['format']!r}; this sftkd reads format {CHECKPOINT_FORMAT} "
+                         "(a checkpoint of another sftkd version, or not sftkd's)")
     _check_roles(state, path)
+    _check_models(state, path)
     return state
+
+
+def _file_start(path: Path) -> bytes:
+    """The first 4 bytes of `path` (fewer for a shorter file)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4)
+    except OSError as exc:
+        raise SftkdError(f"{path}: cannot read checkpoint ({os_error_text(exc)})") from None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_weights(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+#: what each key of a model entry must hold (`_check_models`): (test, what is expected)
+_ENTRY_KEYS: dict[str, tuple[Any, str]] = {
+    "arch": (lambda value: isinstance(value, str), "an architecture name such as D5C5"),
+    "channels": (_is_count, "a whole number"),
+    "pad": (_is_count, "a whole number"),
+    "state": (_is_weights, "a mapping of weight names to tensors"),
+}
+
+
+def _check_models(state: dict[str, Any], path: Path) -> None:
+    """Refuse, naming the file and the key, a checkpoint whose model entries (`models`: role ->
+    arch, channels, pad, state, and centered where present) or `trained_on` record are not of
+    the types sftkd writes: checked once, where the file is read, instead of failing later as a
+    KeyError or AttributeError in whatever reads them (an entry's acquisition record is checked
+    where it is read, `Acquisition.from_record`)."""
+    models = state.get("models")
+    if models is not None and not (isinstance(models, dict) and models):
+        shown = "empty" if isinstance(models, dict) else _shown(models)
+        raise SftkdError(f"{path}: models is {shown}; expected a mapping of roles to model entries "
+                         "(a checkpoint sftkd wrote)")
+    for role, entry in (models or {}).items():
+        where = f"{path}: model {role!r}"
+        if not isinstance(entry, dict):
+            raise SftkdError(f"{where} is {_shown(entry)}; expected a model entry (a checkpoint sftkd wrote)")
+        for key, (fits, expected) in _ENTRY_KEYS.items():
+            if key not in entry:
+                raise SftkdError(f"{where} has no {key!r}; expected {expected} (a checkpoint sftkd wrote)")
+            if not fits(entry[key]):
+                raise SftkdError(f"{where}: {key} is {_shown(entry[key])}; expected {expected}")
+        if "centered" in entry and not isinstance(entry["centered"], bool):
+            raise SftkdError(f"{where}: centered is {_shown(entry['centered'])}; expected true or false")
+    trained_on = state.get("trained_on")
+    if trained_on is not None and not isinstance(trained_on, dict):
+        raise SftkdError(f"{path}: trained_on is {_shown(trained_on)}; expected a mapping (the dataset record sftkd writes)")
+
+
+def _shown(value: object) -> str:
+    """`value` for an error line: a short repr for a plain value, else its type."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return f"a {type(value).__name__}"
 
 
 def is_role_name(name: object) -> bool:

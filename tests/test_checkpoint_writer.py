@@ -40,7 +40,7 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _state() -> dict[str, Any]:
-    return {"format": 1, "models": {"model": {"arch": "D2C2", "state": {"w": torch.arange(6.0).view(2, 3)}}},
+    return {"format": 1, "models": {"model": {"arch": "D2C2", "channels": 2, "pad": 5, "state": {"w": torch.arange(6.0).view(2, 3)}}},
             "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
             "epoch": 2, "best_val_l1": 0.25, "betas": (0.9, 0.999)}
 

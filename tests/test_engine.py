@@ -337,7 +337,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "best.pt"
     save_checkpoint(path, {"format": 1})
     path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(SftkdError, match="unreadable checkpoint"):
+    with pytest.raises(SftkdError, match="truncated or damaged checkpoint"):
         load_checkpoint(path)
 
 

@@ -243,6 +243,7 @@ def test_checkpoint_is_suggested_only_where_the_run_has_it_and_the_caller_has_th
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "run" / "recipe.yaml").write_text("")  # a run (a folder without one is not: test_safety_checkpoints.py)
     with pytest.raises(SftkdError, match=r"has no best checkpoint, only last; try `--checkpoint last`$"):
         resolve_checkpoint(tmp_path / "run", "best", "--checkpoint")
     with pytest.raises(SftkdError) as refused:  # distill, --init-from: no such option to suggest

@@ -38,6 +38,9 @@ from test_hardening import (  # noqa: F401  (raw_folder, trained_run: fixtures)
 
 import sftkd_cli.data.prepare as prep_mod
 import sftkd_cli.evaluate as eval_mod
+from sftkd_cli.data.complex_slices import check_complex_file
+from sftkd_cli.data.dataset import load_volume
+from sftkd_cli.errors import SftkdError
 
 torch.set_num_threads(1)
 
@@ -289,6 +292,23 @@ def test_an_h5_declaring_slices_it_does_not_store_is_refused(tiny_dataset, train
     before = snapshot(run)
     fails_cleanly("evaluate", run, "--data", data, "--device", "cpu", names=(f"{volume}.h5", "stores"))
     assert snapshot(run) == before
+
+
+def test_an_h5_whose_array_is_a_group_is_refused_in_one_line(tiny_dataset, trained_run, tmp_path):
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
+    volume = json.loads((data / "manifest.json").read_text())["splits"]["val"][0]
+    with h5py.File(data / f"{volume}.h5", "a") as f:
+        del f["image"]
+        f.create_group("image")
+    fails_cleanly("evaluate", run, "--data", data, "--device", "cpu",
+                  names=(f"{volume}.h5: 'image' is a group; expected an array written by prepare-data",))
+    with pytest.raises(SftkdError, match="'image' is a group"):
+        load_volume(data, volume, 4.0)
+    complex_file = tmp_path / "complex.h5"  # a complex (fastMRI) volume file, checked by its own reader
+    with h5py.File(complex_file, "w") as f:
+        f.create_group("kspace")
+    with pytest.raises(SftkdError, match="complex.h5: 'kspace' is a group; expected an array"):
+        check_complex_file(complex_file, "acc4", 1, (4, 4), (4, 4))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])

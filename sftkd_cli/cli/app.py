@@ -160,13 +160,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _replace_what_the_terminal_cannot_show() -> None:
     """Output whose encoding lacks the tables' ± and Δ (Latin-1, ASCII, Windows cp1252 pipes) shows
-    '?' for them instead of ending in a traceback after the work is done."""
+    '?' for them instead of ending in a traceback after the work is done; so does a file name that
+    is not UTF-8 (its bytes kept as surrogates), which a strict stdout (a UTF-8 terminal's) shows
+    as \\udcNN, as Python's stderr does."""
     for stream in (sys.stdout, sys.stderr):
         try:
             "±Δα×".encode(stream.encoding or "ascii")
+            errors = "backslashreplace" if getattr(stream, "errors", None) == "strict" else None
         except (UnicodeEncodeError, LookupError):
+            errors = "replace"
+        if errors is not None:
             with contextlib.suppress(AttributeError, ValueError):  # not a text stream that can change
-                stream.reconfigure(errors="replace")
+                stream.reconfigure(errors=errors)
 
 
 # The command modules import only typer, rich and light sftkd_cli modules at module level, and the

@@ -53,6 +53,19 @@ def target_size(manifest: dict[str, Any], root: str | Path) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def h5_array(f: h5py.File, name: str, where: str) -> h5py.Dataset:
+    """The array `name` of an open volume file (`where` names the file); one line when it is
+    missing or is a group, not an array: a file prepare-data did not write, which h5py would
+    otherwise let fail later as an AttributeError."""
+    if name not in f:
+        raise SftkdError(f"{where}: dataset {name!r} missing")
+    item = f[name]
+    if not isinstance(item, h5py.Dataset):
+        raise SftkdError(f"{where}: {name!r} is a {'group' if isinstance(item, h5py.Group) else 'link or other object'}; "
+                         "expected an array written by prepare-data")
+    return item
+
+
 def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int, int],
                        target: tuple[int, int]) -> np.ndarray:
     """Check one complex volume file (datasets, shapes, dtypes, stored bytes) and return its `key` mask."""
@@ -60,15 +73,14 @@ def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int,
     with h5py.File(path, "r") as f:
         for name, shape, kind in (("kspace", (slices, *image_size), "c"), ("target_mag", (slices, *target), "f"),
                                   (f"{key}/mask", tuple(image_size), "f")):
-            if name not in f:
-                raise SftkdError(f"{where}: dataset {name!r} missing")
-            if tuple(f[name].shape) != shape:
-                raise SftkdError(f"{where}: {name} has shape {tuple(f[name].shape)}, expected {shape}")
-            if f[name].dtype.kind != kind:
-                raise SftkdError(f"{where}: {name} has dtype {f[name].dtype}, expected {'complex' if kind == 'c' else 'real float'}")
-            if f[name].compression is None:
-                declared = int(f[name].size) * int(f[name].dtype.itemsize)
-                stored = int(f[name].id.get_storage_size())
+            array = h5_array(f, name, where)
+            if tuple(array.shape) != shape:
+                raise SftkdError(f"{where}: {name} has shape {tuple(array.shape)}, expected {shape}")
+            if array.dtype.kind != kind:
+                raise SftkdError(f"{where}: {name} has dtype {array.dtype}, expected {'complex' if kind == 'c' else 'real float'}")
+            if array.compression is None:
+                declared = int(array.size) * int(array.dtype.itemsize)
+                stored = int(array.id.get_storage_size())
                 if stored < declared:
                     raise SftkdError(f"{where}: {name} declares shape {shape} ({declared:,} bytes) but the file stores "
                                      f"{stored:,} bytes of it; expected the data prepare-data writes")

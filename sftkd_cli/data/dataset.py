@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, is_complex, per_sample_spec,
+    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, h5_array, is_complex, per_sample_spec,
     read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
@@ -289,8 +289,8 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
         with h5py.File(path, "r") as f:
             if is_complex(manifest):
                 return _complex_volume(f, key)
-            return {"image": f["image"][()], "zf": f[key]["zf"][()],
-                    "kspace": f[key]["kspace"][()], "mask": f[key]["mask"][()]}
+            names = {"image": "image", "zf": f"{key}/zf", "kspace": f"{key}/kspace", "mask": f"{key}/mask"}
+            return {kind: h5_array(f, name, display_path(path))[()] for kind, name in names.items()}
 
     return _read(path, f"volume {volume}", read)
 
@@ -370,22 +370,21 @@ class SliceDataset(Dataset):
         def check() -> np.ndarray:
             with h5py.File(path, "r") as f:
                 for name in ("image", f"{self.key}/zf", f"{self.key}/kspace"):
-                    if name not in f:
-                        raise SftkdError(f"{display_path(path)}: dataset {name!r} missing")
-                    if tuple(f[name].shape) != expected:
+                    array = h5_array(f, name, display_path(path))
+                    if tuple(array.shape) != expected:
                         raise SftkdError(
-                            f"{display_path(path)}: {name} has shape {tuple(f[name].shape)}, "
+                            f"{display_path(path)}: {name} has shape {tuple(array.shape)}, "
                             f"expected {expected}"
                         )
-                    _check_stored(path, name, f[name])
+                    _check_stored(path, name, array)
                     kind = _KINDS[name.rsplit("/", 1)[-1]]
-                    if f[name].dtype.kind != kind:
+                    if array.dtype.kind != kind:
                         raise SftkdError(
-                            f"{display_path(path)}: {name} has dtype {f[name].dtype}, "
+                            f"{display_path(path)}: {name} has dtype {array.dtype}, "
                             f"expected {'complex' if kind == 'c' else 'real float'}"
                         )
                 _check_signal(path, "image", f["image"])
-                return f[f"{self.key}/mask"][()]
+                return h5_array(f, f"{self.key}/mask", display_path(path))[()]
 
         return self._check_mask(path, _read(path, "dataset", check), slices, mask)
 

@@ -193,6 +193,10 @@ def select(stages: Sequence[Stage], only: Sequence[str]) -> set[str]:
     return chosen
 
 
+#: how a plan's training stage is started anew (there is no --force): said where its last.pt cannot be read
+_START_OVER = "delete {run} to train it anew"
+
+
 def training_state(stage: Stage) -> tuple[str, str]:
     """('complete' | 'partial' | 'new', detail) of a training stage's run directory."""
     assert stage.run is not None and stage.recipe is not None
@@ -200,7 +204,7 @@ def training_state(stage: Stage) -> tuple[str, str]:
     if not run.recipe_file.is_file():
         return "new", ""
     epochs = stage.recipe.train.epochs
-    point = resume_point(run)  # the state --resume would continue from
+    point = resume_point(run, _START_OVER.format(run=stage.run))  # the state --resume would continue from
     if point is None:
         return "partial", "no checkpoint yet"
     epoch, step = position(point.path, point.state)
@@ -239,7 +243,7 @@ def plan_conflict(stage: Stage) -> str:
 def trained_beyond(run: RunDir, recipe: Recipe) -> str:
     """'' unless the run has trained into more epochs than the recipe's train.epochs (a finished
     longer run is not the plan's shorter one, as `sftkd train --resume` refuses fewer epochs)."""
-    point = resume_point(run)  # the state --resume would continue from
+    point = resume_point(run, _START_OVER.format(run=run.path))  # the state --resume would continue from
     return "" if point is None else too_few_epochs(recipe.train.epochs, point)
 
 

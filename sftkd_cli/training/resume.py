@@ -49,11 +49,15 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
     return f"train.epochs {epochs}: the run has trained into epoch {begun} ({point.path}); expected {begun} or more"
 
 
-def resume_point(run: RunDir) -> ResumePoint | None:
-    """The newest consistent training state of `run` (see the module docstring); None if there is none."""
+def resume_point(run: RunDir, start_over: str = "start over with --force") -> ResumePoint | None:
+    """The newest consistent training state of `run` (see the module docstring); None if there is none.
+    `start_over`: how the caller's user starts the run anew, said where last.pt cannot be read."""
     last_path, best_path = run.checkpoint("last"), run.checkpoint("best")
-    last = load_checkpoint(last_path) if last_path.exists() else None
     history = run.read_history()
+    try:
+        last = load_checkpoint(last_path) if last_path.exists() else None
+    except SftkdError as exc:
+        raise SftkdError(f"{exc}; {_instead_of_last(run, history, start_over)}") from None
     at = position(last_path, last) if last is not None else None
     if at is not None and at >= (len(history), 0):
         return ResumePoint(last_path, last)  # as new as the history: best.pt cannot be newer
@@ -66,6 +70,20 @@ def resume_point(run: RunDir) -> ResumePoint | None:
                 f"{epoch}, the newer")
         return ResumePoint(best_path, best, note)
     return None if last is None else ResumePoint(last_path, last)
+
+
+def _instead_of_last(run: RunDir, history: list[dict[str, Any]], start_over: str) -> str:
+    """What --resume can do when last.pt cannot be read: put it back, or `start_over`; or, where
+    best.pt holds the state history.jsonl ends at, remove last.pt to continue from best.pt exactly
+    (`resume_point` takes best.pt for a missing last.pt)."""
+    best_path = run.checkpoint("best")
+    try:
+        best = _best(best_path, fallback=True)
+        exact = best is not None and _agrees(best_path, best, history) and position(best_path, best)[0] == len(history)
+    except SftkdError:
+        exact = False
+    instead = f", remove it to resume from {best_path.name} (the state after epoch {len(history)})" if exact else ""
+    return f"restore it{instead}, or {start_over}"
 
 
 def _best(path: Path, fallback: bool) -> dict[str, Any] | None:

@@ -1,0 +1,81 @@
+"""Names that are not UTF-8 (CPU).
+
+Linux allows any bytes in a file name but '/' and NUL; Python keeps the bytes that are not UTF-8
+as surrogates ('\\udcff' for 0xFF). An output folder, a run folder or a data.path so named works
+like any other: prepare-data, evaluate and export write there, stdout shows it, and recon.h5 (whose text
+attributes must be UTF-8) records such names as `files.text_name` writes them (\\xNN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from test_hardening import invoke, trained_run  # noqa: F401  (trained_run: fixture)
+
+import sftkd_cli.export as export_module
+from sftkd_cli.cli.app import _replace_what_the_terminal_cannot_show
+from sftkd_cli.config import dump_recipe, load_recipe
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.export import export_run
+from sftkd_cli.files import check_writable
+
+torch.set_num_threads(1)
+
+#: the byte 0xFF of a file name, as Python decodes it
+BAD = "\udcff"
+
+
+def test_an_output_folder_whose_name_is_not_utf8_is_writable(tmp_path):
+    """prepare-data --out, evaluate and export check their output folder first (`check_writable`):
+    such a name is measured in its bytes, as the file system does."""
+    check_writable(tmp_path / f"data{BAD}", "--out", extra=16)
+    with pytest.raises(SftkdError, match="more than the file system allows"):
+        check_writable(tmp_path / ("d" * 245 + BAD), "--out", extra=16)  # 246 bytes, +16 for the temporary twin
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_run_whose_folder_name_is_not_utf8_is_evaluated_and_exported(trained_run, tmp_path, fmt):
+    run = Path(shutil.copytree(trained_run, tmp_path / f"run{BAD}"))
+    exported = export_run(run, fmt).path
+    for scored in (None, exported):
+        evaluate_run(run, device="cpu", exported=scored)
+    with h5py.File(run / "recon.h5") as f:
+        assert f.attrs["run"] == "run\\xff"
+
+
+def test_a_strict_utf8_stdout_shows_a_name_that_is_not_utf8_escaped(monkeypatch):
+    """A UTF-8 terminal's stdout refuses surrogates: sftkd's entry point makes it escape them."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    _replace_what_the_terminal_cannot_show()
+    print(f"wrote run{BAD}/metrics.json ±", file=stdout, flush=True)
+    assert stdout.buffer.getvalue().decode() == "wrote run\\udcff/metrics.json ±\n"
+
+
+def test_a_failed_export_leaves_no_folder_it_made(trained_run, tmp_path, monkeypatch):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # the exported file's check fails
+    for out in ([], ["--out", tmp_path / "new" / "deeper" / "m.ts"]):
+        result = invoke("export", run, "-f", "torchscript", *out)
+        assert result.exit_code == 2 and "differs from the PyTorch model" in result.output, result.output
+    assert not (run / "export").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_run_whose_data_path_is_not_utf8_is_evaluated(trained_run, tiny_dataset, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / f"data{BAD}"))
+    recipe = load_recipe(run / "recipe.yaml")
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(data)))
+    (run / "recipe.yaml").write_text(dump_recipe(recipe))
+    evaluate_run(run, device="cpu")
+    with h5py.File(run / "recon.h5") as f:
+        assert f.attrs["dataset"] == str(data).replace(BAD, "\\xff")
+
