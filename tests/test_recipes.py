@@ -68,6 +68,22 @@ def test_bad_yaml_and_missing_file(tmp_path):
     assert find_plan("demo").name == "demo.yaml"  # the shipped plan, not the shipped folder demo/
 
 
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: 1\n\tlr: 2\n", "bad.yaml: not valid YAML at line 3, column 1: found a tab character (indent with spaces)"),
+    ("data:\n  path: [data_demo\n", "bad.yaml: not valid YAML at line 2, column 9: '[' is never closed"),
+    ("data: {path: x\n", "bad.yaml: not valid YAML at line 1, column 7: '{' is never closed"),
+    ("run:\n  name: \"x\n", "bad.yaml: not valid YAML at line 2, column 9: the quote is never closed"),
+    ("train: epochs: 1\n", "bad.yaml: not valid YAML at line 1, column 14: mapping values are not allowed here"),
+    ("run:\n  name: a\x07\n", "bad.yaml: not valid YAML at character 15: character U+0007 is not allowed in YAML"),
+])
+def test_bad_yaml_says_where_and_what(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(SftkdError) as info:
+        load_recipe(bad)
+    assert str(info.value) == f"{bad}: {message.removeprefix('bad.yaml: ')}"
+
+
 def test_cross_field_validation():
     with pytest.raises(SftkdError, match="same number of cascades"):
         check_sft_pair(load_recipe(None, ["sft.student=D3C4"]))
