@@ -41,9 +41,9 @@ def test_overrides_win_and_are_typed(tmp_path):
     [
         ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs?"),
         ("trian.epochs=3", "unknown section 'trian'; did you mean train?"),
-        ("train.lr=fast", "train.lr: expected float, got 'fast'"),
-        ("train.lr=abc1e-3", "train.lr: expected float"),
-        ("train.epochs=2.5", "train.epochs: expected int"),
+        ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+        ("train.lr=abc1e-3", "train.lr: expected a number"),
+        ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
         ("epochs=3", "expected section.key=value"),
         ("train.epochs", "expected section.key=value"),
     ],
@@ -51,6 +51,28 @@ def test_overrides_win_and_are_typed(tmp_path):
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("(", r"\(")):
         load_recipe(None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.deterministic=maybe", "train.deterministic: expected true or false, got 'maybe'"),
+    ("distill.options=p2", "distill.options: expected a mapping such as {p: 2}, got 'p2'"),
+    ("train.epochs=~", "train.epochs: expected an integer, got an empty value"),
+    ("train.epochs=", "train.epochs: expected an integer, got an empty value"),
+    ("train.lr=[1, 2]", "train.lr: expected a number, got [1, 2]"),
+    ("distill.student_taps={a: 1}", "distill.student_taps: expected a list such as [a, b], got {a: 1}"),
+])
+def test_a_value_of_the_wrong_type_is_worded_for_users(override, message):
+    with pytest.raises(SftkdError) as info:
+        load_recipe(None, [override])
+    assert str(info.value) == f"override {override}: {message}"
+
+
+def test_an_empty_recipe_value_is_named_so(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs:\n")
+    with pytest.raises(SftkdError) as info:
+        load_recipe(recipe)
+    assert str(info.value) == f"{recipe}: train.epochs: expected an integer, got an empty value"
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
