@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
-from sftkd_cli.data.options import PREPARE_KEYS, OptionNames, PrepareOptions
+from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text
 
@@ -74,7 +74,8 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         return False
     from sftkd_cli.data.prepare import prepare_dataset
 
-    prepared = checked_options(data.source, data.options, f"{plan_path}: data")
+    where = f"{plan_path}: data"
+    prepared = checked_options(data.source, data.options, where)
     source = CATALOG[data.source].make_source(data.root, data.options)
     try:
         source.files()
@@ -84,7 +85,10 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         console.print(f"dataset {data.out}: up to date (prepared with these options; its source could not be "
                       f"read to compare checksums: {exc})", highlight=False, markup=False)
         return False
-    result = prepare_dataset(source, data.out, prepared)
+    try:
+        result = prepare_dataset(source, data.out, prepared)
+    except OptionError as exc:  # found while preparing (--downsample too large, an unknown --val id): the plan's key
+        raise exc.worded(OptionNames(f"{where}.options.")) from None
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"), highlight=False)
     return not result.unchanged
 
