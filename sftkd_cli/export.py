@@ -229,7 +229,7 @@ def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, 
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
         if len(size) != 2 or min(size) < 1 or max(size) > MAX_SIZE:
-            raise SftkdError(f"--size {size}: expected two integers H W from 1 to {MAX_SIZE}")
+            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W from 1 to {MAX_SIZE}")
         return int(size[0]), int(size[1])
     if manifest is None:
         raise SftkdError(f"{data_path}: dataset not found, so the image size is unknown; pass --size H W")

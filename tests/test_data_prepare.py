@@ -618,7 +618,7 @@ def test_output_folder_checks(tmp_path: Path, nifti_writer) -> None:
 @pytest.mark.parametrize(
     "options, message",
     [
-        (PrepareOptions(size=(2, 16)), r"--size \(2, 16\)"),
+        (PrepareOptions(size=(2, 16)), "--size 2 16:"),
         (PrepareOptions(accelerations=(1.0,)), "--acc 1: expected a number > 1"),
         (PrepareOptions(accelerations=(4.0, 4.0)), "repeated value"),
         (PrepareOptions(mask_kind="spiral"), "--mask-kind spiral"),

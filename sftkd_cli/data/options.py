@@ -101,7 +101,8 @@ class PrepareOptions:
                                  "k-space box); remove it")
         if self.size is not None:
             if len(self.size) != 2 or any(int(s) != s or s < 4 or s > MAX_SIZE for s in self.size):
-                raise SftkdError(f"{name('size', str(list(self.size) if name.prefix else self.size))}: expected two integers H W, each from 4 to {MAX_SIZE}")
+                shown = str(list(self.size)) if name.prefix else " ".join(str(s) for s in self.size)  # [0, 16] | 0 16
+                raise SftkdError(f"{name('size', shown)}: expected two integers H W, each from 4 to {MAX_SIZE}")
         if self.slice_axis not in (0, 1, 2, -1, -2, -3):
             raise SftkdError(f"{name('slice_axis', str(self.slice_axis))}: expected 0, 1 or 2 (or -1 for the last)")
         if self.downsample < 1:
