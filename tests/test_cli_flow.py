@@ -234,6 +234,21 @@ def test_unknown_method_suggests_the_nearest(flow):
     assert result.exit_code == 2 and "fitnets" in result.output
 
 
+@pytest.mark.parametrize("override, message", [
+    ("distill.student_taps=c1.conv9", "error: distill.student_taps 'c1.conv9': D2C2 has taps c1."),
+    ("distill.teacher_taps=c7.conv2", "error: distill.teacher_taps 'c7.conv2': D3C2 has taps c1."),
+    ("distill.options={p: x}", "error: distill.options.p 'x' (method at): expected a positive number"),
+    ("distill.options={pp: 2}", "error: distill.options: unknown option 'pp' for method at; expected one of p, normalize, distance; "
+                                "did you mean 'p'?"),
+])
+def test_a_bad_tap_or_method_option_names_its_recipe_key(flow, override, message):
+    runs, base = flow
+    result = sftkd("distill", "--teacher", runs / "teacher", "--student", "D2C2", "--method", "at", "--name", "kd-bad",
+                   *base, "train.max_steps_per_epoch=1", override, ok=False)
+    assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 @pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "ts")])
 def test_exported_student_scores_like_its_checkpoint(flow, fmt, suffix):
     runs, _ = flow
