@@ -15,8 +15,8 @@ from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
 from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
-from sftkd_cli.errors import SftkdError, did_you_mean
-from sftkd_cli.reproduce.values import as_mapping, as_path, as_text
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
 
 
 #: a plan's `data.source`: a catalog source, or "prepared" (a prepared dataset, used as it is)
@@ -37,8 +37,7 @@ def data_spec(value: Any, where: str) -> DataSpec:
     """The plan's `data:` block, checked (source name, raw folder when the source needs one, options)."""
     raw = as_mapping(value, where, ("source", "root", "out", "options"))
     source = as_text(raw.get("source"), f"{where}.source") or "demo"
-    if source not in SOURCES:
-        raise SftkdError(f"{where}.source: {source!r}{did_you_mean(source, SOURCES, list_otherwise=True)}")
+    check_choice(source, SOURCES, f"{where}.source", "source")
     out = as_text(raw.get("out"), f"{where}.out")
     if out is None:
         raise SftkdError(f"{where}.out: expected the prepared dataset folder (e.g. data/demo)")
