@@ -713,3 +713,30 @@ def test_a_number_without_a_point_is_a_number_where_one_is_expected_and_a_name_k
     plan = load_plan(tmp_path / "plan.yaml")
     assert plan.compare["alpha"] == 0.01
     assert (str(plan.runs_dir), [v.name for v in plan.variants]) == ("1e3", ["2e1"])
+
+
+def test_the_closing_error_of_a_failed_plan_says_what_the_first_stage_said(tmp_path):
+    """A log's last line tells the cause: the failed stages and the first one's own message."""
+    path = write_plan(tmp_path, tmp_path / "missing")
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--only", "data"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: 1 stage(s) failed: data (see the status table); fix and run the same command "
+                           f"again. data: {tmp_path / 'missing'}"), last
+
+
+@pytest.mark.parametrize("notes, tail", [
+    (["a\nb  c"], ". data: a b c"),
+    (["first", "second"], ". First, data: first"),
+    (["x" * 300], ". data: " + "x" * 197 + "..."),
+    ([""], ""),
+])
+def test_the_closing_error_is_one_line_cut_short(notes, tail):
+    from sftkd_cli.cli.reproduce import failed_line
+    from sftkd_cli.reproduce.stages import StageResult
+
+    failed = [StageResult(sid, sid, "failed", note=note) for sid, note in zip(("data", "teacher"), notes)]
+    line = failed_line(failed)
+    assert line == (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
+                    "fix and run the same command again" + tail)
+    assert "\n" not in line
