@@ -556,10 +556,10 @@ def check_device(name: str, where: str = "train.device") -> None:
 
 
 def _check_dataset(recipe: Recipe) -> None:
-    """When data.path is already a prepared dataset, it must have been prepared for data.task and
-    have the split eval.split (else `evaluate` would fail only after training)."""
+    """When data.path is already a prepared dataset, it must have been prepared for data.task, with
+    data.acceleration, and have the split eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
-    from sftkd_cli.data.format import MANIFEST
+    from sftkd_cli.data.format import MANIFEST, check_holds
     from sftkd_cli.files import read_regular_bytes
 
     data = recipe.data
@@ -573,11 +573,10 @@ def _check_dataset(recipe: Recipe) -> None:
     if not isinstance(manifest, dict):
         return
     check_task(manifest, data.path, data.task)
-    splits = manifest.get("splits")
-    if isinstance(splits, dict) and recipe.eval.split not in splits:
-        raise SftkdError(f"eval.split: split {recipe.eval.split!r} not in dataset {data.path} "
-                         f"(has {', '.join(map(str, splits))}); evaluate would refuse it after training")
-
+    accelerations, splits = manifest.get("accelerations"), manifest.get("splits")
+    if isinstance(accelerations, list) and all(isinstance(a, (int, float)) for a in accelerations) and isinstance(splits, dict):
+        check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (recipe.eval.split, "eval.split"),
+                    "; evaluate would refuse it after training")
 
 
 def with_model(recipe: Recipe, default: str) -> Recipe:

@@ -224,6 +224,16 @@ def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
     validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=test"]))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.acceleration=6", r"^data\.acceleration: acceleration 6 not in dataset .* \(has 4, 5\)$"),
+    ("eval.split=tset", r"^eval\.split: split 'tset' not in dataset .*; evaluate would refuse it after training; "
+                        r"did you mean test\?$"),
+])
+def test_what_the_dataset_lacks_is_named_by_its_recipe_key(tiny_dataset, override, message):
+    with pytest.raises(SftkdError, match=message):
+        validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
+
+
 def test_comma_lists_are_stripped():
     recipe = load_recipe(None, ["distill.student_taps=c1.conv2, c3.conv2,", "distill.teacher_taps= c1.conv2 ,,c5.conv2"])
     assert recipe.distill.student_taps == ["c1.conv2", "c3.conv2"]

@@ -459,7 +459,7 @@ def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_train
     outcome = run_plan(plan, only=["data", "teacher", "eval-teacher"], console=quiet())
     data, teacher, evaluation = outcome.results
     assert data.status == "failed" and data.note == (f"{plan.path}: stages.evaluate.split: split 'tset' not in dataset "
-                                                     f"{tiny_dataset} (has train, val, test)"), data.note
+                                                     f"{tiny_dataset} (has train, val, test); did you mean test?"), data.note
     assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
 from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
 
 
@@ -99,9 +99,15 @@ def check_split(out: Path, split: str, where: str) -> None:
     from sftkd_cli.data.dataset import load_manifest, split_volumes
 
     try:
-        split_volumes(load_manifest(out), out, split)
+        manifest = load_manifest(out)
     except SftkdError as exc:
         raise SftkdError(f"{where}: {exc}") from None
+    splits = [str(s) for s in manifest["splits"]]
+    nearest = did_you_mean(split, splits) if split not in splits else ""  # not for a split that is there but empty
+    try:
+        split_volumes(manifest, out, split)
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}{nearest}") from None
 
 
 def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:
