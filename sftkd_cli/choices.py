@@ -21,6 +21,9 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train":
 
 # (each data source's prepare-data defaults live with the source: `sftkd_cli.data.catalog`)
 
+#: the demo source's templates (`prepare-data demo --source`, a plan's data.options.template)
+DEMO_TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")
+
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
 #: a 4096 x 4096 slice is 64 MB as float32
 MAX_SIZE = 4096

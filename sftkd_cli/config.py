@@ -189,10 +189,30 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise SftkdError(f"{where}: expected plain mapping data (numbers, strings, lists, mappings)") from None
         return dict(value)
-    expected = getattr(kind, "__name__", str(kind))
-    shown = repr(value)
+    shown = _shown(value)
     hint = " (numbers are decimal, without a leading 0)" if isinstance(value, str) and NOT_DECIMAL.fullmatch(value) else ""
-    raise SftkdError(f"{where}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}{hint}")
+    raise SftkdError(f"{where}: expected {_EXPECTED.get(origin or kind, 'a value')}, got "
+                     f"{shown if len(shown) <= 80 else shown[:77] + '...'}{hint}")
+
+
+#: what a recipe key of each type takes, in a user's words
+_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+                             list: "a list such as [a, b]", dict: "a mapping such as {p: 2}"}
+
+
+def _shown(value: Any) -> str:
+    """A value as a recipe would write it: 'maybe' quoted, [1, 2] and {p: 2} as YAML, None as
+    'an empty value' (`epochs:` or `~`)."""
+    if value is None or value == "":
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        try:
+            return " ".join(yaml.safe_dump(value, default_flow_style=True, width=10**6).split())
+        except yaml.YAMLError:
+            pass
+    return repr(value)
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -536,10 +556,10 @@ def check_device(name: str, where: str = "train.device") -> None:
 
 
 def _check_dataset(recipe: Recipe) -> None:
-    """When data.path is already a prepared dataset, it must have been prepared for data.task and
-    have the split eval.split (else `evaluate` would fail only after training)."""
+    """When data.path is already a prepared dataset, it must have been prepared for data.task, with
+    data.acceleration, and have the split eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
-    from sftkd_cli.data.format import MANIFEST
+    from sftkd_cli.data.format import MANIFEST, check_holds
     from sftkd_cli.files import read_regular_bytes
 
     data = recipe.data
@@ -553,11 +573,10 @@ def _check_dataset(recipe: Recipe) -> None:
     if not isinstance(manifest, dict):
         return
     check_task(manifest, data.path, data.task)
-    splits = manifest.get("splits")
-    if isinstance(splits, dict) and recipe.eval.split not in splits:
-        raise SftkdError(f"eval.split: split {recipe.eval.split!r} not in dataset {data.path} "
-                         f"(has {', '.join(map(str, splits))}); evaluate would refuse it after training")
-
+    accelerations, splits = manifest.get("accelerations"), manifest.get("splits")
+    if isinstance(accelerations, list) and all(isinstance(a, (int, float)) for a in accelerations) and isinstance(splits, dict):
+        check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (recipe.eval.split, "eval.split"),
+                    "; evaluate would refuse it after training")
 
 
 def with_model(recipe: Recipe, default: str) -> Recipe:

@@ -41,7 +41,7 @@ from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
-from sftkd_cli.data.format import MANIFEST
+from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, magnitude
@@ -375,7 +375,7 @@ def _evaluate(
     batch_size: int = MIN_INFERENCE_BATCH,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
-    from sftkd_cli.data.dataset import SliceDataset, dataset_record
+    from sftkd_cli.data.dataset import SliceDataset, dataset_record, load_manifest
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
         given_as = "--checkpoint" if checkpoint else f"eval.checkpoint ({display_path(run.recipe_file)})"
@@ -383,6 +383,9 @@ def _evaluate(
     data_path = Path(data or recipe.data.path)
     if data is None:
         check_recipe_data(run.recipe_file, recipe.data.path, "pass --data DIR to evaluate on the dataset where it is now")
+    recipe_file = display_path(run.recipe_file)  # the dataset lacks what the run's recipe or --split asks: say which
+    check_holds(load_manifest(data_path), display_path(data_path), (recipe.data.acceleration, f"data.acceleration ({recipe_file})"),
+                (split, "--split") if split else (recipe.eval.split, f"eval.split ({recipe_file})"))
     split = split or recipe.eval.split
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task, trained=run.path)
     if len(dataset) == 0:

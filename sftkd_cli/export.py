@@ -229,7 +229,7 @@ def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, 
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
         if len(size) != 2 or min(size) < 1 or max(size) > MAX_SIZE:
-            raise SftkdError(f"--size {size}: expected two integers H W from 1 to {MAX_SIZE}")
+            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W from 1 to {MAX_SIZE}")
         return int(size[0]), int(size[1])
     if manifest is None:
         raise SftkdError(f"{data_path}: dataset not found, so the image size is unknown; pass --size H W")
@@ -496,37 +496,42 @@ def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manife
 
 def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
     """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
-    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`)."""
+    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`).
+    Errors say --out only when the user gave it."""
     target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
+    flag = "--out " if out is not None else ""
     if target.is_dir():
-        raise SftkdError(f"--out {target}: is a directory; expected a file name")
+        raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
     if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
         check_real_folder(target.parent, run_path)
-    check_writable(target.parent, "--out")  # before tracing and checking, not after
+    check_writable(target.parent, "--out" if out is not None else "export folder")  # before tracing, not after
     return target
 
 
 def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
     """`target` once its folder exists: through a link of --out, its target; refused when a device
     or FIFO, or when not replaceable (`_check_replaceable`)."""
+    flag = "--out " if out is not None else ""
     if out is not None:
         target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
     if is_special_file(target) or is_special_file(card_path(target)):
-        raise SftkdError(f"--out {out}: a device file or FIFO; expected a regular file (the model and its card)")
-    _check_replaceable(target, force)
+        raise SftkdError(f"{flag}{out if out is not None else target}: a device file or FIFO; expected a regular file "
+                         "(the model and its card)")
+    _check_replaceable(target, force, flag)
     return target
 
 
-def _check_replaceable(target: Path, force: bool) -> None:
+def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
     """Refuse to replace anything but an earlier export (a file with its card beside it: never a
-    checkpoint, a manifest or another file of the user's), and that only with `force`."""
+    checkpoint, a manifest or another file of the user's), and that only with `force`; `flag`
+    starts the message ('--out ', or '' for the run's own export folder)."""
     if not target.exists():
         return
     if not _is_export_card(card_path(target), target.name):
-        raise SftkdError(f"--out {target}: exists and is not an sftkd export (no model card {card_path(target).name} "
+        raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card_path(target).name} "
                          "for it beside it); expected a new file name")
     if not force:
-        raise SftkdError(f"--out {target}: an earlier export is there; pass --force to replace it")
+        raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
 
 
 def _is_export_card(path: Path, name: str) -> bool:

@@ -140,6 +140,34 @@ def refused_error(exc: YamlRefused, source: str) -> SftkdError:
     return SftkdError(f"{source}: YAML {exc.problem}{f' (line {mark.line + 1})' if mark else ''}")
 
 
+def _at(mark: yaml.Mark) -> str:
+    """'line 3, column 1' (1-based) for a yaml mark."""
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+#: an unclosed bracket or quote, told from yaml's context: context -> what was opened
+_OPENED = {"while parsing a flow sequence": "'['", "while parsing a flow mapping": "'{'",
+           "while scanning a quoted scalar": "the quote"}
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what yaml found wrong, as one line to follow 'not valid YAML': ' at line 3,
+    column 1: found a tab character (indent with spaces)'; '' when yaml says nothing."""
+    if isinstance(exc, yaml.reader.ReaderError):  # no mark: a character YAML does not allow
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f" at character {exc.position + 1}: character U+{char:04X} is not allowed in YAML"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or ""
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if "'\\t'" in problem:
+        problem = "found a tab character (indent with spaces)"
+    elif context in _OPENED and context_mark is not None and ("<stream end>" in problem or "end of stream" in problem):
+        mark, problem = context_mark, f"{_OPENED[context]} is never closed"
+    where = f" at {_at(mark)}" if mark is not None else ""
+    problem = " ".join(problem.split())
+    return f"{where}: {problem}" if problem else where
+
+
 def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document safely (see the module docstring); errors are one line naming `source`."""
     try:
@@ -147,9 +175,7 @@ def load_yaml(text: str, source: str) -> Any:
     except YamlRefused as exc:
         raise refused_error(exc, source) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark else ""
-        raise SftkdError(f"{source}: not valid YAML{at}") from None
+        raise SftkdError(f"{source}: not valid YAML{yaml_problem(exc)}") from None
     except (ValueError, OverflowError) as exc:  # e.g. a date 2024-13-45, an integer of 5000 digits
         raise SftkdError(f"{source}: not valid YAML ({exc})") from None
 

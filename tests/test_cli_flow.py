@@ -234,6 +234,44 @@ def test_unknown_method_suggests_the_nearest(flow):
     assert result.exit_code == 2 and "fitnets" in result.output
 
 
+@pytest.mark.parametrize("override, message", [
+    ("distill.student_taps=c1.conv9", "error: distill.student_taps 'c1.conv9': D2C2 has taps c1."),
+    ("distill.teacher_taps=c7.conv2", "error: distill.teacher_taps 'c7.conv2': D3C2 has taps c1."),
+    ("distill.options={p: x}", "error: distill.options.p 'x' (method at): expected a positive number"),
+    ("distill.options={pp: 2}", "error: distill.options: unknown option 'pp' for method at; expected one of p, normalize, distance; "
+                                "did you mean 'p'?"),
+])
+def test_a_bad_tap_or_method_option_names_its_recipe_key(flow, override, message):
+    runs, base = flow
+    result = sftkd("distill", "--teacher", runs / "teacher", "--student", "D2C2", "--method", "at", "--name", "kd-bad",
+                   *base, "train.max_steps_per_epoch=1", override, ok=False)
+    assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "tset"], "error: --split: split 'tset' not in dataset {data} (has train, val, test); did you mean test?"),
+    (["--split", "nope"], "error: --split: split 'nope' not in dataset {data} (has train, val, test)"),
+])
+def test_evaluate_names_the_split_it_was_given_with_the_nearest(flow, tiny_dataset, args, message):
+    runs, _ = flow
+    result = sftkd("evaluate", runs / "student", "--device", "cpu", "--no-recon", *args, ok=False)
+    assert result.exit_code == 2 and result.output.strip() == message.format(data=tiny_dataset), result.output
+
+
+def test_evaluate_on_data_without_the_runs_acceleration_names_the_recipe_key(flow, tiny_dataset, tmp_path):
+    import shutil
+
+    runs, _ = flow
+    other = Path(shutil.copytree(tiny_dataset, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "accelerations": [5.0]}))
+    result = sftkd("evaluate", runs / "student", "--data", other, "--device", "cpu", "--no-recon", ok=False)
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: data.acceleration ({runs / 'student' / 'recipe.yaml'}): acceleration 4 not in dataset {other} (has 5)"
+    ), result.output
+
+
 @pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "ts")])
 def test_exported_student_scores_like_its_checkpoint(flow, fmt, suffix):
     runs, _ = flow

@@ -210,7 +210,7 @@ def test_bad_option_values(tmp_path: Path, raw: Path) -> None:
         (["--mask-layout", "middle"], "--mask-layout middle"),
         (["--val", "ghost"], "--val ghost: not found"),
         (["--val-fraction", "1.2"], "--val-fraction 1.2"),
-        (["--size", "2", "2"], "--size (2, 2)"),
+        (["--size", "2", "2"], "--size 2 2:"),
     ]
     for extra, needle in cases:
         assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *extra), needle)
@@ -227,3 +227,10 @@ def test_demo_missing_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert_one_line_error(run("demo", "--out", tmp_path / "out"), "nilearn package is not installed")
     assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("size", [("0", "16"), ("16", "5000")])
+def test_a_size_out_of_range_is_shown_as_typed(tmp_path: Path, size: tuple[str, str]) -> None:
+    """'--size 0 16', as the command line reads, not a Python tuple '(0, 16)'."""
+    result = run("nifti", tmp_path, "--out", tmp_path / "out", "--size", *size)
+    assert_one_line_error(result, f"--size {size[0]} {size[1]}: expected two integers H W, each from 4 to 4096")

@@ -618,7 +618,7 @@ def test_output_folder_checks(tmp_path: Path, nifti_writer) -> None:
 @pytest.mark.parametrize(
     "options, message",
     [
-        (PrepareOptions(size=(2, 16)), r"--size \(2, 16\)"),
+        (PrepareOptions(size=(2, 16)), "--size 2 16:"),
         (PrepareOptions(accelerations=(1.0,)), "--acc 1: expected a number > 1"),
         (PrepareOptions(accelerations=(4.0, 4.0)), "repeated value"),
         (PrepareOptions(mask_kind="spiral"), "--mask-kind spiral"),
@@ -674,6 +674,67 @@ def test_catalog_builds_each_source_with_its_options(tmp_path: Path) -> None:
     demo = SOURCES["demo"].make_source(None, {"template": "colin27", "slab": "4"})
     assert (demo.template, demo.slab, demo.gap) == ("colin27", 4, 2)
     assert SOURCES["mrbrains"].make_source(tmp_path, {"modality": "FLAIR"}).options()["modality"] == "FLAIR"
+
+
+PLAN = "plan.yaml: data.options."
+
+
+@pytest.mark.parametrize("values, flag, key", [
+    ({"template": "colin28"}, "--source colin28: expected one of icbm152, colin27; did you mean colin27?",
+     "template: 'colin28': expected one of icbm152, colin27; did you mean colin27?"),
+    ({"slab": 0}, "--slab 0: expected an integer >= 1", "slab: 0: expected an integer >= 1"),
+    ({"gap": 0}, "--gap 0: expected an integer >= 1", "gap: 0: expected an integer >= 1"),
+])
+def test_a_source_option_out_of_range_is_named_as_the_user_wrote_it(values, flag, key) -> None:
+    """The command names its flag (--source for the template), a plan its data.options key."""
+    from sftkd_cli.data.catalog import SOURCES
+    from sftkd_cli.data.options import OptionNames
+
+    for name, expected in ((OptionNames(), flag), (OptionNames(PLAN), PLAN + key)):
+        with pytest.raises(SftkdError) as info:
+            SOURCES["demo"].own_values(values, name)
+        assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"downsample": 300}, "downsample: 300: too large for slices of 20x18"),
+    ({"val": ["nope"]}, "val: 'nope': not found; expected one of: a, b, c"),
+])
+def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, nifti_writer, options, message) -> None:
+    """Found only once the volumes are read, yet a plan's error names data.options.<key>, not a flag."""
+    from rich.console import Console
+
+    from sftkd_cli.reproduce.data import DataSpec, prepare_data
+
+    for name in "abc":
+        nifti_writer.write(tmp_path / f"raw/{name}.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    data = DataSpec("nifti", tmp_path / "out", tmp_path / "raw", {"size": [16, 16], **options})
+    with pytest.raises(SftkdError) as info:
+        prepare_data(data, Path("plan.yaml"), Console(quiet=True))
+    assert str(info.value) == PLAN + message
+
+
+def test_an_option_error_keeps_its_wording_through_pickling() -> None:
+    """A worker's error crosses a process whole (not rebuilt from its message)."""
+    import pickle
+
+    from sftkd_cli.data.options import OptionError, OptionNames
+
+    error = OptionError("val", "x", "not found").worded(OptionNames(PLAN))
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) == PLAN + "val: 'x': not found"
+    assert str(again.worded(OptionNames())) == "--val x: not found"
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_split_list_and_its_fraction_are_refused_together_when_the_plan_is_read(split: str) -> None:
+    from sftkd_cli.reproduce.data import checked_options
+
+    with pytest.raises(SftkdError) as info:
+        checked_options("nifti", {split: ["a"], f"{split}_fraction": 0.2}, "plan.yaml: data")
+    assert str(info.value) == f"{PLAN}{split} and {split}_fraction: give one or the other, not both"
+    with pytest.raises(SftkdError, match=f"^--{split} and --{split}-fraction: give one or the other, not both$"):
+        PrepareOptions(**{split: ("a",), f"{split}_fraction": 0.2}).validate()
 
 
 def _oblique_affine() -> np.ndarray:

@@ -417,7 +417,7 @@ def test_unknown_option_is_named() -> None:
      ("pkt", {"features": "mean"}), ("ft", {"rate": -1}), ("fitnets", {"regressor": "5x5"})],
 )
 def test_bad_option_values(name: str, options: dict) -> None:
-    with pytest.raises(SftkdError, match=f"distill option {next(iter(options))}="):
+    with pytest.raises(SftkdError, match=rf"^distill\.options\.{next(iter(options))} .* \(method {name}\): expected"):
         build_method(name, [4], [4], **options)
 
 

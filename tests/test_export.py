@@ -463,3 +463,38 @@ def test_a_super_resolution_card_records_the_box_as_the_manifest_does():
     rebuilt = np.zeros(box.shape)
     rebuilt[np.ix_(card["box_rows"], card["box_columns"])] = 1
     assert np.array_equal(rebuilt != 0, box != 0)
+
+
+@pytest.mark.parametrize("case", ["not writable", "a directory", "not an export"])
+@pytest.mark.parametrize("given", [False, True])
+def test_export_target_errors_say_out_only_when_it_was_given(tmp_path, monkeypatch, case, given):
+    """Without --out the run's own export folder is named, never '--out' the user did not write."""
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/t7")
+    target = Path("mine/m.onnx") if given else export_module.default_out(run, "D2C2", "teacher", "onnx")
+    target.parent.mkdir(parents=True)
+    if case == "a directory":
+        target.mkdir()
+    elif case == "not an export":
+        target.write_text("mine")
+    else:
+        monkeypatch.setattr("sftkd_cli.files.os.access", lambda *args, **kwargs: False)
+    out = target if given else None
+    with pytest.raises(SftkdError) as info:
+        export_module._replaceable(export_module._export_target(out, run, "D2C2", "teacher", "onnx"), out, force=False)
+    message = str(info.value)
+    expected = {"not writable": f"export folder {target.parent}: folder {target.parent} is not writable",
+                "a directory": f"{target}: is a directory; expected a file name",
+                "not an export": f"{target.resolve() if given else target}: exists and is not an sftkd export"}[case]
+    if given:
+        expected = f"--out {expected.removeprefix('export folder ')}"
+    assert message.startswith(expected), message
+    assert ("--out" in message) == given
+
+
+@pytest.mark.parametrize("size", [(0, 0), (16, 5000)])
+def test_an_export_size_out_of_range_is_shown_as_typed(size):
+    """'--size 0 0', as the command line reads, not a Python tuple '(0, 0)'."""
+    with pytest.raises(SftkdError) as info:
+        export_module.resolve_size(size, None, "data")
+    assert str(info.value) == f"--size {size[0]} {size[1]}: expected two integers H W from 1 to 4096"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -328,10 +329,35 @@ def test_load_mask_errors(tmp_path):
     with pytest.raises(SftkdError, match="mask.png"):
         load_mask(tmp_path / "mask.png")
 
-    for name in ("corrupt.npy", "corrupt.npz", "corrupt.mat", "corrupt.h5"):
-        (tmp_path / name).write_bytes(b"this is not a mask file at all")
-        with pytest.raises(SftkdError, match=f"{name}.*cannot read"):
-            load_mask(tmp_path / name)
+    (tmp_path / "corrupt.mat").write_bytes(b"this is not a mask file at all")
+    with pytest.raises(SftkdError, match="corrupt.mat.*cannot read"):
+        load_mask(tmp_path / "corrupt.mat")
+    (tmp_path / "short.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")  # a .npy cut short
+    with pytest.raises(SftkdError, match="short.npy: cannot read mask file"):
+        load_mask(tmp_path / "short.npy")
+
+
+@pytest.mark.parametrize("name, kind", [("m.npy", "a NumPy .npy file"), ("m.npz", "a NumPy .npz file"),
+                                        ("m.h5", "an HDF5 file")])
+def test_a_mask_file_of_another_kind_is_named_so(tmp_path, monkeypatch, name, kind):
+    """Not numpy's own advice (allow_pickle, pickle.load): what the file is not, and what a mask is."""
+    monkeypatch.chdir(tmp_path)
+    Path(name).write_bytes(b"this is not a mask file at all")
+    with pytest.raises(SftkdError) as info:
+        load_mask(name)
+    assert str(info.value) == f"{name}: not {kind}; expected a 2-D 0/1 mask"
+
+
+@pytest.mark.parametrize("name", ["objects.npy", "objects.npz"])
+def test_a_numpy_mask_of_python_objects_is_refused_in_words(tmp_path, name):
+    objects = np.array([{"a": 1}], dtype=object)
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, objects)
+    else:
+        np.savez(tmp_path / name, mask=objects)
+    with pytest.raises(SftkdError) as info:
+        load_mask(tmp_path / name)
+    assert str(info.value) == f"{tmp_path / name}: holds Python objects, not numbers; expected a 2-D 0/1 mask"
 
 
 def test_load_mask_error_is_one_line(tmp_path):

@@ -57,7 +57,7 @@ def test_train_tf32_is_a_bool_off_by_default():
 
 @pytest.mark.parametrize("value", ["maybe", "1", "[true]"])
 def test_train_tf32_refuses_what_is_not_a_bool(value):
-    with pytest.raises(SftkdError, match=r"override train\.tf32=.*: train\.tf32: expected bool"):
+    with pytest.raises(SftkdError, match=r"override train\.tf32=.*: train\.tf32: expected true or false"):
         load_recipe(None, [f"train.tf32={value}"])
 
 

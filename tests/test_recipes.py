@@ -41,9 +41,9 @@ def test_overrides_win_and_are_typed(tmp_path):
     [
         ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs?"),
         ("trian.epochs=3", "unknown section 'trian'; did you mean train?"),
-        ("train.lr=fast", "train.lr: expected float, got 'fast'"),
-        ("train.lr=abc1e-3", "train.lr: expected float"),
-        ("train.epochs=2.5", "train.epochs: expected int"),
+        ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+        ("train.lr=abc1e-3", "train.lr: expected a number"),
+        ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
         ("epochs=3", "expected section.key=value"),
         ("train.epochs", "expected section.key=value"),
     ],
@@ -51,6 +51,28 @@ def test_overrides_win_and_are_typed(tmp_path):
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("(", r"\(")):
         load_recipe(None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.deterministic=maybe", "train.deterministic: expected true or false, got 'maybe'"),
+    ("distill.options=p2", "distill.options: expected a mapping such as {p: 2}, got 'p2'"),
+    ("train.epochs=~", "train.epochs: expected an integer, got an empty value"),
+    ("train.epochs=", "train.epochs: expected an integer, got an empty value"),
+    ("train.lr=[1, 2]", "train.lr: expected a number, got [1, 2]"),
+    ("distill.student_taps={a: 1}", "distill.student_taps: expected a list such as [a, b], got {a: 1}"),
+])
+def test_a_value_of_the_wrong_type_is_worded_for_users(override, message):
+    with pytest.raises(SftkdError) as info:
+        load_recipe(None, [override])
+    assert str(info.value) == f"override {override}: {message}"
+
+
+def test_an_empty_recipe_value_is_named_so(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs:\n")
+    with pytest.raises(SftkdError) as info:
+        load_recipe(recipe)
+    assert str(info.value) == f"{recipe}: train.epochs: expected an integer, got an empty value"
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -66,6 +88,22 @@ def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(SftkdError, match="dir.yaml: is a folder; expected a plan file"):
         find_plan(tmp_path / "dir.yaml")
     assert find_plan("demo").name == "demo.yaml"  # the shipped plan, not the shipped folder demo/
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: 1\n\tlr: 2\n", "bad.yaml: not valid YAML at line 3, column 1: found a tab character (indent with spaces)"),
+    ("data:\n  path: [data_demo\n", "bad.yaml: not valid YAML at line 2, column 9: '[' is never closed"),
+    ("data: {path: x\n", "bad.yaml: not valid YAML at line 1, column 7: '{' is never closed"),
+    ("run:\n  name: \"x\n", "bad.yaml: not valid YAML at line 2, column 9: the quote is never closed"),
+    ("train: epochs: 1\n", "bad.yaml: not valid YAML at line 1, column 14: mapping values are not allowed here"),
+    ("run:\n  name: a\x07\n", "bad.yaml: not valid YAML at character 15: character U+0007 is not allowed in YAML"),
+])
+def test_bad_yaml_says_where_and_what(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(SftkdError) as info:
+        load_recipe(bad)
+    assert str(info.value) == f"{bad}: {message.removeprefix('bad.yaml: ')}"
 
 
 def test_cross_field_validation():
@@ -184,6 +222,16 @@ def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
     with pytest.raises(SftkdError, match=r"^eval\.split: split 'tset' not in dataset .* \(has train, val, test\)"):
         validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=tset"]))
     validate(load_recipe(None, [f"data.path={tiny_dataset}", "eval.split=test"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.acceleration=6", r"^data\.acceleration: acceleration 6 not in dataset .* \(has 4, 5\)$"),
+    ("eval.split=tset", r"^eval\.split: split 'tset' not in dataset .*; evaluate would refuse it after training; "
+                        r"did you mean test\?$"),
+])
+def test_what_the_dataset_lacks_is_named_by_its_recipe_key(tiny_dataset, override, message):
+    with pytest.raises(SftkdError, match=message):
+        validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
 
 
 def test_comma_lists_are_stripped():

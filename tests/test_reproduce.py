@@ -165,9 +165,9 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: prepared, out: d}\nbase: {train.epoch: 3}\n", "base: unknown key train.epoch; did you mean train.epochs?"),
         ("plan: 1\ndata: {source: prepared, out: d}\nbase: {run.name: x}\n", "base: run.name is set by the plan"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {overides: {}}}\n", "stages.teacher: unknown key 'overides'; did you mean overrides?"),
-        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [atx]}}\n", "stages.kd.methods: 'atx'; did you mean at?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [atx]}}\n", "stages.kd.methods: unknown method 'atx'; did you mean at?"),
         ("plan: 1\ndata: {source: demo, out: d, options: {sise: [32, 32]}}\n", "data.options: unknown key 'sise'; did you mean size?"),
-        ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: 'mrbrain'; did you mean mrbrains?"),
+        ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: unknown source 'mrbrain'; did you mean mrbrains?"),
         ("plan: 1\ndata: {source: acdc, out: d}\n", "data.root: source acdc needs the raw data folder"),
         ("data: {path: data/demo}\n", "expected `plan: 1`"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
@@ -178,29 +178,29 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at], sft_random_init: [cc]}}\n",
          "stages.kd.sft_random_init: 'cc' is not among stages.kd.methods"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [Teacher, SFT-KD], rows: {PSNR: [1, 2]}}\n",
-         "paper.columns: 'SFT-KD'; did you mean SFT-KD-Recon?"),
+         "paper.columns: unknown column 'SFT-KD'; did you mean SFT-KD-Recon?"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, metrics: [PSNR], columns: [KD], rows: {PSNR: [1]}}\n",
          "paper.metrics: layout models takes the metrics from the row names"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [KD], rows: {PSNR: [1 +/- 2 +/- 3]}}\n",
          "rows.PSNR: cell '1 \\+/- 2 \\+/- 3': expected '-' or a number or 'mean \\+/- std'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {layout: models, columns: [KD], rows: {PSNRR: [1]}}\n",
-         "paper.rows: 'PSNRR': layout models names a metric per row; did you mean PSNR?"),
+         "paper.rows: unknown metric 'PSNRR' \\(layout models names a metric per row\\); did you mean PSNR?"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: 5}\n", "bad.yaml: paper.columns: expected a list of names, got 5"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {metrics: 5, columns: [4x Std-KD]}\n",
          "bad.yaml: paper.metrics: expected a list of names, got 5"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {metrics: [PSNRR], columns: [4x Std-KD]}\n",
-         "bad.yaml: paper.metrics: 'PSNRR'; did you mean PSNR?"),
+         "bad.yaml: paper.metrics: unknown metric 'PSNRR'; did you mean PSNR?"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [1.2.3x Std-KD]}\n",
          "bad.yaml: paper.columns: '1.2.3x Std-KD': expected '<acc>x Std-KD'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {metrics: PSNR, columns: [4x Std-KD], rows: {Teacher: [40.05/0.9785]}}\n",
          "rows.Teacher: cell '40.05/0.9785': expected '-' or PSNR numbers"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {evaluate: {checkpoint: bst}}\n",
-         "bad.yaml: stages.evaluate.checkpoint: 'bst'; did you mean best?"),
+         "bad.yaml: stages.evaluate.checkpoint: unknown checkpoint 'bst'; did you mean best?"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {metrics: [PSNR, PSNRR]}}\n",
-         "bad.yaml: stages.compare.metrics: 'PSNRR'; did you mean PSNR?"),
-        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {metrics: [PSNRR]}\n", "bad.yaml: figures.metrics: 'PSNRR'; did you mean PSNR?"),
-        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: val_psrn}\n", "bad.yaml: figures.curve: 'val_psrn'; did you mean val_psnr?"),
-        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: nope}\n", "bad.yaml: figures.curve: 'nope'; expected one of val_l1"),
+         "bad.yaml: stages.compare.metrics: unknown metric 'PSNRR'; did you mean PSNR?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {metrics: [PSNRR]}\n", "bad.yaml: figures.metrics: unknown metric 'PSNRR'; did you mean PSNR?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: val_psrn}\n", "bad.yaml: figures.curve: unknown curve 'val_psrn'; did you mean val_psnr?"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {curve: nope}\n", "bad.yaml: figures.curve: unknown curve 'nope'; expected one of val_l1"),
         ("plan: 1\ndata: {source: demo, out: d, options: {size: abc}}\n", "bad.yaml: data.options.size: 'abc': expected two integers H W"),
         ("plan: 1\ndata: {source: demo, out: d, options: {size: [32]}}\n", "bad.yaml: data.options.size: [32]: expected two integers H W"),
         ("plan: 1\ndata: {source: demo, out: d, options: {size: [32, 32, 32]}}\n", "data.options.size: [32, 32, 32]: expected two integers"),
@@ -459,7 +459,7 @@ def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_train
     outcome = run_plan(plan, only=["data", "teacher", "eval-teacher"], console=quiet())
     data, teacher, evaluation = outcome.results
     assert data.status == "failed" and data.note == (f"{plan.path}: stages.evaluate.split: split 'tset' not in dataset "
-                                                     f"{tiny_dataset} (has train, val, test)"), data.note
+                                                     f"{tiny_dataset} (has train, val, test); did you mean test?"), data.note
     assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
@@ -713,3 +713,30 @@ def test_a_number_without_a_point_is_a_number_where_one_is_expected_and_a_name_k
     plan = load_plan(tmp_path / "plan.yaml")
     assert plan.compare["alpha"] == 0.01
     assert (str(plan.runs_dir), [v.name for v in plan.variants]) == ("1e3", ["2e1"])
+
+
+def test_the_closing_error_of_a_failed_plan_says_what_the_first_stage_said(tmp_path):
+    """A log's last line tells the cause: the failed stages and the first one's own message."""
+    path = write_plan(tmp_path, tmp_path / "missing")
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--only", "data"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: 1 stage(s) failed: data (see the status table); fix and run the same command "
+                           f"again. data: {tmp_path / 'missing'}"), last
+
+
+@pytest.mark.parametrize("notes, tail", [
+    (["a\nb  c"], ". data: a b c"),
+    (["first", "second"], ". First, data: first"),
+    (["x" * 300], ". data: " + "x" * 197 + "..."),
+    ([""], ""),
+])
+def test_the_closing_error_is_one_line_cut_short(notes, tail):
+    from sftkd_cli.cli.reproduce import failed_line
+    from sftkd_cli.reproduce.stages import StageResult
+
+    failed = [StageResult(sid, sid, "failed", note=note) for sid, note in zip(("data", "teacher"), notes)]
+    line = failed_line(failed)
+    assert line == (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
+                    "fix and run the same command again" + tail)
+    assert "\n" not in line

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from sftkd_cli.choices import KIND_ALIASES, KINDS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
+
+if TYPE_CHECKING:
+    from sftkd_cli.reproduce.stages import StageResult
 
 
 class ExecutorName(str, Enum):
@@ -88,12 +91,24 @@ def reproduce(
     console.print(total + (f"; report: {outcome.report / REPORT_MD}" if outcome.report else ""), highlight=False,
                   soft_wrap=True)  # a path split over two lines cannot be copied
     if outcome.failed:
-        raise SftkdError(f"{len(outcome.failed)} stage(s) failed: {', '.join(r.id for r in outcome.failed)} "
-                         "(see the status table); fix and run the same command again")
+        raise SftkdError(failed_line(outcome.failed))
     if blocked:
         first, why = next(iter(blocked.items()))
         raise SftkdError(f"{len(blocked)} stage(s) not run: {', '.join(blocked)} ({first}: {why}); "
                          "add what they need to --only, or run it first")
+
+
+def failed_line(failed: list[StageResult], limit: int = 200) -> str:
+    """The closing error of a plan whose stages failed: which, and what the first one said (one
+    line, cut to `limit` characters), so that a log's last line tells the cause."""
+    line = (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
+            "fix and run the same command again")
+    note = " ".join(failed[0].note.split())
+    if not note:
+        return line
+    if len(note) > limit:
+        note = note[: limit - 3] + "..."
+    return f"{line}. {'First, ' if len(failed) > 1 else ''}{failed[0].id}: {note}"
 
 
 def register(app: typer.Typer) -> None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkd_cli.choices import DEMO_TEMPLATES
 from sftkd_cli.data.options import OptionNames, PrepareOptions, prepare_default
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, did_you_mean
 
 if TYPE_CHECKING:
     from sftkd_cli.data.sources.base import Source
@@ -38,10 +39,22 @@ class SourceOption:
     metavar: str
     help: str
     after: str = "out"
+    choices: tuple[str, ...] = ()  # the values it takes, when a few names
+    minimum: int | None = None  # its least value, when a number
 
     def value(self, raw: Any) -> Any:
         """`raw` as the option's type (None stays None)."""
         return None if raw is None else self.type(raw)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` (already of the option's type), or None when it is fine."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            return f"expected one of {', '.join(self.choices)}{did_you_mean(value, self.choices)}"
+        if self.minimum is not None and value < self.minimum:
+            return f"expected an integer >= {self.minimum}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -80,12 +93,15 @@ class SourceSpec:
         out = {}
         for option in self.options:
             raw = values.get(option.key, option.default)
+            shown = f"{option.flag} {raw}" if not name.prefix else name(option.key, repr(raw))
             try:
                 out[option.key] = option.value(raw)
             except (TypeError, ValueError):
-                shown = f"{option.flag} {raw}" if not name.prefix else name(option.key, repr(raw))
                 expected = {int: "an integer", float: "a number"}.get(option.type, "a string")
                 raise SftkdError(f"{shown}: expected {expected}") from None
+            problem = option.problem(out[option.key])
+            if problem:
+                raise SftkdError(f"{shown}: {problem}")
         return out
 
     def make_source(self, root: Path | None, values: Mapping[str, Any]) -> Source:
@@ -114,10 +130,11 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         defaults={"size": (96, 96), "slice_axis": 2, "downsample": 2, "min_slice_mean": 0.3},
         options=(
             SourceOption("template", "--source", str, "icbm152", "NAME",
-                         "Template: icbm152 (nilearn) | colin27 (mricron-data)."),
+                         "Template: icbm152 (nilearn) | colin27 (mricron-data).", choices=DEMO_TEMPLATES),
             SourceOption("template_path", "--template", Path, None, "FILE", "Explicit path of the template NIfTI file."),
-            SourceOption("slab", "--slab", int, 8, "N", "Slices per split slab.", after="downsample"),
-            SourceOption("gap", "--gap", int, 2, "N", "Slices skipped between slabs (>= 1).", after="downsample"),
+            SourceOption("slab", "--slab", int, 8, "N", "Slices per split slab.", after="downsample", minimum=1),
+            SourceOption("gap", "--gap", int, 2, "N", "Slices skipped between slabs (>= 1).", after="downsample",
+                         minimum=1),
         ),
         needs_root=False, default_out="data/demo",
         # axial slices of the RAS template, split by slabs

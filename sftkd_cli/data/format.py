@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from sftkd_cli.acquisition import TASKS
+from sftkd_cli.errors import SftkdError, did_you_mean
 
 __all__ = [
     "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "PROVENANCE_ATTRS", "TASKS",
-    "acceleration_key", "group_key", "mask_axis",
+    "acceleration_key", "check_holds", "group_key", "mask_axis",
 ]
 
 #: version of the dataset layout (h5 attribute and manifest "format")
@@ -56,3 +57,20 @@ def mask_axis(mask: Mapping[str, Any], group: str) -> int | None:
     entry = mask.get("per_acceleration", {}).get(group, {})
     axis = entry["axis"] if isinstance(entry, dict) and "axis" in entry else mask.get("axis", 0)
     return None if axis is None else int(axis)
+
+
+def check_holds(manifest: Mapping[str, Any], shown: str, acceleration: tuple[float, str],
+                split: tuple[str, str] | None = None, why: str = "") -> None:
+    """The dataset at `shown` (its manifest) must hold the acceleration (sr: the scale) and the
+    split, each given as (value, where it came from: a recipe key or an option); else one line
+    naming that; for the split, `why` it matters ('; evaluate would refuse it after training')
+    and the nearest split."""
+    task, (factor, where) = dataset_task(manifest), acceleration
+    if group_key(task, factor) not in {group_key(task, a) for a in manifest["accelerations"]}:
+        listed = ", ".join(f"{float(a):g}" for a in manifest["accelerations"])
+        raise SftkdError(f"{where}: {'scale' if task == 'sr' else 'acceleration'} {float(factor):g} not in dataset "
+                         f"{shown} (has {listed})")
+    splits = [str(s) for s in manifest["splits"]]
+    if split is not None and split[0] not in splits:
+        raise SftkdError(f"{split[1]}: split {split[0]!r} not in dataset {shown} (has {', '.join(splits)}){why}"
+                         f"{did_you_mean(split[0], splits)}")

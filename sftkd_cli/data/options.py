@@ -19,33 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
+from sftkd_cli.data.option_names import OptionError, OptionNames
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:
     from sftkd_cli.data.sources.base import SplitRequest
 
+__all__ = ["OptionError", "OptionNames", "PREPARE_KEYS", "PrepareOptions", "default_accelerations",
+           "parse_accelerations", "parse_mask_files", "prepare_default"]
+
 _MASK_PAIR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*=(.+)$")
-#: the command's flags that are not --<the key, '_' as '-'>
-_FLAGS = {"accelerations": "--acc", "mask_files": "--mask-file"}
-
-
-@dataclass(frozen=True)
-class OptionNames:
-    """How an error names an option and its value: as the prepare-data command spells it
-    ('--size 32 32'; the default) or, with a `prefix`, as a plan's key ('plan.yaml:
-    data.options.size: [32]'; `ref`, for another option within the message: 'task sr')."""
-
-    prefix: str = ""
-
-    def __call__(self, key: str, shown: str = "") -> str:
-        if not self.prefix:
-            return f"{_FLAGS.get(key, '--' + key.replace('_', '-'))} {shown}".rstrip()
-        return f"{self.prefix}{key}" + (f": {shown}" if shown else "")
-
-    def ref(self, key: str, shown: str = "") -> str:
-        return self(key, shown) if not self.prefix else f"{key} {shown}".rstrip()
-
-
 @dataclass
 class PrepareOptions:
     """Everything `prepare_dataset` needs besides the source and output folder.
@@ -118,7 +101,8 @@ class PrepareOptions:
                                  "k-space box); remove it")
         if self.size is not None:
             if len(self.size) != 2 or any(int(s) != s or s < 4 or s > MAX_SIZE for s in self.size):
-                raise SftkdError(f"{name('size', str(list(self.size) if name.prefix else self.size))}: expected two integers H W, each from 4 to {MAX_SIZE}")
+                shown = str(list(self.size)) if name.prefix else " ".join(str(s) for s in self.size)  # [0, 16] | 0 16
+                raise SftkdError(f"{name('size', shown)}: expected two integers H W, each from 4 to {MAX_SIZE}")
         if self.slice_axis not in (0, 1, 2, -1, -2, -3):
             raise SftkdError(f"{name('slice_axis', str(self.slice_axis))}: expected 0, 1 or 2 (or -1 for the last)")
         if self.downsample < 1:
@@ -146,6 +130,9 @@ class PrepareOptions:
             raise SftkdError(f"{name('seed', str(self.seed))}: expected an integer from 0 to {2**32 - 1}")
         if not 0 <= self.min_slice_mean < 1:
             raise SftkdError(f"{name('min_slice_mean', f'{self.min_slice_mean:g}')}: expected a number in [0, 1)")
+        for key, ids, fraction in (("val", self.val, self.val_fraction), ("test", self.test, self.test_fraction)):
+            if ids and fraction is not None:
+                raise SftkdError(f"{name(key)} and {name.ref(key + '_fraction')}: give one or the other, not both")
 
     def record(self) -> dict[str, Any]:
         """The options as recorded in the manifest (JSON types, `force` left out)."""

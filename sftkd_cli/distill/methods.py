@@ -34,11 +34,16 @@ from sftkd_cli.errors import SftkdError, did_you_mean
 # --------------------------------------------------------------------------- helpers
 
 
+def _option(key: str, value: Any, method: str) -> str:
+    """A method option as the recipe writes it: "distill.options.p 'x' (method at)"."""
+    return f"distill.options.{key} {value!r} (method {method})"
+
+
 def _choice(method: str, key: str, value: Any, choices: Sequence[str]) -> str:
     """Return `value` if it is one of `choices`, else raise a one-line SftkdError."""
     if not isinstance(value, str) or value not in choices:
         expected = ", ".join(repr(c) for c in choices)
-        raise SftkdError(f"distill option {key}={value!r} ({method}): expected one of {expected}")
+        raise SftkdError(f"{_option(key, value, method)}: expected one of {expected}")
     return value
 
 
@@ -47,7 +52,7 @@ def _positive(method: str, key: str, value: Any, integer: bool = False) -> float
     ok_types = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types) or not value > 0:
         kind = "a positive integer" if integer else "a positive number"
-        raise SftkdError(f"distill option {key}={value!r} ({method}): expected {kind}")
+        raise SftkdError(f"{_option(key, value, method)}: expected {kind}")
     return int(value) if integer else float(value)
 
 
@@ -56,7 +61,7 @@ def _non_negative(method: str, key: str, value: Any, integer: bool = False) -> f
     ok_types = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types) or value < 0:
         kind = "an integer >= 0" if integer else "a number >= 0"
-        raise SftkdError(f"distill option {key}={value!r} ({method}): expected {kind}")
+        raise SftkdError(f"{_option(key, value, method)}: expected {kind}")
     return int(value) if integer else float(value)
 
 
@@ -245,7 +250,7 @@ class FitNets(KDMethod):
         if kind == "none" or (kind == "auto" and cs == ct):
             if cs != ct:
                 raise SftkdError(
-                    f"distill option regressor='none' ({self.name}): channels {cs} / {ct} differ: "
+                    f"{_option('regressor', 'none', self.name)}: channels {cs} / {ct} differ: "
                     "expected 'auto', '1x1' or '3x3'"
                 )
             return nn.Identity()
@@ -564,8 +569,9 @@ def build_method(
     allowed = method_options(key)
     for option in options:
         if option not in allowed:
-            expected = ", ".join(allowed) if allowed else "no options"
+            expected = f"one of {', '.join(allowed)}" if allowed else "no options"
             raise SftkdError(
-                f"distill option '{option}' ({key}): expected {expected}{did_you_mean(option, allowed, quoted=True)}"
+                f"distill.options: unknown option {option!r} for method {key}; expected {expected}"
+                f"{did_you_mean(option, allowed, quoted=True)}"
             )
     return METHODS[key](student_channels, teacher_channels, **options).float()

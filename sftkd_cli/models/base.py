@@ -67,18 +67,19 @@ class CascadeNet(nn.Module):
         """All tappable feature names, in forward order."""
         return [f"c{c + 1}.{local}" for c in range(self.cascades) for local in self.block_taps(c)]
 
-    def tap_channels(self, name: str) -> int:
-        """Channel count of a tapped feature."""
-        cascade, local = self.split_tap(name)
+    def tap_channels(self, name: str, where: str = "feature tap") -> int:
+        """Channel count of a tapped feature; an unknown tap is an error naming `where` (the
+        recipe key it came from, e.g. distill.student_taps)."""
+        cascade, local = self.split_tap(name, where)
         return self.block_taps(cascade - 1)[local]
 
-    def split_tap(self, name: str) -> tuple[int, str]:
-        """'c3.conv2' -> (3, 'conv2'), checked against this network."""
+    def split_tap(self, name: str, where: str = "feature tap") -> tuple[int, str]:
+        """'c3.conv2' -> (3, 'conv2'), checked against this network; errors name `where`."""
         match = _TAP.match(name)
         if match and 1 <= int(match.group(1)) <= self.cascades and match.group(2) in self.block_taps(int(match.group(1)) - 1):
             return int(match.group(1)), match.group(2)
         names = self.tap_names()
-        raise SftkdError(f"feature tap {name!r}: {self.name} has taps {names[0]} .. {names[-1]} (e.g. {', '.join(names[:4])})")
+        raise SftkdError(f"{where} {name!r}: {self.name} has taps {names[0]} .. {names[-1]} (e.g. {', '.join(names[:4])})")
 
     def forward(
         self,

@@ -371,15 +371,35 @@ def _read_mat(path: Path) -> np.ndarray:
     )
 
 
+#: the first bytes of a NumPy file, and what it is called: suffix -> (signature, name)
+_NUMPY_SIGNATURES = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz file")}
+
+
+def _read_numpy(path: Path, suffix: str) -> np.ndarray:
+    """A .npy or .npz mask's array; a file of another kind, or of Python objects, is a one-line error."""
+    signature, kind = _NUMPY_SIGNATURES[suffix]
+    with open(path, "rb") as f:
+        if f.read(len(signature)) != signature:
+            raise SftkdError(f"{path}: not {kind}; expected a 2-D 0/1 mask")
+    try:
+        return np.load(path, allow_pickle=False) if suffix == ".npy" else _read_npz(path)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise SftkdError(f"{path}: holds Python objects, not numbers; expected a 2-D 0/1 mask") from None
+
+
 def _read_mask_file(path: Path) -> np.ndarray:
     """Read the raw array from a mask file according to its suffix."""
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        return _read_npz(path)
+    if suffix in _NUMPY_SIGNATURES:
+        return _read_numpy(path, suffix)
     if suffix == ".mat":
         return _read_mat(path)
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise SftkdError(f"{path}: not an HDF5 file; expected a 2-D 0/1 mask")
     return _read_h5(path)
 
 

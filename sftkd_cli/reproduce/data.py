@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
-from sftkd_cli.data.options import PREPARE_KEYS, OptionNames, PrepareOptions
+from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
 from sftkd_cli.errors import SftkdError, did_you_mean
-from sftkd_cli.reproduce.values import as_mapping, as_path, as_text
+from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
 
 
 #: a plan's `data.source`: a catalog source, or "prepared" (a prepared dataset, used as it is)
@@ -37,8 +37,7 @@ def data_spec(value: Any, where: str) -> DataSpec:
     """The plan's `data:` block, checked (source name, raw folder when the source needs one, options)."""
     raw = as_mapping(value, where, ("source", "root", "out", "options"))
     source = as_text(raw.get("source"), f"{where}.source") or "demo"
-    if source not in SOURCES:
-        raise SftkdError(f"{where}.source: {source!r}{did_you_mean(source, SOURCES, list_otherwise=True)}")
+    check_choice(source, SOURCES, f"{where}.source", "source")
     out = as_text(raw.get("out"), f"{where}.out")
     if out is None:
         raise SftkdError(f"{where}.out: expected the prepared dataset folder (e.g. data/demo)")
@@ -74,7 +73,8 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         return False
     from sftkd_cli.data.prepare import prepare_dataset
 
-    prepared = checked_options(data.source, data.options, f"{plan_path}: data")
+    where = f"{plan_path}: data"
+    prepared = checked_options(data.source, data.options, where)
     source = CATALOG[data.source].make_source(data.root, data.options)
     try:
         source.files()
@@ -84,7 +84,10 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         console.print(f"dataset {data.out}: up to date (prepared with these options; its source could not be "
                       f"read to compare checksums: {exc})", highlight=False, markup=False)
         return False
-    result = prepare_dataset(source, data.out, prepared)
+    try:
+        result = prepare_dataset(source, data.out, prepared)
+    except OptionError as exc:  # found while preparing (--downsample too large, an unknown --val id): the plan's key
+        raise exc.worded(OptionNames(f"{where}.options.")) from None
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"), highlight=False)
     return not result.unchanged
 
@@ -96,9 +99,15 @@ def check_split(out: Path, split: str, where: str) -> None:
     from sftkd_cli.data.dataset import load_manifest, split_volumes
 
     try:
-        split_volumes(load_manifest(out), out, split)
+        manifest = load_manifest(out)
     except SftkdError as exc:
         raise SftkdError(f"{where}: {exc}") from None
+    splits = [str(s) for s in manifest["splits"]]
+    nearest = did_you_mean(split, splits) if split not in splits else ""  # not for a split that is there but empty
+    try:
+        split_volumes(manifest, out, split)
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}{nearest}") from None
 
 
 def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:

@@ -32,7 +32,7 @@ def paper_spec(value: Any, where: str) -> PaperSpec | None:
         return None
     raw = as_mapping(value, where, ("title", "layout", "metrics", "columns", "rows", "notes"))
     layout = as_text(raw.get("layout"), f"{where}.layout") or "table1"
-    check_choice(layout, PAPER_LAYOUTS, f"{where}.layout")
+    check_choice(layout, PAPER_LAYOUTS, f"{where}.layout", "layout")
     metrics = as_metric_names(raw.get("metrics"), f"{where}.metrics") or ("PSNR", "SSIM")
     columns = as_names(raw.get("columns"), f"{where}.columns")
     if not columns:
@@ -67,10 +67,10 @@ def _check_models_layout(raw: dict[str, Any], columns: tuple[str, ...], where: s
         raise SftkdError(f"{where}.metrics: layout models takes the metrics from the row names; remove it")
     for column in columns:
         if column not in MODEL_COLUMNS:
-            raise SftkdError(f"{where}.columns: {column!r}{did_you_mean(column, MODEL_COLUMNS, list_otherwise=True)}")
+            check_choice(column, MODEL_COLUMNS, f"{where}.columns", "column")
     for label in as_mapping(raw.get("rows"), f"{where}.rows"):
         if label not in METRIC_NAMES:
-            raise SftkdError(f"{where}.rows: {label!r}: layout models names a metric per row"
+            raise SftkdError(f"{where}.rows: unknown metric {label!r} (layout models names a metric per row)"
                              f"{did_you_mean(label, METRIC_NAMES, list_otherwise=True)}")
 
 

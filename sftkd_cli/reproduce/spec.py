@@ -11,7 +11,7 @@ from typing import Any
 
 from sftkd_cli.config import Setting, keep_written_text, load_recipe
 from sftkd_cli.safe_yaml import parse_yaml, read_yaml_file, read_yaml_text
-from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
 from sftkd_cli.reproduce.paper import PaperSpec, paper_spec
@@ -175,7 +175,7 @@ def load_plan(
     shared = as_names(raw.get("shared"), f"{where} shared")
     for kind in shared:
         if kind not in SHAREABLE:
-            raise SftkdError(f"{where} shared: {kind!r}{did_you_mean(kind, SHAREABLE, list_otherwise=True)}")
+            check_choice(kind, SHAREABLE, f"{where} shared", "stage")
         if kind not in stages:
             raise SftkdError(f"{where} shared: {kind} is not among the stages")
     if shared and not variants:
@@ -291,10 +291,10 @@ def _check_option_names(evaluate: dict[str, Any], compare: dict[str, Any], figur
     from sftkd_cli.report.figures import CURVE_LABELS
     from sftkd_cli.choices import CHECKPOINT_NAMES
 
-    check_choice(evaluate["checkpoint"], CHECKPOINT_NAMES, f"{where} stages.evaluate.checkpoint")
+    check_choice(evaluate["checkpoint"], CHECKPOINT_NAMES, f"{where} stages.evaluate.checkpoint", "checkpoint")
     as_metric_names(compare["metrics"], f"{where} stages.compare.metrics")
     as_metric_names(figures["metrics"], f"{where} figures.metrics")
-    check_choice(figures["curve"], tuple(CURVE_LABELS), f"{where} figures.curve")
+    check_choice(figures["curve"], tuple(CURVE_LABELS), f"{where} figures.curve", "curve")
 
 
 def _number(item: Any) -> Any:
@@ -323,7 +323,7 @@ def _check_methods(methods: Sequence[str], where: str) -> None:
 
     for method in methods:
         if method not in METHODS:
-            raise SftkdError(f"{where}: {method!r}{did_you_mean(method, sorted(METHODS), list_otherwise=True)}")
+            check_choice(method, sorted(METHODS), where, "method")
     if len(set(methods)) != len(methods):
         raise SftkdError(f"{where}: a method is listed twice")
 

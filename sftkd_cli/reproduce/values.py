@@ -38,10 +38,11 @@ def as_path(text: str) -> Path:
     return Path(os.path.expanduser(text))
 
 
-def check_choice(value: str, choices: Sequence[str], where: str) -> None:
-    """`value` must be one of `choices`; else an error naming `where`, with the closest choice."""
+def check_choice(value: str, choices: Sequence[str], where: str, what: str) -> None:
+    """`value` must be one of `choices`; else an error naming `where` and saying it is an unknown
+    `what` (metric, layout, ...), with the closest choice."""
     if value not in choices:
-        raise SftkdError(f"{where}: {value!r}{did_you_mean(value, choices, list_otherwise=True)}")
+        raise SftkdError(f"{where}: unknown {what} {value!r}{did_you_mean(value, choices, list_otherwise=True)}")
 
 
 def as_metric_names(value: Any, where: str) -> tuple[str, ...]:
@@ -50,7 +51,7 @@ def as_metric_names(value: Any, where: str) -> tuple[str, ...]:
 
     names = as_names(value, where)
     for name in names:
-        check_choice(name, METRIC_NAMES, where)
+        check_choice(name, METRIC_NAMES, where, "metric")
     return names
 
 

@@ -185,8 +185,8 @@ def distill(
         t_taps = cfg.teacher_taps or t_taps
         method = build_method(
             cfg.method,
-            [student.tap_channels(t) for t in s_taps],
-            [teacher.tap_channels(t) for t in t_taps],
+            [student.tap_channels(t, "distill.student_taps") for t in s_taps],
+            [teacher.tap_channels(t, "distill.teacher_taps") for t in t_taps],
             **cfg.options,
         )
         facts = {"teacher_role": teacher_role, "teacher_run": str(cfg.teacher_run), "teacher_sha256": teacher_file.sha256,

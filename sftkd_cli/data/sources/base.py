@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sftkd_cli.files import display_path, text_name
+from sftkd_cli.data.option_names import OptionError
 from sftkd_cli.errors import SftkdError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -108,9 +109,9 @@ def split_groups(
         for gid in ids:
             if gid not in open_groups:
                 known = ", ".join(open_groups[:8]) + (", ..." if len(open_groups) > 8 else "")
-                raise SftkdError(f"--{name} {gid}: not found; expected one of: {known or 'none'}")
+                raise OptionError(name, gid, f"not found; expected one of: {known or 'none'}")
             if gid in result:
-                raise SftkdError(f"--{name} {gid}: already assigned to {result[gid]}")
+                raise OptionError(name, gid, f"already assigned to {result[gid]}")
             result[gid] = name
     rest = [g for g in open_groups if g not in result]
     order = [rest[i] for i in np.random.default_rng(request.seed).permutation(len(rest))]
@@ -124,7 +125,7 @@ def split_groups(
         if fraction is None:
             fraction = default_val_fraction if name == "val" else 0.0
         if not 0.0 <= fraction < 1.0:
-            raise SftkdError(f"--{name}-fraction {fraction:g}: expected a number in [0, 1)")
+            raise OptionError(f"{name}_fraction", fraction, "expected a number in [0, 1)")
         count = round_half_up(n * fraction)
         if name == "val" and fraction > 0 and n >= 2:
             count = max(count, 1)

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from sftkd_cli.choices import DEMO_TEMPLATES
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile, SplitRequest
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
-TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")
+TEMPLATES: tuple[str, ...] = DEMO_TEMPLATES
 ICBM152_FILE = ("datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
 COLIN27_DIRS: tuple[Path, ...] = (Path("/usr/share/mricron"), Path("/usr/lib/mricron"))
 COLIN27_NAMES: tuple[str, ...] = ("templates/ch2.nii.gz", "ch2.nii.gz", "templates/ch2.nii", "ch2.nii")
