@@ -265,17 +265,20 @@ def test_a_nan_loss_before_the_first_checkpoint_says_so_and_names_the_loss_weigh
     assert not (tmp_path / "huge" / "checkpoints" / "last.pt").exists()
 
 
-def _poison_adam(monkeypatch, at_step: int, signum: int | None = None) -> None:
+def _poison_adam(monkeypatch, at_step: int, signum: int | None = None, moment: str = "") -> None:
     """Adam's `at_step`-th update (1-based) leaves inf in a weight, as an inf gradient does while
-    the loss read before the update is finite; with `signum`, that signal arrives during it too."""
+    the loss read before the update is finite (with `moment`, in that Adam state of the first
+    parameter instead: a huge gradient makes exp_avg_sq inf, the weight staying finite); with
+    `signum`, that signal arrives during it too."""
     adam_step, calls = torch.optim.Adam.step, []
 
     def step(self, *args, **kwargs):
         calls.append(1)
         result = adam_step(self, *args, **kwargs)
         if len(calls) == at_step:
+            first = self.param_groups[0]["params"][0]
             with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+                (self.state[first][moment] if moment else first).view(-1)[0] = float("inf")
             if signum is not None:
                 os.kill(os.getpid(), signum)
         return result
@@ -301,6 +304,17 @@ def test_weights_broken_by_an_update_are_never_saved_and_resume_continues(tmp_pa
     _, resumed = _fit(tmp_path, "poisoned", True, None, "train.checkpoint_every=1", "train.channels_last=false")
     for key, value in _weights(straight).items():
         assert torch.equal(value, _weights(resumed)[key]), key
+
+
+def test_an_adam_moment_broken_in_any_parameter_is_never_saved(tmp_path, monkeypatch):
+    """Each parameter's moments are checked, not only the last one's: inf in the first parameter's
+    exp_avg_sq (its weight stays finite, and that element never moves again) stops the save."""
+    _poison_adam(monkeypatch, 2, moment="exp_avg_sq")
+    with pytest.raises(SftkdError, match=r"/moment: the weights became inf \(first in Adam's exp_avg_sq of model\.\S+\) "
+                                         r"by epoch 1, step 2 although the loss was finite"):
+        _fit(tmp_path, "moment", False, None, "train.checkpoint_every=1", "train.channels_last=false")
+    state = load_checkpoint(tmp_path / "moment" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 1)
 
 
 def test_weights_broken_at_an_epochs_last_step_stop_validation_with_one_line(tmp_path, monkeypatch):

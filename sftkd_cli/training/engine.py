@@ -430,9 +430,12 @@ class Trainer:
     def _broken(self, loop: _Loop) -> str:
         """'' when the trained weights and Adam's moments are finite (one device sync), else what is
         not, e.g. 'nan (first in model.blocks.0.convs.0.weight)'."""
-        tensors = dict(self._bare().state_dict())
-        for moments in loop.optimizer.state.values():  # exp_avg, exp_avg_sq (not the 0-dim step counts)
-            tensors.update({f"Adam's {key}": v for key, v in moments.items() if isinstance(v, torch.Tensor) and v.dim()})
+        bare = self._bare()
+        tensors = dict(bare.state_dict())
+        names = {id(p): name for name, p in bare.named_parameters()}
+        for param, moments in loop.optimizer.state.items():  # exp_avg, exp_avg_sq (not the 0-dim step counts)
+            tensors.update({f"Adam's {key} of {names.get(id(param), 'a parameter')}": v for key, v in moments.items()
+                            if isinstance(v, torch.Tensor) and v.dim()})
         tensors = {name: v for name, v in tensors.items() if v.is_floating_point()}
         if not tensors or torch.stack([torch.isfinite(v).all() for v in tensors.values()]).all().item():
             return ""
