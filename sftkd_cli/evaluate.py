@@ -375,7 +375,7 @@ def _evaluate(
     batch_size: int = MIN_INFERENCE_BATCH,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
-    from sftkd_cli.data.dataset import SliceDataset, dataset_record, load_manifest
+    from sftkd_cli.data.dataset import SliceDataset, check_task, dataset_record, load_manifest
 
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
         given_as = "--checkpoint" if checkpoint else f"eval.checkpoint ({display_path(run.recipe_file)})"
@@ -383,8 +383,10 @@ def _evaluate(
     data_path = Path(data or recipe.data.path)
     if data is None:
         check_recipe_data(run.recipe_file, recipe.data.path, "pass --data DIR to evaluate on the dataset where it is now")
+    manifest = load_manifest(data_path)
+    check_task(manifest, data_path, recipe.data.task, trained=run.path)  # another task first: its accelerations differ
     recipe_file = display_path(run.recipe_file)  # the dataset lacks what the run's recipe or --split asks: say which
-    check_holds(load_manifest(data_path), display_path(data_path), (recipe.data.acceleration, f"data.acceleration ({recipe_file})"),
+    check_holds(manifest, display_path(data_path), (recipe.data.acceleration, f"data.acceleration ({recipe_file})"),
                 (split, "--split") if split else (recipe.eval.split, f"eval.split ({recipe_file})"))
     split = split or recipe.eval.split
     dataset = SliceDataset(data_path, split, recipe.data.acceleration, cache=False, task=recipe.data.task, trained=run.path)

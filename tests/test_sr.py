@@ -4,6 +4,7 @@ family, SFT and every Table 9 KD method on it through the CLI, export, and the s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -324,12 +325,20 @@ def test_evaluate_labels_the_sr_input_and_export_works(sr_runs):
     assert "LR interpolated" in scored.output
 
 
-def test_evaluate_of_an_sr_run_on_recon_data_names_the_runs_task(sr_runs, tiny_dataset):
+def test_evaluate_of_an_sr_run_on_recon_data_names_the_runs_task(sr_runs, tiny_dataset, tmp_path):
     # evaluate takes no overrides: "set data.task=recon" was advice it could not follow
     runs, _ = sr_runs
     line = fails_cleanly("evaluate", runs / "teacher", "--data", tiny_dataset, "--device", "cpu", "--no-recon",
                          names=("its model was trained for task sr", "prepared for task recon", "--task sr"))
     assert "set data.task" not in line
+    # a recon dataset without the run's scale (4x): its task is named first, not the missing acceleration
+    other = tmp_path / "recon5"
+    shutil.copytree(tiny_dataset, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["accelerations"] = [5.0]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    fails_cleanly("evaluate", runs / "teacher", "--data", other, "--device", "cpu", "--no-recon",
+                  names=("its model was trained for task sr", "prepared for task recon"))
 
 
 # ----------------------------------------------------------------------------- plans
