@@ -32,9 +32,9 @@ def resolve_checkpoint(source: str | Path, which: str = "best", option: str = ""
     option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
     path = Path(source)
     if path.is_dir():
-        open_run(path)  # a folder that is not a run (a dataset given as --teacher) is said to be one
         candidate = path / checkpoint_file(which)
         if not candidate.is_file():
+            open_run(path)  # a folder that is not a run (a dataset given as --teacher) is said to be one
             raise SftkdError(_no_checkpoint(path, which, option))
         return candidate
     if not path.exists():

@@ -120,6 +120,15 @@ def test_a_folder_that_is_not_a_run_is_said_to_be_one(trained_run, tiny_dataset,
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def test_a_folder_holding_only_checkpoints_still_gives_them(trained_run, tmp_path):
+    """A copy of a run's checkpoints/ alone (no recipe.yaml) is read as before: only a folder without
+    the checkpoint asked for is checked for being a run."""
+    from sftkd_cli.checkpoints import resolve_checkpoint
+
+    shutil.copytree(trained_run / "checkpoints", tmp_path / "copy" / "checkpoints")
+    assert resolve_checkpoint(tmp_path / "copy") == tmp_path / "copy" / "checkpoints" / "best.pt"
+
+
 def test_model_on_a_run_of_one_model_says_what_model_picks(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path)
     for command in (["evaluate", run, "--device", "cpu"], ["export", run, "--format", "torchscript"]):
