@@ -205,6 +205,24 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
     return samples
 
 
+@contextlib.contextmanager
+def random_states_kept(device: torch.device) -> Iterator[None]:
+    """Python's, NumPy's and torch's random states (the CPU's and `device`'s) put back as they were
+    after the body, which may seed them (the bench seeds its models and trains an engine run)."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def slice_batches(dataset: Any, batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """The dataset's items in order, `batch_size` at a time (the last batch may be smaller)."""
     for start in range(0, len(dataset), batch_size):

@@ -57,14 +57,24 @@ def test_every_entry_point_computes_in_float32_under_a_float64_default_dtype(tin
 
 def test_loading_a_model_and_benching_leave_the_callers_random_stream_alone(tiny_dataset, tmp_path):
     """A model rebuilt from a checkpoint draws fresh weights before loading them; the bench seeds its
-    models: neither may move the caller's torch generator."""
+    models and its epoch part trains a seeded run: none may move the caller's Python, NumPy or torch
+    generators."""
+    import random
+
     run, _ = train_supervised(_recipe(tiny_dataset, tmp_path / "runs", "t", "model.name=D2C2"), console=QUIET)
-    torch.manual_seed(1234)
-    expected = torch.rand(3)
-    torch.manual_seed(1234)
+
+    def seeded() -> None:
+        random.seed(1234), np.random.seed(1234), torch.manual_seed(1234)
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    seeded()
+    expected = draws()
+    seeded()
     load_model(run.path)
-    run_bench(size=16, batch=1, repeats=1, warmup=0, which=["infer"], roof_size=16, roof_batch=1)
-    assert torch.equal(torch.rand(3), expected)
+    run_bench(size=16, batch=1, repeats=1, warmup=0, which=["infer", "epoch"], roof_size=16, roof_batch=1)
+    assert draws() == expected
 
 
 def test_a_recipe_setting_takes_a_path(tiny_dataset, tmp_path):

@@ -30,7 +30,8 @@ from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
-from sftkd_cli.runtime import bf16_lacking, cpu_threads, precision_policy, select_device, synchronize
+from sftkd_cli.runtime import (bf16_lacking, cpu_threads, precision_policy, random_states_kept, select_device,
+                               synchronize)
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
@@ -96,7 +97,7 @@ def run_bench(
 
     `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
-    duration and restores it afterwards, as it does torch's random state. Never needs a
+    duration and restores it afterwards, as it does Python's, NumPy's and torch's random states. Never needs a
     dataset. `complex_data`: every row on complex images (two channels, centred k-space, complex data consistency) with the networks
     built for them, the reference-way twins too. `tf32`: float32 convolutions and matrix
     products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
@@ -113,9 +114,9 @@ def run_bench(
     parts, kd_methods = check_parts(which), check_methods(methods)
     dev = select_device(device, "--device")
     say = progress or (lambda message: None)
-    rng_devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
-    # every model is built from seed 0 (rows reproducible); the caller's random stream is left as it was
-    with cpu_threads(threads), precision_policy(tf32), torch.random.fork_rng(devices=rng_devices):
+    # every model is built from seed 0 (rows reproducible), the epoch part trains a seeded run: the
+    # caller's random streams are left as they were
+    with cpu_threads(threads), precision_policy(tf32), random_states_kept(dev):
         settings.update(device=str(dev), parts=parts, methods=kd_methods if "kd" in parts else [],
                         compile=compile, acceleration=ACCELERATION, tf32=tf32)
         if complex_data:  # magnitude results keep their settings as they were
