@@ -102,3 +102,21 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "runs" / "py-student" / "recon.h5") as f:
         scored = f["icbm152_z027-034"][3]
     np.testing.assert_allclose(names["recon"], scored, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sft", "distill"])
+def test_the_library_refuses_loss_weights_that_train_nothing(tiny_dataset, tmp_path, kind):
+    """train_sft and distill check their loss weights as the commands and plans do."""
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.training.sft import train_sft
+
+    if kind == "sft":
+        recipe = _recipe(tiny_dataset, tmp_path, "s", "sft.w_teacher=0", "sft.w_student=0", "sft.w_imit=0")
+        run = lambda: train_sft(recipe, console=QUIET)  # noqa: E731
+    else:
+        recipe = _recipe(tiny_dataset, tmp_path, "kd", "model.name=D2C2", f"distill.teacher_run={tmp_path}",
+                         "distill.w_rec=0", "distill.w_kd=0", "distill.w_imit=0")
+        run = lambda: distill(recipe, console=QUIET)  # noqa: E731
+    with pytest.raises(SftkdError, match="got all 0"):
+        run()
+    assert not (tmp_path / ("s" if kind == "sft" else "kd")).exists()

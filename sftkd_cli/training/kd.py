@@ -29,7 +29,7 @@ from rich.console import Console
 
 from sftkd_cli.choices import JOINT, TWO_STAGE
 from sftkd_cli.checkpoints import CheckpointFile, check_fits_data, copy_weights, model_of, read_checkpoint
-from sftkd_cli.config import Recipe, with_model
+from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError
@@ -157,6 +157,7 @@ def distill(
 
     `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
     stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    check_distill_schedule(recipe)  # as the command and a plan check it
     recipe = _with_student(recipe)
     cfg = recipe.distill
     check_teacher_idle(cfg.teacher_run)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from sftkd_cli.config import Recipe
+from sftkd_cli.config import Recipe, check_sft_pair
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.models import CascadeNet, family_of
 from sftkd_cli.runs import RunDir
@@ -120,6 +120,7 @@ def train_sft(
 
     `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
     stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    check_sft_pair(recipe)  # as the command and a plan check it
     sft = recipe.sft
     recipe = resolved_sft(recipe)
 
