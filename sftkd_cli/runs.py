@@ -34,8 +34,8 @@ from sftkd_cli.files import (
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
-from sftkd_cli.run_files import (CARD_SUFFIX, CHECKPOINTS, ENV_JSON, EVAL_FILES, EVAL_PREFIX, EXPORT_SUFFIX, EXPORTS, HISTORY_JSONL, LOCK,
-                                 METRICS_JSON, RECIPE_YAML, RUN_FILES, checkpoint_file)
+from sftkd_cli.run_files import (CARD_SUFFIX, CHECKPOINTS, ENV_JSON, EVAL_FILES, EVAL_PREFIX, EXPORT_SUFFIX, EXPORTS,
+                                 HISTORY_JSONL, LOCK, METRICS_JSON, RECIPE_YAML, RUN_FILES, checkpoint_file)
 
 CHECKPOINT_FORMAT = 1
 #: a model role in a checkpoint (model, teacher, student): it names outputs (RUN/eval-<role>/,

@@ -97,9 +97,10 @@ def run_bench(
 
     `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
     methods for the kd part (all by default). Sets torch's thread count to `threads` for the
-    duration and restores it afterwards, as it does Python's, NumPy's and torch's random states. Never needs a
-    dataset. `complex_data`: every row on complex images (two channels, centred k-space, complex data consistency) with the networks
-    built for them, the reference-way twins too. `tf32`: float32 convolutions and matrix
+    duration and restores it afterwards, as it does Python's, NumPy's and torch's random
+    states. Never needs a dataset. `complex_data`: every row on complex images (two channels,
+    centred k-space, complex data consistency) with the networks built for them, the
+    reference-way twins too. `tf32`: float32 convolutions and matrix
     products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
 
     A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) while the rows are measured ends
