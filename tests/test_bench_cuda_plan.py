@@ -189,6 +189,16 @@ def test_the_gpu_check_summary_never_scores_a_step_that_failed_or_was_cut(gpu_ch
     assert (tmp_path / "summary.txt").read_text() == "cuda tests: no outcome (exit 124)\n"
 
 
+def test_the_gpu_check_quick_summary_judges_nothing(gpu_check, tmp_path):
+    """--quick's tiny settings check the script: its figures are shown with their targets, never
+    as 'met' or 'NOT met', under a first line that says so."""
+    gpu_check.write_summary(tmp_path, 2, {"teacher": 0, "demo": 0}, {"teacher": 4.5, "demo": 20.5}, judged=False)
+    assert (tmp_path / "summary.txt").read_text().splitlines() == [
+        "--quick: a dry run of this script with tiny settings; no figure below measures a target",
+        "demo teacher, 2 epochs, with process start: 4.5 s  [target: < 8 s at 10 epochs]",
+        "demo plan end to end: 20.5 s  [target: < 60 s]"]
+
+
 def test_the_gpu_check_summary_says_when_the_bench_was_cut_short(as_on_cuda, gpu_check, tmp_path):
     """A bench stopped at its time limit (SIGTERM) wrote the rows it had: the summary reads those and says so."""
     def progress(message):
