@@ -29,6 +29,8 @@ __all__ = ["OptionError", "OptionNames", "PREPARE_KEYS", "PrepareOptions", "defa
            "parse_accelerations", "parse_mask_files", "prepare_default"]
 
 _MASK_PAIR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*=(.+)$")
+
+
 @dataclass
 class PrepareOptions:
     """Everything `prepare_dataset` needs besides the source and output folder.
