@@ -16,6 +16,7 @@ from rich.console import Console
 from sftkd_cli.bench.runner import run_bench
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.config import Setting, load_recipe
+from sftkd_cli.distill.methods import build_method
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.export import export_run
 from sftkd_cli.training.kd import distill
@@ -48,6 +49,8 @@ def test_every_entry_point_computes_in_float32_under_a_float64_default_dtype(tin
                                  "distill.method=fitnets"), console=QUIET)
     model, _ = load_model(student.path)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    for method in ("fitnets", "ft"):  # adapters with weights (the run's widths are equal: FitNets' is empty)
+        assert {p.dtype for p in build_method(method, [4], [8]).parameters()} == {torch.float32}, method
     assert np.isfinite(evaluate_run(student.path, device="cpu", write_recon=False)["metrics"]["PSNR"]["mean"])
     assert export_run(teacher.path, "torchscript").max_abs_diff < 1e-4
     result = run_bench(size=16, batch=1, repeats=1, warmup=0, which=["kd"], methods=["fitnets"],
@@ -85,13 +88,15 @@ def test_a_recipe_setting_takes_a_path(tiny_dataset, tmp_path):
 
 @pytest.mark.nilearn  # the demo template ships in nilearn (optional: sftkd[demo])
 def test_readme_python_snippet_runs(tmp_path, monkeypatch):
-    """CPU: the README's "From Python" lines (one training step instead of two epochs): the
-    reconstruction of a numpy slice is the one evaluate scored."""
+    """CPU: the README's "From Python" lines (one training step instead of two epochs, 48 x 48
+    slices): the reconstruction of a numpy slice is the one evaluate scored."""
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     code = readme.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert code.count('"train.epochs=2"') == 1 and code.count('"recipes/demo/student.yaml"') == 1
+    assert code.count("demo.prepare_options({})") == 1
     code = code.replace('"train.epochs=2"', '"train.epochs=1", "train.max_steps_per_epoch=1"')
+    code = code.replace("demo.prepare_options({})", "demo.prepare_options({'size': (48, 48), 'downsample': 4})")
     code = code.replace('"recipes/demo/student.yaml"', repr(str(root / "recipes" / "demo" / "student.yaml")))
     monkeypatch.chdir(tmp_path)
     names: dict = {}

@@ -57,8 +57,7 @@ def test_a_checkpoint_whose_entries_have_wrong_types_is_one_line(damage, trained
     save_checkpoint(loose, changed(trained_run, change))
     fails_cleanly("evaluate", damaged_run(trained_run, tmp_path, "best", loose.read_bytes()), "--device", "cpu",
                   names=("best.pt", said))
-    if damage in ("pad-missing", "state-list", "trained-on-text"):  # KeyError, AttributeError, accepted: before
-        fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=("bad.pt", said))
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=("bad.pt", said))
 
 
 # ----------------------------------------------------------------------------- files that are not sftkd checkpoints

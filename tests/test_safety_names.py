@@ -37,6 +37,7 @@ def test_an_output_folder_whose_name_is_not_utf8_is_writable(tmp_path):
     """prepare-data --out, evaluate and export check their output folder first (`check_writable`):
     such a name is measured in its bytes, as the file system does."""
     check_writable(tmp_path / f"data{BAD}", "--out", extra=16)
+    check_writable(tmp_path / ("d" * 238 + BAD), "--out", extra=16)  # 239 bytes + 16 = 255: fits (UTF-8 text: 241)
     with pytest.raises(SftkdError, match="more than the file system allows"):
         check_writable(tmp_path / ("d" * 245 + BAD), "--out", extra=16)  # 246 bytes, +16 for the temporary twin
 
