@@ -190,6 +190,24 @@ def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
     assert ("done: runs/r  best val L1 0.50000 at epoch 2" in capsys.readouterr().out) is (rank == "0")
 
 
+def test_long_or_bracketed_paths_print_whole(tmp_path, capsys):
+    """Piped output is 80 columns wide: --print-recipe's YAML with a long data.path still loads,
+    and the done line holds the run folder whole, brackets included (not read as rich markup)."""
+    from types import SimpleNamespace
+
+    from sftkd_cli.cli.common import print_or_train
+    from sftkd_cli.config import load_recipe
+
+    data = "data/" + "a_long_folder_name_" * 6 + "demo"
+    result = sftkd("train-teacher", "--print-recipe", f"data.path={data}")
+    (tmp_path / "printed.yaml").write_text(result.stdout)
+    assert load_recipe(tmp_path / "printed.yaml").data.path == data
+    run = Path("runs/" + "a_long_run_name_" * 5 + "lr[x]")
+    trained = (SimpleNamespace(path=run), SimpleNamespace(best_val_l1=0.5, best_epoch=2, is_main=True))
+    print_or_train(load_recipe(None, []), False, lambda recipe, console: trained, lambda recipe: recipe)
+    assert f"done: {run}  best val L1 0.50000 at epoch 2" in capsys.readouterr().out
+
+
 def test_a_stray_ctrl_c_is_one_line_and_exit_130(monkeypatch):
     import sftkd_cli.evaluate as evaluate_module
 

@@ -65,6 +65,23 @@ def test_demo_colin27_explicit_template(tmp_path: Path, nifti_writer) -> None:
     assert json.loads((tmp_path / "d/manifest.json").read_text())["source"] == "demo/colin27"
 
 
+def test_the_summary_shows_a_long_or_bracketed_folder_whole(tmp_path: Path, nifti_writer) -> None:
+    """The "written to" cell folds a long path over lines instead of cutting it with '…', and
+    brackets in it are text, not rich markup."""
+    root = nifti_writer.acdc_tree(tmp_path / "ACDC", training=(1, 2, 3), testing=(101,))
+    out = tmp_path / ("a_long_folder_name_" * 5) / "data[x]"
+    result = run("acdc", root, "--out", out, "--size", "16", "16")
+    assert result.exit_code == 0, result.stderr
+    cells, inside = [], False
+    for line in result.stdout.splitlines():
+        parts = [part.strip() for part in line.split("│")]
+        if len(parts) == 4:  # │ what │ value │
+            inside = parts[1] == "written to" or (inside and parts[1] == "")
+            if inside:
+                cells.append(parts[2])
+    assert "".join(cells) == str(out) and "…" not in result.stdout
+
+
 def test_acdc_cli(tmp_path: Path, nifti_writer) -> None:
     root = nifti_writer.acdc_tree(tmp_path / "ACDC", training=(1, 2, 3), testing=(101,))
     result = run("acdc", root, "--out", tmp_path / "out", "--size", "16", "16", "--acc", "4,5")

@@ -80,3 +80,12 @@ def test_a_run_whose_data_path_is_not_utf8_is_evaluated(trained_run, tiny_datase
     with h5py.File(run / "recon.h5") as f:
         assert f.attrs["dataset"] == str(data).replace(BAD, "\\xff")
 
+
+
+def test_a_run_folder_with_brackets_is_printed_as_named(trained_run, tmp_path):
+    """Brackets in a run folder are text, not rich markup: evaluate's table title and its "wrote"
+    line name runs/lr[x], not runs/lr."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "lr[x]"))
+    result = invoke("evaluate", run, "--device", "cpu", "--no-recon")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {run}/metrics.json" in result.stdout and "lr[x]:" in result.stdout

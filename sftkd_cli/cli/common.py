@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from sftkd_cli.cli.base import stdout_console
 from sftkd_cli.errors import SftkdError
@@ -139,10 +140,11 @@ def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[
     console = stdout_console()
     if print_only:
         validate(recipe)  # what training would refuse in its first line
-        console.print(dump_recipe(resolve(recipe)), highlight=False, markup=False)
+        console.print(dump_recipe(resolve(recipe)), highlight=False, markup=False, soft_wrap=True)  # YAML: never wrapped
         return
     run, result = train(recipe, console=console, **kwargs)
     if result.is_main:  # the other processes of a torchrun do not validate: no best value
-        console.print(f"[green]done[/]: {run.path}  best {what} {result.best_val_l1:.5f} at epoch {result.best_epoch}")
+        console.print(f"[green]done[/]: {escape(str(run.path))}  best {what} {result.best_val_l1:.5f} at epoch "
+                      f"{result.best_epoch}", soft_wrap=True)  # the path whole, as given: it is copied and grepped
 
 

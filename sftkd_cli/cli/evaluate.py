@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from sftkd_cli.choices import ARCH_LABELS
@@ -68,7 +69,8 @@ def evaluate(
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
-        console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"), soft_wrap=True)
+        console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"),
+                      soft_wrap=True, markup=False, highlight=False)
 
 
 def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
@@ -82,7 +84,7 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     fastmri = metrics.get("convention") == "fastmri"
     caption = f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
     table = Table(
-        title=title or f"{metrics['run']}: {metrics['model']} ({metrics['role']}) on {ds['split']}, "
+        title=title or f"{escape(str(metrics['run']))}: {metrics['model']} ({metrics['role']}) on {escape(str(ds['split']))}, "
         f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
         caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
     )

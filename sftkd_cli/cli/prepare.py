@@ -148,15 +148,14 @@ def print_summary(result: PrepareResult, console: Console, warn_no_val: bool = T
     where = display_path(result.out)
     if result.unchanged:
         console.print(f"{where} is up to date (same options and source checksums): nothing written. "
-                      "Use --force to rebuild.", highlight=False, soft_wrap=True)
-    table = Table(title=f"prepared dataset {where}", show_header=False, title_justify="left")
+                      "Use --force to rebuild.", highlight=False, markup=False, soft_wrap=True)
+    table = Table(title="prepared dataset", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # paths whole, folded at the edge, never cut with '…'
     rows = describe_manifest(m)
-    table.add_row(*rows[0])  # the source, then where it went
-    table.add_row("written to", where)
-    for row in rows[1:]:
-        table.add_row(*row)
+    rows.insert(1, ("written to", where))  # the source, then where it went
+    for what, value in rows:
+        table.add_row(what, escape(value))  # a path is text, not rich markup
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
     if warn_no_val and not m["splits"].get("val"):

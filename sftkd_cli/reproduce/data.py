@@ -88,7 +88,8 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         result = prepare_dataset(source, data.out, prepared)
     except OptionError as exc:  # found while preparing (--downsample too large, an unknown --val id): the plan's key
         raise exc.worded(OptionNames(f"{where}.options.")) from None
-    console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"), highlight=False)
+    console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"),
+                  highlight=False, markup=False, soft_wrap=True)
     return not result.unchanged
 
 
