@@ -126,11 +126,13 @@ def _signal_inside_adam(monkeypatch, signum: int, at_steps: tuple[int, ...]) -> 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
 
 
-def _stopped_then_resumed(tmp_path, monkeypatch, message: str, saved_at: tuple[int, int]) -> None:
-    """With the signal patched in: the run stops with `message`, its last checkpoint is at
-    `saved_at` (epoch, step), and resumed it ends with the weights of an uninterrupted run."""
-    with pytest.raises(RunInterrupted, match=message):
+def _stopped_then_resumed(tmp_path, monkeypatch, message: str, saved_at: tuple[int, int],
+                          exit_code: int = 130) -> None:
+    """With the signal patched in: the run stops with `message` and `exit_code`, its last checkpoint
+    is at `saved_at` (epoch, step), and resumed it ends with the weights of an uninterrupted run."""
+    with pytest.raises(RunInterrupted, match=message) as stop:
         _fit(tmp_path, "stopped")
+    assert stop.value.exit_code == exit_code
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == saved_at
@@ -143,7 +145,8 @@ def _stopped_then_resumed(tmp_path, monkeypatch, message: str, saved_at: tuple[i
 @pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_a_signal_inside_the_optimiser_step_stops_after_it_and_resume_is_exact(tmp_path, monkeypatch, signum, by):
     _signal_inside_adam(monkeypatch, signum, (5,))  # epoch 2, step 2 (3 steps an epoch)
-    _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} at epoch 2, step 2; continue with --resume", (1, 2))
+    _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} at epoch 2, step 2; continue with --resume", (1, 2),
+                          128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM, as shells report them
 
 
 def test_a_resumed_epochs_seconds_include_the_time_before_the_stop(tmp_path, monkeypatch):

@@ -159,6 +159,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.raised = False
         self.by = ""  # what set it, for the message
+        self.signum = int(signal.SIGINT)
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
@@ -166,8 +167,16 @@ class _StopFlag:
                 raise KeyboardInterrupt
             return
         self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.signum = int(signum)
         # os.write, not print: a handler can run in the middle of the progress bar's own writes
         os.write(2, f"\n{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
+
+    def stopped(self, message: str) -> RunInterrupted:
+        """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
+        143 after SIGTERM (so a scheduler that sent SIGTERM sees it)."""
+        error = RunInterrupted(message)
+        error.exit_code = 128 + self.signum
+        return error
 
 
 @dataclass
@@ -315,7 +324,7 @@ class Trainer:
                         if loop.stop.raised and self.world == 1:  # during validation: the epoch's checkpoint is written
                             # (several processes stop together at a step: only rank 0 validates)
                             done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
-                            raise RunInterrupted(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
+                            raise loop.stop.stopped(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
                 self._interrupt()
         return FitResult(cfg.epochs, state.best_val, state.best_epoch, state.history, state.resumed_from, self.is_main)
@@ -397,7 +406,7 @@ class Trainer:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
             if loop.stop.raised:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
-                raise RunInterrupted(
+                raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
                     "continue with --resume"
                 )
