@@ -14,6 +14,10 @@ precision the network sees (the results are float32), and 2-3x faster than compl
 A mask per sample (`sample_mask`): the dataset's generated mask kind, drawn with the seed
 (seed, epoch, crc32(volume id), slice), so an epoch's masks do not depend on the order slices are
 read in, and a resumed run draws the same ones.
+
+Also the checks every volume file gets when a split is opened, magnitude (`data.dataset`) or
+complex: an array is an array (`h5_array`), stores the bytes it declares (`check_stored`) and holds
+signal (`check_signal`); each file is opened once for them.
 """
 
 from __future__ import annotations
@@ -66,9 +70,46 @@ def h5_array(f: h5py.File, name: str, where: str) -> h5py.Dataset:
     return item
 
 
+def _holds_signal(array: np.ndarray) -> bool:
+    """Whether an array holds a value > 0 (real) or != 0 (complex k-space)."""
+    return bool(np.any(array != 0)) if np.iscomplexobj(array) else bool(np.any(array > 0))
+
+
+def check_signal(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse an (S, H, W) dataset with no value > 0 (an all-zero volume): PSNR and SSIM take the
+    volume maximum as their data range, so validation and evaluate could not score it. The middle
+    slice's centre row is read first (nearly always enough), then slice by slice up to the first
+    with signal: only an empty volume is read in full."""
+    slices = int(dataset.shape[0])
+    if slices == 0 or _holds_signal(dataset[slices // 2, dataset.shape[1] // 2]):
+        return
+    if any(_holds_signal(dataset[s]) for s in range(slices)):
+        return
+    values = dataset[()]
+    peak = float(np.max(np.abs(values) if np.iscomplexobj(values) else values))
+    raise SftkdError(f"{display_path(path)}: {name} maximum {peak:g} over its {slices} slices; expected > 0 "
+                     "(the volume maximum is the PSNR/SSIM data range): drop this volume from the "
+                     "manifest's splits or prepare the data again")
+
+
+def check_stored(path: Path, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse a dataset that declares more data than the file stores (a tiny h5 claiming millions
+    of slices of fill value), before anything is read or allocated. Only uncompressed datasets
+    (image and zf, as prepare-data writes them) can be checked exactly."""
+    if dataset.compression is not None:
+        return
+    declared = int(dataset.size) * int(dataset.dtype.itemsize)
+    stored = int(dataset.id.get_storage_size())
+    if stored < declared:
+        raise SftkdError(
+            f"{display_path(path)}: {name} declares shape {tuple(dataset.shape)} ({declared:,} bytes) but the file "
+            f"stores {stored:,} bytes of it; expected the data prepare-data writes"
+        )
+
+
 def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int, int],
                        target: tuple[int, int]) -> np.ndarray:
-    """Check one complex volume file (datasets, shapes, dtypes, stored bytes) and return its `key` mask."""
+    """Check one complex volume file (datasets, shapes, dtypes, stored bytes, signal) and return its `key` mask."""
     where = display_path(path)
     with h5py.File(path, "r") as f:
         for name, shape, kind in (("kspace", (slices, *image_size), "c"), ("target_mag", (slices, *target), "f"),
@@ -78,12 +119,9 @@ def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int,
                 raise SftkdError(f"{where}: {name} has shape {tuple(array.shape)}, expected {shape}")
             if array.dtype.kind != kind:
                 raise SftkdError(f"{where}: {name} has dtype {array.dtype}, expected {'complex' if kind == 'c' else 'real float'}")
-            if array.compression is None:
-                declared = int(array.size) * int(array.dtype.itemsize)
-                stored = int(array.id.get_storage_size())
-                if stored < declared:
-                    raise SftkdError(f"{where}: {name} declares shape {shape} ({declared:,} bytes) but the file stores "
-                                     f"{stored:,} bytes of it; expected the data prepare-data writes")
+            check_stored(path, name, array)
+        check_signal(path, "target_mag", f["target_mag"])
+        check_signal(path, "kspace", f["kspace"])
         return f[f"{key}/mask"][()]
 
 

@@ -43,7 +43,8 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, check_complex_file, complex_item, h5_array, is_complex, per_sample_spec,
+    COMPLEX_CACHE_BYTES, check_complex_file, check_signal, check_stored, complex_item, h5_array, is_complex,
+    per_sample_spec,
     read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
@@ -224,43 +225,6 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
             raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
 
 
-def _holds_signal(array: np.ndarray) -> bool:
-    """Whether an array holds a value > 0 (real) or != 0 (complex k-space)."""
-    return bool(np.any(array != 0)) if np.iscomplexobj(array) else bool(np.any(array > 0))
-
-
-def _check_signal(path: Path, name: str, dataset: h5py.Dataset) -> None:
-    """Refuse an (S, H, W) dataset with no value > 0 (an all-zero volume): PSNR and SSIM take the
-    volume maximum as their data range, so validation and evaluate could not score it. The middle
-    slice's centre row is read first (nearly always enough), then slice by slice up to the first
-    with signal: only an empty volume is read in full."""
-    slices = int(dataset.shape[0])
-    if slices == 0 or _holds_signal(dataset[slices // 2, dataset.shape[1] // 2]):
-        return
-    if any(_holds_signal(dataset[s]) for s in range(slices)):
-        return
-    values = dataset[()]
-    peak = float(np.max(np.abs(values) if np.iscomplexobj(values) else values))
-    raise SftkdError(f"{display_path(path)}: {name} maximum {peak:g} over its {slices} slices; expected > 0 "
-                     "(the volume maximum is the PSNR/SSIM data range): drop this volume from the "
-                     "manifest's splits or prepare the data again")
-
-
-def _check_stored(path: Path, name: str, dataset: h5py.Dataset) -> None:
-    """Refuse a dataset that declares more data than the file stores (a tiny h5 claiming millions
-    of slices of fill value), before anything is read or allocated. Only uncompressed datasets
-    (image and zf, as prepare-data writes them) can be checked exactly."""
-    if dataset.compression is not None:
-        return
-    declared = int(dataset.size) * int(dataset.dtype.itemsize)
-    stored = int(dataset.id.get_storage_size())
-    if stored < declared:
-        raise SftkdError(
-            f"{display_path(path)}: {name} declares shape {tuple(dataset.shape)} ({declared:,} bytes) but the file "
-            f"stores {stored:,} bytes of it; expected the data prepare-data writes"
-        )
-
-
 def _read(path: Path, what: str, fn):
     """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError."""
     try:
@@ -358,14 +322,8 @@ class SliceDataset(Dataset):
             raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
         expected = (slices, *self.image_size)
         if self.complex:
-            def check_complex() -> np.ndarray:
-                file_mask = check_complex_file(path, self.key, slices, self.image_size, self.target_size)
-                with h5py.File(path, "r") as f:
-                    _check_signal(path, "target_mag", f["target_mag"])
-                    _check_signal(path, "kspace", f["kspace"])
-                return file_mask
-
-            return self._check_mask(path, _read(path, "dataset", check_complex), slices, mask)
+            return self._check_mask(path, _read(path, "dataset", lambda: check_complex_file(
+                path, self.key, slices, self.image_size, self.target_size)), slices, mask)
 
         def check() -> np.ndarray:
             with h5py.File(path, "r") as f:
@@ -376,14 +334,14 @@ class SliceDataset(Dataset):
                             f"{display_path(path)}: {name} has shape {tuple(array.shape)}, "
                             f"expected {expected}"
                         )
-                    _check_stored(path, name, array)
+                    check_stored(path, name, array)
                     kind = _KINDS[name.rsplit("/", 1)[-1]]
                     if array.dtype.kind != kind:
                         raise SftkdError(
                             f"{display_path(path)}: {name} has dtype {array.dtype}, "
                             f"expected {'complex' if kind == 'c' else 'real float'}"
                         )
-                _check_signal(path, "image", f["image"])
+                check_signal(path, "image", f["image"])
                 return h5_array(f, f"{self.key}/mask", display_path(path))[()]
 
         return self._check_mask(path, _read(path, "dataset", check), slices, mask)
