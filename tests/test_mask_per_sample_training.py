@@ -5,6 +5,8 @@ Device: CPU (tiny complex fastMRI-format data from tests/complex_data.py, one th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,33 @@ def test_per_sample_masks_need_the_recon_task_and_a_generated_mask_at_that_accel
     prepare_dataset(raw, sr, PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), task="sr"))
     with pytest.raises(SftkdError, match=r"is prepared for task sr; per-sample masks exist for the recon task only"):
         SliceDataset(sr, "train", 4, task="sr", mask_per_sample=True)
+
+
+def test_per_sample_fastmri_random_masks_that_can_sample_nothing_are_refused(nifti_writer, tmp_path):
+    """12 lines at 8x: fastMRI's centre fraction 0.04 rounds to no centre line, so about a fifth of
+    the masks drawn per sample hold no line at all; the fixed mask (seed 1) happens to sample some."""
+    from sftkd_cli.data.complex_slices import per_sample_spec, sample_mask
+    from sftkd_cli.data.dataset import SliceDataset, load_manifest
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+    from sftkd_cli.errors import SftkdError
+
+    for i in range(4):
+        nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((20, 20, 2), seed=i))
+
+    def prepared(size: int) -> Path:
+        out = tmp_path / f"d{size}"
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(
+            size=(size, size), accelerations=(8.0,), val=("vol1",), test=("vol3",), mask_kind="fastmri-random", seed=1))
+        return out
+
+    short = prepared(12)
+    spec = per_sample_spec(load_manifest(short), short, 8.0)
+    drawn = [sample_mask(spec, (12, 12), 8.0, 0, "vol0", s).sum() for s in range(40)]
+    assert 0 in drawn, "the premise: some draws sample nothing"
+    with pytest.raises(SftkdError, match=r"^data.mask_per_sample: a fastmri-random mask of 12 lines with centre "
+                                         r"fraction 0.04 has no centre line, .* expected at least 13 lines"):
+        SliceDataset(short, "train", 8, mask_per_sample=True)
+    assert len(SliceDataset(short, "train", 8)) > 0  # the fixed mask is fine
+    assert len(SliceDataset(prepared(13), "train", 8, mask_per_sample=True)) > 0  # 13 lines: one centre line

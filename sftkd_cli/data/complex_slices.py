@@ -22,6 +22,7 @@ signal (`check_signal`); each file is opened once for them.
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from sftkd_cli.data.format import MANIFEST, acceleration_key, dataset_task, mask
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
 from sftkd_cli.mri.fft import ifft2_np
-from sftkd_cli.mri.masks import make_mask
+from sftkd_cli.mri.masks import fastmri_center_fraction, make_mask
 
 #: a complex dataset's split is held in memory (data.cache) only up to this many bytes of k-space
 #: and targets (a smoke-sized set); beyond it slices are read from disk a slice at a time, so a
@@ -170,6 +171,22 @@ def per_sample_spec(manifest: dict[str, Any], root: str | Path, acceleration: fl
     axis = mask_axis(mask, key)
     return {"kind": str(mask["kind"]), "seed": int(mask.get("seed", 42)), "center_fraction": mask.get("center_fraction"),
             "layout": str(mask.get("layout", "corner")), "axis": 0 if axis is None else axis}
+
+
+def check_drawable(spec: dict[str, Any], size: tuple[int, int], acceleration: float) -> None:
+    """Refuse per-sample masks that can sample nothing: fastMRI's random kind keeps each line with
+    probability about 1/acc besides its centre lines, so when the centre fraction rounds to no line
+    on a short axis, some draws hold no line at all (and many are far off the labelled acceleration)."""
+    if spec["kind"] != "fastmri-random":
+        return
+    n = size[spec["axis"]]
+    fraction = spec["center_fraction"]
+    fraction = fastmri_center_fraction(acceleration) if fraction is None else float(fraction)
+    if round(n * fraction) == 0:
+        raise SftkdError(
+            f"data.mask_per_sample: a {spec['kind']} mask of {n} lines with centre fraction {fraction:g} has no "
+            f"centre line, so a mask drawn per sample can sample nothing; expected at least "
+            f"{math.ceil(0.5 / fraction)} lines (or data.mask_per_sample=false)")
 
 
 def sample_mask(spec: dict[str, Any], size: tuple[int, int], acceleration: float, epoch: int, volume: str,

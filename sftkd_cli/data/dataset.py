@@ -43,9 +43,8 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, check_complex_file, check_signal, check_stored, complex_item, h5_array, is_complex,
-    per_sample_spec,
-    read_complex, sample_mask, target_size,
+    COMPLEX_CACHE_BYTES, check_complex_file, check_drawable, check_signal, check_stored, complex_item, h5_array,
+    is_complex, per_sample_spec, read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key
@@ -305,6 +304,8 @@ class SliceDataset(Dataset):
         self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         self._mask_array = np.ascontiguousarray(mask, dtype=np.float32)
         self._mask_spec = per_sample_spec(self.manifest, self.root, self.acceleration) if mask_per_sample else None
+        if self._mask_spec is not None:
+            check_drawable(self._mask_spec, self.image_size, self.acceleration)
         self.epoch = 0
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
