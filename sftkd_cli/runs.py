@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import (
-    MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
+    MAX_JSON_BYTES, json_text, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
@@ -408,13 +408,14 @@ class RunDir:
             if isinstance(old, dict):
                 earlier = old.pop("previous", [])
                 previous = [*(earlier if isinstance(earlier, list) else []), old]
-        write_run_file(self.path / ENV_JSON, json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
+        write_run_file(self.path / ENV_JSON, json_text({**env, **({"previous": previous} if previous else {})}))
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
-        write_run_file(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
+        """history.jsonl, one compact line per row; a NaN (val_l1 without validation slices) is null."""
+        write_run_file(self.history_file, "".join(json_text(r, indent=None) + "\n" for r in rows))
 
 
 EXPORT_SUFFIXES = tuple(s + card for s in EXPORT_SUFFIX.values() for card in ("", CARD_SUFFIX))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from sftkd_cli.data.catalog import source_label
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import json_text
 from sftkd_cli.report.compare import (
     PAPER_SETTINGS,
     INPUT_ROLES,
@@ -383,7 +383,7 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> st
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)
-        return json.dumps(payload, indent=2) + "\n"
+        return json_text(payload) + "\n"
     if fmt == "csv":
         return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
     if fmt == "table":
