@@ -18,6 +18,7 @@ import platform
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -104,6 +105,9 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
             "(loading it could run code); it is not an sftkd checkpoint"
         ) from None
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
+        if _zip_without_pickle(path, data):
+            raise SftkdError(f"{path}: a zip file but not a PyTorch checkpoint (no data.pkl); "
+                             "expected a .pt that sftkd wrote") from None
         raise SftkdError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); "
                          "expected a whole checkpoint sftkd wrote") from None
     if not isinstance(state, dict) or "format" not in state:
@@ -115,6 +119,16 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     _check_roles(state, path)
     _check_models(state, path)
     return state
+
+
+def _zip_without_pickle(path: Path, data: bytes | None) -> bool:
+    """Whether the file (or `data`) is a whole zip archive without the `<name>/data.pkl` that
+    torch.save writes (a NumPy .npz, any other zip); False for one cut short or unreadable."""
+    try:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
+            return not any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
 
 
 def _file_start(path: Path) -> bytes:
