@@ -68,8 +68,8 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
-    atomic_write_text, check_writable, is_special_file, json_text, made_folder, output_path,
-    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced, write_run_file,
+    StagedFiles, check_writable, is_special_file, json_text, made_folder, output_path,
+    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
@@ -466,12 +466,17 @@ def export_run(
                     "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
                 },
             }
-            card_text = json_text(card)
-            if out is None:
-                write_run_file(card_path(target), card_text)  # a link planted in RUN/export is replaced
-            else:
-                atomic_write_text(card_path(target), card_text)
-            os.replace(tmp, target)
+            # the card is written under a temporary name and renamed after the model: a failed rename
+            # of the model leaves an earlier export and its card as they were. A link at the card's
+            # name is replaced in RUN/export; given as --out, its target is written
+            card_file = card_path(target) if out is None else output_path(card_path(target))
+            with StagedFiles() as staged:
+                try:
+                    staged.add(card_file, json_text(card).encode())
+                except OSError as exc:
+                    raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
+                os.replace(tmp, target)
+                staged.commit()
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:

@@ -18,6 +18,7 @@ import platform
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -30,7 +31,7 @@ from filelock import FileLock, Timeout
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import (
-    MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
+    MAX_JSON_BYTES, json_text, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
@@ -104,6 +105,9 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
             "(loading it could run code); it is not an sftkd checkpoint"
         ) from None
     except Exception as exc:  # torch raises many kinds for truncated/corrupt files
+        if _zip_without_pickle(path, data):
+            raise SftkdError(f"{path}: a zip file but not a PyTorch checkpoint (no data.pkl); "
+                             "expected a .pt that sftkd wrote") from None
         raise SftkdError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); "
                          "expected a whole checkpoint sftkd wrote") from None
     if not isinstance(state, dict) or "format" not in state:
@@ -115,6 +119,16 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     _check_roles(state, path)
     _check_models(state, path)
     return state
+
+
+def _zip_without_pickle(path: Path, data: bytes | None) -> bool:
+    """Whether the file (or `data`) is a whole zip archive without the `<name>/data.pkl` that
+    torch.save writes (a NumPy .npz, any other zip); False for one cut short or unreadable."""
+    try:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
+            return not any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
 
 
 def _file_start(path: Path) -> bytes:
@@ -408,13 +422,14 @@ class RunDir:
             if isinstance(old, dict):
                 earlier = old.pop("previous", [])
                 previous = [*(earlier if isinstance(earlier, list) else []), old]
-        write_run_file(self.path / ENV_JSON, json.dumps({**env, **({"previous": previous} if previous else {})}, indent=2))
+        write_run_file(self.path / ENV_JSON, json_text({**env, **({"previous": previous} if previous else {})}))
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
-        write_run_file(self.history_file, "".join(json.dumps(r) + "\n" for r in rows))
+        """history.jsonl, one compact line per row; a NaN (val_l1 without validation slices) is null."""
+        write_run_file(self.history_file, "".join(json_text(r, indent=None) + "\n" for r in rows))
 
 
 EXPORT_SUFFIXES = tuple(s + card for s in EXPORT_SUFFIX.values() for card in ("", CARD_SUFFIX))

@@ -383,6 +383,24 @@ def test_cli_json_to_stdout():
     assert data["settings"]["size"] == 16 and data["roof"]["gflops"] > 0
 
 
+def test_cli_json_writes_nan_and_infinity_as_null(monkeypatch):
+    """A zero time (infinite throughput) or roof (NaN fraction): --json is JSON strict parsers read."""
+    import sftkd_cli.bench as bench_package
+    from sftkd_cli.bench import BenchResult
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    row = BenchRow("infer.x", "x", "infer", 0.0, [0.0], 1, 10, 0.0)
+    fake = BenchResult({"size": 16}, {}, 0.0, {}, rows=[row], ratios={"x": float("nan")})
+    monkeypatch.setattr(bench_package, "run_bench", lambda **kw: fake)
+    res = CliRunner().invoke(app, [*CLI_TINY, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout, parse_constant=refuse)
+    assert data["rows"][0]["slices_per_s"] is None and data["rows"][0]["roof_fraction"] is None
+    assert data["ratios"] == {"x": None} and data["rows"][0]["seconds"] == 0.0
+
+
 def test_cli_table_and_json_file(tmp_path):
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, [*CLI_TINY, "--only", "teacher,infer", "--json", str(out)], env=WIDE)

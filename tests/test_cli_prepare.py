@@ -211,6 +211,13 @@ def test_mask_shape_mismatch(tmp_path: Path, raw: Path) -> None:
     assert nothing_written(tmp_path)
 
 
+def test_a_damaged_mat_mask_file_is_one_line(tmp_path: Path, raw: Path) -> None:
+    (tmp_path / "bad.mat").write_bytes(b"this is not a mask file at all")
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-file", tmp_path / "bad.mat")
+    assert_one_line_error(result, "bad.mat: not a readable MATLAB .mat file (", "); expected a 2-D 0/1 mask")
+    assert nothing_written(tmp_path)
+
+
 def test_out_is_a_file_or_inside_input(tmp_path: Path, raw: Path) -> None:
     (tmp_path / "out").write_text("I am a file")
     assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out"), "out: is a file")

@@ -333,22 +333,48 @@ def test_an_existing_file_is_replaced_only_if_it_is_an_earlier_export_and_with_f
     assert read_card(first)["checkpoint"] == "last"
 
 
+def test_a_failed_rename_of_the_model_leaves_the_earlier_export_and_card(run_copy, tmp_path, monkeypatch):
+    """The card is renamed in after the model: when the model's rename fails, no new card stands
+    beside the earlier export (or beside no file at all), and no temporary file is left."""
+    path = export_run(run_copy, "torchscript").path
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    fresh = tmp_path / "new" / "m.ts"
+    fresh.parent.mkdir()
+    replace = os.replace
+
+    def model_fails(src, dst):
+        if Path(dst) in (path, fresh):
+            raise OSError(5, "Input/output error")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", model_fails)
+    with pytest.raises(SftkdError, match=r"could not write \(Input/output error\)"):
+        export_run(run_copy, "torchscript", checkpoint="last", force=True)
+    with pytest.raises(SftkdError, match=r"could not write \(Input/output error\)"):
+        export_run(run_copy, "torchscript", out=fresh)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+    assert list(fresh.parent.iterdir()) == []
+    assert read_card(path)["checkpoint"] == "best"
+
+
 def test_a_card_that_does_not_match_its_file_is_refused(run_copy, monkeypatch):
-    """An export stopped between writing the card and renaming the model leaves the old model
-    with the new card: the card's sha256 tells, and the pair is refused."""
+    """An export stopped between renaming the model and renaming its card leaves the new model
+    with the old card: the card's sha256 tells, and the pair is refused."""
     path = export_run(run_copy, "torchscript").path
     replace, calls = os.replace, []
 
-    def stopped_before_the_model(src, dst):
+    def stopped_before_the_card(src, dst):
         calls.append(dst)
-        if len(calls) == 2:  # the card went in first; the model's rename never happens
+        if len(calls) == 2:  # the model went in first; the card's rename never happens
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", stopped_before_the_model)
+    monkeypatch.setattr(os, "replace", stopped_before_the_card)
     with pytest.raises(KeyboardInterrupt):
         export_run(run_copy, "torchscript", checkpoint="last", force=True)
     monkeypatch.undo()
+    assert [Path(p).name for p in calls] == [path.name, path.name + ".card.json"]
     assert [p.name for p in path.parent.iterdir() if ".tmp-" in p.name] == []
     with pytest.raises(SftkdError, match=r"describes another file .*\(sha256 differs\)"):
         load_exported(path)

@@ -330,11 +330,31 @@ def test_load_mask_errors(tmp_path):
         load_mask(tmp_path / "mask.png")
 
     (tmp_path / "corrupt.mat").write_bytes(b"this is not a mask file at all")
-    with pytest.raises(SftkdError, match="corrupt.mat.*cannot read"):
+    with pytest.raises(SftkdError, match="corrupt.mat: not a readable MATLAB .mat file"):
         load_mask(tmp_path / "corrupt.mat")
     (tmp_path / "short.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")  # a .npy cut short
     with pytest.raises(SftkdError, match="short.npy: cannot read mask file"):
         load_mask(tmp_path / "short.npy")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("text", "index out of range"), ("empty", "Mat file appears to be truncated"),
+    ("cut", "could not read bytes"), ("garbled", "Expecting miMATRIX type here, got 4294967295"),
+    ("cut v4", "Not enough bytes to read matrix 'mask'")])
+def test_a_damaged_or_foreign_mat_mask_is_named_so(tmp_path, monkeypatch, damage, reason):
+    """Not scipy's exception (or its advice on loadmat's arguments): what the file is not, why in
+    a few words, and what a mask is, as for .npy, .npz and .h5 files."""
+    import scipy.io
+
+    monkeypatch.chdir(tmp_path)
+    scipy.io.savemat("whole.mat", {"mask": np.ones((8, 8))}, format="4" if damage == "cut v4" else "5")
+    whole = Path("whole.mat").read_bytes()
+    data = {"text": b"this is not a mask file at all", "empty": b"", "cut": whole[:200], "cut v4": whole[:60],
+            "garbled": whole[:128] + b"\xff" * 200}[damage]
+    Path("m.mat").write_bytes(data)
+    with pytest.raises(SftkdError) as info:
+        load_mask("m.mat")
+    assert str(info.value) == f"m.mat: not a readable MATLAB .mat file ({reason}); expected a 2-D 0/1 mask"
 
 
 @pytest.mark.parametrize("name, kind", [("m.npy", "a NumPy .npy file"), ("m.npz", "a NumPy .npz file"),

@@ -133,3 +133,20 @@ def test_the_dry_run_and_the_estimate_see_what_comes_after_a_stage_that_will_tra
     again = statuses(run_plan(plan, only=only, console=quiet()))
     assert again == {"data": "skipped", "teacher": "resumed", "std-kd-at": "failed", "eval-teacher": "done",
                      "eval-std-kd-at": "skipped", "report": "done"}
+
+
+def test_an_earlier_status_with_null_seconds_is_read_as_nan(tmp_path):
+    """status.json writes a NaN as null (strict JSON); the next report reads it back as NaN."""
+    import math
+    from types import SimpleNamespace
+
+    from sftkd_cli.reproduce.report import _merged_status
+    from sftkd_cli.reproduce.stages import StageResult
+
+    path = tmp_path / "status.json"
+    path.write_text(json.dumps({"format": 1, "stages": [{"id": "teacher", "status": "done", "seconds": None,
+                                                         "note": ""}], "problems": []}))
+    stages = [SimpleNamespace(id="teacher", kind="train-teacher"), SimpleNamespace(id="eval", kind="evaluate")]
+    merged = _merged_status(path, stages, [StageResult("eval", "evaluate", "done", 1.0)])
+    assert [r.id for r in merged] == ["teacher", "eval"] and math.isnan(merged[0].seconds)
+    assert merged[0].note == "(earlier)"

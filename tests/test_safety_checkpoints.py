@@ -1,8 +1,9 @@
 """Files given as checkpoints that sftkd cannot use, through the CLI (CPU): each ends in one line
 (exit 2) that says what the file is, naming it (and the key at fault), and what was expected.
 
-- Not a PyTorch file at all (a text file, a download's error page), empty or cut short: said so,
-  not "refused ... could run code"; an empty last.pt on --resume says what --resume can do.
+- Not a PyTorch file at all (a text file, a download's error page, a zip such as a NumPy .npz),
+  empty or cut short: said so, not "refused ... could run code"; an empty last.pt on --resume
+  says what --resume can do.
 - A PyTorch file sftkd did not write (a plain state_dict), or another checkpoint format.
 - An sftkd-shaped checkpoint whose model entries or trained_on record have wrong types.
 - A folder that is not a run given where a run is expected; --model on a run of one model.
@@ -78,6 +79,33 @@ def test_an_empty_or_truncated_checkpoint_is_said_to_be_one(trained_run, tmp_pat
     for data, said in ((b"", "empty or truncated (0 bytes)"), (whole[:3000], "truncated or damaged checkpoint")):
         run = damaged_run(trained_run, tmp_path / str(len(data)), "best", data)
         fails_cleanly("evaluate", run, "--device", "cpu", names=("best.pt", said))
+
+
+@pytest.mark.parametrize("kind", ["npz", "zip"])
+def test_a_zip_that_is_not_a_pytorch_checkpoint_is_said_to_be_one(kind, trained_run, tiny_dataset, tmp_path):
+    """A NumPy .npz or any other zip starts as a torch zip does ('PK'): it has no data.pkl, and is
+    said so, not "truncated or damaged"; a .pt cut short still is."""
+    import zipfile
+
+    import numpy as np
+
+    loose = tmp_path / "weights.pt"
+    if kind == "npz":
+        with open(loose, "wb") as handle:
+            np.savez(handle, w=np.zeros(3))
+    else:
+        with zipfile.ZipFile(loose, "w") as archive:
+            archive.writestr("model/weights.bin", b"\0" * 8)
+    said = "weights.pt: a zip file but not a PyTorch checkpoint (no data.pkl); expected a .pt that sftkd wrote"
+    fails_cleanly(*train_args(tiny_dataset, tmp_path / "runs", "r", "--init-from", loose), names=(said,))
+    with pytest.raises(SftkdError, match=r"^x\.pt: a zip file but not a PyTorch checkpoint \(no data\.pkl\)"):
+        load_checkpoint(Path("x.pt"), data=loose.read_bytes())  # the bytes a caller has read already
+    whole = (trained_run / "checkpoints" / "best.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[:-100])  # the zip's directory at its end is cut off
+    for data in (None, cut.read_bytes()):
+        with pytest.raises(SftkdError, match=r"cut\.pt: truncated or damaged checkpoint \(\w+\); expected a whole"):
+            load_checkpoint(cut, data=data)
 
 
 def test_resume_from_an_empty_last_checkpoint_says_what_it_can_do(trained_run, tiny_dataset, tmp_path):

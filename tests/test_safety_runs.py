@@ -605,3 +605,25 @@ def test_git_commit_only_for_a_checkout_of_sftkd(tmp_path):
     assert git_commit(repo / "sftkd_cli") == head
     assert git_commit(repo / "venv" / "site-packages" / "sftkd_cli") is None
     assert git_commit(tmp_path / "nowhere") is None
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(f"{token} is not JSON")
+
+
+def test_history_and_env_write_nan_as_null_and_resume_reads_it(tmp_path):
+    """val_l1 is NaN without validation slices: history.jsonl holds null there (one compact line
+    per row, JSON that strict parsers read), and resume still sees the row agree with best.pt."""
+    from sftkd_cli.runs import RunDir
+    from sftkd_cli.training.resume import _agrees
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    run.write_history([{"epoch": 1, "train_loss": 0.5, "val_l1": float("nan"), "lr": 1e-3, "seconds": float("inf")}])
+    run.write_env({"seed": 0, "took": float("nan")})
+    lines = run.history_file.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0], parse_constant=_refuse) == {
+        "epoch": 1, "train_loss": 0.5, "val_l1": None, "lr": 1e-3, "seconds": None}
+    assert json.loads((run.path / "env.json").read_text(), parse_constant=_refuse) == {"seed": 0, "took": None}
+    best = {"epoch": 1, "best_epoch": 1, "best_val_l1": float("nan")}
+    assert _agrees(run.checkpoint("best"), best, run.read_history())

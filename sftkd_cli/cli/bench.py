@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 from pathlib import Path
@@ -136,7 +135,7 @@ def bench(
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table.")] = None,
 ) -> None:
     from sftkd_cli.bench import run_bench
-    from sftkd_cli.files import atomic_write_text
+    from sftkd_cli.files import atomic_write_text, json_text
     from sftkd_cli.signals import on_signals
 
     if json_out not in (None, "-"):
@@ -153,7 +152,7 @@ def bench(
     except KeyboardInterrupt:
         stderr_console().print("[red]bench interrupted before its first row was measured: nothing to keep[/]", highlight=False)
         raise typer.Exit(INTERRUPTED) from None
-    text = json.dumps(result.to_dict(), indent=2)
+    text = json_text(result.to_dict())  # inf/NaN (a zero time or roof) as null
     if to_stdout:
         typer.echo(text)
         _exit_if_interrupted(result, json_out)

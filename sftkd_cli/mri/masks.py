@@ -40,6 +40,8 @@ same 1-D vector along either axis and in either layout (corner = ifftshift of ce
 from __future__ import annotations
 
 import math
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -351,10 +353,19 @@ def _read_h5(path: Path, transpose: bool = False) -> np.ndarray:
 def _read_mat(path: Path) -> np.ndarray:
     import h5py
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     if h5py.is_hdf5(path):  # MATLAB v7.3 files are HDF5
         return _read_h5(path, transpose=True)
-    data = scipy.io.loadmat(path)
+    # what scipy raises for a file that is not MAT, cut short or damaged (OSError without errno:
+    # "could not read bytes"); one that cannot be opened is left to `load_mask`
+    try:
+        data = scipy.io.loadmat(path)
+    except (MatReadError, OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise SftkdError(f"{path}: not a readable MATLAB .mat file ({_first_clause(exc)}); "
+                         "expected a 2-D 0/1 mask") from None
     arrays = {
         k: v
         for k, v in data.items()
@@ -369,6 +380,13 @@ def _read_mat(path: Path) -> np.ndarray:
     raise SftkdError(
         f"{path}: expected a single 2-D numeric array (or one named 'mask'), found {found}"
     )
+
+
+def _first_clause(exc: Exception) -> str:
+    """An exception's text up to its first sentence or clause (scipy's goes on with advice on
+    its own API); its type's name when it has none or is a KeyError (whose text is the key)."""
+    text = re.split(r"\n|; |\. ", str(exc), maxsplit=1)[0].strip().rstrip(".")
+    return type(exc).__name__ if not text or isinstance(exc, KeyError) else text
 
 
 #: the first bytes of a NumPy file, and what it is called: suffix -> (signature, name)

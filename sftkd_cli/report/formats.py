@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from sftkd_cli.data.catalog import source_label
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import json_text
 from sftkd_cli.report.compare import (
     PAPER_SETTINGS,
     INPUT_ROLES,
@@ -71,11 +71,6 @@ def format_p(p: float, alpha: float) -> str:
         return "n/a"
     text = f"{p:.1e}" if p < 1e-3 else f"{p:.3g}"
     return text + ("*" if p < alpha else "")
-
-
-def _json_number(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: write null for them."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _units(unit: str) -> str:
@@ -176,13 +171,9 @@ def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
 def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
     rows = []
     for row in c.rows:
-        metrics = {
-            m: {key: _json_number(value) if isinstance(value, float) else value
-                for key, value in _metric_numbers(row, m, alpha).items()}
-            for m in c.metrics
-        }
+        metrics = {m: _metric_numbers(row, m, alpha) for m in c.metrics}
         rows.append({"run": row.name, "role": row.role, "params": row.params,
-                     "latency_ms_per_slice": _json_number(row.latency_ms), "metrics": metrics})
+                     "latency_ms_per_slice": row.latency_ms, "metrics": metrics})
     return {
         "format": 1, "kind": "compare",
         "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
@@ -245,7 +236,7 @@ def paper_records(p: PaperTable) -> list[dict[str, object]]:
 def paper_json(p: PaperTable) -> dict[str, object]:
     cells = [
         {"dataset": dataset, "model": model, "acceleration": acc, "setting": setting, "run": cell.run,
-         "metrics": {m: {"mean": _json_number(cell.stats[m].mean), "std": _json_number(cell.stats[m].std)}
+         "metrics": {m: {"mean": cell.stats[m].mean, "std": cell.stats[m].std}
                      for m in p.metrics}}
         for dataset, model, acc, setting, cell in _paper_cells(p)
     ]
@@ -383,7 +374,7 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> st
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)
-        return json.dumps(payload, indent=2) + "\n"
+        return json_text(payload) + "\n"
     if fmt == "csv":
         return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
     if fmt == "table":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STU
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
-from sftkd_cli.files import atomic_write_text
+from sftkd_cli.files import atomic_write_text, json_text
 from sftkd_cli.run_files import METRICS_JSON
 
 
@@ -67,8 +68,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
     records = [dataclasses.asdict(r) for r in status]
-    atomic_write_text(out / STATUS_JSON, json.dumps({"format": 1, "plan": str(plan.path), "stages": records,
-                                                       "problems": problems}, indent=2))  # `report_complete` reads them
+    atomic_write_text(out / STATUS_JSON, json_text({"format": 1, "plan": str(plan.path), "stages": records,
+                                                    "problems": problems}))  # `report_complete` reads them
     atomic_write_text(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
     return problems
 
@@ -106,8 +107,9 @@ def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageR
             merged.append(current[stage.id])
         elif stage.id in earlier and stage.kind != "report":
             entry = earlier[stage.id]
-            note = str(entry.get("note", ""))
-            merged.append(StageResult(stage.id, stage.kind, str(entry.get("status", "")), float(entry.get("seconds", 0.0)),
+            note, seconds = str(entry.get("note", "")), entry.get("seconds", 0.0)  # null: a NaN written as JSON
+            merged.append(StageResult(stage.id, stage.kind, str(entry.get("status", "")),
+                                      float(math.nan if seconds is None else seconds),
                                       note if note.startswith("(earlier)") else f"(earlier) {note}".rstrip()))
     return merged
 

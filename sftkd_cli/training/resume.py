@@ -108,7 +108,8 @@ def _agrees(path: Path, best: dict[str, Any], history: list[dict[str, Any]]) -> 
     if row.get("epoch") != epoch:
         return False
     try:
-        logged, saved = float(row.get("val_l1", math.nan)), float(best.get("best_val_l1", math.nan))
+        value = row.get("val_l1")  # null: NaN (no validation slices), as history.jsonl writes it
+        logged, saved = float(math.nan if value is None else value), float(best.get("best_val_l1", math.nan))
     except (TypeError, ValueError):
         return False
     return logged == saved or (math.isnan(logged) and math.isnan(saved))
