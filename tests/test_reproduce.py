@@ -423,8 +423,8 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     plan = load_plan(write_plan(tmp_path, tiny_dataset, paper))
     report_epoch = Trainer._report_epoch
 
-    def interrupt_sft(self, progress, row, improved):  # Ctrl-C after the SFT run's first epoch
-        report_epoch(self, progress, row, improved)
+    def interrupt_sft(self, row, improved):  # Ctrl-C after the SFT run's first epoch
+        report_epoch(self, row, improved)
         if self.run.path.name == "sft":
             raise KeyboardInterrupt
 
