@@ -251,3 +251,17 @@ def test_a_size_out_of_range_is_shown_as_typed(tmp_path: Path, size: tuple[str, 
     """'--size 0 16', as the command line reads, not a Python tuple '(0, 16)'."""
     result = run("nifti", tmp_path, "--out", tmp_path / "out", "--size", *size)
     assert_one_line_error(result, f"--size {size[0]} {size[1]}: expected two integers H W, each from 4 to 4096")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["demo", "--val", "x"], ["--val: not used by source demo (it cuts the template into axial slabs and assigns them "
+                              "to train, val and test itself); it takes --size, --downsample, --acc,", "--slab, --gap"]),
+    (["demo", "--val-fraction", "0.2"], ["--val-fraction: not used by source demo"]),
+    (["fastmri", "raw", "--task", "sr"], ["--task: not used by source fastmri (it reads raw k-space", "reconstruction only"]),
+])
+def test_an_option_the_source_decides_itself_is_refused_naming_the_source(tmp_path: Path, args, needles) -> None:
+    """Not click's 'No such option: --val (Possible options: --acc, --gap, --scale)': the source,
+    why it does not take the option, and the options it takes."""
+    assert_one_line_error(run(*args, "--out", tmp_path / "out"), *needles)
+    assert nothing_written(tmp_path)
+
