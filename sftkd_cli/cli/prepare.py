@@ -135,6 +135,8 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
 
         result = prepare_dataset(source, out, options, progress=progress)
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
+    if warning := result.padding_warning():
+        stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return result
 
 
