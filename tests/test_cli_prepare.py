@@ -258,3 +258,30 @@ def test_a_size_out_of_range_is_shown_as_typed(tmp_path: Path, size: tuple[str, 
     """'--size 0 16', as the command line reads, not a Python tuple '(0, 16)'."""
     result = run("nifti", tmp_path, "--out", tmp_path / "out", "--size", *size)
     assert_one_line_error(result, f"--size {size[0]} {size[1]}: expected two integers H W, each from 4 to 4096")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["demo", "--val", "x"], ["--val: not used by source demo (it cuts the template into axial slabs and assigns them "
+                              "to train, val and test itself); it takes --size, --downsample, --acc,", "--slab, --gap"]),
+    (["demo", "--val-fraction", "0.2"], ["--val-fraction: not used by source demo"]),
+    (["fastmri", "raw", "--task", "sr"], ["--task: not used by source fastmri (it reads raw k-space", "reconstruction only"]),
+])
+def test_an_option_the_source_decides_itself_is_refused_naming_the_source(tmp_path: Path, args, needles) -> None:
+    """Not click's 'No such option: --val (Possible options: --acc, --gap, --scale)': the source,
+    why it does not take the option, and the options it takes."""
+    assert_one_line_error(run(*args, "--out", tmp_path / "out"), *needles)
+    assert nothing_written(tmp_path)
+
+
+def test_slices_downsampled_below_the_size_are_zero_padded_with_a_warning(tmp_path: Path, nifti_writer) -> None:
+    """--downsample 4 leaves the 36x30 axial slices of this template 9x7: padded to --size 16 16,
+    as --size does, and prepare-data says so in one line; 2 (18x15, cropped to 12x12) says nothing."""
+    ch2 = nifti_writer.write(tmp_path / "ch2.nii.gz", nifti_writer.phantom((30, 36, 24)))
+    demo = ["demo", "--source", "colin27", "--template", ch2, "--slab", "4", "--gap", "1"]
+    result = run(*demo, "--out", tmp_path / "small", "--size", "16", "16", "--downsample", "4")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ("warning: --downsample 4: the slices are 9x7 after downsampling, zero-padded to 16x16 "
+                             "(--size 16 16)\n")
+    assert json.loads((tmp_path / "small/manifest.json").read_text())["image_size"] == [16, 16]
+    result = run(*demo, "--out", tmp_path / "cropped", "--size", "12", "12", "--downsample", "2")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr

@@ -714,6 +714,23 @@ def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, 
     assert str(info.value) == PLAN + message
 
 
+def test_a_plans_slices_downsampled_below_the_size_are_padded_with_a_warning_naming_its_keys(
+        tmp_path: Path, nifti_writer) -> None:
+    """As prepare-data warns (tests/test_cli_prepare.py), the plan's data stage says so on its console."""
+    import io
+
+    from rich.console import Console
+
+    from sftkd_cli.reproduce.data import DataSpec, prepare_data
+
+    ch2 = nifti_writer.write(tmp_path / "ch2.nii.gz", nifti_writer.phantom((30, 36, 24)))
+    options = {"template": "colin27", "template_path": str(ch2), "slab": 4, "gap": 1, "size": [16, 16], "downsample": 4}
+    console = Console(file=io.StringIO(), width=80)
+    assert prepare_data(DataSpec("demo", tmp_path / "out", None, options), Path("plan.yaml"), console)
+    assert console.file.getvalue().splitlines()[1] == (
+        f"warning: {PLAN}downsample: 4: the slices are 9x7 after downsampling, zero-padded to 16x16 (size [16, 16])")
+
+
 def test_an_option_error_keeps_its_wording_through_pickling() -> None:
     """A worker's error crosses a process whole (not rebuilt from its message)."""
     import pickle

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from sftkd_cli.config import load_recipe
 from sftkd_cli.evaluate import eval_batch_size
@@ -390,3 +393,59 @@ def test_history_and_best_checkpoint_are_written(tmp_path):
     best = load_checkpoint(run.checkpoint("best"))
     assert rows[best["epoch"] - 1]["val_l1"] == min(r["val_l1"] for r in rows)
     assert np.isfinite(rows[-1]["val_psnr"])
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal (rich draws its live bar on it)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _streams(monkeypatch, stdout_tty: bool) -> tuple[io.StringIO, io.StringIO]:
+    """sys.stdout and sys.stderr replaced: stderr a terminal, stdout one only with `stdout_tty`."""
+    for name in ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    out, err = (_Terminal() if stdout_tty else io.StringIO()), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    return out, err
+
+
+@pytest.mark.parametrize("stdout_tty", [False, True], ids=["piped-stdout", "terminal-stdout"])
+def test_the_progress_bar_goes_to_stderr_and_the_epoch_lines_to_stdout(tmp_path, monkeypatch, stdout_tty):
+    """`sftkd train-teacher ... | tee log` (stdout piped, stderr a terminal): the bar is drawn on
+    stderr, as evaluate's and prepare-data's, and stdout has the start and epoch lines only.
+    With stdout a terminal too, the epoch lines are printed above the live bar."""
+    out, err = _streams(monkeypatch, stdout_tty)
+    _fit(tmp_path, "bar", False, None, "train.channels_last=false", console=Console())
+    bar = "━"
+    assert bar in err.getvalue() and "6/6" in err.getvalue()  # 3 steps an epoch, 2 epochs: its last drawing
+    if stdout_tty:  # above the bar: through rich's redirect, onto the terminal the bar is on
+        lines = out.getvalue() + err.getvalue()
+    else:
+        lines = out.getvalue()
+        assert bar not in lines and "\r" not in lines and "\x1b" not in lines
+        assert [line.split(":")[0] for line in lines.splitlines()] == ["run " + str(tmp_path / "bar"), "epoch 1", "epoch 2"]
+    assert "epoch 1: train" in lines and "epoch 2: train" in lines
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["stderr-not-a-terminal", "stderr-a-terminal"])
+def test_a_stops_message_starts_a_new_line_only_after_a_live_bar(tmp_path, monkeypatch, capfd, terminal):
+    """The signal handler's message ends the live bar's line first; on a stderr that is not a
+    terminal (no bar) it is the first thing written, with no empty line before it."""
+    if terminal:
+        _streams(monkeypatch, stdout_tty=False)
+    _signal_inside_adam(monkeypatch, signal.SIGTERM, (5,))
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM at epoch 2, step 2"):
+        _fit(tmp_path, "stopped", False, None, "train.channels_last=false", console=Console())
+    message = "SIGTERM: stopping after this step, then saving (Ctrl-C again stops at once)\n"
+    assert capfd.readouterr().err == ("\n" if terminal else "") + message
+
+
+def test_a_quiet_console_shows_no_bar_either(tmp_path, monkeypatch):
+    """`train_supervised(recipe, console=Console(quiet=True))` (the README's library use): nothing
+    printed, on stdout or on a terminal stderr."""
+    out, err = _streams(monkeypatch, stdout_tty=True)
+    _fit(tmp_path, "quiet", False, None, "train.channels_last=false", console=Console(quiet=True))
+    assert out.getvalue() == err.getvalue() == ""

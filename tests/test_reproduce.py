@@ -210,6 +210,13 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: demo, out: d, options: {downsample: -3}}\n", "bad.yaml: data.options.downsample: -3: expected an integer >= 1"),
         ("plan: 1\ndata: {source: demo, out: d, options: {downsample: 2.5}}\n", "data.options.downsample: 2.5: expected an integer >= 1"),
         ("plan: 1\ndata: {source: demo, out: d, options: {slab: abc}}\n", "bad.yaml: data.options.slab: 'abc': expected an integer"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {val: [x]}}\n",
+         "bad.yaml: data.options.val: not used by source demo \\(it cuts the template into axial slabs and assigns them to "
+         "train, val and test itself\\); it takes size, downsample, accelerations, mask_kind, mask_files, mask_layout, "
+         "center_fraction, seed, min_slice_mean, task, template, template_path, slab, gap"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {test_fraction: 0.1}}\n", "bad.yaml: data.options.test_fraction: not used by source demo"),
+        ("plan: 1\ndata: {source: fastmri, root: r, out: d, options: {downsample: 2}}\n",
+         "bad.yaml: data.options.downsample: not used by source fastmri \\(it reads raw k-space"),
         ("plan: 1\ndata: {source: demo, out: d, options: {mask_files: m.npy}}\n", "data.options.mask_files: 'm.npy': expected a mapping"),
         ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [4], mask_files: {5: m.npy}}}\n",
          "data.options.mask_files: 5=...: acceleration 5 is not among accelerations 4"),
@@ -423,8 +430,8 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     plan = load_plan(write_plan(tmp_path, tiny_dataset, paper))
     report_epoch = Trainer._report_epoch
 
-    def interrupt_sft(self, progress, row, improved):  # Ctrl-C after the SFT run's first epoch
-        report_epoch(self, progress, row, improved)
+    def interrupt_sft(self, row, improved):  # Ctrl-C after the SFT run's first epoch
+        report_epoch(self, row, improved)
         if self.run.path.name == "sft":
             raise KeyboardInterrupt
 

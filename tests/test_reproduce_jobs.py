@@ -117,8 +117,8 @@ def pausing_sft(recipe, **kwargs):
 
     report_epoch = Trainer._report_epoch
 
-    def pause(self, progress, row, improved):
-        report_epoch(self, progress, row, improved)
+    def pause(self, row, improved):
+        report_epoch(self, row, improved)
         if row["epoch"] == 1:
             stop = signal.getsignal(signal.SIGTERM)  # the trainer's flag while it fits
             (Path(recipe.run.dir) / "paused").touch()

@@ -63,8 +63,8 @@ def sft_killed_after_first_epoch(recipe, **kwargs):
     if first:  # the worker runs this one stage only (max_calls=1): the patch dies with it
         report_epoch = Trainer._report_epoch
 
-        def then_die(self, progress, row, improved):
-            report_epoch(self, progress, row, improved)
+        def then_die(self, row, improved):
+            report_epoch(self, row, improved)
             self.writer.wait()  # the epoch's checkpoint is on disk (written in the background)
             os.kill(os.getpid(), signal.SIGKILL)
 

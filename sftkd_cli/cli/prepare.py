@@ -20,9 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT
-from sftkd_cli.cli.base import HelpCommand, HelpGroup, examples, stderr_console, stdout_console
+from sftkd_cli.cli.base import USAGE_ERROR, HelpCommand, HelpGroup, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
-from sftkd_cli.data.options import PrepareOptions, parse_accelerations, parse_mask_files
+from sftkd_cli.data.options import OptionNames, PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.errors import SftkdError
 
 if TYPE_CHECKING:  # the library (NumPy, h5py, torch) is imported when a command runs, never for --help
@@ -135,6 +135,8 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
 
         result = prepare_dataset(source, out, options, progress=progress)
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
+    if warning := result.padding_warning():
+        stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return result
 
 
@@ -231,11 +233,27 @@ def _command(spec: SourceSpec) -> Callable[..., None]:
     return command
 
 
+class _SourceCommand(HelpCommand):
+    """A `prepare-data <source>` command: a shared option its source decides itself (demo's
+    --val) is refused saying so (`SourceSpec.unused`), not as an unknown option."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except USAGE_ERROR as exc:  # click's NoSuchOption names the flag it did not know
+            spec = SOURCES[self.name or ""]
+            decided = {OptionNames()(key): key for key in spec.decides}
+            flag = getattr(exc, "option_name", None)
+            if flag in decided:
+                raise SftkdError(spec.unused(decided[flag])) from None
+            raise
+
+
 #: each source's command function, by source name (also `prepare.<name>`)
 COMMANDS: dict[str, Callable[..., None]] = {}
 for _spec in SOURCES.values():
     COMMANDS[_spec.name] = prepare_app.command(
-        _spec.name, cls=HelpCommand, help=examples(_spec.help, *_spec.examples)
+        _spec.name, cls=_SourceCommand, help=examples(_spec.help, *_spec.examples)
     )(_command(_spec))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkd_cli.choices import DEMO_TEMPLATES
-from sftkd_cli.data.options import OptionNames, PrepareOptions, prepare_default
+from sftkd_cli.data.options import PREPARE_KEYS, OptionNames, PrepareOptions, prepare_default
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class SourceSpec:
     needs_root: bool = True
     default_out: str | None = None
     decides: tuple[str, ...] = ()
+    decides_why: str = ""  # why it decides them, for the error that refuses one
     label: str = ""  # the dataset's name in tables (compare's Dataset column); the name when empty
 
     def option_default(self, key: str) -> Any:
@@ -82,9 +83,20 @@ class SourceSpec:
     def prepare_options(self, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> PrepareOptions:
         """`PrepareOptions` from option values keyed by field name (a plan's `data.options`, the
         command's parsed options); this source's defaults fill the missing ones, its own options
-        are ignored. A value of the wrong type is an SftkdError naming the option as `name` does."""
+        are ignored. A value of the wrong type, or a value for an option the source decides itself
+        (`unused`), is an SftkdError naming the option as `name` does."""
+        for key in self.decides:
+            if values.get(key) is not None:
+                raise SftkdError(self.unused(key, name))
         known = {f.name for f in fields(PrepareOptions)}
         return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in known}}, name)
+
+    def unused(self, key: str, name: OptionNames = OptionNames()) -> str:
+        """The one line refusing the shared option `key`, which this source decides itself: the
+        option as `name` spells it, the source, why, and the options it takes."""
+        takes = [name.ref(k) for k in PREPARE_KEYS if k not in self.decides]
+        takes += [option.flag if not name.prefix else option.key for option in self.options]
+        return f"{name(key)}: not used by source {self.name} ({self.decides_why}); it takes {', '.join(takes)}"
 
     def own_values(self, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> dict[str, Any]:
         """This source's own options from `values` as their types (missing ones: their defaults;
@@ -137,8 +149,8 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
                          minimum=1),
         ),
         needs_root=False, default_out="data/demo",
-        # axial slices of the RAS template, split by slabs
         decides=("slice_axis", "val_fraction", "test_fraction", "val", "test"),
+        decides_why="it cuts the template into axial slabs and assigns them to train, val and test itself",
         label="Demo",
     ),
     SourceSpec(
@@ -199,8 +211,9 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
                          "Seeded fraction of the volumes (files) of each split folder to keep (at least one).",
                          after="test"),
         ),
-        # raw k-space: no slicing, downsampling or slice filter; centred k-space; reconstruction only
         decides=("slice_axis", "downsample", "min_slice_mean", "mask_layout", "task"),
+        decides_why="it reads raw k-space: no slicing, downsampling or slice filter; centred k-space; "
+                    "reconstruction only",
         label="fastMRI",
     ),
 )}

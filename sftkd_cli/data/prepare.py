@@ -68,7 +68,7 @@ from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
     write_manifest, write_masks,
 )
-from sftkd_cli.data.options import PrepareOptions
+from sftkd_cli.data.options import OptionNames, PrepareOptions
 from sftkd_cli.data.output import (
     Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install, install,
     remove_stale, up_to_date,
@@ -78,7 +78,7 @@ from sftkd_cli.data.volumes import (
     crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
     spatial_shape, voxel_size,
 )
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import SftkdError, counted, os_error_text
 from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.masks import make_mask, undersample
 
@@ -109,12 +109,30 @@ def sr_box_mask(shape: tuple[int, int], scale: float, layout: str = "corner") ->
 
 @dataclass
 class PrepareResult:
-    """What `prepare_dataset` did: the dataset folder, its manifest, and whether it was up to date."""
+    """What `prepare_dataset` did: the dataset folder, its manifest, whether it was up to date, and
+    the (H, W) of each input's slices that downsampling left smaller than the size they were then
+    zero-padded to (`padding_warning`)."""
 
     out: Path
     manifest: dict[str, Any]
     unchanged: bool
     seconds: float
+    padded: tuple[tuple[int, int], ...] = ()
+
+    def padding_warning(self, name: OptionNames = OptionNames()) -> str:
+        """One line saying how small downsampling left the slices and the size they are zero-padded
+        to ('--downsample 50: the slices are 4x3 after downsampling, zero-padded to 32x32 (--size 32
+        32)'), the options named as `name` does; '' when no slice was."""
+        if not self.padded:
+            return ""
+        options = self.manifest["options"]
+        height, width = options["size"]
+        h, w = min(self.padded, key=lambda plane: plane[0] * plane[1])
+        what = (f"the slices are {h}x{w}" if len(self.padded) == 1
+                else f"the slices of {counted(len(self.padded), 'input')} are down to {h}x{w}")
+        size = f"[{height}, {width}]" if name.prefix else f"{height} {width}"
+        return (f"{name('downsample', str(options['downsample']))}: {what} after downsampling, zero-padded to "
+                f"{height}x{width} ({name.ref('size', size)})")
 
 
 @dataclass
@@ -128,6 +146,7 @@ class _Prepared:
     voxel_size: tuple[float, float, float]
     shape: tuple[int, int]
     affine: np.ndarray  # (source slice, row, column, 1) -> scanner mm, see `prepared_affine`
+    plane: tuple[int, int]  # (H, W) after downsampling, before the crop / zero-pad to the size
 
 
 # --------------------------------------------------------------------------- reading
@@ -169,8 +188,8 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
     factor = options.downsample
     vox = (zooms[order[0]], zooms[order[1]] * factor, zooms[order[2]] * factor)
     stack = downsample(source.slices(data, axis), factor)
-    affine = prepared_affine(img.affine, source.slice_index_map(axis, data.shape), factor,
-                             (stack.shape[1], stack.shape[2]), options.size)
+    plane = (int(stack.shape[1]), int(stack.shape[2]))
+    affine = prepared_affine(img.affine, source.slice_index_map(axis, data.shape), factor, plane, options.size)
     kept = kept_slices(stack, options.min_slice_mean)
     stack = stack[kept]
     if options.size is not None:
@@ -183,7 +202,17 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
             f"(--min-slice-mean {options.min_slice_mean:g}); expected some non-empty slices"
         )
     stack = np.ascontiguousarray(stack, dtype=np.float32)
-    return _Prepared(file, stack, kept, vmax, vox, (stack.shape[1], stack.shape[2]), affine)
+    return _Prepared(file, stack, kept, vmax, vox, (stack.shape[1], stack.shape[2]), affine, plane)
+
+
+def _padded_by_downsampling(prepared: list[_Prepared], options: PrepareOptions) -> tuple[tuple[int, int], ...]:
+    """The downsampled (H, W) of each input whose slices are smaller than `options.size` in either
+    dimension (so zero-padded to it) after downsampling; () without downsampling, where padding a
+    smaller native slice is what --size is for (e.g. ACDC's varied slices to 150 x 150)."""
+    if options.downsample == 1 or options.size is None:
+        return ()
+    height, width = options.size
+    return tuple(p.plane for p in prepared if p.plane[0] < height or p.plane[1] < width)
 
 
 def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int, int]:
@@ -411,6 +440,7 @@ def _prepare_locked(
             progress("read", n + 1, len(files))
     size = _image_size(prepared, options)
     _check_mask_shapes(user, size)
+    padded = _padded_by_downsampling(prepared, options)
     masks = _masks(options, size, user)
 
     pieces = [piece for prep in prepared for piece in source.pieces(prep.file, prep.kept)]
@@ -445,4 +475,4 @@ def _prepare_locked(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     hashes.save()
-    return PrepareResult(out, manifest, False, time.perf_counter() - start)
+    return PrepareResult(out, manifest, False, time.perf_counter() - start, padded)

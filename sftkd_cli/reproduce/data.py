@@ -90,6 +90,8 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         raise exc.worded(OptionNames(f"{where}.options.")) from None
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"),
                   highlight=False, markup=False, soft_wrap=True)
+    if warning := result.padding_warning(OptionNames(f"{where}.options.")):
+        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     return not result.unchanged
 
 

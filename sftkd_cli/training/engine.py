@@ -17,6 +17,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -156,10 +157,12 @@ class _StopFlag:
     one by one). A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint stays;
     a repeated SIGTERM (a supervisor signalling a process group twice) only asks again."""
 
-    def __init__(self) -> None:
+    def __init__(self, live_bar: bool = False) -> None:
+        """`live_bar`: a progress bar is drawn on a terminal (the message then starts on a new line)."""
         self.raised = False
         self.by = ""  # what set it, for the message
         self.signum = int(signal.SIGINT)
+        self.live_bar = live_bar
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
@@ -168,8 +171,10 @@ class _StopFlag:
             return
         self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         self.signum = int(signum)
-        # os.write, not print: a handler can run in the middle of the progress bar's own writes
-        os.write(2, f"\n{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
+        # os.write, not print: a handler can run in the middle of the progress bar's own writes;
+        # a live bar's line is ended first, and without a bar there is no line to end
+        start = "\n" if self.live_bar else ""
+        os.write(2, f"{start}{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
 
     def stopped(self, message: str) -> RunInterrupted:
         """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
@@ -354,8 +359,8 @@ class Trainer:
         graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
         predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
                                            "auto" if self.cuda_graphs else "off")
-        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs,
-                     predict=predict)
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(not progress.disable),
+                     graphs=graphs, predict=predict)
 
     def _restore(self, loop: _Loop, point: ResumePoint | None) -> FitState:
         """A fresh state, or the one in `point`, the checkpoint to resume from (weights and optimiser loaded)."""
@@ -503,7 +508,7 @@ class Trainer:
         if self.is_main:  # history first: a kill between the two keeps every row
             self.run.write_history(state.history)
             self._save(checkpoint, *(["best"] if improved else []), "last")
-            self._report_epoch(loop.progress, row, improved)
+            self._report_epoch(row, improved)
         state.epoch += 1
 
     def _epoch_loss(self, state: FitState) -> float:
@@ -550,16 +555,20 @@ class Trainer:
                           lambda value: self._check_finite(value, epoch, step))
 
     def _progress(self) -> Progress:
-        quiet = not self.is_main or not self.console.is_terminal
+        """The bar, drawn on `progress_console(self.console)` when that is a terminal (main process only).
+        While it is drawn, what is printed to a terminal stdout (the epoch lines) goes above it."""
+        bar = progress_console(self.console)
+        quiet = not self.is_main or not bar.is_terminal
         return Progress(
             TextColumn("[bold]{task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TimeRemainingColumn(),
-            console=self.console,
+            console=bar,
             disable=quiet,
             transient=False,
+            redirect_stdout=bar is not self.console and self.console.is_terminal,  # a piped stdout keeps its lines
         )
 
     def _start_line(self, train_slices: int, val_slices: int, steps: int, resumed_from: int | None) -> str:
@@ -576,13 +585,22 @@ class Trainer:
             f"layout {self.layout.describe()}"
         )
 
-    def _report_epoch(self, progress: Progress, row: dict[str, Any], improved: bool) -> None:
+    def _report_epoch(self, row: dict[str, Any], improved: bool) -> None:
+        """The epoch's line of results, on `self.console` (stdout from the CLI, above a live bar)."""
         line = (
             f"epoch {row['epoch']}: train {row['train_loss']:.5f}  val L1 {row['val_l1']:.5f}  "
             f"PSNR {row.get('val_psnr', math.nan):.2f}  SSIM {row.get('val_ssim', math.nan):.4f}  "
             f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
         )
-        progress.console.print(line, highlight=False, soft_wrap=True)
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+
+def progress_console(console: Console) -> Console:
+    """Where training's progress bar goes for results printed on `console`: standard error when
+    `console` is standard output (as evaluate's and prepare-data's bars: `sftkd train-teacher ... |
+    tee log` keeps the bar out of the log), else `console` itself (a stage's log file, a buffer,
+    a quiet console: no bar, as none of them is a terminal)."""
+    return Console(stderr=True) if console.file is sys.stdout and not console.quiet else console
 
 
 def _checkpoint_at(epoch: int, step: int) -> str:

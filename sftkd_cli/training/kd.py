@@ -155,8 +155,8 @@ def distill(
 ) -> tuple[RunDir, FitResult]:
     """Distill `recipe.model` from the teacher run `recipe.distill.teacher_run`.
 
-    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
-    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
+    the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     check_distill_schedule(recipe)  # as the command and a plan check it
     recipe = _with_student(recipe)
     cfg = recipe.distill

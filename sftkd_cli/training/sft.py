@@ -118,8 +118,8 @@ def train_sft(
 ) -> tuple[RunDir, FitResult]:
     """Train a student-friendly teacher into `runs/<name>` (teacher and student blocks saved).
 
-    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
-    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
+    the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     check_sft_pair(recipe)  # as the command and a plan check it
     sft = recipe.sft
     recipe = resolved_sft(recipe)

@@ -34,8 +34,8 @@ def train_supervised(
     """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights
     (`init_from`: a run directory or checkpoint file).
 
-    `console`: where the start line, epoch lines and progress bar go (default: a rich Console on
-    stdout; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
+    the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     recipe = resolved_supervised(recipe)
 
     def make(data: dict[str, object]) -> Supervised:
