@@ -697,7 +697,7 @@ def test_a_source_option_out_of_range_is_named_as_the_user_wrote_it(values, flag
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"downsample": 300}, "downsample: 300: too large for slices of 20x18"),
+    ({"downsample": 300}, "downsample: 300: too large for slices of 20x18; expected at most 18"),
     ({"val": ["nope"]}, "val: 'nope': not found; expected one of: a, b, c"),
 ])
 def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, nifti_writer, options, message) -> None:

@@ -167,7 +167,7 @@ def downsample(stack: np.ndarray, factor: int) -> np.ndarray:
     s, h, w = stack.shape
     hh, ww = h // factor, w // factor
     if hh < 1 or ww < 1:
-        raise OptionError("downsample", factor, f"too large for slices of {h}x{w}")
+        raise OptionError("downsample", factor, f"too large for slices of {h}x{w}; expected at most {min(h, w)}")
     blocks = stack[:, : hh * factor, : ww * factor].reshape(s, hh, factor, ww, factor)
     return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
