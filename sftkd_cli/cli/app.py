@@ -44,7 +44,8 @@ class _Group(HelpGroup):
         except USAGE_ERROR as exc:  # the command's own options and arguments
             _usage_error(exc)
         except SftkdError as exc:
-            _error_line(str(exc))
+            if not exc.quiet:
+                _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
             if isinstance(exc, BrokenPipeError) and _stdout_reader_left():

@@ -154,28 +154,49 @@ class _StopFlag:
     epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
     arbitrary moment could save an optimiser step half applied (CPU Adam updates the tensors
     one by one). A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint stays;
-    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again."""
+    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again.
+    Under torchrun the processes stop together (`agreed`) and rank 0 alone says so (`announce`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.raised = False
         self.by = ""  # what set it, for the message
         self.signum = int(signal.SIGINT)
+        self.announce = announce
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
-        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self.signum = int(signum)
+        self._set(signum)
+        if not self.announce:
+            return
         # os.write, not print: a handler can run in the middle of the progress bar's own writes
         os.write(2, f"\n{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
 
+    def _set(self, signum: int) -> None:
+        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.signum = int(signum)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any of the processes was signalled; all of them call it at the same step (a
+        collective: the flags' maximum signal number, read by the host). One that was not takes
+        the signal from one that was, for its exit code."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum if self.raised else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+        if signum and not self.raised:
+            self._set(signum)
+        return bool(signum)
+
     def stopped(self, message: str) -> RunInterrupted:
         """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
-        143 after SIGTERM (so a scheduler that sent SIGTERM sees it)."""
+        143 after SIGTERM (so a scheduler that sent SIGTERM sees it). Quiet unless `announce`."""
         error = RunInterrupted(message)
         error.exit_code = 128 + self.signum
+        error.quiet = not self.announce
         return error
 
 
@@ -321,8 +342,7 @@ class Trainer:
                     while state.epoch < cfg.epochs:
                         self._run_epoch(state, loop, train_ds)
                         self._finish_epoch(state, loop, val_ds)
-                        if loop.stop.raised and self.world == 1:  # during validation: the epoch's checkpoint is written
-                            # (several processes stop together at a step: only rank 0 validates)
+                        if self._stopping(loop, agree=True):  # during validation: the epoch's checkpoint is written
                             done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
                             raise loop.stop.stopped(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
@@ -354,8 +374,8 @@ class Trainer:
         graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
         predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
                                            "auto" if self.cuda_graphs else "off")
-        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(), graphs=graphs,
-                     predict=predict)
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(announce=self.is_main),
+                     graphs=graphs, predict=predict)
 
     def _restore(self, loop: _Loop, point: ResumePoint | None) -> FitState:
         """A fresh state, or the one in `point`, the checkpoint to resume from (weights and optimiser loaded)."""
@@ -400,11 +420,12 @@ class Trainer:
             loss = self._train_step(loop, to_device(batch, self.device), state.epoch, state.step)
             state.unread, state.step = [*state.unread, loss], state.step + 1
             loop.progress.update(loop.task, advance=1, epoch=f"{state.epoch + 1}/{cfg.epochs}")
-            if loop.graphs is None or state.step % LOSS_READ_EVERY == 0:
+            read = loop.graphs is None or state.step % LOSS_READ_EVERY == 0
+            if read:
                 self._read_losses(state, loop)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
-            if loop.stop.raised:
+            if self._stopping(loop, agree=read):
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
@@ -412,6 +433,21 @@ class Trainer:
                 )
         self._read_losses(state, loop)
         state.step = None
+
+    def _stopping(self, loop: _Loop, agree: bool) -> bool:
+        """Whether to stop here (between steps, or after an epoch): one process when it was signalled.
+
+        Several processes must stop at the same step: one that stopped alone would leave the others
+        waiting in their next all-reduce, then failing (and nothing saved). So they agree whether
+        any was signalled (`_StopFlag.agreed`: an all_reduce and a host read), at `agree` points
+        only, the same steps on every process: where the losses are read, and after each epoch.
+        Eager steps, the only kind DDP runs (CUDA graphs are one process), read their loss every
+        step, a host sync each step already: agreeing adds one small collective's latency, no sync.
+        Graphed steps would agree every LOSS_READ_EVERY steps and keep their asynchrony (a stop
+        then waits up to that many steps)."""
+        if self.world == 1:
+            return loop.stop.raised
+        return agree and loop.stop.agreed(self.device)
 
     def _read_losses(self, state: FitState, loop: _Loop) -> None:
         """Count the losses of the steps not yet counted (graphed steps' losses are read from the
