@@ -1,11 +1,11 @@
 """torchrun (2 CPU processes, gloo): a stop or a failure that reaches one process only.
 
-The processes stop at the same step, rank 0 saves and says so once."""
+The processes stop at the same step, rank 0 saves and says so once; a process whose peer failed
+says so in one line."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +68,11 @@ def test_a_stop_on_one_process_stops_both_at_one_step_and_saves(tiny_dataset, tm
     last = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert (last["epoch"], last["step_in_epoch"]) == (0, 2)  # where both stopped: saved, not deleted as a failed new run
 
+
+def test_a_failure_on_one_process_is_one_line_on_the_other(tiny_dataset, tmp_path):
+    ddp = _disturbed(tmp_path, "inf", 1, 1, _args(tiny_dataset, tmp_path))
+    assert ddp.returncode != 0
+    assert not _rank_tracebacks(ddp.stderr), ddp.stderr[-3000:]
+    assert "loss became inf at epoch 2, step 2" in ddp.stderr, ddp.stderr[-3000:]
+    assert "error: another training process failed (see its message above)" in ddp.stderr, ddp.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1

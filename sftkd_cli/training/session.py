@@ -96,6 +96,17 @@ def distributed_context(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def peer_failed(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed's report of a collective that failed, as when another
+    process of the torchrun left or failed: its DistError types, or the transport errors gloo and
+    NCCL raise as plain RuntimeErrors."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(word in str(exc) for word in ("gloo", "NCCL", "Connection closed by peer"))
+
+
 def _check_gpus_per_process(device: str, world: int) -> None:
     """Under torchrun each process takes cuda:LOCAL_RANK: there must be a GPU for each one."""
     import torch
@@ -230,14 +241,16 @@ def run_training(
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             write_run_file(run.recipe_file, dump_recipe(recipe))
-    barrier(world)
     try:
+        barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)
     except RunInterrupted:
         raise  # kept as it is: --resume continues it
-    except Exception:
+    except Exception as exc:
         if rank == 0 and not resume:
             run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
+        if world > 1 and peer_failed(exc):  # the other process said why; torch's traceback would bury it
+            raise SftkdError("another training process failed (see its message above); this one stopped with it") from None
         raise
     finally:
         run.unlock()
