@@ -1,7 +1,7 @@
 """torchrun (2 CPU processes, gloo): a stop or a failure that reaches one process only.
 
 The processes stop at the same step, rank 0 saves and says so once; a process whose peer failed
-says so in one line."""
+says so in one line; a nan on rank 1 names the checkpoint rank 0 kept."""
 
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ def test_a_failure_on_one_process_is_one_line_on_the_other(tiny_dataset, tmp_pat
     ddp = _disturbed(tmp_path, "inf", 1, 1, _args(tiny_dataset, tmp_path))
     assert ddp.returncode != 0
     assert not _rank_tracebacks(ddp.stderr), ddp.stderr[-3000:]
-    assert "loss became inf at epoch 2, step 2" in ddp.stderr, ddp.stderr[-3000:]
+    # rank 1 knows the checkpoint rank 0 wrote after epoch 1
+    assert ("loss became inf at epoch 2, step 2; training stopped, the last good checkpoint (the end of epoch 1) "
+            "is kept") in ddp.stderr, ddp.stderr[-3000:]
     assert "error: another training process failed (see its message above)" in ddp.stderr, ddp.stderr[-3000:]
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1

@@ -296,7 +296,8 @@ class Trainer:
         return objective.module if hasattr(objective, "module") else objective  # type: ignore[return-value]
 
     def _save(self, state: dict[str, Any], *names: str) -> None:
-        """Write `state` as the checkpoints `names` (in order), in the background (main process only)."""
+        """Write `state` as the checkpoints `names` (in order), in the background (main process only;
+        every process notes `kept`: a nan on another rank names the checkpoint rank 0 kept)."""
         if "last" in names:
             self.kept = (int(state["epoch"]), int(state["step_in_epoch"]))
         if self.is_main:
@@ -538,7 +539,8 @@ class Trainer:
         checkpoint = self._checkpoint(state, loop, state.epoch + 1, 0)
         if self.is_main:  # history first: a kill between the two keeps every row
             self.run.write_history(state.history)
-            self._save(checkpoint, *(["best"] if improved else []), "last")
+        self._save(checkpoint, *(["best"] if improved else []), "last")
+        if self.is_main:
             self._report_epoch(loop.progress, row, improved)
         state.epoch += 1
 
