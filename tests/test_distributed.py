@@ -15,7 +15,7 @@ import torch
 
 from cli_helpers import sftkd
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.runs import load_checkpoint, save_checkpoint
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
@@ -91,6 +91,31 @@ def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:
 def _train(tiny_dataset, runs, *extra):
     return sftkd("train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={runs}",
                  "train.epochs=1", "train.threads=1", *extra, ok=False)
+
+
+def test_a_mid_epoch_resume_keeps_its_number_of_processes(tiny_dataset, tmp_path, monkeypatch):
+    """Resuming in the middle of an epoch with another number of processes would train other
+    slices: refused in one line, before the process group starts (a checkpoint that does not say
+    was saved by one process). At an epoch's end the number may change."""
+    args = ["train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+            "train.threads=1", "train.device=cpu", "train.max_steps_per_epoch=2"]
+    sftkd(*args, "train.epochs=1")
+    path = tmp_path / "r" / "checkpoints" / "last.pt"
+    last = load_checkpoint(path)
+    assert last["world_size"] == 1 and json.loads((tmp_path / "r" / "env.json").read_text())["world_size"] == 1
+    calls = _as_rank_1_of_2(monkeypatch, gpus=0)
+    at_epoch_end = sftkd(*args, "train.epochs=2", "--resume", ok=False)
+    assert "stopped before starting gloo" in at_epoch_end.output and calls == [("init", "gloo")], at_epoch_end.output
+    del last["world_size"]  # as sftkd wrote it before it recorded the number
+    last["epoch"], last["step_in_epoch"] = 1, 1
+    save_checkpoint(path, last)
+    calls.clear()
+    mid_epoch = sftkd(*args, "train.epochs=2", "--resume", ok=False)
+    lines = [line for line in mid_epoch.output.splitlines() if line.strip()]
+    assert mid_epoch.exit_code == 2 and len(lines) == 1 and calls == [], mid_epoch.output
+    for words in ("middle of epoch 2 (step 1) by 1 process;", "2 processes would train other slices",
+                  "resume with one process (without torchrun)"):
+        assert words in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda"])

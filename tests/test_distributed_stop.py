@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import sftkd
 from sftkd_cli.runs import load_checkpoint
 from test_distributed import ENV, TORCHRUN
 
@@ -66,7 +67,13 @@ def test_a_stop_on_one_process_stops_both_at_one_step_and_saves(tiny_dataset, tm
     assert ddp.stderr.count("SIGTERM: stopping") == 0, ddp.stderr[-3000:]
     assert "exitcode  : 143" in ddp.stderr and "exitcode  : 1 " not in ddp.stderr, ddp.stderr[-3000:]
     last = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
-    assert (last["epoch"], last["step_in_epoch"]) == (0, 2)  # where both stopped: saved, not deleted as a failed new run
+    assert (last["epoch"], last["step_in_epoch"], last["world_size"]) == (0, 2, 2)  # saved, not deleted as a failed new run
+    # one process would train other slices for the rest of the epoch than the two did: refused in one line
+    one = sftkd(*_args(tiny_dataset, tmp_path), "--resume", ok=False)
+    lines = [line for line in one.output.splitlines() if line.strip()]
+    assert one.exit_code == 2 and len(lines) == 1, one.output
+    for words in ("by 2 processes", "1 process would", "resume with torchrun --nproc_per_node=2"):
+        assert words in lines[0], lines[0]
 
 
 def test_a_failure_on_one_process_is_one_line_on_the_other(tiny_dataset, tmp_path):

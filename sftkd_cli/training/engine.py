@@ -285,6 +285,7 @@ class Trainer:
             "scaler": loop.scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step,
+            "world_size": self.world,  # an epoch's sample order depends on it (`resume.other_world`)
             "trained_on": self.trained_on,
             "channels_last": self.layout.channels_last,  # the layout a resumed run keeps (`_choose_layout`)
             **model.info(),
@@ -327,7 +328,7 @@ class Trainer:
         if self.is_main:
             if point is not None and point.note:  # resuming from best.pt (`resume_point`): says why
                 self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
-            self.run.write_env(environment(str(self.device), cfg.seed), resumed=state.resumed_from is not None)
+            self.run.write_env(environment(str(self.device), cfg.seed, self.world), resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
             if warning := amp_warning(cfg.amp, self.device):

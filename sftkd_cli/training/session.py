@@ -22,10 +22,11 @@ from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
+from sftkd_cli.torchrun import world_size
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import resume_point, too_few_epochs
+from sftkd_cli.training.resume import other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
 #: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
@@ -81,7 +82,7 @@ def distributed_context(device: str) -> tuple[int, int]:
     process, cuda:LOCAL_RANK. More processes on this machine than GPUs is refused in one line
     before the group starts (otherwise a rank dies with "invalid device ordinal").
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return 0, 1
     import torch
@@ -186,7 +187,8 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
-    (its recorded sha256), and train.epochs cannot be fewer than it has trained."""
+    (its recorded sha256), and train.epochs cannot be fewer than it has trained. A checkpoint
+    saved mid-epoch continues with as many processes as saved it (`resume.other_world`)."""
     point = resume_point(run)
     if point is None:
         if run.read_history() or run.checkpoint("best").exists():
@@ -195,7 +197,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
                              "stopped; put the file back, or start over with --force")
         return
     last, saved = point.path, point.state
-    fewer = too_few_epochs(recipe.train.epochs, point)
+    fewer = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
     if fewer:
         raise SftkdError(fewer)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
