@@ -118,6 +118,24 @@ def test_a_mid_epoch_resume_keeps_its_number_of_processes(tiny_dataset, tmp_path
         assert words in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("command", ["prepare-data", "evaluate", "compare", "export", "bench", "reproduce"])
+def test_under_torchrun_only_training_commands_run(monkeypatch, command):
+    """Another command would run once in each process (two evaluations, a second export refused):
+    one line, from rank 0, before its arguments are read."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = sftkd(command, "x", ok=False)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    for words in (f"sftkd {command} runs in one process", "torchrun started 2 processes",
+                  "only train-teacher, train-sft and distill", "without torchrun"):
+        assert words in lines[0], lines[0]
+    monkeypatch.setenv("RANK", "1")
+    result = sftkd(command, "x", ok=False)
+    assert result.exit_code == 2 and not result.output.strip(), result.output
+    assert sftkd("train-teacher", "--help").exit_code == 0
+
+
 @pytest.mark.parametrize("device", ["auto", "cuda"])
 def test_more_processes_than_gpus_is_one_line(tiny_dataset, tmp_path, monkeypatch, device):
     calls = _as_rank_1_of_2(monkeypatch, gpus=1)

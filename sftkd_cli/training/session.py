@@ -75,7 +75,8 @@ def _flatten(recipe: Recipe) -> dict[str, object]:
 
 
 def distributed_context(device: str) -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1).
+    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1;
+    the CLI runs only `torchrun.DISTRIBUTED_COMMANDS` there).
 
     The backend follows the recipe's device, not the machine: `train.device=cpu` uses gloo
     even where CUDA is present; CUDA (`cuda`, or `auto` with a GPU) uses nccl with one GPU per
