@@ -65,6 +65,36 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("objective", ["sft", "kd-joint", "kd-two-stage"])
+def test_an_objective_that_says_it_uses_every_parameter_does(objective):
+    """DistributedDataParallel skips its per-step search for unused parameters (and its warning
+    that it found none) where the objective says every trained one gets a gradient in every step:
+    it must hold, else DDP fails; two-stage distillation leaves some out in each stage."""
+    from sftkd_cli.distill.methods import build_method
+    from sftkd_cli.models import build_model
+    from sftkd_cli.training.kd import Distillation, default_taps
+    from sftkd_cli.training.sft import StudentFriendly
+    from test_sft_kd import _batch
+
+    torch.manual_seed(0)
+    teacher, student = build_model("D4C3"), build_model("D2C3")
+    if objective == "sft":
+        objectives = [StudentFriendly(teacher, student)]
+    else:
+        s_taps, t_taps = default_taps("ft", student, teacher)  # FT: trained adapters
+        kd = build_method("ft", [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+        schedule = objective.removeprefix("kd-")
+        objectives = [Distillation(student, teacher, kd, s_taps, t_taps, schedule=schedule, stage1_epochs=1)]
+    for model in objectives:
+        every = []
+        for epoch in (0, 1):
+            model.begin_epoch(epoch)
+            model.zero_grad(set_to_none=True)
+            model(_batch())[0].backward()
+            every.append(all(p.grad is not None for p in model.parameters() if p.requires_grad))
+        assert model.uses_every_parameter == all(every), every
+
+
 def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:
     """This process poses as torchrun's rank 1 of 2 on a machine with `gpus` GPUs (CUDA faked).
 
