@@ -253,7 +253,8 @@ def run_training(
         if rank == 0 and not resume:
             run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
         if world > 1 and peer_failed(exc):  # the other process said why; torch's traceback would bury it
-            raise SftkdError("another training process failed (see its message above); this one stopped with it") from None
+            raise SftkdError("another training process failed or was killed (see its message above, or torchrun's report); "
+                             "this one stopped with it") from None
         raise
     finally:
         run.unlock()
