@@ -11,6 +11,8 @@ class SftkdError(Exception):
     """An error the user can fix (bad file, key, value). The CLI prints it as one line, exit 2."""
 
     exit_code = 2
+    #: True where another process says it (under torchrun, rank 0 for all): the CLI only exits
+    quiet = False
 
 
 class RunInterrupted(SftkdError):

@@ -228,8 +228,8 @@ def git_commit(package: Path | None = None) -> str | None:
     return lines[1]
 
 
-def environment(device: str, seed: int) -> dict[str, Any]:
-    """What produced a run: versions, device, commit, seed, command line."""
+def environment(device: str, seed: int, world_size: int = 1) -> dict[str, Any]:
+    """What produced a run: versions, device, processes (torchrun's), commit, seed, command line."""
     return {
         "sftkd_version": __version__,
         "python": platform.python_version(),
@@ -239,6 +239,7 @@ def environment(device: str, seed: int) -> dict[str, Any]:
         "device": device,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
+        "world_size": world_size,
         "git_commit": git_commit(),
         "seed": seed,
         "argv": sys.argv,

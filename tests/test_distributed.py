@@ -15,7 +15,7 @@ import torch
 
 from cli_helpers import sftkd
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.runs import load_checkpoint, save_checkpoint
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
@@ -65,6 +65,36 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("objective", ["sft", "kd-joint", "kd-two-stage"])
+def test_an_objective_that_says_it_uses_every_parameter_does(objective):
+    """DistributedDataParallel skips its per-step search for unused parameters (and its warning
+    that it found none) where the objective says every trained one gets a gradient in every step:
+    it must hold, else DDP fails; two-stage distillation leaves some out in each stage."""
+    from sftkd_cli.distill.methods import build_method
+    from sftkd_cli.models import build_model
+    from sftkd_cli.training.kd import Distillation, default_taps
+    from sftkd_cli.training.sft import StudentFriendly
+    from test_sft_kd import _batch
+
+    torch.manual_seed(0)
+    teacher, student = build_model("D4C3"), build_model("D2C3")
+    if objective == "sft":
+        objectives = [StudentFriendly(teacher, student)]
+    else:
+        s_taps, t_taps = default_taps("ft", student, teacher)  # FT: trained adapters
+        kd = build_method("ft", [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+        schedule = objective.removeprefix("kd-")
+        objectives = [Distillation(student, teacher, kd, s_taps, t_taps, schedule=schedule, stage1_epochs=1)]
+    for model in objectives:
+        every = []
+        for epoch in (0, 1):
+            model.begin_epoch(epoch)
+            model.zero_grad(set_to_none=True)
+            model(_batch())[0].backward()
+            every.append(all(p.grad is not None for p in model.parameters() if p.requires_grad))
+        assert model.uses_every_parameter == all(every), every
+
+
 def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:
     """This process poses as torchrun's rank 1 of 2 on a machine with `gpus` GPUs (CUDA faked).
 
@@ -91,6 +121,49 @@ def _as_rank_1_of_2(monkeypatch, gpus: int) -> list[tuple[str, object]]:
 def _train(tiny_dataset, runs, *extra):
     return sftkd("train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={runs}",
                  "train.epochs=1", "train.threads=1", *extra, ok=False)
+
+
+def test_a_mid_epoch_resume_keeps_its_number_of_processes(tiny_dataset, tmp_path, monkeypatch):
+    """Resuming in the middle of an epoch with another number of processes would train other
+    slices: refused in one line, before the process group starts (a checkpoint that does not say
+    was saved by one process). At an epoch's end the number may change."""
+    args = ["train-teacher", "--model", "D2C2", "--name", "r", f"data.path={tiny_dataset}", f"run.dir={tmp_path}",
+            "train.threads=1", "train.device=cpu", "train.max_steps_per_epoch=2"]
+    sftkd(*args, "train.epochs=1")
+    path = tmp_path / "r" / "checkpoints" / "last.pt"
+    last = load_checkpoint(path)
+    assert last["world_size"] == 1 and json.loads((tmp_path / "r" / "env.json").read_text())["world_size"] == 1
+    calls = _as_rank_1_of_2(monkeypatch, gpus=0)
+    at_epoch_end = sftkd(*args, "train.epochs=2", "--resume", ok=False)
+    assert "stopped before starting gloo" in at_epoch_end.output and calls == [("init", "gloo")], at_epoch_end.output
+    del last["world_size"]  # as sftkd wrote it before it recorded the number
+    last["epoch"], last["step_in_epoch"] = 1, 1
+    save_checkpoint(path, last)
+    calls.clear()
+    mid_epoch = sftkd(*args, "train.epochs=2", "--resume", ok=False)
+    lines = [line for line in mid_epoch.output.splitlines() if line.strip()]
+    assert mid_epoch.exit_code == 2 and len(lines) == 1 and calls == [], mid_epoch.output
+    for words in ("middle of epoch 2 (step 1) by 1 process;", "2 processes would train other slices",
+                  "resume with one process (without torchrun)"):
+        assert words in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", ["prepare-data", "evaluate", "compare", "export", "bench", "reproduce"])
+def test_under_torchrun_only_training_commands_run(monkeypatch, command):
+    """Another command would run once in each process (two evaluations, a second export refused):
+    one line, from rank 0, before its arguments are read."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = sftkd(command, "x", ok=False)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    for words in (f"sftkd {command} runs in one process", "torchrun started 2 processes",
+                  "only train-teacher, train-sft and distill", "without torchrun"):
+        assert words in lines[0], lines[0]
+    monkeypatch.setenv("RANK", "1")
+    result = sftkd(command, "x", ok=False)
+    assert result.exit_code == 2 and not result.output.strip(), result.output
+    assert sftkd("train-teacher", "--help").exit_code == 0
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda"])

@@ -21,6 +21,7 @@ from sftkd_cli import __version__
 from sftkd_cli.cli import bench, compare, distill, evaluate, export, prepare, reproduce, sft, train
 from sftkd_cli.cli.base import USAGE_ERROR, HelpGroup, examples, stderr_console
 from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
+from sftkd_cli.torchrun import check_command
 
 #: `sftkd --help` lists the commands in workflow order (others, if any, follow)
 COMMAND_ORDER = ("prepare-data", "train-teacher", "train-sft", "distill", "evaluate", "compare", "export",
@@ -44,7 +45,8 @@ class _Group(HelpGroup):
         except USAGE_ERROR as exc:  # the command's own options and arguments
             _usage_error(exc)
         except SftkdError as exc:
-            _error_line(str(exc))
+            if not exc.quiet:
+                _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a file the checks could not foresee (disk full, name too long, ...)
             if isinstance(exc, BrokenPipeError) and _stdout_reader_left():
@@ -62,6 +64,13 @@ class _Group(HelpGroup):
             detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
             _error_line(f"out of memory ({detail}); try a smaller size, batch or dataset cache setting")
             raise typer.Exit(SftkdError.exit_code) from None
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):  # type: ignore[no-untyped-def]
+        """The command `args` name; under torchrun only a training command (`torchrun.check_command`)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None:
+            check_command(name)
+        return name, command, rest
 
     def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
         """Workflow order (prepare-data first), whatever the order the modules registered in."""

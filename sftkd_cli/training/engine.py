@@ -155,32 +155,53 @@ class _StopFlag:
     epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
     arbitrary moment could save an optimiser step half applied (CPU Adam updates the tensors
     one by one). A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint stays;
-    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again."""
+    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again.
+    Under torchrun the processes stop together (`agreed`) and rank 0 alone says so (`announce`)."""
 
-    def __init__(self, live_bar: bool = False) -> None:
-        """`live_bar`: a progress bar is drawn on a terminal (the message then starts on a new line)."""
+    def __init__(self, announce: bool = True, live_bar: bool = False) -> None:
+        """`announce`: this process prints the stop (rank 0); `live_bar`: a progress bar is drawn
+        on a terminal (the message then starts on a new line)."""
         self.raised = False
         self.by = ""  # what set it, for the message
         self.signum = int(signal.SIGINT)
-        self.live_bar = live_bar
+        self.announce, self.live_bar = announce, live_bar
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
-        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self.signum = int(signum)
+        self._set(signum)
+        if not self.announce:
+            return
         # os.write, not print: a handler can run in the middle of the progress bar's own writes;
         # a live bar's line is ended first, and without a bar there is no line to end
         start = "\n" if self.live_bar else ""
         os.write(2, f"{start}{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
 
+    def _set(self, signum: int) -> None:
+        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.signum = int(signum)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any of the processes was signalled; all of them call it at the same step (a
+        collective: the flags' maximum signal number, read by the host). One that was not takes
+        the signal from one that was, for its exit code."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum if self.raised else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+        if signum and not self.raised:
+            self._set(signum)
+        return bool(signum)
+
     def stopped(self, message: str) -> RunInterrupted:
         """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
-        143 after SIGTERM (so a scheduler that sent SIGTERM sees it)."""
+        143 after SIGTERM (so a scheduler that sent SIGTERM sees it). Quiet unless `announce`."""
         error = RunInterrupted(message)
         error.exit_code = 128 + self.signum
+        error.quiet = not self.announce
         return error
 
 
@@ -269,6 +290,7 @@ class Trainer:
             "scaler": loop.scaler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step,
+            "world_size": self.world,  # an epoch's sample order depends on it (`resume.other_world`)
             "trained_on": self.trained_on,
             "channels_last": self.layout.channels_last,  # the layout a resumed run keeps (`_choose_layout`)
             **model.info(),
@@ -280,7 +302,8 @@ class Trainer:
         return objective.module if hasattr(objective, "module") else objective  # type: ignore[return-value]
 
     def _save(self, state: dict[str, Any], *names: str) -> None:
-        """Write `state` as the checkpoints `names` (in order), in the background (main process only)."""
+        """Write `state` as the checkpoints `names` (in order), in the background (main process only;
+        every process notes `kept`: a nan on another rank names the checkpoint rank 0 kept)."""
         if "last" in names:
             self.kept = (int(state["epoch"]), int(state["step_in_epoch"]))
         if self.is_main:
@@ -310,7 +333,7 @@ class Trainer:
         if self.is_main:
             if point is not None and point.note:  # resuming from best.pt (`resume_point`): says why
                 self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
-            self.run.write_env(environment(str(self.device), cfg.seed), resumed=state.resumed_from is not None)
+            self.run.write_env(environment(str(self.device), cfg.seed, self.world), resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
             if warning := amp_warning(cfg.amp, self.device):
@@ -326,8 +349,7 @@ class Trainer:
                     while state.epoch < cfg.epochs:
                         self._run_epoch(state, loop, train_ds)
                         self._finish_epoch(state, loop, val_ds)
-                        if loop.stop.raised and self.world == 1:  # during validation: the epoch's checkpoint is written
-                            # (several processes stop together at a step: only rank 0 validates)
+                        if self._stopping(loop, agree=True):  # during validation: the epoch's checkpoint is written
                             done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
                             raise loop.stop.stopped(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
@@ -359,7 +381,8 @@ class Trainer:
         graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
         predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
                                            "auto" if self.cuda_graphs else "off")
-        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task, _StopFlag(not progress.disable),
+        return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task,
+                     _StopFlag(announce=self.is_main, live_bar=not progress.disable),
                      graphs=graphs, predict=predict)
 
     def _restore(self, loop: _Loop, point: ResumePoint | None) -> FitState:
@@ -405,11 +428,12 @@ class Trainer:
             loss = self._train_step(loop, to_device(batch, self.device), state.epoch, state.step)
             state.unread, state.step = [*state.unread, loss], state.step + 1
             loop.progress.update(loop.task, advance=1, epoch=f"{state.epoch + 1}/{cfg.epochs}")
-            if loop.graphs is None or state.step % LOSS_READ_EVERY == 0:
+            read = loop.graphs is None or state.step % LOSS_READ_EVERY == 0
+            if read:
                 self._read_losses(state, loop)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
-            if loop.stop.raised:
+            if self._stopping(loop, agree=read):
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
@@ -417,6 +441,21 @@ class Trainer:
                 )
         self._read_losses(state, loop)
         state.step = None
+
+    def _stopping(self, loop: _Loop, agree: bool) -> bool:
+        """Whether to stop here (between steps, or after an epoch): one process when it was signalled.
+
+        Several processes must stop at the same step: one that stopped alone would leave the others
+        waiting in their next all-reduce, then failing (and nothing saved). So they agree whether
+        any was signalled (`_StopFlag.agreed`: an all_reduce and a host read), at `agree` points
+        only, the same steps on every process: where the losses are read, and after each epoch.
+        Eager steps, the only kind DDP runs (CUDA graphs are one process), read their loss every
+        step, a host sync each step already: agreeing adds one small collective's latency, no sync.
+        Graphed steps would agree every LOSS_READ_EVERY steps and keep their asynchrony (a stop
+        then waits up to that many steps)."""
+        if self.world == 1:
+            return loop.stop.raised
+        return agree and loop.stop.agreed(self.device)
 
     def _read_losses(self, state: FitState, loop: _Loop) -> None:
         """Count the losses of the steps not yet counted (graphed steps' losses are read from the
@@ -507,7 +546,8 @@ class Trainer:
         checkpoint = self._checkpoint(state, loop, state.epoch + 1, 0)
         if self.is_main:  # history first: a kill between the two keeps every row
             self.run.write_history(state.history)
-            self._save(checkpoint, *(["best"] if improved else []), "last")
+        self._save(checkpoint, *(["best"] if improved else []), "last")
+        if self.is_main:
             self._report_epoch(row, improved)
         state.epoch += 1
 

@@ -73,6 +73,9 @@ class Distillation(TeacherObjective):
         self.schedule, self.stage1_epochs = schedule, stage1_epochs
         self.feature_stage = False
         self.facts = facts or {}
+        # joint: the student and every adapter in each step; two-stage: stage 1 leaves the student's
+        # layers after its last tap out, stage 2 the adapters
+        self.uses_every_parameter = schedule == JOINT
 
     def begin_epoch(self, epoch: int) -> None:
         self.feature_stage = self.schedule == TWO_STAGE and epoch < self.stage1_epochs

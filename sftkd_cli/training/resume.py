@@ -19,6 +19,7 @@ from typing import Any
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.torchrun import processes, started_with
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,21 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
     if epochs >= begun:
         return ""
     return f"train.epochs {epochs}: the run has trained into epoch {begun} ({point.path}); expected {begun} or more"
+
+
+def other_world(point: ResumePoint, world: int) -> str:
+    """Why `world` processes cannot continue the state at `point`, in one line ('' when they can):
+    it was saved mid-epoch by another number of processes (its `world_size`, 1 where a checkpoint
+    does not say), and an epoch's sample order, split among the processes, depends on it."""
+    epoch, step = position(point.path, point.state)
+    saved = point.state.get("world_size", 1)
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+        raise SftkdError(f"{point.path}: world_size {saved!r}; expected a whole number >= 1 (a checkpoint sftkd wrote)")
+    if not step or saved == world:
+        return ""
+    return (f"{point.path}: saved in the middle of epoch {epoch + 1} (step {step}) by {processes(saved)}; "
+            f"{processes(world)} would train other slices for the rest of it: resume with {started_with(saved)} "
+            "(the number of processes may change at an epoch's end), or start over with --force")
 
 
 def resume_point(run: RunDir, start_over: str = "start over with --force") -> ResumePoint | None:

@@ -22,10 +22,11 @@ from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
+from sftkd_cli.torchrun import world_size
 from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import resume_point, too_few_epochs
+from sftkd_cli.training.resume import other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
 #: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
@@ -74,14 +75,15 @@ def _flatten(recipe: Recipe) -> dict[str, object]:
 
 
 def distributed_context(device: str) -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1).
+    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1;
+    the CLI runs only `torchrun.DISTRIBUTED_COMMANDS` there).
 
     The backend follows the recipe's device, not the machine: `train.device=cpu` uses gloo
     even where CUDA is present; CUDA (`cuda`, or `auto` with a GPU) uses nccl with one GPU per
     process, cuda:LOCAL_RANK. More processes on this machine than GPUs is refused in one line
     before the group starts (otherwise a rank dies with "invalid device ordinal").
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return 0, 1
     import torch
@@ -94,6 +96,17 @@ def distributed_context(device: str) -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if on_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed's report of a collective that failed, as when another
+    process of the torchrun left or failed: its DistError types, or the transport errors gloo and
+    NCCL raise as plain RuntimeErrors."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(word in str(exc) for word in ("gloo", "NCCL", "Connection closed by peer"))
 
 
 def _check_gpus_per_process(device: str, world: int) -> None:
@@ -175,7 +188,8 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
-    (its recorded sha256), and train.epochs cannot be fewer than it has trained."""
+    (its recorded sha256), and train.epochs cannot be fewer than it has trained. A checkpoint
+    saved mid-epoch continues with as many processes as saved it (`resume.other_world`)."""
     point = resume_point(run)
     if point is None:
         if run.read_history() or run.checkpoint("best").exists():
@@ -184,7 +198,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
                              "stopped; put the file back, or start over with --force")
         return
     last, saved = point.path, point.state
-    fewer = too_few_epochs(recipe.train.epochs, point)
+    fewer = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
     if fewer:
         raise SftkdError(fewer)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
@@ -230,14 +244,17 @@ def run_training(
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             write_run_file(run.recipe_file, dump_recipe(recipe))
-    barrier(world)
     try:
+        barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)
     except RunInterrupted:
         raise  # kept as it is: --resume continues it
-    except Exception:
+    except Exception as exc:
         if rank == 0 and not resume:
             run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
+        if world > 1 and peer_failed(exc):  # the other process said why; torch's traceback would bury it
+            raise SftkdError("another training process failed or was killed (see its message above, or torchrun's report); "
+                             "this one stopped with it") from None
         raise
     finally:
         run.unlock()

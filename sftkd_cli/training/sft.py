@@ -37,6 +37,7 @@ class StudentFriendly(Objective):
 
     primary = "teacher"
     weights_section = "sft"
+    uses_every_parameter = True  # every teacher block and S2..SN in each step (S1, in no branch, is frozen)
 
     def __init__(
         self,
