@@ -6,15 +6,15 @@ deterministic per-epoch sample order (so resuming is exact, even mid-epoch), ato
 history, rich progress, a NaN/Inf guard, and Ctrl-C / SIGTERM handling that saves a checkpoint
 before leaving. On CUDA the datasets are held on the GPU (`device_data`) and the whole step is
 replayed from a CUDA graph (`graphs`, recipe key train.cuda_graphs), as are validation's
-(`validation`) forward passes; the step's losses are then read from the GPU every LOSS_READ_EVERY steps and before
-each checkpoint, not every step. Device,
-autocast and collate come from `sftkd_cli.runtime`, shared with evaluate and bench.
+(`validation`) forward passes; the step's losses are then read from the GPU every
+LOSS_READ_EVERY steps and before each checkpoint, not every step. Device, autocast and collate
+come from `sftkd_cli.runtime`, shared with evaluate and bench; the stop on a signal is
+`stop_flag.StopFlag`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import sys
@@ -47,6 +47,7 @@ from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 from sftkd_cli.training.resume import ResumePoint, resume_point
+from sftkd_cli.training.stop_flag import StopFlag
 from sftkd_cli.training.validation import validate
 
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
@@ -150,61 +151,6 @@ class FitState:
                 "epoch_seconds": time.perf_counter() - self.started}
 
 
-class _StopFlag:
-    """Set by SIGTERM or Ctrl-C (SIGINT) while training; checked between steps and after each
-    epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
-    arbitrary moment could save an optimiser step half applied (CPU Adam updates the tensors
-    one by one). A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint stays;
-    a repeated SIGTERM (a supervisor signalling a process group twice) only asks again.
-    Under torchrun the processes stop together (`agreed`) and rank 0 alone says so (`announce`)."""
-
-    def __init__(self, announce: bool = True, live_bar: bool = False) -> None:
-        """`announce`: this process prints the stop (rank 0); `live_bar`: a progress bar is drawn
-        on a terminal (the message then starts on a new line)."""
-        self.raised = False
-        self.by = ""  # what set it, for the message
-        self.signum = int(signal.SIGINT)
-        self.announce, self.live_bar = announce, live_bar
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if self.raised:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self._set(signum)
-        if not self.announce:
-            return
-        # os.write, not print: a handler can run in the middle of the progress bar's own writes;
-        # a live bar's line is ended first, and without a bar there is no line to end
-        start = "\n" if self.live_bar else ""
-        os.write(2, f"{start}{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
-
-    def _set(self, signum: int) -> None:
-        self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self.signum = int(signum)
-
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any of the processes was signalled; all of them call it at the same step (a
-        collective: the flags' maximum signal number, read by the host). One that was not takes
-        the signal from one that was, for its exit code."""
-        import torch.distributed as dist
-
-        flag = torch.tensor([self.signum if self.raised else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        signum = int(flag.item())
-        if signum and not self.raised:
-            self._set(signum)
-        return bool(signum)
-
-    def stopped(self, message: str) -> RunInterrupted:
-        """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
-        143 after SIGTERM (so a scheduler that sent SIGTERM sees it). Quiet unless `announce`."""
-        error = RunInterrupted(message)
-        error.exit_code = 128 + self.signum
-        error.quiet = not self.announce
-        return error
-
-
 @dataclass
 class _Loop:
     """What one fit trains with: the objective as stepped (DDP-wrapped with several processes),
@@ -219,7 +165,7 @@ class _Loop:
     steps_per_epoch: int
     progress: Progress
     task: TaskID
-    stop: _StopFlag
+    stop: StopFlag
     graphs: GraphedStep | None = None
     predict: Reconstructor | None = None
 
@@ -382,7 +328,7 @@ class Trainer:
         predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
                                            "auto" if self.cuda_graphs else "off")
         return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task,
-                     _StopFlag(announce=self.is_main, live_bar=not progress.disable),
+                     StopFlag(announce=self.is_main, live_bar=not progress.disable),
                      graphs=graphs, predict=predict)
 
     def _restore(self, loop: _Loop, point: ResumePoint | None) -> FitState:
@@ -447,7 +393,7 @@ class Trainer:
 
         Several processes must stop at the same step: one that stopped alone would leave the others
         waiting in their next all-reduce, then failing (and nothing saved). So they agree whether
-        any was signalled (`_StopFlag.agreed`: an all_reduce and a host read), at `agree` points
+        any was signalled (`StopFlag.agreed`: an all_reduce and a host read), at `agree` points
         only, the same steps on every process: where the losses are read, and after each epoch.
         Eager steps, the only kind DDP runs (CUDA graphs are one process), read their loss every
         step, a host sync each step already: agreeing adds one small collective's latency, no sync.
