@@ -157,10 +157,23 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+#: the longest name (in bytes) kept whole in a temporary name; a longer one is shortened
+_TEMPORARY_NAME_BYTES = 200
+
+
 def temporary_sibling(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it
-    (the name cut so that the temporary name still fits the file system)."""
-    return path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+    """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it.
+
+    A name too long to fit the file system that way is cut and ends with a hash of the whole
+    name, so two long names that start alike (an export `X.ts` and its card `X.ts.card.json`)
+    never share a temporary file."""
+    name = path.name
+    encoded = os.fsencode(name)
+    if len(encoded) > _TEMPORARY_NAME_BYTES:
+        digest = hashlib.sha256(encoded).hexdigest()[:16]
+        head = encoded[:_TEMPORARY_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # whole characters
+        name = f"{head}~{digest}"
+    return path.with_name(f".{name}.tmp-{os.getpid()}")
 
 
 #: the end of a temporary name and the process that writes it: `.tmp-<pid>` (`temporary_sibling`,
