@@ -460,6 +460,31 @@ def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, 
     assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
 
 
+def test_an_up_to_date_dataset_that_cannot_be_written_is_used_as_it_is(tmp_path: Path, nifti_writer, read_only) -> None:
+    """The up-to-date check writes nothing and needs no lock: a read-only dataset, even in a folder
+    where no lock can be made, is up to date; only preparing it again needs write access."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    parent = tmp_path / "shared"
+    out = parent / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    before = tree_state(parent)
+    read_only(out)
+    again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert again.unchanged and again.manifest == first.manifest and tree_state(parent) == before
+    read_only(parent)  # no lock beside it either
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+    with pytest.raises(SftkdError, match=r"prepared differently: size \[16, 16\] -> \[12, 12\]; pass --force"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12)))
+    with pytest.raises(SftkdError, match=r"--out .*out: folder .*out is not writable"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12), force=True))
+    (tmp_path / "raw/v1.nii.gz").unlink()
+    nifti_writer.write(tmp_path / "raw/v1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=7))
+    with pytest.raises(SftkdError, match=r"source files changed: v1.nii.gz"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert tree_state(parent) == before and leftovers(parent) == []
+
+
 def test_a_rerun_with_the_accelerations_in_another_order_is_a_no_op(tmp_path: Path, nifti_writer) -> None:
     nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom((20, 18, 3)))
     out = tmp_path / "out"
