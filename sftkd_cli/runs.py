@@ -455,11 +455,17 @@ def sftkd_files(run: Path) -> list[Path]:
 
 
 def stale_temporary_files(run: Path) -> list[Path]:
-    """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/ and export/ folders that a
-    process no longer running left (`files.left_by_dead_process`). The run's lock does not cover
-    the others: evaluate and export write into a run without it, so a live one's are kept."""
-    found = [p for folder in ("", f"{CHECKPOINTS}/", f"{EXPORTS}/") for p in run.glob(f"{folder}{TEMPORARY_FILES}")]
-    return [p for p in found if left_by_dead_process(p)]
+    """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/, export/ and evaluation
+    folders that a process no longer running left (`dead_temporary_files`)."""
+    return dead_temporary_files(run, run / CHECKPOINTS, run / EXPORTS, *eval_folders(run))
+
+
+def dead_temporary_files(*folders: Path) -> list[Path]:
+    """The temporary files (`TEMPORARY_FILES`, files or links) in `folders` that a process no
+    longer running left (`files.left_by_dead_process`). The run's lock does not cover the others:
+    evaluate and export write into a run without it, so a live one's are kept."""
+    found = [p for folder in folders for p in folder.glob(TEMPORARY_FILES)]
+    return [p for p in found if (p.is_symlink() or p.is_file()) and left_by_dead_process(p)]
 
 
 def _real_parent(path: Path, run: Path) -> bool:

@@ -4,8 +4,8 @@ process holding a lock, or a file swapped in at a chosen moment: no timings).
 - distill reads the teacher's checkpoint once: the teacher, its recorded sha256 and the SFT
   student blocks it starts from are the same file, even if the teacher run saves a new one meanwhile.
 - distill refuses a teacher run that another process is still training.
-- Starting or resuming a run removes only the temporary files of processes no longer running
-  (evaluate and export write into a run without its lock).
+- Starting or resuming a run, and an evaluate in its folder, remove only the temporary files of
+  processes no longer running (evaluate and export write into a run without its lock).
 - A second start of a run that another process holds is told so, not "run already exists".
 - A run with no checkpoint yet is said to have none, and `--checkpoint` is suggested only to a
   command that has it, naming a checkpoint the run has.
@@ -153,8 +153,12 @@ def test_a_start_keeps_the_temporary_files_of_live_processes(tmp_path, resume, f
     live = [first.path / f".metrics.json.tmp-{os.getpid()}",
             first.path / "export" / f".D2C2-model.ts.tmp-{os.getpid()}"]
     dead_pid = _dead_pid()
-    dead = [first.path / f".per_slice.csv.tmp-{dead_pid}", first.path / "checkpoints" / f".last.pt.tmp-{dead_pid}"]
+    dead = [first.path / f".per_slice.csv.tmp-{dead_pid}", first.path / "checkpoints" / f".last.pt.tmp-{dead_pid}",
+            first.path / "eval-student" / f".recon.h5.tmp-{dead_pid}",
+            first.path / "eval-student" / "eval-amp-bf16" / f".recon.h5.tmp-{dead_pid}"]
+    live.append(first.path / "eval-student" / f".metrics.json.tmp-{os.getpid()}")
     (first.path / "export").mkdir()
+    (first.path / "eval-student" / "eval-amp-bf16").mkdir(parents=True)
     for path in live + dead:
         path.write_text("being written")
     again = RunDir(first.path)
@@ -162,6 +166,21 @@ def test_a_start_keeps_the_temporary_files_of_live_processes(tmp_path, resume, f
     again.unlock()
     assert all(path.exists() for path in live)
     assert not any(path.exists() for path in dead)
+
+
+def test_evaluate_removes_the_temporary_files_a_killed_evaluate_left_in_its_folder(sft_run, tmp_path):
+    """A killed evaluate left `.recon.h5.tmp-<pid>` in its folder: the next evaluate there removes
+    it; one of a process still running (this one's parent) stays."""
+    from sftkd_cli.evaluate import evaluate_run
+
+    run = _copy(sft_run, tmp_path / "runs")
+    out = run / "eval-student"
+    out.mkdir(exist_ok=True)
+    dead, live = out / f".recon.h5.tmp-{_dead_pid()}", out / f".recon.h5.tmp-{os.getppid()}"
+    dead.write_text("left by a kill -9")
+    live.write_text("being written")
+    evaluate_run(run, model_role="student", device="cpu")
+    assert (out / "metrics.json").is_file() and live.exists() and not dead.exists()
 
 
 def test_prepare_data_and_runs_share_one_rule_for_stale_files(tmp_path):
