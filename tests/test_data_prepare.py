@@ -511,6 +511,32 @@ def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
     assert (tmp_path / "out/manifest.json").read_text() == "{broken"
 
 
+def test_a_file_cut_short_since_is_not_up_to_date(tmp_path: Path, nifti_writer) -> None:
+    """The manifest records each file's size: a volume cut short (a copy that stopped, a full disk)
+    is named, not called up to date; --force writes it again. A manifest of an older sftkd, which
+    records no sizes, is taken as it is."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out = tmp_path / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert first.manifest["file_bytes"] == {name: (out / name).stat().st_size for name in ("masks/acc4.npy", "masks/acc5.npy", "v0.h5", "v1.h5")}
+    whole = (out / "v1.h5").stat().st_size
+    with open(out / "v1.h5", "r+b") as handle:
+        handle.truncate(5000)
+    with pytest.raises(SftkdError, match=rf"out: existing dataset damaged \(v1.h5 is 5,000 bytes, {whole:,} when it was "
+                                         r"written\); pass --force to rebuild it"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert not prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), force=True)).unchanged
+    assert (out / "v1.h5").stat().st_size == whole
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+    older = json.loads((out / "manifest.json").read_text())
+    del older["file_bytes"]
+    (out / "manifest.json").write_text(json.dumps(older))
+    with open(out / "v1.h5", "r+b") as handle:
+        handle.truncate(5000)
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+
+
 def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):
         nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))
