@@ -475,15 +475,17 @@ def make_folder(path: Path) -> None:
 
 @contextmanager
 def made_folder(path: Path) -> Iterator[None]:
-    """Create `path` and its parents (`make_folder`) for what the body writes there; if the body
-    fails (an error, Ctrl-C), remove again the folders this made that are still empty, innermost
-    first. Why: a command that fails writes nothing, not even an empty output folder."""
+    """Create `path` and its parents (`make_folder`) for what the body writes there; if that or
+    the body fails (an error, Ctrl-C), remove again the folders this made that are still empty,
+    innermost first. Why: a command that fails writes nothing, not even an empty output folder."""
     made = [folder for folder in (path, *path.parents) if not _exists(folder, follow=False)]
-    make_folder(path)
     try:
+        make_folder(path)
         yield
     except BaseException:
         for folder in made:
+            if not _exists(folder, follow=False):  # never made: creating it failed (a name too long, ...)
+                continue
             try:
                 folder.rmdir()
             except OSError:  # not empty (another's files), or cannot be removed: it stays, and so do those above

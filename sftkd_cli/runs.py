@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import (
-    MAX_JSON_BYTES, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
+    MAX_JSON_BYTES, left_by_dead_process, made_folder, read_regular_bytes, replace_atomically, write_run_file,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
@@ -274,22 +274,23 @@ class RunDir:
             raise
         created = not self.path.exists()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if self._lock_handle is None:
-                self.lock()
-            for stale in stale_temporary_files(self.path):
-                stale.unlink(missing_ok=True)
-            if force and not resume:
-                remove_sftkd_files(self.path, keep_lock=True)
-            (self.path / CHECKPOINTS).mkdir(exist_ok=True)
-            if not resume:
-                write_run_file(self.recipe_file, dump_recipe(recipe))
-        except (OSError, SftkdError) as exc:
-            if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
-                self._remove_own()
-            self.unlock()  # a process that did not get the lock removes nothing: the run is another's
-            if isinstance(exc, SftkdError):
-                raise
+            with made_folder(self.path):  # a failed start leaves no folder it made, the run's parents included
+                try:
+                    if self._lock_handle is None:
+                        self.lock()
+                    for stale in stale_temporary_files(self.path):
+                        stale.unlink(missing_ok=True)
+                    if force and not resume:
+                        remove_sftkd_files(self.path, keep_lock=True)
+                    (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+                    if not resume:
+                        write_run_file(self.recipe_file, dump_recipe(recipe))
+                except (OSError, SftkdError):
+                    if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
+                        self._remove_own()
+                    self.unlock()  # a process that did not get the lock removes nothing: the run is another's
+                    raise
+        except OSError as exc:
             raise SftkdError(f"{self.path}: could not {'open' if resume else 'create'} the run ({os_error_text(exc)})") from None
 
     def _check_can_prepare(self, resume: bool, force: bool, sources: Sequence[str | Path]) -> None:

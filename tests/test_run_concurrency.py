@@ -282,3 +282,31 @@ def test_evaluate_and_distill_of_a_run_killed_before_its_first_checkpoint(tiny_d
     assert "try" not in line
     line = fails_cleanly(*_distill(run.path, tiny_dataset, runs), names=("has no checkpoint yet",))
     assert "--checkpoint" not in line
+
+
+def test_a_failed_start_of_a_new_run_removes_the_folders_it_made(tmp_path, monkeypatch):
+    """A new run below folders that did not exist: a start that fails (its recipe cannot be
+    written, or the run's name is too long) removes those folders too, not only the run's."""
+    import errno
+
+    import sftkd_cli.runs as runs_module
+    from sftkd_cli.config import load_recipe
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs_module, "write_run_file", disk_full)
+    recipe = load_recipe(None, ["train.device=cpu", "run.role=teacher"])
+    with pytest.raises(SftkdError, match="could not create the run .No space left on device"):
+        RunDir(tmp_path / "runs" / "new" / "r").prepare(recipe, resume=False, force=False)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SftkdError, match="File name too long"):
+        RunDir(tmp_path / "runs" / "new" / ("r" * 300)).prepare(recipe, resume=False, force=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")  # a folder that was there stays, with what it holds
+    monkeypatch.setattr(runs_module, "write_run_file", disk_full)
+    with pytest.raises(SftkdError):
+        RunDir(tmp_path / "runs" / "new" / "r").prepare(recipe, resume=False, force=False)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["notes.txt"]
