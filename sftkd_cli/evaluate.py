@@ -204,8 +204,8 @@ def writing(out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); "
-                         "the previous results there are unchanged") from None
+        kept = "the previous results there are unchanged" if (out / METRICS_JSON).exists() else "nothing written"
+        raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); {kept}") from None
 
 
 def _checkpoint_of_run(run_path: Path, which: str, given_as: str) -> None:

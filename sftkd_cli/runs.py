@@ -64,11 +64,13 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 def write_checkpoint(path: Path, data: bytes) -> None:
     """Atomically write serialised checkpoint `data` to `path` with plain writes: a full disk or a
-    file-size limit is an SftkdError naming the file, and the previous file is kept intact."""
+    file-size limit is an SftkdError naming the file, and the previous file (if any) is kept intact."""
+    existed = path.exists()
     try:
         replace_atomically(path, data)
     except OSError as exc:
-        raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
+        kept = "the previous one is kept" if existed else "nothing written"
+        raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); {kept}") from None
 
 
 #: how a file torch.save wrote begins: a zip archive (torch >= 1.6), or a pickle (protocol 2 and

@@ -537,6 +537,17 @@ def test_a_file_cut_short_since_is_not_up_to_date(tmp_path: Path, nifti_writer) 
     assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
 
 
+def test_a_stop_says_the_folder_is_as_it_was_only_when_there_was_one(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    from sftkd_cli.data.output import Signals
+
+    monkeypatch.chdir(tmp_path)
+    Path("old").mkdir()
+    assert str(Signals(Path("old")).error(signal.SIGTERM)) == "prepare-data stopped by SIGTERM; nothing written, old is as it was"
+    assert str(Signals(Path("new")).error(signal.SIGINT)) == "prepare-data stopped by SIGINT; nothing written"
+
+
 def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):
         nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))

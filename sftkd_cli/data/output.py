@@ -352,6 +352,7 @@ class Signals:
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.existed = out.exists()  # whether the stop leaves a folder as it was, or none
         self.received: int | None = None
         self._handling = on_signals(self._handle, signal.SIGINT, signal.SIGTERM)
 
@@ -370,8 +371,8 @@ class Signals:
     def error(self, signum: int | None = None) -> PrepareInterrupted:
         signum = signum or self.received or signal.SIGINT
         name = signal.Signals(signum).name
-        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written, "
-                                   f"{display_path(self.out)} is as it was")
+        kept = f", {display_path(self.out)} is as it was" if self.existed else ""
+        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written{kept}")
         error.exit_code = 128 + int(signum)
         return error
 
