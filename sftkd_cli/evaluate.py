@@ -40,7 +40,7 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
+from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
@@ -49,7 +49,7 @@ from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
 from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
-from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, eval_chain, open_run
+from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, dead_temporary_files, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
                                inference_batch_size, precision_policy, select_device, slice_batches,
@@ -180,12 +180,14 @@ def staged_outputs(out: Path) -> Iterator[StagedFiles]:
 
     On any failure (disk full, file-size limit, read-only, an error in the model, Ctrl-C) the
     temporary files are removed, and so are the folders made for them: the previous outputs
-    stay as they were."""
+    stay as they were. Temporary files a killed evaluation left in `out` are removed first."""
     made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         with StagedFiles() as staged:
             with writing(out):
                 out.mkdir(parents=True, exist_ok=True)
+            for stale in dead_temporary_files(out):
+                unlink_quietly(stale)
             yield staged
     except BaseException:
         for folder in made:  # innermost first; one that is not empty stays, and so do those above it
@@ -202,8 +204,8 @@ def writing(out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); "
-                         "the previous results there are unchanged") from None
+        kept = "the previous results there are unchanged" if (out / METRICS_JSON).exists() else "nothing written"
+        raise SftkdError(f"{display_path(out)}: cannot write the evaluation ({os_error_text(exc)}); {kept}") from None
 
 
 def _checkpoint_of_run(run_path: Path, which: str, given_as: str) -> None:

@@ -157,10 +157,23 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+#: the longest name (in bytes) kept whole in a temporary name; a longer one is shortened
+_TEMPORARY_NAME_BYTES = 200
+
+
 def temporary_sibling(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it
-    (the name cut so that the temporary name still fits the file system)."""
-    return path.with_name(f".{path.name[:200]}.tmp-{os.getpid()}")
+    """Where `path` is written before it is renamed into place: `.<name>.tmp-<pid>` beside it.
+
+    A name too long to fit the file system that way is cut and ends with a hash of the whole
+    name, so two long names that start alike (an export `X.ts` and its card `X.ts.card.json`)
+    never share a temporary file."""
+    name = path.name
+    encoded = os.fsencode(name)
+    if len(encoded) > _TEMPORARY_NAME_BYTES:
+        digest = hashlib.sha256(encoded).hexdigest()[:16]
+        head = encoded[:_TEMPORARY_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")  # whole characters
+        name = f"{head}~{digest}"
+    return path.with_name(f".{name}.tmp-{os.getpid()}")
 
 
 #: the end of a temporary name and the process that writes it: `.tmp-<pid>` (`temporary_sibling`,
@@ -462,15 +475,17 @@ def make_folder(path: Path) -> None:
 
 @contextmanager
 def made_folder(path: Path) -> Iterator[None]:
-    """Create `path` and its parents (`make_folder`) for what the body writes there; if the body
-    fails (an error, Ctrl-C), remove again the folders this made that are still empty, innermost
-    first. Why: a command that fails writes nothing, not even an empty output folder."""
+    """Create `path` and its parents (`make_folder`) for what the body writes there; if that or
+    the body fails (an error, Ctrl-C), remove again the folders this made that are still empty,
+    innermost first. Why: a command that fails writes nothing, not even an empty output folder."""
     made = [folder for folder in (path, *path.parents) if not _exists(folder, follow=False)]
-    make_folder(path)
     try:
+        make_folder(path)
         yield
     except BaseException:
         for folder in made:
+            if not _exists(folder, follow=False):  # never made: creating it failed (a name too long, ...)
+                continue
             try:
                 folder.rmdir()
             except OSError:  # not empty (another's files), or cannot be removed: it stays, and so do those above

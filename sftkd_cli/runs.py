@@ -31,7 +31,8 @@ from filelock import FileLock, Timeout
 from sftkd_cli import __version__
 from sftkd_cli.config import Recipe, dump_recipe, load_recipe
 from sftkd_cli.files import (
-    MAX_JSON_BYTES, json_text, left_by_dead_process, read_regular_bytes, replace_atomically, write_run_file,
+    MAX_JSON_BYTES, json_text, left_by_dead_process, made_folder, read_regular_bytes, replace_atomically,
+    write_run_file,
 )
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.choices import CHECKPOINT_NAMES
@@ -65,11 +66,13 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 def write_checkpoint(path: Path, data: bytes) -> None:
     """Atomically write serialised checkpoint `data` to `path` with plain writes: a full disk or a
-    file-size limit is an SftkdError naming the file, and the previous file is kept intact."""
+    file-size limit is an SftkdError naming the file, and the previous file (if any) is kept intact."""
+    existed = path.exists()
     try:
         replace_atomically(path, data)
     except OSError as exc:
-        raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); the previous one is kept") from None
+        kept = "the previous one is kept" if existed else "nothing written"
+        raise SftkdError(f"{path}: could not write checkpoint ({os_error_text(exc)}); {kept}") from None
 
 
 #: how a file torch.save wrote begins: a zip archive (torch >= 1.6), or a pickle (protocol 2 and
@@ -289,22 +292,23 @@ class RunDir:
             raise
         created = not self.path.exists()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if self._lock_handle is None:
-                self.lock()
-            for stale in stale_temporary_files(self.path):
-                stale.unlink(missing_ok=True)
-            if force and not resume:
-                remove_sftkd_files(self.path, keep_lock=True)
-            (self.path / CHECKPOINTS).mkdir(exist_ok=True)
-            if not resume:
-                write_run_file(self.recipe_file, dump_recipe(recipe))
-        except (OSError, SftkdError) as exc:
-            if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
-                self._remove_own()
-            self.unlock()  # a process that did not get the lock removes nothing: the run is another's
-            if isinstance(exc, SftkdError):
-                raise
+            with made_folder(self.path):  # a failed start leaves no folder it made, the run's parents included
+                try:
+                    if self._lock_handle is None:
+                        self.lock()
+                    for stale in stale_temporary_files(self.path):
+                        stale.unlink(missing_ok=True)
+                    if force and not resume:
+                        remove_sftkd_files(self.path, keep_lock=True)
+                    (self.path / CHECKPOINTS).mkdir(exist_ok=True)
+                    if not resume:
+                        write_run_file(self.recipe_file, dump_recipe(recipe))
+                except (OSError, SftkdError):
+                    if created and self._lock_handle is not None:  # leave no half-made run behind (only what this call made)
+                        self._remove_own()
+                    self.unlock()  # a process that did not get the lock removes nothing: the run is another's
+                    raise
+        except OSError as exc:
             raise SftkdError(f"{self.path}: could not {'open' if resume else 'create'} the run ({os_error_text(exc)})") from None
 
     def _check_can_prepare(self, resume: bool, force: bool, sources: Sequence[str | Path]) -> None:
@@ -471,11 +475,17 @@ def sftkd_files(run: Path) -> list[Path]:
 
 
 def stale_temporary_files(run: Path) -> list[Path]:
-    """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/ and export/ folders that a
-    process no longer running left (`files.left_by_dead_process`). The run's lock does not cover
-    the others: evaluate and export write into a run without it, so a live one's are kept."""
-    found = [p for folder in ("", f"{CHECKPOINTS}/", f"{EXPORTS}/") for p in run.glob(f"{folder}{TEMPORARY_FILES}")]
-    return [p for p in found if left_by_dead_process(p)]
+    """The temporary files (`TEMPORARY_FILES`) in `run`, its checkpoints/, export/ and evaluation
+    folders that a process no longer running left (`dead_temporary_files`)."""
+    return dead_temporary_files(run, run / CHECKPOINTS, run / EXPORTS, *eval_folders(run))
+
+
+def dead_temporary_files(*folders: Path) -> list[Path]:
+    """The temporary files (`TEMPORARY_FILES`, files or links) in `folders` that a process no
+    longer running left (`files.left_by_dead_process`). The run's lock does not cover the others:
+    evaluate and export write into a run without it, so a live one's are kept."""
+    found = [p for folder in folders for p in folder.glob(TEMPORARY_FILES)]
+    return [p for p in found if (p.is_symlink() or p.is_file()) and left_by_dead_process(p)]
 
 
 def _real_parent(path: Path, run: Path) -> bool:

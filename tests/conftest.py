@@ -40,7 +40,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,6 +177,32 @@ def nifti_writer() -> _NiftiWriter:
     """`nifti_writer.phantom(shape, seed)`, `.write(path, data, zooms)`, and the layout builders
     `.acdc_tree(root, training, testing)`, `.mrbrains18_tree(root, ids)`, `.mrbrains13_tree(root, n)`."""
     return _NiftiWriter()
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """`read_only(folder)`: chmod a-w the folder and everything in it (undone afterwards). As root,
+    whom chmod does not stop, `os.access` is made to say so too, as it says for a user (the
+    writability checks ask it); writes themselves would still succeed there, so tests also check
+    that nothing changed."""
+    denied: list[Path] = []
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and Path(os.path.abspath(path)) in denied:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def make(folder: Path) -> None:
+        for path in (folder, *folder.rglob("*")):
+            path.chmod(path.stat().st_mode & ~0o222)
+            denied.append(Path(os.path.abspath(path)))
+        if real_access(folder, os.W_OK):  # root
+            monkeypatch.setattr(os, "access", access)
+
+    yield make
+    for path in denied:
+        path.chmod(path.stat().st_mode | 0o200)
 
 
 @pytest.fixture

@@ -121,6 +121,41 @@ def test_corrupt_or_missing_h5_names_the_file(tiny_dataset: Path, tmp_path: Path
         SliceDataset(root, "train", 4)
 
 
+def test_an_h5_that_cannot_be_read_or_is_not_a_file_is_said_to_be_so_not_corrupt_or_missing(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import sftkd_cli.data.dataset as dataset_module
+
+    root = _copy(tiny_dataset, tmp_path)
+    path = root / "vol2.h5"
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root, whom chmod does not stop: the error h5py raises for others
+        real = h5py.File
+
+        def denied(name, *args, **kwargs):
+            if Path(name) == path:
+                raise OSError(errno.EACCES, f"Unable to synchronously open file (unable to open file: name = '{name}', "
+                                            "errno = 13, error message = 'Permission denied', flags = 0, o_flags = 0)")
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(dataset_module.h5py, "File", denied)
+    reads = (lambda: SliceDataset(root, "train", 4), lambda: load_volume(root, "vol2", 4))
+    for read in reads:
+        with pytest.raises(SftkdError, match=r"vol2.h5: cannot read (dataset|volume vol2) \(Permission denied\)$"):
+            read()
+    monkeypatch.undo()
+    path.unlink()
+    for make, kind in ((Path.mkdir, "a folder"), (os.mkfifo, "a FIFO")):  # h5py would wait for ever on a FIFO
+        make(path)
+        for read in reads:
+            with pytest.raises(SftkdError, match=rf"vol2.h5: not a regular file \({kind}\); expected the h5 file "
+                                                 "prepare-data wrote there$"):
+                read()
+        os.rmdir(path) if path.is_dir() else path.unlink()
+
+
 def test_file_corrupted_after_construction(tiny_dataset: Path, tmp_path: Path) -> None:
     root = _copy(tiny_dataset, tmp_path)
     ds = SliceDataset(root, "val", 4)

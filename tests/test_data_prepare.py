@@ -460,6 +460,31 @@ def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, 
     assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
 
 
+def test_an_up_to_date_dataset_that_cannot_be_written_is_used_as_it_is(tmp_path: Path, nifti_writer, read_only) -> None:
+    """The up-to-date check writes nothing and needs no lock: a read-only dataset, even in a folder
+    where no lock can be made, is up to date; only preparing it again needs write access."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    parent = tmp_path / "shared"
+    out = parent / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    before = tree_state(parent)
+    read_only(out)
+    again = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert again.unchanged and again.manifest == first.manifest and tree_state(parent) == before
+    read_only(parent)  # no lock beside it either
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+    with pytest.raises(SftkdError, match=r"prepared differently: size \[16, 16\] -> \[12, 12\]; pass --force"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12)))
+    with pytest.raises(SftkdError, match=r"--out .*out: folder .*out is not writable"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(12, 12), force=True))
+    (tmp_path / "raw/v1.nii.gz").unlink()
+    nifti_writer.write(tmp_path / "raw/v1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=7))
+    with pytest.raises(SftkdError, match=r"source files changed: v1.nii.gz"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert tree_state(parent) == before and leftovers(parent) == []
+
+
 def test_a_rerun_with_the_accelerations_in_another_order_is_a_no_op(tmp_path: Path, nifti_writer) -> None:
     nifti_writer.write(tmp_path / "raw/v.nii.gz", nifti_writer.phantom((20, 18, 3)))
     out = tmp_path / "out"
@@ -484,6 +509,43 @@ def test_incomplete_dataset_needs_force(tmp_path: Path, nifti_writer) -> None:
         with pytest.raises(SftkdError, match=r"not a sftkd dataset \(not JSON\); nothing there is changed"):
             prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(16, 16), force=force))
     assert (tmp_path / "out/manifest.json").read_text() == "{broken"
+
+
+def test_a_file_cut_short_since_is_not_up_to_date(tmp_path: Path, nifti_writer) -> None:
+    """The manifest records each file's size: a volume cut short (a copy that stopped, a full disk)
+    is named, not called up to date; --force writes it again. A manifest of an older sftkd, which
+    records no sizes, is taken as it is."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out = tmp_path / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert first.manifest["file_bytes"] == {name: (out / name).stat().st_size for name in ("masks/acc4.npy", "masks/acc5.npy", "v0.h5", "v1.h5")}
+    whole = (out / "v1.h5").stat().st_size
+    with open(out / "v1.h5", "r+b") as handle:
+        handle.truncate(5000)
+    with pytest.raises(SftkdError, match=rf"out: existing dataset damaged \(v1.h5 is 5,000 bytes, {whole:,} when it was "
+                                         r"written\); pass --force to rebuild it"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    assert not prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(size=(16, 16), force=True)).unchanged
+    assert (out / "v1.h5").stat().st_size == whole
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+    older = json.loads((out / "manifest.json").read_text())
+    del older["file_bytes"]
+    (out / "manifest.json").write_text(json.dumps(older))
+    with open(out / "v1.h5", "r+b") as handle:
+        handle.truncate(5000)
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
+
+
+def test_a_stop_says_the_folder_is_as_it_was_only_when_there_was_one(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    from sftkd_cli.data.output import Signals
+
+    monkeypatch.chdir(tmp_path)
+    Path("old").mkdir()
+    assert str(Signals(Path("old")).error(signal.SIGTERM)) == "prepare-data stopped by SIGTERM; nothing written, old is as it was"
+    assert str(Signals(Path("new")).error(signal.SIGINT)) == "prepare-data stopped by SIGINT; nothing written"
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:

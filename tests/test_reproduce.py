@@ -470,6 +470,19 @@ def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_train
     assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
+def test_an_up_to_date_dataset_that_cannot_be_written_passes_the_data_stage(tmp_path, nifti_writer, read_only):
+    for i in range(3):
+        nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((28, 24, 3), seed=i))
+    path = write_plan(tmp_path, tmp_path / "data")
+    path.write_text(path.read_text().replace(
+        "source: prepared", f"source: nifti\n  root: {tmp_path / 'raw'}\n  options: {{size: [16, 16], val: [vol1]}}"))
+    plan = load_plan(path, ["train.device=cpu"])
+    assert statuses(run_plan(plan, only=["data"], console=quiet()))["data"] == "done"
+    read_only(tmp_path / "data")
+    data = run_plan(plan, only=["data"], console=quiet()).results[0]
+    assert (data.status, data.note) == ("skipped", "up to date"), data.note
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_while_the_data_is_prepared_stops_the_plan(tmp_path, nifti_writer, monkeypatch, sig):
     """Ctrl-C or SIGTERM during the data stage (one stage at a time) stops the plan as it stops

@@ -150,3 +150,19 @@ def test_an_earlier_status_with_null_seconds_is_read_as_nan(tmp_path):
     merged = _merged_status(path, stages, [StageResult("eval", "evaluate", "done", 1.0)])
     assert [r.id for r in merged] == ["teacher", "eval"] and math.isnan(merged[0].seconds)
     assert merged[0].note == "(earlier)"
+
+
+def test_a_report_recording_a_failed_stage_is_written_again_once_it_is_fixed(tmp_path, tiny_dataset):
+    """The data stage failed (the dataset was not there), so the report said 'failed'; once the
+    cause is fixed every stage is up to date, but the report is written again, not kept saying so."""
+    import shutil
+
+    plan = load_plan(write_plan(tmp_path, tmp_path / "data"))
+    outcome = run_plan(plan, only=["data", "report"], console=quiet())
+    assert statuses(outcome) == {"data": "failed", "report": "done"}
+    assert "| data | failed |" in (plan.report_dir / "report.md").read_text()
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    assert statuses(run_plan(plan, only=["data", "report"], console=quiet())) == {"data": "skipped", "report": "done"}
+    assert "| data | skipped |" in (plan.report_dir / "report.md").read_text()
+    assert [s["status"] for s in json.loads((plan.report_dir / "status.json").read_text())["stages"]] == ["skipped"]
+    assert statuses(run_plan(plan, only=["data", "report"], console=quiet())) == {"data": "skipped", "report": "skipped"}

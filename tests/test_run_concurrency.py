@@ -4,8 +4,8 @@ process holding a lock, or a file swapped in at a chosen moment: no timings).
 - distill reads the teacher's checkpoint once: the teacher, its recorded sha256 and the SFT
   student blocks it starts from are the same file, even if the teacher run saves a new one meanwhile.
 - distill refuses a teacher run that another process is still training.
-- Starting or resuming a run removes only the temporary files of processes no longer running
-  (evaluate and export write into a run without its lock).
+- Starting or resuming a run, and an evaluate in its folder, remove only the temporary files of
+  processes no longer running (evaluate and export write into a run without its lock).
 - A second start of a run that another process holds is told so, not "run already exists".
 - A run with no checkpoint yet is said to have none, and `--checkpoint` is suggested only to a
   command that has it, naming a checkpoint the run has.
@@ -153,8 +153,12 @@ def test_a_start_keeps_the_temporary_files_of_live_processes(tmp_path, resume, f
     live = [first.path / f".metrics.json.tmp-{os.getpid()}",
             first.path / "export" / f".D2C2-model.ts.tmp-{os.getpid()}"]
     dead_pid = _dead_pid()
-    dead = [first.path / f".per_slice.csv.tmp-{dead_pid}", first.path / "checkpoints" / f".last.pt.tmp-{dead_pid}"]
+    dead = [first.path / f".per_slice.csv.tmp-{dead_pid}", first.path / "checkpoints" / f".last.pt.tmp-{dead_pid}",
+            first.path / "eval-student" / f".recon.h5.tmp-{dead_pid}",
+            first.path / "eval-student" / "eval-amp-bf16" / f".recon.h5.tmp-{dead_pid}"]
+    live.append(first.path / "eval-student" / f".metrics.json.tmp-{os.getpid()}")
     (first.path / "export").mkdir()
+    (first.path / "eval-student" / "eval-amp-bf16").mkdir(parents=True)
     for path in live + dead:
         path.write_text("being written")
     again = RunDir(first.path)
@@ -162,6 +166,21 @@ def test_a_start_keeps_the_temporary_files_of_live_processes(tmp_path, resume, f
     again.unlock()
     assert all(path.exists() for path in live)
     assert not any(path.exists() for path in dead)
+
+
+def test_evaluate_removes_the_temporary_files_a_killed_evaluate_left_in_its_folder(sft_run, tmp_path):
+    """A killed evaluate left `.recon.h5.tmp-<pid>` in its folder: the next evaluate there removes
+    it; one of a process still running (this one's parent) stays."""
+    from sftkd_cli.evaluate import evaluate_run
+
+    run = _copy(sft_run, tmp_path / "runs")
+    out = run / "eval-student"
+    out.mkdir(exist_ok=True)
+    dead, live = out / f".recon.h5.tmp-{_dead_pid()}", out / f".recon.h5.tmp-{os.getppid()}"
+    dead.write_text("left by a kill -9")
+    live.write_text("being written")
+    evaluate_run(run, model_role="student", device="cpu")
+    assert (out / "metrics.json").is_file() and live.exists() and not dead.exists()
 
 
 def test_prepare_data_and_runs_share_one_rule_for_stale_files(tmp_path):
@@ -263,3 +282,31 @@ def test_evaluate_and_distill_of_a_run_killed_before_its_first_checkpoint(tiny_d
     assert "try" not in line
     line = fails_cleanly(*_distill(run.path, tiny_dataset, runs), names=("has no checkpoint yet",))
     assert "--checkpoint" not in line
+
+
+def test_a_failed_start_of_a_new_run_removes_the_folders_it_made(tmp_path, monkeypatch):
+    """A new run below folders that did not exist: a start that fails (its recipe cannot be
+    written, or the run's name is too long) removes those folders too, not only the run's."""
+    import errno
+
+    import sftkd_cli.runs as runs_module
+    from sftkd_cli.config import load_recipe
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs_module, "write_run_file", disk_full)
+    recipe = load_recipe(None, ["train.device=cpu", "run.role=teacher"])
+    with pytest.raises(SftkdError, match="could not create the run .No space left on device"):
+        RunDir(tmp_path / "runs" / "new" / "r").prepare(recipe, resume=False, force=False)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SftkdError, match="File name too long"):
+        RunDir(tmp_path / "runs" / "new" / ("r" * 300)).prepare(recipe, resume=False, force=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")  # a folder that was there stays, with what it holds
+    monkeypatch.setattr(runs_module, "write_run_file", disk_full)
+    with pytest.raises(SftkdError):
+        RunDir(tmp_path / "runs" / "new" / "r").prepare(recipe, resume=False, force=False)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["notes.txt"]

@@ -148,8 +148,19 @@ def test_prepare_disk_full_partway_keeps_the_old_dataset(raw_folder, tmp_path, m
 def test_evaluate_disk_full_partway_keeps_the_previous_results(evaluated, monkeypatch):
     before = snapshot(evaluated)
     monkeypatch.setattr("sftkd_cli.files.write_bytes_synced", _full_disk_on(2))  # recon.h5
-    fails_cleanly("evaluate", evaluated, "--device", "cpu", "--split", "test", names=("No space left on device",))
+    fails_cleanly("evaluate", evaluated, "--device", "cpu", "--split", "test",
+                  names=("No space left on device", "the previous results there are unchanged"))
     assert snapshot(evaluated) == before  # no new per_slice.csv beside the old metrics.json, no temp file
+
+
+def test_evaluate_disk_full_on_a_first_evaluation_says_nothing_was_written(trained_run, tmp_path, monkeypatch):
+    """No previous results: the line says nothing was written, not that earlier results are kept."""
+    run = copy_run(trained_run, tmp_path)
+    assert not (run / "metrics.json").exists()
+    before = snapshot(run)
+    monkeypatch.setattr("sftkd_cli.files.write_bytes_synced", _full_disk_on(1))
+    line = fails_cleanly("evaluate", run, "--device", "cpu", names=("No space left on device", "nothing written"))
+    assert "previous" not in line and snapshot(run) == before
 
 
 def _under_file_size_limit(args: list[object], limit: int, cwd: Path) -> subprocess.CompletedProcess:

@@ -89,3 +89,23 @@ def test_a_run_folder_with_brackets_is_printed_as_named(trained_run, tmp_path):
     result = invoke("evaluate", run, "--device", "cpu", "--no-recon")
     assert result.exit_code == 0, result.output
     assert f"wrote {run}/metrics.json" in result.stdout and "lr[x]:" in result.stdout
+
+
+def test_two_long_names_that_start_alike_get_their_own_temporary_files(tmp_path):
+    """A name too long for `.<name>.tmp-<pid>` is cut and ends with a hash of the whole name: an
+    export `X.ts` and its card `X.ts.card.json` never share (and delete) one temporary file."""
+    from sftkd_cli.files import left_by_dead_process, temporary_sibling
+
+    model = tmp_path / ("m" * 230 + ".ts")
+    card = tmp_path / f"{model.name}.card.json"
+    names = {temporary_sibling(path).name for path in (model, card, tmp_path / ("é" * 120 + ".ts"))}
+    assert len(names) == 3 and all(len(name.encode()) <= 255 for name in names)
+    assert all(not left_by_dead_process(tmp_path / name) for name in names)  # this process's: cleanup keeps them
+    assert temporary_sibling(tmp_path / "x.ts").name.startswith(".x.ts.tmp-")
+
+
+def test_an_export_with_a_long_name_writes_the_file_and_its_card(trained_run, tmp_path):
+    out = tmp_path / ("m" * 230 + ".ts")  # its card's name, 240 characters, fits in 255
+    result = export_run(trained_run, "torchscript", out=out)
+    assert out.is_file() and result.card_path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, result.card_path.name])

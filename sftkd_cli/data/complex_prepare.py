@@ -171,9 +171,11 @@ def _write_volume(path: Path, file: SourceFile, rows: np.ndarray, size: tuple[in
 
 
 def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: dict[str, Any] | None,
-                    progress: Progress | None, check: Callable[[], None]) -> tuple[dict[str, Any], bool]:
+                    progress: Progress | None, check: Callable[[], None],
+                    before_writing: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], bool]:
     """Prepare a complex source into `out` (lock held, `existing` its old manifest or None);
-    returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop."""
+    returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop;
+    `before_writing()` is called when the dataset is not up to date, before anything is written."""
     if options.task != "recon":
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
     user = user_masks(options, line=True)
@@ -184,6 +186,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     if up_to_date(out, existing, record, options.force):
         hashes.save()
         return existing, True  # type: ignore[return-value]
+    before_writing()
     size, target_shape = _image_size(source, files, options)
     masks = _masks(options, size, user)
     rows = source.slice_rows(files, options.seed)

@@ -33,6 +33,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from sftkd_cli.data.complex_slices import (
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key
 from sftkd_cli.files import display_path
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
 
@@ -224,6 +225,10 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
             raise SftkdError(f"{display_path(path)}: {name}{where} contains NaN or Inf, expected finite values")
 
 
+#: errors of reaching a file, not of its content: said as they are, without asking whether it is corrupt
+_ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO)
+
+
 def _read(path: Path, what: str, fn):
     """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError."""
     try:
@@ -234,7 +239,24 @@ def _read(path: Path, what: str, fn):
         if isinstance(exc, OSError) and exc.errno == errno.EMFILE:  # a limit of this process, not the file
             raise SftkdError(f"{display_path(path)}: cannot open: too many open files in this process "
                              f"(raise the limit, e.g. `ulimit -n 4096`)") from exc
+        if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRORS:  # h5py's text repeats the path: the OS's words
+            raise SftkdError(f"{display_path(path)}: cannot read {what} ({os.strerror(exc.errno)})") from exc
         raise SftkdError(f"{display_path(path)}: cannot read {what} ({exc}); is the file corrupt?") from exc
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse, in one line, a dataset h5 file that is missing or is not a regular file (a folder,
+    FIFO or device, on which h5py fails with a misleading error, or waits for ever on a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again") from None
+    except OSError as exc:
+        raise SftkdError(f"{display_path(path)}: cannot read ({os_error_text(exc)})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SftkdError(f"{display_path(path)}: not a regular file ({kind}); expected the h5 file prepare-data "
+                         "wrote there")
 
 
 def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str, np.ndarray]:
@@ -247,6 +269,7 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
         listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         raise SftkdError(f"volume {volume!r} not in dataset {display_path(root)} (has {listed})")
     path = root / manifest["volumes"][volume]["file"]
+    _check_regular(path)
 
     def read() -> dict[str, np.ndarray]:
         with h5py.File(path, "r") as f:
@@ -319,8 +342,7 @@ class SliceDataset(Dataset):
 
     def _check_file(self, path: Path, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
         """Open one h5 file once: datasets present with the expected shapes and the shared mask."""
-        if not path.is_file():
-            raise SftkdError(f"{display_path(path)}: file missing from the dataset; run prepare-data again")
+        _check_regular(path)
         expected = (slices, *self.image_size)
         if self.complex:
             return self._check_mask(path, _read(path, "dataset", lambda: check_complex_file(

@@ -217,6 +217,11 @@ def dataset_manifest(source: Any, options: PrepareOptions, acquisition: Acquisit
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json into the finished dataset `folder`, recording first in `manifest` the
+    size of each file there ("file_bytes", read by `output.up_to_date`: a file cut short or
+    replaced since is seen without reading it)."""
+    manifest["file_bytes"] = {path.relative_to(folder).as_posix(): path.stat().st_size
+                              for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
     write_bytes_synced(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 

@@ -149,6 +149,23 @@ def missing_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     return [n for n in listed_files(manifest) if not (out / n).is_file()]
 
 
+def resized_file(out: Path, manifest: dict[str, Any]) -> str | None:
+    """The first file in `out` whose size is not the one the manifest records ("file_bytes"), in
+    words; None when all match (a manifest of an older sftkd records none: nothing to compare)."""
+    recorded = manifest.get("file_bytes")
+    if not isinstance(recorded, dict):
+        return None
+    for name in listed_files(manifest):
+        size = recorded.get(name)
+        try:
+            now = (out / name).stat().st_size
+        except OSError:
+            continue  # missing: told by `missing_files`
+        if isinstance(size, int) and now != size:
+            return f"{name} is {now:,} bytes, {size:,} when it was written"
+    return None
+
+
 def _in_any_order(options: Any) -> Any:
     """Recorded options with the accelerations sorted: `--acc 5,4` prepares what `--acc 4,5` did
     (one mask per acceleration, each from the same seed)."""
@@ -159,15 +176,18 @@ def _in_any_order(options: Any) -> Any:
 
 def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any], force: bool) -> bool:
     """Whether the dataset at `out` was prepared with `record` (options and input checksums) and is
-    complete, so that nothing is to be done; a different or incomplete one needs `force`."""
+    complete, its files of the sizes recorded, so that nothing is to be done; a different,
+    incomplete or damaged one needs `force`."""
     if existing is None:
         return False
     same = _in_any_order(existing.get("options")) == _in_any_order(record["options"]) and existing.get("inputs") == record["inputs"]
     missing = missing_files(out, existing) if same else []
-    if same and not missing and not force:
+    resized = resized_file(out, existing) if same and not missing else None
+    if same and not missing and not resized and not force:
         return True
     if not force:
-        why = f"incomplete (missing {missing[0]})" if same else f"prepared differently: {difference(existing, record)}"
+        why = (f"incomplete (missing {missing[0]})" if missing else f"damaged ({resized})" if resized else
+               f"prepared differently: {difference(existing, record)}")
         raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
     return False
 
@@ -332,6 +352,7 @@ class Signals:
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.existed = out.exists()  # whether the stop leaves a folder as it was, or none
         self.received: int | None = None
         self._handling = on_signals(self._handle, signal.SIGINT, signal.SIGTERM)
 
@@ -350,8 +371,8 @@ class Signals:
     def error(self, signum: int | None = None) -> PrepareInterrupted:
         signum = signum or self.received or signal.SIGINT
         name = signal.Signals(signum).name
-        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written, "
-                                   f"{display_path(self.out)} is as it was")
+        kept = f", {display_path(self.out)} is as it was" if self.existed else ""
+        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written{kept}")
         error.exit_code = 128 + int(signum)
         return error
 

@@ -34,8 +34,9 @@ file writes, so a full disk is one clear error) and moved into place at the end,
 Ctrl-C or SIGTERM leaves nothing behind (exit 130 / 143); temporary folders of dead processes are
 removed by the next run. One process at a time prepares a folder (an exclusive lock on the
 sibling file `.<name>.lock`). Re-running with the same options and unchanged inputs (sha256) is a
-no-op, which reads no input whose size and modification time are those recorded in the sibling
-file `.<name>.hashes.json` (`data.manifest.InputHashes`); different options on an existing
+no-op (a folder that cannot be written is then checked without the lock and used as it is), which
+reads no input whose size and modification time are those recorded in the sibling file
+`.<name>.hashes.json` (`data.manifest.InputHashes`); different options on an existing
 dataset need `force`, which replaces only the files the old manifest lists: other files in the
 folder are kept. A non-empty folder whose manifest is not sftkd's is never written. Input folders
 are never written. (The output folder's checks, the install and the signal handling live in
@@ -366,9 +367,9 @@ def prepare_dataset(
     options.validate()
     out = Path(os.path.abspath(out))
     check_out(out, source)
-    check_writable(out, "--out", extra=16)  # beside it: .<name>.tmp-<pid> and .<name>.lock
-    if out.exists():
-        check_writable(out.parent, "--out")  # the temporary folder and the lock go beside it
+    if out.is_dir() and not options.force and not _writable(out):
+        return _prepare_read_only(source, out, options, progress, start)
+    _check_writable(out)
     created = created_parents(out)
     lock_path = out.parent / f".{out.name}.lock"
     lock = FileLock(str(lock_path), timeout=0)
@@ -403,16 +404,46 @@ def prepare_dataset(
                     break
 
 
+def _writable(out: Path) -> bool:
+    """Whether the dataset folder `out` and the folder beside it (temporary folder, lock) can be written."""
+    return all(os.access(folder, os.W_OK | os.X_OK) for folder in (out, out.parent))
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, in one line, an `out` that prepare-data cannot write (`files.check_writable`)."""
+    check_writable(out, "--out", extra=16)  # beside it: .<name>.tmp-<pid> and .<name>.lock
+    if out.exists():
+        check_writable(out.parent, "--out")  # the temporary folder and the lock go beside it
+
+
+def _prepare_read_only(
+    source: Source, out: Path, options: PrepareOptions, progress: Progress | None, start: float,
+) -> PrepareResult:
+    """`prepare_dataset` for a dataset folder that cannot be written (nor, maybe, a lock beside it):
+    up to date, it is used as it is; anything to write is refused as an unwritable folder.
+
+    Checked without the lock: `install` removes the old manifest before it changes any file and
+    puts the new one in last (a new folder appears by one rename), so a manifest read here always
+    describes a finished dataset; a folder being installed has none and is not up to date."""
+    with Signals(out) as signals:
+        try:
+            return _prepare_locked(source, out, options, progress, signals, start, lambda: _check_writable(out))
+        except KeyboardInterrupt:
+            raise signals.error(signal.SIGINT) from None
+
+
 def _prepare_locked(
     source: Source, out: Path, options: PrepareOptions, progress: Progress | None, signals: Signals,
-    start: float,
+    start: float, before_writing: Callable[[], None] = lambda: None,
 ) -> PrepareResult:
-    """`prepare_dataset` once the output's lock is held (complex sources: `data.complex_prepare`)."""
+    """`prepare_dataset` once the output's lock is held, or where none can be (`_prepare_read_only`);
+    complex sources: `data.complex_prepare`. `before_writing()` is called once the dataset is found
+    not up to date, before anything is written."""
     existing = existing_dataset(out)
     if getattr(source, "values", "magnitude") == "complex":
         from sftkd_cli.data.complex_prepare import prepare_complex
 
-        manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check)
+        manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check, before_writing)
         return PrepareResult(out, manifest, unchanged, time.perf_counter() - start)
     user = user_masks(options)
     if options.size is not None:
@@ -426,6 +457,7 @@ def _prepare_locked(
     if up_to_date(out, existing, record, options.force):
         hashes.save()
         return PrepareResult(out, existing, True, time.perf_counter() - start)  # type: ignore[arg-type]
+    before_writing()
 
     prepared: list[_Prepared] = []
     in_memory = 0

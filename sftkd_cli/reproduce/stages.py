@@ -17,7 +17,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import RECIPE_FILE, REPORT_MD, ROLE, SHAREABLE, STATUS_JSON
+from sftkd_cli.reproduce.kinds import DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -306,17 +306,31 @@ def evaluation_complete(stage: Stage, plan: Plan) -> bool:
     return current and info.get("dataset", {}).get("split") == plan.evaluate["split"] and info.get("checkpoint") == plan.evaluate["checkpoint"]
 
 
+def _stage_ok(entry: object) -> bool:
+    """Whether a stage's entry in status.json says it ran or was up to date (not failed,
+    interrupted, or skipped because another failed)."""
+    if not isinstance(entry, dict):
+        return False
+    note = str(entry.get("note", "")).removeprefix("(earlier)").strip()
+    return entry.get("status") in (DONE, RESUMED) or (entry.get("status") == SKIPPED and note.startswith("up to date"))
+
+
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
-    """report.md newer than the plan file and than every metrics.json it summarises, and written
-    without problems (status.json's `problems`: a report written with problems is done again)."""
+    """report.md newer than the plan file and than every metrics.json it summarises, written
+    without problems (status.json's `problems`: a report written with problems is done again),
+    and with every stage in its status table ok (a stage it shows failed or skipped, since fixed
+    and now up to date, would otherwise be reported failed for good)."""
     report = plan.report_dir / REPORT_MD
     if not report.is_file():
         return False
     try:
-        problems = json.loads(read_regular_bytes(plan.report_dir / STATUS_JSON, "status")).get("problems")
+        status = json.loads(read_regular_bytes(plan.report_dir / STATUS_JSON, "status"))
+        problems, recorded = status.get("problems"), status.get("stages")
     except (SftkdError, ValueError, AttributeError):  # missing or damaged: written again
         return False
     if problems != []:  # some, or a status.json that does not say (an older sftkd's)
+        return False
+    if not isinstance(recorded, list) or not all(_stage_ok(entry) for entry in recorded):
         return False
     newest = plan.path.stat().st_mtime
     for stage in stages:
