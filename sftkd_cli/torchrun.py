@@ -13,8 +13,17 @@ DISTRIBUTED_COMMANDS = ("train-teacher", "train-sft", "distill")
 
 
 def world_size() -> int:
-    """The number of processes torchrun started this one among (WORLD_SIZE); 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """The number of processes torchrun started this one among (WORLD_SIZE); 1 without torchrun.
+    A value that is not a positive whole number (set by hand or by another launcher) is refused."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(text)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise SftkdError(f"environment variable WORLD_SIZE={text!r}: expected a whole number of processes >= 1 "
+                         "(torchrun sets it; unset it to run in one process)")
+    return world
 
 
 def processes(number: int) -> str:

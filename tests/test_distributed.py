@@ -166,6 +166,16 @@ def test_under_torchrun_only_training_commands_run(monkeypatch, command):
     assert sftkd("train-teacher", "--help").exit_code == 0
 
 
+@pytest.mark.parametrize("value", ["abc", "", "0", "-2"])
+def test_a_world_size_that_is_not_a_number_of_processes_is_one_line(monkeypatch, value):
+    """WORLD_SIZE set by hand or by another launcher: one line naming it, not a ValueError traceback."""
+    monkeypatch.setenv("WORLD_SIZE", value)
+    result = sftkd("evaluate", "x", ok=False)
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: environment variable WORLD_SIZE={value!r}: expected a whole number of processes >= 1 "
+        "(torchrun sets it; unset it to run in one process)"], result.output
+
+
 @pytest.mark.parametrize("device", ["auto", "cuda"])
 def test_more_processes_than_gpus_is_one_line(tiny_dataset, tmp_path, monkeypatch, device):
     calls = _as_rank_1_of_2(monkeypatch, gpus=1)
