@@ -226,7 +226,7 @@ def test_an_nccl_barrier_names_this_process_gpu(monkeypatch, backend, expected):
     torch version; a gloo one takes none."""
     import torch.distributed as dist
 
-    from sftkd_cli.training.engine import barrier
+    from sftkd_cli.training.session import barrier
 
     calls = []
     monkeypatch.setattr(dist, "get_backend", lambda: backend)

@@ -53,17 +53,6 @@ from sftkd_cli.training.validation import validate
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
 LOSS_READ_EVERY = 32
 
-def barrier(world: int) -> None:
-    """Wait for every process (no-op for a single process). With NCCL, on this process's GPU
-    (torch warns on every version when a barrier does not name it)."""
-    if world > 1:
-        import torch.distributed as dist
-
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (deterministic kernels: `runtime.deterministic_kernels`)."""

@@ -23,7 +23,7 @@ from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.torchrun import world_size
-from sftkd_cli.training.engine import FitResult, Trainer, barrier, seed_everything
+from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
 from sftkd_cli.training.resume import other_world, resume_point, too_few_epochs
@@ -72,6 +72,19 @@ def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
 
 def _flatten(recipe: Recipe) -> dict[str, object]:
     return {f"{s}.{k}": v for s, values in recipe_to_dict(recipe).items() for k, v in values.items()}
+
+
+def barrier(world: int) -> None:
+    """Wait for every process (no-op for a single process). With NCCL, on this process's GPU
+    (torch warns on every version when a barrier does not name it)."""
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def distributed_context(device: str) -> tuple[int, int]:
