@@ -537,6 +537,23 @@ def test_a_file_cut_short_since_is_not_up_to_date(tmp_path: Path, nifti_writer) 
     assert prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).unchanged
 
 
+def test_the_recorded_sizes_leave_the_fingerprint_as_an_earlier_sftkd_made_it(tmp_path: Path, nifti_writer) -> None:
+    """The same data prepared by an sftkd that recorded no sizes, and prepared again with them,
+    has one fingerprint: runs trained on either are not refused as trained on other data."""
+    from sftkd_cli.data.dataset import dataset_fingerprint
+
+    nifti_writer.write(tmp_path / "raw/v0.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    out = tmp_path / "out"
+    prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    now = dataset_fingerprint(out)
+    older = json.loads((out / "manifest.json").read_text())
+    del older["file_bytes"]
+    (out / "manifest.json").write_text(json.dumps(older, indent=2) + "\n")  # as the earlier sftkd wrote it
+    assert dataset_fingerprint(out) == now
+    (out / "manifest.json").write_text(json.dumps({**older, "seed": 7}, indent=2) + "\n")
+    assert dataset_fingerprint(out) != now  # anything else still counts
+
+
 def test_a_stop_says_the_folder_is_as_it_was_only_when_there_was_one(tmp_path: Path, monkeypatch) -> None:
     import signal
 

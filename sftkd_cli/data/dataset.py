@@ -48,7 +48,7 @@ from sftkd_cli.data.complex_slices import (
     is_complex, per_sample_spec, read_complex, sample_mask, target_size,
 )
 from sftkd_cli.files import read_regular_bytes
-from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key
+from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.mri.fft import ifft2_np
@@ -117,9 +117,19 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
 
 
 def dataset_fingerprint(root: str | Path) -> str:
-    """sha256 (hex) of the manifest.json bytes: identifies a prepared dataset."""
-    path = Path(root) / MANIFEST
-    return hashlib.sha256(read_regular_bytes(path, MANIFEST)).hexdigest()
+    """sha256 (hex) of the manifest.json bytes: identifies a prepared dataset. The files' sizes that
+    prepare-data records last ("file_bytes", for its own up-to-date check) are left out of a
+    manifest as sftkd wrote it (`format.manifest_bytes`): the same data prepared again, by this
+    sftkd or by one that recorded no sizes, keeps its fingerprint and so its runs. Any other
+    manifest is hashed as it is, byte for byte."""
+    data = read_regular_bytes(Path(root) / MANIFEST, MANIFEST)
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        manifest = None
+    if isinstance(manifest, dict) and "file_bytes" in manifest and manifest_bytes(manifest) == data:
+        data = manifest_bytes({k: v for k, v in manifest.items() if k != "file_bytes"})
+    return hashlib.sha256(data).hexdigest()
 
 
 def kspace_layout(manifest: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ no h5py): command help and the report import it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,3 +75,8 @@ def check_holds(manifest: Mapping[str, Any], shown: str, acceleration: tuple[flo
     if split is not None and split[0] not in splits:
         raise SftkdError(f"{split[1]}: split {split[0]!r} not in dataset {shown} (has {', '.join(splits)}){why}"
                          f"{did_you_mean(split[0], splits)}")
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """manifest.json's bytes as sftkd writes them (what `dataset.dataset_fingerprint` hashes)."""
+    return (json.dumps(manifest, indent=2) + "\n").encode()

@@ -21,7 +21,9 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, MANIFEST, acceleration_key, dataset_task, group_key, mask_axis
+from sftkd_cli.data.format import (
+    FORMAT, MANIFEST, acceleration_key, dataset_task, group_key, manifest_bytes, mask_axis,
+)
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
 from sftkd_cli.errors import SftkdError
@@ -222,7 +224,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     replaced since is seen without reading it)."""
     manifest["file_bytes"] = {path.relative_to(folder).as_posix(): path.stat().st_size
                               for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
-    write_bytes_synced(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_bytes_synced(folder / MANIFEST, manifest_bytes(manifest))
 
 
 def _source_text(manifest: Mapping[str, Any]) -> str:

@@ -52,10 +52,13 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
 
 def other_world(point: ResumePoint, world: int) -> str:
     """Why `world` processes cannot continue the state at `point`, in one line ('' when they can):
-    it was saved mid-epoch by another number of processes (its `world_size`, 1 where a checkpoint
-    does not say), and an epoch's sample order, split among the processes, depends on it."""
+    it was saved mid-epoch by another number of processes (its `world_size`), and an epoch's sample
+    order, split among the processes, depends on it. A checkpoint of an sftkd that recorded no
+    `world_size` continues with any number, as it did then."""
     epoch, step = position(point.path, point.state)
-    saved = point.state.get("world_size", 1)
+    if "world_size" not in point.state:
+        return ""
+    saved = point.state["world_size"]
     if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
         raise SftkdError(f"{point.path}: world_size {saved!r}; expected a whole number >= 1 (a checkpoint sftkd wrote)")
     if not step or saved == world:
