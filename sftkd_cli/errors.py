@@ -32,9 +32,9 @@ def os_error_text(exc: OSError) -> str:
     return str(exc)
 
 
-def counted(number: int, noun: str) -> str:
-    """'1 row', '2 rows': a count in a message."""
-    return f"{number} {noun}" + ("" if number == 1 else "s")
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """'1 row', '2 rows' ('1 process', '2 processes' with `plural`): a count in a message."""
+    return f"{number} " + (noun if number == 1 else plural or noun + "s")
 
 
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quoted: bool = False,

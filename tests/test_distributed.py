@@ -139,11 +139,14 @@ def test_a_mid_epoch_resume_keeps_its_number_of_processes(tiny_dataset, tmp_path
     last["epoch"], last["step_in_epoch"] = 1, 1
     save_checkpoint(path, last)
     calls.clear()
+    quiet = sftkd(*args, "train.epochs=2", "--resume", ok=False)  # rank 1: rank 0 says it, once
+    assert quiet.exit_code == 2 and not quiet.output.strip() and calls == [], quiet.output
+    monkeypatch.setenv("RANK", "0")
     mid_epoch = sftkd(*args, "train.epochs=2", "--resume", ok=False)
     lines = [line for line in mid_epoch.output.splitlines() if line.strip()]
     assert mid_epoch.exit_code == 2 and len(lines) == 1 and calls == [], mid_epoch.output
     for words in ("middle of epoch 2 (step 1) by 1 process;", "2 processes would train other slices",
-                  "resume with one process (without torchrun)"):
+                  "resume with one process (without torchrun), or start over with --force;"):
         assert words in lines[0], lines[0]
     del last["world_size"]  # as sftkd wrote it before it recorded the number: unknown, so not refused
     save_checkpoint(path, last)
@@ -170,13 +173,16 @@ def test_under_torchrun_only_training_commands_run(monkeypatch, command):
 
 
 @pytest.mark.parametrize("value", ["abc", "", "0", "-2"])
-def test_a_world_size_that_is_not_a_number_of_processes_is_one_line(monkeypatch, value):
-    """WORLD_SIZE set by hand or by another launcher: one line naming it, not a ValueError traceback."""
+def test_a_world_size_that_is_not_a_number_of_processes(tiny_dataset, tmp_path, monkeypatch, value):
+    """WORLD_SIZE set by hand or by another launcher: training, which would start a process group
+    on it, says so in one line (not a ValueError traceback); other commands never read it."""
     monkeypatch.setenv("WORLD_SIZE", value)
-    result = sftkd("evaluate", "x", ok=False)
+    result = _train(tiny_dataset, tmp_path)
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         f"error: environment variable WORLD_SIZE={value!r}: expected a whole number of processes >= 1 "
         "(torchrun sets it; unset it to run in one process)"], result.output
+    elsewhere = sftkd("evaluate", str(tmp_path / "nothing"), ok=False)
+    assert "WORLD_SIZE" not in elsewhere.output and "no such run directory" in elsewhere.output, elsewhere.output
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda"])

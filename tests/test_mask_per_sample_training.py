@@ -105,3 +105,18 @@ def test_per_sample_fastmri_random_masks_that_can_sample_nothing_are_refused(nif
         SliceDataset(short, "train", 8, mask_per_sample=True)
     assert len(SliceDataset(short, "train", 8)) > 0  # the fixed mask is fine
     assert len(SliceDataset(prepared(13), "train", 8, mask_per_sample=True)) > 0  # 13 lines: one centre line
+
+
+@pytest.mark.parametrize("fraction, lines, expected", [
+    (0.1, 5, "expected at least 6 lines"),  # 5 x 0.1 = 0.5, which Python rounds to 0
+    (0.0, 50, "expected a centre fraction above 0"),
+])
+def test_the_refusal_names_a_number_of_lines_that_would_do(fraction, lines, expected):
+    from sftkd_cli.data.complex_slices import check_drawable
+    from sftkd_cli.errors import SftkdError
+
+    spec = {"kind": "fastmri-random", "axis": 0, "center_fraction": fraction}
+    with pytest.raises(SftkdError, match=rf"mask of {lines} lines .* {expected} \(or data.mask_per_sample=false\)$"):
+        check_drawable(spec, (lines, 16), 8.0)
+    if fraction:
+        check_drawable(spec, (lines + 1, 16), 8.0)  # the number named does

@@ -183,10 +183,17 @@ def check_drawable(spec: dict[str, Any], size: tuple[int, int], acceleration: fl
     fraction = spec["center_fraction"]
     fraction = fastmri_center_fraction(acceleration) if fraction is None else float(fraction)
     if round(n * fraction) == 0:
+        if fraction > 0:
+            least = math.ceil(0.5 / fraction)
+            while round(least * fraction) == 0:  # Python rounds halves to even: round(0.5) is 0
+                least += 1
+            expected = f"at least {least} lines"
+        else:
+            expected = "a centre fraction above 0"
         raise SftkdError(
             f"data.mask_per_sample: a {spec['kind']} mask of {n} lines with centre fraction {fraction:g} has no "
-            f"centre line, so a mask drawn per sample can sample nothing; expected at least "
-            f"{math.ceil(0.5 / fraction)} lines (or data.mask_per_sample=false)")
+            f"centre line, so a mask drawn per sample can sample nothing; expected {expected} "
+            "(or data.mask_per_sample=false)")
 
 
 def sample_mask(spec: dict[str, Any], size: tuple[int, int], acceleration: float, epoch: int, volume: str,

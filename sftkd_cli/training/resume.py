@@ -64,8 +64,8 @@ def other_world(point: ResumePoint, world: int) -> str:
     if not step or saved == world:
         return ""
     return (f"{point.path}: saved in the middle of epoch {epoch + 1} (step {step}) by {processes(saved)}; "
-            f"{processes(world)} would train other slices for the rest of it: resume with {started_with(saved)} "
-            "(the number of processes may change at an epoch's end), or start over with --force")
+            f"{processes(world)} would train other slices for the rest of it: resume with {started_with(saved)}, "
+            "or start over with --force; the number of processes may change at an epoch's end")
 
 
 def resume_point(run: RunDir, start_over: str = "start over with --force") -> ResumePoint | None:

@@ -22,7 +22,7 @@ from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
-from sftkd_cli.torchrun import world_size
+from sftkd_cli.torchrun import local_processes, said_by_rank_0, world_size
 from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
@@ -131,7 +131,7 @@ def _check_gpus_per_process(device: str, world: int) -> None:
             f"train.device={device}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
             "set train.device=cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs"
         )
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    processes = local_processes(world)
     gpus = torch.cuda.device_count()
     if processes > gpus:
         raise SftkdError(
@@ -211,9 +211,9 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
                              "stopped; put the file back, or start over with --force")
         return
     last, saved = point.path, point.state
-    fewer = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
-    if fewer:
-        raise SftkdError(fewer)
+    refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
+    if refused:
+        raise SftkdError(refused)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
@@ -237,17 +237,18 @@ def run_training(
     `make_objective` gets the dataset record (`dataset_record`: layout, size, acceleration).
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
-    validate(recipe)
-    device = select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
-    check_amp(recipe.train.amp, device)  # and so is fp16 on a CPU
-    use_cuda_graphs(recipe.train.cuda_graphs, device, recipe.train.amp)  # so is train.cuda_graphs=on on a CPU
-    run = RunDir(run_path(recipe))
-    if resume and run.recipe_file.exists():
-        reconcile_resume(run, recipe)
-    train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
-    data = dataset_record(recipe.data.path, recipe.data.acceleration)
-    if resume and run.recipe_file.exists():
-        check_resumable(run, recipe, data)
+    with said_by_rank_0():
+        validate(recipe)
+        device = select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
+        check_amp(recipe.train.amp, device)  # and so is fp16 on a CPU
+        use_cuda_graphs(recipe.train.cuda_graphs, device, recipe.train.amp)  # so is train.cuda_graphs=on on a CPU
+        run = RunDir(run_path(recipe))
+        if resume and run.recipe_file.exists():
+            reconcile_resume(run, recipe)
+        train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
+        data = dataset_record(recipe.data.path, recipe.data.acceleration)
+        if resume and run.recipe_file.exists():
+            check_resumable(run, recipe, data)
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
@@ -266,8 +267,9 @@ def run_training(
         if rank == 0 and not resume:
             run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
         if world > 1 and peer_failed(exc):  # the other process said why; torch's traceback would bury it
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SftkdError("another training process failed or was killed (see its message above, or torchrun's report); "
-                             "this one stopped with it") from None
+                             f"this one stopped with it (torch: {first[:200]})") from None
         raise
     finally:
         run.unlock()
