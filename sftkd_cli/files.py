@@ -38,6 +38,11 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
+def nan_if_null(value: Any) -> float:
+    """A number read back from JSON that `json_text` wrote: null (a NaN or infinity then) as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def json_text(value: Any, indent: int | None = 2) -> str:
     """JSON that every parser reads: NaN and infinities (std of one volume, PSNR of an exact
     prediction) are written as null, since JSON has no NaN or Infinity tokens (Python writes them,

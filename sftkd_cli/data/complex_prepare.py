@@ -176,7 +176,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     """Prepare a complex source into `out` (lock held, `existing` its old manifest or None);
     returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop;
     `before_writing()` is called when the dataset is not up to date, before anything is written."""
-    if options.task != "recon":
+    if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
     user = user_masks(options, line=True)
     files = source.sample_volumes(source.files(), options.seed)

@@ -74,6 +74,7 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
     from sftkd_cli.data.prepare import prepare_dataset
 
     where = f"{plan_path}: data"
+    names = OptionNames(f"{where}.options.")  # a plan's keys, as its errors and warnings name them
     prepared = checked_options(data.source, data.options, where)
     source = CATALOG[data.source].make_source(data.root, data.options)
     try:
@@ -87,10 +88,10 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
     try:
         result = prepare_dataset(source, data.out, prepared)
     except OptionError as exc:  # found while preparing (--downsample too large, an unknown --val id): the plan's key
-        raise exc.worded(OptionNames(f"{where}.options.")) from None
+        raise exc.worded(names) from None
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"),
                   highlight=False, markup=False, soft_wrap=True)
-    if warning := result.padding_warning(OptionNames(f"{where}.options.")):
+    if warning := result.padding_warning(names):
         console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     return not result.unchanged
 

@@ -23,3 +23,16 @@ REPORT_MD, STATUS_JSON = "report.md", "status.json"
 
 # statuses of a stage after a run, and the actions a dry run announces
 DONE, RESUMED, SKIPPED, FAILED, INTERRUPTED = "done", "resumed", "skipped", "failed", "interrupted"
+#: the note of a stage skipped as up to date (a detail may follow), and the mark on a row
+#: of the status table carried over from a previous invocation
+UP_TO_DATE, EARLIER = "up to date", "(earlier)"
+
+
+def marked_earlier(note: str) -> str:
+    """`note` marked as coming from a previous invocation (once)."""
+    return note if note.startswith(EARLIER) else f"{EARLIER} {note}".rstrip()
+
+
+def is_up_to_date(note: str) -> bool:
+    """Whether a stage's note says it was skipped as up to date (now, or in a previous invocation)."""
+    return note.removeprefix(EARLIER).strip().startswith(UP_TO_DATE)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,15 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli import __version__
-from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS
+from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
-from sftkd_cli.files import atomic_write_text, json_text
+from sftkd_cli.files import atomic_write_text, json_text, nan_if_null, read_regular_bytes
 from sftkd_cli.run_files import METRICS_JSON
 
 
@@ -64,7 +62,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     lines += _md_table(("stage", "status", "seconds", "note"), rows, numeric=(2,))
     lines += ["", f"Stage time of this invocation before the report (summed over stages, some of which may "
               f"have run side by side): {format_seconds(total_seconds(results))}"
-              + ("; rows marked (earlier) come from a previous invocation." if len(status) > len(results) else "."), ""]
+              + (f"; rows marked {EARLIER} come from a previous invocation." if len(status) > len(results) else "."), ""]
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
     records = [dataclasses.asdict(r) for r in status]
@@ -109,8 +107,7 @@ def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageR
             entry = earlier[stage.id]
             note, seconds = str(entry.get("note", "")), entry.get("seconds", 0.0)  # null: a NaN written as JSON
             merged.append(StageResult(stage.id, stage.kind, str(entry.get("status", "")),
-                                      float(math.nan if seconds is None else seconds),
-                                      note if note.startswith("(earlier)") else f"(earlier) {note}".rstrip()))
+                                      nan_if_null(seconds), marked_earlier(note)))
     return merged
 
 

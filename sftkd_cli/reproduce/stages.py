@@ -17,7 +17,9 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON
+from sftkd_cli.reproduce.kinds import (
+    DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON, is_up_to_date,
+)
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -311,8 +313,8 @@ def _stage_ok(entry: object) -> bool:
     interrupted, or skipped because another failed)."""
     if not isinstance(entry, dict):
         return False
-    note = str(entry.get("note", "")).removeprefix("(earlier)").strip()
-    return entry.get("status") in (DONE, RESUMED) or (entry.get("status") == SKIPPED and note.startswith("up to date"))
+    status = entry.get("status")
+    return status in (DONE, RESUMED) or (status == SKIPPED and is_up_to_date(str(entry.get("note", ""))))
 
 
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:

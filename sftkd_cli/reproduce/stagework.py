@@ -21,7 +21,7 @@ from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
 from sftkd_cli.choices import TRAIN_KINDS
-from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, SKIPPED
+from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, SKIPPED, UP_TO_DATE, is_up_to_date
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
@@ -53,7 +53,7 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
         header(f"{plan.data.source} -> {plan.data.out}")
         wrote = prepare_data(plan.data, plan.path, console)
         check_split(plan.data.out, plan.evaluate["split"], f"{plan.path}: stages.evaluate.split")
-        return (DONE, "prepared") if wrote else (SKIPPED, "up to date")
+        return (DONE, "prepared") if wrote else (SKIPPED, UP_TO_DATE)
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
         state, detail = training_state(stage)
@@ -61,7 +61,7 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
             raise SftkdError(conflict)
         if state == "complete":
             console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date ({detail})[/]", highlight=False)
-            return SKIPPED, f"up to date ({detail})"
+            return SKIPPED, f"{UP_TO_DATE} ({detail})"
         header(f"{'resume' if state == 'partial' else 'train'} {model_text(stage)}"
                + (f" ({detail})" if detail else "") + f" -> {stage.run}")
         trainers[stage.kind](stage.recipe, resume=state == "partial", console=console)
@@ -69,14 +69,14 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
     if stage.kind == "evaluate":
         if evaluation_complete(stage, plan):
             console.print(f"[dim][{number}/{total}] {escape(stage.id)}: up to date[/]", highlight=False)
-            return SKIPPED, "up to date"
+            return SKIPPED, UP_TO_DATE
         header(f"evaluate {stage.run}" + (f" --model {stage.model_role}" if stage.model_role else ""))
         evaluate_stage(stage, plan)
         return DONE, ""
-    up_to_date = bool(results) and all(r.note.startswith("up to date") for r in results.values())
+    up_to_date = bool(results) and all(is_up_to_date(r.note) for r in results.values())
     if up_to_date and report_complete(plan, stages):
         console.print(f"[dim][{number}/{total}] report: up to date ({plan.report_dir / REPORT_MD})[/]", highlight=False)
-        return SKIPPED, "up to date"
+        return SKIPPED, UP_TO_DATE
     header(f"report -> {plan.report_dir}")
     problems = write_report(plan, stages, list(results.values()), console)
     if problems:

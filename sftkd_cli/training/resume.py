@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import nan_if_null
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.torchrun import processes, started_with
 
@@ -127,8 +128,8 @@ def _agrees(path: Path, best: dict[str, Any], history: list[dict[str, Any]]) -> 
     if row.get("epoch") != epoch:
         return False
     try:
-        value = row.get("val_l1")  # null: NaN (no validation slices), as history.jsonl writes it
-        logged, saved = float(math.nan if value is None else value), float(best.get("best_val_l1", math.nan))
+        # null: NaN (no validation slices), as history.jsonl writes it
+        logged, saved = nan_if_null(row.get("val_l1")), float(best.get("best_val_l1", math.nan))
     except (TypeError, ValueError):
         return False
     return logged == saved or (math.isnan(logged) and math.isnan(saved))
