@@ -278,7 +278,7 @@ def card_task(card: dict[str, Any]) -> str | None:
     sftkd, what its mask's kind says (sr-box: super-resolution); None when the card cannot tell."""
     if card.get("task") is not None:
         return str(card["task"])
-    kind = (card.get("mask") or {}).get("kind")
+    kind = _mapping(card.get("mask")).get("kind")
     return None if kind is None else "sr" if kind == "sr-box" else "recon"
 
 
@@ -286,7 +286,7 @@ def card_acquisition(card: dict[str, Any], have: Acquisition, where: str) -> Acq
     """The acquisition the model of a card was built for. Its architecture record names the values
     and image channels of complex models only (magnitude, 1 otherwise); what a card of an earlier
     sftkd does not record is taken from `have`, the data's, so that check passes."""
-    arch = card.get("architecture") or {}
+    arch = _mapping(card.get("architecture"))
     recorded = {"task": card_task(card), "kspace_layout": card.get("kspace_layout"),
                 "values": arch.get("values", "magnitude"), "channels": arch.get("image_channels", 1)}
     return Acquisition.from_record({**have.record(), **{k: v for k, v in recorded.items() if v is not None}}, where)
@@ -298,7 +298,7 @@ def check_card_fits(card: dict[str, Any], path: str | Path, data: dict[str, Any]
     it was trained at), or one exported from another run than `run_path`: its scores would be
     filed and labelled as that run's. A field a card of an earlier sftkd lacks is not checked."""
     have = record_acquisition(data)
-    name = (card.get("architecture") or {}).get("name")
+    name = _mapping(card.get("architecture")).get("name")
     if isinstance(name, str):
         model = card_acquisition(card, have, f"{path}: model card")
         refuse_other_data(name, model, have, path, data.get("path", "the dataset"))
@@ -313,6 +313,11 @@ def check_card_fits(card: dict[str, Any], path: str | Path, data: dict[str, Any]
         raise SftkdError(f"{path}: exported from run {display_path(owner)}, not {display_path(run_path)}, so its "
                          f"scores would be filed as this run's; evaluate it with its own run: "
                          f"sftkd evaluate {display_path(owner)} --exported {path}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A card's sub-record, or {} where a card holds none (or no mapping there)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _belongs_to(path: Path, owner: Path, run_path: Path) -> bool:
