@@ -338,11 +338,11 @@ def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[st
 
 
 def _exported_model(exported: str | Path, run: RunDir, device: torch.device, checkpoint: str | None,
-                    model_role: str | None) -> _ScoredModel:
-    """An exported file of the run (TorchScript or ONNX), with what its model card says."""
+                    model_role: str | None, record: dict[str, Any]) -> _ScoredModel:
+    """An exported file of the run (TorchScript or ONNX) that fits the data `record`, with what its model card says."""
     from sftkd_cli.exported import prepare_evaluation
 
-    target = prepare_evaluation(exported, run.path, device, checkpoint, model_role)
+    target = prepare_evaluation(exported, run.path, device, checkpoint, model_role, record)
     model = target.model
     return _ScoredModel(model, model.name, target.state, target.role, target.checkpoint, model.params,
                         target.out_dir, model.device, extra=target.fields)
@@ -404,7 +404,7 @@ def _evaluate(
         scored_model = _checkpoint_model(run, recipe, dataset, record, checkpoint, model_role, torch_device, amp,
                                          batch_size)
     else:
-        scored_model = _exported_model(exported, run, torch_device, checkpoint, model_role)
+        scored_model = _exported_model(exported, run, torch_device, checkpoint, model_role, record)
     state, entry_role, which = scored_model.state, scored_model.role, scored_model.checkpoint
     torch_device, runner = scored_model.device, scored_model.runner
     out = _results_folder(scored_model.out, state, record, data_path, amp, convention)

@@ -441,6 +441,7 @@ def export_run(
                 "epoch": state.get("epoch"),
                 "architecture": family.architecture(model, fixed),
                 "params": count_parameters(model),
+                "task": model.acquisition.task,  # evaluate --exported refuses data of another task
                 "acceleration": acceleration,
                 "mask": _mask_card(manifest, acceleration, *checked_mask),
                 "image_size": list(image_size),

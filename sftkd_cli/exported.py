@@ -11,7 +11,8 @@ An exported file takes what a scanner gives and returns the reconstruction:
 ONNX files run in onnxruntime on the CPU and feed only the inputs the graph declares (a graph
 without data consistency drops the unused kspace and mask); TorchScript files run in torch.
 The model card beside the file (`<file>.card.json`) says what it is; `sftkd evaluate
---exported` scores a file through `prepare_evaluation`.
+--exported` scores a file through `prepare_evaluation`, which first refuses a file whose card
+says it does not fit the data (as a checkpoint is refused) or belongs to another run.
 
 A TorchScript file is code, not only weights: a crafted one can call any torch op, e.g.
 aten::from_file, which creates and writes files. So before it runs, a TorchScript file is
@@ -36,7 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftkd_cli.files import read_regular_bytes, sha256_file
+from sftkd_cli.acquisition import Acquisition
+from sftkd_cli.checkpoints import refuse_other_data
+from sftkd_cli.data.dataset import record_acquisition
+from sftkd_cli.files import display_path, read_regular_bytes, sha256_file
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.run_files import CARD_SUFFIX, EVAL_PREFIX
 
@@ -269,11 +273,67 @@ class ExportedEvaluation:
     fields: dict[str, Any]  # extra metrics.json fields: the run label and the exported file
 
 
+def card_task(card: dict[str, Any]) -> str | None:
+    """The task an exported model was trained for: the card's `task`, or on a card of an earlier
+    sftkd, what its mask's kind says (sr-box: super-resolution); None when the card cannot tell."""
+    if card.get("task") is not None:
+        return str(card["task"])
+    kind = _mapping(card.get("mask")).get("kind")
+    return None if kind is None else "sr" if kind == "sr-box" else "recon"
+
+
+def card_acquisition(card: dict[str, Any], have: Acquisition, where: str) -> Acquisition:
+    """The acquisition the model of a card was built for. Its architecture record names the values
+    and image channels of complex models only (magnitude, 1 otherwise); what a card of an earlier
+    sftkd does not record is taken from `have`, the data's, so that check passes."""
+    arch = _mapping(card.get("architecture"))
+    recorded = {"task": card_task(card), "kspace_layout": card.get("kspace_layout"),
+                "values": arch.get("values", "magnitude"), "channels": arch.get("image_channels", 1)}
+    return Acquisition.from_record({**have.record(), **{k: v for k, v in recorded.items() if v is not None}}, where)
+
+
+def check_card_fits(card: dict[str, Any], path: str | Path, data: dict[str, Any], run_path: Path) -> None:
+    """Refuse, in one line, an exported file used on data its model does not fit (`data`, the
+    dataset record scored: the checks a checkpoint gets, `refuse_other_data`, and the acceleration
+    it was trained at), or one exported from another run than `run_path`: its scores would be
+    filed and labelled as that run's. A field a card of an earlier sftkd lacks is not checked."""
+    have = record_acquisition(data)
+    name = _mapping(card.get("architecture")).get("name")
+    if isinstance(name, str):
+        model = card_acquisition(card, have, f"{path}: model card")
+        refuse_other_data(name, model, have, path, data.get("path", "the dataset"))
+    recorded, scored = card.get("acceleration"), data.get("acceleration")
+    if isinstance(recorded, (int, float)) and scored is not None and float(recorded) != float(scored):
+        what = "scale" if have.task == "sr" else "acceleration"
+        raise SftkdError(f"{path}: exported from a model trained at {what} {recorded:g}x, but this evaluation "
+                         f"scores {what} {scored:g}x (data.acceleration of {display_path(run_path)}); "
+                         f"use an export of a model trained at {scored:g}x")
+    owner = card.get("run_path")
+    if isinstance(owner, str) and not _belongs_to(Path(path), Path(owner), run_path):
+        raise SftkdError(f"{path}: exported from run {display_path(owner)}, not {display_path(run_path)}, so its "
+                         f"scores would be filed as this run's; evaluate it with its own run: "
+                         f"sftkd evaluate {display_path(owner)} --exported {path}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A card's sub-record, or {} where a card holds none (or no mapping there)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _belongs_to(path: Path, owner: Path, run_path: Path) -> bool:
+    """Whether an exported file whose card names run `owner` is one of run `run_path`'s: the same
+    folder, or (the run moved or copied since) the file lies inside it."""
+    run = os.path.realpath(run_path)
+    return os.path.realpath(owner) == run or Path(os.path.realpath(path)).is_relative_to(run)
+
+
 def prepare_evaluation(
     path: str | Path, run_path: Path, device: str | torch.device = "cpu",
-    checkpoint: str | None = None, model_role: str | None = None,
+    checkpoint: str | None = None, model_role: str | None = None, data: dict[str, Any] | None = None,
 ) -> ExportedEvaluation:
-    """Load an exported file for `evaluate_run`; parameter count and provenance come from its card."""
+    """Load an exported file for `evaluate_run`; parameter count and provenance come from its card.
+    With `data` (the dataset record scored), a file that does not fit it, or of another run, is
+    refused first (`check_card_fits`)."""
     if checkpoint is not None or model_role is not None:
         raise SftkdError(f"{path}: --checkpoint and --model do not apply to an exported model (its card records them)")
     if not Path(path).is_file():
@@ -282,6 +342,8 @@ def prepare_evaluation(
     if card is None or not card.get("role"):
         raise SftkdError(f"{path}: refused: no model card {card_path(Path(path)).name} beside it (or one without "
                          "a role), so what the file is cannot be told; expected the card `sftkd export` wrote with it")
+    if data is not None:
+        check_card_fits(card, path, data, run_path)
     model = load_exported(path, device)
     role = str(card.get("role") or "model")
     state = {

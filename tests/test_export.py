@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import complex_data
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,9 @@ from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.data.dataset import SliceDataset
+from sftkd_cli.data.options import PrepareOptions
+from sftkd_cli.data.prepare import prepare_dataset
+from sftkd_cli.data.sources import NiftiSource
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.export import export_run, exportable
 from sftkd_cli.exported import load_exported, read_card, split_complex
@@ -35,9 +39,11 @@ from sftkd_cli.runtime import collate
 
 torch.set_num_threads(1)
 
+complex_dataset = complex_data.complex_dataset  # the fixture, by name
+
 CARD_KEYS = {
     "format", "sftkd_version", "export_format", "file", "exporter", "run", "role", "checkpoint",
-    "architecture", "params", "acceleration", "mask", "image_size", "image_size_dynamic", "batch_dynamic",
+    "architecture", "params", "task", "acceleration", "mask", "image_size", "image_size_dynamic", "batch_dynamic",
     "inputs", "outputs", "kspace_layout", "fft_norm", "dataset", "metrics", "check", "sha256", "normalisation",
 }
 
@@ -414,6 +420,111 @@ def test_evaluate_scores_an_exported_file_like_the_checkpoint(run_copy):
     assert load_run_result(out).params == reference["params"]  # `sftkd compare` reads it like a run
     with pytest.raises(SftkdError, match="do not apply"):
         evaluate_run(run_copy, device="cpu", exported=onnx_file, checkpoint="last")
+
+
+def _trained_export(data: Path, runs: Path, name: str, *overrides: str) -> Path:
+    """A run trained for one step on `data`, exported as TorchScript into its RUN/export; the file."""
+    from sftkd_cli.training.supervised import train_supervised
+
+    recipe = load_recipe(None, [f"data.path={data}", "model.channels=4", "train.epochs=1", "train.max_steps_per_epoch=1",
+                                "train.device=cpu", "eval.latency_slices=1", f"run.dir={runs}", f"run.name={name}",
+                                *overrides])
+    run, _ = train_supervised(recipe, console=Console(file=io.StringIO()))
+    return export_run(run.path, "torchscript").path
+
+
+D2C2 = ("model.name=D2C2", "sft.teacher=D2C2", "sft.student=D2C2")
+
+
+@pytest.fixture(scope="module")
+def own_export(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported as TorchScript into a folder outside it (the run stays read-only)."""
+    return export_run(trained_run, "torchscript", out=tmp_path_factory.mktemp("own") / "tiny.ts").path
+
+
+@pytest.fixture(scope="module")
+def centred_dataset(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset's volumes prepared with centred k-space (fftshift), acceleration 4."""
+    out = tmp_path_factory.mktemp("centred") / "data"
+    options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), mask_layout="centered")
+    prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), out, options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sr_export(tiny_dataset, tmp_path_factory) -> Path:
+    """A VDSR4 trained for super-resolution (scale 4) on the tiny dataset's volumes, exported."""
+    base = tmp_path_factory.mktemp("sr")
+    options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), task="sr")
+    prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), base / "data", options)
+    return _trained_export(base / "data", base / "runs", "sr", "model.name=VDSR4", "sft.teacher=VDSR4",
+                           "sft.student=VDSR4", "data.task=sr")
+
+
+@pytest.fixture(scope="module")
+def complex_export(complex_dataset, tmp_path_factory) -> Path:
+    """A D2C2 trained on complex data (2 channels, centred k-space), exported."""
+    return _trained_export(complex_dataset, tmp_path_factory.mktemp("cx-runs"), "cx", *D2C2)
+
+
+@pytest.fixture(scope="module")
+def five_export(tiny_dataset, tmp_path_factory) -> Path:
+    """A D2C2 trained at acceleration 5 on the tiny dataset, exported."""
+    return _trained_export(tiny_dataset, tmp_path_factory.mktemp("five-runs"), "five", *D2C2, "data.acceleration=5")
+
+
+def _files(*folders: Path) -> set[Path]:
+    return {path for folder in folders for path in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("run, data, export, expected", [
+    ("trained_run", None, "complex_export", "its data consistency expects centered k-space but {data} stores corner"),
+    ("trained_run", "centred_dataset", "complex_export", "built for image values complex, but {data} holds image values magnitude"),
+    ("trained_run", "centred_dataset", "own_export", "its data consistency expects corner k-space but {data} stores centered"),
+    ("trained_run", None, "sr_export", "built for task sr, but {data} holds task recon"),
+    ("sr_run", None, "own_export", "built for task recon, but {data} holds task sr"),
+    ("trained_run", None, "five_export", "trained at acceleration 5x, but this evaluation scores acceleration 4x"),
+    ("run_copy", None, "own_export", "exported from run {owner}, not {run}, so its scores would be filed as this run's; "
+                                     "evaluate it with its own run: sftkd evaluate {owner} --exported {file}"),
+], ids=["complex-on-magnitude", "complex-values", "corner-on-centred", "sr-on-recon", "recon-on-sr", "5x-at-4x",
+        "another-run"])
+def test_evaluate_refuses_an_exported_model_that_does_not_fit_as_a_checkpoint_is(request, run, data, export, expected):
+    """What the card records is checked against the data as a checkpoint's entry is: one line, exit 2, nothing written."""
+    file = request.getfixturevalue(export)
+    run_path = request.getfixturevalue("sr_export").parent.parent if run == "sr_run" else request.getfixturevalue(run)
+    data_path = request.getfixturevalue(data) if data else Path(load_recipe(run_path / "recipe.yaml").data.path)
+    before = _files(run_path, file.parent)
+    result = CliRunner().invoke(app, ["evaluate", str(run_path), "--device", "cpu", "--exported", str(file),
+                                      *(["--data", str(data_path)] if data else [])])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    line = " ".join(result.stderr.split())  # rich may wrap the line
+    owner = read_card(file)["run_path"]
+    assert f"{file}: " in line and expected.format(data=data_path, owner=owner, run=run_path, file=file) in line, line
+    assert _files(run_path, file.parent) == before
+
+
+def test_an_export_inside_its_run_scores_after_the_run_moved(trained_run, tmp_path):
+    """The card's run_path is where the run was; an export that lies in the run still belongs to it."""
+    from sftkd_cli.evaluate import evaluate_run
+
+    old = Path(shutil.copytree(trained_run, tmp_path / "old", ignore=shutil.ignore_patterns("export", ".lock")))
+    file = export_run(old, "torchscript").path
+    moved = old.rename(tmp_path / "moved")
+    scored = evaluate_run(moved, device="cpu", write_recon=False, exported=moved / file.relative_to(old))
+    assert scored["run"] == "moved-torchscript" and Path(scored["output_dir"]).parent == moved
+
+
+def test_a_card_of_an_earlier_sftkd_is_checked_on_what_it_records():
+    """Cards before `task` tell an SR model by its mask; a field they lack is taken from the data (not checked)."""
+    from sftkd_cli.exported import card_acquisition, card_task
+
+    have = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2, image_size=(40, 32))
+    assert card_task({"task": "sr", "mask": {"kind": "random"}}) == "sr"
+    assert card_task({"mask": {"kind": "sr-box"}}) == "sr" and card_task({"mask": {"kind": "random"}}) == "recon"
+    assert card_task({"mask": {}}) is None and card_task({}) is None
+    assert card_acquisition({"architecture": {"values": "complex", "image_channels": 2}}, have, "card") == have
+    old = card_acquisition({"mask": {"kind": "sr-box"}, "kspace_layout": "corner", "architecture": {}}, have, "card")
+    assert (old.task, old.kspace_layout, old.values, old.channels) == ("sr", "corner", "magnitude", 1)
 
 
 def test_cli_export(trained_run, tmp_path):

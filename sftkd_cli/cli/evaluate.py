@@ -41,7 +41,7 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5; one left in the same folder by an earlier evaluation is removed (it would not match the new scores).")] = False,
-    exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file from `sftkd export` instead of a checkpoint (scores go to RUN/eval-<file>-<format>/).")] = None,
+    exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file `sftkd export` wrote from RUN instead of a checkpoint (scores go to RUN/eval-<file>-<format>/); refused, as a checkpoint is, on data its card says it does not fit.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
     amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
