@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
-from sftkd_cli.checkpoints import checkpoint_digest
+from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError
@@ -168,15 +168,48 @@ def teacher_changed(run: RunDir, recipe: Recipe) -> str:
     names now has another (another run, or retrained or replaced since, even at the same path):
     what differs."""
     teacher = recipe.distill.teacher_run
-    return _teacher_mismatch(run, teacher, _recorded_teacher(run) if teacher else None)
+    return _other_checkpoint(run, "distill.teacher_run", teacher, _recorded_teacher(run) if teacher else None)
 
 
-def _teacher_mismatch(run: RunDir, teacher: str, recorded: str | None) -> str:
-    """`teacher_changed` with the run's recorded sha256 already read (None: nothing to check)."""
-    if not recorded or checkpoint_digest(teacher) == recorded:
+def _other_checkpoint(run: RunDir, label: str, source: str, recorded: str | None, verb: str = "learnt from") -> str:
+    """'' unless `source` (given as `label`) now holds another checkpoint than the one whose sha256
+    the run recorded (None: nothing to check): what differs."""
+    if not recorded or checkpoint_digest(source) == recorded:
         return ""
-    return (f"distill.teacher_run {teacher}: its best checkpoint is not the one {run.path} learnt "
-            f"from (sha256 {recorded[:12]}; retrained or replaced since?)")
+    return (f"{label} {source}: its best checkpoint is not the one {run.path} {verb} "
+            f"(sha256 {recorded[:12]}; retrained or replaced since?)")
+
+
+def recorded_start(recipe: Recipe, resume: bool) -> tuple[str, str | None] | None:
+    """On --resume, the `init` and `init_sha256` recorded in the checkpoint the run continues from
+    (`resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes short); None
+    without --resume, without a checkpoint (the run starts afresh) or from an sftkd that recorded none."""
+    point = resume_point(RunDir(run_path(recipe))) if resume else None
+    state = point.state if point else {}
+    return (state["init"], state.get("init_sha256")) if state.get("init") else None
+
+
+def start_weights(model: CascadeNet, start: CheckpointFile | None, role: str | None = None) -> tuple[str, str | None]:
+    """Copy checkpoint `start` into `model` (its `role` entry, else the one of the model's
+    architecture: `copy_weights`); the `init` and `init_sha256` to record: ('random', None) without one."""
+    if start is None:
+        return "random", None
+    return copy_weights(model, start.state, start.path, role), start.sha256
+
+
+def check_same_start(recipe: Recipe, started: tuple[str, str | None], init_from: str | None) -> None:
+    """Refuse, in one line, a resumed run given another start (`init_from`, a run or checkpoint, or
+    None for random weights) than the `started` (init, init_sha256) its checkpoint recorded."""
+    run, (init, recorded) = RunDir(run_path(recipe)), started
+    if init == "random" and init_from:
+        raise SftkdError(f"--init-from {init_from}: {run.path} started from random weights; resume without --init-from")
+    if init != "random" and not init_from:
+        raise SftkdError(f"{run.path}: started from {init}; resume with --init-from naming it")
+    if init_from:
+        resolve_checkpoint(init_from)  # one that is gone says so, not that it is another
+    changed = _other_checkpoint(run, "--init-from", init_from or "", recorded, "started from")
+    if changed:
+        raise SftkdError(f"{changed}: resume with the --init-from it started from")
 
 
 def _recorded_teacher(run: RunDir) -> str | None:
@@ -218,7 +251,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
-    changed = _teacher_mismatch(run, recipe.distill.teacher_run, saved.get("teacher_sha256"))
+    changed = _other_checkpoint(run, "distill.teacher_run", recipe.distill.teacher_run, saved.get("teacher_sha256"))
     if changed:
         raise SftkdError(f"{changed}: resume with the teacher it learnt from")
 
@@ -250,7 +283,8 @@ def run_training(
         if resume and run.recipe_file.exists():
             check_resumable(run, recipe, data)
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
-    objective = make_objective(data)
+    with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
+        objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)

@@ -1,0 +1,69 @@
+"""Where a resumed run starts from: `train-teacher --init-from` stopped before its first checkpoint
+resumes from that start (not from random weights), the start is recorded in the checkpoints,
+and a resume given another start is refused in one line (CPU, through the CLI)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.training.checkpoint_writer import CheckpointWriter
+from test_hardening import fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
+from test_resume_from_best import _assert_same_run
+
+torch.set_num_threads(1)
+
+
+def stop_before_writing(monkeypatch, at: tuple[int, int]) -> None:
+    """Stop at once (a second Ctrl-C) when training hands over the checkpoint of (epoch, step)
+    `at`, before it is written: the run has no checkpoint of it, as after a kill -9 there."""
+    submit = CheckpointWriter.submit
+
+    def stopping(self, paths, state):
+        if (state["epoch"], state["step_in_epoch"]) == at:
+            raise KeyboardInterrupt
+        submit(self, paths, state)
+
+    monkeypatch.setattr(CheckpointWriter, "submit", stopping)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["models"]["model"]["state"]
+
+
+def test_init_from_stopped_before_its_first_checkpoint_resumes_from_the_init(tiny_dataset, tmp_path, trained_run,
+                                                                            monkeypatch):
+    runs, init = tmp_path / "runs", ("--init-from", trained_run)
+    assert invoke(*train_args(tiny_dataset, runs, "straight", *init)).exit_code == 0
+    stop_before_writing(monkeypatch, (0, 1))
+    stopped = invoke(*train_args(tiny_dataset, runs, "r", *init, "train.checkpoint_every=1"))
+    monkeypatch.undo()
+    assert stopped.exit_code != 0 and not list((runs / "r" / "checkpoints").iterdir()), stopped.output
+    result = invoke(*train_args(tiny_dataset, runs, "r", *init, "train.checkpoint_every=1", "--resume"))
+    assert result.exit_code == 0, result.output
+    _assert_same_run(runs / "r", runs / "straight")
+    assert invoke(*train_args(tiny_dataset, runs, "random")).exit_code == 0
+    assert any(not torch.equal(a, b) for a, b in zip(_weights(runs / "r").values(), _weights(runs / "random").values()))
+    saved = load_checkpoint(runs / "r" / "checkpoints" / "last.pt")
+    best = trained_run / "checkpoints" / "best.pt"
+    assert saved["init"] == f"{best}:model" and saved["init_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert load_checkpoint(runs / "random" / "checkpoints" / "last.pt")["init"] == "random"
+
+
+def test_a_resume_with_another_start_is_refused(tiny_dataset, tmp_path, trained_run):
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "init", "--init-from", trained_run)).exit_code == 0
+    assert invoke(*train_args(tiny_dataset, runs, "random")).exit_code == 0
+    before = snapshot(runs)
+    for name, start, said in (("init", (), ("--init-from naming it", str(trained_run))),
+                              ("init", ("--init-from", runs / "random"), ("is not the one", "started from")),
+                              ("init", ("--init-from", runs / "gone"), ("gone", "no such run directory")),
+                              ("random", ("--init-from", trained_run), ("random weights", "without --init-from"))):
+        fails_cleanly(*train_args(tiny_dataset, runs, name, "train.epochs=2", "--resume", *start), names=said)
+    assert snapshot(runs) == before
+    same = ("--init-from", trained_run / "checkpoints" / "best.pt")  # the same checkpoint, named another way
+    result = invoke(*train_args(tiny_dataset, runs, "init", "train.epochs=2", "--resume", *same))
+    assert result.exit_code == 0, result.output
