@@ -1,6 +1,7 @@
-"""Where a resumed run starts from: `train-teacher --init-from` stopped before its first checkpoint
+"""Where a run starts from: `train-teacher --init-from` stopped before its first checkpoint
 resumes from that start (not from random weights), the start is recorded in the checkpoints,
-and a resume given another start is refused in one line (CPU, through the CLI)."""
+and a resume given another start is refused in one line; `distill --init-from sft` starts from
+the SFT run's student blocks, never its teacher (CPU, through the CLI)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,32 @@ def test_a_resume_with_another_start_is_refused(tiny_dataset, tmp_path, trained_
     same = ("--init-from", trained_run / "checkpoints" / "best.pt")  # the same checkpoint, named another way
     result = invoke(*train_args(tiny_dataset, runs, "init", "train.epochs=2", "--resume", *same))
     assert result.exit_code == 0, result.output
+
+
+def _options(data: Path, runs: Path, name: str) -> list[object]:
+    return ["--name", name, f"data.path={data}", f"run.dir={runs}", "train.device=cpu", "train.epochs=1",
+            "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=1", "data.max_val_slices=1",
+            "eval.latency_slices=1"]
+
+
+def test_distill_init_sft_starts_from_the_sft_runs_student_blocks(tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    for name, teacher in (("sft", "D3C2"), ("same", "D2C2")):
+        result = invoke("train-sft", "--teacher", teacher, "--student", "D2C2", *_options(tiny_dataset, runs, name))
+        assert result.exit_code == 0, result.output
+
+    def distill(sft: str, student: str, *extra: str) -> list[object]:
+        return ["distill", "--teacher", runs / sft, "--student", student, "--method", "at", "--init-from", "sft",
+                *_options(tiny_dataset, runs, f"kd-{sft}"), *extra]
+
+    # the student blocks are D2C2: a D3C2 student is refused, not started from the D3C2 teacher
+    fails_cleanly(*distill("sft", "D3C2"), names=("student is D2C2", "expected D3C2"))
+    assert not (runs / "kd-sft").exists()
+    # teacher and student of one architecture: the student's blocks, not "exactly one D2C2 model"
+    result = invoke(*distill("same", "D2C2", "train.lr=1e-30"))  # lr=1e-30: the updates vanish
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(runs / "kd-same" / "checkpoints" / "last.pt")
+    assert saved["init"].endswith(":student")
+    blocks = load_checkpoint(runs / "same" / "checkpoints" / "best.pt")["models"]["student"]["state"]
+    for key, value in blocks.items():
+        assert torch.equal(saved["models"]["model"]["state"][key], value), key

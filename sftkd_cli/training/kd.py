@@ -177,8 +177,9 @@ def distill(
         check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)
         student = model_for(recipe, recipe.model.name, data)
         # resumed: the weights come from the run's checkpoint, which records what it started from
-        loaded, loaded_sha256 = recorded_start(recipe, resume) or start_weights(
-            student, None if init in ("", "random") else teacher_file if cfg.init == "sft" else read_checkpoint(init))
+        loaded, loaded_sha256 = recorded_start(recipe, resume) or (
+            start_weights(student, teacher_file, role="student") if cfg.init == "sft"  # the SFT run's student blocks
+            else start_weights(student, None if init in ("", "random") else read_checkpoint(init)))
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps
         t_taps = cfg.teacher_taps or t_taps
