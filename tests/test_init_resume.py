@@ -11,24 +11,10 @@ from pathlib import Path
 import torch
 
 from sftkd_cli.runs import load_checkpoint
-from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from test_hardening import fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
-from test_resume_from_best import _assert_same_run
+from test_resume_from_best import _assert_same_run, stop_before_writing
 
 torch.set_num_threads(1)
-
-
-def stop_before_writing(monkeypatch, at: tuple[int, int]) -> None:
-    """Stop at once (a second Ctrl-C) when training hands over the checkpoint of (epoch, step)
-    `at`, before it is written: the run has no checkpoint of it, as after a kill -9 there."""
-    submit = CheckpointWriter.submit
-
-    def stopping(self, paths, state):
-        if (state["epoch"], state["step_in_epoch"]) == at:
-            raise KeyboardInterrupt
-        submit(self, paths, state)
-
-    monkeypatch.setattr(CheckpointWriter, "submit", stopping)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
@@ -228,21 +228,26 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
-def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
+def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str:
     """On --resume, before anything is written: a run that has trained needs a state to continue
     from (`resume.resume_point`: its `last` checkpoint, or `best` where a stop cut the epoch's
     writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
     (its recorded sha256), and train.epochs cannot be fewer than it has trained. A checkpoint
-    saved mid-epoch continues with as many processes as saved it (`resume.other_world`)."""
+    saved mid-epoch continues with as many processes as saved it (`resume.other_world`).
+
+    Returns '' or, for a run stopped before epoch 1's checkpoints landed but after history.jsonl
+    had its row (written first; no checkpoint at all, one row), the line saying it starts over."""
     point = resume_point(run)
     if point is None:
-        if run.read_history() or run.checkpoint("best").exists():
-            raise SftkdError(f"{run.checkpoint('last')}: missing, but the run has trained (history.jsonl, best.pt), and "
-                             "best.pt does not hold the state history.jsonl ends at: it cannot continue where it "
-                             "stopped; put the file back, or start over with --force")
-        return
+        rows, best = len(run.read_history()), run.checkpoint("best").exists()
+        if rows <= 1 and not best:
+            return (f"{run.history_file}: its row of epoch 1 has no checkpoint (the run stopped before it was "
+                    "written): dropped; starting over from epoch 1") if rows else ""
+        what = "best.pt does not hold the state history.jsonl ends at" if best else "so is best.pt"
+        raise SftkdError(f"{run.checkpoint('last')}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
+                         "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
     last, saved = point.path, point.state
     refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
     if refused:
@@ -254,6 +259,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     changed = _other_checkpoint(run, "distill.teacher_run", recipe.distill.teacher_run, saved.get("teacher_sha256"))
     if changed:
         raise SftkdError(f"{changed}: resume with the teacher it learnt from")
+    return ""
 
 
 def run_training(
@@ -280,8 +286,7 @@ def run_training(
             reconcile_resume(run, recipe)
         train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
         data = dataset_record(recipe.data.path, recipe.data.acceleration)
-        if resume and run.recipe_file.exists():
-            check_resumable(run, recipe, data)
+        starting_over = check_resumable(run, recipe, data) if resume and run.recipe_file.exists() else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
         objective = make_objective(data)
@@ -292,6 +297,9 @@ def run_training(
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             write_run_file(run.recipe_file, dump_recipe(recipe))
+        if starting_over:
+            run.history_file.unlink()
+            trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
     try:
         barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)
