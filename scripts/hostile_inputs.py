@@ -412,11 +412,11 @@ class Ctx:
     def train(self, name: str = "r", *extra: object, data: Path | None = None, runs: Path | None = None) -> list[str]:
         """A tiny D2C2 train-teacher command line."""
         return strs("train-teacher", "--model", "D2C2", "--data", data or self.fx.data, "--runs-dir", runs or self.runs,
-                    "--name", name, *TINY, *extra)
+                    "--name", name, *tiny_without(extra), *extra)
 
     def distill(self, teacher: Path, name: str = "kd", *extra: object, data: Path | None = None) -> list[str]:
         return strs("distill", "--teacher", teacher, "--student", "D2C2", "--method", "at", "--data", data or self.fx.data,
-                    "--runs-dir", self.runs, "--name", name, *TINY, *extra)
+                    "--runs-dir", self.runs, "--name", name, *tiny_without(extra), *extra)
 
     def prepare(self, raw: Path, out: Path, *extra: object) -> list[str]:
         return strs("prepare-data", "nifti", raw, "--out", out, "--size", "16", "16", "--val", "vol1", *extra)
@@ -463,6 +463,12 @@ class Ctx:
 
 def strs(*args: object) -> list[str]:
     return [str(a) for a in args]
+
+
+def tiny_without(extra: tuple[object, ...]) -> list[str]:
+    """TINY less the keys an override in `extra` sets (a key set twice to two values is refused)."""
+    given = {str(e).split("=", 1)[0] for e in extra if "=" in str(e)}
+    return [t for t in TINY if t.split("=", 1)[0] not in given]
 
 
 # ----------------------------------------------------------------------------- post-checks

@@ -23,11 +23,11 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def flow(tiny_dataset, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    base = [f"data.path={tiny_dataset}", f"run.dir={runs}", "train.epochs=2", "train.batch_size=2",
+    base = [f"data.path={tiny_dataset}", f"run.dir={runs}", "train.batch_size=2",  # train.epochs: each command's
             "train.threads=1", "train.device=cpu", "sft.teacher=D3C2", "sft.student=D2C2", "eval.latency_slices=1"]
-    sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base)
-    sftkd("train-teacher", "--model", "D2C2", "--name", "student", *base)
-    sftkd("train-sft", "--name", "sft", *base)
+    sftkd("train-teacher", "--model", "D3C2", "--name", "teacher", *base, "train.epochs=2")
+    sftkd("train-teacher", "--model", "D2C2", "--name", "student", *base, "train.epochs=2")
+    sftkd("train-sft", "--name", "sft", *base, "train.epochs=2")
     return runs, base
 
 

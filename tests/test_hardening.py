@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -76,10 +77,17 @@ def train_args(data: Path, runs: Path, name: str = "r", *extra: str) -> list[str
     """A tiny D2C2 training command on the CPU (1 epoch, 2 steps, 1 validation slice).
 
     On the CPU because the resume tests compare weights bit for bit (see test_kill_resume.py).
+    An override in `extra` replaces the default of its key (a key given twice is refused).
     """
-    return ["train-teacher", "--model", "D2C2", "--name", name, f"data.path={data}", f"run.dir={runs}",
-            "train.device=cpu", "train.epochs=1", "train.batch_size=2", "train.threads=1", "train.max_steps_per_epoch=2",
-            "data.max_val_slices=1", "eval.latency_slices=1", *extra]
+    defaults = [f"data.path={data}", f"run.dir={runs}", "train.device=cpu", "train.epochs=1", "train.batch_size=2",
+                "train.threads=1", "train.max_steps_per_epoch=2", "data.max_val_slices=1", "eval.latency_slices=1"]
+    return ["train-teacher", "--model", "D2C2", "--name", name, *without_keys(defaults, extra), *extra]
+
+
+def without_keys(defaults: list[str], extra: Sequence[object]) -> list[str]:
+    """The `key=value` overrides of `defaults` whose key no override in `extra` sets."""
+    given = {str(e).split("=", 1)[0] for e in extra if "=" in str(e)}
+    return [d for d in defaults if d.split("=", 1)[0] not in given]
 
 
 def copy_dataset(tiny_dataset: Path, tmp_path: Path) -> Path:
@@ -564,18 +572,18 @@ def test_second_process_on_a_locked_run_is_refused(tiny_dataset, tmp_path, flag)
     holder = RunDir(runs / "r")
     holder.lock()  # another process's lock: flock is per open file, so this process conflicts too
     try:
-        fails_cleanly(*train_args(tiny_dataset, runs), "train.epochs=2", flag, names=("another sftkd process",))
+        fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", flag), names=("another sftkd process",))
     finally:
         holder.unlock()
     assert snapshot(runs / "r") == before
-    result = invoke(*train_args(tiny_dataset, runs), "train.epochs=2", "--resume")  # free again: continues
+    result = invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"))  # free again: continues
     assert result.exit_code == 0, result.output
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     runs, extra = tmp_path / "runs", ["train.epochs=2", "train.max_steps_per_epoch=3", "train.checkpoint_every=1"]
-    args = [*train_args(tiny_dataset, runs), *extra]
-    assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
+    args = train_args(tiny_dataset, runs, "r", *extra)
+    assert invoke(*train_args(tiny_dataset, tmp_path / "straight", "r", *extra)).exit_code == 0
     real_write, calls, kept = files_module.write_bytes_synced, [], {}
     last = runs / "r" / "checkpoints" / "last.pt"
 
@@ -609,7 +617,7 @@ class _Killed(BaseException):
 def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_dataset, tmp_path, monkeypatch):
     """Regression (found by scripts/fault_injection.py): the epoch's history row used to be lost for good."""
     extra = ["train.epochs=2", "train.checkpoint_every=1"]
-    assert invoke(*train_args(tiny_dataset, tmp_path / "straight"), *extra).exit_code == 0
+    assert invoke(*train_args(tiny_dataset, tmp_path / "straight", "r", *extra)).exit_code == 0
 
     real_write = checkpoint_writer.write_checkpoint
 
@@ -622,10 +630,10 @@ def test_kill_between_epoch_checkpoint_and_history_keeps_every_history_row(tiny_
     # raised in the writer's thread, then in the training thread by its next save: nothing is written after it
     monkeypatch.setattr(checkpoint_writer, "write_checkpoint", write_then_die)
     with pytest.raises(_Killed):
-        invoke(*train_args(tiny_dataset, tmp_path / "runs"), *extra)
+        invoke(*train_args(tiny_dataset, tmp_path / "runs", "r", *extra))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "last.pt")["epoch"] == 1
-    assert invoke(*train_args(tiny_dataset, tmp_path / "runs"), *extra, "--resume").exit_code == 0
+    assert invoke(*train_args(tiny_dataset, tmp_path / "runs", "r", *extra, "--resume")).exit_code == 0
     rows = [json.loads(line) for line in (tmp_path / "runs" / "r" / "history.jsonl").read_text().splitlines()]
     straight = [json.loads(line) for line in (tmp_path / "straight" / "r" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in straight] == [1, 2]
@@ -637,5 +645,5 @@ def test_resume_removes_temp_files_left_by_a_killed_process(tiny_dataset, tmp_pa
     assert invoke(*train_args(tiny_dataset, runs)).exit_code == 0
     stale = runs / "r" / "checkpoints" / ".last.pt.tmp-999999"
     stale.write_bytes(b"half a checkpoint")
-    assert invoke(*train_args(tiny_dataset, runs), "train.epochs=2", "--resume").exit_code == 0
+    assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume")).exit_code == 0
     assert not stale.exists()

@@ -15,6 +15,7 @@ import torch
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import load_checkpoint
 from sftkd_cli.training import checkpoint_writer
+from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from test_hardening import fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
@@ -37,6 +38,19 @@ def _assert_same_run(a: Path, b: Path) -> None:
     rows = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
              for line in (run / "history.jsonl").read_text().splitlines()] for run in (a, b)]
     assert rows[0] == rows[1]
+
+
+def stop_before_writing(monkeypatch, at: tuple[int, int]) -> None:
+    """Stop at once (a second Ctrl-C) when training hands over the checkpoint of (epoch, step)
+    `at`, before it is written: the run has no checkpoint of it, as after a kill -9 there."""
+    submit = CheckpointWriter.submit
+
+    def stopping(self, paths, state):
+        if (state["epoch"], state["step_in_epoch"]) == at:
+            raise KeyboardInterrupt
+        submit(self, paths, state)
+
+    monkeypatch.setattr(CheckpointWriter, "submit", stopping)
 
 
 @pytest.fixture
@@ -109,6 +123,23 @@ def test_a_distillation_resumed_from_best_keeps_its_init_record(tiny_dataset, tm
     assert load_checkpoint(checkpoints / "last.pt")["init"] == load_checkpoint(checkpoints / "best.pt")["init"] != "random"
 
 
+def test_a_kill_after_the_history_row_of_epoch_1_before_its_checkpoints_starts_over(tiny_dataset, tmp_path,
+                                                                                   straight, monkeypatch):
+    """history.jsonl is written first: a kill before epoch 1's checkpoints land leaves its row and
+    no checkpoint. --resume drops the row, says so and starts over (kill -9 loses at most the epoch)."""
+    runs = tmp_path / "runs"
+    stop_before_writing(monkeypatch, (1, 0))
+    assert _train(tiny_dataset, runs, 2).exit_code != 0
+    monkeypatch.undo()
+    assert len((runs / "r" / "history.jsonl").read_text().splitlines()) == 1
+    assert not list((runs / "r" / "checkpoints").iterdir())
+    result = _train(tiny_dataset, runs, 2, "--resume")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "history.jsonl" in line]
+    assert len(notes) == 1 and "dropped; starting over from epoch 1" in notes[0], result.output
+    _assert_same_run(runs / "r", straight)
+
+
 @pytest.mark.parametrize("damage", ["no history", "another val_l1", "best of epoch 1, history of 0"])
 def test_without_a_consistent_state_resume_is_refused(tiny_dataset, tmp_path, damage):
     """last.pt missing and best.pt not the state history.jsonl records: it would continue from
@@ -125,5 +156,6 @@ def test_without_a_consistent_state_resume_is_refused(tiny_dataset, tmp_path, da
     else:
         history.write_text("")
     before = snapshot(runs / "r")
-    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"), names=("last.pt: missing", "--force"))
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"),
+                  names=("last.pt: missing, and best.pt does not hold", "--force"))
     assert snapshot(runs / "r") == before

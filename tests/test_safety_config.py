@@ -331,6 +331,15 @@ def test_an_option_and_an_override_that_disagree_are_refused():
         one_error_line(*args, "--print-recipe", names=(f"give {key} once",))  # a word is not a folder
 
 
+def test_an_override_given_twice_with_two_values_is_refused():
+    """model.channels=4 model.channels=8 took the last silently; one value given twice is fine."""
+    one_error_line("train-teacher", "model.channels=4", "model.channels=8", "--print-recipe",
+                   names=("override model.channels=4", "override model.channels=8", "give model.channels once"))
+    printed = yaml.safe_load(sftkd("train-teacher", "model.channels=8", "model.channels=8", "data.path=data/demo",
+                                   "data.path=./data/demo/", "--print-recipe").output)
+    assert printed["model"]["channels"] == 8
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):

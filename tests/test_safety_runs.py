@@ -496,15 +496,17 @@ def test_a_run_with_a_checkpoint_or_interrupted_is_kept_for_resume(stop, tiny_da
     assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume")).exit_code == 0
 
 
-def test_resume_without_the_last_checkpoint_of_a_trained_run_is_refused(tiny_dataset, tmp_path):
-    """It would start over silently, replacing the history (a best.pt that agrees with the
-    history is resumed from instead: test_resume_from_best.py)."""
+def test_resume_without_the_checkpoints_of_a_trained_run_is_refused(tiny_dataset, tmp_path):
+    """It would start over, replacing the history of epochs whose checkpoints were written (a
+    best.pt that agrees with the history is resumed from instead, and a stop before epoch 1's
+    checkpoints landed starts over: test_resume_from_best.py)."""
     runs = tmp_path / "runs"
-    assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0
+    assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2")).exit_code == 0
     (runs / "r" / "checkpoints" / "last.pt").unlink()
     (runs / "r" / "checkpoints" / "best.pt").unlink()
     before = snapshot(runs / "r")
-    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"), names=("last.pt: missing", "--force"))
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=3", "--resume"),
+                  names=("last.pt: missing, and so is best.pt (history.jsonl has 2 rows)", "--force"))
     assert snapshot(runs / "r") == before
 
 

@@ -24,7 +24,8 @@ def args_argument(recipe: str):  # type: ignore[no-untyped-def]
     recipes as the help's example."""
     text = ("An optional recipe file (.yaml) followed by overrides `section.key=value`, "
             f"e.g. `{recipe} train.epochs=5 data.acceleration=5`. Overrides win over the recipe file, "
-            "and options (--epochs ...) over both; an option and an override may not set one key to different values.")
+            "and options (--epochs ...) over both; an option and an override, or two overrides, may not set one key "
+            "to different values.")
     return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=text, show_default=False)]
 
 
@@ -119,15 +120,24 @@ def _same_value(key: str, a: object, b: object) -> bool:
 
 
 def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:
-    """An option and an override that set one key must agree: the option would win silently,
-    hiding which of the two the user meant."""
-    from sftkd_cli.config import setting_value
-
+    """An option and an override, or two overrides, that set one key must agree: the option (the
+    later override) would win silently, hiding which of the two the user meant."""
     for option in options:
         for override in overrides:
-            if override.key == option.key and not _same_value(option.key, setting_value(override), setting_value(option)):
+            if override.key == option.key and not _agree(option, override):
                 raise SftkdError(f"{option.source} ({option.value}) and {override.source} disagree; "
                                  f"give {option.key} once")
+    for i, later in enumerate(overrides):
+        for earlier in overrides[:i]:
+            if earlier.key == later.key and not _agree(earlier, later):
+                raise SftkdError(f"{earlier.source} and {later.source} disagree; give {later.key} once")
+
+
+def _agree(a: Setting, b: Setting) -> bool:
+    """Whether two settings of one key give it the same value (`_same_value`)."""
+    from sftkd_cli.config import setting_value
+
+    return _same_value(a.key, setting_value(a), setting_value(b))
 
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],

@@ -28,7 +28,7 @@ from rich.console import Console
 
 
 from sftkd_cli.choices import JOINT, TWO_STAGE
-from sftkd_cli.checkpoints import CheckpointFile, check_fits_data, copy_weights, model_of, read_checkpoint
+from sftkd_cli.checkpoints import check_fits_data, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
@@ -37,8 +37,7 @@ from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, TeacherObjective
-from sftkd_cli.training.resume import resume_point
-from sftkd_cli.training.session import model_for, run_path, run_training, with_run
+from sftkd_cli.training.session import model_for, recorded_start, run_training, start_weights, with_run
 
 
 class Distillation(TeacherObjective):
@@ -177,13 +176,10 @@ def distill(
     def make(data: dict[str, object]) -> Distillation:
         check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)
         student = model_for(recipe, recipe.model.name, data)
-        loaded, loaded_sha256 = "random", None
-        started = _started_from(recipe) if resume else None
-        if started:  # the weights will come from the run's last checkpoint: keep what it started from
-            loaded, loaded_sha256 = started
-        elif init not in ("", "random"):  # a new run, or a resumed one that never saved a checkpoint
-            start: CheckpointFile = teacher_file if cfg.init == "sft" else read_checkpoint(init)
-            loaded, loaded_sha256 = copy_weights(student, start.state, start.path), start.sha256
+        # resumed: the weights come from the run's checkpoint, which records what it started from
+        loaded, loaded_sha256 = recorded_start(recipe, resume) or (
+            start_weights(student, teacher_file, role="student") if cfg.init == "sft"  # the SFT run's student blocks
+            else start_weights(student, None if init in ("", "random") else read_checkpoint(init)))
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps
         t_taps = cfg.teacher_taps or t_taps
@@ -201,15 +197,6 @@ def distill(
 
     sources = [cfg.teacher_run, "" if init in ("", "random") else init]
     return run_training(recipe, make, resume=resume, force=force, console=console, sources=sources)
-
-
-def _started_from(recipe: Recipe) -> tuple[str, str | None] | None:
-    """The `init` and `init_sha256` recorded in the checkpoints of the run being resumed (None if it
-    has none or no init): last.pt's, or best.pt's where a stop cut its epoch's writes short
-    (`resume.resume_point`; the same run's)."""
-    point = resume_point(RunDir(run_path(recipe)))
-    state = point.state if point else {}
-    return (state["init"], state.get("init_sha256")) if state.get("init") else None
 
 
 def check_teacher_idle(teacher_run: str | Path) -> None:

@@ -98,9 +98,10 @@ class Supervised(Objective):
 
     uses_every_parameter = True
 
-    def __init__(self, model: CascadeNet) -> None:
+    def __init__(self, model: CascadeNet, facts: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.facts = facts or {}  # what it started from (`info`)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = F.l1_loss(self.predict(batch), batch["target"])
@@ -108,3 +109,6 @@ class Supervised(Objective):
 
     def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.facts)

@@ -14,10 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
-from sftkd_cli.checkpoints import checkpoint_digest
+from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
@@ -168,15 +168,48 @@ def teacher_changed(run: RunDir, recipe: Recipe) -> str:
     names now has another (another run, or retrained or replaced since, even at the same path):
     what differs."""
     teacher = recipe.distill.teacher_run
-    return _teacher_mismatch(run, teacher, _recorded_teacher(run) if teacher else None)
+    return _other_checkpoint(run, "distill.teacher_run", teacher, _recorded_teacher(run) if teacher else None)
 
 
-def _teacher_mismatch(run: RunDir, teacher: str, recorded: str | None) -> str:
-    """`teacher_changed` with the run's recorded sha256 already read (None: nothing to check)."""
-    if not recorded or checkpoint_digest(teacher) == recorded:
+def _other_checkpoint(run: RunDir, label: str, source: str, recorded: str | None, verb: str = "learnt from") -> str:
+    """'' unless `source` (given as `label`) now holds another checkpoint than the one whose sha256
+    the run recorded (None: nothing to check): what differs."""
+    if not recorded or checkpoint_digest(source) == recorded:
         return ""
-    return (f"distill.teacher_run {teacher}: its best checkpoint is not the one {run.path} learnt "
-            f"from (sha256 {recorded[:12]}; retrained or replaced since?)")
+    return (f"{label} {source}: its best checkpoint is not the one {run.path} {verb} "
+            f"(sha256 {recorded[:12]}; retrained or replaced since?)")
+
+
+def recorded_start(recipe: Recipe, resume: bool) -> tuple[str, str | None] | None:
+    """On --resume, the `init` and `init_sha256` recorded in the checkpoint the run continues from
+    (`resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes short); None
+    without --resume, without a checkpoint (the run starts afresh) or from an sftkd that recorded none."""
+    point = resume_point(RunDir(run_path(recipe))) if resume else None
+    state = point.state if point else {}
+    return (state["init"], state.get("init_sha256")) if state.get("init") else None
+
+
+def start_weights(model: CascadeNet, start: CheckpointFile | None, role: str | None = None) -> tuple[str, str | None]:
+    """Copy checkpoint `start` into `model` (its `role` entry, else the one of the model's
+    architecture: `copy_weights`); the `init` and `init_sha256` to record: ('random', None) without one."""
+    if start is None:
+        return "random", None
+    return copy_weights(model, start.state, start.path, role), start.sha256
+
+
+def check_same_start(recipe: Recipe, started: tuple[str, str | None], init_from: str | None) -> None:
+    """Refuse, in one line, a resumed run given another start (`init_from`, a run or checkpoint, or
+    None for random weights) than the `started` (init, init_sha256) its checkpoint recorded."""
+    run, (init, recorded) = RunDir(run_path(recipe)), started
+    if init == "random" and init_from:
+        raise SftkdError(f"--init-from {init_from}: {run.path} started from random weights; resume without --init-from")
+    if init != "random" and not init_from:
+        raise SftkdError(f"{run.path}: started from {init}; resume with --init-from naming it")
+    if init_from:
+        resolve_checkpoint(init_from)  # one that is gone says so, not that it is another
+    changed = _other_checkpoint(run, "--init-from", init_from or "", recorded, "started from")
+    if changed:
+        raise SftkdError(f"{changed}: resume with the --init-from it started from")
 
 
 def _recorded_teacher(run: RunDir) -> str | None:
@@ -195,21 +228,26 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
-def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> None:
+def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str:
     """On --resume, before anything is written: a run that has trained needs a state to continue
     from (`resume.resume_point`: its `last` checkpoint, or `best` where a stop cut the epoch's
     writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
     (its recorded sha256), and train.epochs cannot be fewer than it has trained. A checkpoint
-    saved mid-epoch continues with as many processes as saved it (`resume.other_world`)."""
+    saved mid-epoch continues with as many processes as saved it (`resume.other_world`).
+
+    Returns '' or, for a run stopped before epoch 1's checkpoints landed but after history.jsonl
+    had its row (written first; no checkpoint at all, one row), the line saying it starts over."""
     point = resume_point(run)
     if point is None:
-        if run.read_history() or run.checkpoint("best").exists():
-            raise SftkdError(f"{run.checkpoint('last')}: missing, but the run has trained (history.jsonl, best.pt), and "
-                             "best.pt does not hold the state history.jsonl ends at: it cannot continue where it "
-                             "stopped; put the file back, or start over with --force")
-        return
+        rows, best = len(run.read_history()), run.checkpoint("best").exists()
+        if rows <= 1 and not best:
+            return (f"{run.history_file}: its row of epoch 1 has no checkpoint (the run stopped before it was "
+                    "written): dropped; starting over from epoch 1") if rows else ""
+        what = "best.pt does not hold the state history.jsonl ends at" if best else "so is best.pt"
+        raise SftkdError(f"{run.checkpoint('last')}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
+                         "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
     last, saved = point.path, point.state
     refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
     if refused:
@@ -218,9 +256,10 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> Non
     if trained_on and trained_on != data["fingerprint"]:
         raise SftkdError(f"{last}: trained on another dataset (manifest fingerprint {str(trained_on)[:12]}) than "
                          f"{data['path']} holds now ({str(data['fingerprint'])[:12]}); resume on the data it was trained on")
-    changed = _teacher_mismatch(run, recipe.distill.teacher_run, saved.get("teacher_sha256"))
+    changed = _other_checkpoint(run, "distill.teacher_run", recipe.distill.teacher_run, saved.get("teacher_sha256"))
     if changed:
         raise SftkdError(f"{changed}: resume with the teacher it learnt from")
+    return ""
 
 
 def run_training(
@@ -247,10 +286,10 @@ def run_training(
             reconcile_resume(run, recipe)
         train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
         data = dataset_record(recipe.data.path, recipe.data.acceleration)
-        if resume and run.recipe_file.exists():
-            check_resumable(run, recipe, data)
+        starting_over = check_resumable(run, recipe, data) if resume and run.recipe_file.exists() else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
-    objective = make_objective(data)
+    with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
+        objective = make_objective(data)
     rank, world = distributed_context(recipe.train.device)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)
@@ -258,6 +297,9 @@ def run_training(
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             write_run_file(run.recipe_file, dump_recipe(recipe))
+        if starting_over:
+            run.history_file.unlink()
+            trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
     try:
         barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sftkd_cli.checkpoints import init_weights
+from sftkd_cli.checkpoints import read_checkpoint
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Supervised
-from sftkd_cli.training.session import model_for, run_training, with_run
+from sftkd_cli.training.session import check_same_start, model_for, recorded_start, run_training, start_weights, with_run
 
 
 def default_role(model_name: str, recipe: Recipe) -> str:
@@ -32,7 +32,8 @@ def train_supervised(
     console: Console | None = None,
 ) -> tuple[RunDir, FitResult]:
     """Train `recipe.model` with L1 into `runs/<name>`; optionally start from other weights
-    (`init_from`: a run directory or checkpoint file).
+    (`init_from`: a run directory or checkpoint file; the checkpoints record it as `init` and
+    `init_sha256`, and `resume` refuses another start than the one recorded).
 
     `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
     the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
@@ -40,8 +41,10 @@ def train_supervised(
 
     def make(data: dict[str, object]) -> Supervised:
         model = model_for(recipe, recipe.model.name, data)
-        if init_from and not resume:
-            init_weights(model, init_from)
-        return Supervised(model)
+        started = recorded_start(recipe, resume)  # resumed: the weights come from the run's checkpoint
+        if started:
+            check_same_start(recipe, started, init_from)
+        init, sha256 = started or start_weights(model, read_checkpoint(init_from) if init_from else None)
+        return Supervised(model, {"init": init, "init_sha256": sha256})
 
     return run_training(recipe, make, resume=resume, force=force, console=console, sources=[init_from or ""])
