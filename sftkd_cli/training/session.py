@@ -198,16 +198,16 @@ def start_weights(model: CascadeNet, start: CheckpointFile | None, role: str | N
 
 
 def check_same_start(recipe: Recipe, started: tuple[str, str | None], init_from: str | None) -> None:
-    """Refuse, in one line, a resumed run given another start (`init_from`, a run or checkpoint, or
-    None for random weights) than the `started` (init, init_sha256) its checkpoint recorded."""
+    """Refuse, in one line, a resumed run given another start (`init_from`, a run or checkpoint)
+    than the `started` (init, init_sha256) its checkpoint recorded. Without `init_from` it goes on:
+    its weights come from its checkpoint, which keeps the record (and the start may be gone since)."""
     run, (init, recorded) = RunDir(run_path(recipe)), started
-    if init == "random" and init_from:
+    if not init_from:
+        return
+    if init == "random":
         raise SftkdError(f"--init-from {init_from}: {run.path} started from random weights; resume without --init-from")
-    if init != "random" and not init_from:
-        raise SftkdError(f"{run.path}: started from {init}; resume with --init-from naming it")
-    if init_from:
-        resolve_checkpoint(init_from)  # one that is gone says so, not that it is another
-    changed = _other_checkpoint(run, "--init-from", init_from or "", recorded, "started from")
+    resolve_checkpoint(init_from)  # one that is gone says so, not that it is another
+    changed = _other_checkpoint(run, "--init-from", init_from, recorded, "started from")
     if changed:
         raise SftkdError(f"{changed}: resume with the --init-from it started from")
 
