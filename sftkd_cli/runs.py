@@ -273,6 +273,13 @@ class RunDir:
     def checkpoint(self, name: str = "last") -> Path:
         return self.path / checkpoint_file(name)
 
+    def has_results(self) -> bool:
+        """Whether anything was evaluated or exported from the run (metrics.json here or in an
+        eval-* folder, a file in export/): scores of weights that --resume must not drop."""
+        evaluated = any((folder / METRICS_JSON).exists() for folder in (self.path, *eval_folders(self.path)))
+        exports = self.path / EXPORTS
+        return evaluated or (exports.is_dir() and any(exports.iterdir()))
+
     # lifecycle ---------------------------------------------------------------------------
     def prepare(self, recipe: Recipe, *, resume: bool, force: bool, sources: Sequence[str | Path] = ()) -> None:
         """Create (or reopen with `resume`) the run dir and lock it; never clobber silently.

@@ -118,10 +118,10 @@ def test_a_distilled_run_resumes_with_its_teacher_moved_but_not_with_another(flo
     from sftkd_cli.training.session import teacher_changed
 
     run = RunDir(runs / "kd-moved")  # what `reproduce` asks before it skips a finished stage
-    assert "is not the one" in teacher_changed(run, run.load_recipe())
+    assert "not the checkpoint" in teacher_changed(run, run.load_recipe())
     for teacher in (runs / "t-moved", runs / "student"):
         refused = sftkd(*kd, "--teacher", teacher, "train.epochs=4", "--resume", ok=False)
-        assert refused.exit_code == 2 and "is not the one" in refused.stderr, refused.output
+        assert refused.exit_code == 2 and "not the checkpoint" in refused.stderr, refused.output
         assert "resume with the teacher it learnt from" in refused.stderr, refused.output
 
 

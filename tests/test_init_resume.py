@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sftkd_cli.runs import load_checkpoint
+from sftkd_cli.runs import load_checkpoint, save_checkpoint
 from test_hardening import fails_cleanly, invoke, snapshot, train_args, trained_run  # noqa: F401  (fixture)
 from test_resume_from_best import _assert_same_run, stop_before_writing
 
@@ -29,6 +29,9 @@ def test_init_from_stopped_before_its_first_checkpoint_resumes_from_the_init(tin
     stopped = invoke(*train_args(tiny_dataset, runs, "r", *init, "train.checkpoint_every=1"))
     monkeypatch.undo()
     assert stopped.exit_code != 0 and not list((runs / "r" / "checkpoints").iterdir()), stopped.output
+    # no checkpoint yet, so nothing holds the start but the command that made the run: it must be given again
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.checkpoint_every=1", "--resume"),
+                  names=("started with --init-from", str(trained_run), "no checkpoint yet"))
     result = invoke(*train_args(tiny_dataset, runs, "r", *init, "train.checkpoint_every=1", "--resume"))
     assert result.exit_code == 0, result.output
     _assert_same_run(runs / "r", runs / "straight")
@@ -45,7 +48,7 @@ def test_a_resume_with_another_start_is_refused(tiny_dataset, tmp_path, trained_
     assert invoke(*train_args(tiny_dataset, runs, "init", "--init-from", trained_run)).exit_code == 0
     assert invoke(*train_args(tiny_dataset, runs, "random")).exit_code == 0
     before = snapshot(runs)
-    for name, start, said in (("init", ("--init-from", runs / "random"), ("is not the one", "started from")),
+    for name, start, said in (("init", ("--init-from", runs / "random"), ("not the checkpoint", "started from")),
                               ("init", ("--init-from", runs / "gone"), ("gone", "no such run directory")),
                               ("random", ("--init-from", trained_run), ("random weights", "without --init-from"))):
         fails_cleanly(*train_args(tiny_dataset, runs, name, "train.epochs=2", "--resume", *start), names=said)
@@ -57,6 +60,12 @@ def test_a_resume_with_another_start_is_refused(tiny_dataset, tmp_path, trained_
     result = invoke(*train_args(tiny_dataset, runs, "init", "train.epochs=3", "--resume"))
     assert result.exit_code == 0, result.output
     assert load_checkpoint(runs / "init" / "checkpoints" / "last.pt")["init"] == f"{trained_run / 'checkpoints' / 'best.pt'}:model"
+    last = runs / "init" / "checkpoints" / "last.pt"  # as an sftkd that recorded no start wrote it
+    state = load_checkpoint(last)
+    del state["init"], state["init_sha256"]
+    save_checkpoint(last, state)
+    result = invoke(*train_args(tiny_dataset, runs, "init", "train.epochs=4", "--resume"))
+    assert result.exit_code == 0 and load_checkpoint(last)["init"] == "unknown", result.output  # not "random"
 
 
 def _options(data: Path, runs: Path, name: str) -> list[object]:

@@ -140,6 +140,20 @@ def test_a_kill_after_the_history_row_of_epoch_1_before_its_checkpoints_starts_o
     _assert_same_run(runs / "r", straight)
 
 
+def test_a_run_evaluated_whose_checkpoints_were_removed_does_not_start_over(tiny_dataset, tmp_path):
+    """One history row and no checkpoint also after the checkpoints of a finished, evaluated run
+    were removed: starting over would drop what its scores describe, so --resume refuses."""
+    runs = tmp_path / "runs"
+    assert _train(tiny_dataset, runs, 1).exit_code == 0
+    (runs / "r" / "metrics.json").write_text("{}")  # as `sftkd evaluate` leaves one
+    for checkpoint in (runs / "r" / "checkpoints").iterdir():
+        checkpoint.unlink()
+    before = snapshot(runs / "r")
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume"),
+                  names=("last.pt: missing", "history.jsonl has 1 row", "--force"))
+    assert snapshot(runs / "r") == before
+
+
 @pytest.mark.parametrize("damage", ["no history", "another val_l1", "best of epoch 1, history of 0"])
 def test_without_a_consistent_state_resume_is_refused(tiny_dataset, tmp_path, damage):
     """last.pt missing and best.pt not the state history.jsonl records: it would continue from

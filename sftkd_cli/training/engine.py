@@ -268,7 +268,8 @@ class Trainer:
         if self.is_main:
             if point is not None and point.note:  # resuming from best.pt (`resume_point`): says why
                 self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
-            self.run.write_env(environment(str(self.device), cfg.seed, self.world), resumed=state.resumed_from is not None)
+            env = {**environment(str(self.device), cfg.seed, self.world), "objective": self._bare().info()}  # its start
+            self.run.write_env(env, resumed=state.resumed_from is not None)
             self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
                                highlight=False, markup=False, soft_wrap=True)
             if warning := amp_warning(cfg.amp, self.device):

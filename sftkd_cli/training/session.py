@@ -7,6 +7,7 @@ so every command shares the same run-directory, resume and interruption behaviou
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,8 @@ from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weight
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
-from sftkd_cli.files import write_run_file
+from sftkd_cli.files import read_regular_bytes, write_run_file
+from sftkd_cli.run_files import ENV_JSON
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
@@ -176,17 +178,31 @@ def _other_checkpoint(run: RunDir, label: str, source: str, recorded: str | None
     the run recorded (None: nothing to check): what differs."""
     if not recorded or checkpoint_digest(source) == recorded:
         return ""
-    return (f"{label} {source}: its best checkpoint is not the one {run.path} {verb} "
-            f"(sha256 {recorded[:12]}; retrained or replaced since?)")
+    return (f"{label} {source}: not the checkpoint {run.path} {verb} (whose sha256 begins {recorded[:12]}; "
+            "retrained or replaced since?)")
 
 
 def recorded_start(recipe: Recipe, resume: bool) -> tuple[str, str | None] | None:
     """On --resume, the `init` and `init_sha256` recorded in the checkpoint the run continues from
-    (`resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes short); None
-    without --resume, without a checkpoint (the run starts afresh) or from an sftkd that recorded none."""
+    (`resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes short;
+    ('unknown', None) from an sftkd that recorded none); None without --resume or without a
+    checkpoint (the run starts afresh)."""
     point = resume_point(RunDir(run_path(recipe))) if resume else None
-    state = point.state if point else {}
-    return (state["init"], state.get("init_sha256")) if state.get("init") else None
+    if point is None:
+        return None
+    return str(point.state.get("init") or "unknown"), point.state.get("init_sha256")
+
+
+def first_init_from(recipe: Recipe) -> str | None:
+    """The `--init-from` the run was started with, as env.json records it (its objective's
+    `init_from`; a resume that gave none was refused before it could replace the file): what a
+    run resumed before its first checkpoint must start from again. None where there was none."""
+    try:
+        env = json.loads(read_regular_bytes(RunDir(run_path(recipe)).path / ENV_JSON, ENV_JSON))
+        init_from = env.get("objective", {}).get("init_from")
+    except (SftkdError, ValueError, AttributeError):
+        return None
+    return init_from if isinstance(init_from, str) and init_from else None
 
 
 def start_weights(model: CascadeNet, start: CheckpointFile | None, role: str | None = None) -> tuple[str, str | None]:
@@ -238,13 +254,14 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str
     saved mid-epoch continues with as many processes as saved it (`resume.other_world`).
 
     Returns '' or, for a run stopped before epoch 1's checkpoints landed but after history.jsonl
-    had its row (written first; no checkpoint at all, one row), the line saying it starts over."""
+    had its row (written first; no checkpoint at all, one row, nothing evaluated or exported
+    from it), the line saying it starts over."""
     point = resume_point(run)
     if point is None:
         rows, best = len(run.read_history()), run.checkpoint("best").exists()
-        if rows <= 1 and not best:
-            return (f"{run.history_file}: its row of epoch 1 has no checkpoint (the run stopped before it was "
-                    "written): dropped; starting over from epoch 1") if rows else ""
+        if rows <= 1 and not best and not run.has_results():
+            return (f"{run.history_file}: its row of epoch 1 has no checkpoint (stopped before it was written, or "
+                    "removed): dropped; starting over from epoch 1") if rows else ""
         what = "best.pt does not hold the state history.jsonl ends at" if best else "so is best.pt"
         raise SftkdError(f"{run.checkpoint('last')}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
                          "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
@@ -297,8 +314,8 @@ def run_training(
         run.prepare(recipe, resume=resume, force=force, sources=sources)
         if resume:
             write_run_file(run.recipe_file, dump_recipe(recipe))
-        if starting_over:
-            run.history_file.unlink()
+        if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
+            run.history_file.unlink(missing_ok=True)
             trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
     try:
         barrier(world)

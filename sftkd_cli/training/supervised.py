@@ -6,10 +6,13 @@ from rich.console import Console
 
 from sftkd_cli.checkpoints import read_checkpoint
 from sftkd_cli.config import Recipe, with_model
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Supervised
-from sftkd_cli.training.session import check_same_start, model_for, recorded_start, run_training, start_weights, with_run
+from sftkd_cli.training.session import (
+    check_same_start, first_init_from, model_for, recorded_start, run_path, run_training, start_weights, with_run,
+)
 
 
 def default_role(model_name: str, recipe: Recipe) -> str:
@@ -44,7 +47,10 @@ def train_supervised(
         started = recorded_start(recipe, resume)  # resumed: the weights come from the run's checkpoint
         if started:
             check_same_start(recipe, started, init_from)
+        elif resume and not init_from and (first := first_init_from(recipe)):
+            raise SftkdError(f"{run_path(recipe)}: started with --init-from {first} and has no checkpoint yet, so it "
+                             f"starts from that again; resume with --init-from {first}")
         init, sha256 = started or start_weights(model, read_checkpoint(init_from) if init_from else None)
-        return Supervised(model, {"init": init, "init_sha256": sha256})
+        return Supervised(model, {"init": init, "init_sha256": sha256, "init_from": str(init_from) if init_from else None})
 
     return run_training(recipe, make, resume=resume, force=force, console=console, sources=[init_from or ""])
