@@ -48,7 +48,7 @@ from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, mag
 from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
+from sftkd_cli.run_files import CHECKPOINT_DIGEST, CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, dead_temporary_files, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
@@ -63,8 +63,6 @@ SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 FASTMRI_DIR = SCORE_FILES["fastmri"][0]
 #: the levels below a results folder for other data and for autocast: eval-data-<dataset>-<fingerprint>/, eval-amp-<amp>/
 DATA_LEVEL, AMP_LEVEL = "data-", "amp-"
-#: metrics.json's key for the sha256 of the checkpoint bytes scored (null for an exported model's)
-CHECKPOINT_DIGEST = "checkpoint_sha256"
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {

@@ -430,7 +430,7 @@ def export_run(
                 "sha256": sha256_file(tmp),  # ties the card to this file (`read_card` checks it)
                 "exporter": exporter,
                 "run": run.path.name,
-                "run_path": str(run.path),
+                "run_path": str(run.path.resolve()),  # evaluate --exported tells its run by it, from any folder
                 "role": entry_role,
                 "run_role": state.get("role"),
                 "primary": state.get("primary"),

@@ -38,11 +38,12 @@ import numpy as np
 import torch
 
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.checkpoints import refuse_other_data
+from sftkd_cli.checkpoints import checkpoint_digest, refuse_other_data
+from sftkd_cli.choices import CHECKPOINT_NAMES
 from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.files import display_path, read_regular_bytes, sha256_file
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.run_files import CARD_SUFFIX, EVAL_PREFIX
+from sftkd_cli.run_files import CARD_SUFFIX, CHECKPOINT_DIGEST, EVAL_PREFIX
 
 INPUT_NAMES = ("zf", "kspace", "mask")
 OUTPUT_NAME = "image"
@@ -297,6 +298,7 @@ def check_card_fits(card: dict[str, Any], path: str | Path, data: dict[str, Any]
     dataset record scored: the checks a checkpoint gets, `refuse_other_data`, and the acceleration
     it was trained at), or one exported from another run than `run_path`: its scores would be
     filed and labelled as that run's. A field a card of an earlier sftkd lacks is not checked."""
+    _check_owner(card, Path(path), run_path)  # first: another run's model is not a data mismatch
     have = record_acquisition(data)
     name = _mapping(card.get("architecture")).get("name")
     if isinstance(name, str):
@@ -308,11 +310,20 @@ def check_card_fits(card: dict[str, Any], path: str | Path, data: dict[str, Any]
         raise SftkdError(f"{path}: exported from a model trained at {what} {recorded:g}x, but this evaluation "
                          f"scores {what} {scored:g}x (data.acceleration of {display_path(run_path)}); "
                          f"use an export of a model trained at {scored:g}x")
+
+
+def _check_owner(card: dict[str, Any], path: Path, run_path: Path) -> None:
+    """Refuse a file exported from another run than `run_path` (`_belongs_to`), naming the run its
+    card records, and the command to score it there only where that run still is."""
     owner = card.get("run_path")
-    if isinstance(owner, str) and not _belongs_to(Path(path), Path(owner), run_path):
-        raise SftkdError(f"{path}: exported from run {display_path(owner)}, not {display_path(run_path)}, so its "
-                         f"scores would be filed as this run's; evaluate it with its own run: "
-                         f"sftkd evaluate {display_path(owner)} --exported {path}")
+    if not isinstance(owner, str) or _belongs_to(card, owner, run_path):
+        return
+    there = Path(owner).is_absolute() and Path(owner).is_dir()
+    where = (f"evaluate it with its own run: sftkd evaluate {display_path(owner)} --exported {path}" if there else
+             f"that run is no longer at {display_path(owner)}" if Path(owner).is_absolute() else
+             "that run was recorded relative to where it was exported")
+    raise SftkdError(f"{path}: exported from run {display_path(owner)}, not {display_path(run_path)}, so its "
+                     f"scores would be filed as this run's; {where}")
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -320,11 +331,22 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _belongs_to(path: Path, owner: Path, run_path: Path) -> bool:
-    """Whether an exported file whose card names run `owner` is one of run `run_path`'s: the same
-    folder, or (the run moved or copied since) the file lies inside it."""
+def _belongs_to(card: dict[str, Any], owner: str, run_path: Path) -> bool:
+    """Whether an exported file whose card names run `owner` (its run_path) is run `run_path`'s:
+    the checkpoint it was exported from is one of the run's (best.pt, last.pt, byte for byte), or
+    the card's absolute run_path is the run's folder. Else (the run trained further since, or moved)
+    it is another run's while the recorded folder is still there; if that is gone, or the path is a
+    relative one of an earlier sftkd, the run's folder name must be the card's `run`."""
     run = os.path.realpath(run_path)
-    return os.path.realpath(owner) == run or Path(os.path.realpath(path)).is_relative_to(run)
+    digest = card.get(CHECKPOINT_DIGEST)
+    if isinstance(digest, str) and digest in {checkpoint_digest(run_path, which) for which in CHECKPOINT_NAMES}:
+        return True
+    if Path(owner).is_absolute():
+        if os.path.realpath(owner) == run:
+            return True
+        if Path(owner).is_dir():
+            return False
+    return card.get("run") == Path(run).name
 
 
 def prepare_evaluation(

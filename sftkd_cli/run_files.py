@@ -11,6 +11,8 @@ ENV_JSON = "env.json"  # versions, device, git commit, seed, command line
 HISTORY_JSONL = "history.jsonl"  # one line per epoch
 LOCK = ".lock"  # held while a process trains in the run
 METRICS_JSON = "metrics.json"  # an evaluation's summary, written last: it says the others are complete
+#: metrics.json's (and an export card's) key for the sha256 of the checkpoint bytes scored (exported)
+CHECKPOINT_DIGEST = "checkpoint_sha256"
 PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
 PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
 RECON_H5 = "recon.h5"  # the reconstructions scored

@@ -32,7 +32,7 @@ from sftkd_cli.data.prepare import prepare_dataset
 from sftkd_cli.data.sources import NiftiSource
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.export import export_run, exportable
-from sftkd_cli.exported import load_exported, read_card, split_complex
+from sftkd_cli.exported import card_path, load_exported, read_card, split_complex
 from sftkd_cli.models.traceable import ExportableDCCNN, MatmulDFT, dft_matrix
 from sftkd_cli.models import build_model, count_parameters
 from sftkd_cli.runtime import collate
@@ -477,30 +477,67 @@ def _files(*folders: Path) -> set[Path]:
     return {path for folder in folders for path in folder.rglob("*")}
 
 
+@pytest.fixture(scope="module")
+def other_export(tiny_dataset, tmp_path_factory) -> Path:
+    """Another D2C2 run trained like `trained_run` on the same data (other weights), exported."""
+    return _trained_export(tiny_dataset, tmp_path_factory.mktemp("other-runs"), "other", *D2C2, "train.seed=7")
+
+
+@pytest.fixture
+def foreign_copy(run_copy, other_export) -> Path:
+    """`other_export` and its card copied into `run_copy`'s export folder: inside RUN, not RUN's."""
+    (run_copy / "export").mkdir(exist_ok=True)
+    for source in (other_export, card_path(other_export)):
+        shutil.copy2(source, run_copy / "export" / source.name)
+    return run_copy / "export" / other_export.name
+
+
+OTHER_RUN = ("exported from run {owner}, not {run}, so its scores would be filed as this run's; "
+             "evaluate it with its own run: sftkd evaluate {owner} --exported {file}")
+
+
 @pytest.mark.parametrize("run, data, export, expected", [
-    ("trained_run", None, "complex_export", "its data consistency expects centered k-space but {data} stores corner"),
-    ("trained_run", "centred_dataset", "complex_export", "built for image values complex, but {data} holds image values magnitude"),
-    ("trained_run", "centred_dataset", "own_export", "its data consistency expects corner k-space but {data} stores centered"),
-    ("trained_run", None, "sr_export", "built for task sr, but {data} holds task recon"),
-    ("sr_run", None, "own_export", "built for task recon, but {data} holds task sr"),
-    ("trained_run", None, "five_export", "trained at acceleration 5x, but this evaluation scores acceleration 4x"),
-    ("run_copy", None, "own_export", "exported from run {owner}, not {run}, so its scores would be filed as this run's; "
-                                     "evaluate it with its own run: sftkd evaluate {owner} --exported {file}"),
-], ids=["complex-on-magnitude", "complex-values", "corner-on-centred", "sr-on-recon", "recon-on-sr", "5x-at-4x",
-        "another-run"])
+    ("own", "tiny_dataset", "complex_export", "its data consistency expects centered k-space but {data} stores corner"),
+    ("own", "centred_dataset", "complex_export", "built for image values complex, but {data} holds image values magnitude"),
+    ("own", "centred_dataset", "own_export", "its data consistency expects corner k-space but {data} stores centered"),
+    # another run's export is refused as such first, not for the 5x it was trained at
+    ("trained_run", None, "five_export", OTHER_RUN),
+    ("run_copy", None, "other_export", OTHER_RUN),
+    ("run_copy", None, "foreign_copy", OTHER_RUN),
+], ids=["complex-on-magnitude", "complex-values", "corner-on-centred", "another-run-5x",
+        "another-run", "another-run-copied-inside"])
 def test_evaluate_refuses_an_exported_model_that_does_not_fit_as_a_checkpoint_is(request, run, data, export, expected):
     """What the card records is checked against the data as a checkpoint's entry is: one line, exit 2, nothing written."""
     file = request.getfixturevalue(export)
-    run_path = request.getfixturevalue("sr_export").parent.parent if run == "sr_run" else request.getfixturevalue(run)
+    owner = read_card(file)["run_path"]
+    run_path = Path(owner) if run == "own" else request.getfixturevalue(run)
     data_path = request.getfixturevalue(data) if data else Path(load_recipe(run_path / "recipe.yaml").data.path)
     before = _files(run_path, file.parent)
     result = CliRunner().invoke(app, ["evaluate", str(run_path), "--device", "cpu", "--exported", str(file),
                                       *(["--data", str(data_path)] if data else [])])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     line = " ".join(result.stderr.split())  # rich may wrap the line
-    owner = read_card(file)["run_path"]
     assert f"{file}: " in line and expected.format(data=data_path, owner=owner, run=run_path, file=file) in line, line
     assert _files(run_path, file.parent) == before
+
+
+@pytest.mark.parametrize("export, data, acceleration, expected", [
+    ("sr_export", "tiny_dataset", 4, "built for task sr, but {data} holds task recon"),
+    ("own_export", "sr_data", 4, "built for task recon, but {data} holds task sr"),
+    ("own_export", "tiny_dataset", 5, "trained at acceleration 4x, but this evaluation scores acceleration 5x"),
+], ids=["sr-on-recon", "recon-on-sr", "4x-at-5x"])
+def test_the_card_is_checked_against_the_data_scored(request, export, data, acceleration, expected):
+    """Checks that `evaluate RUN --exported` meets only for a run whose checkpoint passes its own
+    (for one trained further since its export, say): the file its run's own, the data another."""
+    from sftkd_cli.data.dataset import dataset_record
+    from sftkd_cli.exported import check_card_fits
+
+    file = request.getfixturevalue(export)
+    card = read_card(file)
+    data_path = request.getfixturevalue("sr_export").parents[3] / "data" if data == "sr_data" else request.getfixturevalue(data)
+    with pytest.raises(SftkdError) as refused:
+        check_card_fits(card, file, dataset_record(data_path, acceleration), Path(card["run_path"]))
+    assert f"{file}: " in str(refused.value) and expected.format(data=data_path) in str(refused.value), refused.value
 
 
 def test_an_export_inside_its_run_scores_after_the_run_moved(trained_run, tmp_path):
@@ -512,6 +549,38 @@ def test_an_export_inside_its_run_scores_after_the_run_moved(trained_run, tmp_pa
     moved = old.rename(tmp_path / "moved")
     scored = evaluate_run(moved, device="cpu", write_recon=False, exported=moved / file.relative_to(old))
     assert scored["run"] == "moved-torchscript" and Path(scored["output_dir"]).parent == moved
+
+
+def test_an_export_given_a_relative_run_path_is_its_runs_from_any_folder_and_after_a_move(run_copy, tmp_path, monkeypatch):
+    """`sftkd export run --out /elsewhere/m.ts` typed in the run's parent: evaluated from another
+    folder, and after the run moved (the file outside it), it is still the run's."""
+    from sftkd_cli.evaluate import evaluate_run
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(run_copy.parent)
+    file = export_run(Path(run_copy.name), "torchscript", out=tmp_path / "out" / "m.ts").path.resolve()
+    monkeypatch.chdir(tmp_path / "out")
+    assert evaluate_run(run_copy, device="cpu", write_recon=False, exported=file)["run"] == "run-torchscript"
+    moved = run_copy.rename(tmp_path / "moved")
+    assert evaluate_run(moved, device="cpu", write_recon=False, exported=file)["run"] == "moved-torchscript"
+
+
+def test_a_run_trained_further_or_a_card_of_an_earlier_sftkd_is_told_by_path_and_name(own_export, trained_run, tmp_path):
+    """The exported checkpoint replaced since: the card's absolute run_path decides; a relative
+    one (earlier sftkd) or a folder gone: the run's name. Another run still there is refused, its
+    command suggested only while it exists."""
+    from sftkd_cli.exported import _check_owner
+
+    card = {**read_card(own_export), "checkpoint_sha256": "0" * 64}  # as after further training
+    _check_owner(card, own_export, trained_run)
+    _check_owner({**card, "run_path": trained_run.name}, own_export, trained_run)
+    _check_owner({**card, "run_path": str(tmp_path / "gone" / trained_run.name)}, own_export, trained_run)
+    with pytest.raises(SftkdError, match=f"that run is no longer at {tmp_path / 'gone' / 'x'}$"):
+        _check_owner({**card, "run_path": str(tmp_path / "gone" / "x"), "run": "x"}, own_export, trained_run)
+    with pytest.raises(SftkdError, match="recorded relative to where it was exported$"):
+        _check_owner({**card, "run_path": "x", "run": "x"}, own_export, trained_run)
+    with pytest.raises(SftkdError, match="evaluate it with its own run: sftkd evaluate"):
+        _check_owner({**card, "run_path": str(tmp_path)}, own_export, trained_run.parent / "elsewhere" / trained_run.name)
 
 
 def test_a_card_of_an_earlier_sftkd_is_checked_on_what_it_records():
