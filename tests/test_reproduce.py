@@ -292,6 +292,16 @@ def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tin
     assert not (tmp_path / "runs" / "std-kd-at").exists()
 
 
+def test_an_override_given_twice_with_two_values_is_refused(tmp_path, tiny_dataset):
+    """As for the training commands: the plan applies its overrides in order, so the last would win silently."""
+    path = write_plan(tmp_path, tiny_dataset)
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run", "train.epochs=3", "train.epochs=4"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: override train.epochs=3 and override train.epochs=4 disagree; give train.epochs once"], result.output
+    same = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run", "train.epochs=3", "train.epochs=3"])
+    assert same.exit_code == 0, same.output
+
+
 def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(tmp_path, tiny_dataset):
     """A run begun with an override the plan does not have (a quick trial) cannot be resumed by
     the plan: the dry run says so, and the stage fails saying what differs and what to do."""

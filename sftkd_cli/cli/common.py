@@ -127,6 +127,11 @@ def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> N
             if override.key == option.key and not _agree(option, override):
                 raise SftkdError(f"{option.source} ({option.value}) and {override.source} disagree; "
                                  f"give {option.key} once")
+    refuse_repeated(overrides)
+
+
+def refuse_repeated(overrides: list[Setting]) -> None:
+    """Two overrides that set one key must agree: the later one would win silently."""
     for i, later in enumerate(overrides):
         for earlier in overrides[:i]:
             if earlier.key == later.key and not _agree(earlier, later):
