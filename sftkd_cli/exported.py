@@ -338,14 +338,14 @@ def _belongs_to(card: dict[str, Any], owner: str, run_path: Path) -> bool:
     it is another run's while the recorded folder is still there; if that is gone, or the path is a
     relative one of an earlier sftkd, the run's folder name must be the card's `run`."""
     run = os.path.realpath(run_path)
+    absolute = Path(owner).is_absolute()
+    if absolute and os.path.realpath(owner) == run:  # the cheap test first: no checkpoint is hashed
+        return True
     digest = card.get(CHECKPOINT_DIGEST)
     if isinstance(digest, str) and digest in {checkpoint_digest(run_path, which) for which in CHECKPOINT_NAMES}:
         return True
-    if Path(owner).is_absolute():
-        if os.path.realpath(owner) == run:
-            return True
-        if Path(owner).is_dir():
-            return False
+    if absolute and Path(owner).is_dir():
+        return False
     return card.get("run") == Path(run).name
 
 

@@ -427,14 +427,19 @@ class RunDir:
         first command line among them) under "previous", oldest first."""
         previous: list[Any] = []
         if resumed:
-            try:
-                old = json.loads(read_regular_bytes(self.path / ENV_JSON, ENV_JSON, MAX_JSON_BYTES))
-            except (SftkdError, OSError, ValueError):  # none, or unreadable: nothing earlier to keep
-                old = None
-            if isinstance(old, dict):
+            old = self.read_env()
+            if old is not None:
                 earlier = old.pop("previous", [])
                 previous = [*(earlier if isinstance(earlier, list) else []), old]
         write_run_file(self.path / ENV_JSON, json_text({**env, **({"previous": previous} if previous else {})}))
+
+    def read_env(self) -> dict[str, Any] | None:
+        """env.json as written (`write_env`); None when there is none or it cannot be read."""
+        try:
+            env = json.loads(read_regular_bytes(self.path / ENV_JSON, ENV_JSON, MAX_JSON_BYTES))
+        except (SftkdError, OSError, ValueError):
+            return None
+        return env if isinstance(env, dict) else None
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history_file(self.history_file) if self.history_file.exists() else []

@@ -65,11 +65,10 @@ def check_command(name: str) -> None:
     world = _whole(os.environ.get("WORLD_SIZE", "1")) or 1
     if world > 1 and name not in DISTRIBUTED_COMMANDS:
         *first, last = DISTRIBUTED_COMMANDS
-        error = SftkdError(f"sftkd {name} runs in one process, but torchrun started {processes(world)} "
-                           f"(WORLD_SIZE={world}); only {', '.join(first)} and {last} train in several: "
-                           f"run sftkd {name} without torchrun")
-        error.quiet = not is_main_process()
-        raise error
+        with said_by_rank_0():
+            raise SftkdError(f"sftkd {name} runs in one process, but torchrun started {processes(world)} "
+                             f"(WORLD_SIZE={world}); only {', '.join(first)} and {last} train in several: "
+                             f"run sftkd {name} without torchrun")
 
 
 def _whole(text: str) -> int | None:

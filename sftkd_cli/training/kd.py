@@ -37,6 +37,7 @@ from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, TeacherObjective
+from sftkd_cli.training.resume import ResumePoint
 from sftkd_cli.training.session import model_for, recorded_start, run_training, start_weights, with_run
 
 
@@ -113,9 +114,6 @@ class Distillation(TeacherObjective):
     def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}
 
-    def info(self) -> dict[str, Any]:
-        return dict(self.facts)
-
 
 def teacher_role_of(state: dict[str, Any]) -> str:
     """'sft-teacher' for the teacher of an SFT run, else 'teacher'."""
@@ -173,11 +171,11 @@ def distill(
         raise SftkdError(f"distill.init=sft: {cfg.teacher_run} is not an SFT run; give a run or checkpoint to start from")
     recipe = _with_kd_run(recipe, teacher_role)
 
-    def make(data: dict[str, object]) -> Distillation:
+    def make(data: dict[str, object], point: ResumePoint | None) -> Distillation:
         check_fits_data(t_state, teacher.record(), data, cfg.teacher_run, same_acquisition=True)
         student = model_for(recipe, recipe.model.name, data)
         # resumed: the weights come from the run's checkpoint, which records what it started from
-        loaded, loaded_sha256 = recorded_start(recipe, resume) or (
+        loaded, loaded_sha256 = recorded_start(point) or (
             start_weights(student, teacher_file, role="student") if cfg.init == "sft"  # the SFT run's student blocks
             else start_weights(student, None if init in ("", "random") else read_checkpoint(init)))
         s_taps, t_taps = default_taps(cfg.method, student, teacher)

@@ -9,7 +9,8 @@ A frozen teacher is held outside the module tree, so it is neither optimised nor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -39,6 +40,9 @@ class Objective(nn.Module):
     #: the recipe section whose `w_*` keys weigh this objective's loss terms ("" for a plain L1
     #: loss): the hint of a nan/inf loss names them
     weights_section: str = ""
+
+    #: what `info` stores in every checkpoint (none unless an objective sets it)
+    facts: Mapping[str, Any] = MappingProxyType({})
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -71,8 +75,9 @@ class Objective(nn.Module):
         return ()
 
     def info(self) -> dict[str, Any]:
-        """Extra facts stored in every checkpoint (e.g. which teacher a student learnt from)."""
-        return {}
+        """Extra facts stored in every checkpoint (e.g. which teacher a student learnt from, what
+        the run started from): `facts`, set by an objective that has some."""
+        return dict(self.facts)
 
 
 class TeacherObjective(Objective):
@@ -101,7 +106,7 @@ class Supervised(Objective):
     def __init__(self, model: CascadeNet, facts: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
-        self.facts = facts or {}  # what it started from (`info`)
+        self.facts = facts or {}  # what it started from
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = F.l1_loss(self.predict(batch), batch["target"])
@@ -109,6 +114,3 @@ class Supervised(Objective):
 
     def models(self) -> dict[str, CascadeNet]:
         return {"model": self.model}
-
-    def info(self) -> dict[str, Any]:
-        return dict(self.facts)

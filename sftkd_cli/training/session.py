@@ -7,7 +7,6 @@ so every command shares the same run-directory, resume and interruption behaviou
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,8 +18,7 @@ from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weight
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
 from sftkd_cli.data.dataset import dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
-from sftkd_cli.files import read_regular_bytes, write_run_file
-from sftkd_cli.run_files import ENV_JSON
+from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
@@ -28,7 +26,7 @@ from sftkd_cli.torchrun import local_processes, said_by_rank_0, world_size
 from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import other_world, resume_point, too_few_epochs
+from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
 #: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
@@ -182,12 +180,11 @@ def _other_checkpoint(run: RunDir, label: str, source: str, recorded: str | None
             "retrained or replaced since?)")
 
 
-def recorded_start(recipe: Recipe, resume: bool) -> tuple[str, str | None] | None:
-    """On --resume, the `init` and `init_sha256` recorded in the checkpoint the run continues from
-    (`resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes short;
-    ('unknown', None) from an sftkd that recorded none); None without --resume or without a
-    checkpoint (the run starts afresh)."""
-    point = resume_point(RunDir(run_path(recipe))) if resume else None
+def recorded_start(point: ResumePoint | None) -> tuple[str, str | None] | None:
+    """The `init` and `init_sha256` recorded in the checkpoint a resumed run continues from
+    (`point`, `resume.resume_point`: last.pt's, or best.pt's where a stop cut its epoch's writes
+    short; ('unknown', None) from an sftkd that recorded none); None without one (the run starts
+    afresh)."""
     if point is None:
         return None
     return str(point.state.get("init") or "unknown"), point.state.get("init_sha256")
@@ -197,11 +194,8 @@ def first_init_from(recipe: Recipe) -> str | None:
     """The `--init-from` the run was started with, as env.json records it (its objective's
     `init_from`; a resume that gave none was refused before it could replace the file): what a
     run resumed before its first checkpoint must start from again. None where there was none."""
-    try:
-        env = json.loads(read_regular_bytes(RunDir(run_path(recipe)).path / ENV_JSON, ENV_JSON))
-        init_from = env.get("objective", {}).get("init_from")
-    except (SftkdError, ValueError, AttributeError):
-        return None
+    objective = (RunDir(run_path(recipe)).read_env() or {}).get("objective")
+    init_from = objective.get("init_from") if isinstance(objective, dict) else None
     return init_from if isinstance(init_from, str) and init_from else None
 
 
@@ -244,9 +238,9 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
         raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
 
 
-def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str:
+def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point: ResumePoint | None) -> str:
     """On --resume, before anything is written: a run that has trained needs a state to continue
-    from (`resume.resume_point`: its `last` checkpoint, or `best` where a stop cut the epoch's
+    from (`point`, `resume.resume_point`: its `last` checkpoint, or `best` where a stop cut the epoch's
     writes short; else it would silently start over, replacing best.pt and the history), that
     checkpoint must come from the same dataset (`dataset_record`'s manifest fingerprint; the
     data may have moved, not changed) and, for distillation, from the same teacher checkpoint
@@ -256,7 +250,6 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str
     Returns '' or, for a run stopped before epoch 1's checkpoints landed but after history.jsonl
     had its row (written first; no checkpoint at all, one row, nothing evaluated or exported
     from it), the line saying it starts over."""
-    point = resume_point(run)
     if point is None:
         rows, best = len(run.read_history()), run.checkpoint("best").exists()
         if rows <= 1 and not best and not run.has_results():
@@ -281,7 +274,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object]) -> str
 
 def run_training(
     recipe: Recipe,
-    make_objective: Callable[[dict[str, object]], Objective],
+    make_objective: Callable[[dict[str, object], ResumePoint | None], Objective],
     *,
     resume: bool = False,
     force: bool = False,
@@ -290,7 +283,8 @@ def run_training(
 ) -> tuple[RunDir, FitResult]:
     """Create/reopen the run dir, build the objective, train. The run dir is unlocked at the end.
 
-    `make_objective` gets the dataset record (`dataset_record`: layout, size, acceleration).
+    `make_objective` gets the dataset record (`dataset_record`: layout, size, acceleration) and,
+    on --resume, the state the run continues from (read once here, before the lock).
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
     with said_by_rank_0():
@@ -303,10 +297,11 @@ def run_training(
             reconcile_resume(run, recipe)
         train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
         data = dataset_record(recipe.data.path, recipe.data.acceleration)
-        starting_over = check_resumable(run, recipe, data) if resume and run.recipe_file.exists() else ""
+        point = resume_point(run) if resume and run.recipe_file.exists() else None
+        starting_over = check_resumable(run, recipe, data, point) if resume and run.recipe_file.exists() else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
-        objective = make_objective(data)
+        objective = make_objective(data, point)
     rank, world = distributed_context(recipe.train.device)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)

@@ -29,6 +29,7 @@ from sftkd_cli.runs import RunDir
 from sftkd_cli.runtime import select_device
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Batch, Objective
+from sftkd_cli.training.resume import ResumePoint
 from sftkd_cli.training.session import model_for, run_training, with_run
 
 
@@ -125,7 +126,7 @@ def train_sft(
     sft = recipe.sft
     recipe = resolved_sft(recipe)
 
-    def make(data: dict[str, object]) -> StudentFriendly:
+    def make(data: dict[str, object], point: ResumePoint | None) -> StudentFriendly:  # the engine restores a resumed run's weights
         teacher, student = model_for(recipe, sft.teacher, data), model_for(recipe, sft.student, data)
         batched = batched_branches(sft.batched, select_device(recipe.train.device))
         return StudentFriendly(teacher, student, sft.w_teacher, sft.w_student, sft.w_imit, batched=batched)

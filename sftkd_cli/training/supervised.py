@@ -10,6 +10,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Supervised
+from sftkd_cli.training.resume import ResumePoint
 from sftkd_cli.training.session import (
     check_same_start, first_init_from, model_for, recorded_start, run_path, run_training, start_weights, with_run,
 )
@@ -42,9 +43,9 @@ def train_supervised(
     the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
     recipe = resolved_supervised(recipe)
 
-    def make(data: dict[str, object]) -> Supervised:
+    def make(data: dict[str, object], point: ResumePoint | None) -> Supervised:
         model = model_for(recipe, recipe.model.name, data)
-        started = recorded_start(recipe, resume)  # resumed: the weights come from the run's checkpoint
+        started = recorded_start(point)  # resumed: the weights come from the run's checkpoint
         if started:
             check_same_start(recipe, started, init_from)
         elif resume and not init_from and (first := first_init_from(recipe)):
