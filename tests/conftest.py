@@ -214,6 +214,23 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
 
 
 @pytest.fixture(scope="session")
+def prepared_like_tiny(tiny_dataset: Path) -> Callable[..., Path]:
+    """`prepared_like_tiny(out, **changes)`: the tiny dataset's raw volumes prepared again into
+    `out` at acceleration (or scale) 4 with `changes` to its options (task="sr",
+    mask_layout="centered", ...); returns `out`."""
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.data.sources import NiftiSource
+
+    def prepare(out: Path, **changes: object) -> Path:
+        options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), **changes)  # type: ignore[arg-type]
+        prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), out, options)
+        return out
+
+    return prepare
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small prepared dataset (read-only): volumes vol0..vol4, 16x16, acc 4 and 5."""
     from sftkd_cli.data.options import PrepareOptions

@@ -27,9 +27,6 @@ from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.data.dataset import SliceDataset
-from sftkd_cli.data.options import PrepareOptions
-from sftkd_cli.data.prepare import prepare_dataset
-from sftkd_cli.data.sources import NiftiSource
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.export import export_run, exportable
 from sftkd_cli.exported import card_path, load_exported, read_card, split_complex
@@ -443,20 +440,16 @@ def own_export(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def centred_dataset(tiny_dataset, tmp_path_factory) -> Path:
+def centred_dataset(prepared_like_tiny, tmp_path_factory) -> Path:
     """The tiny dataset's volumes prepared with centred k-space (fftshift), acceleration 4."""
-    out = tmp_path_factory.mktemp("centred") / "data"
-    options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), mask_layout="centered")
-    prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), out, options)
-    return out
+    return prepared_like_tiny(tmp_path_factory.mktemp("centred") / "data", mask_layout="centered")
 
 
 @pytest.fixture(scope="module")
-def sr_export(tiny_dataset, tmp_path_factory) -> Path:
+def sr_export(prepared_like_tiny, tmp_path_factory) -> Path:
     """A VDSR4 trained for super-resolution (scale 4) on the tiny dataset's volumes, exported."""
     base = tmp_path_factory.mktemp("sr")
-    options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), task="sr")
-    prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), base / "data", options)
+    prepared_like_tiny(base / "data", task="sr")
     return _trained_export(base / "data", base / "runs", "sr", "model.name=VDSR4", "sft.teacher=VDSR4",
                            "sft.student=VDSR4", "data.task=sr")
 

@@ -36,12 +36,9 @@ TABLE9_METHODS = ("at", "fitnets", "cc", "pkt", "ft", "nst")
 
 
 @pytest.fixture(scope="module")
-def sr_data(tiny_dataset, tmp_path_factory) -> Path:
+def sr_data(prepared_like_tiny, tmp_path_factory) -> Path:
     """The tiny dataset's 5 phantom volumes (28x24x3 -> 16x16) prepared for super-resolution at scale 4."""
-    out = tmp_path_factory.mktemp("sr") / "data"
-    options = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("vol1",), test=("vol3",), task="sr")
-    prepare_dataset(NiftiSource(tiny_dataset.parent / "raw"), out, options)
-    return out
+    return prepared_like_tiny(tmp_path_factory.mktemp("sr") / "data", task="sr")
 
 
 # ----------------------------------------------------------------------------- data
