@@ -170,7 +170,8 @@ def copy_weights(model: CascadeNet, state: dict[str, Any], path: str | Path, rol
     """
     name, entry = model_entry(state, role, path, arch=None if role else model.name)
     if entry["arch"] != model.name or entry["channels"] != model.channels:
-        raise SftkdError(f"{path}: {name} is {entry['arch']} with {entry['channels']} channels, expected {model.name} with {model.channels}")
+        raise SftkdError(f"{path}: its {name} is {entry['arch']} with {entry['channels']} channels, but the model to start "
+                         f"is {model.name} with {model.channels}: they must match")
     refuse_other_data(model.name, entry_acquisition(entry, state.get("trained_on"), path), model.acquisition, path,
                       "the data of this run")
     missing, unexpected = [], []

@@ -339,7 +339,7 @@ class RunDir:
             if not exists:
                 raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); drop --resume to start")
         elif exists and not force:
-            raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to overwrite")
+            raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to start over")
         elif not exists and self.path.is_dir() and self._foreign_entries():
             raise SftkdError(
                 f"{self.path}: folder is not empty and is not an sftkd run (no recipe.yaml); "

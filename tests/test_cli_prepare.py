@@ -273,6 +273,20 @@ def test_an_option_the_source_decides_itself_is_refused_naming_the_source(tmp_pa
     assert nothing_written(tmp_path)
 
 
+def test_an_earlier_versions_flag_is_refused_with_its_new_name(tmp_path: Path) -> None:
+    """--accelerations (renamed --acc) gets the new name, not click's 'Possible options: --center-fraction'."""
+    assert_one_line_error(run("demo", "--accelerations", "4", "--out", tmp_path / "out"), "--accelerations: renamed --acc")
+    assert nothing_written(tmp_path)
+
+
+def test_a_source_that_decides_the_task_offers_no_scale() -> None:
+    """fastmri reconstructs only: its --acc has no --scale alias and its help no sr text; demo keeps both."""
+    fastmri, demo = run("fastmri", "--help").stdout, run("demo", "--help").stdout
+    assert "--scale" not in fastmri and "sr" not in fastmri.split("--acc", 1)[1].split("--mask-kind", 1)[0]
+    assert "--scale" in demo
+    assert "ACDC: patient" not in fastmri + demo
+
+
 def test_slices_downsampled_below_the_size_are_zero_padded_with_a_warning(tmp_path: Path, nifti_writer) -> None:
     """--downsample 4 leaves the 36x30 axial slices of this template 9x7: padded to --size 16 16,
     as --size does, and prepare-data says so in one line; 2 (18x15, cropped to 12x12) says nothing."""

@@ -44,6 +44,7 @@ def test_two_processes_match_one_process(tiny_dataset, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "Warning" not in ddp.stderr, ddp.stderr[-3000:]
     assert ddp.stdout.count("done:") == 1 and " nan " not in ddp.stdout, ddp.stdout  # rank 0's line alone
+    assert "batch 1 x 2 processes" in ddp.stdout, ddp.stdout  # the start line: batch_size is per process
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
     multi = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert multi["epoch"] == 2

@@ -85,7 +85,7 @@ def test_distill_init_sft_starts_from_the_sft_runs_student_blocks(tiny_dataset, 
                 *_options(tiny_dataset, runs, f"kd-{sft}"), *extra]
 
     # the student blocks are D2C2: a D3C2 student is refused, not started from the D3C2 teacher
-    fails_cleanly(*distill("sft", "D3C2"), names=("student is D2C2", "expected D3C2"))
+    fails_cleanly(*distill("sft", "D3C2"), names=("student is D2C2", "the model to start is D3C2"))
     assert not (runs / "kd-sft").exists()
     # teacher and student of one architecture: the student's blocks, not "exactly one D2C2 model"
     result = invoke(*distill("same", "D2C2", "train.lr=1e-30"))  # lr=1e-30: the updates vanish

@@ -72,6 +72,13 @@ Acc = Annotated[
                  help="Acceleration(s), repeatable or comma list; with --task sr the scale factor(s) (--scale). "
                       "Default: 4,5 (or those of --mask-file); sr: 4."),
 ]
+#: --acc of a source that decides the task itself (recon only): no --scale, no sr
+ReconAcc = Annotated[
+    Optional[list[str]],
+    typer.Option("--acc", metavar="X", help="Acceleration(s), repeatable or comma list. Default: 4,5 (or those of --mask-file)."),
+]
+#: flags of earlier versions, refused with their new name rather than click's guess
+RENAMED = {"--accelerations": "--acc"}
 Task = Annotated[
     str,
     typer.Option("--task", metavar="TASK",
@@ -95,17 +102,17 @@ CenterFraction = Annotated[
 Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the masks and of the split.")]
 ValFraction = Annotated[
     Optional[float],
-    typer.Option("--val-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for val. Default: 0.25, or none where the data bring their val set (ACDC testing/, fastMRI singlecoil_val/)."),
+    typer.Option("--val-fraction", metavar="F", help="Seeded share of volumes for val (of patients where the source splits by patient). Default: 0.25, or none where the data bring their val set (ACDC testing/, fastMRI singlecoil_val/)."),
 ]
 TestFraction = Annotated[
     Optional[float],
-    typer.Option("--test-fraction", metavar="F", help="Seeded share of volumes (ACDC: patients) for test. Default: 0."),
+    typer.Option("--test-fraction", metavar="F", help="Seeded share of volumes for test (as --val-fraction). Default: 0."),
 ]
 Val = Annotated[
-    Optional[list[str]], typer.Option("--val", metavar="ID", help="Volume (ACDC: patient) id for val; repeatable.")
+    Optional[list[str]], typer.Option("--val", metavar="ID", help="Volume id for val (a patient id where the source splits by patient); repeatable.")
 ]
 Test = Annotated[
-    Optional[list[str]], typer.Option("--test", metavar="ID", help="Volume (ACDC: patient) id for test; repeatable.")
+    Optional[list[str]], typer.Option("--test", metavar="ID", help="Volume id for test (as --val); repeatable.")
 ]
 MinSliceMean = Annotated[
     float,
@@ -205,6 +212,8 @@ def parameters(spec: SourceSpec) -> list[inspect.Parameter]:
     for name, annotation in SHARED:
         if name in spec.decides:
             continue
+        if name == "acc" and "task" in spec.decides:
+            annotation = ReconAcc
         out.append(_option(name, annotation, None if name in _REPEATABLE else spec.option_default(name)))
         out += [_own(o) for o in spec.options if o.after == name]
     return out
@@ -246,6 +255,8 @@ class _SourceCommand(HelpCommand):
             flag = getattr(exc, "option_name", None)
             if flag in decided:
                 raise SftkdError(spec.unused(decided[flag])) from None
+            if flag in RENAMED:
+                raise SftkdError(f"{flag}: renamed {RENAMED[flag]} (e.g. {RENAMED[flag]} 4 --acc 8)") from None
             raise
 
 

@@ -553,11 +553,12 @@ class Trainer:
         threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
         threads += ", CUDA graphs" if self.cuda_graphs else ""
         resumed = f", resuming after epoch {resumed_from}" if resumed_from is not None else ""
+        processes = f" x {self.world} processes" if self.world > 1 else ""  # batch_size is per process
         models = " + ".join(_model_text(m) for m in self._bare().models().values())
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
-            f"{counted(cfg.epochs, 'epoch')} of {counted(steps, 'step')}, batch {cfg.batch_size}, {self.device}{threads}{resumed}; "
+            f"{counted(cfg.epochs, 'epoch')} of {counted(steps, 'step')}, batch {cfg.batch_size}{processes}, {self.device}{threads}{resumed}; "
             f"layout {self.layout.describe()}"
         )
 
