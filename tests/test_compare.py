@@ -150,6 +150,17 @@ def test_per_slice_that_disagrees_with_metrics_json_is_refused(tmp_path):
         load_run_result(run)
 
 
+def test_a_stale_per_slice_csv_a_hundredth_of_a_db_off_is_refused(tmp_path):
+    """per_slice.csv holds every digit: a mean 0.01 dB off metrics.json's (a third of the paper's
+    0.03 dB headline gap) is another evaluation's file, not rounding."""
+    run = make_run(tmp_path, "r", "student", slice_values(2, 0.0))
+    info = json.loads((run / "metrics.json").read_text())
+    info["metrics"]["PSNR"]["mean"] += 0.01
+    (run / "metrics.json").write_text(json.dumps(info))
+    with pytest.raises(SftkdError, match=r"per_slice.csv: PSNR mean .* does not match metrics.json"):
+        load_run_result(run)
+
+
 def test_means_stds_deltas_match_numpy(trio):
     comparison = compare_runs([load_run_result(p) for p in trio.values()])
     assert comparison.reference == "teacher" and comparison.baseline == "student"
@@ -556,8 +567,8 @@ def test_a_missing_score_column_names_the_file_it_was_read_from(trio):
 
 def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
     """evaluate writes NaN and infinities as null (JSON has neither): compare reads null as NaN,
-    also a null mean whose per-slice values hold inf (PSNR of an exact slice); files of earlier
-    sftkd versions, with NaN/Infinity tokens, read as before."""
+    but a null mean whose per-slice values hold inf (PSNR of an exact slice) as that infinity; files
+    of earlier sftkd versions, with NaN/Infinity tokens, read as before."""
     values = slice_values(2, 0.0)
     values["PSNR"][0] = np.inf
     with np.errstate(invalid="ignore"):  # this helper's nanstd of an inf
@@ -567,7 +578,7 @@ def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
     info["metrics"]["SSIM"]["std"] = None
     (run / "metrics.json").write_text(json.dumps(info, allow_nan=False))
     result = load_run_result(run)
-    assert np.isnan(result.metrics["PSNR"].mean) and np.isnan(result.metrics["PSNR"].std)
+    assert result.metrics["PSNR"].mean == np.inf and np.isnan(result.metrics["PSNR"].std)
     assert np.isnan(result.metrics["SSIM"].std)
     assert result.metrics["SSIM"].mean == pytest.approx(np.mean(values["SSIM"]))
     assert invoke(run).exit_code == 0

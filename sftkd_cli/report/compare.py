@@ -26,7 +26,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.report.result_files import (
     Stat,
-    check_means,
+    checked_stats,
     number,
     optional_number,
     optional_str,
@@ -219,11 +219,11 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     for key in ("fingerprint", "split"):
         if not isinstance(dataset.get(key), str):
             raise SftkdError(f"{where}: dataset.{key}: expected a string")
-    metrics = stats_block(info.get("metrics"), f"{where}: metrics")
-    zero_filled = stats_block(info.get("zero_filled"), f"{where}: zero_filled")
-    slices, columns = read_per_unit(metrics_file.parent / per_unit, unit)
-    check_means(label, metrics, columns, "")
-    check_means(label, zero_filled, columns, "ZF_")
+    scores_file = metrics_file.parent / per_unit
+    slices, columns = read_per_unit(scores_file, unit)
+    metrics = checked_stats(label, stats_block(info.get("metrics"), f"{where}: metrics"), columns, "", str(scores_file))
+    zero_filled = checked_stats(label, stats_block(info.get("zero_filled"), f"{where}: zero_filled"), columns, "ZF_",
+                                str(scores_file))
     params = optional_number(info.get("params"), f"{where}: params")
     scored = scored_checkpoint(metrics_file.parent, info)
     return RunResult(
@@ -245,7 +245,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         slices=slices,
         columns=columns,
         unit=unit,
-        scores_file=str(metrics_file.parent / per_unit),
+        scores_file=str(scores_file),
         rerun=evaluate_command(metrics_file.parent, info)
         if scored is not None and scores_checkpoint(info, scored) is False else "",
     )

@@ -52,16 +52,20 @@ class Table:
 
 
 def format_value(metric: str, value: float, signed: bool = False, digits: int = 4) -> str:
-    """A metric value at the paper's precision (PSNR 2 decimals, SSIM/VIF 4), else `digits` significant digits."""
-    if not math.isfinite(value):
-        return str(value)
+    """A metric value at the paper's precision (PSNR 2 decimals, SSIM/VIF 4), else `digits` significant
+    digits; inf, -inf (+inf when `signed`) and nan as such."""
     sign = "+" if signed else ""
+    if not math.isfinite(value):
+        return f"{value:{sign}}"
     if metric in _DECIMALS:
         return f"{value:{sign}.{_DECIMALS[metric]}f}"
     return f"{value:{sign}.{digits}g}"
 
 
 def format_stat(metric: str, stat: Stat) -> str:
+    """'mean ± std'; an infinite mean (a PSNR with an exactly reconstructed slice) alone, as its std is undefined."""
+    if math.isinf(stat.mean):
+        return format_value(metric, stat.mean)
     return f"{format_value(metric, stat.mean)} ± {format_value(metric, stat.std, digits=2)}"
 
 
