@@ -57,6 +57,7 @@ def make_run(
     """An evaluated run directory written as COMMON.md describes (recipe.yaml, metrics.json, per_slice.csv)."""
     run = root / name
     run.mkdir(parents=True)
+    zf = {m: np.resize(v, len(slices)) for m, v in ZF_VALUES.items()}  # the input's scores, one per slice
     (run / "recipe.yaml").write_text(f"run:\n  name: {name}\n")
     metrics = {
         "format": 1, "sftkd_version": "0.1.0", "run": name, "model": "D3C5", "role": role, "method": method,
@@ -64,7 +65,7 @@ def make_run(
         "dataset": {"path": "data/demo", "fingerprint": fingerprint, "split": split, "acceleration": acceleration,
                     "image_size": [32, 32], "source": source, "task": task},
         "latency_ms_per_slice": 25.0, "device": "cpu", "conventions": {},
-        "metrics": stats(values), "zero_filled": stats(ZF_VALUES),
+        "metrics": stats(values), "zero_filled": stats(zf),
     }
     if teacher_role is not None:
         metrics["teacher_role"] = teacher_role
@@ -76,7 +77,7 @@ def make_run(
         for i in order:
             volume, index = slices[i]
             writer.writerow([volume, index, *(repr(float(values[m][i])) for m in METRICS),
-                             *(repr(float(ZF_VALUES[m][i])) for m in METRICS)])
+                             *(repr(float(zf[m][i])) for m in METRICS)])
     return run
 
 
@@ -191,6 +192,18 @@ def test_different_slice_sets_are_refused(tmp_path):
     b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), slices=[(v, i + 1) for v, i in SLICES])
     with pytest.raises(SftkdError, match="per-slice sets differ"):
         compare_runs([load_run_result(a), load_run_result(b)])
+
+
+def test_delta_to_a_reference_on_other_slices_is_refused(tmp_path):
+    """Δ compares means over slices: with --baseline none nothing else checks that the runs hold the same slices."""
+    keep = [i for i, (volume, _) in enumerate(SLICES) if volume != "vol03"]
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    kd = make_run(tmp_path, "kd", "kd", {m: v[keep] for m, v in slice_values(2, 0.0).items()},
+                  slices=[SLICES[i] for i in keep], method="at", teacher_role="teacher")
+    with pytest.raises(SftkdError, match=r"kd vs .*teacher: per-slice sets differ \(0 slices only in kd, \d+ only in teacher"):
+        compare_runs([load_run_result(teacher), load_run_result(kd)], baseline="none")
+    assert compare_runs([load_run_result(teacher), load_run_result(kd)], reference="none", baseline="none").reference is None
+
 
 
 def test_evaluation_folders_of_two_runs_are_told_apart(tmp_path):

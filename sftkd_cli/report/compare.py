@@ -476,6 +476,9 @@ def compare_runs(
     ordered = order_runs(runs)
     ref = _pick(ordered, reference, "teacher", "--reference")
     base = _pick(ordered, baseline, "student", "--baseline")
+    for other in (ref, base):  # a Δ or a p compares the same slices
+        for run in runs if other else ():
+            check_same_slices(run, other)
     first = runs[0]
     rows = []
     if zero_filled:
