@@ -56,7 +56,9 @@ def stats_block(block: object, where: str) -> dict[str, Stat]:
             if key not in entry:
                 raise SftkdError(f"{where}.{metric}: no {key}; expected {{'mean': ..., 'std': ...}}")
         stats[metric] = Stat(number_or_nan(entry["mean"], f"{where}.{metric}.mean"),
-                             number_or_nan(entry["std"], f"{where}.{metric}.std"))
+                             number_or_nan(entry["std"], f"{where}.{metric}.std"),
+                             number_or_nan(entry["volume_mean"], f"{where}.{metric}.volume_mean")
+                             if "volume_mean" in entry else None)
     return stats
 
 
