@@ -172,7 +172,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
             problems.append(f"compare{' ' + group if group else ''} seed {seed}: {exc}")
             lines += [f"Comparison not possible (seed {seed}): {exc}", ""]
     if links:
-        lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values against the student: "
+        lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values over paired volumes against the student: "
                   + ", ".join(links) + ".", ""]
     tag = ", ".join(part for part in (group, f"seed {seeds[0]}" if len(plan.seeds) > 1 else "") if part)
     if len(plan.seeds) > 1:
