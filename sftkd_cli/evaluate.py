@@ -570,7 +570,7 @@ def _conventions(convention: str, task: str, record: dict[str, Any]) -> dict[str
     if convention == "fastmri":
         found = {**FASTMRI_CONVENTIONS, "input": INPUT_CONVENTIONS[task]}
     else:
-        found = {**CONVENTIONS, "aggregation": "mean and population std (ddof 0) over slices; volume_mean = mean over volumes of per-volume values (PSNR on the whole volume)",
+        found = {**CONVENTIONS, "aggregation": "mean and population std (ddof 0) over slices; volume_mean = mean over volumes of per-volume values (PSNR and NMSE on the whole volume; the reference evaluate.py's mean)",
                  "input": INPUT_CONVENTIONS[task]}
     if complex_values:
         found["input"] = "zero_filled = the magnitude of the network input IFFT(masked k-space) (complex)"

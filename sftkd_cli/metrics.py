@@ -1,13 +1,20 @@
 """Image-quality metrics: PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF (numpy in, floats / arrays out).
 
-Conventions (those of the paper's reference evaluation code):
+Conventions. The PER-VOLUME values of `score_volume` are those of the paper's reference
+evaluate.py for PSNR, SSIM, NMSE, MSE and HFN (it has no HFEN or VIF): PSNR and NMSE on the
+whole volume at once, SSIM and HFN the mean over the volume's slices. The reference averages those
+per-volume values over volumes (`volume_mean` in metrics.json); sftkd's headline is the mean ± std
+over SLICES of the per-slice values (`score_slices`), which the reference's evaluate.py does not
+compute (its measures.py writes per-slice values with each SLICE's maximum as data range, where
+sftkd's use the volume's).
 - Images are real, ground truth normalised per volume to [0, 1]. Everything is computed in float64.
 - PSNR = 10 log10(data_range^2 / MSE). `score_slices` and `score_volume` use data_range = the
   maximum of the ground-truth VOLUME for every slice; the per-volume PSNR is computed on the
   whole volume at once (not the mean of the slice PSNRs). Identical images give +inf.
 - SSIM = scikit-image `structural_similarity` defaults (7x7 uniform window, K1 0.01, K2 0.03,
   sample covariance, mean over the map without the 3-pixel border), per 2-D slice.
-- NMSE = ||gt - pred||^2 / ||gt||^2 ; MSE = mean((gt - pred)^2).
+- NMSE = ||gt - pred||^2 / ||gt||^2, per slice, and per volume as ONE ratio over the whole volume
+  (not the mean of the slice ratios); MSE = mean((gt - pred)^2).
 - PSNR, SSIM, NMSE, MSE and HFEN use the prediction as it is (NOT clipped).
 - HFN (reference convention) = ||L(gt) - L(clip(pred, 0, 1))||^2 / ||L(gt)||^2, per slice,
   L = 3x3 discrete Laplacian [[0,1,0],[1,-4,1],[0,1,0]] with 'reflect' boundaries
@@ -32,7 +39,7 @@ Conventions (those of the paper's reference evaluation code):
 The fastMRI convention (`score_fastmri`, `sftkd evaluate --convention fastmri`) is the one of
 the `fastmri` package's evaluate.py, whose functions the tests use as oracles: per VOLUME,
 MSE = mean((gt - pred)^2), NMSE = ||gt - pred||^2 / ||gt||^2 as ONE ratio over the whole volume
-(the paper convention averages the slice ratios), PSNR = skimage peak_signal_noise_ratio over
+(as the paper convention's per-volume NMSE), PSNR = skimage peak_signal_noise_ratio over
 the whole volume with data_range = gt.max(), SSIM = mean over slices of skimage
 structural_similarity (defaults) with data_range = gt.max() of the volume. Summaries are mean and
 sample std (ddof 1, runstats' stddev) over volumes. Complex reconstructions are scored as their
@@ -56,7 +63,7 @@ CONVENTIONS: dict[str, str] = {
     "on the whole volume at once; prediction not clipped; identical images give inf",
     "SSIM": "skimage structural_similarity defaults (7x7 uniform window, K1=0.01, K2=0.03), "
     "data_range = max of the ground-truth volume, per 2-D slice; prediction not clipped",
-    "NMSE": "||gt-pred||^2/||gt||^2 per slice; volume value = mean over slices",
+    "NMSE": "||gt-pred||^2/||gt||^2 per slice; volume value = one ratio over the whole volume",
     "MSE": "mean((gt-pred)^2) per slice; volume value = mean over slices",
     "HFN": "||L(gt)-L(clip(pred,0,1))||^2/||L(gt)||^2 per slice, L = 3x3 Laplacian "
     "[[0,1,0],[1,-4,1],[0,1,0]], reflect boundary; volume value = mean over slices",
@@ -133,8 +140,9 @@ def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
 def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     """PSNR in dB = 10 log10(data_range^2 / MSE) over all elements; +inf for identical images.
 
-    `data_range` is explicit on purpose: the reference uses the ground-truth VOLUME maximum
-    even for per-slice values (see `score_slices`). The prediction is not clipped.
+    `data_range` is explicit on purpose: the reference's evaluate.py scores a whole volume with the
+    ground-truth volume maximum, and sftkd's per-slice values use that volume maximum too (see
+    `score_slices`; the reference's measures.py uses each slice's own). The prediction is not clipped.
     """
     r = _check_range(data_range)
     err = mse(gt, pred)
@@ -339,8 +347,9 @@ def score_slices(gt_volume: np.ndarray, pred_volume: np.ndarray) -> dict[str, np
     """Per-slice metrics of a (S,H,W) volume: {name: array (S,)} for every name in METRIC_NAMES.
 
     PSNR, SSIM (and VIF's 8-bit rescaling) use data_range = the ground-truth VOLUME maximum for
-    every slice (reference convention). pred is not clipped, except inside HFN (clipped to
-    [0, 1] as the reference).
+    every slice, the data range of the reference's per-volume evaluate.py (its per-slice
+    measures.py uses the slice's). pred is not clipped, except inside HFN (clipped to [0, 1] as
+    the reference).
     """
     g, p, r = _volume_pair(gt_volume, pred_volume)
     per_slice: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
@@ -365,8 +374,9 @@ def score_volume(
     pred_volume: np.ndarray,
     per_slice: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Per-volume metrics {name: float}: PSNR on the whole volume (data_range = volume max),
-    every other metric the mean over slices of `score_slices` (NaN slices left out).
+    """Per-volume metrics {name: float}, those of the reference's evaluate.py where it has them:
+    PSNR (data_range = volume max) and NMSE on the whole volume, every other metric the mean over
+    slices of `score_slices` (NaN slices left out; for MSE that equals the whole volume's).
 
     Pass `per_slice` (the output of `score_slices` on the same volumes) to avoid recomputing it.
     The volume PSNR is <= the mean of the slice PSNRs (equal only if every slice has the same MSE).
@@ -379,7 +389,7 @@ def score_volume(
                 f"metrics: per_slice[{name!r}]: expected an array of {g.shape[0]} slice values"
             )
     out = {name: _nanmean(np.asarray(slices[name], dtype=np.float64)) for name in METRIC_NAMES}
-    out["PSNR"] = psnr(g, p, r)
+    out["PSNR"], out["NMSE"] = psnr(g, p, r), nmse(g, p)
     return out
 
 

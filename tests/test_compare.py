@@ -20,7 +20,7 @@ from sftkd_cli.report.compare import compare_runs, load_run_result, paper_table
 from sftkd_cli.report.formats import comparison_view
 
 METRICS = ("PSNR", "SSIM", "NMSE", "MSE", "HFN", "HFEN", "VIF")
-SLICES = [(volume, index) for volume in ("vol01", "vol02", "vol03") for index in range(4)]
+SLICES = [(f"vol{v:02d}", index) for v in range(1, 9) for index in range(2)]  # 8 volumes: p can reach 0.0078
 FINGERPRINT = "ab" * 32
 WIDE = {"COLUMNS": "400"}
 
@@ -57,6 +57,7 @@ def make_run(
     """An evaluated run directory written as COMMON.md describes (recipe.yaml, metrics.json, per_slice.csv)."""
     run = root / name
     run.mkdir(parents=True)
+    zf = {m: np.resize(v, len(slices)) for m, v in ZF_VALUES.items()}  # the input's scores, one per slice
     (run / "recipe.yaml").write_text(f"run:\n  name: {name}\n")
     metrics = {
         "format": 1, "sftkd_version": "0.1.0", "run": name, "model": "D3C5", "role": role, "method": method,
@@ -64,7 +65,7 @@ def make_run(
         "dataset": {"path": "data/demo", "fingerprint": fingerprint, "split": split, "acceleration": acceleration,
                     "image_size": [32, 32], "source": source, "task": task},
         "latency_ms_per_slice": 25.0, "device": "cpu", "conventions": {},
-        "metrics": stats(values), "zero_filled": stats(ZF_VALUES),
+        "metrics": stats(values), "zero_filled": stats(zf),
     }
     if teacher_role is not None:
         metrics["teacher_role"] = teacher_role
@@ -76,7 +77,7 @@ def make_run(
         for i in order:
             volume, index = slices[i]
             writer.writerow([volume, index, *(repr(float(values[m][i])) for m in METRICS),
-                             *(repr(float(ZF_VALUES[m][i])) for m in METRICS)])
+                             *(repr(float(zf[m][i])) for m in METRICS)])
     return run
 
 
@@ -150,6 +151,17 @@ def test_per_slice_that_disagrees_with_metrics_json_is_refused(tmp_path):
         load_run_result(run)
 
 
+def test_a_stale_per_slice_csv_a_hundredth_of_a_db_off_is_refused(tmp_path):
+    """per_slice.csv holds every digit: a mean 0.01 dB off metrics.json's (a third of the paper's
+    0.03 dB headline gap) is another evaluation's file, not rounding."""
+    run = make_run(tmp_path, "r", "student", slice_values(2, 0.0))
+    info = json.loads((run / "metrics.json").read_text())
+    info["metrics"]["PSNR"]["mean"] += 0.01
+    (run / "metrics.json").write_text(json.dumps(info))
+    with pytest.raises(SftkdError, match=r"per_slice.csv: PSNR mean .* does not match metrics.json"):
+        load_run_result(run)
+
+
 def test_means_stds_deltas_match_numpy(trio):
     comparison = compare_runs([load_run_result(p) for p in trio.values()])
     assert comparison.reference == "teacher" and comparison.baseline == "student"
@@ -163,16 +175,62 @@ def test_means_stds_deltas_match_numpy(trio):
             assert rows[name].delta[m] == pytest.approx(np.mean(values[m]) - np.mean(teacher[m]))
 
 
-def test_wilcoxon_pairs_slices_by_volume_and_slice(trio):
+def volume_means(values: np.ndarray) -> np.ndarray:
+    """The oracle's per-volume values: SLICES are 8 volumes of 2 consecutive slices, in name order."""
+    return values.reshape(8, 2).mean(axis=1)
+
+
+def test_wilcoxon_pairs_volumes_each_the_mean_of_its_slices(trio):
+    """The slices of one volume are not independent: the test pairs volumes (the student's rows
+    are shuffled: volumes are paired by name)."""
     comparison = compare_runs([load_run_result(p) for p in trio.values()])
     rows = {row.name: row for row in comparison.rows}
     student = slice_values(2, 0.0)
     for name, values in (("teacher", slice_values(1, 1.0)), ("kd_at", slice_values(3, 0.5)), ("ZF", ZF_VALUES)):
         for m in ("PSNR", "SSIM", "HFN", "VIF", "NMSE"):
-            expected = scipy.stats.wilcoxon(values[m], student[m], alternative="two-sided").pvalue
-            assert rows[name].pvalue[m] == pytest.approx(expected)
+            expected = scipy.stats.wilcoxon(volume_means(values[m]), volume_means(student[m])).pvalue
+            assert rows[name].pvalue[m] == pytest.approx(expected, rel=1e-12)
     assert rows["student"].pvalue == {}
-    assert comparison.n_paired == len(SLICES)
+    assert comparison.n_paired == 8
+    caption = comparison_view(comparison, 0.05).caption
+    assert "over 8 paired volumes (each the mean of its slices" in caption and "cannot go below" not in caption
+
+
+def test_three_volumes_cannot_reach_alpha_and_the_caption_says_so(tmp_path):
+    """3 volumes x 8 slices, the student below the teacher on every slice: over slices p would be
+    1e-7, over the 3 volumes it is 0.25, the smallest a two-sided signed-rank test of 3 pairs gives."""
+    slices = [(f"v{v}", i) for v in range(3) for i in range(8)]
+    teacher = {m: np.resize(v, 24) for m, v in slice_values(1, 1.0).items()}
+    student = {m: v - 0.5 * abs(v) for m, v in teacher.items()}
+    runs = [load_run_result(make_run(tmp_path, name, name, values, slices=slices))
+            for name, values in (("teacher", teacher), ("student", student))]
+    comparison = compare_runs(runs)
+    p = {row.name: row for row in comparison.rows}["teacher"].pvalue["PSNR"]
+    assert p == scipy.stats.wilcoxon(teacher["PSNR"].reshape(3, 8).mean(1), student["PSNR"].reshape(3, 8).mean(1)).pvalue
+    assert p == 0.25 and scipy.stats.wilcoxon(teacher["PSNR"], student["PSNR"]).pvalue < 1e-4  # over slices
+    assert comparison.n_paired == 3
+    text = invoke(*(tmp_path / name for name in ("teacher", "student")), "-f", "markdown").stdout
+    assert "No difference can be shown at α = 0.05 (3 volumes: p cannot go below 0.25)." in text
+    assert " ".join(text.split()).count("cannot go below") == 1
+
+
+def test_an_exact_slice_shows_inf_not_nan(tmp_path):
+    """One slice reconstructed exactly (PSNR inf, written to metrics.json as null): the run's PSNR
+    reads inf, and the Δ to it -inf, never nan."""
+    values = slice_values(1, 1.0)
+    values["PSNR"][0] = np.inf
+    with np.errstate(invalid="ignore"):  # this helper's nanstd of an inf
+        teacher = make_run(tmp_path, "teacher", "teacher", values, params=141765)
+    info = json.loads((teacher / "metrics.json").read_text())
+    info["metrics"]["PSNR"] = {"mean": None, "std": None, "volume_mean": None}
+    (teacher / "metrics.json").write_text(json.dumps(info))
+    student = make_run(tmp_path, "student", "student", slice_values(2, 0.0))
+    comparison = compare_runs([load_run_result(teacher), load_run_result(student)])
+    rows = {row.name: row for row in comparison.rows}
+    assert rows["teacher"].stats["PSNR"].mean == np.inf and rows["student"].delta["PSNR"] == -np.inf
+    text = invoke(teacher, student, "-f", "markdown").stdout
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "nan" not in "\n".join(table) and "| inf |" in table[3] and "-inf" in table[4]
 
 
 def test_different_slice_sets_are_refused(tmp_path):
@@ -180,6 +238,18 @@ def test_different_slice_sets_are_refused(tmp_path):
     b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), slices=[(v, i + 1) for v, i in SLICES])
     with pytest.raises(SftkdError, match="per-slice sets differ"):
         compare_runs([load_run_result(a), load_run_result(b)])
+
+
+def test_delta_to_a_reference_on_other_slices_is_refused(tmp_path):
+    """Δ compares means over slices: with --baseline none nothing else checks that the runs hold the same slices."""
+    keep = [i for i, (volume, _) in enumerate(SLICES) if volume != "vol03"]
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    kd = make_run(tmp_path, "kd", "kd", {m: v[keep] for m, v in slice_values(2, 0.0).items()},
+                  slices=[SLICES[i] for i in keep], method="at", teacher_role="teacher")
+    with pytest.raises(SftkdError, match=r"kd vs .*teacher: per-slice sets differ \(0 slices only in kd, \d+ only in teacher"):
+        compare_runs([load_run_result(teacher), load_run_result(kd)], baseline="none")
+    assert compare_runs([load_run_result(teacher), load_run_result(kd)], reference="none", baseline="none").reference is None
+
 
 
 def test_evaluation_folders_of_two_runs_are_told_apart(tmp_path):
@@ -339,11 +409,13 @@ def test_every_format_parses(trio, tmp_path):
     runs = list(trio.values())
     rows = list(csv.DictReader(io.StringIO(invoke(*runs, "-f", "csv").stdout)))
     assert float(rows[2]["PSNR_mean"]) == pytest.approx(np.mean(slice_values(2, 0.0)["PSNR"]))
-    assert rows[1]["PSNR_delta"] == "0.0" and rows[2]["PSNR_p"] == ""
+    assert rows[1]["PSNR_delta"] == "0.0" and rows[2]["PSNR_p_volumes"] == ""
 
     payload = json.loads(invoke(*runs, "-f", "json", "--alpha", "0.01").stdout)
     assert payload["reference"] == "teacher" and payload["baseline"] == "student" and payload["alpha"] == 0.01
-    assert payload["rows"][1]["metrics"]["PSNR"]["significant"] is True
+    assert payload["rows"][1]["metrics"]["PSNR"]["significant"] is True and payload["paired_volumes"] == 8
+    assert payload["rows"][1]["metrics"]["PSNR"]["p_volumes"] == pytest.approx(2 / 2**8)
+    assert "over volumes paired by name" in payload["test"]
 
     markdown = invoke(*runs, "-f", "markdown").stdout.splitlines()
     header = next(i for i, line in enumerate(markdown) if line.startswith("| Run"))
@@ -556,8 +628,8 @@ def test_a_missing_score_column_names_the_file_it_was_read_from(trio):
 
 def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
     """evaluate writes NaN and infinities as null (JSON has neither): compare reads null as NaN,
-    also a null mean whose per-slice values hold inf (PSNR of an exact slice); files of earlier
-    sftkd versions, with NaN/Infinity tokens, read as before."""
+    but a null mean whose per-slice values hold inf (PSNR of an exact slice) as that infinity; files
+    of earlier sftkd versions, with NaN/Infinity tokens, read as before."""
     values = slice_values(2, 0.0)
     values["PSNR"][0] = np.inf
     with np.errstate(invalid="ignore"):  # this helper's nanstd of an inf
@@ -567,7 +639,7 @@ def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
     info["metrics"]["SSIM"]["std"] = None
     (run / "metrics.json").write_text(json.dumps(info, allow_nan=False))
     result = load_run_result(run)
-    assert np.isnan(result.metrics["PSNR"].mean) and np.isnan(result.metrics["PSNR"].std)
+    assert result.metrics["PSNR"].mean == np.inf and np.isnan(result.metrics["PSNR"].std)
     assert np.isnan(result.metrics["SSIM"].std)
     assert result.metrics["SSIM"].mean == pytest.approx(np.mean(values["SSIM"]))
     assert invoke(run).exit_code == 0

@@ -75,7 +75,7 @@ def test_compare_in_the_fastmri_convention(complex_runs):
     assert "over volumes (fastMRI convention)" in " ".join(table.output.split())
     data = json.loads(sftkd("compare", runs / "teacher", runs / "kd", "--convention", "fastmri", "--format", "json").output)
     assert data["metrics"] == ["NMSE", "PSNR", "SSIM"] and data["convention"] == "fastmri"
-    assert data["test"].endswith("paired by volume")
+    assert data["test"].endswith("over volumes paired by name")
     teacher = json.loads((runs / "teacher" / "eval-fastmri" / "metrics.json").read_text())
     row = next(r for r in data["rows"] if r["run"] == "teacher")
     assert row["metrics"]["NMSE"]["mean"] == teacher["metrics"]["NMSE"]["mean"]

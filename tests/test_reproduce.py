@@ -71,10 +71,11 @@ def paper_tables(text: str) -> list[tuple[list[str], dict[str, list[str]]]]:
     return tables
 
 
-def psnr_ssim(run: Path, block: str = "metrics") -> str:
-    """A run's 'PSNR/SSIM' means from its metrics.json, at the paper's precision (the oracle)."""
+def psnr_ssim(run: Path, block: str = "metrics", mean: str = "mean") -> str:
+    """A run's 'PSNR/SSIM' means from its metrics.json, at the paper's precision (the oracle); `mean`
+    "volume_mean" for the means over volumes that sit beside the paper's numbers."""
     stats = json.loads((run / "metrics.json").read_text())[block]
-    return f"{stats['PSNR']['mean']:.2f}/{stats['SSIM']['mean']:.4f}"
+    return f"{stats['PSNR'][mean]:.2f}/{stats['SSIM'][mean]:.4f}"
 
 
 def paper_markdown(*runs: Path) -> str:
@@ -463,8 +464,8 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
 
     text = (plan.report_dir / "report.md").read_text()
     teacher = json.loads((plan.runs_dir / "teacher" / "metrics.json").read_text())["metrics"]
-    ours = f"{teacher['PSNR']['mean']:.2f}/{teacher['SSIM']['mean']:.4f}"
-    assert f"| Teacher | {ours} | 40.05/0.9785 |" in text
+    ours = f"{teacher['PSNR']['volume_mean']:.2f}/{teacher['SSIM']['volume_mean']:.4f}"  # beside the paper: over volumes
+    assert f"| Teacher | {ours} | 40.05/0.9785 |" in text and "metrics.json's volume_mean" in text
     sft_kd = json.loads((plan.runs_dir / "sft-kd-at" / "metrics.json").read_text())["metrics"]
     assert "| 40.07/0.9789 |" in text and f"{sft_kd['PSNR']['mean']:.2f}/{sft_kd['SSIM']['mean']:.4f}" in text
 
@@ -555,11 +556,12 @@ def test_random_init_stage_fills_the_models_table_and_draws_attention(tmp_path, 
     psnr = {}
     for run in ("teacher", "std-kd-at", "sft-kd-at-random", "sft-kd-at"):
         stat = json.loads((runs / run / "metrics.json").read_text())["metrics"]["PSNR"]
-        psnr[run] = f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+        psnr[run] = f"{stat['volume_mean']:.2f}"  # the mean over volumes, as the reference evaluate.py's
     row = next(line for line in text.splitlines() if line.startswith("| PSNR |"))
     assert row == (f"| PSNR | {psnr['teacher']} | 40.05 +/- 2.023 | {psnr['std-kd-at']} | 39.76 +/- 1.899 | "
                    f"{psnr['sft-kd-at-random']} | 39.99 +/- 1.947 | {psnr['sft-kd-at']} | 40.07 ± 1.983 |")
     assert next(line for line in text.splitlines() if line.startswith("| SSIM |")).split(" | ")[4] == "-"
+    assert "± 2 x the sample std over volumes" in text
     ((_, rows),) = paper_tables(text)  # the random-init student would fill SFT-KD-Recon's AT cell twice
     assert rows["AT"] == [psnr_ssim(runs / "std-kd-at"), psnr_ssim(runs / "sft-kd-at")]
     assert "Left out: sft-kd-at-random (random-init students" in text and "## Problems" not in text
@@ -618,7 +620,7 @@ def test_variants_share_the_teacher_and_fill_the_students_table(tmp_path, tiny_d
         assert {row["run"] for row in compared["rows"]} >= {"teacher", f"{group}-student", f"{group}-sft-kd-at"}
     text = (plan.report_dir / "report.md").read_text()
     kd = json.loads((plan.runs_dir / "D3C2-std-kd-at" / "metrics.json").read_text())["metrics"]
-    ours = "/".join(f"{kd[m]['mean']:.{d}f}" for m, d in (("PSNR", 2), ("SSIM", 4))) + f"/{kd['HFN']['mean']:.4g}/{kd['VIF']['mean']:.4f}"
+    ours = "/".join(f"{kd[m]['volume_mean']:.{d}f}" for m, d in (("PSNR", 2), ("SSIM", 4))) + f"/{kd['HFN']['volume_mean']:.4g}/{kd['VIF']['volume_mean']:.4f}"
     row = next(line for line in text.splitlines() if line.startswith("| D3C2 |"))
     assert f"| {ours} | 3/0.5/0.3/0.9 |" in row
     assert next(line for line in text.splitlines() if line.startswith("| D2C2 |")).endswith("| - |")
@@ -633,13 +635,14 @@ def test_acceleration_variants_fill_the_table1_columns(tmp_path, tiny_dataset):
     plan = load_plan(write_plan(tmp_path, tiny_dataset, extra))
     outcome = run_plan(plan, only=["data", "*teacher", "*sft", "*kd-at", "eval-*kd-at", "report"], console=quiet())
     assert not outcome.failed
-    cells = []
+    cells, beside = [], []  # the paper layout's means over slices; beside the paper's numbers, over volumes
     for run in ("4x-std-kd-at", "4x-sft-kd-at", "5x-std-kd-at", "5x-sft-kd-at"):
         metrics = json.loads((plan.runs_dir / run / "metrics.json").read_text())
         assert metrics["dataset"]["acceleration"] == float(run[0])
         cells.append(f"{metrics['metrics']['PSNR']['mean']:.2f}/{metrics['metrics']['SSIM']['mean']:.4f}")
+        beside.append(f"{metrics['metrics']['PSNR']['volume_mean']:.2f}/{metrics['metrics']['SSIM']['volume_mean']:.4f}")
     row = next(line for line in (plan.report_dir / "report.md").read_text().splitlines() if line.startswith("| AT |"))
-    assert row == f"| AT | {cells[0]} | 1/0.1 | {cells[1]} | 2/0.2 | {cells[2]} | 3/0.3 | {cells[3]} | 4/0.4 |"
+    assert row == f"| AT | {beside[0]} | 1/0.1 | {beside[1]} | 2/0.2 | {beside[2]} | 3/0.3 | {beside[3]} | 4/0.4 |"
     (header4, rows4), (header5, rows5) = paper_tables((plan.report_dir / "report.md").read_text())  # one per variant
     assert header4[2:] == ["4x Std-KD PSNR/SSIM", "4x SFT-KD-Recon PSNR/SSIM"] and rows4["AT"] == cells[:2]
     assert header5[2:] == ["5x Std-KD PSNR/SSIM", "5x SFT-KD-Recon PSNR/SSIM"] and rows5["AT"] == cells[2:]
@@ -658,7 +661,7 @@ def test_variants_filling_the_same_paper_cells_get_a_paper_table_each(tmp_path, 
     assert "Not possible" not in beside and "one table per variant" in beside
     for group, chunk in zip("ab", beside.split("### Variant ")[1:], strict=True):
         assert chunk.startswith(f"{group}\n")
-        cell = psnr_ssim(plan.runs_dir / f"{group}-sft-kd-at")
+        cell = psnr_ssim(plan.runs_dir / f"{group}-sft-kd-at", mean="volume_mean")
         assert next(line for line in chunk.splitlines() if line.startswith("| AT |")) == f"| AT | - | 1/0.1 | {cell} | 2/0.2 |"
 
 
@@ -682,7 +685,7 @@ def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_pa
     text = (plan.report_dir / "report.md").read_text()
     assert "seeds held" in text and "seed 7" in text and "(seeds 42, 7)" in text
     central = next(line for line in text.splitlines() if line.startswith("| **SFT-KD-Recon (AT) > Std-KD (AT)**"))
-    assert central.split(" | ")[3] == str(2 * _slices(plan.runs_dir / "teacher"))  # pooled: seeds x slices
+    assert central.split(" | ")[3] == str(_volumes(plan.runs_dir / "teacher"))  # pooled: the volumes, not seeds x slices
     assert (plan.report_dir / "compare-s7.csv").is_file() and (plan.report_dir / "compare.csv").is_file()
     # the paper's layout holds one run per cell: compare refuses the plan's two seeds, the report has a table per seed
     pooled = CliRunner().invoke(app, ["compare", "--group", "paper", str(plan.runs_dir)])
@@ -707,8 +710,8 @@ def test_seeds_train_each_stage_once_per_seed_and_the_verdict_counts_them(tmp_pa
         assert paper_markdown(*run.values()) in text
 
 
-def _slices(run: Path) -> int:
-    return len((run / "per_slice.csv").read_text().splitlines()) - 1
+def _volumes(run: Path) -> int:
+    return len({line.split(",")[0] for line in (run / "per_slice.csv").read_text().splitlines()[1:]})
 
 
 def test_paper_plans_use_the_effective_imitation_weight_and_a_plan_keeps_the_formula(monkeypatch):

@@ -45,11 +45,12 @@ def _write_output(path: Path, text: str) -> None:
 
 
 HELP = examples(
-    "Tabulate evaluated runs: metric mean ± std, Δ to a reference run, and Wilcoxon p-values vs a baseline."
+    "Tabulate evaluated runs: metric mean ± std over slices, Δ to a reference run, and Wilcoxon p-values vs a "
+    "baseline over paired volumes (a volume: the mean of its slices)."
     "\n\nRUN is an evaluated run directory or a plan's runs folder (runs/demo); folders that are "
     "not runs are warned about, files ignored. --group paper prints the paper's Table 1 layout. "
     "--convention fastmri tabulates the scores of `sftkd evaluate --convention fastmri` (RUN/eval-fastmri/: "
-    "mean ± std over volumes, Wilcoxon tests paired by volume).",
+    "mean ± std over volumes).",
     "sftkd compare runs/demo",
     "sftkd compare runs/demo-* --format markdown --out results.md",
     "sftkd compare runs/demo --group paper",

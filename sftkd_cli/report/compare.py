@@ -1,23 +1,21 @@
 """Compare evaluated runs: load their results, check they are comparable, and tabulate them.
 
 The means and standard deviations shown are the ones `sftkd evaluate` wrote to metrics.json
-(over slices); per_slice.csv supplies the per-slice values that the paired Wilcoxon
-signed-rank tests need. Slices are paired by (volume, slice), never by row order.
-With `convention="fastmri"` the results are those of `sftkd evaluate --convention fastmri`
-(RUN/eval-fastmri/: mean ± std over volumes, per_volume.csv), paired by volume.
+(over slices). The paired Wilcoxon signed-rank tests pair VOLUMES, not slices (the slices of
+one volume are not independent): a run's value of a volume is the mean of its slices' values in
+per_slice.csv, and volumes are paired by name, never by row order. With `convention="fastmri"`
+the results are those of `sftkd evaluate --convention fastmri` (RUN/eval-fastmri/: mean ± std
+over volumes, per_volume.csv, one value per volume).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import wilcoxon
 
 from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.data.format import INPUT_LABELS, dataset_task
@@ -26,16 +24,17 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.report.result_files import (
     Stat,
-    check_means,
+    checked_stats,
     number,
     optional_number,
     optional_str,
     read_per_unit,
     stats_block,
 )
+from sftkd_cli.report.signed_rank import wilcoxon_p
 from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
-from sftkd_cli.scoring import check_convention
+from sftkd_cli.scoring import check_convention, nan_mean_std
 
 ZF_NAME = "ZF"
 ZF_ROLE = "zero-filled"
@@ -131,12 +130,12 @@ class Comparison:
     rows: tuple[Row, ...]
     reference: str | None
     baseline: str | None
-    n_paired: int | None  # slices paired for the Wilcoxon tests
+    n_paired: int | None  # volumes paired for the Wilcoxon tests
     dataset: str
     fingerprint: str
     split: str
     acceleration: float
-    unit: str = "slice"  # means, stds and pairs over slices, or over volumes (fastmri convention)
+    unit: str = "slice"  # means and stds over slices, or over volumes (fastmri convention); pairs: volumes
     notes: tuple[str, ...] = ()  # why there is no Δ or p column, when it could not be chosen
 
 
@@ -219,11 +218,11 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     for key in ("fingerprint", "split"):
         if not isinstance(dataset.get(key), str):
             raise SftkdError(f"{where}: dataset.{key}: expected a string")
-    metrics = stats_block(info.get("metrics"), f"{where}: metrics")
-    zero_filled = stats_block(info.get("zero_filled"), f"{where}: zero_filled")
-    slices, columns = read_per_unit(metrics_file.parent / per_unit, unit)
-    check_means(label, metrics, columns, "")
-    check_means(label, zero_filled, columns, "ZF_")
+    scores_file = metrics_file.parent / per_unit
+    slices, columns = read_per_unit(scores_file, unit)
+    metrics = checked_stats(label, stats_block(info.get("metrics"), f"{where}: metrics"), columns, "", str(scores_file))
+    zero_filled = checked_stats(label, stats_block(info.get("zero_filled"), f"{where}: zero_filled"), columns, "ZF_",
+                                str(scores_file))
     params = optional_number(info.get("params"), f"{where}: params")
     scored = scored_checkpoint(metrics_file.parent, info)
     return RunResult(
@@ -245,7 +244,7 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
         slices=slices,
         columns=columns,
         unit=unit,
-        scores_file=str(metrics_file.parent / per_unit),
+        scores_file=str(scores_file),
         rerun=evaluate_command(metrics_file.parent, info)
         if scored is not None and scores_checkpoint(info, scored) is False else "",
     )
@@ -414,17 +413,6 @@ def _pick(runs: Sequence[RunResult], wanted: str | None, role: str, option: str)
     raise SftkdError(f"{option} {wanted}: not among the compared runs ({', '.join(r.name for r in runs)})")
 
 
-def wilcoxon_p(x: np.ndarray, y: np.ndarray, alternative: str = "two-sided") -> float:
-    """Wilcoxon signed-rank p-value of paired samples (two-sided, or "greater"/"less": x above or
-    below y); nan when undefined."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(wilcoxon(x, y, alternative=alternative).pvalue)
-        except ValueError:
-            return math.nan
-
-
 def _zero_filled(run: RunResult, names: Sequence[str]) -> dict[str, Stat]:
     """The zero-filled input's stats for `names`, from the run's zero_filled block."""
     missing = [m for m in names if m not in run.zero_filled]
@@ -438,19 +426,30 @@ def _deltas(stats: dict[str, Stat], ref: RunResult | None, names: Sequence[str])
     return {m: stats[m].mean - ref.metrics[m].mean for m in names} if ref else {}
 
 
-def paired_values(run: RunResult, base: RunResult, metric: str, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """(run's `prefix + metric`, base's `metric`) per slice, aligned by (volume, slice) in base's order."""
+def volume_values(run: RunResult, column: str) -> dict[str, float]:
+    """{volume: the mean of its slices' values} of one scores column (slices with an undefined
+    value left out, as `metrics.score_volume` does); a per_volume.csv row's value as it is."""
+    values = run.column(column)
+    rows: dict[str, list[int]] = {}
+    for i, (volume, _) in enumerate(run.slices):
+        rows.setdefault(volume, []).append(i)
+    return {volume: nan_mean_std(values[index])[0] for volume, index in rows.items()}
+
+
+def paired_volumes(run: RunResult, base: RunResult, metric: str, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(run's `prefix + metric`, base's `metric`) per volume, each the mean of the volume's slices,
+    paired by volume name, in name order; the two runs must hold the same slices."""
     check_same_slices(run, base)
-    index = {key: i for i, key in enumerate(run.slices)}
-    order = [index[key] for key in base.slices]
-    return run.column(prefix + metric)[order], base.column(metric)
+    ours, theirs = volume_values(run, prefix + metric), volume_values(base, metric)
+    names = sorted(theirs)
+    return np.asarray([ours[v] for v in names]), np.asarray([theirs[v] for v in names])
 
 
 def _pvalues(run: RunResult, prefix: str, base: RunResult | None, names: Sequence[str]) -> dict[str, float]:
-    """Wilcoxon p of run's `prefix + metric` columns vs the baseline's, paired by (volume, slice)."""
+    """Wilcoxon p of run's `prefix + metric` columns vs the baseline's, over paired volumes."""
     if base is None:
         return {}
-    return {m: wilcoxon_p(*paired_values(run, base, m, prefix)) for m in names}
+    return {m: wilcoxon_p(*paired_volumes(run, base, m, prefix)) for m in names}
 
 
 def compare_runs(
@@ -476,6 +475,9 @@ def compare_runs(
     ordered = order_runs(runs)
     ref = _pick(ordered, reference, "teacher", "--reference")
     base = _pick(ordered, baseline, "student", "--baseline")
+    for other in (ref, base):  # a Δ or a p compares the same slices
+        for run in runs if other else ():
+            check_same_slices(run, other)
     first = runs[0]
     rows = []
     if zero_filled:
@@ -490,7 +492,7 @@ def compare_runs(
         rows=tuple(rows),
         reference=ref.name if ref else None,
         baseline=base.name if base else None,
-        n_paired=len(base.slices) if base else None,
+        n_paired=len({volume for volume, _ in base.slices}) if base else None,
         dataset=first.dataset_key,
         fingerprint=first.fingerprint,
         split=first.split,

@@ -30,6 +30,7 @@ from sftkd_cli.report.compare import (
     Row,
     Stat,
 )
+from sftkd_cli.report.signed_rank import unreachable
 
 FORMATS = ("table", "markdown", "csv", "latex", "json")
 _DECIMALS = {"PSNR": 2, "SSIM": 4, "VIF": 4}  # the paper's precision; other metrics get 4 significant digits
@@ -52,16 +53,20 @@ class Table:
 
 
 def format_value(metric: str, value: float, signed: bool = False, digits: int = 4) -> str:
-    """A metric value at the paper's precision (PSNR 2 decimals, SSIM/VIF 4), else `digits` significant digits."""
-    if not math.isfinite(value):
-        return str(value)
+    """A metric value at the paper's precision (PSNR 2 decimals, SSIM/VIF 4), else `digits` significant
+    digits; inf, -inf (+inf when `signed`) and nan as such."""
     sign = "+" if signed else ""
+    if not math.isfinite(value):
+        return f"{value:{sign}}"
     if metric in _DECIMALS:
         return f"{value:{sign}.{_DECIMALS[metric]}f}"
     return f"{value:{sign}.{digits}g}"
 
 
 def format_stat(metric: str, stat: Stat) -> str:
+    """'mean ± std'; an infinite mean (a PSNR with an exactly reconstructed slice) alone, as its std is undefined."""
+    if math.isinf(stat.mean):
+        return format_value(metric, stat.mean)
     return f"{format_value(metric, stat.mean)} ± {format_value(metric, stat.std, digits=2)}"
 
 
@@ -89,9 +94,14 @@ def check_alpha(alpha: float) -> None:
 def comparison_caption(c: Comparison, alpha: float) -> str:
     parts = [f"{source_label(c.dataset)}, split {c.split}, {c.acceleration:g}x; mean ± std over {_units(c.unit)}."]
     if c.reference:
-        parts.append(f"Δ = mean minus the mean of {c.reference}.")
-    if c.baseline:
-        parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired {c.unit}s; * p < {alpha:g}.")
+        parts.append(f"Δ = mean minus the mean of {c.reference} (over the same {c.unit}s).")
+    if c.baseline and c.n_paired is not None:
+        each = "each the mean of its slices" if c.unit == "slice" else "one value each"
+        parts.append(f"p = two-sided Wilcoxon signed-rank test vs {c.baseline} over {c.n_paired} paired volumes "
+                     f"({each}; volumes with equal values are dropped); * p < {alpha:g}.")
+        floor = unreachable(c.n_paired, alpha)
+        if floor:
+            parts.append(f"No difference can be shown at α = {alpha:g} ({floor}).")
     return " ".join([*parts, *c.notes])
 
 
@@ -150,10 +160,10 @@ def comparison_view(c: Comparison, alpha: float, stacked: bool = False) -> Table
 
 
 def _metric_numbers(row: Row, metric: str, alpha: float) -> dict[str, object]:
-    """mean, std, delta, p and significance of one row and metric (None where not applicable)."""
+    """mean, std, delta, p over paired volumes and significance of one row and metric (None where not applicable)."""
     p = row.pvalue.get(metric)
     return {"mean": row.stats[metric].mean, "std": row.stats[metric].std, "delta": row.delta.get(metric),
-            "p": p, "significant": None if p is None else bool(p < alpha)}
+            "p_volumes": p, "significant": None if p is None else bool(p < alpha)}
 
 
 def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
@@ -178,9 +188,10 @@ def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
         "format": 1, "kind": "compare",
         "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
         "metrics": list(c.metrics), "reference": c.reference, "baseline": c.baseline,
-        "test": "wilcoxon signed-rank, two-sided, paired by " + ("(volume, slice)" if c.unit == "slice" else "volume"),
+        "test": "wilcoxon signed-rank, two-sided, over volumes paired by name"
+                + (" (a volume's value: the mean of its slices')" if c.unit == "slice" else ""),
         "alpha": alpha,
-        "n_paired": c.n_paired, "rows": rows,
+        "paired_volumes": c.n_paired, "rows": rows,
         **({"convention": "fastmri"} if c.unit == "volume" else {}),  # paper output keeps its keys
     }
 

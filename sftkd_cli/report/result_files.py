@@ -4,6 +4,7 @@ per_slice.csv (paper convention) or per_volume.csv (fastmri), with one-line erro
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,13 @@ from sftkd_cli.errors import SftkdError
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and standard deviation of one metric over slices."""
+    """Mean and standard deviation of one metric over the scores' units (slices; volumes in the
+    fastmri convention); `volume_mean`: metrics.json's mean over volumes of the per-volume values
+    (what the paper's reference evaluate.py reports), None where not read."""
 
     mean: float
     std: float
+    volume_mean: float | None = None
 
 
 def number(value: object, where: str) -> float:
@@ -52,7 +56,9 @@ def stats_block(block: object, where: str) -> dict[str, Stat]:
             if key not in entry:
                 raise SftkdError(f"{where}.{metric}: no {key}; expected {{'mean': ..., 'std': ...}}")
         stats[metric] = Stat(number_or_nan(entry["mean"], f"{where}.{metric}.mean"),
-                             number_or_nan(entry["std"], f"{where}.{metric}.std"))
+                             number_or_nan(entry["std"], f"{where}.{metric}.std"),
+                             number_or_nan(entry["volume_mean"], f"{where}.{metric}.volume_mean")
+                             if "volume_mean" in entry else None)
     return stats
 
 
@@ -87,8 +93,17 @@ def read_per_unit(path: Path, unit: str = "slice") -> tuple[tuple[tuple[str, int
     return tuple(keys), {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
 
 
-def check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarray], prefix: str) -> None:
-    """Refuse a per_slice.csv whose means disagree with metrics.json (a stale or foreign file)."""
+#: per_slice.csv and per_volume.csv hold every score as Python writes a float (all its digits) and
+#: metrics.json the same values' means: their means agree to rounding of the summation order
+MEANS_RTOL = 1e-9
+
+
+def checked_stats(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarray], prefix: str,
+                  scores_file: str) -> dict[str, Stat]:
+    """`stats` after refusing a scores CSV whose means disagree with metrics.json (a stale or
+    foreign file), a null mean that the CSV's values make infinite read as that infinity (evaluate
+    writes an infinity, e.g. the PSNR mean with an exactly reconstructed slice, as null)."""
+    out = dict(stats)
     for metric, stat in stats.items():
         values = columns.get(prefix + metric)
         if values is None:
@@ -97,9 +112,12 @@ def check_means(label: str, stats: dict[str, Stat], columns: dict[str, np.ndarra
             warnings.simplefilter("ignore", RuntimeWarning)
             candidates = (float(np.mean(values)), float(np.nanmean(values)))
         if np.isnan(stat.mean) and not all(np.isfinite(candidates)):
-            continue  # null in metrics.json: NaN or an infinity (e.g. PSNR of an exact prediction)
-        if not any(np.isclose(c, stat.mean, rtol=1e-3, atol=1e-6, equal_nan=True) for c in candidates):
+            if np.isinf(candidates[1]):
+                out[metric] = Stat(candidates[1], math.nan, stat.volume_mean)
+            continue
+        if not any(np.isclose(c, stat.mean, rtol=MEANS_RTOL, atol=0.0, equal_nan=True) for c in candidates):
             raise SftkdError(
-                f"{label}/per_slice.csv: {prefix}{metric} mean {candidates[0]:.6g} does not match "
-                f"metrics.json ({stat.mean:.6g}); re-run `sftkd evaluate {label}`"
+                f"{scores_file}: {prefix}{metric} mean {candidates[0]:.10g} does not match "
+                f"metrics.json ({stat.mean:.10g}); re-run `sftkd evaluate {label}`"
             )
+    return out

@@ -1,11 +1,14 @@
 """The report's answer to the paper's question: which of its claims held in these runs.
 
 The claims (PSNR, per KD method present): SFT-KD-Recon > Std-KD (the paper's central one),
-Std-KD > student, SFT-KD-Recon within `tolerance` dB of the teacher (the paper: 0.03 dB), and
-SF-teacher > teacher. Each is a two-sided Wilcoxon signed-rank test over the paired slices, per
-seed and pooled over seeds x slices; for "within", of the gap to the teacher minus the tolerance,
-so that its p tells the gap from the tolerance, not from 0. Wording is honest: a difference with
-p >= alpha is "not shown", never "held".
+Std-KD > student, SFT-KD-Recon at most `tolerance` dB below the teacher (the paper: 0.03 dB), and
+SF-teacher > teacher. Each is a two-sided Wilcoxon signed-rank test over paired VOLUMES (a run's
+value of a volume: the mean of its slices'; slices of one volume are not independent), per seed,
+and pooled over seeds as one test over the volumes of the per-volume means over seeds; for
+"within" (at most `tolerance` below), of the gap to the teacher minus the tolerance, so that its
+p tells the gap from the tolerance, not from 0. The difference shown is the Hodges-Lehmann
+estimate, the one that goes with the signed-rank test. Wording is honest: a difference with
+p >= alpha is "not shown", never "held", and too few volumes to reach alpha are said so.
 
 Runs come as arms: {arm key: {seed: RunResult}}, the arm keys being a plan's stage labels
 (teacher, student, sft, sft-student, std-kd-<method>, sft-kd-<method>, sft-kd-<method>-random).
@@ -21,7 +24,8 @@ import numpy as np
 
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
-from sftkd_cli.report.compare import RunResult, paired_values, wilcoxon_p
+from sftkd_cli.report.compare import RunResult, check_same_slices, paired_volumes
+from sftkd_cli.report.signed_rank import fewest_volumes, hodges_lehmann, unreachable, wilcoxon_p
 from sftkd_cli.scoring import nan_mean_std
 
 Arms = Mapping[str, Mapping[int, RunResult]]
@@ -43,17 +47,25 @@ class Claim:
 
 @dataclass(frozen=True)
 class Test:
-    """One paired test: mean of a - b over the pairs, its p-value, the number of pairs, the verdict."""
+    """One paired signed-rank test over volumes: the Hodges-Lehmann estimate of a - b, its p-value,
+    the number of volumes the test used (zero differences dropped), the verdict, and when that many
+    volumes cannot give p < alpha, why in words ('3 volumes: p cannot go below 0.25')."""
 
-    diff: float
+    hodges_lehmann: float
     p: float
     n: int
     status: str
+    floor: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """The status, with why when it is "not shown" because p cannot reach alpha."""
+        return f"{self.status} ({self.floor})" if self.status == NOT_SHOWN and self.floor else self.status
 
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """A claim's tests per seed and pooled over seeds x slices, and the paper's difference."""
+    """A claim's tests per seed and pooled over seeds (per volume, the mean over seeds), and the paper's difference."""
 
     claim: Claim
     seeds: dict[int, Test]
@@ -103,7 +115,7 @@ def claims(keys: Sequence[str], tolerance: float = PAPER_GAP_DB) -> list[Claim]:
         if "student" in present:
             out.append(Claim(f"{arm_label(std)} > Student", std, "student"))
         if sft in present and "teacher" in present:
-            out.append(Claim(f"{arm_label(sft)} within {tolerance:g} dB of the teacher", "teacher", sft, kind="within"))
+            out.append(Claim(f"{arm_label(sft)} at most {tolerance:g} dB below the teacher", "teacher", sft, kind="within"))
     if {"sft", "teacher"} <= present:
         out.append(Claim("SF-teacher > Teacher", "sft", "teacher"))
     return out
@@ -123,30 +135,36 @@ def judge(kind: str, above: bool, p: float, alpha: float) -> str:
 _ROUNDING = 1e-9
 
 
-def _test(pairs: Sequence[tuple[np.ndarray, np.ndarray]], kind: str, alpha: float, tolerance: float) -> Test:
-    """The paired signed-rank test of a - b (for "within", of a - b - tolerance); the verdict's
-    direction is the test's own (its one-sided p-values), not the mean's, which outliers can turn."""
-    a = np.concatenate([x for x, _ in pairs])
-    b = np.concatenate([y for _, y in pairs])
-    d = a - b - (tolerance if kind == "within" else 0.0)
+def _test(a: np.ndarray, b: np.ndarray, kind: str, alpha: float, tolerance: float) -> Test:
+    """The signed-rank test of the paired volume values a - b (for "within", of a - b - tolerance);
+    the verdict's direction is the test's own (its one-sided p-values), and so is the estimate's:
+    the Hodges-Lehmann estimate of the differences the test used (zeros dropped)."""
+    shift = tolerance if kind == "within" else 0.0
+    d = a - b - shift
     d = np.where(np.abs(d) < _ROUNDING, 0.0, d)
     zeros = np.zeros_like(d)
     p = wilcoxon_p(d, zeros)
     above = wilcoxon_p(d, zeros, "greater") < wilcoxon_p(d, zeros, "less")
-    return Test(float(np.mean(a - b)), p, len(a), judge(kind, above, p, alpha))
+    used = d[d != 0]
+    estimate = hodges_lehmann(used) if used.size else 0.0  # no volume differs: no shift
+    return Test(estimate + shift, p, len(used), judge(kind, above, p, alpha), unreachable(len(used), alpha))
 
 
 def evaluate_claims(arms: Arms, metric: str = "PSNR", alpha: float = 0.05, tolerance: float = PAPER_GAP_DB,
                     paper: Mapping[str, float] | None = None) -> list[ClaimResult]:
-    """Test every claim the arms allow, over the seeds both arms have (claims without one are left out)."""
+    """Test every claim the arms allow, over the seeds both arms have (claims without one are left out):
+    per seed over its paired volumes, and pooled: per volume, the mean over seeds of each arm's value."""
     results = []
     for claim in claims(list(arms), tolerance):
         seeds = [seed for seed in arms[claim.a] if seed in arms[claim.b]]  # the arms' (plan's) seed order
         if not seeds:
             continue
-        pairs = {seed: paired_values(arms[claim.a][seed], arms[claim.b][seed], metric) for seed in seeds}
-        per_seed = {seed: _test([pair], claim.kind, alpha, tolerance) for seed, pair in pairs.items()}
-        pooled = _test(list(pairs.values()), claim.kind, alpha, tolerance)
+        for seed in seeds[1:]:  # the pooled test pairs the seeds' volumes by name
+            check_same_slices(arms[claim.b][seeds[0]], arms[claim.b][seed])
+        pairs = {seed: paired_volumes(arms[claim.a][seed], arms[claim.b][seed], metric) for seed in seeds}
+        per_seed = {seed: _test(a, b, claim.kind, alpha, tolerance) for seed, (a, b) in pairs.items()}
+        pooled = _test(np.mean([a for a, _ in pairs.values()], axis=0), np.mean([b for _, b in pairs.values()], axis=0),
+                       claim.kind, alpha, tolerance)
         paper = paper or {}
         results.append(ClaimResult(claim, per_seed, pooled, paper.get(claim.a), paper.get(claim.b)))
     return results
@@ -173,41 +191,55 @@ def verdict_markdown(results: Sequence[ClaimResult], alpha: float, tolerance: fl
     if not results:
         return lines + ["No claim can be tested yet (needs evaluated teacher, student, SF-teacher and KD runs).", ""]
     seeds = list(dict.fromkeys(seed for r in results for seed in r.seeds))
-    header = ["Claim", f"Δ{metric} ours", "p", "pairs", "verdict"]
+    header = ["Claim", f"Δ{metric} ours (Hodges–Lehmann)", "p", "volumes", "verdict"]
     header += ["seeds held"] if len(seeds) > 1 else []
     header += ["paper (a vs b, Δ)"]
     body = []
     for r in results:
         name = f"**{r.claim.text}**" if r.claim.central else r.claim.text
-        diff = f"gap {r.pooled.diff:.3f}" if r.claim.kind == "within" else f"{r.pooled.diff:+.3f}"
-        row = [name, diff, _p(r.pooled.p), str(r.pooled.n), r.pooled.status]
+        row = [name, _estimate(r, r.pooled), _p(r.pooled.p), str(r.pooled.n), r.pooled.verdict]
         row += [f"{r.held_seeds}/{len(r.seeds)}"] if len(seeds) > 1 else []
         body.append(row + [_paper_cell(r)])
     lines += _table(header, body)
-    pooled = f" pooled over {len(seeds)} seeds x slices (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
-    lines += ["", f"{metric} in dB, mean of a - b over paired validation slices{pooled}; p: two-sided Wilcoxon "
-              f"signed-rank test, α = {alpha:g}. held: the claimed sign with p < α; did not hold: the opposite "
-              f"sign with p < α; not shown: p ≥ α, no significant difference either way. The 'within' claim tests "
-              f"the gap to the teacher against {tolerance:g} dB (the paper's gap): its p is that of gap - "
-              f"{tolerance:g} dB, and it holds when the gap is significantly below it."
-              + (" Slices are the same in every seed, so the pooled test's pairs are not independent; "
-                 "read it beside the per-seed counts." if len(seeds) > 1 else "")]
+    pooled = (f" Pooled over {len(seeds)} seeds (seeds {', '.join(map(str, seeds))}): per volume, the mean over "
+              "seeds of each arm's value, then one test over the volumes (seeds steady a volume's value; they add "
+              "no pairs).") if len(seeds) > 1 else ""
+    lines += ["", f"{metric} in dB over paired validation volumes, a volume's value being the mean of its slices' "
+              f"(the slices of one volume are not independent). Δ: the Hodges–Lehmann estimate of a - b (the median "
+              f"of the pairwise means of the volume differences), the estimate that goes with the signed-rank "
+              f"test; p: two-sided Wilcoxon signed-rank test, α = {alpha:g}; volumes: the number the test used "
+              f"(a volume with no difference is dropped). held: the claimed sign with p < α; did not hold: the "
+              f"opposite sign with p < α; not shown: p ≥ α, no significant difference either way (with n volumes "
+              f"p cannot go below 2/2^n: {fewest_volumes(alpha) - 1} or fewer volumes can never reach p < α). "
+              f"The 'at most {tolerance:g} dB "
+              f"below' claim tests the gap to the teacher (teacher minus student) against {tolerance:g} dB (the "
+              f"paper's gap): its p is that of gap - {tolerance:g} dB, and it holds when the gap is significantly "
+              f"below it, a student above the teacher included." + pooled]
     if paper_note:
         lines += ["", paper_note]
     if len(seeds) > 1:
-        lines += ["", "Per seed (Δ, p, verdict):", ""]
-        per_seed = [[r.claim.text] + [f"{r.seeds[s].diff:+.3f}, {_p(r.seeds[s].p)}, {r.seeds[s].status}"
+        lines += ["", "Per seed (Δ Hodges–Lehmann, p, verdict):", ""]
+        per_seed = [[r.claim.text] + [f"{_estimate(r, r.seeds[s])}, {_p(r.seeds[s].p)}, {r.seeds[s].verdict}"
                                       if s in r.seeds else "-" for s in seeds] for r in results]
         lines += _table(["Claim"] + [f"seed {s}" for s in seeds], per_seed)
     lines += [""] + _summary(results) + [""]
     return lines
 
 
+def _estimate(result: ClaimResult, test: Test) -> str:
+    """The Δ cell: 'gap 0.123' for the "within" claim, '+0.123' for the others."""
+    value = test.hodges_lehmann
+    return f"gap {value:.3f}" if result.claim.kind == "within" else f"{value:+.3f}"
+
+
 def _summary(results: Sequence[ClaimResult]) -> list[str]:
     """One sentence per outcome, the central claim first."""
-    words = {HELD: "held", NOT_HELD: "did not hold", NOT_SHOWN: "was not shown (not significant)"}
-    return [f"- {r.claim.text}: {words[r.pooled.status]}"
-            + (f" (gap {r.pooled.diff:.3f} dB)" if r.claim.kind == "within" else f" ({r.pooled.diff:+.3f} dB)") + "."
+    words = {HELD: "held", NOT_HELD: "did not hold", NOT_SHOWN: "was not shown"}
+
+    def why(test: Test) -> str:
+        return "" if test.status != NOT_SHOWN else f" ({test.floor or 'not significant'})"
+
+    return [f"- {r.claim.text}: {words[r.pooled.status]}{why(r.pooled)}; {_estimate(r, r.pooled)} dB (Hodges–Lehmann)."
             for r in results]
 
 

@@ -8,7 +8,7 @@ import datetime
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -23,6 +23,9 @@ from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
 from sftkd_cli.files import atomic_write_text, json_text, nan_if_null, read_regular_bytes
 from sftkd_cli.run_files import METRICS_JSON
+
+if TYPE_CHECKING:
+    from sftkd_cli.report.result_files import Stat
 
 
 def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageResult], console: Console) -> list[str]:
@@ -169,7 +172,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
             problems.append(f"compare{' ' + group if group else ''} seed {seed}: {exc}")
             lines += [f"Comparison not possible (seed {seed}): {exc}", ""]
     if links:
-        lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values against the student: "
+        lines += ["", "Every run with all metrics, Δ to the teacher and Wilcoxon p-values over paired volumes against the student: "
                   + ", ".join(links) + ".", ""]
     tag = ", ".join(part for part in (group, f"seed {seeds[0]}" if len(plan.seeds) > 1 else "") if part)
     if len(plan.seeds) > 1:
@@ -349,11 +352,23 @@ def _paper_table(plan: Plan, stages: Sequence[Stage], cells: Cells) -> list[str]
             line += [cells[(row, column)][1] if (row, column) in cells else "-", paper.rows[row][i] if row in paper.rows else "-"]
         body.append(line)
     epochs = sorted({s.recipe.train.epochs for s in stages if s.kind in TRAIN_KINDS and s.recipe is not None})
-    what = "mean ± std over slices" if paper.layout == "models" else f"{'/'.join(paper.metrics)} (mean over slices)"
     seed = f"seed {plan.seeds[0]}'s runs, " if len(plan.seeds) > 1 else ""  # a cell shows one run
+    spread = (" The paper's ± is not our spread: the reference evaluate.py prints ± 2 x the sample std over "
+              "volumes, and the paper does not say which spread its ± is; ours shows none here (sftkd's mean ± std "
+              "over slices: the results table above and compare.csv)." if paper.layout == "models" else "")
     return _md_table(header, body) + [
-        "", f"Cells are {what}. Ours: {seed}{', '.join(map(str, epochs))} epochs on "
-        f"`{plan.data.out}` ({plan.data.source}); the paper: 150 epochs on its own copy of the data.", ""]
+        "", f"Ours: the mean over validation volumes of the per-volume values (metrics.json's volume_mean), as the "
+        f"paper's reference evaluate.py averages them; the results above are means over slices.{spread} Ours: "
+        f"{seed}{', '.join(map(str, epochs))} epochs on `{plan.data.out}` ({plan.data.source}); the paper: 150 "
+        f"epochs on its own copy of the data.", ""]
+
+
+def _volume_mean(stat: Stat, run: str, metric: str) -> float:
+    """The mean over volumes that sits beside the paper's numbers; refused when metrics.json lacks it."""
+    if stat.volume_mean is None:
+        raise SftkdError(f"{run}: metrics.json has no {metric} volume_mean (an earlier sftkd's); "
+                         f"re-run `sftkd evaluate` on it")
+    return stat.volume_mean
 
 
 def _our_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
@@ -385,7 +400,7 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
             for (model, acc, setting), cell in block.cells.items():
                 for column in paper.columns:
                     if table1_column(column) == (acc, setting):
-                        cells[(model, column)] = (cell.run, {m: cell.stats[m].mean for m in paper.metrics})
+                        cells[(model, column)] = (cell.run, {m: _volume_mean(cell.stats[m], cell.run, m) for m in paper.metrics})
         return cells
     from sftkd_cli.report.compare import load_run_result
 
@@ -402,14 +417,15 @@ def _our_paper_cells(plan: Plan, evaluated: list[Stage]) -> dict[tuple[str, str]
         missing = [m for m in paper.metrics if m not in result.metrics]
         if missing:
             raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {', '.join(missing)}")
-        out[(stage.recipe.model.name, column)] = (stage.id, {m: result.metrics[m].mean for m in paper.metrics})
+        out[(stage.recipe.model.name, column)] = (stage.id, {m: _volume_mean(result.metrics[m], result.label, m)
+                                                             for m in paper.metrics})
     return out
 
 
 def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
-    """Our 'mean ± std' for the `models` layout: (metric, column) -> (the run, text); KD columns use figures.method."""
+    """Our mean over volumes for the `models` layout: (metric, column) -> (the run, text); KD columns use figures.method."""
     from sftkd_cli.report.compare import load_run_result
-    from sftkd_cli.report.formats import format_stat
+    from sftkd_cli.report.formats import format_value
 
     paper = plan.paper
     assert paper is not None
@@ -429,5 +445,5 @@ def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
         for metric in paper.metrics:
             if metric not in result.metrics:
                 raise SftkdError(f"{evaluation_dir(stage)}/metrics.json: no {metric}")
-            cells[(metric, column)] = (stage.id, format_stat(metric, result.metrics[metric]))
+            cells[(metric, column)] = (stage.id, format_value(metric, _volume_mean(result.metrics[metric], result.label, metric)))
     return cells
