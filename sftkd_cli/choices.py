@@ -52,6 +52,11 @@ CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: distill.stage1_epochs epochs, then L1 fine-tuning (the reference code)
 JOINT, TWO_STAGE = "joint", "two-stage"
 SCHEDULES: tuple[str, ...] = (JOINT, TWO_STAGE)
+#: distill.init's words: random weights ("" or "random"), or the SFT teacher run's student blocks
+#: ("sft"); any other value is a run directory or checkpoint file
+INIT_RANDOM: tuple[str, ...] = ("", "random")
+INIT_SFT = "sft"
+INIT_WORDS: tuple[str, ...] = (*INIT_RANDOM, INIT_SFT)
 
 #: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
 CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")

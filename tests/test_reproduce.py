@@ -302,6 +302,14 @@ def test_an_override_given_twice_with_two_values_is_refused(tmp_path, tiny_datas
     assert same.exit_code == 0, same.output
 
 
+def test_load_plan_refuses_an_override_given_twice_with_two_values(tmp_path, tiny_dataset):
+    """The library took the last silently; the rule is load_recipe's, which load_plan checks its overrides with."""
+    path = write_plan(tmp_path, tiny_dataset)
+    with pytest.raises(SftkdError, match=r"^override train.epochs=3 and override train.epochs=4 disagree; give train.epochs once$"):
+        load_plan(path, ["train.epochs=3", "train.epochs=4"])
+    assert load_plan(path, ["train.epochs=3", "train.epochs=3"]).overrides == ("train.epochs=3", "train.epochs=3")
+
+
 def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(tmp_path, tiny_dataset):
     """A run begun with an override the plan does not have (a quick trial) cannot be resumed by
     the plan: the dry run says so, and the stage fails saying what differs and what to do."""

@@ -63,10 +63,6 @@ def reproduce(
     from sftkd_cli.reproduce.kinds import REPORT_MD
     from sftkd_cli.recipes import find_plan
 
-    from sftkd_cli.cli.common import refuse_repeated
-    from sftkd_cli.config import parse_overrides
-
-    refuse_repeated(parse_overrides(overrides or []))  # the plan applies them in order: the last would win silently
     plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
     stages = build_stages(plan)
     tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
