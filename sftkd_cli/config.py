@@ -26,6 +26,7 @@ from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, I
                                MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
+from sftkd_cli.recipes import find_file
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
 #: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
@@ -286,11 +287,13 @@ def load_recipe(
 ) -> Recipe:
     """Load a YAML recipe (or the defaults when `path` is None), then apply the `section.key=value`
     `overrides` and then the typed `settings` (later ones win; two overrides of one key must
-    agree: `refuse_repeated`). A bad key or value is reported against its source: the recipe
-    file, the override string, or the setting's source."""
+    agree: `refuse_repeated`). A `path` that is no file here is the recipe shipped with sftkd at
+    that place, if any (`recipes/demo/student.yaml` from any folder: `find_file`). A bad key or
+    value is reported against its source: the recipe file, the override string, or the setting's source."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
+        path = find_file(path)
         source = str(path)
         text = read_yaml_text(path, "recipe")
         raw = load_yaml(text, source) or {}

@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from sftkd_cli.cli.base import stdout_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.recipes import find_file
 
 if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never for --help
     from sftkd_cli.config import Recipe, Setting
@@ -49,7 +48,7 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
         if "=" in item and not _is_recipe_path(item):
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")) and recipe is None:
-            recipe = find_file(item)  # the given path, else the recipe shipped with sftkd
+            recipe = Path(item)  # load_recipe reads the given path, else the recipe shipped with sftkd
         elif item.endswith((".yaml", ".yml")):
             raise SftkdError(f"argument {item!r}: one recipe file per command ({recipe} came first); "
                              "give other settings as section.key=value overrides")

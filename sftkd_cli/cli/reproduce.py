@@ -61,9 +61,8 @@ def reproduce(
     from sftkd_cli.reproduce.executor import make_executor
     from sftkd_cli.reproduce.graph import blocked_stages
     from sftkd_cli.reproduce.kinds import REPORT_MD
-    from sftkd_cli.recipes import find_plan
 
-    plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
+    plan = load_plan(plan_file, overrides or [], runs_dir=runs_dir, data_root=data_root)  # a path or a shipped plan's name
     stages = build_stages(plan)
     tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
     console = stdout_console()
