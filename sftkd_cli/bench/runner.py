@@ -249,11 +249,13 @@ class _Bench:
         """On CUDA: `objective`'s training step replayed from a CUDA graph, as train.cuda_graphs
         auto trains (capturable Adam, channels_last; in `precision`, this run's unless given); a
         failed capture is a note, not a row."""
+        from rich.console import Console
+
         from sftkd_cli.training.graphs import GraphedStep
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        graphed = GraphedStep(objective, optimizer, self.device, self._amp(precision), stderr=io.StringIO())  # its line: a note
+        graphed = GraphedStep(objective, optimizer, self.device, self._amp(precision), console=Console(file=io.StringIO()))  # its line: a note
         if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
             self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return

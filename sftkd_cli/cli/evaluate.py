@@ -65,7 +65,7 @@ def evaluate(
             task = bar.add_task(f"{run.name}: slices", total=None)
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
-                                   convention=convention, batch_size=batch_size,
+                                   convention=convention, batch_size=batch_size, console=err_console,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
