@@ -265,6 +265,9 @@ def test_only_selects_by_id_kind_and_glob(tmp_path, tiny_dataset):
     assert select(stages, ["teacher", "report"]) == {"teacher", "report"}
     with pytest.raises(SftkdError, match="--only nope: matches no stage"):
         select(stages, ["nope"])
+    assert select(stages, ["kd,teacher", " report "]) == {"std-kd-at", "sft-kd-at", "teacher", "report"}
+    with pytest.raises(SftkdError, match=r"^only 'kd': expected a list of names, e\.g\. \['kd'\], not a string$"):
+        select(stages, "kd")  # was read letter by letter: "--only k: matches no stage"
 
 
 def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset):
@@ -273,6 +276,7 @@ def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset)
     (result,) = outcome.results
     assert result.status == "skipped" and "teacher not complete" in result.note
     assert not (plan.runs_dir / "std-kd-at").exists()
+    assert outcome.failed == [] and outcome.blocked == {"std-kd-at": result.note}  # a caller sees it could not run
 
 
 def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tiny_dataset):

@@ -59,29 +59,26 @@ def reproduce(
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
     from sftkd_cli.reproduce.executor import make_executor
-    from sftkd_cli.reproduce.graph import blocked_stages
     from sftkd_cli.reproduce.kinds import REPORT_MD
 
     plan = load_plan(plan_file, overrides or [], runs_dir=runs_dir, data_root=data_root)  # a path or a shipped plan's name
     stages = build_stages(plan)
-    tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
+    chosen = select(stages, only)  # a token that matches no stage: refused before anything starts
     console = stdout_console()
     if estimate and not dry_run:
         raise SftkdError("--estimate: add --dry-run (the estimate runs no stage)")
     if address is not None and executor_name is not ExecutorName.ray:
         raise SftkdError("--address: add --executor ray (the address is that of a Ray cluster)")
     if dry_run:
-        chosen = select(stages, tokens)
         print_plan(plan, stages, chosen, console)
         if estimate:
             from sftkd_cli.reproduce.estimate import estimate_plan, print_estimate
 
             print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
-    blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
     executor = make_executor(executor_name.value, jobs, per_gpu, address)
     started = time.perf_counter()
-    outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
+    outcome = run_plan(plan, stages, only=only or [], keep_going=keep_going, console=console, executor=executor,
                        progress=stderr_console())
     print_status(outcome.results, console)
     total = f"total {format_seconds(total_seconds(outcome.results))}"
@@ -91,9 +88,9 @@ def reproduce(
                   soft_wrap=True)  # a path split over two lines cannot be copied
     if outcome.failed:
         raise SftkdError(failed_line(outcome.failed))
-    if blocked:
-        first, why = next(iter(blocked.items()))
-        raise SftkdError(f"{len(blocked)} stage(s) not run: {', '.join(blocked)} ({first}: {why}); "
+    if outcome.blocked:  # needs left out by --only: these could not run
+        first, why = next(iter(outcome.blocked.items()))
+        raise SftkdError(f"{len(outcome.blocked)} stage(s) not run: {', '.join(outcome.blocked)} ({first}: {why}); "
                          "add what they need to --only, or run it first")
 
 
