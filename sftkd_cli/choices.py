@@ -15,6 +15,8 @@ from sftkd_cli.acquisition import TASKS
 #: the stage kinds of a reproduction plan (`sftkd_cli.reproduce.kinds` holds the plan's other words)
 TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
 KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
+#: where `reproduce` runs its stages (--executor): worker processes here, or Ray tasks on a cluster
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}
