@@ -77,6 +77,8 @@ EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
 #: the largest batch of the bench's CUDA inference sweep (batch 1, --batch and this)
 CUDA_SWEEP_BATCH = 32
 
+#: `sftkd compare --format`: the formats its tables are written in (`sftkd_cli.report.formats.render`)
+COMPARE_FORMATS: tuple[str, ...] = ("table", "markdown", "csv", "latex", "json")
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
