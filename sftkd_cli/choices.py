@@ -15,6 +15,8 @@ from sftkd_cli.acquisition import TASKS
 #: the stage kinds of a reproduction plan (`sftkd_cli.reproduce.kinds` holds the plan's other words)
 TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
 KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
+#: where `reproduce` runs its stages (--executor): worker processes here, or Ray tasks on a cluster
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}
@@ -52,6 +54,11 @@ CUDA_GRAPHS_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: distill.stage1_epochs epochs, then L1 fine-tuning (the reference code)
 JOINT, TWO_STAGE = "joint", "two-stage"
 SCHEDULES: tuple[str, ...] = (JOINT, TWO_STAGE)
+#: distill.init's words: random weights ("" or "random"), or the SFT teacher run's student blocks
+#: ("sft"); any other value is a run directory or checkpoint file
+INIT_RANDOM: tuple[str, ...] = ("", "random")
+INIT_SFT = "sft"
+INIT_WORDS: tuple[str, ...] = (*INIT_RANDOM, INIT_SFT)
 
 #: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
 CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
@@ -70,6 +77,8 @@ EPOCH_STEPS, EPOCH_VAL_SLICES, EPOCH_COUNT = 16, 24, 3
 #: the largest batch of the bench's CUDA inference sweep (batch 1, --batch and this)
 CUDA_SWEEP_BATCH = 32
 
+#: `sftkd compare --format`: the formats its tables are written in (`sftkd_cli.report.formats.render`)
+COMPARE_FORMATS: tuple[str, ...] = ("table", "markdown", "csv", "latex", "json")
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ from typing import Any
 import yaml
 
 from sftkd_cli.acquisition import TASKS
-from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, JOINT, LAYOUT_SETTINGS, MAX_THREADS,
-                               RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
+from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
+                               MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.name_checks import check_device, check_run_name
+from sftkd_cli.recipes import find_file
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
-#: a run name is one folder name of at most this many bytes (UTF-8)
-MAX_RUN_NAME = 200
 #: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
 MAX_LR = 10.0
 
@@ -287,18 +286,23 @@ def load_recipe(
     path: str | Path | None, overrides: Sequence[str] | None = None, settings: Sequence[Setting] = (),
 ) -> Recipe:
     """Load a YAML recipe (or the defaults when `path` is None), then apply the `section.key=value`
-    `overrides` and then the typed `settings` (later ones win). A bad key or value is reported
-    against its source: the recipe file, the override string, or the setting's source."""
+    `overrides` and then the typed `settings` (later ones win; two overrides of one key must
+    agree: `refuse_repeated`). A `path` that is no file here is the recipe shipped with sftkd at
+    that place, if any (`recipes/demo/student.yaml` from any folder: `find_file`). A bad key or
+    value is reported against its source: the recipe file, the override string, or the setting's source."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
+        path = find_file(path)
         source = str(path)
         text = read_yaml_text(path, "recipe")
         raw = load_yaml(text, source) or {}
         if not isinstance(raw, dict):
             raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
         _keep_written_text(raw, text)
-    for setting in [*parse_overrides(overrides or []), *settings]:
+    parsed = parse_overrides(overrides or [])
+    refuse_repeated(parsed)
+    for setting in [*parsed, *settings]:
         apply_setting(raw, setting)
     return recipe_from_dict(raw, source)
 
@@ -390,6 +394,35 @@ def setting_value(setting: Setting) -> Any:
     """The value `setting` gives its key in a recipe (typed, words and `~` resolved), for comparing two settings."""
     section, key = setting.key.split(".", 1)
     return getattr(getattr(load_recipe(None, settings=[setting]), section), key)
+
+
+#: keys whose values are names read in any case (architectures, KD methods: `D3C5` is `d3c5`)
+_ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
+#: keys whose values are paths; distill.init is one unless it is a word (`./random` is a folder)
+_PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.init"})
+
+
+def same_setting(a: Setting, b: Setting) -> bool:
+    """Whether two settings of one key give it the same value: equal once typed (`setting_value`),
+    a name in another case, or one path spelt two ways (`data/demo/` and `./data/demo`)."""
+    key, x, y = a.key, setting_value(a), setting_value(b)
+    if x == y:
+        return True
+    if not (isinstance(x, str) and isinstance(y, str)):
+        return False
+    if key in _ANY_CASE_KEYS:
+        return x.lower() == y.lower()
+    if key in _PATH_KEYS and not (key == "distill.init" and {x, y} & set(INIT_WORDS)):
+        return os.path.abspath(os.path.expanduser(x)) == os.path.abspath(os.path.expanduser(y))
+    return False
+
+
+def refuse_repeated(settings: Sequence[Setting]) -> None:
+    """Two settings (overrides) of one key must agree (`same_setting`): the later would win silently."""
+    for i, later in enumerate(settings):
+        for earlier in settings[:i]:
+            if earlier.key == later.key and not same_setting(earlier, later):
+                raise SftkdError(f"{earlier.source} and {later.source} disagree; give {later.key} once")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -515,44 +548,6 @@ def _check_loss_weights(recipe: Recipe) -> None:
         for key, value in loss_weights(recipe, section).items():
             if not (math.isfinite(value) and value >= 0):
                 raise SftkdError(f"{key}: expected a finite number >= 0, got {value!r}")
-
-
-def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
-    """A run name is one plain folder name inside the runs folder: never empty (unless `allow_empty`:
-    the command derives one), `.`, `..`, a path, or longer than MAX_RUN_NAME bytes."""
-    if name == "" and allow_empty:
-        return
-    shown = repr(name) if len(name) <= 60 else repr(name[:57] + "...")
-    if name in ("", ".", ".."):
-        problem = "is not a folder name"
-    elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        problem = "contains '/', '\\' or a control character (NUL, newline, ...)"
-    elif len(name.encode("utf-8", "surrogateescape")) > MAX_RUN_NAME:
-        problem = f"is longer than {MAX_RUN_NAME} bytes"
-    else:
-        return
-    raise SftkdError(f"{where} {shown} {problem}; expected one plain folder name (e.g. demo-teacher)")
-
-
-def check_device(name: str, where: str = "train.device") -> None:
-    """The device must be auto, cpu, cuda, cuda:N (N below the number of GPUs when CUDA is present)
-    or mps where torch reports it available; torch is imported only for mps and cuda:N."""
-    expected = "expected auto, cpu, cuda or cuda:N"
-    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(0|[1-9]\d{0,3}))?", name)
-    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
-        shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
-        raise SftkdError(f"{where} {shown}: {expected}")
-    if match.group(1) == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise SftkdError(f"{where} 'mps': not available on this machine; {expected}")
-    if match.group(2) is not None:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count and int(match.group(2)) >= count:
-            raise SftkdError(f"{where} {name!r}: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
 
 
 def _check_dataset(recipe: Recipe) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class SftkdError(Exception):
@@ -51,3 +51,12 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quot
         shown = f"{prefix}{close[0]}"
         return f"; did you mean {shown!r}?" if quoted else f"; did you mean {shown}?"
     return f"; expected one of {', '.join(prefix + o for o in options)}" if list_otherwise and options else ""
+
+
+def listed_names(value: Sequence[str] | None, what: str) -> list[str]:
+    """Names given as a list (from Python, or a repeatable option), each item also a comma list
+    ('kd,sft'), blanks dropped; None is []. A bare string is refused: it would be read letter by
+    letter (`what` names the parameter in the error)."""
+    if isinstance(value, str):
+        raise SftkdError(f"{what} {value!r}: expected a list of names, e.g. [{value!r}], not a string")
+    return [name.strip() for item in value or [] for name in str(item).split(",") if name.strip()]

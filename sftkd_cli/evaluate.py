@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import shlex
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
@@ -242,9 +242,10 @@ def evaluate_run(
     progress: SliceProgress | None = None,
     convention: str = "paper",
     batch_size: int | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5 and
-    returns what metrics.json holds.
+    returns what metrics.json holds. Warnings go to `console` (None: standard error).
 
     `convention` "fastmri" scores as the fastmri package does (module docstring) into
     `<the usual folder>/eval-fastmri/`, with per_volume.csv instead of per_slice.csv.
@@ -275,7 +276,8 @@ def evaluate_run(
     with cpu_threads(recipe.train.threads if threads is None else threads), precision_policy(tf32=False):
         return _evaluate(run, recipe, data=data, split=split, checkpoint=checkpoint, model_role=model_role,
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
-                         convention=convention, batch_size=eval_batch_size(recipe, batch_size))
+                         convention=convention, batch_size=eval_batch_size(recipe, batch_size),
+                         console=console or Console(stderr=True))
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -315,7 +317,8 @@ class _ScoredModel:
 
 
 def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[str, Any], checkpoint: str | None,
-                      model_role: str | None, device: torch.device, amp: str, batch_size: int) -> _ScoredModel:
+                      model_role: str | None, device: torch.device, amp: str, batch_size: int,
+                      console: Console) -> _ScoredModel:
     """A checkpoint's model on `device`, in the memory layout inference runs fastest in here (measured
     on a first batch unless train.channels_last forces it), replayed from CUDA graphs where they apply."""
     which = checkpoint or recipe.eval.checkpoint
@@ -329,7 +332,7 @@ def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[st
         first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), device)
         layout = inference_layout(recipe.train.channels_last, model.to(device).eval(), first, device, amp)
     model = model.to(device, memory_format=layout.memory_format).eval()
-    runner, graphed = graphed_reconstructor(model, device, amp, recipe.train.cuda_graphs)
+    runner, graphed = graphed_reconstructor(model, device, amp, recipe.train.cuda_graphs, console)
     return _ScoredModel(runner, model.name, state, entry_role, which, count_parameters(model),
                         output_dir(run.path, state, entry_role), device, graphed, digest=digest,
                         file=run.checkpoint(which) if named else Path(which))
@@ -373,6 +376,7 @@ def _evaluate(
     progress: SliceProgress | None,
     convention: str = "paper",
     batch_size: int = MIN_INFERENCE_BATCH,
+    console: Console,
 ) -> dict[str, Any]:
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, check_task, dataset_record, load_manifest
@@ -400,7 +404,7 @@ def _evaluate(
     run_folder = _folder_identity(run.path)
     if exported is None:
         scored_model = _checkpoint_model(run, recipe, dataset, record, checkpoint, model_role, torch_device, amp,
-                                         batch_size)
+                                         batch_size, console)
     else:
         scored_model = _exported_model(exported, run, torch_device, checkpoint, model_role, record)
     state, entry_role, which = scored_model.state, scored_model.role, scored_model.checkpoint
@@ -408,7 +412,7 @@ def _evaluate(
     out = _results_folder(scored_model.out, state, record, data_path, amp, convention)
     check_output(out, run.path)
     if warning := amp_warning(amp, torch_device, "--amp"):  # once the work is sure to start
-        print(warning, file=sys.stderr, flush=True)
+        console.print(warning, highlight=False, markup=False, soft_wrap=True)
     score_one, summarise_all = SCORERS[convention]
     with staged_outputs(out) as staged:
         with writing(out):

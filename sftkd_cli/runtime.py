@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sftkd_cli.choices import AMP_MODES
-from sftkd_cli.config import check_device
+from sftkd_cli.name_checks import check_device
 from sftkd_cli.errors import SftkdError
 
 Batch = dict[str, torch.Tensor]

@@ -62,6 +62,21 @@ def test_bf16_on_a_cpu_that_emulates_it_says_so(run, tiny_dataset, tmp_path, mon
                                              "step); off is faster here"])
 
 
+def test_evaluate_run_warns_on_the_console_it_is_given(run, monkeypatch, capsys):
+    """From Python the bf16 warning went to stderr by print, past the caller's console."""
+    import io
+
+    from rich.console import Console
+
+    from sftkd_cli.evaluate import evaluate_run
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    console = Console(file=io.StringIO())
+    evaluate_run(run, device="cpu", amp="bf16", write_recon=False, console=console)
+    assert console.file.getvalue().startswith("warning: --amp bf16: this CPU has no AVX512-BF16")
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("capability, warned", [((7, 5), True), ((8, 0), False), ((9, 0), False)])
 def test_bf16_on_a_gpu_before_ampere_says_it_is_emulated(monkeypatch, capability, warned):
     """Device: none needed (the GPU's compute capability stood in for). A T4 (7.5) or V100 (7.0)

@@ -193,6 +193,18 @@ def test_the_epoch_part_sets_a_real_training_runs_epochs_against_their_steps(res
     assert row.note.startswith(f"16 steps x {step.ms:.1f} ms (teacher D5C5 train) = ")
 
 
+def test_run_bench_takes_names_as_the_command_does():
+    """--precision BF16 and --only 'kd,infer' worked; run_bench(precision="BF16") was refused and
+    which="infer" was read letter by letter ("bench --only 'i'")."""
+    from sftkd_cli.bench.runner import check_parts
+
+    assert check_parts(["KD,infer", " "]) == ["kd", "infer"] and check_parts(None) == check_parts([])
+    with pytest.raises(SftkdError, match=r"^which 'infer': expected a list of names"):
+        run_bench(which="infer")
+    with pytest.raises(SftkdError, match=r"^bench --only 'bogus'"):  # past the precision
+        run_bench(precision="BF16", which=["bogus"])
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_every_row_has_its_precisions_roof(monkeypatch, precision):
     """Device: CPU. The epoch row was made outside `_row` and said fp32 in a bf16 run, so it had no

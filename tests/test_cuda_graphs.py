@@ -300,7 +300,7 @@ def test_graphed_steps_replay_the_eager_updates_with_the_lr_schedule(tmp_path, f
     assert isinstance(a["optimizer"]["param_groups"][0]["lr"], float)
 
 
-def _fit_cpu_graphs(tmp_path, name, fail=False):
+def _fit_cpu_graphs(tmp_path, name, fail=False, console=None):
     recipe = load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
                                 "train.lr_step=1", "train.lr_gamma=0.5", "train.cuda_graphs=on",
                                 "train.channels_last=false",  # one layout for both runs, no probe calls
@@ -319,7 +319,7 @@ def _fit_cpu_graphs(tmp_path, name, fail=False):
 
     Trainer._loop = recording
     try:
-        Trainer(objective, recipe, run).fit(Phantoms(5), Phantoms(2, seed=1))
+        Trainer(objective, recipe, run, console=console).fit(Phantoms(5), Phantoms(2, seed=1))
     finally:
         Trainer._loop = real
         run.unlock()
@@ -350,6 +350,20 @@ def test_a_failed_capture_is_one_line_and_the_step_runs_eagerly(tmp_path, fake_g
                    "training eagerly"]
     assert steps.failed and [r["epoch"] for r in run.read_history()] == [1, 2]
     assert all(isinstance(g["lr"], float) for g in steps.optimizer.param_groups)  # the floats are back
+
+
+def test_a_failed_capture_is_said_on_the_console_training_is_given(tmp_path, fake_gpu, capsys):
+    """A library caller's console gets the line (printed to stderr whatever the console was);
+    a quiet console silences it."""
+    import io
+
+    from rich.console import Console
+
+    log = Console(file=io.StringIO())
+    _fit_cpu_graphs(tmp_path, "logged", fail=True, console=log)
+    assert "; training eagerly" in log.file.getvalue() and "CUDA graph" not in capsys.readouterr().err
+    _fit_cpu_graphs(tmp_path, "quiet", console=Console(quiet=True))  # refused: one failed earlier in this process
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_capture_runs_on_a_stream_of_the_runs_device_and_an_empty_graph_fails(monkeypatch):

@@ -747,12 +747,29 @@ def test_catalog_builds_each_source_with_its_options(tmp_path: Path) -> None:
         source = spec.make_source(None if not spec.needs_root else tmp_path, {})
         assert source.name == name
         assert {o.key for o in spec.options} <= set(source.options())
-        options = spec.prepare_options({"seed": 7, "modality": "FLAIR"})  # a source option is ignored here
+        own = {o.key: o.default for o in spec.options}
+        options = spec.prepare_options({"seed": 7, **own})  # the source's own options are ignored here
         assert options.seed == 7 and options.size == spec.defaults["size"]
         assert options.slice_axis == spec.option_default("slice_axis")
     demo = SOURCES["demo"].make_source(None, {"template": "colin27", "slab": "4"})
     assert (demo.template, demo.slab, demo.gap) == ("colin27", 4, 2)
     assert SOURCES["mrbrains"].make_source(tmp_path, {"modality": "FLAIR"}).options()["modality"] == "FLAIR"
+
+
+
+def test_prepare_options_refuse_a_key_they_do_not_know():
+    """`{"acc": [8]}` (the command's name for accelerations) and `{"bogus": 1}` prepared with the
+    defaults without a word; another source's own option is no option of this one either."""
+    from sftkd_cli.data.catalog import SOURCES
+
+    demo = SOURCES["demo"]
+    with pytest.raises(SftkdError, match=r"^prepare option 'acc': not an option of source demo \(it takes size, .*\); "
+                                         r"did you mean accelerations\?$"):
+        demo.prepare_options({"acc": [8]})
+    for key in ("bogus", "modality"):
+        with pytest.raises(SftkdError, match=f"prepare option '{key}': .*accelerations, .*template"):
+            demo.prepare_options({key: 1})
+    assert demo.prepare_options({"accelerations": [8], "template": "colin27"}).accelerations == (8.0,)
 
 
 PLAN = "plan.yaml: data.options."

@@ -48,8 +48,11 @@ class Phantoms(torch.utils.data.Dataset):
 
 
 def _recipe(tmp_path, *overrides):
-    return load_recipe(None, ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu",
-                              f"run.dir={tmp_path}", "run.name=r", "run.role=teacher", *overrides])
+    """These settings, each replaced by an override of its key (two overrides of one key are refused)."""
+    base = ["train.epochs=2", "train.batch_size=2", "train.seed=7", "train.device=cpu", f"run.dir={tmp_path}",
+            "run.name=r", "run.role=teacher"]
+    given = {item.split("=", 1)[0] for item in overrides}
+    return load_recipe(None, [item for item in base if item.split("=", 1)[0] not in given] + list(overrides))
 
 
 def _fit(tmp_path, name, resume=False, objective=None, *overrides, train=None, val=None, **trainer_options):

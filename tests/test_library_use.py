@@ -97,7 +97,7 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     assert code.count("demo.prepare_options({})") == 1
     code = code.replace('"train.epochs=2"', '"train.epochs=1", "train.max_steps_per_epoch=1"')
     code = code.replace("demo.prepare_options({})", "demo.prepare_options({'size': (48, 48), 'downsample': 4})")
-    code = code.replace('"recipes/demo/student.yaml"', repr(str(root / "recipes" / "demo" / "student.yaml")))
+    # "recipes/demo/student.yaml" as written: load_recipe finds the shipped recipe from any folder
     monkeypatch.chdir(tmp_path)
     names: dict = {}
     exec(compile(code, "README.md", "exec"), names)
@@ -125,3 +125,17 @@ def test_the_library_refuses_loss_weights_that_train_nothing(tiny_dataset, tmp_p
     with pytest.raises(SftkdError, match="got all 0"):
         run()
     assert not (tmp_path / ("s" if kind == "sft" else "kd")).exists()
+
+
+def test_load_recipe_and_load_plan_find_the_shipped_files_from_any_folder(tmp_path, monkeypatch):
+    """The README's `load_recipe("recipes/demo/student.yaml")` worked only from the repository root
+    (the commands looked the shipped copy up, the library did not); a file at the path still wins."""
+    from sftkd_cli.reproduce import load_plan
+
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("recipes/demo/student.yaml").model.name == load_recipe("demo/student.yaml").model.name != ""
+    assert load_plan("demo").name == load_plan("recipes/demo.yaml").name
+    own = tmp_path / "recipes" / "demo" / "student.yaml"
+    own.parent.mkdir(parents=True)
+    own.write_text("model:\n  name: D2C2\n")
+    assert load_recipe("recipes/demo/student.yaml").model.name == "D2C2"

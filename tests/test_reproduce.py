@@ -266,6 +266,9 @@ def test_only_selects_by_id_kind_and_glob(tmp_path, tiny_dataset):
     assert select(stages, ["teacher", "report"]) == {"teacher", "report"}
     with pytest.raises(SftkdError, match="--only nope: matches no stage"):
         select(stages, ["nope"])
+    assert select(stages, ["kd,teacher", " report "]) == {"std-kd-at", "sft-kd-at", "teacher", "report"}
+    with pytest.raises(SftkdError, match=r"^only 'kd': expected a list of names, e\.g\. \['kd'\], not a string$"):
+        select(stages, "kd")  # was read letter by letter: "--only k: matches no stage"
 
 
 def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset):
@@ -274,6 +277,7 @@ def test_only_skips_a_stage_whose_teacher_is_not_trained(tmp_path, tiny_dataset)
     (result,) = outcome.results
     assert result.status == "skipped" and "teacher not complete" in result.note
     assert not (plan.runs_dir / "std-kd-at").exists()
+    assert outcome.failed == [] and outcome.blocked == {"std-kd-at": result.note}  # a caller sees it could not run
 
 
 def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tiny_dataset):
@@ -301,6 +305,14 @@ def test_an_override_given_twice_with_two_values_is_refused(tmp_path, tiny_datas
         "error: override train.epochs=3 and override train.epochs=4 disagree; give train.epochs once"], result.output
     same = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run", "train.epochs=3", "train.epochs=3"])
     assert same.exit_code == 0, same.output
+
+
+def test_load_plan_refuses_an_override_given_twice_with_two_values(tmp_path, tiny_dataset):
+    """The library took the last silently; the rule is load_recipe's, which load_plan checks its overrides with."""
+    path = write_plan(tmp_path, tiny_dataset)
+    with pytest.raises(SftkdError, match=r"^override train.epochs=3 and override train.epochs=4 disagree; give train.epochs once$"):
+        load_plan(path, ["train.epochs=3", "train.epochs=4"])
+    assert load_plan(path, ["train.epochs=3", "train.epochs=3"]).overrides == ("train.epochs=3", "train.epochs=3")
 
 
 def test_a_trial_run_with_another_recipe_is_refused_in_the_dry_run_and_the_run(tmp_path, tiny_dataset):

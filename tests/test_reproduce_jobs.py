@@ -262,6 +262,20 @@ def test_a_ctrl_c_while_a_worker_starts_is_held_then_raised_not_lost():
 # ----------------------------------------------------------------------------- the board and the estimate
 
 
+def test_make_executor_refuses_a_name_it_does_not_know():
+    """make_executor("rya", 2, 4) gave worker processes without a word; the command's choices are its names."""
+    from sftkd_cli.choices import EXECUTORS
+    from sftkd_cli.cli.reproduce import ExecutorName
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.reproduce.executor import make_executor
+
+    with pytest.raises(SftkdError, match=r"^executor 'rya': expected one of local, ray; did you mean ray\?$"):
+        make_executor("rya", 2, 4)
+    with pytest.raises(SftkdError, match="--address: add --executor ray"):
+        make_executor("local", 1, 4, "HEAD:6379")
+    assert make_executor("local", 1, 4) is None and [name.value for name in ExecutorName] == list(EXECUTORS)
+
+
 def test_the_board_is_a_table_on_a_terminal_and_lines_elsewhere():
     todo = [Stage("data", "data"), Stage("teacher", "teacher", needs=("data",)), Stage("report", "report")]
     lines = io.StringIO()

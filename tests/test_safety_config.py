@@ -340,6 +340,18 @@ def test_an_override_given_twice_with_two_values_is_refused():
     assert printed["model"]["channels"] == 8
 
 
+def test_load_recipe_refuses_an_override_given_twice_with_two_values():
+    """The rule is the library's: load_recipe took the last silently; typed settings still layer (later wins)."""
+    from sftkd_cli.config import Setting, load_recipe
+    from sftkd_cli.errors import SftkdError
+
+    with pytest.raises(SftkdError, match=r"^override train.epochs=3 and override train.epochs=4 disagree; give train.epochs once$"):
+        load_recipe(None, ["train.epochs=3", "train.epochs=4"])
+    assert load_recipe(None, ["model.name=d3c5", "model.name=D3C5", "data.path=data/demo", "data.path=./data/demo/"])
+    recipe = load_recipe(None, ["train.epochs=3"], [Setting("train.epochs", 5, "a"), Setting("train.epochs", 6, "b")])
+    assert recipe.train.epochs == 6
+
+
 @pytest.mark.parametrize("text, key", [("train:\n  epochs: 3\ntrain:\n  lr: 0.5\n", "train"),
                                        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs")])
 def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, text, key):

@@ -26,7 +26,7 @@ from sftkd_cli.bench.results import BenchResult, BenchRow
 from sftkd_cli.choices import (BENCH_PARTS, CUDA_SWEEP_BATCH, EPOCH_COUNT, EPOCH_STEPS, EPOCH_VAL_SLICES, MAX_SIZE,
                                MAX_THREADS, STUDENT, TEACHER)
 from sftkd_cli.distill.methods import METHODS
-from sftkd_cli.errors import RunInterrupted, SftkdError, counted
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted, listed_names
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
@@ -51,10 +51,10 @@ def _check(settings: dict[str, Any]) -> None:
 
 
 def check_parts(which: Sequence[str] | None) -> list[str]:
-    """Validate `--only`: a subset of BENCH_PARTS (all when empty)."""
-    if not which:
+    """Validate `--only`: a subset of BENCH_PARTS (all when empty), in any case, each item also a comma list."""
+    parts = [w.lower() for w in listed_names(which, "which")]
+    if not parts:
         return list(BENCH_PARTS)
-    parts = [w.strip().lower() for w in which if w.strip()]
     for part in parts:
         if part not in BENCH_PARTS:
             raise SftkdError(f"bench --only {part!r}: expected some of {','.join(BENCH_PARTS)}")
@@ -62,10 +62,10 @@ def check_parts(which: Sequence[str] | None) -> list[str]:
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
-    """Validate `--methods`: KD method names (all of them when empty)."""
-    if not methods:
+    """Validate `--methods`: KD method names (all of them when empty), in any case, each item also a comma list."""
+    names = [m.lower() for m in listed_names(methods, "methods")]
+    if not names:
         return list(METHODS)
-    names = [m.strip().lower() for m in methods if m.strip()]
     for name in names:
         if name not in METHODS:
             raise SftkdError(f"bench --methods {name!r}: expected some of {','.join(METHODS)}")
@@ -95,8 +95,8 @@ def run_bench(
 ) -> BenchResult:
     """Measure training-step and inference speed on synthetic data (see the `sftkd_cli.bench` docstring).
 
-    `which`: parts to run (teacher, student, sft, kd, infer; all by default); `methods`: KD
-    methods for the kd part (all by default). Sets torch's thread count to `threads` for the
+    `which`: a list of parts to run (teacher, student, sft, kd, infer; all by default); `methods`:
+    a list of KD methods for the kd part (all by default). Sets torch's thread count to `threads` for the
     duration and restores it afterwards, as it does Python's, NumPy's and torch's random
     states. Never needs a dataset. `complex_data`: every row on complex images (two channels,
     centred k-space, complex data consistency) with the networks built for them, the
@@ -109,6 +109,7 @@ def run_bench(
     roof is measured again at the end). Before the first row is measured it propagates as a
     KeyboardInterrupt: there is nothing to keep.
     """
+    precision = precision.lower() if isinstance(precision, str) else precision  # BF16 is bf16, as --precision
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
     _check({**settings, "roof_size": roof_size})  # the roof's shape is recorded with the roof
@@ -249,11 +250,13 @@ class _Bench:
         """On CUDA: `objective`'s training step replayed from a CUDA graph, as train.cuda_graphs
         auto trains (capturable Adam, channels_last; in `precision`, this run's unless given); a
         failed capture is a note, not a row."""
+        from rich.console import Console
+
         from sftkd_cli.training.graphs import GraphedStep
 
         objective.to(self.device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3, capturable=True)
-        graphed = GraphedStep(objective, optimizer, self.device, self._amp(precision), stderr=io.StringIO())  # its line: a note
+        graphed = GraphedStep(objective, optimizer, self.device, self._amp(precision), console=Console(file=io.StringIO()))  # its line: a note
         if graphed.step(self.data) is None:  # the bench skips the row (the engine would train eagerly)
             self.result.notes.append(f"{what}: skipped ({graphed.failure})")
             return

@@ -60,10 +60,6 @@ HELP = examples(
 INTERRUPTED = RunInterrupted.exit_code
 
 
-def _split(value: str | None) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()] if value else []
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     if value is None or not math.isfinite(value):
         return "-"
@@ -144,8 +140,8 @@ def bench(
     try:  # SIGTERM stops it as Ctrl-C does: the rows measured so far are kept
         with on_signals(signal.default_int_handler, signal.SIGTERM), stderr_console().status("benchmarking") as status:
             result = run_bench(
-                size=size, batch=batch, threads=threads, precision=precision.lower(), device=device, repeats=repeats,
-                warmup=warmup, which=_split(only), methods=_split(methods), compile=compile,
+                size=size, batch=batch, threads=threads, precision=precision, device=device, repeats=repeats,
+                warmup=warmup, which=[only] if only else None, methods=[methods] if methods else None, compile=compile,
                 roof_size=roof_size, complex_data=complex_data, tf32=tf32,
                 progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,7 +11,6 @@ from rich.markup import escape
 
 from sftkd_cli.cli.base import stdout_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.recipes import find_file
 
 if TYPE_CHECKING:  # the library (torch) is imported when a command runs, never for --help
     from sftkd_cli.config import Recipe, Setting
@@ -50,7 +48,7 @@ def split_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
         if "=" in item and not _is_recipe_path(item):
             overrides.append(item)
         elif item.endswith((".yaml", ".yml")) and recipe is None:
-            recipe = find_file(item)  # the given path, else the recipe shipped with sftkd
+            recipe = Path(item)  # load_recipe reads the given path, else the recipe shipped with sftkd
         elif item.endswith((".yaml", ".yml")):
             raise SftkdError(f"argument {item!r}: one recipe file per command ({recipe} came first); "
                              "give other settings as section.key=value overrides")
@@ -82,7 +80,8 @@ def build_recipe(
     """Recipe file + overrides + the options every training command shares + its own `flags`
     (recipe key -> value; None = not given). Option values reach the recipe as the typed values
     they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML."""
-    from sftkd_cli.config import Setting, check_run_name, load_recipe, parse_overrides
+    from sftkd_cli.config import Setting, load_recipe, parse_overrides
+    from sftkd_cli.name_checks import check_run_name
 
     recipe_file, overrides = split_args(args)
     if name is not None:
@@ -92,57 +91,20 @@ def build_recipe(
               "--device": ("train.device", device), "--threads": ("train.threads", threads), "--amp": ("train.amp", amp)}
     settings = [Setting(key, value, option) for option, (key, value) in shared.items() if value is not None]
     settings += [Setting(key, value, f"the option for {key}") for key, value in flags.items() if value is not None]
-    parsed = parse_overrides(overrides)
-    _refuse_disagreements(parsed, settings)
-    return load_recipe(recipe_file, settings=[*parsed, *settings])
-
-
-#: keys whose values are names read in any case (architectures, KD methods: `D3C5` is `d3c5`)
-_ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
-#: keys whose values are paths; distill.init is one unless it is a word (random, sft: `./random`
-#: is a folder, another start than `random`)
-_PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.init"})
-_INIT_WORDS = frozenset({"", "random", "sft"})
-
-
-def _same_value(key: str, a: object, b: object) -> bool:
-    """Whether two values of `key` mean the same: equal, a name in another case, or one path
-    spelt two ways (`data/demo/` and `./data/demo`, relative and absolute)."""
-    if a == b:
-        return True
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    if key in _ANY_CASE_KEYS:
-        return a.lower() == b.lower()
-    if key in _PATH_KEYS and not (key == "distill.init" and {a, b} & _INIT_WORDS):
-        return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
-    return False
+    _refuse_disagreements(parse_overrides(overrides), settings)
+    return load_recipe(recipe_file, overrides, settings)  # two overrides that disagree: refused there
 
 
 def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:
-    """An option and an override, or two overrides, that set one key must agree: the option (the
-    later override) would win silently, hiding which of the two the user meant."""
+    """An option and an override that set one key must agree (`same_setting`): the option would
+    win silently, hiding which of the two the user meant."""
+    from sftkd_cli.config import same_setting
+
     for option in options:
         for override in overrides:
-            if override.key == option.key and not _agree(option, override):
+            if override.key == option.key and not same_setting(option, override):
                 raise SftkdError(f"{option.source} ({option.value}) and {override.source} disagree; "
                                  f"give {option.key} once")
-    refuse_repeated(overrides)
-
-
-def refuse_repeated(overrides: list[Setting]) -> None:
-    """Two overrides that set one key must agree: the later one would win silently."""
-    for i, later in enumerate(overrides):
-        for earlier in overrides[:i]:
-            if earlier.key == later.key and not _agree(earlier, later):
-                raise SftkdError(f"{earlier.source} and {later.source} disagree; give {later.key} once")
-
-
-def _agree(a: Setting, b: Setting) -> bool:
-    """Whether two settings of one key give it the same value (`_same_value`)."""
-    from sftkd_cli.config import setting_value
-
-    return _same_value(a.key, setting_value(a), setting_value(b))
 
 
 def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[RunDir, FitResult]],

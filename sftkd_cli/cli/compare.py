@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from sftkd_cli.choices import DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
+from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.run_files import SCORE_FILES
@@ -18,12 +18,8 @@ if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the comm
     from sftkd_cli.report.compare import RunResult
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    latex = "latex"
-    json = "json"
+#: --format's choices: the formats `render` writes
+OutputFormat = Enum("OutputFormat", {name: name for name in COMPARE_FORMATS}, type=str)  # type: ignore[misc]
 
 
 class GroupMode(str, Enum):
@@ -65,7 +61,7 @@ def compare(
     reference: Annotated[str | None, typer.Option("--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ).")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = 0.05,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", help="table, markdown, csv, latex or json.")] = OutputFormat.table,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]}.")] = OutputFormat("table"),
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file.")] = None,
     group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
     zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
@@ -96,7 +92,7 @@ def compare(
     text = render(result, fmt.value, alpha)
     if out is not None:
         _write_output(out, text)
-    if fmt is OutputFormat.table:
+    if fmt.value == "table":
         stdout_console().print(to_rich(view(result, alpha, stacked=True)))
     else:
         typer.echo(text, nl=False)

@@ -65,7 +65,7 @@ def evaluate(
             task = bar.add_task(f"{run.name}: slices", total=None)
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
-                                   convention=convention, batch_size=batch_size,
+                                   convention=convention, batch_size=batch_size, console=err_console,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
         console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
@@ -78,6 +78,8 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     for sr) and the model."""
     from sftkd_cli.data.format import INPUT_LABELS
     from sftkd_cli.metrics import FASTMRI_METRIC_NAMES, METRIC_NAMES
+    from sftkd_cli.report.formats import format_stat
+    from sftkd_cli.report.result_files import Stat
 
     ds = metrics["dataset"]
     task = ds.get("task", "recon")
@@ -91,10 +93,8 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("metric", style="bold")
     table.add_column(INPUT_LABELS[task][0], justify="right")
     table.add_column(metrics["model"], justify="right")
-    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "MSE": 6, "HFN": 4, "HFEN": 4, "VIF": 4}
-    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:
-        d = digits[name]
-        cells = [f"{b[name]['mean']:.{d}f} ± {b[name]['std']:.{d}f}" for b in (metrics["zero_filled"], metrics["metrics"])]
+    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:  # as `compare` writes them
+        cells = [format_stat(name, Stat(b[name]["mean"], b[name]["std"])) for b in (metrics["zero_filled"], metrics["metrics"])]
         table.add_row(name, *cells)
     return table
 

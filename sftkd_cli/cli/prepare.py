@@ -226,7 +226,8 @@ def _prepare_options(spec: SourceSpec, values: dict[str, Any]) -> PrepareOptions
     if values.get("task") == "sr" and values.get("mask_file"):  # before parsing, which would blame a bare path on --acc
         raise SftkdError("--mask-file: not used by --task sr (the scale fixes the central k-space box); remove it")
     mask_files = parse_mask_files(values.get("mask_file"), accelerations)
-    return spec.prepare_options({**values, "accelerations": accelerations, "mask_files": mask_files})
+    given = {key: value for key, value in values.items() if key not in ("acc", "mask_file")}  # as parsed here
+    return spec.prepare_options({**given, "accelerations": accelerations, "mask_files": mask_files})
 
 
 def _command(spec: SourceSpec) -> Callable[..., None]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from sftkd_cli.choices import KIND_ALIASES, KINDS
+from sftkd_cli.choices import EXECUTORS, KIND_ALIASES, KINDS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 
@@ -17,9 +17,8 @@ if TYPE_CHECKING:
     from sftkd_cli.reproduce.stages import StageResult
 
 
-class ExecutorName(str, Enum):
-    local = "local"
-    ray = "ray"
+#: --executor's choices: the executors `make_executor` builds
+ExecutorName = Enum("ExecutorName", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
 
 
 HELP = examples(
@@ -50,7 +49,7 @@ def reproduce(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, metavar="N", help="Run up to N stages that do not need each other at once, each in a worker process (its output in the log files of the report folder); on the CPU each gets cpus/N torch threads unless the recipe sets train.threads. 1: one after another, output here.")] = 1,
     per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, max=64, metavar="K", help="With --jobs on CUDA: at most K stages share one GPU; the visible GPUs take the stages in turn.")] = 4,
-    executor_name: Annotated[ExecutorName, typer.Option("--executor", metavar="local|ray", help="Where the stages run: local (this machine) or ray (tasks on a Ray cluster, up to --jobs at once; a stage on CUDA holds 1/K of a GPU, K from --per-gpu).")] = ExecutorName.local,
+    executor_name: Annotated[ExecutorName, typer.Option("--executor", metavar="|".join(EXECUTORS), help="Where the stages run: local (this machine) or ray (tasks on a Ray cluster, up to --jobs at once; a stage on CUDA holds 1/K of a GPU, K from --per-gpu).")] = ExecutorName("local"),
     address: Annotated[Optional[str], typer.Option("--address", metavar="ADDR", help="With --executor ray: the Ray cluster, e.g. HEAD:6379 (default: RAY_ADDRESS, else a cluster started here with `ray start`, else a new Ray on this machine).")] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: the expected wall time of the plan on this machine with --jobs N, from the epoch times of its runs (or a short training probe).")] = False,
 ) -> None:
@@ -58,35 +57,26 @@ def reproduce(
     from sftkd_cli.reproduce import (
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
-    from sftkd_cli.reproduce.executor import make_executor
-    from sftkd_cli.reproduce.graph import blocked_stages
+    from sftkd_cli.reproduce.executor import check_executor, make_executor
     from sftkd_cli.reproduce.kinds import REPORT_MD
-    from sftkd_cli.recipes import find_plan
 
-    from sftkd_cli.cli.common import refuse_repeated
-    from sftkd_cli.config import parse_overrides
-
-    refuse_repeated(parse_overrides(overrides or []))  # the plan applies them in order: the last would win silently
-    plan = load_plan(find_plan(plan_file), overrides or [], runs_dir=runs_dir, data_root=data_root)
+    plan = load_plan(plan_file, overrides or [], runs_dir=runs_dir, data_root=data_root)  # a path or a shipped plan's name
     stages = build_stages(plan)
-    tokens = [token.strip() for item in only or [] for token in item.split(",") if token.strip()]
+    chosen = select(stages, only)  # a token that matches no stage: refused before anything starts
     console = stdout_console()
     if estimate and not dry_run:
         raise SftkdError("--estimate: add --dry-run (the estimate runs no stage)")
-    if address is not None and executor_name is not ExecutorName.ray:
-        raise SftkdError("--address: add --executor ray (the address is that of a Ray cluster)")
+    check_executor(executor_name.value, address)  # before a dry run too
     if dry_run:
-        chosen = select(stages, tokens)
         print_plan(plan, stages, chosen, console)
         if estimate:
             from sftkd_cli.reproduce.estimate import estimate_plan, print_estimate
 
             print_estimate(estimate_plan(plan, stages, chosen, jobs, per_gpu=per_gpu), console)
         return
-    blocked = blocked_stages(stages, select(stages, tokens), plan)  # needs left out by --only: these cannot run
     executor = make_executor(executor_name.value, jobs, per_gpu, address)
     started = time.perf_counter()
-    outcome = run_plan(plan, stages, only=tokens, keep_going=keep_going, console=console, executor=executor,
+    outcome = run_plan(plan, stages, only=only or [], keep_going=keep_going, console=console, executor=executor,
                        progress=stderr_console())
     print_status(outcome.results, console)
     total = f"total {format_seconds(total_seconds(outcome.results))}"
@@ -96,9 +86,9 @@ def reproduce(
                   soft_wrap=True)  # a path split over two lines cannot be copied
     if outcome.failed:
         raise SftkdError(failed_line(outcome.failed))
-    if blocked:
-        first, why = next(iter(blocked.items()))
-        raise SftkdError(f"{len(blocked)} stage(s) not run: {', '.join(blocked)} ({first}: {why}); "
+    if outcome.blocked:  # needs left out by --only: these could not run
+        first, why = next(iter(outcome.blocked.items()))
+        raise SftkdError(f"{len(outcome.blocked)} stage(s) not run: {', '.join(outcome.blocked)} ({first}: {why}); "
                          "add what they need to --only, or run it first")
 
 

@@ -83,13 +83,26 @@ class SourceSpec:
     def prepare_options(self, values: Mapping[str, Any], name: OptionNames = OptionNames()) -> PrepareOptions:
         """`PrepareOptions` from option values keyed by field name (a plan's `data.options`, the
         command's parsed options); this source's defaults fill the missing ones, its own options
-        are ignored. A value of the wrong type, or a value for an option the source decides itself
-        (`unused`), is an SftkdError naming the option as `name` does."""
+        are ignored. A key that is neither (`acc` for `accelerations`), a value of the wrong type,
+        or a value for an option the source decides itself (`unused`), is an SftkdError naming the
+        option as `name` does."""
+        shared = [f.name for f in fields(PrepareOptions)]
+        for key in values:
+            if key not in shared and key not in (o.key for o in self.options):
+                raise SftkdError(self._unknown(key, shared))
         for key in self.decides:
             if values.get(key) is not None:
                 raise SftkdError(self.unused(key, name))
-        known = {f.name for f in fields(PrepareOptions)}
-        return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in known}}, name)
+        return PrepareOptions.from_values({**self.defaults, **{k: v for k, v in values.items() if k in shared}}, name)
+
+    def _unknown(self, key: object, shared: list[str]) -> str:
+        """The one line refusing option `key`, which neither the shared options nor this source's
+        own have: the key, the nearest one (a command's flag: `acc` is `accelerations`), the keys it takes."""
+        takes = [k for k in shared if k not in self.decides] + [o.key for o in self.options]
+        flags = {OptionNames()(k).removeprefix("--").replace("-", "_"): k for k in shared}
+        nearest = (f"; did you mean {flags[key]}?" if isinstance(key, str) and key in flags
+                   else did_you_mean(key, takes))
+        return f"prepare option {key!r}: not an option of source {self.name} (it takes {', '.join(takes)}){nearest}"
 
     def unused(self, key: str, name: OptionNames = OptionNames()) -> str:
         """The one line refusing the shared option `key`, which this source decides itself: the

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkd_cli.acquisition import KSPACE_LAYOUTS
 from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
 from sftkd_cli.data.option_names import OptionError, OptionNames
@@ -93,8 +94,6 @@ class PrepareOptions:
 
     def validate(self, name: OptionNames = OptionNames()) -> None:
         """Raise a one-line SftkdError for any value out of range, naming the option as `name` does."""
-        from sftkd_cli.mri.masks import LAYOUTS
-
         if self.task not in TASKS:
             raise SftkdError(f"{name('task', self.task)}: expected one of {', '.join(TASKS)}")
         for key, unused in (("mask_files", bool(self.mask_files)), ("center_fraction", self.center_fraction is not None)):
@@ -124,8 +123,8 @@ class PrepareOptions:
                                  f"{name.ref('accelerations', listed)}")
         if self.mask_kind not in ALL_KINDS:
             raise SftkdError(f"{name('mask_kind', self.mask_kind)}: expected one of {', '.join(ALL_KINDS)}")
-        if self.mask_layout not in LAYOUTS:
-            raise SftkdError(f"{name('mask_layout', self.mask_layout)}: expected one of {', '.join(LAYOUTS)}")
+        if self.mask_layout not in KSPACE_LAYOUTS:
+            raise SftkdError(f"{name('mask_layout', self.mask_layout)}: expected one of {', '.join(KSPACE_LAYOUTS)}")
         if self.center_fraction is not None and not 0 <= self.center_fraction <= 1:
             raise SftkdError(f"{name('center_fraction', f'{self.center_fraction:g}')}: expected a number in [0, 1]")
         if not 0 <= self.seed < 2**32:  # numpy's and the fastMRI masks' seeds are 32-bit

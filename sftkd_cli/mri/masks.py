@@ -47,11 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from sftkd_cli.acquisition import KSPACE_LAYOUTS
 from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT, FASTMRI_KINDS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 
-LAYOUTS: tuple[str, ...] = ("corner", "centered")
 MASK_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 
 # Variable density of the "random" kind: weight = (1 - d / (N/2)) ** POWER + FLOOR.
@@ -227,8 +227,8 @@ def make_mask(
     a tuple of non-negative integers (a mask per sample: seed, epoch, volume, slice)."""
     if kind not in ALL_KINDS:
         raise SftkdError(f"mask kind {kind!r}: expected one of {', '.join(ALL_KINDS)}")
-    if layout not in LAYOUTS:
-        raise SftkdError(f"mask layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if layout not in KSPACE_LAYOUTS:
+        raise SftkdError(f"mask layout {layout!r}: expected one of {', '.join(KSPACE_LAYOUTS)}")
     if isinstance(axis, bool) or axis not in (0, 1):
         raise SftkdError(f"mask axis {axis!r}: expected 0 (rows) or 1 (columns)")
     seed = _check_seed(seed)

@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from sftkd_cli.choices import COMPARE_FORMATS
 from sftkd_cli.data.catalog import source_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import json_text
@@ -32,7 +33,6 @@ from sftkd_cli.report.compare import (
 )
 from sftkd_cli.report.signed_rank import unreachable
 
-FORMATS = ("table", "markdown", "csv", "latex", "json")
 _DECIMALS = {"PSNR": 2, "SSIM": 4, "VIF": 4}  # the paper's precision; other metrics get 4 significant digits
 _MISSING = "-"
 
@@ -378,10 +378,10 @@ def to_csv(records: list[dict[str, object]]) -> str:
 
 
 def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> str:
-    """`result` as text in one of FORMATS ('table' gives the rich table as plain text)."""
+    """`result` as text in one of COMPARE_FORMATS ('table' gives the rich table as plain text)."""
     check_alpha(alpha)
-    if fmt not in FORMATS:
-        raise SftkdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if fmt not in COMPARE_FORMATS:
+        raise SftkdError(f"--format {fmt}: expected one of {', '.join(COMPARE_FORMATS)}")
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)

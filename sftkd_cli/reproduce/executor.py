@@ -39,6 +39,8 @@ from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait as wait_any
 from typing import Any, Protocol
 
+from sftkd_cli.choices import EXECUTORS
+from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.stages import StageResult
@@ -319,10 +321,19 @@ def _flush() -> None:
             pass
 
 
+def check_executor(name: str, address: str | None = None) -> None:
+    """`name` is one of EXECUTORS, and an `address` (a Ray cluster's) goes with "ray" only."""
+    if name not in EXECUTORS:
+        raise SftkdError(f"executor {name!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(name, EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise SftkdError("--address: add --executor ray (the address is that of a Ray cluster)")
+
+
 def make_executor(name: str, jobs: int, per_gpu: int, address: str | None = None) -> Executor | None:
     """The executor `reproduce --executor NAME --jobs N` runs stages with: "ray" (a Ray cluster at
     `address`, or a local one), or "local" worker processes when `jobs` > 1; None runs the stages
-    one after the other in this process."""
+    one after the other in this process. Another name, or an address without "ray", is an SftkdError."""
+    check_executor(name, address)
     if name == "ray":
         from sftkd_cli.reproduce.ray_executor import RayExecutor  # Ray only when asked for
 

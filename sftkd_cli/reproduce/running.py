@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -24,7 +24,7 @@ from sftkd_cli import eta
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.reproduce.display import print_status
 from sftkd_cli.reproduce.executor import Executor, LocalExecutor
-from sftkd_cli.reproduce.graph import blocker
+from sftkd_cli.reproduce.graph import blocked_stages, blocker
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.schedule import run_graph
@@ -35,10 +35,13 @@ from sftkd_cli.reproduce.stagework import INTERRUPTS, Trainers, default_trainers
 
 @dataclass
 class PlanOutcome:
-    """Results of every stage that was considered, and the report folder (when written)."""
+    """Results of every stage that was considered, the report folder (when written), and the
+    chosen stages that could not run in this call, with why (`blocked`: a stage they need was
+    left out by `only` and is not complete; they are among the results as skipped)."""
 
     results: list[StageResult]
     report: Path | None = None
+    blocked: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[StageResult]:
@@ -65,13 +68,16 @@ def run_plan(
     console = console or Console()
     stages = list(stages) if stages is not None else build_stages(plan)
     chosen = select(stages, only)
+    blocked = blocked_stages(stages, chosen, plan)  # before anything runs: running changes what is complete
     if jobs > 1 or executor is not None:
-        return _run_parallel(plan, stages, chosen, executor or LocalExecutor(jobs), keep_going=keep_going,
-                             trainers=trainers, console=console, progress=progress or console)
+        outcome = _run_parallel(plan, stages, chosen, executor or LocalExecutor(jobs), keep_going=keep_going,
+                                trainers=trainers, console=console, progress=progress or console)
+        outcome.blocked = blocked
+        return outcome
     trainers = default_trainers() if trainers is None else trainers
     results: dict[str, StageResult] = {}
     broken: dict[str, str] = {}  # stage id -> "failed" or "skipped": stages that need it cannot run
-    outcome = PlanOutcome([])
+    outcome = PlanOutcome([], blocked=blocked)
     todo = [s for s in stages if s.id in chosen]
     stopped = ""
     plan_started, timed = time.perf_counter(), []  # timed: (cost, seconds) of training stages done here

@@ -12,6 +12,7 @@ from typing import Any
 from sftkd_cli.config import Setting, keep_written_text, load_recipe
 from sftkd_cli.safe_yaml import parse_yaml, read_yaml_file, read_yaml_text
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.recipes import find_plan
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
 from sftkd_cli.reproduce.paper import PaperSpec, paper_spec
@@ -137,8 +138,9 @@ def load_plan(
     runs_dir: str | Path | None = None,
     data_root: str | Path | None = None,
 ) -> Plan:
-    """Read and validate a plan file; `overrides` (section.key=value) apply to every stage last."""
-    path = Path(path)
+    """Read and validate a plan file (a path, else the plan shipped with sftkd of that name or
+    place: `find_plan`); `overrides` (section.key=value) apply to every stage last."""
+    path = find_plan(path)
     text = read_yaml_file(path, "plan")
     _keep_override_text(text, parse_yaml(read_yaml_text(path, "plan"), as_text=True))
     not_a_plan = SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")

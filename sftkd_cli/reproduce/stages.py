@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
@@ -179,14 +179,16 @@ def _check_same_data(plan: Plan, stages: list[Stage]) -> None:
                          "use variants (one per acceleration)")
 
 
-def select(stages: Sequence[Stage], only: Sequence[str]) -> set[str]:
-    """Ids of the stages matching --only tokens (stage id, glob, kind, 'kd', 'train', 'eval', or variant)."""
-    if not only:
+def select(stages: Sequence[Stage], only: Sequence[str] | None) -> set[str]:
+    """Ids of the stages matching --only tokens (stage id, glob, kind, 'kd', 'train', 'eval', or
+    variant), given as a list whose items may be comma lists (['kd,sft']); none: every stage."""
+    tokens = listed_names(only, "only")
+    if not tokens:
         return {s.id for s in stages}
     import fnmatch
 
     chosen: set[str] = set()
-    for token in only:
+    for token in tokens:
         kinds = KIND_ALIASES.get(token, (token,))
         hits = {s.id for s in stages if s.id == token or fnmatch.fnmatchcase(s.id, token) or s.kind in kinds or s.group == token}
         if not hits:

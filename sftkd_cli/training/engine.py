@@ -314,9 +314,10 @@ class Trainer:
             steps = min(steps, cfg.max_steps_per_epoch)
         progress = self._progress()
         task = progress.add_task("train", total=steps * cfg.epochs, epoch="", loss="")
-        graphs = GraphedStep(objective, optimizer, self.device, cfg.amp) if self.cuda_graphs else None
+        said = progress_console(self.console)  # a failed capture's line: stderr from the CLI, as the bar
+        graphs = GraphedStep(objective, optimizer, self.device, cfg.amp, console=said) if self.cuda_graphs else None
         predict, _ = graphed_reconstructor(self._bare().predictor(), self.device, cfg.amp,
-                                           "auto" if self.cuda_graphs else "off")
+                                           "auto" if self.cuda_graphs else "off", said)
         return _Loop(objective, optimizer, scheduler, scaler, steps, progress, task,
                      StopFlag(announce=self.is_main, live_bar=not progress.disable),
                      graphs=graphs, predict=predict)

@@ -33,7 +33,8 @@ capture"). What capture needs, and how it is met here:
   which a replay skips.
 
 A capture that fails (an op that syncs, a kernel that cannot be captured, ...) prints one line
-to stderr, "CUDA graph capture failed (<reason>); training eagerly", and every later step runs
+on the caller's console (standard error without one), "CUDA graph capture failed (<reason>);
+training eagerly", and every later step runs
 eagerly (the same updates). Nothing is captured again in that process: torch ends a failed
 capture without telling its memory allocator, which then fails later captures (and
 `torch.cuda.empty_cache`) with an internal assert (an empty graph, which ends cleanly, is the
@@ -49,13 +50,13 @@ met, for validation while training and for `evaluate`.
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from sftkd_cli.choices import CUDA_GRAPHS_MODES
@@ -229,7 +230,7 @@ class GraphedStep:
         amp: str = "off",
         *,
         warmup: int = WARMUP_STEPS,
-        stderr: TextIO | None = None,
+        console: Console | None = None,
     ) -> None:
         reason = graphs_unsupported(device, amp)
         if reason is not None:
@@ -238,7 +239,7 @@ class GraphedStep:
             raise SftkdError("CUDA graphs: the optimizer must be built with capturable=True")
         self.objective, self.optimizer, self.device, self.amp = objective, optimizer, device, amp
         self.warmup = warmup
-        self.stderr = stderr
+        self.console = console  # where a failed capture is said (None: standard error)
         self.failed = False  # set by a failed capture: every later step runs eagerly
         self.failure = ""  # then why, in one line: "CUDA graph capture failed (<reason>)"
         self._graphs: dict[Hashable, _Graph] = {}
@@ -300,7 +301,7 @@ class GraphedStep:
         """Every step from now on eager, said in one line."""
         self.failed, self.failure = True, line
         self._graphs.clear()
-        print(f"{line}; training eagerly", file=self.stderr or sys.stderr, flush=True)
+        say(self.console, f"{line}; training eagerly")
 
     def _warm_up(self, inputs: Batch) -> None:
         """`warmup` eager steps on a side stream, then the weights and state put back."""
@@ -383,13 +384,14 @@ def graphed_inference(
     return replay
 
 
-def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, setting: str) -> tuple[Reconstructor, bool]:
+def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, setting: str,
+                          console: Console | None = None) -> tuple[Reconstructor, bool]:
     """`model` (called with zf, kspace, mask) as evaluate and validation run it, and whether from
     CUDA graphs: unless `setting` (the run's train.cuda_graphs) is off, on CUDA each batch shape's
     forward pass is captured once and replayed (a batch then costs one launch); elsewhere, or
     with fp16, or after a failed capture in this process (said then), eagerly. A capture that
-    fails says so in one line and that shape runs eagerly. A replayed output is overwritten by
-    the next replay: copy what is kept."""
+    fails says so in one line on `console` (None: standard error) and that shape runs eagerly.
+    A replayed output is overwritten by the next replay: copy what is kept."""
     if setting == "off" or graphs_unsupported(device, amp) is not None or _capture_refused() is not None:
         return model, False
     runners: dict[tuple, Reconstructor] = {}
@@ -403,11 +405,16 @@ def graphed_reconstructor(model: Reconstructor, device: torch.device, amp: str, 
                 try:
                     runners[shapes] = graphed_inference(model, (zf, kspace, mask), amp=amp)
                 except SftkdError as exc:
-                    print(f"{exc}; reconstructing eagerly", file=sys.stderr, flush=True)
+                    say(console, f"{exc}; reconstructing eagerly")
                     runners[shapes] = model
         return runners[shapes](zf, kspace, mask)
 
     return run, True
+
+
+def say(console: Console | None, line: str) -> None:
+    """One line of warning on `console` (None: standard error), as written: no markup, never wrapped."""
+    (console or Console(stderr=True)).print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _one_cuda_device(inputs: Sequence[torch.Tensor]) -> torch.device:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
-from sftkd_cli.choices import JOINT, TWO_STAGE
+from sftkd_cli.choices import INIT_RANDOM, INIT_SFT, JOINT, TWO_STAGE
 from sftkd_cli.checkpoints import check_fits_data, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
@@ -166,8 +166,8 @@ def distill(
     t_state = teacher_file.state
     teacher = model_of(t_state, "teacher" if _is_sft(cfg.teacher_run) else None, teacher_file.path)
     teacher_role = teacher_role_of(t_state)
-    init = cfg.teacher_run if cfg.init == "sft" else cfg.init
-    if cfg.init == "sft" and teacher_role != "sft-teacher":
+    init = cfg.teacher_run if cfg.init == INIT_SFT else cfg.init
+    if cfg.init == INIT_SFT and teacher_role != "sft-teacher":
         raise SftkdError(f"distill.init=sft: {cfg.teacher_run} is not an SFT run; give a run or checkpoint to start from")
     recipe = _with_kd_run(recipe, teacher_role)
 
@@ -176,8 +176,8 @@ def distill(
         student = model_for(recipe, recipe.model.name, data)
         # resumed: the weights come from the run's checkpoint, which records what it started from
         loaded, loaded_sha256 = recorded_start(point) or (
-            start_weights(student, teacher_file, role="student") if cfg.init == "sft"  # the SFT run's student blocks
-            else start_weights(student, None if init in ("", "random") else read_checkpoint(init)))
+            start_weights(student, teacher_file, role="student") if cfg.init == INIT_SFT  # the SFT run's student blocks
+            else start_weights(student, None if init in INIT_RANDOM else read_checkpoint(init)))
         s_taps, t_taps = default_taps(cfg.method, student, teacher)
         s_taps = cfg.student_taps or s_taps
         t_taps = cfg.teacher_taps or t_taps
@@ -193,7 +193,7 @@ def distill(
         return Distillation(student, teacher, method, s_taps, t_taps, w_rec=cfg.w_rec, w_kd=cfg.w_kd,
                             w_imit=cfg.w_imit, schedule=cfg.schedule, stage1_epochs=cfg.stage1_epochs, facts=facts)
 
-    sources = [cfg.teacher_run, "" if init in ("", "random") else init]
+    sources = [cfg.teacher_run, "" if init in INIT_RANDOM else init]
     return run_training(recipe, make, resume=resume, force=force, console=console, sources=sources)
 
 
