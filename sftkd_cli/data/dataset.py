@@ -5,8 +5,9 @@
     volume (str), slice (int: index within the stored volume).
 Slices are read lazily from the h5 files (each process opens its own handles on first access,
 since h5py handles cannot be pickled or shared across fork), or all loaded at construction with
-`cache=True`. Problems (missing manifest, unknown split or acceleration, missing or corrupt
-h5 file) raise SftkdError naming the file or value.
+`cache=True` (data.cache) while they fit `CACHE_MEMORY_SHARE` of the memory available; a larger
+split is read from disk and `cache_note` says so. Problems (missing manifest, unknown
+split or acceleration, missing or corrupt h5 file) raise SftkdError naming the file or value.
 
 The dataset's task (manifest "task": recon, or sr for super-resolution; recon when absent)
 decides which groups are read: `acc{a:g}` (acceleration a) or `sr{s:g}` (scale s, given in the
@@ -51,8 +52,10 @@ from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
+from sftkd_cli.torchrun import local_processes, world_size
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -224,6 +227,18 @@ def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> lis
 #: fastMRI or NIfTI training set can have ~1,000 files, near the usual limit of 1,024 open files
 MAX_OPEN_FILES = 64
 
+#: `cache=True` holds a split in memory only while it takes at most this share of the memory
+#: available when it is opened (`memory.available_bytes`), shared among torchrun's processes on the
+#: machine (each holds its own copy). A quarter, because the training split is opened and cached
+#: first and the validation split then measures what is left: both together take under half
+#: (1/4 + 1/4 * 3/4), leaving the rest to the model, its activations and optimiser, DataLoader
+#: workers, and other programs or `reproduce --jobs` stages started alongside (which measured the
+#: same memory). Reading from disk instead costs milliseconds a slice, little beside a training step.
+CACHE_MEMORY_SHARE = 0.25
+
+#: bytes a cached magnitude slice takes per pixel: image and zf float32, kspace complex64
+_CACHED_PIXEL_BYTES = 16
+
 #: dtype kind of each array a slice is read from: real float images, complex k-space
 _KINDS = {"image": "f", "zf": "f", "kspace": "c"}
 
@@ -343,12 +358,29 @@ class SliceDataset(Dataset):
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
         self._cache: dict[str, dict[str, np.ndarray]] | None = None
-        if cache and self.complex:  # bounded: a large complex split is read from disk
-            h, w = self.image_size
-            th, tw = self.target_size  # type: ignore[misc]
-            cache = len(self._index) * (h * w * 8 + th * tw * 4) <= COMPLEX_CACHE_BYTES
-        if cache:
+        self.cache_note = ""  # why a split asked to be cached is read from disk instead ('' otherwise)
+        if cache and self._fits_memory():
             self._cache = {v: self._load_all(v) for v in self._volumes}
+
+    def _fits_memory(self) -> bool:
+        """Whether the items may be held in memory: a complex split up to COMPLEX_CACHE_BYTES, any
+        split up to CACHE_MEMORY_SHARE of the memory available (else `cache_note` says so)."""
+        h, w = self.image_size
+        if self.complex:
+            th, tw = self.target_size  # type: ignore[misc]
+            size = len(self._index) * (h * w * 8 + th * tw * 4)
+            if size > COMPLEX_CACHE_BYTES:  # bounded: a large complex split is read from disk
+                return False
+        else:
+            size = len(self._index) * h * w * _CACHED_PIXEL_BYTES
+        available, processes = available_bytes(), local_processes(world_size())
+        if available is None or size <= available * CACHE_MEMORY_SHARE / processes:
+            return True
+        shared = f", shared by {processes} processes" if processes > 1 else ""
+        self.cache_note = (f"data.cache: the {self.split} split ({size / 2**20:,.0f} MiB) would take more than "
+                           f"{CACHE_MEMORY_SHARE:.0%} of the memory available ({available / 2**20:,.0f} MiB{shared}); "
+                           "its slices are read from disk as needed")
+        return False
 
     def _check_file(self, path: Path, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
         """Open one h5 file once: datasets present with the expected shapes and the shared mask."""

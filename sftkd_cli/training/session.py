@@ -312,6 +312,9 @@ def run_training(
         if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
             run.history_file.unlink(missing_ok=True)
             trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
+        for note in (getattr(ds, "cache_note", "") for ds in (train_ds, val_ds)):  # a split too large for data.cache
+            if note:
+                trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
     try:
         barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)
