@@ -1,5 +1,6 @@
 """Memory at scale, on large datasets:
 - data.cache reads a split from disk when it would not fit its share of the memory available;
+- smoke runs (data.max_train_slices, max_val_slices) cut their splits before caching;
 
 Device: none (CPU; the memory available is faked where a test needs a small machine).
 """
@@ -13,6 +14,7 @@ import torch
 
 import sftkd_cli.data.dataset as dataset_module
 import sftkd_cli.memory as memory
+from cli_helpers import sftkd
 from sftkd_cli.data.dataset import SliceDataset
 
 torch.set_num_threads(1)
@@ -49,6 +51,42 @@ def test_the_share_is_divided_among_torchrun_processes_on_the_machine(
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # each process would hold its own copy
     ds = SliceDataset(tiny_dataset, "train", 4, cache=True)
     assert ds._cache is None and "shared by 2 processes" in ds.cache_note
+
+
+def test_max_slices_keeps_the_first_slices_and_caches_only_those(tiny_dataset: Path) -> None:
+    full = SliceDataset(tiny_dataset, "train", 4)
+    cut = SliceDataset(tiny_dataset, "train", 4, cache=True, max_slices=4)  # vol0's 3 slices and vol2's first
+    assert len(cut) == 4 and cut.volumes == ["vol0", "vol2"]
+    assert {v: a["image"].shape[0] for v, a in cut._cache.items()} == {"vol0": 3, "vol2": 1}  # type: ignore[union-attr]
+    for i in range(4):
+        assert (cut[i]["volume"], cut[i]["slice"]) == (full[i]["volume"], full[i]["slice"])
+        assert torch.equal(cut[i]["kspace"], full[i]["kspace"])
+    assert len(SliceDataset(tiny_dataset, "train", 4, max_slices=100)) == len(full)
+
+
+def test_smoke_runs_cut_their_splits_before_caching_and_a_fallback_is_said(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[tuple[str, int]] = []
+    real = SliceDataset._load_all
+
+    def spy(self, volume, count=None):
+        loaded.append((volume, count))
+        return real(self, volume, count) if count is not None else real(self, volume)
+
+    monkeypatch.setattr(SliceDataset, "_load_all", spy)
+    common = [f"data.path={tiny_dataset}", f"run.dir={tmp_path}", "train.device=cpu", "train.epochs=1",
+              "train.batch_size=2", "train.threads=1", "eval.latency_slices=0", "data.cache=true"]
+    result = sftkd("train-teacher", "--model", "D2C2", "--name", "cut", *common,
+                   "data.max_train_slices=2", "data.max_val_slices=1")
+    assert loaded == [("vol0", 2), ("vol1", 1)]  # not the whole splits
+    assert "train 2 slices, val 1" in result.output and "data.cache" not in result.output
+
+    loaded.clear()
+    monkeypatch.setattr(dataset_module, "available_bytes", lambda: 1000)
+    result = sftkd("train-teacher", "--model", "D2C2", "--name", "disk", *common, "train.max_steps_per_epoch=1")
+    assert loaded == []
+    notes = [line for line in result.output.splitlines() if line.startswith("data.cache: ")]
+    assert [note.split(" split")[0] for note in notes] == ["data.cache: the train", "data.cache: the val"]
 
 
 def test_available_bytes_is_lowered_by_a_container_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

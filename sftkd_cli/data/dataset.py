@@ -6,8 +6,10 @@
 Slices are read lazily from the h5 files (each process opens its own handles on first access,
 since h5py handles cannot be pickled or shared across fork), or all loaded at construction with
 `cache=True` (data.cache) while they fit `CACHE_MEMORY_SHARE` of the memory available; a larger
-split is read from disk and `cache_note` says so. Problems (missing manifest, unknown
-split or acceleration, missing or corrupt h5 file) raise SftkdError naming the file or value.
+split is read from disk and `cache_note` says so. `max_slices=n` keeps the first n slices of the
+split (data.max_train_slices / max_val_slices), cut before anything is cached. Problems
+(missing manifest, unknown split or acceleration, missing or corrupt h5 file) raise SftkdError
+naming the file or value.
 
 The dataset's task (manifest "task": recon, or sr for super-resolution; recon when absent)
 decides which groups are read: `acc{a:g}` (acceleration a) or `sr{s:g}` (scale s, given in the
@@ -35,6 +37,7 @@ import hashlib
 import json
 import os
 import stat
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +325,7 @@ class SliceDataset(Dataset):
 
     def __init__(
         self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None,
-        mask_per_sample: bool = False, trained: str | Path | None = None,
+        mask_per_sample: bool = False, trained: str | Path | None = None, max_slices: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -349,6 +352,9 @@ class SliceDataset(Dataset):
             self._paths[volume] = path
             slices, mask = self._check_file(path, int(entry["slices"]), mask)
             self._index += [(volume, s) for s in range(slices)]
+        if max_slices > 0:  # the first slices, in split order; every file is still checked
+            self._index = self._index[:max_slices]
+            self._volumes = list(dict.fromkeys(volume for volume, _ in self._index))
         self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         self._mask_array = np.ascontiguousarray(mask, dtype=np.float32)
         self._mask_spec = per_sample_spec(self.manifest, self.root, self.acceleration) if mask_per_sample else None
@@ -360,7 +366,8 @@ class SliceDataset(Dataset):
         self._cache: dict[str, dict[str, np.ndarray]] | None = None
         self.cache_note = ""  # why a split asked to be cached is read from disk instead ('' otherwise)
         if cache and self._fits_memory():
-            self._cache = {v: self._load_all(v) for v in self._volumes}
+            counts = Counter(volume for volume, _ in self._index)  # slices 0..count-1 of each volume
+            self._cache = {volume: self._load_all(volume, count) for volume, count in counts.items()}
 
     def _fits_memory(self) -> bool:
         """Whether the items may be held in memory: a complex split up to COMPLEX_CACHE_BYTES, any
@@ -424,16 +431,18 @@ class SliceDataset(Dataset):
             check_mask_acceleration(file_mask, self.acceleration, where)
         return slices, file_mask
 
-    def _load_all(self, volume: str) -> dict[str, np.ndarray]:
+    def _load_all(self, volume: str, count: int) -> dict[str, np.ndarray]:
+        """The first `count` slices of a volume (all that the items use), for the cache."""
         path = self._paths[volume]
+        first = slice(0, count)
 
         def read() -> dict[str, np.ndarray]:
             with h5py.File(path, "r") as f:
                 if self.complex:
-                    kspace, target_mag = read_complex(f, slice(None))
+                    kspace, target_mag = read_complex(f, first)
                     return {"kspace": kspace, "target_mag": target_mag}
-                return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
-                        "kspace": f[self.key]["kspace"][()]}
+                return {"image": f["image"][first], "zf": f[self.key]["zf"][first],
+                        "kspace": f[self.key]["kspace"][first]}
 
         try:
             arrays = _read(path, "volume", read)
