@@ -1,14 +1,17 @@
 """Memory at scale, on large datasets:
 - data.cache reads a split from disk when it would not fit its share of the memory available;
 - smoke runs (data.max_train_slices, max_val_slices) cut their splits before caching;
+- a read that may have run out of memory is not called corruption alone;
 
 Device: none (CPU; the memory available is faked where a test needs a small machine).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
@@ -16,6 +19,7 @@ import sftkd_cli.data.dataset as dataset_module
 import sftkd_cli.memory as memory
 from cli_helpers import sftkd
 from sftkd_cli.data.dataset import SliceDataset
+from sftkd_cli.errors import SftkdError
 
 torch.set_num_threads(1)
 
@@ -87,6 +91,29 @@ def test_smoke_runs_cut_their_splits_before_caching_and_a_fallback_is_said(
     assert loaded == []
     notes = [line for line in result.output.splitlines() if line.startswith("data.cache: ")]
     assert [note.split(" split")[0] for note in notes] == ["data.cache: the train", "data.cache: the val"]
+
+
+def _damage_first_kspace_chunk(path: Path) -> None:
+    """Zero the deflate stream of the first gzip chunk of acc4/kspace: HDF5's gzip filter then
+    fails as it does when it cannot allocate memory ("filter returned failure during read")."""
+    with h5py.File(path, "r") as f:
+        info = f["acc4/kspace"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + 2: info.byte_offset + info.size - 4] = bytes(info.size - 6)
+    path.write_bytes(bytes(data))
+
+
+def test_a_read_that_fails_in_its_filter_is_not_called_corruption_alone(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    _damage_first_kspace_chunk(root / "vol2.h5")
+    with pytest.raises(SftkdError) as info:
+        SliceDataset(root, "train", 4, cache=True)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'vol2.h5'}: volume could not be read (")
+    assert message.endswith("filter returned failure during read)): out of memory or a corrupt file; "
+                            "data.cache=false reads slices as needed")
+    with pytest.raises(SftkdError, match=r"vol2.h5: slice 0 could not be read \(.*\): out of memory or a corrupt file$"):
+        SliceDataset(root, "train", 4)[3]
 
 
 def test_available_bytes_is_lowered_by_a_container_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

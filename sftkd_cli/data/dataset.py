@@ -257,8 +257,14 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
 _ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO)
 
 
-def _read(path: Path, what: str, fn):
-    """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError."""
+#: h5py's words when HDF5 could not allocate memory while reading (a filter such as gzip fails
+#: so when out of memory, and also on damaged data: the message cannot tell which)
+_MEMORY_TEXTS = ("filter returned failure", "memory allocation failed")
+
+
+def _read(path: Path, what: str, fn, hint: str = ""):
+    """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError (`hint`: added
+    to a read that may have run out of memory)."""
     try:
         return fn()
     except SftkdError:
@@ -269,6 +275,9 @@ def _read(path: Path, what: str, fn):
                              f"(raise the limit, e.g. `ulimit -n 4096`)") from exc
         if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRORS:  # h5py's text repeats the path: the OS's words
             raise SftkdError(f"{display_path(path)}: cannot read {what} ({os.strerror(exc.errno)})") from exc
+        if isinstance(exc, OSError) and any(text in str(exc) for text in _MEMORY_TEXTS):
+            raise SftkdError(f"{display_path(path)}: {what} could not be read ({exc}): out of memory or a corrupt "
+                             f"file{hint}") from exc
         raise SftkdError(f"{display_path(path)}: cannot read {what} ({exc}); is the file corrupt?") from exc
 
 
@@ -445,7 +454,7 @@ class SliceDataset(Dataset):
                         "kspace": f[self.key]["kspace"][first]}
 
         try:
-            arrays = _read(path, "volume", read)
+            arrays = _read(path, "volume", read, "; data.cache=false reads slices as needed")
         except MemoryError:
             raise SftkdError(f"{display_path(path)}: too large to hold in memory (data.cache=true); "
                              "set data.cache=false to read slices from disk") from None
