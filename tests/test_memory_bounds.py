@@ -2,6 +2,7 @@
 - data.cache reads a split from disk when it would not fit its share of the memory available;
 - smoke runs (data.max_train_slices, max_val_slices) cut their splits before caching;
 - a read that may have run out of memory is not called corruption alone;
+- prepare-data keeps fewer prepared stacks in memory on a small machine;
 
 Device: none (CPU; the memory available is faked where a test needs a small machine).
 """
@@ -126,3 +127,31 @@ def test_available_bytes_is_lowered_by_a_container_limit(tmp_path: Path, monkeyp
     monkeypatch.setattr(memory, "_CGROUP_FILES", ((str(tmp_path / "unlimited"), str(tmp_path / "current")),
                                                   (str(tmp_path / "max"), str(tmp_path / "current"))))
     assert memory.available_bytes() == 600
+
+
+def test_prepare_keeps_fewer_stacks_in_memory_on_a_small_machine(
+        tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sftkd_cli.data.prepare as prepare_module
+    from sftkd_cli.data.options import PrepareOptions
+    from sftkd_cli.data.sources import NiftiSource
+
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))
+    reads: list[str] = []
+    real = prepare_module._prepare_file
+
+    def spy(source, file, options):
+        reads.append(file.rel)
+        return real(source, file, options)
+
+    monkeypatch.setattr(prepare_module, "_prepare_file", spy)
+    monkeypatch.setattr(prepare_module, "available_bytes", lambda: 1000)  # a machine with no memory to spare
+    prepare_module.prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(size=(16, 16)))
+    assert len(reads) == 4  # each file read again when written: its stack was not kept
+
+    monkeypatch.setattr(prepare_module, "available_bytes", lambda: 1 << 30)
+    assert prepare_module.keep_in_memory_limit() == 256 << 20
+    monkeypatch.setattr(prepare_module, "available_bytes", lambda: 64 << 30)
+    assert prepare_module.keep_in_memory_limit() == prepare_module.KEEP_IN_MEMORY_BYTES == 2 << 30
+    monkeypatch.setattr(prepare_module, "available_bytes", lambda: None)
+    assert prepare_module.keep_in_memory_limit() == 2 << 30
