@@ -1,14 +1,22 @@
-"""This machine's memory: how much a new allocation can take.
+"""This machine's memory: how much a new allocation can take, and giving a freed heap back.
 
 `available_bytes()` is what memory-hungry choices are sized by (training's `data.cache`,
 prepare-data's stacks kept between reading and writing): Linux's MemAvailable (/proc/meminfo:
 free memory plus the page cache the kernel can drop), lowered to what a cgroup memory limit (a
 container's) leaves; elsewhere the free pages `os.sysconf` reports; None where nothing says.
+
+`release_heap()` hands memory the process has freed back to the system (glibc's
+`malloc_trim(0)`). glibc keeps the freed blocks of its heap for later allocations, so a process
+that allocates and frees many mid-sized arrays (evaluate, one volume after another) grows from
+fragmentation alone. Nothing happens where the C library has no malloc_trim (musl, macOS, Windows).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 #: (limit, usage) files of this process's cgroup as a container sees it: cgroup v2, then v1. The
@@ -62,3 +70,26 @@ def _sysconf_available() -> int | None:
     except (AttributeError, ValueError, OSError):
         return None
 
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows, where CDLL(None) is refused
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_heap() -> bool:
+    """Give the heap's free memory back to the system (glibc `malloc_trim(0)`); whether it could.
+    Never fails: where there is no malloc_trim it does nothing."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    try:
+        trim(0)
+    except Exception:  # a foreign function misbehaving must not stop an evaluation
+        return False
+    return True

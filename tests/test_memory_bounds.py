@@ -3,6 +3,7 @@
 - smoke runs (data.max_train_slices, max_val_slices) cut their splits before caching;
 - a read that may have run out of memory is not called corruption alone;
 - prepare-data keeps fewer prepared stacks in memory on a small machine;
+- evaluate hands each volume's freed memory back to the system.
 
 Device: none (CPU; the memory available is faked where a test needs a small machine).
 """
@@ -127,6 +128,29 @@ def test_available_bytes_is_lowered_by_a_container_limit(tmp_path: Path, monkeyp
     monkeypatch.setattr(memory, "_CGROUP_FILES", ((str(tmp_path / "unlimited"), str(tmp_path / "current")),
                                                   (str(tmp_path / "max"), str(tmp_path / "current"))))
     assert memory.available_bytes() == 600
+
+
+def test_release_heap_is_harmless_where_there_is_no_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert memory.release_heap() in (True, False)  # glibc: trims; elsewhere: nothing
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
+    assert memory.release_heap() is False
+
+    def broken(pad: int) -> int:
+        raise OSError("no")
+
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: broken)
+    assert memory.release_heap() is False
+
+
+def test_evaluate_trims_the_heap_after_each_volume(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sftkd_cli.evaluate as evaluate_module
+
+    handed: list[str] = []
+    trims: list[int] = []  # volumes handed on at each trim
+    monkeypatch.setattr(evaluate_module, "release_heap", lambda: trims.append(len(handed)))
+    evaluate_module.reconstruct_split(lambda zf, kspace, mask: zf, SliceDataset(tiny_dataset, "train", 4),
+                                      torch.device("cpu"), batch_size=2, each_volume=lambda name, v: handed.append(name))
+    assert handed == ["vol0", "vol2", "vol4"] and trims == [0, 1, 2]  # as each volume starts, the one before let go
 
 
 def test_prepare_keeps_fewer_stacks_in_memory_on_a_small_machine(
