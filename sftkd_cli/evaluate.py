@@ -11,8 +11,8 @@ Scores on another dataset than the model was trained on (another manifest finger
 files are written under temporary names and renamed into place together only when all were
 written, so a full disk or an error midway leaves the previous evaluation's files as they were.
 Memory holds one volume at a time: each is scored and written into the temporary recon.h5 as
-soon as its last slice is reconstructed. The output folder is checked for writing before any
-work starts.
+soon as its last slice is reconstructed, then let go, its memory handed back to the system
+(`memory.release_heap`). The output folder is checked for writing before any work starts.
 
 metrics.json records which checkpoint it scored: `checkpoint_sha256`, the sha256 of the bytes
 loaded. Nothing locks the run while it is scored, so before writing, evaluate checks that the
@@ -44,6 +44,7 @@ from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text
 from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.layout import forced_layout, inference_layout
+from sftkd_cli.memory import release_heap
 from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, magnitude
 from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.models import count_parameters
@@ -110,11 +111,11 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
     arrays, the images `convention` scores (see `scored_images`: magnitudes; fastmri: centre-cropped).
 
     With `each_volume`, each volume is handed to it as soon as its last slice is reconstructed
-    and not kept (the result is then empty): memory holds one volume, not the split. This relies
-    on the dataset's order, volume after volume (SliceDataset's); a volume whose slices come
-    back after another volume's is refused. `progress(done, total)` is called after each batch
-    (the CLI shows it as a bar). The batch size changes nothing but speed and memory (up to
-    float rounding of the device's kernels)."""
+    and not kept (the result is then empty): memory holds one volume, not the split (the heap is
+    trimmed after each one: `memory.release_heap`). This relies on the dataset's order, volume
+    after volume (SliceDataset's); a volume whose slices come back after another volume's is
+    refused. `progress(done, total)` is called after each batch (the CLI shows it as a bar). The
+    batch size changes nothing but speed and memory (up to float rounding of the device's kernels)."""
     check_batch_size(batch_size)
     kept: dict[str, Volume] = {}
     sink: VolumeSink = each_volume or kept.__setitem__
@@ -131,6 +132,7 @@ def reconstruct_split(model: Reconstructor, dataset, device: torch.device, batch
                         sink(current, _stack(rows))
                         finished.add(current)
                     current, rows = item["volume"], []
+                    release_heap()  # the last volume's freed memory back to the system (else glibc's heap grows)
                     if current in finished:
                         raise SftkdError(f"evaluate: the slices of volume {current!r} come back after another "
                                          "volume's; expected the dataset's slices volume by volume")

@@ -5,8 +5,11 @@
     volume (str), slice (int: index within the stored volume).
 Slices are read lazily from the h5 files (each process opens its own handles on first access,
 since h5py handles cannot be pickled or shared across fork), or all loaded at construction with
-`cache=True`. Problems (missing manifest, unknown split or acceleration, missing or corrupt
-h5 file) raise SftkdError naming the file or value.
+`cache=True` (data.cache) while they fit `CACHE_MEMORY_SHARE` of the memory available; a larger
+split is read from disk and `cache_note` says so. `max_slices=n` keeps the first n slices of the
+split (data.max_train_slices / max_val_slices), cut before anything is cached. Problems
+(missing manifest, unknown split or acceleration, missing or corrupt h5 file) raise SftkdError
+naming the file or value.
 
 The dataset's task (manifest "task": recon, or sr for super-resolution; recon when absent)
 decides which groups are read: `acc{a:g}` (acceleration a) or `sr{s:g}` (scale s, given in the
@@ -34,6 +37,7 @@ import hashlib
 import json
 import os
 import stat
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +55,10 @@ from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
+from sftkd_cli.torchrun import local_processes, world_size
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -224,6 +230,18 @@ def split_volumes(manifest: dict[str, Any], root: str | Path, split: str) -> lis
 #: fastMRI or NIfTI training set can have ~1,000 files, near the usual limit of 1,024 open files
 MAX_OPEN_FILES = 64
 
+#: `cache=True` holds a split in memory only while it takes at most this share of the memory
+#: available when it is opened (`memory.available_bytes`), shared among torchrun's processes on the
+#: machine (each holds its own copy). A quarter, because the training split is opened and cached
+#: first and the validation split then measures what is left: both together take under half
+#: (1/4 + 1/4 * 3/4), leaving the rest to the model, its activations and optimiser, DataLoader
+#: workers, and other programs or `reproduce --jobs` stages started alongside (which measured the
+#: same memory). Reading from disk instead costs milliseconds a slice, little beside a training step.
+CACHE_MEMORY_SHARE = 0.25
+
+#: bytes a cached magnitude slice takes per pixel: image and zf float32, kspace complex64
+_CACHED_PIXEL_BYTES = 16
+
 #: dtype kind of each array a slice is read from: real float images, complex k-space
 _KINDS = {"image": "f", "zf": "f", "kspace": "c"}
 
@@ -239,8 +257,14 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], where: str = "") ->
 _ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO)
 
 
-def _read(path: Path, what: str, fn):
-    """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError."""
+#: h5py's words when HDF5 could not allocate memory while reading (a filter such as gzip fails
+#: so when out of memory, and also on damaged data: the message cannot tell which)
+_MEMORY_TEXTS = ("filter returned failure", "memory allocation failed")
+
+
+def _read(path: Path, what: str, fn, hint: str = ""):
+    """Run `fn` on an h5 file, turning h5py/OS errors into a one-line SftkdError (`hint`: added
+    to a read that may have run out of memory)."""
     try:
         return fn()
     except SftkdError:
@@ -251,6 +275,9 @@ def _read(path: Path, what: str, fn):
                              f"(raise the limit, e.g. `ulimit -n 4096`)") from exc
         if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRORS:  # h5py's text repeats the path: the OS's words
             raise SftkdError(f"{display_path(path)}: cannot read {what} ({os.strerror(exc.errno)})") from exc
+        if isinstance(exc, OSError) and any(text in str(exc) for text in _MEMORY_TEXTS):
+            raise SftkdError(f"{display_path(path)}: {what} could not be read ({exc}): out of memory or a corrupt "
+                             f"file{hint}") from exc
         raise SftkdError(f"{display_path(path)}: cannot read {what} ({exc}); is the file corrupt?") from exc
 
 
@@ -307,7 +334,7 @@ class SliceDataset(Dataset):
 
     def __init__(
         self, root: str | Path, split: str, acceleration: float, cache: bool = False, task: str | None = None,
-        mask_per_sample: bool = False, trained: str | Path | None = None,
+        mask_per_sample: bool = False, trained: str | Path | None = None, max_slices: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -334,6 +361,9 @@ class SliceDataset(Dataset):
             self._paths[volume] = path
             slices, mask = self._check_file(path, int(entry["slices"]), mask)
             self._index += [(volume, s) for s in range(slices)]
+        if max_slices > 0:  # the first slices, in split order; every file is still checked
+            self._index = self._index[:max_slices]
+            self._volumes = list(dict.fromkeys(volume for volume, _ in self._index))
         self._mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         self._mask_array = np.ascontiguousarray(mask, dtype=np.float32)
         self._mask_spec = per_sample_spec(self.manifest, self.root, self.acceleration) if mask_per_sample else None
@@ -343,12 +373,30 @@ class SliceDataset(Dataset):
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
         self._cache: dict[str, dict[str, np.ndarray]] | None = None
-        if cache and self.complex:  # bounded: a large complex split is read from disk
-            h, w = self.image_size
+        self.cache_note = ""  # why a split asked to be cached is read from disk instead ('' otherwise)
+        if cache and self._fits_memory():
+            counts = Counter(volume for volume, _ in self._index)  # slices 0..count-1 of each volume
+            self._cache = {volume: self._load_all(volume, count) for volume, count in counts.items()}
+
+    def _fits_memory(self) -> bool:
+        """Whether the items may be held in memory: a complex split up to COMPLEX_CACHE_BYTES, any
+        split up to CACHE_MEMORY_SHARE of the memory available (else `cache_note` says so)."""
+        h, w = self.image_size
+        if self.complex:
             th, tw = self.target_size  # type: ignore[misc]
-            cache = len(self._index) * (h * w * 8 + th * tw * 4) <= COMPLEX_CACHE_BYTES
-        if cache:
-            self._cache = {v: self._load_all(v) for v in self._volumes}
+            size = len(self._index) * (h * w * 8 + th * tw * 4)
+            if size > COMPLEX_CACHE_BYTES:  # bounded: a large complex split is read from disk
+                return False
+        else:
+            size = len(self._index) * h * w * _CACHED_PIXEL_BYTES
+        available, processes = available_bytes(), local_processes(world_size())
+        if available is None or size <= available * CACHE_MEMORY_SHARE / processes:
+            return True
+        shared = f", shared by {processes} processes" if processes > 1 else ""
+        self.cache_note = (f"data.cache: the {self.split} split ({size / 2**20:,.0f} MiB) would take more than "
+                           f"{CACHE_MEMORY_SHARE:.0%} of the memory available ({available / 2**20:,.0f} MiB{shared}); "
+                           "its slices are read from disk as needed")
+        return False
 
     def _check_file(self, path: Path, slices: int, mask: np.ndarray | None) -> tuple[int, np.ndarray]:
         """Open one h5 file once: datasets present with the expected shapes and the shared mask."""
@@ -392,19 +440,21 @@ class SliceDataset(Dataset):
             check_mask_acceleration(file_mask, self.acceleration, where)
         return slices, file_mask
 
-    def _load_all(self, volume: str) -> dict[str, np.ndarray]:
+    def _load_all(self, volume: str, count: int) -> dict[str, np.ndarray]:
+        """The first `count` slices of a volume (all that the items use), for the cache."""
         path = self._paths[volume]
+        first = slice(0, count)
 
         def read() -> dict[str, np.ndarray]:
             with h5py.File(path, "r") as f:
                 if self.complex:
-                    kspace, target_mag = read_complex(f, slice(None))
+                    kspace, target_mag = read_complex(f, first)
                     return {"kspace": kspace, "target_mag": target_mag}
-                return {"image": f["image"][()], "zf": f[self.key]["zf"][()],
-                        "kspace": f[self.key]["kspace"][()]}
+                return {"image": f["image"][first], "zf": f[self.key]["zf"][first],
+                        "kspace": f[self.key]["kspace"][first]}
 
         try:
-            arrays = _read(path, "volume", read)
+            arrays = _read(path, "volume", read, "; data.cache=false reads slices as needed")
         except MemoryError:
             raise SftkdError(f"{display_path(path)}: too large to hold in memory (data.cache=true); "
                              "set data.cache=false to read slices from disk") from None

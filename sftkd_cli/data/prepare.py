@@ -81,12 +81,23 @@ from sftkd_cli.data.volumes import (
 )
 from sftkd_cli.errors import SftkdError, counted, os_error_text
 from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
+from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.masks import make_mask, undersample
 
 
-# Prepared stacks are kept in memory between validation and writing up to this many bytes;
-# beyond it they are read again when written.
+# Prepared stacks are kept in memory between validation and writing up to this many bytes, and
+# up to KEEP_MEMORY_SHARE of the memory available when reading starts; beyond it they are read
+# again when written. A quarter leaves the rest to the volume being read and its k-space per
+# acceleration, and to other programs: reading a file again costs seconds, running out of memory the run.
 KEEP_IN_MEMORY_BYTES = 2 << 30
+KEEP_MEMORY_SHARE = 0.25
+
+
+def keep_in_memory_limit() -> int:
+    """The bytes of prepared stacks kept in memory: KEEP_IN_MEMORY_BYTES, or less on a machine
+    with little memory available (`memory.available_bytes`)."""
+    available = available_bytes()
+    return KEEP_IN_MEMORY_BYTES if available is None else min(KEEP_IN_MEMORY_BYTES, int(available * KEEP_MEMORY_SHARE))
 
 Progress = Callable[[str, int, int], None]
 
@@ -460,12 +471,12 @@ def _prepare_locked(
     before_writing()
 
     prepared: list[_Prepared] = []
-    in_memory = 0
+    in_memory, limit = 0, keep_in_memory_limit()
     for n, file in enumerate(files):
         signals.check()
         prep = _prepare_file(source, file, options)
         in_memory += prep.stack.nbytes  # type: ignore[union-attr]
-        if in_memory > KEEP_IN_MEMORY_BYTES:
+        if in_memory > limit:
             prep.stack = None
         prepared.append(prep)
         if progress:

@@ -12,11 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
-from torch.utils.data import Dataset, Subset
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
-from sftkd_cli.data.dataset import dataset_record, record_acquisition
+from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -48,25 +47,23 @@ def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
     return build_model(name, recipe.model.channels, recipe.model.pad, acquisition=record_acquisition(data))
 
 
-def open_datasets(recipe: Recipe) -> tuple[Dataset, Dataset]:
-    """The training and validation splits of the recipe's prepared dataset (checked before a run is made)."""
-    from sftkd_cli.data.dataset import SliceDataset
+def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
+    """The training and validation splits of the recipe's prepared dataset (checked before a run is
+    made), cut to data.max_train_slices / max_val_slices before data.cache reads them."""
     from sftkd_cli.metrics import SSIM_MIN_SIZE
 
     data = recipe.data
     train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task,
-                         mask_per_sample=data.mask_per_sample)  # validation keeps the split's fixed mask
-    val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task)
+                         mask_per_sample=data.mask_per_sample,  # validation keeps the split's fixed mask
+                         max_slices=data.max_train_slices)
+    val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task,
+                       max_slices=data.max_val_slices)
     height, width = val.image_size
     if min(height, width) < SSIM_MIN_SIZE:
         raise SftkdError(
             f"{data.path}: images of {height}x{width} pixels are too small to train on; expected at least "
             f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
         )
-    if data.max_train_slices:
-        train = Subset(train, range(min(data.max_train_slices, len(train))))
-    if data.max_val_slices:
-        val = Subset(val, range(min(data.max_val_slices, len(val))))
     return train, val
 
 
@@ -312,6 +309,9 @@ def run_training(
         if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
             run.history_file.unlink(missing_ok=True)
             trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
+        for note in (train_ds.cache_note, val_ds.cache_note):  # a split too large for data.cache
+            if note:
+                trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
     try:
         barrier(world)
         result = trainer.fit(train_ds, val_ds, resume=resume)
