@@ -475,8 +475,8 @@ def compare_runs(
     ordered = order_runs(runs)
     ref = _pick(ordered, reference, "teacher", "--reference")
     base = _pick(ordered, baseline, "student", "--baseline")
-    for other in (ref, base):  # a Δ or a p compares the same slices
-        for run in runs if other else ():
+    for other in filter(None, (ref, base)):  # a Δ or a p compares the same slices
+        for run in runs:
             check_same_slices(run, other)
     first = runs[0]
     rows = []

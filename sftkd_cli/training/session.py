@@ -294,8 +294,9 @@ def run_training(
             reconcile_resume(run, recipe)
         train_ds, val_ds = open_datasets(recipe)  # validate data before touching the run dir
         data = dataset_record(recipe.data.path, recipe.data.acceleration)
-        point = resume_point(run) if resume and run.recipe_file.exists() else None
-        starting_over = check_resumable(run, recipe, data, point) if resume and run.recipe_file.exists() else ""
+        resuming = resume and run.recipe_file.exists()
+        point = resume_point(run) if resuming else None
+        starting_over = check_resumable(run, recipe, data, point) if resuming else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
     with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
         objective = make_objective(data, point)
