@@ -54,7 +54,7 @@ class DataConfig:
     task: str = "recon"  # recon | sr (super-resolution); must be what the dataset was prepared for (prepare-data --task)
     train_split: str = "train"
     val_split: str = "val"
-    cache: bool = True  # hold the dataset in memory (small datasets; much faster on CPU)
+    cache: bool = True  # hold each split in memory while it fits a quarter of the free memory (else read from disk)
     max_train_slices: int = 0  # 0 = all; >0 keeps the first N training slices (smoke runs)
     max_val_slices: int = 0
     # a new mask per training slice and epoch, seeded (mask seed, epoch, volume, slice), from the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 from collections.abc import Iterable, Sequence
 
 
@@ -15,12 +16,23 @@ class SftkdError(Exception):
     quiet = False
 
 
+def exit_status(signum: int) -> int:
+    """The exit status of work stopped by signal `signum`, as shells report a death by it: 130
+    after Ctrl-C, 143 after SIGTERM (so that a scheduler that sent SIGTERM sees it)."""
+    return 128 + int(signum)
+
+
 class RunInterrupted(SftkdError):
     """Work stopped on a signal (Ctrl-C, SIGTERM) with what was saved kept: training after saving
     a checkpoint (`--resume` continues it), prepare-data with nothing written (`PrepareInterrupted`),
-    export with nothing written. Whoever runs several steps (a plan) stops on it, not goes on."""
+    export with nothing written. Whoever runs several steps (a plan) stops on it, not goes on.
+    It exits with `exit_status(signum)`."""
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum, self.exit_code = int(signum), exit_status(signum)
 
 
 def os_error_text(exc: OSError) -> str:

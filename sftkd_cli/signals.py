@@ -9,6 +9,27 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+class Interrupts:
+    """A handler that raises KeyboardInterrupt on Ctrl-C or SIGTERM and remembers which came
+    (`signum`; SIGINT until then, as Python's own Ctrl-C handler raises the same)."""
+
+    def __init__(self) -> None:
+        self.signum = int(signal.SIGINT)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = int(signum)
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[Interrupts]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the block (work that keeps what it did on
+    either); the handler yielded says which signal it was, for the exit code."""
+    handler = Interrupts()
+    with on_signals(handler, signal.SIGINT, signal.SIGTERM):
+        yield handler
+
+
 @contextlib.contextmanager
 def on_signals(handler: Callable[[int, Any], Any], *signums: int) -> Iterator[None]:
     """`handler` called by the signals `signums` for the block, then the previous handlers are

@@ -466,7 +466,7 @@ def test_the_bf16_rows_run_in_the_layout_chosen_for_bf16(monkeypatch):
 @pytest.mark.parametrize("to", ["file", "stdout"])
 def test_cli_sigterm_keeps_the_rows_measured_so_far(monkeypatch, tmp_path, to):
     """SIGTERM during the third timed row (as a job scheduler or a time limit sends it): the two rows
-    before it are shown and written with "complete": false, exit 130, SIGTERM's handler put back."""
+    before it are shown and written with "complete": false, exit 143, SIGTERM's handler put back."""
     import os
     import signal
 
@@ -495,7 +495,7 @@ def test_cli_sigterm_keeps_the_rows_measured_so_far(monkeypatch, tmp_path, to):
         assert signal.getsignal(signal.SIGTERM) is before
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert res.exit_code == 130 and outside == [], res.output
+    assert res.exit_code == 143 and outside == [], res.output
     data = json.loads(out.read_text() if to == "file" else res.stdout)
     assert data["complete"] is False and [row["key"] for row in data["rows"]] == ["train.teacher.reference", "train.teacher"]
     assert "interrupted while timing 'student D3C5 train, reference way'" in data["notes"][0]

@@ -596,6 +596,19 @@ def test_table_at_80_columns_splits_instead_of_wrapping(trio):
     assert wide.getvalue().count("Run") == 1  # one table when it fits
 
 
+def test_a_caption_longer_than_its_table_takes_the_console_width():
+    """The caption is a paragraph of the console's width, not wrapped at the (narrower) table's."""
+    from sftkd_cli.report.formats import Table, to_rich
+
+    caption = "mean ± std over the slices of the validation split; p: paired Wilcoxon signed-rank test over volumes"
+    table = Table("T", (("", "run"), ("", "model"), ("PSNR", "mean")), (("a", "D3C5", "30.10"),), caption=caption)
+    for width, lines in ((200, 1), (40, 3)):
+        buffer = io.StringIO()
+        Console(file=buffer, width=width, color_system=None).print(to_rich(table))
+        text = buffer.getvalue().splitlines()
+        assert " ".join(" ".join(text[-lines:]).split()) == caption and len(text[-lines - 1]) < 40, (width, text)
+
+
 def test_dataset_labels_come_from_the_source_catalog():
     from sftkd_cli.data.catalog import SOURCES, source_label
 

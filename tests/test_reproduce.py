@@ -509,7 +509,8 @@ def test_an_up_to_date_dataset_that_cannot_be_written_passes_the_data_stage(tmp_
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_while_the_data_is_prepared_stops_the_plan(tmp_path, nifti_writer, monkeypatch, sig):
     """Ctrl-C or SIGTERM during the data stage (one stage at a time) stops the plan as it stops
-    during training: the status so far, 'run the same command again', exit 130, no report."""
+    during training: the status so far, 'run the same command again', exit 130 (143 after SIGTERM),
+    no report."""
     import sftkd_cli.data.prepare as prep_mod
 
     for i in range(5):
@@ -525,7 +526,7 @@ def test_a_signal_while_the_data_is_prepared_stops_the_plan(tmp_path, nifti_writ
 
     monkeypatch.setattr(prep_mod, "write_volume_h5", signalled)
     result = CliRunner().invoke(app, ["reproduce", str(path), "train.device=cpu"], env={"COLUMNS": "200"})
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == 128 + sig, result.output
     assert "stopped at stage data; run the same command again" in result.output
     assert "interrupted" in result.output and "failed" not in result.output  # the status table
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs" / "teacher").exists()

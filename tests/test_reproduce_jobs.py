@@ -172,11 +172,14 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
 
 
 class _CtrlCInAFinalizer:
-    """Ctrl-C pressed while this object's finalizer runs: Python drops the KeyboardInterrupt
-    raised there ("Exception ignored in ...")."""
+    """Ctrl-C (or `signum`) pressed while this object's finalizer runs: Python drops the
+    KeyboardInterrupt raised there ("Exception ignored in ...")."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
     def __del__(self) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), self.signum)
         deadline = time.monotonic() + 0.2
         while time.monotonic() < deadline:  # the handler runs here, inside the finalizer
             pass
@@ -187,10 +190,11 @@ class _InlineExecutor:
 
     slots = 1
 
-    def __init__(self) -> None:
+    def __init__(self, signum: int) -> None:
         self.jobs: list = []
         self.waits = 0
         self.cancelled = False
+        self.signum = signum
 
     def submit(self, job) -> None:
         self.jobs.append(job)
@@ -198,7 +202,7 @@ class _InlineExecutor:
     def wait(self, timeout=None):
         self.waits += 1
         if self.waits == 1:
-            _CtrlCInAFinalizer()
+            _CtrlCInAFinalizer(self.signum)
             return []
         done, self.jobs = self.jobs, []
         return [StageResult(job.stage.id, job.stage.kind, "done") for job in done]
@@ -213,12 +217,14 @@ class _InlineExecutor:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
-def test_a_ctrl_c_dropped_inside_a_finalizer_still_stops_the_plan(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_ctrl_c_dropped_inside_a_finalizer_still_stops_the_plan(tmp_path, tiny_dataset, sig):
+    """The plan stops, and remembers which signal stopped it (the exit status: 130 or 143)."""
     plan = plan_in(tmp_path, tiny_dataset)
     todo = [Stage("data", "data"), Stage("report", "report", needs=("data",))]
-    executor = _InlineExecutor()
+    executor = _InlineExecutor(sig)
     run = run_graph(plan, todo, todo, {s.id for s in todo}, executor, console=quiet())
-    assert run.interrupted and executor.cancelled, [(r.id, r.status) for r in run.results]
+    assert run.interrupted and executor.cancelled and run.signum == sig, [(r.id, r.status) for r in run.results]
     assert [(r.id, r.status) for r in run.results] == [("data", "interrupted")]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

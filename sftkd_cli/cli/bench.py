@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -17,7 +16,7 @@ from sftkd_cli.choices import (BENCH_PARTS, COMPLEX_PARAMS_TEXT, CUDA_SWEEP_BATC
                                TEACHER)
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
-from sftkd_cli.errors import RunInterrupted, SftkdError, counted
+from sftkd_cli.errors import SftkdError, counted, exit_status
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult
@@ -47,7 +46,7 @@ HELP = examples(
     f"\n\n--complex times every row on complex data instead (fastMRI-like: two channels, real and imaginary, "
     f"centred k-space, complex data consistency): {COMPLEX_PARAMS_TEXT}."
     "\n\nCtrl-C or SIGTERM stops a run early and keeps what it measured: the rows so far are shown and "
-    "written to --json with \"complete\": false, and the exit status is 130.",
+    "written to --json with \"complete\": false, and the exit status is 130 (143 after SIGTERM).",
     "sftkd bench",
     "sftkd bench --only teacher,infer --repeats 3",
     "sftkd bench --only kd --methods at,fitnets",
@@ -56,8 +55,6 @@ HELP = examples(
 )
 
 
-#: the exit status of an interrupted bench (as for a training command stopped by a signal)
-INTERRUPTED = RunInterrupted.exit_code
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -132,13 +129,13 @@ def bench(
 ) -> None:
     from sftkd_cli.bench import run_bench
     from sftkd_cli.files import atomic_write_text, json_text
-    from sftkd_cli.signals import on_signals
+    from sftkd_cli.signals import interrupts
 
     if json_out not in (None, "-"):
         _check_json_target(Path(json_out))
     to_stdout = json_out == "-"
     try:  # SIGTERM stops it as Ctrl-C does: the rows measured so far are kept
-        with on_signals(signal.default_int_handler, signal.SIGTERM), stderr_console().status("benchmarking") as status:
+        with interrupts() as caught, stderr_console().status("benchmarking") as status:
             result = run_bench(
                 size=size, batch=batch, threads=threads, precision=precision, device=device, repeats=repeats,
                 warmup=warmup, which=[only] if only else None, methods=[methods] if methods else None, compile=compile,
@@ -147,11 +144,11 @@ def bench(
             )
     except KeyboardInterrupt:
         stderr_console().print("[red]bench interrupted before its first row was measured: nothing to keep[/]", highlight=False)
-        raise typer.Exit(INTERRUPTED) from None
+        raise typer.Exit(exit_status(caught.signum)) from None
     text = json_text(result.to_dict())  # inf/NaN (a zero time or roof) as null
     if to_stdout:
         typer.echo(text)
-        _exit_if_interrupted(result, json_out)
+        _exit_if_interrupted(result, json_out, caught.signum)
         return
     out = stdout_console()
     if not out.is_terminal:
@@ -168,7 +165,7 @@ def bench(
     if json_out is not None:  # after the table: a write that fails still leaves the figures on screen
         atomic_write_text(Path(json_out), text + "\n")
         out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
-    _exit_if_interrupted(result, json_out)
+    _exit_if_interrupted(result, json_out, caught.signum)
 
 
 def _check_json_target(path: Path) -> None:
@@ -182,13 +179,14 @@ def _check_json_target(path: Path) -> None:
         raise SftkdError(f"--json {exc}") from None
 
 
-def _exit_if_interrupted(result: BenchResult, json_out: str | None) -> None:
-    """An interrupted run (its rows already shown and written) ends with one line and exit 130."""
+def _exit_if_interrupted(result: BenchResult, json_out: str | None, signum: int) -> None:
+    """An interrupted run (its rows already shown and written) ends with one line and exit 130
+    (143 after SIGTERM)."""
     if result.complete:
         return
     kept = f", in {escape(json_out)} with \"complete\": false" if json_out not in (None, "-") else ""
     stderr_console().print(f"[yellow]bench interrupted: kept {counted(len(result.rows), 'row')}{kept}[/]", highlight=False)
-    raise typer.Exit(INTERRUPTED)
+    raise typer.Exit(exit_status(signum))
 
 
 def register(app: typer.Typer) -> None:

@@ -38,17 +38,15 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
 ) -> None:
     """Export a run's model (see HELP)."""
-    import signal
-
     from sftkd_cli.errors import RunInterrupted
     from sftkd_cli.export import export_run
-    from sftkd_cli.signals import on_signals
+    from sftkd_cli.signals import interrupts
 
     try:  # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written
-        with on_signals(signal.default_int_handler, signal.SIGTERM):
+        with interrupts() as caught:
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
     except KeyboardInterrupt:
-        raise RunInterrupted("export interrupted: nothing written") from None
+        raise RunInterrupted("export interrupted: nothing written", caught.signum) from None
     card = result.card
     console = stdout_console()
     h, w = card["image_size"]

@@ -372,9 +372,7 @@ class Signals:
         signum = signum or self.received or signal.SIGINT
         name = signal.Signals(signum).name
         kept = f", {display_path(self.out)} is as it was" if self.existed else ""
-        error = PrepareInterrupted(f"prepare-data stopped by {name}; nothing written{kept}")
-        error.exit_code = 128 + int(signum)
-        return error
+        return PrepareInterrupted(f"prepare-data stopped by {name}; nothing written{kept}", signum)
 
     def check(self) -> None:
         if self.received is not None:

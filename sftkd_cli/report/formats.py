@@ -258,10 +258,9 @@ def paper_json(p: PaperTable) -> dict[str, object]:
 # ----------------------------------------------------------------------------- renderers
 
 
-def _rich_part(table: Table, columns: list[int], title: bool, caption: bool, cls: type[RichTable] = RichTable) -> RichTable:
-    """A rich table of some of `table`'s columns (indices), with or without its title and caption."""
-    out = cls(title=table.title if title else None, caption=table.caption if caption else None,
-              caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+def _rich_part(table: Table, columns: list[int], title: bool, cls: type[RichTable] = RichTable) -> RichTable:
+    """A rich table of some of `table`'s columns (indices), with or without its title."""
+    out = cls(title=table.title if title else None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i in columns:
         group, label = table.columns[i]
         out.add_column(f"{group}\n{label}" if group else label, justify="left" if i < table.label_columns else "right")
@@ -274,31 +273,35 @@ def _rich_part(table: Table, columns: list[int], title: bool, caption: bool, cls
 
 class FittedTable(RichTable):
     """A rich table that, on a console too narrow for it, prints as several narrower tables: the
-    label columns repeated, the number columns split between them, so that no cell wraps or is cut."""
+    label columns repeated, the number columns split between them, so that no cell wraps or is cut.
+    The caption follows as a paragraph of the console's width (a table's own caption would wrap
+    at the table's width)."""
 
     source: Table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = options.max_width
+        table = self.source
         if Measurement.get(console, options.update_width(10**6), self).maximum <= width:
             yield from super().__rich_console__(console, options)
-            return
-        table = self.source
-        labels = list(range(table.label_columns))
-        chunks: list[list[int]] = [[]]
-        for i in range(table.label_columns, len(table.columns)):
-            trial = _rich_part(table, labels + chunks[-1] + [i], False, False)
-            if chunks[-1] and Measurement.get(console, options.update_width(10**6), trial).maximum > width:
-                chunks.append([])
-            chunks[-1].append(i)
-        for n, chunk in enumerate(chunks):
-            yield _rich_part(table, labels + chunk, n == 0, n == len(chunks) - 1)
+        else:
+            labels = list(range(table.label_columns))
+            chunks: list[list[int]] = [[]]
+            for i in range(table.label_columns, len(table.columns)):
+                trial = _rich_part(table, labels + chunks[-1] + [i], False)
+                if chunks[-1] and Measurement.get(console, options.update_width(10**6), trial).maximum > width:
+                    chunks.append([])
+                chunks[-1].append(i)
+            for n, chunk in enumerate(chunks):
+                yield _rich_part(table, labels + chunk, n == 0)
+        if table.caption:
+            yield Text(table.caption, style="table.caption")
 
 
 def to_rich(table: Table) -> RichTable:
     """A rich table; cells are plain text (no markup), numbers right-aligned. On a narrow console
     it prints as several tables of fewer columns (see FittedTable)."""
-    out = _rich_part(table, list(range(len(table.columns))), True, True, FittedTable)
+    out = _rich_part(table, list(range(len(table.columns))), True, FittedTable)
     assert isinstance(out, FittedTable)
     out.source = table
     return out

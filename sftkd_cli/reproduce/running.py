@@ -12,6 +12,7 @@ run a plan with other ones without patching module names (with jobs, importable 
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ def run_plan(
         except INTERRUPTS as exc:
             results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, str(exc) or "interrupted")
             print_status([results[s.id] for s in todo if s.id in results], console)
-            raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue") from None
+            raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue",
+                                 getattr(exc, "signum", signal.SIGINT)) from None
         except Exception as exc:  # noqa: BLE001 - a failing stage must not stop independent ones
             note = failure_note(exc)
             if not isinstance(exc, SftkdError):
@@ -129,5 +131,5 @@ def _run_parallel(plan: Plan, stages: Sequence[Stage], chosen: set[str], executo
         print_status(run.results, console)
         stopped = [r.id for r in run.results if r.status == INTERRUPTED]
         raise RunInterrupted(f"{plan.path}: stopped" + (f" at stage(s) {', '.join(stopped)}" if stopped else "")
-                             + "; run the same command again to continue")
+                             + "; run the same command again to continue", run.signum)
     return outcome

@@ -28,7 +28,7 @@ from sftkd_cli.reproduce.graph import blocker, by_priority, ranks, waits_for
 from sftkd_cli.reproduce.jobs import StageJob, stage_log
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.live import Board
-from sftkd_cli.signals import on_signals
+from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
 from sftkd_cli.reproduce.stagework import failure_note
@@ -43,19 +43,21 @@ class GraphRun:
 
     results: list[StageResult] = field(default_factory=list)
     interrupted: bool = False
+    signum: int = signal.SIGINT  # the signal that stopped it
 
 
-class _CtrlC:
+class _CtrlC(Interrupts):
     """The plan's handler of Ctrl-C (and SIGTERM): raises KeyboardInterrupt and remembers that it
     did, because Python drops an exception raised inside a finalizer (a `__del__` running when
     the signal arrives); the scheduler looks again between two waits and stops the plan then."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.pressed = False
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.pressed = True
-        raise KeyboardInterrupt
+        super().__call__(signum, frame)
 
 
 def stage_cost(stage: Stage) -> float:
@@ -139,7 +141,7 @@ def run_graph(
                 for result in executor.wait(TICK):
                     record(result, board)
         except KeyboardInterrupt:
-            outcome.interrupted = True
+            outcome.interrupted, outcome.signum = True, ctrl_c.signum
             for result in executor.cancel():
                 record(result, board)
     outcome.results = [results[sid] for sid in order if sid in results]

@@ -61,7 +61,6 @@ class StopFlag:
     def stopped(self, message: str) -> RunInterrupted:
         """The stop as an error, exiting as shells report a death by the signal: 130 after Ctrl-C,
         143 after SIGTERM (so a scheduler that sent SIGTERM sees it). Quiet unless `announce`."""
-        error = RunInterrupted(message)
-        error.exit_code = 128 + self.signum
+        error = RunInterrupted(message, self.signum)
         error.quiet = not self.announce
         return error
