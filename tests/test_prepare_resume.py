@@ -1,7 +1,8 @@
 """`prepare-data` resumes after an interruption (Ctrl-C, SIGTERM, a crash, kill -9): the same command
 keeps the volume files written whole in `.<name>.partial`, writes only the others, and ends with
 the dataset an uninterrupted run writes, byte for byte; a file half-written is never reused, and a
-run with other options or inputs starts over saying so. Tiny NIfTI phantoms and fastMRI-like files, CPU only."""
+run with other options or inputs starts over saying so. Progress shows as plain lines where stderr
+is not a terminal. Tiny NIfTI phantoms and fastMRI-like files, CPU only."""
 
 from __future__ import annotations
 
@@ -235,3 +236,33 @@ def test_a_killed_process_resumes_through_the_cli(raw, tmp_path, sig, code):
     result = sftkd(*args)
     assert "prepare-data: resuming the interrupted run" in result.stderr
     assert_same_dataset(tmp_path / "out", tmp_path / "straight")
+
+
+# ----------------------------------------------------------------- progress where stderr is not a terminal
+
+
+def test_progress_lines_where_stderr_is_not_a_terminal(raw, tmp_path, monkeypatch):
+    from sftkd_cli.eta import ProgressLines
+
+    monkeypatch.setattr(ProgressLines, "EVERY", 0.0)
+    result = sftkd("prepare-data", "nifti", raw, "--out", tmp_path / "out", "--size", "16", "16")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("prepare-data: ")]
+    assert [line.split(",")[0] for line in lines[-4:]] == [f"prepare-data: writing h5 files {n}/4" for n in range(1, 5)]
+    assert "min so far" in lines[-1] and any(line.endswith("min left") for line in lines)
+
+
+def test_progress_lines_come_every_so_often_with_the_time_left() -> None:
+    from sftkd_cli.eta import ProgressLines
+
+    now, said = [0.0], []
+    lines = ProgressLines(said.append, "prepare-data", {"write": "writing h5 files"}, clock=lambda: now[0])
+    for done, at in [(1, 5), (2, 10), (3, 31), (4, 40), (5, 61), (19, 95), (20, 100)]:
+        now[0] = float(at)
+        lines("write", done, 20)
+    assert said == ["prepare-data: writing h5 files 3/20, 0.5 min so far, about 3 min left",  # 31 s for 3: 176 s for 17
+                    "prepare-data: writing h5 files 5/20, 1.0 min so far, about 4 min left",  # 30 s for 2: 225 s for 15
+                    "prepare-data: writing h5 files 19/20, 1.6 min so far, under 2 min left",
+                    "prepare-data: writing h5 files 20/20, 1.7 min so far"]
+    now[0], said[:] = 110.0, []
+    lines("hash", 3, 3)  # a quick stage prints nothing
+    assert said == []

@@ -129,8 +129,10 @@ Root = Annotated[Path, typer.Argument(metavar="ROOT", help="Folder holding the r
 
 
 def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
-    """Run the library with a transient progress bar, then print the summary table."""
+    """Run the library with a transient progress bar on a terminal, plain progress lines elsewhere
+    (a log file, CI, nohup: `eta.ProgressLines`), then print the summary table."""
     from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.eta import ProgressLines
 
     err = stderr_console()
 
@@ -146,7 +148,9 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
                 tasks[stage] = bar.add_task(_STAGES.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = prepare_dataset(source, out, options, progress=progress, say=say)
+        lines = ProgressLines(lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True),
+                              "prepare-data", _STAGES)
+        result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines, say=say)
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
     if warning := result.padding_warning():
         stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
