@@ -17,7 +17,7 @@ class SftkdError(Exception):
 
 class RunInterrupted(SftkdError):
     """Work stopped on a signal (Ctrl-C, SIGTERM) with what was saved kept: training after saving
-    a checkpoint (`--resume` continues it), prepare-data with nothing written (`PrepareInterrupted`),
+    a checkpoint (`--resume` continues it), prepare-data with its work kept to resume (`PrepareInterrupted`),
     export with nothing written. Whoever runs several steps (a plan) stops on it, not goes on."""
 
     exit_code = 130
