@@ -24,7 +24,7 @@ def exit_status(signum: int) -> int:
 
 class RunInterrupted(SftkdError):
     """Work stopped on a signal (Ctrl-C, SIGTERM) with what was saved kept: training after saving
-    a checkpoint (`--resume` continues it), prepare-data with nothing written (`PrepareInterrupted`),
+    a checkpoint (`--resume` continues it), prepare-data with its work kept to resume (`PrepareInterrupted`),
     export with nothing written. Whoever runs several steps (a plan) stops on it, not goes on.
     It exits with `exit_status(signum)`."""
 

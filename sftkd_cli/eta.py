@@ -9,6 +9,10 @@ sample (the data are the same for every stage of a plan, so they cancel out):
 The seconds per unit measured on the stages finished in this invocation give the estimate.
 On the demo plan these costs matched the measured stage times to within about 10 %.
 
+Where no progress bar can be drawn (a log file, CI, nohup, Slurm), `ProgressLines` prints a
+counted stage (e.g. prepare-data's files) as plain lines with its own estimate, in the words of
+`progress_line`.
+
 An evaluation runs the trained model forward over one split: about a forward pass of one epoch
 (`stage_cost`); `sftkd reproduce --jobs N` orders ready stages by these costs, and
 `--dry-run --estimate` scales them by measured seconds.
@@ -16,7 +20,8 @@ An evaluation runs the trained model forward over one split: about a forward pas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 #: a forward pass costs about a third of forward + backward
@@ -83,4 +88,43 @@ def progress_line(number: int, total: int, elapsed: float, left: float | None) -
     line = f"plan: {number}/{total} stages, {elapsed / 60:.1f} min so far"
     if left is None:
         return line + " (time left: after the first training stage)"
-    return line + (f", about {left / 60:.0f} min left" if left >= 90 else ", under 2 min left")
+    return f"{line}, {time_left_text(left)}"
+
+
+def time_left_text(left: float) -> str:
+    """'about 8 min left', or 'under 2 min left' when there are less than 90 s to go."""
+    return f"about {left / 60:.0f} min left" if left >= 90 else "under 2 min left"
+
+
+class ProgressLines:
+    """A `progress(stage, done, total)` callback that prints plain lines, for output that is not a
+    terminal (where a rich bar shows nothing): 'prepare-data: writing h5 files 120/973, 3.1 min so
+    far, about 4 min left' once `every` seconds have passed since the stage began or since its
+    previous line, and at its last item when it printed one before (a quick stage prints nothing).
+    The time left is measured since the previous line, so items that went fast (files a resumed
+    run kept) do not make the rest look fast for long. `names` words the stages."""
+
+    #: seconds between two lines of a stage
+    EVERY = 30.0
+
+    def __init__(self, say: Callable[[str], None], prefix: str, names: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.say, self.prefix, self.names, self.clock = say, prefix, names or {}, clock
+        self.started = self.last = self.clock()  # `last`: the previous call, when a new stage began
+        self.stage = ""
+        self.mark = (self.started, 0)  # (time, items done) at the stage's previous line, or when it began
+        self.printed = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        if stage != self.stage:
+            self.stage, self.mark, self.printed = stage, (self.last, 0), False
+        self.last = now
+        since, before = self.mark
+        if not (now - since >= self.EVERY or (done >= total and self.printed)):
+            return
+        line = f"{self.prefix}: {self.names.get(stage, stage)} {done}/{total}, {(now - self.started) / 60:.1f} min so far"
+        if done < total and done > before and now > since:
+            line += f", {time_left_text((now - since) / (done - before) * (total - done))}"
+        self.say(line)
+        self.mark, self.printed = (now, done), True

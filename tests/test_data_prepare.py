@@ -565,7 +565,11 @@ def test_a_stop_says_the_folder_is_as_it_was_only_when_there_was_one(tmp_path: P
     assert str(Signals(Path("new")).error(signal.SIGINT)) == "prepare-data stopped by SIGINT; nothing written"
 
 
-def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_midway_keeps_the_work_done_and_the_old_dataset(tmp_path: Path, nifti_writer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while writing (a crash, a full disk) leaves no dataset folder, only the partial
+    folder beside it, which the same command resumes; a failing --force rebuild keeps the previous
+    dataset intact."""
     for i in range(3):
         nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom(seed=i))
     real = prep_mod.write_volume_h5
@@ -581,10 +585,12 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, nifti_writer, monkeypatch
     out = tmp_path / "new" / "parents" / "out"
     with pytest.raises(RuntimeError, match="disk on fire"):
         prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
-    assert not (tmp_path / "new").exists()  # not even the parents it created
+    assert not out.exists() and sorted(p.name for p in (out.parent / ".out.partial").glob("*.h5")) == ["v0.h5"]
+    monkeypatch.setattr(prep_mod, "write_volume_h5", real)
+    assert sorted(prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL).manifest["volumes"]) == ["v0", "v1", "v2"]
+    assert not (out.parent / ".out.partial").exists()
 
     # a failing --force rebuild keeps the previous dataset intact
-    monkeypatch.setattr(prep_mod, "write_volume_h5", real)
     prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", SMALL)
     before = tree_state(tmp_path / "out")
     calls.clear()

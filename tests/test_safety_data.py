@@ -11,8 +11,8 @@
   --size 100000, a manifest that is a FIFO or /dev/zero) are refused before reading.
 - Wrong results are refused: another run's checkpoint, an exported file without its card, a
   volume in two splits, a mask whose sampling disagrees with its acceleration.
-- Ctrl-C and SIGTERM during prepare-data leave nothing (exit 130 / 143), dead processes'
-  temporary folders are removed, and two prepare-data runs on one folder cannot both write.
+- Ctrl-C and SIGTERM during prepare-data leave no dataset folder (exit 130 / 143), only the
+  partial folder a re-run resumes from (test_prepare_resume), dead processes' temporary folders are removed, and two prepare-data runs on one folder cannot both write.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def test_a_dataset_mask_that_disagrees_with_its_acceleration_is_refused(tiny_dat
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw_folder, tmp_path, monkeypatch, sig, code):
+def test_a_signal_during_prepare_leaves_no_dataset_and_exits_non_zero(raw_folder, tmp_path, monkeypatch, sig, code):
     real = prep_mod.write_volume_h5
     calls = []
 
@@ -424,8 +424,9 @@ def test_a_signal_during_prepare_leaves_nothing_and_exits_non_zero(raw_folder, t
     result = invoke(*prepare(raw_folder, out))
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == code, result.output
-    assert len(lines) == 1 and signal.Signals(sig).name in lines[0], result.output
+    assert len(lines) == 1 and signal.Signals(sig).name in lines[0] and "to resume" in lines[0], result.output
     assert not out.exists() and leftovers(tmp_path) == [] and not (tmp_path / ".out.lock").exists()
+    assert (tmp_path / ".out.partial" / "vol0.h5").is_file()  # the work done, kept to resume from
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 

@@ -37,7 +37,9 @@ prepare_app = typer.Typer(
         "Turn raw MRI volumes into a training-ready dataset: one .h5 per volume (image, masked "
         "k-space and zero-filled image per acceleration; with --task sr, low-resolution input per scale) "
         "plus manifest.json. Re-running with the same options is a no-op (inputs whose size and modification "
-        "time are unchanged are not read again; --force reads all); the output appears atomically.",
+        "time are unchanged are not read again; --force reads all); the output appears atomically. An "
+        "interrupted run (Ctrl-C, a kill) keeps its files in .<DIR>.partial beside the output: the same "
+        "command again resumes.",
         "sftkd prepare-data demo",
         "sftkd prepare-data acdc /data/ACDC --out data/acdc",
         "sftkd prepare-data nifti /data/scans --out data/scans",
@@ -127,10 +129,16 @@ Root = Annotated[Path, typer.Argument(metavar="ROOT", help="Folder holding the r
 
 
 def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
-    """Run the library with a transient progress bar, then print the summary table."""
+    """Run the library with a transient progress bar on a terminal, plain progress lines elsewhere
+    (a log file, CI, nohup: `eta.ProgressLines`), then print the summary table."""
     from sftkd_cli.data.prepare import prepare_dataset
+    from sftkd_cli.eta import ProgressLines
 
     err = stderr_console()
+
+    def say(line: str) -> None:
+        err.print(f"prepare-data: {line}", highlight=False, markup=False, soft_wrap=True)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         tasks: dict[str, int] = {}
@@ -140,7 +148,9 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
                 tasks[stage] = bar.add_task(_STAGES.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = prepare_dataset(source, out, options, progress=progress)
+        lines = ProgressLines(lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True),
+                              "prepare-data", _STAGES)
+        result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines, say=say)
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
     if warning := result.padding_warning():
         stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)

@@ -9,8 +9,9 @@
   `sftkd_cli.data.complex_slices` makes the items of complex datasets and per-sample masks.
 - `sftkd_cli.data.volumes`: NIfTI reading with one-line errors and the small array helpers.
 - `sftkd_cli.data.catalog`: what each source is (options, defaults, help); `prepare-data` and plans read it.
-- `sftkd_cli.data.format`, `options`, `output`: the names readers share with the writer, `PrepareOptions`,
-  and the output folder's checks and atomic install.
+- `sftkd_cli.data.format`, `options`, `output`, `partial`: the names readers share with the writer,
+  `PrepareOptions`, the output folder's checks and atomic install, and the partial folder an
+  interrupted run is resumed from.
 
 Importing this package is cheap; torch is only imported by `sftkd_cli.data.dataset`.
 """

@@ -23,14 +23,16 @@ complex image is centre-cropped / zero-padded to H x W in the image domain (anch
 (h, w) target crop stays aligned) and its k-space recomputed with fft2c: the k-space of such files
 is then no longer the raw one (the manifest's volumes[...]["kspace"] says "raw" or "resized").
 
+Resuming (see `data.partial`): a run interrupted while writing keeps the volume files it wrote;
+the same command again writes only the others, reading none of the finished volumes' inputs
+(their headers are checked again, and their sha256 taken unless recorded as unchanged).
+
 Memory: the header of every file is checked first; then one file at a time is read, a slice at a
 time, and one output volume is built in memory (~2x its size) and written; nothing else is held.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,11 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, acceleration_key
 from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
-    write_manifest, write_masks,
+    write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
-from sftkd_cli.data.output import check_collisions, install, up_to_date
+from sftkd_cli.data.output import check_collisions, up_to_date
+from sftkd_cli.data.partial import start_partial
 from sftkd_cli.data.sources.base import Piece, SourceFile
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path, h5_image, write_bytes_synced
@@ -172,10 +175,12 @@ def _write_volume(path: Path, file: SourceFile, rows: np.ndarray, size: tuple[in
 
 def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: dict[str, Any] | None,
                     progress: Progress | None, check: Callable[[], None],
-                    before_writing: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], bool]:
+                    before_writing: Callable[[], None] = lambda: None,
+                    say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], bool]:
     """Prepare a complex source into `out` (lock held, `existing` its old manifest or None);
     returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop;
-    `before_writing()` is called when the dataset is not up to date, before anything is written."""
+    `before_writing()` is called when the dataset is not up to date, before anything is written;
+    `say(line)` tells that an interrupted run is resumed or discarded (`data.partial`)."""
     if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
     user = user_masks(options, line=True)
@@ -194,43 +199,36 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     pieces = [Piece(f.volume, f, tuple(range(len(rows[f.rel]))), f.split) for f in files]
     splits = source.split_pieces(pieces, options.split_request())
     check_collisions(out, existing, [f"{f.volume}.h5" for f in files] + [f"masks/{acceleration_key(a)}.npy" for a in masks])
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        write_masks(tmp, masks, options.task)
-        volumes: dict[str, dict[str, Any]] = {}
-        for n, file in enumerate(files):
-            check()
-            info = source.info[file.rel]
-            kept = rows[file.rel]
-            split = splits[file.volume]
-            attrs = {"format": FORMAT, "source": source.label, "volume": file.volume, "source_file": file.rel,
-                     "values": "complex", "normalisation": COMPLEX_NORMALISATION, "split": split,
-                     "acquisition": info.acquisition, "sftkd_version": __version__}
-            vmax, resized = _write_volume(tmp / f"{file.volume}.h5", file, kept, size, target_shape, info.max, masks, attrs)
-            volumes[file.volume] = {
-                "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": file.rel,
-                "source_sha256": record["inputs"]["sources"][file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
-                "max": vmax, "scale": 1.0 / vmax, "acquisition": info.acquisition, "kspace": "resized" if resized else "raw",
-            }
-            if progress:
-                progress("write", n + 1, len(files))
-        acquisitions: dict[str, int] = {}
-        for entry in volumes.values():
-            acquisitions[entry["acquisition"]] = acquisitions.get(entry["acquisition"], 0) + 1
-        acquisition = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2,
-                                  image_size=(int(size[0]), int(size[1])))
-        manifest = dataset_manifest(
-            source, options, acquisition, COMPLEX_NORMALISATION, mask_record(options, masks, user, "centered", MASK_AXIS),
-            splits, volumes, record, details={"acquisitions": acquisitions},
-            after_size={"target_size": [int(target_shape[0]), int(target_shape[1])]}, after_task={"values": "complex"},
-        )
-        write_manifest(tmp, manifest)
-        check()  # the last moment to stop: installing is a few renames, never cut short
-        install(tmp, out, existing)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    hashes.save()
+    partial = start_partial(out, record, hashes, say)
+    write_masks(partial.folder, masks, options.task)
+
+    def write(n: int) -> dict[str, Any]:
+        file = files[n]
+        info = source.info[file.rel]
+        kept = rows[file.rel]
+        split = splits[file.volume]
+        attrs = {"format": FORMAT, "source": source.label, "volume": file.volume, "source_file": file.rel,
+                 "values": "complex", "normalisation": COMPLEX_NORMALISATION, "split": split,
+                 "acquisition": info.acquisition, "sftkd_version": __version__}
+        vmax, resized = _write_volume(partial.folder / f"{file.volume}.h5", file, kept, size, target_shape, info.max,
+                                      masks, attrs)
+        return {
+            "file": f"{file.volume}.h5", "slices": int(len(kept)), "split": split, "source_file": file.rel,
+            "source_sha256": record["inputs"]["sources"][file.rel], "source_slices": [int(kept[0]), int(kept[-1])],
+            "max": vmax, "scale": 1.0 / vmax, "acquisition": info.acquisition, "kspace": "resized" if resized else "raw",
+        }
+
+    volumes = partial.write_volumes([f.volume for f in files], write, check, progress)
+    acquisitions: dict[str, int] = {}
+    for entry in volumes.values():
+        acquisitions[entry["acquisition"]] = acquisitions.get(entry["acquisition"], 0) + 1
+    acquisition = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2,
+                              image_size=(int(size[0]), int(size[1])))
+    manifest = dataset_manifest(
+        source, options, acquisition, COMPLEX_NORMALISATION, mask_record(options, masks, user, "centered", MASK_AXIS),
+        splits, volumes, record, details={"acquisitions": acquisitions},
+        after_size={"target_size": [int(target_shape[0]), int(target_shape[1])]}, after_task={"values": "complex"},
+    )
+    check()  # the last moment to stop: installing is a few renames, never cut short
+    partial.install(out, existing, manifest)
     return manifest, False

@@ -136,8 +136,8 @@ def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile],
 
 
 def write_masks(folder: Path, masks: Mapping[float, np.ndarray], task: str) -> None:
-    """Each fixed mask as `folder/masks/<group>.npy` (float32)."""
-    (folder / "masks").mkdir(parents=True)
+    """Each fixed mask as `folder/masks/<group>.npy` (float32), over any there (a resumed run's)."""
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
     for acc, mask in masks.items():
         buffer = io.BytesIO()
         np.save(buffer, mask.astype(np.float32))

@@ -1,11 +1,12 @@
 """The output folder of `prepare-data`: what may be written there, and putting a finished dataset in place.
 
-`prepare_dataset` (`sftkd_cli.data.prepare`) builds a dataset in a temporary sibling folder
-`.<name>.tmp-<pid>`; this module decides beforehand whether the folder may be written (never a
-file, the input folder, or a folder whose manifest is not sftkd's), moves the finished dataset in
-(`install`: the old manifest first, the new one last, files the old manifest does not list never
-touched; `finish_interrupted_install` clears what a killed one left), removes temporary folders
-of dead processes (`remove_stale`), and turns Ctrl-C and
+`prepare_dataset` (`sftkd_cli.data.prepare`) builds a dataset in the sibling folder
+`.<name>.partial` (`data.partial`: kept when a run stops, resumed by the same command); this
+module decides beforehand whether the folder may be written (never a file, the input folder, or a
+folder whose manifest is not sftkd's), moves the finished dataset in (`install`: the old manifest
+first, the new one last, files the old manifest does not list never touched;
+`finish_interrupted_install` clears what a killed one left), removes the `.<name>.tmp-<pid>`
+folders of dead processes that earlier versions wrote (`remove_stale`), and turns Ctrl-C and
 SIGTERM into a clean stop between files (`Signals`).
 """
 
@@ -218,6 +219,11 @@ def check_masks_folder(out: Path) -> None:
 # --------------------------------------------------------------------------- putting the dataset in place
 
 
+def partial_folder(out: Path) -> Path:
+    """Where the dataset `out` is written before it is installed, and kept when a run stops: `.<name>.partial`."""
+    return out.parent / f".{out.name}.partial"
+
+
 def created_parents(out: Path) -> list[Path]:
     """Ancestors of `out` that do not exist yet (to remove again if writing fails)."""
     missing = []
@@ -341,14 +347,16 @@ def remove_stale(out: Path) -> list[Path]:
 
 
 class PrepareInterrupted(RunInterrupted):
-    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with nothing written: an
-    interruption like training's, so that a plan stops on it (running it again prepares anew)."""
+    """prepare-data stopped by Ctrl-C (exit 130) or SIGTERM (exit 143), the dataset folder as it was
+    and the volume files written so far kept in `.<name>.partial`: an interruption like training's,
+    so that a plan stops on it (running it again resumes)."""
 
 
 class Signals:
     """While active, SIGINT and SIGTERM only set a flag, which `check()` turns into
-    PrepareInterrupted at safe points (between files), so no write is cut in half and the
-    temporary folder is always cleaned. A second signal interrupts at once (KeyboardInterrupt)."""
+    PrepareInterrupted at safe points (between files), so no write is cut in half and the partial
+    folder holds only whole files. A second signal interrupts at once (KeyboardInterrupt): the
+    file being written then is not in the partial folder's journal, and is written again on resume."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -372,7 +380,13 @@ class Signals:
         signum = signum or self.received or signal.SIGINT
         name = signal.Signals(signum).name
         kept = f", {display_path(self.out)} is as it was" if self.existed else ""
-        return PrepareInterrupted(f"prepare-data stopped by {name}; nothing written{kept}", signum)
+        partial = partial_folder(self.out)
+        if partial.is_dir() and not partial.is_symlink():
+            kept += (f"; the files written so far are kept in {display_path(partial)}: run the same command again "
+                     "to resume (remove that folder to start over)")
+        else:
+            kept = f"; nothing written{kept}"
+        return PrepareInterrupted(f"prepare-data stopped by {name}{kept}", signum)
 
     def check(self) -> None:
         if self.received is not None:

@@ -28,12 +28,18 @@ Processing of one source file, in order:
    zero-filled = |IFFT(k-space)| (`sftkd_cli.mri.masks.undersample`); for task sr the mask is the
    central k-space box of each scale.
 
-Safety: every input is validated before anything is written; the dataset is written to a
-temporary sibling folder `.<name>.tmp-<pid>` (h5 files are built in memory and written with plain
-file writes, so a full disk is one clear error) and moved into place at the end, so a failure,
-Ctrl-C or SIGTERM leaves nothing behind (exit 130 / 143); temporary folders of dead processes are
-removed by the next run. One process at a time prepares a folder (an exclusive lock on the
-sibling file `.<name>.lock`). Re-running with the same options and unchanged inputs (sha256) is a
+Safety: every input is validated before anything is written; the dataset is written to the
+sibling folder `.<name>.partial` (`data.partial`; h5 files are built in memory and written with
+plain file writes, so a full disk is one clear error) and moved into place at the end, so the
+dataset folder only ever holds a finished dataset. A failure, Ctrl-C or SIGTERM (exit 130 / 143)
+or a kill keeps the partial folder: re-running the same command (same options, same inputs)
+resumes, keeping the volume files already written whole and writing the others; the result is
+the one an uninterrupted run writes. A resumed run still hashes the inputs (unless recorded, as
+below) and reads every input again to validate it and find the volumes; it skips building and
+writing the finished ones. A run with other options or changed inputs removes the partial
+folder and starts over, saying so in one line. One process at a time prepares a folder (an
+exclusive lock on the sibling file `.<name>.lock`); `.<name>.tmp-<pid>` folders of dead
+processes (earlier versions) are removed. Re-running with the same options and unchanged inputs (sha256) is a
 no-op (a folder that cannot be written is then checked without the lock and used as it is), which
 reads no input whose size and modification time are those recorded in the sibling file
 `.<name>.hashes.json` (`data.manifest.InputHashes`); different options on an existing
@@ -51,7 +57,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -67,13 +72,14 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
 from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
-    write_manifest, write_masks,
+    write_masks,
 )
 from sftkd_cli.data.options import OptionNames, PrepareOptions
 from sftkd_cli.data.output import (
-    Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install, install,
-    remove_stale, up_to_date,
+    Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install, remove_stale,
+    up_to_date,
 )
+from sftkd_cli.data.partial import Partial, start_partial
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
     crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
@@ -100,6 +106,7 @@ def keep_in_memory_limit() -> int:
     return KEEP_IN_MEMORY_BYTES if available is None else min(KEEP_IN_MEMORY_BYTES, int(available * KEEP_MEMORY_SHARE))
 
 Progress = Callable[[str, int, int], None]
+Say = Callable[[str], None]
 
 
 def sr_box_mask(shape: tuple[int, int], scale: float, layout: str = "corner") -> np.ndarray:
@@ -303,20 +310,22 @@ def write_volume_h5(
 
 
 def _write(
-    tmp: Path, source: Source, options: PrepareOptions, prepared: list[_Prepared],
-    pieces: list[Piece], splits: dict[str, str], masks: dict[float, np.ndarray],
+    partial: Partial, source: Source, options: PrepareOptions, prepared: list[_Prepared],
+    pieces: list[Piece], splits: dict[str, str], masks: dict[float, np.ndarray], sources: dict[str, str],
     progress: Progress | None, check: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Any]]:
-    """Write all h5 files and masks into `tmp`; returns the manifest's `volumes` entries.
+    """Write the masks and the h5 files a resumed run does not have yet into the partial folder;
+    returns the manifest's `volumes` entries (`sources`: each input's sha256).
 
     `check()` runs before each file (it raises when prepare-data was asked to stop)."""
-    write_masks(tmp, masks, options.task)
+    write_masks(partial.folder, masks, options.task)
     by_rel = {p.file.rel: p for p in prepared}
-    volumes: dict[str, dict[str, Any]] = {}
     centered = options.mask_layout == "centered"
     reread: tuple[str, np.ndarray] | None = None  # last file read again (stack not kept in memory)
-    for n, piece in enumerate(pieces):
-        check()
+
+    def write(n: int) -> dict[str, Any]:
+        nonlocal reread
+        piece = pieces[n]
         prep = by_rel[piece.file.rel]
         stack = prep.stack
         if stack is None:
@@ -342,20 +351,19 @@ def _write(
             "slice_axis": options.slice_axis % 3,
             "sftkd_version": __version__,
         }
-        write_volume_h5(tmp / f"{piece.volume}.h5", images, source_slices, masks, centered, attrs, options.task)
-        volumes[piece.volume] = {
+        write_volume_h5(partial.folder / f"{piece.volume}.h5", images, source_slices, masks, centered, attrs, options.task)
+        return {
             "file": f"{piece.volume}.h5",
             "slices": int(len(rows)),
             "split": split,
             "source_file": piece.file.rel,
-            "source_sha256": None,  # filled by the caller
+            "source_sha256": sources[piece.file.rel],
             "source_slices": [int(source_slices[0]), int(source_slices[-1])],
             "max": prep.max,
             "voxel_size": [float(v) for v in prep.voxel_size],
         }
-        if progress:
-            progress("write", n + 1, len(pieces))
-    return volumes
+
+    return partial.write_volumes([piece.volume for piece in pieces], write, check, progress)
 
 
 # --------------------------------------------------------------------------- the library entry point
@@ -363,13 +371,16 @@ def _write(
 
 def prepare_dataset(
     source: Source, out: str | Path, options: PrepareOptions | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, say: Say | None = None,
 ) -> PrepareResult:
     """Prepare `source` into the dataset folder `out` (see the module docstring).
 
-    `progress(stage, done, total)` is called with stage 'hash', 'read' and 'write'.
-    Raises SftkdError for any user error, with nothing written; PrepareInterrupted on Ctrl-C or
-    SIGTERM, after removing the temporary folder.
+    `progress(stage, done, total)` is called with stage 'hash', 'read' and 'write' (a resumed
+    run's 'write' counts the files kept); `say(line)` with the one line telling that an
+    interrupted run is resumed or, started with other options or inputs, discarded.
+    Raises SftkdError for an error in the options or the inputs found before writing, with
+    nothing written; PrepareInterrupted on Ctrl-C or SIGTERM, keeping the partial folder to
+    resume from (as any error while writing does).
     """
     from filelock import FileLock, Timeout
 
@@ -397,7 +408,7 @@ def prepare_dataset(
                 locked = True
                 remove_stale(out)
                 finish_interrupted_install(out)
-                return _prepare_locked(source, out, options, progress, signals, start)
+                return _prepare_locked(source, out, options, progress, signals, start, say=say)
             except KeyboardInterrupt:
                 raise signals.error(signal.SIGINT) from None
     except OSError as exc:
@@ -422,9 +433,9 @@ def _writable(out: Path) -> bool:
 
 def _check_writable(out: Path) -> None:
     """Refuse, in one line, an `out` that prepare-data cannot write (`files.check_writable`)."""
-    check_writable(out, "--out", extra=16)  # beside it: .<name>.tmp-<pid> and .<name>.lock
+    check_writable(out, "--out", extra=16)  # beside it: .<name>.partial, .<name>.hashes.json and .<name>.lock
     if out.exists():
-        check_writable(out.parent, "--out")  # the temporary folder and the lock go beside it
+        check_writable(out.parent, "--out")  # the partial folder and the lock go beside it
 
 
 def _prepare_read_only(
@@ -445,7 +456,7 @@ def _prepare_read_only(
 
 def _prepare_locked(
     source: Source, out: Path, options: PrepareOptions, progress: Progress | None, signals: Signals,
-    start: float, before_writing: Callable[[], None] = lambda: None,
+    start: float, before_writing: Callable[[], None] = lambda: None, say: Say | None = None,
 ) -> PrepareResult:
     """`prepare_dataset` once the output's lock is held, or where none can be (`_prepare_read_only`);
     complex sources: `data.complex_prepare`. `before_writing()` is called once the dataset is found
@@ -454,7 +465,8 @@ def _prepare_locked(
     if getattr(source, "values", "magnitude") == "complex":
         from sftkd_cli.data.complex_prepare import prepare_complex
 
-        manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check, before_writing)
+        manifest, unchanged = prepare_complex(source, out, options, existing, progress, signals.check,
+                                              before_writing, say)
         return PrepareResult(out, manifest, unchanged, time.perf_counter() - start)
     user = user_masks(options)
     if options.size is not None:
@@ -499,23 +511,14 @@ def _prepare_locked(
     check_collisions(out, existing, [f"{v}.h5" for v in seen]
                       + [f"masks/{group_key(options.task, a)}.npy" for a in masks])
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        volumes = _write(tmp, source, options, prepared, pieces, splits, masks, progress, signals.check)
-        for entry in volumes.values():
-            entry["source_sha256"] = record["inputs"]["sources"][entry["source_file"]]
-        acquisition = Acquisition(task=options.task, kspace_layout=options.mask_layout, values="magnitude",
-                                  channels=1, image_size=(int(size[0]), int(size[1])))
-        manifest = dataset_manifest(source, options, acquisition, NORMALISATION,
-                                    mask_record(options, masks, user, options.mask_layout, generated_axis=0),
-                                    splits, volumes, record)
-        write_manifest(tmp, manifest)
-        signals.check()  # the last moment to stop: installing is a few renames, never cut short
-        install(tmp, out, existing)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    hashes.save()
+    partial = start_partial(out, record, hashes, say)
+    volumes = _write(partial, source, options, prepared, pieces, splits, masks, record["inputs"]["sources"],
+                     progress, signals.check)
+    acquisition = Acquisition(task=options.task, kspace_layout=options.mask_layout, values="magnitude",
+                              channels=1, image_size=(int(size[0]), int(size[1])))
+    manifest = dataset_manifest(source, options, acquisition, NORMALISATION,
+                                mask_record(options, masks, user, options.mask_layout, generated_axis=0),
+                                splits, volumes, record)
+    signals.check()  # the last moment to stop: installing is a few renames, never cut short
+    partial.install(out, existing, manifest)
     return PrepareResult(out, manifest, False, time.perf_counter() - start, padded)
