@@ -312,3 +312,12 @@ def test_training_says_what_it_is_about_to_run_before_the_first_epoch(tiny_datas
     said = lines[first]
     for part in (str(tmp_path / "said"), "D2C2", str(tiny_dataset), "4x", "1 epoch of 1 step,", "cpu"):
         assert part in said, (part, said)
+
+
+def test_evaluate_checks_every_run_before_the_first_is_evaluated(flow):
+    """A mistyped second run is refused in one line before the first one's files are written."""
+    runs, _ = flow
+    before = {p.name: p.stat().st_mtime_ns for p in (runs / "student").iterdir()}
+    result = sftkd("evaluate", runs / "student", runs / "studnet", ok=False)
+    assert result.exit_code == 2 and "studnet: no such run directory" in result.output, result.output
+    assert {p.name: p.stat().st_mtime_ns for p in (runs / "student").iterdir()} == before

@@ -138,7 +138,7 @@ def test_split_complex_layout_and_errors():
     parts = split_complex(k)
     assert parts.shape == (2, 2, 3, 3) and parts.dtype == torch.float32
     assert torch.all(parts[:, 0] == 1) and torch.all(parts[:, 1] == -2)
-    assert split_complex(parts) is not None
+    assert torch.equal(split_complex(parts), parts)  # already split: returned as it is
     with pytest.raises(SftkdError, match="expected"):
         split_complex(torch.ones(2, 3, 3, 3))
 

@@ -50,7 +50,7 @@ def evaluate(
     """Score runs on a split (see HELP)."""
     from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
     from sftkd_cli.scoring import check_convention
-    from sftkd_cli.runs import expand_runs_folder
+    from sftkd_cli.runs import expand_runs_folder, open_run
 
     if threads is not None:
         check_threads(threads)  # before the first run's work, not after it
@@ -59,6 +59,8 @@ def evaluate(
     check_convention(convention)
     console, err_console = stdout_console(), stderr_console()
     runs = [run for given in runs for run in expand_runs_folder(given)]
+    for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
+        open_run(run)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     for run in runs:
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
