@@ -61,8 +61,8 @@ def test_every_method_distills_through_the_cli(flow, method):
 def test_distill_print_recipe_names_the_run_as_training_would(flow):
     """CPU: the KD run's default name says whether its teacher is an SFT run (read from the run)."""
     runs, base = flow
-    for teacher, kind in (("teacher", "std"), ("sft", "sft")):
-        result = sftkd("distill", "--teacher", runs / teacher, "--method", "fsp", *base, "--print-recipe")
+    for teacher, kind, method in (("teacher", "std", "fsp"), ("sft", "sft", "FSP")):  # any case: one name
+        result = sftkd("distill", "--teacher", runs / teacher, "--method", method, *base, "--print-recipe")
         assert "role: kd" in result.output and f"-kd-fsp-{kind}-D2C2-4x" in result.output, result.output
 
 

@@ -123,7 +123,7 @@ def teacher_role_of(state: dict[str, Any]) -> str:
 def _with_kd_run(recipe: Recipe, teacher_role: str | None) -> Recipe:
     """Fill in the KD run's role and default name (`<method>-<std|sft>-<student>`)."""
     kind = "sft" if teacher_role == "sft-teacher" else "std"
-    return with_run(recipe, "kd", f"{recipe.distill.method}-{kind}-{recipe.model.name.upper()}")
+    return with_run(recipe, "kd", f"{recipe.distill.method.lower()}-{kind}-{recipe.model.name.upper()}")
 
 
 def _with_student(recipe: Recipe) -> Recipe:
