@@ -387,6 +387,8 @@ def export_run(
     if fmt == "onnx":
         require_onnxruntime()
     run = open_run(run_dir)
+    if run.busy():  # its best.pt and last.pt change with every epoch: which weights shipped would be chance
+        raise SftkdError(f"{run_dir}: still training (another sftkd process holds it); export it once it is done")
     recipe = run.load_recipe()
     model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
@@ -508,6 +510,9 @@ def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str,
     flag = "--out " if out is not None else ""
     if target.is_dir():
         raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
+    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix == suffix), None)
+    if other:  # an ONNX file named .ts would fail in torch.jit.load, far from here (.pt and others are left alone)
+        raise SftkdError(f"{flag}{target}: {target.suffix} names a {other} export; a {fmt} export's name ends in {FORMATS[fmt]}")
     if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
         check_real_folder(target.parent, run_path)
     check_writable(target.parent, "--out" if out is not None else "export folder")  # before tracing, not after

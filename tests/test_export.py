@@ -321,7 +321,7 @@ def test_user_errors(trained_run, tmp_path, monkeypatch):
 
 
 def test_an_existing_file_is_replaced_only_if_it_is_an_earlier_export_and_with_force(run_copy, tmp_path):
-    notes = tmp_path / "notes.onnx"
+    notes = tmp_path / "notes.ts"
     notes.write_text("mine")
     best = run_copy / "checkpoints" / "best.pt"
     kept = best.read_bytes()
@@ -697,3 +697,15 @@ def test_an_export_size_out_of_range_is_shown_as_typed(size):
     with pytest.raises(SftkdError) as info:
         export_module.resolve_size(size, None, "data")
     assert str(info.value) == f"--size {size[0]} {size[1]}: expected two integers H W from 1 to 4096"
+
+
+def test_an_out_name_ending_in_the_other_formats_suffix_is_refused(trained_run, tmp_path):
+    """An ONNX file named .ts would fail later in torch.jit.load: the other format's suffix is
+    refused before anything is written (another name, such as TorchScript's common .pt, is kept)."""
+    for fmt, name, other, suffix in (("onnx", "m.ts", "torchscript", ".onnx"), ("torchscript", "m.onnx", "onnx", ".ts")):
+        out = tmp_path / "out" / name
+        result = CliRunner().invoke(app, ["export", str(trained_run), "-f", fmt, "-o", str(out)])
+        message = f"--out {out}: {out.suffix} names a {other} export; a {fmt} export's name ends in {suffix}"
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert not (tmp_path / "out").exists()
+    assert CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(tmp_path / "m.pt")]).exit_code == 0

@@ -116,6 +116,20 @@ def test_distill_records_the_sha256_of_the_checkpoint_it_starts_from(sft_run, ti
 # ------------------------------------------------------------------ a teacher still training
 
 
+def test_export_refuses_a_run_still_training(sft_run, tmp_path):
+    """Its checkpoints change with every epoch: nothing is exported while another process trains it."""
+    run = _copy(sft_run, tmp_path / "runs")
+    training = RunDir(run)
+    training.lock()
+    try:
+        line = fails_cleanly("export", run, "-f", "torchscript", names=(f"{run}: still training", "once it is done"))
+        assert "another sftkd process holds it" in line
+    finally:
+        training.unlock()
+    assert not (run / "export").exists()
+    assert invoke("export", run, "-f", "torchscript").exit_code == 0  # finished: exported
+
+
 def test_distill_refuses_a_teacher_run_still_training(sft_run, tiny_dataset, tmp_path):
     teacher = _copy(sft_run, tmp_path / "runs")
     training = RunDir(teacher)
