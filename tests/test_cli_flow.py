@@ -234,6 +234,8 @@ def test_print_recipe_refuses_what_training_would_refuse():
         (["train-teacher", "notes.txt"], "expected a recipe file (.yaml) or an override"),
         (["distill", "--method", "at"], "distill.teacher_run"),
         (["evaluate", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+        (["train-teacher", "--resume", "--force", "data.path=/nonexistent/data"],
+         "--resume continues a run and --force starts it over: give one of them"),
         (["evaluate", "."], ".: not an sftkd run directory (no recipe.yaml)"),
         (["train-teacher", "recipes/demo/teacher.yaml", "recipes/demo/student.yaml"],
          "one recipe file per command"),

@@ -285,6 +285,8 @@ def run_training(
     `sources`: runs or checkpoint files the objective reads (teacher, init), kept out of the run.
     """
     with said_by_rank_0():
+        if resume and force:
+            raise SftkdError("--resume continues a run and --force starts it over: give one of them")
         validate(recipe)
         device = select_device(recipe.train.device)  # an unusable device is refused before the run folder exists
         check_amp(recipe.train.amp, device)  # and so is fp16 on a CPU
