@@ -209,12 +209,12 @@ def test_long_or_bracketed_paths_print_whole(tmp_path, capsys):
 
 
 def test_a_stray_ctrl_c_is_one_line_and_exit_130(monkeypatch):
-    import sftkd_cli.evaluate as evaluate_module
+    import sftkd_cli.runs as runs_module
 
     def pressed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate_module, "open_run", pressed)
+    monkeypatch.setattr(runs_module, "open_run", pressed)  # evaluate's check of the runs given, first
     result = sftkd("evaluate", "runs/x", ok=False)
     assert result.exit_code == 130 and result.output == "error: interrupted (Ctrl-C); what was already saved is kept\n"
 
