@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL in the middle of an epoch resumes to the same weights, bit for bit.
+"""A run killed with SIGKILL in the middle of an epoch resumes to the same run, bit for bit: the
+same weights, optimizer and scheduler state, best checkpoint, loss sums and history.
 
 On the CPU by default; on CUDA only with train.deterministic=true (cuDNN's default convolution
 algorithms are not deterministic, so without it a resumed CUDA run is close but not equal)."""
@@ -10,10 +11,15 @@ import signal
 import subprocess
 import sys
 
+import json
+
 import pytest
 import torch
 
 from sftkd_cli.runs import load_checkpoint
+
+#: what may differ between two runs of one recipe: wall-clock times
+TIMES = ("epoch_seconds", "seconds")
 
 # The victim kills itself with SIGKILL when training hands over the checkpoint after step 3 of
 # the second epoch, once the one after step 2 is on disk: steps are lost, and the point is the
@@ -59,10 +65,29 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, tmp_pat
     assert (saved["epoch"], saved["step_in_epoch"]) == (KILLED_AT[0], KILLED_AT[1] - 1)
 
     subprocess.run(_command(tiny_dataset, tmp_path, "killed", *device, "--resume"), check=True, env=env, capture_output=True)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["models"]["model"]["state"]
-    b = load_checkpoint(last)["models"]["model"]["state"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for name in ("last.pt", "best.pt"):
+        _assert_equal(load_checkpoint(tmp_path / "straight" / "checkpoints" / name),
+                      load_checkpoint(tmp_path / "killed" / "checkpoints" / name), name)
+    history = [[{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in (run / "history.jsonl").read_text().splitlines()]
+               for run in (tmp_path / "straight", tmp_path / "killed")]
+    assert history[0] == history[1] and len(history[0]) == 3
+
+
+def _assert_equal(a: object, b: object, where: str) -> None:
+    """`a` and `b` equal all through (tensors bit for bit), wall-clock times left out."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            if key not in TIMES:
+                _assert_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
 
 
 def test_deterministic_training_switches_on_what_makes_cuda_resume_exact(tiny_dataset, tmp_path, monkeypatch):
