@@ -10,14 +10,15 @@ from typing import Any
 
 
 class Interrupts:
-    """A handler that raises KeyboardInterrupt on Ctrl-C or SIGTERM and remembers which came
-    (`signum`; SIGINT until then, as Python's own Ctrl-C handler raises the same)."""
+    """A handler that raises KeyboardInterrupt on Ctrl-C or SIGTERM and remembers that one came
+    (`pressed`: Python drops an exception raised inside a finalizer, so a loop can look again) and
+    which (`signum`; SIGINT until then, as Python's own Ctrl-C handler raises the same)."""
 
     def __init__(self) -> None:
-        self.signum = int(signal.SIGINT)
+        self.signum, self.pressed = int(signal.SIGINT), False
 
     def __call__(self, signum: int, frame: Any) -> None:
-        self.signum = int(signum)
+        self.signum, self.pressed = int(signum), True
         raise KeyboardInterrupt
 
 

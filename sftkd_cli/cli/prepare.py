@@ -136,8 +136,8 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
 
     err = stderr_console()
 
-    def say(line: str) -> None:
-        err.print(f"prepare-data: {line}", highlight=False, markup=False, soft_wrap=True)
+    def show(line: str) -> None:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -148,9 +148,9 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
                 tasks[stage] = bar.add_task(_STAGES.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done)
 
-        lines = ProgressLines(lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True),
-                              "prepare-data", _STAGES)
-        result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines, say=say)
+        lines = ProgressLines(show, "prepare-data", _STAGES)
+        result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines,
+                                 say=lambda line: show(f"prepare-data: {line}"))
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
     if warning := result.padding_warning():
         stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)

@@ -46,20 +46,6 @@ class GraphRun:
     signum: int = signal.SIGINT  # the signal that stopped it
 
 
-class _CtrlC(Interrupts):
-    """The plan's handler of Ctrl-C (and SIGTERM): raises KeyboardInterrupt and remembers that it
-    did, because Python drops an exception raised inside a finalizer (a `__del__` running when
-    the signal arrives); the scheduler looks again between two waits and stops the plan then."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pressed = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.pressed = True
-        super().__call__(signum, frame)
-
-
 def stage_cost(stage: Stage) -> float:
     """The stage's relative cost (`eta.stage_cost`): what orders the ready stages."""
     return eta.stage_cost(stage.kind, stage.recipe, stage.trained)
@@ -100,7 +86,7 @@ def run_graph(
             if not keep_going and not stopped:
                 stopped = f"not run: stopped after {result.id} failed (--stop-on-error)"
 
-    ctrl_c = _CtrlC()
+    ctrl_c = Interrupts()  # `pressed` also when Python dropped the KeyboardInterrupt inside a finalizer
     # closing() first: the executor closes after the old handlers are back (Ray's close restores its own)
     with closing(executor), Board(console, todo, executor.slots) as board, \
             on_signals(ctrl_c, signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the plan as Ctrl-C does
