@@ -46,7 +46,7 @@ from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
 from sftkd_cli.training.objectives import Batch, Objective, model_record
-from sftkd_cli.training.resume import ResumePoint, resume_point
+from sftkd_cli.training.resume import ResumePoint, resume_point, resumed_threads
 from sftkd_cli.training.stop_flag import StopFlag
 from sftkd_cli.training.validation import validate
 
@@ -226,6 +226,7 @@ class Trainer:
             "epoch": epoch,
             "step_in_epoch": step,
             "world_size": self.world,  # an epoch's sample order depends on it (`resume.other_world`)
+            "threads": torch.get_num_threads(),  # and CPU results on this (`resume.resumed_threads`)
             "trained_on": self.trained_on,
             "channels_last": self.layout.channels_last,  # the layout a resumed run keeps (`_choose_layout`)
             **model.info(),
@@ -247,19 +248,23 @@ class Trainer:
     # the loop -----------------------------------------------------------------------------
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> FitResult:
         """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`), with
-        train.threads, train.deterministic and warning filters for the fit only (the caller's put
-        back: a `reproduce` process trains several stages). Seeds the random generators from
+        train.threads (0 on a resume: the run's count, `resumed_threads`), train.deterministic and
+        warning filters for the fit only (the caller's put back: a `reproduce` process trains
+        several stages). Seeds the random generators from
         train.seed (`seed_everything`), which the caller's streams then continue from."""
         cfg = self.recipe.train
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
-        with cpu_threads(cfg.threads), deterministic_kernels(cfg.deterministic), warnings.catch_warnings():
-            return self._fit(train_ds, val_ds, resume)
+        point = resume_point(self.run) if resume else None
+        threads, said = resumed_threads(cfg.threads, point, self.device)  # a resume keeps its thread count
+        if said and self.is_main:
+            self.console.print(said, highlight=False, markup=False, soft_wrap=True)
+        with cpu_threads(threads), deterministic_kernels(cfg.deterministic), warnings.catch_warnings():
+            return self._fit(train_ds, val_ds, point)
 
-    def _fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool) -> FitResult:
+    def _fit(self, train_ds: Dataset, val_ds: Dataset, point: ResumePoint | None) -> FitResult:
         cfg = self.recipe.train
         seed_everything(cfg.seed)
-        point = resume_point(self.run) if resume else None
         self.layout = self._choose_layout(train_ds, point.state if point else None)
         loop = self._loop(len(train_ds))
         train_ds, val_ds = (on_device(ds, self.device, self.data_on_device) for ds in (train_ds, val_ds))

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.errors import SftkdError
+import torch
+
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import nan_if_null
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.torchrun import processes, started_with
@@ -67,6 +69,32 @@ def other_world(point: ResumePoint, world: int) -> str:
     return (f"{point.path}: saved in the middle of epoch {epoch + 1} (step {step}) by {processes(saved)}; "
             f"{processes(world)} would train other slices for the rest of it: resume with {started_with(saved)}, "
             "or start over with --force; the number of processes may change at an epoch's end")
+
+
+def resumed_threads(threads: int, point: ResumePoint | None, device: torch.device) -> tuple[int, str]:
+    """The CPU threads a fit sets (train.threads `threads`; 0: torch's default, left as it is) and
+    a line to print first ('' for none).
+
+    On the CPU the thread count changes how kernels split their sums, hence the numbers (~1e-4
+    apart after a few steps), and torch's default follows the machine's CPUs. So a run resumed on
+    the CPU with train.threads 0 takes the count its checkpoint recorded (`threads`): it continues
+    exactly as if uninterrupted, on any machine (more threads than CPUs are slower, not different),
+    and the line says so where that is not this machine's default. A checkpoint of an sftkd that
+    recorded no count keeps the default, with a warning that the numbers may differ."""
+    if threads or point is None or device.type != "cpu":
+        return threads, ""
+    here, saved = torch.get_num_threads(), point.state.get("threads")
+    if saved is None:
+        return 0, (f"warning: {point.path}: records no thread count (an older sftkd saved it); resuming with torch's "
+                   f"default {counted(here, 'thread')}, so if the run trained with another count its numbers will "
+                   "differ slightly from an uninterrupted run's; set train.threads to that count (env.json's threads)")
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+        raise SftkdError(f"{point.path}: threads {saved!r}; expected a whole number >= 1 (a checkpoint sftkd wrote)")
+    if saved == here:
+        return saved, ""
+    return saved, (f"train.threads 0: resuming with the {counted(saved, 'thread')} the run trained with (torch's "
+                   f"default here is {here}), so that it continues exactly as if uninterrupted; set train.threads "
+                   "to choose")
 
 
 def resume_point(run: RunDir, start_over: str = "start over with --force") -> ResumePoint | None:

@@ -1,0 +1,61 @@
+"""What a resumed run may change and still continue exactly, and what its start line says
+(CPU, in process): the thread count of train.threads 0, a copied or renamed run folder,
+data.cache and train.checkpoint_every."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from rich.console import Console
+
+from sftkd_cli.errors import counted
+from sftkd_cli.runs import load_checkpoint, save_checkpoint
+from test_engine import _fit, _weights
+
+
+def _same_weights(a, b) -> None:
+    x, y = _weights(a), _weights(b)
+    assert x.keys() == y.keys()
+    for key in x:
+        assert torch.equal(x[key], y[key]), key
+
+
+def test_a_resume_with_threads_0_keeps_the_thread_count_the_run_trained_with(tmp_path):
+    """train.threads 0 is torch's default, which follows the machine's CPUs (set here with
+    torch.set_num_threads, as another machine's default would be): a run that trained with 2
+    threads and resumes where the default is 1 trains on with 2, says so in one line, and ends bit
+    for bit as the uninterrupted run (with 1 thread its weights differ by ~1e-4)."""
+    previous = torch.get_num_threads()
+    said = io.StringIO()
+    try:
+        torch.set_num_threads(2)  # the first machine
+        _, straight = _fit(tmp_path, "straight", False, None, "train.threads=0")
+        _fit(tmp_path, "split", False, None, "train.threads=0", "train.epochs=1")
+        torch.set_num_threads(1)  # the machine it resumes on
+        _, resumed = _fit(tmp_path, "split", True, None, "train.threads=0", console=Console(file=said, width=300))
+        assert torch.get_num_threads() == 1  # the caller's count again after the fit
+    finally:
+        torch.set_num_threads(previous)
+    _same_weights(straight, resumed)
+    assert load_checkpoint(resumed.checkpoint("last"))["threads"] == 2
+    assert said.getvalue().splitlines()[0] == ("train.threads 0: resuming with the 2 threads the run trained with "
+                                               "(torch's default here is 1), so that it continues exactly as if "
+                                               "uninterrupted; set train.threads to choose")
+
+
+def test_a_checkpoint_without_a_thread_count_resumes_with_a_warning(tmp_path):
+    """A checkpoint of an sftkd that recorded no thread count: train.threads 0 keeps torch's
+    default, and one line warns that the numbers may then differ from an uninterrupted run's."""
+    _, run = _fit(tmp_path, "old", False, None, "train.threads=0", "train.epochs=1")
+    last = run.checkpoint("last")
+    state = load_checkpoint(last)
+    del state["threads"]
+    save_checkpoint(last, state)
+    said = io.StringIO()
+    _fit(tmp_path, "old", True, None, "train.threads=0", console=Console(file=said, width=300))
+    assert said.getvalue().splitlines()[0] == (
+        f"warning: {last}: records no thread count (an older sftkd saved it); resuming with torch's default "
+        f"{counted(torch.get_num_threads(), 'thread')}, so if the run trained with "
+        "another count its numbers will differ slightly from an uninterrupted run's; set train.threads to that "
+        "count (env.json's threads)")
