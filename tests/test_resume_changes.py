@@ -5,13 +5,16 @@ data.cache and train.checkpoint_every."""
 from __future__ import annotations
 
 import io
+import shutil
 
 import torch
 from rich.console import Console
 
+from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import counted
 from sftkd_cli.runs import load_checkpoint, save_checkpoint
 from test_engine import _fit, _weights
+from test_hardening import invoke, train_args
 
 
 def _same_weights(a, b) -> None:
@@ -59,3 +62,24 @@ def test_a_checkpoint_without_a_thread_count_resumes_with_a_warning(tmp_path):
         f"{counted(torch.get_num_threads(), 'thread')}, so if the run trained with "
         "another count its numbers will differ slightly from an uninterrupted run's; set train.threads to that "
         "count (env.json's threads)")
+
+
+def test_a_copied_run_folder_resumes_as_itself_and_its_hint_names_it(tiny_dataset, tmp_path):
+    """A run folder copied elsewhere under another name resumes as that folder: its recipe's
+    run.name and run.dir (the original's) may differ and then follow the folder. A refusal's
+    hint gives the options that name the copy, so that following it does not resume the original."""
+    runs, copy = tmp_path / "runs", tmp_path / "elsewhere" / "b"
+    assert invoke(*train_args(tiny_dataset, runs, "a")).exit_code == 0
+    shutil.copytree(runs / "a", copy)
+    refused = invoke(*train_args(tiny_dataset, copy.parent, "b", "train.epochs=2", "train.lr=0.01"), "--resume")
+    assert refused.exit_code == 2
+    assert refused.output.strip().endswith(f"give that file as the recipe with --resume --name b --runs-dir {copy.parent}")
+    followed = invoke("train-teacher", copy / "recipe.yaml", "--name", "b", "--runs-dir", copy.parent,
+                      "train.epochs=2", "--resume")
+    assert followed.exit_code == 0, followed.output
+    assert len((copy / "history.jsonl").read_text().splitlines()) == 2
+    assert len((runs / "a" / "history.jsonl").read_text().splitlines()) == 1  # the original is left as it was
+    stored = load_recipe(copy / "recipe.yaml").run
+    assert (stored.name, stored.dir) == ("b", str(copy.parent))
+    assert invoke("train-teacher", copy / "recipe.yaml", "train.epochs=3", "--resume").exit_code == 0  # as itself now
+    assert len((copy / "history.jsonl").read_text().splitlines()) == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from sftkd_cli.training.objectives import Objective
 from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer; a
-#: moved run or dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
+#: moved, copied or renamed run folder: run.dir and run.name then follow the folder resumed; a
+#: moved dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
 RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint",
-                     "run.dir", "data.path"}
+                     "run.dir", "run.name", "data.path"}
 
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
@@ -232,7 +234,18 @@ def reconcile_resume(run: RunDir, recipe: Recipe) -> None:
     """On --resume the recipe must match the stored one (`resume_conflict`)."""
     conflict = resume_conflict(run, recipe)
     if conflict:
-        raise SftkdError(f"{conflict}: give that file as the recipe with --resume")
+        raise SftkdError(f"{conflict}: give that file as the recipe with --resume{_naming_folder(run)}")
+
+
+def _naming_folder(run: RunDir) -> str:
+    """The options that make the recipe stored in `run` name that folder again, where it was
+    copied, moved or renamed since it was saved (its run.name and run.dir still name the folder
+    it was saved in, which resuming would continue instead): '' where it names `run` still."""
+    stored = run.load_recipe().run
+    options = "" if stored.name == run.path.name else f" --name {shlex.quote(run.path.name)}"
+    if not _same_folder(stored.dir, run.path.parent):
+        options += f" --runs-dir {shlex.quote(str(run.path.parent))}"
+    return options
 
 
 def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point: ResumePoint | None) -> str:
