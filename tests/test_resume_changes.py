@@ -15,6 +15,7 @@ from sftkd_cli.errors import counted
 from sftkd_cli.runs import load_checkpoint, save_checkpoint
 from test_engine import _fit, _weights
 from test_hardening import invoke, train_args
+from test_resume_from_best import _assert_same_run
 
 
 def _same_weights(a, b) -> None:
@@ -83,3 +84,15 @@ def test_a_copied_run_folder_resumes_as_itself_and_its_hint_names_it(tiny_datase
     assert (stored.name, stored.dir) == ("b", str(copy.parent))
     assert invoke("train-teacher", copy / "recipe.yaml", "train.epochs=3", "--resume").exit_code == 0  # as itself now
     assert len((copy / "history.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_resume_may_change_data_cache_and_checkpoint_every_and_stays_exact(tiny_dataset, tmp_path):
+    """data.cache (the same arrays, from memory or from disk) and train.checkpoint_every (how
+    often `last` is saved) do not change the numbers: a resume may change them, and ends bit for
+    bit as the uninterrupted run."""
+    assert invoke(*train_args(tiny_dataset, tmp_path / "straight", "r", "train.epochs=2")).exit_code == 0
+    assert invoke(*train_args(tiny_dataset, tmp_path / "split", "r", "train.epochs=1")).exit_code == 0
+    resumed = invoke(*train_args(tiny_dataset, tmp_path / "split", "r", "train.epochs=2", "data.cache=false",
+                                 "train.checkpoint_every=1"), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_run(tmp_path / "split" / "r", tmp_path / "straight" / "r")

@@ -28,11 +28,12 @@ from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.objectives import Objective
 from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
 
-#: recipe keys that may change when resuming (where and how fast, or training for longer; a
-#: moved, copied or renamed run folder: run.dir and run.name then follow the folder resumed; a
-#: moved dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
-RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "eval.split", "eval.checkpoint",
-                     "run.dir", "run.name", "data.path"}
+#: recipe keys that may change when resuming (where and how fast, or training for longer: none
+#: changes the numbers; data.cache reads the same arrays, train.checkpoint_every only saves more
+#: often; a moved, copied or renamed run folder: run.dir and run.name then follow the folder
+#: resumed; a moved dataset: the checkpoint's dataset fingerprint must still match, `check_resumable`)
+RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cuda_graphs", "train.checkpoint_every",
+                     "eval.split", "eval.checkpoint", "run.dir", "run.name", "data.path", "data.cache"}
 
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
