@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 
+import pytest
 import torch
 from rich.console import Console
 
 from sftkd_cli.config import load_recipe
-from sftkd_cli.errors import counted
+from sftkd_cli.errors import RunInterrupted, counted
 from sftkd_cli.runs import load_checkpoint, save_checkpoint
-from test_engine import _fit, _weights
+from test_engine import _fit, _signal_inside_adam, _weights
 from test_hardening import invoke, train_args
 from test_resume_from_best import _assert_same_run
 
@@ -43,7 +45,9 @@ def test_a_resume_with_threads_0_keeps_the_thread_count_the_run_trained_with(tmp
         torch.set_num_threads(previous)
     _same_weights(straight, resumed)
     assert load_checkpoint(resumed.checkpoint("last"))["threads"] == 2
-    assert said.getvalue().splitlines()[0] == ("train.threads 0: resuming with the 2 threads the run trained with "
+    note, start = said.getvalue().splitlines()[:2]
+    assert ", cpu, 2 threads, resuming at the end of epoch 1; layout" in start
+    assert note == ("train.threads 0: resuming with the 2 threads the run trained with "
                                                "(torch's default here is 1), so that it continues exactly as if "
                                                "uninterrupted; set train.threads to choose")
 
@@ -96,3 +100,15 @@ def test_a_resume_may_change_data_cache_and_checkpoint_every_and_stays_exact(tin
                                  "train.checkpoint_every=1"), "--resume")
     assert resumed.exit_code == 0, resumed.output
     _assert_same_run(tmp_path / "split" / "r", tmp_path / "straight" / "r")
+
+
+def test_the_start_line_says_where_a_run_resumes_mid_epoch_and_counts_one_thread(tmp_path, monkeypatch):
+    """A run stopped after step 2 of epoch 2 resumes 'at epoch 2, step 2' (as its stop said), not
+    'after epoch 1'; its thread is counted in words ('1 thread', not '1 thread(s)')."""
+    _signal_inside_adam(monkeypatch, signal.SIGTERM, (5,))  # epoch 2, step 2 (3 steps an epoch)
+    with pytest.raises(RunInterrupted, match="at epoch 2, step 2;"):
+        _fit(tmp_path, "stopped", False, None, "train.threads=1")
+    monkeypatch.undo()
+    said = io.StringIO()
+    _fit(tmp_path, "stopped", True, None, "train.threads=1", console=Console(file=said, width=300))
+    assert ", cpu, 1 thread, resuming at epoch 2, step 2; layout" in said.getvalue().splitlines()[0]

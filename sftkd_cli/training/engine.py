@@ -36,7 +36,6 @@ from sftkd_cli.config import Recipe, loss_weights
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.layout import LayoutChoice, forced_layout, training_layout
-from sftkd_cli.models import CascadeNet, count_parameters
 from sftkd_cli.runs import CHECKPOINT_FORMAT, RunDir, environment
 from sftkd_cli.runtime import (amp_warning, autocast, collate, cpu_threads, deterministic_kernels, inference_batch_size,
                                precision_policy, select_device, to_device)
@@ -45,6 +44,7 @@ from sftkd_cli.torch_metrics import NonFinitePrediction
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
+from sftkd_cli.training.lines import checkpoint_at, epoch_line, model_text
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 from sftkd_cli.training.resume import ResumePoint, resume_point, resumed_threads
 from sftkd_cli.training.stop_flag import StopFlag
@@ -275,7 +275,8 @@ class Trainer:
                 self.console.print(point.note, highlight=False, markup=False, soft_wrap=True)
             env = {**environment(str(self.device), cfg.seed, self.world), "objective": self._bare().info()}  # its start
             self.run.write_env(env, resumed=state.resumed_from is not None)
-            self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, state.resumed_from),
+            resumed_at = (state.epoch, state.step or 0) if state.resumed_from is not None else None
+            self.console.print(self._start_line(len(train_ds), len(val_ds), loop.steps_per_epoch, resumed_at),
                                highlight=False, markup=False, soft_wrap=True)
             if warning := amp_warning(cfg.amp, self.device):
                 self.console.print(warning, highlight=False, markup=False, soft_wrap=True)
@@ -419,7 +420,7 @@ class Trainer:
         whose loss was finite (an inf gradient) can still break them, and a checkpoint of them would
         replace the last good one. One device sync, at checkpoints only (not every step)."""
         if broken := self._broken(loop):
-            raise self._stopped(f"the weights became {broken} by {_checkpoint_at(epoch, step)} "
+            raise self._stopped(f"the weights became {broken} by {checkpoint_at(epoch, step)} "
                                 "although the loss was finite")
 
     def _broken(self, loop: _Loop) -> str:
@@ -448,7 +449,7 @@ class Trainer:
         if self.kept is None:
             kept = "training stopped before its first checkpoint, so there is nothing to resume"
         else:
-            kept = f"training stopped, the last good checkpoint ({_checkpoint_at(*self.kept)}) is kept"
+            kept = f"training stopped, the last good checkpoint ({checkpoint_at(*self.kept)}) is kept"
         hint = f"try lowering train.lr={self.recipe.train.lr:g}"
         if section := self._bare().weights_section:
             weights = ", ".join(f"{key}={value:g}" for key, value in loss_weights(self.recipe, section).items())
@@ -553,14 +554,15 @@ class Trainer:
             redirect_stdout=bar is not self.console and self.console.is_terminal,  # a piped stdout keeps its lines
         )
 
-    def _start_line(self, train_slices: int, val_slices: int, steps: int, resumed_from: int | None) -> str:
-        """What is about to run, printed before the first step (also when output is not a terminal)."""
+    def _start_line(self, train_slices: int, val_slices: int, steps: int, resumed_at: tuple[int, int] | None) -> str:
+        """What is about to run, printed before the first step (also when output is not a terminal).
+        `resumed_at`: the (epoch, step_in_epoch) of the checkpoint a resumed run continues from."""
         cfg, data = self.recipe.train, self.recipe.data
-        threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        threads = f", {counted(torch.get_num_threads(), 'thread')}" if self.device.type == "cpu" else ""
         threads += ", CUDA graphs" if self.cuda_graphs else ""
-        resumed = f", resuming after epoch {resumed_from}" if resumed_from is not None else ""
+        resumed = f", resuming at {checkpoint_at(*resumed_at)}" if resumed_at is not None else ""
         processes = f" x {self.world} processes" if self.world > 1 else ""  # batch_size is per process
-        models = " + ".join(_model_text(m) for m in self._bare().models().values())
+        models = " + ".join(model_text(m) for m in self._bare().models().values())
         return (
             f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
@@ -570,12 +572,7 @@ class Trainer:
 
     def _report_epoch(self, row: dict[str, Any], improved: bool) -> None:
         """The epoch's line of results, on `self.console` (stdout from the CLI, above a live bar)."""
-        line = (
-            f"epoch {row['epoch']}: train {row['train_loss']:.5f}  val L1 {row['val_l1']:.5f}  "
-            f"PSNR {row.get('val_psnr', math.nan):.2f}  SSIM {row.get('val_ssim', math.nan):.4f}  "
-            f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
-        )
-        self.console.print(line, highlight=False, soft_wrap=True)
+        self.console.print(epoch_line(row, improved), highlight=False, soft_wrap=True)
 
 
 def progress_console(console: Console) -> Console:
@@ -585,15 +582,3 @@ def progress_console(console: Console) -> Console:
     a quiet console: no bar, as none of them is a terminal)."""
     return Console(stderr=True) if console.file is sys.stdout and not console.quiet else console
 
-
-def _checkpoint_at(epoch: int, step: int) -> str:
-    """Where a checkpoint's (epoch, step_in_epoch) stands, in words: 'epoch 2, step 1' (1-based, after
-    that step) or 'the end of epoch 1'."""
-    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-
-
-def _model_text(model: CascadeNet) -> str:
-    """A model in the start line: its name, parameter count (as evaluate and export count them) and,
-    for complex data, its images."""
-    kind = ", complex two-channel" if model.acquisition.values == "complex" else ""
-    return f"{model.name} ({count_parameters(model):,} params{kind})"
