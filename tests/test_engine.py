@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import sys
 
@@ -431,6 +432,23 @@ def test_the_progress_bar_goes_to_stderr_and_the_epoch_lines_to_stdout(tmp_path,
         assert bar not in lines and "\r" not in lines and "\x1b" not in lines
         assert [line.split(":")[0] for line in lines.splitlines()] == ["run " + str(tmp_path / "bar"), "epoch 1", "epoch 2"]
     assert "epoch 1: train" in lines and "epoch 2: train" in lines
+
+
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`, as rich writes it: a line erased (ESC[2K, after a
+    carriage return) shows only what follows, and colours and cursor moves show nothing."""
+    return [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", line.split("\x1b[2K")[-1]) for line in text.split("\n")]
+
+
+def test_on_one_terminal_the_epoch_lines_are_printed_above_the_live_bar(tmp_path, monkeypatch):
+    """stdout and stderr on one terminal (a plain `sftkd train-teacher` in a shell): each epoch line
+    is a line of its own, printed above the live bar, not appended to the bar's line."""
+    terminal, _ = _streams(monkeypatch, stdout_tty=True)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _fit(tmp_path, "bar", False, None, "train.channels_last=false", console=Console())
+    shown = [line for line in _screen(terminal.getvalue()) if "epoch 1:" in line or "epoch 2:" in line]
+    assert [line.split(":")[0] for line in shown] == ["epoch 1", "epoch 2"], terminal.getvalue()
+    assert "6/6" in _screen(terminal.getvalue())[-2]  # the bar, drawn last, below them
 
 
 @pytest.mark.parametrize("terminal", [False, True], ids=["stderr-not-a-terminal", "stderr-a-terminal"])

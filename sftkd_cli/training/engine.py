@@ -202,6 +202,7 @@ class Trainer:
         self.data_on_device = data_on_device
         self.writer = CheckpointWriter()  # checkpoints are written in the background, one at a time
         self.kept: tuple[int, int] | None = None  # (epoch, step) of the newest `last` saved or resumed from
+        self.results = self.console  # where the epoch lines go (`_loop`: above a live bar)
 
     # checkpoint state ---------------------------------------------------------------------
     def _checkpoint(self, state: FitState, loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
@@ -319,6 +320,9 @@ class Trainer:
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
         progress = self._progress()
+        # the epoch lines go through the bar's console where it is drawn on the terminal they go to:
+        # it prints them above the bar (a rich Console writes past rich's redirect of sys.stdout)
+        self.results = progress.console if not progress.disable and self.console.is_terminal else self.console
         task = progress.add_task("train", total=steps * cfg.epochs, epoch="", loss="")
         said = progress_console(self.console)  # a failed capture's line: stderr from the CLI, as the bar
         graphs = GraphedStep(objective, optimizer, self.device, cfg.amp, console=said) if self.cuda_graphs else None
@@ -539,7 +543,7 @@ class Trainer:
 
     def _progress(self) -> Progress:
         """The bar, drawn on `progress_console(self.console)` when that is a terminal (main process only).
-        While it is drawn, what is printed to a terminal stdout (the epoch lines) goes above it."""
+        While it is drawn, plain prints to a terminal stdout go above it (the epoch lines: `self.results`)."""
         bar = progress_console(self.console)
         quiet = not self.is_main or not bar.is_terminal
         return Progress(
@@ -571,8 +575,9 @@ class Trainer:
         )
 
     def _report_epoch(self, row: dict[str, Any], improved: bool) -> None:
-        """The epoch's line of results, on `self.console` (stdout from the CLI, above a live bar)."""
-        self.console.print(epoch_line(row, improved), highlight=False, soft_wrap=True)
+        """The epoch's line of results, on `self.console` (stdout from the CLI), or above a live bar
+        on the terminal it is on (`self.results`)."""
+        self.results.print(epoch_line(row, improved), highlight=False, soft_wrap=True)
 
 
 def progress_console(console: Console) -> Console:
