@@ -251,8 +251,8 @@ class Trainer:
         """Train `recipe.train.epochs` epochs (from the `last` checkpoint with `resume`), with
         train.threads (0 on a resume: the run's count, `resumed_threads`), train.deterministic and
         warning filters for the fit only (the caller's put back: a `reproduce` process trains
-        several stages). Seeds the random generators from
-        train.seed (`seed_everything`), which the caller's streams then continue from."""
+        several stages). Seeds the random generators from train.seed (`seed_everything`), which
+        the caller's streams then continue from."""
         cfg = self.recipe.train
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
