@@ -1,0 +1,107 @@
+"""What `sftkd export` leaves on disk and says, checked from outside: the card (its training
+record, and inside the file), the file's bytes, the file and its card published together, the
+--out folder, the help, and the files as plain onnxruntime and torch read them. Device: CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sftkd_cli
+from sftkd_cli.checkpoints import load_model
+from sftkd_cli.cli.app import app
+from sftkd_cli.config import load_recipe
+from sftkd_cli.export import export_run
+from sftkd_cli.exported import card_path
+from test_export import _val_batch, trained_run  # noqa: F401  (the fixtures, by name)
+
+torch.set_num_threads(1)
+
+#: the repository's folder, which no exported file may name
+REPOSITORY = str(Path(sftkd_cli.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    """`trained_run` exported in both formats into a folder outside it: format -> file."""
+    folder = tmp_path_factory.mktemp("exports")
+    return {fmt: export_run(trained_run, fmt, out=folder / f"tiny.{fmt}").path for fmt in ("torchscript", "onnx")}
+
+
+def _per_sample_inputs(tiny_dataset: Path, n: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`n` val slices, each undersampled by its own mask (rows 0, 1 and every (i+2)th): zf, complex kspace, mask."""
+    target = _val_batch(tiny_dataset, n)["target"]
+    mask = torch.zeros(n, 1, *target.shape[-2:])
+    for i in range(n):
+        mask[i, :, : 2] = 1
+        mask[i, :, :: i + 2] = 1
+    kspace = torch.fft.fft2(target, norm="ortho") * mask
+    return torch.fft.ifft2(kspace, norm="ortho").abs(), kspace.to(torch.complex64), mask
+
+
+# --------------------------------------------------------------------------- the card
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_the_card_is_embedded_in_the_file_as_plain_onnx_and_torch_read_it(exports, fmt):
+    """Without its sha256 (a file cannot hold its own digest), the card beside the file is inside it."""
+    path = exports[fmt]
+    beside = json.loads(card_path(path).read_text())
+    if fmt == "onnx":
+        import onnx
+
+        props = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+        embedded = json.loads(props["sftkd_card"])
+    else:
+        extra = {"sftkd_card.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation
+            torch.jit.load(str(path), _extra_files=extra)
+        embedded = json.loads(extra["sftkd_card.json"])
+    assert embedded == {key: value for key, value in beside.items() if key != "sha256"}
+    assert embedded["file"] == path.name and embedded["export_format"] == fmt
+
+
+# --------------------------------------------------------------------------- the bytes
+
+
+def _entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {entry.filename: archive.read(entry) for entry in archive.infolist()}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_the_same_run_exported_from_two_folders_by_two_callers_gives_the_same_bytes(trained_run, tmp_path, monkeypatch, fmt):  # noqa: F811
+    """TorchScript kept *.debug_pkl entries naming this repository's files and the caller's stack
+    (a run exported twice gave two files); no entry names the repository or the working folder now."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    name = f"m{'.ts' if fmt == 'torchscript' else '.onnx'}"
+    monkeypatch.chdir(first)
+    export_run(os.path.relpath(trained_run), fmt, out=Path(name))  # from Python, a relative run path
+    monkeypatch.chdir(second)
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", fmt, "-o", name])  # the command
+    assert result.exit_code == 0, result.output
+    data = (first / name).read_bytes()
+    assert data == (second / name).read_bytes()
+    for where in (REPOSITORY, str(first), str(second)):
+        assert where.encode() not in data
+    if fmt == "torchscript":
+        entries = _entries(first / name)
+        assert not [entry for entry in entries if entry.endswith(".debug_pkl")]
+        assert not [entry for entry, content in entries.items() if REPOSITORY.encode() in content]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation
+            loaded = torch.jit.load(str(first / name))
+        model, _ = load_model(trained_run)
+        zf, kspace, mask = _per_sample_inputs(Path(load_recipe(trained_run / "recipe.yaml").data.path), 2)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(zf, torch.cat([kspace.real, kspace.imag], 1), mask),
+                                       model(zf, kspace, mask), atol=1e-5, rtol=0)
