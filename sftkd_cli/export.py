@@ -29,7 +29,8 @@ run on real slices of the run's dataset (or a synthetic phantom when the dataset
 and compared with the PyTorch model. The file appears only when the check passes. A run
 whose dataset holds data the model was not built for (`checkpoints.check_fits_data`) is refused.
 The card is also embedded in the file, and a TorchScript file holds no debug records, so the
-same run gives the same bytes from any folder (`export_files`).
+same run gives the same bytes from any folder (`export_files`). The card's `training` says
+whether the run trained all the epochs it planned.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.checkpoints import check_fits_data, load_model_digest
+from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
@@ -78,8 +79,8 @@ FORMATS = EXPORT_SUFFIX
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 #: 2: the mask's sampled_lines along its axis (was sampled_rows, always rows); 3: a super-resolution
-#: box as box_rows x box_columns (its sampled_lines were the box's rows only); 4: the card also
-#: inside the file (`export_files.embed_card`)
+#: box as box_rows x box_columns (its sampled_lines were the box's rows only); 4: `training` (epochs
+#: trained and planned), the card also inside the file (`export_files.embed_card`)
 CARD_FORMAT = 4
 
 
@@ -403,6 +404,7 @@ def export_run(
                 "checkpoint": checkpoint,
                 CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
                 "epoch": state.get("epoch"),
+                "training": _training(run.path, recipe.train.epochs, checkpoint, state),
                 "architecture": family.architecture(model, fixed),
                 "params": count_parameters(model),
                 "task": model.acquisition.task,  # evaluate --exported refuses data of another task
@@ -460,6 +462,21 @@ def _load_written(tmp: Path, target: Path) -> ExportedModel:
     except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
         raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
                          f"nothing written ({exc})") from None
+
+
+def _training(run_path: Path, planned: int, checkpoint: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The card's record of how far the run trained: the epochs its last checkpoint finished
+    against those its recipe planned (train.epochs), and the checkpoint exported with its epoch.
+    Why: a run stopped early (Ctrl-C, SIGTERM, a crash) is otherwise exported like a finished one.
+    Trained epochs are None (and so is `finished`) where the last checkpoint cannot be read."""
+    try:
+        last = state if checkpoint == "last" else read_checkpoint(run_path, "last").state
+        trained: int | None = int(last.get("epoch") or 0)
+    except SftkdError:
+        trained = None
+    return {"epochs_trained": trained, "epochs_planned": int(planned),
+            "finished": None if trained is None else trained >= planned,
+            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch")}
 
 
 def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manifest: dict[str, Any] | None,

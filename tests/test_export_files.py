@@ -4,6 +4,7 @@ record, and inside the file), the file's bytes, the file and its card published 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -17,13 +18,14 @@ from typer.testing import CliRunner
 import sftkd_cli
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
-from sftkd_cli.config import load_recipe
+from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.export import export_run
-from sftkd_cli.exported import card_path
-from test_export import _val_batch, trained_run  # noqa: F401  (the fixtures, by name)
+from sftkd_cli.exported import card_path, read_card
+from test_export import _val_batch, run_copy, trained_run  # noqa: F401  (the fixtures, by name)
 
 torch.set_num_threads(1)
 
+WIDE = {"COLUMNS": "300"}
 #: the repository's folder, which no exported file may name
 REPOSITORY = str(Path(sftkd_cli.__file__).resolve().parents[1])
 
@@ -46,7 +48,31 @@ def _per_sample_inputs(tiny_dataset: Path, n: int = 3) -> tuple[torch.Tensor, to
     return torch.fft.ifft2(kspace, norm="ortho").abs(), kspace.to(torch.complex64), mask
 
 
+def _set_epochs(run: Path, epochs: int) -> None:
+    recipe = load_recipe(run / "recipe.yaml")
+    (run / "recipe.yaml").write_text(dump_recipe(dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=epochs))))
+
+
 # --------------------------------------------------------------------------- the card
+
+
+def test_the_card_says_how_many_planned_epochs_the_run_trained_and_the_command_notes_an_early_stop(run_copy, tmp_path):  # noqa: F811
+    """A run that planned 5 epochs and stopped after 1 (its recipe says 5, its last checkpoint 1)
+    is exported with a card saying so, and one note line; a finished run gets no note."""
+    done = CliRunner().invoke(app, ["export", str(run_copy), "-f", "torchscript", "-o", str(tmp_path / "done.ts")], env=WIDE)
+    assert done.exit_code == 0, done.output
+    assert read_card(tmp_path / "done.ts")["training"] == {
+        "epochs_trained": 1, "epochs_planned": 1, "finished": True, "checkpoint": "best", "checkpoint_epoch": 1}
+    assert "note:" not in done.output
+    _set_epochs(run_copy, 5)
+    stopped = CliRunner().invoke(app, ["export", str(run_copy), "-f", "torchscript", "-o", str(tmp_path / "early.ts"),
+                                       "--checkpoint", "last"], env=WIDE)
+    assert stopped.exit_code == 0, stopped.output
+    assert read_card(tmp_path / "early.ts")["training"] == {
+        "epochs_trained": 1, "epochs_planned": 5, "finished": False, "checkpoint": "last", "checkpoint_epoch": 1}
+    notes = [line for line in stopped.output.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {run_copy} trained 1 of its 5 planned epochs (stopped early; --resume continues it); "
+                     "this is its last checkpoint, from epoch 1"], stopped.output
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -59,6 +59,11 @@ def export(
     console.print(f"check: max |exported - PyTorch| = {result.max_abs_diff:.2e} on {card['check']['inputs']}",
                   soft_wrap=True, markup=False)
     console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)
+    training = card["training"]
+    if training["finished"] is False:  # None: the run's last checkpoint could not be read
+        console.print(f"note: {run} trained {training['epochs_trained']} of its {training['epochs_planned']} planned "
+                      f"epochs (stopped early; --resume continues it); this is its {training['checkpoint']} "
+                      f"checkpoint, from epoch {training['checkpoint_epoch']}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
