@@ -36,7 +36,6 @@ whether the run trained all the epochs it planned.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,9 @@ from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
-from sftkd_cli.export_files import embed_card, write_onnx, write_torchscript
+from sftkd_cli.export_files import embed_card, publish, write_onnx, write_torchscript
 from sftkd_cli.exported import (
     OUTPUT_NAME,
     ExportedModel,
@@ -446,8 +445,10 @@ def export_run(
                     staged.add(card_file, json_text(card).encode())
                 except OSError as exc:
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
-                os.replace(tmp, target)
-                staged.commit()
+                held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
+            if held:  # the export is whole: say so, then stop as the signal asked
+                raise RunInterrupted(f"export interrupted once it was written: {target} and its card "
+                                     f"{card_path(target).name} are complete", held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:

@@ -1,5 +1,5 @@
 """The bytes of an exported file (`sftkd export`): the TorchScript and ONNX writers, the model card
-embedded in the file.
+embedded in the file, and the publish of the file with its card beside it.
 
 A TorchScript archive as torch.jit.save writes it holds `*.debug_pkl` entries: the source ranges
 of the traced code, with this machine's absolute paths and the caller's stack, and a
@@ -20,6 +20,8 @@ import contextlib
 import importlib
 import io
 import json
+import os
+import signal
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -31,7 +33,8 @@ from torch import nn
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.exported import INPUT_NAMES, INSTALL_HINT, OUTPUT_NAME, require_onnxruntime
-from sftkd_cli.files import json_text, write_bytes_synced
+from sftkd_cli.files import StagedFiles, json_text, write_bytes_synced
+from sftkd_cli.signals import on_signals
 
 ONNX_OPSET = 17
 #: the ONNX metadata_props key and the TorchScript extra file that hold the embedded card
@@ -138,3 +141,22 @@ def embedded_card(path: Path) -> dict[str, Any] | None:
     values = [prop.value for prop in model.metadata_props if prop.key == CARD_KEY]
     return json.loads(values[0]) if values else None
 
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM held back for the block (steps that must not be parted: a file and its
+    card renamed into place); the list yielded collects the signals that came, for the caller to
+    act on after the block."""
+    held: list[int] = []
+    with on_signals(lambda signum, frame: held.append(int(signum)), signal.SIGINT, signal.SIGTERM):
+        yield held
+
+
+def publish(tmp: Path, target: Path, staged: StagedFiles) -> list[int]:
+    """Rename the checked file `tmp` to `target`, then its card (`staged`) into place, with Ctrl-C
+    and SIGTERM held over both renames: a signal then can never leave the new file without its
+    card, or beside the earlier export's card. Returns the signals held (empty: none came)."""
+    with signals_held() as held:
+        os.replace(tmp, target)
+        staged.commit()
+    return held

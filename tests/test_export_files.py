@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
 from sftkd_cli.export import export_run
-from sftkd_cli.exported import card_path, read_card
+from sftkd_cli.exported import card_path, load_exported, read_card
 from test_export import _val_batch, run_copy, trained_run  # noqa: F401  (the fixtures, by name)
 
 torch.set_num_threads(1)
@@ -131,3 +132,36 @@ def test_the_same_run_exported_from_two_folders_by_two_callers_gives_the_same_by
         with torch.no_grad():
             torch.testing.assert_close(loaded(zf, torch.cat([kspace.real, kspace.imag], 1), mask),
                                        model(zf, kspace, mask), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def test_a_signal_between_the_two_renames_waits_until_the_model_and_its_card_are_both_in_place(trained_run, tmp_path, monkeypatch):  # noqa: F811
+    """SIGTERM right after the model's rename: the card's rename still happens, the pair is whole
+    and matches, and the command says so in one line, exit 143. (It exited saying 'nothing
+    written' and left the new model without a card, which --force then refused to replace.)"""
+    out = tmp_path / "m.ts"
+    replace = os.replace
+
+    def terminated_after_the_model(src, dst):
+        replace(src, dst)
+        if Path(dst) == out:
+            signal.raise_signal(signal.SIGTERM)
+
+    def not_taken(signum, frame):  # the test's own: were export not to take SIGTERM, this fails the test
+        raise AssertionError("SIGTERM not handled by export")
+
+    monkeypatch.setattr(os, "replace", terminated_after_the_model)
+    previous = signal.signal(signal.SIGTERM, not_taken)
+    try:
+        result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(out)], env=WIDE)
+        assert signal.getsignal(signal.SIGTERM) is not_taken  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert result.exit_code == 143, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: export interrupted once it was written: {out} and its card m.ts.card.json are complete"]
+    assert read_card(out)["file"] == "m.ts" and load_exported(out).card["sha256"]  # the card matches the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts", "m.ts.card.json"]  # no temporary file left

@@ -42,7 +42,9 @@ def export(
     from sftkd_cli.export import export_run
     from sftkd_cli.signals import interrupts
 
-    try:  # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written
+    # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written (one that comes while the
+    # file and its card are renamed into place waits until both are there: `export_files.publish`)
+    try:
         with interrupts() as caught:
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
     except KeyboardInterrupt:
