@@ -180,6 +180,7 @@ class ExportResult:
     card_path: Path
     max_abs_diff: float
     card: dict[str, Any]
+    created_folder: Path | None = None  # the --out folder this export created (it did not exist)
 
 
 def _manifest(data_path: str | Path) -> dict[str, Any] | None:
@@ -371,6 +372,7 @@ def export_run(
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
     target = _export_target(out, run.path, model.name, entry_role, fmt)
+    made = target.parent if out is not None and not target.parent.exists() else None  # said, not silent
     with made_folder(target.parent):  # a failed export leaves no folder it made behind
         target = _replaceable(target, out, force)
         tmp = temporary_sibling(target)
@@ -453,7 +455,7 @@ def export_run(
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:
             unlink_quietly(tmp)
-    return ExportResult(target, card_path(target), diff, card)
+    return ExportResult(target, card_path(target), diff, card, made)
 
 
 def _load_written(tmp: Path, target: Path) -> ExportedModel:

@@ -165,3 +165,23 @@ def test_a_signal_between_the_two_renames_waits_until_the_model_and_its_card_are
         f"error: export interrupted once it was written: {out} and its card m.ts.card.json are complete"]
     assert read_card(out)["file"] == "m.ts" and load_exported(out).card["sha256"]  # the card matches the file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts", "m.ts.card.json"]  # no temporary file left
+
+
+def test_an_out_folder_that_does_not_exist_is_created_and_said(trained_run, tmp_path):  # noqa: F811
+    out = tmp_path / "new" / "dir" / "m.onnx"
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert f"note: created folder {out.parent} for --out (it did not exist)" in result.output.splitlines()
+    assert out.is_file() and card_path(out).is_file()
+    again = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out), "--force"], env=WIDE)
+    assert again.exit_code == 0 and "created folder" not in again.output, again.output
+
+
+def test_export_help_says_how_inputs_are_scaled_and_where_the_readme_tells_more():
+    result = CliRunner().invoke(app, ["export", "--help"], env=WIDE)
+    text = " ".join(result.output.split())
+    assert "Inputs are float32 and scaled as the training data was" in text and "multiply the output by it" in text
+    assert "mask is 0/1" in text and "mask batch B or 1" in text
+    assert "README: 'Using an exported model'" in text
+    readme = (Path(REPOSITORY) / "README.md").read_text(encoding="utf-8")
+    assert "\n### Using an exported model\n" in readme
