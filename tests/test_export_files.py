@@ -8,10 +8,13 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -185,3 +188,49 @@ def test_export_help_says_how_inputs_are_scaled_and_where_the_readme_tells_more(
     assert "README: 'Using an exported model'" in text
     readme = (Path(REPOSITORY) / "README.md").read_text(encoding="utf-8")
     assert "\n### Using an exported model\n" in readme
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def test_onnx_takes_a_mask_per_sample(exports, trained_run, tiny_dataset):  # noqa: F811
+    """The mask's batch is its own dynamic axis: three slices with three different masks."""
+    zf, kspace, mask = _per_sample_inputs(tiny_dataset)
+    assert not torch.equal(mask[0], mask[1])
+    model, _ = load_model(trained_run)
+    with torch.no_grad():
+        expected = model(zf, kspace, mask)
+    for fmt in ("onnx", "torchscript"):
+        torch.testing.assert_close(load_exported(exports[fmt])(zf, kspace, mask), expected, atol=1e-5, rtol=0)
+
+
+#: run in a fresh interpreter that never imports sftkd: the files as any deployment reads them
+RAW_CONSUMER = """
+import json, sys, warnings
+import numpy as np, onnxruntime, torch
+warnings.simplefilter("ignore")
+data = np.load(sys.argv[1])
+feeds = {name: data[name] for name in ("zf", "kspace", "mask")}
+session = onnxruntime.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+by_onnx = session.run(["image"], {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+by_torch = torch.jit.load(sys.argv[3])(*(torch.from_numpy(feeds[name]) for name in ("zf", "kspace", "mask"))).numpy()
+print(json.dumps({"onnx": float(np.abs(by_onnx - data["expected"]).max()),
+                  "torchscript": float(np.abs(by_torch - data["expected"]).max()),
+                  "sftkd": sorted(name for name in sys.modules if name.startswith("sftkd"))}))
+"""
+
+
+def test_plain_onnxruntime_and_torch_in_a_process_without_sftkd_give_the_models_output(exports, trained_run, tiny_dataset, tmp_path):  # noqa: F811
+    """Both files, loaded by onnxruntime and torch.jit.load alone, reproduce the PyTorch model's
+    output that the test saved, to 1e-5 (the ONNX file computes the DFT as matrix products)."""
+    zf, kspace, mask = _per_sample_inputs(tiny_dataset, 2)
+    model, _ = load_model(trained_run)
+    with torch.no_grad():
+        expected = model(zf, kspace, mask)
+    arrays = {"zf": zf, "kspace": torch.cat([kspace.real, kspace.imag], 1), "mask": mask, "expected": expected}
+    np.savez(tmp_path / "inputs.npz", **{name: t.numpy().astype(np.float32) for name, t in arrays.items()})
+    done = subprocess.run([sys.executable, "-c", RAW_CONSUMER, str(tmp_path / "inputs.npz"), str(exports["onnx"]),
+                           str(exports["torchscript"])], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["sftkd"] == [] and measured["onnx"] <= 1e-5 and measured["torchscript"] <= 1e-5, measured
