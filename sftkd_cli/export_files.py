@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import os
 import signal
 import warnings
@@ -131,32 +130,12 @@ def embed_card(path: Path, fmt: str, card: dict[str, Any]) -> None:
     write_bytes_synced(path, data)
 
 
-def embedded_card(path: Path) -> dict[str, Any] | None:
-    """The card embedded in an exported file (`embed_card`), None when it holds none."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [name for name in archive.namelist() if name.endswith(f"/extra/{CARD_EXTRA}")]
-            return json.loads(archive.read(names[0])) if names else None
-    model = _require_onnx().load(str(path), load_external_data=False)
-    values = [prop.value for prop in model.metadata_props if prop.key == CARD_KEY]
-    return json.loads(values[0]) if values else None
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[list[int]]:
-    """Ctrl-C and SIGTERM held back for the block (steps that must not be parted: a file and its
-    card renamed into place); the list yielded collects the signals that came, for the caller to
-    act on after the block."""
-    held: list[int] = []
-    with on_signals(lambda signum, frame: held.append(int(signum)), signal.SIGINT, signal.SIGTERM):
-        yield held
-
-
 def publish(tmp: Path, target: Path, staged: StagedFiles) -> list[int]:
     """Rename the checked file `tmp` to `target`, then its card (`staged`) into place, with Ctrl-C
     and SIGTERM held over both renames: a signal then can never leave the new file without its
     card, or beside the earlier export's card. Returns the signals held (empty: none came)."""
-    with signals_held() as held:
+    held: list[int] = []
+    with on_signals(lambda signum, frame: held.append(int(signum)), signal.SIGINT, signal.SIGTERM):
         os.replace(tmp, target)
         staged.commit()
     return held
