@@ -28,15 +28,14 @@ a TorchScript file passes the op check every loaded file gets, `exported.EXPORT_
 run on real slices of the run's dataset (or a synthetic phantom when the dataset is missing)
 and compared with the PyTorch model. The file appears only when the check passes. A run
 whose dataset holds data the model was not built for (`checkpoints.check_fits_data`) is refused.
+The card is also embedded in the file, and a TorchScript file holds no debug records, so the
+same run gives the same bytes from any folder (`export_files`). The card's `training` says
+whether the run trained all the epochs it planned.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import io
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,16 +46,15 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.checkpoints import check_fits_data, load_model_digest
+from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
+from sftkd_cli.export_files import embed_card, publish, write_onnx, write_torchscript
 from sftkd_cli.exported import (
-    INPUT_NAMES,
-    INSTALL_HINT,
     OUTPUT_NAME,
     ExportedModel,
     card_path,
@@ -69,7 +67,7 @@ from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
     StagedFiles, check_writable, is_special_file, json_text, made_folder, output_path,
-    sha256_file, temporary_sibling, unlink_quietly, write_bytes_synced,
+    sha256_file, temporary_sibling, unlink_quietly,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
@@ -79,10 +77,10 @@ from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
 FORMATS = EXPORT_SUFFIX
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
-ONNX_OPSET = 17
 #: 2: the mask's sampled_lines along its axis (was sampled_rows, always rows); 3: a super-resolution
-#: box as box_rows x box_columns (its sampled_lines were the box's rows only)
-CARD_FORMAT = 3
+#: box as box_rows x box_columns (its sampled_lines were the box's rows only); 4: `training` (epochs
+#: trained and planned), the card also inside the file (`export_files.embed_card`)
+CARD_FORMAT = 4
 
 
 # --------------------------------------------------------------------------- writing
@@ -99,38 +97,6 @@ def exportable(model: CascadeNet, image_size: tuple[int, int], fixed: bool) -> n
     files hold no layout (onnxruntime chooses its own)."""
     wrapper = family_of(model.name).exportable(model, image_size, fixed)
     return wrapper if fixed else copy.deepcopy(wrapper).to(memory_format=torch.channels_last).requires_grad_(False)
-
-
-def write_torchscript(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> str:
-    """Write `wrapper` as a TorchScript trace (any batch and size); returns how, for the model card."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-        traced = torch.jit.trace(wrapper, example, check_trace=False)
-        # serialised in memory, then plain writes: a full disk or a file-size limit is an OSError,
-        # not an exception inside torch's C++ file writer (which can abort the process)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-    write_bytes_synced(path, buffer.getvalue())
-    return f"torch.jit.trace (torch {torch.__version__})"
-
-
-def write_onnx(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> str:
-    """Write `wrapper` as ONNX (dynamic batch); returns how it was exported, for the model card."""
-    try:
-        importlib.import_module("onnx")  # the exporter needs it
-    except ImportError:
-        raise SftkdError(f"onnx: not installed; ONNX export needs the extra: {INSTALL_HINT}") from None
-    require_onnxruntime()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notes of the TorchScript-based exporter
-        buffer = io.BytesIO()  # in memory, as in write_torchscript
-        torch.onnx.export(
-            wrapper, example, buffer, dynamo=False, opset_version=ONNX_OPSET,
-            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-            dynamic_axes={"zf": {0: "batch"}, "kspace": {0: "batch"}, "mask": {0: "mask_batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    write_bytes_synced(path, buffer.getvalue())
-    return f"torch.onnx.export (TorchScript-based, dynamo=False, opset {ONNX_OPSET}, torch {torch.__version__})"
 
 
 # --------------------------------------------------------------------------- check inputs
@@ -214,6 +180,7 @@ class ExportResult:
     card_path: Path
     max_abs_diff: float
     card: dict[str, Any]
+    created_folder: Path | None = None  # the --out folder this export created (it did not exist)
 
 
 def _manifest(data_path: str | Path) -> dict[str, Any] | None:
@@ -286,7 +253,7 @@ def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> d
     if scored != (role, checkpoint, digest):
         return None
     return {
-        "file": str(path),
+        "file": str(path.resolve()),  # the same card from any working folder
         "model": info.get("model"),
         "role": info.get("role"),
         "checkpoint": info.get("checkpoint"),
@@ -405,17 +372,14 @@ def export_run(
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
     target = _export_target(out, run.path, model.name, entry_role, fmt)
+    made = target.parent if out is not None and not target.parent.exists() else None  # said, not silent
     with made_folder(target.parent):  # a failed export leaves no folder it made behind
         target = _replaceable(target, out, force)
         tmp = temporary_sibling(target)
         try:
             with torch.no_grad():
                 exporter = (write_onnx if fixed else write_torchscript)(wrapper, example, tmp)
-            try:
-                exported = load_exported(tmp)
-            except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
-                raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
-                                 f"nothing written ({exc})") from None
+            exported = _load_written(tmp, target)
             diff = max_difference(exported, model, inputs)
             if not diff <= TOLERANCE:
                 raise SftkdError(
@@ -429,7 +393,7 @@ def export_run(
                 "sftkd_version": __version__,
                 "export_format": fmt,
                 "file": target.name,
-                "sha256": sha256_file(tmp),  # ties the card to this file (`read_card` checks it)
+                "sha256": None,  # ties the card to this file (`read_card` checks it); set once the card is in it
                 "exporter": exporter,
                 "run": run.path.name,
                 "run_path": str(run.path.resolve()),  # evaluate --exported tells its run by it, from any folder
@@ -441,6 +405,7 @@ def export_run(
                 "checkpoint": checkpoint,
                 CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
                 "epoch": state.get("epoch"),
+                "training": _training(run.path, recipe.train.epochs, checkpoint, state),
                 "architecture": family.architecture(model, fixed),
                 "params": count_parameters(model),
                 "task": model.acquisition.task,  # evaluate --exported refuses data of another task
@@ -469,6 +434,10 @@ def export_run(
                     "reference": f"the PyTorch {model.name}" + (" (torch.fft data consistency)" if family.data_consistency else ""),
                 },
             }
+            # the card goes into the file (all but its sha256), which is loaded and checked again
+            embed_card(tmp, fmt, {key: value for key, value in card.items() if key != "sha256"})
+            _load_written(tmp, target)
+            card["sha256"] = sha256_file(tmp)
             # the card is written under a temporary name and renamed after the model: a failed rename
             # of the model leaves an earlier export and its card as they were. A link at the card's
             # name is replaced in RUN/export; given as --out, its target is written
@@ -478,13 +447,39 @@ def export_run(
                     staged.add(card_file, json_text(card).encode())
                 except OSError as exc:
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
-                os.replace(tmp, target)
-                staged.commit()
+                held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
+            if held:  # the export is whole: say so, then stop as the signal asked
+                raise RunInterrupted(f"export interrupted once it was written: {target} and its card "
+                                     f"{card_path(target).name} are complete", held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:
             unlink_quietly(tmp)
-    return ExportResult(target, card_path(target), diff, card)
+    return ExportResult(target, card_path(target), diff, card, made)
+
+
+def _load_written(tmp: Path, target: Path) -> ExportedModel:
+    """The file just written to `tmp` for `target`, loaded as every exported file is (with its checks)."""
+    try:
+        return load_exported(tmp)
+    except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
+        raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
+                         f"nothing written ({exc})") from None
+
+
+def _training(run_path: Path, planned: int, checkpoint: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The card's record of how far the run trained: the epochs its last checkpoint finished
+    against those its recipe planned (train.epochs), and the checkpoint exported with its epoch.
+    Why: a run stopped early (Ctrl-C, SIGTERM, a crash) is otherwise exported like a finished one.
+    Trained epochs are None (and so is `finished`) where the last checkpoint cannot be read."""
+    try:
+        last = state if checkpoint == "last" else read_checkpoint(run_path, "last").state
+        trained: int | None = int(last.get("epoch") or 0)
+    except SftkdError:
+        trained = None
+    return {"epochs_trained": trained, "epochs_planned": int(planned),
+            "finished": None if trained is None else trained >= planned,
+            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch")}
 
 
 def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manifest: dict[str, Any] | None,

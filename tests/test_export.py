@@ -362,8 +362,9 @@ def test_a_failed_rename_of_the_model_leaves_the_earlier_export_and_card(run_cop
 
 
 def test_a_card_that_does_not_match_its_file_is_refused(run_copy, monkeypatch):
-    """An export stopped between renaming the model and renaming its card leaves the new model
-    with the old card: the card's sha256 tells, and the pair is refused."""
+    """An export killed between renaming the model and renaming its card (kill -9, a crash: a
+    Ctrl-C or SIGTERM there waits, see test_export_files) leaves the new model with the old card:
+    the card's sha256 tells, and the pair is refused."""
     path = export_run(run_copy, "torchscript").path
     replace, calls = os.replace, []
 

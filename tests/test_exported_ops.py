@@ -41,12 +41,14 @@ def _variants() -> list[tuple[str, str, str, int]]:
     return variants + [(name, "magnitude", "corner", 5) for name in OTHER_NAMES]
 
 
+@pytest.mark.parametrize("traced_mask_batch", [1, 2])
 @pytest.mark.parametrize(("name", "values", "layout", "pad"), _variants())
-def test_every_exported_variant_passes_the_op_check(name, values, layout, pad, tmp_path):
+def test_every_exported_variant_passes_the_op_check(name, values, layout, pad, traced_mask_batch, tmp_path):
     """Written as `sftkd export --format torchscript` writes it (the family's wrapper, export's
-    writer) at an odd size, batch 2 with mask batch 1, it loads (the op check passes), runs at
-    another size and batch, and matches the model. A model change that adds an op fails here
-    (add the op to EXPORT_OPS once it is known to touch no files), not in users' hands."""
+    writer) at an odd size, batch 2 with mask batch 1 or 2 (export traces a mask per sample), it
+    loads (the op check passes), runs at another size and batch with a different mask per sample
+    (batch 2) or one mask (batch 1), and matches the model. A model change that adds an op fails
+    here (add the op to EXPORT_OPS once it is known to touch no files), not in users' hands."""
     channels = 2 if values == "complex" else 1
     task = "recon" if family_of(name).data_consistency else "sr"  # VDSR: super-resolution
     acquisition = Acquisition(task=task, kspace_layout=layout, values=values, channels=channels)
@@ -54,10 +56,11 @@ def test_every_exported_variant_passes_the_op_check(name, values, layout, pad, t
     wrapper = exportable(model, (15, 13), False).eval()
     path = tmp_path / f"{name}.ts"
     with torch.no_grad():
-        write_torchscript(wrapper, _inputs((2, channels, 15, 13), mask_batch=1), path)
+        write_torchscript(wrapper, _inputs((2, channels, 15, 13), mask_batch=traced_mask_batch), path)
     exported = load_exported(path)
     for shape in ((2, channels, 15, 13), (1, channels, 16, 12)):
         zf, kspace, mask = _inputs(shape, mask_batch=shape[0])
+        assert shape[0] == 1 or not torch.equal(mask[0], mask[1])  # a mask per sample
         with torch.no_grad():
             expected = model(zf, torch.complex(kspace[:, :1], kspace[:, 1:]), mask)
         torch.testing.assert_close(exported(zf, kspace, mask), expected, atol=1e-5, rtol=0)

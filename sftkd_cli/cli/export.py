@@ -21,8 +21,13 @@ HELP = examples(
     "real/imaginary, with centred k-space. "
     f"A {NO_DC_LABELS} model (super-resolution, no data consistency) ignores kspace and mask; its ONNX file "
     "takes zf alone, the interpolated low-resolution image. Dynamic batch; ONNX has a fixed image size, TorchScript any. "
-    "A model card <out>.card.json is written beside the file: where the model comes from, how inputs must "
-    "be scaled, the file's sha256. An earlier export at the output path is replaced only with --force.",
+    "\n\nInputs are float32 and scaled as the training data was: divide zf and kspace of a scan by its "
+    "volume's factor (the card's normalisation; the paper's data: the volume maximum) and multiply the output "
+    "by it; mask is 0/1 (any non-zero counts as sampled), mask batch B or 1; no clipping. "
+    "A model card <out>.card.json is written beside the file, and embedded in it: where the model comes from, "
+    "how many of its planned epochs the run trained, how inputs must be scaled, the file's sha256. "
+    "A missing --out folder is created (said in a note). An earlier export at the output path is replaced "
+    "only with --force. README: 'Using an exported model'.",
     "sftkd export runs/demo-student --format onnx",
     "sftkd export runs/demo/sft --model student --format torchscript",
 )
@@ -42,7 +47,9 @@ def export(
     from sftkd_cli.export import export_run
     from sftkd_cli.signals import interrupts
 
-    try:  # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written
+    # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written (one that comes while the
+    # file and its card are renamed into place waits until both are there: `export_files.publish`)
+    try:
         with interrupts() as caught:
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
     except KeyboardInterrupt:
@@ -59,6 +66,13 @@ def export(
     console.print(f"check: max |exported - PyTorch| = {result.max_abs_diff:.2e} on {card['check']['inputs']}",
                   soft_wrap=True, markup=False)
     console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)
+    if result.created_folder is not None:
+        console.print(f"note: created folder {result.created_folder} for --out (it did not exist)", soft_wrap=True, markup=False)
+    training = card["training"]
+    if training["finished"] is False:  # None: the run's last checkpoint could not be read
+        console.print(f"note: {run} trained {training['epochs_trained']} of its {training['epochs_planned']} planned "
+                      f"epochs (stopped early; --resume continues it); this is its {training['checkpoint']} "
+                      f"checkpoint, from epoch {training['checkpoint_epoch']}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
