@@ -494,10 +494,14 @@ def check_sft_pair(recipe: Recipe) -> None:
 
 
 def check_distill_schedule(recipe: Recipe) -> None:
-    """Two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1
-    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all; and each
-    loss it trains with needs a weight > 0 (`_check_distill_weights`). Only where distillation
-    trains: a plan may set the schedule and weights in `base` for every stage."""
+    """Distillation's own settings: a known distill.method; two-stage distillation needs both
+    stages: with stage1_epochs 0 it would train a plain L1 student recorded as a KD run, and with
+    stage1_epochs >= train.epochs no L1 stage at all; and each loss it trains with needs a weight
+    > 0 (`_check_distill_weights`). Only where distillation trains: a plan may set the schedule
+    and weights in `base` for every stage."""
+    from sftkd_cli.distill.catalog import method_spec
+
+    method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule == TWO_STAGE and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "

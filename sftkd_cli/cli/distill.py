@@ -48,6 +48,7 @@ def distill_command(
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
     from sftkd_cli.config import check_distill_schedule
+    from sftkd_cli.init_from import check_distill_init
     from sftkd_cli.training.kd import distill, resolved_distill
 
     recipe = common.build_recipe(
@@ -57,6 +58,7 @@ def distill_command(
            "distill.init": init_from, "distill.schedule": schedule},
     )
     check_distill_schedule(recipe)  # --print-recipe too
+    check_distill_init(recipe.distill.init)
     common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)
 
 

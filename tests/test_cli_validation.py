@@ -1,0 +1,44 @@
+"""Bad values on the command line: one line naming the option or key and what was expected, exit 2,
+the same for `--print-recipe` as for a real run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import sftkd
+
+
+def one_line_error(*args: object) -> str:
+    """The output of `sftkd ARGS` that must fail with exit code 2 and one line."""
+    result = sftkd(*args, ok=False)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return result.output.strip()
+
+
+@pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])
+def test_distill_refuses_an_unknown_method_before_printing_or_training(print_recipe: list[str]) -> None:
+    line = one_line_error("distill", "--method", "bogus", *print_recipe)
+    assert line.startswith("error: distill method 'bogus': expected one of at, fitnets")
+
+
+@pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])
+def test_distill_init_from_names_its_words_and_run_folders(print_recipe: list[str], tmp_path: Path) -> None:
+    line = one_line_error("distill", "--init-from", tmp_path / "nowhere", *print_recipe)
+    assert "distill.init (--init-from)" in line and "nowhere" in line
+    assert "random (fresh weights), sft (the SFT teacher run's student blocks) or a run directory or checkpoint file" in line
+    for word in ("random", "sft"):
+        assert sftkd("distill", "--init-from", word, "--print-recipe").exit_code == 0
+
+
+def test_train_teacher_print_recipe_refuses_an_init_from_that_does_not_exist() -> None:
+    line = one_line_error("train-teacher", "--init-from", "random", "--print-recipe")
+    assert line == ("error: --init-from 'random': expected a run directory or checkpoint file (leave --init-from out "
+                    "to start from random weights); there is no such file or folder")
+
+
+def test_init_from_a_folder_that_is_no_run_is_refused_by_print_recipe(tmp_path: Path) -> None:
+    line = one_line_error("train-teacher", "--init-from", tmp_path, "--print-recipe")
+    assert str(tmp_path) in line and "not an sftkd run directory" in line
