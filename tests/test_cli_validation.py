@@ -42,3 +42,12 @@ def test_train_teacher_print_recipe_refuses_an_init_from_that_does_not_exist() -
 def test_init_from_a_folder_that_is_no_run_is_refused_by_print_recipe(tmp_path: Path) -> None:
     line = one_line_error("train-teacher", "--init-from", tmp_path, "--print-recipe")
     assert str(tmp_path) in line and "not an sftkd run directory" in line
+
+
+
+def test_data_that_is_a_file_is_said_to_be_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.h5").write_bytes(b"")
+    line = one_line_error("train-teacher", "--epochs", "1", "--data", "data.h5")
+    assert line == "error: data.h5: is a file; expected a prepared dataset folder (sftkd prepare-data --out)"
+    assert not (tmp_path / "runs").exists()  # nothing half-written
