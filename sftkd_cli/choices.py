@@ -17,6 +17,8 @@ TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
 KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
 #: where `reproduce` runs its stages (--executor): worker processes here, or Ray tasks on a cluster
 EXECUTORS: tuple[str, ...] = ("local", "ray")
+#: stages that share one GPU at once by default (`reproduce --per-gpu`)
+PER_GPU = 4
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}

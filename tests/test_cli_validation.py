@@ -51,3 +51,10 @@ def test_data_that_is_a_file_is_said_to_be_one(tmp_path: Path, monkeypatch: pyte
     line = one_line_error("train-teacher", "--epochs", "1", "--data", "data.h5")
     assert line == "error: data.h5: is a file; expected a prepared dataset folder (sftkd prepare-data --out)"
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_reproduce_refuses_per_gpu_where_no_stages_share_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error("reproduce", "demo", "--dry-run", "--per-gpu", "2")
+    assert line == "error: --per-gpu 2: add --jobs N (N > 1) or --executor ray; one stage at a time has the GPU to itself"
+    assert sftkd("reproduce", "demo", "--dry-run", "--per-gpu", "2", "--jobs", "2").exit_code == 0
