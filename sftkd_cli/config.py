@@ -298,7 +298,11 @@ def load_recipe(
         text = read_yaml_text(path, "recipe")
         raw = load_yaml(text, source) or {}
         if not isinstance(raw, dict):
-            raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
+            raise SftkdError(f"{path}: expected a recipe: a mapping of sections (data:, model:, train:, ...), "
+                             f"got {type(raw).__name__}")
+        if "plan" in raw:
+            raise SftkdError(f"{path}: is a reproduction plan (`plan:` at the top), not a recipe; run it with "
+                             f"`sftkd reproduce {path}`")
         _keep_written_text(raw, text)
     parsed = parse_overrides(overrides or [])
     refuse_repeated(parsed)

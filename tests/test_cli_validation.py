@@ -58,3 +58,26 @@ def test_reproduce_refuses_per_gpu_where_no_stages_share_a_gpu(tmp_path: Path, m
     line = one_line_error("reproduce", "demo", "--dry-run", "--per-gpu", "2")
     assert line == "error: --per-gpu 2: add --jobs N (N > 1) or --executor ray; one stage at a time has the GPU to itself"
     assert sftkd("reproduce", "demo", "--dry-run", "--per-gpu", "2", "--jobs", "2").exit_code == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("plan: 2\n", "plan: expected 1 (the plan format this sftkd reads), got 2"),
+    ("2\n", "expected a plan: a mapping with `plan: 1` at the top, got int"),
+    ("- a\n- b\n", "expected a plan: a mapping with `plan: 1` at the top, got list"),
+    ("", "expected a plan: a mapping with `plan: 1` at the top, got an empty file"),
+])
+def test_a_plan_file_that_is_no_plan_names_the_file_and_the_mapping_expected(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    assert one_line_error("reproduce", path, "--dry-run") == f"error: {path}: {message}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("2\n", "expected a recipe: a mapping of sections (data:, model:, train:, ...), got int"),
+    ("plan: 1\n", "is a reproduction plan (`plan:` at the top), not a recipe; run it with `sftkd reproduce {path}`"),
+])
+def test_a_recipe_file_that_is_no_recipe_names_the_file_and_the_mapping_expected(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    line = one_line_error("train-teacher", path, "--print-recipe")
+    assert line == f"error: {path}: {message.format(path=path)}"

@@ -170,7 +170,7 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: demo, out: d, options: {sise: [32, 32]}}\n", "data.options: unknown key 'sise'; did you mean size?"),
         ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: unknown source 'mrbrain'; did you mean mrbrains?"),
         ("plan: 1\ndata: {source: acdc, out: d}\n", "data.root: source acdc needs the raw data folder"),
-        ("data: {path: data/demo}\n", "expected `plan: 1`"),
+        ("data: {path: data/demo}\n", "expected a plan: a mapping with `plan: 1` at the top"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {alpha: 5}}\n", "stages.compare.alpha: expected a number between 0 and 1"),
