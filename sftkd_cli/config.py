@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.acquisition import TASKS
+from sftkd_cli.acquisition import ACCELERATION_RULE, TASKS, is_acceleration
 from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
                                MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
@@ -452,7 +452,7 @@ def validate(recipe: Recipe) -> None:
         (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
         (recipe.train.amp in AMP_MODES, "train.amp", f"one of {', '.join(AMP_MODES)}"),
         (recipe.train.cuda_graphs in CUDA_GRAPHS_MODES, "train.cuda_graphs", "auto, on or off"),
-        (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
+        (is_acceleration(recipe.data.acceleration), "data.acceleration", ACCELERATION_RULE),
         (recipe.distill.schedule in SCHEDULES, "distill.schedule", " or ".join(SCHEDULES)),
         (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),

@@ -81,3 +81,16 @@ def test_a_recipe_file_that_is_no_recipe_names_the_file_and_the_mapping_expected
     path.write_text(text)
     line = one_line_error("train-teacher", path, "--print-recipe")
     assert line == f"error: {path}: {message.format(path=path)}"
+
+
+@pytest.mark.parametrize("acc", ["1", "inf"])
+def test_training_and_prepare_data_take_the_same_accelerations(acc: str, tmp_path: Path) -> None:
+    """1 is fully sampled k-space (or no downsampling): prepare-data refused it while training took it
+    and failed later, on the dataset; both now refuse it up front with one rule."""
+    from sftkd_cli.acquisition import ACCELERATION_RULE
+
+    trained = one_line_error("train-teacher", "--acc", acc, "--print-recipe")
+    assert trained == f"error: data.acceleration: expected {ACCELERATION_RULE}, got {float(acc)!r}"
+    prepared = one_line_error("prepare-data", "demo", "--acc", acc, "--out", tmp_path / "data")
+    assert prepared == f"error: --acc {float(acc):g}: expected {ACCELERATION_RULE}"
+    assert sftkd("train-teacher", "--acc", "1.5", "--print-recipe").exit_code == 0
