@@ -70,7 +70,11 @@ RUN_ROLES: tuple[str, ...] = ("teacher", "student", "sft", "kd")
 
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
+#: the values of `sft.batched`: the SFT branches in one batched pass or not (auto: where it is faster)
+BATCHED_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 
+#: `sftkd bench --precision`: full float32, or bfloat16 autocast
+BENCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16", "epoch")
 #: the bench's epoch part at the demo's scale: steps of --batch slices per epoch, validation slices,

@@ -22,10 +22,11 @@ from typing import Any
 import yaml
 
 from sftkd_cli.acquisition import ACCELERATION_RULE, TASKS, is_acceleration
-from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
-                               MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
+from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT,
+                               LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
+from sftkd_cli.recipe_words import read_words
 from sftkd_cli.recipes import find_file
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -229,7 +230,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         for key, value in values.items():
             setattr(target, key, _coerce(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
     _expand_home(recipe)
-    _on_off_words(recipe)
+    read_words(recipe)
     return recipe
 
 
@@ -260,26 +261,6 @@ def _expand_home(recipe: Recipe) -> None:
     recipe.distill.teacher_run = os.path.expanduser(recipe.distill.teacher_run)
     recipe.distill.init = os.path.expanduser(recipe.distill.init)
     recipe.eval.checkpoint = os.path.expanduser(recipe.eval.checkpoint)
-
-
-#: text keys whose values are words, with the words they take for YAML's true and false words
-#: (yes, on, true / no, off, false, as written or read by YAML from a plan); train.amp has no
-#: true word: `train.amp=on` stays "on", which validate refuses as typed
-WORD_KEYS: dict[str, tuple[str | None, str]] = {
-    "train.amp": (None, "off"), "train.cuda_graphs": ("on", "off"),
-    "train.channels_last": ("true", "false"), "sft.batched": ("true", "false"),
-}
-_YAML_TRUE = {spelling for word in ("yes", "on", "true") for spelling in (word, word.capitalize(), word.upper())}
-_YAML_FALSE = {spelling for word in ("no", "off", "false") for spelling in (word, word.capitalize(), word.upper())}
-
-
-def _on_off_words(recipe: Recipe) -> None:
-    """The word keys (`WORD_KEYS`) take YAML's true and false words as their own words."""
-    for dotted, (true_word, false_word) in WORD_KEYS.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(recipe, section), key)
-        word = true_word if value in _YAML_TRUE else false_word if value in _YAML_FALSE else None
-        setattr(getattr(recipe, section), key, word or value)
 
 
 def load_recipe(
@@ -466,7 +447,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.max_train_slices >= 0, "data.max_train_slices", "0 (all) or more"),
         (recipe.data.max_val_slices >= 0, "data.max_val_slices", "0 (all) or more"),
         (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
-        (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
+        (recipe.sft.batched in BATCHED_SETTINGS, "sft.batched", "auto, true or false"),
         (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
         (recipe.data.task in TASKS, "data.task", f"{' or '.join(TASKS)} (super-resolution)"),
         (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),

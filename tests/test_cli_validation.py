@@ -94,3 +94,66 @@ def test_training_and_prepare_data_take_the_same_accelerations(acc: str, tmp_pat
     prepared = one_line_error("prepare-data", "demo", "--acc", acc, "--out", tmp_path / "data")
     assert prepared == f"error: --acc {float(acc):g}: expected {ACCELERATION_RULE}"
     assert sftkd("train-teacher", "--acc", "1.5", "--print-recipe").exit_code == 0
+
+
+def test_training_choice_words_are_read_in_any_case() -> None:
+    printed = sftkd("distill", "--amp", "BF16", "--device", "CUDA:0", "--schedule", "JOINT", "train.cuda_graphs=OFF",
+                    "data.task=RECON", "--print-recipe").output
+    for line in ("amp: bf16", "device: cuda:0", "schedule: joint", "cuda_graphs: 'off'", "task: recon"):
+        assert f"  {line}\n" in printed
+
+
+def test_evaluate_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sftkd_cli.evaluate
+    import sftkd_cli.runs
+    from sftkd_cli.errors import SftkdError
+
+    given: dict[str, object] = {}
+
+    def evaluate_run(run: Path, **kwargs: object) -> None:
+        given.update(kwargs)
+        raise SftkdError("stop here")
+
+    monkeypatch.setattr(sftkd_cli.runs, "open_run", lambda run: None)
+    monkeypatch.setattr(sftkd_cli.evaluate, "evaluate_run", evaluate_run)
+    line = one_line_error("evaluate", "runs/x", "--amp", "BF16", "--device", "CPU", "--convention", "FASTMRI")
+    assert line == "error: stop here"
+    assert (given["amp"], given["device"], given["convention"]) == ("bf16", "cpu", "fastmri")
+    refused = one_line_error("evaluate", "runs/x", "--convention", "PAPERX")
+    assert refused == "error: --convention 'PAPERX': expected one of paper, fastmri"  # as typed
+
+
+@pytest.mark.parametrize("args", [["reproduce", "demo", "--dry-run", "--executor", "LOCAL"],
+                                  ["compare", "nowhere", "--format", "MARKDOWN", "--convention", "PAPER"]])
+def test_enum_choices_are_read_in_any_case(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = sftkd(*args, ok=False)
+    assert "Invalid value" not in result.output and "is not one of" not in result.output, result.output
+
+
+SIZE_ERROR = ["--size", "0", "16"], "--size 0 16: expected two integers H W, each from 4 to 4096"
+FRACTION_ERROR = ["--center-fraction", "2"], "--center-fraction 2: expected a number in [0, 1]"
+
+
+@pytest.mark.parametrize("option, later", [(["--task", "SR"], SIZE_ERROR), (["--source", "COLIN27"], SIZE_ERROR),
+                                           (["--mask-kind", "RANDOM"], FRACTION_ERROR),
+                                           (["--mask-layout", "CENTERED"], FRACTION_ERROR)])
+def test_prepare_data_choice_words_are_read_in_any_case(option: list[str], later: tuple[list[str], str], tmp_path: Path) -> None:
+    """The word is taken: the command goes on to the next check, which `later` fails."""
+    line = one_line_error("prepare-data", "demo", *option, *later[0], "--out", tmp_path / "data")
+    assert line == f"error: {later[1]}"
+
+
+def test_bench_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sftkd_cli.bench
+    from sftkd_cli.errors import SftkdError
+
+    given: dict[str, object] = {}
+
+    def run_bench(**kwargs: object) -> None:
+        given.update(kwargs)
+        raise SftkdError("stop here")
+
+    monkeypatch.setattr(sftkd_cli.bench, "run_bench", run_bench)
+    assert one_line_error("bench", "--precision", "BF16", "--device", "CPU") == "error: stop here"
+    assert (given["precision"], given["device"]) == ("bf16", "cpu")

@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import ARCH_LABELS
-from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
+from sftkd_cli.choices import AMP_MODES, ARCH_LABELS
+from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
+from sftkd_cli.name_checks import DEVICE_NAMES
 from sftkd_cli.run_files import SCORE_FILES
 
 
@@ -39,13 +40,13 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", help="best, last, or a checkpoint file.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", callback=any_case(DEVICE_NAMES), help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5; one left in the same folder by an earlier evaluation is removed (it would not match the new scores).")] = False,
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file `sftkd export` wrote from RUN instead of a checkpoint (scores go to RUN/eval-<file>-<format>/); refused, as a checkpoint is, on data its card says it does not fit.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
-    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
-    convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
+    amp: Annotated[str, typer.Option("--amp", metavar="MODE", callback=any_case(AMP_MODES), help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
+    convention: Annotated[str, typer.Option("--convention", metavar="NAME", callback=any_case(SCORE_FILES), help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
     from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
