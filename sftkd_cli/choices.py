@@ -12,6 +12,13 @@ from dataclasses import dataclass
 
 from sftkd_cli.acquisition import TASKS
 
+#: recipe defaults that the training commands' help shows (`sftkd_cli.config`'s dataclasses take
+#: them from here): data.path, data.acceleration, run.dir, train.epochs, .device, .threads, .amp,
+#: distill.method (distill.init: INIT_RANDOM, distill.schedule: JOINT)
+DEFAULT_DATA_PATH, DEFAULT_ACCELERATION, DEFAULT_RUNS_DIR = "data/demo", 4.0, "runs"
+DEFAULT_EPOCHS, DEFAULT_DEVICE, DEFAULT_THREADS, DEFAULT_AMP = 150, "auto", 0, "off"
+DEFAULT_METHOD = "at"
+
 #: the stage kinds of a reproduction plan (`sftkd_cli.reproduce.kinds` holds the plan's other words)
 TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
 KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")

@@ -22,8 +22,10 @@ from typing import Any
 import yaml
 
 from sftkd_cli.acquisition import ACCELERATION_RULE, TASKS, is_acceleration
-from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT,
-                               LAYOUT_SETTINGS, MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
+from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, DEFAULT_ACCELERATION,
+                               DEFAULT_AMP, DEFAULT_DATA_PATH, DEFAULT_DEVICE, DEFAULT_EPOCHS, DEFAULT_METHOD,
+                               DEFAULT_RUNS_DIR, DEFAULT_THREADS, INIT_RANDOM, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
+                               MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
 from sftkd_cli.recipe_words import read_words
@@ -50,8 +52,8 @@ class Setting:
 class DataConfig:
     """Which prepared dataset and acceleration (or super-resolution scale) to train and validate on."""
 
-    path: str = "data/demo"
-    acceleration: float = 4.0  # task recon: undersampling factor; task sr: scale factor (the LR image is H/s x W/s)
+    path: str = DEFAULT_DATA_PATH
+    acceleration: float = DEFAULT_ACCELERATION  # task recon: undersampling factor; task sr: scale factor (the LR image is H/s x W/s)
     task: str = "recon"  # recon | sr (super-resolution); must be what the dataset was prepared for (prepare-data --task)
     train_split: str = "train"
     val_split: str = "val"
@@ -76,15 +78,15 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, shared by every training command (the paper's settings by default)."""
 
-    epochs: int = 150
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 4
     lr: float = 1e-3
     lr_step: int = 40
     lr_gamma: float = 0.1
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    amp: str = "off"  # off | bf16 | fp16 (fp16 only on CUDA)
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda | cuda:N
+    threads: int = DEFAULT_THREADS  # torch CPU threads; 0 = torch's default
+    amp: str = DEFAULT_AMP  # off | bf16 | fp16 (fp16 only on CUDA)
     # TF32 float32 matrix products and convolutions on NVIDIA GPUs (Ampere and later) while
     # training and validating: faster, inputs rounded to 10 mantissa bits (relative error ~5e-4);
     # false = full fp32. `evaluate` never uses TF32. No effect on CPUs.
@@ -114,8 +116,8 @@ class DistillConfig:
     """Feature distillation from a trained teacher run into a student."""
 
     teacher_run: str = ""
-    method: str = "at"
-    init: str = "random"  # random | a run directory | a checkpoint file
+    method: str = DEFAULT_METHOD
+    init: str = INIT_RANDOM[-1]  # random | a run directory | a checkpoint file
     schedule: str = JOINT  # SCHEDULES
     stage1_epochs: int = 0  # two-stage: epochs of feature loss alone before fine-tuning
     w_rec: float = 1.0
@@ -140,7 +142,7 @@ class RunConfig:
     """Where the run directory goes and what it is."""
 
     name: str = ""  # empty = derived from the command and model
-    dir: str = "runs"
+    dir: str = DEFAULT_RUNS_DIR
     role: str = ""  # teacher | student | sft | kd (empty = derived)
 
 
