@@ -786,3 +786,30 @@ def test_the_closing_error_is_one_line_cut_short(notes, tail):
     assert line == (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
                     "fix and run the same command again" + tail)
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_dry_run_table_never_folds_a_path_mid_word(width, tmp_path, monkeypatch):
+    """On a narrow terminal a run or recipe path is shown whole or as its end after '…', on one
+    line: it used to be folded over several lines mid-word (runs/demo/te | acher)."""
+    from sftkd_cli.reproduce import print_plan
+
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan("demo")
+    stages = build_stages(plan)
+    console = Console(file=io.StringIO(), width=width)
+    print_plan(plan, stages, {stage.id for stage in stages}, console)
+    rows = [line.split("│")[1:-1] for line in console.file.getvalue().splitlines() if line.startswith("│")]
+    paths = {str(s.run or (plan.report_dir if s.kind == "report" else plan.data.out)) for s in stages}
+    paths |= {s.recipe_file for s in stages if s.recipe_file}
+    cut = 0
+    for cells in rows:
+        for cell in (cells[4].strip(), cells[5].strip()):
+            if not cells[0].strip():  # a row's second line: the action wrapped; the paths did not
+                assert cell == "", cells
+            elif cell.startswith("…"):
+                cut += 1
+                assert any(path.endswith(cell[1:]) for path in paths), cell
+            else:
+                assert cell in paths or cell in ("", "defaults"), cell
+    assert cut > 0  # the recipes' absolute paths do not fit 80 columns
