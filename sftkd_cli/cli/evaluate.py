@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.markup import escape
 from rich.table import Table
 
@@ -49,6 +51,7 @@ def evaluate(
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", callback=any_case(SCORE_FILES), help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
+    from sftkd_cli.eta import ProgressLines
     from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
     from sftkd_cli.scoring import check_convention
     from sftkd_cli.runs import expand_runs_folder, open_run
@@ -63,17 +66,24 @@ def evaluate(
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
         open_run(run)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar
+    lines = ProgressLines(lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), "evaluate")
     for run in runs:
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"{run.name}: slices", total=None)
+            progress = (partial(_update_bar, bar, task) if err_console.is_terminal
+                        else partial(lines, f"{run.name}: slices"))
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
-                                   convention=convention, batch_size=batch_size, console=err_console,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                   convention=convention, batch_size=batch_size, console=err_console, progress=progress)
         console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
         console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"),
                       soft_wrap=True, markup=False, highlight=False)
+
+
+def _update_bar(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)
 
 
 def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
