@@ -8,11 +8,11 @@ from pathlib import Path
 from sftkd_cli.choices import INIT_RANDOM, INIT_SFT, INIT_WORDS
 from sftkd_cli.errors import SftkdError
 
-_CHECKPOINT = "a run directory or checkpoint file"
 #: what distill.init (distill --init-from) accepts
-DISTILL_INIT = f"{INIT_RANDOM[-1]} (fresh weights), {INIT_SFT} (the SFT teacher run's student blocks) or {_CHECKPOINT}"
-#: what train-teacher --init-from accepts
-TRAIN_INIT = f"{_CHECKPOINT} (leave --init-from out to start from random weights)"
+DISTILL_INIT = (f"; expected {INIT_RANDOM[-1]} (fresh weights), {INIT_SFT} (the SFT teacher run's student blocks) "
+                "or a run directory or checkpoint file")
+#: what train-teacher --init-from is without a run or checkpoint
+TRAIN_INIT = " (leave --init-from out to start from random weights)"
 
 
 def check_distill_init(value: str) -> None:
@@ -21,11 +21,11 @@ def check_distill_init(value: str) -> None:
         check_start(value, "distill.init (--init-from)", DISTILL_INIT)
 
 
-def check_start(value: str, name: str, expected: str = TRAIN_INIT) -> None:
-    """`value` is a run directory or checkpoint file; otherwise one line naming `name` and what
-    it accepts (`expected`)."""
+def check_start(value: str, name: str, hint: str = TRAIN_INIT) -> None:
+    """`value` is a run directory or checkpoint file; otherwise one line naming `name`, ending
+    with `hint` (what else it accepts)."""
     from sftkd_cli.checkpoints import resolve_checkpoint
 
     if not Path(value).exists():
-        raise SftkdError(f"{name} {value!r}: expected {expected}; there is no such file or folder")
+        raise SftkdError(f"{name} {value!r}: no such run directory or checkpoint file{hint}")
     resolve_checkpoint(value)  # a folder that is no run, or a run without a checkpoint yet: said there
