@@ -9,6 +9,7 @@ help and the data and model layers all import it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,13 @@ TASKS: tuple[str, ...] = ("recon", "sr")
 KSPACE_LAYOUTS: tuple[str, ...] = ("corner", "centered")
 #: what a pixel holds: a real magnitude image, or a complex one (two channels, real and imaginary)
 VALUES: tuple[str, ...] = ("magnitude", "complex")
+#: what an acceleration (prepare-data --acc, data.acceleration; the scale factor for sr) must be
+ACCELERATION_RULE = "a number > 1 (1 is fully sampled, or not downsampled: nothing to reconstruct)"
+
+
+def is_acceleration(value: float) -> bool:
+    """Whether `value` follows ACCELERATION_RULE (finite too): the one rule for data and training."""
+    return math.isfinite(value) and value > 1
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,20 @@ from dataclasses import dataclass
 
 from sftkd_cli.acquisition import TASKS
 
+#: recipe defaults that the training commands' help shows (`sftkd_cli.config`'s dataclasses take
+#: them from here): data.path, data.acceleration, run.dir, train.epochs, .device, .threads, .amp,
+#: distill.method (distill.init: INIT_RANDOM, distill.schedule: JOINT)
+DEFAULT_DATA_PATH, DEFAULT_ACCELERATION, DEFAULT_RUNS_DIR = "data/demo", 4.0, "runs"
+DEFAULT_EPOCHS, DEFAULT_DEVICE, DEFAULT_THREADS, DEFAULT_AMP = 150, "auto", 0, "off"
+DEFAULT_METHOD = "at"
+
 #: the stage kinds of a reproduction plan (`sftkd_cli.reproduce.kinds` holds the plan's other words)
 TRAIN_KINDS: tuple[str, ...] = ("teacher", "student", "sft", "std-kd", "sft-kd")
 KINDS: tuple[str, ...] = ("data", *TRAIN_KINDS, "evaluate", "report")
 #: where `reproduce` runs its stages (--executor): worker processes here, or Ray tasks on a cluster
 EXECUTORS: tuple[str, ...] = ("local", "ray")
+#: stages that share one GPU at once by default (`reproduce --per-gpu`)
+PER_GPU = 4
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}
@@ -68,7 +77,11 @@ RUN_ROLES: tuple[str, ...] = ("teacher", "student", "sft", "kd")
 
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
+#: the values of `sft.batched`: the SFT branches in one batched pass or not (auto: where it is faster)
+BATCHED_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
 
+#: `sftkd bench --precision`: full float32, or bfloat16 autocast
+BENCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: `sftkd bench --only`: the benchmark's parts, in the order they run
 BENCH_PARTS: tuple[str, ...] = ("teacher", "student", "sft", "kd", "infer", "bf16", "epoch")
 #: the bench's epoch part at the demo's scale: steps of --batch slices per epoch, validation slices,

@@ -21,11 +21,14 @@ from typing import Any
 
 import yaml
 
-from sftkd_cli.acquisition import TASKS
-from sftkd_cli.choices import (AMP_MODES, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
+from sftkd_cli.acquisition import ACCELERATION_RULE, TASKS, is_acceleration
+from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, DEFAULT_ACCELERATION,
+                               DEFAULT_AMP, DEFAULT_DATA_PATH, DEFAULT_DEVICE, DEFAULT_EPOCHS, DEFAULT_METHOD,
+                               DEFAULT_RUNS_DIR, DEFAULT_THREADS, INIT_RANDOM, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
                                MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
+from sftkd_cli.recipe_words import read_words
 from sftkd_cli.recipes import find_file
 from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -49,8 +52,8 @@ class Setting:
 class DataConfig:
     """Which prepared dataset and acceleration (or super-resolution scale) to train and validate on."""
 
-    path: str = "data/demo"
-    acceleration: float = 4.0  # task recon: undersampling factor; task sr: scale factor (the LR image is H/s x W/s)
+    path: str = DEFAULT_DATA_PATH
+    acceleration: float = DEFAULT_ACCELERATION  # task recon: undersampling factor; task sr: scale factor (the LR image is H/s x W/s)
     task: str = "recon"  # recon | sr (super-resolution); must be what the dataset was prepared for (prepare-data --task)
     train_split: str = "train"
     val_split: str = "val"
@@ -75,15 +78,15 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, shared by every training command (the paper's settings by default)."""
 
-    epochs: int = 150
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 4
     lr: float = 1e-3
     lr_step: int = 40
     lr_gamma: float = 0.1
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    amp: str = "off"  # off | bf16 | fp16 (fp16 only on CUDA)
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda | cuda:N
+    threads: int = DEFAULT_THREADS  # torch CPU threads; 0 = torch's default
+    amp: str = DEFAULT_AMP  # off | bf16 | fp16 (fp16 only on CUDA)
     # TF32 float32 matrix products and convolutions on NVIDIA GPUs (Ampere and later) while
     # training and validating: faster, inputs rounded to 10 mantissa bits (relative error ~5e-4);
     # false = full fp32. `evaluate` never uses TF32. No effect on CPUs.
@@ -113,8 +116,8 @@ class DistillConfig:
     """Feature distillation from a trained teacher run into a student."""
 
     teacher_run: str = ""
-    method: str = "at"
-    init: str = "random"  # random | a run directory | a checkpoint file
+    method: str = DEFAULT_METHOD
+    init: str = INIT_RANDOM[-1]  # random | a run directory | a checkpoint file
     schedule: str = JOINT  # SCHEDULES
     stage1_epochs: int = 0  # two-stage: epochs of feature loss alone before fine-tuning
     w_rec: float = 1.0
@@ -139,7 +142,7 @@ class RunConfig:
     """Where the run directory goes and what it is."""
 
     name: str = ""  # empty = derived from the command and model
-    dir: str = "runs"
+    dir: str = DEFAULT_RUNS_DIR
     role: str = ""  # teacher | student | sft | kd (empty = derived)
 
 
@@ -229,7 +232,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         for key, value in values.items():
             setattr(target, key, _coerce(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
     _expand_home(recipe)
-    _on_off_words(recipe)
+    read_words(recipe)
     return recipe
 
 
@@ -262,26 +265,6 @@ def _expand_home(recipe: Recipe) -> None:
     recipe.eval.checkpoint = os.path.expanduser(recipe.eval.checkpoint)
 
 
-#: text keys whose values are words, with the words they take for YAML's true and false words
-#: (yes, on, true / no, off, false, as written or read by YAML from a plan); train.amp has no
-#: true word: `train.amp=on` stays "on", which validate refuses as typed
-WORD_KEYS: dict[str, tuple[str | None, str]] = {
-    "train.amp": (None, "off"), "train.cuda_graphs": ("on", "off"),
-    "train.channels_last": ("true", "false"), "sft.batched": ("true", "false"),
-}
-_YAML_TRUE = {spelling for word in ("yes", "on", "true") for spelling in (word, word.capitalize(), word.upper())}
-_YAML_FALSE = {spelling for word in ("no", "off", "false") for spelling in (word, word.capitalize(), word.upper())}
-
-
-def _on_off_words(recipe: Recipe) -> None:
-    """The word keys (`WORD_KEYS`) take YAML's true and false words as their own words."""
-    for dotted, (true_word, false_word) in WORD_KEYS.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(recipe, section), key)
-        word = true_word if value in _YAML_TRUE else false_word if value in _YAML_FALSE else None
-        setattr(getattr(recipe, section), key, word or value)
-
-
 def load_recipe(
     path: str | Path | None, overrides: Sequence[str] | None = None, settings: Sequence[Setting] = (),
 ) -> Recipe:
@@ -298,7 +281,11 @@ def load_recipe(
         text = read_yaml_text(path, "recipe")
         raw = load_yaml(text, source) or {}
         if not isinstance(raw, dict):
-            raise SftkdError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got {type(raw).__name__}")
+            raise SftkdError(f"{path}: expected a recipe: a mapping of sections (data:, model:, train:, ...), "
+                             f"got {type(raw).__name__}")
+        if "plan" in raw:
+            raise SftkdError(f"{path}: is a reproduction plan (`plan:` at the top), not a recipe; run it with "
+                             f"`sftkd reproduce {path}`")
         _keep_written_text(raw, text)
     parsed = parse_overrides(overrides or [])
     refuse_repeated(parsed)
@@ -448,7 +435,7 @@ def validate(recipe: Recipe) -> None:
         (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
         (recipe.train.amp in AMP_MODES, "train.amp", f"one of {', '.join(AMP_MODES)}"),
         (recipe.train.cuda_graphs in CUDA_GRAPHS_MODES, "train.cuda_graphs", "auto, on or off"),
-        (recipe.data.acceleration >= 1, "data.acceleration", "at least 1"),
+        (is_acceleration(recipe.data.acceleration), "data.acceleration", ACCELERATION_RULE),
         (recipe.distill.schedule in SCHEDULES, "distill.schedule", " or ".join(SCHEDULES)),
         (0 <= recipe.train.threads <= MAX_THREADS, "train.threads", f"0 (default) to {MAX_THREADS}"),
         (recipe.train.lr_step >= 1, "train.lr_step", "at least 1"),
@@ -462,7 +449,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.data.max_train_slices >= 0, "data.max_train_slices", "0 (all) or more"),
         (recipe.data.max_val_slices >= 0, "data.max_val_slices", "0 (all) or more"),
         (recipe.eval.latency_slices >= 0, "eval.latency_slices", "0 (skip) or more"),
-        (recipe.sft.batched in ("auto", "true", "false"), "sft.batched", "auto, true or false"),
+        (recipe.sft.batched in BATCHED_SETTINGS, "sft.batched", "auto, true or false"),
         (recipe.train.channels_last in LAYOUT_SETTINGS, "train.channels_last", "auto, true or false"),
         (recipe.data.task in TASKS, "data.task", f"{' or '.join(TASKS)} (super-resolution)"),
         (recipe.run.role in ("", *RUN_ROLES), "run.role", f"{', '.join(RUN_ROLES)} (or empty: the command's)"),
@@ -494,10 +481,14 @@ def check_sft_pair(recipe: Recipe) -> None:
 
 
 def check_distill_schedule(recipe: Recipe) -> None:
-    """Two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1
-    student recorded as a KD run, and with stage1_epochs >= train.epochs no L1 stage at all; and each
-    loss it trains with needs a weight > 0 (`_check_distill_weights`). Only where distillation
-    trains: a plan may set the schedule and weights in `base` for every stage."""
+    """Distillation's own settings: a known distill.method; two-stage distillation needs both
+    stages: with stage1_epochs 0 it would train a plain L1 student recorded as a KD run, and with
+    stage1_epochs >= train.epochs no L1 stage at all; and each loss it trains with needs a weight
+    > 0 (`_check_distill_weights`). Only where distillation trains: a plan may set the schedule
+    and weights in `base` for every stage."""
+    from sftkd_cli.distill.catalog import method_spec
+
+    method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule == TWO_STAGE and not 1 <= stage1 < epochs:
         raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "

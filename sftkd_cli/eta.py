@@ -10,8 +10,8 @@ The seconds per unit measured on the stages finished in this invocation give the
 On the demo plan these costs matched the measured stage times to within about 10 %.
 
 Where no progress bar can be drawn (a log file, CI, nohup, Slurm), `ProgressLines` prints a
-counted stage (e.g. prepare-data's files) as plain lines with its own estimate, in the words of
-`progress_line`.
+counted stage (prepare-data's files, evaluate's slices) as plain lines with its own estimate,
+in the words of `progress_line`.
 
 An evaluation runs the trained model forward over one split: about a forward pass of one epoch
 (`stage_cost`); `sftkd reproduce --jobs N` orders ready stages by these costs, and

@@ -1,4 +1,5 @@
-"""Names a user gives sftkd, checked in one line: a run name (one folder name) and a device name.
+"""Names a user gives sftkd, checked in one line: a run name (one folder name) and a device name;
+and choice words read in any case (`in_any_case`).
 
 Light on purpose (torch only when a device name needs it): recipes and command options use them.
 """
@@ -6,6 +7,7 @@ Light on purpose (torch only when a device name needs it): recipes and command o
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 
 from sftkd_cli.errors import SftkdError
 
@@ -30,11 +32,31 @@ def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
     raise SftkdError(f"{where} {shown} {problem}; expected one plain folder name (e.g. demo-teacher)")
 
 
+#: a device name as sftkd writes it: auto, cpu, cuda, mps, cuda:N (check_device says which exist)
+_DEVICE = re.compile(r"(auto|cpu|cuda|mps)(?::(0|[1-9]\d{0,3}))?")
+
+
+class _DeviceNames(Container[str]):
+    """The device names `_DEVICE` matches, as words for `in_any_case`."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _DEVICE.fullmatch(name) is not None
+
+
+DEVICE_NAMES: Container[str] = _DeviceNames()
+
+
+def in_any_case(value: str, words: Container[str]) -> str:
+    """`value` as the word of `words` it spells in any case (`BF16` -> bf16, `CUDA:0` -> cuda:0);
+    anything else as typed, for the error that refuses it."""
+    return value.lower() if isinstance(value, str) and value.lower() in words else value
+
+
 def check_device(name: str, where: str = "train.device") -> None:
     """The device must be auto, cpu, cuda, cuda:N (N below the number of GPUs when CUDA is present)
     or mps where torch reports it available; torch is imported only for mps and cuda:N."""
     expected = "expected auto, cpu, cuda or cuda:N"
-    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(0|[1-9]\d{0,3}))?", name)
+    match = _DEVICE.fullmatch(name)
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
         raise SftkdError(f"{where} {shown}: {expected}")

@@ -76,7 +76,8 @@ def test_names_the_commands_offer_are_listed_once():
 
 def test_evaluate_writes_each_metric_as_compare_does():
     """evaluate's table kept its own digits (NMSE 4 decimals: 0.0012 ± 0.0003); it now reads
-    compare's (`format_stat`: PSNR 2 decimals, SSIM/VIF 4, the others 4 significant digits)."""
+    compare's (`format_stat`: PSNR 2 decimals, SSIM/VIF 4, the others 4 significant digits; the std
+    with the mean's decimals)."""
     import io
 
     from rich.console import Console
@@ -84,11 +85,13 @@ def test_evaluate_writes_each_metric_as_compare_does():
     from sftkd_cli.cli.evaluate import metrics_table
     from sftkd_cli.metrics import METRIC_NAMES
 
-    scores = {name: {"mean": 0.0012345, "std": 0.00031} for name in METRIC_NAMES} | {"PSNR": {"mean": 31.234, "std": 1.5}}
+    scores = {name: {"mean": 0.0012345, "std": 0.00031} for name in METRIC_NAMES} | {"PSNR": {"mean": 31.234, "std": 1.5},
+                                                                                    "HFN": {"mean": 2.5, "std": 1.234}}
     metrics = {"run": "r", "model": "D3C5", "role": "student", "params": 1000, "latency_ms_per_slice": 1.0,
                "device": "cpu", "dataset": {"split": "val", "slices": 3, "acceleration": 4.0, "task": "recon"},
                "zero_filled": scores, "metrics": scores}
     console = Console(file=io.StringIO(), width=200)
     console.print(metrics_table(metrics))
     rows = {line.split("│")[1].strip(): line for line in console.file.getvalue().splitlines() if line.count("│") > 2}
-    assert "0.001234 ± 0.00031" in rows["NMSE"] and "31.23 ± 1.50" in rows["PSNR"] and "0.0012 ± 0.0003" in rows["SSIM"]
+    assert "0.001234 ± 0.000310" in rows["NMSE"] and "31.23 ± 1.50" in rows["PSNR"] and "0.0012 ± 0.0003" in rows["SSIM"]
+    assert "2.500 ± 1.234" in rows["HFN"]  # the std with the mean's decimals, not 2 significant digits (1.2)

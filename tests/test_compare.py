@@ -664,3 +664,18 @@ def test_null_scores_read_as_nan_and_old_nan_tokens_still_read(tmp_path):
     (run / "metrics.json").write_text(json.dumps(info))
     with pytest.raises(SftkdError, match=r"metrics.PSNR: no std"):
         load_run_result(run)
+
+
+@pytest.mark.parametrize("metric, mean, std, shown", [
+    ("HFN", 2.5, 1.234, "2.500 ± 1.234"),  # was 2.5 ± 1.2: the std cut to 2 significant digits
+    ("NMSE", 0.0012345, 0.00031, "0.001234 ± 0.000310"),
+    ("PSNR", 35.123, 0.532, "35.12 ± 0.53"),
+    ("SSIM", 0.9, 0.01234, "0.9000 ± 0.0123"),
+    ("HFEN", 1234.5, 67.0, "1234 ± 67"),
+    ("MSE", 1.2e-5, 3.4e-6, "1.2e-05 ± 3.4e-06"),  # exponent notation: both with 4 significant digits
+])
+def test_std_is_shown_with_the_decimals_of_its_mean(metric: str, mean: float, std: float, shown: str) -> None:
+    from sftkd_cli.report.formats import format_stat
+    from sftkd_cli.report.result_files import Stat
+
+    assert format_stat(metric, Stat(mean, std)) == shown

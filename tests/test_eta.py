@@ -46,3 +46,27 @@ def test_a_plan_prints_its_progress_after_each_training_stage(tiny_dataset, tmp_
     assert len(lines) == 2, out.getvalue()[-2000:]  # after teacher and student, not after the last stage
     assert lines[0].startswith("plan: 1/3 stages") and lines[1].startswith("plan: 2/3 stages")
     assert all("min left" in line for line in lines)
+
+
+def test_evaluate_prints_progress_lines_where_stderr_is_no_terminal(monkeypatch):
+    """A long evaluation in a log file (no terminal: no bar) shows plain lines, as prepare-data does."""
+    import sftkd_cli.evaluate
+    import sftkd_cli.runs
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.eta import ProgressLines
+
+    def evaluate_run(run, *, progress, **kwargs):
+        for done in (4, 8):
+            progress(done, 8)
+        raise SftkdError("stop here")
+
+    monkeypatch.setattr(ProgressLines, "EVERY", 0.0)
+    monkeypatch.setattr(sftkd_cli.runs, "open_run", lambda run: None)
+    monkeypatch.setattr(sftkd_cli.evaluate, "evaluate_run", evaluate_run)
+    result = CliRunner().invoke(app, ["evaluate", "runs/demo"])
+    lines = result.output.splitlines()
+    assert lines[0].startswith("evaluate: demo: slices 4/8, 0.0 min so far, ") and "left" in lines[0], result.output
+    assert lines[1].startswith("evaluate: demo: slices 8/8, 0.0 min so far") and lines[2] == "error: stop here"

@@ -129,3 +129,22 @@ def test_train_teacher_examples_train_their_model_in_the_role_it_has():
         printed = yaml.safe_load(res.stdout)
         model, role = printed["model"]["name"], printed["run"]["role"]
         assert role == ("student" if model == "D3C5" else "teacher"), example
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "train-sft", "distill"])
+def test_training_options_say_where_their_default_comes_from(command):
+    """An option that sets a recipe key names the key and its default: the recipe's, else the
+    built-in one (the value a recipe without the key gets)."""
+    from sftkd_cli.config import Recipe
+
+    text = " ".join(_render([command]).replace("│", " ").split())
+    recipe = Recipe()
+    defaults = {"data.path": recipe.data.path, "data.acceleration": f"{recipe.data.acceleration:g}",
+                "run.dir": recipe.run.dir, "train.epochs": recipe.train.epochs, "train.device": recipe.train.device,
+                "train.threads": recipe.train.threads, "train.amp": recipe.train.amp}
+    if command == "distill":
+        defaults |= {"distill.method": recipe.distill.method, "distill.init": recipe.distill.init,
+                     "distill.schedule": recipe.distill.schedule}
+    for key, value in defaults.items():
+        assert f"{key}; default: the recipe's, else {value})" in text or f"{key}; default: the recipe's, else {value}):" in text, key
+    assert "run.name; default: the recipe's, else made of the data folder" in text

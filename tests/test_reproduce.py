@@ -170,7 +170,7 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: demo, out: d, options: {sise: [32, 32]}}\n", "data.options: unknown key 'sise'; did you mean size?"),
         ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: unknown source 'mrbrain'; did you mean mrbrains?"),
         ("plan: 1\ndata: {source: acdc, out: d}\n", "data.root: source acdc needs the raw data folder"),
-        ("data: {path: data/demo}\n", "expected `plan: 1`"),
+        ("data: {path: data/demo}\n", "expected a plan: a mapping with `plan: 1` at the top"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {alpha: 5}}\n", "stages.compare.alpha: expected a number between 0 and 1"),
@@ -786,3 +786,30 @@ def test_the_closing_error_is_one_line_cut_short(notes, tail):
     assert line == (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
                     "fix and run the same command again" + tail)
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_dry_run_table_never_folds_a_path_mid_word(width, tmp_path, monkeypatch):
+    """On a narrow terminal a run or recipe path is shown whole or as its end after '…', on one
+    line: it used to be folded over several lines mid-word (runs/demo/te | acher)."""
+    from sftkd_cli.reproduce import print_plan
+
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan("demo")
+    stages = build_stages(plan)
+    console = Console(file=io.StringIO(), width=width)
+    print_plan(plan, stages, {stage.id for stage in stages}, console)
+    rows = [line.split("│")[1:-1] for line in console.file.getvalue().splitlines() if line.startswith("│")]
+    paths = {str(s.run or (plan.report_dir if s.kind == "report" else plan.data.out)) for s in stages}
+    paths |= {s.recipe_file for s in stages if s.recipe_file}
+    cut = 0
+    for cells in rows:
+        for cell in (cells[4].strip(), cells[5].strip()):
+            if not cells[0].strip():  # a row's second line: the action wrapped; the paths did not
+                assert cell == "", cells
+            elif cell.startswith("…"):
+                cut += 1
+                assert any(path.endswith(cell[1:]) for path in paths), cell
+            else:
+                assert cell in paths or cell in ("", "defaults"), cell
+    assert cut > 0  # the recipes' absolute paths do not fit 80 columns

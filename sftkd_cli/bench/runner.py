@@ -35,7 +35,7 @@ from sftkd_cli.runtime import (bf16_lacking, cpu_threads, precision_policy, rand
 from sftkd_cli.training.objectives import Batch, Supervised
 from sftkd_cli.training.sft import StudentFriendly, batched_branches
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+from sftkd_cli.choices import BENCH_PRECISIONS as PRECISIONS
 
 
 def _check(settings: dict[str, Any]) -> None:

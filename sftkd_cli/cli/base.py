@@ -1,14 +1,19 @@
 """What every sftkd command shares: help rendering, the Examples block and the consoles.
 
 Command modules import from here, and `sftkd_cli.cli.app` registers them (so no command
-module imports the app: no import cycle). Imports only typer and rich: command help stays fast.
+module imports the app: no import cycle). Imports only typer, rich and a light sftkd module:
+command help stays fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
+
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from sftkd_cli.name_checks import in_any_case
 
 
 def stdout_console() -> Console:
@@ -20,6 +25,15 @@ def stdout_console() -> Console:
 def stderr_console() -> Console:
     """Where progress, warnings and errors go (see `stdout_console`)."""
     return Console(stderr=True)
+
+
+def any_case(words: Container[str]) -> Callable[[str | None], str | None]:
+    """Callback of a choice option whose `words` are read in any case (`--amp BF16` is bf16);
+    another value stays as typed, for the error that refuses it."""
+    def read(value: str | None) -> str | None:
+        return None if value is None else in_any_case(value, words)
+
+    return read
 
 
 def examples(text: str, *commands: str) -> str:

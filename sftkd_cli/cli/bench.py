@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import (BENCH_PARTS, COMPLEX_PARAMS_TEXT, CUDA_SWEEP_BATCH, EPOCH_STEPS, EPOCH_VAL_SLICES, STUDENT,
-                               TEACHER)
-from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
+from sftkd_cli.choices import (BENCH_PARTS, BENCH_PRECISIONS, COMPLEX_PARAMS_TEXT, CUDA_SWEEP_BATCH, EPOCH_STEPS,
+                               EPOCH_VAL_SLICES, STUDENT, TEACHER)
+from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import SftkdError, counted, exit_status
+from sftkd_cli.name_checks import DEVICE_NAMES
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
     from sftkd_cli.bench import BenchResult
@@ -115,8 +116,8 @@ def bench(
     size: Annotated[int, typer.Option("--size", metavar="N", help="Image height = width in pixels (the cardiac data are 150).")] = 150,
     batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size of training steps and of the throughput rows.")] = 4,
     threads: Annotated[int, typer.Option("--threads", metavar="N", help="torch CPU threads (set explicitly; 1 is often best on small noisy VMs).")] = 1,
-    precision: Annotated[str, typer.Option("--precision", metavar="P", help="fp32, or bf16 (torch.autocast to bfloat16).")] = "fp32",
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="P", callback=any_case(BENCH_PRECISIONS), help="fp32, or bf16 (torch.autocast to bfloat16).")] = "fp32",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", callback=any_case(DEVICE_NAMES), help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     repeats: Annotated[int, typer.Option("--repeats", metavar="N", help="Timed calls per row; the median is reported.")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", metavar="N", help="Untimed calls before timing each row.")] = 2,
     only: Annotated[Optional[str], typer.Option("--only", metavar="PARTS", help=f"Comma-separated parts to run: {','.join(BENCH_PARTS)} (default all).")] = None,

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
+from sftkd_cli.choices import (DEFAULT_ACCELERATION, DEFAULT_AMP, DEFAULT_DATA_PATH, DEFAULT_DEVICE, DEFAULT_EPOCHS,
+                               DEFAULT_RUNS_DIR, DEFAULT_THREADS)
 from sftkd_cli.cli.base import stdout_console
 from sftkd_cli.errors import SftkdError
 
@@ -27,14 +29,21 @@ def args_argument(recipe: str):  # type: ignore[no-untyped-def]
     return Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help=text, show_default=False)]
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help="Prepared dataset directory (data.path, default data/demo).")]
-AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help="Acceleration to train on (data.acceleration; the scale factor when data.task=sr).")]
-NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name).")]
-RunsDirOpt = Annotated[Optional[str], typer.Option("--runs-dir", metavar="DIR", help="Folder holding run directories (run.dir, default runs).")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", metavar="N", help="Number of epochs (train.epochs).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (train.device).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="CPU threads for torch; 0 = torch default (train.threads).")]
-AmpOpt = Annotated[Optional[str], typer.Option("--amp", metavar="MODE", help="Mixed precision: off, bf16 or fp16 (train.amp).")]
+def recipe_default(key: str, value: object) -> str:
+    """Help's note on an option that sets recipe key `key`: its default is the recipe's, and
+    `value` where neither the recipe file nor an override sets it."""
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"{key}; default: the recipe's, else {shown}"
+
+
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help=f"Prepared dataset directory ({recipe_default('data.path', DEFAULT_DATA_PATH)}).")]
+AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help=f"Acceleration to train on, the scale factor when data.task=sr ({recipe_default('data.acceleration', DEFAULT_ACCELERATION)}).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name; default: the recipe's, else made of the data folder, role, model and acceleration, e.g. demo-teacher-D5C5-4x).")]
+RunsDirOpt = Annotated[Optional[str], typer.Option("--runs-dir", metavar="DIR", help=f"Folder holding run directories ({recipe_default('run.dir', DEFAULT_RUNS_DIR)}).")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", metavar="N", help=f"Number of epochs ({recipe_default('train.epochs', DEFAULT_EPOCHS)}).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help=f"auto, cpu, cuda or cuda:N ({recipe_default('train.device', DEFAULT_DEVICE)}).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", metavar="N", help=f"CPU threads for torch; 0 = torch default ({recipe_default('train.threads', DEFAULT_THREADS)}).")]
+AmpOpt = Annotated[Optional[str], typer.Option("--amp", metavar="MODE", help=f"Mixed precision: off, bf16 or fp16 ({recipe_default('train.amp', DEFAULT_AMP)}).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run exactly where its last checkpoint left off.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Start the run over: remove the files sftkd wrote into it (your other files there stay).")]
 PrintOpt = Annotated[bool, typer.Option("--print-recipe", help="Print the resolved recipe and exit.")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sftkd_cli.cli import common
-from sftkd_cli.choices import ARCH_TEXT, SR_TASK_TEXT
+from sftkd_cli.choices import ARCH_TEXT, DEFAULT_METHOD, INIT_RANDOM, JOINT, SR_TASK_TEXT
 from sftkd_cli.cli.base import HelpCommand, examples
 from sftkd_cli.distill.catalog import methods_help, taps_help
 
@@ -31,9 +31,9 @@ def distill_command(
     args: common.args_argument("recipes/demo/std-kd-at.yaml") = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", metavar="RUN", help="Teacher run directory: a train-teacher run (Std-KD) or a train-sft run (SFT-KD).")] = None,
     student: Annotated[Optional[str], typer.Option("--student", metavar="ARCH", help=f"Student architecture (model.name), e.g. D3C5: {ARCH_TEXT}.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=methods_help())] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="FROM", help="Student start: random, sft (the SFT teacher run's student blocks), or a run/checkpoint.")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help="joint (one stage, the paper) or two-stage (the feature loss alone for distill.stage1_epochs epochs, which two-stage needs set: at least 1, fewer than train.epochs; then L1 fine-tuning with a fresh Adam and LR schedule: the reference code).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help=f"KD method ({common.recipe_default('distill.method', DEFAULT_METHOD)}): {methods_help()}")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="FROM", help=f"Student start ({common.recipe_default('distill.init', INIT_RANDOM[-1])}): random, sft (the SFT teacher run's student blocks), or a run/checkpoint.")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", metavar="NAME", help=f"Schedule ({common.recipe_default('distill.schedule', JOINT)}): joint (one stage, the paper) or two-stage (the feature loss alone for distill.stage1_epochs epochs, which two-stage needs set: at least 1, fewer than train.epochs; then L1 fine-tuning with a fresh Adam and LR schedule: the reference code).")] = None,
     data: common.DataOpt = None,
     acc: common.AccOpt = None,
     name: common.NameOpt = None,
@@ -48,6 +48,7 @@ def distill_command(
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
     from sftkd_cli.config import check_distill_schedule
+    from sftkd_cli.init_from import check_distill_init
     from sftkd_cli.training.kd import distill, resolved_distill
 
     recipe = common.build_recipe(
@@ -57,6 +58,7 @@ def distill_command(
            "distill.init": init_from, "distill.schedule": schedule},
     )
     check_distill_schedule(recipe)  # --print-recipe too
+    check_distill_init(recipe.distill.init)
     common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)
 
 

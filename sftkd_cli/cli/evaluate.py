@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import ARCH_LABELS
-from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
+from sftkd_cli.choices import AMP_MODES, ARCH_LABELS
+from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
+from sftkd_cli.name_checks import DEVICE_NAMES
 from sftkd_cli.run_files import SCORE_FILES
 
 
@@ -39,15 +42,16 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", help="best, last, or a checkpoint file.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", callback=any_case(DEVICE_NAMES), help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5; one left in the same folder by an earlier evaluation is removed (it would not match the new scores).")] = False,
     exported: Annotated[Optional[Path], typer.Option("--exported", metavar="FILE", help="Score a file `sftkd export` wrote from RUN instead of a checkpoint (scores go to RUN/eval-<file>-<format>/); refused, as a checkpoint is, on data its card says it does not fit.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", show_default=False, help="Slices per forward pass (default: the run's train.batch_size, at least 8). Changes speed and memory; scores only by float rounding.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", show_default=False, help="CPU threads for torch while scoring and timing (default: the run's train.threads, as in training; 0 = torch default).")] = None,
-    amp: Annotated[str, typer.Option("--amp", metavar="MODE", help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
-    convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
+    amp: Annotated[str, typer.Option("--amp", metavar="MODE", callback=any_case(AMP_MODES), help="Mixed precision: off (full fp32, no TF32), bf16 (any CPU, fast with AVX512-BF16 or AMX; GPUs) or fp16 (CUDA); scores go to <folder>/eval-amp-<amp>/.")] = "off",
+    convention: Annotated[str, typer.Option("--convention", metavar="NAME", callback=any_case(SCORE_FILES), help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
+    from sftkd_cli.eta import ProgressLines
     from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
     from sftkd_cli.scoring import check_convention
     from sftkd_cli.runs import expand_runs_folder, open_run
@@ -62,17 +66,24 @@ def evaluate(
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
         open_run(run)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar
+    lines = ProgressLines(lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), "evaluate")
     for run in runs:
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"{run.name}: slices", total=None)
+            progress = (partial(_update_bar, bar, task) if err_console.is_terminal
+                        else partial(lines, f"{run.name}: slices"))
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
-                                   convention=convention, batch_size=batch_size, console=err_console,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                   convention=convention, batch_size=batch_size, console=err_console, progress=progress)
         console.print(metrics_table(metrics))
         scores = SCORE_FILES[convention][1]
         console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"),
                       soft_wrap=True, markup=False, highlight=False)
+
+
+def _update_bar(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)
 
 
 def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:

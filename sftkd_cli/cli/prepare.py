@@ -19,8 +19,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sftkd_cli.acquisition import KSPACE_LAYOUTS, TASKS
 from sftkd_cli.choices import ALL_KINDS, DEFAULT_CENTER_FRACTION, FASTMRI_CENTER_PRODUCT
-from sftkd_cli.cli.base import USAGE_ERROR, HelpCommand, HelpGroup, examples, stderr_console, stdout_console
+from sftkd_cli.cli.base import USAGE_ERROR, HelpCommand, HelpGroup, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.data.catalog import SOURCES, SourceOption, SourceSpec
 from sftkd_cli.data.options import OptionNames, PrepareOptions, parse_accelerations, parse_mask_files
 from sftkd_cli.errors import SftkdError
@@ -83,12 +84,12 @@ ReconAcc = Annotated[
 RENAMED = {"--accelerations": "--acc"}
 Task = Annotated[
     str,
-    typer.Option("--task", metavar="TASK",
+    typer.Option("--task", metavar="TASK", callback=any_case(TASKS),
                  help="recon (undersampled k-space and zero-filled image per acceleration) or sr "
                       "(super-resolution: the central 1/s x 1/s of k-space per scale s, zero-padded and "
                       "interpolated back to full size)."),
 ]
-MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", help=f"Generated masks: {' | '.join(ALL_KINDS)} (the last two: the fastmri package's RandomMaskFunc and EquispacedMaskFractionFunc ('equispaced_fraction'), bit for bit).")]
+MaskKind = Annotated[str, typer.Option("--mask-kind", metavar="KIND", callback=any_case(ALL_KINDS), help=f"Generated masks: {' | '.join(ALL_KINDS)} (the last two: the fastmri package's RandomMaskFunc and EquispacedMaskFractionFunc ('equispaced_fraction'), bit for bit).")]
 MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",
@@ -96,7 +97,7 @@ MaskFile = Annotated[
                       "needs a single --acc."),
 ]
 MaskLayout = Annotated[
-    str, typer.Option("--mask-layout", metavar="LAYOUT", help="k-space layout: corner (unshifted, the paper's) | centered.")
+    str, typer.Option("--mask-layout", metavar="LAYOUT", callback=any_case(KSPACE_LAYOUTS), help="k-space layout: corner (unshifted, the paper's) | centered.")
 ]
 CenterFraction = Annotated[
     Optional[float], typer.Option("--center-fraction", metavar="F", help=f"Fully sampled low-frequency fraction of lines (default: {_CENTER_DEFAULTS}, {FASTMRI_CENTER_PRODUCT:g}/acc fastmri-*).")
@@ -205,7 +206,8 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 def _own(option: SourceOption) -> inspect.Parameter:
     """A source's own option as a command parameter."""
     kind = option.type if option.default is not None else Optional[option.type]
-    info = typer.Option(option.flag, metavar=option.metavar, help=option.help)
+    info = typer.Option(option.flag, metavar=option.metavar, help=option.help,
+                        callback=any_case(option.choices) if option.choices else None)
     return _option(option.key, Annotated[kind, info], option.default)
 
 

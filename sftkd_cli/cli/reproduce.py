@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from sftkd_cli.choices import EXECUTORS, KIND_ALIASES, KINDS
+from sftkd_cli.choices import EXECUTORS, KIND_ALIASES, KINDS, PER_GPU
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
 
@@ -48,8 +48,8 @@ def reproduce(
     runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir).")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, metavar="N", help="Run up to N stages that do not need each other at once, each in a worker process (its output in the log files of the report folder); on the CPU each gets cpus/N torch threads unless the recipe sets train.threads. 1: one after another, output here.")] = 1,
-    per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, max=64, metavar="K", help="With --jobs on CUDA: at most K stages share one GPU; the visible GPUs take the stages in turn.")] = 4,
-    executor_name: Annotated[ExecutorName, typer.Option("--executor", metavar="|".join(EXECUTORS), help="Where the stages run: local (this machine) or ray (tasks on a Ray cluster, up to --jobs at once; a stage on CUDA holds 1/K of a GPU, K from --per-gpu).")] = ExecutorName("local"),
+    per_gpu: Annotated[Optional[int], typer.Option("--per-gpu", min=1, max=64, metavar="K", show_default=False, help=f"With --jobs N (N > 1) or --executor ray, on CUDA: at most K stages share one GPU (default {PER_GPU}); the visible GPUs take the stages in turn.")] = None,
+    executor_name: Annotated[ExecutorName, typer.Option("--executor", metavar="|".join(EXECUTORS), case_sensitive=False, help="Where the stages run: local (this machine) or ray (tasks on a Ray cluster, up to --jobs at once; a stage on CUDA holds 1/K of a GPU, K from --per-gpu).")] = ExecutorName("local"),
     address: Annotated[Optional[str], typer.Option("--address", metavar="ADDR", help="With --executor ray: the Ray cluster, e.g. HEAD:6379 (default: RAY_ADDRESS, else a cluster started here with `ray start`, else a new Ray on this machine).")] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: the expected wall time of the plan on this machine with --jobs N, from the epoch times of its runs (or a short training probe).")] = False,
 ) -> None:
@@ -66,7 +66,8 @@ def reproduce(
     console = stdout_console()
     if estimate and not dry_run:
         raise SftkdError("--estimate: add --dry-run (the estimate runs no stage)")
-    check_executor(executor_name.value, address)  # before a dry run too
+    check_executor(executor_name.value, address, jobs, per_gpu)  # before a dry run too
+    per_gpu = PER_GPU if per_gpu is None else per_gpu
     if dry_run:
         print_plan(plan, stages, chosen, console)
         if estimate:

@@ -32,18 +32,21 @@ def train_teacher(
     device: common.DeviceOpt = None,
     threads: common.ThreadsOpt = None,
     amp: common.AmpOpt = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="RUN", help="Start from the weights of another run or checkpoint (fine-tuning).")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="RUN", help="Start from the weights of another run or checkpoint file (fine-tuning); without it: random weights.")] = None,
     resume: common.ResumeOpt = False,
     force: common.ForceOpt = False,
     print_recipe: common.PrintOpt = False,
 ) -> None:
     """Train one network with L1 loss (see HELP)."""
+    from sftkd_cli.init_from import check_start
     from sftkd_cli.training.supervised import resolved_supervised, train_supervised
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"model.name": model},
     )
+    if init_from is not None:
+        check_start(init_from, "--init-from")  # --print-recipe too
     common.print_or_train(recipe, print_recipe, train_supervised, resolved_supervised, init_from=init_from, resume=resume, force=force)
 
 

@@ -65,6 +65,8 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     """Read and check `root/manifest.json` (format, required keys)."""
     root = Path(root)
     path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise SftkdError(f"{display_path(root)}: is a file; expected a prepared dataset folder (sftkd prepare-data --out)")
     if not root.is_dir():
         raise SftkdError(f"{display_path(root)}: dataset folder not found; run `sftkd prepare-data` first")
     if not path.exists() and not path.is_symlink():

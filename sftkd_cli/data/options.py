@@ -10,14 +10,13 @@ the mask and split modules are imported when options are validated or used.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkd_cli.acquisition import KSPACE_LAYOUTS
+from sftkd_cli.acquisition import ACCELERATION_RULE, KSPACE_LAYOUTS, is_acceleration
 from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
 from sftkd_cli.data.option_names import OptionError, OptionNames
@@ -111,8 +110,8 @@ class PrepareOptions:
         if not self.accelerations:
             raise SftkdError(f"{name('accelerations')}: expected at least one acceleration")
         for acc in self.accelerations:
-            if not (math.isfinite(acc) and acc > 1):
-                raise SftkdError(f"{name('accelerations', f'{acc:g}')}: expected a number > 1")
+            if not is_acceleration(acc):
+                raise SftkdError(f"{name('accelerations', f'{acc:g}')}: expected {ACCELERATION_RULE}")
         keys = [acceleration_key(a) for a in self.accelerations]
         listed = ", ".join(f"{a:g}" for a in self.accelerations)
         if len(set(keys)) != len(keys):

@@ -64,10 +64,26 @@ def format_value(metric: str, value: float, signed: bool = False, digits: int = 
 
 
 def format_stat(metric: str, stat: Stat) -> str:
-    """'mean ± std'; an infinite mean (a PSNR with an exactly reconstructed slice) alone, as its std is undefined."""
+    """'mean ± std', both with the mean's decimal places (`_decimals`); an infinite mean (a PSNR
+    with an exactly reconstructed slice) alone, as its std is undefined."""
     if math.isinf(stat.mean):
         return format_value(metric, stat.mean)
-    return f"{format_value(metric, stat.mean)} ± {format_value(metric, stat.std, digits=2)}"
+    places = _decimals(metric, stat.mean)
+    if places is None:  # the mean in exponent notation: both with its significant digits
+        return f"{format_value(metric, stat.mean)} ± {format_value(metric, stat.std)}"
+    return f"{stat.mean:.{places}f} ± {stat.std:.{places}f}"
+
+
+def _decimals(metric: str, mean: float, digits: int = 4) -> int | None:
+    """The decimal places `format_value` shows `mean` with (trailing zeros kept): the paper's
+    for its metrics, else those of `digits` significant digits; None where that is exponent
+    notation (Python's `g` rule, on the exponent after rounding to `digits`)."""
+    if metric in _DECIMALS:
+        return _DECIMALS[metric]
+    exponent = int(f"{mean:.{digits - 1}e}".split("e")[1]) if math.isfinite(mean) else 0
+    if not -4 <= exponent < digits:
+        return None
+    return max(0, digits - 1 - exponent)
 
 
 def format_p(p: float, alpha: float) -> str:

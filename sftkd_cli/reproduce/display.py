@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from sftkd_cli.reproduce.graph import planned_actions
 from sftkd_cli.choices import TRAIN_KINDS
@@ -34,7 +37,7 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
     """The dry-run table: what each selected stage would do, its run directory and recipe."""
     table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left")
     for column in ("stage", "action", "model", "epochs", "run", "recipe"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold")  # run and recipe: PathCell
     actions = planned_actions(plan, stages, chosen)
     for stage in stages:
         if stage.id not in chosen:
@@ -45,10 +48,32 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
             escape(stage.id), escape(action + (f" ({detail})" if detail else "")),
             model_text(stage),
             str(recipe.train.epochs) if recipe else "",
-            escape(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
-            escape(stage.recipe_file or ("defaults" if recipe else "")),
+            PathCell(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
+            PathCell(stage.recipe_file or ("defaults" if recipe else "")),
         )
     console.print(table)
+
+
+class PathCell:
+    """A path in a table cell: whole where it fits, else its end after "…" (the folder or file
+    name stays readable), on one line: never folded mid-word."""
+
+    #: the fewest columns a path is cut to before other columns wrap
+    MIN_WIDTH = 12
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(cell_len(self.path), self.MIN_WIDTH), cell_len(self.path))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        tail = self.path
+        if cell_len(tail) > options.max_width:
+            while tail and cell_len(tail) > options.max_width - 1:
+                tail = tail[1:]
+            tail = "…" + tail
+        yield Text(tail, no_wrap=True, overflow="crop")
 
 
 def model_text(stage: Stage) -> str:

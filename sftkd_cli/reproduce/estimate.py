@@ -44,10 +44,10 @@ from sftkd_cli import eta
 from sftkd_cli.data.format import MANIFEST
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds
-from sftkd_cli.reproduce.executor import PER_GPU, cpu_count, gpu_count
+from sftkd_cli.reproduce.executor import cpu_count, gpu_count
 from sftkd_cli.reproduce.graph import Slot, makespan, planned_actions, ranks, simulate, waits_for
 from sftkd_cli.reproduce.jobs import stage_log
-from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.choices import PER_GPU, TRAIN_KINDS
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, plan_conflict
 from sftkd_cli.runs import read_history_file

@@ -39,14 +39,11 @@ from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait as wait_any
 from typing import Any, Protocol
 
-from sftkd_cli.choices import EXECUTORS
+from sftkd_cli.choices import EXECUTORS, PER_GPU
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.stages import StageResult
-
-#: stages that share one GPU at once by default (`--per-gpu`)
-PER_GPU = 4
 
 
 class Executor(Protocol):
@@ -321,12 +318,16 @@ def _flush() -> None:
             pass
 
 
-def check_executor(name: str, address: str | None = None) -> None:
-    """`name` is one of EXECUTORS, and an `address` (a Ray cluster's) goes with "ray" only."""
+def check_executor(name: str, address: str | None = None, jobs: int = 1, per_gpu: int | None = None) -> None:
+    """`name` is one of EXECUTORS, an `address` (a Ray cluster's) goes with "ray" only, and a
+    `per_gpu` given (not None) with stages that share GPUs: "ray", or "local" with `jobs` > 1."""
     if name not in EXECUTORS:
         raise SftkdError(f"executor {name!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(name, EXECUTORS)}")
     if address is not None and name != "ray":
         raise SftkdError("--address: add --executor ray (the address is that of a Ray cluster)")
+    if per_gpu is not None and name == "local" and jobs == 1:
+        raise SftkdError(f"--per-gpu {per_gpu}: add --jobs N (N > 1) or --executor ray; "
+                         "one stage at a time has the GPU to itself")
 
 
 def make_executor(name: str, jobs: int, per_gpu: int, address: str | None = None) -> Executor | None:

@@ -143,12 +143,14 @@ def load_plan(
     path = find_plan(path)
     text = read_yaml_file(path, "plan")
     _keep_override_text(text, parse_yaml(read_yaml_text(path, "plan"), as_text=True))
-    not_a_plan = SftkdError(f"{path}: plan: expected `plan: {PLAN_FORMAT}` at the top (is this a recipe? use train-teacher/train-sft/distill)")
-    if isinstance(text, dict) and "plan" not in text:  # before the keys are checked: a recipe has other keys
-        raise not_a_plan
+    expected = f"expected a plan: a mapping with `plan: {PLAN_FORMAT}` at the top"
+    if not isinstance(text, dict):
+        raise SftkdError(f"{path}: {expected}, got {'an empty file' if text is None else type(text).__name__}")
+    if "plan" not in text:  # before the keys are checked: a recipe has other keys
+        raise SftkdError(f"{path}: {expected} (is this a recipe? use train-teacher/train-sft/distill)")
     raw = as_mapping(text, str(path), TOP_KEYS)
-    if raw.get("plan") != PLAN_FORMAT:
-        raise not_a_plan
+    if raw["plan"] != PLAN_FORMAT:
+        raise SftkdError(f"{path}: plan: expected {PLAN_FORMAT} (the plan format this sftkd reads), got {raw['plan']!r}")
     where = f"{path}:"
     if data_root is not None:
         raw["data"] = {**as_mapping(raw.get("data"), f"{where} data"), "root": str(data_root)}
