@@ -58,7 +58,8 @@ def distill_command(
            "distill.init": init_from, "distill.schedule": schedule},
     )
     check_distill_schedule(recipe)  # --print-recipe too
-    check_distill_init(recipe.distill.init)
+    if not resume:  # a resumed run starts from its checkpoint; its --init-from may be gone by now
+        check_distill_init(recipe.distill.init)
     common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)
 
 
