@@ -145,6 +145,21 @@ def test_prepare_data_choice_words_are_read_in_any_case(option: list[str], later
     assert line == f"error: {later[1]}"
 
 
+def test_export_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sftkd_cli.export
+    from sftkd_cli.errors import SftkdError
+
+    given: dict[str, object] = {}
+
+    def export_run(run: Path, fmt: str, **kwargs: object) -> None:
+        given.update(kwargs, fmt=fmt)
+        raise SftkdError("stop here")
+
+    monkeypatch.setattr(sftkd_cli.export, "export_run", export_run)
+    assert one_line_error("export", "runs/x", "--format", "ONNX", "--checkpoint", "Last") == "error: stop here"
+    assert (given["fmt"], given["checkpoint"]) == ("onnx", "last")
+
+
 def test_bench_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     import sftkd_cli.bench
     from sftkd_cli.errors import SftkdError

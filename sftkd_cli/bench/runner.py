@@ -481,7 +481,7 @@ class _Bench:
         if mode == "graph":
             return runner, f"captured in {took:.1f} s; replayed with one launch"
         if mode == "onnx":
-            return runner, (f"exported and loaded in {took:.1f} s; onnxruntime {torch.get_num_threads()} thread(s), "
+            return runner, (f"exported and loaded in {took:.1f} s; onnxruntime {counted(torch.get_num_threads(), 'thread')}, "
                             "DC as matrix-product DFTs (as `sftkd export --format onnx` files run)")
         return runner, f"compiled in {took:.1f} s (inductor, frozen weights); the DC layer's complex FFTs stay eager"
 

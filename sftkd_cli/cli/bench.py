@@ -71,7 +71,7 @@ def header(result: BenchResult) -> str:
     if "bf16" in result.roof:
         lines.append(_roof_line("bf16 roof", result.roof["bf16"]["gflops"], result.roof["bf16"]))
     return (
-        f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {m['threads']} thread(s), "
+        f"[bold]{escape(m['name'])}[/] ({escape(m['device'])}, {counted(m['threads'], 'thread')}, "
         f"{m['cpu_capability']}), torch {escape(m['torch'])}, {s['precision']}{' (TF32)' if s.get('tf32') else ''}, "
         f"size {s['size']}, batch {s['batch']}, {'complex data, ' if s.get('complex') else ''}"
         f"median of {s['repeats']} after {s['warmup']} warm-up\n"

@@ -42,7 +42,7 @@ from rich.table import Table
 
 from sftkd_cli import eta
 from sftkd_cli.data.format import MANIFEST
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.reproduce.display import format_seconds
 from sftkd_cli.reproduce.executor import cpu_count, gpu_count
 from sftkd_cli.reproduce.graph import Slot, makespan, planned_actions, ranks, simulate, waits_for
@@ -216,8 +216,8 @@ class Sharing:
 
     def text(self, slots: int) -> str:
         if self.gpus:
-            return f"up to {slots} stage(s) at once on {self.gpus} GPU(s), sharing each GPU (assumed full)"
-        return (f"up to {slots} stage(s) at once on {self.cpus} CPU(s), {self.threads} thread(s) each; "
+            return f"up to {counted(slots, 'stage')} at once on {counted(self.gpus, 'GPU')}, sharing each GPU (assumed full)"
+        return (f"up to {counted(slots, 'stage')} at once on {counted(self.cpus, 'CPU')}, {counted(self.threads, 'thread')} each; "
                 f"with {slots} at once each runs at {self.speed(slots):.0%} of its speed alone")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
@@ -109,10 +109,10 @@ def run_stage_job(job: StageJob) -> StageResult:
 
 
 def _log_header(job: StageJob, stage: Stage) -> str:
-    """'--- 2024-05-01T12:00:00 teacher (3/13), 2 thread(s), cuda:1': when and where the stage ran."""
-    where = [f"{job.threads} thread(s)"] if job.threads else []
+    """'--- 2024-05-01T12:00:00 teacher (3/13), 2 threads, cuda:1': when and where the stage ran."""
+    where = [counted(job.threads, "thread")] if job.threads else []
     if stage.recipe is not None:
-        where = [f"{stage.recipe.train.threads} thread(s)"] if stage.recipe.train.threads else where
+        where = [counted(stage.recipe.train.threads, "thread")] if stage.recipe.train.threads else where
         where.append(f"device {stage.recipe.train.device}")
     now = datetime.datetime.now().isoformat(timespec="seconds")
     return f"--- {now} {stage.id} ({job.number}/{job.total})" + (f", {', '.join(where)}" if where else "")
