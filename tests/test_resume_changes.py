@@ -69,6 +69,37 @@ def test_a_checkpoint_without_a_thread_count_resumes_with_a_warning(tmp_path):
         "count (env.json's threads)")
 
 
+@pytest.mark.parametrize("saved, device, world", [
+    (None, "cpu", 1),  # the run trained on CUDA or under torchrun: its checkpoints record no count
+    (64, "cpu", 2),    # a resume under torchrun (one thread per process)
+    (64, "cuda", 1),   # a resume on CUDA
+])
+def test_only_a_one_process_cpu_resume_of_a_one_process_cpu_run_keeps_its_thread_count(saved, device, world):
+    """Elsewhere the numbers differ from the first run's anyway: the count is torch's default,
+    with no line (a CUDA run resumed on the CPU does not take the CUDA host's count)."""
+    from pathlib import Path
+
+    from sftkd_cli.training.resume import ResumePoint, resumed_threads
+
+    point = ResumePoint(Path("last.pt"), {"threads": saved})
+    assert resumed_threads(0, point, torch.device(device), world) == (0, "")
+    assert resumed_threads(3, point, torch.device(device), world) == (3, "")  # train.threads set: kept
+    assert resumed_threads(0, ResumePoint(Path("last.pt"), {"threads": 64}), torch.device("cpu"), 1)[0] == 64
+
+
+def test_a_cuda_or_torchrun_run_records_no_thread_count() -> None:
+    from sftkd_cli.training.engine import Trainer
+
+    class Fake:
+        device, world = torch.device("cuda"), 1
+
+    assert Trainer._threads_record(Fake()) is None
+    Fake.device, Fake.world = torch.device("cpu"), 2
+    assert Trainer._threads_record(Fake()) is None
+    Fake.world = 1
+    assert Trainer._threads_record(Fake()) == torch.get_num_threads()
+
+
 def test_a_copied_run_folder_resumes_as_itself_and_its_hint_names_it(tiny_dataset, tmp_path):
     """A run folder copied elsewhere under another name resumes as that folder: its recipe's
     run.name and run.dir (the original's) may differ and then follow the folder. A refusal's

@@ -227,12 +227,17 @@ class Trainer:
             "epoch": epoch,
             "step_in_epoch": step,
             "world_size": self.world,  # an epoch's sample order depends on it (`resume.other_world`)
-            "threads": torch.get_num_threads(),  # and CPU results on this (`resume.resumed_threads`)
+            "threads": self._threads_record(),  # and CPU results on this (`resume.resumed_threads`)
             "trained_on": self.trained_on,
             "channels_last": self.layout.channels_last,  # the layout a resumed run keeps (`_choose_layout`)
             **model.info(),
             **state.entries(),
         }
+
+    def _threads_record(self) -> int | None:
+        """The thread count a resume keeps: that of a one-process CPU run; None for a CUDA run or a
+        torchrun (which sets one thread per process), whose resume takes the machine's default."""
+        return torch.get_num_threads() if self.device.type == "cpu" and self.world == 1 else None
 
     def _bare(self) -> Objective:
         objective = self.objective
@@ -257,7 +262,7 @@ class Trainer:
         if len(train_ds) == 0:
             raise SftkdError(f"{self.recipe.data.path}: the training split {self.recipe.data.train_split!r} is empty")
         point = resume_point(self.run) if resume else None
-        threads, said = resumed_threads(cfg.threads, point, self.device)  # a resume keeps its thread count
+        threads, said = resumed_threads(cfg.threads, point, self.device, self.world)  # a resume keeps its thread count
         if said and self.is_main:
             self.console.print(said, highlight=False, markup=False, soft_wrap=True)
         with cpu_threads(threads), deterministic_kernels(cfg.deterministic), warnings.catch_warnings():

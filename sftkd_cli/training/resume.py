@@ -71,19 +71,24 @@ def other_world(point: ResumePoint, world: int) -> str:
             "or start over with --force; the number of processes may change at an epoch's end")
 
 
-def resumed_threads(threads: int, point: ResumePoint | None, device: torch.device) -> tuple[int, str]:
-    """The CPU threads a fit sets (train.threads `threads`; 0: torch's default, left as it is) and
-    a line to print first ('' for none).
+def resumed_threads(threads: int, point: ResumePoint | None, device: torch.device, world: int) -> tuple[int, str]:
+    """The CPU threads a fit of `world` processes sets (train.threads `threads`; 0: torch's
+    default, left as it is) and a line to print first ('' for none).
 
     On the CPU the thread count changes how kernels split their sums, hence the numbers (~1e-4
-    apart after a few steps), and torch's default follows the machine's CPUs. So a run resumed on
-    the CPU with train.threads 0 takes the count its checkpoint recorded (`threads`): it continues
-    exactly as if uninterrupted, on any machine (more threads than CPUs are slower, not different),
-    and the line says so where that is not this machine's default. A checkpoint of an sftkd that
-    recorded no count keeps the default, with a warning that the numbers may differ."""
-    if threads or point is None or device.type != "cpu":
+    apart after a few steps), and torch's default follows the machine's CPUs. So a one-process
+    run resumed on the CPU with train.threads 0 takes the count its checkpoint recorded
+    (`threads`, which only a one-process CPU run records): it continues exactly as if
+    uninterrupted, on any machine (more threads than CPUs are slower, not different), and the
+    line says so where that is not this machine's default. A run that trained on CUDA or under
+    torchrun has other numbers anyway and keeps the default; so does a resume under torchrun. A
+    checkpoint of an sftkd that recorded no count keeps the default, with a warning that the
+    numbers may differ."""
+    if threads or point is None or device.type != "cpu" or world != 1:
         return threads, ""
     here, saved = torch.get_num_threads(), point.state.get("threads")
+    if "threads" in point.state and saved is None:  # trained on CUDA or by several processes
+        return 0, ""
     if saved is None:
         return 0, (f"warning: {point.path}: records no thread count (an older sftkd saved it); resuming with torch's "
                    f"default {counted(here, 'thread')}, so if the run trained with another count its numbers will "
