@@ -372,7 +372,8 @@ def export_run(
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
     target = _export_target(out, run.path, model.name, entry_role, fmt)
-    made = target.parent if out is not None and not target.parent.exists() else None  # said, not silent
+    # said, not silent: the outermost folder of --out that is not there yet
+    made = next((f for f in reversed(target.parents) if not f.exists()), None) if out is not None else None
     with made_folder(target.parent):  # a failed export leaves no folder it made behind
         target = _replaceable(target, out, force)
         tmp = temporary_sibling(target)
@@ -479,7 +480,8 @@ def _training(run_path: Path, planned: int, checkpoint: str, state: dict[str, An
         trained = None
     return {"epochs_trained": trained, "epochs_planned": int(planned),
             "finished": None if trained is None else trained >= planned,
-            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch")}
+            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch"),
+            "checkpoint_step_in_epoch": state.get("step_in_epoch") or 0}  # > 0: saved mid-epoch, steps into the next
 
 
 def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manifest: dict[str, Any] | None,

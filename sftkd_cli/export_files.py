@@ -21,6 +21,7 @@ import importlib
 import io
 import os
 import signal
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ CARD_KEY = "sftkd_card"
 CARD_EXTRA = "sftkd_card.json"
 #: what a TorchScript archive keeps out: machine- and caller-dependent debug records
 _DROPPED = (".debug_pkl", "/.data/serialization_id")
+#: held while a trace uses its own compilation unit (`_own_compilation_unit`)
+_UNIT_LOCK = threading.Lock()
 #: the date of every rewritten archive entry (zip's earliest), so that the bytes never carry a time
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -64,16 +67,19 @@ def _own_compilation_unit() -> Iterator[None]:
     """Trace into a TorchScript compilation unit of the block's own. Why: torch names traced
     classes in one unit per process, numbering repeated names (`___torch_mangle_<n>`) by what
     the process traced before, so a second export in one process wrote other bytes. The unit is
-    a private attribute of torch.jit (torch 2.x); where it is gone, the process's unit is used."""
-    saved = getattr(torch.jit._state, "_python_cu", None)
-    if saved is None:
-        yield
-        return
-    torch.jit._state._python_cu = torch._C.CompilationUnit()  # torch's C++ side reads it at each trace
-    try:
-        yield
-    finally:
-        torch.jit._state._python_cu = saved
+    a private attribute of torch.jit (torch 2.x); where it is gone, the process's unit is used.
+    The swap is process-wide: `_UNIT_LOCK` keeps two exports of one process from overlapping
+    (TorchScript work of other threads meanwhile would land in this unit)."""
+    with _UNIT_LOCK:
+        saved = getattr(torch.jit._state, "_python_cu", None)
+        if saved is None:
+            yield
+            return
+        torch.jit._state._python_cu = torch._C.CompilationUnit()  # torch's C++ side reads it at each trace
+        try:
+            yield
+        finally:
+            torch.jit._state._python_cu = saved
 
 
 def write_onnx(wrapper: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> str:
