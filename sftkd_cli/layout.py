@@ -35,7 +35,7 @@ from filelock import FileLock
 from torch import nn
 
 from sftkd_cli.choices import LAYOUT_SETTINGS
-from sftkd_cli.errors import SftkdError, counted
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import atomic_write_text, read_regular_bytes
 from sftkd_cli.runtime import Batch, autocast
 
@@ -190,7 +190,7 @@ def _seconds(value: float) -> str:
 def machine_key() -> str:
     """What makes timings comparable: the CPU, its kernels' instruction set, torch and its threads."""
     return (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs), "
-            f"torch {torch.__version__}, {counted(torch.get_num_threads(), 'thread')}")
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")  # a cache key: spelled as ever
 
 
 def cpu_name() -> str:

@@ -97,6 +97,11 @@ def test_training_and_prepare_data_take_the_same_accelerations(acc: str, tmp_pat
     assert sftkd("train-teacher", "--acc", "1.5", "--data", tmp_path / "not-prepared", "--print-recipe").exit_code == 0
 
 
+def test_an_empty_init_from_is_random_weights_as_no_init_from(tmp_path: Path) -> None:
+    """A script's `--init-from "$INIT"` with INIT unset: random weights, as distill takes it."""
+    assert sftkd("train-teacher", "--init-from", "", "--data", tmp_path / "not-prepared", "--print-recipe").exit_code == 0
+
+
 def test_training_choice_words_are_read_in_any_case() -> None:
     printed = sftkd("distill", "--amp", "BF16", "--device", "CUDA:0", "--schedule", "JOINT", "train.cuda_graphs=OFF",
                     "data.task=RECON", "--print-recipe").output

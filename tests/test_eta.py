@@ -70,3 +70,29 @@ def test_evaluate_prints_progress_lines_where_stderr_is_no_terminal(monkeypatch)
     lines = result.output.splitlines()
     assert lines[0].startswith("evaluate: demo: slices 4/8, 0.0 min so far, ") and "left" in lines[0], result.output
     assert lines[1].startswith("evaluate: demo: slices 8/8, 0.0 min so far") and lines[2] == "error: stop here"
+
+
+def test_evaluate_times_each_run_on_its_own(monkeypatch):
+    """Two runs of one name (runs/t1, other/t1): the second's first plain line has its own time
+    left, not one measured across the first run (the lines' tracker is made per run)."""
+    import sftkd_cli.cli.evaluate
+    import sftkd_cli.evaluate
+    import sftkd_cli.runs
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+    from sftkd_cli.eta import ProgressLines
+
+    def evaluate_run(run, *, progress, **kwargs):
+        for done in (4, 8):
+            progress(done, 8)
+        return {"output_dir": str(run)}
+
+    monkeypatch.setattr(ProgressLines, "EVERY", 0.0)
+    monkeypatch.setattr(sftkd_cli.runs, "open_run", lambda run: None)
+    monkeypatch.setattr(sftkd_cli.evaluate, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(sftkd_cli.cli.evaluate, "metrics_table", lambda metrics: "")
+    result = CliRunner().invoke(app, ["evaluate", "runs/t1", "other/t1"])
+    assert result.exit_code == 0, result.output
+    firsts = [line for line in result.output.splitlines() if line.startswith("evaluate: t1: slices 4/8")]
+    assert len(firsts) == 2 and all("left" in line for line in firsts), result.output

@@ -212,3 +212,9 @@ def test_the_cached_work_names_the_width_the_teacher_and_the_kd_method(monkeypat
     layout.inference_layout("auto", build_model("D2C2", channels=48), batch, CPU)
     assert len(set(works)) == len(works) == 6
     assert "teacher=D4C3" in works[2] and "kd=AttentionTransfer" in works[2]
+
+
+def test_the_machine_key_keeps_the_spelling_the_caches_hold():
+    """The key of ~/.cache/sftkd/layouts.json entries: respelled, every machine would measure its
+    layouts again and evaluate's choice could flip for existing runs."""
+    assert layout.machine_key().endswith(f", torch {torch.__version__}, {torch.get_num_threads()} thread(s)")

@@ -66,9 +66,9 @@ def evaluate(
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
         open_run(run)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar
-    lines = ProgressLines(lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), "evaluate")
     for run in runs:
+        # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar, timed per run
+        lines = ProgressLines(lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), "evaluate")
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"{run.name}: slices", total=None)
             progress = (partial(_update_bar, bar, task) if err_console.is_terminal

@@ -45,8 +45,8 @@ def train_teacher(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, **{"model.name": model},
     )
-    if init_from is not None:
-        check_start(init_from, "--init-from")  # --print-recipe too
+    if init_from:  # --print-recipe too; '' is random weights, as no --init-from
+        check_start(init_from, "--init-from")
     common.print_or_train(recipe, print_recipe, train_supervised, resolved_supervised, init_from=init_from, resume=resume, force=force)
 
 
