@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.cli.app import app
 from sftkd_cli.data.catalog import SOURCE_DEFAULTS
 from sftkd_cli.errors import RunInterrupted, SftkdError
@@ -789,27 +790,32 @@ def test_the_closing_error_is_one_line_cut_short(notes, tail):
 
 
 @pytest.mark.parametrize("width", [60, 80])
-def test_dry_run_table_never_folds_a_path_mid_word(width, tmp_path, monkeypatch):
-    """On a narrow terminal a run or recipe path is shown whole or as its end after '…', on one
-    line: it used to be folded over several lines mid-word (runs/demo/te | acher)."""
+@pytest.mark.parametrize("plan_name", ["demo", "table1-mrbrains"])
+def test_dry_run_table_shows_every_stage_s_run_and_recipe_whole(plan_name, width, tmp_path, monkeypatch):
+    """In a narrow terminal or an 80-column log every run and recipe is shown whole (over lines if
+    need be), relative to the runs folder and to the recipes' shared folder that the caption names:
+    a cut path ('…acher.yaml') hid which of the 4x and 5x recipes a stage uses."""
     from sftkd_cli.reproduce import print_plan
 
     monkeypatch.chdir(tmp_path)
-    plan = load_plan("demo")
+    plan = load_plan(plan_name)
     stages = build_stages(plan)
     console = Console(file=io.StringIO(), width=width)
     print_plan(plan, stages, {stage.id for stage in stages}, console)
-    rows = [line.split("│")[1:-1] for line in console.file.getvalue().splitlines() if line.startswith("│")]
-    paths = {str(s.run or (plan.report_dir if s.kind == "report" else plan.data.out)) for s in stages}
-    paths |= {s.recipe_file for s in stages if s.recipe_file}
-    cut = 0
-    for cells in rows:
-        for cell in (cells[4].strip(), cells[5].strip()):
-            if not cells[0].strip():  # a row's second line: the action wrapped; the paths did not
-                assert cell == "", cells
-            elif cell.startswith("…"):
-                cut += 1
-                assert any(path.endswith(cell[1:]) for path in paths), cell
-            else:
-                assert cell in paths or cell in ("", "defaults"), cell
-    assert cut > 0  # the recipes' absolute paths do not fit 80 columns
+    text = console.file.getvalue()
+    rows: list[list[str]] = []  # per stage: its run and recipe cells, lines joined
+    for line in text.splitlines():
+        if line.startswith(("┡", "├")):  # a line between two stages
+            rows.append(["", ""])
+        elif line.startswith("│"):
+            cells = [cell.strip() for cell in line.split("│")[1:-1]]
+            rows[-1][0] += cells[4]
+            rows[-1][1] += cells[5]
+    recipes = sorted({s.recipe_file for s in stages if s.recipe_file})
+    shared = os.path.commonpath(recipes)
+    assert f"runs in {plan.runs_dir}/, recipes in {shared}/" in " ".join(text.split())
+    expected = [(os.path.relpath(str(s.run), plan.runs_dir) if s.run and s.kind != "data" else
+                 str(plan.report_dir.relative_to(plan.runs_dir)) if s.kind == "report" else str(plan.data.out),
+                 os.path.relpath(s.recipe_file, shared) if s.recipe_file else ("defaults" if s.kind in TRAIN_KINDS else ""))
+                for s in stages]
+    assert [tuple(row) for row in rows] == expected

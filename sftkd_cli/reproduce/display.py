@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 from rich.cells import cell_len
@@ -34,8 +35,16 @@ def print_status(results: Sequence[StageResult], console: Console) -> None:
 
 
 def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: Console) -> None:
-    """The dry-run table: what each selected stage would do, its run directory and recipe."""
-    table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left")
+    """The dry-run table: what each selected stage would do, its run directory and recipe (relative
+    to the plan's runs folder and to the folder all recipes share, which the caption names: the
+    table fits a narrow log without hiding which recipe a stage uses)."""
+    files = {stage.recipe_file for stage in stages if stage.id in chosen and stage.recipe_file}
+    shared = os.path.dirname(os.path.commonpath(sorted(files))) if len(files) == 1 else (
+        os.path.commonpath(sorted(files)) if files else "")
+    runs = str(plan.runs_dir)
+    caption = f"runs in {runs}/" + (f", recipes in {shared}/" if shared else "")
+    table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left", caption=caption, caption_justify="left",
+                  show_lines=True)  # a line between stages: their cells may take several lines
     for column in ("stage", "action", "model", "epochs", "run", "recipe"):
         table.add_column(column, overflow="fold")  # run and recipe: PathCell
     actions = planned_actions(plan, stages, chosen)
@@ -48,32 +57,38 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
             escape(stage.id), escape(action + (f" ({detail})" if detail else "")),
             model_text(stage),
             str(recipe.train.epochs) if recipe else "",
-            PathCell(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out))),
-            PathCell(stage.recipe_file or ("defaults" if recipe else "")),
+            PathCell(_under(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out)), runs)),
+            PathCell(os.path.relpath(stage.recipe_file, shared or ".") if stage.recipe_file else ("defaults" if recipe else "")),
         )
     console.print(table)
 
 
-class PathCell:
-    """A path in a table cell: whole where it fits, else its end after "…" (the folder or file
-    name stays readable), on one line: never folded mid-word."""
+def _under(path: str, folder: str) -> str:
+    """`path` relative to `folder` where it lies in it, else as it is."""
+    inside = os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    return os.path.relpath(path, folder) if inside else path
 
-    #: the fewest columns a path is cut to before other columns wrap
-    MIN_WIDTH = 12
+
+class PathCell:
+    """A path in a table cell, whole, broken only after a "/" where it does not fit on one line:
+    never folded mid-name (a part longer than the column is the one exception), so every stage's
+    recipe and run folder stays readable in an 80-column log."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.parts = [part + "/" for part in path.split("/")]
+        self.parts[-1] = self.parts[-1][:-1]  # 'a/', 'b/', 'c.yaml'
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        return Measurement(min(cell_len(self.path), self.MIN_WIDTH), cell_len(self.path))
+        return Measurement(max(cell_len(part) for part in self.parts), cell_len(self.path))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        tail = self.path
-        if cell_len(tail) > options.max_width:
-            while tail and cell_len(tail) > options.max_width - 1:
-                tail = tail[1:]
-            tail = "…" + tail
-        yield Text(tail, no_wrap=True, overflow="crop")
+        lines = [""]
+        for part in self.parts:
+            if lines[-1] and cell_len(lines[-1] + part) > options.max_width:
+                lines.append("")
+            lines[-1] += part
+        yield Text("\n".join(lines), overflow="fold")
 
 
 def model_text(stage: Stage) -> str:
