@@ -389,6 +389,12 @@ _ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill
 _PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.init"})
 
 
+def same_name(key: str, x: object, y: object) -> bool:
+    """Whether `x` and `y` are one name of a key that reads names in any case (model.name D3C5
+    and d3c5, distill.method AT and at)."""
+    return key in _ANY_CASE_KEYS and isinstance(x, str) and isinstance(y, str) and x.lower() == y.lower()
+
+
 def same_setting(a: Setting, b: Setting) -> bool:
     """Whether two settings of one key give it the same value: equal once typed (`setting_value`),
     a name in another case, or one path spelt two ways (`data/demo/` and `./data/demo`)."""
@@ -398,7 +404,7 @@ def same_setting(a: Setting, b: Setting) -> bool:
     if not (isinstance(x, str) and isinstance(y, str)):
         return False
     if key in _ANY_CASE_KEYS:
-        return x.lower() == y.lower()
+        return same_name(key, x, y)
     if key in _PATH_KEYS and not (key == "distill.init" and {x, y} & set(INIT_WORDS)):
         return os.path.abspath(os.path.expanduser(x)) == os.path.abspath(os.path.expanduser(y))
     return False

@@ -100,6 +100,17 @@ def test_a_cuda_or_torchrun_run_records_no_thread_count() -> None:
     assert Trainer._threads_record(Fake()) == torch.get_num_threads()
 
 
+def test_a_resume_takes_a_name_in_another_case(tiny_dataset, tmp_path):
+    """Architecture and KD-method names are read in any case (D2C2 is d2c2): a resume that spells
+    the run's model another way continues it; it was refused as a changed model.name."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "a")).exit_code == 0
+    args = train_args(tiny_dataset, runs, "a", "train.epochs=2")
+    args[args.index("D2C2")] = "d2c2"
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_copied_run_folder_resumes_as_itself_and_its_hint_names_it(tiny_dataset, tmp_path):
     """A run folder copied elsewhere under another name resumes as that folder: its recipe's
     run.name and run.dir (the original's) may differ and then follow the folder. A refusal's

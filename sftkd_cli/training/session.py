@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
-from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, validate
+from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
@@ -149,7 +149,7 @@ def resume_conflict(run: RunDir, recipe: Recipe) -> str:
     be the same."""
     old, new = _flatten(run.load_recipe()), _flatten(recipe)
     for key, value in new.items():
-        if old[key] == value or key in RESUMABLE_CHANGES:
+        if old[key] == value or key in RESUMABLE_CHANGES or same_name(key, old[key], value):
             continue
         if key == "distill.teacher_run" and (_recorded_teacher(run) or _same_folder(old[key], value)):
             continue
