@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.cli.app import app
 from sftkd_cli.data.catalog import SOURCE_DEFAULTS
-from sftkd_cli.errors import RunInterrupted, SftkdError
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.reproduce import DataSpec, build_stages, default_trainers, load_plan, run_plan, select
 from sftkd_cli.runs import load_checkpoint
 
@@ -294,7 +294,7 @@ def test_cli_only_with_needs_left_out_shows_them_blocked_and_fails(tmp_path, tin
     result = runner.invoke(app, ["reproduce", str(path), "--only", "kd,eval-*kd*", "train.device=cpu"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: 4 stage(s) not run: std-kd-at, sft-kd-at, eval-std-kd-at, eval-sft-kd-at") and "--only" in last
+    assert last.startswith("error: 4 stages not run: std-kd-at, sft-kd-at, eval-std-kd-at, eval-sft-kd-at") and "--only" in last
     assert not (tmp_path / "runs" / "std-kd-at").exists()
 
 
@@ -768,7 +768,7 @@ def test_the_closing_error_of_a_failed_plan_says_what_the_first_stage_said(tmp_p
     result = CliRunner().invoke(app, ["reproduce", str(path), "--only", "data"])
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: 1 stage(s) failed: data (see the status table); fix and run the same command "
+    assert last.startswith("error: 1 stage failed: data (see the status table); fix and run the same command "
                            f"again. data: {tmp_path / 'missing'}"), last
 
 
@@ -784,7 +784,7 @@ def test_the_closing_error_is_one_line_cut_short(notes, tail):
 
     failed = [StageResult(sid, sid, "failed", note=note) for sid, note in zip(("data", "teacher"), notes)]
     line = failed_line(failed)
-    assert line == (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
+    assert line == (f"{counted(len(failed), 'stage')} failed: {', '.join(r.id for r in failed)} (see the status table); "
                     "fix and run the same command again" + tail)
     assert "\n" not in line
 

@@ -38,7 +38,7 @@ def recipe_default(key: str, value: object) -> str:
 
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="DIR", help=f"Prepared dataset directory ({recipe_default('data.path', DEFAULT_DATA_PATH)}).")]
 AccOpt = Annotated[Optional[float], typer.Option("--acc", metavar="X", help=f"Acceleration to train on, the scale factor when data.task=sr ({recipe_default('data.acceleration', DEFAULT_ACCELERATION)}).")]
-NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name; default: the recipe's, else made of the data folder, role, model and acceleration, e.g. demo-teacher-D5C5-4x).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Run name; the run lives in <runs-dir>/<name> (run.name; default: the recipe's, else made of the data folder, role, model and acceleration, e.g. demo-teacher-D5C5-4x, demo-sft-D5C5-D3C5-4x, demo-kd-at-std-D3C5-4x).")]
 RunsDirOpt = Annotated[Optional[str], typer.Option("--runs-dir", metavar="DIR", help=f"Folder holding run directories ({recipe_default('run.dir', DEFAULT_RUNS_DIR)}).")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", metavar="N", help=f"Number of epochs ({recipe_default('train.epochs', DEFAULT_EPOCHS)}).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help=f"auto, cpu, cuda or cuda:N ({recipe_default('train.device', DEFAULT_DEVICE)}).")]

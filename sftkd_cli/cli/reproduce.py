@@ -11,7 +11,7 @@ import typer
 
 from sftkd_cli.choices import EXECUTORS, KIND_ALIASES, KINDS, PER_GPU
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 
 if TYPE_CHECKING:
     from sftkd_cli.reproduce.stages import StageResult
@@ -89,14 +89,14 @@ def reproduce(
         raise SftkdError(failed_line(outcome.failed))
     if outcome.blocked:  # needs left out by --only: these could not run
         first, why = next(iter(outcome.blocked.items()))
-        raise SftkdError(f"{len(outcome.blocked)} stage(s) not run: {', '.join(outcome.blocked)} ({first}: {why}); "
+        raise SftkdError(f"{counted(len(outcome.blocked), 'stage')} not run: {', '.join(outcome.blocked)} ({first}: {why}); "
                          "add what they need to --only, or run it first")
 
 
 def failed_line(failed: list[StageResult], limit: int = 200) -> str:
     """The closing error of a plan whose stages failed: which, and what the first one said (one
     line, cut to `limit` characters), so that a log's last line tells the cause."""
-    line = (f"{len(failed)} stage(s) failed: {', '.join(r.id for r in failed)} (see the status table); "
+    line = (f"{counted(len(failed), 'stage')} failed: {', '.join(r.id for r in failed)} (see the status table); "
             "fix and run the same command again")
     note = " ".join(failed[0].note.split())
     if not note:

@@ -130,6 +130,6 @@ def _run_parallel(plan: Plan, stages: Sequence[Stage], chosen: set[str], executo
     if run.interrupted:
         print_status(run.results, console)
         stopped = [r.id for r in run.results if r.status == INTERRUPTED]
-        raise RunInterrupted(f"{plan.path}: stopped" + (f" at stage(s) {', '.join(stopped)}" if stopped else "")
+        raise RunInterrupted(f"{plan.path}: stopped" + (f" at {'stage' if len(stopped) == 1 else 'stages'} {', '.join(stopped)}" if stopped else "")
                              + "; run the same command again to continue", run.signum)
     return outcome
