@@ -813,7 +813,8 @@ def test_dry_run_table_shows_every_stage_s_run_and_recipe_whole(plan_name, width
             rows[-1][1] += cells[5]
     recipes = sorted({s.recipe_file for s in stages if s.recipe_file})
     shared = os.path.commonpath(recipes)
-    assert f"runs in {plan.runs_dir}/, recipes in {shared}/" in " ".join(text.split())
+    assert text.splitlines()[0] == f"plan {plan.name} ({plan.path})"  # whole, however narrow the table
+    assert text.splitlines()[-1] == f"runs in {plan.runs_dir}/, recipes in {shared}/"
     expected = [(os.path.relpath(str(s.run), plan.runs_dir) if s.run and s.kind != "data" else
                  str(plan.report_dir.relative_to(plan.runs_dir)) if s.kind == "report" else str(plan.data.out),
                  os.path.relpath(s.recipe_file, shared) if s.recipe_file else ("defaults" if s.kind in TRAIN_KINDS else ""))

@@ -36,15 +36,13 @@ def print_status(results: Sequence[StageResult], console: Console) -> None:
 
 def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: Console) -> None:
     """The dry-run table: what each selected stage would do, its run directory and recipe (relative
-    to the plan's runs folder and to the folder all recipes share, which the caption names: the
+    to the plan's runs folder and to the folder all recipes share, which the line below it names: the
     table fits a narrow log without hiding which recipe a stage uses)."""
     files = {stage.recipe_file for stage in stages if stage.id in chosen and stage.recipe_file}
     shared = os.path.dirname(os.path.commonpath(sorted(files))) if len(files) == 1 else (
         os.path.commonpath(sorted(files)) if files else "")
     runs = str(plan.runs_dir)
-    caption = f"runs in {runs}/" + (f", recipes in {shared}/" if shared else "")
-    table = Table(title=f"plan {plan.name} ({plan.path})", title_justify="left", caption=caption, caption_justify="left",
-                  show_lines=True)  # a line between stages: their cells may take several lines
+    table = Table(show_lines=True)  # a line between stages: their cells may take several lines
     for column in ("stage", "action", "model", "epochs", "run", "recipe"):
         table.add_column(column, overflow="fold")  # run and recipe: PathCell
     actions = planned_actions(plan, stages, chosen)
@@ -60,7 +58,12 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
             PathCell(_under(str(stage.run or (plan.report_dir if stage.kind == "report" else plan.data.out)), runs)),
             PathCell(os.path.relpath(stage.recipe_file, shared or ".") if stage.recipe_file else ("defaults" if recipe else "")),
         )
+    # the plan and the folders above and below the table, not as its title and caption: those wrap
+    # at the table's width, which breaks a long path (and a search for it) over lines
+    console.print(f"plan {plan.name} ({plan.path})", soft_wrap=True, markup=False, highlight=False)
     console.print(table)
+    console.print(f"runs in {runs}/" + (f", recipes in {shared}/" if shared else ""), soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 def _under(path: str, folder: str) -> str:
