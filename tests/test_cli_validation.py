@@ -122,9 +122,10 @@ def test_evaluate_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(sftkd_cli.runs, "open_run", lambda run: None)
     monkeypatch.setattr(sftkd_cli.evaluate, "evaluate_run", evaluate_run)
-    line = one_line_error("evaluate", "runs/x", "--amp", "BF16", "--device", "CPU", "--convention", "FASTMRI")
+    line = one_line_error("evaluate", "runs/x", "--amp", "BF16", "--device", "CPU", "--convention", "FASTMRI",
+                          "--checkpoint", "Last")
     assert line == "error: stop here"
-    assert (given["amp"], given["device"], given["convention"]) == ("bf16", "cpu", "fastmri")
+    assert (given["amp"], given["device"], given["convention"], given["checkpoint"]) == ("bf16", "cpu", "fastmri", "last")
     refused = one_line_error("evaluate", "runs/x", "--convention", "PAPERX")
     assert refused == "error: --convention 'PAPERX': expected one of paper, fastmri"  # as typed
 

@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.choices import AMP_MODES, ARCH_LABELS
+from sftkd_cli.choices import AMP_MODES, ARCH_LABELS, CHECKPOINT_NAMES
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.name_checks import DEVICE_NAMES
 from sftkd_cli.run_files import SCORE_FILES
@@ -40,7 +40,7 @@ def evaluate(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories, or a plan's runs folder (runs/demo).", show_default=False)],
     data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); scores on another dataset than the model was trained on go to <folder>/eval-data-<dataset>-<fingerprint>/.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val).")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", help="best, last, or a checkpoint file.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help="best, last, or a checkpoint file.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", callback=any_case(DEVICE_NAMES), help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_recon: Annotated[bool, typer.Option("--no-recon", help="Do not write recon.h5; one left in the same folder by an earlier evaluation is removed (it would not match the new scores).")] = False,
