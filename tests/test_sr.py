@@ -349,6 +349,19 @@ def test_a_plan_preparing_sr_data_needs_sr_stages(tmp_path):
         build_stages(load_plan(plan))
 
 
+def test_a_plan_reads_its_data_options_words_in_any_case(tmp_path):
+    """`options: {task: SR}` is task sr, as `base: data.task: SR` and `prepare-data --task SR` are:
+    the stage check agrees, and the options prepare-data gets are the words."""
+    from sftkd_cli.data.options import PrepareOptions
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("plan: 1\ndata:\n  source: demo\n  out: d\n  options: {task: SR, accelerations: [4]}\n"
+                    "base: {data.task: sr, sft.teacher: VDSR8, sft.student: VDSR4}\nstages:\n  teacher: {}\n")
+    assert "teacher" in [stage.id for stage in build_stages(load_plan(plan))]  # not refused
+    options = PrepareOptions.from_values({"task": "SR", "mask_kind": "Random", "mask_layout": "CENTERED"})
+    assert (options.task, options.mask_kind, options.mask_layout) == ("sr", "random", "centered")
+
+
 def test_table9_plan_and_recipes(monkeypatch):
     monkeypatch.chdir(ROOT)
     plan = load_plan(ROOT / "recipes" / "plans" / "table9-sr.yaml")

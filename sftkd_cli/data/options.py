@@ -21,6 +21,7 @@ from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
 from sftkd_cli.data.option_names import OptionError, OptionNames
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.name_checks import in_any_case
 
 if TYPE_CHECKING:
     from sftkd_cli.data.sources.base import SplitRequest
@@ -74,14 +75,14 @@ class PrepareOptions:
 
         size = get("size", _optional(_size), f"two integers H W, each from 4 to {MAX_SIZE}")
         mask_files = get("mask_files", _mask_files, "a mapping of acceleration -> mask file")
-        task = get("task", str, "a task name")
+        task = get("task", lambda v: in_any_case(str(v), TASKS), "a task name")  # words in any case, as the CLI
         accelerations = get("accelerations", lambda v: tuple(_number(a) for a in _listed(v)), "a list of numbers > 1")
         return cls(
             size=size,
             slice_axis=get("slice_axis", _integer, "an integer"), downsample=get("downsample", _integer, "an integer >= 1"),
             accelerations=accelerations or default_accelerations(task, mask_files),
-            mask_kind=get("mask_kind", str, "a mask kind"), mask_files=mask_files,
-            mask_layout=get("mask_layout", str, "a k-space layout"),
+            mask_kind=get("mask_kind", lambda v: in_any_case(str(v), ALL_KINDS), "a mask kind"), mask_files=mask_files,
+            mask_layout=get("mask_layout", lambda v: in_any_case(str(v), KSPACE_LAYOUTS), "a k-space layout"),
             center_fraction=get("center_fraction", _optional(_number), "a number in [0, 1]"),
             seed=get("seed", _integer, "an integer"),
             val_fraction=get("val_fraction", _optional(_number), "a number in [0, 1)"),

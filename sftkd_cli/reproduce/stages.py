@@ -14,6 +14,8 @@ from pathlib import Path
 from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError, listed_names
+from sftkd_cli.name_checks import in_any_case
+from sftkd_cli.acquisition import TASKS
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
@@ -92,7 +94,7 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
             check_sft_pair(recipe)
         if stage.kind in ("std-kd", "sft-kd"):
             check_distill_schedule(recipe)
-        task = str(plan.data.options.get("task", "recon"))
+        task = in_any_case(str(plan.data.options.get("task", "recon")), TASKS)
         if plan.data.source != "prepared" and recipe.data.task != task:
             raise SftkdError(f"data.task {recipe.data.task}: the plan prepares data for task {task} (data.options.task); "
                              f"set data.task: {task} (e.g. in base)")
