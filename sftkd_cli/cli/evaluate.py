@@ -66,13 +66,13 @@ def evaluate(
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
         open_run(run)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    say = partial(err_console.print, highlight=False, markup=False, soft_wrap=True)
     for run in runs:
-        # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar, timed per run
-        lines = ProgressLines(lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True), "evaluate")
         with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"{run.name}: slices", total=None)
+            # no terminal (a log file, CI, nohup): plain lines every half minute instead of the bar, timed per run
             progress = (partial(_update_bar, bar, task) if err_console.is_terminal
-                        else partial(lines, f"{run.name}: slices"))
+                        else partial(ProgressLines(say, "evaluate"), f"{run.name}: slices"))
             metrics = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model_role=model,
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
                                    convention=convention, batch_size=batch_size, console=err_console, progress=progress)

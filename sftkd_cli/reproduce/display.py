@@ -39,8 +39,7 @@ def print_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], console: C
     to the plan's runs folder and to the folder all recipes share, which the line below it names: the
     table fits a narrow log without hiding which recipe a stage uses)."""
     files = {stage.recipe_file for stage in stages if stage.id in chosen and stage.recipe_file}
-    shared = os.path.dirname(os.path.commonpath(sorted(files))) if len(files) == 1 else (
-        os.path.commonpath(sorted(files)) if files else "")
+    shared = os.path.commonpath([os.path.dirname(file) for file in files]) if files else ""
     runs = str(plan.runs_dir)
     table = Table(show_lines=True)  # a line between stages: their cells may take several lines
     for column in ("stage", "action", "model", "epochs", "run", "recipe"):

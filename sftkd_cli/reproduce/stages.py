@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftkd_cli.acquisition import TASKS
 from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.name_checks import in_any_case
-from sftkd_cli.acquisition import TASKS
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
