@@ -36,6 +36,7 @@ whether the run trained all the epochs it planned.
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.files import (
     StagedFiles, check_writable, is_special_file, json_text, made_folder, output_path,
-    sha256_file, temporary_sibling, unlink_quietly,
+    temporary_sibling, unlink_quietly,
 )
 from sftkd_cli.runs import check_real_folder, is_role_name, open_run
 from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
@@ -372,9 +373,9 @@ def export_run(
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
     target = _export_target(out, run.path, model.name, entry_role, fmt)
-    # said, not silent: the outermost folder of --out that is not there yet
-    made = next((f for f in reversed(target.parents) if not f.exists()), None) if out is not None else None
-    with made_folder(target.parent):  # a failed export leaves no folder it made behind
+    with made_folder(target.parent) as made_folders:  # a failed export leaves no folder it made behind
+        # said, not silent: the outermost folder of --out that was not there
+        made = made_folders[-1] if made_folders and out is not None else None
         target = _replaceable(target, out, force)
         tmp = temporary_sibling(target)
         try:
@@ -436,9 +437,9 @@ def export_run(
                 },
             }
             # the card goes into the file (all but its sha256), which is loaded and checked again
-            embed_card(tmp, fmt, {key: value for key, value in card.items() if key != "sha256"})
+            written = embed_card(tmp, fmt, {key: value for key, value in card.items() if key != "sha256"})
             _load_written(tmp, target)
-            card["sha256"] = sha256_file(tmp)
+            card["sha256"] = hashlib.sha256(written).hexdigest()
             # the card is written under a temporary name and renamed after the model: a failed rename
             # of the model leaves an earlier export and its card as they were. A link at the card's
             # name is replaced in RUN/export; given as --out, its target is written

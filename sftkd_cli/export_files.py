@@ -122,9 +122,10 @@ def reproducible_archive(data: bytes, extra: dict[str, bytes] | None = None) -> 
     return out.getvalue()
 
 
-def embed_card(path: Path, fmt: str, card: dict[str, Any]) -> None:
+def embed_card(path: Path, fmt: str, card: dict[str, Any]) -> bytes:
     """Rewrite the exported file `path` with `card` inside it as JSON (ONNX metadata_props
-    `CARD_KEY`, TorchScript extra file `CARD_EXTRA`); the model in it is left as it is."""
+    `CARD_KEY`, TorchScript extra file `CARD_EXTRA`); the model in it is left as it is.
+    Returns the bytes written (the card's sha256 is theirs)."""
     text = json_text(card)
     data = path.read_bytes()
     if fmt == "torchscript":
@@ -134,6 +135,7 @@ def embed_card(path: Path, fmt: str, card: dict[str, Any]) -> None:
         model.metadata_props.add(key=CARD_KEY, value=text)
         data = model.SerializeToString()
     write_bytes_synced(path, data)
+    return data
 
 
 def publish(tmp: Path, target: Path, staged: StagedFiles) -> list[int]:

@@ -479,14 +479,14 @@ def make_folder(path: Path) -> None:
 
 
 @contextmanager
-def made_folder(path: Path) -> Iterator[None]:
-    """Create `path` and its parents (`make_folder`) for what the body writes there; if that or
-    the body fails (an error, Ctrl-C), remove again the folders this made that are still empty,
-    innermost first. Why: a command that fails writes nothing, not even an empty output folder."""
+def made_folder(path: Path) -> Iterator[list[Path]]:
+    """Create `path` and its parents (`make_folder`) for what the body writes there, yielding the
+    folders it makes, innermost first; if that or the body fails (an error, Ctrl-C), remove again
+    those still empty. Why: a command that fails writes nothing, not even an empty output folder."""
     made = [folder for folder in (path, *path.parents) if not _exists(folder, follow=False)]
     try:
         make_folder(path)
-        yield
+        yield made
     except BaseException:
         for folder in made:
             if not _exists(folder, follow=False):  # never made: creating it failed (a name too long, ...)
