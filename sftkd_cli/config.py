@@ -384,7 +384,7 @@ def setting_value(setting: Setting) -> Any:
 
 
 #: keys whose values are names read in any case (architectures, KD methods: `D3C5` is `d3c5`)
-_ANY_CASE_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
+_NAME_KEYS = frozenset({"model.name", "sft.teacher", "sft.student", "distill.method"})
 #: keys whose values are paths; distill.init is one unless it is a word (`./random` is a folder)
 _PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.init"})
 
@@ -392,7 +392,7 @@ _PATH_KEYS = frozenset({"data.path", "run.dir", "distill.teacher_run", "distill.
 def same_name(key: str, x: object, y: object) -> bool:
     """Whether `x` and `y` are one name of a key that reads names in any case (model.name D3C5
     and d3c5, distill.method AT and at)."""
-    return key in _ANY_CASE_KEYS and isinstance(x, str) and isinstance(y, str) and x.lower() == y.lower()
+    return key in _NAME_KEYS and isinstance(x, str) and isinstance(y, str) and x.lower() == y.lower()
 
 
 def same_setting(a: Setting, b: Setting) -> bool:
@@ -403,7 +403,7 @@ def same_setting(a: Setting, b: Setting) -> bool:
         return True
     if not (isinstance(x, str) and isinstance(y, str)):
         return False
-    if key in _ANY_CASE_KEYS:
+    if key in _NAME_KEYS:
         return same_name(key, x, y)
     if key in _PATH_KEYS and not (key == "distill.init" and {x, y} & set(INIT_WORDS)):
         return os.path.abspath(os.path.expanduser(x)) == os.path.abspath(os.path.expanduser(y))

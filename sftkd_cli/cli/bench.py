@@ -56,8 +56,6 @@ HELP = examples(
 )
 
 
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     if value is None or not math.isfinite(value):
         return "-"

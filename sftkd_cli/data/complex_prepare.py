@@ -33,6 +33,7 @@ time, and one output volume is built in memory (~2x its size) and written; nothi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,9 +220,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
         }
 
     volumes = partial.write_volumes([f.volume for f in files], write, check, progress)
-    acquisitions: dict[str, int] = {}
-    for entry in volumes.values():
-        acquisitions[entry["acquisition"]] = acquisitions.get(entry["acquisition"], 0) + 1
+    acquisitions = dict(Counter(entry["acquisition"] for entry in volumes.values()))
     acquisition = Acquisition(task="recon", kspace_layout="centered", values="complex", channels=2,
                               image_size=(int(size[0]), int(size[1])))
     manifest = dataset_manifest(

@@ -27,7 +27,7 @@ from typing import Any
 
 from sftkd_cli import __version__
 from sftkd_cli.data.format import FORMAT
-from sftkd_cli.data.manifest import InputHashes, write_manifest
+from sftkd_cli.data.manifest import InputHashes, Progress, write_manifest
 from sftkd_cli.data.output import difference, install, partial_folder
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically
@@ -35,8 +35,6 @@ from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, re
 #: inside the partial folder: what it was started with, and the volume files finished
 KEY = "partial.json"
 JOURNAL = "volumes.jsonl"
-
-Progress = Callable[[str, int, int], None]
 
 
 class Partial:
