@@ -184,6 +184,16 @@ class ExportResult:
     created_folder: Path | None = None  # the --out folder this export created (it did not exist)
 
 
+class ExportInterrupted(RunInterrupted):
+    """Ctrl-C or SIGTERM came while the export was renamed into place: it waited until the file
+    and its card were both there (`export_files.publish`), so the export is whole (`result`)."""
+
+    def __init__(self, result: ExportResult, signum: int) -> None:
+        super().__init__(f"export interrupted once it was written: {result.path} and its card "
+                         f"{result.card_path.name} are complete", signum)
+        self.result = result
+
+
 def _manifest(data_path: str | Path) -> dict[str, Any] | None:
     from sftkd_cli.data.dataset import load_manifest
 
@@ -451,8 +461,7 @@ def export_run(
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
                 held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
             if held:  # the export is whole: say so, then stop as the signal asked
-                raise RunInterrupted(f"export interrupted once it was written: {target} and its card "
-                                     f"{card_path(target).name} are complete", held[0])
+                raise ExportInterrupted(ExportResult(target, card_path(target), diff, card, made), held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:

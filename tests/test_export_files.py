@@ -168,6 +168,9 @@ def test_a_signal_between_the_two_renames_waits_until_the_model_and_its_card_are
     assert result.exit_code == 143, result.output
     assert result.stderr.strip().splitlines() == [
         f"error: export interrupted once it was written: {out} and its card m.ts.card.json are complete"]
+    said = result.stdout.splitlines()  # the export is whole, so it is said as every export is
+    assert said[0].startswith("exported ") and said[0].endswith(f"as torchscript: {out}"), said
+    assert any(line.startswith("check: max |exported - PyTorch| = ") for line in said), said
     assert read_card(out)["file"] == "m.ts" and load_exported(out).card["sha256"]  # the card matches the file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts", "m.ts.card.json"]  # no temporary file left
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,9 @@ from rich.markup import escape
 from sftkd_cli.choices import ARCH_LABELS, CHECKPOINT_NAMES, NO_DC_LABELS
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stdout_console
 from sftkd_cli.run_files import EXPORT_SUFFIX
+
+if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
+    from sftkd_cli.export import ExportResult
 
 
 HELP = examples(
@@ -45,16 +48,25 @@ def export(
 ) -> None:
     """Export a run's model (see HELP)."""
     from sftkd_cli.errors import RunInterrupted
-    from sftkd_cli.export import export_run
+    from sftkd_cli.export import ExportInterrupted, export_run
     from sftkd_cli.signals import interrupts
 
-    # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written (one that comes while the
-    # file and its card are renamed into place waits until both are there: `export_files.publish`)
+    # SIGTERM as Ctrl-C: the temporary file is removed, nothing is written. One that comes while the
+    # file and its card are renamed into place waits until both are there (`export_files.publish`):
+    # the export is said as done, then the command stops as the signal asked
     try:
         with interrupts() as caught:
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
+    except ExportInterrupted as stopped:
+        _say_exported(stopped.result, run)
+        raise
     except KeyboardInterrupt:
         raise RunInterrupted("export interrupted: nothing written", caught.signum) from None
+    _say_exported(result, run)
+
+
+def _say_exported(result: ExportResult, run: Path) -> None:
+    """The export's lines on stdout: the file, its inputs and outputs, the check, the card, and notes."""
     card = result.card
     console = stdout_console()
     h, w = card["image_size"]
