@@ -266,3 +266,18 @@ def test_progress_lines_come_every_so_often_with_the_time_left() -> None:
     now[0], said[:] = 110.0, []
     lines("hash", 3, 3)  # a quick stage prints nothing
     assert said == []
+
+
+def test_a_second_sigterm_stops_at_once_as_sigterm(raw, tmp_path, monkeypatch):
+    """A second SIGTERM while a file is written stops at once (the file is not kept), reported as
+    SIGTERM with exit status 143, not as the Ctrl-C its KeyboardInterrupt looks like."""
+    def twice(path):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    counting_writes(monkeypatch, on=2, then=twice)
+    with pytest.raises(PrepareInterrupted) as stopped:
+        prepare_dataset(NiftiSource(raw), tmp_path / "out", SMALL)
+    assert str(stopped.value).startswith("prepare-data stopped by SIGTERM;"), str(stopped.value)
+    assert stopped.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / ".out.partial").glob("*.h5")) == ["v0.h5"]

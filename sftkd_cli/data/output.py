@@ -27,7 +27,7 @@ from sftkd_cli.files import (
     MAX_JSON_BYTES, display_path, left_by_dead_process, read_regular_bytes, replace_atomically, write_bytes_synced,
 )
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.signals import on_signals
+from sftkd_cli.signals import Interrupts, on_signals
 
 #: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
 INSTALL_MARKER = ".prepare-data-install.json"
@@ -224,6 +224,14 @@ def partial_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def kept_in(partial: Path) -> str:
+    """The words telling that a stopped or failed run's work is kept in the partial folder
+    `partial` and how to go on: the one phrasing of `Signals.error` and of a failure while writing
+    (`data.partial.kept_note`)."""
+    return (f"the files written so far are kept in {display_path(partial)}: run the same command again "
+            "to resume (remove that folder to start over)")
+
+
 def created_parents(out: Path) -> list[Path]:
     """Ancestors of `out` that do not exist yet (to remove again if writing fails)."""
     missing = []
@@ -355,18 +363,21 @@ class PrepareInterrupted(RunInterrupted):
 class Signals:
     """While active, SIGINT and SIGTERM only set a flag, which `check()` turns into
     PrepareInterrupted at safe points (between files), so no write is cut in half and the partial
-    folder holds only whole files. A second signal interrupts at once (KeyboardInterrupt): the
-    file being written then is not in the partial folder's journal, and is written again on resume."""
+    folder holds only whole files. A second signal interrupts at once (KeyboardInterrupt, raised
+    by `signals.Interrupts`, which records it): the file being written then is not in the partial
+    folder's journal, and is written again on resume. `error()` names the signal that stopped the
+    run (the second, when it was one) and exits with its status."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.existed = out.exists()  # whether the stop leaves a folder as it was, or none
         self.received: int | None = None
+        self._again = Interrupts()  # the second signal: recorded, then KeyboardInterrupt
         self._handling = on_signals(self._handle, signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
-            raise KeyboardInterrupt
+            self._again(signum, frame)
         self.received = signum
 
     def __enter__(self) -> Signals:
@@ -377,13 +388,14 @@ class Signals:
         self._handling.__exit__(*exc)
 
     def error(self, signum: int | None = None) -> PrepareInterrupted:
-        signum = signum or self.received or signal.SIGINT
+        """The stop by `signum`; by default by the signal received (the second one, when a second
+        came), SIGINT when none was (a KeyboardInterrupt from elsewhere)."""
+        signum = signum or (self._again.signum if self._again.pressed else self.received) or signal.SIGINT
         name = signal.Signals(signum).name
         kept = f", {display_path(self.out)} is as it was" if self.existed else ""
         partial = partial_folder(self.out)
         if partial.is_dir() and not partial.is_symlink():
-            kept += (f"; the files written so far are kept in {display_path(partial)}: run the same command again "
-                     "to resume (remove that folder to start over)")
+            kept += f"; {kept_in(partial)}"
         else:
             kept = f"; nothing written{kept}"
         return PrepareInterrupted(f"prepare-data stopped by {name}{kept}", signum)

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -410,7 +409,7 @@ def prepare_dataset(
                 finish_interrupted_install(out)
                 return _prepare_locked(source, out, options, progress, signals, start, say=say)
             except KeyboardInterrupt:
-                raise signals.error(signal.SIGINT) from None
+                raise signals.error() from None
     except OSError as exc:
         raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})") from None
     finally:
@@ -451,7 +450,7 @@ def _prepare_read_only(
         try:
             return _prepare_locked(source, out, options, progress, signals, start, lambda: _check_writable(out))
         except KeyboardInterrupt:
-            raise signals.error(signal.SIGINT) from None
+            raise signals.error() from None
 
 
 def _prepare_locked(
