@@ -281,3 +281,53 @@ def test_a_second_sigterm_stops_at_once_as_sigterm(raw, tmp_path, monkeypatch):
     assert str(stopped.value).startswith("prepare-data stopped by SIGTERM;"), str(stopped.value)
     assert stopped.value.exit_code == 143
     assert sorted(p.name for p in (tmp_path / ".out.partial").glob("*.h5")) == ["v0.h5"]
+
+
+# ----------------------------------------------------------------- a failure while writing names the partial folder
+
+
+def test_a_full_disk_while_writing_names_the_partial_folder_kept(raw, tmp_path, monkeypatch):
+    """The disk fills at the third volume file: the error says that the two files written are kept
+    in the hidden partial folder (it can be many GB) and how to go on; the half-written file is
+    removed (the disk gets its room back). Full at the first file, nothing finished is kept: the
+    error says nothing of a partial folder."""
+    import errno
+
+    real = prep_mod.write_bytes_synced
+
+    def full_at(name):
+        def write(path, data):
+            if Path(path).name == name:
+                Path(path).write_bytes(bytes(data)[:100])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            real(path, data)
+        return write
+
+    monkeypatch.setattr(prep_mod, "write_bytes_synced", full_at("v2.h5"))
+    with pytest.raises(prep_mod.SftkdError) as failed:
+        prepare_dataset(NiftiSource(raw), tmp_path / "out", SMALL)
+    partial = tmp_path / ".out.partial"
+    assert str(failed.value) == (f"--out {tmp_path / 'out'}: cannot write (No space left on device); the files written "
+                                 f"so far are kept in {partial}: run the same command again to resume (remove that "
+                                 "folder to start over)")
+    assert sorted(p.name for p in partial.glob("*.h5")) == ["v0.h5", "v1.h5"]
+
+    monkeypatch.setattr(prep_mod, "write_bytes_synced", full_at("v0.h5"))
+    with pytest.raises(prep_mod.SftkdError) as failed:
+        prepare_dataset(NiftiSource(raw), tmp_path / "new", SMALL)
+    assert str(failed.value) == f"--out {tmp_path / 'new'}: cannot write (No space left on device)"
+
+
+def test_a_nan_found_while_writing_a_complex_source_names_the_partial_folder_kept(tmp_path):
+    """fastMRI's slices are checked for NaN as they are written: such an error, after volume files
+    were written, says where they are kept."""
+    paths = write_folder(tmp_path / "raw" / "singlecoil_train", 4)
+    with h5py.File(paths[-1], "r+") as f:
+        f["kspace"][2, 0, 0] = np.nan
+    spec, values = SOURCES["fastmri"], {"accelerations": (4.0,)}
+    with pytest.raises(prep_mod.SftkdError) as failed:
+        prepare_dataset(spec.make_source(tmp_path / "raw", values), tmp_path / "out", spec.prepare_options(values))
+    partial = tmp_path / ".out.partial"
+    assert str(failed.value).startswith(f"{paths[-1]}: slice 2 holds NaN or Inf; expected finite k-space and target; "
+                                        f"the files written so far are kept in {partial}: run the same command again")
+    assert len(list(partial.glob("*.h5"))) == 3

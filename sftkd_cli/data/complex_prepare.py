@@ -25,7 +25,9 @@ is then no longer the raw one (the manifest's volumes[...]["kspace"] says "raw" 
 
 Resuming (see `data.partial`): a run interrupted while writing keeps the volume files it wrote;
 the same command again writes only the others, reading none of the finished volumes' inputs
-(their headers are checked again, and their sha256 taken unless recorded as unchanged).
+(their headers are checked again, and their sha256 taken unless recorded as unchanged). A slice
+holding NaN or Inf is found only as it is written: the error then says where the files already
+written are kept (`data.partial.kept_note`).
 
 Memory: the header of every file is checked first; then one file at a time is read, a slice at a
 time, and one output volume is built in memory (~2x its size) and written; nothing else is held.

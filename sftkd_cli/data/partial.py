@@ -28,7 +28,7 @@ from typing import Any
 from sftkd_cli import __version__
 from sftkd_cli.data.format import FORMAT
 from sftkd_cli.data.manifest import InputHashes, Progress, write_manifest
-from sftkd_cli.data.output import difference, install, partial_folder
+from sftkd_cli.data.output import difference, install, kept_in, partial_folder
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically
 
@@ -103,9 +103,16 @@ class Partial:
         for n, name in enumerate(names):
             check()
             if name not in self.done:
-                entry = write(n)
-                line = {"volume": name, "bytes": (self.folder / entry["file"]).stat().st_size, "entry": entry}
-                _append(self.folder / JOURNAL, _line(line))
+                try:
+                    entry = write(n)
+                    line = {"volume": name, "bytes": (self.folder / entry["file"]).stat().st_size, "entry": entry}
+                    _append(self.folder / JOURNAL, _line(line))
+                except OSError:
+                    (self.folder / f"{name}.h5").unlink(missing_ok=True)  # not journaled: a full disk gets its room back
+                    raise
+                except SftkdError as exc:  # an input found bad while written (fastMRI's NaN)
+                    exc.args = (f"{exc}{kept_note(self.folder)}",)
+                    raise
                 self.done[name] = line
             volumes[name] = self.done[name]["entry"]
             if progress:
@@ -132,6 +139,16 @@ def start_partial(out: Path, record: dict[str, Any], hashes: InputHashes,
         say(line)
     hashes.save()
     return partial
+
+
+def kept_note(folder: Path) -> str:
+    """'; the files written so far are kept in <folder>: run the same command again ...' (`output.kept_in`)
+    for an error while writing, when the partial folder `folder` holds finished volume files (its
+    journal lists one); '' when it holds none (nothing to resume, nothing big left behind)."""
+    journal = folder / JOURNAL
+    if folder.is_symlink() or journal.is_symlink() or not journal.is_file() or journal.stat().st_size == 0:
+        return ""
+    return f"; {kept_in(folder)}"
 
 
 def _line(line: dict[str, Any]) -> bytes:

@@ -28,11 +28,14 @@ Processing of one source file, in order:
    zero-filled = |IFFT(k-space)| (`sftkd_cli.mri.masks.undersample`); for task sr the mask is the
    central k-space box of each scale.
 
-Safety: every input is validated before anything is written; the dataset is written to the
-sibling folder `.<name>.partial` (`data.partial`; h5 files are built in memory and written with
-plain file writes, so a full disk is one clear error) and moved into place at the end, so the
-dataset folder only ever holds a finished dataset. A failure, Ctrl-C or SIGTERM (exit 130 / 143)
-or a kill keeps the partial folder: re-running the same command (same options, same inputs)
+Safety: every NIfTI input is validated before anything is written (a complex source, fastMRI,
+has its headers checked first but its slices checked for NaN/Inf as they are written,
+`data.complex_prepare`); the dataset is written to the sibling folder `.<name>.partial`
+(`data.partial`; h5 files are built in memory and written with plain file writes, so a full disk
+is one clear error) and moved into place at the end, so the dataset folder only ever holds a
+finished dataset. A failure, Ctrl-C or SIGTERM (exit 130 / 143) or a kill keeps the partial
+folder, and the error of a failure while writing says so when it holds finished files (a
+half-written file is removed on a full disk): re-running the same command (same options, same inputs)
 resumes, keeping the volume files already written whole and writing the others; the result is
 the one an uninterrupted run writes. A resumed run still hashes the inputs (unless recorded, as
 below) and reads every input again to validate it and find the volumes; it skips building and
@@ -75,10 +78,10 @@ from sftkd_cli.data.manifest import (
 )
 from sftkd_cli.data.options import OptionNames, PrepareOptions
 from sftkd_cli.data.output import (
-    Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install, remove_stale,
-    up_to_date,
+    Signals, check_collisions, check_out, created_parents, existing_dataset, finish_interrupted_install,
+    partial_folder, remove_stale, up_to_date,
 )
-from sftkd_cli.data.partial import Partial, start_partial
+from sftkd_cli.data.partial import Partial, kept_note, start_partial
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
     crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
@@ -411,7 +414,8 @@ def prepare_dataset(
             except KeyboardInterrupt:
                 raise signals.error() from None
     except OSError as exc:
-        raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})") from None
+        raise SftkdError(f"--out {display_path(out)}: cannot write ({os_error_text(exc)})"
+                         f"{kept_note(partial_folder(out))}") from None
     finally:
         if locked:
             if not out.exists():
