@@ -49,6 +49,19 @@ def counted(number: int, noun: str, plural: str = "") -> str:
     return f"{number} " + (noun if number == 1 else plural or noun + "s")
 
 
+def sizes_listed(named: Iterable[tuple[str, tuple[int, int]]]) -> tuple[str, tuple[int, int]]:
+    """Files of different (H, W) sizes in words, one file named per size, the commonest size first
+    ('16x16 (m0.nii.gz and 2 others), 20x16 (m3.nii.gz)'), and that commonest size (the first
+    seen of equally common ones): the odd file stands out, however many files share a size."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for name, size in named:
+        by_size.setdefault((int(size[0]), int(size[1])), []).append(name)
+    order = sorted(by_size, key=lambda size: -len(by_size[size]))  # stable: equally common in order seen
+    words = [f"{h}x{w} ({by_size[(h, w)][0]}" + (f" and {counted(len(by_size[(h, w)]) - 1, 'other')})"
+                                               if len(by_size[(h, w)]) > 1 else ")") for h, w in order]
+    return ", ".join(words), order[0]
+
+
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: str = "", quoted: bool = False,
                  list_otherwise: bool = False) -> str:
     """'; did you mean X?' for the closest of `choices` to `word` (X written `prefix`X, in quotes

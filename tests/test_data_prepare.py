@@ -912,3 +912,26 @@ def test_slice_index_map_follows_each_sources_slicing() -> None:
             for s, r, c in np.ndindex(*stack.shape):
                 i, j, k = (index @ [s, r, c, 1])[:3].astype(int)
                 assert stack[s, r, c] == volume[i, j, k], (cls.__name__, axis)
+
+
+def test_different_in_plane_sizes_name_the_odd_file_before_any_data_is_read(tmp_path: Path, nifti_writer,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --size, one volume of another in-plane size is named, grouped by size, from the
+    headers: no file's voxels are read first."""
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/m{i}.nii.gz", nifti_writer.phantom((16, 16, 3), seed=i))
+    nifti_writer.write(tmp_path / "raw/m3.nii.gz", nifti_writer.phantom((20, 16, 3), seed=3))
+
+    def no_data(*args):
+        raise AssertionError("voxel data read")
+
+    monkeypatch.setattr(prep_mod, "read_volume", no_data)
+    with pytest.raises(SftkdError) as failed:
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions())
+    assert str(failed.value) == ("volumes have different in-plane sizes: 16x16 (m0.nii.gz and 2 others), 20x16 (m3.nii.gz); "
+                                 "expected one size: pass --size H W (e.g. --size 16 16: slices are centre-cropped / "
+                                 "zero-padded to it)")
+    _nothing_written(tmp_path, tmp_path / "out")
+    from sftkd_cli.errors import sizes_listed
+
+    assert sizes_listed([("a", (2, 3)), ("b", (4, 5)), ("c", (4, 5))]) == ("4x5 (b and 1 other), 2x3 (a)", (4, 5))

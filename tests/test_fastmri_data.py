@@ -200,8 +200,10 @@ def test_val_folder_becomes_test_with_an_explicit_val(knee, tmp_path):
 def test_sizes_one_size_or_size_option_keeps_the_target_aligned(tmp_path):
     write_singlecoil(tmp_path / "raw" / "a.h5", shape=(40, 32), seed=1)
     write_singlecoil(tmp_path / "raw" / "b.h5", shape=(40, 34), seed=2)
-    with pytest.raises(SftkdError, match=r"k-space sizes differ: 40x32 \(1 files\), 40x34 \(1 files\).*--size 40 32"):
+    write_singlecoil(tmp_path / "raw" / "c.h5", shape=(40, 32), seed=3)
+    with pytest.raises(SftkdError, match=r"k-space sizes differ: 40x32 \(a.h5 and 1 other\), 40x34 \(b.h5\).*--size 40 32"):
         prepare(tmp_path / "raw", tmp_path / "d")
+    (tmp_path / "raw" / "c.h5").unlink()
     manifest = prepare(tmp_path / "raw", tmp_path / "d", size=(40, 32), val=("a",)).manifest
     assert manifest["volumes"]["b"]["kspace"] == "resized" and manifest["volumes"]["a"]["kspace"] == "raw"
     item = SliceDataset(tmp_path / "d", "train", 4)[1]  # b, cropped in the image domain from 34 to 32 columns

@@ -54,7 +54,7 @@ from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, up_to_date
 from sftkd_cli.data.partial import start_partial
 from sftkd_cli.data.sources.base import Piece, SourceFile
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, sizes_listed
 from sftkd_cli.files import display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 from sftkd_cli.mri.masks import expand_line_mask, make_mask
@@ -113,20 +113,18 @@ def _image_size(source: Any, files: list[SourceFile], options: PrepareOptions) -
             raise SftkdError(f"--size {size[0]} {size[1]}: smaller than the {target[0]} x {target[1]} target images; "
                              "expected at least the target size")
         return size, target
-    sizes: dict[tuple[int, int], int] = {}
     for f in files:
         h, w = source.info[f.rel].shape
         if h < target[0] or w < target[1]:  # fastMRI zero-pads such narrow images before its centre crop
             raise SftkdError(f"{display_path(f.path)}: kspace {h}x{w} is smaller than its {target[0]}x{target[1]} "
                              f"{TARGET_NAME}; expected k-space at least the target size: pass --size "
                              f"{max(h, target[0])} {max(w, target[1])} (images are zero-padded to it)")
-        sizes[(h, w)] = sizes.get((h, w), 0) + 1
+    sizes = {tuple(source.info[f.rel].shape) for f in files}
     if len(sizes) > 1:
-        listed = ", ".join(f"{h}x{w} ({n} files)" for (h, w), n in sorted(sizes.items(), key=lambda kv: -kv[1]))
-        common = max(sizes, key=lambda k: sizes[k])
+        listed, common = sizes_listed((f.rel, source.info[f.rel].shape) for f in files)
         raise SftkdError(f"k-space sizes differ: {listed}; expected one size: pass --size {common[0]} {common[1]} "
                          "(images are cropped / padded to it and their k-space recomputed)")
-    return next(iter(sizes)), target
+    return sizes.pop(), target  # type: ignore[return-value]
 
 
 def _write_volume(path: Path, file: SourceFile, rows: np.ndarray, size: tuple[int, int],

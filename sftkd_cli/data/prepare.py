@@ -87,7 +87,7 @@ from sftkd_cli.data.volumes import (
     crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
     spatial_shape, voxel_size,
 )
-from sftkd_cli.errors import SftkdError, counted, os_error_text
+from sftkd_cli.errors import SftkdError, counted, os_error_text, sizes_listed
 from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
 from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.masks import make_mask, undersample
@@ -240,13 +240,33 @@ def _image_size(prepared: list[_Prepared], options: PrepareOptions) -> tuple[int
     """The dataset's (H, W): `options.size`, or the common native size of all volumes."""
     if options.size is not None:
         return int(options.size[0]), int(options.size[1])
-    sizes = {p.shape for p in prepared}
-    if len(sizes) > 1:
-        examples = ", ".join(f"{p.file.rel} {p.shape[0]}x{p.shape[1]}" for p in prepared[:3])
-        raise SftkdError(
-            f"volumes have different in-plane sizes ({examples}, ...); expected one size: pass --size H W"
-        )
+    _check_one_size([(p.file.rel, p.shape) for p in prepared])
     return prepared[0].shape
+
+
+def _check_one_size(named: list[tuple[str, tuple[int, int]]]) -> None:
+    """Refuse files of different in-plane sizes (without --size), one file named per size."""
+    if len({size for _, size in named}) > 1:
+        listed, common = sizes_listed(named)
+        raise SftkdError(f"volumes have different in-plane sizes: {listed}; expected one size: pass --size H W "
+                         f"(e.g. --size {common[0]} {common[1]}: slices are centre-cropped / zero-padded to it)")
+
+
+def _check_header_sizes(source: Source, files: list[SourceFile], options: PrepareOptions) -> None:
+    """Without --size, refuse inputs of different in-plane sizes from their headers (nibabel reads
+    no voxel for them), before any file's data is read; `_image_size` checks again what was read.
+    A reoriented source (the demo's one template) or a downsampling factor too large for a file is
+    left to the reading, which says so."""
+    if options.size is not None or source.reorient:
+        return
+    named = []
+    for file in files:
+        shape = spatial_shape(load_nifti(file.path), file.path)
+        _, h, w = source.slices(np.broadcast_to(np.float32(0), shape), options.slice_axis % 3).shape  # no memory
+        if h < options.downsample or w < options.downsample:
+            return
+        named.append((file.rel, (h // options.downsample, w // options.downsample)))
+    _check_one_size(named)
 
 
 # --------------------------------------------------------------------------- masks
@@ -484,6 +504,7 @@ def _prepare_locked(
         hashes.save()
         return PrepareResult(out, existing, True, time.perf_counter() - start)  # type: ignore[arg-type]
     before_writing()
+    _check_header_sizes(source, files, options)
 
     prepared: list[_Prepared] = []
     in_memory, limit = 0, keep_in_memory_limit()
