@@ -299,3 +299,22 @@ def test_slices_downsampled_below_the_size_are_zero_padded_with_a_warning(tmp_pa
     assert json.loads((tmp_path / "small/manifest.json").read_text())["image_size"] == [16, 16]
     result = run(*demo, "--out", tmp_path / "cropped", "--size", "12", "12", "--downsample", "2")
     assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_nifti_files_the_default_pattern_leaves_out_are_told_in_one_note(tmp_path: Path, nifti_writer) -> None:
+    """The default --pattern '*.nii.gz' is kept (it is in every recorded dataset key), but the .nii
+    files it leaves out are counted in one line naming the pattern that takes them; with none
+    matching, the error says so."""
+    for i in range(3):
+        nifti_writer.write(tmp_path / f"raw/s{i}/t1.nii", nifti_writer.phantom((20, 18, 3), seed=i))
+    result = run("nifti", tmp_path / "raw", "--out", tmp_path / "none")
+    assert_one_line_error(result, "no files match --pattern '*.nii.gz'", "leaves out 3 .nii files", "--pattern '*.nii*'")
+    nifti_writer.write(tmp_path / "raw/s3/t1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=3))
+    result = run("nifti", tmp_path / "raw", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "leaves out" in line]
+    assert notes == [f"prepare-data: --pattern '*.nii.gz' leaves out 3 .nii files under {tmp_path / 'raw'}; "
+                     "--pattern '*.nii*' takes those too"], result.stderr
+    taken = run("nifti", tmp_path / "raw", "--out", tmp_path / "all", "--pattern", "*.nii*", "--val", "s0_t1")
+    assert taken.exit_code == 0 and "leaves out" not in taken.stderr, taken.stderr
+    assert len(json.loads((tmp_path / "all/manifest.json").read_text())["volumes"]) == 4

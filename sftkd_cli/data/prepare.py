@@ -495,6 +495,8 @@ def _prepare_locked(
     if options.size is not None:
         _check_mask_shapes(user, options.size)
     files = source.files()
+    if say and (note := source.note()):
+        say(note)
     # check the split options now (on whole files) rather than after reading every volume
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
 

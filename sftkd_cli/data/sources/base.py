@@ -178,6 +178,11 @@ class Source:
         """The input files, sorted; raises when there are none."""
         raise NotImplementedError
 
+    def note(self) -> str:
+        """One line prepare-data prints about the inputs `files()` found (e.g. NIfTI files its
+        pattern leaves out); '' when there is nothing to say."""
+        return ""
+
     def axes(self, axis: int) -> tuple[int, int, int]:
         """Volume axes that become (slice, row, column) for slicing along `axis`."""
         rest = [a for a in range(3) if a != axis]

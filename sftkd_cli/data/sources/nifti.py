@@ -4,7 +4,9 @@ A pattern without '/' matches at any depth (recursive, like `**/PATTERN`); a pat
 is taken relative to ROOT as written. Each file is one output volume, named after its path
 relative to ROOT without the .nii/.nii.gz suffix, with '/' and unusual characters replaced by
 '_' (e.g. `sub-01/anat/T1w.nii.gz` -> `sub-01_anat_T1w`). Split by volume (seeded fraction or
-explicit --val/--test ids).
+explicit --val/--test ids). NIfTI files the pattern leaves out only by their suffix (the default
+'*.nii.gz' and `.nii` files) are counted in one line (`note`), naming the pattern that takes them:
+the default itself is kept, as it is part of every prepared dataset's recorded options.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -40,12 +43,40 @@ class NiftiSource(Source):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "pattern": self.pattern}
 
+    def _matches(self, root: Path, pattern: str) -> list[Path]:
+        return sorted(p for p in (root.glob(pattern) if "/" in pattern else root.rglob(pattern)) if p.is_file())
+
+    def left_out(self) -> tuple[str, str] | None:
+        """The NIfTI files under ROOT that --pattern leaves out only by their suffix (.nii for the
+        default '*.nii.gz'), in words ('3 .nii files', '1 .nii file'), and the pattern that takes
+        them too ('*.nii*'); None when there are none, or the pattern does not end in .nii / .nii.gz."""
+        stem = re.sub(r"\.nii(\.gz)?$", "", self.pattern, flags=re.IGNORECASE)
+        if stem == self.pattern or self.root is None or not self.root.is_dir():
+            return None
+        wider = stem + ".nii*"
+        taken = set(self._matches(self.root, self.pattern))
+        out = [p for p in self._matches(self.root, wider) if p not in taken and p.name.lower().endswith(NIFTI_SUFFIXES)]
+        if not out:
+            return None
+        kinds = {".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii" for p in out}
+        return counted(len(out), f"{kinds.pop()} file" if len(kinds) == 1 else "NIfTI file"), wider
+
+    def note(self) -> str:
+        """'--pattern '*.nii.gz' leaves out 3 .nii files under ROOT; --pattern '*.nii*' takes them too'
+        (`left_out`); the default pattern is kept, as it is part of every dataset's recorded options."""
+        left = self.left_out()
+        if left is None:
+            return ""
+        return (f"--pattern {self.pattern!r} leaves out {left[0]} under {display_path(self.root)}; "  # type: ignore[arg-type]
+                f"--pattern {left[1]!r} takes those too")
+
     def files(self) -> list[SourceFile]:
         root = check_root(self.root)  # type: ignore[arg-type]
-        matches = root.glob(self.pattern) if "/" in self.pattern else root.rglob(self.pattern)
-        paths = sorted(p for p in matches if p.is_file())
+        paths = self._matches(root, self.pattern)
         if not paths:
-            raise SftkdError(f"{display_path(root)}: no files match --pattern {self.pattern!r}")
+            left = self.left_out()
+            hint = f" (it leaves out {left[0]}: --pattern {left[1]!r} takes those)" if left else ""
+            raise SftkdError(f"{display_path(root)}: no files match --pattern {self.pattern!r}{hint}")
         out: list[SourceFile] = []
         seen: dict[str, str] = {}
         for path in paths:
