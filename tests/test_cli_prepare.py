@@ -185,6 +185,17 @@ def test_a_mask_training_would_refuse_is_refused_before_anything_is_written(tmp_
     assert nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--acc", "4", "--center-fraction", "0.5"],
+     ["--center-fraction 0.5: its 10 centre lines exceed the 5 of 20 lines sampled at 4x; expected at most 0.2500"]),
+    (["--acc", "4", "--center-fraction", "0.5", "--mask-kind", "fastmri-random"],
+     ["--center-fraction 0.5: its 10 centre lines reach the 5 lines of 4x over 20"]),
+])
+def test_a_center_fraction_too_large_names_the_flag_and_the_acceleration(tmp_path: Path, raw: Path, args, needles) -> None:
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *args), *needles)
+    assert nothing_written(tmp_path)
+
+
 def test_truncated_and_garbage_nifti(tmp_path: Path, raw: Path) -> None:
     good = (raw / "good.nii.gz").read_bytes()
     (raw / "trunc.nii.gz").write_bytes(good[: len(good) // 3])

@@ -90,7 +90,20 @@ def _check_acceleration(acceleration: Any, n: int) -> int:
     return lines
 
 
-def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int) -> int:
+class CenterFractionError(SftkdError):
+    """A centre fraction that does not fit the mask asked for: `problem` says why (with the
+    acceleration), `fraction` is the value as given; worded 'center_fraction F: problem', which
+    the prepare options name as their flag or plan key (`data.manifest.generated_mask`)."""
+
+    def __init__(self, fraction: Any, problem: str) -> None:
+        self.fraction, self.problem = fraction, problem
+        super().__init__(f"center_fraction {fraction!r}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (a worker's error), not from its message
+        return type(self), (self.fraction, self.problem)
+
+
+def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, acceleration: Any) -> int:
     """Number of fully sampled low-frequency lines; an explicit fraction must fit in `lines`."""
     explicit = center_fraction is not None
     fraction = DEFAULT_CENTER_FRACTION[kind] if center_fraction is None else center_fraction
@@ -99,14 +112,14 @@ def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int) 
     except (TypeError, ValueError):
         fraction = math.nan
     if not (0.0 <= fraction <= 1.0):
-        raise SftkdError(f"center_fraction {center_fraction!r}: expected a number in [0, 1]")
+        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
     count = round(fraction * n)
     if not explicit:
         return max(1, min(count, lines))
     if count > lines:
-        raise SftkdError(
-            f"center_fraction {center_fraction!r}: its {count} centre lines exceed the "
-            f"{lines} lines allowed at this acceleration; expected at most {lines / n:.4f}"
+        raise CenterFractionError(
+            center_fraction, f"its {count} centre lines exceed the {lines} of {n} lines sampled at "
+            f"{float(acceleration):g}x; expected at most {lines / n:.4f}"
         )
     return count
 
@@ -175,11 +188,11 @@ def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: flo
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:
-        raise SftkdError(f"center_fraction {center_fraction!r}: expected a number in [0, 1]")
+        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
     low = round(n * fraction)
     if (low * acceleration >= n and acceleration > 1) or low * acceleration == n:
-        raise SftkdError(
-            f"center_fraction {fraction:g}: its {low} centre lines reach the {n / acceleration:.4g} lines of "
+        raise CenterFractionError(
+            fraction, f"its {low} centre lines reach the {n / acceleration:.4g} lines of "
             f"{acceleration:g}x over {n}; expected fewer than 1 / {acceleration:g} of the lines"
         )
     rng = np.random.RandomState()
@@ -238,7 +251,7 @@ def make_mask(
     if kind in FASTMRI_KINDS:
         chosen = _fastmri_vector(kind, n, float(acceleration), center_fraction, seed)
     else:
-        band = _center_band(n, _center_lines(kind, center_fraction, n, lines))
+        band = _center_band(n, _center_lines(kind, center_fraction, n, lines, acceleration))
         rng = np.random.default_rng(seed)
         if kind == "random":
             chosen = _random_lines(n, lines, band, rng)
