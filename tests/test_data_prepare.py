@@ -230,6 +230,7 @@ def test_user_mask_axis_is_read_from_the_mask(tmp_path: Path, nifti_writer) -> N
     columns[:, [0, 7, 8, 12]] = 1
     np.save(tmp_path / "cols.npy", columns)
     pattern = (np.random.default_rng(0).random((16, 16)) < 0.25).astype(np.float64)
+    pattern[0, 0] = 1  # k-space's DC (corner layout), which every user mask must sample
     savemat(tmp_path / "pattern.mat", {"mask": pattern})
     result = sftkd("prepare-data", "nifti", tmp_path / "raw", "--out", tmp_path / "c", "--acc", "4",
                    "--mask-file", f"4={tmp_path / 'cols.npy'}")

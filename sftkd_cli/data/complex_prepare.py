@@ -182,7 +182,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     `say(line)` tells that an interrupted run is resumed or discarded (`data.partial`)."""
     if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
-    user = user_masks(options, line=True)
+    user = user_masks(options, line=True, source_layout="centered")
     files = source.sample_volumes(source.files(), options.seed)
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
     hashes = InputHashes(out, trust=not options.force)

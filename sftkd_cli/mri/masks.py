@@ -295,6 +295,39 @@ def check_mask_acceleration(mask: np.ndarray, acceleration: float, where: str) -
                          f"expected {acceleration / ACCELERATION_TOLERANCE:.3g}x to {acceleration * ACCELERATION_TOLERANCE:.3g}x")
 
 
+def dc_index(n: int, layout: str) -> int:
+    """Where DC sits along an axis of `n` entries in a k-space `layout`: 0 in the corner layout,
+    n // 2 in the centred one (np.fft.fftshift's, so `fft2_np(centered=True)`'s; every mask made
+    here samples it)."""
+    return n // 2 if layout == "centered" else 0
+
+
+def check_mask_dc(mask: np.ndarray, layout: str, where: str, declared: str, remedy: str,
+                  default_axis: int = 0) -> None:
+    """Refuse a mask that does not sample k-space's DC in `layout` (`dc_index` along both axes: the
+    DC line of a line mask): most likely a mask made for the other layout, which would silently
+    undersample the wrong lines. `where` names the mask, `declared` the layout it is used in
+    ('--mask-layout corner'), `remedy` what to do when it samples the other layout's DC instead."""
+    mask = np.asarray(mask)
+    axis = line_axis(mask, default_axis)
+
+    def at(lay: str) -> str:
+        entry = tuple(dc_index(n, lay) for n in mask.shape)
+        return f"entry {entry}" if axis is None else f"{('row', 'column')[axis]} {entry[axis]}"
+
+    def samples(lay: str) -> bool:
+        return bool(mask[tuple(dc_index(n, lay) for n in mask.shape)] != 0)
+
+    if samples(layout):
+        return
+    other = "corner" if layout == "centered" else "centered"
+    what = f"the DC {'entry' if axis is None else 'line'} of {declared} ({at(layout)})"
+    if samples(other):
+        raise SftkdError(f"{where}: does not sample {what}; it samples the {other} layout's ({at(other)}): {remedy}")
+    raise SftkdError(f"{where}: does not sample {what}, nor the {other} layout's ({at(other)}); expected a mask "
+                     "that samples k-space's centre")
+
+
 def sampled_lines(mask: np.ndarray, axis: int = 0) -> np.ndarray:
     """Indices of the lines along `axis` that are sampled (any non-zero entry on the line)."""
     other = 1 - axis
