@@ -109,7 +109,7 @@ def test_nifti_cli_with_mask_files(tmp_path: Path, nifti_writer) -> None:
     for i in range(3):
         nifti_writer.write(tmp_path / f"raw/s{i}/t1.nii", nifti_writer.phantom((20, 18, 3), seed=i))
     mask = np.zeros((20, 18), dtype=np.float32)
-    mask[[0, 1, 7, 19]] = 1
+    mask[[3, 9, 10, 11]] = 1  # centred: DC is row 20 // 2
     np.save(tmp_path / "m.npy", mask)
     result = run("nifti", tmp_path / "raw", "--pattern", "*.nii", "--out", tmp_path / "out",
                  "--mask-file", f"4={tmp_path / 'm.npy'}", "--mask-layout", "centered", "--seed", "3")
@@ -183,6 +183,45 @@ def test_bad_volume(tmp_path: Path, raw: Path, nifti_writer, name: str, data: np
 def test_a_mask_training_would_refuse_is_refused_before_anything_is_written(tmp_path: Path, raw: Path, args, needles) -> None:
     assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *args), *needles)
     assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--acc", "4", "--center-fraction", "0.5"],
+     ["--center-fraction 0.5: its 10 centre lines exceed the 5 of 20 lines sampled at 4x; expected at most 0.2500"]),
+    (["--acc", "4", "--center-fraction", "0.5", "--mask-kind", "fastmri-random"],
+     ["--center-fraction 0.5: its 10 centre lines reach the 5 lines of 4x over 20"]),
+])
+def test_a_center_fraction_too_large_names_the_flag_and_the_acceleration(tmp_path: Path, raw: Path, args, needles) -> None:
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *args), *needles)
+    assert nothing_written(tmp_path)
+
+
+def test_a_mask_file_must_sample_the_dc_line_of_its_layout(tmp_path: Path, raw: Path) -> None:
+    """DC is row 0 in the corner layout and row 20 // 2 in the centred one (`make_mask`'s, fftshift's):
+    a mask made for the other layout would undersample the wrong rows, and is refused saying so."""
+    from sftkd_cli.mri.masks import make_mask
+
+    centred = make_mask("random", (20, 18), 4, layout="centered")
+    np.save(tmp_path / "centred.npy", centred)
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-file", f"4={tmp_path / 'centred.npy'}")
+    assert_one_line_error(result, "centred.npy: does not sample the DC line of --mask-layout corner (row 0); "
+                                  "it samples the centered layout's (row 10): pass --mask-layout centered")
+    np.save(tmp_path / "corner.npy", np.fft.ifftshift(centred, axes=0))
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-layout", "centered",
+                 "--mask-file", f"4={tmp_path / 'corner.npy'}")
+    assert_one_line_error(result, "corner.npy: does not sample the DC line of --mask-layout centered (row 10); "
+                                  "it samples the corner layout's (row 0): pass --mask-layout corner")
+    neither = np.zeros((20, 18), dtype=np.float32)
+    neither[[2, 5, 14, 17]] = 1
+    np.save(tmp_path / "neither.npy", neither)
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-file", f"4={tmp_path / 'neither.npy'}")
+    assert_one_line_error(result, "neither.npy: does not sample the DC line of --mask-layout corner (row 0), "
+                                  "nor the centered layout's (row 10); expected a mask that samples k-space's centre")
+    assert nothing_written(tmp_path)
+    result = run("nifti", raw, "--out", tmp_path / "out", "--acc", "4", "--mask-layout", "centered",
+                 "--mask-file", f"4={tmp_path / 'centred.npy'}")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out/masks/acc4.npy"), centred)
 
 
 def test_truncated_and_garbage_nifti(tmp_path: Path, raw: Path) -> None:

@@ -230,6 +230,7 @@ def test_user_mask_axis_is_read_from_the_mask(tmp_path: Path, nifti_writer) -> N
     columns[:, [0, 7, 8, 12]] = 1
     np.save(tmp_path / "cols.npy", columns)
     pattern = (np.random.default_rng(0).random((16, 16)) < 0.25).astype(np.float64)
+    pattern[0, 0] = 1  # k-space's DC (corner layout), which every user mask must sample
     savemat(tmp_path / "pattern.mat", {"mask": pattern})
     result = sftkd("prepare-data", "nifti", tmp_path / "raw", "--out", tmp_path / "c", "--acc", "4",
                    "--mask-file", f"4={tmp_path / 'cols.npy'}")
@@ -801,6 +802,8 @@ def test_a_source_option_out_of_range_is_named_as_the_user_wrote_it(values, flag
 @pytest.mark.parametrize("options, message", [
     ({"downsample": 300}, "downsample: 300: too large for slices of 20x18; expected at most 18"),
     ({"val": ["nope"]}, "val: 'nope': not found; expected one of: a, b, c"),
+    ({"accelerations": [4], "center_fraction": 0.5},
+     "center_fraction: 0.5: its 8 centre lines exceed the 4 of 16 lines sampled at 4x; expected at most 0.2500"),
 ])
 def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, nifti_writer, options, message) -> None:
     """Found only once the volumes are read, yet a plan's error names data.options.<key>, not a flag."""

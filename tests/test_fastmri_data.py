@@ -246,6 +246,20 @@ def test_mask_file_as_a_fastmri_vector(knee, tmp_path):
         SliceDataset(tmp_path / "d", "train", 4, mask_per_sample=True)
 
 
+def test_a_mask_file_must_sample_the_dc_column_of_centred_k_space(knee, tmp_path):
+    """fastMRI's k-space is centred (DC at column 32 // 2): a corner-layout mask is refused saying so."""
+    raw, _ = knee
+    line = np.zeros(32, dtype=np.float32)
+    line[[0, 1, 31, 5, 9, 13, 22, 26]] = 1  # a centre band around the corner's DC, none at column 16
+    np.save(tmp_path / "corner.npy", line)
+    with pytest.raises(SftkdError) as refused:
+        prepare(raw, tmp_path / "d", accelerations=(4.0,), mask_files={4.0: tmp_path / "corner.npy"})
+    assert str(refused.value) == (f"--mask-file {tmp_path / 'corner.npy'}: does not sample the DC line of the source's "
+                                  "centered k-space (column 16); it samples the corner layout's (column 0): "
+                                  "expected a mask in the centered layout")
+    assert not (tmp_path / "d").exists()
+
+
 def test_refusals_are_one_line(tmp_path):
     write_multicoil(tmp_path / "mc" / "m.h5")
     result = sftkd("prepare-data", "fastmri", tmp_path / "mc", "--out", tmp_path / "o", ok=False)

@@ -168,6 +168,25 @@ def test_other_options_or_inputs_start_over_saying_so(raw, tmp_path, monkeypatch
     assert written == VOLUMES
 
 
+def test_the_accelerations_in_another_order_resume_the_same_run(raw, tmp_path, monkeypatch):
+    """--acc 5,4 prepares what --acc 4,5 does (as a finished dataset's up-to-date check says): a run
+    stopped with one order is resumed, not started over, with the other."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    counting_writes(monkeypatch, on=2, then=lambda path: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(PrepareInterrupted):
+        prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(16, 16), accelerations=(5.0, 4.0)))
+    monkeypatch.undo()
+    written, said = counting_writes(monkeypatch), []
+    prepare_dataset(NiftiSource(raw), out, SMALL, say=said.append)
+    assert said == [f"resuming the interrupted run in {partial}: 2 volume files already written are kept"]
+    assert written == ["v2.h5", "v3.h5"]
+    assert json.loads((out / "manifest.json").read_text())["accelerations"] == [4.0, 5.0]  # the order given
+    for name in VOLUMES:
+        x, y = h5_content(out / name), h5_content(tmp_path / "straight" / name)
+        assert sorted(x) == sorted(y) and all(np.array_equal(np.asarray(x[k]), np.asarray(y[k])) for k in x), name
+    assert prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(16, 16), accelerations=(5.0, 4.0))).unchanged
+
+
 def test_a_resumed_force_rebuild_keeps_the_old_dataset_until_it_is_done(raw, tmp_path, monkeypatch):
     """--force into an existing dataset, stopped: the old dataset is as it was; the same command
     resumes (--force does not discard the work: it re-hashes the inputs, which still match)."""

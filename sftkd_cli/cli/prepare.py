@@ -94,7 +94,8 @@ MaskFile = Annotated[
     Optional[list[str]],
     typer.Option("--mask-file", metavar="ACC=PATH",
                  help="Use this mask for acceleration ACC (.npy/.npz/.mat/.h5); repeatable. A bare PATH "
-                      "needs a single --acc."),
+                      "needs a single --acc. It must sample k-space's DC line in the dataset's layout "
+                      "(--mask-layout corner: index 0; centered: N // 2)."),
 ]
 MaskLayout = Annotated[
     str, typer.Option("--mask-layout", metavar="LAYOUT", callback=any_case(KSPACE_LAYOUTS), help="k-space layout: corner (unshifted, the paper's) | centered.")

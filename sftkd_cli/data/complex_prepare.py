@@ -47,7 +47,7 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, acceleration_key
 from sftkd_cli.data.manifest import (
-    InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
+    InputHashes, UserMasks, dataset_manifest, generated_mask, inputs_record, mask_record, user_masks,
     write_masks,
 )
 from sftkd_cli.data.options import PrepareOptions
@@ -57,7 +57,7 @@ from sftkd_cli.data.sources.base import Piece, SourceFile
 from sftkd_cli.errors import SftkdError, sizes_listed
 from sftkd_cli.files import display_path, h5_image, write_bytes_synced
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
-from sftkd_cli.mri.masks import expand_line_mask, make_mask
+from sftkd_cli.mri.masks import expand_line_mask
 
 #: how complex data is scaled (h5 attribute and manifest "normalisation")
 COMPLEX_NORMALISATION = ("k-space and images / max (one factor per volume: the file's attr max, the max of "
@@ -92,9 +92,7 @@ def _masks(options: PrepareOptions, size: tuple[int, int], user: UserMasks) -> d
         if acc in user:
             out[acc] = expand_line_mask(user[acc][1], size, f"--mask-file {display_path(user[acc][0])}")
         else:
-            out[acc] = make_mask(options.mask_kind, size, acc, seed=options.seed, center_fraction=options.center_fraction,
-                                 layout="centered", axis=MASK_AXIS)
-            check_generated_mask(out[acc], acc, options, size)
+            out[acc] = generated_mask(options, size, acc, "centered", MASK_AXIS)
     return out
 
 
@@ -184,7 +182,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     `say(line)` tells that an interrupted run is resumed or discarded (`data.partial`)."""
     if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
-    user = user_masks(options, line=True)
+    user = user_masks(options, line=True, source_layout="centered")
     files = source.sample_volumes(source.files(), options.seed)
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
     hashes = InputHashes(out, trust=not options.force)

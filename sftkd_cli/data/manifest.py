@@ -24,28 +24,52 @@ from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import (
     FORMAT, MANIFEST, acceleration_key, dataset_task, group_key, manifest_bytes, mask_axis,
 )
-from sftkd_cli.data.options import PrepareOptions
+from sftkd_cli.data.options import OptionError, PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import (
     MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically, sha256_file, text_name, write_bytes_synced,
 )
-from sftkd_cli.mri.masks import check_mask_acceleration, describe_box, describe_mask, load_mask
+from sftkd_cli.mri.masks import (
+    CenterFractionError, check_mask_acceleration, check_mask_dc, describe_box, describe_mask, load_mask, make_mask,
+)
 
 #: acceleration -> (mask file, its mask, the file's sha256)
 UserMasks = dict[float, tuple[Path, np.ndarray, str]]
 Progress = Callable[[str, int, int], None]
 
 
-def user_masks(options: PrepareOptions, line: bool = False) -> UserMasks:
-    """Load the --mask-file masks (format and sampling checked now, shapes once the size is known);
-    `line`: fastMRI's 1-D column vectors are accepted too."""
+def user_masks(options: PrepareOptions, line: bool = False, source_layout: str | None = None) -> UserMasks:
+    """Load the --mask-file masks (format, sampling and DC checked now, shapes once the size is
+    known); `line`: fastMRI's 1-D column vectors are accepted too. Each must sample k-space's DC
+    in its layout (`check_mask_dc`): --mask-layout's, or `source_layout` where the source decides it."""
     out = {}
+    layout = source_layout or options.mask_layout
+    if source_layout:
+        declared, remedy = f"the source's {layout} k-space", f"expected a mask in the {layout} layout"
+    else:
+        declared = f"--mask-layout {layout}"
+        remedy = f"pass --mask-layout {'corner' if layout == 'centered' else 'centered'}"
     for acc, path in options.mask_files.items():
         mask = load_mask(path, line=True) if line else load_mask(path)
-        check_mask_acceleration(mask, acc, f"--mask-file {display_path(path)}")
+        where = f"--mask-file {display_path(path)}"
+        check_mask_acceleration(mask, acc, where)
+        check_mask_dc(mask, layout, where, declared, remedy, default_axis=1 if line else 0)
         out[acc] = (Path(path), mask, sha256_file(Path(path)))
     return out
+
+
+def generated_mask(options: PrepareOptions, size: tuple[int, int], acceleration: float, layout: str,
+                   axis: int) -> np.ndarray:
+    """The --mask-kind mask for one acceleration (`make_mask`), checked (`check_generated_mask`);
+    a --center-fraction that does not fit it is an OptionError naming the option."""
+    try:
+        mask = make_mask(options.mask_kind, size, acceleration, seed=options.seed,
+                         center_fraction=options.center_fraction, layout=layout, axis=axis)
+    except CenterFractionError as exc:
+        raise OptionError("center_fraction", exc.fraction, exc.problem) from None
+    check_generated_mask(mask, acceleration, options, size)
+    return mask
 
 
 def check_generated_mask(mask: np.ndarray, acceleration: float, options: PrepareOptions, size: tuple[int, int]) -> None:

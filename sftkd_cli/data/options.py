@@ -143,7 +143,10 @@ class PrepareOptions:
             out.pop("task")
         out["size"] = None if self.size is None else [int(s) for s in self.size]
         out["slice_axis"] = self.slice_axis % 3
-        out["accelerations"] = [float(a) for a in self.accelerations]
+        # sorted: --acc 5,4 prepares what --acc 4,5 does (one mask per acceleration, each from the same
+        # seed), so a re-run or a resumed run in the other order is the same; the manifest's own
+        # "accelerations" keep the order given
+        out["accelerations"] = sorted(float(a) for a in self.accelerations)
         out["mask_files"] = {
             acceleration_key(a): str(Path(p).resolve()) for a, p in sorted(self.mask_files.items())
         }

@@ -73,7 +73,7 @@ from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
 from sftkd_cli.data.manifest import (
-    InputHashes, UserMasks, check_generated_mask, dataset_manifest, inputs_record, mask_record, user_masks,
+    InputHashes, UserMasks, dataset_manifest, generated_mask, inputs_record, mask_record, user_masks,
     write_masks,
 )
 from sftkd_cli.data.options import OptionNames, PrepareOptions
@@ -90,7 +90,7 @@ from sftkd_cli.data.volumes import (
 from sftkd_cli.errors import SftkdError, counted, os_error_text, sizes_listed
 from sftkd_cli.files import check_writable, display_path, h5_image, write_bytes_synced
 from sftkd_cli.memory import available_bytes
-from sftkd_cli.mri.masks import make_mask, undersample
+from sftkd_cli.mri.masks import undersample
 
 
 # Prepared stacks are kept in memory between validation and writing up to this many bytes, and
@@ -291,11 +291,7 @@ def _masks(
         elif acc in user:
             out[acc] = user[acc][1]
         else:
-            out[acc] = make_mask(
-                options.mask_kind, size, acc, seed=options.seed,
-                center_fraction=options.center_fraction, layout=options.mask_layout, axis=0,
-            )
-            check_generated_mask(out[acc], acc, options, size)
+            out[acc] = generated_mask(options, size, acc, options.mask_layout, axis=0)
     return out
 
 

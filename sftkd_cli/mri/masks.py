@@ -90,7 +90,20 @@ def _check_acceleration(acceleration: Any, n: int) -> int:
     return lines
 
 
-def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int) -> int:
+class CenterFractionError(SftkdError):
+    """A centre fraction that does not fit the mask asked for: `problem` says why (with the
+    acceleration), `fraction` is the value as given; worded 'center_fraction F: problem', which
+    the prepare options name as their flag or plan key (`data.manifest.generated_mask`)."""
+
+    def __init__(self, fraction: Any, problem: str) -> None:
+        self.fraction, self.problem = fraction, problem
+        super().__init__(f"center_fraction {fraction!r}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (a worker's error), not from its message
+        return type(self), (self.fraction, self.problem)
+
+
+def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, acceleration: Any) -> int:
     """Number of fully sampled low-frequency lines; an explicit fraction must fit in `lines`."""
     explicit = center_fraction is not None
     fraction = DEFAULT_CENTER_FRACTION[kind] if center_fraction is None else center_fraction
@@ -99,14 +112,14 @@ def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int) 
     except (TypeError, ValueError):
         fraction = math.nan
     if not (0.0 <= fraction <= 1.0):
-        raise SftkdError(f"center_fraction {center_fraction!r}: expected a number in [0, 1]")
+        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
     count = round(fraction * n)
     if not explicit:
         return max(1, min(count, lines))
     if count > lines:
-        raise SftkdError(
-            f"center_fraction {center_fraction!r}: its {count} centre lines exceed the "
-            f"{lines} lines allowed at this acceleration; expected at most {lines / n:.4f}"
+        raise CenterFractionError(
+            center_fraction, f"its {count} centre lines exceed the {lines} of {n} lines sampled at "
+            f"{float(acceleration):g}x; expected at most {lines / n:.4f}"
         )
     return count
 
@@ -175,11 +188,11 @@ def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: flo
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:
-        raise SftkdError(f"center_fraction {center_fraction!r}: expected a number in [0, 1]")
+        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
     low = round(n * fraction)
     if (low * acceleration >= n and acceleration > 1) or low * acceleration == n:
-        raise SftkdError(
-            f"center_fraction {fraction:g}: its {low} centre lines reach the {n / acceleration:.4g} lines of "
+        raise CenterFractionError(
+            fraction, f"its {low} centre lines reach the {n / acceleration:.4g} lines of "
             f"{acceleration:g}x over {n}; expected fewer than 1 / {acceleration:g} of the lines"
         )
     rng = np.random.RandomState()
@@ -238,7 +251,7 @@ def make_mask(
     if kind in FASTMRI_KINDS:
         chosen = _fastmri_vector(kind, n, float(acceleration), center_fraction, seed)
     else:
-        band = _center_band(n, _center_lines(kind, center_fraction, n, lines))
+        band = _center_band(n, _center_lines(kind, center_fraction, n, lines, acceleration))
         rng = np.random.default_rng(seed)
         if kind == "random":
             chosen = _random_lines(n, lines, band, rng)
@@ -280,6 +293,39 @@ def check_mask_acceleration(mask: np.ndarray, acceleration: float, where: str) -
         what = "all ones (no undersampling)" if sampled == mask.size else f"samples {sampled} of {mask.size} entries"
         raise SftkdError(f"{where}: {what}, an acceleration of {actual:.2f}x, labelled {acceleration:g}x; "
                          f"expected {acceleration / ACCELERATION_TOLERANCE:.3g}x to {acceleration * ACCELERATION_TOLERANCE:.3g}x")
+
+
+def dc_index(n: int, layout: str) -> int:
+    """Where DC sits along an axis of `n` entries in a k-space `layout`: 0 in the corner layout,
+    n // 2 in the centred one (np.fft.fftshift's, so `fft2_np(centered=True)`'s; every mask made
+    here samples it)."""
+    return n // 2 if layout == "centered" else 0
+
+
+def check_mask_dc(mask: np.ndarray, layout: str, where: str, declared: str, remedy: str,
+                  default_axis: int = 0) -> None:
+    """Refuse a mask that does not sample k-space's DC in `layout` (`dc_index` along both axes: the
+    DC line of a line mask): most likely a mask made for the other layout, which would silently
+    undersample the wrong lines. `where` names the mask, `declared` the layout it is used in
+    ('--mask-layout corner'), `remedy` what to do when it samples the other layout's DC instead."""
+    mask = np.asarray(mask)
+    axis = line_axis(mask, default_axis)
+
+    def at(lay: str) -> str:
+        entry = tuple(dc_index(n, lay) for n in mask.shape)
+        return f"entry {entry}" if axis is None else f"{('row', 'column')[axis]} {entry[axis]}"
+
+    def samples(lay: str) -> bool:
+        return bool(mask[tuple(dc_index(n, lay) for n in mask.shape)] != 0)
+
+    if samples(layout):
+        return
+    other = "corner" if layout == "centered" else "centered"
+    what = f"the DC {'entry' if axis is None else 'line'} of {declared} ({at(layout)})"
+    if samples(other):
+        raise SftkdError(f"{where}: does not sample {what}; it samples the {other} layout's ({at(other)}): {remedy}")
+    raise SftkdError(f"{where}: does not sample {what}, nor the {other} layout's ({at(other)}); expected a mask "
+                     "that samples k-space's centre")
 
 
 def sampled_lines(mask: np.ndarray, axis: int = 0) -> np.ndarray:
