@@ -59,23 +59,16 @@ from sftkd_cli.exported import (
     OUTPUT_NAME,
     ExportedModel,
     card_path,
-    load_card,
     load_exported,
     require_onnxruntime,
     split_complex,
 )
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
-from sftkd_cli.files import (
-    StagedFiles, check_writable, is_special_file, json_text, made_folder, output_path,
-    temporary_sibling, unlink_quietly,
-)
-from sftkd_cli.runs import check_real_folder, is_role_name, open_run
-from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS, METRICS_JSON
-
-
-#: export format -> default file suffix
-FORMATS = EXPORT_SUFFIX
+from sftkd_cli.export_target import FORMATS, _export_target, _replaceable
+from sftkd_cli.files import StagedFiles, json_text, made_folder, output_path, temporary_sibling, unlink_quietly
+from sftkd_cli.runs import open_run
+from sftkd_cli.run_files import METRICS_JSON
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 #: 2: the mask's sampled_lines along its axis (was sampled_rows, always rows); 3: a super-resolution
@@ -335,15 +328,6 @@ def _io_spec(size: tuple[int, int], fixed: bool, centered: bool, family: Family,
     return inputs, outputs
 
 
-def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
-    """RUN/export/<arch>-<role>.<ext>, e.g. runs/x/export/D3C5-student.onnx: always a file directly
-    in RUN/export (a role that is not a plain name is refused, see `runs.ROLE_NAME`)."""
-    if not (is_role_name(arch) and is_role_name(role)):
-        raise SftkdError(f"{run_path}: model {arch!r} role {role!r} is not a plain name (letters, digits, _ or -), "
-                         f"so the default export file would not lie in {run_path / 'export'}; expected an sftkd run")
-    return run_path / EXPORTS / f"{arch}-{role}{FORMATS[fmt]}"
-
-
 def export_run(
     run_dir: str | Path,
     fmt: str,
@@ -507,59 +491,6 @@ def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manife
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
         inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered)
     return inputs, checked_mask
-
-
-def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
-    """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
-    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`).
-    Errors say --out only when the user gave it."""
-    target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
-    flag = "--out " if out is not None else ""
-    if target.is_dir():
-        raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
-    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix == suffix), None)
-    if other:  # an ONNX file named .ts would fail in torch.jit.load, far from here (.pt and others are left alone)
-        raise SftkdError(f"{flag}{target}: {target.suffix} names a {other} export; a {fmt} export's name ends in {FORMATS[fmt]}")
-    if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
-        check_real_folder(target.parent, run_path)
-    check_writable(target.parent, "--out" if out is not None else "export folder")  # before tracing, not after
-    return target
-
-
-def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
-    """`target` once its folder exists: through a link of --out, its target; refused when a device
-    or FIFO, or when not replaceable (`_check_replaceable`)."""
-    flag = "--out " if out is not None else ""
-    if out is not None:
-        target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
-    if is_special_file(target) or is_special_file(card_path(target)):
-        raise SftkdError(f"{flag}{out if out is not None else target}: a device file or FIFO; expected a regular file "
-                         "(the model and its card)")
-    _check_replaceable(target, force, flag)
-    return target
-
-
-def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
-    """Refuse to replace anything but an earlier export (a file with its card beside it: never a
-    checkpoint, a manifest or another file of the user's), and that only with `force`; `flag`
-    starts the message ('--out ', or '' for the run's own export folder)."""
-    if not target.exists():
-        return
-    if not _is_export_card(card_path(target), target.name):
-        raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card_path(target).name} "
-                         "for it beside it); expected a new file name")
-    if not force:
-        raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
-
-
-def _is_export_card(path: Path, name: str) -> bool:
-    """Whether `path` is a model card `sftkd export` wrote for a file called `name` (any JSON
-    beside a file is not: a checkpoint with a stray card must stay)."""
-    try:
-        card = load_card(path)
-    except SftkdError:  # missing, not a regular file, not JSON
-        return False
-    return card is not None and card.get("file") == name and card.get("export_format") in FORMATS
 
 
 def _slicing(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import sftkd_cli.export as export_module
+import sftkd_cli.export_target as target_module
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
@@ -671,7 +672,7 @@ def test_export_target_errors_say_out_only_when_it_was_given(tmp_path, monkeypat
     """Without --out the run's own export folder is named, never '--out' the user did not write."""
     monkeypatch.chdir(tmp_path)
     run = Path("runs/t7")
-    target = Path("mine/m.onnx") if given else export_module.default_out(run, "D2C2", "teacher", "onnx")
+    target = Path("mine/m.onnx") if given else target_module.default_out(run, "D2C2", "teacher", "onnx")
     target.parent.mkdir(parents=True)
     if case == "a directory":
         target.mkdir()
@@ -681,7 +682,7 @@ def test_export_target_errors_say_out_only_when_it_was_given(tmp_path, monkeypat
         monkeypatch.setattr("sftkd_cli.files.os.access", lambda *args, **kwargs: False)
     out = target if given else None
     with pytest.raises(SftkdError) as info:
-        export_module._replaceable(export_module._export_target(out, run, "D2C2", "teacher", "onnx"), out, force=False)
+        target_module._replaceable(target_module._export_target(out, run, "D2C2", "teacher", "onnx"), out, force=False)
     message = str(info.value)
     expected = {"not writable": f"export folder {target.parent}: folder {target.parent} is not writable",
                 "a directory": f"{target}: is a directory; expected a file name",

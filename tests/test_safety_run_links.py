@@ -65,7 +65,7 @@ def test_load_checkpoint_refuses_a_primary_that_is_a_path(trained_run, tmp_path)
 
 
 def test_the_default_export_file_stays_in_the_runs_export_folder(tmp_path):
-    from sftkd_cli.export import default_out
+    from sftkd_cli.export_target import default_out
 
     assert default_out(tmp_path, "D3C5", "student", "onnx") == tmp_path / "export" / "D3C5-student.onnx"
     for role in ("/../../x", "..", "a/b", ""):

@@ -1,0 +1,79 @@
+"""The file `sftkd export` writes: its default name in RUN/export, the checks of --out made before
+anything is traced, and what an export may replace (an earlier export, with --force; never a file
+of the user's, nor a card that is not an export card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.exported import card_path, load_card
+from sftkd_cli.files import check_writable, is_special_file, output_path
+from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS
+from sftkd_cli.runs import check_real_folder, is_role_name
+
+#: export format -> default file suffix
+FORMATS = EXPORT_SUFFIX
+
+
+def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
+    """RUN/export/<arch>-<role>.<ext>, e.g. runs/x/export/D3C5-student.onnx: always a file directly
+    in RUN/export (a role that is not a plain name is refused, see `runs.ROLE_NAME`)."""
+    if not (is_role_name(arch) and is_role_name(role)):
+        raise SftkdError(f"{run_path}: model {arch!r} role {role!r} is not a plain name (letters, digits, _ or -), "
+                         f"so the default export file would not lie in {run_path / 'export'}; expected an sftkd run")
+    return run_path / EXPORTS / f"{arch}-{role}{FORMATS[fmt]}"
+
+
+
+def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
+    """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
+    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`).
+    Errors say --out only when the user gave it."""
+    target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
+    flag = "--out " if out is not None else ""
+    if target.is_dir():
+        raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
+    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix == suffix), None)
+    if other:  # an ONNX file named .ts would fail in torch.jit.load, far from here (.pt and others are left alone)
+        raise SftkdError(f"{flag}{target}: {target.suffix} names a {other} export; a {fmt} export's name ends in {FORMATS[fmt]}")
+    if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
+        check_real_folder(target.parent, run_path)
+    check_writable(target.parent, "--out" if out is not None else "export folder")  # before tracing, not after
+    return target
+
+
+def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
+    """`target` once its folder exists: through a link of --out, its target; refused when a device
+    or FIFO, or when not replaceable (`_check_replaceable`)."""
+    flag = "--out " if out is not None else ""
+    if out is not None:
+        target = output_path(target)  # a path the user gives, through a symlink: its target is replaced, the link kept
+    if is_special_file(target) or is_special_file(card_path(target)):
+        raise SftkdError(f"{flag}{out if out is not None else target}: a device file or FIFO; expected a regular file "
+                         "(the model and its card)")
+    _check_replaceable(target, force, flag)
+    return target
+
+
+def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
+    """Refuse to replace anything but an earlier export (a file with its card beside it: never a
+    checkpoint, a manifest or another file of the user's), and that only with `force`; `flag`
+    starts the message ('--out ', or '' for the run's own export folder)."""
+    if not target.exists():
+        return
+    if not _is_export_card(card_path(target), target.name):
+        raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card_path(target).name} "
+                         "for it beside it); expected a new file name")
+    if not force:
+        raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
+
+
+def _is_export_card(path: Path, name: str) -> bool:
+    """Whether `path` is a model card `sftkd export` wrote for a file called `name` (any JSON
+    beside a file is not: a checkpoint with a stray card must stay)."""
+    try:
+        card = load_card(path)
+    except SftkdError:  # missing, not a regular file, not JSON
+        return False
+    return card is not None and card.get("file") == name and card.get("export_format") in FORMATS
