@@ -4,6 +4,7 @@ of the user's, nor a card that is not an export card)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sftkd_cli.errors import SftkdError
@@ -14,6 +15,8 @@ from sftkd_cli.runs import check_real_folder, is_role_name
 
 #: export format -> default file suffix
 FORMATS = EXPORT_SUFFIX
+#: what ends a folder path, as typed (an --out ending so names a folder)
+SEPARATORS = tuple({os.sep, os.altsep or os.sep})
 
 
 def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
@@ -25,11 +28,14 @@ def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
     return run_path / EXPORTS / f"{arch}-{role}{FORMATS[fmt]}"
 
 
-
 def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
     """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
     before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`).
-    Errors say --out only when the user gave it."""
+    Errors say --out only when the user gave it; an --out ending in a path separator is refused
+    (Path drops it: a file named as the folder was written)."""
+    if isinstance(out, str) and out.endswith(SEPARATORS):
+        raise SftkdError(f"--out {out}: ends with a path separator; expected a file path, "
+                         f"e.g. {out}{arch}-{role}{FORMATS[fmt]}")
     target = Path(out) if out is not None else default_out(run_path, arch, role, fmt)
     flag = "--out " if out is not None else ""
     if target.is_dir():
@@ -58,15 +64,19 @@ def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
 
 def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
     """Refuse to replace anything but an earlier export (a file with its card beside it: never a
-    checkpoint, a manifest or another file of the user's), and that only with `force`; `flag`
-    starts the message ('--out ', or '' for the run's own export folder)."""
-    if not target.exists():
-        return
-    if not _is_export_card(card_path(target), target.name):
-        raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card_path(target).name} "
-                         "for it beside it); expected a new file name")
-    if not force:
-        raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
+    checkpoint, a manifest or another file of the user's), and that only with `force`; nor a file at
+    the card's path that is not an export card of `target` (the card would replace it), with or
+    without `force`. `flag` starts the message ('--out ', or '' for the run's own export folder)."""
+    card = card_path(target)
+    if target.exists():
+        if not _is_export_card(card, target.name):
+            raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card.name} "
+                             "for it beside it); expected a new file name")
+        if not force:
+            raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
+    elif (card.exists() or card.is_symlink()) and not _is_export_card(card, target.name):
+        raise SftkdError(f"{flag}{target}: its model card's path {card} holds a file that is not an sftkd export "
+                         f"card (of {target.name}); expected a new file name, or that file moved away")
 
 
 def _is_export_card(path: Path, name: str) -> bool:

@@ -23,6 +23,7 @@ import sftkd_cli
 from sftkd_cli.checkpoints import load_model
 from sftkd_cli.cli.app import app
 from sftkd_cli.config import dump_recipe, load_recipe
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.export import export_run
 from sftkd_cli.exported import card_path, load_exported, read_card
 from test_export import _val_batch, run_copy, trained_run  # noqa: F401  (the fixtures, by name)
@@ -239,3 +240,29 @@ def test_plain_onnxruntime_and_torch_in_a_process_without_sftkd_give_the_models_
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["sftkd"] == [] and measured["onnx"] <= 1e-5 and measured["torchscript"] <= 1e-5, measured
+
+
+# --------------------------------------------------------------------------- the data checked on, the paths taken
+
+
+def test_a_file_at_the_cards_path_that_is_not_an_export_card_is_never_replaced(run_copy, tmp_path):  # noqa: F811
+    notes = tmp_path / "y.onnx.card.json"
+    notes.write_text('{"my": "notes"}')
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(app, ["export", str(run_copy), "-f", "onnx", "-o", str(tmp_path / "y.onnx"), *force], env=WIDE)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (f"error: --out {tmp_path / 'y.onnx'}: its model card's path {notes} holds a file "
+                                         "that is not an sftkd export card (of y.onnx); expected a new file name, or that "
+                                         "file moved away")
+    assert notes.read_text() == '{"my": "notes"}' and not (tmp_path / "y.onnx").exists()
+    first = export_run(run_copy, "onnx", out=tmp_path / "z.onnx")  # the card of an export whose file has gone: replaced
+    first.path.unlink()
+    assert export_run(run_copy, "onnx", out=tmp_path / "z.onnx").path.is_file()
+
+
+def test_an_out_ending_in_a_path_separator_is_refused(trained_run, tmp_path):  # noqa: F811
+    out = str(tmp_path / "newdir") + os.sep
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", out], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: --out {out}: ends with a path separator; expected a file path, e.g. {out}D2C2-model.onnx"
+    assert not (tmp_path / "newdir").exists()

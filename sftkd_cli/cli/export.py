@@ -40,7 +40,7 @@ HELP = examples(
 def export(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory to export.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", callback=any_case(EXPORT_SUFFIX), help="torchscript or onnx.", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help="best or last.")] = "best",
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
