@@ -67,7 +67,7 @@ from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.export_target import FORMATS, _export_target, _replaceable
 from sftkd_cli.files import StagedFiles, json_text, made_folder, output_path, temporary_sibling, unlink_quietly
-from sftkd_cli.runs import open_run
+from sftkd_cli.runs import check_recipe_data, open_run
 from sftkd_cli.run_files import METRICS_JSON
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
@@ -106,9 +106,11 @@ class CheckInputs:
     source: str
 
 
-def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3, complex_centered: bool | None = None) -> CheckInputs:
+def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3, complex_centered: bool | None = None,
+                   why: str = "no val slices of this size in the dataset") -> CheckInputs:
     """Synthetic smooth phantoms (ellipses with a gradient) undersampled by `mask`; with
-    `complex_centered` set, complex ones (a smooth phase) in that k-space layout, zf as two channels."""
+    `complex_centered` set, complex ones (a smooth phase) in that k-space layout, zf as two channels.
+    `why` the check has no real slices, for the card."""
     h, w = size
     y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     images = []
@@ -119,7 +121,7 @@ def phantom_inputs(size: tuple[int, int], mask: np.ndarray, batch: int = 3, comp
         images.append(image / image.max())
     target = torch.tensor(np.stack(images)[:, None], dtype=torch.float32)
     m = torch.tensor(mask, dtype=torch.float32).expand(batch, 1, h, w).contiguous()
-    source = f"synthetic phantom {h}x{w} (batch {batch}; no val slices of this size in the dataset)"
+    source = f"synthetic phantom {h}x{w} (batch {batch}; {why})"
     if complex_centered is not None:
         from sftkd_cli.mri.fft import fft2, ifft2, to_channels
 
@@ -175,6 +177,7 @@ class ExportResult:
     max_abs_diff: float
     card: dict[str, Any]
     created_folder: Path | None = None  # the --out folder this export created (it did not exist)
+    missing_data: Path | None = None  # no dataset there: the check ran on synthetic phantoms
 
 
 class ExportInterrupted(RunInterrupted):
@@ -194,6 +197,23 @@ def _manifest(data_path: str | Path) -> dict[str, Any] | None:
         return load_manifest(data_path)
     except SftkdError:
         return None
+
+
+def find_dataset(recipe_file: Path, recipe_path: str, data: str | Path | None,
+                 size: tuple[int, int] | None) -> tuple[Path, dict[str, Any] | None]:
+    """The dataset the export is checked on, resolved (the card records it so), with its manifest:
+    --data, which must be a prepared dataset, else the recipe's data.path read from here, as
+    `sftkd evaluate` reads it. A data.path that is not a folder from here (relative to the folder
+    training ran in, or moved since) is refused as evaluate refuses it (`check_recipe_data`), unless
+    --size is given: then the manifest is None and the check runs on synthetic phantoms."""
+    from sftkd_cli.data.dataset import load_manifest
+
+    if data is not None:
+        return Path(data).resolve(), load_manifest(data)
+    if size is None:
+        check_recipe_data(recipe_file, recipe_path, "pass --data DIR to check the export on the dataset where it is "
+                          "now (or --size H W to check it on synthetic phantoms, without data)")
+    return Path(recipe_path).resolve(), _manifest(recipe_path)
 
 
 def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, data_path: str | Path) -> tuple[int, int]:
@@ -337,11 +357,13 @@ def export_run(
     checkpoint: str = "best",
     size: tuple[int, int] | None = None,
     force: bool = False,
+    data: str | Path | None = None,
 ) -> ExportResult:
     """Export a run's model as TorchScript or ONNX with a model card; verified before it is kept.
 
-    An existing file at the target is replaced only with `force`, and only when it is an earlier
-    export (its card beside it)."""
+    The check runs on `data` (--data), else on the recipe's data.path read from here, as evaluate
+    reads it (`find_dataset`). An existing file at the target is replaced only with `force`, and
+    only when it is an earlier export (its card beside it)."""
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if checkpoint not in CHECKPOINT_NAMES:
@@ -355,9 +377,8 @@ def export_run(
     model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
     entry_role = role or state["primary"]
-    data_path = recipe.data.path
+    data_path, manifest = find_dataset(run.recipe_file, recipe.data.path, data, size)
     acceleration = float(recipe.data.acceleration)
-    manifest = _manifest(data_path)
     if manifest is not None:  # the checks below read this dataset: it must hold the data the model fits
         check_fits_data(state, model.record(), dataset_record(data_path, acceleration), run.path, same_acquisition=False)
     family = family_of(model.name)
@@ -416,7 +437,7 @@ def export_run(
                 "kspace_layout": "centered" if wrapper.centered else "corner",
                 "fft_norm": "ortho",
                 "dataset": None if manifest is None else {
-                    "path": str(data_path), "source": manifest.get("source"),
+                    "path": str(data_path), "source": manifest.get("source"),  # resolved, as mask.file
                     "image_size": manifest.get("image_size"), "fingerprint": _fingerprint(data_path),
                     # complex data: the magnitude target's size, the centre crop fastMRI's scores use
                     **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
@@ -445,12 +466,13 @@ def export_run(
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
                 held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
             if held:  # the export is whole: say so, then stop as the signal asked
-                raise ExportInterrupted(ExportResult(target, card_path(target), diff, card, made), held[0])
+                raise ExportInterrupted(ExportResult(target, card_path(target), diff, card, made,
+                                                     None if manifest is not None else data_path), held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:
             unlink_quietly(tmp)
-    return ExportResult(target, card_path(target), diff, card, made)
+    return ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
 
 
 def _load_written(tmp: Path, target: Path) -> ExportedModel:
@@ -478,7 +500,7 @@ def _training(run_path: Path, planned: int, checkpoint: str, state: dict[str, An
             "checkpoint_step_in_epoch": state.get("step_in_epoch") or 0}  # > 0: saved mid-epoch, steps into the next
 
 
-def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manifest: dict[str, Any] | None,
+def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manifest: dict[str, Any] | None,
                   image_size: tuple[int, int]) -> tuple[CheckInputs, tuple[np.ndarray, str | None]]:
     """The slices the exported file is checked on (the dataset's, or phantoms where it is not at
     hand) and the mask they use with its file, for the card: the dataset's, or one made as the
@@ -489,7 +511,8 @@ def _check_inputs(model: CascadeNet, data_path: str, acceleration: float, manife
     checked_mask = (mask, mask_file) if fits or inputs is not None else (_check_mask(image_size, acceleration, manifest), None)
     if inputs is None:
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
-        inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered)
+        inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered,
+                                why="no dataset" if manifest is None else "no val slices of this size in the dataset")
     return inputs, checked_mask
 
 

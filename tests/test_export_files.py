@@ -245,6 +245,60 @@ def test_plain_onnxruntime_and_torch_in_a_process_without_sftkd_give_the_models_
 # --------------------------------------------------------------------------- the data checked on, the paths taken
 
 
+def _relative_data_run(run: Path, tiny_dataset: Path, trained_in: Path) -> Path:
+    """`run` as trained in `trained_in` with the relative data.path data/tiny (a link to the dataset there)."""
+    (trained_in / "data").mkdir(parents=True)
+    (trained_in / "data" / "tiny").symlink_to(tiny_dataset, target_is_directory=True)
+    recipe = load_recipe(run / "recipe.yaml")
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path="data/tiny"))
+    (run / "recipe.yaml").write_text(dump_recipe(recipe))
+    return run
+
+
+def test_a_relative_data_path_is_found_as_evaluate_finds_it_or_given_with_data(run_copy, tiny_dataset, tmp_path, monkeypatch):  # noqa: F811
+    """From another folder than training's, the recipe's relative data.path is refused as evaluate
+    refuses it, naming --data (it said 'dataset not found ... pass --size', and --size gave a card
+    without dataset, normalisation or mask recipe, silently); --data gives the dataset, and the
+    card records its path resolved, the same from any folder (so are the bytes)."""
+    run = _relative_data_run(run_copy, tiny_dataset, tmp_path / "train")
+    monkeypatch.chdir(tmp_path / "train")
+    card = export_run(run, "onnx", out=tmp_path / "here.onnx").card
+    assert card["dataset"]["path"] == str(tiny_dataset.resolve()) and "val slices" in card["check"]["inputs"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SftkdError, match=r"data.path 'data/tiny' is not a folder \(read from here, .*\); pass --data DIR"):
+        export_run(run, "onnx", out=tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    given = export_run(run, "onnx", out=tmp_path / "given.onnx", data=os.path.relpath(tiny_dataset))
+    assert given.card["dataset"] == card["dataset"] and given.card["mask"] == card["mask"]
+    assert given.card["normalisation"] == card["normalisation"] and "val slices" in given.card["check"]["inputs"]
+    outs = []
+    for folder in (tmp_path / "train", elsewhere):  # the command, --data as typed relative to each folder
+        monkeypatch.chdir(folder)
+        outs.append(folder / "m.ts")  # the same name: the card holds it
+        result = CliRunner().invoke(app, ["export", str(run), "-f", "torchscript", "-o", str(outs[-1]),
+                                          "--data", os.path.relpath(tiny_dataset)], env=WIDE)
+        assert result.exit_code == 0 and "note:" not in result.output, result.output
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_an_export_checked_on_phantoms_for_want_of_a_dataset_says_so(run_copy, tiny_dataset, tmp_path, monkeypatch):  # noqa: F811
+    run = _relative_data_run(run_copy, tiny_dataset, tmp_path / "train")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.onnx"
+    result = CliRunner().invoke(app, ["export", str(run), "-f", "onnx", "-o", str(out), "--size", "12", "10"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: no dataset at {tmp_path / 'data' / 'tiny'} (RUN's data.path, read from here): checked on "
+                     "synthetic phantoms, and the card records no dataset, normalisation or mask recipe; pass --data "
+                     "DIR where the dataset is now"]
+    card = read_card(out)
+    assert card["dataset"] is None and card["check"]["inputs"] == "synthetic phantom 12x10 (batch 3; no dataset)"
+    help_text = " ".join(CliRunner().invoke(app, ["export", "--help"], env=WIDE).output.split())
+    assert "--data -d DIR Dataset directory (default: the run's data.path)" in help_text
+
+
 def test_a_file_at_the_cards_path_that_is_not_an_export_card_is_never_replaced(run_copy, tmp_path):  # noqa: F811
     notes = tmp_path / "y.onnx.card.json"
     notes.write_text('{"my": "notes"}')

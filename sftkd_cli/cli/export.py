@@ -45,6 +45,7 @@ def export(
     checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help="best or last.")] = "best",
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); the export is checked on its val slices, and the card records it.")] = None,
 ) -> None:
     """Export a run's model (see HELP)."""
     from sftkd_cli.errors import RunInterrupted
@@ -56,7 +57,8 @@ def export(
     # the export is said as done, then the command stops as the signal asked
     try:
         with interrupts() as caught:
-            result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None, force=force)
+            result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None,
+                                force=force, data=data)
     except ExportInterrupted as stopped:
         _say_exported(stopped.result, run)
         raise
@@ -81,6 +83,10 @@ def _say_exported(result: ExportResult, run: Path) -> None:
     console.print(f"model card: {result.card_path}", soft_wrap=True, markup=False)
     if result.created_folder is not None:
         console.print(f"note: created folder {result.created_folder} for --out (it did not exist)", soft_wrap=True, markup=False)
+    if result.missing_data is not None:
+        console.print(f"note: no dataset at {result.missing_data} (RUN's data.path, read from here): checked on synthetic "
+                      "phantoms, and the card records no dataset, normalisation or mask recipe; pass --data DIR where "
+                      "the dataset is now", soft_wrap=True, markup=False)
     training = card["training"]
     if training["finished"] is False:  # None: the run's last checkpoint could not be read
         console.print(f"note: {run} trained {training['epochs_trained']} of its {training['epochs_planned']} planned "
