@@ -48,7 +48,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint
-from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE
+from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_CENTER_FRACTION, FASTMRI_KINDS, MAX_SIZE, MIN_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
@@ -219,8 +219,8 @@ def find_dataset(recipe_file: Path, recipe_path: str, data: str | Path | None,
 def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, data_path: str | Path) -> tuple[int, int]:
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
-        if len(size) != 2 or min(size) < 1 or max(size) > MAX_SIZE:
-            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W from 1 to {MAX_SIZE}")
+        if len(size) != 2 or min(size) < MIN_SIZE or max(size) > MAX_SIZE:
+            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W, each from {MIN_SIZE} to {MAX_SIZE}")
         return int(size[0]), int(size[1])
     if manifest is None:
         raise SftkdError(f"{data_path}: dataset not found, so the image size is unknown; pass --size H W")
@@ -260,6 +260,35 @@ def _check_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, 
                      center_fraction=info.get("center_fraction"), layout=layout, axis=0 if axis is None else axis)
 
 
+def _size_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, Any] | None) -> np.ndarray:
+    """`_check_mask` for a size that is not the dataset's (--size, or no dataset): one that no mask of
+    this acceleration fits (too few lines, or centre lines) is refused naming --size."""
+    try:
+        return _check_mask(size, acceleration, manifest)
+    except SftkdError as exc:
+        raise SftkdError(f"--size {size[0]} {size[1]}: too small for the {acceleration:g}x mask ({exc}); "
+                         "expected a larger size") from None
+
+
+def _center_fraction(info: dict[str, Any], task: str, acceleration: float, mask_file: str | None) -> float | None:
+    """The centre fraction the mask was made with: the manifest's, or where it records none (the
+    default was used) the default of its kind, from where `make_mask` reads it
+    (`choices.DEFAULT_CENTER_FRACTION`; fastMRI's kinds: `masks.fastmri_center_fraction`). None
+    for a mask of the user's file (`origin` file), a super-resolution box, or no known kind."""
+    from sftkd_cli.data.format import group_key
+    from sftkd_cli.mri.masks import fastmri_center_fraction
+
+    entry = (info.get("per_acceleration") or {}).get(group_key(task, acceleration)) or {}
+    kind = info.get("kind")
+    if (mask_file is not None and entry.get("origin") == "file") or not isinstance(kind, str):
+        return None
+    if info.get("center_fraction") is not None:
+        return info["center_fraction"]
+    if kind in FASTMRI_KINDS:
+        return fastmri_center_fraction(acceleration)
+    return DEFAULT_CENTER_FRACTION.get(kind)
+
+
 def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> dict[str, Any] | None:
     """The evaluation of the exported model, summarised for the card: metrics.json in its
     evaluation folder (`evaluate.output_dir`), when it scored this role (`role`, as metrics.json
@@ -296,7 +325,7 @@ def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.nd
     info = dict((manifest or {}).get("mask", {}))
     card: dict[str, Any] = {
         "kind": info.get("kind"), "seed": info.get("seed"), "layout": info.get("layout"),
-        "center_fraction": info.get("center_fraction"), "file": mask_file,
+        "center_fraction": _center_fraction(info, dataset_task(manifest or {}), acceleration, mask_file), "file": mask_file,
     }
     if mask is not None:
         axis = info["axis"] if info.get("axis") in (0, 1) else 0
@@ -508,7 +537,7 @@ def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manif
     mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
     inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
     fits = mask is not None and tuple(mask.shape) == tuple(image_size)
-    checked_mask = (mask, mask_file) if fits or inputs is not None else (_check_mask(image_size, acceleration, manifest), None)
+    checked_mask = (mask, mask_file) if fits or inputs is not None else (_size_mask(image_size, acceleration, manifest), None)
     if inputs is None:
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
         inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered,

@@ -693,12 +693,12 @@ def test_export_target_errors_say_out_only_when_it_was_given(tmp_path, monkeypat
     assert ("--out" in message) == given
 
 
-@pytest.mark.parametrize("size", [(0, 0), (16, 5000)])
+@pytest.mark.parametrize("size", [(0, 0), (16, 5000), (1, 1), (3, 16)])
 def test_an_export_size_out_of_range_is_shown_as_typed(size):
     """'--size 0 0', as the command line reads, not a Python tuple '(0, 0)'."""
     with pytest.raises(SftkdError) as info:
         export_module.resolve_size(size, None, "data")
-    assert str(info.value) == f"--size {size[0]} {size[1]}: expected two integers H W from 1 to 4096"
+    assert str(info.value) == f"--size {size[0]} {size[1]}: expected two integers H W, each from 4 to 4096"
 
 
 def test_an_out_name_ending_in_the_other_formats_suffix_is_refused(trained_run, tmp_path):

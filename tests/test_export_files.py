@@ -320,3 +320,33 @@ def test_an_out_ending_in_a_path_separator_is_refused(trained_run, tmp_path):  #
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: --out {out}: ends with a path separator; expected a file path, e.g. {out}D2C2-model.onnx"
     assert not (tmp_path / "newdir").exists()
+
+
+def test_a_size_too_small_names_size_and_what_is_expected(run_copy):  # noqa: F811
+    import sftkd_cli.export as export_module
+
+    with pytest.raises(SftkdError) as info:
+        export_run(run_copy, "onnx", size=(1, 1))
+    assert str(info.value) == "--size 1 1: expected two integers H W, each from 4 to 4096"
+    assert export_run(run_copy, "onnx", size=(4, 4)).card["image_size"] == [4, 4]  # the smallest: 1 row of 4 at 4x
+    with pytest.raises(SftkdError) as info:  # no 16x mask of 4 lines
+        export_module._size_mask((4, 4), 16.0, {"mask": {"kind": "random", "axis": 0}})
+    assert str(info.value).startswith("--size 4 4: too small for the 16x mask (acceleration 16.0: too high for 4 lines")
+    assert str(info.value).endswith("; expected a larger size")
+
+
+def test_the_card_records_the_centre_fraction_a_default_mask_was_made_with(run_copy):  # noqa: F811
+    """The manifest records null for the default centre fraction: the card gives the value used."""
+    import sftkd_cli.export as export_module
+    from sftkd_cli.choices import DEFAULT_CENTER_FRACTION
+    from sftkd_cli.mri.masks import fastmri_center_fraction, make_mask
+
+    assert json.loads((Path(load_recipe(run_copy / "recipe.yaml").data.path) / "manifest.json").read_text())["mask"]["center_fraction"] is None
+    card = export_run(run_copy, "onnx").card
+    assert card["mask"]["center_fraction"] == DEFAULT_CENTER_FRACTION["random"] == 0.04
+    rows = make_mask("random", (16, 16), 4.0)
+    for mask, expected in (({"kind": "fastmri-random"}, fastmri_center_fraction(4.0)), ({"kind": "fastmri"}, 0.08),
+                           ({"kind": "random", "center_fraction": 0.1}, 0.1), ({"kind": "sr-box"}, None), ({}, None)):
+        assert export_module._mask_card({"mask": mask}, 4.0, rows, None)["center_fraction"] == expected, mask
+    user = {"kind": "random", "per_acceleration": {"acc4": {"origin": "file"}}}  # a mask of the user's file: unknown
+    assert export_module._mask_card({"mask": user}, 4.0, rows, "m.npy")["center_fraction"] is None
