@@ -65,7 +65,7 @@ from sftkd_cli.exported import (
 )
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
-from sftkd_cli.export_target import FORMATS, _export_target, _replaceable
+from sftkd_cli.export_target import FORMATS, export_target, replaceable
 from sftkd_cli.files import StagedFiles, json_text, made_folder, output_path, temporary_sibling, unlink_quietly
 from sftkd_cli.runs import check_recipe_data, open_run
 from sftkd_cli.run_files import METRICS_JSON
@@ -416,11 +416,11 @@ def export_run(
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
-    target = _export_target(out, run.path, model.name, entry_role, fmt)
+    target = export_target(out, run.path, model.name, entry_role, fmt)
     with made_folder(target.parent) as made_folders:  # a failed export leaves no folder it made behind
         # said, not silent: the outermost folder of --out that was not there
         made = made_folders[-1] if made_folders and out is not None else None
-        target = _replaceable(target, out, force)
+        target = replaceable(target, out, force)
         tmp = temporary_sibling(target)
         try:
             with torch.no_grad():

@@ -28,9 +28,9 @@ def default_out(run_path: Path, arch: str, role: str, fmt: str) -> Path:
     return run_path / EXPORTS / f"{arch}-{role}{FORMATS[fmt]}"
 
 
-def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
+def export_target(out: str | Path | None, run_path: Path, arch: str, role: str, fmt: str) -> Path:
     """The file to write: --out, or RUN/export/<arch>-<role><suffix>, its folder checked writable
-    before anything is made or traced (the caller makes it, `made_folder`, then `_replaceable`).
+    before anything is made or traced (the caller makes it, `made_folder`, then `replaceable`).
     Errors say --out only when the user gave it; an --out ending in a path separator is refused
     (Path drops it: a file named as the folder was written)."""
     if isinstance(out, str) and out.endswith(SEPARATORS):
@@ -49,7 +49,7 @@ def _export_target(out: str | Path | None, run_path: Path, arch: str, role: str,
     return target
 
 
-def _replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
+def replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
     """`target` once its folder exists: through a link of --out, its target; refused when a device
     or FIFO, or when not replaceable (`_check_replaceable`)."""
     flag = "--out " if out is not None else ""

@@ -682,7 +682,7 @@ def test_export_target_errors_say_out_only_when_it_was_given(tmp_path, monkeypat
         monkeypatch.setattr("sftkd_cli.files.os.access", lambda *args, **kwargs: False)
     out = target if given else None
     with pytest.raises(SftkdError) as info:
-        target_module._replaceable(target_module._export_target(out, run, "D2C2", "teacher", "onnx"), out, force=False)
+        target_module.replaceable(target_module.export_target(out, run, "D2C2", "teacher", "onnx"), out, force=False)
     message = str(info.value)
     expected = {"not writable": f"export folder {target.parent}: folder {target.parent} is not writable",
                 "a directory": f"{target}: is a directory; expected a file name",
