@@ -74,7 +74,7 @@ def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
                              "for it beside it); expected a new file name")
         if not force:
             raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
-    elif (card.exists() or card.is_symlink()) and not _is_export_card(card, target.name):
+    elif card.exists() and not _is_export_card(card, target.name):  # a dangling link: nothing of the user's
         raise SftkdError(f"{flag}{target}: its model card's path {card} holds a file that is not an sftkd export "
                          f"card (of {target.name}); expected a new file name, or that file moved away")
 
