@@ -157,7 +157,7 @@ def measure_latency(model: Reconstructor, dataset, device: torch.device, slices:
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")  # as compare's CSV: not csv's \r\n
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -99,3 +99,11 @@ def test_a_dataset_not_where_the_recipe_says_names_the_recipe_and_data(run, tiny
     with pytest.raises(SftkdError, match=r"moved/recipe.yaml: data.path 'data/tiny' is not a folder \(read from here, .*\); pass --data DIR"):
         evaluate_run(copy, device="cpu", write_recon=False)
     assert evaluate_run(copy, data=tiny_dataset, device="cpu", write_recon=False)["metrics"]["PSNR"]["mean"] > 0
+
+
+@pytest.mark.parametrize("convention, scores", [("paper", "per_slice.csv"), ("fastmri", "eval-fastmri/per_volume.csv")])
+def test_the_score_csvs_end_lines_with_newline_as_compares_csv(run, convention: str, scores: str):
+    """per_slice.csv and per_volume.csv had csv's default \\r\\n line endings; compare's CSV has \\n."""
+    evaluate_run(run, device="cpu", write_recon=False, convention=convention)
+    text = (run / scores).read_bytes()
+    assert b"\r" not in text and text.count(b"\n") >= 2 and text.endswith(b"\n")  # the header, a row or more
