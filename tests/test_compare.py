@@ -498,7 +498,21 @@ def test_group_paper_refuses_two_datasets_under_one_source_name_with_fitting_adv
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "dataset fingerprint" in lines[0] and "two datasets share the source name 'demo'" in lines[0]
     assert "--group paper)" not in lines[0]  # not the advice to use the option just given
-    assert "(or use --group paper)" in invoke(a, b).stderr  # which stays the advice without it
+    assert "--group paper" not in invoke(a, b).stderr  # nor without it: the layout refuses these runs too
+
+
+@pytest.mark.parametrize(("change", "works"), [
+    ({"split": "test"}, False), ({"fingerprint": "cd" * 32}, False),  # --group paper refuses these too
+    ({"acceleration": 8.0}, True), ({"fingerprint": "cd" * 32, "source": "fastmri_knee"}, True),
+    ({"acceleration": 8.0, "split": "test"}, False),
+])
+def test_the_group_paper_advice_is_given_only_where_that_layout_takes_the_runs(tmp_path, change, works):
+    """"(or use --group paper)" ended every mismatch error, a split mismatch's too, which --group paper refuses."""
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), **change)
+    refused = invoke(a, b)
+    assert refused.exit_code == 2 and ("(or use --group paper)" in refused.stderr) is works, refused.stderr
+    assert (invoke(a, b, "--group", "paper").exit_code == 0) is works
 
 
 def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
