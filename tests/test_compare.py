@@ -693,3 +693,19 @@ def test_std_is_shown_with_the_decimals_of_its_mean(metric: str, mean: float, st
     from sftkd_cli.report.result_files import Stat
 
     assert format_stat(metric, Stat(mean, std)) == shown
+
+
+def test_delta_cells_have_the_decimal_places_of_the_means_beside_them(trio):
+    """Δ had 3 significant digits (+0.064) beside 4-digit means (0.1046); the paper's metrics keep
+    their precision (PSNR 2 decimals, SSIM and VIF 4)."""
+    comparison = compare_runs([load_run_result(p) for p in trio.values()], metrics=list(METRICS))
+    table = comparison_view(comparison, 0.05)
+    labels = [label for _, label in table.columns]
+    decimals = lambda text: len(text.split(" ")[0].partition(".")[2])  # noqa: E731
+    for row in table.rows:
+        if row[0] in ("teacher", "ZF"):
+            continue
+        for m, places in (("PSNR", 2), ("SSIM", 4), ("VIF", 4), ("HFN", 4), ("HFEN", 4), ("NMSE", 5)):
+            mean, delta = row[labels.index(m)], row[labels.index(f"Δ{m}")]
+            assert decimals(mean) == places and decimals(delta) == places, (row[0], m, mean, delta)
+            assert delta.startswith(("+", "-"))
