@@ -19,8 +19,8 @@ from sftkd_cli.run_files import SCORE_FILES
 
 
 HELP = examples(
-    f"Reconstruct a split with a run's best checkpoint ({ARCH_LABELS}) and score PSNR, SSIM, NMSE, MSE, "
-    "HFN, HFEN, VIF."
+    f"Reconstruct a split with a run's checkpoint ({ARCH_LABELS}; best unless --checkpoint or the recipe's "
+    "eval.checkpoint names another) and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF."
     "\n\nAlso scores the network's input: the zero-filled image (the paper's ZF row), or for a "
     "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv "
     "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
