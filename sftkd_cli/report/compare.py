@@ -195,7 +195,8 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
     RUN/eval-fastmri/metrics.json and per_volume.csv; `run_dir` may be RUN/eval-fastmri itself).
     `rerun` is set when the scores are of another checkpoint than the run holds now."""
-    from sftkd_cli.evaluate import evaluate_command, scored_checkpoint, scores_checkpoint  # torch: only when runs are read
+    from sftkd_cli.eval_folders import evaluate_command
+    from sftkd_cli.evaluate import scored_checkpoint, scores_checkpoint  # torch: only when runs are read
 
     check_convention(convention)
     if not Path(run_dir).is_dir():
