@@ -709,3 +709,39 @@ def test_delta_cells_have_the_decimal_places_of_the_means_beside_them(trio):
             mean, delta = row[labels.index(m)], row[labels.index(f"Δ{m}")]
             assert decimals(mean) == places and decimals(delta) == places, (row[0], m, mean, delta)
             assert delta.startswith(("+", "-"))
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "recipe.yaml", "per_slice.csv", "history.jsonl",
+                                  "checkpoints/best.pt", "eval-fastmri/metrics.json"])
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_out_never_replaces_a_file_sftkd_reads_from_a_run(trio, name, force):
+    """`-o runs/s3/metrics.json` replaced run s3's scores (the next compare of s3 failed)."""
+    target = trio["kd_at"] / name
+    target.parent.mkdir(exist_ok=True)
+    if not target.exists():
+        target.write_text("kept\n")
+    before = target.read_bytes()
+    result = invoke(trio["teacher"], trio["student"], "-f", "json", "-o", target, *force)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(target) in lines[0] and "run folder" in lines[0], result.output
+    assert target.read_bytes() == before
+    assert not (trio["student"] / "per_volume.csv").exists()
+    assert invoke(trio["student"], "-f", "json", "-o", trio["student"] / "per_volume.csv").exit_code == 2  # not yet there
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "latex", "table"])
+def test_out_replaces_an_earlier_compare_output_and_another_file_only_with_force(trio, tmp_path, fmt):
+    runs = (trio["teacher"], trio["student"])
+    out = tmp_path / f"results.{fmt}"
+    assert invoke(*runs, "-f", fmt, "-o", out).exit_code == 0
+    again = invoke(*runs, "-f", fmt, "-o", out)  # the same command again: no --force needed
+    assert again.exit_code == 0 and out.read_text() == (again.stdout if fmt != "table" else out.read_text())
+    assert invoke(*runs, "--group", "paper", "-f", fmt, "-o", out).exit_code == 0  # the paper layout's too
+    assert invoke(*runs, "-f", fmt, "-o", out).exit_code == 0
+    notes = tmp_path / f"notes.{fmt}"
+    notes.write_text({"json": '{"format": 1, "rows": []}\n', "csv": "run,score\nx,1\n"}.get(fmt, "my notes\n"))
+    refused = invoke(*runs, "-f", fmt, "-o", notes)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and str(notes) in lines[0] and "--force" in lines[0]
+    assert "not an earlier compare output (expected" in lines[0] and notes.read_text() != out.read_text()
+    assert invoke(*runs, "-f", fmt, "-o", notes, "--force").exit_code == 0 and notes.read_text() == out.read_text()
