@@ -7,7 +7,8 @@ With `convention="fastmri"` the scores follow the `fastmri` package's evaluate.p
 magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see metrics.py) and go
 to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5.
 Scores on another dataset than the model was trained on (another manifest fingerprint) go to
-`<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay. The three
+`<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay; scores of a
+split other than the recipe's eval.split go to `.../eval-split-<split>/` (`eval_folders`). The three
 files are written under temporary names and renamed into place together only when all were
 written, so a full disk or an error midway leaves the previous evaluation's files as they were.
 Memory holds one volume at a time: each is scored and written into the temporary recon.h5 as
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.eval_folders import results_folder
 from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.memory import release_heap
 from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, magnitude
@@ -59,11 +60,6 @@ from sftkd_cli.training.graphs import Reconstructor, graphed_reconstructor
 
 SliceProgress = Callable[[int, int], None]  # (slices done, slices in all)
 
-
-#: the folder (inside the usual output folder) that fastMRI-convention scores go to
-FASTMRI_DIR = SCORE_FILES["fastmri"][0]
-#: the levels below a results folder for other data and for autocast: eval-data-<dataset>-<fingerprint>/, eval-amp-<amp>/
-DATA_LEVEL, AMP_LEVEL = "data-", "amp-"
 
 #: what the "zero_filled" scores (the ZF_ columns) are scores of, per dataset task
 INPUT_CONVENTIONS = {
@@ -157,7 +153,7 @@ def measure_latency(model: Reconstructor, dataset, device: torch.device, slices:
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")  # as compare's CSV: not csv's \r\n
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -263,7 +259,8 @@ def evaluate_run(
     `batch_size` slices go through the model at once (None: `eval_batch_size`'s default).
 
     On another dataset than the model was trained on (`data`, or a re-prepared data.path), the
-    scores go to `<the usual folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`.
+    scores go to `<the usual folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`; on a `split`
+    other than the recipe's eval.split, to `.../eval-split-<split>/` (below any eval-data-*).
 
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
@@ -351,18 +348,6 @@ def _exported_model(exported: str | Path, run: RunDir, device: torch.device, che
                         target.out_dir, model.device, extra=target.fields)
 
 
-def _results_folder(out: Path, state: dict[str, Any], record: dict[str, Any], data_path: Path, amp: str,
-                    convention: str) -> Path:
-    """Where the scores go below the model's folder `out`: a level for data other than the model was
-    trained on (the scores on its own stay), one for autocast, one for the fastMRI convention."""
-    trained_on = (state.get("trained_on") or {}).get("fingerprint")
-    if trained_on not in (None, record["fingerprint"]):
-        out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
-    if amp != "off":
-        out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"
-    return out / FASTMRI_DIR if convention == "fastmri" else out
-
-
 def _evaluate(
     run: RunDir,
     recipe: Recipe,
@@ -411,7 +396,8 @@ def _evaluate(
         scored_model = _exported_model(exported, run, torch_device, checkpoint, model_role, record)
     state, entry_role, which = scored_model.state, scored_model.role, scored_model.checkpoint
     torch_device, runner = scored_model.device, scored_model.runner
-    out = _results_folder(scored_model.out, state, record, data_path, amp, convention)
+    out = results_folder(scored_model.out, state, record, data_path, amp, convention,
+                         None if split == recipe.eval.split else split)
     check_output(out, run.path)
     if warning := amp_warning(amp, torch_device, "--amp"):  # once the work is sure to start
         console.print(warning, highlight=False, markup=False, soft_wrap=True)
@@ -537,28 +523,6 @@ def scored_checkpoint(folder: Path, info: dict[str, Any]) -> Path | None:
         return Path(which)
     run, _ = eval_chain(folder)
     return RunDir(run).checkpoint(which) if (run / RECIPE_YAML).is_file() else None
-
-
-def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
-    """The `sftkd evaluate` command that writes results folder `folder` (RUN, or an eval-* folder
-    in it) again: the run, then the option each eval-* level below it stands for (`--model`,
-    `--data`, `--amp`, `--convention`; see `_evaluate`), and a checkpoint other than best."""
-    options: list[str] = []
-    run, levels = eval_chain(folder)
-    for name in levels:
-        level = name[len(EVAL_PREFIX):]
-        if name == FASTMRI_DIR:
-            options += ["--convention", "fastmri"]
-        elif level.startswith(AMP_LEVEL):
-            options += ["--amp", level[len(AMP_LEVEL):]]
-        elif level.startswith(DATA_LEVEL):
-            options += ["--data", str((info.get("dataset") or {}).get("path", "DIR"))]
-        else:
-            options += ["--model", level]
-    which = info.get("checkpoint")
-    if isinstance(which, str) and which != "best":
-        options += ["--checkpoint", which]
-    return shlex.join(["sftkd", "evaluate", str(run), *options])
 
 
 def scores_checkpoint(info: dict[str, Any], checkpoint: Path) -> bool | None:

@@ -7,7 +7,7 @@ from collections.abc import Container
 from typing import Any
 
 from sftkd_cli.acquisition import TASKS
-from sftkd_cli.choices import AMP_MODES, BATCHED_SETTINGS, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, RUN_ROLES, SCHEDULES
+from sftkd_cli.choices import AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, LAYOUT_SETTINGS, RUN_ROLES, SCHEDULES
 from sftkd_cli.name_checks import DEVICE_NAMES, in_any_case
 
 #: text keys whose values are words, with the words they take for YAML's true and false words
@@ -21,7 +21,7 @@ WORD_KEYS: dict[str, tuple[str | None, str]] = {
 ANY_CASE_KEYS: dict[str, Container[str]] = {
     "train.amp": AMP_MODES, "train.cuda_graphs": CUDA_GRAPHS_MODES, "train.channels_last": LAYOUT_SETTINGS,
     "sft.batched": BATCHED_SETTINGS, "train.device": DEVICE_NAMES, "distill.schedule": SCHEDULES,
-    "data.task": TASKS, "run.role": RUN_ROLES,
+    "data.task": TASKS, "run.role": RUN_ROLES, "eval.checkpoint": CHECKPOINT_NAMES,
 }
 _YAML_TRUE = {spelling for word in ("yes", "on", "true") for spelling in (word, word.capitalize(), word.upper())}
 _YAML_FALSE = {spelling for word in ("no", "off", "false") for spelling in (word, word.capitalize(), word.upper())}

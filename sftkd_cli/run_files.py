@@ -17,7 +17,8 @@ PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
 PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
 RECON_H5 = "recon.h5"  # the reconstructions scored
 #: evaluation folders within a run start with this: RUN/eval-<model>/, RUN/eval-<file>-<format>/,
-#: then .../eval-data-<dataset>-<fingerprint>/, .../eval-amp-<amp>/, .../eval-fastmri/
+#: then .../eval-data-<dataset>-<fingerprint>/, .../eval-split-<split>/, .../eval-amp-<amp>/, .../eval-fastmri/
+#: (`sftkd_cli.eval_folders`)
 EVAL_PREFIX = "eval-"
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/<best|last>.pt
 EXPORTS = "export"  # RUN/export/: where `sftkd export` writes by default

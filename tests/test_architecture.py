@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "sftkd_cli.recipes", "sftkd_cli.recipe_words", "sftkd_cli.safe_yaml", "sftkd_cli.distill.catalog"),
     ("sftkd_cli.data", "sftkd_cli.models", "sftkd_cli.distill"),
     ("sftkd_cli.config", "sftkd_cli.init_from", "sftkd_cli.runs", "sftkd_cli.runtime", "sftkd_cli.layout", "sftkd_cli.checkpoints"),
-    ("sftkd_cli.training", "sftkd_cli.evaluate", "sftkd_cli.recon_file", "sftkd_cli.export", "sftkd_cli.export_files", "sftkd_cli.export_target", "sftkd_cli.exported", "sftkd_cli.eta"),
+    ("sftkd_cli.training", "sftkd_cli.evaluate", "sftkd_cli.eval_folders", "sftkd_cli.recon_file", "sftkd_cli.export", "sftkd_cli.export_files", "sftkd_cli.export_target", "sftkd_cli.exported", "sftkd_cli.eta"),
     ("sftkd_cli.report", "sftkd_cli.bench"),
     ("sftkd_cli.reproduce",),
     ("sftkd_cli.cli", "sftkd_cli.__main__"),

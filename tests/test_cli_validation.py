@@ -109,6 +109,13 @@ def test_training_choice_words_are_read_in_any_case() -> None:
         assert f"  {line}\n" in printed
 
 
+def test_eval_checkpoint_words_are_read_in_any_case_as_checkpoint_is() -> None:
+    """eval.checkpoint=Best was refused while --checkpoint BEST was taken; a file name stays as typed."""
+    printed = sftkd("train-teacher", "eval.checkpoint=Best", "--print-recipe").output
+    assert "  checkpoint: best\n" in printed
+    assert "  checkpoint: My/Best.pt\n" in sftkd("train-teacher", "eval.checkpoint=My/Best.pt", "--print-recipe").output
+
+
 def test_evaluate_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     import sftkd_cli.evaluate
     import sftkd_cli.runs

@@ -498,7 +498,21 @@ def test_group_paper_refuses_two_datasets_under_one_source_name_with_fitting_adv
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "dataset fingerprint" in lines[0] and "two datasets share the source name 'demo'" in lines[0]
     assert "--group paper)" not in lines[0]  # not the advice to use the option just given
-    assert "(or use --group paper)" in invoke(a, b).stderr  # which stays the advice without it
+    assert "--group paper" not in invoke(a, b).stderr  # nor without it: the layout refuses these runs too
+
+
+@pytest.mark.parametrize(("change", "works"), [
+    ({"split": "test"}, False), ({"fingerprint": "cd" * 32}, False),  # --group paper refuses these too
+    ({"acceleration": 8.0}, True), ({"fingerprint": "cd" * 32, "source": "fastmri_knee"}, True),
+    ({"acceleration": 8.0, "split": "test"}, False),
+])
+def test_the_group_paper_advice_is_given_only_where_that_layout_takes_the_runs(tmp_path, change, works):
+    """"(or use --group paper)" ended every mismatch error, a split mismatch's too, which --group paper refuses."""
+    a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), **change)
+    refused = invoke(a, b)
+    assert refused.exit_code == 2 and ("(or use --group paper)" in refused.stderr) is works, refused.stderr
+    assert (invoke(a, b, "--group", "paper").exit_code == 0) is works
 
 
 def test_group_paper_refuses_two_runs_for_one_cell(tmp_path):
@@ -679,3 +693,55 @@ def test_std_is_shown_with_the_decimals_of_its_mean(metric: str, mean: float, st
     from sftkd_cli.report.result_files import Stat
 
     assert format_stat(metric, Stat(mean, std)) == shown
+
+
+def test_delta_cells_have_the_decimal_places_of_the_means_beside_them(trio):
+    """Δ had 3 significant digits (+0.064) beside 4-digit means (0.1046); the paper's metrics keep
+    their precision (PSNR 2 decimals, SSIM and VIF 4)."""
+    comparison = compare_runs([load_run_result(p) for p in trio.values()], metrics=list(METRICS))
+    table = comparison_view(comparison, 0.05)
+    labels = [label for _, label in table.columns]
+    decimals = lambda text: len(text.split(" ")[0].partition(".")[2])  # noqa: E731
+    for row in table.rows:
+        if row[0] in ("teacher", "ZF"):
+            continue
+        for m, places in (("PSNR", 2), ("SSIM", 4), ("VIF", 4), ("HFN", 4), ("HFEN", 4), ("NMSE", 5)):
+            mean, delta = row[labels.index(m)], row[labels.index(f"Δ{m}")]
+            assert decimals(mean) == places and decimals(delta) == places, (row[0], m, mean, delta)
+            assert delta.startswith(("+", "-"))
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "recipe.yaml", "per_slice.csv", "history.jsonl",
+                                  "checkpoints/best.pt", "eval-fastmri/metrics.json"])
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_out_never_replaces_a_file_sftkd_reads_from_a_run(trio, name, force):
+    """`-o runs/s3/metrics.json` replaced run s3's scores (the next compare of s3 failed)."""
+    target = trio["kd_at"] / name
+    target.parent.mkdir(exist_ok=True)
+    if not target.exists():
+        target.write_text("kept\n")
+    before = target.read_bytes()
+    result = invoke(trio["teacher"], trio["student"], "-f", "json", "-o", target, *force)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(target) in lines[0] and "run folder" in lines[0], result.output
+    assert target.read_bytes() == before
+    assert not (trio["student"] / "per_volume.csv").exists()
+    assert invoke(trio["student"], "-f", "json", "-o", trio["student"] / "per_volume.csv").exit_code == 2  # not yet there
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "latex", "table"])
+def test_out_replaces_an_earlier_compare_output_and_another_file_only_with_force(trio, tmp_path, fmt):
+    runs = (trio["teacher"], trio["student"])
+    out = tmp_path / f"results.{fmt}"
+    assert invoke(*runs, "-f", fmt, "-o", out).exit_code == 0
+    again = invoke(*runs, "-f", fmt, "-o", out)  # the same command again: no --force needed
+    assert again.exit_code == 0 and out.read_text() == (again.stdout if fmt != "table" else out.read_text())
+    assert invoke(*runs, "--group", "paper", "-f", fmt, "-o", out).exit_code == 0  # the paper layout's too
+    assert invoke(*runs, "-f", fmt, "-o", out).exit_code == 0
+    notes = tmp_path / f"notes.{fmt}"
+    notes.write_text({"json": '{"format": 1, "rows": []}\n', "csv": "run,score\nx,1\n"}.get(fmt, "my notes\n"))
+    refused = invoke(*runs, "-f", fmt, "-o", notes)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and str(notes) in lines[0] and "--force" in lines[0]
+    assert "not an earlier compare output (expected" in lines[0] and notes.read_text() != out.read_text()
+    assert invoke(*runs, "-f", fmt, "-o", notes, "--force").exit_code == 0 and notes.read_text() == out.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def _scores(run, batch_size: int) -> tuple[dict, list[dict[str, str]]]:
     metrics = evaluate_run(run, split="train", device="cpu", write_recon=False, batch_size=batch_size,
                            progress=lambda count, total: done.append(count))
     assert metrics["batch_size"] == batch_size and done == [*range(batch_size, 9, batch_size), 9]
-    with open(run / "per_slice.csv", newline="") as handle:
+    with open(Path(metrics["output_dir"]) / "per_slice.csv", newline="") as handle:
         return metrics, list(csv.DictReader(handle))
 
 
@@ -99,3 +100,34 @@ def test_a_dataset_not_where_the_recipe_says_names_the_recipe_and_data(run, tiny
     with pytest.raises(SftkdError, match=r"moved/recipe.yaml: data.path 'data/tiny' is not a folder \(read from here, .*\); pass --data DIR"):
         evaluate_run(copy, device="cpu", write_recon=False)
     assert evaluate_run(copy, data=tiny_dataset, device="cpu", write_recon=False)["metrics"]["PSNR"]["mean"] > 0
+
+
+@pytest.mark.parametrize("convention, scores", [("paper", "per_slice.csv"), ("fastmri", "eval-fastmri/per_volume.csv")])
+def test_the_score_csvs_end_lines_with_newline_as_compares_csv(run, convention: str, scores: str):
+    """per_slice.csv and per_volume.csv had csv's default \\r\\n line endings; compare's CSV has \\n."""
+    evaluate_run(run, device="cpu", write_recon=False, convention=convention)
+    text = (run / scores).read_bytes()
+    assert b"\r" not in text and text.count(b"\n") >= 2 and text.endswith(b"\n")  # the header, a row or more
+
+
+def test_another_split_gets_its_own_folder_and_the_eval_split_scores_stay(run):
+    """`evaluate --split test` replaced the run's metrics.json (split val) with the test scores."""
+    sftkd("evaluate", run, "--device", "cpu", "--no-recon")
+    own = (run / "metrics.json").read_text()
+    printed = sftkd("evaluate", run, "--split", "train", "--device", "cpu", "--no-recon", "--convention", "fastmri").output
+    sftkd("evaluate", run, "--split", "train", "--device", "cpu", "--no-recon")
+    assert (run / "metrics.json").read_text() == own and json.loads(own)["dataset"]["split"] == "val"
+    folder = run / "eval-split-train"
+    info = json.loads((folder / "metrics.json").read_text())
+    assert info["dataset"]["split"] == "train" and info["output_dir"] == str(folder)
+    assert json.loads((folder / "eval-fastmri" / "metrics.json").read_text())["dataset"]["split"] == "train"
+    assert f"{folder}/eval-fastmri/metrics.json" in printed.replace("\n", "")
+    from sftkd_cli.eval_folders import evaluate_command
+
+    assert evaluate_command(folder, info) == f"sftkd evaluate {run} --split train"
+    table = sftkd("compare", folder, "--reference", "none", "--baseline", "none", "-f", "csv").output
+    assert "t/eval-split-train" in table
+    fastmri = sftkd("compare", folder / "eval-fastmri", "--convention", "fastmri", "-f", "csv").output
+    assert "t/eval-split-train" in fastmri
+    sftkd("evaluate", run, "--split", "val", "--device", "cpu", "--no-recon")  # the eval.split: the run's own
+    assert not (run / "eval-split-val").exists()

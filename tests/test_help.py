@@ -26,6 +26,7 @@ def _commands(command=ROOT, prefix=()):
 
 COMMANDS = list(_commands())
 IDS = [" ".join(argv) or "sftkd" for argv, _ in COMMANDS]
+COMMANDS_BY_NAME = [(" ".join(argv), command) for argv, command in COMMANDS]
 
 
 def _render(argv: list[str]) -> str:
@@ -148,3 +149,11 @@ def test_training_options_say_where_their_default_comes_from(command):
     for key, value in defaults.items():
         assert f"{key}; default: the recipe's, else {value})" in text or f"{key}; default: the recipe's, else {value}):" in text, key
     assert "run.name; default: the recipe's, else made of the data folder" in text
+
+
+def test_evaluate_help_says_which_checkpoint_it_scores():
+    """It opened with "with a run's best checkpoint", though --checkpoint and eval.checkpoint choose another."""
+    command = dict(COMMANDS_BY_NAME)["evaluate"]
+    opening = " ".join(Text.from_markup(command.help).plain.split("\n\n")[0].split())
+    assert "best checkpoint" not in opening
+    assert "--checkpoint" in opening and "eval.checkpoint" in opening

@@ -218,7 +218,7 @@ def test_the_card_ignores_scores_without_the_checkpoints_sha256(run):
 
 def test_the_rerun_advice_names_the_run_and_the_options_of_its_results_folder(tmp_path):
     """`RUN/eval-amp-bf16` is written by `sftkd evaluate RUN --amp bf16`, not by evaluating the folder."""
-    from sftkd_cli.evaluate import evaluate_command
+    from sftkd_cli.eval_folders import evaluate_command
 
     run = tmp_path / "run"
     folder = run / "eval-student" / "eval-data-other-abcd1234" / "eval-amp-bf16" / "eval-fastmri"
@@ -233,3 +233,16 @@ def test_the_rerun_advice_names_the_run_and_the_options_of_its_results_folder(tm
     (spaced / "recipe.yaml").write_text("run: {}\n")
     command = evaluate_command(spaced / "eval-data-x-1234abcd", {"checkpoint": "best", "dataset": {"path": "my data"}})
     assert shlex.split(command) == ["sftkd", "evaluate", str(spaced), "--data", "my data"]  # pasted, it runs as printed
+
+
+def test_a_plans_evaluation_of_another_split_is_read_where_evaluate_writes_it(tmp_path):
+    """evaluate puts scores of a split other than the run's eval.split in eval-split-<split>/; reproduce looks there."""
+    from sftkd_cli.config import load_recipe
+    from sftkd_cli.reproduce.stages import Stage, evaluation_dir
+
+    recipe, run = load_recipe(None, []), tmp_path / "teacher"
+    assert recipe.eval.split == "val"
+    assert evaluation_dir(Stage("eval-teacher", "evaluate", run=run, recipe=recipe, split="val")) == run
+    assert evaluation_dir(Stage("eval-teacher", "evaluate", run=run, recipe=recipe, split="test")) == run / "eval-split-test"
+    student = Stage("eval-sft-student", "evaluate", run=run, recipe=recipe, split="test", model_role="student")
+    assert evaluation_dir(student) == run / "eval-student" / "eval-split-test"

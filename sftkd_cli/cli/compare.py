@@ -12,7 +12,7 @@ from rich.markup import escape
 from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.run_files import SCORE_FILES
+from sftkd_cli.run_files import CHECKPOINTS, EVAL_PREFIX, EXPORTS, RECIPE_YAML, RUN_FILES, SCORE_FILES
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
     from sftkd_cli.report.compare import RunResult
@@ -31,12 +31,72 @@ Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str) 
 
 
 
-def _write_output(path: Path, text: str) -> None:
-    """Write the --out file atomically (nothing half-written), with a clear error for a missing folder."""
-    from sftkd_cli.files import atomic_write_text
+#: the first line of compare's text outputs (`formats.view`'s titles): markdown, latex, table
+_TITLES = ("sftkd compare", "sftkd compare --group paper")
+#: what an earlier compare output of each format starts with, for the error that refuses another file
+_EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper"',
+             "csv": "compare's header row (run,role,params,... or dataset,model,acceleration,setting,run,...)",
+             "markdown": "the title line **sftkd compare**", "latex": "the comment line % sftkd compare",
+             "table": "the title line sftkd compare"}
 
+
+def _compare_output(path: Path) -> bool:
+    """Whether the file at `path` is one `sftkd compare` wrote, in any format: JSON with its
+    "kind"; CSV with its header row; markdown, LaTeX and the plain table with its title line."""
+    import csv
+    import json
+
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    first = text.split("\n", 1)[0].strip()
+    if first.startswith("{"):
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(payload, dict) and payload.get("kind") in ("compare", "paper") and "format" in payload
+    header = next(csv.reader([first]), [])
+    fixed = next((lead for lead in (["run", "role", "params", "latency_ms_per_slice"],
+                                    ["dataset", "model", "acceleration", "setting", "run"]) if header[:len(lead)] == lead), None)
+    if fixed is not None:  # then <metric>_<number> columns
+        return all(name.rpartition("_")[0] for name in header[len(fixed):])
+    return first.strip("*% ") in _TITLES
+
+
+def _run_file(path: Path) -> bool:
+    """Whether `path` is (or would be) a file sftkd reads from a run or an evaluation folder in it:
+    run_files' names there (recipe.yaml, metrics.json, history.jsonl...), or in its checkpoints/ or export/."""
+    from sftkd_cli.runs import is_run_folder
+
+    folder = path.parent
+    if path.name in RUN_FILES and (is_run_folder(folder) or folder.name.startswith(EVAL_PREFIX)):
+        return True
+    return folder.name in (CHECKPOINTS, EXPORTS) and (folder.parent / RECIPE_YAML).is_file()
+
+
+def check_output(path: Path, fmt: str, force: bool) -> None:
+    """Refuse, before any work, an --out sftkd reads from a run folder (even with --force), a folder,
+    or an existing file that no earlier compare wrote (unless --force); a compare output is replaced."""
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
+    if _run_file(path) or (path.exists() and _run_file(path.resolve())):
+        raise SftkdError(f"--out {path}: refused, even with --force: a file sftkd reads from a run folder; "
+                         "choose a file outside the run")
+    if path.is_dir():
+        raise SftkdError(f"--out {path}: is a folder; expected a file name")
+    if path.exists() and not force and not _compare_output(path):
+        raise SftkdError(f"--out {path}: exists and is not an earlier compare output (expected {_EXPECTED[fmt]}); "
+                         "left untouched: choose another file, or pass --force to replace it")
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write the --out file atomically (nothing half-written); `check_output` passed it."""
+    from sftkd_cli.files import atomic_write_text
+
     atomic_write_text(path, text)
 
 
@@ -62,7 +122,8 @@ def compare(
     baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = 0.05,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]}.")] = OutputFormat("table"),
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file. An existing file is replaced only when an earlier compare wrote it (told by its content: JSON with \"kind\": \"compare\" or \"paper\", CSV with compare's header row, markdown, LaTeX or table output with the title line sftkd compare) or with --force; never a file sftkd reads from a run folder (recipe.yaml, metrics.json, per_slice.csv, checkpoints...).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that no earlier compare wrote (never a run's own files).")] = False,
     group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", case_sensitive=False, help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
     zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
@@ -76,6 +137,8 @@ def compare(
     from sftkd_cli.report.formats import check_alpha, render, to_rich, view
 
     check_alpha(alpha)
+    if out is not None:
+        check_output(out, fmt.value, force)
     where = _attention_slice(attention_slice, attention)
     if attention_data is not None and attention is None:
         raise SftkdError("--attention-data: only used with --attention STEM")

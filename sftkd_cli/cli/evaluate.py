@@ -19,8 +19,8 @@ from sftkd_cli.run_files import SCORE_FILES
 
 
 HELP = examples(
-    f"Reconstruct a split with a run's best checkpoint ({ARCH_LABELS}) and score PSNR, SSIM, NMSE, MSE, "
-    "HFN, HFEN, VIF."
+    f"Reconstruct a split with a run's checkpoint ({ARCH_LABELS}; best unless --checkpoint or the recipe's "
+    "eval.checkpoint names another) and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF."
     "\n\nAlso scores the network's input: the zero-filled image (the paper's ZF row), or for a "
     "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv "
     "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
@@ -39,7 +39,7 @@ HELP = examples(
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories, or a plan's runs folder (runs/demo).", show_default=False)],
     data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); scores on another dataset than the model was trained on go to <folder>/eval-data-<dataset>-<fingerprint>/.")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="Split to score (default: the recipe's eval.split, val); scores of another split go to <folder>/eval-split-<split>/, so the eval.split scores stay.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help="best, last, or a checkpoint file.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run, e.g. `student` of an SFT run (scores go to RUN/eval-student/).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", callback=any_case(DEVICE_NAMES), help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -195,7 +195,8 @@ def load_run_result(run_dir: str | Path, convention: str = "paper") -> RunResult
     """Read metrics.json and per_slice.csv of an evaluated run directory (fastmri convention:
     RUN/eval-fastmri/metrics.json and per_volume.csv; `run_dir` may be RUN/eval-fastmri itself).
     `rerun` is set when the scores are of another checkpoint than the run holds now."""
-    from sftkd_cli.evaluate import evaluate_command, scored_checkpoint, scores_checkpoint  # torch: only when runs are read
+    from sftkd_cli.eval_folders import evaluate_command
+    from sftkd_cli.evaluate import scored_checkpoint, scores_checkpoint  # torch: only when runs are read
 
     check_convention(convention)
     if not Path(run_dir).is_dir():
@@ -320,7 +321,7 @@ def _check_unique_names(runs: Sequence[RunResult]) -> None:
         by_name[run.name] = run
 
 
-_SAME_DATA = "compare runs evaluated on the same data, split and acceleration (or use --group paper)"
+_SAME_DATA = "compare runs evaluated on the same data, split and acceleration"
 
 
 def _checkpoint_kind(which: Any) -> str:
@@ -349,12 +350,16 @@ def check_same_checkpoint(runs: Sequence[RunResult]) -> None:
                              f"vs {other.checkpoint}); evaluate them with the same --checkpoint")
 
 
-def check_same_data(runs: Sequence[RunResult], advice: str = _SAME_DATA) -> None:
+def check_same_data(runs: Sequence[RunResult], advice: str | None = None) -> None:
     """Refuse runs evaluated on different data, split or acceleration, naming the first pair;
-    `advice` says what to do instead (it depends on the layout)."""
+    `advice` says what to do instead (it depends on the layout; None: compare's, which names
+    --group paper only where that layout takes the runs: one split, and another dataset or acceleration)."""
     for other in runs[1:]:
         diffs = _data_differences(runs[0], other)
         if diffs:
+            paper = (all(run.split == runs[0].split for run in runs)
+                     and (other.dataset_key, other.acceleration) != (runs[0].dataset_key, runs[0].acceleration))
+            advice = advice or _SAME_DATA + (" (or use --group paper)" if paper else "")
             raise SftkdError(f"{runs[0].label} vs {other.label}: evaluated on different {' and '.join(diffs)}; {advice}")
 
 

@@ -122,12 +122,16 @@ def comparison_caption(c: Comparison, alpha: float) -> str:
 
 
 def _delta_text(c: Comparison, row: Row, metric: str) -> str | None:
-    """The Δ cell: None without a reference, 'ref' on the reference's own row."""
+    """The Δ cell: None without a reference, 'ref' on the reference's own row; else Δ with the
+    decimal places of the row's mean (`_decimals`: 0.1046 has Δ -0.0640, not -0.064)."""
     if not c.reference:
         return None
     if row.name == c.reference and row.role not in INPUT_ROLES.values():
         return "ref"
-    return format_value(metric, row.delta[metric], signed=True, digits=3)
+    delta, places = row.delta[metric], _decimals(metric, row.stats[metric].mean)
+    if places is None or not math.isfinite(delta):  # the mean in exponent notation: Δ with its 4 digits
+        return format_value(metric, delta, signed=True)
+    return f"{delta:+.{places}f}"  # the decimal places of the mean beside it (PSNR 2, SSIM and VIF 4)
 
 
 def _p_text(c: Comparison, row: Row, metric: str, alpha: float) -> str | None:

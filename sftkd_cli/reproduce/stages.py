@@ -26,6 +26,7 @@ from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.resume import position, resume_point, too_few_epochs
+from sftkd_cli.eval_folders import SPLIT_LEVEL
 from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECON_H5
 
 
@@ -46,6 +47,7 @@ class Stage:
     trained: str = ""  # evaluation stages: the kind of the training stage evaluated
     random_init: bool = False  # sft-kd stages (and their evaluation): distill.init=random
     seed: int | None = None  # the plan's seed of this run (None: the recipe's train.seed)
+    split: str | None = None  # evaluation stages: the plan's stages.evaluate.split
 
 
 @dataclass
@@ -134,11 +136,11 @@ def build_stages(plan: Plan) -> list[Stage]:
     for stage in [s for s in stages if s.kind in TRAIN_KINDS]:
         stages.append(Stage(f"eval-{stage.id}", "evaluate", stage.group, (stage.id,), run=stage.run,
                             method=stage.method, label=stage.label, recipe=stage.recipe, trained=stage.kind,
-                            random_init=stage.random_init, seed=stage.seed))
+                            random_init=stage.random_init, seed=stage.seed, split=plan.evaluate["split"]))
         if stage.kind == "sft" and plan.evaluate["sft_student"]:
             stages.append(Stage(f"eval-{stage.id}-student", "evaluate", stage.group, (stage.id,), run=stage.run,
                                 model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student",
-                                seed=stage.seed))
+                                seed=stage.seed, split=plan.evaluate["split"]))
     stages.append(Stage("report", "report", label="report"))
     _check_unique_ids(plan, stages)
     return stages
@@ -254,9 +256,12 @@ def trained_beyond(run: RunDir, recipe: Recipe) -> str:
 
 
 def evaluation_dir(stage: Stage) -> Path:
-    """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model)."""
+    """Where an evaluation stage writes metrics.json (RUN, or RUN/eval-<model> for another model;
+    below it eval-split-<split>/ for a plan's split other than the run's eval.split, as evaluate does)."""
     assert stage.run is not None
-    return stage.run if stage.model_role is None else stage.run / f"{EVAL_PREFIX}{stage.model_role}"
+    out = stage.run if stage.model_role is None else stage.run / f"{EVAL_PREFIX}{stage.model_role}"
+    other = stage.split is not None and stage.recipe is not None and stage.split != stage.recipe.eval.split
+    return out / f"{EVAL_PREFIX}{SPLIT_LEVEL}{stage.split}" if other else out
 
 
 def figure_method(plan: Plan) -> str | None:
