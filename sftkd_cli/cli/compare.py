@@ -30,7 +30,6 @@ class GroupMode(str, Enum):
 Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str)  # type: ignore[misc]
 
 
-
 #: the first line of compare's text outputs (`formats.view`'s titles): markdown, latex, table
 _TITLES = ("sftkd compare", "sftkd compare --group paper")
 #: what an earlier compare output of each format starts with, for the error that refuses another file
@@ -80,7 +79,8 @@ def _run_file(path: Path) -> bool:
 
 def check_output(path: Path, fmt: str, force: bool) -> None:
     """Refuse, before any work, an --out sftkd reads from a run folder (even with --force), a folder,
-    or an existing file that no earlier compare wrote (unless --force); a compare output is replaced."""
+    or an existing regular file that no earlier compare wrote (unless --force); a compare output is
+    replaced, and a device or FIFO (/dev/stdout, a pipe) written to."""
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
     if _run_file(path) or (path.exists() and _run_file(path.resolve())):
@@ -88,7 +88,7 @@ def check_output(path: Path, fmt: str, force: bool) -> None:
                          "choose a file outside the run")
     if path.is_dir():
         raise SftkdError(f"--out {path}: is a folder; expected a file name")
-    if path.exists() and not force and not _compare_output(path):
+    if path.is_file() and not force and not _compare_output(path):  # a device or FIFO is written to, as asked
         raise SftkdError(f"--out {path}: exists and is not an earlier compare output (expected {_EXPECTED[fmt]}); "
                          "left untouched: choose another file, or pass --force to replace it")
 
