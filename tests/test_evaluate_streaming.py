@@ -84,14 +84,14 @@ def _spy(monkeypatch, fail_at: int | None = None) -> Spies:
 
 def test_evaluate_holds_one_volume_at_a_time(run, monkeypatch):
     spies = _spy(monkeypatch)
-    evaluate_run(run, split="train", device="cpu", batch_size=1)
+    out = Path(evaluate_run(run, split="train", device="cpu", batch_size=1)["output_dir"])
     calls = spies.model.calls
     assert len(calls) == 3 * SLICES_PER_VOLUME
     # the slices of the volume being reconstructed are held, never those of the volumes before
     assert [live for live, _ in calls] == [0, 1, 2, 3, 1, 2, 3, 1, 2]
     # a volume is scored (score_slices: model and zf) once the next volume's first slice shows it complete
     assert [scored for _, scored in calls] == [0, 0, 0, 0, 2, 2, 2, 4, 4]
-    with h5py.File(run / "recon.h5", "r") as recon:
+    with h5py.File(out / "recon.h5", "r") as recon:
         assert list(recon) == ["vol0", "vol2", "vol4"]
         assert all(recon[name].shape == (SLICES_PER_VOLUME, 16, 16) for name in recon)
 
@@ -107,9 +107,9 @@ def test_an_evaluation_failing_on_the_last_volume_leaves_the_previous_results(ru
     import shutil
 
     copy = Path(shutil.copytree(run, tmp_path / "run"))
-    evaluate_run(copy, split="train", device="cpu")  # the previous results (paper convention)
+    out = Path(evaluate_run(copy, split="train", device="cpu")["output_dir"])  # the previous results (paper convention)
     before = _files(copy)
-    assert "metrics.json" in before and "recon.h5" in before
+    assert {"metrics.json", "recon.h5"} <= set(_files(out))
     _spy(monkeypatch, fail_at=2 * SLICES_PER_VOLUME)  # the first slice of the last volume
     with pytest.raises(RuntimeError, match="the model failed"):
         evaluate_run(copy, split="train", device="cpu", batch_size=1, convention=convention)

@@ -148,7 +148,7 @@ def test_prepare_disk_full_partway_keeps_the_old_dataset(raw_folder, tmp_path, m
 def test_evaluate_disk_full_partway_keeps_the_previous_results(evaluated, monkeypatch):
     before = snapshot(evaluated)
     monkeypatch.setattr("sftkd_cli.files.write_bytes_synced", _full_disk_on(2))  # recon.h5
-    fails_cleanly("evaluate", evaluated, "--device", "cpu", "--split", "test",
+    fails_cleanly("evaluate", evaluated, "--device", "cpu",
                   names=("No space left on device", "the previous results there are unchanged"))
     assert snapshot(evaluated) == before  # no new per_slice.csv beside the old metrics.json, no temp file
 
