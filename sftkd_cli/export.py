@@ -209,7 +209,10 @@ def find_dataset(recipe_file: Path, recipe_path: str, data: str | Path | None,
     from sftkd_cli.data.dataset import load_manifest
 
     if data is not None:
-        return Path(data).resolve(), load_manifest(data)
+        try:
+            return Path(data).resolve(), load_manifest(data)
+        except SftkdError as exc:
+            raise SftkdError(f"--data {exc}") from None
     if size is None:
         check_recipe_data(recipe_file, recipe_path, "pass --data DIR to check the export on the dataset where it is "
                           "now (or --size H W to check it on synthetic phantoms, without data)")
@@ -494,14 +497,14 @@ def export_run(
                 except OSError as exc:
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
                 held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
+            result = ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
             if held:  # the export is whole: say so, then stop as the signal asked
-                raise ExportInterrupted(ExportResult(target, card_path(target), diff, card, made,
-                                                     None if manifest is not None else data_path), held[0])
+                raise ExportInterrupted(result, held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:
             unlink_quietly(tmp)
-    return ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
+    return result
 
 
 def _load_written(tmp: Path, target: Path) -> ExportedModel:

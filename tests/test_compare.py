@@ -745,3 +745,6 @@ def test_out_replaces_an_earlier_compare_output_and_another_file_only_with_force
     assert refused.exit_code == 2 and len(lines) == 1 and str(notes) in lines[0] and "--force" in lines[0]
     assert "not an earlier compare output (expected" in lines[0] and notes.read_text() != out.read_text()
     assert invoke(*runs, "-f", fmt, "-o", notes, "--force").exit_code == 0 and notes.read_text() == out.read_text()
+    empty = tmp_path / f"empty.{fmt}"  # a placeholder (mktemp's): nothing to lose
+    empty.touch()
+    assert invoke(*runs, "-f", fmt, "-o", empty).exit_code == 0 and empty.read_text() == out.read_text()

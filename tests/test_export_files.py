@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,6 +282,8 @@ def test_a_relative_data_path_is_found_as_evaluate_finds_it_or_given_with_data(r
                                           "--data", os.path.relpath(tiny_dataset)], env=WIDE)
         assert result.exit_code == 0 and "note:" not in result.output, result.output
     assert outs[0].read_bytes() == outs[1].read_bytes()
+    with pytest.raises(SftkdError, match=rf"^--data {re.escape(str(tmp_path))}: not a prepared dataset"):
+        export_run(run, "onnx", out=tmp_path / "x.onnx", data=tmp_path)  # the error names the flag
 
 
 def test_an_export_checked_on_phantoms_for_want_of_a_dataset_says_so(run_copy, tiny_dataset, tmp_path, monkeypatch):  # noqa: F811

@@ -33,20 +33,24 @@ Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str) 
 #: the first line of compare's text outputs (`formats.view`'s titles): markdown, latex, table
 _TITLES = ("sftkd compare", "sftkd compare --group paper")
 #: what an earlier compare output of each format starts with, for the error that refuses another file
-_EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper"',
+_EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "format"',
              "csv": "compare's header row (run,role,params,... or dataset,model,acceleration,setting,run,...)",
              "markdown": "the title line **sftkd compare**", "latex": "the comment line % sftkd compare",
              "table": "the title line sftkd compare"}
 
 
 def _compare_output(path: Path) -> bool:
-    """Whether the file at `path` is one `sftkd compare` wrote, in any format: JSON with its
-    "kind"; CSV with its header row; markdown, LaTeX and the plain table with its title line."""
+    """Whether the file at `path` is one `sftkd compare` wrote, in any format (JSON with its
+    "kind" and "format"; CSV with its header row; markdown, LaTeX and the plain table with its
+    title line), or an empty file."""
     import csv
     import json
 
     try:
-        if path.stat().st_size > 64 * 2**20:
+        size = path.stat().st_size
+        if size == 0:  # an empty placeholder (mktemp's): nothing to lose
+            return True
+        if size > 64 * 2**20:
             return False
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -77,7 +81,7 @@ def _run_file(path: Path) -> bool:
     return folder.name in (CHECKPOINTS, EXPORTS) and (folder.parent / RECIPE_YAML).is_file()
 
 
-def check_output(path: Path, fmt: str, force: bool) -> None:
+def check_compare_out(path: Path, fmt: str, force: bool) -> None:
     """Refuse, before any work, an --out sftkd reads from a run folder (even with --force), a folder,
     or an existing regular file that no earlier compare wrote (unless --force); a compare output is
     replaced, and a device or FIFO (/dev/stdout, a pipe) written to."""
@@ -94,7 +98,7 @@ def check_output(path: Path, fmt: str, force: bool) -> None:
 
 
 def _write_output(path: Path, text: str) -> None:
-    """Write the --out file atomically (nothing half-written); `check_output` passed it."""
+    """Write the --out file atomically (nothing half-written); `check_compare_out` passed it."""
     from sftkd_cli.files import atomic_write_text
 
     atomic_write_text(path, text)
@@ -138,7 +142,7 @@ def compare(
 
     check_alpha(alpha)
     if out is not None:
-        check_output(out, fmt.value, force)
+        check_compare_out(out, fmt.value, force)
     where = _attention_slice(attention_slice, attention)
     if attention_data is not None and attention is None:
         raise SftkdError("--attention-data: only used with --attention STEM")
