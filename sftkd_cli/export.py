@@ -409,6 +409,7 @@ def export_run(
     model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
     entry_role = role or state["primary"]
+    target = export_target(out, run.path, model.name, entry_role, fmt)  # --out's own errors before the data's
     data_path, manifest = find_dataset(run.recipe_file, recipe.data.path, data, size)
     acceleration = float(recipe.data.acceleration)
     if manifest is not None:  # the checks below read this dataset: it must hold the data the model fits
@@ -419,7 +420,6 @@ def export_run(
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
-    target = export_target(out, run.path, model.name, entry_role, fmt)
     with made_folder(target.parent) as made_folders:  # a failed export leaves no folder it made behind
         # said, not silent: the outermost folder of --out that was not there
         made = made_folders[-1] if made_folders and out is not None else None

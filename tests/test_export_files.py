@@ -323,6 +323,9 @@ def test_an_out_ending_in_a_path_separator_is_refused(trained_run, tmp_path):  #
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: --out {out}: ends with a path separator; expected a file path, e.g. {out}D2C2-model.onnx"
     assert not (tmp_path / "newdir").exists()
+    nowhere = ["--data", str(tmp_path)]  # no dataset either: --out's own error comes first, before any data is read
+    again = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", out, *nowhere], env=WIDE)
+    assert again.exit_code == 2 and again.stderr == result.stderr, again.output
 
 
 def test_a_size_too_small_names_size_and_what_is_expected(run_copy):  # noqa: F811
