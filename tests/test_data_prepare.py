@@ -461,6 +461,23 @@ def test_a_replacement_killed_midway_is_cleared_by_the_next_run(tmp_path: Path, 
     assert sorted(p.name for p in out.glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
 
 
+def test_a_moved_input_folder_with_the_same_files_is_up_to_date(tmp_path: Path, nifti_writer) -> None:
+    """ROOT renamed since: the same files (names and sha256) prepare the same dataset, so nothing
+    is redone (it asked for --force and a rebuild: 'root "/.../raw" -> "/.../moved"'); a changed
+    file in the moved folder still is a change."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    out = tmp_path / "out"
+    first = prepare_dataset(NiftiSource(tmp_path / "raw"), out, SMALL)
+    before = tree_state(out)
+    (tmp_path / "raw").rename(tmp_path / "moved")
+    again = prepare_dataset(NiftiSource(tmp_path / "moved"), out, SMALL)
+    assert again.unchanged and again.manifest == first.manifest and tree_state(out) == before
+    nifti_writer.write(tmp_path / "moved/v1.nii.gz", nifti_writer.phantom((20, 18, 3), seed=7))
+    with pytest.raises(SftkdError, match="prepared differently"):
+        prepare_dataset(NiftiSource(tmp_path / "moved"), out, SMALL)
+
+
 def test_an_up_to_date_dataset_that_cannot_be_written_is_used_as_it_is(tmp_path: Path, nifti_writer, read_only) -> None:
     """The up-to-date check writes nothing and needs no lock: a read-only dataset, even in a folder
     where no lock can be made, is up to date; only preparing it again needs write access."""

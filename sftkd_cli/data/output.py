@@ -167,12 +167,17 @@ def resized_file(out: Path, manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _in_any_order(options: Any) -> Any:
-    """Recorded options with the accelerations sorted: `--acc 5,4` prepares what `--acc 4,5` did
-    (one mask per acceleration, each from the same seed)."""
-    if isinstance(options, dict) and isinstance(options.get("accelerations"), list):
-        return {**options, "accelerations": sorted(options["accelerations"], key=repr)}
-    return options
+def _comparable(options: Any) -> Any:
+    """Recorded options as `up_to_date` compares them: the accelerations sorted (`--acc 5,4`
+    prepares what `--acc 4,5` did: one mask per acceleration, each from the same seed), and without
+    the input folder's path (a moved or renamed ROOT holding the same files, which the input
+    checksums compared beside the options tell, prepares the same dataset)."""
+    if not isinstance(options, dict):
+        return options
+    out = {key: value for key, value in options.items() if key != "root"}
+    if isinstance(out.get("accelerations"), list):
+        out["accelerations"] = sorted(out["accelerations"], key=repr)
+    return out
 
 
 def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any], force: bool) -> bool:
@@ -181,7 +186,7 @@ def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any
     incomplete or damaged one needs `force`."""
     if existing is None:
         return False
-    same = _in_any_order(existing.get("options")) == _in_any_order(record["options"]) and existing.get("inputs") == record["inputs"]
+    same = _comparable(existing.get("options")) == _comparable(record["options"]) and existing.get("inputs") == record["inputs"]
     missing = missing_files(out, existing) if same else []
     resized = resized_file(out, existing) if same and not missing else None
     if same and not missing and not resized and not force:
