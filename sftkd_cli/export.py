@@ -35,8 +35,11 @@ whether the run trained all the epochs it planned.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -420,7 +423,9 @@ def export_run(
     fixed = fmt == "onnx"
     wrapper = exportable(model, image_size, fixed).eval()
     example = (inputs.zf[:2], split_complex(inputs.kspace[:2]), inputs.mask[:2])
-    with made_folder(target.parent) as made_folders:  # a failed export leaves no folder it made behind
+    published: list[ExportResult] = []  # the result, once the file and its card are both in place
+    # a failed export leaves no folder it made behind
+    with _whole_once_published(published), made_folder(target.parent) as made_folders:
         # said, not silent: the outermost folder of --out that was not there
         made = made_folders[-1] if made_folders and out is not None else None
         target = replaceable(target, out, force)
@@ -496,15 +501,28 @@ def export_run(
                     staged.add(card_file, json_text(card).encode())
                 except OSError as exc:
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
-                held = publish(tmp, target, staged)  # Ctrl-C / SIGTERM wait until both are in place
-            result = ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
+                result = ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
+                # Ctrl-C / SIGTERM wait until both are in place
+                held = publish(tmp, target, staged, lambda: published.append(result))
             if held:  # the export is whole: say so, then stop as the signal asked
                 raise ExportInterrupted(result, held[0])
         except OSError as exc:
             raise SftkdError(f"--out {target}: could not write ({os_error_text(exc)})") from None
         finally:
             unlink_quietly(tmp)
-    return result
+        return result
+
+
+@contextlib.contextmanager
+def _whole_once_published(published: list[ExportResult]) -> Iterator[None]:
+    """A Ctrl-C (KeyboardInterrupt) once the file and its card are both in place (`published`
+    holds the result) stops the export as whole (`ExportInterrupted`), not as 'nothing written'."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if published:
+            raise ExportInterrupted(published[0], signal.SIGINT) from None
+        raise
 
 
 def _load_written(tmp: Path, target: Path) -> ExportedModel:

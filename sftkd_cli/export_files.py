@@ -24,7 +24,7 @@ import signal
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +138,14 @@ def embed_card(path: Path, fmt: str, card: dict[str, Any]) -> bytes:
     return data
 
 
-def publish(tmp: Path, target: Path, staged: StagedFiles) -> list[int]:
-    """Rename the checked file `tmp` to `target`, then its card (`staged`) into place, with Ctrl-C
-    and SIGTERM held over both renames: a signal then can never leave the new file without its
-    card, or beside the earlier export's card. Returns the signals held (empty: none came)."""
+def publish(tmp: Path, target: Path, staged: StagedFiles, done: Callable[[], None]) -> list[int]:
+    """Rename the checked file `tmp` to `target`, then its card (`staged`) into place, and call
+    `done`, with Ctrl-C and SIGTERM held over all three: a signal then can never leave the new file
+    without its card, or beside the earlier export's card, nor come before the caller knows both
+    are there. Returns the signals held (empty: none came)."""
     held: list[int] = []
     with on_signals(lambda signum, frame: held.append(int(signum)), signal.SIGINT, signal.SIGTERM):
         os.replace(tmp, target)
         staged.commit()
+        done()
     return held

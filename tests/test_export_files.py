@@ -177,6 +177,23 @@ def test_a_signal_between_the_two_renames_waits_until_the_model_and_its_card_are
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts", "m.ts.card.json"]  # no temporary file left
 
 
+def test_a_ctrl_c_just_after_the_file_and_its_card_are_in_place_says_the_export_is_complete(trained_run, tmp_path, monkeypatch):  # noqa: F811
+    """Ctrl-C in the instant after both renames (here: while the temporary file's name is cleaned
+    up) stops the export as whole, with its lines, not as 'nothing written' (it said so)."""
+    import sftkd_cli.export as export_module
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "unlink_quietly", interrupted)
+    out = tmp_path / "m.ts"
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "torchscript", "-o", str(out)], env=WIDE)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: export interrupted once it was written: {out} and its card m.ts.card.json are complete"]
+    assert result.stdout.startswith("exported ") and read_card(out)["file"] == "m.ts"
+
+
 def test_an_out_folder_that_does_not_exist_is_created_and_said(trained_run, tmp_path):  # noqa: F811
     out = tmp_path / "new" / "dir" / "m.onnx"
     result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out)], env=WIDE)

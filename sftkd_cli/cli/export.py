@@ -59,9 +59,9 @@ def export(
         with interrupts() as caught:
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None,
                                 force=force, data=data)
-    except ExportInterrupted as stopped:
+    except ExportInterrupted as stopped:  # held while published, or a Ctrl-C / SIGTERM just after
         _say_exported(stopped.result, run)
-        raise
+        raise ExportInterrupted(stopped.result, caught.signum if caught.pressed else stopped.signum) from None
     except KeyboardInterrupt:
         raise RunInterrupted("export interrupted: nothing written", caught.signum) from None
     _say_exported(result, run)
