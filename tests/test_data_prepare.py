@@ -836,6 +836,27 @@ def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, 
     assert str(info.value) == PLAN + message
 
 
+def test_a_plans_dataset_that_differs_says_what_a_plans_user_can_do(tmp_path: Path, nifti_writer) -> None:
+    """reproduce has no --force nor --out: a data stage finding its dataset incomplete names the
+    plan's data.out and what to do (it said '--out ...: pass --force to rebuild it')."""
+    from rich.console import Console
+
+    from sftkd_cli.reproduce.data import DataSpec, prepare_data
+
+    for name in "abc":
+        nifti_writer.write(tmp_path / f"raw/{name}.nii.gz", nifti_writer.phantom((20, 18, 3)))
+    out = tmp_path / "out"
+    data = DataSpec("nifti", out, tmp_path / "raw", {"size": [16, 16]})
+    assert prepare_data(data, Path("plan.yaml"), Console(quiet=True))
+    (out / "b.h5").unlink()
+    with pytest.raises(SftkdError) as info:
+        prepare_data(data, Path("plan.yaml"), Console(quiet=True))
+    assert str(info.value) == (
+        f"plan.yaml: data.out {out}: existing dataset incomplete (missing b.h5); move it away and run the plan again "
+        f"(its data stage prepares it anew), or rebuild it with `sftkd prepare-data nifti {tmp_path / 'raw'} --out {out} "
+        "--force` and the plan's data.options")
+
+
 def test_a_plans_slices_downsampled_below_the_size_are_padded_with_a_warning_naming_its_keys(
         tmp_path: Path, nifti_writer) -> None:
     """As prepare-data warns (tests/test_cli_prepare.py), the plan's data stage says so on its console."""

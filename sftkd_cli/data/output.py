@@ -192,10 +192,22 @@ def up_to_date(out: Path, existing: dict[str, Any] | None, record: dict[str, Any
     if same and not missing and not resized and not force:
         return True
     if not force:
-        why = (f"incomplete (missing {missing[0]})" if missing else f"damaged ({resized})" if resized else
-               f"prepared differently: {difference(existing, record)}")
-        raise SftkdError(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
+        raise DatasetDiffers(out, f"incomplete (missing {missing[0]})" if missing else f"damaged ({resized})"
+                             if resized else f"prepared differently: {difference(existing, record)}")
     return False
+
+
+class DatasetDiffers(SftkdError):
+    """The dataset at `out` is not the one asked for (`why`: incomplete, damaged or prepared
+    differently), and prepare-data replaces it only with --force; a plan's data stage words the
+    remedy its own way (`reproduce.data.prepare_data`)."""
+
+    def __init__(self, out: Path, why: str) -> None:
+        self.out, self.why = out, why
+        super().__init__(f"--out {display_path(out)}: existing dataset {why}; pass --force to rebuild it")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (a worker's error), not from its message
+        return type(self), (self.out, self.why)
 
 
 def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str]) -> None:

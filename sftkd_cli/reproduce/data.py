@@ -7,6 +7,7 @@ the source catalog (`sftkd_cli.data.catalog`), which the `prepare-data` command 
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from rich.console import Console
 
 from sftkd_cli.data.catalog import SOURCES as CATALOG
 from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
+from sftkd_cli.data.output import DatasetDiffers
 from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.files import display_path
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
 
 
@@ -89,6 +92,12 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
         result = prepare_dataset(source, data.out, prepared)
     except OptionError as exc:  # found while preparing (--downsample too large, an unknown --val id): the plan's key
         raise exc.worded(names) from None
+    except DatasetDiffers as exc:  # reproduce has no --force: say what a plan's user can do
+        command = shlex.join(["sftkd", "prepare-data", data.source, *([str(data.root)] if data.root else []),
+                              "--out", str(data.out), "--force"])
+        raise SftkdError(f"{where}.out {display_path(data.out)}: existing dataset {exc.why}; move it away and run "
+                         f"the plan again (its data stage prepares it anew), or rebuild it with `{command}` and "
+                         "the plan's data.options") from None
     console.print(f"dataset {data.out}: " + ("up to date" if result.unchanged else f"prepared in {result.seconds:.1f} s"),
                   highlight=False, markup=False, soft_wrap=True)
     if warning := result.padding_warning(names):
