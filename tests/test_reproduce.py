@@ -171,6 +171,9 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: demo, out: d, options: {sise: [32, 32]}}\n", "data.options: unknown key 'sise'; did you mean size?"),
         ("plan: 1\ndata: {source: mrbrain, out: d}\n", "data.source: unknown source 'mrbrain'; did you mean mrbrains?"),
         ("plan: 1\ndata: {source: acdc, out: d}\n", "data.root: source acdc needs the raw data folder"),
+        ("plan: 1\ndata: {source: demo, root: r, out: d}\n",
+         "bad.yaml: data.root r: the plan's data source demo reads no raw data folder; expected no data.root for it"),
+        ("plan: 1\ndata: {source: prepared, root: r, out: d}\n", "data.root r: the plan's data source prepared reads no raw"),
         ("data: {path: data/demo}\n", "expected a plan: a mapping with `plan: 1` at the top"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
@@ -236,6 +239,16 @@ def test_plan_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(SftkdError, match=message.replace("?", r"\?").replace("[", r"\[")) as info:
         load_plan(path)
     assert "\n" not in str(info.value)
+
+
+def test_data_root_is_refused_for_a_plan_whose_source_reads_no_raw_folder(tmp_path):
+    """--data-root with the demo plan was silently ignored; a plan that prepares from raw data takes it."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("plan: 1\ndata: {source: demo, out: d}\n")
+    with pytest.raises(SftkdError, match=r"^--data-root elsewhere: the plan's data source demo reads no raw data folder"):
+        load_plan(path, data_root=Path("elsewhere"))
+    path.write_text("plan: 1\ndata: {source: nifti, root: raw, out: d}\n")
+    assert load_plan(path, data_root=Path("elsewhere")).data.root == Path("elsewhere")
 
 
 def test_data_options_take_one_value_as_a_list_of_one(tmp_path):

@@ -36,8 +36,9 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def data_spec(value: Any, where: str) -> DataSpec:
-    """The plan's `data:` block, checked (source name, raw folder when the source needs one, options)."""
+def data_spec(value: Any, where: str, root_option: str | None = None) -> DataSpec:
+    """The plan's `data:` block, checked (source name, raw folder when the source needs one and
+    only then, options); `root_option` names the command-line option that set its root, if one did."""
     raw = as_mapping(value, where, ("source", "root", "out", "options"))
     source = as_text(raw.get("source"), f"{where}.source") or "demo"
     check_choice(source, SOURCES, f"{where}.source", "source")
@@ -47,6 +48,10 @@ def data_spec(value: Any, where: str) -> DataSpec:
     root = as_text(raw.get("root"), f"{where}.root")
     if source in CATALOG and CATALOG[source].needs_root and root is None:
         raise SftkdError(f"{where}.root: source {source} needs the raw data folder")
+    if root is not None and not reads_root(source):
+        given = f"{root_option} {root}" if root_option else f"{where}.root {root}"
+        raise SftkdError(f"{given}: the plan's data source {source} reads no raw data folder; "
+                         f"expected {'no ' + root_option if root_option else 'no data.root'} for it")
     own = [o.key for o in CATALOG[source].options] if source in CATALOG else []
     options = as_mapping(raw.get("options"), f"{where}.options", (*PREPARE_KEYS, *own))
     if source == "prepared" and options:
@@ -54,6 +59,12 @@ def data_spec(value: Any, where: str) -> DataSpec:
     if source in CATALOG:
         checked_options(source, options, where)  # a wrong value fails when the plan is read
     return DataSpec(source, as_path(out), None if root is None else as_path(root), options)
+
+
+def reads_root(source: str) -> bool:
+    """Whether a plan's data source prepares its dataset from a raw data folder (data.root,
+    --data-root): not `prepared` (a dataset used as it is), nor a source that needs none (demo)."""
+    return source in CATALOG and CATALOG[source].needs_root
 
 
 def checked_options(source: str, options: dict[str, Any], where: str) -> PrepareOptions:

@@ -154,7 +154,7 @@ def load_plan(
     where = f"{path}:"
     if data_root is not None:
         raw["data"] = {**as_mapping(raw.get("data"), f"{where} data"), "root": str(data_root)}
-    data = data_spec(raw.get("data"), f"{where} data")
+    data = data_spec(raw.get("data"), f"{where} data", "--data-root" if data_root is not None else None)
     base = _flat_overrides(raw.get("base"), f"{where} base")
     for item in overrides:
         key = item.split("=", 1)[0].strip()
