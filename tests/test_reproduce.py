@@ -483,7 +483,7 @@ def test_interrupted_plan_continues_where_it_stopped(tmp_path, tiny_dataset, mon
     got = statuses(outcome)
     assert (got["teacher"], got["student"], got["sft"]) == ("skipped", "skipped", "resumed")
     assert got["std-kd-at"] == got["sft-kd-at"] == got["eval-sft"] == got["report"] == "done"
-    assert "from epoch 1/2" in next(r.note for r in outcome.results if r.id == "sft")
+    assert "from 1/2 epochs" in next(r.note for r in outcome.results if r.id == "sft")
     assert last_epoch(plan.runs_dir / "sft") == 2
     assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
     assert (plan.runs_dir / "teacher" / "checkpoints" / "last.pt").stat().st_mtime_ns == teacher_stamp

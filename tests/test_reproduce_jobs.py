@@ -166,7 +166,7 @@ def test_ctrl_c_stops_every_job_and_the_plan_resumes(tmp_path, tiny_dataset):
 
     outcome = run_plan(plan, console=quiet(), jobs=2, only=only)
     got = statuses(outcome)
-    assert got["sft"] == "resumed" and next(r.note for r in outcome.results if r.id == "sft") == "from epoch 1/2"
+    assert got["sft"] == "resumed" and next(r.note for r in outcome.results if r.id == "sft") == "from 1/2 epochs"
     assert got["sft-kd-at"] == got["eval-sft-kd-at"] == "done" and not outcome.failed
     assert [row["epoch"] for row in map(json.loads, (plan.runs_dir / "sft" / "history.jsonl").read_text().splitlines())] == [1, 2]
 

@@ -182,7 +182,7 @@ def test_ray_plan_survives_a_killed_worker_and_matches_a_local_run(tmp_path, tin
     assert not outcome.failed, [(r.id, r.note) for r in outcome.failed]
     assert got["data"] == "skipped" and got["sft"] == "resumed" and got["report"] == "done"
     assert {got[s] for s in got if s not in ("data", "sft")} == {"done"}
-    assert next(r.note for r in outcome.results if r.id == "sft") == "from epoch 1/2"
+    assert next(r.note for r in outcome.results if r.id == "sft") == "from 1/2 epochs"
     attempts = [line.split() for line in (tmp_path / "ray" / "sft-attempts.txt").read_text().splitlines()]
     assert [resume for _, resume in attempts] == ["False", "True"] and attempts[0][0] != attempts[1][0]
     history = (on_ray.runs_dir / "sft" / "history.jsonl").read_text().splitlines()

@@ -120,7 +120,7 @@ def test_the_dry_run_and_the_estimate_see_what_comes_after_a_stage_that_will_tra
     assert not first.failed, first.results
     longer = [*QUICK, "train.epochs=2"]
     actions = dry_actions(path, "--only", ",".join(only), *longer)
-    assert actions["teacher"] == "resume (epoch 1/2)"
+    assert actions["teacher"] == "resume (1/2 epochs)"
     assert actions["std-kd-at"].startswith("refused (if teacher, which will train first, changes its best checkpoint")
     assert actions["eval-teacher"] == "run (after teacher)" and actions["eval-std-kd-at"] == "blocked (std-kd-at refused)"
     assert actions["report"] == "run"
@@ -166,3 +166,20 @@ def test_a_report_recording_a_failed_stage_is_written_again_once_it_is_fixed(tmp
     assert "| data | skipped |" in (plan.report_dir / "report.md").read_text()
     assert [s["status"] for s in json.loads((plan.report_dir / "status.json").read_text())["stages"]] == ["skipped"]
     assert statuses(run_plan(plan, only=["data", "report"], console=quiet())) == {"data": "skipped", "report": "skipped"}
+
+
+def test_a_stage_stopped_midway_counts_its_epochs_and_steps_as_training_does(tmp_path, monkeypatch):
+    """A run stopped 6 steps into its first epoch: the plan says '0/2 epochs and 6 steps of epoch 1',
+    as training's own 'resuming at epoch 1, step 6' numbers it (it said 'epoch 0/2, step 6')."""
+    from types import SimpleNamespace
+
+    import sftkd_cli.reproduce.stages as stages_module
+    from sftkd_cli.config import load_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("{}\n")
+    point = SimpleNamespace(path=run / "checkpoints" / "last.pt", state={"epoch": 0, "step_in_epoch": 6})
+    monkeypatch.setattr(stages_module, "resume_point", lambda run_dir, hint: point)
+    stage = stages_module.Stage("teacher", "teacher", recipe=load_recipe(None, ["train.epochs=2"]), run=run)
+    assert stages_module.training_state(stage) == ("partial", "0/2 epochs and 6 steps of epoch 1")

@@ -216,7 +216,8 @@ def training_state(stage: Stage) -> tuple[str, str]:
     if point is None:
         return "partial", "no checkpoint yet"
     epoch, step = position(point.path, point.state)
-    where = f"epoch {epoch}/{epochs}" + (f", step {step}" if step else "")
+    # epochs finished, then the steps of the next, numbered as training's own lines number them
+    where = f"{epoch}/{epochs} epochs" + (f" and {step} steps of epoch {epoch + 1}" if step else "")
     if epoch == epochs and step == 0 and run.checkpoint("best").is_file():  # beyond: not the plan's (`plan_conflict`)
         return "complete", where
     return "partial", where
