@@ -183,3 +183,16 @@ def test_a_stage_stopped_midway_counts_its_epochs_and_steps_as_training_does(tmp
     monkeypatch.setattr(stages_module, "resume_point", lambda run_dir, hint: point)
     stage = stages_module.Stage("teacher", "teacher", recipe=load_recipe(None, ["train.epochs=2"]), run=run)
     assert stages_module.training_state(stage) == ("partial", "0/2 epochs and 6 steps of epoch 1")
+
+
+def test_the_estimate_adds_no_worker_start_when_nothing_runs(tmp_path, tiny_dataset, monkeypatch):
+    """Every stage done: the estimate with --jobs 2 is 0 s, not the workers' start-up time."""
+    import sftkd_cli.reproduce.estimate as estimate_module
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    stages = build_stages(plan)
+    monkeypatch.setattr(estimate_module, "seconds_per_unit", lambda plan, stages, probe=True: (1.0, "scaled", ""))
+    monkeypatch.setattr(estimate_module, "stage_time", lambda plan, stage, rate, how, action: estimate_module.StageTime(stage.id, 0.0, "complete"))
+    monkeypatch.setattr(estimate_module, "worker_start_seconds", lambda: 2.0)
+    chosen = {s.id for s in stages}
+    assert estimate_module.estimate_plan(plan, stages, chosen, 2, probe=False).wall == 0

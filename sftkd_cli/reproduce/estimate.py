@@ -102,7 +102,7 @@ def estimate_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], jobs: i
     placed = simulate(order, waits, seconds, slots, rank, sharing.speed)
     alone = math.fsum(seconds.values())
     wall = makespan(placed) if jobs > 1 else alone
-    if jobs > 1 and rate is not None:
+    if jobs > 1 and rate is not None and alone > 0:  # workers start only for work to do
         wall += worker_start_seconds()
     return PlanEstimate(jobs, slots, sharing, times, placed, alone, wall, rate is not None, note)
 
