@@ -547,6 +547,22 @@ def test_a_signal_while_the_data_is_prepared_stops_the_plan(tmp_path, nifti_writ
     assert not (tmp_path / "runs" / "report" / "report.md").exists()
 
 
+def test_a_training_stage_stopped_by_a_signal_says_how_a_plans_user_goes_on(tmp_path, tiny_dataset):
+    """The stage's note in the status table: training's line, with its '--resume' advice (reproduce
+    has no --resume) in a plan's words."""
+    from sftkd_cli.errors import RunInterrupted
+
+    def stopped(recipe, **kwargs):
+        raise RunInterrupted("runs/teacher: stopped by Ctrl-C at epoch 1, step 3; continue with --resume")
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    out = io.StringIO()
+    with pytest.raises(RunInterrupted, match="stopped at stage teacher; run the same command again"):
+        run_plan(plan, console=Console(file=out, width=300), trainers={**default_trainers(), "teacher": stopped})
+    table = " ".join(out.getvalue().split())
+    assert "stopped by Ctrl-C at epoch 1, step 3; running the plan again resumes it" in table and "--resume" not in table
+
+
 def test_failed_stage_skips_its_dependants_and_others_go_on(tmp_path, tiny_dataset):
     def broken(recipe, **kwargs):
         raise RuntimeError("boom")

@@ -29,7 +29,7 @@ from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
-from sftkd_cli.reproduce.stagework import INTERRUPTS, default_trainers, failure_note, log_error, run_stage
+from sftkd_cli.reproduce.stagework import INTERRUPTS, default_trainers, failure_note, interrupted_note, log_error, run_stage
 from sftkd_cli.runtime import CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACE, cpu_threads
 
 #: width of the stage logs (they are files: no terminal to measure)
@@ -94,7 +94,7 @@ def run_stage_job(job: StageJob) -> StageResult:
                 status, note = run_stage(stage, job.plan, job.stages, {r.id: r for r in job.results},
                                          trainers, console, job.number, job.total)
         except INTERRUPTS as exc:
-            status, note = INTERRUPTED, str(exc) or "interrupted"
+            status, note = INTERRUPTED, interrupted_note(exc)
         except Exception as exc:  # noqa: BLE001 - the result says it failed; the scheduler goes on
             status, note = FAILED, failure_note(exc)
             if not isinstance(exc, SftkdError):

@@ -31,7 +31,7 @@ from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, SKIPPED
 from sftkd_cli.reproduce.schedule import run_graph
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, build_stages, select
-from sftkd_cli.reproduce.stagework import INTERRUPTS, Trainers, default_trainers, failure_note, log_error, run_stage
+from sftkd_cli.reproduce.stagework import INTERRUPTS, Trainers, default_trainers, failure_note, interrupted_note, log_error, run_stage
 
 
 @dataclass
@@ -93,7 +93,7 @@ def run_plan(
         try:
             status, note = run_stage(stage, plan, stages, results, trainers, console, number, len(todo))
         except INTERRUPTS as exc:
-            results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, str(exc) or "interrupted")
+            results[stage.id] = StageResult(stage.id, stage.kind, INTERRUPTED, time.perf_counter() - started, interrupted_note(exc))
             print_status([results[s.id] for s in todo if s.id in results], console)
             raise RunInterrupted(f"{plan.path}: stopped at stage {stage.id}; run the same command again to continue",
                                  getattr(exc, "signum", signal.SIGINT)) from None

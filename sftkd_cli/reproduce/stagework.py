@@ -28,6 +28,7 @@ from sftkd_cli.reproduce.stages import (
     Stage, StageResult, evaluation_complete, plan_conflict, report_complete, training_state, writes_reconstructions,
 )
 from sftkd_cli.training.kd import distill
+from sftkd_cli.training.lines import RESUME_HINTS
 from sftkd_cli.training.sft import train_sft
 from sftkd_cli.training.supervised import train_supervised
 
@@ -102,6 +103,15 @@ def evaluate_stage(stage: Stage, plan: Plan) -> None:
 #: what stops a stage, and with it the plan, rather than failing it: a signal (RunInterrupted,
 #: which prepare-data's PrepareInterrupted is too) or a second Ctrl-C (KeyboardInterrupt)
 INTERRUPTS: tuple[type[BaseException], ...] = (RunInterrupted, KeyboardInterrupt)
+
+
+def interrupted_note(exc: BaseException) -> str:
+    """The one line a stage stopped by a signal shows: its message, with a training command's
+    '--resume' advice as a plan's user follows it (the plan's own last line says the same)."""
+    note = str(exc) or "interrupted"
+    for hint in RESUME_HINTS:
+        note = note.replace(hint, "running the plan again resumes it")
+    return note
 
 
 def failure_note(exc: BaseException) -> str:

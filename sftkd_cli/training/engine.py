@@ -44,7 +44,7 @@ from sftkd_cli.torch_metrics import NonFinitePrediction
 from sftkd_cli.training.checkpoint_writer import CheckpointWriter
 from sftkd_cli.training.device_data import DeviceDataset, on_device
 from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_reconstructor, optimizer_state_for, use_cuda_graphs
-from sftkd_cli.training.lines import checkpoint_at, epoch_line, model_text
+from sftkd_cli.training.lines import RESUME_HINTS, checkpoint_at, epoch_line, model_text
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 from sftkd_cli.training.resume import ResumePoint, resume_point, resumed_threads
 from sftkd_cli.training.stop_flag import StopFlag
@@ -298,7 +298,7 @@ class Trainer:
                         self._run_epoch(state, loop, train_ds)
                         self._finish_epoch(state, loop, val_ds)
                         if self._stopping(loop, agree=True):  # during validation: the epoch's checkpoint is written
-                            done = "; the run is complete" if state.epoch == cfg.epochs else "; continue with --resume"
+                            done = "; the run is complete" if state.epoch == cfg.epochs else f"; {RESUME_HINTS[0]}"
                             raise loop.stop.stopped(f"{self.run.path}: stopped by {loop.stop.by} after epoch {state.epoch}{done}")
             except KeyboardInterrupt:
                 self._interrupt()
@@ -389,7 +389,7 @@ class Trainer:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
-                    "continue with --resume"
+                    f"{RESUME_HINTS[0]}"
                 )
         self._read_losses(state, loop)
         state.step = None
@@ -520,7 +520,7 @@ class Trainer:
     def _interrupt(self) -> NoReturn:
         """A second Ctrl-C (or SIGTERM): stopped at once, maybe inside a step, so nothing more is
         saved; the last checkpoint written stays, and --resume continues from it."""
-        raise RunInterrupted(f"{self.run.path}: stopped at once; --resume continues from the last checkpoint") from None
+        raise RunInterrupted(f"{self.run.path}: stopped at once; {RESUME_HINTS[1]}") from None
 
     def _choose_layout(self, train_ds: Dataset, saved: dict[str, Any] | None) -> LayoutChoice:
         """NCHW or channels_last for this run: forced by train.channels_last, or measured on a

@@ -8,6 +8,10 @@ from typing import Any
 
 from sftkd_cli.models import CascadeNet, count_parameters
 
+#: how a stopped run's line tells its command's user to go on, after a stop between steps and after
+#: a second Ctrl-C (a plan says its own words instead: `reproduce.stagework.interrupted_note`)
+RESUME_HINTS = ("continue with --resume", "--resume continues from the last checkpoint")
+
 
 def checkpoint_at(epoch: int, step: int) -> str:
     """Where a checkpoint's (epoch, step_in_epoch) stands, in words: 'epoch 2, step 1' (1-based, after
