@@ -27,7 +27,7 @@ from sftkd_cli.files import (
     MAX_JSON_BYTES, display_path, left_by_dead_process, read_regular_bytes, replace_atomically, write_bytes_synced,
 )
 from sftkd_cli.errors import RunInterrupted, SftkdError
-from sftkd_cli.signals import Interrupts, on_signals
+from sftkd_cli.signals import on_signals
 
 #: in an existing dataset folder while `install` replaces its files (see `finish_interrupted_install`)
 INSTALL_MARKER = ".prepare-data-install.json"
@@ -380,22 +380,22 @@ class PrepareInterrupted(RunInterrupted):
 class Signals:
     """While active, SIGINT and SIGTERM only set a flag, which `check()` turns into
     PrepareInterrupted at safe points (between files), so no write is cut in half and the partial
-    folder holds only whole files. A second signal interrupts at once (KeyboardInterrupt, raised
-    by `signals.Interrupts`, which records it): the file being written then is not in the partial
-    folder's journal, and is written again on resume. `error()` names the signal that stopped the
-    run (the second, when it was one) and exits with its status."""
+    folder holds only whole files. A second signal interrupts at once (KeyboardInterrupt, once it
+    is recorded): the file being written then is not in the partial folder's journal, and is
+    written again on resume. `error()` names the signal that stopped the run (the second, when it
+    was one) and exits with its status."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.existed = out.exists()  # whether the stop leaves a folder as it was, or none
-        self.received: int | None = None
-        self._again = Interrupts()  # the second signal: recorded, then KeyboardInterrupt
+        self.received: int | None = None  # the last signal received
         self._handling = on_signals(self._handle, signal.SIGINT, signal.SIGTERM)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            self._again(signum, frame)
-        self.received = signum
+        again = self.received is not None
+        self.received = int(signum)
+        if again:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> Signals:
         self._handling.__enter__()
@@ -407,7 +407,7 @@ class Signals:
     def error(self, signum: int | None = None) -> PrepareInterrupted:
         """The stop by `signum`; by default by the signal received (the second one, when a second
         came), SIGINT when none was (a KeyboardInterrupt from elsewhere)."""
-        signum = signum or (self._again.signum if self._again.pressed else self.received) or signal.SIGINT
+        signum = signum or self.received or signal.SIGINT
         name = signal.Signals(signum).name
         kept = f", {display_path(self.out)} is as it was" if self.existed else ""
         partial = partial_folder(self.out)
