@@ -30,8 +30,6 @@ class GroupMode(str, Enum):
 Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str)  # type: ignore[misc]
 
 
-#: the first line of compare's text outputs (`formats.view`'s titles): markdown, latex, table
-_TITLES = ("sftkd compare", "sftkd compare --group paper")
 #: what an earlier compare output of each format starts with, for the error that refuses another file
 _EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "format"',
              "csv": "compare's header row (run,role,params,... or dataset,model,acceleration,setting,run,...)",
@@ -40,34 +38,16 @@ _EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "for
 
 
 def _compare_output(path: Path) -> bool:
-    """Whether the file at `path` is one `sftkd compare` wrote, in any format (JSON with its
-    "kind" and "format"; CSV with its header row; markdown, LaTeX and the plain table with its
-    title line), or an empty file."""
-    import csv
-    import json
+    """Whether the regular file at `path` is one `sftkd compare` wrote (`formats.written_by_compare`),
+    or an empty file (a placeholder, mktemp's: nothing to lose)."""
+    from sftkd_cli.files import MAX_JSON_BYTES
+    from sftkd_cli.report.formats import written_by_compare
 
     try:
         size = path.stat().st_size
-        if size == 0:  # an empty placeholder (mktemp's): nothing to lose
-            return True
-        if size > 64 * 2**20:
-            return False
-        text = path.read_text(encoding="utf-8")
+        return size == 0 or (size <= MAX_JSON_BYTES and written_by_compare(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError):
         return False
-    first = text.split("\n", 1)[0].strip()
-    if first.startswith("{"):
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return False
-        return isinstance(payload, dict) and payload.get("kind") in ("compare", "paper") and "format" in payload
-    header = next(csv.reader([first]), [])
-    fixed = next((lead for lead in (["run", "role", "params", "latency_ms_per_slice"],
-                                    ["dataset", "model", "acceleration", "setting", "run"]) if header[:len(lead)] == lead), None)
-    if fixed is not None:  # then <metric>_<number> columns
-        return all(name.rpartition("_")[0] for name in header[len(fixed):])
-    return first.strip("*% ") in _TITLES
 
 
 def _run_file(path: Path) -> bool:

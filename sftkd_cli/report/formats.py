@@ -33,6 +33,12 @@ from sftkd_cli.report.compare import (
 )
 from sftkd_cli.report.signed_rank import unreachable
 
+#: each kind of compare output ("kind" in its JSON) -> its table's title, the first line of its
+#: markdown, LaTeX and plain-table outputs
+TITLES = {"compare": "sftkd compare", "paper": "sftkd compare --group paper"}
+#: each kind -> its CSV's leading columns (<metric>_<statistic> columns follow)
+_CSV_LEAD = {"compare": ("run", "role", "params", "latency_ms_per_slice"),
+             "paper": ("dataset", "model", "acceleration", "setting", "run")}
 _DECIMALS = {"PSNR": 2, "SSIM": 4, "VIF": 4}  # the paper's precision; other metrics get 4 significant digits
 _MISSING = "-"
 
@@ -176,7 +182,7 @@ def comparison_view(c: Comparison, alpha: float, stacked: bool = False) -> Table
     caption = comparison_caption(c, alpha)
     if stacked and (c.reference or c.baseline):
         caption += " Each cell: mean ± std, then Δ and/or p."
-    return Table("sftkd compare", tuple(columns), tuple(rows), caption=caption, label_columns=1 if stacked else 2)
+    return Table(TITLES["compare"], tuple(columns), tuple(rows), caption=caption, label_columns=1 if stacked else 2)
 
 
 def _metric_numbers(row: Row, metric: str, alpha: float) -> dict[str, object]:
@@ -190,8 +196,7 @@ def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
     """One flat record per row (numbers, empty where not applicable), for CSV."""
     records = []
     for row in c.rows:
-        record: dict[str, object] = {"run": row.name, "role": row.role, "params": row.params,
-                                     "latency_ms_per_slice": row.latency_ms}
+        record: dict[str, object] = dict(zip(_CSV_LEAD["compare"], (row.name, row.role, row.params, row.latency_ms)))
         for m in c.metrics:
             record.update({f"{m}_{key}": value for key, value in _metric_numbers(row, m, alpha).items()})
         records.append(record)
@@ -238,7 +243,7 @@ def paper_view(p: PaperTable) -> Table:
                 cells.append(_MISSING if cell is None else "/".join(format_value(m, cell.stats[m].mean) for m in p.metrics))
             rows.append(tuple(cells))
     caption = f"{metrics} (mean over {_units(p.unit)}), split {p.split}, in the layout of the paper's Table 1."
-    return Table("sftkd compare --group paper", tuple(columns), tuple(rows), tuple(sections), caption)
+    return Table(TITLES["paper"], tuple(columns), tuple(rows), tuple(sections), caption)
 
 
 def _paper_cells(p: PaperTable) -> Iterator[tuple[str, str, float, str, PaperCell]]:
@@ -255,8 +260,7 @@ def paper_records(p: PaperTable) -> list[dict[str, object]]:
     """One record per filled cell (long format), for CSV."""
     records = []
     for dataset, model, acc, setting, cell in _paper_cells(p):
-        record: dict[str, object] = {"dataset": dataset, "model": model, "acceleration": acc,
-                                     "setting": setting, "run": cell.run}
+        record: dict[str, object] = dict(zip(_CSV_LEAD["paper"], (dataset, model, acc, setting, cell.run)))
         for m in p.metrics:
             record[f"{m}_mean"] = cell.stats[m].mean
             record[f"{m}_std"] = cell.stats[m].std
@@ -414,6 +418,26 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> st
     if fmt == "table":
         return to_text(view(result, alpha, stacked=True))
     return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
+
+
+def written_by_compare(text: str) -> bool:
+    """Whether `text` is an output `sftkd compare` wrote (what `compare --out` may replace), in any
+    of its formats: JSON with its "format" and a "kind"; CSV with a kind's leading columns, then
+    <metric>_<statistic> ones; markdown, LaTeX and the plain table with a title as first line."""
+    import json
+
+    first = text.split("\n", 1)[0].strip()
+    if first.startswith("{"):
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(payload, dict) and payload.get("kind") in TITLES and "format" in payload
+    header = next(csv.reader([first]), [])
+    lead = next((lead for lead in _CSV_LEAD.values() if tuple(header[:len(lead)]) == lead), None)
+    if lead is not None:
+        return all(name.rpartition("_")[0] for name in header[len(lead):])
+    return first.strip("*% ") in TITLES.values()
 
 
 def view(result: Comparison | PaperTable, alpha: float = 0.05, stacked: bool = False) -> Table:
