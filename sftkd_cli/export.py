@@ -51,7 +51,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint
-from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_CENTER_FRACTION, FASTMRI_KINDS, MAX_SIZE, MIN_SIZE
+from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE, MIN_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
@@ -278,11 +278,10 @@ def _size_mask(size: tuple[int, int], acceleration: float, manifest: dict[str, A
 
 def _center_fraction(info: dict[str, Any], task: str, acceleration: float, mask_file: str | None) -> float | None:
     """The centre fraction the mask was made with: the manifest's, or where it records none (the
-    default was used) the default of its kind, from where `make_mask` reads it
-    (`choices.DEFAULT_CENTER_FRACTION`; fastMRI's kinds: `masks.fastmri_center_fraction`). None
-    for a mask of the user's file (`origin` file), a super-resolution box, or no known kind."""
+    default was used) the one `make_mask` used (`masks.default_center_fraction`). None for a mask
+    of the user's file (`origin` file), a super-resolution box, or no known kind."""
     from sftkd_cli.data.format import group_key
-    from sftkd_cli.mri.masks import fastmri_center_fraction
+    from sftkd_cli.mri.masks import default_center_fraction
 
     entry = (info.get("per_acceleration") or {}).get(group_key(task, acceleration)) or {}
     kind = info.get("kind")
@@ -290,9 +289,7 @@ def _center_fraction(info: dict[str, Any], task: str, acceleration: float, mask_
         return None
     if info.get("center_fraction") is not None:
         return info["center_fraction"]
-    if kind in FASTMRI_KINDS:
-        return fastmri_center_fraction(acceleration)
-    return DEFAULT_CENTER_FRACTION.get(kind)
+    return default_center_fraction(kind, acceleration)
 
 
 def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> dict[str, Any] | None:

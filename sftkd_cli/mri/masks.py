@@ -106,7 +106,7 @@ class CenterFractionError(SftkdError):
 def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, acceleration: Any) -> int:
     """Number of fully sampled low-frequency lines; an explicit fraction must fit in `lines`."""
     explicit = center_fraction is not None
-    fraction = DEFAULT_CENTER_FRACTION[kind] if center_fraction is None else center_fraction
+    fraction = default_center_fraction(kind, acceleration) if center_fraction is None else center_fraction
     try:
         fraction = float(fraction)
     except (TypeError, ValueError):
@@ -177,12 +177,18 @@ def fastmri_center_fraction(acceleration: float) -> float:
     return FASTMRI_CENTER_PRODUCT / float(acceleration)
 
 
+def default_center_fraction(kind: str, acceleration: float) -> float | None:
+    """The centre fraction `make_mask` uses for a mask of `kind` when none is given: fastMRI's
+    kinds scale it with the acceleration, the others have one (None: a kind it does not make)."""
+    return fastmri_center_fraction(acceleration) if kind in FASTMRI_KINDS else DEFAULT_CENTER_FRACTION.get(kind)
+
+
 def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: float | None,
                     seed: int | tuple[int, ...]) -> np.ndarray:
     """The centred (n,) float32 line vector of fastMRI's RandomMaskFunc / EquispacedMaskFractionFunc
     with one (center fraction, acceleration) pair, drawn exactly as `fastmri.data.subsample` draws it
     (same RandomState calls in the same order), so that the same seed gives the same mask."""
-    fraction = fastmri_center_fraction(acceleration) if center_fraction is None else center_fraction
+    fraction = default_center_fraction(kind, acceleration) if center_fraction is None else center_fraction
     try:
         fraction = float(fraction)
     except (TypeError, ValueError):
