@@ -38,7 +38,7 @@ DEMO_TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
 #: a 4096 x 4096 slice is 64 MB as float32
 MAX_SIZE = 4096
-#: the smallest image side `export --size` accepts (prepare-data's --size: each from 4 too)
+#: the smallest image side sftkd accepts (`prepare-data --size`, `export --size`)
 MIN_SIZE = 4
 #: the most CPU threads sftkd accepts (`--threads`, train.threads): more cannot help and can
 #: exhaust memory when torch starts them

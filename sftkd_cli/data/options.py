@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkd_cli.acquisition import ACCELERATION_RULE, KSPACE_LAYOUTS, is_acceleration
-from sftkd_cli.choices import ALL_KINDS, MAX_SIZE
+from sftkd_cli.choices import ALL_KINDS, MAX_SIZE, MIN_SIZE
 from sftkd_cli.data.format import TASKS, acceleration_key
 from sftkd_cli.data.option_names import OptionError, OptionNames
 from sftkd_cli.errors import SftkdError
@@ -73,7 +73,7 @@ class PrepareOptions:
                 shown = repr(value) if name.prefix else str(value)
                 raise SftkdError(f"{name(key, shown)}: expected {expected}") from None
 
-        size = get("size", _optional(_size), f"two integers H W, each from 4 to {MAX_SIZE}")
+        size = get("size", _optional(_size), f"two integers H W, each from {MIN_SIZE} to {MAX_SIZE}")
         mask_files = get("mask_files", _mask_files, "a mapping of acceleration -> mask file")
         task = get("task", lambda v: in_any_case(str(v), TASKS), "a task name")  # words in any case, as the CLI
         accelerations = get("accelerations", lambda v: tuple(_number(a) for a in _listed(v)), "a list of numbers > 1")
@@ -101,9 +101,9 @@ class PrepareOptions:
                 raise SftkdError(f"{name(key)}: not used by {name.ref('task', 'sr')} (the scale fixes the central "
                                  "k-space box); remove it")
         if self.size is not None:
-            if len(self.size) != 2 or any(int(s) != s or s < 4 or s > MAX_SIZE for s in self.size):
+            if len(self.size) != 2 or any(int(s) != s or s < MIN_SIZE or s > MAX_SIZE for s in self.size):
                 shown = str(list(self.size)) if name.prefix else " ".join(str(s) for s in self.size)  # [0, 16] | 0 16
-                raise SftkdError(f"{name('size', shown)}: expected two integers H W, each from 4 to {MAX_SIZE}")
+                raise SftkdError(f"{name('size', shown)}: expected two integers H W, each from {MIN_SIZE} to {MAX_SIZE}")
         if self.slice_axis not in (0, 1, 2, -1, -2, -3):
             raise SftkdError(f"{name('slice_axis', str(self.slice_axis))}: expected 0, 1 or 2 (or -1 for the last)")
         if self.downsample < 1:
