@@ -14,7 +14,8 @@ import json
 import math
 import os
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CU
                                DEFAULT_AMP, DEFAULT_DATA_PATH, DEFAULT_DEVICE, DEFAULT_EPOCHS, DEFAULT_METHOD,
                                DEFAULT_RUNS_DIR, DEFAULT_THREADS, INIT_RANDOM, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
                                MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
-from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.errors import RecipeValueError, SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
 from sftkd_cli.recipe_words import read_words
 from sftkd_cli.recipes import find_file
@@ -418,6 +419,22 @@ def refuse_repeated(settings: Sequence[Setting]) -> None:
                 raise SftkdError(f"{earlier.source} and {later.source} disagree; give {later.key} once")
 
 
+@contextmanager
+def naming_origin(path: str | Path | None, settings: Sequence[Setting]) -> Iterator[None]:
+    """Checks run inside say where a refused value came from: the setting that gave the key its
+    value (the last one: later win), else the recipe file `path` where it sets the key; nothing for a default."""
+    try:
+        yield
+    except RecipeValueError as exc:
+        given = {setting.key: setting.source for setting in settings}
+        raw = load_yaml(read_yaml_text(find_file(path), "recipe"), str(path)) if path is not None else {}
+        in_file = {f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict) for key in values}
+        origins = [o for o in dict.fromkeys(given.get(key, str(path) if key in in_file else "") for key in exc.keys) if o]
+        if not origins:
+            raise
+        raise SftkdError(f"{' and '.join(origins)}: {exc}") from None
+
+
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """Plain nested dict (for YAML/JSON)."""
     return dataclasses.asdict(recipe)
@@ -466,7 +483,7 @@ def validate(recipe: Recipe) -> None:
     for ok, key, expected in checks:
         if not ok:
             section, name = key.split(".")
-            raise SftkdError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}")
+            raise RecipeValueError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}", key)
     _check_loss_weights(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
@@ -497,8 +514,9 @@ def check_distill_schedule(recipe: Recipe) -> None:
     method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule == TWO_STAGE and not 1 <= stage1 < epochs:
-        raise SftkdError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
-                         f"with distill.schedule two-stage, got {stage1}")
+        raise RecipeValueError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
+                               f"with distill.schedule two-stage, got {stage1}", "distill.stage1_epochs", "train.epochs",
+                               "distill.schedule")
     _check_distill_weights(recipe)
 
 
@@ -523,7 +541,8 @@ def _check_some_weight(recipe: Recipe, keys: list[str], when: str = "") -> None:
     weights = {key: value for section in LOSS_WEIGHT_SECTIONS for key, value in loss_weights(recipe, section).items()}
     if not any(weights[key] > 0 for key in keys):
         expected, got = ("> 0", "0") if len(keys) == 1 else ("at least one > 0", "all 0")
-        raise SftkdError(f"{', '.join(keys)}: expected {expected}{when}, got {got} (a loss weighted 0 trains nothing)")
+        raise RecipeValueError(f"{', '.join(keys)}: expected {expected}{when}, got {got} (a loss weighted 0 trains nothing)",
+                               *keys)
 
 
 #: the recipe sections whose `w_*` keys weigh loss terms (train-sft's and distill's losses)
@@ -544,7 +563,7 @@ def _check_loss_weights(recipe: Recipe) -> None:
     for section in LOSS_WEIGHT_SECTIONS:
         for key, value in loss_weights(recipe, section).items():
             if not (math.isfinite(value) and value >= 0):
-                raise SftkdError(f"{key}: expected a finite number >= 0, got {value!r}")
+                raise RecipeValueError(f"{key}: expected a finite number >= 0, got {value!r}", key)
 
 
 def _check_dataset(recipe: Recipe) -> None:

@@ -16,6 +16,15 @@ class SftkdError(Exception):
     quiet = False
 
 
+class RecipeValueError(SftkdError):
+    """A recipe value refused by a check across keys (`config.validate`), with the `keys` it names:
+    whoever knows where each value came from (file, override, option) says so (`config.naming_origin`)."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 def exit_status(signum: int) -> int:
     """The exit status of work stopped by signal `signum`, as shells report a death by it: 130
     after Ctrl-C, 143 after SIGTERM (so that a scheduler that sent SIGTERM sees it)."""

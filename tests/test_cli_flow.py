@@ -221,9 +221,9 @@ def test_a_stray_ctrl_c_is_one_line_and_exit_130(monkeypatch):
 
 def test_print_recipe_refuses_what_training_would_refuse():
     result = sftkd("train-teacher", "--print-recipe", "train.epochs=-1", ok=False)
-    assert result.output.strip() == "error: train.epochs: expected at least 1, got -1"
+    assert result.output.strip() == "error: override train.epochs=-1: train.epochs: expected at least 1, got -1"
     result = sftkd("train-teacher", "--print-recipe", "run.role=boss", ok=False)
-    assert result.output.strip() == "error: run.role: expected teacher, student, sft, kd (or empty: the command's), got 'boss'"
+    assert result.output.strip() == "error: override run.role=boss: run.role: expected teacher, student, sft, kd (or empty: the command's), got 'boss'"
 
 
 @pytest.mark.parametrize(

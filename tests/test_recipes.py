@@ -1,10 +1,11 @@
 """Every shipped recipe loads and validates; overrides and errors behave."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, validate
+from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_plan
@@ -251,3 +252,47 @@ def test_the_sft_pair_is_checked_only_where_sft_trains():
     assert teacher.exit_code == 0, teacher.output
     sft = CliRunner().invoke(app, ["train-sft", "sft.teacher=D3C2", "--print-recipe"])
     assert sft.exit_code == 2 and "same number of cascades" in sft.stderr
+
+
+def test_a_refused_value_names_where_it_came_from(tmp_path):
+    """A value the cross-key checks refuse names its origin, as a type error does: the override,
+    the option or the recipe file that set it; a default is named by its key alone."""
+    from sftkd_cli.config import Setting, naming_origin
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("train:\n  epochs: 0\n")
+
+    def refused(path, overrides=(), settings=(), check=validate) -> str:
+        with pytest.raises(SftkdError) as caught, naming_origin(path, [*parse_overrides(overrides), *settings]):
+            check(load_recipe(path, overrides, settings))
+        return str(caught.value)
+
+    assert refused(recipe_file) == f"{recipe_file}: train.epochs: expected at least 1, got 0"
+    assert refused(recipe_file, ["train.epochs=-1"]) == "override train.epochs=-1: train.epochs: expected at least 1, got -1"
+    option = Setting("train.epochs", -2, "--epochs")
+    assert refused(recipe_file, ["train.epochs=-1"], [option]).startswith("--epochs: train.epochs:")  # the option wins
+    assert refused(None, ["sft.w_imit=-1"]) == "override sft.w_imit=-1: sft.w_imit: expected a finite number >= 0, got -1.0"
+    # two keys: each origin once; a key at its default (stage1_epochs 0) names no origin
+    two_stage = ["distill.schedule=two-stage", "train.epochs=3"]
+    assert refused(None, two_stage, check=check_distill_schedule).startswith(
+        "override train.epochs=3 and override distill.schedule=two-stage: distill.stage1_epochs: expected 1 or more "
+        "and fewer than train.epochs (3)")
+    (tmp_path / "kd.yaml").write_text("distill:\n  stage1_epochs: 5\n  schedule: two-stage\n")
+    assert refused(tmp_path / "kd.yaml", ["train.epochs=3"], check=check_distill_schedule).startswith(
+        f"{tmp_path / 'kd.yaml'} and override train.epochs=3: distill.stage1_epochs:")  # the file once
+    with pytest.raises(SftkdError, match=r"^train\.lr: expected"), naming_origin(None, []):  # a default: no origin
+        validate(dataclasses.replace(load_recipe(None), train=dataclasses.replace(load_recipe(None).train, lr=0.0)))
+
+
+def test_the_commands_name_the_option_or_override_a_refused_value_came_from(tmp_path):
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["train-teacher", "--epochs", "0", "--print-recipe"]).stderr == (
+        "error: --epochs: train.epochs: expected at least 1, got 0\n")
+    assert runner.invoke(app, ["train-sft", "sft.w_student=-1", "--print-recipe"]).stderr == (
+        "error: override sft.w_student=-1: sft.w_student: expected a finite number >= 0, got -1.0\n")
+    assert runner.invoke(app, ["distill", "--schedule", "two-stage", "--print-recipe"]).stderr.startswith(
+        "error: --schedule: distill.stage1_epochs: expected 1 or more")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -84,12 +84,15 @@ def build_recipe(
     device: str | None,
     threads: int | None,
     amp: str | None,
-    **flags: object,
+    own: dict[str, tuple[str, object]] | None = None,
+    checks: Sequence[Callable[[Recipe], None]] = (),
 ) -> Recipe:
-    """Recipe file + overrides + the options every training command shares + its own `flags`
-    (recipe key -> value; None = not given). Option values reach the recipe as the typed values
-    they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML."""
-    from sftkd_cli.config import Setting, load_recipe, parse_overrides
+    """Recipe file + overrides + the options every training command shares + its `own` options
+    (option -> (recipe key, value); None = not given). Option values reach the recipe as the typed values
+    they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML.
+    The recipe is validated, then given the command's own `checks`; a refused value names where
+    it came from (`naming_origin`: `--epochs`, `override train.lr=nan` or the recipe file)."""
+    from sftkd_cli.config import Setting, load_recipe, naming_origin, parse_overrides, validate
     from sftkd_cli.name_checks import check_run_name
 
     recipe_file, overrides = split_args(args)
@@ -98,10 +101,14 @@ def build_recipe(
     shared = {"--data": ("data.path", data), "--acc": ("data.acceleration", acc), "--name": ("run.name", name),
               "--runs-dir": ("run.dir", runs_dir), "--epochs": ("train.epochs", epochs),
               "--device": ("train.device", device), "--threads": ("train.threads", threads), "--amp": ("train.amp", amp)}
-    settings = [Setting(key, value, option) for option, (key, value) in shared.items() if value is not None]
-    settings += [Setting(key, value, f"the option for {key}") for key, value in flags.items() if value is not None]
-    _refuse_disagreements(parse_overrides(overrides), settings)
-    return load_recipe(recipe_file, overrides, settings)  # two overrides that disagree: refused there
+    settings = [Setting(key, value, option) for option, (key, value) in {**shared, **(own or {})}.items() if value is not None]
+    parsed = parse_overrides(overrides)
+    _refuse_disagreements(parsed, settings)
+    recipe = load_recipe(recipe_file, overrides, settings)  # two overrides that disagree: refused there
+    with naming_origin(recipe_file, [*parsed, *settings]):
+        for check in (validate, *checks):
+            check(recipe)
+    return recipe
 
 
 def _refuse_disagreements(overrides: list[Setting], options: list[Setting]) -> None:

@@ -53,11 +53,11 @@ def distill_command(
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp,
-        **{"distill.teacher_run": teacher, "model.name": student, "distill.method": method,
-           "distill.init": init_from, "distill.schedule": schedule},
+        threads=threads, amp=amp, checks=[check_distill_schedule],  # --print-recipe too
+        own={"--teacher": ("distill.teacher_run", teacher), "--student": ("model.name", student),
+             "--method": ("distill.method", method), "--init-from": ("distill.init", init_from),
+             "--schedule": ("distill.schedule", schedule)},
     )
-    check_distill_schedule(recipe)  # --print-recipe too
     if not resume:  # a resumed run starts from its checkpoint; its --init-from may be gone by now
         check_distill_init(recipe.distill.init)
     common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)

@@ -46,9 +46,9 @@ def train_sft_command(
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp, **{"sft.teacher": teacher, "sft.student": student},
-    )
-    check_sft_pair(recipe)  # --print-recipe too
+        threads=threads, amp=amp, checks=[check_sft_pair],
+        own={"--teacher": ("sft.teacher", teacher), "--student": ("sft.student", student)},
+    )  # check_sft_pair: --print-recipe too
     common.print_or_train(recipe, print_recipe, train_sft, resolved_sft, "teacher val L1", resume=resume, force=force)
 
 

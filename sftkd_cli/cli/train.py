@@ -43,7 +43,7 @@ def train_teacher(
 
     recipe = common.build_recipe(
         args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp, **{"model.name": model},
+        threads=threads, amp=amp, own={"--model": ("model.name", model)},
     )
     if init_from:  # --print-recipe too; '' is random weights, as no --init-from
         check_start(init_from, "--init-from")

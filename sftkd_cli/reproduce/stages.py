@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftkd_cli.acquisition import TASKS
-from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
+from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, naming_origin, parse_overrides, validate
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.name_checks import in_any_case
@@ -91,11 +91,12 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
         if stage.kind != "sft":  # train-sft builds both models from the sft section
             model = recipe.sft.teacher if stage.kind == "teacher" else recipe.sft.student
             recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=model.upper()))
-        validate(recipe)
-        if stage.kind == "sft":
-            check_sft_pair(recipe)
-        if stage.kind in ("std-kd", "sft-kd"):
-            check_distill_schedule(recipe)
+        with naming_origin(stage.recipe_file, layers):
+            validate(recipe)
+            if stage.kind == "sft":
+                check_sft_pair(recipe)
+            if stage.kind in ("std-kd", "sft-kd"):
+                check_distill_schedule(recipe)
         task = in_any_case(str(plan.data.options.get("task", "recon")), TASKS)
         if plan.data.source != "prepared" and recipe.data.task != task:
             raise SftkdError(f"data.task {recipe.data.task}: the plan prepares data for task {task} (data.options.task); "
