@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.run_files import EVAL_PREFIX, SCORE_FILES
-from sftkd_cli.runs import eval_chain
+from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, SCORE_FILES
+from sftkd_cli.runs import eval_chain, eval_folders
 
 #: the folder (inside the usual output folder) that fastMRI-convention scores go to
 FASTMRI_DIR = SCORE_FILES["fastmri"][0]
@@ -60,3 +60,13 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
     if isinstance(which, str) and which != "best":
         options += ["--checkpoint", which]
     return shlex.join(["sftkd", "evaluate", str(run), *options])
+
+
+def other_evaluations(compared: list[Path]) -> list[Path]:
+    """The paper-convention scores inside the compared runs that are not compared themselves
+    (RUN/eval-split-test, an SFT run's eval-student, ...): `compare` names them, as a run folder
+    stands for its own scores only."""
+    given = {folder.resolve() for folder in compared}
+    return [folder for run in compared if (run / RECIPE_YAML).is_file() for folder in sorted(eval_folders(run))
+            if FASTMRI_DIR not in folder.relative_to(run).parts and (folder / METRICS_JSON).is_file()
+            and folder.resolve() not in given]

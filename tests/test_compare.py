@@ -748,3 +748,20 @@ def test_out_replaces_an_earlier_compare_output_and_another_file_only_with_force
     empty = tmp_path / f"empty.{fmt}"  # a placeholder (mktemp's): nothing to lose
     empty.touch()
     assert invoke(*runs, "-f", fmt, "-o", empty).exit_code == 0 and empty.read_text() == out.read_text()
+
+
+def test_evaluations_inside_the_compared_runs_that_the_table_leaves_out_are_named(trio):
+    """A run folder stands for its own scores; its other evaluations (another split, an SFT run's
+    student blocks) are named in one note line on stderr, fastMRI-convention scores are not (they
+    are another table), nor one compared already."""
+    teacher = trio["teacher"]
+    make_run(teacher, "eval-split-test", "teacher", slice_values(4, 0.0), split="test")
+    make_run(teacher, "eval-student", "sft-student", slice_values(5, 0.0))
+    add_fastmri_scores(teacher, 6, 0.0)
+    (teacher / "eval-amp-bf16").mkdir()  # no scores: not named
+    result = invoke(*trio.values(), "-f", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"note: also evaluated, not in this table: {teacher / 'eval-split-test'}, "
+                             f"{teacher / 'eval-student'} (give a folder to add it)\n")
+    assert "note" not in invoke(*trio.values(), teacher / "eval-student", teacher / "eval-split-test").stderr
+    assert "note" not in invoke(*trio.values(), "--convention", "fastmri").stderr

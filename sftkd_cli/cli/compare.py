@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.run_files import CHECKPOINTS, EVAL_PREFIX, EXPORTS, RECIPE_YAML, RUN_FILES, SCORE_FILES
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
@@ -88,7 +88,9 @@ HELP = examples(
     "Tabulate evaluated runs: metric mean ± std over slices, Δ to a reference run, and Wilcoxon p-values vs a "
     "baseline over paired volumes (a volume: the mean of its slices)."
     "\n\nRUN is an evaluated run directory or a plan's runs folder (runs/demo); folders that are "
-    "not runs are warned about, files ignored. --group paper prints the paper's Table 1 layout. "
+    "not runs are warned about, files ignored. A run stands for its own scores: its other evaluations "
+    "(RUN/eval-split-test, an SFT run's RUN/eval-student, ...) are named in a note; give them as RUN to add "
+    "them. --group paper prints the paper's Table 1 layout. "
     "--convention fastmri tabulates the scores of `sftkd evaluate --convention fastmri` (RUN/eval-fastmri/: "
     "mean ± std over volumes).",
     "sftkd compare runs/demo",
@@ -129,6 +131,8 @@ def compare(
     results, warnings = collect_runs(runs, strict=strict, convention=convention.value)
     for message in warnings:
         stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if convention is Convention.paper:
+        _note_other_evaluations([Path(run.label) for run in results])
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
     if group is GroupMode.paper:
         if reference is not None or baseline is not None:
@@ -145,6 +149,18 @@ def compare(
         typer.echo(text, nl=False)
     if attention is not None:
         _attention_figure(results, attention, where, attention_data)
+
+
+def _note_other_evaluations(compared: list[Path]) -> None:
+    """One line naming the evaluations inside the compared runs that the table leaves out (a run
+    folder stands for its own scores): the first three, the others counted."""
+    from sftkd_cli.eval_folders import other_evaluations
+
+    others = other_evaluations(compared)
+    if others:
+        shown = ", ".join(map(str, others[:3])) + (f" and {counted(len(others) - 3, 'other')}" if len(others) > 3 else "")
+        stderr_console().print(f"note: also evaluated, not in this table: {escape(shown)} (give a folder to add it)",
+                               highlight=False, soft_wrap=True)
 
 
 def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | None, int | None]:
