@@ -91,7 +91,7 @@ def test_training_and_prepare_data_take_the_same_accelerations(acc: str, tmp_pat
     from sftkd_cli.acquisition import ACCELERATION_RULE
 
     trained = one_line_error("train-teacher", "--acc", acc, "--print-recipe")
-    assert trained == f"error: data.acceleration: expected {ACCELERATION_RULE}, got {float(acc)!r}"
+    assert trained == f"error: --acc: data.acceleration: expected {ACCELERATION_RULE}, got {float(acc)!r}"
     prepared = one_line_error("prepare-data", "demo", "--acc", acc, "--out", tmp_path / "data")
     assert prepared == f"error: --acc {float(acc):g}: expected {ACCELERATION_RULE}"
     assert sftkd("train-teacher", "--acc", "1.5", "--data", tmp_path / "not-prepared", "--print-recipe").exit_code == 0
