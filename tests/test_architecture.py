@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sftkd_cli.files", "sftkd_cli.memory", "sftkd_cli.signals", "sftkd_cli.torchrun", "sftkd_cli.mri", "sftkd_cli.metrics", "sftkd_cli.scoring", "sftkd_cli.metrics_file", "sftkd_cli.torch_metrics",
      "sftkd_cli.recipes", "sftkd_cli.recipe_words", "sftkd_cli.safe_yaml", "sftkd_cli.distill.catalog"),
     ("sftkd_cli.data", "sftkd_cli.models", "sftkd_cli.distill"),
-    ("sftkd_cli.config", "sftkd_cli.init_from", "sftkd_cli.runs", "sftkd_cli.runtime", "sftkd_cli.layout", "sftkd_cli.checkpoints"),
+    ("sftkd_cli.config", "sftkd_cli.init_from", "sftkd_cli.runs", "sftkd_cli.output_target", "sftkd_cli.runtime", "sftkd_cli.layout", "sftkd_cli.checkpoints"),
     ("sftkd_cli.training", "sftkd_cli.evaluate", "sftkd_cli.eval_folders", "sftkd_cli.recon_file", "sftkd_cli.export", "sftkd_cli.export_files", "sftkd_cli.export_target", "sftkd_cli.exported", "sftkd_cli.eta"),
     ("sftkd_cli.report", "sftkd_cli.bench"),
     ("sftkd_cli.reproduce",),

@@ -765,3 +765,43 @@ def test_evaluations_inside_the_compared_runs_that_the_table_leaves_out_are_name
                              f"{teacher / 'eval-student'} (give a folder to add it)\n")
     assert "note" not in invoke(*trio.values(), teacher / "eval-student", teacher / "eval-split-test").stderr
     assert "note" not in invoke(*trio.values(), "--convention", "fastmri").stderr
+
+
+def test_attention_refuses_figures_sftkd_did_not_write_before_any_work_unless_forced(tmp_path, monkeypatch):
+    """`--attention thesis/fig6.pdf` replaced the user's fig6.png and fig6.pdf without a word."""
+    from sftkd_cli.report.figures import FigureOutput
+
+    drawn = []
+    monkeypatch.setattr("sftkd_cli.report.attention.attention_residues_from_runs",
+                        lambda students, stem, **kw: drawn.append(stem) or FigureOutput(()))
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0))
+    kd = make_run(tmp_path, "kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "fig6.png").write_text("x\n")
+    (thesis / "fig6.pdf").write_text("y\n")
+    refused = invoke(kd, teacher, "-f", "csv", "--attention", thesis / "fig6.pdf")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and refused.stdout == "" and drawn == [], refused.output
+    assert f"--attention {thesis / 'fig6.png'}: exists and is not a figure sftkd wrote" in lines[0] and "--force" in lines[0]
+    assert (thesis / "fig6.png").read_text() == "x\n" and (thesis / "fig6.pdf").read_text() == "y\n"
+    forced = invoke(kd, teacher, "-f", "csv", "--attention", thesis / "fig6.pdf", "--force")
+    assert forced.exit_code == 0 and drawn == [thesis / "fig6.pdf"], forced.output
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_out_through_a_dangling_link_into_a_run_or_onto_a_dataset_is_refused(trio, tmp_path, force):
+    """A link `cmp/out.csv -> r/per_slice.csv` whose target was removed led compare's CSV into the run."""
+    run = trio["kd_at"]
+    (run / "per_slice.csv").unlink()
+    link = tmp_path / "out.csv"
+    link.symlink_to(Path(run.name) / "per_slice.csv")  # relative, as `ln -s r/per_slice.csv out.csv` makes it
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"format": 1}\n')
+    for target in (link, data / "manifest.json", data / "vol1.h5"):
+        result = invoke(trio["teacher"], trio["student"], "-f", "csv", "-o", target, *force)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and f"--out {target}: refused, even with --force" in lines[0], result.output
+    assert not (run / "per_slice.csv").exists() and (data / "manifest.json").read_text() == '{"format": 1}\n'
+    assert not (data / "vol1.h5").exists()

@@ -474,3 +474,46 @@ def test_attention_names_the_recipe_when_its_dataset_is_not_there(tiny_dataset, 
     with pytest.raises(SftkdError, match=r"kd/recipe.yaml: data.path 'data/tiny' is not a folder .*--attention-data DIR"):
         attention_residues_from_runs({"KD": kd}, tmp_path / "a")
     assert attention_residues_from_runs({"KD": kd}, tmp_path / "a", dataset=tiny_dataset).data["KD"]["cascades"] == [1, 2]
+
+
+def _drawn():
+    from sftkd_cli.report.figures import new_figure
+
+    figure = new_figure(2.0, 2.0)
+    figure.subplots().plot([0, 1], [1, 0])
+    return figure
+
+
+def test_save_figure_writes_no_link_planted_at_its_temporary_name(tmp_path):
+    """savefig(tmp) followed a link planted at `.fig.png.tmp-<pid>` and wrote the figure into its target."""
+    import os
+
+    from sftkd_cli.report.figures import save_figure
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept\n")
+    for fmt in ("png", "pdf"):
+        (tmp_path / f".fig.{fmt}.tmp-{os.getpid()}").symlink_to(victim)
+    _written(save_figure(_drawn(), tmp_path / "fig"))
+    assert victim.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png", "victim.txt"]
+
+
+def test_figures_sftkd_wrote_are_told_from_others_by_their_metadata(tmp_path):
+    """`compare --attention thesis/fig6` replaced the user's fig6.png and fig6.pdf without a word."""
+    from sftkd_cli.report.figures import check_figure_targets, save_figure
+
+    stem = tmp_path / "fig6"
+    check_figure_targets(stem, "--attention", force=False)  # nothing there yet
+    save_figure(_drawn(), stem)
+    check_figure_targets(stem.with_suffix(".pdf"), "--attention", force=False)  # sftkd's own: replaced again
+    other = _drawn()
+    for fmt in ("png", "pdf"):  # the same drawing, saved by someone else's matplotlib
+        other.savefig(tmp_path / f"fig6.{fmt}", format=fmt)
+        with pytest.raises(SftkdError, match=rf"^--attention {tmp_path / f'fig6.{fmt}'}: exists and is not a figure "
+                                             r"sftkd wrote .*pass --force"):
+            check_figure_targets(stem, "--attention", force=False)
+        check_figure_targets(stem, "--attention", force=True)
+        save_figure(_drawn(), stem)
+    (tmp_path / "fig6.png").write_bytes(b"")  # an empty placeholder: nothing to lose
+    check_figure_targets(stem, "--attention", force=False)

@@ -12,7 +12,8 @@ from rich.markup import escape
 from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError, counted
-from sftkd_cli.run_files import CHECKPOINTS, EVAL_PREFIX, EXPORTS, RECIPE_YAML, RUN_FILES, SCORE_FILES
+from sftkd_cli.output_target import check_output_file
+from sftkd_cli.run_files import SCORE_FILES
 
 if TYPE_CHECKING:  # the library (NumPy, SciPy, torch) is imported when the command runs, never for --help
     from sftkd_cli.report.compare import RunResult
@@ -37,44 +38,20 @@ _EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "for
              "table": "the title line sftkd compare"}
 
 
-def _compare_output(path: Path) -> bool:
-    """Whether the regular file at `path` is one `sftkd compare` wrote (`formats.written_by_compare`),
-    or an empty file (a placeholder, mktemp's: nothing to lose)."""
-    from sftkd_cli.files import MAX_JSON_BYTES
+def _compare_output(data: bytes) -> bool:
+    """Whether `data`, an existing file's bytes, is an output `sftkd compare` wrote (`formats.written_by_compare`)."""
     from sftkd_cli.report.formats import written_by_compare
 
-    try:
-        size = path.stat().st_size
-        return size == 0 or (size <= MAX_JSON_BYTES and written_by_compare(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def _run_file(path: Path) -> bool:
-    """Whether `path` is (or would be) a file sftkd reads from a run or an evaluation folder in it:
-    run_files' names there (recipe.yaml, metrics.json, history.jsonl...), or in its checkpoints/ or export/."""
-    from sftkd_cli.runs import is_run_folder
-
-    folder = path.parent
-    if path.name in RUN_FILES and (is_run_folder(folder) or folder.name.startswith(EVAL_PREFIX)):
-        return True
-    return folder.name in (CHECKPOINTS, EXPORTS) and (folder.parent / RECIPE_YAML).is_file()
+    return written_by_compare(data.decode("utf-8"))
 
 
 def check_compare_out(path: Path, fmt: str, force: bool) -> None:
-    """Refuse, before any work, an --out sftkd reads from a run folder (even with --force), a folder,
+    """Refuse, before any work, an --out sftkd reads from a run folder or a dataset (even with --force), a folder,
     or an existing regular file that no earlier compare wrote (unless --force); a compare output is
     replaced, and a device or FIFO (/dev/stdout, a pipe) written to."""
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
-    if _run_file(path) or (path.exists() and _run_file(path.resolve())):
-        raise SftkdError(f"--out {path}: refused, even with --force: a file sftkd reads from a run folder; "
-                         "choose a file outside the run")
-    if path.is_dir():
-        raise SftkdError(f"--out {path}: is a folder; expected a file name")
-    if path.is_file() and not force and not _compare_output(path):  # a device or FIFO is written to, as asked
-        raise SftkdError(f"--out {path}: exists and is not an earlier compare output (expected {_EXPECTED[fmt]}); "
-                         "left untouched: choose another file, or pass --force to replace it")
+    check_output_file(path, "--out", force, _compare_output, f"an earlier compare output (expected {_EXPECTED[fmt]})")
 
 
 def _write_output(path: Path, text: str) -> None:
@@ -108,13 +85,13 @@ def compare(
     baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = 0.05,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]}.")] = OutputFormat("table"),
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file. An existing file is replaced only when an earlier compare wrote it (told by its content: JSON with \"kind\": \"compare\" or \"paper\", CSV with compare's header row, markdown, LaTeX or table output with the title line sftkd compare) or with --force; never a file sftkd reads from a run folder (recipe.yaml, metrics.json, per_slice.csv, checkpoints...).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that no earlier compare wrote (never a run's own files).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file. An existing file is replaced only when an earlier compare wrote it (told by its content: JSON with \"kind\": \"compare\" or \"paper\", CSV with compare's header row, markdown, LaTeX or table output with the title line sftkd compare) or with --force; never a file sftkd reads from a run folder or a dataset (recipe.yaml, metrics.json, per_slice.csv, checkpoints, manifest.json...).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that no earlier compare wrote, and existing --attention figures that sftkd did not write (never a run's or a dataset's files).")] = False,
     group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", case_sensitive=False, help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
     zero_filled: Annotated[bool, typer.Option("--zf/--no-zf", help="Show the zero-filled input (ZF) row.")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
     convention: Annotated[Convention, typer.Option("--convention", metavar="NAME", case_sensitive=False, help=f"paper (per slice, as `sftkd evaluate` scores by default) or fastmri (per volume, from RUN/eval-fastmri/; default metrics {','.join(FASTMRI_METRICS)}).")] = Convention.paper,
-    attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to STEM.png and STEM.pdf (a .png or .pdf ending is dropped: out/att.png writes out/att.png and out/att.pdf).")] = None,
+    attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to STEM.png and STEM.pdf (a .png or .pdf ending is dropped: out/att.png writes out/att.png and out/att.pdf). An existing figure is replaced only when sftkd wrote it (its PNG Software or PDF Creator metadata says sftkd), when it is empty, or with --force.")] = None,
     attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
     attention_data: Annotated[Path | None, typer.Option("--attention-data", metavar="DIR", help="The prepared dataset for --attention (default: the first KD run's data.path, as its recipe names it).")] = None,
 ) -> None:
@@ -126,6 +103,10 @@ def compare(
     if out is not None:
         check_compare_out(out, fmt.value, force)
     where = _attention_slice(attention_slice, attention)
+    if attention is not None:
+        from sftkd_cli.report.figures import check_figure_targets
+
+        check_figure_targets(attention, "--attention", force)
     if attention_data is not None and attention is None:
         raise SftkdError("--attention-data: only used with --attention STEM")
     results, warnings = collect_runs(runs, strict=strict, convention=convention.value)

@@ -22,8 +22,8 @@ what is plotted is what was read, without comparing pixels; `figure` is the draw
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli import __version__
+from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.files import replace_atomically
+from sftkd_cli.output_target import check_output_file
 from sftkd_cli.run_files import HISTORY_JSONL, PER_SLICE_CSV, RECON_H5
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
@@ -84,27 +87,55 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def save_figure(figure, stem: Path) -> tuple[Path, ...]:
-    """Write `stem`.png and `stem`.pdf (parent folders created); returns the paths.
+#: what names sftkd as the writer of a figure, in its metadata: PNG's Software, PDF's Creator
+SOFTWARE = f"sftkd {__version__}"
+_METADATA: dict[str, dict[str, str]] = {"png": {"Software": SOFTWARE}, "pdf": {"Creator": SOFTWARE}}
+#: how each format starts, and the bytes its metadata holds when sftkd wrote it (matplotlib writes
+#: PNG text as a tEXt chunk, and the PDF info dictionary uncompressed)
+_SIGNED: dict[str, tuple[bytes, bytes]] = {"png": (b"\x89PNG", b"tEXtSoftware\x00sftkd "),
+                                           "pdf": (b"%PDF", b"/Creator (sftkd ")}
 
-    A stem ending in one of those formats names the figure itself: 'out/att.png' writes
+
+def figure_paths(stem: Path) -> tuple[Path, ...]:
+    """`stem`.png and `stem`.pdf, the files `save_figure` writes.
+
+    A stem ending in one of those formats names the figure itself: 'out/att.png' gives
     out/att.png and out/att.pdf (not att.png.png).
     """
     stem = Path(stem)
     if stem.suffix.lower().lstrip(".") in FORMATS:
         stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in FORMATS:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return tuple(stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS)
+
+
+def written_by_sftkd(data: bytes) -> bool:
+    """Whether `data` (a PNG or PDF file's bytes) is a figure sftkd wrote: its metadata says so."""
+    return any(data.startswith(start) and mark in data for start, mark in _SIGNED.values())
+
+
+def check_figure_targets(stem: Path, flag: str, force: bool) -> None:
+    """Refuse in one line, before any work, figure files `save_figure` would replace that sftkd did
+    not write (unless `force`), or that sftkd reads from a run or a dataset (even with `force`)."""
+    for path in figure_paths(stem):
+        check_output_file(path, flag, force, written_by_sftkd,
+                          f"a figure sftkd wrote (expected metadata Software or Creator '{SOFTWARE}')")
+
+
+def save_figure(figure, stem: Path) -> tuple[Path, ...]:
+    """Write `figure_paths(stem)` (parent folders created), each signed as sftkd's in its metadata
+    and atomically (drawn in memory, then a temporary sibling created exclusively, never through a
+    link, renamed into place); returns the paths. Callers writing where the user points first call
+    `check_figure_targets`."""
+    paths = figure_paths(stem)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt in zip(paths, FORMATS):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, metadata=_METADATA[fmt])
         try:  # a crash never leaves a truncated figure under the final name
-            figure.savefig(tmp, format=fmt)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        paths.append(path)
-    return tuple(paths)
+            replace_atomically(path, buffer.getbuffer())
+        except OSError as exc:
+            raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+    return paths
 
 
 # ----------------------------------------------------------------------------- inputs
