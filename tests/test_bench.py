@@ -603,3 +603,55 @@ def test_bf16_on_a_cpu_that_emulates_it_is_a_note(monkeypatch, native):
     emulated = [note for note in res.notes if "emulated" in note]
     assert emulated == ([] if native else ["--precision bf16: this CPU has no AVX512-BF16, so bf16 is emulated "
                                            "(slower than fp32)"])
+
+
+def _bench_run_and_dataset(tmp_path: Path) -> dict[str, Path]:
+    """Files sftkd reads from a run and a dataset (`--json` must never replace them), and links to them."""
+    run, data = tmp_path / "runs" / "x", tmp_path / "data"
+    (run / "checkpoints").mkdir(parents=True)
+    data.mkdir()
+    (run / "recipe.yaml").write_text("model: {}\n")
+    files = {"checkpoint": run / "checkpoints" / "best.pt", "manifest": data / "manifest.json",
+             "volume": data / "vol1.h5", "metrics": run / "metrics.json"}
+    for path in files.values():
+        path.write_bytes(b'{"format": 1}\n')
+    files["not yet there"] = run / "history.jsonl"
+    files["link to the manifest"] = tmp_path / "link.json"
+    files["link to the manifest"].symlink_to(files["manifest"])
+    files["dangling link into the run"] = tmp_path / "dangling.json"
+    files["dangling link into the run"].symlink_to(Path("runs") / "x" / "per_slice.csv")
+    return files
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_json_never_replaces_a_file_sftkd_reads_from_a_run_or_a_dataset(monkeypatch, tmp_path, force):
+    """`--json runs/x/checkpoints/best.pt` replaced the checkpoint with bench's JSON (and so a manifest)."""
+    import sftkd_cli.bench as bench_package
+
+    monkeypatch.setattr(bench_package, "run_bench", lambda **kw: pytest.fail("measured before --json was checked"))
+    for what, target in _bench_run_and_dataset(tmp_path).items():
+        before = target.read_bytes() if target.exists() else None
+        res = CliRunner().invoke(app, [*CLI_TINY, "--json", str(target), *force])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and f"--json {target}: refused, even with --force" in lines[0], (what, res.output)
+        assert (target.read_bytes() if target.exists() else None) == before, what
+    assert not (tmp_path / "runs" / "x" / "per_slice.csv").exists()
+
+
+def test_json_replaces_an_earlier_bench_json_and_another_file_only_with_force(monkeypatch, tmp_path):
+    import sftkd_cli.bench as bench_package
+
+    tiny = [*CLI_TINY, "--only", "student"]
+    out = tmp_path / "bench.json"
+    assert CliRunner().invoke(app, [*tiny, "--json", str(out)]).exit_code == 0
+    assert CliRunner().invoke(app, [*tiny, "--json", str(out)]).exit_code == 0  # its own earlier JSON: replaced
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"kind": "compare", "format": 1}\n')
+    with monkeypatch.context() as patched:
+        patched.setattr(bench_package, "run_bench", lambda **kw: pytest.fail("measured before --json was checked"))
+        res = CliRunner().invoke(app, [*tiny, "--json", str(notes)])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "not an earlier bench JSON" in lines[0] and "--force" in lines[0]
+    assert notes.read_text() == '{"kind": "compare", "format": 1}\n'
+    assert CliRunner().invoke(app, [*tiny, "--json", str(notes), "--force"]).exit_code == 0
+    assert "train.student" in [row["key"] for row in json.loads(notes.read_text())["rows"]]

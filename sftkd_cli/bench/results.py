@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from sftkd_cli import __version__
+
+
+#: the version of bench's JSON ("format")
+FORMAT = 2
+#: keys every bench JSON has (format 1 had them too): how `bench --json` tells an earlier one of its own
+BENCH_KEYS = frozenset({"format", "sftkd_version", "settings", "machine", "rows"})
+
+
+def written_by_bench(data: bytes) -> bool:
+    """Whether `data` (an existing file's bytes) is a JSON that `sftkd bench --json` wrote: an object
+    with bench's keys (what `--json` may replace without --force)."""
+    payload = json.loads(data)
+    return isinstance(payload, dict) and BENCH_KEYS <= payload.keys()
 
 
 @dataclass
@@ -101,7 +115,7 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": 2,
+            "format": FORMAT,
             "sftkd_version": __version__,
             "complete": self.complete,
             "settings": dict(self.settings),
