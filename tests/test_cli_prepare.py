@@ -196,6 +196,24 @@ def test_a_center_fraction_too_large_names_the_flag_and_the_acceleration(tmp_pat
     assert nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--acc", "4", "--center-fraction", "0"], "--center-fraction 0.0: gives no centre line of 20 (0 x 20 rounds to 0)"),
+    (["--acc", "4", "--center-fraction", "0.02", "--mask-kind", "fastmri"],
+     "--center-fraction 0.02: gives no centre line of 20 (0.02 x 20 rounds to 0)"),
+    (["--acc", "4", "--center-fraction", "0", "--mask-kind", "fastmri-equispaced"], "--center-fraction 0.0: gives no"),
+    (["--acc", "8", "--size", "8", "8", "--mask-kind", "fastmri-random"],
+     "--center-fraction 0.04: fastMRI's default at 8x (0.32 / acc) gives no centre line of 8"),
+])
+def test_a_center_fraction_giving_no_centre_line_names_the_flag_and_the_least_that_works(tmp_path: Path, raw: Path,
+                                                                                          args, needle) -> None:
+    """A generated mask must sample k-space's centre (DC), as a --mask-file must: a centre fraction
+    that rounds to no centre line is refused, naming the least that gives one for that size."""
+    least = "expected at least 0.0626" if "--size" in args else "expected at least 0.0251"  # 0.0625 x 8 rounds to 0
+    assert_one_line_error(run("nifti", raw, "--out", tmp_path / "out", *args), needle,
+                          "so the mask could miss k-space's centre (DC)", least)
+    assert nothing_written(tmp_path)
+
+
 def test_a_mask_file_must_sample_the_dc_line_of_its_layout(tmp_path: Path, raw: Path) -> None:
     """DC is row 0 in the corner layout and row 20 // 2 in the centred one (`make_mask`'s, fftshift's):
     a mask made for the other layout would undersample the wrong rows, and is refused saying so."""

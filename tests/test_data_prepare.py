@@ -821,6 +821,9 @@ def test_a_source_option_out_of_range_is_named_as_the_user_wrote_it(values, flag
     ({"val": ["nope"]}, "val: 'nope': not found; expected one of: a, b, c"),
     ({"accelerations": [4], "center_fraction": 0.5},
      "center_fraction: 0.5: its 8 centre lines exceed the 4 of 16 lines sampled at 4x; expected at most 0.2500"),
+    ({"accelerations": [4], "center_fraction": 0},
+     "center_fraction: 0.0: gives no centre line of 16 (0 x 16 rounds to 0), so the mask could miss k-space's centre "
+     "(DC); expected at least 0.0313"),
 ])
 def test_an_option_refused_while_preparing_a_plan_names_its_key(tmp_path: Path, nifti_writer, options, message) -> None:
     """Found only once the volumes are read, yet a plan's error names data.options.<key>, not a flag."""

@@ -5,6 +5,7 @@ Device: CPU (tiny complex fastMRI-format data from tests/complex_data.py, one th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +78,11 @@ def test_per_sample_masks_need_the_recon_task_and_a_generated_mask_at_that_accel
         SliceDataset(sr, "train", 4, task="sr", mask_per_sample=True)
 
 
-def test_per_sample_fastmri_random_masks_that_can_sample_nothing_are_refused(nifti_writer, tmp_path):
+def test_per_sample_masks_without_a_centre_line_are_refused(nifti_writer, tmp_path):
     """12 lines at 8x: fastMRI's centre fraction 0.04 rounds to no centre line, so about a fifth of
-    the masks drawn per sample hold no line at all; the fixed mask (seed 1) happens to sample some."""
-    from sftkd_cli.data.complex_slices import per_sample_spec, sample_mask
-    from sftkd_cli.data.dataset import SliceDataset, load_manifest
+    the masks drawn per sample would hold no line at all: prepare-data refuses that fraction now;
+    a dataset prepared before it did (its manifest says so here) is refused per sample, naming why."""
+    from sftkd_cli.data.dataset import SliceDataset
     from sftkd_cli.data.options import PrepareOptions
     from sftkd_cli.data.prepare import prepare_dataset
     from sftkd_cli.data.sources import NiftiSource
@@ -90,32 +91,37 @@ def test_per_sample_fastmri_random_masks_that_can_sample_nothing_are_refused(nif
     for i in range(4):
         nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((20, 20, 2), seed=i))
 
-    def prepared(size: int) -> Path:
-        out = tmp_path / f"d{size}"
+    def prepared(size: int, kind: str = "fastmri-random", fraction: float | None = None) -> Path:
+        out = tmp_path / f"d{size}{kind}"
         prepare_dataset(NiftiSource(tmp_path / "raw"), out, PrepareOptions(
-            size=(size, size), accelerations=(8.0,), val=("vol1",), test=("vol3",), mask_kind="fastmri-random", seed=1))
+            size=(size, size), accelerations=(8.0,), val=("vol1",), test=("vol3",), mask_kind=kind, seed=1,
+            center_fraction=fraction))
         return out
 
-    short = prepared(12)
-    spec = per_sample_spec(load_manifest(short), short, 8.0)
-    drawn = [sample_mask(spec, (12, 12), 8.0, 0, "vol0", s).sum() for s in range(40)]
-    assert 0 in drawn, "the premise: some draws sample nothing"
-    with pytest.raises(SftkdError, match=r"^data.mask_per_sample: a fastmri-random mask of 12 lines with centre "
-                                         r"fraction 0.04 has no centre line, .* expected at least 13 lines"):
-        SliceDataset(short, "train", 8, mask_per_sample=True)
-    assert len(SliceDataset(short, "train", 8)) > 0  # the fixed mask is fine
+    with pytest.raises(SftkdError, match=r"^--center-fraction 0.04: fastMRI's default at 8x .* no centre line of 12"):
+        prepared(12)
     assert len(SliceDataset(prepared(13), "train", 8, mask_per_sample=True)) > 0  # 13 lines: one centre line
+    for kind, nothing in (("random", ""), ("fastmri", " or sample nothing")):
+        older = prepared(16, kind, 0.1)
+        manifest = json.loads((older / "manifest.json").read_text())
+        manifest["mask"]["center_fraction"] = 0.0  # as prepare-data wrote it before it refused 0
+        (older / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(SftkdError, match=rf"^data.mask_per_sample: a {kind} mask of 16 lines with centre fraction 0 "
+                                             rf"has no centre line, so a mask drawn per sample can miss k-space's centre "
+                                             rf"\(DC\){nothing}; expected a centre fraction above 0"):
+            SliceDataset(older, "train", 8, mask_per_sample=True)
 
 
 @pytest.mark.parametrize("fraction, lines, expected", [
     (0.1, 5, "expected at least 6 lines"),  # 5 x 0.1 = 0.5, which Python rounds to 0
     (0.0, 50, "expected a centre fraction above 0"),
 ])
-def test_the_refusal_names_a_number_of_lines_that_would_do(fraction, lines, expected):
+@pytest.mark.parametrize("kind", ["fastmri-random", "fastmri-equispaced", "fastmri", "random", "equispaced"])
+def test_the_refusal_names_a_number_of_lines_that_would_do(fraction, lines, expected, kind):
     from sftkd_cli.data.complex_slices import check_drawable
     from sftkd_cli.errors import SftkdError
 
-    spec = {"kind": "fastmri-random", "axis": 0, "center_fraction": fraction}
+    spec = {"kind": kind, "axis": 0, "center_fraction": fraction}
     with pytest.raises(SftkdError, match=rf"mask of {lines} lines .* {expected} \(or data.mask_per_sample=false\)$"):
         check_drawable(spec, (lines, 16), 8.0)
     if fraction:

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftkd_cli.choices import MASK_KINDS
+from sftkd_cli.choices import ALL_KINDS, FASTMRI_KINDS, MASK_KINDS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.masks import (
     acceleration_of,
@@ -515,3 +515,26 @@ def test_fastmri_line_vectors_load_and_expand(tmp_path, shape):
     assert full.shape == (10, 16) and np.array_equal(_line_vector(full, 1), line)
     with pytest.raises(SftkdError, match=r"m: shape \(1, 16\), expected \(10, 12\).*12 columns"):
         expand_line_mask(vector, (10, 12), "m")
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_every_generated_mask_samples_dc_or_is_refused_naming_the_least_fraction(kind):
+    """A centre fraction that rounds to no centre line (0, or too small for the size) is refused
+    for every kind, naming the least that gives one; every mask made samples DC (`dc_index`)."""
+    from sftkd_cli.mri.masks import CenterFractionError, dc_index, least_center_fraction
+
+    for n in (4, 5, 8, 12, 33, 48, 50):
+        least = least_center_fraction(n)
+        assert round(least * n) == 1 and round((least - 0.0001) * n) == 0
+        for fraction in (0.0, least - 0.0001):
+            with pytest.raises(CenterFractionError, match=rf"gives no centre line of {n} .* at least {least:g}$"):
+                make_mask(kind, (n, 4), 4, center_fraction=fraction)
+        for acc in (acc for acc in (2, 4, 8) if round(n / acc) >= 1):
+            for fraction in (None, least):
+                for layout in ("corner", "centered"):
+                    try:
+                        mask = make_mask(kind, (n, 4), acc, seed=(1, n), center_fraction=fraction, layout=layout)
+                    except CenterFractionError as exc:  # fastMRI's default is too small, or the centre too big
+                        assert kind in FASTMRI_KINDS or "exceed" in str(exc), (n, acc, fraction)
+                        continue
+                    assert mask[dc_index(n, layout)].all(), (n, acc, fraction, layout)

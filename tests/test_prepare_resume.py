@@ -27,6 +27,7 @@ from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import PrepareInterrupted
 from sftkd_cli.data.prepare import prepare_dataset
 from sftkd_cli.data.sources import NiftiSource
+from sftkd_cli.errors import SftkdError
 
 SMALL = PrepareOptions(size=(16, 16))
 VOLUMES = ["v0.h5", "v1.h5", "v2.h5", "v3.h5"]
@@ -350,3 +351,58 @@ def test_a_nan_found_while_writing_a_complex_source_names_the_partial_folder_kep
     assert str(failed.value).startswith(f"{paths[-1]}: slice 2 holds NaN or Inf; expected finite k-space and target; "
                                         f"the files written so far are kept in {partial}: run the same command again")
     assert len(list(partial.glob("*.h5"))) == 3
+
+
+@pytest.mark.parametrize("plant", ["no key", "other file", "other folder", "link"])
+def test_a_partial_folder_that_is_not_prepare_datas_is_refused_and_left_alone(raw, tmp_path, plant):
+    """A `.<name>.partial` without prepare-data's partial.json, or holding anything prepare-data
+    does not write there, is the user's: one line naming it and what to do, nothing there changed."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    partial.mkdir()
+    if plant == "no key":
+        (partial / "thesis.tex").write_text("draft")
+    else:
+        counting_writes_stopped(raw, out, SMALL)  # a real partial folder of other options below
+        if plant == "other file":
+            (partial / "masks" / "notes.txt").write_text("draft")
+        elif plant == "other folder":
+            (partial / "drafts").mkdir()
+        else:
+            (partial / "v9.h5").symlink_to(tmp_path / "raw" / "v0.nii.gz")
+    before = files_of(partial), sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*"))
+    with pytest.raises(SftkdError) as refused:
+        prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(12, 12)))
+    message = str(refused.value)
+    assert message.startswith(f"{partial}: ") and "\n" not in message
+    assert "nothing there is changed" in message and "move it away" in message
+    expected = {"no key": "no readable partial.json", "other file": "holds masks/notes.txt",
+                "other folder": "holds drafts/", "link": "holds v9.h5"}[plant]
+    assert expected in message
+    assert (files_of(partial), sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*"))) == before
+    assert not out.exists()
+
+
+def counting_writes_stopped(raw: Path, out: Path, options: PrepareOptions) -> None:
+    """A run of `options` stopped by Ctrl-C at its second volume file: its partial folder stays."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counting_writes(monkeypatch, on=2, then=lambda path: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(PrepareInterrupted):
+            prepare_dataset(NiftiSource(raw), out, options)
+
+
+def test_starting_over_removes_only_prepare_datas_files(raw, tmp_path):
+    """Another run's partial folder (with a killed run's temporary key file) is removed file by
+    file, and an empty one left by a kill before its key was written is used as it is."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    counting_writes_stopped(raw, out, SMALL)
+    (partial / f".partial.json.tmp-{os.getpid() + 1}").write_bytes(b"{")
+    said: list[str] = []
+    prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(12, 12)), say=said.append)
+    assert len(said) == 1 and said[0].endswith("; starting over") and not partial.exists()
+
+    partial.mkdir()
+    (partial / ".partial.json.tmp-1").write_bytes(b"")
+    said = []
+    prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(16, 16), force=True), say=said.append)
+    assert said == [] and not partial.exists()
+    assert_same_dataset(out, tmp_path / "straight")

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 import torch
 
+from sftkd_cli.choices import FASTMRI_KINDS
 from sftkd_cli.data.format import MANIFEST, acceleration_key, dataset_task, mask_axis
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
@@ -174,13 +175,15 @@ def per_sample_spec(manifest: dict[str, Any], root: str | Path, acceleration: fl
 
 
 def check_drawable(spec: dict[str, Any], size: tuple[int, int], acceleration: float) -> None:
-    """Refuse per-sample masks that can sample nothing: fastMRI's random kind keeps each line with
-    probability about 1/acc besides its centre lines, so when the centre fraction rounds to no line
-    on a short axis, some draws hold no line at all (and many are far off the labelled acceleration)."""
-    if spec["kind"] != "fastmri-random":
+    """Refuse per-sample masks whose centre fraction rounds to no centre line on their axis (a
+    dataset prepared before `make_mask` refused that): a mask drawn per sample could then miss
+    k-space's centre (DC), and fastMRI-style kinds, which keep each other line with probability
+    about 1/acc, could sample nothing at all (and many would be far off the labelled acceleration).
+    sftkd's own kinds keep one centre line at least by default; fastMRI's default scales with acc."""
+    kind, fraction = spec["kind"], spec["center_fraction"]
+    if fraction is None and kind not in FASTMRI_KINDS:
         return
     n = size[spec["axis"]]
-    fraction = spec["center_fraction"]
     fraction = fastmri_center_fraction(acceleration) if fraction is None else float(fraction)
     if round(n * fraction) == 0:
         if fraction > 0:
@@ -190,9 +193,10 @@ def check_drawable(spec: dict[str, Any], size: tuple[int, int], acceleration: fl
             expected = f"at least {least} lines"
         else:
             expected = "a centre fraction above 0"
+        nothing = " or sample nothing" if kind in ("fastmri", "fastmri-random") else ""
         raise SftkdError(
-            f"data.mask_per_sample: a {spec['kind']} mask of {n} lines with centre fraction {fraction:g} has no "
-            f"centre line, so a mask drawn per sample can sample nothing; expected {expected} "
+            f"data.mask_per_sample: a {kind} mask of {n} lines with centre fraction {fraction:g} has no "
+            f"centre line, so a mask drawn per sample can miss k-space's centre (DC){nothing}; expected {expected} "
             "(or data.mask_per_sample=false)")
 
 

@@ -11,8 +11,11 @@ of a dataset `<name>` into the sibling folder `.<name>.partial` and move it into
 A run with the same key (same options, same inputs, same sftkd) keeps each volume file the journal
 lists at its recorded size and writes only the others: a file half-written when the run was
 killed is not in the journal and is written again; a journal line cut short by a kill ends the
-journal there. A run with another key removes the folder and starts over, saying so in one line.
-Both files are removed before the manifest is written, so the installed dataset holds only its own.
+journal there. A run with another key removes prepare-data's files there and starts over, saying
+so in one line. A folder of that name that has neither a readable key nor prepare-data's manifest
+(an install killed midway), or that holds anything but the files prepare-data writes there
+(`foreign_entry`), is the user's: it is refused and nothing in it is touched. Both files are removed before the manifest is written, so the installed dataset
+holds only its own.
 """
 
 from __future__ import annotations
@@ -20,51 +23,79 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sftkd_cli import __version__
-from sftkd_cli.data.format import FORMAT
+from sftkd_cli.data.format import FORMAT, MANIFEST
 from sftkd_cli.data.manifest import InputHashes, Progress, write_manifest
-from sftkd_cli.data.output import difference, install, kept_in, partial_folder
+from sftkd_cli.data.output import (
+    difference, existing_dataset, install, kept_in, partial_folder, written_name,
+)
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically
 
 #: inside the partial folder: what it was started with, and the volume files finished
 KEY = "partial.json"
 JOURNAL = "volumes.jsonl"
+#: the temporary names `files.replace_atomically` writes the key and the journal under (a kill may leave one)
+_TEMPORARY = re.compile(r"\.(?:partial\.json|volumes\.jsonl)\.tmp-\d+")
 
 
 class Partial:
     """The partial folder of the dataset `out`, for the inputs record `record` (see the module docstring)."""
 
     def __init__(self, out: Path, record: dict[str, Any]) -> None:
+        self.out = out
         self.folder = partial_folder(out)
         self.key = {"format": FORMAT, "sftkd_version": __version__, **record}
         self.done: dict[str, dict[str, Any]] = {}  # volume -> its journal line
 
     def open(self) -> str:
         """Create the folder, or keep the one an interrupted run with the same key left; returns
-        the line saying which ('' for a new one). Called with the output's lock held."""
+        the line saying which ('' for a new one). A folder that is not prepare-data's is refused
+        (`_refuse`). Called with the output's lock held."""
         if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
-            raise SftkdError(f"{display_path(self.folder)}: is not a folder prepare-data wrote; expected "
-                             "prepare-data's partial dataset folder there: remove it yourself")
+            raise self._refuse("is not a folder prepare-data wrote")
         line = ""
         if self.folder.is_dir():
             old = self._read_key()
+            ours = isinstance(old, dict) and "format" in old and "sftkd_version" in old or self._installing()
+            # a run killed before its key was in place left at most the key's temporary file
+            started = any(not _TEMPORARY.fullmatch(p.name) for p in self.folder.iterdir())
+            if started and not ours:
+                raise self._refuse(f"not a partial dataset of prepare-data (no readable {KEY})")
+            foreign = foreign_entry(self.folder)
+            if foreign is not None:
+                raise self._refuse(f"holds {foreign}, which prepare-data does not write there")
             if old == self.key:
                 self.done = self._read_journal()
                 replace_atomically(self.folder / JOURNAL, b"".join(_line(v) for v in self.done.values()))
                 return (f"resuming the interrupted run in {display_path(self.folder)}: "
                         f"{counted(len(self.done), 'volume file')} already written are kept")
-            line = (f"{display_path(self.folder)} was left by a run with other options or inputs "
-                    f"({_why(old, self.key)}); starting over")
-            shutil.rmtree(self.folder)
+            if started:
+                line = (f"{display_path(self.folder)} was left by a run with other options or inputs "
+                        f"({_why(old, self.key)}); starting over")
+            _remove_own_files(self.folder)
         self.folder.mkdir()
         replace_atomically(self.folder / KEY, json.dumps(self.key, indent=1).encode())
         return line
+
+    def _refuse(self, why: str) -> SftkdError:
+        """The error for a folder at the partial folder's name that is not prepare-data's: nothing
+        there is changed, as `output.existing_dataset` changes nothing in a foreign --out."""
+        return SftkdError(f"{display_path(self.folder)}: {why}; nothing there is changed: prepare-data writes "
+                          f"--out {display_path(self.out)} there before putting it in place: move it away and run again")
+
+    def _installing(self) -> bool:
+        """Whether the folder holds a manifest prepare-data wrote (`output.existing_dataset`): an
+        `install` killed midway leaves it so, its key already removed."""
+        try:
+            return existing_dataset(self.folder) is not None
+        except SftkdError:
+            return False
 
     def _read_key(self) -> Any:
         """The key the folder was started with; None when it has none readable (cut short, older)."""
@@ -149,6 +180,39 @@ def kept_note(folder: Path) -> str:
     if folder.is_symlink() or journal.is_symlink() or not journal.is_file() or journal.stat().st_size == 0:
         return ""
     return f"; {kept_in(folder)}"
+
+
+def foreign_entry(folder: Path) -> str | None:
+    """The first entry of the partial folder `folder` that prepare-data does not write there, by
+    its name there (a folder's ends in '/'); None when every one is its own: the key, the journal,
+    their temporary names, the manifest, `<volume>.h5` and `masks/<name>.npy`
+    (`output.written_name`), as regular files, and the folder `masks`; never a link."""
+    for path, name in _entries(folder):
+        own = written_name(name) or name in (KEY, JOURNAL, MANIFEST) or _TEMPORARY.fullmatch(name)
+        if path.is_symlink() or not path.is_file() or not own:
+            return name + ("/" if path.is_dir() and not path.is_symlink() else "")
+    return None
+
+
+def _entries(folder: Path) -> list[tuple[Path, str]]:
+    """Each entry of `folder` and its name there, those in its folder `masks` in its stead."""
+    entries = []
+    for path in sorted(folder.iterdir()):
+        if path.name == "masks" and path.is_dir() and not path.is_symlink():
+            entries += [(inner, f"masks/{inner.name}") for inner in sorted(path.iterdir())]
+        else:
+            entries.append((path, path.name))
+    return entries
+
+
+def _remove_own_files(folder: Path) -> None:
+    """Remove the partial folder `folder`, whose entries are all prepare-data's (`foreign_entry`
+    found none other), file by file, then `masks` and the folder itself if empty, never a tree."""
+    for path, _ in _entries(folder):
+        path.unlink()
+    if (folder / "masks").is_dir():
+        (folder / "masks").rmdir()
+    folder.rmdir()
 
 
 def _line(line: dict[str, Any]) -> bytes:

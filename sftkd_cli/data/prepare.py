@@ -40,7 +40,8 @@ resumes, keeping the volume files already written whole and writing the others; 
 the one an uninterrupted run writes. A resumed run still hashes the inputs (unless recorded, as
 below) and reads every input again to validate it and find the volumes; it skips building and
 writing the finished ones. A run with other options or changed inputs removes the partial
-folder and starts over, saying so in one line. One process at a time prepares a folder (an
+folder's files and starts over, saying so in one line (a folder there that is not prepare-data's
+is refused, untouched). One process at a time prepares a folder (an
 exclusive lock on the sibling file `.<name>.lock`); `.<name>.tmp-<pid>` folders of dead
 processes (earlier versions) are removed. Re-running with the same options and unchanged inputs (sha256) is a
 no-op (a folder that cannot be written is then checked without the lock and used as it is), which

@@ -35,6 +35,9 @@ may be an int or a tuple of ints, as fastMRI's own per-file tuple seeds):
 Their centre fraction defaults to 0.32 / acc (fastMRI's pairs: 0.08 at 4x, 0.04 at 8x). fastMRI
 masks select k-space columns (the width, `axis=1`) of centred k-space; `make_mask` builds the
 same 1-D vector along either axis and in either layout (corner = ifftshift of centred).
+
+A centre fraction that gives no centre line (round(cf * N) = 0, e.g. 0) is refused for every
+kind (`CenterFractionError`, naming the least that gives one): every mask made here samples DC.
 """
 
 from __future__ import annotations
@@ -116,12 +119,30 @@ def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, 
     count = round(fraction * n)
     if not explicit:
         return max(1, min(count, lines))
+    if count == 0:
+        raise CenterFractionError(center_fraction, _no_center_line(fraction, n))
     if count > lines:
         raise CenterFractionError(
             center_fraction, f"its {count} centre lines exceed the {lines} of {n} lines sampled at "
             f"{float(acceleration):g}x; expected at most {lines / n:.4f}"
         )
     return count
+
+
+def least_center_fraction(n: int) -> float:
+    """The smallest centre fraction, in steps of 0.0001, that gives one centre line of `n`:
+    round(fraction * n) >= 1, as `make_mask` counts them (0.5 / n rounds to none: half to even)."""
+    steps = 5000 // n
+    while round(steps / 10000 * n) < 1:
+        steps += 1
+    return steps / 10000
+
+
+def _no_center_line(fraction: float, n: int) -> str:
+    """The problem of a centre fraction that gives no centre line of `n` (`CenterFractionError`):
+    the mask would not be sure to sample k-space's centre (DC), which every mask made here samples."""
+    return (f"gives no centre line of {n} ({fraction:g} x {n} rounds to 0), so the mask could miss k-space's "
+            f"centre (DC); expected at least {least_center_fraction(n):g}")
 
 
 def _center_band(n: int, count: int) -> np.ndarray:
@@ -201,6 +222,9 @@ def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: flo
             fraction, f"its {low} centre lines reach the {n / acceleration:.4g} lines of "
             f"{acceleration:g}x over {n}; expected fewer than 1 / {acceleration:g} of the lines"
         )
+    if low == 0:  # fastMRI's package would draw such a mask; sftkd's masks always sample DC
+        default = "" if center_fraction is not None else f"fastMRI's default at {acceleration:g}x (0.32 / acc) "
+        raise CenterFractionError(fraction, default + _no_center_line(fraction, n))
     rng = np.random.RandomState()
     rng.seed(seed)
     rng.randint(1)  # MaskFunc.choose_acceleration among one pair: fastMRI draws it, so must we
