@@ -30,8 +30,9 @@ from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CU
 from sftkd_cli.errors import RecipeValueError, SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
 from sftkd_cli.recipe_words import read_words
+from sftkd_cli.recipe_values import coerce_value
 from sftkd_cli.recipes import find_file
-from sftkd_cli.safe_yaml import NOT_DECIMAL, YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
+from sftkd_cli.safe_yaml import YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
 #: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
 MAX_LR = 10.0
@@ -160,64 +161,6 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Check `value` against a dataclass field type; allow int -> float and str -> list for lists."""
-    origin = typing.get_origin(kind)
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind in (str, bool) and type(value) is kind:
-        return value
-    if kind is str and isinstance(value, bool):  # `sft.batched=true` is read by YAML as a bool
-        return "true" if value else "false"
-    if kind is str and isinstance(value, (int, float)):  # e.g. `run.name=2024`
-        return str(value)
-    if kind is str and isinstance(value, os.PathLike):  # a Path from Python: `Setting("data.path", Path(...))`
-        return os.fspath(value)
-    if origin is list:
-        (item,) = typing.get_args(kind)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]  # `a, b` is [a, b]
-        if isinstance(value, list):
-            return [_coerce(v, item, where) for v in value]
-    if origin is dict and isinstance(value, dict):
-        try:  # plain JSON data only: no self-references (asdict would recurse forever), no dates/bytes
-            json.dumps(value)
-        except (TypeError, ValueError):
-            raise SftkdError(f"{where}: expected plain mapping data (numbers, strings, lists, mappings)") from None
-        return dict(value)
-    shown = _shown(value)
-    hint = " (numbers are decimal, without a leading 0)" if isinstance(value, str) and NOT_DECIMAL.fullmatch(value) else ""
-    raise SftkdError(f"{where}: expected {_EXPECTED.get(origin or kind, 'a value')}, got "
-                     f"{shown if len(shown) <= 80 else shown[:77] + '...'}{hint}")
-
-
-#: what a recipe key of each type takes, in a user's words
-_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number", bool: "true or false", str: "text",
-                             list: "a list such as [a, b]", dict: "a mapping such as {p: 2}"}
-
-
-def _shown(value: Any) -> str:
-    """A value as a recipe would write it: 'maybe' quoted, [1, 2] and {p: 2} as YAML, None as
-    'an empty value' (`epochs:` or `~`)."""
-    if value is None or value == "":
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        try:
-            return " ".join(yaml.safe_dump(value, default_flow_style=True, width=10**6).split())
-        except yaml.YAMLError:
-            pass
-    return repr(value)
-
-
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Build a validated `Recipe` from a nested dict (unknown keys are errors)."""
     if not isinstance(raw, dict):
@@ -231,7 +174,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
             raise SftkdError(f"{source}: section {section!r} must be a mapping")
         target = getattr(recipe, section)
         for key, value in values.items():
-            setattr(target, key, _coerce(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
+            setattr(target, key, coerce_value(value, _key_type(section, key, source), f"{source}: {section}.{key}"))
     _expand_home(recipe)
     read_words(recipe)
     return recipe
@@ -369,7 +312,7 @@ def apply_setting(raw: dict[str, Any], setting: Setting) -> None:
     """Check `setting` (section, key, type) against the recipe, naming its source, and put it into `raw`."""
     section, key = setting.key.split(".", 1)
     _section_type(section, setting.source)
-    value = _coerce(setting.value, _key_type(section, key, setting.source), f"{setting.source}: {section}.{key}")
+    value = coerce_value(setting.value, _key_type(section, key, setting.source), f"{setting.source}: {section}.{key}")
     values = raw.setdefault(section, {})
     if values is None:
         values = raw[section] = {}
