@@ -30,7 +30,7 @@ from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CU
 from sftkd_cli.errors import RecipeValueError, SftkdError, did_you_mean
 from sftkd_cli.name_checks import check_device, check_run_name
 from sftkd_cli.recipe_words import read_words
-from sftkd_cli.recipe_values import coerce_value
+from sftkd_cli.recipe_values import coerce_value, shown_value
 from sftkd_cli.recipes import find_file
 from sftkd_cli.safe_yaml import YamlRefused, load_yaml, parse_yaml, read_yaml_text, refused_error
 
@@ -397,6 +397,8 @@ def validate(recipe: Recipe) -> None:
             cascades_of(name)  # a full check of the name (e.g. D1C5 has too few layers); pairing: check_sft_pair
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
+        (recipe.data.path != "", "data.path", "a prepared dataset's folder"),
+        (recipe.run.dir != "", "run.dir", f"the folder runs are kept in (default {DEFAULT_RUNS_DIR})"),
         (recipe.train.batch_size >= 1, "train.batch_size", "at least 1"),
         (0 < recipe.train.lr <= MAX_LR, "train.lr", f"a number > 0 and <= {MAX_LR:g}"),
         (recipe.train.amp in AMP_MODES, "train.amp", f"one of {', '.join(AMP_MODES)}"),
@@ -426,7 +428,7 @@ def validate(recipe: Recipe) -> None:
     for ok, key, expected in checks:
         if not ok:
             section, name = key.split(".")
-            raise RecipeValueError(f"{key}: expected {expected}, got {getattr(getattr(recipe, section), name)!r}", key)
+            raise RecipeValueError(f"{key}: expected {expected}, got {shown_value(getattr(getattr(recipe, section), name))}", key)
     _check_loss_weights(recipe)
     check_run_name(recipe.run.name, "run.name", allow_empty=True)
     check_device(recipe.train.device, "train.device")
@@ -456,6 +458,10 @@ def check_distill_schedule(recipe: Recipe) -> None:
 
     method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
+    if recipe.distill.schedule != TWO_STAGE and stage1:  # else a user who set only stage1_epochs gets joint silently
+        raise RecipeValueError(f"distill.stage1_epochs: only used with distill.schedule two-stage, got {stage1} with "
+                               f"{recipe.distill.schedule}; set distill.schedule=two-stage (--schedule two-stage) or "
+                               "leave stage1_epochs 0", "distill.stage1_epochs", "distill.schedule")
     if recipe.distill.schedule == TWO_STAGE and not 1 <= stage1 < epochs:
         raise RecipeValueError(f"distill.stage1_epochs: expected 1 or more and fewer than train.epochs ({epochs}) "
                                f"with distill.schedule two-stage, got {stage1}", "distill.stage1_epochs", "train.epochs",

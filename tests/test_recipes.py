@@ -1,6 +1,7 @@
 """Every shipped recipe loads and validates; overrides and errors behave."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,18 @@ def test_the_commands_name_the_option_or_override_a_refused_value_came_from(tmp_
         "error: override sft.w_student=-1: sft.w_student: expected a finite number >= 0, got -1.0\n")
     assert runner.invoke(app, ["distill", "--schedule", "two-stage", "--print-recipe"]).stderr.startswith(
         "error: --schedule: distill.stage1_epochs: expected 1 or more")
+
+
+def test_stage1_epochs_with_the_joint_schedule_is_refused_not_ignored():
+    """Setting only distill.stage1_epochs trained jointly without a word; it needs two-stage."""
+    with pytest.raises(SftkdError, match=r"^distill\.stage1_epochs: only used with distill\.schedule two-stage, "
+                                         r"got 2 with joint"):
+        check_distill_schedule(load_recipe(None, ["distill.stage1_epochs=2", "train.epochs=5"]))
+    check_distill_schedule(load_recipe(None, ["distill.stage1_epochs=2", "train.epochs=5", "distill.schedule=two-stage"]))
+
+
+@pytest.mark.parametrize("key", ["data.path", "run.dir"])
+def test_an_empty_folder_key_is_refused_not_read_as_the_current_folder(key):
+    """`run.dir=` put the run in the current folder and `data.path=` read it as the dataset."""
+    with pytest.raises(SftkdError, match=rf"^{re.escape(key)}: expected .*, got an empty value$"):
+        validate(load_recipe(None, [f"{key}="]))
