@@ -322,6 +322,8 @@ class RunDir:
         """Refuse, before anything is created or removed, what `prepare` must not do."""
         if self.path.exists() and not self.path.is_dir():
             raise SftkdError(f"{self.path}: exists and is not a directory")
+        if self.path.is_dir():  # checkpoints are written into checkpoints/: never through a link out of the run
+            check_real_folder(self.path / CHECKPOINTS, self.path)
         here = self.path.resolve()
         for source in sources:
             if source and here in (Path(source).resolve(), *Path(source).resolve().parents):
