@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from sftkd_cli.name_checks import check_split_name
 from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, eval_folders
 
@@ -32,6 +33,7 @@ def results_folder(out: Path, state: dict[str, Any], record: dict[str, Any], dat
     if trained_on not in (None, record["fingerprint"]):
         out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
     if split is not None:
+        check_split_name(split, "--split")  # the dataset's manifest is checked too: a path never leaves `out`
         out = out / f"{EVAL_PREFIX}{SPLIT_LEVEL}{split}"
     if amp != "off":
         out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"

@@ -1,5 +1,5 @@
-"""Names a user gives sftkd, checked in one line: a run name (one folder name) and a device name;
-and choice words read in any case (`in_any_case`).
+"""Names a user gives sftkd, checked in one line: a run name (one folder name), a split name and a
+device name; and choice words read in any case (`in_any_case`).
 
 Light on purpose (torch only when a device name needs it): recipes and command options use them.
 """
@@ -30,6 +30,20 @@ def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
     else:
         return
     raise SftkdError(f"{where} {shown} {problem}; expected one plain folder name (e.g. demo-teacher)")
+
+
+#: a split name: one plain word (prepare-data writes train, val and test); it names RUN/eval-split-<split>/
+_SPLIT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_split_name(name: object, where: str) -> None:
+    """A split name is a plain name (`_SPLIT`, not `.` or `..`): it names an evaluation folder
+    (eval-split-<split>/), so a path there would send the scores outside the run."""
+    if isinstance(name, str) and _SPLIT.fullmatch(name) and name not in (".", ".."):
+        return
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 60 else repr(name[:57] + "...")
+    raise SftkdError(f"{where} {shown} is not a plain name; expected letters, digits, '_', '.' or '-' "
+                     "(e.g. train, val, test)")
 
 
 #: a device name as sftkd writes it: auto, cpu, cuda, mps, cuda:N (check_device says which exist)

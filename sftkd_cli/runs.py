@@ -322,6 +322,8 @@ class RunDir:
         """Refuse, before anything is created or removed, what `prepare` must not do."""
         if self.path.exists() and not self.path.is_dir():
             raise SftkdError(f"{self.path}: exists and is not a directory")
+        if self.path.is_dir():  # checkpoints are written into checkpoints/: never through a link out of the run
+            check_real_folder(self.path / CHECKPOINTS, self.path)
         here = self.path.resolve()
         for source in sources:
             if source and here in (Path(source).resolve(), *Path(source).resolve().parents):
@@ -404,13 +406,16 @@ class RunDir:
             self._lock_handle.release()
             self._lock_handle = None
 
-    def discard_untrained(self) -> None:
+    def discard_untrained(self) -> bool:
         """Remove what sftkd wrote here when no checkpoint was saved, then unlock: a new run whose
-        start failed (a setting the device refuses, a NaN loss in its first epoch) leaves nothing
-        that would block the corrected retry. A folder that holds other files keeps them."""
-        if not any(self.checkpoint(name).exists() for name in CHECKPOINT_NAMES):
+        start failed or was interrupted (a setting the device refuses, a NaN loss in its first
+        epoch, Ctrl-C) leaves nothing that would block the retry. A folder that holds other files
+        keeps them. Returns whether the run was removed (False: it has a checkpoint)."""
+        untrained = not any(self.checkpoint(name).exists() for name in CHECKPOINT_NAMES)
+        if untrained:
             self._remove_own()
         self.unlock()
+        return untrained
 
     def _remove_own(self) -> None:
         """What sftkd wrote here, .lock included, and the folder if that empties it: done while

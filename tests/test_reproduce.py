@@ -507,6 +507,12 @@ def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_train
     assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
+def test_an_evaluation_split_that_is_a_path_is_refused_when_the_plan_loads(tmp_path, tiny_dataset):
+    """stages.evaluate.split names RUN/eval-split-<split>/: a path there is refused at load."""
+    with pytest.raises(SftkdError, match=r"stages.evaluate.split '\.\./x' is not a plain name"):
+        load_plan(write_plan(tmp_path, tiny_dataset, "  evaluate: {split: ../x}\n"), ["train.device=cpu"])
+
+
 def test_an_up_to_date_dataset_that_cannot_be_written_passes_the_data_stage(tmp_path, nifti_writer, read_only):
     for i in range(3):
         nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((28, 24, 3), seed=i))

@@ -41,13 +41,14 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def stop_before_writing(monkeypatch, at: tuple[int, int]) -> None:
-    """Stop at once (a second Ctrl-C) when training hands over the checkpoint of (epoch, step)
-    `at`, before it is written: the run has no checkpoint of it, as after a kill -9 there."""
+    """End the process (as a kill -9 would: SystemExit, which nothing cleans up after) when
+    training hands over the checkpoint of (epoch, step) `at`, before it is written: the run has no
+    checkpoint of it. (A Ctrl-C there would remove a new run that has no checkpoint yet.)"""
     submit = CheckpointWriter.submit
 
     def stopping(self, paths, state):
         if (state["epoch"], state["step_in_epoch"]) == at:
-            raise KeyboardInterrupt
+            raise SystemExit(137)
         submit(self, paths, state)
 
     monkeypatch.setattr(CheckpointWriter, "submit", stopping)

@@ -386,6 +386,29 @@ def test_a_manifest_with_a_volume_in_two_splits_or_twice_is_refused(tiny_dataset
     fails_cleanly(*train_args(data, tmp_path / "runs"), names=(repr(volume),))
 
 
+@pytest.mark.parametrize("split", ["../../t1", "..", "a/b", ""])
+def test_a_manifest_split_that_is_not_a_plain_name_is_refused(tiny_dataset, trained_run, tmp_path, split):
+    """A split names RUN/eval-split-<split>/: one that is a path would send evaluate's scores
+    into another folder (another run's metrics.json), so the manifest is refused in one line."""
+    data, run = copy_dataset(tiny_dataset, tmp_path), copy_run(trained_run, tmp_path)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"][split] = manifest["splits"].pop("test")
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(tmp_path)
+    fails_cleanly("evaluate", run, "--data", data, "--device", "cpu", "--split", split,
+                  names=("manifest.json", f"split {split!r}", "not a plain name"))
+    assert snapshot(tmp_path) == before
+
+
+def test_results_folder_refuses_a_split_that_is_a_path(tmp_path):
+    from sftkd_cli.eval_folders import results_folder
+
+    record = {"fingerprint": "0" * 64}
+    assert results_folder(tmp_path, {}, record, tmp_path, "off", "paper", "test") == tmp_path / "eval-split-test"
+    with pytest.raises(SftkdError, match=r"--split '\.\./x' is not a plain name"):
+        results_folder(tmp_path, {}, record, tmp_path, "off", "paper", "../x")
+
+
 @pytest.mark.parametrize("case", ["all-ones", "all-zeros", "2x-as-4x"])
 def test_a_mask_file_must_sample_as_its_acceleration_says(raw_folder, tmp_path, case):
     mask = {"all-ones": np.ones((16, 16)), "all-zeros": np.zeros((16, 16)), "2x-as-4x": np.zeros((16, 16))}[case]

@@ -7,7 +7,7 @@
   have sftkd's names make it foreign.
 - The files sftkd names inside a run (env.json, history.jsonl, recipe.yaml, the default export and
   its card) replace a symlink found there instead of writing through it; a symlinked eval-* or
-  export folder inside a run is refused.
+  export folder inside a run is refused, and so is a symlinked checkpoints/ when training starts.
 """
 
 from __future__ import annotations
@@ -140,6 +140,23 @@ def test_resume_replaces_links_to_outside_files_instead_of_writing_through_them(
     for name in ("env.json", "history.jsonl"):
         assert (run / name).is_file() and not (run / name).is_symlink(), name
     assert len((run / "history.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("start", ["--force", "--resume", "new"])
+def test_training_refuses_a_symlinked_checkpoints_folder(start, tiny_dataset, trained_run, tmp_path):
+    """checkpoints/ as a link out of the run is refused before anything is written: best.pt and
+    last.pt would replace the files of the folder it points at (a new run, --force, --resume)."""
+    run = own_run(trained_run, tmp_path)
+    outside = elsewhere(tmp_path).parent
+    shutil.move(run / "checkpoints", outside / "checkpoints")  # the user's best.pt and last.pt there
+    if start == "new":
+        shutil.rmtree(run)
+        run.mkdir()
+    (run / "checkpoints").symlink_to(outside / "checkpoints", target_is_directory=True)
+    before = snapshot(tmp_path)
+    extra = () if start == "new" else (start, "train.epochs=2")
+    fails_cleanly(*train_args(tiny_dataset, run.parent, run.name, *extra), names=("checkpoints", "symbolic link inside run"))
+    assert snapshot(tmp_path) == before
 
 
 def test_export_replaces_a_dangling_link_at_its_default_file(trained_run, tmp_path):

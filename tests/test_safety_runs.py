@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -482,18 +483,47 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_to_bloc
     assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0  # no --force needed
 
 
-@pytest.mark.parametrize("stop", ["failed in epoch 2", "interrupted"])
-def test_a_run_with_a_checkpoint_or_interrupted_is_kept_for_resume(stop, tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["failed in epoch 2", "interrupted in epoch 2"])
+def test_a_run_with_a_checkpoint_failed_or_interrupted_is_kept_for_resume(stop, tiny_dataset, tmp_path, monkeypatch):
     from sftkd_cli.training.engine import Trainer
 
     runs = tmp_path / "runs"
     error = SftkdError("boom") if stop == "failed in epoch 2" else RunInterrupted("stopped")
-    monkeypatch.setattr(Trainer, "_train_step", _failing_step(3 if stop == "failed in epoch 2" else 1, error))
+    monkeypatch.setattr(Trainer, "_train_step", _failing_step(3, error))  # epoch 2, step 1: epoch 1's checkpoint is saved
     invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2"))
     assert (runs / "r" / "recipe.yaml").is_file()
-    assert (runs / "r" / "checkpoints" / "last.pt").is_file() is (stop == "failed in epoch 2")
+    assert (runs / "r" / "checkpoints" / "last.pt").is_file()
     monkeypatch.undo()
     assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=2", "--resume")).exit_code == 0
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm", "second ctrl-c in epoch 1"])
+def test_a_new_run_interrupted_before_its_first_checkpoint_leaves_nothing_to_block_the_retry(stop, tiny_dataset, tmp_path,
+                                                                                            monkeypatch):
+    """Ctrl-C or SIGTERM while the run starts (the memory layout is measured before the fit's own
+    signal handling) or a second Ctrl-C in epoch 1: nothing was saved, so the run is removed, as a
+    failed start is, and the same command starts it again; the message does not say it kept anything."""
+    from sftkd_cli.training.engine import Trainer
+
+    runs = tmp_path / "runs"
+    if stop == "second ctrl-c in epoch 1":
+        stopped = RunInterrupted(f"{runs / 'r'}: stopped at once; --resume continues from the last checkpoint")
+        monkeypatch.setattr(Trainer, "_train_step", _failing_step(1, stopped))
+    else:
+        def choose_layout(self, *args):
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt  # what Python's own Ctrl-C handler raises
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what a SIGTERM now runs
+
+        monkeypatch.setattr(Trainer, "_choose_layout", choose_layout)
+    result = invoke(*train_args(tiny_dataset, runs, "r"))
+    assert result.exit_code == (143 if stop == "sigterm" else 130), result.output
+    by = "SIGTERM" if stop == "sigterm" else "Ctrl-C"
+    assert f"stopped by {by} before its first checkpoint; nothing was saved" in " ".join(result.output.split())
+    assert "kept" not in result.output and "--resume" not in result.output
+    assert not (runs / "r").exists()
+    monkeypatch.undo()
+    assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0  # no --force needed
 
 
 def test_resume_without_the_checkpoints_of_a_trained_run_is_refused(tiny_dataset, tmp_path):

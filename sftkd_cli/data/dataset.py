@@ -57,6 +57,7 @@ from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.fft import ifft2_np
+from sftkd_cli.name_checks import check_split_name
 from sftkd_cli.mri.masks import check_mask_acceleration, check_mask_values, undersample
 from sftkd_cli.torchrun import local_processes, world_size
 
@@ -107,6 +108,8 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     splits = manifest["splits"]
     if not (isinstance(splits, dict) and all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in splits.values())):
         raise SftkdError(f"{where}: splits, expected a mapping of split name -> list of volume ids")
+    for name in splits:  # a split names an evaluation folder (eval-split-<split>/): never a path
+        check_split_name(name, f"{where}: split")
     seen: dict[str, str] = {}
     for name, ids in splits.items():
         for vid in ids:

@@ -12,6 +12,7 @@ from typing import Any
 from sftkd_cli.config import Setting, keep_written_text, load_recipe
 from sftkd_cli.safe_yaml import parse_yaml, read_yaml_file, read_yaml_text
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.name_checks import check_split_name
 from sftkd_cli.recipes import find_plan
 from sftkd_cli.reproduce.data import DataSpec, data_spec
 from sftkd_cli.reproduce.kinds import PLAN_FORMAT, SHAREABLE
@@ -291,11 +292,13 @@ def _options(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any]
 def _check_option_names(evaluate: dict[str, Any], compare: dict[str, Any], figures: dict[str, Any], where: str) -> None:
     """The names in the options blocks that the plan file alone can check: a typo fails at load
     (and --dry-run), not after all the training. stages.evaluate.split names a split of the
-    dataset, which may not exist yet: the data stage checks it (`data.check_split`)."""
+    dataset, which may not exist yet: the data stage checks it is there (`data.check_split`); here,
+    that it is a plain name."""
     from sftkd_cli.report.figures import CURVE_LABELS
     from sftkd_cli.choices import CHECKPOINT_NAMES
 
     check_choice(evaluate["checkpoint"], CHECKPOINT_NAMES, f"{where} stages.evaluate.checkpoint", "checkpoint")
+    check_split_name(evaluate["split"], f"{where} stages.evaluate.split")  # it names RUN/eval-split-<split>/
     as_metric_names(compare["metrics"], f"{where} stages.compare.metrics")
     as_metric_names(figures["metrics"], f"{where} figures.metrics")
     check_choice(figures["curve"], tuple(CURVE_LABELS), f"{where} figures.curve", "curve")

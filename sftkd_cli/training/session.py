@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisit
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.models import CascadeNet, build_model
 from sftkd_cli.runtime import check_amp, select_device
 from sftkd_cli.torchrun import local_processes, said_by_rank_0, world_size
 from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
+from sftkd_cli.training.lines import RESUME_HINTS
 from sftkd_cli.training.objectives import Objective
 from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
 
@@ -321,19 +324,22 @@ def run_training(
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
         run.prepare(recipe, resume=resume, force=force, sources=sources)
-        if resume:
-            write_run_file(run.recipe_file, dump_recipe(recipe))
-        if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
-            run.history_file.unlink(missing_ok=True)
-            trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
-        for note in (train_ds.cache_note, val_ds.cache_note):  # a split too large for data.cache
-            if note:
-                trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
+    signalled = Interrupts()  # Ctrl-C or SIGTERM before the fit's own handling (measuring the layout): KeyboardInterrupt
     try:
-        barrier(world)
-        result = trainer.fit(train_ds, val_ds, resume=resume)
-    except RunInterrupted:
-        raise  # kept as it is: --resume continues it
+        with on_signals(signalled, signal.SIGINT, signal.SIGTERM):
+            if rank == 0:
+                if resume:
+                    write_run_file(run.recipe_file, dump_recipe(recipe))
+                if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
+                    run.history_file.unlink(missing_ok=True)
+                    trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
+                for note in (train_ds.cache_note, val_ds.cache_note):  # a split too large for data.cache
+                    if note:
+                        trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
+            barrier(world)
+            result = trainer.fit(train_ds, val_ds, resume=resume)
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        raise _interrupted(run, exc, signalled.signum, discard=rank == 0 and not resume, quiet=rank != 0) from None
     except Exception as exc:
         if rank == 0 and not resume:
             run.discard_untrained()  # a new run that failed before its first checkpoint: the retry starts afresh
@@ -349,6 +355,24 @@ def run_training(
 
             dist.destroy_process_group()
     return run, result
+
+
+def _interrupted(run: RunDir, exc: RunInterrupted | KeyboardInterrupt, signum: int, *, discard: bool,
+                 quiet: bool) -> RunInterrupted:
+    """The error a training stopped by Ctrl-C or SIGTERM (`signum`, unless `exc` says) ends with. A new
+    run (`discard`) stopped before its first checkpoint is removed, as a failed start is, so the
+    same command starts it again; one with a checkpoint is kept for --resume (`exc` as it is)."""
+    signum = exc.signum if isinstance(exc, RunInterrupted) else signum
+    by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    if discard and run.discard_untrained():
+        error = RunInterrupted(f"{run.path}: stopped by {by} before its first checkpoint; nothing was saved and the "
+                               "run was removed, so the same command starts it again", signum)
+    elif isinstance(exc, RunInterrupted):
+        return exc
+    else:
+        error = RunInterrupted(f"{run.path}: stopped by {by}; {RESUME_HINTS[1]}", signum)
+    error.quiet = quiet or (isinstance(exc, RunInterrupted) and exc.quiet)  # under torchrun rank 0 alone says it
+    return error
 
 
 def with_run(recipe: Recipe, role: str, model: str) -> Recipe:
