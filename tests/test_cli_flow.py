@@ -177,6 +177,39 @@ def test_print_recipe_shows_the_resolved_recipe():
     assert "role: student" in result.output and "name: demo-student-D2C2-4x" in result.output
 
 
+@pytest.mark.parametrize("command, role, trains, other", [
+    ("train-sft", "teacher", "sft", "train-teacher"), ("distill", "sft", "kd", "train-sft"),
+    ("train-teacher", "kd", "teacher or student", "distill"), ("train-teacher", "sft", "teacher or student", "train-sft"),
+])
+def test_a_run_role_the_command_does_not_train_is_refused(command, role, trains, other):
+    """run.role fills in what the command derives; another command's role would mislabel the run
+    (an SFT run recorded as a teacher, which distill --init-from sft then refuses)."""
+    result = sftkd(command, "--print-recipe", f"run.role={role}", ok=False)
+    assert result.output.strip() == (f"error: override run.role={role}: run.role: {command} trains {trains} runs, "
+                                     f"got '{role}' (a run {other} trains); leave run.role out, or use {other}")
+
+
+def test_run_role_is_checked_by_the_library_too():
+    from sftkd_cli.config import load_recipe
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.training.sft import resolved_sft
+    from sftkd_cli.training.supervised import resolved_supervised
+
+    with pytest.raises(SftkdError, match="run.role: train-sft trains sft runs, got 'teacher'"):
+        resolved_sft(load_recipe(None, ["run.role=teacher"]))
+    student = resolved_supervised(load_recipe(None, ["run.role=student", "model.name=D5C5"]))  # set outright
+    assert student.run.role == "student"
+
+
+@pytest.mark.parametrize("recipe", ["teacher.yaml", "student.yaml"])
+def test_shipped_teacher_recipe_follows_the_model(recipe):
+    """A shipped teacher or student recipe leaves run.role to the model: trained as another model
+    it is that model's role, not the file's (two 'teachers' in compare otherwise)."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / "demo" / recipe
+    assert "role: student" in sftkd("train-teacher", path, "--print-recipe", "--model", "D3C5").output
+    assert "role: teacher" in sftkd("train-teacher", path, "--print-recipe", "--model", "D5C5").output
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_only_rank_0_prints_the_done_line(rank, monkeypatch, capsys):
     """Under torchrun only rank 0 validates: another rank's "best val L1 nan" line would mislead."""

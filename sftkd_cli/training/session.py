@@ -18,7 +18,7 @@ from rich.console import Console
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
-from sftkd_cli.errors import RunInterrupted, SftkdError, counted
+from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.signals import Interrupts, on_signals
@@ -375,7 +375,26 @@ def _interrupted(run: RunDir, exc: RunInterrupted | KeyboardInterrupt, signum: i
     return error
 
 
+#: the run roles each training command may record: train-teacher trains the teacher or a plain
+#: student baseline (derived from model.name; run.role may set either outright), the others one kind
+COMMAND_ROLES: dict[str, tuple[str, ...]] = {"train-teacher": ("teacher", "student"), "train-sft": ("sft",),
+                                             "distill": ("kd",)}
+
+
+def check_run_role(recipe: Recipe, command: str) -> None:
+    """Refuse, in one line, a run.role that `command` does not train: the run would be recorded as
+    another kind (an SFT run labelled teacher, a KD student labelled sft), which `compare`, the
+    report and `distill --init-from sft` then trust and refuse or misplace."""
+    roles, role = COMMAND_ROLES[command], recipe.run.role
+    if role and role not in roles:
+        other = next(name for name, trained in COMMAND_ROLES.items() if role in trained)
+        raise RecipeValueError(f"run.role: {command} trains {' or '.join(roles)} runs, got {role!r} (a run {other} "
+                               f"trains); leave run.role out, or use {other}", "run.role")
+
+
 def with_run(recipe: Recipe, role: str, model: str) -> Recipe:
-    """Fill in the run's role and default name."""
+    """Fill in the run's role (`role` unless run.role says another the same command trains,
+    `check_run_role`) and default name."""
+    check_run_role(recipe, next(command for command, roles in COMMAND_ROLES.items() if role in roles))
     name = recipe.run.name or default_run_name(recipe, role, model)
     return dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, role=recipe.run.role or role, name=name))
