@@ -109,3 +109,16 @@ def test_an_export_with_a_long_name_writes_the_file_and_its_card(trained_run, tm
     result = export_run(trained_run, "torchscript", out=out)
     assert out.is_file() and result.card_path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, result.card_path.name])
+
+
+@pytest.mark.parametrize("given, folder", [(".", "demo"), ("./", "demo"), ("../demo", "demo"), ("sub/..", "demo"),
+                                           ("..", "data"), ("sub/", "sub"), ("sub", "sub")])
+def test_default_run_name_is_the_data_folder_own_name(given, folder, tmp_path, monkeypatch):
+    """`--data .` named the run after "data" (the empty name of `.`), not the folder it is."""
+    from sftkd_cli.config import load_recipe
+    from sftkd_cli.training.session import default_run_name
+
+    (tmp_path / "data" / "demo" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "data" / "demo")
+    recipe = load_recipe(None, [f"data.path={given}"])
+    assert default_run_name(recipe, "teacher", "D5C5") == f"{folder}-teacher-D5C5-4x"

@@ -40,7 +40,10 @@ RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cud
 
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
-    dataset = Path(recipe.data.path).name or "data"
+    """`<data folder>-<role>-<model>-<acceleration>x`. The folder's own name, also for `.`, `..`
+    or `data/demo/` (made absolute, `.` and `..` taken away; links are not followed, so a linked
+    data folder keeps the name it is given under, as runs named before did)."""
+    dataset = Path(os.path.abspath(recipe.data.path)).name or "data"
     return f"{dataset}-{role}-{model}-{recipe.data.acceleration:g}x"
 
 
