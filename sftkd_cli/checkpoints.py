@@ -71,6 +71,33 @@ def read_checkpoint(source: str | Path, which: str = "best", option: str = "") -
     return CheckpointFile(path, load_checkpoint(path, data), hashlib.sha256(data).hexdigest())
 
 
+def training_record(run_path: Path, planned: int, checkpoint: str, state: dict[str, Any]) -> dict[str, Any]:
+    """How far the run trained: the epochs its last checkpoint finished against those its recipe
+    planned (train.epochs), and the checkpoint used (`state`, read from the run's `checkpoint`)
+    with its epoch. Why: a run stopped early (Ctrl-C, SIGTERM, a crash; or killed between writing
+    best.pt and last.pt, which leaves last.pt an epoch behind) is otherwise exported or scored like
+    a finished one. Trained epochs are None (and so is `finished`) where last.pt cannot be read."""
+    try:
+        last = state if checkpoint == "last" else read_checkpoint(run_path, "last").state
+        trained: int | None = int(last.get("epoch") or 0)
+    except SftkdError:
+        trained = None
+    return {"epochs_trained": trained, "epochs_planned": int(planned),
+            "finished": None if trained is None else trained >= planned,
+            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch"),
+            "checkpoint_step_in_epoch": state.get("step_in_epoch") or 0}  # > 0: saved mid-epoch, steps into the next
+
+
+def stopped_early_note(run: str | Path, training: dict[str, Any]) -> str:
+    """One `note:` line for a run `training_record` says did not finish ('' otherwise, or where
+    its last.pt cannot be read), said where its weights are exported or scored."""
+    if training["finished"] is not False:
+        return ""
+    return (f"note: {run} trained {training['epochs_trained']} of its {training['epochs_planned']} planned epochs "
+            f"(stopped early; --resume continues it); this is its {training['checkpoint']} checkpoint, from epoch "
+            f"{training['checkpoint_epoch']}")
+
+
 def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
     """sha256 of a run's `which` checkpoint (or of a checkpoint file): which teacher a distilled
     run learnt from, whatever its folder is called now. None when there is none."""

@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 
 from sftkd_cli import __version__
-from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest
+from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest, stopped_early_note, training_record
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text, unlink_quietly
@@ -401,6 +401,9 @@ def _evaluate(
     check_output(out, run.path)
     if warning := amp_warning(amp, torch_device, "--amp"):  # once the work is sure to start
         console.print(warning, highlight=False, markup=False, soft_wrap=True)
+    if exported is None and which in CHECKPOINT_NAMES:  # a run stopped early, or last.pt behind best.pt: as export says
+        if note := stopped_early_note(run.path, training_record(run.path, recipe.train.epochs, which, state)):
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
     score_one, summarise_all = SCORERS[convention]
     with staged_outputs(out) as staged:
         with writing(out):

@@ -50,7 +50,7 @@ from torch import nn
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint
+from sftkd_cli.checkpoints import check_fits_data, load_model_digest, read_checkpoint, training_record
 from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_SIZE, MIN_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
@@ -456,7 +456,7 @@ def export_run(
                 "checkpoint": checkpoint,
                 CHECKPOINT_DIGEST: digest,  # the bytes exported: what the card's metrics must have scored
                 "epoch": state.get("epoch"),
-                "training": _training(run.path, recipe.train.epochs, checkpoint, state),
+                "training": training_record(run.path, recipe.train.epochs, checkpoint, state),
                 "architecture": family.architecture(model, fixed),
                 "params": count_parameters(model),
                 "task": model.acquisition.task,  # evaluate --exported refuses data of another task
@@ -529,22 +529,6 @@ def _load_written(tmp: Path, target: Path) -> ExportedModel:
     except SftkdError as exc:  # e.g. a torch whose trace holds an op not in exported.EXPORT_OPS
         raise SftkdError(f"{target}: the written file fails the check every exported file gets on loading, "
                          f"nothing written ({exc})") from None
-
-
-def _training(run_path: Path, planned: int, checkpoint: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The card's record of how far the run trained: the epochs its last checkpoint finished
-    against those its recipe planned (train.epochs), and the checkpoint exported with its epoch.
-    Why: a run stopped early (Ctrl-C, SIGTERM, a crash) is otherwise exported like a finished one.
-    Trained epochs are None (and so is `finished`) where the last checkpoint cannot be read."""
-    try:
-        last = state if checkpoint == "last" else read_checkpoint(run_path, "last").state
-        trained: int | None = int(last.get("epoch") or 0)
-    except SftkdError:
-        trained = None
-    return {"epochs_trained": trained, "epochs_planned": int(planned),
-            "finished": None if trained is None else trained >= planned,
-            "checkpoint": checkpoint, "checkpoint_epoch": state.get("epoch"),
-            "checkpoint_step_in_epoch": state.get("step_in_epoch") or 0}  # > 0: saved mid-epoch, steps into the next
 
 
 def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manifest: dict[str, Any] | None,

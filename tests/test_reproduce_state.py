@@ -196,3 +196,34 @@ def test_the_estimate_adds_no_worker_start_when_nothing_runs(tmp_path, tiny_data
     monkeypatch.setattr(estimate_module, "worker_start_seconds", lambda: 2.0)
     chosen = {s.id for s in stages}
     assert estimate_module.estimate_plan(plan, stages, chosen, 2, probe=False).wall == 0
+
+
+def test_a_stage_whose_last_checkpoint_is_behind_best_is_partial_and_resumed(tmp_path, tiny_dataset):
+    """A kill in the final epoch after best.pt and before last.pt leaves last.pt an epoch behind:
+    the stage is not complete (its `checkpoint: last` evaluation would score the older weights),
+    `sftkd evaluate --checkpoint last` says so in a note, and running the stage brings last.pt up
+    to date. The stale last.pt is an earlier copy of the same run's, put back."""
+    import shutil
+
+    from sftkd_cli.reproduce.stages import training_state
+
+    path = write_plan(tmp_path, tiny_dataset, "  evaluate: {checkpoint: last}\n")
+    assert not run_plan(load_plan(path, [*QUICK, "train.epochs=1"]), only=["teacher"], console=quiet()).failed
+    checkpoints = tmp_path / "runs" / "teacher" / "checkpoints"
+    shutil.copy2(checkpoints / "last.pt", tmp_path / "epoch1.pt")
+    plan = load_plan(path, QUICK)  # 2 epochs
+    assert not run_plan(plan, only=["teacher"], console=quiet()).failed
+    stage = next(s for s in build_stages(plan) if s.id == "teacher")
+    assert training_state(stage) == ("complete", "2/2 epochs")
+    assert load_checkpoint(checkpoints / "best.pt")["epoch"] == 2  # epoch 2 improved: best.pt written then last.pt
+    shutil.copy2(tmp_path / "epoch1.pt", checkpoints / "last.pt")  # as if killed between the two writes
+
+    assert training_state(stage) == ("partial", "2/2 epochs (last.pt behind best.pt)")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "runs" / "teacher"), "--checkpoint", "last",
+                                      "--device", "cpu", "--no-recon"])
+    assert result.exit_code == 0, result.output
+    assert "note: " in result.output and "trained 1 of its 2 planned epochs (stopped early; --resume continues it); " \
+        "this is its last checkpoint, from epoch 1" in " ".join(result.output.split())
+    assert statuses(run_plan(plan, only=["teacher"], console=quiet()))["teacher"] != "skipped"  # resumed
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 2
+    assert training_state(stage) == ("complete", "2/2 epochs")

@@ -69,6 +69,8 @@ def export(
 
 def _say_exported(result: ExportResult, run: Path) -> None:
     """The export's lines on stdout: the file, its inputs and outputs, the check, the card, and notes."""
+    from sftkd_cli.checkpoints import stopped_early_note
+
     card = result.card
     console = stdout_console()
     h, w = card["image_size"]
@@ -87,11 +89,8 @@ def _say_exported(result: ExportResult, run: Path) -> None:
         console.print(f"note: no dataset at {result.missing_data} (RUN's data.path, read from here): checked on synthetic "
                       "phantoms, and the card records no dataset, normalisation or mask recipe; pass --data DIR where "
                       "the dataset is now", soft_wrap=True, markup=False)
-    training = card["training"]
-    if training["finished"] is False:  # None: the run's last checkpoint could not be read
-        console.print(f"note: {run} trained {training['epochs_trained']} of its {training['epochs_planned']} planned "
-                      f"epochs (stopped early; --resume continues it); this is its {training['checkpoint']} "
-                      f"checkpoint, from epoch {training['checkpoint_epoch']}", soft_wrap=True, markup=False)
+    if note := stopped_early_note(run, card["training"]):
+        console.print(note, soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
