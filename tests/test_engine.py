@@ -172,6 +172,15 @@ def test_a_resumed_epochs_seconds_include_the_time_before_the_stop(tmp_path, mon
     assert seconds[0] < 1000 <= seconds[1]
 
 
+def test_a_second_ctrl_c_before_the_first_checkpoint_claims_none(tmp_path, monkeypatch):
+    """Stopped at once in epoch 1 (step 2), before any checkpoint: the line says nothing was saved,
+    not that --resume continues from a checkpoint."""
+    monkeypatch.setattr(Trainer, "_train_step", _twice_in_step(Trainer._train_step, signal.SIGINT, at=2))
+    with pytest.raises(RunInterrupted, match="stopped at once; nothing was saved: it stopped before its first checkpoint"):
+        _fit(tmp_path, "stopped")
+    assert not (tmp_path / "stopped" / "checkpoints" / "last.pt").exists()
+
+
 @pytest.mark.parametrize("signum, stopped, saved_at", [
     (signal.SIGINT, "stopped at once; --resume continues from the last checkpoint", (1, 0)),  # epoch 1's, not the half-done step's
     (signal.SIGTERM, "stopped by SIGTERM at epoch 2, step 2", (1, 2)),  # a repeated SIGTERM only asks again
@@ -184,13 +193,13 @@ def test_a_second_ctrl_c_stops_at_once_a_second_sigterm_does_not(tmp_path, monke
     assert (state["epoch"], state["step_in_epoch"]) == saved_at
 
 
-def _twice_in_step(train_step, signum: int):
-    """Trainer._train_step that sends `signum` twice in its 5th call."""
+def _twice_in_step(train_step, signum: int, at: int = 5):
+    """Trainer._train_step that sends `signum` twice in its `at`-th call."""
     calls = []
 
     def step(self, *args):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == at:
             os.kill(os.getpid(), signum)
             os.kill(os.getpid(), signum)
         return train_step(self, *args)
@@ -198,7 +207,8 @@ def _twice_in_step(train_step, signum: int):
     return step
 
 
-def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, monkeypatch):
+def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, monkeypatch, capfd):
+    """It says it waits for the validation, not for a step (none runs)."""
     validate = engine.validate
 
     def pressed_during(*args, **kwargs):
@@ -207,6 +217,19 @@ def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(engine, "validate", pressed_during)
     _stopped_then_resumed(tmp_path, monkeypatch, "stopped by Ctrl-C after epoch 1; continue with --resume", (1, 0))
+    assert "Ctrl-C: stopping after this validation, then saving (Ctrl-C again stops at once)" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_a_stop_at_an_epochs_last_step_ends_that_epoch_and_resumes_exactly_without_a_warning(tmp_path, monkeypatch,
+                                                                                            recwarn, signum, by):
+    """Signalled in step 3 of 3: the epoch is validated and saved as finished ((1, 0), not a mid-epoch
+    (0, 3) from which a resume would step the LR before any optimiser step: PyTorch's
+    "lr_scheduler.step() before optimizer.step()" warning), and the resumed run equals an uninterrupted one."""
+    _signal_inside_adam(monkeypatch, signum, (3,))
+    _stopped_then_resumed(tmp_path, monkeypatch, f"stopped by {by} after epoch 1; continue with --resume", (1, 0),
+                          128 + signum)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in recwarn]
 
 
 def test_on_signals_keeps_an_ignored_signal_ignored_and_restores_the_others():
@@ -397,6 +420,38 @@ def test_history_and_best_checkpoint_are_written(tmp_path):
     best = load_checkpoint(run.checkpoint("best"))
     assert rows[best["epoch"] - 1]["val_l1"] == min(r["val_l1"] for r in rows)
     assert np.isfinite(rows[-1]["val_psnr"])
+
+
+def test_two_stage_distillation_says_each_epochs_stage_and_a_tiny_feature_loss(tmp_path, capsys):
+    """history.jsonl rows of a two-stage run have `stage`; the epoch lines say it and what the train
+    loss is, and a feature loss below 1e-4 is not shown as 0.00000. The start line names the
+    teacher, method, start weights and schedule."""
+    from sftkd_cli.distill.catalog import default_taps
+    from sftkd_cli.distill.methods import build_method
+    from sftkd_cli.training.kd import Distillation
+
+    torch.manual_seed(1)
+    student, teacher = build_model("D2C2"), build_model("D3C2")
+    s_taps, t_taps = default_taps("at", student, teacher)
+    method = build_method("at", [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+    kd = Distillation(student, teacher, method, s_taps, t_taps, w_kd=1e-6, schedule="two-stage", stage1_epochs=1,
+                      facts={"teacher_run": "runs/t", "method": "at", "init": "random"})
+    _, run = _fit(tmp_path, "kd", False, kd, "run.role=kd", console=Console(width=400))
+    rows = run.read_history()
+    assert [row["stage"] for row in rows] == [1, 2] and 0 < rows[0]["train_loss"] < 1e-4
+    out = capsys.readouterr().out.splitlines()
+    assert "(kd; teacher runs/t, method at, init random, two-stage: 1 epoch of feature loss, then L1) on" in out[0]
+    assert out[1].startswith(f"epoch 1, stage 1 (feature loss): train {rows[0]['train_loss']:.3e}  val L1"), out[1]
+    assert out[2].startswith(f"epoch 2, stage 2 (L1): train {rows[1]['train_loss']:.5f}  val L1"), out[2]
+
+
+def test_the_start_line_names_the_start_weights_and_amp(tmp_path, capsys):
+    """train-teacher --init-from RUN and train.amp=bf16 say so; a plain run's history rows have no stage."""
+    objective = Supervised(build_model("D2C2"), {"init": "runs/a/checkpoints/best.pt:model"})
+    _, run = _fit(tmp_path, "r", False, objective, "train.amp=bf16", "train.epochs=1", console=Console(width=400))
+    start = capsys.readouterr().out.splitlines()[0]
+    assert "(teacher; init runs/a/checkpoints/best.pt:model) on" in start and ", amp bf16" in start, start
+    assert "stage" not in run.read_history()[0]
 
 
 class _Terminal(io.StringIO):

@@ -365,6 +365,7 @@ class Trainer:
 
         Saves `last` every train.checkpoint_every steps, and on SIGTERM before leaving."""
         cfg = self.recipe.train
+        loop.stop.after = "this step"
         self._bare().begin_epoch(state.epoch)
         if not state.step and state.epoch in self._bare().restarts():  # (a resumed epoch restarted already)
             restart_optimizer(loop.optimizer, loop.scheduler)
@@ -385,7 +386,8 @@ class Trainer:
                 self._read_losses(state, loop)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
-            if self._stopping(loop, agree=read):
+            # a stop at the epoch's last step is its end (`_fit` validates, saves): resumed, a checkpoint here would LR-step first (a torch warning)
+            if state.step < loop.steps_per_epoch and self._stopping(loop, agree=read):
                 self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
                 raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
@@ -475,6 +477,7 @@ class Trainer:
         train_loss = self._epoch_loss(state)
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
+            loop.stop.after = "this validation"  # what a Ctrl-C now says it waits for (`_run_epoch` puts back "this step")
             try:
                 val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size),
                                loop.predict)
@@ -487,6 +490,7 @@ class Trainer:
         row = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,
+            **({"stage": stage} if (stage := self._bare().stage(state.epoch)) else {}),  # two-stage distillation
             **val,
             "lr": lr,
             "seconds": round(time.perf_counter() - state.started, 3),
@@ -519,8 +523,9 @@ class Trainer:
 
     def _interrupt(self) -> NoReturn:
         """A second Ctrl-C (or SIGTERM): stopped at once, maybe inside a step, so nothing more is
-        saved; the last checkpoint written stays, and --resume continues from it."""
-        raise RunInterrupted(f"{self.run.path}: stopped at once; {RESUME_HINTS[1]}") from None
+        saved; the last checkpoint written stays, and --resume continues from it (if there is one)."""
+        kept = RESUME_HINTS[1] if self.kept is not None else "nothing was saved: it stopped before its first checkpoint"
+        raise RunInterrupted(f"{self.run.path}: stopped at once; {kept}") from None
 
     def _choose_layout(self, train_ds: Dataset, saved: dict[str, Any] | None) -> LayoutChoice:
         """NCHW or channels_last for this run: forced by train.channels_last, or measured on a
@@ -568,12 +573,13 @@ class Trainer:
         `resumed_at`: the (epoch, step_in_epoch) of the checkpoint a resumed run continues from."""
         cfg, data = self.recipe.train, self.recipe.data
         threads = f", {counted(torch.get_num_threads(), 'thread')}" if self.device.type == "cpu" else ""
-        threads += ", CUDA graphs" if self.cuda_graphs else ""
+        threads += (", CUDA graphs" if self.cuda_graphs else "") + (f", amp {cfg.amp}" if cfg.amp != "off" else "")
         resumed = f", resuming at {checkpoint_at(*resumed_at)}" if resumed_at is not None else ""
         processes = f" x {self.world} processes" if self.world > 1 else ""  # batch_size is per process
         models = " + ".join(model_text(m) for m in self._bare().models().values())
+        role = "; ".join(filter(None, [self.recipe.run.role, self._bare().describe()]))  # e.g. KD's teacher and method
         return (
-            f"run {self.run.path}: {models} ({self.recipe.run.role}) on {data.path} "
+            f"run {self.run.path}: {models} ({role}) on {data.path} "
             f"({data.acceleration:g}x; train {train_slices} slices, val {val_slices}), "
             f"{counted(cfg.epochs, 'epoch')} of {counted(steps, 'step')}, batch {cfg.batch_size}{processes}, {self.device}{threads}{resumed}; "
             f"layout {self.layout.describe()}"

@@ -32,10 +32,11 @@ from sftkd_cli.checkpoints import check_fits_data, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
+from sftkd_cli.training.lines import STAGE_LOSSES
 from sftkd_cli.training.objectives import Batch, TeacherObjective
 from sftkd_cli.training.resume import ResumePoint
 from sftkd_cli.training.session import model_for, recorded_start, run_training, start_weights, with_run
@@ -82,6 +83,15 @@ class Distillation(TeacherObjective):
 
     def restarts(self) -> tuple[int, ...]:
         return (self.stage1_epochs,) if self.schedule == TWO_STAGE and self.stage1_epochs > 0 else ()
+
+    def stage(self, epoch: int) -> int | None:
+        return (1 if epoch < self.stage1_epochs else 2) if self.schedule == TWO_STAGE else None
+
+    def describe(self) -> str:
+        facts = self.facts
+        schedule = (f"two-stage: {counted(self.stage1_epochs, 'epoch')} of {STAGE_LOSSES[1]}, then {STAGE_LOSSES[2]}"
+                    if self.schedule == TWO_STAGE else "joint")
+        return f"teacher {facts.get('teacher_run')}, method {facts.get('method')}, init {facts.get('init')}, {schedule}"
 
     def graph_key(self) -> bool:
         return self.feature_stage  # stage 1 computes the feature loss alone

@@ -68,6 +68,17 @@ class Objective(nn.Module):
         which the reference code trains as a new run). None by default."""
         return ()
 
+    def stage(self, epoch: int) -> int | None:
+        """The stage (1, 2) that `epoch` (0-based) trains in, for an objective whose loss changes
+        with the epoch (two-stage distillation: its history rows and epoch lines say it); None."""
+        return None
+
+    def describe(self) -> str:
+        """What defines the run besides its model and data, for the start line: here the weights
+        it started from where they are not random ('' for none); distillation says more."""
+        init = self.facts.get("init")
+        return f"init {init}" if init and init != "random" else ""
+
     def graph_key(self) -> Hashable:
         """What the training step's code depends on besides the batch's shapes (a CUDA graph is
         captured per key): nothing by default; an objective whose `forward` takes other branches

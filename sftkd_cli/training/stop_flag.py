@@ -27,6 +27,7 @@ class StopFlag:
         self.by = ""  # what set it, for the message
         self.signum = int(signal.SIGINT)
         self.announce, self.live_bar = announce, live_bar
+        self.after = "this step"  # what the engine does now, that the stop waits for ("this validation")
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
@@ -39,7 +40,7 @@ class StopFlag:
         # os.write, not print: a handler can run in the middle of the progress bar's own writes;
         # a live bar's line is ended first, and without a bar there is no line to end
         start = "\n" if self.live_bar else ""
-        os.write(2, f"{start}{self.by}: stopping after this step, then saving (Ctrl-C again stops at once)\n".encode())
+        os.write(2, f"{start}{self.by}: stopping after {self.after}, then saving (Ctrl-C again stops at once)\n".encode())
 
     def _set(self, signum: int) -> None:
         self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
