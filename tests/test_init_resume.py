@@ -48,7 +48,7 @@ def test_a_resume_with_another_start_is_refused(tiny_dataset, tmp_path, trained_
     assert invoke(*train_args(tiny_dataset, runs, "init", "--init-from", trained_run)).exit_code == 0
     assert invoke(*train_args(tiny_dataset, runs, "random")).exit_code == 0
     before = snapshot(runs)
-    for name, start, said in (("init", ("--init-from", runs / "random"), ("not the checkpoint", "started from")),
+    for name, start, said in (("init", ("--init-from", runs / "random"), ("not the checkpoint", "started from", "or without --init-from")),
                               ("init", ("--init-from", runs / "gone"), ("gone", "no such run directory")),
                               ("random", ("--init-from", trained_run), ("random weights", "without --init-from"))):
         fails_cleanly(*train_args(tiny_dataset, runs, name, "train.epochs=2", "--resume", *start), names=said)

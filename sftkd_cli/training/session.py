@@ -225,7 +225,8 @@ def check_same_start(recipe: Recipe, started: tuple[str, str | None], init_from:
     resolve_checkpoint(init_from)  # one that is gone says so, not that it is another
     changed = _other_checkpoint(run, "--init-from", init_from, recorded, "started from")
     if changed:
-        raise SftkdError(f"{changed}: resume with the --init-from it started from")
+        raise SftkdError(f"{changed}: resume with the --init-from it started from, or without --init-from "
+                         "(the weights come from its checkpoint)")
 
 
 def _recorded_teacher(run: RunDir) -> str | None:
