@@ -375,7 +375,7 @@ def test_a_partial_folder_that_is_not_prepare_datas_is_refused_and_left_alone(ra
     message = str(refused.value)
     assert message.startswith(f"{partial}: ") and "\n" not in message
     assert "nothing there is changed" in message and "move it away" in message
-    expected = {"no key": "no readable partial.json", "other file": "holds masks/notes.txt",
+    expected = {"no key": "holds thesis.tex", "other file": "holds masks/notes.txt",
                 "other folder": "holds drafts/", "link": "holds v9.h5"}[plant]
     assert expected in message
     assert (files_of(partial), sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*"))) == before
@@ -405,4 +405,26 @@ def test_starting_over_removes_only_prepare_datas_files(raw, tmp_path):
     said = []
     prepare_dataset(NiftiSource(raw), out, PrepareOptions(size=(16, 16), force=True), say=said.append)
     assert said == [] and not partial.exists()
+    assert_same_dataset(out, tmp_path / "straight")
+
+
+def test_a_run_stopped_while_installing_leaves_a_folder_the_next_run_starts_over(raw, tmp_path, monkeypatch):
+    """`install` removes the key and the journal, then writes the manifest: a full disk (or a kill)
+    between the two leaves only prepare-data's files and no key. The same command starts over
+    there (it was refused as not prepare-data's)."""
+    from sftkd_cli.data import partial as partial_mod
+
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(partial_mod, "write_manifest", full)
+        with pytest.raises(SftkdError, match="No space left on device"):
+            prepare_dataset(NiftiSource(raw), out, SMALL)
+    assert not (partial / "partial.json").exists() and list(partial.glob("*.h5"))
+    said: list[str] = []
+    prepare_dataset(NiftiSource(raw), out, SMALL, say=said.append)
+    assert len(said) == 1 and said[0].endswith("(no readable partial.json); starting over")
     assert_same_dataset(out, tmp_path / "straight")

@@ -12,10 +12,10 @@ A run with the same key (same options, same inputs, same sftkd) keeps each volum
 lists at its recorded size and writes only the others: a file half-written when the run was
 killed is not in the journal and is written again; a journal line cut short by a kill ends the
 journal there. A run with another key removes prepare-data's files there and starts over, saying
-so in one line. A folder of that name that has neither a readable key nor prepare-data's manifest
-(an install killed midway), or that holds anything but the files prepare-data writes there
-(`foreign_entry`), is the user's: it is refused and nothing in it is touched. Both files are removed before the manifest is written, so the installed dataset
-holds only its own.
+so in one line (also one without a readable key: killed before its key was written, or while
+installing). A folder of that name that holds anything but the files prepare-data writes there
+(`foreign_entry`) is the user's: it is refused and nothing in it is touched. Both files are
+removed before the manifest is written, so the installed dataset holds only its own.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sftkd_cli import __version__
 from sftkd_cli.data.format import FORMAT, MANIFEST
 from sftkd_cli.data.manifest import InputHashes, Progress, write_manifest
 from sftkd_cli.data.output import (
-    difference, existing_dataset, install, kept_in, partial_folder, written_name,
+    difference, install, kept_in, partial_folder, written_name,
 )
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import MAX_JSON_BYTES, display_path, read_regular_bytes, replace_atomically
@@ -61,15 +61,14 @@ class Partial:
             raise self._refuse("is not a folder prepare-data wrote")
         line = ""
         if self.folder.is_dir():
-            old = self._read_key()
-            ours = isinstance(old, dict) and "format" in old and "sftkd_version" in old or self._installing()
-            # a run killed before its key was in place left at most the key's temporary file
-            started = any(not _TEMPORARY.fullmatch(p.name) for p in self.folder.iterdir())
-            if started and not ours:
-                raise self._refuse(f"not a partial dataset of prepare-data (no readable {KEY})")
+            # prepare-data's own only: a folder whose every entry it writes there is its own, with or
+            # without a key (a run killed before its key was in place, or an `install` stopped between
+            # removing the key and writing the manifest); one holding anything else is the user's
             foreign = foreign_entry(self.folder)
             if foreign is not None:
                 raise self._refuse(f"holds {foreign}, which prepare-data does not write there")
+            old = self._read_key()
+            started = any(not _TEMPORARY.fullmatch(p.name) for p in self.folder.iterdir())
             if old == self.key:
                 self.done = self._read_journal()
                 replace_atomically(self.folder / JOURNAL, b"".join(_line(v) for v in self.done.values()))
@@ -88,14 +87,6 @@ class Partial:
         there is changed, as `output.existing_dataset` changes nothing in a foreign --out."""
         return SftkdError(f"{display_path(self.folder)}: {why}; nothing there is changed: prepare-data writes "
                           f"--out {display_path(self.out)} there before putting it in place: move it away and run again")
-
-    def _installing(self) -> bool:
-        """Whether the folder holds a manifest prepare-data wrote (`output.existing_dataset`): an
-        `install` killed midway leaves it so, its key already removed."""
-        try:
-            return existing_dataset(self.folder) is not None
-        except SftkdError:
-            return False
 
     def _read_key(self) -> Any:
         """The key the folder was started with; None when it has none readable (cut short, older)."""
