@@ -370,7 +370,7 @@ def naming_origin(path: str | Path | None, settings: Sequence[Setting]) -> Itera
         yield
     except RecipeValueError as exc:
         given = {setting.key: setting.source for setting in settings}
-        raw = load_yaml(read_yaml_text(find_file(path), "recipe"), str(path)) if path is not None else {}
+        raw = (load_yaml(read_yaml_text(find_file(path), "recipe"), str(path)) if path is not None else None) or {}
         in_file = {f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict) for key in values}
         origins = [o for o in dict.fromkeys(given.get(key, str(path) if key in in_file else "") for key in exc.keys) if o]
         if not origins:

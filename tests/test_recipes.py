@@ -312,3 +312,15 @@ def test_an_empty_folder_key_is_refused_not_read_as_the_current_folder(key):
     """`run.dir=` put the run in the current folder and `data.path=` read it as the dataset."""
     with pytest.raises(SftkdError, match=rf"^{re.escape(key)}: expected .*, got an empty value$"):
         validate(load_recipe(None, [f"{key}="]))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_a_refused_value_from_an_option_names_it_with_an_empty_recipe_file(tmp_path, text):
+    """An empty recipe file sets no key: the option is named (it raised AttributeError)."""
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+
+    (tmp_path / "empty.yaml").write_text(text)
+    refused = CliRunner().invoke(app, ["train-teacher", str(tmp_path / "empty.yaml"), "--epochs", "0", "--print-recipe"])
+    assert refused.exit_code == 2 and refused.stderr == "error: --epochs: train.epochs: expected at least 1, got 0\n"

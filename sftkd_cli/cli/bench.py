@@ -124,7 +124,7 @@ def bench(
     roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's large (16, 32, N, N) input (it is also measured on the run's own shapes); smaller is quicker.")] = 256,
     tf32: Annotated[bool, typer.Option("--tf32", help="TF32 convolutions and matrix products on NVIDIA GPUs, as train.tf32 trains (default off, as training).")] = False,
     complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
-    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table. An existing FILE is replaced only when an earlier bench wrote it (a JSON object with bench's \"format\", \"settings\", \"machine\" and \"rows\"), when it is empty, or with --force; never a file sftkd reads from a run or a dataset (recipe.yaml, metrics.json, checkpoints, manifest.json, .h5...).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table. An existing FILE is replaced only when an earlier bench wrote it (a JSON object with bench's \"format\", \"sftkd_version\", \"settings\", \"machine\" and \"rows\"), when it is empty, or with --force; never a file sftkd reads from a run or a dataset (recipe.yaml, metrics.json, checkpoints, manifest.json, .h5...).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --json FILE that no earlier bench wrote (never a run's or a dataset's files).")] = False,
 ) -> None:
     from sftkd_cli.bench import run_bench
@@ -182,7 +182,7 @@ def _check_json_target(path: Path, force: bool) -> None:
     except SftkdError as exc:
         raise SftkdError(f"--json {exc}") from None
     check_output_file(path, "--json", force, written_by_bench,
-                      'an earlier bench JSON (expected an object with "format", "settings", "machine" and "rows")')
+                      'an earlier bench JSON (expected an object with "format", "sftkd_version", "settings", "machine" and "rows")')
 
 
 def _exit_if_interrupted(result: BenchResult, json_out: str | None, signum: int) -> None:

@@ -128,11 +128,10 @@ def print_or_train(recipe: Recipe, print_only: bool, train: Callable[..., tuple[
     """`--print-recipe`: check and show the recipe as `resolve` completes it for training (model,
     run role and name); otherwise train(recipe, console=..., **kwargs) and print the run's "done"
     line with its best `what` (under torchrun: rank 0's only)."""
-    from sftkd_cli.config import dump_recipe, validate
+    from sftkd_cli.config import dump_recipe
 
     console = stdout_console()
-    if print_only:
-        validate(recipe)  # what training would refuse in its first line
+    if print_only:  # `build_recipe` validated it: what training would refuse in its first line
         console.print(dump_recipe(resolve(recipe)), highlight=False, markup=False, soft_wrap=True)  # YAML: never wrapped
         return
     run, result = train(recipe, console=console, **kwargs)

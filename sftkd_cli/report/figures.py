@@ -118,7 +118,8 @@ def check_figure_targets(stem: Path, flag: str, force: bool) -> None:
     not write (unless `force`), or that sftkd reads from a run or a dataset (even with `force`)."""
     for path in figure_paths(stem):
         check_output_file(path, flag, force, written_by_sftkd,
-                          f"a figure sftkd wrote (expected metadata Software or Creator '{SOFTWARE}')")
+                          f"a figure sftkd wrote (expected metadata Software or Creator '{SOFTWARE}'; "
+                          "figures written by an sftkd older than this mark carry none: --force once)")
 
 
 def save_figure(figure, stem: Path) -> tuple[Path, ...]:

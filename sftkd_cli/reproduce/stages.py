@@ -208,8 +208,9 @@ _START_OVER = "delete {run} to train it anew"
 
 def training_state(stage: Stage) -> tuple[str, str]:
     """('complete' | 'partial' | 'new', detail) of a training stage's run directory. Complete only
-    where last.pt itself holds the end of training: a last.pt left behind best.pt (a kill between
-    the two writes) is partial, so running the stage resumes and rewrites it before it is scored."""
+    where last.pt, if there is one, holds the end of training: a last.pt left behind best.pt (a kill
+    between the two writes) is partial, so running the stage resumes and rewrites it before it is
+    scored; a last.pt deleted to save space is not asked for back."""
     assert stage.run is not None and stage.recipe is not None
     run = RunDir(stage.run)
     if not run.recipe_file.is_file():
@@ -222,7 +223,7 @@ def training_state(stage: Stage) -> tuple[str, str]:
     # epochs finished, then the steps of the next, numbered as training's own lines number them
     where = f"{epoch}/{epochs} epochs" + (f" and {step} steps of epoch {epoch + 1}" if step else "")
     last = run.checkpoint("last")
-    if point.path != last:  # a stop between writing best.pt and last.pt: resuming brings last.pt up to date
+    if point.path != last and last.is_file():  # a stop between writing best.pt and last.pt: resuming brings it up to date
         return "partial", f"{where} ({last.name} behind {point.path.name})"
     if epoch == epochs and step == 0 and run.checkpoint("best").is_file():  # beyond: not the plan's (`plan_conflict`)
         return "complete", where

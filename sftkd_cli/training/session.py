@@ -41,8 +41,8 @@ RESUMABLE_CHANGES = {"train.epochs", "train.device", "train.threads", "train.cud
 
 def default_run_name(recipe: Recipe, role: str, model: str) -> str:
     """`<data folder>-<role>-<model>-<acceleration>x`. The folder's own name, also for `.`, `..`
-    or `data/demo/` (made absolute, `.` and `..` taken away; links are not followed, so a linked
-    data folder keeps the name it is given under, as runs named before did)."""
+    or `data/demo/`: the path is made absolute from the current folder (whose links the OS has
+    resolved) and `..` taken away as text; a link named in the path keeps its own name."""
     dataset = Path(os.path.abspath(recipe.data.path)).name or "data"
     return f"{dataset}-{role}-{model}-{recipe.data.acceleration:g}x"
 
