@@ -17,7 +17,8 @@ MAX_RUN_NAME = 200
 
 def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
     """A run name is one plain folder name inside the runs folder: never empty (unless `allow_empty`:
-    the command derives one), `.`, `..`, a path, or longer than MAX_RUN_NAME bytes."""
+    the command derives one), `.`, `..`, a path, hidden (`.x`), option-like (`-x`), or longer than
+    MAX_RUN_NAME bytes."""
     if name == "" and allow_empty:
         return
     shown = repr(name) if len(name) <= 60 else repr(name[:57] + "...")
@@ -25,6 +26,10 @@ def check_run_name(name: str, where: str, allow_empty: bool = False) -> None:
         problem = "is not a folder name"
     elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         problem = "contains '/', '\\' or a control character (NUL, newline, ...)"
+    elif name[0] == ".":
+        problem = "starts with '.' (a hidden folder, which `runs/*` leaves out)"
+    elif name[0] == "-":
+        problem = "starts with '-' (commands given the run would read it as an option)"
     elif len(name.encode("utf-8", "surrogateescape")) > MAX_RUN_NAME:
         problem = f"is longer than {MAX_RUN_NAME} bytes"
     else:

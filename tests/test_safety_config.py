@@ -154,7 +154,7 @@ def test_cuda_ordinal_past_the_gpus_is_one_line(tmp_path, tiny_dataset):
 # ----------------------------------------------------------------------------- run names and model names
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "a\\b", "x" * 201])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "a\\b", "x" * 201, ".hidden", "-x"])
 def test_run_name_must_be_one_folder_name(tmp_path, tiny_dataset, name):
     runs = tmp_path / "runs"
     (tmp_path / "keep.txt").write_text("user data")
