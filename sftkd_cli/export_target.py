@@ -1,15 +1,17 @@
 """The file `sftkd export` writes: its default name in RUN/export, the checks of --out made before
 anything is traced, and what an export may replace (an earlier export, with --force; never a file
-of the user's, nor a card that is not an export card)."""
+of the user's, nor a card that is not an export card), with the temporary files a killed export left."""
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.exported import card_path, load_card
-from sftkd_cli.files import check_writable, is_special_file, output_path
+from sftkd_cli.files import (check_writable, is_special_file, left_by_dead_process, output_path, temporary_sibling,
+                             unlink_quietly)
 from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS
 from sftkd_cli.runs import check_real_folder, is_role_name
 
@@ -59,7 +61,17 @@ def replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
         raise SftkdError(f"{flag}{out if out is not None else target}: a device file or FIFO; expected a regular file "
                          "(the model and its card)")
     _check_replaceable(target, force, flag)
+    for stale in (*dead_temporaries(target), *dead_temporaries(card_path(target))):
+        unlink_quietly(stale)  # left by an export killed while writing this file (kill -9)
     return target
+
+
+def dead_temporaries(path: Path) -> list[Path]:
+    """The temporary siblings of `path` (`temporary_sibling`, of any process) that a process no
+    longer running left: only this file's, never another program's `.x.tmp-N` in the user's folder."""
+    stem = temporary_sibling(path).name.rsplit("-", 1)[0]  # `.<name>.tmp`
+    return [p for p in path.parent.glob(glob.escape(stem) + "-*")
+            if (p.is_symlink() or p.is_file()) and left_by_dead_process(p)]
 
 
 def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:

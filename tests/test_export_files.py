@@ -373,3 +373,21 @@ def test_the_card_records_the_centre_fraction_a_default_mask_was_made_with(run_c
         assert export_module._mask_card({"mask": mask}, 4.0, rows, None)["center_fraction"] == expected, mask
     user = {"kind": "random", "per_acceleration": {"acc4": {"origin": "file"}}}  # a mask of the user's file: unknown
     assert export_module._mask_card({"mask": user}, 4.0, rows, "m.npy")["center_fraction"] is None
+
+
+def test_an_export_removes_what_an_export_of_the_same_file_killed_while_writing_left(trained_run, tmp_path):  # noqa: F811
+    """`kill -9` during an export leaves `.<name>.tmp-<pid>` in the --out folder; the next export
+    of that file removes its own and its card's, and nothing else: another program's temporary
+    file, and one whose process still runs, stay."""
+    out = tmp_path / "models" / "m.onnx"
+    out.parent.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    left = [out.parent / f".m.onnx.tmp-{dead}", out.parent / f".m.onnx.card.json.tmp-{dead}"]
+    kept = [out.parent / f".notes.txt.tmp-{dead}", out.parent / f".m.onnx.tmp-{os.getppid()}"]
+    for path in (*left, *kept):
+        path.write_bytes(b"partial")
+    result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["m.onnx", "m.onnx.card.json", *(p.name for p in kept)])
