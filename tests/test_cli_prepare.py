@@ -375,3 +375,18 @@ def test_nifti_files_the_default_pattern_leaves_out_are_told_in_one_note(tmp_pat
     taken = run("nifti", tmp_path / "raw", "--out", tmp_path / "all", "--pattern", "*.nii*", "--val", "s0_t1")
     assert taken.exit_code == 0 and "leaves out" not in taken.stderr, taken.stderr
     assert len(json.loads((tmp_path / "all/manifest.json").read_text())["volumes"]) == 4
+
+
+def test_an_up_to_date_dataset_of_a_moved_input_folder_says_where_it_was_prepared(tmp_path: Path, nifti_writer) -> None:
+    """The summary's source is the manifest's (where the dataset was prepared from); after ROOT was
+    moved, a note says the same files are now at the ROOT given."""
+    for i in range(2):
+        nifti_writer.write(tmp_path / f"raw/v{i}.nii.gz", nifti_writer.phantom((20, 18, 3), seed=i))
+    assert run("nifti", tmp_path / "raw", "--out", tmp_path / "out").exit_code == 0
+    same = run("nifti", tmp_path / "raw", "--out", tmp_path / "out")
+    assert same.exit_code == 0 and "is up to date" in same.stdout and "note:" not in same.stdout
+    (tmp_path / "raw").rename(tmp_path / "moved")
+    moved = run("nifti", tmp_path / "moved", "--out", tmp_path / "out")
+    assert moved.exit_code == 0 and "is up to date" in moved.stdout, moved.stderr
+    assert (f"note: the dataset records its inputs at {tmp_path / 'raw'}, where it was prepared; the same files are "
+            f"now at {tmp_path / 'moved'}") in " ".join(moved.stdout.split())

@@ -154,6 +154,10 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
         result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines,
                                  say=lambda line: show(f"prepare-data: {line}"))
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
+    recorded = result.manifest.get("source_root")
+    if result.unchanged and source.root is not None and recorded and Path(recorded) != source.root.resolve():
+        stdout_console().print(f"note: the dataset records its inputs at {recorded}, where it was prepared; the same "
+                               f"files are now at {source.root}", highlight=False, markup=False, soft_wrap=True)
     if warning := result.padding_warning():
         stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return result
