@@ -512,3 +512,28 @@ def write_run_file(path: Path, text: str) -> None:
         replace_atomically(path, text.encode())
     except OSError as exc:
         raise SftkdError(f"{path}: could not write ({os_error_text(exc)})") from None
+
+
+def open_log_for_append(path: Path) -> int:
+    """A descriptor appending to the log `path` (created if missing), which must be a regular
+    file: a symbolic link, FIFO, device or folder there is refused with one line.
+
+    Opened with O_NOFOLLOW and O_NONBLOCK and checked on the descriptor, then made blocking
+    again. Why: a log sftkd names itself must not append through a planted link to another file,
+    nor hang on a FIFO nobody reads (the caller closes the descriptor)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW), or a FIFO nobody reads
+            raise SftkdError(f"{path}: is not a regular file (a symbolic link or FIFO); "
+                             "expected a log file sftkd writes (remove it)") from None
+        raise SftkdError(f"{path}: could not open the log for appending ({os_error_text(exc)})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SftkdError(f"{path}: is not a regular file (a FIFO, device or folder); "
+                             "expected a log file sftkd writes (remove it)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -41,9 +41,11 @@ from typing import Any, Protocol
 
 from sftkd_cli.choices import EXECUTORS, PER_GPU
 from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.files import open_log_for_append
 from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.stages import StageResult
+from sftkd_cli.reproduce.stagework import failure_note
 
 
 class Executor(Protocol):
@@ -292,7 +294,7 @@ def _run(job: StageJob, streams: tuple[int, int]) -> StageResult:
         if job.log is not None:  # everything the process writes (warnings, C libraries) goes to the log
             _flush()
             job.log.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = open_log_for_append(job.log)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
@@ -300,7 +302,7 @@ def _run(job: StageJob, streams: tuple[int, int]) -> StageResult:
     except KeyboardInterrupt:  # SIGTERM outside the stage's own handling
         result = StageResult(job.stage.id, job.stage.kind, INTERRUPTED, note="stopped")
     except Exception as exc:  # noqa: BLE001 - e.g. the log cannot be opened: the stage fails, the worker goes on
-        result = StageResult(job.stage.id, job.stage.kind, FAILED, note=f"{type(exc).__name__}: {exc}")
+        result = StageResult(job.stage.id, job.stage.kind, FAILED, note=failure_note(exc))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _flush()

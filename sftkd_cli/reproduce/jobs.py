@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from sftkd_cli.errors import SftkdError, counted
+from sftkd_cli.files import open_log_for_append
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
@@ -83,10 +84,13 @@ def run_stage_job(job: StageJob) -> StageResult:
     threads = None if stage.recipe is not None and stage.recipe.train.threads else job.threads
     trainers = default_trainers() if job.trainers is None else job.trainers
     handle = None
-    try:
-        if job.log is not None:
+    if job.log is not None:
+        try:  # a link, FIFO or folder in the log's place is refused: the stage fails, nothing is written through it
             job.log.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(job.log, "a", encoding="utf-8")
+            handle = os.fdopen(open_log_for_append(job.log), "a", encoding="utf-8")
+        except (SftkdError, OSError) as exc:
+            return StageResult(stage.id, stage.kind, FAILED, time.perf_counter() - started, failure_note(exc))
+    try:
         console = Console(file=handle, width=LOG_WIDTH, force_terminal=False, no_color=True) if handle else Console()
         console.print(_log_header(job, stage), highlight=False, markup=False)
         try:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.files import open_log_for_append
 from sftkd_cli.reproduce.jobs import StageJob, run_stage_job
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import FAILED, INTERRUPTED
@@ -224,10 +225,13 @@ def run_on_worker(job: StageJob, cwd: str) -> StageResult:
     stage's log, the dead predecessor's run lock awaited, then the stage as `run_stage_job` does it."""
     if os.path.isdir(cwd):
         os.chdir(cwd)
-    with _output_to(job.log):
-        if job.stage.kind in TRAIN_KINDS and job.stage.run is not None:
-            wait_for_lock(job.stage.run / LOCK, LOCK_WAIT)
-        return run_stage_job(job)
+    try:
+        with _output_to(job.log):
+            if job.stage.kind in TRAIN_KINDS and job.stage.run is not None:
+                wait_for_lock(job.stage.run / LOCK, LOCK_WAIT)
+            return run_stage_job(job)
+    except SftkdError as exc:  # the log refused (a link or FIFO in its place): the stage fails with that line
+        return StageResult(job.stage.id, job.stage.kind, FAILED, note=str(exc))
 
 
 @contextmanager
@@ -240,8 +244,8 @@ def _output_to(log: Path | None) -> Iterator[None]:
     log.parent.mkdir(parents=True, exist_ok=True)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    fd = open_log_for_append(log)
     kept = [os.dup(1), os.dup(2)]
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)

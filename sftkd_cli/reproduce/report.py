@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,10 @@ from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
+from sftkd_cli.reproduce.report_folder import read_status, written_for
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
-from sftkd_cli.files import atomic_write_text, json_text, nan_if_null, read_regular_bytes
+from sftkd_cli.files import json_text, nan_if_null, write_run_file
 from sftkd_cli.run_files import METRICS_JSON
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         lines += _group_section(plan, stages, group, members, console, problems)
     if plan.paper is not None:  # one run per cell: the first seed's
         lines += _paper_section(plan, stages, [s for s in evaluated if s.seed in (None, *plan.seeds[:1])], problems)
-    status = _merged_status(out / STATUS_JSON, stages, results)
+    status = _merged_status(out / STATUS_JSON, stages, results, written_for(plan))
     lines += ["## Plan status", ""]
     rows = [(r.id, r.status, f"{r.seconds:.1f}", r.note) for r in status]
     rows.append(("report", "done", "", "this file"))
@@ -69,9 +69,10 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     if problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
     records = [dataclasses.asdict(r) for r in status]
-    atomic_write_text(out / STATUS_JSON, json_text({"format": 1, "plan": str(plan.path), "stages": records,
-                                                    "problems": problems}))  # `report_complete` reads them
-    atomic_write_text(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
+    # names sftkd chooses: a link or FIFO there is replaced, never written through (`write_run_file`)
+    write_run_file(out / STATUS_JSON, json_text({"format": 1, "plan": str(plan.path), "written_for": written_for(plan),
+                                                 "stages": records, "problems": problems}))  # `report_complete` reads them
+    write_run_file(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
     return problems
 
 
@@ -94,13 +95,18 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Ite
     return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
-def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageResult]) -> list[StageResult]:
-    """This invocation's results, plus earlier ones (from status.json) for stages not run now (--only)."""
+def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageResult],
+                   key: dict[str, Any] | None = None) -> list[StageResult]:
+    """This invocation's results, plus earlier ones (from status.json) for stages not run now
+    (--only); none when status.json was written for another `key` (`written_for`: another runs
+    folder, dataset or overrides, whose rows are not these runs')."""
     earlier: dict[str, dict[str, Any]] = {}
-    try:
-        earlier = {entry["id"]: entry for entry in json.loads(read_regular_bytes(path, "status"))["stages"]}
-    except (SftkdError, ValueError, KeyError, TypeError):
-        pass
+    status = read_status(path)
+    if status is not None and (key is None or status.get("written_for") == key):
+        try:
+            earlier = {entry["id"]: entry for entry in status["stages"]}
+        except (KeyError, TypeError):
+            pass
     current = {r.id: r for r in results}
     merged = []
     for stage in stages:
@@ -161,8 +167,8 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
         try:
             runs, warnings = collect_runs([evaluation_dir(s) for s in members if _seed_of(s) == seed])
             comparison = compare_runs(runs, metrics=list(plan.compare["metrics"]))
-            atomic_write_text(plan.report_dir / f"compare{tail}.csv", render(comparison, "csv", alpha))
-            atomic_write_text(plan.report_dir / f"compare{tail}.json", render(comparison, "json", alpha))
+            write_run_file(plan.report_dir / f"compare{tail}.csv", render(comparison, "csv", alpha))
+            write_run_file(plan.report_dir / f"compare{tail}.json", render(comparison, "json", alpha))
             if seed == seeds[0]:
                 console.print(to_rich(view(comparison, alpha, stacked=True)))
             lines += [f"- warning: {w}" for w in warnings]

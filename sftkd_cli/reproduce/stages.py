@@ -5,7 +5,6 @@ lets a plan be run again and continue where it stopped."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from pathlib import Path
 
 from sftkd_cli.acquisition import TASKS
 from sftkd_cli.config import Recipe, check_distill_schedule, check_sft_pair, load_recipe, naming_origin, parse_overrides, validate
-from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.metrics_file import read_metrics
@@ -22,6 +20,7 @@ from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import (
     DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON, is_up_to_date,
 )
+from sftkd_cli.reproduce.report_folder import check_report_folder, read_status, written_for
 from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -107,7 +106,9 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
 
 
 def build_stages(plan: Plan) -> list[Stage]:
-    """Every stage of the plan, in an order where each stage comes after what it needs."""
+    """Every stage of the plan, in an order where each stage comes after what it needs; a report
+    folder holding others' files is refused here, before any stage runs (`check_report_folder`)."""
+    check_report_folder(plan)
     stages: list[Stage] = [Stage("data", "data", label="data")]
 
     def add(kind: str, variant: Variant | None, spec: StageSpec, method: str | None = None,
@@ -337,17 +338,19 @@ def _stage_ok(entry: object) -> bool:
 def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
     """report.md newer than the plan file and than every metrics.json it summarises, written
     without problems (status.json's `problems`: a report written with problems is done again),
-    and with every stage in its status table ok (a stage it shows failed or skipped, since fixed
-    and now up to date, would otherwise be reported failed for good)."""
+    with every stage in its status table ok (a stage it shows failed or skipped, since fixed
+    and now up to date, would otherwise be reported failed for good), and written for this runs
+    folder, dataset and command-line overrides (a shared `report:` folder: `written_for`)."""
     report = plan.report_dir / REPORT_MD
     if not report.is_file():
         return False
-    try:
-        status = json.loads(read_regular_bytes(plan.report_dir / STATUS_JSON, "status"))
-        problems, recorded = status.get("problems"), status.get("stages")
-    except (SftkdError, ValueError, AttributeError):  # missing or damaged: written again
+    status = read_status(plan.report_dir / STATUS_JSON)
+    if status is None:  # missing or damaged: written again
         return False
+    problems, recorded = status.get("problems"), status.get("stages")
     if problems != []:  # some, or a status.json that does not say (an older sftkd's)
+        return False
+    if status.get("written_for") != written_for(plan):  # another --runs-dir, dataset or overrides (or not said)
         return False
     if not isinstance(recorded, list) or not all(_stage_ok(entry) for entry in recorded):
         return False

@@ -9,6 +9,7 @@ run a plan with other ones without patching module names.
 from __future__ import annotations
 
 import datetime
+import os
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from rich.markup import escape
 
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
+from sftkd_cli.files import open_log_for_append
 from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
 from sftkd_cli.choices import TRAIN_KINDS
@@ -123,8 +125,8 @@ def log_error(plan: Plan, stage: Stage, exc: BaseException) -> None:
     """Append an unexpected error's traceback to <report>/errors.log (the console shows one line)."""
     try:
         plan.report_dir.mkdir(parents=True, exist_ok=True)
-        with open(plan.report_dir / "errors.log", "a") as handle:
+        with os.fdopen(open_log_for_append(plan.report_dir / "errors.log"), "a") as handle:
             handle.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} stage {stage.id}\n")
             handle.write("".join(traceback.format_exception(exc)))
-    except OSError:
+    except (OSError, SftkdError):  # the console has the error's line; a refused log loses only the traceback
         pass

@@ -1,0 +1,137 @@
+"""`sftkd reproduce`: the report folder is sftkd's own. Its files (report.md, status.json) and the
+stage logs and errors.log are never written through a link planted there, a FIFO there fails
+at once instead of hanging, a `report:` folder holding the user's files is refused before any
+stage runs, and a report written for another --runs-dir or other overrides is not up to date.
+
+Device: CPU (no stage trains: the plans run only their data and report stages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_reproduce import quiet, statuses, write_plan
+from typer.testing import CliRunner
+
+from sftkd_cli.cli.app import app
+from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import open_log_for_append
+from sftkd_cli.reproduce import StageJob, build_stages, load_plan, run_plan, run_stage_job
+from sftkd_cli.reproduce.report import write_report
+from sftkd_cli.reproduce.stagework import log_error
+
+ONLY = ["data", "report"]
+
+
+def planted(tmp_path: Path, name: str = "victim.txt") -> Path:
+    victim = tmp_path / name
+    victim.write_text("the user's own\n")
+    return victim
+
+
+def test_report_md_and_status_json_replace_a_link_or_fifo_not_what_it_points_to(tmp_path, tiny_dataset):
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    stages = build_stages(plan)
+    plan.report_dir.mkdir(parents=True)
+    victim = planted(tmp_path)
+    (plan.report_dir / "report.md").symlink_to(victim)
+    os.mkfifo(plan.report_dir / "status.json")  # nobody reads it: written into, it would fail or hang
+    write_report(plan, stages, [], quiet())
+    assert victim.read_text() == "the user's own\n"
+    for name in ("report.md", "status.json"):
+        assert not (plan.report_dir / name).is_symlink() and (plan.report_dir / name).is_file()
+    assert (plan.report_dir / "report.md").read_text().startswith("# sftkd reproduce:")
+
+
+def test_a_log_is_never_appended_through_a_link_nor_opened_on_a_fifo(tmp_path):
+    victim = planted(tmp_path)
+    (tmp_path / "link.log").symlink_to(victim)
+    os.mkfifo(tmp_path / "fifo.log")
+    for name in ("link.log", "fifo.log"):
+        with pytest.raises(SftkdError, match=f"{name}: is not a regular file"):
+            open_log_for_append(tmp_path / name)
+    assert victim.read_text() == "the user's own\n"
+    fd = open_log_for_append(tmp_path / "new.log")
+    try:
+        os.write(fd, b"line\n")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "new.log").read_text() == "line\n"
+
+
+def test_a_stage_log_or_errors_log_that_is_a_link_is_not_written_through(tmp_path, tiny_dataset):
+    """The stage whose log is a link fails with one line naming it; errors.log as a link stays as it was."""
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    stages = build_stages(plan)
+    victim = planted(tmp_path)
+    logs = plan.report_dir / "logs"
+    logs.mkdir(parents=True)
+    (logs / "data.log").symlink_to(victim)
+    result = run_stage_job(StageJob(plan, stages[0], tuple(stages), log=logs / "data.log"))
+    assert result.status == "failed" and "data.log: is not a regular file" in result.note
+    (plan.report_dir / "errors.log").symlink_to(victim)
+    log_error(plan, stages[0], RuntimeError("boom"))
+    assert victim.read_text() == "the user's own\n"
+
+
+def test_the_workers_local_and_ray_do_not_write_through_a_linked_stage_log(tmp_path, tiny_dataset):
+    """Both open the log for the whole process's output (file descriptors 1 and 2)."""
+    from sftkd_cli.reproduce.executor import _run
+    from sftkd_cli.reproduce.ray_executor import run_on_worker
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    stages = build_stages(plan)
+    victim = planted(tmp_path)
+    (plan.report_dir / "logs").mkdir(parents=True)
+    (plan.report_dir / "logs" / "data.log").symlink_to(victim)
+    streams = os.dup(1), os.dup(2)
+    try:
+        result = _run(StageJob(plan, stages[0], tuple(stages), log=plan.report_dir / "logs" / "data.log"), streams)
+    finally:
+        os.close(streams[0])
+        os.close(streams[1])
+    assert result.status == "failed" and "is not a regular file" in result.note
+    on_ray = run_on_worker(StageJob(plan, stages[0], tuple(stages), log=plan.report_dir / "logs" / "data.log"), os.getcwd())
+    assert on_ray.status == "failed" and "is not a regular file" in on_ray.note
+    assert victim.read_text() == "the user's own\n"
+
+
+def test_a_report_folder_holding_the_users_files_is_refused_before_any_stage(tmp_path, tiny_dataset):
+    docs = tmp_path / "mydocs"
+    docs.mkdir()
+    (docs / "report.md").write_text("notes\n")
+    (docs / "box.png").write_text("photo\n")
+    path = write_plan(tmp_path, tiny_dataset, f"report: {docs}\n")
+    with pytest.raises(SftkdError, match=r"mydocs: holds files sftkd reproduce did not write \(box.png, report.md\)"):
+        build_stages(load_plan(path))
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run"])
+    assert result.exit_code != 0 and "`report:` folder" in result.output
+    assert (docs / "report.md").read_text() == "notes\n" and (docs / "box.png").read_text() == "photo\n"
+    assert sorted(p.name for p in docs.iterdir()) == ["box.png", "report.md"]
+
+
+def test_a_report_folder_of_its_own_logs_or_report_is_run_again(tmp_path, tiny_dataset):
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    (plan.report_dir / "logs").mkdir(parents=True)
+    (plan.report_dir / "logs" / "data.log").write_text("--- earlier\n")  # --jobs stopped before the report
+    assert statuses(run_plan(plan, only=ONLY, console=quiet()))["report"] == "done"
+    (plan.report_dir / "notes.txt").write_text("mine\n")  # beside sftkd's status.json: the folder is sftkd's
+    assert statuses(run_plan(load_plan(plan.path), only=ONLY, console=quiet()))["report"] == "skipped"
+
+
+def test_a_shared_report_folder_is_stale_for_another_runs_folder_or_overrides(tmp_path, tiny_dataset):
+    """B, then A with train.seed=7, then B again: each report is written anew for its own runs,
+    not called up to date, and the other runs folder's status rows are not merged in."""
+    path = write_plan(tmp_path, tiny_dataset, f"report: {tmp_path / 'shared'}\n")
+    runs_a, runs_b = tmp_path / "runs" / "A", tmp_path / "runs" / "B"
+    assert statuses(run_plan(load_plan(path, runs_dir=runs_b), only=ONLY, console=quiet()))["report"] == "done"
+    assert statuses(run_plan(load_plan(path, ["train.seed=7"], runs_dir=runs_a), only=["report"], console=quiet())) == {"report": "done"}
+    status = json.loads((tmp_path / "shared" / "status.json").read_text())
+    assert status["stages"] == [] and status["written_for"]["overrides"] == ["train.seed=7"]
+    assert statuses(run_plan(load_plan(path, runs_dir=runs_b), only=ONLY, console=quiet()))["report"] == "done"
+    text = (tmp_path / "shared" / "report.md").read_text()
+    assert f"- runs: `{runs_b}`" in text and "train.seed=7" not in text
+    assert statuses(run_plan(load_plan(path, runs_dir=runs_b), only=ONLY, console=quiet()))["report"] == "skipped"
