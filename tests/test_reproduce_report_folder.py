@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,11 @@ def test_the_workers_local_and_ray_do_not_write_through_a_linked_stage_log(tmp_p
     victim = planted(tmp_path)
     (plan.report_dir / "logs").mkdir(parents=True)
     (plan.report_dir / "logs" / "data.log").symlink_to(victim)
-    streams = os.dup(1), os.dup(2)
+    streams, handler = (os.dup(1), os.dup(2)), signal.getsignal(signal.SIGTERM)
     try:
         result = _run(StageJob(plan, stages[0], tuple(stages), log=plan.report_dir / "logs" / "data.log"), streams)
-    finally:
+    finally:  # a worker's `_run` ends ignoring SIGTERM: this process's tests must not inherit that
+        signal.signal(signal.SIGTERM, handler)
         os.close(streams[0])
         os.close(streams[1])
     assert result.status == "failed" and "is not a regular file" in result.note
