@@ -69,9 +69,9 @@ def replaceable(target: Path, out: str | Path | None, force: bool) -> Path:
 def dead_temporaries(path: Path) -> list[Path]:
     """The temporary siblings of `path` (`temporary_sibling`, of any process) that a process no
     longer running left: only this file's, never another program's `.x.tmp-N` in the user's folder."""
-    stem = temporary_sibling(path).name.rsplit("-", 1)[0]  # `.<name>.tmp`
+    stem = temporary_sibling(path).name.rsplit("-", 1)[0]  # `.<name>.tmp`, then `-<pid>`
     return [p for p in path.parent.glob(glob.escape(stem) + "-*")
-            if (p.is_symlink() or p.is_file()) and left_by_dead_process(p)]
+            if p.name[len(stem) + 1:].isdigit() and (p.is_symlink() or p.is_file()) and left_by_dead_process(p)]
 
 
 def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:

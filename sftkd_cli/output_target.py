@@ -51,7 +51,7 @@ def sftkd_input(path: Path) -> bool:
     return any(_run_file(p) or _dataset_file(p) for p in (path, Path(os.path.realpath(path))))
 
 
-def _replaceable(path: Path, ours: Callable[[bytes], bool]) -> bool:
+def replaceable_output(path: Path, ours: Callable[[bytes], bool]) -> bool:
     """Whether the regular file at `path` is empty (a placeholder, mktemp's: nothing to lose) or one
     `ours` recognises from its bytes; one that cannot be read, or is larger than any sftkd output
     (MAX_JSON_BYTES), is not."""
@@ -73,6 +73,6 @@ def check_output_file(path: Path, flag: str, force: bool, ours: Callable[[bytes]
                          "choose a file outside the run or dataset")
     if path.is_dir():
         raise SftkdError(f"{shown}: is a folder; expected a file name")
-    if path.is_file() and not force and not _replaceable(path, ours):
+    if path.is_file() and not force and not replaceable_output(path, ours):
         raise SftkdError(f"{shown}: exists and is not {expected}; left untouched: choose another file, "
                          "or pass --force to replace it")

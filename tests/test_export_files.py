@@ -384,7 +384,8 @@ def test_an_export_removes_what_an_export_of_the_same_file_killed_while_writing_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
     left = [out.parent / f".m.onnx.tmp-{dead}", out.parent / f".m.onnx.card.json.tmp-{dead}"]
-    kept = [out.parent / f".notes.txt.tmp-{dead}", out.parent / f".m.onnx.tmp-{os.getppid()}"]
+    kept = [out.parent / f".notes.txt.tmp-{dead}", out.parent / f".m.onnx.tmp-{os.getppid()}",
+            out.parent / f".m.onnx.tmp-notes.tmp-{dead}"]  # another file's temporary name that starts alike
     for path in (*left, *kept):
         path.write_bytes(b"partial")
     result = CliRunner().invoke(app, ["export", str(trained_run), "-f", "onnx", "-o", str(out)], env=WIDE)

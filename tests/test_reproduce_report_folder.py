@@ -107,12 +107,13 @@ def test_a_report_folder_holding_the_users_files_is_refused_before_any_stage(tmp
     (docs / "report.md").write_text("notes\n")
     (docs / "box.png").write_text("photo\n")
     path = write_plan(tmp_path, tiny_dataset, f"report: {docs}\n")
-    with pytest.raises(SftkdError, match=r"mydocs: holds files sftkd reproduce did not write \(box.png, report.md\)"):
+    (docs / "thesis.tex").write_text("draft\n")  # no report file's name: not the report's business
+    with pytest.raises(SftkdError, match=r"mydocs: holds box.png, report.md, which sftkd reproduce did not write"):
         build_stages(load_plan(path))
     result = CliRunner().invoke(app, ["reproduce", str(path), "--dry-run"])
     assert result.exit_code != 0 and "`report:` folder" in result.output
     assert (docs / "report.md").read_text() == "notes\n" and (docs / "box.png").read_text() == "photo\n"
-    assert sorted(p.name for p in docs.iterdir()) == ["box.png", "report.md"]
+    assert sorted(p.name for p in docs.iterdir()) == ["box.png", "report.md", "thesis.tex"]
 
 
 def test_a_report_folder_of_its_own_logs_or_report_is_run_again(tmp_path, tiny_dataset):
@@ -137,3 +138,36 @@ def test_a_shared_report_folder_is_stale_for_another_runs_folder_or_overrides(tm
     text = (tmp_path / "shared" / "report.md").read_text()
     assert f"- runs: `{runs_b}`" in text and "train.seed=7" not in text
     assert statuses(run_plan(load_plan(path, runs_dir=runs_b), only=ONLY, console=quiet()))["report"] == "skipped"
+
+
+def test_a_report_folder_holding_runs_or_an_interrupted_first_report_is_sftkds(tmp_path, tiny_dataset):
+    """The report replaces only its own files: a `report:` that is the runs folder (holding the
+    stage runs, no report yet) is taken, and so is one whose first report stopped after its compare
+    files and figures and before its status.json (all signed or told by content as sftkd's)."""
+    runs = tmp_path / "runs"
+    path = write_plan(tmp_path, tiny_dataset, f"report: {runs}\n")
+    evaluated = ["data", "teacher", "student", "eval-teacher", "eval-student"]
+    assert not run_plan(load_plan(path), only=evaluated, console=quiet()).failed
+    assert statuses(run_plan(load_plan(path), only=ONLY, console=quiet()))["report"] == "done"
+    written = sorted(p.name for p in runs.iterdir() if p.is_file())
+    (runs / "status.json").unlink()  # as if stopped before the report's last file
+    (runs / "report.md").unlink()
+    build_stages(load_plan(path))  # not refused
+    assert {"compare.csv", "compare.json"} <= set(written)
+    (runs / "compare.csv").write_text("my,own\n")
+    with pytest.raises(SftkdError, match=r"holds compare.csv, which sftkd reproduce did not write"):
+        build_stages(load_plan(path))
+
+
+def test_a_status_json_of_an_earlier_sftkd_keeps_its_rows_and_the_report_is_written_again(tmp_path, tiny_dataset):
+    """An earlier sftkd recorded no `written_for`: its rows are this plan's (kept for the stages
+    not run now), and the report is not up to date until written once more."""
+    plan = load_plan(write_plan(tmp_path, tiny_dataset))
+    assert statuses(run_plan(plan, only=["data", "teacher", "report"], console=quiet()))["report"] == "done"
+    status_file = plan.report_dir / "status.json"
+    status = json.loads(status_file.read_text())
+    del status["written_for"]
+    status_file.write_text(json.dumps(status))
+    assert statuses(run_plan(load_plan(plan.path), only=["report"], console=quiet())) == {"report": "done"}
+    rows = {row["id"] for row in json.loads(status_file.read_text())["stages"]}
+    assert {"data", "teacher"} <= rows

@@ -18,7 +18,7 @@ from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
-from sftkd_cli.reproduce.report_folder import read_status, written_for
+from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, written_for
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
 from sftkd_cli.files import json_text, nan_if_null, write_run_file
@@ -44,7 +44,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     out.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     evaluated = _evaluated(stages)
-    lines = [f"# sftkd reproduce: {plan.name}", ""]
+    lines = [f"{REPORT_HEADING}{plan.name}", ""]
     if plan.description:
         lines += [plan.description.strip(), ""]
     lines += [
@@ -99,10 +99,11 @@ def _merged_status(path: Path, stages: Sequence[Stage], results: Sequence[StageR
                    key: dict[str, Any] | None = None) -> list[StageResult]:
     """This invocation's results, plus earlier ones (from status.json) for stages not run now
     (--only); none when status.json was written for another `key` (`written_for`: another runs
-    folder, dataset or overrides, whose rows are not these runs')."""
+    folder, dataset or overrides, whose rows are not these runs'). One of an sftkd that did not
+    record it is taken as this plan's: its rows are kept, and the report is written again once."""
     earlier: dict[str, dict[str, Any]] = {}
     status = read_status(path)
-    if status is not None and (key is None or status.get("written_for") == key):
+    if status is not None and (key is None or status.get("written_for", key) == key):
         try:
             earlier = {entry["id"]: entry for entry in status["stages"]}
         except (KeyError, TypeError):

@@ -1,9 +1,9 @@
 """The plan's report folder as sftkd's own: its status.json (read back, and what it was written
-for) and the check, before any stage runs, that the folder holds no one else's files.
+for) and the check, before any stage runs, that the report replaces no one else's files there.
 
 Why: a plan's `report:` may name any folder, and the report stage replaces report.md,
-status.json, the compare files and the figures there; a folder holding the user's own files
-must be refused, not silently overwritten. And a fixed `report:` folder can be shared by runs of
+status.json, the compare files and the figures there; a file of the user's at one of those
+names must be refused, not silently overwritten (the folder's other files are never touched). And a fixed `report:` folder can be shared by runs of
 the plan with another --runs-dir or other command-line overrides: a report written for those is
 not up to date for these, and its status rows are not these runs'.
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.files import read_regular_bytes
-from sftkd_cli.reproduce.kinds import STATUS_JSON
+from sftkd_cli.reproduce.kinds import REPORT_MD, STATUS_JSON
 from sftkd_cli.reproduce.spec import Plan
 
-#: what a report folder holds before its first report is written: the stage logs (--jobs) and
-#: the tracebacks of unexpected errors
-BEFORE_REPORT = frozenset({"logs", "errors.log"})
+#: report.md's first line starts so (how `check_report_folder` tells a report.md sftkd wrote)
+REPORT_HEADING = "# sftkd reproduce: "
 
 
 def written_for(plan: Plan) -> dict[str, Any]:
@@ -46,10 +46,14 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def check_report_folder(plan: Plan) -> None:
-    """Refuse a report folder that exists, is not empty, and holds neither a report of sftkd
-    reproduce (its status.json) nor only what a plan writes there before its first report (logs,
-    errors.log): the report would replace files that are not sftkd's. One line naming it."""
+    """Refuse, in one line, a report folder holding a file the report would replace (report.md,
+    the compare files, the figures: `_REPORT_FILE`) that sftkd did not write, told by its content
+    (`_written_by_sftkd`); its other files and folders (runs, a dataset, the user's notes) are
+    never touched. A folder with sftkd's status.json is a report folder of sftkd's as it is (its
+    figures may be an earlier sftkd's, which signed none)."""
     folder = plan.report_dir
+    if read_status(folder / STATUS_JSON) is not None:
+        return
     try:
         names = sorted(entry.name for entry in os.scandir(folder))
     except FileNotFoundError:
@@ -58,9 +62,29 @@ def check_report_folder(plan: Plan) -> None:
         raise SftkdError(f"{plan.path}: report {folder}: is not a folder; expected a folder for the report") from None
     except OSError as exc:
         raise SftkdError(f"{plan.path}: report {folder}: cannot be read ({os_error_text(exc)})") from None
-    if set(names) <= BEFORE_REPORT or read_status(folder / STATUS_JSON) is not None:
-        return
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    raise SftkdError(f"{plan.path}: report {folder}: holds files sftkd reproduce did not write ({shown}) and no "
-                     f"{STATUS_JSON} of a report; the report would replace them: give the plan a new or empty "
-                     "`report:` folder, or move those files away")
+    foreign = [name for name in names if _REPORT_FILE.fullmatch(name) and not _written_by_sftkd(folder / name)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise SftkdError(f"{plan.path}: report {folder}: holds {shown}, which sftkd reproduce did not write and the "
+                         "report would replace: give the plan a new or empty `report:` folder, or move them away")
+
+
+#: the files a report writes (with a variant's or a group's tail: compare-a.csv, box-a.png)
+_REPORT_FILE = re.compile(r"report\.md|status\.json|compare.*\.(?:csv|json)|(?:box|curves|grid|attention).*\.(?:png|pdf)")
+
+
+def _written_by_sftkd(path: Path) -> bool:
+    """Whether the report file `path` may be replaced: sftkd wrote it (told by its content: the
+    report's heading, compare's formats, the figures' signature), it is empty, or it is no regular
+    file (a link or FIFO there is replaced, never written through)."""
+    from sftkd_cli.output_target import replaceable_output
+    from sftkd_cli.report.figures import written_by_sftkd
+    from sftkd_cli.report.formats import written_by_compare
+
+    if path.is_symlink() or not path.is_file():
+        return not path.is_dir()
+    if path.suffix in (".png", ".pdf"):
+        return replaceable_output(path, written_by_sftkd)
+    if path.name == REPORT_MD:
+        return replaceable_output(path, lambda data: data.startswith(REPORT_HEADING.encode()))
+    return replaceable_output(path, lambda data: written_by_compare(data.decode()))
