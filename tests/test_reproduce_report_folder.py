@@ -171,3 +171,14 @@ def test_a_status_json_of_an_earlier_sftkd_keeps_its_rows_and_the_report_is_writ
     assert statuses(run_plan(load_plan(plan.path), only=["report"], console=quiet())) == {"report": "done"}
     rows = {row["id"] for row in json.loads(status_file.read_text())["stages"]}
     assert {"data", "teacher"} <= rows
+
+
+def test_a_report_folder_inside_the_plans_runs_folder_moves_with_runs_dir(tmp_path, tiny_dataset):
+    """The shipped table3/table5 plans keep their report in their runs folder: with --runs-dir
+    elsewhere, the report goes along (it replaced the report of the plan's own runs folder); a
+    report folder outside it stays where the plan says."""
+    path = write_plan(tmp_path, tiny_dataset, f"report: {tmp_path / 'runs' / 'report-x'}\n")
+    assert load_plan(path).report_dir == tmp_path / "runs" / "report-x"
+    assert load_plan(path, runs_dir=tmp_path / "other").report_dir == tmp_path / "other" / "report-x"
+    outside = write_plan(tmp_path, tiny_dataset, f"report: {tmp_path / 'docs'}\n", name="outside.yaml")
+    assert load_plan(outside, runs_dir=tmp_path / "other").report_dir == tmp_path / "docs"

@@ -45,7 +45,7 @@ def reproduce(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what each stage would do (run, resume, skip) and exit.")] = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", metavar="STAGES", help=f"Run only these stages (repeatable or comma list): a stage id or glob (sft-kd-*), a kind ({', '.join((*KINDS, *KIND_ALIASES))}) or a variant name. Stages they need must be complete already.")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going/--stop-on-error", help="After a failed stage, go on with the stages that do not need it (default), or stop.")] = True,
-    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir).")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Folder of the run directories (the plan's runs_dir); a `report:` folder inside the plan's runs_dir moves with it.")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="DIR", help="Raw data folder (the plan's data.root), e.g. /data/ACDC.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, metavar="N", help="Run up to N stages that do not need each other at once, each in a worker process (its output in the log files of the report folder); on the CPU each gets cpus/N torch threads unless the recipe sets train.threads. 1: one after another, output here.")] = 1,
     per_gpu: Annotated[Optional[int], typer.Option("--per-gpu", min=1, max=64, metavar="K", show_default=False, help=f"With --jobs N (N > 1) or --executor ray, on CUDA: at most K stages share one GPU (default {PER_GPU}); the visible GPUs take the stages in turn.")] = None,

@@ -162,8 +162,12 @@ def load_plan(
         if key in PLAN_OWNED:
             raise SftkdError(f"override {item!r}: {key} is set by the plan (from {PLAN_OWNED[key]})")
     load_recipe(None, list(overrides))  # errors name the override
-    runs = as_path(str(runs_dir) if runs_dir is not None else (as_text(raw.get("runs_dir"), f"{where} runs_dir") or "runs"))
+    planned = as_path(as_text(raw.get("runs_dir"), f"{where} runs_dir") or "runs")
+    runs = as_path(str(runs_dir)) if runs_dir is not None else planned
     report = as_text(raw.get("report"), f"{where} report")
+    report_dir = as_path(report) if report else runs / "report"
+    if report and runs != planned and report_dir.is_relative_to(planned):  # the report moves with --runs-dir
+        report_dir = runs / report_dir.relative_to(planned)
     _check_apart(runs, data.out, f"{where} runs_dir {runs}" if runs_dir is None else f"--runs-dir {runs}", f"data.out {data.out}")
     stages_raw = as_mapping(raw.get("stages"), f"{where} stages", STAGE_KEYS)
     stages = {kind: _stage_spec(stages_raw[kind], f"{where} stages.{kind}") for kind in SHAREABLE if kind in stages_raw}
@@ -192,7 +196,7 @@ def load_plan(
         path=path,
         name=as_text(raw.get("name"), f"{where} name") or path.stem,
         description=as_text(raw.get("description"), f"{where} description") or "",
-        data=data, base=base, runs_dir=runs, report_dir=as_path(report) if report else runs / "report",
+        data=data, base=base, runs_dir=runs, report_dir=report_dir,
         recipes=as_text(raw.get("recipes"), f"{where} recipes"), variants=variants, shared=shared,
         stages=stages, methods=methods, kd=kd, evaluate=evaluate, compare=compare,
         figures=figures, paper=paper_spec(raw.get("paper"), f"{where} paper"), overrides=tuple(overrides),
