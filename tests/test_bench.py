@@ -655,3 +655,31 @@ def test_json_replaces_an_earlier_bench_json_and_another_file_only_with_force(mo
     assert notes.read_text() == '{"kind": "compare", "format": 1}\n'
     assert CliRunner().invoke(app, [*tiny, "--json", str(notes), "--force"]).exit_code == 0
     assert "train.student" in [row["key"] for row in json.loads(notes.read_text())["rows"]]
+
+
+def test_cli_sigterm_in_a_training_part_exits_143(monkeypatch, tmp_path):
+    """The epoch part trains: the engine's own handler takes SIGTERM and stops with RunInterrupted
+    (SIGTERM), which the bench's handler never sees; the exit is still 143, not Ctrl-C's 130."""
+    import signal
+
+    from sftkd_cli.bench import runner
+
+    def stopped_in_a_training_part(bench, parts, methods, compile):
+        bench.result.rows.append(runner.BenchRow("x", "x", "train", 1.0, [1.0], 1, 1, 1.0))
+        raise RunInterrupted("stopped by SIGTERM", signal.SIGTERM)
+
+    monkeypatch.setattr(runner, "_run_parts", stopped_in_a_training_part)
+    res = CliRunner().invoke(app, [*CLI_TINY, "--only", "epoch", "--json", str(tmp_path / "b.json")], env=WIDE)
+    assert res.exit_code == 143, res.output
+
+
+@pytest.mark.parametrize("flag", ["--only", "--methods"])
+def test_an_option_list_without_a_name_is_refused_not_read_as_all(flag):
+    res = CliRunner().invoke(app, [*CLI_TINY, flag, " ,"], env=WIDE)
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {flag} ' ,': no name given; expected some of ")
+
+
+def test_torchscript_rows_are_not_timed_under_bf16_autocast_as_exported_files_never_run_so():
+    res = run_bench(**{**TINY, "size": 8, "roof_size": 8}, which=["infer"], precision="bf16")
+    assert not any(".torchscript." in row.key for row in res.rows)
+    assert any("TorchScript" in note and "runs in fp32, not under bf16 autocast" in note for note in res.notes)

@@ -98,6 +98,7 @@ class BenchResult:
     ratio_labels: dict[str, str] = field(default_factory=dict)  # key -> the ratio in words
     notes: list[str] = field(default_factory=list)
     complete: bool = True  # False: interrupted (Ctrl-C, SIGTERM), the rows measured until then
+    stopped_by: int = 0  # the signal a training part stopped on (its own handler took it); 0: none seen there
 
     def row(self, key: str) -> BenchRow:
         for row in self.rows:

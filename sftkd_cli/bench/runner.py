@@ -140,10 +140,11 @@ def run_bench(
                        COMPLEX if complex_data else None)
         try:
             _run_parts(bench, parts, kd_methods, compile)
-        except (KeyboardInterrupt, RunInterrupted):  # keep the rows measured so far
+        except (KeyboardInterrupt, RunInterrupted) as exc:  # keep the rows measured so far
             if not result.rows:
                 raise KeyboardInterrupt from None  # nothing to keep
             result.complete = False
+            result.stopped_by = exc.signum if isinstance(exc, RunInterrupted) else 0  # the epoch part's training
             result.notes.append(f"interrupted while timing {bench.current!r}: the {counted(len(result.rows), 'row')} "
                                 "measured before it kept, the rest of the run not measured")
         twice = False
@@ -458,6 +459,8 @@ class _Bench:
             with warnings.catch_warnings():  # "no code generation for complex operators": the DC FFTs
                 warnings.filterwarnings("ignore")
                 if mode == "torchscript":
+                    if self.precision != "fp32":  # as `sftkd evaluate --exported` refuses --amp for a file
+                        raise SftkdError(f"an exported file runs in fp32, not under {self.precision} autocast")
                     runner = torchscript_runner(model, data)
                 elif mode == "onnx":
                     runner = onnx_runner(model, data, self.device, self.precision)

@@ -16,7 +16,7 @@ from sftkd_cli.choices import (BENCH_PARTS, BENCH_PRECISIONS, COMPLEX_PARAMS_TEX
                                EPOCH_VAL_SLICES, STUDENT, TEACHER)
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
-from sftkd_cli.errors import SftkdError, counted, exit_status
+from sftkd_cli.errors import SftkdError, counted, exit_status, listed_names
 from sftkd_cli.name_checks import DEVICE_NAMES
 
 if TYPE_CHECKING:  # the library (torch) is imported when the command runs, never for --help
@@ -131,6 +131,9 @@ def bench(
     from sftkd_cli.files import atomic_write_text, json_text
     from sftkd_cli.signals import interrupts
 
+    for flag, names, choices in (("--only", only, BENCH_PARTS), ("--methods", methods, CATALOG)):
+        if names is not None and not listed_names([names], flag):  # `--only ,`: not every part
+            raise SftkdError(f"{flag} {names!r}: no name given; expected some of {','.join(choices)}")
     if json_out not in (None, "-"):
         _check_json_target(Path(json_out), force)
     to_stdout = json_out == "-"
@@ -138,7 +141,7 @@ def bench(
         with interrupts() as caught, stderr_console().status("benchmarking") as status:
             result = run_bench(
                 size=size, batch=batch, threads=threads, precision=precision, device=device, repeats=repeats,
-                warmup=warmup, which=[only] if only else None, methods=[methods] if methods else None, compile=compile,
+                warmup=warmup, which=[only] if only is not None else None, methods=[methods] if methods is not None else None, compile=compile,
                 roof_size=roof_size, complex_data=complex_data, tf32=tf32,
                 progress=lambda message: status.update(f"benchmarking: {escape(message)}"),
             )
@@ -148,7 +151,7 @@ def bench(
     text = json_text(result.to_dict())  # inf/NaN (a zero time or roof) as null
     if to_stdout:
         typer.echo(text)
-        _exit_if_interrupted(result, json_out, caught.signum)
+        _exit_if_interrupted(result, json_out, result.stopped_by or caught.signum)
         return
     out = stdout_console()
     if not out.is_terminal:
@@ -165,7 +168,7 @@ def bench(
     if json_out is not None:  # after the table: a write that fails still leaves the figures on screen
         atomic_write_text(Path(json_out), text + "\n")
         out.print(f"[green]wrote[/] {escape(json_out)}", highlight=False)
-    _exit_if_interrupted(result, json_out, caught.signum)
+    _exit_if_interrupted(result, json_out, result.stopped_by or caught.signum)
 
 
 def _check_json_target(path: Path, force: bool) -> None:
