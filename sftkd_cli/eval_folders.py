@@ -33,11 +33,17 @@ def results_folder(out: Path, state: dict[str, Any], record: dict[str, Any], dat
     if trained_on not in (None, record["fingerprint"]):
         out = out / f"{EVAL_PREFIX}{DATA_LEVEL}{data_path.resolve().name}-{record['fingerprint'][:8]}"
     if split is not None:
-        check_split_name(split, "--split")  # the dataset's manifest is checked too: a path never leaves `out`
-        out = out / f"{EVAL_PREFIX}{SPLIT_LEVEL}{split}"
+        out = split_folder(out, split)
     if amp != "off":
         out = out / f"{EVAL_PREFIX}{AMP_LEVEL}{amp}"
     return out / FASTMRI_DIR if convention == "fastmri" else out
+
+
+def split_folder(out: Path, split: str) -> Path:
+    """Where scores of `split`, a split other than the recipe's eval.split, go below `out`:
+    eval-split-<split>/ (`evaluate` writes there, a plan's evaluation stages read there)."""
+    check_split_name(split, "--split")  # the dataset's manifest is checked too: a path never leaves `out`
+    return out / f"{EVAL_PREFIX}{SPLIT_LEVEL}{split}"
 
 
 def evaluate_command(folder: Path, info: dict[str, Any]) -> str:

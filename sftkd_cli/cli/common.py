@@ -74,6 +74,7 @@ def _is_recipe_path(item: str) -> bool:
 
 
 def build_recipe(
+    command: str,
     args: list[str] | None,
     *,
     data: str | None,
@@ -90,9 +91,11 @@ def build_recipe(
     """Recipe file + overrides + the options every training command shares + its `own` options
     (option -> (recipe key, value); None = not given). Option values reach the recipe as the typed values
     they are (`--name 0x10` is the run 0x10, `--data 'a: b'` the folder 'a: b'), never re-read as YAML.
-    The recipe is validated, then given the command's own `checks`; a refused value names where
-    it came from (`naming_origin`: `--epochs`, `override train.lr=nan` or the recipe file)."""
+    The recipe is validated, its run.role checked against `command` (`check_run_role`), then given
+    the command's own `checks`; a refused value names where it came from (`naming_origin`:
+    `--epochs`, `override train.lr=nan` or the recipe file)."""
     from sftkd_cli.config import Setting, load_recipe, naming_origin, parse_overrides, validate
+    from sftkd_cli.training.session import check_run_role
     from sftkd_cli.name_checks import check_run_name
 
     recipe_file, overrides = split_args(args)
@@ -106,7 +109,9 @@ def build_recipe(
     _refuse_disagreements(parsed, settings)
     recipe = load_recipe(recipe_file, overrides, settings)  # two overrides that disagree: refused there
     with naming_origin(recipe_file, [*parsed, *settings]):
-        for check in (validate, *checks):
+        validate(recipe)
+        check_run_role(recipe, command)
+        for check in checks:
             check(recipe)
     return recipe
 

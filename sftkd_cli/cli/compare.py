@@ -38,20 +38,15 @@ _EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "for
              "table": "the title line sftkd compare"}
 
 
-def _compare_output(data: bytes) -> bool:
-    """Whether `data`, an existing file's bytes, is an output `sftkd compare` wrote (`formats.written_by_compare`)."""
-    from sftkd_cli.report.formats import written_by_compare
-
-    return written_by_compare(data.decode("utf-8"))
-
-
 def check_compare_out(path: Path, fmt: str, force: bool) -> None:
     """Refuse, before any work, an --out sftkd reads from a run folder or a dataset (even with --force), a folder,
     or an existing regular file that no earlier compare wrote (unless --force); a compare output is
     replaced, and a device or FIFO (/dev/stdout, a pipe) written to."""
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
-    check_output_file(path, "--out", force, _compare_output, f"an earlier compare output (expected {_EXPECTED[fmt]})")
+    from sftkd_cli.report.formats import written_by_compare
+
+    check_output_file(path, "--out", force, written_by_compare, f"an earlier compare output (expected {_EXPECTED[fmt]})")
 
 
 def _write_output(path: Path, text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Optional
 
 import typer
@@ -51,11 +50,10 @@ def distill_command(
     from sftkd_cli.config import check_distill_schedule
     from sftkd_cli.init_from import check_distill_init
     from sftkd_cli.training.kd import distill, resolved_distill
-    from sftkd_cli.training.session import check_run_role
 
     recipe = common.build_recipe(
-        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp, checks=[check_distill_schedule, functools.partial(check_run_role, command="distill")],  # --print-recipe too
+        "distill", args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        threads=threads, amp=amp, checks=[check_distill_schedule],  # --print-recipe too
         own={"--teacher": ("distill.teacher_run", teacher), "--student": ("model.name", student),
              "--method": ("distill.method", method), "--init-from": ("distill.init", init_from),
              "--schedule": ("distill.schedule", schedule)},

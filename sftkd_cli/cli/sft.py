@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Optional
 
 import typer
@@ -43,12 +42,11 @@ def train_sft_command(
 ) -> None:
     """Train a student-friendly teacher (see HELP)."""
     from sftkd_cli.config import check_sft_pair
-    from sftkd_cli.training.session import check_run_role
     from sftkd_cli.training.sft import resolved_sft, train_sft
 
     recipe = common.build_recipe(
-        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp, checks=[check_sft_pair, functools.partial(check_run_role, command="train-sft")],
+        "train-sft", args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        threads=threads, amp=amp, checks=[check_sft_pair],
         own={"--teacher": ("sft.teacher", teacher), "--student": ("sft.student", student)},
     )  # the checks: --print-recipe too
     common.print_or_train(recipe, print_recipe, train_sft, resolved_sft, "teacher val L1", resume=resume, force=force)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Optional
 
 import typer
@@ -40,13 +39,11 @@ def train_teacher(
 ) -> None:
     """Train one network with L1 loss (see HELP)."""
     from sftkd_cli.init_from import check_start
-    from sftkd_cli.training.session import check_run_role
     from sftkd_cli.training.supervised import resolved_supervised, train_supervised
 
     recipe = common.build_recipe(
-        args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
+        "train-teacher", args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, own={"--model": ("model.name", model)},
-        checks=[functools.partial(check_run_role, command="train-teacher")],  # --print-recipe too
     )
     if init_from:  # --print-recipe too; '' is random weights, as no --init-from
         check_start(init_from, "--init-from")

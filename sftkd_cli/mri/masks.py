@@ -109,13 +109,7 @@ class CenterFractionError(SftkdError):
 def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, acceleration: Any) -> int:
     """Number of fully sampled low-frequency lines; an explicit fraction must fit in `lines`."""
     explicit = center_fraction is not None
-    fraction = default_center_fraction(kind, acceleration) if center_fraction is None else center_fraction
-    try:
-        fraction = float(fraction)
-    except (TypeError, ValueError):
-        fraction = math.nan
-    if not (0.0 <= fraction <= 1.0):
-        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
+    fraction = _fraction(kind, acceleration, center_fraction)
     count = round(fraction * n)
     if not explicit:
         return max(1, min(count, lines))
@@ -127,6 +121,19 @@ def _center_lines(kind: str, center_fraction: float | None, n: int, lines: int, 
             f"{float(acceleration):g}x; expected at most {lines / n:.4f}"
         )
     return count
+
+
+def _fraction(kind: str, acceleration: Any, center_fraction: Any) -> float:
+    """The centre fraction a mask of `kind` is made with: `center_fraction` as given, else the
+    kind's default (`default_center_fraction`); a number in [0, 1] or a `CenterFractionError`."""
+    fraction = default_center_fraction(kind, acceleration) if center_fraction is None else center_fraction
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0.0 <= fraction <= 1.0:
+        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
+    return fraction
 
 
 def least_center_fraction(n: int) -> float:
@@ -209,13 +216,7 @@ def _fastmri_vector(kind: str, n: int, acceleration: float, center_fraction: flo
     """The centred (n,) float32 line vector of fastMRI's RandomMaskFunc / EquispacedMaskFractionFunc
     with one (center fraction, acceleration) pair, drawn exactly as `fastmri.data.subsample` draws it
     (same RandomState calls in the same order), so that the same seed gives the same mask."""
-    fraction = default_center_fraction(kind, acceleration) if center_fraction is None else center_fraction
-    try:
-        fraction = float(fraction)
-    except (TypeError, ValueError):
-        fraction = math.nan
-    if not 0.0 <= fraction <= 1.0:
-        raise CenterFractionError(center_fraction, "expected a number in [0, 1]")
+    fraction = _fraction(kind, acceleration, center_fraction)
     low = round(n * fraction)
     if (low * acceleration >= n and acceleration > 1) or low * acceleration == n:
         raise CenterFractionError(

@@ -420,12 +420,14 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> st
     return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
 
 
-def written_by_compare(text: str) -> bool:
-    """Whether `text` is an output `sftkd compare` wrote (what `compare --out` may replace), in any
-    of its formats: JSON with its "format" and a "kind"; CSV with a kind's leading columns, then
-    <metric>_<statistic> ones; markdown, LaTeX and the plain table with a title as first line."""
+def written_by_compare(data: bytes) -> bool:
+    """Whether `data` (a file's bytes) is an output `sftkd compare` wrote (what `compare --out` may
+    replace), in any of its formats: JSON with its "format" and a "kind"; CSV with a kind's leading
+    columns, then <metric>_<statistic> ones; markdown, LaTeX and the plain table with a title as
+    first line. Bytes that are not UTF-8 raise ValueError (`output_target` reads that as not)."""
     import json
 
+    text = data.decode("utf-8")
     first = text.split("\n", 1)[0].strip()
     if first.startswith("{"):
         try:

@@ -13,7 +13,8 @@ Keys of a plan (paths are relative to the current directory, like recipe paths):
               task: sr prepares super-resolution data, and then every stage needs data.task: sr)
     base:     recipe overrides for every stage, e.g. {train.epochs: 10, train.threads: 1}
     runs_dir: folder of the run directories; report: report folder (default <runs_dir>/report;
-              one holding files sftkd reproduce did not write is refused before any stage runs)
+              a file there at one of the report's names that sftkd did not write is refused
+              before any stage runs)
     recipes:  folder with teacher.yaml, student.yaml, sft.yaml, std-kd-<method>.yaml and
               sft-kd-<method>.yaml (e.g. recipes/paper/mrbrains-4x); stages default to them
     stages:   teacher, student, sft: {recipe: FILE, overrides: {...}} (or empty);
@@ -68,7 +69,7 @@ state on disk), `stagework` (one stage's work), `running` (run_plan), `graph` (t
 graph, priorities, list scheduling), `jobs` (a stage as a picklable job), `executor` (the executor
 interface, LocalExecutor), `schedule` (the parallel scheduler), `live` (its board), `estimate`
 (--estimate), `display` (tables printed), `report` (report folder) and `report_folder` (its
-status.json, what it was written for, and the check that it holds no one else's files).
+status.json, what it was written for, and the check that the report replaces no one else's files).
 """
 
 from __future__ import annotations

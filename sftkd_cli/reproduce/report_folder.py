@@ -87,4 +87,4 @@ def _written_by_sftkd(path: Path) -> bool:
         return replaceable_output(path, written_by_sftkd)
     if path.name == REPORT_MD:
         return replaceable_output(path, lambda data: data.startswith(REPORT_HEADING.encode()))
-    return replaceable_output(path, lambda data: written_by_compare(data.decode()))
+    return replaceable_output(path, written_by_compare)

@@ -25,7 +25,7 @@ from sftkd_cli.reproduce.spec import Plan, StageSpec, Variant, as_settings
 from sftkd_cli.reproduce.values import as_path
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.training.resume import position, resume_point, too_few_epochs
-from sftkd_cli.eval_folders import SPLIT_LEVEL
+from sftkd_cli.eval_folders import split_folder
 from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECON_H5
 
 
@@ -270,7 +270,7 @@ def evaluation_dir(stage: Stage) -> Path:
     assert stage.run is not None
     out = stage.run if stage.model_role is None else stage.run / f"{EVAL_PREFIX}{stage.model_role}"
     other = stage.split is not None and stage.recipe is not None and stage.split != stage.recipe.eval.split
-    return out / f"{EVAL_PREFIX}{SPLIT_LEVEL}{stage.split}" if other else out
+    return split_folder(out, stage.split) if other else out
 
 
 def figure_method(plan: Plan) -> str | None:
