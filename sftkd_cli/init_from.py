@@ -21,6 +21,13 @@ def check_distill_init(value: str) -> None:
         check_start(value, "distill.init (--init-from)", DISTILL_INIT)
 
 
+def check_train_start(init_from: str | None) -> None:
+    """train-teacher's start (`init_from`, --init-from): None or '' is random weights, anything else
+    a run directory or checkpoint file (`check_start`)."""
+    if init_from:
+        check_start(init_from, "--init-from")
+
+
 def check_start(value: str, name: str, hint: str = TRAIN_INIT) -> None:
     """`value` is a run directory or checkpoint file; otherwise one line naming `name`, ending
     with `hint` (what else it accepts)."""

@@ -40,6 +40,28 @@ def test_train_teacher_print_recipe_refuses_an_init_from_that_does_not_exist() -
                     "to start from random weights)")
 
 
+def test_the_library_refuses_a_start_that_does_not_exist_as_the_commands_do(tmp_path: Path) -> None:
+    """`distill` and `train_supervised` called from Python refuse a missing start with the
+    commands' line, before any work (no run folder made)."""
+    from sftkd_cli.config import load_recipe
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.training.kd import distill
+    from sftkd_cli.training.supervised import train_supervised
+
+    gone = tmp_path / "nowhere"
+    runs = [f"run.dir={tmp_path / 'runs'}", f"data.path={tmp_path / 'data'}"]
+    with pytest.raises(SftkdError) as refused:
+        distill(load_recipe(None, [*runs, f"distill.teacher_run={tmp_path / 'teacher'}", f"distill.init={gone}"]))
+    assert str(refused.value) == (f"distill.init (--init-from) {str(gone)!r}: no such run directory or checkpoint file; "
+                                  "expected random (fresh weights), sft (the SFT teacher run's student blocks) or a "
+                                  "run directory or checkpoint file")
+    with pytest.raises(SftkdError) as refused:
+        train_supervised(load_recipe(None, runs), init_from="random")
+    assert str(refused.value) == ("--init-from 'random': no such run directory or checkpoint file (leave --init-from "
+                                  "out to start from random weights)")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_init_from_a_folder_that_is_no_run_is_refused_by_print_recipe(tmp_path: Path) -> None:
     line = one_line_error("train-teacher", "--init-from", tmp_path, "--print-recipe")
     assert str(tmp_path) in line and "not an sftkd run directory" in line

@@ -47,19 +47,17 @@ def distill_command(
     print_recipe: common.PrintOpt = False,
 ) -> None:
     """Distill a student from a frozen teacher (see HELP)."""
-    from sftkd_cli.config import check_distill_schedule
-    from sftkd_cli.init_from import check_distill_init
-    from sftkd_cli.training.kd import distill, resolved_distill
+    from functools import partial
+
+    from sftkd_cli.training.kd import check_distill, distill, resolved_distill
 
     recipe = common.build_recipe(
         "distill", args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
-        threads=threads, amp=amp, checks=[check_distill_schedule],  # --print-recipe too
+        threads=threads, amp=amp, checks=[partial(check_distill, resume=resume)],  # --print-recipe too
         own={"--teacher": ("distill.teacher_run", teacher), "--student": ("model.name", student),
              "--method": ("distill.method", method), "--init-from": ("distill.init", init_from),
              "--schedule": ("distill.schedule", schedule)},
     )
-    if not resume:  # a resumed run starts from its checkpoint; its --init-from may be gone by now
-        check_distill_init(recipe.distill.init)
     common.print_or_train(recipe, print_recipe, distill, resolved_distill, resume=resume, force=force)
 
 

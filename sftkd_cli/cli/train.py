@@ -38,15 +38,14 @@ def train_teacher(
     print_recipe: common.PrintOpt = False,
 ) -> None:
     """Train one network with L1 loss (see HELP)."""
-    from sftkd_cli.init_from import check_start
+    from sftkd_cli.init_from import check_train_start
     from sftkd_cli.training.supervised import resolved_supervised, train_supervised
 
     recipe = common.build_recipe(
         "train-teacher", args, data=data, acc=acc, name=name, runs_dir=runs_dir, epochs=epochs, device=device,
         threads=threads, amp=amp, own={"--model": ("model.name", model)},
+        checks=[lambda _recipe: check_train_start(init_from)],  # --print-recipe too
     )
-    if init_from:  # --print-recipe too; '' is random weights, as no --init-from
-        check_start(init_from, "--init-from")
     common.print_or_train(recipe, print_recipe, train_supervised, resolved_supervised, init_from=init_from, resume=resume, force=force)
 
 

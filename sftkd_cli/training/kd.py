@@ -33,6 +33,7 @@ from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.distill.methods import KDMethod, build_method
 from sftkd_cli.errors import SftkdError, counted
+from sftkd_cli.init_from import check_distill_init
 from sftkd_cli.models import CascadeNet
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
@@ -156,6 +157,15 @@ def resolved_distill(recipe: Recipe) -> Recipe:
     return _with_kd_run(recipe, teacher_role_of(read_checkpoint(recipe.distill.teacher_run).state))
 
 
+def check_distill(recipe: Recipe, *, resume: bool = False) -> None:
+    """What `distill` refuses before any work (the command's --print-recipe too): the schedule and
+    weights (`check_distill_schedule`) and, unless `resume` (a resumed run starts from its checkpoint;
+    the start it named may be gone by now), distill.init (`check_distill_init`)."""
+    check_distill_schedule(recipe)
+    if not resume:
+        check_distill_init(recipe.distill.init)
+
+
 def distill(
     recipe: Recipe,
     *,
@@ -167,7 +177,7 @@ def distill(
 
     `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
     the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
-    check_distill_schedule(recipe)  # as the command and a plan check it
+    check_distill(recipe, resume=resume)  # as the command (--print-recipe too) and a plan check it
     recipe = _with_student(recipe)
     cfg = recipe.distill
     check_teacher_idle(cfg.teacher_run)

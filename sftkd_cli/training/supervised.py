@@ -7,6 +7,7 @@ from rich.console import Console
 from sftkd_cli.checkpoints import read_checkpoint
 from sftkd_cli.config import Recipe, with_model
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.init_from import check_train_start
 from sftkd_cli.runs import RunDir
 from sftkd_cli.training.engine import FitResult
 from sftkd_cli.training.objectives import Supervised
@@ -41,6 +42,7 @@ def train_supervised(
 
     `console`: where the start line and epoch lines go (default: a rich Console on stdout, with
     the progress bar on stderr; `Console(quiet=True)` for none). Returns the run folder and the fit's summary."""
+    check_train_start(init_from)  # as the command (--print-recipe too) checks it
     recipe = resolved_supervised(recipe)
 
     def make(data: dict[str, object], point: ResumePoint | None) -> Supervised:
