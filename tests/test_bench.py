@@ -679,6 +679,16 @@ def test_an_option_list_without_a_name_is_refused_not_read_as_all(flag):
     assert res.exit_code == 2 and res.stderr.startswith(f"error: {flag} ' ,': no name given; expected some of ")
 
 
+def test_the_library_refuses_an_option_list_without_a_name_as_the_command_does():
+    """check_parts([',']) returned every part; the command refused `--only ,`."""
+    from sftkd_cli.bench import check_methods, check_parts
+
+    for check, flag in ((check_parts, "--only"), (check_methods, "--methods")):
+        with pytest.raises(SftkdError, match=rf"^{flag} ',, ': no name given; expected some of "):
+            check([",", " "])
+    assert check_parts([]) == check_parts(None)  # no list given: every part
+
+
 def test_torchscript_rows_are_not_timed_under_bf16_autocast_as_exported_files_never_run_so():
     res = run_bench(**{**TINY, "size": 8, "roof_size": 8}, which=["infer"], precision="bf16")
     assert not any(".torchscript." in row.key for row in res.rows)

@@ -39,9 +39,9 @@ from sftkd_cli.bench.flops import block_flops, conv_flops, model_flops, module_c
 from sftkd_cli.bench.measure import (ACCELERATION, machine_info, measure_roof, precision_context, slice_batch,
                                      synthetic_batch, time_calls, train_step_fn)
 from sftkd_cli.bench.reference import TeacherBackpropKD, kd_objectives, reference_way
+from sftkd_cli.bench.parts import check_methods, check_parts
 from sftkd_cli.bench.results import BenchResult, BenchRow
-from sftkd_cli.bench.runner import (PRECISIONS, Progress, check_methods, check_parts, onnx_runner, run_bench,
-                                    torchscript_runner)
+from sftkd_cli.bench.runner import PRECISIONS, Progress, onnx_runner, run_bench, torchscript_runner
 
 __all__ = [
     "ACCELERATION", "PRECISIONS", "BenchResult", "BenchRow", "Progress", "TeacherBackpropKD", "block_flops", "check_methods",

@@ -22,11 +22,11 @@ from sftkd_cli.bench.flops import model_flops, sft_flops
 from sftkd_cli.bench.measure import (ACCELERATION, COMPLEX, Roofs, machine_info, measure_roof, precision_context,
                                      slice_batch, synthetic_batch, time_calls, train_step_fn)
 from sftkd_cli.bench.reference import kd_objectives, reference_way
+from sftkd_cli.bench.parts import check_methods, check_parts
 from sftkd_cli.bench.results import BenchResult, BenchRow
-from sftkd_cli.choices import (BENCH_PARTS, CUDA_SWEEP_BATCH, EPOCH_COUNT, EPOCH_STEPS, EPOCH_VAL_SLICES, MAX_SIZE,
+from sftkd_cli.choices import (CUDA_SWEEP_BATCH, EPOCH_COUNT, EPOCH_STEPS, EPOCH_VAL_SLICES, MAX_SIZE,
                                MAX_THREADS, STUDENT, TEACHER)
-from sftkd_cli.distill.methods import METHODS
-from sftkd_cli.errors import RunInterrupted, SftkdError, counted, listed_names
+from sftkd_cli.errors import RunInterrupted, SftkdError, counted
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.layout import LayoutChoice, inference_layout, training_layout
 from sftkd_cli.models import DCCNN, build_model
@@ -48,28 +48,6 @@ def _check(settings: dict[str, Any]) -> None:
             raise SftkdError(f"bench --{key.replace('_', '-')} {value!r}: expected an integer from {low} to {high}")
     if settings["precision"] not in PRECISIONS:
         raise SftkdError(f"bench --precision {settings['precision']!r}: expected fp32 or bf16")
-
-
-def check_parts(which: Sequence[str] | None) -> list[str]:
-    """Validate `--only`: a subset of BENCH_PARTS (all when empty), in any case, each item also a comma list."""
-    parts = [w.lower() for w in listed_names(which, "which")]
-    if not parts:
-        return list(BENCH_PARTS)
-    for part in parts:
-        if part not in BENCH_PARTS:
-            raise SftkdError(f"bench --only {part!r}: expected some of {','.join(BENCH_PARTS)}")
-    return [p for p in BENCH_PARTS if p in parts]
-
-
-def check_methods(methods: Sequence[str] | None) -> list[str]:
-    """Validate `--methods`: KD method names (all of them when empty), in any case, each item also a comma list."""
-    names = [m.lower() for m in listed_names(methods, "methods")]
-    if not names:
-        return list(METHODS)
-    for name in names:
-        if name not in METHODS:
-            raise SftkdError(f"bench --methods {name!r}: expected some of {','.join(METHODS)}")
-    return list(dict.fromkeys(names))
 
 
 #: called with a short line before each measurement (the CLI shows it in its status line)
