@@ -265,11 +265,7 @@ def evaluate_run(
     With `exported` (a file from `sftkd export`), that file is scored instead of a checkpoint,
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
-    if threads is not None:
-        check_threads(threads)
-    if batch_size is not None:
-        check_batch_size(batch_size)
-    check_convention(convention)
+    check_evaluate_options(threads, batch_size, convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
     with cpu_threads(recipe.train.threads if threads is None else threads), precision_policy(tf32=False):
@@ -277,6 +273,16 @@ def evaluate_run(
                          device=device, write_recon=write_recon, exported=exported, amp=amp, progress=progress,
                          convention=convention, batch_size=eval_batch_size(recipe, batch_size),
                          console=console or Console(stderr=True))
+
+
+def check_evaluate_options(threads: int | None, batch_size: int | None, convention: str) -> None:
+    """`evaluate_run`'s own options, checked before any work (the command: before its first run):
+    `threads` and `batch_size` when given, and the score `convention`."""
+    if threads is not None:
+        check_threads(threads)
+    if batch_size is not None:
+        check_batch_size(batch_size)
+    check_convention(convention)
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -52,15 +52,10 @@ def evaluate(
 ) -> None:
     """Score runs on a split (see HELP)."""
     from sftkd_cli.eta import ProgressLines
-    from sftkd_cli.evaluate import check_batch_size, check_threads, evaluate_run
-    from sftkd_cli.scoring import check_convention
+    from sftkd_cli.evaluate import check_evaluate_options, evaluate_run
     from sftkd_cli.runs import expand_runs_folder, open_run
 
-    if threads is not None:
-        check_threads(threads)  # before the first run's work, not after it
-    if batch_size is not None:
-        check_batch_size(batch_size)
-    check_convention(convention)
+    check_evaluate_options(threads, batch_size, convention)  # before the first run's work, not after it
     console, err_console = stdout_console(), stderr_console()
     runs = [run for given in runs for run in expand_runs_folder(given)]
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
