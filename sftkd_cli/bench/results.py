@@ -8,21 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftkd_cli import __version__
+from sftkd_cli.bench_file import BENCH_KEYS, written_by_bench  # noqa: F401  (bench's JSON, read where it is defined)
 
 
 #: the version of bench's JSON ("format")
 FORMAT = 2
-#: keys every bench JSON has (format 1 had them too): how `bench --json` tells an earlier one of its own
-BENCH_KEYS = frozenset({"format", "sftkd_version", "settings", "machine", "rows"})
-
-
-def written_by_bench(data: bytes) -> bool:
-    """Whether `data` (an existing file's bytes) is a JSON that `sftkd bench --json` wrote: an object
-    with bench's keys (what `--json` may replace without --force)."""
-    payload = json.loads(data)
-    return isinstance(payload, dict) and BENCH_KEYS <= payload.keys()
-
-
 @dataclass
 class BenchRow:
     """One measurement: median seconds per call of something that processes `slices` slices."""

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from sftkd_cli.choices import (BENCH_PARTS, BENCH_PRECISIONS, COMPLEX_PARAMS_TEXT, CUDA_SWEEP_BATCH, EPOCH_STEPS,
                                EPOCH_VAL_SLICES, STUDENT, TEACHER)
+from sftkd_cli.bench_file import BENCH_KEYS_TEXT, written_by_bench
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.distill.catalog import CATALOG
 from sftkd_cli.errors import SftkdError, counted, exit_status
@@ -124,7 +125,7 @@ def bench(
     roof_size: Annotated[int, typer.Option("--roof-size", metavar="N", help="Side of the roof conv's large (16, 32, N, N) input (it is also measured on the run's own shapes); smaller is quicker.")] = 256,
     tf32: Annotated[bool, typer.Option("--tf32", help="TF32 convolutions and matrix products on NVIDIA GPUs, as train.tf32 trains (default off, as training).")] = False,
     complex_data: Annotated[bool, typer.Option("--complex", help="Complex data (two channels, real and imaginary, centred k-space): every network built for it.")] = False,
-    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help="Write the full result as JSON to FILE; '-' prints it to stdout instead of the table. An existing FILE is replaced only when an earlier bench wrote it (a JSON object with bench's \"format\", \"sftkd_version\", \"settings\", \"machine\" and \"rows\"), when it is empty, or with --force; never a file sftkd reads from a run or a dataset (recipe.yaml, metrics.json, checkpoints, manifest.json, .h5...).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", help=f"Write the full result as JSON to FILE; '-' prints it to stdout instead of the table. An existing FILE is replaced only when an earlier bench wrote it (a JSON object with bench's {BENCH_KEYS_TEXT}), when it is empty, or with --force; never a file sftkd reads from a run or a dataset (recipe.yaml, metrics.json, checkpoints, manifest.json, .h5...).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --json FILE that no earlier bench wrote (never a run's or a dataset's files).")] = False,
 ) -> None:
     from sftkd_cli.bench import run_bench
@@ -172,7 +173,6 @@ def _check_json_target(path: Path, force: bool) -> None:
     """Refuse, before anything is measured (one line), a --json FILE that cannot be written, or that
     it must not replace (`output_target.check_output_file`: a run's or a dataset's file, or, without
     `force`, an existing file no earlier bench wrote)."""
-    from sftkd_cli.bench.results import written_by_bench
     from sftkd_cli.files import check_writable, output_path
     from sftkd_cli.output_target import check_output_file
 
@@ -182,7 +182,7 @@ def _check_json_target(path: Path, force: bool) -> None:
     except SftkdError as exc:
         raise SftkdError(f"--json {exc}") from None
     check_output_file(path, "--json", force, written_by_bench,
-                      'an earlier bench JSON (expected an object with "format", "sftkd_version", "settings", "machine" and "rows")')
+                      f"an earlier bench JSON (expected an object with {BENCH_KEYS_TEXT})")
 
 
 def _exit_if_interrupted(result: BenchResult, json_out: str | None, signum: int) -> None:
