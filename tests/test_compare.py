@@ -805,3 +805,11 @@ def test_out_through_a_dangling_link_into_a_run_or_onto_a_dataset_is_refused(tri
         assert result.exit_code == 2 and len(lines) == 1 and f"--out {target}: refused, even with --force" in lines[0], result.output
     assert not (run / "per_slice.csv").exists() and (data / "manifest.json").read_text() == '{"format": 1}\n'
     assert not (data / "vol1.h5").exists()
+
+
+def test_tabulate_refuses_a_reference_or_baseline_for_the_paper_layout_as_the_command_does():
+    from sftkd_cli.report.compare import tabulate
+
+    for given in ({"reference": "teacher"}, {"baseline": "student"}):
+        with pytest.raises(SftkdError, match=r"^--group paper: --reference and --baseline do not apply"):
+            tabulate([], paper=True, **given)

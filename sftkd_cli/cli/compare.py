@@ -31,22 +31,15 @@ class GroupMode(str, Enum):
 Convention = Enum("Convention", {name: name for name in SCORE_FILES}, type=str)  # type: ignore[misc]
 
 
-#: what an earlier compare output of each format starts with, for the error that refuses another file
-_EXPECTED = {"json": 'a JSON object with "kind": "compare" or "paper" and a "format"',
-             "csv": "compare's header row (run,role,params,... or dataset,model,acceleration,setting,run,...)",
-             "markdown": "the title line **sftkd compare**", "latex": "the comment line % sftkd compare",
-             "table": "the title line sftkd compare"}
-
-
 def check_compare_out(path: Path, fmt: str, force: bool) -> None:
     """Refuse, before any work, an --out sftkd reads from a run folder or a dataset (even with --force), a folder,
     or an existing regular file that no earlier compare wrote (unless --force); a compare output is
     replaced, and a device or FIFO (/dev/stdout, a pipe) written to."""
     if not path.parent.is_dir():
         raise SftkdError(f"--out {path}: directory {path.parent} does not exist")
-    from sftkd_cli.report.formats import written_by_compare
+    from sftkd_cli.report.formats import expected_output, written_by_compare
 
-    check_output_file(path, "--out", force, written_by_compare, f"an earlier compare output (expected {_EXPECTED[fmt]})")
+    check_output_file(path, "--out", force, written_by_compare, f"an earlier compare output (expected {expected_output(fmt)})")
 
 
 def _write_output(path: Path, text: str) -> None:
@@ -91,7 +84,7 @@ def compare(
     attention_data: Annotated[Path | None, typer.Option("--attention-data", metavar="DIR", help="The prepared dataset for --attention (default: the first KD run's data.path, as its recipe names it).")] = None,
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""
-    from sftkd_cli.report.compare import collect_runs, compare_runs, paper_table
+    from sftkd_cli.report.compare import collect_runs, tabulate
     from sftkd_cli.report.formats import check_alpha, render, to_rich, view
 
     check_alpha(alpha)
@@ -110,12 +103,7 @@ def compare(
     if convention is Convention.paper:
         _note_other_evaluations([Path(run.label) for run in results])
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
-    if group is GroupMode.paper:
-        if reference is not None or baseline is not None:
-            raise SftkdError("--group paper: --reference and --baseline do not apply (the layout fixes the rows)")
-        result = paper_table(results, metrics=names, zero_filled=zero_filled)
-    else:
-        result = compare_runs(results, reference, baseline, metrics=names, zero_filled=zero_filled)
+    result = tabulate(results, reference, baseline, paper=group is GroupMode.paper, metrics=names, zero_filled=zero_filled)
     text = render(result, fmt.value, alpha)
     if out is not None:
         _write_output(out, text)
@@ -154,12 +142,9 @@ def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | No
 def _attention_figure(results: list[RunResult], stem: Path, where: tuple[str | None, int | None],
                       dataset: Path | None) -> None:
     """Fig. 6 for the compared KD runs (each against the teacher it was distilled from)."""
-    from sftkd_cli.report.attention import attention_residues_from_runs
+    from sftkd_cli.report.attention import attention_residues_from_runs, distilled_runs
 
-    students = {run.name: Path(run.label) for run in results if run.role == "kd"}
-    if not students:
-        raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
-    output = attention_residues_from_runs(students, stem, dataset=dataset, volume=where[0], index=where[1],
+    output = attention_residues_from_runs(distilled_runs(results), stem, dataset=dataset, volume=where[0], index=where[1],
                                           split=results[0].split)
     stderr_console().print(f"attention-map residues: {', '.join(escape(str(p)) for p in output.paths)}", highlight=False)
 

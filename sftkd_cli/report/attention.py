@@ -7,7 +7,7 @@ the two networks of each run on a slice, so it loads checkpoints and torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.report.compare import RunResult
 from sftkd_cli.report.figures import FigureOutput, new_figure, default_slice, heading, save_figure
 from sftkd_cli.run_files import RECIPE_YAML, RECON_H5
 
@@ -146,6 +147,15 @@ def _load_pair(run: Path, checkpoint: str = "best"):
     t_state = load_checkpoint(path)
     _, entry = model_entry(t_state, "teacher" if t_state.get("role") == "sft" else None, path)
     return student, build_from_entry(entry, path)
+
+
+def distilled_runs(results: Sequence[RunResult]) -> dict[str, Path]:
+    """The distilled runs (role kd) among compared results, name -> run folder as given: the
+    students `compare --attention` draws; none at all is refused."""
+    students = {run.name: Path(run.label) for run in results if run.role == "kd"}
+    if not students:
+        raise SftkdError("--attention: no distilled run (role kd) among the compared runs")
+    return students
 
 
 def attention_residues_from_runs(

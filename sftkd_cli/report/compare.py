@@ -583,3 +583,14 @@ def paper_table(runs: Sequence[RunResult], metrics: Sequence[str] | None = None,
         blocks=tuple(blocks),
         unit=runs[0].unit,
     )
+
+
+def tabulate(runs: Sequence[RunResult], reference: str | None = None, baseline: str | None = None, *, paper: bool = False,
+             metrics: Sequence[str] | None = None, zero_filled: bool = True) -> Comparison | PaperTable:
+    """`compare_runs`, or with `paper` the paper's Table 1 (`paper_table`), whose layout fixes the
+    rows: a `reference` or `baseline` is refused there."""
+    if not paper:
+        return compare_runs(runs, reference, baseline, metrics=metrics, zero_filled=zero_filled)
+    if reference is not None or baseline is not None:
+        raise SftkdError("--group paper: --reference and --baseline do not apply (the layout fixes the rows)")
+    return paper_table(runs, metrics=metrics, zero_filled=zero_filled)

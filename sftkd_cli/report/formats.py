@@ -442,6 +442,17 @@ def written_by_compare(data: bytes) -> bool:
     return first.strip("*% ") in TITLES.values()
 
 
+def expected_output(fmt: str) -> str:
+    """What an earlier compare output in format `fmt` starts with (what `written_by_compare`
+    looks for), for the error that refuses to replace another file."""
+    kinds = " or ".join(f'"{kind}"' for kind in TITLES)
+    leads = " or ".join(",".join(lead) + ",..." for lead in _CSV_LEAD.values())
+    title = TITLES["compare"]
+    return {"json": f'a JSON object with "kind": {kinds} and a "format"', "csv": f"compare's header row ({leads})",
+            "markdown": f"the title line **{title}**", "latex": f"the comment line % {title}",
+            "table": f"the title line {title}"}[fmt]
+
+
 def view(result: Comparison | PaperTable, alpha: float = 0.05, stacked: bool = False) -> Table:
     """The display table of either kind of result (`stacked`: the compact terminal layout)."""
     return paper_view(result) if isinstance(result, PaperTable) else comparison_view(result, alpha, stacked)
