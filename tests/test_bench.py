@@ -31,7 +31,7 @@ from sftkd_cli.bench import (
     train_step_fn,
 )
 from sftkd_cli.cli.app import app
-from sftkd_cli.cli.bench import header
+from sftkd_cli.bench.display import header
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.models import DCCNN

@@ -22,7 +22,7 @@ from rich.console import Console
 from cli_helpers import sftkd
 from fake_cuda import CAPTURE_ERROR
 from sftkd_cli.bench import run_bench, runner
-from sftkd_cli.cli.bench import ratio_lines, table
+from sftkd_cli.bench.display import ratio_lines, table
 from test_bench import INFER_MODES as CPU_INFER_MODES, TINY
 
 #: the sweep's largest batch here (CUDA_SWEEP_BATCH on a GPU)

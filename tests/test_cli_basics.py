@@ -82,7 +82,7 @@ def test_evaluate_writes_each_metric_as_compare_does():
 
     from rich.console import Console
 
-    from sftkd_cli.cli.evaluate import metrics_table
+    from sftkd_cli.report.formats import metrics_table
     from sftkd_cli.metrics import METRIC_NAMES
 
     scores = {name: {"mean": 0.0012345, "std": 0.00031} for name in METRIC_NAMES} | {"PSNR": {"mean": 31.234, "std": 1.5},

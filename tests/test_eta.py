@@ -75,8 +75,8 @@ def test_evaluate_prints_progress_lines_where_stderr_is_no_terminal(monkeypatch)
 def test_evaluate_times_each_run_on_its_own(monkeypatch):
     """Two runs of one name (runs/t1, other/t1): the second's first plain line has its own time
     left, not one measured across the first run (the lines' tracker is made per run)."""
-    import sftkd_cli.cli.evaluate
     import sftkd_cli.evaluate
+    import sftkd_cli.report.formats
     import sftkd_cli.runs
     from typer.testing import CliRunner
 
@@ -91,7 +91,7 @@ def test_evaluate_times_each_run_on_its_own(monkeypatch):
     monkeypatch.setattr(ProgressLines, "EVERY", 0.0)
     monkeypatch.setattr(sftkd_cli.runs, "open_run", lambda run: None)
     monkeypatch.setattr(sftkd_cli.evaluate, "evaluate_run", evaluate_run)
-    monkeypatch.setattr(sftkd_cli.cli.evaluate, "metrics_table", lambda metrics: "")
+    monkeypatch.setattr(sftkd_cli.report.formats, "metrics_table", lambda metrics: "")
     result = CliRunner().invoke(app, ["evaluate", "runs/t1", "other/t1"])
     assert result.exit_code == 0, result.output
     firsts = [line for line in result.output.splitlines() if line.startswith("evaluate: t1: slices 4/8")]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
-from rich.markup import escape
-from rich.table import Table
 
 from sftkd_cli.choices import AMP_MODES, ARCH_LABELS, CHECKPOINT_NAMES
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
@@ -53,6 +51,7 @@ def evaluate(
     """Score runs on a split (see HELP)."""
     from sftkd_cli.eta import ProgressLines
     from sftkd_cli.evaluate import check_evaluate_options, evaluate_run
+    from sftkd_cli.report.formats import metrics_table
     from sftkd_cli.runs import expand_runs_folder, open_run
 
     check_evaluate_options(threads, batch_size, convention)  # before the first run's work, not after it
@@ -79,36 +78,6 @@ def evaluate(
 
 def _update_bar(bar: Progress, task: TaskID, done: int, total: int) -> None:
     bar.update(task, completed=done, total=total)
-
-
-def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
-    """A rich table of a metrics.json, one row per metric: the input (zero-filled, or LR interpolated
-    for sr) and the model."""
-    from sftkd_cli.data.format import INPUT_LABELS
-    from sftkd_cli.metrics import FASTMRI_METRIC_NAMES, METRIC_NAMES
-    from sftkd_cli.report.formats import format_stat
-    from sftkd_cli.report.result_files import Stat
-
-    ds = metrics["dataset"]
-    task = ds.get("task", "recon")
-    fastmri = metrics.get("convention") == "fastmri"
-    caption = f"{_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
-    table = Table(
-        title=title or f"{escape(str(metrics['run']))}: {metrics['model']} ({metrics['role']}) on {escape(str(ds['split']))}, "
-        f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
-        caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
-    )
-    table.add_column("metric", style="bold")
-    table.add_column(INPUT_LABELS[task][0], justify="right")
-    table.add_column(metrics["model"], justify="right")
-    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:  # as `compare` writes them
-        cells = [format_stat(name, Stat(b[name]["mean"], b[name]["std"])) for b in (metrics["zero_filled"], metrics["metrics"])]
-        table.add_row(name, *cells)
-    return table
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "unknown number of"
 
 
 def register(app: typer.Typer) -> None:

@@ -11,17 +11,21 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table as RichTable
+from rich.markup import escape
 from rich.text import Text
 
 from sftkd_cli.choices import COMPARE_FORMATS
 from sftkd_cli.data.catalog import source_label
+from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import json_text
+from sftkd_cli.metrics import FASTMRI_METRIC_NAMES, METRIC_NAMES
 from sftkd_cli.report.compare import (
     PAPER_SETTINGS,
     INPUT_ROLES,
@@ -456,3 +460,28 @@ def expected_output(fmt: str) -> str:
 def view(result: Comparison | PaperTable, alpha: float = 0.05, stacked: bool = False) -> Table:
     """The display table of either kind of result (`stacked`: the compact terminal layout)."""
     return paper_view(result) if isinstance(result, PaperTable) else comparison_view(result, alpha, stacked)
+
+
+def metrics_table(metrics: dict[str, Any], title: str | None = None) -> RichTable:
+    """A rich table of a metrics.json, one row per metric: the input (zero-filled, or LR interpolated
+    for sr) and the model."""
+    ds = metrics["dataset"]
+    task = ds.get("task", "recon")
+    fastmri = metrics.get("convention") == "fastmri"
+    caption = f"{_params_count(metrics.get('params'))} parameters, {metrics['latency_ms_per_slice']:.1f} ms/slice on {metrics['device']}"
+    table = RichTable(
+        title=title or f"{escape(str(metrics['run']))}: {metrics['model']} ({metrics['role']}) on {escape(str(ds['split']))}, "
+        f"{ds['slices']} slices, {ds['acceleration']:g}x{' super-resolution' if task == 'sr' else ''}",
+        caption=caption + (f"; fastMRI convention: mean ± std over {ds['volumes']} volume(s)" if fastmri else ""),
+    )
+    table.add_column("metric", style="bold")
+    table.add_column(INPUT_LABELS[task][0], justify="right")
+    table.add_column(metrics["model"], justify="right")
+    for name in FASTMRI_METRIC_NAMES if fastmri else METRIC_NAMES:  # as `compare` writes them
+        cells = [format_stat(name, Stat(b[name]["mean"], b[name]["std"])) for b in (metrics["zero_filled"], metrics["metrics"])]
+        table.add_row(name, *cells)
+    return table
+
+
+def _params_count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown number of"
