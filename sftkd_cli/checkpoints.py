@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.choices import CHECKPOINT_NAMES
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, LAST
 from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import read_regular_bytes, sha256_file
@@ -27,7 +27,7 @@ from sftkd_cli.run_files import checkpoint_file
 from sftkd_cli.runs import load_checkpoint, open_run
 
 
-def resolve_checkpoint(source: str | Path, which: str = "best", option: str = "") -> Path:
+def resolve_checkpoint(source: str | Path, which: str = BEST, option: str = "") -> Path:
     """A run directory -> its `checkpoints/<which>.pt`; a file -> itself. `option`: the caller's
     option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
     path = Path(source)
@@ -63,7 +63,7 @@ class CheckpointFile:
     sha256: str
 
 
-def read_checkpoint(source: str | Path, which: str = "best", option: str = "") -> CheckpointFile:
+def read_checkpoint(source: str | Path, which: str = BEST, option: str = "") -> CheckpointFile:
     """A run's `which` checkpoint (or a checkpoint file), read once (`CheckpointFile`); `option`
     as for `resolve_checkpoint`."""
     path = resolve_checkpoint(source, which, option)
@@ -78,7 +78,7 @@ def training_record(run_path: Path, planned: int, checkpoint: str, state: dict[s
     best.pt and last.pt, which leaves last.pt an epoch behind) is otherwise exported or scored like
     a finished one. Trained epochs are None (and so is `finished`) where last.pt cannot be read."""
     try:
-        last = state if checkpoint == "last" else read_checkpoint(run_path, "last").state
+        last = state if checkpoint == LAST else read_checkpoint(run_path, LAST).state
         trained: int | None = int(last.get("epoch") or 0)
     except SftkdError:
         trained = None
@@ -98,7 +98,7 @@ def stopped_early_note(run: str | Path, training: dict[str, Any]) -> str:
             f"{training['checkpoint_epoch']}")
 
 
-def checkpoint_digest(source: str | Path, which: str = "best") -> str | None:
+def checkpoint_digest(source: str | Path, which: str = BEST) -> str | None:
     """sha256 of a run's `which` checkpoint (or of a checkpoint file): which teacher a distilled
     run learnt from, whatever its folder is called now. None when there is none."""
     try:
@@ -160,7 +160,7 @@ def build_from_entry(entry: dict[str, Any], source: str | Path = "checkpoint", t
     return model
 
 
-def load_model(source: str | Path, role: str | None = None, which: str = "best",
+def load_model(source: str | Path, role: str | None = None, which: str = BEST,
                option: str = "") -> tuple[CascadeNet, dict[str, Any]]:
     """Load a trained model from a run directory or checkpoint file; returns (model, checkpoint).
     `option`: the caller's option that picks `which` (`resolve_checkpoint`)."""
@@ -168,7 +168,7 @@ def load_model(source: str | Path, role: str | None = None, which: str = "best",
     return model, state
 
 
-def load_model_digest(source: str | Path, role: str | None = None, which: str = "best",
+def load_model_digest(source: str | Path, role: str | None = None, which: str = BEST,
                       option: str = "") -> tuple[CascadeNet, dict[str, Any], str]:
     """`load_model`, with the sha256 of the checkpoint bytes the model was built from (one read:
     the digest names what was loaded even if training replaces the file meanwhile; metrics.json

@@ -29,6 +29,25 @@ PER_GPU = 4
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}
+#: the end of the label of an SFT-KD stage trained from a random student (`arm_key`)
+RANDOM_SUFFIX = "-random"
+
+
+def arm_key(kind: str, method: str | None = None, random_init: bool = False) -> str:
+    """A stage's label and its result arm's key in the report: `<kind>[-<method>][-random]`
+    (teacher, std-kd-at, sft-kd-at-random); `parse_arm_key` reads it back."""
+    return (kind if method is None else f"{kind}-{method}") + (RANDOM_SUFFIX if random_init else "")
+
+
+def parse_arm_key(key: str) -> tuple[str, str, bool] | None:
+    """(kind, method, random_init) of a KD arm's key (`arm_key` of std-kd or sft-kd with a
+    method); None for any other key (teacher, sft-student, ...)."""
+    for kind in KIND_ALIASES["kd"]:
+        if key.startswith(f"{kind}-"):
+            rest = key[len(kind) + 1:]
+            return kind, rest.removesuffix(RANDOM_SUFFIX), rest.endswith(RANDOM_SUFFIX)
+    return None
+
 
 # (each data source's prepare-data defaults live with the source: `sftkd_cli.data.catalog`)
 
@@ -71,11 +90,21 @@ INIT_RANDOM: tuple[str, ...] = ("", "random")
 INIT_SFT = "sft"
 INIT_WORDS: tuple[str, ...] = (*INIT_RANDOM, INIT_SFT)
 
-#: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick one
-CHECKPOINT_NAMES: tuple[str, ...] = ("best", "last")
+#: the checkpoints every run keeps (RUN/checkpoints/<name>.pt), by name: evaluate/export/plans pick
+#: one (best: the lowest validation loss, the default; last: the latest epoch, where training resumes)
+BEST, LAST = "best", "last"
+CHECKPOINT_NAMES: tuple[str, ...] = (BEST, LAST)
 
 #: recipe key run.role: what a run is for `compare` and the report (empty: the command decides)
 RUN_ROLES: tuple[str, ...] = ("teacher", "student", "sft", "kd")
+#: the training commands, each with the run roles it may record (run.role): train-teacher trains
+#: the teacher or a plain student baseline, the others one kind; they alone run under torchrun
+TRAINING_COMMANDS: dict[str, tuple[str, ...]] = {"train-teacher": ("teacher", "student"), "train-sft": ("sft",),
+                                                 "distill": ("kd",)}
+#: the roles of an SFT run's two networks when scored (metrics.json's role; a KD student's teacher)
+SFT_TEACHER, SFT_STUDENT = "sft-teacher", "sft-student"
+#: the roles an evaluated model is scored as, besides kd, in the order `compare` lists them
+SCORED_ROLES: tuple[str, ...] = ("teacher", SFT_TEACHER, "student", SFT_STUDENT)
 
 #: the values of `train.channels_last`: measured per machine (auto), or forced
 LAYOUT_SETTINGS: tuple[str, ...] = ("auto", "true", "false")
@@ -97,6 +126,10 @@ COMPARE_FORMATS: tuple[str, ...] = ("table", "markdown", "csv", "latex", "json")
 #: `sftkd compare --metrics` defaults: the general table, and the paper's Table 1 (`--group paper`)
 DEFAULT_METRICS: tuple[str, ...] = ("PSNR", "SSIM", "HFN", "VIF", "NMSE")
 PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
+#: `sftkd compare --alpha` and a plan's compare.alpha: p-values below it count as shown
+DEFAULT_ALPHA = 0.05
+#: the validation curve the report's figures draw by default (a history.jsonl key)
+CURVE_KEY = "val_l1"
 #: the default metrics of `--convention fastmri` (fastMRI's leaderboard; its MSE is there too)
 FASTMRI_METRICS: tuple[str, ...] = ("NMSE", "PSNR", "SSIM")
 

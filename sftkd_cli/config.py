@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from sftkd_cli.acquisition import ACCELERATION_RULE, TASKS, is_acceleration
-from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, DEFAULT_ACCELERATION,
+from sftkd_cli.choices import (AMP_MODES, BATCHED_SETTINGS, BEST, CHECKPOINT_NAMES, CUDA_GRAPHS_MODES, DEFAULT_ACCELERATION,
                                DEFAULT_AMP, DEFAULT_DATA_PATH, DEFAULT_DEVICE, DEFAULT_EPOCHS, DEFAULT_METHOD,
                                DEFAULT_RUNS_DIR, DEFAULT_THREADS, INIT_RANDOM, INIT_WORDS, JOINT, LAYOUT_SETTINGS,
                                MAX_THREADS, RUN_ROLES, SCHEDULES, STUDENT, TEACHER, TWO_STAGE)
@@ -135,7 +135,7 @@ class EvalConfig:
     """What `evaluate` scores."""
 
     split: str = "val"
-    checkpoint: str = "best"  # best | last | a file path
+    checkpoint: str = BEST  # best | last | a file path
     latency_slices: int = 8
 
 

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
+from sftkd_cli.choices import SFT_STUDENT
+
 #: a forward pass costs about a third of forward + backward
 FORWARD_SHARE = 1 / 3
 
@@ -53,7 +55,7 @@ def stage_cost(kind: str, recipe, trained: str = "") -> float:
         return 0.0
     if kind == "evaluate":
         channels, pad = recipe.model.channels, recipe.model.pad
-        if trained == "sft-student":
+        if trained == SFT_STUDENT:
             return FORWARD_SHARE * _size(recipe.sft.student, channels, pad)[0]
         if trained == "sft":
             return FORWARD_SHARE * _size(recipe.sft.teacher, channels, pad)[0]

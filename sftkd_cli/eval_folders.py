@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from sftkd_cli.choices import BEST
 from sftkd_cli.name_checks import check_split_name
 from sftkd_cli.run_files import EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, eval_folders
@@ -65,7 +66,7 @@ def evaluate_command(folder: Path, info: dict[str, Any]) -> str:
         else:
             options += ["--model", level]
     which = info.get("checkpoint")
-    if isinstance(which, str) and which != "best":
+    if isinstance(which, str) and which != BEST:
         options += ["--checkpoint", which]
     return shlex.join(["sftkd", "evaluate", str(run), *options])
 

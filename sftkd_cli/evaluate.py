@@ -38,7 +38,7 @@ from rich.console import Console
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest, stopped_early_note, training_record
-from sftkd_cli.choices import CHECKPOINT_NAMES, MAX_THREADS
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
@@ -328,7 +328,7 @@ def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[st
     on a first batch unless train.channels_last forces it), replayed from CUDA graphs where they apply."""
     which = checkpoint or recipe.eval.checkpoint
     named = which in CHECKPOINT_NAMES
-    model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else "best",
+    model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else BEST,
                                              "--checkpoint")
     entry_role = model_role or state["primary"]
     check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
@@ -568,5 +568,5 @@ def output_dir(run_path: Path, state: dict[str, Any], entry_role: str) -> Path:
 def scored_role(run_role: str, entry: str) -> str:
     """Role of the evaluated model: an SFT run holds the sft-teacher and the sft-student."""
     if run_role == "sft":
-        return "sft-student" if entry == "student" else "sft-teacher"
+        return SFT_STUDENT if entry == "student" else SFT_TEACHER
     return run_role

@@ -270,7 +270,7 @@ class RunDir:
     def history_file(self) -> Path:
         return self.path / HISTORY_JSONL
 
-    def checkpoint(self, name: str = "last") -> Path:
+    def checkpoint(self, name: str) -> Path:
         return self.path / checkpoint_file(name)
 
     def has_results(self) -> bool:

@@ -7,11 +7,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sftkd_cli.choices import TRAINING_COMMANDS
 from sftkd_cli.errors import SftkdError, counted
 
 #: the commands that run in several processes under torchrun (DistributedDataParallel training);
 #: any other would run once in each, all doing the same work and writing the same files
-DISTRIBUTED_COMMANDS = ("train-teacher", "train-sft", "distill")
+DISTRIBUTED_COMMANDS: tuple[str, ...] = tuple(TRAINING_COMMANDS)
 
 
 def world_size() -> int:

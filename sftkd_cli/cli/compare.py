@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
+from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_ALPHA, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.output_target import check_output_file
@@ -71,7 +71,7 @@ def compare(
     metrics: Annotated[str | None, typer.Option("--metrics", metavar="LIST", help=f"Comma-separated metrics (default {','.join(DEFAULT_METRICS)}; with --group paper {','.join(PAPER_METRICS)}).")] = None,
     reference: Annotated[str | None, typer.Option("--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ).")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = 0.05,
+    alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = DEFAULT_ALPHA,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]}.")] = OutputFormat("table"),
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file. An existing file is replaced only when an earlier compare wrote it (told by its content: JSON with \"kind\": \"compare\" or \"paper\", CSV with compare's header row, markdown, LaTeX or table output with the title line sftkd compare) or with --force; never a file sftkd reads from a run folder or a dataset (recipe.yaml, metrics.json, per_slice.csv, checkpoints, manifest.json...).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that no earlier compare wrote, and existing --attention figures that sftkd did not write (never a run's or a dataset's files).")] = False,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from sftkd_cli.choices import ARCH_LABELS, CHECKPOINT_NAMES, NO_DC_LABELS
+from sftkd_cli.choices import ARCH_LABELS, BEST, CHECKPOINT_NAMES, LAST, NO_DC_LABELS
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stdout_console
 from sftkd_cli.run_files import EXPORT_SUFFIX
 
@@ -42,7 +42,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", callback=any_case(EXPORT_SUFFIX), help="torchscript or onnx.", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary).")] = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help="best or last.")] = "best",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help=f"{BEST} or {LAST}.")] = BEST,
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); the export is checked on its val slices, and the card records it.")] = None,

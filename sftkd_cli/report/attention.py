@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from sftkd_cli.choices import BEST
 from sftkd_cli.distill.catalog import default_taps
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.compare import RunResult
@@ -129,7 +130,7 @@ def _teacher_run(run: Path, state: Mapping[str, Any]) -> Path:
     return found[0]
 
 
-def _load_pair(run: Path, checkpoint: str = "best"):
+def _load_pair(run: Path, checkpoint: str = BEST):
     """(student, teacher) models of a distilled run; an SFT run's teacher is its 'teacher' entry."""
     from sftkd_cli.checkpoints import (
         build_from_entry,
@@ -143,7 +144,7 @@ def _load_pair(run: Path, checkpoint: str = "best"):
     if state.get("role") != "kd":
         raise SftkdError(f"{run}: role {state.get('role')!r} is not a distilled run (kd); expected a Std-KD or SFT-KD run")
     teacher_run = _teacher_run(run, state)
-    path = resolve_checkpoint(teacher_run, "best")
+    path = resolve_checkpoint(teacher_run, BEST)
     t_state = load_checkpoint(path)
     _, entry = model_entry(t_state, "teacher" if t_state.get("role") == "sft" else None, path)
     return student, build_from_entry(entry, path)
@@ -166,7 +167,7 @@ def attention_residues_from_runs(
     volume: str | None = None,
     index: int | None = None,
     split: str = "val",
-    checkpoint: str = "best",
+    checkpoint: str = BEST,
     title: str = "",
     context: str = "",
 ) -> FigureOutput:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.choices import CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS
+from sftkd_cli.choices import (BEST, CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_METRICS, PAPER_METRICS, SCORED_ROLES, SFT_STUDENT,
+                               SFT_TEACHER)
 from sftkd_cli.data.format import INPUT_LABELS, dataset_task
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
@@ -51,16 +52,16 @@ SFT_KD = "SFT-KD-Recon"
 PAPER_SETTINGS: tuple[str, ...] = (STD_KD, SFT_KD)
 
 # Rows: teachers first, then students, then everything else by name.
-_ROLE_RANK = {"teacher": 0, "sft-teacher": 1, "student": 2, "sft-student": 3}
+_ROLE_RANK = {role: rank for rank, role in enumerate(SCORED_ROLES)}
 # Paper layout: (row label, column) of each non-KD role; KD runs go to their method's row.
 _PAPER_SLOT = {
     "teacher": ("Teacher", STD_KD),
-    "sft-teacher": ("Teacher", SFT_KD),
+    SFT_TEACHER: ("Teacher", SFT_KD),
     "student": ("Student", STD_KD),
-    "sft-student": ("SFT-Student", SFT_KD),
+    SFT_STUDENT: ("SFT-Student", SFT_KD),
 }
 _PAPER_FIXED_ROWS = (*INPUT_ROWS.values(), "Teacher", "Student", "SFT-Student")
-_KD_TEACHER_SETTING = {"teacher": STD_KD, "sft-teacher": SFT_KD}
+_KD_TEACHER_SETTING = {"teacher": STD_KD, SFT_TEACHER: SFT_KD}
 _DATASET_ORDER = ("mrbrains", "acdc")  # the paper's Table 1 order; other sources follow by name
 
 
@@ -84,7 +85,7 @@ class RunResult:
     slices: tuple[tuple[str, int], ...]  # (volume, slice) of each per_slice.csv row
     columns: dict[str, np.ndarray]  # per_slice.csv column -> values aligned with `slices`
     task: str = "recon"  # recon or sr (super-resolution)
-    checkpoint: str = "best"  # which checkpoint was scored: best, last, or "a checkpoint file"
+    checkpoint: str = BEST  # which checkpoint was scored: best, last, or "a checkpoint file"
     unit: str = "slice"  # what a per-unit row is: a slice (paper convention) or a volume (fastmri; slice -1)
     #: when the scores are of another checkpoint than the run holds now (`evaluate.scores_checkpoint`):
     #: the `sftkd evaluate` command that scores it again; empty otherwise
@@ -327,7 +328,7 @@ _SAME_DATA = "compare runs evaluated on the same data, split and acceleration"
 def _checkpoint_kind(which: Any) -> str:
     """metrics.json's checkpoint as compare matches it: best, last, or any other file alike."""
     if which is None:  # written before metrics.json named it: evaluate's default
-        return "best"
+        return BEST
     return str(which) if which in CHECKPOINT_NAMES else "a checkpoint file"
 
 
@@ -517,11 +518,11 @@ def _paper_slot(run: RunResult) -> tuple[str, str]:
     if run.role in _PAPER_SLOT:
         return _PAPER_SLOT[run.role]
     if run.role != "kd":
-        raise SftkdError(f"{where}: role {run.role!r} has no place in the paper table (expected teacher, student, sft-teacher, sft-student or kd)")
+        raise SftkdError(f"{where}: role {run.role!r} has no place in the paper table (expected {', '.join(SCORED_ROLES)} or kd)")
     if not run.method:
         raise SftkdError(f"{where}: method: a kd run needs its KD method (e.g. 'at') for --group paper")
     if run.teacher_role not in _KD_TEACHER_SETTING:
-        raise SftkdError(f"{where}: teacher_role {run.teacher_role!r}: expected 'teacher' (Std-KD) or 'sft-teacher' (SFT-KD-Recon)")
+        raise SftkdError(f"{where}: teacher_role {run.teacher_role!r}: expected 'teacher' (Std-KD) or '{SFT_TEACHER}' (SFT-KD-Recon)")
     return method_label(run.method), _KD_TEACHER_SETTING[run.teacher_role]
 
 

@@ -33,14 +33,14 @@ import h5py
 import numpy as np
 
 from sftkd_cli import __version__
+from sftkd_cli.choices import CURVE_KEY, PAPER_METRICS
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.files import replace_atomically
 from sftkd_cli.output_target import check_output_file
 from sftkd_cli.run_files import HISTORY_JSONL, PER_SLICE_CSV, RECON_H5
 
 FORMATS: tuple[str, ...] = ("png", "pdf")
-BOX_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
-CURVE_KEY = "val_l1"
+BOX_METRICS: tuple[str, ...] = PAPER_METRICS
 #: unit of each per_slice.csv metric; intensities are fractions of the volume maximum
 METRIC_UNITS: dict[str, str] = {"PSNR": "dB", "SSIM": "unitless", "NMSE": "unitless", "MSE": "(volume max)²", "HFN": "unitless"}
 #: (axis label, heading) of each history.jsonl key drawn as a validation curve

@@ -20,7 +20,7 @@ from rich.table import Table as RichTable
 from rich.markup import escape
 from rich.text import Text
 
-from sftkd_cli.choices import COMPARE_FORMATS
+from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_ALPHA
 from sftkd_cli.data.catalog import source_label
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
@@ -408,7 +408,7 @@ def to_csv(records: list[dict[str, object]]) -> str:
     return buffer.getvalue()
 
 
-def render(result: Comparison | PaperTable, fmt: str, alpha: float = 0.05) -> str:
+def render(result: Comparison | PaperTable, fmt: str, alpha: float = DEFAULT_ALPHA) -> str:
     """`result` as text in one of COMPARE_FORMATS ('table' gives the rich table as plain text)."""
     check_alpha(alpha)
     if fmt not in COMPARE_FORMATS:
@@ -457,7 +457,7 @@ def expected_output(fmt: str) -> str:
             "table": f"the title line {title}"}[fmt]
 
 
-def view(result: Comparison | PaperTable, alpha: float = 0.05, stacked: bool = False) -> Table:
+def view(result: Comparison | PaperTable, alpha: float = DEFAULT_ALPHA, stacked: bool = False) -> Table:
     """The display table of either kind of result (`stacked`: the compact terminal layout)."""
     return paper_view(result) if isinstance(result, PaperTable) else comparison_view(result, alpha, stacked)
 

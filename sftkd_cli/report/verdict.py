@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sftkd_cli.choices import DEFAULT_ALPHA, SFT_STUDENT, arm_key, parse_arm_key
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.report.compare import RunResult, check_same_slices, paired_volumes
@@ -80,36 +81,35 @@ class ClaimResult:
 
 def arm_label(key: str) -> str:
     """A display name for an arm: Teacher, Student, SF-teacher, Std-KD (AT), SFT-KD-Recon (AT), ..."""
-    fixed = {"teacher": "Teacher", "student": "Student", "sft": "SF-teacher", "sft-student": "SFT student blocks (S1 untrained)"}
+    fixed = {"teacher": "Teacher", "student": "Student", "sft": "SF-teacher", SFT_STUDENT: "SFT student blocks (S1 untrained)"}
     if key in fixed:
         return fixed[key]
-    for prefix, name in (("std-kd-", "Std-KD"), ("sft-kd-", "SFT-KD-Recon")):
-        if key.startswith(prefix):
-            method = key[len(prefix):]
-            random = method.endswith("-random")
-            method = method.removesuffix("-random")
-            return f"{name}{' random init' if random else ''} ({method_label(method)})"
-    return key
+    parsed = parse_arm_key(key)
+    if parsed is None:
+        return key
+    kind, method, random = parsed
+    name = "Std-KD" if kind == "std-kd" else "SFT-KD-Recon"
+    return f"{name}{' random init' if random else ''} ({method_label(method)})"
 
 
 def arm_order(keys: Sequence[str]) -> list[str]:
     """Teacher, SF-teacher, student, SFT student blocks, then per method Std-KD before SFT-KD-Recon."""
-    fixed = ["teacher", "sft", "student", "sft-student"]
-    methods = list(dict.fromkeys(k.removeprefix("std-kd-").removeprefix("sft-kd-").removesuffix("-random")
-                                 for k in keys if k.startswith(("std-kd-", "sft-kd-"))))
+    fixed = ["teacher", "sft", "student", SFT_STUDENT]
+    methods = list(dict.fromkeys(parsed[1] for k in keys if (parsed := parse_arm_key(k)) is not None))
     order = [k for k in fixed if k in keys]
     for method in methods:
-        order += [k for k in (f"std-kd-{method}", f"sft-kd-{method}", f"sft-kd-{method}-random") if k in keys]
+        order += [k for k in (arm_key("std-kd", method), arm_key("sft-kd", method), arm_key("sft-kd", method, True))
+                  if k in keys]
     return order + sorted(set(keys) - set(order))
 
 
 def claims(keys: Sequence[str], tolerance: float = PAPER_GAP_DB) -> list[Claim]:
     """The paper's claims that the present arms can test, the central one first per method."""
     present = set(keys)
-    methods = [k.removeprefix("std-kd-") for k in arm_order(keys) if k.startswith("std-kd-")]
+    methods = [parsed[1] for k in arm_order(keys) if (parsed := parse_arm_key(k)) and parsed[0] == "std-kd" and not parsed[2]]
     out: list[Claim] = []
     for method in methods:
-        std, sft = f"std-kd-{method}", f"sft-kd-{method}"
+        std, sft = arm_key("std-kd", method), arm_key("sft-kd", method)
         if sft in present:
             out.append(Claim(f"{arm_label(sft)} > {arm_label(std)}", sft, std, central=True))
         if "student" in present:
@@ -150,7 +150,7 @@ def _test(a: np.ndarray, b: np.ndarray, kind: str, alpha: float, tolerance: floa
     return Test(estimate + shift, p, len(used), judge(kind, above, p, alpha), unreachable(len(used), alpha))
 
 
-def evaluate_claims(arms: Arms, metric: str = "PSNR", alpha: float = 0.05, tolerance: float = PAPER_GAP_DB,
+def evaluate_claims(arms: Arms, metric: str = "PSNR", alpha: float = DEFAULT_ALPHA, tolerance: float = PAPER_GAP_DB,
                     paper: Mapping[str, float] | None = None) -> list[ClaimResult]:
     """Test every claim the arms allow, over the seeds both arms have (claims without one are left out):
     per seed over its paired volumes, and pooled: per volume, the mean over seeds of each arm's value."""

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sftkd_cli.reproduce.graph import planned_actions
-from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.choices import SFT_STUDENT, TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
@@ -100,7 +100,7 @@ def model_text(stage: Stage) -> str:
         return ""
     if stage.kind == "sft" or stage.trained == "sft":
         return f"{recipe.sft.teacher}+{recipe.sft.student}"
-    if stage.trained == "sft-student":
+    if stage.trained == SFT_STUDENT:
         return recipe.sft.student
     return recipe.model.name
 

@@ -2,11 +2,13 @@
 command help reads): their run roles and recipe files, the report's
 column names, and the statuses a stage ends with.
 
-A leaf module (it imports nothing of the package), so that the plan reader, the stages, the
+A leaf module (it imports only `sftkd_cli.choices`), so that the plan reader, the stages, the
 runner and the report can all share these names without importing each other.
 """
 
 from __future__ import annotations
+
+from sftkd_cli.choices import SFT_STUDENT, arm_key
 
 PLAN_FORMAT = 1
 SHAREABLE: tuple[str, ...] = ("teacher", "student", "sft")
@@ -15,8 +17,8 @@ RECIPE_FILE = {"teacher": "teacher.yaml", "student": "student.yaml", "sft": "sft
                "std-kd": "std-kd-{method}.yaml", "sft-kd": "sft-kd-{method}.yaml"}
 STUDENT_SETTINGS = {"teacher": "Original", "student": "Original", "std-kd": "KD", "sft-kd": "SFT-KD-Recon"}
 #: columns of the `models` paper layout -> the trained kind they show (Table 5)
-MODEL_COLUMNS = {"Teacher": "teacher", "Student": "student", "SFT Teacher": "sft", "SFT Student": "sft-student",
-                 "KD": "std-kd", "SFT-KD-Recon (random)": "sft-kd-random", "SFT-KD-Recon": "sft-kd"}
+MODEL_COLUMNS = {"Teacher": "teacher", "Student": "student", "SFT Teacher": "sft", "SFT Student": SFT_STUDENT,
+                 "KD": "std-kd", "SFT-KD-Recon (random)": arm_key("sft-kd", random_init=True), "SFT-KD-Recon": "sft-kd"}
 
 #: the report folder's summary, and the stages' statuses and the problems met (read back on the next run)
 REPORT_MD, STATUS_JSON = "report.md", "status.json"

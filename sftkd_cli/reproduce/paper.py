@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sftkd_cli.choices import PAPER_METRICS
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.kinds import MODEL_COLUMNS
 from sftkd_cli.reproduce.values import as_mapping, as_metric_names, as_names, as_text, check_choice
@@ -33,7 +34,7 @@ def paper_spec(value: Any, where: str) -> PaperSpec | None:
     raw = as_mapping(value, where, ("title", "layout", "metrics", "columns", "rows", "notes"))
     layout = as_text(raw.get("layout"), f"{where}.layout") or "table1"
     check_choice(layout, PAPER_LAYOUTS, f"{where}.layout", "layout")
-    metrics = as_metric_names(raw.get("metrics"), f"{where}.metrics") or ("PSNR", "SSIM")
+    metrics = as_metric_names(raw.get("metrics"), f"{where}.metrics") or PAPER_METRICS
     columns = as_names(raw.get("columns"), f"{where}.columns")
     if not columns:
         raise SftkdError(f"{where}.columns: expected the paper's column names")

@@ -15,7 +15,7 @@ from sftkd_cli import __version__
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.reproduce.display import format_seconds, total_seconds
-from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.choices import PAPER_METRICS, TRAIN_KINDS, arm_key
 from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, written_for
@@ -150,7 +150,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
         arms: dict[str, dict[int, Any]] = {}
         for stage in members:
             arms.setdefault(stage.label, {})[_seed_of(stage)] = load_run_result(evaluation_dir(stage))
-        metrics = [m for m in plan.compare["metrics"] if m in ("PSNR", "SSIM")] or list(plan.compare["metrics"])[:2]
+        metrics = [m for m in plan.compare["metrics"] if m in PAPER_METRICS] or list(plan.compare["metrics"])[:2]
         lines += main_table(arms, metrics)
         lines += ["", f"Mean ± std over {'seeds x ' if len(seeds) > 1 else ''}validation slices"
                   + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else f" (seed {seeds[0]})")
@@ -262,7 +262,7 @@ def _paper_psnr(plan: Plan, members: Sequence[Stage]) -> tuple[dict[str, float],
     slots = {"teacher": ("Teacher", STD_KD), "sft": ("Teacher", SFT_KD), "student": ("Student", STD_KD)}
     for method in plan.methods:
         label = method_label(method)
-        slots.update({f"std-kd-{method}": (label, STD_KD), f"sft-kd-{method}": (label, SFT_KD)})
+        slots.update({arm_key("std-kd", method): (label, STD_KD), arm_key("sft-kd", method): (label, SFT_KD)})
     for key, (row, setting) in slots.items():
         for i, column in enumerate(paper.columns):
             if table1_column(column) == (acceleration, setting) and row in paper.rows:
@@ -299,11 +299,12 @@ def _figure_makers(plan: Plan, tag: str, members: list[Stage]) -> list[tuple[tup
         makers.append((("grid", f"Reconstructions and residues{label}"), lambda stem: figures.reconstruction_grid_from_runs(
             plan.data.out, recipe.data.acceleration, grid, stem, plan.figures["volume"], plan.figures["slice"],
             None if box is None else tuple(int(b) for b in box), context=f"{plan.name}{label}")))
-    if method and method != "none" and {f"std-kd-{method}", f"sft-kd-{method}"} <= set(by_label):
-        kd = [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})"),
-              (f"sft-kd-{method}-random", f"SFT-KD random init ({method})")]
+    std, sft = arm_key("std-kd", method), arm_key("sft-kd", method)
+    if method and method != "none" and {std, sft} <= set(by_label):
+        kd = [(std, f"Std-KD ({method})"), (sft, f"SFT-KD ({method})"),
+              (arm_key("sft-kd", method, True), f"SFT-KD random init ({method})")]
         students = {title: by_label[key].run for key, title in kd if key in by_label}
-        acceleration = by_label[f"sft-kd-{method}"].recipe.data.acceleration  # type: ignore[union-attr]
+        acceleration = by_label[sft].recipe.data.acceleration  # type: ignore[union-attr]
         makers.append((("attention", f"Attention-map residues to the teacher (AT taps, Fig. 6){label}"),
                        lambda stem: attention_residues_from_runs(
                            students, stem, plan.data.out, acceleration, plan.figures["volume"], plan.figures["slice"],
@@ -441,7 +442,7 @@ def _our_model_cells(plan: Plan, evaluated: list[Stage]) -> Cells:
     cells: Cells = {}
     owners: dict[str, Stage] = {}
     for stage in evaluated:
-        kind = stage.trained + ("-random" if stage.random_init else "")
+        kind = arm_key(stage.trained, random_init=stage.random_init)
         if kind not in kinds or (stage.method and stage.method != method):
             continue
         column = kinds[kind]

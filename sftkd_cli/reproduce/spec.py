@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.config import Setting, keep_written_text, load_recipe
+from sftkd_cli.choices import CURVE_KEY, DEFAULT_ALPHA, DEFAULT_METRICS, PAPER_METRICS
+from sftkd_cli.config import EvalConfig, Setting, keep_written_text, load_recipe
 from sftkd_cli.safe_yaml import parse_yaml, read_yaml_file, read_yaml_text
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.name_checks import check_split_name
@@ -75,9 +76,9 @@ class Plan:
 TOP_KEYS = ("plan", "name", "description", "data", "base", "runs_dir", "report", "recipes",
             "variants", "shared", "stages", "figures", "paper", "seeds")
 STAGE_KEYS = ("teacher", "student", "sft", "kd", "evaluate", "compare")
-EVALUATE_DEFAULTS = {"split": "val", "checkpoint": "best", "sft_student": False}
-COMPARE_DEFAULTS = {"metrics": ["PSNR", "SSIM", "HFN", "VIF", "NMSE"], "alpha": 0.05}
-FIGURE_DEFAULTS = {"metrics": ["PSNR", "SSIM"], "curve": "val_l1", "method": None, "volume": None,
+EVALUATE_DEFAULTS = {"split": EvalConfig.split, "checkpoint": EvalConfig.checkpoint, "sft_student": False}
+COMPARE_DEFAULTS = {"metrics": list(DEFAULT_METRICS), "alpha": DEFAULT_ALPHA}
+FIGURE_DEFAULTS = {"metrics": list(PAPER_METRICS), "curve": CURVE_KEY, "method": None, "volume": None,
                    "slice": None, "box": None}
 
 

@@ -16,7 +16,7 @@ from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
-from sftkd_cli.choices import KIND_ALIASES, TRAIN_KINDS
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, INIT_RANDOM, INIT_SFT, KIND_ALIASES, LAST, SFT_STUDENT, TRAIN_KINDS, arm_key
 from sftkd_cli.reproduce.kinds import (
     DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON, is_up_to_date,
 )
@@ -78,8 +78,8 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
         fixed.update({"distill.teacher_run": str(teacher_run), "distill.method": stage.method})
     if stage.seed is not None:
         fixed["train.seed"] = stage.seed
-    if stage.kind in ("std-kd", "sft-kd"):
-        fixed["distill.init"] = "sft" if stage.kind == "sft-kd" and not stage.random_init else "random"
+    if stage.kind in KIND_ALIASES["kd"]:
+        fixed["distill.init"] = INIT_SFT if stage.kind == "sft-kd" and not stage.random_init else INIT_RANDOM[-1]
     layers = as_settings(plan.base, "base") + as_settings(variant.overrides if variant else {}, "variant overrides")
     layers += as_settings(spec.overrides, "stage overrides") + parse_overrides(plan.overrides) + as_settings(fixed, "the plan")
     where = f"{plan.path}: stage {stage.id}"
@@ -94,7 +94,7 @@ def _build_recipe(plan: Plan, stage: Stage, spec: StageSpec, variant: Variant | 
             validate(recipe)
             if stage.kind == "sft":
                 check_sft_pair(recipe)
-            if stage.kind in ("std-kd", "sft-kd"):
+            if stage.kind in KIND_ALIASES["kd"]:
                 check_distill_schedule(recipe)
         task = in_any_case(str(plan.data.options.get("task", "recon")), TASKS)
         if plan.data.source != "prepared" and recipe.data.task != task:
@@ -113,7 +113,7 @@ def build_stages(plan: Plan) -> list[Stage]:
 
     def add(kind: str, variant: Variant | None, spec: StageSpec, method: str | None = None,
             teacher: Stage | None = None, random_init: bool = False) -> Stage:
-        short = (kind if method is None else f"{kind}-{method}") + ("-random" if random_init else "")
+        short = arm_key(kind, method, random_init)
         group = variant.name if variant else ""
         ident = (f"{group}-{short}" if group else short) + (f"-s{seed}" if seed is not None and seed != first_seed else "")
         stage = Stage(ident, kind, group, needs=("data",) + ((teacher.id,) if teacher else ()),
@@ -141,7 +141,7 @@ def build_stages(plan: Plan) -> list[Stage]:
                             random_init=stage.random_init, seed=stage.seed, split=plan.evaluate["split"]))
         if stage.kind == "sft" and plan.evaluate["sft_student"]:
             stages.append(Stage(f"eval-{stage.id}-student", "evaluate", stage.group, (stage.id,), run=stage.run,
-                                model_role="student", label="sft-student", recipe=stage.recipe, trained="sft-student",
+                                model_role="student", label=SFT_STUDENT, recipe=stage.recipe, trained=SFT_STUDENT,
                                 seed=stage.seed, split=plan.evaluate["split"]))
     stages.append(Stage("report", "report", label="report"))
     _check_unique_ids(plan, stages)
@@ -223,10 +223,10 @@ def training_state(stage: Stage) -> tuple[str, str]:
     epoch, step = position(point.path, point.state)
     # epochs finished, then the steps of the next, numbered as training's own lines number them
     where = f"{epoch}/{epochs} epochs" + (f" and {step} steps of epoch {epoch + 1}" if step else "")
-    last = run.checkpoint("last")
+    last = run.checkpoint(LAST)
     if point.path != last and last.is_file():  # a stop between writing best.pt and last.pt: resuming brings it up to date
         return "partial", f"{where} ({last.name} behind {point.path.name})"
-    if epoch == epochs and step == 0 and run.checkpoint("best").is_file():  # beyond: not the plan's (`plan_conflict`)
+    if epoch == epochs and step == 0 and run.checkpoint(BEST).is_file():  # beyond: not the plan's (`plan_conflict`)
         return "complete", where
     return "partial", where
 
@@ -246,7 +246,7 @@ def plan_conflict(stage: Stage) -> str:
                 or trained_beyond(run, stage.recipe))
     was, now = run.load_recipe().data.path, stage.recipe.data.path
     if not conflict and was != now:
-        saved = next((c for c in (run.checkpoint("last"), run.checkpoint("best")) if c.is_file()), None)
+        saved = next((c for c in (run.checkpoint(LAST), run.checkpoint(BEST)) if c.is_file()), None)
         trained_on = (load_checkpoint(saved).get("trained_on") or {}).get("fingerprint") if saved else None
         try:
             same = trained_on is not None and trained_on == dataset_fingerprint(now)
@@ -283,7 +283,7 @@ def grid_members(plan: Plan) -> list[tuple[str, str]]:
     method = figure_method(plan)
     wanted = [("teacher", "teacher"), ("student", "student")]
     if method:
-        wanted += [(f"std-kd-{method}", f"Std-KD ({method})"), (f"sft-kd-{method}", f"SFT-KD ({method})")]
+        wanted += [(arm_key("std-kd", method), f"Std-KD ({method})"), (arm_key("sft-kd", method), f"SFT-KD ({method})")]
     return wanted
 
 
@@ -298,7 +298,7 @@ def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
     or a file) of the stage's run."""
     assert stage.run is not None
     which = str(plan.evaluate["checkpoint"])
-    return RunDir(stage.run).checkpoint(which) if which in ("best", "last") else Path(which)
+    return RunDir(stage.run).checkpoint(which) if which in CHECKPOINT_NAMES else Path(which)
 
 
 def evaluation_complete(stage: Stage, plan: Plan) -> bool:

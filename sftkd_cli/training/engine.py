@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sftkd_cli import __version__
+from sftkd_cli.choices import BEST, LAST
 from sftkd_cli.config import Recipe, loss_weights
 from sftkd_cli.data.dataset import set_dataset_epoch
 from sftkd_cli.errors import RunInterrupted, SftkdError, counted
@@ -246,7 +247,7 @@ class Trainer:
     def _save(self, state: dict[str, Any], *names: str) -> None:
         """Write `state` as the checkpoints `names` (in order), in the background (main process only;
         every process notes `kept`: a nan on another rank names the checkpoint rank 0 kept)."""
-        if "last" in names:
+        if LAST in names:
             self.kept = (int(state["epoch"]), int(state["step_in_epoch"]))
         if self.is_main:
             self.writer.submit([self.run.checkpoint(name) for name in names], state)
@@ -290,8 +291,8 @@ class Trainer:
         self._bare().train()
         # TF32 as train.tf32 for the fit; the last checkpoint is written before fit returns
         with precision_policy(cfg.tf32), on_signals(loop.stop, signal.SIGTERM, signal.SIGINT), self.writer:
-            if point is not None and point.path != self.run.checkpoint("last"):
-                self._save(point.state, "last")  # last.pt brought up to best.pt's state, before anything else
+            if point is not None and point.path != self.run.checkpoint(LAST):
+                self._save(point.state, LAST)  # last.pt brought up to best.pt's state, before anything else
             try:
                 with loop.progress:
                     while state.epoch < cfg.epochs:
@@ -385,10 +386,10 @@ class Trainer:
             if read:
                 self._read_losses(state, loop)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < loop.steps_per_epoch:
-                self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
+                self._save(self._checkpoint(state, loop, state.epoch, state.step), LAST)
             # a stop at the epoch's last step is its end (`_fit` validates, saves): resumed, a checkpoint here would LR-step first (a torch warning)
             if state.step < loop.steps_per_epoch and self._stopping(loop, agree=read):
-                self._save(self._checkpoint(state, loop, state.epoch, state.step), "last")
+                self._save(self._checkpoint(state, loop, state.epoch, state.step), LAST)
                 raise loop.stop.stopped(
                     f"{self.run.path}: stopped by {loop.stop.by} at epoch {state.epoch + 1}, step {state.step}; "
                     f"{RESUME_HINTS[0]}"
@@ -468,9 +469,8 @@ class Trainer:
         return SftkdError(f"{self.run.path}: {what}; {kept} ({hint})")
 
     def _finish_epoch(self, state: FitState, loop: _Loop, val_ds: Dataset) -> None:
-        """After an epoch's steps: LR step, validation, history row, `best`/`last` checkpoints; then the next epoch.
-
-        The row's `lr` is the one the epoch trained with, read before the scheduler steps to the next epoch's."""
+        """After an epoch's steps: LR step, validation, history row (its `lr`: the one the epoch trained
+        with, read before the scheduler steps), `best`/`last` checkpoints; then the next epoch."""
         cfg = self.recipe.train
         lr = loop.optimizer.param_groups[0]["lr"]
         loop.scheduler.step()
@@ -502,7 +502,7 @@ class Trainer:
         checkpoint = self._checkpoint(state, loop, state.epoch + 1, 0)
         if self.is_main:  # history first: a kill between the two keeps every row
             self.run.write_history(state.history)
-        self._save(checkpoint, *(["best"] if improved else []), "last")
+        self._save(checkpoint, *([BEST] if improved else []), LAST)
         if self.is_main:
             self._report_epoch(row, improved)
         state.epoch += 1

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 
-from sftkd_cli.choices import INIT_RANDOM, INIT_SFT, JOINT, TWO_STAGE
+from sftkd_cli.choices import INIT_RANDOM, INIT_SFT, JOINT, SFT_TEACHER, TWO_STAGE
 from sftkd_cli.checkpoints import check_fits_data, model_of, read_checkpoint
 from sftkd_cli.config import Recipe, check_distill_schedule, with_model
 from sftkd_cli.distill.catalog import default_taps
@@ -128,12 +128,12 @@ class Distillation(TeacherObjective):
 
 def teacher_role_of(state: dict[str, Any]) -> str:
     """'sft-teacher' for the teacher of an SFT run, else 'teacher'."""
-    return "sft-teacher" if state.get("role") == "sft" else "teacher"
+    return SFT_TEACHER if state.get("role") == "sft" else "teacher"
 
 
 def _with_kd_run(recipe: Recipe, teacher_role: str | None) -> Recipe:
     """Fill in the KD run's role and default name (`<method>-<std|sft>-<student>`)."""
-    kind = "sft" if teacher_role == "sft-teacher" else "std"
+    kind = "sft" if teacher_role == SFT_TEACHER else "std"
     return with_run(recipe, "kd", f"{recipe.distill.method.lower()}-{kind}-{recipe.model.name.upper()}")
 
 
@@ -187,7 +187,7 @@ def distill(
     teacher = model_of(t_state, "teacher" if _is_sft(cfg.teacher_run) else None, teacher_file.path)
     teacher_role = teacher_role_of(t_state)
     init = cfg.teacher_run if cfg.init == INIT_SFT else cfg.init
-    if cfg.init == INIT_SFT and teacher_role != "sft-teacher":
+    if cfg.init == INIT_SFT and teacher_role != SFT_TEACHER:
         raise SftkdError(f"distill.init=sft: {cfg.teacher_run} is not an SFT run; give a run or checkpoint to start from")
     recipe = _with_kd_run(recipe, teacher_role)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sftkd_cli.choices import BEST, LAST
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import nan_if_null
 from sftkd_cli.runs import RunDir, load_checkpoint
@@ -105,7 +106,7 @@ def resumed_threads(threads: int, point: ResumePoint | None, device: torch.devic
 def resume_point(run: RunDir, start_over: str = "start over with --force") -> ResumePoint | None:
     """The newest consistent training state of `run` (see the module docstring); None if there is none.
     `start_over`: how the caller's user starts the run anew, said where last.pt cannot be read."""
-    last_path, best_path = run.checkpoint("last"), run.checkpoint("best")
+    last_path, best_path = run.checkpoint(LAST), run.checkpoint(BEST)
     history = run.read_history()
     try:
         last = load_checkpoint(last_path) if last_path.exists() else None
@@ -129,7 +130,7 @@ def _instead_of_last(run: RunDir, history: list[dict[str, Any]], start_over: str
     """What --resume can do when last.pt cannot be read: put it back, or `start_over`; or, where
     best.pt holds the state history.jsonl ends at, remove last.pt to continue from best.pt exactly
     (`resume_point` takes best.pt for a missing last.pt)."""
-    best_path = run.checkpoint("best")
+    best_path = run.checkpoint(BEST)
     try:
         best = _best(best_path, fallback=True)
         exact = best is not None and _agrees(best_path, best, history) and position(best_path, best)[0] == len(history)

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
+from sftkd_cli.choices import BEST, LAST, TRAINING_COMMANDS
 from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
@@ -232,7 +233,7 @@ def check_same_start(recipe: Recipe, started: tuple[str, str | None], init_from:
 def _recorded_teacher(run: RunDir) -> str | None:
     """The teacher checkpoint's sha256 a distilled run recorded (None before any checkpoint, or
     from a version of sftkd that did not record it)."""
-    for which in ("last", "best"):
+    for which in (LAST, BEST):
         if run.checkpoint(which).is_file():
             return load_checkpoint(run.checkpoint(which)).get("teacher_sha256")
     return None
@@ -269,7 +270,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point:
     had its row (written first; no checkpoint at all, one row, nothing evaluated or exported
     from it), the line saying it starts over."""
     if point is None:
-        rows, best = len(run.read_history()), run.checkpoint("best").exists()
+        rows, best = len(run.read_history()), run.checkpoint(BEST).exists()
         if rows <= 1 and not best and not run.has_results():
             return (f"{run.history_file}: its row of epoch 1 has no checkpoint (stopped before it was written, or "
                     "removed): dropped; starting over from epoch 1") if rows else ""
@@ -379,19 +380,13 @@ def _interrupted(run: RunDir, exc: RunInterrupted | KeyboardInterrupt, signum: i
     return error
 
 
-#: the run roles each training command may record: train-teacher trains the teacher or a plain
-#: student baseline (derived from model.name; run.role may set either outright), the others one kind
-COMMAND_ROLES: dict[str, tuple[str, ...]] = {"train-teacher": ("teacher", "student"), "train-sft": ("sft",),
-                                             "distill": ("kd",)}
-
-
 def check_run_role(recipe: Recipe, command: str) -> None:
     """Refuse, in one line, a run.role that `command` does not train: the run would be recorded as
     another kind (an SFT run labelled teacher, a KD student labelled sft), which `compare`, the
     report and `distill --init-from sft` then trust and refuse or misplace."""
-    roles, role = COMMAND_ROLES[command], recipe.run.role
+    roles, role = TRAINING_COMMANDS[command], recipe.run.role
     if role and role not in roles:
-        other = next(name for name, trained in COMMAND_ROLES.items() if role in trained)
+        other = next(name for name, trained in TRAINING_COMMANDS.items() if role in trained)
         raise RecipeValueError(f"run.role: {command} trains {' or '.join(roles)} runs, got {role!r} (a run {other} "
                                f"trains); leave run.role out, or use {other}", "run.role")
 
@@ -399,6 +394,6 @@ def check_run_role(recipe: Recipe, command: str) -> None:
 def with_run(recipe: Recipe, role: str, model: str) -> Recipe:
     """Fill in the run's role (`role` unless run.role says another the same command trains,
     `check_run_role`) and default name."""
-    check_run_role(recipe, next(command for command, roles in COMMAND_ROLES.items() if role in roles))
+    check_run_role(recipe, next(command for command, roles in TRAINING_COMMANDS.items() if role in roles))
     name = recipe.run.name or default_run_name(recipe, role, model)
     return dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, role=recipe.run.role or role, name=name))
