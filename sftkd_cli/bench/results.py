@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from sftkd_cli import __version__
-from sftkd_cli.bench_file import BENCH_KEYS, written_by_bench  # noqa: F401  (bench's JSON, read where it is defined)
 
 
 #: the version of bench's JSON ("format")
