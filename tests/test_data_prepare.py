@@ -138,7 +138,7 @@ def test_mrbrains18_five_train_two_val(tmp_path: Path, nifti_writer) -> None:
     assert m["source"] == "mrbrains18"
     assert len(m["splits"]["train"]) == 5 and len(m["splits"]["val"]) == 2
     assert not set(m["splits"]["train"]) & set(m["splits"]["val"])
-    assert all(v["source_file"].endswith("pre/T1.nii.gz") for v in m["volumes"].values())
+    assert all(v["source_file"].endswith("pre/reg_T1.nii.gz") for v in m["volumes"].values())
     assert m["slices"]["val"] == 8
 
 

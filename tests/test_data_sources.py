@@ -163,7 +163,7 @@ def test_mrbrains18_layout(tmp_path: Path, nifti_writer) -> None:
     files = src.files()
     assert src.label == "mrbrains18"
     assert [f.volume for f in files] == ["070", "1", "14", "148", "4", "5", "7"]
-    assert all(f.rel.endswith("/pre/T1.nii.gz") for f in files)
+    assert all(f.rel.endswith("/pre/reg_T1.nii.gz") for f in files)  # the T1 in FLAIR space, not the native pre/T1
     flair = MRBrainsSource(root, "FLAIR").files()
     assert all(f.rel.endswith("/pre/FLAIR.nii.gz") for f in flair)
     assert MRBrainsSource(root / "training", "IR").files()[0].rel == "070/pre/reg_IR.nii.gz"
@@ -180,8 +180,8 @@ def test_mrbrains13_layout(tmp_path: Path, nifti_writer) -> None:
 
 def test_mrbrains_errors(tmp_path: Path, nifti_writer) -> None:
     root = nifti_writer.mrbrains18_tree(tmp_path / "mrb18", ids=("1", "2"))
-    (root / "training/2/pre/T1.nii.gz").unlink()
-    with pytest.raises(SftkdError, match=r"training/2: pre/T1.nii.gz \(or .nii\) not found"):
+    (root / "training/2/pre/reg_T1.nii.gz").unlink()
+    with pytest.raises(SftkdError, match=r"training/2: pre/reg_T1.nii.gz \(or .nii\) not found"):
         MRBrainsSource(root).files()
     with pytest.raises(SftkdError, match="--modality T2: expected one of T1, FLAIR, IR"):
         MRBrainsSource(root, "T2")

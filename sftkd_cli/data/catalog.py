@@ -181,7 +181,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
     ),
     SourceSpec(
         "mrbrains", "sftkd_cli.data.sources.mrbrains:MRBrainsSource",
-        help="MRBrainS18 (training/<id>/pre/T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
+        help="MRBrainS18 (training/<id>/pre/reg_T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
              "modality, slices along the last axis, 240 x 240.\n\n"
              "Split by volume: a seeded 25 % for val (7 volumes -> 5 train, 2 val, as in the paper), or "
              "--val IDs.",
