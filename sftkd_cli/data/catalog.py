@@ -207,7 +207,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         help="fastMRI single-coil raw k-space (ROOT/**/*.h5: kspace, reconstruction_esc), kept complex: "
              "the full centred k-space and fastMRI's magnitude target per volume, divided by the file's max; "
              "masks sample k-space columns and are applied when slices are read. Multi-coil files are not "
-             "supported yet.\n\n"
+             "supported yet; test and challenge files (no reconstruction_esc) are skipped, counted in one line.\n\n"
              "Split by file: singlecoil_train/ -> train and singlecoil_val/ -> val; otherwise, or with "
              "--val/--val-fraction (the val folder then becomes test), a seeded 25 % for val. --mask-kind "
              "fastmri-random | fastmri-equispaced give the fastmri package's masks for --seed (RandomMaskFunc, EquispacedMaskFractionFunc).",

@@ -179,11 +179,15 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     """Prepare a complex source into `out` (lock held, `existing` its old manifest or None);
     returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop;
     `before_writing()` is called when the dataset is not up to date, before anything is written;
-    `say(line)` tells that an interrupted run is resumed or discarded (`data.partial`)."""
+    `say(line)` tells the source's `note()` and that an interrupted run is resumed or discarded
+    (`data.partial`)."""
     if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
     user = user_masks(options, line=True, source_layout="centered")
-    files = source.sample_volumes(source.files(), options.seed)
+    listed = source.files()
+    if say and (note := source.note()):  # as data.prepare says a magnitude source's note
+        say(note)
+    files = source.sample_volumes(listed, options.seed)
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
     hashes = InputHashes(out, trust=not options.force)
     record = inputs_record(source, options, files, user, hashes, check, progress)
