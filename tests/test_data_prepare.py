@@ -174,6 +174,28 @@ def test_kspace_and_zf_match_numpy_oracle(tmp_path: Path, nifti_writer, layout: 
     assert set(h5py.File(tmp_path / "out/a.h5", "r").keys()) == {"image", "source_slice", "acc4", "acc2.5"}
 
 
+def test_nifti_bids_sessions_split_by_subject(tmp_path: Path, nifti_writer) -> None:
+    """4 subjects x 2 sessions: each subject's sessions go to one split (never train and val), and
+    --val names subjects; a file name's sub-<label>_ prefix counts as its subject too."""
+    for i in range(1, 5):
+        for ses in (1, 2):
+            rel = f"sub-0{i}/ses-{ses}/anat/sub-0{i}_ses-{ses}_T1w.nii.gz"
+            nifti_writer.write(tmp_path / "raw" / rel, nifti_writer.phantom((16, 16, 2), seed=10 * i + ses))
+
+    def subjects(splits: dict[str, list[str]]) -> dict[str, set[str]]:
+        return {name: {volume.split("_")[0] for volume in volumes} for name, volumes in splits.items()}
+
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), val_fraction=0.5)
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts).manifest
+    by_split = subjects(m["splits"])
+    assert len(by_split["train"]) == 2 and len(by_split["val"]) == 2 and not by_split["train"] & by_split["val"]
+    assert len(m["splits"]["train"]) == len(m["splits"]["val"]) == 4
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("sub-02",), test=("sub-04",))
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "named", opts).manifest
+    assert subjects(m["splits"]) == {"train": {"sub-01", "sub-03"}, "val": {"sub-02"}, "test": {"sub-04"}}
+    assert len(m["splits"]["val"]) == 2
+
+
 def test_native_size_downsample_and_slice_skipping(tmp_path: Path, nifti_writer) -> None:
     data = nifti_writer.phantom((20, 18, 5))
     data[:, :, 0] = 0.0  # an empty slice is always dropped

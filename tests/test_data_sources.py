@@ -11,7 +11,7 @@ from sftkd_cli.data.sources import (
     AcdcSource, DemoSource, MRBrainsSource, NiftiSource, SplitRequest, split_groups,
 )
 from sftkd_cli.data.sources.demo import SPLIT_PATTERN, find_colin27, find_icbm152, slab_splits
-from sftkd_cli.data.sources.nifti import volume_id
+from sftkd_cli.data.sources.nifti import bids_subject, volume_id
 from sftkd_cli.errors import SftkdError
 
 
@@ -196,6 +196,13 @@ def test_mrbrains_errors(tmp_path: Path, nifti_writer) -> None:
 def test_volume_id() -> None:
     assert volume_id("sub-01/anat/T1w.nii.gz") == "sub-01_anat_T1w"
     assert volume_id("a b/c(1).nii") == "a_b_c_1"
+
+
+def test_bids_subject() -> None:
+    assert bids_subject("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz") == "sub-01"
+    assert bids_subject("derivatives/sub-A2/anat/T1w.nii.gz") == "sub-A2"
+    assert bids_subject("sub-07_ses-2_T1w.nii.gz") == bids_subject("sub-07.nii") == "sub-07"
+    assert bids_subject("scans/subject-01_T1w.nii.gz") is None and bids_subject("sub-01_x/a.nii") is None
 
 
 def test_nifti_pattern_recursive_and_errors(tmp_path: Path, nifti_writer) -> None:

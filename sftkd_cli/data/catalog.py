@@ -194,7 +194,10 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
     SourceSpec(
         "nifti", "sftkd_cli.data.sources.nifti:NiftiSource",
         help="Any folder of 3-D NIfTI volumes matched by --pattern (at any depth). Without --size all "
-             "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs).",
+             "volumes must share one in-plane size.\n\n"
+             "Split by subject for BIDS names, else by file: files under a sub-<label> folder or named "
+             "sub-<label>_... go to one split per subject (--val sub-01 names subjects); other files "
+             "each on their own (--val names volume ids). A seeded --val-fraction, or --val IDs.",
         examples=("sftkd prepare-data nifti /data/scans --out data/scans --size 128 128",
                   "sftkd prepare-data nifti /data/scans --out data/t2 --pattern '*_T2w.nii.gz'"),
         defaults={"size": None, "slice_axis": 2},
