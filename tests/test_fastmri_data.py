@@ -181,6 +181,22 @@ def test_an_up_to_date_rerun_hashes_only_changed_files(tmp_path, monkeypatch):
     assert prepare(tmp_path / "raw", tmp_path / "out").unchanged and hashed == [files[1].name]
 
 
+def test_val_id_left_without_slices_by_sampling_says_so(tmp_path):
+    """--val naming an existing file that --sample-rate / --volume-sample-rate dropped says so, not
+    'not found'."""
+    write_folder(tmp_path / "raw", 6)
+    listed = {f"file{i:04d}" for i in range(6)}
+    for option, rate in (("sample_rate", 0.2), ("volume_sample_rate", 0.5)):
+        kept = set(prepare(tmp_path / "raw", tmp_path / option, **{option: rate}).manifest["volumes"])
+        dropped = sorted(listed - kept)[0]
+        flag = "--" + option.replace("_", "-")
+        with pytest.raises(SftkdError, match=f"^--val {dropped}: {flag} {rate:g} left it no slices; raise it"):
+            prepare(tmp_path / "raw", tmp_path / "x", val=(dropped,), **{option: rate})
+        assert prepare(tmp_path / "raw", tmp_path / f"{option}-val", val=(sorted(kept)[0],),
+                       **{option: rate}).manifest["splits"]["val"] == [sorted(kept)[0]]
+    assert not (tmp_path / "x").exists()
+
+
 def test_volume_sample_rate_samples_each_split_folder(tmp_path):
     """As fastMRI samples each split's dataset: the one val file stays val (pooled with the train
     files, it could be dropped and a train file silently become val); 4 of the 8 train files."""
