@@ -196,6 +196,19 @@ def test_nifti_bids_sessions_split_by_subject(tmp_path: Path, nifti_writer) -> N
     assert len(m["splits"]["val"]) == 2
 
 
+@pytest.mark.parametrize("shape", [(1, 12, 5), (2, 3, 6)])
+def test_slices_below_the_least_size_are_refused_naming_the_file(tmp_path: Path, nifti_writer, shape) -> None:
+    """1 x N or 2 x 3 slices are refused as the file is read, naming it, not at the mask step
+    ('too high for 1 lines', no file named); with --size too (zero-padding them is no image)."""
+    nifti_writer.write(tmp_path / "raw/tiny.nii.gz", np.random.default_rng(0).random(shape, dtype=np.float32) + 0.5)
+    expected = (rf"raw/tiny.nii.gz: image of shape \({shape[0]}, {shape[1]}, {shape[2]}\) has slices of "
+                rf"{shape[0]}x{shape[1]} along axis 2; expected slices of at least 4x4")
+    for opts in (PrepareOptions(accelerations=(4.0,)), PrepareOptions(size=(16, 16), accelerations=(4.0,))):
+        with pytest.raises(SftkdError, match=expected):
+            prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    assert not (tmp_path / "out").exists()
+
+
 def test_native_size_downsample_and_slice_skipping(tmp_path: Path, nifti_writer) -> None:
     data = nifti_writer.phantom((20, 18, 5))
     data[:, :, 0] = 0.0  # an empty slice is always dropped
