@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sftkd_cli.data.sources import (
-    AcdcSource, DemoSource, MRBrainsSource, NiftiSource, SplitRequest, split_groups,
+    AcdcSource, DemoSource, FastMRISource, MRBrainsSource, NiftiSource, SplitRequest, split_groups,
 )
 from sftkd_cli.data.sources.demo import SPLIT_PATTERN, find_colin27, find_icbm152, slab_splits
 from sftkd_cli.data.sources.nifti import bids_subject, volume_id
@@ -196,6 +197,33 @@ def test_mrbrains_errors(tmp_path: Path, nifti_writer) -> None:
 def test_volume_id() -> None:
     assert volume_id("sub-01/anat/T1w.nii.gz") == "sub-01_anat_T1w"
     assert volume_id("a b/c(1).nii") == "a_b_c_1"
+
+
+@pytest.mark.parametrize("source", ["nifti", "fastmri", "acdc", "mrbrains"])
+def test_a_dangling_link_is_refused_naming_it(tmp_path: Path, nifti_writer, source) -> None:
+    """A link into a drive that is not mounted: refused, naming the link and its target, not
+    skipped (a subset prepared without a word)."""
+    from fastmri_files import write_singlecoil
+
+    target = tmp_path / "unmounted" / "scan"
+    if source == "nifti":
+        nifti_writer.write(tmp_path / "raw" / "a.nii.gz", nifti_writer.phantom())
+        link, make = tmp_path / "raw" / "b.nii.gz", lambda: NiftiSource(tmp_path / "raw")
+    elif source == "fastmri":
+        write_singlecoil(tmp_path / "raw" / "singlecoil_train" / "file1.h5")
+        link, make = tmp_path / "raw" / "singlecoil_train" / "file2.h5", lambda: FastMRISource(tmp_path / "raw")
+    elif source == "acdc":
+        nifti_writer.acdc_tree(tmp_path / "raw", training=(1, 2))
+        (tmp_path / "raw/training/patient002/Info.cfg").unlink()
+        link, make = tmp_path / "raw/training/patient002/patient002_frame05.nii.gz", lambda: AcdcSource(tmp_path / "raw")
+    else:
+        nifti_writer.mrbrains18_tree(tmp_path / "raw", ids=("1", "2"))
+        (tmp_path / "raw/training/2/pre/reg_T1.nii.gz").unlink()
+        link, make = tmp_path / "raw/training/2/pre/reg_T1.nii.gz", lambda: MRBrainsSource(tmp_path / "raw")
+    link.symlink_to(target)
+    with pytest.raises(SftkdError, match=rf"^{re.escape(str(link))}: a symbolic link to {re.escape(str(target))}, "
+                                         "which cannot be reached"):
+        make().files()
 
 
 def test_bids_subject() -> None:

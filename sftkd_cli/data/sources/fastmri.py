@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.data.sources.base import Piece, Source, SourceFile, SplitRequest, check_root, check_volume_id, split_groups
+from sftkd_cli.data.sources.base import (
+    Piece, Source, SourceFile, SplitRequest, check_root, check_volume_id, regular_files, split_groups,
+)
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import display_path
 
@@ -156,7 +158,7 @@ class FastMRISource(Source):
     def files(self) -> list[SourceFile]:
         """The single-coil files (headers checked), filtered by acquisition."""
         root = check_root(self.root)  # type: ignore[arg-type]
-        paths = sorted(p for p in root.rglob("*.h5") if p.is_file())
+        paths = regular_files(root.rglob("*.h5"))
         if not paths:
             raise SftkdError(f"{display_path(root)}: no .h5 files found; expected fastMRI single-coil files "
                              "(e.g. singlecoil_train/file1000001.h5)")

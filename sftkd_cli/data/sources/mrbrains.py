@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.sources.base import Source, SourceFile, check_link, check_root, check_volume_id
 from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
@@ -34,10 +34,10 @@ _SUBFOLDER = {"mrbrains18": "training", "mrbrains13": "TrainingData"}
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists."""
+    """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists (a dangling link is refused)."""
     for suffix in NIFTI_SUFFIXES:
         path = folder / f"{stem}{suffix}"
-        if path.is_file():
+        if check_link(path).is_file():
             return path
     return None
 

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id, regular_files
 from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, counted
@@ -65,7 +65,7 @@ class NiftiSource(Source):
         return {**super().options(), "pattern": self.pattern}
 
     def _matches(self, root: Path, pattern: str) -> list[Path]:
-        return sorted(p for p in (root.glob(pattern) if "/" in pattern else root.rglob(pattern)) if p.is_file())
+        return regular_files(root.glob(pattern) if "/" in pattern else root.rglob(pattern))
 
     def left_out(self) -> tuple[str, str] | None:
         """The NIfTI files under ROOT that --pattern leaves out only by their suffix (.nii for the
