@@ -146,10 +146,15 @@ def acdc_tree(root: Path, training=(1, 2, 3), testing=(), shape=(20, 18, 4)) -> 
 
 
 def mrbrains18_tree(root: Path, ids=("1", "4", "5", "7", "14", "070", "148"), shape=(24, 24, 4)) -> Path:
+    """MRBrainS18 layout: pre/ holds FLAIR and the T1 / IR registered to it (reg_T1, reg_IR, in
+    `shape`) and the native, unregistered T1 / IR (another shape, as in the real data)."""
+    native = (shape[0] + 4, shape[1] + 2, shape[2] + 2)
     for i, sid in enumerate(ids):
         d = root / "training" / sid
-        for name in ("pre/T1", "pre/FLAIR", "pre/reg_IR", "orig/T1", "orig/FLAIR"):
+        for name in ("pre/reg_T1", "pre/FLAIR", "pre/reg_IR"):
             write_nifti(d / f"{name}.nii.gz", phantom_volume(shape, seed=i))
+        for name in ("pre/T1", "pre/IR", "orig/T1", "orig/FLAIR"):
+            write_nifti(d / f"{name}.nii.gz", phantom_volume(native, seed=i))
         write_nifti(d / "segm.nii.gz", np.ones(shape, dtype=np.uint8))
     return root
 

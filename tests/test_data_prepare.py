@@ -138,7 +138,7 @@ def test_mrbrains18_five_train_two_val(tmp_path: Path, nifti_writer) -> None:
     assert m["source"] == "mrbrains18"
     assert len(m["splits"]["train"]) == 5 and len(m["splits"]["val"]) == 2
     assert not set(m["splits"]["train"]) & set(m["splits"]["val"])
-    assert all(v["source_file"].endswith("pre/T1.nii.gz") for v in m["volumes"].values())
+    assert all(v["source_file"].endswith("pre/reg_T1.nii.gz") for v in m["volumes"].values())
     assert m["slices"]["val"] == 8
 
 
@@ -172,6 +172,41 @@ def test_kspace_and_zf_match_numpy_oracle(tmp_path: Path, nifti_writer, layout: 
             np.testing.assert_allclose(g["kspace"][()], k, atol=1e-5)
             np.testing.assert_allclose(g["zf"][()], oracle_zf(g["kspace"][()], layout == "centered"), atol=1e-5)
     assert set(h5py.File(tmp_path / "out/a.h5", "r").keys()) == {"image", "source_slice", "acc4", "acc2.5"}
+
+
+def test_nifti_bids_sessions_split_by_subject(tmp_path: Path, nifti_writer) -> None:
+    """4 subjects x 2 sessions: each subject's sessions go to one split (never train and val), and
+    --val names subjects; a file name's sub-<label>_ prefix counts as its subject too."""
+    for i in range(1, 5):
+        for ses in (1, 2):
+            rel = f"sub-0{i}/ses-{ses}/anat/sub-0{i}_ses-{ses}_T1w.nii.gz"
+            nifti_writer.write(tmp_path / "raw" / rel, nifti_writer.phantom((16, 16, 2), seed=10 * i + ses))
+
+    def subjects(splits: dict[str, list[str]]) -> dict[str, set[str]]:
+        return {name: {volume.split("_")[0] for volume in volumes} for name, volumes in splits.items()}
+
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), val_fraction=0.5)
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts).manifest
+    by_split = subjects(m["splits"])
+    assert len(by_split["train"]) == 2 and len(by_split["val"]) == 2 and not by_split["train"] & by_split["val"]
+    assert len(m["splits"]["train"]) == len(m["splits"]["val"]) == 4
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), val=("sub-02",), test=("sub-04",))
+    m = prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "named", opts).manifest
+    assert subjects(m["splits"]) == {"train": {"sub-01", "sub-03"}, "val": {"sub-02"}, "test": {"sub-04"}}
+    assert len(m["splits"]["val"]) == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 5), (2, 3, 6)])
+def test_slices_below_the_least_size_are_refused_naming_the_file(tmp_path: Path, nifti_writer, shape) -> None:
+    """1 x N or 2 x 3 slices are refused as the file is read, naming it, not at the mask step
+    ('too high for 1 lines', no file named); with --size too (zero-padding them is no image)."""
+    nifti_writer.write(tmp_path / "raw/tiny.nii.gz", np.random.default_rng(0).random(shape, dtype=np.float32) + 0.5)
+    expected = (rf"raw/tiny.nii.gz: image of shape \({shape[0]}, {shape[1]}, {shape[2]}\) has slices of "
+                rf"{shape[0]}x{shape[1]} along axis 2; expected slices of at least 4x4")
+    for opts in (PrepareOptions(accelerations=(4.0,)), PrepareOptions(size=(16, 16), accelerations=(4.0,))):
+        with pytest.raises(SftkdError, match=expected):
+            prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    assert not (tmp_path / "out").exists()
 
 
 def test_native_size_downsample_and_slice_skipping(tmp_path: Path, nifti_writer) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sftkd_cli.data.sources import (
-    AcdcSource, DemoSource, MRBrainsSource, NiftiSource, SplitRequest, split_groups,
+    AcdcSource, DemoSource, FastMRISource, MRBrainsSource, NiftiSource, SplitRequest, split_groups,
 )
 from sftkd_cli.data.sources.demo import SPLIT_PATTERN, find_colin27, find_icbm152, slab_splits
-from sftkd_cli.data.sources.nifti import volume_id
+from sftkd_cli.data.sources.nifti import bids_subject, volume_id
 from sftkd_cli.errors import SftkdError
 
 
@@ -163,7 +164,7 @@ def test_mrbrains18_layout(tmp_path: Path, nifti_writer) -> None:
     files = src.files()
     assert src.label == "mrbrains18"
     assert [f.volume for f in files] == ["070", "1", "14", "148", "4", "5", "7"]
-    assert all(f.rel.endswith("/pre/T1.nii.gz") for f in files)
+    assert all(f.rel.endswith("/pre/reg_T1.nii.gz") for f in files)  # the T1 in FLAIR space, not the native pre/T1
     flair = MRBrainsSource(root, "FLAIR").files()
     assert all(f.rel.endswith("/pre/FLAIR.nii.gz") for f in flair)
     assert MRBrainsSource(root / "training", "IR").files()[0].rel == "070/pre/reg_IR.nii.gz"
@@ -180,8 +181,8 @@ def test_mrbrains13_layout(tmp_path: Path, nifti_writer) -> None:
 
 def test_mrbrains_errors(tmp_path: Path, nifti_writer) -> None:
     root = nifti_writer.mrbrains18_tree(tmp_path / "mrb18", ids=("1", "2"))
-    (root / "training/2/pre/T1.nii.gz").unlink()
-    with pytest.raises(SftkdError, match=r"training/2: pre/T1.nii.gz \(or .nii\) not found"):
+    (root / "training/2/pre/reg_T1.nii.gz").unlink()
+    with pytest.raises(SftkdError, match=r"training/2: pre/reg_T1.nii.gz \(or .nii\) not found"):
         MRBrainsSource(root).files()
     with pytest.raises(SftkdError, match="--modality T2: expected one of T1, FLAIR, IR"):
         MRBrainsSource(root, "T2")
@@ -196,6 +197,40 @@ def test_mrbrains_errors(tmp_path: Path, nifti_writer) -> None:
 def test_volume_id() -> None:
     assert volume_id("sub-01/anat/T1w.nii.gz") == "sub-01_anat_T1w"
     assert volume_id("a b/c(1).nii") == "a_b_c_1"
+
+
+@pytest.mark.parametrize("source", ["nifti", "fastmri", "acdc", "mrbrains"])
+def test_a_dangling_link_is_refused_naming_it(tmp_path: Path, nifti_writer, source) -> None:
+    """A link into a drive that is not mounted: refused, naming the link and its target, not
+    skipped (a subset prepared without a word)."""
+    from fastmri_files import write_singlecoil
+
+    target = tmp_path / "unmounted" / "scan"
+    if source == "nifti":
+        nifti_writer.write(tmp_path / "raw" / "a.nii.gz", nifti_writer.phantom())
+        link, make = tmp_path / "raw" / "b.nii.gz", lambda: NiftiSource(tmp_path / "raw")
+    elif source == "fastmri":
+        write_singlecoil(tmp_path / "raw" / "singlecoil_train" / "file1.h5")
+        link, make = tmp_path / "raw" / "singlecoil_train" / "file2.h5", lambda: FastMRISource(tmp_path / "raw")
+    elif source == "acdc":
+        nifti_writer.acdc_tree(tmp_path / "raw", training=(1, 2))
+        (tmp_path / "raw/training/patient002/Info.cfg").unlink()
+        link, make = tmp_path / "raw/training/patient002/patient002_frame05.nii.gz", lambda: AcdcSource(tmp_path / "raw")
+    else:
+        nifti_writer.mrbrains18_tree(tmp_path / "raw", ids=("1", "2"))
+        (tmp_path / "raw/training/2/pre/reg_T1.nii.gz").unlink()
+        link, make = tmp_path / "raw/training/2/pre/reg_T1.nii.gz", lambda: MRBrainsSource(tmp_path / "raw")
+    link.symlink_to(target)
+    with pytest.raises(SftkdError, match=rf"^{re.escape(str(link))}: a symbolic link to {re.escape(str(target))}, "
+                                         "which cannot be reached"):
+        make().files()
+
+
+def test_bids_subject() -> None:
+    assert bids_subject("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz") == "sub-01"
+    assert bids_subject("derivatives/sub-A2/anat/T1w.nii.gz") == "sub-A2"
+    assert bids_subject("sub-07_ses-2_T1w.nii.gz") == bids_subject("sub-07.nii") == "sub-07"
+    assert bids_subject("scans/subject-01_T1w.nii.gz") is None and bids_subject("sub-01_x/a.nii") is None
 
 
 def test_nifti_pattern_recursive_and_errors(tmp_path: Path, nifti_writer) -> None:

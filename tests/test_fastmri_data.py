@@ -181,6 +181,22 @@ def test_an_up_to_date_rerun_hashes_only_changed_files(tmp_path, monkeypatch):
     assert prepare(tmp_path / "raw", tmp_path / "out").unchanged and hashed == [files[1].name]
 
 
+def test_val_id_left_without_slices_by_sampling_says_so(tmp_path):
+    """--val naming an existing file that --sample-rate / --volume-sample-rate dropped says so, not
+    'not found'."""
+    write_folder(tmp_path / "raw", 6)
+    listed = {f"file{i:04d}" for i in range(6)}
+    for option, rate in (("sample_rate", 0.2), ("volume_sample_rate", 0.5)):
+        kept = set(prepare(tmp_path / "raw", tmp_path / option, **{option: rate}).manifest["volumes"])
+        dropped = sorted(listed - kept)[0]
+        flag = "--" + option.replace("_", "-")
+        with pytest.raises(SftkdError, match=f"^--val {dropped}: {flag} {rate:g} left it no slices; raise it"):
+            prepare(tmp_path / "raw", tmp_path / "x", val=(dropped,), **{option: rate})
+        assert prepare(tmp_path / "raw", tmp_path / f"{option}-val", val=(sorted(kept)[0],),
+                       **{option: rate}).manifest["splits"]["val"] == [sorted(kept)[0]]
+    assert not (tmp_path / "x").exists()
+
+
 def test_volume_sample_rate_samples_each_split_folder(tmp_path):
     """As fastMRI samples each split's dataset: the one val file stays val (pooled with the train
     files, it could be dropped and a train file silently become val); 4 of the 8 train files."""
@@ -274,6 +290,45 @@ def test_refusals_are_one_line(tmp_path):
     assert result.exit_code == 2 and "no reconstruction_esc" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = sftkd("prepare-data", "fastmri", tmp_path / "mc", "--out", tmp_path / "o", "--task", "sr", ok=False)
     assert result.exit_code == 2  # no --task option: the source decides (reconstruction)
+    assert not (tmp_path / "o").exists()
+
+
+def write_test_file(path: Path, seed: int = 0) -> Path:
+    """A fastMRI test / challenge file: undersampled k-space and its `mask`, no reconstruction_esc."""
+    path = write_singlecoil(path, seed=seed)
+    with h5py.File(path, "a") as f:
+        del f["reconstruction_esc"]
+        mask = np.zeros(f["kspace"].shape[-1], dtype=bool)
+        mask[::4] = True
+        f["kspace"][...] = f["kspace"][()] * mask
+        f.create_dataset("mask", data=mask)
+    return path
+
+
+def test_test_and_challenge_files_beside_train_and_val_are_skipped_in_one_line(tmp_path):
+    """The official tarballs unpacked side by side: singlecoil_test_v2/ (and challenge/) files have no
+    target; they are skipped and counted in one note line, the rest is prepared."""
+    raw = tmp_path / "knee"
+    write_folder(raw / "singlecoil_train", 3)
+    write_folder(raw / "singlecoil_val", 1, prefix="val")
+    for i in range(2):
+        write_test_file(raw / "singlecoil_test_v2" / f"test{i}.h5", seed=i)
+    write_test_file(raw / "singlecoil_challenge" / "chal0.h5")
+    result = sftkd("prepare-data", "fastmri", raw, "--out", tmp_path / "d", "--acc", "4")
+    assert result.stderr.splitlines() == [
+        "prepare-data: skipped 3 test files (singlecoil_challenge/..., singlecoil_test_v2/...) without a target "
+        "(reconstruction_esc): fastMRI test data holds undersampled k-space only"]
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert sorted(manifest["volumes"]) == ["file0000", "file0001", "file0002", "val0000"]
+    assert manifest["source_details"]["skipped_test_files"] == 3
+    # test files only: refused as before; a file without the target that is no test file: refused
+    result = sftkd("prepare-data", "fastmri", raw / "singlecoil_test_v2", "--out", tmp_path / "o", ok=False)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "2 test files (./...): no reconstruction_esc" in result.stderr
+    with h5py.File(raw / "singlecoil_train" / "file0001.h5", "a") as f:
+        del f["reconstruction_esc"]
+    with pytest.raises(SftkdError, match="file0001.h5: no reconstruction_esc"):
+        prepare(raw, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 

@@ -181,7 +181,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
     ),
     SourceSpec(
         "mrbrains", "sftkd_cli.data.sources.mrbrains:MRBrainsSource",
-        help="MRBrainS18 (training/<id>/pre/T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
+        help="MRBrainS18 (training/<id>/pre/reg_T1.nii.gz) or MRBrainS13 (TrainingData/<n>/T1.nii): one "
              "modality, slices along the last axis, 240 x 240.\n\n"
              "Split by volume: a seeded 25 % for val (7 volumes -> 5 train, 2 val, as in the paper), or "
              "--val IDs.",
@@ -194,7 +194,10 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
     SourceSpec(
         "nifti", "sftkd_cli.data.sources.nifti:NiftiSource",
         help="Any folder of 3-D NIfTI volumes matched by --pattern (at any depth). Without --size all "
-             "volumes must share one in-plane size. Split by volume (seeded --val-fraction, or --val IDs).",
+             "volumes must share one in-plane size.\n\n"
+             "Split by subject for BIDS names, else by file: files under a sub-<label> folder or named "
+             "sub-<label>_... go to one split per subject (--val sub-01 names subjects); other files "
+             "each on their own (--val names volume ids). A seeded --val-fraction, or --val IDs.",
         examples=("sftkd prepare-data nifti /data/scans --out data/scans --size 128 128",
                   "sftkd prepare-data nifti /data/scans --out data/t2 --pattern '*_T2w.nii.gz'"),
         defaults={"size": None, "slice_axis": 2},
@@ -207,7 +210,7 @@ SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (
         help="fastMRI single-coil raw k-space (ROOT/**/*.h5: kspace, reconstruction_esc), kept complex: "
              "the full centred k-space and fastMRI's magnitude target per volume, divided by the file's max; "
              "masks sample k-space columns and are applied when slices are read. Multi-coil files are not "
-             "supported yet.\n\n"
+             "supported yet; test and challenge files (no reconstruction_esc) are skipped, counted in one line.\n\n"
              "Split by file: singlecoil_train/ -> train and singlecoil_val/ -> val; otherwise, or with "
              "--val/--val-fraction (the val folder then becomes test), a seeded 25 % for val. --mask-kind "
              "fastmri-random | fastmri-equispaced give the fastmri package's masks for --seed (RandomMaskFunc, EquispacedMaskFractionFunc).",

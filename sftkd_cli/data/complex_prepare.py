@@ -50,6 +50,7 @@ from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, dataset_manifest, generated_mask, inputs_record, mask_record, user_masks,
     write_masks,
 )
+from sftkd_cli.data.option_names import OptionError
 from sftkd_cli.data.options import PrepareOptions
 from sftkd_cli.data.output import check_collisions, up_to_date
 from sftkd_cli.data.partial import start_partial
@@ -172,6 +173,16 @@ def _write_volume(path: Path, file: SourceFile, rows: np.ndarray, size: tuple[in
     return vmax, resized
 
 
+def _check_named_kept(listed: list[SourceFile], kept: list[SourceFile], options: PrepareOptions, sampling: str) -> None:
+    """Refuse a --val/--test id naming a listed file that `sampling` (the seeded sample option, as
+    '--sample-rate 0.1') dropped, saying so: the split would otherwise call it 'not found'."""
+    dropped = {f.group for f in listed} - {f.group for f in kept}
+    for key, ids in (("val", options.val), ("test", options.test)):
+        for gid in ids:
+            if gid in dropped:
+                raise OptionError(key, gid, f"{sampling} left it no slices; raise it, or name another file")
+
+
 def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: dict[str, Any] | None,
                     progress: Progress | None, check: Callable[[], None],
                     before_writing: Callable[[], None] = lambda: None,
@@ -179,11 +190,16 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     """Prepare a complex source into `out` (lock held, `existing` its old manifest or None);
     returns (manifest, unchanged). `check()` raises when prepare-data was asked to stop;
     `before_writing()` is called when the dataset is not up to date, before anything is written;
-    `say(line)` tells that an interrupted run is resumed or discarded (`data.partial`)."""
+    `say(line)` tells the source's `note()` and that an interrupted run is resumed or discarded
+    (`data.partial`)."""
     if options.task != "recon":  # the CLI and plans refuse --task first (the source decides it): library callers
         raise SftkdError(f"--task {options.task}: source {source.name} holds raw k-space; expected --task recon")
     user = user_masks(options, line=True, source_layout="centered")
-    files = source.sample_volumes(source.files(), options.seed)
+    listed = source.files()
+    if say and (note := source.note()):  # as data.prepare says a magnitude source's note
+        say(note)
+    files = source.sample_volumes(listed, options.seed)
+    _check_named_kept(listed, files, options, f"--volume-sample-rate {source.volume_sample_rate:g}")
     source.split_pieces([Piece(f.volume, f, (), f.split) for f in files], options.split_request())
     hashes = InputHashes(out, trust=not options.force)
     record = inputs_record(source, options, files, user, hashes, check, progress)
@@ -194,7 +210,9 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     size, target_shape = _image_size(source, files, options)
     masks = _masks(options, size, user)
     rows = source.slice_rows(files, options.seed)
-    files = [f for f in files if len(rows[f.rel])]
+    sampled = [f for f in files if len(rows[f.rel])]
+    _check_named_kept(files, sampled, options, f"--sample-rate {source.sample_rate:g}")
+    files = sampled
     pieces = [Piece(f.volume, f, tuple(range(len(rows[f.rel]))), f.split) for f in files]
     splits = source.split_pieces(pieces, options.split_request())
     check_collisions(out, existing, [f"{f.volume}.h5" for f in files] + [f"masks/{acceleration_key(a)}.npy" for a in masks])

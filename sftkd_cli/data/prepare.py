@@ -85,7 +85,7 @@ from sftkd_cli.data.output import (
 from sftkd_cli.data.partial import Partial, kept_note, start_partial
 from sftkd_cli.data.sources.base import Piece, Source, SourceFile
 from sftkd_cli.data.volumes import (
-    crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
+    check_slices, crop_or_pad, crop_pad_offset, downsample, kept_slices, load_nifti, read_volume,
     spatial_shape, voxel_size,
 )
 from sftkd_cli.errors import SftkdError, counted, os_error_text, sizes_listed
@@ -209,7 +209,7 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
     order = source.axes(axis)
     factor = options.downsample
     vox = (zooms[order[0]], zooms[order[1]] * factor, zooms[order[2]] * factor)
-    stack = downsample(source.slices(data, axis), factor)
+    stack = downsample(check_slices(source.slices(data, axis), file.path, data.shape, axis), factor)
     plane = (int(stack.shape[1]), int(stack.shape[2]))
     affine = prepared_affine(img.affine, source.slice_index_map(axis, data.shape), factor, plane, options.size)
     kept = kept_slices(stack, options.min_slice_mean)

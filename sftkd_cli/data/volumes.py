@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sftkd_cli.choices import MIN_SIZE
 from sftkd_cli.data.option_names import OptionError
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
@@ -157,6 +158,17 @@ def voxel_size(img) -> tuple[float, float, float]:
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     """Move the slice axis of a 3-D volume to the front: (S, H, W)."""
     return np.moveaxis(volume, axis, 0)
+
+
+def check_slices(stack: np.ndarray, path: Path, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """`stack` (S, H, W), the slices of a volume of `shape` along `axis`, when they are at least
+    MIN_SIZE x MIN_SIZE (the least --size takes); else refused naming the file, rather than at the
+    mask step, which cannot sample lines of a 1 x N slice and no longer knows the file."""
+    h, w = int(stack.shape[1]), int(stack.shape[2])
+    if min(h, w) < MIN_SIZE:
+        raise SftkdError(f"{display_path(path)}: image of shape {tuple(int(n) for n in shape)} has slices of {h}x{w} "
+                         f"along axis {axis}; expected slices of at least {MIN_SIZE}x{MIN_SIZE} (another --slice-axis?)")
+    return stack
 
 
 def downsample(stack: np.ndarray, factor: int) -> np.ndarray:

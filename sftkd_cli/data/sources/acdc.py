@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli.data.sources.base import (
-    Piece, Source, SourceFile, SplitRequest, check_root, split_groups,
+    Piece, Source, SourceFile, SplitRequest, check_link, check_root, split_groups,
 )
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, os_error_text
@@ -97,10 +97,10 @@ class AcdcSource(Source):
             frames = {}
             for f in sorted(pdir.iterdir()):
                 m = FRAME_FILE.match(f.name)
-                if m and m.group(1) == pdir.name and f.is_file():
+                if m and m.group(1) == pdir.name and check_link(f).is_file():
                     frames[int(m.group(2))] = f
             cfg = pdir / "Info.cfg"
-            if cfg.is_file():
+            if check_link(cfg).is_file():
                 wanted = ed_es_frames(cfg)
                 for frame in sorted(wanted):
                     if frame not in frames:

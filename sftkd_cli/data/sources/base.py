@@ -9,7 +9,9 @@ and defaults are its `SourceSpec` in `sftkd_cli.data.catalog` (the spec's name i
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,21 @@ def check_root(root: Path) -> Path:
     if not root.is_dir():
         raise SftkdError(f"{display_path(root)}: expected a folder, found a file")
     return root
+
+
+def check_link(path: Path) -> Path:
+    """`path`, unless it is a symbolic link whose target cannot be reached (missing, on an unmounted
+    drive, a loop of links): refused naming both, as skipping it would silently prepare a subset."""
+    if path.is_symlink() and not path.exists():
+        raise SftkdError(f"{display_path(path)}: a symbolic link to {os.readlink(path)}, which cannot be reached "
+                         "(missing, or on a drive not mounted); expected the input file it points to")
+    return path
+
+
+def regular_files(paths: Iterable[Path]) -> list[Path]:
+    """The regular files among `paths` (folders and other entries left out), sorted; a dangling
+    symbolic link among them is refused (`check_link`), not skipped."""
+    return sorted(p for p in paths if check_link(p).is_file())
 
 
 def round_half_up(x: float) -> int:

@@ -5,9 +5,12 @@ and a few other widths), `reconstruction_esc` float32 (slices, 320, 320), fastMR
 target, and attrs `max`, `norm`, `acquisition` (CORPD_FBK, CORPDFS_FBK), `patient_id`.
 
 Listing reads each file's header only (shapes, dtypes, attrs), never its k-space. Refused in one
-line: multi-coil files (4-D kspace or `reconstruction_rss`: not supported yet), files without
-`reconstruction_esc` (fastMRI's test sets hold undersampled k-space only), anything else that is
-not this layout. `--acquisition` keeps only files of those acquisitions.
+line: multi-coil files (4-D kspace or `reconstruction_rss`: not supported yet), anything else that
+is not this layout. Test and challenge files (no `reconstruction_esc`, undersampled k-space with its
+`mask`, as unpacking fastMRI's tarballs puts singlecoil_test_v2/ beside singlecoil_train/) have no
+target to learn from: they are skipped and counted in one line (`note`); a file without the target
+that is not one (no `mask`, not under a `*test*` / `*challenge*` folder) is refused, as is a ROOT
+holding test files only. `--acquisition` keeps only files of those acquisitions.
 
 Split by file (the volume id is the file name without .h5): files under a folder whose name ends
 in `_train` / `_val` (fastMRI's singlecoil_train/, singlecoil_val/) are train / val; other files are
@@ -30,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from sftkd_cli.data.sources.base import Piece, Source, SourceFile, SplitRequest, check_root, check_volume_id, split_groups
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.data.sources.base import (
+    Piece, Source, SourceFile, SplitRequest, check_root, check_volume_id, regular_files, split_groups,
+)
+from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import display_path
 
 #: fastMRI's single-coil target (the magnitude image, centre-cropped)
@@ -58,8 +63,16 @@ def _attr_text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def read_info(path: Path) -> FastMRIInfo:
-    """Check one file's layout from its header (no k-space is read) and return its facts."""
+def _is_test_file(f: Any, folders: tuple[str, ...]) -> bool:
+    """A fastMRI test / challenge file (asked of a file without a target): it holds the sampling
+    `mask` of its undersampled k-space, or one of `folders` (its folders under ROOT) is named like
+    singlecoil_test_v2/ or singlecoil_challenge/."""
+    return "mask" in f or any("test" in part.lower() or "challenge" in part.lower() for part in folders)
+
+
+def read_info(path: Path, root: Path) -> FastMRIInfo | None:
+    """Check one file's layout from its header (no k-space is read) and return its facts; None for
+    a test or challenge file (no target: `_is_test_file`, judged by the folders under `root`)."""
     import h5py
 
     where = display_path(path)
@@ -74,9 +87,10 @@ def read_info(path: Path) -> FastMRIInfo:
                 found = "none" if kspace is None else f"{getattr(kspace, 'shape', '?')} {getattr(kspace, 'dtype', '')}"
                 raise SftkdError(f"{where}: kspace {found}; expected a complex (slices, H, W) dataset (fastMRI single-coil)")
             target = f.get(TARGET)
+            if target is None and _is_test_file(f, path.relative_to(root).parent.parts):
+                return None
             if not isinstance(target, h5py.Dataset):
-                raise SftkdError(f"{where}: no {TARGET} (a fastMRI test file holds undersampled k-space only); "
-                                 "expected fully sampled single-coil training or validation files")
+                raise SftkdError(no_target(where))
             slices, h, w = (int(s) for s in kspace.shape)
             if target.ndim != 3 or int(target.shape[0]) != slices or target.dtype.kind != "f":
                 raise SftkdError(f"{where}: {TARGET} {tuple(target.shape)} {target.dtype}; expected real "
@@ -96,6 +110,12 @@ def read_info(path: Path) -> FastMRIInfo:
     if vmax is not None and not (np.isfinite(vmax) and vmax > 0):
         raise SftkdError(f"{where}: attribute max {vmax!r}; expected a positive number (the max of {TARGET})")
     return FastMRIInfo(slices, (h, w), (th, tw), vmax if vmax is not None else 0.0, acquisition)
+
+
+def no_target(where: str) -> str:
+    """The refusal of a file (or a ROOT of test files only) without fastMRI's fully sampled target."""
+    return (f"{where}: no {TARGET} (a fastMRI test file holds undersampled k-space only); "
+            "expected fully sampled single-coil training or validation files")
 
 
 def _split_folder(path: Path, root: Path) -> str | None:
@@ -126,6 +146,7 @@ class FastMRISource(Source):
             raise SftkdError("--sample-rate and --volume-sample-rate: give one or the other (as fastMRI), not both")
         self.info: dict[str, FastMRIInfo] = {}
         self._listed: dict[str, Any] = {}
+        self._test_files: list[str] = []
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "acquisition": ",".join(self.acquisitions) or None,
@@ -137,15 +158,19 @@ class FastMRISource(Source):
     def files(self) -> list[SourceFile]:
         """The single-coil files (headers checked), filtered by acquisition."""
         root = check_root(self.root)  # type: ignore[arg-type]
-        paths = sorted(p for p in root.rglob("*.h5") if p.is_file())
+        paths = regular_files(root.rglob("*.h5"))
         if not paths:
             raise SftkdError(f"{display_path(root)}: no .h5 files found; expected fastMRI single-coil files "
                              "(e.g. singlecoil_train/file1000001.h5)")
         out: list[SourceFile] = []
         seen: dict[str, Path] = {}
         skipped: dict[str, int] = {}
+        self._test_files = []
         for path in paths:
-            info = read_info(path)
+            info = read_info(path, root)
+            if info is None:
+                self._test_files.append(path.relative_to(root).as_posix())
+                continue
             if self.acquisitions and info.acquisition not in self.acquisitions:
                 skipped[info.acquisition or "(none)"] = skipped.get(info.acquisition or "(none)", 0) + 1
                 continue
@@ -157,12 +182,26 @@ class FastMRISource(Source):
             file = SourceFile(path, path.relative_to(root).as_posix(), volume, volume, None, _split_folder(path, root) or "")
             self.info[file.rel] = info
             out.append(file)
+        if not out and not skipped:
+            raise SftkdError(no_target(f"{display_path(root)}: {self._test_folders()}"))
         if not out:
             found = ", ".join(f"{k} ({n})" for k, n in sorted(skipped.items()))
             raise SftkdError(f"{display_path(root)}: no file of acquisition {', '.join(self.acquisitions)}; "
                              f"found {found}")
-        self._listed = {"files": len(out), "skipped_acquisitions": skipped}
+        self._listed = {"files": len(out), "skipped_acquisitions": skipped, "skipped_test_files": len(self._test_files)}
         return out
+
+    def _test_folders(self) -> str:
+        """The skipped test files in words: '12 test files (singlecoil_test_v2/...)'."""
+        folders = sorted({rel.rpartition("/")[0] or "." for rel in self._test_files})
+        named = ", ".join(f"{folder}/..." for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
+        return f"{counted(len(self._test_files), 'test file')} ({named})"
+
+    def note(self) -> str:
+        """'skipped 12 test files without a target (singlecoil_test_v2/...)' after `files()`; '' when none."""
+        if not self._test_files:
+            return ""
+        return f"skipped {self._test_folders()} without a target ({TARGET}): fastMRI test data holds undersampled k-space only"
 
     def sample_volumes(self, files: list[SourceFile], seed: int = 42) -> list[SourceFile]:
         """The files kept by the seeded `volume_sample_rate` (all of them at 1), drawn in each split

@@ -1,13 +1,17 @@
 """MRBrainS brain MRI (Mendrik et al., 2015), in the MRBrainS18 or MRBrainS13 folder layout.
 
-    MRBrainS18: ROOT/training/<id>/pre/T1.nii.gz  (pre/FLAIR.nii.gz, pre/reg_IR.nii.gz, orig/, segm.nii.gz)
+    MRBrainS18: ROOT/training/<id>/pre/reg_T1.nii.gz  (pre/FLAIR.nii.gz, pre/reg_IR.nii.gz, pre/T1.nii.gz,
+                pre/IR.nii.gz, orig/, segm.nii.gz)
     MRBrainS13: ROOT/TrainingData/<n>/T1.nii      (T1_IR.nii, T2_FLAIR.nii, LabelsForTraining.nii)
 
 ROOT may also be the training/ (TrainingData/) folder itself. Only the chosen modality's
-preprocessed image is read (`pre/` for MRBrainS18); labels and `orig/` are never used. Each
-subject is one output volume named after its folder; slices run along the last axis (48 axial
-slices of 240x240 in MRBrainS18). Split by volume: explicit --val/--test ids, or a seeded
-fraction (default 25 %: of 7 volumes, 5 train and 2 val, as in the paper).
+preprocessed image in FLAIR space is read: for MRBrainS18 `pre/reg_T1`, `pre/FLAIR` or
+`pre/reg_IR` (T1 and IR bias-corrected and registered to the FLAIR, what the paper and every
+public MRBrainS18 loader use); `pre/T1` and `pre/IR` are the native, unregistered 3-D scans and,
+like the labels and `orig/`, are never read. Each subject is one output volume named after its
+folder; slices run along the last axis (48 axial slices of 240x240 in MRBrainS18). Split by
+volume: explicit --val/--test ids, or a seeded fraction (default 25 %: of 7 volumes, 5 train and
+2 val, as in the paper).
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.sources.base import Source, SourceFile, check_link, check_root, check_volume_id
 from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError
 
 # modality -> file name without suffix, per layout
 MODALITIES: dict[str, dict[str, str]] = {
-    "T1": {"mrbrains18": "pre/T1", "mrbrains13": "T1"},
+    "T1": {"mrbrains18": "pre/reg_T1", "mrbrains13": "T1"},
     "FLAIR": {"mrbrains18": "pre/FLAIR", "mrbrains13": "T2_FLAIR"},
     "IR": {"mrbrains18": "pre/reg_IR", "mrbrains13": "T1_IR"},
 }
@@ -30,10 +34,10 @@ _SUBFOLDER = {"mrbrains18": "training", "mrbrains13": "TrainingData"}
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists."""
+    """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists (a dangling link is refused)."""
     for suffix in NIFTI_SUFFIXES:
         path = folder / f"{stem}{suffix}"
-        if path.is_file():
+        if check_link(path).is_file():
             return path
     return None
 
@@ -86,7 +90,7 @@ class MRBrainsSource(Source):
         else:
             raise SftkdError(
                 f"{display_path(root)}: no MRBrainS subjects found; expected "
-                "training/<id>/pre/T1.nii.gz (MRBrainS18) or TrainingData/<n>/T1.nii (MRBrainS13)"
+                "training/<id>/pre/reg_T1.nii.gz (MRBrainS18) or TrainingData/<n>/T1.nii (MRBrainS13)"
             )
         stem = MODALITIES[self.modality][layout]
         out = []

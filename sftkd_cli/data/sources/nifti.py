@@ -3,10 +3,17 @@
 A pattern without '/' matches at any depth (recursive, like `**/PATTERN`); a pattern with '/'
 is taken relative to ROOT as written. Each file is one output volume, named after its path
 relative to ROOT without the .nii/.nii.gz suffix, with '/' and unusual characters replaced by
-'_' (e.g. `sub-01/anat/T1w.nii.gz` -> `sub-01_anat_T1w`). Split by volume (seeded fraction or
-explicit --val/--test ids). NIfTI files the pattern leaves out only by their suffix (the default
-'*.nii.gz' and `.nii` files) are counted in one line (`note`), naming the pattern that takes them:
-the default itself is kept, as it is part of every prepared dataset's recorded options.
+'_' (e.g. `sub-01/anat/T1w.nii.gz` -> `sub-01_anat_T1w`).
+
+Split by subject for BIDS names, else by file: a file under a `sub-<label>` folder, or whose name
+starts `sub-<label>_`, belongs to that subject (`bids_subject`), and all of a subject's sessions
+and runs go to one split, so no subject is in both train and val; --val/--test then name subjects
+(`--val sub-01`). Any other file is its own group, named by its volume id (seeded fraction or
+--val/--test volume ids, as before).
+
+NIfTI files the pattern leaves out only by their suffix (the default '*.nii.gz' and `.nii` files)
+are counted in one line (`note`), naming the pattern that takes them: the default itself is kept,
+as it is part of every prepared dataset's recorded options.
 """
 
 from __future__ import annotations
@@ -15,18 +22,32 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id
+from sftkd_cli.data.sources.base import Source, SourceFile, check_root, check_volume_id, regular_files
 from sftkd_cli.data.volumes import NIFTI_SUFFIXES
 from sftkd_cli.files import display_path
 from sftkd_cli.errors import SftkdError, counted
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: a BIDS subject folder (`sub-01`) or file-name prefix (`sub-01_ses-1_T1w.nii.gz`); labels are alphanumeric
+_BIDS_FOLDER = re.compile(r"^sub-[A-Za-z0-9]+$")
+_BIDS_FILE = re.compile(r"^(sub-[A-Za-z0-9]+)[_.]")
 
 
 def volume_id(rel: str) -> str:
     """Output volume id from a path relative to ROOT (see module docstring)."""
     stem = re.sub(r"\.nii(\.gz)?$", "", rel, flags=re.IGNORECASE)
     return _UNSAFE.sub("_", stem).strip("_.") or "volume"
+
+
+def bids_subject(rel: str) -> str | None:
+    """The BIDS subject (`sub-01`) of a path relative to ROOT: its `sub-<label>` folder, else its
+    file name's `sub-<label>_` prefix; None for a file with neither."""
+    *folders, name = rel.split("/")
+    for part in folders:
+        if _BIDS_FOLDER.match(part):
+            return part
+    match = _BIDS_FILE.match(name)
+    return match.group(1) if match else None
 
 
 class NiftiSource(Source):
@@ -44,7 +65,7 @@ class NiftiSource(Source):
         return {**super().options(), "pattern": self.pattern}
 
     def _matches(self, root: Path, pattern: str) -> list[Path]:
-        return sorted(p for p in (root.glob(pattern) if "/" in pattern else root.rglob(pattern)) if p.is_file())
+        return regular_files(root.glob(pattern) if "/" in pattern else root.rglob(pattern))
 
     def left_out(self) -> tuple[str, str] | None:
         """The NIfTI files under ROOT that --pattern leaves out only by their suffix (.nii for the
@@ -88,5 +109,5 @@ class NiftiSource(Source):
                     "expected distinct file names (narrow --pattern)"
                 )
             seen[volume] = rel
-            out.append(SourceFile(path, rel, volume, volume))
+            out.append(SourceFile(path, rel, volume, bids_subject(rel) or volume))
         return out
