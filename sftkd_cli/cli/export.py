@@ -45,7 +45,7 @@ def export(
     checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help=f"{BEST} or {LAST}.")] = BEST,
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); the export is checked on its val slices, and the card records it.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path): the one the model was trained on, wherever it is now (the same manifest fingerprint; another is refused, as the card gives its mask and normalisation as the model's). The export is checked on its val slices, and the card records it.")] = None,
 ) -> None:
     """Export a run's model (see HELP)."""
     from sftkd_cli.errors import RunInterrupted
@@ -87,8 +87,8 @@ def _say_exported(result: ExportResult, run: Path) -> None:
         console.print(f"note: created folder {result.created_folder} for --out (it did not exist)", soft_wrap=True, markup=False)
     if result.missing_data is not None:
         console.print(f"note: no dataset at {result.missing_data} (RUN's data.path, read from here): checked on synthetic "
-                      "phantoms, and the card records no dataset, normalisation or mask recipe; pass --data DIR where "
-                      "the dataset is now", soft_wrap=True, markup=False)
+                      "phantoms with a stand-in mask, and the card records no dataset, normalisation or mask (mask.sampled_lines "
+                      "null); pass --data DIR where the dataset is now", soft_wrap=True, markup=False)
     if note := stopped_early_note(run, card["training"]):
         console.print(note, soft_wrap=True, markup=False)
 
