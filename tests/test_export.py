@@ -654,6 +654,17 @@ def test_force_never_replaces_a_file_beside_a_card_that_is_not_its_export_card(r
     assert best.read_bytes() == kept
 
 
+def test_force_never_replaces_a_users_file_put_where_an_export_was_beside_its_stale_card(run_copy, tmp_path):
+    """The card beside it names the file, but the bytes are the user's (not the card's sha256): kept."""
+    out = tmp_path / "foo.ts"
+    export_run(run_copy, "torchscript", out=out)
+    out.write_text("my own precious model")
+    with pytest.raises(SftkdError, match=r"foo.ts: exists and is not an sftkd export \(no model card foo.ts.card.json "
+                                         r"for it beside it, with its sha256\)"):
+        export_run(run_copy, "torchscript", out=out, force=True)
+    assert out.read_text() == "my own precious model"
+
+
 def test_a_super_resolution_card_records_the_box_as_the_manifest_does():
     from sftkd_cli.data.prepare import sr_box_mask
 
