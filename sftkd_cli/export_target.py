@@ -42,8 +42,8 @@ def export_target(out: str | Path | None, run_path: Path, arch: str, role: str, 
     flag = "--out " if out is not None else ""
     if target.is_dir():
         raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
-    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix == suffix), None)
-    if other:  # an ONNX file named .ts would fail in torch.jit.load, far from here (.pt and others are left alone)
+    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix.lower() == suffix), None)
+    if other:  # an ONNX file named .ts (or .TS) would fail in torch.jit.load, far from here (.pt and others are left alone)
         raise SftkdError(f"{flag}{target}: {target.suffix} names a {other} export; a {fmt} export's name ends in {FORMATS[fmt]}")
     if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
         check_real_folder(target.parent, run_path)

@@ -715,7 +715,8 @@ def test_an_export_size_out_of_range_is_shown_as_typed(size):
 def test_an_out_name_ending_in_the_other_formats_suffix_is_refused(trained_run, tmp_path):
     """An ONNX file named .ts would fail later in torch.jit.load: the other format's suffix is
     refused before anything is written (another name, such as TorchScript's common .pt, is kept)."""
-    for fmt, name, other, suffix in (("onnx", "m.ts", "torchscript", ".onnx"), ("torchscript", "m.onnx", "onnx", ".ts")):
+    for fmt, name, other, suffix in (("onnx", "m.ts", "torchscript", ".onnx"), ("torchscript", "m.onnx", "onnx", ".ts"),
+                                     ("torchscript", "up.ONNX", "onnx", ".ts"), ("onnx", "m.Ts", "torchscript", ".onnx")):
         out = tmp_path / "out" / name
         result = CliRunner().invoke(app, ["export", str(trained_run), "-f", fmt, "-o", str(out)])
         message = f"--out {out}: {out.suffix} names a {other} export; a {fmt} export's name ends in {suffix}"
