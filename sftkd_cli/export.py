@@ -402,7 +402,7 @@ def export_run(
     *,
     out: str | Path | None = None,
     role: str | None = None,
-    checkpoint: str = BEST,
+    checkpoint: str | None = None,
     size: tuple[int, int] | None = None,
     force: bool = False,
     data: str | Path | None = None,
@@ -411,10 +411,11 @@ def export_run(
 
     The check runs on `data` (--data), else on the recipe's data.path read from here, as evaluate
     reads it (`find_dataset`). An existing file at the target is replaced only with `force`, and
-    only when it is an earlier export (its card beside it)."""
+    only when it is an earlier export (its card beside it). `checkpoint` None: the recipe's
+    eval.checkpoint when best or last, as evaluate scores it (so the card gets its scores), else best."""
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if checkpoint not in CHECKPOINT_NAMES:
+    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
         raise SftkdError(f"--checkpoint {checkpoint!r}: expected best or last")
     if fmt == "onnx":
         require_onnxruntime()
@@ -422,6 +423,7 @@ def export_run(
     if run.busy():  # its best.pt and last.pt change with every epoch: which weights shipped would be chance
         raise SftkdError(f"{run_dir}: still training (another sftkd process holds it); export it once it is done")
     recipe = run.load_recipe()
+    checkpoint = checkpoint or (recipe.eval.checkpoint if recipe.eval.checkpoint in CHECKPOINT_NAMES else BEST)
     model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
     entry_role = role or state["primary"]

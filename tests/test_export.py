@@ -654,6 +654,17 @@ def test_force_never_replaces_a_file_beside_a_card_that_is_not_its_export_card(r
     assert best.read_bytes() == kept
 
 
+def test_the_default_checkpoint_is_the_recipes_eval_checkpoint_as_evaluate_scores_it(run_copy, tmp_path):
+    """Export took best whatever eval.checkpoint said, so the card's scores (of `last`, evaluate's) came out null."""
+    recipe = load_recipe(run_copy / "recipe.yaml")
+    (run_copy / "recipe.yaml").write_text(dump_recipe(dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, checkpoint="last"))))
+    assert export_run(run_copy, "torchscript", out=tmp_path / "a.ts").card["checkpoint"] == "last"
+    assert export_run(run_copy, "torchscript", out=tmp_path / "b.ts", checkpoint="best").card["checkpoint"] == "best"
+    help_text = " ".join(CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert "best: the epoch of lowest validation L1 of the run's primary model (an SFT run's teacher, so --model " \
+           "student exports the student of that epoch); last: the last epoch. Default: the recipe's eval.checkpoint" in help_text
+
+
 def test_force_never_replaces_a_users_file_put_where_an_export_was_beside_its_stale_card(run_copy, tmp_path):
     """The card beside it names the file, but the bytes are the user's (not the card's sha256): kept."""
     out = tmp_path / "foo.ts"
