@@ -222,6 +222,17 @@ def find_dataset(recipe_file: Path, recipe_path: str, data: str | Path | None,
     return Path(recipe_path).resolve(), _manifest(recipe_path)
 
 
+def _check_trained_on(state: dict[str, Any], record: dict[str, Any], source: Path, flag: str) -> None:
+    """Refuse a dataset other than the one the checkpoint was trained on (another manifest
+    fingerprint; a moved one keeps it): the card gives the dataset's mask, normalisation and slicing
+    as the model's. A checkpoint that recorded no fingerprint is not refused."""
+    trained = (state.get("trained_on") or {}).get("fingerprint")
+    if trained and trained != record["fingerprint"]:
+        raise SftkdError(f"{flag} {record['path']}: dataset fingerprint {record['fingerprint'][:12]}, but {source} was "
+                         f"trained on dataset {str(trained)[:12]}, whose mask and normalisation the card must give; "
+                         "expected that dataset (--data DIR where it is now)")
+
+
 def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, data_path: str | Path) -> tuple[int, int]:
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
@@ -324,13 +335,18 @@ def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> d
 def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.ndarray | None, mask_file: str | None) -> dict[str, Any]:
     """The card's record of the mask the export was checked with: how it was made (the manifest's
     recipe) and what it samples, read off the mask itself (`describe_mask`: the axis of its whole
-    lines, None for a 2-D pattern, and the lines sampled along it)."""
+    lines, None for a 2-D pattern, and the lines sampled along it). No `mask` (no dataset: the check
+    used a stand-in): all null with a note, never a mask the model was not trained with."""
     info = dict((manifest or {}).get("mask", {}))
     card: dict[str, Any] = {
         "kind": info.get("kind"), "seed": info.get("seed"), "layout": info.get("layout"),
         "center_fraction": _center_fraction(info, dataset_task(manifest or {}), acceleration, mask_file), "file": mask_file,
+        "shape": None, "axis": None, "lines": None, "sampled_fraction": None, "sampled_lines": None,
     }
-    if mask is not None:
+    if mask is None:
+        card["note"] = ("unknown: no dataset recorded, the check used a stand-in mask; use the mask of the "
+                        "dataset the model was trained on")
+    else:
         axis = info["axis"] if info.get("axis") in (0, 1) else 0
         if info.get("kind") == "sr-box":  # no whole lines: the box's rows and columns
             card.update({"shape": list(mask.shape), **describe_box(mask, axis), "sampled_lines": None,
@@ -386,7 +402,7 @@ def export_run(
     *,
     out: str | Path | None = None,
     role: str | None = None,
-    checkpoint: str = BEST,
+    checkpoint: str | None = None,
     size: tuple[int, int] | None = None,
     force: bool = False,
     data: str | Path | None = None,
@@ -395,10 +411,11 @@ def export_run(
 
     The check runs on `data` (--data), else on the recipe's data.path read from here, as evaluate
     reads it (`find_dataset`). An existing file at the target is replaced only with `force`, and
-    only when it is an earlier export (its card beside it)."""
+    only when it is an earlier export (its card beside it). `checkpoint` None: the recipe's
+    eval.checkpoint when best or last, as evaluate scores it (so the card gets its scores), else best."""
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if checkpoint not in CHECKPOINT_NAMES:
+    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
         raise SftkdError(f"--checkpoint {checkpoint!r}: expected best or last")
     if fmt == "onnx":
         require_onnxruntime()
@@ -406,6 +423,7 @@ def export_run(
     if run.busy():  # its best.pt and last.pt change with every epoch: which weights shipped would be chance
         raise SftkdError(f"{run_dir}: still training (another sftkd process holds it); export it once it is done")
     recipe = run.load_recipe()
+    checkpoint = checkpoint or (recipe.eval.checkpoint if recipe.eval.checkpoint in CHECKPOINT_NAMES else BEST)
     model, state, digest = load_model_digest(run.path, role, checkpoint, "--checkpoint")
     model = model.eval()
     entry_role = role or state["primary"]
@@ -413,7 +431,9 @@ def export_run(
     data_path, manifest = find_dataset(run.recipe_file, recipe.data.path, data, size)
     acceleration = float(recipe.data.acceleration)
     if manifest is not None:  # the checks below read this dataset: it must hold the data the model fits
-        check_fits_data(state, model.record(), dataset_record(data_path, acceleration), run.path, same_acquisition=False)
+        record = dataset_record(data_path, acceleration)
+        check_fits_data(state, model.record(), record, run.path, same_acquisition=False)
+        _check_trained_on(state, record, run.path, "--data" if data is not None else "data.path")
     family = family_of(model.name)
     image_size = resolve_size(size, manifest, data_path)
     inputs, checked_mask = _check_inputs(model, data_path, acceleration, manifest, image_size)
@@ -535,7 +555,7 @@ def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manif
                   image_size: tuple[int, int]) -> tuple[CheckInputs, tuple[np.ndarray, str | None]]:
     """The slices the exported file is checked on (the dataset's, or phantoms where it is not at
     hand) and the mask they use with its file, for the card: the dataset's, or one made as the
-    dataset's was for another --size."""
+    dataset's was for another --size; (None, None) without a dataset (the phantoms' mask is a stand-in)."""
     mask, mask_file = _dataset_mask(data_path, manifest, acceleration)
     inputs = dataset_inputs(data_path, acceleration, image_size) if manifest is not None else None
     fits = mask is not None and tuple(mask.shape) == tuple(image_size)
@@ -543,8 +563,8 @@ def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manif
     if inputs is None:
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
         inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered,
-                                why="no dataset" if manifest is None else "no val slices of this size in the dataset")
-    return inputs, checked_mask
+                                why="no dataset; a stand-in mask" if manifest is None else "no val slices of this size in the dataset")
+    return inputs, checked_mask if manifest is not None else (None, None)  # the card records no stand-in
 
 
 def _slicing(manifest: dict[str, Any]) -> dict[str, Any]:

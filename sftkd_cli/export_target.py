@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.exported import card_path, load_card
-from sftkd_cli.files import (check_writable, is_special_file, left_by_dead_process, output_path, temporary_sibling,
-                             unlink_quietly)
+from sftkd_cli.files import (check_writable, is_special_file, left_by_dead_process, output_path, sha256_file,
+                             temporary_sibling, unlink_quietly)
 from sftkd_cli.run_files import EXPORT_SUFFIX, EXPORTS
 from sftkd_cli.runs import check_real_folder, is_role_name
 
@@ -42,8 +42,8 @@ def export_target(out: str | Path | None, run_path: Path, arch: str, role: str, 
     flag = "--out " if out is not None else ""
     if target.is_dir():
         raise SftkdError(f"{flag}{target}: is a directory; expected a file name")
-    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix == suffix), None)
-    if other:  # an ONNX file named .ts would fail in torch.jit.load, far from here (.pt and others are left alone)
+    other = next((f for f, suffix in FORMATS.items() if f != fmt and target.suffix.lower() == suffix), None)
+    if other:  # an ONNX file named .ts (or .TS) would fail in torch.jit.load, far from here (.pt and others are left alone)
         raise SftkdError(f"{flag}{target}: {target.suffix} names a {other} export; a {fmt} export's name ends in {FORMATS[fmt]}")
     if out is None:  # RUN/export: a real folder of the run, whose files replace any link found there
         check_real_folder(target.parent, run_path)
@@ -75,15 +75,16 @@ def dead_temporaries(path: Path) -> list[Path]:
 
 
 def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
-    """Refuse to replace anything but an earlier export (a file with its card beside it: never a
-    checkpoint, a manifest or another file of the user's), and that only with `force`; nor a file at
-    the card's path that is not an export card of `target` (the card would replace it), with or
-    without `force`. `flag` starts the message ('--out ', or '' for the run's own export folder)."""
+    """Refuse to replace anything but an earlier export (a file with its card beside it, which gives
+    its sha256: never a checkpoint, a manifest or another file of the user's, even one put where an
+    export was), and that only with `force`; nor a file at the card's path that is not an export card
+    of `target` (the card would replace it), with or without `force`. `flag` starts the message
+    ('--out ', or '' for the run's own export folder)."""
     card = card_path(target)
     if target.exists():
-        if not _is_export_card(card, target.name):
+        if not _is_export_card(card, target.name, target):
             raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card.name} "
-                             "for it beside it); expected a new file name")
+                             "for it beside it, with its sha256); expected a new file name")
         if not force:
             raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
     elif card.exists() and not _is_export_card(card, target.name):  # a dangling link: nothing of the user's
@@ -91,11 +92,15 @@ def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
                          f"card (of {target.name}); expected a new file name, or that file moved away")
 
 
-def _is_export_card(path: Path, name: str) -> bool:
+def _is_export_card(path: Path, name: str, model: Path | None = None) -> bool:
     """Whether `path` is a model card `sftkd export` wrote for a file called `name` (any JSON
-    beside a file is not: a checkpoint with a stray card must stay)."""
+    beside a file is not: a checkpoint with a stray card must stay), and with `model` given, for
+    those very bytes (its sha256): a file of the user's put where an export was, beside the stale
+    card, is not an export."""
     try:
         card = load_card(path)
     except SftkdError:  # missing, not a regular file, not JSON
         return False
-    return card is not None and card.get("file") == name and card.get("export_format") in FORMATS
+    if card is None or card.get("file") != name or card.get("export_format") not in FORMATS:
+        return False
+    return model is None or card.get("sha256") == sha256_file(model)

@@ -654,6 +654,28 @@ def test_force_never_replaces_a_file_beside_a_card_that_is_not_its_export_card(r
     assert best.read_bytes() == kept
 
 
+def test_the_default_checkpoint_is_the_recipes_eval_checkpoint_as_evaluate_scores_it(run_copy, tmp_path):
+    """Export took best whatever eval.checkpoint said, so the card's scores (of `last`, evaluate's) came out null."""
+    recipe = load_recipe(run_copy / "recipe.yaml")
+    (run_copy / "recipe.yaml").write_text(dump_recipe(dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, checkpoint="last"))))
+    assert export_run(run_copy, "torchscript", out=tmp_path / "a.ts").card["checkpoint"] == "last"
+    assert export_run(run_copy, "torchscript", out=tmp_path / "b.ts", checkpoint="best").card["checkpoint"] == "best"
+    help_text = " ".join(CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert "best: the epoch of lowest validation L1 of the run's primary model (an SFT run's teacher, so --model " \
+           "student exports the student of that epoch); last: the last epoch. Default: the recipe's eval.checkpoint" in help_text
+
+
+def test_force_never_replaces_a_users_file_put_where_an_export_was_beside_its_stale_card(run_copy, tmp_path):
+    """The card beside it names the file, but the bytes are the user's (not the card's sha256): kept."""
+    out = tmp_path / "foo.ts"
+    export_run(run_copy, "torchscript", out=out)
+    out.write_text("my own precious model")
+    with pytest.raises(SftkdError, match=r"foo.ts: exists and is not an sftkd export \(no model card foo.ts.card.json "
+                                         r"for it beside it, with its sha256\)"):
+        export_run(run_copy, "torchscript", out=out, force=True)
+    assert out.read_text() == "my own precious model"
+
+
 def test_a_super_resolution_card_records_the_box_as_the_manifest_does():
     from sftkd_cli.data.prepare import sr_box_mask
 
@@ -704,7 +726,8 @@ def test_an_export_size_out_of_range_is_shown_as_typed(size):
 def test_an_out_name_ending_in_the_other_formats_suffix_is_refused(trained_run, tmp_path):
     """An ONNX file named .ts would fail later in torch.jit.load: the other format's suffix is
     refused before anything is written (another name, such as TorchScript's common .pt, is kept)."""
-    for fmt, name, other, suffix in (("onnx", "m.ts", "torchscript", ".onnx"), ("torchscript", "m.onnx", "onnx", ".ts")):
+    for fmt, name, other, suffix in (("onnx", "m.ts", "torchscript", ".onnx"), ("torchscript", "m.onnx", "onnx", ".ts"),
+                                     ("torchscript", "up.ONNX", "onnx", ".ts"), ("onnx", "m.Ts", "torchscript", ".onnx")):
         out = tmp_path / "out" / name
         result = CliRunner().invoke(app, ["export", str(trained_run), "-f", fmt, "-o", str(out)])
         message = f"--out {out}: {out.suffix} names a {other} export; a {fmt} export's name ends in {suffix}"

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,12 +312,33 @@ def test_an_export_checked_on_phantoms_for_want_of_a_dataset_says_so(run_copy, t
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note:")]
     assert notes == [f"note: no dataset at {tmp_path / 'data' / 'tiny'} (RUN's data.path, read from here): checked on "
-                     "synthetic phantoms, and the card records no dataset, normalisation or mask recipe; pass --data "
-                     "DIR where the dataset is now"]
+                     "synthetic phantoms with a stand-in mask, and the card records no dataset, normalisation or mask "
+                     "(mask.sampled_lines null); pass --data DIR where the dataset is now"]
     card = read_card(out)
-    assert card["dataset"] is None and card["check"]["inputs"] == "synthetic phantom 12x10 (batch 3; no dataset)"
+    assert card["dataset"] is None and card["check"]["inputs"] == "synthetic phantom 12x10 (batch 3; no dataset; a stand-in mask)"
+    # the stand-in (a random mask, seed 42) is not the mask the model was trained with: none is given as usable
+    assert card["mask"]["kind"] is None and card["mask"]["sampled_lines"] is None and card["mask"]["axis"] is None
+    assert card["mask"]["note"].startswith("unknown: no dataset recorded")
     help_text = " ".join(CliRunner().invoke(app, ["export", "--help"], env=WIDE).output.split())
     assert "--data -d DIR Dataset directory (default: the run's data.path)" in help_text
+
+
+def test_a_dataset_other_than_the_one_trained_on_is_refused_naming_both(run_copy, prepared_like_tiny, tmp_path):  # noqa: F811
+    """A model trained on random-mask data, checked on an equispaced dataset, gave a card whose mask
+    (and normalisation) were that dataset's, presented as the model's; now refused in one line,
+    nothing written. The dataset it was trained on, moved (the same fingerprint), is taken."""
+    other = prepared_like_tiny(tmp_path / "eq", mask_kind="equispaced")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SftkdError, match=rf"^--data {re.escape(str(other))}: dataset fingerprint \w{{12}}, but "
+                       rf"{re.escape(str(run_copy))} was trained on dataset \w{{12}}, .*expected that dataset"):
+        export_run(run_copy, "onnx", out=out, data=other)
+    assert not out.exists() and not card_path(out).exists()
+    recipe = load_recipe(run_copy / "recipe.yaml")
+    moved = Path(shutil.copytree(recipe.data.path, tmp_path / "moved"))
+    assert export_run(run_copy, "onnx", out=out, data=moved).card["mask"]["kind"] == "random"
+    (run_copy / "recipe.yaml").write_text(dump_recipe(dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, path=str(other)))))
+    with pytest.raises(SftkdError, match=rf"^data.path {re.escape(str(other))}: dataset fingerprint"):
+        export_run(run_copy, "onnx", out=tmp_path / "n.onnx")
 
 
 def test_a_file_at_the_cards_path_that_is_not_an_export_card_is_never_replaced(run_copy, tmp_path):  # noqa: F811

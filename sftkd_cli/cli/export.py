@@ -42,10 +42,10 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", callback=any_case(EXPORT_SUFFIX), help="torchscript or onnx.", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE", help="Output file (default: RUN/export/<arch>-<model>.ts|.onnx).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", metavar="ROLE", help="Which model of the run: model, teacher or student (default: the run's primary).")] = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help=f"{BEST} or {LAST}.")] = BEST,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="WHICH", callback=any_case(CHECKPOINT_NAMES), help=f"{BEST}: the epoch of lowest validation L1 of the run's primary model (an SFT run's teacher, so --model student exports the student of that epoch); {LAST}: the last epoch. Default: the recipe's eval.checkpoint when {BEST} or {LAST}, as sftkd evaluate scores it (the card then gets its scores), else {BEST}.", show_default=False)] = None,
     size: Annotated[Optional[tuple[int, int]], typer.Option("--size", metavar="H W", help="Image size (default: the dataset's image_size).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at the output path (never any other file).")] = False,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path); the export is checked on its val slices, and the card records it.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", metavar="DIR", help="Dataset directory (default: the run's data.path): the one the model was trained on, wherever it is now (the same manifest fingerprint; another is refused, as the card gives its mask and normalisation as the model's). The export is checked on its val slices, and the card records it.")] = None,
 ) -> None:
     """Export a run's model (see HELP)."""
     from sftkd_cli.errors import RunInterrupted
@@ -87,8 +87,8 @@ def _say_exported(result: ExportResult, run: Path) -> None:
         console.print(f"note: created folder {result.created_folder} for --out (it did not exist)", soft_wrap=True, markup=False)
     if result.missing_data is not None:
         console.print(f"note: no dataset at {result.missing_data} (RUN's data.path, read from here): checked on synthetic "
-                      "phantoms, and the card records no dataset, normalisation or mask recipe; pass --data DIR where "
-                      "the dataset is now", soft_wrap=True, markup=False)
+                      "phantoms with a stand-in mask, and the card records no dataset, normalisation or mask (mask.sampled_lines "
+                      "null); pass --data DIR where the dataset is now", soft_wrap=True, markup=False)
     if note := stopped_early_note(run, card["training"]):
         console.print(note, soft_wrap=True, markup=False)
 
