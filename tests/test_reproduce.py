@@ -241,6 +241,18 @@ def test_plan_errors_name_the_key(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+def test_plan_methods_are_taken_in_any_case_as_distill_method_takes_them(tmp_path):
+    """`methods: [AT]` was refused (unknown method 'AT') though `sftkd distill --method AT` runs."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("plan: 1\ndata: {source: prepared, out: d}\n"
+                    "stages: {teacher: {}, sft: {}, kd: {methods: [AT, Sp], sft_random_init: [SP]}}\n")
+    plan = load_plan(path)
+    assert plan.methods == ("at", "sp") and plan.random_init == ("sp",)
+    path.write_text("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at, AT]}}\n")
+    with pytest.raises(SftkdError, match=r"stages.kd.methods: a method is listed twice"):
+        load_plan(path)
+
+
 def test_data_root_is_refused_for_a_plan_whose_source_reads_no_raw_folder(tmp_path):
     """--data-root with the demo plan was silently ignored; a plan that prepares from raw data takes it."""
     path = tmp_path / "plan.yaml"

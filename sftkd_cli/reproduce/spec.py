@@ -249,8 +249,9 @@ def _check_apart(runs: Path, data: Path, runs_what: str, data_what: str) -> None
 def _kd_section(value: Any, where: str) -> tuple[tuple[str, ...], dict[str, StageSpec], tuple[str, ...]]:
     """(methods, {'std-kd': spec, 'sft-kd': spec}, methods with an extra random-init SFT-KD stage)."""
     raw = as_mapping(value, where, ("methods", "std", "sft", "sft_random_init"))
-    methods = as_names(raw.get("methods"), f"{where}.methods")
-    _check_methods(methods, f"{where}.methods")
+    methods = _method_names(raw.get("methods"), f"{where}.methods")
+    if len(set(methods)) != len(methods):
+        raise SftkdError(f"{where}.methods: a method is listed twice")
     return methods, {"std-kd": _stage_spec(raw.get("std"), f"{where}.std"),
                      "sft-kd": _stage_spec(raw.get("sft"), f"{where}.sft")}, _random_init(raw.get("sft_random_init"), methods, where)
 
@@ -261,7 +262,7 @@ def _random_init(value: Any, methods: tuple[str, ...], where: str) -> tuple[str,
         return ()
     if value is True:
         return methods
-    chosen = as_names(value, f"{where}.sft_random_init")
+    chosen = _method_names(value, f"{where}.sft_random_init")
     for method in chosen:
         if method not in methods:
             raise SftkdError(f"{where}.sft_random_init: {method!r} is not among stages.kd.methods {list(methods)}")
@@ -330,14 +331,14 @@ def _describe(default: Any) -> str:
     return "a list of names"
 
 
-def _check_methods(methods: Sequence[str], where: str) -> None:
-    from sftkd_cli.distill.methods import METHODS
+def _method_names(value: Any, where: str) -> tuple[str, ...]:
+    """A list of KD method names, in any case as `sftkd distill --method` takes them, lower-cased."""
+    from sftkd_cli.distill.catalog import CATALOG
 
+    methods = tuple(name.lower() for name in as_names(value, where))
     for method in methods:
-        if method not in METHODS:
-            check_choice(method, sorted(METHODS), where, "method")
-    if len(set(methods)) != len(methods):
-        raise SftkdError(f"{where}: a method is listed twice")
+        check_choice(method, tuple(CATALOG), where, "method")
+    return methods
 
 
 def _variants(value: Any, where: str) -> tuple[Variant, ...]:
