@@ -130,7 +130,11 @@ PAPER_METRICS: tuple[str, ...] = ("PSNR", "SSIM")
 DEFAULT_ALPHA = 0.05
 #: the validation curve the report's figures draw by default (a history.jsonl key)
 CURVE_KEY = "val_l1"
-#: the default metrics of `--convention fastmri` (fastMRI's leaderboard; its MSE is there too)
+#: the metrics `sftkd evaluate` scores (`sftkd_cli.metrics` computes them), in its order
+METRIC_NAMES: tuple[str, ...] = ("PSNR", "SSIM", "NMSE", "MSE", "HFN", "HFEN", "VIF")
+#: the metrics of fastMRI's evaluate.py (METRIC_FUNCS), in its order: `--convention fastmri`
+FASTMRI_METRIC_NAMES: tuple[str, ...] = ("MSE", "NMSE", "PSNR", "SSIM")
+#: the default metrics of `sftkd compare --convention fastmri` (fastMRI's leaderboard; its MSE is there too)
 FASTMRI_METRICS: tuple[str, ...] = ("NMSE", "PSNR", "SSIM")
 
 #: the paper's teacher and student: the defaults of sft.teacher and sft.student, and the networks

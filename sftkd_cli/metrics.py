@@ -54,9 +54,8 @@ import numpy as np
 
 # scipy.ndimage and skimage.metrics are imported where used: training reads SSIM_MIN_SIZE from
 # here, and importing both would add about 0.4 s to every training process's start.
+from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES  # noqa: F401  (read from here by scoring and reports)
 from sftkd_cli.errors import SftkdError
-
-METRIC_NAMES: tuple[str, ...] = ("PSNR", "SSIM", "NMSE", "MSE", "HFN", "HFEN", "VIF")
 
 CONVENTIONS: dict[str, str] = {
     "PSNR": "10*log10(R^2/MSE), R = max of the ground-truth volume; per slice, and per volume "
@@ -394,9 +393,6 @@ def score_volume(
 
 
 # ------------------------------------------------------------------------ fastMRI convention
-
-#: the metrics of fastMRI's evaluate.py (METRIC_FUNCS), in its order
-FASTMRI_METRIC_NAMES: tuple[str, ...] = ("MSE", "NMSE", "PSNR", "SSIM")
 
 FASTMRI_CONVENTIONS: dict[str, str] = {
     "MSE": "mean((gt-pred)^2) over the whole volume (fastmri.evaluate.mse)",

@@ -10,7 +10,7 @@ import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from sftkd_cli.choices import AMP_MODES, ARCH_LABELS, CHECKPOINT_NAMES
+from sftkd_cli.choices import AMP_MODES, ARCH_LABELS, CHECKPOINT_NAMES, FASTMRI_METRIC_NAMES, METRIC_NAMES
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.name_checks import DEVICE_NAMES
 from sftkd_cli.run_files import SCORE_FILES
@@ -18,13 +18,13 @@ from sftkd_cli.run_files import SCORE_FILES
 
 HELP = examples(
     f"Reconstruct a split with a run's checkpoint ({ARCH_LABELS}; best unless --checkpoint or the recipe's "
-    "eval.checkpoint names another) and score PSNR, SSIM, NMSE, MSE, HFN, HFEN, VIF."
+    f"eval.checkpoint names another) and score {', '.join(METRIC_NAMES)}."
     "\n\nAlso scores the network's input: the zero-filled image (the paper's ZF row), or for a "
     "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv "
     "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
     "(fastMRI k-space: two channels, real and imaginary) are scored on the magnitude of their output. "
     "--convention fastmri scores as the fastmri package's evaluate.py does (magnitude centre-cropped to "
-    "the target, NMSE, PSNR and SSIM per volume with the volume's maximum, mean ± std over volumes) "
+    f"the target, {', '.join(FASTMRI_METRIC_NAMES)} per volume with the volume's maximum, mean ± std over volumes) "
     "into RUN/eval-fastmri/ (metrics.json, per_volume.csv, recon.h5).",
     "sftkd evaluate runs/demo",
     "sftkd evaluate runs/demo-teacher runs/demo-student --threads 1",

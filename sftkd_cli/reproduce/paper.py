@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sftkd_cli.choices import PAPER_METRICS
+from sftkd_cli.choices import METRIC_NAMES, PAPER_METRICS
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.reproduce.kinds import MODEL_COLUMNS
 from sftkd_cli.reproduce.values import as_mapping, as_metric_names, as_names, as_text, check_choice
@@ -62,8 +62,6 @@ def paper_spec(value: Any, where: str) -> PaperSpec | None:
 
 def _check_models_layout(raw: dict[str, Any], columns: tuple[str, ...], where: str) -> None:
     """Layout models: columns name models (MODEL_COLUMNS), rows name metrics, no `metrics` key."""
-    from sftkd_cli.metrics import METRIC_NAMES
-
     if raw.get("metrics") is not None:
         raise SftkdError(f"{where}.metrics: layout models takes the metrics from the row names; remove it")
     for column in columns:

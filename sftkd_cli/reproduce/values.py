@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sftkd_cli.choices import METRIC_NAMES
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 
@@ -46,9 +47,7 @@ def check_choice(value: str, choices: Sequence[str], where: str, what: str) -> N
 
 
 def as_metric_names(value: Any, where: str) -> tuple[str, ...]:
-    """A list of metric names, each one evaluate scores (`sftkd_cli.metrics.METRIC_NAMES`)."""
-    from sftkd_cli.metrics import METRIC_NAMES
-
+    """A list of metric names, each one evaluate scores (METRIC_NAMES)."""
     names = as_names(value, where)
     for name in names:
         check_choice(name, METRIC_NAMES, where, "metric")
