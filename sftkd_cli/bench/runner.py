@@ -73,7 +73,7 @@ def run_bench(
 ) -> BenchResult:
     """Measure training-step and inference speed on synthetic data (see the `sftkd_cli.bench` docstring).
 
-    `which`: a list of parts to run (teacher, student, sft, kd, infer; all by default); `methods`:
+    `which`: a list of parts to run (BENCH_PARTS: teacher, student, sft, kd, infer, bf16, epoch; all by default); `methods`:
     a list of KD methods for the kd part (all by default). Sets torch's thread count to `threads` for the
     duration and restores it afterwards, as it does Python's, NumPy's and torch's random
     states. Never needs a dataset. `complex_data`: every row on complex images (two channels,

@@ -16,7 +16,7 @@ from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
-from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, INIT_RANDOM, INIT_SFT, KIND_ALIASES, LAST, SFT_STUDENT, TRAIN_KINDS, arm_key
+from sftkd_cli.choices import BEST, INIT_RANDOM, INIT_SFT, KIND_ALIASES, LAST, SFT_STUDENT, TRAIN_KINDS, arm_key
 from sftkd_cli.reproduce.kinds import (
     DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON, is_up_to_date,
 )
@@ -294,11 +294,10 @@ def writes_reconstructions(stage: Stage, plan: Plan) -> bool:
 
 
 def evaluated_checkpoint(stage: Stage, plan: Plan) -> Path:
-    """The checkpoint file an evaluation stage scores: the plan's evaluate.checkpoint (best, last
-    or a file) of the stage's run."""
+    """The checkpoint file an evaluation stage scores: the plan's evaluate.checkpoint (best or
+    last, as the plan's check allows) of the stage's run."""
     assert stage.run is not None
-    which = str(plan.evaluate["checkpoint"])
-    return RunDir(stage.run).checkpoint(which) if which in CHECKPOINT_NAMES else Path(which)
+    return RunDir(stage.run).checkpoint(str(plan.evaluate["checkpoint"]))
 
 
 def evaluation_complete(stage: Stage, plan: Plan) -> bool:

@@ -1,4 +1,4 @@
-"""`train-teacher`: one DnCm trained alone with L1 (the teacher, or the plain student baseline)."""
+"""`train-teacher`: one network (any model family) trained alone with L1 (the teacher, or the plain student baseline)."""
 
 from __future__ import annotations
 
