@@ -139,6 +139,16 @@ def test_a_negative_stage1_epochs_is_refused_everywhere(overrides):
         validate(load_recipe(None, overrides))
 
 
+@pytest.mark.parametrize("method", ["sp", "PKT", "cc"])
+def test_distill_refuses_batch_size_1_for_methods_comparing_slices(method):
+    """SP, PKT and CC compare the slices of a batch: a batch of 1 would train as --method none."""
+    overrides = [f"distill.method={method}", "train.batch_size=1"]
+    with pytest.raises(SftkdError, match=rf"^train\.batch_size: expected 2 or more with distill\.method {method.lower()} "):
+        check_distill_schedule(load_recipe(None, overrides))
+    check_distill_schedule(load_recipe(None, [f"distill.method={method}", "train.batch_size=2"]))
+    check_distill_schedule(load_recipe(None, ["distill.method=at", "train.batch_size=1"]))  # a per-slice loss
+
+
 def test_two_stage_with_both_stages_is_valid():
     check_distill_schedule(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
 

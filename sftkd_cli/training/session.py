@@ -7,6 +7,7 @@ so every command shares the same run-directory, resume and interruption behaviou
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ from rich.console import Console
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
 from sftkd_cli.choices import BEST, LAST, TRAINING_COMMANDS
-from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, same_name, validate
+from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
 from sftkd_cli.files import write_run_file
@@ -75,6 +76,16 @@ def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
             f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
         )
     return train, val
+
+
+def last_batch_size(train_slices: int, train: TrainConfig, world: int) -> int:
+    """The slices in each process's last batch of an epoch (as `Trainer` cuts it: each process
+    takes ceil(train_slices / world), train.max_steps_per_epoch may stop before the last batch)."""
+    per_process = math.ceil(train_slices / world)
+    steps = math.ceil(per_process / train.batch_size)
+    if train.max_steps_per_epoch and train.max_steps_per_epoch < steps:
+        return train.batch_size
+    return per_process - (steps - 1) * train.batch_size
 
 
 def _flatten(recipe: Recipe) -> dict[str, object]:
@@ -338,7 +349,8 @@ def run_training(
                 if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
                     run.history_file.unlink(missing_ok=True)
                     trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
-                for note in (train_ds.cache_note, val_ds.cache_note):  # a split too large for data.cache
+                last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world))
+                for note in (train_ds.cache_note, val_ds.cache_note, last_note):  # a split too large for data.cache; KD's lone-slice batch
                     if note:
                         trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
             barrier(world)
