@@ -21,7 +21,8 @@ from sftkd_cli.choices import BEST, LAST, TRAINING_COMMANDS
 from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
-from sftkd_cli.files import write_run_file
+from sftkd_cli.files import check_writable, write_run_file
+from sftkd_cli.run_files import CHECKPOINTS
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.models import CascadeNet, build_model
@@ -344,6 +345,9 @@ def run_training(
     try:
         with on_signals(signalled, signal.SIGINT, signal.SIGTERM):
             if rank == 0:
+                # checkpoints are written in the background, a failed write seen only at the next save
+                # (an epoch later): an unwritable checkpoints/ (a resumed run's) is refused before any work
+                check_writable(run.path / CHECKPOINTS, "checkpoints folder")
                 if resume:
                     write_run_file(run.recipe_file, dump_recipe(recipe))
                 if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
