@@ -374,6 +374,9 @@ def _evaluate(
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, check_task, dataset_record, load_manifest
 
+    if exported is None and run.busy():  # its best.pt and last.pt change with every epoch, as export says
+        raise SftkdError(f"{display_path(run.path)}: still training (another sftkd process holds it); evaluate it "
+                         "once it is done")
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
         given_as = "--checkpoint" if checkpoint else f"eval.checkpoint ({display_path(run.recipe_file)})"
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint), given_as)
@@ -500,7 +503,8 @@ def check_still_scored(run_path: Path, folder: tuple[int, int] | None, checkpoin
                          f"nothing written: run sftkd evaluate {display_path(run_path)} again")
     now = checkpoint_digest(checkpoint)
     if now != digest:
-        how = "removed" if now is None else "replaced (the run was resumed or trained anew)"
+        busy = RunDir(run_path).busy()
+        how = "removed" if now is None else f"replaced ({'the run is training' if busy else 'the run was resumed or trained anew'})"
         raise SftkdError(f"{display_path(checkpoint)}: {how} while evaluate scored it; nothing written: "
                          f"run sftkd evaluate {display_path(run_path)} again to score the checkpoint it holds now")
 

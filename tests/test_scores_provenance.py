@@ -25,7 +25,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.export import export_run
 from sftkd_cli.report.compare import collect_runs
-from sftkd_cli.runs import save_checkpoint
+from sftkd_cli.runs import RunDir, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -96,6 +96,29 @@ def test_evaluate_refuses_scores_of_a_checkpoint_replaced_while_it_scored(run):
         evaluate(run, progress=meanwhile(lambda: retrain(best)))
     assert "\n" not in str(info.value)
     assert not any((run / name).exists() for name in ("metrics.json", "per_slice.csv", "recon.h5"))
+
+
+def test_evaluate_says_a_run_is_still_training_not_stopped_early_or_resumed(run):
+    """A run another process trains: refused before any work, in its own words (not "stopped
+    early; --resume continues it"); a training started while evaluate scored says so too."""
+    training = RunDir(run)
+    training.lock()
+    try:
+        with pytest.raises(SftkdError, match=r": still training \(another sftkd process holds it\); evaluate it once"):
+            evaluate(run)
+    finally:
+        training.unlock()
+    assert not (run / "metrics.json").exists()
+
+    def train_meanwhile() -> None:
+        training.lock()
+        retrain(run / "checkpoints" / "best.pt")
+
+    try:
+        with pytest.raises(SftkdError, match=r"best.pt: replaced \(the run is training\) while evaluate scored it"):
+            evaluate(run, progress=meanwhile(train_meanwhile))
+    finally:
+        training.unlock()
 
 
 def test_evaluate_refuses_when_the_run_is_trained_anew_meanwhile(run):
