@@ -36,6 +36,8 @@ from sftkd_cli.safe_yaml import YamlRefused, load_yaml, parse_yaml, read_yaml_te
 
 #: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
 MAX_LR = 10.0
+#: the widest model.channels accepted (the paper's models use 32; a huge width ended in a torch traceback)
+MAX_CHANNELS = 4096
 
 
 @dataclass(frozen=True)
@@ -410,7 +412,7 @@ def validate(recipe: Recipe) -> None:
         (0 < recipe.train.lr_gamma <= 1, "train.lr_gamma",  # > 1 would grow the LR past MAX_LR, epoch by epoch
          "a number > 0 and <= 1 (a decay: StepLR multiplies train.lr by it every train.lr_step epochs)"),
         (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
-        (recipe.model.channels >= 1, "model.channels", "at least 1"),
+        (1 <= recipe.model.channels <= MAX_CHANNELS, "model.channels", f"1 to {MAX_CHANNELS}"),
         (recipe.model.pad >= 0, "model.pad", "0 or more"),
         (recipe.train.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "0 (full epochs) or more"),
         (recipe.train.checkpoint_every >= 0, "train.checkpoint_every", "0 (epoch ends only) or more"),
