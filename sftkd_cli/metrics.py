@@ -54,6 +54,7 @@ import numpy as np
 
 # scipy.ndimage and skimage.metrics are imported where used: training reads SSIM_MIN_SIZE from
 # here, and importing both would add about 0.4 s to every training process's start.
+from sftkd_cli.choices import MIN_SIZE
 from sftkd_cli.errors import SftkdError
 
 METRIC_NAMES: tuple[str, ...] = ("PSNR", "SSIM", "NMSE", "MSE", "HFN", "HFEN", "VIF")
@@ -155,7 +156,7 @@ def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
 
 
 #: the smallest image side SSIM scores (scikit-image's default 7x7 window)
-SSIM_MIN_SIZE = 7
+SSIM_MIN_SIZE = MIN_SIZE  # 7: the window; also the smallest image side a dataset may have
 
 
 def _ssim_2d(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
-from sftkd_cli.choices import BEST, LAST, TRAINING_COMMANDS
+from sftkd_cli.choices import BEST, LAST, MIN_SIZE, TRAINING_COMMANDS
 from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
@@ -62,8 +62,6 @@ def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
 def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
     """The training and validation splits of the recipe's prepared dataset (checked before a run is
     made), cut to data.max_train_slices / max_val_slices before data.cache reads them."""
-    from sftkd_cli.metrics import SSIM_MIN_SIZE
-
     data = recipe.data
     train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task,
                          mask_per_sample=data.mask_per_sample,  # validation keeps the split's fixed mask
@@ -71,10 +69,10 @@ def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
     val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task,
                        max_slices=data.max_val_slices)
     height, width = val.image_size
-    if min(height, width) < SSIM_MIN_SIZE:
+    if min(height, width) < MIN_SIZE:  # a dataset prepared by an older sftkd, which allowed 4
         raise SftkdError(
             f"{data.path}: images of {height}x{width} pixels are too small to train on; expected at least "
-            f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
+            f"{MIN_SIZE}x{MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
         )
     return train, val
 
