@@ -394,9 +394,15 @@ def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
     from sftkd_cli.models import cascades_of
 
-    for name in (recipe.model.name, recipe.sft.teacher, recipe.sft.student):
-        if name:
-            cascades_of(name)  # a full check of the name (e.g. D1C5 has too few layers); pairing: check_sft_pair
+    # a full check of each name (e.g. D1C5 has too few layers; pairing: check_sft_pair); sft.* first:
+    # an empty model.name takes sft.student's, and the error names the key the user gave
+    for key, name in (("sft.teacher", recipe.sft.teacher), ("sft.student", recipe.sft.student),
+                      ("model.name", recipe.model.name)):
+        try:
+            if name:
+                cascades_of(name)
+        except SftkdError as exc:
+            raise RecipeValueError(f"{key}: {exc}", key) from None
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.data.path != "", "data.path", "a prepared dataset's folder"),
@@ -459,7 +465,10 @@ def check_distill_schedule(recipe: Recipe) -> None:
     and weights in `base` for every stage."""
     from sftkd_cli.distill.catalog import method_spec
 
-    spec = method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
+    try:  # an unknown method: refused before any work (--print-recipe too), naming where it was given
+        spec = method_spec(recipe.distill.method)
+    except SftkdError as exc:
+        raise RecipeValueError(str(exc), "distill.method") from None
     if spec.between_samples and recipe.train.batch_size < 2:  # its B x B matrices of one slice give exactly 0
         raise RecipeValueError(f"train.batch_size: expected 2 or more with distill.method {spec.name} (it compares the "
                                f"slices of a batch with each other: a batch of 1 gives no KD loss), got "
@@ -524,7 +533,8 @@ def _check_loss_weights(recipe: Recipe) -> None:
 
 def _check_dataset(recipe: Recipe) -> None:
     """When data.path is already a prepared dataset, it must have been prepared for data.task, with
-    data.acceleration, and have the split eval.split (else `evaluate` would fail only after training)."""
+    data.acceleration, and have the splits data.train_split and data.val_split (named by their keys)
+    and eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
     from sftkd_cli.data.format import MANIFEST, check_holds
     from sftkd_cli.files import read_regular_bytes
@@ -544,6 +554,8 @@ def _check_dataset(recipe: Recipe) -> None:
     if isinstance(accelerations, list) and all(isinstance(a, (int, float)) for a in accelerations) and isinstance(splits, dict):
         check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (recipe.eval.split, "eval.split"),
                     "; evaluate would refuse it after training")
+        for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
+            check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (split, key))
 
 
 def with_model(recipe: Recipe, default: str) -> Recipe:

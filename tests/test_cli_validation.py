@@ -21,7 +21,7 @@ def one_line_error(*args: object) -> str:
 @pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])
 def test_distill_refuses_an_unknown_method_before_printing_or_training(print_recipe: list[str]) -> None:
     line = one_line_error("distill", "--method", "bogus", *print_recipe)
-    assert line.startswith("error: distill method 'bogus': expected one of at, fitnets")
+    assert line.startswith("error: --method: distill.method 'bogus': expected one of at, fitnets")
 
 
 @pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])

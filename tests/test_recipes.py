@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
+from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, naming_origin, parse_overrides, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_plan
@@ -244,6 +244,28 @@ def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
 def test_what_the_dataset_lacks_is_named_by_its_recipe_key(tiny_dataset, override, message):
     with pytest.raises(SftkdError, match=message):
         validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_split=abc", r"^data\.train_split: split 'abc' not in dataset .* \(has train, val, test\)$"),
+    ("data.val_split=vall", r"^data\.val_split: split 'vall' not in dataset .*; did you mean val\?$"),
+])
+def test_a_training_split_the_dataset_lacks_is_named_by_its_key(tiny_dataset, override, message):
+    with pytest.raises(SftkdError, match=message):
+        validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
+
+
+@pytest.mark.parametrize("key", ["model.name", "sft.teacher", "sft.student"])
+def test_an_unknown_architecture_is_named_by_its_key(key):
+    with pytest.raises(SftkdError, match=rf"^override {key}=abc: {key}: model 'abc': unknown architecture"), \
+            naming_origin(None, parse_overrides([f"{key}=abc"])):
+        validate(load_recipe(None, [f"{key}=abc"]))
+
+
+def test_an_unknown_distill_method_is_named_by_its_key():
+    with pytest.raises(SftkdError, match=r"^override distill\.method=abc: distill\.method 'abc': expected one of at, "), \
+            naming_origin(None, parse_overrides(["distill.method=abc"])):
+        check_distill_schedule(load_recipe(None, ["distill.method=abc"]))
 
 
 def test_comma_lists_are_stripped():

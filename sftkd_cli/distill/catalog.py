@@ -108,7 +108,7 @@ def method_spec(name: str) -> MethodSpec:
     """The spec of method `name` (case-insensitive); one line naming the nearest otherwise."""
     key = str(name).lower()
     if key not in CATALOG:
-        raise SftkdError(f"distill method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
+        raise SftkdError(f"distill.method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
     return CATALOG[key]
 
 
