@@ -269,3 +269,20 @@ def test_a_plans_evaluation_of_another_split_is_read_where_evaluate_writes_it(tm
     assert evaluation_dir(Stage("eval-teacher", "evaluate", run=run, recipe=recipe, split="test")) == run / "eval-split-test"
     student = Stage("eval-sft-student", "evaluate", run=run, recipe=recipe, split="test", model_role="student")
     assert evaluation_dir(student) == run / "eval-student" / "eval-split-test"
+
+
+def test_a_second_evaluation_of_one_folder_is_refused_while_the_first_writes(run):
+    """Two evaluations renaming their files into one folder in turn could leave one's metrics.json
+    beside the other's per_slice.csv: the second is refused in one line, the first completes."""
+    refused: list[str] = []
+
+    def second() -> None:
+        with pytest.raises(SftkdError) as info:
+            evaluate(run, checkpoint="last")
+        refused.append(str(info.value))
+
+    metrics = evaluate(run, progress=meanwhile(second))
+    assert refused == [f"{run}: another sftkd evaluate is writing its results there; wait for it to finish"]
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+    assert metrics["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
