@@ -57,8 +57,11 @@ DEMO_TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
 #: a 4096 x 4096 slice is 64 MB as float32
 MAX_SIZE = 4096
-#: the smallest image side sftkd accepts (`prepare-data --size`, `export --size`)
-MIN_SIZE = 4
+#: the smallest image side of a dataset (`prepare-data --size`, native slices): SSIM's 7 x 7 window
+#: (`metrics.SSIM_MIN_SIZE` is this constant), which training's validation and evaluate score
+MIN_SIZE = 7
+#: the smallest image side `export --size` accepts: the networks themselves need no more
+MIN_EXPORT_SIZE = 4
 #: the most CPU threads sftkd accepts (`--threads`, train.threads): more cannot help and can
 #: exhaust memory when torch starts them
 MAX_THREADS = 1024

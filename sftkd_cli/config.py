@@ -36,6 +36,8 @@ from sftkd_cli.safe_yaml import YamlRefused, load_yaml, parse_yaml, read_yaml_te
 
 #: the largest learning rate accepted (Adam's update overflows float32 long before 1e300)
 MAX_LR = 10.0
+#: the widest model.channels accepted (the paper's models use 32; a huge width ended in a torch traceback)
+MAX_CHANNELS = 4096
 
 
 @dataclass(frozen=True)
@@ -392,9 +394,15 @@ def validate(recipe: Recipe) -> None:
     """Cross-field checks that types alone cannot express."""
     from sftkd_cli.models import cascades_of
 
-    for name in (recipe.model.name, recipe.sft.teacher, recipe.sft.student):
-        if name:
-            cascades_of(name)  # a full check of the name (e.g. D1C5 has too few layers); pairing: check_sft_pair
+    # a full check of each name (e.g. D1C5 has too few layers; pairing: check_sft_pair); sft.* first:
+    # an empty model.name takes sft.student's, and the error names the key the user gave
+    for key, name in (("sft.teacher", recipe.sft.teacher), ("sft.student", recipe.sft.student),
+                      ("model.name", recipe.model.name)):
+        try:
+            if name:
+                cascades_of(name)
+        except SftkdError as exc:
+            raise RecipeValueError(f"{key}: {exc}", key) from None
     checks = [
         (recipe.train.epochs >= 1, "train.epochs", "at least 1"),
         (recipe.data.path != "", "data.path", "a prepared dataset's folder"),
@@ -410,7 +418,7 @@ def validate(recipe: Recipe) -> None:
         (0 < recipe.train.lr_gamma <= 1, "train.lr_gamma",  # > 1 would grow the LR past MAX_LR, epoch by epoch
          "a number > 0 and <= 1 (a decay: StepLR multiplies train.lr by it every train.lr_step epochs)"),
         (0 <= recipe.train.seed < 2**32, "train.seed", "between 0 and 2**32-1"),
-        (recipe.model.channels >= 1, "model.channels", "at least 1"),
+        (1 <= recipe.model.channels <= MAX_CHANNELS, "model.channels", f"1 to {MAX_CHANNELS}"),
         (recipe.model.pad >= 0, "model.pad", "0 or more"),
         (recipe.train.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "0 (full epochs) or more"),
         (recipe.train.checkpoint_every >= 0, "train.checkpoint_every", "0 (epoch ends only) or more"),
@@ -449,14 +457,22 @@ def check_sft_pair(recipe: Recipe) -> None:
 
 
 def check_distill_schedule(recipe: Recipe) -> None:
-    """Distillation's own settings: a known distill.method; two-stage distillation needs both
-    stages: with stage1_epochs 0 it would train a plain L1 student recorded as a KD run, and with
+    """Distillation's own settings: a known distill.method, with train.batch_size (per process)
+    2 or more for a method that compares the slices of a batch (`MethodSpec.between_samples`);
+    two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1 student recorded as a KD run, and with
     stage1_epochs >= train.epochs no L1 stage at all; and each loss it trains with needs a weight
     > 0 (`_check_distill_weights`). Only where distillation trains: a plan may set the schedule
     and weights in `base` for every stage."""
     from sftkd_cli.distill.catalog import method_spec
 
-    method_spec(recipe.distill.method)  # an unknown method: refused before any work (--print-recipe too)
+    try:  # an unknown method: refused before any work (--print-recipe too), naming where it was given
+        spec = method_spec(recipe.distill.method)
+    except SftkdError as exc:
+        raise RecipeValueError(str(exc), "distill.method") from None
+    if spec.between_samples and recipe.train.batch_size < 2:  # its B x B matrices of one slice give exactly 0
+        raise RecipeValueError(f"train.batch_size: expected 2 or more with distill.method {spec.name} (it compares the "
+                               f"slices of a batch with each other: a batch of 1 gives no KD loss), got "
+                               f"{recipe.train.batch_size}", "train.batch_size", "distill.method")
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule != TWO_STAGE and stage1:  # else a user who set only stage1_epochs gets joint silently
         raise RecipeValueError(f"distill.stage1_epochs: only used with distill.schedule two-stage, got {stage1} with "
@@ -517,7 +533,8 @@ def _check_loss_weights(recipe: Recipe) -> None:
 
 def _check_dataset(recipe: Recipe) -> None:
     """When data.path is already a prepared dataset, it must have been prepared for data.task, with
-    data.acceleration, and have the split eval.split (else `evaluate` would fail only after training)."""
+    data.acceleration, and have the splits data.train_split and data.val_split (named by their keys)
+    and eval.split (else `evaluate` would fail only after training)."""
     from sftkd_cli.data.dataset import check_task
     from sftkd_cli.data.format import MANIFEST, check_holds
     from sftkd_cli.files import read_regular_bytes
@@ -537,6 +554,8 @@ def _check_dataset(recipe: Recipe) -> None:
     if isinstance(accelerations, list) and all(isinstance(a, (int, float)) for a in accelerations) and isinstance(splits, dict):
         check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (recipe.eval.split, "eval.split"),
                     "; evaluate would refuse it after training")
+        for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
+            check_holds(manifest, data.path, (data.acceleration, "data.acceleration"), (split, key))
 
 
 def with_model(recipe: Recipe, default: str) -> Recipe:

@@ -40,7 +40,7 @@ from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest, stopped_early_note, training_record
 from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER
 from sftkd_cli.config import Recipe
-from sftkd_cli.files import StagedFiles, check_writable, display_path, json_text, unlink_quietly
+from sftkd_cli.files import StagedFiles, check_writable, display_path, folder_lock, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.eval_folders import results_folder
@@ -176,15 +176,19 @@ def staged_outputs(out: Path) -> Iterator[StagedFiles]:
 
     On any failure (disk full, file-size limit, read-only, an error in the model, Ctrl-C) the
     temporary files are removed, and so are the folders made for them: the previous outputs
-    stay as they were. Temporary files a killed evaluation left in `out` are removed first."""
+    stay as they were. Temporary files a killed evaluation left in `out` are removed first. One
+    evaluation at a time writes into `out` (`folder_lock`): a second is refused in one line."""
     made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         with StagedFiles() as staged:
             with writing(out):
                 out.mkdir(parents=True, exist_ok=True)
-            for stale in dead_temporary_files(out):
-                unlink_quietly(stale)
-            yield staged
+            # two evaluations of one folder would rename their files in turn: mixed results
+            with folder_lock(out, f"{display_path(out)}: another sftkd evaluate is writing its results "
+                                  "there; wait for it to finish"):
+                for stale in dead_temporary_files(out):
+                    unlink_quietly(stale)
+                yield staged
     except BaseException:
         for folder in made:  # innermost first; one that is not empty stays, and so do those above it
             try:
@@ -374,6 +378,9 @@ def _evaluate(
     """The body of `evaluate_run`, with torch's threads and the precision policy already set."""
     from sftkd_cli.data.dataset import SliceDataset, check_task, dataset_record, load_manifest
 
+    if exported is None and run.busy():  # its best.pt and last.pt change with every epoch, as export says
+        raise SftkdError(f"{display_path(run.path)}: still training (another sftkd process holds it); evaluate it "
+                         "once it is done")
     if exported is None and (checkpoint or recipe.eval.checkpoint) not in CHECKPOINT_NAMES:
         given_as = "--checkpoint" if checkpoint else f"eval.checkpoint ({display_path(run.recipe_file)})"
         _checkpoint_of_run(run.path, str(checkpoint or recipe.eval.checkpoint), given_as)
@@ -500,7 +507,8 @@ def check_still_scored(run_path: Path, folder: tuple[int, int] | None, checkpoin
                          f"nothing written: run sftkd evaluate {display_path(run_path)} again")
     now = checkpoint_digest(checkpoint)
     if now != digest:
-        how = "removed" if now is None else "replaced (the run was resumed or trained anew)"
+        busy = RunDir(run_path).busy()
+        how = "removed" if now is None else f"replaced ({'the run is training' if busy else 'the run was resumed or trained anew'})"
         raise SftkdError(f"{display_path(checkpoint)}: {how} while evaluate scored it; nothing written: "
                          f"run sftkd evaluate {display_path(run_path)} again to score the checkpoint it holds now")
 

@@ -51,7 +51,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest, training_record
-from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_SIZE
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE as MIN_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics

@@ -245,6 +245,33 @@ def write_bytes_synced(path: Path, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
+@contextmanager
+def folder_lock(folder: Path, refused: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` itself (flock on the folder: no lock file is left in it)
+    for the block; another process holding it is refused with `refused` as the one-line error.
+    A platform without flock, or a folder that cannot be opened to lock, is not locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SftkdError(refused) from None
+        except OSError:  # a file system without locks: as unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # lets the lock go
+
+
 class StagedFiles:
     """Files written under temporary names and renamed into place together by `commit()`.
 

@@ -54,7 +54,7 @@ import numpy as np
 
 # scipy.ndimage and skimage.metrics are imported where used: training reads SSIM_MIN_SIZE from
 # here, and importing both would add about 0.4 s to every training process's start.
-from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES  # noqa: F401  (read from here by scoring and reports)
+from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES, MIN_SIZE  # noqa: F401  (the names are read from here by scoring and reports)
 from sftkd_cli.errors import SftkdError
 
 CONVENTIONS: dict[str, str] = {
@@ -154,7 +154,7 @@ def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
 
 
 #: the smallest image side SSIM scores (scikit-image's default 7x7 window)
-SSIM_MIN_SIZE = 7
+SSIM_MIN_SIZE = MIN_SIZE  # 7: the window; also the smallest image side a dataset may have
 
 
 def _ssim_2d(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:

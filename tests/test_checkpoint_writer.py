@@ -26,6 +26,7 @@ from sftkd_cli.training.checkpoint_writer import CheckpointWriter, snapshot
 from sftkd_cli.training.engine import Trainer
 from sftkd_cli.training.objectives import Supervised
 from test_engine import Phantoms, _fit as train_phantoms
+from test_hardening import fails_cleanly, invoke, train_args
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -111,8 +112,8 @@ def test_an_error_in_the_writer_is_raised_by_the_next_save_or_wait(tmp_path, mon
     monkeypatch.setattr(checkpoint_writer, "write_checkpoint", disk_full)
     writer = CheckpointWriter()
     writer.submit([tmp_path / "a.pt"], _state())  # returns: the write fails in the background
-    with pytest.raises(SftkdError, match="a.pt: could not write checkpoint"):
-        writer.wait()
+    with pytest.raises(SftkdError, match=r"a.pt: could not write checkpoint .* \(the checkpoint of the end of epoch 2\)$"):
+        writer.wait()  # found later (the next save, an epoch on): the error names the epoch it lost
     writer.wait()  # raised once
     writer.submit([tmp_path / "b.pt"], _state())
     with pytest.raises(SftkdError, match="b.pt: could not write checkpoint"):
@@ -136,7 +137,7 @@ def test_a_failed_write_during_training_stops_fit_with_one_line(tmp_path, monkey
     torch.manual_seed(0)
     try:
         with pytest.raises(SftkdError, match=r"checkpoints/best.pt: could not write checkpoint \(No space left on device\); "
-                                              r"nothing written$"):  # the first best.pt: no previous one to keep
+                                              r"nothing written \(the checkpoint of the end of epoch 1\)$"):  # the first best.pt: no previous one to keep
             Trainer(Supervised(build_model("D2C2")), recipe, run).fit(Phantoms(4), Phantoms(2, seed=1))
     finally:
         run.unlock()
@@ -160,3 +161,16 @@ def test_a_run_checkpointed_in_the_background_equals_one_checkpointed_synchronou
     for state in (background, synchronous):  # wall-clock seconds of the epoch so far: differ run to run
         assert state.pop("epoch_seconds") >= 0
     assert _equal(background, synchronous)
+
+
+def test_a_resume_into_an_unwritable_checkpoints_folder_is_refused_before_any_work(tiny_dataset, tmp_path, read_only):
+    """A failed background write is seen only at the next save, an epoch (and a history row) on:
+    training checks first that it can write checkpoints/, and changes nothing when it cannot."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "r")).exit_code == 0
+    run = runs / "r"
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+    read_only(run / "checkpoints")
+    fails_cleanly(*train_args(tiny_dataset, runs, "r", "train.epochs=2"), "--resume",
+                  names=("checkpoints folder", str(run / "checkpoints"), "not writable"))
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"} == before

@@ -310,11 +310,12 @@ def test_demo_missing_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("size", [("0", "16"), ("16", "5000")])
+@pytest.mark.parametrize("size", [("0", "16"), ("16", "5000"), ("6", "16")])
 def test_a_size_out_of_range_is_shown_as_typed(tmp_path: Path, size: tuple[str, str]) -> None:
-    """'--size 0 16', as the command line reads, not a Python tuple '(0, 16)'."""
+    """'--size 0 16', as the command line reads, not a Python tuple '(0, 16)'. 6 is too small too:
+    training refuses images smaller than SSIM's 7 x 7 window, so prepare-data does not make them."""
     result = run("nifti", tmp_path, "--out", tmp_path / "out", "--size", *size)
-    assert_one_line_error(result, f"--size {size[0]} {size[1]}: expected two integers H W, each from 4 to 4096")
+    assert_one_line_error(result, f"--size {size[0]} {size[1]}: expected two integers H W, each from 7 to 4096")
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -21,7 +21,7 @@ def one_line_error(*args: object) -> str:
 @pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])
 def test_distill_refuses_an_unknown_method_before_printing_or_training(print_recipe: list[str]) -> None:
     line = one_line_error("distill", "--method", "bogus", *print_recipe)
-    assert line.startswith("error: distill method 'bogus': expected one of at, fitnets")
+    assert line.startswith("error: --method: distill.method 'bogus': expected one of at, fitnets")
 
 
 @pytest.mark.parametrize("print_recipe", [["--print-recipe"], []])
@@ -167,7 +167,7 @@ def test_enum_choices_are_read_in_any_case(args: list[str], tmp_path: Path, monk
     assert "Invalid value" not in result.output and "is not one of" not in result.output, result.output
 
 
-SIZE_ERROR = ["--size", "0", "16"], "--size 0 16: expected two integers H W, each from 4 to 4096"
+SIZE_ERROR = ["--size", "0", "16"], "--size 0 16: expected two integers H W, each from 7 to 4096"
 FRACTION_ERROR = ["--center-fraction", "2"], "--center-fraction 2: expected a number in [0, 1]"
 
 

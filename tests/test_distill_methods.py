@@ -435,3 +435,16 @@ def test_structural_errors() -> None:
         method(to_torch(feats([4], 39)), to_torch(feats([4], 40, size=(4, 4))))
     with pytest.raises(SftkdError, match="expected 1 of each"):
         method(to_torch(feats([4, 4], 41)), to_torch(feats([4, 4], 42)))
+
+
+def test_methods_relating_samples_give_zero_on_one_slice_and_are_marked() -> None:
+    """Why distill refuses train.batch_size 1 for them: CC, SP and PKT compare the slices of a
+    batch (B x B matrices), so with B = 1 their loss is exactly 0 whatever the features."""
+    rng = np.random.default_rng(40)
+    s, t = [rng.normal(size=(1, 4, H, W))], [rng.normal(size=(1, 4, H, W)) * 5 + 3]
+    for name in ("cc", "sp", "pkt"):
+        assert CATALOG[name].between_samples
+        assert loss_value(build_method(name, [4], [4]), s, t) == 0.0
+    for name in ("at", "fitnets", "nst"):  # per-sample losses: not marked, and not 0 on one slice
+        assert not CATALOG[name].between_samples
+        assert loss_value(build_method(name, [4], [4]), s, t) > 0.0

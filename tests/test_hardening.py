@@ -479,7 +479,7 @@ SEED_BUG = ("bug: train.seed up to 2**63 passes validate, but epoch_order seeds 
      "train.lr=.inf", "train.lr_gamma=.nan", "train.max_steps_per_epoch=-1", "train.checkpoint_every=-1",
      "data.max_train_slices=-1", "data.max_val_slices=-1", "eval.latency_slices=-1",
      "train.seed=4611686018427387904",
-     "train.seed=100000000000000"],
+     "train.seed=100000000000000", "model.channels=9223372036854775807", "model.channels=4097"],
 )
 def test_validate_refuses_values_training_cannot_use(override):
     with pytest.raises(SftkdError, match=override.split("=")[0].replace(".", r"\.")):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, parse_overrides, validate
+from sftkd_cli.config import check_distill_schedule, check_sft_pair, load_recipe, naming_origin, parse_overrides, validate
 from sftkd_cli.distill.methods import METHODS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.recipes import find_plan
@@ -139,6 +139,16 @@ def test_a_negative_stage1_epochs_is_refused_everywhere(overrides):
         validate(load_recipe(None, overrides))
 
 
+@pytest.mark.parametrize("method", ["sp", "PKT", "cc"])
+def test_distill_refuses_batch_size_1_for_methods_comparing_slices(method):
+    """SP, PKT and CC compare the slices of a batch: a batch of 1 would train as --method none."""
+    overrides = [f"distill.method={method}", "train.batch_size=1"]
+    with pytest.raises(SftkdError, match=rf"^train\.batch_size: expected 2 or more with distill\.method {method.lower()} "):
+        check_distill_schedule(load_recipe(None, overrides))
+    check_distill_schedule(load_recipe(None, [f"distill.method={method}", "train.batch_size=2"]))
+    check_distill_schedule(load_recipe(None, ["distill.method=at", "train.batch_size=1"]))  # a per-slice loss
+
+
 def test_two_stage_with_both_stages_is_valid():
     check_distill_schedule(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
 
@@ -234,6 +244,28 @@ def test_eval_split_must_be_a_split_of_the_dataset(tiny_dataset):
 def test_what_the_dataset_lacks_is_named_by_its_recipe_key(tiny_dataset, override, message):
     with pytest.raises(SftkdError, match=message):
         validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_split=abc", r"^data\.train_split: split 'abc' not in dataset .* \(has train, val, test\)$"),
+    ("data.val_split=vall", r"^data\.val_split: split 'vall' not in dataset .*; did you mean val\?$"),
+])
+def test_a_training_split_the_dataset_lacks_is_named_by_its_key(tiny_dataset, override, message):
+    with pytest.raises(SftkdError, match=message):
+        validate(load_recipe(None, [f"data.path={tiny_dataset}", override]))
+
+
+@pytest.mark.parametrize("key", ["model.name", "sft.teacher", "sft.student"])
+def test_an_unknown_architecture_is_named_by_its_key(key):
+    with pytest.raises(SftkdError, match=rf"^override {key}=abc: {key}: model 'abc': unknown architecture"), \
+            naming_origin(None, parse_overrides([f"{key}=abc"])):
+        validate(load_recipe(None, [f"{key}=abc"]))
+
+
+def test_an_unknown_distill_method_is_named_by_its_key():
+    with pytest.raises(SftkdError, match=r"^override distill\.method=abc: distill\.method 'abc': expected one of at, "), \
+            naming_origin(None, parse_overrides(["distill.method=abc"])):
+        check_distill_schedule(load_recipe(None, ["distill.method=abc"]))
 
 
 def test_comma_lists_are_stripped():

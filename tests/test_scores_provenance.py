@@ -25,7 +25,7 @@ from sftkd_cli.errors import SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.export import export_run
 from sftkd_cli.report.compare import collect_runs
-from sftkd_cli.runs import save_checkpoint
+from sftkd_cli.runs import RunDir, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -96,6 +96,29 @@ def test_evaluate_refuses_scores_of_a_checkpoint_replaced_while_it_scored(run):
         evaluate(run, progress=meanwhile(lambda: retrain(best)))
     assert "\n" not in str(info.value)
     assert not any((run / name).exists() for name in ("metrics.json", "per_slice.csv", "recon.h5"))
+
+
+def test_evaluate_says_a_run_is_still_training_not_stopped_early_or_resumed(run):
+    """A run another process trains: refused before any work, in its own words (not "stopped
+    early; --resume continues it"); a training started while evaluate scored says so too."""
+    training = RunDir(run)
+    training.lock()
+    try:
+        with pytest.raises(SftkdError, match=r": still training \(another sftkd process holds it\); evaluate it once"):
+            evaluate(run)
+    finally:
+        training.unlock()
+    assert not (run / "metrics.json").exists()
+
+    def train_meanwhile() -> None:
+        training.lock()
+        retrain(run / "checkpoints" / "best.pt")
+
+    try:
+        with pytest.raises(SftkdError, match=r"best.pt: replaced \(the run is training\) while evaluate scored it"):
+            evaluate(run, progress=meanwhile(train_meanwhile))
+    finally:
+        training.unlock()
 
 
 def test_evaluate_refuses_when_the_run_is_trained_anew_meanwhile(run):
@@ -246,3 +269,20 @@ def test_a_plans_evaluation_of_another_split_is_read_where_evaluate_writes_it(tm
     assert evaluation_dir(Stage("eval-teacher", "evaluate", run=run, recipe=recipe, split="test")) == run / "eval-split-test"
     student = Stage("eval-sft-student", "evaluate", run=run, recipe=recipe, split="test", model_role="student")
     assert evaluation_dir(student) == run / "eval-student" / "eval-split-test"
+
+
+def test_a_second_evaluation_of_one_folder_is_refused_while_the_first_writes(run):
+    """Two evaluations renaming their files into one folder in turn could leave one's metrics.json
+    beside the other's per_slice.csv: the second is refused in one line, the first completes."""
+    refused: list[str] = []
+
+    def second() -> None:
+        with pytest.raises(SftkdError) as info:
+            evaluate(run, checkpoint="last")
+        refused.append(str(info.value))
+
+    metrics = evaluate(run, progress=meanwhile(second))
+    assert refused == [f"{run}: another sftkd evaluate is writing its results there; wait for it to finish"]
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+    assert metrics["checkpoint_sha256"] == sha256(run / "checkpoints" / "best.pt")
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]

@@ -194,3 +194,20 @@ def test_two_stage_second_stage_starts_a_fresh_adam_and_lr_schedule(tmp_path):
         adam.step()
     for key, value in _weights(straight).items():
         torch.testing.assert_close(value, student.state_dict()[key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("slices,batch,world,max_steps,last", [
+    (9, 4, 1, 0, 1), (8, 4, 1, 0, 4), (9, 4, 1, 2, 4), (9, 4, 2, 0, 1), (17, 4, 2, 0, 1), (6, 4, 1, 0, 2)])
+def test_last_batch_size_follows_the_trainers_cut(slices, batch, world, max_steps, last):
+    from sftkd_cli.config import TrainConfig
+    from sftkd_cli.training.session import last_batch_size
+
+    assert last_batch_size(slices, TrainConfig(batch_size=batch, max_steps_per_epoch=max_steps), world) == last
+
+
+def test_a_lone_slice_last_batch_is_noted_for_methods_comparing_slices():
+    """9 slices in batches of 4: the last holds 1, where SP's loss is 0; the start says so."""
+    note = _distillation("sp")[0].last_batch_note(1)
+    assert note.startswith("note: the last batch of each epoch holds 1 slice; SP compares")
+    assert _distillation("sp")[0].last_batch_note(2) == ""
+    assert _distillation("at")[0].last_batch_note(1) == ""

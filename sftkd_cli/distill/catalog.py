@@ -58,7 +58,8 @@ class TapRule:
 class MethodSpec:
     """One KD method: its name (`--method`), display label (tables, figures), one-line summary
     (help), default taps (None: no feature taps) and those taps in words, with how they differ
-    from the public reference code."""
+    from the public reference code. `between_samples`: its loss compares the samples of a batch
+    with each other (B x B matrices), so a batch of one slice gives it exactly 0."""
 
     name: str
     label: str
@@ -66,6 +67,7 @@ class MethodSpec:
     taps: TapRule | None
     taps_text: str
     aliases: tuple[str, ...] = ()  # other spellings found in older runs' recipes
+    between_samples: bool = False
 
 
 _EVERY_CASCADE = TapRule("last_hidden", "last_hidden")
@@ -84,15 +86,16 @@ CATALOG: dict[str, MethodSpec] = {spec.name: spec for spec in (
                aliases=("fitnet",)),
     MethodSpec("cc", "CC", "correlation congruence (Peng et al.)", _EVERY_CASCADE,
                _EVERY_CASCADE_TEXT + " (the reference used each cascade's 1-channel last conv output, with "
-               "RepDistiller's mean over the batch of |F_s - F_t| products of consecutive samples, not Peng et al.'s kernel)"),
+               "RepDistiller's mean over the batch of |F_s - F_t| products of consecutive samples, not Peng et al.'s kernel)",
+               between_samples=True),
     MethodSpec("fsp", "FSP", "flow of solution procedure (Yim et al.)", _EVERY_CASCADE,
                _EVERY_CASCADE_TEXT + "; FSP matrices between consecutive cascades' taps "
                "(the reference used the squared 1-channel last conv outputs of cascades 1-4)"),
     MethodSpec("sp", "SP", "similarity preserving (Tung & Mori)", _EVERY_CASCADE,
                _EVERY_CASCADE_TEXT + " (the reference used the 1-channel last conv outputs of cascades 1-4 "
-               "and averaged their losses; sftkd sums over pairs, as Tung & Mori)"),
+               "and averaged their losses; sftkd sums over pairs, as Tung & Mori)", between_samples=True),
     MethodSpec("pkt", "PKT", "probabilistic knowledge transfer (Passalis & Tefas)", _EVERY_CASCADE,
-               _EVERY_CASCADE_TEXT),
+               _EVERY_CASCADE_TEXT, between_samples=True),
     MethodSpec("nst", "NST", "neuron selectivity transfer (Huang & Wang)", _EVERY_CASCADE, _EVERY_CASCADE_TEXT),
     MethodSpec("ft", "FT", "factor transfer (Kim et al.)", _EVERY_CASCADE,
                _EVERY_CASCADE_TEXT + " (one paraphraser/translator per tap)"),
@@ -105,7 +108,7 @@ def method_spec(name: str) -> MethodSpec:
     """The spec of method `name` (case-insensitive); one line naming the nearest otherwise."""
     key = str(name).lower()
     if key not in CATALOG:
-        raise SftkdError(f"distill method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
+        raise SftkdError(f"distill.method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
     return CATALOG[key]
 
 

@@ -9,7 +9,8 @@ atomically: an interrupted or failed write keeps the previous file).
 
 One write at a time: `submit` first waits for the previous one, as does `wait` (at the end of a
 fit). An exception in the thread is raised in the caller's thread by the next `submit` or
-`wait`, so a failed write is never silent.
+`wait`, so a failed write is never silent; since that may be an epoch later, a failed write's
+error names the point of training it held (`checkpoint_at`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import torch
 
+from sftkd_cli.errors import SftkdError
 from sftkd_cli.runs import checkpoint_bytes, write_checkpoint
+from sftkd_cli.training.lines import checkpoint_at
 
 
 def snapshot(state: Any) -> tuple[Any, list[torch.cuda.Event]]:
@@ -66,7 +69,8 @@ class CheckpointWriter:
         """Write a copy of `state` to each of `paths`, in order, in the background."""
         self.wait()
         copied, events = snapshot(state)
-        self._thread = threading.Thread(target=self._write, args=(list(paths), copied, events),
+        held = checkpoint_at(int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0)))
+        self._thread = threading.Thread(target=self._write, args=(list(paths), copied, events, held),
                                         name="sftkd-checkpoint-writer", daemon=True)
         self._thread.start()
 
@@ -79,13 +83,17 @@ class CheckpointWriter:
         if error is not None:
             raise error
 
-    def _write(self, paths: list[Path], state: dict[str, Any], events: list[torch.cuda.Event]) -> None:
+    def _write(self, paths: list[Path], state: dict[str, Any], events: list[torch.cuda.Event], held: str) -> None:
+        """Write `state` to `paths`; a failure is kept for `wait`, saying the point of training
+        (`held`, e.g. 'the end of epoch 3') whose checkpoint was lost."""
         try:
             for event in events:
                 event.synchronize()
             data = checkpoint_bytes(state)  # once for best and last
             for path in paths:
                 write_checkpoint(path, data)
+        except SftkdError as exc:
+            self._error = SftkdError(f"{exc} (the checkpoint of {held})")
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by wait()
             self._error = exc
 

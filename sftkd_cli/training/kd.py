@@ -94,6 +94,13 @@ class Distillation(TeacherObjective):
                     if self.schedule == TWO_STAGE else "joint")
         return f"teacher {facts.get('teacher_run')}, method {facts.get('method')}, init {facts.get('init')}, {schedule}"
 
+    def last_batch_note(self, slices: int) -> str:
+        spec = self.kd.spec
+        if slices != 1 or not spec.between_samples:
+            return ""
+        return (f"note: the last batch of each epoch holds 1 slice; {spec.label} compares the slices of a batch with "
+                "each other, so that step gets no KD term (a train.batch_size that leaves 0 or 2+ slices over avoids it)")
+
     def graph_key(self) -> bool:
         return self.feature_stage  # stage 1 computes the feature loss alone
 

@@ -79,6 +79,11 @@ class Objective(nn.Module):
         init = self.facts.get("init")
         return f"init {init}" if init and init != "random" else ""
 
+    def last_batch_note(self, slices: int) -> str:
+        """A note for the start line's reader when each epoch's last batch holds `slices` slices
+        (fewer than train.batch_size) and the loss treats such a batch differently; '' by default."""
+        return ""
+
     def graph_key(self) -> Hashable:
         """What the training step's code depends on besides the batch's shapes (a CUDA graph is
         captured per key): nothing by default; an objective whose `forward` takes other branches

@@ -7,6 +7,7 @@ so every command shares the same run-directory, resume and interruption behaviou
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import signal
@@ -16,11 +17,12 @@ from pathlib import Path
 from rich.console import Console
 
 from sftkd_cli.checkpoints import CheckpointFile, checkpoint_digest, copy_weights, resolve_checkpoint
-from sftkd_cli.choices import BEST, LAST, TRAINING_COMMANDS
-from sftkd_cli.config import Recipe, dump_recipe, recipe_to_dict, same_name, validate
+from sftkd_cli.choices import BEST, LAST, MIN_SIZE, TRAINING_COMMANDS
+from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, same_name, validate
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
-from sftkd_cli.files import write_run_file
+from sftkd_cli.files import check_writable, write_run_file
+from sftkd_cli.run_files import CHECKPOINTS
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.models import CascadeNet, build_model
@@ -60,8 +62,6 @@ def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
 def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
     """The training and validation splits of the recipe's prepared dataset (checked before a run is
     made), cut to data.max_train_slices / max_val_slices before data.cache reads them."""
-    from sftkd_cli.metrics import SSIM_MIN_SIZE
-
     data = recipe.data
     train = SliceDataset(data.path, data.train_split, data.acceleration, cache=data.cache, task=data.task,
                          mask_per_sample=data.mask_per_sample,  # validation keeps the split's fixed mask
@@ -69,12 +69,22 @@ def open_datasets(recipe: Recipe) -> tuple[SliceDataset, SliceDataset]:
     val = SliceDataset(data.path, data.val_split, data.acceleration, cache=data.cache, task=data.task,
                        max_slices=data.max_val_slices)
     height, width = val.image_size
-    if min(height, width) < SSIM_MIN_SIZE:
+    if min(height, width) < MIN_SIZE:  # a dataset prepared by an older sftkd, which allowed 4
         raise SftkdError(
             f"{data.path}: images of {height}x{width} pixels are too small to train on; expected at least "
-            f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
+            f"{MIN_SIZE}x{MIN_SIZE} (validation scores SSIM); prepare the data with a larger --size"
         )
     return train, val
+
+
+def last_batch_size(train_slices: int, train: TrainConfig, world: int) -> int:
+    """The slices in each process's last batch of an epoch (as `Trainer` cuts it: each process
+    takes ceil(train_slices / world), train.max_steps_per_epoch may stop before the last batch)."""
+    per_process = math.ceil(train_slices / world)
+    steps = math.ceil(per_process / train.batch_size)
+    if train.max_steps_per_epoch and train.max_steps_per_epoch < steps:
+        return train.batch_size
+    return per_process - (steps - 1) * train.batch_size
 
 
 def _flatten(recipe: Recipe) -> dict[str, object]:
@@ -333,12 +343,16 @@ def run_training(
     try:
         with on_signals(signalled, signal.SIGINT, signal.SIGTERM):
             if rank == 0:
+                # checkpoints are written in the background, a failed write seen only at the next save
+                # (an epoch later): an unwritable checkpoints/ (a resumed run's) is refused before any work
+                check_writable(run.path / CHECKPOINTS, "checkpoints folder")
                 if resume:
                     write_run_file(run.recipe_file, dump_recipe(recipe))
                 if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
                     run.history_file.unlink(missing_ok=True)
                     trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
-                for note in (train_ds.cache_note, val_ds.cache_note):  # a split too large for data.cache
+                last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world))
+                for note in (train_ds.cache_note, val_ds.cache_note, last_note):  # a split too large for data.cache; KD's lone-slice batch
                     if note:
                         trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)
             barrier(world)
