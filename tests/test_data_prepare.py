@@ -196,17 +196,21 @@ def test_nifti_bids_sessions_split_by_subject(tmp_path: Path, nifti_writer) -> N
     assert len(m["splits"]["val"]) == 2
 
 
-@pytest.mark.parametrize("shape", [(1, 12, 5), (2, 3, 6)])
-def test_slices_below_the_least_size_are_refused_naming_the_file(tmp_path: Path, nifti_writer, shape) -> None:
-    """1 x N or 2 x 3 slices are refused as the file is read, naming it, not at the mask step
-    ('too high for 1 lines', no file named); with --size too (zero-padding them is no image)."""
+@pytest.mark.parametrize("shape, downsample", [((1, 12, 5), 1), ((2, 3, 6), 1), ((12, 13, 2), 2)])
+def test_slices_below_the_least_size_are_refused_naming_the_file(tmp_path: Path, nifti_writer, shape, downsample) -> None:
+    """Slices smaller than training takes (1 x N, 2 x 3, or 12 x 13 downsampled to 6 x 6) are refused
+    as the file is read, naming it, not at the mask step ('too high for 1 lines', no file named);
+    --size pads them to a size training takes."""
     nifti_writer.write(tmp_path / "raw/tiny.nii.gz", np.random.default_rng(0).random(shape, dtype=np.float32) + 0.5)
+    h, w = shape[0] // downsample, shape[1] // downsample
+    after = f" after --downsample {downsample}" if downsample > 1 else ""
     expected = (rf"raw/tiny.nii.gz: image of shape \({shape[0]}, {shape[1]}, {shape[2]}\) has slices of "
-                rf"{shape[0]}x{shape[1]} along axis 2; expected slices of at least 4x4")
-    for opts in (PrepareOptions(accelerations=(4.0,)), PrepareOptions(size=(16, 16), accelerations=(4.0,))):
-        with pytest.raises(SftkdError, match=expected):
-            prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+                rf"{h}x{w} along axis 2{after}; expected slices of at least 7x7")
+    with pytest.raises(SftkdError, match=expected):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", PrepareOptions(downsample=downsample, accelerations=(4.0,)))
     assert not (tmp_path / "out").exists()
+    padded = PrepareOptions(size=(16, 16), downsample=downsample, accelerations=(4.0,))
+    assert prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", padded).manifest["image_size"] == [16, 16]
 
 
 def test_native_size_downsample_and_slice_skipping(tmp_path: Path, nifti_writer) -> None:
@@ -946,7 +950,7 @@ def _oblique_affine() -> np.ndarray:
     return affine
 
 
-@pytest.mark.parametrize("factor,size,axis", [(1, (6, 9), 0), (2, (5, 4), 2), (1, (12, 5), 1)])
+@pytest.mark.parametrize("factor,size,axis", [(1, (7, 9), 0), (2, (7, 8), 2), (1, (12, 7), 1)])
 def test_affine_maps_prepared_pixels_to_their_input_voxels(tmp_path: Path, nifti_writer, factor, size, axis) -> None:
     """CPU: each stored pixel, taken through the file's affine to scanner mm and back through the
     input's own affine, lands on the voxel (or the centre of the downsampled block) it came from."""

@@ -209,7 +209,7 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: demo, out: d, options: {size: abc}}\n", "bad.yaml: data.options.size: 'abc': expected two integers H W"),
         ("plan: 1\ndata: {source: demo, out: d, options: {size: [32]}}\n", "bad.yaml: data.options.size: [32]: expected two integers H W"),
         ("plan: 1\ndata: {source: demo, out: d, options: {size: [32, 32, 32]}}\n", "data.options.size: [32, 32, 32]: expected two integers"),
-        ("plan: 1\ndata: {source: demo, out: d, options: {size: [2, 32]}}\n", "data.options.size: [2, 32]: expected two integers H W, each from 4"),
+        ("plan: 1\ndata: {source: demo, out: d, options: {size: [2, 32]}}\n", "data.options.size: [2, 32]: expected two integers H W, each from 7"),
         ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [4, x]}}\n", "data.options.accelerations: [4, 'x']: expected a list of numbers"),
         ("plan: 1\ndata: {source: demo, out: d, options: {accelerations: [1]}}\n", "bad.yaml: data.options.accelerations: 1: expected a number > 1"),
         ("plan: 1\ndata: {source: demo, out: d, options: {downsample: -3}}\n", "bad.yaml: data.options.downsample: -3: expected an integer >= 1"),

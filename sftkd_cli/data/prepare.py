@@ -209,7 +209,9 @@ def _prepare_file(source: Source, file: SourceFile, options: PrepareOptions) -> 
     order = source.axes(axis)
     factor = options.downsample
     vox = (zooms[order[0]], zooms[order[1]] * factor, zooms[order[2]] * factor)
-    stack = downsample(check_slices(source.slices(data, axis), file.path, data.shape, axis), factor)
+    stack = downsample(source.slices(data, axis), factor)
+    if options.size is None:
+        check_slices(stack, file.path, data.shape, axis, factor)
     plane = (int(stack.shape[1]), int(stack.shape[2]))
     affine = prepared_affine(img.affine, source.slice_index_map(axis, data.shape), factor, plane, options.size)
     kept = kept_slices(stack, options.min_slice_mean)

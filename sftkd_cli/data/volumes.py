@@ -160,14 +160,17 @@ def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(volume, axis, 0)
 
 
-def check_slices(stack: np.ndarray, path: Path, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """`stack` (S, H, W), the slices of a volume of `shape` along `axis`, when they are at least
-    MIN_SIZE x MIN_SIZE (the least --size takes); else refused naming the file, rather than at the
-    mask step, which cannot sample lines of a 1 x N slice and no longer knows the file."""
+def check_slices(stack: np.ndarray, path: Path, shape: tuple[int, ...], axis: int, factor: int) -> np.ndarray:
+    """`stack` (S, H, W), the slices of a volume of `shape` along `axis` after downsampling by
+    `factor`, when they are at least MIN_SIZE x MIN_SIZE (what --size takes and training needs);
+    else refused naming the file, rather than at the mask step or in training, which no longer
+    know it. Only for slices kept at their own size: --size crops or pads them to it."""
     h, w = int(stack.shape[1]), int(stack.shape[2])
     if min(h, w) < MIN_SIZE:
+        after = f" after --downsample {factor}" if factor > 1 else ""
         raise SftkdError(f"{display_path(path)}: image of shape {tuple(int(n) for n in shape)} has slices of {h}x{w} "
-                         f"along axis {axis}; expected slices of at least {MIN_SIZE}x{MIN_SIZE} (another --slice-axis?)")
+                         f"along axis {axis}{after}; expected slices of at least {MIN_SIZE}x{MIN_SIZE} "
+                         "(--size H W pads them; another --slice-axis?)")
     return stack
 
 
