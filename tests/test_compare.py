@@ -813,3 +813,26 @@ def test_tabulate_refuses_a_reference_or_baseline_for_the_paper_layout_as_the_co
     for given in ({"reference": "teacher"}, {"baseline": "student"}):
         with pytest.raises(SftkdError, match=r"^--group paper: --reference and --baseline do not apply"):
             tabulate([], paper=True, **given)
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".csv", "csv"), (".json", "json"), (".md", "markdown"), (".tex", "latex"),
+                                         (".txt", "table"), (".CSV", "csv"), (".out", "table")])
+def test_out_without_format_writes_the_format_its_suffix_names(trio, tmp_path, suffix, fmt):
+    """`compare A B --out x.csv` wrote the plain-text table into x.csv: pandas and json failed on it."""
+    out = tmp_path / f"results{suffix}"
+    assert invoke(trio["teacher"], trio["student"], "--out", out).exit_code == 0
+    explicit = tmp_path / f"explicit{suffix}"
+    assert invoke(trio["teacher"], trio["student"], "-f", fmt, "--out", explicit).exit_code == 0
+    assert out.read_text() == explicit.read_text()
+    if fmt == "csv":
+        assert next(csv.reader(io.StringIO(out.read_text())))[0] == "run"
+    if fmt == "json":
+        assert json.loads(out.read_text())["kind"] == "compare"
+
+
+def test_a_format_that_the_out_suffix_contradicts_is_refused_in_one_line(trio, tmp_path):
+    out = tmp_path / "results.csv"
+    result = invoke(trio["teacher"], trio["student"], "-f", "json", "--out", out)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "results.csv" in lines[0] and "csv" in lines[0], result.output
+    assert not out.exists()

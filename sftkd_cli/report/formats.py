@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -444,6 +445,30 @@ def written_by_compare(data: bytes) -> bool:
     if lead is not None:
         return all(name.rpartition("_")[0] for name in header[len(lead):])
     return first.strip("*% ") in TITLES.values()
+
+
+#: an --out file's suffix (lower case) -> the format it names; another suffix (or none) names none
+SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown",
+                                  ".tex": "latex", ".txt": "table"}
+
+
+def output_format(fmt: str | None, out: Path | None) -> str:
+    """The format compare writes: `fmt` (--format) when given, else the one `out`'s suffix names
+    (`SUFFIX_FORMATS`: x.csv gets CSV, not the plain table pandas cannot read), else 'table'.
+    Refuses, in one line, a --format that another format's suffix contradicts (-f json -o x.csv)."""
+    named = SUFFIX_FORMATS.get(out.suffix.lower()) if out is not None else None
+    if fmt is None:
+        return named or "table"
+    if named is not None and named != fmt:
+        raise SftkdError(f"--out {out}: its suffix {out.suffix} names the {named} format, not --format {fmt}; "
+                         f"give a file ending in {_suffix_of(fmt)}, or leave --format out to write {named}")
+    return fmt
+
+
+def _suffix_of(fmt: str) -> str:
+    """The first suffix that names `fmt` ('.txt or another' for table, which also takes any other suffix)."""
+    suffix = next(s for s, name in SUFFIX_FORMATS.items() if name == fmt)
+    return suffix if fmt != "table" else f"{suffix} (or a suffix no format names)"
 
 
 def expected_output(fmt: str) -> str:
