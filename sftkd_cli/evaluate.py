@@ -411,12 +411,17 @@ def _evaluate(
         if note := stopped_early_note(run.path, training_record(run.path, recipe.train.epochs, which, state)):
             console.print(note, highlight=False, markup=False, soft_wrap=True)
     score_one, summarise_all = SCORERS[convention]
+    label = scored_model.extra.get("run") or (run.path.name if entry_role == state["primary"]
+                                              else f"{run.path.name}-{entry_role}")
+    role = scored_role(state.get("role") or recipe.run.role, entry_role)
     with staged_outputs(out) as staged:
         with writing(out):
             recon = staged.add_h5(out / RECON_H5) if write_recon else None
             if recon is not None:
-                recon.file.attrs.update(recon_attrs(run.path.name, which, data_path, split, recipe.data.acceleration,
-                                                    dataset.task, convention))
+                recon.file.attrs.update(recon_attrs(
+                    label, which, data_path, split, recipe.data.acceleration, dataset.task, convention, role=role,
+                    model=scored_model.name, amp=amp, digest=scored_model.digest,
+                    exported=None if exported is None else Path(scored_model.extra["exported"]["file"])))
         scored: list[VolumeScores] = []
 
         def take(name: str, volume: Volume) -> None:
@@ -434,9 +439,9 @@ def _evaluate(
         metrics = {
             "format": METRICS_FORMAT,
             "sftkd_version": __version__,
-            "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
+            "run": label,
             "model": scored_model.name,
-            "role": scored_role(state.get("role") or recipe.run.role, entry_role),
+            "role": role,
             "method": recipe.distill.method if state.get("role") == "kd" else None,
             "teacher_role": state.get("teacher_role"),
             "init": state.get("init"),

@@ -212,3 +212,26 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
         k = stored[s] - 1
         np.testing.assert_allclose(written.affine @ [r, c, k, 1], affine @ [stored[s], r, c, 1], atol=1e-4)
         assert image[r, c, k] == pytest.approx(pred[s, r, c] * vmax, rel=1e-6)
+
+
+def test_recon_h5_names_the_model_that_produced_it_as_metrics_json_does(run, tmp_path):
+    """recon.h5 said run and checkpoint only: an SFT run's student (eval-student/recon.h5) read as
+    the teacher's, an exported file's recon.h5 did not name the file, and amp was not recorded."""
+    import json
+    import shutil
+
+    from sftkd_cli.export import export_run
+
+    copy = Path(shutil.copytree(run, tmp_path / "t"))
+    for scored in (None, export_run(copy, "torchscript").path):
+        out = Path(evaluate_run(copy, device="cpu", exported=scored)["output_dir"])
+        metrics = json.loads((out / "metrics.json").read_text())
+        with h5py.File(out / "recon.h5", "r") as recon:
+            attrs = dict(recon.attrs)
+        for key in ("run", "role", "model", "amp", "checkpoint"):
+            assert attrs[key] == metrics[key], key
+        if scored is None:
+            assert attrs["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+            assert "exported" not in attrs
+        else:
+            assert attrs["run"] == "t-torchscript" and attrs["exported"] == str(scored)
