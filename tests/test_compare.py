@@ -836,3 +836,14 @@ def test_a_format_that_the_out_suffix_contradicts_is_refused_in_one_line(trio, t
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "results.csv" in lines[0] and "csv" in lines[0], result.output
     assert not out.exists()
+
+
+def test_a_run_named_zf_is_refused_in_one_line_unless_the_zf_row_is_left_out(tmp_path):
+    """A run folder named ZF gave two rows "run": "ZF" (its own and the zero-filled input's)."""
+    zf = make_run(tmp_path, "ZF", "student", slice_values(2, 0.0))
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    result = invoke(teacher, zf, "-f", "json", "--baseline", "ZF")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(zf) in lines[0] and "--no-zf" in lines[0], result.output
+    payload = json.loads(invoke(teacher, zf, "-f", "json", "--no-zf").stdout)
+    assert [row["run"] for row in payload["rows"]] == ["teacher", "ZF"]
