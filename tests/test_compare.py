@@ -847,3 +847,14 @@ def test_a_run_named_zf_is_refused_in_one_line_unless_the_zf_row_is_left_out(tmp
     assert result.exit_code == 2 and len(lines) == 1 and str(zf) in lines[0] and "--no-zf" in lines[0], result.output
     payload = json.loads(invoke(teacher, zf, "-f", "json", "--no-zf").stdout)
     assert [row["run"] for row in payload["rows"]] == ["teacher", "ZF"]
+
+
+def test_markdown_and_latex_escape_what_a_run_name_may_hold(tmp_path):
+    """Markdown escaped only '|' (a run s*x* showed as an italic sx), LaTeX lacked | < > (printed as
+    other glyphs in OT1)."""
+    teacher = make_run(tmp_path, "s*x*", "teacher", slice_values(1, 1.0))
+    student = make_run(tmp_path, "kd#a&b~c|d_e$<f>`g`", "student", slice_values(2, 0.0))
+    markdown = invoke(teacher, student, "-f", "markdown").stdout
+    assert "| s\\*x\\* |" in markdown and "| kd#a&b~c\\|d\\_e$\\<f>\\`g\\` |" in markdown, markdown
+    latex = invoke(teacher, student, "-f", "latex").stdout
+    assert (r"kd\#a\&b\textasciitilde{}c\textbar{}d\_e\$\textless{}f\textgreater{}`g`" in latex), latex

@@ -343,8 +343,14 @@ def to_text(table: Table) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
+#: characters with a meaning in (GitHub) markdown table cells, escaped with a backslash so that a run
+#: named s*x* or kd_a_b shows as named: the backslash first, then pipes (cell ends), emphasis, code, HTML
+_MARKDOWN_SPECIAL = "\\|*_`<"
+
+
 def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """`text` with markdown's special characters backslash-escaped: shown as they are."""
+    return "".join("\\" + char if char in _MARKDOWN_SPECIAL else char for char in text)
 
 
 def to_markdown(table: Table) -> str:
@@ -354,13 +360,14 @@ def to_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", table.caption]
+        lines += ["", _markdown_cell(table.caption)]
     return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",  # OT1 would print other glyphs
     "±": r"$\pm$", "Δ": r"$\Delta$",
 }
 
