@@ -858,3 +858,22 @@ def test_markdown_and_latex_escape_what_a_run_name_may_hold(tmp_path):
     assert "| s\\*x\\* |" in markdown and "| kd#a&b~c\\|d\\_e$\\<f>\\`g\\` |" in markdown, markdown
     latex = invoke(teacher, student, "-f", "latex").stdout
     assert (r"kd\#a\&b\textasciitilde{}c\textbar{}d\_e\$\textless{}f\textgreater{}`g`" in latex), latex
+
+
+def test_json_tells_an_infinite_mean_from_an_undefined_one_and_a_nan_p_is_not_insignificant(tmp_path):
+    """An infinite PSNR mean was written null (as undefined values are) while CSV wrote inf; a NaN p
+    (a volume's value undefined) gave "significant": false instead of null."""
+    values = slice_values(1, 1.0)
+    values["PSNR"][0] = np.inf
+    with np.errstate(invalid="ignore"):
+        teacher = make_run(tmp_path, "teacher", "teacher", values)
+    student = make_run(tmp_path, "student", "student", slice_values(2, 0.0))
+    undefined = slice_values(3, 0.0)
+    undefined["PSNR"][:2] = np.nan  # every slice of vol01: its volume's value, and so p, is undefined
+    twin = make_run(tmp_path, "twin", "kd", undefined, method="at", teacher_role="teacher")
+    text = invoke(teacher, student, twin, "-f", "json").stdout
+    payload = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-strict JSON token {token}"))
+    rows = {row["run"]: row["metrics"]["PSNR"] for row in payload["rows"]}
+    assert rows["teacher"]["mean"] == "inf" and rows["student"]["delta"] == "-inf"
+    assert rows["twin"]["p_volumes"] is None and rows["twin"]["significant"] is None
+    assert payload["test"].endswith("the mean of its slices)")

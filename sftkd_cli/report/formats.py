@@ -194,7 +194,7 @@ def _metric_numbers(row: Row, metric: str, alpha: float) -> dict[str, object]:
     """mean, std, delta, p over paired volumes and significance of one row and metric (None where not applicable)."""
     p = row.pvalue.get(metric)
     return {"mean": row.stats[metric].mean, "std": row.stats[metric].std, "delta": row.delta.get(metric),
-            "p_volumes": p, "significant": None if p is None else bool(p < alpha)}
+            "p_volumes": p, "significant": None if p is None or math.isnan(p) else bool(p < alpha)}
 
 
 def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
@@ -219,7 +219,7 @@ def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
         "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
         "metrics": list(c.metrics), "reference": c.reference, "baseline": c.baseline,
         "test": "wilcoxon signed-rank, two-sided, over volumes paired by name"
-                + (" (a volume's value: the mean of its slices')" if c.unit == "slice" else ""),
+                + (" (a volume's value: the mean of its slices)" if c.unit == "slice" else ""),
         "alpha": alpha,
         "paired_volumes": c.n_paired, "rows": rows,
         **({"convention": "fastmri"} if c.unit == "volume" else {}),  # paper output keeps its keys
@@ -424,12 +424,25 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = DEFAULT_ALP
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)
-        return json_text(payload) + "\n"
+        return json_text(infinities_as_text(payload)) + "\n"
     if fmt == "csv":
         return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
     if fmt == "table":
         return to_text(view(result, alpha, stacked=True))
     return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
+
+
+def infinities_as_text(value: Any) -> Any:
+    """`value` (compare's JSON payload) with each infinite number as the string "inf" or "-inf" (a
+    PSNR mean over an exactly reconstructed slice, a Δ to it): JSON has no Infinity token, and
+    `json_text`'s null stays for what is undefined (NaN, not applicable), so the two differ."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: infinities_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [infinities_as_text(item) for item in value]
+    return value
 
 
 def written_by_compare(data: bytes) -> bool:
