@@ -1,14 +1,14 @@
 """`sftkd evaluate`: reconstruct a split with a trained model and score it like the paper.
 
 Writes into the run directory: `metrics.json` (summary + conventions), `per_slice.csv` (every
-metric for every slice, model and zero-filled input) and `recon.h5` (one (S,H,W) reconstruction
-per volume). Complex data (two channels, real and imaginary) is scored as the magnitude images.
+metric for every slice, model and zero-filled input), `per_volume.csv` (each volume's scores in
+the paper convention) and `recon.h5` (one (S,H,W) reconstruction per volume). Complex data (two channels, real and imaginary) is scored as the magnitude images.
 With `convention="fastmri"` the scores follow the `fastmri` package's evaluate.py instead (the
 magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see metrics.py) and go
 to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5.
 Scores on another dataset than the model was trained on (another manifest fingerprint) go to
 `<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay; scores of a
-split other than the recipe's eval.split go to `.../eval-split-<split>/` (`eval_folders`). The three
+split other than the recipe's eval.split go to `.../eval-split-<split>/` (`eval_folders`). The
 files are written under temporary names and renamed into place together only when all were
 written, so a full disk or an error midway leaves the previous evaluation's files as they were.
 Memory holds one volume at a time: each is scored and written into the temporary recon.h5 as
@@ -50,7 +50,7 @@ from sftkd_cli.metrics import CONVENTIONS, FASTMRI_CONVENTIONS, center_crop, mag
 from sftkd_cli.metrics_file import METRICS_FORMAT
 from sftkd_cli.models import count_parameters
 from sftkd_cli.recon_file import recon_attrs, write_recon_volume
-from sftkd_cli.run_files import CHECKPOINT_DIGEST, CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_FILES
+from sftkd_cli.run_files import CHECKPOINT_DIGEST, CHECKPOINTS, EVAL_FILES, EVAL_PREFIX, METRICS_JSON, RECIPE_YAML, RECON_H5, SCORE_CSVS
 from sftkd_cli.runs import RunDir, check_real_folder, check_recipe_data, dead_temporary_files, eval_chain, open_run
 from sftkd_cli.scoring import SCORERS, Volume, VolumeScores, check_convention
 from sftkd_cli.runtime import (MIN_INFERENCE_BATCH, amp_warning, autocast, check_amp, collate, cpu_threads,
@@ -246,7 +246,7 @@ def evaluate_run(
     batch_size: int | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, recon.h5 and
+    """Evaluate a run's model on a split; writes metrics.json, per_slice.csv, per_volume.csv, recon.h5 and
     returns what metrics.json holds. Warnings go to `console` (None: standard error).
 
     `convention` "fastmri" scores as the fastmri package does (module docstring) into
@@ -418,12 +418,17 @@ def _evaluate(
         if note := stopped_early_note(run.path, training_record(run.path, recipe.train.epochs, which, state)):
             console.print(note, highlight=False, markup=False, soft_wrap=True)
     score_one, summarise_all = SCORERS[convention]
+    label = scored_model.extra.get("run") or (run.path.name if entry_role == state["primary"]
+                                              else f"{run.path.name}-{entry_role}")
+    role = scored_role(state.get("role") or recipe.run.role, entry_role)
     with staged_outputs(out) as staged:
         with writing(out):
             recon = staged.add_h5(out / RECON_H5) if write_recon else None
             if recon is not None:
-                recon.file.attrs.update(recon_attrs(run.path.name, which, data_path, split, recipe.data.acceleration,
-                                                    dataset.task, convention))
+                recon.file.attrs.update(recon_attrs(
+                    label, which, data_path, split, recipe.data.acceleration, dataset.task, convention, role=role,
+                    model=scored_model.name, amp=amp, digest=scored_model.digest,
+                    exported=None if exported is None else Path(scored_model.extra["exported"]["file"])))
         scored: list[VolumeScores] = []
 
         def take(name: str, volume: Volume) -> None:
@@ -437,13 +442,13 @@ def _evaluate(
 
         reconstruct_split(runner, dataset, torch_device, batch_size=batch_size, amp=amp, progress=progress,
                           convention=convention, each_volume=take)
-        rows, summary, zf_summary = summarise_all(scored)
+        tables, summary, zf_summary = summarise_all(scored)
         metrics = {
             "format": METRICS_FORMAT,
             "sftkd_version": __version__,
-            "run": run.path.name if entry_role == state["primary"] else f"{run.path.name}-{entry_role}",
+            "run": label,
             "model": scored_model.name,
-            "role": scored_role(state.get("role") or recipe.run.role, entry_role),
+            "role": role,
             "method": recipe.distill.method if state.get("role") == "kd" else None,
             "teacher_role": state.get("teacher_role"),
             "init": state.get("init"),
@@ -477,7 +482,8 @@ def _evaluate(
             metrics["convention"] = convention
         metrics["output_dir"] = str(out)
         with writing(out):
-            staged.add(out / SCORE_FILES[convention][1], _csv_text(rows).encode())
+            for name, rows in zip(SCORE_CSVS[convention], tables, strict=True):
+                staged.add(out / name, _csv_text(rows).encode())
             staged.add(out / METRICS_JSON, json_text(metrics).encode())  # renamed last
         if scored_model.digest is not None:  # the last moment before the renames: scores of what is there now, or none
             check_still_scored(run.path, run_folder, scored_model.file, scored_model.digest)

@@ -9,16 +9,26 @@ from typing import Any
 import numpy as np
 
 from sftkd_cli.files import H5Writer, text_name
+from sftkd_cli.run_files import CHECKPOINT_DIGEST
 from sftkd_cli.scoring import Volume
 
 
 def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration: float, task: str,
-                convention: str) -> dict[str, Any]:
-    """recon.h5's own attributes: what produced it and what its numbers are. Names are `text_name`d:
-    an HDF5 text attribute must be UTF-8, while a run folder or data.path on Linux need not be
-    (metrics.json keeps them exactly)."""
+                convention: str, *, role: str, model: str, amp: str, digest: str | None = None,
+                exported: Path | None = None) -> dict[str, Any]:
+    """recon.h5's own attributes: what produced it, as metrics.json says (`run` its run label, e.g.
+    demo_sft-student for an SFT run's student; `role`, `model`, `amp`, `checkpoint_sha256` when
+    known, `exported` when an exported file was scored), so that two runs' or two models' recon.h5
+    are told apart, and what its numbers are. Names are `text_name`d: an HDF5 text attribute must be
+    UTF-8, while a run folder or data.path on Linux need not be (metrics.json keeps them exactly)."""
+    provenance: dict[str, Any] = {"role": role, "model": model, "amp": amp}
+    if digest is not None:
+        provenance[CHECKPOINT_DIGEST] = digest
+    if exported is not None:
+        provenance["exported"] = text_name(str(exported))
     return {
-        "run": text_name(run), "checkpoint": text_name(str(checkpoint)), "dataset": text_name(str(data)), "split": split,
+        "run": text_name(run), "checkpoint": text_name(str(checkpoint)), **provenance,
+        "dataset": text_name(str(data)), "split": split,
         "acceleration": float(acceleration), "task": task, "convention": convention,
         "contents": "one dataset per volume: the reconstructed images that were scored, (S,H,W) float32 "
                     + ("magnitudes centre-cropped to the target's size" if convention == "fastmri" else

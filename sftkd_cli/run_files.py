@@ -14,7 +14,7 @@ METRICS_JSON = "metrics.json"  # an evaluation's summary, written last: it says 
 #: metrics.json's (and an export card's) key for the sha256 of the checkpoint bytes scored (exported)
 CHECKPOINT_DIGEST = "checkpoint_sha256"
 PER_SLICE_CSV = "per_slice.csv"  # the paper convention's per-slice scores
-PER_VOLUME_CSV = "per_volume.csv"  # the fastMRI convention's per-volume scores
+PER_VOLUME_CSV = "per_volume.csv"  # per-volume scores (of either convention: SCORE_CSVS)
 RECON_H5 = "recon.h5"  # the reconstructions scored
 #: evaluation folders within a run start with this: RUN/eval-<model>/, RUN/eval-<file>-<format>/,
 #: then .../eval-data-<dataset>-<fingerprint>/, .../eval-split-<split>/, .../eval-amp-<amp>/, .../eval-fastmri/
@@ -44,3 +44,9 @@ SCORE_FILES: dict[str, tuple[str, str, str]] = {
     "paper": ("", PER_SLICE_CSV, "slice"),  # the paper's reference evaluation
     "fastmri": (f"{EVAL_PREFIX}fastmri", PER_VOLUME_CSV, "volume"),  # the fastmri package's evaluate.py
 }
+
+#: per score convention: the CSVs it writes beside metrics.json and recon.h5, its per-unit one
+#: (SCORE_FILES) first; the paper convention's per_volume.csv holds each volume's scores in that
+#: convention (PSNR, NMSE over the whole volume, others the mean of its slices), which its
+#: per_slice.csv cannot give back
+SCORE_CSVS: dict[str, tuple[str, ...]] = {"paper": (PER_SLICE_CSV, PER_VOLUME_CSV), "fastmri": (PER_VOLUME_CSV,)}

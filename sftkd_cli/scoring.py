@@ -51,7 +51,8 @@ class VolumeScores(NamedTuple):
     zf_slices: dict[str, np.ndarray] | None = None
 
 
-Scores = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]  # (csv rows, model summary, zf summary)
+#: (the rows of each of the convention's CSVs, in `run_files.SCORE_CSVS` order; model summary; zf summary)
+Scores = tuple[tuple[list[dict[str, Any]], ...], dict[str, Any], dict[str, Any]]
 
 
 def score_paper_volume(name: str, v: Volume) -> VolumeScores:
@@ -67,12 +68,20 @@ def score_paper_volume(name: str, v: Volume) -> VolumeScores:
                         score_volume(v["target"], v["zf"], zf), ours, zf)
 
 
+def paper_volume_row(s: VolumeScores) -> dict[str, Any]:
+    """A volume's per_volume.csv row in the paper convention (`metrics.score_volume`: PSNR and NMSE
+    over the whole volume, the others the mean of its slices), the zero-filled input's as ZF_<m>."""
+    return {"volume": s.name, "slices": s.slices, **{m: s.model[m] for m in METRIC_NAMES},
+            **{f"ZF_{m}": s.zf[m] for m in METRIC_NAMES}}
+
+
 def summarise_paper(scored: list[VolumeScores]) -> Scores:
-    """(csv rows, model summary, zf summary) over volumes in name order: mean/std over slices."""
+    """((per-slice rows, per-volume rows), model summary, zf summary) over volumes in name order:
+    mean/std over slices."""
     scored = sorted(scored, key=lambda s: s.name)
     cat = lambda field: {m: np.concatenate([getattr(s, field)[m] for s in scored]) for m in METRIC_NAMES}  # noqa: E731
-    return ([row for s in scored for row in s.rows], summarise(cat("model_slices"), [s.model for s in scored]),
-            summarise(cat("zf_slices"), [s.zf for s in scored]))
+    return (([row for s in scored for row in s.rows], [paper_volume_row(s) for s in scored]),
+            summarise(cat("model_slices"), [s.model for s in scored]), summarise(cat("zf_slices"), [s.zf for s in scored]))
 
 
 def score_fastmri_volume(name: str, v: Volume) -> VolumeScores:
@@ -83,9 +92,9 @@ def score_fastmri_volume(name: str, v: Volume) -> VolumeScores:
 
 
 def summarise_fastmri(scored: list[VolumeScores]) -> Scores:
-    """(per-volume csv rows, model summary, zf summary) in name order: mean and sample std over volumes."""
+    """((per-volume csv rows,), model summary, zf summary) in name order: mean and sample std over volumes."""
     scored = sorted(scored, key=lambda s: s.name)
-    return ([s.rows[0] for s in scored], summarise_volumes([s.model for s in scored]),
+    return (([s.rows[0] for s in scored],), summarise_volumes([s.model for s in scored]),
             summarise_volumes([s.zf for s in scored]))
 
 

@@ -813,3 +813,67 @@ def test_tabulate_refuses_a_reference_or_baseline_for_the_paper_layout_as_the_co
     for given in ({"reference": "teacher"}, {"baseline": "student"}):
         with pytest.raises(SftkdError, match=r"^--group paper: --reference and --baseline do not apply"):
             tabulate([], paper=True, **given)
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".csv", "csv"), (".json", "json"), (".md", "markdown"), (".tex", "latex"),
+                                         (".txt", "table"), (".CSV", "csv"), (".out", "table")])
+def test_out_without_format_writes_the_format_its_suffix_names(trio, tmp_path, suffix, fmt):
+    """`compare A B --out x.csv` wrote the plain-text table into x.csv: pandas and json failed on it."""
+    out = tmp_path / f"results{suffix}"
+    assert invoke(trio["teacher"], trio["student"], "--out", out).exit_code == 0
+    explicit = tmp_path / f"explicit{suffix}"
+    assert invoke(trio["teacher"], trio["student"], "-f", fmt, "--out", explicit).exit_code == 0
+    assert out.read_text() == explicit.read_text()
+    if fmt == "csv":
+        assert next(csv.reader(io.StringIO(out.read_text())))[0] == "run"
+    if fmt == "json":
+        assert json.loads(out.read_text())["kind"] == "compare"
+
+
+def test_a_format_that_the_out_suffix_contradicts_is_refused_in_one_line(trio, tmp_path):
+    out = tmp_path / "results.csv"
+    result = invoke(trio["teacher"], trio["student"], "-f", "json", "--out", out)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "results.csv" in lines[0] and "csv" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_a_run_named_zf_is_refused_in_one_line_unless_the_zf_row_is_left_out(tmp_path):
+    """A run folder named ZF gave two rows "run": "ZF" (its own and the zero-filled input's)."""
+    zf = make_run(tmp_path, "ZF", "student", slice_values(2, 0.0))
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
+    result = invoke(teacher, zf, "-f", "json", "--baseline", "ZF")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(zf) in lines[0] and "--no-zf" in lines[0], result.output
+    payload = json.loads(invoke(teacher, zf, "-f", "json", "--no-zf").stdout)
+    assert [row["run"] for row in payload["rows"]] == ["teacher", "ZF"]
+
+
+def test_markdown_and_latex_escape_what_a_run_name_may_hold(tmp_path):
+    """Markdown escaped only '|' (a run s*x* showed as an italic sx), LaTeX lacked | < > (printed as
+    other glyphs in OT1)."""
+    teacher = make_run(tmp_path, "s*x*", "teacher", slice_values(1, 1.0))
+    student = make_run(tmp_path, "kd#a&b~c|d_e$<f>`g`", "student", slice_values(2, 0.0))
+    markdown = invoke(teacher, student, "-f", "markdown").stdout
+    assert "| s\\*x\\* |" in markdown and "| kd#a&b~c\\|d\\_e$\\<f>\\`g\\` |" in markdown, markdown
+    latex = invoke(teacher, student, "-f", "latex").stdout
+    assert (r"kd\#a\&b\textasciitilde{}c\textbar{}d\_e\$\textless{}f\textgreater{}`g`" in latex), latex
+
+
+def test_json_tells_an_infinite_mean_from_an_undefined_one_and_a_nan_p_is_not_insignificant(tmp_path):
+    """An infinite PSNR mean was written null (as undefined values are) while CSV wrote inf; a NaN p
+    (a volume's value undefined) gave "significant": false instead of null."""
+    values = slice_values(1, 1.0)
+    values["PSNR"][0] = np.inf
+    with np.errstate(invalid="ignore"):
+        teacher = make_run(tmp_path, "teacher", "teacher", values)
+    student = make_run(tmp_path, "student", "student", slice_values(2, 0.0))
+    undefined = slice_values(3, 0.0)
+    undefined["PSNR"][:2] = np.nan  # every slice of vol01: its volume's value, and so p, is undefined
+    twin = make_run(tmp_path, "twin", "kd", undefined, method="at", teacher_role="teacher")
+    text = invoke(teacher, student, twin, "-f", "json").stdout
+    payload = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-strict JSON token {token}"))
+    rows = {row["run"]: row["metrics"]["PSNR"] for row in payload["rows"]}
+    assert rows["teacher"]["mean"] == "inf" and rows["student"]["delta"] == "-inf"
+    assert rows["twin"]["p_volumes"] is None and rows["twin"]["significant"] is None
+    assert payload["test"].endswith("the mean of its slices)")

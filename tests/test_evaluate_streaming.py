@@ -212,3 +212,51 @@ def test_readme_snippet_writes_a_recon_as_nifti_over_its_input(run, tmp_path, mo
         k = stored[s] - 1
         np.testing.assert_allclose(written.affine @ [r, c, k, 1], affine @ [stored[s], r, c, 1], atol=1e-4)
         assert image[r, c, k] == pytest.approx(pred[s, r, c] * vmax, rel=1e-6)
+
+
+def test_recon_h5_names_the_model_that_produced_it_as_metrics_json_does(run, tmp_path):
+    """recon.h5 said run and checkpoint only: an SFT run's student (eval-student/recon.h5) read as
+    the teacher's, an exported file's recon.h5 did not name the file, and amp was not recorded."""
+    import json
+    import shutil
+
+    from sftkd_cli.export import export_run
+
+    copy = Path(shutil.copytree(run, tmp_path / "t"))
+    for scored in (None, export_run(copy, "torchscript").path):
+        out = Path(evaluate_run(copy, device="cpu", exported=scored)["output_dir"])
+        metrics = json.loads((out / "metrics.json").read_text())
+        with h5py.File(out / "recon.h5", "r") as recon:
+            attrs = dict(recon.attrs)
+        for key in ("run", "role", "model", "amp", "checkpoint"):
+            assert attrs[key] == metrics[key], key
+        if scored is None:
+            assert attrs["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+            assert "exported" not in attrs
+        else:
+            assert attrs["run"] == "t-torchscript" and attrs["exported"] == str(scored)
+
+
+def test_per_volume_scores_of_the_paper_convention_are_written_beside_per_slice(run, tmp_path):
+    """metrics.json gave only volume_mean of the per-volume PSNR/NMSE (a whole volume's, not the
+    mean of its slices'), which per_slice.csv cannot give back: per_volume.csv has each volume's."""
+    import csv
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(run, tmp_path / "t"))
+    out = Path(evaluate_run(copy, device="cpu")["output_dir"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    with (out / "per_volume.csv").open(newline="") as handle:
+        volumes = list(csv.DictReader(handle))
+    with (out / "per_slice.csv").open(newline="") as handle:
+        slices = list(csv.DictReader(handle))
+    assert [row["volume"] for row in volumes] == sorted({row["volume"] for row in slices})
+    for name in ("PSNR", "NMSE", "ZF_PSNR"):
+        summary = metrics["zero_filled" if name.startswith("ZF_") else "metrics"][name.removeprefix("ZF_")]
+        assert np.mean([float(row[name]) for row in volumes]) == pytest.approx(summary["volume_mean"])
+    for row in volumes:
+        mine = [r for r in slices if r["volume"] == row["volume"]]
+        assert int(row["slices"]) == len(mine)
+        assert float(row["SSIM"]) == pytest.approx(np.mean([float(r["SSIM"]) for r in mine]))
+        assert float(row["ZF_SSIM"]) == pytest.approx(np.mean([float(r["ZF_SSIM"]) for r in mine]))

@@ -72,7 +72,7 @@ def compare(
     reference: Annotated[str | None, typer.Option("--reference", metavar="RUN", help="Run for the Δ columns (default: the only teacher run; 'none': no Δ).")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", metavar="RUN", help="Run the Wilcoxon tests compare against (default: the only student run; 'none': no tests).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level: p-values below it get a '*'.")] = DEFAULT_ALPHA,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]}.")] = OutputFormat("table"),
+    fmt: Annotated[OutputFormat | None, typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, help=f"{', '.join(COMPARE_FORMATS[:-1])} or {COMPARE_FORMATS[-1]} (default: the one --out's suffix names: .csv, .json, .md, .tex, .txt; else table).", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the output, in the chosen format, to this file. An existing file is replaced only when an earlier compare wrote it (told by its content: JSON with \"kind\": \"compare\" or \"paper\", CSV with compare's header row, markdown, LaTeX or table output with the title line sftkd compare) or with --force; never a file sftkd reads from a run folder or a dataset (recipe.yaml, metrics.json, per_slice.csv, checkpoints, manifest.json...).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that no earlier compare wrote, and existing --attention figures that sftkd did not write (never a run's or a dataset's files).")] = False,
     group: Annotated[GroupMode | None, typer.Option("--group", metavar="paper", case_sensitive=False, help="paper: the paper's Table 1 (datasets x models, accelerations x {Std-KD, SFT-KD-Recon}).")] = None,
@@ -85,11 +85,12 @@ def compare(
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""
     from sftkd_cli.report.compare import collect_runs, tabulate
-    from sftkd_cli.report.formats import check_alpha, render, to_rich, view
+    from sftkd_cli.report.formats import check_alpha, output_format, render, to_rich, view
 
     check_alpha(alpha)
-    if out is not None:
-        check_compare_out(out, fmt.value, force)
+    if out is not None:  # a run's or a dataset's file is refused as such first, whatever the format
+        check_compare_out(out, output_format(None, out) if fmt is None else fmt.value, force)
+    chosen = output_format(None if fmt is None else fmt.value, out)
     where = _attention_slice(attention_slice, attention)
     if attention is not None:
         from sftkd_cli.report.figures import check_figure_targets
@@ -104,10 +105,10 @@ def compare(
         _note_other_evaluations([Path(run.label) for run in results])
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
     result = tabulate(results, reference, baseline, paper=group is GroupMode.paper, metrics=names, zero_filled=zero_filled)
-    text = render(result, fmt.value, alpha)
+    text = render(result, chosen, alpha)
     if out is not None:
         _write_output(out, text)
-    if fmt.value == "table":
+    if chosen == "table":
         stdout_console().print(to_rich(view(result, alpha, stacked=True)))
     else:
         typer.echo(text, nl=False)

@@ -314,9 +314,12 @@ def _first_of(paths: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_unique_names(runs: Sequence[RunResult]) -> None:
+def _check_unique_names(runs: Sequence[RunResult], zero_filled: bool = False) -> None:
+    """Refuse two runs of one name, or one named as the ZF row: their rows could not be told apart."""
     by_name: dict[str, RunResult] = {}
     for run in runs:
+        if zero_filled and run.name == ZF_NAME:
+            raise SftkdError(f"{run.label}: a run named {ZF_NAME} cannot be told from the zero-filled row; rename or copy its folder, or use --no-zf")
         if run.name in by_name:
             raise SftkdError(f"{by_name[run.name].label} and {run.label}: two runs named '{run.name}' (runs are identified by directory name)")
         by_name[run.name] = run
@@ -474,7 +477,7 @@ def compare_runs(
     """
     if not runs:
         raise SftkdError("compare: no runs given")
-    _check_unique_names(runs)
+    _check_unique_names(runs, zero_filled)
     check_same_data(runs)
     check_same_checkpoint(runs)
     names = resolve_metrics(CONVENTION_METRICS[runs[0].convention] if metrics is None else metrics, runs)

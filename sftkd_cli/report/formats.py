@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -193,7 +194,7 @@ def _metric_numbers(row: Row, metric: str, alpha: float) -> dict[str, object]:
     """mean, std, delta, p over paired volumes and significance of one row and metric (None where not applicable)."""
     p = row.pvalue.get(metric)
     return {"mean": row.stats[metric].mean, "std": row.stats[metric].std, "delta": row.delta.get(metric),
-            "p_volumes": p, "significant": None if p is None else bool(p < alpha)}
+            "p_volumes": p, "significant": None if p is None or math.isnan(p) else bool(p < alpha)}
 
 
 def comparison_records(c: Comparison, alpha: float) -> list[dict[str, object]]:
@@ -218,7 +219,7 @@ def comparison_json(c: Comparison, alpha: float) -> dict[str, object]:
         "dataset": {"source": c.dataset, "fingerprint": c.fingerprint, "split": c.split, "acceleration": c.acceleration},
         "metrics": list(c.metrics), "reference": c.reference, "baseline": c.baseline,
         "test": "wilcoxon signed-rank, two-sided, over volumes paired by name"
-                + (" (a volume's value: the mean of its slices')" if c.unit == "slice" else ""),
+                + (" (a volume's value: the mean of its slices)" if c.unit == "slice" else ""),
         "alpha": alpha,
         "paired_volumes": c.n_paired, "rows": rows,
         **({"convention": "fastmri"} if c.unit == "volume" else {}),  # paper output keeps its keys
@@ -342,8 +343,14 @@ def to_text(table: Table) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
+#: characters with a meaning in (GitHub) markdown table cells, escaped with a backslash so that a run
+#: named s*x* or kd_a_b shows as named: the backslash first, then pipes (cell ends), emphasis, code, HTML
+_MARKDOWN_SPECIAL = "\\|*_`<"
+
+
 def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """`text` with markdown's special characters backslash-escaped: shown as they are."""
+    return "".join("\\" + char if char in _MARKDOWN_SPECIAL else char for char in text)
 
 
 def to_markdown(table: Table) -> str:
@@ -353,13 +360,14 @@ def to_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", table.caption]
+        lines += ["", _markdown_cell(table.caption)]
     return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",  # OT1 would print other glyphs
     "±": r"$\pm$", "Δ": r"$\Delta$",
 }
 
@@ -416,12 +424,25 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = DEFAULT_ALP
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)
-        return json_text(payload) + "\n"
+        return json_text(infinities_as_text(payload)) + "\n"
     if fmt == "csv":
         return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
     if fmt == "table":
         return to_text(view(result, alpha, stacked=True))
     return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
+
+
+def infinities_as_text(value: Any) -> Any:
+    """`value` (compare's JSON payload) with each infinite number as the string "inf" or "-inf" (a
+    PSNR mean over an exactly reconstructed slice, a Δ to it): JSON has no Infinity token, and
+    `json_text`'s null stays for what is undefined (NaN, not applicable), so the two differ."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: infinities_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [infinities_as_text(item) for item in value]
+    return value
 
 
 def written_by_compare(data: bytes) -> bool:
@@ -444,6 +465,30 @@ def written_by_compare(data: bytes) -> bool:
     if lead is not None:
         return all(name.rpartition("_")[0] for name in header[len(lead):])
     return first.strip("*% ") in TITLES.values()
+
+
+#: an --out file's suffix (lower case) -> the format it names; another suffix (or none) names none
+SUFFIX_FORMATS: dict[str, str] = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown",
+                                  ".tex": "latex", ".txt": "table"}
+
+
+def output_format(fmt: str | None, out: Path | None) -> str:
+    """The format compare writes: `fmt` (--format) when given, else the one `out`'s suffix names
+    (`SUFFIX_FORMATS`: x.csv gets CSV, not the plain table pandas cannot read), else 'table'.
+    Refuses, in one line, a --format that another format's suffix contradicts (-f json -o x.csv)."""
+    named = SUFFIX_FORMATS.get(out.suffix.lower()) if out is not None else None
+    if fmt is None:
+        return named or "table"
+    if named is not None and named != fmt:
+        raise SftkdError(f"--out {out}: its suffix {out.suffix} names the {named} format, not --format {fmt}; "
+                         f"give a file ending in {_suffix_of(fmt)}, or leave --format out to write {named}")
+    return fmt
+
+
+def _suffix_of(fmt: str) -> str:
+    """The first suffix that names `fmt` ('.txt or another' for table, which also takes any other suffix)."""
+    suffix = next(s for s, name in SUFFIX_FORMATS.items() if name == fmt)
+    return suffix if fmt != "table" else f"{suffix} (or a suffix no format names)"
 
 
 def expected_output(fmt: str) -> str:
