@@ -1,4 +1,4 @@
-"""`sftkd evaluate RUN`: score a trained run on a split (metrics.json, per_slice.csv, recon.h5)."""
+"""`sftkd evaluate RUN`: score a trained run on a split (metrics.json, per_slice.csv, per_volume.csv, recon.h5)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 from sftkd_cli.choices import AMP_MODES, ARCH_LABELS, CHECKPOINT_NAMES, FASTMRI_METRIC_NAMES, METRIC_NAMES
 from sftkd_cli.cli.base import HelpCommand, any_case, examples, stderr_console, stdout_console
 from sftkd_cli.name_checks import DEVICE_NAMES
-from sftkd_cli.run_files import SCORE_FILES
+from sftkd_cli.run_files import METRICS_JSON, RECON_H5, SCORE_CSVS, SCORE_FILES
 
 
 HELP = examples(
     f"Reconstruct a split with a run's checkpoint ({ARCH_LABELS}; best unless --checkpoint or the recipe's "
     f"eval.checkpoint names another) and score {', '.join(METRIC_NAMES)}."
     "\n\nAlso scores the network's input: the zero-filled image (the paper's ZF row), or for a "
-    "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv "
-    "and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
+    "super-resolution run (data.task=sr) the interpolated low-resolution image. Writes metrics.json, per_slice.csv, "
+    "per_volume.csv and recon.h5 into the run directory; `sftkd compare` tabulates them. Models trained on complex data "
     "(fastMRI k-space: two channels, real and imaginary) are scored on the magnitude of their output. "
     "--convention fastmri scores as the fastmri package's evaluate.py does (magnitude centre-cropped to "
     f"the target, {', '.join(FASTMRI_METRIC_NAMES)} per volume with the volume's maximum, mean ± std over volumes) "
@@ -71,8 +71,8 @@ def evaluate(
                                    device=device, write_recon=not no_recon, exported=exported, amp=amp, threads=threads,
                                    convention=convention, batch_size=batch_size, console=err_console, progress=progress)
         console.print(metrics_table(metrics))
-        scores = SCORE_FILES[convention][1]
-        console.print(f"wrote {metrics['output_dir']}/metrics.json, {scores}" + ("" if no_recon else ", recon.h5"),
+        written = (METRICS_JSON, *SCORE_CSVS[convention], *(() if no_recon else (RECON_H5,)))
+        console.print(f"wrote {metrics['output_dir']}/" + ", ".join(written),
                       soft_wrap=True, markup=False, highlight=False)
 
 
