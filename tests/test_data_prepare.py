@@ -196,6 +196,29 @@ def test_nifti_bids_sessions_split_by_subject(tmp_path: Path, nifti_writer) -> N
     assert len(m["splits"]["val"]) == 2
 
 
+def test_a_bids_dataset_split_file_by_file_before_is_not_up_to_date(tmp_path: Path, nifti_writer) -> None:
+    """A BIDS dataset prepared when sessions were split file by file (its record has no groups) is
+    prepared differently, so a re-run does not call its leaky split up to date; a non-BIDS one
+    records no groups, so its datasets stay up to date."""
+    from sftkd_cli.data.output import DatasetDiffers
+
+    for i in (1, 2):
+        for ses in (1, 2):
+            nifti_writer.write(tmp_path / f"raw/sub-0{i}_ses-{ses}_T1w.nii.gz", nifti_writer.phantom((16, 16, 2), seed=i + ses))
+    opts = PrepareOptions(size=(16, 16), accelerations=(4.0,), val_fraction=0.5)
+    prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["inputs"]["groups"]["sub-01_ses-2_T1w.nii.gz"] == "sub-01"
+    del manifest["inputs"]["groups"]
+    (tmp_path / "out/manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetDiffers, match="prepared differently"):
+        prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
+    nifti_writer.write(tmp_path / "plain/a.nii.gz", nifti_writer.phantom((16, 16, 2), seed=1))
+    nifti_writer.write(tmp_path / "plain/b.nii.gz", nifti_writer.phantom((16, 16, 2), seed=2))
+    prepare_dataset(NiftiSource(tmp_path / "plain"), tmp_path / "plain-out", opts)
+    assert "groups" not in json.loads((tmp_path / "plain-out/manifest.json").read_text())["inputs"]
+
+
 @pytest.mark.parametrize("shape, downsample", [((1, 12, 5), 1), ((2, 3, 6), 1), ((12, 13, 2), 2)])
 def test_slices_below_the_least_size_are_refused_naming_the_file(tmp_path: Path, nifti_writer, shape, downsample) -> None:
     """Slices smaller than training takes (1 x N, 2 x 3, or 12 x 13 downsampled to 6 x 6) are refused

@@ -150,13 +150,12 @@ def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile],
         checksums[file.rel] = hashes.sha256(file.path)
         if progress:
             progress("hash", n + 1, len(files))
-    return {
-        "options": {"source": source.name, **source.options(), **options.record()},
-        "inputs": {
-            "sources": checksums,
-            "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
-        },
+    inputs: dict[str, Any] = {
+        "sources": checksums,
+        "mask_files": {acceleration_key(a): u[2] for a, u in sorted(user.items())},
     }
+    inputs.update(source.split_record(files))
+    return {"options": {"source": source.name, **source.options(), **options.record()}, "inputs": inputs}
 
 
 def write_masks(folder: Path, masks: Mapping[float, np.ndarray], task: str) -> None:

@@ -33,7 +33,7 @@ class SourceFile:
     rel: its path relative to the source root, as text (`text_name`: a name that is not UTF-8
     keeps its bytes as \\xNN, so the h5 attributes and manifest.json that record it are valid);
     volume: id of the output volume (also the h5 file name); group: the unit that is split
-    (a patient for ACDC, else the volume); split: a split fixed by the folder layout, or None;
+    (a patient for ACDC, a BIDS subject, else the volume); split: a split fixed by the folder layout, or None;
     folder: the layout folder it came from (e.g. ACDC's training/testing), informative.
     """
 
@@ -182,6 +182,11 @@ class Source:
     def options(self) -> dict[str, Any]:
         """Source-specific options recorded in the manifest (compared on re-runs)."""
         return {"root": None if self.root is None else str(self.root.resolve())}
+
+    def split_record(self, files: list[SourceFile]) -> dict[str, Any]:
+        """How the files are grouped for the split, where a source's grouping changed between
+        versions (recorded with the inputs, so a dataset split the old way is prepared again)."""
+        return {}
 
     def details(self) -> dict[str, Any]:
         """Extra facts about the source (recorded, not compared on re-runs)."""

@@ -64,6 +64,11 @@ class NiftiSource(Source):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "pattern": self.pattern}
 
+    def split_record(self, files: list[SourceFile]) -> dict[str, Any]:
+        """BIDS files by their subject (earlier versions split sessions file by file): the groups."""
+        groups = {file.rel: file.group for file in files if file.group != file.volume}
+        return {"groups": groups} if groups else {}
+
     def _matches(self, root: Path, pattern: str) -> list[Path]:
         return regular_files(root.glob(pattern) if "/" in pattern else root.rglob(pattern))
 
