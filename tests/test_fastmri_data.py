@@ -368,3 +368,12 @@ def test_fastmri_smoke_plan_on_synthetic_files(tmp_path, monkeypatch):
     assert checkpoint["trained_on"]["acquisition"]["values"] == "complex"
     assert json.loads((tmp_path / "runs" / "teacher" / "metrics.json").read_text())["dataset"]["source"] == "fastmri"
     assert status["report"] == "done", next(r.note for r in outcome.results if r.id == "report")
+
+
+@pytest.mark.parametrize("folder, test", [("singlecoil_test_v2", True), ("singlecoil_challenge", True), ("test", True),
+                                          ("Test-Set", True), ("latest_scans", False), ("knee_contest", False)])
+def test_a_test_folder_is_told_by_the_word_not_by_letters_inside_another(folder: str, test: bool) -> None:
+    """A target-less file under latest_scans/ is refused (a broken file), not skipped as a test file."""
+    from sftkd_cli.data.sources.fastmri import _is_test_file
+
+    assert _is_test_file({}, (folder,)) is test

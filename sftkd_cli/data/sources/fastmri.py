@@ -9,7 +9,7 @@ line: multi-coil files (4-D kspace or `reconstruction_rss`: not supported yet), 
 is not this layout. Test and challenge files (no `reconstruction_esc`, undersampled k-space with its
 `mask`, as unpacking fastMRI's tarballs puts singlecoil_test_v2/ beside singlecoil_train/) have no
 target to learn from: they are skipped and counted in one line (`note`); a file without the target
-that is not one (no `mask`, not under a `*test*` / `*challenge*` folder) is refused, as is a ROOT
+that is not one (no `mask`, not under a folder named with test or challenge as a word) is refused, as is a ROOT
 holding test files only. `--acquisition` keeps only files of those acquisitions.
 
 Split by file (the volume id is the file name without .h5): files under a folder whose name ends
@@ -26,6 +26,8 @@ Only one of the two may be below 1, as in fastMRI.
 """
 
 from __future__ import annotations
+
+import re
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +65,16 @@ def _attr_text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+#: a folder named as fastMRI's test / challenge folders are (test and challenge as words:
+#: singlecoil_test_v2, knee_challenge, test; not latest_scans or contest)
+_TEST_FOLDER = re.compile(r"(^|[_\W])(test|challenge)([_\W]|v\d|$)", re.IGNORECASE)
+
+
 def _is_test_file(f: Any, folders: tuple[str, ...]) -> bool:
     """A fastMRI test / challenge file (asked of a file without a target): it holds the sampling
     `mask` of its undersampled k-space, or one of `folders` (its folders under ROOT) is named like
     singlecoil_test_v2/ or singlecoil_challenge/."""
-    return "mask" in f or any("test" in part.lower() or "challenge" in part.lower() for part in folders)
+    return "mask" in f or any(_TEST_FOLDER.search(part) for part in folders)
 
 
 def read_info(path: Path, root: Path) -> FastMRIInfo | None:
