@@ -45,7 +45,7 @@ def parse_arm_key(key: str) -> tuple[str, str, bool] | None:
     for kind in KIND_ALIASES["kd"]:
         if key.startswith(f"{kind}-"):
             rest = key[len(kind) + 1:]
-            return kind, rest.removesuffix(RANDOM_SUFFIX), rest.endswith(RANDOM_SUFFIX)
+            return None if rest == RANDOM_SUFFIX[1:] else (kind, rest.removesuffix(RANDOM_SUFFIX), rest.endswith(RANDOM_SUFFIX))
     return None
 
 
@@ -57,9 +57,11 @@ DEMO_TEMPLATES: tuple[str, ...] = ("icbm152", "colin27")
 #: the largest image side sftkd accepts (`prepare-data --size`, `export --size`, `bench --size`):
 #: a 4096 x 4096 slice is 64 MB as float32
 MAX_SIZE = 4096
-#: the smallest image side of a dataset (`prepare-data --size`, native slices): SSIM's 7 x 7 window
-#: (`metrics.SSIM_MIN_SIZE` is this constant), which training's validation and evaluate score
-MIN_SIZE = 7
+#: SSIM's window side (scikit-image's default 7 x 7, uniform): the smallest image SSIM scores
+SSIM_WINDOW = 7
+#: the smallest image side of a dataset (`prepare-data --size`, native slices): SSIM's window, as
+#: training's validation and evaluate score SSIM
+MIN_SIZE = SSIM_WINDOW
 #: the smallest image side `export --size` accepts: the networks themselves need no more
 MIN_EXPORT_SIZE = 4
 #: the most CPU threads sftkd accepts (`--threads`, train.threads): more cannot help and can

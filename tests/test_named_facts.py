@@ -26,6 +26,7 @@ def test_arm_key_spells_a_stage_label(kind: str, method: str | None, random_init
     ("teacher", None),
     ("sft-student", None),
     ("std-kd", None),
+    ("sft-kd-random", None),  # arm_key("sft-kd", random_init=True): a model column, no method
 ])
 def test_parse_arm_key_reads_a_kd_label_back(key: str, parsed: tuple[str, str, bool] | None) -> None:
     assert parse_arm_key(key) == parsed

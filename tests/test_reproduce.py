@@ -245,9 +245,9 @@ def test_plan_methods_are_taken_in_any_case_as_distill_method_takes_them(tmp_pat
     """`methods: [AT]` was refused (unknown method 'AT') though `sftkd distill --method AT` runs."""
     path = tmp_path / "plan.yaml"
     path.write_text("plan: 1\ndata: {source: prepared, out: d}\n"
-                    "stages: {teacher: {}, sft: {}, kd: {methods: [AT, Sp], sft_random_init: [SP]}}\n")
+                    "stages: {teacher: {}, sft: {}, kd: {methods: [AT, Sp], sft_random_init: [SP]}}\nfigures: {method: Sp}\n")
     plan = load_plan(path)
-    assert plan.methods == ("at", "sp") and plan.random_init == ("sp",)
+    assert plan.methods == ("at", "sp") and plan.random_init == ("sp",) and plan.figures["method"] == "sp"
     path.write_text("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at, AT]}}\n")
     with pytest.raises(SftkdError, match=r"stages.kd.methods: a method is listed twice"):
         load_plan(path)
