@@ -2,9 +2,10 @@
 
 Writes into the run directory: `metrics.json` (summary + conventions), `per_slice.csv` (every
 metric for every slice, model and zero-filled input), `per_volume.csv` (each volume's scores in
-the paper convention) and `recon.h5` (one (S,H,W) reconstruction per volume). Complex data (two channels, real and imaginary) is scored as the magnitude images.
+the paper convention) and `recon.h5` (one (S,H,W) reconstruction per volume). Complex data (two
+channels, real and imaginary) is scored as the magnitude images.
 With `convention="fastmri"` the scores follow the `fastmri` package's evaluate.py instead (the
-magnitude centre-cropped to the target's size, NMSE/PSNR/SSIM per volume, see metrics.py) and go
+magnitude centre-cropped to the target's size, MSE/NMSE/PSNR/SSIM per volume, see metrics.py) and go
 to `<folder>/eval-fastmri/`: metrics.json, `per_volume.csv` (one row per volume) and recon.h5.
 Scores on another dataset than the model was trained on (another manifest fingerprint) go to
 `<folder>/eval-data-<dataset folder>-<fingerprint[:8]>/`, so the run's own scores stay; scores of a

@@ -51,7 +51,7 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest, training_record
-from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE as MIN_SIZE
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
@@ -236,8 +236,8 @@ def _check_trained_on(state: dict[str, Any], record: dict[str, Any], source: Pat
 def resolve_size(size: tuple[int, int] | None, manifest: dict[str, Any] | None, data_path: str | Path) -> tuple[int, int]:
     """--size wins; else the dataset manifest's image_size."""
     if size is not None:
-        if len(size) != 2 or min(size) < MIN_SIZE or max(size) > MAX_SIZE:
-            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W, each from {MIN_SIZE} to {MAX_SIZE}")
+        if len(size) != 2 or min(size) < MIN_EXPORT_SIZE or max(size) > MAX_SIZE:
+            raise SftkdError(f"--size {' '.join(str(s) for s in size)}: expected two integers H W, each from {MIN_EXPORT_SIZE} to {MAX_SIZE}")
         return int(size[0]), int(size[1])
     if manifest is None:
         raise SftkdError(f"{data_path}: dataset not found, so the image size is unknown; pass --size H W")

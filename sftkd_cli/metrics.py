@@ -52,9 +52,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# scipy.ndimage and skimage.metrics are imported where used: training reads SSIM_MIN_SIZE from
-# here, and importing both would add about 0.4 s to every training process's start.
-from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES, MIN_SIZE  # noqa: F401  (the names are read from here by scoring and reports)
+# scipy.ndimage and skimage.metrics are imported where used: importing both would add about
+# 0.4 s to the start of every process that imports this module.
+from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES, SSIM_WINDOW
 from sftkd_cli.errors import SftkdError
 
 CONVENTIONS: dict[str, str] = {
@@ -153,14 +153,10 @@ def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
 # ----------------------------------------------------------------------------- SSIM
 
 
-#: the smallest image side SSIM scores (scikit-image's default 7x7 window)
-SSIM_MIN_SIZE = MIN_SIZE  # 7: the window; also the smallest image side a dataset may have
-
-
 def _ssim_2d(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     """scikit-image SSIM with its defaults on one 2-D slice."""
-    if min(gt.shape) < SSIM_MIN_SIZE:
-        raise SftkdError(f"metrics: image shape {gt.shape}: SSIM needs at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels")
+    if min(gt.shape) < SSIM_WINDOW:
+        raise SftkdError(f"metrics: image shape {gt.shape}: SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels")
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(gt, pred, data_range=data_range))

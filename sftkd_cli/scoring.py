@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.metrics import (FASTMRI_METRIC_NAMES, METRIC_NAMES, score_fastmri, score_slices, score_volume,
-                               summarise_volumes)
+from sftkd_cli.choices import FASTMRI_METRIC_NAMES, METRIC_NAMES
+from sftkd_cli.metrics import score_fastmri, score_slices, score_volume, summarise_volumes
 from sftkd_cli.run_files import SCORE_FILES
 
 Volume = dict[str, np.ndarray]  # {slices, source_slice, target, zf, pred}: slice positions and indices in the input (S,), (S,H,W) images

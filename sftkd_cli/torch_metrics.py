@@ -22,13 +22,11 @@ from __future__ import annotations
 import torch
 
 from sftkd_cli.errors import SftkdError
-from sftkd_cli.metrics import SSIM_MIN_SIZE
+from sftkd_cli.choices import SSIM_WINDOW
 
 #: scikit-image's SSIM constants (its defaults, used by metrics.ssim)
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-#: the side of SSIM's uniform window (scikit-image's default), and the smallest image it scores
-SSIM_WINDOW = SSIM_MIN_SIZE
 
 Range = float | torch.Tensor
 

@@ -335,10 +335,9 @@ def test_a_centred_dataset_trains_a_centred_model_whose_dc_keeps_the_target(tmp_
 
 def test_images_too_small_for_ssim_are_refused_before_a_run_is_made(tmp_path, monkeypatch):
     import sftkd_cli.data.options as options_module
-    from sftkd_cli.choices import MIN_SIZE
-    from sftkd_cli.metrics import SSIM_MIN_SIZE
+    from sftkd_cli.choices import MIN_SIZE, SSIM_WINDOW
 
-    assert MIN_SIZE == SSIM_MIN_SIZE == 7  # prepare-data makes no dataset training would refuse
+    assert MIN_SIZE == SSIM_WINDOW == 7  # prepare-data makes no dataset training would refuse
     with monkeypatch.context() as older:  # prepared by an older sftkd, which allowed a side of 4
         older.setattr(options_module, "MIN_SIZE", 4)
         data = prepared(tmp_path, "tiny", size=(6, 5))

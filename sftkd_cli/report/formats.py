@@ -21,12 +21,11 @@ from rich.table import Table as RichTable
 from rich.markup import escape
 from rich.text import Text
 
-from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_ALPHA
+from sftkd_cli.choices import COMPARE_FORMATS, DEFAULT_ALPHA, FASTMRI_METRIC_NAMES, METRIC_NAMES
 from sftkd_cli.data.catalog import source_label
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import json_text
-from sftkd_cli.metrics import FASTMRI_METRIC_NAMES, METRIC_NAMES
 from sftkd_cli.report.compare import (
     PAPER_SETTINGS,
     INPUT_ROLES,

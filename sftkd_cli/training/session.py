@@ -285,7 +285,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point:
             return (f"{run.history_file}: its row of epoch 1 has no checkpoint (stopped before it was written, or "
                     "removed): dropped; starting over from epoch 1") if rows else ""
         what = "best.pt does not hold the state history.jsonl ends at" if best else "so is best.pt"
-        raise SftkdError(f"{run.checkpoint('last')}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
+        raise SftkdError(f"{run.checkpoint(LAST)}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
                          "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
     last, saved = point.path, point.state
     refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
