@@ -191,7 +191,7 @@ def distill(
     # read once: the teacher, the sha256 recorded for it and an SFT run's student blocks come from the same bytes
     teacher_file = read_checkpoint(cfg.teacher_run)
     t_state = teacher_file.state
-    teacher = model_of(t_state, "teacher" if _is_sft(cfg.teacher_run) else None, teacher_file.path)
+    teacher = model_of(t_state, None, teacher_file.path)  # the primary: an SFT run's is its teacher
     teacher_role = teacher_role_of(t_state)
     init = cfg.teacher_run if cfg.init == INIT_SFT else cfg.init
     if cfg.init == INIT_SFT and teacher_role != SFT_TEACHER:
@@ -231,12 +231,3 @@ def check_teacher_idle(teacher_run: str | Path) -> None:
     if Path(teacher_run).is_dir() and RunDir(Path(teacher_run)).busy():
         raise SftkdError(f"teacher run {teacher_run} is still training (another sftkd process holds it); "
                          "wait for it to finish")
-
-
-def _is_sft(path: str | Path) -> bool:
-    """Whether a run directory is an SFT run (its teacher is the one to distill from)."""
-    from sftkd_cli.runs import open_run
-
-    return Path(path).is_dir() and open_run(path).load_recipe().run.role == "sft"
-
-
