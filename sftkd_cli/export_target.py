@@ -83,8 +83,9 @@ def _check_replaceable(target: Path, force: bool, flag: str = "--out ") -> None:
     card = card_path(target)
     if target.exists():
         if not _is_export_card(card, target.name, target):
-            raise SftkdError(f"{flag}{target}: exists and is not an sftkd export (no model card {card.name} "
-                             "for it beside it, with its sha256); expected a new file name")
+            why = (f"its model card {card.name} records another sha256 (the file was replaced since)"
+                   if _is_export_card(card, target.name) else f"no model card {card.name} for it beside it")
+            raise SftkdError(f"{flag}{target}: exists and is not an sftkd export ({why}); expected a new file name")
         if not force:
             raise SftkdError(f"{flag}{target}: an earlier export is there; pass --force to replace it")
     elif card.exists() and not _is_export_card(card, target.name):  # a dangling link: nothing of the user's

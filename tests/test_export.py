@@ -670,10 +670,13 @@ def test_force_never_replaces_a_users_file_put_where_an_export_was_beside_its_st
     out = tmp_path / "foo.ts"
     export_run(run_copy, "torchscript", out=out)
     out.write_text("my own precious model")
-    with pytest.raises(SftkdError, match=r"foo.ts: exists and is not an sftkd export \(no model card foo.ts.card.json "
-                                         r"for it beside it, with its sha256\)"):
+    with pytest.raises(SftkdError, match=r"foo.ts: exists and is not an sftkd export \(its model card foo.ts.card.json "
+                                         r"records another sha256 \(the file was replaced since\)\)"):
         export_run(run_copy, "torchscript", out=out, force=True)
     assert out.read_text() == "my own precious model"
+    (tmp_path / "foo.ts.card.json").unlink()
+    with pytest.raises(SftkdError, match=r"foo.ts: exists and is not an sftkd export \(no model card foo.ts.card.json for it"):
+        export_run(run_copy, "torchscript", out=out, force=True)
 
 
 def test_a_super_resolution_card_records_the_box_as_the_manifest_does():

@@ -293,6 +293,16 @@ def test_refusals_are_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_target_smaller_than_training_takes_is_refused_naming_the_file(tmp_path):
+    """A 6 x 6 target (fine for the mask, too small for SSIM) was prepared, then refused by training or,
+    with --convention fastmri, by evaluate after scoring."""
+    path = write_singlecoil(tmp_path / "small" / "s.h5", shape=(8, 8), crop=(6, 6))
+    result = sftkd("prepare-data", "fastmri", tmp_path / "small", "--out", tmp_path / "o", ok=False)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        f"error: {path}: kspace (3, 8, 8), reconstruction_esc (3, 6, 6); expected slices of at least 7 x 7"]
+    assert not (tmp_path / "o").exists()
+
+
 def write_test_file(path: Path, seed: int = 0) -> Path:
     """A fastMRI test / challenge file: undersampled k-space and its `mask`, no reconstruction_esc."""
     path = write_singlecoil(path, seed=seed)

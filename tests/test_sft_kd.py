@@ -207,7 +207,16 @@ def test_last_batch_size_follows_the_trainers_cut(slices, batch, world, max_step
 
 def test_a_lone_slice_last_batch_is_noted_for_methods_comparing_slices():
     """9 slices in batches of 4: the last holds 1, where SP's loss is 0; the start says so."""
-    note = _distillation("sp")[0].last_batch_note(1)
+    note = _distillation("sp")[0].last_batch_note(1, 9)
     assert note.startswith("note: the last batch of each epoch holds 1 slice; SP compares")
-    assert _distillation("sp")[0].last_batch_note(2) == ""
-    assert _distillation("at")[0].last_batch_note(1) == ""
+    assert _distillation("sp")[0].last_batch_note(2, 9) == ""
+    assert _distillation("at")[0].last_batch_note(1, 9) == ""
+
+
+def test_a_split_of_one_slice_per_process_is_refused_for_methods_comparing_slices():
+    """One training slice per process: every batch is a lone slice, so SP never has a KD term (the
+    note spoke of 'the last batch' and of a batch size that avoids it; none does)."""
+    with pytest.raises(SftkdError, match=r"^distill.method sp: SP compares the slices of a batch with each other, "
+                                         r"but each process trains on 1 slice; expected 2 or more"):
+        _distillation("sp")[0].last_batch_note(1, 1)
+    assert _distillation("at")[0].last_batch_note(1, 1) == ""

@@ -170,7 +170,7 @@ def check_slices(stack: np.ndarray, path: Path, shape: tuple[int, ...], axis: in
         after = f" after --downsample {factor}" if factor > 1 else ""
         raise SftkdError(f"{display_path(path)}: image of shape {tuple(int(n) for n in shape)} has slices of {h}x{w} "
                          f"along axis {axis}{after}; expected slices of at least {MIN_SIZE}x{MIN_SIZE} "
-                         "(--size H W pads them; another --slice-axis?)")
+                         "(another --slice-axis? --size H W pads them)")
     return stack
 
 

@@ -94,8 +94,12 @@ class Distillation(TeacherObjective):
                     if self.schedule == TWO_STAGE else "joint")
         return f"teacher {facts.get('teacher_run')}, method {facts.get('method')}, init {facts.get('init')}, {schedule}"
 
-    def last_batch_note(self, slices: int) -> str:
+    def last_batch_note(self, slices: int, per_process: int) -> str:
         spec = self.kd.spec
+        if spec.between_samples and per_process < 2:  # every batch a lone slice: no KD term at all
+            raise SftkdError(f"distill.method {spec.name}: {spec.label} compares the slices of a batch with each other, "
+                             f"but each process trains on {counted(per_process, 'slice')}; expected 2 or more "
+                             "(a larger train split or data.max_train_slices)")
         if slices != 1 or not spec.between_samples:
             return ""
         return (f"note: the last batch of each epoch holds 1 slice; {spec.label} compares the slices of a batch with "

@@ -79,9 +79,10 @@ class Objective(nn.Module):
         init = self.facts.get("init")
         return f"init {init}" if init and init != "random" else ""
 
-    def last_batch_note(self, slices: int) -> str:
+    def last_batch_note(self, slices: int, per_process: int) -> str:
         """A note for the start line's reader when each epoch's last batch holds `slices` slices
-        (fewer than train.batch_size) and the loss treats such a batch differently; '' by default."""
+        (fewer than train.batch_size) and the loss treats such a batch differently; '' by default.
+        Raises SftkdError where the loss can do nothing with `per_process` training slices."""
         return ""
 
     def graph_key(self) -> Hashable:

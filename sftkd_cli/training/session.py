@@ -332,9 +332,11 @@ def run_training(
         point = resume_point(run) if resuming else None
         starting_over = check_resumable(run, recipe, data, point) if resuming else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
+    rank, world = distributed_context(recipe.train.device)
     with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
         objective = make_objective(data, point)
-    rank, world = distributed_context(recipe.train.device)
+        per_process = math.ceil(len(train_ds) / world)
+        last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world), per_process)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
@@ -351,7 +353,6 @@ def run_training(
                 if starting_over and resume_point(run) is None and len(run.read_history()) <= 1:  # again, now locked
                     run.history_file.unlink(missing_ok=True)
                     trainer.console.print(starting_over, highlight=False, markup=False, soft_wrap=True)
-                last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world))
                 for note in (train_ds.cache_note, val_ds.cache_note, last_note):  # a split too large for data.cache; KD's lone-slice batch
                     if note:
                         trainer.console.print(note, highlight=False, markup=False, soft_wrap=True)

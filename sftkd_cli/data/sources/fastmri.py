@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from sftkd_cli.choices import MIN_SIZE
 from sftkd_cli.data.sources.base import (
     Piece, Source, SourceFile, SplitRequest, check_root, check_volume_id, regular_files, split_groups,
 )
@@ -103,8 +104,9 @@ def read_info(path: Path, root: Path) -> FastMRIInfo | None:
                 raise SftkdError(f"{where}: {TARGET} {tuple(target.shape)} {target.dtype}; expected real "
                                  f"({slices}, h, w), one image per k-space slice")
             th, tw = int(target.shape[1]), int(target.shape[2])
-            if slices < 1 or min(h, w, th, tw) < 4:
-                raise SftkdError(f"{where}: kspace {tuple(kspace.shape)}, {TARGET} {tuple(target.shape)}; expected slices of at least 4 x 4")
+            if slices < 1 or min(h, w, th, tw) < MIN_SIZE:  # training and SSIM need no less
+                raise SftkdError(f"{where}: kspace {tuple(kspace.shape)}, {TARGET} {tuple(target.shape)}; "
+                                 f"expected slices of at least {MIN_SIZE} x {MIN_SIZE}")
             if slices * h * w * 8 > MAX_FILE_KSPACE_BYTES:
                 raise SftkdError(f"{where}: kspace {tuple(kspace.shape)} declares more than "
                                  f"{MAX_FILE_KSPACE_BYTES >> 30} GiB; expected one fastMRI volume")
