@@ -22,8 +22,8 @@ from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.files import open_log_for_append
 from sftkd_cli.reproduce.data import check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
-from sftkd_cli.choices import TRAIN_KINDS, TRAINING_COMMANDS
-from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, ROLE, SKIPPED, UP_TO_DATE, is_up_to_date
+from sftkd_cli.choices import TRAIN_KINDS
+from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, SKIPPED, UP_TO_DATE, is_up_to_date
 from sftkd_cli.reproduce.report import write_report
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
@@ -40,11 +40,9 @@ Trainers = Mapping[str, Callable[..., Any]]
 
 
 def default_trainers() -> dict[str, Callable[..., Any]]:
-    """The library's training function for each training kind: what `run_plan` uses by default
-    (the function of the training command that records the kind's run role)."""
-    by_command = {"train-teacher": train_supervised, "train-sft": train_sft, "distill": distill}
-    return {kind: by_command[command] for kind in TRAIN_KINDS
-            for command, roles in TRAINING_COMMANDS.items() if ROLE[kind] in roles}
+    """The library's training function for each training kind: what `run_plan` uses by default."""
+    return {"teacher": train_supervised, "student": train_supervised, "sft": train_sft,
+            "std-kd": distill, "sft-kd": distill}
 
 
 def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mapping[str, StageResult],
