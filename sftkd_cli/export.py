@@ -564,7 +564,7 @@ def _check_inputs(model: CascadeNet, data_path: Path, acceleration: float, manif
         complex_centered = model.acquisition.centered if model.acquisition.values == "complex" else None
         inputs = phantom_inputs(image_size, checked_mask[0], complex_centered=complex_centered,
                                 why="no dataset; a stand-in mask" if manifest is None else "no val slices of this size in the dataset")
-    return inputs, checked_mask if manifest is not None else (None, None)  # the card records no stand-in
+    return inputs, (checked_mask if manifest is not None else (None, None))  # the card records no stand-in
 
 
 def _slicing(manifest: dict[str, Any]) -> dict[str, Any]:
