@@ -676,7 +676,7 @@ def test_cli_sigterm_in_a_training_part_exits_143(monkeypatch, tmp_path):
 @pytest.mark.parametrize("flag", ["--only", "--methods"])
 def test_an_option_list_without_a_name_is_refused_not_read_as_all(flag):
     res = CliRunner().invoke(app, [*CLI_TINY, flag, " ,"], env=WIDE)
-    assert res.exit_code == 2 and res.stderr.startswith(f"error: {flag} ' ,': no name given; expected some of ")
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: bench {flag} ' ,': no name given; expected some of ")
 
 
 def test_the_library_refuses_an_option_list_without_a_name_as_the_command_does():
@@ -684,7 +684,7 @@ def test_the_library_refuses_an_option_list_without_a_name_as_the_command_does()
     from sftkd_cli.bench import check_methods, check_parts
 
     for check, flag in ((check_parts, "--only"), (check_methods, "--methods")):
-        with pytest.raises(SftkdError, match=rf"^{flag} ',, ': no name given; expected some of "):
+        with pytest.raises(SftkdError, match=rf"^bench {flag} ',, ': no name given; expected some of "):
             check([",", " "])
     assert check_parts([]) == check_parts(None)  # no list given: every part
 

@@ -139,3 +139,40 @@ def test_load_recipe_and_load_plan_find_the_shipped_files_from_any_folder(tmp_pa
     own.parent.mkdir(parents=True)
     own.write_text("model:\n  name: D2C2\n")
     assert load_recipe("recipes/demo/student.yaml").model.name == "D2C2"
+
+
+def test_the_library_takes_the_words_the_commands_take_in_any_case(tiny_dataset, tmp_path):
+    """`evaluate --amp BF16 --convention PAPER --checkpoint BEST --device CPU` and `export -f TorchScript`
+    run, while the library refused the same words naming the command's flags."""
+    from sftkd_cli.checkpoints import resolve_checkpoint
+
+    teacher, _ = train_supervised(_recipe(tiny_dataset, tmp_path / "runs", "t", "model.name=D2C2"), console=QUIET)
+    assert resolve_checkpoint(teacher.path, "BEST") == teacher.path / "checkpoints" / "best.pt"
+    scores = evaluate_run(teacher.path, device="CPU", amp="OFF", convention="PAPER", checkpoint="BEST", write_recon=False)
+    assert scores["checkpoint"] == "best" and scores["amp"] == "off" and "PSNR" in scores["metrics"]
+    assert export_run(teacher.path, "TorchScript", checkpoint="LAST").path.suffix == ".ts"
+
+
+@pytest.mark.parametrize("threads", [2.5, "2", True])
+def test_evaluate_threads_must_be_a_whole_number(threads):
+    """threads=2.5 ended in torch's RuntimeError, '2' in a TypeError; True was taken as 1."""
+    from sftkd_cli.errors import SftkdError
+
+    with pytest.raises(SftkdError, match=r"^--threads .*: expected 0 \(torch default\) to"):
+        evaluate_run("no-such-run", threads=threads)
+
+
+def test_compare_library_checks_refuse_in_one_line():
+    """output_format('bogus', x.csv) raised StopIteration; tabulate(metrics='PSNR') read P, S, N, R;
+    run_bench(roof_batch=-3) ended in torch's negative-dimension error."""
+    from sftkd_cli.errors import SftkdError
+    from sftkd_cli.report.compare import resolve_metrics
+    from sftkd_cli.report.formats import output_format
+
+    assert output_format("CSV", Path("x.csv")) == "csv"
+    with pytest.raises(SftkdError, match=r"^--format 'bogus': expected one of table, markdown, csv, latex, json$"):
+        output_format("bogus", Path("x.csv"))
+    with pytest.raises(SftkdError, match=r"^--metrics 'PSNR': expected a list of names"):
+        resolve_metrics("PSNR", [])
+    with pytest.raises(SftkdError, match=r"^bench --roof-batch -3: expected an integer from 1 to 1024$"):
+        run_bench(which=["infer"], roof_batch=-3, size=16, roof_size=16, repeats=1, warmup=0)

@@ -27,7 +27,7 @@ def _chosen(value: Sequence[str] | None, what: str, flag: str, choices: Sequence
     every choice."""
     names = [name.lower() for name in listed_names(value, what)]
     if value and not names:
-        raise SftkdError(f"{flag} {','.join(map(str, value))!r}: no name given; expected some of {','.join(choices)}")
+        raise SftkdError(f"bench {flag} {','.join(map(str, value))!r}: no name given; expected some of {','.join(choices)}")
     for name in names:
         if name not in choices:
             raise SftkdError(f"bench {flag} {name!r}: expected some of {','.join(choices)}")

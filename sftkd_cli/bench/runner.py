@@ -41,7 +41,7 @@ from sftkd_cli.choices import BENCH_PRECISIONS as PRECISIONS
 def _check(settings: dict[str, Any]) -> None:
     """One-line SftkdErrors for impossible settings."""
     limits = (("size", 8, MAX_SIZE), ("batch", 1, 1024), ("threads", 1, MAX_THREADS), ("repeats", 1, 10_000),
-              ("warmup", 0, 10_000), ("roof_size", 8, MAX_SIZE))
+              ("warmup", 0, 10_000), ("roof_size", 8, MAX_SIZE), ("roof_batch", 1, 1024))
     for key, low, high in limits:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -80,6 +80,8 @@ def run_bench(
     centred k-space, complex data consistency) with the networks built for them, the
     reference-way twins too. `tf32`: float32 convolutions and matrix
     products in TF32 on NVIDIA GPUs, as train.tf32 trains (off by default, as training).
+    `roof_size`, `roof_batch`: the shape of the convolution the "% roof" figures are measured with
+    (roof_batch x 32 channels x roof_size x roof_size), recorded with the roof.
 
     A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) while the rows are measured ends
     the run early: the result then holds the rows measured so far, `complete` False and a note
@@ -90,7 +92,7 @@ def run_bench(
     precision = precision.lower() if isinstance(precision, str) else precision  # BF16 is bf16, as --precision
     settings = {"size": size, "batch": batch, "threads": threads, "precision": precision, "repeats": repeats,
                 "warmup": warmup}
-    _check({**settings, "roof_size": roof_size})  # the roof's shape is recorded with the roof
+    _check({**settings, "roof_size": roof_size, "roof_batch": roof_batch})  # the roof's shape is recorded with the roof
     parts, kd_methods = check_parts(which), check_methods(methods)
     dev = select_device(device, "--device")
     say = progress or (lambda message: None)

@@ -21,7 +21,7 @@ from sftkd_cli.choices import (BEST, CHECKPOINT_NAMES, DEFAULT_METRICS, FASTMRI_
                                SFT_TEACHER)
 from sftkd_cli.data.format import INPUT_LABELS, dataset_task
 from sftkd_cli.distill.catalog import method_label
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.report.result_files import (
     Stat,
@@ -383,7 +383,7 @@ def check_same_slices(a: RunResult, b: RunResult) -> None:
 
 def resolve_metrics(names: Sequence[str], runs: Sequence[RunResult]) -> tuple[str, ...]:
     """Metric names as spelled in metrics.json (matched case-insensitively), present in every run."""
-    if not names:
+    if not (names := listed_names(names, "--metrics")):  # a bare string is refused, not read letter by letter
         raise SftkdError("--metrics: expected at least one metric name")
     resolved = []
     for name in names:

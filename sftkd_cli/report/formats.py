@@ -475,6 +475,8 @@ def output_format(fmt: str | None, out: Path | None) -> str:
     """The format compare writes: `fmt` (--format) when given, else the one `out`'s suffix names
     (`SUFFIX_FORMATS`: x.csv gets CSV, not the plain table pandas cannot read), else 'table'.
     Refuses, in one line, a --format that another format's suffix contradicts (-f json -o x.csv)."""
+    if fmt is not None and (fmt := fmt.lower()) not in COMPARE_FORMATS:  # any case, as the command takes it
+        raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(COMPARE_FORMATS)}")
     named = SUFFIX_FORMATS.get(out.suffix.lower()) if out is not None else None
     if fmt is None:
         return named or "table"
