@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, LAST, as_word
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, LAST
 from sftkd_cli.data.dataset import record_acquisition
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.files import read_regular_bytes, sha256_file
 from sftkd_cli.models import CascadeNet, build_model, family_of
 from sftkd_cli.run_files import checkpoint_file
@@ -30,7 +31,7 @@ from sftkd_cli.runs import load_checkpoint, open_run
 def resolve_checkpoint(source: str | Path, which: str = BEST, option: str = "") -> Path:
     """A run directory -> its `checkpoints/<which>.pt`; a file -> itself. `option`: the caller's
     option that picks the checkpoint (`--checkpoint`), suggested where the run has another one."""
-    path, which = Path(source), as_word(which, CHECKPOINT_NAMES)  # BEST is best, as --checkpoint takes it
+    path, which = Path(source), in_any_case(which, CHECKPOINT_NAMES)  # BEST is best, as --checkpoint takes it
     if path.is_dir():
         candidate = path / checkpoint_file(which)
         if not candidate.is_file():

@@ -8,7 +8,6 @@ take what their options show from here; the library modules import the same obje
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sftkd_cli.acquisition import TASKS
@@ -30,12 +29,6 @@ PER_GPU = 4
 #: words `reproduce --only` accepts for groups of kinds
 KIND_ALIASES: dict[str, tuple[str, ...]] = {"kd": ("std-kd", "sft-kd"), "train": TRAIN_KINDS, "eval": ("evaluate",),
                                             "compare": ("report",)}
-def as_word(value: str, words: Sequence[str]) -> str:
-    """`value` as one of `words` in any case, as the commands take them (BEST is best); any other
-    value as given (a file path, a word to refuse), for the library's own checks."""
-    return value.lower() if isinstance(value, str) and value.lower() in words else value
-
-
 #: the end of the label of an SFT-KD stage trained from a random student (`arm_key`)
 RANDOM_SUFFIX = "-random"
 

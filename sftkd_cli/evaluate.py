@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,11 +40,12 @@ from rich.console import Console
 
 from sftkd_cli import __version__
 from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest, stopped_early_note, training_record
-from sftkd_cli.choices import AMP_MODES, BEST, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER, as_word
+from sftkd_cli.choices import AMP_MODES, BEST, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, folder_lock, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
 from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.name_checks import DEVICE_NAMES, in_any_case
 from sftkd_cli.eval_folders import results_folder
 from sftkd_cli.layout import forced_layout, inference_layout
 from sftkd_cli.memory import release_heap
@@ -271,8 +273,8 @@ def evaluate_run(
     on the run's dataset, into RUN/eval-<file stem>-<format>/ (params from its model card).
     """
     # the words in any case, as the command takes them (BF16, PAPER, BEST, CPU)
-    amp, convention, device = as_word(amp, AMP_MODES), as_word(convention, tuple(SCORE_CSVS)), device.lower()
-    checkpoint = None if checkpoint is None else as_word(checkpoint, CHECKPOINT_NAMES)
+    amp, convention, device = in_any_case(amp, AMP_MODES), in_any_case(convention, SCORE_CSVS), in_any_case(device, DEVICE_NAMES)
+    checkpoint = None if checkpoint is None else in_any_case(checkpoint, CHECKPOINT_NAMES)
     check_evaluate_options(threads, batch_size, convention)
     run = open_run(run_dir)
     recipe = run.load_recipe()
@@ -306,9 +308,9 @@ def eval_batch_size(recipe: Recipe, batch_size: int | None = None) -> int:
 
 
 def check_threads(threads: int) -> None:
-    """`--threads` follows train.threads' rule: a whole number, 0 (torch's default) to MAX_THREADS."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
-        raise SftkdError(f"--threads {threads}: expected 0 (torch default) to {MAX_THREADS}")
+    """`--threads` follows train.threads' rule: a whole number (numpy's too), 0 (torch's default) to MAX_THREADS."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or not 0 <= threads <= MAX_THREADS:
+        raise SftkdError(f"--threads {threads!r}: expected a whole number from 0 (torch default) to {MAX_THREADS}")
 
 
 @dataclass

@@ -51,11 +51,12 @@ from torch import nn
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.checkpoints import check_fits_data, load_model_digest, training_record
-from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE, as_word
+from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
+from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
 from sftkd_cli.export_files import embed_card, publish, write_onnx, write_torchscript
 from sftkd_cli.exported import (
@@ -413,8 +414,8 @@ def export_run(
     reads it (`find_dataset`). An existing file at the target is replaced only with `force`, and
     only when it is an earlier export (its card beside it). `checkpoint` None: the recipe's
     eval.checkpoint when best or last, as evaluate scores it (so the card gets its scores), else best."""
-    fmt = as_word(fmt, tuple(FORMATS))  # in any case, as the command takes it
-    checkpoint = None if checkpoint is None else as_word(checkpoint, CHECKPOINT_NAMES)
+    fmt = in_any_case(fmt, tuple(FORMATS))  # in any case, as the command takes it
+    checkpoint = None if checkpoint is None else in_any_case(checkpoint, CHECKPOINT_NAMES)
     if fmt not in FORMATS:
         raise SftkdError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:

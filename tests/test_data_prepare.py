@@ -211,7 +211,7 @@ def test_a_bids_dataset_split_file_by_file_before_is_not_up_to_date(tmp_path: Pa
     assert manifest["inputs"]["groups"]["sub-01_ses-2_T1w.nii.gz"] == "sub-01"
     del manifest["inputs"]["groups"]
     (tmp_path / "out/manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DatasetDiffers, match="prepared differently"):
+    with pytest.raises(DatasetDiffers, match=r"prepared differently: the files are grouped for the split otherwise \(BIDS"):
         prepare_dataset(NiftiSource(tmp_path / "raw"), tmp_path / "out", opts)
     nifti_writer.write(tmp_path / "plain/a.nii.gz", nifti_writer.phantom((16, 16, 2), seed=1))
     nifti_writer.write(tmp_path / "plain/b.nii.gz", nifti_writer.phantom((16, 16, 2), seed=2))

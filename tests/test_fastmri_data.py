@@ -381,7 +381,9 @@ def test_fastmri_smoke_plan_on_synthetic_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("folder, test", [("singlecoil_test_v2", True), ("singlecoil_challenge", True), ("test", True),
-                                          ("Test-Set", True), ("latest_scans", False), ("knee_contest", False)])
+                                          ("Test-Set", True), ("test2", True), ("knee_test1", True), ("TestSet", True),
+                                          ("SinglecoilTest", True), ("latest_scans", False), ("knee_contest", False),
+                                          ("Latest", False), ("testing", False)])
 def test_a_test_folder_is_told_by_the_word_not_by_letters_inside_another(folder: str, test: bool) -> None:
     """A target-less file under latest_scans/ is refused (a broken file), not skipped as a test file."""
     from sftkd_cli.data.sources.fastmri import _is_test_file

@@ -158,8 +158,11 @@ def test_evaluate_threads_must_be_a_whole_number(threads):
     """threads=2.5 ended in torch's RuntimeError, '2' in a TypeError; True was taken as 1."""
     from sftkd_cli.errors import SftkdError
 
-    with pytest.raises(SftkdError, match=r"^--threads .*: expected 0 \(torch default\) to"):
+    with pytest.raises(SftkdError, match=r"^--threads .*: expected a whole number from 0 \(torch default\) to"):
         evaluate_run("no-such-run", threads=threads)
+    with pytest.raises(SftkdError, match=r"no-such-run") as refused:  # numpy's whole numbers pass: the run is next
+        evaluate_run("no-such-run", threads=np.int64(2))
+    assert "--threads" not in str(refused.value)
 
 
 def test_compare_library_checks_refuse_in_one_line():

@@ -178,6 +178,8 @@ def test_prepare_defaults_match_the_prepare_data_command():
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}}\nvariants: [{name: a}, {name: a}]\n", "two variants named 'a'"),
         ("plan: 1\ndata: {source: prepared, out: d}\npaper: {columns: [4x Std-KD], rows: {Teacher: [40.05]}}\n", "rows.Teacher: cell 40.05: expected '-' or PSNR/SSIM"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {compare: {alpha: 5}}\n", "stages.compare.alpha: expected a number between 0 and 1"),
+        ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at]}}\nfigures: {method: true}\n",
+         "figures.method: True is not among stages.kd.methods"),
         ("plan: 1\ndata: {source: prepared, out: d}\nfigures: {box: [1, 2]}\n", "figures.box: expected [row, column, height, width]"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {evaluate: {sft_student: yes please}}\n", "stages.evaluate.sft_student: expected true or false"),
         ("plan: 1\ndata: {source: prepared, out: d}\nstages: {teacher: {}, sft: {}, kd: {methods: [at], sft_random_init: [cc]}}\n",

@@ -142,6 +142,8 @@ def difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     files = sorted(k for k in set(old_src) | set(new_src) if old_src.get(k) != new_src.get(k))
     if files:
         return "source files changed: " + ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    if old.get("inputs", {}).get("groups") != new["inputs"].get("groups"):  # `Source.split_record`
+        return "the files are grouped for the split otherwise (BIDS sessions are split by subject)"
     return "mask files changed"
 
 

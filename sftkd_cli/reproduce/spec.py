@@ -179,7 +179,7 @@ def load_plan(
     compare = _options(stages_raw.get("compare"), f"{where} stages.compare", COMPARE_DEFAULTS)
     figures = _options(raw.get("figures"), f"{where} figures", FIGURE_DEFAULTS)
     _check_option_names(evaluate, compare, figures, where)
-    if figures["method"] is not None:
+    if isinstance(figures["method"], str):
         figures["method"] = figures["method"].lower()  # as stages.kd.methods take it
     if figures["method"] is not None and figures["method"] not in methods:
         raise SftkdError(f"{where} figures.method: {figures['method']!r} is not among stages.kd.methods {list(methods)}")

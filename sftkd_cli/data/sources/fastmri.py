@@ -66,16 +66,21 @@ def _attr_text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-#: a folder named as fastMRI's test / challenge folders are (test and challenge as words:
-#: singlecoil_test_v2, knee_challenge, test; not latest_scans or contest)
-_TEST_FOLDER = re.compile(r"(^|[_\W])(test|challenge)([_\W]|v\d|$)", re.IGNORECASE)
+#: the words of a folder name: runs of letters (split where CamelCase starts a word) and of digits
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def _test_folder(name: str) -> bool:
+    """A folder named as fastMRI's test / challenge folders are: test or challenge as one of its
+    words (singlecoil_test_v2, knee_challenge, test2, TestSet; not latest_scans or contest)."""
+    return any(word.lower() in ("test", "challenge") for word in _WORDS.findall(name))
 
 
 def _is_test_file(f: Any, folders: tuple[str, ...]) -> bool:
     """A fastMRI test / challenge file (asked of a file without a target): it holds the sampling
     `mask` of its undersampled k-space, or one of `folders` (its folders under ROOT) is named like
     singlecoil_test_v2/ or singlecoil_challenge/."""
-    return "mask" in f or any(_TEST_FOLDER.search(part) for part in folders)
+    return "mask" in f or any(_test_folder(part) for part in folders)
 
 
 def read_info(path: Path, root: Path) -> FastMRIInfo | None:
