@@ -179,3 +179,16 @@ def test_compare_library_checks_refuse_in_one_line():
         resolve_metrics("PSNR", [])
     with pytest.raises(SftkdError, match=r"^bench --roof-batch -3: expected an integer from 1 to 1024$"):
         run_bench(which=["infer"], roof_batch=-3, size=16, roof_size=16, repeats=1, warmup=0)
+
+
+def test_a_kd_method_comparing_slices_is_refused_one_training_slice_before_the_run_is_made(tiny_dataset, tmp_path):
+    """SP with one training slice per process has no KD term in any step: refused, and no run folder left."""
+    from sftkd_cli.errors import SftkdError
+
+    runs = tmp_path / "runs"
+    teacher, _ = train_supervised(_recipe(tiny_dataset, runs, "t", "model.name=D2C2"), console=QUIET)
+    recipe = _recipe(tiny_dataset, runs, "kd", "model.name=D2C2", f"distill.teacher_run={teacher.path}",
+                     "distill.method=sp", "data.max_train_slices=1", "train.batch_size=2")
+    with pytest.raises(SftkdError, match=r"^distill.method sp: SP compares the slices of a batch .* trains on 1 slice"):
+        distill(recipe, console=QUIET)
+    assert not (runs / "kd").exists()

@@ -332,11 +332,12 @@ def run_training(
         point = resume_point(run) if resuming else None
         starting_over = check_resumable(run, recipe, data, point) if resuming else ""
     seed_everything(recipe.train.seed)  # weight initialisation is part of the recipe
-    rank, world = distributed_context(recipe.train.device)
     with said_by_rank_0():  # its refusals (a start or teacher that does not fit) are every process's alike
         objective = make_objective(data, point)
-        per_process = math.ceil(len(train_ds) / world)
-        last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world), per_process)
+        world = world_size()  # read before the process group starts, which a refusal here would leave behind
+        last_note = objective.last_batch_note(last_batch_size(len(train_ds), recipe.train, world),
+                                              math.ceil(len(train_ds) / world))
+    rank, world = distributed_context(recipe.train.device)
     # the trainer checks its settings against the device (train.cuda_graphs) before the run dir is touched
     trainer = Trainer(objective, recipe, run, console=console, rank=rank, world=world, trained_on=data)
     if rank == 0:  # only rank 0 writes; the others wait until the run dir is ready
