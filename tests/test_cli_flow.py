@@ -155,7 +155,7 @@ def test_evaluate_threads_sets_torch_threads_for_the_scoring(flow):
     for bad in ("-1", "100000"):
         result = sftkd("evaluate", runs / "student", "--threads", bad, ok=False)
         assert result.exit_code == 2 and "Traceback" not in result.output
-        assert result.output.strip().splitlines() == [f"error: --threads {bad}: expected 0 (torch default) to 1024"]
+        assert result.output.strip().splitlines() == [f"error: --threads {bad}: expected a whole number from 0 (torch default) to 1024"]
 
 
 def test_existing_run_is_refused_and_resume_continues(flow):
