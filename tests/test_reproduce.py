@@ -828,7 +828,7 @@ def test_the_closing_error_of_a_failed_plan_says_what_the_first_stage_said(tmp_p
     ([""], ""),
 ])
 def test_the_closing_error_is_one_line_cut_short(notes, tail):
-    from sftkd_cli.cli.reproduce import failed_line
+    from sftkd_cli.reproduce.display import failed_line
     from sftkd_cli.reproduce.stages import StageResult
 
     failed = [StageResult(sid, sid, "failed", note=note) for sid, note in zip(("data", "teacher"), notes)]

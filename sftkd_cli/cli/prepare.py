@@ -154,10 +154,8 @@ def _run(source: Source, out: Path, options: PrepareOptions) -> PrepareResult:
         result = prepare_dataset(source, out, options, progress=progress if err.is_terminal else lines,
                                  say=lambda line: show(f"prepare-data: {line}"))
     print_summary(result, stdout_console(), warn_no_val=options.val_fraction != 0)
-    recorded = result.manifest.get("source_root")
-    if result.unchanged and source.root is not None and recorded and Path(recorded) != source.root.resolve():
-        stdout_console().print(f"note: the dataset records its inputs at {recorded}, where it was prepared; the same "
-                               f"files are now at {source.root}", highlight=False, markup=False, soft_wrap=True)
+    if note := result.moved_root_note(source.root):
+        stdout_console().print(note, highlight=False, markup=False, soft_wrap=True)
     if warning := result.padding_warning():
         stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return result
@@ -183,10 +181,8 @@ def print_summary(result: PrepareResult, console: Console, warn_no_val: bool = T
         table.add_row(what, escape(value))  # a path is text, not rich markup
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
-    if warn_no_val and not m["splits"].get("val"):
-        stderr_console().print(f"[yellow]warning:[/] {escape(where)} has no val volume: training validates every epoch "
-                               "and refuses it (evaluate and export work); give --val ID or a larger share of "
-                               "volumes", highlight=False, soft_wrap=True)
+    if warn_no_val and (warning := result.no_val_warning()):
+        stderr_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------- commands

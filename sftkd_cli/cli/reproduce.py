@@ -5,17 +5,13 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from sftkd_cli.choices import EXECUTORS, KIND_ALIASES, KINDS, PER_GPU
 from sftkd_cli.cli.base import HelpCommand, examples, stderr_console, stdout_console
 from sftkd_cli.errors import SftkdError, counted
-
-if TYPE_CHECKING:
-    from sftkd_cli.reproduce.stages import StageResult
-
 
 #: --executor's choices: the executors `make_executor` builds
 ExecutorName = Enum("ExecutorName", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
@@ -57,6 +53,7 @@ def reproduce(
     from sftkd_cli.reproduce import (
         build_stages, format_seconds, load_plan, print_plan, print_status, run_plan, select, total_seconds,
     )
+    from sftkd_cli.reproduce.display import failed_line
     from sftkd_cli.reproduce.executor import check_executor, make_executor
     from sftkd_cli.reproduce.kinds import REPORT_MD
 
@@ -91,19 +88,6 @@ def reproduce(
         first, why = next(iter(outcome.blocked.items()))
         raise SftkdError(f"{counted(len(outcome.blocked), 'stage')} not run: {', '.join(outcome.blocked)} ({first}: {why}); "
                          "add what they need to --only, or run it first")
-
-
-def failed_line(failed: list[StageResult], limit: int = 200) -> str:
-    """The closing error of a plan whose stages failed: which, and what the first one said (one
-    line, cut to `limit` characters), so that a log's last line tells the cause."""
-    line = (f"{counted(len(failed), 'stage')} failed: {', '.join(r.id for r in failed)} (see the status table); "
-            "fix and run the same command again")
-    note = " ".join(failed[0].note.split())
-    if not note:
-        return line
-    if len(note) > limit:
-        note = note[: limit - 3] + "..."
-    return f"{line}. {'First, ' if len(failed) > 1 else ''}{failed[0].id}: {note}"
 
 
 def register(app: typer.Typer) -> None:

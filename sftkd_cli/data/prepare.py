@@ -156,6 +156,21 @@ class PrepareResult:
         return (f"{name('downsample', str(options['downsample']))}: {what} after downsampling, zero-padded to "
                 f"{height}x{width} ({name.ref('size', size)})")
 
+    def moved_root_note(self, root: Path | None) -> str:
+        """A note for an up-to-date dataset whose inputs are now at `root` (ROOT moved or renamed:
+        the same files, told by their checksums), not where the manifest records them; '' else."""
+        recorded = self.manifest.get("source_root")
+        if not self.unchanged or root is None or not recorded or Path(recorded) == root.resolve():
+            return ""
+        return f"note: the dataset records its inputs at {recorded}, where it was prepared; the same files are now at {root}"
+
+    def no_val_warning(self) -> str:
+        """A warning for a dataset without a val split (training validates every epoch); '' else."""
+        if self.manifest["splits"].get("val"):
+            return ""
+        return (f"{display_path(self.out)} has no val volume: training validates every epoch and refuses it "
+                "(evaluate and export work); give --val ID or a larger share of volumes")
+
 
 @dataclass
 class _Prepared:

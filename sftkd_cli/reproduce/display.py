@@ -15,6 +15,7 @@ from rich.text import Text
 
 from sftkd_cli.reproduce.graph import planned_actions
 from sftkd_cli.choices import SFT_STUDENT, TRAIN_KINDS
+from sftkd_cli.errors import counted
 from sftkd_cli.reproduce.kinds import DONE, FAILED, INTERRUPTED, RESUMED, SKIPPED
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import Stage, StageResult
@@ -111,3 +112,16 @@ def format_seconds(seconds: float) -> str:
 
 def total_seconds(results: Sequence[StageResult]) -> float:
     return math.fsum(r.seconds for r in results)
+
+
+def failed_line(failed: list[StageResult], limit: int = 200) -> str:
+    """The closing error of a plan whose stages failed: which, and what the first one said (one
+    line, cut to `limit` characters), so that a log's last line tells the cause."""
+    line = (f"{counted(len(failed), 'stage')} failed: {', '.join(r.id for r in failed)} (see the status table); "
+            "fix and run the same command again")
+    note = " ".join(failed[0].note.split())
+    if not note:
+        return line
+    if len(note) > limit:
+        note = note[: limit - 3] + "..."
+    return f"{line}. {'First, ' if len(failed) > 1 else ''}{failed[0].id}: {note}"
