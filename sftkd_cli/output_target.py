@@ -16,14 +16,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sftkd_cli.data.format import MANIFEST
+from sftkd_cli.data.format import MANIFEST, MASKS
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import MAX_JSON_BYTES, read_regular_bytes
 from sftkd_cli.run_files import CHECKPOINTS, EVAL_PREFIX, EXPORTS, RECIPE_YAML, RUN_FILES
-
-#: the folder of a prepared dataset that holds its masks (masks/acc4.npy)
-MASKS = "masks"
-
 
 def _run_file(path: Path) -> bool:
     """Whether `path` is (or would be) a file sftkd reads from a run or an evaluation folder in it:

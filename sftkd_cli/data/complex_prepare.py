@@ -45,7 +45,7 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, acceleration_key
+from sftkd_cli.data.format import FORMAT, MASKS, acceleration_key
 from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, dataset_manifest, generated_mask, inputs_record, mask_record, user_masks,
     write_masks,
@@ -215,7 +215,7 @@ def prepare_complex(source: Any, out: Path, options: PrepareOptions, existing: d
     files = sampled
     pieces = [Piece(f.volume, f, tuple(range(len(rows[f.rel]))), f.split) for f in files]
     splits = source.split_pieces(pieces, options.split_request())
-    check_collisions(out, existing, [f"{f.volume}.h5" for f in files] + [f"masks/{acceleration_key(a)}.npy" for a in masks])
+    check_collisions(out, existing, [f"{f.volume}.h5" for f in files] + [f"{MASKS}/{acceleration_key(a)}.npy" for a in masks])
     partial = start_partial(out, record, hashes, say)
     write_masks(partial.folder, masks, options.task)
 

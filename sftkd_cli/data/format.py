@@ -16,7 +16,7 @@ from sftkd_cli.acquisition import TASKS
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 __all__ = [
-    "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "NORMALISATION", "PROVENANCE_ATTRS", "TASKS",
+    "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "MASKS", "NORMALISATION", "PROVENANCE_ATTRS", "TASKS",
     "acceleration_key", "check_holds", "group_key", "mask_axis",
 ]
 
@@ -24,6 +24,8 @@ __all__ = [
 FORMAT = 1
 #: the dataset's description, beside its h5 files
 MANIFEST = "manifest.json"
+#: the dataset's folder of fixed masks (`masks/<group>.npy`)
+MASKS = "masks"
 #: keys every manifest written by prepare-data has; a manifest without them is not sftkd's
 #: ("acquisition" is newer and optional: older datasets lack it)
 MANIFEST_KEYS: tuple[str, ...] = ("format", "image_size", "accelerations", "splits", "volumes", "mask", "options", "inputs")

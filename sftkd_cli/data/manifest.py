@@ -22,7 +22,7 @@ import numpy as np
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.format import (
-    FORMAT, MANIFEST, acceleration_key, dataset_task, group_key, manifest_bytes, mask_axis,
+    FORMAT, MANIFEST, MASKS, acceleration_key, dataset_task, group_key, manifest_bytes, mask_axis,
 )
 from sftkd_cli.data.options import OptionError, PrepareOptions
 from sftkd_cli.data.sources.base import SPLITS, SourceFile
@@ -160,11 +160,11 @@ def inputs_record(source: Any, options: PrepareOptions, files: list[SourceFile],
 
 def write_masks(folder: Path, masks: Mapping[float, np.ndarray], task: str) -> None:
     """Each fixed mask as `folder/masks/<group>.npy` (float32), over any there (a resumed run's)."""
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    (folder / MASKS).mkdir(parents=True, exist_ok=True)
     for acc, mask in masks.items():
         buffer = io.BytesIO()
         np.save(buffer, mask.astype(np.float32))
-        write_bytes_synced(folder / "masks" / f"{group_key(task, acc)}.npy", buffer.getvalue())
+        write_bytes_synced(folder / MASKS / f"{group_key(task, acc)}.npy", buffer.getvalue())
 
 
 def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user: UserMasks,
@@ -183,7 +183,7 @@ def mask_record(options: PrepareOptions, masks: Mapping[float, np.ndarray], user
         described = describe_box(mask, generated_axis) if sr else describe_mask(mask, generated_axis)
         axes[key] = described["axis"]
         per_acc[key] = {
-            "file": f"masks/{key}.npy",
+            "file": f"{MASKS}/{key}.npy",
             "lines": described["lines"],
             "sampled_fraction": described["sampled_fraction"],
             "origin": "sr-box" if sr else "file" if acc in user else options.mask_kind,

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS
+from sftkd_cli.data.format import FORMAT, MANIFEST, MANIFEST_KEYS, MASKS
 from sftkd_cli.data.sources.base import Source
 from sftkd_cli.files import (
     MAX_JSON_BYTES, display_path, left_by_dead_process, read_regular_bytes, replace_atomically, write_bytes_synced,
@@ -118,7 +118,7 @@ def written_name(name: object) -> bool:
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
         return False
-    return (len(parts) == 1 and name.endswith(".h5")) or (len(parts) == 2 and parts[0] == "masks" and name.endswith(".npy"))
+    return (len(parts) == 1 and name.endswith(".h5")) or (len(parts) == 2 and parts[0] == MASKS and name.endswith(".npy"))
 
 
 def listed_files(manifest: dict[str, Any]) -> list[str]:
@@ -229,7 +229,7 @@ def check_collisions(out: Path, existing: dict[str, Any] | None, names: list[str
 def check_masks_folder(out: Path) -> None:
     """Refuse a `masks` in `out` that is a symbolic link or not a folder: prepare-data writes and
     removes mask files only in a real `masks` folder of its own, never through a link."""
-    masks = out / "masks"
+    masks = out / MASKS
     if masks.is_symlink() or (masks.exists() and not masks.is_dir()):
         raise SftkdError(f"--out {display_path(out)}: masks is there and is not a folder of the old dataset; "
                          "expected to replace only files prepare-data wrote: move it away or choose another --out")
@@ -277,7 +277,7 @@ def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
     marker = out / INSTALL_MARKER  # says which files are ours while the folder has no manifest
     write_bytes_synced(marker, json.dumps(sorted({*new, *listed_files(old or {})})).encode())
     (out / MANIFEST).unlink(missing_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+    (out / MASKS).mkdir(exist_ok=True)
     for name in new:
         os.replace(tmp / name, out / name)
     for name in set(listed_files(old or {})) - set(new):
@@ -286,7 +286,7 @@ def install(tmp: Path, out: Path, old: dict[str, Any] | None) -> None:
     marker.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        (out / "masks").rmdir()  # only when empty (a recon -> sr change cannot empty it, but be exact)
+        (out / MASKS).rmdir()  # only when empty (a recon -> sr change cannot empty it, but be exact)
     except OSError:
         pass
 
@@ -315,7 +315,7 @@ def finish_interrupted_install(out: Path) -> None:
     for name in names:
         _remove_regular_file(out, name)
     try:
-        (out / "masks").rmdir()
+        (out / MASKS).rmdir()
     except OSError:
         pass
     replace_atomically(marker, b"[]")  # a new file: the marker is never written through a link

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkd_cli import __version__
-from sftkd_cli.data.format import FORMAT, MANIFEST
+from sftkd_cli.data.format import FORMAT, MANIFEST, MASKS
 from sftkd_cli.data.manifest import InputHashes, Progress, write_manifest
 from sftkd_cli.data.output import (
     difference, install, kept_in, partial_folder, written_name,
@@ -189,8 +189,8 @@ def _entries(folder: Path) -> list[tuple[Path, str]]:
     """Each entry of `folder` and its name there, those in its folder `masks` in its stead."""
     entries = []
     for path in sorted(folder.iterdir()):
-        if path.name == "masks" and path.is_dir() and not path.is_symlink():
-            entries += [(inner, f"masks/{inner.name}") for inner in sorted(path.iterdir())]
+        if path.name == MASKS and path.is_dir() and not path.is_symlink():
+            entries += [(inner, f"{MASKS}/{inner.name}") for inner in sorted(path.iterdir())]
         else:
             entries.append((path, path.name))
     return entries
@@ -201,8 +201,8 @@ def _remove_own_files(folder: Path) -> None:
     found none other), file by file, then `masks` and the folder itself if empty, never a tree."""
     for path, _ in _entries(folder):
         path.unlink()
-    if (folder / "masks").is_dir():
-        (folder / "masks").rmdir()
+    if (folder / MASKS).is_dir():
+        (folder / MASKS).rmdir()
     folder.rmdir()
 
 

@@ -72,7 +72,7 @@ import numpy as np
 
 from sftkd_cli import __version__
 from sftkd_cli.acquisition import Acquisition
-from sftkd_cli.data.format import FORMAT, NORMALISATION, group_key
+from sftkd_cli.data.format import FORMAT, MASKS, NORMALISATION, group_key
 from sftkd_cli.data.manifest import (
     InputHashes, UserMasks, dataset_manifest, generated_mask, inputs_record, mask_record, user_masks,
     write_masks,
@@ -549,7 +549,7 @@ def _prepare_locked(
         seen[piece.volume] = piece.file.rel
     splits = source.split_pieces(pieces, options.split_request())
     check_collisions(out, existing, [f"{v}.h5" for v in seen]
-                      + [f"masks/{group_key(options.task, a)}.npy" for a in masks])
+                      + [f"{MASKS}/{group_key(options.task, a)}.npy" for a in masks])
 
     partial = start_partial(out, record, hashes, say)
     volumes = _write(partial, source, options, prepared, pieces, splits, masks, record["inputs"]["sources"],
