@@ -27,14 +27,17 @@ from typing import Any
 from sftkd_cli.errors import SftkdError, os_error_text
 
 
-def finite_or_null(value: Any) -> Any:
-    """`value` (nested dicts, lists and tuples) with every NaN or infinite float replaced by None."""
+def finite_or_null(value: Any, infinities_as_text: bool = False) -> Any:
+    """`value` (nested dicts, lists and tuples) with every NaN or infinite float replaced by None;
+    with `infinities_as_text`, an infinity by the string "inf" or "-inf" instead (told from NaN)."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        return ("inf" if value > 0 else "-inf") if infinities_as_text and math.isinf(value) else None
     if isinstance(value, dict):
-        return {key: finite_or_null(item) for key, item in value.items()}
+        return {key: finite_or_null(item, infinities_as_text) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [finite_or_null(item) for item in value]
+        return [finite_or_null(item, infinities_as_text) for item in value]
     return value
 
 
@@ -43,11 +46,12 @@ def nan_if_null(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def json_text(value: Any, indent: int | None = 2) -> str:
+def json_text(value: Any, indent: int | None = 2, infinities_as_text: bool = False) -> str:
     """JSON that every parser reads: NaN and infinities (std of one volume, PSNR of an exact
     prediction) are written as null, since JSON has no NaN or Infinity tokens (Python writes them,
-    but JavaScript's JSON.parse and other strict parsers refuse them)."""
-    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False)
+    but JavaScript's JSON.parse and other strict parsers refuse them); with `infinities_as_text`
+    an infinity is the string "inf" or "-inf", so that it differs from an undefined value."""
+    return json.dumps(finite_or_null(value, infinities_as_text), indent=indent, allow_nan=False)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

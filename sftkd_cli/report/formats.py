@@ -423,25 +423,12 @@ def render(result: Comparison | PaperTable, fmt: str, alpha: float = DEFAULT_ALP
     paper = isinstance(result, PaperTable)
     if fmt == "json":
         payload = paper_json(result) if paper else comparison_json(result, alpha)
-        return json_text(infinities_as_text(payload)) + "\n"
+        return json_text(payload, infinities_as_text=True) + "\n"  # an infinite PSNR mean, a Δ to it: "inf"
     if fmt == "csv":
         return to_csv(paper_records(result) if paper else comparison_records(result, alpha))
     if fmt == "table":
         return to_text(view(result, alpha, stacked=True))
     return {"markdown": to_markdown, "latex": to_latex}[fmt](view(result, alpha))
-
-
-def infinities_as_text(value: Any) -> Any:
-    """`value` (compare's JSON payload) with each infinite number as the string "inf" or "-inf" (a
-    PSNR mean over an exactly reconstructed slice, a Δ to it): JSON has no Infinity token, and
-    `json_text`'s null stays for what is undefined (NaN, not applicable), so the two differ."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {key: infinities_as_text(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [infinities_as_text(item) for item in value]
-    return value
 
 
 def written_by_compare(data: bytes) -> bool:
