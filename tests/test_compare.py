@@ -233,6 +233,17 @@ def test_an_exact_slice_shows_inf_not_nan(tmp_path):
     assert "nan" not in "\n".join(table) and "| inf |" in table[3] and "-inf" in table[4]
 
 
+def test_delta_between_two_exact_runs_is_zero_not_nan(tmp_path):
+    """Two runs exact on a slice (PSNR mean inf each): the Δ of one to the other is 0, not inf - inf."""
+    values = slice_values(1, 1.0)
+    values["PSNR"][0] = np.inf
+    with np.errstate(invalid="ignore"):  # this helper's nanstd of an inf
+        runs = [make_run(tmp_path, name, name, values) for name in ("teacher", "student")]
+    comparison = compare_runs([load_run_result(run) for run in runs], reference="teacher")
+    assert {row.name: row.delta["PSNR"] for row in comparison.rows}["student"] == 0.0
+    assert "nan" not in invoke(*runs, "-f", "markdown").stdout
+
+
 def test_different_slice_sets_are_refused(tmp_path):
     a = make_run(tmp_path, "teacher", "teacher", slice_values(1, 1.0))
     b = make_run(tmp_path, "student", "student", slice_values(2, 0.0), slices=[(v, i + 1) for v, i in SLICES])

@@ -23,15 +23,8 @@ from sftkd_cli.data.format import INPUT_LABELS, dataset_task
 from sftkd_cli.distill.catalog import method_label
 from sftkd_cli.errors import SftkdError, listed_names
 from sftkd_cli.metrics_file import read_metrics
-from sftkd_cli.report.result_files import (
-    Stat,
-    checked_stats,
-    number,
-    optional_number,
-    optional_str,
-    read_per_unit,
-    stats_block,
-)
+from sftkd_cli.report.result_files import (Stat, checked_stats, number, optional_number, optional_str, read_per_unit,
+                                            stats_block)
 from sftkd_cli.report.signed_rank import wilcoxon_p
 from sftkd_cli.run_files import METRICS_JSON, PER_SLICE_CSV, RECIPE_YAML, SCORE_FILES
 from sftkd_cli.runs import eval_chain, expand_runs_folder, is_run_folder
@@ -431,8 +424,10 @@ def _zero_filled(run: RunResult, names: Sequence[str]) -> dict[str, Stat]:
 
 
 def _deltas(stats: dict[str, Stat], ref: RunResult | None, names: Sequence[str]) -> dict[str, float]:
-    """Mean minus the reference run's mean, per metric (empty without a reference)."""
-    return {m: stats[m].mean - ref.metrics[m].mean for m in names} if ref else {}
+    """Mean minus the reference run's mean, per metric (empty without a reference); equal means
+    differ by 0, infinite ones too (two runs exact on every slice: PSNR inf - inf would be NaN)."""
+    return {m: 0.0 if stats[m].mean == ref.metrics[m].mean else stats[m].mean - ref.metrics[m].mean
+            for m in names} if ref else {}
 
 
 def volume_values(run: RunResult, column: str) -> dict[str, float]:
