@@ -19,7 +19,9 @@ sftkd's use the volume's).
 - HFN (reference convention) = ||L(gt) - L(clip(pred, 0, 1))||^2 / ||L(gt)||^2, per slice,
   L = 3x3 discrete Laplacian [[0,1,0],[1,-4,1],[0,1,0]] with 'reflect' boundaries
   (scipy.ndimage, edge pixel repeated: ... b a | a b ...), as skimage.filters.laplace used by
-  the reference. Squared norms, no square root.
+  the reference. Squared norms, no square root. The whole slice counts, as in scikit-image >= 0.17;
+  its laplace up to 0.16 set the outermost rows and columns to 0. The reference's imports
+  (skimage.metrics, new in 0.16; skimage.measure.compare_psnr, gone in 0.18) fit either version.
 - HFEN (Ravishankar & Bresler 2011) = ||LoG(gt) - LoG(pred)||_2 / ||LoG(gt)||_2, a ratio of
   L2 norms (not squared), LoG = scipy.ndimage.gaussian_laplace(sigma=1.5, truncate 4,
   'reflect' boundaries).
@@ -177,6 +179,7 @@ def laplacian_3x3(image: np.ndarray) -> np.ndarray:
 
     'reflect' repeats the edge pixel (... b a | a b ...), the scipy.ndimage default used by
     skimage.filters.laplace in the reference (whose kernel has the opposite sign; HFN is the same).
+    The border pixels are kept, as scikit-image >= 0.17 keeps them (0.16 and older zeroed them).
     """
     from scipy import ndimage
 
