@@ -458,21 +458,22 @@ def check_sft_pair(recipe: Recipe) -> None:
 
 def check_distill_schedule(recipe: Recipe) -> None:
     """Distillation's own settings: a known distill.method, with train.batch_size (per process)
-    2 or more for a method that compares the slices of a batch (`MethodSpec.between_samples`);
+    2 or more for a method (or its distill.options) that relates the slices of a batch (`catalog.between_samples`);
     two-stage distillation needs both stages: with stage1_epochs 0 it would train a plain L1 student recorded as a KD run, and with
     stage1_epochs >= train.epochs no L1 stage at all; and each loss it trains with needs a weight
     > 0 (`_check_distill_weights`). Only where distillation trains: a plan may set the schedule
     and weights in `base` for every stage."""
-    from sftkd_cli.distill.catalog import method_spec
+    from sftkd_cli.distill.catalog import between_samples, method_spec
 
     try:  # an unknown method: refused before any work (--print-recipe too), naming where it was given
         spec = method_spec(recipe.distill.method)
     except SftkdError as exc:
         raise RecipeValueError(str(exc), "distill.method") from None
-    if spec.between_samples and recipe.train.batch_size < 2:  # its B x B matrices of one slice give exactly 0
-        raise RecipeValueError(f"train.batch_size: expected 2 or more with distill.method {spec.name} (it compares the "
-                               f"slices of a batch with each other: a batch of 1 gives no KD loss), got "
-                               f"{recipe.train.batch_size}", "train.batch_size", "distill.method")
+    relating = between_samples(spec.name, recipe.distill.options)
+    if relating and recipe.train.batch_size < 2:  # e.g. B x B matrices: one slice gives exactly 0
+        raise RecipeValueError(f"train.batch_size: expected 2 or more with distill.method {spec.name} ({relating}: "
+                               f"a batch of 1 gives no KD loss), got {recipe.train.batch_size}",
+                               "train.batch_size", "distill.method", "distill.options")
     stage1, epochs = recipe.distill.stage1_epochs, recipe.train.epochs
     if recipe.distill.schedule != TWO_STAGE and stage1:  # else a user who set only stage1_epochs gets joint silently
         raise RecipeValueError(f"distill.stage1_epochs: only used with distill.schedule two-stage, got {stage1} with "

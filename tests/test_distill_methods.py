@@ -10,7 +10,7 @@ import torch
 from scipy.signal import correlate2d
 
 from sftkd_cli.distill import METHODS, KDMethod, build_method
-from sftkd_cli.distill.catalog import CATALOG, method_label, methods_help
+from sftkd_cli.distill.catalog import CATALOG, between_samples, method_label, methods_help
 from sftkd_cli.errors import SftkdError
 
 torch.set_num_threads(1)
@@ -448,3 +448,17 @@ def test_methods_relating_samples_give_zero_on_one_slice_and_are_marked() -> Non
     for name in ("at", "fitnets", "nst"):  # per-sample losses: not marked, and not 0 on one slice
         assert not CATALOG[name].between_samples
         assert loss_value(build_method(name, [4], [4]), s, t) > 0.0
+
+
+def test_batch_normalised_at_gives_zero_on_one_slice_and_is_marked_with_its_options() -> None:
+    """AT's normalize batch L2-normalises each pixel across the batch: with B = 1 both maps are
+    all ones and the loss is exactly 0, so `between_samples` sees the options, not the method alone."""
+    rng = np.random.default_rng(41)
+    s, t = [rng.normal(size=(1, 4, H, W))], [rng.normal(size=(1, 4, H, W)) * 5 + 3]
+    at_batch = build_method("at", [4], [4], normalize="batch", distance="l1")
+    assert loss_value(at_batch, s, t) == 0.0
+    assert at_batch.between_samples().startswith("AT with distill.options.normalize batch normalises")
+    assert between_samples("at", {"normalize": "batch"}) == at_batch.between_samples()
+    for options in ({}, {"normalize": "sample"}, {"distance": "l1"}):  # per-slice: not marked
+        assert between_samples("at", options) == build_method("at", [4], [4], **options).between_samples() == ""
+    assert between_samples("sp", {}) == "SP compares the slices of a batch with each other"

@@ -149,6 +149,20 @@ def test_distill_refuses_batch_size_1_for_methods_comparing_slices(method):
     check_distill_schedule(load_recipe(None, ["distill.method=at", "train.batch_size=1"]))  # a per-slice loss
 
 
+def test_distill_refuses_batch_size_1_for_batch_normalised_at():
+    """AT with distill.options.normalize batch (the reference's formula) normalises across the
+    batch: a batch of 1 gives exactly 0 KD loss. AT's default, per-slice normalisation is kept."""
+    overrides = ["distill.method=at", "train.batch_size=1"]
+    with pytest.raises(SftkdError, match=r"^train\.batch_size: expected 2 or more with distill\.method at \(AT with "
+                                         r"distill\.options\.normalize batch normalises each pixel across the slices "
+                                         r"of a batch: a batch of 1 gives no KD loss\), got 1$"):
+        check_distill_schedule(load_recipe(None, [*overrides, "distill.options={normalize: batch, distance: l1}"]))
+    check_distill_schedule(load_recipe(None, ["distill.method=at", "train.batch_size=2",
+                                              "distill.options={normalize: batch}"]))
+    check_distill_schedule(load_recipe(None, [*overrides, "distill.options={normalize: sample}"]))
+    check_distill_schedule(load_recipe(None, [*overrides, "distill.options={distance: l1}"]))
+
+
 def test_two_stage_with_both_stages_is_valid():
     check_distill_schedule(load_recipe(None, ["distill.schedule=two-stage", "train.epochs=10", "distill.stage1_epochs=9"]))
 

@@ -86,11 +86,12 @@ def test_sft_requires_the_same_number_of_cascades():
         StudentFriendly(build_model("D5C5"), build_model("D3C4"))
 
 
-def _distillation(method="at", **kw):
+def _distillation(method="at", options=None, **kw):
     torch.manual_seed(3)
     teacher, student = build_model("D4C3"), build_model("D3C3")
     s_taps, t_taps = default_taps(method, student, teacher)
-    kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps])
+    kd = build_method(method, [student.tap_channels(t) for t in s_taps], [teacher.tap_channels(t) for t in t_taps],
+                      **(options or {}))
     return Distillation(student, teacher, kd, s_taps, t_taps, **kw), teacher, student
 
 
@@ -220,3 +221,17 @@ def test_a_split_of_one_slice_per_process_is_refused_for_methods_comparing_slice
                                          r"but each process trains on 1 slice; expected 2 or more"):
         _distillation("sp")[0].last_batch_note(1, 1)
     assert _distillation("at")[0].last_batch_note(1, 1) == ""
+
+
+def test_a_lone_slice_batch_is_noted_and_refused_for_batch_normalised_at():
+    """AT with distill.options.normalize batch normalises each pixel across the batch: a lone
+    slice's maps are all ones for teacher and student alike, so that step's KD loss is 0."""
+    at_batch = _distillation("at", {"normalize": "batch", "distance": "l1"})[0]
+    note = at_batch.last_batch_note(1, 9)
+    assert note.startswith("note: the last batch of each epoch holds 1 slice; AT with distill.options.normalize batch "
+                           "normalises each pixel across the slices of a batch, so that step gets no KD term")
+    assert at_batch.last_batch_note(2, 9) == ""
+    with pytest.raises(SftkdError, match=r"^distill.method at: AT with distill.options.normalize batch normalises .* "
+                                         r"but each process trains on 1 slice; expected 2 or more"):
+        at_batch.last_batch_note(1, 1)
+    assert _distillation("at", {"normalize": "sample"})[0].last_batch_note(1, 1) == ""

@@ -13,8 +13,9 @@ batch, AT with {normalize: batch, distance: l1}: 0.085 here, 0.078 with the bord
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sftkd_cli.errors import SftkdError, did_you_mean
 
@@ -55,11 +56,23 @@ class TapRule:
 
 
 @dataclass(frozen=True)
+class BatchOption:
+    """A method option value that makes a per-slice loss relate the slices of a batch (AT's
+    normalize: batch), so that a batch of one slice gives it exactly 0; `effect` in words."""
+
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """One KD method: its name (`--method`), display label (tables, figures), one-line summary
     (help), default taps (None: no feature taps) and those taps in words, with how they differ
     from the public reference code. `between_samples`: its loss compares the samples of a batch
-    with each other (B x B matrices), so a batch of one slice gives it exactly 0."""
+    with each other (B x B matrices), so a batch of one slice gives it exactly 0; `batch_option`:
+    the option value with that effect on an otherwise per-slice loss. Read both through
+    `between_samples`, which sees the options too."""
 
     name: str
     label: str
@@ -68,6 +81,7 @@ class MethodSpec:
     taps_text: str
     aliases: tuple[str, ...] = ()  # other spellings found in older runs' recipes
     between_samples: bool = False
+    batch_option: BatchOption | None = None
 
 
 _EVERY_CASCADE = TapRule("last_hidden", "last_hidden")
@@ -78,7 +92,8 @@ CATALOG: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("at", "AT", "attention transfer (Zagoruyko & Komodakis)",
                TapRule("last_hidden", "hidden_before_last"),
                "student conv-2 vs teacher conv-3 (32 ch, after ReLU) of every cascade "
-               "(the reference's pairing for D3C5 <- D5C5)"),
+               "(the reference's pairing for D3C5 <- D5C5)",
+               batch_option=BatchOption("normalize", "batch", "normalises each pixel across the slices of a batch")),
     MethodSpec("fitnets", "Fitnets", "FitNets hint regression (Romero et al.)",
                TapRule("output", "output", middle_only=True),
                "last conv output (1 ch, before DC) of the middle cascade (cascade 3 of 5), as the reference "
@@ -110,6 +125,20 @@ def method_spec(name: str) -> MethodSpec:
     if key not in CATALOG:
         raise SftkdError(f"distill.method '{name}': expected one of {', '.join(CATALOG)}{did_you_mean(key, CATALOG, quoted=True)}")
     return CATALOG[key]
+
+
+def between_samples(method: str, options: Mapping[str, Any]) -> str:
+    """Why method `method` with distill.options `options` relates the slices of a batch to each
+    other, so that a batch of one slice gives it exactly 0 KD loss ('SP compares the slices of a
+    batch with each other'), for the batch-size refusal and the lone-last-batch note; '' for a
+    per-slice loss. The one place that decides it: the method alone, or one of its options."""
+    spec = method_spec(method)
+    if spec.between_samples:
+        return f"{spec.label} compares the slices of a batch with each other"
+    option = spec.batch_option
+    if option is not None and options.get(option.key) == option.value:
+        return f"{spec.label} with distill.options.{option.key} {option.value} {option.effect}"
+    return ""
 
 
 def method_label(name: str) -> str:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sftkd_cli.distill.catalog import CATALOG, MethodSpec, method_spec
+from sftkd_cli.distill.catalog import CATALOG, MethodSpec, between_samples, method_spec
 from sftkd_cli.errors import SftkdError, did_you_mean
 
 # --------------------------------------------------------------------------- helpers
@@ -109,6 +109,12 @@ class KDMethod(nn.Module):
             raise SftkdError(f"distill {self.name}: channels {s} / {t}: expected positive counts")
         self.student_channels = s
         self.teacher_channels = t
+        self.options: dict[str, Any] = {}  # the options given, recorded by `build_method`
+
+    def between_samples(self) -> str:
+        """Why this loss relates the slices of a batch (a batch of one gives 0); '' if it does
+        not (`catalog.between_samples`, with the options `build_method` recorded)."""
+        return between_samples(self.name, self.options)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -563,7 +569,8 @@ def build_method(
 ) -> KDMethod:
     """Build the KD method `name` (case-insensitive) for the given tap channel counts.
 
-    Raises SftkdError for an unknown method or option, naming the nearest valid one.
+    Raises SftkdError for an unknown method or option, naming the nearest valid one. Records the
+    options given on the method (`KDMethod.between_samples` reads them).
     """
     key = method_spec(name).name
     allowed = method_options(key)
@@ -574,4 +581,6 @@ def build_method(
                 f"distill.options: unknown option {option!r} for method {key}; expected {expected}"
                 f"{did_you_mean(option, allowed, quoted=True)}"
             )
-    return METHODS[key](student_channels, teacher_channels, **options).float()
+    method = METHODS[key](student_channels, teacher_channels, **options).float()
+    method.options = dict(options)
+    return method

@@ -95,15 +95,15 @@ class Distillation(TeacherObjective):
         return f"teacher {facts.get('teacher_run')}, method {facts.get('method')}, init {facts.get('init')}, {schedule}"
 
     def last_batch_note(self, slices: int, per_process: int) -> str:
-        spec = self.kd.spec
-        if spec.between_samples and per_process < 2:  # every batch a lone slice: no KD term at all
-            raise SftkdError(f"distill.method {spec.name}: {spec.label} compares the slices of a batch with each other, "
-                             f"but each process trains on {counted(per_process, 'slice')}; expected 2 or more "
+        relating = self.kd.between_samples()
+        if relating and per_process < 2:  # every batch a lone slice: no KD term at all
+            raise SftkdError(f"distill.method {self.kd.name}: {relating}, but each process trains on "
+                             f"{counted(per_process, 'slice')}; expected 2 or more "
                              "(a larger train split or data.max_train_slices)")
-        if slices != 1 or not spec.between_samples:
+        if slices != 1 or not relating:
             return ""
-        return (f"note: the last batch of each epoch holds 1 slice; {spec.label} compares the slices of a batch with "
-                "each other, so that step gets no KD term (a train.batch_size that leaves 0 or 2+ slices over avoids it)")
+        return (f"note: the last batch of each epoch holds 1 slice; {relating}, so that step gets no KD term "
+                "(a train.batch_size that leaves 0 or 2+ slices over avoids it)")
 
     def graph_key(self) -> bool:
         return self.feature_stage  # stage 1 computes the feature loss alone
