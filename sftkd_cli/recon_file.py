@@ -17,7 +17,7 @@ def recon_attrs(run: str, checkpoint: str, data: Path, split: str, acceleration:
                 convention: str, *, role: str, model: str, amp: str, digest: str | None = None,
                 exported: Path | None = None) -> dict[str, Any]:
     """recon.h5's own attributes: what produced it, as metrics.json says (`run` its run label, e.g.
-    demo_sft-student for an SFT run's student; `role`, `model`, `amp`, `checkpoint_sha256` when
+    demo-sft-student for an SFT run's student; `role`, `model`, `amp`, `checkpoint_sha256` when
     known, `exported` when an exported file was scored), so that two runs' or two models' recon.h5
     are told apart, and what its numbers are. Names are `text_name`d: an HDF5 text attribute must be
     UTF-8, while a run folder or data.path on Linux need not be (metrics.json keeps them exactly)."""
