@@ -134,6 +134,27 @@ def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arc
     return primary, models[primary]
 
 
+def check_runs_hold(runs: list[Path], role: str, checkpoint: str | None) -> None:
+    """Refuse in one line, before any run is scored, `evaluate --model role` over several runs when
+    some runs' checkpoint (`checkpoint`, else each recipe's eval.checkpoint, as evaluate picks it)
+    holds no `role` model: `evaluate runs/demo --model student` scored the SFT run's student, then
+    failed on the next run and left the others unscored. The runs that lack it are named."""
+    holding, lacking = [], []
+    for run in runs:
+        which = checkpoint or open_run(run).load_recipe().eval.checkpoint
+        named = which in CHECKPOINT_NAMES
+        models = load_checkpoint(resolve_checkpoint(run if named else which, which if named else BEST, "--checkpoint")).get("models") or {}
+        if role in models:
+            holding.append(str(run))
+        else:
+            lacking.append(f"{run} (holds {', '.join(models) or 'no model'})")
+    if lacking:
+        advice = (f"give only {', '.join(holding)} with --model {role}, the others without it" if holding
+                  else "leave --model out for these runs")
+        raise SftkdError(f"--model {role}: not in {', '.join(lacking)}; --model picks the teacher or student "
+                         f"of an SFT run: {advice}; nothing was evaluated")
+
+
 def entry_acquisition(entry: dict[str, Any], trained_on: Any = None, source: str | Path = "checkpoint") -> Acquisition:
     """The acquisition a checkpoint entry's model was built for: its own record, or for entries
     older than it, the k-space layout of its data consistency (`centered`) on the run's

@@ -54,7 +54,7 @@ from sftkd_cli.checkpoints import check_fits_data, load_model_digest, training_r
 from sftkd_cli.choices import BEST, CHECKPOINT_NAMES, MAX_SIZE, MIN_EXPORT_SIZE
 from sftkd_cli.data.dataset import dataset_record
 from sftkd_cli.data.format import dataset_task
-from sftkd_cli.metrics_file import read_metrics
+from sftkd_cli.metrics_file import exported_scores
 from sftkd_cli.errors import RunInterrupted, SftkdError, os_error_text
 from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.evaluate import CHECKPOINT_DIGEST, output_dir, scored_role
@@ -72,7 +72,6 @@ from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.export_target import FORMATS, export_target, replaceable
 from sftkd_cli.files import StagedFiles, json_text, made_folder, output_path, temporary_sibling, unlink_quietly
 from sftkd_cli.runs import check_recipe_data, open_run
-from sftkd_cli.run_files import METRICS_JSON
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
 #: 2: the mask's sampled_lines along its axis (was sampled_rows, always rows); 3: a super-resolution
@@ -182,6 +181,7 @@ class ExportResult:
     card: dict[str, Any]
     created_folder: Path | None = None  # the --out folder this export created (it did not exist)
     missing_data: Path | None = None  # no dataset there: the check ran on synthetic phantoms
+    no_scores: str = ""  # why the card has no scores (`metrics_file.exported_scores`); '' when it has them
 
 
 class ExportInterrupted(RunInterrupted):
@@ -302,35 +302,6 @@ def _center_fraction(info: dict[str, Any], task: str, acceleration: float, mask_
     if info.get("center_fraction") is not None:
         return info["center_fraction"]
     return default_center_fraction(kind, acceleration)
-
-
-def _exported_scores(folder: Path, role: str, checkpoint: str, digest: str) -> dict[str, Any] | None:
-    """The evaluation of the exported model, summarised for the card: metrics.json in its
-    evaluation folder (`evaluate.output_dir`), when it scored this role (`role`, as metrics.json
-    names it) and this checkpoint, byte for byte (sha256 `digest`). None otherwise: no scores,
-    another model's, those of the other checkpoint, or of an earlier one (a resumed run's), or
-    a metrics.json of an sftkd that did not record the checkpoint's sha256."""
-    path = folder / METRICS_JSON
-    if not path.exists():
-        return None
-    try:
-        info = read_metrics(path)
-    except SftkdError:
-        return None
-    scored = (info.get("role"), info.get("checkpoint"), info.get(CHECKPOINT_DIGEST))
-    if scored != (role, checkpoint, digest):
-        return None
-    return {
-        "file": str(path.resolve()),  # the same card from any working folder
-        "model": info.get("model"),
-        "role": info.get("role"),
-        "checkpoint": info.get("checkpoint"),
-        "split": (info.get("dataset") or {}).get("split"),
-        "acceleration": (info.get("dataset") or {}).get("acceleration"),
-        "latency_ms_per_slice": info.get("latency_ms_per_slice"),
-        "metrics": info.get("metrics"),
-        "zero_filled": info.get("zero_filled"),
-    }
 
 
 def _mask_card(manifest: dict[str, Any] | None, acceleration: float, mask: np.ndarray | None, mask_file: str | None) -> dict[str, Any]:
@@ -462,6 +433,8 @@ def export_run(
                 )
             runtime = "torch.jit.load" if not fixed else f"onnxruntime {require_onnxruntime().__version__} (CPUExecutionProvider)"
             inputs_spec, outputs_spec = _io_spec(image_size, fixed, wrapper.centered, family, model.acquisition)
+            scores, no_scores = exported_scores(output_dir(run.path, state, entry_role),
+                                                scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest)
             card = {
                 "format": CARD_FORMAT,
                 "sftkd_version": __version__,
@@ -500,8 +473,7 @@ def export_run(
                     **({"target_size": manifest["target_size"]} if "target_size" in manifest else {}),
                     "slicing": _slicing(manifest),
                 },
-                "metrics": _exported_scores(output_dir(run.path, state, entry_role),
-                                            scored_role(state.get("role") or recipe.run.role, entry_role), checkpoint, digest),
+                "metrics": scores,
                 "check": {
                     "max_abs_diff": diff, "tolerance": TOLERANCE, "inputs": inputs.source,
                     "batches": sorted({1, len(inputs.zf)}), "runtime": runtime,
@@ -521,7 +493,8 @@ def export_run(
                     staged.add(card_file, json_text(card).encode())
                 except OSError as exc:
                     raise SftkdError(f"{card_path(target)}: could not write ({os_error_text(exc)})") from None
-                result = ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path)
+                result = ExportResult(target, card_path(target), diff, card, made, None if manifest is not None else data_path,
+                                      no_scores)
                 # Ctrl-C / SIGTERM wait until both are in place
                 held = publish(tmp, target, staged, lambda: published.append(result))
             if held:  # the export is whole: say so, then stop as the signal asked

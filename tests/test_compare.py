@@ -15,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sftkd_cli.cli.app import app
+from sftkd_cli.cli.compare import _attention_slice
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.report.compare import compare_runs, load_run_result, paper_table
 from sftkd_cli.report.formats import comparison_view
@@ -556,7 +557,7 @@ def test_group_paper_at_80_columns_splits_instead_of_wrapping(tmp_path):
     assert wide.count("Model") == 1 and "5x" in wide  # one table when it fits
 
 
-def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, monkeypatch):
+def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, monkeypatch, tiny_dataset):
     calls = []
 
     def fake(students, stem, **kwargs):  # the figure itself is tested in test_figures.py
@@ -570,13 +571,14 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
     std = make_run(tmp_path, "std-kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
     sft = make_run(tmp_path, "sft-kd-at", "kd", slice_values(3, 0.5), method="at", teacher_role="sft-teacher")
     stem = tmp_path / "fig" / "attention"
-    result = invoke(teacher, std, sft, "-f", "csv", "--attention", stem, "--attention-slice", "vol:02:7",
-                    "--attention-data", tmp_path / "data")
+    result = invoke(teacher, std, sft, "-f", "csv", "--attention", stem, "--attention-slice", "vol1:2",
+                    "--attention-data", tiny_dataset)
     assert result.exit_code == 0, result.output
     ((students, drawn_stem, kwargs),) = calls
     assert students == {"std-kd-at": std, "sft-kd-at": sft} and drawn_stem == stem
-    assert (kwargs["volume"], kwargs["index"], kwargs["split"]) == ("vol:02", 7, "val")
-    assert kwargs["dataset"] == tmp_path / "data"
+    assert (kwargs["volume"], kwargs["index"], kwargs["split"]) == ("vol1", 2, "val")
+    assert kwargs["dataset"] == tiny_dataset
+    assert _attention_slice("vol:02:7", stem) == ("vol:02", 7)  # the last colon splits: a volume id may hold one
     assert "attention-map residues" in result.stderr and result.stdout.startswith("run,")
 
     bad = invoke(teacher, std, "--attention", stem, "--attention-slice", "vol02")
@@ -586,6 +588,20 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
     for option, value in (("--attention-slice", "vol02:1"), ("--attention-data", "data")):
         alone = invoke(teacher, option, value)
         assert alone.exit_code == 2 and f"{option}: only used with --attention" in alone.stderr
+
+
+@pytest.mark.parametrize("where, error", [("vol1:99", "volume vol1 has no slice 99 (it has 3: 0 to 2)"),
+                                          ("vol9:0", "no volume 'vol9' (has vol0, vol1")])
+def test_an_attention_slice_the_dataset_lacks_is_refused_before_the_table_is_written(tmp_path, tiny_dataset, where, error):
+    """The table was printed and --out written, then the figure failed on the slice (exit 2): a
+    script saw a failure with the output file there. Now nothing is printed or written."""
+    teacher = make_run(tmp_path, "teacher", "teacher", slice_values(1, 0.0))
+    std = make_run(tmp_path, "std-kd-at", "kd", slice_values(2, 0.3), method="at", teacher_role="teacher")
+    out = tmp_path / "table.md"
+    result = invoke(teacher, std, "--out", out, "--attention", tmp_path / "att", "--attention-slice", where,
+                    "--attention-data", tiny_dataset)
+    assert result.exit_code == 2 and error in result.stderr, result.output
+    assert result.stdout == "" and not out.exists() and not list(tmp_path.glob("att*"))
 
 
 def test_a_plans_runs_folder_stands_for_the_runs_in_it(tmp_path):
@@ -778,7 +794,7 @@ def test_evaluations_inside_the_compared_runs_that_the_table_leaves_out_are_name
     assert "note" not in invoke(*trio.values(), "--convention", "fastmri").stderr
 
 
-def test_attention_refuses_figures_sftkd_did_not_write_before_any_work_unless_forced(tmp_path, monkeypatch):
+def test_attention_refuses_figures_sftkd_did_not_write_before_any_work_unless_forced(tmp_path, monkeypatch, tiny_dataset):
     """`--attention thesis/fig6.pdf` replaced the user's fig6.png and fig6.pdf without a word."""
     from sftkd_cli.report.figures import FigureOutput
 
@@ -796,7 +812,7 @@ def test_attention_refuses_figures_sftkd_did_not_write_before_any_work_unless_fo
     assert refused.exit_code == 2 and len(lines) == 1 and refused.stdout == "" and drawn == [], refused.output
     assert f"--attention {thesis / 'fig6.png'}: exists and is not a figure sftkd wrote" in lines[0] and "--force" in lines[0]
     assert (thesis / "fig6.png").read_text() == "x\n" and (thesis / "fig6.pdf").read_text() == "y\n"
-    forced = invoke(kd, teacher, "-f", "csv", "--attention", thesis / "fig6.pdf", "--force")
+    forced = invoke(kd, teacher, "-f", "csv", "--attention", thesis / "fig6.pdf", "--force", "--attention-data", tiny_dataset)
     assert forced.exit_code == 0 and drawn == [thesis / "fig6.pdf"], forced.output
 
 

@@ -254,6 +254,30 @@ def test_the_card_writes_nan_and_infinite_scores_as_null(run_copy):
     assert read_card(result.path)["metrics"]["metrics"]["PSNR"]["std"] is None  # sftkd reads its own card
 
 
+def test_a_card_left_without_scores_is_said_in_one_note(run_copy, tmp_path):
+    """After `--resume` trained on, metrics.json scored an earlier best.pt: the card got
+    "metrics": null without a word (the help says the card gets its scores). Now one note says why
+    and which evaluate command gives them; a card with its scores gets no note."""
+    def export(name: str) -> list[str]:
+        result = CliRunner().invoke(app, ["export", str(run_copy), "-f", "torchscript", "-o", str(tmp_path / name)], env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        assert read_card(tmp_path / name)["metrics"] is None or "card has no scores" not in result.output
+        return [line for line in result.output.splitlines() if "card has no scores" in line]
+
+    best = hashlib.sha256((run_copy / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    scores = {"format": 1, "model": "D2C2", "role": "teacher", "checkpoint": "best", "checkpoint_sha256": "0" * 64,
+              "dataset": {"split": "val", "acceleration": 4.0}, "metrics": {"PSNR": {"mean": 30.0, "std": 1.0}}}
+    (run_copy / "metrics.json").write_text(json.dumps(scores))  # of an earlier best.pt
+    assert export("earlier.ts") == [
+        f"note: the card has no scores: {run_copy / 'metrics.json'} scores another checkpoint (an earlier best.pt: the "
+        f"run trained on since, e.g. --resume); run `sftkd evaluate {run_copy}` first, then export again"]
+    (run_copy / "metrics.json").unlink()
+    assert export("none.ts") == [f"note: the card has no scores: no {run_copy / 'metrics.json'} yet; "
+                                 f"run `sftkd evaluate {run_copy}` first, then export again"]
+    (run_copy / "metrics.json").write_text(json.dumps({**scores, "checkpoint_sha256": best}))
+    assert export("scored.ts") == [] and read_card(tmp_path / "scored.ts")["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_failing_check_leaves_nothing_behind(trained_run, tmp_path, monkeypatch, fmt):
     out = tmp_path / "out" / "model.bin"

@@ -156,6 +156,25 @@ def test_a_folder_holding_only_checkpoints_still_gives_them(trained_run, tmp_pat
     assert resolve_checkpoint(tmp_path / "copy") == tmp_path / "copy" / "checkpoints" / "best.pt"
 
 
+def test_model_over_runs_some_of_which_lack_it_is_refused_before_any_is_evaluated(trained_run, tmp_path):
+    """`evaluate runs/demo --model student` scored the SFT run's student, then failed on the next
+    run ("holds one model"), exit 2, the later runs unevaluated. Now every run is checked first."""
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    sft = Path(shutil.copytree(trained_run, plan / "sft"))
+    for name in ("best", "last"):  # an SFT run's checkpoint: a teacher and a student entry
+        state = load_checkpoint(sft / "checkpoints" / f"{name}.pt")
+        entry = state["models"].pop("model")
+        state["models"].update(teacher=entry, student=entry)
+        state["primary"] = "teacher"
+        save_checkpoint(sft / "checkpoints" / f"{name}.pt", state)
+    teacher = Path(shutil.copytree(trained_run, plan / "teacher"))
+    fails_cleanly("evaluate", sft, teacher, "--model", "student", "--device", "cpu",
+                  names=(f"--model student: not in {teacher} (holds model)", f"give only {sft} with --model student",
+                         "nothing was evaluated"))
+    assert not (sft / "eval-student").exists()
+
+
 def test_model_on_a_run_of_one_model_says_what_model_picks(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path)
     for command in (["evaluate", run, "--device", "cpu"], ["export", run, "--format", "torchscript"]):

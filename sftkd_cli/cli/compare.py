@@ -80,7 +80,7 @@ def compare(
     strict: Annotated[bool, typer.Option("--strict", help="Fail on runs not evaluated yet instead of skipping them.")] = False,
     convention: Annotated[Convention, typer.Option("--convention", metavar="NAME", case_sensitive=False, help=f"paper (per slice, as `sftkd evaluate` scores by default) or fastmri (per volume, from RUN/eval-fastmri/; default metrics {','.join(FASTMRI_METRICS)}).")] = Convention.paper,
     attention: Annotated[Path | None, typer.Option("--attention", metavar="STEM", help="Also draw the AT attention-map residues of each compared KD run to its own teacher, per cascade (the paper's Fig. 6), to STEM.png and STEM.pdf (a .png or .pdf ending is dropped: out/att.png writes out/att.png and out/att.pdf). An existing figure is replaced only when sftkd wrote it (its PNG Software or PDF Creator metadata says sftkd), when it is empty, or with --force.")] = None,
-    attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index, e.g. vol1:12 (default: the middle slice of the middle volume).")] = None,
+    attention_slice: Annotated[str | None, typer.Option("--attention-slice", metavar="VOL:N", help="The slice for --attention, volume:index as the dataset names them, e.g. icbm152_z027-034:4 for the demo data (default: the middle slice of the middle volume).")] = None,
     attention_data: Annotated[Path | None, typer.Option("--attention-data", metavar="DIR", help="The prepared dataset for --attention (default: the first KD run's data.path, as its recipe names it).")] = None,
 ) -> None:
     """Tabulate evaluated runs (see HELP)."""
@@ -101,6 +101,10 @@ def compare(
     results, warnings = collect_runs(runs, strict=strict, convention=convention.value)
     for message in warnings:
         stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if attention is not None:  # its students, dataset and slice before the table and --out are written
+        from sftkd_cli.report.attention import check_attention_slice, distilled_runs
+
+        check_attention_slice(distilled_runs(results), attention_data, *where)
     if convention is Convention.paper:
         _note_other_evaluations([Path(run.label) for run in results])
     names = [name for name in metrics.split(",") if name.strip()] if metrics is not None else None
@@ -136,7 +140,7 @@ def _attention_slice(text: str | None, attention: Path | None) -> tuple[str | No
         raise SftkdError("--attention-slice: only used with --attention STEM")
     volume, _, number = text.rpartition(":")
     if not volume or not number.strip().isdigit():
-        raise SftkdError(f"--attention-slice {text}: expected VOLUME:SLICE (e.g. vol1:12)")
+        raise SftkdError(f"--attention-slice {text}: expected VOLUME:SLICE (e.g. icbm152_z027-034:4)")
     return volume, int(number)
 
 

@@ -49,6 +49,7 @@ def evaluate(
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", callback=any_case(SCORE_FILES), help="paper (the paper's reference evaluation, per slice) or fastmri (the fastmri package's, per volume; scores go to <folder>/eval-fastmri/).")] = "paper",
 ) -> None:
     """Score runs on a split (see HELP)."""
+    from sftkd_cli.checkpoints import check_runs_hold
     from sftkd_cli.eta import ProgressLines
     from sftkd_cli.evaluate import check_evaluate_options, evaluate_run
     from sftkd_cli.report.formats import metrics_table
@@ -59,6 +60,8 @@ def evaluate(
     runs = [run for given in runs for run in expand_runs_folder(given)]
     for run in runs:  # every run exists before the first is evaluated: a typo does not leave half the work
         open_run(run)
+    if model is not None and exported is None and len(runs) > 1:  # each holds that model (one run: evaluate_run says it)
+        check_runs_hold(runs, model, checkpoint)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     say = partial(err_console.print, highlight=False, markup=False, soft_wrap=True)
     for run in runs:

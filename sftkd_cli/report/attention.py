@@ -159,6 +159,45 @@ def distilled_runs(results: Sequence[RunResult]) -> dict[str, Path]:
     return students
 
 
+def figure_data(runs: Mapping[str, Path], dataset: str | Path | None) -> tuple[Path, float]:
+    """The dataset the figure reads (`dataset`, else the first run's recipe's data.path, which must
+    be a folder from here) and the first run's acceleration."""
+    from sftkd_cli.runs import check_recipe_data, open_run
+
+    if not runs:
+        raise SftkdError("attention residues: no distilled runs to show")
+    first = Path(next(iter(runs.values())))
+    recipe = open_run(first).load_recipe()
+    if dataset is None:
+        check_recipe_data(first / RECIPE_YAML, recipe.data.path, "pass the dataset where it is now (compare --attention-data DIR)")
+    return Path(dataset if dataset is not None else recipe.data.path), float(recipe.data.acceleration)
+
+
+def check_slice(manifest: Mapping[str, Any], dataset: Path, volume: str, index: int) -> None:
+    """Refuse a volume the dataset's manifest does not list, or a slice index it does not have."""
+    volumes = manifest["volumes"]
+    if volume not in volumes:
+        names = sorted(volumes)
+        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise SftkdError(f"{dataset}: no volume {volume!r} (has {listed})")
+    slices = int(volumes[volume]["slices"])
+    if not 0 <= index < slices:
+        raise SftkdError(f"{dataset}: volume {volume} has no slice {index} (it has {slices}: 0 to {slices - 1})")
+
+
+def check_attention_slice(runs: Mapping[str, Path], dataset: Path | None, volume: str | None, index: int | None) -> None:
+    """`compare --attention`'s dataset, and the --attention-slice VOLUME:SLICE when given, checked
+    before compare tabulates or writes anything: a slice the dataset lacks is one error line, not a
+    failure after the table and --out were written."""
+    from sftkd_cli.data.dataset import check_acceleration, load_manifest
+
+    root, acceleration = figure_data(runs, dataset)
+    manifest = load_manifest(root)
+    check_acceleration(manifest, root, acceleration)
+    if volume is not None and index is not None:
+        check_slice(manifest, root, volume, index)
+
+
 def attention_residues_from_runs(
     runs: Mapping[str, Path],
     stem: Path,
@@ -180,17 +219,11 @@ def attention_residues_from_runs(
     import torch
 
     from sftkd_cli.data.dataset import load_manifest, load_volume, split_volumes
-    from sftkd_cli.runs import check_recipe_data, open_run
 
-    if not runs:
-        raise SftkdError("attention residues: no distilled runs to show")
     runs = {label: Path(run) for label, run in runs.items()}
+    dataset, recorded = figure_data(runs, dataset)
     first = next(iter(runs.values()))
-    recipe = open_run(first).load_recipe()
-    if dataset is None:
-        check_recipe_data(first / RECIPE_YAML, recipe.data.path, "pass the dataset where it is now (compare --attention-data DIR)")
-    dataset = Path(dataset if dataset is not None else recipe.data.path)
-    acceleration = float(acceleration if acceleration is not None else recipe.data.acceleration)
+    acceleration = float(acceleration if acceleration is not None else recorded)
     if volume is None or index is None:
         if (first / RECON_H5).is_file():
             volume, index = default_slice(first / RECON_H5, volume, index)
@@ -201,9 +234,8 @@ def attention_residues_from_runs(
             if volume not in manifest["volumes"]:
                 raise SftkdError(f"{dataset}: no volume {volume!r}")
             index = index if index is not None else int(manifest["volumes"][volume]["slices"]) // 2
+    check_slice(load_manifest(dataset), dataset, volume, index)
     arrays = load_volume(dataset, volume, acceleration)
-    if not 0 <= index < arrays["image"].shape[0]:
-        raise SftkdError(f"{dataset}: volume {volume} has no slice {index}")
     zf = np.asarray(arrays["zf"][index])
     zf = np.stack([zf.real, zf.imag]) if np.iscomplexobj(zf) else zf[None]  # complex data: real, imaginary channels
     zf = torch.from_numpy(zf.astype(np.float32))[None]
