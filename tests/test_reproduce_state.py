@@ -130,9 +130,11 @@ def test_the_dry_run_and_the_estimate_see_what_comes_after_a_stage_that_will_tra
     assert times["eval-teacher"].seconds > 0 and times["eval-teacher"].how != "complete"
     assert (times["std-kd-at"].how, times["std-kd-at"].seconds) == ("refused", 0.0)
     assert (times["eval-std-kd-at"].how, times["eval-std-kd-at"].seconds) == ("blocked", 0.0)
-    again = statuses(run_plan(plan, only=only, console=quiet()))
-    assert again == {"data": "skipped", "teacher": "resumed", "std-kd-at": "failed", "eval-teacher": "done",
-                     "eval-std-kd-at": "skipped", "report": "done"}
+    outcome = run_plan(plan, only=only, console=quiet())
+    assert statuses(outcome) == {"data": "skipped", "teacher": "resumed", "std-kd-at": "failed", "eval-teacher": "done",
+                                 "eval-std-kd-at": "skipped", "report": "failed"}
+    # the refused run's old scores are not shown as results: the report names them among its problems
+    assert "eval-std-kd-at: left out of the results" in outcome.results[-1].note
 
 
 def test_an_earlier_status_with_null_seconds_is_read_as_nan(tmp_path):

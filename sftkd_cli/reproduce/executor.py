@@ -139,7 +139,7 @@ class LocalExecutor:
         for dead in [w for w in self._workers if w.job is None and not w.process.is_alive()]:
             self._end(dead)
         here, there = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(there,), name=f"sftkd-worker-{len(self._workers) + 1}")
+        process = self._context.Process(target=_serve, args=(there, os.getpid()), name=f"sftkd-worker-{len(self._workers) + 1}")
         with _sigint_held():  # the child starts with SIGINT blocked: Ctrl-C reaches the parent, which stops the jobs
             process.start()
         there.close()
@@ -273,19 +273,47 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _serve(conn: Connection) -> None:
+#: Linux prctl(2) option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
+
+
+def _serve(conn: Connection, parent: int | None = None) -> None:
     """A worker process: jobs from `conn` until None (or SIGTERM while idle); each job's output
-    goes into its log, SIGTERM stops it as Ctrl-C would, and its result goes back."""
+    goes into its log, SIGTERM stops it as Ctrl-C would, and its result goes back. SIGTERM also
+    comes when the `parent` process dies (`_stop_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, _stop)  # training installs its own (save, then stop) while it runs
     streams = os.dup(1), os.dup(2)
     try:
+        if parent is not None:
+            _stop_with_parent(parent)
         while (job := conn.recv()) is not None:
             conn.send(_run(job, streams))
             signal.signal(signal.SIGTERM, _stop)
     except (KeyboardInterrupt, EOFError, OSError):
         pass  # stopped while idle, or the parent is gone
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have SIGTERM sent to this worker when its parent (pid `parent`) dies, so that a plan killed
+    with kill -9 does not leave its workers training on, holding their runs (a rerun would find
+    "another sftkd process is using this run"): the job stops as on SIGTERM (training saves its
+    checkpoint) and the worker exits. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a worker
+    notices when it next uses its pipe. A parent that died before the setting took hold is seen
+    by its pid: this process then sends itself the signal."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl to call: as on other systems
+        return
+    if os.getppid() != parent:  # the parent died first: reparented already
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _run(job: StageJob, streams: tuple[int, int]) -> StageResult:

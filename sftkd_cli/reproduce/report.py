@@ -20,7 +20,10 @@ from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
 from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, written_for
 from sftkd_cli.reproduce.spec import Plan
-from sftkd_cli.reproduce.stages import Stage, StageResult, evaluation_dir, figure_method, grid_members
+from sftkd_cli.reproduce.stages import (
+    Stage, StageResult, evaluation_complete, evaluation_dir, figure_method, grid_members, plan_conflict,
+    writes_reconstructions,
+)
 from sftkd_cli.files import json_text, nan_if_null, write_run_file
 from sftkd_cli.run_files import METRICS_JSON
 
@@ -43,7 +46,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     out = plan.report_dir
     out.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
-    evaluated = _evaluated(stages)
+    evaluated, left_out = _evaluated(plan, stages)
+    problems += [f"{stage_id}: left out of the results: {why}" for stage_id, why in left_out]
     lines = [f"{REPORT_HEADING}{plan.name}", ""]
     if plan.description:
         lines += [plan.description.strip(), ""]
@@ -51,7 +55,8 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         f"- plan: `{plan.path}`", f"- dataset: `{plan.data.out}` (source {plan.data.source})",
         f"- runs: `{plan.runs_dir}`",
         *([f"- overrides from the command line (every stage): `{' '.join(plan.overrides)}`"] if plan.overrides else []),
-        f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}", "",
+        f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}",
+        *[f"- left out of the results (see Problems): {stage_id}" for stage_id, _ in left_out], "",
     ]
     for group in _groups(plan):
         members = [s for s in evaluated if s.group in (group, "")]
@@ -80,8 +85,31 @@ def _groups(plan: Plan) -> list[str]:
     return [v.name for v in plan.variants] or [""]
 
 
-def _evaluated(stages: Sequence[Stage]) -> list[Stage]:
-    return [s for s in stages if s.kind == "evaluate" and (evaluation_dir(s) / METRICS_JSON).is_file()]
+def _evaluated(plan: Plan, stages: Sequence[Stage]) -> tuple[list[Stage], list[tuple[str, str]]]:
+    """The evaluation stages whose scores are current for the plan, and (stage id, why) for each
+    one with a metrics.json that is not: a run that differs from the plan (`plan_conflict`: a
+    changed override, other data) or scores that are not of the checkpoint, split and checkpoint
+    choice the plan evaluates now (`evaluation_complete`). Those are left out of the tables, the
+    verdict and the figures, so that a refused or retrained run's old scores never read as results."""
+    current: list[Stage] = []
+    left_out: list[tuple[str, str]] = []
+    for stage in stages:
+        if stage.kind != "evaluate" or not (evaluation_dir(stage) / METRICS_JSON).is_file():
+            continue
+        try:
+            conflict = plan_conflict(stage)
+        except SftkdError as exc:  # e.g. a damaged recipe.yaml or checkpoint: cannot tell, so not shown
+            conflict = str(exc)
+        if conflict:
+            left_out.append((stage.id, conflict))
+        elif not evaluation_complete(stage, plan):
+            left_out.append((stage.id, f"{evaluation_dir(stage) / METRICS_JSON} does not score the run's current "
+                                       f"{plan.evaluate['checkpoint']} checkpoint on split {plan.evaluate['split']}"
+                                       + (" with its recon.h5" if writes_reconstructions(stage, plan) else "")
+                                       + f"; run the plan again (stage {stage.id}) to evaluate it anew"))
+        else:
+            current.append(stage)
+    return current, left_out
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] | None = None) -> list[str]:

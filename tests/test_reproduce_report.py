@@ -1,0 +1,85 @@
+"""The plan's report shows only scores that are current for the plan: an evaluation of a run the
+plan now refuses (another override, other data) or of a checkpoint that has moved on since is
+left out of the tables, the verdict and the figures, and named among the report's problems."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from sftkd_cli.reproduce import load_plan, run_plan
+
+torch.set_num_threads(1)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def write_plan(tmp_path: Path, data: Path, student: str = "{}", epochs: int = 1) -> Path:
+    """A teacher and a student, one epoch each, on the prepared `data`; `student` is its stage block."""
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        f"plan: 1\ndata:\n  source: prepared\n  out: {data}\nruns_dir: {tmp_path / 'runs'}\n"
+        f"base:\n  train.epochs: {epochs}\n  train.batch_size: 2\n  train.threads: 1\n  train.device: cpu\n"
+        "  sft.teacher: D3C2\n  sft.student: D2C2\n  eval.latency_slices: 1\n"
+        f"stages:\n  teacher: {{}}\n  student: {student}\n")
+    return path
+
+
+def results_rows(text: str) -> list[str]:
+    """The first column of the tables above the plan status table (results, verdict, paper layout)."""
+    head = text.split("## Plan status")[0]
+    return [line.split(" | ")[0].lstrip("| ") for line in head.splitlines() if line.startswith("| ")]
+
+
+def report_of(tmp_path: Path) -> tuple[str, list[str]]:
+    report = tmp_path / "runs" / "report"
+    return (report / "report.md").read_text(), json.loads((report / "status.json").read_text())["problems"]
+
+
+def test_a_run_refused_for_a_changed_override_is_left_out_of_the_report(tmp_path, tiny_dataset):
+    first = run_plan(load_plan(write_plan(tmp_path, tiny_dataset)), console=quiet())
+    assert not first.failed, first.results
+    text, problems = report_of(tmp_path)
+    assert "Student" in results_rows(text) and problems == []
+
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, "{overrides: {train.lr: 0.002}}"))
+    outcome = run_plan(plan, console=quiet())
+    status = {r.id: r for r in outcome.results}
+    assert status["student"].status == "failed" and "train.lr was" in status["student"].note
+    text, problems = report_of(tmp_path)
+    assert "Student" not in results_rows(text) and "Teacher" in results_rows(text)
+    assert [p for p in problems if p.startswith("eval-student: left out of the results: ")], problems
+    assert "train.lr was" in next(p for p in problems if p.startswith("eval-student"))
+    assert "- left out of the results (see Problems): eval-student" in text and "## Problems" in text
+    assert not any(p.startswith("eval-teacher") for p in problems)
+
+
+def test_a_retrained_run_whose_evaluation_did_not_run_is_left_out(tmp_path, tiny_dataset):
+    """--only student,report after the student's epochs grew: the student trains on, its old
+    metrics.json is not of the new checkpoint, so the report leaves it out and says so."""
+    assert not run_plan(load_plan(write_plan(tmp_path, tiny_dataset)), console=quiet()).failed
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, "{overrides: {train.epochs: 2}}"))
+    outcome = run_plan(plan, only=["student", "report"], console=quiet())
+    status = {r.id: r for r in outcome.results}
+    assert status["student"].status == "resumed", outcome.results
+    assert status["report"].status == "failed" and "eval-student: left out" in status["report"].note
+    text, problems = report_of(tmp_path)
+    assert "Student" not in results_rows(text) and "Teacher" in results_rows(text)
+    assert any(p.startswith("eval-student: left out") and "current best checkpoint" in p for p in problems), problems
+
+
+def test_runs_of_other_data_are_left_out_when_the_plans_data_is_missing(tmp_path, tiny_dataset):
+    assert not run_plan(load_plan(write_plan(tmp_path, tiny_dataset)), console=quiet()).failed
+    plan = load_plan(write_plan(tmp_path, tmp_path / "nodata"))
+    outcome = run_plan(plan, console=quiet())
+    assert {r.id: r.status for r in outcome.results}["data"] == "failed"
+    text, problems = report_of(tmp_path)
+    assert results_rows(text) == [] and "No evaluated runs yet." in text
+    assert sorted(p.split(":")[0] for p in problems if "left out of the results" in p) == ["eval-student", "eval-teacher"]
+    assert all("(other data)" in p for p in problems if "left out of the results" in p), problems
