@@ -339,7 +339,9 @@ class RunDir:
             )
         if resume:
             if not exists:
-                raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); drop --resume to start")
+                raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); for a run moved, copied or renamed, give "
+                                  "its RUN/recipe.yaml as the recipe or name its folder with --name and --runs-dir; "
+                                  "else drop --resume to start")
         elif exists and not force:
             raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to start over")
         elif not exists and self.path.is_dir() and self._foreign_entries():

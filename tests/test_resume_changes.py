@@ -154,3 +154,39 @@ def test_the_start_line_says_where_a_run_resumes_mid_epoch_and_counts_one_thread
     said = io.StringIO()
     _fit(tmp_path, "stopped", True, None, "train.threads=1", console=Console(file=said, width=300))
     assert ", cpu, 1 thread, resuming at epoch 2, step 2; layout" in said.getvalue().splitlines()[0]
+
+
+def test_a_copied_run_resumed_through_its_own_recipe_trains_the_copy(tiny_dataset, tmp_path):
+    """`--resume` with a copied run's own RUN/recipe.yaml (naming the original's folder) and no
+    --name or --runs-dir continues the copy; it trained the original instead."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "a")).exit_code == 0
+    shutil.copytree(runs / "a", runs / "copy")
+    original = (runs / "a" / "checkpoints" / "last.pt").read_bytes()
+    result = invoke("train-teacher", runs / "copy" / "recipe.yaml", "train.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"done: {runs / 'copy'}" in " ".join(result.output.split())
+    assert len((runs / "copy" / "history.jsonl").read_text().splitlines()) == 2
+    assert len((runs / "a" / "history.jsonl").read_text().splitlines()) == 1  # the original is left as it was
+    assert (runs / "a" / "checkpoints" / "last.pt").read_bytes() == original
+    assert load_recipe(runs / "copy" / "recipe.yaml").run.name == "copy"
+
+
+def test_a_renamed_run_resumes_through_its_own_recipe_from_another_folder(tiny_dataset, tmp_path, monkeypatch):
+    """A run whose recipe names it relatively (run.dir runs), renamed and resumed from another
+    folder through its RUN/recipe.yaml, continues that folder; it was refused as 'nothing to
+    resume' (runs/a from there), whose advice started a new run elsewhere. --name still wins, and
+    its 'nothing to resume' says how to name a run's folder."""
+    monkeypatch.chdir(tmp_path)
+    assert invoke(*train_args(tiny_dataset, "runs", "a")).exit_code == 0
+    (tmp_path / "runs" / "a").rename(tmp_path / "runs" / "b")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    result = invoke("train-teacher", "../runs/b/recipe.yaml", "train.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "runs" / "b" / "history.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "other" / "runs").exists()
+    refused = invoke("train-teacher", "../runs/b/recipe.yaml", "--name", "gone", "train.epochs=3", "--resume")
+    assert refused.exit_code == 2  # a --name given wins over the recipe's folder
+    assert "../runs/gone: nothing to resume" in refused.output
+    assert "name its folder with --name and --runs-dir" in " ".join(refused.output.split())
