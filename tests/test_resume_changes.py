@@ -5,6 +5,7 @@ data.cache and train.checkpoint_every."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import signal
 
@@ -16,7 +17,7 @@ from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import RunInterrupted, counted
 from sftkd_cli.runs import load_checkpoint, save_checkpoint
 from test_engine import _fit, _signal_inside_adam, _weights
-from test_hardening import invoke, train_args
+from test_hardening import fails_cleanly, invoke, train_args
 from test_resume_from_best import _assert_same_run
 
 
@@ -189,4 +190,31 @@ def test_a_renamed_run_resumes_through_its_own_recipe_from_another_folder(tiny_d
     refused = invoke("train-teacher", "../runs/b/recipe.yaml", "--name", "gone", "train.epochs=3", "--resume")
     assert refused.exit_code == 2  # a --name given wins over the recipe's folder
     assert "../runs/gone: nothing to resume" in refused.output
-    assert "name its folder with --name and --runs-dir" in " ".join(refused.output.split())
+    assert "give its RUN/recipe.yaml as the recipe, or --name and --runs-dir" in " ".join(refused.output.split())
+
+
+def test_a_resume_refuses_a_history_that_lacks_rows_of_its_checkpoint(tiny_dataset, tmp_path):
+    """A resume keeps the history's rows up to its checkpoint and rewrites the file: one whose line
+    2 (of 3) was damaged ended with epochs [1, 4] (row 3 lost), a missing one with [4]. Now either
+    is refused in one line before any work, and the file is left as it was; more rows than the
+    checkpoint's epochs (a stop between the history's write and the checkpoint's) still resumes."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=3")).exit_code == 0
+    history = runs / "r" / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text(lines[0] + '{"epoch": 2, "train_lo\n' + lines[2])
+    damaged = history.read_bytes()
+    resume = [*train_args(tiny_dataset, runs, "r", "train.epochs=4"), "--resume"]
+    fails_cleanly(*resume, names=(f"{history}: line 2 is not JSON (1 row (epochs 1) before it)",
+                                  "has finished 3 epochs", "restore the file"))
+    assert history.read_bytes() == damaged
+    history.unlink()
+    fails_cleanly(*resume, names=(f"{history}: is missing", "has finished 3 epochs"))
+    assert not history.exists()
+    last = runs / "r" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["epoch"] == 3
+    history.write_text("".join(lines) + lines[2].replace('"epoch": 3', '"epoch": 4'))  # a row the checkpoint lacks
+    result = invoke(*resume)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2, 3, 4]

@@ -32,7 +32,7 @@ from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.lines import RESUME_HINTS
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
+from sftkd_cli.training.resume import ResumePoint, history_gap, other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer: none
 #: changes the numbers; data.cache reads the same arrays, train.checkpoint_every only saves more
@@ -309,7 +309,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point:
         raise SftkdError(f"{run.checkpoint(LAST)}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
                          "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
     last, saved = point.path, point.state
-    refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
+    refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size()) or history_gap(run, point)
     if refused:
         raise SftkdError(refused)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")
