@@ -339,7 +339,8 @@ class RunDir:
             )
         if resume:
             if not exists:
-                raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); drop --resume to start")
+                raise SftkdError(f"{self.path}: nothing to resume (no recipe.yaml); for a run moved, copied or renamed, give its "
+                                  "RUN/recipe.yaml as the recipe, or --name and --runs-dir; else drop --resume to start")
         elif exists and not force:
             raise SftkdError(f"{self.path}: run already exists; use --resume to continue or --force to start over")
         elif not exists and self.path.is_dir() and self._foreign_entries():
@@ -552,18 +553,19 @@ def _rmdir_quietly(folder: Path) -> None:
 
 
 def read_history_file(path: Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of a history.jsonl, up to a line cut by a crash.
+    """The per-epoch rows of a history.jsonl, up to a line cut by a crash (`parse_history`; a FIFO, device or huge file: refused)."""
+    return parse_history(path)[0]
 
-    A FIFO, device or oversized file is refused rather than read (it could hang or fill memory).
-    """
-    rows = []
-    for line in read_regular_bytes(path, "history", limit=MAX_HISTORY_BYTES).decode(errors="replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: ignore it and what follows
-    return rows
+
+def parse_history(path: Path) -> tuple[list[dict[str, Any]], int | None]:
+    """Rows of a history.jsonl up to its first line that is not JSON (cut by a crash, or damaged); that line's number or None."""
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(read_regular_bytes(path, "history", limit=MAX_HISTORY_BYTES).decode(errors="replace").splitlines(), 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError:
+            return rows, number
+    return rows, None
 
 
 def is_run_folder(path: Path) -> bool:

@@ -220,6 +220,28 @@ def test_ctrl_c_during_validation_stops_after_the_epochs_checkpoint(tmp_path, mo
     assert "Ctrl-C: stopping after this validation, then saving (Ctrl-C again stops at once)" in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("epochs, said, ended", [
+    (2, "stopping once this epoch's checkpoint is written", "continue with --resume"),
+    (1, "the run is complete once its last checkpoint is written", "the run is complete"),
+])
+def test_ctrl_c_after_validation_says_it_waits_for_the_epochs_checkpoint(tmp_path, monkeypatch, capfd, epochs, said,
+                                                                         ended):
+    """A Ctrl-C once the validation is over (here: as the history row is written) waits for the
+    epoch's checkpoint, the save itself, and says so; it said 'stopping after this validation, then
+    saving', also during the last checkpoint's write of a run that then ended complete."""
+    write_history = RunDir.write_history
+
+    def pressed_during(self, rows):
+        os.kill(os.getpid(), signal.SIGINT)
+        write_history(self, rows)
+
+    monkeypatch.setattr(RunDir, "write_history", pressed_during)
+    with pytest.raises(RunInterrupted, match=f"stopped by Ctrl-C after epoch 1; {ended}"):
+        _fit(tmp_path, "stopped", False, None, f"train.epochs={epochs}")
+    assert capfd.readouterr().err == f"Ctrl-C: {said} (Ctrl-C again stops at once, without it)\n"
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
 @pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_a_stop_at_an_epochs_last_step_ends_that_epoch_and_resumes_exactly_without_a_warning(tmp_path, monkeypatch,
                                                                                             recwarn, signum, by):

@@ -5,6 +5,7 @@ data.cache and train.checkpoint_every."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import signal
 
@@ -16,7 +17,7 @@ from sftkd_cli.config import load_recipe
 from sftkd_cli.errors import RunInterrupted, counted
 from sftkd_cli.runs import load_checkpoint, save_checkpoint
 from test_engine import _fit, _signal_inside_adam, _weights
-from test_hardening import invoke, train_args
+from test_hardening import fails_cleanly, invoke, train_args
 from test_resume_from_best import _assert_same_run
 
 
@@ -154,3 +155,66 @@ def test_the_start_line_says_where_a_run_resumes_mid_epoch_and_counts_one_thread
     said = io.StringIO()
     _fit(tmp_path, "stopped", True, None, "train.threads=1", console=Console(file=said, width=300))
     assert ", cpu, 1 thread, resuming at epoch 2, step 2; layout" in said.getvalue().splitlines()[0]
+
+
+def test_a_copied_run_resumed_through_its_own_recipe_trains_the_copy(tiny_dataset, tmp_path):
+    """`--resume` with a copied run's own RUN/recipe.yaml (naming the original's folder) and no
+    --name or --runs-dir continues the copy; it trained the original instead."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "a")).exit_code == 0
+    shutil.copytree(runs / "a", runs / "copy")
+    original = (runs / "a" / "checkpoints" / "last.pt").read_bytes()
+    result = invoke("train-teacher", runs / "copy" / "recipe.yaml", "train.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"done: {runs / 'copy'}" in " ".join(result.output.split())
+    assert len((runs / "copy" / "history.jsonl").read_text().splitlines()) == 2
+    assert len((runs / "a" / "history.jsonl").read_text().splitlines()) == 1  # the original is left as it was
+    assert (runs / "a" / "checkpoints" / "last.pt").read_bytes() == original
+    assert load_recipe(runs / "copy" / "recipe.yaml").run.name == "copy"
+
+
+def test_a_renamed_run_resumes_through_its_own_recipe_from_another_folder(tiny_dataset, tmp_path, monkeypatch):
+    """A run whose recipe names it relatively (run.dir runs), renamed and resumed from another
+    folder through its RUN/recipe.yaml, continues that folder; it was refused as 'nothing to
+    resume' (runs/a from there), whose advice started a new run elsewhere. --name still wins, and
+    its 'nothing to resume' says how to name a run's folder."""
+    monkeypatch.chdir(tmp_path)
+    assert invoke(*train_args(tiny_dataset, "runs", "a")).exit_code == 0
+    (tmp_path / "runs" / "a").rename(tmp_path / "runs" / "b")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    result = invoke("train-teacher", "../runs/b/recipe.yaml", "train.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "runs" / "b" / "history.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "other" / "runs").exists()
+    refused = invoke("train-teacher", "../runs/b/recipe.yaml", "--name", "gone", "train.epochs=3", "--resume")
+    assert refused.exit_code == 2  # a --name given wins over the recipe's folder
+    assert "../runs/gone: nothing to resume" in refused.output
+    assert "give its RUN/recipe.yaml as the recipe, or --name and --runs-dir" in " ".join(refused.output.split())
+
+
+def test_a_resume_refuses_a_history_that_lacks_rows_of_its_checkpoint(tiny_dataset, tmp_path):
+    """A resume keeps the history's rows up to its checkpoint and rewrites the file: one whose line
+    2 (of 3) was damaged ended with epochs [1, 4] (row 3 lost), a missing one with [4]. Now either
+    is refused in one line before any work, and the file is left as it was; more rows than the
+    checkpoint's epochs (a stop between the history's write and the checkpoint's) still resumes."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=3")).exit_code == 0
+    history = runs / "r" / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text(lines[0] + '{"epoch": 2, "train_lo\n' + lines[2])
+    damaged = history.read_bytes()
+    resume = [*train_args(tiny_dataset, runs, "r", "train.epochs=4"), "--resume"]
+    fails_cleanly(*resume, names=(f"{history}: line 2 is not JSON (1 row (epochs 1) before it)",
+                                  "has finished 3 epochs", "restore the file"))
+    assert history.read_bytes() == damaged
+    history.unlink()
+    fails_cleanly(*resume, names=(f"{history}: is missing", "has finished 3 epochs"))
+    assert not history.exists()
+    last = runs / "r" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["epoch"] == 3
+    history.write_text("".join(lines) + lines[2].replace('"epoch": 3', '"epoch": 4'))  # a row the checkpoint lacks
+    result = invoke(*resume)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2, 3, 4]

@@ -95,7 +95,7 @@ def build_recipe(
     the command's own `checks`; a refused value names where it came from (`naming_origin`:
     `--epochs`, `override train.lr=nan` or the recipe file)."""
     from sftkd_cli.config import Setting, load_recipe, naming_origin, parse_overrides, validate
-    from sftkd_cli.training.session import check_run_role
+    from sftkd_cli.training.session import check_run_role, follow_run_folder
     from sftkd_cli.name_checks import check_run_name
 
     recipe_file, overrides = split_args(args)
@@ -108,6 +108,8 @@ def build_recipe(
     parsed = parse_overrides(overrides)
     _refuse_disagreements(parsed, settings)
     recipe = load_recipe(recipe_file, overrides, settings)  # two overrides that disagree: refused there
+    if not {setting.key for setting in [*parsed, *settings]} & {"run.name", "run.dir"}:
+        recipe = follow_run_folder(recipe, recipe_file)  # a run's own RUN/recipe.yaml trains that folder
     with naming_origin(recipe_file, [*parsed, *settings]):
         validate(recipe)
         check_run_role(recipe, command)

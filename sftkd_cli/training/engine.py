@@ -48,7 +48,7 @@ from sftkd_cli.training.graphs import GraphedStep, Reconstructor, graphed_recons
 from sftkd_cli.training.lines import RESUME_HINTS, checkpoint_at, epoch_line, model_text
 from sftkd_cli.training.objectives import Batch, Objective, model_record
 from sftkd_cli.training.resume import ResumePoint, resume_point, resumed_threads
-from sftkd_cli.training.stop_flag import StopFlag
+from sftkd_cli.training.stop_flag import AFTER_STEP, AFTER_VALIDATION, AT_CHECKPOINT, AT_LAST_CHECKPOINT, StopFlag
 from sftkd_cli.training.validation import validate
 
 #: with CUDA graphs, the losses of this many steps are read from the GPU together (one sync)
@@ -366,7 +366,7 @@ class Trainer:
 
         Saves `last` every train.checkpoint_every steps, and on SIGTERM before leaving."""
         cfg = self.recipe.train
-        loop.stop.after = "this step"
+        loop.stop.waiting = AFTER_STEP
         self._bare().begin_epoch(state.epoch)
         if not state.step and state.epoch in self._bare().restarts():  # (a resumed epoch restarted already)
             restart_optimizer(loop.optimizer, loop.scheduler)
@@ -477,16 +477,15 @@ class Trainer:
         train_loss = self._epoch_loss(state)
         val = {"val_l1": math.nan}
         if self.is_main and len(val_ds):
-            loop.stop.after = "this validation"  # what a Ctrl-C now says it waits for (`_run_epoch` puts back "this step")
+            loop.stop.waiting = AFTER_VALIDATION  # what a Ctrl-C now says it waits for (`_run_epoch` puts back AFTER_STEP)
             try:
                 val = validate(self._bare(), val_ds, self.device, cfg.amp, inference_batch_size(cfg.batch_size),
                                loop.predict)
             except NonFinitePrediction:
                 broken = self._broken(loop)
                 why = f" (its weights are {broken}, although the loss was finite)" if broken else ""
-                raise self._stopped(
-                    f"the model's output became nan or inf in the validation of epoch {state.epoch + 1}{why}"
-                ) from None
+                raise self._stopped(f"the model's output became nan or inf in the validation of epoch {state.epoch + 1}{why}") from None
+        loop.stop.waiting = AT_LAST_CHECKPOINT if state.epoch + 1 == cfg.epochs else AT_CHECKPOINT  # the save is under way
         row = {
             "epoch": state.epoch + 1,
             "train_loss": train_loss,

@@ -22,7 +22,7 @@ import torch
 from sftkd_cli.choices import BEST, LAST
 from sftkd_cli.errors import SftkdError, counted
 from sftkd_cli.files import nan_if_null
-from sftkd_cli.runs import RunDir, load_checkpoint
+from sftkd_cli.runs import RunDir, load_checkpoint, parse_history
 from sftkd_cli.torchrun import processes, started_with
 
 
@@ -52,6 +52,27 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
     if epochs >= begun:
         return ""
     return f"train.epochs {epochs}: the run has trained into epoch {begun} ({point.path}); expected {begun} or more"
+
+
+def history_gap(run: RunDir, point: ResumePoint) -> str:
+    """Why `run`'s history.jsonl cannot go on from the state at `point`, in one line ('' when it can):
+    a line of it is not JSON, or it holds fewer rows than the epochs the checkpoint finished. The
+    resume keeps the first rows and rewrites the file, so those rows would be lost for good. More
+    rows than the checkpoint's epochs is a stop between the two writes (history first): the extra
+    rows are trained again."""
+    epoch, _ = position(point.path, point.state)
+    path = run.history_file
+    rows, bad = parse_history(path) if path.exists() else ([], None)
+    if bad is None and len(rows) >= epoch:
+        return ""
+    epochs = ", ".join(str(row.get("epoch") if isinstance(row, dict) else "?") for row in rows)
+    read = counted(len(rows), "row") + (f" (epochs {epochs})" if rows else "")
+    if bad is not None:
+        what, lost = f"line {bad} is not JSON ({read} before it)", "with only the rows before that line"
+    else:
+        what, lost = ("is missing" if not path.exists() else f"holds {read}"), "without the rows it lacks"
+    return (f"{path}: {what}, but {point.path} has finished {counted(epoch, 'epoch')}: resuming would rewrite it {lost}; "
+            "restore the file (e.g. from a backup or a copy of the run), then resume again")
 
 
 def other_world(point: ResumePoint, world: int) -> str:

@@ -22,7 +22,7 @@ from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, s
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
 from sftkd_cli.files import check_writable, write_run_file
-from sftkd_cli.run_files import CHECKPOINTS
+from sftkd_cli.run_files import CHECKPOINTS, RECIPE_YAML
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.models import CascadeNet, build_model
@@ -32,7 +32,7 @@ from sftkd_cli.training.engine import FitResult, Trainer, seed_everything
 from sftkd_cli.training.graphs import use_cuda_graphs
 from sftkd_cli.training.lines import RESUME_HINTS
 from sftkd_cli.training.objectives import Objective
-from sftkd_cli.training.resume import ResumePoint, other_world, resume_point, too_few_epochs
+from sftkd_cli.training.resume import ResumePoint, history_gap, other_world, resume_point, too_few_epochs
 
 #: recipe keys that may change when resuming (where and how fast, or training for longer: none
 #: changes the numbers; data.cache reads the same arrays, train.checkpoint_every only saves more
@@ -52,6 +52,27 @@ def default_run_name(recipe: Recipe, role: str, model: str) -> str:
 
 def run_path(recipe: Recipe) -> Path:
     return Path(recipe.run.dir) / recipe.run.name
+
+
+def run_folder_of(recipe_file: Path | None) -> Path | None:
+    """The run folder whose own recipe.yaml `recipe_file` is (a file here named recipe.yaml, beside
+    the checkpoints/ folder sftkd makes in a run before its recipe); None for any other recipe."""
+    if recipe_file is None or recipe_file.name != RECIPE_YAML or not recipe_file.is_file():
+        return None
+    folder = recipe_file.parent
+    return folder if (folder / CHECKPOINTS).is_dir() else None
+
+
+def follow_run_folder(recipe: Recipe, recipe_file: Path | None) -> Recipe:
+    """`recipe` (read from `recipe_file`) training the run folder that file lies in, where it is a
+    run's own RUN/recipe.yaml (`run_folder_of`): its run.dir and run.name still name the folder it
+    was saved in, so a run moved, copied or renamed since (or the file given from another folder)
+    would otherwise train that other folder. For callers where no --name, --runs-dir, run.name= or
+    run.dir= names the run instead."""
+    folder = run_folder_of(recipe_file)
+    if folder is None or (recipe.run.name and _same_folder(run_path(recipe), folder)):
+        return recipe  # a recipe naming its own folder keeps its words for it
+    return dataclasses.replace(recipe, run=dataclasses.replace(recipe.run, dir=str(folder.parent), name=folder.name))
 
 
 def model_for(recipe: Recipe, name: str, data: dict[str, object]) -> CascadeNet:
@@ -288,7 +309,7 @@ def check_resumable(run: RunDir, recipe: Recipe, data: dict[str, object], point:
         raise SftkdError(f"{run.checkpoint(LAST)}: missing, and {what} (history.jsonl has {counted(rows, 'row')}): "
                          "it cannot continue where it stopped; put the checkpoints back, or start over with --force")
     last, saved = point.path, point.state
-    refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size())
+    refused = too_few_epochs(recipe.train.epochs, point) or other_world(point, world_size()) or history_gap(run, point)
     if refused:
         raise SftkdError(refused)
     trained_on = (saved.get("trained_on") or {}).get("fingerprint")

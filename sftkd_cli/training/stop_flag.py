@@ -12,6 +12,14 @@ import torch
 from sftkd_cli.errors import RunInterrupted
 
 
+#: what a stop says it waits for, by what the engine is doing when it comes (`StopFlag.waiting`)
+AFTER_STEP = "stopping after this step, then saving (Ctrl-C again stops at once)"
+AFTER_VALIDATION = "stopping after this validation, then saving (Ctrl-C again stops at once)"
+#: after an epoch's validation its checkpoint is the save: a second Ctrl-C stops without it
+AT_CHECKPOINT = "stopping once this epoch's checkpoint is written (Ctrl-C again stops at once, without it)"
+AT_LAST_CHECKPOINT = "the run is complete once its last checkpoint is written (Ctrl-C again stops at once, without it)"
+
+
 class StopFlag:
     """Set by SIGTERM or Ctrl-C (SIGINT) while training; checked between steps and after each
     epoch, so that the engine saves exactly where it is and leaves cleanly. A stop at an
@@ -27,7 +35,7 @@ class StopFlag:
         self.by = ""  # what set it, for the message
         self.signum = int(signal.SIGINT)
         self.announce, self.live_bar = announce, live_bar
-        self.after = "this step"  # what the engine does now, that the stop waits for ("this validation")
+        self.waiting = AFTER_STEP  # what the stop says it waits for: what the engine does now
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.raised:
@@ -40,7 +48,7 @@ class StopFlag:
         # os.write, not print: a handler can run in the middle of the progress bar's own writes;
         # a live bar's line is ended first, and without a bar there is no line to end
         start = "\n" if self.live_bar else ""
-        os.write(2, f"{start}{self.by}: stopping after {self.after}, then saving (Ctrl-C again stops at once)\n".encode())
+        os.write(2, f"{start}{self.by}: {self.waiting}\n".encode())
 
     def _set(self, signum: int) -> None:
         self.raised, self.by = True, "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
