@@ -521,6 +521,23 @@ def test_an_evaluation_split_the_dataset_lacks_fails_the_data_stage_before_train
     assert teacher.status == evaluation.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
+@pytest.mark.parametrize("figures, expected", [
+    ("{volume: nosuchvol}", "figures.volume: 'nosuchvol' is not a volume of split 'val' of dataset {data} (has vol1)"),
+    ("{volume: vol1, slice: 999}", "figures.slice: 999 is not a slice of volume vol1 in dataset {data} (it has 3: 0 to 2)"),
+    ("{slice: 999}", "figures.slice: 999 is not a slice of volume vol1 (the middle one of split 'val'; no figures.volume) "
+                     "in dataset {data} (it has 3: 0 to 2)"),
+])
+def test_a_figure_slice_the_dataset_lacks_fails_the_data_stage_before_training(tmp_path, tiny_dataset, figures, expected):
+    """figures.volume and figures.slice name a slice of the evaluated split, which the plan file
+    alone cannot know: the data stage checks them, so a typo fails before any training, not in
+    the report after all of it."""
+    plan = load_plan(write_plan(tmp_path, tiny_dataset, f"figures: {figures}\n"), ["train.device=cpu"])
+    outcome = run_plan(plan, only=["data", "teacher"], console=quiet())
+    data, teacher = outcome.results
+    assert data.status == "failed" and data.note == f"{plan.path}: " + expected.format(data=tiny_dataset), data.note
+    assert teacher.status == "skipped" and not (plan.runs_dir / "teacher").exists()
+
+
 def test_an_evaluation_split_that_is_a_path_is_refused_when_the_plan_loads(tmp_path, tiny_dataset):
     """stages.evaluate.split names RUN/eval-split-<split>/: a path there is refused at load."""
     with pytest.raises(SftkdError, match=r"stages.evaluate.split '\.\./x' is not a plain name"):

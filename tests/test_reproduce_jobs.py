@@ -337,6 +337,32 @@ def test_cli_estimate_needs_dry_run_and_prints_the_wall_time(tmp_path, tiny_data
     assert not (tmp_path / "runs").exists()  # the probe trains in a temporary folder
 
 
+def test_the_estimate_of_a_plan_with_a_refused_stage_gives_no_wall_time(tmp_path, tiny_dataset, monkeypatch):
+    """A run begun with another recipe (a quick trial) is refused, and all after it blocked: the
+    plan cannot run as it stands, so the estimate says so, naming the stage, gives no wall time
+    (it counted the refused stages as 0 s) and trains no probe."""
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+    from sftkd_cli.reproduce import estimate
+
+    path = write_plan(tmp_path, tiny_dataset)
+    runner = CliRunner()
+    trial = runner.invoke(app, ["reproduce", str(path), "--only", "teacher", "train.device=cpu", "train.epochs=1",
+                                "train.max_steps_per_epoch=1"])
+    assert trial.exit_code == 0, trial.output
+
+    def no_probe(stage):
+        raise AssertionError("probe trained")
+
+    monkeypatch.setattr(estimate, "probe_epoch", no_probe)
+    shown = runner.invoke(app, ["reproduce", str(path), "--dry-run", "--estimate", "--jobs", "2", "train.device=cpu"],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "no estimate: the plan cannot run as it stands: 1 stage refused (teacher; the table above says why)" in shown.output, shown.output
+    assert "expected wall time" not in shown.output and "probe" not in shown.output
+
+
 def test_a_stage_gets_the_executors_threads_for_itself_only(tmp_path, tiny_dataset):
     """A job's share of the CPUs is torch's thread count while its stage runs (the recipe sets no
     train.threads) and the worker's own count again afterwards: the next stage in that process

@@ -83,3 +83,19 @@ def test_runs_of_other_data_are_left_out_when_the_plans_data_is_missing(tmp_path
     assert results_rows(text) == [] and "No evaluated runs yet." in text
     assert sorted(p.split(":")[0] for p in problems if "left out of the results" in p) == ["eval-student", "eval-teacher"]
     assert all("(other data)" in p for p in problems if "left out of the results" in p), problems
+
+
+def test_an_earlier_reports_compare_files_and_figures_of_runs_now_left_out_are_removed(tmp_path, tiny_dataset):
+    """The runs the report now leaves out had compare files and figures from the earlier report:
+    they go too (else they sit beside report.md as its results); the user's files there stay."""
+    assert not run_plan(load_plan(write_plan(tmp_path, tiny_dataset)), console=quiet()).failed
+    report = tmp_path / "runs" / "report"
+    drawn = {"compare.csv", "compare.json", "box.png", "box.pdf", "curves.png", "grid.png"}
+    assert drawn <= {p.name for p in report.iterdir()}
+    (report / "notes.txt").write_text("mine")
+    (report / "box-mine.png").write_bytes(b"not a figure of sftkd's")
+    plan = load_plan(write_plan(tmp_path, tmp_path / "nodata"))
+    assert {r.id: r.status for r in run_plan(plan, console=quiet()).results}["data"] == "failed"
+    text, _ = report_of(tmp_path)
+    assert "No evaluated runs yet." in text
+    assert sorted(p.name for p in report.iterdir() if p.is_file()) == ["box-mine.png", "notes.txt", "report.md", "status.json"]

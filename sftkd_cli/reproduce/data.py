@@ -134,6 +134,32 @@ def check_split(out: Path, split: str, where: str) -> None:
         raise SftkdError(f"{where}: {exc}{nearest}") from None
 
 
+def check_figure_slice(out: Path, split: str, volume: str | None, index: int | None, where: str) -> None:
+    """The plan's figures.volume and figures.slice, checked against the dataset at `out` by the
+    data stage (after `check_split`), before any training rather than in the report after all of
+    it: the volume must be one of `split`'s (the evaluated ones the figures show), the slice one
+    that volume has (without figures.volume: the split's middle volume by name, the figures' default).
+    `where` names the plan."""
+    from sftkd_cli.data.dataset import load_manifest, split_volumes
+
+    if volume is None and index is None:
+        return
+    manifest = load_manifest(out)
+    names = sorted(split_volumes(manifest, out, split))
+    if volume is not None and volume not in names:
+        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise SftkdError(f"{where}: figures.volume: {volume!r} is not a volume of split {split!r} of dataset "
+                         f"{display_path(out)} (has {listed}){did_you_mean(volume, names)}")
+    if index is None:
+        return
+    shown = volume if volume is not None else names[len(names) // 2]
+    slices = int(manifest["volumes"][shown]["slices"])
+    if not 0 <= index < slices:
+        which = f"volume {shown}" if volume is not None else f"volume {shown} (the middle one of split {split!r}; no figures.volume)"
+        raise SftkdError(f"{where}: figures.slice: {index} is not a slice of {which} in dataset {display_path(out)} "
+                         f"(it has {slices}: 0 to {slices - 1})")
+
+
 def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:
     """Whether `out` holds a complete dataset that prepare-data wrote with exactly `options`: what
     the data stage can tell without reading the source (whose checksums it then cannot compare)."""

@@ -1,8 +1,10 @@
 """`sftkd reproduce PLAN --dry-run --estimate [--jobs N]`: the expected wall time of a plan on
 this machine, with N stages at once.
 
-First the seconds each chosen stage takes alone (as with --jobs 1), none for a stage that the dry
-run shows skipped, refused or blocked (`graph.planned_actions`: a stage after one that trains runs):
+With a chosen stage that the dry run shows refused (its run differs from the plan) the plan cannot
+run as it stands: no estimate, and no probe. Otherwise, first the seconds each chosen stage takes
+alone (as with --jobs 1), none for a stage that the dry run shows skipped or blocked
+(`graph.planned_actions`: a stage after one that trains runs):
 - a training stage: its epochs left times the seconds of one epoch, which
   is measured (the median per-epoch `seconds` of its run's history.jsonl), else its cost
   (`eta.epoch_cost`) times the seconds per cost unit measured on the plan's other runs, else on
@@ -81,24 +83,30 @@ class PlanEstimate:
     wall: float  # with `jobs`, stages sharing the machine, plus the workers' start
     in_seconds: bool  # False: stage costs stood in for seconds (only wall / alone means something)
     note: str = ""
+    refused: tuple[str, ...] = ()  # stages the dry run shows refused: the plan cannot run, no times
 
 
 def estimate_plan(plan: Plan, stages: Sequence[Stage], chosen: set[str], jobs: int, *, per_gpu: int = PER_GPU,
                   cpus: int | None = None, gpus: int | None = None, probe: bool = True) -> PlanEstimate:
-    """The estimate for the chosen stages with `jobs` at once on `cpus` CPUs and `gpus` GPUs (None: this machine's)."""
+    """The estimate for the chosen stages with `jobs` at once on `cpus` CPUs and `gpus` GPUs (None:
+    this machine's). With a stage refused (its run differs from the plan) the plan cannot run as it
+    stands, so there is no wall time to give: only the refused stages, and no probe is trained."""
     cpus = cpu_count() if cpus is None else cpus
     gpus = gpu_count() if gpus is None else gpus
     todo = [s for s in stages if s.id in chosen]
-    rate, how, note = seconds_per_unit(plan, stages, probe)
     actions = planned_actions(plan, stages, chosen)
+    slots = min(jobs, per_gpu * gpus) if gpus else jobs
+    sharing = Sharing.of(todo, jobs, cpus, gpus)
+    refused = tuple(s.id for s in todo if actions[s.id][0] == "refused")
+    if refused:
+        return PlanEstimate(jobs, slots, sharing, (), {}, 0.0, 0.0, False, refused=refused)
+    rate, how, note = seconds_per_unit(plan, stages, probe)
     times = tuple(stage_time(plan, stage, rate, how, actions[stage.id][0]) for stage in todo)
     seconds = {t.id: t.seconds for t in times}
     order = [s.id for s in todo]
     waits = waits_for(todo)
     by_id = {s.id: s for s in todo}
     rank = ranks(order, waits, lambda sid: eta.stage_cost(by_id[sid].kind, by_id[sid].recipe, by_id[sid].trained))
-    slots = min(jobs, per_gpu * gpus) if gpus else jobs
-    sharing = Sharing.of(todo, jobs, cpus, gpus)
     placed = simulate(order, waits, seconds, slots, rank, sharing.speed)
     alone = math.fsum(seconds.values())
     wall = makespan(placed) if jobs > 1 else alone
@@ -258,7 +266,13 @@ def worker_start_seconds() -> float:
 
 
 def print_estimate(estimate: PlanEstimate, console: Console) -> None:
-    """The stages' times and simulated schedule, then the expected wall time."""
+    """The stages' times and simulated schedule, then the expected wall time; with stages refused,
+    only that the plan cannot run as it stands."""
+    if estimate.refused:
+        console.print(f"no estimate: the plan cannot run as it stands: {counted(len(estimate.refused), 'stage')} refused "
+                      f"({', '.join(estimate.refused)}; the table above says why), so it has no wall time",
+                      highlight=False, markup=False, soft_wrap=True)
+        return
     total = estimate.alone or 1.0
     unit = format_seconds if estimate.in_seconds else (lambda v: f"{100 * v / total:.1f}%")  # of one after another
     table = Table(title=f"estimate with --jobs {estimate.jobs}", title_justify="left")

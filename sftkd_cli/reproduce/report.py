@@ -18,7 +18,7 @@ from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import PAPER_METRICS, TRAIN_KINDS, arm_key
 from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
-from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, written_for
+from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, remove_stale_files, written_for
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
     Stage, StageResult, evaluation_complete, evaluation_dir, figure_method, grid_members, plan_conflict,
@@ -58,9 +58,10 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}",
         *[f"- left out of the results (see Problems): {stage_id}" for stage_id, _ in left_out], "",
     ]
+    written: set[str] = set()  # the compare files and figures written now: an earlier report's others are removed
     for group in _groups(plan):
         members = [s for s in evaluated if s.group in (group, "")]
-        lines += _group_section(plan, stages, group, members, console, problems)
+        lines += _group_section(plan, stages, group, members, console, problems, written)
     if plan.paper is not None:  # one run per cell: the first seed's
         lines += _paper_section(plan, stages, [s for s in evaluated if s.seed in (None, *plan.seeds[:1])], problems)
     status = _merged_status(out / STATUS_JSON, stages, results, written_for(plan))
@@ -78,6 +79,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     write_run_file(out / STATUS_JSON, json_text({"format": 1, "plan": str(plan.path), "written_for": written_for(plan),
                                                  "stages": records, "problems": problems}))  # `report_complete` reads them
     write_run_file(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
+    remove_stale_files(out, written)
     return problems
 
 
@@ -158,10 +160,11 @@ def _seed_of(stage: Stage) -> int:
 
 
 def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: list[Stage],
-                   console: Console, problems: list[str]) -> list[str]:
+                   console: Console, problems: list[str], written: set[str]) -> list[str]:
     """One variant (with the shared stages): the compact results table, the verdict on the paper's
     claims, the paper's Table 1 layout per seed, the full comparison per seed (CSV/JSON files) and
-    the figures (the first seed's runs: with several seeds, each heading names it)."""
+    the figures (the first seed's runs: with several seeds, each heading names it); the names of
+    the files written are added to `written`."""
     from sftkd_cli.report.compare import collect_runs, compare_runs, load_run_result
     from sftkd_cli.report.formats import render, to_rich, view
     from sftkd_cli.report.verdict import evaluate_claims, main_table, verdict_markdown
@@ -198,6 +201,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
             comparison = compare_runs(runs, metrics=list(plan.compare["metrics"]))
             write_run_file(plan.report_dir / f"compare{tail}.csv", render(comparison, "csv", alpha))
             write_run_file(plan.report_dir / f"compare{tail}.json", render(comparison, "json", alpha))
+            written.update((f"compare{tail}.csv", f"compare{tail}.json"))
             if seed == seeds[0]:
                 console.print(to_rich(view(comparison, alpha, stacked=True)))
             lines += [f"- warning: {w}" for w in warnings]
@@ -215,6 +219,7 @@ def _group_section(plan: Plan, stages: Sequence[Stage], group: str, members: lis
     for title, make in _figure_makers(plan, tag, first):
         try:
             output = make(plan.report_dir / f"{title[0]}{suffix}")
+            written.update(path.name for path in output.paths)
             png = output.paths[0].name
             lines += [f"### {title[1]}", "", f"![{title[1]}]({png}) ([PDF]({output.paths[1].name}))", ""]
         except Exception as exc:  # noqa: BLE001 - a figure must not hide the tables

@@ -69,6 +69,24 @@ def check_report_folder(plan: Plan) -> None:
                          "report would replace: give the plan a new or empty `report:` folder, or move them away")
 
 
+def remove_stale_files(folder: Path, written: set[str]) -> None:
+    """Remove the compare files and figures of an earlier report in `folder` that this report did
+    not write again (`written`: their names): e.g. of runs it now leaves out, which would otherwise
+    sit beside its report.md as if they were its results. Only regular files sftkd wrote (told by
+    their content, `_written_by_sftkd`); report.md, status.json and any other file are kept."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name in written or name in (REPORT_MD, STATUS_JSON) or not _REPORT_FILE.fullmatch(name):
+            continue
+        path = folder / name
+        if entry.is_file(follow_symlinks=False) and _written_by_sftkd(path):
+            path.unlink(missing_ok=True)
+
+
 #: the files a report writes (with a variant's or a group's tail: compare-a.csv, box-a.png)
 _REPORT_FILE = re.compile(r"report\.md|status\.json|compare.*\.(?:csv|json)|(?:box|curves|grid|attention).*\.(?:png|pdf)")
 

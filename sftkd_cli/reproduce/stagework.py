@@ -20,7 +20,7 @@ from rich.markup import escape
 from sftkd_cli.errors import RunInterrupted, SftkdError
 from sftkd_cli.evaluate import evaluate_run
 from sftkd_cli.files import open_log_for_append
-from sftkd_cli.reproduce.data import check_split, prepare_data
+from sftkd_cli.reproduce.data import check_figure_slice, check_split, prepare_data
 from sftkd_cli.reproduce.display import model_text
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.kinds import DONE, REPORT_MD, RESUMED, SKIPPED, UP_TO_DATE, is_up_to_date
@@ -56,6 +56,8 @@ def run_stage(stage: Stage, plan: Plan, stages: Sequence[Stage], results: Mappin
         header(f"{plan.data.source} -> {plan.data.out}")
         wrote = prepare_data(plan.data, plan.path, console)
         check_split(plan.data.out, plan.evaluate["split"], f"{plan.path}: stages.evaluate.split")
+        check_figure_slice(plan.data.out, plan.evaluate["split"], plan.figures["volume"], plan.figures["slice"],
+                           str(plan.path))
         return (DONE, "prepared") if wrote else (SKIPPED, UP_TO_DATE)
     if stage.kind in TRAIN_KINDS:
         assert stage.recipe is not None
