@@ -3,12 +3,15 @@
 - An HDF5 entry whose data lives outside its file (external raw storage, an external or soft link,
   a virtual dataset) is refused in one line naming the file and the entry, before h5py follows it:
   dataset volumes, a --mask-file .h5, a run's recon.h5, a fastMRI input file.
+- A manifest's mask.files must name `masks/<name>.npy` inside the dataset (no '..', not absolute).
 
 The outside file is a regular file here (a FIFO would hang the old code, and so the test).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -17,7 +20,7 @@ import pytest
 from fastmri_files import write_singlecoil
 from test_hardening import copy_dataset
 
-from sftkd_cli.data.dataset import SliceDataset, load_manifest, load_volume
+from sftkd_cli.data.dataset import SliceDataset, dataset_fingerprint, load_manifest, load_volume
 from sftkd_cli.data.sources.fastmri import read_info
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.mri.masks import load_mask
@@ -91,3 +94,22 @@ def test_a_fastmri_input_with_kspace_outside_it_is_refused(tmp_path, how):
         point_outside(f, "kspace", f["kspace"][()], tmp_path, how)
     with pytest.raises(SftkdError, match=f"file1.h5: 'kspace' {OUTSIDE}".replace("(", r"\(").replace(")", r"\)")):
         read_info(path, tmp_path / "raw")
+
+
+@pytest.mark.parametrize("value", ["../outside.npy", "/tmp/outside.npy", "masks/../../outside.npy", "acc4.npy",
+                                   "masks/sub/acc4.npy", 7])
+def test_a_manifest_mask_file_outside_the_dataset_is_refused(tiny_dataset, tmp_path, value):
+    data = copy_dataset(tiny_dataset, tmp_path)
+    shutil.copy(data / "masks" / "acc4.npy", tmp_path / "outside.npy")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["mask"]["files"]["acc4"] = value
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SftkdError, match=rf"manifest.json: mask.files.acc4 {value!r}, expected 'masks/<name>.npy'"):
+        load_manifest(data)
+
+
+def test_checking_mask_files_keeps_a_prepared_datasets_manifest_and_fingerprint(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path)
+    before = (data / "manifest.json").read_bytes(), dataset_fingerprint(data)
+    assert load_manifest(data)["mask"]["files"]["acc4"] == "masks/acc4.npy"
+    assert ((data / "manifest.json").read_bytes(), dataset_fingerprint(data)) == before

@@ -51,6 +51,7 @@ from sftkd_cli.data.complex_slices import (
     COMPLEX_CACHE_BYTES, check_complex_file, check_drawable, check_signal, check_stored, complex_item, h5_array,
     is_complex, per_sample_spec, read_complex, sample_mask, target_size,
 )
+from sftkd_cli.data.output import check_mask_files
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
 from sftkd_cli.files import display_path, read_regular_bytes
 from sftkd_cli.errors import SftkdError, os_error_text
@@ -124,6 +125,7 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
         ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and Path(entry["file"]).name == entry["file"]
         if not (ok and _is_int(entry.get("slices")) and entry["slices"] > 0):
             raise SftkdError(f"{where}: volumes.{vid}, expected {{\"file\": \"<id>.h5\", \"slices\": n > 0, ...}}")
+    check_mask_files(manifest, where)  # export reads the mask files: never one outside the dataset
 
 
 def dataset_fingerprint(root: str | Path) -> str:
