@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ from sftkd_cli.exported import (
 from sftkd_cli.models import CascadeNet, Family, count_parameters, family_of
 from sftkd_cli.mri.masks import describe_box, describe_mask, sampled_lines
 from sftkd_cli.export_target import FORMATS, export_target, replaceable
-from sftkd_cli.files import StagedFiles, json_text, made_folder, output_path, temporary_sibling, unlink_quietly
+from sftkd_cli.files import (
+    StagedFiles, json_text, made_folder, output_path, read_regular_bytes, temporary_sibling, unlink_quietly,
+)
 from sftkd_cli.runs import check_recipe_data, open_run
 #: largest allowed |exported - PyTorch| on the check slices
 TOLERANCE = 1e-4
@@ -255,10 +258,11 @@ def _dataset_mask(data_path: str | Path, manifest: dict[str, Any] | None, accele
     relative = manifest.get("mask", {}).get("files", {}).get(key)
     if not relative:
         return None, None
-    path = Path(data_path) / relative
-    try:
-        return np.load(path).astype(np.float32), str(path.resolve())
-    except (OSError, ValueError):
+    path = Path(data_path) / relative  # `masks/<name>.npy`: load_manifest checked it (`check_mask_files`)
+    try:  # a regular file only (a FIFO would hang), of numbers only (never pickled objects)
+        data = read_regular_bytes(path, f"the {key} mask file")
+        return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32), str(path.resolve())
+    except (OSError, ValueError, SftkdError):
         return None, str(path.resolve())
 
 

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sftkd_cli"
 #: and the layers below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sftkd_cli.errors", "sftkd_cli.choices", "sftkd_cli.acquisition", "sftkd_cli.run_files", "sftkd_cli.name_checks"),
-    ("sftkd_cli.files", "sftkd_cli.memory", "sftkd_cli.signals", "sftkd_cli.torchrun", "sftkd_cli.mri", "sftkd_cli.metrics", "sftkd_cli.scoring", "sftkd_cli.metrics_file", "sftkd_cli.bench_file", "sftkd_cli.torch_metrics",
+    ("sftkd_cli.files", "sftkd_cli.h5_data", "sftkd_cli.memory", "sftkd_cli.signals", "sftkd_cli.torchrun", "sftkd_cli.mri", "sftkd_cli.metrics", "sftkd_cli.scoring", "sftkd_cli.metrics_file", "sftkd_cli.bench_file", "sftkd_cli.torch_metrics",
      "sftkd_cli.recipes", "sftkd_cli.recipe_words", "sftkd_cli.recipe_values", "sftkd_cli.safe_yaml", "sftkd_cli.distill.catalog"),
     ("sftkd_cli.data", "sftkd_cli.models", "sftkd_cli.distill"),
     ("sftkd_cli.config", "sftkd_cli.init_from", "sftkd_cli.runs", "sftkd_cli.output_target", "sftkd_cli.runtime", "sftkd_cli.layout", "sftkd_cli.checkpoints"),

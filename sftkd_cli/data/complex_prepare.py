@@ -57,6 +57,7 @@ from sftkd_cli.data.partial import start_partial
 from sftkd_cli.data.sources.base import Piece, SourceFile
 from sftkd_cli.errors import SftkdError, sizes_listed
 from sftkd_cli.files import display_path, h5_image, write_bytes_synced
+from sftkd_cli.h5_data import h5_array
 from sftkd_cli.mri.fft import fft2_np, ifft2_np
 from sftkd_cli.mri.masks import expand_line_mask
 
@@ -137,7 +138,7 @@ def _write_volume(path: Path, file: SourceFile, rows: np.ndarray, size: tuple[in
     def build(out: h5py.File) -> None:
         nonlocal vmax, resized
         with h5py.File(file.path, "r") as f:
-            kdata, tdata = f["kspace"], f[TARGET_NAME]
+            kdata, tdata = h5_array(f, "kspace", where), h5_array(f, TARGET_NAME, where)
             if vmax <= 0:  # no attr max: fastMRI's definition, the max of the target over the volume
                 vmax = float(max(np.max(tdata[s]) for s in range(tdata.shape[0])))
                 if not (np.isfinite(vmax) and vmax > 0):

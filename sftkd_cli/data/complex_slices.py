@@ -16,7 +16,7 @@ A mask per sample (`sample_mask`): the dataset's generated mask kind, drawn with
 read in, and a resumed run draws the same ones.
 
 Also the checks every volume file gets when a split is opened, magnitude (`data.dataset`) or
-complex: an array is an array (`h5_array`), stores the bytes it declares (`check_stored`) and holds
+complex: an array is an array stored in its file (`h5_data.h5_array`), stores the bytes it declares (`check_stored`) and holds
 signal (`check_signal`); each file is opened once for them.
 """
 
@@ -35,6 +35,7 @@ from sftkd_cli.choices import FASTMRI_KINDS
 from sftkd_cli.data.format import MANIFEST, acceleration_key, dataset_task, mask_axis
 from sftkd_cli.errors import SftkdError
 from sftkd_cli.files import display_path
+from sftkd_cli.h5_data import h5_array
 from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.mri.masks import fastmri_center_fraction, make_mask
 
@@ -57,19 +58,6 @@ def target_size(manifest: dict[str, Any], root: str | Path) -> tuple[int, int]:
         raise SftkdError(f"{display_path(Path(root) / MANIFEST)}: target_size {size!r}, expected [h, w] "
                          "(a complex dataset written by prepare-data)")
     return int(size[0]), int(size[1])
-
-
-def h5_array(f: h5py.File, name: str, where: str) -> h5py.Dataset:
-    """The array `name` of an open volume file (`where` names the file); one line when it is
-    missing or is a group, not an array: a file prepare-data did not write, which h5py would
-    otherwise let fail later as an AttributeError."""
-    if name not in f:
-        raise SftkdError(f"{where}: dataset {name!r} missing")
-    item = f[name]
-    if not isinstance(item, h5py.Dataset):
-        raise SftkdError(f"{where}: {name!r} is a {'group' if isinstance(item, h5py.Group) else 'link or other object'}; "
-                         "expected an array written by prepare-data")
-    return item
 
 
 def _holds_signal(array: np.ndarray) -> bool:
@@ -122,14 +110,16 @@ def check_complex_file(path: Path, key: str, slices: int, image_size: tuple[int,
             if array.dtype.kind != kind:
                 raise SftkdError(f"{where}: {name} has dtype {array.dtype}, expected {'complex' if kind == 'c' else 'real float'}")
             check_stored(path, name, array)
-        check_signal(path, "target_mag", f["target_mag"])
-        check_signal(path, "kspace", f["kspace"])
-        return f[f"{key}/mask"][()]
+        check_signal(path, "target_mag", h5_array(f, "target_mag", where))
+        check_signal(path, "kspace", h5_array(f, "kspace", where))
+        return h5_array(f, f"{key}/mask", where)[()]
 
 
 def read_complex(f: h5py.File, s: int | slice) -> tuple[np.ndarray, np.ndarray]:
-    """The full k-space and magnitude target of slice(s) `s` of an open complex volume file."""
-    return f["kspace"][s], f["target_mag"][s]
+    """The full k-space and magnitude target of slice(s) `s` of an open complex volume file (both
+    stored in it: `h5_array`)."""
+    where = display_path(Path(f.filename))
+    return h5_array(f, "kspace", where)[s], h5_array(f, "target_mag", where)[s]
 
 
 def complex_item(kspace: np.ndarray, mask: np.ndarray, target_mag: np.ndarray) -> dict[str, torch.Tensor]:

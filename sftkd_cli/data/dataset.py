@@ -51,9 +51,9 @@ from sftkd_cli.data.complex_slices import (
     COMPLEX_CACHE_BYTES, check_complex_file, check_drawable, check_signal, check_stored, complex_item, h5_array,
     is_complex, per_sample_spec, read_complex, sample_mask, target_size,
 )
-from sftkd_cli.files import read_regular_bytes
+from sftkd_cli.data.output import check_mask_files
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
-from sftkd_cli.files import display_path
+from sftkd_cli.files import display_path, read_regular_bytes
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.fft import ifft2_np
@@ -125,6 +125,7 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
         ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and Path(entry["file"]).name == entry["file"]
         if not (ok and _is_int(entry.get("slices")) and entry["slices"] > 0):
             raise SftkdError(f"{where}: volumes.{vid}, expected {{\"file\": \"<id>.h5\", \"slices\": n > 0, ...}}")
+    check_mask_files(manifest, where)  # export reads the mask files: never one outside the dataset
 
 
 def dataset_fingerprint(root: str | Path) -> str:
@@ -327,7 +328,7 @@ def _complex_volume(f: h5py.File, key: str) -> dict[str, np.ndarray]:
     """A complex volume's arrays: image and zf complex64 (S,H,W) (ifft2c of the full and of the
     masked k-space), kspace (masked) complex64, mask (H,W) and target_mag (S,h,w)."""
     full, target_mag = read_complex(f, slice(None))
-    mask = f[key]["mask"][()]
+    mask = h5_array(f, f"{key}/mask", display_path(Path(f.filename)))[()]
     masked = full * mask
     return {"image": ifft2_np(full.astype(np.complex128), centered=True).astype(np.complex64),
             "zf": ifft2_np(masked.astype(np.complex128), centered=True).astype(np.complex64),
@@ -455,8 +456,8 @@ class SliceDataset(Dataset):
                 if self.complex:
                     kspace, target_mag = read_complex(f, first)
                     return {"kspace": kspace, "target_mag": target_mag}
-                return {"image": f["image"][first], "zf": f[self.key]["zf"][first],
-                        "kspace": f[self.key]["kspace"][first]}
+                return {kind: h5_array(f, name, display_path(path))[first] for kind, name in
+                        (("image", "image"), ("zf", f"{self.key}/zf"), ("kspace", f"{self.key}/kspace"))}
 
         try:
             arrays = _read(path, "volume", read, "; data.cache=false reads slices as needed")
@@ -490,7 +491,7 @@ class SliceDataset(Dataset):
         def read() -> dict[str, Any]:
             handle = self._handle(volume)
             found = {key: handle.attrs[key] for key in PROVENANCE_ATTRS if key in handle.attrs}
-            return {"source_slice": np.asarray(handle["source_slice"][()]), **found}
+            return {"source_slice": np.asarray(h5_array(handle, "source_slice", display_path(self._paths[volume]))[()]), **found}
 
         return _read(self._paths[volume], "source_slice and attributes", read)
 
@@ -542,8 +543,8 @@ class SliceDataset(Dataset):
         else:
             f = self._handle(volume)
             path = self._paths[volume]
-            image, zf, kspace = _read(path, f"slice {s}", lambda: (
-                f["image"][s], f[self.key]["zf"][s], f[self.key]["kspace"][s]))
+            names = ("image", f"{self.key}/zf", f"{self.key}/kspace")
+            image, zf, kspace = _read(path, f"slice {s}", lambda: tuple(h5_array(f, n, display_path(path))[s] for n in names))
             _check_values(path, {"image": image, f"{self.key}/zf": zf, f"{self.key}/kspace": kspace}, f" (slice {s})")
         if self._mask_spec is not None:  # undersample the stored image with this sample's mask
             mask = self._sample_mask(volume, s)

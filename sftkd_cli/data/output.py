@@ -121,6 +121,20 @@ def written_name(name: object) -> bool:
     return (len(parts) == 1 and name.endswith(".h5")) or (len(parts) == 2 and parts[0] == MASKS and name.endswith(".npy"))
 
 
+def check_mask_files(manifest: dict[str, Any], where: str) -> None:
+    """Refuse a manifest whose mask.files is not a mapping of key -> `masks/<name>.npy` (the shape
+    prepare-data writes, `written_name`): a mask path outside the dataset (absolute, with '..')
+    would otherwise be read by whatever loads the dataset's mask (export records it in its card)."""
+    mask = manifest.get("mask", {})
+    files = mask.get("files", {}) if isinstance(mask, dict) else None
+    if not isinstance(files, dict):
+        raise SftkdError(f"{where}: mask.files {files!r}, expected a mapping of acceleration key -> '{MASKS}/<name>.npy'")
+    for key, name in files.items():
+        if not (written_name(name) and name.startswith(f"{MASKS}/")):
+            raise SftkdError(f"{where}: mask.files.{key} {name!r}, expected '{MASKS}/<name>.npy' inside the dataset "
+                             "(no '..', not absolute), as prepare-data writes it")
+
+
 def listed_files(manifest: dict[str, Any]) -> list[str]:
     """The files a sftkd manifest lists (volume h5 files and mask files), relative to the dataset."""
     names = [v.get("file", "") if isinstance(v, dict) else "" for v in manifest.get("volumes", {}).values()]

@@ -410,9 +410,12 @@ def _read_npz(path: Path) -> np.ndarray:
 def _read_h5(path: Path, transpose: bool = False) -> np.ndarray:
     import h5py
 
+    from sftkd_cli.h5_data import h5_array
+
     with h5py.File(path, "r") as f:
-        if isinstance(f.get("mask"), h5py.Dataset):
-            array = f["mask"][()]
+        link = f.get("mask", getlink=True)  # a 'mask' linked from elsewhere is refused, never followed
+        if (link is not None and not isinstance(link, h5py.HardLink)) or isinstance(f.get("mask"), h5py.Dataset):
+            array = h5_array(f, "mask", str(path))[()]
         else:
             names: list[str] = []
             f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
@@ -421,7 +424,7 @@ def _read_h5(path: Path, transpose: bool = False) -> np.ndarray:
                 raise SftkdError(
                     f"{path}: expected a dataset named 'mask' or a single dataset, found {names}"
                 )
-            array = f[names[0]][()]
+            array = h5_array(f, names[0], str(path))[()]
     array = np.asarray(array)
     # MATLAB v7.3 files store arrays column-major, so h5py sees them transposed.
     return array.T if transpose else array

@@ -36,6 +36,7 @@ from sftkd_cli import __version__
 from sftkd_cli.choices import CURVE_KEY, PAPER_METRICS
 from sftkd_cli.errors import SftkdError, os_error_text
 from sftkd_cli.files import replace_atomically
+from sftkd_cli.h5_data import check_in_file, h5_array
 from sftkd_cli.output_target import check_output_file
 from sftkd_cli.run_files import HISTORY_JSONL, PER_SLICE_CSV, RECON_H5
 
@@ -182,9 +183,10 @@ def read_recon_slice(path: str | Path, volume: str, index: int) -> np.ndarray:
     if not path.is_file():
         raise SftkdError(f"{path}: missing; evaluate the run without --no-recon")
     with h5py.File(path, "r") as handle:
+        check_in_file(handle, volume, str(path))
         if volume not in handle:
             raise SftkdError(f"{path}: no volume {volume!r} (has {', '.join(handle)})")
-        data = handle[volume]
+        data = h5_array(handle, volume, str(path))
         slices = [int(s) for s in data.attrs.get("slices", range(data.shape[0]))]
         if index not in slices:
             raise SftkdError(f"{path}: volume {volume} has no slice {index} (has {slices[0]}..{slices[-1]})")
@@ -446,9 +448,11 @@ def default_slice(recon: Path, volume: str | None = None, index: int | None = No
     with h5py.File(recon, "r") as handle:
         names = sorted(handle)
         volume = volume if volume is not None else names[len(names) // 2]
+        check_in_file(handle, volume, str(recon))
         if volume not in handle:
             raise SftkdError(f"{recon}: no volume {volume!r}")
-        slices = [int(s) for s in handle[volume].attrs.get("slices", range(handle[volume].shape[0]))]
+        data = h5_array(handle, volume, str(recon))
+        slices = [int(s) for s in data.attrs.get("slices", range(data.shape[0]))]
     return volume, index if index is not None else slices[len(slices) // 2]
 
 

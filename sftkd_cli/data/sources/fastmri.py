@@ -88,9 +88,13 @@ def read_info(path: Path, root: Path) -> FastMRIInfo | None:
     a test or challenge file (no target: `_is_test_file`, judged by the folders under `root`)."""
     import h5py
 
+    from sftkd_cli.h5_data import check_in_file
+
     where = display_path(path)
     try:
         with h5py.File(path, "r") as f:
+            for name in ("kspace", TARGET, MULTICOIL_TARGET, "mask"):  # links are refused before h5py follows one
+                check_in_file(f, name, where)
             kspace = f.get("kspace")
             if MULTICOIL_TARGET in f or (isinstance(kspace, h5py.Dataset) and kspace.ndim == 4):
                 raise SftkdError(f"{where}: a multi-coil fastMRI file (kspace {tuple(kspace.shape) if kspace is not None else '?'}"
