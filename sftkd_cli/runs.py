@@ -553,12 +553,12 @@ def _rmdir_quietly(folder: Path) -> None:
 
 
 def read_history_file(path: Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of a history.jsonl, up to a line cut by a crash (`parse_history`; a FIFO, device or huge file: refused)."""
+    """The per-epoch rows of a history.jsonl, up to a damaged line (`parse_history`; a FIFO, device or huge file: refused)."""
     return parse_history(path)[0]
 
 
 def parse_history(path: Path) -> tuple[list[dict[str, Any]], int | None]:
-    """Rows of a history.jsonl up to its first line that is not JSON (cut by a crash, or damaged); that line's number or None."""
+    """Rows of a history.jsonl up to its first line that is not JSON (damaged: sftkd writes it atomically); that line's number or None."""
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(read_regular_bytes(path, "history", limit=MAX_HISTORY_BYTES).decode(errors="replace").splitlines(), 1):
         try:

@@ -270,10 +270,10 @@ def test_a_card_left_without_scores_is_said_in_one_note(run_copy, tmp_path):
     (run_copy / "metrics.json").write_text(json.dumps(scores))  # of an earlier best.pt
     assert export("earlier.ts") == [
         f"note: the card has no scores: {run_copy / 'metrics.json'} scores another checkpoint (an earlier best.pt: the "
-        f"run trained on since, e.g. --resume); run `sftkd evaluate {run_copy}` first, then export again"]
+        f"run trained on since, e.g. --resume); run `sftkd evaluate {run_copy} --checkpoint best` first, then export again"]
     (run_copy / "metrics.json").unlink()
     assert export("none.ts") == [f"note: the card has no scores: no {run_copy / 'metrics.json'} yet; "
-                                 f"run `sftkd evaluate {run_copy}` first, then export again"]
+                                 f"run `sftkd evaluate {run_copy} --checkpoint best` first, then export again"]
     (run_copy / "metrics.json").write_text(json.dumps({**scores, "checkpoint_sha256": best}))
     assert export("scored.ts") == [] and read_card(tmp_path / "scored.ts")["metrics"]["metrics"]["PSNR"]["mean"] == 30.0
 

@@ -191,13 +191,18 @@ def test_a_renamed_run_resumes_through_its_own_recipe_from_another_folder(tiny_d
     assert refused.exit_code == 2  # a --name given wins over the recipe's folder
     assert "../runs/gone: nothing to resume" in refused.output
     assert "give its RUN/recipe.yaml as the recipe, or --name and --runs-dir" in " ".join(refused.output.split())
+    monkeypatch.chdir(tmp_path / "runs" / "b")  # the bare file name, inside the run: '.' has no name of its own
+    result = invoke("train-teacher", "recipe.yaml", "train.epochs=3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "runs" / "b" / "history.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir() if p.is_dir()) == ["checkpoints"]
 
 
 def test_a_resume_refuses_a_history_that_lacks_rows_of_its_checkpoint(tiny_dataset, tmp_path):
     """A resume keeps the history's rows up to its checkpoint and rewrites the file: one whose line
     2 (of 3) was damaged ended with epochs [1, 4] (row 3 lost), a missing one with [4]. Now either
-    is refused in one line before any work, and the file is left as it was; more rows than the
-    checkpoint's epochs (a stop between the history's write and the checkpoint's) still resumes."""
+    is refused in one line before any work, and the file is left as it was; a damaged line after
+    every row of the checkpoint's epochs still resumes (those rows are all it keeps)."""
     runs = tmp_path / "runs"
     assert invoke(*train_args(tiny_dataset, runs, "r", "train.epochs=3")).exit_code == 0
     history = runs / "r" / "history.jsonl"
@@ -214,7 +219,7 @@ def test_a_resume_refuses_a_history_that_lacks_rows_of_its_checkpoint(tiny_datas
     last = runs / "r" / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
     assert state["epoch"] == 3
-    history.write_text("".join(lines) + lines[2].replace('"epoch": 3', '"epoch": 4'))  # a row the checkpoint lacks
+    history.write_text("".join(lines) + '{"epoch": 4, "train_lo\n')  # after the 3 rows the checkpoint has
     result = invoke(*resume)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2, 3, 4]

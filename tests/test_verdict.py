@@ -213,6 +213,19 @@ def test_main_table_of_an_exact_slice_warns_nothing():
     assert "| inf |" in lines[3] and "nan" not in lines[3] and "-inf" in lines[4]  # no "nan" for a real value
 
 
+def test_main_table_delta_of_two_arms_exact_on_a_slice_is_zero():
+    """Teacher and student each exact on a slice (PSNR mean inf): the student's Δ is +0.00, not
+    inf - inf = +nan."""
+    arms = arms_for(shifts={"teacher": 0.0, "student": -0.5})
+    for role in ("teacher", "student"):
+        psnr = arms[role][42].column("PSNR").copy()
+        psnr[0] = np.inf
+        with np.errstate(invalid="ignore"):  # the helper's own std of the inf
+            arms[role][42] = run(f"{role}-s42", psnr, role=role)
+    lines = main_table(arms, ["PSNR"])
+    assert lines[4].rstrip(" |").endswith("+0.00") and "nan" not in lines[4]
+
+
 def test_the_smallest_p_of_n_volumes_is_scipys_for_one_sign():
     """2/2^n two-sided (1/2^n one-sided) is what scipy's exact test gives when every difference has one sign."""
     from sftkd_cli.report.signed_rank import fewest_volumes, smallest_p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -60,16 +61,16 @@ def export(
             result = export_run(run, fmt, out=out, role=model, checkpoint=checkpoint, size=size or None,
                                 force=force, data=data)
     except ExportInterrupted as stopped:  # held while published, or a Ctrl-C / SIGTERM just after
-        _say_exported(stopped.result, run, model, checkpoint)
+        _say_exported(stopped.result, run, model)
         raise ExportInterrupted(stopped.result, caught.signum if caught.pressed else stopped.signum) from None
     except KeyboardInterrupt:
         raise RunInterrupted("export interrupted: nothing written", caught.signum) from None
-    _say_exported(result, run, model, checkpoint)
+    _say_exported(result, run, model)
 
 
-def _say_exported(result: ExportResult, run: Path, model: str | None, checkpoint: str | None) -> None:
+def _say_exported(result: ExportResult, run: Path, model: str | None) -> None:
     """The export's lines on stdout: the file, its inputs and outputs, the check, the card, and notes
-    (`model` and `checkpoint`: export's options, for the evaluate command a card without scores needs)."""
+    (`model`: export's option, for the evaluate command a card without scores needs)."""
     from sftkd_cli.checkpoints import stopped_early_note
 
     card = result.card
@@ -91,8 +92,8 @@ def _say_exported(result: ExportResult, run: Path, model: str | None, checkpoint
                       "phantoms with a stand-in mask, and the card records no dataset, normalisation or mask (mask.sampled_lines "
                       "null); pass --data DIR where the dataset is now", soft_wrap=True, markup=False)
     if result.no_scores:  # what `sftkd evaluate` scores for this export: the same model and checkpoint
-        command = " ".join(["sftkd evaluate", str(run), *(["--model", model] if model else []),
-                            *(["--checkpoint", checkpoint] if checkpoint else [])])
+        command = shlex.join(["sftkd", "evaluate", str(run), *(["--model", model] if model else []),
+                              "--checkpoint", card["checkpoint"]])  # the one exported, whatever eval.checkpoint says
         console.print(f"note: the card has no scores: {result.no_scores}; run `{command}` first, then export again",
                       soft_wrap=True, markup=False)
     if note := stopped_early_note(run, card["training"]):

@@ -423,11 +423,15 @@ def _zero_filled(run: RunResult, names: Sequence[str]) -> dict[str, Stat]:
     return {m: run.zero_filled[m] for m in names}
 
 
+def mean_delta(mean: float, reference: float) -> float:
+    """`mean` minus `reference`; equal means differ by 0, infinite ones too (runs exact on a slice:
+    PSNR inf - inf would be NaN)."""
+    return 0.0 if mean == reference else mean - reference
+
+
 def _deltas(stats: dict[str, Stat], ref: RunResult | None, names: Sequence[str]) -> dict[str, float]:
-    """Mean minus the reference run's mean, per metric (empty without a reference); equal means
-    differ by 0, infinite ones too (two runs exact on every slice: PSNR inf - inf would be NaN)."""
-    return {m: 0.0 if stats[m].mean == ref.metrics[m].mean else stats[m].mean - ref.metrics[m].mean
-            for m in names} if ref else {}
+    """Mean minus the reference run's mean, per metric (`mean_delta`; empty without a reference)."""
+    return {m: mean_delta(stats[m].mean, ref.metrics[m].mean) for m in names} if ref else {}
 
 
 def volume_values(run: RunResult, column: str) -> dict[str, float]:

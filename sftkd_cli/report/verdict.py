@@ -25,7 +25,7 @@ import numpy as np
 from sftkd_cli.choices import DEFAULT_ALPHA, SFT_STUDENT, arm_key, parse_arm_key
 from sftkd_cli.data.format import INPUT_LABELS
 from sftkd_cli.distill.catalog import method_label
-from sftkd_cli.report.compare import RunResult, check_same_slices, paired_volumes
+from sftkd_cli.report.compare import RunResult, check_same_slices, mean_delta, paired_volumes
 from sftkd_cli.report.signed_rank import fewest_volumes, hodges_lehmann, unreachable, wilcoxon_p
 from sftkd_cli.scoring import nan_mean_std
 
@@ -273,13 +273,13 @@ def main_table(arms: Arms, metrics: Sequence[str], reference: str = "teacher") -
     zf = [stat(np.asarray(first.column(f"ZF_{m}")), m) if f"ZF_{m}" in first.columns else "-" for m in metrics]
     zf_mean = float(np.nanmean(first.column(f"ZF_{lead}"))) if f"ZF_{lead}" in first.columns else None
     short, long = INPUT_LABELS.get(first.task, ("zero-filled", "ZF"))[::-1]
-    rows.append([f"{short} ({long} input)", "-", *zf, "-" if ref is None or zf_mean is None else f"{zf_mean - ref:+.2f}"]
+    rows.append([f"{short} ({long} input)", "-", *zf, "-" if ref is None or zf_mean is None else f"{mean_delta(zf_mean, ref):+.2f}"]
                 + (["-"] if len(seeds) > 1 else []))
     for key in order:
         runs = [arms[key][seed] for seed in sorted(arms[key])]
         values = {m: np.concatenate([run.column(m) for run in runs]) for m in metrics}
         mean = float(np.nanmean(values[lead]))
-        delta = "ref" if key == reference else ("-" if ref is None else f"{mean - ref:+.2f}")
+        delta = "ref" if key == reference else ("-" if ref is None else f"{mean_delta(mean, ref):+.2f}")
         params = "-" if runs[0].params is None else f"{runs[0].params:,}"
         rows.append([arm_label(key), params, *(stat(values[m], m) for m in metrics), delta]
                     + ([str(len(runs))] if len(seeds) > 1 else []))

@@ -56,14 +56,14 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
 
 def history_gap(run: RunDir, point: ResumePoint) -> str:
     """Why `run`'s history.jsonl cannot go on from the state at `point`, in one line ('' when it can):
-    a line of it is not JSON, or it holds fewer rows than the epochs the checkpoint finished. The
-    resume keeps the first rows and rewrites the file, so those rows would be lost for good. More
-    rows than the checkpoint's epochs is a stop between the two writes (history first): the extra
-    rows are trained again."""
+    it holds fewer rows than the epochs the checkpoint finished, before its end or a line that is
+    not JSON. The resume keeps that many rows and rewrites the file, so the rows it lacks would be
+    lost for good. More rows than the checkpoint's epochs is a stop between the two writes (history
+    first): the extra rows are trained again."""
     epoch, _ = position(point.path, point.state)
     path = run.history_file
     rows, bad = parse_history(path) if path.exists() else ([], None)
-    if bad is None and len(rows) >= epoch:
+    if len(rows) >= epoch:
         return ""
     epochs = ", ".join(str(row.get("epoch") if isinstance(row, dict) else "?") for row in rows)
     read = counted(len(rows), "row") + (f" (epochs {epochs})" if rows else "")

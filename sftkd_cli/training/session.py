@@ -59,7 +59,8 @@ def run_folder_of(recipe_file: Path | None) -> Path | None:
     the checkpoints/ folder sftkd makes in a run before its recipe); None for any other recipe."""
     if recipe_file is None or recipe_file.name != RECIPE_YAML or not recipe_file.is_file():
         return None
-    folder = recipe_file.parent
+    folder = recipe_file.parent  # `recipe.yaml` given inside the run: '.', which has no name to train under
+    folder = folder if folder.name not in ("", "..") else Path(os.path.abspath(folder))
     return folder if (folder / CHECKPOINTS).is_dir() else None
 
 
