@@ -15,7 +15,7 @@ import numpy as np
 
 from sftkd_cli.choices import BEST
 from sftkd_cli.distill.catalog import default_taps
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, names_shown
 from sftkd_cli.report.compare import RunResult
 from sftkd_cli.report.figures import FigureOutput, new_figure, default_slice, heading, save_figure
 from sftkd_cli.run_files import RECIPE_YAML, RECON_H5
@@ -177,9 +177,7 @@ def check_slice(manifest: Mapping[str, Any], dataset: Path, volume: str, index: 
     """Refuse a volume the dataset's manifest does not list, or a slice index it does not have."""
     volumes = manifest["volumes"]
     if volume not in volumes:
-        names = sorted(volumes)
-        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        raise SftkdError(f"{dataset}: no volume {volume!r} (has {listed})")
+        raise SftkdError(f"{dataset}: no volume {volume!r} (has {names_shown(sorted(volumes))})")
     slices = int(volumes[volume]["slices"])
     if not 0 <= index < slices:
         raise SftkdError(f"{dataset}: volume {volume} has no slice {index} (it has {slices}: 0 to {slices - 1})")

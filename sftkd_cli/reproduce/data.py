@@ -17,7 +17,7 @@ from rich.console import Console
 from sftkd_cli.data.catalog import SOURCES as CATALOG
 from sftkd_cli.data.options import PREPARE_KEYS, OptionError, OptionNames, PrepareOptions
 from sftkd_cli.data.output import DatasetDiffers
-from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.errors import SftkdError, did_you_mean, names_shown
 from sftkd_cli.files import display_path
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
 
@@ -147,9 +147,8 @@ def check_figure_slice(out: Path, split: str, volume: str | None, index: int | N
     manifest = load_manifest(out)
     names = sorted(split_volumes(manifest, out, split))
     if volume is not None and volume not in names:
-        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         raise SftkdError(f"{where}: figures.volume: {volume!r} is not a volume of split {split!r} of dataset "
-                         f"{display_path(out)} (has {listed}){did_you_mean(volume, names)}")
+                         f"{display_path(out)} (has {names_shown(names)}){did_you_mean(volume, names)}")
     if index is None:
         return
     shown = volume if volume is not None else names[len(names) // 2]

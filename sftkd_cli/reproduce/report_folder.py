@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import SftkdError, names_shown, os_error_text
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.reproduce.kinds import REPORT_MD, STATUS_JSON
 from sftkd_cli.reproduce.spec import Plan
@@ -64,8 +64,7 @@ def check_report_folder(plan: Plan) -> None:
         raise SftkdError(f"{plan.path}: report {folder}: cannot be read ({os_error_text(exc)})") from None
     foreign = [name for name in names if _REPORT_FILE.fullmatch(name) and not _written_by_sftkd(folder / name)]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise SftkdError(f"{plan.path}: report {folder}: holds {shown}, which sftkd reproduce did not write and the "
+        raise SftkdError(f"{plan.path}: report {folder}: holds {names_shown(foreign, 3)}, which sftkd reproduce did not write and the "
                          "report would replace: give the plan a new or empty `report:` folder, or move them away")
 
 
