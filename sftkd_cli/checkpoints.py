@@ -134,6 +134,14 @@ def model_entry(state: dict[str, Any], role: str | None, source: str | Path, arc
     return primary, models[primary]
 
 
+def checkpoint_source(run: str | Path, which: str) -> tuple[str | Path, str]:
+    """Where evaluate's checkpoint `which` (--checkpoint, else the recipe's eval.checkpoint) is
+    read from: (the run, that name) for a checkpoint name (best, last), else (that file, BEST);
+    `resolve_checkpoint` and `load_model_digest` take the pair. The one reading of the choice, so
+    that evaluate and `check_runs_hold` load the same file."""
+    return (run, which) if which in CHECKPOINT_NAMES else (which, BEST)
+
+
 def check_runs_hold(runs: list[Path], role: str, checkpoint: str | None) -> None:
     """Refuse in one line, before any run is scored, `evaluate --model role` over several runs when
     some runs' checkpoint (`checkpoint`, else each recipe's eval.checkpoint, as evaluate picks it)
@@ -141,9 +149,8 @@ def check_runs_hold(runs: list[Path], role: str, checkpoint: str | None) -> None
     failed on the next run and left the others unscored. The runs that lack it are named."""
     holding, lacking = [], []
     for run in runs:
-        which = checkpoint or open_run(run).load_recipe().eval.checkpoint
-        named = which in CHECKPOINT_NAMES
-        models = load_checkpoint(resolve_checkpoint(run if named else which, which if named else BEST, "--checkpoint")).get("models") or {}
+        source, which = checkpoint_source(run, checkpoint or open_run(run).load_recipe().eval.checkpoint)
+        models = load_checkpoint(resolve_checkpoint(source, which, "--checkpoint")).get("models") or {}
         if role in models:
             holding.append(str(run))
         else:

@@ -94,3 +94,10 @@ def listed_names(value: Sequence[str] | None, what: str) -> list[str]:
     if isinstance(value, str):
         raise SftkdError(f"{what} {value!r}: expected a list of names, e.g. [{value!r}], not a string")
     return [name.strip() for item in value or [] for name in str(item).split(",") if name.strip()]
+
+
+def names_shown(names: Sequence[str], shown: int = 8) -> str:
+    """The first `shown` of `names` and how many more ('a, b, c and 5 more'): the one way an error
+    or a display lists names that may be many (a dataset's volumes, waiting stages)."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")

@@ -39,8 +39,8 @@ import torch
 from rich.console import Console
 
 from sftkd_cli import __version__
-from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, load_model_digest, stopped_early_note, training_record
-from sftkd_cli.choices import AMP_MODES, BEST, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER
+from sftkd_cli.checkpoints import check_fits_data, checkpoint_digest, checkpoint_source, load_model_digest, stopped_early_note, training_record
+from sftkd_cli.choices import AMP_MODES, CHECKPOINT_NAMES, MAX_THREADS, SFT_STUDENT, SFT_TEACHER
 from sftkd_cli.config import Recipe
 from sftkd_cli.files import StagedFiles, check_writable, display_path, folder_lock, json_text, unlink_quietly
 from sftkd_cli.data.format import MANIFEST, check_holds
@@ -337,11 +337,10 @@ def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[st
     """A checkpoint's model on `device`, in the memory layout inference runs fastest in here (measured
     on a first batch unless train.channels_last forces it), replayed from CUDA graphs where they apply."""
     which = checkpoint or recipe.eval.checkpoint
-    named = which in CHECKPOINT_NAMES
-    model, state, digest = load_model_digest(run.path if named else which, model_role, which if named else BEST,
-                                             "--checkpoint")
+    source, name = checkpoint_source(run.path, which)
+    model, state, digest = load_model_digest(source, model_role, name, "--checkpoint")
     entry_role = model_role or state["primary"]
-    check_fits_data(state, model.record(), record, which if not named else run.path, same_acquisition=False)
+    check_fits_data(state, model.record(), record, source, same_acquisition=False)
     layout = forced_layout(recipe.train.channels_last, device)
     if layout is None:  # measured on a first batch
         first = to_device(collate([dataset[i] for i in range(min(batch_size, len(dataset)))]), device)
@@ -350,7 +349,7 @@ def _checkpoint_model(run: RunDir, recipe: Recipe, dataset: Any, record: dict[st
     runner, graphed = graphed_reconstructor(model, device, amp, recipe.train.cuda_graphs, console)
     return _ScoredModel(runner, model.name, state, entry_role, which, count_parameters(model),
                         output_dir(run.path, state, entry_role), device, graphed, digest=digest,
-                        file=run.checkpoint(which) if named else Path(which))
+                        file=run.checkpoint(name) if source == run.path else Path(source))  # a name, else a file
 
 
 def _exported_model(exported: str | Path, run: RunDir, device: torch.device, checkpoint: str | None,

@@ -50,10 +50,22 @@ def sftkd_input(path: Path) -> bool:
 def replaceable_output(path: Path, ours: Callable[[bytes], bool]) -> bool:
     """Whether the regular file at `path` is empty (a placeholder, mktemp's: nothing to lose) or one
     `ours` recognises from its bytes; one that cannot be read, or is larger than any sftkd output
-    (MAX_JSON_BYTES), is not."""
+    (MAX_JSON_BYTES), is not. For writing over a file by its name; deleting needs `recognised_output`."""
+    return _judged(path, ours, empty=True)
+
+
+def recognised_output(path: Path, ours: Callable[[bytes], bool]) -> bool:
+    """Whether the regular file at `path` holds bytes `ours` recognises: what may be deleted as
+    sftkd's. An empty file is not (it may be anyone's, e.g. the user's placeholder)."""
+    return _judged(path, ours, empty=False)
+
+
+def _judged(path: Path, ours: Callable[[bytes], bool], empty: bool) -> bool:
+    """`ours` on the bytes of the regular file at `path` (`empty` for an empty one); False for one
+    that cannot be read or is larger than MAX_JSON_BYTES."""
     try:
         data = read_regular_bytes(path, "output", limit=MAX_JSON_BYTES)
-        return not data or ours(data)
+        return bool(ours(data)) if data else empty
     except (SftkdError, ValueError):  # ValueError: not UTF-8 text, not JSON
         return False
 

@@ -590,8 +590,8 @@ def test_attention_option_draws_the_kd_runs_against_their_teachers(tmp_path, mon
         assert alone.exit_code == 2 and f"{option}: only used with --attention" in alone.stderr
 
 
-@pytest.mark.parametrize("where, error", [("vol1:99", "volume vol1 has no slice 99 (it has 3: 0 to 2)"),
-                                          ("vol9:0", "no volume 'vol9' (has vol0, vol1")])
+@pytest.mark.parametrize("where, error", [("vol1:99", "--attention-slice: 99 is not a slice of volume vol1 in dataset"),
+                                          ("vol9:0", "--attention-slice: 'vol9' is not a volume of dataset")])
 def test_an_attention_slice_the_dataset_lacks_is_refused_before_the_table_is_written(tmp_path, tiny_dataset, where, error):
     """The table was printed and --out written, then the figure failed on the slice (exit 2): a
     script saw a failure with the output file there. Now nothing is printed or written."""

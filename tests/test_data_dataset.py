@@ -229,3 +229,11 @@ def test_a_bad_stored_mask_is_refused_naming_its_own_file(tiny_dataset: Path, tm
         f["acc4/mask"] = np.zeros((16, 8), dtype=np.float32)
     with pytest.raises(SftkdError, match=r"vol0\.h5: acc4/mask has shape \(16, 8\), expected \(16, 16\)"):
         SliceDataset(root, "train", 4)
+
+
+def test_names_shown_lists_the_first_names_and_counts_the_rest() -> None:
+    from sftkd_cli.errors import names_shown
+
+    assert names_shown(["a", "b"]) == "a, b"
+    assert names_shown([f"v{i}" for i in range(10)]) == "v0, v1, v2, v3, v4, v5, v6, v7 and 2 more"
+    assert names_shown(["a", "b", "c", "d"], 3) == "a, b, c and 1 more"

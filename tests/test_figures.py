@@ -307,7 +307,7 @@ def test_attention_residues_from_runs_use_each_students_own_teacher(tiny_dataset
             np.testing.assert_allclose(drawn, expected, atol=1e-6)
     with pytest.raises(SftkdError, match="not a distilled run"):
         attention_residues_from_runs({"teacher": runs / "teacher"}, tmp_path / "bad")
-    with pytest.raises(SftkdError, match="no slice 99"):
+    with pytest.raises(SftkdError, match="99 is not a slice of volume"):
         attention_residues_from_runs(students, tmp_path / "bad", volume="vol1", index=99)
 
 

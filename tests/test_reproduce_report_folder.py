@@ -182,3 +182,17 @@ def test_a_report_folder_inside_the_plans_runs_folder_moves_with_runs_dir(tmp_pa
     assert load_plan(path, runs_dir=tmp_path / "other").report_dir == tmp_path / "other" / "report-x"
     outside = write_plan(tmp_path, tiny_dataset, f"report: {tmp_path / 'docs'}\n", name="outside.yaml")
     assert load_plan(outside, runs_dir=tmp_path / "other").report_dir == tmp_path / "docs"
+
+
+def test_an_empty_file_of_the_users_named_like_a_compare_file_survives_a_report_rewrite(tmp_path, tiny_dataset):
+    """A report rewrite removes its earlier compare files and figures, told by their content as
+    sftkd's: an empty file counted as sftkd's, so the user's empty compare-notes.json in the
+    report folder was deleted. Only a file holding sftkd's content is removed now."""
+    path = write_plan(tmp_path, tiny_dataset)
+    plan = load_plan(path)
+    assert statuses(run_plan(plan, only=ONLY, console=quiet()))["report"] == "done"
+    notes = plan.report_dir / "compare-notes.json"
+    notes.write_bytes(b"")
+    rewritten = run_plan(load_plan(path, ["train.seed=7"]), only=ONLY, console=quiet())
+    assert statuses(rewritten)["report"] == "done"  # written anew for other overrides
+    assert notes.is_file() and notes.read_bytes() == b""

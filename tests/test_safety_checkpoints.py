@@ -181,3 +181,11 @@ def test_model_on_a_run_of_one_model_says_what_model_picks(trained_run, tmp_path
         fails_cleanly(*command, "--model", "student",
                       names=("best.pt: holds one model (model, D2C2), not 'student': --model picks the teacher or "
                              "student of an SFT run; leave it out for this run",))
+
+
+def test_checkpoint_source_reads_a_name_from_the_run_and_a_file_as_itself(tmp_path):
+    """evaluate and `check_runs_hold` read --checkpoint (or eval.checkpoint) one way."""
+    from sftkd_cli.checkpoints import checkpoint_source
+
+    assert checkpoint_source(tmp_path, "last") == (tmp_path, "last")
+    assert checkpoint_source(tmp_path, "elsewhere/x.pt") == ("elsewhere/x.pt", "best")

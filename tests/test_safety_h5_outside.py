@@ -113,3 +113,15 @@ def test_checking_mask_files_keeps_a_prepared_datasets_manifest_and_fingerprint(
     before = (data / "manifest.json").read_bytes(), dataset_fingerprint(data)
     assert load_manifest(data)["mask"]["files"]["acc4"] == "masks/acc4.npy"
     assert ((data / "manifest.json").read_bytes(), dataset_fingerprint(data)) == before
+
+
+@pytest.mark.parametrize("files", [None, {"acc4": "../mask.npy"}, {"acc4": "m.h5"}])
+def test_an_out_manifest_with_bad_mask_files_is_not_prepare_datas(files):
+    """--out's manifest and a dataset's share one mask.files check (`mask_files_problem`): a
+    manifest whose mask.files no reader would accept is not one prepare-data wrote."""
+    from sftkd_cli.data.format import FORMAT, MANIFEST_KEYS
+    from sftkd_cli.data.output import _foreign, mask_files_problem
+
+    manifest = {key: {} for key in MANIFEST_KEYS} | {"format": FORMAT, "mask": {"files": files}}
+    assert _foreign(manifest) == mask_files_problem(files) is not None
+    assert _foreign(manifest | {"mask": {"files": {"acc4": "masks/m.npy"}}}) is None

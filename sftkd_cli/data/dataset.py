@@ -48,13 +48,14 @@ from torch.utils.data import Dataset
 
 from sftkd_cli.acquisition import Acquisition
 from sftkd_cli.data.complex_slices import (
-    COMPLEX_CACHE_BYTES, check_complex_file, check_drawable, check_signal, check_stored, complex_item, h5_array,
-    is_complex, per_sample_spec, read_complex, sample_mask, target_size,
+    COMPLEX_CACHE_BYTES, check_complex_file, check_drawable, check_signal, check_stored, complex_item, is_complex,
+    per_sample_spec, read_complex, sample_mask, target_size,
 )
 from sftkd_cli.data.output import check_mask_files
 from sftkd_cli.data.format import FORMAT, MANIFEST, PROVENANCE_ATTRS, TASKS, dataset_task, group_key, manifest_bytes
 from sftkd_cli.files import display_path, read_regular_bytes
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.h5_data import h5_array
+from sftkd_cli.errors import SftkdError, names_shown, os_error_text
 from sftkd_cli.memory import available_bytes
 from sftkd_cli.mri.fft import ifft2_np
 from sftkd_cli.name_checks import check_split_name
@@ -308,8 +309,7 @@ def load_volume(root: str | Path, volume: str, acceleration: float) -> dict[str,
     manifest = load_manifest(root)
     key = check_acceleration(manifest, root, acceleration)
     if volume not in manifest["volumes"]:
-        names = sorted(manifest["volumes"])
-        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        listed = names_shown(sorted(manifest["volumes"]))
         raise SftkdError(f"volume {volume!r} not in dataset {display_path(root)} (has {listed})")
     path = root / manifest["volumes"][volume]["file"]
     _check_regular(path)

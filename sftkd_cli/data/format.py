@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from sftkd_cli.acquisition import TASKS
-from sftkd_cli.errors import SftkdError, did_you_mean
+from sftkd_cli.errors import SftkdError, did_you_mean, names_shown
 
 __all__ = [
     "FORMAT", "INPUT_LABELS", "MANIFEST", "MANIFEST_KEYS", "MASKS", "NORMALISATION", "PROVENANCE_ATTRS", "TASKS",
-    "acceleration_key", "check_holds", "group_key", "mask_axis",
+    "acceleration_key", "check_holds", "check_volume_slice", "group_key", "mask_axis",
 ]
 
 #: version of the dataset layout (h5 attribute and manifest "format")
@@ -82,3 +82,27 @@ def check_holds(manifest: Mapping[str, Any], shown: str, acceleration: tuple[flo
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     """manifest.json's bytes as sftkd writes them (what `dataset.dataset_fingerprint` hashes)."""
     return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def check_volume_slice(manifest: Mapping[str, Any], shown: str, volume: str | None, index: int | None,
+                       keys: tuple[str, str], split: str | None = None) -> None:
+    """A slice to draw must be in the dataset at `shown` (its manifest): `volume` one of the
+    dataset's (of `split`'s when given), `index` a slice of it (without `volume`: of the middle
+    volume by name, the figures' default). `keys` name the volume and the slice where they came
+    from (figures.volume and figures.slice, or --attention-slice twice) in the one error line;
+    compare --attention and reproduce's figures share it so that both read alike."""
+    volume_key, slice_key = keys
+    names = sorted(manifest["splits"][split] if split is not None else manifest["volumes"])
+    group = f"split {split!r}" if split is not None else "the dataset"
+    among = f"split {split!r} of dataset {shown}" if split is not None else f"dataset {shown}"
+    if volume is not None and volume not in names:
+        raise SftkdError(f"{volume_key}: {volume!r} is not a volume of {among} (has {names_shown(names)})"
+                         f"{did_you_mean(volume, names)}")
+    if index is None or not names:
+        return
+    drawn = volume if volume is not None else names[len(names) // 2]
+    slices = int(manifest["volumes"][drawn]["slices"])
+    if not 0 <= index < slices:
+        which = f"volume {drawn}" if volume is not None else f"volume {drawn} (the middle one of {group}; no {volume_key})"
+        raise SftkdError(f"{slice_key}: {index} is not a slice of {which} in dataset {shown} "
+                         f"(it has {slices}: 0 to {slices - 1})")

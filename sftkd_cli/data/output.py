@@ -102,8 +102,11 @@ def _foreign(manifest: Any) -> str | None:
     if manifest["format"] != FORMAT:
         return f"format {manifest['format']!r}, expected {FORMAT}"
     volumes, mask = manifest["volumes"], manifest["mask"]
-    if not (isinstance(volumes, dict) and isinstance(mask, dict) and isinstance(mask.get("files"), dict)):
-        return "volumes or mask.files is not a mapping"
+    if not isinstance(volumes, dict):
+        return "volumes is not a mapping"
+    problem = mask_files_problem(mask.get("files") if isinstance(mask, dict) else None)
+    if problem:
+        return problem
     for name in listed_files(manifest):
         if not written_name(name):
             return f"lists {name!r}, expected {WRITTEN_NAMES}"
@@ -121,18 +124,26 @@ def written_name(name: object) -> bool:
     return (len(parts) == 1 and name.endswith(".h5")) or (len(parts) == 2 and parts[0] == MASKS and name.endswith(".npy"))
 
 
-def check_mask_files(manifest: dict[str, Any], where: str) -> None:
-    """Refuse a manifest whose mask.files is not a mapping of key -> `masks/<name>.npy` (the shape
-    prepare-data writes, `written_name`): a mask path outside the dataset (absolute, with '..')
-    would otherwise be read by whatever loads the dataset's mask (export records it in its card)."""
-    mask = manifest.get("mask", {})
-    files = mask.get("files", {}) if isinstance(mask, dict) else None
+def mask_files_problem(files: object) -> str | None:
+    """What is wrong with a manifest's mask.files, or None: it must map each key to
+    `masks/<name>.npy` (`written_name`, inside `masks`), the shape prepare-data writes. A mask path
+    outside the dataset (absolute, with '..') would otherwise be read by whatever loads the mask
+    (export records it in its card), or count as the dataset's when --out is rewritten."""
     if not isinstance(files, dict):
-        raise SftkdError(f"{where}: mask.files {files!r}, expected a mapping of acceleration key -> '{MASKS}/<name>.npy'")
+        return f"mask.files {files!r}, expected a mapping of acceleration key -> '{MASKS}/<name>.npy'"
     for key, name in files.items():
         if not (written_name(name) and name.startswith(f"{MASKS}/")):
-            raise SftkdError(f"{where}: mask.files.{key} {name!r}, expected '{MASKS}/<name>.npy' inside the dataset "
-                             "(no '..', not absolute), as prepare-data writes it")
+            return (f"mask.files.{key} {name!r}, expected '{MASKS}/<name>.npy' inside the dataset (no '..', not "
+                    "absolute), as prepare-data writes it")
+    return None
+
+
+def check_mask_files(manifest: dict[str, Any], where: str) -> None:
+    """Refuse a manifest whose mask.files `mask_files_problem` refuses (absent mask.files is none)."""
+    mask = manifest.get("mask", {})
+    problem = mask_files_problem(mask.get("files", {}) if isinstance(mask, dict) else None)
+    if problem:
+        raise SftkdError(f"{where}: {problem}")
 
 
 def listed_files(manifest: dict[str, Any]) -> list[str]:

@@ -15,10 +15,15 @@ import numpy as np
 
 from sftkd_cli.choices import BEST
 from sftkd_cli.distill.catalog import default_taps
+from sftkd_cli.data.format import check_volume_slice
 from sftkd_cli.errors import SftkdError
+from sftkd_cli.files import display_path
 from sftkd_cli.report.compare import RunResult
 from sftkd_cli.report.figures import FigureOutput, new_figure, default_slice, heading, save_figure
 from sftkd_cli.run_files import RECIPE_YAML, RECON_H5
+
+#: the compare option naming the figure's VOLUME:SLICE, in errors about that slice
+ATTENTION_SLICE = "--attention-slice"
 
 def attention_maps(features) -> np.ndarray:
     """AT attention maps (B, H, W) of feature maps (B, C, H, W), as the AT loss compares them.
@@ -173,18 +178,6 @@ def figure_data(runs: Mapping[str, Path], dataset: str | Path | None) -> tuple[P
     return Path(dataset if dataset is not None else recipe.data.path), float(recipe.data.acceleration)
 
 
-def check_slice(manifest: Mapping[str, Any], dataset: Path, volume: str, index: int) -> None:
-    """Refuse a volume the dataset's manifest does not list, or a slice index it does not have."""
-    volumes = manifest["volumes"]
-    if volume not in volumes:
-        names = sorted(volumes)
-        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        raise SftkdError(f"{dataset}: no volume {volume!r} (has {listed})")
-    slices = int(volumes[volume]["slices"])
-    if not 0 <= index < slices:
-        raise SftkdError(f"{dataset}: volume {volume} has no slice {index} (it has {slices}: 0 to {slices - 1})")
-
-
 def check_attention_slice(runs: Mapping[str, Path], dataset: Path | None, volume: str | None, index: int | None) -> None:
     """`compare --attention`'s dataset, and the --attention-slice VOLUME:SLICE when given, checked
     before compare tabulates or writes anything: a slice the dataset lacks is one error line, not a
@@ -195,7 +188,7 @@ def check_attention_slice(runs: Mapping[str, Path], dataset: Path | None, volume
     manifest = load_manifest(root)
     check_acceleration(manifest, root, acceleration)
     if volume is not None and index is not None:
-        check_slice(manifest, root, volume, index)
+        check_volume_slice(manifest, display_path(root), volume, index, (ATTENTION_SLICE, ATTENTION_SLICE))
 
 
 def attention_residues_from_runs(
@@ -209,12 +202,14 @@ def attention_residues_from_runs(
     checkpoint: str = BEST,
     title: str = "",
     context: str = "",
+    keys: tuple[str, str] = (ATTENTION_SLICE, ATTENTION_SLICE),
 ) -> FigureOutput:
     """Fig. 6 from distilled run directories (label -> run), each student against its own teacher.
 
     Dataset and acceleration default to the first run's recipe; the slice to the grid's
     (middle slice of the middle volume of the first run's recon.h5), else the middle slice of
     the middle volume of `split`. Runs on the CPU: one slice through two models per student.
+    `keys` name where the volume and slice came from in an error about them.
     """
     import torch
 
@@ -234,7 +229,7 @@ def attention_residues_from_runs(
             if volume not in manifest["volumes"]:
                 raise SftkdError(f"{dataset}: no volume {volume!r}")
             index = index if index is not None else int(manifest["volumes"][volume]["slices"]) // 2
-    check_slice(load_manifest(dataset), dataset, volume, index)
+    check_volume_slice(load_manifest(dataset), display_path(dataset), volume, index, keys)
     arrays = load_volume(dataset, volume, acceleration)
     zf = np.asarray(arrays["zf"][index])
     zf = np.stack([zf.real, zf.imag]) if np.iscomplexobj(zf) else zf[None]  # complex data: real, imaginary channels

@@ -138,26 +138,18 @@ def check_figure_slice(out: Path, split: str, volume: str | None, index: int | N
     """The plan's figures.volume and figures.slice, checked against the dataset at `out` by the
     data stage (after `check_split`), before any training rather than in the report after all of
     it: the volume must be one of `split`'s (the evaluated ones the figures show), the slice one
-    that volume has (without figures.volume: the split's middle volume by name, the figures' default).
-    `where` names the plan."""
+    that volume has (`data.format.check_volume_slice`). `where` names the plan."""
     from sftkd_cli.data.dataset import load_manifest, split_volumes
+    from sftkd_cli.data.format import check_volume_slice
 
     if volume is None and index is None:
         return
     manifest = load_manifest(out)
-    names = sorted(split_volumes(manifest, out, split))
-    if volume is not None and volume not in names:
-        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        raise SftkdError(f"{where}: figures.volume: {volume!r} is not a volume of split {split!r} of dataset "
-                         f"{display_path(out)} (has {listed}){did_you_mean(volume, names)}")
-    if index is None:
-        return
-    shown = volume if volume is not None else names[len(names) // 2]
-    slices = int(manifest["volumes"][shown]["slices"])
-    if not 0 <= index < slices:
-        which = f"volume {shown}" if volume is not None else f"volume {shown} (the middle one of split {split!r}; no figures.volume)"
-        raise SftkdError(f"{where}: figures.slice: {index} is not a slice of {which} in dataset {display_path(out)} "
-                         f"(it has {slices}: 0 to {slices - 1})")
+    split_volumes(manifest, out, split)  # a split the dataset lacks, or an empty one: its own error
+    try:
+        check_volume_slice(manifest, display_path(out), volume, index, ("figures.volume", "figures.slice"), split)
+    except SftkdError as exc:
+        raise SftkdError(f"{where}: {exc}") from None
 
 
 def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from sftkd_cli.errors import SftkdError
+from sftkd_cli.errors import SftkdError, names_shown
 from sftkd_cli.reproduce.display import STATUS_STYLE, format_seconds
 from sftkd_cli.choices import TRAIN_KINDS
 from sftkd_cli.reproduce.stages import Stage, StageResult
@@ -85,8 +85,7 @@ class Board:
         ended = {r.id for r in finished}
         waiting = [s.id for s in self.todo if s.id not in ended and s.id not in self.started]
         if waiting:
-            shown = ", ".join(waiting[:4]) + (f" and {len(waiting) - 4} more" if len(waiting) > 4 else "")
-            table.add_row(f"{len(waiting)} waiting", "[dim]waiting[/]", "", escape(shown))
+            table.add_row(f"{len(waiting)} waiting", "[dim]waiting[/]", "", escape(names_shown(waiting, 4)))
         for result in finished[-RECENT:]:
             style = STATUS_STYLE.get(result.status, "")
             table.add_row(escape(result.id), f"[{style}]{result.status}[/]" if style else result.status,

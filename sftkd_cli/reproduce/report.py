@@ -342,7 +342,7 @@ def _figure_makers(plan: Plan, tag: str, members: list[Stage]) -> list[tuple[tup
                        lambda stem: attention_residues_from_runs(
                            students, stem, plan.data.out, acceleration, plan.figures["volume"], plan.figures["slice"],
                            split=plan.evaluate["split"], checkpoint=plan.evaluate["checkpoint"],
-                           context=f"{plan.name}{label}")))
+                           context=f"{plan.name}{label}", keys=("figures.volume", "figures.slice"))))
     return makers
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftkd_cli.errors import SftkdError, os_error_text
+from sftkd_cli.errors import SftkdError, names_shown, os_error_text
 from sftkd_cli.files import read_regular_bytes
 from sftkd_cli.reproduce.kinds import REPORT_MD, STATUS_JSON
 from sftkd_cli.reproduce.spec import Plan
@@ -64,16 +65,16 @@ def check_report_folder(plan: Plan) -> None:
         raise SftkdError(f"{plan.path}: report {folder}: cannot be read ({os_error_text(exc)})") from None
     foreign = [name for name in names if _REPORT_FILE.fullmatch(name) and not _written_by_sftkd(folder / name)]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise SftkdError(f"{plan.path}: report {folder}: holds {shown}, which sftkd reproduce did not write and the "
+        raise SftkdError(f"{plan.path}: report {folder}: holds {names_shown(foreign, 3)}, which sftkd reproduce did not write and the "
                          "report would replace: give the plan a new or empty `report:` folder, or move them away")
 
 
 def remove_stale_files(folder: Path, written: set[str]) -> None:
     """Remove the compare files and figures of an earlier report in `folder` that this report did
     not write again (`written`: their names): e.g. of runs it now leaves out, which would otherwise
-    sit beside its report.md as if they were its results. Only regular files sftkd wrote (told by
-    their content, `_written_by_sftkd`); report.md, status.json and any other file are kept."""
+    sit beside its report.md as if they were its results. Only regular files holding sftkd's
+    content (`_sftkd_content`; an empty one may be the user's); report.md, status.json and any
+    other file are kept."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -83,7 +84,7 @@ def remove_stale_files(folder: Path, written: set[str]) -> None:
         if name in written or name in (REPORT_MD, STATUS_JSON) or not _REPORT_FILE.fullmatch(name):
             continue
         path = folder / name
-        if entry.is_file(follow_symlinks=False) and _written_by_sftkd(path):
+        if entry.is_file(follow_symlinks=False) and _sftkd_content(path):
             path.unlink(missing_ok=True)
 
 
@@ -92,17 +93,31 @@ _REPORT_FILE = re.compile(r"report\.md|status\.json|compare.*\.(?:csv|json)|(?:b
 
 
 def _written_by_sftkd(path: Path) -> bool:
-    """Whether the report file `path` may be replaced: sftkd wrote it (told by its content: the
-    report's heading, compare's formats, the figures' signature), it is empty, or it is no regular
-    file (a link or FIFO there is replaced, never written through)."""
+    """Whether the report file `path` may be replaced: sftkd wrote it (`_sftkd_content`), it is
+    empty, or it is no regular file (a link or FIFO there is replaced, never written through)."""
     from sftkd_cli.output_target import replaceable_output
-    from sftkd_cli.report.figures import written_by_sftkd
-    from sftkd_cli.report.formats import written_by_compare
 
     if path.is_symlink() or not path.is_file():
         return not path.is_dir()
+    return replaceable_output(path, _recogniser(path))
+
+
+def _sftkd_content(path: Path) -> bool:
+    """Whether the regular file `path` holds what sftkd writes there (not empty): only such a
+    file may be deleted; an empty one may be the user's (compare-notes.json)."""
+    from sftkd_cli.output_target import recognised_output
+
+    return recognised_output(path, _recogniser(path))
+
+
+def _recogniser(path: Path) -> Callable[[bytes], bool]:
+    """How sftkd's content of the report file `path` is told: the report's heading (report.md),
+    the figures' signature, compare's formats."""
+    from sftkd_cli.report.figures import written_by_sftkd
+    from sftkd_cli.report.formats import written_by_compare
+
     if path.suffix in (".png", ".pdf"):
-        return replaceable_output(path, written_by_sftkd)
+        return written_by_sftkd
     if path.name == REPORT_MD:
-        return replaceable_output(path, lambda data: data.startswith(REPORT_HEADING.encode()))
-    return replaceable_output(path, written_by_compare)
+        return lambda data: data.startswith(REPORT_HEADING.encode())
+    return written_by_compare
