@@ -19,18 +19,24 @@ _OUTSIDE = ("stores its data outside the file (external storage/link/virtual dat
             "expected data stored in the file, as prepare-data writes it")
 
 
-def check_in_file(f: h5py.Group, name: str, where: str) -> None:
-    """Refuse an entry `name` of `f` reached through a link other than a hard link on any part of
-    its path (an external or soft link), and a dataset with external storage or virtual (mapped
-    from other files): `where` names the file in the one-line error."""
+def check_in_file(f: h5py.Group, name: str, where: str, _hops: int = 0, _shown: str | None = None) -> None:
+    """Refuse an entry `name` of `f` reached through an external link on any part of its path, and
+    a dataset with external storage or virtual (mapped from other files): `where` names the file in
+    the one-line error. A soft link (a path inside the same file) is followed and its target checked."""
+    shown = name if _shown is None else _shown  # the entry asked for, in the error
     parts = [part for part in name.split("/") if part]
     for depth in range(1, len(parts) + 1):
         link = f.get("/".join(parts[:depth]), getlink=True)
+        if isinstance(link, h5py.SoftLink) and _hops < 8:  # more hops: a loop, refused below
+            base = "/".join(parts[:depth - 1])  # a relative soft link's path starts at its group
+            target = link.path if link.path.startswith("/") else f"{base}/{link.path}"
+            check_in_file(f, "/".join([target, *parts[depth:]]), where, _hops + 1, shown)
+            return
         if link is not None and not isinstance(link, h5py.HardLink):
-            raise SftkdError(f"{where}: {name!r} {_OUTSIDE}")
+            raise SftkdError(f"{where}: {shown!r} {_OUTSIDE}")
     item = f.get(name, getlink=False) if parts else None
     if isinstance(item, h5py.Dataset) and (item.external is not None or item.is_virtual):
-        raise SftkdError(f"{where}: {name!r} {_OUTSIDE}")
+        raise SftkdError(f"{where}: {shown!r} {_OUTSIDE}")
 
 
 def h5_array(f: h5py.Group, name: str, where: str) -> h5py.Dataset:

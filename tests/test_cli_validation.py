@@ -208,3 +208,9 @@ def test_bench_choice_words_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sftkd_cli.bench, "run_bench", run_bench)
     assert one_line_error("bench", "--precision", "BF16", "--device", "CPU") == "error: stop here"
     assert (given["precision"], given["device"]) == ("bf16", "cpu")
+
+
+def test_an_error_prints_the_users_text_as_given_not_as_an_emoji() -> None:
+    """Rich turned `:-1:` in a user's value into an emoji: `v:-1` printed as `v👎`."""
+    line = one_line_error("compare", "nowhere", "--attention", "att", "--attention-slice", "v:-1")
+    assert "--attention-slice v:-1: expected VOLUME:SLICE" in line

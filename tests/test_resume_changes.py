@@ -173,6 +173,22 @@ def test_a_copied_run_resumed_through_its_own_recipe_trains_the_copy(tiny_datase
     assert load_recipe(runs / "copy" / "recipe.yaml").run.name == "copy"
 
 
+def test_a_projects_recipe_yaml_beside_its_own_checkpoints_folder_is_not_a_run(tiny_dataset, tmp_path, monkeypatch):
+    """A recipe.yaml of the user's, beside a checkpoints/ folder of the user's project (no env.json,
+    which every run that began training has), trains the run its run.name names; it was taken for a
+    run's own recipe, the project folder for the run ("run already exists")."""
+    project = tmp_path / "proj"
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "recipe.yaml").write_text(f"run:\n  name: from-project\n  dir: {tmp_path / 'runs'}\n")
+    monkeypatch.chdir(project)
+    args = [a for a in train_args(tiny_dataset, tmp_path / "runs", "unused")
+            if a not in ("--name", "unused") and not a.startswith("run.dir=")]  # the run named by the recipe alone
+    result = invoke(*args[:1], "recipe.yaml", *args[1:])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "from-project" / "checkpoints" / "last.pt").is_file()
+    assert sorted(p.name for p in project.iterdir()) == ["checkpoints", "recipe.yaml"]
+
+
 def test_a_renamed_run_resumes_through_its_own_recipe_from_another_folder(tiny_dataset, tmp_path, monkeypatch):
     """A run whose recipe names it relatively (run.dir runs), renamed and resumed from another
     folder through its RUN/recipe.yaml, continues that folder; it was refused as 'nothing to
@@ -213,6 +229,10 @@ def test_a_resume_refuses_a_history_that_lacks_rows_of_its_checkpoint(tiny_datas
     fails_cleanly(*resume, names=(f"{history}: line 2 is not JSON (1 row (epochs 1) before it)",
                                   "has finished 3 epochs", "restore the file"))
     assert history.read_bytes() == damaged
+    history.write_text(lines[0] + "[2]\n" + lines[2])  # JSON, but not epoch 2's row
+    fails_cleanly(*resume, names=(f"{history}: holds 3 rows (epochs 1, ?, 3)", "has finished 3 epochs"))
+    history.write_text(lines[0] + lines[0] + lines[2])  # epoch 1's row twice
+    fails_cleanly(*resume, names=(f"{history}: holds 3 rows (epochs 1, 1, 3)",))
     history.unlink()
     fails_cleanly(*resume, names=(f"{history}: is missing", "has finished 3 epochs"))
     assert not history.exists()

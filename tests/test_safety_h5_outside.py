@@ -1,7 +1,7 @@
 """HDF5 entries and manifest mask paths never make sftkd read a file outside its input (CPU only).
 
-- An HDF5 entry whose data lives outside its file (external raw storage, an external or soft link,
-  a virtual dataset) is refused in one line naming the file and the entry, before h5py follows it:
+- An HDF5 entry whose data lives outside its file (external raw storage, an external link, also
+  reached through a soft link, a virtual dataset) is refused in one line naming the file and the entry, before h5py follows it:
   dataset volumes, a --mask-file .h5, a run's recon.h5, a fastMRI input file.
 - A manifest's mask.files must name `masks/<name>.npy` inside the dataset (no '..', not absolute).
 
@@ -27,7 +27,7 @@ from sftkd_cli.mri.masks import load_mask
 from sftkd_cli.report.figures import default_slice, read_recon_slice
 
 OUTSIDE = "stores its data outside the file (external storage/link/virtual dataset)"
-HOWS = ["external-storage", "external-link", "virtual", "soft-link"]
+HOWS = ["external-storage", "external-link", "virtual", "soft-link-to-external"]
 
 
 def point_outside(f: h5py.File, name: str, array: np.ndarray, folder: Path, how: str) -> None:
@@ -47,8 +47,8 @@ def point_outside(f: h5py.File, name: str, array: np.ndarray, folder: Path, how:
         layout = h5py.VirtualLayout(shape=array.shape, dtype=array.dtype)
         layout[...] = h5py.VirtualSource(str(other), "data", shape=array.shape)
         f.create_virtual_dataset(name, layout)
-    else:  # a soft link (to a copy kept in the file): prepare-data never writes one either
-        f[f"hidden_{name.replace('/', '_')}"] = array
+    else:  # a soft link (a path in the file) to an external link
+        f[f"hidden_{name.replace('/', '_')}"] = h5py.ExternalLink(str(other), "data")
         f[name] = h5py.SoftLink(f"/hidden_{name.replace('/', '_')}")
 
 
@@ -74,6 +74,19 @@ def test_a_mask_file_h5_with_data_outside_it_is_refused(tmp_path, how):
         point_outside(f, "mask", mask, tmp_path, how)
     with pytest.raises(SftkdError, match=f"mask.h5: 'mask' {OUTSIDE}".replace("(", r"\(").replace(")", r"\)")):
         load_mask(path, (16, 16))
+
+
+@pytest.mark.parametrize("target", ["/stored/mask", "stored/mask"])
+def test_a_mask_file_h5_with_a_soft_link_to_data_in_it_is_read(tmp_path, target):
+    """A soft link is a path inside the same file: followed, its target's data read (it was refused
+    as data outside the file)."""
+    mask = np.zeros((16, 16), dtype=np.float32)
+    mask[:, ::4] = 1
+    path = tmp_path / "mask.h5"
+    with h5py.File(path, "w") as f:
+        f["stored/mask"] = mask
+        f["mask"] = h5py.SoftLink(target)
+    assert np.array_equal(load_mask(path, (16, 16)), mask.astype(bool))
 
 
 @pytest.mark.parametrize("how", HOWS)

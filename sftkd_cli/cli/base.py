@@ -18,13 +18,14 @@ from sftkd_cli.name_checks import in_any_case
 
 def stdout_console() -> Console:
     """Where results go (tables, "done" lines). Made for each use: rich reads COLUMNS when a console
-    is created, so one made at import would keep the width of whoever imported sftkd first."""
-    return Console()
+    is created, so one made at import would keep the width of whoever imported sftkd first. No
+    emoji codes: a user's text such as `vol:-1:` must print as given, not as an emoji."""
+    return Console(emoji=False)
 
 
 def stderr_console() -> Console:
     """Where progress, warnings and errors go (see `stdout_console`)."""
-    return Console(stderr=True)
+    return Console(stderr=True, emoji=False)
 
 
 def any_case(words: Container[str]) -> Callable[[str | None], str | None]:

@@ -56,14 +56,15 @@ def too_few_epochs(epochs: int, point: ResumePoint) -> str:
 
 def history_gap(run: RunDir, point: ResumePoint) -> str:
     """Why `run`'s history.jsonl cannot go on from the state at `point`, in one line ('' when it can):
-    it holds fewer rows than the epochs the checkpoint finished, before its end or a line that is
-    not JSON. The resume keeps that many rows and rewrites the file, so the rows it lacks would be
-    lost for good. More rows than the checkpoint's epochs is a stop between the two writes (history
+    its first rows (before its end or a line that is not JSON) are not those of epochs 1 to the
+    epoch the checkpoint finished. The resume keeps that many rows and rewrites the file, so the
+    rows it lacks would be lost for good. More rows than the checkpoint's epochs is a stop between the two writes (history
     first): the extra rows are trained again."""
     epoch, _ = position(point.path, point.state)
     path = run.history_file
     rows, bad = parse_history(path) if path.exists() else ([], None)
-    if len(rows) >= epoch:
+    kept = rows[:epoch]
+    if len(kept) == epoch and all(isinstance(row, dict) and row.get("epoch") == n for n, row in enumerate(kept, 1)):
         return ""
     epochs = ", ".join(str(row.get("epoch") if isinstance(row, dict) else "?") for row in rows)
     read = counted(len(rows), "row") + (f" (epochs {epochs})" if rows else "")

@@ -22,7 +22,7 @@ from sftkd_cli.config import Recipe, TrainConfig, dump_recipe, recipe_to_dict, s
 from sftkd_cli.data.dataset import SliceDataset, dataset_record, record_acquisition
 from sftkd_cli.errors import RecipeValueError, RunInterrupted, SftkdError, counted
 from sftkd_cli.files import check_writable, write_run_file
-from sftkd_cli.run_files import CHECKPOINTS, RECIPE_YAML
+from sftkd_cli.run_files import CHECKPOINTS, ENV_JSON, RECIPE_YAML
 from sftkd_cli.runs import RunDir, load_checkpoint
 from sftkd_cli.signals import Interrupts, on_signals
 from sftkd_cli.models import CascadeNet, build_model
@@ -56,12 +56,13 @@ def run_path(recipe: Recipe) -> Path:
 
 def run_folder_of(recipe_file: Path | None) -> Path | None:
     """The run folder whose own recipe.yaml `recipe_file` is (a file here named recipe.yaml, beside
-    the checkpoints/ folder sftkd makes in a run before its recipe); None for any other recipe."""
+    the checkpoints/ folder and the env.json sftkd writes into a run that has begun training); None
+    for any other recipe, e.g. a project's recipe.yaml beside a checkpoints/ folder of its own."""
     if recipe_file is None or recipe_file.name != RECIPE_YAML or not recipe_file.is_file():
         return None
     folder = recipe_file.parent  # `recipe.yaml` given inside the run: '.', which has no name to train under
     folder = folder if folder.name not in ("", "..") else Path(os.path.abspath(folder))
-    return folder if (folder / CHECKPOINTS).is_dir() else None
+    return folder if (folder / CHECKPOINTS).is_dir() and (folder / ENV_JSON).is_file() else None
 
 
 def follow_run_folder(recipe: Recipe, recipe_file: Path | None) -> Recipe:
