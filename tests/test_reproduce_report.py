@@ -99,3 +99,42 @@ def test_an_earlier_reports_compare_files_and_figures_of_runs_now_left_out_are_r
     text, _ = report_of(tmp_path)
     assert "No evaluated runs yet." in text
     assert sorted(p.name for p in report.iterdir() if p.is_file()) == ["box-mine.png", "notes.txt", "report.md", "status.json"]
+
+
+def test_the_users_compare_file_in_the_report_folder_survives_a_report_rewrite(tmp_path, tiny_dataset):
+    """The report removed any compare file or figure of sftkd's content it did not write again, so
+    `sftkd compare ... --out <report>/compare-my-seeds.csv` was deleted by the next report. Now it
+    removes only the files its previous status.json lists ("files"); a status.json of an earlier
+    sftkd, without that list, has nothing removed."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from sftkd_cli.cli.app import app
+    from sftkd_cli.report.formats import written_by_compare
+
+    path = write_plan(tmp_path, tiny_dataset)
+    assert not run_plan(load_plan(path), console=quiet()).failed
+    report, runs = tmp_path / "runs" / "report", tmp_path / "runs"
+    status = json.loads((report / "status.json").read_text())
+    assert {"compare.csv", "compare.json", "box.png", "grid.png"} <= set(status["files"])
+    mine = report / "compare-my-seeds.csv"
+    result = CliRunner().invoke(app, ["compare", str(runs / "teacher"), str(runs / "student"), "--out", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert written_by_compare(mine.read_bytes())  # sftkd's content, the user's file
+    kept = mine.read_bytes()
+
+    def rewrite() -> None:
+        later = path.stat().st_mtime + 1000  # the plan edited: the report is written anew
+        os.utime(path, (later, later))
+        assert {r.id: r.status for r in run_plan(load_plan(path), only=["report"], console=quiet()).results} == {"report": "done"}
+
+    rewrite()
+    assert mine.read_bytes() == kept and (report / "compare.csv").is_file()
+    status = json.loads((report / "status.json").read_text())
+    assert "compare-my-seeds.csv" not in status["files"]
+    del status["files"]  # as an earlier sftkd wrote it
+    (report / "status.json").write_text(json.dumps(status))
+    (report / "compare-s9.csv").write_bytes((report / "compare.csv").read_bytes())  # none of this report's
+    rewrite()
+    assert mine.read_bytes() == kept and (report / "compare-s9.csv").is_file()

@@ -196,3 +196,13 @@ def test_an_empty_file_of_the_users_named_like_a_compare_file_survives_a_report_
     rewritten = run_plan(load_plan(path, ["train.seed=7"]), only=ONLY, console=quiet())
     assert statuses(rewritten)["report"] == "done"  # written anew for other overrides
     assert notes.is_file() and notes.read_bytes() == b""
+
+
+def test_only_plain_report_file_names_a_status_json_lists_are_ever_removed():
+    """status.json's "files" is read as plain names of the report's compare files and figures:
+    a path, report.md, status.json, another name or a damaged list removes nothing."""
+    from sftkd_cli.reproduce.report_folder import recorded_files
+
+    listed = ["compare.csv", "box-a.png", "compare/../../victim.csv", "report.md", "status.json", "notes.txt", 3]
+    assert recorded_files({"files": listed}) == {"compare.csv", "box-a.png"}
+    assert recorded_files({"files": "compare.csv"}) == set() and recorded_files({}) == set() and recorded_files(None) == set()

@@ -18,7 +18,7 @@ from sftkd_cli.reproduce.display import format_seconds, total_seconds
 from sftkd_cli.choices import PAPER_METRICS, TRAIN_KINDS, arm_key
 from sftkd_cli.reproduce.kinds import EARLIER, MODEL_COLUMNS, REPORT_MD, STATUS_JSON, STUDENT_SETTINGS, marked_earlier
 from sftkd_cli.reproduce.paper import paper_numbers, table1_column
-from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, remove_stale_files, written_for
+from sftkd_cli.reproduce.report_folder import REPORT_HEADING, read_status, recorded_files, remove_stale_files, written_for
 from sftkd_cli.reproduce.spec import Plan
 from sftkd_cli.reproduce.stages import (
     Stage, StageResult, evaluation_complete, evaluation_dir, figure_method, grid_members, plan_conflict,
@@ -45,6 +45,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     """
     out = plan.report_dir
     out.mkdir(parents=True, exist_ok=True)
+    earlier_files = recorded_files(read_status(out / STATUS_JSON))  # the earlier report's, before status.json is replaced
     problems: list[str] = []
     evaluated, left_out = _evaluated(plan, stages)
     problems += [f"{stage_id}: left out of the results: {why}" for stage_id, why in left_out]
@@ -58,7 +59,7 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
         f"- written {datetime.datetime.now().isoformat(timespec='seconds')} by sftkd {__version__}",
         *[f"- left out of the results (see Problems): {stage_id}" for stage_id, _ in left_out], "",
     ]
-    written: set[str] = set()  # the compare files and figures written now: an earlier report's others are removed
+    written: set[str] = set()  # the compare files and figures written now (status.json's "files")
     for group in _groups(plan):
         members = [s for s in evaluated if s.group in (group, "")]
         lines += _group_section(plan, stages, group, members, console, problems, written)
@@ -77,9 +78,10 @@ def write_report(plan: Plan, stages: Sequence[Stage], results: Sequence[StageRes
     records = [dataclasses.asdict(r) for r in status]
     # names sftkd chooses: a link or FIFO there is replaced, never written through (`write_run_file`)
     write_run_file(out / STATUS_JSON, json_text({"format": 1, "plan": str(plan.path), "written_for": written_for(plan),
-                                                 "stages": records, "problems": problems}))  # `report_complete` reads them
+                                                 "stages": records, "problems": problems,  # `report_complete` reads them
+                                                 "files": sorted(written)}))  # the next report removes those it does not write
     write_run_file(out / REPORT_MD, "\n".join(lines).rstrip() + "\n")
-    remove_stale_files(out, written)
+    remove_stale_files(out, earlier_files, written)
     return problems
 
 

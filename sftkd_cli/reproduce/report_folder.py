@@ -69,22 +69,30 @@ def check_report_folder(plan: Plan) -> None:
                          "report would replace: give the plan a new or empty `report:` folder, or move them away")
 
 
-def remove_stale_files(folder: Path, written: set[str]) -> None:
-    """Remove the compare files and figures of an earlier report in `folder` that this report did
-    not write again (`written`: their names): e.g. of runs it now leaves out, which would otherwise
-    sit beside its report.md as if they were its results. Only regular files holding sftkd's
-    content (`_sftkd_content`; an empty one may be the user's); report.md, status.json and any
-    other file are kept."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        name = entry.name
-        if name in written or name in (REPORT_MD, STATUS_JSON) or not _REPORT_FILE.fullmatch(name):
+def recorded_files(status: dict[str, Any] | None) -> set[str]:
+    """The compare files and figures an earlier report wrote, as its status.json (`read_status`)
+    lists them under "files": only plain names of report files (no path, not report.md nor
+    status.json). None recorded (no status.json, an earlier sftkd's that kept no list, a
+    damaged list): an empty set, so nothing is ever removed on a guess."""
+    names = status.get("files") if status is not None else None
+    if not isinstance(names, list):
+        return set()
+    return {name for name in names if isinstance(name, str) and _REPORT_FILE.fullmatch(name)
+            and "/" not in name and "\\" not in name and name not in (REPORT_MD, STATUS_JSON)}
+
+
+def remove_stale_files(folder: Path, earlier: set[str], written: set[str]) -> None:
+    """Remove the compare files and figures the earlier report wrote (`earlier`: the names its
+    status.json listed, `recorded_files`) that this report did not write again (`written`): e.g.
+    of runs it now leaves out, which would otherwise sit beside its report.md as if they were its
+    results. Only those names: a file of the user's in the folder (`sftkd compare --out
+    <report>/compare-mine.csv`) is never the report's to remove, whatever its name and content;
+    and only a regular file (not a link) still holding sftkd's content (`_sftkd_content`)."""
+    for name in sorted(earlier - written):
+        if name in (REPORT_MD, STATUS_JSON) or not _REPORT_FILE.fullmatch(name):
             continue
         path = folder / name
-        if entry.is_file(follow_symlinks=False) and _sftkd_content(path):
+        if path.is_file() and not path.is_symlink() and _sftkd_content(path):
             path.unlink(missing_ok=True)
 
 
