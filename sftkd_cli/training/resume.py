@@ -58,8 +58,8 @@ def history_gap(run: RunDir, point: ResumePoint) -> str:
     """Why `run`'s history.jsonl cannot go on from the state at `point`, in one line ('' when it can):
     its first rows (before its end or a line that is not JSON) are not those of epochs 1 to the
     epoch the checkpoint finished. The resume keeps that many rows and rewrites the file, so the
-    rows it lacks would be lost for good. More rows than the checkpoint's epochs is a stop between the two writes (history
-    first): the extra rows are trained again."""
+    rows it lacks would be lost for good. More rows than the checkpoint's epochs is a stop between
+    the two writes (history first): the extra rows are trained again."""
     epoch, _ = position(point.path, point.state)
     path = run.history_file
     rows, bad = parse_history(path) if path.exists() else ([], None)
