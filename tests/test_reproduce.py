@@ -538,6 +538,38 @@ def test_a_figure_slice_the_dataset_lacks_fails_the_data_stage_before_training(t
     assert teacher.status == "skipped" and not (plan.runs_dir / "teacher").exists()
 
 
+def test_the_dry_run_refuses_a_figure_slice_or_split_the_dataset_in_use_lacks(tmp_path, tiny_dataset, nifti_writer):
+    """A dataset the plan will use as it is (source prepared, or prepared with the plan's
+    options) already tells a dry run what the data stage would refuse; one the data stage will
+    prepare first cannot, so the dry run only says it checks it."""
+    from sftkd_cli.reproduce.graph import planned_actions
+
+    def data_action(extra: str, data: str = "") -> tuple[str, str]:
+        path = write_plan(tmp_path, tiny_dataset, extra)
+        if data:
+            path.write_text(path.read_text().replace(f"source: prepared\n  out: {tiny_dataset}", data))
+        plan = load_plan(path, ["train.device=cpu"])
+        stages = build_stages(plan)
+        return planned_actions(plan, stages, {s.id for s in stages})["data"]
+
+    wrong = "figures: {volume: vol1, slice: 999}\n"
+    assert data_action(wrong) == ("refused", f"{tmp_path / 'plan.yaml'}: figures.slice: 999 is not a slice of volume vol1 "
+                                             f"in dataset {tiny_dataset} (it has 3: 0 to 2)")
+    assert data_action("figures: {volume: vol1, slice: 2}\n") == ("check", f"use {tiny_dataset}")
+    assert data_action("  evaluate: {split: tset}\n")[1].endswith("did you mean test?")
+
+    for i in range(3):
+        nifti_writer.write(tmp_path / "raw" / f"vol{i}.nii.gz", nifti_writer.phantom((28, 24, 3), seed=i))
+    nifti = f"source: nifti\n  out: {tmp_path / 'data'}\n  root: {tmp_path / 'raw'}\n  options: {{size: [16, 16], val: [vol1]}}"
+    assert data_action(wrong, nifti)[0] == "check"  # not prepared yet: only the data stage can tell
+    data_action("", nifti)
+    assert statuses(run_plan(load_plan(tmp_path / "plan.yaml", ["train.device=cpu"]), only=["data"],
+                             console=quiet()))["data"] == "done"
+    assert data_action(wrong, nifti) == ("refused", f"{tmp_path / 'plan.yaml'}: figures.slice: 999 is not a slice of "
+                                                    f"volume vol1 in dataset {tmp_path / 'data'} (it has 3: 0 to 2)")
+    assert data_action(wrong, nifti.replace("[16, 16]", "[20, 20]"))[0] == "check"  # to be prepared again first
+
+
 def test_an_evaluation_split_that_is_a_path_is_refused_when_the_plan_loads(tmp_path, tiny_dataset):
     """stages.evaluate.split names RUN/eval-split-<split>/: a path there is refused at load."""
     with pytest.raises(SftkdError, match=r"stages.evaluate.split '\.\./x' is not a plain name"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -20,6 +20,9 @@ from sftkd_cli.data.output import DatasetDiffers
 from sftkd_cli.errors import SftkdError, did_you_mean
 from sftkd_cli.files import display_path
 from sftkd_cli.reproduce.values import as_mapping, as_path, as_text, check_choice
+
+if TYPE_CHECKING:
+    from sftkd_cli.data.sources.base import Source
 
 
 #: a plan's `data.source`: a catalog source, or "prepared" (a prepared dataset, used as it is)
@@ -94,7 +97,7 @@ def prepare_data(data: DataSpec, plan_path: Path, console: Console) -> bool:
     try:
         source.files()
     except SftkdError as exc:  # e.g. the demo's template package (nilearn) is not installed
-        if not _prepared_alike(data.out, {"source": source.name, **source.options(), **prepared.record()}):
+        if not _prepared_alike(data.out, source, prepared):
             raise
         console.print(f"dataset {data.out}: up to date (prepared with these options; its source could not be "
                       f"read to compare checksums: {exc})", highlight=False, markup=False)
@@ -152,16 +155,38 @@ def check_figure_slice(out: Path, split: str, volume: str | None, index: int | N
         raise SftkdError(f"{where}: {exc}") from None
 
 
-def _prepared_alike(out: Path, options: dict[str, Any]) -> bool:
-    """Whether `out` holds a complete dataset that prepare-data wrote with exactly `options`: what
-    the data stage can tell without reading the source (whose checksums it then cannot compare)."""
+def existing_dataset_problem(data: DataSpec, split: str, volume: str | None, index: int | None, plan_path: Path) -> str:
+    """What the data stage would refuse (`check_split`, `check_figure_slice`) in the dataset the
+    plan will use where a dry run can already tell: one used as it is (source prepared), or one at
+    data.out prepared with the plan's options. '' otherwise, also where the data stage will prepare
+    the dataset anew (only it can then tell)."""
+    if data.source != "prepared":
+        try:
+            prepared = checked_options(data.source, data.options, f"{plan_path}: data")
+            source = CATALOG[data.source].make_source(data.root, data.options)
+        except SftkdError:
+            return ""
+        if not _prepared_alike(data.out, source, prepared):
+            return ""
+    try:
+        check_split(data.out, split, f"{plan_path}: stages.evaluate.split")
+        check_figure_slice(data.out, split, volume, index, str(plan_path))
+    except SftkdError as exc:
+        return str(exc)
+    return ""
+
+
+def _prepared_alike(out: Path, source: Source, prepared: PrepareOptions) -> bool:
+    """Whether `out` holds a complete dataset that prepare-data wrote from `source` with exactly
+    `prepared`'s options: what can be told without reading the source (whose checksums it then
+    cannot compare)."""
     from sftkd_cli.data.dataset import load_manifest
 
     try:
         manifest = load_manifest(out)
     except SftkdError:
         return False
-    if manifest.get("options") != options:
+    if manifest.get("options") != {"source": source.name, **source.options(), **prepared.record()}:
         return False
     volumes, mask = manifest.get("volumes"), manifest.get("mask")
     if not isinstance(volumes, dict) or not isinstance(mask, dict) or not isinstance(mask.get("files", {}), dict):

@@ -17,6 +17,7 @@ from sftkd_cli.name_checks import in_any_case
 from sftkd_cli.metrics_file import read_metrics
 from sftkd_cli.recipes import find_file  # a plan's recipes: the given path, else the shipped copy
 from sftkd_cli.choices import BEST, INIT_RANDOM, INIT_SFT, KIND_ALIASES, LAST, SFT_STUDENT, TRAIN_KINDS, arm_key
+from sftkd_cli.reproduce.data import existing_dataset_problem
 from sftkd_cli.reproduce.kinds import (
     DONE, RECIPE_FILE, REPORT_MD, RESUMED, ROLE, SHAREABLE, SKIPPED, STATUS_JSON, is_up_to_date,
 )
@@ -365,6 +366,9 @@ def report_complete(plan: Plan, stages: Sequence[Stage]) -> bool:
 def planned_action(stage: Stage, plan: Plan, stages: Sequence[Stage]) -> tuple[str, str]:
     """What running the stage now would do: ('run' | 'resume' | 'skip' | 'check' | 'refused', detail)."""
     if stage.kind == "data":
+        if problem := existing_dataset_problem(plan.data, plan.evaluate["split"], plan.figures["volume"],
+                                               plan.figures["slice"], plan.path):
+            return "refused", problem
         return ("check", f"use {plan.data.out}") if plan.data.source == "prepared" else ("check", f"prepare {plan.data.out} if needed")
     if stage.kind in TRAIN_KINDS:
         state, detail = training_state(stage)
