@@ -348,12 +348,11 @@ class RunDir:
                 f"{self.path}: folder is not empty and is not an sftkd run (no recipe.yaml); "
                 "choose another --name or --runs-dir"
             )
-        if force and exists and not resume and self.load_recipe().run.name != self.path.name:
-            # sftkd writes the resolved recipe of the run, which names its folder
-            raise SftkdError(
-                f"{self.path}: its recipe.yaml is not the one sftkd wrote for a run of this name, so --force "
-                "will not empty the folder; choose another --name or --runs-dir"
-            )
+        if (force and exists and not resume and self.load_recipe().run.name != self.path.name
+                and "sftkd_version" not in (self.read_env() or {})):
+            # sftkd's recipe names the run's folder; a run copied or renamed since keeps its training's env.json
+            raise SftkdError(f"{self.path}: its recipe.yaml is not the one sftkd wrote for a run of this name, so --force "
+                             "will not empty the folder; choose another --name or --runs-dir")
 
     def _foreign_entries(self) -> list[str]:
         """Entries of a folder without recipe.yaml that sftkd did not leave there. A start writes

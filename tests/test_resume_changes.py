@@ -173,6 +173,28 @@ def test_a_copied_run_resumed_through_its_own_recipe_trains_the_copy(tiny_datase
     assert load_recipe(runs / "copy" / "recipe.yaml").run.name == "copy"
 
 
+def test_a_copied_run_started_over_with_force_through_its_own_recipe_trains_the_copy_anew(tiny_dataset, tmp_path):
+    """`--force` with a copied run's own RUN/recipe.yaml (naming the original's folder) starts the
+    copy over; it was refused, its recipe "not the one sftkd wrote for a run of this name". A
+    folder whose recipe.yaml names another run and that has no env.json of a training is still
+    refused (it may be a user's)."""
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_dataset, runs, "a")).exit_code == 0
+    shutil.copytree(runs / "a", runs / "copy")
+    original = (runs / "a" / "checkpoints" / "last.pt").read_bytes()
+    result = invoke("train-teacher", runs / "copy" / "recipe.yaml", "train.epochs=2", "--force")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(row)["epoch"] for row in (runs / "copy" / "history.jsonl").read_text().splitlines()] == [1, 2]
+    assert load_recipe(runs / "copy" / "recipe.yaml").run.name == "copy"
+    assert (runs / "a" / "checkpoints" / "last.pt").read_bytes() == original
+    shutil.copytree(runs / "a", runs / "mine")
+    (runs / "mine" / "env.json").unlink()
+    message = fails_cleanly(*train_args(tiny_dataset, runs, "mine"), "--force")
+    assert message == (f"error: {runs / 'mine'}: its recipe.yaml is not the one sftkd wrote for a run of this name, "
+                       "so --force will not empty the folder; choose another --name or --runs-dir")
+    assert (runs / "mine" / "checkpoints" / "last.pt").read_bytes() == original
+
+
 def test_a_projects_recipe_yaml_beside_its_own_checkpoints_folder_is_not_a_run(tiny_dataset, tmp_path, monkeypatch):
     """A recipe.yaml of the user's, beside a checkpoints/ folder of the user's project (no env.json,
     which every run that began training has), trains the run its run.name names; it was taken for a
